@@ -1,0 +1,20 @@
+"""onnx-attr: explain exported ONNX models.
+
+    import onnx_attr
+    model = onnx_attr.load("model.onnx")      # faithful import, final softmax/sigmoid stripped
+    print(model.verify().format())             # proof against onnxruntime
+"""
+
+from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
+                     OutputError, ReferenceRuntimeError, UnsupportedOpError)
+from .load import load
+from .model import AttributableModel
+from .verify import VerifyReport, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttributableModel", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError",
+    "OnnxAttrError", "OutputError", "ReferenceRuntimeError", "UnsupportedOpError", "VerifyReport", "load",
+    "verify", "__version__",
+]

@@ -1,0 +1,172 @@
+"""Build a `torch.fx.GraphModule` from an ONNX graph with onnx2torch's and our converters.
+
+We build the fx graph ourselves rather than calling `onnx2torch.convert` so that:
+every unsupported node is reported at once, by op/domain/opset/name, before anything is built;
+a converter's failure names its node; every ONNX tensor maps to an fx node (`meta["onnx_tensor"]`,
+used by `verify` to find the first divergent node and by layer attribution); graph outputs may
+be graph inputs, initializers, or any output of a multi-output node.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import onnx
+import torch
+from onnx2torch.onnx_graph import OnnxGraph, ValueType
+from torch import fx, nn
+
+from . import converters  # noqa: F401 - importing registers our converters
+from .converters.registry import find_converter
+from .errors import ConversionError, UnsupportedOpError
+from .normalize import default_opset
+
+
+def opsets(model: onnx.ModelProto) -> dict[str, int]:
+    """Domain -> opset version, with '' for the default ai.onnx domain."""
+    return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int, str, str]]:
+    """(op_type, domain, opset, node name, reason) for every node nothing can convert."""
+    versions = opsets(model)
+    found = []
+    for index, node in enumerate(model.graph.node):
+        opset = versions.get(node.domain, 0)
+        if node.domain and node.domain not in versions:
+            found.append((node.op_type, node.domain, 0, _node_label(node, index), "its domain is not imported"))
+        elif find_converter(node.domain, node.op_type, opset) is None:
+            found.append((node.op_type, node.domain, opset, _node_label(node, index), ""))
+    return found
+
+
+def is_importable(model: onnx.ModelProto) -> bool:
+    return not unsupported_nodes(model)
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}#{index}"
+
+
+def select_output(value, index: int):
+    """Output `index` of a node; converters return a bare tensor when only the first is computed."""
+    if isinstance(value, (tuple, list)):
+        return value[index]
+    if index == 0:
+        return value
+    raise IndexError(f"the node computed one output, output {index} was asked for")
+
+
+class Initializers(nn.Module):
+    """Holds the ONNX initializers as buffers, so `.to(device)` moves them with the module."""
+
+
+def convert(model: onnx.ModelProto) -> fx.GraphModule:
+    """Convert a normalized model; raises `UnsupportedOpError`/`ConversionError` naming nodes."""
+    missing = unsupported_nodes(model)
+    if missing:
+        raise UnsupportedOpError(missing)
+    versions = opsets(model)
+    onnx_graph = OnnxGraph(model.graph)
+    root = nn.Module()
+    initializers = Initializers()
+    root.add_module("initializers", initializers)
+    graph = fx.Graph()
+    values: dict[str, fx.Node] = {}
+
+    for spec in model.graph.input:
+        node = graph.placeholder(_identifier(spec.name, "input"))
+        node.meta["onnx_tensor"] = spec.name
+        values[spec.name] = node
+
+    pending: dict[str, tuple[fx.Node, int, str, str]] = {}
+
+    def value(name: str) -> fx.Node | None:
+        if name == "":
+            return None
+        if name in pending:
+            producer, i, label, op_type = pending.pop(name)
+            with graph.inserting_after(producer):
+                values[name] = graph.call_function(select_output, (producer, i))
+            values[name].meta.update(onnx_tensor=name, onnx_node=label, onnx_op=op_type)
+        if name not in values:
+            if onnx_graph.value_type(name) != ValueType.GRAPH_INITIALIZER:
+                raise KeyError(f"tensor {name!r} is used before it is produced")
+            buffer = f"t{len(values)}_{_identifier(name, 'init')}"[:120]
+            initializers.register_buffer(buffer, onnx_graph.initializers[name].to_torch())
+            values[name] = graph.get_attr(f"initializers.{buffer}")
+            values[name].meta["onnx_tensor"] = name
+        return values[name]
+
+    for index, (module_name, onnx_node) in enumerate(onnx_graph.nodes.items()):
+        proto = onnx_node.proto
+        opset = versions.get(onnx_node.domain, 0)
+        label = _node_label(proto, index)
+        try:
+            converter = find_converter(onnx_node.domain, onnx_node.operation_type, opset)
+            module, mapping = converter(onnx_node, onnx_graph)
+        except NotImplementedError as err:
+            raise UnsupportedOpError([(proto.op_type, proto.domain, opset, label, str(err))]) from err
+        except Exception as err:  # converters raise anything from KeyError to AssertionError
+            raise ConversionError(proto.op_type, proto.domain, opset, label, err) from err
+        target = module_name.replace(".", "/")
+        if target == "initializers" or hasattr(root, target):
+            target = f"{target}_{index}"
+        root.add_module(target, module)
+        args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
+        node = graph.call_module(target, tuple(args), kwargs)
+        node.meta.update(onnx_node=label, onnx_op=proto.op_type, onnx_domain=proto.domain,
+                         onnx_opset=opset, onnx_outputs=tuple(mapping.outputs))
+        if len(mapping.outputs) == 1:
+            node.meta["onnx_tensor"] = mapping.outputs[0]
+            values[mapping.outputs[0]] = node
+        else:  # selected when first used: converters may compute only the outputs in use
+            for i, name in enumerate(mapping.outputs):
+                if name:
+                    pending[name] = (node, i, label, proto.op_type)
+
+    results = [value(o.name) for o in model.graph.output]
+    graph.output(results[0] if len(results) == 1 else tuple(results))
+    graph.lint()
+    module = fx.GraphModule(root, graph)
+    module.meta["onnx_opset"] = default_opset(model)
+    return module
+
+
+def _call_arguments(module: nn.Module, args: list) -> tuple[list, dict]:
+    """Skipped optional ONNX inputs ('') become omitted keyword arguments, as onnx2torch expects."""
+    if None not in args:
+        return args, {}
+    first = args.index(None)
+    names = tuple(inspect.signature(module.forward).parameters)[first:len(args)]
+    kwargs = {n: a for n, a in zip(names, args[first:]) if a is not None}
+    return args[:first], kwargs
+
+
+def _identifier(name: str, fallback: str) -> str:
+    ident = re.sub(r"\W", "_", name)
+    if not ident or ident[0].isdigit():
+        ident = f"{fallback}_{ident}"
+    return ident
+
+
+def tensor_nodes(module: fx.GraphModule) -> dict[str, fx.Node]:
+    """ONNX tensor name -> the fx node that computes it."""
+    return {n.meta["onnx_tensor"]: n for n in module.graph.nodes if "onnx_tensor" in n.meta}
+
+
+def run_recording(module: fx.GraphModule, *args: torch.Tensor) -> dict[str, object]:
+    """Run the module and return every ONNX tensor's value by name (for divergence search)."""
+    recorded: dict[str, object] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            out = super().run_node(n)
+            if "onnx_tensor" in n.meta:
+                recorded[n.meta["onnx_tensor"]] = out
+            return out
+
+    with torch.no_grad():
+        _Recorder(module).run(*args)
+    return recorded

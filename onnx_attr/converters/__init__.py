@@ -1,0 +1,9 @@
+"""ONNX op -> torch module converters that onnx2torch lacks or gets wrong, one module per op family.
+
+Importing this package registers every family with `registry.register`; `registry.find_converter`
+looks ours up first and falls back to onnx2torch's. A new family is one module here plus one
+line below.
+"""
+
+from . import registry  # noqa: F401  (first: the families register into it)
+from . import activations, linear, padding, pooling, shape  # noqa: F401,E402

@@ -1,0 +1,156 @@
+"""Turn what a user passes (arrays, tensors, dicts, .npz files) into checked model inputs.
+
+Every mismatch with the model's declared inputs is an `InputError` naming the ONNX input and
+what it expects, raised before any compute.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .specs import TensorSpec
+
+
+def arrange(inputs: Any, specs: Sequence[TensorSpec], what: str = "input") -> list[Any]:
+    """Order inputs as the model declares them: one value, a sequence, or a dict by ONNX name."""
+    names = [s.name for s in specs]
+    if isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        extra = [k for k in inputs if k not in names]
+        if missing or extra:
+            raise InputError(
+                f"{what}s do not match the model's inputs {names}: "
+                + (f"missing {missing}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"unexpected {extra}" if extra else "")
+            )
+        return [inputs[n] for n in names]
+    if isinstance(inputs, (np.ndarray, torch.Tensor)) or np.isscalar(inputs):
+        inputs = [inputs]
+    values = list(inputs)
+    if len(values) != len(specs):
+        raise InputError(f"the model takes {len(specs)} {what}(s) {names}, got {len(values)}")
+    return values
+
+
+def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str = "input") -> list[torch.Tensor]:
+    """Validate shape, dtype and finiteness against the specs; return tensors of the declared dtype."""
+    symbols: dict[str, tuple[int, str]] = {}
+    out = []
+    for value, spec in zip(values, specs):
+        tensor = _to_tensor(value, spec, what)
+        _check_shape(tensor, spec, what, symbols)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(
+                f"{what} {spec.name!r} has {bad} NaN or infinite value(s); "
+                "attributions of non-finite inputs are meaningless: clean or impute them first"
+            )
+        out.append(tensor)
+    return out
+
+
+def _to_tensor(value: Any, spec: TensorSpec, what: str) -> torch.Tensor:
+    if spec.dtype is None:
+        raise InputError(f"{what} {spec.name!r} is not a tensor (sequence or map inputs are not supported)")
+    if isinstance(value, torch.Tensor):
+        array_kind = _kind(value.detach().cpu().numpy().dtype if value.dtype != torch.bfloat16 else np.dtype("float32"))
+    else:
+        try:
+            value = np.asarray(value)
+        except Exception as err:
+            raise InputError(f"{what} {spec.name!r} cannot be read as an array: {err}") from err
+        if value.dtype == object:
+            raise InputError(f"{what} {spec.name!r} is an object array; pass a numeric array")
+        array_kind = _kind(value.dtype)
+    want = _kind(spec.dtype)
+    if array_kind != want:
+        got = value.dtype
+        raise InputError(
+            f"{what} {spec.name!r} expects {spec.dtype} values ({want}), got {got} ({array_kind})"
+            + ("; token ids must be integers" if want == "integer" else "")
+        )
+    torch_dtype = torch.from_numpy(np.zeros(0, spec.dtype)).dtype
+    if isinstance(value, torch.Tensor):
+        return value.to(torch_dtype)
+    return torch.from_numpy(np.ascontiguousarray(value.astype(spec.dtype, copy=False)))
+
+
+def _kind(dtype: np.dtype) -> str:
+    if np.issubdtype(dtype, np.bool_):
+        return "boolean"
+    if np.issubdtype(dtype, np.floating):
+        return "floating"
+    if np.issubdtype(dtype, np.integer):
+        return "integer"
+    return str(dtype)
+
+
+def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dict[str, tuple[int, str]]) -> None:
+    if spec.shape is None:
+        return
+    shape = tuple(tensor.shape)
+    expected = "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
+    if len(shape) != len(spec.shape):
+        raise InputError(
+            f"{what} {spec.name!r} expects rank {len(spec.shape)} {expected}, got shape {list(shape)}"
+        )
+    for axis, (got, dim) in enumerate(zip(shape, spec.shape)):
+        if isinstance(dim, int) and dim > 0 and got != dim:
+            raise InputError(
+                f"{what} {spec.name!r} expects shape {expected}, got {list(shape)} (axis {axis} must be {dim})"
+            )
+        if isinstance(dim, str):
+            seen = symbols.setdefault(dim, (got, spec.name))
+            if seen[0] != got:
+                raise InputError(
+                    f"{what} {spec.name!r} axis {axis} ({dim!r}) is {got}, but {seen[1]!r} has {dim!r} = {seen[0]}"
+                )
+    if 0 in shape:
+        raise InputError(f"{what} {spec.name!r} is empty (shape {list(shape)}); pass at least one example")
+
+
+def sample_inputs(specs: Sequence[TensorSpec], seed: int = 0, symbolic_size: int = 2) -> list[np.ndarray]:
+    """A seeded random sample of the declared shapes/dtypes (symbolic and unknown dims -> `symbolic_size`)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec in specs:
+        if spec.dtype is None:
+            raise InputError(f"cannot sample input {spec.name!r}: it is not a tensor; pass inputs explicitly")
+        if spec.shape is None:
+            raise InputError(f"cannot sample input {spec.name!r}: its rank is unknown; pass inputs explicitly")
+        shape = tuple(d if isinstance(d, int) and d > 0 else symbolic_size for d in spec.shape)
+        kind = _kind(spec.dtype)
+        if kind == "floating":
+            out.append(rng.standard_normal(shape).astype(spec.dtype))
+        elif kind == "boolean":
+            out.append(rng.random(shape) < 0.5)
+        elif kind == "integer":  # small ids: valid for embeddings and index inputs of any size
+            out.append(rng.integers(0, 2, shape).astype(spec.dtype))
+        else:
+            raise InputError(f"cannot sample input {spec.name!r} of dtype {spec.dtype}; pass inputs explicitly")
+    return out
+
+
+def read_npz(path: str | os.PathLike, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Arrays keyed by ONNX input name; a single unnamed array is accepted for a one-input model."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except FileNotFoundError as err:
+        raise InputError(f"input file {str(path)!r} does not exist") from err
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise InputError(
+            f"cannot read {str(path)!r} as an .npz of arrays ({err}); save inputs with "
+            "numpy.savez(path, **{onnx_input_name: array})"
+        ) from err
+    names = [s.name for s in specs]
+    if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
+        return {names[0]: next(iter(arrays.values()))}
+    return arrays

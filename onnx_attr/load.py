@@ -1,0 +1,62 @@
+"""`load`: read, check, strip, normalize and convert an ONNX model in one call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .convert import convert, is_importable
+from .errors import InputError
+from .final_activation import strip_final_activations
+from .model import AttributableModel
+from .normalize import normalize
+from .read import ModelSource, read_model
+from .specs import output_spec, value_spec
+
+
+def load(
+    source: ModelSource,
+    *,
+    strip_final_activation: bool = True,
+    device: Union[str, torch.device, None] = None,
+) -> AttributableModel:
+    """Import an ONNX model (path, bytes or ModelProto) as an `AttributableModel`.
+
+    With `strip_final_activation` (the default) a Softmax/LogSoftmax/Sigmoid ending an output
+    is removed, so `model(x)` returns logits; what was found and done is on `model.outputs`.
+    """
+    target = resolve_device(device)
+    model, _ = read_model(source)
+    model, finals = strip_final_activations(model, strip_final_activation)
+    normalized = normalize(model, importable=is_importable)
+    module = convert(normalized.converted)
+    canonical = normalized.canonical
+    imported = AttributableModel(
+        module,
+        inputs=[value_spec(v) for v in canonical.graph.input],
+        outputs=[output_spec(v, finals.get(v.name)) for v in canonical.graph.output],
+        onnx_model=normalized.converted,
+        reference_model=canonical,
+        notes=normalized.notes,
+        source=Path(source) if isinstance(source, (str, Path)) else None,
+    )
+    imported.eval()
+    return imported.to(target) if target is not None else imported
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> Optional[torch.device]:
+    """A torch device, with a clear error when CUDA is asked for and not there."""
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    return resolved

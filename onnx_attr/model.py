@@ -1,0 +1,126 @@
+"""`AttributableModel`: the one object that crosses from import to attribution."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import onnx
+import torch
+from torch import fx, nn
+
+from .errors import ForwardError
+from .inputs import arrange, check_inputs
+from .specs import OutputSpec, TensorSpec
+
+
+class AttributableModel(nn.Module):
+    """The imported module plus what the ONNX file declares about it.
+
+    It is an `nn.Module`: `model(x)` runs the imported graph (with the final activation
+    stripped when it was), so it can be handed to any PyTorch tool as it is.
+
+    Attributes:
+        module: the `torch.fx.GraphModule`; its nodes carry `meta["onnx_node"]` and
+            `meta["onnx_tensor"]`, the ONNX node and tensor names.
+        inputs, outputs: specs in ONNX order (names, shapes with symbolic dims, dtypes); each
+            output spec records the final activation found on it and whether it was stripped.
+        onnx_model: the graph that was converted (normalized, possibly opset-upgraded).
+        reference_model: the graph onnxruntime runs in `verify` (exact rewrites only, and the
+            same strip), so a faulty opset upgrade or converter cannot hide.
+        notes: what the normalization passes did, for the user.
+    """
+
+    def __init__(
+        self,
+        module: fx.GraphModule,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[OutputSpec],
+        onnx_model: onnx.ModelProto,
+        reference_model: onnx.ModelProto,
+        notes: Sequence[str] = (),
+        source: Optional[Path] = None,
+    ):
+        super().__init__()
+        self.module = module
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.onnx_model = onnx_model
+        self.reference_model = reference_model
+        self.notes = tuple(notes)
+        self.source = source
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        try:
+            return self.module(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:
+            raise ForwardError(_explain_failure(self.module, args, err)) from err
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in (*self.module.buffers(), *self.module.parameters()):
+            return tensor.device
+        return torch.device("cpu")
+
+    def prepare(self, inputs: Any, what: str = "input") -> list[torch.Tensor]:
+        """Checked tensors on the model's device, from arrays, tensors, a sequence or a dict by name."""
+        device = self.device
+        return [t.to(device) for t in check_inputs(arrange(inputs, self.inputs, what), self.inputs, what)]
+
+    def run(self, inputs: Any) -> tuple[torch.Tensor, ...]:
+        """Checked forward pass without gradients; always returns a tuple, one entry per output."""
+        with torch.no_grad():
+            out = self(*self.prepare(inputs))
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def verify(self, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
+               locate: bool = True):
+        """Compare with onnxruntime on the same inputs; see `onnx_attr.verify.verify`."""
+        from .verify import verify
+
+        return verify(self, inputs, atol=atol, rtol=rtol, seed=seed, locate=locate)
+
+    def summary(self) -> dict:
+        """What `onnx-attr inspect` shows: inputs, outputs, opsets, op counts, final activations."""
+        from .opkinds import nonlinear_nodes
+
+        graph = self.onnx_model.graph
+        return {
+            "source": None if self.source is None else str(self.source),
+            "producer": f"{self.onnx_model.producer_name} {self.onnx_model.producer_version}".strip(),
+            "ir_version": self.onnx_model.ir_version,
+            "opsets": {(o.domain or "ai.onnx"): o.version for o in self.onnx_model.opset_import},
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "op_counts": dict(Counter(n.op_type for n in graph.node).most_common()),
+            "nonlinear_nodes": nonlinear_nodes(self.onnx_model),
+            "notes": list(self.notes),
+        }
+
+
+def _explain_failure(module: fx.GraphModule, args: Sequence[torch.Tensor], err: Exception) -> str:
+    """Re-run node by node to name the ONNX node where the forward pass breaks."""
+    failing: list[fx.Node] = []
+
+    class _Locator(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            try:
+                return super().run_node(n)
+            except Exception:
+                failing.append(n)
+                raise
+
+    try:
+        with torch.no_grad():
+            _Locator(module).run(*args)
+    except Exception:
+        pass
+    where = "the imported module"
+    if failing and "onnx_node" in failing[0].meta:
+        meta = failing[0].meta
+        where = f"ONNX node {meta['onnx_node']!r} (op {meta['onnx_op']})"
+    shapes = ", ".join(str(list(a.shape)) for a in args if isinstance(a, torch.Tensor))
+    return f"forward pass failed at {where} on inputs of shape {shapes}: {type(err).__name__}: {err}"

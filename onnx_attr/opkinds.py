@@ -1,0 +1,72 @@
+"""Which kind each ONNX op is, for DeepLift (see docs/architecture.md, "four kinds").
+
+linear: the multiplier is the plain gradient; unary: elementwise nonlinear, rescale rule;
+bilinear: a product of two variable operands, Shapley product rule; composite: decomposed
+into the others; structural: carries no attribution (shapes, masks, indices). Whether a
+Mul/MatMul/... is bilinear depends on the graph: with one constant operand it is linear.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+LINEAR = frozenset({
+    "Add", "Sub", "Neg", "Sum", "Mean", "Identity", "Dropout", "Cast", "CastLike",
+    "Conv", "ConvTranspose", "BatchNormalization", "AveragePool", "GlobalAveragePool", "LpPool",
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice",
+    "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth",
+    "ReduceSum", "ReduceMean", "CumSum", "Resize", "Upsample", "Trilu", "Compress", "ScatterND",
+    "ScatterElements", "Where", "ReverseSequence",
+})
+UNARY = frozenset({
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
+    "Tanh", "Softplus", "Softsign", "Exp", "Log", "Erf", "Sqrt", "Reciprocal", "Pow", "Abs", "Clip",
+    "HardSwish", "Gelu", "Mish", "Shrink", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
+    "Asinh", "Acosh", "Atanh",
+})
+BILINEAR = frozenset({"Mul", "Div", "MatMul", "Gemm", "Einsum"})
+COMPOSITE = frozenset({
+    "Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
+    "MaxPool", "GlobalMaxPool", "Max", "Min", "ReduceMax", "ReduceMin", "ReduceLogSumExp", "ReduceL1",
+    "ReduceL2", "ReduceSumSquare", "ReduceProd", "LRN", "LSTM", "GRU", "RNN", "MeanVarianceNormalization",
+})
+#: Ops whose outputs carry no attribution: shapes, comparisons, indices, rounding, random.
+STRUCTURAL = frozenset({
+    "Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "NonZero", "ArgMax", "ArgMin",
+    "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Xor", "IsNaN", "IsInf",
+    "Sign", "Floor", "Ceil", "Round", "OneHot", "RandomNormal", "RandomUniform", "RandomNormalLike",
+    "RandomUniformLike", "Bernoulli", "Multinomial",
+})
+
+
+def op_kind(op_type: str, variable_inputs: int) -> str:
+    """Kind of an ai.onnx op given how many of its inputs depend on the model's inputs."""
+    if op_type in BILINEAR:
+        return "bilinear" if variable_inputs >= 2 else "linear"
+    for kind, ops in (("linear", LINEAR), ("unary", UNARY), ("composite", COMPOSITE), ("structural", STRUCTURAL)):
+        if op_type in ops:
+            return kind
+    return "unknown"
+
+
+def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
+    """Each node with its kind, tracking which tensors vary with the (floating) graph inputs."""
+    graph = model.graph
+    variable = {i.name for i in graph.input}
+    out = []
+    for node in graph.node:
+        n_var = sum(1 for name in node.input if name in variable)
+        kind = op_kind(node.op_type, n_var) if node.domain in ("", "ai.onnx") else "unknown"
+        if n_var and kind != "structural":
+            variable.update(node.output)
+        out.append((node, kind))
+    return out
+
+
+def nonlinear_nodes(model: onnx.ModelProto) -> list[dict]:
+    """The nodes DeepLift must treat specially (everything but linear and structural ones)."""
+    return [
+        {"node": node.name or f"{node.op_type}#{i}", "op": node.op_type, "kind": kind}
+        for i, (node, kind) in enumerate(node_kinds(model))
+        if kind not in ("linear", "structural")
+    ]
