@@ -27,3 +27,34 @@ class Flatten(nn.Module):
 @register("Flatten", 1, 9, 11, 13, 21)
 def convert_flatten(node, graph):
     return result(node, Flatten(node.attributes.get("axis", 1)))
+
+
+class Reshape(nn.Module):
+    """ONNX Reshape: 0 copies the input's dim (unless `allowzero`), -1 is inferred.
+
+    With a constant target shape the shape is baked in (`static`), which keeps the module
+    traceable by torch.export; otherwise it is read from the second input at run time.
+    """
+
+    def __init__(self, allowzero: bool, static: list[int] | None = None):
+        super().__init__()
+        self.allowzero, self.static = allowzero, static
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
+        target = self.static if self.static is not None else [int(d) for d in shape.tolist()]
+        if not self.allowzero:
+            target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+        return x.reshape(target)
+
+
+@register("Reshape", 1, 5, 13, 14, 19, 21)
+def convert_reshape(node, graph):
+    allowzero = bool(node.attributes.get("allowzero", 0))
+    if "shape" in node.attributes:  # Reshape-1 takes the shape as an attribute
+        return result(node, Reshape(allowzero, [int(d) for d in node.attributes["shape"]]),
+                      inputs=node.input_values[:1])
+    shape_name = node.input_values[1]
+    if shape_name in graph.initializers:
+        static = [int(d) for d in graph.initializers[shape_name].to_torch().tolist()]
+        return result(node, Reshape(allowzero, static), inputs=node.input_values[:1])
+    return result(node, Reshape(allowzero))

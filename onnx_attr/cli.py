@@ -1,0 +1,156 @@
+"""`onnx-attr`: a thin command line over the Python API.
+
+Exit codes: 0 ok, 1 verification failed, 2 bad input (any `OnnxAttrError`), 3 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Callable, Optional, Sequence
+
+from . import __version__
+from .errors import OnnxAttrError
+
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path to the .onnx file")
+    p.add_argument("--keep-final-activation", action="store_true",
+                   help="keep a final Softmax/LogSoftmax/Sigmoid (default: strip it and use logits)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _tolerance_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sample when no --input is given")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnx-attr", description="Explain exported ONNX models.")
+    parser.add_argument("--version", action="version", version=f"onnx-attr {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="inputs, outputs, opsets, op counts, final activation, nonlinear nodes")
+    _model_options(p)
+    p.set_defaults(run=cmd_inspect)
+
+    p = sub.add_parser("verify", help="compare the imported module with onnxruntime")
+    _model_options(p)
+    _tolerance_options(p)
+    p.add_argument("--input", help=".npz of inputs keyed by ONNX input name (default: a random sample)")
+    p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser("convert", help="save the imported module as a torch.export program (.pt2)")
+    _model_options(p)
+    p.add_argument("-o", "--output", required=True, help="where to write the .pt2 file")
+    p.add_argument("--input", help=".npz of example inputs to trace with (default: a random sample)")
+    p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("attribute", help="attribute an output to the input features")
+    _model_options(p)
+    p.add_argument("--input", required=True, help=".npz of inputs keyed by ONNX input name")
+    p.add_argument("--target", help="output index to explain: one int, or one per example (comma-separated)")
+    p.add_argument("--baseline", default="zeros", help="zeros (default), mean, or an .npz of baselines")
+    p.add_argument("--method", default="deeplift", help="attribution method (default: deeplift)")
+    p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--out", required=True, help="folder for attributions.npz, report.json and heatmaps")
+    p.set_defaults(run=cmd_attribute)
+    return parser
+
+
+def _load(args):
+    from .load import load
+
+    return load(args.model, strip_final_activation=not args.keep_final_activation,
+                device=getattr(args, "device", None))
+
+
+def _inputs(args, model):
+    from .inputs import read_npz
+
+    return None if args.input is None else read_npz(args.input, model.inputs)
+
+
+def _emit(args, data: dict, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def cmd_inspect(args) -> int:
+    model = _load(args)
+    info = model.summary()
+    lines = [f"model: {args.model}", f"producer: {info['producer'] or '?'}; IR {info['ir_version']}; opsets: "
+             + ", ".join(f"{d} {v}" for d, v in info["opsets"].items())]
+    lines.append("inputs:")
+    lines += [f"  {s.describe()}" + ("" if s.differentiable else "  (not differentiable)") for s in model.inputs]
+    lines.append("outputs:")
+    for s in model.outputs:
+        lines.append(f"  {s.describe()}")
+        lines.append(f"    final activation: {s.final_activation.describe() if s.final_activation else 'none found'}")
+    lines.append("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))
+    nonlinear = info["nonlinear_nodes"]
+    lines.append(f"nonlinear nodes ({len(nonlinear)}):")
+    lines += [f"  {n['node']} ({n['op']}, {n['kind']})" for n in nonlinear[:50]]
+    if len(nonlinear) > 50:
+        lines.append(f"  ... and {len(nonlinear) - 50} more (see --json)")
+    lines += [f"note: {n}" for n in model.notes]
+    _emit(args, info, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    model = _load(args)
+    report = model.verify(_inputs(args, model), atol=args.atol, rtol=args.rtol, seed=args.seed)
+    report.notes.extend(model.notes)
+    _emit(args, report.to_dict(), report.format())
+    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
+
+
+def cmd_convert(args) -> int:
+    from .export import save_program
+
+    model = _load(args)
+    notes = save_program(model, args.output, _inputs(args, model))
+    text = "\n".join([f"wrote {args.output}; load it with torch.export.load({args.output!r}).module()",
+                      *(f"note: {n}" for n in (*model.notes, *notes))])
+    _emit(args, {"output": args.output, "notes": [*model.notes, *notes]}, text)
+    return EXIT_OK
+
+
+def cmd_attribute(args) -> int:
+    from .errors import InputError
+
+    raise InputError(
+        f"attribution method {args.method!r} is not available in this build: "
+        "`onnx-attr attribute` arrives with the DeepLift engine"
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Callable = args.run
+    try:
+        return command(args)
+    except OnnxAttrError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug in onnx-attr: say so plainly, trace only when asked
+        if args.debug:
+            traceback.print_exc()
+        print(f"internal error ({type(err).__name__}: {err}); please report it with the model, "
+              "and rerun with --debug for the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
