@@ -7,7 +7,7 @@
 
 from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
-from .load import load
+from .loader import load
 from .model import AttributableModel
 from .verify import VerifyReport, verify
 

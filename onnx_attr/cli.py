@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from .load import load
+    from .loader import load
 
     return load(args.model, strip_final_activation=not args.keep_final_activation,
                 device=getattr(args, "device", None))

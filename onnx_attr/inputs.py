@@ -79,7 +79,8 @@ def _to_tensor(value: Any, spec: TensorSpec, what: str) -> torch.Tensor:
     torch_dtype = torch.from_numpy(np.zeros(0, spec.dtype)).dtype
     if isinstance(value, torch.Tensor):
         return value.to(torch_dtype)
-    return torch.from_numpy(np.ascontiguousarray(value.astype(spec.dtype, copy=False)))
+    array = np.ascontiguousarray(value.astype(spec.dtype, copy=False))
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _kind(dtype: np.dtype) -> str:

@@ -28,6 +28,7 @@ class AveragePool(nn.Module):
             raise NotImplementedError(f"AveragePool over {rank} spatial dims is not supported (1 to 3 are)")
         self.kernel, self.strides, self.ceil_mode = kernel, strides, ceil_mode
         self.count_include_pad = count_include_pad
+        self.begin = pads[:rank]
         self.pads = [p for axis in reversed(range(rank)) for p in (pads[axis], pads[axis + rank])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +42,12 @@ class AveragePool(nn.Module):
             mask = torch.ones((1, 1, *padded.shape[2:]), dtype=x.dtype, device=x.device)
         else:
             mask = F.pad(torch.ones(shape, dtype=x.dtype, device=x.device), self.pads)
-        return total / pool(mask, self.kernel, self.strides, 0, self.ceil_mode, True)
+        out = total / pool(mask, self.kernel, self.strides, 0, self.ceil_mode, True)
+        if self.ceil_mode:  # like ONNX (and torch's own padding), drop windows that start in the end padding
+            keep = [min(n, -(-(size + b) // s)) for n, size, b, s in
+                    zip(out.shape[2:], x.shape[2:], self.begin, self.strides)]
+            out = out[(..., *(slice(0, k) for k in keep))]
+        return out
 
 
 @register("AveragePool", 1, 7, 10, 11, 19)

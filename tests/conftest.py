@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny ONNX graphs built by hand, the sample paths, and the slow/cuda markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run the slow whole-model suites")
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = config.getoption("--runslow") or "slow" in (config.getoption("-m") or "")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17, ir_version=None, domains=()):
+    """A one-graph model; inputs/outputs are (name, elem_type, shape) triples, shape may hold str dims."""
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in dict(initializers).items()],
+    )
+    opsets = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, v) for d, v in domains)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="onnx-attr-tests")
+    model.ir_version = ir_version or min(onnx.IR_VERSION, 8 if opset <= 17 else 10)
+    return model
+
+
+def ort_run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    """The oracle: onnxruntime on the CPU provider."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+
+
+@pytest.fixture
+def tiny_mlp():
+    """x[batch,4] -> Gemm -> Relu -> Gemm -> Softmax, with fixed random weights."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="fc2", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1),
+    ]
+    inits = {"w1": rng.standard_normal((5, 4)).astype(np.float32), "b1": rng.standard_normal(5).astype(np.float32),
+             "w2": rng.standard_normal((3, 5)).astype(np.float32), "b2": rng.standard_normal(3).astype(np.float32)}
+    return make_model(nodes, [("x", FLOAT, ["batch", 4])], [("probs", FLOAT, ["batch", 3])], inits)

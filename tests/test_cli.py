@@ -1,0 +1,112 @@
+"""The command line: thin over the API, exit codes 0 ok / 1 verification failed / 2 bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import onnx_attr
+from onnx_attr.cli import main
+from onnx_attr.inputs import read_npz
+from onnx_attr.verify import run_onnxruntime
+
+from conftest import SAMPLES
+
+DIGITS = str(SAMPLES / "digits_cnn.onnx")
+DIGITS_INPUTS = str(SAMPLES / "digits_cnn_inputs.npz")
+
+
+def test_inspect_text(capsys):
+    assert main(["inspect", DIGITS]) == 0
+    out = capsys.readouterr().out
+    assert "image: float32 [batch, 1, 8, 8]" in out
+    assert "Softmax node 'node_softmax', stripped" in out
+    assert "ai.onnx 18" in out and "MaxPool, composite" in out
+
+
+def test_inspect_json(capsys):
+    assert main(["inspect", DIGITS, "--json", "--keep-final-activation"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["inputs"][0]["shape"] == ["batch", 1, 8, 8]
+    assert info["outputs"][0]["final_activation"]["stripped"] is False
+    assert info["op_counts"]["Conv"] == 2
+
+
+def test_verify_ok_with_inputs(capsys):
+    assert main(["verify", DIGITS, "--input", DIGITS_INPUTS]) == 0
+    assert "PASSED" in capsys.readouterr().out
+
+
+def test_verify_failure_exits_1(capsys, monkeypatch):
+    from torch import nn
+
+    from onnx_attr import cli
+
+    real_load = cli._load
+
+    def broken_load(args):  # simulate a faulty converter for one node
+        model = real_load(args)
+        setattr(model.module, "node_relu", nn.Identity())
+        return model
+
+    monkeypatch.setattr(cli, "_load", broken_load)
+    assert main(["verify", DIGITS, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is False and report["divergence"]["node"] == "node_relu"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["verify", "missing.onnx"], "does not exist"),
+    (["verify", DIGITS, "--input", "missing.npz"], "does not exist"),
+    (["convert", DIGITS, "-o", "/nonexistent-dir/m.pt2"], "does not exist"),
+])
+def test_bad_input_exits_2(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_wrong_shape_input_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.npz"
+    np.savez(path, image=np.zeros((2, 8, 8), np.float32))
+    assert main(["verify", DIGITS, "--input", str(path)]) == 2
+    assert "'image' expects rank 4" in capsys.readouterr().err
+
+
+def test_failed_write_leaves_earlier_result_and_no_temporary(tmp_path, capsys, monkeypatch):
+    target = tmp_path / "m.pt2"
+    target.write_bytes(b"earlier result")
+
+    def disk_full(program, path):
+        with open(path, "wb") as handle:
+            handle.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.export, "save", disk_full)
+    assert main(["convert", DIGITS, "-o", str(target)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert target.read_bytes() == b"earlier result"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
+
+
+def test_convert_writes_a_pt2_that_loads_without_pickle(tmp_path, capsys):
+    out = tmp_path / "digits.pt2"
+    assert main(["convert", DIGITS, "-o", str(out)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["digits.pt2"]  # no temporary left behind
+    program = torch.export.load(out).module()
+    model = onnx_attr.load(DIGITS)
+    x = read_npz(DIGITS_INPUTS, model.inputs)["image"]
+    for batch in (x, x[:3]):  # the batch axis stayed dynamic
+        ort = run_onnxruntime(model.reference_model, {"image": batch}, ["probabilities"])[0]
+        got = program(torch.from_numpy(batch)).detach().numpy()
+        np.testing.assert_allclose(got, ort, rtol=1e-4, atol=1e-5)
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "onnx_attr.cli", "verify", DIGITS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "PASSED" in result.stdout

@@ -1,0 +1,97 @@
+"""Inputs that do not fit the model are refused before any compute, naming the ONNX input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import onnx_attr
+from onnx_attr import InputError
+from onnx_attr.inputs import read_npz
+
+from conftest import FLOAT, INT64, make_model
+from onnx import helper
+
+
+@pytest.fixture
+def model(tiny_mlp):
+    return onnx_attr.load(tiny_mlp)
+
+
+def test_wrong_rank(model):
+    with pytest.raises(InputError, match=r"'x' expects rank 2 \[batch, 4\], got shape \[4\]"):
+        model.run(np.zeros(4, np.float32))
+
+
+def test_wrong_fixed_dim(model):
+    with pytest.raises(InputError, match="axis 1 must be 4"):
+        model.run(np.zeros((2, 5), np.float32))
+
+
+def test_wrong_dtype_kind(model):
+    with pytest.raises(InputError, match="expects float32 values"):
+        model.run(np.zeros((2, 4), np.int64))
+
+
+def test_float64_is_accepted_as_float32(model):
+    assert model.run(np.zeros((2, 4), np.float64))[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input(model, bad):
+    x = np.zeros((2, 4), np.float32)
+    x[1, 2] = bad
+    with pytest.raises(InputError, match="1 NaN or infinite"):
+        model.run(x)
+
+
+def test_empty_batch(model):
+    with pytest.raises(InputError, match="empty"):
+        model.run(np.zeros((0, 4), np.float32))
+
+
+def test_missing_and_extra_names(model):
+    with pytest.raises(InputError, match=r"missing \['x'\]; unexpected \['y'\]"):
+        model.run({"y": np.zeros((1, 4), np.float32)})
+
+
+def test_wrong_count(model):
+    with pytest.raises(InputError, match="takes 1 input"):
+        model.run([np.zeros((1, 4), np.float32)] * 2)
+
+
+def test_shared_symbolic_dim_must_agree():
+    node = helper.make_node("Add", ["a", "b"], ["y"])
+    m = onnx_attr.load(make_model([node], [("a", FLOAT, ["n", 2]), ("b", FLOAT, ["n", 2])], [("y", FLOAT, ["n", 2])]))
+    with pytest.raises(InputError, match="'n'"):
+        m.run({"a": np.zeros((2, 2), np.float32), "b": np.zeros((3, 2), np.float32)})
+
+
+def test_token_ids_must_be_integers():
+    node = helper.make_node("Gather", ["table", "ids"], ["y"])
+    m = onnx_attr.load(make_model([node], [("ids", INT64, [3])], [("y", FLOAT, [3, 2])],
+                                  {"table": np.ones((5, 2), np.float32)}))
+    assert not m.inputs[0].differentiable
+    with pytest.raises(InputError, match="token ids must be integers"):
+        m.run(np.array([0.0, 1.0, 2.0]))
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path, model):
+    path = tmp_path / "objects.npz"
+    np.savez(path, x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InputError, match="cannot read"):
+        read_npz(path, model.inputs)
+
+
+def test_npz_not_a_zip(tmp_path, model):
+    path = tmp_path / "x.npz"
+    path.write_text("nope")
+    with pytest.raises(InputError, match="cannot read"):
+        read_npz(path, model.inputs)
+
+
+def test_npz_single_unnamed_array(tmp_path, model):
+    path = tmp_path / "x.npz"
+    np.savez(path, np.ones((2, 4), np.float32))
+    assert set(read_npz(path, model.inputs)) == {"x"}

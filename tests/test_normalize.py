@@ -1,0 +1,89 @@
+"""Normalization passes are exact: onnxruntime gives the same outputs before and after."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+import onnx_attr
+from onnx_attr.normalize import drop_initializer_inputs, fold_constants, infer_shapes, normalize, upgrade_opset
+
+from conftest import FLOAT, INT64, make_model, ort_run
+
+
+def _alias_model():
+    """Constant weights, an Identity alias of a weight, and a ConstantOfShape built from a Constant."""
+    nodes = [
+        helper.make_node("Constant", [], ["w"], name="const_w",
+                         value=onnx.numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3))),
+        helper.make_node("Identity", ["w"], ["w_alias"], name="alias"),
+        helper.make_node("Constant", [], ["shape"], name="const_shape", value_ints=[3]),
+        helper.make_node("ConstantOfShape", ["shape"], ["b"], name="fill",
+                         value=onnx.numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("MatMul", ["x", "w_alias"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "b"], ["y"], name="add"),
+    ]
+    return make_model(nodes, [("x", FLOAT, ["batch", 4])], [("y", FLOAT, ["batch", 3])])
+
+
+def test_fold_turns_constants_aliases_and_fills_into_initializers():
+    model = _alias_model()
+    notes = []
+    folded = fold_constants(model, notes)
+    assert [n.op_type for n in folded.graph.node] == ["MatMul", "Add"]
+    assert {t.name for t in folded.graph.initializer} == {"w", "b"}
+    assert folded.graph.node[0].input[1] == "w"  # the alias was rewired to its source
+    assert "Constant" in notes[0] and "ConstantOfShape" in notes[0]
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(folded, {"x": x})[0], ort_run(model, {"x": x})[0], rtol=0, atol=0)
+
+
+def test_passes_do_not_mutate_their_input():
+    model = _alias_model()
+    before = model.SerializeToString()
+    normalize(model, importable=lambda m: False)
+    assert model.SerializeToString() == before
+
+
+def test_ir3_initializer_inputs_are_dropped_and_ir_raised():
+    node = helper.make_node("Add", ["x", "w"], ["y"], name="add")
+    model = make_model([node], [("x", FLOAT, [2]), ("w", FLOAT, [2])], [("y", FLOAT, [2])],
+                       {"w": np.array([1.0, 2.0], np.float32)}, opset=9, ir_version=3)
+    out = drop_initializer_inputs(model, notes := [])
+    assert [i.name for i in out.graph.input] == ["x"]
+    assert out.ir_version >= 4 and notes
+    x = np.array([3.0, 4.0], np.float32)
+    np.testing.assert_array_equal(ort_run(out, {"x": x})[0], [4.0, 6.0])
+    assert [s.name for s in onnx_attr.load(model).inputs] == ["x"]
+
+
+def test_symbolic_batch_dim_stays_symbolic():
+    out = infer_shapes(fold_constants(_alias_model(), []), [])
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in out.graph.value_info}
+    assert dims["h"] == ["batch", 3]
+    imported = onnx_attr.load(_alias_model())
+    assert imported.inputs[0].shape == ("batch", 4) and imported.outputs[0].shape == ("batch", 3)
+
+
+def test_opset_upgrade_runs_only_when_needed_and_is_exact():
+    # MaxPool-1 has no converter at opset 7; the upgrade to a supported version must give the same answer.
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])
+    model = make_model([node], [("x", FLOAT, [1, 1, 4, 4])], [("y", FLOAT, [1, 1, 2, 2])], opset=7)
+    result = normalize(model, importable=onnx_attr.convert.is_importable)
+    assert any("upgraded ai.onnx opset 7" in n for n in result.notes)
+    assert result.canonical.opset_import[0].version == 7  # the reference for verify is not upgraded
+    x = np.random.default_rng(1).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    ours = onnx_attr.load(model).run(x)[0].numpy()
+    np.testing.assert_array_equal(ours, ort_run(model, {"x": x})[0])
+    same = normalize(model, importable=lambda m: True)
+    assert same.converted is same.canonical
+
+
+def test_failed_upgrade_keeps_the_model_and_says_why():
+    node = helper.make_node("Add", ["x", "x"], ["y"], name="add")
+    model = make_model([node], [("x", INT64, [2])], [("y", INT64, [2])], opset=7)
+    model.graph.node[0].op_type = "NoSuchOp"  # the converter cannot adapt an unknown op
+    notes = []
+    assert upgrade_opset(model, 17, notes) is model
+    assert "could not upgrade" in notes[0]

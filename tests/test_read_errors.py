@@ -1,0 +1,104 @@
+"""Every way a model file can be bad ends in a ModelLoadError that says what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnx_attr
+from onnx_attr import ModelLoadError, UnsupportedOpError
+
+from conftest import FLOAT, SAMPLES, make_model
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        onnx_attr.load(tmp_path / "nope.onnx")
+
+
+def test_folder_instead_of_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="is a folder"):
+        onnx_attr.load(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty"):
+        onnx_attr.load(path)
+
+
+def test_text_file_is_not_onnx(tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("this is a README, not a model\n" * 20)
+    with pytest.raises(ModelLoadError, match="not an ONNX model"):
+        onnx_attr.load(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.99])
+def test_truncated_protobuf(tmp_path, keep):
+    data = (SAMPLES / "digits_cnn.onnx").read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ModelLoadError) as info:
+        onnx_attr.load(path)
+    assert "truncated" in str(info.value) or "checker" in str(info.value)
+
+
+def test_checker_failure_names_the_problem(tmp_path):
+    node = helper.make_node("Relu", ["x", "extra"], ["y"], name="bad_relu")  # Relu takes one input
+    model = make_model([node], [("x", FLOAT, [2])], [("y", FLOAT, [2])])
+    with pytest.raises(ModelLoadError, match="checker"):
+        onnx_attr.load(model.SerializeToString())
+
+
+def test_unsupported_op_names_op_domain_opset_and_node():
+    node = helper.make_node("MyFancyOp", ["x"], ["y"], name="custom_1", domain="com.example")
+    model = make_model([node], [("x", FLOAT, [2])], [("y", FLOAT, [2])], domains=[("com.example", 3)])
+    with pytest.raises(UnsupportedOpError) as info:
+        onnx_attr.load(model)
+    err = info.value
+    assert (err.op_type, err.domain, err.opset, err.node_name) == ("MyFancyOp", "com.example", 3, "custom_1")
+    assert "MyFancyOp" in str(err) and "com.example" in str(err) and "custom_1" in str(err)
+
+
+def test_all_unsupported_nodes_are_listed_at_once():
+    nodes = [helper.make_node("StringNormalizer", ["s"], ["t"], name="norm"),
+             helper.make_node("Relu", ["x"], ["y"], name="ok"),
+             helper.make_node("Gradient", ["x"], ["g"], name="grad", domain="ai.onnx.preview.training",
+                              xs=["x"], y="y")]
+    model = make_model(nodes, [("s", onnx.TensorProto.STRING, [1]), ("x", FLOAT, [2])],
+                       [("t", onnx.TensorProto.STRING, [1]), ("y", FLOAT, [2]), ("g", FLOAT, [2])],
+                       domains=[("ai.onnx.preview.training", 1)])
+    with pytest.raises(UnsupportedOpError) as info:
+        onnx_attr.load(model)
+    assert [n[3] for n in info.value.nodes] == ["norm", "grad"]
+
+
+def test_external_data_beside_the_model_is_read(tmp_path):
+    weight = np.arange(64, dtype=np.float32).reshape(8, 8)
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    model = make_model([node], [("x", FLOAT, [1, 8])], [("y", FLOAT, [1, 8])], {"w": weight})
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(model, path, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").exists()
+    imported = onnx_attr.load(path)
+    x = np.ones((1, 8), np.float32)
+    np.testing.assert_allclose(imported.run(x)[0].numpy(), x @ weight)
+
+
+def test_missing_external_data_is_a_clear_error(tmp_path):
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    model = make_model([node], [("x", FLOAT, [1, 8])], [("y", FLOAT, [1, 8])], {"w": np.ones((8, 8), np.float32)})
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(model, path, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(ModelLoadError, match="external data"):
+        onnx_attr.load(path)
+
+
+def test_wrong_source_type():
+    with pytest.raises(ModelLoadError, match="pass a path, bytes or onnx.ModelProto"):
+        onnx_attr.load(12345)

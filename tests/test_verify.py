@@ -1,0 +1,66 @@
+"""verify compares with onnxruntime per output and names the first divergent node."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+from torch import nn
+
+import onnx_attr
+
+from conftest import FLOAT, SAMPLES, make_model
+
+
+def test_report_per_output_on_a_random_sample(tiny_mlp):
+    report = onnx_attr.load(tiny_mlp).verify()
+    assert report.passed and len(report.outputs) == 1
+    out = report.outputs[0]
+    assert out.name == "probs" and out.shape == [2, 3] and out.max_abs <= 1e-5
+    assert "random sample (seed 0)" in report.format() and "PASSED" in report.format()
+
+
+def test_faulty_converter_is_caught_and_located(tiny_mlp):
+    model = onnx_attr.load(tiny_mlp)
+    setattr(model.module, "relu1", nn.LeakyReLU(0.3))  # what a wrong converter would produce
+    report = model.verify(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32))
+    assert not report.passed
+    assert report.divergence is not None and report.divergence.node == "relu1"
+    assert report.divergence.op_type == "Relu" and report.divergence.tensor == "r"
+    assert "first divergent node: 'relu1'" in report.format()
+
+
+def test_tampered_weight_is_located_at_its_consumer(tiny_mlp):
+    model = onnx_attr.load(tiny_mlp)
+    layer = model.module.get_submodule("fc2")  # onnx2torch folds the Gemm weight into an nn.Linear
+    layer.weight.data.add_(0.01)
+    report = model.verify()
+    assert not report.passed and report.divergence.node == "fc2"
+
+
+def test_tolerance_is_the_users():
+    node = helper.make_node("Exp", ["x"], ["y"], name="exp")
+    model = onnx_attr.load(make_model([node], [("x", FLOAT, [3])], [("y", FLOAT, [3])]))
+    x = np.array([10.0, 20.0, 30.0], np.float32)
+    assert model.verify(x, atol=0.0, rtol=1e-5).passed
+    loose = model.verify(x, atol=1e-3, rtol=1e-3)
+    assert loose.passed and loose.atol == 1e-3
+
+
+def test_multiple_outputs_each_reported():
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="r"), helper.make_node("Neg", ["x"], ["b"], name="n")]
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, [2, 2])], [("a", FLOAT, [2, 2]), ("b", FLOAT, [2, 2])]))
+    report = model.verify()
+    assert [o.name for o in report.outputs] == ["a", "b"] and report.passed
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "breast_cancer_mlp"])
+@pytest.mark.parametrize("strip", [True, False])
+def test_samples_verify_on_their_inputs(name, strip):
+    from onnx_attr.inputs import read_npz
+
+    model = onnx_attr.load(SAMPLES / f"{name}.onnx", strip_final_activation=strip)
+    report = model.verify(read_npz(SAMPLES / f"{name}_inputs.npz", model.inputs))
+    assert report.passed, report.format()
+    assert report.outputs[0].max_abs <= 1e-4
+    assert model.outputs[0].final_activation.stripped is strip
