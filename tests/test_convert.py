@@ -63,7 +63,13 @@ def test_our_converters_match_onnxruntime(name, nodes, inputs, outputs, inits, o
         np.testing.assert_allclose(g.numpy(), e, rtol=1e-6, atol=1e-6)
 
 
-def test_duplicate_registration_is_an_error():
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Registrations made by a test vanish after it (the registry is process-global)."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_duplicate_registration_is_an_error(scratch_registry):
     def first(node, graph): ...
 
     def second(node, graph): ...
@@ -99,7 +105,7 @@ def test_graph_outputs_may_be_inputs_initializers_and_later_split_outputs():
         np.testing.assert_array_equal(g.numpy(), e)
 
 
-def test_converter_failure_names_the_node():
+def test_converter_failure_names_the_node(scratch_registry):
     def explode(node, graph):
         raise ValueError("weights have the wrong rank")
 
