@@ -8,13 +8,14 @@
 from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
 from .loader import load
+from .methods import DeepLift, DeepLiftShap
 from .model import AttributableModel
 from .verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttributableModel", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError",
+    "AttributableModel", "ConversionError", "DeepLift", "DeepLiftShap", "ExportError", "ForwardError", "InputError", "ModelLoadError",
     "OnnxAttrError", "OutputError", "ReferenceRuntimeError", "UnsupportedOpError", "VerifyReport", "load",
     "verify", "__version__",
 ]

@@ -117,7 +117,8 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
         args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
         node = graph.call_module(target, tuple(args), kwargs)
         node.meta.update(onnx_node=label, onnx_op=proto.op_type, onnx_domain=proto.domain,
-                         onnx_opset=opset, onnx_outputs=tuple(mapping.outputs))
+                         onnx_opset=opset, onnx_outputs=tuple(mapping.outputs),
+                         onnx_attrs={a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute})
         if len(mapping.outputs) == 1:
             node.meta["onnx_tensor"] = mapping.outputs[0]
             values[mapping.outputs[0]] = node

@@ -23,7 +23,9 @@ class UnsupportedOpError(OnnxAttrError):
     list at once: ``nodes`` holds ``(op_type, domain, opset, node_name, reason)`` tuples.
     """
 
-    def __init__(self, nodes: list[tuple[str, str, int, str, str]]):
+    def __init__(self, nodes: list[tuple[str, str, int, str, str]],
+                 hint: str = "Re-export the model without these ops, or add a converter (docs/adding_an_op.md).",
+                 action: str = "cannot import"):
         self.nodes = list(nodes)
         op_type, domain, opset, name, reason = self.nodes[0]
         self.op_type, self.domain, self.opset, self.node_name = op_type, domain, opset, name
@@ -33,10 +35,10 @@ class UnsupportedOpError(OnnxAttrError):
         kinds = sorted({(t, d or "ai.onnx", o) for t, d, o, _, _ in self.nodes})
         summary = ", ".join(f"{t} ({d} opset {o})" for t, d, o in kinds)
         super().__init__(
-            f"cannot import {len(self.nodes)} node(s); unsupported: {summary}\n"
+            f"{action} {len(self.nodes)} node(s); unsupported: {summary}\n"
             + "\n".join(lines[:20])
             + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
-            + "\nRe-export the model without these ops, or add a converter (docs/adding_an_op.md)."
+            + "\n" + hint
         )
 
 

@@ -8,6 +8,8 @@ Mul/MatMul/... is bilinear depends on the graph: with one constant operand it is
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import onnx
 
 LINEAR = frozenset({
@@ -39,10 +41,13 @@ STRUCTURAL = frozenset({
 })
 
 
-def op_kind(op_type: str, variable_inputs: int) -> str:
-    """Kind of an ai.onnx op given how many of its inputs depend on the model's inputs."""
+def op_kind(op_type: str, variable: Sequence[bool]) -> str:
+    """Kind of an ai.onnx op given which of its inputs depend on the model's inputs."""
+    n_var = sum(variable)
+    if op_type == "Div":  # a / b is linear in a; a varying divisor makes it a quotient
+        return "bilinear" if len(variable) > 1 and variable[1] else "linear"
     if op_type in BILINEAR:
-        return "bilinear" if variable_inputs >= 2 else "linear"
+        return "bilinear" if n_var >= 2 else "linear"
     for kind, ops in (("linear", LINEAR), ("unary", UNARY), ("composite", COMPOSITE), ("structural", STRUCTURAL)):
         if op_type in ops:
             return kind
@@ -55,9 +60,9 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
     variable = {i.name for i in graph.input}
     out = []
     for node in graph.node:
-        n_var = sum(1 for name in node.input if name in variable)
-        kind = op_kind(node.op_type, n_var) if node.domain in ("", "ai.onnx") else "unknown"
-        if n_var and kind != "structural":
+        flags = [name in variable for name in node.input]
+        kind = op_kind(node.op_type, flags) if node.domain in ("", "ai.onnx") else "unknown"
+        if any(flags) and kind != "structural":
             variable.update(node.output)
         out.append((node, kind))
     return out

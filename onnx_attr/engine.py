@@ -1,0 +1,166 @@
+"""The two-pass DeepLift engine: a reference pass without gradients, then the main pass.
+
+Input and baseline are never stacked on the batch axis (Captum's way, which breaks on exports
+that bake the batch size into reshapes or move it off dim 0). A shared baseline runs at batch 1
+and broadcasts; when the graph merges the batch into another axis (the broadcast would be
+wrong), the reference is re-run at the inputs' batch size. Exports whose batch size is fixed
+get their inputs in chunks of that size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import ForwardError, InputError
+from .model import _explain_failure
+from .rewrite import ReferenceShapeMismatch, RewriteResult, rewrite_for_deeplift
+
+
+@dataclass
+class PassResult:
+    multipliers: list[Optional[Tensor]]  # one per input, None for those not attributed
+    value: Tensor  # the explained output per example, f(x)
+    reference_value: Tensor  # f(x0) per example
+
+
+class Targets:
+    """Captum's target conventions, normalized to one row of indices per example.
+
+    None (a scalar output per example), an int, a tuple (for outputs of rank > 2), a list with
+    one int/tuple per example, or a tensor/array of shape [N].
+    """
+
+    def __init__(self, target, n: int):
+        if target is None:
+            rows: list[tuple[int, ...]] = [()] * n
+        elif isinstance(target, (int,)) or (hasattr(target, "ndim") and getattr(target, "ndim") == 0):
+            rows = [(int(target),)] * n
+        elif isinstance(target, tuple):
+            rows = [tuple(int(t) for t in target)] * n
+        else:
+            items = target.tolist() if hasattr(target, "tolist") else list(target)
+            if len(items) != n:
+                raise InputError(f"target has {len(items)} entries for {n} example(s); give one per example or one int")
+            rows = [tuple(int(t) for t in (i if isinstance(i, (tuple, list)) else (i,))) for i in items]
+        if len({len(r) for r in rows}) > 1:
+            raise InputError("every example's target must index the same number of output axes")
+        self.rows = rows
+
+    def chunk(self, start: int, stop: int) -> "Targets":
+        out = Targets.__new__(Targets)
+        out.rows = self.rows[start:stop]
+        return out
+
+    def select(self, output: Tensor) -> Tensor:
+        """output[i, *target_i] for each example i: one scalar per example."""
+        n = len(self.rows)
+        depth = len(self.rows[0]) if self.rows else 0
+        if output.dim() == 1 and depth == 0:
+            return output
+        if output.dim() - 1 == depth + 1 and output.shape[-1] == 1 and depth == 0:
+            return output.reshape(n, -1)[:, 0]
+        if output.dim() - 1 != depth:
+            raise InputError(
+                f"the output has shape {list(output.shape)}: a target must pick one value per example "
+                f"({output.dim() - 1} index(es) after the batch axis), got {depth}"
+            )
+        index = torch.tensor(self.rows, dtype=torch.long, device=output.device).reshape(n, depth)
+        for axis in range(depth):
+            size = output.shape[axis + 1]
+            bad = (index[:, axis] < 0) | (index[:, axis] >= size)
+            if bool(bad.any()):
+                raise InputError(f"target {int(index[bad.nonzero()[0, 0], axis])} is out of range for output "
+                                 f"axis {axis + 1} of size {size} (valid: 0 to {size - 1})")
+        return output[(torch.arange(n, device=output.device), *index.unbind(1))]
+
+
+class DeepLiftEngine:
+    """Rewrites the model once; each `run` is one reference pass and one main pass per chunk."""
+
+    def __init__(self, model, *, gradient_fallback: bool = False):
+        self.model = model
+        self.rewrite: RewriteResult = rewrite_for_deeplift(model.module, model.inputs,
+                                                           gradient_fallback=gradient_fallback)
+        first = model.inputs[0].shape if model.inputs and model.inputs[0].shape else None
+        self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
+
+    def run(self, inputs: Sequence[Tensor], baselines: Sequence[Tensor], attributed: Sequence[bool],
+            targets: Targets, output: int) -> PassResult:
+        n = inputs[0].shape[0]
+        size = self.fixed_batch or n
+        parts = []
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            xs = [_rows(x, start, stop, size) for x in inputs]
+            bs = [_baseline_rows(b, start, stop, size, self.fixed_batch) for b in baselines]
+            parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, stop - start))
+        return PassResult(
+            [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts])
+             for i in range(len(inputs))],
+            torch.cat([p.value for p in parts]), torch.cat([p.reference_value for p in parts]))
+
+    def _two_pass(self, xs, bs, attributed, targets, output, keep) -> PassResult:
+        try:
+            return self._passes(xs, bs, attributed, targets, output, keep)
+        except ReferenceShapeMismatch:
+            pass
+        except ForwardError:
+            if all(b.shape[0] == xs[0].shape[0] for b in bs):
+                raise
+        # The batch-1 reference could not broadcast (or run): redo it at the inputs' batch size.
+        n = xs[0].shape[0]
+        return self._passes(xs, [b.expand(n, *b.shape[1:]).contiguous() for b in bs], attributed, targets,
+                            output, keep)
+
+    def _passes(self, xs, bs, attributed, targets, output, keep) -> PassResult:
+        module, state = self.rewrite.module, self.rewrite.state
+        try:
+            state.mode, state.refs = "reference", {}
+            with torch.no_grad():
+                ref_out = _pick(self._forward(module, bs), output)
+            state.mode = "deeplift"
+            live = [x.detach().requires_grad_(True) if a else x for x, a in zip(xs, attributed)]
+            with torch.enable_grad():
+                out = _pick(self._forward(module, live), output)
+                value = targets.select(out[:keep]) if out.shape[0] != keep else targets.select(out)
+                wanted = [x for x, a in zip(live, attributed) if a]
+                grads = iter(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
+        finally:
+            state.mode, state.refs = "off", {}
+        multipliers = []
+        for x, a in zip(live, attributed):
+            g = next(grads) if a else None
+            multipliers.append(None if not a else (torch.zeros_like(x) if g is None else g)[:keep])
+        ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
+        return PassResult(multipliers, value.detach(), targets.select(ref_rows[:keep]).detach())
+
+    def _forward(self, module, args):
+        try:
+            return module(*args)
+        except (ReferenceShapeMismatch, InputError, torch.OutOfMemoryError):
+            raise
+        except Exception as err:
+            raise ForwardError(_explain_failure(module, args, err)) from err
+
+
+def _pick(out, index: int) -> Tensor:
+    return out[index] if isinstance(out, (tuple, list)) else out
+
+
+def _rows(t: Tensor, start: int, stop: int, size: int) -> Tensor:
+    """Rows [start, stop), padded to `size` by repeating the last (for fixed-batch exports)."""
+    part = t[start:stop]
+    if part.shape[0] < size:
+        part = torch.cat([part, part[-1:].expand(size - part.shape[0], *part.shape[1:])])
+    return part
+
+
+def _baseline_rows(b: Tensor, start: int, stop: int, size: int, fixed: Optional[int]) -> Tensor:
+    """A shared baseline stays at batch 1 (broadcast) unless the export fixes a larger batch."""
+    if b.shape[0] == 1:
+        return b if fixed in (None, 1) else b.expand(size, *b.shape[1:])
+    return _rows(b, start, stop, size)

@@ -1,0 +1,117 @@
+"""Inputs, baselines and forward args in any of the forms users pass, and back in the same form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from ..inputs import check_inputs
+
+
+@dataclass
+class Prepared:
+    tensors: list[Tensor]  # every model input, in ONNX order, on the model's device
+    attributed: list[bool]  # which of them get attributions
+    baselines: list[Tensor]  # one per model input (unattributed ones: the input itself)
+    repack: Callable[[list[Tensor]], Any]  # attributions back into the user's structure
+
+
+def _as_list(value: Any) -> tuple[list, Callable[[list], Any]]:
+    """A list of the user's values and a function putting per-value results back the same way."""
+    if isinstance(value, Mapping):
+        keys = list(value)
+        return [value[k] for k in keys], lambda items: dict(zip(keys, items))
+    if isinstance(value, (tuple, list)):
+        kind = type(value)
+        return list(value), lambda items: kind(items)
+    return [value], lambda items: items[0]
+
+
+def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any) -> Prepared:
+    """Place the attributed inputs and the extra forward args at their ONNX positions, checked."""
+    specs = model.inputs
+    names = [s.name for s in specs]
+    given, repack_user = _as_list(inputs)
+    as_numpy = all(isinstance(v, np.ndarray) for v in given)
+    if isinstance(inputs, Mapping):
+        unknown = [k for k in inputs if k not in names]
+        if unknown:
+            raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {names}")
+        positions = [names.index(k) for k in inputs]
+    else:
+        positions = list(range(len(given)))
+    extra, _ = _as_list(additional_forward_args) if additional_forward_args is not None else ([], None)
+    if isinstance(additional_forward_args, Mapping):
+        extra_positions = [names.index(k) if k in names else -1 for k in additional_forward_args]
+        if -1 in extra_positions:
+            raise InputError(f"unknown name(s) in additional_forward_args; the model's inputs are {names}")
+    else:
+        free = [i for i in range(len(specs)) if i not in positions]
+        extra_positions = free[: len(extra)]
+    if len(positions) + len(extra) != len(specs) or len(extra_positions) != len(extra):
+        raise InputError(
+            f"the model takes {len(specs)} input(s) {names}; got {len(given)} to attribute and {len(extra)} "
+            "additional forward arg(s)"
+        )
+    values: list[Any] = [None] * len(specs)
+    for pos, v in zip(positions, given):
+        values[pos] = v
+    for pos, v in zip(extra_positions, extra):
+        values[pos] = v
+    tensors = [t.to(model.device) for t in check_inputs(values, specs)]
+    n = tensors[positions[0]].shape[0] if tensors[positions[0]].dim() else 1
+    attributed = [i in positions and specs[i].differentiable for i in range(len(specs))]
+    for i in positions:
+        if not specs[i].differentiable:
+            raise InputError(
+                f"input {specs[i].name!r} is {specs[i].dtype}: integer inputs (token ids) cannot be attributed "
+                "directly; pass them as additional_forward_args"
+            )
+    base = _baselines(model, baselines, positions, tensors, n)
+    full = [base.get(i, tensors[i]) for i in range(len(specs))]
+
+    def repack(per_input: list[Tensor]) -> Any:
+        items = [per_input[p] for p in positions]
+        if as_numpy:
+            items = [t.detach().cpu().numpy() for t in items]
+        return repack_user(items)
+
+    return Prepared(tensors, attributed, full, repack)
+
+
+def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor], n: int) -> dict[int, Tensor]:
+    """Baselines for the attributed inputs: zeros by default, a scalar, or arrays of batch 1 or N."""
+    specs = model.inputs
+    if baselines is None:
+        return {p: torch.zeros_like(tensors[p][:1]) for p in positions}
+    if isinstance(baselines, (int, float)):
+        return {p: torch.full_like(tensors[p][:1], float(baselines)) for p in positions}
+    items, _ = _as_list(baselines)
+    if isinstance(baselines, Mapping):
+        items = [baselines.get(specs[p].name) for p in positions]
+        if any(i is None for i in items):
+            raise InputError(f"baselines must name every attributed input: {[specs[p].name for p in positions]}")
+    if len(items) != len(positions):
+        raise InputError(f"{len(items)} baseline(s) for {len(positions)} attributed input(s)")
+    out = {}
+    for p, b in zip(positions, items):
+        x = tensors[p]
+        if isinstance(b, (int, float)):
+            out[p] = torch.full_like(x[:1], float(b))
+            continue
+        b = torch.as_tensor(np.asarray(b) if not isinstance(b, Tensor) else b)
+        if b.dim() == x.dim() - 1:
+            b = b.unsqueeze(0)
+        if b.dim() != x.dim() or b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, n):
+            raise InputError(
+                f"baseline for {specs[p].name!r} has shape {list(b.shape)}; it must be {list(x.shape[1:])} "
+                f"with a batch of 1 or {n} in front"
+            )
+        (checked,) = check_inputs([b], [specs[p]], what="baseline")
+        out[p] = checked.to(x.device)
+    return out

@@ -1,0 +1,147 @@
+"""The DeepLift rewrite: one fx pass that wraps every nonlinear node in a `DeepLiftOp`.
+
+The pass is general: it asks `opkinds` what kind each node is (given which of its inputs vary
+with the attributed inputs) and `rules.RULES` for the rule of that op type. It never mutates the
+module it is given, and shares its weights. A `DeepLiftOp` computes exactly the wrapped op's
+forward; only while the engine runs DeepLift does its backward return the rule's multipliers.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, fx, nn
+
+from .errors import UnsupportedOpError
+from .opkinds import op_kind
+from .rules import RULES, NodeInfo, Rule
+from .specs import TensorSpec
+
+
+class ReferenceShapeMismatch(Exception):
+    """A batch-1 reference does not broadcast against the input here (batch merged into another dim)."""
+
+
+class DeepLiftState:
+    """Shared by every DeepLiftOp of one rewritten module: the mode and the recorded references."""
+
+    def __init__(self) -> None:
+        self.mode = "off"  # off | reference | deeplift
+        self.refs: dict[int, tuple[list[Any], Tensor]] = {}
+
+
+class _DeepLiftCall(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, op: "DeepLiftOp", kwargs: dict, refs: list, ref_out: Tensor, *args):
+        out = op.original(*args, **kwargs)
+        ctx.op, ctx.kwargs, ctx.refs, ctx.ref_out = op, kwargs, refs, ref_out
+        ctx.template = [None if isinstance(a, Tensor) else a for a in args]
+        ctx.save_for_backward(out, *(a for a in args if isinstance(a, Tensor)))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out, *tensors = ctx.saved_tensors
+        it = iter(tensors)
+        args = [next(it) if t is None else t for t in ctx.template]
+        call = lambda *a: ctx.op.original(*a, **ctx.kwargs)  # noqa: E731
+        grads = ctx.op.rule.backward(ctx.op.info, call, grad, args, out, ctx.refs, ctx.ref_out)
+        return (None, None, None, None, *grads)
+
+
+class DeepLiftOp(nn.Module):
+    """Wraps a converted op: plain forward always; the rule's multipliers as backward under DeepLift."""
+
+    def __init__(self, original: nn.Module, rule: Rule, info: NodeInfo, state: DeepLiftState):
+        super().__init__()
+        self.original = original
+        self.rule, self.info = rule, info
+        self._state = state
+
+    def forward(self, *args, **kwargs):
+        state = self._state
+        if state.mode == "off":
+            return self.original(*args, **kwargs)
+        if state.mode == "reference":
+            out = self.original(*args, **kwargs)
+            state.refs[id(self)] = ([a.detach() if isinstance(a, Tensor) else a for a in args], out.detach())
+            return out
+        refs, ref_out = state.refs[id(self)]
+        for pos in self.info.variable_positions():
+            if not _broadcasts(refs[pos].shape, args[pos].shape):
+                raise ReferenceShapeMismatch(self.info.name)
+        return _DeepLiftCall.apply(self, kwargs, refs, ref_out, *args)
+
+
+def _broadcasts(ref: torch.Size, actual: torch.Size) -> bool:
+    return len(ref) == len(actual) and all(r in (1, a) for r, a in zip(ref, actual))
+
+
+@dataclass
+class RewriteResult:
+    module: fx.GraphModule
+    state: DeepLiftState
+    rewritten: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, kind)
+    fallback: list[tuple[str, str]] = field(default_factory=list)  # (node, op) left with their gradient
+
+
+def _variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> set[fx.Node]:
+    """Nodes whose value depends on a differentiable (floating) model input."""
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    variable = {n for n, spec in zip(placeholders, inputs) if spec.differentiable}
+    for node in module.graph.nodes:
+        if node.op in ("call_module", "call_function"):
+            flags = [isinstance(a, fx.Node) and a in variable for a in (*node.args, *node.kwargs.values())]
+            if any(flags) and op_kind(node.meta.get("onnx_op", ""), flags) != "structural":
+                variable.add(node)
+    return variable
+
+
+def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *,
+                         gradient_fallback: bool = False) -> RewriteResult:
+    """Wrap each nonlinear node in a DeepLiftOp; refuse (or, opted in, warn about) nodes with no rule."""
+    out = fx.GraphModule(module, copy.deepcopy(module.graph))
+    state = DeepLiftState()
+    result = RewriteResult(out, state)
+    variable = _variable_nodes(out, inputs)
+    unsupported: list[tuple[str, str, int, str, str]] = []
+    for index, node in enumerate(list(out.graph.nodes)):
+        if node.op != "call_module" or "onnx_op" not in node.meta:
+            continue
+        op = node.meta["onnx_op"]
+        flags = [isinstance(a, fx.Node) and a in variable for a in node.args]
+        if not any(flags):
+            continue
+        kind = op_kind(op, flags) if node.meta.get("onnx_domain", "") in ("", "ai.onnx") else "unknown"
+        if kind in ("linear", "structural"):
+            continue
+        info = NodeInfo(op, node.meta.get("onnx_attrs", {}), node.meta.get("onnx_opset", 0), flags,
+                        node.meta["onnx_node"])
+        rule = RULES.get(op)
+        reason = "" if rule is not None else f"no DeepLift rule for {kind} op {op}"
+        if rule is not None:
+            try:
+                rule.check(info)
+            except NotImplementedError as err:
+                reason = str(err)
+        if reason:
+            unsupported.append((op, node.meta.get("onnx_domain", ""), info.opset, info.name, reason))
+            continue
+        name = f"deeplift_{index}"
+        out.add_submodule(name, DeepLiftOp(out.get_submodule(node.target), rule, info, state))
+        node.target = name
+        result.rewritten.append((info.name, op, rule.kind))
+    if unsupported and not gradient_fallback:
+        raise UnsupportedOpError(unsupported, action="DeepLift has no exact rule for", hint="pass gradient_fallback=True (CLI: --gradient-fallback) to let "
+                                                   "these nodes use their plain gradient, at the cost of completeness")
+    if unsupported:
+        result.fallback = [(u[3], u[0]) for u in unsupported]
+        warnings.warn("DeepLift falls back to the plain gradient at: "
+                      + ", ".join(f"{n} ({o})" for n, o in result.fallback), stacklevel=2)
+    out.graph.lint()
+    out.recompile()
+    return result

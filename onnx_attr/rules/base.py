@@ -1,0 +1,129 @@
+"""Rule classes and the one registry that maps an ONNX op type to its DeepLift rule.
+
+A rule turns (the incoming gradient, the node's inputs and output, and their recorded
+references) into the gradient for each input: the DeepLift multipliers. Three shapes cover
+every op: `UnaryRule` (rescale), `ProductRule` (Shapley), and `DecomposedRule`, whose
+subclasses write the op with the paired primitives and let autograd do the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .paired import product, rescale_multiplier
+
+RULES: dict[str, "Rule"] = {}
+
+
+def rule(*op_types: str) -> Callable[[type], type]:
+    """Register one instance of the decorated rule class for each ONNX op type."""
+
+    def deco(cls: type) -> type:
+        for op in op_types:
+            if op in RULES:
+                raise ValueError(f"duplicate DeepLift rule for {op}: {cls.__name__} and {type(RULES[op]).__name__}")
+            RULES[op] = cls()
+        return cls
+
+    return deco
+
+
+class NodeInfo:
+    """What a rule may read about its node: ONNX op, attributes, opset, and which inputs vary."""
+
+    def __init__(self, op_type: str, attrs: dict, opset: int, variable: Sequence[bool], name: str):
+        self.op_type, self.attrs, self.opset, self.variable, self.name = op_type, attrs, opset, tuple(variable), name
+
+    def variable_positions(self) -> list[int]:
+        return [i for i, v in enumerate(self.variable) if v]
+
+
+class Rule:
+    kind = "composite"
+
+    def check(self, info: NodeInfo) -> None:
+        """Raise NotImplementedError (with a sentence) for configurations the rule cannot make exact."""
+
+    def backward(self, info: NodeInfo, call: Callable, grad: Tensor, args: Sequence[Any], out: Tensor,
+                 refs: Sequence[Any], ref_out: Tensor) -> list[Tensor | None]:
+        raise NotImplementedError
+
+
+def _substitute(args: Sequence[Any], values: dict[int, Any]) -> list[Any]:
+    return [values.get(i, a) for i, a in enumerate(args)]
+
+
+def reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to an input's shape."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.dim() - len(shape)
+    grad = grad.sum(dim=tuple(range(extra))) if extra > 0 else grad
+    dims = tuple(i for i, (g, s) in enumerate(zip(grad.shape, shape)) if s == 1 and g != 1)
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
+
+
+class UnaryRule(Rule):
+    """Any elementwise op of one varying input (other inputs constant: PRelu slope, Clip bounds)."""
+
+    kind = "unary"
+
+    def check(self, info: NodeInfo) -> None:
+        if len(info.variable_positions()) != 1:
+            raise NotImplementedError(
+                f"{info.op_type} with {len(info.variable_positions())} inputs that vary is not elementwise-unary"
+            )
+
+    def backward(self, info, call, grad, args, out, refs, ref_out):
+        (pos,) = info.variable_positions()
+        x, x0 = args[pos], refs[pos]
+        f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
+        m = rescale_multiplier(f, x, x0, out, ref_out)
+        grads: list[Tensor | None] = [None] * len(args)
+        grads[pos] = reduce_to(grad * m, x.shape)
+        return grads
+
+
+class DecomposedRule(Rule):
+    """The op written with paired primitives; autograd through the decomposition gives the multipliers."""
+
+    def decompose(self, info: NodeInfo, call: Callable, args: list[Any], refs: list[Any]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def backward(self, info, call, grad, args, out, refs, ref_out):
+        positions = info.variable_positions()
+        refs = list(refs)
+        for i in positions:  # a shared (batch-1) reference, expanded as a view: composites see equal shapes
+            if refs[i].shape != args[i].shape:
+                refs[i] = refs[i].expand_as(args[i])
+        with torch.enable_grad():
+            live = list(args)
+            for i in positions:
+                live[i] = args[i].detach().requires_grad_(True)
+            y, _ = self.decompose(info, call, live, refs)
+            found = torch.autograd.grad(y, [live[i] for i in positions], grad, allow_unused=True)
+        grads: list[Tensor | None] = [None] * len(args)
+        for i, g in zip(positions, found):
+            grads[i] = g if g is not None else torch.zeros_like(args[i])
+        return grads
+
+
+class ProductRule(DecomposedRule):
+    """Two varying operands of an op bilinear in them (constants may add or scale)."""
+
+    kind = "bilinear"
+
+    def check(self, info: NodeInfo) -> None:
+        if len(info.variable_positions()) != 2:
+            raise NotImplementedError(
+                f"{info.op_type} with {len(info.variable_positions())} varying operands: the Shapley product "
+                "rule is exact for two"
+            )
+
+    def decompose(self, info, call, args, refs):
+        i, j = info.variable_positions()
+        fn = lambda a, b: call(*_substitute(args, {i: a, j: b}))  # noqa: E731
+        return product(fn, args[i], refs[i], args[j], refs[j])

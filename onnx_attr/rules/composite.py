@@ -1,0 +1,249 @@
+"""Composite ops, decomposed into rescale, product and linear steps so completeness is exact.
+
+Each rule reads the ONNX node's attributes (axis, epsilon, ...), not the converted module's
+internals, so the decomposition follows the ONNX spec that `verify` checked the module against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .base import DecomposedRule, NodeInfo, rule
+from .paired import pair_max, pair_min, product, rescale
+
+
+def _require_constant(info: NodeInfo, positions: range | list[int], what: str) -> None:
+    if any(info.variable[i] for i in positions if i < len(info.variable)):
+        raise NotImplementedError(f"{info.op_type} with a varying {what} is not supported")
+
+
+def _softmax_parts(info, z, z0):
+    """exp(z - c) and its sum, with one shift c shared by input and reference (softmax is shift-invariant)."""
+    axis = info.attrs.get("axis", 1 if info.opset < 13 else -1)
+    shape = z.shape
+    if info.opset < 13:  # old Softmax/LogSoftmax flatten to 2-D at `axis`
+        axis = axis % z.dim()
+        z = z.reshape(math.prod(shape[:axis]), -1)
+        z0 = z0.reshape(math.prod(z0.shape[:axis]), -1)
+        axis = 1
+    c = torch.maximum(z.detach().amax(axis, keepdim=True), z0.amax(axis, keepdim=True))
+    e, e0 = rescale(torch.exp, z - c, z0 - c)
+    return axis, shape, c, (z, z0), (e, e0), (e.sum(axis, keepdim=True), e0.sum(axis, keepdim=True))
+
+
+@rule("Softmax")
+class Softmax(DecomposedRule):
+    """softmax = exp(z - c) · 1/Σexp(z - c)."""
+
+    def decompose(self, info, call, args, refs):
+        _require_constant(info, range(1, len(args)), "second input")
+        axis, shape, _, _, (e, e0), (s, s0) = _softmax_parts(info, args[0], refs[0])
+        r, r0 = rescale(torch.reciprocal, s, s0)
+        y, y0 = product(torch.mul, e, e0, r, r0)
+        return y.reshape(shape), y0
+
+
+@rule("LogSoftmax")
+class LogSoftmax(DecomposedRule):
+    """log_softmax = (z - c) - log Σexp(z - c)."""
+
+    def decompose(self, info, call, args, refs):
+        axis, shape, c, (z, z0), _, (s, s0) = _softmax_parts(info, args[0], refs[0])
+        l, l0 = rescale(torch.log, s, s0)
+        return ((z - c) - l).reshape(shape), (z0 - c) - l0
+
+
+def _normalize(x, x0, axes, eps):
+    """(x - mean) / sqrt(var + eps) over `axes`, as centring, a square (product), a rescale and a product."""
+    d = x - x.mean(axes, keepdim=True)
+    d0 = x0 - x0.mean(axes, keepdim=True)
+    sq, sq0 = product(torch.mul, d, d0, d, d0)
+    r, r0 = rescale(lambda t: torch.rsqrt(t + eps), sq.mean(axes, keepdim=True), sq0.mean(axes, keepdim=True))
+    return product(torch.mul, d, d0, r, r0)
+
+
+@rule("LayerNormalization")
+class LayerNorm(DecomposedRule):
+    def check(self, info):
+        _require_constant(info, [1, 2], "scale or bias")
+
+    def decompose(self, info, call, args, refs):
+        x = args[0]
+        axis = info.attrs.get("axis", -1) % x.dim()
+        y, y0 = _normalize(x, refs[0], tuple(range(axis, x.dim())), info.attrs.get("epsilon", 1e-5))
+        scale = args[1]
+        bias = args[2] if len(args) > 2 and args[2] is not None else 0.0
+        return y * scale + bias, y0 * scale + bias
+
+
+@rule("InstanceNormalization")
+class InstanceNorm(DecomposedRule):
+    def check(self, info):
+        _require_constant(info, [1, 2], "scale or bias")
+
+    def decompose(self, info, call, args, refs):
+        x = args[0]
+        y, y0 = _normalize(x, refs[0], tuple(range(2, x.dim())), info.attrs.get("epsilon", 1e-5))
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        scale, bias = args[1].reshape(view), args[2].reshape(view)
+        return y * scale + bias, y0 * scale + bias
+
+
+@rule("LRN")
+class LocalResponseNorm(DecomposedRule):
+    """x / (bias + alpha/size · Σ_window x²)^beta: square (product), window sum, rescale, product."""
+
+    def decompose(self, info, call, args, refs):
+        x, x0 = args[0], refs[0]
+        size = info.attrs["size"]
+        alpha, beta, bias = info.attrs.get("alpha", 1e-4), info.attrs.get("beta", 0.75), info.attrs.get("bias", 1.0)
+        sq, sq0 = product(torch.mul, x, x0, x, x0)
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+
+        def window_sum(t):
+            padded = F.pad(t.movedim(1, -1), (lo, hi))
+            return padded.unfold(-1, size, 1).sum(-1).movedim(-1, 1)
+
+        q, q0 = rescale(lambda t: (bias + alpha / size * t) ** (-beta), window_sum(sq), window_sum(sq0))
+        return product(torch.mul, x, x0, q, q0)
+
+
+def tree_reduce(pair, w, w0, valid=None):
+    """Reduce the last axis pairwise (log2 steps); `valid` masks out padding that must not win."""
+    while w.shape[-1] > 1:
+        k = w.shape[-1]
+        if k % 2:  # the odd one out waits for the next level
+            a, a0 = w[..., :k - 1:2], w0[..., :k - 1:2]
+            b, b0 = w[..., 1:k:2], w0[..., 1:k:2]
+            carry, carry0 = w[..., -1:], w0[..., -1:]
+        else:
+            a, a0, b, b0 = w[..., 0::2], w0[..., 0::2], w[..., 1::2], w0[..., 1::2]
+        m, m0 = pair(a, a0, b, b0)
+        if valid is not None:
+            va, vb = (valid[..., :k - 1:2], valid[..., 1:k:2]) if k % 2 else (valid[..., 0::2], valid[..., 1::2])
+            both = va & vb
+            m = torch.where(both, m, torch.where(va, a, b))
+            m0 = torch.where(both, m0, torch.where(va, a0, b0))
+            valid = torch.cat([va | vb, valid[..., -1:]], -1) if k % 2 else va | vb
+        if k % 2:
+            m, m0 = torch.cat([m, carry], -1), torch.cat([m0, carry0], -1)
+        w, w0 = m, m0
+    return w[..., 0], w0[..., 0]
+
+
+def _reduce_axes(info, args, rank):
+    axes = info.attrs.get("axes")
+    if axes is None and len(args) > 1 and args[1] is not None:
+        _require_constant(info, [1], "axes input")
+        axes = [int(a) for a in args[1].reshape(-1).tolist()]
+    if not axes:
+        if info.attrs.get("noop_with_empty_axes", 0):
+            return []
+        axes = list(range(rank))
+    return sorted(a % rank for a in axes)
+
+
+def _flatten_axes(t, axes):
+    """Move `axes` to the end and flatten them into one."""
+    rest = [d for d in range(t.dim()) if d not in axes]
+    moved = t.permute(*rest, *axes)
+    return moved.reshape(*moved.shape[:len(rest)], -1)
+
+
+def _restore(y, x_shape, axes, keepdims):
+    if not keepdims:
+        return y
+    shape = [1 if d in axes else s for d, s in enumerate(x_shape)]
+    return y.reshape(shape)
+
+
+class _ReduceExtremum(DecomposedRule):
+    pair = staticmethod(pair_max)
+
+    def decompose(self, info, call, args, refs):
+        x, x0 = args[0], refs[0]
+        axes = _reduce_axes(info, args, x.dim())
+        if not axes:
+            return x, x0
+        keep = info.attrs.get("keepdims", 1)
+        y, y0 = tree_reduce(self.pair, _flatten_axes(x, axes), _flatten_axes(x0, axes))
+        return _restore(y, x.shape, axes, keep), _restore(y0, x0.shape, axes, keep)
+
+
+@rule("ReduceMax")
+class ReduceMax(_ReduceExtremum):
+    """max over axes as a tree of max(a, b) = a + relu(b - a)."""
+
+
+@rule("ReduceMin")
+class ReduceMin(_ReduceExtremum):
+    pair = staticmethod(pair_min)
+
+
+@rule("GlobalMaxPool")
+class GlobalMaxPool(DecomposedRule):
+    def decompose(self, info, call, args, refs):
+        x, x0 = args[0], refs[0]
+        axes = list(range(2, x.dim()))
+        y, y0 = tree_reduce(pair_max, _flatten_axes(x, axes), _flatten_axes(x0, axes))
+        return _restore(y, x.shape, axes, True), _restore(y0, x0.shape, axes, True)
+
+
+class _Elementwise(DecomposedRule):
+    """Max/Min of several tensors (numpy broadcasting), folded pairwise."""
+
+    pair = staticmethod(pair_max)
+
+    def decompose(self, info, call, args, refs):
+        y, y0 = args[0], refs[0]
+        for a, a0 in zip(args[1:], refs[1:]):
+            y, a = torch.broadcast_tensors(y, a)
+            y, y0 = self.pair(y, y0, a, a0)
+        return y, y0
+
+
+@rule("Max")
+class Max(_Elementwise):
+    pass
+
+
+@rule("Min")
+class Min(_Elementwise):
+    pair = staticmethod(pair_min)
+
+
+@rule("ReduceLogSumExp")
+class ReduceLogSumExp(DecomposedRule):
+    def decompose(self, info, call, args, refs):
+        x, x0 = args[0], refs[0]
+        axes = _reduce_axes(info, args, x.dim())
+        keep = bool(info.attrs.get("keepdims", 1))
+        c = torch.maximum(x.detach().amax(axes, keepdim=True), x0.amax(axes, keepdim=True))
+        e, e0 = rescale(torch.exp, x - c, x0 - c)
+        l, l0 = rescale(torch.log, e.sum(axes, keepdim=True), e0.sum(axes, keepdim=True))
+        y, y0 = l + c, l0 + c
+        return (y, y0) if keep else (y.squeeze(axes), y0.squeeze(axes))
+
+
+@rule("ReduceSumSquare", "ReduceL2")
+class ReduceSquares(DecomposedRule):
+    def decompose(self, info, call, args, refs):
+        x, x0 = args[0], refs[0]
+        axes = _reduce_axes(info, args, x.dim())
+        keep = bool(info.attrs.get("keepdims", 1))
+        sq, sq0 = product(torch.mul, x, x0, x, x0)
+        y, y0 = sq.sum(axes, keepdim=keep), sq0.sum(axes, keepdim=keep)
+        return rescale(torch.sqrt, y, y0) if info.op_type == "ReduceL2" else (y, y0)
+
+
+@rule("ReduceL1")
+class ReduceL1(DecomposedRule):
+    def decompose(self, info, call, args, refs):
+        x, x0 = args[0], refs[0]
+        axes = _reduce_axes(info, args, x.dim())
+        keep = bool(info.attrs.get("keepdims", 1))
+        a, a0 = rescale(torch.abs, x, x0)
+        return a.sum(axes, keepdim=keep), a0.sum(axes, keepdim=keep)

@@ -1,0 +1,99 @@
+"""The two DeepLift primitives, on (value, reference) pairs.
+
+Every nonlinear rule is written with these two and plain linear torch ops:
+
+* `rescale(f, x, x0)`: an elementwise f; multiplier (f(x) - f(x0)) / (x - x0), the gradient
+  where x and x0 are too close for the secant to be accurate. Exact: Δy = m·Δx.
+* `product(fn, a, a0, b, b0)`: fn bilinear in (a, b) (Mul, MatMul, Einsum); Shapley values,
+  ∂/∂a at b̄ = (b+b0)/2 and ∂/∂b at ā = (a+a0)/2. Exact: Δfn = fn(Δa, b̄) + fn(ā, Δb).
+
+Both return the pair (y, y0) with y carrying the DeepLift backward, so a composite (softmax,
+max pooling, layer norm) built from them is exact by construction, with autograd doing the
+bookkeeping of broadcasts, reductions and folds between primitives.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+def secant_tolerance(x: Tensor, x0: Tensor) -> Tensor:
+    """Where |x - x0| is below this, the secant loses to rounding and the gradient is used."""
+    eps = torch.finfo(x.dtype).eps if x.is_floating_point() else 1e-7
+    return 64 * eps * (x.abs() + x0.abs()) + torch.finfo(x.dtype).tiny
+
+
+def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor) -> Tensor:
+    """(y - y0) / (x - x0), with f'(x) where x ≈ x0 (computed only when such elements exist)."""
+    dx = x - x0
+    close = dx.abs() <= secant_tolerance(x, x0)
+    m = (y - y0) / torch.where(close, torch.ones_like(dx), dx)
+    if bool(close.any()):
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(f(xg), xg, torch.ones_like(y))
+        m = torch.where(close, grad, m)
+    return m
+
+
+class _Rescale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, x0: Tensor, y0: Tensor, f: Callable) -> Tensor:
+        y = f(x)
+        ctx.f = f
+        ctx.save_for_backward(x, x0, y, y0)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, x0, y, y0 = ctx.saved_tensors
+        return grad * rescale_multiplier(ctx.f, x, x0, y, y0), None, None, None
+
+
+def rescale(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+    x0 = x0.detach()
+    with torch.no_grad():
+        y0 = f(x0)
+    return _Rescale.apply(x, x0, y0, f), y0
+
+
+class _Product(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, a0: Tensor, b: Tensor, b0: Tensor, fn: Callable) -> Tensor:
+        ctx.fn = fn
+        ctx.save_for_backward(a, a0, b, b0)
+        return fn(a, b)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, a0, b, b0 = ctx.saved_tensors
+        a_mid, b_mid = (a + a0) / 2, (b + b0) / 2
+        with torch.enable_grad():
+            ag = a.detach().requires_grad_(True)
+            bg = b.detach().requires_grad_(True)
+            (grad_a,) = torch.autograd.grad(ctx.fn(ag, b_mid), ag, grad)
+            (grad_b,) = torch.autograd.grad(ctx.fn(a_mid, bg), bg, grad)
+        return grad_a, None, grad_b, None, None
+
+
+def product(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Tensor, b0: Tensor
+            ) -> tuple[Tensor, Tensor]:
+    a0, b0 = a0.detach(), b0.detach()
+    with torch.no_grad():
+        y0 = fn(a0, b0)
+    return _Product.apply(a, a0, b, b0, fn), y0
+
+
+def pair_max(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor, Tensor]:
+    """max(a, b) = a + relu(b - a): exact, and the same split for input and reference."""
+    r, r0 = rescale(torch.relu, b - a, b0 - a0)
+    return a + r, a0 + r0
+
+
+def pair_min(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor, Tensor]:
+    """min(a, b) = a - relu(a - b)."""
+    r, r0 = rescale(torch.relu, a - b, a0 - b0)
+    return a - r, a0 - r0

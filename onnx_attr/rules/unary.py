@@ -1,0 +1,16 @@
+"""Elementwise nonlinear ops: the rescale rule, through the op's own converted forward."""
+
+from __future__ import annotations
+
+from .base import UnaryRule, rule
+
+UNARY_OPS = (
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "Tanh",
+    "Softplus", "Softsign", "Exp", "Log", "Erf", "Sqrt", "Reciprocal", "Pow", "Abs", "Clip", "HardSwish", "Gelu",
+    "Mish", "Shrink", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+)
+
+
+@rule(*UNARY_OPS)
+class Rescale(UnaryRule):
+    """(f(x) - f(x0)) / (x - x0) with f the converted op itself, so its exact semantics carry over."""
