@@ -118,7 +118,7 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
         node = graph.call_module(target, tuple(args), kwargs)
         node.meta.update(onnx_node=label, onnx_op=proto.op_type, onnx_domain=proto.domain,
                          onnx_opset=opset, onnx_outputs=tuple(mapping.outputs),
-                         onnx_attrs={a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute})
+                         onnx_attrs={a.name: _attribute(a) for a in proto.attribute})
         if len(mapping.outputs) == 1:
             node.meta["onnx_tensor"] = mapping.outputs[0]
             values[mapping.outputs[0]] = node
@@ -133,6 +133,16 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
     module = fx.GraphModule(root, graph)
     module.meta["onnx_opset"] = default_opset(model)
     return module
+
+
+def _attribute(attr: onnx.AttributeProto):
+    """An attribute's value with strings decoded (onnx returns bytes)."""
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8") for v in value]
+    return value
 
 
 def _call_arguments(module: nn.Module, args: list) -> tuple[list, dict]:

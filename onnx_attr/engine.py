@@ -95,8 +95,10 @@ class DeepLiftEngine:
         parts = []
         for start in range(0, n, size):
             stop = min(start + size, n)
-            xs = [_rows(x, start, stop, size) for x in inputs]
-            bs = [_baseline_rows(b, start, stop, size, self.fixed_batch) for b in baselines]
+            whole = start == 0 and stop == n and size == n
+            xs = [x if whole or x.shape[0] != n else _rows(x, start, stop, size) for x in inputs]
+            bs = [b if x.shape[0] != n else _baseline_rows(b, start, stop, size, self.fixed_batch)
+                  for x, b in zip(inputs, baselines)]
             parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, stop - start))
         return PassResult(
             [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts])
@@ -112,9 +114,8 @@ class DeepLiftEngine:
             if all(b.shape[0] == xs[0].shape[0] for b in bs):
                 raise
         # The batch-1 reference could not broadcast (or run): redo it at the inputs' batch size.
-        n = xs[0].shape[0]
-        return self._passes(xs, [b.expand(n, *b.shape[1:]).contiguous() for b in bs], attributed, targets,
-                            output, keep)
+        full = [b.expand(x.shape[0], *b.shape[1:]).contiguous() if b.shape[0] == 1 else b for b, x in zip(bs, xs)]
+        return self._passes(xs, full, attributed, targets, output, keep)
 
     def _passes(self, xs, bs, attributed, targets, output, keep) -> PassResult:
         module, state = self.rewrite.module, self.rewrite.state
@@ -126,15 +127,22 @@ class DeepLiftEngine:
             live = [x.detach().requires_grad_(True) if a else x for x, a in zip(xs, attributed)]
             with torch.enable_grad():
                 out = _pick(self._forward(module, live), output)
+                if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
+                    raise ReferenceShapeMismatch("output")
                 value = targets.select(out[:keep]) if out.shape[0] != keep else targets.select(out)
                 wanted = [x for x, a in zip(live, attributed) if a]
                 grads = iter(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
         finally:
             state.mode, state.refs = "off", {}
         multipliers = []
+        rows = out.shape[0]
         for x, a in zip(live, attributed):
             g = next(grads) if a else None
-            multipliers.append(None if not a else (torch.zeros_like(x) if g is None else g)[:keep])
+            if a:
+                g = torch.zeros_like(x) if g is None else g
+                multipliers.append(g[:keep] if x.shape[0] == rows else g)  # drop the rows padded in
+            else:
+                multipliers.append(None)
         ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
         return PassResult(multipliers, value.detach(), targets.select(ref_rows[:keep]).detach())
 

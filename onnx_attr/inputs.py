@@ -39,13 +39,17 @@ def arrange(inputs: Any, specs: Sequence[TensorSpec], what: str = "input") -> li
     return values
 
 
-def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str = "input") -> list[torch.Tensor]:
-    """Validate shape, dtype and finiteness against the specs; return tensors of the declared dtype."""
+def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str = "input",
+                 shared_batch: bool = False) -> list[torch.Tensor]:
+    """Validate shape, dtype and finiteness against the specs; return tensors of the declared dtype.
+
+    With `shared_batch` (baselines) a batch of 1 is accepted on axis 0 whatever the spec says.
+    """
     symbols: dict[str, tuple[int, str]] = {}
     out = []
     for value, spec in zip(values, specs):
         tensor = _to_tensor(value, spec, what)
-        _check_shape(tensor, spec, what, symbols)
+        _check_shape(tensor, spec, what, symbols, skip_batch=shared_batch and tensor.dim() > 0 and tensor.shape[0] == 1)
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise InputError(
@@ -93,7 +97,8 @@ def _kind(dtype: np.dtype) -> str:
     return str(dtype)
 
 
-def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dict[str, tuple[int, str]]) -> None:
+def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dict[str, tuple[int, str]],
+                 skip_batch: bool = False) -> None:
     if spec.shape is None:
         return
     shape = tuple(tensor.shape)
@@ -103,6 +108,8 @@ def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dic
             f"{what} {spec.name!r} expects rank {len(spec.shape)} {expected}, got shape {list(shape)}"
         )
     for axis, (got, dim) in enumerate(zip(shape, spec.shape)):
+        if axis == 0 and skip_batch:
+            continue
         if isinstance(dim, int) and dim > 0 and got != dim:
             raise InputError(
                 f"{what} {spec.name!r} expects shape {expected}, got {list(shape)} (axis {axis} must be {dim})"

@@ -1,6 +1,8 @@
-"""AveragePool for every opset, asymmetric pads included (onnx2torch refuses those)."""
+"""Pooling: AveragePool and MaxPool for every opset (asymmetric and SAME pads, dilation, ceil mode), GlobalMaxPool."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -80,3 +82,73 @@ def _same_pads(graph, node, kernel, strides, auto_pad) -> list[int]:
         begin.append(small if auto_pad == "SAME_UPPER" else large)
         end.append(large if auto_pad == "SAME_UPPER" else small)
     return begin + end
+
+
+class GlobalMaxPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@register("GlobalMaxPool", 1)
+def convert_global_max_pool(node, graph):
+    return result(node, GlobalMaxPool())
+
+
+def pool_geometry(attrs: dict, spatial: tuple[int, ...]) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """Kernel extents, strides, dilations, begin pads and output sizes, following the ONNX spec."""
+    kernel = list(attrs["kernel_shape"])
+    rank = len(kernel)
+    strides = list(attrs.get("strides", [1] * rank))
+    dilations = list(attrs.get("dilations", [1] * rank))
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        totals = [max((-(-n // s) - 1) * s + e - n, 0) for n, s, e in zip(spatial, strides, extents)]
+        small = [t // 2 for t in totals]
+        begin = small if auto_pad == "SAME_UPPER" else [t - h for t, h in zip(totals, small)]
+        end = [t - b for t, b in zip(totals, begin)]
+    elif auto_pad == "VALID":
+        begin, end = [0] * rank, [0] * rank
+    else:
+        pads = list(attrs.get("pads", [0] * 2 * rank))
+        begin, end = pads[:rank], pads[rank:]
+    ceil = bool(attrs.get("ceil_mode", 0)) and auto_pad in ("NOTSET", "")
+    outs = []
+    for n, s, e, b, f in zip(spatial, strides, extents, begin, end):
+        span = n + b + f - e
+        out = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (out - 1) * s >= n + b:  # a window may not start in the end padding
+            out -= 1
+        outs.append(out)
+    return extents, strides, dilations, begin, outs
+
+
+
+_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+class MaxPool(nn.Module):
+    """Pads with the dtype's lowest value as far as the ONNX geometry needs, then pools without padding."""
+
+    def __init__(self, attrs: dict):
+        super().__init__()
+        self.attrs = attrs
+        if len(attrs["kernel_shape"]) not in _MAX:
+            raise NotImplementedError("MaxPool over more than 3 spatial dims is not supported")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        extents, strides, dilations, begin, outs = pool_geometry(self.attrs, tuple(x.shape[2:]))
+        rank = len(extents)
+        need = [(o - 1) * s + e for o, s, e in zip(outs, strides, extents)]
+        end = [max(nd - n - b, 0) for nd, n, b in zip(need, x.shape[2:], begin)]
+        low = torch.finfo(x.dtype).min if x.is_floating_point() else torch.iinfo(x.dtype).min
+        pads = [p for axis in reversed(range(rank)) for p in (begin[axis], end[axis])]
+        y = _MAX[rank](F.pad(x, pads, value=low), list(self.attrs["kernel_shape"]), strides, 0, dilations)
+        return y[(..., *(slice(0, o) for o in outs))]
+
+
+@register("MaxPool", 1, 8, 10, 11, 12)
+def convert_max_pool(node, graph):
+    if len(node.output_values) > 1 and node.output_values[1]:
+        raise NotImplementedError("MaxPool's Indices output is not supported")
+    return result(node, MaxPool(dict(node.attributes)))

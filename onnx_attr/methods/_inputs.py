@@ -64,7 +64,6 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any) ->
     for pos, v in zip(extra_positions, extra):
         values[pos] = v
     tensors = [t.to(model.device) for t in check_inputs(values, specs)]
-    n = tensors[positions[0]].shape[0] if tensors[positions[0]].dim() else 1
     attributed = [i in positions and specs[i].differentiable for i in range(len(specs))]
     for i in positions:
         if not specs[i].differentiable:
@@ -72,7 +71,7 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any) ->
                 f"input {specs[i].name!r} is {specs[i].dtype}: integer inputs (token ids) cannot be attributed "
                 "directly; pass them as additional_forward_args"
             )
-    base = _baselines(model, baselines, positions, tensors, n)
+    base = _baselines(model, baselines, positions, tensors)
     full = [base.get(i, tensors[i]) for i in range(len(specs))]
 
     def repack(per_input: list[Tensor]) -> Any:
@@ -84,7 +83,7 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any) ->
     return Prepared(tensors, attributed, full, repack)
 
 
-def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor], n: int) -> dict[int, Tensor]:
+def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor]) -> dict[int, Tensor]:
     """Baselines for the attributed inputs: zeros by default, a scalar, or arrays of batch 1 or N."""
     specs = model.inputs
     if baselines is None:
@@ -107,11 +106,11 @@ def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor
         b = torch.as_tensor(np.asarray(b) if not isinstance(b, Tensor) else b)
         if b.dim() == x.dim() - 1:
             b = b.unsqueeze(0)
-        if b.dim() != x.dim() or b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, n):
+        if b.dim() != x.dim() or b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, x.shape[0]):
             raise InputError(
                 f"baseline for {specs[p].name!r} has shape {list(b.shape)}; it must be {list(x.shape[1:])} "
-                f"with a batch of 1 or {n} in front"
+                f"with a batch of 1 or {x.shape[0]} in front"
             )
-        (checked,) = check_inputs([b], [specs[p]], what="baseline")
+        (checked,) = check_inputs([b], [specs[p]], what="baseline", shared_batch=True)
         out[p] = checked.to(x.device)
     return out

@@ -47,6 +47,11 @@ class DeepLift:
     def _attribute_once(self, inputs, baselines, target, additional_forward_args, output):
         prepared = prepare(self.model, inputs, baselines, additional_forward_args)
         n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        unbatched = [s.name for s, t, a in zip(self.model.inputs, prepared.tensors, prepared.attributed)
+                     if a and t.shape[0] != n]
+        if unbatched and n > 1:
+            raise InputError(f"attributed input(s) {unbatched} do not have the batch of {n} on axis 0 that the "
+                             "others have; attribute one example at a time")
         index = self._output_index(output)
         result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, Targets(target, n), index)
         diffs = [None if m is None else x - b for m, x, b in

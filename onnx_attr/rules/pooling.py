@@ -7,38 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..converters.pooling import pool_geometry
 from .base import DecomposedRule, rule
 from .composite import tree_reduce
 from .paired import pair_max
-
-
-def pool_geometry(attrs: dict, spatial: tuple[int, ...]) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
-    """Kernel extents, strides, dilations, begin pads and output sizes, following the ONNX spec."""
-    kernel = list(attrs["kernel_shape"])
-    rank = len(kernel)
-    strides = list(attrs.get("strides", [1] * rank))
-    dilations = list(attrs.get("dilations", [1] * rank))
-    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        totals = [max((-(-n // s) - 1) * s + e - n, 0) for n, s, e in zip(spatial, strides, extents)]
-        small = [t // 2 for t in totals]
-        begin = small if auto_pad == "SAME_UPPER" else [t - h for t, h in zip(totals, small)]
-        end = [t - b for t, b in zip(totals, begin)]
-    elif auto_pad == "VALID":
-        begin, end = [0] * rank, [0] * rank
-    else:
-        pads = list(attrs.get("pads", [0] * 2 * rank))
-        begin, end = pads[:rank], pads[rank:]
-    ceil = bool(attrs.get("ceil_mode", 0)) and auto_pad in ("NOTSET", "")
-    outs = []
-    for n, s, e, b, f in zip(spatial, strides, extents, begin, end):
-        span = n + b + f - e
-        out = (-(-span // s) if ceil else span // s) + 1
-        if ceil and (out - 1) * s >= n + b:  # a window may not start in the end padding
-            out -= 1
-        outs.append(out)
-    return extents, strides, dilations, begin, outs
 
 
 def unfold_windows(t: torch.Tensor, extents, strides, dilations, begin, outs) -> torch.Tensor:

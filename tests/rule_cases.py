@@ -1,0 +1,94 @@
+"""One-node ONNX models for every op the DeepLift rules claim (used by the completeness tests).
+
+A case is (op, attrs, variable input shapes, constant inputs, opset, sampler). Inputs named v0,
+v1, ... vary; constants are initializers. The sampler draws values in the op's domain, so that
+input and reference land on both sides of its kinks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+def normal(rng, shape):
+    return rng.standard_normal(shape) * 2.0
+
+
+def positive(rng, shape):
+    return rng.uniform(0.1, 3.0, shape)
+
+
+def unit(rng, shape):
+    return rng.uniform(-0.95, 0.95, shape)
+
+
+def above_one(rng, shape):
+    return rng.uniform(1.05, 4.0, shape)
+
+
+@dataclass
+class Case:
+    op: str
+    attrs: dict = field(default_factory=dict)
+    shapes: tuple = ((3, 5),)
+    consts: dict = field(default_factory=dict)  # position -> array (inserted among the inputs)
+    opset: int = 17
+    sampler: Callable = normal
+    label: str = ""
+    full_baseline: bool = False  # one baseline per example (operands whose axis 0 is not a batch)
+
+    @property
+    def id(self) -> str:
+        return self.op + (f"-{self.label}" if self.label else "")
+
+
+R = np.random.default_rng(7)
+CASES = [
+    *(Case(op) for op in ("Relu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Exp", "Erf", "Abs", "Sin", "Cos",
+                          "Atan", "Sinh", "Asinh", "HardSwish")),
+    Case("Mish", opset=18),
+    Case("Log", sampler=positive), Case("Sqrt", sampler=positive), Case("Reciprocal", sampler=positive),
+    Case("Tan", sampler=unit), Case("Asin", sampler=unit), Case("Acos", sampler=unit), Case("Atanh", sampler=unit),
+    Case("Cosh", sampler=unit), Case("Acosh", sampler=above_one),
+    Case("LeakyRelu", {"alpha": 0.2}), Case("Elu", {"alpha": 0.7}), Case("Selu"), Case("Celu", {"alpha": 1.3}),
+    Case("ThresholdedRelu", {"alpha": 0.5}), Case("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
+    Case("Shrink", {"lambd": 0.6, "bias": 0.3}, opset=9), Case("Gelu", opset=20),
+    Case("Gelu", {"approximate": "tanh"}, opset=20, label="tanh"),
+    Case("PRelu", shapes=((2, 3, 4),), consts={1: R.uniform(0.05, 0.5, (3, 1))}),
+    Case("Clip", shapes=((3, 5),), consts={1: np.array(-0.5), 2: np.array(0.8)}, opset=13),
+    Case("Pow", shapes=((3, 5),), consts={1: np.array(3.0)}, label="cube"),
+    Case("Pow", shapes=((3, 5),), consts={0: np.array(1.7)}, label="exponent"),
+    Case("Mul", shapes=((3, 5), (3, 5))), Case("Mul", shapes=((3, 5), (3, 1)), label="broadcast"),
+    Case("MatMul", shapes=((2, 3, 4), (2, 4, 5))), Case("Gemm", {"transB": 1, "alpha": 0.7}, shapes=((1, 4), (5, 4)), full_baseline=True),
+    Case("Einsum", {"equation": "bij,bjk->bik"}, shapes=((2, 3, 4), (2, 4, 2)), opset=12),
+    Case("Div", shapes=((3, 5), (3, 5)), sampler=positive), Case("Div", shapes=((3, 5),), consts={0: R.standard_normal((3, 5))},
+                                                                 sampler=positive, label="const-numerator"),
+    Case("Softmax", {"axis": 1}), Case("Softmax", {"axis": -1}, shapes=((2, 3, 4),), label="3d"),
+    Case("Softmax", {"axis": 1}, shapes=((2, 3, 4),), opset=11, label="v11-2d-coerce"),
+    Case("LogSoftmax", {"axis": 1}), Case("LogSoftmax", {"axis": 1}, shapes=((2, 3, 4),), opset=11, label="v11"),
+    Case("LayerNormalization", {"axis": -1, "epsilon": 1e-5}, shapes=((3, 6),),
+         consts={1: R.standard_normal(6), 2: R.standard_normal(6)}),
+    Case("InstanceNormalization", {"epsilon": 1e-5}, shapes=((2, 3, 5),),
+         consts={1: R.standard_normal(3), 2: R.standard_normal(3)}),
+    Case("LRN", {"size": 3, "alpha": 0.01, "beta": 0.75, "bias": 1.0}, shapes=((2, 5, 3, 3),)),
+    Case("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, shapes=((2, 3, 6, 6),)),
+    Case("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, shapes=((1, 2, 7, 7),), label="pad"),
+    Case("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, shapes=((1, 2, 8, 8),), label="ceil"),
+    Case("MaxPool", {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 0, 0, 1]}, shapes=((1, 2, 6, 6),),
+         label="dilation-asym-pad"),
+    Case("MaxPool", {"kernel_shape": [3], "strides": [1], "auto_pad": "SAME_UPPER"}, shapes=((2, 3, 7),), label="1d-same"),
+    Case("MaxPool", {"kernel_shape": [2, 2, 2]}, shapes=((1, 2, 3, 4, 4),), label="3d"),
+    Case("GlobalMaxPool", shapes=((2, 3, 5, 5),)),
+    Case("Max", shapes=((3, 5), (3, 5), (3, 1)), opset=13), Case("Min", shapes=((3, 5), (3, 5)), opset=13),
+    Case("Max", shapes=((3, 5),), consts={1: np.zeros((3, 5))}, opset=13, label="with-constant"),
+    Case("ReduceMax", {"axes": [1], "keepdims": 0}, shapes=((3, 7),), opset=13),
+    Case("ReduceMax", {"axes": [1, 2], "keepdims": 1}, shapes=((2, 3, 5),), opset=13, label="2axes"),
+    Case("ReduceMin", {"axes": [1], "keepdims": 1}, shapes=((3, 6),), opset=13),
+    Case("ReduceLogSumExp", {"axes": [1], "keepdims": 1}, shapes=((3, 6),), opset=13),
+    Case("ReduceL2", {"axes": [1], "keepdims": 0}, shapes=((3, 6),), opset=13),
+    Case("ReduceL1", {"axes": [1], "keepdims": 0}, shapes=((3, 6),), opset=13),
+    Case("ReduceSumSquare", {"axes": [1], "keepdims": 0}, shapes=((3, 6),), opset=13),
+]
