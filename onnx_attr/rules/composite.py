@@ -111,29 +111,6 @@ class LocalResponseNorm(DecomposedRule):
         return product(torch.mul, x, x0, q, q0)
 
 
-def tree_reduce(pair, w, w0, valid=None):
-    """Reduce the last axis pairwise (log2 steps); `valid` masks out padding that must not win."""
-    while w.shape[-1] > 1:
-        k = w.shape[-1]
-        if k % 2:  # the odd one out waits for the next level
-            a, a0 = w[..., :k - 1:2], w0[..., :k - 1:2]
-            b, b0 = w[..., 1:k:2], w0[..., 1:k:2]
-            carry, carry0 = w[..., -1:], w0[..., -1:]
-        else:
-            a, a0, b, b0 = w[..., 0::2], w0[..., 0::2], w[..., 1::2], w0[..., 1::2]
-        m, m0 = pair(a, a0, b, b0)
-        if valid is not None:
-            va, vb = (valid[..., :k - 1:2], valid[..., 1:k:2]) if k % 2 else (valid[..., 0::2], valid[..., 1::2])
-            both = va & vb
-            m = torch.where(both, m, torch.where(va, a, b))
-            m0 = torch.where(both, m0, torch.where(va, a0, b0))
-            valid = torch.cat([va | vb, valid[..., -1:]], -1) if k % 2 else va | vb
-        if k % 2:
-            m, m0 = torch.cat([m, carry], -1), torch.cat([m0, carry0], -1)
-        w, w0 = m, m0
-    return w[..., 0], w0[..., 0]
-
-
 def _reduce_axes(info, args, rank):
     axes = info.attrs.get("axes")
     if axes is None and len(args) > 1 and args[1] is not None:
@@ -144,52 +121,6 @@ def _reduce_axes(info, args, rank):
             return []
         axes = list(range(rank))
     return sorted(a % rank for a in axes)
-
-
-def _flatten_axes(t, axes):
-    """Move `axes` to the end and flatten them into one."""
-    rest = [d for d in range(t.dim()) if d not in axes]
-    moved = t.permute(*rest, *axes)
-    return moved.reshape(*moved.shape[:len(rest)], -1)
-
-
-def _restore(y, x_shape, axes, keepdims):
-    if not keepdims:
-        return y
-    shape = [1 if d in axes else s for d, s in enumerate(x_shape)]
-    return y.reshape(shape)
-
-
-class _ReduceExtremum(DecomposedRule):
-    pair = staticmethod(pair_max)
-
-    def decompose(self, info, call, args, refs):
-        x, x0 = args[0], refs[0]
-        axes = _reduce_axes(info, args, x.dim())
-        if not axes:
-            return x, x0
-        keep = info.attrs.get("keepdims", 1)
-        y, y0 = tree_reduce(self.pair, _flatten_axes(x, axes), _flatten_axes(x0, axes))
-        return _restore(y, x.shape, axes, keep), _restore(y0, x0.shape, axes, keep)
-
-
-@rule("ReduceMax")
-class ReduceMax(_ReduceExtremum):
-    """max over axes as a tree of max(a, b) = a + relu(b - a)."""
-
-
-@rule("ReduceMin")
-class ReduceMin(_ReduceExtremum):
-    pair = staticmethod(pair_min)
-
-
-@rule("GlobalMaxPool")
-class GlobalMaxPool(DecomposedRule):
-    def decompose(self, info, call, args, refs):
-        x, x0 = args[0], refs[0]
-        axes = list(range(2, x.dim()))
-        y, y0 = tree_reduce(pair_max, _flatten_axes(x, axes), _flatten_axes(x0, axes))
-        return _restore(y, x.shape, axes, True), _restore(y0, x0.shape, axes, True)
 
 
 class _Elementwise(DecomposedRule):
