@@ -55,9 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attribute", help="attribute an output to the input features")
     _model_options(p)
     p.add_argument("--input", required=True, help=".npz of inputs keyed by ONNX input name")
-    p.add_argument("--target", help="output index to explain: one int, or one per example (comma-separated)")
-    p.add_argument("--baseline", default="zeros", help="zeros (default), mean, or an .npz of baselines")
-    p.add_argument("--method", default="deeplift", help="attribution method (default: deeplift)")
+    p.add_argument("--target", help="output index to explain: an int, one per example (3,1,4), or a:b for "
+                                    "outputs of rank > 2 (default: the predicted class)")
+    p.add_argument("--baseline", default="zeros", help="zeros (default), mean, or an .npz of baselines "
+                                                       "(several rows for deepliftshap)")
+    p.add_argument("--method", default="deeplift", choices=["deeplift", "deepliftshap"],
+                   help="attribution method (default: deeplift)")
+    p.add_argument("--gradient-fallback", action="store_true",
+                   help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--out", required=True, help="folder for attributions.npz, report.json and heatmaps")
@@ -124,12 +129,26 @@ def cmd_convert(args) -> int:
 
 
 def cmd_attribute(args) -> int:
-    from .errors import InputError
+    from .attribute_job import run_attribute
 
-    raise InputError(
-        f"attribution method {args.method!r} is not available in this build: "
-        "`onnx-attr attribute` arrives with the DeepLift engine"
-    )
+    model = _load(args)
+    report = run_attribute(model, input_path=args.input, target=args.target, baseline=args.baseline,
+                           method=args.method, output_name=args.output_name, out=args.out,
+                           gradient_fallback=args.gradient_fallback)
+    delta = report.pop("_delta")
+    final = report["final_activation"]
+    lines = [f"{report['method']} on output {report['output']!r}, target {report['target']} "
+             f"({report['target_source']}), baseline {args.baseline}",
+             "final activation: " + (
+                 "none found" if final is None else
+                 f"{final['op_type']} node {final['node']!r} " + ("stripped: logits attributed" if final["stripped"]
+                                                                  else "kept")),
+             f"convergence delta per example: max |delta| {float(delta.abs().max()):.3e}, "
+             f"max relative {report['max_relative_delta']:.3e}",
+             f"verify against onnxruntime: {'PASSED' if report['verify']['passed'] else 'FAILED'}",
+             f"wrote {', '.join(report['files'])} to {args.out}"]
+    _emit(args, report, "\n".join(lines))
+    return EXIT_OK if report["verify"]["passed"] else EXIT_VERIFY_FAILED
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

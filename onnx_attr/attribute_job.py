@@ -1,0 +1,126 @@
+"""`onnx-attr attribute`: run DeepLift on an .npz of inputs and write the results, atomically."""
+
+from __future__ import annotations
+
+import io
+import platform
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .errors import InputError, OutputError
+from .fileio import atomic_write, write_json
+from .inputs import read_npz
+from .methods import DeepLift, DeepLiftShap
+from .visualize import heatmap_png, is_image_like
+
+METHODS = {"deeplift": DeepLift, "deepliftshap": DeepLiftShap}
+
+
+def parse_target(text: Optional[str]) -> Any:
+    """'3' -> 3, '3,1,4' -> [3, 1, 4], '2:5' -> (2, 5) (an output of rank > 2), None -> None."""
+    if text is None:
+        return None
+    try:
+        if "," in text:
+            return [int(t) for t in text.split(",")]
+        if ":" in text:
+            return tuple(int(t) for t in text.split(":"))
+        return int(text)
+    except ValueError as err:
+        raise InputError(f"--target {text!r} is not an int, a comma-separated list, or an a:b tuple") from err
+
+
+def _baseline(spec: str, model, inputs: dict[str, np.ndarray]) -> Any:
+    if spec == "zeros":
+        return None
+    if spec == "mean":
+        return {k: v.mean(0, keepdims=True).astype(v.dtype) for k, v in inputs.items()}
+    path = Path(spec)
+    if path.suffix != ".npz":
+        raise InputError(f"--baseline {spec!r}: use zeros, mean, or an .npz file of baselines")
+    return read_npz(path, model.inputs)
+
+
+def _default_target(model, inputs: dict, output_index: int) -> Any:
+    """Explain the predicted class when no target is given (argmax of a [N, C] output)."""
+    out = model.run(inputs)[output_index]
+    if out.dim() == 2 and out.shape[1] > 1:
+        return out.argmax(1).tolist()
+    return None
+
+
+def _versions() -> dict:
+    import onnx
+    import onnx2torch
+    import onnxruntime
+
+    from . import __version__
+
+    return {"onnx_attr": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnx2torch": getattr(onnx2torch, "__version__", "?"),
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def prepare_out_dir(out: str) -> Path:
+    folder = Path(out)
+    try:
+        folder.mkdir(exist_ok=True)
+    except FileNotFoundError as err:
+        raise OutputError(f"cannot create {out!r}: its parent folder does not exist") from err
+    except OSError as err:
+        raise OutputError(f"cannot create {out!r}: {err.strerror or err}") from err
+    if not folder.is_dir():
+        raise OutputError(f"{out!r} exists and is not a folder")
+    return folder
+
+
+def run_attribute(model, *, input_path: str, target: Optional[str], baseline: str, method: str,
+                  output_name: Optional[str], out: str, gradient_fallback: bool = False) -> dict:
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; available: {sorted(METHODS)}")
+    folder = prepare_out_dir(out)
+    inputs = read_npz(input_path, model.inputs)
+    explainer = METHODS[method](model, gradient_fallback=gradient_fallback)
+    output_index = explainer._output_index(output_name)
+    attributed = {s.name: inputs[s.name] for s in model.inputs if s.differentiable and s.name in inputs}
+    extra = {k: v for k, v in inputs.items() if k not in attributed}
+    chosen = parse_target(target)
+    if chosen is None:
+        chosen = _default_target(model, inputs, output_index)
+    baselines = _baseline(baseline, model, attributed)
+    if isinstance(baselines, dict):
+        baselines = {k: v for k, v in baselines.items() if k in attributed}
+    attributions, delta = explainer.attribute(attributed, baselines, target=chosen,
+                                              additional_forward_args=extra or None,
+                                              return_convergence_delta=True, output=output_index)
+    verification = model.verify(inputs)
+    report = {
+        **explainer.last_report,
+        "target": chosen,
+        "target_source": "given" if target is not None else "predicted class (argmax)",
+        "baseline": baseline,
+        "inputs": input_path,
+        "verify": verification.to_dict(),
+        "notes": list(model.notes),
+        "versions": _versions(),
+        "files": ["attributions.npz", "report.json"],
+    }
+    for name, values in attributions.items():
+        if is_image_like(values.shape):
+            for i in range(values.shape[0]):
+                file = f"heatmap_{_safe(name)}_{i}.png"
+                heatmap_png(folder / file, values[i], inputs[name][i])
+                report["files"].append(file)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})
+    atomic_write(folder / "attributions.npz", lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    write_json(folder / "report.json", report)
+    report["_delta"] = delta
+    return report
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

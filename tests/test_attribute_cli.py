@@ -1,0 +1,104 @@
+"""`onnx-attr attribute`: results written atomically, report complete, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import onnx_attr
+from onnx_attr.cli import main
+from onnx_attr.inputs import read_npz
+
+from conftest import SAMPLES
+
+DIGITS = str(SAMPLES / "digits_cnn.onnx")
+DIGITS_INPUTS = str(SAMPLES / "digits_cnn_inputs.npz")
+CANCER = str(SAMPLES / "breast_cancer_mlp.onnx")
+CANCER_INPUTS = str(SAMPLES / "breast_cancer_mlp_inputs.npz")
+
+
+def test_digits_main_job_writes_attributions_report_and_heatmaps(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--target", "3", "--out", str(out)]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert "attributions.npz" in files and "report.json" in files
+    assert sum(f.startswith("heatmap_image_") and f.endswith(".png") for f in files) == 8
+    report = json.loads((out / "report.json").read_text())
+    assert report["final_activation"]["stripped"] is True and report["verify"]["passed"] is True
+    assert report["target"] == 3 and set(report["versions"]) >= {"torch", "onnx", "onnxruntime", "onnx_attr"}
+    with np.load(out / "attributions.npz", allow_pickle=False) as data:
+        attributions = data["image"]
+    assert attributions.shape == (8, 1, 8, 8)
+    # completeness against the imported model's own logits (verified against onnxruntime above)
+    model = onnx_attr.load(DIGITS)
+    x = read_npz(DIGITS_INPUTS, model.inputs)["image"]
+    change = model.run(x)[0][:, 3].numpy() - model.run(np.zeros_like(x[:1]))[0][0, 3].numpy()
+    np.testing.assert_allclose(attributions.reshape(8, -1).sum(1), change, rtol=1e-4, atol=1e-4)
+    assert max(abs(d) for d in report["convergence_delta"]) < 1e-4
+    assert "stripped: logits attributed" in capsys.readouterr().out
+
+
+def test_default_target_is_the_predicted_class_and_mean_baseline(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--baseline", "mean", "--out", str(out),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    model = onnx_attr.load(DIGITS)
+    predicted = model.run(read_npz(DIGITS_INPUTS, model.inputs))[0].argmax(1).tolist()
+    assert report["target"] == predicted and report["target_source"].startswith("predicted")
+
+
+def test_sigmoid_head_and_keep_final_activation(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["attribute", CANCER, "--input", CANCER_INPUTS, "--keep-final-activation", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["final_activation"]["op_type"] == "Sigmoid" and report["final_activation"]["stripped"] is False
+    assert report["target"] is None  # a [N, 1] output needs none
+    assert not any(f.startswith("heatmap") for f in report["files"])  # tabular input: no heatmap
+
+
+def test_deepliftshap_with_a_baseline_distribution(tmp_path, capsys):
+    base = tmp_path / "baselines.npz"
+    x = np.load(DIGITS_INPUTS)["image"]
+    np.savez(base, image=x[:3] * 0.5)
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--method", "deepliftshap", "--baseline", str(base),
+                 "--target", "1", "--out", str(tmp_path / "shap")]) == 0
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--target", "10"], "out of range"),
+    (["--target", "1,2"], "2 entries for 8 example"),
+    (["--target", "x"], "is not an int"),
+    (["--baseline", "nope.txt"], "use zeros, mean"),
+    (["--output-name", "missing"], "no output named"),
+])
+def test_bad_arguments_exit_2_and_write_nothing(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "attributions.npz").exists() and not (out / "report.json").exists()
+
+
+def test_nan_input_exits_2(tmp_path, capsys):
+    bad = tmp_path / "nan.npz"
+    x = np.load(DIGITS_INPUTS)["image"].copy()
+    x[0, 0, 0, 0] = np.nan
+    np.savez(bad, image=x)
+    assert main(["attribute", DIGITS, "--input", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert "NaN" in capsys.readouterr().err
+
+
+def test_out_folder_whose_parent_is_missing_exits_2(tmp_path, capsys):
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--out", str(tmp_path / "a" / "b")]) == 2
+    assert "parent folder does not exist" in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
