@@ -58,3 +58,36 @@ def convert_reshape(node, graph):
         static = [int(d) for d in graph.initializers[shape_name].to_torch().tolist()]
         return result(node, Reshape(allowzero, static), inputs=node.input_values[:1])
     return result(node, Reshape(allowzero))
+
+
+class Split(nn.Module):
+    """ONNX Split-13/18: sizes from a constant `split` input, or `num_outputs` near-equal chunks."""
+
+    def __init__(self, axis: int, sizes: list[int] | None, num_outputs: int | None):
+        super().__init__()
+        self.axis, self.sizes, self.num_outputs = axis, sizes, num_outputs
+
+    def forward(self, x: torch.Tensor, split: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        if self.sizes is not None:
+            sizes = self.sizes
+        elif split is not None:
+            sizes = [int(s) for s in split.tolist()]
+        else:  # ceil-sized chunks, the last one smaller (ONNX's num_outputs rule)
+            length = x.shape[self.axis]
+            chunk = -(-length // self.num_outputs)
+            sizes = [min(chunk, length - i * chunk) for i in range(self.num_outputs)]
+        return tuple(torch.split(x, sizes, dim=self.axis))
+
+
+@register("Split", 18)
+def convert_split(node, graph):
+    inputs = node.input_values
+    sizes = None
+    if len(inputs) > 1 and inputs[1]:
+        if inputs[1] in graph.initializers:
+            sizes = [int(s) for s in graph.initializers[inputs[1]].to_torch().tolist()]
+            inputs = inputs[:1]
+    else:
+        inputs = inputs[:1]
+    num_outputs = node.attributes.get("num_outputs", len(node.output_values))
+    return result(node, Split(node.attributes.get("axis", 0), sizes, num_outputs), inputs=inputs)
