@@ -9,6 +9,7 @@ forward; only while the engine runs DeepLift does its backward return the rule's
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -48,7 +49,7 @@ class _DeepLiftCall(torch.autograd.Function):
         out, *tensors = ctx.saved_tensors
         it = iter(tensors)
         args = [next(it) if t is None else t for t in ctx.template]
-        call = lambda *a: ctx.op.original(*a, **ctx.kwargs)  # noqa: E731
+        call = functools.partial(ctx.op.original, **ctx.kwargs)
         grads = ctx.op.rule.backward(ctx.op.info, call, grad, args, out, ctx.refs, ctx.ref_out)
         return (None, None, None, None, *grads)
 

@@ -66,6 +66,12 @@ def reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad.sum(dim=dims, keepdim=True) if dims else grad
 
 
+def _has_parameters(call: Callable) -> bool:
+    """A converted module holding tensor state (PRelu's slope, per channel) cannot run on a subset."""
+    module = getattr(call, "func", None)  # the rewrite passes functools.partial(module, **kwargs)
+    return isinstance(module, torch.nn.Module) and any(p.numel() > 1 for p in (*module.parameters(), *module.buffers()))
+
+
 class UnaryRule(Rule):
     """Any elementwise op of one varying input (other inputs constant: PRelu slope, Clip bounds)."""
 
@@ -81,7 +87,8 @@ class UnaryRule(Rule):
         (pos,) = info.variable_positions()
         x, x0 = args[pos], refs[pos]
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
-        m = rescale_multiplier(f, x, x0, out, ref_out)
+        scalars = all(not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
+        m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=scalars and not _has_parameters(call))
         grads: list[Tensor | None] = [None] * len(args)
         grads[pos] = reduce_to(grad * m, x.shape)
         return grads

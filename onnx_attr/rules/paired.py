@@ -21,22 +21,37 @@ from torch import Tensor
 
 
 def secant_tolerance(x: Tensor, x0: Tensor) -> Tensor:
-    """Where |x - x0| is below this, the secant loses to rounding and the gradient is used."""
-    eps = torch.finfo(x.dtype).eps if x.is_floating_point() else 1e-7
-    return 64 * eps * (x.abs() + x0.abs()) + torch.finfo(x.dtype).tiny
+    """Below this |x - x0|, the secant loses to rounding and the gradient is used.
+
+    One threshold per tensor, relative to its largest magnitude: a reduction, not a handful of
+    elementwise passes, on the hot path of every nonlinearity.
+    """
+    eps = torch.finfo(x.dtype).eps
+    inf = float("inf")
+    scale = torch.maximum(torch.linalg.vector_norm(x.detach(), inf), torch.linalg.vector_norm(x0.detach(), inf))
+    return scale * (64 * eps) + torch.finfo(x.dtype).tiny
 
 
-def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor) -> Tensor:
-    """(y - y0) / (x - x0), with f'(x) where x ≈ x0 (computed only when such elements exist)."""
+def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor,
+                       elementwise: bool = True) -> Tensor:
+    """(y - y0) / (x - x0), with f'(x) where x ≈ x0.
+
+    The gradient is needed at a handful of elements of a large tensor; when f is elementwise
+    with nothing to broadcast (`elementwise`), it is taken on those elements alone.
+    """
     dx = x - x0
     close = dx.abs() <= secant_tolerance(x, x0)
-    m = (y - y0) / torch.where(close, torch.ones_like(dx), dx)
-    if bool(close.any()):
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(f(xg), xg, torch.ones_like(y))
-        m = torch.where(close, grad, m)
-    return m
+    m = (y - y0) / dx.masked_fill(close, 1.0)
+    if not bool(close.any()):
+        return m
+    with torch.enable_grad():
+        if elementwise and m.shape == x.shape:
+            xg = x.detach()[close].requires_grad_(True)
+            (grad,) = torch.autograd.grad(f(xg).sum(), xg)
+            return m.masked_scatter(close, grad)
+        xg = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(f(xg), xg, torch.ones_like(y))
+    return torch.where(close, grad, m)
 
 
 class _Rescale(torch.autograd.Function):
