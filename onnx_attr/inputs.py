@@ -40,16 +40,17 @@ def arrange(inputs: Any, specs: Sequence[TensorSpec], what: str = "input") -> li
 
 
 def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str = "input",
-                 shared_batch: bool = False) -> list[torch.Tensor]:
+                 any_batch: bool = False) -> list[torch.Tensor]:
     """Validate shape, dtype and finiteness against the specs; return tensors of the declared dtype.
 
-    With `shared_batch` (baselines) a batch of 1 is accepted on axis 0 whatever the spec says.
+    With `any_batch` axis 0 may have any size whatever the spec says: the attribution engine
+    feeds an export with a fixed batch size in chunks of that size.
     """
     symbols: dict[str, tuple[int, str]] = {}
     out = []
     for value, spec in zip(values, specs):
         tensor = _to_tensor(value, spec, what)
-        _check_shape(tensor, spec, what, symbols, skip_batch=shared_batch and tensor.dim() > 0 and tensor.shape[0] == 1)
+        _check_shape(tensor, spec, what, symbols, skip_batch=any_batch)
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise InputError(

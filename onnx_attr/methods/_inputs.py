@@ -63,7 +63,7 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any) ->
         values[pos] = v
     for pos, v in zip(extra_positions, extra):
         values[pos] = v
-    tensors = [t.to(model.device) for t in check_inputs(values, specs)]
+    tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=True)]
     attributed = [i in positions and specs[i].differentiable for i in range(len(specs))]
     for i in positions:
         if not specs[i].differentiable:
@@ -111,6 +111,6 @@ def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor
                 f"baseline for {specs[p].name!r} has shape {list(b.shape)}; it must be {list(x.shape[1:])} "
                 f"with a batch of 1 or {x.shape[0]} in front"
             )
-        (checked,) = check_inputs([b], [specs[p]], what="baseline", shared_batch=True)
+        (checked,) = check_inputs([b], [specs[p]], what="baseline", any_batch=True)
         out[p] = checked.to(x.device)
     return out

@@ -1,0 +1,175 @@
+"""The two-pass engine on exports that break Captum's stacking: fixed batch sizes, the batch merged
+into another axis; and the API's input forms (dicts, numpy, extra forward args, outputs by name)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+from torch import nn
+
+import onnx_attr
+
+from conftest import FLOAT, INT64, make_model
+from exporting import to_onnx
+
+
+def _complete(imported, x, baseline, target, delta):
+    out = imported.run(x)[0]
+    ref = imported.run(np.broadcast_to(baseline, x.shape).copy() if isinstance(x, np.ndarray) else
+                       baseline.expand_as(x))[0]
+    change = out[torch.arange(out.shape[0]), target] - ref[torch.arange(out.shape[0]), target]
+    assert (delta.abs() / change.double().abs().clamp_min(1.0)).max() <= 1e-4
+
+
+class ChannelShuffle(nn.Module):
+    """A ShuffleNet-style block whose reshapes name the batch explicitly."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head = nn.Conv2d(4, 8, 3, padding=1), nn.Linear(8 * 6 * 6, 5)
+
+    def forward(self, x):
+        n = x.shape[0]
+        h = torch.relu(self.conv(x))
+        h = h.reshape(n, 2, 4, 6, 6).transpose(1, 2).reshape(n, 8, 6, 6)
+        return self.head(torch.sigmoid(h).reshape(n, -1))
+
+
+def test_export_with_a_fixed_batch_of_one_gets_its_inputs_one_at_a_time():
+    model = ChannelShuffle().eval()
+    imported = onnx_attr.load(to_onnx(model, torch.randn(1, 4, 6, 6), dynamic_batch=False))
+    assert imported.inputs[0].shape[0] == 1
+    x = torch.randn(5, 4, 6, 6)
+    dl = onnx_attr.DeepLift(imported)
+    attributions, delta = dl.attribute(x, target=[0, 1, 2, 3, 4], return_convergence_delta=True)
+    assert attributions.shape == x.shape
+    for i in range(5):  # each example alone gives the same answer
+        single = dl.attribute(x[i:i + 1], target=i)
+        torch.testing.assert_close(attributions[i:i + 1], single, atol=1e-6, rtol=1e-5)
+    assert delta.abs().max() < 1e-4
+
+
+def test_export_with_a_fixed_batch_of_two_pads_the_last_chunk():
+    model = ChannelShuffle().eval()
+    imported = onnx_attr.load(to_onnx(model, torch.randn(2, 4, 6, 6), dynamic_batch=False))
+    x = torch.randn(3, 4, 6, 6)
+    attributions, delta = onnx_attr.DeepLift(imported).attribute(x, torch.zeros(1, 4, 6, 6), target=1,
+                                                                 return_convergence_delta=True)
+    assert attributions.shape == x.shape and delta.abs().max() < 1e-4
+
+
+class MergedBatch(nn.Module):
+    """Folds the batch into the row axis (as attention exports do with heads): a batch-1 reference
+    cannot broadcast against it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.proj, self.head = nn.Linear(6, 6), nn.Linear(4 * 6, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        rows = x.reshape(n * 4, 6)
+        h = torch.tanh(self.proj(rows)) * torch.sigmoid(rows)
+        return self.head(h.reshape(n, 4 * 6))
+
+
+def test_batch_merged_into_another_axis_reruns_the_reference_at_full_batch():
+    model = MergedBatch().eval()
+    imported = onnx_attr.load(to_onnx(model, torch.randn(3, 4, 6)))
+    x, baseline = torch.randn(3, 4, 6), torch.randn(1, 4, 6) * 0.1
+    attributions, delta = onnx_attr.DeepLift(imported).attribute(x, baseline, target=[0, 1, 2],
+                                                                 return_convergence_delta=True)
+    _complete(imported, x, baseline, torch.tensor([0, 1, 2]), delta)
+    with torch.no_grad():  # and the same as attributing each example alone
+        for i in range(3):
+            single = onnx_attr.DeepLift(imported).attribute(x[i:i + 1], baseline, target=i)
+            torch.testing.assert_close(attributions[i:i + 1], single, atol=1e-6, rtol=1e-5)
+
+
+def _two_input_model():
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["h"], name="mm"),
+             helper.make_node("Mul", ["h", "gate"], ["g"], name="gating"),
+             helper.make_node("Tanh", ["g"], ["out"], name="tanh")]
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    return make_model(nodes, [("a", FLOAT, ["n", 4]), ("gate", FLOAT, ["n", 3])], [("out", FLOAT, ["n", 3])],
+                      {"w": w})
+
+
+def test_dict_inputs_numpy_and_additional_forward_args():
+    imported = onnx_attr.load(_two_input_model())
+    rng = np.random.default_rng(1)
+    a, gate = rng.standard_normal((2, 4)).astype(np.float32), rng.standard_normal((2, 3)).astype(np.float32)
+    dl = onnx_attr.DeepLift(imported)
+    both = dl.attribute({"a": a, "gate": gate}, target=2)
+    assert set(both) == {"a", "gate"} and isinstance(both["a"], np.ndarray)
+    only_a, delta = dl.attribute(a, target=2, additional_forward_args=gate, return_convergence_delta=True)
+    assert only_a.shape == a.shape
+    # with the gate held fixed, a's attributions alone account for the change
+    out = imported.run({"a": a, "gate": gate})[0][:, 2]
+    ref = imported.run({"a": np.zeros_like(a), "gate": gate})[0][:, 2]
+    np.testing.assert_allclose(only_a.sum(1), (out - ref).numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(only_a, both["a"])  # attributing the gate too changes a's share
+
+
+def test_output_by_name_and_index():
+    nodes = [helper.make_node("Relu", ["x"], ["first"], name="r"), helper.make_node("Sigmoid", ["x"], ["second"],
+                                                                                      name="s")]
+    imported = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 3])], [("first", FLOAT, ["n", 3]),
+                                                                           ("second", FLOAT, ["n", 3])]),
+                              strip_final_activation=False)
+    dl = onnx_attr.DeepLift(imported)
+    x = np.array([[0.5, -1.0, 2.0]], np.float32)
+    by_name = dl.attribute(x, target=0, output="second")
+    assert dl.last_report["output"] == "second"
+    np.testing.assert_allclose(by_name, dl.attribute(x, target=0, output=1))
+    np.testing.assert_allclose(by_name[0, 0], 1 / (1 + np.exp(-0.5)) - 0.5, rtol=1e-5)
+    with pytest.raises(onnx_attr.InputError, match="no output named"):
+        dl.attribute(x, target=0, output="third")
+
+
+def test_op_without_a_rule_is_refused_by_name_unless_opted_in():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="r"),
+             helper.make_node("ReduceProd", ["r"], ["p"], name="product_over_axis", axes=[1], keepdims=1)]
+    model = make_model(nodes, [("x", FLOAT, ["n", 3])], [("p", FLOAT, ["n", 1])], opset=13)
+    imported = onnx_attr.load(model)
+    with pytest.raises(onnx_attr.UnsupportedOpError, match="product_over_axis") as info:
+        onnx_attr.DeepLift(imported)
+    assert "gradient_fallback" in str(info.value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dl = onnx_attr.DeepLift(imported, gradient_fallback=True)
+    assert any("product_over_axis" in str(w.message) for w in caught)
+    dl.attribute(np.ones((2, 3), np.float32))
+    assert dl.last_report["gradient_fallback_nodes"] == ["product_over_axis"]
+
+
+def test_integer_inputs_must_go_as_forward_args():
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Tanh", ["e"], ["out"], name="t")]
+    table = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    imported = onnx_attr.load(make_model(nodes, [("ids", INT64, ["n"])], [("out", FLOAT, ["n", 3])],
+                                         {"table": table}))
+    with pytest.raises(onnx_attr.InputError, match="token ids"):
+        onnx_attr.DeepLift(imported).attribute(np.array([1, 2]), target=0)
+
+
+def test_target_conventions_follow_captum():
+    imported = onnx_attr.load(_two_input_model())
+    dl = onnx_attr.DeepLift(imported)
+    a, g = np.ones((3, 4), np.float32), np.ones((3, 3), np.float32)
+    per_example = dl.attribute((a, g), target=[0, 1, 2])
+    as_tensor = dl.attribute((a, g), target=torch.tensor([0, 1, 2]))
+    for p, t in zip(per_example, as_tensor):
+        np.testing.assert_array_equal(p, t)
+    with pytest.raises(onnx_attr.InputError, match="out of range"):
+        dl.attribute((a, g), target=3)
+    with pytest.raises(onnx_attr.InputError, match="one per example"):
+        dl.attribute((a, g), target=[0, 1])
+    with pytest.raises(onnx_attr.InputError, match="must pick one value per example"):
+        dl.attribute((a, g))
