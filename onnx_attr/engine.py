@@ -22,7 +22,8 @@ from .rewrite import ReferenceShapeMismatch, RewriteResult, rewrite_for_deeplift
 
 @dataclass
 class PassResult:
-    multipliers: list[Optional[Tensor]]  # one per input, None for those not attributed
+    multipliers: list[Optional[Tensor]]  # one per input, None for those not attributed; for integer
+    # inputs (token ids) their contributions per token, measured at the embedding lookup
     value: Tensor  # the explained output per example, f(x)
     reference_value: Tensor  # f(x0) per example
 
@@ -119,30 +120,51 @@ class DeepLiftEngine:
 
     def _passes(self, xs, bs, attributed, targets, output, keep) -> PassResult:
         module, state = self.rewrite.module, self.rewrite.state
+        integer = [not x.is_floating_point() for x in xs]
+        taps = [t for t in self.rewrite.taps if any(a and i and s.name == t.input_name for a, i, s in
+                                                     zip(attributed, integer, self.model.inputs))]
         try:
-            state.mode, state.refs = "reference", {}
+            state.clear()
+            reference_args = bs
+            if taps:  # embeddings of the baseline ids; everything else computed from the input's ids
+                state.mode = "tap_baseline"
+                with torch.no_grad():
+                    self._forward(module, bs)
+                n = xs[0].shape[0]
+                reference_args = [x if i else (b.expand(n, *b.shape[1:]) if b.shape[0] == 1 else b)
+                                  for x, b, i in zip(xs, bs, integer)]
+            state.mode = "reference"
             with torch.no_grad():
-                ref_out = _pick(self._forward(module, bs), output)
+                ref_out = _pick(self._forward(module, reference_args), output)
             state.mode = "deeplift"
-            live = [x.detach().requires_grad_(True) if a else x for x, a in zip(xs, attributed)]
+            live = [x.detach().requires_grad_(True) if a and not i else x for x, a, i in zip(xs, attributed, integer)]
             with torch.enable_grad():
                 out = _pick(self._forward(module, live), output)
                 if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
                     raise ReferenceShapeMismatch("output")
                 value = targets.select(out[:keep]) if out.shape[0] != keep else targets.select(out)
-                wanted = [x for x, a in zip(live, attributed) if a]
-                grads = iter(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
+                leaves = [state.tap_leaves[id(t)] for t in taps]
+                wanted = [x for x, a, i in zip(live, attributed, integer) if a and not i] + leaves
+                grads = list(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
+            tap_baselines = [state.tap_baselines[id(t)] for t in taps]
         finally:
-            state.mode, state.refs = "off", {}
-        multipliers = []
+            state.clear()
+        tap_grads = grads[len(grads) - len(taps):]
+        grads = iter(grads[:len(grads) - len(taps)])
         rows = out.shape[0]
-        for x, a in zip(live, attributed):
-            g = next(grads) if a else None
-            if a:
+        multipliers = []
+        for x, a, i, spec in zip(live, attributed, integer, self.model.inputs):
+            if not a:
+                multipliers.append(None)
+            elif i:  # per-token contributions, summed over the embedding axis and over its lookups
+                parts = [(g if g is not None else torch.zeros_like(leaf)) * (leaf.detach() - base)
+                         for t, g, leaf, base in zip(taps, tap_grads, leaves, tap_baselines)
+                         if t.input_name == spec.name]
+                multipliers.append(sum(p.sum(-1) for p in parts).detach()[:keep])
+            else:
+                g = next(grads)
                 g = torch.zeros_like(x) if g is None else g
                 multipliers.append(g[:keep] if x.shape[0] == rows else g)  # drop the rows padded in
-            else:
-                multipliers.append(None)
         ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
         return PassResult(multipliers, value.detach(), targets.select(ref_rows[:keep]).detach())
 

@@ -31,8 +31,38 @@ class DeepLiftState:
     """Shared by every DeepLiftOp of one rewritten module: the mode and the recorded references."""
 
     def __init__(self) -> None:
-        self.mode = "off"  # off | reference | deeplift
+        self.mode = "off"  # off | tap_baseline | reference | deeplift
         self.refs: dict[int, tuple[list[Any], Tensor]] = {}
+        self.tap_baselines: dict[int, Tensor] = {}  # embedding of the baseline ids, per tap
+        self.tap_leaves: dict[int, Tensor] = {}  # the embedding the main pass differentiates against
+
+    def clear(self) -> None:
+        self.mode, self.refs, self.tap_baselines, self.tap_leaves = "off", {}, {}, {}
+
+
+class EmbeddingTap(nn.Module):
+    """A Gather of a constant table by token ids: where integer inputs are attributed.
+
+    Its output is the attributed tensor: the main pass differentiates against it, the reference
+    pass substitutes the embedding of the baseline ids (recorded in a `tap_baseline` pass), so
+    masks and positions computed from the ids stay those of the input in both passes.
+    """
+
+    def __init__(self, original: nn.Module, state: DeepLiftState, node: str, input_name: str):
+        super().__init__()
+        self.original, self._state, self.node, self.input_name = original, state, node, input_name
+
+    def forward(self, *args, **kwargs):
+        out = self.original(*args, **kwargs)
+        state = self._state
+        if state.mode == "tap_baseline":
+            state.tap_baselines[id(self)] = out.detach()
+        elif state.mode == "reference":
+            out = state.tap_baselines[id(self)].expand_as(out)
+        elif state.mode == "deeplift":
+            out = out.detach().requires_grad_(True)
+            state.tap_leaves[id(self)] = out
+        return out
 
 
 class _DeepLiftCall(torch.autograd.Function):
@@ -65,7 +95,7 @@ class DeepLiftOp(nn.Module):
 
     def forward(self, *args, **kwargs):
         state = self._state
-        if state.mode == "off":
+        if state.mode in ("off", "tap_baseline"):
             return self.original(*args, **kwargs)
         if state.mode == "reference":
             out = self.original(*args, **kwargs)
@@ -88,12 +118,54 @@ class RewriteResult:
     state: DeepLiftState
     rewritten: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, kind)
     fallback: list[tuple[str, str]] = field(default_factory=list)  # (node, op) left with their gradient
+    taps: list[EmbeddingTap] = field(default_factory=list)  # where integer inputs are attributed
 
 
-def _variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> set[fx.Node]:
-    """Nodes whose value depends on a differentiable (floating) model input."""
+def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict[fx.Node, set[str]]:
+    """For each node, the integer (non-differentiable) model inputs its value is computed from."""
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
-    variable = {n for n, spec in zip(placeholders, inputs) if spec.differentiable}
+    sources = {n: {spec.name} for n, spec in zip(placeholders, inputs) if spec.dtype is not None
+               and not spec.differentiable}
+    for node in module.graph.nodes:
+        if node.op in ("call_module", "call_function"):
+            found = set().union(*(sources.get(a, set()) for a in (*node.args, *node.kwargs.values())
+                                  if isinstance(a, fx.Node)))
+            if found:
+                sources[node] = found
+    return sources
+
+
+def _embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict[fx.Node, str]:
+    """Gather nodes that look up a constant table by ids derived from one integer input."""
+    sources = _integer_sources(module, inputs)
+    taps = {}
+    for node in module.graph.nodes:
+        if node.op != "call_module" or node.meta.get("onnx_op") != "Gather" or len(node.args) < 2:
+            continue
+        table, ids = node.args[0], node.args[1]
+        if isinstance(table, fx.Node) and table not in sources and isinstance(ids, fx.Node) \
+                and len(sources.get(ids, ())) == 1 and _constant(table):
+            taps[node] = next(iter(sources[ids]))
+    return taps
+
+
+def _constant(node: fx.Node) -> bool:
+    """Computed from initializers alone (no placeholder among its ancestors)."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n.op == "placeholder":
+            return False
+        seen.add(n)
+        stack.extend(a for a in (*n.args, *n.kwargs.values()) if isinstance(a, fx.Node) and a not in seen)
+    return True
+
+
+def _variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], sources: set[fx.Node] = frozenset()
+                    ) -> set[fx.Node]:
+    """Nodes whose value depends on a differentiable (floating) model input or an embedding tap."""
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    variable = {n for n, spec in zip(placeholders, inputs) if spec.differentiable} | set(sources)
     for node in module.graph.nodes:
         if node.op in ("call_module", "call_function"):
             flags = [isinstance(a, fx.Node) and a in variable for a in (*node.args, *node.kwargs.values())]
@@ -108,10 +180,16 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     out = fx.GraphModule(module, copy.deepcopy(module.graph))
     state = DeepLiftState()
     result = RewriteResult(out, state)
-    variable = _variable_nodes(out, inputs)
+    taps = _embedding_taps(out, inputs)
+    variable = _variable_nodes(out, inputs, set(taps))
+    for index, (node, input_name) in enumerate(taps.items()):
+        tap = EmbeddingTap(out.get_submodule(node.target), state, node.meta["onnx_node"], input_name)
+        out.add_submodule(f"embedding_tap_{index}", tap)
+        node.target = f"embedding_tap_{index}"
+        result.taps.append(tap)
     unsupported: list[tuple[str, str, int, str, str]] = []
     for index, node in enumerate(list(out.graph.nodes)):
-        if node.op != "call_module" or "onnx_op" not in node.meta:
+        if node.op != "call_module" or "onnx_op" not in node.meta or node in taps:
             continue
         op = node.meta["onnx_op"]
         flags = [isinstance(a, fx.Node) and a in variable for a in node.args]

@@ -149,14 +149,54 @@ def test_op_without_a_rule_is_refused_by_name_unless_opted_in():
     assert dl.last_report["gradient_fallback_nodes"] == ["product_over_axis"]
 
 
-def test_integer_inputs_must_go_as_forward_args():
+def _token_model():
+    """ids -> embedding -> (masked by ids != 0) -> tanh -> mean over tokens -> linear head."""
+    rng = np.random.default_rng(0)
     nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
-             helper.make_node("Tanh", ["e"], ["out"], name="t")]
-    table = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
-    imported = onnx_attr.load(make_model(nodes, [("ids", INT64, ["n"])], [("out", FLOAT, ["n", 3])],
-                                         {"table": table}))
-    with pytest.raises(onnx_attr.InputError, match="token ids"):
-        onnx_attr.DeepLift(imported).attribute(np.array([1, 2]), target=0)
+             helper.make_node("Equal", ["ids", "zero"], ["is_pad"], name="pad_mask"),
+             helper.make_node("Not", ["is_pad"], ["keep"], name="keep"),
+             helper.make_node("Cast", ["keep"], ["keep_f"], name="keep_f", to=FLOAT),
+             helper.make_node("Unsqueeze", ["keep_f", "last"], ["keep_3d"], name="keep_3d"),
+             helper.make_node("Mul", ["e", "keep_3d"], ["masked"], name="apply_mask"),
+             helper.make_node("Tanh", ["masked"], ["t"], name="tanh"),
+             helper.make_node("ReduceMean", ["t"], ["pooled"], name="pool", axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["logits"], name="head")]
+    inits = {"table": rng.standard_normal((7, 4)).astype(np.float32), "zero": np.array(0, np.int64),
+             "last": np.array([2], np.int64), "w": rng.standard_normal((4, 3)).astype(np.float32)}
+    return make_model(nodes, [("ids", INT64, ["n", 5])], [("logits", FLOAT, ["n", 3])], inits, opset=13)
+
+
+def test_token_ids_are_attributed_at_their_embedding_lookup():
+    model = _token_model()
+    imported = onnx_attr.load(model)
+    dl = onnx_attr.DeepLift(imported)
+    ids = np.array([[3, 1, 4, 1, 0], [2, 6, 5, 0, 0]])
+    baseline = np.array([[1, 1, 1, 1, 1]])  # a neutral token everywhere; the padding mask stays the input's
+    scores, delta = dl.attribute(ids, baseline, target=[0, 2], return_convergence_delta=True)
+    assert scores.shape == ids.shape and dl.last_report["embedding_lookups"] == {"ids": "embed"}
+    assert np.all(scores[ids == 0] == 0)  # masked-out tokens contribute nothing
+    assert np.all(scores[ids == 1] == 0)  # tokens equal to the baseline contribute nothing
+    # oracle by hand: f as a function of the embeddings, with the input's padding mask held fixed
+    table = np.frombuffer(model.graph.initializer[0].raw_data, np.float32).reshape(7, 4)
+    w = np.frombuffer(model.graph.initializer[3].raw_data, np.float32).reshape(4, 3)
+    keep = (ids != 0)[..., None]
+    f = lambda e: (np.tanh(e * keep).mean(1) @ w)  # noqa: E731
+    change = f(table[ids]) - f(table[np.broadcast_to(baseline, ids.shape)])
+    expected = change[[0, 1], [0, 2]]
+    np.testing.assert_allclose(scores.sum(1), expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(delta.numpy()).max() < 1e-5
+    # tanh is elementwise: each token's score is exactly its own rescaled share
+    m = (np.tanh(table[ids] * keep) - np.tanh(table[np.broadcast_to(baseline, ids.shape)] * keep)) / 5
+    np.testing.assert_allclose(scores, (m @ w)[np.arange(2)[:, None], np.arange(5), [[0], [2]]], rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_integer_input_without_an_embedding_is_refused():
+    nodes = [helper.make_node("Cast", ["ids"], ["f"], name="cast", to=FLOAT),
+             helper.make_node("Tanh", ["f"], ["out"], name="t")]
+    imported = onnx_attr.load(make_model(nodes, [("ids", INT64, ["n", 3])], [("out", FLOAT, ["n", 3])]))
+    with pytest.raises(onnx_attr.InputError, match="feeds no embedding lookup"):
+        onnx_attr.DeepLift(imported).attribute(np.array([[1, 2, 3]]), target=0)
 
 
 def test_target_conventions_follow_captum():

@@ -32,8 +32,11 @@ def _as_list(value: Any) -> tuple[list, Callable[[list], Any]]:
     return [value], lambda items: items[0]
 
 
-def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any) -> Prepared:
-    """Place the attributed inputs and the extra forward args at their ONNX positions, checked."""
+def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, embedded: set[str]) -> Prepared:
+    """Place the attributed inputs and the extra forward args at their ONNX positions, checked.
+
+    `embedded` names the integer inputs that are attributed at their embedding lookup.
+    """
     specs = model.inputs
     names = [s.name for s in specs]
     given, repack_user = _as_list(inputs)
@@ -64,12 +67,12 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any) ->
     for pos, v in zip(extra_positions, extra):
         values[pos] = v
     tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=True)]
-    attributed = [i in positions and specs[i].differentiable for i in range(len(specs))]
+    attributed = [i in positions for i in range(len(specs))]
     for i in positions:
-        if not specs[i].differentiable:
+        if not specs[i].differentiable and specs[i].name not in embedded:
             raise InputError(
-                f"input {specs[i].name!r} is {specs[i].dtype}: integer inputs (token ids) cannot be attributed "
-                "directly; pass them as additional_forward_args"
+                f"input {specs[i].name!r} is {specs[i].dtype} and feeds no embedding lookup (a Gather of a "
+                "constant table), so it cannot be attributed; pass it as additional_forward_args"
             )
     base = _baselines(model, baselines, positions, tensors)
     full = [base.get(i, tensors[i]) for i in range(len(specs))]

@@ -45,7 +45,8 @@ class DeepLift:
         return int(output)
 
     def _attribute_once(self, inputs, baselines, target, additional_forward_args, output):
-        prepared = prepare(self.model, inputs, baselines, additional_forward_args)
+        prepared = prepare(self.model, inputs, baselines, additional_forward_args,
+                           {t.input_name for t in self.engine.rewrite.taps})
         n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
         unbatched = [s.name for s, t, a in zip(self.model.inputs, prepared.tensors, prepared.attributed)
                      if a and t.shape[0] != n]
@@ -54,12 +55,14 @@ class DeepLift:
                              "others have; attribute one example at a time")
         index = self._output_index(output)
         result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, Targets(target, n), index)
-        diffs = [None if m is None else x - b for m, x, b in
-                 zip(result.multipliers, prepared.tensors, prepared.baselines)]
-        contributions = [None if m is None else m * d for m, d in zip(result.multipliers, diffs)]
+        # floating inputs: multiplier × Δx; integer ones come back as contributions per token already
+        contributions = [m if m is None or not x.is_floating_point() else m * (x - b)
+                         for m, x, b in zip(result.multipliers, prepared.tensors, prepared.baselines)]
         total = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None)
         delta = total - (result.value.double() - result.reference_value.double())
-        attributions = contributions if self._multiply_by_inputs else result.multipliers
+        attributions = contributions if self._multiply_by_inputs else [
+            m if m is None or x.is_floating_point() else c
+            for m, c, x in zip(result.multipliers, contributions, prepared.tensors)]
         return prepared, attributions, delta, result, index
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
@@ -81,6 +84,7 @@ class DeepLift:
             "convergence_delta": delta.tolist(),
             "max_relative_delta": float((delta.abs() / scale).max()) if delta.numel() else 0.0,
             "rewritten_nodes": len(self.engine.rewrite.rewritten),
+            "embedding_lookups": {t.input_name: t.node for t in self.engine.rewrite.taps},
             "gradient_fallback_nodes": [n for n, _ in self.engine.rewrite.fallback],
         }
 
