@@ -9,7 +9,7 @@ forward; only while the engine runs DeepLift does its backward return the rule's
 from __future__ import annotations
 
 import copy
-import functools
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -65,23 +65,48 @@ class EmbeddingTap(nn.Module):
         return out
 
 
+class BoundOp:
+    """Calls a converted module with its inputs in signature order, None for skipped ones.
+
+    onnx2torch passes the inputs after a skipped optional one as keyword arguments; a rule must
+    see every input positionally, with its reference, to differentiate through it.
+    """
+
+    def __init__(self, module: nn.Module, names: list[str]):
+        self.module, self.names = module, names
+
+    def full(self, args: tuple, kwargs: dict) -> list:
+        values = list(args) + [kwargs.get(n) for n in self.names[len(args):]]
+        while values and values[-1] is None:
+            values.pop()
+        return values
+
+    def __call__(self, *values):
+        first_missing = next((i for i, v in enumerate(values) if v is None), len(values))
+        kwargs = {n: v for n, v in zip(self.names[first_missing:], values[first_missing:]) if v is not None}
+        return self.module(*values[:first_missing], **kwargs)
+
+
 class _DeepLiftCall(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, op: "DeepLiftOp", kwargs: dict, refs: list, ref_out: Tensor, *args):
-        out = op.original(*args, **kwargs)
-        ctx.op, ctx.kwargs, ctx.refs, ctx.ref_out = op, kwargs, refs, ref_out
+    def forward(ctx, op: "DeepLiftOp", refs: list, ref_out, *args):
+        out = op.bound(*args)
+        ctx.op, ctx.refs, ctx.ref_out = op, refs, ref_out
         ctx.template = [None if isinstance(a, Tensor) else a for a in args]
-        ctx.save_for_backward(out, *(a for a in args if isinstance(a, Tensor)))
+        ctx.is_tensor = [isinstance(a, Tensor) for a in args]
+        outs = out if isinstance(out, tuple) else (out,)
+        ctx.n_out = len(outs)
+        ctx.save_for_backward(*outs, *(a for a in args if isinstance(a, Tensor)))
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        out, *tensors = ctx.saved_tensors
-        it = iter(tensors)
-        args = [next(it) if t is None else t for t in ctx.template]
-        call = functools.partial(ctx.op.original, **ctx.kwargs)
-        grads = ctx.op.rule.backward(ctx.op.info, call, grad, args, out, ctx.refs, ctx.ref_out)
-        return (None, None, None, None, *grads)
+    def backward(ctx, *grads: Tensor):
+        saved = ctx.saved_tensors
+        outs, it = saved[:ctx.n_out], iter(saved[ctx.n_out:])
+        args = [next(it) if t else v for t, v in zip(ctx.is_tensor, ctx.template)]
+        out, grad = (outs[0], grads[0]) if ctx.n_out == 1 else (outs, grads)
+        grads_in = ctx.op.rule.backward(ctx.op.info, ctx.op.bound, grad, args, out, ctx.refs, ctx.ref_out)
+        return (None, None, None, *grads_in)
 
 
 class DeepLiftOp(nn.Module):
@@ -92,20 +117,28 @@ class DeepLiftOp(nn.Module):
         self.original = original
         self.rule, self.info = rule, info
         self._state = state
+        self.bound = BoundOp(original, signature_names(original))
 
     def forward(self, *args, **kwargs):
         state = self._state
         if state.mode in ("off", "tap_baseline"):
             return self.original(*args, **kwargs)
+        values = self.bound.full(args, kwargs)
         if state.mode == "reference":
-            out = self.original(*args, **kwargs)
-            state.refs[id(self)] = ([a.detach() if isinstance(a, Tensor) else a for a in args], out.detach())
+            out = self.bound(*values)
+            detached = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
+            state.refs[id(self)] = ([a.detach() if isinstance(a, Tensor) else a for a in values], detached)
             return out
         refs, ref_out = state.refs[id(self)]
         for pos in self.info.variable_positions():
-            if not _broadcasts(refs[pos].shape, args[pos].shape):
+            if not _broadcasts(refs[pos].shape, values[pos].shape):
                 raise ReferenceShapeMismatch(self.info.name)
-        return _DeepLiftCall.apply(self, kwargs, refs, ref_out, *args)
+        return _DeepLiftCall.apply(self, refs, ref_out, *values)
+
+
+def signature_names(module: nn.Module) -> list[str]:
+    return [n for n, p in inspect.signature(module.forward).parameters.items()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def _broadcasts(ref: torch.Size, actual: torch.Size) -> bool:
@@ -192,7 +225,11 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         if node.op != "call_module" or "onnx_op" not in node.meta or node in taps:
             continue
         op = node.meta["onnx_op"]
-        flags = [isinstance(a, fx.Node) and a in variable for a in node.args]
+        names = signature_names(out.get_submodule(node.target))
+        inputs_in_order = list(node.args) + [node.kwargs.get(n) for n in names[len(node.args):]]
+        flags = [isinstance(a, fx.Node) and a in variable for a in inputs_in_order]
+        while flags and not flags[-1] and inputs_in_order[len(flags) - 1] is None:
+            flags.pop()
         if not any(flags):
             continue
         kind = op_kind(op, flags) if node.meta.get("onnx_domain", "") in ("", "ai.onnx") else "unknown"

@@ -6,4 +6,4 @@ line below.
 """
 
 from . import registry  # noqa: F401  (first: the families register into it)
-from . import activations, linear, normalization, padding, pooling, reduce, shape  # noqa: F401,E402
+from . import activations, linear, normalization, padding, pooling, recurrent, reduce, shape  # noqa: F401,E402

@@ -68,7 +68,7 @@ def reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
 
 def _has_parameters(call: Callable) -> bool:
     """A converted module holding tensor state (PRelu's slope, per channel) cannot run on a subset."""
-    module = getattr(call, "func", None)  # the rewrite passes functools.partial(module, **kwargs)
+    module = getattr(call, "module", None)  # the rewrite passes a BoundOp
     return isinstance(module, torch.nn.Module) and any(p.numel() > 1 for p in (*module.parameters(), *module.buffers()))
 
 

@@ -1,0 +1,62 @@
+"""LSTM: the converter's own recurrence, run on (value, reference) pairs."""
+
+from __future__ import annotations
+
+import torch
+
+from ..converters.recurrent import lstm_attrs, run_lstm
+from .base import DecomposedRule, NodeInfo, rule
+from .paired import product, rescale
+
+
+class Paired:
+    """The recurrence's operations on (value, reference) pairs, with DeepLift's primitives."""
+
+    @staticmethod
+    def linear(v, fn):
+        return fn(v[0]), fn(v[1])
+
+    @staticmethod
+    def add(*vs):
+        return sum(v[0] for v in vs[1:]) + vs[0][0], sum(v[1] for v in vs[1:]) + vs[0][1]
+
+    @staticmethod
+    def sigmoid(v):
+        return rescale(torch.sigmoid, *v)
+
+    @staticmethod
+    def tanh(v):
+        return rescale(torch.tanh, *v)
+
+    @staticmethod
+    def mul(a, b):
+        return product(torch.mul, a[0], a[1], b[0], b[1])
+
+    @staticmethod
+    def where(mask, a, b):
+        return torch.where(mask, a[0], b[0]), torch.where(mask, a[1], b[1])
+
+    @staticmethod
+    def stack(vs, dim):
+        return torch.stack([v[0] for v in vs], dim), torch.stack([v[1] for v in vs], dim)
+
+
+@rule("LSTM")
+class LSTMRule(DecomposedRule):
+    """Sigmoid/tanh gates by rescale, the gate products by the Shapley rule: exact through time."""
+
+    def check(self, info: NodeInfo) -> None:
+        lstm_attrs(info.attrs)
+        if any(info.variable[i] for i in (1, 2, 3, 7) if i < len(info.variable)):
+            raise NotImplementedError("LSTM whose weights vary with the input is not supported")
+
+    def decompose(self, info, call, args, refs):
+        module = call.module
+        padded = list(args) + [None] * (8 - len(args))
+        ref_padded = list(refs) + [None] * (8 - len(refs))
+        x, w, r, b, lens, h0, c0, p = padded
+        pair = lambda i: None if padded[i] is None else (padded[i], ref_padded[i])  # noqa: E731
+        outs = run_lstm(Paired, module, pair(0), w, r, b, lens, pair(5), pair(6), p)
+        if module.n_outputs == 1:
+            return outs
+        return tuple(o[0] for o in outs), tuple(o[1] for o in outs)

@@ -1,0 +1,117 @@
+"""LSTM built from its gates: matches onnxruntime, and DeepLift through it is exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+from torch import nn
+
+import onnx_attr
+
+from conftest import FLOAT, INT64, make_model, ort_run
+from exporting import to_onnx
+
+H, I, SEQ, BATCH = 3, 4, 5, 2
+
+
+def _lstm_model(direction="forward", layout=0, peepholes=False, states=False, lens=False):
+    rng = np.random.default_rng(0)
+    dirs = 2 if direction == "bidirectional" else 1
+    inits = {"W": rng.standard_normal((dirs, 4 * H, I)).astype(np.float32) * 0.7,
+             "R": rng.standard_normal((dirs, 4 * H, H)).astype(np.float32) * 0.7,
+             "B": rng.standard_normal((dirs, 8 * H)).astype(np.float32) * 0.3}
+    names = ["X", "W", "R", "B", "", "", "", ""]
+    inputs = [("X", FLOAT, [SEQ, BATCH, I] if layout == 0 else [BATCH, SEQ, I])]
+    if lens:
+        names[4] = "lens"
+        inputs.append(("lens", helper.TensorProto.INT32, [BATCH]))
+    if states:
+        names[5], names[6] = "h0", "c0"
+        shape = [dirs, BATCH, H] if layout == 0 else [BATCH, dirs, H]
+        inputs += [("h0", FLOAT, shape), ("c0", FLOAT, shape)]
+    if peepholes:
+        names[7] = "P"
+        inits["P"] = rng.standard_normal((dirs, 3 * H)).astype(np.float32) * 0.5
+    while names and names[-1] == "":
+        names.pop()
+    node = helper.make_node("LSTM", names, ["Y", "Y_h", "Y_c"], name="lstm", hidden_size=H, direction=direction,
+                            layout=layout)
+    y_shape = [SEQ, dirs, BATCH, H] if layout == 0 else [BATCH, SEQ, dirs, H]
+    s_shape = [dirs, BATCH, H] if layout == 0 else [BATCH, dirs, H]
+    outputs = [("Y", FLOAT, y_shape), ("Y_h", FLOAT, s_shape), ("Y_c", FLOAT, s_shape)]
+    return make_model([node], inputs, outputs, inits, opset=14)
+
+
+CONFIGS = [dict(), dict(direction="reverse"), dict(direction="bidirectional"), dict(layout=1),
+           dict(peepholes=True), dict(states=True), dict(lens=True), dict(layout=1, states=True, direction="bidirectional")]
+
+
+def _feeds(model, rng):
+    feeds = {}
+    for value in model.graph.input:
+        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if value.name == "lens":
+            feeds["lens"] = np.array([SEQ, 3], np.int32)
+        else:
+            feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _oracle(config, feeds):
+    """onnxruntime; it has no batch-first (layout=1) kernel, so those run as the layout-0 twin."""
+    if config.get("layout", 0) == 0:
+        return ort_run(_lstm_model(**config), feeds)
+    twin = _lstm_model(**{**config, "layout": 0})
+    moved = {k: (v.transpose(1, 0, 2) if v.ndim == 3 else v) for k, v in feeds.items()}
+    y, yh, yc = ort_run(twin, moved)
+    return y.transpose(2, 0, 1, 3), yh.transpose(1, 0, 2), yc.transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[",".join(f"{k}={v}" for k, v in c.items()) or "default" for c in CONFIGS])
+def test_lstm_matches_onnxruntime_and_deeplift_is_exact(config):
+    model = _lstm_model(**config)
+    rng = np.random.default_rng(1)
+    feeds = _feeds(model, rng)
+    imported = onnx_attr.load(model)
+    for got, want in zip(imported.run(feeds), _oracle(config, feeds)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    # completeness for each output, attributing X (and the initial states when given)
+    attributed = {k: v for k, v in feeds.items() if k != "lens"}
+    extra = {"lens": feeds["lens"]} if "lens" in feeds else None
+    baselines = {k: rng.standard_normal(v.shape).astype(np.float32) * 0.3 for k, v in attributed.items()}
+    batch_axis = 1 if config.get("layout", 0) == 0 else 0
+    for output, target in (("Y_h", (0, 1)), ("Y_c", (0, 2)), ("Y", (1, 0, 1))):
+        if batch_axis == 1:  # layout 0 puts the batch on axis 1: attribute one example at a time
+            continue
+        dl = onnx_attr.DeepLift(imported)
+        _, delta = dl.attribute(attributed, baselines, target=target, output=output,
+                                additional_forward_args=extra, return_convergence_delta=True)
+        assert np.abs(delta.numpy()).max() < 1e-4, (output, delta)
+
+
+class SmallLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        return self.head(y[:, -1])
+
+
+def test_pytorch_lstm_exported_at_batch_one_end_to_end():
+    model = SmallLSTM().eval()
+    imported = onnx_attr.load(to_onnx(model, torch.randn(1, 6, 4), dynamic_batch=False))
+    x = torch.randn(3, 6, 4)
+    report = imported.verify(x[:1].numpy())
+    assert report.passed, report.format()
+    dl = onnx_attr.DeepLift(imported)
+    attributions, delta = dl.attribute(x, torch.zeros(1, 6, 4), target=[0, 1, 2], return_convergence_delta=True)
+    with torch.no_grad():
+        change = model(x)[[0, 1, 2], [0, 1, 2]] - model(torch.zeros(1, 6, 4))[0, [0, 1, 2]]
+    assert change.abs().min() > 1e-3
+    assert (delta.abs() / change.double().abs().clamp_min(1.0)).max() <= 1e-4
+    assert any(op == "LSTM" for _, op, _ in dl.engine.rewrite.rewritten)
