@@ -67,9 +67,9 @@ def _versions() -> dict:
 def prepare_out_dir(out: str) -> Path:
     folder = Path(out)
     try:
-        folder.mkdir(exist_ok=True)
-    except FileNotFoundError as err:
-        raise OutputError(f"cannot create {out!r}: its parent folder does not exist") from err
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise OutputError(f"cannot create {out!r}: a file stands where a folder is needed") from err
     except OSError as err:
         raise OutputError(f"cannot create {out!r}: {err.strerror or err}") from err
     if not folder.is_dir():

@@ -90,9 +90,18 @@ def test_nan_input_exits_2(tmp_path, capsys):
     assert "NaN" in capsys.readouterr().err
 
 
-def test_out_folder_whose_parent_is_missing_exits_2(tmp_path, capsys):
-    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--out", str(tmp_path / "a" / "b")]) == 2
-    assert "parent folder does not exist" in capsys.readouterr().err
+def test_missing_parent_folders_are_created(tmp_path, capsys):
+    out = tmp_path / "a" / "b"
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--out", str(out)]) == 0
+    assert (out / "report.json").exists()
+
+
+def test_out_path_under_a_file_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--out", str(blocker / "run")]) == 2
+    assert "a file stands where a folder is needed" in capsys.readouterr().err
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--out", str(blocker)]) == 2
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):

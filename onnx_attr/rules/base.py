@@ -66,6 +66,12 @@ def reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad.sum(dim=dims, keepdim=True) if dims else grad
 
 
+def _require_varying(info: NodeInfo, count: int, why: str) -> None:
+    found = len(info.variable_positions())
+    if found != count:
+        raise NotImplementedError(f"{info.op_type} with {found} input(s) varying with the attributed inputs {why}")
+
+
 def _has_parameters(call: Callable) -> bool:
     """A converted module holding tensor state (PRelu's slope, per channel) cannot run on a subset."""
     module = getattr(call, "module", None)  # the rewrite passes a BoundOp
@@ -78,10 +84,7 @@ class UnaryRule(Rule):
     kind = "unary"
 
     def check(self, info: NodeInfo) -> None:
-        if len(info.variable_positions()) != 1:
-            raise NotImplementedError(
-                f"{info.op_type} with {len(info.variable_positions())} inputs that vary is not elementwise-unary"
-            )
+        _require_varying(info, 1, "is not elementwise-unary")
 
     def backward(self, info, call, grad, args, out, refs, ref_out):
         (pos,) = info.variable_positions()
@@ -124,11 +127,7 @@ class ProductRule(DecomposedRule):
     kind = "bilinear"
 
     def check(self, info: NodeInfo) -> None:
-        if len(info.variable_positions()) != 2:
-            raise NotImplementedError(
-                f"{info.op_type} with {len(info.variable_positions())} varying operands: the Shapley product "
-                "rule is exact for two"
-            )
+        _require_varying(info, 2, "is not a product of two: the Shapley product rule is exact for two")
 
     def decompose(self, info, call, args, refs):
         i, j = info.variable_positions()

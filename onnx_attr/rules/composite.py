@@ -65,31 +65,43 @@ def _normalize(x, x0, axes, eps):
     return product(torch.mul, d, d0, r, r0)
 
 
-@rule("LayerNormalization")
-class LayerNorm(DecomposedRule):
+class _AffineNormalization(DecomposedRule):
+    """normalize(x over `axes`) * scale + bias, scale and bias constant."""
+
     def check(self, info):
         _require_constant(info, [1, 2], "scale or bias")
 
+    def axes(self, info, x) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def affine(self, info, x, args):
+        """scale and bias, shaped to broadcast against x."""
+        raise NotImplementedError
+
     def decompose(self, info, call, args, refs):
         x = args[0]
-        axis = info.attrs.get("axis", -1) % x.dim()
-        y, y0 = _normalize(x, refs[0], tuple(range(axis, x.dim())), info.attrs.get("epsilon", 1e-5))
-        scale = args[1]
-        bias = args[2] if len(args) > 2 and args[2] is not None else 0.0
+        y, y0 = _normalize(x, refs[0], self.axes(info, x), info.attrs.get("epsilon", 1e-5))
+        scale, bias = self.affine(info, x, args)
         return y * scale + bias, y0 * scale + bias
+
+
+@rule("LayerNormalization")
+class LayerNorm(_AffineNormalization):
+    def axes(self, info, x):
+        return tuple(range(info.attrs.get("axis", -1) % x.dim(), x.dim()))
+
+    def affine(self, info, x, args):
+        return args[1], (args[2] if len(args) > 2 and args[2] is not None else 0.0)
 
 
 @rule("InstanceNormalization")
-class InstanceNorm(DecomposedRule):
-    def check(self, info):
-        _require_constant(info, [1, 2], "scale or bias")
+class InstanceNorm(_AffineNormalization):
+    def axes(self, info, x):
+        return tuple(range(2, x.dim()))
 
-    def decompose(self, info, call, args, refs):
-        x = args[0]
-        y, y0 = _normalize(x, refs[0], tuple(range(2, x.dim())), info.attrs.get("epsilon", 1e-5))
+    def affine(self, info, x, args):
         view = (1, -1) + (1,) * (x.dim() - 2)
-        scale, bias = args[1].reshape(view), args[2].reshape(view)
-        return y * scale + bias, y0 * scale + bias
+        return args[1].reshape(view), args[2].reshape(view)
 
 
 @rule("LRN")
@@ -109,6 +121,12 @@ class LocalResponseNorm(DecomposedRule):
 
         q, q0 = rescale(lambda t: (bias + alpha / size * t) ** (-beta), window_sum(sq), window_sum(sq0))
         return product(torch.mul, x, x0, q, q0)
+
+
+def _reduction(info, args, refs):
+    """x, x0, the reduced axes and keepdims of a Reduce* node."""
+    x = args[0]
+    return x, refs[0], _reduce_axes(info, args, x.dim()), bool(info.attrs.get("keepdims", 1))
 
 
 def _reduce_axes(info, args, rank):
@@ -149,9 +167,7 @@ class Min(_Elementwise):
 @rule("ReduceLogSumExp")
 class ReduceLogSumExp(DecomposedRule):
     def decompose(self, info, call, args, refs):
-        x, x0 = args[0], refs[0]
-        axes = _reduce_axes(info, args, x.dim())
-        keep = bool(info.attrs.get("keepdims", 1))
+        x, x0, axes, keep = _reduction(info, args, refs)
         c = torch.maximum(x.detach().amax(axes, keepdim=True), x0.amax(axes, keepdim=True))
         e, e0 = rescale(torch.exp, x - c, x0 - c)
         l, l0 = rescale(torch.log, e.sum(axes, keepdim=True), e0.sum(axes, keepdim=True))
@@ -162,9 +178,7 @@ class ReduceLogSumExp(DecomposedRule):
 @rule("ReduceSumSquare", "ReduceL2")
 class ReduceSquares(DecomposedRule):
     def decompose(self, info, call, args, refs):
-        x, x0 = args[0], refs[0]
-        axes = _reduce_axes(info, args, x.dim())
-        keep = bool(info.attrs.get("keepdims", 1))
+        x, x0, axes, keep = _reduction(info, args, refs)
         sq, sq0 = product(torch.mul, x, x0, x, x0)
         y, y0 = sq.sum(axes, keepdim=keep), sq0.sum(axes, keepdim=keep)
         return rescale(torch.sqrt, y, y0) if info.op_type == "ReduceL2" else (y, y0)
@@ -173,8 +187,6 @@ class ReduceSquares(DecomposedRule):
 @rule("ReduceL1")
 class ReduceL1(DecomposedRule):
     def decompose(self, info, call, args, refs):
-        x, x0 = args[0], refs[0]
-        axes = _reduce_axes(info, args, x.dim())
-        keep = bool(info.attrs.get("keepdims", 1))
+        x, x0, axes, keep = _reduction(info, args, refs)
         a, a0 = rescale(torch.abs, x, x0)
         return a.sum(axes, keepdim=keep), a0.sum(axes, keepdim=keep)
