@@ -213,3 +213,20 @@ def test_target_conventions_follow_captum():
         dl.attribute((a, g), target=[0, 1])
     with pytest.raises(onnx_attr.InputError, match="must pick one value per example"):
         dl.attribute((a, g))
+
+
+def test_reference_cache_is_reused_only_for_an_equal_baseline():
+    model = ChannelShuffle().eval()
+    imported = onnx_attr.load(to_onnx(model, torch.randn(2, 4, 6, 6)))
+    x = torch.randn(3, 4, 6, 6)
+    dl = onnx_attr.DeepLift(imported)
+    first = dl.attribute(x, torch.zeros(1, 4, 6, 6), target=1)
+    assert dl.engine._cached is not None
+    again = dl.attribute(x.flip(0), torch.zeros(1, 4, 6, 6), target=1)  # cached reference, new inputs
+    torch.testing.assert_close(again, onnx_attr.DeepLift(imported).attribute(x.flip(0), torch.zeros(1, 4, 6, 6),
+                                                                             target=1))
+    other = torch.full((1, 4, 6, 6), 0.3)
+    changed, delta = dl.attribute(x, other, target=1, return_convergence_delta=True)
+    fresh = onnx_attr.DeepLift(imported).attribute(x, other, target=1)
+    torch.testing.assert_close(changed, fresh)
+    assert not torch.allclose(changed, first) and delta.abs().max() < 1e-4

@@ -93,7 +93,7 @@ class UnaryRule(Rule):
         scalars = all(not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
         m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=scalars and not _has_parameters(call))
         grads: list[Tensor | None] = [None] * len(args)
-        grads[pos] = reduce_to(grad * m, x.shape)
+        grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
         return grads
 
 

@@ -39,9 +39,9 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
     The gradient is needed at a handful of elements of a large tensor; when f is elementwise
     with nothing to broadcast (`elementwise`), it is taken on those elements alone.
     """
-    dx = x - x0
-    close = dx.abs() <= secant_tolerance(x, x0)
-    m = (y - y0) / dx.masked_fill(close, 1.0)
+    dx = x - x0  # the hot path of every nonlinearity: few passes, no temporaries beyond these three
+    close = dx.abs().le_(secant_tolerance(x, x0)).bool()
+    m = (y - y0).div_(dx.masked_fill_(close, 1.0))
     if not bool(close.any()):
         return m
     with torch.enable_grad():
