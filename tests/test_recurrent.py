@@ -1,4 +1,4 @@
-"""LSTM built from its gates: matches onnxruntime, and DeepLift through it is exact."""
+"""LSTM, GRU and RNN built from their gates: match onnxruntime, and DeepLift through them is exact."""
 
 from __future__ import annotations
 
@@ -16,36 +16,45 @@ from exporting import to_onnx
 H, I, SEQ, BATCH = 3, 4, 5, 2
 
 
-def _lstm_model(direction="forward", layout=0, peepholes=False, states=False, lens=False):
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _lstm_model(direction="forward", layout=0, peepholes=False, states=False, lens=False, op="LSTM", **attrs):
     rng = np.random.default_rng(0)
     dirs = 2 if direction == "bidirectional" else 1
-    inits = {"W": rng.standard_normal((dirs, 4 * H, I)).astype(np.float32) * 0.7,
-             "R": rng.standard_normal((dirs, 4 * H, H)).astype(np.float32) * 0.7,
-             "B": rng.standard_normal((dirs, 8 * H)).astype(np.float32) * 0.3}
+    gates = GATES[op]
+    inits = {"W": rng.standard_normal((dirs, gates * H, I)).astype(np.float32) * 0.7,
+             "R": rng.standard_normal((dirs, gates * H, H)).astype(np.float32) * 0.7,
+             "B": rng.standard_normal((dirs, 2 * gates * H)).astype(np.float32) * 0.3}
     names = ["X", "W", "R", "B", "", "", "", ""]
     inputs = [("X", FLOAT, [SEQ, BATCH, I] if layout == 0 else [BATCH, SEQ, I])]
     if lens:
         names[4] = "lens"
         inputs.append(("lens", helper.TensorProto.INT32, [BATCH]))
+    shape = [dirs, BATCH, H] if layout == 0 else [BATCH, dirs, H]
     if states:
-        names[5], names[6] = "h0", "c0"
-        shape = [dirs, BATCH, H] if layout == 0 else [BATCH, dirs, H]
-        inputs += [("h0", FLOAT, shape), ("c0", FLOAT, shape)]
+        names[5] = "h0"
+        inputs.append(("h0", FLOAT, shape))
+        if op == "LSTM":
+            names[6] = "c0"
+            inputs.append(("c0", FLOAT, shape))
     if peepholes:
         names[7] = "P"
         inits["P"] = rng.standard_normal((dirs, 3 * H)).astype(np.float32) * 0.5
     while names and names[-1] == "":
         names.pop()
-    node = helper.make_node("LSTM", names, ["Y", "Y_h", "Y_c"], name="lstm", hidden_size=H, direction=direction,
-                            layout=layout)
+    outs = ["Y", "Y_h", "Y_c"] if op == "LSTM" else ["Y", "Y_h"]
+    node = helper.make_node(op, names, outs, name="rnn", hidden_size=H, direction=direction, layout=layout, **attrs)
     y_shape = [SEQ, dirs, BATCH, H] if layout == 0 else [BATCH, SEQ, dirs, H]
-    s_shape = [dirs, BATCH, H] if layout == 0 else [BATCH, dirs, H]
-    outputs = [("Y", FLOAT, y_shape), ("Y_h", FLOAT, s_shape), ("Y_c", FLOAT, s_shape)]
+    outputs = [("Y", FLOAT, y_shape)] + [(o, FLOAT, shape) for o in outs[1:]]
     return make_model([node], inputs, outputs, inits, opset=14)
 
 
 CONFIGS = [dict(), dict(direction="reverse"), dict(direction="bidirectional"), dict(layout=1),
-           dict(peepholes=True), dict(states=True), dict(lens=True), dict(layout=1, states=True, direction="bidirectional")]
+           dict(peepholes=True), dict(states=True), dict(lens=True), dict(layout=1, states=True, direction="bidirectional"),
+           dict(op="GRU"), dict(op="GRU", linear_before_reset=1), dict(op="GRU", layout=1, states=True, lens=True),
+           dict(op="GRU", layout=1, direction="bidirectional", linear_before_reset=1), dict(op="RNN"),
+           dict(op="RNN", layout=1, states=True, direction="bidirectional")]
 
 
 def _feeds(model, rng):
@@ -65,8 +74,8 @@ def _oracle(config, feeds):
         return ort_run(_lstm_model(**config), feeds)
     twin = _lstm_model(**{**config, "layout": 0})
     moved = {k: (v.transpose(1, 0, 2) if v.ndim == 3 else v) for k, v in feeds.items()}
-    y, yh, yc = ort_run(twin, moved)
-    return y.transpose(2, 0, 1, 3), yh.transpose(1, 0, 2), yc.transpose(1, 0, 2)
+    y, *finals = ort_run(twin, moved)
+    return [y.transpose(2, 0, 1, 3)] + [f.transpose(1, 0, 2) for f in finals]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[",".join(f"{k}={v}" for k, v in c.items()) or "default" for c in CONFIGS])
@@ -83,7 +92,7 @@ def test_lstm_matches_onnxruntime_and_deeplift_is_exact(config):
     baselines = {k: rng.standard_normal(v.shape).astype(np.float32) * 0.3 for k, v in attributed.items()}
     batch_axis = 1 if config.get("layout", 0) == 0 else 0
     for output, target in (("Y_h", (0, 1)), ("Y_c", (0, 2)), ("Y", (1, 0, 1))):
-        if batch_axis == 1:  # layout 0 puts the batch on axis 1: attribute one example at a time
+        if batch_axis == 1 or output not in [o.name for o in model.graph.output]:  # layout 0 puts the batch on axis 1: attribute one example at a time
             continue
         dl = onnx_attr.DeepLift(imported)
         _, delta = dl.attribute(attributed, baselines, target=target, output=output,
@@ -115,3 +124,24 @@ def test_pytorch_lstm_exported_at_batch_one_end_to_end():
     assert change.abs().min() > 1e-3
     assert (delta.abs() / change.double().abs().clamp_min(1.0)).max() <= 1e-4
     assert any(op == "LSTM" for _, op, _ in dl.engine.rewrite.rewritten)
+
+
+class SmallGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru, self.head = nn.GRU(4, 8, batch_first=True, bidirectional=True), nn.Linear(16, 3)
+
+    def forward(self, x):
+        y, _ = self.gru(x)
+        return self.head(y[:, -1])
+
+
+def test_pytorch_bidirectional_gru_end_to_end():
+    model = SmallGRU().eval()
+    x = torch.randn(3, 6, 4)
+    imported = onnx_attr.load(to_onnx(model, x))
+    assert imported.verify(x.numpy()).passed
+    attributions, delta = onnx_attr.DeepLift(imported).attribute(x, torch.zeros(1, 6, 4), target=2,
+                                                                 return_convergence_delta=True)
+    assert delta.abs().max() < 1e-4 and attributions.abs().sum() > 0

@@ -1,15 +1,16 @@
-"""ONNX LSTM, built from its gates.
+"""ONNX LSTM, GRU and RNN, built from their gates.
 
 The recurrence is written once, over an "algebra" of the few operations it needs (linear maps,
-sums, sigmoid, tanh, products, masks). `Plain` runs it on tensors: that is this converter's
+sums, sigmoid, tanh, products, masks). `Plain` runs it on tensors: that is these converters'
 forward. The DeepLift rule (`rules/recurrent.py`) runs the same code on (value, reference) pairs,
 so every gate's sigmoid, every tanh and every product gets its exact rule, and the forward and
-the rule cannot drift apart.
+the rule cannot drift apart. Each op is a cell (one time step) plus what the three share:
+layouts, directions, initial states and sequence lengths.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -45,107 +46,127 @@ class Plain:
         return torch.stack(vs, dim)
 
 
-def lstm_recurrence(alg, x, w: Tensor, r: Tensor, b: Optional[Tensor], p: Optional[Tensor], h0, c0,
-                    lens: Optional[Tensor], hidden: int, direction: str) -> tuple[Any, Any, Any]:
-    """x in layout 0 ([seq, batch, input]); returns Y [seq, dirs, batch, H], Y_h, Y_c [dirs, batch, H]."""
-    seq = alg_len(x)
-    dirs = 2 if direction == "bidirectional" else 1
-    ys, hs, cs = [], [], []
-    for d in range(dirs):
-        reverse = direction == "reverse" or d == 1
-        wi, wo, wf, wc = w[d].split(hidden)  # ONNX gate order: input, output, forget, cell
-        ri, ro, rf, rc = r[d].split(hidden)
-        bias = b[d][:4 * hidden] + b[d][4 * hidden:] if b is not None else torch.zeros(4 * hidden, dtype=w.dtype,
-                                                                                      device=w.device)
-        bi, bo, bf, bc = bias.split(hidden)
-        pi, po, pf = p[d].split(hidden) if p is not None else (None, None, None)
-        h, c = alg.linear(h0, lambda t: t[d]), alg.linear(c0, lambda t: t[d])
-        outs: list = [None] * seq
-        for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
-            xt = alg.linear(x, lambda v: v[t])
-
-            def pre(wg, rg, bg, pg, cell):
-                terms = [alg.linear(xt, lambda v: v @ wg.T), alg.linear(h, lambda v: v @ rg.T + bg)]
-                if pg is not None:
-                    terms.append(alg.linear(cell, lambda v: v * pg))
-                return alg.add(*terms)
-
-            i = alg.sigmoid(pre(wi, ri, bi, pi, c))
-            f = alg.sigmoid(pre(wf, rf, bf, pf, c))
-            g = alg.tanh(pre(wc, rc, bc, None, c))
-            c_new = alg.add(alg.mul(f, c), alg.mul(i, g))
-            o = alg.sigmoid(pre(wo, ro, bo, po, c_new))
-            h_new = alg.mul(o, alg.tanh(c_new))
-            if lens is not None:  # past a sequence's end the state holds and the output is zero
-                live = (t < lens).reshape(-1, 1)
-                h_new, c_new = alg.where(live, h_new, h), alg.where(live, c_new, c)
-                outs[t] = alg.where(live, h_new, alg.linear(h_new, torch.zeros_like))
-            else:
-                outs[t] = h_new
-            h, c = h_new, c_new
-        ys.append(alg.stack(outs, 0))
-        hs.append(h)
-        cs.append(c)
-    return alg.stack(ys, 1), alg.stack(hs, 0), alg.stack(cs, 0)
+def _gate(alg, xt, h, w_gate: Tensor, r_gate: Tensor, bias: Tensor):
+    """xt W^T + h R^T + bias: linear in each of xt and h."""
+    return alg.add(alg.linear(xt, lambda v: v @ w_gate.T), alg.linear(h, lambda v: v @ r_gate.T + bias))
 
 
-def alg_len(x) -> int:
-    return (x[0] if isinstance(x, tuple) else x).shape[0]
+def lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+    h, c = states
+    wi, wo, wf, wc = w.split(hidden)  # ONNX gate order: input, output, forget, cell
+    ri, ro, rf, rc = r.split(hidden)
+    bi, bo, bf, bc = (b[:4 * hidden] + b[4 * hidden:]).split(hidden)
+    pi, po, pf = p.split(hidden) if p is not None else (None, None, None)
+
+    def peep(pre, peephole, cell):
+        return pre if peephole is None else alg.add(pre, alg.linear(cell, lambda v: v * peephole))
+
+    i = alg.sigmoid(peep(_gate(alg, xt, h, wi, ri, bi), pi, c))
+    f = alg.sigmoid(peep(_gate(alg, xt, h, wf, rf, bf), pf, c))
+    g = alg.tanh(_gate(alg, xt, h, wc, rc, bc))
+    c_new = alg.add(alg.mul(f, c), alg.mul(i, g))
+    o = alg.sigmoid(peep(_gate(alg, xt, h, wo, ro, bo), po, c_new))
+    return [alg.mul(o, alg.tanh(c_new)), c_new]
 
 
-def lstm_attrs(attrs: dict) -> tuple[int, str, int]:
-    """hidden size, direction, layout; NotImplementedError for what the recurrence does not model."""
+def gru_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+    (h,) = states
+    wz, wr, wh = w.split(hidden)  # ONNX gate order: update, reset, hidden
+    rz, rr, rh = r.split(hidden)
+    wbz, wbr, wbh, rbz, rbr, rbh = b.split(hidden)
+    z = alg.sigmoid(_gate(alg, xt, h, wz, rz, wbz + rbz))
+    reset = alg.sigmoid(_gate(alg, xt, h, wr, rr, wbr + rbr))
+    x_part = alg.linear(xt, lambda v: v @ wh.T + wbh)
+    if attrs.get("linear_before_reset", 0):
+        h_part = alg.mul(reset, alg.linear(h, lambda v: v @ rh.T + rbh))
+    else:
+        h_part = alg.linear(alg.mul(reset, h), lambda v: v @ rh.T + rbh)
+    candidate = alg.tanh(alg.add(x_part, h_part))
+    keep = alg.linear(z, lambda v: 1 - v)
+    return [alg.add(alg.mul(keep, candidate), alg.mul(z, h))]
+
+
+def rnn_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+    (h,) = states
+    bias = b[:hidden] + b[hidden:]
+    return [alg.tanh(_gate(alg, xt, h, w, r, bias))]
+
+
+class Recurrent(nn.Module):
+    """One ONNX recurrent op; returns as many outputs as the node declares (a bare Y for one)."""
+
+    CELLS = {"LSTM": (lstm_cell, 4, 2, ["Sigmoid", "Tanh", "Tanh"]),
+             "GRU": (gru_cell, 3, 1, ["Sigmoid", "Tanh"]),
+             "RNN": (rnn_cell, 1, 1, ["Tanh"])}
+
+    def __init__(self, op: str, attrs: dict, n_outputs: int):
+        super().__init__()
+        self.op, self.attrs, self.n_outputs = op, attrs, n_outputs
+        self.hidden, self.direction, self.layout = recurrent_attrs(op, attrs)
+
+    def forward(self, x: Tensor, w: Tensor, r: Tensor, b: Optional[Tensor] = None,
+                sequence_lens: Optional[Tensor] = None, initial_h: Optional[Tensor] = None,
+                initial_c: Optional[Tensor] = None, p: Optional[Tensor] = None):
+        return run_recurrent(Plain, self, x, w, r, b, sequence_lens, [initial_h, initial_c], p)
+
+
+def recurrent_attrs(op: str, attrs: dict) -> tuple[int, str, int]:
+    """hidden size, direction, layout; NotImplementedError for what the cells do not model."""
     direction = attrs.get("direction", "forward")
-    if isinstance(direction, bytes):
-        direction = direction.decode()
-    activations = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
     dirs = 2 if direction == "bidirectional" else 1
-    if activations and activations != ["Sigmoid", "Tanh", "Tanh"] * dirs:
-        raise NotImplementedError(f"LSTM activations {activations} (only the default Sigmoid/Tanh/Tanh)")
+    activations = list(attrs.get("activations", []))
+    default = Recurrent.CELLS[op][3]
+    if activations and activations != default * dirs:
+        raise NotImplementedError(f"{op} activations {activations} (only the default {default})")
     if attrs.get("clip") is not None:
-        raise NotImplementedError("LSTM with clip is not supported")
+        raise NotImplementedError(f"{op} with clip is not supported")
     if attrs.get("input_forget", 0):
         raise NotImplementedError("LSTM with input_forget=1 is not supported")
     return int(attrs["hidden_size"]), direction, int(attrs.get("layout", 0))
 
 
-class LSTM(nn.Module):
-    """Returns as many of (Y, Y_h, Y_c) as the node declares; a bare Y when it declares one."""
-
-    def __init__(self, hidden: int, direction: str, layout: int, n_outputs: int = 3):
-        super().__init__()
-        self.hidden, self.direction, self.layout, self.n_outputs = hidden, direction, layout, n_outputs
-
-    def forward(self, x: Tensor, w: Tensor, r: Tensor, b: Optional[Tensor] = None,
-                sequence_lens: Optional[Tensor] = None, initial_h: Optional[Tensor] = None,
-                initial_c: Optional[Tensor] = None, p: Optional[Tensor] = None):
-        return run_lstm(Plain, self, x, w, r, b, sequence_lens, initial_h, initial_c, p)
-
-
-def run_lstm(alg, module: LSTM, x, w, r, b, lens, h0, c0, p):
-    """Layouts, default states and the sequence-length check around `lstm_recurrence`."""
-    dirs = 2 if module.direction == "bidirectional" else 1
-    if module.layout == 1:  # [batch, seq, input] -> [seq, batch, input]; states [batch, dirs, H]
+def run_recurrent(alg, module: Recurrent, x, w, r, b, lens, initial: list, p):
+    """x [seq, batch, in] (layout 0) or [batch, seq, in]; Y, Y_h (and Y_c) in the same layout."""
+    cell, n_gates, n_states, _ = Recurrent.CELLS[module.op]
+    hidden, dirs = module.hidden, 2 if module.direction == "bidirectional" else 1
+    if module.layout == 1:
         x = alg.linear(x, lambda v: v.transpose(0, 1))
-        h0 = None if h0 is None else alg.linear(h0, lambda v: v.transpose(0, 1))
-        c0 = None if c0 is None else alg.linear(c0, lambda v: v.transpose(0, 1))
+        initial = [None if s is None else alg.linear(s, lambda v: v.transpose(0, 1)) for s in initial]
     first = x[0] if isinstance(x, tuple) else x
-    batch = first.shape[1]
-    zeros = torch.zeros(dirs, batch, module.hidden, dtype=first.dtype, device=first.device)
-    h0 = h0 if h0 is not None else (zeros if alg is Plain else (zeros, zeros))
-    c0 = c0 if c0 is not None else (zeros if alg is Plain else (zeros, zeros))
-    if lens is not None and module.direction != "forward" and bool((lens < first.shape[0]).any()):
-        raise NotImplementedError("reverse LSTM over padded sequences (sequence_lens) is not supported")
-    y, yh, yc = lstm_recurrence(alg, x, w, r, b, p, h0, c0, lens, module.hidden, module.direction)
-    if module.layout == 1:  # Y [batch, seq, dirs, H]; states [batch, dirs, H]
-        y = alg.linear(y, lambda v: v.permute(2, 0, 1, 3))
-        yh = alg.linear(yh, lambda v: v.transpose(0, 1))
-        yc = alg.linear(yc, lambda v: v.transpose(0, 1))
-    outs = (y, yh, yc)[:module.n_outputs]
-    return outs[0] if module.n_outputs == 1 else outs
+    seq, batch = first.shape[0], first.shape[1]
+    zeros = torch.zeros(dirs, batch, hidden, dtype=first.dtype, device=first.device)
+    initial = [s if s is not None else (zeros if alg is Plain else (zeros, zeros)) for s in initial[:n_states]]
+    if lens is not None and module.direction != "forward" and bool((lens < seq).any()):
+        raise NotImplementedError(f"reverse {module.op} over padded sequences (sequence_lens) is not supported")
+    if b is None:
+        b = torch.zeros(dirs, 2 * n_gates * hidden, dtype=w.dtype, device=w.device)
+    ys, finals = [], []
+    for d in range(dirs):
+        states = [alg.linear(s, lambda v: v[d]) for s in initial]
+        outs: list = [None] * seq
+        for t in (range(seq - 1, -1, -1) if module.direction == "reverse" or d == 1 else range(seq)):
+            xt = alg.linear(x, lambda v: v[t])
+            new = cell(alg, xt, states, w[d], r[d], b[d], None if p is None else p[d], hidden, module.attrs)
+            if lens is not None:  # past a sequence's end the state holds and the output is zero
+                live = (t < lens).reshape(-1, 1)
+                new = [alg.where(live, n, s) for n, s in zip(new, states)]
+                outs[t] = alg.where(live, new[0], alg.linear(new[0], torch.zeros_like))
+            else:
+                outs[t] = new[0]
+            states = new
+        ys.append(alg.stack(outs, 0))
+        finals.append(states)
+    y = alg.stack(ys, 1)  # [seq, dirs, batch, H]
+    outputs = [y] + [alg.stack([f[k] for f in finals], 0) for k in range(n_states)]
+    if module.layout == 1:
+        outputs = [alg.linear(outputs[0], lambda v: v.permute(2, 0, 1, 3))] + [
+            alg.linear(s, lambda v: v.transpose(0, 1)) for s in outputs[1:]]
+    outputs = outputs[:module.n_outputs]
+    return outputs[0] if module.n_outputs == 1 else tuple(outputs)
 
 
 @register("LSTM", 7, 14)
-def convert_lstm(node, graph):
-    hidden, direction, layout = lstm_attrs(dict(node.attributes))
-    return result(node, LSTM(hidden, direction, layout, len(node.output_values)))
+@register("GRU", 7, 14)
+@register("RNN", 7, 14)
+def convert_recurrent(node, graph):
+    return result(node, Recurrent(node.operation_type, dict(node.attributes), len(node.output_values)))

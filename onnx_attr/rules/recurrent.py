@@ -1,10 +1,10 @@
-"""LSTM: the converter's own recurrence, run on (value, reference) pairs."""
+"""LSTM, GRU, RNN: the converter's own recurrence, run on (value, reference) pairs."""
 
 from __future__ import annotations
 
 import torch
 
-from ..converters.recurrent import lstm_attrs, run_lstm
+from ..converters.recurrent import recurrent_attrs, run_recurrent
 from .base import DecomposedRule, NodeInfo, rule
 from .paired import product, rescale
 
@@ -41,22 +41,21 @@ class Paired:
         return torch.stack([v[0] for v in vs], dim), torch.stack([v[1] for v in vs], dim)
 
 
-@rule("LSTM")
-class LSTMRule(DecomposedRule):
+@rule("LSTM", "GRU", "RNN")
+class RecurrentRule(DecomposedRule):
     """Sigmoid/tanh gates by rescale, the gate products by the Shapley rule: exact through time."""
 
     def check(self, info: NodeInfo) -> None:
-        lstm_attrs(info.attrs)
+        recurrent_attrs(info.op_type, info.attrs)
         if any(info.variable[i] for i in (1, 2, 3, 7) if i < len(info.variable)):
-            raise NotImplementedError("LSTM whose weights vary with the input is not supported")
+            raise NotImplementedError(f"{info.op_type} whose weights vary with the input is not supported")
 
     def decompose(self, info, call, args, refs):
-        module = call.module
         padded = list(args) + [None] * (8 - len(args))
         ref_padded = list(refs) + [None] * (8 - len(refs))
-        x, w, r, b, lens, h0, c0, p = padded
         pair = lambda i: None if padded[i] is None else (padded[i], ref_padded[i])  # noqa: E731
-        outs = run_lstm(Paired, module, pair(0), w, r, b, lens, pair(5), pair(6), p)
-        if module.n_outputs == 1:
+        x, w, r, b, lens, _, _, p = padded
+        outs = run_recurrent(Paired, call.module, pair(0), w, r, b, lens, [pair(5), pair(6)], p)
+        if call.module.n_outputs == 1:
             return outs
         return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
