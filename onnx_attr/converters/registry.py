@@ -63,19 +63,54 @@ def since_version(domain: str, op_type: str, opset: int) -> int | None:
 
 
 def find_converter(domain: str, op_type: str, opset: int) -> Converter | None:
-    """Our converter for the op at this opset, else onnx2torch's, else None."""
+    """Our converter for the op at this opset, else onnx2torch's; else one for an older version
+    whose definition differs only in the types it accepts; else None."""
     domain = _canonical_domain(domain)
     since = since_version(domain, op_type, opset)
     if since is None:  # no schema (custom domain): take the newest registration not above opset
         ours = [k for k in _REGISTRY if k.domain == domain and k.op_type == op_type and k.since <= opset]
         return _REGISTRY[max(ours, key=lambda k: k.since)] if ours else None
+    exact = _exact_converter(domain, op_type, since)
+    if exact is not None:
+        return exact
+    older = since - 1
+    while older > 0:
+        previous = since_version(domain, op_type, older)
+        if previous is None or not _same_signature(domain, op_type, previous, since):
+            return None
+        found = _exact_converter(domain, op_type, previous)
+        if found is not None:
+            return found
+        older = previous - 1
+    return None
+
+
+def _exact_converter(domain: str, op_type: str, since: int) -> Converter | None:
     converter = _REGISTRY.get(OpKey(domain, op_type, since))
     if converter is not None:
         return converter
     try:
-        return _onnx2torch_converter(operation_type=op_type, version=opset, domain=domain)
+        return _onnx2torch_converter(operation_type=op_type, version=since, domain=domain)
     except NotImplementedError:
         return None
+
+
+def _same_signature(domain: str, op_type: str, old: int, new: int) -> bool:
+    """True when two versions of an op have the same inputs, outputs and attributes (names,
+    optionality, defaults): the later one only widened the accepted types (bfloat16, float8, int4),
+    so a converter of the earlier one computes it too."""
+
+    def signature(version: int):
+        schema = defs.get_schema(op_type, max_inclusive_version=version, domain=domain)
+        params = lambda ps: [(p.name, p.option) for p in ps]  # noqa: E731
+        attrs = sorted((name, a.type, a.required, a.default_value.SerializeToString())
+                       for name, a in schema.attributes.items())
+        return params(schema.inputs), params(schema.outputs), attrs, schema.min_input, schema.max_input
+
+    try:
+        return signature(old) == signature(new)
+    except Exception:  # SchemaError: no comparison possible, so no reuse
+        return False
 
 
 def supported_ops() -> list[tuple[str, str, int, str]]:

@@ -67,6 +67,10 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
     for pos, v in zip(extra_positions, extra):
         values[pos] = v
     tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=True)]
+    for i in positions:
+        if tensors[i].dim() == 0 or tensors[i].shape[0] == 0:
+            raise InputError(f"input {specs[i].name!r} has no examples (shape {list(tensors[i].shape)}); "
+                             "pass at least one")
     attributed = [i in positions for i in range(len(specs))]
     for i in positions:
         if not specs[i].differentiable and specs[i].name not in embedded:
