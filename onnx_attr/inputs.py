@@ -50,6 +50,8 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
     out = []
     for value, spec in zip(values, specs):
         tensor = _to_tensor(value, spec, what)
+        if spec.shape == () and tensor.dim() > 0 and tensor.numel() == 1:
+            tensor = tensor.reshape(())  # a one-element array where a scalar is declared
         _check_shape(tensor, spec, what, symbols, skip_batch=any_batch)
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())

@@ -236,7 +236,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         if kind in ("linear", "structural"):
             continue
         info = NodeInfo(op, node.meta.get("onnx_attrs", {}), node.meta.get("onnx_opset", 0), flags,
-                        node.meta["onnx_node"])
+                        node.meta["onnx_node"], len(node.meta.get("onnx_outputs", ())) or 1)
         rule = RULES.get(op)
         reason = "" if rule is not None else f"no DeepLift rule for {kind} op {op}"
         if rule is not None:

@@ -6,4 +6,5 @@ line below.
 """
 
 from . import registry  # noqa: F401  (first: the families register into it)
-from . import activations, linear, normalization, padding, pooling, recurrent, reduce, shape  # noqa: F401,E402
+from . import (activations, cast, comparison, linear, normalization, padding, pooling,  # noqa: F401,E402
+               recurrent, reduce, shape)

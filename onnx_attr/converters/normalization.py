@@ -17,26 +17,35 @@ from .registry import register
 
 
 class LayerNormalization(nn.Module):
-    def __init__(self, axis: int, epsilon: float):
-        super().__init__()
-        self.axis, self.epsilon = axis, epsilon
+    """Y, and the Mean and InvStdDev outputs (kept dims) when the node declares them."""
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        shape = x.shape[self.axis % x.dim():]
+    def __init__(self, axis: int, epsilon: float, n_outputs: int = 1):
+        super().__init__()
+        self.axis, self.epsilon, self.n_outputs = axis, epsilon, n_outputs
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None):
+        axis = self.axis % x.dim()
+        shape = x.shape[axis:]
         if scale.shape == shape and (bias is None or bias.shape == shape):
-            return F.layer_norm(x, shape, scale, bias, self.epsilon)
-        out = F.layer_norm(x, shape, None, None, self.epsilon) * scale
-        return out if bias is None else out + bias
+            out = F.layer_norm(x, shape, scale, bias, self.epsilon)
+        else:
+            out = F.layer_norm(x, shape, None, None, self.epsilon) * scale
+            out = out if bias is None else out + bias
+        if self.n_outputs == 1:
+            return out
+        dims = tuple(range(axis, x.dim()))
+        mean = x.mean(dims, keepdim=True)
+        inv_std = torch.rsqrt(((x - mean) ** 2).mean(dims, keepdim=True) + self.epsilon)
+        return (out, mean, inv_std)[:self.n_outputs]
 
 
 @register("LayerNormalization", 17)
 def convert_layer_normalization(node, graph):
-    if len([o for o in node.output_values if o]) > 1:
-        raise NotImplementedError("LayerNormalization's Mean/InvStdDev outputs are not supported")
     attrs = node.attributes
     if attrs.get("stash_type", 1) != 1:
         raise NotImplementedError("LayerNormalization with stash_type other than float32 is not supported")
-    return result(node, LayerNormalization(attrs.get("axis", -1), attrs.get("epsilon", 1e-5)))
+    return result(node, LayerNormalization(attrs.get("axis", -1), attrs.get("epsilon", 1e-5),
+                                           len(node.output_values)))
 
 
 class InstanceNormalization(nn.Module):

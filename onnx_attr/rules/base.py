@@ -34,8 +34,10 @@ def rule(*op_types: str) -> Callable[[type], type]:
 class NodeInfo:
     """What a rule may read about its node: ONNX op, attributes, opset, and which inputs vary."""
 
-    def __init__(self, op_type: str, attrs: dict, opset: int, variable: Sequence[bool], name: str):
+    def __init__(self, op_type: str, attrs: dict, opset: int, variable: Sequence[bool], name: str,
+                 n_outputs: int = 1):
         self.op_type, self.attrs, self.opset, self.variable, self.name = op_type, attrs, opset, tuple(variable), name
+        self.n_outputs = n_outputs
 
     def variable_positions(self) -> list[int]:
         return [i for i, v in enumerate(self.variable) if v]

@@ -87,6 +87,11 @@ class _AffineNormalization(DecomposedRule):
 
 @rule("LayerNormalization")
 class LayerNorm(_AffineNormalization):
+    def check(self, info):
+        super().check(info)
+        if info.n_outputs > 1:
+            raise NotImplementedError("LayerNormalization's Mean/InvStdDev outputs have no DeepLift rule")
+
     def axes(self, info, x):
         return tuple(range(info.attrs.get("axis", -1) % x.dim(), x.dim()))
 
