@@ -154,12 +154,19 @@ class RewriteResult:
     taps: list[EmbeddingTap] = field(default_factory=list)  # where integer inputs are attributed
 
 
+#: Ops whose output depends on their input's shape only, not on its values.
+SHAPE_ONLY = frozenset({"Shape", "Size", "ConstantOfShape", "EyeLike"})
+
+
 def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict[fx.Node, set[str]]:
-    """For each node, the integer (non-differentiable) model inputs its value is computed from."""
+    """For each node, the integer (non-differentiable) model inputs its *values* are computed from
+    (positions made from Range(Shape(ids)) are not: they depend on the ids' shape alone)."""
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
     sources = {n: {spec.name} for n, spec in zip(placeholders, inputs) if spec.dtype is not None
                and not spec.differentiable}
     for node in module.graph.nodes:
+        if node.meta.get("onnx_op") in SHAPE_ONLY:
+            continue
         if node.op in ("call_module", "call_function"):
             found = set().union(*(sources.get(a, set()) for a in (*node.args, *node.kwargs.values())
                                   if isinstance(a, fx.Node)))

@@ -173,7 +173,7 @@ def test_token_ids_are_attributed_at_their_embedding_lookup():
     ids = np.array([[3, 1, 4, 1, 0], [2, 6, 5, 0, 0]])
     baseline = np.array([[1, 1, 1, 1, 1]])  # a neutral token everywhere; the padding mask stays the input's
     scores, delta = dl.attribute(ids, baseline, target=[0, 2], return_convergence_delta=True)
-    assert scores.shape == ids.shape and dl.last_report["embedding_lookups"] == {"ids": "embed"}
+    assert scores.shape == ids.shape and dl.last_report["embedding_lookups"] == {"ids": ["embed"]}
     assert np.all(scores[ids == 0] == 0)  # masked-out tokens contribute nothing
     assert np.all(scores[ids == 1] == 0)  # tokens equal to the baseline contribute nothing
     # oracle by hand: f as a function of the embeddings, with the input's padding mask held fixed

@@ -84,7 +84,8 @@ class DeepLift:
             "convergence_delta": delta.tolist(),
             "max_relative_delta": float((delta.abs() / scale).max()) if delta.numel() else 0.0,
             "rewritten_nodes": len(self.engine.rewrite.rewritten),
-            "embedding_lookups": {t.input_name: t.node for t in self.engine.rewrite.taps},
+            "embedding_lookups": {name: [t.node for t in self.engine.rewrite.taps if t.input_name == name]
+                                  for name in dict.fromkeys(t.input_name for t in self.engine.rewrite.taps)},
             "gradient_fallback_nodes": [n for n, _ in self.engine.rewrite.fallback],
         }
 
