@@ -41,6 +41,19 @@ STRUCTURAL = frozenset({
 })
 
 
+#: ai.onnx.ml ops as imported: ZipMap is the probability tensor itself, ArrayFeatureExtractor a gather.
+ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
+
+
+def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool]) -> str:
+    """`op_kind` for any domain: ai.onnx ops by the tables above, a few ai.onnx.ml ones, else unknown."""
+    if domain in ("", "ai.onnx"):
+        return op_kind(op_type, variable)
+    if domain == "ai.onnx.ml" and op_type in ML_LINEAR:
+        return "linear"
+    return "unknown"
+
+
 def op_kind(op_type: str, variable: Sequence[bool]) -> str:
     """Kind of an ai.onnx op given which of its inputs depend on the model's inputs."""
     n_var = sum(variable)
@@ -61,7 +74,7 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
     out = []
     for node in graph.node:
         flags = [name in variable for name in node.input]
-        kind = op_kind(node.op_type, flags) if node.domain in ("", "ai.onnx") else "unknown"
+        kind = domain_op_kind(node.domain, node.op_type, flags)
         if any(flags) and kind != "structural":
             variable.update(node.output)
         out.append((node, kind))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from .errors import UnsupportedOpError
-from .opkinds import op_kind
+from .opkinds import domain_op_kind, op_kind
 from .rules import RULES, NodeInfo, Rule
 from .specs import TensorSpec
 
@@ -239,7 +239,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
             flags.pop()
         if not any(flags):
             continue
-        kind = op_kind(op, flags) if node.meta.get("onnx_domain", "") in ("", "ai.onnx") else "unknown"
+        kind = domain_op_kind(node.meta.get("onnx_domain", ""), op, flags)
         if kind in ("linear", "structural"):
             continue
         info = NodeInfo(op, node.meta.get("onnx_attrs", {}), node.meta.get("onnx_opset", 0), flags,

@@ -70,6 +70,9 @@ def value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
 
 
 def _shape_and_dtype(value: onnx.ValueInfoProto) -> tuple[Optional[tuple[Dim, ...]], Optional[np.dtype]]:
+    zipped = _zipmap_value_type(value.type)
+    if zipped is not None:  # imported as the [N, classes] tensor of the maps' values
+        return None, np.dtype(helper.tensor_dtype_to_np_dtype(zipped))
     if not value.type.HasField("tensor_type"):
         return None, None
     tensor = value.type.tensor_type
@@ -84,3 +87,12 @@ def _shape_and_dtype(value: onnx.ValueInfoProto) -> tuple[Optional[tuple[Dim, ..
 
 def output_spec(value: onnx.ValueInfoProto, final: Optional[FinalActivation]) -> OutputSpec:
     return OutputSpec(value.name, *_shape_and_dtype(value), final_activation=final)
+
+
+def _zipmap_value_type(t: onnx.TypeProto) -> Optional[int]:
+    """The value type of a sequence of maps of tensors (ZipMap's output), else None."""
+    if t.HasField("sequence_type") and t.sequence_type.elem_type.HasField("map_type"):
+        value = t.sequence_type.elem_type.map_type.value_type
+        if value.HasField("tensor_type"):
+            return value.tensor_type.elem_type
+    return None

@@ -83,7 +83,7 @@ def verify(model, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4,
     feeds = {spec.name: t.detach().cpu().numpy() for spec, t in zip(model.inputs, tensors)}
     ours = [_numpy(t) for t in model.run(tensors)]
     names = [o.name for o in model.outputs]
-    theirs = run_onnxruntime(model.reference_model, feeds, names)
+    theirs = [_numpy(t) for t in run_onnxruntime(model.reference_model, feeds, names)]
     checks = [_compare(n, a, b, atol, rtol) for n, a, b in zip(names, ours, theirs)]
     report = VerifyReport(checks, atol, rtol, source)
     if not report.passed and locate:
@@ -110,6 +110,8 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
 
 
 def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, list) and value and isinstance(value[0], dict):  # ZipMap: rows of {label: p}
+        return np.array([list(row.values()) for row in value])
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
         return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
