@@ -89,7 +89,8 @@ class DeepLiftEngine:
         first = model.inputs[0].shape if model.inputs and model.inputs[0].shape else None
         self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
         # The reference pass depends on the baselines alone: a shared baseline reused over many
-        # batches (the usual zero baseline over a dataset) is run once.
+        # batches (the usual zero baseline over a dataset) is run once. Changing the module's
+        # weights afterwards needs a new DeepLift object (or cache_reference = False).
         self._cached: Optional[tuple[list[Tensor], dict, object]] = None
         self.cache_reference = True
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import onnx_attr
 
-from conftest import FLOAT, INT64, make_model, ort_run
+from conftest import FLOAT, make_model, ort_run
 from exporting import to_onnx
 
 H, I, SEQ, BATCH = 3, 4, 5, 2
