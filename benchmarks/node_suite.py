@@ -1,5 +1,5 @@
 """The ONNX node-suite figure: how many of the installed onnx package's one-node tensor cases
-onnx_attr imports and computes right, beside onnx2torch as it is, measured in one run.
+onnx_attr imports and computes right, beside onnx2torch as it is and onnxruntime, measured in one run.
 
     python benchmarks/node_suite.py [--by-op 30] [--write-baseline]
 
@@ -37,6 +37,7 @@ def main() -> None:
     cases = list(conformance.tensor_cases())
     ours = {c.name: conformance.run_ours(c) for c in cases}
     theirs = {c.name: conformance.run_onnx2torch(c) for c in cases}
+    runtime = {c.name: conformance.run_onnxruntime(c) for c in cases}
     op_of = {c.name: c.model.graph.node[0].op_type if len(c.model.graph.node) == 1 else "(several nodes)"
              for c in cases}
     counts = collections.Counter(o for o, _ in ours.values())
@@ -46,6 +47,8 @@ def main() -> None:
           f"wrong {counts['wrong']}, crash {counts['crash']}")
     passed = sum(v == "pass" for v in theirs.values())
     print(f"onnx2torch: pass {passed} ({100 * passed / n:.1f}%)")
+    ort_passed = sum(v == "pass" for v in runtime.values())
+    print(f"onnxruntime (CPU provider, the same comparison): pass {ort_passed} ({100 * ort_passed / n:.1f}%)")
     table = conformance.summarize(ours, op_of.get)
     failing = sorted(((k, v) for k, v in table.items() if v["pass"] < sum(v.values())),
                      key=lambda kv: -(sum(kv[1].values()) - kv[1]["pass"]))

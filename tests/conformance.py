@@ -102,3 +102,19 @@ def summarize(results: dict[str, tuple[str, str]], op_of: Callable[[str], str]) 
         counts = by_op.setdefault(op_of(name), {"pass": 0, "clear": 0, "wrong": 0, "crash": 0})
         counts[outcome] += 1
     return by_op
+
+
+def run_onnxruntime(case: Case) -> str:
+    """onnxruntime (CPU provider) on the same case, for the reference figure: "pass" or "fail"."""
+    import onnxruntime as ort
+
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        session = ort.InferenceSession(case.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        out = session.run(None, dict(zip(names, case.inputs)))
+        ok = len(out) == len(case.outputs) and all(matches(o, e) for o, e in zip(out, case.outputs))
+        return "pass" if ok else "fail"
+    except Exception:  # noqa: BLE001
+        return "fail"
