@@ -16,6 +16,8 @@ from torch import Tensor
 from .paired import product, rescale_multiplier
 
 RULES: dict[str, "Rule"] = {}
+#: Elementwise ops whose slopes are only 0 and 1: their secant is exact in floating point.
+EXACT_SECANT = frozenset({"Relu", "Clip"})
 
 
 def rule(*op_types: str) -> Callable[[type], type]:
@@ -93,7 +95,8 @@ class UnaryRule(Rule):
         x, x0 = args[pos], refs[pos]
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
         scalars = all(not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
-        m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=scalars and not _has_parameters(call))
+        m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=scalars and not _has_parameters(call),
+                               exact_secant=info.op_type in EXACT_SECANT)
         grads: list[Tensor | None] = [None] * len(args)
         grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
         return grads

@@ -33,14 +33,17 @@ def secant_tolerance(x: Tensor, x0: Tensor) -> Tensor:
 
 
 def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor,
-                       elementwise: bool = True) -> Tensor:
+                       elementwise: bool = True, exact_secant: bool = False) -> Tensor:
     """(y - y0) / (x - x0), with f'(x) where x ≈ x0.
 
     The gradient is needed at a handful of elements of a large tensor; when f is elementwise
     with nothing to broadcast (`elementwise`), it is taken on those elements alone.
+    `exact_secant` is for f with slopes 0 and 1 only (Relu, Clip): there the secant is exact in
+    floating point (y - y0 is x - x0 or 0 bit for bit, and exact by Sterbenz's lemma near a
+    breakpoint), so only x == x0 needs the gradient and the tolerance pass is skipped.
     """
     dx = x - x0  # the hot path of every nonlinearity: few passes, no temporaries beyond these three
-    close = dx.abs().le_(secant_tolerance(x, x0)).bool()
+    close = dx == 0 if exact_secant else dx.abs().le_(secant_tolerance(x, x0)).bool()
     m = (y - y0).div_(dx.masked_fill_(close, 1.0))
     if not bool(close.any()):
         return m
@@ -69,6 +72,7 @@ class _Rescale(torch.autograd.Function):
 
 
 def rescale(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+    """(f(x), f(x0)), with f(x) carrying the rescale multiplier as its backward."""
     x0 = x0.detach()
     with torch.no_grad():
         y0 = f(x0)
