@@ -102,3 +102,24 @@ def test_missing_external_data_is_a_clear_error(tmp_path):
 def test_wrong_source_type():
     with pytest.raises(ModelLoadError, match="pass a path, bytes or onnx.ModelProto"):
         onnx_attr.load(12345)
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_external_data_escaping_the_model_folder_is_refused(tmp_path, kind):
+    models, secret = tmp_path / "models", tmp_path / "secret"
+    models.mkdir()
+    secret.mkdir()
+    (secret / "data.bin").write_bytes(np.arange(64, dtype=np.float32).tobytes())
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    model = make_model([node], [("x", FLOAT, [1, 8])], [("y", FLOAT, [1, 8])], {"w": np.ones((8, 8), np.float32)})
+    onnx.save_model(model, models / "ok.onnx", save_as_external_data=True, location="w.bin", size_threshold=0)
+    location = {"dotdot": "../secret/data.bin", "absolute": str(secret / "data.bin"), "symlink": "link.bin"}[kind]
+    if kind == "symlink":
+        (models / "link.bin").symlink_to(secret / "data.bin")
+    tampered = onnx.load(models / "ok.onnx", load_external_data=False)
+    for entry in tampered.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save(tampered, models / "evil.onnx")
+    with pytest.raises(ModelLoadError, match="external data"):
+        onnx_attr.load(models / "evil.onnx")
