@@ -8,14 +8,15 @@
 from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
 from .loader import load
-from .methods import DeepLift, DeepLiftShap
+from .methods import DeepLift, DeepLiftShap, InputXGradient, IntegratedGradients, Saliency
 from .model import AttributableModel
 from .verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttributableModel", "ConversionError", "DeepLift", "DeepLiftShap", "ExportError", "ForwardError", "InputError", "ModelLoadError",
+    "AttributableModel", "ConversionError", "DeepLift", "DeepLiftShap", "InputXGradient", "IntegratedGradients",
+    "Saliency", "ExportError", "ForwardError", "InputError", "ModelLoadError",
     "OnnxAttrError", "OutputError", "ReferenceRuntimeError", "UnsupportedOpError", "VerifyReport", "load",
     "verify", "__version__",
 ]

@@ -13,10 +13,11 @@ import torch
 from .errors import InputError, OutputError
 from .fileio import atomic_write, write_json
 from .inputs import read_npz
-from .methods import DeepLift, DeepLiftShap
+from .methods import DeepLift, DeepLiftShap, IntegratedGradients
 from .visualize import heatmap_png, is_image_like
 
-METHODS = {"deeplift": DeepLift, "deepliftshap": DeepLiftShap}
+#: Methods with baselines and a convergence delta (what the report is built around).
+METHODS = {"deeplift": DeepLift, "deepliftshap": DeepLiftShap, "integratedgradients": IntegratedGradients}
 
 
 def parse_target(text: Optional[str]) -> Any:

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "outputs of rank > 2 (default: the predicted class)")
     p.add_argument("--baseline", default="zeros", help="zeros (default), mean, or an .npz of baselines "
                                                        "(several rows for deepliftshap)")
-    p.add_argument("--method", default="deeplift", choices=["deeplift", "deepliftshap"],
+    p.add_argument("--method", default="deeplift", choices=["deeplift", "deepliftshap", "integratedgradients"],
                    help="attribution method (default: deeplift)")
     p.add_argument("--gradient-fallback", action="store_true",
                    help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")

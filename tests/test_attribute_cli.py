@@ -111,3 +111,11 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
         pytest.skip("a GPU is present")
     assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_integrated_gradients_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "ig"
+    assert main(["attribute", CANCER, "--input", CANCER_INPUTS, "--method", "integratedgradients",
+                 "--baseline", "mean", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "IntegratedGradients" and report["max_relative_delta"] < 1e-2

@@ -1,5 +1,6 @@
 """Attribution methods, one file each, sharing Captum's `attribute()` contract."""
 
 from .deeplift import DeepLift, DeepLiftShap
+from .gradient import InputXGradient, IntegratedGradients, Saliency
 
-__all__ = ["DeepLift", "DeepLiftShap"]
+__all__ = ["DeepLift", "DeepLiftShap", "InputXGradient", "IntegratedGradients", "Saliency"]

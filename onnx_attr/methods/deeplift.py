@@ -33,16 +33,7 @@ class DeepLift:
         return self._multiply_by_inputs
 
     def _output_index(self, output: Union[str, int, None]) -> int:
-        names = [o.name for o in self.model.outputs]
-        if output is None:
-            return 0
-        if isinstance(output, str):
-            if output not in names:
-                raise InputError(f"no output named {output!r}; the model's outputs are {names}")
-            return names.index(output)
-        if not 0 <= int(output) < len(names):
-            raise InputError(f"output index {output} is out of range: the model has {len(names)} output(s) {names}")
-        return int(output)
+        return output_index(self.model, output)
 
     def _attribute_once(self, inputs, baselines, target, additional_forward_args, output):
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
@@ -75,14 +66,8 @@ class DeepLift:
         return (out, delta) if return_convergence_delta else out
 
     def _report(self, delta: Tensor, change: Tensor, index: int) -> None:
-        spec = self.model.outputs[index]
-        scale = change.double().abs().clamp_min(1.0)
         self.last_report = {
-            "method": type(self).__name__,
-            "output": spec.name,
-            "final_activation": None if spec.final_activation is None else spec.final_activation.to_dict(),
-            "convergence_delta": delta.tolist(),
-            "max_relative_delta": float((delta.abs() / scale).max()) if delta.numel() else 0.0,
+            **method_report(self.model, type(self).__name__, delta, change, index),
             "rewritten_nodes": len(self.engine.rewrite.rewritten),
             "embedding_lookups": {name: [t.node for t in self.engine.rewrite.taps if t.input_name == name]
                                   for name in dict.fromkeys(t.input_name for t in self.engine.rewrite.taps)},
@@ -115,6 +100,33 @@ class DeepLiftShap(DeepLift):
         self._report(delta, result.value, index)
         out = prepared.repack(mean)
         return (out, delta) if return_convergence_delta else out
+
+
+def method_report(model, method: str, delta: Tensor, change: Tensor, index: int) -> dict:
+    """What every method reports: the output explained, its final activation, the deltas."""
+    spec = model.outputs[index]
+    scale = change.double().abs().clamp_min(1.0)
+    return {
+        "method": method,
+        "output": spec.name,
+        "final_activation": None if spec.final_activation is None else spec.final_activation.to_dict(),
+        "convergence_delta": delta.tolist(),
+        "max_relative_delta": float((delta.abs() / scale).max()) if delta.numel() else 0.0,
+    }
+
+
+def output_index(model, output: Union[str, int, None]) -> int:
+    """The index of an output given by ONNX name or index (default: the first)."""
+    names = [o.name for o in model.outputs]
+    if output is None:
+        return 0
+    if isinstance(output, str):
+        if output not in names:
+            raise InputError(f"no output named {output!r}; the model's outputs are {names}")
+        return names.index(output)
+    if not 0 <= int(output) < len(names):
+        raise InputError(f"output index {output} is out of range: the model has {len(names)} output(s) {names}")
+    return int(output)
 
 
 def _baseline_rows(baselines: Any) -> list:

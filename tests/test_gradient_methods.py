@@ -1,0 +1,88 @@
+"""Saliency, InputXGradient and IntegratedGradients against Captum on the same imported module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import InputXGradient as CaptumIxG
+from captum.attr import IntegratedGradients as CaptumIG
+from captum.attr import Saliency as CaptumSaliency
+from torch import nn
+
+import onnx_attr
+
+from exporting import to_onnx
+
+
+@pytest.fixture(scope="module")
+def imported():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 16), nn.Tanh(), nn.Linear(16, 5)).eval()
+    return onnx_attr.load(to_onnx(model, torch.randn(2, 3, 8, 8)))
+
+
+X = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+B = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 0.2
+TARGET = [0, 3, 4]
+
+
+def test_saliency_and_input_x_gradient_equal_captum(imported):
+    module = imported.module
+    for abs_ in (True, False):
+        ours = onnx_attr.Saliency(imported).attribute(X, target=TARGET, abs=abs_)
+        torch.testing.assert_close(ours, CaptumSaliency(module).attribute(X, target=TARGET, abs=abs_), atol=1e-6,
+                                   rtol=1e-5)
+    ours = onnx_attr.InputXGradient(imported).attribute(X, target=TARGET)
+    torch.testing.assert_close(ours, CaptumIxG(module).attribute(X, target=TARGET), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_left", "riemann_middle", "riemann_right"])
+def test_integrated_gradients_equal_captum(imported, method):
+    ours, delta = onnx_attr.IntegratedGradients(imported).attribute(
+        X, B, target=TARGET, n_steps=20, method=method, internal_batch_size=13, return_convergence_delta=True)
+    theirs, their_delta = CaptumIG(imported.module).attribute(
+        X, B.expand_as(X), target=TARGET, n_steps=20, method=method, return_convergence_delta=True)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(delta, their_delta.double(), atol=1e-5, rtol=1e-3)
+
+
+def test_integrated_gradients_delta_falls_with_steps_and_gauss_legendre_needs_fewer():
+    """On a smooth model (Gauss-Legendre's advantage needs a smooth integrand; MaxPool is not)."""
+    torch.manual_seed(0)
+    smooth = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(), nn.AvgPool2d(2), nn.Flatten(),
+                           nn.Linear(4 * 4 * 4, 16), nn.Tanh(), nn.Linear(16, 5)).eval()
+    ig = onnx_attr.IntegratedGradients(onnx_attr.load(to_onnx(smooth, torch.randn(2, 3, 8, 8))))
+    delta = {(m, n): float(ig.attribute(X, B, target=TARGET, n_steps=n, method=m,
+                                        return_convergence_delta=True)[1].abs().max())
+             for m in ("riemann_trapezoid", "gausslegendre") for n in (5, 10, 20, 50)}
+    assert delta[("riemann_trapezoid", 50)] < delta[("riemann_trapezoid", 5)] / 4
+    fewest = min(n for n in (5, 10, 20, 50) if delta[("gausslegendre", n)] <= delta[("riemann_trapezoid", 50)])
+    assert fewest <= 10, delta  # measured: 5 Gauss-Legendre steps (3e-8) beat 50 trapezoid steps (6e-7)
+
+
+def test_integer_inputs_need_deeplift_or_forward_args():
+    import numpy as np
+    from onnx import helper
+
+    from conftest import FLOAT, INT64, make_model
+
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Tanh", ["e"], ["out"], name="t")]
+    model = onnx_attr.load(make_model(nodes, [("ids", INT64, ["n", 3])], [("out", FLOAT, ["n", 3, 2])],
+                                      {"table": np.ones((5, 2), np.float32)}))
+    with pytest.raises(onnx_attr.InputError, match="cannot be attributed"):
+        onnx_attr.Saliency(model).attribute(np.array([[1, 2, 3]]), target=(0, 0))
+
+
+def test_trapezoid_rule_is_the_textbook_one():
+    """Captum's riemann_trapezoid weighs its n points 1/n with halved ends (summing to (n-1)/n);
+    ours is the trapezoid rule over n points (step 1/(n-1)), exact for linear integrands."""
+    from onnx_attr.methods.gradient import integration_rule
+
+    for method in ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"):
+        points, weights = integration_rule(method, 7)
+        assert abs(weights.sum() - 1) < 1e-12 and points.min() >= 0 and points.max() <= 1
+        assert abs((weights * points).sum() - 0.5) < 1e-12 or method in ("riemann_left", "riemann_right")
+    points, weights = integration_rule("gausslegendre", 5)
+    assert abs((weights * points ** 8).sum() - 1 / 9) < 1e-12  # exact for polynomials of degree 2n-1
