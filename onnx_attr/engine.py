@@ -26,6 +26,7 @@ class PassResult:
     # inputs (token ids) their contributions per token, measured at the embedding lookup
     value: Tensor  # the explained output per example, f(x)
     reference_value: Tensor  # f(x0) per example
+    layers: list[tuple[Tensor, Tensor]] = None  # per layer tap: (multiplier, h - h0)
 
 
 class Targets:
@@ -82,10 +83,10 @@ class Targets:
 class DeepLiftEngine:
     """Rewrites the model once; each `run` is one reference pass and one main pass per chunk."""
 
-    def __init__(self, model, *, gradient_fallback: bool = False):
+    def __init__(self, model, *, gradient_fallback: bool = False, layers: Sequence[str] = ()):
         self.model = model
         self.rewrite: RewriteResult = rewrite_for_deeplift(model.module, model.inputs,
-                                                           gradient_fallback=gradient_fallback)
+                                                           gradient_fallback=gradient_fallback, layers=layers)
         first = model.inputs[0].shape if model.inputs and model.inputs[0].shape else None
         self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
         # The reference pass depends on the baselines alone: a shared baseline reused over many
@@ -106,10 +107,12 @@ class DeepLiftEngine:
             bs = [b if x.shape[0] != n else _baseline_rows(b, start, stop, size, self.fixed_batch)
                   for x, b in zip(inputs, baselines)]
             parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, stop - start))
+        layers = [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))
+                  for i in range(len(self.rewrite.layers))]
         return PassResult(
             [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts])
              for i in range(len(inputs))],
-            torch.cat([p.value for p in parts]), torch.cat([p.reference_value for p in parts]))
+            torch.cat([p.value for p in parts]), torch.cat([p.reference_value for p in parts]), layers)
 
     def _two_pass(self, xs, bs, attributed, targets, output, keep) -> PassResult:
         try:
@@ -138,7 +141,9 @@ class DeepLiftEngine:
                 n = xs[0].shape[0]
                 reference_args = [x if i else (b.expand(n, *b.shape[1:]) if b.shape[0] == 1 else b)
                                   for x, b, i in zip(xs, bs, integer)]
-            cached = self._cached if self.cache_reference and not taps else None
+            layer_taps = self.rewrite.layers
+            cacheable = self.cache_reference and not taps and not layer_taps
+            cached = self._cached if cacheable else None
             if cached is not None and len(cached[0]) == len(reference_args) and all(
                     a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
                     for a, b in zip(cached[0], reference_args)):
@@ -147,16 +152,26 @@ class DeepLiftEngine:
                 state.mode = "reference"
                 with torch.no_grad():
                     full_out = self._forward(module, reference_args)
-                if self.cache_reference and not taps and all(b.shape[0] == 1 for b in reference_args):
+                if cacheable and all(b.shape[0] == 1 for b in reference_args):
                     self._cached = ([b.clone() for b in reference_args], state.refs, full_out)
             ref_out = _pick(full_out, output)
             state.mode = "deeplift"
-            live = [x.detach().requires_grad_(True) if a and not i else x for x, a, i in zip(xs, attributed, integer)]
+            differentiate = not layer_taps  # layer attribution differentiates against the layers alone
+            live = [x.detach().requires_grad_(True) if a and not i and differentiate else x
+                    for x, a, i in zip(xs, attributed, integer)]
             with torch.enable_grad():
                 out = _pick(self._forward(module, live), output)
                 if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
                     raise ReferenceShapeMismatch("output")
                 value = targets.select(out[:keep]) if out.shape[0] != keep else targets.select(out)
+                if layer_taps:
+                    leaves = [state.tap_leaves[id(t)] for t in layer_taps]
+                    found = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
+                    layers = [((torch.zeros_like(h) if g is None else g)[:keep], (h.detach() - state.tap_baselines[
+                        id(t)].expand_as(h))[:keep]) for t, g, h in zip(layer_taps, found, leaves)]
+                    ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
+                    return PassResult([None] * len(xs), value.detach(), targets.select(ref_rows[:keep]).detach(),
+                                      layers)
                 leaves = [state.tap_leaves[id(t)] for t in taps]
                 wanted = [x for x, a, i in zip(live, attributed, integer) if a and not i] + leaves
                 grads = list(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
@@ -180,7 +195,7 @@ class DeepLiftEngine:
                 g = torch.zeros_like(x) if g is None else g
                 multipliers.append(g[:keep] if x.shape[0] == rows else g)  # drop the rows padded in
         ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
-        return PassResult(multipliers, value.detach(), targets.select(ref_rows[:keep]).detach())
+        return PassResult(multipliers, value.detach(), targets.select(ref_rows[:keep]).detach(), [])
 
     def _forward(self, module, args):
         try:

@@ -141,8 +141,55 @@ def signature_names(module: nn.Module) -> list[str]:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+def _insert_layer_taps(module: fx.GraphModule, state: DeepLiftState, layers: Sequence[str],
+                       result: "RewriteResult") -> None:
+    """A LayerTap after each named tensor's node, between it and all of its users."""
+    if not layers:
+        return
+    from .convert import tensor_nodes
+    from .errors import InputError
+
+    nodes = tensor_nodes(module)
+    for index, name in enumerate(layers):
+        node = nodes.get(name)
+        if node is None or node.op not in ("call_module", "call_function"):
+            close = sorted(n for n in nodes if name.lower() in n.lower())[:5]
+            raise InputError(f"no intermediate tensor named {name!r} in the graph"
+                             + (f"; did you mean one of {close}?" if close else "; `onnx-attr inspect --json` "
+                                "and model.onnx_model list the tensor names"))
+        tap = LayerTap(state, name)
+        module.add_submodule(f"layer_tap_{index}", tap)
+        with module.graph.inserting_after(node):
+            tapped = module.graph.call_module(f"layer_tap_{index}", (node,))
+        node.replace_all_uses_with(tapped, delete_user_cb=lambda user: user is not tapped)
+        tapped.meta["onnx_tensor"] = name  # no onnx_op: the rewrite leaves the tap itself alone
+        node.meta.pop("onnx_tensor", None)
+        result.layers.append(tap)
+
+
 def _broadcasts(ref: torch.Size, actual: torch.Size) -> bool:
     return len(ref) == len(actual) and all(r in (1, a) for r, a in zip(ref, actual))
+
+
+class LayerTap(nn.Module):
+    """Marks an ONNX tensor whose attributions are wanted (layer attribution).
+
+    The reference pass records its reference value; the main pass differentiates against it (the
+    layer becomes the leaf, so the multipliers are those of the output w.r.t. this tensor).
+    """
+
+    def __init__(self, state: DeepLiftState, tensor: str):
+        super().__init__()
+        self._state, self.tensor = state, tensor
+
+    def forward(self, x):
+        state = self._state
+        if state.mode == "reference":
+            state.tap_baselines[id(self)] = x.detach()
+        elif state.mode == "deeplift":
+            x = x.detach().requires_grad_(True)
+            state.tap_leaves[id(self)] = x
+        return x
 
 
 @dataclass
@@ -152,6 +199,7 @@ class RewriteResult:
     rewritten: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, kind)
     fallback: list[tuple[str, str]] = field(default_factory=list)  # (node, op) left with their gradient
     taps: list[EmbeddingTap] = field(default_factory=list)  # where integer inputs are attributed
+    layers: list[LayerTap] = field(default_factory=list)  # tensors attributed instead of the inputs
 
 
 #: Ops whose output depends on their input's shape only, not on its values.
@@ -215,11 +263,15 @@ def _variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], source
 
 
 def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *,
-                         gradient_fallback: bool = False) -> RewriteResult:
-    """Wrap each nonlinear node in a DeepLiftOp; refuse (or, opted in, warn about) nodes with no rule."""
+                         gradient_fallback: bool = False, layers: Sequence[str] = ()) -> RewriteResult:
+    """Wrap each nonlinear node in a DeepLiftOp; refuse (or, opted in, warn about) nodes with no rule.
+
+    `layers` names ONNX tensors to attribute instead of the inputs (layer attribution).
+    """
     out = fx.GraphModule(module, copy.deepcopy(module.graph))
     state = DeepLiftState()
     result = RewriteResult(out, state)
+    _insert_layer_taps(out, state, layers, result)
     taps = _embedding_taps(out, inputs)
     variable = _variable_nodes(out, inputs, set(taps))
     for index, (node, input_name) in enumerate(taps.items()):

@@ -1,6 +1,6 @@
 """Attribution methods, one file each, sharing Captum's `attribute()` contract."""
 
-from .deeplift import DeepLift, DeepLiftShap
+from .deeplift import DeepLift, DeepLiftShap, LayerDeepLift
 from .gradient import InputXGradient, IntegratedGradients, Saliency
 
-__all__ = ["DeepLift", "DeepLiftShap", "InputXGradient", "IntegratedGradients", "Saliency"]
+__all__ = ["DeepLift", "DeepLiftShap", "LayerDeepLift", "InputXGradient", "IntegratedGradients", "Saliency"]

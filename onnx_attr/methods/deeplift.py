@@ -138,3 +138,36 @@ def _baseline_rows(baselines: Any) -> list:
         n = len(baselines[0])
         return [type(baselines)(b[i:i + 1] for b in baselines) for i in range(n)]
     return [baselines[i:i + 1] for i in range(len(baselines))]
+
+
+class LayerDeepLift(DeepLift):
+    """DeepLift attributions of a hidden ONNX tensor, named as in the ONNX graph.
+
+    `layer` is a tensor name (or a list of them): the result has that tensor's shape, and its
+    sum equals f(x) - f(x0) when every path from the inputs to the output passes through the
+    layer (the delta says how far it is from that otherwise).
+    """
+
+    def __init__(self, model, layer, multiply_by_inputs: bool = True, *, gradient_fallback: bool = False):
+        self.model = model
+        self._multiply_by_inputs = multiply_by_inputs
+        self.layers = [layer] if isinstance(layer, str) else list(layer)
+        self.engine = DeepLiftEngine(model, gradient_fallback=gradient_fallback, layers=self.layers)
+        self.last_report = {}
+
+    def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
+                  additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
+                  output: Union[str, int, None] = None):
+        prepared = prepare(self.model, inputs, baselines, additional_forward_args,
+                           {t.input_name for t in self.engine.rewrite.taps})
+        n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        index = self._output_index(output)
+        result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, Targets(target, n), index)
+        contributions = [m * d for m, d in result.layers]
+        total = sum(c.reshape(n, -1).double().sum(1) for c in contributions)
+        delta = total - (result.value.double() - result.reference_value.double())
+        self._report(delta, result.value - result.reference_value, index)
+        self.last_report["layers"] = self.layers
+        attributions = contributions if self._multiply_by_inputs else [m for m, _ in result.layers]
+        out = attributions[0] if len(attributions) == 1 else attributions
+        return (out, delta) if return_convergence_delta else out
