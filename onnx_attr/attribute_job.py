@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import io
+import json
 import platform
 from pathlib import Path
 from typing import Any, Optional
@@ -78,13 +80,61 @@ def prepare_out_dir(out: str) -> Path:
     return folder
 
 
+def input_files(spec: str) -> list[Path]:
+    """One .npz, a folder of them, or a glob pattern; sorted, so runs and resumes agree."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"))
+    elif any(c in spec for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(spec))
+    else:
+        return [path]
+    if not files:
+        raise InputError(f"--input {spec!r} matches no .npz file")
+    return files
+
+
 def run_attribute(model, *, input_path: str, target: Optional[str], baseline: str, method: str,
-                  output_name: Optional[str], out: str, gradient_fallback: bool = False) -> dict:
+                  output_name: Optional[str], out: str, gradient_fallback: bool = False,
+                  resume: bool = False) -> dict:
+    """One input file: results in `out`. Several (a folder or glob): one subfolder per file, written
+    as each finishes; with `resume`, files whose report.json exists are skipped."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; available: {sorted(METHODS)}")
+    files = input_files(input_path)
     folder = prepare_out_dir(out)
-    inputs = read_npz(input_path, model.inputs)
     explainer = METHODS[method](model, gradient_fallback=gradient_fallback)
+    job = dict(target=target, baseline=baseline, output_name=output_name)
+    if len(files) == 1 and not Path(input_path).is_dir():
+        return _attribute_file(model, explainer, files[0], folder, **job)
+    done, skipped, reports = [], [], {}
+    for file in files:
+        sub = folder / _safe(file.stem)
+        if resume and _finished(sub):
+            skipped.append(file.name)
+            continue
+        report = _attribute_file(model, explainer, file, prepare_out_dir(str(sub)), **job)
+        reports[file.name] = report.pop("_delta")
+        done.append(file.name)
+    summary = {"inputs": [f.name for f in files], "computed": done, "skipped_as_finished": skipped,
+               "method": method, "versions": _versions()}
+    write_json(folder / "index.json", summary)
+    deltas = [float(d.abs().max()) for d in reports.values()]
+    return {**summary, "_delta": torch.tensor(deltas or [0.0]), "many": True}
+
+
+def _finished(folder: Path) -> bool:
+    """A result folder is finished once its report.json (written last, atomically) reads back."""
+    try:
+        json.loads((folder / "report.json").read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _attribute_file(model, explainer, input_file: Path, folder: Path, *, target: Optional[str], baseline: str,
+                    output_name: Optional[str]) -> dict:
+    inputs = read_npz(input_file, model.inputs)
     output_index = explainer._output_index(output_name)
     attributed = {s.name: inputs[s.name] for s in model.inputs if s.differentiable and s.name in inputs}
     extra = {k: v for k, v in inputs.items() if k not in attributed}
@@ -103,7 +153,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: st
         "target": chosen,
         "target_source": "given" if target is not None else "predicted class (argmax)",
         "baseline": baseline,
-        "inputs": input_path,
+        "inputs": str(input_file),
         "verify": verification.to_dict(),
         "notes": list(model.notes),
         "versions": _versions(),
@@ -118,7 +168,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: st
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})
     atomic_write(folder / "attributions.npz", lambda tmp: tmp.write_bytes(buffer.getvalue()))
-    write_json(folder / "report.json", report)
+    write_json(folder / "report.json", report)  # last: its presence marks the folder finished
     report["_delta"] = delta
     return report
 

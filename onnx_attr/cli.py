@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("attribute", help="attribute an output to the input features")
     _model_options(p)
-    p.add_argument("--input", required=True, help=".npz of inputs keyed by ONNX input name")
+    p.add_argument("--input", required=True,
+                   help=".npz of inputs keyed by ONNX input name, or a folder / glob of them (one result each)")
+    p.add_argument("--resume", action="store_true",
+                   help="with several inputs: skip those whose results are already complete")
     p.add_argument("--target", help="output index to explain: an int, one per example (3,1,4), or a:b for "
                                     "outputs of rank > 2 (default: the predicted class)")
     p.add_argument("--baseline", default="zeros", help="zeros (default), mean, or an .npz of baselines "
@@ -134,8 +137,14 @@ def cmd_attribute(args) -> int:
     model = _load(args)
     report = run_attribute(model, input_path=args.input, target=args.target, baseline=args.baseline,
                            method=args.method, output_name=args.output_name, out=args.out,
-                           gradient_fallback=args.gradient_fallback)
+                           gradient_fallback=args.gradient_fallback, resume=args.resume)
     delta = report.pop("_delta")
+    if report.get("many"):
+        text = (f"{len(report['computed'])} input(s) attributed, {len(report['skipped_as_finished'])} already "
+                f"finished; largest |delta| {float(delta.max()):.3e}; results in {args.out}/<input name>/, "
+                f"summary in {args.out}/index.json")
+        _emit(args, report, text)
+        return EXIT_OK
     final = report["final_activation"]
     lines = [f"{report['method']} on output {report['output']!r}, target {report['target']} "
              f"({report['target_source']}), baseline {args.baseline}",

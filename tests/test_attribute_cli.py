@@ -119,3 +119,57 @@ def test_integrated_gradients_from_the_cli(tmp_path, capsys):
                  "--baseline", "mean", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "IntegratedGradients" and report["max_relative_delta"] < 1e-2
+
+
+def _many_inputs(folder, count):
+    x = np.load(DIGITS_INPUTS)["image"]
+    folder.mkdir()
+    for i in range(count):
+        np.savez(folder / f"batch_{i:03d}.npz", image=x[i % 8: i % 8 + 1])
+    return folder
+
+
+def test_folder_of_inputs_gives_one_result_each_and_resume_skips_finished(tmp_path, capsys):
+    inputs = _many_inputs(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    assert main(["attribute", DIGITS, "--input", str(inputs), "--target", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["batch_000", "batch_001", "batch_002", "batch_003", "index.json"]
+    stamp = (out / "batch_001" / "report.json").stat().st_mtime_ns
+    (out / "batch_002" / "report.json").unlink()  # as if interrupted before it finished
+    assert main(["attribute", DIGITS, "--input", str(tmp_path / "in" / "*.npz"), "--target", "2", "--out", str(out),
+                 "--resume", "--json"]) == 0
+    summary = json.loads((out / "index.json").read_text())
+    assert summary["computed"] == ["batch_002.npz"] and len(summary["skipped_as_finished"]) == 3
+    assert (out / "batch_001" / "report.json").stat().st_mtime_ns == stamp  # not redone
+
+
+def test_killed_run_resumes_with_every_result_valid(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    inputs = _many_inputs(tmp_path / "in", 150)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "onnx_attr.cli", "attribute", DIGITS, "--input", str(inputs), "--target", "1",
+               "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*/report.json"))) < 3:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = len(list(out.glob("*/report.json")))
+    assert 3 <= finished_before < 150, "the run must be killed midway for this test to mean anything"
+    # a kill can leave a hidden temporary beside a result, never a half-written result file
+    visible = [p for p in out.glob("*/*") if not p.name.startswith(".")]
+    assert all(p.name in ("report.json", "attributions.npz") or p.suffix == ".png" for p in visible)
+    assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
+    summary = json.loads((out / "index.json").read_text())
+    assert len(summary["skipped_as_finished"]) >= finished_before - 1 and len(summary["inputs"]) == 150
+    for i in range(150):
+        folder = out / f"batch_{i:03d}"
+        report = json.loads((folder / "report.json").read_text())
+        with np.load(folder / "attributions.npz", allow_pickle=False) as data:
+            assert data["image"].shape == (1, 1, 8, 8)
+        assert abs(report["convergence_delta"][0]) < 1e-4
