@@ -107,7 +107,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: st
     job = dict(target=target, baseline=baseline, output_name=output_name)
     if len(files) == 1 and not Path(input_path).is_dir():
         return _attribute_file(model, explainer, files[0], folder, **job)
-    done, skipped, reports = [], [], {}
+    done, skipped, reports, flagged = [], [], {}, []
     for file in files:
         sub = folder / _safe(file.stem)
         if resume and _finished(sub):
@@ -116,8 +116,10 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: st
         report = _attribute_file(model, explainer, file, prepare_out_dir(str(sub)), **job)
         reports[file.name] = report.pop("_delta")
         done.append(file.name)
+        if report.get("warnings"):
+            flagged.append(file.name)
     summary = {"inputs": [f.name for f in files], "computed": done, "skipped_as_finished": skipped,
-               "method": method, "versions": _versions()}
+               "with_warnings": flagged, "method": method, "versions": _versions()}
     write_json(folder / "index.json", summary)
     deltas = [float(d.abs().max()) for d in reports.values()]
     return {**summary, "_delta": torch.tensor(deltas or [0.0]), "many": True}

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(several rows for deepliftshap)")
     p.add_argument("--method", default="deeplift", choices=["deeplift", "deepliftshap", "integratedgradients"],
                    help="attribution method (default: deeplift)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when an attribution's convergence delta is above tolerance (default: a warning)")
     p.add_argument("--gradient-fallback", action="store_true",
                    help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
@@ -144,7 +146,7 @@ def cmd_attribute(args) -> int:
                 f"finished; largest |delta| {float(delta.max()):.3e}; results in {args.out}/<input name>/, "
                 f"summary in {args.out}/index.json")
         _emit(args, report, text)
-        return EXIT_OK
+        return EXIT_VERIFY_FAILED if args.strict and report["with_warnings"] else EXIT_OK
     final = report["final_activation"]
     lines = [f"{report['method']} on output {report['output']!r}, target {report['target']} "
              f"({report['target_source']}), baseline {args.baseline}",
@@ -156,7 +158,10 @@ def cmd_attribute(args) -> int:
              f"max relative {report['max_relative_delta']:.3e}",
              f"verify against onnxruntime: {'PASSED' if report['verify']['passed'] else 'FAILED'}",
              f"wrote {', '.join(report['files'])} to {args.out}"]
+    lines += [f"warning: {w}" for w in report.get("warnings", [])]
     _emit(args, report, "\n".join(lines))
+    if args.strict and report.get("warnings"):
+        return EXIT_VERIFY_FAILED
     return EXIT_OK if report["verify"]["passed"] else EXIT_VERIFY_FAILED
 
 

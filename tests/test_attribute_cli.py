@@ -173,3 +173,21 @@ def test_killed_run_resumes_with_every_result_valid(tmp_path):
         with np.load(folder / "attributions.npz", allow_pickle=False) as data:
             assert data["image"].shape == (1, 1, 8, 8)
         assert abs(report["convergence_delta"][0]) < 1e-4
+
+
+def test_strict_turns_a_delta_warning_into_exit_1(tmp_path, capsys):
+    from onnx import helper
+
+    from conftest import FLOAT, make_model
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="r"),
+             helper.make_node("ReduceProd", ["r"], ["p"], name="prod", axes=[1], keepdims=1)]
+    model_path = tmp_path / "prod.onnx"
+    model_path.write_bytes(make_model(nodes, [("x", FLOAT, ["n", 3])], [("p", FLOAT, ["n", 1])],
+                                      opset=13).SerializeToString())
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, x=np.array([[1.0, 2.0, 3.0]], np.float32))
+    base = ["attribute", str(model_path), "--input", str(inputs), "--gradient-fallback"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert "warning: convergence delta above" in capsys.readouterr().out
+    assert main(base + ["--out", str(tmp_path / "b"), "--strict"]) == 1

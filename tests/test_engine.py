@@ -230,3 +230,37 @@ def test_reference_cache_is_reused_only_for_an_equal_baseline():
     fresh = onnx_attr.DeepLift(imported).attribute(x, other, target=1)
     torch.testing.assert_close(changed, fresh)
     assert not torch.allclose(changed, first) and delta.abs().max() < 1e-4
+
+
+def test_out_of_memory_retries_in_halves_with_the_same_result(monkeypatch):
+    model = ChannelShuffle().eval()
+    imported = onnx_attr.load(to_onnx(model, torch.randn(2, 4, 6, 6)))
+    x = torch.randn(5, 4, 6, 6)
+    expected = onnx_attr.DeepLift(imported).attribute(x, target=[0, 1, 2, 3, 4])
+    dl = onnx_attr.DeepLift(imported)
+    real_run = dl.engine.run
+
+    def small_device(tensors, *args):  # as if only 2 examples fit in device memory
+        if tensors[0].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_run(tensors, *args)
+
+    monkeypatch.setattr(dl.engine, "run", small_device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, delta = dl.attribute(x, target=[0, 1, 2, 3, 4], return_convergence_delta=True)
+    torch.testing.assert_close(got, expected)
+    assert dl.last_report["out_of_memory_retry"] is True and delta.abs().max() < 1e-4
+    assert sum("out of device memory" in str(w.message) for w in caught) == 1  # said once
+
+
+def test_incomplete_attributions_are_flagged_never_silent():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="r"),
+             helper.make_node("ReduceProd", ["r"], ["p"], name="product_over_axis", axes=[1], keepdims=1)]
+    imported = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 3])], [("p", FLOAT, ["n", 1])], opset=13))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dl = onnx_attr.DeepLift(imported, gradient_fallback=True)
+    dl.attribute(np.array([[1.0, 2.0, 3.0]], np.float32))
+    assert dl.last_report["max_relative_delta"] > 1e-4
+    assert dl.last_report["warnings"] and "do not add up" in dl.last_report["warnings"][0]

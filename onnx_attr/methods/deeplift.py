@@ -7,7 +7,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from ..engine import DeepLiftEngine, Targets
+import warnings
+
+from ..engine import DeepLiftEngine, PassResult, Targets
 from ..errors import InputError
 from ._inputs import prepare
 
@@ -35,6 +37,28 @@ class DeepLift:
     def _output_index(self, output: Union[str, int, None]) -> int:
         return output_index(self.model, output)
 
+    def _run(self, prepared, targets: Targets, index: int):
+        """The engine on all rows at once; on CUDA out-of-memory, on halves (recursively), said once."""
+        try:
+            return self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, targets, index)
+        except torch.OutOfMemoryError:
+            n = len(targets.rows)
+            if n == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if not self.last_report.get("out_of_memory_retry"):
+                warnings.warn(f"out of device memory on a batch of {n}: retrying in halves", stacklevel=3)
+            self.last_report["out_of_memory_retry"] = True
+            half = n // 2
+            parts = [self._run(_rows_of(prepared, start, stop, n), targets.chunk(start, stop), index)
+                     for start, stop in ((0, half), (half, n))]
+            return PassResult(
+                [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts])
+                 for i in range(len(prepared.tensors))],
+                torch.cat([p.value for p in parts]), torch.cat([p.reference_value for p in parts]),
+                [(torch.cat([a[0] for a in z]), torch.cat([a[1] for a in z])) for z in zip(*(p.layers for p in parts))])
+
     def _attribute_once(self, inputs, baselines, target, additional_forward_args, output):
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
@@ -45,7 +69,8 @@ class DeepLift:
             raise InputError(f"attributed input(s) {unbatched} do not have the batch of {n} on axis 0 that the "
                              "others have; attribute one example at a time")
         index = self._output_index(output)
-        result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, Targets(target, n), index)
+        self.last_report = {}
+        result = self._run(prepared, Targets(target, n), index)
         # floating inputs: multiplier × Δx; integer ones come back as contributions per token already
         contributions = [m if m is None or not x.is_floating_point() else m * (x - b)
                          for m, x, b in zip(result.multipliers, prepared.tensors, prepared.baselines)]
@@ -66,8 +91,10 @@ class DeepLift:
         return (out, delta) if return_convergence_delta else out
 
     def _report(self, delta: Tensor, change: Tensor, index: int) -> None:
+        retried = self.last_report.get("out_of_memory_retry", False)
         self.last_report = {
             **method_report(self.model, type(self).__name__, delta, change, index),
+            "out_of_memory_retry": retried,
             "rewritten_nodes": len(self.engine.rewrite.rewritten),
             "embedding_lookups": {name: [t.node for t in self.engine.rewrite.taps if t.input_name == name]
                                   for name in dict.fromkeys(t.input_name for t in self.engine.rewrite.taps)},
@@ -102,16 +129,29 @@ class DeepLiftShap(DeepLift):
         return (out, delta) if return_convergence_delta else out
 
 
+#: Relative convergence delta above which a result is flagged (float32 rounding stays far below).
+DELTA_TOLERANCE = 1e-4
+
+
 def method_report(model, method: str, delta: Tensor, change: Tensor, index: int) -> dict:
-    """What every method reports: the output explained, its final activation, the deltas."""
+    """What every method reports: the output explained, its final activation, the deltas, and a
+    warning (never silence) when completeness is off by more than DELTA_TOLERANCE."""
     spec = model.outputs[index]
     scale = change.double().abs().clamp_min(1.0)
+    relative = (delta.abs() / scale) if delta.numel() else delta
+    worst = float(relative.max()) if delta.numel() else 0.0
+    warnings_ = []
+    if worst > DELTA_TOLERANCE or not bool(torch.isfinite(delta).all()):
+        bad = [i for i, r in enumerate(relative.tolist()) if not r <= DELTA_TOLERANCE]
+        warnings_.append(f"convergence delta above {DELTA_TOLERANCE:g} (relative) for example(s) {bad[:20]}: "
+                         "the attributions do not add up to the output change")
     return {
         "method": method,
         "output": spec.name,
         "final_activation": None if spec.final_activation is None else spec.final_activation.to_dict(),
         "convergence_delta": delta.tolist(),
-        "max_relative_delta": float((delta.abs() / scale).max()) if delta.numel() else 0.0,
+        "max_relative_delta": worst,
+        "warnings": warnings_,
     }
 
 
@@ -127,6 +167,16 @@ def output_index(model, output: Union[str, int, None]) -> int:
     if not 0 <= int(output) < len(names):
         raise InputError(f"output index {output} is out of range: the model has {len(names)} output(s) {names}")
     return int(output)
+
+
+def _rows_of(prepared, start: int, stop: int, n: int):
+    """The same prepared inputs restricted to examples [start, stop)."""
+    from dataclasses import replace
+
+    def cut(t):
+        return t[start:stop] if t.dim() and t.shape[0] == n else t
+
+    return replace(prepared, tensors=[cut(t) for t in prepared.tensors], baselines=[cut(b) for b in prepared.baselines])
 
 
 def _baseline_rows(baselines: Any) -> list:
