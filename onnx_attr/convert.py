@@ -110,7 +110,7 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
             raise UnsupportedOpError([(proto.op_type, proto.domain, opset, label, str(err))]) from err
         except Exception as err:  # converters raise anything from KeyError to AssertionError
             raise ConversionError(proto.op_type, proto.domain, opset, label, err) from err
-        target = module_name.replace(".", "/")
+        target = re.sub(r"[^\w/\-]", "_", module_name)  # fx writes targets into generated code
         if target == "initializers" or hasattr(root, target):
             target = f"{target}_{index}"
         root.add_module(target, module)

@@ -148,6 +148,9 @@ def sample_inputs(specs: Sequence[TensorSpec], seed: int = 0, symbolic_size: int
         if spec.shape is None:
             raise InputError(f"cannot sample input {spec.name!r}: its rank is unknown; pass inputs explicitly")
         shape = tuple(d if isinstance(d, int) and d > 0 else symbolic_size for d in spec.shape)
+        if int(np.prod(shape, dtype=np.float64)) > 2**28:
+            raise InputError(f"input {spec.name!r} declares shape {list(shape)}, too large to sample at random; "
+                             "pass inputs explicitly")
         kind = _kind(spec.dtype)
         if kind == "floating":
             out.append(rng.standard_normal(shape).astype(spec.dtype))

@@ -13,6 +13,10 @@ from .errors import ModelLoadError
 
 ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
 
+#: The most elements one tensor may declare (2^32: 16 GiB of float32). More is refused before any
+#: allocation: a corrupted or hostile file must not exhaust memory.
+MAX_ELEMENTS = 2**32
+
 
 def read_model(source: ModelSource) -> tuple[onnx.ModelProto, Path | None]:
     """Return the checked model and the folder its external data lives in (None for bytes/protos)."""
@@ -31,8 +35,28 @@ def read_model(source: ModelSource) -> tuple[onnx.ModelProto, Path | None]:
         raise ModelLoadError(
             f"cannot load a model from {type(source).__name__!r}: pass a path, bytes or onnx.ModelProto"
         )
+    _check_sizes(model)
     _check(model)
     return model, folder
+
+
+def _check_sizes(model: onnx.ModelProto) -> None:
+    """Refuse, before any allocation or graph walk, what no valid export contains."""
+    for node in model.graph.node:
+        names = [node.name, node.op_type, node.domain, *node.input, *node.output]
+        if not all(isinstance(n, str) for n in names):  # protobuf hands back bytes for invalid UTF-8
+            raise ModelLoadError("a node of the graph has a name that is not valid UTF-8; the file is corrupted")
+    for tensor in model.graph.initializer:
+        count = 1
+        for d in tensor.dims:
+            if d < 0:
+                raise ModelLoadError(f"initializer {tensor.name!r} declares a negative dimension {list(tensor.dims)}")
+            count *= d
+        if count > MAX_ELEMENTS:
+            raise ModelLoadError(
+                f"initializer {tensor.name!r} declares {count:,} elements (dims {list(tensor.dims)}), more than "
+                f"the {MAX_ELEMENTS:,} allowed; the file is corrupted or not meant for this tool"
+            )
 
 
 def _read_path(path: Path) -> onnx.ModelProto:
