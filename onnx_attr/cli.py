@@ -159,6 +159,8 @@ def cmd_attribute(args) -> int:
              f"verify against onnxruntime: {'PASSED' if report['verify']['passed'] else 'FAILED'}",
              f"wrote {', '.join(report['files'])} to {args.out}"]
     lines += [f"warning: {w}" for w in report.get("warnings", [])]
+    if report.get("non_finite"):
+        lines.append(f"warning: non-finite attributions; {report['non_finite']}")
     _emit(args, report, "\n".join(lines))
     if args.strict and report.get("warnings"):
         return EXIT_VERIFY_FAILED

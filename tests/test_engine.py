@@ -264,3 +264,15 @@ def test_incomplete_attributions_are_flagged_never_silent():
     dl.attribute(np.array([[1.0, 2.0, 3.0]], np.float32))
     assert dl.last_report["max_relative_delta"] > 1e-4
     assert dl.last_report["warnings"] and "do not add up" in dl.last_report["warnings"][0]
+
+
+def test_non_finite_attributions_name_the_node_that_produced_them():
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="project"),
+             helper.make_node("Exp", ["h"], ["e"], name="overflowing_exp"),
+             helper.make_node("Tanh", ["e"], ["out"], name="squash")]
+    imported = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 2])], [("out", FLOAT, ["n", 2])],
+                                         {"w": np.array([[200.0, 0.0], [0.0, 1.0]], np.float32)}))
+    dl = onnx_attr.DeepLift(imported)
+    attributions = dl.attribute(np.array([[1.0, 0.5]], np.float32), target=0)
+    assert not np.isfinite(attributions).all()
+    assert "overflowing_exp" in dl.last_report["non_finite"] and dl.last_report["warnings"]

@@ -123,3 +123,15 @@ def test_external_data_escaping_the_model_folder_is_refused(tmp_path, kind):
     onnx.save(tampered, models / "evil.onnx")
     with pytest.raises(ModelLoadError, match="external data"):
         onnx_attr.load(models / "evil.onnx")
+
+
+def test_model_local_functions_are_refused_by_name_not_evaluated():
+    body = [helper.make_node("Relu", ["a"], ["b"])]
+    function = helper.make_function("com.evil", "Mystery", ["a"], ["b"], body,
+                                    [helper.make_opsetid("", 17)])
+    node = helper.make_node("Mystery", ["x"], ["y"], name="mystery_call", domain="com.evil")
+    model = make_model([node], [("x", FLOAT, [2])], [("y", FLOAT, [2])], domains=[("com.evil", 1)])
+    model.functions.append(function)
+    with pytest.raises(UnsupportedOpError) as info:
+        onnx_attr.load(model)
+    assert "Mystery" in str(info.value) and "com.evil" in str(info.value) and "mystery_call" in str(info.value)

@@ -79,11 +79,14 @@ class DeepLift:
         attributions = contributions if self._multiply_by_inputs else [
             m if m is None or x.is_floating_point() else c
             for m, c, x in zip(result.multipliers, contributions, prepared.tensors)]
+        if not all(bool(torch.isfinite(c).all()) for c in contributions if c is not None):
+            self._nonfinite = first_nonfinite(self.model, prepared.tensors, prepared.baselines)
         return prepared, attributions, delta, result, index
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
                   output: Union[str, int, None] = None):
+        self._nonfinite = None
         prepared, attributions, delta, result, index = self._attribute_once(
             inputs, baselines, target, additional_forward_args, output)
         self._report(delta, result.value - result.reference_value, index)
@@ -95,6 +98,7 @@ class DeepLift:
         self.last_report = {
             **method_report(self.model, type(self).__name__, delta, change, index),
             "out_of_memory_retry": retried,
+            "non_finite": getattr(self, "_nonfinite", None),
             "rewritten_nodes": len(self.engine.rewrite.rewritten),
             "embedding_lookups": {name: [t.node for t in self.engine.rewrite.taps if t.input_name == name]
                                   for name in dict.fromkeys(t.input_name for t in self.engine.rewrite.taps)},
@@ -153,6 +157,22 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int)
         "max_relative_delta": worst,
         "warnings": warnings_,
     }
+
+
+def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str:
+    """Where non-finite attributions come from: the first ONNX node whose output is NaN/Inf in the
+    forward pass of the inputs or of the baselines, or else the multipliers of the backward pass."""
+    from ..convert import run_recording
+
+    for what, tensors in (("input", inputs), ("baseline", baselines)):
+        values = run_recording(model.module, *tensors)
+        for node in model.onnx_model.graph.node:
+            for name in node.output:
+                value = values.get(name)
+                if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    return (f"non-finite values first appear at ONNX node {node.name or node.op_type!r} "
+                            f"(op {node.op_type}, tensor {name!r}) in the forward pass of the {what}")
+    return "the forward passes are finite: the non-finite values arise in the backward pass's multipliers"
 
 
 def output_index(model, output: Union[str, int, None]) -> int:
