@@ -96,3 +96,14 @@ def test_npz_single_unnamed_array(tmp_path, model):
     path = tmp_path / "x.npz"
     np.savez(path, np.ones((2, 4), np.float32))
     assert set(read_npz(path, model.inputs)) == {"x"}
+
+
+def test_bad_baselines_are_refused_before_any_compute(model):
+    dl = onnx_attr.DeepLift(model)
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(InputError, match="baseline 'x' has 1 NaN"):
+        dl.attribute(x, np.array([[0.0, np.nan, 0.0, 0.0]], np.float32), target=0)
+    with pytest.raises(InputError, match="baseline for 'x' has shape \\[3, 4\\]"):
+        dl.attribute(x, np.zeros((3, 4), np.float32), target=0)  # neither a batch of 1 nor of 2
+    with pytest.raises(InputError, match="must be \\[4\\]"):
+        dl.attribute(x, np.zeros((1, 5), np.float32), target=0)
