@@ -70,6 +70,11 @@ class Targets:
                 f"the output has shape {list(output.shape)}: a target must pick one value per example "
                 f"({output.dim() - 1} index(es) after the batch axis), got {depth}"
             )
+        if output.shape[0] != n:
+            raise InputError(
+                f"the output has {output.shape[0]} row(s) on axis 0 for {n} example(s): its axis 0 is not the "
+                "batch, so per-example targets cannot be picked; attribute one example at a time"
+            )
         index = torch.tensor(self.rows, dtype=torch.long, device=output.device).reshape(n, depth)
         for axis in range(depth):
             size = output.shape[axis + 1]

@@ -46,6 +46,13 @@ def _check_sizes(model: onnx.ModelProto) -> None:
         names = [node.name, node.op_type, node.domain, *node.input, *node.output]
         if not all(isinstance(n, str) for n in names):  # protobuf hands back bytes for invalid UTF-8
             raise ModelLoadError("a node of the graph has a name that is not valid UTF-8; the file is corrupted")
+        for attr in node.attribute:
+            try:
+                for text in (attr.s, *attr.strings):
+                    text.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ModelLoadError(f"attribute {attr.name!r} of node {node.name!r} is not valid UTF-8 text; "
+                                     "the file is corrupted") from err
     for tensor in model.graph.initializer:
         count = 1
         for d in tensor.dims:
