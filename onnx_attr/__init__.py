@@ -8,7 +8,8 @@
 from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
 from .loader import load
-from .methods import DeepLift, DeepLiftShap, InputXGradient, IntegratedGradients, LayerDeepLift, Saliency
+from .methods import (DeepLift, DeepLiftShap, InputXGradient, IntegratedGradients, LayerDeepLift, NoiseTunnel,
+                      Saliency)
 from .model import AttributableModel
 from .verify import VerifyReport, verify
 
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttributableModel", "ConversionError", "DeepLift", "DeepLiftShap", "InputXGradient", "IntegratedGradients",
-    "LayerDeepLift", "Saliency", "ExportError", "ForwardError", "InputError", "ModelLoadError",
+    "LayerDeepLift", "NoiseTunnel", "Saliency", "ExportError", "ForwardError", "InputError", "ModelLoadError",
     "OnnxAttrError", "OutputError", "ReferenceRuntimeError", "UnsupportedOpError", "VerifyReport", "load",
     "verify", "__version__",
 ]

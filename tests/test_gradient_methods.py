@@ -86,3 +86,31 @@ def test_trapezoid_rule_is_the_textbook_one():
         assert abs((weights * points).sum() - 0.5) < 1e-12 or method in ("riemann_left", "riemann_right")
     points, weights = integration_rule("gausslegendre", 5)
     assert abs((weights * points ** 8).sum() - 1 / 9) < 1e-12  # exact for polynomials of degree 2n-1
+
+
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+def test_noise_tunnel_equals_captum_under_the_same_seed(imported, nt_type):
+    from captum.attr import NoiseTunnel as CaptumNoiseTunnel
+
+    torch.manual_seed(7)
+    ours = onnx_attr.NoiseTunnel(onnx_attr.Saliency(imported)).attribute(X, nt_type=nt_type, nt_samples=4,
+                                                                         stdevs=0.3, target=TARGET)
+    torch.manual_seed(7)
+    theirs = CaptumNoiseTunnel(CaptumSaliency(imported.module)).attribute(X, nt_type=nt_type, nt_samples=4,
+                                                                           stdevs=0.3, target=TARGET)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_noise_tunnel_around_integrated_gradients_and_deeplift(imported):
+    from captum.attr import NoiseTunnel as CaptumNoiseTunnel
+
+    torch.manual_seed(3)
+    ours = onnx_attr.NoiseTunnel(onnx_attr.IntegratedGradients(imported)).attribute(
+        X, nt_samples=3, stdevs=0.1, target=TARGET, baselines=B, n_steps=8)
+    torch.manual_seed(3)
+    theirs = CaptumNoiseTunnel(CaptumIG(imported.module)).attribute(
+        X, nt_samples=3, stdevs=0.1, target=TARGET, baselines=B.expand_as(X), n_steps=8)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    smooth = onnx_attr.NoiseTunnel(onnx_attr.DeepLift(imported)).attribute(X, nt_samples=3, stdevs=0.0,
+                                                                            target=TARGET)
+    torch.testing.assert_close(smooth, onnx_attr.DeepLift(imported).attribute(X, target=TARGET))  # no noise

@@ -2,5 +2,6 @@
 
 from .deeplift import DeepLift, DeepLiftShap, LayerDeepLift
 from .gradient import InputXGradient, IntegratedGradients, Saliency
+from .noise_tunnel import NoiseTunnel
 
-__all__ = ["DeepLift", "DeepLiftShap", "LayerDeepLift", "InputXGradient", "IntegratedGradients", "Saliency"]
+__all__ = ["DeepLift", "DeepLiftShap", "LayerDeepLift", "InputXGradient", "IntegratedGradients", "NoiseTunnel", "Saliency"]
