@@ -8,7 +8,7 @@
 from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
 from .loader import load
-from .methods import (DeepLift, DeepLiftShap, InputXGradient, IntegratedGradients, LayerDeepLift, NoiseTunnel,
+from .methods import (DeepLift, DeepLiftShap, GradientShap, InputXGradient, IntegratedGradients, LayerDeepLift, NoiseTunnel,
                       Saliency)
 from .model import AttributableModel
 from .verify import VerifyReport, verify
@@ -16,7 +16,8 @@ from .verify import VerifyReport, verify
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttributableModel", "ConversionError", "DeepLift", "DeepLiftShap", "InputXGradient", "IntegratedGradients",
+    "AttributableModel", "ConversionError", "DeepLift", "DeepLiftShap", "GradientShap", "InputXGradient",
+    "IntegratedGradients",
     "LayerDeepLift", "NoiseTunnel", "Saliency", "ExportError", "ForwardError", "InputError", "ModelLoadError",
     "OnnxAttrError", "OutputError", "ReferenceRuntimeError", "UnsupportedOpError", "VerifyReport", "load",
     "verify", "__version__",

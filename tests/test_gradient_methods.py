@@ -114,3 +114,20 @@ def test_noise_tunnel_around_integrated_gradients_and_deeplift(imported):
     smooth = onnx_attr.NoiseTunnel(onnx_attr.DeepLift(imported)).attribute(X, nt_samples=3, stdevs=0.0,
                                                                             target=TARGET)
     torch.testing.assert_close(smooth, onnx_attr.DeepLift(imported).attribute(X, target=TARGET))  # no noise
+
+
+def test_gradient_shap_equals_captum_under_the_same_seeds(imported):
+    import numpy as np
+    from captum.attr import GradientShap as CaptumGradientShap
+
+    distribution = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(9)) * 0.3
+    np.random.seed(4)
+    torch.manual_seed(4)
+    ours, delta = onnx_attr.GradientShap(imported).attribute(X, distribution, n_samples=4, stdevs=0.05,
+                                                             target=TARGET, return_convergence_delta=True)
+    np.random.seed(4)
+    torch.manual_seed(4)
+    theirs, their_delta = CaptumGradientShap(imported.module).attribute(
+        X, distribution, n_samples=4, stdevs=0.05, target=TARGET, return_convergence_delta=True)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(delta, their_delta.double(), atol=1e-5, rtol=1e-3)
