@@ -3,22 +3,27 @@
     import onnx_attr
     model = onnx_attr.load("model.onnx")      # faithful import, final softmax/sigmoid stripped
     print(model.verify().format())             # proof against onnxruntime
+    onnx_attr.DeepLift(model).attribute(x, target=3)
 """
 
 from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
 from .loader import load
-from .methods import (DeepLift, DeepLiftShap, GradientShap, InputXGradient, IntegratedGradients, LayerDeepLift, NoiseTunnel,
-                      Saliency)
+from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient, IntegratedGradients,
+                      LayerDeepLift, NoiseTunnel, Occlusion, Saliency)
 from .model import AttributableModel
 from .verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttributableModel", "ConversionError", "DeepLift", "DeepLiftShap", "GradientShap", "InputXGradient",
-    "IntegratedGradients",
-    "LayerDeepLift", "NoiseTunnel", "Saliency", "ExportError", "ForwardError", "InputError", "ModelLoadError",
-    "OnnxAttrError", "OutputError", "ReferenceRuntimeError", "UnsupportedOpError", "VerifyReport", "load",
-    "verify", "__version__",
+    # import and verification
+    "AttributableModel", "VerifyReport", "load", "verify",
+    # attribution methods
+    "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
+    "LayerDeepLift", "NoiseTunnel", "Occlusion", "Saliency",
+    # errors
+    "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
+    "ReferenceRuntimeError", "UnsupportedOpError",
+    "__version__",
 ]

@@ -1,7 +1,9 @@
-"""Attribution methods, one file each, sharing Captum's `attribute()` contract."""
+"""Attribution methods, one file per family, sharing Captum's `attribute()` contract."""
 
 from .deeplift import DeepLift, DeepLiftShap, LayerDeepLift
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
 from .noise_tunnel import NoiseTunnel
+from .perturbation import FeatureAblation, Occlusion
 
-__all__ = ["DeepLift", "DeepLiftShap", "GradientShap", "LayerDeepLift", "InputXGradient", "IntegratedGradients", "NoiseTunnel", "Saliency"]
+__all__ = ["DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
+           "LayerDeepLift", "NoiseTunnel", "Occlusion", "Saliency"]
