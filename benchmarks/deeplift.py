@@ -83,8 +83,8 @@ def bench(name: str, device: torch.device, batch: int, size: int, repeats: int) 
     module = model.module
 
     def plain():
-        xg = x.detach().requires_grad_(True)
-        module(xg)[:, target].sum().backward()
+        xg = x.detach().requires_grad_(True)  # the gradient w.r.t. the input only, as the methods take it
+        torch.autograd.grad(module(xg)[:, target].sum(), xg)
 
     explainer = onnx_attr.DeepLift(model)
 
