@@ -133,16 +133,22 @@ class MaxPool(nn.Module):
         self.attrs = attrs
         if len(attrs["kernel_shape"]) not in _MAX:
             raise NotImplementedError("MaxPool over more than 3 spatial dims is not supported")
+        self._plans: dict[tuple[int, ...], tuple] = {}  # per spatial shape: pads, strides, dilations, sizes
+
+    def _plan(self, spatial: tuple[int, ...]) -> tuple:
+        if spatial not in self._plans:
+            extents, strides, dilations, begin, outs = pool_geometry(self.attrs, spatial)
+            need = [(o - 1) * s + e for o, s, e in zip(outs, strides, extents)]
+            end = [max(nd - n - b, 0) for nd, n, b in zip(need, spatial, begin)]
+            pads = [p for axis in reversed(range(len(extents))) for p in (begin[axis], end[axis])]
+            self._plans[spatial] = (pads, strides, dilations, tuple(slice(0, o) for o in outs))
+        return self._plans[spatial]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        extents, strides, dilations, begin, outs = pool_geometry(self.attrs, tuple(x.shape[2:]))
-        rank = len(extents)
-        need = [(o - 1) * s + e for o, s, e in zip(outs, strides, extents)]
-        end = [max(nd - n - b, 0) for nd, n, b in zip(need, x.shape[2:], begin)]
+        pads, strides, dilations, crop = self._plan(tuple(x.shape[2:]))
         low = torch.finfo(x.dtype).min if x.is_floating_point() else torch.iinfo(x.dtype).min
-        pads = [p for axis in reversed(range(rank)) for p in (begin[axis], end[axis])]
-        y = _MAX[rank](F.pad(x, pads, value=low), list(self.attrs["kernel_shape"]), strides, 0, dilations)
-        return y[(..., *(slice(0, o) for o in outs))]
+        y = _MAX[len(strides)](F.pad(x, pads, value=low), list(self.attrs["kernel_shape"]), strides, 0, dilations)
+        return y[(..., *crop)]
 
 
 @register("MaxPool", 1, 8, 10, 11, 12)

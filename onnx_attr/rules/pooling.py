@@ -30,10 +30,15 @@ class CrossExtremum(Rule):
         x0 = refs[0].expand_as(x)
         y, y0 = out, ref_out.expand_as(out)
         m = torch.minimum(y, y0) if info.op_type == "ReduceMin" else torch.maximum(y, y0)
-        spread = _vjp(call, x, rest, (m - y0) * grad) + _vjp(call, x0, rest, (y - m) * grad)
         dx = x - x0
         close = dx.abs() <= secant_tolerance(x, x0)
-        multiplier = spread / dx.masked_fill(close, 1.0)
-        if bool(close.any()):
-            multiplier = torch.where(close, _vjp(call, x, rest, grad), multiplier)
+        needs_plain = bool(close.any())
+        with torch.enable_grad():  # one forward at x serves the credit and, where needed, the gradient
+            z = x.detach().requires_grad_(True)
+            out_z = call(z, *rest)
+            (at_x,) = torch.autograd.grad(out_z, z, (m - y0) * grad, retain_graph=needs_plain)
+            plain = torch.autograd.grad(out_z, z, grad)[0] if needs_plain else None
+        multiplier = (at_x + _vjp(call, x0, rest, (y - m) * grad)) / dx.masked_fill(close, 1.0)
+        if needs_plain:
+            multiplier = torch.where(close, plain, multiplier)
         return [multiplier] + [None] * (len(args) - 1)
