@@ -67,7 +67,7 @@ def _to_tensor(value: Any, spec: TensorSpec, what: str) -> torch.Tensor:
     if spec.dtype is None:
         raise InputError(f"{what} {spec.name!r} is not a tensor (sequence or map inputs are not supported)")
     if isinstance(value, torch.Tensor):
-        array_kind = _kind(value.detach().cpu().numpy().dtype if value.dtype != torch.bfloat16 else np.dtype("float32"))
+        array_kind = _torch_kind(value.dtype)  # from the dtype alone: no copy of the data
     else:
         try:
             value = np.asarray(value)
@@ -99,6 +99,14 @@ def _torch_dtype(spec: TensorSpec) -> torch.dtype:
         return torch.from_numpy(np.zeros(0, spec.dtype)).dtype
     except TypeError as err:
         raise InputError(f"input {spec.name!r} has dtype {spec.dtype}, which PyTorch cannot hold") from err
+
+
+def _torch_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "boolean"
+    if dtype.is_floating_point:
+        return "floating"
+    return "integer" if not dtype.is_complex else str(dtype)
 
 
 def _kind(dtype: np.dtype) -> str:

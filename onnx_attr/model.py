@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -61,9 +62,8 @@ class AttributableModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in (*self.module.buffers(), *self.module.parameters()):
-            return tensor.device
-        return torch.device("cpu")
+        first = next(itertools.chain(self.module.buffers(), self.module.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
 
     def prepare(self, inputs: Any, what: str = "input") -> list[torch.Tensor]:
         """Checked tensors on the model's device, from arrays, tensors, a sequence or a dict by name."""
