@@ -88,10 +88,12 @@ class Targets:
 class DeepLiftEngine:
     """Rewrites the model once; each `run` is one reference pass and one main pass per chunk."""
 
-    def __init__(self, model, *, gradient_fallback: bool = False, layers: Sequence[str] = ()):
+    def __init__(self, model, *, gradient_fallback: bool = False, layers: Sequence[str] = (),
+                 reveal_cancel: bool = False):
         self.model = model
         self.rewrite: RewriteResult = rewrite_for_deeplift(model.module, model.inputs,
-                                                           gradient_fallback=gradient_fallback, layers=layers)
+                                                           gradient_fallback=gradient_fallback, layers=layers,
+                                                           reveal_cancel=reveal_cancel)
         first = model.inputs[0].shape if model.inputs and model.inputs[0].shape else None
         self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
         # The reference pass depends on the baselines alone: a shared baseline reused over many

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -22,12 +22,22 @@ class DeepLift:
     arrays or a dict keyed by ONNX input name; `output` picks an output by name or index.
     After each call, `last_report` says what was rewritten, what final activation was found,
     and the convergence delta per example.
+
+    `rule="revealcancel"` gives each elementwise nonlinearity fed by a weighted op (Conv, Gemm,
+    MatMul, Mul by a constant) the DeepLIFT paper's RevealCancel rule, which separates positive
+    and negative contributions that cancel inside it; the others keep Rescale (the report lists
+    both).
     """
 
-    def __init__(self, model, multiply_by_inputs: bool = True, *, gradient_fallback: bool = False):
+    def __init__(self, model, multiply_by_inputs: bool = True, *, rule: str = "rescale",
+                 gradient_fallback: bool = False, layers: Sequence[str] = ()):
+        if rule not in NONLINEAR_RULES:
+            raise InputError(f"unknown DeepLift rule {rule!r}; use one of {list(NONLINEAR_RULES)}")
         self.model = model
         self._multiply_by_inputs = multiply_by_inputs
-        self.engine = DeepLiftEngine(model, gradient_fallback=gradient_fallback)
+        self.rule = rule
+        self.engine = DeepLiftEngine(model, gradient_fallback=gradient_fallback, layers=layers,
+                                     reveal_cancel=rule == "revealcancel")
         self.last_report: dict = {}
 
     @property
@@ -103,6 +113,9 @@ class DeepLift:
             "embedding_lookups": {name: [t.node for t in self.engine.rewrite.taps if t.input_name == name]
                                   for name in dict.fromkeys(t.input_name for t in self.engine.rewrite.taps)},
             "gradient_fallback_nodes": [n for n, _ in self.engine.rewrite.fallback],
+            "rule": self.rule,
+            **({"reveal_cancel_nodes": self.engine.rewrite.reveal_cancel,
+                "rescale_nodes": self.engine.rewrite.reveal_cancel_skipped} if self.rule == "revealcancel" else {}),
         }
 
 
@@ -132,6 +145,9 @@ class DeepLiftShap(DeepLift):
         out = prepared.repack(mean)
         return (out, delta) if return_convergence_delta else out
 
+
+#: The rules DeepLift offers for elementwise nonlinearities.
+NONLINEAR_RULES = ("rescale", "revealcancel")
 
 #: Relative convergence delta above which a result is flagged (float32 rounding stays far below).
 DELTA_TOLERANCE = 1e-4
@@ -218,12 +234,11 @@ class LayerDeepLift(DeepLift):
     layer (the delta says how far it is from that otherwise).
     """
 
-    def __init__(self, model, layer, multiply_by_inputs: bool = True, *, gradient_fallback: bool = False):
-        self.model = model
-        self._multiply_by_inputs = multiply_by_inputs
+    def __init__(self, model, layer, multiply_by_inputs: bool = True, *, rule: str = "rescale",
+                 gradient_fallback: bool = False):
         self.layers = [layer] if isinstance(layer, str) else list(layer)
-        self.engine = DeepLiftEngine(model, gradient_fallback=gradient_fallback, layers=self.layers)
-        self.last_report = {}
+        super().__init__(model, multiply_by_inputs, rule=rule, gradient_fallback=gradient_fallback,
+                         layers=self.layers)
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
