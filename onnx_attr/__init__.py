@@ -10,7 +10,9 @@ from .errors import (ConversionError, ExportError, ForwardError, InputError, Mod
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
 from .loader import load
 from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient, IntegratedGradients,
-                      LayerDeepLift, NoiseTunnel, Occlusion, Saliency)
+                      LayerDeepLift, LayerIntegratedGradients, NeuronDeepLift, NeuronIntegratedGradients, NoiseTunnel,
+                      Occlusion, Saliency)
+from .layers import tensor_as_input, tensor_as_output
 from .model import AttributableModel
 from .verify import VerifyReport, verify
 
@@ -21,7 +23,10 @@ __all__ = [
     "AttributableModel", "VerifyReport", "load", "verify",
     # attribution methods
     "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
-    "LayerDeepLift", "NoiseTunnel", "Occlusion", "Saliency",
+    "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
+    "Occlusion", "Saliency",
+    # hidden tensors by ONNX name, as an output (neurons) or an input (layers), for any method
+    "tensor_as_input", "tensor_as_output",
     # errors
     "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",

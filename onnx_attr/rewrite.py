@@ -145,27 +145,9 @@ def signature_names(module: nn.Module) -> list[str]:
 def _insert_layer_taps(module: fx.GraphModule, state: DeepLiftState, layers: Sequence[str],
                        result: "RewriteResult") -> None:
     """A LayerTap after each named tensor's node, between it and all of its users."""
-    if not layers:
-        return
-    from .convert import tensor_nodes
-    from .errors import InputError
+    from .layers import insert_after
 
-    nodes = tensor_nodes(module)
-    for index, name in enumerate(layers):
-        node = nodes.get(name)
-        if node is None or node.op not in ("call_module", "call_function"):
-            close = sorted(n for n in nodes if name.lower() in n.lower())[:5]
-            raise InputError(f"no intermediate tensor named {name!r} in the graph"
-                             + (f"; did you mean one of {close}?" if close else "; `onnx-attr inspect --json` "
-                                "and model.onnx_model list the tensor names"))
-        tap = LayerTap(state, name)
-        module.add_submodule(f"layer_tap_{index}", tap)
-        with module.graph.inserting_after(node):
-            tapped = module.graph.call_module(f"layer_tap_{index}", (node,))
-        node.replace_all_uses_with(tapped, delete_user_cb=lambda user: user is not tapped)
-        tapped.meta["onnx_tensor"] = name  # no onnx_op: the rewrite leaves the tap itself alone
-        node.meta.pop("onnx_tensor", None)
-        result.layers.append(tap)
+    result.layers.extend(insert_after(module, layers, lambda name: LayerTap(state, name), "layer_tap"))
 
 
 def _broadcasts(ref: torch.Size, actual: torch.Size) -> bool:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import LayerDeepLift as CaptumLayerDeepLift
+from captum.attr import LayerIntegratedGradients as CaptumLayerIG
+from captum.attr import NeuronDeepLift as CaptumNeuronDeepLift
+from captum.attr import NeuronIntegratedGradients as CaptumNeuronIG
 from torch import nn
 
 import onnx_attr
@@ -53,3 +56,64 @@ def test_unknown_tensor_name_suggests_close_ones(pair):
     _, imported = pair
     with pytest.raises(onnx_attr.InputError, match="no intermediate tensor named"):
         onnx_attr.LayerDeepLift(imported, "relu_nope")
+
+
+def test_layer_integrated_gradients_equals_captum(pair):
+    model, imported = pair
+    name = _tensor_of(imported, "Tanh")
+    ours, delta = onnx_attr.LayerIntegratedGradients(imported, name).attribute(
+        X, B, target=[0, 2, 4], n_steps=20, return_convergence_delta=True)
+    theirs, their_delta = CaptumLayerIG(model, model[5]).attribute(X, B.expand_as(X), target=[0, 2, 4], n_steps=20,
+                                                                   return_convergence_delta=True)
+    torch.testing.assert_close(ours, theirs.detach(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(delta.float(), their_delta.float(), atol=1e-5, rtol=1e-3)
+
+
+def test_layer_integrated_gradients_is_complete_at_a_cut_layer(pair):
+    _, imported = pair
+    name = _tensor_of(imported, "Relu")
+    method = onnx_attr.LayerIntegratedGradients(imported, name)
+    deltas = [method.attribute(X, B, target=1, n_steps=n, method="riemann_left",
+                               return_convergence_delta=True)[1].abs().max() for n in (4, 64)]
+    assert deltas[1] < deltas[0] / 8 and deltas[1] < 1e-2
+    assert method.last_report["layer"] == name
+
+
+@pytest.mark.parametrize("ours_cls,theirs_cls", [(onnx_attr.NeuronDeepLift, CaptumNeuronDeepLift),
+                                                  (onnx_attr.NeuronIntegratedGradients, CaptumNeuronIG)],
+                         ids=["deeplift", "integrated-gradients"])
+def test_neuron_attribution_equals_captum(pair, ours_cls, theirs_cls):
+    model, imported = pair
+    name = _tensor_of(imported, "Relu")
+    ours = ours_cls(imported, name).attribute(X, (2, 3, 5), baselines=B)
+    theirs = theirs_cls(model, model[1]).attribute(X, (2, 3, 5), baselines=B.expand_as(X))
+    torch.testing.assert_close(ours, theirs.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_neuron_deeplift_adds_up_to_the_neuron_change(pair):
+    _, imported = pair
+    name = _tensor_of(imported, "Tanh")
+    attributions = onnx_attr.NeuronDeepLift(imported, name).attribute(X, 7, baselines=B)
+    hidden = onnx_attr.tensor_as_output(imported, name)
+    change = hidden(X)[:, 7] - hidden(B)[:, 7]
+    torch.testing.assert_close(attributions.sum((1, 2, 3)), change.detach(), atol=1e-5, rtol=1e-5)
+
+
+class _Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(20, 6), nn.Linear(6, 3)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.embed(ids)).mean(1))
+
+
+def test_layer_integrated_gradients_at_an_embedding_of_token_ids():
+    torch.manual_seed(5)
+    imported = onnx_attr.load(to_onnx(_Bag().eval(), torch.randint(0, 20, (2, 7)), input_names=("ids",)))
+    name = _tensor_of(imported, "Gather")
+    ids = torch.randint(1, 20, (3, 7))
+    attributions, delta = onnx_attr.LayerIntegratedGradients(imported, name).attribute(
+        ids, torch.zeros(1, 7, dtype=torch.long), target=2, return_convergence_delta=True)
+    assert attributions.shape == (3, 7, 6)
+    assert delta.abs().max() < 1e-4

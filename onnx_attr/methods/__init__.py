@@ -2,8 +2,10 @@
 
 from .deeplift import DeepLift, DeepLiftShap, LayerDeepLift
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
+from .layer import LayerIntegratedGradients, NeuronDeepLift, NeuronIntegratedGradients
 from .noise_tunnel import NoiseTunnel
 from .perturbation import FeatureAblation, Occlusion
 
 __all__ = ["DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
-           "LayerDeepLift", "NoiseTunnel", "Occlusion", "Saliency"]
+           "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
+           "Occlusion", "Saliency"]

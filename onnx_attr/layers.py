@@ -1,0 +1,112 @@
+"""Hidden ONNX tensors, addressed by name: as an output (neuron attribution), as an input (layer
+attribution by any method), or tapped in place (LayerDeepLift).
+
+Each is a new `AttributableModel` over a copy of the fx graph, sharing the weights, so every
+attribution method works on it unchanged: the method does not need to know about layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, fx, nn
+
+from .convert import tensor_nodes
+from .errors import InputError
+from .specs import OutputSpec, TensorSpec
+
+
+def tensor_node(module: fx.GraphModule, name: str) -> fx.Node:
+    """The fx node computing ONNX tensor `name`; an error suggesting close names otherwise."""
+    nodes = tensor_nodes(module)
+    node = nodes.get(name)
+    if node is None or node.op not in ("call_module", "call_function"):
+        close = sorted(n for n in nodes if name.lower() in n.lower())[:5]
+        raise InputError(f"no intermediate tensor named {name!r} in the graph"
+                         + (f"; did you mean one of {close}?" if close else "; `onnx-attr inspect --json` "
+                            "and model.onnx_model list the tensor names"))
+    return node
+
+
+def insert_after(module: fx.GraphModule, names: Sequence[str], make: Callable[[str], nn.Module],
+                 prefix: str) -> list[nn.Module]:
+    """Put `make(name)` between each named tensor's node and all of its users (in place)."""
+    taps = []
+    for index, name in enumerate(names):
+        node = tensor_node(module, name)
+        tap = make(name)
+        module.add_submodule(f"{prefix}_{index}", tap)
+        with module.graph.inserting_after(node):
+            tapped = module.graph.call_module(f"{prefix}_{index}", (node,))
+        node.replace_all_uses_with(tapped, delete_user_cb=lambda user: user is not tapped)
+        tapped.meta["onnx_tensor"] = name  # no onnx_op: rewrites leave the tap itself alone
+        node.meta.pop("onnx_tensor", None)
+        taps.append(tap)
+    return taps
+
+
+def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
+    """The tensor's declared shape (symbolic batch kept) from shape inference, else from a value."""
+    from .specs import value_spec
+
+    for info in (*model.onnx_model.graph.value_info, *model.onnx_model.graph.output):
+        if info.name == name and info.type.tensor_type.HasField("shape"):
+            spec = value_spec(info)
+            if spec.dtype is not None:
+                return spec
+    if value is None:
+        return TensorSpec(name, None, None)
+    return TensorSpec(name, ("N", *value.shape[1:]), np.dtype(str(value.dtype).replace("torch.", "")))
+
+
+def _model_like(model, module: fx.GraphModule, inputs, outputs):
+    from .model import AttributableModel
+
+    return AttributableModel(module, inputs, outputs, model.onnx_model, model.reference_model, model.notes,
+                             model.source)
+
+
+def tensor_as_output(model, name: str):
+    """The model cut after tensor `name`, which becomes its only output: attributing a target of
+    it with any method attributes that hidden unit ("neuron") to the inputs."""
+    module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
+    node = tensor_node(module, name)
+    output = next(n for n in module.graph.nodes if n.op == "output")
+    output.args = (node,)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    spec = _spec(model, name)
+    return _model_like(model, module, model.inputs, [OutputSpec(spec.name, spec.shape, spec.dtype)])
+
+
+def tensor_as_input(model, name: str, example: Tensor):
+    """The model with tensor `name` fed from outside: a new first input named `name` replaces it,
+    the original inputs follow (for the paths that bypass it). Attributing that first input with
+    any method is layer attribution; `example` gives the shape and dtype when inference did not."""
+    module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
+    node = tensor_node(module, name)
+    first = next(n for n in module.graph.nodes if n.op == "placeholder")
+    with module.graph.inserting_before(first):
+        fed = module.graph.placeholder("layer_input")
+    fed.meta["onnx_tensor"] = name
+    node.replace_all_uses_with(fed)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    spec = _spec(model, name, example)
+    if not spec.differentiable:
+        raise InputError(f"tensor {name!r} is {spec.dtype}: only floating tensors can be attributed")
+    return _model_like(model, module, [spec, *model.inputs], model.outputs)
+
+
+def tensor_values(model, names: Sequence[str], inputs: Sequence[Tensor]) -> list[Tensor]:
+    """The named tensors' values in a forward pass of the model (no gradients)."""
+    from .convert import run_recording
+
+    recorded = run_recording(model.module, *inputs)
+    missing = [n for n in names if n not in recorded]
+    for name in missing:
+        tensor_node(model.module, name)  # raises the error with suggestions
+    return [recorded[n] for n in names]

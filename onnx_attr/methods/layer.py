@@ -1,0 +1,79 @@
+"""Layer and neuron attribution at any ONNX tensor, by its ONNX name.
+
+Both are the plain methods on a re-cut model (`onnx_attr.layers`): a neuron method attributes a
+target of the model cut after the tensor; a layer method attributes the tensor fed in as an
+input, the original inputs still feeding the paths that bypass it. LayerDeepLift (in
+`deeplift.py`) taps the tensor in place instead, so the reference pass stays the baselines'.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from ..layers import tensor_as_input, tensor_as_output, tensor_values
+from ._inputs import prepare
+from .deeplift import DeepLift
+from .gradient import IntegratedGradients
+
+
+class LayerIntegratedGradients:
+    """Integrated gradients of hidden tensor `layer`: (h - h0) · ∫ ∂f/∂h along h0 → h, where h and
+    h0 are the tensor's values for the inputs and the baselines, as Captum's LayerIntegratedGradients.
+
+    The inputs may be token ids: only the layer is attributed, so an embedding output is the
+    usual layer for text. Completeness holds at the layer when every path from the inputs to the
+    output passes through it; the delta says how far off it is otherwise.
+    """
+
+    def __init__(self, model, layer: str, multiply_by_inputs: bool = True):
+        self.model, self.layer = model, layer
+        self._multiply_by_inputs = multiply_by_inputs
+        self.last_report: dict = {}
+
+    def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
+                  n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
+                  return_convergence_delta: bool = False, *, output: Union[str, int, None] = None):
+        every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
+        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
+        (h,) = tensor_values(self.model, [self.layer], prepared.tensors)
+        (h0,) = tensor_values(self.model, [self.layer], prepared.baselines)
+        cut = tensor_as_input(self.model, self.layer, h)
+        ig = IntegratedGradients(cut, multiply_by_inputs=self._multiply_by_inputs)
+        attributions, delta = ig.attribute(h, h0, target, tuple(prepared.tensors), n_steps=n_steps, method=method,
+                                           internal_batch_size=internal_batch_size, return_convergence_delta=True,
+                                           output=output)
+        self.last_report = {**ig.last_report, "method": "LayerIntegratedGradients", "layer": self.layer}
+        return (attributions, delta) if return_convergence_delta else attributions
+
+
+class _NeuronMethod:
+    """A method attributing element `neuron_selector` (an int or a tuple, batch axis excluded) of
+    hidden tensor `layer` to the inputs: the method itself on the model cut after the tensor."""
+
+    method: type
+
+    def __init__(self, model, layer: str, **options: Any):
+        self.model, self.layer = model, layer
+        self.inner = self.method(tensor_as_output(model, layer), **options)
+
+    @property
+    def last_report(self) -> dict:
+        return {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
+
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
+                  return_convergence_delta: bool = False, **options: Any):
+        return self.inner.attribute(inputs, baselines=baselines, target=neuron_selector,
+                                    additional_forward_args=additional_forward_args,
+                                    return_convergence_delta=return_convergence_delta, **options)
+
+
+class NeuronDeepLift(_NeuronMethod):
+    """DeepLift of one hidden unit: Σ attributions = h_n(x) - h_n(x0), exactly."""
+
+    method = DeepLift
+
+
+class NeuronIntegratedGradients(_NeuronMethod):
+    """Integrated gradients of one hidden unit (`n_steps`, `method` as for IntegratedGradients)."""
+
+    method = IntegratedGradients
