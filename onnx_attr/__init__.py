@@ -13,6 +13,7 @@ from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, Inp
                       LayerDeepLift, LayerIntegratedGradients, NeuronDeepLift, NeuronIntegratedGradients, NoiseTunnel,
                       Occlusion, Saliency)
 from .layers import tensor_as_input, tensor_as_output
+from .metrics import infidelity, parameter_randomization, sensitivity_max
 from .model import AttributableModel
 from .verify import VerifyReport, verify
 
@@ -27,6 +28,8 @@ __all__ = [
     "Occlusion", "Saliency",
     # hidden tensors by ONNX name, as an output (neurons) or an input (layers), for any method
     "tensor_as_input", "tensor_as_output",
+    # evaluation metrics
+    "infidelity", "parameter_randomization", "sensitivity_max",
     # errors
     "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",

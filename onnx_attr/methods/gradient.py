@@ -49,20 +49,23 @@ class _GradientMethod:
         return result, value.detach()
 
     def _value(self, tensors, targets, index) -> Tensor:
-        """out[target] per example, the inputs fed in the export's fixed batch size if it has one."""
-        n = len(targets.rows)
-        expanded = [t.expand(n, *t.shape[1:]) if t.shape[0] == 1 and n > 1 else t for t in tensors]
-        fixed = self.model.inputs[0].shape[0] if self.model.inputs[0].shape and isinstance(
-            self.model.inputs[0].shape[0], int) else None
-        size = fixed or n
-        values = []
-        with torch.no_grad():
-            for start in range(0, n, size):
-                stop = min(start + size, n)
-                out = self.model(*[_pad_rows(t[start:stop], size) for t in expanded])
-                out = out[index] if isinstance(out, (tuple, list)) else out
-                values.append(targets.chunk(start, stop).select(out[:stop - start]))
-        return torch.cat(values)
+        return target_values(self.model, tensors, targets, index)
+
+
+def target_values(model, tensors: list[Tensor], targets: Targets, index: int) -> Tensor:
+    """out[target] per example without gradients, fed in the export's fixed batch size if it has one."""
+    n = len(targets.rows)
+    expanded = [t.expand(n, *t.shape[1:]) if t.shape[0] == 1 and n > 1 else t for t in tensors]
+    fixed = model.inputs[0].shape[0] if model.inputs[0].shape and isinstance(model.inputs[0].shape[0], int) else None
+    size = fixed or n
+    values = []
+    with torch.no_grad():
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            out = model(*[_pad_rows(t[start:stop], size) for t in expanded])
+            out = out[index] if isinstance(out, (tuple, list)) else out
+            values.append(targets.chunk(start, stop).select(out[:stop - start]))
+    return torch.cat(values)
 
 
 class Saliency(_GradientMethod):
