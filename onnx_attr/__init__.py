@@ -14,6 +14,7 @@ from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, Inp
                       Occlusion, Saliency)
 from .layers import tensor_as_input, tensor_as_output
 from .metrics import infidelity, parameter_randomization, sensitivity_max
+from .smooth import smooth
 from .model import AttributableModel
 from .verify import VerifyReport, verify
 
@@ -30,6 +31,8 @@ __all__ = [
     "tensor_as_input", "tensor_as_output",
     # evaluation metrics
     "infidelity", "parameter_randomization", "sensitivity_max",
+    # Relu -> Softplus(β), MaxPool -> log-sum-exp pooling, with the output change reported
+    "smooth",
     # errors
     "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",

@@ -62,13 +62,6 @@ def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
     return TensorSpec(name, ("N", *value.shape[1:]), np.dtype(str(value.dtype).replace("torch.", "")))
 
 
-def _model_like(model, module: fx.GraphModule, inputs, outputs):
-    from .model import AttributableModel
-
-    return AttributableModel(module, inputs, outputs, model.onnx_model, model.reference_model, model.notes,
-                             model.source)
-
-
 def tensor_as_output(model, name: str):
     """The model cut after tensor `name`, which becomes its only output: attributing a target of
     it with any method attributes that hidden unit ("neuron") to the inputs."""
@@ -79,7 +72,7 @@ def tensor_as_output(model, name: str):
     module.graph.eliminate_dead_code()
     module.recompile()
     spec = _spec(model, name)
-    return _model_like(model, module, model.inputs, [OutputSpec(spec.name, spec.shape, spec.dtype)])
+    return model.with_module(module, outputs=[OutputSpec(spec.name, spec.shape, spec.dtype)])
 
 
 def tensor_as_input(model, name: str, example: Tensor):
@@ -98,7 +91,7 @@ def tensor_as_input(model, name: str, example: Tensor):
     spec = _spec(model, name, example)
     if not spec.differentiable:
         raise InputError(f"tensor {name!r} is {spec.dtype}: only floating tensors can be attributed")
-    return _model_like(model, module, [spec, *model.inputs], model.outputs)
+    return model.with_module(module, inputs=[spec, *model.inputs])
 
 
 def tensor_values(model, names: Sequence[str], inputs: Sequence[Tensor]) -> list[Tensor]:

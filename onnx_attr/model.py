@@ -60,6 +60,13 @@ class AttributableModel(nn.Module):
         except Exception as err:
             raise ForwardError(_explain_failure(self.module, args, err)) from err
 
+    def with_module(self, module: fx.GraphModule, inputs: Optional[Sequence[TensorSpec]] = None,
+                    outputs: Optional[Sequence[OutputSpec]] = None, notes: Sequence[str] = ()) -> "AttributableModel":
+        """A sibling over another graph (a re-cut or substituted copy), same ONNX provenance."""
+        return AttributableModel(module, self.inputs if inputs is None else inputs,
+                                 self.outputs if outputs is None else outputs, self.onnx_model, self.reference_model,
+                                 (*self.notes, *notes), self.source)
+
     @property
     def device(self) -> torch.device:
         first = next(itertools.chain(self.module.buffers(), self.module.parameters()), None)

@@ -51,6 +51,8 @@ def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool]) -> str:
         return op_kind(op_type, variable)
     if domain == "ai.onnx.ml" and op_type in ML_LINEAR:
         return "linear"
+    if domain == "onnx_attr.smooth" and op_type == "LogSumExpPool":  # onnx_attr.smooth's substitute
+        return "composite"
     return "unknown"
 
 

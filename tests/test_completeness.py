@@ -19,7 +19,8 @@ ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 #: Nonlinear ops with a kind but no exact rule yet: the rewrite refuses them by name.
 NO_RULE_YET = {"GroupNormalization", "MeanVarianceNormalization", "ReduceProd"}
 #: Rules whose completeness cases need more than a one-node case of the table above.
-TESTED_ELSEWHERE = {op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "RNN")}
+TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "RNN")},
+                    "LogSumExpPool": "tests/test_smooth.py"}
 
 
 def build(case: Case, dtype) -> tuple[onnx.ModelProto, list[str]]:

@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .base import DecomposedRule, NodeInfo, rule
 from .paired import pair_max, pair_min, product, rescale
@@ -173,11 +174,35 @@ class Min(_Elementwise):
 class ReduceLogSumExp(DecomposedRule):
     def decompose(self, info, call, args, refs):
         x, x0, axes, keep = _reduction(info, args, refs)
-        c = torch.maximum(x.detach().amax(axes, keepdim=True), x0.amax(axes, keepdim=True))
-        e, e0 = rescale(torch.exp, x - c, x0 - c)
-        l, l0 = rescale(torch.log, e.sum(axes, keepdim=True), e0.sum(axes, keepdim=True))
-        y, y0 = l + c, l0 + c
+        y, y0 = paired_logsumexp(x, x0, axes)
         return (y, y0) if keep else (y.squeeze(axes), y0.squeeze(axes))
+
+
+def paired_logsumexp(x: Tensor, x0: Tensor, axes, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """log Σ exp over `axes` (kept), as exp and log rescales around a shared constant shift;
+    entries where `valid` is False (padding) are left out of the sum."""
+    if valid is None:
+        c = torch.maximum(x.detach().amax(axes, keepdim=True), x0.amax(axes, keepdim=True))
+    else:
+        low = float("-inf")
+        c = torch.maximum(x.detach().masked_fill(~valid, low).amax(axes, keepdim=True),
+                          x0.masked_fill(~valid, low).amax(axes, keepdim=True))
+    e, e0 = rescale(torch.exp, x - c, x0 - c)
+    if valid is not None:  # a constant mask: linear
+        e, e0 = e * valid, e0 * valid
+    l, l0 = rescale(torch.log, e.sum(axes, keepdim=True), e0.sum(axes, keepdim=True))
+    return l + c, l0 + c
+
+
+@rule("LogSumExpPool")
+class LogSumExpPoolRule(DecomposedRule):
+    """onnx_attr.smooth's pooling: the same log-sum-exp decomposition over each window."""
+
+    def decompose(self, info, call, args, refs):
+        pool, beta = call.module, call.module.beta
+        y, y0 = paired_logsumexp(beta * pool.windows(args[0]), beta * pool.windows(refs[0]), (-1,),
+                                 pool.valid(args[0]))
+        return y.squeeze(-1) / beta, y0.squeeze(-1) / beta
 
 
 @rule("ReduceSumSquare", "ReduceL2")
