@@ -16,10 +16,31 @@ from .errors import InputError, OutputError
 from .fileio import atomic_write, write_json
 from .inputs import read_npz
 from .methods import DeepLift, DeepLiftShap, IntegratedGradients
-from .visualize import heatmap_png, is_image_like
+from .visualize import picture_kind, plot
 
 #: Methods with baselines and a convergence delta (what the report is built around).
-METHODS = {"deeplift": DeepLift, "deepliftshap": DeepLiftShap, "integratedgradients": IntegratedGradients}
+METHODS = {"deeplift": DeepLift, "deepliftshap": DeepLiftShap, "integratedgradients": IntegratedGradients,
+           "revealcancel": lambda model, **kw: DeepLift(model, rule="revealcancel", **kw)}
+
+
+def read_feature_names(spec: Optional[str]) -> Optional[list[str]]:
+    """Names for bar charts: a JSON list, a JSON object with "feature_names", or one name per line."""
+    if spec is None:
+        return None
+    try:
+        text = Path(spec).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"--feature-names {spec!r} cannot be read: {err}") from err
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(data, dict):
+        data = data.get("feature_names")
+    if not isinstance(data, list) or not all(isinstance(n, str) for n in data):
+        raise InputError(f"--feature-names {spec!r}: expected a JSON list of strings (or an object with "
+                         "'feature_names'), or one name per line")
+    return data
 
 
 def parse_target(text: Optional[str]) -> Any:
@@ -96,7 +117,7 @@ def input_files(spec: str) -> list[Path]:
 
 def run_attribute(model, *, input_path: str, target: Optional[str], baseline: str, method: str,
                   output_name: Optional[str], out: str, gradient_fallback: bool = False,
-                  resume: bool = False) -> dict:
+                  resume: bool = False, plot_all: bool = False, feature_names: Optional[list[str]] = None) -> dict:
     """One input file: results in `out`. Several (a folder or glob): one subfolder per file, written
     as each finishes; with `resume`, files whose report.json exists are skipped."""
     if method not in METHODS:
@@ -104,7 +125,8 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: st
     files = input_files(input_path)
     folder = prepare_out_dir(out)
     explainer = METHODS[method](model, gradient_fallback=gradient_fallback)
-    job = dict(target=target, baseline=baseline, output_name=output_name)
+    job = dict(target=target, baseline=baseline, output_name=output_name, method=method, plot_all=plot_all,
+               feature_names=feature_names)
     if len(files) == 1 and not Path(input_path).is_dir():
         return _attribute_file(model, explainer, files[0], folder, **job)
     done, skipped, reports, flagged = [], [], {}, []
@@ -135,10 +157,14 @@ def _finished(folder: Path) -> bool:
 
 
 def _attribute_file(model, explainer, input_file: Path, folder: Path, *, target: Optional[str], baseline: str,
-                    output_name: Optional[str]) -> dict:
+                    output_name: Optional[str], method: str, plot_all: bool,
+                    feature_names: Optional[list[str]]) -> dict:
     inputs = read_npz(input_file, model.inputs)
     output_index = explainer._output_index(output_name)
-    attributed = {s.name: inputs[s.name] for s in model.inputs if s.differentiable and s.name in inputs}
+    engine = getattr(explainer, "engine", None)
+    tapped = {t.input_name for t in engine.rewrite.taps} if engine is not None else set()
+    attributed = {s.name: inputs[s.name] for s in model.inputs
+                  if (s.differentiable or s.name in tapped) and s.name in inputs}
     extra = {k: v for k, v in inputs.items() if k not in attributed}
     chosen = parse_target(target)
     if chosen is None:
@@ -149,7 +175,7 @@ def _attribute_file(model, explainer, input_file: Path, folder: Path, *, target:
     attributions, delta = explainer.attribute(attributed, baselines, target=chosen,
                                               additional_forward_args=extra or None,
                                               return_convergence_delta=True, output=output_index)
-    verification = model.verify(inputs)
+    verification = getattr(model, "smoothed_from", model).verify(inputs)  # the import, not the substitution
     report = {
         **explainer.last_report,
         "target": chosen,
@@ -158,21 +184,38 @@ def _attribute_file(model, explainer, input_file: Path, folder: Path, *, target:
         "inputs": str(input_file),
         "verify": verification.to_dict(),
         "notes": list(model.notes),
+        **({"smoothing": model.smoothing} if getattr(model, "smoothing", None) else {}),
         "versions": _versions(),
         "files": ["attributions.npz", "report.json"],
     }
-    for name, values in attributions.items():
-        if is_image_like(values.shape):
-            for i in range(values.shape[0]):
-                file = f"heatmap_{_safe(name)}_{i}.png"
-                heatmap_png(folder / file, values[i], inputs[name][i])
-                report["files"].append(file)
+    report["files"] += _pictures(folder, attributions, inputs, chosen, delta, method, plot_all, feature_names)
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})
     atomic_write(folder / "attributions.npz", lambda tmp: tmp.write_bytes(buffer.getvalue()))
     write_json(folder / "report.json", report)  # last: its presence marks the folder finished
     report["_delta"] = delta
     return report
+
+
+def _pictures(folder: Path, attributions: dict, inputs: dict, target: Any, delta, method: str, plot_all: bool,
+              feature_names: Optional[list[str]]) -> list[str]:
+    """Image inputs always get their picture; with `plot_all`, tabular (bars) and token inputs too."""
+    written = []
+    for name, values in attributions.items():
+        values = np.asarray(values)
+        x = np.asarray(inputs[name])
+        kind = picture_kind(values.shape, not np.issubdtype(x.dtype, np.floating))
+        if kind is None or (kind != "image" and not plot_all):
+            continue
+        for i in range(values.shape[0]):
+            t = target[i] if isinstance(target, list) else target
+            explained = "the output" if t is None else f"target {t}"
+            title = f"{method}, input {name!r}, example {i}, {explained}: sum {values[i].sum():+.4g}"
+            names = [f"#{v}" for v in x[i].reshape(-1)] if kind == "tokens" else feature_names
+            stem = {"image": "heatmap", "bars": "bars", "tokens": "tokens"}[kind]
+            path = plot(folder / f"{stem}_{_safe(name)}_{i}", values[i], x[i], kind=kind, names=names, title=title)
+            written.append(path.name)
+    return written
 
 
 def _safe(name: str) -> str:

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "outputs of rank > 2 (default: the predicted class)")
     p.add_argument("--baseline", default="zeros", help="zeros (default), mean, or an .npz of baselines "
                                                        "(several rows for deepliftshap)")
-    p.add_argument("--method", default="deeplift", choices=["deeplift", "deepliftshap", "integratedgradients"],
+    p.add_argument("--method", default="deeplift",
+                   choices=["deeplift", "deepliftshap", "integratedgradients", "revealcancel"],
                    help="attribution method (default: deeplift)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when an attribution's convergence delta is above tolerance (default: a warning)")
@@ -70,7 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--out", required=True, help="folder for attributions.npz, report.json and heatmaps")
+    p.add_argument("--smooth", type=float, metavar="BETA",
+                   help="explain a smoothed twin: every Relu a Softplus(BETA), every MaxPool a log-sum-exp pooling "
+                        "(the report gives the change in the outputs; verification is of the original)")
+    p.add_argument("--plot", action="store_true",
+                   help="pictures for every attributed input: bar charts for tabular features and HTML for token "
+                        "ids, besides the image heatmaps written anyway")
+    p.add_argument("--feature-names", help="names for the bar charts: a JSON list (or an object with "
+                                           "'feature_names'), or a text file with one name per line")
+    p.add_argument("--out", required=True, help="folder for attributions.npz, report.json and pictures")
     p.set_defaults(run=cmd_attribute)
     return parser
 
@@ -134,12 +143,17 @@ def cmd_convert(args) -> int:
 
 
 def cmd_attribute(args) -> int:
-    from .attribute_job import run_attribute
+    from .attribute_job import read_feature_names, run_attribute
 
     model = _load(args)
+    if args.smooth is not None:
+        from .smooth import smooth
+
+        model = smooth(model, relu_beta=args.smooth, maxpool_beta=args.smooth)
     report = run_attribute(model, input_path=args.input, target=args.target, baseline=args.baseline,
                            method=args.method, output_name=args.output_name, out=args.out,
-                           gradient_fallback=args.gradient_fallback, resume=args.resume)
+                           gradient_fallback=args.gradient_fallback, resume=args.resume, plot_all=args.plot,
+                           feature_names=read_feature_names(args.feature_names))
     delta = report.pop("_delta")
     if report.get("many"):
         text = (f"{len(report['computed'])} input(s) attributed, {len(report['skipped_as_finished'])} already "

@@ -90,6 +90,7 @@ def smooth(model, *, relu_beta: Optional[float] = 10.0, maxpool_beta: Optional[f
                                                 f"Softplus(beta={relu_beta}), MaxPool -> LogSumExpPool(beta="
                                                 f"{maxpool_beta}))"])
     smoothed.smoothing = {"replaced": replaced, "output_change": _output_change(model, smoothed, inputs, seed)}
+    smoothed.smoothed_from = model
     return smoothed
 
 

@@ -70,9 +70,12 @@ def export(model: nn.Module, example: torch.Tensor, name: str, input_name: str, 
     return path
 
 
-def save_inputs(name: str, input_name: str, x: np.ndarray, labels: np.ndarray, accuracy: float) -> None:
+def save_inputs(name: str, input_name: str, x: np.ndarray, labels: np.ndarray, accuracy: float,
+                feature_names: list[str] | None = None) -> None:
     np.savez(HERE / f"{name}_inputs.npz", **{input_name: x.astype(np.float32)})
     meta = {"labels": labels.tolist(), "held_out_accuracy": round(accuracy, 4)}
+    if feature_names is not None:  # for `onnx-attr attribute --plot --feature-names`
+        meta["feature_names"] = feature_names
     (HERE / f"{name}_inputs.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -104,7 +107,7 @@ def make_cancer() -> None:
     with torch.no_grad():
         acc = float(((model(torch.from_numpy(x_te))[:, 0] > 0.5).numpy() == y_te).mean())
     export(model, torch.from_numpy(x_te[:2]), "breast_cancer_mlp", "features", "probability")
-    save_inputs("breast_cancer_mlp", "features", x_te[:8], y_te[:8], acc)
+    save_inputs("breast_cancer_mlp", "features", x_te[:8], y_te[:8], acc, [str(n) for n in data.feature_names])
     print(f"breast_cancer_mlp: held-out accuracy {acc:.3f}")
 
 

@@ -109,3 +109,20 @@ def test_deeplift_on_the_smoothed_model_is_complete(cnn):
 def test_bad_beta_is_a_clear_error(cnn):
     with pytest.raises(onnx_attr.InputError, match="relu_beta must be positive"):
         smooth(cnn, relu_beta=0)
+
+
+def test_cli_attributes_a_smoothed_twin_and_verifies_the_original(tmp_path):
+    import json
+
+    from onnx_attr.cli import main
+
+    from conftest import SAMPLES
+
+    out = tmp_path / "run"
+    assert main(["attribute", str(SAMPLES / "digits_cnn.onnx"), "--input", str(SAMPLES / "digits_cnn_inputs.npz"),
+                 "--smooth", "5", "--target", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["verify"]["passed"] is True
+    assert {r["from"] for r in report["smoothing"]["replaced"]} == {"Relu", "MaxPool"}
+    assert report["smoothing"]["output_change"][0]["max_abs_change"] > 0
+    assert report["max_relative_delta"] < 1e-4
