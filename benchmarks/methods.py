@@ -45,6 +45,8 @@ def main() -> None:
         xg = x.detach().requires_grad_(True)  # the gradient w.r.t. the input only, as the methods take it
         torch.autograd.grad(module(xg)[:, target].sum(), xg)
 
+    layer = next(n.output[0] for n in model.onnx_model.graph.node if n.op_type == "Relu")
+    layer_module = next(m for m in module.modules() if type(m).__name__ == "ReLU")  # the same first Relu
     window = (shape[0], max(1, shape[1] // 4), max(1, shape[2] // 4))
     stride = (shape[0], window[1], window[2])
     cases = [
@@ -54,6 +56,16 @@ def main() -> None:
          lambda: captum.InputXGradient(module).attribute(x, target=target)),
         ("DeepLift", lambda: onnx_attr.DeepLift(model).attribute(x, base, target=target),
          lambda: captum.DeepLift(module).attribute(x, base.expand_as(x), target=target)),
+        ("DeepLift RevealCancel", lambda: onnx_attr.DeepLift(model, rule="revealcancel").attribute(
+            x, base, target=target), None),
+        ("LayerDeepLift", lambda: onnx_attr.LayerDeepLift(model, layer).attribute(x, base, target=target),
+         lambda: captum.LayerDeepLift(module, layer_module).attribute(x, base.expand_as(x), target=target)),
+        ("LayerIG (16 steps)", lambda: onnx_attr.LayerIntegratedGradients(model, layer).attribute(
+            x, base, target=target, n_steps=16),
+         lambda: captum.LayerIntegratedGradients(module, layer_module).attribute(
+            x, base.expand_as(x), target=target, n_steps=16)),
+        ("NeuronDeepLift", lambda: onnx_attr.NeuronDeepLift(model, layer).attribute(x, (0, 1, 1), base),
+         lambda: captum.NeuronDeepLift(module, layer_module).attribute(x, (0, 1, 1), base.expand_as(x))),
         ("IG (16 GL steps)", lambda: onnx_attr.IntegratedGradients(model).attribute(x, base, target=target, n_steps=16),
          lambda: captum.IntegratedGradients(module).attribute(x, base.expand_as(x), target=target, n_steps=16)),
         ("GradientShap", lambda: onnx_attr.GradientShap(model).attribute(x, dist, target=target),
@@ -68,12 +80,13 @@ def main() -> None:
     base_time = timed(plain, device, args.repeats)
     print(f"{args.model}, batch {args.batch}, {args.size}x{args.size}, device {device}; one forward+backward "
           f"{base_time * 1e3:.2f} ms; ratios to it (median of {args.repeats})")
-    print(f"{'method':<20}{'ours':>8}{'captum':>9}")
+    print(f"{'method':<24}{'ours':>8}{'captum':>9}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, ours, theirs in cases:
-            print(f"{name:<20}{timed(ours, device, args.repeats) / base_time:>8.2f}"
-                  f"{timed(theirs, device, args.repeats) / base_time:>9.2f}")
+            mine = timed(ours, device, args.repeats) / base_time
+            other = "—" if theirs is None else f"{timed(theirs, device, args.repeats) / base_time:.2f}"
+            print(f"{name:<24}{mine:>8.2f}{other:>9}")
 
 
 if __name__ == "__main__":
