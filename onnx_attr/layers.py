@@ -11,7 +11,6 @@ import copy
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, fx, nn
 
 from .convert import tensor_nodes

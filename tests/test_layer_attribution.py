@@ -13,7 +13,7 @@ from torch import nn
 import onnx_attr
 from onnx_attr.convert import tensor_nodes
 
-from exporting import to_onnx
+from exporting import TokenBag, to_onnx
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +99,9 @@ def test_neuron_deeplift_adds_up_to_the_neuron_change(pair):
     torch.testing.assert_close(attributions.sum((1, 2, 3)), change.detach(), atol=1e-5, rtol=1e-5)
 
 
-class _Bag(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed, self.head = nn.Embedding(20, 6), nn.Linear(6, 3)
-
-    def forward(self, ids):
-        return self.head(torch.tanh(self.embed(ids)).mean(1))
-
-
 def test_layer_integrated_gradients_at_an_embedding_of_token_ids():
     torch.manual_seed(5)
-    imported = onnx_attr.load(to_onnx(_Bag().eval(), torch.randint(0, 20, (2, 7)), input_names=("ids",)))
+    imported = onnx_attr.load(to_onnx(TokenBag(20).eval(), torch.randint(0, 20, (2, 7)), input_names=("ids",)))
     name = _tensor_of(imported, "Gather")
     ids = torch.randint(1, 20, (3, 7))
     attributions, delta = onnx_attr.LayerIntegratedGradients(imported, name).attribute(

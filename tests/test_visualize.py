@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import onnx_attr
 from onnx_attr.cli import main
 from onnx_attr.visualize import BLUE, RED, bars_png, image_png, picture_kind, plot, signed_colors, tokens_html
 
 from conftest import SAMPLES
-from exporting import to_onnx
+from exporting import TokenBag, to_onnx
 
 
 def test_signed_colours_are_white_at_zero_red_up_blue_down():
@@ -81,19 +80,10 @@ def test_cli_bad_feature_names_exit_2(tmp_path, capsys):
     assert "expected a JSON list of strings" in capsys.readouterr().err
 
 
-class _Bag(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed, self.head = nn.Embedding(30, 6), nn.Linear(6, 3)
-
-    def forward(self, ids):
-        return self.head(torch.tanh(self.embed(ids)).mean(1))
-
-
 def test_cli_plot_writes_token_pages_for_token_ids(tmp_path):
     torch.manual_seed(0)
     model = tmp_path / "bag.onnx"
-    model.write_bytes(to_onnx(_Bag().eval(), torch.randint(0, 30, (2, 5)), input_names=("ids",)))
+    model.write_bytes(to_onnx(TokenBag(30).eval(), torch.randint(0, 30, (2, 5)), input_names=("ids",)))
     np.savez(tmp_path / "ids.npz", ids=np.random.default_rng(0).integers(1, 30, (2, 5)))
     out = tmp_path / "run"
     assert main(["attribute", str(model), "--input", str(tmp_path / "ids.npz"), "--plot", "--out", str(out)]) == 0
