@@ -28,7 +28,7 @@ UNARY = frozenset({
 })
 BILINEAR = frozenset({"Mul", "Div", "MatMul", "Gemm", "Einsum"})
 COMPOSITE = frozenset({
-    "Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
+    "Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization", "RMSNormalization",
     "MaxPool", "GlobalMaxPool", "Max", "Min", "ReduceMax", "ReduceMin", "ReduceLogSumExp", "ReduceL1",
     "ReduceL2", "ReduceSumSquare", "ReduceProd", "LRN", "LSTM", "GRU", "RNN", "MeanVarianceNormalization",
 })
@@ -36,7 +36,8 @@ COMPOSITE = frozenset({
 STRUCTURAL = frozenset({
     "Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "NonZero", "ArgMax", "ArgMin",
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Xor", "IsNaN", "IsInf",
-    "Sign", "Floor", "Ceil", "Round", "OneHot", "RandomNormal", "RandomUniform", "RandomNormalLike",
+    "Sign", "Floor", "Ceil", "Round", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
+    "OneHot", "RandomNormal", "RandomUniform", "RandomNormalLike",
     "RandomUniformLike", "Bernoulli", "Multinomial",
 })
 

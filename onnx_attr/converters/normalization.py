@@ -60,3 +60,30 @@ class InstanceNormalization(nn.Module):
 @register("InstanceNormalization", 1, 6)
 def convert_instance_normalization(node, graph):
     return result(node, InstanceNormalization(node.attributes.get("epsilon", 1e-5)))
+
+
+class RMSNormalization(nn.Module):
+    """x / sqrt(mean(x², axes) + epsilon) · scale, over the axes from `axis` on (opset 23).
+
+    As the ONNX function body: normalised in the stash type (float32 by default), cast back to
+    the input's type, then scaled.
+    """
+
+    def __init__(self, axis: int, epsilon: float, stash: torch.dtype):
+        super().__init__()
+        self.axis, self.epsilon, self.stash = axis, epsilon, stash
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        stashed = x.to(self.stash)
+        dims = tuple(range(self.axis % x.dim(), x.dim()))
+        normalized = stashed * torch.rsqrt(stashed.pow(2).mean(dims, keepdim=True) + self.epsilon)
+        return normalized.to(x.dtype) * scale
+
+
+@register("RMSNormalization", 23)
+def convert_rms_normalization(node, graph):
+    attrs = node.attributes
+    stash = {1: torch.float32, 11: torch.float64}.get(attrs.get("stash_type", 1))
+    if stash is None:
+        raise NotImplementedError(f"RMSNormalization with stash_type {attrs['stash_type']} is not supported")
+    return result(node, RMSNormalization(attrs.get("axis", -1), attrs.get("epsilon", 1e-5), stash))

@@ -57,10 +57,11 @@ class LogSoftmax(DecomposedRule):
         return ((z - c) - l).reshape(shape), (z0 - c) - l0
 
 
-def _normalize(x, x0, axes, eps):
-    """(x - mean) / sqrt(var + eps) over `axes`, as centring, a square (product), a rescale and a product."""
-    d = x - x.mean(axes, keepdim=True)
-    d0 = x0 - x0.mean(axes, keepdim=True)
+def _normalize(x, x0, axes, eps, center: bool = True):
+    """(x - mean) / sqrt(var + eps) over `axes`, as centring, a square (product), a rescale and a
+    product; without `center`, x / sqrt(mean(x²) + eps) (RMS normalization)."""
+    d = x - x.mean(axes, keepdim=True) if center else x
+    d0 = x0 - x0.mean(axes, keepdim=True) if center else x0
     sq, sq0 = product(torch.mul, d, d0, d, d0)
     r, r0 = rescale(lambda t: torch.rsqrt(t + eps), sq.mean(axes, keepdim=True), sq0.mean(axes, keepdim=True))
     return product(torch.mul, d, d0, r, r0)
@@ -68,6 +69,8 @@ def _normalize(x, x0, axes, eps):
 
 class _AffineNormalization(DecomposedRule):
     """normalize(x over `axes`) * scale + bias, scale and bias constant."""
+
+    center = True
 
     def check(self, info):
         _require_constant(info, [1, 2], "scale or bias")
@@ -81,7 +84,7 @@ class _AffineNormalization(DecomposedRule):
 
     def decompose(self, info, call, args, refs):
         x = args[0]
-        y, y0 = _normalize(x, refs[0], self.axes(info, x), info.attrs.get("epsilon", 1e-5))
+        y, y0 = _normalize(x, refs[0], self.axes(info, x), info.attrs.get("epsilon", 1e-5), self.center)
         scale, bias = self.affine(info, x, args)
         return y * scale + bias, y0 * scale + bias
 
@@ -98,6 +101,17 @@ class LayerNorm(_AffineNormalization):
 
     def affine(self, info, x, args):
         return args[1], (args[2] if len(args) > 2 and args[2] is not None else 0.0)
+
+
+@rule("RMSNormalization")
+class RMSNorm(_AffineNormalization):
+    center = False
+
+    def axes(self, info, x):
+        return tuple(range(info.attrs.get("axis", -1) % x.dim(), x.dim()))
+
+    def affine(self, info, x, args):
+        return args[1], 0.0
 
 
 @rule("InstanceNormalization")
