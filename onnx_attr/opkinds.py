@@ -31,6 +31,7 @@ COMPOSITE = frozenset({
     "Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization", "RMSNormalization",
     "MaxPool", "GlobalMaxPool", "Max", "Min", "ReduceMax", "ReduceMin", "ReduceLogSumExp", "ReduceL1",
     "ReduceL2", "ReduceSumSquare", "ReduceProd", "LRN", "LSTM", "GRU", "RNN", "MeanVarianceNormalization",
+    "Attention",
 })
 #: Ops whose outputs carry no attribution: shapes, comparisons, indices, rounding, random.
 STRUCTURAL = frozenset({

@@ -31,8 +31,21 @@ def _softmax_parts(info, z, z0):
         z0 = z0.reshape(math.prod(z0.shape[:axis]), -1)
         axis = 1
     c = torch.maximum(z.detach().amax(axis, keepdim=True), z0.amax(axis, keepdim=True))
-    e, e0 = rescale(torch.exp, z - c, z0 - c)
+    e, e0 = exp_shifted(z, z0, c)
     return axis, shape, c, (z, z0), (e, e0), (e.sum(axis, keepdim=True), e0.sum(axis, keepdim=True))
+
+
+def exp_shifted(z: Tensor, z0: Tensor, c: Tensor, c0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(exp(z - c), exp(z0 - c0)) as a rescale (c0 = c by default), with the exponents floored
+    where exp underflows anyway.
+
+    Masks written as huge negative logits (-1e9, the dtype's lowest) would otherwise set the
+    rescale's secant tolerance, which is relative to the largest magnitude in the tensor, and
+    turn every secant into a gradient. The floor changes each term by less than the smallest
+    normal number.
+    """
+    floor = math.log(torch.finfo(z.dtype).tiny)
+    return rescale(torch.exp, (z - c).clamp_min(floor), (z0 - (c if c0 is None else c0)).clamp_min(floor))
 
 
 @rule("Softmax")
@@ -201,7 +214,7 @@ def paired_logsumexp(x: Tensor, x0: Tensor, axes, valid: Tensor | None = None) -
         low = float("-inf")
         c = torch.maximum(x.detach().masked_fill(~valid, low).amax(axes, keepdim=True),
                           x0.masked_fill(~valid, low).amax(axes, keepdim=True))
-    e, e0 = rescale(torch.exp, x - c, x0 - c)
+    e, e0 = exp_shifted(x, x0, c)
     if valid is not None:  # a constant mask: linear
         e, e0 = e * valid, e0 * valid
     l, l0 = rescale(torch.log, e.sum(axes, keepdim=True), e0.sum(axes, keepdim=True))
@@ -234,3 +247,55 @@ class ReduceL1(DecomposedRule):
         x, x0, axes, keep = _reduction(info, args, refs)
         a, a0 = rescale(torch.abs, x, x0)
         return a.sum(axes, keepdim=keep), a0.sum(axes, keepdim=keep)
+
+
+@rule("Attention")
+class AttentionRule(DecomposedRule):
+    """softmax(q·kᵀ·scale (softcapped) + mask) · v: two Shapley products around a masked softmax.
+
+    Masked keys (-inf in the additive mask) are left out of the exponentials by a constant mask
+    rather than computed as exp(-inf), so no infinities meet in a secant; the softmax is written
+    as exp(z - logsumexp z), whose factors all stay in [0, 1].
+    """
+
+    def check(self, info):
+        _require_constant(info, range(3, 7), "mask, cache or key count")
+        if info.n_outputs > 1:
+            raise NotImplementedError("Attention's present_key/present_value/qk outputs have no DeepLift rule")
+
+    def decompose(self, info, call, args, refs):
+        op = call.module
+        args, refs = list(args) + [None] * (7 - len(args)), list(refs) + [None] * (7 - len(refs))
+        q, k, v, mask, past_key, past_value, nonpad = args
+        q0, k0, v0 = refs[:3]
+        three_d = q.dim() == 3
+        if three_d:
+            q, q0 = op._heads(q, op.q_heads), op._heads(q0, op.q_heads)
+            k, k0, v, v0 = (op._heads(t, op.kv_heads) for t in (k, k0, v, v0))
+        if past_key is not None:
+            k, k0 = torch.cat([past_key, k], 2), torch.cat([past_key.expand_as(k0[..., :0, :].expand(
+                k0.shape[0], -1, past_key.shape[2], -1)), k0], 2)
+            v, v0 = torch.cat([past_value, v], 2), torch.cat([past_value.expand(
+                v0.shape[0], -1, -1, -1), v0], 2)
+        bias = op._bias(q, k.shape[2], mask, past_key, nonpad)
+        if q.shape[1] != k.shape[1] and q.shape[1] % k.shape[1] == 0:
+            reps = q.shape[1] // k.shape[1]
+            k, k0, v, v0 = (t.repeat_interleave(reps, 1) for t in (k, k0, v, v0))
+        root = math.sqrt(op.scale if op.scale is not None else 1 / math.sqrt(q.shape[-1]))
+        s, s0 = product(lambda a, b: (a * root) @ (b * root).transpose(-1, -2), q, q0, k, k0)
+        if op.softcap > 0:
+            s, s0 = rescale(lambda t: torch.tanh(t / op.softcap) * op.softcap, s, s0)
+        allowed = ~torch.isneginf(bias)
+        dead = ~allowed.any(-1, keepdim=True)  # rows with no key: 0 by definition
+        finite = bias.masked_fill(~allowed, 0.0)
+        z, z0 = s + finite, s0 + finite
+        # p = exp(z - logsumexp(z)): every factor stays in [0, 1] (exp · 1/Σexp would multiply a tiny
+        # exponential by a huge reciprocal and lose float32 precision when one key dominates)
+        lse, lse0 = paired_logsumexp(z, z0, (-1,), allowed | dead)
+        p, p0 = exp_shifted(z, z0, lse, lse0)
+        keep = allowed & ~dead
+        p, p0 = p * keep, p0 * keep
+        y, y0 = product(torch.matmul, p, p0, v, v0)
+        if three_d:
+            y, y0 = (t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1) for t in (y, y0))
+        return y, y0
