@@ -15,7 +15,7 @@ from torch import Tensor, fx, nn
 
 from .convert import tensor_nodes
 from .errors import InputError
-from .specs import OutputSpec, TensorSpec
+from .specs import OutputSpec, TensorSpec, value_spec
 
 
 def tensor_node(module: fx.GraphModule, name: str) -> fx.Node:
@@ -49,8 +49,6 @@ def insert_after(module: fx.GraphModule, names: Sequence[str], make: Callable[[s
 
 def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
     """The tensor's declared shape (symbolic batch kept) from shape inference, else from a value."""
-    from .specs import value_spec
-
     for info in (*model.onnx_model.graph.value_info, *model.onnx_model.graph.output):
         if info.name == name and info.type.tensor_type.HasField("shape"):
             spec = value_spec(info)

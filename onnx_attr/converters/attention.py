@@ -83,12 +83,11 @@ class Attention(nn.Module):
         q_len, dtype = q.shape[2], q.dtype
         zeros = torch.zeros(q_len, kv_len, dtype=dtype, device=q.device)
         if mask is not None and mask.shape[-1] < kv_len:  # keys beyond the mask are masked
-            fill = torch.zeros if mask.dtype == torch.bool else lambda *s, **kw: torch.full(s, NEG_INF, **kw)
-            mask = torch.cat([mask, fill(*mask.shape[:-1], kv_len - mask.shape[-1], dtype=mask.dtype,
-                                         device=mask.device)], -1)
+            masked = False if mask.dtype == torch.bool else NEG_INF
+            mask = torch.cat([mask, torch.full((*mask.shape[:-1], kv_len - mask.shape[-1]), masked,
+                                               dtype=mask.dtype, device=mask.device)], -1)
         if mask is not None and mask.dtype == torch.bool:
-            mask = torch.zeros((), dtype=dtype).masked_fill(~mask, NEG_INF) if mask.dim() == 0 else \
-                torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, NEG_INF)
+            mask = _additive(mask, dtype)
         bias = zeros if mask is None else zeros + mask
         # where the query block starts among the keys: after the cache, or per batch before the padding
         if past_key is None and nonpad is not None:
@@ -109,12 +108,16 @@ class Attention(nn.Module):
                 window &= -distance <= self.right
             allowed = window if allowed is None else allowed & window
         if allowed is not None:
-            bias = bias + torch.zeros(allowed.shape, dtype=dtype, device=q.device).masked_fill(~allowed, NEG_INF)
+            bias = bias + _additive(allowed, dtype)
         if nonpad is not None:
             valid = torch.arange(kv_len, device=q.device) < nonpad.reshape(-1, 1)
-            bias = bias + torch.zeros(valid.shape, dtype=dtype, device=q.device).masked_fill(
-                ~valid, NEG_INF).reshape(-1, 1, 1, kv_len)
+            bias = bias + _additive(valid, dtype).reshape(-1, 1, 1, kv_len)
         return bias
+
+
+def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask as an additive one: 0 where True, -inf where False."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, NEG_INF)
 
 
 def _torch_dtype(onnx_type: int) -> torch.dtype:

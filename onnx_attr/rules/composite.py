@@ -272,11 +272,9 @@ class AttentionRule(DecomposedRule):
         if three_d:
             q, q0 = op._heads(q, op.q_heads), op._heads(q0, op.q_heads)
             k, k0, v, v0 = (op._heads(t, op.kv_heads) for t in (k, k0, v, v0))
-        if past_key is not None:
-            k, k0 = torch.cat([past_key, k], 2), torch.cat([past_key.expand_as(k0[..., :0, :].expand(
-                k0.shape[0], -1, past_key.shape[2], -1)), k0], 2)
-            v, v0 = torch.cat([past_value, v], 2), torch.cat([past_value.expand(
-                v0.shape[0], -1, -1, -1), v0], 2)
+        if past_key is not None:  # a constant cache; k0, v0 already have k's and v's shapes
+            k, k0 = torch.cat([past_key, k], 2), torch.cat([past_key, k0], 2)
+            v, v0 = torch.cat([past_value, v], 2), torch.cat([past_value, v0], 2)
         bias = op._bias(q, k.shape[2], mask, past_key, nonpad)
         if q.shape[1] != k.shape[1] and q.shape[1] % k.shape[1] == 0:
             reps = q.shape[1] // k.shape[1]

@@ -40,6 +40,10 @@ class LinearThenUnary(nn.Module):
     def forward(self, *args):
         return self.unary(self.linear(*args[:self.n_linear]), *args[self.n_linear:])
 
+    def current_weight(self) -> Tensor:
+        module, _, name = self.weight.rpartition(".")
+        return getattr(self.linear.get_submodule(module), name)
+
     def linear_with(self, weight: Tensor, args: Sequence[Any]) -> Tensor:
         """The chain with its weight replaced (bias and other constants unchanged)."""
         return functional_call(self.linear, {self.weight: weight}, tuple(args))
@@ -55,8 +59,7 @@ class RevealCancel(Rule):
         (pos,) = info.variable_positions()
         rest = list(args[k:])
         f = lambda t: fused.unary(t, *rest)  # noqa: E731
-        weight = fused.linear.get_parameter(fused.weight) if fused.weight in dict(
-            fused.linear.named_parameters()) else fused.linear.get_buffer(fused.weight)
+        weight = fused.current_weight()
         w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
         p, p0 = args[pos], refs[pos]
         dp = p - p0
@@ -69,9 +72,9 @@ class RevealCancel(Rule):
             return fused.linear_with(w, linear_args)
 
         zeros = torch.zeros_like(dp)
-        offset_pos, offset_neg = lin(zeros, w_pos), lin(zeros, w_neg)
-        d_plus = lin(dp_pos, w_pos) + lin(dp_neg, w_neg) - offset_pos - offset_neg
-        d_minus = lin(dp_pos, w_neg) + lin(dp_neg, w_pos) - offset_pos - offset_neg
+        offset = lin(zeros, w_pos) + lin(zeros, w_neg)  # the constant terms (bias) of both sums
+        d_plus = lin(dp_pos, w_pos) + lin(dp_neg, w_neg) - offset
+        d_minus = lin(dp_pos, w_neg) + lin(dp_neg, w_pos) - offset
         x0 = fused.linear(*refs[:k])
         y, y0 = out, ref_out
         f_plus, f_minus = f(x0 + d_plus), f(x0 + d_minus)
