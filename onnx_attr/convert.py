@@ -19,6 +19,7 @@ from torch import fx, nn
 
 from . import converters  # noqa: F401 - importing registers our converters
 from .converters.registry import find_converter
+from .converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
 from .errors import ConversionError, UnsupportedOpError
 from .normalize import default_opset
 
@@ -69,6 +70,7 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
         raise UnsupportedOpError(missing)
     versions = opsets(model)
     onnx_graph = OnnxGraph(model.graph)
+    elem_types = _elem_types(model.graph)
     root = nn.Module()
     initializers = Initializers()
     root.add_module("initializers", initializers)
@@ -110,6 +112,9 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
             raise UnsupportedOpError([(proto.op_type, proto.domain, opset, label, str(err))]) from err
         except Exception as err:  # converters raise anything from KeyError to AssertionError
             raise ConversionError(proto.op_type, proto.domain, opset, label, err) from err
+        if proto.op_type in WIDENED_OPS and not proto.domain and any(
+                elem_types.get(name) in ONNX_UNSIGNED for name in proto.input):
+            module = WidenedUnsigned(module, proto.op_type)
         target = re.sub(r"[^\w/\-]", "_", module_name)  # fx writes targets into generated code
         if target == "initializers" or hasattr(root, target):
             target = f"{target}_{index}"
@@ -133,6 +138,14 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
     module = fx.GraphModule(root, graph)
     module.meta["onnx_opset"] = default_opset(model)
     return module
+
+
+def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Each tensor's ONNX element type where shape inference or the initializers know it."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)
+             if v.type.HasField("tensor_type")}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
 
 
 def _attribute(attr: onnx.AttributeProto):

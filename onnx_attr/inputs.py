@@ -40,20 +40,24 @@ def arrange(inputs: Any, specs: Sequence[TensorSpec], what: str = "input") -> li
 
 
 def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str = "input",
-                 any_batch: bool = False) -> list[torch.Tensor]:
+                 any_batch: bool = False, finite: Sequence[bool] | bool = True) -> list[torch.Tensor]:
     """Validate shape, dtype and finiteness against the specs; return tensors of the declared dtype.
 
     With `any_batch` axis 0 may have any size whatever the spec says: the attribution engine
-    feeds an export with a fixed batch size in chunks of that size.
+    feeds an export with a fixed batch size in chunks of that size. `finite` says which inputs
+    must be finite (all, none, or one flag per input): an attributed input must be, since its
+    attributions would be meaningless, while a forward pass takes what the graph takes (an IsNaN
+    model, an attention mask of -inf).
     """
+    finite = [finite] * len(specs) if isinstance(finite, bool) else list(finite)
     symbols: dict[str, tuple[int, str]] = {}
     out = []
-    for value, spec in zip(values, specs):
+    for value, spec, must_be_finite in zip(values, specs, finite):
         tensor = _to_tensor(value, spec, what)
         if spec.shape == () and tensor.dim() > 0 and tensor.numel() == 1:
             tensor = tensor.reshape(())  # a one-element array where a scalar is declared
         _check_shape(tensor, spec, what, symbols, skip_batch=any_batch)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if must_be_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise InputError(
                 f"{what} {spec.name!r} has {bad} NaN or infinite value(s); "

@@ -73,9 +73,13 @@ class AttributableModel(nn.Module):
         return first.device if first is not None else torch.device("cpu")
 
     def prepare(self, inputs: Any, what: str = "input") -> list[torch.Tensor]:
-        """Checked tensors on the model's device, from arrays, tensors, a sequence or a dict by name."""
+        """Checked tensors on the model's device, from arrays, tensors, a sequence or a dict by name.
+
+        NaN and infinities pass: a forward pass computes what the graph computes on them (as
+        onnxruntime does); the attribution methods refuse them in the inputs they attribute."""
         device = self.device
-        return [t.to(device) for t in check_inputs(arrange(inputs, self.inputs, what), self.inputs, what)]
+        values = arrange(inputs, self.inputs, what)
+        return [t.to(device) for t in check_inputs(values, self.inputs, what, finite=False)]
 
     def run(self, inputs: Any) -> tuple[torch.Tensor, ...]:
         """Checked forward pass without gradients; always returns a tuple, one entry per output."""

@@ -63,6 +63,8 @@ def op_kind(op_type: str, variable: Sequence[bool]) -> str:
     n_var = sum(variable)
     if op_type == "Div":  # a / b is linear in a; a varying divisor makes it a quotient
         return "bilinear" if len(variable) > 1 and variable[1] else "linear"
+    if op_type in ("Conv", "ConvTranspose"):  # linear in x and in the weight; a product when both vary
+        return "bilinear" if len(variable) > 1 and variable[0] and variable[1] else "linear"
     if op_type in BILINEAR:
         return "bilinear" if n_var >= 2 else "linear"
     for kind, ops in (("linear", LINEAR), ("unary", UNARY), ("composite", COMPOSITE), ("structural", STRUCTURAL)):

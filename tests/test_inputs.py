@@ -39,11 +39,31 @@ def test_float64_is_accepted_as_float32(model):
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_input(model, bad):
+def test_non_finite_input_is_refused_for_attribution_but_runs(model, bad):
     x = np.zeros((2, 4), np.float32)
     x[1, 2] = bad
     with pytest.raises(InputError, match="1 NaN or infinite"):
-        model.run(x)
+        onnx_attr.DeepLift(model).attribute(x, target=0)
+    out = model.run(x)[0]  # the forward computes what the graph computes, as onnxruntime does
+    assert bool(torch.isfinite(out[0]).all()) and not bool(torch.isfinite(out[1]).all())
+
+
+def test_non_finite_value_in_an_unattributed_input_is_accepted():
+    """An additive attention mask of -inf rides along as an additional forward arg."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "mask"], ["s"]), helper.make_node("Softmax", ["s"], ["y"], axis=-1)],
+        "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3]),
+                   helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    masked = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                            strip_final_activation=False)
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)
+    mask = np.array([[0.0, 0.0, -np.inf]], np.float32)
+    attributions, delta = onnx_attr.DeepLift(masked).attribute(
+        x, target=1, additional_forward_args=(mask,), return_convergence_delta=True)
+    assert attributions[0, 2] == 0 and abs(float(delta[0])) < 1e-5
 
 
 def test_empty_batch_is_refused_for_attribution_but_runs(model):

@@ -6,5 +6,5 @@ line below.
 """
 
 from . import registry  # noqa: F401  (first: the families register into it)
-from . import (activations, attention, bitwise, cast, comparison, linear, ml, normalization, padding,  # noqa: F401,E402
-               pooling, recurrent, reduce, shape)
+from . import (activations, attention, bitwise, cast, comparison, convolution, linear, ml, normalization,  # noqa: F401,E402
+               padding, pooling, recurrent, reduce, shape, unsigned)

@@ -66,7 +66,8 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
         values[pos] = v
     for pos, v in zip(extra_positions, extra):
         values[pos] = v
-    tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=True)]
+    finite = [i in positions for i in range(len(specs))]  # a mask of -inf may ride along unattributed
+    tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=True, finite=finite)]
     for i in positions:
         if tensors[i].dim() == 0 or tensors[i].shape[0] == 0:
             raise InputError(f"input {specs[i].name!r} has no examples (shape {list(tensors[i].shape)}); "

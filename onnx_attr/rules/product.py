@@ -8,7 +8,7 @@ from .base import DecomposedRule, NodeInfo, ProductRule, rule
 from .paired import product, rescale
 
 
-@rule("Mul", "MatMul", "Gemm", "Einsum")
+@rule("Mul", "MatMul", "Gemm", "Einsum", "Conv", "ConvTranspose")
 class ShapleyProduct(ProductRule):
     """Δ(a∘b) = Δa∘(b+b0)/2 + (a+a0)/2∘Δb, exact for any op bilinear in a and b."""
 

@@ -1,0 +1,98 @@
+"""Conv and ConvTranspose whose weights are computed in the graph (or fed as inputs), which
+onnx2torch cannot import since it builds torch.nn.ConvNd from constant weights.
+
+Constant weights still go to onnx2torch's nn.ConvNd modules (the DeepLift rewrite and
+RevealCancel read their `weight`); variable ones run the functional op with the ONNX geometry:
+explicit or SAME pads (the same arithmetic as pooling), and for ConvTranspose, pads,
+output_padding and output_shape applied as one crop-or-extend of the full transposed output.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from onnx2torch.node_converters import get_converter as _onnx2torch_converter
+from torch import nn
+
+from ._common import result
+from .pooling import pool_geometry
+from .registry import register
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _spatial_rank(w: torch.Tensor, op: str) -> int:
+    rank = w.dim() - 2
+    if rank not in _CONV:
+        raise ValueError(f"{op} over {rank} spatial dims is not supported (1 to 3 are)")
+    return rank
+
+
+def _bias_shape(y: torch.Tensor) -> tuple[int, ...]:
+    return (1, -1, *([1] * (y.dim() - 2)))
+
+
+class Conv(nn.Module):
+    """ONNX Conv with the weight as an input."""
+
+    def __init__(self, attrs: dict):
+        super().__init__()
+        self.attrs, self.group = attrs, int(attrs.get("group", 1))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        rank = _spatial_rank(w, "Conv")
+        attrs = {**self.attrs, "kernel_shape": list(w.shape[2:])}
+        extents, strides, dilations, begin, outs = pool_geometry(attrs, tuple(x.shape[2:]))
+        need = [(o - 1) * s + e for o, s, e in zip(outs, strides, extents)]
+        pads = [p for axis in reversed(range(rank))  # a negative end pad drops elements no window reads
+                for p in (begin[axis], need[axis] - x.shape[2 + axis] - begin[axis])]
+        return _CONV[rank](F.pad(x, pads), w, b, strides, 0, dilations, self.group)
+
+
+class ConvTranspose(nn.Module):
+    """ONNX ConvTranspose with the weight as an input."""
+
+    def __init__(self, attrs: dict):
+        super().__init__()
+        self.attrs, self.group = attrs, int(attrs.get("group", 1))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        rank = _spatial_rank(w, "ConvTranspose")
+        attrs = self.attrs
+        strides = list(attrs.get("strides", [1] * rank))
+        dilations = list(attrs.get("dilations", [1] * rank))
+        extra = list(attrs.get("output_padding", [0] * rank))
+        full = _CONV_T[rank](x, w, None, strides, 0, 0, self.group, dilations)
+        sizes = x.shape[2:]
+        natural = [s * (n - 1) + o + (k - 1) * d + 1 for s, n, o, k, d in zip(strides, sizes, extra, w.shape[2:], dilations)]
+        auto_pad = attrs.get("auto_pad", "NOTSET")
+        if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            wanted = list(attrs["output_shape"])[-rank:] if "output_shape" in attrs else [n * s for n, s in zip(sizes, strides)]
+            totals = [nat - want for nat, want in zip(natural, wanted)]
+            upper = auto_pad == "SAME_UPPER"  # otherwise the larger half goes first, as in ONNX's reference
+            begin = [t // 2 if upper else t - t // 2 for t in totals]
+            end = [t - bg for t, bg in zip(totals, begin)]
+        elif auto_pad == "VALID":
+            begin = end = [0] * rank
+        else:
+            pads = list(attrs.get("pads", [0] * 2 * rank))
+            begin, end = pads[:rank], pads[rank:]
+        # the full output, extended by output_padding (zeros: no input reaches there) and cut by the pads
+        y = F.pad(full, [p for axis in reversed(range(rank)) for p in (-begin[axis], extra[axis] - end[axis])])
+        return y if b is None else y + b.reshape(_bias_shape(y))
+
+
+def _convert(module_type):
+    def convert(node, graph):
+        if node.input_values[1] in graph.initializers:  # onnx2torch's nn.ConvNd (one converter for all versions)
+            return _onnx2torch_converter(operation_type=node.operation_type, version=11)(node, graph)
+        return result(node, module_type(dict(node.attributes)))
+
+    return convert
+
+
+convert_conv = register("Conv", 1, 11, 22)(_convert(Conv))
+convert_conv_transpose = register("ConvTranspose", 1, 11, 22)(_convert(ConvTranspose))
