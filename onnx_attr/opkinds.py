@@ -8,36 +8,36 @@ Mul/MatMul/... is bilinear depends on the graph: with one constant operand it is
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import onnx
 
 LINEAR = frozenset({
     "Add", "Sub", "Neg", "Sum", "Mean", "Identity", "Dropout", "Cast", "CastLike",
-    "Conv", "ConvTranspose", "BatchNormalization", "AveragePool", "GlobalAveragePool", "LpPool",
+    "Conv", "ConvTranspose", "BatchNormalization", "AveragePool", "GlobalAveragePool",
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice",
     "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth",
     "ReduceSum", "ReduceMean", "CumSum", "Resize", "Upsample", "Trilu", "Compress", "ScatterND",
-    "ScatterElements", "Where", "ReverseSequence",
+    "ScatterElements", "Scatter", "TensorScatter", "Where", "ReverseSequence", "CenterCropPad",
 })
 UNARY = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
     "Tanh", "Softplus", "Softsign", "Exp", "Log", "Erf", "Sqrt", "Reciprocal", "Pow", "Abs", "Clip",
     "HardSwish", "Gelu", "Mish", "Shrink", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
-    "Asinh", "Acosh", "Atanh",
+    "Asinh", "Acosh", "Atanh", "Swish",
 })
 BILINEAR = frozenset({"Mul", "Div", "MatMul", "Gemm", "Einsum"})
 COMPOSITE = frozenset({
     "Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization", "RMSNormalization",
     "MaxPool", "GlobalMaxPool", "Max", "Min", "ReduceMax", "ReduceMin", "ReduceLogSumExp", "ReduceL1",
     "ReduceL2", "ReduceSumSquare", "ReduceProd", "LRN", "LSTM", "GRU", "RNN", "MeanVarianceNormalization",
-    "Attention",
+    "Attention", "SwiGLU",
 })
 #: Ops whose outputs carry no attribution: shapes, comparisons, indices, rounding, random.
 STRUCTURAL = frozenset({
     "Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "NonZero", "ArgMax", "ArgMin",
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Xor", "IsNaN", "IsInf",
-    "Sign", "Floor", "Ceil", "Round", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
+    "Sign", "Floor", "Ceil", "Round", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "BitCast",
     "OneHot", "RandomNormal", "RandomUniform", "RandomNormalLike",
     "RandomUniformLike", "Bernoulli", "Multinomial",
 })
@@ -47,10 +47,14 @@ STRUCTURAL = frozenset({
 ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
 
 
-def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool]) -> str:
+#: Scatter reductions that make the op nonlinear in its data and updates (no DeepLift rule)
+_NONLINEAR_REDUCTIONS = frozenset({"mul", "max", "min"})
+
+
+def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool], attrs: Mapping | None = None) -> str:
     """`op_kind` for any domain: ai.onnx ops by the tables above, a few ai.onnx.ml ones, else unknown."""
     if domain in ("", "ai.onnx"):
-        return op_kind(op_type, variable)
+        return op_kind(op_type, variable, attrs)
     if domain == "ai.onnx.ml" and op_type in ML_LINEAR:
         return "linear"
     if domain == "onnx_attr.smooth" and op_type == "LogSumExpPool":  # onnx_attr.smooth's substitute
@@ -58,9 +62,12 @@ def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool]) -> str:
     return "unknown"
 
 
-def op_kind(op_type: str, variable: Sequence[bool]) -> str:
-    """Kind of an ai.onnx op given which of its inputs depend on the model's inputs."""
+def op_kind(op_type: str, variable: Sequence[bool], attrs: Mapping | None = None) -> str:
+    """Kind of an ai.onnx op given which of its inputs depend on the model's inputs (and, where
+    the kind depends on them, its attributes)."""
     n_var = sum(variable)
+    if op_type in ("ScatterElements", "ScatterND") and (attrs or {}).get("reduction") in _NONLINEAR_REDUCTIONS:
+        return "unknown"
     if op_type == "Div":  # a / b is linear in a; a varying divisor makes it a quotient
         return "bilinear" if len(variable) > 1 and variable[1] else "linear"
     if op_type in ("Conv", "ConvTranspose"):  # linear in x and in the weight; a product when both vary
@@ -80,11 +87,16 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
     out = []
     for node in graph.node:
         flags = [name in variable for name in node.input]
-        kind = domain_op_kind(node.domain, node.op_type, flags)
+        attrs = {a.name: _decoded(onnx.helper.get_attribute_value(a)) for a in node.attribute}
+        kind = domain_op_kind(node.domain, node.op_type, flags, attrs)
         if any(flags) and kind != "structural":
             variable.update(node.output)
         out.append((node, kind))
     return out
+
+
+def _decoded(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def nonlinear_nodes(model: onnx.ModelProto) -> list[dict]:

@@ -280,7 +280,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
             flags.pop()
         if not any(flags):
             continue
-        kind = domain_op_kind(node.meta.get("onnx_domain", ""), op, flags)
+        kind = domain_op_kind(node.meta.get("onnx_domain", ""), op, flags, node.meta.get("onnx_attrs"))
         if kind in ("linear", "structural"):
             continue
         info = NodeInfo(op, node.meta.get("onnx_attrs", {}), node.meta.get("onnx_opset", 0), flags,

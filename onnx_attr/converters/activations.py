@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
-from ._common import result
+from ._common import onnx2torch_result, result
 from .registry import register
 
 
@@ -76,3 +78,72 @@ def convert_gelu(node, graph):
     if approximate not in ("none", "tanh"):
         raise NotImplementedError(f"Gelu approximate={approximate!r} is not defined by ONNX")
     return result(node, Elementwise(torch.nn.functional.gelu, approximate=approximate))
+
+
+def _selu(x: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    return gamma * torch.where(x > 0, x, alpha * torch.expm1(x))
+
+
+@register("Selu", 1, 6, 22)
+def convert_selu(node, graph):
+    """Any alpha and gamma (torch's SELU fixes both to the self-normalising constants)."""
+    attrs = node.attributes
+    return result(node, Elementwise(_selu, alpha=float(attrs.get("alpha", 1.67326319217681884765625)),
+                                    gamma=float(attrs.get("gamma", 1.05070102214813232421875))))
+
+
+def _swish(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return x * torch.sigmoid(alpha * x)
+
+
+@register("Swish", 24)
+def convert_swish(node, graph):
+    return result(node, Elementwise(_swish, alpha=float(node.attributes.get("alpha", 1.0))))
+
+
+class SwiGLU(nn.Module):
+    """swish_alpha(a) * b."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _swish(a, self.alpha) * b
+
+
+@register("SwiGLU", 28)
+def convert_swiglu(node, graph):
+    return result(node, SwiGLU(float(node.attributes.get("alpha", 1.0))))
+
+
+def _is_inf(x: torch.Tensor, negative: bool, positive: bool) -> torch.Tensor:
+    return (torch.isneginf(x) if negative else torch.zeros_like(x, dtype=torch.bool)) | \
+        (torch.isposinf(x) if positive else torch.zeros_like(x, dtype=torch.bool))
+
+
+@register("IsInf", 10, 20)
+def convert_is_inf(node, graph):
+    attrs = node.attributes
+    return result(node, Elementwise(_is_inf, negative=bool(attrs.get("detect_negative", 1)),
+                                    positive=bool(attrs.get("detect_positive", 1))))
+
+
+class Clip(nn.Module):
+    """Clip with bounds computed in the graph, or absent (onnx2torch needs constant ones)."""
+
+    def forward(self, x: torch.Tensor, low: Optional[torch.Tensor] = None,
+                high: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if low is not None:
+            x = torch.maximum(x, low.to(x.dtype))
+        if high is not None:
+            x = torch.minimum(x, high.to(x.dtype))
+        return x
+
+
+@register("Clip", 11, 12, 13)
+def convert_clip(node, graph):
+    bounds = [name for name in node.input_values[1:] if name]
+    if bounds and all(name in graph.initializers for name in bounds):
+        return onnx2torch_result(node, graph, 13)  # one onnx2torch converter serves 11 to 13
+    return result(node, Clip())

@@ -58,3 +58,34 @@ def convert_bit_shift(node, graph):
     if direction not in ("LEFT", "RIGHT"):
         raise NotImplementedError(f"BitShift direction {direction!r} (expected LEFT or RIGHT)")
     return result(node, BitShift(direction == "LEFT"))
+
+
+_BITWISE = {"BitwiseAnd": torch.bitwise_and, "BitwiseOr": torch.bitwise_or, "BitwiseXor": torch.bitwise_xor}
+
+
+class Bitwise(nn.Module):
+    """And/Or/Xor/Not of integer bits; uint16/32/64 go through int64 bit for bit, which these
+    ops preserve (each output bit depends on the same input bits only)."""
+
+    def __init__(self, op: str):
+        super().__init__()
+        self.op = op
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = a.dtype
+        wide = dtype in (torch.uint16, torch.uint32, torch.uint64)
+        if wide:
+            a = _as_int64(a)
+            b = None if b is None else _as_int64(b)
+        out = torch.bitwise_not(a) if self.op == "BitwiseNot" else _BITWISE[self.op](a, b)
+        if not wide:
+            return out
+        return out.view(torch.uint64) if dtype == torch.uint64 else out.to(dtype)
+
+
+@register("BitwiseAnd", 18)
+@register("BitwiseOr", 18)
+@register("BitwiseXor", 18)
+@register("BitwiseNot", 18)
+def convert_bitwise(node, graph):
+    return result(node, Bitwise(node.operation_type))

@@ -13,10 +13,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from onnx2torch.node_converters import get_converter as _onnx2torch_converter
 from torch import nn
 
-from ._common import result
+from ._common import onnx2torch_result, result
 from .pooling import pool_geometry
 from .registry import register
 
@@ -88,7 +87,7 @@ class ConvTranspose(nn.Module):
 def _convert(module_type):
     def convert(node, graph):
         if node.input_values[1] in graph.initializers:  # onnx2torch's nn.ConvNd (one converter for all versions)
-            return _onnx2torch_converter(operation_type=node.operation_type, version=11)(node, graph)
+            return onnx2torch_result(node, graph, 11)
         return result(node, module_type(dict(node.attributes)))
 
     return convert

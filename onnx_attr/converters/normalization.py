@@ -87,3 +87,66 @@ def convert_rms_normalization(node, graph):
     if stash is None:
         raise NotImplementedError(f"RMSNormalization with stash_type {attrs['stash_type']} is not supported")
     return result(node, RMSNormalization(attrs.get("axis", -1), attrs.get("epsilon", 1e-5), stash))
+
+
+class GroupNormalization(nn.Module):
+    """Normalise each group of channels over its channels and spatial axes, then scale and shift
+    per channel. (GroupNormalization-18, scaled per group, is deprecated: the ONNX checker refuses
+    it, so it never reaches a converter.)"""
+
+    def __init__(self, groups: int, epsilon: float):
+        super().__init__()
+        self.groups, self.epsilon = groups, epsilon
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        stashed = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # as the function body's stash
+        y = F.group_norm(stashed, self.groups, eps=self.epsilon).to(x.dtype)
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return y * scale.reshape(view) + bias.reshape(view)
+
+
+@register("GroupNormalization", 21)
+def convert_group_normalization(node, graph):
+    attrs = node.attributes
+    return result(node, GroupNormalization(int(attrs["num_groups"]), attrs.get("epsilon", 1e-5)))
+
+
+class MeanVarianceNormalization(nn.Module):
+    """(x - mean) / (sqrt(var) + 1e-9) over `axes` (ONNX's function body: the epsilon is added
+    to the standard deviation, not the variance)."""
+
+    EPSILON = 1e-9
+
+    def __init__(self, axes: list[int]):
+        super().__init__()
+        self.axes = axes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(a % x.dim() for a in self.axes)
+        centred = x - x.mean(dims, keepdim=True)
+        return centred / ((centred * centred).mean(dims, keepdim=True).sqrt() + self.EPSILON)
+
+
+@register("MeanVarianceNormalization", 9, 13)
+def convert_mean_variance_normalization(node, graph):
+    return result(node, MeanVarianceNormalization(list(node.attributes.get("axes", [0, 2, 3]))))
+
+
+class LpNormalization(nn.Module):
+    """x / ||x||_p along `axis` (p = 1 or 2); 0 where the norm is 0, as ONNX's reference."""
+
+    def __init__(self, axis: int, p: int):
+        super().__init__()
+        self.axis, self.p = axis, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = x.abs().sum(self.axis, keepdim=True) if self.p == 1 else (x * x).sum(self.axis, keepdim=True).sqrt()
+        return torch.where(norm == 0, torch.zeros_like(x), x / norm)
+
+
+@register("LpNormalization", 1, 22)
+def convert_lp_normalization(node, graph):
+    p = int(node.attributes.get("p", 2))
+    if p not in (1, 2):
+        raise NotImplementedError(f"LpNormalization with p={p} (ONNX defines 1 and 2)")
+    return result(node, LpNormalization(node.attributes.get("axis", -1), p))

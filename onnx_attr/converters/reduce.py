@@ -6,6 +6,7 @@ constant), keepdims and noop_with_empty_axes.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -21,11 +22,28 @@ def _prod(x: torch.Tensor, dims: tuple[int, ...], keepdim: bool) -> torch.Tensor
     return x
 
 
+def _extreme(largest: bool):
+    """amax/amin, with ONNX's identity over an empty set: the lowest (highest) value of the type."""
+
+    def reduce(x: torch.Tensor, dims: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+        if all(x.shape[d] for d in dims):
+            return x.amax(dims, keepdim=keepdim) if largest else x.amin(dims, keepdim=keepdim)
+        shape = [1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims]
+        if x.dtype == torch.bool:
+            fill = not largest
+        else:
+            info = torch.finfo(x.dtype) if x.is_floating_point() else torch.iinfo(x.dtype)
+            fill = (-math.inf if largest else math.inf) if x.is_floating_point() else (info.min if largest else info.max)
+        return torch.full(shape, fill, dtype=x.dtype, device=x.device)
+
+    return reduce
+
+
 _REDUCERS: dict[str, Callable[[torch.Tensor, tuple[int, ...], bool], torch.Tensor]] = {
     "ReduceMean": lambda x, d, k: x.mean(d, keepdim=k),
     "ReduceSum": lambda x, d, k: x.sum(d, keepdim=k),
-    "ReduceMax": lambda x, d, k: x.amax(d, keepdim=k),
-    "ReduceMin": lambda x, d, k: x.amin(d, keepdim=k),
+    "ReduceMax": _extreme(largest=True),
+    "ReduceMin": _extreme(largest=False),
     "ReduceProd": _prod,
     "ReduceL1": lambda x, d, k: x.abs().sum(d, keepdim=k),
     "ReduceL2": lambda x, d, k: (x * x).sum(d, keepdim=k).sqrt(),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from onnx import helper
 from torch import nn
 
 from ._common import result
@@ -91,3 +93,120 @@ def convert_split(node, graph):
         inputs = inputs[:1]
     num_outputs = node.attributes.get("num_outputs", len(node.output_values))
     return result(node, Split(node.attributes.get("axis", 0), sizes, num_outputs), inputs=inputs)
+
+
+class SpaceToDepth(nn.Module):
+    """Blocks of the spatial axes into channels, in ONNX's DCR (block-major) or CRD order."""
+
+    def __init__(self, blocksize: int, mode: str):
+        super().__init__()
+        self.blocksize, self.mode = blocksize, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        k = self.blocksize
+        blocks = x.reshape(b, c, h // k, k, w // k, k)
+        order = (0, 3, 5, 1, 2, 4) if self.mode == "DCR" else (0, 1, 3, 5, 2, 4)
+        return blocks.permute(order).reshape(b, c * k * k, h // k, w // k)
+
+
+class DepthToSpace(nn.Module):
+    def __init__(self, blocksize: int, mode: str):
+        super().__init__()
+        self.blocksize, self.mode = blocksize, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        k = self.blocksize
+        if self.mode == "DCR":
+            y = x.reshape(b, k, k, c // (k * k), h, w).permute(0, 3, 4, 1, 5, 2)
+        else:
+            y = x.reshape(b, c // (k * k), k, k, h, w).permute(0, 1, 4, 2, 5, 3)
+        return y.reshape(b, c // (k * k), h * k, w * k)
+
+
+def _mode(node) -> str:
+    mode = node.attributes.get("mode", "DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in ("DCR", "CRD"):
+        raise NotImplementedError(f"{node.operation_type} mode {mode!r} (expected DCR or CRD)")
+    return mode
+
+
+@register("SpaceToDepth", 1, 13, 28)
+def convert_space_to_depth(node, graph):
+    return result(node, SpaceToDepth(int(node.attributes["blocksize"]), _mode(node)))
+
+
+@register("DepthToSpace", 1, 11, 13, 28)
+def convert_depth_to_space(node, graph):
+    return result(node, DepthToSpace(int(node.attributes["blocksize"]), _mode(node)))
+
+
+class CenterCropPad(nn.Module):
+    """Crop or zero-pad each listed axis to the target size around its centre (the extra
+    element of an odd difference goes to the end)."""
+
+    def __init__(self, axes: list[int] | None):
+        super().__init__()
+        self.axes = axes
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        axes = [a % x.dim() for a in self.axes] if self.axes is not None else list(range(x.dim()))
+        for axis, size in zip(axes, [int(s) for s in shape.tolist()]):
+            have = x.shape[axis]
+            if size < have:
+                x = x.narrow(axis, (have - size) // 2, size)
+            elif size > have:
+                before = (size - have) // 2
+                pads = [0, 0] * (x.dim() - 1 - axis) + [before, size - have - before]
+                x = torch.nn.functional.pad(x, pads)
+        return x
+
+
+@register("CenterCropPad", 18)
+def convert_center_crop_pad(node, graph):
+    axes = node.attributes.get("axes")
+    return result(node, CenterCropPad(None if axes is None else list(axes)))
+
+
+class BitCast(nn.Module):
+    """Reinterpret the bits as another type of the same width."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bool:  # torch cannot view bool as another type; its bytes are 0 and 1
+            x = x.to(torch.uint8)
+        return x.view(self.dtype) if x.dim() else x.reshape(1).view(self.dtype).reshape(())
+
+
+@register("BitCast", 26)
+def convert_bit_cast(node, graph):
+    to = int(node.attributes["to"])
+    try:
+        torch_dtype = torch.from_numpy(np.zeros(0, helper.tensor_dtype_to_np_dtype(to))).dtype
+    except (KeyError, TypeError) as err:
+        raise NotImplementedError(f"BitCast to {helper.tensor_dtype_to_string(to)} has no torch type") from err
+    return result(node, BitCast(torch_dtype))
+
+
+class Dropout(nn.Module):
+    """Inference: the identity, with an all-true mask. Training mode draws random masks, which an
+    attribution cannot reproduce, so it is refused when the graph asks for it."""
+
+    def __init__(self, with_mask: bool):
+        super().__init__()
+        self.with_mask = with_mask
+
+    def forward(self, x: torch.Tensor, ratio: torch.Tensor | None = None, training_mode: torch.Tensor | None = None):
+        if training_mode is not None and bool(training_mode):
+            raise ValueError("Dropout in training mode is random; export the model in inference mode")
+        return (x, torch.ones_like(x, dtype=torch.bool)) if self.with_mask else x
+
+
+@register("Dropout", 12, 13, 22)
+def convert_dropout(node, graph):
+    return result(node, Dropout(len(node.output_values) > 1 and bool(node.output_values[1])))

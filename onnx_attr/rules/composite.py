@@ -70,13 +70,15 @@ class LogSoftmax(DecomposedRule):
         return ((z - c) - l).reshape(shape), (z0 - c) - l0
 
 
-def _normalize(x, x0, axes, eps, center: bool = True):
+def _normalize(x, x0, axes, eps, center: bool = True, inverse_std=None):
     """(x - mean) / sqrt(var + eps) over `axes`, as centring, a square (product), a rescale and a
-    product; without `center`, x / sqrt(mean(x²) + eps) (RMS normalization)."""
+    product; without `center`, x / sqrt(mean(x²) + eps) (RMS normalization). `inverse_std` maps
+    the variance to the factor where an op defines it otherwise."""
     d = x - x.mean(axes, keepdim=True) if center else x
     d0 = x0 - x0.mean(axes, keepdim=True) if center else x0
     sq, sq0 = product(torch.mul, d, d0, d, d0)
-    r, r0 = rescale(lambda t: torch.rsqrt(t + eps), sq.mean(axes, keepdim=True), sq0.mean(axes, keepdim=True))
+    inverse_std = inverse_std or (lambda t: torch.rsqrt(t + eps))
+    r, r0 = rescale(inverse_std, sq.mean(axes, keepdim=True), sq0.mean(axes, keepdim=True))
     return product(torch.mul, d, d0, r, r0)
 
 
@@ -135,6 +137,45 @@ class InstanceNorm(_AffineNormalization):
     def affine(self, info, x, args):
         view = (1, -1) + (1,) * (x.dim() - 2)
         return args[1].reshape(view), args[2].reshape(view)
+
+
+@rule("GroupNormalization")
+class GroupNorm(_AffineNormalization):
+    """Each group of channels normalised over its channels and spatial axes."""
+
+    def decompose(self, info, call, args, refs):
+        x, groups = args[0], info.attrs["num_groups"]
+        grouped = (x.shape[0], groups, -1)
+        y, y0 = _normalize(x.reshape(grouped), refs[0].reshape(grouped), (2,), info.attrs.get("epsilon", 1e-5))
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        scale, bias = args[1].reshape(view), args[2].reshape(view)
+        return y.reshape(x.shape) * scale + bias, y0.reshape(x.shape) * scale + bias
+
+
+@rule("MeanVarianceNormalization")
+class MeanVarianceNorm(DecomposedRule):
+    """(x - mean) / (sqrt(var) + 1e-9): the epsilon outside the root, as ONNX defines it."""
+
+    def check(self, info):
+        if 0 in info.attrs.get("axes", [0, 2, 3]):
+            raise NotImplementedError("MeanVarianceNormalization over the batch axis mixes the examples, so no "
+                                      "example's attribution is its own; normalise over axes without axis 0")
+
+    def decompose(self, info, call, args, refs):
+        axes = tuple(a % args[0].dim() for a in info.attrs.get("axes", [0, 2, 3]))
+        return _normalize(args[0], refs[0], axes, 0.0, inverse_std=lambda t: 1.0 / (t.sqrt() + 1e-9))
+
+
+@rule("SwiGLU")
+class SwiGLU(DecomposedRule):
+    """swish(a) · b: a rescale through swish, then the product rule when b varies too."""
+
+    def decompose(self, info, call, args, refs):
+        alpha = info.attrs.get("alpha", 1.0)
+        s, s0 = rescale(lambda t: t * torch.sigmoid(alpha * t), args[0], refs[0])
+        if info.variable[1]:
+            return product(torch.mul, s, s0, args[1], refs[1])
+        return s * args[1], s0 * args[1]
 
 
 @rule("LRN")
