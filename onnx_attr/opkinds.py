@@ -18,7 +18,8 @@ LINEAR = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice",
     "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth",
     "ReduceSum", "ReduceMean", "CumSum", "Resize", "Upsample", "Trilu", "Compress", "ScatterND",
-    "ScatterElements", "Scatter", "TensorScatter", "Where", "ReverseSequence", "CenterCropPad",
+    "ScatterElements", "Scatter", "TensorScatter", "Where", "ReverseSequence", "CenterCropPad", "DFT", "STFT",
+    "AffineGrid",
 })
 UNARY = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
@@ -70,6 +71,8 @@ def op_kind(op_type: str, variable: Sequence[bool], attrs: Mapping | None = None
         return "unknown"
     if op_type == "Div":  # a / b is linear in a; a varying divisor makes it a quotient
         return "bilinear" if len(variable) > 1 and variable[1] else "linear"
+    if op_type == "GridSample":  # linear in X at a fixed grid; a varying grid moves the samples
+        return "unknown" if len(variable) > 1 and variable[1] else "linear"
     if op_type in ("Conv", "ConvTranspose"):  # linear in x and in the weight; a product when both vary
         return "bilinear" if len(variable) > 1 and variable[0] and variable[1] else "linear"
     if op_type in BILINEAR:

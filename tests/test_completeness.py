@@ -17,7 +17,7 @@ from rule_cases import CASES, Case
 
 ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 #: Nonlinear ops with a kind but no exact rule yet: the rewrite refuses them by name.
-NO_RULE_YET = {"GroupNormalization", "MeanVarianceNormalization", "ReduceProd"}
+NO_RULE_YET = {"ReduceProd"}
 #: Rules whose completeness cases need more than a one-node case of the table above.
 TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "RNN")},
                     "LogSumExpPool": "tests/test_smooth.py"}

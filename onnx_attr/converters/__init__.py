@@ -6,5 +6,6 @@ line below.
 """
 
 from . import registry  # noqa: F401  (first: the families register into it)
-from . import (activations, attention, bitwise, cast, comparison, convolution, indexing, linear, ml,  # noqa: F401,E402
-               matrix, normalization, padding, pooling, recurrent, reduce, shape, unsigned)
+from . import (activations, attention, bitwise, cast, comparison, convolution, indexing, linear, loss, ml,  # noqa: F401,E402
+               matrix, normalization, padding, pooling, recurrent, reduce, resize, sampling, shape, signal,
+               unsigned)

@@ -50,13 +50,13 @@ class AveragePool(nn.Module):
         return out
 
 
-@register("AveragePool", 1, 7, 10, 11, 19)
+@register("AveragePool", 1, 7, 10, 11, 19, 22)
 def convert_average_pool(node, graph):
     attrs = node.attributes
     kernel = list(attrs["kernel_shape"])
     rank = len(kernel)
     if any(d != 1 for d in attrs.get("dilations", [1] * rank)):
-        raise NotImplementedError("AveragePool with dilations is not supported")
+        return result(node, DilatedAveragePool(dict(attrs)))
     strides = list(attrs.get("strides", [1] * rank))
     auto_pad = attrs.get("auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -80,6 +80,83 @@ def _same_pads(graph, node, kernel, strides, auto_pad) -> list[int]:
         begin.append(small if auto_pad == "SAME_UPPER" else large)
         end.append(large if auto_pad == "SAME_UPPER" else small)
     return begin + end
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class WindowSums(nn.Module):
+    """Sums over the ONNX pooling windows (any pads, strides, dilations, ceil mode), as a
+    depthwise convolution with a kernel of ones over the input padded as the geometry needs.
+
+    `counted` gives, per output, how many elements ONNX counts in the window: the real ones,
+    or with `count_include_pad` the explicit padding too (never the ceil-mode overhang).
+    """
+
+    def __init__(self, attrs: dict):
+        super().__init__()
+        self.attrs = attrs
+        if len(attrs["kernel_shape"]) not in _CONV:
+            raise NotImplementedError("pooling over more than 3 spatial dims is not supported")
+
+    def _geometry(self, x: torch.Tensor):
+        extents, strides, dilations, begin, outs = pool_geometry(self.attrs, tuple(x.shape[2:]))
+        need = [(o - 1) * s + e for o, s, e in zip(outs, strides, extents)]
+        ends = [nd - n - b for nd, n, b in zip(need, x.shape[2:], begin)]
+        return strides, dilations, begin, ends
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        strides, dilations, begin, ends = self._geometry(x)
+        return self._sum(x, strides, dilations, begin, ends)
+
+    def _sum(self, x, strides, dilations, begin, ends):
+        rank = len(strides)
+        pads = [p for axis in reversed(range(rank)) for p in (begin[axis], ends[axis])]
+        ones = torch.ones((x.shape[1], 1, *self.attrs["kernel_shape"]), dtype=x.dtype, device=x.device)
+        return _CONV[rank](F.pad(x, pads), ones, None, strides, 0, dilations, x.shape[1])
+
+    def counted(self, x: torch.Tensor, include_pad: bool) -> torch.Tensor:
+        strides, dilations, begin, ends = self._geometry(x)
+        ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        if include_pad:  # the explicit pads count; the ceil-mode overhang beyond them does not
+            explicit = pool_geometry({**self.attrs, "ceil_mode": 0}, tuple(x.shape[2:]))[3]
+            pads = list(self.attrs.get("pads", [0] * 2 * len(strides)))[len(strides):]
+            if self.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+                pads = [0] * len(strides)
+            ones = F.pad(ones, [p for axis in reversed(range(len(strides))) for p in (explicit[axis], pads[axis])],
+                         value=1.0)
+            begin = [b - e for b, e in zip(begin, explicit)]
+            ends = [e - p for e, p in zip(ends, pads)]
+        return self._sum(ones, strides, dilations, begin, ends)
+
+
+class DilatedAveragePool(nn.Module):
+    """AveragePool with dilations (opset 19+): window sums over window counts."""
+
+    def __init__(self, attrs: dict):
+        super().__init__()
+        self.sums = WindowSums(attrs)
+        self.include_pad = bool(attrs.get("count_include_pad", 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sums(x) / self.sums.counted(x, self.include_pad)
+
+
+class LpPool(nn.Module):
+    """(Σ_window |x|^p)^(1/p), padding counted as zeros."""
+
+    def __init__(self, attrs: dict, p: int):
+        super().__init__()
+        self.sums, self.p = WindowSums(attrs), p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sums(x.abs().pow(self.p)).pow(1.0 / self.p)
+
+
+@register("LpPool", 1, 2, 11, 18, 22)
+def convert_lp_pool(node, graph):
+    attrs = dict(node.attributes)
+    return result(node, LpPool(attrs, int(attrs.get("p", 2))))
 
 
 class GlobalMaxPool(nn.Module):
