@@ -19,7 +19,7 @@ LINEAR = frozenset({
     "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth",
     "ReduceSum", "ReduceMean", "CumSum", "Resize", "Upsample", "Trilu", "Compress", "ScatterND",
     "ScatterElements", "Scatter", "TensorScatter", "Where", "ReverseSequence", "CenterCropPad", "DFT", "STFT",
-    "AffineGrid",
+    "AffineGrid", "Col2Im",
 })
 UNARY = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
@@ -73,6 +73,8 @@ def op_kind(op_type: str, variable: Sequence[bool], attrs: Mapping | None = None
         return "bilinear" if len(variable) > 1 and variable[1] else "linear"
     if op_type == "GridSample":  # linear in X at a fixed grid; a varying grid moves the samples
         return "unknown" if len(variable) > 1 and variable[1] else "linear"
+    if op_type == "RotaryEmbedding":  # a rotation of X by angles from the cos/sin caches
+        return "unknown" if any(variable[1:3]) else "linear"
     if op_type in ("Conv", "ConvTranspose"):  # linear in x and in the weight; a product when both vary
         return "bilinear" if len(variable) > 1 and variable[0] and variable[1] else "linear"
     if op_type in BILINEAR:

@@ -1,5 +1,5 @@
 """Ops that are linear in their data input (Resize in every mode, GridSample at a fixed grid,
-DFT, STFT, AffineGrid, CenterCropPad): onnxruntime is the oracle for the forward, and DeepLift's
+DFT, STFT, Col2Im, RotaryEmbedding with constant caches): onnxruntime is the oracle for the forward, and DeepLift's
 completeness on them is exact because its multiplier is their gradient."""
 
 from __future__ import annotations
@@ -50,6 +50,17 @@ CASES = {
                                [("x", FLOAT, [2, 16, 1])], [("y", FLOAT, [2, 5, 3, 2])], opset=17,
                                initializers={"step": np.array(3, np.int64),
                                              "window": np.hanning(4).astype(np.float32)}), {"x": [2, 16, 1]}),
+    "col2im-pads-strides": (make_model([helper.make_node("Col2Im", ["x", "image", "block"], ["y"], strides=[2, 1],
+                                                          pads=[1, 0, 0, 1], dilations=[1, 2])],
+                                       [("x", FLOAT, [2, 6, 8])], [("y", FLOAT, [2, 1, 5, 5])], opset=18,
+                                       initializers={"image": np.array([5, 5], np.int64),
+                                                     "block": np.array([3, 2], np.int64)}), {"x": [2, 6, 8]}),
+    "rotary-interleaved-positions": (make_model(
+        [helper.make_node("RotaryEmbedding", ["x", "cos", "sin", "pos"], ["y"], interleaved=1, rotary_embedding_dim=4)],
+        [("x", FLOAT, [2, 3, 4, 6])], [("y", FLOAT, [2, 3, 4, 6])], opset=23,
+        initializers={"cos": np.cos(RNG.uniform(0, 6, (8, 2))).astype(np.float32),
+                      "sin": np.sin(RNG.uniform(0, 6, (8, 2))).astype(np.float32),
+                      "pos": RNG.integers(0, 8, (2, 4)).astype(np.int64)}), {"x": [2, 3, 4, 6]}),
 }
 
 

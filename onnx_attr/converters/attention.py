@@ -129,3 +129,38 @@ def _torch_dtype(onnx_type: int) -> torch.dtype:
 @register("Attention", 23, 24, 25)
 def convert_attention(node, graph):
     return result(node, Attention(dict(node.attributes), len(node.output_values)))
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate the first `rotary_dim` features of each head by position-dependent angles: pairs
+    (x1, x2) halves (or interleaved even/odd) become (cos·x1 - sin·x2, sin·x1 + cos·x2).
+    Linear in the input for given caches, which is how DeepLift treats it."""
+
+    def __init__(self, interleaved: bool, rotary_dim: int, num_heads: int):
+        super().__init__()
+        self.interleaved, self.rotary_dim, self.num_heads = interleaved, rotary_dim, num_heads
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        shape = x.shape
+        h = x.transpose(1, 2) if x.dim() == 4 else x.reshape(shape[0], shape[1], self.num_heads, -1)
+        if position_ids is not None:
+            cos, sin = cos[position_ids.long()], sin[position_ids.long()]
+        cos, sin = cos.unsqueeze(2).to(x.dtype), sin.unsqueeze(2).to(x.dtype)  # [batch, seq, 1, dim/2]
+        dim = self.rotary_dim or h.shape[-1]
+        rotated, kept = h[..., :dim], h[..., dim:]
+        if self.interleaved:
+            x1, x2 = rotated[..., 0::2], rotated[..., 1::2]
+        else:
+            x1, x2 = rotated.chunk(2, dim=-1)
+        real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+        rotated = torch.stack((real, imag), -1).flatten(-2) if self.interleaved else torch.cat((real, imag), -1)
+        out = torch.cat((rotated, kept), -1)
+        return out.transpose(1, 2) if x.dim() == 4 else out.reshape(shape)
+
+
+@register("RotaryEmbedding", 23)
+def convert_rotary_embedding(node, graph):
+    attrs = node.attributes
+    return result(node, RotaryEmbedding(bool(attrs.get("interleaved", 0)), int(attrs.get("rotary_embedding_dim", 0)),
+                                        int(attrs.get("num_heads", 0))))

@@ -9,6 +9,7 @@ output_padding and output_shape applied as one crop-or-extend of the full transp
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -95,3 +96,96 @@ def _convert(module_type):
 
 convert_conv = register("Conv", 1, 11, 22)(_convert(Conv))
 convert_conv_transpose = register("ConvTranspose", 1, 11, 22)(_convert(ConvTranspose))
+
+
+def _silu_in_float32(y: torch.Tensor) -> torch.Tensor:
+    wide = y.float()
+    return (wide * torch.sigmoid(wide)).to(y.dtype)
+
+
+class CausalConvWithState(nn.Module):
+    """A depthwise causal 1-D convolution over [past state, input] (opset 27), optionally SiLU,
+    returning the output and the last k-1 steps as the next state."""
+
+    def __init__(self, silu: bool):
+        super().__init__()
+        self.silu = silu
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None,
+                past: Optional[torch.Tensor] = None):
+        k = w.shape[-1]
+        if past is None:
+            past = x.new_zeros((x.shape[0], x.shape[1], k - 1))
+        padded = torch.cat((past.to(x.dtype), x), -1)
+        y = F.conv1d(padded, w, b, groups=x.shape[1])
+        return (_silu_in_float32(y) if self.silu else y), padded[..., padded.shape[-1] - (k - 1):]
+
+
+@register("CausalConvWithState", 27)
+def convert_causal_conv_with_state(node, graph):
+    activation = node.attributes.get("activation", "none")
+    activation = activation.decode() if isinstance(activation, bytes) else activation
+    if activation not in ("none", "silu", "swish"):
+        raise NotImplementedError(f"CausalConvWithState activation {activation!r}")
+    return result(node, CausalConvWithState(activation != "none"))
+
+
+class Col2Im(nn.Module):
+    """Sum sliding blocks back into an image: the adjoint of im2col, i.e. a transposed depthwise
+    convolution with one-hot kernels (any number of spatial axes up to 3, asymmetric pads)."""
+
+    def __init__(self, attrs: dict):
+        super().__init__()
+        self.attrs = attrs
+
+    def forward(self, cols: torch.Tensor, image_shape: torch.Tensor, block_shape: torch.Tensor) -> torch.Tensor:
+        image = [int(s) for s in image_shape.tolist()]
+        block = [int(s) for s in block_shape.tolist()]
+        rank = len(image)
+        if rank not in _CONV_T:
+            raise ValueError(f"Col2Im over {rank} spatial dims is not supported (1 to 3 are)")
+        strides = list(self.attrs.get("strides", [1] * rank))
+        dilations = list(self.attrs.get("dilations", [1] * rank))
+        pads = list(self.attrs.get("pads", [0] * 2 * rank))
+        blocks = [(n + pads[i] + pads[i + rank] - d * (k - 1) - 1) // s + 1
+                  for i, (n, k, s, d) in enumerate(zip(image, block, strides, dilations))]
+        size = math.prod(block)
+        channels = cols.shape[1] // size
+        one_hot = torch.eye(size, dtype=cols.dtype, device=cols.device).reshape(size, 1, *block)
+        kernel = one_hot.repeat(channels, 1, *([1] * rank))  # (C * size, 1, *block)
+        full = _CONV_T[rank](cols.reshape(cols.shape[0], channels * size, *blocks), kernel, None, strides, 0, 0,
+                             channels, dilations)
+        crop = [p for axis in reversed(range(rank))  # keep [pad_begin, pad_begin + image) of each axis
+                for p in (-pads[axis], image[axis] + pads[axis] - full.shape[2 + axis])]
+        return F.pad(full, crop)
+
+
+@register("Col2Im", 18)
+def convert_col2im(node, graph):
+    return result(node, Col2Im(dict(node.attributes)))
+
+
+class DeformConv(nn.Module):
+    """Deformable 2-D convolution (torchvision's kernel; ONNX's offset and mask layouts are
+    the same), with asymmetric pads applied to the input first."""
+
+    def __init__(self, attrs: dict):
+        super().__init__()
+        self.attrs = attrs
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, offset: torch.Tensor, b: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        from torchvision.ops import deform_conv2d
+
+        if x.dim() != 4:
+            raise ValueError("DeformConv is supported over 2 spatial dims")
+        pads = list(self.attrs.get("pads", [0] * 4))
+        strides = tuple(self.attrs.get("strides", [1, 1]))
+        dilations = tuple(self.attrs.get("dilations", [1, 1]))
+        padded = F.pad(x, [pads[1], pads[3], pads[0], pads[2]])
+        return deform_conv2d(padded, offset, w, b, strides, (0, 0), dilations, mask)
+
+
+@register("DeformConv", 19, 22)
+def convert_deform_conv(node, graph):
+    return result(node, DeformConv(dict(node.attributes)))

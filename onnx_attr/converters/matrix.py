@@ -1,6 +1,9 @@
-"""Matrix ops onnx2torch lacks: Det; Range in its opset-27 form (a stash type for half types)."""
+"""Matrix ops onnx2torch lacks: Det, MatMulInteger, QLinearMatMul; Range in its opset-27 form
+(a stash type for half types)."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -40,3 +43,46 @@ def convert_range(node, graph):
     if stash is None:
         raise NotImplementedError(f"Range stash_type {node.attributes['stash_type']} (FLOAT or DOUBLE expected)")
     return result(node, Range(stash))
+
+
+def _centred(q: torch.Tensor, zero_point: Optional[torch.Tensor], per_row: bool) -> torch.Tensor:
+    """q - zero_point in float64, exact for 8-bit values; a 1-D zero point of A is per row."""
+    value = q.to(torch.float64)
+    if zero_point is None:
+        return value
+    zero = zero_point.to(torch.float64)
+    if per_row and zero.dim() == 1 and zero.numel() > 1:
+        zero = zero[:, None]
+    return value - zero
+
+
+class MatMulInteger(nn.Module):
+    """(A - a_zero) @ (B - b_zero) in int32; float64 products of 8-bit values are exact."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, a_zero: Optional[torch.Tensor] = None,
+                b_zero: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return (_centred(a, a_zero, True) @ _centred(b, b_zero, False)).to(torch.int32)
+
+
+@register("MatMulInteger", 10)
+def convert_matmul_integer(node, graph):
+    return result(node, MatMulInteger())
+
+
+class QLinearMatMul(nn.Module):
+    """Quantised matmul: the integer product rescaled by a_scale·b_scale/y_scale (in the scales'
+    type, as the spec's reference), rounded half to even, shifted and saturated."""
+
+    def forward(self, a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero=None) -> torch.Tensor:
+        product = _centred(a, a_zero, True) @ _centred(b, b_zero, False)
+        out = product * (a_scale * b_scale / y_scale).to(torch.float64)
+        dtype = y_zero.dtype if y_zero is not None else a.dtype
+        if y_zero is not None:
+            out = out + y_zero.to(torch.float64)
+        info = torch.iinfo(dtype)
+        return torch.round(out).clamp(info.min, info.max).to(dtype)
+
+
+@register("QLinearMatMul", 10, 21)
+def convert_qlinear_matmul(node, graph):
+    return result(node, QLinearMatMul())
