@@ -164,3 +164,63 @@ def convert_rotary_embedding(node, graph):
     attrs = node.attributes
     return result(node, RotaryEmbedding(bool(attrs.get("interleaved", 0)), int(attrs.get("rotary_embedding_dim", 0)),
                                         int(attrs.get("num_heads", 0))))
+
+
+def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, T, H*D) -> (B, H, T, D)."""
+    b, t, _ = x.shape
+    return x.reshape(b, t, n, -1).transpose(1, 2)
+
+
+class LinearAttention(nn.Module):
+    """Recurrent linear attention (opset 27): a (d_k x d_v) state per KV head, decayed by
+    exp(decay) when gated, corrected towards v by beta when a delta rule, plus k v^T each step;
+    the output reads it with q (KV heads shared across query groups). Float32 inside, as the spec."""
+
+    def __init__(self, update_rule: str, q_heads: int, kv_heads: int, scale: float):
+        super().__init__()
+        self.gated = update_rule in ("gated", "gated_delta")
+        self.delta = update_rule in ("delta", "gated_delta")
+        self.q_heads, self.kv_heads, self.scale = q_heads, kv_heads, scale
+
+    def forward(self, query, key, value, past_state=None, decay=None, beta=None):
+        if self.gated != (decay is not None) or self.delta != (beta is not None):
+            raise ValueError("LinearAttention's decay/beta inputs do not match its update_rule")
+        b, t, _ = query.shape
+        q, k, v = (_heads(x, n).float() for x, n in ((query, self.q_heads), (key, self.kv_heads),
+                                                     (value, self.kv_heads)))
+        d_k, d_v = k.shape[-1], v.shape[-1]
+        if decay is not None:
+            decay = (decay.reshape(b, t, self.kv_heads, 1).transpose(1, 2) if decay.shape[-1] == self.kv_heads
+                     else _heads(decay, self.kv_heads)).float()
+        if beta is not None:
+            beta = beta.reshape(b, t, beta.shape[-1], 1).transpose(1, 2).float()
+        state = (past_state.float() if past_state is not None
+                 else query.new_zeros((b, self.kv_heads, d_k, d_v), dtype=torch.float32))
+        scale = self.scale or 1.0 / math.sqrt(d_k)
+        group = self.q_heads // self.kv_heads
+        outputs = []
+        for i in range(t):
+            k_t, v_t = k[:, :, i], v[:, :, i]
+            if decay is not None:
+                state = state * torch.exp(decay[:, :, i])[..., None]
+            if beta is not None:
+                v_t = beta[:, :, i] * (v_t - torch.einsum("bhdm,bhd->bhm", state, k_t))
+            state = state + k_t[..., :, None] * v_t[..., None, :]
+            shared = state.repeat_interleave(group, dim=1) if group > 1 else state
+            outputs.append(scale * torch.einsum("bhd,bhdm->bhm", q[:, :, i], shared))
+        out = torch.stack(outputs, 2).transpose(1, 2).reshape(b, t, self.q_heads * d_v)
+        return out.to(query.dtype), state.to(past_state.dtype if past_state is not None else query.dtype)
+
+
+@register("LinearAttention", 27)
+def convert_linear_attention(node, graph):
+    attrs = node.attributes
+    rule = attrs.get("update_rule", "gated_delta")
+    rule = rule.decode() if isinstance(rule, bytes) else rule
+    if rule not in ("linear", "gated", "delta", "gated_delta"):
+        raise NotImplementedError(f"LinearAttention update_rule {rule!r}")
+    if "q_num_heads" not in attrs or "kv_num_heads" not in attrs:
+        raise NotImplementedError("LinearAttention needs q_num_heads and kv_num_heads")
+    return result(node, LinearAttention(rule, int(attrs["q_num_heads"]), int(attrs["kv_num_heads"]),
+                                        float(attrs.get("scale", 0.0))))
