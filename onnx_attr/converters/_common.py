@@ -22,3 +22,9 @@ def onnx2torch_result(node: OnnxNode, graph: OnnxGraph, version: int) -> Operati
     """onnx2torch's converter for the node's op at `version`, for the cases it handles well
     (constant weights or bounds) inside a converter of ours that covers the rest."""
     return get_converter(operation_type=node.operation_type, version=version, domain="")(node, graph)
+
+
+def text_attribute(node: OnnxNode, name: str, default: str) -> str:
+    """A string attribute (onnx2torch may hand it over as bytes)."""
+    value = node.attributes.get(name, default)
+    return value.decode() if isinstance(value, bytes) else value

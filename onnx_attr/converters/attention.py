@@ -13,7 +13,7 @@ import torch
 from onnx import helper
 from torch import Tensor, nn
 
-from ._common import result
+from ._common import result, text_attribute
 from .registry import register
 
 NEG_INF = float("-inf")
@@ -216,8 +216,7 @@ class LinearAttention(nn.Module):
 @register("LinearAttention", 27)
 def convert_linear_attention(node, graph):
     attrs = node.attributes
-    rule = attrs.get("update_rule", "gated_delta")
-    rule = rule.decode() if isinstance(rule, bytes) else rule
+    rule = text_attribute(node, "update_rule", "gated_delta")
     if rule not in ("linear", "gated", "delta", "gated_delta"):
         raise NotImplementedError(f"LinearAttention update_rule {rule!r}")
     if "q_num_heads" not in attrs or "kv_num_heads" not in attrs:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import result
+from ._common import result, text_attribute
 from .registry import register
 
 _WIDTH = {torch.uint8: 8, torch.uint16: 16, torch.uint32: 32, torch.uint64: 64,
@@ -53,8 +53,7 @@ class BitShift(nn.Module):
 
 @register("BitShift", 11)
 def convert_bit_shift(node, graph):
-    direction = node.attributes.get("direction", "")
-    direction = direction.decode() if isinstance(direction, bytes) else direction
+    direction = text_attribute(node, "direction", "")
     if direction not in ("LEFT", "RIGHT"):
         raise NotImplementedError(f"BitShift direction {direction!r} (expected LEFT or RIGHT)")
     return result(node, BitShift(direction == "LEFT"))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import onnx2torch_result, result
+from ._common import onnx2torch_result, result, text_attribute
 from .pooling import pool_geometry
 from .registry import register
 
@@ -123,8 +123,7 @@ class CausalConvWithState(nn.Module):
 
 @register("CausalConvWithState", 27)
 def convert_causal_conv_with_state(node, graph):
-    activation = node.attributes.get("activation", "none")
-    activation = activation.decode() if isinstance(activation, bytes) else activation
+    activation = text_attribute(node, "activation", "none")
     if activation not in ("none", "silu", "swish"):
         raise NotImplementedError(f"CausalConvWithState activation {activation!r}")
     return result(node, CausalConvWithState(activation != "none"))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._common import result
+from ._common import result, text_attribute
 from .registry import register
 
 
@@ -34,8 +34,7 @@ class ImageDecoder(nn.Module):
 
 @register("ImageDecoder", 20)
 def convert_image_decoder(node, graph):
-    pixel_format = node.attributes.get("pixel_format", "RGB")
-    pixel_format = pixel_format.decode() if isinstance(pixel_format, bytes) else pixel_format
+    pixel_format = text_attribute(node, "pixel_format", "RGB")
     if pixel_format not in ("RGB", "BGR", "Grayscale"):
         raise NotImplementedError(f"ImageDecoder pixel_format {pixel_format!r}")
     return result(node, ImageDecoder(pixel_format))

@@ -15,16 +15,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._common import result
+from ._common import result, text_attribute
 from .registry import register
 
 #: ONNX scatter reduction -> torch scatter_reduce name (None: plain assignment)
 _REDUCE = {"none": None, "add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
-
-
-def _attr_str(node, name: str, default: str) -> str:
-    value = node.attributes.get(name, default)
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _wrap(indices: torch.Tensor, size: int) -> torch.Tensor:
@@ -50,7 +45,7 @@ class ScatterElements(nn.Module):
 
 
 def _reduction(node) -> str:
-    reduction = _attr_str(node, "reduction", "none")
+    reduction = text_attribute(node, "reduction", "none")
     if reduction not in _REDUCE:
         raise NotImplementedError(f"scatter reduction {reduction!r} is not defined by ONNX")
     return reduction
@@ -257,7 +252,7 @@ class TensorScatter(nn.Module):
 
 @register("TensorScatter", 24)
 def convert_tensor_scatter(node, graph):
-    mode = _attr_str(node, "mode", "linear")
+    mode = text_attribute(node, "mode", "linear")
     if mode not in ("linear", "circular"):
         raise NotImplementedError(f"TensorScatter mode {mode!r}")
     return result(node, TensorScatter(node.attributes.get("axis", -2), mode == "circular"))

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._common import result
+from ._common import result, text_attribute
 from .registry import register
 
 
@@ -53,8 +53,7 @@ class SoftmaxCrossEntropyLoss(nn.Module):
 
 
 def _options(node) -> tuple[Optional[int], str]:
-    reduction = node.attributes.get("reduction", "mean")
-    reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+    reduction = text_attribute(node, "reduction", "mean")
     if reduction not in ("none", "sum", "mean"):
         raise NotImplementedError(f"{node.operation_type} reduction {reduction!r}")
     ignore = node.attributes.get("ignore_index")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._common import result
+from ._common import result, text_attribute
 from .registry import register
 
 Coefficients = Callable[[float, float], np.ndarray]
@@ -191,31 +191,26 @@ class Resize(nn.Module):
         return f"{self.coordinate_mode}, axes={self.axes}"
 
 
-def _text(attrs: dict, name: str, default: str) -> str:
-    value = attrs.get(name, default)
-    return value.decode() if isinstance(value, bytes) else value
-
-
 @register("Resize", 11, 13, 18, 19)
 def convert_resize(node, graph):
     attrs = node.attributes
-    mode = _text(attrs, "mode", "nearest")
+    mode = text_attribute(node, "mode", "nearest")
     antialias = bool(attrs.get("antialias", 0))
     if mode == "nearest":
         if antialias:
             raise NotImplementedError("Resize antialias is not defined for mode 'nearest'")
-        coefficients = _nearest(_text(attrs, "nearest_mode", "round_prefer_floor"))
+        coefficients = _nearest(text_attribute(node, "nearest_mode", "round_prefer_floor"))
     elif mode == "linear":
         coefficients = _linear(antialias)
     elif mode == "cubic":
         coefficients = _cubic(float(attrs.get("cubic_coeff_a", -0.75)), antialias)
     else:
         raise NotImplementedError(f"Resize mode {mode!r}")
-    policy = _text(attrs, "keep_aspect_ratio_policy", "stretch")
+    policy = text_attribute(node, "keep_aspect_ratio_policy", "stretch")
     if policy not in ("stretch", "not_larger", "not_smaller"):
         raise NotImplementedError(f"Resize keep_aspect_ratio_policy {policy!r}")
     axes = attrs.get("axes")
-    module = Resize(coefficients, _text(attrs, "coordinate_transformation_mode", "half_pixel"),
+    module = Resize(coefficients, text_attribute(node, "coordinate_transformation_mode", "half_pixel"),
                     bool(attrs.get("exclude_outside", 0)), float(attrs.get("extrapolation_value", 0.0)),
                     None if axes is None else list(axes), policy)
     return result(node, module)

@@ -12,15 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import result
+from ._common import result, text_attribute
 from .registry import register
 
 _MODES = {"bilinear": "bilinear", "linear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "cubic": "bicubic"}
-
-
-def _text(attrs: dict, name: str, default: str) -> str:
-    value = attrs.get(name, default)
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class GridSample(nn.Module):
@@ -37,8 +32,8 @@ class GridSample(nn.Module):
 @register("GridSample", 16, 20, 22)
 def convert_grid_sample(node, graph):
     attrs = node.attributes
-    mode = _text(attrs, "mode", "bilinear")
-    padding = _text(attrs, "padding_mode", "zeros")
+    mode = text_attribute(node, "mode", "bilinear")
+    padding = text_attribute(node, "padding_mode", "zeros")
     if mode not in _MODES or padding not in ("zeros", "border", "reflection"):
         raise NotImplementedError(f"GridSample mode {mode!r} with padding_mode {padding!r}")
     return result(node, GridSample(_MODES[mode], padding, bool(attrs.get("align_corners", 0))))

@@ -9,7 +9,7 @@ import torch
 from onnx import helper
 from torch import nn
 
-from ._common import result
+from ._common import result, text_attribute
 from .registry import register
 
 
@@ -126,8 +126,7 @@ class DepthToSpace(nn.Module):
 
 
 def _mode(node) -> str:
-    mode = node.attributes.get("mode", "DCR")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = text_attribute(node, "mode", "DCR")
     if mode not in ("DCR", "CRD"):
         raise NotImplementedError(f"{node.operation_type} mode {mode!r} (expected DCR or CRD)")
     return mode
