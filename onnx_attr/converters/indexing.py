@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._common import result, text_attribute
+from ._common import onnx2torch_result, result, text_attribute
 from .registry import register
 
 #: ONNX scatter reduction -> torch scatter_reduce name (None: plain assignment)
@@ -256,3 +256,26 @@ def convert_tensor_scatter(node, graph):
     if mode not in ("linear", "circular"):
         raise NotImplementedError(f"TensorScatter mode {mode!r}")
     return result(node, TensorScatter(node.attributes.get("axis", -2), mode == "circular"))
+
+
+class CornersInOrder(nn.Module):
+    """ONNX lets [y1, x1, y2, x2] boxes name either diagonal pair; torchvision's NMS (inside
+    onnx2torch's module) needs min corner first, so the corners are sorted before it runs."""
+
+    def __init__(self, nms: nn.Module):
+        super().__init__()
+        self.nms = nms
+
+    def forward(self, boxes: torch.Tensor, scores: torch.Tensor, max_output_boxes_per_class: Optional[torch.Tensor] = None,
+                iou_threshold: Optional[torch.Tensor] = None, score_threshold: Optional[torch.Tensor] = None):
+        low = torch.minimum(boxes[..., :2], boxes[..., 2:])
+        high = torch.maximum(boxes[..., :2], boxes[..., 2:])
+        return self.nms(torch.cat((low, high), -1), scores, max_output_boxes_per_class, iou_threshold, score_threshold)
+
+
+@register("NonMaxSuppression", 10, 11)
+def convert_non_max_suppression(node, graph):
+    converted = onnx2torch_result(node, graph, 11)
+    if node.attributes.get("center_point_box", 0):  # centre and size: no corners to order
+        return converted
+    return converted._replace(torch_module=CornersInOrder(converted.torch_module))

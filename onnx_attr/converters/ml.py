@@ -35,3 +35,19 @@ class ArrayFeatureExtractor(nn.Module):
 @register("ArrayFeatureExtractor", 1, domain="ai.onnx.ml")
 def convert_array_feature_extractor(node, graph):
     return result(node, ArrayFeatureExtractor())
+
+
+class Binarizer(nn.Module):
+    """1 where x > threshold, else 0, in x's type."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x > self.threshold).to(x.dtype)
+
+
+@register("Binarizer", 1, domain="ai.onnx.ml")
+def convert_binarizer(node, graph):
+    return result(node, Binarizer(float(node.attributes.get("threshold", 0.0))))
