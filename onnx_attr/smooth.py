@@ -41,12 +41,11 @@ class LogSumExpPool(MaxPool):
 
     def windows(self, x: Tensor, pad: float = 0.0) -> Tensor:
         """[N, C, *out, K]: each output position's window, padded with `pad` (see `valid`)."""
-        pads, strides, dilations, crop = self._plan(tuple(x.shape[2:]))
-        w = F.pad(x, pads, value=pad)
-        for axis, (k, s, d) in enumerate(zip(self.attrs["kernel_shape"], strides, dilations)):
+        plan = self.plan(tuple(x.shape[2:]))
+        w = F.pad(x, plan.pads, value=pad)
+        for axis, (k, s, d) in enumerate(zip(self.attrs["kernel_shape"], plan.strides, plan.dilations)):
             w = w.unfold(2 + axis, (k - 1) * d + 1, s)[..., ::d]
-        w = w[(slice(None), slice(None), *crop)]
-        return w.flatten(-len(strides))
+        return w.flatten(-len(plan.strides))
 
     def valid(self, x: Tensor) -> Tensor:
         """[1, 1, *out, K]: which window entries are inside the input (not padding)."""

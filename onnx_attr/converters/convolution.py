@@ -3,7 +3,7 @@ onnx2torch cannot import since it builds torch.nn.ConvNd from constant weights.
 
 Constant weights still go to onnx2torch's nn.ConvNd modules (the DeepLift rewrite and
 RevealCancel read their `weight`); variable ones run the functional op with the ONNX geometry:
-explicit or SAME pads (the same arithmetic as pooling), and for ConvTranspose, pads,
+explicit or SAME pads (pooling's `window_padding`), and for ConvTranspose, pads,
 output_padding and output_shape applied as one crop-or-extend of the full transposed output.
 """
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import onnx2torch_result, result, text_attribute
-from .pooling import pool_geometry
+from .pooling import window_padding
 from .registry import register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -44,12 +44,8 @@ class Conv(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
         rank = _spatial_rank(w, "Conv")
-        attrs = {**self.attrs, "kernel_shape": list(w.shape[2:])}
-        extents, strides, dilations, begin, outs = pool_geometry(attrs, tuple(x.shape[2:]))
-        need = [(o - 1) * s + e for o, s, e in zip(outs, strides, extents)]
-        pads = [p for axis in reversed(range(rank))  # a negative end pad drops elements no window reads
-                for p in (begin[axis], need[axis] - x.shape[2 + axis] - begin[axis])]
-        return _CONV[rank](F.pad(x, pads), w, b, strides, 0, dilations, self.group)
+        plan = window_padding({**self.attrs, "kernel_shape": list(w.shape[2:])}, tuple(x.shape[2:]))
+        return _CONV[rank](F.pad(x, plan.pads), w, b, plan.strides, 0, plan.dilations, self.group)
 
 
 class ConvTranspose(nn.Module):

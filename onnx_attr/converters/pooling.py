@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,35 +101,21 @@ class WindowSums(nn.Module):
         if len(attrs["kernel_shape"]) not in _CONV:
             raise NotImplementedError("pooling over more than 3 spatial dims is not supported")
 
-    def _geometry(self, x: torch.Tensor):
-        extents, strides, dilations, begin, outs = pool_geometry(self.attrs, tuple(x.shape[2:]))
-        need = [(o - 1) * s + e for o, s, e in zip(outs, strides, extents)]
-        ends = [nd - n - b for nd, n, b in zip(need, x.shape[2:], begin)]
-        return strides, dilations, begin, ends
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        strides, dilations, begin, ends = self._geometry(x)
-        return self._sum(x, strides, dilations, begin, ends)
+        plan = window_padding(self.attrs, tuple(x.shape[2:]))
+        return self._sum(F.pad(x, plan.pads), plan)
 
-    def _sum(self, x, strides, dilations, begin, ends):
-        rank = len(strides)
-        pads = [p for axis in reversed(range(rank)) for p in (begin[axis], ends[axis])]
-        ones = torch.ones((x.shape[1], 1, *self.attrs["kernel_shape"]), dtype=x.dtype, device=x.device)
-        return _CONV[rank](F.pad(x, pads), ones, None, strides, 0, dilations, x.shape[1])
+    def _sum(self, padded: torch.Tensor, plan: WindowPadding) -> torch.Tensor:
+        ones = torch.ones((padded.shape[1], 1, *self.attrs["kernel_shape"]), dtype=padded.dtype, device=padded.device)
+        return _CONV[len(plan.strides)](padded, ones, None, plan.strides, 0, plan.dilations, padded.shape[1])
 
     def counted(self, x: torch.Tensor, include_pad: bool) -> torch.Tensor:
-        strides, dilations, begin, ends = self._geometry(x)
-        ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
-        if include_pad:  # the explicit pads count; the ceil-mode overhang beyond them does not
-            explicit = pool_geometry({**self.attrs, "ceil_mode": 0}, tuple(x.shape[2:]))[3]
-            pads = list(self.attrs.get("pads", [0] * 2 * len(strides)))[len(strides):]
-            if self.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
-                pads = [0] * len(strides)
-            ones = F.pad(ones, [p for axis in reversed(range(len(strides))) for p in (explicit[axis], pads[axis])],
-                         value=1.0)
-            begin = [b - e for b, e in zip(begin, explicit)]
-            ends = [e - p for e, p in zip(ends, pads)]
-        return self._sum(ones, strides, dilations, begin, ends)
+        plan = window_padding(self.attrs, tuple(x.shape[2:]))
+        mask = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        if include_pad:  # the op's own pads count as ones; the ceil-mode overhang beyond them does not
+            mask = F.pad(mask, plan.own_pads, value=1.0)
+            return self._sum(F.pad(mask, [p - q for p, q in zip(plan.pads, plan.own_pads)]), plan)
+        return self._sum(F.pad(mask, plan.pads), plan)
 
 
 class DilatedAveragePool(nn.Module):
@@ -169,8 +157,27 @@ def convert_global_max_pool(node, graph):
     return result(node, GlobalMaxPool())
 
 
-def pool_geometry(attrs: dict, spatial: tuple[int, ...]) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
-    """Kernel extents, strides, dilations, begin pads and output sizes, following the ONNX spec."""
+class WindowPadding(NamedTuple):
+    """How to pad an input so that windows without padding read exactly what ONNX's do.
+
+    `pads` (F.pad order, last axis first) extends the input to the span the windows cover; a
+    negative end pad drops trailing elements no window reads, so the op's output has exactly
+    ONNX's size. `own_pads` are the op's pads alone (explicit or SAME), without the ceil-mode
+    overhang: the elements AveragePool's count_include_pad counts."""
+
+    pads: list[int]
+    own_pads: list[int]
+    strides: list[int]
+    dilations: list[int]
+
+
+def _torch_pads(begin: list[int], end: list[int]) -> list[int]:
+    return [p for axis in reversed(range(len(begin))) for p in (begin[axis], end[axis])]
+
+
+def window_padding(attrs: dict, spatial: tuple[int, ...]) -> WindowPadding:
+    """The ONNX window geometry (pads or SAME/VALID auto_pad, strides, dilations, ceil mode) of a
+    pooling or convolution over inputs of this spatial shape."""
     kernel = list(attrs["kernel_shape"])
     rank = len(kernel)
     strides = list(attrs.get("strides", [1] * rank))
@@ -188,15 +195,14 @@ def pool_geometry(attrs: dict, spatial: tuple[int, ...]) -> tuple[list[int], lis
         pads = list(attrs.get("pads", [0] * 2 * rank))
         begin, end = pads[:rank], pads[rank:]
     ceil = bool(attrs.get("ceil_mode", 0)) and auto_pad in ("NOTSET", "")
-    outs = []
+    reach = []
     for n, s, e, b, f in zip(spatial, strides, extents, begin, end):
         span = n + b + f - e
         out = (-(-span // s) if ceil else span // s) + 1
         if ceil and (out - 1) * s >= n + b:  # a window may not start in the end padding
             out -= 1
-        outs.append(out)
-    return extents, strides, dilations, begin, outs
-
+        reach.append((out - 1) * s + e - n - b)  # the end pad the last window needs
+    return WindowPadding(_torch_pads(begin, reach), _torch_pads(begin, end), strides, dilations)
 
 
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -210,22 +216,18 @@ class MaxPool(nn.Module):
         self.attrs = attrs
         if len(attrs["kernel_shape"]) not in _MAX:
             raise NotImplementedError("MaxPool over more than 3 spatial dims is not supported")
-        self._plans: dict[tuple[int, ...], tuple] = {}  # per spatial shape: pads, strides, dilations, sizes
+        self._plans: dict[tuple[int, ...], WindowPadding] = {}  # per spatial shape
 
-    def _plan(self, spatial: tuple[int, ...]) -> tuple:
+    def plan(self, spatial: tuple[int, ...]) -> WindowPadding:
         if spatial not in self._plans:
-            extents, strides, dilations, begin, outs = pool_geometry(self.attrs, spatial)
-            need = [(o - 1) * s + e for o, s, e in zip(outs, strides, extents)]
-            end = [max(nd - n - b, 0) for nd, n, b in zip(need, spatial, begin)]
-            pads = [p for axis in reversed(range(len(extents))) for p in (begin[axis], end[axis])]
-            self._plans[spatial] = (pads, strides, dilations, tuple(slice(0, o) for o in outs))
+            self._plans[spatial] = window_padding(self.attrs, spatial)
         return self._plans[spatial]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads, strides, dilations, crop = self._plan(tuple(x.shape[2:]))
+        plan = self.plan(tuple(x.shape[2:]))
         low = torch.finfo(x.dtype).min if x.is_floating_point() else torch.iinfo(x.dtype).min
-        y = _MAX[len(strides)](F.pad(x, pads, value=low), list(self.attrs["kernel_shape"]), strides, 0, dilations)
-        return y[(..., *crop)]
+        return _MAX[len(plan.strides)](F.pad(x, plan.pads, value=low), list(self.attrs["kernel_shape"]),
+                                       plan.strides, 0, plan.dilations)
 
 
 @register("MaxPool", 1, 8, 10, 11, 12)

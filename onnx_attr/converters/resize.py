@@ -132,20 +132,21 @@ class Resize(nn.Module):
 
     def forward(self, x: torch.Tensor, roi: Optional[torch.Tensor] = None, scales: Optional[torch.Tensor] = None,
                 sizes: Optional[torch.Tensor] = None) -> torch.Tensor:
-        key = (tuple(x.shape), *(None if t is None or t.numel() == 0 else tuple(t.reshape(-1).tolist())
-                                 for t in (roi, scales, sizes)))
-        if key not in self._plans:
-            self._plans[key] = self._plan(*key)
         compute = x.dtype if x.is_floating_point() else torch.float64
+        given = tuple(None if t is None or t.numel() == 0 else tuple(t.reshape(-1).tolist()) for t in (roi, scales, sizes))
+        key = (tuple(x.shape), *given, compute, x.device)
+        if key not in self._plans:  # the matrices, as tensors of the compute type on x's device
+            self._plans[key] = [
+                (axis, torch.from_numpy(matrix).to(device=x.device, dtype=compute),
+                 None if outside is None else torch.from_numpy(outside).to(x.device))
+                for axis, matrix, outside in self._plan(tuple(x.shape), *given)]
         y = x.to(compute)
-        for axis, matrix, outside in self._plans[key]:
-            weights = torch.from_numpy(matrix).to(device=x.device, dtype=compute)
+        for axis, weights, outside in self._plans[key]:
             y = torch.movedim(torch.movedim(y, axis, -1) @ weights.T, -1, axis)
             if outside is not None:
                 shape = [1] * y.dim()
                 shape[axis] = -1
-                mask = torch.from_numpy(outside).to(x.device).reshape(shape)
-                y = torch.where(mask, torch.tensor(self.extrapolation_value, dtype=compute, device=x.device), y)
+                y = y.masked_fill(outside.reshape(shape), self.extrapolation_value)
         if x.is_floating_point():
             return y
         info = torch.iinfo(x.dtype)  # as ONNX's reference: saturate, then truncate
