@@ -18,6 +18,7 @@ from onnx2torch.onnx_graph import OnnxGraph, ValueType
 from torch import fx, nn
 
 from . import converters  # noqa: F401 - importing registers our converters
+from .converters.control_flow import MODEL_OPSETS
 from .converters.registry import find_converter
 from .converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
 from .errors import ConversionError, UnsupportedOpError
@@ -30,15 +31,23 @@ def opsets(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int, str, str]]:
-    """(op_type, domain, opset, node name, reason) for every node nothing can convert."""
-    versions = opsets(model)
+    """(op_type, domain, opset, node name, reason) for every node nothing can convert,
+    in the bodies of If/Loop/Scan too."""
+    return _unsupported_in(model.graph, opsets(model), "")
+
+
+def _unsupported_in(graph: onnx.GraphProto, versions: dict[str, int], scope: str) -> list:
     found = []
-    for index, node in enumerate(model.graph.node):
+    for index, node in enumerate(graph.node):
         opset = versions.get(node.domain, 0)
+        label = scope + _node_label(node, index)
         if node.domain and node.domain not in versions:
-            found.append((node.op_type, node.domain, 0, _node_label(node, index), "its domain is not imported"))
+            found.append((node.op_type, node.domain, 0, label, "its domain is not imported"))
         elif find_converter(node.domain, node.op_type, opset) is None:
-            found.append((node.op_type, node.domain, opset, _node_label(node, index), ""))
+            found.append((node.op_type, node.domain, opset, label, ""))
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                found += _unsupported_in(sub, versions, f"{label}/{attr.name}/")
     return found
 
 
@@ -69,6 +78,14 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
     if missing:
         raise UnsupportedOpError(missing)
     versions = opsets(model)
+    token = MODEL_OPSETS.set(versions)
+    try:
+        return _convert(model, versions)
+    finally:
+        MODEL_OPSETS.reset(token)
+
+
+def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule:
     onnx_graph = OnnxGraph(model.graph)
     elem_types = _elem_types(model.graph)
     root = nn.Module()

@@ -39,6 +39,7 @@ def normalize(
     notes: list[str] = []
     canonical = drop_initializer_inputs(model, notes)
     canonical = fold_constants(canonical, notes)
+    canonical = inline_constant_ifs(canonical, notes)
     canonical = infer_shapes(canonical, notes)
     converted = canonical
     if importable is not None and not importable(canonical):
@@ -164,6 +165,60 @@ def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
         values = list(getattr(attr, field_name))
         return helper.make_tensor(name, dtype, [len(values)], values)
     return None
+
+
+def inline_constant_ifs(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Replace each If whose condition is a constant by the nodes of the branch it takes.
+
+    Exports keep such Ifs for shape checks; inlined, the taken branch is ordinary graph that
+    the DeepLift rules see op by op (an If left in place runs as one opaque module). The
+    branch's own names get a prefix so they cannot clash; its outputs reach the If's outputs
+    through Identity nodes, which the constant folding then rewires away.
+    """
+    inlined = 0
+    while True:
+        inits = {t.name: t for t in model.graph.initializer}
+        index = next((i for i, n in enumerate(model.graph.node) if n.op_type == "If" and n.domain in ("", "ai.onnx")
+                      and n.input[0] in inits and numpy_helper.to_array(inits[n.input[0]]).size == 1), None)
+        if index is None:
+            break
+        model = _copy(model)
+        graph = model.graph
+        node = graph.node[index]
+        taken = "then_branch" if bool(numpy_helper.to_array(inits[node.input[0]]).reshape(-1)[0]) else "else_branch"
+        branch = next(a.g for a in node.attribute if a.name == taken)
+        spliced = _prefixed_branch(branch, f"{node.output[0]}/{taken}/", _used_names(graph) | set(inits))
+        spliced.node.extend(helper.make_node("Identity", [src.name], [dst], name=f"{dst}/{taken}/out")
+                       for src, dst in zip(spliced.output, node.output))
+        graph.initializer.extend(spliced.initializer)
+        new_nodes = list(graph.node[:index]) + list(spliced.node) + list(graph.node[index + 1:])
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        model = fold_constants(model, [])
+        inlined += 1
+    if inlined:
+        notes.append(f"inlined {inlined} If node(s) whose condition is a constant")
+    return model
+
+
+def _prefixed_branch(branch: onnx.GraphProto, prefix: str, taken_names: set[str]) -> onnx.GraphProto:
+    """A copy of `branch` whose locally defined names carry `prefix` (made unique if needed)."""
+    out = onnx.GraphProto()
+    out.CopyFrom(branch)
+    while any(name.startswith(prefix) for name in taken_names):
+        prefix = "_" + prefix
+    local = [t.name for t in out.initializer] + [o for n in out.node for o in n.output if o]
+    for name in local:
+        _rename_uses(out, name, prefix + name)
+        for o in out.output:
+            if o.name == name:
+                o.name = prefix + name
+    for t in out.initializer:
+        t.name = prefix + t.name
+    for n in out.node:
+        n.output[:] = [prefix + o if o else o for o in n.output]
+        n.name = prefix + (n.name or n.op_type)
+    return out
 
 
 def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

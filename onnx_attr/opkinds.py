@@ -19,7 +19,7 @@ LINEAR = frozenset({
     "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth",
     "ReduceSum", "ReduceMean", "CumSum", "Resize", "Upsample", "Trilu", "Compress", "ScatterND",
     "ScatterElements", "Scatter", "TensorScatter", "Where", "ReverseSequence", "CenterCropPad", "DFT", "STFT",
-    "AffineGrid", "Col2Im",
+    "AffineGrid", "Col2Im", "MaxUnpool",
 })
 UNARY = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
@@ -68,6 +68,8 @@ def op_kind(op_type: str, variable: Sequence[bool], attrs: Mapping | None = None
     the kind depends on them, its attributes)."""
     n_var = sum(variable)
     if op_type in ("ScatterElements", "ScatterND") and (attrs or {}).get("reduction") in _NONLINEAR_REDUCTIONS:
+        return "unknown"
+    if op_type == "BatchNormalization" and (attrs or {}).get("training_mode"):  # batch statistics
         return "unknown"
     if op_type == "Div":  # a / b is linear in a; a varying divisor makes it a quotient
         return "bilinear" if len(variable) > 1 and variable[1] else "linear"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
 from torch import nn
 
 from ._common import result
@@ -230,8 +232,66 @@ class MaxPool(nn.Module):
                                        plan.strides, 0, plan.dilations)
 
 
+class MaxPoolWithIndices(MaxPool):
+    """MaxPool that also gives ONNX's Indices: flat positions in the unpadded input, counting
+    the batch and channel too, over its spatial dims in row-major (or, with `storage_order` 1,
+    column-major) order."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spatial = tuple(x.shape[2:])
+        plan = self.plan(spatial)
+        low = torch.finfo(x.dtype).min if x.is_floating_point() else torch.iinfo(x.dtype).min
+        padded = F.pad(x, plan.pads, value=low)
+        y, where = _MAX[len(spatial)](padded, list(self.attrs["kernel_shape"]), plan.strides, 0, plan.dilations,
+                                      return_indices=True)
+        flat = torch.zeros_like(where)
+        stride = 1
+        axes = range(len(spatial)) if self.attrs.get("storage_order", 0) else reversed(range(len(spatial)))
+        for axis in axes:  # padded coordinates -> unpadded, re-flattened in the wanted order
+            inner = math.prod(padded.shape[2 + axis + 1:])
+            coord = (where // inner) % padded.shape[2 + axis] - plan.pads[2 * (len(spatial) - 1 - axis)]
+            flat += coord * stride
+            stride *= spatial[axis]
+        n, c = x.shape[:2]
+        planes = torch.arange(n * c, device=x.device).reshape(n, c, *([1] * len(spatial)))
+        return y, flat + planes * math.prod(spatial)
+
+
 @register("MaxPool", 1, 8, 10, 11, 12)
 def convert_max_pool(node, graph):
     if len(node.output_values) > 1 and node.output_values[1]:
-        raise NotImplementedError("MaxPool's Indices output is not supported")
-    return result(node, MaxPool(dict(node.attributes)))
+        return result(node, MaxPoolWithIndices(dict(node.attributes)))
+    return OperationConverterResult(torch_module=MaxPool(dict(node.attributes)),
+                                    onnx_mapping=OnnxMapping(inputs=node.input_values,
+                                                             outputs=node.output_values[:1]))
+
+
+class MaxUnpool(nn.Module):
+    """ONNX MaxUnpool: each value is written at its flat index (MaxPool's Indices) in a zero
+    tensor of `output_shape`, or of the shape the pooling geometry implies.
+
+    The indices address `output_shape`, as in onnxruntime and torch's max_unpool; ONNX's own
+    reference (and so one node-suite case) reads them in the implied shape instead.
+    """
+
+    def __init__(self, kernel: list[int], strides: list[int], pads: list[int]):
+        super().__init__()
+        self.kernel, self.strides, self.pads = kernel, strides, pads
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_shape: torch.Tensor | None = None):
+        if output_shape is not None:  # the shape MaxPool's input had, which its indices address
+            shape = [int(d) for d in output_shape.tolist()]
+        else:
+            rank = len(self.kernel)
+            shape = [*x.shape[:2], *((n - 1) * s + k - b - e for n, s, k, b, e in zip(
+                x.shape[2:], self.strides, self.kernel, self.pads[:rank], self.pads[rank:]))]
+        out = x.new_zeros(math.prod(shape))
+        return out.index_put((indices.reshape(-1),), x.reshape(-1)).reshape(shape)
+
+
+@register("MaxUnpool", 9, 11, 22)
+def convert_max_unpool(node, graph):
+    kernel = list(node.attributes["kernel_shape"])
+    rank = len(kernel)
+    return result(node, MaxUnpool(kernel, list(node.attributes.get("strides", [1] * rank)),
+                                  list(node.attributes.get("pads", [0] * 2 * rank))))

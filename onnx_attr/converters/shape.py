@@ -62,6 +62,35 @@ def convert_reshape(node, graph):
     return result(node, Reshape(allowzero))
 
 
+class Unsqueeze(nn.Module):
+    """ONNX Unsqueeze: negative axes count from the end of the *output*, and axes may be a scalar.
+
+    onnx2torch's inserts sorted raw axes one by one, which misplaces several negative axes.
+    """
+
+    def __init__(self, axes: list[int] | None = None):
+        super().__init__()
+        self.axes = axes
+
+    def forward(self, x: torch.Tensor, axes: torch.Tensor | None = None) -> torch.Tensor:
+        wanted = self.axes if self.axes is not None else [int(a) for a in axes.reshape(-1).tolist()]
+        rank = x.dim() + len(wanted)
+        for axis in sorted(a + rank if a < 0 else a for a in wanted):
+            x = x.unsqueeze(axis)
+        return x
+
+
+@register("Unsqueeze", 1, 11, 13, 21)
+def convert_unsqueeze(node, graph):
+    if "axes" in node.attributes:  # before opset 13 the axes are an attribute
+        return result(node, Unsqueeze(list(node.attributes["axes"])), inputs=node.input_values[:1])
+    axes_name = node.input_values[1]
+    if axes_name in graph.initializers:
+        axes = graph.initializers[axes_name].to_torch().reshape(-1).tolist()
+        return result(node, Unsqueeze([int(a) for a in axes]), inputs=node.input_values[:1])
+    return result(node, Unsqueeze())
+
+
 class Split(nn.Module):
     """ONNX Split-13/18: sizes from a constant `split` input, or `num_outputs` near-equal chunks."""
 

@@ -25,6 +25,11 @@ def _vjp(call, x, rest, grad):
 
 @rule("MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin")
 class CrossExtremum(Rule):
+    def check(self, info):
+        if info.n_outputs > 1:
+            raise NotImplementedError(f"{info.op_type} with its Indices output is not supported; "
+                                      "re-export without the indices")
+
     def backward(self, info, call, grad, args, out, refs, ref_out):
         x, rest = args[0], args[1:]
         x0 = refs[0].expand_as(x)

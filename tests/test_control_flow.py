@@ -1,0 +1,133 @@
+"""If, Loop and Scan: bodies that read outer tensors, constant conditions inlined, runtime ones run
+from Python. onnxruntime is the oracle; DeepLift must be exact through an inlined If and must
+refuse a runtime one by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_attr
+from conftest import FLOAT, INT64, make_model, ort_run
+from onnx_attr.errors import UnsupportedOpError
+
+BOOL = TensorProto.BOOL
+RNG = np.random.default_rng(5)
+
+
+def branch(name, nodes, outputs, initializers=(), shape=(2, 3)):
+    from onnx import numpy_helper
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(o, FLOAT, shape) for o in outputs],
+                             initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k)
+                                          for k, v in dict(initializers).items()])
+
+
+def if_model(cond=None):
+    """y = If(cond) then relu(x) * w + sigmoid(x) else tanh(x) * 3; `cond` constant or an input."""
+    then = branch("then", [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "w"], ["rw"]),
+                           helper.make_node("Add", ["rw", "s"], ["out"])], ["out"], {"w": [2.0, -1.0, 0.5]})
+    other = branch("else", [helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("Mul", ["t", "three"], ["out"])],
+                   ["out"], {"three": 3.0})
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    inputs = [("x", FLOAT, [2, 3])]
+    inits = {}
+    if cond is None:
+        inputs.append(("cond", BOOL, []))
+    else:
+        inits["cond"] = np.array(cond)
+    return make_model(nodes, inputs, [("y", FLOAT, [2, 3])], initializers=inits)
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_constant_if_is_inlined_and_deeplift_is_exact(cond):
+    proto = if_model(cond)
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    (expected,) = ort_run(proto, {"x": x})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert "If" not in {n.meta.get("onnx_op") for n in model.module.graph.nodes}
+    assert any("inlined 1 If" in note for note in model.notes)
+    np.testing.assert_allclose(model.run({"x": x})[0].numpy(), expected, rtol=1e-6, atol=1e-6)
+    attr, delta = onnx_attr.DeepLift(model).attribute(x, target=1, return_convergence_delta=True)
+    assert np.abs(delta).max() < 1e-5
+    assert attr.shape == x.shape
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_runtime_if_runs_the_taken_branch(cond):
+    proto = if_model()
+    feeds = {"x": RNG.standard_normal((2, 3)).astype(np.float32), "cond": np.array(cond)}
+    (expected,) = ort_run(proto, feeds)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    np.testing.assert_allclose(model.run(feeds)[0].numpy(), expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(UnsupportedOpError, match="If"):
+        onnx_attr.DeepLift(model).attribute(feeds["x"], target=0, additional_forward_args=(feeds["cond"],))
+
+
+def loop_model(trip_count=True):
+    """Sum x * i over i < 4 (or while the sum's first element stays below 6), outer `x` read in
+    the body; the running sum is also a scan output."""
+    body_nodes = [helper.make_node("Cast", ["i"], ["fi"], to=FLOAT), helper.make_node("Mul", ["x", "fi"], ["step"]),
+                  helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+                  helper.make_node("Identity", ["acc_out"], ["running"])]
+    if trip_count:
+        body_nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    else:
+        body_nodes += [helper.make_node("ReduceSum", ["acc_out"], ["total"], keepdims=0),
+                       helper.make_node("Less", ["total", "limit"], ["cond_out"])]
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", INT64, []), helper.make_tensor_value_info("cond_in", BOOL, []),
+         helper.make_tensor_value_info("acc_in", FLOAT, [3])],
+        [helper.make_tensor_value_info("cond_out", BOOL, []), helper.make_tensor_value_info("acc_out", FLOAT, [3]),
+         helper.make_tensor_value_info("running", FLOAT, [3])])
+    inputs = ["M", "", "acc0"] if trip_count else ["", "go", "acc0"]
+    inits = {"M": np.array(4, np.int64)} if trip_count else {"go": np.array(True), "limit": np.array(6.0, np.float32)}
+    return make_model([helper.make_node("Loop", inputs, ["acc", "trace"], body=body)],
+                      [("x", FLOAT, [3]), ("acc0", FLOAT, [3])], [("acc", FLOAT, [3]), ("trace", FLOAT, ["n", 3])],
+                      initializers=inits)
+
+
+@pytest.mark.parametrize("trip_count", [True, False], ids=["for", "while"])
+def test_loop_matches_onnxruntime(trip_count):
+    proto = loop_model(trip_count)
+    feeds = {"x": np.array([0.5, 1.0, -0.25], np.float32), "acc0": np.array([0.1, 0.2, 0.3], np.float32)}
+    expected = ort_run(proto, feeds)
+    got = onnx_attr.load(proto, strip_final_activation=False).run(feeds)
+    assert len(got) == 2 and got[1].shape == expected[1].shape
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-6)
+
+
+def test_scan_reversed_along_axis_one_matches_onnxruntime():
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "x_t"], ["s_out"]), helper.make_node("Mul", ["s_out", "w"], ["y_t"])],
+        "body", [helper.make_tensor_value_info("s_in", FLOAT, [2]), helper.make_tensor_value_info("x_t", FLOAT, [2])],
+        [helper.make_tensor_value_info("s_out", FLOAT, [2]), helper.make_tensor_value_info("y_t", FLOAT, [2])])
+    node = helper.make_node("Scan", ["s0", "xs"], ["s", "ys"], body=body, num_scan_inputs=1,
+                            scan_input_axes=[1], scan_input_directions=[1], scan_output_axes=[-1],
+                            scan_output_directions=[1])
+    proto = make_model([node], [("s0", FLOAT, [2]), ("xs", FLOAT, [2, 5])], [("s", FLOAT, [2]), ("ys", FLOAT, [2, 5])],
+                       initializers={"w": np.array([1.5, -2.0], np.float32)})
+    feeds = {"s0": RNG.standard_normal(2).astype(np.float32), "xs": RNG.standard_normal((2, 5)).astype(np.float32)}
+    expected = ort_run(proto, feeds)
+    for g, e in zip(onnx_attr.load(proto, strip_final_activation=False).run(feeds), expected):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-6)
+
+
+def test_unsupported_op_inside_a_body_is_named_with_its_path():
+    body = branch("then", [helper.make_node("StringNormalizer", ["x"], ["out"])], ["out"], shape=[2])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=body, name="choose")
+    proto = make_model([node], [("x", FLOAT, [2]), ("cond", BOOL, [])], [("y", FLOAT, [2])])
+    with pytest.raises(UnsupportedOpError, match=r"(?s)StringNormalizer.*choose/then_branch/"):
+        onnx_attr.load(proto)
+
+
+def test_unsqueeze_with_several_negative_axes_matches_onnxruntime():
+    proto = make_model([helper.make_node("Unsqueeze", ["x", "axes"], ["y"])], [("x", FLOAT, [2, 3])],
+                       [("y", FLOAT, [2, 1, 3, 1])], initializers={"axes": np.array([-1, -3], np.int64)})
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    (expected,) = ort_run(proto, {"x": x})
+    got = onnx_attr.load(proto, strip_final_activation=False).run({"x": x})[0]
+    assert got.shape == expected.shape == (2, 1, 3, 1)
