@@ -55,7 +55,10 @@ def main() -> None:
     print(f"\n{'op':<28}{'pass':>6}{'clear':>7}{'wrong':>7}{'crash':>7}")
     for op, v in failing[:args.by_op]:
         print(f"{op:<28}{v['pass']:>6}{v['clear']:>7}{v['wrong']:>7}{v['crash']:>7}")
+    by_name = {c.name: c for c in cases}
     for name, (outcome, detail) in sorted(ours.items()):
+        if outcome == "wrong" and conformance.agrees_with_onnxruntime(by_name[name]):
+            detail += "; matches onnxruntime"
         if outcome in ("wrong", "crash"):
             print(f"{outcome}: {name}: {detail}")
     if args.write_baseline:
