@@ -16,11 +16,23 @@ from .base import Rule, rule
 from .paired import secant_tolerance
 
 
+#: ops that pool each example on its own, so a batch-1 reference can be pooled once
+_PER_EXAMPLE = frozenset({"MaxPool", "GlobalMaxPool"})
+
+
 def _vjp(call, x, rest, grad):
     with torch.enable_grad():
         z = x.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(call(z, *rest), z, grad)
     return g
+
+
+def _vjp_shared(call, x0, rest, grad):
+    """The op's backward at a batch-1 reference for a whole batch of output gradients: one
+    pooling of the reference, its backward mapped over the batch (not a pooling of B copies)."""
+    _, back = torch.func.vjp(lambda t: call(t, *rest), x0.detach())
+    (g,) = torch.func.vmap(back)(grad.unsqueeze(1))
+    return g.squeeze(1)
 
 
 @rule("MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin")
@@ -32,18 +44,21 @@ class CrossExtremum(Rule):
 
     def backward(self, info, call, grad, args, out, refs, ref_out):
         x, rest = args[0], args[1:]
+        shared = info.op_type in _PER_EXAMPLE and refs[0].shape[0] == 1 and x.shape[0] > 1
         x0 = refs[0].expand_as(x)
         y, y0 = out, ref_out.expand_as(out)
         m = torch.minimum(y, y0) if info.op_type == "ReduceMin" else torch.maximum(y, y0)
         dx = x - x0
-        close = dx.abs() <= secant_tolerance(x, x0)
+        close = dx.abs() <= secant_tolerance(x, refs[0])
         needs_plain = bool(close.any())
         with torch.enable_grad():  # one forward at x serves the credit and, where needed, the gradient
             z = x.detach().requires_grad_(True)
             out_z = call(z, *rest)
             (at_x,) = torch.autograd.grad(out_z, z, (m - y0) * grad, retain_graph=needs_plain)
             plain = torch.autograd.grad(out_z, z, grad)[0] if needs_plain else None
-        multiplier = (at_x + _vjp(call, x0, rest, (y - m) * grad)) / dx.masked_fill(close, 1.0)
+        at_x0 = (_vjp_shared(call, refs[0], rest, (y - m) * grad) if shared
+                 else _vjp(call, x0, rest, (y - m) * grad))
+        multiplier = (at_x + at_x0) / dx.masked_fill(close, 1.0)
         if needs_plain:
             multiplier = torch.where(close, plain, multiplier)
         return [multiplier] + [None] * (len(args) - 1)
