@@ -276,3 +276,22 @@ def test_non_finite_attributions_name_the_node_that_produced_them():
     attributions = dl.attribute(np.array([[1.0, 0.5]], np.float32), target=0)
     assert not np.isfinite(attributions).all()
     assert "overflowing_exp" in dl.last_report["non_finite"] and dl.last_report["warnings"]
+
+
+def test_maxpool_at_a_shared_reference_pools_it_once_and_agrees(monkeypatch):
+    """A batch-1 baseline is pooled once and its backward mapped over the batch (vmap); the
+    attributions must equal those of pooling B copies of it, and stay complete."""
+    import onnx_attr.rules.pooling as pooling
+
+    proto = make_model([helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+                        helper.make_node("Relu", ["p"], ["r"]), helper.make_node("ReduceSum", ["r"], ["s"], axes=[2, 3], keepdims=0)],
+                       [("x", FLOAT, [4, 8, 48, 48])], [("s", FLOAT, [4, 8])], opset=12)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    gen = torch.Generator().manual_seed(4)
+    x, baseline = torch.randn(4, 8, 48, 48, generator=gen), torch.randn(1, 8, 48, 48, generator=gen)
+    assert x.numel() >= pooling._VMAP_WORTH_IT
+    shared, delta = onnx_attr.DeepLift(model).attribute(x, baseline, target=3, return_convergence_delta=True)
+    _complete(model, x, baseline, 3, delta)
+    monkeypatch.setattr(pooling, "_VMAP_WORTH_IT", float("inf"))
+    copies = onnx_attr.DeepLift(model).attribute(x, baseline, target=3)
+    torch.testing.assert_close(shared, copies, rtol=1e-6, atol=1e-6)

@@ -18,6 +18,8 @@ from .paired import secant_tolerance
 
 #: ops that pool each example on its own, so a batch-1 reference can be pooled once
 _PER_EXAMPLE = frozenset({"MaxPool", "GlobalMaxPool"})
+#: below this many input elements vmap's fixed cost (~0.1 ms) exceeds pooling the batch
+_VMAP_WORTH_IT = 1 << 16
 
 
 def _vjp(call, x, rest, grad):
@@ -44,7 +46,8 @@ class CrossExtremum(Rule):
 
     def backward(self, info, call, grad, args, out, refs, ref_out):
         x, rest = args[0], args[1:]
-        shared = info.op_type in _PER_EXAMPLE and refs[0].shape[0] == 1 and x.shape[0] > 1
+        shared = (info.op_type in _PER_EXAMPLE and refs[0].shape[0] == 1 and x.shape[0] > 1
+                  and x.numel() >= _VMAP_WORTH_IT)
         x0 = refs[0].expand_as(x)
         y, y0 = out, ref_out.expand_as(out)
         m = torch.minimum(y, y0) if info.op_type == "ReduceMin" else torch.maximum(y, y0)
