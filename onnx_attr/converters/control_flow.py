@@ -78,7 +78,7 @@ def convert_body(body: onnx.GraphProto, outer_graph) -> Body:
     graph.name = graph.name or "body"
     for name in free_names(body):
         if name in outer_graph.initializers:
-            graph.initializer.append(_initializer(outer_graph, name))
+            graph.initializer.extend(t for t in outer_graph.proto.initializer if t.name == name)
         else:
             info = outer_graph.value_info.get(name)
             graph.input.append(info if info is not None else helper.make_empty_tensor_value_info(name))
@@ -88,11 +88,6 @@ def convert_body(body: onnx.GraphProto, outer_graph) -> Body:
     notes: list[str] = []
     model = infer_shapes(fold_constants(model, notes), notes)
     return Body(convert(model), len(body.output), outer)
-
-
-def _initializer(outer_graph, name: str) -> onnx.TensorProto:
-    tensor = next(t for t in outer_graph.proto.initializer if t.name == name)
-    return tensor
 
 
 def _as_bool(t: torch.Tensor) -> bool:
