@@ -225,11 +225,15 @@ class MaxPool(nn.Module):
             self._plans[spatial] = window_padding(self.attrs, spatial)
         return self._plans[spatial]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def padded(self, x: torch.Tensor) -> tuple[torch.Tensor, WindowPadding]:
+        """x padded with its dtype's lowest value as far as the windows read, and the plan."""
         plan = self.plan(tuple(x.shape[2:]))
         low = torch.finfo(x.dtype).min if x.is_floating_point() else torch.iinfo(x.dtype).min
-        return _MAX[len(plan.strides)](F.pad(x, plan.pads, value=low), list(self.attrs["kernel_shape"]),
-                                       plan.strides, 0, plan.dilations)
+        return F.pad(x, plan.pads, value=low), plan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, plan = self.padded(x)
+        return _MAX[len(plan.strides)](padded, list(self.attrs["kernel_shape"]), plan.strides, 0, plan.dilations)
 
 
 class MaxPoolWithIndices(MaxPool):
@@ -239,9 +243,7 @@ class MaxPoolWithIndices(MaxPool):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spatial = tuple(x.shape[2:])
-        plan = self.plan(spatial)
-        low = torch.finfo(x.dtype).min if x.is_floating_point() else torch.iinfo(x.dtype).min
-        padded = F.pad(x, plan.pads, value=low)
+        padded, plan = self.padded(x)
         y, where = _MAX[len(spatial)](padded, list(self.attrs["kernel_shape"]), plan.strides, 0, plan.dilations,
                                       return_indices=True)
         flat = torch.zeros_like(where)
