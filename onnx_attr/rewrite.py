@@ -91,7 +91,16 @@ class BoundOp:
 class _DeepLiftCall(torch.autograd.Function):
     @staticmethod
     def forward(ctx, op: "DeepLiftOp", refs: list, ref_out, *args):
-        out = op.bound(*args)
+        ctx.graph = None
+        if op.rule.keeps_graph:  # the op's own graph at x, for a rule that differentiates it there
+            with torch.enable_grad():
+                live = [a.detach().requires_grad_(True) if v and isinstance(a, Tensor) and a.is_floating_point()
+                        else a for a, v in zip(args, (*op.info.variable, *[False] * len(args)))]
+                out = op.bound(*live)
+            ctx.graph = ([live[i] for i in op.info.variable_positions()], out)
+            out = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
+        else:
+            out = op.bound(*args)
         ctx.op, ctx.refs, ctx.ref_out = op, refs, ref_out
         ctx.template = [None if isinstance(a, Tensor) else a for a in args]
         ctx.is_tensor = [isinstance(a, Tensor) for a in args]
@@ -106,7 +115,9 @@ class _DeepLiftCall(torch.autograd.Function):
         outs, it = saved[:ctx.n_out], iter(saved[ctx.n_out:])
         args = [next(it) if t else v for t, v in zip(ctx.is_tensor, ctx.template)]
         out, grad = (outs[0], grads[0]) if ctx.n_out == 1 else (outs, grads)
-        grads_in = ctx.op.rule.backward(ctx.op.info, ctx.op.bound, grad, args, out, ctx.refs, ctx.ref_out)
+        extra = {"graph": ctx.graph} if ctx.graph is not None else {}
+        grads_in = ctx.op.rule.backward(ctx.op.info, ctx.op.bound, grad, args, out, ctx.refs, ctx.ref_out, **extra)
+        ctx.graph = None
         return (None, None, None, *grads_in)
 
 

@@ -162,3 +162,45 @@ def test_forward_is_bit_for_bit_the_plain_op(case):
             rewritten.state.mode = "deeplift"
         assert torch.equal(rewritten.module(*xs), plain), mode
     rewritten.state.mode = "off"
+
+
+EQUAL_CASES = [c for c in CASES if c.op in ("Relu", "Clip", "MaxPool", "GlobalMaxPool", "ReduceMax") and c.label
+               in ("", "pad")]
+
+
+@pytest.mark.parametrize("case", EQUAL_CASES, ids=[c.id for c in EQUAL_CASES])
+def test_where_input_equals_reference_the_multiplier_is_the_gradient(case):
+    """Where x == x0 exactly (a zero baseline meeting zeros, the usual case after a ReLU), the
+    secant is 0/0: the multiplier there must be the op's gradient, measured by central finite
+    differences of onnxruntime, and nothing may come out NaN."""
+    rng = np.random.default_rng(4)
+    model, variables = build(case, np.float64)
+    dl = onnx_attr.DeepLift(onnx_attr.load(model, strip_final_activation=False), multiply_by_inputs=False)
+    f = lambda t: _ort(model, {variables[0]: t})  # noqa: E731
+    shape = case.shapes[0]
+    x0 = case.sampler(rng, (1, *shape[1:])).astype(np.float64) / 2  # halved: mostly inside Clip's bounds
+    x = case.sampler(rng, shape).astype(np.float64) / 2
+    equal = rng.random(shape) < 0.5
+    x = np.where(equal, np.broadcast_to(x0, shape), x)
+    out_shape = f(x).shape
+    if out_shape == shape:  # elementwise: every element in turn, so the equal ones are all met
+        targets = [[index] * shape[0] for index in np.ndindex(*shape[1:])]
+    else:
+        targets = [random_target(out_shape, rng) if len(out_shape) > 1 else None for _ in range(12)]
+    compared = []
+    for target in targets:
+        picked = (np.arange(shape[0]), *np.array(target).T) if target else np.arange(shape[0])
+        m = dl.attribute(x, x0, target=target)
+        assert np.isfinite(m).all()
+        h, gradient = 1e-4, np.zeros(shape)  # onnxruntime may compute in float32 (see _ort)
+        for flat in range(x.size):
+            index = np.unravel_index(flat, shape)
+            up, down = x.copy(), x.copy()
+            up[index] += h
+            down[index] -= h
+            gradient[index] = (f(up) - f(down))[picked][index[0]] / (2 * h)
+        np.testing.assert_allclose(m[equal], gradient[equal], atol=2e-3)
+        compared.append(gradient[equal])
+        total = (m * (x - x0)).reshape(shape[0], -1).sum(1)
+        np.testing.assert_allclose(total, (f(x) - f(np.repeat(x0, shape[0], 0)))[picked], rtol=1e-6, atol=1e-6)
+    assert np.abs(np.concatenate(compared)).max() > 0.5, "no equal element had a gradient: the test saw nothing"

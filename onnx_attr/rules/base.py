@@ -47,6 +47,9 @@ class NodeInfo:
 
 class Rule:
     kind = "composite"
+    #: the rule differentiates the op at x: the forward keeps the op's graph and the backward
+    #: gets it as `graph=(variable inputs, output)`, so the op is not run at x a second time
+    keeps_graph = False
 
     def check(self, info: NodeInfo) -> None:
         """Raise NotImplementedError (with a sentence) for configurations the rule cannot make exact."""

@@ -4,8 +4,9 @@ For a window with y = max(x), y0 = max(x0) and m = max(y, y0), the rule credits 
 element where x peaks and y - m to the element where x0 peaks; the two sum to y - y0, so it is
 exact, and it is the rule Captum uses for max pooling. The credits are spread onto the inputs by
 the op's own backward (which routes a window's gradient to its peak, accumulating where windows
-overlap), run once at x and once at x0; the multiplier is the spread divided by Δx. Where Δx is
-~0 the credit is ~0 too, and the plain gradient is used. Min is the same with m = min(y, y0).
+overlap), run once at x (on the graph its forward kept) and once at x0; the multiplier is the
+spread divided by Δx. Where Δx = 0 the credit is 0 too, and the plain gradient is used. Min is
+the same with m = min(y, y0).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from .base import Rule, rule
-from .paired import secant_tolerance
 
 
 #: ops that pool each example on its own, so a batch-1 reference can be pooled once
@@ -39,29 +39,33 @@ def _vjp_shared(call, x0, rest, grad):
 
 @rule("MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin")
 class CrossExtremum(Rule):
+    keeps_graph = True
+
     def check(self, info):
         if info.n_outputs > 1:
             raise NotImplementedError(f"{info.op_type} with its Indices output is not supported; "
                                       "re-export without the indices")
 
-    def backward(self, info, call, grad, args, out, refs, ref_out):
+    def backward(self, info, call, grad, args, out, refs, ref_out, graph=None):
         x, rest = args[0], args[1:]
         shared = (info.op_type in _PER_EXAMPLE and refs[0].shape[0] == 1 and x.shape[0] > 1
                   and x.numel() >= _VMAP_WORTH_IT)
         x0 = refs[0].expand_as(x)
         y, y0 = out, ref_out.expand_as(out)
         m = torch.minimum(y, y0) if info.op_type == "ReduceMin" else torch.maximum(y, y0)
-        dx = x - x0
-        close = dx.abs() <= secant_tolerance(x, refs[0])
-        needs_plain = bool(close.any())
-        with torch.enable_grad():  # one forward at x serves the credit and, where needed, the gradient
-            z = x.detach().requires_grad_(True)
-            out_z = call(z, *rest)
-            (at_x,) = torch.autograd.grad(out_z, z, (m - y0) * grad, retain_graph=needs_plain)
-            plain = torch.autograd.grad(out_z, z, grad)[0] if needs_plain else None
+        if graph is None:
+            with torch.enable_grad():
+                z = x.detach().requires_grad_(True)
+                graph = ([z], call(z, *rest))
+        (z,), out_z = graph
+        (at_x,) = torch.autograd.grad(out_z, z, (m - y0) * grad, retain_graph=True)
         at_x0 = (_vjp_shared(call, refs[0], rest, (y - m) * grad) if shared
                  else _vjp(call, x0, rest, (y - m) * grad))
-        multiplier = (at_x + at_x0) / dx.masked_fill(close, 1.0)
-        if needs_plain:
-            multiplier = torch.where(close, plain, multiplier)
+        # Each credit is at most |Δx| of the element it lands on, so there is no blow-up as Δx
+        # shrinks, and it is exactly 0 where Δx = 0: those elements alone come out NaN (0 / 0),
+        # found by one sum, and take the plain gradient.
+        multiplier = at_x.add_(at_x0).div_(x - x0)
+        if bool(torch.isnan(multiplier.sum())):
+            (plain,) = torch.autograd.grad(out_z, z, grad)
+            multiplier = torch.where(torch.isnan(multiplier), plain, multiplier)
         return [multiplier] + [None] * (len(args) - 1)
