@@ -16,8 +16,6 @@ from torch import Tensor
 from .paired import product, rescale_multiplier
 
 RULES: dict[str, "Rule"] = {}
-#: Elementwise ops whose slopes are only 0 and 1: their secant is exact in floating point.
-EXACT_SECANT = frozenset({"Relu", "Clip"})
 
 
 def rule(*op_types: str) -> Callable[[type], type]:
@@ -89,17 +87,19 @@ class UnaryRule(Rule):
     """Any elementwise op of one varying input (other inputs constant: PRelu slope, Clip bounds)."""
 
     kind = "unary"
+    #: slopes 0 and 1 only (Relu, Clip): the secant is exact in floating point (see rescale_multiplier)
+    exact_secant = False
 
     def check(self, info: NodeInfo) -> None:
         _require_varying(info, 1, "is not elementwise-unary")
 
-    def backward(self, info, call, grad, args, out, refs, ref_out):
+    def backward(self, info, call, grad, args, out, refs, ref_out, graph=None):
         (pos,) = info.variable_positions()
         x, x0 = args[pos], refs[pos]
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
         scalars = all(not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
         m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=scalars and not _has_parameters(call),
-                               exact_secant=info.op_type in EXACT_SECANT)
+                               exact_secant=self.exact_secant, graph=graph)
         grads: list[Tensor | None] = [None] * len(args)
         grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
         return grads

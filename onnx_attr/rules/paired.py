@@ -42,7 +42,8 @@ def _max_abs(t: Tensor) -> Tensor:
 
 
 def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor,
-                       elementwise: bool = True, exact_secant: bool = False) -> Tensor:
+                       elementwise: bool = True, exact_secant: bool = False,
+                       graph: tuple[list[Tensor], Tensor] | None = None) -> Tensor:
     """(y - y0) / (x - x0), with f'(x) where x ≈ x0.
 
     The gradient is needed at a handful of elements of a large tensor; when f is elementwise
@@ -59,13 +60,16 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
         if not bool(torch.isnan(m.sum())):  # m is in [0, 1] elsewhere: a sum cannot make a NaN
             return m
         close = torch.isnan(m)
-        elementwise = False  # the op's gradient at every element beats gathering and scattering a few
     else:
         close = dx.abs().le_(secant_tolerance(x, x0)).bool()
         m = (y - y0).div_(dx.masked_fill_(close, 1.0))
         if not bool(close.any()):
             return m
     with torch.enable_grad():
+        if graph is not None:  # f's own graph at x, kept by the forward
+            (z,), out = graph
+            (grad,) = torch.autograd.grad(out, z, torch.ones_like(out))
+            return torch.where(close, grad, m)
         if elementwise and m.shape == x.shape:
             xg = x.detach()[close].requires_grad_(True)
             (grad,) = torch.autograd.grad(f(xg).sum(), xg)

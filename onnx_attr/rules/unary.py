@@ -5,8 +5,8 @@ from __future__ import annotations
 from .base import UnaryRule, rule
 
 UNARY_OPS = (
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "Tanh",
-    "Softplus", "Softsign", "Exp", "Log", "Erf", "Sqrt", "Reciprocal", "Pow", "Abs", "Clip", "HardSwish", "Gelu",
+    "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "Tanh",
+    "Softplus", "Softsign", "Exp", "Log", "Erf", "Sqrt", "Reciprocal", "Pow", "Abs", "HardSwish", "Gelu",
     "Mish", "Shrink", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Swish",
 )
 
@@ -14,3 +14,12 @@ UNARY_OPS = (
 @rule(*UNARY_OPS)
 class Rescale(UnaryRule):
     """(f(x) - f(x0)) / (x - x0) with f the converted op itself, so its exact semantics carry over."""
+
+
+@rule("Relu", "Clip")
+class ExactSecant(UnaryRule):
+    """Slopes 0 and 1 only: the secant needs no tolerance, and where x == x0 the op's gradient is
+    read off the graph its forward kept (these are the hot nonlinearities of CNNs)."""
+
+    exact_secant = True
+    keeps_graph = True
