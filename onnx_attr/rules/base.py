@@ -93,13 +93,13 @@ class UnaryRule(Rule):
     def check(self, info: NodeInfo) -> None:
         _require_varying(info, 1, "is not elementwise-unary")
 
-    def backward(self, info, call, grad, args, out, refs, ref_out, graph=None):
+    def backward(self, info, call, grad, args, out, refs, ref_out):
         (pos,) = info.variable_positions()
         x, x0 = args[pos], refs[pos]
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
         scalars = all(not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
         m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=scalars and not _has_parameters(call),
-                               exact_secant=self.exact_secant, graph=graph)
+                               exact_secant=self.exact_secant)
         grads: list[Tensor | None] = [None] * len(args)
         grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
         return grads

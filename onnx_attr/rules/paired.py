@@ -42,8 +42,7 @@ def _max_abs(t: Tensor) -> Tensor:
 
 
 def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor,
-                       elementwise: bool = True, exact_secant: bool = False,
-                       graph: tuple[list[Tensor], Tensor] | None = None) -> Tensor:
+                       elementwise: bool = True, exact_secant: bool = False) -> Tensor:
     """(y - y0) / (x - x0), with f'(x) where x ≈ x0.
 
     The gradient is needed at a handful of elements of a large tensor; when f is elementwise
@@ -51,32 +50,44 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
     `exact_secant` is for f with slopes 0 and 1 only (Relu, Clip): there the secant is exact in
     floating point (y - y0 is x - x0 or 0 bit for bit, and exact by Sterbenz's lemma near a
     breakpoint), so only x == x0 needs the gradient. There y - y0 = 0 too, so those elements
-    come out of the division as NaN, found by one sum: no mask is built unless there are some
-    (masks and masked fills cost 3 to 6 float passes each on CPU).
+    come out of the division as NaN, found by one sum, and are filled without a mask (on CPU,
+    masks, masked fills and `where` cost 3 to 6 float passes each).
     """
     dx = x - x0  # the hot path of every nonlinearity: few passes, few temporaries
     if exact_secant:
         m = (y - y0).div_(dx)
         if not bool(torch.isnan(m.sum())):  # m is in [0, 1] elsewhere: a sum cannot make a NaN
             return m
-        close = torch.isnan(m)
-    else:
-        close = dx.abs().le_(secant_tolerance(x, x0)).bool()
-        m = (y - y0).div_(dx.masked_fill_(close, 1.0))
-        if not bool(close.any()):
-            return m
-    with torch.enable_grad():
-        if graph is not None:  # f's own graph at x, kept by the forward
-            (z,), out = graph
-            (grad,) = torch.autograd.grad(out, z, torch.ones_like(out))
-            return torch.where(close, grad, m)
-        if elementwise and m.shape == x.shape:
+        return fill_nan(m, _slope(f, x))
+    close = dx.abs().le_(secant_tolerance(x, x0)).bool()
+    m = (y - y0).div_(dx.masked_fill_(close, 1.0))
+    if not bool(close.any()):
+        return m
+    if elementwise and m.shape == x.shape:
+        with torch.enable_grad():
             xg = x.detach()[close].requires_grad_(True)
             (grad,) = torch.autograd.grad(f(xg).sum(), xg)
-            return m.masked_scatter(close, grad)
-        xg = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(f(xg), xg, torch.ones_like(y))
-    return torch.where(close, grad, m)
+        return m.masked_scatter(close, grad)
+    return torch.where(close, _slope(f, x), m)
+
+
+def _slope(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """f'(x) at every element."""
+    with torch.enable_grad():
+        z = x.detach().requires_grad_(True)
+        out = f(z)
+        (grad,) = torch.autograd.grad(out, z, torch.ones_like(out))
+    return grad
+
+
+def fill_nan(m: Tensor, by: Tensor) -> Tensor:
+    """m where it is a number, `by` where it is NaN (m holds no infinities), in m's storage.
+
+    Float passes only: on CPU a bool mask and `torch.where` cost as much as five of them.
+    """
+    kept = torch.nan_to_num(m, nan=0.0)
+    holes = m.nan_to_num_(nan=1.0).sub_(kept)  # 1 where m was NaN, 0 elsewhere, exactly
+    return holes.mul_(by).add_(kept)
 
 
 class _Rescale(torch.autograd.Function):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .base import Rule, rule
+from .paired import fill_nan
 
 
 #: ops that pool each example on its own, so a batch-1 reference can be pooled once
@@ -67,5 +68,5 @@ class CrossExtremum(Rule):
         multiplier = at_x.add_(at_x0).div_(x - x0)
         if bool(torch.isnan(multiplier.sum())):
             (plain,) = torch.autograd.grad(out_z, z, grad)
-            multiplier = torch.where(torch.isnan(multiplier), plain, multiplier)
+            multiplier = fill_nan(multiplier, plain)
         return [multiplier] + [None] * (len(args) - 1)

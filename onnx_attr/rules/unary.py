@@ -18,8 +18,6 @@ class Rescale(UnaryRule):
 
 @rule("Relu", "Clip")
 class ExactSecant(UnaryRule):
-    """Slopes 0 and 1 only: the secant needs no tolerance, and where x == x0 the op's gradient is
-    read off the graph its forward kept (these are the hot nonlinearities of CNNs)."""
+    """Slopes 0 and 1 only: the secant needs no tolerance (the hot nonlinearities of CNNs)."""
 
     exact_secant = True
-    keeps_graph = True
