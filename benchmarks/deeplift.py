@@ -59,18 +59,22 @@ def load(name: str, size: int):
     return _torchvision(name, size), (3, size, size)
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (allocations, cuDNN autotuning)
-    times = []
+def timed(fns: dict, device: torch.device, repeats: int) -> dict:
+    """Median seconds of each function, run round-robin so that drift in the machine's speed
+    (shared CPUs, clocks) falls on every method alike, not on whichever ran last."""
+    for fn in fns.values():
+        fn()  # warm-up (allocations, cuDNN autotuning)
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench(name: str, device: torch.device, batch: int, size: int, repeats: int) -> dict:
@@ -97,25 +101,29 @@ def bench(name: str, device: torch.device, batch: int, size: int, repeats: int) 
 
     ours()
     our_delta = explainer.last_report["max_relative_delta"]
-
-    row = {"model": name, "batch": batch, "plain_s": timed(plain, device, repeats), "ours_s": timed(ours, device, repeats),
-           "cold_s": timed(ours_cold, device, repeats),
-           "ours_delta": our_delta, "captum_delta": float("nan")}
+    fns = {"plain_s": plain, "ours_s": ours, "cold_s": ours_cold}
+    row = {"model": name, "batch": batch, "ours_delta": our_delta, "captum_delta": float("nan"),
+           "captum_s": float("nan")}
     try:
         from captum.attr import DeepLift as CaptumDeepLift
 
         captum = CaptumDeepLift(module)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            row["captum_s"] = timed(lambda: captum.attribute(x, baseline.expand_as(x), target=target), device,
-                                    repeats)
             _, delta = captum.attribute(x, baseline.expand_as(x), target=target, return_convergence_delta=True)
         with torch.no_grad():
             change = (module(x)[:, target] - module(baseline)[:, target]).abs().clamp_min(1.0)
         row["captum_delta"] = float((delta.abs() / change).max())
+
+        def captum_run():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                captum.attribute(x, baseline.expand_as(x), target=target)
+
+        fns["captum_s"] = captum_run
     except Exception as err:  # Captum cannot run every imported graph (that is the point of this tool)
-        row["captum_s"] = float("nan")
         row["captum_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+    row.update(timed(fns, device, repeats))
     return row
 
 
@@ -125,12 +133,13 @@ def main() -> None:
     parser.add_argument("--models", default="digits,resnet18,mobilenet_v2")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=64, help="image side for the torchvision models")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"median of {args.repeats} runs of each method, taken in turn")
     print("ours: a shared baseline reused over batches (its reference pass cached); cold: re-run every call")
     print(f"{'model':<14}{'plain f+b':>12}{'ours':>12}{'ours cold':>12}{'captum':>12}{'ours/plain':>12}"
           f"{'cold/plain':>12}{'captum/plain':>14}"
