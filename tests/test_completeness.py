@@ -204,3 +204,13 @@ def test_where_input_equals_reference_the_multiplier_is_the_gradient(case):
         total = (m * (x - x0)).reshape(shape[0], -1).sum(1)
         np.testing.assert_allclose(total, (f(x) - f(np.repeat(x0, shape[0], 0)))[picked], rtol=1e-6, atol=1e-6)
     assert np.abs(np.concatenate(compared)).max() > 0.5, "no equal element had a gradient: the test saw nothing"
+
+
+def test_fill_nan_fills_only_the_holes_and_never_hides_an_infinity():
+    from onnx_attr.rules.paired import fill_nan
+
+    m = torch.tensor([0.5, float("nan"), 1.0, float("inf"), -0.0, float("nan")])
+    by = torch.tensor([9.0, 7.0, 9.0, 9.0, 9.0, -3.0])
+    out = fill_nan(m.clone(), by)
+    torch.testing.assert_close(out[[0, 1, 2, 4, 5]], torch.tensor([0.5, 7.0, 1.0, 0.0, -3.0]))
+    assert not torch.isfinite(out[3])

@@ -81,12 +81,14 @@ def _slope(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 def fill_nan(m: Tensor, by: Tensor) -> Tensor:
-    """m where it is a number, `by` where it is NaN (m holds no infinities), in m's storage.
+    """m where it is a number, `by` where it is NaN, in m's storage (an infinity in m, which a
+    rule does not make from finite gradients, comes out NaN: still reported, never hidden).
 
     Float passes only: on CPU a bool mask and `torch.where` cost as much as five of them.
     """
-    kept = torch.nan_to_num(m, nan=0.0)
-    holes = m.nan_to_num_(nan=1.0).sub_(kept)  # 1 where m was NaN, 0 elsewhere, exactly
+    inf = float("inf")
+    kept = torch.nan_to_num(m, nan=0.0, posinf=inf, neginf=-inf)
+    holes = m.nan_to_num_(nan=1.0, posinf=inf, neginf=-inf).sub_(kept)  # 1 where m was NaN, else 0
     return holes.mul_(by).add_(kept)
 
 
