@@ -93,11 +93,12 @@ class _DeepLiftCall(torch.autograd.Function):
     def forward(ctx, op: "DeepLiftOp", refs: list, ref_out, *args):
         ctx.graph = None
         if op.rule.keeps_graph:  # the op's own graph at x, for a rule that differentiates it there
+            positions = op.info.variable_positions()
             with torch.enable_grad():
-                live = [a.detach().requires_grad_(True) if v and isinstance(a, Tensor) and a.is_floating_point()
-                        else a for a, v in zip(args, (*op.info.variable, *[False] * len(args)))]
+                live = [a.detach().requires_grad_(True) if i in positions and a.is_floating_point() else a
+                        for i, a in enumerate(args)]
                 out = op.bound(*live)
-            ctx.graph = ([live[i] for i in op.info.variable_positions()], out)
+            ctx.graph = ([live[i] for i in positions], out)
             out = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
         else:
             out = op.bound(*args)

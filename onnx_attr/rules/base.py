@@ -38,9 +38,10 @@ class NodeInfo:
                  n_outputs: int = 1):
         self.op_type, self.attrs, self.opset, self.variable, self.name = op_type, attrs, opset, tuple(variable), name
         self.n_outputs = n_outputs
+        self._positions = tuple(i for i, v in enumerate(self.variable) if v)
 
-    def variable_positions(self) -> list[int]:
-        return [i for i, v in enumerate(self.variable) if v]
+    def variable_positions(self) -> tuple[int, ...]:
+        return self._positions
 
 
 class Rule:
