@@ -164,8 +164,8 @@ def test_forward_is_bit_for_bit_the_plain_op(case):
     rewritten.state.mode = "off"
 
 
-EQUAL_CASES = [c for c in CASES if c.op in ("Relu", "Clip", "MaxPool", "GlobalMaxPool", "ReduceMax") and c.label
-               in ("", "pad")]
+EQUAL_CASES = [c for c in CASES if c.id in ("Relu", "Clip", "MaxPool", "MaxPool-pad", "GlobalMaxPool", "ReduceMax",
+                                             "Max-with-constant")]
 
 
 @pytest.mark.parametrize("case", EQUAL_CASES, ids=[c.id for c in EQUAL_CASES])

@@ -94,24 +94,27 @@ def fill_nan(m: Tensor, by: Tensor) -> Tensor:
 
 class _Rescale(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, x0: Tensor, y0: Tensor, f: Callable) -> Tensor:
+    def forward(ctx, x: Tensor, x0: Tensor, y0: Tensor, f: Callable, exact_secant: bool) -> Tensor:
         y = f(x)
-        ctx.f = f
+        ctx.f, ctx.exact_secant = f, exact_secant
         ctx.save_for_backward(x, x0, y, y0)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, x0, y, y0 = ctx.saved_tensors
-        return grad * rescale_multiplier(ctx.f, x, x0, y, y0), None, None, None
+        m = rescale_multiplier(ctx.f, x, x0, y, y0, exact_secant=ctx.exact_secant)
+        return grad * m, None, None, None, None
 
 
-def rescale(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
-    """(f(x), f(x0)), with f(x) carrying the rescale multiplier as its backward."""
+def rescale(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, exact_secant: bool = False
+            ) -> tuple[Tensor, Tensor]:
+    """(f(x), f(x0)), with f(x) carrying the rescale multiplier as its backward
+    (`exact_secant`: f has slopes 0 and 1 only, see `rescale_multiplier`)."""
     x0 = x0.detach()
     with torch.no_grad():
         y0 = f(x0)
-    return _Rescale.apply(x, x0, y0, f), y0
+    return _Rescale.apply(x, x0, y0, f, exact_secant), y0
 
 
 class _Product(torch.autograd.Function):
@@ -143,11 +146,11 @@ def product(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Te
 
 def pair_max(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor, Tensor]:
     """max(a, b) = a + relu(b - a): exact, and the same split for input and reference."""
-    r, r0 = rescale(torch.relu, b - a, b0 - a0)
+    r, r0 = rescale(torch.relu, b - a, b0 - a0, exact_secant=True)
     return a + r, a0 + r0
 
 
 def pair_min(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor, Tensor]:
     """min(a, b) = a - relu(a - b)."""
-    r, r0 = rescale(torch.relu, a - b, a0 - b0)
+    r, r0 = rescale(torch.relu, a - b, a0 - b0, exact_secant=True)
     return a - r, a0 - r0
