@@ -124,13 +124,15 @@ def convert_split(node, graph):
     return result(node, Split(node.attributes.get("axis", 0), sizes, num_outputs), inputs=inputs)
 
 
-class SpaceToDepth(nn.Module):
-    """Blocks of the spatial axes into channels, in ONNX's DCR (block-major) or CRD order."""
+class _BlockMove(nn.Module):
+    """Moves k×k spatial blocks to or from channels, in ONNX's DCR (block-major) or CRD order."""
 
     def __init__(self, blocksize: int, mode: str):
         super().__init__()
         self.blocksize, self.mode = blocksize, mode
 
+
+class SpaceToDepth(_BlockMove):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         k = self.blocksize
@@ -139,11 +141,7 @@ class SpaceToDepth(nn.Module):
         return blocks.permute(order).reshape(b, c * k * k, h // k, w // k)
 
 
-class DepthToSpace(nn.Module):
-    def __init__(self, blocksize: int, mode: str):
-        super().__init__()
-        self.blocksize, self.mode = blocksize, mode
-
+class DepthToSpace(_BlockMove):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         k = self.blocksize
