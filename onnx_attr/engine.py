@@ -159,7 +159,7 @@ class DeepLiftEngine:
                 state.mode = "reference"
                 with torch.no_grad():
                     full_out = self._forward(module, reference_args)
-                if cacheable and all(b.shape[0] == 1 for b in reference_args):
+                if cacheable and all(b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):  # shared
                     self._cached = ([b.clone() for b in reference_args], state.refs, full_out)
             ref_out = _pick(full_out, output)
             state.mode = "deeplift"

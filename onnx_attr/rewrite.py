@@ -33,7 +33,9 @@ class DeepLiftState:
 
     def __init__(self) -> None:
         self.mode = "off"  # off | tap_baseline | reference | deeplift
-        self.refs: dict[int, tuple[list[Any], Tensor]] = {}
+        # per DeepLiftOp: its inputs and output at the reference, and a memo of what its rule
+        # derives from them alone (kept, like them, as long as the baseline is reused)
+        self.refs: dict[int, tuple[list[Any], Tensor, dict]] = {}
         self.tap_baselines: dict[int, Tensor] = {}  # embedding of the baseline ids, per tap
         self.tap_leaves: dict[int, Tensor] = {}  # the embedding the main pass differentiates against
 
@@ -90,8 +92,8 @@ class BoundOp:
 
 class _DeepLiftCall(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, op: "DeepLiftOp", refs: list, ref_out, *args):
-        ctx.graph = None
+    def forward(ctx, op: "DeepLiftOp", refs: list, ref_out, memo: dict, *args):
+        ctx.graph, ctx.memo = None, memo
         if op.rule.keeps_graph:  # the op's own graph at x, for a rule that differentiates it there
             positions = op.info.variable_positions()
             with torch.enable_grad():
@@ -117,9 +119,11 @@ class _DeepLiftCall(torch.autograd.Function):
         args = [next(it) if t else v for t, v in zip(ctx.is_tensor, ctx.template)]
         out, grad = (outs[0], grads[0]) if ctx.n_out == 1 else (outs, grads)
         extra = {"graph": ctx.graph} if ctx.graph is not None else {}
+        if ctx.op.rule.memoizes:
+            extra["memo"] = ctx.memo
         grads_in = ctx.op.rule.backward(ctx.op.info, ctx.op.bound, grad, args, out, ctx.refs, ctx.ref_out, **extra)
         ctx.graph = None
-        return (None, None, None, *grads_in)
+        return (None, None, None, None, *grads_in)
 
 
 class DeepLiftOp(nn.Module):
@@ -140,13 +144,13 @@ class DeepLiftOp(nn.Module):
         if state.mode == "reference":
             out = self.bound(*values)
             detached = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
-            state.refs[id(self)] = ([a.detach() if isinstance(a, Tensor) else a for a in values], detached)
+            state.refs[id(self)] = ([a.detach() if isinstance(a, Tensor) else a for a in values], detached, {})
             return out
-        refs, ref_out = state.refs[id(self)]
+        refs, ref_out, memo = state.refs[id(self)]
         for pos in self.info.variable_positions():
             if not _broadcasts(refs[pos].shape, values[pos].shape):
                 raise ReferenceShapeMismatch(self.info.name)
-        return _DeepLiftCall.apply(self, refs, ref_out, *values)
+        return _DeepLiftCall.apply(self, refs, ref_out, memo, *values)
 
 
 def signature_names(module: nn.Module) -> list[str]:

@@ -172,23 +172,24 @@ EQUAL_CASES = [c for c in CASES if c.id in ("Relu", "Clip", "MaxPool", "MaxPool-
 def test_where_input_equals_reference_the_multiplier_is_the_gradient(case):
     """Where x == x0 exactly (a zero baseline meeting zeros, the usual case after a ReLU), the
     secant is 0/0: the multiplier there must be the op's gradient, measured by central finite
-    differences of onnxruntime, and nothing may come out NaN."""
+    differences of onnxruntime, and nothing may come out NaN. Each call has its equal elements
+    elsewhere, with the same baseline: what a rule keeps from the reference across calls (the
+    gradient at x0) must not carry over anything of an earlier input."""
     rng = np.random.default_rng(4)
     model, variables = build(case, np.float64)
     dl = onnx_attr.DeepLift(onnx_attr.load(model, strip_final_activation=False), multiply_by_inputs=False)
     f = lambda t: _ort(model, {variables[0]: t})  # noqa: E731
     shape = case.shapes[0]
     x0 = case.sampler(rng, (1, *shape[1:])).astype(np.float64) / 2  # halved: mostly inside Clip's bounds
-    x = case.sampler(rng, shape).astype(np.float64) / 2
-    equal = rng.random(shape) < 0.5
-    x = np.where(equal, np.broadcast_to(x0, shape), x)
-    out_shape = f(x).shape
+    out_shape = f(np.repeat(x0, shape[0], 0)).shape
     if out_shape == shape:  # elementwise: every element in turn, so the equal ones are all met
         targets = [[index] * shape[0] for index in np.ndindex(*shape[1:])]
     else:
         targets = [random_target(out_shape, rng) if len(out_shape) > 1 else None for _ in range(12)]
     compared = []
     for target in targets:
+        equal = rng.random(shape) < 0.5
+        x = np.where(equal, np.broadcast_to(x0, shape), case.sampler(rng, shape).astype(np.float64) / 2)
         picked = (np.arange(shape[0]), *np.array(target).T) if target else np.arange(shape[0])
         m = dl.attribute(x, x0, target=target)
         assert np.isfinite(m).all()

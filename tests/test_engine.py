@@ -58,9 +58,13 @@ def test_export_with_a_fixed_batch_of_two_pads_the_last_chunk():
     model = ChannelShuffle().eval()
     imported = onnx_attr.load(to_onnx(model, torch.randn(2, 4, 6, 6), dynamic_batch=False))
     x = torch.randn(3, 4, 6, 6)
-    attributions, delta = onnx_attr.DeepLift(imported).attribute(x, torch.zeros(1, 4, 6, 6), target=1,
-                                                                 return_convergence_delta=True)
+    dl = onnx_attr.DeepLift(imported)
+    attributions, delta = dl.attribute(x, torch.zeros(1, 4, 6, 6), target=1, return_convergence_delta=True)
     assert attributions.shape == x.shape and delta.abs().max() < 1e-4
+    # the shared baseline, repeated to the fixed batch, is still one reference run once
+    assert dl.engine._cached is not None
+    torch.testing.assert_close(dl.attribute(x.flip(0), torch.zeros(1, 4, 6, 6), target=1),
+                               onnx_attr.DeepLift(imported).attribute(x.flip(0), torch.zeros(1, 4, 6, 6), target=1))
 
 
 class MergedBatch(nn.Module):

@@ -49,6 +49,9 @@ class Rule:
     #: the rule differentiates the op at x: the forward keeps the op's graph and the backward
     #: gets it as `graph=(variable inputs, output)`, so the op is not run at x a second time
     keeps_graph = False
+    #: the backward gets `memo=`, a dict for what it derives from the reference alone: it lives as
+    #: long as the recorded reference, so a baseline reused over many batches computes it once
+    memoizes = False
 
     def check(self, info: NodeInfo) -> None:
         """Raise NotImplementedError (with a sentence) for configurations the rule cannot make exact."""
@@ -90,17 +93,18 @@ class UnaryRule(Rule):
     kind = "unary"
     #: slopes 0 and 1 only (Relu, Clip): the secant is exact in floating point (see rescale_multiplier)
     exact_secant = False
+    memoizes = True  # the gradient at the reference, for the exact secant's holes
 
     def check(self, info: NodeInfo) -> None:
         _require_varying(info, 1, "is not elementwise-unary")
 
-    def backward(self, info, call, grad, args, out, refs, ref_out):
+    def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
         (pos,) = info.variable_positions()
         x, x0 = args[pos], refs[pos]
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
         scalars = all(not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
         m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=scalars and not _has_parameters(call),
-                               exact_secant=self.exact_secant)
+                               exact_secant=self.exact_secant, memo=memo)
         grads: list[Tensor | None] = [None] * len(args)
         grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
         return grads

@@ -31,18 +31,22 @@ def secant_tolerance(x: Tensor, x0: Tensor) -> Tensor:
     return scale * (64 * eps) + torch.finfo(x.dtype).tiny
 
 
+def _unexpanded(t: Tensor) -> Tensor:
+    """The tensor an expanded (stride 0) view repeats, which broadcasts back to the view: a shared
+    batch-1 reference is worked on once, not once per example."""
+    return t[tuple(slice(0, 1) if st == 0 else slice(None) for st in t.stride())]
+
+
 def _max_abs(t: Tensor) -> Tensor:
-    """max |t|, from one aminmax pass (a tenth of the inf-norm's time on CPU). An expanded (stride 0)
-    reference is reduced over the tensor it views, not over its repeats."""
+    """max |t|, from one aminmax pass (a tenth of the inf-norm's time on CPU)."""
     if t.numel() == 0:
         return t.new_zeros(())
-    base = t[tuple(slice(0, 1) if st == 0 else slice(None) for st in t.stride())]
-    low, high = torch.aminmax(base)
+    low, high = torch.aminmax(_unexpanded(t))
     return torch.maximum(high, -low)
 
 
 def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor,
-                       elementwise: bool = True, exact_secant: bool = False) -> Tensor:
+                       elementwise: bool = True, exact_secant: bool = False, memo: dict | None = None) -> Tensor:
     """(y - y0) / (x - x0), with f'(x) where x ≈ x0.
 
     The gradient is needed at a handful of elements of a large tensor; when f is elementwise
@@ -51,14 +55,21 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
     floating point (y - y0 is x - x0 or 0 bit for bit, and exact by Sterbenz's lemma near a
     breakpoint), so only x == x0 needs the gradient. There y - y0 = 0 too, so those elements
     come out of the division as NaN, found by one sum, and are filled without a mask (on CPU,
-    masks, masked fills and `where` cost 3 to 6 float passes each).
+    masks, masked fills and `where` cost 3 to 6 float passes each). Being at x0, they take the
+    gradient at x0: for a shared reference, a batch-1 tensor that broadcasts, kept in `memo` (see
+    `Rule.memoizes`) when the caller gives one.
     """
     dx = x - x0  # the hot path of every nonlinearity: few passes, few temporaries
     if exact_secant:
         m = (y - y0).div_(dx)
         if not bool(torch.isnan(m.sum())):  # m is in [0, 1] elsewhere: a sum cannot make a NaN
             return m
-        return fill_nan(m, _slope(f, x))
+        at_reference = None if memo is None else memo.get("slope")
+        if at_reference is None:
+            at_reference = _slope(f, _unexpanded(x0))
+            if memo is not None:
+                memo["slope"] = at_reference
+        return fill_nan(m, at_reference)
     close = dx.abs().le_(secant_tolerance(x, x0)).bool()
     m = (y - y0).div_(dx.masked_fill_(close, 1.0))
     if not bool(close.any()):
