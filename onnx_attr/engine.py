@@ -75,13 +75,16 @@ class Targets:
                 f"the output has {output.shape[0]} row(s) on axis 0 for {n} example(s): its axis 0 is not the "
                 "batch, so per-example targets cannot be picked; attribute one example at a time"
             )
-        index = torch.tensor(self.rows, dtype=torch.long, device=output.device).reshape(n, depth)
         for axis in range(depth):
             size = output.shape[axis + 1]
-            bad = (index[:, axis] < 0) | (index[:, axis] >= size)
-            if bool(bad.any()):
-                raise InputError(f"target {int(index[bad.nonzero()[0, 0], axis])} is out of range for output "
-                                 f"axis {axis + 1} of size {size} (valid: 0 to {size - 1})")
+            bad = next((row[axis] for row in self.rows if not 0 <= row[axis] < size), None)
+            if bad is not None:
+                raise InputError(f"target {bad} is out of range for output axis {axis + 1} of size {size} "
+                                 f"(valid: 0 to {size - 1})")
+        first = self.rows[0]
+        if all(row == first for row in self.rows):  # one target for all: a plain slice, no index tensors
+            return output[(slice(None), *first)]
+        index = torch.tensor(self.rows, dtype=torch.long, device=output.device).reshape(n, depth)
         return output[(torch.arange(n, device=output.device), *index.unbind(1))]
 
 
@@ -114,6 +117,8 @@ class DeepLiftEngine:
             bs = [b if x.shape[0] != n else _baseline_rows(b, start, stop, size, self.fixed_batch)
                   for x, b in zip(inputs, baselines)]
             parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, stop - start))
+        if len(parts) == 1:
+            return parts[0]
         layers = [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))
                   for i in range(len(self.rewrite.layers))]
         return PassResult(

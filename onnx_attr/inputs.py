@@ -57,7 +57,7 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
         if spec.shape == () and tensor.dim() > 0 and tensor.numel() == 1:
             tensor = tensor.reshape(())  # a one-element array where a scalar is declared
         _check_shape(tensor, spec, what, symbols, skip_batch=any_batch)
-        if must_be_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if must_be_finite and tensor.is_floating_point() and not all_finite(tensor):
             bad = int((~torch.isfinite(tensor)).sum())
             raise InputError(
                 f"{what} {spec.name!r} has {bad} NaN or infinite value(s); "
@@ -65,6 +65,13 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
             )
         out.append(tensor)
     return out
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity in a floating tensor. A finite sum settles it in one float pass (a NaN or
+    infinity always spoils the sum); only a sum that overflows is checked element by element
+    (on CPU the elementwise test writes a bool mask, which costs as much as several passes)."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def _to_tensor(value: Any, spec: TensorSpec, what: str) -> torch.Tensor:

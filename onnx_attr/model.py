@@ -69,7 +69,8 @@ class AttributableModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        first = next(itertools.chain(self.module.buffers(), self.module.parameters()), None)
+        # parameters first: buffers() walks every submodule when the model has none (most do not)
+        first = next(itertools.chain(self.module.parameters(), self.module.buffers()), None)
         return first.device if first is not None else torch.device("cpu")
 
     def prepare(self, inputs: Any, what: str = "input") -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ forward; only while the engine runs DeepLift does its backward return the rule's
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import warnings
 from dataclasses import dataclass, field
@@ -77,6 +78,11 @@ class BoundOp:
 
     def __init__(self, module: nn.Module, names: list[str]):
         self.module, self.names = module, names
+
+    @functools.cached_property
+    def holds_tensors(self) -> bool:
+        """Whether the module holds tensor state beyond scalars (PRelu's per-channel slope)."""
+        return any(p.numel() > 1 for p in (*self.module.parameters(), *self.module.buffers()))
 
     def full(self, args: tuple, kwargs: dict) -> list:
         values = list(args) + [kwargs.get(n) for n in self.names[len(args):]]

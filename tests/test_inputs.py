@@ -8,7 +8,7 @@ import torch
 
 import onnx_attr
 from onnx_attr import InputError
-from onnx_attr.inputs import read_npz
+from onnx_attr.inputs import all_finite, read_npz
 
 from conftest import FLOAT, INT64, make_model
 from onnx import helper
@@ -46,6 +46,20 @@ def test_non_finite_input_is_refused_for_attribution_but_runs(model, bad):
         onnx_attr.DeepLift(model).attribute(x, target=0)
     out = model.run(x)[0]  # the forward computes what the graph computes, as onnxruntime does
     assert bool(torch.isfinite(out[0]).all()) and not bool(torch.isfinite(out[1]).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_all_finite_is_exact_even_where_the_sum_overflows(dtype):
+    big = torch.full((1000,), torch.finfo(dtype).max / 2, dtype=dtype)
+    assert not bool(torch.isfinite(big.sum()))  # the one-pass test overflows: the exact one decides
+    assert all_finite(big) and all_finite(-big) and all_finite(torch.zeros(0, dtype=dtype))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for values in (big.clone(), torch.ones(1000, dtype=dtype)):
+            values[617] = bad
+            assert not all_finite(values)
+    mixed = torch.ones(6, dtype=dtype)
+    mixed[1], mixed[4] = float("inf"), -float("inf")  # inf - inf is NaN: still not finite
+    assert not all_finite(mixed)
 
 
 def test_non_finite_value_in_an_unattributed_input_is_accepted():

@@ -45,7 +45,8 @@ class Conv(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
         rank = _spatial_rank(w, "Conv")
         plan = window_padding({**self.attrs, "kernel_shape": list(w.shape[2:])}, tuple(x.shape[2:]))
-        return _CONV[rank](F.pad(x, plan.pads), w, b, plan.strides, 0, plan.dilations, self.group)
+        padded = F.pad(x, plan.pads) if any(plan.pads) else x  # F.pad copies even to pad nothing
+        return _CONV[rank](padded, w, b, plan.strides, 0, plan.dilations, self.group)
 
 
 class ConvTranspose(nn.Module):

@@ -228,6 +228,8 @@ class MaxPool(nn.Module):
     def padded(self, x: torch.Tensor) -> tuple[torch.Tensor, WindowPadding]:
         """x padded with its dtype's lowest value as far as the windows read, and the plan."""
         plan = self.plan(tuple(x.shape[2:]))
+        if not any(plan.pads):
+            return x, plan  # F.pad would copy x even to pad nothing
         low = torch.finfo(x.dtype).min if x.is_floating_point() else torch.iinfo(x.dtype).min
         return F.pad(x, plan.pads, value=low), plan
 

@@ -11,6 +11,7 @@ import warnings
 
 from ..engine import DeepLiftEngine, PassResult, Targets
 from ..errors import InputError
+from ..inputs import all_finite
 from ._inputs import prepare
 
 
@@ -89,7 +90,7 @@ class DeepLift:
         attributions = contributions if self._multiply_by_inputs else [
             m if m is None or x.is_floating_point() else c
             for m, c, x in zip(result.multipliers, contributions, prepared.tensors)]
-        if not all(bool(torch.isfinite(c).all()) for c in contributions if c is not None):
+        if not all(all_finite(c) for c in contributions if c is not None):
             self._nonfinite = first_nonfinite(self.model, prepared.tensors, prepared.baselines)
         return prepared, attributions, delta, result, index
 

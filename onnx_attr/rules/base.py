@@ -83,8 +83,7 @@ def _require_varying(info: NodeInfo, count: int, why: str) -> None:
 
 def _has_parameters(call: Callable) -> bool:
     """A converted module holding tensor state (PRelu's slope, per channel) cannot run on a subset."""
-    module = getattr(call, "module", None)  # the rewrite passes a BoundOp
-    return isinstance(module, torch.nn.Module) and any(p.numel() > 1 for p in (*module.parameters(), *module.buffers()))
+    return getattr(call, "holds_tensors", False)  # the rewrite passes a BoundOp
 
 
 class UnaryRule(Rule):
