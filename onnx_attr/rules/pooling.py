@@ -23,13 +23,6 @@ _PER_EXAMPLE = frozenset({"MaxPool", "GlobalMaxPool"})
 _VMAP_WORTH_IT = 1 << 16
 
 
-def _vjp(call, x, rest, grad):
-    with torch.enable_grad():
-        z = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(call(z, *rest), z, grad)
-    return g
-
-
 def _vjp_shared(call, x0, rest, grad):
     """The op's backward at a batch-1 reference for a whole batch of output gradients: one
     pooling of the reference, its backward mapped over the batch (not a pooling of B copies)."""
@@ -59,9 +52,15 @@ class CrossExtremum(Rule):
                 z = x.detach().requires_grad_(True)
                 graph = ([z], call(z, *rest))
         (z,), out_z = graph
-        (at_x,) = torch.autograd.grad(out_z, z, (m - y0) * grad, retain_graph=True)
-        at_x0 = (_vjp_shared(call, refs[0], rest, (y - m) * grad) if shared
-                 else _vjp(call, x0, rest, (y - m) * grad))
+        if shared:
+            (at_x,) = torch.autograd.grad(out_z, z, (m - y0) * grad, retain_graph=True)
+            at_x0 = _vjp_shared(call, refs[0], rest, (y - m) * grad)
+        else:  # both backwards in one call of the autograd engine (its fixed cost counts on small ops)
+            with torch.enable_grad():
+                z0 = x0.detach().requires_grad_(True)
+                out_z0 = call(z0, *rest)
+            at_x, at_x0 = torch.autograd.grad((out_z, out_z0), (z, z0), ((m - y0) * grad, (y - m) * grad),
+                                              retain_graph=True)
         # Each credit is at most |Δx| of the element it lands on, so there is no blow-up as Δx
         # shrinks, and it is exactly 0 where Δx = 0: those elements alone come out NaN (0 / 0),
         # found by one sum, and take the plain gradient.
