@@ -164,7 +164,8 @@ class DeepLiftEngine:
                 state.mode = "reference"
                 with torch.no_grad():
                     full_out = self._forward(module, reference_args)
-                if cacheable and all(b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):  # shared
+                # a shared baseline: batch 1, or repeated (stride 0) to an export's fixed batch
+                if cacheable and all(b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):
                     self._cached = ([b.clone() for b in reference_args], state.refs, full_out)
             ref_out = _pick(full_out, output)
             state.mode = "deeplift"
