@@ -35,12 +35,16 @@ def _bias_shape(y: torch.Tensor) -> tuple[int, ...]:
     return (1, -1, *([1] * (y.dim() - 2)))
 
 
-class Conv(nn.Module):
-    """ONNX Conv with the weight as an input."""
+class _WeightAsInput(nn.Module):
+    """A convolution whose weight (and bias) arrive as inputs: the node's attributes and groups."""
 
     def __init__(self, attrs: dict):
         super().__init__()
         self.attrs, self.group = attrs, int(attrs.get("group", 1))
+
+
+class Conv(_WeightAsInput):
+    """ONNX Conv with the weight as an input."""
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
         rank = _spatial_rank(w, "Conv")
@@ -49,12 +53,8 @@ class Conv(nn.Module):
         return _CONV[rank](padded, w, b, plan.strides, 0, plan.dilations, self.group)
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(_WeightAsInput):
     """ONNX ConvTranspose with the weight as an input."""
-
-    def __init__(self, attrs: dict):
-        super().__init__()
-        self.attrs, self.group = attrs, int(attrs.get("group", 1))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
         rank = _spatial_rank(w, "ConvTranspose")
