@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .errors import ForwardError, InputError
 from .model import _explain_failure
+from .reference_cache import ReferenceCache
 from .rewrite import ReferenceShapeMismatch, RewriteResult, rewrite_for_deeplift
 
 
@@ -99,10 +100,10 @@ class DeepLiftEngine:
                                                            reveal_cancel=reveal_cancel)
         first = model.inputs[0].shape if model.inputs and model.inputs[0].shape else None
         self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
-        # The reference pass depends on the baselines alone: a shared baseline reused over many
-        # batches (the usual zero baseline over a dataset) is run once. Changing the module's
-        # weights afterwards needs a new DeepLift object (or cache_reference = False).
-        self._cached: Optional[tuple[list[Tensor], dict, object]] = None
+        # Shared baselines (batch 1) reused over many batches run their reference pass once (see
+        # reference_cache). Changing the module's weights afterwards needs a new DeepLift object
+        # (or cache_reference = False, or references.clear()).
+        self.references = ReferenceCache()
         self.cache_reference = True
 
     def run(self, inputs: Sequence[Tensor], baselines: Sequence[Tensor], attributed: Sequence[bool],
@@ -155,18 +156,16 @@ class DeepLiftEngine:
                                   for x, b, i in zip(xs, bs, integer)]
             layer_taps = self.rewrite.layers
             cacheable = self.cache_reference and not taps and not layer_taps
-            cached = self._cached if cacheable else None
-            if cached is not None and len(cached[0]) == len(reference_args) and all(
-                    a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-                    for a, b in zip(cached[0], reference_args)):
-                state.refs, full_out = cached[1], cached[2]
+            cached = self.references.find(reference_args) if cacheable else None
+            if cached is not None:
+                state.refs, full_out = cached
             else:
                 state.mode = "reference"
                 with torch.no_grad():
                     full_out = self._forward(module, reference_args)
                 # a shared baseline: batch 1, or repeated (stride 0) to an export's fixed batch
                 if cacheable and all(b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):
-                    self._cached = ([b.clone() for b in reference_args], state.refs, full_out)
+                    self.references.add(reference_args, state.refs, full_out)
             ref_out = _pick(full_out, output)
             state.mode = "deeplift"
             differentiate = not layer_taps  # layer attribution differentiates against the layers alone

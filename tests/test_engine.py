@@ -62,7 +62,7 @@ def test_export_with_a_fixed_batch_of_two_pads_the_last_chunk():
     attributions, delta = dl.attribute(x, torch.zeros(1, 4, 6, 6), target=1, return_convergence_delta=True)
     assert attributions.shape == x.shape and delta.abs().max() < 1e-4
     # the shared baseline, repeated to the fixed batch, is still one reference run once
-    assert dl.engine._cached is not None
+    assert len(dl.engine.references) == 1
     torch.testing.assert_close(dl.attribute(x.flip(0), torch.zeros(1, 4, 6, 6), target=1),
                                onnx_attr.DeepLift(imported).attribute(x.flip(0), torch.zeros(1, 4, 6, 6), target=1))
 
@@ -225,7 +225,7 @@ def test_reference_cache_is_reused_only_for_an_equal_baseline():
     x = torch.randn(3, 4, 6, 6)
     dl = onnx_attr.DeepLift(imported)
     first = dl.attribute(x, torch.zeros(1, 4, 6, 6), target=1)
-    assert dl.engine._cached is not None
+    assert len(dl.engine.references) == 1
     again = dl.attribute(x.flip(0), torch.zeros(1, 4, 6, 6), target=1)  # cached reference, new inputs
     torch.testing.assert_close(again, onnx_attr.DeepLift(imported).attribute(x.flip(0), torch.zeros(1, 4, 6, 6),
                                                                              target=1))
@@ -234,6 +234,65 @@ def test_reference_cache_is_reused_only_for_an_equal_baseline():
     fresh = onnx_attr.DeepLift(imported).attribute(x, other, target=1)
     torch.testing.assert_close(changed, fresh)
     assert not torch.allclose(changed, first) and delta.abs().max() < 1e-4
+
+
+def _count_reference_passes(monkeypatch, dl) -> list:
+    engine, passes = dl.engine, []
+    original = engine._forward
+
+    def counting(module, args):
+        if engine.rewrite.state.mode == "reference":
+            passes.append(args[0].shape[0])
+        return original(module, args)
+
+    monkeypatch.setattr(engine, "_forward", counting)
+    return passes
+
+
+def test_deeplift_shap_runs_each_background_reference_once(monkeypatch):
+    imported = onnx_attr.load(to_onnx(ChannelShuffle().eval(), torch.randn(2, 4, 6, 6)))
+    torch.manual_seed(1)
+    background, x = torch.randn(3, 4, 6, 6), torch.randn(5, 4, 6, 6)
+    shap = onnx_attr.DeepLiftShap(imported)
+    passes = _count_reference_passes(monkeypatch, shap)
+    shap.attribute(x, background, target=2)
+    assert passes == [1, 1, 1] and len(shap.engine.references) == 3
+    again, delta = shap.attribute(x.flip(0), background, target=2, return_convergence_delta=True)
+    assert passes == [1, 1, 1]  # all three from the cache
+    torch.testing.assert_close(again, onnx_attr.DeepLiftShap(imported).attribute(x.flip(0), background, target=2))
+    assert delta.abs().max() < 1e-4
+
+
+def test_references_beyond_the_budget_are_dropped_least_recently_used_first(monkeypatch):
+    imported = onnx_attr.load(to_onnx(ChannelShuffle().eval(), torch.randn(2, 4, 6, 6)))
+    torch.manual_seed(2)
+    x, (a, b, c) = torch.randn(4, 4, 6, 6), torch.randn(3, 1, 4, 6, 6)
+    dl = onnx_attr.DeepLift(imported)
+    passes = _count_reference_passes(monkeypatch, dl)
+    dl.attribute(x, a, target=1)
+    one = dl.engine.references._entries[0][3]
+    dl.engine.references.budget = one  # room for one entry beside the newest
+    dl.attribute(x, b, target=1)
+    dl.attribute(x, a, target=1)  # a: from the cache, now the most recently used
+    assert len(passes) == 2
+    dl.attribute(x, c, target=1)  # drops b, keeps a
+    assert len(dl.engine.references) == 2 and len(passes) == 3
+    found = dl.attribute(x, a, target=1)
+    assert len(passes) == 3
+    dl.attribute(x, b, target=1)
+    assert len(passes) == 4
+    torch.testing.assert_close(found, onnx_attr.DeepLift(imported).attribute(x, a, target=1))
+    dl.engine.references.budget = 0  # the newest is kept whatever its size
+    dl.attribute(x, c, target=1)
+    assert len(dl.engine.references) == 1 and len(passes) == 5
+
+
+def test_reference_cache_counts_each_storage_once():
+    from onnx_attr.reference_cache import _storage_bytes
+
+    t = torch.zeros(10, 4)  # 160 bytes
+    u = torch.zeros(3, dtype=torch.float64)  # 24 bytes
+    assert _storage_bytes(([t, t[2:], t.t()], {"memo": {"slope": u}}, (t.expand(2, 10, 4), None, 3))) == 184
 
 
 def test_out_of_memory_retries_in_halves_with_the_same_result(monkeypatch):
