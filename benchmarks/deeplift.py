@@ -1,6 +1,6 @@
 """DeepLift cost against a plain gradient and against Captum, on the same imported module.
 
-    python benchmarks/deeplift.py [--device cuda] [--models resnet18,mobilenet_v2,digits] [--batch 16]
+    python benchmarks/deeplift.py [--device cuda] [--models resnet18,mobilenet_v2,digits] [--batch 16] [--shap 8]
 
 For each model: the median time of a plain forward+backward (gradient of the target logit
 w.r.t. the input), of onnx_attr.DeepLift, and of captum.attr.DeepLift on the same fx
@@ -8,6 +8,9 @@ GraphModule (Captum hooks the modules it knows), all on the same batch and devic
 ratios, and each method's largest relative convergence delta on that batch (Captum is fast
 where it silently skips modules it does not know, and its delta shows it). Needs the test
 extras (captum, torchvision, onnxscript).
+
+With --shap K, a second table: DeepLiftShap over K background rows (reused over batches, as
+over a dataset) against Captum's DeepLiftShap on the same module and against K plain gradients.
 """
 
 from __future__ import annotations
@@ -127,6 +130,39 @@ def bench(name: str, device: torch.device, batch: int, size: int, repeats: int) 
     return row
 
 
+def bench_shap(name: str, device: torch.device, batch: int, size: int, repeats: int, rows: int) -> dict:
+    model, shape = load(name, size)
+    model.to(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *shape, generator=gen).to(device)
+    background = torch.randn(rows, *shape, generator=gen).to(device)
+    module, target = model.module, 1
+
+    def plain():
+        xg = x.detach().requires_grad_(True)
+        torch.autograd.grad(module(xg)[:, target].sum(), xg)
+
+    explainer = onnx_attr.DeepLiftShap(model)
+    fns = {"plain_s": plain, "ours_s": lambda: explainer.attribute(x, background, target=target)}
+    row = {"model": name, "captum_s": float("nan")}
+    try:
+        from captum.attr import DeepLiftShap as CaptumDeepLiftShap
+
+        captum = CaptumDeepLiftShap(module)
+
+        def captum_run():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                captum.attribute(x, background, target=target)
+
+        captum_run()
+        fns["captum_s"] = captum_run
+    except Exception as err:
+        row["captum_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+    row.update(timed(fns, device, max(3, repeats // 4)))
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -134,6 +170,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=64, help="image side for the torchvision models")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--shap", type=int, default=0, metavar="K", help="also time DeepLiftShap over K rows")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -151,6 +188,14 @@ def main() -> None:
               f"{r['captum_s'] / r['plain_s']:>14.2f}"
               f"{r['captum_s'] / r['ours_s']:>13.2f}{r['ours_delta']:>16.1e}{r['captum_delta']:>18.1e}"
               + (f"  ({r['captum_error']})" if "captum_error" in r else ""))
+    if args.shap:
+        print(f"\nDeepLiftShap over {args.shap} background rows (their references cached over batches)")
+        print(f"{'model':<14}{'plain f+b':>12}{'ours':>12}{'captum':>12}{'ours/(K*plain)':>16}{'captum/ours':>13}")
+        for name in args.models.split(","):
+            r = bench_shap(name, device, args.batch, args.size, args.repeats, args.shap)
+            print(f"{r['model']:<14}{r['plain_s'] * 1e3:>10.2f}ms{r['ours_s'] * 1e3:>10.2f}ms"
+                  f"{r['captum_s'] * 1e3:>10.2f}ms{r['ours_s'] / (args.shap * r['plain_s']):>16.2f}"
+                  f"{r['captum_s'] / r['ours_s']:>13.2f}" + (f"  ({r['captum_error']})" if "captum_error" in r else ""))
 
 
 if __name__ == "__main__":

@@ -54,8 +54,16 @@ class Targets:
         self.rows = rows
 
     def chunk(self, start: int, stop: int) -> "Targets":
+        return self._of(self.rows[start:stop])
+
+    def repeat(self, times: int) -> "Targets":
+        """The same targets for the batch repeated `times` times along axis 0."""
+        return self._of(self.rows * times)
+
+    @staticmethod
+    def _of(rows: list) -> "Targets":
         out = Targets.__new__(Targets)
-        out.rows = self.rows[start:stop]
+        out.rows = rows
         return out
 
     def select(self, output: Tensor) -> Tensor:

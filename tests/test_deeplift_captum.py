@@ -128,13 +128,16 @@ def test_relu_maxpool_stack_equals_an_independent_replication():
     assert delta.abs().max() < 1e-4
 
 
-def test_deeplift_shap_equals_captum():
+@pytest.mark.parametrize("rows_per_pass", [1, 3, 4])
+def test_deeplift_shap_equals_captum(rows_per_pass):
     model = MODELS["cnn-relu-avgpool"]().eval()
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(3, 3, 12, 12, generator=gen)
     baselines = torch.randn(4, 3, 12, 12, generator=gen) * 0.3
     imported = onnx_attr.load(to_onnx(model, x))
-    ours, delta = onnx_attr.DeepLiftShap(imported).attribute(x, baselines, target=2, return_convergence_delta=True)
+    shap = onnx_attr.DeepLiftShap(imported)
+    shap.SHARED_PASS_ELEMENTS = rows_per_pass * x.numel()  # rows in passes of 1, of 3 then 1, all 4 in one
+    ours, delta = shap.attribute(x, baselines, target=2, return_convergence_delta=True)
     theirs = CaptumDeepLiftShap(model).attribute(x, baselines, target=2)
     torch.testing.assert_close(ours, theirs.detach(), atol=1e-5, rtol=1e-4)
     assert delta.abs().max() < 1e-4

@@ -254,13 +254,46 @@ def test_deeplift_shap_runs_each_background_reference_once(monkeypatch):
     torch.manual_seed(1)
     background, x = torch.randn(3, 4, 6, 6), torch.randn(5, 4, 6, 6)
     shap = onnx_attr.DeepLiftShap(imported)
+    shap.SHARED_PASS_ELEMENTS = 0  # one pass per row, each with its shared reference
     passes = _count_reference_passes(monkeypatch, shap)
     shap.attribute(x, background, target=2)
     assert passes == [1, 1, 1] and len(shap.engine.references) == 3
     again, delta = shap.attribute(x.flip(0), background, target=2, return_convergence_delta=True)
     assert passes == [1, 1, 1]  # all three from the cache
-    torch.testing.assert_close(again, onnx_attr.DeepLiftShap(imported).attribute(x.flip(0), background, target=2))
+    # against the rows in one pass (inputs repeated per row: another code path)
+    together = onnx_attr.DeepLiftShap(imported)
+    passes.clear()
+    torch.testing.assert_close(again, together.attribute(x.flip(0), background, target=2))
     assert delta.abs().max() < 1e-4
+
+
+def test_deeplift_shap_with_several_rows_per_pass_matches_one_row_per_pass():
+    """Several inputs with additional forward args, per-example targets, token ids: the rows
+    stacked into one pass (the inputs repeated) against one pass per row, and completeness."""
+    imported = onnx_attr.load(_two_input_model())
+    rng = np.random.default_rng(3)
+    a, gate = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((3, 3)).astype(np.float32)
+    background = rng.standard_normal((5, 4)).astype(np.float32)
+    results = []
+    for per_pass in (1, 2, 5):
+        shap = onnx_attr.DeepLiftShap(imported)
+        shap.SHARED_PASS_ELEMENTS = per_pass * 3 * 4
+        results.append(shap.attribute(a, background, target=[0, 2, 1], additional_forward_args=gate,
+                                      return_convergence_delta=True))
+    for attributions, delta in results[1:]:
+        np.testing.assert_allclose(attributions, results[0][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(delta, results[0][1], rtol=0, atol=1e-6)
+    out = imported.run({"a": a, "gate": gate})[0].numpy()[np.arange(3), [0, 2, 1]]
+    refs = [imported.run({"a": np.broadcast_to(b, a.shape).copy(), "gate": gate})[0].numpy()[np.arange(3), [0, 2, 1]]
+            for b in background]
+    np.testing.assert_allclose(results[0][0].sum(1), out - np.mean(refs, 0), rtol=1e-4, atol=1e-5)
+
+    tokens = onnx_attr.load(_token_model())
+    ids, rows = np.array([[3, 1, 4, 1, 0], [2, 6, 5, 0, 0]]), np.array([[1, 1, 1, 1, 1], [2, 2, 2, 2, 2]])
+    one_by_one = onnx_attr.DeepLiftShap(tokens)
+    one_by_one.SHARED_PASS_ELEMENTS = 0
+    np.testing.assert_allclose(onnx_attr.DeepLiftShap(tokens).attribute(ids, rows, target=1),
+                               one_by_one.attribute(ids, rows, target=1), rtol=1e-5, atol=1e-6)
 
 
 def test_references_beyond_the_budget_are_dropped_least_recently_used_first(monkeypatch):

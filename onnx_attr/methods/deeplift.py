@@ -70,7 +70,7 @@ class DeepLift:
                 torch.cat([p.value for p in parts]), torch.cat([p.reference_value for p in parts]),
                 [(torch.cat([a[0] for a in z]), torch.cat([a[1] for a in z])) for z in zip(*(p.layers for p in parts))])
 
-    def _attribute_once(self, inputs, baselines, target, additional_forward_args, output):
+    def _prepare(self, inputs, baselines, additional_forward_args):
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
         n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
@@ -79,9 +79,10 @@ class DeepLift:
         if unbatched and n > 1:
             raise InputError(f"attributed input(s) {unbatched} do not have the batch of {n} on axis 0 that the "
                              "others have; attribute one example at a time")
-        index = self._output_index(output)
-        self.last_report = {}
-        result = self._run(prepared, Targets(target, n), index)
+        return prepared, n
+
+    def _attribute_prepared(self, prepared, n: int, targets: Targets, index: int):
+        result = self._run(prepared, targets, index)
         # floating inputs: multiplier × Δx; integer ones come back as contributions per token already
         contributions = [m if m is None or not x.is_floating_point() else m * (x - b)
                          for m, x, b in zip(result.multipliers, prepared.tensors, prepared.baselines)]
@@ -92,6 +93,13 @@ class DeepLift:
             for m, c, x in zip(result.multipliers, contributions, prepared.tensors)]
         if not all(all_finite(c) for c in contributions if c is not None):
             self._nonfinite = first_nonfinite(self.model, prepared.tensors, prepared.baselines)
+        return attributions, delta, result
+
+    def _attribute_once(self, inputs, baselines, target, additional_forward_args, output):
+        prepared, n = self._prepare(inputs, baselines, additional_forward_args)
+        index = self._output_index(output)
+        self.last_report = {}
+        attributions, delta, result = self._attribute_prepared(prepared, n, Targets(target, n), index)
         return prepared, attributions, delta, result, index
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
@@ -123,28 +131,65 @@ class DeepLift:
 class DeepLiftShap(DeepLift):
     """DeepLift averaged over a distribution of baselines (rows of `baselines`), as in Captum.
 
-    Runs one engine pass per baseline row, each with a batch-1 reference, so inputs are never
-    repeated B times along the batch axis.
+    Each baseline row is a shared (batch-1) reference, so its reference pass is cached over
+    batches. Where the inputs are small (a pass would be mostly fixed per-call costs: tabular
+    models, small images), several rows go in one pass instead, the inputs repeated once per row
+    as Captum does; never for exports with a fixed batch size.
     """
+
+    #: Attributed input elements per pass up to which baseline rows share a pass.
+    SHARED_PASS_ELEMENTS = 2**16
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
                   output: Union[str, int, None] = None):
         if baselines is None:
             raise InputError("DeepLiftShap needs a distribution of baselines (several rows); for one, use DeepLift")
-        rows = _baseline_rows(baselines)
+        self._nonfinite = None
+        rows = [self._prepare(inputs, row, additional_forward_args)[0] for row in _baseline_rows(baselines)]
+        if not rows:
+            raise InputError("DeepLiftShap got an empty distribution of baselines: give at least one row")
+        prepared = rows[0]
+        n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        index = self._output_index(output)
+        self.last_report = {}
+        targets = Targets(target, n)
+        per_pass = self._rows_per_pass(prepared, n, len(rows))
         sums: Optional[list] = None
-        deltas = []
-        for row in rows:
-            prepared, attributions, delta, result, index = self._attribute_once(
-                inputs, row, target, additional_forward_args, output)
-            sums = attributions if sums is None else [None if s is None else s + a for s, a in zip(sums, attributions)]
-            deltas.append(delta)
+        deltas, changes = [], []
+        for start in range(0, len(rows), per_pass):
+            group = rows[start:start + per_pass]
+            k = len(group)
+            joined = group[0] if k == 1 else _stacked(group, n)
+            attributions, delta, result = self._attribute_prepared(joined, n * k, targets.repeat(k), index)
+            folded = [None if a is None else a.reshape(k, n, *a.shape[1:]).sum(0) for a in attributions]
+            sums = folded if sums is None else [None if s is None else s + a for s, a in zip(sums, folded)]
+            deltas.append(delta.reshape(k, n))
+            changes.append((result.value - result.reference_value).reshape(k, n))
         mean = [None if s is None else s / len(rows) for s in sums]
-        delta = torch.stack(deltas).mean(0)
-        self._report(delta, result.value, index)
+        delta = torch.cat(deltas).mean(0)
+        self._report(delta, torch.cat(changes).mean(0), index)
         out = prepared.repack(mean)
         return (out, delta) if return_convergence_delta else out
+
+    def _rows_per_pass(self, prepared, n: int, rows: int) -> int:
+        batched = [t for t, a in zip(prepared.tensors, prepared.attributed) if a]
+        if self.engine.fixed_batch or any(t.dim() == 0 or t.shape[0] != n for t in batched):
+            return 1
+        per_row = n * sum(t[0].numel() for t in batched)
+        return max(1, min(rows, self.SHARED_PASS_ELEMENTS // max(per_row, 1)))
+
+
+def _stacked(group: list, n: int):
+    """One prepared pass for several baseline rows: the batch repeated once per row, each copy
+    with its row's baseline (per example, so not a shared reference)."""
+    from dataclasses import replace
+
+    first, k = group[0], len(group)
+    tensors = [t.repeat(k, *[1] * (t.dim() - 1)) if t.dim() and t.shape[0] == n else t for t in first.tensors]
+    baselines = [torch.cat([p.baselines[i].expand(n, *p.baselines[i].shape[1:]) for p in group]) if a else t
+                 for i, (t, a) in enumerate(zip(tensors, first.attributed))]
+    return replace(first, tensors=tensors, baselines=baselines)
 
 
 #: The rules DeepLift offers for elementwise nonlinearities.
