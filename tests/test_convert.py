@@ -143,3 +143,16 @@ def test_integer_graph_runs():
     model = make_model([node], [("x", INT64, [3])], [("y", INT64, [3])])
     out = onnx_attr.load(model).run(np.array([1, 2, 3]))[0]
     assert out.dtype == torch.int64 and out.tolist() == [2, 4, 6]
+
+
+def test_device_follows_the_weights_after_to():
+    """The device is looked up by name each time: `.to()` replaces buffers, and is seen."""
+    w = np.ones((3, 2), np.float32)
+    with_buffer = onnx_attr.load(make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                                            [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])], {"w": w}))
+    assert with_buffer.device == torch.device("cpu")
+    with_buffer.to("meta")
+    assert with_buffer.device.type == "meta"
+    no_tensors = onnx_attr.load(make_model([helper.make_node("Relu", ["x"], ["y"], name="r")],
+                                           [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 3])]))
+    assert no_tensors.device == torch.device("cpu")
