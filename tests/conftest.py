@@ -66,3 +66,14 @@ def tiny_mlp():
     inits = {"w1": rng.standard_normal((5, 4)).astype(np.float32), "b1": rng.standard_normal(5).astype(np.float32),
              "w2": rng.standard_normal((3, 5)).astype(np.float32), "b2": rng.standard_normal(3).astype(np.float32)}
     return make_model(nodes, [("x", FLOAT, ["batch", 4])], [("probs", FLOAT, ["batch", 3])], inits)
+
+
+@pytest.fixture(params=["checked", "sync-free"])
+def hole_filling(request, monkeypatch):
+    """Both ways the rules fill the multipliers' holes (x == x0): after a check (CPU), and
+    unconditionally without reading back to the host (accelerators), the latter forced on CPU
+    so that it is tested without a GPU."""
+    from onnx_attr.rules import paired
+
+    monkeypatch.setattr(paired, "ALWAYS_SYNC_FREE", request.param == "sync-free")
+    return request.param

@@ -66,6 +66,7 @@ MODELS = {
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.usefixtures("hole_filling")
 def test_equals_captum_on_the_original_model(name):
     model = MODELS[name]().eval()
     gen = torch.Generator().manual_seed(5)
@@ -112,6 +113,7 @@ def _replicate_conv_relu_maxpool(model: nn.Sequential, x, x0, target: int):
     return (g_x * (x - x0)).detach()
 
 
+@pytest.mark.usefixtures("hole_filling")
 def test_relu_maxpool_stack_equals_an_independent_replication():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),

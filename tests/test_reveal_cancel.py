@@ -68,6 +68,7 @@ def _numpy_reveal_cancel(layers, x, x0, target):
     return grad * (x - x0)
 
 
+@pytest.mark.usefixtures("hole_filling")
 def test_equals_an_independent_numpy_implementation():
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 4), nn.Sigmoid())
@@ -102,6 +103,7 @@ class _Cnn(nn.Module):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)], ids=["float64", "float32"])
+@pytest.mark.usefixtures("hole_filling")
 def test_completeness_on_a_cnn(dtype, tol):
     torch.manual_seed(0)
     net = _Cnn().to(dtype).eval()

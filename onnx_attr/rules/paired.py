@@ -45,6 +45,20 @@ def _max_abs(t: Tensor) -> Tensor:
     return torch.maximum(high, -low)
 
 
+#: Run the accelerator formulation on every device (the tests use it to cover it on CPU).
+ALWAYS_SYNC_FREE = False
+
+
+def sync_free(t: Tensor) -> bool:
+    """Whether to fill the gradient's holes without first asking whether there are any.
+
+    On CPU one sum and a branch are cheaper than a fill over every element. On an accelerator the
+    branch reads a value back to the host, once per node: the CPU then waits for every kernel
+    queued so far instead of queueing the next ones, so there the fill runs unconditionally.
+    """
+    return ALWAYS_SYNC_FREE or t.device.type != "cpu"
+
+
 def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor,
                        elementwise: bool = True, exact_secant: bool = False, memo: dict | None = None) -> Tensor:
     """(y - y0) / (x - x0), with f'(x) where x ≈ x0.
@@ -62,16 +76,14 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
     dx = x - x0  # the hot path of every nonlinearity: few passes, few temporaries
     if exact_secant:
         m = (y - y0).div_(dx)
-        if not bool(torch.isnan(m.sum())):  # m is in [0, 1] elsewhere: a sum cannot make a NaN
-            return m
-        at_reference = None if memo is None else memo.get("slope")
-        if at_reference is None:
-            at_reference = _slope(f, _unexpanded(x0))
-            if memo is not None:
-                memo["slope"] = at_reference
-        return fill_nan(m, at_reference)
+        # m is in [0, 1] elsewhere: a sum cannot make a NaN
+        if sync_free(m) or bool(torch.isnan(m.sum())):
+            return fill_nan(m, _slope_at_reference(f, x0, memo))
+        return m
     close = dx.abs().le_(secant_tolerance(x, x0)).bool()
     m = (y - y0).div_(dx.masked_fill_(close, 1.0))
+    if sync_free(m):
+        return torch.where(close, _slope(f, x), m)
     if not bool(close.any()):
         return m
     if elementwise and m.shape == x.shape:
@@ -80,6 +92,16 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
             (grad,) = torch.autograd.grad(f(xg).sum(), xg)
         return m.masked_scatter(close, grad)
     return torch.where(close, _slope(f, x), m)
+
+
+def _slope_at_reference(f: Callable[[Tensor], Tensor], x0: Tensor, memo: dict | None) -> Tensor:
+    """f'(x0), once per reference when the caller keeps a memo (a batch-1 tensor for a shared one)."""
+    at_reference = None if memo is None else memo.get("slope")
+    if at_reference is None:
+        at_reference = _slope(f, _unexpanded(x0))
+        if memo is not None:
+            memo["slope"] = at_reference
+    return at_reference
 
 
 def _slope(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -92,11 +114,14 @@ def _slope(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 def fill_nan(m: Tensor, by: Tensor) -> Tensor:
-    """m where it is a number, `by` where it is NaN, in m's storage (an infinity in m, which a
+    """m where it is a number, `by` where it is NaN, in m's storage on CPU (an infinity in m, which a
     rule does not make from finite gradients, comes out NaN: still reported, never hidden).
 
-    Float passes only: on CPU a bool mask and `torch.where` cost as much as five of them.
+    Float passes only on CPU, where a bool mask and `torch.where` cost as much as five of them;
+    on an accelerator (see `sync_free`) the mask is cheap.
     """
+    if sync_free(m):
+        return torch.where(torch.isnan(m), by, m)
     inf = float("inf")
     kept = torch.nan_to_num(m, nan=0.0, posinf=inf, neginf=-inf)
     holes = m.nan_to_num_(nan=1.0, posinf=inf, neginf=-inf).sub_(kept)  # 1 where m was NaN, else 0

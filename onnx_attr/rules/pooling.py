@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .base import Rule, rule
-from .paired import fill_nan
+from .paired import fill_nan, sync_free
 
 
 #: ops that pool each example on its own, so a batch-1 reference can be pooled once
@@ -63,9 +63,9 @@ class CrossExtremum(Rule):
                                               retain_graph=True)
         # Each credit is at most |Δx| of the element it lands on, so there is no blow-up as Δx
         # shrinks, and it is exactly 0 where Δx = 0: those elements alone come out NaN (0 / 0),
-        # found by one sum, and take the plain gradient.
+        # found by one sum (or filled unconditionally, see sync_free), and take the plain gradient.
         multiplier = at_x.add_(at_x0).div_(x - x0)
-        if bool(torch.isnan(multiplier.sum())):
+        if sync_free(multiplier) or bool(torch.isnan(multiplier.sum())):
             (plain,) = torch.autograd.grad(out_z, z, grad)
             multiplier = fill_nan(multiplier, plain)
         return [multiplier] + [None] * (len(args) - 1)

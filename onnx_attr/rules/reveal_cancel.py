@@ -26,7 +26,7 @@ from torch import Tensor, fx, nn
 from torch.func import functional_call
 
 from .base import NodeInfo, Rule, reduce_to
-from .paired import secant_tolerance
+from .paired import secant_tolerance, sync_free
 
 
 class LinearThenUnary(nn.Module):
@@ -100,7 +100,7 @@ def _secant(change: Tensor, d: Tensor, x0: Tensor, f: Callable[[Tensor], Tensor]
     """change / d, with f'(x0) where d is too small to divide by (its term is ~0 either way)."""
     close = d.abs() <= secant_tolerance(d, x0.expand_as(d))
     m = change / d.masked_fill(close, 1.0)
-    if not bool(close.any()):
+    if not sync_free(m) and not bool(close.any()):
         return m
     with torch.enable_grad():
         xg = x0.detach().expand_as(d).clone().requires_grad_(True)
