@@ -294,6 +294,8 @@ def test_deeplift_shap_with_several_rows_per_pass_matches_one_row_per_pass():
     one_by_one.SHARED_PASS_ELEMENTS = 0
     np.testing.assert_allclose(onnx_attr.DeepLiftShap(tokens).attribute(ids, rows, target=1),
                                one_by_one.attribute(ids, rows, target=1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(onnx_attr.InputError, match="empty distribution"):
+        one_by_one.attribute(ids, rows[:0], target=1)
 
 
 def test_references_beyond_the_budget_are_dropped_least_recently_used_first(monkeypatch):

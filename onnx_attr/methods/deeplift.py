@@ -146,11 +146,11 @@ class DeepLiftShap(DeepLift):
         if baselines is None:
             raise InputError("DeepLiftShap needs a distribution of baselines (several rows); for one, use DeepLift")
         self._nonfinite = None
-        rows = [self._prepare(inputs, row, additional_forward_args)[0] for row in _baseline_rows(baselines)]
-        if not rows:
+        prepared_rows = [self._prepare(inputs, row, additional_forward_args) for row in _baseline_rows(baselines)]
+        if not prepared_rows:
             raise InputError("DeepLiftShap got an empty distribution of baselines: give at least one row")
-        prepared = rows[0]
-        n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        rows = [p for p, _ in prepared_rows]
+        prepared, n = prepared_rows[0]
         index = self._output_index(output)
         self.last_report = {}
         targets = Targets(target, n)
