@@ -101,9 +101,11 @@ class UnaryRule(Rule):
         (pos,) = info.variable_positions()
         x, x0 = args[pos], refs[pos]
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
-        scalars = all(not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
-        m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=scalars and not _has_parameters(call),
-                               exact_secant=self.exact_secant, memo=memo)
+        # only the tolerance path takes gradients on a subset of elements (not on the exact secant's hot path)
+        elementwise = not self.exact_secant and not _has_parameters(call) and all(
+            not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
+        m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=elementwise, exact_secant=self.exact_secant,
+                               memo=memo)
         grads: list[Tensor | None] = [None] * len(args)
         grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
         return grads

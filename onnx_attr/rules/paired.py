@@ -82,15 +82,14 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
         return m
     close = dx.abs().le_(secant_tolerance(x, x0)).bool()
     m = (y - y0).div_(dx.masked_fill_(close, 1.0))
-    if sync_free(m):
-        return torch.where(close, _slope(f, x), m)
-    if not bool(close.any()):
-        return m
-    if elementwise and m.shape == x.shape:
-        with torch.enable_grad():
-            xg = x.detach()[close].requires_grad_(True)
-            (grad,) = torch.autograd.grad(f(xg).sum(), xg)
-        return m.masked_scatter(close, grad)
+    if not sync_free(m):  # on CPU: look first, and take gradients on the close elements alone
+        if not bool(close.any()):
+            return m
+        if elementwise and m.shape == x.shape:
+            with torch.enable_grad():
+                xg = x.detach()[close].requires_grad_(True)
+                (grad,) = torch.autograd.grad(f(xg).sum(), xg)
+            return m.masked_scatter(close, grad)
     return torch.where(close, _slope(f, x), m)
 
 
