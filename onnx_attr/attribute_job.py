@@ -16,7 +16,7 @@ from .errors import InputError, OutputError
 from .fileio import atomic_write, write_json
 from .inputs import read_npz
 from .methods import DeepLift, DeepLiftShap, IntegratedGradients
-from .visualize import picture_kind, plot
+from .visualize import PictureOptions, write_pictures
 
 #: Methods with baselines and a convergence delta (what the report is built around).
 METHODS = {"deeplift": DeepLift, "deepliftshap": DeepLiftShap, "integratedgradients": IntegratedGradients,
@@ -117,7 +117,7 @@ def input_files(spec: str) -> list[Path]:
 
 def run_attribute(model, *, input_path: str, target: Optional[str], baseline: str, method: str,
                   output_name: Optional[str], out: str, gradient_fallback: bool = False,
-                  resume: bool = False, plot_all: bool = False, feature_names: Optional[list[str]] = None) -> dict:
+                  resume: bool = False, pictures: Optional[PictureOptions] = None) -> dict:
     """One input file: results in `out`. Several (a folder or glob): one subfolder per file, written
     as each finishes; with `resume`, files whose report.json exists are skipped."""
     if method not in METHODS:
@@ -125,8 +125,8 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: st
     files = input_files(input_path)
     folder = prepare_out_dir(out)
     explainer = METHODS[method](model, gradient_fallback=gradient_fallback)
-    job = dict(target=target, baseline=baseline, output_name=output_name, method=method, plot_all=plot_all,
-               feature_names=feature_names)
+    job = dict(target=target, baseline=baseline, output_name=output_name, method=method,
+               pictures=pictures or PictureOptions())
     if len(files) == 1 and not Path(input_path).is_dir():
         return _attribute_file(model, explainer, files[0], folder, **job)
     done, skipped, reports, flagged = [], [], {}, []
@@ -157,8 +157,7 @@ def _finished(folder: Path) -> bool:
 
 
 def _attribute_file(model, explainer, input_file: Path, folder: Path, *, target: Optional[str], baseline: str,
-                    output_name: Optional[str], method: str, plot_all: bool,
-                    feature_names: Optional[list[str]]) -> dict:
+                    output_name: Optional[str], method: str, pictures: PictureOptions) -> dict:
     inputs = read_npz(input_file, model.inputs)
     output_index = explainer._output_index(output_name)
     engine = getattr(explainer, "engine", None)
@@ -188,34 +187,15 @@ def _attribute_file(model, explainer, input_file: Path, folder: Path, *, target:
         "versions": _versions(),
         "files": ["attributions.npz", "report.json"],
     }
-    report["files"] += _pictures(folder, attributions, inputs, chosen, delta, method, plot_all, feature_names)
+    report["files"] += write_pictures(folder, attributions, inputs, options=pictures, target=chosen, delta=delta,
+                                      method=method, baseline=baseline, final_activation=report["final_activation"],
+                                      outputs=lambda: model.run(inputs)[output_index], stem=_safe)
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})
     atomic_write(folder / "attributions.npz", lambda tmp: tmp.write_bytes(buffer.getvalue()))
     write_json(folder / "report.json", report)  # last: its presence marks the folder finished
     report["_delta"] = delta
     return report
-
-
-def _pictures(folder: Path, attributions: dict, inputs: dict, target: Any, delta, method: str, plot_all: bool,
-              feature_names: Optional[list[str]]) -> list[str]:
-    """Image inputs always get their picture; with `plot_all`, tabular (bars) and token inputs too."""
-    written = []
-    for name, values in attributions.items():
-        values = np.asarray(values)
-        x = np.asarray(inputs[name])
-        kind = picture_kind(values.shape, not np.issubdtype(x.dtype, np.floating))
-        if kind is None or (kind != "image" and not plot_all):
-            continue
-        for i in range(values.shape[0]):
-            t = target[i] if isinstance(target, list) else target
-            explained = "the output" if t is None else f"target {t}"
-            title = f"{method}, input {name!r}, example {i}, {explained}: sum {values[i].sum():+.4g}"
-            names = [f"#{v}" for v in x[i].reshape(-1)] if kind == "tokens" else feature_names
-            stem = {"image": "heatmap", "bars": "bars", "tokens": "tokens"}[kind]
-            path = plot(folder / f"{stem}_{_safe(name)}_{i}", values[i], x[i], kind=kind, names=names, title=title)
-            written.append(path.name)
-    return written
 
 
 def _safe(name: str) -> str:

@@ -30,6 +30,21 @@ def _tolerance_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random sample when no --input is given")
 
 
+def _picture_options(p: argparse.ArgumentParser) -> None:
+    pictures = p.add_mutually_exclusive_group()
+    pictures.add_argument("--no-pictures", action="store_true", help="write no pictures, not even image heatmaps")
+    pictures.add_argument("--plot", action="store_true",
+                          help="pictures for every attributed input: bar charts for tabular features and HTML for "
+                               "token ids, besides the image heatmaps written anyway")
+    p.add_argument("--clip-percentile", type=float, default=2.0, metavar="P",
+                   help="the percent of largest |attributions| drawn at full colour (default 2, as Captum; "
+                        "0 scales colours to the largest)")
+    p.add_argument("--class-names", metavar="FILE", help="names of the output classes for picture titles: a JSON "
+                   "list, a JSON object of index -> name, or one name per line")
+    p.add_argument("--vocab", metavar="FILE", help="the tokens of token ids for token pages: a JSON list, a "
+                   "vocab.json (token -> id), or one token per line (line i is id i, as vocab.txt)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnx-attr", description="Explain exported ONNX models.")
     parser.add_argument("--version", action="version", version=f"onnx-attr {__version__}")
@@ -74,11 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=float, metavar="BETA",
                    help="explain a smoothed twin: every Relu a Softplus(BETA), every MaxPool a log-sum-exp pooling "
                         "(the report gives the change in the outputs; verification is of the original)")
-    p.add_argument("--plot", action="store_true",
-                   help="pictures for every attributed input: bar charts for tabular features and HTML for token "
-                        "ids, besides the image heatmaps written anyway")
     p.add_argument("--feature-names", help="names for the bar charts: a JSON list (or an object with "
                                            "'feature_names'), or a text file with one name per line")
+    _picture_options(p)
     p.add_argument("--out", required=True, help="folder for attributions.npz, report.json and pictures")
     p.set_defaults(run=cmd_attribute)
     return parser
@@ -144,6 +157,14 @@ def cmd_convert(args) -> int:
 
 def cmd_attribute(args) -> int:
     from .attribute_job import read_feature_names, run_attribute
+    from .names import read_names
+    from .visualize import PictureOptions, check_clip_percentile
+
+    pictures = PictureOptions(enabled=not args.no_pictures, all_kinds=args.plot,
+                              clip_percentile=check_clip_percentile(args.clip_percentile),
+                              class_names=read_names(args.class_names, "--class-names", "class_names"),
+                              vocab=read_names(args.vocab, "--vocab", "vocab"),
+                              feature_names=read_feature_names(args.feature_names))
 
     model = _load(args)
     if args.smooth is not None:
@@ -152,8 +173,7 @@ def cmd_attribute(args) -> int:
         model = smooth(model, relu_beta=args.smooth, maxpool_beta=args.smooth)
     report = run_attribute(model, input_path=args.input, target=args.target, baseline=args.baseline,
                            method=args.method, output_name=args.output_name, out=args.out,
-                           gradient_fallback=args.gradient_fallback, resume=args.resume, plot_all=args.plot,
-                           feature_names=read_feature_names(args.feature_names))
+                           gradient_fallback=args.gradient_fallback, resume=args.resume, pictures=pictures)
     delta = report.pop("_delta")
     if report.get("many"):
         text = (f"{len(report['computed'])} input(s) attributed, {len(report['skipped_as_finished'])} already "

@@ -1,20 +1,26 @@
 """Pictures of attributions, one example at a time, written atomically.
 
 * images ([C, H, W] or [H, W]): the input, the signed map (red +, blue -), the absolute map, and
-  the signed map laid over the input, side by side, with a colour scale;
+  the signed map laid over the input, each a framed panel with its own colour bar;
 * tabular features ([F]): a bar chart of the largest |attributions|, signed colours, values;
 * token ids ([T]): an HTML page of the tokens with a background shaded by their score.
 
-`plot` picks the kind from the input's shape and dtype. Colours are scaled to the largest
-|value| of the picture, so 0 is always white and the scale is printed.
+`plot` picks the kind from the input's shape and dtype. Colours saturate at a clip value, the
+`clip_percentile`-th largest percent of |values| (2 by default, like Captum's
+`visualize_image_attr`): scaled to the single largest value, a 224x224 map is nearly white
+because a few pixels dwarf the rest. 0 is always white, and each colour bar prints its range.
+
+matplotlib draws the images and bars, imported inside the functions (`import onnx_attr` stays
+fast) and through its object API on an Agg canvas, so no global backend is set.
 """
 
 from __future__ import annotations
 
 import html
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -22,6 +28,21 @@ from .errors import InputError
 from .fileio import atomic_write
 
 RED, BLUE = np.array([214, 39, 40]), np.array([31, 119, 180])
+#: The default share (in percent) of the largest |values| drawn at full colour.
+CLIP_PERCENTILE = 2.0
+
+
+@dataclass
+class PictureOptions:
+    """What `write_pictures` draws: `enabled` False draws nothing; `all_kinds` adds bars and token
+    pages to the image heatmaps; names by index for classes (titles), tokens and features."""
+
+    enabled: bool = True
+    all_kinds: bool = False
+    clip_percentile: float = CLIP_PERCENTILE
+    class_names: Optional[dict[int, str]] = None
+    vocab: Optional[dict[int, str]] = None
+    feature_names: Optional[Sequence[str]] = None
 
 
 def is_image_like(shape: tuple[int, ...]) -> bool:
@@ -41,91 +62,163 @@ def picture_kind(shape: tuple[int, ...], integer: bool) -> Optional[str]:
     return None
 
 
+def check_clip_percentile(clip_percentile: float) -> float:
+    """The share of values to saturate, in percent: 0 (scale to the largest) up to, not including, 100."""
+    value = float(clip_percentile)
+    if not 0.0 <= value < 100.0:
+        raise InputError(f"clip percentile {clip_percentile!r} is not in [0, 100): it is the percent of the "
+                         f"largest |attributions| drawn at full colour (default {CLIP_PERCENTILE:g})")
+    return value
+
+
+def clip_scale(values: np.ndarray, clip_percentile: float = CLIP_PERCENTILE) -> float:
+    """The |value| at which colours saturate: the (100 - clip_percentile)-th percentile of |values|
+    (linear interpolation between order statistics), or the largest |value| when that is 0 (sparse
+    maps); 1.0 for an all-zero map, so it draws white rather than dividing by zero."""
+    magnitude = np.abs(np.asarray(values, dtype=np.float64)).reshape(-1)
+    magnitude = magnitude[np.isfinite(magnitude)]
+    if magnitude.size == 0:
+        return 1.0
+    scale = float(np.percentile(magnitude, 100.0 - check_clip_percentile(clip_percentile)))
+    if scale <= 0.0:
+        scale = float(magnitude.max())
+    return scale if scale > 0.0 else 1.0
+
+
 def signed_colors(values: np.ndarray, scale: Optional[float] = None) -> np.ndarray:
-    """[...] -> [..., 3] uint8: red for positive, blue for negative, white for zero."""
-    scale = float(np.abs(values).max()) if scale is None else scale
+    """[...] -> [..., 3] uint8: red for positive, blue for negative, white for zero, full colour
+    from |value| = scale on (the largest |value| when no scale is given)."""
+    values = np.asarray(values, dtype=np.float64)
+    if scale is None:
+        scale = float(np.abs(values).max()) if values.size else 0.0
     v = values / scale if scale > 0 else np.zeros_like(values, dtype=np.float64)
     pos, neg = np.clip(v, 0, 1)[..., None], np.clip(-v, 0, 1)[..., None]
     rgb = 255 - pos * (255 - RED) - neg * (255 - BLUE)
     return np.clip(rgb, 0, 255).round().astype(np.uint8)
 
 
-def _absolute_colors(values: np.ndarray) -> np.ndarray:
-    """|values| from white to black."""
-    scale = float(np.abs(values).max())
-    v = np.abs(values) / scale if scale > 0 else np.zeros_like(values, dtype=np.float64)
-    return np.repeat((255 * (1 - v)).round().astype(np.uint8)[..., None], 3, axis=-1)
+def _signed_cmap():
+    """Blue - white - red, linear in each half: the colours of `signed_colors`, for matplotlib."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    return LinearSegmentedColormap.from_list("onnx_attr_signed", [BLUE / 255, (1.0, 1.0, 1.0), RED / 255])
 
 
-def _input_colors(image: np.ndarray) -> np.ndarray:
-    """[C, H, W] (C of 1, 3 or 4) or [H, W] -> [H, W, 3] uint8, min-max scaled; RGB kept."""
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim == 3:
-        img = np.moveaxis(img[:3], 0, -1) if img.shape[0] >= 3 else img.mean(0)
-    low, high = float(img.min()), float(img.max())
-    img = (img - low) / (high - low) if high > low else np.zeros_like(img)
-    img = (img * 255).round().astype(np.uint8)
-    return img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=-1)
+def _extend(values: np.ndarray, low: Optional[float], high: float) -> str:
+    """Colour bar arrows for values beyond the clip, so a clipped scale says it is clipped."""
+    above = bool(np.nanmax(values) > high)
+    below = low is not None and bool(np.nanmin(values) < low)
+    return {(True, True): "both", (True, False): "max", (False, True): "min"}.get((above, below), "neither")
 
 
-def _overlay(attr: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """The input in grey, tinted by the signed colours where |attribution| is large."""
-    grey = _input_colors(image).mean(-1, keepdims=True)
-    scale = float(np.abs(attr).max())
-    alpha = (np.abs(attr) / scale)[..., None] if scale > 0 else np.zeros((*attr.shape, 1))
-    tinted = (1 - alpha) * (0.35 * grey + 0.65 * 255) + alpha * signed_colors(attr)
-    return np.clip(tinted, 0, 255).round().astype(np.uint8)
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
 
 
-def _font():
-    from PIL import ImageFont
-
-    return ImageFont.load_default()
-
-
-def _save(path: str | os.PathLike, picture) -> Path:
+def _save_figure(path: str | os.PathLike, figure, title: str = "") -> Path:
+    """PNG with the title also in its metadata (PIL: `Image.open(path).text["Title"]`), for search."""
     path = Path(path)
-    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    metadata = {"Software": "onnx-attr", **({"Title": title} if title else {})}
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=figure.dpi, facecolor="white",
+                                                  metadata=metadata))
     return path
 
 
+def _frame(ax) -> None:
+    """A thin black frame and no ticks: the panel's edge is visible on white backgrounds."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_color("black")
+        spine.set_linewidth(0.8)
+
+
+def _input_display(image: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """[C, H, W] (C of 1, 3 or 4) or [H, W] -> ([H, W] or [H, W, 3] in [0, 1], low, high): the input
+    min-max scaled, RGB kept, other channel counts averaged."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3:
+        img = np.moveaxis(img[:3], 0, -1) if img.shape[0] >= 3 else img.mean(0)
+    finite = img[np.isfinite(img)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    scaled = (img - low) / (high - low) if high > low else np.zeros_like(img)
+    return np.clip(np.nan_to_num(scaled), 0.0, 1.0), low, high
+
+
 def image_png(path: str | os.PathLike, attribution: np.ndarray, image: Optional[np.ndarray] = None,
-              title: str = "", min_size: int = 192) -> Path:
-    """Input | signed | absolute | overlay (the input panels only when `image` is given)."""
-    from PIL import Image, ImageDraw
+              title: str = "", clip_percentile: float = CLIP_PERCENTILE) -> Path:
+    """Input | signed | absolute | overlay (the input panels only when `image` is given), as a PNG."""
+    return _save_figure(path, image_figure(attribution, image, title, clip_percentile), title)
+
+
+def image_figure(attribution: np.ndarray, image: Optional[np.ndarray] = None, title: str = "",
+                 clip_percentile: float = CLIP_PERCENTILE):
+    """The matplotlib Figure of `image_png`: channels of the attribution summed, every panel framed
+    with a colour bar under it (a grid of 2 rows: panels, then their bars)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     attr = np.asarray(attribution, dtype=np.float64)
     attr = attr.sum(0) if attr.ndim == 3 else attr
-    panels = [("signed", signed_colors(attr)), ("|attribution|", _absolute_colors(attr))]
-    if image is not None:
-        panels = [("input", _input_colors(image)), *panels, ("overlay", _overlay(attr, image))]
-    factor = max(1, -(-min_size // attr.shape[0]))
-    h, w = attr.shape[0] * factor, attr.shape[1] * factor
-    gap, top, bottom = 12, 22 if title else 6, 44
-    canvas = Image.new("RGB", (len(panels) * (w + gap) + gap, top + 16 + h + bottom), "white")
-    draw, font = ImageDraw.Draw(canvas), _font()
+    scale = clip_scale(attr, clip_percentile)
+    largest = float(np.nanmax(np.abs(attr))) if attr.size else 0.0
+    signed_norm, cmap = Normalize(-scale, scale), _signed_cmap()
+    n_panels = 4 if image is not None else 2
+    title_lines = title.count("\n") + 1 if title else 0
+    height = 3.25 + 0.17 * title_lines
+    figure = _figure(2.75 * n_panels, height)
+    grid = figure.add_gridspec(2, n_panels, height_ratios=[18, 1], left=0.02, right=0.98, wspace=0.12,
+                               hspace=0.12, bottom=0.5 / height, top=1 - (0.38 + 0.17 * title_lines) / height)
     if title:
-        draw.text((gap, 5), title, fill="black", font=font)
-    for i, (label, rgb) in enumerate(panels):
-        x = gap + i * (w + gap)
-        draw.text((x, top), label, fill="black", font=font)
-        canvas.paste(Image.fromarray(rgb).resize((w, h), Image.NEAREST), (x, top + 16))
-    scale = float(np.abs(attr).max())
-    bar = signed_colors(np.linspace(-1, 1, 256)[None, :].repeat(10, 0))
-    x = gap + (len(panels) - 3 if image is not None else 0) * (w + gap)
-    y = top + 16 + h + 8
-    canvas.paste(Image.fromarray(bar).resize((w, 10)), (x, y))
-    draw.text((x, y + 13), f"{-scale:.3g}", fill="black", font=font)
-    draw.text((x + w // 2 - 3, y + 13), "0", fill="black", font=font)
-    draw.text((x + w - 40, y + 13), f"{scale:.3g}", fill="black", font=font)
-    return _save(path, canvas)
+        figure.suptitle(title, fontsize=9.5, y=1 - 0.06 / height, va="top")
+    clipped = f"colours clipped at ±{scale:.3g}" if scale < largest else f"full scale ±{scale:.3g}"
+    panels = []
+    interpolation = "nearest"
+    if image is not None:
+        shown, low, high = _input_display(image)
+        panels.append(("input", lambda ax: ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation=interpolation),
+                       ScalarMappable(Normalize(low, high), "gray"), "neither",
+                       "input value" + (" (each channel)" if shown.ndim == 3 else "")))
+    panels.append(("signed attribution", lambda ax: ax.imshow(attr, cmap=cmap, norm=signed_norm,
+                                                               interpolation=interpolation),
+                   ScalarMappable(signed_norm, cmap), _extend(attr, -scale, scale), clipped))
+    panels.append(("|attribution|", lambda ax: ax.imshow(np.abs(attr), cmap="Greys", vmin=0, vmax=scale,
+                                                          interpolation=interpolation),
+                   ScalarMappable(Normalize(0, scale), "Greys"), _extend(np.abs(attr), None, scale),
+                   clipped.replace("±", "")))
+    if image is not None:
+        grey = shown.mean(-1) if shown.ndim == 3 else shown
+        tint = cmap(signed_norm(attr))
+        tint[..., 3] = 0.9 * np.clip(np.abs(attr) / scale, 0.0, 1.0)
+
+        def overlay(ax):
+            ax.imshow(0.25 + 0.5 * grey, cmap="gray", vmin=0, vmax=1, interpolation=interpolation)
+            ax.imshow(tint, interpolation=interpolation)
+
+        panels.append(("signed, over the input", overlay, ScalarMappable(signed_norm, cmap),
+                       _extend(attr, -scale, scale), clipped))
+    for column, (label, draw, mappable, extend, caption) in enumerate(panels):
+        ax = figure.add_subplot(grid[0, column])
+        draw(ax)
+        ax.set_title(label, fontsize=9)
+        _frame(ax)
+        bar_ax = figure.add_subplot(grid[1, column])
+        bar = figure.colorbar(mappable, cax=bar_ax, orientation="horizontal", extend=extend)
+        bar.ax.tick_params(labelsize=7.5)
+        bar.set_label(caption, fontsize=7.5)
+    return figure
 
 
 def bars_png(path: str | os.PathLike, attribution: np.ndarray, names: Optional[Sequence[str]] = None,
              values: Optional[np.ndarray] = None, title: str = "", top: int = 20) -> Path:
-    """A horizontal bar per feature, the `top` largest |attributions| first, with the input value."""
-    from PIL import Image, ImageDraw
-
+    """A horizontal bar per feature, the `top` largest |attributions| first, with the input value.
+    Bar lengths are the values themselves (nothing to clip), on one shared axis through 0."""
     attr = np.asarray(attribution, dtype=np.float64).reshape(-1)
     names = [str(n) for n in names] if names is not None else [f"feature {i}" for i in range(attr.size)]
     if len(names) != attr.size:
@@ -133,61 +226,67 @@ def bars_png(path: str | os.PathLike, attribution: np.ndarray, names: Optional[S
     order = np.argsort(-np.abs(attr), kind="stable")[:top]
     inputs = None if values is None else np.asarray(values, dtype=np.float64).reshape(-1)
     labels = [names[i] + ("" if inputs is None else f" = {inputs[i]:.3g}") for i in order]
-    font = _font()
-    label_w = max(60, max(int(font.getlength(t)) for t in labels) + 12)
-    row, bar_w, head = 18, 320, 24 if title else 8
-    width, height = label_w + 2 * bar_w + 90, head + row * len(order) + 30
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
+    title_lines = title.count("\n") + 1 if title else 0
+    height = 0.9 + 0.27 * len(order) + 0.18 * title_lines
+    figure = _figure(8.5, height)
+    ax = figure.add_axes((0.36, 0.55 / height, 0.6, 1 - (0.55 + 0.18 * title_lines + 0.12) / height))
+    shown = attr[order]
+    colors = [RED / 255 if v > 0 else BLUE / 255 for v in shown]
+    rows = np.arange(len(order))
+    ax.barh(rows, shown, color=colors, height=0.7)
+    ax.set_yticks(rows, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    reach = float(np.abs(shown).max()) if shown.size else 1.0
+    ax.set_xlim(-1.25 * (reach or 1.0), 1.25 * (reach or 1.0))
+    for r, v in zip(rows, shown):
+        ax.text(v, r, f" {v:+.3g} ", va="center", ha="left" if v >= 0 else "right", fontsize=7.5)
+    ax.tick_params(axis="x", labelsize=7.5)
+    ax.set_xlabel(f"attribution (top {len(order)} of {attr.size} features by |attribution|; "
+                  f"sum {attr.sum():+.4g})", fontsize=8)
     if title:
-        draw.text((8, 6), title, fill="black", font=font)
-    zero = label_w + bar_w
-    scale = float(np.abs(attr).max()) or 1.0
-    for r, i in enumerate(order):
-        y = head + r * row
-        draw.text((8, y + 3), labels[r], fill="black", font=font)
-        length = int(round(bar_w * abs(attr[i]) / scale))
-        color = tuple(int(c) for c in (RED if attr[i] > 0 else BLUE))
-        x0, x1 = (zero, zero + length) if attr[i] >= 0 else (zero - length, zero)
-        draw.rectangle([x0, y + 3, max(x1, x0 + 1), y + row - 3], fill=color)
-        text_x = x1 + 4 if attr[i] >= 0 else zero + 4
-        draw.text((text_x, y + 3), f"{attr[i]:+.3g}", fill="black", font=font)
-    draw.line([zero, head, zero, head + row * len(order)], fill="black")
-    shown = f"top {len(order)} of {attr.size} features by |attribution|; sum {attr.sum():+.4g}"
-    draw.text((8, height - 20), shown, fill="black", font=font)
-    return _save(path, canvas)
+        figure.suptitle(title, fontsize=9, y=1 - 0.05 / height, va="top")
+    return _save_figure(path, figure, title)
 
 
 def tokens_html(path: str | os.PathLike, scores: np.ndarray, tokens: Optional[Sequence[str]] = None,
-                title: str = "") -> Path:
-    """The tokens in order, each on a background shaded by its score (red +, blue -)."""
+                title: str = "", clip_percentile: float = CLIP_PERCENTILE,
+                ids: Optional[Sequence[int]] = None) -> Path:
+    """The tokens in order, each on a background shaded by its score (red +, blue -); hovering shows
+    the token id (when given) and its score."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     tokens = [str(t) for t in tokens] if tokens is not None else [f"#{i}" for i in range(scores.size)]
     if len(tokens) != scores.size:
         raise InputError(f"{len(tokens)} tokens for {scores.size} scores")
-    colors = signed_colors(scores)
+    scale = clip_scale(scores, clip_percentile)
+    colors = signed_colors(scores, scale)
+    ids = [None] * scores.size if ids is None else [int(i) for i in ids]
     spans = "".join(
-        f'<span title="{s:+.4g}" style="background: rgb({c[0]},{c[1]},{c[2]}); padding: 2px 3px; margin: 1px; '
-        f'border-radius: 3px; display: inline-block">{html.escape(t)}</span>'
-        for t, s, c in zip(tokens, scores, colors))
-    scale = float(np.abs(scores).max())
-    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title or 'attributions')}</title>"
-            f"<body style='font-family: sans-serif; max-width: 60em'><h3>{html.escape(title)}</h3>"
+        f'<span title="{"" if i is None else f"id {i}: "}{s:+.4g}" style="background: rgb({c[0]},{c[1]},{c[2]}); '
+        f'padding: 2px 3px; margin: 1px; border-radius: 3px; display: inline-block; white-space: pre">'
+        f'{html.escape(t)}</span>'
+        for t, s, c, i in zip(tokens, scores, colors, ids))
+    largest = float(np.abs(scores).max()) if scores.size else 0.0
+    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title.splitlines()[0] if title else 'attributions')}"
+            f"</title><body style='font-family: sans-serif; max-width: 60em'>"
+            f"<h3>{'<br>'.join(html.escape(line) for line in title.splitlines())}</h3>"
             f"<p style='line-height: 2'>{spans}</p><p style='color: #555'>red: toward the target, blue: against; "
-            f"full colour at |score| = {scale:.4g}; sum {scores.sum():+.4g}. Hover a token for its score.</p>"
-            "</body>\n")
+            f"full colour at |score| &ge; {scale:.4g} (largest {largest:.4g}); sum {scores.sum():+.4g}. "
+            "Hover a token for its id and score.</p></body>\n")
     path = Path(path)
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path
 
 
 def plot(path: str | os.PathLike, attribution: np.ndarray, inputs: Optional[np.ndarray] = None, *,
-         kind: str = "auto", names: Optional[Sequence[str]] = None, title: str = "") -> Path:
+         kind: str = "auto", names: Optional[Sequence[str]] = None, title: str = "",
+         clip_percentile: float = CLIP_PERCENTILE) -> Path:
     """One example's picture, its kind chosen from the input's shape and dtype when `auto`.
 
     `path` gets the suffix of the kind (.png, or .html for tokens); `names` are feature names
     (bars) or token strings (tokens). Returns the path written.
     """
+    check_clip_percentile(clip_percentile)
     attribution = np.asarray(attribution)
     if kind == "auto":
         integer = inputs is not None and not np.issubdtype(np.asarray(inputs).dtype, np.floating)
@@ -196,9 +295,93 @@ def plot(path: str | os.PathLike, attribution: np.ndarray, inputs: Optional[np.n
             raise InputError(f"no picture for attributions of shape {list(attribution.shape)}; pass kind=")
     path = Path(path)
     if kind == "image":
-        return image_png(path.with_suffix(".png"), attribution, inputs, title)
+        return image_png(path.with_suffix(".png"), attribution, inputs, title, clip_percentile)
     if kind == "bars":
         return bars_png(path.with_suffix(".png"), attribution, names, inputs, title)
     if kind == "tokens":
-        return tokens_html(path.with_suffix(".html"), attribution, names, title)
+        ids = None if inputs is None else np.asarray(inputs).reshape(-1)
+        return tokens_html(path.with_suffix(".html"), attribution, names, title, clip_percentile, ids)
     raise InputError(f"unknown picture kind {kind!r}; use auto, image, bars or tokens")
+
+
+def describe_target(row: Optional[np.ndarray], target: Any, final_activation: Optional[dict],
+                    class_names: Optional[dict[int, str]] = None) -> str:
+    """'target 3 "three": logit 9.76, p = 0.998 (softmax of the logits)' for one example.
+
+    `row` is the example's explained output (None when unknown); the probability is given when
+    the model's final activation was stripped (softmax, or the sigmoid of a binary logit), the
+    value as the model gives it otherwise."""
+    if target is None:
+        return "the output (summed)"
+    index = tuple(target) if isinstance(target, (list, tuple)) else int(target)
+    text = f"target {index}"
+    name = class_names.get(index) if class_names is not None and isinstance(index, int) else None
+    if name is not None:
+        text += f" {name!r}"
+    if row is None:
+        return text
+    row = np.asarray(row, dtype=np.float64)
+    try:
+        value = float(row[index])
+    except (IndexError, TypeError):
+        return text
+    op = (final_activation or {}).get("op_type")
+    if final_activation is None or op is None:
+        return f"{text}: output {value:.4g}"
+    if not final_activation.get("stripped"):
+        return f"{text}: {'log p' if op == 'LogSoftmax' else 'p'} = {value:.4g} (the model's {op})"
+    if op == "Sigmoid":
+        return f"{text}: logit {value:.4g}, p = {_probability(1.0 / (1.0 + np.exp(-value)))} (sigmoid of the logit)"
+    if row.ndim == 1:
+        shifted = np.exp(row - row.max())
+        return f"{text}: logit {value:.4g}, p = {_probability(shifted[index] / shifted.sum())} (softmax of the logits)"
+    return f"{text}: logit {value:.4g}"
+
+
+def _probability(p: float) -> str:
+    """Three decimals, or the distance from 1 when it rounds to 1 (0.99998 reads as "1 - 2e-05")."""
+    if p > 0.9995:
+        return f"1 - {1.0 - p:.1e}"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: PictureOptions, target: Any,
+                   delta: Any, method: str, baseline: str, final_activation: Optional[dict],
+                   outputs: Callable[[], Any], stem: Callable[[str], str] = lambda s: s) -> list[str]:
+    """The pictures of an attribution job, named `<kind>_<input>_<example>`: image inputs always
+    (unless `options.enabled` is False); tabular bars and token pages with `options.all_kinds`.
+    `outputs()` gives the explained output, computed only when a picture is drawn."""
+    if not options.enabled:
+        return []
+    check_clip_percentile(options.clip_percentile)
+    written: list[str] = []
+    explained = None
+    deltas = np.asarray(delta.detach().cpu() if hasattr(delta, "detach") else delta, dtype=np.float64).reshape(-1)
+    for name, values in attributions.items():
+        values = np.asarray(values)
+        x = np.asarray(inputs[name])
+        kind = picture_kind(values.shape, not np.issubdtype(x.dtype, np.floating))
+        if kind is None or (kind != "image" and not options.all_kinds):
+            continue
+        if explained is None:
+            out = outputs()
+            out = None if out is None else np.asarray(out.detach().cpu() if hasattr(out, "detach") else out)
+            explained = out if out is not None and out.shape[:1] == values.shape[:1] else np.empty(0)
+        for i in range(values.shape[0]):
+            t = target[i] if isinstance(target, list) else target
+            row = explained[i] if explained.size else None
+            d = f"convergence delta {deltas[i]:+.2e}" if deltas.size == values.shape[0] else ""
+            title = "\n".join([
+                f"{method}, input {name!r}, example {i}",
+                describe_target(row, t, final_activation, options.class_names),
+                f"baseline {baseline}; sum of attributions {values[i].sum():+.4g}" + (f"; {d}" if d else ""),
+            ])
+            names: Optional[Sequence[str]] = options.feature_names
+            if kind == "tokens":
+                vocab = options.vocab or {}
+                names = [vocab.get(int(v), f"#{int(v)}") for v in x[i].reshape(-1)]
+            prefix = {"image": "heatmap", "bars": "bars", "tokens": "tokens"}[kind]
+            path = plot(folder / f"{prefix}_{stem(name)}_{i}", values[i], x[i], kind=kind, names=names, title=title,
+                        clip_percentile=options.clip_percentile)
+            written.append(path.name)
+    return written

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from PIL import Image
 
 import onnx_attr
 from onnx_attr.cli import main
-from onnx_attr.visualize import BLUE, RED, bars_png, image_png, picture_kind, plot, signed_colors, tokens_html
+from onnx_attr.names import read_names
+from onnx_attr.visualize import (BLUE, RED, bars_png, clip_scale, describe_target, image_figure, image_png, picture_kind,
+                                  plot, signed_colors, tokens_html)
 
 from conftest import SAMPLES
 from exporting import TokenBag, to_onnx
@@ -25,23 +28,65 @@ def test_signed_colours_are_white_at_zero_red_up_blue_down():
     assert colors[2].tolist() == [round(255 - 0.5 * (255 - c)) for c in RED]
 
 
-def test_image_picture_has_four_panels_and_the_peak_in_red(tmp_path):
+def test_clip_scale_is_the_percentile_of_magnitudes_by_hand():
+    values = np.arange(1.0, 101.0) * np.where(np.arange(100) % 2, 1, -1)  # |values| 1..100, signs mixed
+    np.random.default_rng(0).shuffle(values)
+    # 98th percentile of 1..100, linear between order statistics: rank 0.98 * 99 = 97.02 lies between
+    # the 98th smallest (98) and the 99th (99), so 98 + 0.02 * (99 - 98)
+    assert clip_scale(values, 2) == pytest.approx(98.02, abs=1e-12)
+    assert clip_scale(values, 0) == 100.0  # no clipping: the largest
+    assert clip_scale(values, 50) == pytest.approx(50.5, abs=1e-12)  # rank 49.5 between 50 and 51
+    sparse = np.zeros(1000)
+    sparse[:3] = [5.0, -2.0, 1.0]
+    assert clip_scale(sparse, 2) == 5.0  # the percentile is 0: fall back to the largest
+    assert clip_scale(np.zeros(4), 2) == 1.0
+    with pytest.raises(onnx_attr.InputError, match="not in \\[0, 100\\)"):
+        clip_scale(values, 100)
+
+
+def test_image_picture_clips_colours_and_gives_every_panel_a_colour_bar(tmp_path):
+    rng = np.random.default_rng(0)
+    attribution = rng.normal(0, 1, (3, 224, 224)) * 1e-3
+    attribution[:, 100, 100] = 50.0  # one huge pixel: scaled to it, the rest would be white
+    image = rng.uniform(0, 255, (3, 224, 224))  # pixels at their real range
+    figure = image_figure(attribution, image, title="t", clip_percentile=2)
+    summed = np.abs(attribution.sum(0)).reshape(-1)
+    expected = np.percentile(summed, 98)
+    assert 0 < expected < 1e-2
+    panels = [ax for ax in figure.axes if ax.images]
+    bars = [ax for ax in figure.axes if not ax.images]
+    assert len(panels) == 4 and len(bars) == 4 and len(figure.axes) == 8
+    for panel, bar in zip(panels, bars):  # each bar sits right under its panel, as wide as its column
+        assert bar.get_position().y1 <= panel.get_position().y0
+        assert abs(bar.get_position().x0 - panel.get_position().x0) < 0.05
+    signed = panels[1].images[0]
+    assert signed.norm.vmin == pytest.approx(-expected) and signed.norm.vmax == pytest.approx(expected)
+    assert panels[2].images[0].norm.vmax == pytest.approx(expected)
+    assert all(ax.spines["left"].get_visible() for ax in panels)  # framed
+    assert figure.axes[5].get_xlabel().startswith("colours clipped at")  # the clip is said on the bar
+    unclipped = image_figure(attribution, image, clip_percentile=0)
+    assert [ax for ax in unclipped.axes if ax.images][1].images[0].norm.vmax == pytest.approx(np.abs(
+        attribution.sum(0)).max())
+    assert len(image_figure(attribution).axes) == 4  # no input: signed and absolute, two bars
+
+
+def test_image_png_draws_saturated_colours_and_keeps_the_title(tmp_path):
     attribution = np.zeros((1, 8, 8))
-    attribution[0, 2, 5] = 3.0
-    attribution[0, 6, 1] = -1.0
-    path = image_png(tmp_path / "x.png", attribution, np.random.default_rng(0).random((1, 8, 8)), title="t")
-    picture = np.asarray(Image.open(path).convert("RGB"))
-    panel = 192  # 8 px upscaled by 24
-    assert picture.shape[1] == 4 * (panel + 12) + 12
-    top = 22 + 16
-    signed_left = 12 + (panel + 12)
-    assert picture[top + 2 * 24 + 12, signed_left + 5 * 24 + 12].tolist() == RED.tolist()
-    assert picture[top + 6 * 24 + 12, signed_left + 1 * 24 + 12][2] > picture[top + 6 * 24 + 12, signed_left + 24][0]
+    attribution[0, 2, 5], attribution[0, 6, 1] = 3.0, -1.0
+    path = image_png(tmp_path / "x.png", attribution, np.random.default_rng(0).random((1, 8, 8)),
+                     title="digit 'three'\ndelta 1e-06", clip_percentile=2)
+    picture = Image.open(path)
+    assert picture.text["Title"] == "digit 'three'\ndelta 1e-06"
+    pixels = np.asarray(picture.convert("RGB")).reshape(-1, 3)
+    assert (pixels == RED).all(1).sum() > 100  # the positive pixel at full red, drawn large
+    assert (pixels == BLUE).all(1).sum() > 100  # clipped at the 98th percentile (0.74): -1 is full blue too
 
 
 def test_bars_sort_by_magnitude_and_check_names(tmp_path):
-    path = bars_png(tmp_path / "b.png", np.array([0.1, -3.0, 2.0]), ["a", "b", "c"], np.array([1.0, 2.0, 3.0]))
-    assert Image.open(path).size[1] == 8 + 18 * 3 + 30
+    path = bars_png(tmp_path / "b.png", np.array([0.1, -3.0, 2.0]), ["a", "b", "c"], np.array([1.0, 2.0, 3.0]),
+                    top=2)
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    assert (pixels == RED).all(1).sum() > 50 and (pixels == BLUE).all(1).sum() > 50  # -3 and 2 shown, signed
     with pytest.raises(onnx_attr.InputError, match="2 feature names for 3 features"):
         bars_png(tmp_path / "c.png", np.array([0.1, -3.0, 2.0]), ["a", "b"])
 
@@ -86,8 +131,108 @@ def test_cli_plot_writes_token_pages_for_token_ids(tmp_path):
     model.write_bytes(to_onnx(TokenBag(30).eval(), torch.randint(0, 30, (2, 5)), input_names=("ids",)))
     np.savez(tmp_path / "ids.npz", ids=np.random.default_rng(0).integers(1, 30, (2, 5)))
     out = tmp_path / "run"
-    assert main(["attribute", str(model), "--input", str(tmp_path / "ids.npz"), "--plot", "--out", str(out)]) == 0
+    vocab = tmp_path / "vocab.json"  # a tokenizer's vocab.json: token -> id, one id left without a token
+    vocab.write_text(json.dumps({f"w<{i}>": i for i in range(30) if i != 7}))
+    assert main(["attribute", str(model), "--input", str(tmp_path / "ids.npz"), "--plot", "--vocab", str(vocab),
+                 "--out", str(out)]) == 0
     page = (out / "tokens_ids_0.html").read_text()
     assert page.count("<span") == 5
+    ids = np.load(tmp_path / "ids.npz")["ids"][0]
+    shown = [f"#{i}" if i == 7 else f"w&lt;{i}&gt;" for i in ids]
+    assert page.split("<p")[1].count("</span>") == 5 and all(t in page for t in shown)
+    assert f'title="id {ids[0]}: ' in page
     with np.load(out / "attributions.npz") as data:
         assert data["ids"].shape == (2, 5)
+
+
+def test_names_files_in_every_accepted_form(tmp_path):
+    forms = {
+        "list.json": (json.dumps(["cat", "dog"]), {0: "cat", 1: "dog"}),
+        "index.json": (json.dumps({"1": "dog", "0": "cat"}), {0: "cat", 1: "dog"}),
+        "imagenet.json": (json.dumps({"0": ["n01440764", "tench"]}), {0: "tench"}),
+        "vocab.json": (json.dumps({"[PAD]": 0, "the": 2}), {0: "[PAD]", 2: "the"}),
+        "keyed.json": (json.dumps({"class_names": ["a", "b"]}), {0: "a", 1: "b"}),
+        "vocab.txt": ("[PAD]\n\nthe\r\n", {0: "[PAD]", 1: "", 2: "the"}),  # line i is id i, blanks kept
+    }
+    for file, (text, expected) in forms.items():
+        (tmp_path / file).write_text(text, encoding="utf-8")
+        assert read_names(str(tmp_path / file), "--class-names", "class_names") == expected, file
+
+
+def test_bad_names_files_are_clear_errors_and_a_fifo_never_hangs(tmp_path, monkeypatch):
+    import onnx_attr.names as names
+
+    cases = {"shape.json": ('{"a": 1.5}', "cannot read names from it"),
+             "empty.json": ("[]", "holds no names"), "blank.txt": ("\n \n", "holds no names"),
+             "latin1.txt": (b"caf\xe9", "not UTF-8"), "mixed.json": ('["a", 3]', "cannot read names from it"),
+             "negative.json": ('{"a": -1}', "cannot read names from it")}
+    for file, (content, message) in cases.items():
+        path = tmp_path / file
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(onnx_attr.InputError, match=message):
+            read_names(str(path), "--vocab")
+    with pytest.raises(onnx_attr.InputError, match="cannot be read"):
+        read_names(str(tmp_path / "missing.txt"), "--vocab")
+    with pytest.raises(onnx_attr.InputError, match="not a regular file"):
+        read_names(str(tmp_path), "--vocab")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it to read would block until a writer comes: it must be refused unopened
+    with pytest.raises(onnx_attr.InputError, match="not a regular file"):
+        read_names(str(fifo), "--class-names")
+    monkeypatch.setattr(names, "MAX_BYTES", 10)
+    (tmp_path / "big.txt").write_text("a\n" * 6)
+    with pytest.raises(onnx_attr.InputError, match="12 bytes, more than the 10 allowed"):
+        read_names(str(tmp_path / "big.txt"), "--vocab")
+
+
+def test_cli_bad_picture_options_exit_2_before_loading_the_model(tmp_path, capsys):
+    bad = tmp_path / "classes.json"
+    bad.write_text('{"0": 1.5}')
+    base = ["attribute", str(tmp_path / "no-such-model.onnx"), "--input", "x.npz", "--out", str(tmp_path / "o")]
+    assert main([*base, "--class-names", str(bad)]) == 2
+    assert "--class-names" in capsys.readouterr().err
+    assert main([*base, "--vocab", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--vocab" in err and "not a regular file" in err
+    assert main([*base, "--clip-percentile", "100"]) == 2
+    assert "clip percentile 100.0 is not in [0, 100)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--plot", "--no-pictures"])
+    assert exit_.value.code == 2
+
+
+def test_titles_give_class_name_probability_or_logit(tmp_path):
+    logits = np.array([2.0, 0.5, -1.0])
+    p = np.exp(2.0) / np.exp(logits).sum()  # 0.786...
+    stripped = {"op_type": "Softmax", "stripped": True}
+    assert describe_target(logits, 0, stripped, {0: "cat"}) == (
+        f"target 0 'cat': logit 2, p = {p:.3f} (softmax of the logits)")
+    assert describe_target(np.array([300.0, 0.0]), 0, stripped) == (
+        "target 0: logit 300, p = 1 - 0.0e+00 (softmax of the logits)")  # no overflow at real logit sizes
+    assert describe_target(np.array([-1.0]), 0, {"op_type": "Sigmoid", "stripped": True}) == (
+        f"target 0: logit -1, p = {1 / (1 + np.exp(1)):.3f} (sigmoid of the logit)")
+    assert describe_target(np.array([0.2, 0.8]), 1, {"op_type": "Softmax", "stripped": False}) == (
+        "target 1: p = 0.8 (the model's Softmax)")
+    assert describe_target(logits, 2, None) == "target 2: output -1"
+    assert describe_target(None, 5, None, {0: "cat"}) == "target 5"
+
+
+def test_cli_titles_carry_class_name_probability_and_delta_and_no_pictures_writes_none(tmp_path):
+    classes = tmp_path / "digits.txt"
+    classes.write_text("\n".join(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]))
+    out = tmp_path / "run"
+    model, inputs = str(SAMPLES / "digits_cnn.onnx"), str(SAMPLES / "digits_cnn_inputs.npz")
+    assert main(["attribute", model, "--input", inputs, "--class-names", str(classes), "--clip-percentile", "5",
+                 "--json", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    labels = json.loads((SAMPLES / "digits_cnn_inputs.json").read_text())["labels"]
+    assert report["target"] == labels  # the sample's CNN gets all 8 right
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for i, label in enumerate(labels):
+        title = Image.open(out / f"heatmap_image_{i}.png").text["Title"]
+        assert f"target {label} {digits[label]!r}: logit " in title and "(softmax of the logits)" in title
+        assert f"baseline zeros" in title and f"convergence delta {report['convergence_delta'][i]:+.2e}" in title
+    quiet = tmp_path / "quiet"
+    assert main(["attribute", model, "--input", inputs, "--no-pictures", "--json", "--out", str(quiet)]) == 0
+    assert sorted(p.name for p in quiet.iterdir()) == ["attributions.npz", "report.json"]
+    assert json.loads((quiet / "report.json").read_text())["files"] == ["attributions.npz", "report.json"]

@@ -1,0 +1,111 @@
+"""Names for indices read from a user's file: class names for titles, a vocabulary for token pages.
+
+One reader for every such file, so each is bounded the same way: a regular file (never a FIFO or
+a device, which could hang or never end), at most `MAX_BYTES`, UTF-8, and one of
+
+* a JSON list of strings (index i is the i-th string);
+* a JSON object of index -> name (`{"0": "tench"}`, or ImageNet's `{"0": ["n01440764", "tench"]}`,
+  whose last string is the name);
+* a JSON object of name -> index (a tokenizer's `vocab.json`, `{"the": 262}`);
+* a JSON object with the list under one key (`{"class_names": [...]}`);
+* plain text, one name per line (line i, counted from 0, is index i, as in BERT's `vocab.txt`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import Optional
+
+from .errors import InputError
+
+#: Larger than any tokenizer vocabulary or label list we know of (GPT-style vocab.json ~ 1 MB).
+MAX_BYTES = 32 * 2**20
+#: Indices beyond this are not names of classes or tokens but a mistake (or a hostile file).
+MAX_INDEX = 2**24
+
+FORMATS = ("a JSON list of strings, a JSON object of index -> name or name -> index, or a text file "
+           "with one name per line")
+
+
+def read_names(path: Optional[str], option: str, key: Optional[str] = None) -> Optional[dict[int, str]]:
+    """The names in `path` by index, or None without a path; `option` names the flag in errors and
+    `key` is the one key under which a JSON object may hold its list."""
+    if path is None:
+        return None
+    text = _read_bounded(path, option)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return _from_lines(text, path, option)
+    if not isinstance(data, (list, dict)):  # a lone number or word is a one-line text file
+        return _from_lines(text, path, option)
+    if isinstance(data, dict) and key is not None and key in data:
+        data = data[key]
+    names = _from_json(data)
+    if names is None:
+        raise InputError(f"{option} {path!r}: cannot read names from it; give {FORMATS}")
+    if not names:
+        raise InputError(f"{option} {path!r} holds no names")
+    return names
+
+
+def name_of(names: Optional[dict[int, str]], index: int) -> Optional[str]:
+    """The name of `index`, or None when there are no names or this index has none."""
+    return None if names is None else names.get(int(index))
+
+
+def _read_bounded(path: str, option: str) -> str:
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise InputError(f"{option} {path!r} cannot be read: {err.strerror or err}") from err
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{option} {path!r} is not a regular file (a folder, pipe or device); give a file")
+    if info.st_size > MAX_BYTES:
+        raise InputError(f"{option} {path!r} is {info.st_size} bytes, more than the {MAX_BYTES} allowed "
+                         "for a names file")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+    except OSError as err:
+        raise InputError(f"{option} {path!r} cannot be read: {err.strerror or err}") from err
+    if len(raw) > MAX_BYTES:  # grew since the stat
+        raise InputError(f"{option} {path!r} is more than the {MAX_BYTES} bytes allowed for a names file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{option} {path!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                         f"give {FORMATS}") from err
+
+
+def _from_lines(text: str, path: str, option: str) -> dict[int, str]:
+    lines = text.splitlines()
+    if len(lines) > MAX_INDEX:
+        raise InputError(f"{option} {path!r} has {len(lines)} lines, more than {MAX_INDEX}")
+    if not any(line.strip() for line in lines):
+        raise InputError(f"{option} {path!r} holds no names")
+    return {i: line.rstrip("\r") for i, line in enumerate(lines)}
+
+
+def _from_json(data: object) -> Optional[dict[int, str]]:
+    """Index -> name from the JSON shapes in the module's docstring, or None for any other."""
+    if isinstance(data, list):
+        return {i: n for i, n in enumerate(data)} if all(isinstance(n, str) for n in data) else None
+    if not isinstance(data, dict):
+        return None
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):  # name -> index
+        if not all(0 <= v < MAX_INDEX for v in data.values()):
+            return None
+        return {v: k for k, v in data.items()}
+    names: dict[int, str] = {}
+    for k, v in data.items():
+        if not (isinstance(k, str) and k.strip().isdigit() and int(k) < MAX_INDEX):
+            return None
+        if isinstance(v, list) and v and all(isinstance(s, str) for s in v):
+            v = v[-1]
+        if not isinstance(v, str):
+            return None
+        names[int(k)] = v
+    return names
