@@ -173,7 +173,7 @@ def image_figure(attribution: np.ndarray, image: Optional[np.ndarray] = None, ti
     title_lines = title.count("\n") + 1 if title else 0
     height = 3.25 + 0.17 * title_lines
     figure = _figure(2.75 * n_panels, height)
-    grid = figure.add_gridspec(2, n_panels, height_ratios=[18, 1], left=0.02, right=0.98, wspace=0.12,
+    grid = figure.add_gridspec(2, n_panels, height_ratios=[18, 1], left=0.025, right=0.975, wspace=0.22,
                                hspace=0.12, bottom=0.5 / height, top=1 - (0.38 + 0.17 * title_lines) / height)
     if title:
         figure.suptitle(title, fontsize=9.5, y=1 - 0.06 / height, va="top")
@@ -198,11 +198,12 @@ def image_figure(attribution: np.ndarray, image: Optional[np.ndarray] = None, ti
         tint[..., 3] = 0.9 * np.clip(np.abs(attr) / scale, 0.0, 1.0)
 
         def overlay(ax):
-            ax.imshow(0.25 + 0.5 * grey, cmap="gray", vmin=0, vmax=1, interpolation=interpolation)
+            ax.imshow(0.3 + 0.55 * grey, cmap="gray", vmin=0, vmax=1, interpolation=interpolation)
             ax.imshow(tint, interpolation=interpolation)
 
         panels.append(("signed, over the input", overlay, ScalarMappable(signed_norm, cmap),
                        _extend(attr, -scale, scale), clipped))
+    ends = {"input": None, "|attribution|": [0.0, scale / 2, scale]}
     for column, (label, draw, mappable, extend, caption) in enumerate(panels):
         ax = figure.add_subplot(grid[0, column])
         draw(ax)
@@ -210,6 +211,9 @@ def image_figure(attribution: np.ndarray, image: Optional[np.ndarray] = None, ti
         _frame(ax)
         bar_ax = figure.add_subplot(grid[1, column])
         bar = figure.colorbar(mappable, cax=bar_ax, orientation="horizontal", extend=extend)
+        ticks = ends.get(label, [-scale, 0.0, scale])  # few ticks: labels of small scales stay apart
+        if ticks is not None:
+            bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
         bar.ax.tick_params(labelsize=7.5)
         bar.set_label(caption, fontsize=7.5)
     return figure
