@@ -23,26 +23,6 @@ METHODS = {"deeplift": DeepLift, "deepliftshap": DeepLiftShap, "integratedgradie
            "revealcancel": lambda model, **kw: DeepLift(model, rule="revealcancel", **kw)}
 
 
-def read_feature_names(spec: Optional[str]) -> Optional[list[str]]:
-    """Names for bar charts: a JSON list, a JSON object with "feature_names", or one name per line."""
-    if spec is None:
-        return None
-    try:
-        text = Path(spec).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"--feature-names {spec!r} cannot be read: {err}") from err
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    if isinstance(data, dict):
-        data = data.get("feature_names")
-    if not isinstance(data, list) or not all(isinstance(n, str) for n in data):
-        raise InputError(f"--feature-names {spec!r}: expected a JSON list of strings (or an object with "
-                         "'feature_names'), or one name per line")
-    return data
-
-
 def parse_target(text: Optional[str]) -> Any:
     """'3' -> 3, '3,1,4' -> [3, 1, 4], '2:5' -> (2, 5) (an output of rank > 2), None -> None."""
     if text is None:

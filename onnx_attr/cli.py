@@ -41,6 +41,8 @@ def _picture_options(p: argparse.ArgumentParser) -> None:
                         "0 scales colours to the largest)")
     p.add_argument("--class-names", metavar="FILE", help="names of the output classes for picture titles: a JSON "
                    "list, a JSON object of index -> name, or one name per line")
+    p.add_argument("--feature-names", metavar="FILE", help="names for the bar charts: a JSON list (or an object "
+                   "with 'feature_names'), or a text file with one name per line")
     p.add_argument("--vocab", metavar="FILE", help="the tokens of token ids for token pages: a JSON list, a "
                    "vocab.json (token -> id), or one token per line (line i is id i, as vocab.txt)")
 
@@ -89,8 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=float, metavar="BETA",
                    help="explain a smoothed twin: every Relu a Softplus(BETA), every MaxPool a log-sum-exp pooling "
                         "(the report gives the change in the outputs; verification is of the original)")
-    p.add_argument("--feature-names", help="names for the bar charts: a JSON list (or an object with "
-                                           "'feature_names'), or a text file with one name per line")
     _picture_options(p)
     p.add_argument("--out", required=True, help="folder for attributions.npz, report.json and pictures")
     p.set_defaults(run=cmd_attribute)
@@ -156,8 +156,8 @@ def cmd_convert(args) -> int:
 
 
 def cmd_attribute(args) -> int:
-    from .attribute_job import read_feature_names, run_attribute
-    from .names import read_names
+    from .attribute_job import run_attribute
+    from .names import read_feature_names, read_names
     from .visualize import PictureOptions, check_clip_percentile
 
     pictures = PictureOptions(enabled=not args.no_pictures, all_kinds=args.plot,

@@ -109,3 +109,16 @@ def _from_json(data: object) -> Optional[dict[int, str]]:
             return None
         names[int(k)] = v
     return names
+
+
+def read_feature_names(path: Optional[str]) -> Optional[list[str]]:
+    """Names for bar charts, one per feature in order: any form `read_names` takes (a JSON object
+    may hold the list under "feature_names"), with no index left without a name."""
+    names = read_names(path, "--feature-names", "feature_names")
+    if names is None:
+        return None
+    missing = sorted(set(range(max(names) + 1)) - set(names))
+    if missing or min(names) < 0:
+        raise InputError(f"--feature-names {path!r} gives no name for feature(s) {missing[:10]}; give one name "
+                         "per feature, in order")
+    return [names[i] for i in range(len(names))]

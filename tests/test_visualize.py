@@ -122,7 +122,13 @@ def test_cli_bad_feature_names_exit_2(tmp_path, capsys):
     assert main(["attribute", str(SAMPLES / "breast_cancer_mlp.onnx"), "--input",
                  str(SAMPLES / "breast_cancer_mlp_inputs.npz"), "--plot", "--feature-names", str(bad),
                  "--out", str(tmp_path / "run")]) == 2
-    assert "expected a JSON list of strings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--feature-names" in err and "cannot read names from it" in err
+    bad.write_text('{"0": "a", "2": "c"}')
+    assert main(["attribute", str(SAMPLES / "breast_cancer_mlp.onnx"), "--input",
+                 str(SAMPLES / "breast_cancer_mlp_inputs.npz"), "--plot", "--feature-names", str(bad),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "no name for feature(s) [1]" in capsys.readouterr().err
 
 
 def test_cli_plot_writes_token_pages_for_token_ids(tmp_path):
