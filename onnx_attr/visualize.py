@@ -152,71 +152,105 @@ def _input_display(image: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def image_png(path: str | os.PathLike, attribution: np.ndarray, image: Optional[np.ndarray] = None,
-              title: str = "", clip_percentile: float = CLIP_PERCENTILE) -> Path:
-    """Input | signed | absolute | overlay (the input panels only when `image` is given), as a PNG."""
-    return _save_figure(path, image_figure(attribution, image, title, clip_percentile), title)
+              title: str = "", clip_percentile: float = CLIP_PERCENTILE, figures: Optional[dict] = None) -> Path:
+    """Input | signed | absolute | overlay (the input panels only when `image` is given), as a PNG.
+
+    `figures`, a dict kept between calls, lets a batch's pictures share one figure: building the
+    axes and colour bars costs more than drawing them."""
+    return _save_figure(path, image_figure(attribution, image, title, clip_percentile, figures), title)
 
 
 def image_figure(attribution: np.ndarray, image: Optional[np.ndarray] = None, title: str = "",
-                 clip_percentile: float = CLIP_PERCENTILE):
+                 clip_percentile: float = CLIP_PERCENTILE, figures: Optional[dict] = None):
     """The matplotlib Figure of `image_png`: channels of the attribution summed, every panel framed
     with a colour bar under it (a grid of 2 rows: panels, then their bars)."""
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
     attr = np.asarray(attribution, dtype=np.float64)
     attr = attr.sum(0) if attr.ndim == 3 else attr
     scale = clip_scale(attr, clip_percentile)
-    largest = float(np.nanmax(np.abs(attr))) if attr.size else 0.0
-    signed_norm, cmap = Normalize(-scale, scale), _signed_cmap()
-    n_panels = 4 if image is not None else 2
-    title_lines = title.count("\n") + 1 if title else 0
-    height = 3.25 + 0.17 * title_lines
-    figure = _figure(2.75 * n_panels, height)
-    grid = figure.add_gridspec(2, n_panels, height_ratios=[18, 1], left=0.025, right=0.975, wspace=0.22,
-                               hspace=0.12, bottom=0.5 / height, top=1 - (0.38 + 0.17 * title_lines) / height)
-    if title:
-        figure.suptitle(title, fontsize=9.5, y=1 - 0.06 / height, va="top")
-    clipped = f"colours clipped at ±{scale:.3g}" if scale < largest else f"full scale ±{scale:.3g}"
-    panels = []
-    interpolation = "nearest"
-    if image is not None:
-        shown, low, high = _input_display(image)
-        panels.append(("input", lambda ax: ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation=interpolation),
-                       ScalarMappable(Normalize(low, high), "gray"), "neither",
-                       "input value" + (" (each channel)" if shown.ndim == 3 else "")))
-    panels.append(("signed attribution", lambda ax: ax.imshow(attr, cmap=cmap, norm=signed_norm,
-                                                               interpolation=interpolation),
-                   ScalarMappable(signed_norm, cmap), _extend(attr, -scale, scale), clipped))
-    panels.append(("|attribution|", lambda ax: ax.imshow(np.abs(attr), cmap="Greys", vmin=0, vmax=scale,
-                                                          interpolation=interpolation),
-                   ScalarMappable(Normalize(0, scale), "Greys"), _extend(np.abs(attr), None, scale),
-                   clipped.replace("±", "")))
-    if image is not None:
-        grey = shown.mean(-1) if shown.ndim == 3 else shown
-        tint = cmap(signed_norm(attr))
-        tint[..., 3] = 0.9 * np.clip(np.abs(attr) / scale, 0.0, 1.0)
+    shown = None if image is None else _input_display(image)
+    extends = (_extend(attr, -scale, scale), _extend(np.abs(attr), None, scale))
+    key = (attr.shape, None if shown is None else shown[0].shape, extends, title.count("\n") if title else -1)
+    panels = (figures or {}).get(key)
+    if panels is None:
+        panels = _ImagePanels(attr.shape, None if shown is None else shown[0].ndim == 3, extends,
+                              title.count("\n") + 1 if title else 0)
+        if figures is not None:
+            figures.clear()  # one layout kept: a batch shares it, and memory stays bounded
+            figures[key] = panels
+    return panels.draw(attr, shown, title, scale)
 
-        def overlay(ax):
-            ax.imshow(0.3 + 0.55 * grey, cmap="gray", vmin=0, vmax=1, interpolation=interpolation)
-            ax.imshow(tint, interpolation=interpolation)
 
-        panels.append(("signed, over the input", overlay, ScalarMappable(signed_norm, cmap),
-                       _extend(attr, -scale, scale), clipped))
-    ends = {"input": None, "|attribution|": [0.0, scale / 2, scale]}
-    for column, (label, draw, mappable, extend, caption) in enumerate(panels):
-        ax = figure.add_subplot(grid[0, column])
-        draw(ax)
-        ax.set_title(label, fontsize=9)
-        _frame(ax)
-        bar_ax = figure.add_subplot(grid[1, column])
-        bar = figure.colorbar(mappable, cax=bar_ax, orientation="horizontal", extend=extend)
-        ticks = ends.get(label, [-scale, 0.0, scale])  # few ticks: labels of small scales stay apart
-        if ticks is not None:
-            bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
-        bar.ax.tick_params(labelsize=7.5)
-        bar.set_label(caption, fontsize=7.5)
-    return figure
+class _ImagePanels:
+    """The figure of `image_figure` for one layout (map shape, input or not, RGB or not, colour bar
+    arrows, title lines), drawn again with each example's data, scales and labels."""
+
+    def __init__(self, shape: tuple[int, ...], rgb: Optional[bool], extends: tuple[str, str], title_lines: int):
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        with_image = rgb is not None
+        self.cmap, self.with_image = _signed_cmap(), with_image
+        n_panels = 4 if with_image else 2
+        height = 3.25 + 0.17 * title_lines
+        self.figure = figure = _figure(2.75 * n_panels, height)
+        grid = figure.add_gridspec(2, n_panels, height_ratios=[18, 1], left=0.025, right=0.975, wspace=0.22,
+                                   hspace=0.12, bottom=0.5 / height, top=1 - (0.38 + 0.17 * title_lines) / height)
+        self.title = figure.suptitle("", fontsize=9.5, y=1 - 0.06 / height, va="top") if title_lines else None
+        blank, signed, magnitude = np.zeros(shape), extends[0], extends[1]
+        layout = [("signed attribution", "signed", signed), ("|attribution|", "magnitude", magnitude)]
+        if with_image:
+            layout = [("input", "input", "neither"), *layout, ("signed, over the input", "overlay", signed)]
+        self.images, self.bars = {}, {}
+        for column, (label, role, extend) in enumerate(layout):
+            ax = figure.add_subplot(grid[0, column])
+            cmap = {"input": "gray", "magnitude": "Greys"}.get(role, self.cmap)
+            if role == "input":
+                self.images[role] = ax.imshow(np.zeros((*shape, 3)) if rgb else blank, cmap="gray", vmin=0, vmax=1,
+                                              interpolation="nearest")
+            elif role == "overlay":
+                self.images["base"] = ax.imshow(blank, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                self.images[role] = ax.imshow(np.zeros((*shape, 4)), interpolation="nearest")
+            else:
+                self.images[role] = ax.imshow(blank, cmap=cmap, vmin=-1 if role == "signed" else 0, vmax=1,
+                                              interpolation="nearest")
+            ax.set_title(label, fontsize=9)
+            _frame(ax)
+            bar = figure.colorbar(ScalarMappable(Normalize(-1, 1), cmap), cax=figure.add_subplot(grid[1, column]),
+                                  orientation="horizontal", extend=extend)
+            bar.ax.tick_params(labelsize=7.5)
+            self.bars[role] = (bar, cmap, "input value" + (" (each channel)" if rgb else ""))
+
+    def draw(self, attr: np.ndarray, shown: Optional[tuple[np.ndarray, float, float]], title: str, scale: float):
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        largest = float(np.nanmax(np.abs(attr))) if attr.size else 0.0
+        clipped = f"colours clipped at ±{scale:.3g}" if scale < largest else f"full scale ±{scale:.3g}"
+        if self.title is not None:
+            self.title.set_text(title)
+        self.images["signed"].set_data(attr)
+        self.images["signed"].set_clim(-scale, scale)
+        self.images["magnitude"].set_data(np.abs(attr))
+        self.images["magnitude"].set_clim(0, scale)
+        ranges = {"signed": (-scale, scale, clipped), "magnitude": (0.0, scale, clipped.replace("±", ""))}
+        if self.with_image and shown is not None:
+            ranges["overlay"] = (-scale, scale, clipped)
+            picture, low, high = shown
+            grey = picture.mean(-1) if picture.ndim == 3 else picture
+            tint = self.cmap(np.clip(attr / scale, -1, 1) / 2 + 0.5)
+            tint[..., 3] = 0.9 * np.clip(np.abs(attr) / scale, 0.0, 1.0)
+            self.images["input"].set_data(picture)
+            self.images["base"].set_data(0.3 + 0.55 * grey)
+            self.images["overlay"].set_data(tint)
+            ranges["input"] = (low, high, None)
+        for role, (low, high, caption) in ranges.items():
+            bar, cmap, default = self.bars[role]
+            bar.update_normal(ScalarMappable(Normalize(low, high), cmap))
+            if caption is not None:  # three ticks: the labels of small scales stay apart
+                ticks = [low, (low + high) / 2, high]
+                bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+            bar.set_label(caption or default, fontsize=7.5)
+        return self.figure
 
 
 def bars_png(path: str | os.PathLike, attribution: np.ndarray, names: Optional[Sequence[str]] = None,
@@ -284,11 +318,11 @@ def tokens_html(path: str | os.PathLike, scores: np.ndarray, tokens: Optional[Se
 
 def plot(path: str | os.PathLike, attribution: np.ndarray, inputs: Optional[np.ndarray] = None, *,
          kind: str = "auto", names: Optional[Sequence[str]] = None, title: str = "",
-         clip_percentile: float = CLIP_PERCENTILE) -> Path:
+         clip_percentile: float = CLIP_PERCENTILE, figures: Optional[dict] = None) -> Path:
     """One example's picture, its kind chosen from the input's shape and dtype when `auto`.
 
     `path` gets the suffix of the kind (.png, or .html for tokens); `names` are feature names
-    (bars) or token strings (tokens). Returns the path written.
+    (bars) or token strings (tokens); `figures` as in `image_png`. Returns the path written.
     """
     check_clip_percentile(clip_percentile)
     attribution = np.asarray(attribution)
@@ -299,7 +333,7 @@ def plot(path: str | os.PathLike, attribution: np.ndarray, inputs: Optional[np.n
             raise InputError(f"no picture for attributions of shape {list(attribution.shape)}; pass kind=")
     path = Path(path)
     if kind == "image":
-        return image_png(path.with_suffix(".png"), attribution, inputs, title, clip_percentile)
+        return image_png(path.with_suffix(".png"), attribution, inputs, title, clip_percentile, figures)
     if kind == "bars":
         return bars_png(path.with_suffix(".png"), attribution, names, inputs, title)
     if kind == "tokens":
@@ -315,20 +349,25 @@ def describe_target(row: Optional[np.ndarray], target: Any, final_activation: Op
     `row` is the example's explained output (None when unknown); the probability is given when
     the model's final activation was stripped (softmax, or the sigmoid of a binary logit), the
     value as the model gives it otherwise."""
-    if target is None:
-        return "the output (summed)"
-    index = tuple(target) if isinstance(target, (list, tuple)) else int(target)
-    text = f"target {index}"
-    name = class_names.get(index) if class_names is not None and isinstance(index, int) else None
-    if name is not None:
-        text += f" {name!r}"
-    if row is None:
-        return text
-    row = np.asarray(row, dtype=np.float64)
-    try:
-        value = float(row[index])
-    except (IndexError, TypeError):
-        return text
+    if row is not None:
+        row = np.asarray(row, dtype=np.float64)
+    if target is None:  # a one-value output ([N, 1] or [N]) needs no target
+        if row is None or row.size != 1:
+            return "the output"
+        text, index, value = "the output", 0, float(row.reshape(-1)[0])
+        row = row.reshape(-1)
+    else:
+        index = tuple(target) if isinstance(target, (list, tuple)) else int(target)
+        text = f"target {index}"
+        name = class_names.get(index) if class_names is not None and isinstance(index, int) else None
+        if name is not None:
+            text += f" {name!r}"
+        if row is None:
+            return text
+        try:
+            value = float(row[index])
+        except (IndexError, TypeError):
+            return text
     op = (final_activation or {}).get("op_type")
     if final_activation is None or op is None:
         return f"{text}: output {value:.4g}"
@@ -359,7 +398,7 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
         return []
     check_clip_percentile(options.clip_percentile)
     written: list[str] = []
-    explained = None
+    explained, figures = None, {}
     deltas = np.asarray(delta.detach().cpu() if hasattr(delta, "detach") else delta, dtype=np.float64).reshape(-1)
     for name, values in attributions.items():
         values = np.asarray(values)
@@ -386,6 +425,6 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
                 names = [vocab.get(int(v), f"#{int(v)}") for v in x[i].reshape(-1)]
             prefix = {"image": "heatmap", "bars": "bars", "tokens": "tokens"}[kind]
             path = plot(folder / f"{prefix}_{stem(name)}_{i}", values[i], x[i], kind=kind, names=names, title=title,
-                        clip_percentile=options.clip_percentile)
+                        clip_percentile=options.clip_percentile, figures=figures)
             written.append(path.name)
     return written

@@ -220,6 +220,14 @@ def test_titles_give_class_name_probability_or_logit(tmp_path):
     assert describe_target(np.array([0.2, 0.8]), 1, {"op_type": "Softmax", "stripped": False}) == (
         "target 1: p = 0.8 (the model's Softmax)")
     assert describe_target(logits, 2, None) == "target 2: output -1"
+    # scikit-learn's binary head Concat(1 - sigmoid(z), sigmoid(z)) is stripped to [-z, z]: p is sigmoid(+-z),
+    # not the softmax of [-z, z] (which would be sigmoid(2z))
+    pair = np.array([-1.5, 1.5])
+    assert describe_target(pair, 1, {"op_type": "Sigmoid", "stripped": True}).endswith(
+        f"p = {1 / (1 + np.exp(-1.5)):.3f} (sigmoid of the logit)")
+    assert describe_target(np.array([0.5]), None, {"op_type": "Sigmoid", "stripped": True}) == (
+        f"the output: logit 0.5, p = {1 / (1 + np.exp(-0.5)):.3f} (sigmoid of the logit)")
+    assert describe_target(np.array([0.5, 1.0]), None, None) == "the output"
     assert describe_target(None, 5, None, {0: "cat"}) == "target 5"
 
 
@@ -242,3 +250,15 @@ def test_cli_titles_carry_class_name_probability_and_delta_and_no_pictures_write
     assert main(["attribute", model, "--input", inputs, "--no-pictures", "--json", "--out", str(quiet)]) == 0
     assert sorted(p.name for p in quiet.iterdir()) == ["attributions.npz", "report.json"]
     assert json.loads((quiet / "report.json").read_text())["files"] == ["attributions.npz", "report.json"]
+
+
+def test_a_shared_figure_draws_each_example_exactly_as_a_fresh_one(tmp_path):
+    rng = np.random.default_rng(3)
+    figures: dict = {}
+    examples = [(rng.normal(0, 10 ** k, (3, 16, 16)), rng.uniform(0, 255, (3, 16, 16))) for k in (2, -3, 0)]
+    examples.append((np.abs(examples[0][0]), examples[0][1]))  # no negative values: other colour bar arrows
+    for i, (attribution, image) in enumerate(examples):
+        shared = image_png(tmp_path / f"shared{i}.png", attribution, image, title=f"example {i}\nline", figures=figures)
+        fresh = image_png(tmp_path / f"fresh{i}.png", attribution, image, title=f"example {i}\nline")
+        assert shared.read_bytes() == fresh.read_bytes(), i
+    assert len(figures) == 1
