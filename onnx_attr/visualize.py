@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import html
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -35,7 +35,9 @@ CLIP_PERCENTILE = 2.0
 @dataclass
 class PictureOptions:
     """What `write_pictures` draws: `enabled` False draws nothing; `all_kinds` adds bars and token
-    pages to the image heatmaps; names by index for classes (titles), tokens and features."""
+    pages to the image heatmaps; names by index for classes (titles), tokens and features. `figures`
+    keeps a drawn figure for the next picture of the same layout (see `image_png`), so a job over
+    many input files builds it once."""
 
     enabled: bool = True
     all_kinds: bool = False
@@ -43,6 +45,7 @@ class PictureOptions:
     class_names: Optional[dict[int, str]] = None
     vocab: Optional[dict[int, str]] = None
     feature_names: Optional[Sequence[str]] = None
+    figures: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def is_image_like(shape: tuple[int, ...]) -> bool:
@@ -125,7 +128,7 @@ def _save_figure(path: str | os.PathLike, figure, title: str = "") -> Path:
     path = Path(path)
     metadata = {"Software": "onnx-attr", **({"Title": title} if title else {})}
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=figure.dpi, facecolor="white",
-                                                  metadata=metadata))
+                                                  metadata=metadata, pil_kwargs={"compress_level": 3}))
     return path
 
 
@@ -398,7 +401,7 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
         return []
     check_clip_percentile(options.clip_percentile)
     written: list[str] = []
-    explained, figures = None, {}
+    explained = None
     deltas = np.asarray(delta.detach().cpu() if hasattr(delta, "detach") else delta, dtype=np.float64).reshape(-1)
     for name, values in attributions.items():
         values = np.asarray(values)
@@ -425,6 +428,6 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
                 names = [vocab.get(int(v), f"#{int(v)}") for v in x[i].reshape(-1)]
             prefix = {"image": "heatmap", "bars": "bars", "tokens": "tokens"}[kind]
             path = plot(folder / f"{prefix}_{stem(name)}_{i}", values[i], x[i], kind=kind, names=names, title=title,
-                        clip_percentile=options.clip_percentile, figures=figures)
+                        clip_percentile=options.clip_percentile, figures=options.figures)
             written.append(path.name)
     return written
