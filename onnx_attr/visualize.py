@@ -30,6 +30,8 @@ from .fileio import atomic_write
 RED, BLUE = np.array([214, 39, 40]), np.array([31, 119, 180])
 #: The default share (in percent) of the largest |values| drawn at full colour.
 CLIP_PERCENTILE = 2.0
+#: Figure layouts kept for reuse (they differ in colour bar arrows, so a batch has a few).
+FIGURES_KEPT = 6
 
 
 @dataclass
@@ -178,7 +180,8 @@ def image_figure(attribution: np.ndarray, image: Optional[np.ndarray] = None, ti
         panels = _ImagePanels(attr.shape, None if shown is None else shown[0].ndim == 3, extends,
                               title.count("\n") + 1 if title else 0)
         if figures is not None:
-            figures.clear()  # one layout kept: a batch shares it, and memory stays bounded
+            while len(figures) >= FIGURES_KEPT:  # memory stays bounded: the oldest layout goes
+                figures.pop(next(iter(figures)))
             figures[key] = panels
     return panels.draw(attr, shown, title, scale)
 
