@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import onnx_attr
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx_attr.rules.reveal_cancel import split_multipliers
 
 from conftest import FLOAT, make_model
@@ -302,6 +302,57 @@ def test_completeness_in_float32_at_realistic_magnitudes(kind):
         change = (net(x) - net(x0))[:, 0]
     assert change.abs().max() > 100
     assert delta.abs().max() <= 1e-5 * change.abs().max(), (delta, change)
+
+
+def _pooled_conv_model(tail: list, shape_after: list, inits: dict):
+    """x[n, 2, 4, 4] -> Conv -> `tail` (ending in tensor "p") -> Relu -> Flatten -> Gemm, by hand."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]), *tail,
+             helper.make_node("Relu", ["p"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], transB=1)]
+    features = int(np.prod(shape_after))
+    inits = {"cw": rng.normal(size=(3, 2, 3, 3)) * 0.3, "cb": rng.normal(size=3), "gw": rng.normal(size=(2, features)) * 30,
+             "gb": rng.normal(size=2), **inits}
+    return make_model(nodes, [("x", DOUBLE, ["n", 2, 4, 4])], [("y", DOUBLE, ["n", 2])], inits)
+
+
+@pytest.mark.usefixtures("hole_filling")
+def test_global_average_pool_carries_the_terms_like_the_reference():
+    model = onnx_attr.load(_pooled_conv_model([helper.make_node("GlobalAveragePool", ["c"], ["p"])], [3], {}))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.onnx_model.graph.initializer}
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(inits["cw"]))
+        conv.bias.copy_(torch.from_numpy(inits["cb"]))
+    conv_layer, shape = _conv_matrix(conv, (2, 4, 4))
+    pool_layer, _ = _pool_matrix(4, shape)
+    layers = [conv_layer, pool_layer, ("act", _relu), ("linear", inits["gw"], inits["gb"])]
+    x, x0 = _realistic((4, 2, 4, 4), 8)
+    method = onnx_attr.DeepLift(model, rule="revealcancel")
+    ours, delta = method.attribute(x, x0, target=[0, 1, 0, 1], return_convergence_delta=True)
+    assert len(method.last_report["reveal_cancel_nodes"]) == 1
+    _, limit = _both_references(layers, x.flatten(1).numpy(), x0.flatten().numpy(), [0, 1, 0, 1])
+    np.testing.assert_allclose(ours.flatten(1).numpy(), limit, rtol=0, atol=1e-13 * np.abs(limit).max())
+    assert delta.abs().max() <= 1e-12 * np.abs(limit).sum(1).max()
+
+
+@pytest.mark.usefixtures("hole_filling")
+def test_pad_slice_and_reductions_join_the_fused_chain():
+    tail = [helper.make_node("Pad", ["c", "pads"], ["padded"], mode="reflect"),
+            helper.make_node("Slice", ["padded", "starts", "ends", "axes"], ["sliced"]),
+            helper.make_node("ReduceSum", ["sliced", "sum_axes"], ["summed"], keepdims=1),
+            helper.make_node("ReduceMean", ["summed"], ["p"], axes=[2], keepdims=1)]
+    inits = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "starts": np.array([1], np.int64),
+             "ends": np.array([5], np.int64), "axes": np.array([3], np.int64), "sum_axes": np.array([3], np.int64)}
+    model = onnx_attr.load(_pooled_conv_model(tail, [3, 1, 1], inits))
+    x, x0 = _realistic((4, 2, 4, 4), 9)
+    method = onnx_attr.DeepLift(model, rule="revealcancel")
+    attributions, delta = method.attribute(x, x0, target=1, return_convergence_delta=True)
+    assert len(method.last_report["reveal_cancel_nodes"]) == 1 and method.last_report["rescale_nodes"] == []
+    change = (model.run({"x": x})[0] - model.run({"x": x0})[0])[:, 1]
+    assert change.abs().max() > 100 and delta.abs().max() <= 1e-12 * change.abs().max()
+    rescale = onnx_attr.DeepLift(model).attribute(x, x0, target=1)
+    assert not torch.allclose(rescale, attributions)
 
 
 @pytest.mark.usefixtures("hole_filling")
