@@ -4,6 +4,7 @@ pseudocount, completeness on whole models, and the forward left unchanged."""
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 
 import numpy as np
@@ -250,29 +251,37 @@ def _relu_net(kind: str) -> tuple[nn.Sequential, tuple[int, ...]]:
     the nonlinearity), Conv -> ReLU -> AvgPool, Dense -> ReLU -> Dense."""
     if kind == "dense":
         return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)), (6,)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.AvgPool2d(2), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1),
-                         nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), (2, 4, 4)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.AvgPool2d(2), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1),
+                        nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    return net, (2, 4, 4)
+
+
+@functools.lru_cache(maxsize=None)
+def _relu_case(kind: str, seed: int):
+    """A random net of `_relu_net` with logits in the hundreds, its import, inputs at pixel magnitudes,
+    targets, and both reference results (built once for both hole-filling formulations)."""
+    torch.manual_seed(seed)
+    net, shape = _relu_net(kind)
+    net = net.double().eval()
+    with torch.no_grad():
+        net[-1].weight.mul_(40 if kind == "dense" else 1000)
+    outputs, n = net[-1].out_features, 5 if kind == "dense" else 3
+    model = onnx_attr.load(_onnx_of(net, shape, outputs))
+    x, x0 = _realistic((n, *shape), seed)
+    targets = [i % outputs for i in range(n)]
+    references = _both_references(_reference_layers(net, shape), x.flatten(1).numpy(), x0.flatten().numpy(), targets)
+    return net, model, x, x0, targets, references
 
 
 @pytest.mark.parametrize("kind,seed", [("dense", 0), ("dense", 1), ("dense", 2), ("dense", 3), ("conv", 0),
                                        ("conv", 1)])
 @pytest.mark.usefixtures("hole_filling")
 def test_relu_nets_equal_the_reference_algorithm(kind, seed):
-    torch.manual_seed(seed)
-    net, shape = _relu_net(kind)
-    net = net.double().eval()
-    with torch.no_grad():
-        net[-1].weight.mul_(40 if kind == "dense" else 1000)  # logits in the hundreds
-    outputs, n = net[-1].out_features, 5 if kind == "dense" else 3
-    model = onnx_attr.load(_onnx_of(net, shape, outputs))
-    x, x0 = _realistic((n, *shape), seed)
-    targets = [i % outputs for i in range(n)]
+    net, model, x, x0, targets, (at_own, limit) = _relu_case(kind, seed)
     method = onnx_attr.DeepLift(model, rule="revealcancel")
     ours, delta = method.attribute(x, x0, target=targets, return_convergence_delta=True)
     fused = {"dense": 2, "conv": 3}[kind]  # every ReLU: the conv net's first one through its AvgPool
     assert len(method.last_report["reveal_cancel_nodes"]) == fused and method.last_report["rescale_nodes"] == []
-    at_own, limit = _both_references(_reference_layers(net, shape), x.flatten(1).numpy(), x0.flatten().numpy(),
-                                     targets)
     ours, scale = ours.flatten(1).numpy(), np.abs(limit).max()
     # the reference algorithm with its pseudocount taken to 0 (exact arithmetic), to float64 rounding
     np.testing.assert_allclose(ours, limit, rtol=0, atol=1e-13 * scale)
@@ -311,8 +320,8 @@ def _pooled_conv_model(tail: list, shape_after: list, inits: dict):
              helper.make_node("Relu", ["p"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
              helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], transB=1)]
     features = int(np.prod(shape_after))
-    inits = {"cw": rng.normal(size=(3, 2, 3, 3)) * 0.3, "cb": rng.normal(size=3), "gw": rng.normal(size=(2, features)) * 30,
-             "gb": rng.normal(size=2), **inits}
+    inits = {"cw": rng.normal(size=(3, 2, 3, 3)) * 0.3, "cb": rng.normal(size=3),
+             "gw": rng.normal(size=(2, features)) * 30, "gb": rng.normal(size=2), **inits}
     return make_model(nodes, [("x", DOUBLE, ["n", 2, 4, 4])], [("y", DOUBLE, ["n", 2])], inits)
 
 
@@ -404,16 +413,22 @@ class _Cnn(nn.Module):
         return self.fc2(h * torch.sigmoid(h))
 
 
+@functools.lru_cache(maxsize=None)
+def _cnn_onnx(dtype: torch.dtype) -> bytes:
+    """_Cnn with seeded weights, exported once per dtype (the exporter is the slow part)."""
+    torch.manual_seed(0)
+    return to_onnx(_Cnn().to(dtype).eval(), torch.zeros(2, 3, 8, 8, dtype=dtype))
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)], ids=["float64", "float32"])
 @pytest.mark.usefixtures("hole_filling")
 def test_completeness_on_a_cnn(dtype, tol):
-    torch.manual_seed(0)
-    net = _Cnn().to(dtype).eval()
-    model = onnx_attr.load(to_onnx(net, torch.randn(2, 3, 8, 8, dtype=dtype)))
-    x = torch.randn(5, 3, 8, 8, dtype=dtype)
+    model = onnx_attr.load(_cnn_onnx(dtype))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 8, 8, generator=g, dtype=dtype)
+    x0 = torch.randn(1, 3, 8, 8, generator=g, dtype=dtype) * 0.1
     method = onnx_attr.DeepLift(model, rule="revealcancel")
-    attributions, delta = method.attribute(x, torch.randn(1, 3, 8, 8, dtype=dtype) * 0.1, target=[0, 1, 2, 3, 4],
-                                           return_convergence_delta=True)
+    attributions, delta = method.attribute(x, x0, target=[0, 1, 2, 3, 4], return_convergence_delta=True)
     change = method.last_report["convergence_delta"]
     assert attributions.shape == x.shape and len(change) == 5
     assert method.last_report["max_relative_delta"] <= tol
@@ -422,23 +437,20 @@ def test_completeness_on_a_cnn(dtype, tol):
     # conv1 -> Relu and fc1 -> PRelu fused; Elu follows a residual Add, Sigmoid a PRelu: Rescale there
     assert len(method.last_report["reveal_cancel_nodes"]) == 2
     assert len(method.last_report["rescale_nodes"]) == 2
-    differs = onnx_attr.DeepLift(model).attribute(x, torch.randn(1, 3, 8, 8, dtype=dtype) * 0.1,
-                                                  target=[0, 1, 2, 3, 4])
+    differs = onnx_attr.DeepLift(model).attribute(x, x0, target=[0, 1, 2, 3, 4])
     assert not torch.allclose(differs, attributions)
 
 
 def test_forward_is_unchanged_bit_for_bit():
-    torch.manual_seed(1)
-    net = _Cnn().eval()
-    model = onnx_attr.load(to_onnx(net, torch.randn(2, 3, 8, 8)))
+    model = onnx_attr.load(_cnn_onnx(torch.float32))
     rewritten = onnx_attr.DeepLift(model, rule="revealcancel").engine.rewrite.module
-    x = torch.randn(4, 3, 8, 8)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(rewritten(x), model(x))
 
 
 def test_unknown_rule_is_a_clear_error():
-    model = onnx_attr.load(to_onnx(_Cancel(), torch.randn(2, 2)))
+    model = onnx_attr.load(_onnx_of(_worked_net(), [2], 1))
     with pytest.raises(onnx_attr.InputError, match="unknown DeepLift rule 'revealcancell'"):
         onnx_attr.DeepLift(model, rule="revealcancell")
 
