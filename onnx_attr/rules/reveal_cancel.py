@@ -56,7 +56,6 @@ class LinearThenUnary(nn.Module):
         return functional_call(self.linear, {self.weight: weight}, tuple(args))
 
 
-
 #: The reference implementation's pseudocount (`deeplift.util.NEAR_ZERO_THRESHOLD`): a Δx⁺ or Δx⁻
 #: too small to divide by is moved this far from 0 (up for Δ ≥ 0) and its multiplier is the secant
 #: over that step. Here the step grows with the tensor's magnitude where 10⁻⁷ would be lost to
