@@ -104,8 +104,8 @@ def _reference_reveal_cancel(layers, x, x0, target, h=1e-7):
             acts.append(f(a))
             refs.append(f(r))
             kept.append((up / dp, down / dn))
-    grad_plus = np.zeros(len(acts[-1]), dtype=acts[-1].dtype)
-    grad_plus[target] = 1
+    grad_plus = acts[-1] * 0  # zeros of the arithmetic's own type (a Python int 0 would turn 0/2 into a float)
+    grad_plus[target] += 1
     grad_minus = grad_plus.copy()
     for (kind, *spec), saved in zip(reversed(layers), reversed(kept)):
         if kind == "linear":  # both multipliers of an input: by the sign of its own change
@@ -122,7 +122,7 @@ def _reference_reveal_cancel(layers, x, x0, target, h=1e-7):
 
 
 def _relu(z):
-    return np.where(z > 0, z, 0)
+    return np.where(z > 0, z, z * 0)
 
 
 def _exact(a: np.ndarray) -> np.ndarray:
@@ -135,8 +135,9 @@ def _both_references(layers, x, x0, targets):
     exact_layers = [(kind, *[_exact(v) for v in spec]) if kind != "act" else (kind, *spec)
                     for kind, *spec in layers]
     limit = np.stack([_reference_reveal_cancel(exact_layers, _exact(a), _exact(x0), t, h=Fraction(1, 10**30))
-                      for a, t in zip(x, targets)]).astype(np.float64)
-    return at_own, limit
+                      for a, t in zip(x, targets)])
+    assert all(isinstance(v, Fraction) for v in limit.ravel())  # no float crept into the exact arithmetic
+    return at_own, limit.astype(np.float64)
 
 
 def _conv_matrix(conv: nn.Conv2d, shape):
