@@ -345,11 +345,13 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
 
 #: Ops whose constant operand is a weight whose signs decide a contribution's sign (RevealCancel).
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Mul"})
-#: Ops that may sit between the weighted op and the nonlinearity without mixing contributions or
-#: flipping their signs: a constant bias, reshapes, identities (and, checked per node, a positive
-#: scale: BatchNormalization, Mul or Div by a constant).
+#: Ops that may sit between the weighted op and the nonlinearity without flipping a term's sign: a
+#: constant bias, reshapes, identities, positive-linear ops (average pooling, sums and means,
+#: padding, slicing: the reference implementation carries the positive and negative terms through
+#: these) and, checked per node, a positive scale (BatchNormalization, Mul or Div by a constant).
 CHAIN_TAIL = frozenset({"Add", "Sub", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity",
-                        "Cast", "BatchNormalization", "Mul", "Div"})
+                        "Cast", "BatchNormalization", "Mul", "Div", "AveragePool", "GlobalAveragePool",
+                        "ReduceMean", "ReduceSum", "Pad", "Slice"})
 
 
 def _fuse_weighted_chain(module: fx.GraphModule, node: fx.Node, flags: list[bool], variable: set[fx.Node],
@@ -369,8 +371,8 @@ def _fuse_weighted_chain(module: fx.GraphModule, node: fx.Node, flags: list[bool
     while isinstance(current, fx.Node) and current.op == "call_module" and len(current.users) == 1 \
             and current.meta.get("onnx_op") in CHAIN_TAIL and not current.kwargs:
         varying = [a for a in current.args if isinstance(a, fx.Node) and a in variable]
-        if len(varying) != 1 or (current.meta["onnx_op"] in ("Sub", "Div") and current.args[0] is not varying[0]):
-            return None  # a residual Add mixes two sources; c - v flips every sign
+        if len(varying) != 1 or (current.meta["onnx_op"] not in ("Add", "Mul") and current.args[0] is not varying[0]):
+            return None  # a residual Add mixes two sources; c - v flips every sign; data comes first
         if not _keeps_signs(module, current):
             break  # a scale that may be negative: the weighted op, if any, is this one
         chain.append(current)
