@@ -116,10 +116,32 @@ class _CroppedConvTranspose:
         return y if self.bias is None else y + self.bias.reshape(_bias_shape(y))
 
 
-_PADDED = {rank: type(f"PaddedConv{rank}d", (_PaddedConv, cls), {}) for rank, cls in
-           ((1, nn.Conv1d), (2, nn.Conv2d), (3, nn.Conv3d))}
-_CROPPED = {rank: type(f"CroppedConvTranspose{rank}d", (_CroppedConvTranspose, cls), {}) for rank, cls in
-            ((1, nn.ConvTranspose1d), (2, nn.ConvTranspose2d), (3, nn.ConvTranspose3d))}
+class PaddedConv1d(_PaddedConv, nn.Conv1d):
+    pass
+
+
+class PaddedConv2d(_PaddedConv, nn.Conv2d):
+    pass
+
+
+class PaddedConv3d(_PaddedConv, nn.Conv3d):
+    pass
+
+
+class CroppedConvTranspose1d(_CroppedConvTranspose, nn.ConvTranspose1d):
+    pass
+
+
+class CroppedConvTranspose2d(_CroppedConvTranspose, nn.ConvTranspose2d):
+    pass
+
+
+class CroppedConvTranspose3d(_CroppedConvTranspose, nn.ConvTranspose3d):
+    pass
+
+
+_PADDED = {1: PaddedConv1d, 2: PaddedConv2d, 3: PaddedConv3d}
+_CROPPED = {1: CroppedConvTranspose1d, 2: CroppedConvTranspose2d, 3: CroppedConvTranspose3d}
 
 
 def _torch_handles(attrs: dict, rank: int, transpose: bool, weight: torch.Tensor) -> bool:
