@@ -187,3 +187,27 @@ def test_microsoft_qlinear_global_average_pool_matches_onnxruntime(channels_last
                        initializers=inits, opset=13, domains=[("com.microsoft", 1)])
     got, expected = _ort_and_ours(proto, {"x": _q(shape)})
     np.testing.assert_array_equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize("weight_type", ["QUInt8", "QInt8"])
+def test_model_from_onnxruntimes_dynamic_quantizer_verifies(tmp_path, weight_type):
+    """A Conv -> Relu -> MatMul model through onnxruntime's own quantize_dynamic (what ships as
+    "the dynamically quantized model"): DynamicQuantizeLinear, ConvInteger, MatMulInteger."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    w = (RNG.standard_normal((8, 3, 3, 3)) * 0.1).astype(np.float32)
+    fc = (RNG.standard_normal((8 * 4 * 4, 10)) * 0.05).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, ["n", 3, 8, 8])], [("y", FLOAT, ["n", 10])],
+                       initializers={"w": w, "fc": fc}, opset=13)
+    onnx.save(proto, tmp_path / "float.onnx")
+    quantize_dynamic(tmp_path / "float.onnx", tmp_path / "quantized.onnx", weight_type=getattr(QuantType, weight_type),
+                     op_types_to_quantize=["Conv", "MatMul"])
+    ops = {n.op_type for n in onnx.load(tmp_path / "quantized.onnx").graph.node}
+    assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= ops
+    model = onnx_attr.load(tmp_path / "quantized.onnx")
+    report = model.verify((RNG.random((4, 3, 8, 8)) * 255).astype(np.float32))
+    assert report.passed, report.format()
