@@ -288,3 +288,29 @@ def convert_qlinear_sigmoid(node, graph):
 @register("QLinearGlobalAveragePool", 1, domain=_MICROSOFT)
 def convert_qlinear_global_average_pool(node, graph):
     return result(node, QLinearGlobalAveragePool(bool(node.attributes.get("channels_last", 0))))
+
+
+class QLinearAveragePool(nn.Module):
+    """Y = requantize(AveragePool((X - x_zero)·x_scale) / y_scale): ONNX's AveragePool geometry
+    (pads, SAME, ceil mode, count_include_pad) over the dequantized input, channels first or last."""
+
+    def __init__(self, pool: nn.Module, channels_last: bool):
+        super().__init__()
+        self.pool, self.channels_last = pool, channels_last
+
+    def forward(self, x, x_scale, x_zero, y_scale, y_zero=None) -> torch.Tensor:
+        value = _shifted(x, x_zero) * x_scale.float()
+        if self.channels_last:
+            value = value.movedim(-1, 1)
+        pooled = self.pool(value)
+        if self.channels_last:
+            pooled = pooled.movedim(1, -1)
+        return _requantize(pooled / y_scale.float(), y_zero, x)
+
+
+@register("QLinearAveragePool", 1, domain=_MICROSOFT)
+def convert_qlinear_average_pool(node, graph):
+    from .pooling import GeneralAveragePool
+
+    attrs = {k: v for k, v in node.attributes.items() if k != "channels_last"}
+    return result(node, QLinearAveragePool(GeneralAveragePool(attrs), bool(node.attributes.get("channels_last", 0))))
