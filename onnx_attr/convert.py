@@ -72,20 +72,31 @@ class Initializers(nn.Module):
     """Holds the ONNX initializers as buffers, so `.to(device)` moves them with the module."""
 
 
-def convert(model: onnx.ModelProto) -> fx.GraphModule:
-    """Convert a normalized model; raises `UnsupportedOpError`/`ConversionError` naming nodes."""
+def convert(model: onnx.ModelProto, declared: dict[str, int] | None = None) -> fx.GraphModule:
+    """Convert a normalized model; raises `UnsupportedOpError`/`ConversionError` naming nodes.
+
+    `declared`: the opsets the file itself imports, when `model` is an upgraded copy; errors name
+    those (what the user sees in the file) and say at which opset the upgraded copy failed too."""
+    versions = opsets(model)
     missing = unsupported_nodes(model)
     if missing:
-        raise UnsupportedOpError(missing)
-    versions = opsets(model)
+        named = [(t, d, *_as_declared(d, o, declared), n, r) for t, d, o, n, r in missing]
+        raise UnsupportedOpError([(t, d, o, n, (note + r).strip()) for t, d, o, note, n, r in named])
     token = MODEL_OPSETS.set(versions)
     try:
-        return _convert(model, versions)
+        return _convert(model, versions, declared)
     finally:
         MODEL_OPSETS.reset(token)
 
 
-def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule:
+def _as_declared(domain: str, opset: int, declared: dict[str, int] | None) -> tuple[int, str]:
+    """The opset to name for a node (the file's), and a note on the upgraded copy's, if any."""
+    named = (declared or {}).get(domain, opset)
+    return named, "" if named == opset else f"[also at opset {opset}, after onnx.version_converter's upgrade] "
+
+
+def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[str, int] | None = None
+             ) -> fx.GraphModule:
     onnx_graph = OnnxGraph(model.graph)
     elem_types = _elem_types(model.graph)
     root = nn.Module()
@@ -126,9 +137,12 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule
             converter = find_converter(onnx_node.domain, onnx_node.operation_type, opset)
             module, mapping = converter(onnx_node, onnx_graph)
         except NotImplementedError as err:
-            raise UnsupportedOpError([(proto.op_type, proto.domain, opset, label, str(err))]) from err
+            named, note = _as_declared(proto.domain, opset, declared)
+            raise UnsupportedOpError([(proto.op_type, proto.domain, named, label, note + str(err))]) from err
         except Exception as err:  # converters raise anything from KeyError to AssertionError
-            raise ConversionError(proto.op_type, proto.domain, opset, label, err) from err
+            named, note = _as_declared(proto.domain, opset, declared)
+            raise ConversionError(proto.op_type, proto.domain, named, label,
+                                  RuntimeError(f"{note}{type(err).__name__}: {err}") if note else err) from err
         if proto.op_type in WIDENED_OPS and not proto.domain and any(
                 elem_types.get(name) in ONNX_UNSIGNED for name in proto.input):
             module = WidenedUnsigned(module, proto.op_type)

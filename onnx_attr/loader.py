@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 import torch
 
-from .convert import convert, is_importable
+from .convert import convert, is_importable, opsets
 from .errors import InputError
 from .final_activation import strip_final_activations
 from .model import AttributableModel
@@ -31,7 +31,8 @@ def load(
     model, _ = read_model(source)
     model, finals = strip_final_activations(model, strip_final_activation)
     normalized = normalize(model, importable=is_importable)
-    module = convert(normalized.converted)
+    module = convert(normalized.converted, opsets(normalized.canonical)
+                     if normalized.converted is not normalized.canonical else None)
     canonical = normalized.canonical
     imported = AttributableModel(
         module,

@@ -270,6 +270,46 @@ def _variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], source
     return variable
 
 
+def inline_expansions(module: fx.GraphModule) -> None:
+    """Splice the steps of fused nodes (`converters.microsoft.Expansion`: each step an ordinary ONNX
+    op) into the graph in place, so each step gets its own op's rule; named `node/step`."""
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or not getattr(module.get_submodule(node.target), "onnx_expansion", False):
+            continue
+        sub = module.get_submodule(node.target)
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        values = list(node.args) + [node.kwargs.get(p.target) for p in placeholders[len(node.args):]]
+        env: dict[fx.Node, Any] = dict(zip(placeholders, values))
+        outputs: Any = None
+        with module.graph.inserting_before(node):
+            for n in sub.graph.nodes:
+                if n.op == "placeholder":
+                    continue
+                if n.op == "output":
+                    outputs = fx.map_arg(n.args[0], lambda a: env[a])
+                    break
+                new = module.graph.node_copy(n, lambda a: env[a])
+                if n.op == "call_module":
+                    new.target = f"{node.target}__{n.target}"
+                    module.add_submodule(new.target, sub.get_submodule(n.target))
+                    new.meta["onnx_node"] = f"{node.meta.get('onnx_node', node.name)}/{n.meta['onnx_op']}"
+                    new.meta["onnx_opset"] = node.meta.get("onnx_opset", 0)
+                env[n] = new
+        if isinstance(outputs, (tuple, list)):  # users select outputs by index (convert.select_output)
+            for user in list(node.users):
+                chosen = outputs[user.args[1]]
+                chosen.meta.setdefault("onnx_tensor", user.meta.get("onnx_tensor"))
+                user.replace_all_uses_with(chosen)
+                module.graph.erase_node(user)
+        else:
+            if "onnx_tensor" in node.meta:
+                outputs.meta.setdefault("onnx_tensor", node.meta["onnx_tensor"])
+            node.replace_all_uses_with(outputs)
+        module.graph.erase_node(node)
+    module.graph.lint()
+    module.recompile()
+
+
 def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *,
                          gradient_fallback: bool = False, layers: Sequence[str] = (),
                          reveal_cancel: bool = False) -> RewriteResult:
@@ -280,6 +320,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     the RevealCancel rule; nonlinearities with no weighted op before them keep Rescale.
     """
     out = fx.GraphModule(module, copy.deepcopy(module.graph))
+    inline_expansions(out)
     state = DeepLiftState()
     result = RewriteResult(out, state)
     _insert_layer_taps(out, state, layers, result)

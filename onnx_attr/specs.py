@@ -79,10 +79,19 @@ def _shape_and_dtype(value: onnx.ValueInfoProto) -> tuple[Optional[tuple[Dim, ..
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)) if tensor.elem_type else None
     if not tensor.HasField("shape"):
         return None, dtype
-    dims: list[Dim] = []
-    for d in tensor.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-    return tuple(dims), dtype
+    return tuple(_dim(d) for d in tensor.shape.dim), dtype
+
+
+#: dim_param values exporters write for "any size", each its own unknown: never a shared symbol
+ANONYMOUS_DIMS = frozenset({"", "?"})
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
+    """A fixed size, a symbol shared by every axis that names it, or None (anonymous: '?', an
+    empty dim_param, a negative dim_value, or nothing)."""
+    if d.HasField("dim_value"):
+        return d.dim_value if d.dim_value >= 0 else None
+    return None if d.dim_param.strip() in ANONYMOUS_DIMS else d.dim_param
 
 
 def output_spec(value: onnx.ValueInfoProto, final: Optional[FinalActivation]) -> OutputSpec:

@@ -64,3 +64,64 @@ def test_samples_verify_on_their_inputs(name, strip):
     assert report.passed, report.format()
     assert report.outputs[0].max_abs <= 1e-4
     assert model.outputs[0].final_activation.stripped is strip
+
+
+def _deep_cancelling_graph(depth=150, n=64):
+    """`depth` norm-preserving MatMuls over pixel-scale inputs, then the difference of two nearly
+    equal projections: outputs near zero that carry the float32 rounding of terms in the thousands."""
+    rng = np.random.default_rng(1)
+    nodes, inits, cur = [], {}, "x"
+    for i in range(depth):
+        inits[f"w{i}"] = np.linalg.qr(rng.standard_normal((n, n)))[0].astype(np.float32)
+        nodes.append(helper.make_node("MatMul", [cur, f"w{i}"], [f"m{i}"]))
+        cur = f"m{i}"
+    inits["wa"] = rng.standard_normal((n, 10)).astype(np.float32)
+    inits["wb"] = (inits["wa"] + rng.standard_normal((n, 10)) * 1e-3).astype(np.float32)
+    nodes += [helper.make_node("MatMul", [cur, "wa"], ["pa"]), helper.make_node("MatMul", [cur, "wb"], ["pb"]),
+              helper.make_node("Sub", ["pa", "pb"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, ["n", n])], [("y", FLOAT, ["n", 10])], initializers=inits)
+    return proto, (rng.random((16, n)) * 255).astype(np.float32)
+
+
+def _tamper(model, name, factor):
+    for buffer_name, buffer in model.module.named_buffers():
+        if buffer_name.endswith(f"_{name}"):
+            buffer.mul_(factor)
+            return
+    raise AssertionError(name)
+
+
+def test_deep_float32_rounding_is_not_an_import_error():
+    proto, x = _deep_cancelling_graph()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    report = model.verify(x)
+    out = report.outputs[0]
+    assert not out.within_tolerance and out.max_abs > 1e-4  # beyond atol/rtol: the case of the issue
+    assert report.passed, report.format()
+    assert out.depth == 152 and out.float64_ours is not None and out.float64_ort > 1e-4
+    assert out.float64_ours <= 2 * out.float64_ort + report.atol
+    assert "rounding, not an import error" in report.format()
+    assert report.to_dict()["outputs"][0]["float64_ort"] == out.float64_ort
+
+
+def test_a_real_error_in_a_deep_graph_still_fails():
+    proto, x = _deep_cancelling_graph()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    _tamper(model, "w5", 1 + 1e-2)
+    report = model.verify(x)
+    assert not report.passed and report.outputs[0].float64_ours > 10 * report.outputs[0].float64_ort
+    assert report.divergence is not None and report.divergence.tensor == "m5"
+
+
+def test_without_a_float64_evaluation_the_depth_budget_judges(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["onnx_attr.verify"], "_float64_outputs", lambda *a, **k: None)
+    proto, x = _deep_cancelling_graph()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    report = model.verify(x)
+    out = report.outputs[0]
+    assert report.passed and out.float64_ours is None and out.max_abs <= out.rounding_budget
+    assert "no float64 evaluation" in report.format()
+    _tamper(model, "w5", 1.1)
+    assert not model.verify(x).passed

@@ -1,10 +1,10 @@
-"""Conv and ConvTranspose whose weights are computed in the graph (or fed as inputs), which
-onnx2torch cannot import since it builds torch.nn.ConvNd from constant weights.
+"""Conv and ConvTranspose at every opset and every ONNX geometry (explicit, asymmetric, SAME_UPPER,
+SAME_LOWER and VALID pads; strides, dilations, groups; output_padding and output_shape).
 
-Constant weights still go to onnx2torch's nn.ConvNd modules (the DeepLift rewrite and
-RevealCancel read their `weight`); variable ones run the functional op with the ONNX geometry:
-explicit or SAME pads (pooling's `window_padding`), and for ConvTranspose, pads,
-output_padding and output_shape applied as one crop-or-extend of the full transposed output.
+Constant weights become torch nn.ConvNd modules (the DeepLift rewrite and RevealCancel read their
+`weight`): torch's own module where its symmetric padding says what ONNX means, a subclass that
+pads per input shape (`pooling.window_padding`) or crops the full transposed output otherwise.
+Weights computed in the graph run the functional op over the same geometry.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import onnx2torch_result, result, text_attribute
+from ._common import result, text_attribute
 from .pooling import window_padding
 from .registry import register
 
@@ -53,39 +53,150 @@ class Conv(_WeightAsInput):
         return _CONV[rank](padded, w, b, plan.strides, 0, plan.dilations, self.group)
 
 
+def transpose_crop(attrs: dict, sizes: tuple[int, ...], kernel: tuple[int, ...]) -> list[int]:
+    """F.pad amounts (last axis first) that turn the full transposed output (no padding) into
+    ONNX's: output_padding extends the end (zeros: no input reaches there), then the pads, the
+    SAME split or `output_shape` crop it."""
+    rank = len(kernel)
+    strides = list(attrs.get("strides", [1] * rank))
+    dilations = list(attrs.get("dilations", [1] * rank))
+    extra = list(attrs.get("output_padding", [0] * rank))
+    natural = [s * (n - 1) + o + (k - 1) * d + 1 for s, n, o, k, d in zip(strides, sizes, extra, kernel, dilations)]
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        wanted = list(attrs["output_shape"])[-rank:] if "output_shape" in attrs else [n * s for n, s in zip(sizes, strides)]
+        totals = [nat - want for nat, want in zip(natural, wanted)]
+        upper = auto_pad == "SAME_UPPER"  # otherwise the larger half goes first, as in ONNX's reference
+        begin = [t // 2 if upper else t - t // 2 for t in totals]
+        end = [t - bg for t, bg in zip(totals, begin)]
+    elif auto_pad == "VALID":
+        begin = end = [0] * rank
+    else:
+        pads = list(attrs.get("pads", [0] * 2 * rank))
+        begin, end = pads[:rank], pads[rank:]
+    return [p for axis in reversed(range(rank)) for p in (-begin[axis], extra[axis] - end[axis])]
+
+
 class ConvTranspose(_WeightAsInput):
     """ONNX ConvTranspose with the weight as an input."""
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
         rank = _spatial_rank(w, "ConvTranspose")
-        attrs = self.attrs
-        strides = list(attrs.get("strides", [1] * rank))
-        dilations = list(attrs.get("dilations", [1] * rank))
-        extra = list(attrs.get("output_padding", [0] * rank))
+        strides = list(self.attrs.get("strides", [1] * rank))
+        dilations = list(self.attrs.get("dilations", [1] * rank))
         full = _CONV_T[rank](x, w, None, strides, 0, 0, self.group, dilations)
-        sizes = x.shape[2:]
-        natural = [s * (n - 1) + o + (k - 1) * d + 1 for s, n, o, k, d in zip(strides, sizes, extra, w.shape[2:], dilations)]
-        auto_pad = attrs.get("auto_pad", "NOTSET")
-        if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            wanted = list(attrs["output_shape"])[-rank:] if "output_shape" in attrs else [n * s for n, s in zip(sizes, strides)]
-            totals = [nat - want for nat, want in zip(natural, wanted)]
-            upper = auto_pad == "SAME_UPPER"  # otherwise the larger half goes first, as in ONNX's reference
-            begin = [t // 2 if upper else t - t // 2 for t in totals]
-            end = [t - bg for t, bg in zip(totals, begin)]
-        elif auto_pad == "VALID":
-            begin = end = [0] * rank
-        else:
-            pads = list(attrs.get("pads", [0] * 2 * rank))
-            begin, end = pads[:rank], pads[rank:]
-        # the full output, extended by output_padding (zeros: no input reaches there) and cut by the pads
-        y = F.pad(full, [p for axis in reversed(range(rank)) for p in (-begin[axis], extra[axis] - end[axis])])
+        y = F.pad(full, transpose_crop(self.attrs, tuple(x.shape[2:]), tuple(w.shape[2:])))
         return y if b is None else y + b.reshape(_bias_shape(y))
 
 
+class _PaddedConv:
+    """A torch nn.ConvNd (its `weight` is what the DeepLift rewrite and RevealCancel read) that
+    pads its input as the ONNX geometry asks, per input shape: SAME_UPPER/SAME_LOWER and
+    asymmetric pads, which torch's own `padding` cannot express."""
+
+    onnx_attrs: dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attrs = {**self.onnx_attrs, "kernel_shape": list(self.weight.shape[2:])}
+        plan = window_padding(attrs, tuple(x.shape[2:]))
+        padded = F.pad(x, plan.pads) if any(plan.pads) else x
+        return self._conv_forward(padded, self.weight, self.bias)
+
+
+class _CroppedConvTranspose:
+    """A torch nn.ConvTransposeNd whose full output is cropped or extended as ONNX's pads,
+    SAME auto_pad, output_shape and output_padding ask (torch's own padding is symmetric only)."""
+
+    onnx_attrs: dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rank = x.dim() - 2
+        full = _CONV_T[rank](x, self.weight, None, self.stride, 0, 0, self.groups, self.dilation)
+        y = F.pad(full, transpose_crop(self.onnx_attrs, tuple(x.shape[2:]), tuple(self.weight.shape[2:])))
+        return y if self.bias is None else y + self.bias.reshape(_bias_shape(y))
+
+
+class PaddedConv1d(_PaddedConv, nn.Conv1d):
+    pass
+
+
+class PaddedConv2d(_PaddedConv, nn.Conv2d):
+    pass
+
+
+class PaddedConv3d(_PaddedConv, nn.Conv3d):
+    pass
+
+
+class CroppedConvTranspose1d(_CroppedConvTranspose, nn.ConvTranspose1d):
+    pass
+
+
+class CroppedConvTranspose2d(_CroppedConvTranspose, nn.ConvTranspose2d):
+    pass
+
+
+class CroppedConvTranspose3d(_CroppedConvTranspose, nn.ConvTranspose3d):
+    pass
+
+
+_PADDED = {1: PaddedConv1d, 2: PaddedConv2d, 3: PaddedConv3d}
+_CROPPED = {1: CroppedConvTranspose1d, 2: CroppedConvTranspose2d, 3: CroppedConvTranspose3d}
+
+
+def _torch_handles(attrs: dict, rank: int, transpose: bool, weight: torch.Tensor) -> bool:
+    """Whether torch's own ConvNd computes the node: symmetric explicit pads (or VALID), and for
+    ConvTranspose no output_shape and an output_padding torch accepts."""
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return False
+    pads = list(attrs.get("pads", [0] * 2 * rank)) if auto_pad != "VALID" else [0] * 2 * rank
+    if pads[:rank] != pads[rank:]:
+        return False
+    if not transpose:
+        return True
+    strides = list(attrs.get("strides", [1] * rank))
+    dilations = list(attrs.get("dilations", [1] * rank))
+    extra = list(attrs.get("output_padding", [0] * rank))
+    return "output_shape" not in attrs and all(o < max(s, d) for o, s, d in zip(extra, strides, dilations))
+
+
+def constant_conv(attrs: dict, op: str, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Module:
+    """A torch ConvNd holding the constant weight, for any ONNX geometry."""
+    transpose = op == "ConvTranspose"
+    rank = _spatial_rank(weight, op)
+    group = int(attrs.get("group", 1))
+    strides = list(attrs.get("strides", [1] * rank))
+    dilations = list(attrs.get("dilations", [1] * rank))
+    native = _torch_handles(attrs, rank, transpose, weight)
+    pads = list(attrs.get("pads", [0] * 2 * rank))[:rank] if native and attrs.get("auto_pad", "NOTSET") != "VALID" \
+        else [0] * rank
+    kernel = list(weight.shape[2:])
+    if transpose:
+        cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[rank - 1] if native else _CROPPED[rank]
+        extra = list(attrs.get("output_padding", [0] * rank)) if native else [0] * rank
+        module = cls(weight.shape[0], weight.shape[1] * group, kernel, strides, pads, extra, group, bias is not None,
+                     dilations, device="meta")
+    else:
+        cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1] if native else _PADDED[rank]
+        module = cls(weight.shape[1] * group, weight.shape[0], kernel, strides, pads, dilations, group,
+                     bias is not None, device="meta")
+    module.weight = nn.Parameter(weight)
+    if bias is not None:
+        module.bias = nn.Parameter(bias)
+    module.onnx_attrs = dict(attrs)
+    return module
+
+
 def _convert(module_type):
+    op = module_type.__name__
+
     def convert(node, graph):
-        if node.input_values[1] in graph.initializers:  # onnx2torch's nn.ConvNd (one converter for all versions)
-            return onnx2torch_result(node, graph, 11)
+        names = node.input_values
+        if names[1] in graph.initializers and (len(names) < 3 or not names[2] or names[2] in graph.initializers):
+            weight = graph.initializers[names[1]].to_torch()
+            bias = graph.initializers[names[2]].to_torch() if len(names) > 2 and names[2] else None
+            return result(node, constant_conv(dict(node.attributes), op, weight, bias), (names[0],))
         return result(node, module_type(dict(node.attributes)))
 
     return convert

@@ -1,7 +1,9 @@
-"""Normalizations that keep scale and bias as inputs.
+"""Normalizations: BatchNormalization at any rank, and those that keep scale and bias as inputs.
 
-onnx2torch folds them into `nn.LayerNorm`/`nn.InstanceNorm` parameters, which hides from the
-DeepLift rewrite which inputs are constants; here they stay visible graph inputs.
+onnx2torch folds LayerNorm/InstanceNorm parameters into `nn.LayerNorm`/`nn.InstanceNorm`, which
+hides from the DeepLift rewrite which inputs are constants; here they stay visible graph inputs.
+Its BatchNormalization picks a torch class by the input rank shape inference reports, and
+refuses the node when that rank was lost; ours does not need the rank.
 """
 
 from __future__ import annotations
@@ -12,8 +14,59 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
+
 from ._common import result
 from .registry import register
+
+
+class AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Inference-mode batch normalization with constant statistics over (N, C, ...) inputs of any
+    rank >= 2. A torch `_BatchNorm` (RevealCancel reads its `weight` and `running_var` to see
+    whether it keeps signs) whose forward always uses the running statistics, as ONNX does."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"BatchNormalization needs an (N, C, ...) input, got rank {x.dim()}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+class BatchNormalization(nn.Module):
+    """Inference-mode batch normalization whose scale, bias or statistics are computed in the graph."""
+
+    def __init__(self, epsilon: float):
+        super().__init__()
+        self.epsilon = epsilon
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                var: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, mean, var, scale, bias, False, 0.0, self.epsilon)
+
+
+def inference_batch_norm(node, graph) -> OperationConverterResult:
+    """BatchNormalization with running statistics (training_mode 0), whatever the input's rank."""
+    epsilon = float(node.attributes.get("epsilon", 1e-5))
+    names = node.input_values
+    mapping = OnnxMapping(inputs=names, outputs=node.output_values[:1])
+    if not all(n in graph.initializers for n in names[1:5]):
+        return OperationConverterResult(torch_module=BatchNormalization(epsilon), onnx_mapping=mapping)
+    scale, bias, mean, var = (graph.initializers[n].to_torch() for n in names[1:5])
+    module = AnyRankBatchNorm(scale.shape[0], eps=epsilon, device="meta")
+    module.weight, module.bias = nn.Parameter(scale), nn.Parameter(bias)
+    module.running_mean, module.running_var = mean, var
+    module.num_batches_tracked = torch.tensor(0, dtype=torch.long)
+    return OperationConverterResult(torch_module=module,
+                                    onnx_mapping=OnnxMapping(inputs=names[:1], outputs=node.output_values[:1]))
+
+
+@register("BatchNormalization", 7, 9)
+def convert_batch_normalization(node, graph):
+    if not node.attributes.get("spatial", 1):
+        raise NotImplementedError("BatchNormalization with spatial=0 (per-element statistics) is not supported")
+    return inference_batch_norm(node, graph)
 
 
 class LayerNormalization(nn.Module):

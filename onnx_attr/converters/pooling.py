@@ -59,12 +59,16 @@ def convert_average_pool(node, graph):
     attrs = node.attributes
     kernel = list(attrs["kernel_shape"])
     rank = len(kernel)
-    if any(d != 1 for d in attrs.get("dilations", [1] * rank)):
-        return result(node, DilatedAveragePool(dict(attrs)))
     strides = list(attrs.get("strides", [1] * rank))
     auto_pad = attrs.get("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+    same = auto_pad in ("SAME_UPPER", "SAME_LOWER")
+    if any(d != 1 for d in attrs.get("dilations", [1] * rank)) or same and _same_pads(graph, node, kernel, strides,
+                                                                                        auto_pad) is None:
+        return result(node, GeneralAveragePool(dict(attrs)))
+    if same:
         pads = _same_pads(graph, node, kernel, strides, auto_pad)
+    elif auto_pad == "VALID":
+        pads = [0] * 2 * rank
     else:
         pads = list(attrs.get("pads", [0] * 2 * rank))
     module = AveragePool(kernel, strides, pads, bool(attrs.get("ceil_mode", 0)),
@@ -72,11 +76,12 @@ def convert_average_pool(node, graph):
     return result(node, module)
 
 
-def _same_pads(graph, node, kernel, strides, auto_pad) -> list[int]:
+def _same_pads(graph, node, kernel, strides, auto_pad) -> list[int] | None:
+    """The SAME pads for the input's static spatial dims; None when shape inference has not fixed them."""
     info = graph.value_info.get(node.input_values[0])
     dims = [d.dim_value for d in info.type.tensor_type.shape.dim][2:] if info is not None else []
     if len(dims) != len(kernel) or not all(dims):
-        raise NotImplementedError(f"AveragePool auto_pad={auto_pad} needs static spatial input dims")
+        return None
     begin, end = [], []
     for size, k, s in zip(dims, kernel, strides):
         total = max((-(-size // s) - 1) * s + k - size, 0)
@@ -120,8 +125,9 @@ class WindowSums(nn.Module):
         return self._sum(F.pad(mask, plan.pads), plan)
 
 
-class DilatedAveragePool(nn.Module):
-    """AveragePool with dilations (opset 19+): window sums over window counts."""
+class GeneralAveragePool(nn.Module):
+    """AveragePool with dilations (opset 19+), or SAME pads over spatial dims fixed only at run
+    time: window sums over window counts, the geometry computed per input shape."""
 
     def __init__(self, attrs: dict):
         super().__init__()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import onnx2torch_result, result, text_attribute
+from ._common import result, text_attribute
+from .normalization import inference_batch_norm
 from .registry import register
 
 TRAINING = "ai.onnx.preview.training"
@@ -38,7 +39,7 @@ class TrainingBatchNorm(nn.Module):
 @register("BatchNormalization", 14, 15)
 def convert_batch_norm(node, graph):
     if not node.attributes.get("training_mode", 0):
-        return onnx2torch_result(node, graph, 15)
+        return inference_batch_norm(node, graph)
     return result(node, TrainingBatchNorm(node.attributes.get("epsilon", 1e-5), node.attributes.get("momentum", 0.9)))
 
 

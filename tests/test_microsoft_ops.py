@@ -1,0 +1,210 @@
+"""The com.microsoft ops onnxruntime's transformer optimizer and quantizer write: each against
+onnxruntime (CPU provider), at the magnitudes real models produce, and each through DeepLift,
+whose rewrite splices the op's steps (ordinary ONNX ops) into the graph: the attributions sum
+to f(x) - f(x0). Other custom domains stay refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import onnx_attr
+from conftest import FLOAT, make_model, ort_run
+from onnx_attr.errors import UnsupportedOpError
+
+RNG = np.random.default_rng(1806)
+MS = ("com.microsoft", 1)
+
+
+def _model(nodes, inputs, output_shape, inits=None, opset=17):
+    flat = helper.make_node("Flatten", ["y"], ["flat"], axis=1)
+    return make_model(nodes + [flat], inputs, [("flat", FLOAT, [output_shape[0], int(np.prod(output_shape[1:]))])],
+                      initializers=inits or {}, opset=opset, domains=[MS])
+
+
+def _hidden(batch=2, seq=5, width=16, scale=30.0):
+    return (RNG.standard_normal((batch, seq, width)) * scale).astype(np.float32)
+
+
+def _image():
+    return (RNG.random((2, 3, 9, 8)) * 255).astype(np.float32)
+
+
+CASES = {}
+
+
+def case(fn):
+    CASES[fn.__name__] = fn
+    return fn
+
+
+@case
+def gelu():
+    node = helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")
+    return _model([node], [("x", FLOAT, [2, 5, 16])], [2, 5, 16]), {"x": _hidden(scale=3.0)}, 1e-5
+
+
+@case
+def bias_gelu():
+    node = helper.make_node("BiasGelu", ["x", "b"], ["y"], domain="com.microsoft")
+    b = RNG.standard_normal(16).astype(np.float32)
+    return _model([node], [("x", FLOAT, [2, 5, 16])], [2, 5, 16], {"b": b}), {"x": _hidden(scale=3.0)}, 1e-5
+
+
+@case
+def fast_gelu():
+    node = helper.make_node("FastGelu", ["x", "b"], ["y"], domain="com.microsoft")
+    b = RNG.standard_normal(16).astype(np.float32)
+    return _model([node], [("x", FLOAT, [2, 5, 16])], [2, 5, 16], {"b": b}), {"x": _hidden(scale=3.0)}, 1e-5
+
+
+@case
+def quick_gelu():
+    node = helper.make_node("QuickGelu", ["x"], ["y"], domain="com.microsoft", alpha=1.702)
+    return _model([node], [("x", FLOAT, [2, 5, 16])], [2, 5, 16]), {"x": _hidden(scale=3.0)}, 1e-5
+
+
+def _fused_conv(activation, params=(), with_z=False, pads=None):
+    w = (RNG.standard_normal((4, 3, 3, 3)) * 0.05).astype(np.float32)
+    b = RNG.standard_normal(4).astype(np.float32)
+    attrs = {"activation": activation, "strides": [2, 2]}
+    attrs.update({"pads": pads} if pads else {"auto_pad": "SAME_UPPER"})
+    if params:
+        attrs["activation_params"] = list(params)
+    inputs = ["x", "w", "b"] + (["z"] if with_z else [])
+    node = helper.make_node("FusedConv", inputs, ["y"], domain="com.microsoft", **attrs)
+    declared = [("x", FLOAT, [2, 3, 9, 8])] + ([("z", FLOAT, [2, 4, 5, 4])] if with_z else [])
+    feeds = {"x": _image()}
+    if with_z:
+        feeds["z"] = (RNG.standard_normal((2, 4, 5, 4)) * 10).astype(np.float32)
+    return _model([node], declared, [2, 4, 5, 4], {"w": w, "b": b}), feeds, 1e-4
+
+
+@case
+def fused_conv_relu():
+    return _fused_conv("Relu")
+
+
+@case
+def fused_conv_leaky_relu_with_sum():
+    return _fused_conv("LeakyRelu", [0.1], with_z=True, pads=[1, 1, 1, 0])
+
+
+@case
+def fused_conv_clip():
+    return _fused_conv("Clip", [0.0, 6.0], pads=[1, 1, 1, 0])
+
+
+@case
+def fused_conv_sigmoid():
+    return _fused_conv("Sigmoid", pads=[1, 1, 1, 0])
+
+
+@case
+def fused_matmul():
+    node = helper.make_node("FusedMatMul", ["x", "w"], ["y"], domain="com.microsoft", alpha=0.125, transB=1)
+    w = RNG.standard_normal((8, 16)).astype(np.float32)
+    return _model([node], [("x", FLOAT, [2, 5, 16])], [2, 5, 8], {"w": w}), {"x": _hidden()}, 1e-4
+
+
+@case
+def fused_matmul_of_two_inputs():
+    node = helper.make_node("FusedMatMul", ["x", "k"], ["y"], domain="com.microsoft", alpha=0.25, transB=1)
+    return (_model([node], [("x", FLOAT, [2, 5, 16]), ("k", FLOAT, [2, 5, 16])], [2, 5, 5]),
+            {"x": _hidden(scale=2.0), "k": _hidden(scale=2.0)}, 1e-4)
+
+
+@case
+def skip_layer_normalization():
+    node = helper.make_node("SkipLayerNormalization", ["x", "s", "g", "beta", "bias"], ["y"], domain="com.microsoft",
+                            epsilon=1e-5)
+    inits = {"g": RNG.random(16).astype(np.float32) + 0.5, "beta": RNG.standard_normal(16).astype(np.float32),
+             "bias": RNG.standard_normal(16).astype(np.float32)}
+    return (_model([node], [("x", FLOAT, [2, 5, 16]), ("s", FLOAT, [2, 5, 16])], [2, 5, 16], inits),
+            {"x": _hidden(), "s": _hidden()}, 1e-4)
+
+
+def _attention(mask_rank=None, unidirectional=0):
+    w = (RNG.standard_normal((16, 48)) * 0.2).astype(np.float32)
+    b = (RNG.standard_normal(48) * 0.1).astype(np.float32)
+    inputs = ["x", "w", "b"] + (["m"] if mask_rank else [])
+    node = helper.make_node("Attention", inputs, ["y"], domain="com.microsoft", num_heads=4,
+                            unidirectional=unidirectional)
+    declared = [("x", FLOAT, [2, 5, 16])]
+    feeds = {"x": _hidden(scale=3.0)}
+    if mask_rank == 2:
+        declared.append(("m", TensorProto.INT32, [2, 5]))
+        feeds["m"] = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int32)
+    elif mask_rank == 1:
+        declared.append(("m", TensorProto.INT32, [2]))
+        feeds["m"] = np.array([5, 3], np.int32)
+    return _model([node], declared, [2, 5, 16], {"w": w, "b": b}), feeds, 1e-4
+
+
+@case
+def attention():
+    return _attention()
+
+
+@case
+def attention_with_padding_mask():
+    return _attention(mask_rank=2)
+
+
+@case
+def attention_with_lengths_causal():
+    return _attention(mask_rank=1, unidirectional=1)
+
+
+@case
+def multi_head_attention():
+    node = helper.make_node("MultiHeadAttention", ["q", "k", "v", "b", "m"], ["y"], domain="com.microsoft",
+                            num_heads=2)
+    b = (RNG.standard_normal(48) * 0.1).astype(np.float32)
+    declared = [("q", FLOAT, [2, 5, 16]), ("k", FLOAT, [2, 7, 16]), ("v", FLOAT, [2, 7, 16]),
+                ("m", TensorProto.INT32, [2, 7])]
+    feeds = {"q": _hidden(scale=2.0), "k": _hidden(seq=7, scale=2.0), "v": _hidden(seq=7),
+             "m": np.array([[1] * 7, [1] * 4 + [0] * 3], np.int32)}
+    return _model([node], declared, [2, 5, 16], {"b": b}), feeds, 1e-4
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_matches_onnxruntime(name):
+    proto, feeds, rtol = CASES[name]()
+    expected = ort_run(proto, feeds)[0]
+    got = onnx_attr.load(proto, strip_final_activation=False).run(feeds)[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_deeplift_is_complete_through_the_expanded_steps(name):
+    proto, feeds, _ = CASES[name]()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    floats = [spec.name for spec in model.inputs if np.issubdtype(feeds[spec.name].dtype, np.floating)]
+    xs = tuple(torch.from_numpy(feeds[n]) for n in floats)
+    refs = tuple(torch.from_numpy(np.asarray(RNG.standard_normal(x.shape) * float(x.std()) * 0.5, np.float32))
+                 for x in xs)
+    extra = tuple(torch.from_numpy(feeds[spec.name]) for spec in model.inputs if spec.name not in floats)
+    dl = onnx_attr.DeepLift(model)
+    target = 7
+    attributions = dl.attribute(xs if len(xs) > 1 else xs[0], baselines=refs if len(refs) > 1 else refs[0],
+                                target=target, additional_forward_args=extra or None)
+    attributions = attributions if isinstance(attributions, tuple) else (attributions,)
+    with torch.no_grad():
+        y = model(*xs, *extra)[:, target]
+        y0 = model(*refs, *extra)[:, target]
+    total = sum(a.reshape(a.shape[0], -1).sum(1) for a in attributions)
+    scale = float((y.abs() + y0.abs()).max())
+    assert scale > 0
+    torch.testing.assert_close(total, y - y0, rtol=0, atol=2e-5 * scale + 1e-6)
+    linear = name == "fused_matmul"  # one constant operand: a linear map, nothing to rewrite
+    assert dl.last_report["rewritten_nodes"] == (0 if linear else 1) and not dl.last_report["gradient_fallback_nodes"]
+
+
+def test_other_custom_domains_stay_refused_by_name():
+    node = helper.make_node("Gelu", ["x"], ["y"], domain="com.example", name="odd")
+    proto = make_model([node], [("x", FLOAT, [2])], [("y", FLOAT, [2])], domains=[("com.example", 1)])
+    with pytest.raises(UnsupportedOpError, match="(?s)Gelu.*com.example"):
+        onnx_attr.load(proto)
