@@ -167,6 +167,10 @@ def _rows(*shape: int) -> Tensor:
 
 _BUILDERS = {
     "BasicModel": lambda: (BasicModel(), [_rows(3)], ["x"]),
+    "BasicModel_1d": lambda: (BasicModel(), [torch.rand(6)], ["x"]),
+    "BasicModel_int": lambda: (BasicModel(), [torch.randint(0, 3, (2, 3))], ["x"]),
+    "BasicModel3_int": lambda: (BasicModel3(), [torch.randint(0, 3, (2, 1)), torch.randint(0, 3, (2, 1))],
+                                ["x1", "x2"]),
     "BasicModel2": lambda: (BasicModel2(), [_rows(1), _rows(1)], ["x1", "x2"]),
     "BasicModel3": lambda: (BasicModel3(), [_rows(1), _rows(1)], ["x1", "x2"]),
     "BasicModel3_0d": lambda: (BasicModel3(), [torch.rand(2), torch.rand(2)], ["x1", "x2"]),

@@ -74,14 +74,14 @@ class _GradientMethod:
 def target_values(model, tensors: list[Tensor], targets: Targets, index: int) -> Tensor:
     """out[target] per example without gradients, fed in the export's fixed batch size if it has one."""
     n = len(targets.rows)
-    expanded = [t.expand(n, *t.shape[1:]) if t.shape[0] == 1 and n > 1 else t for t in tensors]
+    expanded = [t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t for t in tensors]
     fixed = model.inputs[0].shape[0] if model.inputs[0].shape and isinstance(model.inputs[0].shape[0], int) else None
     size = fixed or n
     values = []
     with torch.no_grad():
         for start in range(0, n, size):
             stop = min(start + size, n)
-            out = model(*[_pad_rows(t[start:stop], size) for t in expanded])
+            out = model(*[_pad_rows(t[start:stop], size) if t.dim() and t.shape[0] == n else t for t in expanded])
             out = out[index] if isinstance(out, (tuple, list)) else out
             values.append(targets.chunk(start, stop).select(out[:stop - start]))
     return torch.cat(values)
@@ -221,7 +221,7 @@ class IntegratedGradients(_GradientMethod):
                  zip(prepared.tensors, prepared.baselines, prepared.attributed)]
         for start in range(0, n_steps, steps_per_chunk or 1):
             chunk = range(start, min(n_steps, start + (steps_per_chunk or 1)))
-            scaled = [t.repeat(len(chunk), *([1] * (t.dim() - 1))) if not a else torch.cat(
+            scaled = [_repeat_rows(t, len(chunk), n) if not a else torch.cat(
                 [b + float(points[k]) * d for k in chunk]) for t, b, d, a in
                 zip(prepared.tensors, prepared.baselines, diffs, prepared.attributed)]
             step_targets = targets.repeat(len(chunk))
@@ -250,7 +250,7 @@ class IntegratedGradients(_GradientMethod):
         parts = []
         for start in range(0, total, fixed):
             stop = min(start + fixed, total)
-            chunk = [_pad_rows(t[start:stop], fixed) for t in tensors]
+            chunk = [_pad_rows(t[start:stop], fixed) if t.dim() and t.shape[0] == total else t for t in tensors]
             sub = targets._of(targets.rows[start:stop] + [targets.rows[stop - 1]] * (fixed - (stop - start)))
             grads, _ = self._gradients(chunk, attributed, sub, index)
             parts.append([None if g is None else g[:stop - start] for g in grads])
@@ -272,6 +272,12 @@ def _distribution(b: Any) -> Tensor:
     if len(b) == 0:
         raise InputError("the baseline distribution is empty: give at least one row")
     return b
+
+
+def _repeat_rows(t: Tensor, times: int, n: int) -> Tensor:
+    """A per-example tensor (n rows) repeated `times` times along axis 0; shared ones (0-d, batch 1
+    when n > 1) stay as they are."""
+    return t.repeat(times, *[1] * (t.dim() - 1)) if t.dim() and t.shape[0] == n else t
 
 
 def _pad_rows(t: Tensor, size: int) -> Tensor:

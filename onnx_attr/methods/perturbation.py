@@ -20,7 +20,7 @@ from torch import Tensor
 from ..engine import Targets
 from ..errors import InputError
 from ._inputs import prepare
-from .gradient import _GradientMethod
+from .gradient import _GradientMethod, _repeat_rows
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -50,7 +50,7 @@ class _Perturbation(_GradientMethod):
         from ..verify import run_onnxruntime
 
         n = len(targets.rows)
-        feeds = {spec.name: (t.expand(n, *t.shape[1:]) if t.shape[0] == 1 and n > 1 else t).cpu().numpy()
+        feeds = {spec.name: (t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t).cpu().numpy()
                  for spec, t in zip(self.model.inputs, tensors)}
         name = self.model.outputs[index].name
         out = torch.from_numpy(np.asarray(run_onnxruntime(self.model.reference_model, feeds, [name])[0]))
@@ -74,7 +74,7 @@ class _Perturbation(_GradientMethod):
             baseline = b.expand_as(x)
             for group in _chunks(masks[i], perturbations_per_eval):
                 batch = [torch.where(m.to(x.device), baseline, x) for m in group]
-                inputs = [torch.cat(batch) if j == i else t.repeat(len(group), *[1] * (t.dim() - 1))
+                inputs = [torch.cat(batch) if j == i else _repeat_rows(t, len(group), n)
                           for j, t in enumerate(prepared.tensors)]
                 rows = targets.repeat(len(group))
                 drop = (original.double().repeat(len(group)) - self._value(inputs, rows, index).double())

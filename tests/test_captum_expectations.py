@@ -1,0 +1,350 @@
+"""Captum's own test expectations as an oracle: the models of Captum's tests (re-created in
+tests/captum_models.py), exported to ONNX, attributed by onnx-attr with Captum's call form, and
+checked against the values Captum's tests state, with those tests' tolerances.
+
+Each case names its source test (file::test). A case where onnx-attr's definition differs on
+purpose is marked `definitional` and points at the test pinning our value by hand; the counts
+are printed by `python -m pytest tests/test_captum_expectations.py -q -rA | grep -c PASSED` and
+listed in docs/captum_differences.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+import onnx_attr
+from captum_models import load
+
+T = torch.tensor
+CASES: list[tuple[str, Callable[[], list[tuple[Any, Any, float, str]]]]] = []
+
+
+def case(source: str):
+    """Register a case: it returns (actual, expected, delta, mode) checks, mode as in Captum's
+    assertTensorAlmostEqual ("sum" of |differences| or their "max")."""
+
+    def register(func):
+        CASES.append((source, func))
+        return func
+
+    return register
+
+
+def _check(actual: Any, expected: Any, delta: float, mode: str) -> None:
+    a = torch.as_tensor(np.asarray(actual) if not isinstance(actual, torch.Tensor) else actual).double()
+    e = torch.as_tensor(np.asarray(expected) if not isinstance(expected, torch.Tensor) else expected).double()
+    assert a.numel() == e.numel(), f"shape {list(a.shape)} for an expected {list(e.shape)}"
+    diff = (a.reshape(-1) - e.reshape(-1)).abs()
+    size = float(diff.max()) if mode == "max" else float(diff.sum())
+    assert size <= delta, f"got {a.tolist()}, Captum states {e.tolist()} (|diff| {mode} {size:.3g} > {delta})"
+
+
+# --- tests/attr/test_deeplift_basic.py --------------------------------------------------------
+
+@case("test_deeplift_basic.py::test_relu_deeplift_exact_match")
+def _():
+    dl = onnx_attr.DeepLift(load("ReLUDeepLift"))
+    (a1, a2), delta = dl.attribute((T([1.0]), T([2.0])), (T([0.0]), T([0.0])), return_convergence_delta=True)
+    return [(a1[0], 2.0, 0.0, "max"), (a2[0], 1.0, 0.0, "max"), (delta[0], 0.0, 0.0, "max")]
+
+
+@case("test_deeplift_basic.py::test_relu_deeplift_exact_match_wo_mutliplying_by_inputs")
+def _():
+    a1, a2 = onnx_attr.DeepLift(load("ReLUDeepLift"), multiply_by_inputs=False).attribute((T([1.0]), T([2.0])))
+    return [(a1[0], 2.0, 0.0, "max"), (a2[0], 0.5, 0.0, "max")]
+
+
+@case("test_deeplift_basic.py::test_relu_deepliftshap_batch_4D_input_wo_mutliplying_by_inputs")
+def _():
+    inputs = (torch.ones(4, 1, 1, 1), T([[[[2.0]]]] * 4))
+    a1, a2 = onnx_attr.DeepLiftShap(load("ReLUDeepLift_4d"), multiply_by_inputs=False).attribute(
+        inputs, (torch.zeros(4, 1, 1, 1), torch.zeros(4, 1, 1, 1)))
+    return [(a1, 2 * torch.ones(4, 1, 1, 1), 1e-4, "sum"), (a2, 0.5 * torch.ones(4, 1, 1, 1), 1e-4, "sum")]
+
+
+@case("test_deeplift_basic.py::test_relu_deepliftshap_batch_4D_input (delta per pair)")
+def _():
+    inputs = (torch.ones(4, 1, 1, 1), T([[[[2.0]]]] * 4))
+    _, delta = onnx_attr.DeepLiftShap(load("ReLUDeepLift_4d")).attribute(
+        inputs, (torch.zeros(4, 1, 1, 1), torch.zeros(4, 1, 1, 1)), return_convergence_delta=True)
+    return [(torch.tensor(delta.shape), [16], 0.0, "max"), (delta.abs().max(), 0.0, 1e-5, "max")]
+
+
+@case("test_deeplift_basic.py::test_relu_deepliftshap_multi_ref (delta per pair)")
+def _():
+    _, delta = onnx_attr.DeepLiftShap(load("ReLUDeepLift_2d")).attribute(
+        (T([[1.0]]), T([[2.0]])), (torch.zeros(4, 1), torch.zeros(4, 1)), return_convergence_delta=True)
+    return [(torch.tensor(delta.shape), [4], 0.0, "max"), (delta.abs().max(), 0.0, 1e-5, "max")]
+
+
+def _relu_linear_baselines():
+    return (T([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), T([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+
+
+@case("test_deeplift_basic.py::test_relu_deepliftshap_baselines_as_func")
+def _():
+    dls = onnx_attr.DeepLiftShap(load("ReLULinear"))
+    inputs = (T([[-10.0, 1.0, -5.0]]), T([[3.0, 3.0, 1.0]]))
+    given = dls.attribute(inputs, _relu_linear_baselines())
+    called = dls.attribute(inputs, _relu_linear_baselines)
+    with_inputs, delta = dls.attribute(inputs, lambda xs: (torch.cat([xs[0], xs[0] - 10]),
+                                                         torch.cat([xs[1], xs[1] - 10])),
+                                       return_convergence_delta=True)
+    with pytest.raises(onnx_attr.InputError):
+        dls.attribute(inputs, lambda: (0.0, 0.0001))  # Captum asserts: a distribution is needed
+    return [(called[0], given[0], 1e-4, "sum"), (called[1], given[1], 1e-4, "sum"),
+            (delta.abs().max(), 0.0, 1e-5, "max")]
+
+
+@case("test_deeplift_basic.py::test_relu_deepliftshap_with_custom_attr_func")
+def _():
+    dls = onnx_attr.DeepLiftShap(load("ReLULinear"))
+    a1, a2 = dls.attribute((T([[-10.0, 1.0, -5.0]]), T([[3.0, 3.0, 1.0]])), _relu_linear_baselines(),
+                           custom_attribution_func=lambda m, x, b: tuple(t * 0.0 for t in m))
+    return [(a1, [[0.0, 0.0, 0.0]], 0.0, "sum"), (a2, [[0.0, 0.0, 0.0]], 0.0, "sum")]
+
+
+@case("test_deeplift_basic.py::test_lin_maxpool_lin_classification")
+def _():
+    attrs, delta = onnx_attr.DeepLift(load("LinearMaxPoolLinear")).attribute(
+        torch.ones(2, 4), T([[1, 2, 3, 9], [4, 8, 6, 7]]).float(), target=0, return_convergence_delta=True)
+    return [(attrs, [[0.0, 0.0, 0.0, -8.0], [0.0, -7.0, 0.0, 0.0]], 1e-4, "sum"), (delta, [0.0, 0.0], 1e-4, "sum")]
+
+
+# --- tests/attr/test_saliency.py, test_input_x_gradient.py (get_basic_config) ------------------
+
+_BASIC_INPUT = T([1.0, 2.0, 3.0, 0.0, -1.0, 7.0])
+_BASIC_GRADS = T([-0.0, -0.0, -0.0, 1.0, 1.0, -0.0])
+
+
+@case("test_saliency.py::test_saliency_test_basic_vanilla")
+def _():
+    return [(onnx_attr.Saliency(load("BasicModel_1d")).attribute(_BASIC_INPUT), _BASIC_GRADS.abs(), 0.5, "max")]
+
+
+@case("test_input_x_gradient.py::test_input_x_gradient_test_basic_vanilla")
+def _():
+    return [(onnx_attr.InputXGradient(load("BasicModel_1d")).attribute(_BASIC_INPUT), _BASIC_GRADS * _BASIC_INPUT,
+             0.05, "max")]
+
+
+@case("test_saliency.py::test_saliency_test_basic_smoothgrad (shape, nt_samples_batch_size)")
+def _():
+    nt = onnx_attr.NoiseTunnel(onnx_attr.Saliency(load("BasicModel_1d")))
+    out = nt.attribute(_BASIC_INPUT, nt_type="smoothgrad", nt_samples=10, nt_samples_batch_size=3, stdevs=0.0000002)
+    return [(out, _BASIC_GRADS.abs(), 0.5, "max")]
+
+
+# --- tests/attr/test_occlusion.py -----------------------------------------------------------
+
+def _occlusion(name, inputs, expected, *, additional=None, per_eval=(1,), **kwargs):
+    occ = onnx_attr.Occlusion(load(name))
+    checks = []
+    for k in per_eval:
+        got = occ.attribute(inputs, additional_forward_args=additional, perturbations_per_eval=k, **kwargs)
+        got = got if isinstance(got, tuple) else (got,)
+        exp = expected if isinstance(expected, tuple) else (expected,)
+        checks += [(g, e, 1e-4, "sum") for g, e in zip(got, exp)]
+    return checks
+
+
+@case("test_occlusion.py::test_simple_input")
+def _():
+    return _occlusion("MultiLayer", T([[20.0, 50.0, 30.0]]), [[80.0, 200.0, 120.0]], per_eval=(1, 2, 3),
+                      sliding_window_shapes=(1,), target=0)
+
+
+@case("test_occlusion.py::test_simple_multi_input")
+def _():
+    return _occlusion("BasicModel3", (T([[-10.0], [3.0]]), T([[-5.0], [1.0]])), ([[0.0], [1.0]], [[0.0], [-1.0]]),
+                      sliding_window_shapes=((1,), (1,)))
+
+
+@case("test_occlusion.py::test_simple_multi_input_int_to_int")
+def _():
+    return _occlusion("BasicModel3_int", (T([[-10], [3]]), T([[-5], [1]])), ([[0.0], [1.0]], [[0.0], [-1.0]]),
+                      sliding_window_shapes=((1,), (1,)))
+
+
+@case("test_occlusion.py::test_simple_multi_input_0d")
+def _():
+    return _occlusion("BasicModel3_0d", (T([-10.0, 3.0]), T([-5.0, 1.0])), ([0.0, 1.0], [0.0, -1.0]),
+                      sliding_window_shapes=((), ()), target=None)
+
+
+@case("test_occlusion.py::test_simple_input_larger_shape")
+def _():
+    return _occlusion("MultiLayer", T([[20.0, 50.0, 30.0]]), [[200.0, 220.0, 240.0]], per_eval=(1, 2, 3),
+                      sliding_window_shapes=(2,), baselines=T([10.0, 10.0, 10.0]), target=0)
+
+
+@case("test_occlusion.py::test_simple_input_shape_with_stride")
+def _():
+    return _occlusion("MultiLayer", T([[20.0, 50.0, 30.0]]), [[280.0, 280.0, 120.0]], per_eval=(1, 2, 3),
+                      sliding_window_shapes=(2,), strides=2, target=0)
+
+
+@case("test_occlusion.py::test_multi_sample_ablation")
+def _():
+    return _occlusion("MultiLayer", T([[2.0, 10.0, 3.0], [20.0, 50.0, 30.0]]),
+                      [[8.0, 35.0, 12.0], [80.0, 200.0, 120.0]], per_eval=(1, 2, 3), sliding_window_shapes=((1,),),
+                      target=0)
+
+
+_IN1 = T([[23.0, 100.0, 0.0], [20.0, 50.0, 30.0]])
+_IN2 = T([[20.0, 50.0, 30.0], [0.0, 100.0, 0.0]])
+_IN3 = T([[0.0, 100.0, 10.0], [2.0, 10.0, 3.0]])
+
+
+@case("test_occlusion.py::test_multi_input_ablation_with_mask")
+def _():
+    expected = ([[492.0, 492.0, 492.0], [400.0, 400.0, 400.0]], [[80.0, 200.0, 120.0], [0.0, 400.0, 0.0]],
+                [[400.0, 420.0, 440.0], [48.0, 50.0, 52.0]])
+    return (_occlusion("MultiLayerMultiInput", (_IN1, _IN2, _IN3), expected, additional=(1,),
+                       sliding_window_shapes=((3,), (1,), (2,)), target=0)
+            + _occlusion("MultiLayerMultiInput", (_IN1, _IN2), expected[:2], additional=(_IN3, 1),
+                         per_eval=(1, 2, 3), sliding_window_shapes=((3,), (1,)), target=0))
+
+
+@case("test_occlusion.py::test_multi_input_ablation_with_baselines")
+def _():
+    expected = ([[444.0, 444.0, 444.0], [328.0, 328.0, 328.0]], [[68.0, 188.0, 108.0], [-12.0, 388.0, -12.0]],
+                [[368.0, 368.0, 24.0], [0.0, 0.0, -12.0]])
+    return _occlusion("MultiLayerMultiInput", (_IN1, _IN2, _IN3), expected, additional=(1,),
+                      baselines=(T([[1.0, 4, 7], [3.0, 6, 9]]), 3.0, T([[4.0], [6]])),
+                      sliding_window_shapes=((3,), (1,), (2,)), strides=(2, 1, 2), target=0)
+
+
+_CONV_IN = torch.arange(16, dtype=torch.float).view(1, 1, 4, 4)
+
+
+@case("test_occlusion.py::test_simple_multi_input_conv")
+def _():
+    first = _occlusion("ConvNetOneConv", (_CONV_IN, torch.ones(1, 1, 4, 4)),
+                       (67 * torch.ones(1, 1, 4, 4), 13 * torch.ones(1, 1, 4, 4)), per_eval=(1, 2, 4, 8, 12, 16),
+                       sliding_window_shapes=((1, 4, 4), (1, 4, 4)), target=0)
+    second = _occlusion("ConvNetOneConv", (_CONV_IN, torch.ones(1, 1, 4, 4)),
+                        ([[[[17.0, 17.0, 17.0, 17.0], [17.0, 17.0, 17.0, 17.0], [64.0, 65.5, 65.5, 67.0],
+                            [64.0, 65.5, 65.5, 67.0]]]],
+                         [[[[3.0, 3.0, 3.0, 3.0], [3.0, 3.0, 3.0, 3.0], [3.0, 3.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0]]]]),
+                        per_eval=(1, 3, 7, 14), sliding_window_shapes=((1, 2, 3), (1, 1, 2)),
+                        strides=((1, 2, 1), (1, 1, 2)), target=0)
+    return first + second
+
+
+@case("test_occlusion.py::test_simple_multi_input_conv_diff_shapes")
+def _():
+    return _occlusion("ConvNetOneConvDiffShapes", (_CONV_IN, torch.ones(1, 1, 4, 1)),
+                      ([[[[17.0, 17.0, 17.0, 17.0], [17.0, 17.0, 17.0, 17.0], [67.0, 67.0, 67.0, 67.0],
+                          [67.0, 67.0, 67.0, 67.0]]]], [[[[10.0], [10.0], [8.0], [6.0]]]]),
+                      per_eval=(1, 2, 4, 8, 12, 16), sliding_window_shapes=((1, 2, 4), (1, 2, 1)),
+                      strides=((1, 2, 1), (1, 1, 1)), target=0)
+
+
+# --- tests/attr/test_feature_ablation.py ----------------------------------------------------
+
+def _ablation(name, inputs, expected, *, additional=None, per_eval=(1,), **kwargs):
+    fa = onnx_attr.FeatureAblation(load(name))
+    checks = []
+    for k in per_eval:
+        got = fa.attribute(inputs, additional_forward_args=additional, perturbations_per_eval=k, **kwargs)
+        got = got if isinstance(got, tuple) else (got,)
+        exp = expected if isinstance(expected, tuple) else (expected,)
+        checks += [(g, e, 1e-4, "sum") for g, e in zip(got, exp)]
+    return checks
+
+
+@case("test_feature_ablation.py::test_simple_ablation")
+def _():
+    return _ablation("MultiLayer", T([[20.0, 50.0, 30.0]]), [[80.0, 200.0, 120.0]], per_eval=(1, 2, 3), target=0)
+
+
+@case("test_feature_ablation.py::test_simple_ablation_int_to_int")
+def _():
+    return _ablation("BasicModel_int", T([[-3, 1, 2]]), [[-3, 0, 0]], per_eval=(1, 2, 3), target=0)
+
+
+@case("test_feature_ablation.py::test_simple_ablation_int_to_int_nt")
+def _():
+    nt = onnx_attr.NoiseTunnel(onnx_attr.FeatureAblation(load("BasicModel")))
+    return [(nt.attribute(T([[-3, 1, 2]]).float(), stdevs=1e-10, perturbations_per_eval=k, target=0),
+             [[-3.0, 0.0, 0.0]],
+             1e-4, "sum") for k in (1, 2, 3)]
+
+
+@case("test_feature_ablation.py::test_simple_ablation_with_mask")
+def _():
+    return _ablation("MultiLayer", T([[20.0, 50.0, 30.0]]), [[280.0, 280.0, 120.0]], per_eval=(1, 2, 3),
+                     feature_mask=T([[0, 0, 1]]), target=0)
+
+
+@case("test_feature_ablation.py::test_simple_ablation_with_baselines")
+def _():
+    return _ablation("MultiLayer", T([[20.0, 50.0, 30.0]]), [[248.0, 248.0, 104.0]], per_eval=(1, 2, 3),
+                     feature_mask=T([[0, 0, 1]]), baselines=4, target=0)
+
+
+@case("test_feature_ablation.py::test_simple_ablation_boolean")
+def _():
+    return _ablation("BasicModelBoolInput", T([[True, False, True]]), [[40.0, 40.0, 40.0]], per_eval=(1, 2, 3),
+                     feature_mask=T([[0, 0, 1]]), target=0)
+
+
+@case("test_feature_ablation.py::test_simple_ablation_boolean_with_baselines")
+def _():
+    return _ablation("BasicModelBoolInput", T([[True, False, True]]), [[-40.0, -40.0, 0.0]], per_eval=(1, 2, 3),
+                     feature_mask=T([[0, 0, 1]]), baselines=True, target=0)
+
+
+@case("test_feature_ablation.py::test_multi_sample_ablation")
+def _():
+    return _ablation("MultiLayer", T([[2.0, 10.0, 3.0], [20.0, 50.0, 30.0]]),
+                     [[8.0, 35.0, 12.0], [80.0, 200.0, 120.0]], per_eval=(1, 2, 3), target=0)
+
+
+@case("test_feature_ablation.py::test_multi_sample_ablation_with_mask")
+def _():
+    return _ablation("MultiLayer", T([[2.0, 10.0, 3.0], [20.0, 50.0, 30.0]]),
+                     [[41.0, 41.0, 12.0], [280.0, 280.0, 120.0]], per_eval=(1, 2, 3),
+                     feature_mask=T([[0, 0, 1], [1, 1, 0]]), target=0)
+
+
+_MASKS = (T([[1, 1, 1], [0, 1, 0]]), T([[3, 4, 2]]), T([[5, 6, 7], [5, 5, 5]]))
+
+
+@case("test_feature_ablation.py::test_multi_input_ablation_with_mask")
+def _():
+    expected = ([[492.0, 492.0, 492.0], [200.0, 200.0, 200.0]], [[80.0, 200.0, 120.0], [0.0, 400.0, 0.0]],
+                [[0.0, 400.0, 40.0], [60.0, 60.0, 60.0]])
+    with_baseline = ([[468.0, 468.0, 468.0], [184.0, 192.0, 184.0]], [[68.0, 188.0, 108.0], [-12.0, 388.0, -12.0]],
+                     [[-16.0, 384.0, 24.0], [12.0, 12.0, 12.0]])
+    return (_ablation("MultiLayerMultiInput", (_IN1, _IN2, _IN3), expected, additional=(1,), feature_mask=_MASKS,
+                      target=0)
+            + _ablation("MultiLayerMultiInput", (_IN1, _IN2), expected[:2], additional=(_IN3, 1),
+                        feature_mask=_MASKS[:2], per_eval=(1, 2, 3), target=0)
+            + _ablation("MultiLayerMultiInput", (_IN1, _IN2, _IN3), with_baseline, additional=(1,),
+                        feature_mask=_MASKS, baselines=(2, 3.0, 4), per_eval=(1, 2, 3), target=0))
+
+
+@case("test_feature_ablation.py::test_multi_input_ablation_with_mask_nt")
+def _():
+    nt = onnx_attr.NoiseTunnel(onnx_attr.FeatureAblation(load("MultiLayerMultiInput")))
+    expected = ([[492.0, 492.0, 492.0], [200.0, 200.0, 200.0]], [[80.0, 200.0, 120.0], [0.0, 400.0, 0.0]],
+                [[0.0, 400.0, 40.0], [60.0, 60.0, 60.0]])
+    got = nt.attribute((_IN1, _IN2, _IN3), additional_forward_args=(1,), feature_mask=_MASKS, stdevs=1e-10,
+                       target=0)
+    got2 = nt.attribute((_IN1, _IN2), additional_forward_args=(_IN3, 1), feature_mask=_MASKS[:2], stdevs=1e-10,
+                        target=0)
+    return [(g, e, 1e-4, "sum") for g, e in zip((*got, *got2), (*expected, *expected[:2]))]
+
+
+# --- the table ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source, run", CASES, ids=[c[0] for c in CASES])
+def test_captum_stated_value(source, run):
+    for actual, expected, delta, mode in run():
+        _check(actual, expected, delta, mode)
