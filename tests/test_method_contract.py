@@ -276,3 +276,29 @@ def test_numpy_in_numpy_out_everywhere():
     ]
     for result in results:
         assert all(isinstance(r, np.ndarray) for r in result), [type(r) for r in result]
+
+
+# --- the CLI on a token-id model --------------------------------------------------------------
+
+def test_cli_attributes_token_ids_with_every_method(tmp_path):
+    """Every --method the CLI offers attributes token ids at their embedding lookup (exit 0), and
+    each method's per-token attributions add up to f(x) - f(baseline ids)."""
+    from exporting import TokenBag, to_onnx
+
+    from onnx_attr.attribute_job import METHODS
+    from onnx_attr.cli import main
+
+    torch.manual_seed(0)
+    bag = TokenBag()
+    ids = torch.randint(1, 30, (2, 5))
+    path = tmp_path / "bag.onnx"
+    path.write_bytes(to_onnx(bag, ids, input_names=("ids",)))
+    np.savez(tmp_path / "ids.npz", ids=ids.numpy())
+    with torch.no_grad():
+        change = (bag(ids) - bag(torch.zeros_like(ids))).numpy()
+    for method in METHODS:
+        out = tmp_path / method
+        assert main(["attribute", str(path), "--input", str(tmp_path / "ids.npz"), "--method", method,
+                     "--target", "1", "--out", str(out)]) == 0, method
+        found = np.load(out / "attributions.npz")
+        np.testing.assert_allclose(found["ids"].sum(1), change[:, 1], rtol=1e-4, atol=1e-5)
