@@ -342,6 +342,82 @@ def _():
     return [(g, e, 1e-4, "sum") for g, e in zip((*got, *got2), (*expected, *expected[:2]))]
 
 
+# --- tests/attr/layer/test_layer_deeplift.py, tests/attr/neuron/test_neuron_deeplift.py ---------
+# Captum names a module and picks its input or output; here the layer is the ONNX tensor itself.
+
+_LAYER_IN = (T([[-10.0, 1.0, -5.0]]), T([[3.0, 3.0, 1.0]]))
+_LAYER_BASE = (T([[0.0, 0.0, 0.0]]), T([[0.0, 0.0, 0.0]]))
+
+
+def _tensor(model, op: str, last: bool = False) -> str:
+    """The ONNX tensor computed by the first (or last) node of type `op`."""
+    found = [n.meta["onnx_tensor"] for n in model.module.graph.nodes
+             if n.meta.get("onnx_op") == op and "onnx_tensor" in n.meta]
+    return found[-1] if last else found[0]
+
+
+@case("test_layer_deeplift.py::test_relu_layer_deeplift (relu input: the Concat)")
+def _():
+    model = load("ReLULinear")
+    attributions, delta = onnx_attr.LayerDeepLift(model, _tensor(model, "Concat")).attribute(
+        _LAYER_IN, _LAYER_BASE, attribute_to_layer_input=False, return_convergence_delta=True)
+    return [(attributions[0], [0.0, 15.0], 1e-4, "sum"), (delta.abs().max(), 0.0, 1e-4, "max")]
+
+
+@case("test_layer_deeplift.py::test_relu_layer_deeplift_wo_mutliplying_by_inputs")
+def _():
+    model = load("ReLULinear")
+    attributions = onnx_attr.LayerDeepLift(model, _tensor(model, "Concat"), multiply_by_inputs=False).attribute(
+        _LAYER_IN, _LAYER_BASE)
+    return [(attributions[0], [0.0, 1.0], 1e-4, "sum")]
+
+
+@case("test_layer_deeplift.py::test_linear_layer_deeplift (l3 input: the Relu)")
+def _():
+    model = load("ReLULinear")
+    attributions, delta = onnx_attr.LayerDeepLift(model, _tensor(model, "Relu")).attribute(
+        _LAYER_IN, _LAYER_BASE, return_convergence_delta=True)
+    return [(attributions[0], [0.0, 15.0], 1e-4, "sum"), (delta.abs().max(), 0.0, 1e-4, "max")]
+
+
+@case("test_layer_deeplift.py::test_linear_layer_deeplift_batch")
+def _():
+    model = load("ReLULinear")
+    inputs = (T([[-10.0, 1.0, -5.0]] * 3), T([[3.0, 3.0, 1.0]] * 3))
+    at_input, d1 = onnx_attr.LayerDeepLift(model, _tensor(model, "Relu")).attribute(
+        inputs, _LAYER_BASE, return_convergence_delta=True)
+    at_output, d2 = onnx_attr.LayerDeepLift(model, _tensor(model, "Gemm", last=True)).attribute(
+        inputs, _LAYER_BASE, return_convergence_delta=True)
+    return [(at_input[0], [0.0, 15.0], 1e-4, "sum"), (at_output, [[15.0], [15.0], [15.0]], 1e-4, "sum"),
+            (torch.cat([d1, d2]).abs().max(), 0.0, 1e-4, "max")]
+
+
+@case("test_neuron_deeplift.py::test_relu_neuron_deeplift")
+def _():
+    model = load("ReLULinear")
+    a1, a2 = onnx_attr.NeuronDeepLift(model, _tensor(model, "Relu")).attribute(_LAYER_IN, 0,
+                                                                                attribute_to_neuron_input=False)
+    return [(a1, [[0.0, 0.0, 0.0]], 1e-4, "sum"), (a2, [[0.0, 0.0, 0.0]], 1e-4, "sum")]
+
+
+@case("test_neuron_deeplift.py::test_linear_neuron_deeplift")
+def _():
+    model = load("ReLULinear")
+    at_input = onnx_attr.NeuronDeepLift(model, _tensor(model, "Relu")).attribute(_LAYER_IN, 0, _LAYER_BASE)
+    at_output = onnx_attr.NeuronDeepLift(model, _tensor(model, "Gemm", last=True)).attribute(
+        _LAYER_IN, 0, _LAYER_BASE)
+    return [(at_input[0], [[0.0, 0.0, 0.0]], 1e-4, "sum"), (at_input[1], [[0.0, 0.0, 0.0]], 1e-4, "sum"),
+            (at_output[0], [[0.0, 0.0, 0.0]], 1e-4, "sum"), (at_output[1], [[6.0, 9.0, 0.0]], 1e-4, "sum")]
+
+
+@case("test_neuron_deeplift.py::test_linear_neuron_deeplift_wo_inp_marginal_effects")
+def _():
+    model = load("ReLULinear")
+    a1, a2 = onnx_attr.NeuronDeepLift(model, _tensor(model, "Gemm", last=True), multiply_by_inputs=False).attribute(
+        _LAYER_IN, 0, _LAYER_BASE)
+    return [(a1, [[0.0, 0.0, 0.0]], 1e-4, "sum"), (a2, [[2.0, 3.0, 0.0]], 1e-4, "sum")]
+
+
 # --- the table ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source, run", CASES, ids=[c[0] for c in CASES])

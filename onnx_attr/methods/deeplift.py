@@ -379,8 +379,15 @@ class LayerDeepLift(DeepLift):
                          layers=self.layers)
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
-                  additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
-                  output: Union[str, int, None] = None):
+                  additional_forward_args: Any = None, return_convergence_delta: bool = False,
+                  attribute_to_layer_input: bool = False, custom_attribution_func: Optional[Callable[..., Any]] = None,
+                  *, output: Union[str, int, None] = None):
+        from .layer import refuse_layer_input
+
+        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        if custom_attribution_func is not None:
+            raise InputError("custom_attribution_func is taken by DeepLift and DeepLiftShap; LayerDeepLift gives "
+                             "multipliers with multiply_by_inputs=False, to combine as you need")
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
         n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)

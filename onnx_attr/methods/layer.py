@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+from ..errors import InputError
 from ..layers import tensor_as_input, tensor_as_output, tensor_values
 from ._inputs import prepare
 from .deeplift import DeepLift
 from .gradient import IntegratedGradients
+
+
+def refuse_layer_input(asked: bool, name: str) -> None:
+    """Captum's `attribute_to_layer_input`: a layer here is an ONNX tensor, so its input is
+    another tensor, to be named itself. False (Captum's default) is accepted as is."""
+    if asked:
+        raise InputError(f"{name}=True: layers are ONNX tensors here, so name the tensor that feeds the layer "
+                         "(`onnx-attr inspect --json` lists them) and keep this False")
 
 
 class LayerIntegratedGradients:
@@ -32,7 +41,9 @@ class LayerIntegratedGradients:
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
-                  return_convergence_delta: bool = False, *, output: Union[str, int, None] = None):
+                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False, *,
+                  output: Union[str, int, None] = None):
+        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
         (h,) = tensor_values(self.model, [self.layer], prepared.tensors)
@@ -61,7 +72,8 @@ class _NeuronMethod:
         return {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
 
     def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
-                  return_convergence_delta: bool = False, **options: Any):
+                  return_convergence_delta: bool = False, attribute_to_neuron_input: bool = False, **options: Any):
+        refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
         return self.inner.attribute(inputs, baselines=baselines, target=neuron_selector,
                                     additional_forward_args=additional_forward_args,
                                     return_convergence_delta=return_convergence_delta, **options)
