@@ -172,6 +172,7 @@ _BUILDERS = {
     "BasicModel3_int": lambda: (BasicModel3(), [torch.randint(0, 3, (2, 1)), torch.randint(0, 3, (2, 1))],
                                 ["x1", "x2"]),
     "BasicModel2": lambda: (BasicModel2(), [_rows(1), _rows(1)], ["x1", "x2"]),
+    "BasicModel2_0d": lambda: (BasicModel2(), [torch.rand(2), torch.rand(2)], ["x1", "x2"]),
     "BasicModel3": lambda: (BasicModel3(), [_rows(1), _rows(1)], ["x1", "x2"]),
     "BasicModel3_0d": lambda: (BasicModel3(), [torch.rand(2), torch.rand(2)], ["x1", "x2"]),
     "BasicModel4": lambda: (BasicModel4MultiArgs(), [_rows(3), _rows(3), _rows(3)], ["x1", "x2", "divisor"]),
