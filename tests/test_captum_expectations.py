@@ -463,6 +463,72 @@ def _():
     return [(a1, [[0.0, 0.0, 0.0]], 1e-4, "sum"), (a2, [[2.0, 3.0, 0.0]], 1e-4, "sum")]
 
 
+# --- tests/metrics/test_infidelity.py ----------------------------------------------------------
+
+def _small_shift(inputs):
+    """A constant small perturbation (0.0009 on the first input, 0.0121 on the second), in
+    Captum's perturbation contract: a tensor for one input, tuples for several."""
+    if isinstance(inputs, torch.Tensor):
+        shift = torch.full_like(inputs, 0.0009)
+        return shift, inputs - shift
+    shifts = tuple(torch.full_like(x, v) for x, v in zip(inputs, (0.0009, 0.0121)))
+    return shifts, tuple(x - d for x, d in zip(inputs, shifts))
+
+
+def _to_zero(inputs):
+    """Every input moved to zero; the perturbation entering I·φ is 1 (for 'global' attributions)."""
+    xs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    ones, zeros = tuple(torch.ones_like(x) for x in xs), tuple(torch.zeros_like(x) for x in xs)
+    return (ones[0], zeros[0]) if isinstance(inputs, torch.Tensor) else (ones, zeros)
+
+
+def _infidelity_basic(rows: int, **kwargs):
+    model = load("BasicModel2_0d")
+    inputs = (T([3.0] * rows), T([1.0] * rows))
+    attributions = onnx_attr.IntegratedGradients(model).attribute(inputs)
+    return onnx_attr.infidelity(model, _small_shift, inputs, attributions, n_perturb_samples=kwargs.pop("n", 10),
+                                **kwargs)
+
+
+@case("test_infidelity.py::test_basic_infidelity_single")
+def _():
+    return [(_infidelity_basic(1), torch.zeros(1), 0.05, "sum")]
+
+
+@case("test_infidelity.py::test_basic_infidelity_multiple")
+def _():
+    return [(_infidelity_basic(3), torch.zeros(3), 0.05, "sum")]
+
+
+@case("test_infidelity.py::test_basic_infidelity_multiple_with_batching")
+def _():
+    one, two = _infidelity_basic(20, n=5, max_examples_per_batch=21), _infidelity_basic(20, n=5,
+                                                                                          max_examples_per_batch=60)
+    return [(one, torch.zeros(20), 0.05, "sum"), (two, torch.zeros(20), 0.05, "sum"), (one, two, 0.01, "max")]
+
+
+@case("test_infidelity.py::test_basic_infidelity_multiple_with_normalize")
+def _():
+    model = load("BasicModel2_0d")
+    inputs = (T([3.0] * 3), T([1.0] * 3))
+    a1, a2 = onnx_attr.IntegratedGradients(model).attribute(inputs)
+    plain = onnx_attr.infidelity(model, _small_shift, inputs, (a1, a2), normalize=True)
+    scaled = onnx_attr.infidelity(model, _small_shift, inputs, (a1 * 100, a2 * 100), normalize=True)
+    return [(plain, torch.zeros(3), 0.05, "sum"), (scaled, torch.zeros(3), 0.05, "sum"), (plain, scaled, 1e-4, "sum")]
+
+
+@case("test_infidelity.py::test_basic_infidelity_additional_forward_args1")
+def _():
+    model = load("BasicModel4")
+    inputs, args = (T([[1.5, 2.0, 3.3]]), T([[3.0, 3.5, 2.2]])), T([[1.0, 3.0, 4.0]])
+    attributions = onnx_attr.IntegratedGradients(model).attribute(inputs, additional_forward_args=args)
+    one = onnx_attr.infidelity(model, _to_zero, inputs, attributions, additional_forward_args=args,
+                               n_perturb_samples=1, max_examples_per_batch=1)
+    five = onnx_attr.infidelity(model, _to_zero, inputs, attributions, additional_forward_args=args,
+                                n_perturb_samples=5, max_examples_per_batch=2)
+    return [(one, torch.zeros(1), 0.05, "sum"), (five, torch.zeros(1), 0.05, "sum"), (one, five, 0.0, "sum")]
+
+
 # --- the table ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source, run", CASES)
