@@ -529,6 +529,49 @@ def _():
     return [(one, torch.zeros(1), 0.05, "sum"), (five, torch.zeros(1), 0.05, "sum"), (one, five, 0.0, "sum")]
 
 
+# --- tests/metrics/test_sensitivity.py ---------------------------------------------------------
+
+def _ramp(inputs):
+    """A fixed perturbation: each example's elements moved by (-k/2 ... k/2 - 1) / 100, k its size."""
+    def moved(x):
+        k = x[0].numel()
+        return x + torch.arange(-k // 2, k // 2).view(x[0].shape).float() / 100
+
+    return moved(inputs) if isinstance(inputs, torch.Tensor) else tuple(moved(x) for x in inputs)
+
+
+@case("test_sensitivity.py::test_basic_sensitivity_max_single")
+def _():
+    saliency = onnx_attr.Saliency(load("BasicModel2_0d"))
+    return [(onnx_attr.sensitivity_max(saliency.attribute, (T([3.0]), T([1.0])), n_perturb_samples=5),
+             torch.zeros(1), 0.05, "sum")]
+
+
+@case("test_sensitivity.py::test_basic_sensitivity_max_multiple")
+def _():
+    saliency = onnx_attr.Saliency(load("BasicModel2_0d"))
+    inputs = (T([3.0] * 20), T([1.0] * 20))
+    return [(onnx_attr.sensitivity_max(saliency.attribute, inputs, perturb_func=_ramp, n_perturb_samples=5,
+                                       max_examples_per_batch=k), torch.zeros(20), 0.05, "sum") for k in (21, 60)]
+
+
+@case("test_sensitivity.py::test_basic_sensitivity_max_multiple_gradshap")
+def _():
+    gs = onnx_attr.GradientShap(load("BasicModel2_0d"))
+    inputs, baselines = (torch.zeros(5), torch.zeros(5)), (torch.arange(0, 2).float() / 1000,) * 2
+    return [(onnx_attr.sensitivity_max(gs.attribute, inputs, perturb_func=_ramp, baselines=baselines,
+                                       n_perturb_samples=5, max_examples_per_batch=k), torch.zeros(5), 0.05, "sum")
+            for k in (2, 20)]
+
+
+@case("test_sensitivity.py::test_convnet_multi_target")
+def _():
+    saliency = onnx_attr.Saliency(load("ConvNetOneConvSingle"))
+    x = torch.stack([torch.arange(1, 17).float()] * 20, dim=0).view(20, 1, 4, 4)
+    return [(onnx_attr.sensitivity_max(saliency.attribute, x, perturb_func=_ramp, target=torch.tensor([1] * 20),
+                                       n_perturb_samples=10, max_examples_per_batch=40), torch.zeros(20), 0.05, "sum")]
+
+
 # --- the table ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source, run", CASES)
