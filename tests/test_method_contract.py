@@ -302,3 +302,19 @@ def test_cli_attributes_token_ids_with_every_method(tmp_path):
                      "--target", "1", "--out", str(out)]) == 0, method
         found = np.load(out / "attributions.npz")
         np.testing.assert_allclose(found["ids"].sum(1), change[:, 1], rtol=1e-4, atol=1e-5)
+
+
+def test_captum_positional_orders_and_options(capsys):
+    """Captum's positional argument orders (neuron methods), `eps`, and `show_progress`."""
+    model = load("ReLULinear")
+    inputs, base = (T([[-10.0, 1.0, -5.0]]), T([[3.0, 3.0, 1.0]])), (torch.zeros(1, 3), torch.zeros(1, 3))
+    last = [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Gemm"][-1]
+    a = onnx_attr.NeuronIntegratedGradients(model, last).attribute(inputs, 0, base, None, 64, "riemann_middle")
+    torch.testing.assert_close(a[1], T([[6.0, 9.0, 0.0]]), rtol=1e-3, atol=1e-3)
+    b = onnx_attr.NeuronDeepLift(model, last).attribute(inputs, 0, base, None, False, None)
+    torch.testing.assert_close(b[1], T([[6.0, 9.0, 0.0]]))
+    onnx_attr.DeepLift(model, True, 1e-10).attribute(inputs)
+    onnx_attr.FeatureAblation(model).attribute(inputs, show_progress=True)
+    assert "perturbations" in capsys.readouterr().err
+    with pytest.raises(onnx_attr.OnnxAttrError):
+        onnx_attr.FeatureAblation(model).attribute(inputs, perturbations_per_eval=0)

@@ -33,8 +33,10 @@ class DeepLift:
     both).
     """
 
-    def __init__(self, model, multiply_by_inputs: bool = True, *, rule: str = "rescale",
+    def __init__(self, model, multiply_by_inputs: bool = True, eps: float = 1e-10, *, rule: str = "rescale",
                  gradient_fallback: bool = False, layers: Sequence[str] = ()):
+        """`eps` is taken for Captum's signature; the rules choose their own dtype-aware floor for
+        near-zero input differences (see docs/architecture.md)."""
         if rule not in NONLINEAR_RULES:
             raise InputError(f"unknown DeepLift rule {rule!r}; use one of {list(NONLINEAR_RULES)}")
         self.model = model

@@ -71,12 +71,11 @@ class _NeuronMethod:
     def last_report(self) -> dict:
         return {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
 
-    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
-                  return_convergence_delta: bool = False, attribute_to_neuron_input: bool = False, **options: Any):
+    def _attribute(self, inputs: Any, neuron_selector: Any, baselines: Any, additional_forward_args: Any,
+                   attribute_to_neuron_input: bool, **options: Any):
         refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
         return self.inner.attribute(inputs, baselines=baselines, target=neuron_selector,
-                                    additional_forward_args=additional_forward_args,
-                                    return_convergence_delta=return_convergence_delta, **options)
+                                    additional_forward_args=additional_forward_args, **options)
 
 
 class NeuronDeepLift(_NeuronMethod):
@@ -84,8 +83,25 @@ class NeuronDeepLift(_NeuronMethod):
 
     method = DeepLift
 
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
+                  attribute_to_neuron_input: bool = False, custom_attribution_func: Any = None, *,
+                  return_convergence_delta: bool = False, **options: Any):
+        """Captum's argument order; the delta (keyword only) is ours."""
+        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
+                               custom_attribution_func=custom_attribution_func,
+                               return_convergence_delta=return_convergence_delta, **options)
+
 
 class NeuronIntegratedGradients(_NeuronMethod):
     """Integrated gradients of one hidden unit (`n_steps`, `method` as for IntegratedGradients)."""
 
     method = IntegratedGradients
+
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
+                  n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
+                  attribute_to_neuron_input: bool = False, *, return_convergence_delta: bool = False,
+                  **options: Any):
+        """Captum's argument order; the delta (keyword only) is ours."""
+        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
+                               n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
+                               return_convergence_delta=return_convergence_delta, **options)

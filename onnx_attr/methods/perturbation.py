@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -57,13 +58,17 @@ class _Perturbation(_GradientMethod):
         return targets.select(out)
 
     def _ablate(self, prepared, masks: list[list[Tensor]], targets: Targets, index: int,
-                perturbations_per_eval: int) -> list[Optional[Tensor]]:
+                perturbations_per_eval: int, show_progress: bool = False) -> list[Optional[Tensor]]:
         """For each attributed input, the output drop of each mask averaged over the masks covering
         each element; `masks[i]` are boolean tensors shaped like input i with a batch axis of 1 (the
         same features in every example) or of N (per-example features)."""
+        if not isinstance(perturbations_per_eval, (int, np.integer)) or perturbations_per_eval < 1:
+            raise InputError(f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
         n = len(targets.rows)
         original = self._value(prepared.tensors, targets, index)
         result: list[Optional[Tensor]] = []
+        progress = _Progress(f"{type(self).__name__} attribution", sum(len(m) for m in masks)) if show_progress \
+            else None
         for i, (x, b) in enumerate(zip(prepared.tensors, prepared.baselines)):
             if not prepared.attributed[i]:
                 result.append(None)
@@ -78,6 +83,8 @@ class _Perturbation(_GradientMethod):
                           for j, t in enumerate(prepared.tensors)]
                 rows = targets.repeat(len(group))
                 drop = (original.double().repeat(len(group)) - self._value(inputs, rows, index).double())
+                if progress is not None:
+                    progress.update(len(group))
                 for k, m in enumerate(group):
                     covered = m.to(x.device)
                     total += drop[k * n:(k + 1) * n].reshape(n, *[1] * (x.dim() - 1)) * covered
@@ -85,7 +92,24 @@ class _Perturbation(_GradientMethod):
             dtype = x.dtype if x.is_floating_point() else original.dtype if original.is_floating_point() \
                 else torch.get_default_dtype()  # ablated ids or flags: the output's drop is what is credited
             result.append((total / count.clamp_min(1)).to(dtype))
+        if progress is not None:
+            progress.close()
         return result
+
+
+class _Progress:
+    """Captum's show_progress: perturbations done so far, on one line of stderr."""
+
+    def __init__(self, what: str, total: int):
+        self.what, self.total, self.done = what, total, 0
+
+    def update(self, k: int) -> None:
+        self.done += k
+        sys.stderr.write(f"\r{self.what}: {self.done}/{self.total} perturbations")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
 
 
 def _chunks(items: Sequence, size: int):
@@ -98,7 +122,7 @@ class FeatureAblation(_Perturbation):
     """Each feature (an element, or a group of a `feature_mask`) set to the baseline in turn."""
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
-                  feature_mask: Any = None, perturbations_per_eval: int = 1, *,
+                  feature_mask: Any = None, perturbations_per_eval: int = 1, show_progress: bool = False, *,
                   output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         masks_given = _per_input(feature_mask, prepared)
@@ -114,7 +138,7 @@ class FeatureAblation(_Perturbation):
                 groups = _feature_groups(given, x, self.model.inputs[len(masks)].name)
                 masks.append([groups == g for g in torch.unique(groups)])
         attributions = self._ablate(prepared, masks, Targets(target, n), self._output_index(output),
-                                    perturbations_per_eval)
+                                    perturbations_per_eval, show_progress)
         return prepared.repack(attributions)
 
 
@@ -123,8 +147,8 @@ class Occlusion(_Perturbation):
     placed as Captum places it; each element's value is averaged over the windows covering it."""
 
     def attribute(self, inputs: Any, sliding_window_shapes: Any, strides: Any = None, baselines: Any = None,
-                  target: Any = None, additional_forward_args: Any = None, perturbations_per_eval: int = 1, *,
-                  output: Union[str, int, None] = None):
+                  target: Any = None, additional_forward_args: Any = None, perturbations_per_eval: int = 1,
+                  show_progress: bool = False, *, output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         chosen = [i for i, a in enumerate(prepared.attributed) if a]
         shapes = _per_input_windows(sliding_window_shapes, len(chosen))
@@ -133,7 +157,7 @@ class Occlusion(_Perturbation):
         for i, window, stride in zip(chosen, shapes, steps):
             masks[i] = _windows(tuple(prepared.tensors[i].shape[1:]), window, stride)
         attributions = self._ablate(prepared, masks, Targets(target, n), self._output_index(output),
-                                    perturbations_per_eval)
+                                    perturbations_per_eval, show_progress)
         return prepared.repack(attributions)
 
 
