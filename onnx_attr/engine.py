@@ -238,6 +238,8 @@ class DeepLiftEngine:
                     for x, a, i in zip(xs, attributed, integer)]
             with torch.enable_grad():
                 out = _pick(self._forward(module, live), output)
+                if out.dim() == 0:
+                    targets.select(out)  # raises: no value per example
                 if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
                     raise ReferenceShapeMismatch("output")
                 value = targets.select(out[:keep]) if out.shape[0] != keep else targets.select(out)

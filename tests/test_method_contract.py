@@ -318,3 +318,21 @@ def test_captum_positional_orders_and_options(capsys):
     assert "perturbations" in capsys.readouterr().err
     with pytest.raises(onnx_attr.OnnxAttrError):
         onnx_attr.FeatureAblation(model).attribute(inputs, perturbations_per_eval=0)
+
+
+class _Total(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x).sum()
+
+
+def test_a_0d_output_is_a_clear_error_for_every_method():
+    from captum_models import export
+
+    model = onnx_attr.load(export(_Total(), [torch.rand(2, 3)], ["x"]), strip_final_activation=False)
+    x = torch.rand(2, 3)
+    calls = [lambda: onnx_attr.DeepLift(model).attribute(x), lambda: onnx_attr.IntegratedGradients(model).attribute(x),
+             lambda: onnx_attr.Saliency(model).attribute(x), lambda: onnx_attr.FeatureAblation(model).attribute(x),
+             lambda: onnx_attr.Occlusion(model).attribute(x, sliding_window_shapes=(1,))]
+    for call in calls:
+        with pytest.raises(onnx_attr.OnnxAttrError, match="0-d"):
+            call()
