@@ -162,7 +162,11 @@ def test_per_example_feature_masks_and_bad_masks():
     x = T([[2.0, 10.0, 3.0], [20.0, 50.0, 30.0]])
     got = fa.attribute(x, feature_mask=T([[0, 0, 1], [1, 1, 0]]), target=0)
     torch.testing.assert_close(got, T([[41.0, 41.0, 12.0], [280.0, 280.0, 120.0]]))
-    for mask in (T([[0, 0, 1], [1, 1, 0], [0, 0, 0]]), T([[0.5, 0, 1]]), T([[0, 1]]), "abc"):
+    named = onnx_attr.FeatureAblation(load("MultiLayerAddInput")).attribute(
+        {"x": x, "add_input": torch.zeros(2, 3)}, target=0,
+        feature_mask={"x": T([[0, 0, 1], [1, 1, 0]]), "add_input": T([[0, 0, 0]])})
+    torch.testing.assert_close(named["x"], got)
+    for mask in (T([[0, 0, 1], [1, 1, 0], [0, 0, 0]]), T([[0.5, 0, 1]]), T([[0, 1]]), "abc", (T([[0, 1, 2]]),) * 2):
         with pytest.raises(onnx_attr.OnnxAttrError):
             fa.attribute(x, feature_mask=mask, target=0)
 

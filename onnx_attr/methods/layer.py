@@ -54,6 +54,8 @@ class LayerIntegratedGradients:
                                            internal_batch_size=internal_batch_size, return_convergence_delta=True,
                                            output=output)
         self.last_report = {**ig.last_report, "method": "LayerIntegratedGradients", "layer": self.layer}
+        if prepared.as_numpy:
+            attributions = attributions.detach().cpu().numpy()
         return (attributions, delta) if return_convergence_delta else attributions
 
 

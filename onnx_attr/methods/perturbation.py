@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ class _Perturbation(_GradientMethod):
         """Any dtype may be ablated (ids, flags): no gradient is taken."""
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            embedded={s.name for s in self.model.inputs})
+        prepared.input_names = [s.name for s in self.model.inputs]
         n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
         unbatched = [s.name for s, t, a in zip(self.model.inputs, prepared.tensors, prepared.attributed)
                      if a and t.shape[0] != n]
@@ -207,6 +208,8 @@ def _per_input(value: Any, prepared) -> list:
     attributed = [i for i, a in enumerate(prepared.attributed) if a]
     if value is None:
         return [None] * len(prepared.tensors)
+    if isinstance(value, Mapping):  # keyed by ONNX input name, like dict inputs
+        return _by_name(value, prepared)
     items = list(value) if isinstance(value, (tuple, list)) else [value]
     if len(items) != len(attributed):
         raise InputError(f"{len(items)} feature mask(s) for {len(attributed)} attributed input(s): give one per "
@@ -214,6 +217,15 @@ def _per_input(value: Any, prepared) -> list:
     out: list = [None] * len(prepared.tensors)
     for i, item in zip(attributed, items):
         out[i] = item
+    return out
+
+
+def _by_name(value: Mapping, prepared) -> list:
+    out: list = [None] * len(prepared.tensors)
+    for key, item in value.items():
+        if key not in prepared.input_names:
+            raise InputError(f"feature mask for unknown input {key!r}; the model's inputs are {prepared.input_names}")
+        out[prepared.input_names.index(key)] = item
     return out
 
 
