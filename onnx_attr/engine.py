@@ -126,6 +126,14 @@ class Targets:
             picked = self.selector(output)
         except (IndexError, TypeError, ValueError, RuntimeError) as err:
             raise InputError(f"the neuron selector failed on an output of shape {list(output.shape)}: {err}") from None
+        if isinstance(picked, Tensor) and picked.dim() == 0:
+            # Captum's selectors may sum over the batch: applied to each example alone, that is its value
+            try:
+                picked = picked.reshape(1) if n == 1 else torch.stack(
+                    [self.selector(output[i:i + 1]).reshape(()) for i in range(n)])
+            except (IndexError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+                raise InputError(f"the neuron selector gave one value for the whole batch and failed on a single "
+                                 f"example: {err}") from None
         if not isinstance(picked, Tensor) or picked.dim() == 0 or picked.shape[0] != n:
             raise InputError(f"a neuron selector must give one value (or a block of values) per example, i.e. a "
                              f"tensor with {n} row(s) on axis 0; got "

@@ -463,6 +463,65 @@ def _():
     return [(a1, [[0.0, 0.0, 0.0]], 1e-4, "sum"), (a2, [[2.0, 3.0, 0.0]], 1e-4, "sum")]
 
 
+# --- tests/attr/neuron/test_neuron_integrated_gradients.py ------------------------------------
+
+def _neuron_ig(name: str, op: str, index: int, inputs, selector, expected, additional=None, **options):
+    model = load(name)
+    tensor = [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == op][index]
+    checks = []
+    for batch in (None, 5, 20):
+        nig = onnx_attr.NeuronIntegratedGradients(model, tensor, **options)
+        got = nig.attribute(inputs, selector, n_steps=200, method="gausslegendre", additional_forward_args=additional,
+                            internal_batch_size=batch)
+        got, exp = (got, expected) if isinstance(got, tuple) else ((got,), (expected,))
+        checks += [(g, e, 0.1, "sum") for g, e in zip(got, exp)]
+    return checks
+
+
+@case("test_neuron_integrated_gradients.py::test_simple_ig_input_linear2")
+def _():
+    return _neuron_ig("MultiLayer", "Gemm", 2, T([[0.0, 100.0, 0.0]]), 0, [[0.0, 390.0, 0.0]])
+
+
+@case("test_neuron_integrated_gradients.py::test_simple_ig_input_linear2_wo_mult_by_inputs")
+def _():
+    return _neuron_ig("MultiLayer", "Gemm", 2, T([[100.0, 100.0, 100.0]]), 0, [[3.96, 3.96, 3.96]],
+                      multiply_by_inputs=False)
+
+
+@case("test_neuron_integrated_gradients.py::test_simple_ig_input_linear1")
+def _():
+    return _neuron_ig("MultiLayer", "Gemm", 1, T([[0.0, 100.0, 0.0]]), (0,), [[0.0, 100.0, 0.0]])
+
+
+@case("test_neuron_integrated_gradients.py::test_simple_ig_input_relu")
+def _():
+    return _neuron_ig("MultiLayer", "Relu", 0, T([[0.0, 6.0, 14.0]]), (0,), [[0.0, 3.0, 7.0]])
+
+
+@case("test_neuron_integrated_gradients.py::test_simple_ig_input_relu2")
+def _():
+    return _neuron_ig("MultiLayer", "Relu", 0, T([[0.0, 5.0, 4.0]]), 1, [[0.0, 5.0, 4.0]])
+
+
+@case("test_neuron_integrated_gradients.py::test_simple_ig_input_relu_selector_fn")
+def _():
+    return _neuron_ig("MultiLayer", "Relu", 0, T([[0.0, 5.0, 4.0]]), lambda x: torch.sum(x[:, 2:]),
+                      [[0.0, 10.0, 8.0]])
+
+
+@case("test_neuron_integrated_gradients.py::test_simple_ig_input_relu2_agg_neurons")
+def _():
+    return _neuron_ig("MultiLayer", "Relu", 0, T([[0.0, 5.0, 4.0]]), (slice(0, 2, 1),), [[0.0, 5.0, 4.0]])
+
+
+@case("test_neuron_integrated_gradients.py::test_simple_ig_multi_input_linear2")
+def _():
+    inputs = (T([[0.0, 10.0, 0.0]]), T([[0.0, 10.0, 0.0]]), T([[0.0, 5.0, 0.0]]))
+    return _neuron_ig("MultiLayerMultiInput", "Gemm", 2, inputs, (0,),
+                      ([[0.0, 156.0, 0.0]], [[0.0, 156.0, 0.0]], [[0.0, 78.0, 0.0]]), additional=(4,))
+
+
 # --- tests/metrics/test_infidelity.py ----------------------------------------------------------
 
 def _small_shift(inputs):

@@ -73,6 +73,10 @@ class _NeuronMethod:
     def last_report(self) -> dict:
         return {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
 
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return getattr(self.inner, "multiplies_by_inputs", False)
+
     def _attribute(self, inputs: Any, neuron_selector: Any, baselines: Any, additional_forward_args: Any,
                    attribute_to_neuron_input: bool, **options: Any):
         refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
