@@ -38,8 +38,8 @@ def parse_target(text: Optional[str]) -> Any:
 
 
 def _baseline(spec: str, model, inputs: dict[str, np.ndarray]) -> Any:
-    if spec == "zeros":
-        return None
+    if spec == "zeros":  # one explicit row: also a one-row distribution for DeepLiftShap
+        return {k: np.zeros_like(v[:1]) for k, v in inputs.items()}
     if spec == "mean":
         return {k: v.mean(0, keepdims=True).astype(v.dtype) for k, v in inputs.items()}
     path = Path(spec)
@@ -140,8 +140,7 @@ def _attribute_file(model, explainer, input_file: Path, folder: Path, *, target:
                     output_name: Optional[str], method: str, pictures: PictureOptions) -> dict:
     inputs = read_npz(input_file, model.inputs)
     output_index = explainer._output_index(output_name)
-    engine = getattr(explainer, "engine", None)
-    tapped = {t.input_name for t in engine.rewrite.taps} if engine is not None else set()
+    tapped = set(getattr(explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
     attributed = {s.name: inputs[s.name] for s in model.inputs
                   if (s.differentiable or s.name in tapped) and s.name in inputs}
     extra = {k: v for k, v in inputs.items() if k not in attributed}

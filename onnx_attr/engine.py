@@ -9,9 +9,11 @@ get their inputs in chunks of that size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,17 +40,34 @@ class Targets:
     """
 
     def __init__(self, target, n: int):
-        if target is None:
+        self.selector = None  # a neuron selector with slices, or a callable: summed per example
+        if callable(target) and not isinstance(target, Tensor):
+            self.selector = target
             rows: list[tuple[int, ...]] = [()] * n
+        elif isinstance(target, tuple) and any(isinstance(t, slice) for t in target):
+            self.selector = _slicer(target)
+            rows = [()] * n
+        elif target is None:
+            rows = [()] * n
+        elif isinstance(target, (bool, float)) or _not_indices(target):
+            raise InputError(f"a target must be integer indices, got {target!r}")
         elif isinstance(target, (int,)) or (hasattr(target, "ndim") and getattr(target, "ndim") == 0):
             rows = [(int(target),)] * n
         elif isinstance(target, tuple):
+            if not all(isinstance(t, (int, np.integer)) for t in target):
+                raise InputError(f"a tuple target must hold ints (or slices, for a neuron), got {target!r}")
             rows = [tuple(int(t) for t in target)] * n
         else:
-            items = target.tolist() if hasattr(target, "tolist") else list(target)
+            try:
+                items = target.tolist() if hasattr(target, "tolist") else list(target)
+            except TypeError:
+                raise InputError(f"cannot read target {target!r}: give an int, a tuple, or one per example") from None
             if len(items) != n:
                 raise InputError(f"target has {len(items)} entries for {n} example(s); give one per example or one int")
-            rows = [tuple(int(t) for t in (i if isinstance(i, (tuple, list)) else (i,))) for i in items]
+            try:
+                rows = [tuple(int(t) for t in (i if isinstance(i, (tuple, list)) else (i,))) for i in items]
+            except (TypeError, ValueError):
+                raise InputError(f"cannot read target {target!r}: each example's target must be ints") from None
         if len({len(r) for r in rows}) > 1:
             raise InputError("every example's target must index the same number of output axes")
         self.rows = rows
@@ -60,19 +79,23 @@ class Targets:
         """The same targets for the batch repeated `times` times along axis 0."""
         return self._of(self.rows * times)
 
-    @staticmethod
-    def _of(rows: list) -> "Targets":
+    def _of(self, rows: list) -> "Targets":
         out = Targets.__new__(Targets)
-        out.rows = rows
+        out.rows, out.selector = rows, self.selector
         return out
 
     def select(self, output: Tensor) -> Tensor:
         """output[i, *target_i] for each example i: one scalar per example."""
         n = len(self.rows)
         depth = len(self.rows[0]) if self.rows else 0
+        if output.dim() == 0:
+            raise InputError("the output is a single value (0-d), not one per example: export the model with "
+                             "a batch axis on its output (shape [N] or [N, ...])")
+        if self.selector is not None:
+            return self._selected(output, n)
         if output.dim() == 1 and depth == 0:
             return output
-        if output.dim() - 1 == depth + 1 and output.shape[-1] == 1 and depth == 0:
+        if depth == 0 and output.dim() > 1 and math.prod(output.shape[1:]) == 1:  # [N, 1, 1, ...]: no choice
             return output.reshape(n, -1)[:, 0]
         if output.dim() - 1 != depth:
             raise InputError(
@@ -95,6 +118,48 @@ class Targets:
             return output[(slice(None), *first)]
         index = torch.tensor(self.rows, dtype=torch.long, device=output.device).reshape(n, depth)
         return output[(torch.arange(n, device=output.device), *index.unbind(1))]
+
+
+    def _selected(self, output: Tensor, n: int) -> Tensor:
+        """A neuron selector's value per example: the selected elements (or the callable's result) summed."""
+        try:
+            picked = self.selector(output)
+        except (IndexError, TypeError, ValueError, RuntimeError) as err:
+            raise InputError(f"the neuron selector failed on an output of shape {list(output.shape)}: {err}") from None
+        if isinstance(picked, Tensor) and picked.dim() == 0:
+            # Captum's selectors may sum over the batch: applied to each example alone, that is its value
+            try:
+                picked = picked.reshape(1) if n == 1 else torch.stack(
+                    [self.selector(output[i:i + 1]).reshape(()) for i in range(n)])
+            except (IndexError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+                raise InputError(f"the neuron selector gave one value for the whole batch and failed on a single "
+                                 f"example: {err}") from None
+        if not isinstance(picked, Tensor) or picked.dim() == 0 or picked.shape[0] != n:
+            raise InputError(f"a neuron selector must give one value (or a block of values) per example, i.e. a "
+                             f"tensor with {n} row(s) on axis 0; got "
+                             f"{list(picked.shape) if isinstance(picked, Tensor) else type(picked).__name__}")
+        return picked.reshape(n, -1).sum(1)
+
+
+def _not_indices(target) -> bool:
+    """A tensor or array of floats or bools: not something a target can be."""
+    if isinstance(target, Tensor):
+        return target.is_floating_point() or target.dtype == torch.bool
+    return isinstance(target, np.ndarray) and target.dtype.kind in "fb"
+
+
+def _slicer(index: tuple):
+    """A selector picking `index` (ints and slices, batch axis excluded) from each example."""
+
+    def select(output: Tensor) -> Tensor:
+        if len(index) != output.dim() - 1:
+            raise IndexError(f"{len(index)} index(es) for {output.dim() - 1} non-batch axes")
+        for axis, i in enumerate(index):
+            if isinstance(i, int) and not -output.shape[axis + 1] <= i < output.shape[axis + 1]:
+                raise IndexError(f"index {i} is out of range for axis {axis + 1} of size {output.shape[axis + 1]}")
+        return output[(slice(None), *index)]
+
+    return select
 
 
 class DeepLiftEngine:
@@ -181,6 +246,8 @@ class DeepLiftEngine:
                     for x, a, i in zip(xs, attributed, integer)]
             with torch.enable_grad():
                 out = _pick(self._forward(module, live), output)
+                if out.dim() == 0:
+                    targets.select(out)  # raises: no value per example
                 if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
                     raise ReferenceShapeMismatch("output")
                 value = targets.select(out[:keep]) if out.shape[0] != keep else targets.select(out)

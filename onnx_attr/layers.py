@@ -76,19 +76,39 @@ def tensor_as_input(model, name: str, example: Tensor):
     """The model with tensor `name` fed from outside: a new first input named `name` replaces it,
     the original inputs follow (for the paths that bypass it). Attributing that first input with
     any method is layer attribution; `example` gives the shape and dtype when inference did not."""
+    return tensors_as_inputs(model, [name], [example])
+
+
+def tensors_as_inputs(model, names: Sequence[str], examples: Sequence[Tensor]):
+    """`tensor_as_input` for several tensors at once: they become the first inputs, in order."""
     module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
-    node = tensor_node(module, name)
     first = next(n for n in module.graph.nodes if n.op == "placeholder")
-    with module.graph.inserting_before(first):
-        fed = module.graph.placeholder("layer_input")
-    fed.meta["onnx_tensor"] = name
-    node.replace_all_uses_with(fed)
+    specs = []
+    for index, (name, example) in enumerate(zip(names, examples)):
+        node = tensor_node(module, name)
+        with module.graph.inserting_before(first):
+            fed = module.graph.placeholder("layer_input" if index == 0 else f"layer_input_{index}")
+        fed.meta["onnx_tensor"] = name
+        node.replace_all_uses_with(fed)
+        spec = _spec(model, name, example)
+        if not spec.differentiable:
+            raise InputError(f"tensor {name!r} is {spec.dtype}: only floating tensors can be attributed")
+        specs.append(spec)
     module.graph.eliminate_dead_code()
     module.recompile()
-    spec = _spec(model, name, example)
-    if not spec.differentiable:
-        raise InputError(f"tensor {name!r} is {spec.dtype}: only floating tensors can be attributed")
-    return model.with_module(module, inputs=[spec, *model.inputs])
+    return model.with_module(module, inputs=[*specs, *model.inputs])
+
+
+def embedding_lookups(model) -> dict[str, list[str]]:
+    """Integer input name -> the ONNX tensors that look it up in a constant table (Gather): where
+    token ids are attributed, as DeepLift's engine finds them."""
+    from .rewrite import _embedding_taps
+
+    found: dict[str, list[str]] = {}
+    for node, input_name in _embedding_taps(model.module, model.inputs).items():
+        if "onnx_tensor" in node.meta:
+            found.setdefault(input_name, []).append(node.meta["onnx_tensor"])
+    return found
 
 
 def tensor_values(model, names: Sequence[str], inputs: Sequence[Tensor]) -> list[Tensor]:

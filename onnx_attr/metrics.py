@@ -9,6 +9,7 @@ contract, so the same perturbations under the same seed give the same numbers.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -33,12 +34,15 @@ def gaussian_perturbation(stdev: float = 0.1, multiply_by_inputs: bool = True) -
     does, so that I·φ estimates f(x) - f(x - I) for both kinds.
     """
 
-    def perturb(inputs: Sequence[Tensor], baselines: Sequence[Tensor]):
-        noise = [torch.randn_like(x) * stdev for x in inputs]
-        perturbed = [x - n for x, n in zip(inputs, noise)]
-        if not multiply_by_inputs:
-            return noise, perturbed
-        return [_safe_div(n, x - b) for n, x, b in zip(noise, inputs, baselines)], perturbed
+    def perturb(inputs: Any, baselines: Any = 0.0):
+        single = isinstance(inputs, Tensor)
+        xs = _tensors(inputs)
+        bs = [baselines] * len(xs) if isinstance(baselines, (Tensor, int, float)) else list(baselines)
+        noise = [torch.randn_like(x) * stdev for x in xs]
+        perturbed = [x - n for x, n in zip(xs, noise)]
+        if multiply_by_inputs:
+            noise = [_safe_div(n, x - b) for n, x, b in zip(noise, xs, bs)]
+        return (noise[0], perturbed[0]) if single else (tuple(noise), tuple(perturbed))
 
     return perturb
 
@@ -47,29 +51,60 @@ def _safe_div(a: Tensor, b: Tensor) -> Tensor:
     return a / torch.where(b == 0, torch.ones_like(b), b)
 
 
-def infidelity(model, attributions: Any, inputs: Any, *, target: Any = None, baselines: Any = None,
-               perturb_func: Optional[PerturbFunc] = None, n_perturb_samples: int = 10, normalize: bool = False,
-               additional_forward_args: Any = None, output: Union[str, int, None] = None) -> Tensor:
+def infidelity(model, perturb_func_or_attributions: Any, inputs: Any, attributions: Any = None,
+               baselines: Any = None, additional_forward_args: Any = None, target: Any = None,
+               n_perturb_samples: int = 10, max_examples_per_batch: Optional[int] = None, normalize: bool = False,
+               *, perturb_func: Optional[PerturbFunc] = None, output: Union[str, int, None] = None) -> Tensor:
     """E_I[(I·φ(x) - (f(x) - f(x - I)))²] per example: how well the attributions predict the
     output's response to perturbations (lower is better).
 
-    `perturb_func(inputs, baselines) -> (perturbations, perturbed_inputs)` takes and returns lists
-    of tensors (one per attributed input, each repeated `n_perturb_samples` times per example);
-    the default is `gaussian_perturbation()`. With `normalize`, φ is first scaled by the
-    least-squares factor β, so the value does not depend on the attributions' scale.
+    Called as Captum calls it, `infidelity(model, perturb_func, inputs, attributions, baselines,
+    additional_forward_args, target, n_perturb_samples, max_examples_per_batch, normalize)`, or
+    as `infidelity(model, attributions, inputs, perturb_func=..., ...)` (default perturbation:
+    `gaussian_perturbation()`). `perturb_func` gets the inputs repeated `n_perturb_samples` times
+    per example (a tensor for one input, a tuple for several) and, if it takes two arguments, the
+    baselines repeated alike; it returns (perturbations, perturbed inputs) in the same form. With
+    `normalize`, φ is first scaled by the least-squares factor β, so the value does not depend on
+    the attributions' scale.
     """
-    if n_perturb_samples < 1:
-        raise InputError(f"n_perturb_samples must be at least 1, got {n_perturb_samples}")
+    if callable(perturb_func_or_attributions) and not isinstance(perturb_func_or_attributions, (Tensor, np.ndarray)):
+        if perturb_func is not None:
+            raise InputError("perturb_func given twice (positionally and by name)")
+        perturb_func = perturb_func_or_attributions
+        if attributions is None:
+            raise InputError("infidelity needs the attributions to score")
+    else:
+        if attributions is not None:
+            raise InputError("attributions given twice: call infidelity(model, perturb_func, inputs, attributions) "
+                             "or infidelity(model, attributions, inputs, perturb_func=...)")
+        attributions = perturb_func_or_attributions
+    if not isinstance(n_perturb_samples, (int, np.integer)) or n_perturb_samples < 1:
+        raise InputError(f"n_perturb_samples must be a positive int, got {n_perturb_samples!r}")
+    if max_examples_per_batch is not None and (not isinstance(max_examples_per_batch, (int, np.integer))
+                                               or max_examples_per_batch < 1):
+        raise InputError(f"max_examples_per_batch must be a positive int, got {max_examples_per_batch!r}")
+    if perturb_func is not None and not callable(perturb_func):
+        raise InputError(f"perturb_func must be callable, got {type(perturb_func).__name__}")
     prepared, n, index = _prepared(model, inputs, baselines, additional_forward_args, output)
     phi = _matching(attributions, prepared)
     s = n_perturb_samples
-    repeated = [t.repeat_interleave(s, 0) if t.shape[0] == n else t for t in prepared.tensors]
+    repeated = [t.repeat_interleave(s, 0) if t.dim() and t.shape[0] == n else t for t in prepared.tensors]
     chosen = [i for i, a in enumerate(prepared.attributed) if a]
-    bases = [prepared.baselines[i] for i in chosen]
+    bases = [prepared.baselines[i].repeat_interleave(s, 0) if prepared.baselines[i].shape[0] == n > 1
+             else prepared.baselines[i] for i in chosen]
     perturb = perturb_func or gaussian_perturbation()
-    perturbations, perturbed = perturb([repeated[i] for i in chosen], bases)
-    perturbations, perturbed = list(_tensors(perturbations)), list(_tensors(perturbed))
-    if len(perturbed) != len(chosen) or any(p.shape != repeated[i].shape for p, i in zip(perturbed, chosen)):
+    given = [repeated[i] for i in chosen]
+    args = [given[0] if len(given) == 1 else tuple(given)]
+    if _arity(perturb) > 1:
+        args.append(bases[0] if len(bases) == 1 else tuple(bases))
+    result = perturb(*args)
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise InputError("perturb_func must return (perturbations, perturbed inputs)")
+    perturbations, perturbed = list(_tensors(result[0])), list(_tensors(result[1]))
+    if len(perturbed) != len(chosen) or len(perturbations) != len(chosen) or any(
+            torch.broadcast_shapes(p.shape, repeated[i].shape) != repeated[i].shape
+            for p, i in zip(perturbations, chosen)) or any(p.shape != repeated[i].shape
+                                                            for p, i in zip(perturbed, chosen)):
         raise InputError("perturb_func must return one perturbation and one perturbed input per attributed "
                          "input, each of the repeated inputs' shape")
     fed = list(repeated)
@@ -88,38 +123,65 @@ def infidelity(model, attributions: Any, inputs: Any, *, target: Any = None, bas
     return ((beta[:, None] * dot - change) ** 2).mean(1)
 
 
+def _arity(func: Callable) -> int:
+    """Positional parameters a perturbation function takes (2 when it cannot be read)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
 def uniform_perturbation(radius: float = 0.02) -> PerturbFunc:
     """Uniform noise in the L∞ ball of `radius` (Yeh et al.'s and Captum's default)."""
 
-    def perturb(inputs: Sequence[Tensor]) -> list[Tensor]:
-        return [x + torch.empty(x.shape, dtype=torch.float32).uniform_(-radius, radius).to(x) for x in inputs]
+    def perturb(inputs: Any) -> Any:
+        moved = [x + torch.empty(x.shape, dtype=torch.float32).uniform_(-radius, radius).to(x)
+                 for x in _tensors(inputs)]
+        return moved[0] if isinstance(inputs, Tensor) else tuple(moved)
 
     return perturb
 
 
-def sensitivity_max(method, inputs: Any, *, perturb_func: Optional[PerturbFunc] = None, perturb_radius: float = 0.02,
-                    n_perturb_samples: int = 10, norm_ord: Union[str, float] = "fro", **attribute_kwargs: Any
-                    ) -> Tensor:
+def sensitivity_max(method, inputs: Any, perturb_func: Optional[PerturbFunc] = None, perturb_radius: float = 0.02,
+                    n_perturb_samples: int = 10, norm_ord: Union[str, float] = "fro",
+                    max_examples_per_batch: Optional[int] = None, **attribute_kwargs: Any) -> Tensor:
     """max over perturbed inputs x' of ‖φ(x') - φ(x)‖ / ‖φ(x)‖ per example: how much the
     explanation moves under input noise no larger than `perturb_radius` (lower is steadier).
 
-    `method` is an attribution object (`onnx_attr.DeepLift(model)`, ...); `attribute_kwargs` go to
-    its `attribute` (target, baselines, ...). `perturb_func(inputs) -> perturbed inputs` takes
-    the inputs repeated `n_perturb_samples` times per example.
+    `method` is an attribution object (`onnx_attr.DeepLift(model)`, ...) or its `attribute`, as
+    Captum takes it; `attribute_kwargs` go to it (target, baselines, additional_forward_args,
+    ...), repeated with their examples. `perturb_func(inputs[, radius])` takes the inputs repeated
+    `n_perturb_samples` times per example (a tensor for one input, a tuple for several).
     """
+    explain = method.attribute if hasattr(method, "attribute") else method
+    if not callable(explain):
+        raise InputError(f"sensitivity_max needs an attribution method or its attribute function, got "
+                         f"{type(method).__name__}")
+    if not isinstance(n_perturb_samples, (int, np.integer)) or n_perturb_samples < 1:
+        raise InputError(f"n_perturb_samples must be a positive int, got {n_perturb_samples!r}")
+    if perturb_func is not None and not callable(perturb_func):
+        raise InputError(f"perturb_func must be callable, got {type(perturb_func).__name__}")
+    from .methods.noise_tunnel import _repeat_per_example
+
     values, repack = _as_list(inputs)
     tensors = [torch.as_tensor(v) for v in values]
+    if any(t.dim() == 0 for t in tensors):
+        raise InputError("sensitivity_max needs a batch axis on every input (shape [N, ...])")
     n, s = tensors[0].shape[0], n_perturb_samples
     perturb = perturb_func or uniform_perturbation(perturb_radius)
     with torch.no_grad():
-        explained = _flat(method.attribute(repack(tensors), **attribute_kwargs), n)
-        kwargs = dict(attribute_kwargs)
-        kwargs["target"] = _repeat_target(attribute_kwargs.get("target"), n, s)
-        base = kwargs.get("baselines")
-        if isinstance(base, (Tensor, np.ndarray)) and len(base) == n > 1:
-            kwargs["baselines"] = torch.as_tensor(base).repeat_interleave(s, 0)
+        explained = _flat(explain(repack(tensors), **attribute_kwargs), n)
+        kwargs = {key: _repeat_per_example(value, n, s, key) for key, value in attribute_kwargs.items()}
+        if "target" in attribute_kwargs:
+            kwargs["target"] = _repeat_target(attribute_kwargs["target"], n, s)
         repeated = [t.repeat_interleave(s, 0) for t in tensors]
-        moved = _flat(method.attribute(repack(list(_tensors(perturb(repeated)))), **kwargs), n * s)
+        given = repeated[0] if len(repeated) == 1 else tuple(repeated)
+        moved_inputs = perturb(given, perturb_radius) if perturb_func is not None and _arity(perturb) > 1 \
+            else perturb(given)
+        moved = _flat(explain(repack(list(_tensors(moved_inputs))), **kwargs), n * s)
     scale = _norm(explained, norm_ord)
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     ratios = _norm(explained.repeat_interleave(s, 0) - moved, norm_ord) / scale.repeat_interleave(s)

@@ -61,18 +61,33 @@ def test_integrated_gradients_delta_falls_with_steps_and_gauss_legendre_needs_fe
     assert fewest <= 10, delta  # measured: 5 Gauss-Legendre steps (3e-8) beat 50 trapezoid steps (6e-7)
 
 
-def test_integer_inputs_need_deeplift_or_forward_args():
+def test_token_ids_are_attributed_at_their_embedding_lookup():
+    """As DeepLift does: Saliency, InputXGradient and IG on ids attribute the lookup's output and
+    sum over the embedding axis; an integer input feeding no lookup is still refused clearly."""
     import numpy as np
     from onnx import helper
 
     from conftest import FLOAT, INT64, make_model
 
+    table = np.arange(10, dtype=np.float32).reshape(5, 2) / 10
     nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
              helper.make_node("Tanh", ["e"], ["out"], name="t")]
     model = onnx_attr.load(make_model(nodes, [("ids", INT64, ["n", 3])], [("out", FLOAT, ["n", 3, 2])],
-                                      {"table": np.ones((5, 2), np.float32)}))
+                                      {"table": table}))
+    ids = np.array([[1, 2, 4]])
+    e, e0 = table[ids[0]], table[0]
+    grad = 1 - np.tanh(e) ** 2  # d out[0, 1, 1] / d e: only token 1, column 1
+    saliency = onnx_attr.Saliency(model).attribute(ids, target=(1, 1))
+    np.testing.assert_allclose(saliency, [[0.0, grad[1, 1], 0.0]], rtol=1e-6)
+    ixg = onnx_attr.InputXGradient(model).attribute(ids, target=(1, 1))
+    np.testing.assert_allclose(ixg, [[0.0, grad[1, 1] * e[1, 1], 0.0]], rtol=1e-6)
+    ig, delta = onnx_attr.IntegratedGradients(model).attribute(ids, target=(1, 1), return_convergence_delta=True)
+    np.testing.assert_allclose(ig, [[0.0, np.tanh(e[1, 1]) - np.tanh(e0[1]), 0.0]], rtol=1e-5)
+    assert float(delta.abs().max()) < 1e-6
+    cast = [helper.make_node("Cast", ["ids"], ["f"], to=1, name="c"), helper.make_node("Tanh", ["f"], ["out"])]
+    plain = onnx_attr.load(make_model(cast, [("ids", INT64, ["n", 3])], [("out", FLOAT, ["n", 3])]))
     with pytest.raises(onnx_attr.InputError, match="cannot be attributed"):
-        onnx_attr.Saliency(model).attribute(np.array([[1, 2, 3]]), target=(0, 0))
+        onnx_attr.IntegratedGradients(plain).attribute(ids, target=1)
 
 
 def test_trapezoid_rule_is_the_textbook_one():

@@ -40,8 +40,8 @@ def _noise(inputs):  # Captum's undecorated contract: (perturbations, perturbed 
 def test_infidelity_equals_captum(imported, normalize):
     attributions = onnx_attr.Saliency(imported).attribute(X, target=TARGET, abs=False)
     torch.manual_seed(7)
-    ours = infidelity(imported, attributions, X, target=TARGET, n_perturb_samples=16, normalize=normalize,
-                      perturb_func=lambda xs, _: [list(pair) for pair in zip(*map(_noise, xs))])
+    ours = infidelity(imported, _noise, X, attributions, target=TARGET, n_perturb_samples=16,
+                      normalize=normalize)  # Captum's call, unchanged
     torch.manual_seed(7)
     theirs = captum_infidelity(imported.module, _noise, X, attributions, target=TARGET, n_perturb_samples=16,
                                normalize=normalize)

@@ -18,7 +18,24 @@ class Prepared:
     tensors: list[Tensor]  # every model input, in ONNX order, on the model's device
     attributed: list[bool]  # which of them get attributions
     baselines: list[Tensor]  # one per model input (unattributed ones: the input itself)
-    repack: Callable[[list[Tensor]], Any]  # attributions back into the user's structure
+    positions: list[int]  # the attributed inputs' ONNX positions, in the user's order
+    repack_user: Callable[[list], Any]  # per-value results back into the user's structure
+    as_numpy: bool  # numpy in, numpy out
+
+    def repack(self, per_input: list[Tensor]) -> Any:
+        """Attributions (one per input fed) back into the user's structure and array kind."""
+        return self.pack(self.fold(per_input))
+
+    def fold(self, per_input: list) -> list:
+        """Attributions per input fed -> per model input (the same here; see EmbeddedPrepared)."""
+        return per_input
+
+    def pack(self, per_input: list) -> Any:
+        """Attributions per model input back into the user's structure and array kind."""
+        items = [per_input[p] for p in self.positions]
+        if self.as_numpy:
+            items = [t.detach().cpu().numpy() for t in items]
+        return self.repack_user(items)
 
 
 def _as_list(value: Any) -> tuple[list, Callable[[list], Any]]:
@@ -73,6 +90,8 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
             raise InputError(f"input {specs[i].name!r} has no examples (shape {list(tensors[i].shape)}); "
                              "pass at least one")
     attributed = [i in positions for i in range(len(specs))]
+    if not positions:
+        raise InputError(f"no input to attribute: give at least one of {names} as inputs")
     for i in positions:
         if not specs[i].differentiable and specs[i].name not in embedded:
             raise InputError(
@@ -81,14 +100,7 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
             )
     base = _baselines(model, baselines, positions, tensors)
     full = [base.get(i, tensors[i]) for i in range(len(specs))]
-
-    def repack(per_input: list[Tensor]) -> Any:
-        items = [per_input[p] for p in positions]
-        if as_numpy:
-            items = [t.detach().cpu().numpy() for t in items]
-        return repack_user(items)
-
-    return Prepared(tensors, attributed, full, repack)
+    return Prepared(tensors, attributed, full, positions, repack_user, as_numpy)
 
 
 def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor]) -> dict[int, Tensor]:
@@ -96,8 +108,11 @@ def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor
     specs = model.inputs
     if baselines is None:
         return {p: torch.zeros_like(tensors[p][:1]) for p in positions}
-    if isinstance(baselines, (int, float)):
-        return {p: torch.full_like(tensors[p][:1], float(baselines)) for p in positions}
+    if callable(baselines) and not isinstance(baselines, (Tensor, np.ndarray)):
+        raise InputError("a callable baseline is only taken by DeepLiftShap and GradientShap (which draw from a "
+                         "distribution); give a scalar or an array here")
+    if isinstance(baselines, (bool, int, float, np.number)):
+        return {p: _one_baseline(specs[p], baselines, tensors[p]) for p in positions}
     items, _ = _as_list(baselines)
     if isinstance(baselines, Mapping):
         items = [baselines.get(specs[p].name) for p in positions]
@@ -107,18 +122,28 @@ def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor
         raise InputError(f"{len(items)} baseline(s) for {len(positions)} attributed input(s)")
     out = {}
     for p, b in zip(positions, items):
-        x = tensors[p]
-        if isinstance(b, (int, float)):
-            out[p] = torch.full_like(x[:1], float(b))
-            continue
-        b = torch.as_tensor(np.asarray(b) if not isinstance(b, Tensor) else b)
-        if b.dim() == x.dim() - 1:
-            b = b.unsqueeze(0)
-        if b.dim() != x.dim() or b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, x.shape[0]):
-            raise InputError(
-                f"baseline for {specs[p].name!r} has shape {list(b.shape)}; it must be {list(x.shape[1:])} "
-                f"with a batch of 1 or {x.shape[0]} in front"
-            )
-        (checked,) = check_inputs([b], [specs[p]], what="baseline", any_batch=True)
-        out[p] = checked.to(x.device)
+        out[p] = _one_baseline(specs[p], b, tensors[p])
     return out
+
+
+def _one_baseline(spec, b: Any, x: Tensor) -> Tensor:
+    """One input's baseline: a scalar, or an array broadcastable to the input (Captum's rule), kept
+    at batch 1 when it does not vary over examples (so the reference is shared)."""
+    if isinstance(b, (bool, int, float, np.number)):
+        return torch.full_like(x[:1], float(b)) if x.is_floating_point() else torch.full_like(x[:1], int(b))
+    try:
+        b = torch.as_tensor(np.asarray(b) if not isinstance(b, Tensor) else b)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"cannot read the baseline for {spec.name!r} as an array: {err}") from None
+    try:
+        if torch.broadcast_shapes(b.shape, x.shape) != x.shape:
+            raise RuntimeError
+    except RuntimeError:
+        raise InputError(
+            f"baseline for {spec.name!r} has shape {list(b.shape)}, which does not broadcast to the input's shape "
+            f"{list(x.shape)}: give {list(x.shape[1:])} with a batch of 1 or {x.shape[0]} in front, or a scalar"
+        ) from None
+    rows = x.shape[0] if b.dim() == x.dim() and b.shape[0] == x.shape[0] else 1
+    b = b.expand(rows, *x.shape[1:]) if b.dim() == x.dim() else b.expand(1, *x.shape[1:])
+    (checked,) = check_inputs([b.contiguous()], [spec], what="baseline", any_batch=True)
+    return checked.to(x.device)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+import inspect
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -30,8 +33,10 @@ class DeepLift:
     both).
     """
 
-    def __init__(self, model, multiply_by_inputs: bool = True, *, rule: str = "rescale",
+    def __init__(self, model, multiply_by_inputs: bool = True, eps: float = 1e-10, *, rule: str = "rescale",
                  gradient_fallback: bool = False, layers: Sequence[str] = ()):
+        """`eps` is taken for Captum's signature; the rules choose their own dtype-aware floor for
+        near-zero input differences (see docs/architecture.md)."""
         if rule not in NONLINEAR_RULES:
             raise InputError(f"unknown DeepLift rule {rule!r}; use one of {list(NONLINEAR_RULES)}")
         self.model = model
@@ -44,6 +49,11 @@ class DeepLift:
     @property
     def multiplies_by_inputs(self) -> bool:
         return self._multiply_by_inputs
+
+    @property
+    def embedded_inputs(self) -> list[str]:
+        """Integer inputs attributed at their embedding lookups (a Gather of a constant table)."""
+        return list(dict.fromkeys(t.input_name for t in self.engine.rewrite.taps))
 
     def _output_index(self, output: Union[str, int, None]) -> int:
         return output_index(self.model, output)
@@ -86,9 +96,11 @@ class DeepLift:
         # floating inputs: multiplier × Δx; integer ones come back as contributions per token already
         contributions = [m if m is None or not x.is_floating_point() else m * (x - b)
                          for m, x, b in zip(result.multipliers, prepared.tensors, prepared.baselines)]
+        if getattr(self, "_custom", None) is not None:
+            contributions = _custom_attributions(self._custom, result.multipliers, prepared)
         total = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None)
         delta = total - (result.value.double() - result.reference_value.double())
-        attributions = contributions if self._multiply_by_inputs else [
+        attributions = contributions if self._multiply_by_inputs or getattr(self, "_custom", None) else [
             m if m is None or x.is_floating_point() else c
             for m, c, x in zip(result.multipliers, contributions, prepared.tensors)]
         if not all(all_finite(c) for c in contributions if c is not None):
@@ -103,9 +115,13 @@ class DeepLift:
         return prepared, attributions, delta, result, index
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
-                  additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
+                  additional_forward_args: Any = None, return_convergence_delta: bool = False,
+                  custom_attribution_func: Optional[Callable[..., Any]] = None, *,
                   output: Union[str, int, None] = None):
+        """Captum's call; `custom_attribution_func(multipliers[, inputs[, baselines]])` (tuples,
+        one entry per attributed input) replaces multiplier × Δx, and the delta measures its sums."""
         self._nonfinite = None
+        self._custom = _check_custom(custom_attribution_func)
         prepared, attributions, delta, result, index = self._attribute_once(
             inputs, baselines, target, additional_forward_args, output)
         self._report(delta, result.value - result.reference_value, index)
@@ -141,11 +157,16 @@ class DeepLiftShap(DeepLift):
     SHARED_PASS_ELEMENTS = 2**16
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
-                  additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
+                  additional_forward_args: Any = None, return_convergence_delta: bool = False,
+                  custom_attribution_func: Optional[Callable[..., Any]] = None, *,
                   output: Union[str, int, None] = None):
+        """Captum's call. The delta has one entry per (example, baseline) pair, example-major
+        (row i·B + j pairs example i with baseline j), as Captum's; the report's too."""
+        baselines = call_baseline(baselines, inputs)
         if baselines is None:
             raise InputError("DeepLiftShap needs a distribution of baselines (several rows); for one, use DeepLift")
         self._nonfinite = None
+        self._custom = _check_custom(custom_attribution_func)
         prepared_rows = [self._prepare(inputs, row, additional_forward_args) for row in _baseline_rows(baselines)]
         if not prepared_rows:
             raise InputError("DeepLiftShap got an empty distribution of baselines: give at least one row")
@@ -167,8 +188,8 @@ class DeepLiftShap(DeepLift):
             deltas.append(delta.reshape(k, n))
             changes.append((result.value - result.reference_value).reshape(k, n))
         mean = [None if s is None else s / len(rows) for s in sums]
-        delta = torch.cat(deltas).mean(0)
-        self._report(delta, torch.cat(changes).mean(0), index)
+        delta = torch.cat(deltas).T.reshape(-1)  # [B, n] -> example-major pairs
+        self._report(delta, torch.cat(changes).T.reshape(-1), index)
         out = prepared.repack(mean)
         return (out, delta) if return_convergence_delta else out
 
@@ -263,13 +284,86 @@ def _rows_of(prepared, start: int, stop: int, n: int):
 
 def _baseline_rows(baselines: Any) -> list:
     """Split a batch of baselines (tensor/array, tuple of them, or dict) into single-row baselines."""
+    items = list(baselines.values()) if isinstance(baselines, dict) else list(baselines) if isinstance(
+        baselines, (tuple, list)) else [baselines]
+    sizes = set()
+    for item in items:
+        shape = getattr(item, "shape", None)
+        if shape is None or len(shape) == 0:
+            raise InputError("DeepLiftShap needs a distribution of baselines: an array (or one per input) with the "
+                             f"baseline rows on axis 0, not {type(item).__name__ if shape is None else 'a 0-d array'}")
+        sizes.add(shape[0])
+    if len(sizes) > 1:
+        raise InputError(f"the baseline distributions have different numbers of rows {sorted(sizes)}: each input "
+                         "needs the same number (row j of each makes baseline j)")
+    n = sizes.pop()
     if isinstance(baselines, dict):
-        n = len(next(iter(baselines.values())))
         return [{k: v[i:i + 1] for k, v in baselines.items()} for i in range(n)]
     if isinstance(baselines, (tuple, list)):
-        n = len(baselines[0])
         return [type(baselines)(b[i:i + 1] for b in baselines) for i in range(n)]
-    return [baselines[i:i + 1] for i in range(len(baselines))]
+    return [baselines[i:i + 1] for i in range(n)]
+
+
+def _numpy_given(inputs: Any) -> bool:
+    """numpy in, numpy out: every value the user gave is a numpy array."""
+    items = list(inputs.values()) if isinstance(inputs, dict) else list(inputs) if isinstance(
+        inputs, (tuple, list)) else [inputs]
+    return bool(items) and all(isinstance(v, np.ndarray) for v in items)
+
+
+def call_baseline(baselines: Any, inputs: Any) -> Any:
+    """Captum's callable baselines: called with no argument, or with the inputs; the result checked later."""
+    if not callable(baselines) or isinstance(baselines, (Tensor, np.ndarray)):
+        return baselines
+    try:
+        takes = len(inspect.signature(baselines).parameters)
+    except (TypeError, ValueError):
+        takes = 1
+    return baselines() if takes == 0 else baselines(inputs)
+
+
+def _check_custom(func: Optional[Callable[..., Any]]) -> Optional[Callable[..., Any]]:
+    if func is None:
+        return None
+    if not callable(func):
+        raise InputError(f"custom_attribution_func must be callable, got {type(func).__name__}")
+    try:
+        takes = len(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        takes = 3
+    if takes not in (1, 2, 3):
+        raise InputError(f"custom_attribution_func takes {takes} argument(s); it must take 1 to 3: multipliers, "
+                         "inputs, baselines")
+    return func
+
+
+def _custom_attributions(func: Callable[..., Any], multipliers: list, prepared) -> list:
+    """Captum's contract: tuples over the attributed inputs, as many arguments as the function takes."""
+    chosen = [i for i, a in enumerate(prepared.attributed) if a]
+    m = tuple(multipliers[i] for i in chosen)
+    x = tuple(prepared.tensors[i] for i in chosen)
+    b = tuple(prepared.baselines[i].expand_as(prepared.tensors[i]) for i in chosen)
+    takes = len(inspect.signature(func).parameters) if _has_signature(func) else 3
+    out = func(*(m, x, b)[:takes])
+    items = [out] if isinstance(out, Tensor) else list(out) if isinstance(out, (tuple, list)) else None
+    if items is None or len(items) != len(chosen) or not all(isinstance(t, Tensor) for t in items):
+        raise InputError(f"custom_attribution_func must return one tensor per attributed input ({len(chosen)}), "
+                         f"got {type(out).__name__}")
+    result: list = [None] * len(multipliers)
+    for i, t in zip(chosen, items):
+        if t.shape != prepared.tensors[i].shape and t.shape != multipliers[i].shape:
+            raise InputError(f"custom_attribution_func returned shape {list(t.shape)} for an input of shape "
+                             f"{list(prepared.tensors[i].shape)}")
+        result[i] = t
+    return result
+
+
+def _has_signature(func) -> bool:
+    try:
+        inspect.signature(func)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 class LayerDeepLift(DeepLift):
@@ -287,8 +381,15 @@ class LayerDeepLift(DeepLift):
                          layers=self.layers)
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
-                  additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
-                  output: Union[str, int, None] = None):
+                  additional_forward_args: Any = None, return_convergence_delta: bool = False,
+                  attribute_to_layer_input: bool = False, custom_attribution_func: Optional[Callable[..., Any]] = None,
+                  *, output: Union[str, int, None] = None):
+        from .layer import refuse_layer_input
+
+        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        if custom_attribution_func is not None:
+            raise InputError("custom_attribution_func is taken by DeepLift and DeepLiftShap; LayerDeepLift gives "
+                             "multipliers with multiply_by_inputs=False, to combine as you need")
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
         n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
@@ -299,6 +400,8 @@ class LayerDeepLift(DeepLift):
         delta = total - (result.value.double() - result.reference_value.double())
         self._report(delta, result.value - result.reference_value, index)
         self.last_report["layers"] = self.layers
-        attributions = contributions if self._multiply_by_inputs else [m for m, _ in result.layers]
+        attributions = contributions if self._multiply_by_inputs or getattr(self, "_custom", None) else [m for m, _ in result.layers]
+        if _numpy_given(inputs):
+            attributions = [a.detach().cpu().numpy() for a in attributions]
         out = attributions[0] if len(attributions) == 1 else attributions
         return (out, delta) if return_convergence_delta else out

@@ -7,7 +7,8 @@ attributed by these methods; pass them as `additional_forward_args`.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -15,21 +16,35 @@ from torch import Tensor
 
 from ..engine import Targets
 from ..errors import InputError
-from ._inputs import _as_list, prepare
+from ..layers import embedding_lookups, tensor_values, tensors_as_inputs
+from ._inputs import Prepared, _as_list, prepare
 from .deeplift import method_report, output_index
 
 
 class _GradientMethod:
     def __init__(self, model, **_: Any):
         self.model = model
+        self.active = model  # what the passes run on: the model, or its embedding view for token ids
         self.last_report: dict = {}
+        self._lookups: Optional[dict[str, list[str]]] = None
 
     def _output_index(self, output: Union[str, int, None]) -> int:
         return output_index(self.model, output)
 
+    @property
+    def embedded_inputs(self) -> list[str]:
+        """Integer inputs attributed at their embedding lookups (a Gather of a constant table)."""
+        if self._lookups is None:
+            self._lookups = embedding_lookups(self.model) if any(
+                not s.differentiable for s in self.model.inputs) else {}
+        return list(self._lookups)
+
     def _prepare(self, inputs, baselines, additional_forward_args):
-        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set())
+        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs))
         n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        self.active = self.model
+        if any(a and not t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)):
+            self.active, prepared = at_embeddings(self.model, self._lookups, prepared, n)
         return prepared, n
 
     def _gradients(self, tensors: list[Tensor], attributed: list[bool], targets: Targets, output: int
@@ -37,7 +52,7 @@ class _GradientMethod:
         """d out[target] / d input for each attributed input, and the selected outputs."""
         live = [t.detach().requires_grad_(True) if a else t for t, a in zip(tensors, attributed)]
         with torch.enable_grad():
-            out = self.model(*live)
+            out = self.active(*live)
             out = out[output] if isinstance(out, (tuple, list)) else out
             value = targets.select(out)
             wanted = [t for t, a in zip(live, attributed) if a]
@@ -49,23 +64,83 @@ class _GradientMethod:
         return result, value.detach()
 
     def _value(self, tensors, targets, index) -> Tensor:
-        return target_values(self.model, tensors, targets, index)
+        return target_values(self.active, tensors, targets, index)
+
+    @staticmethod
+    def _used_lookups(prepared) -> dict[str, list[str]]:
+        return dict(getattr(prepared, "lookups", {}))
 
 
 def target_values(model, tensors: list[Tensor], targets: Targets, index: int) -> Tensor:
     """out[target] per example without gradients, fed in the export's fixed batch size if it has one."""
     n = len(targets.rows)
-    expanded = [t.expand(n, *t.shape[1:]) if t.shape[0] == 1 and n > 1 else t for t in tensors]
+    expanded = [t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t for t in tensors]
     fixed = model.inputs[0].shape[0] if model.inputs[0].shape and isinstance(model.inputs[0].shape[0], int) else None
     size = fixed or n
     values = []
     with torch.no_grad():
         for start in range(0, n, size):
             stop = min(start + size, n)
-            out = model(*[_pad_rows(t[start:stop], size) for t in expanded])
+            out = model(*[_pad_rows(t[start:stop], size) if t.dim() and t.shape[0] == n else t for t in expanded])
             out = out[index] if isinstance(out, (tuple, list)) else out
-            values.append(targets.chunk(start, stop).select(out[:stop - start]))
+            values.append(targets.chunk(start, stop).select(out[:stop - start] if out.dim() else out))
     return torch.cat(values)
+
+
+
+@dataclass
+class EmbeddedPrepared(Prepared):
+    """Inputs for a model whose embedding lookups are fed from outside: the lookups' outputs come
+    first (attributed), then the original inputs (token ids unattributed, as masks and positions
+    still read them). `repack` sums each lookup's attributions over its embedding axis and over the
+    lookups of the same ids, giving one value per token, as DeepLift does."""
+
+    original: Optional[Prepared] = None
+    lookups: dict = field(default_factory=dict)  # input name -> tensor names, in the order fed
+    names: list = field(default_factory=list)  # the model's input names
+
+    def fold(self, per_input: list) -> list:
+        k = sum(len(v) for v in self.lookups.values())
+        own = list(per_input[k:])
+        index = 0
+        for name, tensors in self.lookups.items():
+            position = self.names.index(name)
+            parts = per_input[index:index + len(tensors)]
+            index += len(tensors)
+            token_shape = tuple(self.original.tensors[position].shape[1:])
+            total = None
+            for tensor, part in zip(tensors, parts):
+                if part is None:
+                    continue
+                if tuple(part.shape[1:-1]) != token_shape:
+                    raise InputError(f"the embedding lookup {tensor!r} of {name!r} has shape {list(part.shape)}, "
+                                     f"not the ids' shape {list(self.original.tensors[position].shape)} plus an "
+                                     "embedding axis: its attributions cannot be given per token")
+                total = part.sum(-1) if total is None else total + part.sum(-1)
+            own[position] = total
+        return own
+
+
+def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: int) -> tuple[Any, Prepared]:
+    """The model with the lookups of the attributed token-id inputs fed from outside, and the
+    inputs for it: the lookups' outputs for the ids (attributed) and for the baseline ids."""
+    ids = [i for i, (t, a) in enumerate(zip(prepared.tensors, prepared.attributed))
+           if a and not t.is_floating_point()]
+    names = [s.name for s in model.inputs]
+    chosen = {names[i]: lookups[names[i]] for i in ids}
+    tensors = [t for ts in chosen.values() for t in ts]
+    reference = [b.expand(n, *b.shape[1:]) if a and b.shape[0] == 1 and n > 1 else b
+                 for b, a in zip(prepared.baselines, prepared.attributed)]
+    h = tensor_values(model, tensors, prepared.tensors)
+    h0 = tensor_values(model, tensors, reference)
+    view = tensors_as_inputs(model, tensors, h)
+    floats = [a and t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)]
+    embedded = EmbeddedPrepared(
+        tensors=[*h, *prepared.tensors], attributed=[True] * len(h) + floats,
+        baselines=[*h0, *[b if f else t for t, b, f in zip(prepared.tensors, prepared.baselines, floats)]],
+        positions=prepared.positions, repack_user=prepared.repack_user, as_numpy=prepared.as_numpy,
+        original=prepared, lookups=chosen, names=names)
+    return view, embedded
 
 
 class Saliency(_GradientMethod):
@@ -134,8 +209,8 @@ class IntegratedGradients(_GradientMethod):
         index = self._output_index(output)
         targets = Targets(target, n)
         points, weights = integration_rule(method, n_steps)
-        fixed = self.model.inputs[0].shape[0] if self.model.inputs[0].shape and isinstance(
-            self.model.inputs[0].shape[0], int) else None
+        first = self.active.inputs[0]
+        fixed = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
         rows = fixed or internal_batch_size or n * n_steps
         if rows < n and fixed is None:
             raise InputError(f"internal_batch_size {rows} is below the batch of {n}")
@@ -146,11 +221,10 @@ class IntegratedGradients(_GradientMethod):
                  zip(prepared.tensors, prepared.baselines, prepared.attributed)]
         for start in range(0, n_steps, steps_per_chunk or 1):
             chunk = range(start, min(n_steps, start + (steps_per_chunk or 1)))
-            scaled = [t.repeat(len(chunk), *([1] * (t.dim() - 1))) if not a else torch.cat(
+            scaled = [_repeat_rows(t, len(chunk), n) if not a else torch.cat(
                 [b + float(points[k]) * d for k in chunk]) for t, b, d, a in
                 zip(prepared.tensors, prepared.baselines, diffs, prepared.attributed)]
-            step_targets = Targets.__new__(Targets)
-            step_targets.rows = targets.rows * len(chunk)
+            step_targets = targets.repeat(len(chunk))
             grads = self._chunked_gradients(scaled, prepared.attributed, step_targets, index, fixed)
             for i, g in enumerate(grads):
                 if g is not None:
@@ -165,7 +239,7 @@ class IntegratedGradients(_GradientMethod):
         delta = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None) - (
             value.double() - reference.double())
         self.last_report = {**method_report(self.model, "IntegratedGradients", delta, value - reference, index),
-                            "n_steps": n_steps, "rule": method}
+                            "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared)}
         out = prepared.repack(attributions)
         return (out, delta) if return_convergence_delta else out
 
@@ -176,12 +250,35 @@ class IntegratedGradients(_GradientMethod):
         parts = []
         for start in range(0, total, fixed):
             stop = min(start + fixed, total)
-            chunk = [_pad_rows(t[start:stop], fixed) for t in tensors]
-            sub = Targets.__new__(Targets)
-            sub.rows = targets.rows[start:stop] + [targets.rows[stop - 1]] * (fixed - (stop - start))
+            chunk = [_pad_rows(t[start:stop], fixed) if t.dim() and t.shape[0] == total else t for t in tensors]
+            sub = targets._of(targets.rows[start:stop] + [targets.rows[stop - 1]] * (fixed - (stop - start)))
             grads, _ = self._gradients(chunk, attributed, sub, index)
             parts.append([None if g is None else g[:stop - start] for g in grads])
         return [None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(len(tensors))]
+
+def _as_tensor(value: Any, what: str) -> Tensor:
+    try:
+        return value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"cannot read the {what} as an array: {err}") from None
+
+
+def _distribution(b: Any) -> Tensor:
+    """A baseline distribution: rows on axis 0 to draw from."""
+    if isinstance(b, (bool, int, float, np.number)) or getattr(b, "ndim", 1) == 0:
+        raise InputError("GradientShap draws baselines from a distribution: give an array with the baseline rows on "
+                         "axis 0 (or a callable returning one), not a scalar")
+    b = _as_tensor(b, "baseline distribution")
+    if len(b) == 0:
+        raise InputError("the baseline distribution is empty: give at least one row")
+    return b
+
+
+def _repeat_rows(t: Tensor, times: int, n: int) -> Tensor:
+    """A per-example tensor (n rows) repeated `times` times along axis 0; shared ones (0-d, batch 1
+    when n > 1) stay as they are."""
+    return t.repeat(times, *[1] * (t.dim() - 1)) if t.dim() and t.shape[0] == n else t
+
 
 def _pad_rows(t: Tensor, size: int) -> Tensor:
     return t if t.shape[0] == size else torch.cat([t, t[-1:].expand(size - t.shape[0], *t.shape[1:])])
@@ -202,17 +299,37 @@ class GradientShap(_GradientMethod):
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
                   output: Union[str, int, None] = None):
+        from .deeplift import call_baseline
         from .noise_tunnel import _add_noise, _repeat_target
 
         values, repack = _as_list(inputs)
-        pool, _ = _as_list(baselines)
+        as_numpy = all(isinstance(v, np.ndarray) for v in values)
+        baselines = call_baseline(baselines, inputs)
+        if isinstance(baselines, Mapping) and isinstance(inputs, Mapping):
+            missing = [k for k in inputs if k not in baselines]
+            if missing:
+                raise InputError(f"baselines name no distribution for input(s) {missing}")
+            pool = [baselines[k] for k in inputs]
+        else:
+            pool, _ = _as_list(baselines)
         if len(pool) != len(values):
             raise InputError(f"{len(pool)} baseline distribution(s) for {len(values)} input(s)")
-        n = len(values[0])
-        drawn = [torch.as_tensor(np.asarray(b))[np.random.choice(len(b), n_samples * n).tolist()] for b in pool]
+        if n_samples < 1:
+            raise InputError(f"n_samples must be at least 1, got {n_samples}")
+        pool = [_distribution(b) for b in pool]
+        tensors = [_as_tensor(v, "input") for v in values]
+        if any(t.dim() == 0 for t in tensors):
+            raise InputError("GradientShap needs a batch axis on every input (shape [N, ...])")
+        n = len(tensors[0])
+        drawn = [b[np.random.choice(len(b), n_samples * n).tolist()] for b in pool]
         spread = [stdevs] * len(values) if isinstance(stdevs, (int, float)) else list(stdevs)
-        noisy = [_add_noise(torch.as_tensor(np.asarray(v)), s, n_samples) for v, s in zip(values, spread)]
+        if len(spread) != len(values):
+            raise InputError(f"{len(spread)} stdevs for {len(values)} input(s)")
+        # token ids and flags are not noised (their embedding is what gets attributed)
+        noisy = [_add_noise(t, s, n_samples) if t.is_floating_point() else t.repeat_interleave(n_samples, 0)
+                 for t, s in zip(tensors, spread)]
         prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args)
+        prepared.as_numpy = as_numpy
         alpha = torch.tensor(np.random.uniform(0.0, 1.0, rows), dtype=prepared.tensors[0].dtype)
         scaled = [t if not a else b + alpha.reshape(-1, *[1] * (t.dim() - 1)).to(t.device) * (t - b)
                   for t, b, a in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
@@ -227,6 +344,7 @@ class GradientShap(_GradientMethod):
         # one random path point per row: the delta measures that estimate, not a quadrature error
         self.last_report = {**method_report(self.model, "GradientShap", delta, change, index),
                             "n_samples": n_samples, "warnings": []}  # its delta is not expected to vanish
-        averaged = [None if a is None else a.reshape(n, n_samples, *a.shape[1:]).mean(1) for a in per_row]
-        out = prepared.repack(averaged)
+        averaged = [None if a is None else a.reshape(n, n_samples, *a.shape[1:]).mean(1)
+                    for a in prepared.fold(per_row)]
+        out = prepared.pack(averaged)
         return (out, delta) if return_convergence_delta else out

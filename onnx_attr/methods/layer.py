@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+from ..errors import InputError
 from ..layers import tensor_as_input, tensor_as_output, tensor_values
 from ._inputs import prepare
 from .deeplift import DeepLift
 from .gradient import IntegratedGradients
+
+
+def refuse_layer_input(asked: bool, name: str) -> None:
+    """Captum's `attribute_to_layer_input`: a layer here is an ONNX tensor, so its input is
+    another tensor, to be named itself. False (Captum's default) is accepted as is."""
+    if asked:
+        raise InputError(f"{name}=True: layers are ONNX tensors here, so name the tensor that feeds the layer "
+                         "(`onnx-attr inspect --json` lists them) and keep this False")
 
 
 class LayerIntegratedGradients:
@@ -32,7 +41,9 @@ class LayerIntegratedGradients:
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
-                  return_convergence_delta: bool = False, *, output: Union[str, int, None] = None):
+                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False, *,
+                  output: Union[str, int, None] = None):
+        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
         (h,) = tensor_values(self.model, [self.layer], prepared.tensors)
@@ -43,6 +54,8 @@ class LayerIntegratedGradients:
                                            internal_batch_size=internal_batch_size, return_convergence_delta=True,
                                            output=output)
         self.last_report = {**ig.last_report, "method": "LayerIntegratedGradients", "layer": self.layer}
+        if prepared.as_numpy:
+            attributions = attributions.detach().cpu().numpy()
         return (attributions, delta) if return_convergence_delta else attributions
 
 
@@ -60,11 +73,15 @@ class _NeuronMethod:
     def last_report(self) -> dict:
         return {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
 
-    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
-                  return_convergence_delta: bool = False, **options: Any):
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return getattr(self.inner, "multiplies_by_inputs", False)
+
+    def _attribute(self, inputs: Any, neuron_selector: Any, baselines: Any, additional_forward_args: Any,
+                   attribute_to_neuron_input: bool, **options: Any):
+        refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
         return self.inner.attribute(inputs, baselines=baselines, target=neuron_selector,
-                                    additional_forward_args=additional_forward_args,
-                                    return_convergence_delta=return_convergence_delta, **options)
+                                    additional_forward_args=additional_forward_args, **options)
 
 
 class NeuronDeepLift(_NeuronMethod):
@@ -72,8 +89,25 @@ class NeuronDeepLift(_NeuronMethod):
 
     method = DeepLift
 
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
+                  attribute_to_neuron_input: bool = False, custom_attribution_func: Any = None, *,
+                  return_convergence_delta: bool = False, **options: Any):
+        """Captum's argument order; the delta (keyword only) is ours."""
+        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
+                               custom_attribution_func=custom_attribution_func,
+                               return_convergence_delta=return_convergence_delta, **options)
+
 
 class NeuronIntegratedGradients(_NeuronMethod):
     """Integrated gradients of one hidden unit (`n_steps`, `method` as for IntegratedGradients)."""
 
     method = IntegratedGradients
+
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
+                  n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
+                  attribute_to_neuron_input: bool = False, *, return_convergence_delta: bool = False,
+                  **options: Any):
+        """Captum's argument order; the delta (keyword only) is ours."""
+        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
+                               n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
+                               return_convergence_delta=return_convergence_delta, **options)

@@ -1,12 +1,15 @@
 """NoiseTunnel: smoothgrad, smoothgrad_sq and vargrad around any attribution method.
 
 The noise is drawn as Captum draws it (per input, in order, one `torch.normal` over the inputs
-repeated `nt_samples` times each), so under the same torch seed the two agree exactly.
+repeated `nt_samples` times each, one draw per batch of `nt_samples_batch_size` samples), so
+under the same torch seed the two agree exactly. Whatever rides along per example (per-example
+baselines, targets, additional forward args, feature masks) is repeated with its example.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+import inspect
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -17,40 +20,84 @@ from ._inputs import _as_list
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
+#: Keyword arguments of the wrapped method that hold per-example values to repeat with the inputs.
+PER_EXAMPLE = ("baselines", "additional_forward_args", "feature_mask")
+
 
 class NoiseTunnel:
     def __init__(self, method):
         self.method = method
         self.model = method.model
 
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return getattr(self.method, "multiplies_by_inputs", False)
+
     def attribute(self, inputs: Any, nt_type: str = "smoothgrad", nt_samples: int = 5,
-                  stdevs: Union[float, Sequence[float]] = 1.0, target: Any = None, **kwargs: Any):
+                  nt_samples_batch_size: Optional[int] = None, stdevs: Union[float, Sequence[float]] = 1.0,
+                  draw_baseline_from_distrib: bool = False, **kwargs: Any):
+        """Captum's call. With `return_convergence_delta=True` the result is (attributions, delta),
+        the delta of every noisy sample (N × nt_samples, example-major within each batch of samples,
+        batches in order), as Captum gives it."""
         if nt_type not in NT_TYPES:
             raise InputError(f"unknown nt_type {nt_type!r}; use one of {list(NT_TYPES)}")
-        if nt_samples < 1:
-            raise InputError(f"nt_samples must be at least 1, got {nt_samples}")
+        if not isinstance(nt_samples, (int, np.integer)) or nt_samples < 1:
+            raise InputError(f"nt_samples must be a positive int, got {nt_samples!r}")
+        batch = nt_samples if nt_samples_batch_size is None else nt_samples_batch_size
+        if not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise InputError(f"nt_samples_batch_size must be a positive int, got {nt_samples_batch_size!r}")
+        batch = min(int(batch), int(nt_samples))
+        wants_delta = bool(kwargs.get("return_convergence_delta"))
+        if wants_delta and "return_convergence_delta" not in inspect.signature(self.method.attribute).parameters:
+            raise InputError(f"{type(self.method).__name__} has no convergence delta; call without "
+                             "return_convergence_delta")
         values, repack = _as_list(inputs)
         as_numpy = all(isinstance(v, np.ndarray) for v in values)
-        tensors = [torch.as_tensor(v) for v in values]
+        tensors = [_tensor(v, "input") for v in values]
+        if any(t.dim() == 0 for t in tensors):
+            raise InputError("NoiseTunnel needs a batch axis on every input (shape [N, ...])")
         spread = [stdevs] * len(tensors) if isinstance(stdevs, (int, float)) else list(stdevs)
-        if len(spread) != len(tensors):
-            raise InputError(f"{len(spread)} stdevs for {len(tensors)} input(s)")
+        if len(spread) != len(tensors) or not all(isinstance(s, (int, float)) and s >= 0 for s in spread):
+            raise InputError(f"stdevs {stdevs!r} must be one non-negative number, or one per input ({len(tensors)})")
         n = tensors[0].shape[0]
-        noisy = [_add_noise(t, s, nt_samples) if t.is_floating_point() else t.repeat_interleave(nt_samples, 0)
-                 for t, s in zip(tensors, spread)]
-        if isinstance(kwargs.get("baselines"), (Tensor, np.ndarray)) and len(kwargs["baselines"]) == n > 1:
-            kwargs["baselines"] = torch.as_tensor(kwargs["baselines"]).repeat_interleave(nt_samples, 0)
-        out = self.method.attribute(repack(noisy), target=_repeat_target(target, n, nt_samples), **kwargs)
-        attributions, _ = _as_list(out[0] if kwargs.get("return_convergence_delta") else out)
+        sums: Optional[list[Tensor]] = None
+        squares: Optional[list[Tensor]] = None
+        deltas = []
+        for start in range(0, nt_samples, batch):
+            k = min(batch, nt_samples - start)
+            noisy = [_add_noise(t, s, k) if t.is_floating_point() else t.repeat_interleave(k, 0)
+                     for t, s in zip(tensors, spread)]
+            call = {key: _repeat_per_example(value, n, k, key) for key, value in kwargs.items()}
+            if "target" in kwargs:
+                call["target"] = _repeat_target(kwargs["target"], n, k)
+            if draw_baseline_from_distrib:
+                call["baselines"] = _drawn_baselines(kwargs.get("baselines"), n * k)
+            out = self.method.attribute(repack(noisy), **call)
+            if wants_delta:
+                out, delta = out
+                deltas.append(torch.as_tensor(np.asarray(delta) if not isinstance(delta, Tensor) else delta))
+            parts = [_tensor(a, "attribution").double() for a in _as_list(out)[0]]
+            parts = [a.reshape(n, k, *a.shape[1:]) for a in parts]
+            total, square = [a.sum(1) for a in parts], [(a * a).sum(1) for a in parts]
+            sums = total if sums is None else [s + t for s, t in zip(sums, total)]
+            squares = square if squares is None else [s + t for s, t in zip(squares, square)]
         smoothed = []
-        for a in attributions:
-            a = torch.as_tensor(a).reshape(n, nt_samples, *a.shape[1:])
-            mean, mean_sq = a.mean(1), (a * a).mean(1)
-            smoothed.append({"smoothgrad": mean, "smoothgrad_sq": mean_sq,
-                             "vargrad": mean_sq - mean * mean}[nt_type])
+        for total, square, x in zip(sums, squares, _as_list(out)[0]):
+            mean, mean_sq = total / nt_samples, square / nt_samples
+            value = {"smoothgrad": mean, "smoothgrad_sq": mean_sq, "vargrad": mean_sq - mean * mean}[nt_type]
+            dtype = x.dtype if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x)).dtype
+            smoothed.append(value.to(dtype))
         if as_numpy:
             smoothed = [s.numpy() for s in smoothed]
-        return repack(smoothed)
+        result = repack(smoothed)
+        return (result, torch.cat(deltas)) if wants_delta else result
+
+
+def _tensor(value: Any, what: str) -> Tensor:
+    try:
+        return value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"cannot read the {what} as an array: {err}") from None
 
 
 def _add_noise(t: Tensor, stdev: float, samples: int) -> Tensor:
@@ -59,11 +106,50 @@ def _add_noise(t: Tensor, stdev: float, samples: int) -> Tensor:
     return t.repeat_interleave(samples, 0) + noise.to(t.dtype)
 
 
+def _repeat_per_example(value: Any, n: int, samples: int, key: str) -> Any:
+    """Arrays with one row per example are repeated with their examples (Captum's repeat_interleave);
+    shared values (batch 1, scalars, non-arrays) stay as they are. Tuples, lists and dicts per item."""
+    if key not in PER_EXAMPLE or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {k: _repeat_per_example(v, n, samples, key) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_repeat_per_example(v, n, samples, key) for v in value)
+    if isinstance(value, (Tensor, np.ndarray)) and value.ndim > 0 and value.shape[0] == n and n > 1:
+        if isinstance(value, np.ndarray):
+            return np.repeat(value, samples, axis=0)
+        return value.repeat_interleave(samples, 0)
+    if isinstance(value, (Tensor, np.ndarray)) and value.ndim > 0 and value.shape[0] == n == 1 and key != "baselines":
+        return np.repeat(value, samples, axis=0) if isinstance(value, np.ndarray) else value.repeat_interleave(
+            samples, 0)
+    return value
+
+
+def _drawn_baselines(baselines: Any, rows: int) -> Any:
+    """Captum's draw_baseline_from_distrib: one baseline row drawn at random per noisy example."""
+    if baselines is None:
+        raise InputError("draw_baseline_from_distrib needs baselines to draw from")
+    if isinstance(baselines, Mapping):
+        return {k: _drawn_baselines(v, rows) for k, v in baselines.items()}
+    if isinstance(baselines, (tuple, list)):
+        return type(baselines)(_drawn_baselines(b, rows) for b in baselines)
+    if isinstance(baselines, (int, float)):
+        return baselines
+    b = _tensor(baselines, "baseline distribution")
+    if b.dim() == 0 or len(b) == 0:
+        raise InputError("draw_baseline_from_distrib needs baselines with rows on axis 0 to draw from")
+    return b[np.random.choice(len(b), rows).tolist()]
+
+
 def _repeat_target(target: Any, n: int, samples: int) -> Any:
     """Per-example targets follow their examples' repeats; a shared target stays as it is."""
-    if target is None or isinstance(target, (int, tuple)) or (hasattr(target, "ndim") and target.ndim == 0):
+    if target is None or callable(target) or isinstance(target, (int, tuple)) or (
+            hasattr(target, "ndim") and target.ndim == 0):
         return target
-    items = target.tolist() if hasattr(target, "tolist") else list(target)
+    try:
+        items = target.tolist() if hasattr(target, "tolist") else list(target)
+    except TypeError:
+        return target  # the method reports what is wrong with it
     if len(items) != n:
         return target  # the method reports the mismatch
     return [t for t in items for _ in range(samples)]

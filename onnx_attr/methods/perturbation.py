@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Optional, Sequence, Union
+import sys
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ from torch import Tensor
 
 from ..engine import Targets
 from ..errors import InputError
-from .gradient import _GradientMethod
+from ._inputs import prepare
+from .gradient import _GradientMethod, _repeat_rows
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -31,45 +33,84 @@ class _Perturbation(_GradientMethod):
             raise InputError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
         self.backend = backend
 
+    def _prepare(self, inputs, baselines, additional_forward_args):
+        """Any dtype may be ablated (ids, flags): no gradient is taken."""
+        prepared = prepare(self.model, inputs, baselines, additional_forward_args,
+                           embedded={s.name for s in self.model.inputs})
+        prepared.input_names = [s.name for s in self.model.inputs]
+        n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        unbatched = [s.name for s, t, a in zip(self.model.inputs, prepared.tensors, prepared.attributed)
+                     if a and t.shape[0] != n]
+        if unbatched:
+            raise InputError(f"attributed input(s) {unbatched} do not have the batch of {n} on axis 0 that the "
+                             "first has")
+        return prepared, n
+
     def _value(self, tensors, targets, index) -> Tensor:
         if self.backend == "torch":
             return super()._value(tensors, targets, index)
         from ..verify import run_onnxruntime
 
         n = len(targets.rows)
-        feeds = {spec.name: (t.expand(n, *t.shape[1:]) if t.shape[0] == 1 and n > 1 else t).cpu().numpy()
+        feeds = {spec.name: (t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t).cpu().numpy()
                  for spec, t in zip(self.model.inputs, tensors)}
         name = self.model.outputs[index].name
         out = torch.from_numpy(np.asarray(run_onnxruntime(self.model.reference_model, feeds, [name])[0]))
         return targets.select(out)
 
     def _ablate(self, prepared, masks: list[list[Tensor]], targets: Targets, index: int,
-                perturbations_per_eval: int) -> list[Optional[Tensor]]:
+                perturbations_per_eval: int, show_progress: bool = False) -> list[Optional[Tensor]]:
         """For each attributed input, the output drop of each mask averaged over the masks covering
-        each element; `masks[i]` are boolean tensors shaped like input i without its batch axis."""
+        each element; `masks[i]` are boolean tensors shaped like input i with a batch axis of 1 (the
+        same features in every example) or of N (per-example features)."""
+        if not isinstance(perturbations_per_eval, (int, np.integer)) or perturbations_per_eval < 1:
+            raise InputError(f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
         n = len(targets.rows)
         original = self._value(prepared.tensors, targets, index)
         result: list[Optional[Tensor]] = []
+        progress = _Progress(f"{type(self).__name__} attribution", sum(len(m) for m in masks)) if show_progress \
+            else None
         for i, (x, b) in enumerate(zip(prepared.tensors, prepared.baselines)):
             if not prepared.attributed[i]:
                 result.append(None)
                 continue
             total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-            count = torch.zeros(x.shape[1:], dtype=torch.float64, device=x.device)
+            count = torch.zeros((max((m.shape[0] for m in masks[i]), default=1), *x.shape[1:]),
+                                dtype=torch.float64, device=x.device)
             baseline = b.expand_as(x)
             for group in _chunks(masks[i], perturbations_per_eval):
                 batch = [torch.where(m.to(x.device), baseline, x) for m in group]
-                inputs = [torch.cat(batch) if j == i else t.repeat(len(group), *[1] * (t.dim() - 1))
+                inputs = [torch.cat(batch) if j == i else _repeat_rows(t, len(group), n)
                           for j, t in enumerate(prepared.tensors)]
-                rows = Targets.__new__(Targets)
-                rows.rows = targets.rows * len(group)
+                rows = targets.repeat(len(group))
                 drop = (original.double().repeat(len(group)) - self._value(inputs, rows, index).double())
+                if progress is not None:
+                    progress.update(len(group))
                 for k, m in enumerate(group):
                     covered = m.to(x.device)
                     total += drop[k * n:(k + 1) * n].reshape(n, *[1] * (x.dim() - 1)) * covered
                     count += covered
-            result.append((total / count.clamp_min(1)).to(x.dtype))
+            dtype = x.dtype if x.is_floating_point() else original.dtype if original.is_floating_point() \
+                else torch.get_default_dtype()  # ablated ids or flags: the output's drop is what is credited
+            result.append((total / count.clamp_min(1)).to(dtype))
+        if progress is not None:
+            progress.close()
         return result
+
+
+class _Progress:
+    """Captum's show_progress: perturbations done so far, on one line of stderr."""
+
+    def __init__(self, what: str, total: int):
+        self.what, self.total, self.done = what, total, 0
+
+    def update(self, k: int) -> None:
+        self.done += k
+        sys.stderr.write(f"\r{self.what}: {self.done}/{self.total} perturbations")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
 
 
 def _chunks(items: Sequence, size: int):
@@ -82,7 +123,7 @@ class FeatureAblation(_Perturbation):
     """Each feature (an element, or a group of a `feature_mask`) set to the baseline in turn."""
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
-                  feature_mask: Any = None, perturbations_per_eval: int = 1, *,
+                  feature_mask: Any = None, perturbations_per_eval: int = 1, show_progress: bool = False, *,
                   output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         masks_given = _per_input(feature_mask, prepared)
@@ -93,12 +134,12 @@ class FeatureAblation(_Perturbation):
             elif given is None:
                 size = math.prod(x.shape[1:])
                 eye = torch.eye(size, dtype=torch.bool)
-                masks.append([eye[k].reshape(x.shape[1:]) for k in range(size)])
+                masks.append([eye[k].reshape(1, *x.shape[1:]) for k in range(size)])
             else:
-                groups = torch.as_tensor(np.asarray(given)).expand(1, *x.shape[1:])[0]
+                groups = _feature_groups(given, x, self.model.inputs[len(masks)].name)
                 masks.append([groups == g for g in torch.unique(groups)])
         attributions = self._ablate(prepared, masks, Targets(target, n), self._output_index(output),
-                                    perturbations_per_eval)
+                                    perturbations_per_eval, show_progress)
         return prepared.repack(attributions)
 
 
@@ -107,48 +148,113 @@ class Occlusion(_Perturbation):
     placed as Captum places it; each element's value is averaged over the windows covering it."""
 
     def attribute(self, inputs: Any, sliding_window_shapes: Any, strides: Any = None, baselines: Any = None,
-                  target: Any = None, additional_forward_args: Any = None, perturbations_per_eval: int = 1, *,
-                  output: Union[str, int, None] = None):
+                  target: Any = None, additional_forward_args: Any = None, perturbations_per_eval: int = 1,
+                  show_progress: bool = False, *, output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
-        shapes = _per_input_tuple(sliding_window_shapes, prepared)
-        steps = _per_input_tuple(strides, prepared) if strides is not None else [None] * len(shapes)
-        masks = []
-        for x, a, window, stride in zip(prepared.tensors, prepared.attributed, shapes, steps):
-            masks.append(_windows(tuple(x.shape[1:]), window, stride) if a else [])
+        chosen = [i for i, a in enumerate(prepared.attributed) if a]
+        shapes = _per_input_windows(sliding_window_shapes, len(chosen))
+        steps = _per_input_strides(strides, len(chosen))
+        masks: list[list[Tensor]] = [[] for _ in prepared.tensors]
+        for i, window, stride in zip(chosen, shapes, steps):
+            masks[i] = _windows(tuple(prepared.tensors[i].shape[1:]), window, stride)
         attributions = self._ablate(prepared, masks, Targets(target, n), self._output_index(output),
-                                    perturbations_per_eval)
+                                    perturbations_per_eval, show_progress)
         return prepared.repack(attributions)
 
 
 def _windows(shape: tuple[int, ...], window, stride) -> list[Tensor]:
+    """Captum's window placements: `ceil((size - window) / stride) + 1` per axis, the last one cut
+    off at the input's edge; each a boolean mask with a batch axis of 1."""
     window = tuple(window)
-    if len(window) != len(shape):
-        raise InputError(f"sliding window {window} does not match the input's non-batch shape {shape}")
-    stride = (1,) * len(shape) if stride is None else (tuple(stride) if not isinstance(stride, int)
-                                                        else (stride,) * len(shape))
+    if len(window) != len(shape) or not all(isinstance(w, (int, np.integer)) and w >= 1 for w in window):
+        raise InputError(f"sliding window {window} does not match the input's non-batch shape {shape}: give one "
+                         "positive int per axis")
+    if any(w > s for w, s in zip(window, shape)):
+        raise InputError(f"sliding window {window} is larger than the input's non-batch shape {shape}")
+    stride = (stride,) * len(shape) if isinstance(stride, (int, np.integer)) else tuple(stride)
+    if len(stride) != len(shape) or not all(isinstance(t, (int, np.integer)) and t >= 1 for t in stride):
+        raise InputError(f"stride {stride} does not fit the input's non-batch shape {shape}: give an int or one "
+                         "positive int per axis")
+    if any(t > w for t, w, s in zip(stride, window, shape) if w < s):
+        raise InputError(f"stride {stride} is larger than the sliding window {window}: some elements would never "
+                         "be occluded")
     offsets = [range(0, (math.ceil(max(s - w, 0) / st) + 1) * st, st) for s, w, st in zip(shape, window, stride)]
     masks = []
     for start in itertools.product(*offsets):
-        m = torch.zeros(shape, dtype=torch.bool)
-        m[tuple(slice(o, o + w) for o, w in zip(start, window))] = True
+        m = torch.zeros((1, *shape), dtype=torch.bool)
+        m[(slice(None), *(slice(o, o + w) for o, w in zip(start, window)))] = True
         masks.append(m)
     return masks
+
+
+def _feature_groups(given: Any, x: Tensor, name: str) -> Tensor:
+    """A feature mask as integer ids shaped [1 or N, *input shape]: broadcast as Captum does, one
+    mask for all examples or one per example."""
+    try:
+        groups = torch.as_tensor(np.asarray(given) if not isinstance(given, Tensor) else given).to(x.device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"cannot read the feature mask for {name!r} as an array: {err}") from None
+    if groups.is_floating_point() or groups.is_complex():
+        raise InputError(f"the feature mask for {name!r} must hold integer feature ids, got {groups.dtype}")
+    if groups.dim() < x.dim():
+        groups = groups.reshape(*[1] * (x.dim() - groups.dim()), *groups.shape)
+    if groups.dim() != x.dim() or any(g not in (1, s) for g, s in zip(groups.shape, x.shape)):
+        raise InputError(f"the feature mask for {name!r} has shape {list(groups.shape)}; it must broadcast to the "
+                         f"input's shape {list(x.shape)} (a batch of 1 or {x.shape[0]})")
+    return groups.expand(groups.shape[0], *x.shape[1:])
 
 
 def _per_input(value: Any, prepared) -> list:
     attributed = [i for i, a in enumerate(prepared.attributed) if a]
     if value is None:
         return [None] * len(prepared.tensors)
+    if isinstance(value, Mapping):  # keyed by ONNX input name, like dict inputs
+        return _by_name(value, prepared)
     items = list(value) if isinstance(value, (tuple, list)) else [value]
+    if len(items) != len(attributed):
+        raise InputError(f"{len(items)} feature mask(s) for {len(attributed)} attributed input(s): give one per "
+                         "input, in the inputs' order")
     out: list = [None] * len(prepared.tensors)
     for i, item in zip(attributed, items):
         out[i] = item
     return out
 
 
-def _per_input_tuple(value: Any, prepared) -> list:
-    """One shape tuple per input: a tuple of ints is shared, a tuple of tuples is per input."""
-    if value is not None and len(value) and isinstance(value[0], (tuple, list)):
-        return _per_input(list(value), prepared)
-    return [value] * len(prepared.tensors)
+def _by_name(value: Mapping, prepared) -> list:
+    out: list = [None] * len(prepared.tensors)
+    for key, item in value.items():
+        if key not in prepared.input_names:
+            raise InputError(f"feature mask for unknown input {key!r}; the model's inputs are {prepared.input_names}")
+        out[prepared.input_names.index(key)] = item
+    return out
 
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and all(isinstance(v, (int, np.integer)) for v in value)
+
+
+def _per_input_windows(value: Any, count: int) -> list:
+    """Captum's form: one window shape (a tuple of ints) for a single input, else one per input."""
+    if _is_shape(value) and count == 1:
+        return [tuple(value)]
+    if isinstance(value, (tuple, list)) and all(_is_shape(v) for v in value) and len(value) == count:
+        return [tuple(v) for v in value]
+    return _mismatch("sliding window shapes", value, count)
+
+
+def _per_input_strides(value: Any, count: int) -> list:
+    """Captum's form: None (1), an int for every input, or one stride per input (an int or a tuple);
+    a single input may also take its tuple directly."""
+    if value is None or isinstance(value, (int, np.integer)):
+        return [1 if value is None else int(value)] * count
+    if count == 1 and _is_shape(value):
+        return [tuple(value) if len(value) != 1 else int(value[0])]
+    if isinstance(value, (tuple, list)) and len(value) == count and all(
+            isinstance(v, (int, np.integer)) or _is_shape(v) for v in value):
+        return list(value)
+    return _mismatch("strides", value, count)
+
+
+def _mismatch(what: str, value: Any, count: int):
+    raise InputError(f"{what} {value!r} do not fit {count} attributed input(s): give one tuple per input (a tuple "
+                     "of tuples), or a single tuple for a single input")
