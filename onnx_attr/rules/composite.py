@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DecomposedRule, NodeInfo, rule
-from .paired import pair_amax, pair_max, pair_min, product, rescale
+from .paired import pair_amax, pair_max, pair_min, product, rescale, scaled_product
 
 
 def _require_constant(info: NodeInfo, positions: range | list[int], what: str) -> None:
@@ -79,14 +79,14 @@ class LogSoftmax(DecomposedRule):
 
 def _normalize(x, x0, axes, eps, center: bool = True, inverse_std=None):
     """(x - mean) / sqrt(var + eps) over `axes`, as centring, a square (product), a rescale and a
-    product; without `center`, x / sqrt(mean(x²) + eps) (RMS normalization). `inverse_std` maps
+    product in the order that cannot cancel (`scaled_product`); without `center`, x / sqrt(mean(x²) + eps) (RMS normalization). `inverse_std` maps
     the variance to the factor where an op defines it otherwise."""
     d = x - x.mean(axes, keepdim=True) if center else x
     d0 = x0 - x0.mean(axes, keepdim=True) if center else x0
     sq, sq0 = product(torch.mul, d, d0, d, d0)
     inverse_std = inverse_std or (lambda t: torch.rsqrt(t + eps))
     r, r0 = rescale(inverse_std, sq.mean(axes, keepdim=True), sq0.mean(axes, keepdim=True))
-    return product(torch.mul, d, d0, r, r0)
+    return scaled_product(d, d0, r, r0)
 
 
 class _AffineNormalization(DecomposedRule):
@@ -191,7 +191,7 @@ class SwiGLU(DecomposedRule):
 
 @rule("LRN")
 class LocalResponseNorm(DecomposedRule):
-    """x / (bias + alpha/size · Σ_window x²)^beta: square (product), window sum, rescale, product."""
+    """x / (bias + alpha/size · Σ_window x²)^beta: square (product), window sum, rescale, scaled product."""
 
     wide = True
 
@@ -207,7 +207,7 @@ class LocalResponseNorm(DecomposedRule):
             return padded.unfold(-1, size, 1).sum(-1).movedim(-1, 1)
 
         q, q0 = rescale(lambda t: (bias + alpha / size * t) ** (-beta), window_sum(sq), window_sum(sq0))
-        return product(torch.mul, x, x0, q, q0)
+        return scaled_product(x, x0, q, q0)
 
 
 def _reduction(info, args, refs):
@@ -270,16 +270,20 @@ def paired_logsumexp(x: Tensor, x0: Tensor, axes, valid: Tensor | None = None) -
     to 1/tiny. With c = max x and c0 = max x0, both sums lie in [1, n] and every factor is of
     order one; Δc is attributed by the cross-max rule (`pair_amax`), so the split stays exact.
     """
-    if valid is not None:  # a constant mask: out of the max (dtype's lowest, never -inf - -inf)
-        low = torch.finfo(x.dtype).min
-        c, c0 = pair_amax(x.masked_fill(~valid, low), x0.masked_fill(~valid, low), axes)
-    else:
-        c, c0 = pair_amax(x, x0, axes)
+    if valid is not None:  # a constant mask: out of the max and the exponentials (floored to 0)
+        x, x0 = masked_lowest(x, valid), masked_lowest(x0, valid)
+    c, c0 = pair_amax(x, x0, axes)
     e, e0 = exp_shifted(x, x0, c, c0)
     if valid is not None:  # a constant mask: linear
         e, e0 = e * valid, e0 * valid
     l, l0 = rescale(torch.log, e.sum(axes, keepdim=True), e0.sum(axes, keepdim=True))
     return l + c, l0 + c0
+
+
+def masked_lowest(x: Tensor, valid: Tensor) -> Tensor:
+    """x with the entries outside `valid` at the dtype's lowest: never the max, and exp(lowest - c)
+    is floored to 0 (never inf · 0 = NaN where a masked score is far above the valid ones)."""
+    return x.masked_fill(~valid, torch.finfo(x.dtype).min)
 
 
 @rule("LogSumExpPool")
@@ -352,8 +356,9 @@ class AttentionRule(DecomposedRule):
         z, z0 = s + finite, s0 + finite
         # p = exp(z - logsumexp(z)): every factor stays in [0, 1] (exp · 1/Σexp would multiply a tiny
         # exponential by a huge reciprocal and lose float32 precision when one key dominates)
-        lse, lse0 = paired_logsumexp(z, z0, (-1,), allowed | dead)
-        p, p0 = exp_shifted(z, z0, lse, lse0)
+        valid = allowed | dead
+        lse, lse0 = paired_logsumexp(z, z0, (-1,), valid)
+        p, p0 = exp_shifted(masked_lowest(z, valid), masked_lowest(z0, valid), lse, lse0)
         keep = allowed & ~dead
         p, p0 = p * keep, p0 * keep
         y, y0 = product(torch.matmul, p, p0, v, v0)
