@@ -3,10 +3,14 @@ on one-node ONNX models whose inputs and references cross the op's kinks."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_attr
@@ -261,3 +265,60 @@ def test_fill_nan_fills_only_the_holes_and_never_hides_an_infinity():
     out = fill_nan(m.clone(), by)
     torch.testing.assert_close(out[[0, 1, 2, 4, 5]], torch.tensor([0.5, 7.0, 1.0, 0.0, -3.0]))
     assert not torch.isfinite(out[3])
+
+
+PROPERTY_OPS = {  # ops whose rules carry the float range: shifts, normalisations, kinks at 0
+    "Softmax": (Case("Softmax", {"axis": -1}), None),
+    "LogSoftmax": (Case("LogSoftmax", {"axis": -1}), None),
+    "ReduceLogSumExp": (Case("ReduceLogSumExp", {"axes": [1], "keepdims": 0}, opset=13), None),
+    "LayerNormalization": (Case("LayerNormalization", {"axis": -1, "epsilon": 1e-6}), "affine"),
+    "Sqrt": (Case("Sqrt"), "nonnegative"),
+    "Sigmoid": (Case("Sigmoid"), None),
+    "Erf": (Case("Erf"), None),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _symbolic(op: str, dtype) -> onnx_attr.DeepLift:
+    """One DeepLift per op and dtype over a [N, C] input of any size (symbolic dims)."""
+    case, extra = PROPERTY_OPS[op]
+    elem = ELEM[dtype]
+    names, inits = ["v0"], []
+    if extra == "affine":
+        names += ["scale", "bias"]
+        inits = [helper.make_tensor("scale", elem, [1], [1.5]), helper.make_tensor("bias", elem, [1], [-0.25])]
+    node = helper.make_node(case.op, names, ["out"], **case.attrs)
+    graph = helper.make_graph([node], "property", [helper.make_tensor_value_info("v0", elem, ["N", "C"])],
+                              [helper.make_tensor_value_info("out", elem, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
+    model.ir_version = 8
+    return onnx_attr.DeepLift(onnx_attr.load(onnx.shape_inference.infer_shapes(model), strip_final_activation=False))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(sorted(PROPERTY_OPS)), dtype=st.sampled_from([np.float32, np.float64]),
+       scale=st.sampled_from([1e-3, 1.0, 10.0, 100.0, 1000.0]), rows=st.integers(1, 3), width=st.integers(1, 9),
+       reference=st.sampled_from(["far", "zero", "near", "scaled-down"]), seed=st.integers(0, 2**16))
+def test_completeness_property(op, dtype, scale, rows, width, reference, seed):
+    """Scale, reference and shape drawn together: completeness to the bound of `test_completeness`."""
+    case, extra = PROPERTY_OPS[op]
+    if op == "LayerNormalization" and width == 1:
+        width = 2  # one element normalises to exactly bias: nothing to attribute
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, width)) * scale
+    x0 = {"far": rng.standard_normal((1, width)) * scale, "zero": np.zeros((1, width)),
+          "near": x[:1] + rng.standard_normal((1, width)) * scale * 1e-6,
+          "scaled-down": x[:1] * 1e-3}[reference]
+    if extra == "nonnegative":
+        x, x0 = np.abs(x), np.abs(x0)
+    x, x0 = x.astype(dtype), x0.astype(dtype)
+    dl = _symbolic(op, dtype)
+    out = dl.model.run(x)[0]
+    target = [(int(rng.integers(0, width)),)] * rows if out.dim() > 1 else None
+    attrs, delta = dl.attribute(x, x0, target=target, return_convergence_delta=True)
+    pick = (lambda f: f[np.arange(rows), target[0][0]]) if target else (lambda f: f)
+    fx = pick(out.double().numpy())
+    f0 = pick(dl.model.run(np.broadcast_to(x0, x.shape))[0].double().numpy())
+    total = attrs.astype(np.float64).reshape(rows, -1).sum(1)
+    bound = completeness_bound(dtype, fx - f0, fx, f0)
+    assert np.all(np.abs(total - (fx - f0)) <= bound), (total, fx - f0)
