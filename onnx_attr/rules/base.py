@@ -135,7 +135,8 @@ class DecomposedRule(Rule):
                 live[i] = args[i].detach().to(torch.float64 if wide else args[i].dtype).requires_grad_(True)
                 refs[i] = refs[i].double() if wide else refs[i]
             y, _ = self.decompose(info, call, live, refs)
-            found = torch.autograd.grad(y, [live[i] for i in positions], grad.to(y.dtype), allow_unused=True)
+            found = torch.autograd.grad(y, [live[i] for i in positions], grad.double() if wide else grad,
+                                        allow_unused=True)
         grads: list[Tensor | None] = [None] * len(args)
         for i, g in zip(positions, found):
             grads[i] = g.to(args[i].dtype) if g is not None else torch.zeros_like(args[i])
