@@ -2,7 +2,11 @@
 
 A case is (op, attrs, variable input shapes, constant inputs, opset, sampler). Inputs named v0,
 v1, ... vary; constants are initializers. The sampler draws values in the op's domain, so that
-input and reference land on both sides of its kinks.
+input and reference land on both sides of its kinks; `reference` draws the reference where it is
+not another draw of the sampler (a zero baseline meeting a kink at 0). The completeness suite
+multiplies both by each of SCALES up to the case's `max_scale`: the cap is the op's own domain
+(exp overflows float32 above 88, so Exp at scale 100 would compare infinities; Asin is defined
+on [-1, 1] only), never a tolerance.
 """
 
 from __future__ import annotations
@@ -29,6 +33,19 @@ def above_one(rng, shape):
     return rng.uniform(1.05, 4.0, shape)
 
 
+def power(rng, shape):
+    """Magnitudes over 14 decades, as a spectrogram's power: most far below the largest."""
+    return 10.0 ** rng.uniform(-12, 2, shape)
+
+
+def zeros(rng, shape):
+    return np.zeros(shape)
+
+
+#: the input scales every rule case is checked at (see `Case.max_scale`)
+SCALES = (1, 10, 100, 1000)
+
+
 @dataclass
 class Case:
     op: str
@@ -39,6 +56,12 @@ class Case:
     sampler: Callable = normal
     label: str = ""
     full_baseline: bool = False  # one baseline per example (operands whose axis 0 is not a batch)
+    reference: Callable | None = None  # draws the reference; the sampler when None
+    max_scale: float = SCALES[-1]  # the op's domain ends here (see the module docstring)
+
+    @property
+    def scales(self) -> tuple:
+        return tuple(s for s in SCALES if s <= self.max_scale)
 
     @property
     def id(self) -> str:
@@ -47,12 +70,18 @@ class Case:
 
 R = np.random.default_rng(7)
 CASES = [
-    *(Case(op) for op in ("Relu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Exp", "Erf", "Abs", "Sin", "Cos",
-                          "Atan", "Sinh", "Asinh", "HardSwish")),
+    *(Case(op) for op in ("Relu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Erf", "Abs", "Sin", "Cos",
+                          "Atan", "Asinh", "HardSwish")),
+    Case("Exp", max_scale=10), Case("Sinh", max_scale=10),  # exp(2·2·100) overflows float32
     Case("Mish", opset=18),
     Case("Log", sampler=positive), Case("Sqrt", sampler=positive), Case("Reciprocal", sampler=positive),
-    Case("Tan", sampler=unit), Case("Asin", sampler=unit), Case("Acos", sampler=unit), Case("Atanh", sampler=unit),
-    Case("Cosh", sampler=unit), Case("Acosh", sampler=above_one),
+    Case("Sqrt", shapes=((3, 8),), sampler=power, reference=zeros, label="zero-reference"),
+    Case("Log", shapes=((3, 8),), sampler=power, label="near-zero"),
+    Case("Reciprocal", shapes=((3, 8),), sampler=power, label="near-zero"),
+    Case("Pow", shapes=((3, 8),), consts={1: np.array(0.5)}, sampler=power, reference=zeros, label="root-zero-reference"),
+    Case("Tan", sampler=unit, max_scale=1), Case("Asin", sampler=unit, max_scale=1),
+    Case("Acos", sampler=unit, max_scale=1), Case("Atanh", sampler=unit, max_scale=1),  # domain [-1, 1] (Tan: poles)
+    Case("Cosh", sampler=unit, max_scale=10), Case("Acosh", sampler=above_one),
     Case("LeakyRelu", {"alpha": 0.2}), Case("Elu", {"alpha": 0.7}), Case("Selu"), Case("Celu", {"alpha": 1.3}),
     Case("ThresholdedRelu", {"alpha": 0.5}), Case("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
     Case("Shrink", {"lambd": 0.6, "bias": 0.3}, opset=9), Case("Gelu", opset=20),
@@ -60,7 +89,7 @@ CASES = [
     Case("PRelu", shapes=((2, 3, 4),), consts={1: R.uniform(0.05, 0.5, (3, 1))}),
     Case("Clip", shapes=((3, 5),), consts={1: np.array(-0.5), 2: np.array(0.8)}, opset=13),
     Case("Pow", shapes=((3, 5),), consts={1: np.array(3.0)}, label="cube"),
-    Case("Pow", shapes=((3, 5),), consts={0: np.array(1.7)}, label="exponent"),
+    Case("Pow", shapes=((3, 5),), consts={0: np.array(1.7)}, label="exponent", max_scale=10),  # 1.7^(2·2·100) = inf
     Case("Mul", shapes=((3, 5), (3, 5))), Case("Mul", shapes=((3, 5), (3, 1)), label="broadcast"),
     Case("MatMul", shapes=((2, 3, 4), (2, 4, 5))), Case("Gemm", {"transB": 1, "alpha": 0.7}, shapes=((1, 4), (5, 4)), full_baseline=True),
     Case("Einsum", {"equation": "bij,bjk->bik"}, shapes=((2, 3, 4), (2, 4, 2)), opset=12),
@@ -75,6 +104,10 @@ CASES = [
     Case("LogSoftmax", {"axis": 1}), Case("LogSoftmax", {"axis": 1}, shapes=((2, 3, 4),), opset=11, label="v11"),
     Case("LayerNormalization", {"axis": -1, "epsilon": 1e-5}, shapes=((3, 6),),
          consts={1: R.standard_normal(6), 2: R.standard_normal(6)}),
+    Case("LayerNormalization", {"axis": -1, "epsilon": 1e-6}, shapes=((2, 4, 4, 8),),
+         consts={1: R.standard_normal(8), 2: R.standard_normal(8)}, reference=zeros, label="channels-last-zero-reference"),
+    Case("Softmax", {"axis": -1}, shapes=((2, 6),), reference=zeros, label="zero-reference"),
+    Case("LogSoftmax", {"axis": -1}, shapes=((2, 6),), reference=zeros, label="zero-reference"),
     Case("RMSNormalization", {"axis": -1, "epsilon": 1e-5}, shapes=((3, 6),), consts={1: R.standard_normal(6)},
          opset=23),
     Case("RMSNormalization", {"axis": 1, "epsilon": 1e-3, "stash_type": 11}, shapes=((2, 3, 4),),

@@ -3,17 +3,21 @@ on one-node ONNX models whose inputs and references cross the op's kinks."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_attr
 from onnx_attr.opkinds import BILINEAR, COMPOSITE, UNARY
 from onnx_attr.rules import RULES
 
-from rule_cases import CASES, Case
+from rule_cases import CASES, Case, power
 
 ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 #: Nonlinear ops with a kind but no exact rule yet: the rewrite refuses them by name.
@@ -55,31 +59,65 @@ def random_target(out_shape, rng) -> list:
     return [tuple(int(rng.integers(0, d)) for d in out_shape[1:]) for _ in range(out_shape[0])]
 
 
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-5), (np.float32, 1e-4)], ids=["float64", "float32"])
+#: Relative tolerance on Σ attributions = f(x) - f(x0), per dtype. float32: 1e-4, as the issue
+#: asks. Every rule's multipliers are exact up to rounding, so the error is a few ulps of the terms
+#: that cancel into Δf, and the rules keep those terms within ~10³ of |Δf| (the scaled product of
+#: normalisations, per-side shifts of log-sum-exp, `wide` composites computing in float64), which
+#: float32's 6e-8 turns into <= 1e-4. float64: the same argument gives ~1e-13; 1e-9 is the bound.
+TOLERANCE = {np.float32: 1e-4, np.float64: 1e-9}
+
+
+def completeness_bound(dtype, change: np.ndarray, fx: np.ndarray, f0: np.ndarray) -> np.ndarray:
+    """The largest |Σ attributions - Δf| accepted: TOLERANCE relative to |Δf|, floored at 8 ulps of
+    max(1, |f(x)|, |f(x0)|). The floor is the oracle's own error: f(x) and f(x0) are each rounded to
+    a few ulps of themselves, and an op whose output is far below 1 (a dominated softmax entry) is
+    computed from intermediates of order 1 (the normalising sum), so its rounding is ulps of 1."""
+    ulps = 8 * np.finfo(dtype).eps * np.maximum(1.0, np.maximum(np.abs(fx), np.abs(f0)))
+    return np.maximum(TOLERANCE[dtype] * np.abs(change), ulps)
+
+
+def _tolerance_dtype(case: Case, dtype):
+    """The dtype whose rounding the op's own forward has: RMSNormalization computes in float32 by
+    default (stash_type 1) whatever its input, so its float64 forward is a float32 one."""
+    if case.op == "RMSNormalization" and case.attrs.get("stash_type", 1) == 1:
+        return np.float32
+    return dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-@pytest.mark.usefixtures("hole_filling")
-def test_completeness(case, dtype, tol):
+def test_completeness(case, dtype, hole_filling):
+    """At every scale of the case (1 to 1000: logits in the hundreds, pixels in 0-255), with the
+    reference drawn independently at the same scale (or where the case puts it, e.g. 0). The
+    accelerators' hole filling (sync-free) is checked at the smallest and the largest scale."""
     rng = np.random.default_rng(0)
     model, variables = build(case, dtype)
     imported = onnx_attr.load(model, strip_final_activation=False)
     dl = onnx_attr.DeepLift(imported)
     assert dl.engine.rewrite.rewritten, "the op under test was not rewritten"
-    for trial in range(3):
-        xs = tuple(case.sampler(rng, s).astype(dtype) for s in case.shapes)
-        x0s = tuple(case.sampler(rng, s if case.full_baseline else (1, *s[1:])).astype(dtype) for s in case.shapes)
-        out_shape = imported.run(xs)[0].shape
-        target = random_target(out_shape, rng) if len(out_shape) > 1 else None
-        attrs, delta = dl.attribute(xs, x0s, target=target, return_convergence_delta=True)
-        n = xs[0].shape[0]  # an operand without the batch axis (Gemm's B) is attributed to the one example
-        total = sum((a.reshape(n, -1).sum(1) if a.shape[0] == n else a.sum(keepdims=True)).astype(np.float64)
-                    for a in attrs)
-        fx = imported.run(xs)[0].double().numpy()
-        f0 = imported.run(tuple(np.broadcast_to(b, s) for b, s in zip(x0s, case.shapes)))[0].double().numpy()
-        expected = np.array([fx[(i, *t)] - f0[(i, *t)] for i, t in enumerate(target)]) if target else fx - f0
-        expected = expected.reshape(-1)
-        scale = np.maximum(1.0, np.abs(expected))
-        assert np.all(np.abs(total - expected) <= tol * scale), (total, expected)
-        assert np.all(np.abs(delta.numpy()) <= tol * scale)
+    draw_reference = case.reference or case.sampler
+    scales = case.scales if hole_filling == "checked" else (case.scales[0], case.scales[-1])
+    for scale in scales:
+        for trial in range(2 if scale == 1 else 1):
+            xs = tuple((case.sampler(rng, s) * scale).astype(dtype) for s in case.shapes)
+            x0s = tuple((draw_reference(rng, s if case.full_baseline else (1, *s[1:])) * scale).astype(dtype)
+                        for s in case.shapes)
+            out_shape = imported.run(xs)[0].shape
+            target = random_target(out_shape, rng) if len(out_shape) > 1 else None
+            attrs, delta = dl.attribute(xs, x0s, target=target, return_convergence_delta=True)
+            n = xs[0].shape[0]  # an operand without the batch axis (Gemm's B) is attributed to the one example
+            total = sum((a.reshape(n, -1).sum(1) if a.shape[0] == n else a.sum(keepdims=True)).astype(np.float64)
+                        for a in attrs)
+            fx = imported.run(xs)[0].double().numpy()
+            f0 = imported.run(tuple(np.broadcast_to(b, s) for b, s in zip(x0s, case.shapes)))[0].double().numpy()
+            pick = (lambda f: np.array([f[(i, *t)] for i, t in enumerate(target)])) if target else (lambda f: f)
+            fx, f0 = pick(fx).reshape(-1), pick(f0).reshape(-1)
+            expected = fx - f0
+            bound = completeness_bound(_tolerance_dtype(case, dtype), expected, fx, f0)
+            where = f"scale {scale}, trial {trial}"
+            assert np.all(np.isfinite(total)), where
+            assert np.all(np.abs(total - expected) <= bound), (where, total, expected)
+            assert np.all(np.abs(delta.numpy()) <= bound), (where, delta, expected)
 
 
 def _ort(model, feeds):
@@ -100,7 +138,8 @@ def _ort(model, feeds):
     return session.run(None, feeds)[0].astype(np.float64)
 
 
-UNARY_CASES = [c for c in CASES if RULES[c.op].kind == "unary"]
+#: the finite-difference oracle below needs f smooth at its step (1e-4): not the near-zero cases
+UNARY_CASES = [c for c in CASES if RULES[c.op].kind == "unary" and c.sampler is not power]
 
 
 @pytest.mark.usefixtures("hole_filling")
@@ -226,3 +265,60 @@ def test_fill_nan_fills_only_the_holes_and_never_hides_an_infinity():
     out = fill_nan(m.clone(), by)
     torch.testing.assert_close(out[[0, 1, 2, 4, 5]], torch.tensor([0.5, 7.0, 1.0, 0.0, -3.0]))
     assert not torch.isfinite(out[3])
+
+
+PROPERTY_OPS = {  # ops whose rules carry the float range: shifts, normalisations, kinks at 0
+    "Softmax": (Case("Softmax", {"axis": -1}), None),
+    "LogSoftmax": (Case("LogSoftmax", {"axis": -1}), None),
+    "ReduceLogSumExp": (Case("ReduceLogSumExp", {"axes": [1], "keepdims": 0}, opset=13), None),
+    "LayerNormalization": (Case("LayerNormalization", {"axis": -1, "epsilon": 1e-6}), "affine"),
+    "Sqrt": (Case("Sqrt"), "nonnegative"),
+    "Sigmoid": (Case("Sigmoid"), None),
+    "Erf": (Case("Erf"), None),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _symbolic(op: str, dtype) -> onnx_attr.DeepLift:
+    """One DeepLift per op and dtype over a [N, C] input of any size (symbolic dims)."""
+    case, extra = PROPERTY_OPS[op]
+    elem = ELEM[dtype]
+    names, inits = ["v0"], []
+    if extra == "affine":
+        names += ["scale", "bias"]
+        inits = [helper.make_tensor("scale", elem, [1], [1.5]), helper.make_tensor("bias", elem, [1], [-0.25])]
+    node = helper.make_node(case.op, names, ["out"], **case.attrs)
+    graph = helper.make_graph([node], "property", [helper.make_tensor_value_info("v0", elem, ["N", "C"])],
+                              [helper.make_tensor_value_info("out", elem, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
+    model.ir_version = 8
+    return onnx_attr.DeepLift(onnx_attr.load(onnx.shape_inference.infer_shapes(model), strip_final_activation=False))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(sorted(PROPERTY_OPS)), dtype=st.sampled_from([np.float32, np.float64]),
+       scale=st.sampled_from([1e-3, 1.0, 10.0, 100.0, 1000.0]), rows=st.integers(1, 3), width=st.integers(1, 9),
+       reference=st.sampled_from(["far", "zero", "near", "scaled-down"]), seed=st.integers(0, 2**16))
+def test_completeness_property(op, dtype, scale, rows, width, reference, seed):
+    """Scale, reference and shape drawn together: completeness to the bound of `test_completeness`."""
+    case, extra = PROPERTY_OPS[op]
+    if op == "LayerNormalization" and width == 1:
+        width = 2  # one element normalises to exactly bias: nothing to attribute
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, width)) * scale
+    x0 = {"far": rng.standard_normal((1, width)) * scale, "zero": np.zeros((1, width)),
+          "near": x[:1] + rng.standard_normal((1, width)) * scale * 1e-6,
+          "scaled-down": x[:1] * 1e-3}[reference]
+    if extra == "nonnegative":
+        x, x0 = np.abs(x), np.abs(x0)
+    x, x0 = x.astype(dtype), x0.astype(dtype)
+    dl = _symbolic(op, dtype)
+    out = dl.model.run(x)[0]
+    target = [(int(rng.integers(0, width)),)] * rows if out.dim() > 1 else None
+    attrs, delta = dl.attribute(x, x0, target=target, return_convergence_delta=True)
+    pick = (lambda f: f[np.arange(rows), target[0][0]]) if target else (lambda f: f)
+    fx = pick(out.double().numpy())
+    f0 = pick(dl.model.run(np.broadcast_to(x0, x.shape))[0].double().numpy())
+    total = attrs.astype(np.float64).reshape(rows, -1).sum(1)
+    bound = completeness_bound(dtype, fx - f0, fx, f0)
+    assert np.all(np.abs(total - (fx - f0)) <= bound), (total, fx - f0)

@@ -220,12 +220,23 @@ NONLINEAR_RULES = ("rescale", "revealcancel")
 DELTA_TOLERANCE = 1e-4
 
 
+def relative_delta(delta: Tensor, change: Tensor, dtype=None) -> Tensor:
+    """|delta| / |f(x) - f(x0)|, the change floored at eps(dtype) / DELTA_TOLERANCE: a change
+    smaller than that is at the rounding of outputs near 1 (in the model's output dtype, float32
+    if unknown), so no attribution can resolve it to DELTA_TOLERANCE; a floor of 1 would instead
+    hide errors as large as the change itself wherever |Δf| < 1 (probabilities)."""
+    if not delta.numel():
+        return delta
+    kind = torch.float64 if str(dtype) == "float64" else torch.float32
+    floor = torch.finfo(kind).eps / DELTA_TOLERANCE
+    return delta.double().abs() / change.double().abs().clamp_min(floor)
+
+
 def method_report(model, method: str, delta: Tensor, change: Tensor, index: int) -> dict:
     """What every method reports: the output explained, its final activation, the deltas, and a
     warning (never silence) when completeness is off by more than DELTA_TOLERANCE."""
     spec = model.outputs[index]
-    scale = change.double().abs().clamp_min(1.0)
-    relative = (delta.abs() / scale) if delta.numel() else delta
+    relative = relative_delta(delta, change, spec.dtype)
     worst = float(relative.max()) if delta.numel() else 0.0
     warnings_ = []
     if worst > DELTA_TOLERANCE or not bool(torch.isfinite(delta).all()):

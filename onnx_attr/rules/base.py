@@ -114,6 +114,11 @@ class UnaryRule(Rule):
 class DecomposedRule(Rule):
     """The op written with paired primitives; autograd through the decomposition gives the multipliers."""
 
+    #: the decomposition's split has terms that cancel by orders of magnitude (a shift carried in and
+    #: out of a log-sum-exp, a normalisation's 1/σ at a near-constant reference): its multipliers are
+    #: computed in float64 from float32 or narrower inputs (see `_widened`), then rounded back once
+    wide = False
+
     def decompose(self, info: NodeInfo, call: Callable, args: list[Any], refs: list[Any]) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
@@ -123,16 +128,24 @@ class DecomposedRule(Rule):
         for i in positions:  # a shared (batch-1) reference, expanded as a view: composites see equal shapes
             if refs[i].shape != args[i].shape:
                 refs[i] = refs[i].expand_as(args[i])
+        wide = self.wide and _widened(args[positions[0]]) if positions else False
         with torch.enable_grad():
             live = list(args)
             for i in positions:
-                live[i] = args[i].detach().requires_grad_(True)
+                live[i] = args[i].detach().to(torch.float64 if wide else args[i].dtype).requires_grad_(True)
+                refs[i] = refs[i].double() if wide else refs[i]
             y, _ = self.decompose(info, call, live, refs)
-            found = torch.autograd.grad(y, [live[i] for i in positions], grad, allow_unused=True)
+            found = torch.autograd.grad(y, [live[i] for i in positions], grad.double() if wide else grad,
+                                        allow_unused=True)
         grads: list[Tensor | None] = [None] * len(args)
         for i, g in zip(positions, found):
-            grads[i] = g if g is not None else torch.zeros_like(args[i])
+            grads[i] = g.to(args[i].dtype) if g is not None else torch.zeros_like(args[i])
         return grads
+
+
+def _widened(x: Tensor) -> bool:
+    """Whether a wide rule computes in float64: for float32 and narrower, where the device has it."""
+    return x.is_floating_point() and x.dtype != torch.float64 and x.device.type != "mps"
 
 
 class ProductRule(DecomposedRule):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DecomposedRule, NodeInfo, rule
-from .paired import pair_max, pair_min, product, rescale
+from .paired import pair_amax, pair_max, pair_min, product, rescale, scaled_product
 
 
 def _require_constant(info: NodeInfo, positions: range | list[int], what: str) -> None:
@@ -21,69 +21,78 @@ def _require_constant(info: NodeInfo, positions: range | list[int], what: str) -
         raise NotImplementedError(f"{info.op_type} with a varying {what} is not supported")
 
 
-def _softmax_parts(info, z, z0):
-    """exp(z - c) and its sum, with one shift c shared by input and reference (softmax is shift-invariant)."""
+def _softmax_axis(info, z, z0):
+    """The axis, and z and z0 reshaped as the op sees them (Softmax/LogSoftmax before opset 13
+    flatten to 2-D at `axis`)."""
     axis = info.attrs.get("axis", 1 if info.opset < 13 else -1)
-    shape = z.shape
-    if info.opset < 13:  # old Softmax/LogSoftmax flatten to 2-D at `axis`
+    if info.opset < 13:
         axis = axis % z.dim()
-        z = z.reshape(math.prod(shape[:axis]), -1)
+        z = z.reshape(math.prod(z.shape[:axis]), -1)
         z0 = z0.reshape(math.prod(z0.shape[:axis]), -1)
         axis = 1
-    c = torch.maximum(z.detach().amax(axis, keepdim=True), z0.amax(axis, keepdim=True))
-    e, e0 = exp_shifted(z, z0, c)
-    return axis, shape, c, (z, z0), (e, e0), (e.sum(axis, keepdim=True), e0.sum(axis, keepdim=True))
+    return axis, z, z0
 
 
 def exp_shifted(z: Tensor, z0: Tensor, c: Tensor, c0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(exp(z - c), exp(z0 - c0)) as a rescale (c0 = c by default), with the exponents floored
-    where exp underflows anyway.
+    where both sides' exp underflow anyway.
 
     Masks written as huge negative logits (-1e9, the dtype's lowest) would otherwise set the
     rescale's secant tolerance, which is relative to the largest magnitude in the tensor, and
     turn every secant into a gradient. The floor changes each term by less than the smallest
-    normal number.
+    normal number. Where only one side underflows it is not floored: the other side's change,
+    exp(u0) - 0, must flow through the secant to the exponent's full change.
     """
     floor = math.log(torch.finfo(z.dtype).tiny)
-    return rescale(torch.exp, (z - c).clamp_min(floor), (z0 - (c if c0 is None else c0)).clamp_min(floor))
+    u, u0 = z - c, z0 - (c if c0 is None else c0)
+    under = (u < floor) & (u0 < floor)
+    return rescale(torch.exp, u.masked_fill(under, floor), u0.masked_fill(under, floor))
 
 
 @rule("Softmax")
 class Softmax(DecomposedRule):
-    """softmax = exp(z - c) · 1/Σexp(z - c)."""
+    """softmax = exp(z - logsumexp z): one exponential of a non-positive exponent per side."""
+
+    wide = True
 
     def decompose(self, info, call, args, refs):
         _require_constant(info, range(1, len(args)), "second input")
-        axis, shape, _, _, (e, e0), (s, s0) = _softmax_parts(info, args[0], refs[0])
-        r, r0 = rescale(torch.reciprocal, s, s0)
-        y, y0 = product(torch.mul, e, e0, r, r0)
+        shape = args[0].shape
+        axis, z, z0 = _softmax_axis(info, args[0], refs[0])
+        lse, lse0 = paired_logsumexp(z, z0, (axis,))
+        y, y0 = exp_shifted(z, z0, lse, lse0)
         return y.reshape(shape), y0
 
 
 @rule("LogSoftmax")
 class LogSoftmax(DecomposedRule):
-    """log_softmax = (z - c) - log Σexp(z - c)."""
+    """log_softmax = z - logsumexp z."""
+
+    wide = True
 
     def decompose(self, info, call, args, refs):
-        axis, shape, c, (z, z0), _, (s, s0) = _softmax_parts(info, args[0], refs[0])
-        l, l0 = rescale(torch.log, s, s0)
-        return ((z - c) - l).reshape(shape), (z0 - c) - l0
+        shape = args[0].shape
+        axis, z, z0 = _softmax_axis(info, args[0], refs[0])
+        lse, lse0 = paired_logsumexp(z, z0, (axis,))
+        return (z - lse).reshape(shape), z0 - lse0
 
 
 def _normalize(x, x0, axes, eps, center: bool = True, inverse_std=None):
     """(x - mean) / sqrt(var + eps) over `axes`, as centring, a square (product), a rescale and a
-    product; without `center`, x / sqrt(mean(x²) + eps) (RMS normalization). `inverse_std` maps
+    product in the order that cannot cancel (`scaled_product`); without `center`, x / sqrt(mean(x²) + eps) (RMS normalization). `inverse_std` maps
     the variance to the factor where an op defines it otherwise."""
     d = x - x.mean(axes, keepdim=True) if center else x
     d0 = x0 - x0.mean(axes, keepdim=True) if center else x0
     sq, sq0 = product(torch.mul, d, d0, d, d0)
     inverse_std = inverse_std or (lambda t: torch.rsqrt(t + eps))
     r, r0 = rescale(inverse_std, sq.mean(axes, keepdim=True), sq0.mean(axes, keepdim=True))
-    return product(torch.mul, d, d0, r, r0)
+    return scaled_product(d, d0, r, r0)
 
 
 class _AffineNormalization(DecomposedRule):
     """normalize(x over `axes`) * scale + bias, scale and bias constant."""
+
+    wide = True
 
     center = True
 
@@ -156,6 +165,8 @@ class GroupNorm(_AffineNormalization):
 class MeanVarianceNorm(DecomposedRule):
     """(x - mean) / (sqrt(var) + 1e-9): the epsilon outside the root, as ONNX defines it."""
 
+    wide = True
+
     def check(self, info):
         if 0 in info.attrs.get("axes", [0, 2, 3]):
             raise NotImplementedError("MeanVarianceNormalization over the batch axis mixes the examples, so no "
@@ -180,7 +191,9 @@ class SwiGLU(DecomposedRule):
 
 @rule("LRN")
 class LocalResponseNorm(DecomposedRule):
-    """x / (bias + alpha/size · Σ_window x²)^beta: square (product), window sum, rescale, product."""
+    """x / (bias + alpha/size · Σ_window x²)^beta: square (product), window sum, rescale, scaled product."""
+
+    wide = True
 
     def decompose(self, info, call, args, refs):
         x, x0 = args[0], refs[0]
@@ -194,7 +207,7 @@ class LocalResponseNorm(DecomposedRule):
             return padded.unfold(-1, size, 1).sum(-1).movedim(-1, 1)
 
         q, q0 = rescale(lambda t: (bias + alpha / size * t) ** (-beta), window_sum(sq), window_sum(sq0))
-        return product(torch.mul, x, x0, q, q0)
+        return scaled_product(x, x0, q, q0)
 
 
 def _reduction(info, args, refs):
@@ -240,6 +253,8 @@ class Min(_Elementwise):
 
 @rule("ReduceLogSumExp")
 class ReduceLogSumExp(DecomposedRule):
+    wide = True
+
     def decompose(self, info, call, args, refs):
         x, x0, axes, keep = _reduction(info, args, refs)
         y, y0 = paired_logsumexp(x, x0, axes)
@@ -247,24 +262,35 @@ class ReduceLogSumExp(DecomposedRule):
 
 
 def paired_logsumexp(x: Tensor, x0: Tensor, axes, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """log Σ exp over `axes` (kept), as exp and log rescales around a shared constant shift;
-    entries where `valid` is False (padding) are left out of the sum."""
-    if valid is None:
-        c = torch.maximum(x.detach().amax(axes, keepdim=True), x0.amax(axes, keepdim=True))
-    else:
-        low = float("-inf")
-        c = torch.maximum(x.detach().masked_fill(~valid, low).amax(axes, keepdim=True),
-                          x0.masked_fill(~valid, low).amax(axes, keepdim=True))
-    e, e0 = exp_shifted(x, x0, c)
+    """log Σ exp over `axes` (kept) = c + log Σ exp(x - c), with c each side's own maximum;
+    entries where `valid` is False (padding) are left out of the sum.
+
+    A shift shared by both sides (max over x and x0 together) sends the far side's exponentials
+    to 0 once the two are tens apart, and the log's secant then multiplies rounding noise by up
+    to 1/tiny. With c = max x and c0 = max x0, both sums lie in [1, n] and every factor is of
+    order one; Δc is attributed by the cross-max rule (`pair_amax`), so the split stays exact.
+    """
+    if valid is not None:  # a constant mask: out of the max and the exponentials (floored to 0)
+        x, x0 = masked_lowest(x, valid), masked_lowest(x0, valid)
+    c, c0 = pair_amax(x, x0, axes)
+    e, e0 = exp_shifted(x, x0, c, c0)
     if valid is not None:  # a constant mask: linear
         e, e0 = e * valid, e0 * valid
     l, l0 = rescale(torch.log, e.sum(axes, keepdim=True), e0.sum(axes, keepdim=True))
-    return l + c, l0 + c
+    return l + c, l0 + c0
+
+
+def masked_lowest(x: Tensor, valid: Tensor) -> Tensor:
+    """x with the entries outside `valid` at the dtype's lowest: never the max, and exp(lowest - c)
+    is floored to 0 (never inf · 0 = NaN where a masked score is far above the valid ones)."""
+    return x.masked_fill(~valid, torch.finfo(x.dtype).min)
 
 
 @rule("LogSumExpPool")
 class LogSumExpPoolRule(DecomposedRule):
     """onnx_attr.smooth's pooling: the same log-sum-exp decomposition over each window."""
+
+    wide = True
 
     def decompose(self, info, call, args, refs):
         pool, beta = call.module, call.module.beta
@@ -330,8 +356,9 @@ class AttentionRule(DecomposedRule):
         z, z0 = s + finite, s0 + finite
         # p = exp(z - logsumexp(z)): every factor stays in [0, 1] (exp · 1/Σexp would multiply a tiny
         # exponential by a huge reciprocal and lose float32 precision when one key dominates)
-        lse, lse0 = paired_logsumexp(z, z0, (-1,), allowed | dead)
-        p, p0 = exp_shifted(z, z0, lse, lse0)
+        valid = allowed | dead
+        lse, lse0 = paired_logsumexp(z, z0, (-1,), valid)
+        p, p0 = exp_shifted(masked_lowest(z, valid), masked_lowest(z0, valid), lse, lse0)
         keep = allowed & ~dead
         p, p0 = p * keep, p0 * keep
         y, y0 = product(torch.matmul, p, p0, v, v0)

@@ -3,7 +3,7 @@
 Every nonlinear rule is written with these two and plain linear torch ops:
 
 * `rescale(f, x, x0)`: an elementwise f; multiplier (f(x) - f(x0)) / (x - x0), the gradient
-  where x and x0 are too close for the secant to be accurate. Exact: Δy = m·Δx.
+  only where x and x0 are so close that the secant is rounding noise. Exact: Δy = m·Δx.
 * `product(fn, a, a0, b, b0)`: fn bilinear in (a, b) (Mul, MatMul, Einsum); Shapley values,
   ∂/∂a at b̄ = (b+b0)/2 and ∂/∂b at ā = (a+a0)/2. Exact: Δfn = fn(Δa, b̄) + fn(ā, Δb).
 
@@ -81,16 +81,40 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
             return fill_nan(m, _slope_at_reference(f, x0, memo))
         return m
     close = dx.abs().le_(secant_tolerance(x, x0)).bool()
-    m = (y - y0).div_(dx.masked_fill_(close, 1.0))
+    m = (y - y0).div_(dx.masked_fill(close, 1.0))
     if not sync_free(m):  # on CPU: look first, and take gradients on the close elements alone
         if not bool(close.any()):
             return m
         if elementwise and m.shape == x.shape:
+            xs = x.detach()[close]
             with torch.enable_grad():
-                xg = x.detach()[close].requires_grad_(True)
+                xg = xs.clone().requires_grad_(True)
                 (grad,) = torch.autograd.grad(f(xg).sum(), xg)
-            return m.masked_scatter(close, grad)
-    return torch.where(close, _slope(f, x), m)
+            settled = settle_close(grad, xs, x0.expand_as(x)[close], y.detach()[close], y0.expand_as(y)[close])
+            return m.masked_scatter(close, settled)
+    return torch.where(close, settle_close(_slope(f, x), x, x0, y, y0), m)
+
+
+#: ulps of rounding allowed in f(x) - f(x0) (two evaluations of a library function, then a subtraction)
+_SECANT_ULPS = 8
+
+
+def settle_close(grad: Tensor, x: Tensor, x0: Tensor, y: Tensor, y0: Tensor) -> Tensor:
+    """For x close to x0: the secant wherever it says more than its rounding noise, else f'(x).
+
+    The tensor-wide tolerance flags elements small next to the tensor's largest one, but an element
+    near a kink at its own scale (√ of a power that is 0 at the reference, log or 1/x near 0) has
+    a secant far from its gradient (twice it for √ at 0): there the gradient would break
+    completeness by its whole size. The secant's own error is its numerator's rounding,
+    ~ulps·max(|y|, |y0|)/|Δx|; where gradient and secant differ by more, the secant is the exact
+    one. Where x == x0 and f'(x) is not finite (√ at 0), the multiplier is 0: it meets Δx = 0.
+    """
+    dx = x - x0
+    secant = (y - y0) / dx
+    noise = torch.maximum(y.abs(), y0.abs()).mul_(_SECANT_ULPS * torch.finfo(x.dtype).eps).div_(dx.abs())
+    use_secant = (dx != 0) & torch.isfinite(secant) & ~((secant - grad).abs() <= noise)
+    m = torch.where(use_secant, secant, grad)
+    return torch.where(torch.isfinite(m) | (dx != 0), m, torch.zeros_like(m))
 
 
 def _slope_at_reference(f: Callable[[Tensor], Tensor], x0: Tensor, memo: dict | None) -> Tensor:
@@ -154,21 +178,25 @@ def rescale(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, exact_secant: 
 
 class _Product(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: Tensor, a0: Tensor, b: Tensor, b0: Tensor, fn: Callable) -> Tensor:
-        ctx.fn = fn
+    def forward(ctx, a: Tensor, a0: Tensor, b: Tensor, b0: Tensor, fn: Callable, ordered: bool = False) -> Tensor:
+        ctx.fn, ctx.ordered = fn, ordered
         ctx.save_for_backward(a, a0, b, b0)
         return fn(a, b)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         a, a0, b, b0 = ctx.saved_tensors
-        a_mid, b_mid = (a + a0) / 2, (b + b0) / 2
+        if ctx.ordered:  # change a at the smaller |b|, then b at the other side's a (see scaled_product)
+            first = b.abs() <= b0.abs()
+            a_mid, b_mid = torch.where(first, a0, a), torch.where(first, b, b0)
+        else:
+            a_mid, b_mid = (a + a0) / 2, (b + b0) / 2
         with torch.enable_grad():
             ag = a.detach().requires_grad_(True)
             bg = b.detach().requires_grad_(True)
             (grad_a,) = torch.autograd.grad(ctx.fn(ag, b_mid), ag, grad)
             (grad_b,) = torch.autograd.grad(ctx.fn(a_mid, bg), bg, grad)
-        return grad_a, None, grad_b, None, None
+        return grad_a, None, grad_b, None, None, None
 
 
 def product(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Tensor, b0: Tensor
@@ -177,6 +205,21 @@ def product(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Te
     with torch.no_grad():
         y0 = fn(a0, b0)
     return _Product.apply(a, a0, b, b0, fn), y0
+
+
+def scaled_product(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor, Tensor]:
+    """a·b (elementwise, b a scale factor broadcast over a) split in the order that cannot cancel:
+    Δ(ab) = Δa·min(b, b0) + a'·Δb, with a' the other side's a (a0 where |b| <= |b0|, else a).
+
+    Both orders telescope exactly; Shapley's average of them does too, but when the scale changes by
+    orders of magnitude (a normalisation's 1/σ at a near-constant reference is 1/√eps, ~10³) its two
+    terms are each ~|a|·b0/2 and cancel into a change of size |a|·b: float32 keeps ~10⁻⁷ of the terms,
+    too little. In this order every term is bounded by |ab| + 2|a0b0|.
+    """
+    a0, b0 = a0.detach(), b0.detach()
+    with torch.no_grad():
+        y0 = a0 * b0
+    return _Product.apply(a, a0, b, b0, torch.mul, True), y0
 
 
 def pair_max(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor, Tensor]:
@@ -189,3 +232,36 @@ def pair_min(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor, Tens
     """min(a, b) = a - relu(a - b)."""
     r, r0 = rescale(torch.relu, a - b, a0 - b0, exact_secant=True)
     return a - r, a0 - r0
+
+
+class _CrossAmax(torch.autograd.Function):
+    """max over `axes` (kept) with the cross-max rule as its backward (see rules/pooling.py):
+    with c = max x, c0 = max x0 and m = max(c, c0), m - c0 goes to where x peaks and c - m to
+    where x0 peaks (split evenly over ties). Each credit is at most its element's |Δx|, so the
+    multipliers lie in [0, 1]; where Δx = 0 the credit is 0 and the multiplier is the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, x0: Tensor, c0: Tensor, axes: tuple[int, ...]) -> Tensor:
+        c = x.amax(axes, keepdim=True)
+        ctx.axes = axes
+        ctx.save_for_backward(x, x0, c, c0)
+        return c
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, x0, c, c0 = ctx.saved_tensors
+        m = torch.maximum(c, c0)
+        peak, peak0 = (x == c).to(x.dtype), (x0 == c0).to(x.dtype)
+        peak = peak / peak.sum(ctx.axes, keepdim=True)
+        peak0 = peak0 / peak0.sum(ctx.axes, keepdim=True)
+        credit = peak * (m - c0) + peak0 * (c - m)
+        multiplier = torch.where(x == x0, peak, credit / (x - x0))
+        return grad * multiplier, None, None, None
+
+
+def pair_amax(x: Tensor, x0: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """(max x, max x0) over `axes` (kept), each side's own: the shift that keeps both sides' exp in range."""
+    axes = tuple(axes)
+    x0 = x0.detach()
+    c0 = x0.amax(axes, keepdim=True)
+    return _CrossAmax.apply(x, x0, c0, axes), c0
