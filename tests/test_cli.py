@@ -93,17 +93,61 @@ def test_failed_write_leaves_earlier_result_and_no_temporary(tmp_path, capsys, m
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
 
 
-def test_convert_writes_a_pt2_that_loads_without_pickle(tmp_path, capsys):
+def _ort_on_file(path, feeds):
+    """The oracle: onnxruntime on the .onnx file itself (not our stripped copy)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def test_convert_writes_a_pt2_that_computes_what_the_file_computes(tmp_path, capsys):
     out = tmp_path / "digits.pt2"
     assert main(["convert", DIGITS, "-o", str(out)]) == 0
+    assert "final Softmax kept" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["digits.pt2"]  # no temporary left behind
     program = torch.export.load(out).module()
-    model = onnx_attr.load(DIGITS)
-    x = read_npz(DIGITS_INPUTS, model.inputs)["image"]
+    x = np.load(DIGITS_INPUTS)["image"]
     for batch in (x, x[:3]):  # the batch axis stayed dynamic
-        ort = run_onnxruntime(model.reference_model, {"image": batch}, ["probabilities"])[0]
         got = program(torch.from_numpy(batch)).detach().numpy()
-        np.testing.assert_allclose(got, ort, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got, _ort_on_file(DIGITS, {"image": batch}), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)  # probabilities, as the file returns
+
+
+def test_convert_strip_final_activation_returns_logits_and_says_so(tmp_path, capsys):
+    out = tmp_path / "logits.pt2"
+    assert main(["convert", DIGITS, "--out", str(out), "--strip-final-activation"]) == 0
+    assert "returns logits" in capsys.readouterr().out
+    x = np.load(DIGITS_INPUTS)["image"]
+    logits = torch.export.load(out).module()(torch.from_numpy(x)).detach().double()
+    # softmax of what the program returns is what the file returns
+    np.testing.assert_allclose(torch.softmax(logits, 1).numpy(), _ort_on_file(DIGITS, {"image": x}),
+                               rtol=1e-4, atol=1e-6)
+    assert float(logits.abs().max()) > 5  # logits, not probabilities
+
+
+def test_api_export_keeps_the_final_activation_by_default(tmp_path):
+    from onnx_attr.export import save_program
+
+    model = onnx_attr.load(DIGITS)  # stripped for attribution
+    notes = save_program(model, tmp_path / "m.pt2")
+    assert any("Softmax kept" in n for n in notes)
+    x = np.load(DIGITS_INPUTS)["image"]
+    got = torch.export.load(tmp_path / "m.pt2").module()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, _ort_on_file(DIGITS, {"image": x}), rtol=1e-4, atol=1e-6)
+    notes = save_program(model, tmp_path / "logits.pt2", final_activation="as-loaded")
+    assert any("returns logits" in n for n in notes)
+
+
+def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(DIGITS, model)
+    before = model.read_bytes()
+    assert main(["convert", str(model), "-o", str(model)]) == 2
+    assert "never replaces its input" in capsys.readouterr().err
+    assert model.read_bytes() == before
 
 
 def test_console_script_runs():
