@@ -19,6 +19,8 @@ from conftest import SAMPLES
 
 DIGITS = str(SAMPLES / "digits_cnn.onnx")
 DIGITS_INPUTS = str(SAMPLES / "digits_cnn_inputs.npz")
+CANCER = str(SAMPLES / "breast_cancer_mlp.onnx")
+CANCER_INPUTS = str(SAMPLES / "breast_cancer_mlp_inputs.npz")
 
 
 def test_inspect_text(capsys):
@@ -154,3 +156,80 @@ def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "onnx_attr.cli", "verify", DIGITS], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "PASSED" in result.stdout
+
+
+# -- issue 19 §1: one set of options, checked at parse time ----------------------------------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    (["verify", DIGITS, "--atol", "-1"], "a tolerance must be a finite number >= 0"),
+    (["verify", DIGITS, "--rtol", "nan"], "a tolerance must be a finite number >= 0"),
+    (["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", "x", "--smooth", "0"], "argument --smooth: '0': give a finite number > 0"),
+    (["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", "x", "--device", "meta"], "use cpu, cuda or cuda:N"),
+    (["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", "x", "--n-steps", "0"], "give an integer >= 1"),
+])
+def test_bad_option_values_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_lists_the_exit_codes_and_every_command_takes_the_same_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "exit codes:" in text and "4    a folder run finished, but some inputs failed" in text
+    for command, options in {"verify": ["-i INPUT, --input INPUT"], "convert": ["-i INPUT, --input INPUT", "-o OUT, --out OUT"],
+                             "attribute": ["-i INPUT, --input INPUT", "-o OUT, --out OUT", "--n-steps", "--internal-batch-size",
+                                           "--batch-size", "--debug", "-q, --quiet"]}.items():
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert all(o in text for o in options), command
+
+
+def test_debug_works_after_the_subcommand_too(capsys, monkeypatch):
+    from onnx_attr import cli
+
+    def crash(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "cmd_verify", crash)
+    for argv in (["--debug", "verify", DIGITS], ["verify", DIGITS, "--debug"]):
+        assert main(argv) == 3
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "internal error (RuntimeError: boom)" in err
+    assert main(["verify", DIGITS]) == 3
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_deepliftshap_without_a_background_names_the_fix(tmp_path, capsys):
+    assert main(["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", str(tmp_path), "--method", "deepliftshap"]) == 2
+    assert "--baseline bg.npz" in capsys.readouterr().err
+
+
+def test_n_steps_belong_to_integrated_gradients(tmp_path, capsys):
+    assert main(["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", str(tmp_path / "a"), "--n-steps", "8"]) == 2
+    assert "apply to --method integratedgradients only" in capsys.readouterr().err
+    assert main(["attribute", CANCER, "-i", CANCER_INPUTS, "-o", str(tmp_path / "ig"), "--method",
+                 "integratedgradients", "--n-steps", "8", "--internal-batch-size", "64", "--quiet"]) == 0
+    report = json.loads((tmp_path / "ig" / "report.json").read_text())
+    assert report["n_steps"] == 8 and report["manifest"]["options"]["n_steps"] == 8
+
+
+def test_inspect_json_lists_the_tensor_names_the_layer_methods_take(capsys):
+    assert main(["inspect", DIGITS, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    relu = next(t for t in info["tensors"] if t["node"] == "node_relu")
+    assert relu["op"] == "Relu" and relu["kind"] != "linear" and relu["shape"][1:] == [8, 8, 8]
+    assert next(n for n in info["nonlinear_nodes"] if n["node"] == "node_relu")["tensors"] == [relu["tensor"]]
+    model = onnx_attr.load(DIGITS)  # the name works as the layer of a layer method
+    x = read_npz(DIGITS_INPUTS, model.inputs)["image"]
+    layer = onnx_attr.LayerDeepLift(model, relu["tensor"]).attribute(x, target=3)
+    assert tuple(layer.shape) == (8, 8, 8, 8)
+
+
+def test_import_onnx_attr_does_not_import_torch():
+    code = "import sys, onnx_attr, onnx_attr.cli; print('torch' in sys.modules, 'onnx' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "False"], result.stderr
