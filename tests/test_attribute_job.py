@@ -323,3 +323,39 @@ def test_sigmoid_model_summary_says_what_is_explained(tmp_path, capsys):
     assert main(["attribute", CANCER, "-i", CANCER_INPUTS, "-o", str(tmp_path / "out"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "target None" not in out and "target none needed (the output itself" in out
+
+
+# -- issue 19 §2: progress on stderr, on a terminal only ---------------------------------------------------------------
+
+def test_progress_shows_examples_done_on_a_terminal_and_nothing_otherwise(tmp_path, capsys, monkeypatch):
+    from onnx_attr import progress
+
+    x = np.concatenate([_images(8)] * 4)
+    path = tmp_path / "x.npz"
+    np.savez(path, image=x)
+    assert main(["attribute", DIGITS, "-i", str(path), "-o", str(tmp_path / "a"), "--batch-size", "8"]) == 0
+    assert capsys.readouterr().err == ""  # not a terminal: quiet
+    monkeypatch.setattr(progress, "_is_terminal", lambda: True)
+    assert main(["attribute", DIGITS, "-i", str(path), "-o", str(tmp_path / "b"), "--batch-size", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "8/32" in err and "example/s" in err
+    assert main(["attribute", DIGITS, "-i", str(path), "-o", str(tmp_path / "c"), "--batch-size", "8", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    inputs = _folder(tmp_path, ["p.npz", "q.npz"])
+    assert main(["attribute", DIGITS, "-i", str(inputs), "-o", str(tmp_path / "d")]) == 0
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_perturbation_methods_take_captums_show_progress(capsys, monkeypatch):
+    import onnx_attr
+    from onnx_attr import progress
+
+    monkeypatch.setattr(progress, "_is_terminal", lambda: True)
+    model = onnx_attr.load(CANCER)
+    x = np.load(CANCER_INPUTS)[next(iter(np.load(CANCER_INPUTS).files))][:4]
+    quiet = onnx_attr.FeatureAblation(model).attribute(x, perturbations_per_eval=10)
+    shown = onnx_attr.FeatureAblation(model).attribute(x, perturbations_per_eval=10, show_progress=True)
+    np.testing.assert_array_equal(quiet, shown)
+    assert "FeatureAblation" in capsys.readouterr().err  # 30 features / 10 per pass: 3 passes
+    onnx_attr.Occlusion(model).attribute(x, sliding_window_shapes=(5,), strides=(5,), show_progress=True)
+    assert "Occlusion" in capsys.readouterr().err

@@ -44,10 +44,15 @@ class _Perturbation(_GradientMethod):
         return targets.select(out)
 
     def _ablate(self, prepared, masks: list[list[Tensor]], targets: Targets, index: int,
-                perturbations_per_eval: int) -> list[Optional[Tensor]]:
+                perturbations_per_eval: int, show_progress: bool = False) -> list[Optional[Tensor]]:
         """For each attributed input, the output drop of each mask averaged over the masks covering
-        each element; `masks[i]` are boolean tensors shaped like input i without its batch axis."""
+        each element; `masks[i]` are boolean tensors shaped like input i without its batch axis.
+        `show_progress` (Captum's keyword) counts the perturbed passes on stderr."""
+        from ..progress import progress
+
         n = len(targets.rows)
+        passes = sum(math.ceil(len(m) / max(1, int(perturbations_per_eval))) for m in masks)
+        bar = progress(passes, "pass", type(self).__name__, quiet=not show_progress)
         original = self._value(prepared.tensors, targets, index)
         result: list[Optional[Tensor]] = []
         for i, (x, b) in enumerate(zip(prepared.tensors, prepared.baselines)):
@@ -64,11 +69,13 @@ class _Perturbation(_GradientMethod):
                 rows = Targets.__new__(Targets)
                 rows.rows = targets.rows * len(group)
                 drop = (original.double().repeat(len(group)) - self._value(inputs, rows, index).double())
+                bar.update(1)
                 for k, m in enumerate(group):
                     covered = m.to(x.device)
                     total += drop[k * n:(k + 1) * n].reshape(n, *[1] * (x.dim() - 1)) * covered
                     count += covered
             result.append((total / count.clamp_min(1)).to(x.dtype))
+        bar.close()
         return result
 
 
@@ -83,7 +90,7 @@ class FeatureAblation(_Perturbation):
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   feature_mask: Any = None, perturbations_per_eval: int = 1, *,
-                  output: Union[str, int, None] = None):
+                  output: Union[str, int, None] = None, show_progress: bool = False):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         masks_given = _per_input(feature_mask, prepared)
         masks = []
@@ -98,7 +105,7 @@ class FeatureAblation(_Perturbation):
                 groups = torch.as_tensor(np.asarray(given)).expand(1, *x.shape[1:])[0]
                 masks.append([groups == g for g in torch.unique(groups)])
         attributions = self._ablate(prepared, masks, Targets(target, n), self._output_index(output),
-                                    perturbations_per_eval)
+                                    perturbations_per_eval, show_progress)
         return prepared.repack(attributions)
 
 
@@ -108,7 +115,7 @@ class Occlusion(_Perturbation):
 
     def attribute(self, inputs: Any, sliding_window_shapes: Any, strides: Any = None, baselines: Any = None,
                   target: Any = None, additional_forward_args: Any = None, perturbations_per_eval: int = 1, *,
-                  output: Union[str, int, None] = None):
+                  output: Union[str, int, None] = None, show_progress: bool = False):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         shapes = _per_input_tuple(sliding_window_shapes, prepared)
         steps = _per_input_tuple(strides, prepared) if strides is not None else [None] * len(shapes)
@@ -116,7 +123,7 @@ class Occlusion(_Perturbation):
         for x, a, window, stride in zip(prepared.tensors, prepared.attributed, shapes, steps):
             masks.append(_windows(tuple(x.shape[1:]), window, stride) if a else [])
         attributions = self._ablate(prepared, masks, Targets(target, n), self._output_index(output),
-                                    perturbations_per_eval)
+                                    perturbations_per_eval, show_progress)
         return prepared.repack(attributions)
 
 
