@@ -224,7 +224,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     if method not in METHOD_TITLES:
         raise InputError(f"unknown method {method!r}; available: {sorted(METHOD_TITLES)}")
     baseline = resolve_baseline_spec(baseline, method)
-    method_options = _method_options(method, n_steps, internal_batch_size)
+    per_method = method_options(method, n_steps, internal_batch_size)
     batch_size = _positive(batch_size, "--batch-size") or DEFAULT_BATCH_SIZE
     files = input_files(input_path)
     many = len(files) > 1 or Path(input_path).is_dir()
@@ -234,19 +234,19 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         baseline_sha256=file_sha256(regular_file(baseline, "--baseline")) if baseline.endswith(".npz") else None,
         output=output_name,
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
-                 "batch_size": batch_size, **method_options, **(options or {})})
+                 "batch_size": batch_size, **per_method, **(options or {})})
     manifest = json.loads(json.dumps(manifest))  # as it reads back from report.json
     folder = prepare_out_dir(out)
     with FolderLock(folder):
         remove_leftover_temporaries(folder, depth=1 if many else 0)
         job = _Job(model, make_explainer(model, method, gradient_fallback), manifest, method, target, baseline,
-                   output_name, plot_all, feature_names, batch_size, method_options, quiet)
+                   output_name, plot_all, feature_names, batch_size, per_method, quiet)
         if not many:
             return job.single(files[0], folder, resume)
         return job.folder_run(files, folder, resume)
 
 
-def _method_options(method: str, n_steps: Optional[int], internal_batch_size: Optional[int]) -> dict:
+def method_options(method: str, n_steps: Optional[int], internal_batch_size: Optional[int]) -> dict:
     if method != "integratedgradients":
         given = [f for f, v in (("--n-steps", n_steps), ("--internal-batch-size", internal_batch_size)) if v is not None]
         if given:

@@ -273,9 +273,11 @@ def cmd_convert(args) -> int:
 
 
 def cmd_attribute(args) -> int:
-    from .attribute_job import read_feature_names, resolve_baseline_spec, run_attribute
+    from .attribute_job import method_options, read_feature_names, resolve_baseline_spec, run_attribute
 
-    resolve_baseline_spec(args.baseline, args.method)  # before the model loads: a usage error answers at once
+    # checked before the model loads, so that a usage error answers at once
+    resolve_baseline_spec(args.baseline, args.method)
+    method_options(args.method, args.n_steps, args.internal_batch_size)
     feature_names = read_feature_names(args.feature_names)
     model = _load(args)
     options: dict[str, Any] = {}
