@@ -412,7 +412,7 @@ class _Job:
         out = self.model.run(inputs)[self.output_index]
         if out.dim() == 2 and out.shape[1] > 1:
             return out.argmax(1).tolist(), "predicted class (argmax)"
-        return None, "the output itself (one value per example)"
+        return None, "the output itself, one value per example"
 
     def _attribute_in_batches(self, attributed: dict, extra: dict, baselines: Any, target: Any,
                               progress_bar: bool, name: str) -> tuple[dict, np.ndarray, dict]:
