@@ -35,7 +35,7 @@ def _folder(tmp_path, names, n=2):
     folder = tmp_path / "in"
     folder.mkdir()
     for i, name in enumerate(names):
-        np.savez(folder / name, image=_images(n, i))
+        np.savez(folder / name, image=_images(n, i % 6))
     return folder
 
 
@@ -97,6 +97,37 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
     assert "another onnx-attr run is writing into" in capsys.readouterr().err
     assert not (out / "report.json").exists()
     assert _attribute(DIGITS_INPUTS, out, "--target", "1") == 0  # released: the next run goes
+
+
+def test_two_processes_into_one_out_never_mix(tmp_path):
+    """Issue 17 #12 as it happened: two runs with different targets started together into one --out.
+    One holds the folder and the other is refused (or, if one ends before the other starts, the
+    later redoes every result): every folder ends with one run's attributions and its own report."""
+    import subprocess
+    import sys
+
+    from onnx_attr.attribute_job import result_state
+
+    inputs = _folder(tmp_path, [f"x{i}.npz" for i in range(12)])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "onnx_attr.cli", "attribute", DIGITS, "-i", str(inputs), "-o", str(out),
+               "--batch-size", "1"]
+    runs = {t: subprocess.Popen([*command, "--target", str(t)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True) for t in (1, 2)}
+    codes = {t: p.wait() for t, p in runs.items()}
+    errors = {t: p.stderr.read() for t, p in runs.items()}
+    assert sorted(codes.values()) in ([0, 2], [0, 0]), errors
+    for t, code in codes.items():
+        if code == 2:
+            assert "another onnx-attr run is writing into" in errors[t]
+    targets = set()
+    for i in range(12):
+        folder = out / f"x{i}.npz"
+        report = json.loads((folder / "report.json").read_text())
+        targets.add(report["target"])
+        manifest = {k: v for k, v in report["manifest"].items() if k != "input"}
+        assert result_state(folder, manifest, report["manifest"]["input"]["sha256"])[0] == "finished"
+    assert len(targets) == 1 and codes[targets.pop()] == 0  # all from one run, one that succeeded
 
 
 def test_a_result_whose_files_come_from_different_runs_is_never_finished(tmp_path, capsys):
