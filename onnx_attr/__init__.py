@@ -4,21 +4,59 @@
     model = onnx_attr.load("model.onnx")      # faithful import, final softmax/sigmoid stripped
     print(model.verify().format())             # proof against onnxruntime
     onnx_attr.DeepLift(model).attribute(x, target=3)
+
+The public names are imported on first use (module `__getattr__`), so `import onnx_attr` and
+`onnx-attr --help` do not pay for torch, onnx and onnx2torch until something needs them.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
-from .loader import load
-from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient, IntegratedGradients,
-                      LayerDeepLift, LayerIntegratedGradients, NeuronDeepLift, NeuronIntegratedGradients, NoiseTunnel,
-                      Occlusion, Saliency)
-from .layers import tensor_as_input, tensor_as_output
-from .metrics import infidelity, parameter_randomization, sensitivity_max
-from .smooth import smooth
-from .model import AttributableModel
-from .verify import VerifyReport, verify
 
 __version__ = "0.1.0"
+
+#: Public name -> the submodule that defines it; imported when the name is first read.
+_LAZY = {
+    "load": "loader",
+    "AttributableModel": "model",
+    "VerifyReport": "verify", "verify": "verify",
+    **{name: "methods" for name in (
+        "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
+        "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
+        "Occlusion", "Saliency")},
+    "tensor_as_input": "layers", "tensor_as_output": "layers",
+    "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
+    "smooth": "smooth",
+}
+
+if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come from __getattr__
+    from .layers import tensor_as_input, tensor_as_output
+    from .loader import load
+    from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient,
+                          IntegratedGradients, LayerDeepLift, LayerIntegratedGradients, NeuronDeepLift,
+                          NeuronIntegratedGradients, NoiseTunnel, Occlusion, Saliency)
+    from .metrics import infidelity, parameter_randomization, sensitivity_max
+    from .model import AttributableModel
+    from .smooth import smooth
+    from .verify import VerifyReport, verify
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnx_attr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later reads skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     # import and verification

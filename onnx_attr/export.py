@@ -45,11 +45,42 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
         raise ExportError(f"torch.export could not trace the imported module: {_first_line(err)}") from err
 
 
-def save_program(model, path: str | os.PathLike, example_inputs: Any = None) -> list[str]:
-    """Export and write atomically; load it back with `torch.export.load(path).module()`."""
-    program, notes = export_program(model, example_inputs)
+def save_program(model, path: str | os.PathLike, example_inputs: Any = None, *,
+                 final_activation: str = "keep") -> list[str]:
+    """Export and write atomically; load it back with `torch.export.load(path).module()`.
+
+    With `final_activation="keep"` (the default) the program computes what the .onnx file
+    computes: a model whose final Softmax/Sigmoid was stripped on load (for attribution) is
+    re-imported from its file with the activation kept. `"as-loaded"` exports the module as it
+    is (logits where the activation was stripped); the notes say which it was.
+    """
+    if final_activation not in ("keep", "as-loaded"):
+        raise ExportError(f"final_activation={final_activation!r}: use 'keep' or 'as-loaded'")
+    notes: list[str] = []
+    stripped = [s for s in model.outputs if s.final_activation is not None and s.final_activation.stripped]
+    if stripped and final_activation == "keep":
+        model = _with_final_activation(model)
+        notes.append("re-imported with the final " + ", ".join(sorted({s.final_activation.op_type for s in stripped}))
+                     + " kept, so the program computes what the .onnx file computes")
+    elif stripped:
+        notes.append("final " + ", ".join(sorted({s.final_activation.op_type for s in stripped}))
+                     + " stripped: the program returns logits, not what the .onnx file returns")
+    program, export_notes = export_program(model, example_inputs)
     atomic_write(Path(path), lambda tmp: torch.export.save(program, tmp))
-    return notes
+    return notes + export_notes
+
+
+def _with_final_activation(model):
+    """The same model file imported without stripping; refused when there is no file to re-read."""
+    from .loader import load
+
+    if model.source is None or not Path(model.source).is_file():
+        raise ExportError("this model's final activation was stripped on load and it was not loaded from a file, "
+                          "so it cannot be re-imported with it: load it with strip_final_activation=False, or "
+                          "export the logits with final_activation='as-loaded'")
+    if getattr(model, "smoothed_from", None) is not None:
+        raise ExportError("a smoothed model is exported as it is: pass final_activation='as-loaded'")
+    return load(model.source, strip_final_activation=False, device=model.device)
 
 
 def _first_line(err: BaseException) -> str:

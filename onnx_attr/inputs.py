@@ -7,7 +7,7 @@ what it expects, raised before any compute.
 from __future__ import annotations
 
 import os
-import zipfile
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -183,18 +183,33 @@ def sample_inputs(specs: Sequence[TensorSpec], seed: int = 0, symbolic_size: int
 
 
 def read_npz(path: str | os.PathLike, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Arrays keyed by ONNX input name; a single unnamed array is accepted for a one-input model."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError as err:
-        raise InputError(f"input file {str(path)!r} does not exist") from err
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
-        raise InputError(
-            f"cannot read {str(path)!r} as an .npz of arrays ({err}); save inputs with "
-            "numpy.savez(path, **{onnx_input_name: array})"
-        ) from err
+    """Arrays keyed by ONNX input name, from an .npz (or an .npy for a one-input model).
+
+    A single unnamed array (an .npy, or `numpy.savez(path, x)`'s `arr_0`) goes to a one-input
+    model. Any other key that names no input is an error (a typo such as `img` for `image` would
+    otherwise be fed as something else). A dtype that differs from the model's within its kind
+    (float64 for float32) is converted with an `InputCastWarning`; another kind is an error later.
+    """
+    from .input_files import InputCastWarning, read_arrays
+
+    arrays = read_arrays(path)
     names = [s.name for s in specs]
-    if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
-        return {names[0]: next(iter(arrays.values()))}
-    return arrays
+    unnamed = [k for k in arrays if k is None or (k == "arr_0" and "arr_0" not in names)]
+    if unnamed and len(arrays) == 1 and len(names) == 1:
+        arrays = {names[0]: arrays[unnamed[0]]}
+    elif None in arrays:
+        raise InputError(f"{str(path)!r} is a single .npy array, but the model takes {len(names)} inputs {names}; "
+                         "save them with numpy.savez(path, **{onnx_input_name: array})")
+    unknown = [k for k in arrays if k not in names]
+    if unknown:
+        raise InputError(f"{str(path)!r} holds array(s) {unknown} that name no input of the model; its inputs are "
+                         f"{names}: save with numpy.savez(path, **{{onnx_input_name: array}})")
+    for spec in specs:
+        value = arrays.get(spec.name)
+        if value is None or spec.dtype is None or value.dtype == spec.dtype:
+            continue
+        if _kind(value.dtype) == _kind(spec.dtype):
+            warnings.warn(f"input {spec.name!r} in {str(path)!r} is {value.dtype}; the model takes {spec.dtype}, so "
+                          "it is converted (values may round); save it as " + str(spec.dtype) + " to silence this",
+                          InputCastWarning, stacklevel=2)
+    return arrays  # type: ignore[return-value]

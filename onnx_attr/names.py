@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from typing import Optional
 
 from .errors import InputError
+from .fileio import regular_file
 
 #: Larger than any tokenizer vocabulary or label list we know of (GPT-style vocab.json ~ 1 MB).
 MAX_BYTES = 32 * 2**20
+#: Longer names are a mistake (or a hostile file), not a label to draw.
+MAX_NAME_CHARS = 1000
 #: Indices beyond this are not names of classes or tokens but a mistake (or a hostile file).
 MAX_INDEX = 2**24
 
@@ -37,10 +39,12 @@ def read_names(path: Optional[str], option: str, key: Optional[str] = None) -> O
     text = _read_bounded(path, option)
     try:
         data = json.loads(text)
+    except RecursionError as err:
+        raise InputError(f"{option} {path!r}: the JSON is nested too deeply; give {FORMATS}") from err
     except ValueError:
-        return _from_lines(text, path, option)
+        return _checked_lengths(_from_lines(text, path, option), path, option)
     if not isinstance(data, (list, dict)):  # a lone number or word is a one-line text file
-        return _from_lines(text, path, option)
+        return _checked_lengths(_from_lines(text, path, option), path, option)
     if isinstance(data, dict) and key is not None and key in data:
         data = data[key]
     names = _from_json(data)
@@ -48,6 +52,14 @@ def read_names(path: Optional[str], option: str, key: Optional[str] = None) -> O
         raise InputError(f"{option} {path!r}: cannot read names from it; give {FORMATS}")
     if not names:
         raise InputError(f"{option} {path!r} holds no names")
+    return _checked_lengths(names, path, option)
+
+
+def _checked_lengths(names: dict[int, str], path: str, option: str) -> dict[int, str]:
+    long = next((i for i, n in names.items() if len(n) > MAX_NAME_CHARS), None)
+    if long is not None:
+        raise InputError(f"{option} {path!r}: name #{long} has {len(names[long]):,} characters, more than the "
+                         f"{MAX_NAME_CHARS} allowed")
     return names
 
 
@@ -57,12 +69,7 @@ def name_of(names: Optional[dict[int, str]], index: int) -> Optional[str]:
 
 
 def _read_bounded(path: str, option: str) -> str:
-    try:
-        info = os.stat(path)
-    except OSError as err:
-        raise InputError(f"{option} {path!r} cannot be read: {err.strerror or err}") from err
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{option} {path!r} is not a regular file (a folder, pipe or device); give a file")
+    info = os.stat(regular_file(path, option))  # a FIFO or device is refused before it is opened
     if info.st_size > MAX_BYTES:
         raise InputError(f"{option} {path!r} is {info.st_size} bytes, more than the {MAX_BYTES} allowed "
                          "for a names file")

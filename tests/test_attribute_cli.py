@@ -28,6 +28,10 @@ def test_digits_main_job_writes_attributions_report_and_heatmaps(tmp_path, capsy
     report = json.loads((out / "report.json").read_text())
     assert report["final_activation"]["stripped"] is True and report["verify"]["passed"] is True
     assert report["target"] == 3 and set(report["versions"]) >= {"torch", "onnx", "onnxruntime", "onnx_attr"}
+    from importlib.metadata import version
+
+    assert report["versions"]["onnx2torch"] == version("onnx2torch")  # not "?"
+    assert report["manifest"]["method"] == "deeplift" and report["manifest"]["target"] == "3"
     with np.load(out / "attributions.npz", allow_pickle=False) as data:
         attributions = data["image"]
     assert attributions.shape == (8, 1, 8, 8)
@@ -133,46 +137,60 @@ def test_folder_of_inputs_gives_one_result_each_and_resume_skips_finished(tmp_pa
     inputs = _many_inputs(tmp_path / "in", 4)
     out = tmp_path / "out"
     assert main(["attribute", DIGITS, "--input", str(inputs), "--target", "2", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["batch_000", "batch_001", "batch_002", "batch_003", "index.json"]
-    stamp = (out / "batch_001" / "report.json").stat().st_mtime_ns
-    (out / "batch_002" / "report.json").unlink()  # as if interrupted before it finished
+    folders = ["batch_000.npz", "batch_001.npz", "batch_002.npz", "batch_003.npz"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [*folders, "index.json"]
+    stamp = (out / "batch_001.npz" / "report.json").stat().st_mtime_ns
+    (out / "batch_002.npz" / "report.json").unlink()  # as if interrupted before it finished
     assert main(["attribute", DIGITS, "--input", str(tmp_path / "in" / "*.npz"), "--target", "2", "--out", str(out),
                  "--resume", "--json"]) == 0
     summary = json.loads((out / "index.json").read_text())
     assert summary["computed"] == ["batch_002.npz"] and len(summary["skipped_as_finished"]) == 3
-    assert (out / "batch_001" / "report.json").stat().st_mtime_ns == stamp  # not redone
+    assert (out / "batch_001.npz" / "report.json").stat().st_mtime_ns == stamp  # not redone
 
 
-def test_killed_run_resumes_with_every_result_valid(tmp_path):
+def _run_until_killed(command, out, finished_at_least, total):
     import signal
     import subprocess
-    import sys
     import time
 
-    inputs = _many_inputs(tmp_path / "in", 150)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "onnx_attr.cli", "attribute", DIGITS, "--input", str(inputs), "--target", "1",
-               "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*/report.json"))) < 3:
-        time.sleep(0.01)
+    while time.time() < deadline and process.poll() is None and \
+            len(list(out.glob("*/report.json"))) < finished_at_least:
+        time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+@pytest.mark.parametrize("kills", [pytest.param(3, id="3-kills"), pytest.param(22, id="22-kills", marks=pytest.mark.slow)])
+def test_killed_run_resumes_bit_identical_to_an_uninterrupted_run(tmp_path, kills):
+    """Kill the folder run again and again (SIGKILL: no clean-up runs), resume each time: every result
+    is bit-identical to an uninterrupted run's, and no temporary file is left behind."""
+    import subprocess
+    import sys
+
+    total = kills * 2 + 6
+    inputs = _many_inputs(tmp_path / "in", total)
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    common = ["attribute", DIGITS, "--input", str(inputs), "--target", "1", "--batch-size", "1"]
+    assert main([*common, "--out", str(clean)]) == 0
+    command = [sys.executable, "-m", "onnx_attr.cli", *common, "--out", str(out)]
+    for k in range(kills):
+        _run_until_killed(command + (["--resume"] if k else []), out, 2 * (k + 1), total)
+        # a kill can leave a hidden temporary beside a result, never a half-written result file
+        visible = [p for p in out.glob("*/*") if not p.name.startswith(".")]
+        assert all(p.name in ("report.json", "attributions.npz") or p.suffix == ".png" for p in visible)
     finished_before = len(list(out.glob("*/report.json")))
-    assert 3 <= finished_before < 150, "the run must be killed midway for this test to mean anything"
-    # a kill can leave a hidden temporary beside a result, never a half-written result file
-    visible = [p for p in out.glob("*/*") if not p.name.startswith(".")]
-    assert all(p.name in ("report.json", "attributions.npz") or p.suffix == ".png" for p in visible)
+    assert finished_before < total, "the runs must be killed midway for this test to mean anything"
     assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
     summary = json.loads((out / "index.json").read_text())
-    assert len(summary["skipped_as_finished"]) >= finished_before - 1 and len(summary["inputs"]) == 150
-    for i in range(150):
-        folder = out / f"batch_{i:03d}"
-        report = json.loads((folder / "report.json").read_text())
-        with np.load(folder / "attributions.npz", allow_pickle=False) as data:
-            assert data["image"].shape == (1, 1, 8, 8)
-        assert abs(report["convergence_delta"][0]) < 1e-4
+    assert len(summary["skipped_as_finished"]) >= finished_before - 1 and len(summary["inputs"]) == total
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    for i in range(total):
+        name = f"batch_{i:03d}.npz"
+        assert (out / name / "attributions.npz").read_bytes() == (clean / name / "attributions.npz").read_bytes()
+        got, want = (json.loads((d / name / "report.json").read_text()) for d in (out, clean))
+        assert got["convergence_delta"] == want["convergence_delta"] and got["manifest"] == want["manifest"]
 
 
 def test_strict_turns_a_delta_warning_into_exit_1(tmp_path, capsys):

@@ -19,6 +19,8 @@ from conftest import SAMPLES
 
 DIGITS = str(SAMPLES / "digits_cnn.onnx")
 DIGITS_INPUTS = str(SAMPLES / "digits_cnn_inputs.npz")
+CANCER = str(SAMPLES / "breast_cancer_mlp.onnx")
+CANCER_INPUTS = str(SAMPLES / "breast_cancer_mlp_inputs.npz")
 
 
 def test_inspect_text(capsys):
@@ -93,20 +95,141 @@ def test_failed_write_leaves_earlier_result_and_no_temporary(tmp_path, capsys, m
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
 
 
-def test_convert_writes_a_pt2_that_loads_without_pickle(tmp_path, capsys):
+def _ort_on_file(path, feeds):
+    """The oracle: onnxruntime on the .onnx file itself (not our stripped copy)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def test_convert_writes_a_pt2_that_computes_what_the_file_computes(tmp_path, capsys):
     out = tmp_path / "digits.pt2"
     assert main(["convert", DIGITS, "-o", str(out)]) == 0
+    assert "final Softmax kept" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["digits.pt2"]  # no temporary left behind
     program = torch.export.load(out).module()
-    model = onnx_attr.load(DIGITS)
-    x = read_npz(DIGITS_INPUTS, model.inputs)["image"]
+    x = np.load(DIGITS_INPUTS)["image"]
     for batch in (x, x[:3]):  # the batch axis stayed dynamic
-        ort = run_onnxruntime(model.reference_model, {"image": batch}, ["probabilities"])[0]
         got = program(torch.from_numpy(batch)).detach().numpy()
-        np.testing.assert_allclose(got, ort, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got, _ort_on_file(DIGITS, {"image": batch}), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)  # probabilities, as the file returns
+
+
+def test_convert_strip_final_activation_returns_logits_and_says_so(tmp_path, capsys):
+    out = tmp_path / "logits.pt2"
+    assert main(["convert", DIGITS, "--out", str(out), "--strip-final-activation"]) == 0
+    assert "returns logits" in capsys.readouterr().out
+    x = np.load(DIGITS_INPUTS)["image"]
+    logits = torch.export.load(out).module()(torch.from_numpy(x)).detach().double()
+    # softmax of what the program returns is what the file returns
+    np.testing.assert_allclose(torch.softmax(logits, 1).numpy(), _ort_on_file(DIGITS, {"image": x}),
+                               rtol=1e-4, atol=1e-6)
+    assert float(logits.abs().max()) > 5  # logits, not probabilities
+
+
+def test_api_export_keeps_the_final_activation_by_default(tmp_path):
+    from onnx_attr.export import save_program
+
+    model = onnx_attr.load(DIGITS)  # stripped for attribution
+    notes = save_program(model, tmp_path / "m.pt2")
+    assert any("Softmax kept" in n for n in notes)
+    x = np.load(DIGITS_INPUTS)["image"]
+    got = torch.export.load(tmp_path / "m.pt2").module()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, _ort_on_file(DIGITS, {"image": x}), rtol=1e-4, atol=1e-6)
+    notes = save_program(model, tmp_path / "logits.pt2", final_activation="as-loaded")
+    assert any("returns logits" in n for n in notes)
+
+
+def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(DIGITS, model)
+    before = model.read_bytes()
+    assert main(["convert", str(model), "-o", str(model)]) == 2
+    assert "never replaces its input" in capsys.readouterr().err
+    assert model.read_bytes() == before
 
 
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "onnx_attr.cli", "verify", DIGITS], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "PASSED" in result.stdout
+
+
+# -- issue 19 §1: one set of options, checked at parse time ----------------------------------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    (["verify", DIGITS, "--atol", "-1"], "a tolerance must be a finite number >= 0"),
+    (["verify", DIGITS, "--rtol", "nan"], "a tolerance must be a finite number >= 0"),
+    (["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", "x", "--smooth", "0"], "argument --smooth: '0': give a finite number > 0"),
+    (["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", "x", "--device", "meta"], "use cpu, cuda or cuda:N"),
+    (["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", "x", "--n-steps", "0"], "give an integer >= 1"),
+])
+def test_bad_option_values_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_lists_the_exit_codes_and_every_command_takes_the_same_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "exit codes:" in text and "4    a folder run finished, but some inputs failed" in text
+    for command, options in {"verify": ["-i INPUT, --input INPUT"], "convert": ["-i INPUT, --input INPUT", "-o OUT, --out OUT"],
+                             "attribute": ["-i INPUT, --input INPUT", "-o OUT, --out OUT", "--n-steps", "--internal-batch-size",
+                                           "--batch-size", "--debug", "-q, --quiet"]}.items():
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert all(o in text for o in options), command
+
+
+def test_debug_works_after_the_subcommand_too(capsys, monkeypatch):
+    from onnx_attr import cli
+
+    def crash(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "cmd_verify", crash)
+    for argv in (["--debug", "verify", DIGITS], ["verify", DIGITS, "--debug"]):
+        assert main(argv) == 3
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "internal error (RuntimeError: boom)" in err
+    assert main(["verify", DIGITS]) == 3
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_deepliftshap_without_a_background_names_the_fix(tmp_path, capsys):
+    assert main(["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", str(tmp_path), "--method", "deepliftshap"]) == 2
+    assert "--baseline bg.npz" in capsys.readouterr().err
+
+
+def test_n_steps_belong_to_integrated_gradients(tmp_path, capsys):
+    assert main(["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", str(tmp_path / "a"), "--n-steps", "8"]) == 2
+    assert "apply to --method integratedgradients only" in capsys.readouterr().err
+    assert main(["attribute", CANCER, "-i", CANCER_INPUTS, "-o", str(tmp_path / "ig"), "--method",
+                 "integratedgradients", "--n-steps", "8", "--internal-batch-size", "64", "--quiet"]) == 0
+    report = json.loads((tmp_path / "ig" / "report.json").read_text())
+    assert report["n_steps"] == 8 and report["manifest"]["options"]["n_steps"] == 8
+
+
+def test_inspect_json_lists_the_tensor_names_the_layer_methods_take(capsys):
+    assert main(["inspect", DIGITS, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    relu = next(t for t in info["tensors"] if t["node"] == "node_relu")
+    assert relu["op"] == "Relu" and relu["kind"] != "linear" and relu["shape"][1:] == [8, 8, 8]
+    assert next(n for n in info["nonlinear_nodes"] if n["node"] == "node_relu")["tensors"] == [relu["tensor"]]
+    model = onnx_attr.load(DIGITS)  # the name works as the layer of a layer method
+    x = read_npz(DIGITS_INPUTS, model.inputs)["image"]
+    layer = onnx_attr.LayerDeepLift(model, relu["tensor"]).attribute(x, target=3)
+    assert tuple(layer.shape) == (8, 8, 8, 8)
+
+
+def test_import_onnx_attr_does_not_import_torch():
+    code = "import sys, onnx_attr, onnx_attr.cli; print('torch' in sys.modules, 'onnx' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "False"], result.stderr

@@ -291,7 +291,7 @@ def test_cli_attributes_token_ids_with_every_method(tmp_path):
     each method's per-token attributions add up to f(x) - f(baseline ids)."""
     from exporting import TokenBag, to_onnx
 
-    from onnx_attr.attribute_job import METHODS
+    from onnx_attr.cli import METHOD_CHOICES
     from onnx_attr.cli import main
 
     torch.manual_seed(0)
@@ -302,10 +302,10 @@ def test_cli_attributes_token_ids_with_every_method(tmp_path):
     np.savez(tmp_path / "ids.npz", ids=ids.numpy())
     with torch.no_grad():
         change = (bag(ids) - bag(torch.zeros_like(ids))).numpy()
-    for method in METHODS:
+    for method in METHOD_CHOICES:
         out = tmp_path / method
         assert main(["attribute", str(path), "--input", str(tmp_path / "ids.npz"), "--method", method,
-                     "--target", "1", "--out", str(out)]) == 0, method
+                     "--baseline", "zeros", "--target", "1", "--out", str(out)]) == 0, method
         found = np.load(out / "attributions.npz")
         np.testing.assert_allclose(found["ids"].sum(1), change[:, 1], rtol=1e-4, atol=1e-5)
 

@@ -177,9 +177,9 @@ def test_bad_names_files_are_clear_errors_and_a_fifo_never_hangs(tmp_path, monke
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         with pytest.raises(onnx_attr.InputError, match=message):
             read_names(str(path), "--vocab")
-    with pytest.raises(onnx_attr.InputError, match="cannot be read"):
+    with pytest.raises(onnx_attr.InputError, match="does not exist"):
         read_names(str(tmp_path / "missing.txt"), "--vocab")
-    with pytest.raises(onnx_attr.InputError, match="not a regular file"):
+    with pytest.raises(onnx_attr.InputError, match="is a folder, not a file"):
         read_names(str(tmp_path), "--vocab")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # opening it to read would block until a writer comes: it must be refused unopened
@@ -199,7 +199,7 @@ def test_cli_bad_picture_options_exit_2_before_loading_the_model(tmp_path, capsy
     assert "--class-names" in capsys.readouterr().err
     assert main([*base, "--vocab", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "--vocab" in err and "not a regular file" in err
+    assert "--vocab" in err and "is a folder, not a file" in err
     assert main([*base, "--clip-percentile", "100"]) == 2
     assert "clip percentile 100.0 is not in [0, 100)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -62,14 +61,17 @@ class _Perturbation(_GradientMethod):
                 perturbations_per_eval: int, show_progress: bool = False) -> list[Optional[Tensor]]:
         """For each attributed input, the output drop of each mask averaged over the masks covering
         each element; `masks[i]` are boolean tensors shaped like input i with a batch axis of 1 (the
-        same features in every example) or of N (per-example features)."""
+        same features in every example) or of N (per-example features). `show_progress` (Captum's
+        keyword) counts the perturbed passes on stderr."""
+        from ..progress import progress
+
         if not isinstance(perturbations_per_eval, (int, np.integer)) or perturbations_per_eval < 1:
             raise InputError(f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
         n = len(targets.rows)
+        passes = sum(math.ceil(len(m) / max(1, int(perturbations_per_eval))) for m in masks)
+        bar = progress(passes, "pass", type(self).__name__, quiet=not show_progress)
         original = self._value(prepared.tensors, targets, index)
         result: list[Optional[Tensor]] = []
-        progress = _Progress(f"{type(self).__name__} attribution", sum(len(m) for m in masks)) if show_progress \
-            else None
         for i, (x, b) in enumerate(zip(prepared.tensors, prepared.baselines)):
             if not prepared.attributed[i]:
                 result.append(None)
@@ -84,8 +86,7 @@ class _Perturbation(_GradientMethod):
                           for j, t in enumerate(prepared.tensors)]
                 rows = targets.repeat(len(group))
                 drop = (original.double().repeat(len(group)) - self._value(inputs, rows, index).double())
-                if progress is not None:
-                    progress.update(len(group))
+                bar.update(1)
                 for k, m in enumerate(group):
                     covered = m.to(x.device)
                     total += drop[k * n:(k + 1) * n].reshape(n, *[1] * (x.dim() - 1)) * covered
@@ -93,24 +94,8 @@ class _Perturbation(_GradientMethod):
             dtype = x.dtype if x.is_floating_point() else original.dtype if original.is_floating_point() \
                 else torch.get_default_dtype()  # ablated ids or flags: the output's drop is what is credited
             result.append((total / count.clamp_min(1)).to(dtype))
-        if progress is not None:
-            progress.close()
+        bar.close()
         return result
-
-
-class _Progress:
-    """Captum's show_progress: perturbations done so far, on one line of stderr."""
-
-    def __init__(self, what: str, total: int):
-        self.what, self.total, self.done = what, total, 0
-
-    def update(self, k: int) -> None:
-        self.done += k
-        sys.stderr.write(f"\r{self.what}: {self.done}/{self.total} perturbations")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
 
 
 def _chunks(items: Sequence, size: int):
