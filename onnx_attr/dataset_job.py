@@ -208,6 +208,7 @@ class ShardWorker:
                     prediction[j], target[j])
 
     def _explain(self, inputs: dict) -> tuple[dict, np.ndarray, list, list]:
+        """Attributions, deltas, (predicted class, explained output value) and the target, per row."""
         from .attribute_job import _baseline, _has_negative, _resolve_negative, parse_target
 
         attributed = {k: v for k, v in inputs.items() if k in self.attributed}
@@ -234,7 +235,20 @@ class ShardWorker:
         attributions = {k: np.asarray(result[k].detach().cpu() if hasattr(result[k], "detach") else result[k])
                         for k in attributed}
         targets = target if isinstance(target, list) else [target] * n
-        return attributions, delta, prediction, targets
+        values = output.detach().cpu().double().numpy()
+        explained = [_explained(values[j], targets[j]) for j in range(n)]
+        return attributions, delta, list(zip(prediction, explained)), targets
+
+
+def _explained(row: np.ndarray, target: Any) -> Optional[float]:
+    """The output value a row's attributions explain: at the target, or the output's one value."""
+    if target is None:
+        return float(row.reshape(-1)[0]) if row.size == 1 else None
+    index = tuple(target) if isinstance(target, (list, tuple)) else (target,)
+    try:
+        return float(row[index])
+    except (IndexError, TypeError):
+        return None
 
 
 class _Results:
@@ -248,6 +262,7 @@ class _Results:
         self.delta = [float("nan")] * n
         self.relative = [float("nan")] * n
         self.prediction: list[Any] = [None] * n
+        self.output: list[Optional[float]] = [None] * n
         self.target: list[Any] = [None] * n
 
     def fail(self, r: int, error: str) -> None:
@@ -255,7 +270,8 @@ class _Results:
 
     def ok(self, r: int, values: dict, delta: float, relative: float, prediction: Any, target: Any) -> None:
         self.status[r], self.values[r] = "ok", values
-        self.delta[r], self.relative[r], self.prediction[r], self.target[r] = delta, relative, prediction, target
+        self.delta[r], self.relative[r], self.target[r] = delta, relative, target
+        self.prediction[r], self.output[r] = prediction
 
     def to_table(self, worker: ShardWorker, shard: Shard, source: Source, arrays: dict):
         import pyarrow as pa
@@ -269,6 +285,7 @@ class _Results:
             "status": pa.array(self.status, pa.string()),
             "error": pa.array(self.error, pa.string()),
             "prediction": pa.array(self.prediction, pa.int64()),
+            "output": pa.array(self.output, pa.float64()),
             "target": pa.array([None if t is None else json.dumps(t) if isinstance(t, (list, tuple)) else t
                                 for t in self.target],
                                pa.string() if _tuple_target(worker.settings.target) else pa.int64()),
@@ -379,7 +396,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         if engine == "ray":
             from .ray_engine import run_on_ray
 
-            counts = run_on_ray(settings, sources, shards, pending, str(folder), digest, ray_options or {})
+            counts = run_on_ray(settings, sources, shards, pending, str(folder), digest, ray_options or {}, quiet)
         else:
             counts = _run_local(ShardWorker(settings, sources, shards, str(folder), digest, loaded),
                                 pending, sum(shard_rows_of(s) for s in shards if s.index in done), total_rows,
@@ -503,5 +520,18 @@ def read_results(out: str | Path):
     return pa.concat_tables([pq.read_table(folder / shard_name(i, digest)) for i in range(count)])
 
 
-__all__ = ["attribute_dataset", "read_results", "plan_shards", "Shard", "Settings", "ShardWorker",
+def attribution_array(table, column: str = "attributions") -> np.ndarray:
+    """A tensor column as one array of shape (rows, *shape); error rows (nulls) are NaN."""
+    array = table.column(column).combine_chunks()
+    shape = array.type.shape
+    storage = array.storage
+    values = storage.values.to_numpy(zero_copy_only=False)[storage.offset * int(np.prod(shape)):]
+    out = values[:len(array) * int(np.prod(shape))].reshape(len(array), *shape).copy()
+    missing = np.asarray(storage.is_null().to_pylist(), dtype=bool) if storage.null_count else None
+    if missing is not None:
+        out[missing] = np.nan
+    return out
+
+
+__all__ = ["attribute_dataset", "read_results", "attribution_array", "plan_shards", "Shard", "Settings", "ShardWorker",
            "commit_shard", "committed_shards", "manifest_hash", "shard_name"]
