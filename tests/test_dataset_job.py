@@ -234,6 +234,7 @@ def test_cli_help_lists_both_engines():
     assert "--resume" in text and "--gpus-per-worker" in text
 
 
+@pytest.mark.slow  # ~100 s on two busy cores: Ray starts embedded and two workers load the model
 def test_ray_engine_gives_the_local_engine_rows(tmp_path, mlp, features):
     """2,000 rows on two Ray workers (embedded Ray) equal the local engine's to 1e-6, row for row."""
     pytest.importorskip("ray.data")
@@ -250,3 +251,10 @@ def test_ray_engine_gives_the_local_engine_rows(tmp_path, mlp, features):
     assert set(b.column("status").to_pylist()) == {"ok"}
     np.testing.assert_allclose(_attributions(b), _attributions(a), rtol=0, atol=1e-6)
     assert max(b.column("relative_delta").to_pylist()) <= 1e-4
+
+
+def test_ray_engine_without_ray_is_a_clear_error(tmp_path, features, monkeypatch):
+    np.savez(tmp_path / "rows.npz", features=features)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(InputError, match=r"onnx-attr\[ray\]"):
+        attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "out"), engine="ray", quiet=True)
