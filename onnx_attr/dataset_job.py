@@ -363,6 +363,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         from .loader import load
 
         loaded = load(settings.model_path, strip_final_activation=strip_final_activation, device=device)
+    _check_baseline_rows(settings, loaded)
     files = source_files(source)
     sources = describe_sources(files, loaded.inputs, settings.columns)
     shards = plan_shards(sources, shard_rows)
@@ -436,6 +437,20 @@ def _settings(model, method, target, baseline, output_name, columns, shard_rows,
     settings = Settings(path, strip, device, method, target, spec, output_name, batch_size, attribution_dtype,
                         gradient_fallback, n_steps, internal_batch_size, tuple(columns) if columns else None)
     return settings, loaded
+
+
+def _check_baseline_rows(settings: Settings, model) -> None:
+    """A baseline file serves every row: one row for DeepLift/IG, a distribution for DeepLiftShap."""
+    if not settings.baseline.endswith(".npz"):
+        return
+    from .inputs import read_npz
+
+    arrays = read_npz(settings.baseline, model.inputs)
+    rows = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
+    if settings.method != "deepliftshap" and any(n != 1 for n in rows.values()):
+        raise InputError(f"--baseline {settings.baseline!r} holds {rows} rows; a dataset job compares every row with "
+                         "one baseline row: save one row (shape (1, ...)) per input, or use --method deepliftshap "
+                         "for a distribution")
 
 
 def _check_earlier_run(folder: Path, manifest: dict, resume: bool, overwrite: bool) -> None:

@@ -25,8 +25,8 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from onnx_attr import InputError, OutputError, load  # noqa: E402
-from onnx_attr.dataset_job import (attribute_dataset, attribution_array, commit_shard, manifest_hash, read_results,  # noqa: E402
-                                   shard_name)
+from onnx_attr.dataset_job import (attribute_dataset, attribution_array, commit_shard,  # noqa: E402
+                                   manifest_hash, read_results, shard_name)
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = SAMPLES / "breast_cancer_mlp.onnx"
@@ -193,7 +193,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_sigkill_of_the_driver_then_resume_loses_and_repeats_no_row(tmp_path, features):
+def test_sigkill_of_the_driver_then_resume_loses_and_repeats_no_row(tmp_path, features, capsys):
     rows = np.concatenate([features] * 6)  # 48 rows, 12 shards of 4
     np.savez(tmp_path / "rows.npz", features=rows)
     out = tmp_path / "out"
@@ -209,10 +209,11 @@ def test_sigkill_of_the_driver_then_resume_loses_and_repeats_no_row(tmp_path, fe
     assert 3 <= len(committed) < 12, "the run was not killed midway"
     with pytest.raises(InputError, match="lacks"):
         read_results(out)
-    done = subprocess.run([sys.executable, "-m", "onnx_attr.cli", *args, "--resume", "--json"], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
+    from onnx_attr.cli import main
+
+    capsys.readouterr()
+    assert main([*args, "--resume", "--json"]) == 0  # the restarted driver (in-process: one start saved)
+    summary = json.loads(capsys.readouterr().out)
     assert summary["shards_kept"] == len(committed) and summary["shards_computed"] == 12 - len(committed)
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*.parquet")}
     assert {k: after[k] for k in committed} == committed  # committed shards untouched
@@ -244,7 +245,8 @@ def test_ray_engine_gives_the_local_engine_rows(tmp_path, mlp, features):
     local = attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "local"), shard_rows=250,
                               batch_size=125, quiet=True)
     on_ray = attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "ray"), shard_rows=250,
-                               batch_size=125, engine="ray", ray_options={"workers": 2, "cpus_per_worker": 0.5}, quiet=True)
+                               batch_size=125, engine="ray", ray_options={"workers": 2, "cpus_per_worker": 0.5},
+                               quiet=True)
     assert local["hash"] == on_ray["hash"] and on_ray["shards_computed"] == 8
     a, b = read_results(tmp_path / "local"), read_results(tmp_path / "ray")
     assert b.column("row_id").to_pylist() == list(range(2000))
@@ -258,3 +260,13 @@ def test_ray_engine_without_ray_is_a_clear_error(tmp_path, features, monkeypatch
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(InputError, match=r"onnx-attr\[ray\]"):
         attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "out"), engine="ray", quiet=True)
+
+
+def test_a_baseline_that_does_not_fit_every_row_is_refused_up_front(tmp_path, mlp, features):
+    np.savez(tmp_path / "rows.npz", features=features)
+    np.savez(tmp_path / "two.npz", features=features[:2])
+    with pytest.raises(InputError, match="one row"):
+        attribute_dataset(mlp, str(tmp_path / "rows.npz"), str(tmp_path / "out"), baseline=str(tmp_path / "two.npz"))
+    with pytest.raises(InputError, match="mean"):
+        attribute_dataset(mlp, str(tmp_path / "rows.npz"), str(tmp_path / "out"), baseline="mean")
+    assert not (tmp_path / "out").exists()
