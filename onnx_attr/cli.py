@@ -371,7 +371,10 @@ def cmd_dataset(args) -> int:
     text = (f"{summary['rows']} rows in {summary['shards']} shards: {summary['rows_computed']} computed "
             f"({summary['error_rows_computed']} error rows) in {summary['seconds']:.1f} s"
             + (f" ({rate:.1f} rows/s)" if rate else "")
-            + f", {summary['shards_kept']} shards kept from earlier; results in {args.out}")
+            + f", {summary['shards_kept']} shards kept from earlier; "
+            + (f"{summary['rows_above_delta_tolerance']} rows above relative delta {summary['delta_tolerance']:g}; "
+               if summary["rows_above_delta_tolerance"] else "")
+            + f"results in {args.out}")
     _emit(args, summary, text)
     return EXIT_SOME_FAILED if summary["error_rows_computed"] else EXIT_OK
 

@@ -34,6 +34,8 @@ from .readers import RowReader, Source, describe_sources, source_files
 DEFAULT_SHARD_ROWS = 1024
 DEFAULT_BATCH_SIZE = 64
 ATTRIBUTION_DTYPES = ("float32", "float16")
+#: Relative convergence delta above which a row is counted in the summary (as the methods warn).
+DELTA_TOLERANCE = 1e-4
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 
@@ -143,15 +145,16 @@ class ShardWorker:
     def __call__(self, batch: dict) -> dict:
         """Ray Data's `map_batches` entry: a batch of shard indices in, their row counts out."""
         done = [self.run(int(i)) for i in batch["shard"]]
-        return {"shard": np.asarray([d["shard"] for d in done]), "rows": np.asarray([d["rows"] for d in done]),
-                "errors": np.asarray([d["errors"] for d in done])}
+        return {key: np.asarray([d[key] for d in done]) for key in ("shard", "rows", "errors", "above_tolerance")}
 
     def run(self, index: int) -> dict:
         shard = self.shards[index]
         table = self.table(shard)
         commit_shard(self.folder, shard.index, self.digest, table)
         errors = sum(1 for s in table.column("status").to_pylist() if s != "ok")
-        return {"shard": shard.index, "rows": table.num_rows, "errors": errors}
+        relative = table.column("relative_delta").to_numpy(zero_copy_only=False)
+        above = int(np.sum(relative > DELTA_TOLERANCE))  # NaN (error rows) never counts
+        return {"shard": shard.index, "rows": table.num_rows, "errors": errors, "above_tolerance": above}
 
     # -- one shard -----------------------------------------------------------------------------------------------
 
@@ -309,11 +312,12 @@ def _tuple_target(spec: Optional[str]) -> bool:
 
 
 def _row_shape(worker: ShardWorker, name: str, arrays: dict, values: list) -> tuple[int, ...]:
-    if name in arrays:
-        return tuple(arrays[name].shape[1:])
+    """The attributions' shape per row: the input's, except for token ids (their embedding's)."""
     found = next((v[name].shape for v in values if v is not None), None)
     if found is not None:
         return tuple(found)
+    if name in arrays and np.issubdtype(arrays[name].dtype, np.floating):
+        return tuple(arrays[name].shape[1:])
     spec = next(s for s in worker.model.inputs if s.name == name)
     dims = spec.shape[1:] if spec.shape else ()
     return tuple(d if isinstance(d, int) else 1 for d in dims)
@@ -483,7 +487,7 @@ def _check_earlier_run(folder: Path, manifest: dict, resume: bool, overwrite: bo
 
 def _run_local(worker: ShardWorker, pending: Sequence[Shard], rows_done: int, total_rows: int, title: str,
                quiet: bool) -> dict:
-    counts = {"rows": 0, "errors": 0, "shards": 0}
+    counts = {"rows": 0, "errors": 0, "above_tolerance": 0, "shards": 0}
     bar = progress(total_rows, "row", title, quiet)
     bar.update(rows_done)
     try:
@@ -491,6 +495,7 @@ def _run_local(worker: ShardWorker, pending: Sequence[Shard], rows_done: int, to
             result = worker.run(shard.index)
             counts["rows"] += result["rows"]
             counts["errors"] += result["errors"]
+            counts["above_tolerance"] += result["above_tolerance"]
             counts["shards"] += 1
             bar.update(result["rows"])
             bar.set_postfix_str(f"errors {counts['errors']}")
@@ -505,6 +510,8 @@ def _summary(folder: Path, digest: str, shards: Sequence[Shard], done: set[int],
         "rows": total_rows,
         "rows_computed": counts["rows"],
         "error_rows_computed": counts["errors"],
+        "rows_above_delta_tolerance": counts["above_tolerance"],
+        "delta_tolerance": DELTA_TOLERANCE,
         "shards": len(shards),
         "shards_computed": counts["shards"],
         "shards_kept": len(done),

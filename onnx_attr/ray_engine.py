@@ -25,7 +25,7 @@ def run_on_ray(settings, sources: Sequence, shards: Sequence, pending: Sequence,
                          "the default)") from err
     from .dataset_job import ShardWorker
 
-    counts = {"rows": 0, "errors": 0, "shards": 0}
+    counts = {"rows": 0, "errors": 0, "above_tolerance": 0, "shards": 0}
     if not pending:
         return counts
     started_here = not ray.is_initialized()
@@ -59,5 +59,6 @@ def run_on_ray(settings, sources: Sequence, shards: Sequence, pending: Sequence,
         seen.add(int(row["shard"]))
         counts["rows"] += int(row["rows"])
         counts["errors"] += int(row["errors"])
+        counts["above_tolerance"] += int(row["above_tolerance"])
         counts["shards"] += 1
     return counts
