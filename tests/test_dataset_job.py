@@ -270,3 +270,59 @@ def test_a_baseline_that_does_not_fit_every_row_is_refused_up_front(tmp_path, ml
     with pytest.raises(InputError, match="mean"):
         attribute_dataset(mlp, str(tmp_path / "rows.npz"), str(tmp_path / "out"), baseline="mean")
     assert not (tmp_path / "out").exists()
+
+
+def _descendants(root: int) -> list[int]:
+    """Processes below `root` (from /proc), so that only this test's Ray workers are touched."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == pid]
+        found += children
+        frontier += children
+    return found
+
+
+@pytest.mark.slow  # ~120 s on two busy cores
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the Ray worker through /proc")
+def test_a_ray_worker_killed_midway_leaves_every_row_once(tmp_path, features):
+    """SIGKILL of a Ray worker actor mid-run: Ray Data retries its task on a new actor, the shard
+    is rewritten under the same name, and every row is there once, equal to the local engine's."""
+    pytest.importorskip("ray.data")
+    rows = np.concatenate([features] * 100)  # 800 rows, 16 shards
+    np.savez(tmp_path / "rows.npz", features=rows)
+    out = tmp_path / "ray"
+    args = ["dataset", str(MLP), "-i", str(tmp_path / "rows.npz"), "-o", str(out), "--shard-rows", "50",
+            "--batch-size", "50", "-q", "--engine", "ray", "--workers", "2", "--cpus-per-worker", "0.5"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, *args], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline, killed = time.monotonic() + 240, None
+    while killed is None and time.monotonic() < deadline and driver.poll() is None:
+        if len(list(out.glob("shard-*.parquet"))) >= 2:
+            for pid in _descendants(driver.pid):
+                try:
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::MapWorker"):
+                        os.kill(pid, signal.SIGKILL)
+                        killed = pid
+                        break
+                except OSError:
+                    continue
+        time.sleep(0.05)
+    assert driver.wait(timeout=300) == 0
+    assert killed is not None, "no Ray worker was killed midway"
+    table = read_results(out)
+    assert table.column("row_id").to_pylist() == list(range(800))
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    local = attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "local"), shard_rows=50,
+                              batch_size=50, quiet=True)
+    assert local["rows"] == 800
+    np.testing.assert_allclose(_attributions(table), _attributions(read_results(tmp_path / "local")),
+                               rtol=0, atol=1e-6)
