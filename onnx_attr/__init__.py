@@ -31,6 +31,7 @@ _LAZY = {
     "tensor_as_input": "layers", "tensor_as_output": "layers",
     "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
     "smooth": "smooth",
+    "attribute_dataset": "dataset_job", "read_results": "dataset_job",
 }
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come from __getattr__
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
                           NeuronIntegratedGradients, NoiseTunnel, Occlusion, Saliency)
     from .metrics import infidelity, parameter_randomization, sensitivity_max
     from .model import AttributableModel
+    from .dataset_job import attribute_dataset, read_results
     from .smooth import smooth
     from .verify import VerifyReport, verify
 
@@ -71,6 +73,8 @@ __all__ = [
     "infidelity", "parameter_randomization", "sensitivity_max",
     # Relu -> Softplus(β), MaxPool -> log-sum-exp pooling, with the output change reported
     "smooth",
+    # whole datasets into Parquet shards, each row exactly once
+    "attribute_dataset", "read_results",
     # errors
     "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",

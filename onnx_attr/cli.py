@@ -176,7 +176,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explain a smoothed twin: every Relu a Softplus(BETA), every MaxPool a log-sum-exp pooling "
                         "(the report gives the change in the outputs; verification is of the original)")
     _picture_options(p)
+    _dataset_command(command("dataset", "attribute every row of a dataset (.npz / CSV / Parquet files) into Parquet "
+                                        "shards, each row exactly once; --engine local (default) or ray",
+                             cmd_dataset))
     return parser
+
+
+def _dataset_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path to the .onnx file")
+    p.add_argument("--keep-final-activation", action="store_true",
+                   help="keep a final Softmax/LogSoftmax/Sigmoid (default: strip it and use logits)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _input_option(p, True, "an .npz (rows along axis 0), .csv or .parquet file, or a folder / glob of them")
+    p.add_argument("-o", "--out", required=True, help="folder for manifest.json, summary.json and the Parquet shards")
+    p.add_argument("--method", default="deeplift", choices=METHOD_CHOICES, help="attribution method (default: deeplift)")
+    p.add_argument("--target", help="output index explained for every row (int, or a:b for outputs of rank > 2; "
+                                    "default: each row's predicted class)")
+    p.add_argument("--baseline", help="zeros (default) or an .npz of baseline rows (deepliftshap: required)")
+    p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
+    p.add_argument("--columns", help="CSV/Parquet: comma-separated feature columns of a one-input model (default: "
+                                     "columns named after the inputs, else every column)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip shards already committed with the same settings; refuse if --out holds a run with other "
+                        "settings (model, method, target, baseline, preprocessing, sources, versions)")
+    p.add_argument("--overwrite", action="store_true", help="recompute into an --out that holds an earlier run")
+    p.add_argument("--shard-rows", type=_positive_int, default=1024, help="rows per committed shard (default 1024)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="rows per attribution pass (default 64)")
+    p.add_argument("--attribution-dtype", choices=("float32", "float16"), default="float32",
+                   help="dtype of the attributions column (default float32)")
+    p.add_argument("--n-steps", type=_positive_int, help="integratedgradients: integration steps (default 50)")
+    p.add_argument("--internal-batch-size", type=_positive_int,
+                   help="integratedgradients: rows per forward/backward pass")
+    p.add_argument("--gradient-fallback", action="store_true",
+                   help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:N, on every worker")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default): in-process streaming, no cluster; ray: Ray Data workers (pip install "
+                        "'onnx-attr[ray]'), embedded unless --address joins a cluster")
+    p.add_argument("--address", help="ray: address of a running Ray cluster (e.g. ray://head:10001 or auto)")
+    p.add_argument("--workers", type=_positive_int, help="ray: worker actors (default: as many as the resources allow)")
+    p.add_argument("--cpus-per-worker", type=_positive_float, default=1.0, help="ray: CPUs per worker (default 1)")
+    p.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0, help="ray: GPUs per worker (default 0)")
 
 
 # -- the commands ----------------------------------------------------------------------------------------------------
@@ -331,6 +371,31 @@ def cmd_attribute(args) -> int:
     if args.strict and report.get("warnings"):
         return EXIT_VERIFY_FAILED
     return EXIT_OK if report["verify"]["passed"] else EXIT_VERIFY_FAILED
+
+
+def cmd_dataset(args) -> int:
+    from .dataset_job import attribute_dataset
+
+    ray_options = {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
+                   "gpus_per_worker": args.gpus_per_worker}
+    summary = attribute_dataset(
+        args.model, args.input, args.out, method=args.method, target=args.target, baseline=args.baseline,
+        output_name=args.output_name, columns=args.columns.split(",") if args.columns else None,
+        shard_rows=args.shard_rows, batch_size=args.batch_size, attribution_dtype=args.attribution_dtype,
+        engine=args.engine, resume=args.resume, overwrite=args.overwrite, gradient_fallback=args.gradient_fallback,
+        n_steps=args.n_steps, internal_batch_size=args.internal_batch_size,
+        strip_final_activation=not args.keep_final_activation, device=args.device,
+        ray_options=ray_options if args.engine == "ray" else None, quiet=getattr(args, "quiet", False))
+    rate = summary["rows_per_second"]
+    text = (f"{summary['rows']} rows in {summary['shards']} shards: {summary['rows_computed']} computed "
+            f"({summary['error_rows_computed']} error rows) in {summary['seconds']:.1f} s"
+            + (f" ({rate:.1f} rows/s)" if rate else "")
+            + f", {summary['shards_kept']} shards kept from earlier; "
+            + (f"{summary['rows_above_delta_tolerance']} rows above relative delta {summary['delta_tolerance']:g}; "
+               if summary["rows_above_delta_tolerance"] else "")
+            + f"results in {args.out}")
+    _emit(args, summary, text)
+    return EXIT_SOME_FAILED if summary["error_rows_computed"] else EXIT_OK
 
 
 def _attribution_summary(report: dict, out: str, worst: float) -> str:
