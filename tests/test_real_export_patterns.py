@@ -1,0 +1,85 @@
+"""Patterns found in ONNX models that ship inside public packages (benchmarks/real_exports.py),
+re-created as small graphs. Only patterns that already work are pinned here; onnxruntime is the
+oracle for every forward, the completeness identity for DeepLift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_attr
+from conftest import FLOAT, INT64, make_model, ort_run
+
+INT32 = TensorProto.INT32
+RNG = np.random.default_rng(18)
+
+
+def jax_one_hot_model(length: int = 8, depth: int = 257, classes: int = 5):
+    """magika (tf2onnx over jax2tf): int32 bytes one-hot encoded by broadcasting against an iota
+    (Reshape, Expand to a shape computed from Shape, Equal, Cast), then a dense layer; no Gather."""
+    weight = RNG.standard_normal((depth, classes)).astype(np.float32)
+    nodes = [
+        helper.make_node("Reshape", ["bytes", "col"], ["b3"]),
+        helper.make_node("Shape", ["bytes"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one", "zero"], ["batch"]),
+        helper.make_node("Concat", ["batch", "tail"], ["target_shape"], axis=0),
+        helper.make_node("Expand", ["b3", "target_shape"], ["b_wide"]),
+        helper.make_node("Expand", ["iota", "target_shape"], ["iota_wide"]),
+        helper.make_node("Equal", ["b_wide", "iota_wide"], ["hot"]),
+        helper.make_node("Cast", ["hot"], ["hot_f"], to=FLOAT),
+        helper.make_node("MatMul", ["hot_f", "w"], ["per_byte"]),
+        helper.make_node("Relu", ["per_byte"], ["act"]),
+        helper.make_node("ReduceMean", ["act"], ["logits"], axes=[1], keepdims=0),
+    ]
+    inits = {"col": np.array([-1, length, 1], np.int64), "zero": np.array([0], np.int64),
+             "one": np.array([1], np.int64), "tail": np.array([length, depth], np.int64),
+             "iota": np.arange(depth, dtype=np.int32).reshape(1, 1, depth), "w": weight}
+    return make_model(nodes, [("bytes", INT32, ["batch", length])], [("logits", FLOAT, ["batch", classes])],
+                      initializers=inits, opset=15)
+
+
+def test_jax_one_hot_of_int32_bytes_imports_and_matches_onnxruntime():
+    proto = jax_one_hot_model()
+    data = RNG.integers(0, 257, size=(3, 8)).astype(np.int32)
+    data[0, 5:] = 256  # magika's padding token
+    (expected,) = ort_run(proto, {"bytes": data})
+    model = onnx_attr.load(proto)
+    np.testing.assert_allclose(model.run({"bytes": data})[0].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert model.verify({"bytes": data}).passed
+
+
+def silero_if_model():
+    """silero-vad (spox): the whole net sits in an If on Equal(sr, 16000), sr an int64 scalar
+    input; both branches read the outer audio and state and return (probability, new state)."""
+    def branch(name: str, scale: float):
+        w = numpy_helper.from_array(np.full((4, 3), scale, np.float32) * RNG.standard_normal((4, 3)).astype(np.float32),
+                                    f"w_{name}")
+        nodes = [helper.make_node("MatMul", ["input", f"w_{name}"], [f"h_{name}"]),
+                 helper.make_node("Add", [f"h_{name}", "state"], [f"s_{name}"]),
+                 helper.make_node("Tanh", [f"s_{name}"], [f"state_out_{name}"]),
+                 helper.make_node("ReduceMean", [f"state_out_{name}"], [f"m_{name}"], axes=[1], keepdims=1),
+                 helper.make_node("Sigmoid", [f"m_{name}"], [f"p_{name}"])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"p_{name}", FLOAT, None),
+                                                   helper.make_tensor_value_info(f"state_out_{name}", FLOAT, None)],
+                                 initializer=[w])
+    nodes = [helper.make_node("Constant", [], ["rate"], value=numpy_helper.from_array(np.array(16000, np.int64))),
+             helper.make_node("Equal", ["sr", "rate"], ["is16k"]),
+             helper.make_node("If", ["is16k"], ["p", "state_n"], then_branch=branch("then", 1.0),
+                              else_branch=branch("else", 0.5)),
+             helper.make_node("Identity", ["p"], ["output"]),
+             helper.make_node("Identity", ["state_n"], ["stateN"])]
+    return make_model(nodes, [("input", FLOAT, ["", 4]), ("state", FLOAT, ["", 3]), ("sr", INT64, [])],
+                      [("output", FLOAT, ["", 1]), ("stateN", FLOAT, ["", 3])], opset=16)
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_if_on_an_int64_scalar_input_runs_the_taken_branch(rate):
+    proto = silero_if_model()
+    feeds = {"input": (0.3 * RNG.standard_normal((2, 4))).astype(np.float32),
+             "state": np.zeros((2, 3), np.float32), "sr": np.array(rate, np.int64)}
+    expected = ort_run(proto, feeds)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    for ours, theirs in zip(model.run(feeds), expected):
+        np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-6, atol=1e-6)
+    assert model.verify(feeds).passed
