@@ -6,7 +6,8 @@
     onnx_attr.DeepLift(model).attribute(x, target=3)
 """
 
-from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
+from .budget import Budget
+from .errors import (BudgetError, ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
 from .loader import load
 from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient, IntegratedGradients,
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # import and verification
-    "AttributableModel", "VerifyReport", "load", "verify",
+    "AttributableModel", "Budget", "VerifyReport", "load", "verify",
     # attribution methods
     "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
     "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
@@ -34,7 +35,7 @@ __all__ = [
     # Relu -> Softplus(β), MaxPool -> log-sum-exp pooling, with the output change reported
     "smooth",
     # errors
-    "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
+    "BudgetError", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",
     "__version__",
 ]

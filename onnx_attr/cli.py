@@ -22,6 +22,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-final-activation", action="store_true",
                    help="keep a final Softmax/LogSoftmax/Sigmoid (default: strip it and use logits)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--budget", action="append", default=[], metavar="NAME=N",
+                   help="raise (or lower) a resource limit, e.g. max_elements=1073741824; repeatable; "
+                        "see onnx_attr.Budget for the names and defaults")
 
 
 def _tolerance_options(p: argparse.ArgumentParser) -> None:
@@ -85,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
+    from .budget import Budget
     from .loader import load
 
     return load(args.model, strip_final_activation=not args.keep_final_activation,
-                device=getattr(args, "device", None))
+                device=getattr(args, "device", None), budget=Budget.parse(getattr(args, "budget", [])))
 
 
 def _inputs(args, model):

@@ -18,6 +18,7 @@ from onnx2torch.onnx_graph import OnnxGraph, ValueType
 from torch import fx, nn
 
 from . import converters  # noqa: F401 - importing registers our converters
+from .budget import ESTIMATORS, ElementGuard, current_budget, guard_constants
 from .converters.control_flow import MODEL_OPSETS
 from .converters.registry import find_converter
 from .converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
@@ -137,6 +138,8 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule
             target = f"{target}_{index}"
         root.add_module(target, module)
         args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
+        if proto.op_type in ESTIMATORS and proto.domain in ("", "ai.onnx"):
+            _guard(module, proto, label, opset, mapping.inputs, args, kwargs, onnx_graph)
         node = graph.call_module(target, tuple(args), kwargs)
         node.meta.update(onnx_node=label, onnx_op=proto.op_type, onnx_domain=proto.domain,
                          onnx_opset=opset, onnx_outputs=tuple(mapping.outputs),
@@ -155,6 +158,22 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule
     module = fx.GraphModule(root, graph)
     module.meta["onnx_opset"] = default_opset(model)
     return module
+
+
+def _guard(module: nn.Module, proto: onnx.NodeProto, label: str, opset: int, passed, args, kwargs,
+           onnx_graph: OnnxGraph) -> None:
+    """Check a data-sized op's output against the budget before each call (see `budget.ElementGuard`)."""
+    names = list(passed)
+    positional = names[:len(args)]
+    keywords: dict[str, str] = {}
+    if kwargs:  # as `_call_arguments` named them: parameters after the positional ones, in order
+        params = tuple(inspect.signature(module.forward).parameters)[len(args):len(names)]
+        keywords = {p: n for p, n in zip(params, names[len(args):]) if n}
+    baked = [n for n in proto.input if n and n not in names]
+    guard = ElementGuard(current_budget(), label, proto.op_type, {a.name: _attribute(a) for a in proto.attribute},
+                         opset, list(proto.input), positional, keywords,
+                         guard_constants(baked, onnx_graph.initializers))
+    module.register_forward_pre_hook(guard, with_kwargs=True)
 
 
 def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:

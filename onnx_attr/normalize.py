@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import ModelLoadError
-from .read import MAX_ELEMENTS
+from .budget import current_budget, elements
 
 #: The opset an old model is upgraded to when it cannot be imported at its own opset.
 UPGRADE_TARGET_OPSET = 17
@@ -122,10 +122,18 @@ def _fold_node(node, inits, outputs, graph) -> onnx.TensorProto | bool | None:
     if node.op_type == "Constant":
         return _constant_value(node)
     if node.op_type == "ConstantOfShape" and node.input[0] in inits:
-        shape = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64).reshape(-1).tolist()
-        if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+        shape_init = inits[node.input[0]]
+        if elements(shape_init.dims) > 64:  # a shape has one entry per axis
+            return None
+        shape = [int(d) for d in numpy_helper.to_array(shape_init).astype(np.int64).reshape(-1).tolist()]
+        budget = current_budget()
+        if any(d < 0 for d in shape):
             raise ModelLoadError(f"ConstantOfShape node {node.name!r} asks for a tensor of shape {shape}: "
-                                 "negative or too large; the file is corrupted or not meant for this tool")
+                                 "a negative dimension; the file is corrupted")
+        budget.check("max_elements", elements(shape),
+                     f"ConstantOfShape node {node.name!r} (shape {shape}) creating a tensor of that many elements")
+        if elements(shape) > budget.max_folded_elements:  # left to run time: not materialized in the file
+            return None
         value = next((a.t for a in node.attribute if a.name == "value"), None)
         fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
         return numpy_helper.from_array(np.full(shape, fill[0], dtype=fill.dtype), node.output[0])

@@ -100,3 +100,231 @@ def test_integer_division_by_zero_is_a_clear_error():
     model = onnx_attr.load(_binary("Div", TensorProto.INT32))
     with pytest.raises(OnnxAttrError, match="Div"):
         model.run({"a": np.ones(5, np.int32), "b": np.zeros(5, np.int32)})
+
+
+# -- 2-5. the budget: run-time sizes, loops, folding, Split ----------------------------------
+
+def _vi(name, dtype, shape):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def _peak_mib() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_F, _I = TensorProto.FLOAT, TensorProto.INT64
+# op -> (model, feeds that ask for ~2^40 elements, feeds that are small), all under 500 bytes
+_SIZED = {
+    "Expand": (_model([helper.make_node("Expand", ["x", "s"], ["y"], name="grow")], [_vi("x", _F, [1]), _vi("s", _I, [2])],
+                      [_vi("y", _F, ["a", "b"])]), {"s": np.array([2**20, 2**20])}, {"s": np.array([3, 4])}),
+    "Tile": (_model([helper.make_node("Tile", ["x", "s"], ["y"], name="grow")], [_vi("x", _F, [1]), _vi("s", _I, [1])],
+                    [_vi("y", _F, ["a"])]), {"s": np.array([2**40])}, {"s": np.array([7])}),
+    "ConstantOfShape": (_model([helper.make_node("ConstantOfShape", ["s"], ["y"], name="grow"),
+                                helper.make_node("Add", ["y", "x"], ["z"])], [_vi("x", _F, [1]), _vi("s", _I, [2])],
+                               [_vi("z", _F, ["a", "b"])]), {"s": np.array([2**20, 2**20])}, {"s": np.array([2, 3])}),
+    "Range": (_model([helper.make_node("Range", ["a", "b", "c"], ["r"], name="grow"), helper.make_node("Mul", ["r", "x"], ["y"])],
+                     [_vi("x", _F, [1]), *[_vi(n, _F, []) for n in "abc"]], [_vi("y", _F, ["n"])]),
+              {"a": np.float32(0), "b": np.float32(1e12), "c": np.float32(1)},
+              {"a": np.float32(0), "b": np.float32(5), "c": np.float32(1)}),
+    "Pad": (_model([helper.make_node("Pad", ["x", "p"], ["y"], name="grow")], [_vi("x", _F, [1]), _vi("p", _I, [2])],
+                   [_vi("y", _F, ["n"])]), {"p": np.array([2**40, 0])}, {"p": np.array([2, 3])}),
+    "Resize": (_model([helper.make_node("Resize", ["x", "", "s"], ["y"], name="grow")], [_vi("x", _F, [1, 1, 2, 2]),
+                                                                                         _vi("s", _F, [4])],
+                      [_vi("y", _F, ["a", "b", "c", "d"])]), {"s": np.array([1, 1, 2**19, 2**19], np.float32)},
+               {"s": np.array([1, 1, 2, 3], np.float32)}),
+}
+
+
+def _feeds(extra):
+    return {"x": np.full((1, 1, 2, 2) if "s" in extra and extra["s"].dtype == np.float32 else (1,), 2.0, np.float32),
+            **{k: np.asarray(v) for k, v in extra.items()}}
+
+
+@pytest.mark.parametrize("op", sorted(_SIZED))
+def test_run_time_sizes_stop_at_the_budget_before_allocating(op):
+    model, huge, small = _SIZED[op]
+    imported = onnx_attr.load(model)
+    np.testing.assert_allclose(imported.run(_feeds(small))[0].numpy(), _ort(model, _feeds(small))[0])
+    before = _peak_mib()
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op " + op + r"\).*max_elements"):
+        imported.run(_feeds(huge))
+    with pytest.raises(onnx_attr.BudgetError):
+        imported.verify(_feeds(huge))
+    assert _peak_mib() - before < 256  # refused before the allocation, not after it failed
+
+
+def test_the_element_budget_is_raised_through_load_and_on_the_model():
+    model, _, _ = _SIZED["Expand"]
+    feeds = _feeds({"s": np.array([3000, 3000])})
+    with pytest.raises(onnx_attr.BudgetError, match="max_elements=1,000"):
+        onnx_attr.load(model, budget=onnx_attr.Budget(max_elements=1000)).run(feeds)
+    imported = onnx_attr.load(model, budget=onnx_attr.Budget(max_elements=10**7))
+    assert imported.run(feeds)[0].shape == (3000, 3000)
+    imported.budget.max_elements = 100
+    with pytest.raises(onnx_attr.BudgetError):
+        imported.run(feeds)
+    assert onnx_attr.Budget.parse(["max_elements=0x100", "max_loop_iterations=5"]) == onnx_attr.Budget(
+        max_elements=256, max_loop_iterations=5)
+    with pytest.raises(onnx_attr.BudgetError, match="NAME=INTEGER"):
+        onnx_attr.Budget.parse(["max_bogus=3"])
+
+
+def _loop_body(name: str, inner: onnx.NodeProto | None = None) -> onnx.GraphProto:
+    nodes = [helper.make_node("Identity", [f"{name}_c"], [f"{name}_c2"]),
+             helper.make_node("Add", [f"{name}_v", "one"], [f"{name}_v2"])]
+    last = f"{name}_v2"
+    if inner is not None:
+        nodes.append(inner)
+        last = inner.output[0]
+    return helper.make_graph(nodes, name, [_vi(f"{name}_i", _I, []), _vi(f"{name}_c", TensorProto.BOOL, []),
+                                           _vi(f"{name}_v", _F, [1])],
+                             [_vi(f"{name}_c2", TensorProto.BOOL, []), _vi(last, _F, [1])])
+
+
+def _loop_model(trip: int, cond: bool = True, nested: bool = False) -> onnx.ModelProto:
+    inner = helper.make_node("Loop", ["n", "", "outer_v2"], ["inner_out"], body=_loop_body("inner"),
+                             name="inner") if nested else None
+    loop = helper.make_node("Loop", ["n" if trip >= 0 else "", "c", "x"], ["y"], body=_loop_body("outer", inner),
+                            name="spin")
+    return _model([loop], [_vi("x", _F, [1])], [_vi("y", _F, [1])],
+                  [helper.make_tensor("n", _I, [], [max(trip, 0)]), helper.make_tensor("one", _F, [], [1.0]),
+                   helper.make_tensor("c", TensorProto.BOOL, [], [cond])])
+
+
+@pytest.mark.parametrize("case", ["trip 2^62", "condition never false", "nested 10^4 x 10^4"])
+def test_runaway_loops_stop_at_the_iteration_budget_quickly(case):
+    import time
+    model = {"trip 2^62": _loop_model(2**62), "condition never false": _loop_model(-1),
+             "nested 10^4 x 10^4": _loop_model(10**4, nested=True)}[case]
+    imported = onnx_attr.load(model, budget=onnx_attr.Budget(max_loop_iterations=2000))
+    start = time.perf_counter()
+    with pytest.raises(onnx_attr.BudgetError, match="'(spin|inner)'.*max_loop_iterations=2,000"):
+        imported.run({"x": np.zeros(1, np.float32)})
+    assert time.perf_counter() - start < 30
+    with pytest.raises(onnx_attr.BudgetError):
+        imported.verify({"x": np.zeros(1, np.float32)})
+    small = onnx_attr.load(_loop_model(5, nested=True))  # a loop within budget computes what onnxruntime does
+    assert small.verify({"x": np.zeros(1, np.float32)}).passed
+    assert small.run({"x": np.zeros(1, np.float32)})[0].item() == 30.0
+
+
+def test_a_loop_whose_carried_value_doubles_stops_at_the_element_budget():
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c2"]), helper.make_node("Concat", ["v", "v"], ["v2"], axis=0)],
+                             "b", [_vi("i", _I, []), _vi("c", TensorProto.BOOL, []), _vi("v", _F, ["n"])],
+                             [_vi("c2", TensorProto.BOOL, []), _vi("v2", _F, ["m"])])
+    model = _model([helper.make_node("Loop", ["n", "", "x"], ["y"], body=body, name="doubling")], [_vi("x", _F, [1])],
+                   [_vi("y", _F, ["k"])], [helper.make_tensor("n", _I, [], [200])])
+    with pytest.raises(onnx_attr.BudgetError, match="'doubling'.*carried value 0.*max_elements"):
+        onnx_attr.load(model).run({"x": np.ones(1, np.float32)})
+
+
+def test_constant_of_shape_at_the_element_cap_is_refused_at_load_without_allocating():
+    model = _model([helper.make_node("ConstantOfShape", ["s"], ["y"], name="huge"), helper.make_node("Add", ["y", "x"], ["z"])],
+                   [_vi("x", _F, [1])], [_vi("z", _F, ["n"])], [helper.make_tensor("s", _I, [1], [2**32])])
+    before = _peak_mib()
+    with pytest.raises(onnx_attr.BudgetError, match="'huge'.*max_elements"):
+        onnx_attr.load(model)
+    assert _peak_mib() - before < 256
+    # within the element budget but over the folding budget: left to run time, computed there
+    middle = _model(list(model.graph.node), [_vi("x", _F, [1])], [_vi("z", _F, ["n"])], [helper.make_tensor("s", _I, [1], [1000])])
+    imported = onnx_attr.load(middle, budget=onnx_attr.Budget(max_folded_elements=100))
+    assert any(n.op_type == "ConstantOfShape" for n in imported.onnx_model.graph.node)
+    assert imported.verify({"x": np.ones(1, np.float32)}).passed
+
+
+def test_split_num_outputs_must_match_the_outputs():
+    import time
+    model = _model([helper.make_node("Split", ["x"], ["a", "b"], axis=0, num_outputs=2**31, name="many")],
+                   [_vi("x", _F, [4])], [_vi("a", _F, [2]), _vi("b", _F, [2])], opset=18)
+    start = time.perf_counter()
+    with pytest.raises(onnx_attr.ModelLoadError, match="'many'.*num_outputs=2147483648"):
+        onnx_attr.load(model)
+    assert time.perf_counter() - start < 10
+
+
+def test_node_count_and_nesting_depth_are_budgeted():
+    model = _loop_model(3, nested=True)
+    with pytest.raises(onnx_attr.BudgetError, match="max_subgraph_depth=1"):
+        onnx_attr.load(model, budget=onnx_attr.Budget(max_subgraph_depth=1))
+    with pytest.raises(onnx_attr.BudgetError, match="max_nodes=3"):
+        onnx_attr.load(model, budget=onnx_attr.Budget(max_nodes=3))
+
+
+# -- raw exceptions that must be clear errors -----------------------------------------------
+
+def _add_w(w: onnx.TensorProto, opset: int = 13) -> onnx.ModelProto:
+    return _model([helper.make_node("Add", ["x", "w"], ["y"])], [_vi("x", _F, [2])], [_vi("y", _F, [2])], [w], opset=opset)
+
+
+def test_sparse_initializers_are_densified_and_match_onnxruntime():
+    sparse = helper.make_sparse_tensor(helper.make_tensor("w", _F, [2], [-1.5, 5.0]),
+                                       helper.make_tensor("i", _I, [2], [0, 3]), [2, 2])
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", _F, [1, 2])], [_vi("y", _F, [1, 2])],
+                   opset=13)
+    model.graph.sparse_initializer.append(sparse)
+    x = np.array([[3.0, 7.0]], np.float32)
+    imported = onnx_attr.load(model.SerializeToString())
+    np.testing.assert_allclose(imported.run({"x": x})[0].numpy(), [[-4.5, 35.0]])  # by hand: w = [[-1.5, 0], [0, 5]]
+    assert imported.verify({"x": x}).passed
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    bad.graph.sparse_initializer[0].indices.int64_data[1] = 99
+    with pytest.raises(onnx_attr.ModelLoadError, match="(?i)sparse tensor"):
+        onnx_attr.load(bad.SerializeToString())
+
+
+@pytest.mark.parametrize("case", ["long raw_data", "short raw_data", "INT4", "FLOAT8", "elem_type 99"])
+def test_malformed_tensors_are_refused_by_name(case):
+    from onnx import numpy_helper
+    if case.endswith("raw_data"):
+        w = numpy_helper.from_array(np.ones(2, np.float32), "w")
+        w.raw_data = np.ones(3 if case.startswith("long") else 1, np.float32).tobytes()
+        model, match = _add_w(w), "initializer 'w' stores"
+    elif case in ("INT4", "FLOAT8"):
+        dtype = TensorProto.INT4 if case == "INT4" else TensorProto.FLOAT8E4M3FN
+        w = helper.make_tensor("w", dtype, [2], [1, 2])
+        model = _model([helper.make_node("Cast", ["w"], ["wf"], to=_F), helper.make_node("Add", ["x", "wf"], ["y"])],
+                       [_vi("x", _F, [2])], [_vi("y", _F, [2])], [w], opset=21)
+        match = f"initializer 'w' is {onnx.TensorProto.DataType.Name(dtype)}"
+    else:
+        model = _model([helper.make_node("Identity", ["x"], ["y"])], [_vi("x", _F, [2])], [_vi("y", _F, [2])])
+        model.graph.input[0].type.tensor_type.elem_type = 99
+        match = "graph input 'x' has element type 99"
+    with pytest.raises(onnx_attr.ModelLoadError, match=match):
+        onnx_attr.load(model.SerializeToString())
+
+
+def test_external_data_of_the_wrong_length_or_name_is_refused_by_name(tmp_path):
+    from onnx import external_data_helper, numpy_helper
+    np.ones(1000, np.float32).tofile(tmp_path / "w.bin")
+    for location, match in (("w.bin", "holds 4,000 bytes where its dims"), ("a" * 5000, "too long a name"),
+                            ("../w.bin", "outside the model's folder")):
+        w = numpy_helper.from_array(np.ones(2, np.float32), "w")
+        external_data_helper.set_external_data(w, location)
+        w.data_location = TensorProto.EXTERNAL
+        w.ClearField("raw_data")
+        path = tmp_path / "m.onnx"
+        path.write_bytes(_add_w(w).SerializeToString())
+        with pytest.raises(onnx_attr.ModelLoadError, match=match):
+            onnx_attr.load(path)
+
+
+def test_devices_and_fifos_are_refused_before_reading(tmp_path):
+    import os
+    import time
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    for path in ("/dev/zero", fifo):
+        with pytest.raises(onnx_attr.ModelLoadError, match="not a regular file"):
+            onnx_attr.load(path)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_local_function_shadowing_a_standard_op_is_refused():
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", _F, [2])], [_vi("y", _F, [2])])
+    model.functions.append(helper.make_function("ai.onnx", "Relu", ["a"], ["b"], [helper.make_node("Neg", ["a"], ["b"])],
+                                                [helper.make_opsetid("", 13)]))
+    with pytest.raises(onnx_attr.ModelLoadError, match="ai.onnx::Relu"):
+        onnx_attr.load(model.SerializeToString())

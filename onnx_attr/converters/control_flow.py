@@ -17,6 +17,7 @@ import torch
 from onnx import helper
 from torch import nn
 
+from ..budget import Budget, current_budget, loop_nest
 from ._common import result
 from .registry import register
 
@@ -123,11 +124,18 @@ def _stack(items: list[torch.Tensor], axis: int, reverse: bool) -> torch.Tensor:
 
 
 class Loop(nn.Module):
-    """ONNX Loop (opset 1+): a trip count, a condition, or both; carried values and scan outputs."""
+    """ONNX Loop (opset 1+): a trip count, a condition, or both; carried values and scan outputs.
 
-    def __init__(self, body: Body, has_trip_count: bool, has_cond: bool, n_carried: int):
+    The budget bounds the iterations of a whole loop nest and what the loop accumulates: a trip
+    count of 2^62, a condition that never turns false, or a carried value that doubles each trip
+    ends in a `BudgetError` naming the node, not in a hang or exhausted memory.
+    """
+
+    def __init__(self, body: Body, has_trip_count: bool, has_cond: bool, n_carried: int,
+                 budget: Budget | None = None, label: str = "Loop"):
         super().__init__()
         self.body, self.has_trip_count, self.has_cond, self.n_carried = body, has_trip_count, has_cond, n_carried
+        self.budget, self.label = budget if budget is not None else Budget(), label
 
     def forward(self, *inputs: torch.Tensor):
         inputs = list(inputs)
@@ -136,16 +144,27 @@ class Loop(nn.Module):
         carried, outer = inputs[:self.n_carried], inputs[self.n_carried:]
         device = carried[0].device if carried else (outer[0].device if outer else None)
         scanned: list[list[torch.Tensor]] = []
+        totals: list[int] = []
         i = 0
-        while keep and (trip is None or i < trip):
-            out = self.body(torch.tensor(i, dtype=torch.int64, device=device),
-                            torch.tensor(keep, device=device), *carried, *outer)
-            keep, carried = _as_bool(out[0]), out[1:1 + self.n_carried]
-            scans = out[1 + self.n_carried:]
-            scanned = scanned or [[] for _ in scans]
-            for items, value in zip(scanned, scans):
-                items.append(value)
-            i += 1
+        where = f"Loop node {self.label!r}"
+        with loop_nest() as spent:
+            while keep and (trip is None or i < trip):
+                spent[0] += 1
+                self.budget.check("max_loop_iterations", max(spent[0], i + 1),
+                                  f"{where} (with the loops around and inside it) running that many iterations")
+                out = self.body(torch.tensor(i, dtype=torch.int64, device=device),
+                                torch.tensor(keep, device=device), *carried, *outer)
+                keep, carried = _as_bool(out[0]), out[1:1 + self.n_carried]
+                scans = out[1 + self.n_carried:]
+                scanned = scanned or [[] for _ in scans]
+                totals = totals or [0 for _ in scans]
+                for k, value in enumerate(carried):
+                    self.budget.check("max_elements", value.numel(), f"{where}, its carried value {k} growing to")
+                for k, (items, value) in enumerate(zip(scanned, scans)):
+                    totals[k] += value.numel()
+                    self.budget.check("max_elements", totals[k], f"{where}, its scan output {k} growing to")
+                    items.append(value)
+                i += 1
         n_scans = self.body.n_outputs - 1 - self.n_carried
         if n_scans and not scanned:
             raise RuntimeError("Loop ran zero iterations, so the shape of its scan outputs is unknown")
@@ -158,7 +177,7 @@ def convert_loop(node, graph):
     inputs = node.input_values
     has_trip, has_cond = bool(inputs[0]), bool(inputs[1])
     body = convert_body(graph_attribute(node, "body"), graph)
-    module = Loop(body, has_trip, has_cond, len(inputs) - 2)
+    module = Loop(body, has_trip, has_cond, len(inputs) - 2, current_budget(), node.name or "Loop")
     present = [name for name, keep in zip(inputs[:2], (has_trip, has_cond)) if keep]
     return result(node, module, inputs=(*present, *inputs[2:], *body.outer))
 
