@@ -9,8 +9,11 @@ be graph inputs, initializers, or any output of a multi-output node.
 
 from __future__ import annotations
 
+import builtins
 import inspect
+import keyword
 import re
+import unicodedata
 
 import onnx
 import torch
@@ -95,8 +98,9 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule
     graph = fx.Graph()
     values: dict[str, fx.Node] = {}
 
+    names = Identifiers()
     for spec in model.graph.input:
-        node = graph.placeholder(_identifier(spec.name, "input"))
+        node = graph.placeholder(names.new(spec.name, "input"))
         node.meta["onnx_tensor"] = spec.name
         values[spec.name] = node
 
@@ -113,7 +117,7 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule
         if name not in values:
             if onnx_graph.value_type(name) != ValueType.GRAPH_INITIALIZER:
                 raise KeyError(f"tensor {name!r} is used before it is produced")
-            buffer = f"t{len(values)}_{_identifier(name, 'init')}"[:120]
+            buffer = names.new(name, "init")
             initializers.register_buffer(buffer, onnx_graph.initializers[name].to_torch())
             values[name] = graph.get_attr(f"initializers.{buffer}")
             values[name].meta["onnx_tensor"] = name
@@ -133,9 +137,7 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule
         if proto.op_type in WIDENED_OPS and not proto.domain and any(
                 elem_types.get(name) in ONNX_UNSIGNED for name in proto.input):
             module = WidenedUnsigned(module, proto.op_type)
-        target = re.sub(r"[^\w/\-]", "_", module_name)  # fx writes targets into generated code
-        if target == "initializers" or hasattr(root, target):
-            target = f"{target}_{index}"
+        target = names.new(module_name, "node")
         root.add_module(target, module)
         args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
         if proto.op_type in ESTIMATORS and proto.domain in ("", "ai.onnx"):
@@ -204,11 +206,33 @@ def _call_arguments(module: nn.Module, args: list) -> tuple[list, dict]:
     return args[:first], kwargs
 
 
-def _identifier(name: str, fallback: str) -> str:
-    ident = re.sub(r"\W", "_", name)
-    if not ident or ident[0].isdigit():
-        ident = f"{fallback}_{ident}"
-    return ident
+class Identifiers:
+    """Python identifiers for ONNX names, unique as Python reads them.
+
+    fx writes our names into generated code, and Python folds identifiers to their NFKC form:
+    input `ｘ` (fullwidth) and input `x` would be one variable, node `ｆ` would call module `f`.
+    So names are reduced to ASCII letters, digits and `_` after NFKC, kept clear of keywords,
+    `self`, module attributes (`double`, `to`) and fx's own names, and made unique by a numeric suffix. The ONNX names stay in each
+    fx node's meta (`onnx_tensor`, `onnx_node`), which is what every message shows.
+    """
+
+    _RESERVED = frozenset({"self", "initializers", "torch", "fx", "math", "inf", "nan", "device", "dtype",
+                           "builtins", "getattr", "select_output"}) | frozenset(dir(fx.GraphModule))
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+
+    def new(self, name: str, fallback: str) -> str:
+        ident = re.sub(r"[^0-9A-Za-z_]", "_", unicodedata.normalize("NFKC", name))[:80]
+        if not ident or ident[0].isdigit() or keyword.iskeyword(ident) or ident in self._RESERVED \
+                or ident in dir(builtins) or ident.startswith("_"):
+            ident = f"{fallback}_{ident}"
+        unique, n = ident, 1
+        while unique in self.taken:
+            n += 1
+            unique = f"{ident}_{n}"
+        self.taken.add(unique)
+        return unique
 
 
 def tensor_nodes(module: fx.GraphModule) -> dict[str, fx.Node]:

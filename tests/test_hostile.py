@@ -328,3 +328,22 @@ def test_a_local_function_shadowing_a_standard_op_is_refused():
                                                 [helper.make_opsetid("", 13)]))
     with pytest.raises(onnx_attr.ModelLoadError, match="ai.onnx::Relu"):
         onnx_attr.load(model.SerializeToString())
+
+
+# -- 9. names that Python would fold together --------------------------------------------------
+
+@pytest.mark.parametrize("names", [("x", "\uff58"), ("self", "image"), ("def", "__class__"), ("x", "x_2"), ("double", "to"),
+                                   ("\u212a", "K"), ("a b", "a_b")])
+def test_names_that_python_folds_together_stay_apart(names):
+    """`ｘ` is `x` to Python (NFKC); `self`, keywords and dunders are not free names: each input and
+    each node must still be its own variable and call its own module (onnxruntime is the oracle)."""
+    a, b = names
+    nodes = [helper.make_node("Relu", [a], ["r"], name="\uff46"), helper.make_node("Neg", ["r"], ["n"], name="f"),
+             helper.make_node("Sub", ["n", b], ["y"], name="f_2")]
+    model = _model(nodes, [_vi(a, _F, [3]), _vi(b, _F, [3])], [_vi("y", _F, [3])])
+    feeds = {a: np.array([-1.0, 2.0, 3.0], np.float32), b: np.array([10.0, 20.0, 30.0], np.float32)}
+    imported = onnx_attr.load(model)
+    np.testing.assert_array_equal(imported.run(feeds)[0].numpy(), _ort(model, feeds)[0])
+    assert imported.verify(feeds).passed
+    attributions = onnx_attr.DeepLift(imported).attribute(feeds, target=None)
+    assert len(attributions) == 2
