@@ -25,7 +25,7 @@ from .budget import ESTIMATORS, ElementGuard, current_budget, guard_constants
 from .converters.control_flow import MODEL_OPSETS
 from .converters.registry import find_converter
 from .converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
-from .errors import ConversionError, UnsupportedOpError
+from .errors import ConversionError, ModelLoadError, UnsupportedOpError
 from .normalize import default_opset
 
 
@@ -116,9 +116,15 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule
             values[name].meta.update(onnx_tensor=name, onnx_node=label, onnx_op=op_type)
         if name not in values:
             if onnx_graph.value_type(name) != ValueType.GRAPH_INITIALIZER:
-                raise KeyError(f"tensor {name!r} is used before it is produced")
+                raise ModelLoadError(f"tensor {name!r} is used before any node produces it (or it is not produced "
+                                     "at all); the graph is malformed")
             buffer = names.new(name, "init")
-            initializers.register_buffer(buffer, onnx_graph.initializers[name].to_torch())
+            try:
+                tensor = onnx_graph.initializers[name].to_torch()
+            except (ValueError, TypeError, KeyError) as err:
+                raise ModelLoadError(f"initializer {name!r} cannot be read as a tensor ({type(err).__name__}: "
+                                     f"{str(err)[:200]}); the file is corrupted") from err
+            initializers.register_buffer(buffer, tensor)
             values[name] = graph.get_attr(f"initializers.{buffer}")
             values[name].meta["onnx_tensor"] = name
         return values[name]
