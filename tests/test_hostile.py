@@ -347,3 +347,29 @@ def test_names_that_python_folds_together_stay_apart(names):
     assert imported.verify(feeds).passed
     attributions = onnx_attr.DeepLift(imported).attribute(feeds, target=None)
     assert len(attributions) == 2
+
+
+# -- 6. one weight read by many bodies is held once ------------------------------------------
+
+def _shared_weight_model(n_ifs: int, size: int) -> onnx.ModelProto:
+    from onnx import numpy_helper
+    w = numpy_helper.from_array(np.linspace(-1, 1, size, dtype=np.float32), "w")
+    nodes, last = [], "x"
+    for k in range(n_ifs):
+        then = helper.make_graph([helper.make_node("Add", [last, "w"], [f"t{k}"])], f"then{k}", [], [_vi(f"t{k}", _F, [size])])
+        other = helper.make_graph([helper.make_node("Sub", [last, "w"], [f"e{k}"])], f"else{k}", [], [_vi(f"e{k}", _F, [size])])
+        nodes += [helper.make_node("ReduceSum", [last], [f"s{k}"], keepdims=0),
+                  helper.make_node("Greater", [f"s{k}", "zero"], [f"g{k}"]),
+                  helper.make_node("If", [f"g{k}"], [f"y{k}"], then_branch=then, else_branch=other, name=f"if{k}")]
+        last = f"y{k}"
+    return _model(nodes, [_vi("x", _F, [size])], [_vi(last, _F, [size])],
+                  [w, helper.make_tensor("zero", _F, [], [0.0])])
+
+
+def test_a_weight_read_by_many_bodies_is_one_buffer():
+    size = 1 << 16
+    imported = onnx_attr.load(_shared_weight_model(16, size))
+    storages = {b.untyped_storage().data_ptr(): b.numel() for _, b in imported.module.named_buffers(remove_duplicate=False)}
+    assert sum(n for n in storages.values() if n >= size) == size  # 32 bodies, one copy
+    x = np.random.default_rng(0).standard_normal(size).astype(np.float32)
+    assert imported.verify({"x": x}).passed

@@ -65,21 +65,39 @@ class Body(nn.Module):
         return list(out) if self.n_outputs > 1 else [out]
 
 
+#: Outer initializers up to this many elements are copied into a body as constants (converters
+#: read shapes, axes and pads from constants); larger ones, the weights, are fed in as inputs.
+SHARED_ABOVE = 4096
+
+
+def _is_small(tensor: onnx.TensorProto) -> bool:
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count <= SHARED_ABOVE and tensor.data_location != onnx.TensorProto.EXTERNAL
+
+
 def convert_body(body: onnx.GraphProto, outer_graph) -> Body:
     """Convert `body` as a model whose inputs are its own followed by the outer names it reads.
 
-    Outer initializers are copied in as initializers, so converters still see them as constants.
+    Small outer initializers are copied in as initializers, so converters still see them as
+    constants. Weights are fed in from the enclosing graph like any outer value: every body that
+    reads one shares the enclosing graph's buffer (64 Ifs reading one 16 MiB weight hold it once).
     """
     from ..convert import convert  # a body is converted like a model; imported late (cycle)
     from ..normalize import fold_constants, infer_shapes
 
-    outer = [n for n in free_names(body) if n not in outer_graph.initializers]
+    inits = {t.name: t for t in outer_graph.proto.initializer}
+    copied = {n for n in free_names(body) if n in inits and _is_small(inits[n])}
+    outer = [n for n in free_names(body) if n not in copied]
     graph = onnx.GraphProto()
     graph.CopyFrom(body)
     graph.name = graph.name or "body"
     for name in free_names(body):
-        if name in outer_graph.initializers:
-            graph.initializer.extend(t for t in outer_graph.proto.initializer if t.name == name)
+        if name in copied:
+            graph.initializer.append(inits[name])
+        elif name in inits:
+            graph.input.append(helper.make_tensor_value_info(name, inits[name].data_type, list(inits[name].dims)))
         else:
             info = outer_graph.value_info.get(name)
             graph.input.append(info if info is not None else helper.make_empty_tensor_value_info(name))
