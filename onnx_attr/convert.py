@@ -14,10 +14,14 @@ import inspect
 import keyword
 import re
 import unicodedata
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Optional
 
 import onnx
 import torch
 from onnx2torch.onnx_graph import OnnxGraph, ValueType
+from onnx2torch.onnx_tensor import OnnxTensor
 from torch import fx, nn
 
 from . import converters  # noqa: F401 - importing registers our converters
@@ -27,6 +31,7 @@ from .converters.registry import find_converter
 from .converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
 from .errors import ConversionError, ModelLoadError, UnsupportedOpError
 from .normalize import default_opset
+from .read import external_folder, is_external, read_external
 
 
 def opsets(model: onnx.ModelProto) -> dict[str, int]:
@@ -83,14 +88,42 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
         raise UnsupportedOpError(missing)
     versions = opsets(model)
     token = MODEL_OPSETS.set(versions)
+    folder = external_folder(model)
+    folder_token = _FOLDER.set(folder if folder is not None else _FOLDER.get())  # bodies read from the model's
     try:
         return _convert(model, versions)
     finally:
+        _FOLDER.reset(folder_token)
         MODEL_OPSETS.reset(token)
+
+
+#: The folder of the model being converted's external data, for the bodies converted inside it.
+_FOLDER: ContextVar[Optional[Path]] = ContextVar("_FOLDER", default=None)
+
+
+class _ExternalTensor(OnnxTensor):
+    """An initializer whose data stays in its file until a converter or the module asks for it,
+    then is read once, straight into the array every user shares."""
+
+    def __init__(self, proto: onnx.TensorProto, folder):
+        super().__init__(proto)
+        self._folder, self._array = folder, None
+
+    def to_numpy(self):
+        if self._array is None:
+            self._array = read_external(self.proto, self._folder)
+        return self._array
+
+    def to_torch(self) -> torch.Tensor:
+        return torch.from_numpy(self.to_numpy())
 
 
 def _convert(model: onnx.ModelProto, versions: dict[str, int]) -> fx.GraphModule:
     onnx_graph = OnnxGraph(model.graph)
+    folder = _FOLDER.get()
+    for name, tensor in list(onnx_graph.initializers.items()):
+        if is_external(tensor.proto):
+            onnx_graph._initializers[name] = _ExternalTensor(tensor.proto, folder)  # behind a read-only view
     elem_types = _elem_types(model.graph)
     root = nn.Module()
     initializers = Initializers()

@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from .errors import ModelLoadError
 from .budget import current_budget, elements
+from .read import is_external
 
 #: The opset an old model is upgraded to when it cannot be imported at its own opset.
 UPGRADE_TARGET_OPSET = 17
@@ -123,7 +124,7 @@ def _fold_node(node, inits, outputs, graph) -> onnx.TensorProto | bool | None:
         return _constant_value(node)
     if node.op_type == "ConstantOfShape" and node.input[0] in inits:
         shape_init = inits[node.input[0]]
-        if elements(shape_init.dims) > 64:  # a shape has one entry per axis
+        if elements(shape_init.dims) > 64 or is_external(shape_init):  # a shape has one entry per axis
             return None
         shape = [int(d) for d in numpy_helper.to_array(shape_init).astype(np.int64).reshape(-1).tolist()]
         budget = current_budget()
@@ -140,7 +141,7 @@ def _fold_node(node, inits, outputs, graph) -> onnx.TensorProto | bool | None:
     if node.op_type == "Identity":
         src, dst = node.input[0], node.output[0]
         if dst in outputs:
-            if src not in inits:
+            if src not in inits or is_external(inits[src]):
                 return None
             alias = onnx.TensorProto()
             alias.CopyFrom(inits[src])
@@ -187,7 +188,8 @@ def inline_constant_ifs(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelP
     while True:
         inits = {t.name: t for t in model.graph.initializer}
         index = next((i for i, n in enumerate(model.graph.node) if n.op_type == "If" and n.domain in ("", "ai.onnx")
-                      and n.input[0] in inits and numpy_helper.to_array(inits[n.input[0]]).size == 1), None)
+                      and n.input[0] in inits and not is_external(inits[n.input[0]])
+                      and numpy_helper.to_array(inits[n.input[0]]).size == 1), None)
         if index is None:
             break
         model = _copy(model)

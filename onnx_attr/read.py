@@ -214,15 +214,50 @@ def _read_path(path: Path) -> onnx.ModelProto:
     _check_structure(model, folder)
     _check_external(model, folder)
     _check(model, path)
-    try:  # a no-op for models without external data
-        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
-    except (OSError, ValueError, onnx.checker.ValidationError) as err:
-        raise ModelLoadError(
-            f"model {str(path)!r} keeps tensors in external data files that could not be read "
-            f"({err}); keep the data files beside the model, under the names it records"
-        ) from err
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)):
+        # the weights stay in their files: `convert` reads each once, straight into its tensor, and
+        # onnxruntime reads them from the folder; the proto stays small through every graph pass
+        model.metadata_props.add(key=EXTERNAL_FOLDER, value=str(folder))
     _densify_sparse(model.graph)
     return model
+
+
+#: metadata key under which a model read from a path records the folder of its external data
+EXTERNAL_FOLDER = "onnx_attr.external_data_folder"
+
+
+def external_folder(model: onnx.ModelProto) -> Path | None:
+    """The folder a model's external data lives in, as `read_model` recorded it."""
+    return next((Path(p.value) for p in model.metadata_props if p.key == EXTERNAL_FOLDER), None)
+
+
+def is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def read_external(tensor: onnx.TensorProto, folder: Path | None) -> np.ndarray:
+    """One external tensor read straight from its file (bounds were checked by `read_model`)."""
+    info = {e.key: e.value for e in tensor.external_data}
+    dims = [int(d) for d in tensor.dims]
+    if folder is None:
+        raise ModelLoadError(f"tensor {tensor.name!r} keeps its data in an external file, but the model was not "
+                             "loaded from a path; load it from its .onnx file beside the data")
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        if dtype.kind not in "biufc":
+            raise TypeError(f"{_type_name(tensor.data_type)} cannot be read as raw external data")
+        count = 1
+        for d in dims:
+            count *= d
+        with open(folder / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            array = np.fromfile(f, dtype=dtype.newbyteorder("<"), count=count)
+        if array.size != count:
+            raise ValueError(f"{array.size} of {count} values present")
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise ModelLoadError(f"tensor {tensor.name!r}: its external data could not be read ({err}); keep the data "
+                             "files beside the model, under the names it records") from err
+    return array.astype(dtype, copy=False).reshape(dims)
 
 
 def _check_external(model: onnx.ModelProto, folder: Path) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from .convert import run_recording
 from .converters.arithmetic import integer_overflows
+from .read import external_folder
 from .errors import ReferenceRuntimeError
 from .inputs import arrange, sample_inputs
 
@@ -105,6 +106,9 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    folder = external_folder(model)
+    if folder is not None:  # weights left in their files: onnxruntime reads them there
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

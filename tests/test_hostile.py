@@ -373,3 +373,41 @@ def test_a_weight_read_by_many_bodies_is_one_buffer():
     assert sum(n for n in storages.values() if n >= size) == size  # 32 bodies, one copy
     x = np.random.default_rng(0).standard_normal(size).astype(np.float32)
     assert imported.verify({"x": x}).passed
+
+
+# -- 7. external data: weights read once, straight into their tensors --------------------------
+
+def test_external_data_loads_in_about_one_copy_of_its_weights_and_verifies(tmp_path):
+    """Peak RSS of `load` (in a fresh process) stays within 2x the weights; onnxruntime reads the
+    same files for `verify`; DeepLift on it is complete."""
+    script = textwrap.dedent(f"""
+        import resource, sys, numpy as np, onnx
+        from onnx import helper, numpy_helper, TensorProto as T
+        side, n = 1448, 8  # 8 float32 matrices of 1448^2: 64 MiB of weights
+        inits, nodes, last = [], [], "x"
+        for k in range(n):
+            w = np.random.default_rng(k).standard_normal((side, side)).astype(np.float32) / side ** 0.5
+            inits.append(numpy_helper.from_array(w, f"w{{k}}"))
+            nodes += [helper.make_node("MatMul", [last, f"w{{k}}"], [f"h{{k}}"]), helper.make_node("Relu", [f"h{{k}}"], [f"r{{k}}"])]
+            last = f"r{{k}}"
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, ["N", side])],
+                              [helper.make_tensor_value_info(last, T.FLOAT, ["N", side])], inits)
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), r"{tmp_path}/m.onnx",
+                  save_as_external_data=True, location="m.bin")
+        del inits, g, w
+        import onnx_attr, torch, gc
+        gc.collect()
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        model = onnx_attr.load(r"{tmp_path}/m.onnx")
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        x = np.random.default_rng(9).standard_normal((2, side)).astype(np.float32) * 50
+        assert model.verify({{"x": x}}).passed
+        attr, delta = onnx_attr.DeepLift(model).attribute({{"x": x}}, target=0, return_convergence_delta=True)
+        print("grown_mib", grown, "delta", float(np.abs(np.asarray(delta)).max()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    words = done.stdout.split()
+    grown = float(words[words.index("grown_mib") + 1])
+    assert grown < 2 * 64, done.stdout
+    assert float(words[words.index("delta") + 1]) < 1e-2
