@@ -411,3 +411,43 @@ def test_external_data_loads_in_about_one_copy_of_its_weights_and_verifies(tmp_p
     grown = float(words[words.index("grown_mib") + 1])
     assert grown < 2 * 64, done.stdout
     assert float(words[words.index("delta") + 1]) < 1e-2
+
+
+def _one_node(op, inputs, attrs=None, opset=13, inits=()):
+    names = [n for n, _, _ in inputs]
+    return _model([helper.make_node(op, names, ["y"], name="grow", **(attrs or {}))],
+                  [_vi(n, t, s) for n, t, s in inputs if n not in {i.name for i in inits}],
+                  [_vi("y", _F, None if op == "DFT" else ["a", "b", "c", "d"][: 4])], inits, opset=opset)
+
+
+# op -> (model, small feeds, huge feeds): attributes and data that size the output
+_MORE_SIZED = {
+    "Upsample-9": (_model([helper.make_node("Upsample", ["x", "s"], ["y"], name="grow")],
+                          [_vi("x", _F, [1, 1, 2, 2]), _vi("s", _F, [4])], [_vi("y", _F, ["a", "b", "c", "d"])], opset=9),
+                   {"s": np.array([1, 1, 2, 3], np.float32)}, {"s": np.array([1, 1, 2**20, 2**20], np.float32)}),
+    "DFT": (_model([helper.make_node("DFT", ["x", "n"], ["y"], name="grow", axis=1)], [_vi("x", _F, [1, 4, 1]), _vi("n", _I, [])],
+                   [_vi("y", _F, ["a", "b", "c"])], opset=17),
+            {"x": np.ones((1, 4, 1), np.float32), "n": np.array(6)}, {"x": np.ones((1, 4, 1), np.float32), "n": np.array(2**40)}),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_MORE_SIZED))
+def test_more_data_sized_ops_stop_at_the_budget(op):
+    model, small, huge = _MORE_SIZED[op]
+    feeds = {"x": np.full((1, 1, 2, 2), 2.0, np.float32)} if op == "Upsample-9" else {}
+    imported = onnx_attr.load(model)
+    ours = imported.run({**feeds, **small})[0].numpy()
+    np.testing.assert_allclose(ours, _ort(model, {**feeds, **small})[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(onnx_attr.BudgetError, match=r"'(grow|Resize#0)'.*max_elements"):  # Upsample-9 is upgraded
+        imported.run({**feeds, **huge})
+
+
+def test_conv_transpose_with_huge_strides_stops_at_the_budget():
+    w = helper.make_tensor("w", _F, [1, 1, 2, 2], [1.0, 2.0, 3.0, 4.0])
+    def model(stride):
+        return _model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="grow", strides=[stride, stride])],
+                      [_vi("x", _F, [1, 1, 3, 3])], [_vi("y", _F, ["a", "b", "c", "d"])], [w])
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    np.testing.assert_allclose(onnx_attr.load(model(3)).run({"x": x})[0].numpy(), _ort(model(3), {"x": x})[0])
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op ConvTranspose\).*max_elements"):
+        onnx_attr.load(model(2**20)).run({"x": x})
