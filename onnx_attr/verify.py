@@ -124,6 +124,9 @@ def _numpy(value: Any) -> np.ndarray:
     if isinstance(value, list) and value and isinstance(value[0], dict):  # ZipMap: rows of {label: p}
         return np.array([list(row.values()) for row in value])
     if isinstance(value, torch.Tensor):
+        if value.dim() > 64:  # numpy's limit, and so onnxruntime's Python API's
+            raise ReferenceRuntimeError(f"a tensor of {value.dim()} dimensions cannot be compared: numpy and "
+                                        "onnxruntime's Python API hold at most 64")
         value = value.detach().cpu()
         return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     return np.asarray(value)

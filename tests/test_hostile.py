@@ -451,3 +451,12 @@ def test_conv_transpose_with_huge_strides_stops_at_the_budget():
     np.testing.assert_allclose(onnx_attr.load(model(3)).run({"x": x})[0].numpy(), _ort(model(3), {"x": x})[0])
     with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op ConvTranspose\).*max_elements"):
         onnx_attr.load(model(2**20)).run({"x": x})
+
+
+def test_verify_of_a_tensor_beyond_numpys_64_dims_is_a_clear_error():
+    model = _model([helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Relu", ["r"], ["y"])],
+                   [_vi("x", _F, [2])], [_vi("y", _F, [2] + [1] * 69)], [helper.make_tensor("s", _I, [70], [2] + [1] * 69)])
+    imported = onnx_attr.load(model)
+    assert imported.run({"x": np.array([-1.0, 2.0], np.float32)})[0].reshape(-1).tolist() == [0.0, 2.0]
+    with pytest.raises(ReferenceRuntimeError, match="64"):
+        imported.verify({"x": np.array([-1.0, 2.0], np.float32)})
