@@ -471,7 +471,7 @@ def campaign(cases: int, seed: int, timeout: float, memory: int, progress: bool,
                                               "mutations": done, "detail": outcome["detail"]})
         if progress and (index + 1) % 100 == 0:
             print(f"{index + 1}/{cases} {dict(counts)} {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
-        if summary_path and ((index + 1) % 500 == 0 or index + 1 == cases):
+        if summary_path and ((index + 1) % 50 == 0 or index + 1 == cases):
             summary = _summary(index + 1, counts, clear, failures, rss, mutated, started, len(seeds), memory, timeout)
             Path(summary_path).write_text(json.dumps(summary, indent=1))
     return _summary(cases, counts, clear, failures, rss, mutated, started, len(seeds), memory, timeout)
