@@ -61,10 +61,12 @@ def _type_name(elem_type: int) -> str:
         return f"unknown type {elem_type}"
 
 
-def _check_elem_type(elem_type: int, what: str) -> None:
+def _check_elem_type(elem_type: int, what: str, stored: bool = True) -> None:
+    """Unknown types are refused everywhere; types torch cannot hold only where values are stored
+    (a graph input of such a type is refused by the converter of the node reading it, by name)."""
     if elem_type not in _KNOWN_TYPES:
         raise ModelLoadError(f"{what} has element type {elem_type}, which ONNX does not define; the file is corrupted")
-    if elem_type in _NO_TORCH_TYPE:
+    if stored and elem_type in _NO_TORCH_TYPE:
         raise ModelLoadError(f"{what} is {_type_name(elem_type)}, a type PyTorch cannot compute in; re-export the "
                              "model with float16/float32 (or int8) tensors")
 
@@ -81,7 +83,7 @@ def _check_structure(model: onnx.ModelProto, folder: Path | None) -> None:
                 "standard op of that name; onnx-attr refuses it (a file must not redefine what a standard op computes)")
     for value in (*model.graph.input, *model.graph.output):
         if value.type.HasField("tensor_type"):
-            _check_elem_type(value.type.tensor_type.elem_type, f"graph {'input' if value in model.graph.input else 'output'} {value.name!r}")
+            _check_elem_type(value.type.tensor_type.elem_type, f"graph input or output {value.name!r}", stored=False)
     counted = [0]
     _check_graph(model.graph, 0, counted, budget)
     budget.check("max_nodes", counted[0], "the model (bodies of If/Loop/Scan included), with that many nodes,")

@@ -290,7 +290,7 @@ def test_malformed_tensors_are_refused_by_name(case):
     else:
         model = _model([helper.make_node("Identity", ["x"], ["y"])], [_vi("x", _F, [2])], [_vi("y", _F, [2])])
         model.graph.input[0].type.tensor_type.elem_type = 99
-        match = "graph input 'x' has element type 99"
+        match = "graph input or output 'x' has element type 99"
     with pytest.raises(onnx_attr.ModelLoadError, match=match):
         onnx_attr.load(model.SerializeToString())
 
