@@ -460,3 +460,15 @@ def test_verify_of_a_tensor_beyond_numpys_64_dims_is_a_clear_error():
     assert imported.run({"x": np.array([-1.0, 2.0], np.float32)})[0].reshape(-1).tolist() == [0.0, 2.0]
     with pytest.raises(ReferenceRuntimeError, match="64"):
         imported.verify({"x": np.array([-1.0, 2.0], np.float32)})
+
+
+def test_the_cli_budget_option_raises_and_lowers_a_limit(tmp_path, capsys):
+    from onnx_attr.cli import main
+    path = tmp_path / "loop.onnx"
+    path.write_bytes(_loop_model(50).SerializeToString())
+    feeds = tmp_path / "x.npz"
+    np.savez(feeds, x=np.zeros(1, np.float32))
+    assert main(["verify", str(path), "--input", str(feeds)]) == 0
+    assert main(["verify", str(path), "--input", str(feeds), "--budget", "max_loop_iterations=10"]) == 2
+    assert "max_loop_iterations=10" in capsys.readouterr().err
+    assert main(["verify", str(path), "--budget", "max_bogus=1"]) == 2
