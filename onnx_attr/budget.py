@@ -54,6 +54,10 @@ class Budget:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise BudgetError(f"budget {f.name} must be a non-negative integer, got {value!r}")
 
+    def __deepcopy__(self, memo: dict) -> "Budget":
+        """Shared, not copied: a rewritten copy of the module keeps following `model.budget`."""
+        return self
+
     @classmethod
     def parse(cls, items: Sequence[str]) -> "Budget":
         """A budget from 'name=value' strings (the CLI's --budget), the rest at their defaults."""

@@ -472,3 +472,15 @@ def test_the_cli_budget_option_raises_and_lowers_a_limit(tmp_path, capsys):
     assert main(["verify", str(path), "--input", str(feeds), "--budget", "max_loop_iterations=10"]) == 2
     assert "max_loop_iterations=10" in capsys.readouterr().err
     assert main(["verify", str(path), "--budget", "max_bogus=1"]) == 2
+
+
+def test_a_deep_copied_module_follows_the_same_budget():
+    import copy
+    model, _, _ = _SIZED["Expand"]
+    imported = onnx_attr.load(model)
+    twin = imported.with_module(copy.deepcopy(imported.module))
+    feeds = _feeds({"s": np.array([300, 300])})
+    assert twin.run(feeds)[0].shape == (300, 300)
+    imported.budget.max_elements = 1000
+    with pytest.raises(onnx_attr.BudgetError):
+        twin.run(feeds)
