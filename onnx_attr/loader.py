@@ -37,6 +37,7 @@ def load(
         model, _ = read_model(source)
         model, finals = strip_final_activations(model, strip_final_activation)
         normalized = normalize(model, importable=is_importable)
+        del model  # the read copy: its weights are in `normalized` now, once is enough
         module = convert(normalized.converted)
     canonical = normalized.canonical
     imported = AttributableModel(

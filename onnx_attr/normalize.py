@@ -283,13 +283,71 @@ def upgrade_opset(model: onnx.ModelProto, target: int, notes: list[str]) -> onnx
     return upgraded
 
 
+#: Initializers with more raw bytes than this reach shape inference as dims and type only.
+_HEAVY_BYTES = 1 << 16
+
+
+def _top_level(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model with every field of `model` but its graph (all small)."""
+    out = onnx.ModelProto()
+    for desc, value in model.ListFields():
+        if desc.name == "graph":
+            continue
+        if desc.is_repeated:
+            getattr(out, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(out, desc.name).CopyFrom(value)
+        else:
+            setattr(out, desc.name, value)
+    return out
+
+
+def _heavy(tensor: onnx.TensorProto) -> bool:
+    return tensor.ByteSize() > _HEAVY_BYTES and tensor.HasField("raw_data")
+
+
+def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """The model with its large weights reduced to name, type and dims (shape inference reads only
+    those, and the values of small shape-like tensors), built without copying the weights:
+    inference serializes its input and parses its output, so a full model costs three copies."""
+    if not any(_heavy(t) for t in model.graph.initializer):
+        return model, False
+    skeleton = _top_level(model)
+    graph, source = skeleton.graph, model.graph
+    for desc, value in source.ListFields():
+        if desc.name == "initializer":
+            continue
+        if desc.is_repeated:
+            getattr(graph, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(graph, desc.name).CopyFrom(value)
+        else:
+            setattr(graph, desc.name, value)
+    for t in source.initializer:
+        if _heavy(t):
+            stub = graph.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+        else:
+            graph.initializer.append(t)
+    return skeleton, True
+
+
 def infer_shapes(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     """Shape inference that keeps symbolic dims (e.g. the batch axis) symbolic."""
     if model.ByteSize() >= 2**31 - 1:
         notes.append("model is over 2 GiB: skipped shape inference")
         return model
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        skeleton, heavy = _skeleton(model)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+        if not heavy:
+            return inferred
+        result = _top_level(model)  # the weights come back from the model itself: one copy, not three
+        del inferred.graph.initializer[:]
+        result.graph.CopyFrom(inferred.graph)
+        result.graph.initializer.extend(model.graph.initializer)
+        return result
     except Exception as err:  # inference failures must not block an otherwise importable model
         notes.append(f"shape inference failed ({str(err).strip().splitlines()[0]}); continuing without it")
         return model

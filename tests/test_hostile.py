@@ -484,3 +484,16 @@ def test_a_deep_copied_module_follows_the_same_budget():
     imported.budget.max_elements = 1000
     with pytest.raises(onnx_attr.BudgetError):
         twin.run(feeds)
+
+
+def test_shape_inference_without_the_weights_matches_onnx_and_keeps_every_field():
+    from onnx import numpy_helper
+    from onnx_attr.normalize import infer_shapes
+    w = numpy_helper.from_array(np.arange(256 * 128, dtype=np.float32).reshape(256, 128), "w")  # 128 KiB: heavy
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                   [_vi("x", _F, ["N", 256])], [_vi("y", _F, None)], [w, helper.make_tensor("k", _I, [2], [1, 2])])
+    model.metadata_props.add(key="a", value="b")
+    model.producer_name = "test"
+    ours = infer_shapes(model, [])
+    theirs = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    assert ours == theirs, (str(ours.graph.value_info), str(theirs.graph.value_info))
