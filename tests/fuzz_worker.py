@@ -345,7 +345,7 @@ def mutate_inputs(rng: random.Random, arrays: list[np.ndarray]) -> list[np.ndarr
                 flat[rng.randrange(flat.size)] = rng.choice(EDGE_FLOATS)
             elif flat.dtype.kind in "iu":
                 info = np.iinfo(flat.dtype)
-                flat[:] = rng.choice([info.min, -1, 0, info.max, 2**20 % (info.max + 1)])
+                flat[:] = rng.choice([info.min, max(-1, info.min), 0, info.max, 2**20 % (info.max + 1)])
             out.append(flat.reshape(a.shape))
         elif roll < 0.95:
             out.append(a.reshape(-1)[: rng.randrange(a.size + 1)])
@@ -453,6 +453,7 @@ def campaign(cases: int, seed: int, timeout: float, memory: int, progress: bool,
     clear: collections.Counter = collections.Counter()
     failures: dict[str, list] = {"raw": [], "crash": [], "hang": [], "memory": []}
     rss: list[float] = []
+    heavy: list[tuple] = []  # the cases of highest peak RSS, to reproduce
     mutated: collections.Counter = collections.Counter()
     started = time.monotonic()
     summary: dict = {}
@@ -464,6 +465,8 @@ def campaign(cases: int, seed: int, timeout: float, memory: int, progress: bool,
         outcome = run_case(data, case_seed, timeout, memory)
         counts[outcome["kind"]] += 1
         rss.append(outcome["peak_rss_mib"])
+        heavy.append((outcome["peak_rss_mib"], index, case_seed, which, done))
+        heavy = sorted(heavy, reverse=True)[:10]
         if outcome["kind"] == "clear":
             clear[outcome["detail"]] += 1
         elif outcome["kind"] in failures:
@@ -473,6 +476,8 @@ def campaign(cases: int, seed: int, timeout: float, memory: int, progress: bool,
             print(f"{index + 1}/{cases} {dict(counts)} {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
         if summary_path and ((index + 1) % 50 == 0 or index + 1 == cases):
             summary = _summary(index + 1, counts, clear, failures, rss, mutated, started, len(seeds), memory, timeout)
+            summary["heaviest"] = [dict(zip(("peak_rss_mib", "case", "case_seed", "seed_model", "mutations"), h))
+                                   for h in heavy]
             Path(summary_path).write_text(json.dumps(summary, indent=1))
     return _summary(cases, counts, clear, failures, rss, mutated, started, len(seeds), memory, timeout)
 
