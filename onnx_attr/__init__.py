@@ -14,14 +14,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
+from .errors import (BudgetError, ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
 
 __version__ = "0.1.0"
 
 #: Public name -> the submodule that defines it; imported when the name is first read.
 _LAZY = {
-    "load": "loader",
+    "load": "loader", "Budget": "budget",
     "AttributableModel": "model",
     "VerifyReport": "verify", "verify": "verify",
     **{name: "methods" for name in (
@@ -36,6 +36,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come from __getattr__
     from .layers import tensor_as_input, tensor_as_output
+    from .budget import Budget
     from .loader import load
     from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient,
                           IntegratedGradients, LayerDeepLift, LayerIntegratedGradients, NeuronDeepLift,
@@ -62,7 +63,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     # import and verification
-    "AttributableModel", "VerifyReport", "load", "verify",
+    "AttributableModel", "Budget", "VerifyReport", "load", "verify",
     # attribution methods
     "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
     "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
@@ -76,7 +77,7 @@ __all__ = [
     # whole datasets into Parquet shards, each row exactly once
     "attribute_dataset", "read_results",
     # errors
-    "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
+    "BudgetError", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",
     "__version__",
 ]

@@ -92,6 +92,9 @@ def _model_options(p: argparse.ArgumentParser, final_activation: str = "strip") 
                        help="strip a final Softmax/LogSoftmax/Sigmoid, so the program returns logits "
                             "(default: keep it; the program computes what the .onnx file computes)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--budget", action="append", default=[], metavar="NAME=N",
+                   help="raise (or lower) a resource limit, e.g. max_elements=1073741824; repeatable; "
+                        "see onnx_attr.Budget for the names and defaults")
 
 
 def _input_option(p: argparse.ArgumentParser, required: bool, text: str) -> None:
@@ -222,11 +225,13 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
 # -- the commands ----------------------------------------------------------------------------------------------------
 
 def _load(args, strip: Optional[bool] = None):
+    from .budget import Budget
     from .loader import load
 
     if strip is None:
         strip = not getattr(args, "keep_final_activation", False)
-    return load(args.model, strip_final_activation=strip, device=getattr(args, "device", None))
+    return load(args.model, strip_final_activation=strip, device=getattr(args, "device", None),
+                budget=Budget.parse(getattr(args, "budget", None) or []))
 
 
 def _inputs(args, model):

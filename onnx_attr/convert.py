@@ -9,20 +9,29 @@ be graph inputs, initializers, or any output of a multi-output node.
 
 from __future__ import annotations
 
+import builtins
 import inspect
+import keyword
 import re
+import unicodedata
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Optional
 
 import onnx
 import torch
 from onnx2torch.onnx_graph import OnnxGraph, ValueType
+from onnx2torch.onnx_tensor import OnnxTensor
 from torch import fx, nn
 
 from . import converters  # noqa: F401 - importing registers our converters
+from .budget import ESTIMATORS, ElementGuard, current_budget, guard_constants
 from .converters.control_flow import MODEL_OPSETS
 from .converters.registry import find_converter
 from .converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
-from .errors import ConversionError, UnsupportedOpError
+from .errors import ConversionError, ModelLoadError, UnsupportedOpError
 from .normalize import default_opset
+from .read import external_folder, is_external, read_external
 
 
 def opsets(model: onnx.ModelProto) -> dict[str, int]:
@@ -83,9 +92,12 @@ def convert(model: onnx.ModelProto, declared: dict[str, int] | None = None) -> f
         named = [(t, d, *_as_declared(d, o, declared), n, r) for t, d, o, n, r in missing]
         raise UnsupportedOpError([(t, d, o, n, (note + r).strip()) for t, d, o, note, n, r in named])
     token = MODEL_OPSETS.set(versions)
+    folder = external_folder(model)
+    folder_token = _FOLDER.set(folder if folder is not None else _FOLDER.get())  # bodies read from the model's
     try:
         return _convert(model, versions, declared)
     finally:
+        _FOLDER.reset(folder_token)
         MODEL_OPSETS.reset(token)
 
 
@@ -95,9 +107,34 @@ def _as_declared(domain: str, opset: int, declared: dict[str, int] | None) -> tu
     return named, "" if named == opset else f"[also at opset {opset}, after onnx.version_converter's upgrade] "
 
 
+#: The folder of the model being converted's external data, for the bodies converted inside it.
+_FOLDER: ContextVar[Optional[Path]] = ContextVar("_FOLDER", default=None)
+
+
+class _ExternalTensor(OnnxTensor):
+    """An initializer whose data stays in its file until a converter or the module asks for it,
+    then is read once, straight into the array every user shares."""
+
+    def __init__(self, proto: onnx.TensorProto, folder):
+        super().__init__(proto)
+        self._folder, self._array = folder, None
+
+    def to_numpy(self):
+        if self._array is None:
+            self._array = read_external(self.proto, self._folder)
+        return self._array
+
+    def to_torch(self) -> torch.Tensor:
+        return torch.from_numpy(self.to_numpy())
+
+
 def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[str, int] | None = None
              ) -> fx.GraphModule:
     onnx_graph = OnnxGraph(model.graph)
+    folder = _FOLDER.get()
+    for name, tensor in list(onnx_graph.initializers.items()):
+        if is_external(tensor.proto):
+            onnx_graph._initializers[name] = _ExternalTensor(tensor.proto, folder)  # behind a read-only view
     elem_types = _elem_types(model.graph)
     root = nn.Module()
     initializers = Initializers()
@@ -105,8 +142,9 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
     graph = fx.Graph()
     values: dict[str, fx.Node] = {}
 
+    names = Identifiers()
     for spec in model.graph.input:
-        node = graph.placeholder(_identifier(spec.name, "input"))
+        node = graph.placeholder(names.new(spec.name, "input"))
         node.meta["onnx_tensor"] = spec.name
         values[spec.name] = node
 
@@ -122,9 +160,15 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
             values[name].meta.update(onnx_tensor=name, onnx_node=label, onnx_op=op_type)
         if name not in values:
             if onnx_graph.value_type(name) != ValueType.GRAPH_INITIALIZER:
-                raise KeyError(f"tensor {name!r} is used before it is produced")
-            buffer = f"t{len(values)}_{_identifier(name, 'init')}"[:120]
-            initializers.register_buffer(buffer, onnx_graph.initializers[name].to_torch())
+                raise ModelLoadError(f"tensor {name!r} is used before any node produces it (or it is not produced "
+                                     "at all); the graph is malformed")
+            buffer = names.new(name, "init")
+            try:
+                tensor = onnx_graph.initializers[name].to_torch()
+            except (ValueError, TypeError, KeyError) as err:
+                raise ModelLoadError(f"initializer {name!r} cannot be read as a tensor ({type(err).__name__}: "
+                                     f"{str(err)[:200]}); the file is corrupted") from err
+            initializers.register_buffer(buffer, tensor)
             values[name] = graph.get_attr(f"initializers.{buffer}")
             values[name].meta["onnx_tensor"] = name
         return values[name]
@@ -146,11 +190,11 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
         if proto.op_type in WIDENED_OPS and not proto.domain and any(
                 elem_types.get(name) in ONNX_UNSIGNED for name in proto.input):
             module = WidenedUnsigned(module, proto.op_type)
-        target = re.sub(r"[^\w/\-]", "_", module_name)  # fx writes targets into generated code
-        if target == "initializers" or hasattr(root, target):
-            target = f"{target}_{index}"
+        target = names.new(module_name, "node")
         root.add_module(target, module)
         args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
+        if proto.op_type in ESTIMATORS and proto.domain in ("", "ai.onnx"):
+            _guard(module, proto, label, opset, mapping.inputs, args, kwargs, onnx_graph)
         node = graph.call_module(target, tuple(args), kwargs)
         node.meta.update(onnx_node=label, onnx_op=proto.op_type, onnx_domain=proto.domain,
                          onnx_opset=opset, onnx_outputs=tuple(mapping.outputs),
@@ -169,6 +213,22 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
     module = fx.GraphModule(root, graph)
     module.meta["onnx_opset"] = default_opset(model)
     return module
+
+
+def _guard(module: nn.Module, proto: onnx.NodeProto, label: str, opset: int, passed, args, kwargs,
+           onnx_graph: OnnxGraph) -> None:
+    """Check a data-sized op's output against the budget before each call (see `budget.ElementGuard`)."""
+    names = list(passed)
+    positional = names[:len(args)]
+    keywords: dict[str, str] = {}
+    if kwargs:  # as `_call_arguments` named them: parameters after the positional ones, in order
+        params = tuple(inspect.signature(module.forward).parameters)[len(args):len(names)]
+        keywords = {p: n for p, n in zip(params, names[len(args):]) if n}
+    baked = [n for n in proto.input if n and n not in names]
+    guard = ElementGuard(current_budget(), label, proto.op_type, {a.name: _attribute(a) for a in proto.attribute},
+                         opset, list(proto.input), positional, keywords,
+                         guard_constants(baked, onnx_graph.initializers))
+    module.register_forward_pre_hook(guard, with_kwargs=True)
 
 
 def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
@@ -199,11 +259,33 @@ def _call_arguments(module: nn.Module, args: list) -> tuple[list, dict]:
     return args[:first], kwargs
 
 
-def _identifier(name: str, fallback: str) -> str:
-    ident = re.sub(r"\W", "_", name)
-    if not ident or ident[0].isdigit():
-        ident = f"{fallback}_{ident}"
-    return ident
+class Identifiers:
+    """Python identifiers for ONNX names, unique as Python reads them.
+
+    fx writes our names into generated code, and Python folds identifiers to their NFKC form:
+    input `ｘ` (fullwidth) and input `x` would be one variable, node `ｆ` would call module `f`.
+    So names are reduced to ASCII letters, digits and `_` after NFKC, kept clear of keywords,
+    `self`, module attributes (`double`, `to`) and fx's own names, and made unique by a numeric suffix. The ONNX names stay in each
+    fx node's meta (`onnx_tensor`, `onnx_node`), which is what every message shows.
+    """
+
+    _RESERVED = frozenset({"self", "initializers", "torch", "fx", "math", "inf", "nan", "device", "dtype",
+                           "builtins", "getattr", "select_output"}) | frozenset(dir(fx.GraphModule))
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+
+    def new(self, name: str, fallback: str) -> str:
+        ident = re.sub(r"[^0-9A-Za-z_]", "_", unicodedata.normalize("NFKC", name))[:80]
+        if not ident or ident[0].isdigit() or keyword.iskeyword(ident) or ident in self._RESERVED \
+                or ident in dir(builtins) or ident.startswith("_"):
+            ident = f"{fallback}_{ident}"
+        unique, n = ident, 1
+        while unique in self.taken:
+            n += 1
+            unique = f"{ident}_{n}"
+        self.taken.add(unique)
+        return unique
 
 
 def tensor_nodes(module: fx.GraphModule) -> dict[str, fx.Node]:

@@ -73,5 +73,9 @@ def _describe(op_type: str, domain: str, opset: int, node_name: str) -> str:
     return f"node {node_name!r} (op {op_type}, domain {domain or 'ai.onnx'!r}, opset {opset})"
 
 
+class BudgetError(OnnxAttrError):
+    """The model asks for more memory, iterations or nesting than its `onnx_attr.Budget` allows."""
+
+
 class ReferenceRuntimeError(OnnxAttrError):
     """onnxruntime, the reference `verify` compares against, could not run the model."""

@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 import torch
 
+from .budget import Budget, using
 from .convert import convert, is_importable, opsets
 from .errors import InputError
 from .final_activation import strip_final_activations
@@ -21,18 +22,24 @@ def load(
     *,
     strip_final_activation: bool = True,
     device: Union[str, torch.device, None] = None,
+    budget: Optional[Budget] = None,
 ) -> AttributableModel:
     """Import an ONNX model (path, bytes or ModelProto) as an `AttributableModel`.
 
     With `strip_final_activation` (the default) a Softmax/LogSoftmax/Sigmoid ending an output
     is removed, so `model(x)` returns logits; what was found and done is on `model.outputs`.
+    `budget` bounds what the file may make us allocate or repeat (`onnx_attr.Budget`); it stays
+    on `model.budget`, checked on every run.
     """
     target = resolve_device(device)
-    model, _ = read_model(source)
-    model, finals = strip_final_activations(model, strip_final_activation)
-    normalized = normalize(model, importable=is_importable)
-    module = convert(normalized.converted, opsets(normalized.canonical)
-                     if normalized.converted is not normalized.canonical else None)
+    budget = Budget() if budget is None else budget
+    with using(budget):
+        model, _ = read_model(source)
+        model, finals = strip_final_activations(model, strip_final_activation)
+        normalized = normalize(model, importable=is_importable)
+        del model  # the read copy: its weights are in `normalized` now, once is enough
+        module = convert(normalized.converted, opsets(normalized.canonical)
+                         if normalized.converted is not normalized.canonical else None)
     canonical = normalized.canonical
     imported = AttributableModel(
         module,
@@ -43,6 +50,7 @@ def load(
         notes=normalized.notes,
         source=Path(source) if isinstance(source, (str, Path)) else None,
     )
+    imported.budget = budget
     imported.eval()
     return imported.to(target) if target is not None else imported
 

@@ -11,7 +11,8 @@ import onnx
 import torch
 from torch import fx, nn
 
-from .errors import ForwardError
+from .budget import Budget
+from .errors import BudgetError, ForwardError
 from .inputs import arrange, check_inputs
 from .specs import OutputSpec, TensorSpec
 
@@ -51,11 +52,14 @@ class AttributableModel(nn.Module):
         self.reference_model = reference_model
         self.notes = tuple(notes)
         self.source = source
+        #: what the file may make us allocate or repeat; the guards in `module` hold this object,
+        #: so raising a limit here (model.budget.max_elements = ...) takes effect on the next run
+        self.budget = Budget()
 
     def forward(self, *args: torch.Tensor) -> Any:
         try:
             return self.module(*args)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, BudgetError):  # a budget error names its node already
             raise
         except Exception as err:
             raise ForwardError(_explain_failure(self.module, args, err)) from err
@@ -63,9 +67,11 @@ class AttributableModel(nn.Module):
     def with_module(self, module: fx.GraphModule, inputs: Optional[Sequence[TensorSpec]] = None,
                     outputs: Optional[Sequence[OutputSpec]] = None, notes: Sequence[str] = ()) -> "AttributableModel":
         """A sibling over another graph (a re-cut or substituted copy), same ONNX provenance."""
-        return AttributableModel(module, self.inputs if inputs is None else inputs,
-                                 self.outputs if outputs is None else outputs, self.onnx_model, self.reference_model,
-                                 (*self.notes, *notes), self.source)
+        sibling = AttributableModel(module, self.inputs if inputs is None else inputs,
+                                    self.outputs if outputs is None else outputs, self.onnx_model,
+                                    self.reference_model, (*self.notes, *notes), self.source)
+        sibling.budget = self.budget  # the same object: the modules' guards hold it
+        return sibling
 
     @property
     def device(self) -> torch.device:

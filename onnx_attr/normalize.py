@@ -17,7 +17,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import ModelLoadError
-from .read import MAX_ELEMENTS
+from .budget import current_budget, elements
+from .read import is_external
 
 #: The opset an old model is upgraded to when it cannot be imported at its own opset.
 UPGRADE_TARGET_OPSET = 17
@@ -122,17 +123,25 @@ def _fold_node(node, inits, outputs, graph) -> onnx.TensorProto | bool | None:
     if node.op_type == "Constant":
         return _constant_value(node)
     if node.op_type == "ConstantOfShape" and node.input[0] in inits:
-        shape = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64).reshape(-1).tolist()
-        if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+        shape_init = inits[node.input[0]]
+        if elements(shape_init.dims) > 64 or is_external(shape_init):  # a shape has one entry per axis
+            return None
+        shape = [int(d) for d in numpy_helper.to_array(shape_init).astype(np.int64).reshape(-1).tolist()]
+        budget = current_budget()
+        if any(d < 0 for d in shape):
             raise ModelLoadError(f"ConstantOfShape node {node.name!r} asks for a tensor of shape {shape}: "
-                                 "negative or too large; the file is corrupted or not meant for this tool")
+                                 "a negative dimension; the file is corrupted")
+        budget.check("max_elements", elements(shape),
+                     f"ConstantOfShape node {node.name!r} (shape {shape}) creating a tensor of that many elements")
+        if elements(shape) > budget.max_folded_elements:  # left to run time: not materialized in the file
+            return None
         value = next((a.t for a in node.attribute if a.name == "value"), None)
         fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
         return numpy_helper.from_array(np.full(shape, fill[0], dtype=fill.dtype), node.output[0])
     if node.op_type == "Identity":
         src, dst = node.input[0], node.output[0]
         if dst in outputs:
-            if src not in inits:
+            if src not in inits or is_external(inits[src]):
                 return None
             alias = onnx.TensorProto()
             alias.CopyFrom(inits[src])
@@ -179,7 +188,8 @@ def inline_constant_ifs(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelP
     while True:
         inits = {t.name: t for t in model.graph.initializer}
         index = next((i for i, n in enumerate(model.graph.node) if n.op_type == "If" and n.domain in ("", "ai.onnx")
-                      and n.input[0] in inits and numpy_helper.to_array(inits[n.input[0]]).size == 1), None)
+                      and n.input[0] in inits and not is_external(inits[n.input[0]])
+                      and numpy_helper.to_array(inits[n.input[0]]).size == 1), None)
         if index is None:
             break
         model = _copy(model)
@@ -273,13 +283,71 @@ def upgrade_opset(model: onnx.ModelProto, target: int, notes: list[str]) -> onnx
     return upgraded
 
 
+#: Initializers with more raw bytes than this reach shape inference as dims and type only.
+_HEAVY_BYTES = 1 << 16
+
+
+def _top_level(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model with every field of `model` but its graph (all small)."""
+    out = onnx.ModelProto()
+    for desc, value in model.ListFields():
+        if desc.name == "graph":
+            continue
+        if desc.is_repeated:
+            getattr(out, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(out, desc.name).CopyFrom(value)
+        else:
+            setattr(out, desc.name, value)
+    return out
+
+
+def _heavy(tensor: onnx.TensorProto) -> bool:
+    return tensor.ByteSize() > _HEAVY_BYTES and tensor.HasField("raw_data")
+
+
+def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """The model with its large weights reduced to name, type and dims (shape inference reads only
+    those, and the values of small shape-like tensors), built without copying the weights:
+    inference serializes its input and parses its output, so a full model costs three copies."""
+    if not any(_heavy(t) for t in model.graph.initializer):
+        return model, False
+    skeleton = _top_level(model)
+    graph, source = skeleton.graph, model.graph
+    for desc, value in source.ListFields():
+        if desc.name == "initializer":
+            continue
+        if desc.is_repeated:
+            getattr(graph, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(graph, desc.name).CopyFrom(value)
+        else:
+            setattr(graph, desc.name, value)
+    for t in source.initializer:
+        if _heavy(t):
+            stub = graph.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+        else:
+            graph.initializer.append(t)
+    return skeleton, True
+
+
 def infer_shapes(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     """Shape inference that keeps symbolic dims (e.g. the batch axis) symbolic."""
     if model.ByteSize() >= 2**31 - 1:
         notes.append("model is over 2 GiB: skipped shape inference")
         return model
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        skeleton, heavy = _skeleton(model)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+        if not heavy:
+            return inferred
+        result = _top_level(model)  # the weights come back from the model itself: one copy, not three
+        del inferred.graph.initializer[:]
+        result.graph.CopyFrom(inferred.graph)
+        result.graph.initializer.extend(model.graph.initializer)
+        return result
     except Exception as err:  # inference failures must not block an otherwise importable model
         notes.append(f"shape inference failed ({str(err).strip().splitlines()[0]}); continuing without it")
         return model

@@ -19,6 +19,8 @@ import onnx
 import torch
 
 from .convert import run_recording
+from .converters.arithmetic import integer_overflows
+from .read import external_folder
 from .errors import ReferenceRuntimeError
 from .inputs import arrange, sample_inputs
 
@@ -107,7 +109,13 @@ def verify(model, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4,
         source = "the given inputs"
     tensors = model.prepare(arrays)
     feeds = {spec.name: t.detach().cpu().numpy() for spec, t in zip(model.inputs, tensors)}
-    ours = [_numpy(t) for t in model.run(tensors)]
+    with integer_overflows() as overflows:
+        ours = [_numpy(t) for t in model.run(tensors)]
+    if overflows:  # onnxruntime's int64 Div kernel dies on SIGFPE here; it must not take us with it
+        raise ReferenceRuntimeError(
+            f"these inputs make the model divide {overflows[0]} (int64 overflow): onnx-attr gives INT64_MIN, "
+            "as two's complement wraps, but onnxruntime's CPU kernel kills the process on it, so it cannot be "
+            "the reference; verify with other inputs")
     names = [o.name for o in model.outputs]
     theirs = [_numpy(t) for t in run_onnxruntime(model.reference_model, feeds, names)]
     checks = [_compare(n, a, b, atol, rtol) for n, a, b in zip(names, ours, theirs)]
@@ -126,6 +134,9 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    folder = external_folder(model)
+    if folder is not None:  # weights left in their files: onnxruntime reads them there
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -141,6 +152,9 @@ def _numpy(value: Any) -> np.ndarray:
     if isinstance(value, list) and value and isinstance(value[0], dict):  # ZipMap: rows of {label: p}
         return np.array([list(row.values()) for row in value])
     if isinstance(value, torch.Tensor):
+        if value.dim() > 64:  # numpy's limit, and so onnxruntime's Python API's
+            raise ReferenceRuntimeError(f"a tensor of {value.dim()} dimensions cannot be compared: numpy and "
+                                        "onnxruntime's Python API hold at most 64")
         value = value.detach().cpu()
         return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     return np.asarray(value)

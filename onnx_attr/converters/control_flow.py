@@ -17,6 +17,7 @@ import torch
 from onnx import helper
 from torch import nn
 
+from ..budget import Budget, current_budget, loop_nest
 from ._common import result
 from .registry import register
 
@@ -64,21 +65,39 @@ class Body(nn.Module):
         return list(out) if self.n_outputs > 1 else [out]
 
 
+#: Outer initializers up to this many elements are copied into a body as constants (converters
+#: read shapes, axes and pads from constants); larger ones, the weights, are fed in as inputs.
+SHARED_ABOVE = 4096
+
+
+def _is_small(tensor: onnx.TensorProto) -> bool:
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count <= SHARED_ABOVE and tensor.data_location != onnx.TensorProto.EXTERNAL
+
+
 def convert_body(body: onnx.GraphProto, outer_graph) -> Body:
     """Convert `body` as a model whose inputs are its own followed by the outer names it reads.
 
-    Outer initializers are copied in as initializers, so converters still see them as constants.
+    Small outer initializers are copied in as initializers, so converters still see them as
+    constants. Weights are fed in from the enclosing graph like any outer value: every body that
+    reads one shares the enclosing graph's buffer (64 Ifs reading one 16 MiB weight hold it once).
     """
     from ..convert import convert  # a body is converted like a model; imported late (cycle)
     from ..normalize import fold_constants, infer_shapes
 
-    outer = [n for n in free_names(body) if n not in outer_graph.initializers]
+    inits = {t.name: t for t in outer_graph.proto.initializer}
+    copied = {n for n in free_names(body) if n in inits and _is_small(inits[n])}
+    outer = [n for n in free_names(body) if n not in copied]
     graph = onnx.GraphProto()
     graph.CopyFrom(body)
     graph.name = graph.name or "body"
     for name in free_names(body):
-        if name in outer_graph.initializers:
-            graph.initializer.extend(t for t in outer_graph.proto.initializer if t.name == name)
+        if name in copied:
+            graph.initializer.append(inits[name])
+        elif name in inits:
+            graph.input.append(helper.make_tensor_value_info(name, inits[name].data_type, list(inits[name].dims)))
         else:
             info = outer_graph.value_info.get(name)
             graph.input.append(info if info is not None else helper.make_empty_tensor_value_info(name))
@@ -123,11 +142,18 @@ def _stack(items: list[torch.Tensor], axis: int, reverse: bool) -> torch.Tensor:
 
 
 class Loop(nn.Module):
-    """ONNX Loop (opset 1+): a trip count, a condition, or both; carried values and scan outputs."""
+    """ONNX Loop (opset 1+): a trip count, a condition, or both; carried values and scan outputs.
 
-    def __init__(self, body: Body, has_trip_count: bool, has_cond: bool, n_carried: int):
+    The budget bounds the iterations of a whole loop nest and what the loop accumulates: a trip
+    count of 2^62, a condition that never turns false, or a carried value that doubles each trip
+    ends in a `BudgetError` naming the node, not in a hang or exhausted memory.
+    """
+
+    def __init__(self, body: Body, has_trip_count: bool, has_cond: bool, n_carried: int,
+                 budget: Budget | None = None, label: str = "Loop"):
         super().__init__()
         self.body, self.has_trip_count, self.has_cond, self.n_carried = body, has_trip_count, has_cond, n_carried
+        self.budget, self.label = budget if budget is not None else Budget(), label
 
     def forward(self, *inputs: torch.Tensor):
         inputs = list(inputs)
@@ -136,16 +162,27 @@ class Loop(nn.Module):
         carried, outer = inputs[:self.n_carried], inputs[self.n_carried:]
         device = carried[0].device if carried else (outer[0].device if outer else None)
         scanned: list[list[torch.Tensor]] = []
+        totals: list[int] = []
         i = 0
-        while keep and (trip is None or i < trip):
-            out = self.body(torch.tensor(i, dtype=torch.int64, device=device),
-                            torch.tensor(keep, device=device), *carried, *outer)
-            keep, carried = _as_bool(out[0]), out[1:1 + self.n_carried]
-            scans = out[1 + self.n_carried:]
-            scanned = scanned or [[] for _ in scans]
-            for items, value in zip(scanned, scans):
-                items.append(value)
-            i += 1
+        where = f"Loop node {self.label!r}"
+        with loop_nest() as spent:
+            while keep and (trip is None or i < trip):
+                spent[0] += 1
+                self.budget.check("max_loop_iterations", max(spent[0], i + 1),
+                                  f"{where} (with the loops around and inside it) running that many iterations")
+                out = self.body(torch.tensor(i, dtype=torch.int64, device=device),
+                                torch.tensor(keep, device=device), *carried, *outer)
+                keep, carried = _as_bool(out[0]), out[1:1 + self.n_carried]
+                scans = out[1 + self.n_carried:]
+                scanned = scanned or [[] for _ in scans]
+                totals = totals or [0 for _ in scans]
+                for k, value in enumerate(carried):
+                    self.budget.check("max_elements", value.numel(), f"{where}, its carried value {k} growing to")
+                for k, (items, value) in enumerate(zip(scanned, scans)):
+                    totals[k] += value.numel()
+                    self.budget.check("max_elements", totals[k], f"{where}, its scan output {k} growing to")
+                    items.append(value)
+                i += 1
         n_scans = self.body.n_outputs - 1 - self.n_carried
         if n_scans and not scanned:
             raise RuntimeError("Loop ran zero iterations, so the shape of its scan outputs is unknown")
@@ -158,7 +195,7 @@ def convert_loop(node, graph):
     inputs = node.input_values
     has_trip, has_cond = bool(inputs[0]), bool(inputs[1])
     body = convert_body(graph_attribute(node, "body"), graph)
-    module = Loop(body, has_trip, has_cond, len(inputs) - 2)
+    module = Loop(body, has_trip, has_cond, len(inputs) - 2, current_budget(), node.name or "Loop")
     present = [name for name, keep in zip(inputs[:2], (has_trip, has_cond)) if keep]
     return result(node, module, inputs=(*present, *inputs[2:], *body.outer))
 

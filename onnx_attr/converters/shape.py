@@ -121,6 +121,9 @@ def convert_split(node, graph):
     else:
         inputs = inputs[:1]
     num_outputs = node.attributes.get("num_outputs", len(node.output_values))
+    if num_outputs != len(node.output_values):  # the checker lets 2^31 through; it must not size a list
+        raise ValueError(f"Split has {len(node.output_values)} output(s) but num_outputs={num_outputs}; "
+                         "ONNX requires them to match")
     return result(node, Split(node.attributes.get("axis", 0), sizes, num_outputs), inputs=inputs)
 
 

@@ -1,0 +1,499 @@
+"""Hostile model files (issue 17): every one ends in a result or a clear `OnnxAttrError`,
+never a signal, a hang, unbounded memory or a raw traceback. onnxruntime is the oracle
+where it can run the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_attr
+from onnx_attr.errors import OnnxAttrError, ReferenceRuntimeError
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=13, **kw) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], **kw)
+
+
+def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _binary(op: str, dtype: int, **attrs) -> onnx.ModelProto:
+    return _model([helper.make_node(op, ["a", "b"], ["c"], **attrs)],
+                  [helper.make_tensor_value_info(n, dtype, [5]) for n in "ab"],
+                  [helper.make_tensor_value_info("c", dtype, [5])])
+
+
+# -- 1. INT_MIN / -1 -------------------------------------------------------------------------
+
+def test_int_min_by_minus_one_runs_in_a_child_process_without_a_signal():
+    """The kernel trap is a signal: only a separate process can see it without dying of it."""
+    script = textwrap.dedent("""
+        import numpy as np, onnx, onnx_attr
+        from onnx import helper, TensorProto as T
+        from onnx_attr.errors import ReferenceRuntimeError
+        for dt, npd in ((T.INT64, np.int64), (T.INT32, np.int32)):
+            low = np.iinfo(npd).min
+            # in the constants only: nothing but the model file is needed to reach it
+            consts = [helper.make_tensor("a", dt, [2], [int(low), 6]), helper.make_tensor("b", dt, [2], [-1, -1])]
+            g = helper.make_graph([helper.make_node("Div", ["a", "b"], ["q"]), helper.make_node("Add", ["q", "x"], ["y"])],
+                                  "g", [helper.make_tensor_value_info("x", dt, [2])],
+                                  [helper.make_tensor_value_info("y", dt, [2])], consts)
+            m = onnx_attr.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+            print(dt, m.run({"x": np.zeros(2, npd)})[0].tolist())
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert f"{TensorProto.INT64} [{-2**63}, -6]" in done.stdout
+    assert f"{TensorProto.INT32} [{-2**31}, -6]" in done.stdout
+
+
+@pytest.mark.parametrize("dtype,npd", [(TensorProto.INT32, np.int32), (TensorProto.INT16, np.int16)])
+def test_integer_div_matches_onnxruntime_at_the_overflow(dtype, npd):
+    low = np.iinfo(npd).min
+    a = np.array([low, low, 7, -7, low + 1], npd)
+    b = np.array([-1, 1, -2, 2, -1], npd)
+    model = _binary("Div", dtype)
+    if dtype == TensorProto.INT16:  # onnxruntime has no int16 Div kernel: the ONNX definition is the oracle
+        expected = np.array([low, low, -3, -3, -(low + 1)], npd)
+    else:
+        expected = _ort(model, {"a": a, "b": b})[0]
+    ours = onnx_attr.load(model).run({"a": a, "b": b})[0].numpy()
+    np.testing.assert_array_equal(ours, expected)
+    assert ours[0] == low  # two's complement wrap, what onnxruntime gives for int32
+
+
+def test_int64_overflow_in_inputs_runs_and_verify_refuses_the_crashing_reference():
+    a = np.array([-2**63, 9, -9, 5, 0], np.int64)
+    b = np.array([-1, -1, 4, -3, -1], np.int64)
+    model = onnx_attr.load(_binary("Div", TensorProto.INT64))
+    assert model.run({"a": a, "b": b})[0].tolist() == [-2**63, -9, -2, -1, 0]
+    with pytest.raises(ReferenceRuntimeError, match="INT64_MIN"):
+        model.verify({"a": a, "b": b})
+    assert model.verify({"a": a, "b": np.array([3, -1, 4, -3, -1], np.int64)}).passed
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+@pytest.mark.parametrize("dtype,npd", [(TensorProto.INT64, np.int64), (TensorProto.INT32, np.int32)])
+def test_integer_mod_matches_onnxruntime_at_the_overflow(fmod, dtype, npd):
+    low = np.iinfo(npd).min
+    a = np.array([low, low, 7, -7, low + 3], npd)
+    b = np.array([-1, 1, -2, 2, -2], npd)
+    model = _binary("Mod", dtype, fmod=fmod)
+    expected = _ort(model, {"a": a, "b": b})[0]
+    np.testing.assert_array_equal(onnx_attr.load(model).run({"a": a, "b": b})[0].numpy(), expected)
+    assert onnx_attr.load(model).verify({"a": a, "b": b}).passed
+
+
+def test_integer_division_by_zero_is_a_clear_error():
+    model = onnx_attr.load(_binary("Div", TensorProto.INT32))
+    with pytest.raises(OnnxAttrError, match="Div"):
+        model.run({"a": np.ones(5, np.int32), "b": np.zeros(5, np.int32)})
+
+
+# -- 2-5. the budget: run-time sizes, loops, folding, Split ----------------------------------
+
+def _vi(name, dtype, shape):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def _peak_mib() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_F, _I = TensorProto.FLOAT, TensorProto.INT64
+# op -> (model, feeds that ask for ~2^40 elements, feeds that are small), all under 500 bytes
+_SIZED = {
+    "Expand": (_model([helper.make_node("Expand", ["x", "s"], ["y"], name="grow")], [_vi("x", _F, [1]), _vi("s", _I, [2])],
+                      [_vi("y", _F, ["a", "b"])]), {"s": np.array([2**20, 2**20])}, {"s": np.array([3, 4])}),
+    "Tile": (_model([helper.make_node("Tile", ["x", "s"], ["y"], name="grow")], [_vi("x", _F, [1]), _vi("s", _I, [1])],
+                    [_vi("y", _F, ["a"])]), {"s": np.array([2**40])}, {"s": np.array([7])}),
+    "ConstantOfShape": (_model([helper.make_node("ConstantOfShape", ["s"], ["y"], name="grow"),
+                                helper.make_node("Add", ["y", "x"], ["z"])], [_vi("x", _F, [1]), _vi("s", _I, [2])],
+                               [_vi("z", _F, ["a", "b"])]), {"s": np.array([2**20, 2**20])}, {"s": np.array([2, 3])}),
+    "Range": (_model([helper.make_node("Range", ["a", "b", "c"], ["r"], name="grow"), helper.make_node("Mul", ["r", "x"], ["y"])],
+                     [_vi("x", _F, [1]), *[_vi(n, _F, []) for n in "abc"]], [_vi("y", _F, ["n"])]),
+              {"a": np.float32(0), "b": np.float32(1e12), "c": np.float32(1)},
+              {"a": np.float32(0), "b": np.float32(5), "c": np.float32(1)}),
+    "Pad": (_model([helper.make_node("Pad", ["x", "p"], ["y"], name="grow")], [_vi("x", _F, [1]), _vi("p", _I, [2])],
+                   [_vi("y", _F, ["n"])]), {"p": np.array([2**40, 0])}, {"p": np.array([2, 3])}),
+    "Resize": (_model([helper.make_node("Resize", ["x", "", "s"], ["y"], name="grow")], [_vi("x", _F, [1, 1, 2, 2]),
+                                                                                         _vi("s", _F, [4])],
+                      [_vi("y", _F, ["a", "b", "c", "d"])]), {"s": np.array([1, 1, 2**19, 2**19], np.float32)},
+               {"s": np.array([1, 1, 2, 3], np.float32)}),
+}
+
+
+def _feeds(extra):
+    return {"x": np.full((1, 1, 2, 2) if "s" in extra and extra["s"].dtype == np.float32 else (1,), 2.0, np.float32),
+            **{k: np.asarray(v) for k, v in extra.items()}}
+
+
+@pytest.mark.parametrize("op", sorted(_SIZED))
+def test_run_time_sizes_stop_at_the_budget_before_allocating(op):
+    model, huge, small = _SIZED[op]
+    imported = onnx_attr.load(model)
+    np.testing.assert_allclose(imported.run(_feeds(small))[0].numpy(), _ort(model, _feeds(small))[0])
+    before = _peak_mib()
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op " + op + r"\).*max_elements"):
+        imported.run(_feeds(huge))
+    with pytest.raises(onnx_attr.BudgetError):
+        imported.verify(_feeds(huge))
+    assert _peak_mib() - before < 256  # refused before the allocation, not after it failed
+
+
+def test_the_element_budget_is_raised_through_load_and_on_the_model():
+    model, _, _ = _SIZED["Expand"]
+    feeds = _feeds({"s": np.array([3000, 3000])})
+    with pytest.raises(onnx_attr.BudgetError, match="max_elements=1,000"):
+        onnx_attr.load(model, budget=onnx_attr.Budget(max_elements=1000)).run(feeds)
+    imported = onnx_attr.load(model, budget=onnx_attr.Budget(max_elements=10**7))
+    assert imported.run(feeds)[0].shape == (3000, 3000)
+    imported.budget.max_elements = 100
+    with pytest.raises(onnx_attr.BudgetError):
+        imported.run(feeds)
+    assert onnx_attr.Budget.parse(["max_elements=0x100", "max_loop_iterations=5"]) == onnx_attr.Budget(
+        max_elements=256, max_loop_iterations=5)
+    with pytest.raises(onnx_attr.BudgetError, match="NAME=INTEGER"):
+        onnx_attr.Budget.parse(["max_bogus=3"])
+
+
+def _loop_body(name: str, inner: onnx.NodeProto | None = None) -> onnx.GraphProto:
+    nodes = [helper.make_node("Identity", [f"{name}_c"], [f"{name}_c2"]),
+             helper.make_node("Add", [f"{name}_v", "one"], [f"{name}_v2"])]
+    last = f"{name}_v2"
+    if inner is not None:
+        nodes.append(inner)
+        last = inner.output[0]
+    return helper.make_graph(nodes, name, [_vi(f"{name}_i", _I, []), _vi(f"{name}_c", TensorProto.BOOL, []),
+                                           _vi(f"{name}_v", _F, [1])],
+                             [_vi(f"{name}_c2", TensorProto.BOOL, []), _vi(last, _F, [1])])
+
+
+def _loop_model(trip: int, cond: bool = True, nested: bool = False) -> onnx.ModelProto:
+    inner = helper.make_node("Loop", ["n", "", "outer_v2"], ["inner_out"], body=_loop_body("inner"),
+                             name="inner") if nested else None
+    loop = helper.make_node("Loop", ["n" if trip >= 0 else "", "c", "x"], ["y"], body=_loop_body("outer", inner),
+                            name="spin")
+    return _model([loop], [_vi("x", _F, [1])], [_vi("y", _F, [1])],
+                  [helper.make_tensor("n", _I, [], [max(trip, 0)]), helper.make_tensor("one", _F, [], [1.0]),
+                   helper.make_tensor("c", TensorProto.BOOL, [], [cond])])
+
+
+@pytest.mark.parametrize("case", ["trip 2^62", "condition never false", "nested 10^4 x 10^4"])
+def test_runaway_loops_stop_at_the_iteration_budget_quickly(case):
+    import time
+    model = {"trip 2^62": _loop_model(2**62), "condition never false": _loop_model(-1),
+             "nested 10^4 x 10^4": _loop_model(10**4, nested=True)}[case]
+    imported = onnx_attr.load(model, budget=onnx_attr.Budget(max_loop_iterations=2000))
+    start = time.perf_counter()
+    with pytest.raises(onnx_attr.BudgetError, match="'(spin|inner)'.*max_loop_iterations=2,000"):
+        imported.run({"x": np.zeros(1, np.float32)})
+    assert time.perf_counter() - start < 30
+    with pytest.raises(onnx_attr.BudgetError):
+        imported.verify({"x": np.zeros(1, np.float32)})
+    small = onnx_attr.load(_loop_model(5, nested=True))  # a loop within budget computes what onnxruntime does
+    assert small.verify({"x": np.zeros(1, np.float32)}).passed
+    assert small.run({"x": np.zeros(1, np.float32)})[0].item() == 30.0
+
+
+def test_a_loop_whose_carried_value_doubles_stops_at_the_element_budget():
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c2"]), helper.make_node("Concat", ["v", "v"], ["v2"], axis=0)],
+                             "b", [_vi("i", _I, []), _vi("c", TensorProto.BOOL, []), _vi("v", _F, ["n"])],
+                             [_vi("c2", TensorProto.BOOL, []), _vi("v2", _F, ["m"])])
+    model = _model([helper.make_node("Loop", ["n", "", "x"], ["y"], body=body, name="doubling")], [_vi("x", _F, [1])],
+                   [_vi("y", _F, ["k"])], [helper.make_tensor("n", _I, [], [200])])
+    with pytest.raises(onnx_attr.BudgetError, match="'doubling'.*carried value 0.*max_elements"):
+        onnx_attr.load(model).run({"x": np.ones(1, np.float32)})
+
+
+def test_constant_of_shape_at_the_element_cap_is_refused_at_load_without_allocating():
+    model = _model([helper.make_node("ConstantOfShape", ["s"], ["y"], name="huge"), helper.make_node("Add", ["y", "x"], ["z"])],
+                   [_vi("x", _F, [1])], [_vi("z", _F, ["n"])], [helper.make_tensor("s", _I, [1], [2**32])])
+    before = _peak_mib()
+    with pytest.raises(onnx_attr.BudgetError, match="'huge'.*max_elements"):
+        onnx_attr.load(model)
+    assert _peak_mib() - before < 256
+    # within the element budget but over the folding budget: left to run time, computed there
+    middle = _model(list(model.graph.node), [_vi("x", _F, [1])], [_vi("z", _F, ["n"])], [helper.make_tensor("s", _I, [1], [1000])])
+    imported = onnx_attr.load(middle, budget=onnx_attr.Budget(max_folded_elements=100))
+    assert any(n.op_type == "ConstantOfShape" for n in imported.onnx_model.graph.node)
+    assert imported.verify({"x": np.ones(1, np.float32)}).passed
+
+
+def test_split_num_outputs_must_match_the_outputs():
+    import time
+    model = _model([helper.make_node("Split", ["x"], ["a", "b"], axis=0, num_outputs=2**31, name="many")],
+                   [_vi("x", _F, [4])], [_vi("a", _F, [2]), _vi("b", _F, [2])], opset=18)
+    start = time.perf_counter()
+    with pytest.raises(onnx_attr.ModelLoadError, match="'many'.*num_outputs=2147483648"):
+        onnx_attr.load(model)
+    assert time.perf_counter() - start < 10
+
+
+def test_node_count_and_nesting_depth_are_budgeted():
+    model = _loop_model(3, nested=True)
+    with pytest.raises(onnx_attr.BudgetError, match="max_subgraph_depth=1"):
+        onnx_attr.load(model, budget=onnx_attr.Budget(max_subgraph_depth=1))
+    with pytest.raises(onnx_attr.BudgetError, match="max_nodes=3"):
+        onnx_attr.load(model, budget=onnx_attr.Budget(max_nodes=3))
+
+
+# -- raw exceptions that must be clear errors -----------------------------------------------
+
+def _add_w(w: onnx.TensorProto, opset: int = 13) -> onnx.ModelProto:
+    return _model([helper.make_node("Add", ["x", "w"], ["y"])], [_vi("x", _F, [2])], [_vi("y", _F, [2])], [w], opset=opset)
+
+
+def test_sparse_initializers_are_densified_and_match_onnxruntime():
+    sparse = helper.make_sparse_tensor(helper.make_tensor("w", _F, [2], [-1.5, 5.0]),
+                                       helper.make_tensor("i", _I, [2], [0, 3]), [2, 2])
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", _F, [1, 2])], [_vi("y", _F, [1, 2])],
+                   opset=13)
+    model.graph.sparse_initializer.append(sparse)
+    x = np.array([[3.0, 7.0]], np.float32)
+    imported = onnx_attr.load(model.SerializeToString())
+    np.testing.assert_allclose(imported.run({"x": x})[0].numpy(), [[-4.5, 35.0]])  # by hand: w = [[-1.5, 0], [0, 5]]
+    assert imported.verify({"x": x}).passed
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    bad.graph.sparse_initializer[0].indices.int64_data[1] = 99
+    with pytest.raises(onnx_attr.ModelLoadError, match="(?i)sparse tensor"):
+        onnx_attr.load(bad.SerializeToString())
+
+
+@pytest.mark.parametrize("case", ["long raw_data", "short raw_data", "INT4", "FLOAT8", "elem_type 99"])
+def test_malformed_tensors_are_refused_by_name(case):
+    from onnx import numpy_helper
+    if case.endswith("raw_data"):
+        w = numpy_helper.from_array(np.ones(2, np.float32), "w")
+        w.raw_data = np.ones(3 if case.startswith("long") else 1, np.float32).tobytes()
+        model, match = _add_w(w), "initializer 'w' stores"
+    elif case in ("INT4", "FLOAT8"):
+        dtype = TensorProto.INT4 if case == "INT4" else TensorProto.FLOAT8E4M3FN
+        w = helper.make_tensor("w", dtype, [2], [1, 2])
+        model = _model([helper.make_node("Cast", ["w"], ["wf"], to=_F), helper.make_node("Add", ["x", "wf"], ["y"])],
+                       [_vi("x", _F, [2])], [_vi("y", _F, [2])], [w], opset=21)
+        match = f"initializer 'w' is {onnx.TensorProto.DataType.Name(dtype)}"
+    else:
+        model = _model([helper.make_node("Identity", ["x"], ["y"])], [_vi("x", _F, [2])], [_vi("y", _F, [2])])
+        model.graph.input[0].type.tensor_type.elem_type = 99
+        match = "graph input or output 'x' has element type 99"
+    with pytest.raises(onnx_attr.ModelLoadError, match=match):
+        onnx_attr.load(model.SerializeToString())
+
+
+def test_external_data_of_the_wrong_length_or_name_is_refused_by_name(tmp_path):
+    from onnx import external_data_helper, numpy_helper
+    np.ones(1000, np.float32).tofile(tmp_path / "w.bin")
+    for location, match in (("w.bin", "holds 4,000 bytes where its dims"), ("a" * 5000, "too long a name"),
+                            ("../w.bin", "outside the model's folder")):
+        w = numpy_helper.from_array(np.ones(2, np.float32), "w")
+        external_data_helper.set_external_data(w, location)
+        w.data_location = TensorProto.EXTERNAL
+        w.ClearField("raw_data")
+        path = tmp_path / "m.onnx"
+        path.write_bytes(_add_w(w).SerializeToString())
+        with pytest.raises(onnx_attr.ModelLoadError, match=match):
+            onnx_attr.load(path)
+
+
+def test_devices_and_fifos_are_refused_before_reading(tmp_path):
+    import os
+    import time
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    for path in ("/dev/zero", fifo):
+        with pytest.raises(onnx_attr.ModelLoadError, match="not a regular file"):
+            onnx_attr.load(path)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_local_function_shadowing_a_standard_op_is_refused():
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", _F, [2])], [_vi("y", _F, [2])])
+    model.functions.append(helper.make_function("ai.onnx", "Relu", ["a"], ["b"], [helper.make_node("Neg", ["a"], ["b"])],
+                                                [helper.make_opsetid("", 13)]))
+    with pytest.raises(onnx_attr.ModelLoadError, match="ai.onnx::Relu"):
+        onnx_attr.load(model.SerializeToString())
+
+
+# -- 9. names that Python would fold together --------------------------------------------------
+
+@pytest.mark.parametrize("names", [("x", "\uff58"), ("self", "image"), ("def", "__class__"), ("x", "x_2"), ("double", "to"),
+                                   ("\u212a", "K"), ("a b", "a_b")])
+def test_names_that_python_folds_together_stay_apart(names):
+    """`ｘ` is `x` to Python (NFKC); `self`, keywords and dunders are not free names: each input and
+    each node must still be its own variable and call its own module (onnxruntime is the oracle)."""
+    a, b = names
+    nodes = [helper.make_node("Relu", [a], ["r"], name="\uff46"), helper.make_node("Neg", ["r"], ["n"], name="f"),
+             helper.make_node("Sub", ["n", b], ["y"], name="f_2")]
+    model = _model(nodes, [_vi(a, _F, [3]), _vi(b, _F, [3])], [_vi("y", _F, [3])])
+    feeds = {a: np.array([-1.0, 2.0, 3.0], np.float32), b: np.array([10.0, 20.0, 30.0], np.float32)}
+    imported = onnx_attr.load(model)
+    np.testing.assert_array_equal(imported.run(feeds)[0].numpy(), _ort(model, feeds)[0])
+    assert imported.verify(feeds).passed
+    attributions = onnx_attr.DeepLift(imported).attribute(feeds, target=None)
+    assert len(attributions) == 2
+
+
+# -- 6. one weight read by many bodies is held once ------------------------------------------
+
+def _shared_weight_model(n_ifs: int, size: int) -> onnx.ModelProto:
+    from onnx import numpy_helper
+    w = numpy_helper.from_array(np.linspace(-1, 1, size, dtype=np.float32), "w")
+    nodes, last = [], "x"
+    for k in range(n_ifs):
+        then = helper.make_graph([helper.make_node("Add", [last, "w"], [f"t{k}"])], f"then{k}", [], [_vi(f"t{k}", _F, [size])])
+        other = helper.make_graph([helper.make_node("Sub", [last, "w"], [f"e{k}"])], f"else{k}", [], [_vi(f"e{k}", _F, [size])])
+        nodes += [helper.make_node("ReduceSum", [last], [f"s{k}"], keepdims=0),
+                  helper.make_node("Greater", [f"s{k}", "zero"], [f"g{k}"]),
+                  helper.make_node("If", [f"g{k}"], [f"y{k}"], then_branch=then, else_branch=other, name=f"if{k}")]
+        last = f"y{k}"
+    return _model(nodes, [_vi("x", _F, [size])], [_vi(last, _F, [size])],
+                  [w, helper.make_tensor("zero", _F, [], [0.0])])
+
+
+def test_a_weight_read_by_many_bodies_is_one_buffer():
+    size = 1 << 16
+    imported = onnx_attr.load(_shared_weight_model(16, size))
+    storages = {b.untyped_storage().data_ptr(): b.numel() for _, b in imported.module.named_buffers(remove_duplicate=False)}
+    assert sum(n for n in storages.values() if n >= size) == size  # 32 bodies, one copy
+    x = np.random.default_rng(0).standard_normal(size).astype(np.float32)
+    assert imported.verify({"x": x}).passed
+
+
+# -- 7. external data: weights read once, straight into their tensors --------------------------
+
+def test_external_data_loads_in_about_one_copy_of_its_weights_and_verifies(tmp_path):
+    """Peak RSS of `load` (in a fresh process) stays within 2x the weights; onnxruntime reads the
+    same files for `verify`; DeepLift on it is complete."""
+    script = textwrap.dedent(f"""
+        import resource, sys, numpy as np, onnx
+        from onnx import helper, numpy_helper, TensorProto as T
+        side, n = 1448, 8  # 8 float32 matrices of 1448^2: 64 MiB of weights
+        inits, nodes, last = [], [], "x"
+        for k in range(n):
+            w = np.random.default_rng(k).standard_normal((side, side)).astype(np.float32) / side ** 0.5
+            inits.append(numpy_helper.from_array(w, f"w{{k}}"))
+            nodes += [helper.make_node("MatMul", [last, f"w{{k}}"], [f"h{{k}}"]), helper.make_node("Relu", [f"h{{k}}"], [f"r{{k}}"])]
+            last = f"r{{k}}"
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, ["N", side])],
+                              [helper.make_tensor_value_info(last, T.FLOAT, ["N", side])], inits)
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), r"{tmp_path}/m.onnx",
+                  save_as_external_data=True, location="m.bin")
+        del inits, g, w
+        import onnx_attr, torch, gc
+        gc.collect()
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        model = onnx_attr.load(r"{tmp_path}/m.onnx")
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        x = np.random.default_rng(9).standard_normal((2, side)).astype(np.float32) * 50
+        assert model.verify({{"x": x}}).passed
+        attr, delta = onnx_attr.DeepLift(model).attribute({{"x": x}}, target=0, return_convergence_delta=True)
+        print("grown_mib", grown, "delta", float(np.abs(np.asarray(delta)).max()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    words = done.stdout.split()
+    grown = float(words[words.index("grown_mib") + 1])
+    assert grown < 2 * 64, done.stdout
+    assert float(words[words.index("delta") + 1]) < 1e-2
+
+
+def _one_node(op, inputs, attrs=None, opset=13, inits=()):
+    names = [n for n, _, _ in inputs]
+    return _model([helper.make_node(op, names, ["y"], name="grow", **(attrs or {}))],
+                  [_vi(n, t, s) for n, t, s in inputs if n not in {i.name for i in inits}],
+                  [_vi("y", _F, None if op == "DFT" else ["a", "b", "c", "d"][: 4])], inits, opset=opset)
+
+
+# op -> (model, small feeds, huge feeds): attributes and data that size the output
+_MORE_SIZED = {
+    "Upsample-9": (_model([helper.make_node("Upsample", ["x", "s"], ["y"], name="grow")],
+                          [_vi("x", _F, [1, 1, 2, 2]), _vi("s", _F, [4])], [_vi("y", _F, ["a", "b", "c", "d"])], opset=9),
+                   {"s": np.array([1, 1, 2, 3], np.float32)}, {"s": np.array([1, 1, 2**20, 2**20], np.float32)}),
+    "DFT": (_model([helper.make_node("DFT", ["x", "n"], ["y"], name="grow", axis=1)], [_vi("x", _F, [1, 4, 1]), _vi("n", _I, [])],
+                   [_vi("y", _F, ["a", "b", "c"])], opset=17),
+            {"x": np.ones((1, 4, 1), np.float32), "n": np.array(6)}, {"x": np.ones((1, 4, 1), np.float32), "n": np.array(2**40)}),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_MORE_SIZED))
+def test_more_data_sized_ops_stop_at_the_budget(op):
+    model, small, huge = _MORE_SIZED[op]
+    feeds = {"x": np.full((1, 1, 2, 2), 2.0, np.float32)} if op == "Upsample-9" else {}
+    imported = onnx_attr.load(model)
+    ours = imported.run({**feeds, **small})[0].numpy()
+    np.testing.assert_allclose(ours, _ort(model, {**feeds, **small})[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(onnx_attr.BudgetError, match=r"'(grow|Resize#0)'.*max_elements"):  # Upsample-9 is upgraded
+        imported.run({**feeds, **huge})
+
+
+def test_conv_transpose_with_huge_strides_stops_at_the_budget():
+    w = helper.make_tensor("w", _F, [1, 1, 2, 2], [1.0, 2.0, 3.0, 4.0])
+    def model(stride):
+        return _model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="grow", strides=[stride, stride])],
+                      [_vi("x", _F, [1, 1, 3, 3])], [_vi("y", _F, ["a", "b", "c", "d"])], [w])
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    np.testing.assert_allclose(onnx_attr.load(model(3)).run({"x": x})[0].numpy(), _ort(model(3), {"x": x})[0])
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op ConvTranspose\).*max_elements"):
+        onnx_attr.load(model(2**20)).run({"x": x})
+
+
+def test_verify_of_a_tensor_beyond_numpys_64_dims_is_a_clear_error():
+    model = _model([helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Relu", ["r"], ["y"])],
+                   [_vi("x", _F, [2])], [_vi("y", _F, [2] + [1] * 69)], [helper.make_tensor("s", _I, [70], [2] + [1] * 69)])
+    imported = onnx_attr.load(model)
+    assert imported.run({"x": np.array([-1.0, 2.0], np.float32)})[0].reshape(-1).tolist() == [0.0, 2.0]
+    with pytest.raises(ReferenceRuntimeError, match="64"):
+        imported.verify({"x": np.array([-1.0, 2.0], np.float32)})
+
+
+def test_the_cli_budget_option_raises_and_lowers_a_limit(tmp_path, capsys):
+    from onnx_attr.cli import main
+    path = tmp_path / "loop.onnx"
+    path.write_bytes(_loop_model(50).SerializeToString())
+    feeds = tmp_path / "x.npz"
+    np.savez(feeds, x=np.zeros(1, np.float32))
+    assert main(["verify", str(path), "--input", str(feeds)]) == 0
+    assert main(["verify", str(path), "--input", str(feeds), "--budget", "max_loop_iterations=10"]) == 2
+    assert "max_loop_iterations=10" in capsys.readouterr().err
+    assert main(["verify", str(path), "--budget", "max_bogus=1"]) == 2
+
+
+def test_a_deep_copied_module_follows_the_same_budget():
+    import copy
+    model, _, _ = _SIZED["Expand"]
+    imported = onnx_attr.load(model)
+    twin = imported.with_module(copy.deepcopy(imported.module))
+    feeds = _feeds({"s": np.array([300, 300])})
+    assert twin.run(feeds)[0].shape == (300, 300)
+    imported.budget.max_elements = 1000
+    with pytest.raises(onnx_attr.BudgetError):
+        twin.run(feeds)
+
+
+def test_shape_inference_without_the_weights_matches_onnx_and_keeps_every_field():
+    from onnx import numpy_helper
+    from onnx_attr.normalize import infer_shapes
+    w = numpy_helper.from_array(np.arange(256 * 128, dtype=np.float32).reshape(256, 128), "w")  # 128 KiB: heavy
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                   [_vi("x", _F, ["N", 256])], [_vi("y", _F, None)], [w, helper.make_tensor("k", _I, [2], [1, 2])])
+    model.metadata_props.add(key="a", value="b")
+    model.producer_name = "test"
+    ours = infer_shapes(model, [])
+    theirs = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    assert ours == theirs, (str(ours.graph.value_info), str(theirs.graph.value_info))
