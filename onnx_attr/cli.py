@@ -34,34 +34,27 @@ METHOD_CHOICES = ("deeplift", "deepliftshap", "integratedgradients", "revealcanc
 
 # -- argument types: each refuses a bad value at parse time, naming the option --------------------------------------
 
-def _non_negative_float(text: str) -> float:
+def _number(text: str, kind: type, valid, requirement: str):
+    """`text` as a `kind`, or an argparse error that says what the option takes."""
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a tolerance must be a finite number >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if (kind is float and not math.isfinite(value)) or not valid(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: {requirement}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a tolerance must be a finite number >= 0")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number > 0")
-    return value
+    return _number(text, float, lambda v: v > 0, "give a finite number > 0")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
-    return value
+    return _number(text, int, lambda v: v >= 1, "give an integer >= 1")
 
 
 def _device(text: str) -> str:
@@ -421,7 +414,7 @@ def _attribution_summary(report: dict, out: str, worst: float) -> str:
              f"convergence delta per example: max |delta| {worst:.3e}, "
              f"max relative {report['max_relative_delta']:.3e}",
              f"verify against onnxruntime: {'PASSED' if report['verify']['passed'] else 'FAILED'}",
-             f"wrote attributions.npz, report.json" + (f" and {len(pictures)} picture(s)" if pictures else "")
+             "wrote attributions.npz, report.json" + (f" and {len(pictures)} picture(s)" if pictures else "")
              + f" to {out}" + (" (finished earlier: kept)" if report.get("resumed") else "")]
     lines += [f"warning: {w}" for w in report.get("warnings", [])]
     lines += [f"warning: {w}" for w in report.get("input_warnings", [])]

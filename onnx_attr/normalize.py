@@ -287,18 +287,23 @@ def upgrade_opset(model: onnx.ModelProto, target: int, notes: list[str]) -> onnx
 _HEAVY_BYTES = 1 << 16
 
 
+def _copy_fields(source, target, skip: str) -> None:
+    """Every set field of the message `source` into `target`, but the one named `skip`."""
+    for desc, value in source.ListFields():
+        if desc.name == skip:
+            continue
+        if desc.is_repeated:
+            getattr(target, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(target, desc.name).CopyFrom(value)
+        else:
+            setattr(target, desc.name, value)
+
+
 def _top_level(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with every field of `model` but its graph (all small)."""
     out = onnx.ModelProto()
-    for desc, value in model.ListFields():
-        if desc.name == "graph":
-            continue
-        if desc.is_repeated:
-            getattr(out, desc.name).extend(value)
-        elif desc.message_type is not None:
-            getattr(out, desc.name).CopyFrom(value)
-        else:
-            setattr(out, desc.name, value)
+    _copy_fields(model, out, "graph")
     return out
 
 
@@ -314,15 +319,7 @@ def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
         return model, False
     skeleton = _top_level(model)
     graph, source = skeleton.graph, model.graph
-    for desc, value in source.ListFields():
-        if desc.name == "initializer":
-            continue
-        if desc.is_repeated:
-            getattr(graph, desc.name).extend(value)
-        elif desc.message_type is not None:
-            getattr(graph, desc.name).CopyFrom(value)
-        else:
-            setattr(graph, desc.name, value)
+    _copy_fields(source, graph, "initializer")
     for t in source.initializer:
         if _heavy(t):
             stub = graph.initializer.add()
