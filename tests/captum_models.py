@@ -209,6 +209,17 @@ class SigmoidDeepLiftModel(nn.Module):
         return torch.sigmoid(self.lin2(F.relu(self.lin1(x))))
 
 
+class SigmoidModel(nn.Module):
+    """Linear - ReLU - Linear - Sigmoid, random weights and biases (seeded)."""
+
+    def __init__(self, num_in: int, num_hidden: int, num_out: int):
+        super().__init__()
+        self.lin1, self.lin2 = nn.Linear(num_in, num_hidden), nn.Linear(num_hidden, num_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.lin2(F.relu(self.lin1(x))))
+
+
 class ConvNetMaxPool(nn.Module):
     """Captum's BasicModel_ConvNet (2-d) and its MaxPool1d / MaxPool3d variants: conv-ReLU-pool
     twice, Linear(ones)-ReLU-Linear(ones), Softmax; conv weights and all biases random (seeded)."""
@@ -295,4 +306,5 @@ _BUILDERS = {
     "ConvNet_MaxPool1d": lambda: (_seeded(lambda: ConvNetMaxPool(1)), [torch.rand(2, 1, 10)], ["x"]),
     "ConvNet_MaxPool2d": lambda: (_seeded(lambda: ConvNetMaxPool(2)), [torch.rand(2, 1, 10, 10)], ["x"]),
     "ConvNet_MaxPool3d": lambda: (_seeded(lambda: ConvNetMaxPool(3)), [torch.rand(2, 1, 10, 10, 10)], ["x"]),
+    "Sigmoid_20_5_1": lambda: (_seeded(lambda: SigmoidModel(20, 5, 1)), [_rows(20)], ["x"]),
 }

@@ -840,6 +840,50 @@ for _dims, _scales in ((3, (20, 600)), (2, (20, 500)), (1, (20, 500))):
             lambda d=_dims, s=_scale: _convnet_case(d, s))
 
 
+# --- tests/attr/test_integrated_gradients_classification.py (Captum's completeness checks) -------
+
+def _ig_completeness(name: str, inputs, target, nt_type: str, method: str, baselines=None):
+    """Captum's _validate_completness: vanilla IG (200 steps) with |delta| < 0.005, and the delta
+    equal to an independent Σ attributions - (f(x) - f(x0))[target]; NoiseTunnel-wrapped IG (10
+    samples, stdev 2e-4, 100 steps) with one delta per noisy sample; |delta| < 0.05 always."""
+    model = load(name)
+    ig = onnx_attr.IntegratedGradients(model)
+    checks = []
+    if nt_type == "vanilla":
+        attributions, delta = ig.attribute(inputs, baselines=baselines, target=target, method=method, n_steps=200,
+                                           return_convergence_delta=True)
+        reference = torch.zeros_like(inputs) if baselines is None else baselines.expand_as(inputs)
+        picked = target.expand(inputs.shape[0]).reshape(-1, 1)
+        change = model.run(inputs)[0].gather(1, picked) - model.run(reference)[0].gather(1, picked)
+        independent = attributions.reshape(inputs.shape[0], -1).sum(1) - change.reshape(-1)
+        checks += [(delta, independent, 1e-4, "sum"), (delta.abs().max(), 0.0, 0.005, "max"),
+                   (torch.tensor(delta.shape), [inputs.shape[0]], 0.0, "max")]
+    else:
+        torch.manual_seed(1234)
+        attributions, delta = onnx_attr.NoiseTunnel(ig).attribute(
+            inputs, baselines=baselines, nt_type=nt_type, nt_samples=10, stdevs=0.0002, n_steps=100, target=target,
+            method=method, return_convergence_delta=True)
+        checks += [(torch.tensor(delta.shape), [inputs.shape[0] * 10], 0.0, "max")]
+    return checks + [(delta.abs().max(), 0.0, 0.05, "max"),
+                     (torch.tensor(attributions.shape), list(inputs.shape), 0.0, "max")]
+
+
+for _kind, _nt, _method in (
+        ("sigmoid", "vanilla", "riemann_right"), ("sigmoid", "smoothgrad", "riemann_left"),
+        ("sigmoid", "smoothgrad_sq", "riemann_middle"), ("sigmoid", "vargrad", "riemann_trapezoid"),
+        ("softmax", "vanilla", "gausslegendre"), ("softmax", "smoothgrad", "riemann_right"),
+        ("softmax", "smoothgrad_sq", "riemann_left"), ("softmax", "vargrad", "riemann_middle"),
+        ("softmax_batch", "vanilla", "riemann_trapezoid"), ("softmax_batch", "smoothgrad", "gausslegendre"),
+        ("softmax_batch", "smoothgrad_sq", "riemann_right"), ("softmax_batch", "vargrad", "riemann_left")):
+    _args = {"sigmoid": ("Sigmoid_20_5_1", torch.arange(0.0, 20.0).unsqueeze(0), T(0), None),
+             "softmax": ("Softmax_40_20_10", torch.arange(0.0, 40.0).unsqueeze(0), T(5), None),
+             "softmax_batch": ("Softmax_40_20_10", torch.arange(0.0, 120.0).reshape(3, 40), T([5, 5, 2]),
+                               torch.zeros(1, 40))}[_kind]
+    _name = _kind.replace("_batch", "") + "_classification_" + _nt + ("_batch" if _kind.endswith("batch") else "")
+    case(f"test_integrated_gradients_classification.py::test_{_name}")(
+        lambda a=_args, nt=_nt, m=_method: _ig_completeness(a[0], a[1], a[2], nt, m, a[3]))
+
+
 # --- the table ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source, run", CASES)
