@@ -220,6 +220,15 @@ class SigmoidModel(nn.Module):
         return torch.sigmoid(self.lin2(F.relu(self.lin1(x))))
 
 
+class BasicModel5MultiArgs(nn.Module):
+    """relu(relu(x1 - 1)·w1 - relu(x2)·w2)[:, column]. Captum passes (w1, w2) as a Python list and
+    the column as an int; here they are three 0-d inputs, passed as additional_forward_args=(w1, w2, column)."""
+
+    def forward(self, x1: Tensor, x2: Tensor, w1: Tensor, w2: Tensor, column: Tensor) -> Tensor:
+        out = F.relu(F.relu(x1 - 1) * w1 - F.relu(x2) * w2)
+        return torch.index_select(out, 1, column.reshape(1)).squeeze(1)
+
+
 class ConvNetMaxPool(nn.Module):
     """Captum's BasicModel_ConvNet (2-d) and its MaxPool1d / MaxPool3d variants: conv-ReLU-pool
     twice, Linear(ones)-ReLU-Linear(ones), Softmax; conv weights and all biases random (seeded)."""
@@ -242,6 +251,12 @@ def _seeded(build):
     """Build under Captum's test seed (BaseTest.setUp: 1234), so random weights are repeatable."""
     torch.manual_seed(1234)
     return build()
+
+
+def torch_module(name: str) -> nn.Module:
+    """The PyTorch module behind model `name` (the same weights: random ones are seeded), for
+    oracles computed by autograd on the original."""
+    return _BUILDERS[name]()[0].eval()
 
 
 @functools.lru_cache(maxsize=None)
@@ -307,4 +322,7 @@ _BUILDERS = {
     "ConvNet_MaxPool2d": lambda: (_seeded(lambda: ConvNetMaxPool(2)), [torch.rand(2, 1, 10, 10)], ["x"]),
     "ConvNet_MaxPool3d": lambda: (_seeded(lambda: ConvNetMaxPool(3)), [torch.rand(2, 1, 10, 10, 10)], ["x"]),
     "Sigmoid_20_5_1": lambda: (_seeded(lambda: SigmoidModel(20, 5, 1)), [_rows(20)], ["x"]),
+    "BasicModel5": lambda: (BasicModel5MultiArgs(), [_rows(3), _rows(3), torch.tensor(2), torch.tensor(3),
+                                                     torch.tensor(1)], ["x1", "x2", "w1", "w2", "column"]),
+    "Softmax_5_20_10": lambda: (_seeded(lambda: SoftmaxModel(5, 20, 10, ones=False)), [_rows(5)], ["x"]),
 }

@@ -10,6 +10,7 @@ listed in docs/captum_differences.md.
 
 from __future__ import annotations
 
+import random
 from typing import Any, Callable
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 import onnx_attr
-from captum_models import load
+from captum_models import load, torch_module
 
 T = torch.tensor
 CASES: list = []
@@ -137,11 +138,25 @@ def _():
              0.05, "max")]
 
 
-@case("test_saliency.py::test_saliency_test_basic_smoothgrad (shape, nt_samples_batch_size)")
+@case("test_saliency.py::test_saliency_test_basic_smoothgrad (against Captum on the module, same seed)")
 def _():
-    nt = onnx_attr.NoiseTunnel(onnx_attr.Saliency(load("BasicModel_1d")))
-    out = nt.attribute(_BASIC_INPUT, nt_type="smoothgrad", nt_samples=10, nt_samples_batch_size=3, stdevs=0.0000002)
-    return [(out, _BASIC_GRADS.abs(), 0.5, "max")]
+    # Captum checks only the shape here: x = 1 sits on the ReLU's kink, so the value there is the
+    # share of noise draws above it. Our noise is drawn as Captum's, so under one seed the two agree.
+    from captum.attr import NoiseTunnel as CaptumNoiseTunnel, Saliency as CaptumSaliency
+
+    checks = []
+    mine, captums = onnx_attr.NoiseTunnel(onnx_attr.Saliency(load("BasicModel_1d"))), CaptumNoiseTunnel(
+        CaptumSaliency(torch_module("BasicModel_1d")))  # built before seeding: building draws examples
+    for batch in (None, 3):
+        torch.manual_seed(1234)
+        ours = mine.attribute(_BASIC_INPUT, nt_type="smoothgrad", nt_samples=10, nt_samples_batch_size=batch,
+                              stdevs=0.0000002)
+        torch.manual_seed(1234)
+        theirs = captums.attribute(
+            _BASIC_INPUT.clone().requires_grad_(True), nt_type="smoothgrad", nt_samples=10,
+            nt_samples_batch_size=batch, stdevs=0.0000002)
+        checks += [(ours, theirs.detach(), 1e-6, "max"), (ours[1:], _BASIC_GRADS.abs()[1:], 1e-6, "max")]
+    return checks
 
 
 # --- tests/attr/test_integrated_gradients_basic.py -------------------------------------------
@@ -884,9 +899,72 @@ for _kind, _nt, _method in (
         lambda a=_args, nt=_nt, m=_method: _ig_completeness(a[0], a[1], a[2], nt, m, a[3]))
 
 
+# --- tests/attr/test_saliency.py: multi-argument and NoiseTunnel cases ----------------------------
+# The expected gradients are autograd's on the PyTorch original (as Captum's compute_gradients).
+# With Captum's stdev of 2e-7 the noise is invisible, so besides Captum's shape checks each
+# NoiseTunnel type is held to its noiseless value: smoothgrad |g|, smoothgrad_sq g², vargrad 0.
+
+def _autograd(name: str, inputs, *extra, target=None):
+    xs = tuple(x.detach().clone().requires_grad_(True) for x in inputs)
+    out = torch_module(name)(*xs, *extra)
+    (out if target is None else out[:, target]).sum().backward()
+    return tuple(x.grad for x in xs)
+
+
+_MULTI5 = (T([[1.5, 2.0, 34.3], [3.4, 1.2, 2.0]]), T([[3.0, 3.5, 23.2], [2.3, 1.2, 0.3]]))
+_MULTI5_LARGE = (T([[10.5, 12.0, 34.3], [43.4, 51.2, 32.0]]).repeat_interleave(3, dim=0),
+                 T([[1.0, 3.5, 23.2], [2.3, 1.2, 0.3]]).repeat_interleave(3, dim=0))
+_MULTI5_ARGS = (2, 3, 1)
+_NOISELESS = {"smoothgrad": torch.abs, "smoothgrad_sq": torch.square, "vargrad": torch.zeros_like}
+
+
+def _saliency(name: str, inputs, nt_type: str, additional=None, batch=None, target=None, extra=()):
+    saliency = onnx_attr.Saliency(load(name))
+    assert not saliency.multiplies_by_inputs
+    grads = _autograd(name, inputs if isinstance(inputs, tuple) else (inputs,), *extra, target=target)
+    if nt_type == "vanilla":
+        got = saliency.attribute(inputs, target=target, additional_forward_args=additional)
+    else:
+        got = onnx_attr.NoiseTunnel(saliency).attribute(inputs, nt_type=nt_type, nt_samples=10,
+                                                        nt_samples_batch_size=batch, stdevs=0.0000002, target=target,
+                                                        additional_forward_args=additional)
+    got = got if isinstance(got, tuple) else (got,)
+    noiseless = torch.abs if nt_type == "vanilla" else _NOISELESS[nt_type]
+    return got, [(g, noiseless(e), 0.5, "max") for g, e in zip(got, grads)] + [
+        (torch.tensor(g.shape), list(e.shape), 0.0, "max") for g, e in zip(got, grads)]
+
+
+def _saliency_case(*args, **kwargs):
+    return _saliency(*args, **kwargs)[1]
+
+
+case("test_saliency.py::test_saliency_test_basic_vargrad")(
+    lambda: _saliency_case("BasicModel_1d", _BASIC_INPUT, "vargrad"))
+for _nt, _suffix in (("vanilla", "vanilla"), ("smoothgrad", "smoothgrad"), ("vargrad", "vargrad")):
+    case(f"test_saliency.py::test_saliency_test_basic_multi{'_variable' if _nt != 'vargrad' else ''}_{_suffix}")(
+        lambda nt=_nt: _saliency_case("BasicModel5", _MULTI5, nt, additional=_MULTI5_ARGS,
+                                      extra=tuple(T(v) for v in _MULTI5_ARGS)))
+for _nt, _batch, _short in (("smoothgrad", 2, "sg"), ("smoothgrad_sq", 3, "sg"), ("vargrad", 1, "vg"),
+                            ("vargrad", 6, "vg")):
+    def _batched(nt=_nt, batch=_batch):
+        extra = tuple(T(v) for v in _MULTI5_ARGS)
+        batched, checks = _saliency("BasicModel5", _MULTI5_LARGE, nt, additional=_MULTI5_ARGS, batch=batch,
+                                    extra=extra)
+        whole, more = _saliency("BasicModel5", _MULTI5_LARGE, nt, additional=_MULTI5_ARGS, extra=extra)
+        return checks + more + [(b, w, 1e-4, "sum") for b, w in zip(batched, whole)]
+
+    case(f"test_saliency.py::test_saliency_test_basic_multivar_{_short}_n_samples_batch_size_{_batch}")(_batched)
+for _nt in ("vanilla", "smoothgrad", "vargrad"):
+    case(f"test_saliency.py::test_saliency_classification_{_nt}")(
+        lambda nt=_nt: _saliency_case("Softmax_5_20_10", T([[0.0, 1.0, 2.0, 3.0, 4.0]]), nt, target=5))
+
+
 # --- the table ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source, run", CASES)
 def test_captum_stated_value(source, run):
+    random.seed(1234)  # Captum's BaseTest.setUp seeds every case alike; so does this table
+    np.random.seed(1234)
+    torch.manual_seed(1234)
     for actual, expected, delta, mode in run():
         _check(actual, expected, delta, mode)
