@@ -229,6 +229,13 @@ class BasicModel5MultiArgs(nn.Module):
         return torch.index_select(out, 1, column.reshape(1)).squeeze(1)
 
 
+class BasicModel6MultiTensor(nn.Module):
+    """1 - relu(1 - (x1 + x2))[:, 1]."""
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return 1 - F.relu(1 - (x1 + x2))[:, 1]
+
+
 class ConvNetMaxPool(nn.Module):
     """Captum's BasicModel_ConvNet (2-d) and its MaxPool1d / MaxPool3d variants: conv-ReLU-pool
     twice, Linear(ones)-ReLU-Linear(ones), Softmax; conv weights and all biases random (seeded)."""
@@ -325,4 +332,5 @@ _BUILDERS = {
     "BasicModel5": lambda: (BasicModel5MultiArgs(), [_rows(3), _rows(3), torch.tensor(2), torch.tensor(3),
                                                      torch.tensor(1)], ["x1", "x2", "w1", "w2", "column"]),
     "Softmax_5_20_10": lambda: (_seeded(lambda: SoftmaxModel(5, 20, 10, ones=False)), [_rows(5)], ["x"]),
+    "BasicModel6": lambda: (BasicModel6MultiTensor(), [_rows(3), _rows(3)], ["x1", "x2"]),
 }

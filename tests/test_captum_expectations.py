@@ -959,6 +959,146 @@ for _nt in ("vanilla", "smoothgrad", "vargrad"):
         lambda nt=_nt: _saliency_case("Softmax_5_20_10", T([[0.0, 1.0, 2.0, 3.0, 4.0]]), nt, target=5))
 
 
+# --- tests/attr/test_integrated_gradients_basic.py: the NoiseTunnel and other checked cases -------
+# Captum states values only for the vanilla multivariable cases (above); the rest check, as here:
+# shapes, one delta per example (per noisy sample under NoiseTunnel), |delta| < 0.07, the same
+# attributions again (NoiseTunnel: with nt_samples_batch_size=3), and for vanilla IG the delta
+# equal to Σ attributions - (f(x) - f(x0)) with f the PyTorch original (Captum: its own
+# compute_convergence_delta).
+
+def _forward(name: str, xs, extra, target):
+    out = torch_module(name)(*xs, *(T(e) if not isinstance(e, torch.Tensor) else e for e in extra))
+    if out.dim() > 1 and target is not None:
+        out = out[:, target]
+    return out.reshape(xs[0].shape[0], -1).sum(1)
+
+
+def _ig_evaluate(name: str, inputs, baselines=None, target=None, additional=None, nt_type="vanilla",
+                 method="gausslegendre", multiply=True, nt_batch=None):
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if baselines is None:
+        baselines = tuple(torch.zeros_like(x) for x in inputs)
+    baselines = baselines if isinstance(baselines, tuple) else (baselines,)
+    extra = () if additional is None else (additional if isinstance(additional, tuple) else (additional,))
+    ig = onnx_attr.IntegratedGradients(load(name), multiply_by_inputs=multiply)
+    assert ig.multiplies_by_inputs == multiply
+    options = dict(baselines=baselines, target=target, additional_forward_args=additional, method=method, n_steps=500)
+    rows = inputs[0].shape[0]
+    if nt_type == "vanilla":
+        attributions, delta = ig.attribute(inputs, return_convergence_delta=True, **options)
+        again = ig.attribute(inputs, **options)
+        checks = [(torch.tensor(delta.shape), [rows], 0.0, "max")]
+        if multiply:
+            reference = tuple(torch.as_tensor(b, dtype=x.dtype).expand_as(x) for b, x in zip(baselines, inputs))
+            change = _forward(name, inputs, extra, target) - _forward(name, reference, extra, target)
+            total = sum(a.reshape(rows, -1).sum(1) for a in attributions)
+            checks += [(delta, total - change, 1e-4, "max")]
+    else:
+        nt = onnx_attr.NoiseTunnel(ig)
+        assert nt.multiplies_by_inputs == multiply
+        noisy = dict(nt_type=nt_type, nt_samples=5, stdevs=0.00000002, **options)
+        attributions, delta = nt.attribute(inputs, return_convergence_delta=True, nt_samples_batch_size=nt_batch,
+                                           **noisy)
+        again = nt.attribute(inputs, nt_samples_batch_size=3, **noisy)
+        checks = [(torch.tensor(delta.shape), [rows * 5], 0.0, "max")]
+    attributions = attributions if isinstance(attributions, tuple) else (attributions,)
+    again = again if isinstance(again, tuple) else (again,)
+    checks += [(torch.tensor(a.shape), list(x.shape), 0.0, "max") for a, x in zip(attributions, inputs)]
+    checks += [(a, b, 0.05, "sum") for a, b in zip(attributions, again)]
+    return checks + ([(delta.abs().max(), 0.0, 0.07, "max")] if multiply else [])
+
+
+def _ig_batch_helper(name: str, inputs, target, method):
+    """Captum's _compute_attribution_batch_helper_evaluate: the batch equals each example alone
+    (0.05 max), and Σ|delta| too (0.005), for internal_batch_size None, 10, 20."""
+    ig, baselines = onnx_attr.IntegratedGradients(load(name)), tuple(torch.zeros_like(x) for x in inputs)
+    checks = []
+    for size in (None, 10, 20):
+        options = dict(method=method, n_steps=100, target=target, internal_batch_size=size,
+                       return_convergence_delta=True)
+        attributions, delta = ig.attribute(inputs, baselines, **options)
+        attributions = attributions if isinstance(attributions, tuple) else (attributions,)
+        total = 0.0
+        for i in range(inputs[0].shape[0]):
+            alone, d = ig.attribute(tuple(x[i:i + 1] for x in inputs), tuple(b[i:i + 1] for b in baselines),
+                                    **options)
+            alone = alone if isinstance(alone, tuple) else (alone,)
+            total += float(d.abs().sum())
+            checks += [(a[i], b[0], 0.05, "max") for a, b in zip(attributions, alone)]
+        checks += [(delta.abs().sum(), total, 0.005, "max")]
+    return checks
+
+
+_IG_BATCHED = (T([[1.5, 2.0, 1.3], [0.5, 0.1, 2.3], [1.5, 2.0, 1.3]]),)
+_IG_BATCHED_MULTI = (T([[1.5, 2.1, 1.9], [0.5, 0.0, 0.7], [1.5, 2.1, 1.1]]),
+                     T([[0.3, 1.9, 2.4], [0.5, 0.6, 2.1], [1.2, 2.1, 0.2]]))
+_IG_MULTI5 = (T([[1.5, 2.0, 34.3], [3.4, 1.2, 2.0]]), T([[3.0, 3.5, 23.2], [2.3, 1.2, 0.3]]))
+
+
+def _ig_multivariable(nt, method):
+    return [c for name in ("BasicModel2_0d", "BasicModel3_0d")
+            for c in _ig_evaluate(name, (T([3.0]), T([1.0])), (T([0.0]), T([0.0])), nt_type=nt, method=method)]
+
+
+def _ig_univariable(nt, method):
+    return (_ig_evaluate("BasicModel_1d", T([1.0]), T([0.0]), nt_type=nt, method=method)
+            + _ig_evaluate("BasicModel_1d", T([0.0]), T([0.0]), nt_type=nt, method=method)
+            + _ig_evaluate("BasicModel_1d", T([-1.0]), 0.00001, nt_type=nt, method=method))
+
+
+def _ig_multi_argument(nt, method):
+    # Captum's second BasicModel4 call picks column 1 (a Python int); ours has column 0 built in,
+    # so that call is left out. BasicModel5's list [2, 3] and column 1 are three 0-d inputs here.
+    return (_ig_evaluate("BasicModel4", (T([[1.5, 2.0, 34.3]]), T([[3.0, 3.5, 23.2]])), (0.0, torch.zeros(1, 3)),
+                         additional=torch.arange(1.0, 4.0).reshape(1, 3), nt_type=nt, method=method)
+            + _ig_evaluate("BasicModel5", _IG_MULTI5, (0.0, 0.00001), additional=(2, 3, 1), nt_type=nt, method=method)
+            + _ig_evaluate("BasicModel5", _IG_MULTI5, (torch.zeros(1, 3), 0.00001), additional=(2, 3, 1),
+                           nt_type=nt, method=method))
+
+
+def _ig_multi_tensor(nt, method):
+    return _ig_evaluate("BasicModel6", (T([[1.5, 2.0, 3.3]]), T([[3.0, 3.5, 2.2]])), nt_type=nt, method=method)
+
+
+def _ig_batched(nt, method):
+    return (_ig_evaluate("MultiLayer", _IG_BATCHED, target=0, nt_type=nt, method=method)
+            + _ig_batch_helper("MultiLayer", _IG_BATCHED, 0, method))
+
+
+_IG_BASIC = {"multivariable": _ig_multivariable, "univariable": _ig_univariable,
+             "multi_argument": _ig_multi_argument, "multi_tensor_input": _ig_multi_tensor,
+             "batched_input": _ig_batched}
+for _group, _plan in (("multivariable", (("smoothgrad", "riemann_left"), ("smoothgrad_sq", "riemann_middle"),
+                                         ("vargrad", "riemann_trapezoid"))),
+                      ("multi_argument", (("vanilla", "gausslegendre"), ("smoothgrad", "riemann_right"),
+                                          ("smoothgrad_sq", "riemann_left"), ("vargrad", "riemann_middle"))),
+                      ("univariable", (("vanilla", "riemann_trapezoid"), ("smoothgrad", "gausslegendre"),
+                                       ("smoothgrad_sq", "riemann_right"), ("vargrad", "riemann_left"))),
+                      ("multi_tensor_input", (("vanilla", "riemann_middle"), ("smoothgrad", "riemann_trapezoid"),
+                                              ("smoothgrad_sq", "gausslegendre"), ("vargrad", "riemann_right"))),
+                      ("batched_input", (("vanilla", "riemann_left"), ("smoothgrad", "riemann_middle"),
+                                         ("smoothgrad_sq", "riemann_trapezoid"), ("vargrad", "gausslegendre")))):
+    for _nt, _method in _plan:
+        case(f"test_integrated_gradients_basic.py::test_{_group}_{_nt}")(
+            lambda g=_group, nt=_nt, m=_method: _IG_BASIC[g](nt, m))
+for _label, _nt, _batch in (("smoothgrad_with_batch_size_1", "smoothgrad", 1),
+                            ("smoothgrad_with_batch_size_2", "vargrad", 2),
+                            ("smoothgrad_with_batch_size_3", "smoothgrad_sq", 3)):
+    case(f"test_integrated_gradients_basic.py::test_batched_input_{_label}")(
+        lambda nt=_nt, b=_batch: _ig_evaluate("MultiLayer", _IG_BATCHED, target=0, nt_type=nt,
+                                              method="riemann_middle", nt_batch=b))
+for _label, _nt, _method, _batch in (("vanilla", "vanilla", "riemann_right", None),
+                                     ("smoothgrad", "smoothgrad", "riemann_left", None),
+                                     ("smoothgrad_sq", "smoothgrad_sq", "riemann_middle", None),
+                                     ("vargrad", "vargrad", "riemann_trapezoid", None),
+                                     ("vargrad_batch_size_1", "vargrad", "riemann_trapezoid", 1),
+                                     ("smooth_batch_size_2", "vargrad", "riemann_trapezoid", 2),
+                                     ("smoothgrad_sq_batch_size_3", "vargrad", "riemann_trapezoid", 3)):
+    case(f"test_integrated_gradients_basic.py::test_batched_multi_input_{_label}")(
+        lambda nt=_nt, m=_method, b=_batch: _ig_evaluate("MultiLayerAddInput", _IG_BATCHED_MULTI, target=0,
+                                                         nt_type=nt, method=m, nt_batch=b))
+
+
 # --- the table ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source, run", CASES)
