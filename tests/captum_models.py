@@ -236,6 +236,20 @@ class BasicModel6MultiTensor(nn.Module):
         return 1 - F.relu(1 - (x1 + x2))[:, 1]
 
 
+class ReLULinearScaledModel(ReLULinearModel):
+    """ReLULinearModel with l2's output scaled by a third input (Captum's x3, an int there)."""
+
+    def forward(self, x1: Tensor, x2: Tensor, x3: Tensor) -> Tensor:  # type: ignore[override]
+        return self.l3(F.relu(torch.cat([self.l1(x1), x3 * self.l2(x2)], dim=1)))
+
+
+class MaxPoolReLU(nn.Module):
+    """relu(maxpool1d(x, 3)).sum(dim=1)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(F.max_pool1d(x, 3)).sum(dim=1)
+
+
 class ConvNetMaxPool(nn.Module):
     """Captum's BasicModel_ConvNet (2-d) and its MaxPool1d / MaxPool3d variants: conv-ReLU-pool
     twice, Linear(ones)-ReLU-Linear(ones), Softmax; conv weights and all biases random (seeded)."""
@@ -333,4 +347,6 @@ _BUILDERS = {
                                                      torch.tensor(1)], ["x1", "x2", "w1", "w2", "column"]),
     "Softmax_5_20_10": lambda: (_seeded(lambda: SoftmaxModel(5, 20, 10, ones=False)), [_rows(5)], ["x"]),
     "BasicModel6": lambda: (BasicModel6MultiTensor(), [_rows(3), _rows(3)], ["x1", "x2"]),
+    "ReLULinearScaled": lambda: (ReLULinearScaledModel(), [_rows(3), _rows(3), torch.tensor(1.0)], ["x1", "x2", "x3"]),
+    "MaxPoolReLU": lambda: (MaxPoolReLU(), [torch.rand(2, 2, 3)], ["x"]),
 }

@@ -418,6 +418,10 @@ def _tensor(model, op: str, last: bool = False) -> str:
     return found[-1] if last else found[0]
 
 
+def _relus(model) -> list:
+    return [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Relu"]
+
+
 @case("test_layer_deeplift.py::test_relu_layer_deeplift (relu input: the Concat)")
 def _():
     model = load("ReLULinear")
@@ -478,6 +482,55 @@ def _():
     a1, a2 = onnx_attr.NeuronDeepLift(model, _tensor(model, "Gemm", last=True), multiply_by_inputs=False).attribute(
         _LAYER_IN, 0, _LAYER_BASE)
     return [(a1, [[0.0, 0.0, 0.0]], 1e-4, "sum"), (a2, [[2.0, 3.0, 0.0]], 1e-4, "sum")]
+
+
+@case("test_layer_deeplift.py::test_relu_layer_deeplift_multiple_output (multi_relu: both Relu tensors)")
+def _():
+    model = load("MultiLayerMultiRelu")
+    attributions, delta = onnx_attr.LayerDeepLift(model, _relus(model)).attribute(
+        _LAYER_IN[0], _LAYER_BASE[0], target=0, return_convergence_delta=True)
+    return [(a, [[0.0, -1.0, -1.0, -1.0]], 1e-4, "sum") for a in attributions] + [
+        (delta.abs().max(), 0.0, 0.0006, "max")]
+
+
+@case("test_layer_deeplift.py::test_relu_layer_deeplift_add_args (relu input: the Concat)")
+def _():
+    model = load("ReLULinearScaled")
+    attributions, delta = onnx_attr.LayerDeepLift(model, _tensor(model, "Concat")).attribute(
+        _LAYER_IN, _LAYER_BASE, additional_forward_args=3.0, return_convergence_delta=True)
+    return [(attributions[0], [0.0, 45.0], 1e-4, "sum"), (delta.abs().max(), 0.0, 0.0006, "max")]
+
+
+@case("test_layer_deeplift.py::test_relu_deeplift_with_custom_attr_func (l3 output)")
+def _():
+    model = load("ReLULinear")
+    attributions, _ = onnx_attr.LayerDeepLift(model, _tensor(model, "Gemm", last=True)).attribute(
+        _LAYER_IN, _LAYER_BASE, custom_attribution_func=lambda m, x, b: tuple(t * 2 for t in m),
+        return_convergence_delta=True)
+    return [(attributions, [[2.0]], 1e-19, "sum")]
+
+
+@case("test_layer_deeplift.py::test_inplace_maxpool_relu_with_custom_attr_func (maxpool output)")
+def _():
+    model, seen = load("MaxPoolReLU"), []
+    layer = _tensor(model, "MaxPool")
+
+    def record(m, x, b):
+        seen.extend([m[0], x[0], b[0]])
+        return m
+
+    onnx_attr.LayerDeepLift(model, layer).attribute(T([[[1.0, 2.0, -4.0], [-3.0, -2.0, -1.0]]]),
+                                                    custom_attribution_func=record)
+    return [(seen[0], [[[1.0], [0.0]]], 1e-4, "sum"), (seen[1], [[[2.0], [-1.0]]], 1e-4, "sum"),
+            (seen[2], [[[0.0], [0.0]]], 1e-4, "sum")]
+
+
+@case("test_layer_deeplift.py::test_lin_maxpool_lin_classification (pool output)")
+def _():
+    model = load("LinearMaxPoolLinear")
+    attributions, delta = onnx_attr.LayerDeepLift(model, _tensor(model, "MaxPool")).attribute(
+        torch.ones(2, 4), T([[1, 2, 3, 9], [4, 8, 6, 7]]).float(), target=0, return_convergence_delta=True)
+    return [(attributions, [[[-8.0]], [[-7.0]]], 1e-4, "max"), (delta, [0.0, 0.0], 1e-4, "max")]
 
 
 # --- tests/attr/neuron/test_neuron_integrated_gradients.py ------------------------------------
@@ -650,10 +703,6 @@ def _():
 
 # --- tests/attr/layer/test_layer_integrated_gradients.py -------------------------------------
 # Captum's multi_relu is a module with two outputs; here the layer is the list of their tensors.
-
-def _relus(model) -> list:
-    return [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Relu"]
-
 
 @case("test_layer_integrated_gradients.py::test_multiple_tensors_compare_with_expected")
 def _():
