@@ -187,8 +187,9 @@ class DeepLiftEngine:
         for start in range(0, n, size):
             stop = min(start + size, n)
             whole = start == 0 and stop == n and size == n
-            xs = [x if whole or x.shape[0] != n else _rows(x, start, stop, size) for x in inputs]
-            bs = [b if x.shape[0] != n else _baseline_rows(b, start, stop, size, self.fixed_batch)
+            # 0-d inputs (a scale passed as an additional argument) have no rows to split
+            xs = [x if whole or x.dim() == 0 or x.shape[0] != n else _rows(x, start, stop, size) for x in inputs]
+            bs = [b if x.dim() == 0 or x.shape[0] != n else _baseline_rows(b, start, stop, size, self.fixed_batch)
                   for x, b in zip(inputs, baselines)]
             parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, stop - start))
         if len(parts) == 1:

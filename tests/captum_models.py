@@ -141,6 +141,145 @@ class BasicModelConvNetOneConvSingle(BasicModelConvNetOneConv):
         return F.relu(self.fc1(F.relu(self.conv1(x)).reshape(-1, 8)))
 
 
+class BasicModelMultiLayerMultiRelu(BasicModelMultiLayer):
+    """BasicModel_MultiLayer(multi_input_module=True): two ReLUs (Captum's MultiRelu), one on
+    linear1's output and one on linear1_alt's (same weights) of the input, summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear1_alt = nn.Linear(3, 4)
+        with torch.no_grad():
+            self.linear1_alt.weight.fill_(1.0)
+            self.linear1_alt.bias.copy_(torch.tensor([-10.0, 1.0, 1.0, 1.0]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(F.relu(self.linear1(self.linear0(x))) + F.relu(self.linear1_alt(x)))
+
+
+class BasicModelMultiLayerTrueMultiInput(nn.Module):
+    """m1(x1) + m234(x2, x3, x4, scale=1): BasicModel_MultiLayer plus its three-input variant."""
+
+    def __init__(self):
+        super().__init__()
+        self.m1, self.m234 = BasicModelMultiLayer(), BasicModelMultiLayer()
+
+    def forward(self, x1: Tensor, x2: Tensor, x3: Tensor, x4: Tensor) -> Tensor:
+        return self.m1(x1) + self.m234(x2 + x3 + x4)
+
+
+class BasicLinearModel(nn.Module):
+    """Linear(7, 1) over the two inputs concatenated (random weights, seeded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(7, 1)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return self.linear(torch.cat((x1, x2), dim=-1))
+
+
+class SoftmaxModel(nn.Module):
+    """Linear-ReLU-Linear-ReLU-Linear-Softmax; `ones` sets every weight to 1 (Captum's
+    SoftmaxDeepLiftModel), else they stay random (SoftmaxModel); biases are random (seeded)."""
+
+    def __init__(self, num_in: int, num_hidden: int, num_out: int, ones: bool):
+        super().__init__()
+        self.lin1, self.lin2 = nn.Linear(num_in, num_hidden), nn.Linear(num_hidden, num_hidden)
+        self.lin3 = nn.Linear(num_hidden, num_out)
+        if ones:
+            with torch.no_grad():
+                for layer in (self.lin1, self.lin2, self.lin3):
+                    layer.weight.fill_(1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.lin3(F.relu(self.lin2(F.relu(self.lin1(x))))), dim=1)
+
+
+class SigmoidDeepLiftModel(nn.Module):
+    """Linear(ones, no bias) - ReLU - Linear(ones, no bias) - Sigmoid."""
+
+    def __init__(self, num_in: int, num_hidden: int, num_out: int):
+        super().__init__()
+        self.lin1, self.lin2 = nn.Linear(num_in, num_hidden, bias=False), nn.Linear(num_hidden, num_out, bias=False)
+        with torch.no_grad():
+            self.lin1.weight.fill_(1.0)
+            self.lin2.weight.fill_(1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.lin2(F.relu(self.lin1(x))))
+
+
+class SigmoidModel(nn.Module):
+    """Linear - ReLU - Linear - Sigmoid, random weights and biases (seeded)."""
+
+    def __init__(self, num_in: int, num_hidden: int, num_out: int):
+        super().__init__()
+        self.lin1, self.lin2 = nn.Linear(num_in, num_hidden), nn.Linear(num_hidden, num_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.lin2(F.relu(self.lin1(x))))
+
+
+class BasicModel5MultiArgs(nn.Module):
+    """relu(relu(x1 - 1)·w1 - relu(x2)·w2)[:, column]. Captum passes (w1, w2) as a Python list and
+    the column as an int; here they are three 0-d inputs, passed as additional_forward_args=(w1, w2, column)."""
+
+    def forward(self, x1: Tensor, x2: Tensor, w1: Tensor, w2: Tensor, column: Tensor) -> Tensor:
+        out = F.relu(F.relu(x1 - 1) * w1 - F.relu(x2) * w2)
+        return torch.index_select(out, 1, column.reshape(1)).squeeze(1)
+
+
+class BasicModel6MultiTensor(nn.Module):
+    """1 - relu(1 - (x1 + x2))[:, 1]."""
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return 1 - F.relu(1 - (x1 + x2))[:, 1]
+
+
+class ReLULinearScaledModel(ReLULinearModel):
+    """ReLULinearModel with l2's output scaled by a third input (Captum's x3, an int there)."""
+
+    def forward(self, x1: Tensor, x2: Tensor, x3: Tensor) -> Tensor:  # type: ignore[override]
+        return self.l3(F.relu(torch.cat([self.l1(x1), x3 * self.l2(x2)], dim=1)))
+
+
+class MaxPoolReLU(nn.Module):
+    """relu(maxpool1d(x, 3)).sum(dim=1)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(F.max_pool1d(x, 3)).sum(dim=1)
+
+
+class ConvNetMaxPool(nn.Module):
+    """Captum's BasicModel_ConvNet (2-d) and its MaxPool1d / MaxPool3d variants: conv-ReLU-pool
+    twice, Linear(ones)-ReLU-Linear(ones), Softmax; conv weights and all biases random (seeded)."""
+
+    def __init__(self, dims: int):
+        super().__init__()
+        conv, pool = {1: (nn.Conv1d, nn.MaxPool1d), 2: (nn.Conv2d, nn.MaxPool2d), 3: (nn.Conv3d, nn.MaxPool3d)}[dims]
+        self.conv1, self.pool1, self.conv2, self.pool2 = conv(1, 2, 3), pool(2), conv(2, 4, 3), pool(2)
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 10)
+        with torch.no_grad():
+            self.fc1.weight.fill_(1.0)
+            self.fc2.weight.fill_(1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool2(F.relu(self.conv2(self.pool1(F.relu(self.conv1(x))))))
+        return torch.softmax(self.fc2(F.relu(self.fc1(x.reshape(-1, 4)))), dim=1)
+
+
+def _seeded(build):
+    """Build under Captum's test seed (BaseTest.setUp: 1234), so random weights are repeatable."""
+    torch.manual_seed(1234)
+    return build()
+
+
+def torch_module(name: str) -> nn.Module:
+    """The PyTorch module behind model `name` (the same weights: random ones are seeded), for
+    oracles computed by autograd on the original."""
+    return _BUILDERS[name]()[0].eval()
+
+
 @functools.lru_cache(maxsize=None)
 def load(name: str):
     """Model `name` of this module, exported (dynamic batch on every input with a batch) and loaded
@@ -193,4 +332,21 @@ _BUILDERS = {
     "ConvNetOneConvDiffShapes": lambda: (BasicModelConvNetOneConv(), [torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 1)],
                                          ["x", "x2"]),
     "ConvNetOneConvSingle": lambda: (BasicModelConvNetOneConvSingle(), [torch.rand(2, 1, 4, 4)], ["x"]),
+    "MultiLayerMultiRelu": lambda: (BasicModelMultiLayerMultiRelu(), [_rows(3)], ["x"]),
+    "TrueMultiInput": lambda: (BasicModelMultiLayerTrueMultiInput(), [_rows(3)] * 4, ["x1", "x2", "x3", "x4"]),
+    "BasicLinear": lambda: (_seeded(BasicLinearModel), [_rows(3), _rows(4)], ["x1", "x2"]),
+    "Softmax_40_20_10": lambda: (_seeded(lambda: SoftmaxModel(40, 20, 10, ones=False)), [_rows(40)], ["x"]),
+    "SoftmaxDeepLift_20": lambda: (_seeded(lambda: SoftmaxModel(20, 20, 10, ones=True)), [_rows(20)], ["x"]),
+    "SoftmaxDeepLift_40": lambda: (_seeded(lambda: SoftmaxModel(40, 20, 10, ones=True)), [_rows(40)], ["x"]),
+    "SigmoidDeepLift": lambda: (SigmoidDeepLiftModel(20, 5, 1), [_rows(20)], ["x"]),
+    "ConvNet_MaxPool1d": lambda: (_seeded(lambda: ConvNetMaxPool(1)), [torch.rand(2, 1, 10)], ["x"]),
+    "ConvNet_MaxPool2d": lambda: (_seeded(lambda: ConvNetMaxPool(2)), [torch.rand(2, 1, 10, 10)], ["x"]),
+    "ConvNet_MaxPool3d": lambda: (_seeded(lambda: ConvNetMaxPool(3)), [torch.rand(2, 1, 10, 10, 10)], ["x"]),
+    "Sigmoid_20_5_1": lambda: (_seeded(lambda: SigmoidModel(20, 5, 1)), [_rows(20)], ["x"]),
+    "BasicModel5": lambda: (BasicModel5MultiArgs(), [_rows(3), _rows(3), torch.tensor(2), torch.tensor(3),
+                                                     torch.tensor(1)], ["x1", "x2", "w1", "w2", "column"]),
+    "Softmax_5_20_10": lambda: (_seeded(lambda: SoftmaxModel(5, 20, 10, ones=False)), [_rows(5)], ["x"]),
+    "BasicModel6": lambda: (BasicModel6MultiTensor(), [_rows(3), _rows(3)], ["x1", "x2"]),
+    "ReLULinearScaled": lambda: (ReLULinearScaledModel(), [_rows(3), _rows(3), torch.tensor(1.0)], ["x1", "x2", "x3"]),
+    "MaxPoolReLU": lambda: (MaxPoolReLU(), [torch.rand(2, 2, 3)], ["x"]),
 }

@@ -398,20 +398,27 @@ class LayerDeepLift(DeepLift):
         from .layer import refuse_layer_input
 
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
-        if custom_attribution_func is not None:
-            raise InputError("custom_attribution_func is taken by DeepLift and DeepLiftShap; LayerDeepLift gives "
-                             "multipliers with multiply_by_inputs=False, to combine as you need")
+        custom = _check_custom(custom_attribution_func)
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
         n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
         index = self._output_index(output)
         result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, Targets(target, n), index)
         contributions = [m * d for m, d in result.layers]
+        if custom is not None:  # Captum's contract, over the layers: (multipliers, layer values, their references)
+            from types import SimpleNamespace
+
+            from ..layers import tensor_values
+
+            values = tensor_values(self.model, self.layers, prepared.tensors)
+            layers = SimpleNamespace(tensors=values, baselines=[h - d for h, (_, d) in zip(values, result.layers)],
+                                     attributed=[True] * len(values))
+            contributions = _custom_attributions(custom, [m for m, _ in result.layers], layers)
         total = sum(c.reshape(n, -1).double().sum(1) for c in contributions)
         delta = total - (result.value.double() - result.reference_value.double())
         self._report(delta, result.value - result.reference_value, index)
         self.last_report["layers"] = self.layers
-        attributions = contributions if self._multiply_by_inputs or getattr(self, "_custom", None) else [m for m, _ in result.layers]
+        attributions = contributions if self._multiply_by_inputs or custom else [m for m, _ in result.layers]
         if _numpy_given(inputs):
             attributions = [a.detach().cpu().numpy() for a in attributions]
         out = attributions[0] if len(attributions) == 1 else attributions

@@ -146,6 +146,8 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
 class Saliency(_GradientMethod):
     """|d out / d x| (or the signed gradient with abs=False)."""
 
+    multiplies_by_inputs = False  # Captum's flag: a local attribution, not scaled by the input
+
     def attribute(self, inputs: Any, target: Any = None, abs: bool = True, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, None, additional_forward_args)
@@ -156,6 +158,8 @@ class Saliency(_GradientMethod):
 
 class InputXGradient(_GradientMethod):
     """x * d out / d x."""
+
+    multiplies_by_inputs = True  # Captum's flag: a global attribution
 
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
@@ -295,6 +299,10 @@ class GradientShap(_GradientMethod):
     def __init__(self, model, multiply_by_inputs: bool = True, **kwargs: Any):
         super().__init__(model, **kwargs)
         self._multiply_by_inputs = multiply_by_inputs
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
 
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False, *,

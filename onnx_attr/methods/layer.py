@@ -8,10 +8,10 @@ input, the original inputs still feeding the paths that bypass it. LayerDeepLift
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from ..errors import InputError
-from ..layers import tensor_as_input, tensor_as_output, tensor_values
+from ..layers import tensor_as_output, tensor_values, tensors_as_inputs
 from ._inputs import prepare
 from .deeplift import DeepLift
 from .gradient import IntegratedGradients
@@ -29,12 +29,16 @@ class LayerIntegratedGradients:
     """Integrated gradients of hidden tensor `layer`: (h - h0) · ∫ ∂f/∂h along h0 → h, where h and
     h0 are the tensor's values for the inputs and the baselines, as Captum's LayerIntegratedGradients.
 
+    `layer` may be a list (or tuple) of tensor names, as Captum's list of layers (or a module with
+    several outputs): they are fed together, moved along one path, and the attributions come back
+    in a container of the same kind.
+
     The inputs may be token ids: only the layer is attributed, so an embedding output is the
     usual layer for text. Completeness holds at the layer when every path from the inputs to the
     output passes through it; the delta says how far off it is otherwise.
     """
 
-    def __init__(self, model, layer: str, multiply_by_inputs: bool = True):
+    def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: bool = True):
         self.model, self.layer = model, layer
         self._multiply_by_inputs = multiply_by_inputs
         self.last_report: dict = {}
@@ -44,18 +48,26 @@ class LayerIntegratedGradients:
                   return_convergence_delta: bool = False, attribute_to_layer_input: bool = False, *,
                   output: Union[str, int, None] = None):
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        names = [self.layer] if isinstance(self.layer, str) else list(self.layer)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise InputError(f"layer {self.layer!r}: give an ONNX tensor name, or a list of them "
+                             "(`onnx-attr inspect --json` lists them)")
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
-        (h,) = tensor_values(self.model, [self.layer], prepared.tensors)
-        (h0,) = tensor_values(self.model, [self.layer], prepared.baselines)
-        cut = tensor_as_input(self.model, self.layer, h)
+        h = tensor_values(self.model, names, prepared.tensors)
+        h0 = tensor_values(self.model, names, prepared.baselines)
+        cut = tensors_as_inputs(self.model, names, h)
         ig = IntegratedGradients(cut, multiply_by_inputs=self._multiply_by_inputs)
-        attributions, delta = ig.attribute(h, h0, target, tuple(prepared.tensors), n_steps=n_steps, method=method,
-                                           internal_batch_size=internal_batch_size, return_convergence_delta=True,
-                                           output=output)
+        attributions, delta = ig.attribute(tuple(h), tuple(h0), target, tuple(prepared.tensors), n_steps=n_steps,
+                                           method=method, internal_batch_size=internal_batch_size,
+                                           return_convergence_delta=True, output=output)
         self.last_report = {**ig.last_report, "method": "LayerIntegratedGradients", "layer": self.layer}
         if prepared.as_numpy:
-            attributions = attributions.detach().cpu().numpy()
+            attributions = tuple(a.detach().cpu().numpy() for a in attributions)
+        if isinstance(self.layer, str):
+            attributions = attributions[0]
+        elif isinstance(self.layer, list):
+            attributions = list(attributions)
         return (attributions, delta) if return_convergence_delta else attributions
 
 
