@@ -831,7 +831,10 @@ def _():
 # weights on arange inputs give logits in the tens of thousands): the shared shift underflows
 # the reference's exponentials to the floor, 1/Σ reaches ~1e37 and the product's terms cancel in
 # float32 to a delta of ~1e35. The same models without the Softmax keep |delta| < 2e-3.
-_SOFTMAX_RULE = "Softmax (reference exponentials underflow at logit changes > 87: delta ~1e35)"
+# Was 1e35 (one shift shared by both sides); since the per-side log-sum-exp rule the delta is 5e-3 to 1.3e-2
+# here: the all-ones weights make logits of ~1.6e6 (float32 ulp 0.125) that differ only by their biases, so the
+# softmax itself is decided by rounding. Open: whether any float32 rule can meet Captum's 0.003 on this model.
+_SOFTMAX_RULE = "Softmax on logits ~1.6e6 (ulp 0.125): |delta| 5e-3-1.3e-2 against Captum's 0.003"
 
 
 def _dl_classification(name: str, inputs, baselines, target, shap: bool = False):
@@ -859,7 +862,7 @@ def _():
     return [(delta.abs().max(), 0.0, 0.003, "max")] + _rows_agree(attributions, ig)
 
 
-@case("test_deeplift_classification.py::test_softmax_classification_zero_baseline", rule=_SOFTMAX_RULE)
+@case("test_deeplift_classification.py::test_softmax_classification_zero_baseline")
 def _():
     return _dl_classification("SoftmaxDeepLift_20", torch.arange(0.0, 20.0).unsqueeze(0), 0.0, T(2))
 
@@ -875,7 +878,7 @@ def _():
                               torch.arange(1.0, 41.0).reshape(1, 40), T([2, 2, 2]))
 
 
-@case("test_deeplift_classification.py::test_softmax_classification_multi_baseline", rule=_SOFTMAX_RULE)
+@case("test_deeplift_classification.py::test_softmax_classification_multi_baseline")
 def _():
     torch.manual_seed(1234)
     return _dl_classification("SoftmaxDeepLift_40", torch.arange(0.0, 40.0).unsqueeze(0), torch.randn(5, 40), T(2),
@@ -899,8 +902,7 @@ def _convnet_case(dims: int, baseline_scale: float):
 for _dims, _scales in ((3, (20, 600)), (2, (20, 500)), (1, (20, 500))):
     for _scale in _scales:
         _suffix = "" if _scale == 20 else "_large_baselines"
-        case(f"test_deeplift_classification.py::test_convnet_with_maxpool{_dims}d{_suffix}",
-             rule="" if _suffix else _SOFTMAX_RULE)(
+        case(f"test_deeplift_classification.py::test_convnet_with_maxpool{_dims}d{_suffix}")(
             lambda d=_dims, s=_scale: _convnet_case(d, s))
 
 
