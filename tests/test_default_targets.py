@@ -69,3 +69,81 @@ def test_default_target_of_a_rank_above_2_output_is_each_examples_largest_value(
     change = np.array([y[i][tuple(t)] - y0[tuple(t)] for i, t in enumerate(expected)], np.float64)
     tolerance = 1e-4 * np.abs(change).max() if method == "deeplift" else 1e-2 * np.abs(change).max()
     np.testing.assert_allclose(sums, change, atol=tolerance)
+
+
+# -- a 0-d non-floating input (a flag) is held at its value by every method --------------------------------------------
+
+def _scaled_by_flag(tmp_path) -> str:
+    """y = Relu((x * Cast(sr, float)) @ w): `sr` is a 0-d int64 input, as a sample-rate flag."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Cast", ["sr"], ["s"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "s"], ["xs"]),
+             helper.make_node("MatMul", ["xs", "w"], ["m"]),
+             helper.make_node("Relu", ["m"], ["y"])]
+    return _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
+                                   helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                 {"w": (rng.normal(size=(6, 3)) * 3).astype(np.float32)}, name="flag.onnx")
+
+
+COMPLETE = ["DeepLift", "DeepLiftShap", "IntegratedGradients", "FeatureAblation", "InputXGradient"]
+
+
+@pytest.mark.parametrize("name", ["DeepLift", "DeepLiftShap", "IntegratedGradients", "Saliency", "InputXGradient",
+                                  "GradientShap", "FeatureAblation", "Occlusion", "NoiseTunnel"])
+@pytest.mark.parametrize("among_inputs", [False, True])
+def test_a_0d_integer_input_is_held_by_every_method(tmp_path, name, among_inputs):
+    import onnx_attr
+
+    path = _scaled_by_flag(tmp_path)
+    model = onnx_attr.load(path)
+    rng = np.random.default_rng(4)
+    x = (rng.uniform(size=(4, 6)) * 100).astype(np.float32)
+    sr = np.array(3, np.int64)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": x, "sr": sr})[0]
+    target = 1
+    base = np.zeros((1, 6), np.float32)
+    change = y[:, target].astype(np.float64) - session.run(None, {"x": base, "sr": sr})[0][0, target]
+    kwargs: dict = {}
+    if name in ("DeepLiftShap", "GradientShap"):
+        kwargs["baselines"] = {"x": base, "sr": sr} if among_inputs else {"x": base}
+    elif name in ("DeepLift", "IntegratedGradients", "FeatureAblation", "Occlusion"):
+        kwargs["baselines"] = {"x": base, "sr": np.array(0, np.int64)} if among_inputs else {"x": base}
+    if name == "Occlusion":
+        kwargs["sliding_window_shapes"] = (1,)
+    if name == "NoiseTunnel":
+        explainer = onnx_attr.NoiseTunnel(onnx_attr.Saliency(model))
+        kwargs.update(nt_samples=3, stdevs=0.0)
+    else:
+        explainer = getattr(onnx_attr, name)(model)
+    if among_inputs:
+        result = explainer.attribute({"x": x, "sr": sr}, target=target, **kwargs)
+        assert np.asarray(result["sr"]).shape == () and float(np.asarray(result["sr"])) == 0.0
+    else:
+        result = explainer.attribute({"x": x}, target=target, additional_forward_args={"sr": sr}, **kwargs)
+    attributions = np.asarray(result["x"], np.float64)
+    assert attributions.shape == x.shape and np.isfinite(attributions).all()
+    if name in COMPLETE:  # Σ attributions = f(x)[t] - f(x0)[t], f from onnxruntime, with sr held at 3
+        tolerance = 1e-3 * np.abs(change).max() if name == "IntegratedGradients" else 1e-5 * np.abs(change).max()
+        np.testing.assert_allclose(attributions.sum(1), change, atol=tolerance)
+    elif name in ("Saliency", "NoiseTunnel"):  # the gradient of a ReLU-gated linear map, sr held at 3
+        w = numpy_helper.to_array(onnx.load(path).graph.initializer[0]).astype(np.float64)
+        expected = np.abs(np.where((y[:, target] > 0)[:, None], 3 * w[:, target][None, :], 0.0))
+        np.testing.assert_allclose(attributions, expected, rtol=1e-5)
+
+
+def test_no_attributable_input_is_a_clear_input_error():
+    import torch
+
+    import onnx_attr
+    from onnx_attr.methods._inputs import Prepared, example_count
+
+    class Model:
+        inputs = [type("Spec", (), {"name": "ids", "dtype": "int32"})()]
+
+    ids = torch.zeros((2, 5), dtype=torch.int32)
+    prepared = Prepared([ids], [False], [ids], [], lambda items: items, False)
+    with pytest.raises(onnx_attr.InputError, match=r"'ids' \(int32, shape \[2, 5\]\).*none is floating or feeds an "
+                                                   r"embedding lookup"):
+        example_count(Model(), prepared)
