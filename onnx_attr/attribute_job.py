@@ -333,8 +333,13 @@ class _Job:
                       if (s.differentiable or s.name in tapped) and s.name in inputs}
         extra = {k: v for k, v in inputs.items() if k not in attributed}
         if not attributed:
-            raise InputError(f"{str(file)!r} holds none of the model's attributable inputs "
-                             f"{[s.name for s in self.model.inputs if s.differentiable]}")
+            usable = [s.name for s in self.model.inputs if s.differentiable or s.name in tapped]
+            if usable:
+                raise InputError(f"{str(file)!r} holds none of the model's attributable inputs {usable}")
+            described = ", ".join(f"{s.name!r} ({s.dtype})" for s in self.model.inputs)
+            raise InputError(f"no input of this model can be attributed: its inputs are {described}, and none is "
+                             "floating or feeds an embedding lookup (a Gather of a constant table); attribute an "
+                             "inner tensor from the Python API (LayerIntegratedGradients, onnx_attr.tensor_as_input)")
         first = np.asarray(next(iter(attributed.values())))
         chosen, source = self._target(inputs, first.shape[0] if first.ndim else 0)
         baselines = _baseline(self.baseline, self.model, attributed, self.method)

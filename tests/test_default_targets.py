@@ -147,3 +147,19 @@ def test_no_attributable_input_is_a_clear_input_error():
     with pytest.raises(onnx_attr.InputError, match=r"'ids' \(int32, shape \[2, 5\]\).*none is floating or feeds an "
                                                    r"embedding lookup"):
         example_count(Model(), prepared)
+
+
+def test_a_model_without_attributable_inputs_exits_2_saying_why(tmp_path, capsys):
+    """int32 ids reach the model through a one-hot made of Equal + Cast (no Gather): nothing to attribute."""
+    nodes = [helper.make_node("Unsqueeze", ["ids", "axes"], ["u"]),
+             helper.make_node("Equal", ["u", "classes"], ["eq"]),
+             helper.make_node("Cast", ["eq"], ["onehot"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["onehot", "axes"], ["y"], keepdims=0)]
+    path = _save(tmp_path, nodes, [helper.make_tensor_value_info("ids", TensorProto.INT32, ["N", 5])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                 {"axes": np.array([-1], np.int64), "classes": np.arange(4, dtype=np.int32).reshape(1, 1, 4)})
+    np.savez(tmp_path / "ids.npz", ids=np.random.default_rng(0).integers(0, 4, (2, 5)).astype(np.int32))
+    assert main(["attribute", path, "-i", str(tmp_path / "ids.npz"), "-o", str(tmp_path / "out"),
+                 "--no-pictures"]) == 2
+    err = capsys.readouterr().err
+    assert "'ids' (int32)" in err and "none is floating or feeds an embedding lookup" in err
