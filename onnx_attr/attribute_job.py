@@ -333,9 +333,15 @@ class _Job:
                       if (s.differentiable or s.name in tapped) and s.name in inputs}
         extra = {k: v for k, v in inputs.items() if k not in attributed}
         if not attributed:
-            raise InputError(f"{str(file)!r} holds none of the model's attributable inputs "
-                             f"{[s.name for s in self.model.inputs if s.differentiable]}")
-        chosen, source = self._target(inputs)
+            usable = [s.name for s in self.model.inputs if s.differentiable or s.name in tapped]
+            if usable:
+                raise InputError(f"{str(file)!r} holds none of the model's attributable inputs {usable}")
+            described = ", ".join(f"{s.name!r} ({s.dtype})" for s in self.model.inputs)
+            raise InputError(f"no input of this model can be attributed: its inputs are {described}, and none is "
+                             "floating or feeds an embedding lookup (a Gather of a constant table); attribute an "
+                             "inner tensor from the Python API (LayerIntegratedGradients, onnx_attr.tensor_as_input)")
+        first = np.asarray(next(iter(attributed.values())))
+        chosen, source = self._target(inputs, first.shape[0] if first.ndim else 0)
         baselines = _baseline(self.baseline, self.model, attributed, self.method)
         if isinstance(baselines, dict):
             baselines = {k: v for k, v in baselines.items() if k in attributed}
@@ -378,7 +384,10 @@ class _Job:
                               final_activation=report["final_activation"],
                               outputs=lambda: self.model.run(inputs)[self.output_index], stem=_safe)
 
-    def _target(self, inputs: dict) -> tuple[Any, str]:
+    def _target(self, inputs: dict, examples: int) -> tuple[Any, str]:
+        """The --target given, else a default per example: the predicted class of an [N, C] output,
+        the position of the largest value of an output of rank > 2 batched on axis 0, else the
+        output itself (one value per example)."""
         chosen = parse_target(self.target)
         if chosen is not None:
             if _has_negative(chosen):
@@ -389,6 +398,8 @@ class _Job:
         out = self.model.run(inputs)[self.output_index]
         if out.dim() == 2 and out.shape[1] > 1:
             return out.argmax(1).tolist(), "predicted class (argmax)"
+        if out.dim() > 2 and out.shape[0] == examples and out[0].numel() > 1:
+            return largest_positions(out), "the largest value of the output (argmax over all its elements)"
         return None, "the output itself, one value per example"
 
     def _attribute_in_batches(self, attributed: dict, extra: dict, baselines: Any, target: Any,
@@ -428,6 +439,13 @@ class _Job:
             bar.close()
         attributions = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
         return attributions, np.concatenate(deltas), _merged_reports(reports, len(steps) > 1)
+
+
+def largest_positions(output) -> list[tuple[int, ...]]:
+    """Per example (axis 0), the index tuple of its largest element over all the other axes: the
+    same form as `--target a:b`, one per example. Ties go to the first in C order."""
+    flat = output.reshape(output.shape[0], -1).argmax(1).tolist()
+    return [tuple(int(i) for i in np.unravel_index(f, tuple(output.shape[1:]))) for f in flat]
 
 
 def _merged_reports(reports: list[tuple[int, dict]], several: bool) -> dict:

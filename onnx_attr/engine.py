@@ -181,15 +181,14 @@ class DeepLiftEngine:
 
     def run(self, inputs: Sequence[Tensor], baselines: Sequence[Tensor], attributed: Sequence[bool],
             targets: Targets, output: int) -> PassResult:
-        n = inputs[0].shape[0]
+        n = next(x.shape[0] for x, a in zip(inputs, attributed) if a)
         size = self.fixed_batch or n
         parts = []
         for start in range(0, n, size):
             stop = min(start + size, n)
             whole = start == 0 and stop == n and size == n
-            # 0-d inputs (a scale passed as an additional argument) have no rows to split
-            xs = [x if whole or x.dim() == 0 or x.shape[0] != n else _rows(x, start, stop, size) for x in inputs]
-            bs = [b if x.dim() == 0 or x.shape[0] != n else _baseline_rows(b, start, stop, size, self.fixed_batch)
+            xs = [x if whole or not _batched(x, n) else _rows(x, start, stop, size) for x in inputs]
+            bs = [b if not _batched(x, n) else _baseline_rows(b, start, stop, size, self.fixed_batch)
                   for x, b in zip(inputs, baselines)]
             parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, stop - start))
         if len(parts) == 1:
@@ -207,10 +206,11 @@ class DeepLiftEngine:
         except ReferenceShapeMismatch:
             pass
         except ForwardError:
-            if all(b.shape[0] == xs[0].shape[0] for b in bs):
+            if all(b.dim() == 0 or b.shape[0] == xs[0].shape[0] for b in bs):
                 raise
         # The batch-1 reference could not broadcast (or run): redo it at the inputs' batch size.
-        full = [b.expand(x.shape[0], *b.shape[1:]).contiguous() if b.shape[0] == 1 else b for b, x in zip(bs, xs)]
+        full = [b.expand(x.shape[0], *b.shape[1:]).contiguous() if b.dim() and b.shape[0] == 1 else b
+                for b, x in zip(bs, xs)]
         return self._passes(xs, full, attributed, targets, output, keep)
 
     def _passes(self, xs, bs, attributed, targets, output, keep) -> PassResult:
@@ -226,7 +226,7 @@ class DeepLiftEngine:
                 with torch.no_grad():
                     self._forward(module, bs)
                 n = xs[0].shape[0]
-                reference_args = [x if i else (b.expand(n, *b.shape[1:]) if b.shape[0] == 1 else b)
+                reference_args = [x if i else (b.expand(n, *b.shape[1:]) if b.dim() and b.shape[0] == 1 else b)
                                   for x, b, i in zip(xs, bs, integer)]
             layer_taps = self.rewrite.layers
             cacheable = self.cache_reference and not taps and not layer_taps
@@ -238,7 +238,7 @@ class DeepLiftEngine:
                 with torch.no_grad():
                     full_out = self._forward(module, reference_args)
                 # a shared baseline: batch 1, or repeated (stride 0) to an export's fixed batch
-                if cacheable and all(b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):
+                if cacheable and all(b.dim() == 0 or b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):
                     self.references.add(reference_args, state.refs, full_out)
             ref_out = _pick(full_out, output)
             state.mode = "deeplift"
@@ -292,6 +292,11 @@ class DeepLiftEngine:
             raise
         except Exception as err:
             raise ForwardError(_explain_failure(module, args, err)) from err
+
+
+def _batched(t: Tensor, n: int) -> bool:
+    """Has the batch of n on axis 0 (a 0-d input, a flag, never has: it is fed as given)."""
+    return t.dim() > 0 and t.shape[0] == n
 
 
 def _pick(out, index: int) -> Tensor:

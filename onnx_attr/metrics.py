@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .engine import Targets
 from .errors import InputError
-from .methods._inputs import _as_list, prepare
+from .methods._inputs import _as_list, example_count, prepare
 from .methods.deeplift import output_index
 from .methods.gradient import target_values
 from .methods.noise_tunnel import _repeat_target
@@ -259,7 +259,7 @@ def _ranks(x: Tensor) -> Tensor:
 
 def _prepared(model, inputs, baselines, additional_forward_args, output):
     prepared = prepare(model, inputs, baselines, additional_forward_args, embedded=set())
-    n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+    n = example_count(model, prepared)
     return prepared, n, output_index(model, output)
 
 

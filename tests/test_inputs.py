@@ -139,5 +139,5 @@ def test_bad_baselines_are_refused_before_any_compute(model):
         dl.attribute(x, np.array([[0.0, np.nan, 0.0, 0.0]], np.float32), target=0)
     with pytest.raises(InputError, match="baseline for 'x' has shape \\[3, 4\\]"):
         dl.attribute(x, np.zeros((3, 4), np.float32), target=0)  # neither a batch of 1 nor of 2
-    with pytest.raises(InputError, match="must be \\[4\\]"):
+    with pytest.raises(InputError, match="does not broadcast to the input.s shape \\[2, 4\\]: give \\[4\\]"):
         dl.attribute(x, np.zeros((1, 5), np.float32), target=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,10 +32,32 @@ class Prepared:
 
     def pack(self, per_input: list) -> Any:
         """Attributions per model input back into the user's structure and array kind."""
-        items = [per_input[p] for p in self.positions]
+        items = [per_input[p] if per_input[p] is not None else _held(self.tensors[p]) for p in self.positions]
         if self.as_numpy:
             items = [t.detach().cpu().numpy() for t in items]
         return self.repack_user(items)
+
+
+def is_held(t: Tensor) -> bool:
+    """A 0-d non-floating input (a flag, a sample rate): it has no batch, so every method feeds it
+    as given, never repeated or cut per example, and it is not attributed."""
+    return t.dim() == 0 and not t.is_floating_point()
+
+
+def _held(t: Tensor) -> Tensor:
+    """The attribution of a held input: zero, as it is the same in the input and the baseline."""
+    return torch.zeros((), dtype=torch.float32, device=t.device)
+
+
+def example_count(model, prepared: "Prepared") -> int:
+    """The examples on axis 0 of the first attributed input; a clear error when none is attributed."""
+    for t, a in zip(prepared.tensors, prepared.attributed):
+        if a:
+            return t.shape[0]
+    described = ", ".join(f"{s.name!r} ({s.dtype}, shape {list(t.shape)})" for s, t in zip(model.inputs, prepared.tensors))
+    raise InputError(f"no input can be attributed: the model's inputs are {described}, and none is floating or feeds "
+                     "an embedding lookup (a Gather of a constant table). Attribute a float input, or attribute an "
+                     "inner tensor with LayerIntegratedGradients / LayerDeepLift (onnx_attr.tensor_as_input)")
 
 
 def _as_list(value: Any) -> tuple[list, Callable[[list], Any]]:
@@ -85,27 +107,34 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
         values[pos] = v
     finite = [i in positions for i in range(len(specs))]  # a mask of -inf may ride along unattributed
     tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=True, finite=finite)]
-    for i in positions:
+    held = [i for i in positions if is_held(tensors[i])]
+    chosen = [i for i in positions if i not in held]
+    for i in chosen:
         if tensors[i].dim() == 0 or tensors[i].shape[0] == 0:
             raise InputError(f"input {specs[i].name!r} has no examples (shape {list(tensors[i].shape)}); "
                              "pass at least one")
-    attributed = [i in positions for i in range(len(specs))]
-    if not positions:
-        raise InputError(f"no input to attribute: give at least one of {names} as inputs")
-    for i in positions:
+    attributed = [i in chosen for i in range(len(specs))]
+    if not chosen:
+        raise InputError(f"no input to attribute: give at least one of {names} as inputs"
+                         + (" (a 0-d non-floating input is held at its value, not attributed)" if held else ""))
+    for i in chosen:
         if not specs[i].differentiable and specs[i].name not in embedded:
             raise InputError(
                 f"input {specs[i].name!r} is {specs[i].dtype} and feeds no embedding lookup (a Gather of a "
                 "constant table), so it cannot be attributed; pass it as additional_forward_args"
             )
-    base = _baselines(model, baselines, positions, tensors)
+    base = {i: b for i, b in _baselines(model, baselines, positions, tensors, held).items() if i not in held}
     full = [base.get(i, tensors[i]) for i in range(len(specs))]
     return Prepared(tensors, attributed, full, positions, repack_user, as_numpy)
 
 
-def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor]) -> dict[int, Tensor]:
-    """Baselines for the attributed inputs: zeros by default, a scalar, or arrays of batch 1 or N."""
+def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor],
+               held: Sequence[int] = ()) -> dict[int, Tensor]:
+    """Baselines for the attributed inputs: zeros by default, a scalar, or arrays of batch 1 or N.
+    A held input (0-d, not floating) takes its own value, whatever is given for it."""
     specs = model.inputs
+    if held and not (isinstance(baselines, (tuple, list)) and len(baselines) == len(positions)):
+        positions = [p for p in positions if p not in held]
     if baselines is None:
         return {p: torch.zeros_like(tensors[p][:1]) for p in positions}
     if callable(baselines) and not isinstance(baselines, (Tensor, np.ndarray)):
@@ -122,7 +151,7 @@ def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor
         raise InputError(f"{len(items)} baseline(s) for {len(positions)} attributed input(s)")
     out = {}
     for p, b in zip(positions, items):
-        out[p] = _one_baseline(specs[p], b, tensors[p])
+        out[p] = tensors[p] if p in held else _one_baseline(specs[p], b, tensors[p])
     return out
 
 

@@ -15,7 +15,7 @@ import warnings
 from ..engine import DeepLiftEngine, PassResult, Targets
 from ..errors import InputError
 from ..inputs import all_finite
-from ._inputs import prepare
+from ._inputs import example_count, prepare
 
 
 class DeepLift:
@@ -83,7 +83,7 @@ class DeepLift:
     def _prepare(self, inputs, baselines, additional_forward_args):
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
-        n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        n = example_count(self.model, prepared)
         unbatched = [s.name for s, t, a in zip(self.model.inputs, prepared.tensors, prepared.attributed)
                      if a and t.shape[0] != n]
         if unbatched and n > 1:
@@ -300,6 +300,8 @@ def _baseline_rows(baselines: Any) -> list:
     sizes = set()
     for item in items:
         shape = getattr(item, "shape", None)
+        if _held_value(item):
+            continue  # a 0-d non-floating input's value, the same in every row
         if shape is None or len(shape) == 0:
             raise InputError("DeepLiftShap needs a distribution of baselines: an array (or one per input) with the "
                              f"baseline rows on axis 0, not {type(item).__name__ if shape is None else 'a 0-d array'}")
@@ -307,12 +309,27 @@ def _baseline_rows(baselines: Any) -> list:
     if len(sizes) > 1:
         raise InputError(f"the baseline distributions have different numbers of rows {sorted(sizes)}: each input "
                          "needs the same number (row j of each makes baseline j)")
+    if not sizes:
+        raise InputError("DeepLiftShap needs a distribution of baselines: an array with the baseline rows on axis 0 "
+                         "for at least one attributed input")
     n = sizes.pop()
+
+    def row(v: Any, i: int) -> Any:
+        return v if _held_value(v) else v[i:i + 1]
+
     if isinstance(baselines, dict):
-        return [{k: v[i:i + 1] for k, v in baselines.items()} for i in range(n)]
+        return [{k: row(v, i) for k, v in baselines.items()} for i in range(n)]
     if isinstance(baselines, (tuple, list)):
-        return [type(baselines)(b[i:i + 1] for b in baselines) for i in range(n)]
+        return [type(baselines)(row(b, i) for b in baselines) for i in range(n)]
     return [baselines[i:i + 1] for i in range(n)]
+
+
+def _held_value(value: Any) -> bool:
+    """A 0-d integer or bool array: the baseline of a held input (see _inputs.is_held)."""
+    dtype = getattr(value, "dtype", None)
+    if getattr(value, "ndim", None) != 0 or dtype is None:
+        return False
+    return not (dtype.is_floating_point if isinstance(dtype, torch.dtype) else np.dtype(dtype).kind in "fc")
 
 
 def _numpy_given(inputs: Any) -> bool:
@@ -401,7 +418,7 @@ class LayerDeepLift(DeepLift):
         custom = _check_custom(custom_attribution_func)
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
-        n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        n = example_count(self.model, prepared)
         index = self._output_index(output)
         result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, Targets(target, n), index)
         contributions = [m * d for m, d in result.layers]

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..engine import Targets
 from ..errors import InputError
 from ..layers import embedding_lookups, tensor_values, tensors_as_inputs
-from ._inputs import Prepared, _as_list, prepare
+from ._inputs import Prepared, _as_list, example_count, is_held, prepare
 from .deeplift import method_report, output_index
 
 
@@ -41,7 +41,7 @@ class _GradientMethod:
 
     def _prepare(self, inputs, baselines, additional_forward_args):
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs))
-        n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        n = example_count(self.model, prepared)
         self.active = self.model
         if any(a and not t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)):
             self.active, prepared = at_embeddings(self.model, self._lookups, prepared, n)
@@ -324,21 +324,23 @@ class GradientShap(_GradientMethod):
             raise InputError(f"{len(pool)} baseline distribution(s) for {len(values)} input(s)")
         if n_samples < 1:
             raise InputError(f"n_samples must be at least 1, got {n_samples}")
-        pool = [_distribution(b) for b in pool]
         tensors = [_as_tensor(v, "input") for v in values]
-        if any(t.dim() == 0 for t in tensors):
-            raise InputError("GradientShap needs a batch axis on every input (shape [N, ...])")
-        n = len(tensors[0])
-        drawn = [b[np.random.choice(len(b), n_samples * n).tolist()] for b in pool]
+        if any(t.dim() == 0 and not is_held(t) for t in tensors) or all(is_held(t) for t in tensors):
+            raise InputError("GradientShap needs a batch axis on every input (shape [N, ...]) but 0-d non-floating "
+                             "ones (flags), which are held as given")
+        n = next(len(t) for t in tensors if not is_held(t))
+        drawn = [t if is_held(t) else _distribution(b)[np.random.choice(len(b), n_samples * n).tolist()]
+                 for t, b in zip(tensors, pool)]
         spread = [stdevs] * len(values) if isinstance(stdevs, (int, float)) else list(stdevs)
         if len(spread) != len(values):
             raise InputError(f"{len(spread)} stdevs for {len(values)} input(s)")
         # token ids and flags are not noised (their embedding is what gets attributed)
-        noisy = [_add_noise(t, s, n_samples) if t.is_floating_point() else t.repeat_interleave(n_samples, 0)
-                 for t, s in zip(tensors, spread)]
+        noisy = [t if is_held(t) else _add_noise(t, s, n_samples) if t.is_floating_point()
+                 else t.repeat_interleave(n_samples, 0) for t, s in zip(tensors, spread)]
         prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args)
         prepared.as_numpy = as_numpy
-        alpha = torch.tensor(np.random.uniform(0.0, 1.0, rows), dtype=prepared.tensors[0].dtype)
+        dtype = next(t.dtype for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        alpha = torch.tensor(np.random.uniform(0.0, 1.0, rows), dtype=dtype)
         scaled = [t if not a else b + alpha.reshape(-1, *[1] * (t.dim() - 1)).to(t.device) * (t - b)
                   for t, b, a in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
         targets = Targets(_repeat_target(target, n, n_samples), rows)
@@ -352,7 +354,7 @@ class GradientShap(_GradientMethod):
         # one random path point per row: the delta measures that estimate, not a quadrature error
         self.last_report = {**method_report(self.model, "GradientShap", delta, change, index),
                             "n_samples": n_samples, "warnings": []}  # its delta is not expected to vanish
-        averaged = [None if a is None else a.reshape(n, n_samples, *a.shape[1:]).mean(1)
+        averaged = [None if a is None or a.dim() == 0 else a.reshape(n, n_samples, *a.shape[1:]).mean(1)
                     for a in prepared.fold(per_row)]
         out = prepared.pack(averaged)
         return (out, delta) if return_convergence_delta else out

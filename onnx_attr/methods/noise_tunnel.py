@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ._inputs import _as_list
+from ._inputs import _as_list, is_held
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -54,18 +54,19 @@ class NoiseTunnel:
         values, repack = _as_list(inputs)
         as_numpy = all(isinstance(v, np.ndarray) for v in values)
         tensors = [_tensor(v, "input") for v in values]
-        if any(t.dim() == 0 for t in tensors):
-            raise InputError("NoiseTunnel needs a batch axis on every input (shape [N, ...])")
+        if any(t.dim() == 0 and not is_held(t) for t in tensors) or all(is_held(t) for t in tensors):
+            raise InputError("NoiseTunnel needs a batch axis on every input (shape [N, ...]) but 0-d non-floating "
+                             "ones (flags), which are held as given")
         spread = [stdevs] * len(tensors) if isinstance(stdevs, (int, float)) else list(stdevs)
         if len(spread) != len(tensors) or not all(isinstance(s, (int, float)) and s >= 0 for s in spread):
             raise InputError(f"stdevs {stdevs!r} must be one non-negative number, or one per input ({len(tensors)})")
-        n = tensors[0].shape[0]
+        n = next(t.shape[0] for t in tensors if not is_held(t))
         sums: Optional[list[Tensor]] = None
         squares: Optional[list[Tensor]] = None
         deltas = []
         for start in range(0, nt_samples, batch):
             k = min(batch, nt_samples - start)
-            noisy = [_add_noise(t, s, k) if t.is_floating_point() else t.repeat_interleave(k, 0)
+            noisy = [t if is_held(t) else _add_noise(t, s, k) if t.is_floating_point() else t.repeat_interleave(k, 0)
                      for t, s in zip(tensors, spread)]
             call = {key: _repeat_per_example(value, n, k, key) for key, value in kwargs.items()}
             if "target" in kwargs:
@@ -77,7 +78,7 @@ class NoiseTunnel:
                 out, delta = out
                 deltas.append(torch.as_tensor(np.asarray(delta) if not isinstance(delta, Tensor) else delta))
             parts = [_tensor(a, "attribution").double() for a in _as_list(out)[0]]
-            parts = [a.reshape(n, k, *a.shape[1:]) for a in parts]
+            parts = [a.reshape(n, k, *a.shape[1:]) if a.dim() else a.expand(1, k) for a in parts]  # held: 0-d
             total, square = [a.sum(1) for a in parts], [(a * a).sum(1) for a in parts]
             sums = total if sums is None else [s + t for s, t in zip(sums, total)]
             squares = square if squares is None else [s + t for s, t in zip(squares, square)]
@@ -86,7 +87,7 @@ class NoiseTunnel:
             mean, mean_sq = total / nt_samples, square / nt_samples
             value = {"smoothgrad": mean, "smoothgrad_sq": mean_sq, "vargrad": mean_sq - mean * mean}[nt_type]
             dtype = x.dtype if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x)).dtype
-            smoothed.append(value.to(dtype))
+            smoothed.append(value.to(dtype).reshape(()) if np.ndim(x) == 0 else value.to(dtype))
         if as_numpy:
             smoothed = [s.numpy() for s in smoothed]
         result = repack(smoothed)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..engine import Targets
 from ..errors import InputError
-from ._inputs import prepare
+from ._inputs import example_count, prepare
 from .gradient import _GradientMethod, _repeat_rows
 
 BACKENDS = ("torch", "onnxruntime")
@@ -37,7 +37,7 @@ class _Perturbation(_GradientMethod):
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            embedded={s.name for s in self.model.inputs})
         prepared.input_names = [s.name for s in self.model.inputs]
-        n = next(t.shape[0] for t, a in zip(prepared.tensors, prepared.attributed) if a)
+        n = example_count(self.model, prepared)
         unbatched = [s.name for s, t, a in zip(self.model.inputs, prepared.tensors, prepared.attributed)
                      if a and t.shape[0] != n]
         if unbatched:

@@ -1,0 +1,165 @@
+"""Small fixes found by the real-exports benchmark: the CLI's default target on outputs of
+rank > 2, and a clear error when no input can be attributed. Oracle: onnxruntime on the file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_attr.cli import main
+
+
+def _save(tmp_path, nodes, inputs, outputs, weights, name="m.onnx"):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path / name
+    onnx.save(model, path)
+    return str(path)
+
+
+def _conv_map(tmp_path) -> str:
+    """[N, 3, 6, 6] -> Conv -> Relu -> [N, 2, 6, 6]: an output of rank 4 batched on axis 0."""
+    rng = np.random.default_rng(0)
+    weights = {"w": (rng.normal(size=(2, 3, 3, 3)) * 0.05).astype(np.float32),
+               "b": np.array([3.0, -2.0], np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    return _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 6, 6])], weights)
+
+
+def _sequence_head(tmp_path) -> str:
+    """[N, 4, 5] -> MatMul -> [N, 4, 3]: per-position scores (rank 3), as token classifiers give."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    return _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3])],
+                 {"w": rng.normal(size=(5, 3)).astype(np.float32) * 10}, name="seq.onnx")
+
+
+@pytest.mark.parametrize("make, shape, scale, method", [
+    (_conv_map, (3, 3, 6, 6), 255.0, "deeplift"),
+    (_sequence_head, (4, 4, 5), 10.0, "deeplift"),
+    (_sequence_head, (2, 4, 5), 10.0, "integratedgradients"),
+])
+def test_default_target_of_a_rank_above_2_output_is_each_examples_largest_value(tmp_path, capsys, make, shape,
+                                                                               scale, method):
+    path = make(tmp_path)
+    x = (np.random.default_rng(2).uniform(size=shape) * scale).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "run"
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(out), "--no-pictures",
+                 "--method", method]) == 0
+    report = json.loads((out / "report.json").read_text())
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": x})[0]
+    y0 = session.run(None, {"x": np.zeros_like(x[:1])})[0][0]
+    expected = [list(np.unravel_index(int(row.argmax()), row.shape)) for row in y]
+    assert report["target"] == expected
+    assert report["target_source"] == "the largest value of the output (argmax over all its elements)"
+    with np.load(out / "attributions.npz", allow_pickle=False) as data:
+        sums = data["x"].reshape(len(x), -1).astype(np.float64).sum(1)
+    change = np.array([y[i][tuple(t)] - y0[tuple(t)] for i, t in enumerate(expected)], np.float64)
+    tolerance = 1e-4 * np.abs(change).max() if method == "deeplift" else 1e-2 * np.abs(change).max()
+    np.testing.assert_allclose(sums, change, atol=tolerance)
+
+
+# -- a 0-d non-floating input (a flag) is held at its value by every method --------------------------------------------
+
+def _scaled_by_flag(tmp_path) -> str:
+    """y = Relu((x * Cast(sr, float)) @ w): `sr` is a 0-d int64 input, as a sample-rate flag."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Cast", ["sr"], ["s"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "s"], ["xs"]),
+             helper.make_node("MatMul", ["xs", "w"], ["m"]),
+             helper.make_node("Relu", ["m"], ["y"])]
+    return _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
+                                   helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                 {"w": (rng.normal(size=(6, 3)) * 3).astype(np.float32)}, name="flag.onnx")
+
+
+COMPLETE = ["DeepLift", "DeepLiftShap", "IntegratedGradients", "FeatureAblation", "InputXGradient"]
+
+
+@pytest.mark.parametrize("name", ["DeepLift", "DeepLiftShap", "IntegratedGradients", "Saliency", "InputXGradient",
+                                  "GradientShap", "FeatureAblation", "Occlusion", "NoiseTunnel"])
+@pytest.mark.parametrize("among_inputs", [False, True])
+def test_a_0d_integer_input_is_held_by_every_method(tmp_path, name, among_inputs):
+    import onnx_attr
+
+    path = _scaled_by_flag(tmp_path)
+    model = onnx_attr.load(path)
+    rng = np.random.default_rng(4)
+    x = (rng.uniform(size=(4, 6)) * 100).astype(np.float32)
+    sr = np.array(3, np.int64)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": x, "sr": sr})[0]
+    target = 1
+    base = np.zeros((1, 6), np.float32)
+    change = y[:, target].astype(np.float64) - session.run(None, {"x": base, "sr": sr})[0][0, target]
+    kwargs: dict = {}
+    if name in ("DeepLiftShap", "GradientShap"):
+        kwargs["baselines"] = {"x": base, "sr": sr} if among_inputs else {"x": base}
+    elif name in ("DeepLift", "IntegratedGradients", "FeatureAblation", "Occlusion"):
+        kwargs["baselines"] = {"x": base, "sr": np.array(0, np.int64)} if among_inputs else {"x": base}
+    if name == "Occlusion":
+        kwargs["sliding_window_shapes"] = (1,)
+    if name == "NoiseTunnel":
+        explainer = onnx_attr.NoiseTunnel(onnx_attr.Saliency(model))
+        kwargs.update(nt_samples=3, stdevs=0.0)
+    else:
+        explainer = getattr(onnx_attr, name)(model)
+    if among_inputs:
+        result = explainer.attribute({"x": x, "sr": sr}, target=target, **kwargs)
+        assert np.asarray(result["sr"]).shape == () and float(np.asarray(result["sr"])) == 0.0
+    else:
+        result = explainer.attribute({"x": x}, target=target, additional_forward_args={"sr": sr}, **kwargs)
+    attributions = np.asarray(result["x"], np.float64)
+    assert attributions.shape == x.shape and np.isfinite(attributions).all()
+    if name in COMPLETE:  # Σ attributions = f(x)[t] - f(x0)[t], f from onnxruntime, with sr held at 3
+        tolerance = 1e-3 * np.abs(change).max() if name == "IntegratedGradients" else 1e-5 * np.abs(change).max()
+        np.testing.assert_allclose(attributions.sum(1), change, atol=tolerance)
+    elif name in ("Saliency", "NoiseTunnel"):  # the gradient of a ReLU-gated linear map, sr held at 3
+        w = numpy_helper.to_array(onnx.load(path).graph.initializer[0]).astype(np.float64)
+        expected = np.abs(np.where((y[:, target] > 0)[:, None], 3 * w[:, target][None, :], 0.0))
+        np.testing.assert_allclose(attributions, expected, rtol=1e-5)
+
+
+def test_no_attributable_input_is_a_clear_input_error():
+    import torch
+
+    import onnx_attr
+    from onnx_attr.methods._inputs import Prepared, example_count
+
+    class Model:
+        inputs = [type("Spec", (), {"name": "ids", "dtype": "int32"})()]
+
+    ids = torch.zeros((2, 5), dtype=torch.int32)
+    prepared = Prepared([ids], [False], [ids], [], lambda items: items, False)
+    with pytest.raises(onnx_attr.InputError, match=r"'ids' \(int32, shape \[2, 5\]\).*none is floating or feeds an "
+                                                   r"embedding lookup"):
+        example_count(Model(), prepared)
+
+
+def test_a_model_without_attributable_inputs_exits_2_saying_why(tmp_path, capsys):
+    """int32 ids reach the model through a one-hot made of Equal + Cast (no Gather): nothing to attribute."""
+    nodes = [helper.make_node("Unsqueeze", ["ids", "axes"], ["u"]),
+             helper.make_node("Equal", ["u", "classes"], ["eq"]),
+             helper.make_node("Cast", ["eq"], ["onehot"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["onehot", "axes"], ["y"], keepdims=0)]
+    path = _save(tmp_path, nodes, [helper.make_tensor_value_info("ids", TensorProto.INT32, ["N", 5])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                 {"axes": np.array([-1], np.int64), "classes": np.arange(4, dtype=np.int32).reshape(1, 1, 4)})
+    np.savez(tmp_path / "ids.npz", ids=np.random.default_rng(0).integers(0, 4, (2, 5)).astype(np.int32))
+    assert main(["attribute", path, "-i", str(tmp_path / "ids.npz"), "-o", str(tmp_path / "out"),
+                 "--no-pictures"]) == 2
+    err = capsys.readouterr().err
+    assert "'ids' (int32)" in err and "none is floating or feeds an embedding lookup" in err
