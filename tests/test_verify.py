@@ -85,7 +85,7 @@ def _deep_cancelling_graph(depth=150, n=64):
 
 def _tamper(model, name, factor):
     for buffer_name, buffer in model.module.named_buffers():
-        if buffer_name.endswith(f"_{name}"):
+        if buffer_name.rsplit(".", 1)[-1] == name or buffer_name.endswith(f"_{name}"):
             buffer.mul_(factor)
             return
     raise AssertionError(name)
