@@ -159,13 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="deeplift", choices=METHOD_CHOICES, help="attribution method (default: deeplift)")
     p.add_argument("--batch-size", type=_positive_int,
                    help="examples per pass (default 16): memory stays flat and progress shows")
-    p.add_argument("--n-steps", type=_positive_int, help="integratedgradients: integration steps (default 50)")
-    p.add_argument("--internal-batch-size", type=_positive_int,
-                   help="integratedgradients: rows per forward/backward pass (default: all steps at once)")
+    _method_tuning_options(p)
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when an attribution's convergence delta is above tolerance (default: a warning)")
-    p.add_argument("--gradient-fallback", action="store_true",
-                   help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--smooth", type=_positive_float, metavar="BETA",
@@ -176,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         "shards, each row exactly once; --engine local (default) or ray",
                              cmd_dataset))
     return parser
+
+
+def _method_tuning_options(p: argparse.ArgumentParser) -> None:
+    """What `attribute` and `dataset` both pass to the method."""
+    p.add_argument("--n-steps", type=_positive_int, help="integratedgradients: integration steps (default 50)")
+    p.add_argument("--internal-batch-size", type=_positive_int,
+                   help="integratedgradients: rows per forward/backward pass (default: all steps at once)")
+    p.add_argument("--gradient-fallback", action="store_true",
+                   help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
 
 
 def _dataset_command(p: argparse.ArgumentParser) -> None:
@@ -200,11 +205,7 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=64, help="rows per attribution pass (default 64)")
     p.add_argument("--attribution-dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the attributions column (default float32)")
-    p.add_argument("--n-steps", type=_positive_int, help="integratedgradients: integration steps (default 50)")
-    p.add_argument("--internal-batch-size", type=_positive_int,
-                   help="integratedgradients: rows per forward/backward pass")
-    p.add_argument("--gradient-fallback", action="store_true",
-                   help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
+    _method_tuning_options(p)
     p.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:N, on every worker")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local (default): in-process streaming, no cluster; ray: Ray Data workers (pip install "
