@@ -288,6 +288,15 @@ def load(name: str):
     return onnx_attr.load(export(module, examples, names), strip_final_activation=False)
 
 
+@functools.lru_cache(maxsize=None)
+def load_as(name: str, dtype: torch.dtype):
+    """Model `name` with its weights and example inputs cast to `dtype` (float64: the same model
+    where float32 rounding would decide the answer), exported and loaded as `load` does."""
+    module, examples, names = _BUILDERS[name]()
+    examples = [t.to(dtype) if t.is_floating_point() else t for t in examples]
+    return onnx_attr.load(export(module.to(dtype), examples, names), strip_final_activation=False)
+
+
 def export(module: nn.Module, examples: Sequence[Tensor], names: Sequence[str]) -> bytes:
     batch = torch.export.Dim("batch")
     shapes = tuple({0: batch} if t.dim() else None for t in examples)
