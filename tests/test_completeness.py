@@ -17,7 +17,7 @@ import onnx_attr
 from onnx_attr.opkinds import BILINEAR, COMPOSITE, UNARY
 from onnx_attr.rules import RULES
 
-from rule_cases import CASES, Case, power
+from rule_cases import CASES, SCALES, Case, power
 
 ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 #: Nonlinear ops with a kind but no exact rule yet: the rewrite refuses them by name.
@@ -96,11 +96,11 @@ def test_completeness(case, dtype, hole_filling):
     dl = onnx_attr.DeepLift(imported)
     assert dl.engine.rewrite.rewritten, "the op under test was not rewritten"
     draw_reference = case.reference or case.sampler
-    scales = case.scales if hole_filling == "checked" else (case.scales[0], case.scales[-1])
+    scales = SCALES if hole_filling == "checked" else (SCALES[0], SCALES[-1])
     for scale in scales:
         for trial in range(2 if scale == 1 else 1):
-            xs = tuple((case.sampler(rng, s) * scale).astype(dtype) for s in case.shapes)
-            x0s = tuple((draw_reference(rng, s if case.full_baseline else (1, *s[1:])) * scale).astype(dtype)
+            xs = tuple(case.draw(case.sampler, rng, s, scale).astype(dtype) for s in case.shapes)
+            x0s = tuple(case.draw(draw_reference, rng, s if case.full_baseline else (1, *s[1:]), scale).astype(dtype)
                         for s in case.shapes)
             out_shape = imported.run(xs)[0].shape
             target = random_target(out_shape, rng) if len(out_shape) > 1 else None
