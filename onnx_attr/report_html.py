@@ -93,7 +93,8 @@ def load_run(folder: str | os.PathLike) -> Run:
         manifest = json.loads((folder / MANIFEST).read_text())
         digest, plan = manifest["hash"], manifest["dataset"]["shards"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{str(folder)!r} holds no readable {MANIFEST}: not the output of `onnx-attr dataset`") from err
+        raise InputError(f"{str(folder)!r} holds no readable {MANIFEST}: not the output of "
+                         "`onnx-attr dataset`") from err
     try:
         summary = json.loads((folder / SUMMARY).read_text())
     except (OSError, ValueError):

@@ -16,23 +16,31 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; padding: 0 1em; }
-h1 { font-size: 1.45em; margin-bottom: .2em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: .88em; } td, th { padding: 2px 9px; text-align: left; vertical-align: top; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222;
+  padding: 0 1em; }
+h1 { font-size: 1.45em; margin-bottom: .2em; }
+h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: .88em; }
+td, th { padding: 2px 9px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
 .muted { color: #666; } .pass { color: #1a7f37; font-weight: 600; } .fail { color: #c62828; font-weight: 600; }
 .grid { display: flex; flex-wrap: wrap; gap: 12px; }
-.map { text-align: center; font-size: .8em; } .map img { width: 80px; height: 80px; image-rendering: pixelated; border: 1px solid #333; }
-.controls { position: sticky; top: 0; background: #fff; padding: 6px 0; z-index: 2; border-bottom: 1px solid #eee; font-size: .9em; }
-.controls button { margin: 2px; padding: 3px 8px; border: 1px solid #999; background: #f7f7f7; border-radius: 4px; cursor: pointer; }
+.map { text-align: center; font-size: .8em; }
+.map img { width: 80px; height: 80px; image-rendering: pixelated; border: 1px solid #333; }
+.controls { position: sticky; top: 0; background: #fff; padding: 6px 0; z-index: 2; border-bottom: 1px solid #eee;
+  font-size: .9em; }
+.controls button { margin: 2px; padding: 3px 8px; border: 1px solid #999; background: #f7f7f7; border-radius: 4px;
+  cursor: pointer; }
 .controls button.active { background: #244f8f; color: #fff; border-color: #244f8f; }
 .controls input { width: 6em; } .controls label { margin-right: 10px; }
 #gallery { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 8px; }
 .card { border: 1px solid #ccc; border-radius: 5px; padding: 5px; width: 150px; font-size: .76em; line-height: 1.35; }
 .card.error { border-color: #c62828; background: #fff5f5; }
-.card img.thumb { width: 138px; height: 138px; image-rendering: pixelated; border: 1px solid #333; display: block; }
+.card img.thumb { width: 138px; height: 138px; image-rendering: pixelated; border: 1px solid #333;
+  display: block; }
 .pos { color: #b71c1c; } .neg { color: #1f5f9f; }
-.tokens { display: block; } .tok { display: inline-block; margin: 1px; padding: 0 2px; border-radius: 3px; font-family: monospace; }
+.tokens { display: block; }
+.tok { display: inline-block; margin: 1px; padding: 0 2px; border-radius: 3px; font-family: monospace; }
 .bar { fill: #4a78b5; } .bar.over { fill: #c62828; } svg text { font-size: 10px; fill: #333; }
 .err { color: #c62828; white-space: pre-wrap; }
 """
@@ -97,7 +105,9 @@ SCRIPT = """
     field(id).addEventListener('change', apply);
   }
   field('reset').addEventListener('click', () => {
-    for (const id of ['filter-class', 'filter-status', 'score-min', 'score-max', 'delta-min', 'delta-max']) field(id).value = '';
+    for (const id of ['filter-class', 'filter-status', 'score-min', 'score-max', 'delta-min', 'delta-max']) {
+      field(id).value = '';
+    }
     state.key = 'row'; state.descending = false; apply();
   });
   apply();
@@ -137,7 +147,8 @@ def bars_svg(bins: Sequence[tuple[str, int]], over_from: Optional[int] = None, w
                      f'height="{h:.1f}"><title>{esc(label)}: {count}</title></rect>')
         parts.append(f'<text x="{x + step * 0.4:.1f}" y="{height - 12}" text-anchor="middle">{esc(label)}</text>')
         if count:
-            parts.append(f'<text x="{x + step * 0.4:.1f}" y="{height - 28 - h:.1f}" text-anchor="middle">{count}</text>')
+            parts.append(f'<text x="{x + step * 0.4:.1f}" y="{height - 28 - h:.1f}" '
+                         f'text-anchor="middle">{count}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -169,7 +180,7 @@ def lines_svg(series: dict[str, Sequence[float]], width: int = 420, height: int 
     return "<div>" + "".join(parts) + "<br><small>" + " ".join(legend) + "</small></div>"
 
 
-# -- sections ------------------------------------------------------------------------------------------------------------
+# -- sections --------------------------------------------------------------------------------------------------
 
 def render(run, collected, gallery: Sequence, notes: Sequence[str], options) -> str:
     sections = [_summary(run, collected), _deltas(collected), _errors(collected)]
@@ -181,7 +192,8 @@ def render(run, collected, gallery: Sequence, notes: Sequence[str], options) -> 
     sections.append(_gallery(run, collected, gallery, options))
     if notes:
         sections.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
-    title = f"onnx-attr dataset report: {run.manifest.get('method')} on {run.manifest.get('execution', {}).get('model') or 'model'}"
+    model = run.manifest.get("execution", {}).get("model") or "model"
+    title = f"onnx-attr dataset report: {run.manifest.get('method')} on {model}"
     return ("<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
@@ -193,14 +205,16 @@ def _summary(run, collected) -> str:
     execution = manifest.get("execution", {})
     baseline = manifest.get("baseline", {})
     rows = [
-        ("model", f"{execution.get('model') or '(in memory)'} — sha256 {str(manifest.get('model_sha256', ''))[:16]}…"),
+        ("model", f"{execution.get('model') or '(in memory)'} — sha256 "
+                  f"{str(manifest.get('model_sha256', ''))[:16]}…"),
         ("method", manifest.get("method")),
         ("target", manifest.get("target") or "each row's predicted class"),
         ("baseline", baseline.get("spec") if isinstance(baseline, dict) else baseline),
         ("output", manifest.get("output") or "the first"),
         ("rows", f"{collected.rows} ({collected.ok} ok, {collected.error_count} error rows) in "
                  f"{len(run.shards)} shards"),
-        ("engine", f"{execution.get('engine')} — batch {execution.get('batch_size')}, device {execution.get('device')}"),
+        ("engine", f"{execution.get('engine')} — batch {execution.get('batch_size')}, "
+                   f"device {execution.get('device')}"),
     ]
     if summary.get("seconds") is not None:
         rows.append(("last run", f"{summary.get('rows_computed')} rows computed in {summary.get('seconds')} s"
@@ -236,8 +250,9 @@ def _deltas(collected) -> str:
     over = 2 + list(range(-12, 3)).index(-4)  # bins at and above 1e-4 (after "0" and "<1e-12")
     return "\n".join([
         "<h2>Convergence deltas</h2>",
-        f"<p id='delta-stats'>ok rows: {collected.relative.n}; relative delta (|Σ attributions − (f(x) − f(x0))| / "
-        f"|f(x) − f(x0)|): largest {fmt(collected.relative.largest, '.3e')}, mean {fmt(collected.mean_relative(), '.3e')}, "
+        f"<p id='delta-stats'>ok rows: {collected.relative.n}; relative delta (|Σ attributions − (f(x) − f(x0))| "
+        f"/ |f(x) − f(x0)|): largest {fmt(collected.relative.largest, '.3e')}, mean "
+        f"{fmt(collected.mean_relative(), '.3e')}, "
         f"<b>{collected.above_tolerance}</b> rows above {DELTA_TOLERANCE:g}. |delta|: largest "
         f"{fmt(collected.deltas.largest, '.3e')}.</p>",
         "<div class='grid'><div><b>relative delta</b> (rows per decade; red: ≥ 1e-4)<br>"

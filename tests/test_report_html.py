@@ -168,7 +168,7 @@ def test_tabular_feature_importance_named_after_the_csv_columns(tmp_path):
     assert len(list((tmp_path / "out" / "report_files").glob("row_*.png"))) == 1
 
 
-# -- in a real browser ---------------------------------------------------------------------------------------------------
+# -- in a real browser -----------------------------------------------------------------------------------------
 
 def _chromium():
     from browser import find_chromium
