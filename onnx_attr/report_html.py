@@ -213,9 +213,10 @@ class Histogram:
         self.counts += np.bincount(inside, minlength=self.counts.size)
 
     def bins(self) -> list[tuple[str, int]]:
-        out = [("0", self.zeros), (f"<1e{DECADES[0]}", self.below)]
-        out += [(f"1e{d}", int(c)) for d, c in zip(DECADES[:-1], self.counts)]
-        out.append((f"≥1e{DECADES[-1]}", self.above))
+        """(label, count): "e-7" counts values in [1e-7, 1e-6)."""
+        out = [("0", self.zeros), (f"<e{DECADES[0]}", self.below)]
+        out += [(f"e{d}", int(c)) for d, c in zip(DECADES[:-1], self.counts)]
+        out.append((f"≥e{DECADES[-1]}", self.above))
         return out
 
 

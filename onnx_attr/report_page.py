@@ -255,7 +255,7 @@ def _deltas(collected) -> str:
         f"{fmt(collected.mean_relative(), '.3e')}, "
         f"<b>{collected.above_tolerance}</b> rows above {DELTA_TOLERANCE:g}. |delta|: largest "
         f"{fmt(collected.deltas.largest, '.3e')}.</p>",
-        "<div class='grid'><div><b>relative delta</b> (rows per decade; red: ≥ 1e-4)<br>"
+        "<div class='grid'><div><b>relative delta</b> (rows per decade: e-7 is [1e-7, 1e-6); red: ≥ 1e-4)<br>"
         + bars_svg(collected.relative.bins(), over_from=over) + "</div>",
         "<div><b>|convergence delta|</b> (rows per decade)<br>" + bars_svg(collected.deltas.bins()) + "</div></div>",
     ])

@@ -58,6 +58,7 @@ def test_image_aggregates_match_numpy_over_every_row(digits_run):
     assert ok.sum() == ROWS - 1 and not ok[BAD_ROW]
     predicted = np.asarray([p if p is not None else -1 for p in table.column("prediction").to_pylist()])
     collected = Collector(load_run(digits_run), ReportOptions(gallery_rows=40)).collect()
+    relative = np.abs(table.column("relative_delta").to_numpy(zero_copy_only=False)[ok])
     maps = collected.images["attributions"].mean_maps()
     np.testing.assert_allclose(maps["all"], np.abs(values[ok]).mean(0), rtol=1e-12)
     for cls in set(predicted[ok].tolist()):
@@ -69,8 +70,11 @@ def test_image_aggregates_match_numpy_over_every_row(digits_run):
     mean_abs = np.abs(values[ok])
     expected = [mean_abs[:, ring == d].mean() for d in range(4)]
     np.testing.assert_allclose(border_profile(maps["all"]), expected, rtol=1e-12)
-    relative = table.column("relative_delta").to_numpy(zero_copy_only=False)[ok]
     assert collected.relative.n == ok.sum() and sum(c for _, c in collected.relative.bins()) == ok.sum()
+    bins = dict(collected.relative.bins())
+    for d in range(-12, 2):  # "e-7" counts [1e-7, 1e-6)
+        assert bins[f"e{d}"] == int(np.sum((relative >= 10.0 ** d) & (relative < 10.0 ** (d + 1)))), d
+    assert bins["0"] == int(np.sum(relative == 0))
     assert collected.relative.largest == pytest.approx(float(relative.max()), rel=1e-12)
     assert collected.relative.largest <= 1e-4  # the bar, at 0-255 pixels
     assert collected.error_count == 1 and collected.errors[0].row_id == BAD_ROW
