@@ -262,3 +262,20 @@ def test_token_rows_are_shown_as_their_ids_shaded_by_score(tmp_path):
         colours = [c for _, c, _ in shown]  # by position (row 1 repeats a token)
         assert (colours[int(np.argmax(scores[row]))], colours[int(np.argmin(scores[row]))]) == expected[row]
     assert (out / "report_files" / "row_0.html").exists()
+
+
+def test_the_dataset_command_writes_the_report_unless_told_not_to(tmp_path, capsys):
+    from onnx_attr.cli import main
+
+    np.savez(tmp_path / "rows.npz", features=np.load(SAMPLES / "breast_cancer_mlp_inputs.npz")["features"])
+    common = ["-q", "dataset", str(MLP), "-i", str(tmp_path / "rows.npz")]
+    assert main([*common, "-o", str(tmp_path / "a"), "--gallery-rows", "3", "--pictures", "1"]) == 0
+    assert f"report {tmp_path / 'a' / 'report.html'}" in capsys.readouterr().out
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert page.count('class="card') == 3 and len(list((tmp_path / "a" / "report_files").iterdir())) == 1
+    assert main([*common, "-o", str(tmp_path / "b"), "--no-report"]) == 0
+    assert not (tmp_path / "b" / "report.html").exists() and "verify" not in json.loads(
+        (tmp_path / "b" / "summary.json").read_text())
+    with pytest.raises(SystemExit):
+        main([*common, "-o", str(tmp_path / "c"), "--pictures", "-1"])
+    assert "--pictures" in capsys.readouterr().err
