@@ -53,6 +53,10 @@ def _positive_float(text: str) -> float:
     return _number(text, float, lambda v: v > 0, "give a finite number > 0")
 
 
+def _non_negative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
 def _positive_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 1, "give an integer >= 1")
 
@@ -171,7 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_command(command("dataset", "attribute every row of a dataset (.npz / CSV / Parquet files) into Parquet "
                                         "shards, each row exactly once; --engine local (default) or ray",
                              cmd_dataset))
+    p = command("report", "rebuild the HTML report (report.html) of a dataset run from its Parquet shards", cmd_report)
+    p.add_argument("results", help="the --out folder of `onnx-attr dataset`")
+    _report_options(p)
     return parser
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    """The dataset run report's size: what `dataset` writes at the end and `report` rebuilds."""
+    p.add_argument("--gallery-rows", type=_non_negative_int, default=500, metavar="N",
+                   help="report.html: rows in the gallery at most (default 500: the largest relative deltas, then "
+                        "every k-th row)")
+    p.add_argument("--pictures", type=_non_negative_int, default=24, metavar="N",
+                   help="report.html: full pictures drawn into report_files/ (default 24)")
 
 
 def _method_tuning_options(p: argparse.ArgumentParser) -> None:
@@ -214,6 +230,8 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int, help="ray: worker actors (default: as many as the resources allow)")
     p.add_argument("--cpus-per-worker", type=_positive_float, default=1.0, help="ray: CPUs per worker (default 1)")
     p.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0, help="ray: GPUs per worker (default 0)")
+    p.add_argument("--no-report", action="store_true", help="write no report.html (build it later with `onnx-attr report`)")
+    _report_options(p)
 
 
 # -- the commands ----------------------------------------------------------------------------------------------------
@@ -384,7 +402,8 @@ def cmd_dataset(args) -> int:
         engine=args.engine, resume=args.resume, overwrite=args.overwrite, gradient_fallback=args.gradient_fallback,
         n_steps=args.n_steps, internal_batch_size=args.internal_batch_size,
         strip_final_activation=not args.keep_final_activation, device=args.device,
-        ray_options=ray_options if args.engine == "ray" else None, quiet=getattr(args, "quiet", False))
+        ray_options=ray_options if args.engine == "ray" else None, quiet=getattr(args, "quiet", False),
+        report=None if args.no_report else _report_settings(args))
     rate = summary["rows_per_second"]
     text = (f"{summary['rows']} rows in {summary['shards']} shards: {summary['rows_computed']} computed "
             f"({summary['error_rows_computed']} error rows) in {summary['seconds']:.1f} s"
@@ -392,9 +411,22 @@ def cmd_dataset(args) -> int:
             + f", {summary['shards_kept']} shards kept from earlier; "
             + (f"{summary['rows_above_delta_tolerance']} rows above relative delta {summary['delta_tolerance']:g}; "
                if summary["rows_above_delta_tolerance"] else "")
-            + f"results in {args.out}")
+            + f"results in {args.out}" + (f"; report {summary['report']}" if summary.get("report") else ""))
     _emit(args, summary, text)
     return EXIT_SOME_FAILED if summary["error_rows_computed"] else EXIT_OK
+
+
+def _report_settings(args):
+    from .report_html import ReportOptions
+
+    return ReportOptions(gallery_rows=args.gallery_rows, pictures=args.pictures)
+
+
+def cmd_report(args) -> int:
+    from .report_html import write_report
+
+    print(f"wrote {write_report(args.results, _report_settings(args))}")
+    return EXIT_OK
 
 
 def _attribution_summary(report: dict, out: str, worst: float) -> str:

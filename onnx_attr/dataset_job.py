@@ -29,6 +29,7 @@ from .fileio import FolderLock, atomic_write, remove_leftover_temporaries, write
 from .manifest import build_manifest, differences, file_sha256
 from .progress import progress
 from .readers import RowReader, Source, describe_sources, source_files
+from .report_html import ReportOptions, input_root, verify_sample, write_report
 
 #: Rows per shard by default: a shard is the unit that is committed, skipped on resume and retried.
 DEFAULT_SHARD_ROWS = 1024
@@ -356,10 +357,11 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
                       gradient_fallback: bool = False, n_steps: Optional[int] = None,
                       internal_batch_size: Optional[int] = None, strip_final_activation: bool = True,
                       device: Optional[str] = None, ray_options: Optional[dict] = None,
-                      quiet: bool = False) -> dict:
+                      quiet: bool = False, report: Optional[ReportOptions] = None) -> dict:
     """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet) into Parquet
     shards in `out`, and return the run's summary. `model` is a path to an .onnx file or a loaded
-    model (a loaded model runs on the local engine only: Ray workers load the file themselves)."""
+    model (a loaded model runs on the local engine only: Ray workers load the file themselves).
+    `report` (e.g. `ReportOptions()`) writes `report.html` beside the results at the end."""
     from .attribute_job import METHOD_TITLES, method_options, model_fingerprint, prepare_out_dir, \
         resolve_baseline_spec
 
@@ -391,7 +393,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
                            "rows": shards[-1].first_row_id + shard_rows_of(shards[-1]) if shards else 0,
                            "shards": [[s.source, s.start, s.stop] for s in shards]}
     manifest["execution"] = {"engine": engine, "batch_size": batch_size, "device": device or "cpu",
-                             **({"ray": ray_options} if engine == "ray" else {})}
+                             **({"ray": ray_options} if engine == "ray" else {}),
+                             "model": settings.model_path, "input_root": input_root(sources)}
     manifest = json.loads(json.dumps(manifest))  # as it reads back from manifest.json
     digest = manifest_hash(manifest)
     folder = prepare_out_dir(out)
@@ -413,7 +416,11 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
                                 METHOD_TITLES[method], quiet)
         seconds = time.monotonic() - started
         summary = _summary(folder, digest, shards, done, counts, seconds, total_rows)
+        if report is not None:
+            summary["verify"] = verify_sample(loaded, sources, settings.columns)
         write_json(folder / SUMMARY, summary)
+        if report is not None:
+            summary["report"] = str(write_report(folder, report))
     return summary
 
 
