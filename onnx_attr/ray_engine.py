@@ -31,7 +31,8 @@ def run_on_ray(settings, sources: Sequence, shards: Sequence, pending: Sequence,
     started_here = not ray.is_initialized()
     if started_here:
         try:
-            ray.init(address=options.get("address"), include_dashboard=False, log_to_driver=not quiet,
+            # "local": without --address, start a fresh embedded Ray, never a cluster another run left recorded
+            ray.init(address=options.get("address") or "local", include_dashboard=False, log_to_driver=not quiet,
                      logging_level="ERROR")
         except (ConnectionError, ValueError, RuntimeError) as err:
             raise InputError(f"--address {options.get('address')!r}: cannot join the Ray cluster ({err}); start "
