@@ -413,7 +413,9 @@ def cmd_dataset(args) -> int:
                if summary["rows_above_delta_tolerance"] else "")
             + f"results in {args.out}" + (f"; report {summary['report']}" if summary.get("report") else ""))
     _emit(args, summary, text)
-    return EXIT_SOME_FAILED if summary["error_rows_computed"] else EXIT_OK
+    if summary.get("report_error"):
+        print(f"onnx-attr: {summary['report_error']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if summary["error_rows_computed"] or summary.get("report_error") else EXIT_OK
 
 
 def _report_settings(args):

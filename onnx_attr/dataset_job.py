@@ -419,8 +419,12 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         if report is not None:
             summary["verify"] = verify_sample(loaded, sources, settings.columns)
         write_json(folder / SUMMARY, summary)
-        if report is not None:
-            summary["report"] = str(write_report(folder, report))
+        if report is not None:  # the shards are committed: a report that fails costs the page, not the results
+            try:
+                summary["report"] = str(write_report(folder, report))
+            except (OnnxAttrError, OSError) as err:
+                summary["report_error"] = (f"the results are complete, but the report could not be written ({err}); "
+                                           f"rebuild it with `onnx-attr report {folder}`")
     return summary
 
 

@@ -279,3 +279,21 @@ def test_the_dataset_command_writes_the_report_unless_told_not_to(tmp_path, caps
     with pytest.raises(SystemExit):
         main([*common, "-o", str(tmp_path / "c"), "--pictures", "-1"])
     assert "--pictures" in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_written_costs_the_page_not_the_results(tmp_path, capsys, monkeypatch):
+    """The shards are committed before the report: a failure there is exit 4 with the rebuild command,
+    and every row is in the results."""
+    import onnx_attr.dataset_job as job
+    from onnx_attr.cli import main
+
+    def unwritable(folder, options):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(job, "write_report", unwritable)
+    features = np.load(SAMPLES / "breast_cancer_mlp_inputs.npz")["features"]
+    np.savez(tmp_path / "rows.npz", features=features)
+    assert main(["-q", "dataset", str(MLP), "-i", str(tmp_path / "rows.npz"), "-o", str(tmp_path / "out")]) == 4
+    err = capsys.readouterr().err
+    assert "No space left" in err and f"onnx-attr report {tmp_path / 'out'}" in err and "Traceback" not in err
+    assert len(read_results(tmp_path / "out")) == len(features)
