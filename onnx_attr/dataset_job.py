@@ -28,7 +28,7 @@ from .errors import InputError, OnnxAttrError, OutputError
 from .fileio import FolderLock, atomic_write, remove_leftover_temporaries, write_json
 from .manifest import build_manifest, differences, file_sha256
 from .progress import progress
-from .readers import RowReader, Source, describe_sources, source_files
+from .readers import InputOptions, RowReader, Source, describe_sources, kinds_of, source_files
 
 #: Rows per shard by default: a shard is the unit that is committed, skipped on resume and retried.
 DEFAULT_SHARD_ROWS = 1024
@@ -87,7 +87,7 @@ class Settings:
     gradient_fallback: bool
     n_steps: Optional[int]
     internal_batch_size: Optional[int]
-    columns: Optional[tuple[str, ...]]
+    inputs: InputOptions
 
 
 def manifest_hash(manifest: dict) -> str:
@@ -136,9 +136,8 @@ class ShardWorker:
         self.explainer = make_explainer(model, settings.method, settings.gradient_fallback)
         self.method_options = method_options(settings.method, settings.n_steps, settings.internal_batch_size)
         self.output_index = self.explainer._output_index(settings.output_name)
-        self.reader = RowReader(model.inputs, settings.columns)
-        engine = getattr(self.explainer, "engine", None)
-        tapped = {t.input_name for t in engine.rewrite.taps} if engine is not None else set()
+        self.reader = RowReader(model.inputs, settings.inputs)
+        tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
         self.attributed = [s.name for s in model.inputs if s.differentiable or s.name in tapped]
         self._baselines: Any = None
 
@@ -287,7 +286,8 @@ class _Results:
         dtype = np.dtype(worker.settings.attribution_dtype)
         columns: dict[str, Any] = {
             "row_id": pa.array(range(shard.first_row_id, shard.first_row_id + self.n), pa.int64()),
-            "source": pa.array([source.name] * self.n, pa.string()),
+            "source": pa.array([source.row_name(shard.start + r) if source.error is None else source.name
+                                for r in range(self.n)], pa.string()),
             "source_row": pa.array([shard.start + r if source.error is None else None for r in range(self.n)],
                                    pa.int64()),
             "status": pa.array(self.status, pa.string()),
@@ -350,20 +350,27 @@ def commit_shard(folder: Path, index: int, digest: str, table) -> Path:
 
 def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deeplift", target: Optional[str] = None,
                       baseline: Optional[str] = None, output_name: Optional[str] = None,
-                      columns: Optional[Sequence[str]] = None, shard_rows: int = DEFAULT_SHARD_ROWS,
+                      columns: Optional[Sequence[str]] = None, inputs: Optional[InputOptions] = None,
+                      shard_rows: int = DEFAULT_SHARD_ROWS,
                       batch_size: int = DEFAULT_BATCH_SIZE, attribution_dtype: str = "float32",
                       engine: str = "local", resume: bool = False, overwrite: bool = False,
                       gradient_fallback: bool = False, n_steps: Optional[int] = None,
                       internal_batch_size: Optional[int] = None, strip_final_activation: bool = True,
                       device: Optional[str] = None, ray_options: Optional[dict] = None,
                       quiet: bool = False) -> dict:
-    """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet) into Parquet
-    shards in `out`, and return the run's summary. `model` is a path to an .onnx file or a loaded
-    model (a loaded model runs on the local engine only: Ray workers load the file themselves)."""
+    """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet files, image
+    files or text files) into Parquet shards in `out`, and return the run's summary. `model` is a
+    path to an .onnx file or a loaded model (a loaded model runs on the local engine only: Ray
+    workers load the file themselves). `inputs` says how images and text become inputs (its
+    `columns` is `columns`)."""
     from .attribute_job import METHOD_TITLES, method_options, model_fingerprint, prepare_out_dir, \
         resolve_baseline_spec
 
-    settings, loaded = _settings(model, method, target, baseline, output_name, columns, shard_rows, batch_size,
+    if columns:
+        from dataclasses import replace
+
+        inputs = replace(inputs or InputOptions(), columns=tuple(columns))
+    settings, loaded = _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size,
                                  attribution_dtype, engine, gradient_fallback, n_steps, internal_batch_size,
                                  strip_final_activation, device)
     per_method = method_options(method, n_steps, internal_batch_size)
@@ -374,7 +381,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         loaded = load(settings.model_path, strip_final_activation=strip_final_activation, device=device)
     _check_baseline_rows(settings, loaded)
     files = source_files(source)
-    sources = describe_sources(files, loaded.inputs, settings.columns)
+    preprocessing = _preprocessing(settings.inputs, loaded.inputs, files)
+    sources = describe_sources(files, loaded.inputs, settings.inputs)
     shards = plan_shards(sources, shard_rows)
     stripped = sorted(o.name for o in loaded.outputs if o.final_activation is not None and o.final_activation.stripped)
     manifest = build_manifest(
@@ -384,7 +392,9 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
                  "attribution_dtype": attribution_dtype, **per_method})
     manifest["preprocessing"] = {
-        "columns": list(settings.columns) if settings.columns else "named after the inputs, or all (one input)",
+        "columns": list(settings.inputs.columns) if settings.inputs.columns else
+        "named after the inputs, in order, or all (one input)",
+        **preprocessing,
         "inputs": [s.to_dict() for s in loaded.inputs],
         "cast": "each input converted to the model's dtype; rows with NaN/Inf are error rows"}
     manifest["dataset"] = {"sources": [s.to_dict() for s in sources], "shard_rows": shard_rows,
@@ -417,7 +427,16 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     return summary
 
 
-def _settings(model, method, target, baseline, output_name, columns, shard_rows, batch_size, attribution_dtype,
+def _preprocessing(options: InputOptions, specs, files) -> dict:
+    """The image / text preprocessing of these files; every shard of text needs one token count."""
+    recorded = options.record(specs, kinds_of(files))
+    if "text" in recorded and recorded["text"]["length"] is None:
+        raise InputError("the model's token input has no fixed length, and every row of a dataset needs the same "
+                         "one: give --max-length N (tokens, padded and truncated to it)")
+    return recorded
+
+
+def _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size, attribution_dtype,
               engine, gradient_fallback, n_steps, internal_batch_size, strip, device) -> tuple[Settings, Any]:
     from .attribute_job import METHOD_TITLES, parse_target, resolve_baseline_spec
 
@@ -444,7 +463,7 @@ def _settings(model, method, target, baseline, output_name, columns, shard_rows,
         raise InputError("--engine ray loads the model from its .onnx file on each worker; give the file's path "
                          "(a model changed in memory, e.g. smoothed, runs with --engine local)")
     settings = Settings(path, strip, device, method, target, spec, output_name, batch_size, attribution_dtype,
-                        gradient_fallback, n_steps, internal_batch_size, tuple(columns) if columns else None)
+                        gradient_fallback, n_steps, internal_batch_size, inputs or InputOptions())
     return settings, loaded
 
 

@@ -1,0 +1,294 @@
+"""Inputs users have: image files, CSV/Parquet rows with column names, text through a tokenizer.
+
+Oracles: pixel values computed by hand for solid colours and by Pillow and numpy directly in the
+test (resize, crop, channel order, layout, normalisation); the tables read back by pyarrow / the
+csv module; the tokenizer called on its own; onnxruntime on the .onnx file for completeness (the
+attributions of an example add up to f(x) - f(0) at its target).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exporting import to_onnx
+from onnx_attr import InputError, load
+from onnx_attr.cli import main
+from onnx_attr.preprocess import ImagePreprocessing, image_preprocessing, load_image
+from onnx_attr.readers import InputOptions, read_input_file
+from onnx_attr.specs import TensorSpec
+
+Image = pytest.importorskip("PIL.Image")
+
+NCHW = TensorSpec("image", ("batch", 3, 8, 8), np.dtype("float32"))
+NHWC = TensorSpec("image", ("batch", 8, 8, 3), np.dtype("float32"))
+GREY = TensorSpec("image", ("batch", 8, 8), np.dtype("float32"))
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _png(path: Path, pixels: np.ndarray) -> Path:
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(path)
+    return path
+
+
+def _halves(height: int = 8, width: int = 8) -> np.ndarray:
+    """Left half pure red at 200, right half pure blue at 100: shows which axis is which."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2, 0] = 200
+    pixels[:, width // 2:, 2] = 100
+    return pixels
+
+
+# -- images -------------------------------------------------------------------------------------------------------
+
+def test_solid_colour_normalised_by_hand(tmp_path):
+    path = _png(tmp_path / "c.png", np.broadcast_to(np.array([200, 100, 50], np.uint8), (8, 8, 3)))
+    prep = image_preprocessing(scale=1 / 255, mean=MEAN, std=STD).resolved(NCHW)
+    values, display = load_image(path, prep)
+    expected = [(200 / 255 - 0.485) / 0.229, (100 / 255 - 0.456) / 0.224, (50 / 255 - 0.406) / 0.225]
+    assert values.shape == (3, 8, 8) and values.dtype == np.float32
+    for c in range(3):
+        assert np.allclose(values[c], expected[c], rtol=1e-6, atol=0)
+    assert display.shape == (3, 8, 8) and display.dtype == np.uint8 and (display[:, 0, 0] == [200, 100, 50]).all()
+
+
+def test_layouts_and_channel_orders(tmp_path):
+    path = _png(tmp_path / "h.png", _halves())
+    nchw, _ = load_image(path, ImagePreprocessing().resolved(NCHW))
+    assert nchw[0, 3, 0] == 200 and nchw[0, 3, 7] == 0 and nchw[2, 3, 7] == 100  # red left, blue right
+    nhwc, _ = load_image(path, ImagePreprocessing().resolved(NHWC))
+    assert nhwc.shape == (8, 8, 3) and np.array_equal(nhwc, np.moveaxis(nchw, 0, -1))
+    bgr, _ = load_image(path, ImagePreprocessing(channels="BGR").resolved(NHWC))
+    assert bgr[3, 0, 2] == 200 and bgr[3, 7, 0] == 100 and np.array_equal(bgr, nhwc[..., ::-1])
+    grey, display = load_image(path, ImagePreprocessing().resolved(GREY))
+    # Pillow's ITU-R 601-2 luma, L = R*299/1000 + G*587/1000 + B*114/1000, rounded
+    assert grey.shape == (8, 8) and grey[0, 0] == round(200 * 0.299) and grey[0, 7] == round(100 * 0.114)
+    assert display.shape == (8, 8)
+
+
+def test_resize_and_centre_crop_match_pillow_and_torchvision_rule(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    path = _png(tmp_path / "r.png", pixels)
+    values, display = load_image(path, ImagePreprocessing(resize=10, layout="NHWC").resolved(NHWC))
+    # torchvision Resize(10): shorter side 10, longer int(10 * 30 / 20) = 15; CenterCrop(8): offsets round((15-8)/2)
+    # = round(3.5) = 4 and round((10-8)/2) = 1
+    oracle = np.asarray(Image.open(path).convert("RGB").resize((15, 10), Image.Resampling.BILINEAR))[1:9, 4:12]
+    assert np.array_equal(values, oracle.astype(np.float32))
+    assert np.array_equal(display, np.moveaxis(oracle, -1, 0))
+    straight, _ = load_image(path, ImagePreprocessing().resolved(NHWC))
+    oracle = np.asarray(Image.open(path).convert("RGB").resize((8, 8), Image.Resampling.BILINEAR))
+    assert np.array_equal(straight, oracle.astype(np.float32))
+
+
+def test_jpeg_at_pixel_magnitudes(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "p.jpg"
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path, quality=90)
+    values, _ = load_image(path, ImagePreprocessing().resolved(NCHW))
+    decoded = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    assert np.array_equal(values, np.moveaxis(decoded, -1, 0)) and values.max() > 100
+
+
+def test_defaults_from_the_model_and_refusals():
+    assert ImagePreprocessing().resolved(NHWC).layout == "NHWC"
+    assert ImagePreprocessing().resolved(NCHW).to_dict() == {
+        "size": [8, 8], "resize": None, "layout": "NCHW", "channels": "RGB", "scale": 1.0, "mean": None, "std": None,
+        "dtype": "float32", "resample": "bilinear"}
+    dynamic = TensorSpec("image", ("batch", 3, "h", "w"), np.dtype("float32"))
+    with pytest.raises(InputError, match="--image-size"):
+        ImagePreprocessing().resolved(dynamic)
+    assert ImagePreprocessing(size=(5, 6)).resolved(dynamic).size == (5, 6)
+    with pytest.raises(InputError, match="differs from the 8x8"):
+        ImagePreprocessing(size=(5, 6)).resolved(NCHW)
+    with pytest.raises(InputError, match="gives 1 channel"):
+        ImagePreprocessing(channels="L").resolved(NCHW)
+    with pytest.raises(InputError, match="one per channel"):
+        ImagePreprocessing(mean=(0.1, 0.2)).resolved(NCHW)
+    with pytest.raises(InputError, match="--std"):
+        image_preprocessing(std=(0.0,))
+    with pytest.raises(InputError, match="smaller than the crop"):
+        ImagePreprocessing(resize=4).resolved(NCHW)
+    with pytest.raises(InputError, match="--layout"):
+        ImagePreprocessing().resolved(TensorSpec("x", ("batch", 5, 8, 8), np.dtype("float32")))
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", "truncated"])
+def test_corrupt_image_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "bad.png"
+    if content == "truncated":
+        _png(tmp_path / "good.png", np.zeros((64, 64, 3)) + 7)
+        content = (tmp_path / "good.png").read_bytes()[:60]
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=r"cannot read image .*bad\.png.*PNG or JPEG"):
+        load_image(path, ImagePreprocessing().resolved(NCHW))
+
+
+def test_preprocessing_file(tmp_path):
+    good = tmp_path / "prep.json"
+    good.write_text(json.dumps({"size": 8, "scale": 0.5, "mean": [1, 2, 3], "layout": "NCHW"}))
+    prep = image_preprocessing(str(good), std=(2.0,))
+    assert prep == ImagePreprocessing(size=(8, 8), scale=0.5, mean=(1.0, 2.0, 3.0), std=(2.0,), layout="NCHW")
+    assert image_preprocessing(str(good), scale=0.25).scale == 0.25  # the command line wins
+    for text, message in (("[1, 2]", "holds a list"), ('{"sise": 8}', "unknown key"), ("{", "not JSON"),
+                          ('{"mean": "0.5"}', "not a list of numbers"), ('{"layout": "CHW"}', "--layout")):
+        good.write_text(text)
+        with pytest.raises(InputError, match=message):
+            image_preprocessing(str(good))
+    good.write_bytes(b"{" + b" " * (70 * 1024) + b"}")
+    with pytest.raises(InputError, match="more than the"):
+        image_preprocessing(str(good))
+
+
+# -- tables -------------------------------------------------------------------------------------------------------
+
+TABLE = TensorSpec("features", ("batch", 3), np.dtype("float32"))
+
+
+def test_csv_and_parquet_rows_with_column_names(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(2)
+    values = rng.normal(0, 300, (5, 3))
+    with open(tmp_path / "t.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["age", "income", "debt"])
+        writer.writerows(values.tolist())
+    rows = read_input_file(tmp_path / "t.csv", [TABLE], InputOptions())
+    assert np.array_equal(rows.arrays["features"], values.astype(np.float32))
+    assert rows.feature_names == {"features": ["age", "income", "debt"]}
+    pq.write_table(pa.table({"debt": values[:, 2], "age": values[:, 0], "note": ["x"] * 5}), tmp_path / "t.parquet")
+    rows = read_input_file(tmp_path / "t.parquet", [TABLE], InputOptions(columns=("age", "debt", "age")))
+    assert np.array_equal(rows.arrays["features"], values[:, [0, 2, 0]].astype(np.float32))
+    with pytest.raises(InputError, match="not numeric"):
+        read_input_file(tmp_path / "t.parquet", [TABLE], InputOptions())
+    (tmp_path / "bad.csv").write_text("age,income,debt\n1,2,3\n4,oops,6\n")
+    with pytest.raises(InputError, match=r"row 1: row does not parse"):
+        read_input_file(tmp_path / "bad.csv", [TABLE], InputOptions())
+
+
+def test_several_inputs_by_name_or_order(tmp_path):
+    specs = [TensorSpec("a", ("batch", 1), np.dtype("float32")), TensorSpec("b", ("batch", 1), np.dtype("float32"))]
+    (tmp_path / "named.csv").write_text("b,a\n1,2\n3,4\n")
+    rows = read_input_file(tmp_path / "named.csv", specs, InputOptions())
+    assert rows.arrays["a"].ravel().tolist() == [2, 4] and rows.arrays["b"].ravel().tolist() == [1, 3]
+    (tmp_path / "order.csv").write_text("x,y\n1,2\n3,4\n")
+    rows = read_input_file(tmp_path / "order.csv", specs, InputOptions())
+    assert rows.arrays["a"].ravel().tolist() == [1, 3] and rows.arrays["b"].ravel().tolist() == [2, 4]
+
+
+# -- the CLI end to end on image files ----------------------------------------------------------------------------
+
+class _SmallCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def cnn_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cnn") / "cnn.onnx"
+    path.write_bytes(to_onnx(_SmallCNN(), torch.zeros(1, 3, 8, 8), input_names=("image",)))
+    return path
+
+
+def _images(folder: Path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    folder.mkdir()
+    out = {}
+    for name in ("a.png", "b.png"):
+        pixels = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        _png(folder / name, pixels)
+        out[name] = pixels
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return out
+
+
+def _ort(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x})[0]
+
+
+IMAGE_OPTIONS = ["--resize", "8", "--scale", "1/255", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+
+
+def test_attribute_image_folder_end_to_end(tmp_path, cnn_path, capsys):
+    images = _images(tmp_path / "pictures")
+    out = tmp_path / "out"
+    code = main(["attribute", str(cnn_path), "-i", str(tmp_path / "pictures"), "-o", str(out), "-q", *IMAGE_OPTIONS])
+    assert code == 4  # the folder ran; one input failed
+    index = json.loads((out / "index.json").read_text())
+    assert index["failed"] == ["broken.png"] and "cannot read image" in index["results"]["broken.png"]["error"]
+    for name, pixels in images.items():
+        # the oracle: Pillow's resize (shorter side 8: 8 x int(8*16/12)=10), crop offset round(1.0)=1, then numpy
+        resized = np.asarray(Image.fromarray(pixels).resize((10, 8), Image.Resampling.BILINEAR))[:, 1:9]
+        x = ((resized / 255.0 - np.array(MEAN)) / np.array(STD)).astype(np.float32)
+        x = np.moveaxis(x, -1, 0)[None]
+        folder = out / index["results"][name]["folder"]
+        report = json.loads((folder / "report.json").read_text())
+        attributions = np.load(folder / "attributions.npz")["image"]
+        logits, zero = _ort(cnn_path, x), _ort(cnn_path, np.zeros_like(x))
+        target = int(report["target"][0])
+        assert target == int(logits.argmax())
+        assert np.isclose(attributions.sum(dtype=np.float64), logits[0, target] - zero[0, target], rtol=1e-4, atol=1e-5)
+        assert report["manifest"]["options"]["preprocessing"]["image"]["resize"] == 8
+        assert any(f.startswith("heatmap_image_0") for f in report["files"])
+    # a resume with other preprocessing is refused, naming it
+    capsys.readouterr()
+    code = main(["attribute", str(cnn_path), "-i", str(tmp_path / "pictures"), "-o", str(out), "-q", "--resume",
+                 *IMAGE_OPTIONS[:-1], "0.25,0.25,0.25"])
+    assert code == 2 and "preprocessing.image.std" in capsys.readouterr().err
+
+
+def test_picture_shows_the_image_as_given(tmp_path, cnn_path):
+    """The input panel of the heatmap is the resized image before normalisation: with pixels at
+    0 and 200 only, normalisation would move them, while the picture keeps 0 and 200 as the ends."""
+    from onnx_attr.readers import picture_arrays
+
+    _png(tmp_path / "h.png", _halves())
+    options = InputOptions(image=image_preprocessing(scale=1 / 255, mean=MEAN, std=STD))
+    rows = read_input_file(tmp_path / "h.png", load(cnn_path).inputs, options)
+    attributions, shown = picture_arrays(rows, {"image": np.ones((1, 3, 8, 8))}, rows.arrays)
+    assert shown["image"].max() == 200 and shown["image"].min() == 0
+    assert rows.arrays["image"].min() < -1  # the model got the normalised values
+
+
+# -- the dataset job on an image folder ---------------------------------------------------------------------------
+
+def test_dataset_image_folder(tmp_path, cnn_path):
+    from onnx_attr.dataset_job import attribute_dataset, attribution_array, read_results
+
+    images = _images(tmp_path / "pictures")
+    sub = tmp_path / "pictures" / "cats"
+    sub.mkdir()
+    _png(sub / "c.png", np.full((8, 8, 3), 255, np.uint8))
+    options = InputOptions(image=image_preprocessing(resize=8, scale=1 / 255))
+    summary = attribute_dataset(str(cnn_path), str(tmp_path / "pictures"), str(tmp_path / "out"), inputs=options,
+                                shard_rows=2, quiet=True)
+    assert summary["rows"] == 4 and summary["error_rows_computed"] == 1 and summary["shards"] == 2
+    table = read_results(tmp_path / "out")
+    assert table.column("source").to_pylist() == ["a.png", "b.png", "broken.png", "cats/c.png"]
+    assert table.column("status").to_pylist() == ["ok", "ok", "error", "ok"]
+    assert "cannot read image" in table.column("error").to_pylist()[2]
+    attributions = attribution_array(table)
+    resized = np.asarray(Image.fromarray(images["a.png"]).resize((10, 8), Image.Resampling.BILINEAR))[:, 1:9]
+    x = np.moveaxis(resized / 255.0, -1, 0)[None].astype(np.float32)
+    logits, zero = _ort(cnn_path, x), _ort(cnn_path, np.zeros_like(x))
+    target = table.column("target").to_pylist()[0]
+    assert np.isclose(attributions[0].sum(dtype=np.float64), logits[0, target] - zero[0, target], rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="preprocessing.image.scale"):
+        attribute_dataset(str(cnn_path), str(tmp_path / "pictures"), str(tmp_path / "out"), shard_rows=2, quiet=True,
+                          resume=True, inputs=InputOptions(image=image_preprocessing(resize=8, scale=1 / 256)))
