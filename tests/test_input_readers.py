@@ -292,3 +292,112 @@ def test_dataset_image_folder(tmp_path, cnn_path):
     with pytest.raises(InputError, match="preprocessing.image.scale"):
         attribute_dataset(str(cnn_path), str(tmp_path / "pictures"), str(tmp_path / "out"), shard_rows=2, quiet=True,
                           resume=True, inputs=InputOptions(image=image_preprocessing(resize=8, scale=1 / 256)))
+
+
+# -- text through a tokenizer -------------------------------------------------------------------------------------
+
+SENTENCES = ["the film was good", "the film was bad", "a good good plot", "bad acting and a bad plot",
+             "the plot was fine"]
+LENGTH = 6
+
+
+def _tokenizer(path: Path) -> Path:
+    """A word-level tokenizer trained here, in memory, from a few sentences."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(SENTENCES, tokenizers.trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    tokenizer.save(str(path))
+    return path
+
+
+class _MaskedBag(torch.nn.Module):
+    """ids -> embedding -> tanh -> mean over the tokens the mask keeps -> linear."""
+
+    def __init__(self, vocabulary: int = 32):
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed, self.head = torch.nn.Embedding(vocabulary, 5), torch.nn.Linear(5, 3)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.head(40.0 * (torch.tanh(self.embed(input_ids)) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    module = _MaskedBag().eval()
+    example = (torch.zeros(1, LENGTH, dtype=torch.int64), torch.ones(1, LENGTH, dtype=torch.int64))
+    path = folder / "bag.onnx"
+    path.write_bytes(to_onnx(module, example, input_names=("input_ids", "attention_mask")))
+    return module, path, _tokenizer(folder / "tokenizer.json")
+
+
+def _encoded(tokenizer_path: Path, lines: list[str]):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer.enable_padding(length=LENGTH, pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+    tokenizer.enable_truncation(max_length=LENGTH)
+    return tokenizer.encode_batch(lines)
+
+
+def test_attribute_text_through_a_tokenizer(tmp_path, text_model, capsys):
+    module, model_path, tokenizer_path = text_model
+    lines = ["the film was good", "a bad bad plot and bad acting here"]  # the second one is truncated
+    (tmp_path / "reviews.txt").write_text("\n".join(lines) + "\n\n")
+    out = tmp_path / "out"
+    code = main(["attribute", str(model_path), "-i", str(tmp_path / "reviews.txt"), "-o", str(out), "-q", "--plot",
+                 "--tokenizer", str(tokenizer_path)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    encodings = _encoded(tokenizer_path, lines)
+    assert report["tokens"] == [e.tokens for e in encodings] and report["tokens"][0][-1] == "[PAD]"
+    assert report["manifest"]["options"]["preprocessing"]["text"]["length"] == LENGTH
+    scores = np.load(out / "attributions.npz")["input_ids"]
+    assert scores.shape == (2, LENGTH)
+    ids = torch.tensor([e.ids for e in encodings])
+    mask = torch.tensor([e.attention_mask for e in encodings])
+    with torch.no_grad():  # the oracle: the module itself, at the baseline of token id 0 ([PAD]) everywhere
+        logits = module(ids, mask).double()
+        reference = module(torch.zeros_like(ids), mask).double()
+    for i, target in enumerate(report["target"]):
+        change = float(logits[i, target] - reference[i, target])
+        assert abs(change) > 1.0
+        assert np.isclose(scores[i].sum(dtype=np.float64), change, rtol=1e-4, atol=1e-5)
+    assert scores[0, 4:].tolist() == [0.0, 0.0]  # padding, masked out, gets nothing
+    page = (out / "tokens_input_ids_0.html").read_text()
+    assert "film" in page  # the token page reads the tokenizer's vocabulary
+
+
+def test_text_refusals(tmp_path, text_model):
+    _, model_path, tokenizer_path = text_model
+    (tmp_path / "t.txt").write_text("the film\n")
+    args = ["attribute", str(model_path), "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "o"), "-q"]
+    assert main(args) == 2
+    assert main([*args, "--tokenizer", str(tokenizer_path), "--max-length", "9"]) == 2
+    (tmp_path / "bad.json").write_text('{"model": 3}')
+    assert main([*args, "--tokenizer", str(tmp_path / "bad.json")]) == 2
+
+
+def test_dataset_text_rows(tmp_path, text_model):
+    from onnx_attr.dataset_job import attribute_dataset, attribution_array, read_results
+    from onnx_attr.text_inputs import text_preprocessing
+
+    module, model_path, tokenizer_path = text_model
+    (tmp_path / "reviews.txt").write_text("\n".join(SENTENCES) + "\n")
+    options = InputOptions(text=text_preprocessing(str(tokenizer_path)))
+    summary = attribute_dataset(str(model_path), str(tmp_path / "reviews.txt"), str(tmp_path / "out"),
+                                inputs=options, shard_rows=2, batch_size=2, quiet=True)
+    assert summary["rows"] == 5 and summary["error_rows_computed"] == 0
+    table = read_results(tmp_path / "out")
+    scores = attribution_array(table)
+    encodings = _encoded(tokenizer_path, SENTENCES)
+    ids = torch.tensor([e.ids for e in encodings])
+    mask = torch.tensor([e.attention_mask for e in encodings])
+    with torch.no_grad():
+        change = (module(ids, mask) - module(torch.zeros_like(ids), mask)).double().numpy()
+    targets = table.column("target").to_pylist()
+    assert scores.shape == (5, LENGTH)
+    assert np.allclose(scores.sum(1, dtype=np.float64), change[np.arange(5), targets], rtol=1e-4, atol=1e-5)
