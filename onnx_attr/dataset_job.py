@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -37,6 +37,7 @@ ATTRIBUTION_DTYPES = ("float32", "float16")
 #: Relative convergence delta above which a row is counted in the summary (as the methods warn).
 DELTA_TOLERANCE = 1e-4
 MANIFEST = "manifest.json"
+MEAN_BASELINE = "baseline-mean.npz"
 SUMMARY = "summary.json"
 
 
@@ -367,8 +368,6 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         resolve_baseline_spec
 
     if columns:
-        from dataclasses import replace
-
         inputs = replace(inputs or InputOptions(), columns=tuple(columns))
     settings, loaded = _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size,
                                  attribution_dtype, engine, gradient_fallback, n_steps, internal_batch_size,
@@ -384,13 +383,17 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     preprocessing = _preprocessing(settings.inputs, loaded.inputs, files)
     sources = describe_sources(files, loaded.inputs, settings.inputs)
     shards = plan_shards(sources, shard_rows)
+    mean = _dataset_mean(loaded, settings, sources, shards, quiet) if settings.baseline == "mean" else None
     stripped = sorted(o.name for o in loaded.outputs if o.final_activation is not None and o.final_activation.stripped)
     manifest = build_manifest(
         model_sha256=model_fingerprint(loaded), method=method, target=target, baseline=settings.baseline,
-        baseline_sha256=file_sha256(settings.baseline) if settings.baseline.endswith(".npz") else None,
+        baseline_sha256=file_sha256(settings.baseline) if settings.baseline.endswith(".npz") else
+        mean[1] if mean is not None else None,
         output=output_name,
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
                  "attribution_dtype": attribution_dtype, **per_method})
+    if mean is not None:
+        manifest["baseline"]["rows_averaged"] = mean[2]
     manifest["preprocessing"] = {
         "columns": list(settings.inputs.columns) if settings.inputs.columns else
         "named after the inputs, in order, or all (one input)",
@@ -409,6 +412,9 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         remove_leftover_temporaries(folder, depth=0)
         _check_earlier_run(folder, manifest, resume, overwrite)
         write_json(folder / MANIFEST, {**manifest, "hash": digest})
+        if mean is not None:  # the workers read the mean row as a baseline file, as they read a user's
+            path = atomic_write(folder / MEAN_BASELINE, lambda tmp: tmp.write_bytes(mean[0]))
+            settings = replace(settings, baseline=str(path))
         done = committed_shards(folder, digest, shards) if resume else set()
         pending = [s for s in shards if s.index not in done]
         total_rows = manifest["dataset"]["rows"]
@@ -446,10 +452,6 @@ def _settings(model, method, target, baseline, output_name, inputs, shard_rows, 
         raise InputError(f"--target {target!r}: a dataset job explains one target for every row (an int, or a:b); "
                          "leave it out to explain each row's predicted class")
     spec = resolve_baseline_spec(baseline, method)
-    if spec == "mean":
-        raise InputError("--baseline mean depends on which rows share a batch, so a dataset job cannot use it; "
-                         "save the dataset's mean row with numpy.savez('mean.npz', **{input: row[None]}) and give "
-                         "--baseline mean.npz")
     for name, value in (("--shard-rows", shard_rows), ("--batch-size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be an integer >= 1, got {value!r}")
@@ -465,6 +467,44 @@ def _settings(model, method, target, baseline, output_name, inputs, shard_rows, 
     settings = Settings(path, strip, device, method, target, spec, output_name, batch_size, attribution_dtype,
                         gradient_fallback, n_steps, internal_batch_size, inputs or InputOptions())
     return settings, loaded
+
+
+def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard],
+                  quiet: bool) -> tuple[bytes, str, int]:
+    """`--baseline mean`: a first pass over every readable, finite row, summed in float64 shard by
+    shard in plan order, so the mean is the same however the rows are later batched or scheduled.
+    Returns the mean row as .npz bytes (one row per floating input), their sha256 and the row count."""
+    import io
+
+    integer = [s.name for s in model.inputs if not s.differentiable]
+    if integer:
+        raise InputError(f"--baseline mean averages floating inputs; this model also takes {integer}, whose mean is no "
+                         "valid value (a token id, a flag): give --baseline zeros or an .npz baseline")
+    reader = RowReader(model.inputs, settings.inputs)
+    totals: dict[str, np.ndarray] = {}
+    count = 0
+    bar = progress(sum(shard_rows_of(s) for s in shards), "row", "dataset mean (--baseline mean)", quiet)
+    try:
+        for shard in shards:
+            source = sources[shard.source]
+            if source.error is None:
+                rows = reader.read(source, shard.start, shard.stop)
+                keep = [r for r, e in enumerate(rows.errors)
+                        if e is None and all(np.isfinite(v[r]).all() for v in rows.arrays.values())]
+                for name, values in rows.arrays.items():
+                    part = np.sum(values[keep], axis=0, dtype=np.float64)
+                    totals[name] = totals[name] + part if name in totals else part
+                count += len(keep)
+            bar.update(shard_rows_of(shard))
+    finally:
+        bar.close()
+    if count == 0:
+        raise InputError("--baseline mean: no row of the dataset can be read, so there is no mean to compare with")
+    dtypes = {s.name: s.dtype for s in model.inputs}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: (v / count)[None].astype(dtypes[k]) for k, v in totals.items()})
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest(), count
 
 
 def _check_baseline_rows(settings: Settings, model) -> None:

@@ -401,3 +401,50 @@ def test_dataset_text_rows(tmp_path, text_model):
     targets = table.column("target").to_pylist()
     assert scores.shape == (5, LENGTH)
     assert np.allclose(scores.sum(1, dtype=np.float64), change[np.arange(5), targets], rtol=1e-4, atol=1e-5)
+
+
+# -- the dataset job's --baseline mean ----------------------------------------------------------------------------
+
+def test_dataset_mean_baseline_is_independent_of_batching(tmp_path):
+    """The mean row is computed in a first pass (oracle: numpy's float64 mean of the readable rows);
+    attributions add up to f(x) - f(mean) by onnxruntime, and are the same for any batch size."""
+    import onnxruntime as ort
+
+    from onnx_attr.dataset_job import attribute_dataset, attribution_array, read_results
+
+    from conftest import SAMPLES as samples
+    model = samples / "breast_cancer_mlp.onnx"
+    features = np.load(samples / "breast_cancer_mlp_inputs.npz")["features"]  # 8 rows, values up to ~2,500
+    table = np.concatenate([features, features * 1.5]).astype(np.float64)
+    n = len(table)
+    names = [f"f{i}" for i in range(features.shape[1])]
+    with open(tmp_path / "rows.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        writer.writerows(table.tolist())
+        writer.writerow(["oops"] * len(names))  # an error row: left out of the mean
+    results = {}
+    for batch in (3, 64):
+        out = tmp_path / f"out{batch}"
+        summary = attribute_dataset(str(model), str(tmp_path / "rows.csv"), str(out), baseline="mean",
+                                    batch_size=batch, shard_rows=5, quiet=True)
+        assert summary["error_rows_computed"] == 1
+        results[batch] = read_results(out)
+    mean = np.load(tmp_path / "out3" / "baseline-mean.npz")["features"]
+    assert np.array_equal(mean, table.astype(np.float32).astype(np.float64).mean(0)[None].astype(np.float32))
+    manifest = json.loads((tmp_path / "out3" / "manifest.json").read_text())
+    assert manifest["baseline"]["spec"] == "mean" and manifest["baseline"]["rows_averaged"] == n
+    first, second = (attribution_array(results[b]) for b in (3, 64))
+    # the same mean row whatever the batch size (the attributions then differ only by float32 matmul order)
+    assert (tmp_path / "out3" / "baseline-mean.npz").read_bytes() == (tmp_path / "out64" / "baseline-mean.npz").read_bytes()
+    assert np.allclose(first[:n], second[:n], rtol=1e-5, atol=1e-5) and np.isnan(first[n]).all()
+    import onnx
+
+    proto = onnx.load(str(model))  # the logits: the final Sigmoid cut off, as the job strips it
+    last = proto.graph.node[-1]
+    proto.graph.output[0].name = last.input[0]
+    proto.graph.node.remove(last)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"features": table.astype(np.float32)})[0][:, 0]
+    reference = session.run(None, {"features": mean})[0][0, 0]
+    assert np.allclose(first[:n].sum(1, dtype=np.float64), logits - reference, rtol=1e-4, atol=1e-4)
