@@ -243,7 +243,8 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="deeplift", choices=METHOD_CHOICES, help="attribution method (default: deeplift)")
     p.add_argument("--target", help="output index explained for every row (int, or a:b for outputs of rank > 2; "
                                     "default: each row's predicted class)")
-    p.add_argument("--baseline", help="zeros (default) or an .npz of baseline rows (deepliftshap: required)")
+    p.add_argument("--baseline", help="zeros (default), mean (of the whole dataset, from a first pass) or an .npz of "
+                                      "baseline rows (deepliftshap: required)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
     p.add_argument("--resume", action="store_true",
                    help="skip shards already committed with the same settings; refuse if --out holds a run with other "

@@ -264,6 +264,11 @@ def test_picture_shows_the_image_as_given(tmp_path, cnn_path):
     attributions, shown = picture_arrays(rows, {"image": np.ones((1, 3, 8, 8))}, rows.arrays)
     assert shown["image"].max() == 200 and shown["image"].min() == 0
     assert rows.arrays["image"].min() < -1  # the model got the normalised values
+    nhwc = read_input_file(tmp_path / "h.png", [NHWC], InputOptions())
+    map_ = np.arange(8 * 8 * 3, dtype=np.float32).reshape(1, 8, 8, 3)
+    turned, shown = picture_arrays(nhwc, {"image": map_}, nhwc.arrays)
+    assert turned["image"].shape == (1, 3, 8, 8) and turned["image"][0, 2, 1, 5] == map_[0, 1, 5, 2]
+    assert shown["image"].shape == (1, 3, 8, 8)  # pictures take channels first
 
 
 # -- the dataset job on an image folder ---------------------------------------------------------------------------
