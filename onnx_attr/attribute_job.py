@@ -115,15 +115,15 @@ def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> A
     return read_npz(spec, model.inputs)
 
 
-def input_files(spec: str) -> list[Path]:
+def input_files(spec: str, text: bool = False) -> list[Path]:
     """One input file (.npz, a table, text or an image), a folder of them (images also in its
-    subfolders), or a glob pattern; sorted, so runs and resumes agree."""
+    subfolders; text files with `text`), or a glob pattern; sorted, so runs and resumes agree."""
     from .readers import source_files
 
     path = Path(spec)
     if not path.is_dir() and not any(c in spec for c in "*?["):
         return [path]
-    return source_files(spec)
+    return source_files(spec, text)
 
 
 def result_folders(files: Sequence[Path]) -> dict[Path, str]:
@@ -194,9 +194,9 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     batch_size = _positive(batch_size, "--batch-size") or DEFAULT_BATCH_SIZE
     from .readers import InputOptions, kinds_of
 
-    files = input_files(input_path)
-    many = len(files) > 1 or Path(input_path).is_dir()
     inputs = inputs or InputOptions()
+    files = input_files(input_path, inputs.text is not None)
+    many = len(files) > 1 or Path(input_path).is_dir()
     preprocessing = inputs.record(model.inputs, kinds_of(files))
     stripped = sorted(o.name for o in model.outputs if o.final_activation is not None and o.final_activation.stripped)
     manifest = build_manifest(

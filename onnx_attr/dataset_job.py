@@ -379,7 +379,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
 
         loaded = load(settings.model_path, strip_final_activation=strip_final_activation, device=device)
     _check_baseline_rows(settings, loaded)
-    files = source_files(source)
+    files = source_files(source, settings.inputs.text is not None)
     preprocessing = _preprocessing(settings.inputs, loaded.inputs, files)
     sources = describe_sources(files, loaded.inputs, settings.inputs)
     shards = plan_shards(sources, shard_rows)

@@ -105,12 +105,14 @@ class Rows:
     vocab: Optional[dict[int, str]] = None
 
 
-def source_files(spec: str) -> list[Path]:
+def source_files(spec: str, text: bool = False) -> list[Path]:
     """One file, a folder (its data files, and image files in it and its subfolders), or a glob;
-    sorted, so every run agrees."""
+    sorted, so every run agrees. A folder's .txt files are inputs only with `text` (a tokenizer
+    given), so notes beside the data are not read as examples."""
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in KINDS and KINDS[p.suffix.lower()] != "images"
+        skip = {"images"} if text else {"images", "text"}
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in KINDS and KINDS[p.suffix.lower()] not in skip
                        and not p.name.startswith(".") and not p.is_dir())
         files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
                         and not any(part.startswith(".") for part in p.relative_to(path).parts))

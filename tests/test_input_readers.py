@@ -277,6 +277,7 @@ def test_dataset_image_folder(tmp_path, cnn_path):
     from onnx_attr.dataset_job import attribute_dataset, attribution_array, read_results
 
     images = _images(tmp_path / "pictures")
+    (tmp_path / "pictures" / "README.txt").write_text("notes beside the data, not examples (no --tokenizer)\n")
     sub = tmp_path / "pictures" / "cats"
     sub.mkdir()
     _png(sub / "c.png", np.full((8, 8, 3), 255, np.uint8))
