@@ -437,6 +437,18 @@ def read_input_file(file: Path, specs: Sequence[TensorSpec], options: InputOptio
     return rows
 
 
+def read_inputs(path: str | os.PathLike, model: Any, options: Optional[InputOptions] = None) -> dict[str, np.ndarray]:
+    """The Python API's way in: a model's inputs (by ONNX name, rows on axis 0) from one file of
+    any kind `attribute` reads, with the same preprocessing; `model` is a loaded model or its
+    input specs."""
+    specs = list(getattr(model, "inputs", model))
+    if kind_of(path) == "npz":
+        from .inputs import read_npz
+
+        return read_npz(path, specs)
+    return read_input_file(Path(path), specs, options or InputOptions()).arrays
+
+
 def picture_arrays(rows: Rows, attributions: dict[str, np.ndarray],
                    inputs: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """What pictures draw: image inputs as the user gave them (pixels before normalisation), and

@@ -454,3 +454,17 @@ def test_dataset_mean_baseline_is_independent_of_batching(tmp_path):
     logits = session.run(None, {"features": table.astype(np.float32)})[0][:, 0]
     reference = session.run(None, {"features": mean})[0][0, 0]
     assert np.allclose(first[:n].sum(1, dtype=np.float64), logits - reference, rtol=1e-4, atol=1e-4)
+
+
+def test_python_api_reads_an_image_file(tmp_path, cnn_path):
+    import onnx_attr
+
+    _png(tmp_path / "h.png", _halves())
+    model = onnx_attr.load(cnn_path)
+    options = onnx_attr.InputOptions(image=onnx_attr.image_preprocessing(scale=1 / 255, mean=MEAN, std=STD))
+    inputs = onnx_attr.read_inputs(tmp_path / "h.png", model, options)
+    expected = (np.moveaxis(_halves(), -1, 0)[None] / 255.0 - np.array(MEAN)[:, None, None]) / np.array(STD)[:, None, None]
+    assert inputs["image"].shape == (1, 3, 8, 8) and np.allclose(inputs["image"], expected, rtol=1e-6)
+    attributions, delta = onnx_attr.DeepLift(model).attribute(inputs, target=0, return_convergence_delta=True)
+    logits = _ort(cnn_path, inputs["image"])[0, 0] - _ort(cnn_path, np.zeros((1, 3, 8, 8), np.float32))[0, 0]
+    assert np.isclose(np.asarray(attributions["image"]).sum(dtype=np.float64), logits, rtol=1e-4, atol=1e-5)
