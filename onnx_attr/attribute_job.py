@@ -189,11 +189,11 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     """
     if method not in METHOD_TITLES:
         raise InputError(f"unknown method {method!r}; available: {sorted(METHOD_TITLES)}")
+    from .readers import InputOptions, kinds_of
+
     baseline = resolve_baseline_spec(baseline, method)
     per_method = method_options(method, n_steps, internal_batch_size)
     batch_size = _positive(batch_size, "--batch-size") or DEFAULT_BATCH_SIZE
-    from .readers import InputOptions, kinds_of
-
     inputs = inputs or InputOptions()
     files = input_files(input_path, inputs.text is not None)
     many = len(files) > 1 or Path(input_path).is_dir()
@@ -392,7 +392,8 @@ class _Job:
         model_inputs = inputs
         attributions, inputs = picture_arrays(rows, attributions, inputs)
         options = _named_pictures(self.pictures or PictureOptions(), rows)
-        return write_pictures(folder, attributions, inputs, options=options, target=chosen, delta=delta, method=METHOD_TITLES[self.method], baseline=self.baseline,
+        return write_pictures(folder, attributions, inputs, options=options, target=chosen, delta=delta,
+                              method=METHOD_TITLES[self.method], baseline=self.baseline,
                               final_activation=report["final_activation"],
                               outputs=lambda: self.model.run(model_inputs)[self.output_index], stem=_safe)
 

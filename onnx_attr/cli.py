@@ -105,7 +105,8 @@ def _input_format_options(p: argparse.ArgumentParser) -> None:
     images.add_argument("--resize", type=_positive_int, metavar="N",
                         help="resize the shorter side to N, then centre-crop to --image-size (default: resize straight "
                              "to --image-size)")
-    images.add_argument("--layout", choices=("NCHW", "NHWC", "NHW"), help="the input's layout (default: from its shape)")
+    images.add_argument("--layout", choices=("NCHW", "NHWC", "NHW"),
+                        help="the input's layout (default: from its shape)")
     images.add_argument("--channels", choices=("RGB", "BGR", "L"), help="channel order, or L for grey (default: RGB, "
                                                                         "or L for one channel)")
     images.add_argument("--scale", metavar="S", help="multiply pixels by S first, e.g. 1/255 (default 1)")

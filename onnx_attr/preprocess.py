@@ -70,7 +70,8 @@ class ImagePreprocessing:
                              "(NCHW or NHWC) or 3 (NHW, grey)")
         layout = self.layout or _layout_of(dims, spec)
         if (len(dims) == 3) != (layout == "NHW"):
-            raise InputError(f"--layout {layout} does not fit input {spec.name!r} of rank {len(dims)} ({spec.describe()})")
+            raise InputError(f"--layout {layout} does not fit input {spec.name!r} of rank {len(dims)} "
+                             f"({spec.describe()})")
         axis = {"NCHW": 1, "NHWC": 3, "NHW": None}[layout]
         declared = dims[axis] if axis is not None else 1
         channels = self.channels or ("L" if declared == 1 else "RGB")
@@ -123,7 +124,8 @@ class ImagePreprocessing:
                 raise InputError(f"dtype {self.dtype!r} is not a numpy dtype") from err
             normalised = self.scale != 1.0 or self.mean is not None or self.std is not None
             if not np.issubdtype(kind, np.floating) and normalised:
-                raise InputError(f"the model takes {kind} pixels: --scale, --mean and --std apply to floating inputs only")
+                raise InputError(f"the model takes {kind} pixels: --scale, --mean and --std apply to floating "
+                                 "inputs only")
 
 
 def _layout_of(dims: Sequence[Any], spec: TensorSpec) -> str:
@@ -244,7 +246,8 @@ def image_input(specs: Sequence[TensorSpec], name: Optional[str] = None) -> Tens
     if name is not None:
         found = [s for s in specs if s.name == name]
         if not found:
-            raise InputError(f"--image-input {name!r} is not an input of the model; its inputs are {[s.name for s in specs]}")
+            raise InputError(f"--image-input {name!r} is not an input of the model; its inputs are "
+                             f"{[s.name for s in specs]}")
         return found[0]
     candidates = [s for s in specs if s.shape is not None and len(s.shape) in (3, 4)]
     if len(candidates) == 1:

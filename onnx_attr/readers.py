@@ -416,7 +416,8 @@ def _image_shapes(prep: ImagePreprocessing) -> tuple[tuple[int, ...], tuple[int,
     """One example's shape as the model takes it, and as `load_image` shows it."""
     height, width = prep.size  # type: ignore[misc]
     count = prep.channel_count
-    model = {"NCHW": (count, height, width), "NHWC": (height, width, count), "NHW": (height, width)}[prep.layout or "NCHW"]
+    shapes = {"NCHW": (count, height, width), "NHWC": (height, width, count), "NHW": (height, width)}
+    model = shapes[prep.layout or "NCHW"]
     return model, ((height, width) if count == 1 else (3, height, width))
 
 

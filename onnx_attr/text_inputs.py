@@ -63,7 +63,8 @@ def _load_tokenizer(prep: TextPreprocessing):
         return Tokenizer.from_str(text)
     except Exception as err:  # the library raises its own exception type for any malformed file
         raise InputError(f"--tokenizer {prep.tokenizer!r} is not a tokenizer.json the tokenizers library reads "
-                         f"({err}); save one with Tokenizer.save or a transformers tokenizer's save_pretrained") from err
+                         f"({err}); save one with Tokenizer.save or a transformers tokenizer's "
+                         "save_pretrained") from err
 
 
 def _integer(spec: TensorSpec) -> bool:
@@ -116,7 +117,8 @@ class TextEncoder:
         arrays: dict[str, np.ndarray] = {}
         for spec, field in ((self.ids, "ids"), (self.mask, "attention_mask"), (self.types, "type_ids")):
             if spec is not None:
-                values = np.asarray([getattr(e, field) for e in encodings], dtype=np.int64).reshape(len(encodings), width)
+                values = np.asarray([getattr(e, field) for e in encodings], dtype=np.int64)
+                values = values.reshape(len(encodings), width)
                 arrays[spec.name] = values.astype(spec.dtype)
         return arrays, [list(e.tokens) for e in encodings]
 
