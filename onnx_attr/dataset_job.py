@@ -395,8 +395,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     if mean is not None:
         manifest["baseline"]["rows_averaged"] = mean[2]
     manifest["preprocessing"] = {
-        "columns": list(settings.inputs.columns) if settings.inputs.columns else
-        "named after the inputs, in order, or all (one input)",
+        "columns": settings.inputs.describe_columns(),
         **preprocessing,
         "inputs": [s.to_dict() for s in loaded.inputs],
         "cast": "each input converted to the model's dtype; rows with NaN/Inf are error rows"}

@@ -47,10 +47,15 @@ class InputOptions:
     image_input: Optional[str] = None
     text: Optional[TextPreprocessing] = None
 
+    def describe_columns(self) -> Any:
+        return list(self.columns) if self.columns else "named after the inputs, in order, or all (one input)"
+
     def record(self, specs: Sequence[TensorSpec], kinds: set[str]) -> dict[str, Any]:
         """The preprocessing of these kinds of source as reports and manifests record it, every
         default resolved against the model; a setting the model cannot take is refused here."""
         out: dict[str, Any] = {}
+        if kinds & set(TABLES):
+            out["columns"] = self.describe_columns()
         if "images" in kinds:
             spec = image_input(specs, self.image_input)
             others = [s.name for s in specs if s.name != spec.name]

@@ -468,3 +468,23 @@ def test_python_api_reads_an_image_file(tmp_path, cnn_path):
     attributions, delta = onnx_attr.DeepLift(model).attribute(inputs, target=0, return_convergence_delta=True)
     logits = _ort(cnn_path, inputs["image"])[0, 0] - _ort(cnn_path, np.zeros((1, 3, 8, 8), np.float32))[0, 0]
     assert np.isclose(np.asarray(attributions["image"]).sum(dtype=np.float64), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_attribute_table_records_its_columns(tmp_path, capsys):
+    from conftest import SAMPLES
+
+    features = np.load(SAMPLES / "breast_cancer_mlp_inputs.npz")["features"][:3]
+    names = [f"feat_{i}" for i in range(features.shape[1])]
+    with open(tmp_path / "rows.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        writer.writerows(features.tolist())
+    args = ["attribute", str(SAMPLES / "breast_cancer_mlp.onnx"), "-i", str(tmp_path / "rows.csv"), "-o",
+            str(tmp_path / "out"), "-q", "--plot"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["feature_names"] == {"features": names} and "bars_features_0.png" in report["files"]
+    assert np.array_equal(np.load(tmp_path / "out" / "attributions.npz")["features"].shape, features.shape)
+    capsys.readouterr()
+    assert main([*args, "--resume", "--columns", ",".join(reversed(names))]) == 2
+    assert "preprocessing.columns" in capsys.readouterr().err
