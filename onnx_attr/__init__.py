@@ -32,6 +32,8 @@ _LAZY = {
     "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
     "smooth": "smooth",
     "attribute_dataset": "dataset_job", "read_results": "dataset_job",
+    "read_inputs": "readers", "InputOptions": "readers", "image_preprocessing": "preprocess",
+    "text_preprocessing": "text_inputs",
 }
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come from __getattr__
@@ -44,6 +46,9 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
     from .metrics import infidelity, parameter_randomization, sensitivity_max
     from .model import AttributableModel
     from .dataset_job import attribute_dataset, read_results
+    from .preprocess import image_preprocessing
+    from .readers import InputOptions, read_inputs
+    from .text_inputs import text_preprocessing
     from .smooth import smooth
     from .verify import VerifyReport, verify
 
@@ -76,6 +81,8 @@ __all__ = [
     "smooth",
     # whole datasets into Parquet shards, each row exactly once
     "attribute_dataset", "read_results",
+    # image files, tables and text as model inputs, preprocessed as the CLI does
+    "read_inputs", "InputOptions", "image_preprocessing", "text_preprocessing",
     # errors
     "BudgetError", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",

@@ -30,6 +30,7 @@ from .names import read_feature_names  # noqa: F401  (kept importable from here)
 from .progress import progress
 
 if TYPE_CHECKING:
+    from .readers import InputOptions, Rows
     from .visualize import PictureOptions
 
 #: CLI method name -> (how reports name it, factory of the explainer).
@@ -114,20 +115,15 @@ def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> A
     return read_npz(spec, model.inputs)
 
 
-def input_files(spec: str) -> list[Path]:
-    """One .npz, a folder of them, or a glob pattern; sorted, so runs and resumes agree."""
-    import glob
+def input_files(spec: str, text: bool = False) -> list[Path]:
+    """One input file (.npz, a table, text or an image), a folder of them (images also in its
+    subfolders; text files with `text`), or a glob pattern; sorted, so runs and resumes agree."""
+    from .readers import source_files
 
     path = Path(spec)
-    if path.is_dir():
-        files = sorted(p for p in path.glob("*.npz") if not p.name.startswith("."))
-    elif any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(spec) if not Path(p).is_dir())
-    else:
+    if not path.is_dir() and not any(c in spec for c in "*?["):
         return [path]
-    if not files:
-        raise InputError(f"--input {spec!r} matches no .npz file")
-    return files
+    return source_files(spec, text)
 
 
 def result_folders(files: Sequence[Path]) -> dict[Path, str]:
@@ -184,7 +180,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
                   resume: bool = False, pictures: Optional["PictureOptions"] = None,
                   batch_size: Optional[int] = None, n_steps: Optional[int] = None,
                   internal_batch_size: Optional[int] = None, options: Optional[dict] = None,
-                  quiet: bool = False) -> dict:
+                  inputs: Optional["InputOptions"] = None, quiet: bool = False) -> dict:
     """Attribute one input file (results in `out`) or several (one subfolder each, `index.json`).
 
     `options` adds settings that changed the model before it got here (`--smooth`, say) to the
@@ -193,24 +189,29 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     """
     if method not in METHOD_TITLES:
         raise InputError(f"unknown method {method!r}; available: {sorted(METHOD_TITLES)}")
+    from .readers import InputOptions, kinds_of
+
     baseline = resolve_baseline_spec(baseline, method)
     per_method = method_options(method, n_steps, internal_batch_size)
     batch_size = _positive(batch_size, "--batch-size") or DEFAULT_BATCH_SIZE
-    files = input_files(input_path)
+    inputs = inputs or InputOptions()
+    files = input_files(input_path, inputs.text is not None)
     many = len(files) > 1 or Path(input_path).is_dir()
+    preprocessing = inputs.record(model.inputs, kinds_of(files))
     stripped = sorted(o.name for o in model.outputs if o.final_activation is not None and o.final_activation.stripped)
     manifest = build_manifest(
         model_sha256=model_fingerprint(model), method=method, target=target, baseline=baseline,
         baseline_sha256=file_sha256(regular_file(baseline, "--baseline")) if baseline.endswith(".npz") else None,
         output=output_name,
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
-                 "batch_size": batch_size, **per_method, **(options or {})})
+                 "batch_size": batch_size, **per_method, **(options or {}),
+                 **({"preprocessing": preprocessing} if preprocessing else {})})
     manifest = json.loads(json.dumps(manifest))  # as it reads back from report.json
     folder = prepare_out_dir(out)
     with FolderLock(folder):
         remove_leftover_temporaries(folder, depth=1 if many else 0)
         job = _Job(model, make_explainer(model, method, gradient_fallback), manifest, method, target, baseline,
-                   output_name, pictures, batch_size, per_method, quiet)
+                   output_name, pictures, batch_size, per_method, quiet, inputs)
         if not many:
             return job.single(files[0], folder, resume)
         return job.folder_run(files, folder, resume)
@@ -237,11 +238,11 @@ class _Job:
 
     def __init__(self, model, explainer, manifest: dict, method: str, target: Optional[str], baseline: str,
                  output_name: Optional[str], pictures: Optional["PictureOptions"], batch_size: int,
-                 method_options: dict, quiet: bool):
+                 method_options: dict, quiet: bool, inputs: "InputOptions"):
         self.model, self.explainer, self.manifest = model, explainer, manifest
         self.method, self.target, self.baseline, self.output_name = method, target, baseline, output_name
         self.pictures, self.batch_size = pictures, batch_size
-        self.method_options, self.quiet = method_options, quiet
+        self.method_options, self.quiet, self.inputs = method_options, quiet, inputs
         self.output_index = explainer._output_index(output_name)
 
     # -- one file -------------------------------------------------------------------------------------------------
@@ -319,12 +320,18 @@ class _Job:
     # -- the work ------------------------------------------------------------------------------------------------------
 
     def attribute_file(self, file: Path, input_sha: str, folder: Path, progress_bar: bool = False) -> dict:
-        from .inputs import read_npz
         from .input_files import InputCastWarning
+        from .readers import Rows, kind_of, read_input_file
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InputCastWarning)
-            inputs = read_npz(file, self.model.inputs)
+            if kind_of(file) == "npz":
+                from .inputs import read_npz
+
+                rows = Rows(read_npz(file, self.model.inputs))
+            else:
+                rows = read_input_file(file, self.model.inputs, self.inputs)
+        inputs = rows.arrays
         input_warnings = [str(w.message) for w in caught if issubclass(w.category, InputCastWarning)]
         for text in input_warnings:
             warnings.warn(text, InputCastWarning, stacklevel=2)
@@ -359,6 +366,8 @@ class _Job:
             "notes": list(self.model.notes),
             **({"smoothing": self.model.smoothing} if getattr(self.model, "smoothing", None) else {}),
             **({"input_warnings": input_warnings} if input_warnings else {}),
+            **({"feature_names": rows.feature_names} if rows.feature_names else {}),
+            **({"tokens": rows.tokens} if rows.tokens is not None else {}),
             **({"n_steps": self.method_options["n_steps"]} if "n_steps" in self.method_options else {}),
             "versions": self.manifest["versions"],
             "manifest": {**self.manifest, "input": {"file": file.name, "sha256": input_sha}},
@@ -368,7 +377,7 @@ class _Job:
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})
         data = buffer.getvalue()
-        report["files"] += self._pictures(folder, attributions, inputs, chosen, delta, report)
+        report["files"] += self._pictures(folder, attributions, inputs, chosen, delta, report, rows)
         atomic_write(folder / "attributions.npz", lambda tmp: tmp.write_bytes(data))
         report["attributions_sha256"] = _sha256(data)
         write_json(folder / "report.json", report)  # last: its presence marks the folder finished
@@ -376,13 +385,17 @@ class _Job:
         return report
 
     def _pictures(self, folder: Path, attributions: dict, inputs: dict, chosen: Any, delta: Any,
-                  report: dict) -> list[str]:
+                  report: dict, rows: "Rows") -> list[str]:
+        from .readers import picture_arrays
         from .visualize import PictureOptions, write_pictures
 
-        return write_pictures(folder, attributions, inputs, options=self.pictures or PictureOptions(), target=chosen,
-                              delta=delta, method=METHOD_TITLES[self.method], baseline=self.baseline,
+        model_inputs = inputs
+        attributions, inputs = picture_arrays(rows, attributions, inputs)
+        options = _named_pictures(self.pictures or PictureOptions(), rows)
+        return write_pictures(folder, attributions, inputs, options=options, target=chosen, delta=delta,
+                              method=METHOD_TITLES[self.method], baseline=self.baseline,
                               final_activation=report["final_activation"],
-                              outputs=lambda: self.model.run(inputs)[self.output_index], stem=_safe)
+                              outputs=lambda: self.model.run(model_inputs)[self.output_index], stem=_safe)
 
     def _target(self, inputs: dict, examples: int) -> tuple[Any, str]:
         """The --target given, else a default per example: the predicted class of an [N, C] output,
@@ -439,6 +452,18 @@ class _Job:
             bar.close()
         attributions = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
         return attributions, np.concatenate(deltas), _merged_reports(reports, len(steps) > 1)
+
+
+def _named_pictures(options: "PictureOptions", rows: "Rows") -> "PictureOptions":
+    """The names the files themselves give, where the user gave none: a table's column names for
+    its bars, the tokenizer's vocabulary for token pages."""
+    from dataclasses import replace
+
+    if options.feature_names is None and len(rows.feature_names) == 1:
+        options = replace(options, feature_names=next(iter(rows.feature_names.values())))
+    if options.vocab is None and rows.vocab is not None:
+        options = replace(options, vocab=rows.vocab)
+    return options
 
 
 def largest_positions(output) -> list[tuple[int, ...]]:

@@ -98,6 +98,53 @@ def _input_option(p: argparse.ArgumentParser, required: bool, text: str) -> None
     p.add_argument("-i", "--input", required=required, help=text)
 
 
+def _input_format_options(p: argparse.ArgumentParser) -> None:
+    """How tables, images and text become model inputs (`attribute` and `dataset` alike)."""
+    p.add_argument("--columns", help="CSV/Parquet: comma-separated feature columns of a one-input model (default: "
+                                     "columns named after the inputs, else one per input in order, else every column)")
+    images = p.add_argument_group("image files (PNG/JPEG; defaults from the model's input shape where it is static)")
+    images.add_argument("--preprocessing", metavar="FILE", help="a JSON object of the settings below (size, resize, "
+                        "layout, channels, scale, mean, std, dtype, resample); options given here override it")
+    images.add_argument("--image-size", metavar="HxW", help="height x width fed to the model (one number: a square)")
+    images.add_argument("--resize", type=_positive_int, metavar="N",
+                        help="resize the shorter side to N, then centre-crop to --image-size (default: resize straight "
+                             "to --image-size)")
+    images.add_argument("--layout", choices=("NCHW", "NHWC", "NHW"),
+                        help="the input's layout (default: from its shape)")
+    images.add_argument("--channels", choices=("RGB", "BGR", "L"), help="channel order, or L for grey (default: RGB, "
+                                                                        "or L for one channel)")
+    images.add_argument("--scale", metavar="S", help="multiply pixels by S first, e.g. 1/255 (default 1)")
+    images.add_argument("--mean", metavar="M[,M,M]", help="subtract per channel after --scale, e.g. 0.485,0.456,0.406")
+    images.add_argument("--std", metavar="S[,S,S]", help="then divide per channel, e.g. 0.229,0.224,0.225")
+    images.add_argument("--resample", choices=("bilinear", "bicubic", "nearest", "lanczos"),
+                        help="resize filter (default bilinear, as torchvision's Resize)")
+    images.add_argument("--image-input", metavar="NAME", help="the model input images feed (default: its one input of "
+                                                              "rank 3 or 4)")
+    text = p.add_argument_group("text files (.txt, one example per line; pip install 'onnx-attr[text]')")
+    text.add_argument("--tokenizer", metavar="FILE", help="the model's tokenizer.json (tokenizers library; nothing is "
+                                                          "downloaded)")
+    text.add_argument("--max-length", type=_positive_int, metavar="N",
+                      help="pad and truncate to N tokens (default: the model's fixed length, else the longest line)")
+
+
+def _input_options(args):
+    """The `InputOptions` of the command line, checked before the model loads."""
+    from .preprocess import image_preprocessing, parse_numbers, parse_size
+    from .readers import InputOptions
+    from .text_inputs import text_preprocessing
+
+    scale = parse_numbers(args.scale, "--scale") if args.scale is not None else None
+    if scale is not None and len(scale) != 1:
+        raise InputError(f"--scale {args.scale!r}: give one number, e.g. 1/255")
+    image = image_preprocessing(
+        args.preprocessing, size=parse_size(args.image_size) if args.image_size else None, resize=args.resize,
+        layout=args.layout, channels=args.channels, scale=scale[0] if scale else None,
+        mean=parse_numbers(args.mean, "--mean") if args.mean else None,
+        std=parse_numbers(args.std, "--std") if args.std else None, resample=args.resample)
+    return InputOptions(columns=tuple(args.columns.split(",")) if args.columns else None, image=image,
+                        image_input=args.image_input, text=text_preprocessing(args.tokenizer, args.max_length))
+
+
 def _picture_options(p: argparse.ArgumentParser) -> None:
     pictures = p.add_mutually_exclusive_group()
     pictures.add_argument("--no-pictures", action="store_true", help="write no pictures, not even image heatmaps")
@@ -149,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("attribute", "attribute an output to the input features", cmd_attribute)
     _model_options(p)
-    _input_option(p, True, ".npz of inputs keyed by ONNX input name, or a folder / glob of them (one result "
-                           "folder each, named after the input file)")
+    _input_option(p, True, ".npz of inputs keyed by ONNX input name, a CSV/Parquet table (a row per example), "
+                           "an image (PNG/JPEG) or a text file (a line per example), or a folder / glob of them "
+                           "(one result folder each, named after the input file)")
     p.add_argument("-o", "--out", required=True, help="folder for attributions.npz, report.json and pictures")
     p.add_argument("--resume", action="store_true",
                    help="keep results already finished with the same settings; refuse if results in --out were made "
@@ -171,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=_positive_float, metavar="BETA",
                    help="explain a smoothed twin: every Relu a Softplus(BETA), every MaxPool a log-sum-exp pooling "
                         "(the report gives the change in the outputs; verification is of the original)")
+    _input_format_options(p)
     _picture_options(p)
-    _dataset_command(command("dataset", "attribute every row of a dataset (.npz / CSV / Parquet files) into Parquet "
+    _dataset_command(command("dataset", "attribute every row of a dataset (.npz / CSV / Parquet / image / text files) "
+                                        "into Parquet "
                                         "shards, each row exactly once; --engine local (default) or ray",
                              cmd_dataset))
     p = command("report", "rebuild the HTML report (report.html) of a dataset run from its Parquet shards", cmd_report)
@@ -204,15 +254,15 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-final-activation", action="store_true",
                    help="keep a final Softmax/LogSoftmax/Sigmoid (default: strip it and use logits)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _input_option(p, True, "an .npz (rows along axis 0), .csv or .parquet file, or a folder / glob of them")
+    _input_option(p, True, "an .npz (rows along axis 0), .csv, .parquet or .txt file (a row per line), or a folder "
+                           "/ glob of them; image files (PNG/JPEG, also in subfolders) are a row each")
     p.add_argument("-o", "--out", required=True, help="folder for manifest.json, summary.json and the Parquet shards")
     p.add_argument("--method", default="deeplift", choices=METHOD_CHOICES, help="attribution method (default: deeplift)")
     p.add_argument("--target", help="output index explained for every row (int, or a:b for outputs of rank > 2; "
                                     "default: each row's predicted class)")
-    p.add_argument("--baseline", help="zeros (default) or an .npz of baseline rows (deepliftshap: required)")
+    p.add_argument("--baseline", help="zeros (default), mean (of the whole dataset, from a first pass) or an .npz of "
+                                      "baseline rows (deepliftshap: required)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
-    p.add_argument("--columns", help="CSV/Parquet: comma-separated feature columns of a one-input model (default: "
-                                     "columns named after the inputs, else every column)")
     p.add_argument("--resume", action="store_true",
                    help="skip shards already committed with the same settings; refuse if --out holds a run with other "
                         "settings (model, method, target, baseline, preprocessing, sources, versions)")
@@ -232,6 +282,7 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0, help="ray: GPUs per worker (default 0)")
     p.add_argument("--no-report", action="store_true", help="write no report.html (build it later with `onnx-attr report`)")
     _report_options(p)
+    _input_format_options(p)
 
 
 # -- the commands ----------------------------------------------------------------------------------------------------
@@ -350,6 +401,7 @@ def cmd_attribute(args) -> int:
     # checked before the model loads, so that a usage error answers at once
     resolve_baseline_spec(args.baseline, args.method)
     method_options(args.method, args.n_steps, args.internal_batch_size)
+    inputs = _input_options(args)
     pictures = PictureOptions(enabled=not args.no_pictures, all_kinds=args.plot,
                               clip_percentile=check_clip_percentile(args.clip_percentile),
                               class_names=read_names(args.class_names, "--class-names", "class_names"),
@@ -366,7 +418,7 @@ def cmd_attribute(args) -> int:
                            method=args.method, output_name=args.output_name, out=args.out,
                            gradient_fallback=args.gradient_fallback, resume=args.resume, pictures=pictures,
                            batch_size=args.batch_size, n_steps=args.n_steps,
-                           internal_batch_size=args.internal_batch_size, options=options,
+                           internal_batch_size=args.internal_batch_size, options=options, inputs=inputs,
                            quiet=getattr(args, "quiet", False))
     import numpy as np
 
@@ -397,7 +449,7 @@ def cmd_dataset(args) -> int:
                    "gpus_per_worker": args.gpus_per_worker}
     summary = attribute_dataset(
         args.model, args.input, args.out, method=args.method, target=args.target, baseline=args.baseline,
-        output_name=args.output_name, columns=args.columns.split(",") if args.columns else None,
+        output_name=args.output_name, inputs=_input_options(args),
         shard_rows=args.shard_rows, batch_size=args.batch_size, attribution_dtype=args.attribution_dtype,
         engine=args.engine, resume=args.resume, overwrite=args.overwrite, gradient_fallback=args.gradient_fallback,
         n_steps=args.n_steps, internal_batch_size=args.internal_batch_size,

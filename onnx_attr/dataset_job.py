@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -28,7 +28,7 @@ from .errors import InputError, OnnxAttrError, OutputError
 from .fileio import FolderLock, atomic_write, remove_leftover_temporaries, write_json
 from .manifest import build_manifest, differences, file_sha256
 from .progress import progress
-from .readers import RowReader, Source, describe_sources, source_files
+from .readers import InputOptions, RowReader, Source, describe_sources, kinds_of, source_files
 from .report_html import ReportOptions, input_root, verify_sample, write_report
 
 #: Rows per shard by default: a shard is the unit that is committed, skipped on resume and retried.
@@ -38,6 +38,7 @@ ATTRIBUTION_DTYPES = ("float32", "float16")
 #: Relative convergence delta above which a row is counted in the summary (as the methods warn).
 DELTA_TOLERANCE = 1e-4
 MANIFEST = "manifest.json"
+MEAN_BASELINE = "baseline-mean.npz"
 SUMMARY = "summary.json"
 
 
@@ -88,7 +89,7 @@ class Settings:
     gradient_fallback: bool
     n_steps: Optional[int]
     internal_batch_size: Optional[int]
-    columns: Optional[tuple[str, ...]]
+    inputs: InputOptions
 
 
 def manifest_hash(manifest: dict) -> str:
@@ -137,9 +138,8 @@ class ShardWorker:
         self.explainer = make_explainer(model, settings.method, settings.gradient_fallback)
         self.method_options = method_options(settings.method, settings.n_steps, settings.internal_batch_size)
         self.output_index = self.explainer._output_index(settings.output_name)
-        self.reader = RowReader(model.inputs, settings.columns)
-        engine = getattr(self.explainer, "engine", None)
-        tapped = {t.input_name for t in engine.rewrite.taps} if engine is not None else set()
+        self.reader = RowReader(model.inputs, settings.inputs)
+        tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
         self.attributed = [s.name for s in model.inputs if s.differentiable or s.name in tapped]
         self._baselines: Any = None
 
@@ -288,7 +288,8 @@ class _Results:
         dtype = np.dtype(worker.settings.attribution_dtype)
         columns: dict[str, Any] = {
             "row_id": pa.array(range(shard.first_row_id, shard.first_row_id + self.n), pa.int64()),
-            "source": pa.array([source.name] * self.n, pa.string()),
+            "source": pa.array([source.row_name(shard.start + r) if source.error is None else source.name
+                                for r in range(self.n)], pa.string()),
             "source_row": pa.array([shard.start + r if source.error is None else None for r in range(self.n)],
                                    pa.int64()),
             "status": pa.array(self.status, pa.string()),
@@ -351,21 +352,26 @@ def commit_shard(folder: Path, index: int, digest: str, table) -> Path:
 
 def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deeplift", target: Optional[str] = None,
                       baseline: Optional[str] = None, output_name: Optional[str] = None,
-                      columns: Optional[Sequence[str]] = None, shard_rows: int = DEFAULT_SHARD_ROWS,
+                      columns: Optional[Sequence[str]] = None, inputs: Optional[InputOptions] = None,
+                      shard_rows: int = DEFAULT_SHARD_ROWS,
                       batch_size: int = DEFAULT_BATCH_SIZE, attribution_dtype: str = "float32",
                       engine: str = "local", resume: bool = False, overwrite: bool = False,
                       gradient_fallback: bool = False, n_steps: Optional[int] = None,
                       internal_batch_size: Optional[int] = None, strip_final_activation: bool = True,
                       device: Optional[str] = None, ray_options: Optional[dict] = None,
                       quiet: bool = False, report: Optional[ReportOptions] = None) -> dict:
-    """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet) into Parquet
-    shards in `out`, and return the run's summary. `model` is a path to an .onnx file or a loaded
-    model (a loaded model runs on the local engine only: Ray workers load the file themselves).
-    `report` (e.g. `ReportOptions()`) writes `report.html` beside the results at the end."""
+    """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet files, image
+    files or text files) into Parquet shards in `out`, and return the run's summary. `model` is a
+    path to an .onnx file or a loaded model (a loaded model runs on the local engine only: Ray
+    workers load the file themselves). `inputs` says how images and text become inputs (its
+    `columns` is `columns`). `report` (e.g. `ReportOptions()`) writes `report.html` beside the results
+    at the end."""
     from .attribute_job import METHOD_TITLES, method_options, model_fingerprint, prepare_out_dir, \
         resolve_baseline_spec
 
-    settings, loaded = _settings(model, method, target, baseline, output_name, columns, shard_rows, batch_size,
+    if columns:
+        inputs = replace(inputs or InputOptions(), columns=tuple(columns))
+    settings, loaded = _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size,
                                  attribution_dtype, engine, gradient_fallback, n_steps, internal_batch_size,
                                  strip_final_activation, device)
     per_method = method_options(method, n_steps, internal_batch_size)
@@ -375,18 +381,24 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
 
         loaded = load(settings.model_path, strip_final_activation=strip_final_activation, device=device)
     _check_baseline_rows(settings, loaded)
-    files = source_files(source)
-    sources = describe_sources(files, loaded.inputs, settings.columns)
+    files = source_files(source, settings.inputs.text is not None)
+    preprocessing = _preprocessing(settings.inputs, loaded.inputs, files)
+    sources = describe_sources(files, loaded.inputs, settings.inputs)
     shards = plan_shards(sources, shard_rows)
+    mean = _dataset_mean(loaded, settings, sources, shards, quiet) if settings.baseline == "mean" else None
     stripped = sorted(o.name for o in loaded.outputs if o.final_activation is not None and o.final_activation.stripped)
     manifest = build_manifest(
         model_sha256=model_fingerprint(loaded), method=method, target=target, baseline=settings.baseline,
-        baseline_sha256=file_sha256(settings.baseline) if settings.baseline.endswith(".npz") else None,
+        baseline_sha256=file_sha256(settings.baseline) if settings.baseline.endswith(".npz") else
+        mean[1] if mean is not None else None,
         output=output_name,
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
                  "attribution_dtype": attribution_dtype, **per_method})
+    if mean is not None:
+        manifest["baseline"]["rows_averaged"] = mean[2]
     manifest["preprocessing"] = {
-        "columns": list(settings.columns) if settings.columns else "named after the inputs, or all (one input)",
+        "columns": settings.inputs.describe_columns(),
+        **preprocessing,
         "inputs": [s.to_dict() for s in loaded.inputs],
         "cast": "each input converted to the model's dtype; rows with NaN/Inf are error rows"}
     manifest["dataset"] = {"sources": [s.to_dict() for s in sources], "shard_rows": shard_rows,
@@ -402,6 +414,9 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         remove_leftover_temporaries(folder, depth=0)
         _check_earlier_run(folder, manifest, resume, overwrite)
         write_json(folder / MANIFEST, {**manifest, "hash": digest})
+        if mean is not None:  # the workers read the mean row as a baseline file, as they read a user's
+            path = atomic_write(folder / MEAN_BASELINE, lambda tmp: tmp.write_bytes(mean[0]))
+            settings = replace(settings, baseline=str(path))
         done = committed_shards(folder, digest, shards) if resume else set()
         pending = [s for s in shards if s.index not in done]
         total_rows = manifest["dataset"]["rows"]
@@ -417,7 +432,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         seconds = time.monotonic() - started
         summary = _summary(folder, digest, shards, done, counts, seconds, total_rows)
         if report is not None:
-            summary["verify"] = verify_sample(loaded, sources, settings.columns)
+            summary["verify"] = verify_sample(loaded, sources, settings.inputs)
         write_json(folder / SUMMARY, summary)
         if report is not None:  # the shards are committed: a report that fails costs the page, not the results
             try:
@@ -428,7 +443,16 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     return summary
 
 
-def _settings(model, method, target, baseline, output_name, columns, shard_rows, batch_size, attribution_dtype,
+def _preprocessing(options: InputOptions, specs, files) -> dict:
+    """The image / text preprocessing of these files; every shard of text needs one token count."""
+    recorded = options.record(specs, kinds_of(files))
+    if "text" in recorded and recorded["text"]["length"] is None:
+        raise InputError("the model's token input has no fixed length, and every row of a dataset needs the same "
+                         "one: give --max-length N (tokens, padded and truncated to it)")
+    return recorded
+
+
+def _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size, attribution_dtype,
               engine, gradient_fallback, n_steps, internal_batch_size, strip, device) -> tuple[Settings, Any]:
     from .attribute_job import METHOD_TITLES, parse_target, resolve_baseline_spec
 
@@ -438,10 +462,6 @@ def _settings(model, method, target, baseline, output_name, columns, shard_rows,
         raise InputError(f"--target {target!r}: a dataset job explains one target for every row (an int, or a:b); "
                          "leave it out to explain each row's predicted class")
     spec = resolve_baseline_spec(baseline, method)
-    if spec == "mean":
-        raise InputError("--baseline mean depends on which rows share a batch, so a dataset job cannot use it; "
-                         "save the dataset's mean row with numpy.savez('mean.npz', **{input: row[None]}) and give "
-                         "--baseline mean.npz")
     for name, value in (("--shard-rows", shard_rows), ("--batch-size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be an integer >= 1, got {value!r}")
@@ -455,8 +475,46 @@ def _settings(model, method, target, baseline, output_name, columns, shard_rows,
         raise InputError("--engine ray loads the model from its .onnx file on each worker; give the file's path "
                          "(a model changed in memory, e.g. smoothed, runs with --engine local)")
     settings = Settings(path, strip, device, method, target, spec, output_name, batch_size, attribution_dtype,
-                        gradient_fallback, n_steps, internal_batch_size, tuple(columns) if columns else None)
+                        gradient_fallback, n_steps, internal_batch_size, inputs or InputOptions())
     return settings, loaded
+
+
+def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard],
+                  quiet: bool) -> tuple[bytes, str, int]:
+    """`--baseline mean`: a first pass over every readable, finite row, summed in float64 shard by
+    shard in plan order, so the mean is the same however the rows are later batched or scheduled.
+    Returns the mean row as .npz bytes (one row per floating input), their sha256 and the row count."""
+    import io
+
+    integer = [s.name for s in model.inputs if not s.differentiable]
+    if integer:
+        raise InputError(f"--baseline mean averages floating inputs; this model also takes {integer}, whose mean is no "
+                         "valid value (a token id, a flag): give --baseline zeros or an .npz baseline")
+    reader = RowReader(model.inputs, settings.inputs)
+    totals: dict[str, np.ndarray] = {}
+    count = 0
+    bar = progress(sum(shard_rows_of(s) for s in shards), "row", "dataset mean (--baseline mean)", quiet)
+    try:
+        for shard in shards:
+            source = sources[shard.source]
+            if source.error is None:
+                rows = reader.read(source, shard.start, shard.stop)
+                keep = [r for r, e in enumerate(rows.errors)
+                        if e is None and all(np.isfinite(v[r]).all() for v in rows.arrays.values())]
+                for name, values in rows.arrays.items():
+                    part = np.sum(values[keep], axis=0, dtype=np.float64)
+                    totals[name] = totals[name] + part if name in totals else part
+                count += len(keep)
+            bar.update(shard_rows_of(shard))
+    finally:
+        bar.close()
+    if count == 0:
+        raise InputError("--baseline mean: no row of the dataset can be read, so there is no mean to compare with")
+    dtypes = {s.name: s.dtype for s in model.inputs}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: (v / count)[None].astype(dtypes[k]) for k, v in totals.items()})
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest(), count
 
 
 def _check_baseline_rows(settings: Settings, model) -> None:

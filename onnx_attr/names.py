@@ -69,22 +69,27 @@ def name_of(names: Optional[dict[int, str]], index: int) -> Optional[str]:
 
 
 def _read_bounded(path: str, option: str) -> str:
+    return read_bounded_text(path, option, MAX_BYTES)
+
+
+def read_bounded_text(path: str, option: str, limit: int, kind: str = "a names file") -> str:
+    """The UTF-8 text of a small user file (`option` names its flag in errors), at most `limit` bytes."""
     info = os.stat(regular_file(path, option))  # a FIFO or device is refused before it is opened
-    if info.st_size > MAX_BYTES:
-        raise InputError(f"{option} {path!r} is {info.st_size} bytes, more than the {MAX_BYTES} allowed "
-                         "for a names file")
+    if info.st_size > limit:
+        raise InputError(f"{option} {path!r} is {info.st_size} bytes, more than the {limit} allowed for {kind}")
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(MAX_BYTES + 1)
+            raw = handle.read(limit + 1)
     except OSError as err:
         raise InputError(f"{option} {path!r} cannot be read: {err.strerror or err}") from err
-    if len(raw) > MAX_BYTES:  # grew since the stat
-        raise InputError(f"{option} {path!r} is more than the {MAX_BYTES} bytes allowed for a names file")
+    if len(raw) > limit:  # grew since the stat
+        raise InputError(f"{option} {path!r} is more than the {limit} bytes allowed for {kind}")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
+        wanted = FORMATS if kind == "a names file" else "UTF-8 text"
         raise InputError(f"{option} {path!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
-                         f"give {FORMATS}") from err
+                         f"give {wanted}") from err
 
 
 def _from_lines(text: str, path: str, option: str) -> dict[int, str]:

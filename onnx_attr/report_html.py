@@ -465,7 +465,7 @@ def magnitude_data_uri(mean_map: np.ndarray) -> str:
 def draw_pictures(run: Run, rows: Sequence[GalleryRow], budget: int) -> list[str]:
     """Full pictures (visualize.plot) of up to `budget` ok rows, in the order given; token rows get
     their ids for the gallery's token view. Returns notes for the page (inputs not found...)."""
-    from .readers import RowReader, Source
+    from .readers import InputOptions, RowReader, Source
     from .visualize import plot
 
     wanted = [r for r in rows if r.status == "ok"]
@@ -475,11 +475,14 @@ def draw_pictures(run: Run, rows: Sequence[GalleryRow], budget: int) -> list[str
     notes: list[str] = []
     sources = {s["name"]: s for s in run.manifest.get("dataset", {}).get("sources", [])}
     readable = _readable_sources(run, {r.source for r in needed}, sources, notes)
-    reader = RowReader(run.specs, _columns(run.manifest))
+    columns = _columns(run.manifest)
+    reader = RowReader(run.specs, InputOptions(columns=tuple(columns) if columns else None))
     inputs: dict[int, dict[str, np.ndarray]] = {}
     for row in sorted(needed, key=lambda r: (r.source, r.source_row or 0)):
         source = readable.get(row.source)
         if source is None or row.source_row is None:
+            continue
+        if sources[row.source]["kind"] not in ("npz", "csv", "parquet"):  # images/text: maps without the input
             continue
         try:
             data = reader.read(Source(str(source), row.source, sources[row.source]["kind"], 0),
@@ -603,9 +606,10 @@ def write_report(folder: str | os.PathLike, options: Optional[ReportOptions] = N
     return path
 
 
-def verify_sample(model: Any, sources: Sequence, columns: Optional[Sequence[str]] = None, rows: int = 16) -> dict:
+def verify_sample(model: Any, sources: Sequence, inputs: Any = None, rows: int = 16) -> dict:
     """onnxruntime against the imported model on the first rows of the first readable source: the
-    verify figures the report shows (an error is recorded, never raised)."""
+    verify figures the report shows (an error is recorded, never raised). `inputs`: the run's
+    `readers.InputOptions` (columns, image and text preprocessing)."""
     from .errors import OnnxAttrError
     from .readers import RowReader
     from .verify import verify
@@ -614,7 +618,7 @@ def verify_sample(model: Any, sources: Sequence, columns: Optional[Sequence[str]
     if source is None:
         return {"error": "no readable rows to verify on"}
     try:
-        data = RowReader(model.inputs, columns).read(source, 0, min(rows, source.rows))
+        data = RowReader(model.inputs, inputs).read(source, 0, min(rows, source.rows))
         good = [i for i, e in enumerate(data.errors) if e is None]
         if not good:
             return {"error": f"the first rows of {source.name!r} do not parse"}

@@ -267,8 +267,6 @@ def test_a_baseline_that_does_not_fit_every_row_is_refused_up_front(tmp_path, ml
     np.savez(tmp_path / "two.npz", features=features[:2])
     with pytest.raises(InputError, match="one row"):
         attribute_dataset(mlp, str(tmp_path / "rows.npz"), str(tmp_path / "out"), baseline=str(tmp_path / "two.npz"))
-    with pytest.raises(InputError, match="mean"):
-        attribute_dataset(mlp, str(tmp_path / "rows.npz"), str(tmp_path / "out"), baseline="mean")
     assert not (tmp_path / "out").exists()
 
 
