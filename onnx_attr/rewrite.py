@@ -90,10 +90,15 @@ class BoundOp:
             values.pop()
         return values
 
-    def __call__(self, *values):
+    def split(self, values: Sequence[Any]) -> tuple[tuple, dict]:
+        """Positional arguments up to the first skipped input, keyword arguments after it."""
         first_missing = next((i for i, v in enumerate(values) if v is None), len(values))
         kwargs = {n: v for n, v in zip(self.names[first_missing:], values[first_missing:]) if v is not None}
-        return self.module(*values[:first_missing], **kwargs)
+        return tuple(values[:first_missing]), kwargs
+
+    def __call__(self, *values):
+        args, kwargs = self.split(values)
+        return self.module(*args, **kwargs)
 
 
 class _DeepLiftCall(torch.autograd.Function):
