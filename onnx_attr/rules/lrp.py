@@ -42,8 +42,9 @@ MAX_POOLS = frozenset({"MaxPool", "GlobalMaxPool", "ReduceMax"})
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """z + ε·sign(z), with sign(0) = +1: the denominator of every rule (zennit's and Captum's form)."""
-    return z + ((z == 0).to(z) + z.sign()) * epsilon
+    """z + ε·sign(z), with sign(0) = +1: the denominator of every rule (zennit's and Captum's form).
+    At ε = 0 (LRP-0) a zero denominator becomes 1, not 0/0: its unit's inputs sum to 0 anyway."""
+    return z + ((z == 0).to(z) + z.sign()) * epsilon if epsilon else z + (z == 0).to(z)
 
 
 class LRPRule(Rule):

@@ -116,6 +116,8 @@ def rewrite_for_lrp(module: fx.GraphModule, inputs: Sequence[TensorSpec], compos
         if reason:
             unsupported.append((op, domain, info.opset, info.name, reason))
         if rule is None:
+            if not reason and op in MAX_POOLS and domain in ("", "ai.onnx"):
+                result.rules.append((info.name, op, "winner-take-all"))
             continue
         name = f"lrp_{index}"
         out.add_submodule(name, LRPOp(out.get_submodule(node.target), rule, info, state))
