@@ -292,3 +292,25 @@ def test_bad_rules_are_clear_errors(net_and_model):
         onnx_attr.LRP(model, "z_B")
     with pytest.raises(InputError, match="alpha - beta = 1"):
         AlphaBeta(3.0, 1.0)
+
+
+def test_cli_lrp_equals_the_api(tmp_path, net_and_model, pixels):
+    from onnx_attr.cli import LRP_COMPOSITES, LRP_RULES, main
+    from onnx_attr.rules.lrp import COMPOSITES, RULE_NAMES
+
+    assert set(LRP_RULES) == set(RULE_NAMES) and set(LRP_COMPOSITES) == set(COMPOSITES)
+    net, model = net_and_model
+    path = tmp_path / "net.onnx"
+    path.write_bytes(to_onnx(net, torch.rand(2, 3, 16, 16)))
+    np.savez(tmp_path / "x.npz", x=pixels.numpy())
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
+                 "--method", "lrp", "--lrp-composite", "epsilon_gamma_box", "--lrp-bounds", "0,255",
+                 "--target", "2", "--no-pictures"]) == 0
+    found = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    expected = onnx_attr.LRP(model, composite="epsilon_gamma_box", bounds=(0, 255)).attribute(pixels, target=2)
+    np.testing.assert_allclose(found, expected.numpy(), rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
+    for bad in (["--baseline", "zeros"], ["--lrp-rule", "z_B"], ["--lrp-bounds", "low,high"]):
+        assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "bad"), "-q",
+                     "--method", "lrp", *bad]) == 2, bad
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "bad"), "-q",
+                 "--lrp-rule", "gamma"]) == 2
