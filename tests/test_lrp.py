@@ -314,3 +314,67 @@ def test_cli_lrp_equals_the_api(tmp_path, net_and_model, pixels):
                      "--method", "lrp", *bad]) == 2, bad
     assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "bad"), "-q",
                  "--lrp-rule", "gamma"]) == 2
+
+
+class _PoolHead(nn.Module):
+    """Overlapping, padded max pooling (kernel 3, stride 2, pad 1) -> a bias-free linear head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.pool, self.head = nn.MaxPool2d(3, 2, padding=1), nn.Linear(2 * 3 * 3, 3, bias=False)
+
+    def forward(self, x):
+        return self.head(self.pool(x).flatten(1))
+
+
+def test_proportional_max_pooling_equals_a_numpy_loop():
+    """maxpool="proportional": each window's relevance split by x_i / Σ window, summed over the
+    overlapping windows that hold x_i; here against a plain loop over the windows."""
+    net = _PoolHead().eval()
+    model = onnx_attr.load(to_onnx(net, torch.rand(2, 2, 5, 5)))
+    x = torch.rand(2, 2, 5, 5, generator=torch.Generator().manual_seed(6)) * 255
+    ours, delta = onnx_attr.LRP(model, "zero", maxpool="proportional").attribute(x, target=1,
+                                                                                 return_convergence_delta=True)
+    xs = x.double().numpy()
+    pooled = net.pool(x).double().numpy()
+    w = net.head.weight.double().detach().numpy()[1].reshape(2, 3, 3)
+    f = (pooled * w).sum((1, 2, 3))
+    expected = np.zeros_like(xs)
+    for n in range(2):
+        relevance_pool = pooled[n] * w * f[n] / f[n]  # LRP-0 at the bias-free head: R_j = p_j w_j
+        for c in range(2):
+            for i in range(3):
+                for j in range(3):
+                    rows = range(max(0, 2 * i - 1), min(5, 2 * i + 2))
+                    cols = range(max(0, 2 * j - 1), min(5, 2 * j + 2))
+                    total = sum(xs[n, c, r, k] for r in rows for k in cols)
+                    for r in rows:
+                        for k in cols:
+                            expected[n, c, r, k] += xs[n, c, r, k] / total * relevance_pool[c, i, j]
+    np.testing.assert_allclose(ours.double().numpy(), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert float((delta.abs() / torch.as_tensor(f).abs()).max()) <= 1e-5  # proportional conserves too
+    winner = onnx_attr.LRP(model, "zero").attribute(x, target=1)
+    assert int((winner != 0).sum()) < int((ours != 0).sum())  # winner-take-all: one input per window
+    with pytest.raises(InputError, match="max pooling mode"):
+        onnx_attr.LRP(model, maxpool="average")
+
+
+@pytest.mark.parametrize("ours,theirs,bias", [("epsilon", zr.Epsilon(EPS), True), ("gamma", zr.Gamma(0.25, EPS), False),
+                                              ("alpha2beta1", zr.AlphaBeta(2, 1, EPS), False)])
+def test_matmul_with_a_constant_weight_equals_zennit(ours, theirs, bias):
+    """A Linear on [N, T, F] exports as MatMul (+ Add): the weight is a constant operand, not a module
+    parameter. The epsilon rule composes through the bias Add exactly; the others are checked bias-free."""
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(6, 5, bias=bias), nn.ReLU(), nn.Linear(5, 3, bias=bias)).eval()
+    model = onnx_attr.load(to_onnx(net, torch.rand(2, 4, 6)))
+    assert {n.meta.get("onnx_op") for n in model.module.graph.nodes} >= {"MatMul"}
+    x = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(8)) * 50
+    relevance = onnx_attr.LRP(model, ours, epsilon=EPS).attribute(x, target=(2, 1))
+    live = x.clone().requires_grad_(True)
+    with _same_layers(theirs).context(net) as hooked:
+        out = hooked(live)
+        seed = torch.zeros_like(out)
+        seed[:, 2, 1] = out[:, 2, 1].detach()
+        (expected,) = torch.autograd.grad(out, live, seed)
+    _close(relevance, expected)

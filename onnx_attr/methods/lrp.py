@@ -33,16 +33,18 @@ class LRP(_GradientMethod):
     instead: a name ("epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_beta1", ...) or a
     `Composite(conv=..., dense=..., first=..., names={...})`; `rules` maps ONNX node names to rules
     (Captum's per-layer `rule` attribute). Other linear ops take the epsilon rule, activations pass
-    relevance through, max pooling sends it to the window's winner.
+    relevance through, max pooling sends it to the window's winner (`maxpool="proportional"`:
+    over the window by the inputs' shares of its sum).
     """
 
     multiplies_by_inputs = True  # Captum's flag for LRP
 
     def __init__(self, model, rule: Any = "epsilon", composite: Union[str, Composite, None] = None, *,
                  rules: Optional[Mapping[str, Any]] = None, epsilon: float = 1e-9, gamma: float = 0.25,
-                 bounds: Optional[Sequence[Any]] = None):
+                 bounds: Optional[Sequence[Any]] = None, maxpool: str = "winner"):
         super().__init__(model)
-        self.composite = composite_of(rule, composite, rules=rules, epsilon=epsilon, gamma=gamma, bounds=bounds)
+        self.composite = composite_of(rule, composite, rules=rules, epsilon=epsilon, gamma=gamma, bounds=bounds,
+                                      maxpool=maxpool)
         self._rewrites: dict[tuple, tuple[Any, LRPRewrite]] = {}
 
     def _rewrite(self, model, layers: Sequence[str] = (), layer_input: bool = False) -> tuple[Any, LRPRewrite]:

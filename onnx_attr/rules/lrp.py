@@ -36,9 +36,10 @@ ACTIVATIONS = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "Tanh",
     "Softplus", "Softsign", "Clip", "HardSwish", "Gelu", "Mish", "Swish", "Erf", "Atan", "Asinh",
 })
-#: Max pooling: winner-take-all follows the plain gradient; "proportional" uses the epsilon rule
-#: of the window sum (not offered yet: refused by name).
+#: Max pooling: winner-take-all follows the plain gradient; "proportional" (MaxPool only) takes the
+#: epsilon rule of the window sum.
 MAX_POOLS = frozenset({"MaxPool", "GlobalMaxPool", "ReduceMax"})
+MAXPOOL_MODES = ("winner", "proportional")
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -261,6 +262,28 @@ class Flat(_Terms):
         return gradient
 
 
+@dataclass(frozen=True)
+class ProportionalMax(LRPRule):
+    """A max pooling window's relevance split over its inputs by their shares of the window's sum
+    (the epsilon rule of sum pooling over the same windows: kernel, strides, pads, dilations)."""
+
+    epsilon: float = 1e-9
+
+    def check(self, info: NodeInfo) -> None:
+        if info.op_type != "MaxPool" or info.n_outputs != 1 or len(info.variable_positions()) != 1:
+            raise NotImplementedError("proportional max pooling covers MaxPool without its indices output; use "
+                                      "maxpool='winner'")
+
+    def relevance(self, info, call, grad, args, out):
+        from ..smooth import LogSumExpPool
+
+        pool = call.module
+        window_sum = lambda t: LogSumExpPool.windows(pool, t).sum(-1)  # noqa: E731  (the same windows, 0-padded)
+        x = args[info.variable_positions()[0]]
+        (g,) = _vjp(window_sum, [x], lambda z: grad / stabilize(z, self.epsilon))
+        return [x * g]
+
+
 #: Rules by name (the CLI's `--lrp-rule` and the composites' strings).
 RULE_NAMES: dict[str, Callable[..., LRPRule]] = {
     "epsilon": lambda epsilon, **_: Epsilon(epsilon),
@@ -298,8 +321,13 @@ class Composite:
     epsilon: float = 1e-9
     gamma: float = 0.25
     bounds: Optional[Sequence[Any]] = None
+    maxpool: str = "winner"
 
     def __post_init__(self) -> None:
+        from ..errors import InputError
+
+        if self.maxpool not in MAXPOOL_MODES:
+            raise InputError(f"unknown max pooling mode {self.maxpool!r}; use one of {list(MAXPOOL_MODES)}")
         self.names = dict(self.names or {})
         self.resolve(self.default)
         for value in (self.conv, self.dense, self.first, *self.names.values()):
@@ -325,6 +353,10 @@ class Composite:
     def epsilon_rule(self) -> LRPRule:
         return Epsilon(self.epsilon)
 
+    def max_rule(self) -> Optional[LRPRule]:
+        """None for winner-take-all (the plain gradient of a max routes to the winner)."""
+        return ProportionalMax(self.epsilon) if self.maxpool == "proportional" else None
+
 
 #: Named composites, after zennit's (BatchNormalization takes epsilon here: no canonizer merges it).
 COMPOSITES: dict[str, dict[str, str]] = {
@@ -338,7 +370,8 @@ COMPOSITES: dict[str, dict[str, str]] = {
 
 
 def composite_of(rule: Any = "epsilon", composite: Any = None, *, rules: Optional[Mapping[str, Any]] = None,
-                 epsilon: float = 1e-9, gamma: float = 0.25, bounds: Optional[Sequence[Any]] = None) -> Composite:
+                 epsilon: float = 1e-9, gamma: float = 0.25, bounds: Optional[Sequence[Any]] = None,
+                 maxpool: str = "winner") -> Composite:
     """One `Composite` from the user's forms: a rule for every weighted node, a named composite or
     a Composite, plus per-node `rules` (Captum's per-layer `rule` attribute, by ONNX node name)."""
     from ..errors import InputError
@@ -346,13 +379,13 @@ def composite_of(rule: Any = "epsilon", composite: Any = None, *, rules: Optiona
     if isinstance(composite, Composite):
         found = composite
     elif composite is None:
-        found = Composite(rule, epsilon=epsilon, gamma=gamma, bounds=bounds)
+        found = Composite(rule, epsilon=epsilon, gamma=gamma, bounds=bounds, maxpool=maxpool)
     elif isinstance(composite, str) and composite in COMPOSITES:
-        found = Composite(rule, **COMPOSITES[composite], epsilon=epsilon, gamma=gamma, bounds=bounds)
+        found = Composite(rule, **COMPOSITES[composite], epsilon=epsilon, gamma=gamma, bounds=bounds, maxpool=maxpool)
     else:
         raise InputError(f"unknown LRP composite {composite!r}; use one of {sorted(COMPOSITES)} or an "
                          "onnx_attr.Composite(default=..., conv=..., dense=..., first=..., names={...})")
     if rules:
         found = Composite(found.default, found.conv, found.dense, found.first, {**found.names, **rules},
-                          found.epsilon, found.gamma, found.bounds)
+                          found.epsilon, found.gamma, found.bounds, found.maxpool)
     return found

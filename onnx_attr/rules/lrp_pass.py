@@ -139,8 +139,8 @@ def _rule(op: str, domain: str, kind: str, info: NodeInfo, composite: Composite,
     standard = domain in ("", "ai.onnx")
     if kind == "structural" or (kind == "linear" and (not standard or op in ROUTING)):
         return None, ""
-    if standard and op in MAX_POOLS:
-        return None, ""  # winner-take-all: the plain gradient of a max sends relevance to the winner
+    if standard and op in MAX_POOLS:  # winner-take-all (None): the plain gradient of a max routes to the winner
+        return composite.max_rule(), ""
     if standard and kind == "linear":
         if op in WEIGHTED_KINDS:
             return composite.rule_for(info.name, WEIGHTED_KINDS[op], first), ""
