@@ -378,3 +378,15 @@ def test_matmul_with_a_constant_weight_equals_zennit(ours, theirs, bias):
         seed[:, 2, 1] = out[:, 2, 1].detach()
         (expected,) = torch.autograd.grad(out, live, seed)
     _close(relevance, expected)
+
+
+def test_fixed_batch_export_runs_in_chunks(net_and_model, pixels):
+    """An export with batch 2 baked in gets 3 examples in chunks of 2 (the last padded)."""
+    net, model = net_and_model
+    fixed = onnx_attr.load(to_onnx(net, torch.rand(2, 3, 16, 16), dynamic_batch=False))
+    x = torch.cat([pixels, pixels[:1] * 0.5])
+    found, delta = onnx_attr.LRP(fixed, "z_plus").attribute(x, target=[0, 1, 2], return_convergence_delta=True)
+    expected, expected_delta = onnx_attr.LRP(model, "z_plus").attribute(x, target=[0, 1, 2],
+                                                                         return_convergence_delta=True)
+    _close(found, expected)
+    assert found.shape == x.shape and torch.allclose(delta, expected_delta, rtol=1e-5, atol=1e-4)

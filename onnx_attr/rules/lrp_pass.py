@@ -19,8 +19,7 @@ from torch import Tensor, fx, nn
 
 from ..errors import UnsupportedOpError
 from ..layers import insert_after, tensor_node
-from ..opkinds import domain_op_kind
-from ..rewrite import BoundOp, _DeepLiftCall, _variable_nodes, inline_expansions, signature_names
+from ..rewrite import BoundOp, _DeepLiftCall, _variable_nodes, inline_expansions, signature_names, varying_nodes
 from ..specs import TensorSpec
 from .base import NodeInfo
 from .lrp import ACTIVATIONS, MAX_POOLS, ROUTING, WEIGHTED_KINDS, Composite, LRPRule, Pass
@@ -93,20 +92,8 @@ def rewrite_for_lrp(module: fx.GraphModule, inputs: Sequence[TensorSpec], compos
                                                                                    RelevanceTap)}
     variable = _variable_nodes(out, () if layers else inputs, tapped)
     unsupported: list[tuple[str, str, int, str, str]] = []
-    for index, node in enumerate(list(out.graph.nodes)):
-        if node.op != "call_module" or "onnx_op" not in node.meta:
-            continue
-        op, domain = node.meta["onnx_op"], node.meta.get("onnx_domain", "")
-        names = signature_names(out.get_submodule(node.target))
-        inputs_in_order = list(node.args) + [node.kwargs.get(n) for n in names[len(node.args):]]
-        flags = [isinstance(a, fx.Node) and a in variable for a in inputs_in_order]
-        while flags and not flags[-1] and inputs_in_order[len(flags) - 1] is None:
-            flags.pop()
-        if not any(flags):
-            continue
-        kind = domain_op_kind(domain, op, flags, node.meta.get("onnx_attrs"))
-        info = NodeInfo(op, node.meta.get("onnx_attrs", {}), node.meta.get("onnx_opset", 0), flags,
-                        node.meta["onnx_node"], len(node.meta.get("onnx_outputs", ())) or 1)
+    for index, node, kind, info in varying_nodes(out, variable):
+        op, domain = info.op_type, node.meta.get("onnx_domain", "")
         rule, reason = _rule(op, domain, kind, info, composite, _fed_by_input(node, variable))
         if rule is not None:
             try:
