@@ -102,8 +102,11 @@ class LRP(_GradientMethod):
         targets = Targets(target, n)
         first = self.active.inputs[0]
         fixed = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
-        relevance = self._chunked_gradients(prepared.tensors, prepared.attributed, targets, index, fixed)
-        value = self._value(prepared.tensors, targets, index)
+        if fixed is None:  # one pass gives the relevance and the target values
+            relevance, value = self._gradients(prepared.tensors, prepared.attributed, targets, index)
+        else:
+            relevance = self._chunked_gradients(prepared.tensors, prepared.attributed, targets, index, fixed)
+            value = self._value(prepared.tensors, targets, index)
         delta = value.double() - sum(r.reshape(n, -1).double().sum(1) for r in relevance if r is not None)
         self._report("LRP", self.active, delta, value, index, prepared, verbose)
         out = prepared.repack(relevance)

@@ -58,14 +58,16 @@ class LRPRule(Rule):
         if self.weighted_only and len(info.variable_positions()) != 1:
             raise NotImplementedError(f"{type(self).__name__} needs one varying input and a constant weight")
 
-    def backward(self, info, call, grad, args, out, refs, ref_out):
-        relevance = self.relevance(info, call, grad, list(args), out)
+    def backward(self, info, call, grad, args, out, refs, ref_out, graph=None):
+        relevance = self.relevance(info, call, grad, list(args), out, graph)
         grads: list[Tensor | None] = [None] * len(args)
         for pos, r in zip(info.variable_positions(), relevance):
             grads[pos] = reduce_to(r, args[pos].shape)
         return grads
 
-    def relevance(self, info: NodeInfo, call: Callable, grad: Tensor, args: list[Any], out: Tensor) -> list[Tensor]:
+    def relevance(self, info: NodeInfo, call: Callable, grad: Tensor, args: list[Any], out: Tensor,
+                  graph: Optional[tuple[list[Tensor], Tensor]] = None) -> list[Tensor]:
+        """`graph` (rules with `keeps_graph`): the op's own autograd graph at x, (varying inputs, output)."""
         raise NotImplementedError
 
 
@@ -76,7 +78,7 @@ class Pass(LRPRule):
         if len(info.variable_positions()) != 1:
             raise NotImplementedError(f"{info.op_type} with several varying inputs is not an activation")
 
-    def relevance(self, info, call, grad, args, out):
+    def relevance(self, info, call, grad, args, out, graph=None):
         return [grad]
 
 
@@ -96,10 +98,15 @@ class Epsilon(LRPRule):
     ε = 0 is LRP-0; the bias (and any constant operand) absorbs its share of the relevance."""
 
     epsilon: float = 1e-9
+    keeps_graph = True  # the op's forward graph at x serves the backward: the op is not run twice
 
-    def relevance(self, info, call, grad, args, out):
+    def relevance(self, info, call, grad, args, out, graph=None):
         positions = info.variable_positions()
         denominator = stabilize(out, self.epsilon)
+        if graph is not None:
+            live, z = graph
+            found = torch.autograd.grad(z, live, grad / denominator, allow_unused=True)
+            return [x * (torch.zeros_like(x) if g is None else g) for x, g in zip(live, found)]
 
         def fn(*xs):
             values = list(args)
@@ -165,7 +172,7 @@ class _Terms(LRPRule):
     def groups(self, layer: Layer, x: Tensor, out: Tensor) -> list[tuple[float, Optional[Tensor], list[Term]]]:
         raise NotImplementedError
 
-    def relevance(self, info, call, grad, args, out):
+    def relevance(self, info, call, grad, args, out, graph=None):
         layer = Layer(info, call, args)
         x = args[layer.position]
         total = torch.zeros_like(x)
@@ -234,7 +241,7 @@ class ZBox(_Terms):
     high: Any = 255.0
     stabilizer: float = 1e-9
 
-    def relevance(self, info, call, grad, args, out):
+    def relevance(self, info, call, grad, args, out, graph=None):
         layer = Layer(info, call, args)
         x = args[layer.position]
         low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
@@ -274,7 +281,7 @@ class ProportionalMax(LRPRule):
             raise NotImplementedError("proportional max pooling covers MaxPool without its indices output; use "
                                       "maxpool='winner'")
 
-    def relevance(self, info, call, grad, args, out):
+    def relevance(self, info, call, grad, args, out, graph=None):
         from ..smooth import LogSumExpPool
 
         pool = call.module
