@@ -27,7 +27,7 @@ _LAZY = {
     **{name: "methods" for name in (
         "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
         "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
-        "Occlusion", "Saliency")},
+        "Occlusion", "Saliency", "LRP", "LayerLRP")},
     "tensor_as_input": "layers", "tensor_as_output": "layers",
     "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
     "smooth": "smooth",
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
     from .loader import load
     from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient,
                           IntegratedGradients, LayerDeepLift, LayerIntegratedGradients, NeuronDeepLift,
-                          NeuronIntegratedGradients, NoiseTunnel, Occlusion, Saliency)
+                          NeuronIntegratedGradients, NoiseTunnel, Occlusion, Saliency, LRP, LayerLRP)
     from .metrics import infidelity, parameter_randomization, sensitivity_max
     from .model import AttributableModel
     from .dataset_job import attribute_dataset, read_results
@@ -72,7 +72,7 @@ __all__ = [
     # attribution methods
     "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
     "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
-    "Occlusion", "Saliency",
+    "Occlusion", "Saliency", "LRP", "LayerLRP",
     # hidden tensors by ONNX name, as an output (neurons) or an input (layers), for any method
     "tensor_as_input", "tensor_as_output",
     # evaluation metrics

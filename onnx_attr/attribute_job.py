@@ -35,15 +35,21 @@ if TYPE_CHECKING:
 
 #: CLI method name -> (how reports name it, factory of the explainer).
 METHOD_TITLES = {"deeplift": "DeepLift", "deepliftshap": "DeepLiftShap", "integratedgradients": "IntegratedGradients",
-                 "revealcancel": "DeepLift (RevealCancel rule)"}
+                 "revealcancel": "DeepLift (RevealCancel rule)", "lrp": "LRP"}
+#: Methods whose attribute() takes no baselines (Captum's LRP: inputs, target, ...).
+NO_BASELINES = frozenset({"lrp"})
 #: Examples attributed per pass by default: small enough that progress shows and memory stays flat.
 DEFAULT_BATCH_SIZE = 16
 #: Folder names longer than this are shortened (with a hash of the full name, so they stay unique).
 MAX_FOLDER_NAME = 180
 
 
-def make_explainer(model, method: str, gradient_fallback: bool = False):
-    from .methods import DeepLift, DeepLiftShap, IntegratedGradients
+def make_explainer(model, method: str, gradient_fallback: bool = False, options: Optional[dict] = None):
+    from .methods import LRP, DeepLift, DeepLiftShap, IntegratedGradients
+
+    if method == "lrp":
+        lrp = {k[len("lrp_"):]: v for k, v in (options or {}).items() if k.startswith("lrp_") and v is not None}
+        return _WithoutBaselines(LRP(model, lrp.pop("rule", "epsilon"), lrp.pop("composite", None), **lrp))
 
     if method == "deeplift":
         return DeepLift(model, gradient_fallback=gradient_fallback)
@@ -54,6 +60,19 @@ def make_explainer(model, method: str, gradient_fallback: bool = False):
     if method == "revealcancel":
         return DeepLift(model, rule="revealcancel", gradient_fallback=gradient_fallback)
     raise InputError(f"unknown method {method!r}; available: {sorted(METHOD_TITLES)}")
+
+
+class _WithoutBaselines:
+    """A method without baselines (LRP) under the jobs' call, attribute(inputs, baselines, ...)."""
+
+    def __init__(self, method: Any):
+        self.method = method
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.method, name)
+
+    def attribute(self, inputs: Any, baselines: Any = None, **kwargs: Any) -> Any:
+        return self.method.attribute(inputs, **kwargs)
 
 
 def parse_target(text: Optional[str]) -> Any:
@@ -93,6 +112,11 @@ def _has_negative(target: Any) -> bool:
 def resolve_baseline_spec(spec: Optional[str], method: str) -> str:
     """The baseline spec a method runs with: zeros by default, except for DeepLiftShap, which
     averages over a distribution and has no meaningful default."""
+    if method in NO_BASELINES:
+        if spec is not None:
+            raise InputError(f"--method {method} takes no baseline: relevance starts from the output itself; "
+                             "drop --baseline")
+        return "none"
     if spec is None:
         if method == "deepliftshap":
             raise InputError("--method deepliftshap averages over a distribution of baselines: give one with "
@@ -104,6 +128,8 @@ def resolve_baseline_spec(spec: Optional[str], method: str) -> str:
 
 
 def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> Any:
+    if spec == "none":
+        return None
     if spec == "zeros":
         if method == "deepliftshap":  # a distribution of one all-zero row
             return {k: np.zeros_like(v[:1]) for k, v in inputs.items()}
@@ -180,7 +206,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
                   resume: bool = False, pictures: Optional["PictureOptions"] = None,
                   batch_size: Optional[int] = None, n_steps: Optional[int] = None,
                   internal_batch_size: Optional[int] = None, options: Optional[dict] = None,
-                  inputs: Optional["InputOptions"] = None, quiet: bool = False) -> dict:
+                  inputs: Optional["InputOptions"] = None, quiet: bool = False, lrp: Optional[dict] = None) -> dict:
     """Attribute one input file (results in `out`) or several (one subfolder each, `index.json`).
 
     `options` adds settings that changed the model before it got here (`--smooth`, say) to the
@@ -192,7 +218,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     from .readers import InputOptions, kinds_of
 
     baseline = resolve_baseline_spec(baseline, method)
-    per_method = method_options(method, n_steps, internal_batch_size)
+    per_method = method_options(method, n_steps, internal_batch_size, lrp)
     batch_size = _positive(batch_size, "--batch-size") or DEFAULT_BATCH_SIZE
     inputs = inputs or InputOptions()
     files = input_files(input_path, inputs.text is not None)
@@ -210,14 +236,21 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     folder = prepare_out_dir(out)
     with FolderLock(folder):
         remove_leftover_temporaries(folder, depth=1 if many else 0)
-        job = _Job(model, make_explainer(model, method, gradient_fallback), manifest, method, target, baseline,
-                   output_name, pictures, batch_size, per_method, quiet, inputs)
+        job = _Job(model, make_explainer(model, method, gradient_fallback, per_method), manifest, method, target,
+                   baseline, output_name, pictures, batch_size, per_method, quiet, inputs)
         if not many:
             return job.single(files[0], folder, resume)
         return job.folder_run(files, folder, resume)
 
 
-def method_options(method: str, n_steps: Optional[int], internal_batch_size: Optional[int]) -> dict:
+def method_options(method: str, n_steps: Optional[int], internal_batch_size: Optional[int],
+                   lrp: Optional[dict] = None) -> dict:
+    lrp = {k: v for k, v in (lrp or {}).items() if v is not None}
+    if lrp and method != "lrp":
+        raise InputError(f"{' and '.join('--lrp-' + k for k in lrp)} appl{'y' if len(lrp) > 1 else 'ies'} to "
+                         "--method lrp only")
+    if method == "lrp":
+        return lrp_settings(**lrp)
     if method != "integratedgradients":
         given = [f for f, v in (("--n-steps", n_steps), ("--internal-batch-size", internal_batch_size)) if v is not None]
         if given:
@@ -225,6 +258,21 @@ def method_options(method: str, n_steps: Optional[int], internal_batch_size: Opt
         return {}
     return {"n_steps": _positive(n_steps, "--n-steps") or 50,
             "internal_batch_size": _positive(internal_batch_size, "--internal-batch-size")}
+
+
+def lrp_settings(rule: str = "epsilon", composite: Optional[str] = None, bounds: Optional[str] = None) -> dict:
+    """--lrp-rule/--lrp-composite/--lrp-bounds as the manifest records them; z_B needs the bounds."""
+    parsed = None
+    if bounds is not None:
+        try:
+            low, high = (float(v) for v in bounds.split(","))
+        except ValueError:
+            raise InputError(f"--lrp-bounds {bounds!r}: give LOW,HIGH, e.g. 0,255") from None
+        parsed = [low, high]
+    if parsed is None and (rule == "z_B" or composite == "epsilon_gamma_box"):
+        raise InputError("the z_B rule (also in --lrp-composite epsilon_gamma_box) needs the input's bounds: "
+                         "--lrp-bounds LOW,HIGH, e.g. 0,255 for raw pixels")
+    return {"lrp_rule": rule, "lrp_composite": composite, "lrp_bounds": parsed}
 
 
 def _positive(value: Optional[int], name: str) -> Optional[int]:

@@ -29,7 +29,12 @@ EXIT_CODES = """exit codes:
   4    a folder run finished, but some inputs failed (each listed with its error in index.json)
   130  interrupted"""
 
-METHOD_CHOICES = ("deeplift", "deepliftshap", "integratedgradients", "revealcancel")
+METHOD_CHOICES = ("deeplift", "deepliftshap", "integratedgradients", "revealcancel", "lrp")
+#: `--lrp-rule` / `--lrp-composite` choices (onnx_attr.rules.lrp's RULE_NAMES / COMPOSITES; kept here
+#: so that usage errors answer without importing torch; a test checks they agree)
+LRP_RULES = ("epsilon", "zero", "gamma", "alpha1beta0", "alpha2beta1", "z_plus", "z_B", "flat")
+LRP_COMPOSITES = ("epsilon", "epsilon_gamma_box", "epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1",
+                  "epsilon_alpha2_beta1_flat")
 
 
 # -- argument types: each refuses a bad value at parse time, naming the option --------------------------------------
@@ -212,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int,
                    help="examples per pass (default 16): memory stays flat and progress shows")
     _method_tuning_options(p)
+    p.add_argument("--lrp-rule", choices=LRP_RULES,
+                   help="lrp: the rule of every Conv/Gemm/MatMul (default epsilon; other linear ops take epsilon)")
+    p.add_argument("--lrp-composite", choices=LRP_COMPOSITES,
+                   help="lrp: rules per layer kind, as zennit's composites (e.g. epsilon_gamma_box: z_B on the first "
+                        "layer, gamma on convolutions, epsilon on dense layers)")
+    p.add_argument("--lrp-bounds", metavar="LOW,HIGH",
+                   help="lrp: the input's bounds for the z_B rule (e.g. 0,255 for raw pixels)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when an attribution's convergence delta is above tolerance (default: a warning)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
@@ -393,6 +405,11 @@ def cmd_convert(args) -> int:
     return EXIT_OK
 
 
+def _lrp_options(args) -> dict:
+    """The --lrp-* options given (None where not)."""
+    return {"rule": args.lrp_rule, "composite": args.lrp_composite, "bounds": args.lrp_bounds}
+
+
 def cmd_attribute(args) -> int:
     from .attribute_job import method_options, resolve_baseline_spec, run_attribute
     from .names import read_feature_names, read_names
@@ -400,7 +417,7 @@ def cmd_attribute(args) -> int:
 
     # checked before the model loads, so that a usage error answers at once
     resolve_baseline_spec(args.baseline, args.method)
-    method_options(args.method, args.n_steps, args.internal_batch_size)
+    method_options(args.method, args.n_steps, args.internal_batch_size, _lrp_options(args))
     inputs = _input_options(args)
     pictures = PictureOptions(enabled=not args.no_pictures, all_kinds=args.plot,
                               clip_percentile=check_clip_percentile(args.clip_percentile),
@@ -419,7 +436,7 @@ def cmd_attribute(args) -> int:
                            gradient_fallback=args.gradient_fallback, resume=args.resume, pictures=pictures,
                            batch_size=args.batch_size, n_steps=args.n_steps,
                            internal_batch_size=args.internal_batch_size, options=options, inputs=inputs,
-                           quiet=getattr(args, "quiet", False))
+                           quiet=getattr(args, "quiet", False), lrp=_lrp_options(args))
     import numpy as np
 
     delta = np.abs(np.asarray(report.pop("_delta"), dtype=np.float64))

@@ -13,7 +13,7 @@ import functools
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, fx, nn
@@ -90,10 +90,15 @@ class BoundOp:
             values.pop()
         return values
 
-    def __call__(self, *values):
+    def split(self, values: Sequence[Any]) -> tuple[tuple, dict]:
+        """Positional arguments up to the first skipped input, keyword arguments after it."""
         first_missing = next((i for i, v in enumerate(values) if v is None), len(values))
         kwargs = {n: v for n, v in zip(self.names[first_missing:], values[first_missing:]) if v is not None}
-        return self.module(*values[:first_missing], **kwargs)
+        return tuple(values[:first_missing]), kwargs
+
+    def __call__(self, *values):
+        args, kwargs = self.split(values)
+        return self.module(*args, **kwargs)
 
 
 class _DeepLiftCall(torch.autograd.Function):
@@ -332,22 +337,10 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
     unsupported: list[tuple[str, str, int, str, str]] = []
-    for index, node in enumerate(list(out.graph.nodes)):
-        if node.op != "call_module" or "onnx_op" not in node.meta or node in taps:
-            continue
-        op = node.meta["onnx_op"]
-        names = signature_names(out.get_submodule(node.target))
-        inputs_in_order = list(node.args) + [node.kwargs.get(n) for n in names[len(node.args):]]
-        flags = [isinstance(a, fx.Node) and a in variable for a in inputs_in_order]
-        while flags and not flags[-1] and inputs_in_order[len(flags) - 1] is None:
-            flags.pop()
-        if not any(flags):
-            continue
-        kind = domain_op_kind(node.meta.get("onnx_domain", ""), op, flags, node.meta.get("onnx_attrs"))
+    for index, node, kind, info in varying_nodes(out, variable, taps):
         if kind in ("linear", "structural"):
             continue
-        info = NodeInfo(op, node.meta.get("onnx_attrs", {}), node.meta.get("onnx_opset", 0), flags,
-                        node.meta["onnx_node"], len(node.meta.get("onnx_outputs", ())) or 1)
+        op, flags = info.op_type, list(info.variable)
         rule = RULES.get(op)
         reason = "" if rule is not None else f"no DeepLift rule for {kind} op {op}"
         if rule is not None:
@@ -382,6 +375,26 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     out.graph.lint()
     out.recompile()
     return result
+
+
+def varying_nodes(module: fx.GraphModule, variable: set[fx.Node], skip: Any = ()
+                  ) -> Iterator[tuple[int, fx.Node, str, NodeInfo]]:
+    """Each converted node with an input varying with the attributed tensors, with its op kind and
+    what a rule reads about it (inputs in signature order; trailing skipped inputs dropped)."""
+    for index, node in enumerate(list(module.graph.nodes)):
+        if node.op != "call_module" or "onnx_op" not in node.meta or node in skip:
+            continue
+        op = node.meta["onnx_op"]
+        names = signature_names(module.get_submodule(node.target))
+        inputs_in_order = list(node.args) + [node.kwargs.get(n) for n in names[len(node.args):]]
+        flags = [isinstance(a, fx.Node) and a in variable for a in inputs_in_order]
+        while flags and not flags[-1] and inputs_in_order[len(flags) - 1] is None:
+            flags.pop()
+        if not any(flags):
+            continue
+        kind = domain_op_kind(node.meta.get("onnx_domain", ""), op, flags, node.meta.get("onnx_attrs"))
+        yield index, node, kind, NodeInfo(op, node.meta.get("onnx_attrs", {}), node.meta.get("onnx_opset", 0), flags,
+                                          node.meta["onnx_node"], len(node.meta.get("onnx_outputs", ())) or 1)
 
 
 #: Ops whose constant operand is a weight whose signs decide a contribution's sign (RevealCancel).

@@ -3,9 +3,10 @@
 from .deeplift import DeepLift, DeepLiftShap, LayerDeepLift
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
 from .layer import LayerIntegratedGradients, NeuronDeepLift, NeuronIntegratedGradients
+from .lrp import LRP, LayerLRP
 from .noise_tunnel import NoiseTunnel
 from .perturbation import FeatureAblation, Occlusion
 
 __all__ = ["DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
-           "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
+           "LayerDeepLift", "LayerIntegratedGradients", "LayerLRP", "LRP", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
            "Occlusion", "Saliency"]

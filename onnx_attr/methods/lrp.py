@@ -1,0 +1,157 @@
+"""LRP and LayerLRP with Captum's `attribute()` contract, on the LRP rewrite (`rules/lrp_pass.py`).
+
+The output's relevance is its target value (Captum's convention); one backward pass through the
+rewritten module carries it to the inputs (or to a layer), each node by its rule. The
+convergence delta is Captum's: target output - Σ relevance, per example. It is 0 up to rounding
+for conserving rules (LRP-0/epsilon -> 0, z⁺, alpha-beta, gamma) on a model without biases;
+biases and ε absorb their share otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ..engine import Targets
+from ..rules.lrp import AlphaBeta, Composite, Epsilon, Flat, Gamma, ZBox, ZPlus, composite_of
+from ..rules.lrp_pass import LRPRewrite, rewrite_for_lrp
+from ._inputs import example_count, prepare
+from .deeplift import _numpy_given, method_report
+from .gradient import IntegratedGradients, _GradientMethod
+
+__all__ = ["AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "LRP", "LayerLRP", "ZBox", "ZPlus"]
+
+
+class LRP(_GradientMethod):
+    """Layer-wise relevance propagation on an `AttributableModel`.
+
+    `rule` is the rule of every weighted node (Conv, Gemm, MatMul...): "epsilon", "zero", "gamma",
+    "alpha1beta0", "alpha2beta1", "z_plus", "z_B", "flat", or a rule object (`Epsilon(1e-6)`,
+    `Gamma(0.5)`, `AlphaBeta(2, 1)`, `ZBox(low, high)`...). `composite` picks rules per node kind
+    instead: a name ("epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_beta1", ...) or a
+    `Composite(conv=..., dense=..., first=..., names={...})`; `rules` maps ONNX node names to rules
+    (Captum's per-layer `rule` attribute). Other linear ops take the epsilon rule, activations pass
+    relevance through, max pooling sends it to the window's winner (`maxpool="proportional"`:
+    over the window by the inputs' shares of its sum).
+    """
+
+    multiplies_by_inputs = True  # Captum's flag for LRP
+
+    def __init__(self, model, rule: Any = "epsilon", composite: Union[str, Composite, None] = None, *,
+                 rules: Optional[Mapping[str, Any]] = None, epsilon: float = 1e-9, gamma: float = 0.25,
+                 bounds: Optional[Sequence[Any]] = None, maxpool: str = "winner"):
+        super().__init__(model)
+        self.composite = composite_of(rule, composite, rules=rules, epsilon=epsilon, gamma=gamma, bounds=bounds,
+                                      maxpool=maxpool)
+        self._rewrites: dict[tuple, tuple[Any, LRPRewrite]] = {}
+
+    def _rewrite(self, model, layers: Sequence[str] = (), layer_input: bool = False) -> tuple[Any, LRPRewrite]:
+        """The LRP twin of `model` (an embedding view for token ids is a new model per call)."""
+        key = (id(model.module), tuple(layers), layer_input)
+        if key not in self._rewrites or self._rewrites[key][0].module is not model.module:
+            found = rewrite_for_lrp(model.module, model.inputs, self.composite, layers=layers, layer_input=layer_input)
+            self._rewrites = {k: v for k, v in self._rewrites.items() if k[0] == id(self.model.module)}
+            self._rewrites[key] = (model, found)
+        return self._rewrites[key]
+
+    def _gradients(self, tensors: list[Tensor], attributed: list[bool], targets: Targets, output: int
+                   ) -> tuple[list[Optional[Tensor]], Tensor]:
+        """The relevance of each attributed input (the output's relevance: its target value)."""
+        relevance, value = self._relevance(self.active, tensors, attributed, targets, output)
+        return relevance, value
+
+    def _relevance(self, model, tensors, attributed, targets, output, layers=(), layer_input=False):
+        _, rewrite = self._rewrite(model, layers, layer_input)
+        twin = model.with_module(rewrite.module)
+        leaves_wanted = bool(layers)
+        live = [t.detach().requires_grad_(True) if a and not leaves_wanted else t for t, a in zip(tensors, attributed)]
+        rewrite.state.active, rewrite.state.leaves = True, {}
+        try:
+            with torch.enable_grad():
+                out = twin(*live)
+                out = out[output] if isinstance(out, (tuple, list)) else out
+                value = targets.select(out)
+                wanted = ([rewrite.state.leaves.get(id(t)) for t in rewrite.taps] if leaves_wanted
+                          else [t for t, a in zip(live, attributed) if a])
+                present = [w for w in wanted if w is not None]
+                found = iter(torch.autograd.grad(value, present, value.detach(), allow_unused=True)
+                             if present and value.requires_grad else [None] * len(present))
+        finally:
+            rewrite.state.active, rewrite.state.leaves = False, {}
+        grads = {id(w): next(found) for w in present}
+        if leaves_wanted:
+            relevance = [None if w is None else (grads[id(w)] if grads[id(w)] is not None else torch.zeros_like(w))
+                         for w in wanted]
+            return [r.detach() if r is not None else None for r in relevance], value.detach()
+        result = []
+        for t, a in zip(live, attributed):
+            g = grads.get(id(t)) if a else None
+            result.append(None if not a else (torch.zeros_like(t) if g is None else g))
+        return result, value.detach()
+
+    _chunked_gradients = IntegratedGradients._chunked_gradients  # an export's fixed batch, in chunks
+
+    def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None,
+                  return_convergence_delta: bool = False, verbose: bool = False, *,
+                  output: Union[str, int, None] = None):
+        """Captum's call: relevance per input element; with the delta, target output - Σ relevance."""
+        prepared, n = self._prepare(inputs, None, additional_forward_args)
+        index = self._output_index(output)
+        targets = Targets(target, n)
+        first = self.active.inputs[0]
+        fixed = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
+        if fixed is None:  # one pass gives the relevance and the target values
+            relevance, value = self._gradients(prepared.tensors, prepared.attributed, targets, index)
+        else:
+            relevance = self._chunked_gradients(prepared.tensors, prepared.attributed, targets, index, fixed)
+            value = self._value(prepared.tensors, targets, index)
+        delta = value.double() - sum(r.reshape(n, -1).double().sum(1) for r in relevance if r is not None)
+        self._report("LRP", self.active, delta, value, index, prepared, verbose)
+        out = prepared.repack(relevance)
+        return (out, delta) if return_convergence_delta else out
+
+    def _report(self, method: str, model, delta: Tensor, value: Tensor, index: int, prepared, verbose: bool,
+                **extra: Any) -> None:
+        _, rewrite = self._rewrite(model, *extra.pop("tapped", ((), False)))
+        self.last_report = {**method_report(self.model, method, delta, value, index),
+                            "rules": [{"node": n, "op": o, "rule": r} for n, o, r in rewrite.rules],
+                            "embedding_lookups": self._used_lookups(prepared), **extra}
+        if verbose:
+            for node, op, rule in rewrite.rules:
+                print(f"{method}: {node} ({op}): {rule}")
+
+
+class LayerLRP(LRP):
+    """The relevance arriving at a hidden ONNX tensor (or, with `attribute_to_layer_input`, at the
+    inputs of the node computing it), named as in the ONNX graph; a list of names gives a list."""
+
+    def __init__(self, model, layer: Union[str, Sequence[str]], rule: Any = "epsilon",
+                 composite: Union[str, Composite, None] = None, **kwargs: Any):
+        super().__init__(model, rule, composite, **kwargs)
+        self.layers = [layer] if isinstance(layer, str) else list(layer)
+
+    def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None,
+                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
+                  verbose: bool = False, *, output: Union[str, int, None] = None):
+        """Captum's call; the delta (per layer) is target output - Σ that layer's relevance."""
+        prepared = prepare(self.model, inputs, None, additional_forward_args, set(self.embedded_inputs))
+        n = example_count(self.model, prepared)
+        index = self._output_index(output)
+        targets = Targets(target, n)
+        parts, value = [], None
+        for layer in self.layers:  # one pass per layer: the taps of one would cut the others' paths
+            found, value = self._relevance(self.model, prepared.tensors, prepared.attributed, targets, index,
+                                           (layer,), attribute_to_layer_input)
+            parts.append(found)
+        deltas = [value.double() - sum(r.reshape(n, -1).double().sum(1) for r in part) for part in parts]
+        self._report("LayerLRP", self.model, deltas[0], value, index, prepared, verbose,
+                     tapped=((self.layers[0],), attribute_to_layer_input), layers=self.layers,
+                     convergence_delta_per_layer=[d.tolist() for d in deltas])
+        if _numpy_given(inputs):
+            parts = [[r.cpu().numpy() for r in part] for part in parts]
+        results = [part[0] if len(part) == 1 else tuple(part) for part in parts]
+        out = results[0] if len(results) == 1 else results
+        delta = deltas[0] if len(deltas) == 1 else deltas
+        return (out, delta) if return_convergence_delta else out
