@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union
 
+from torch import Tensor
+
 from ..errors import InputError
 from ..layers import tensor_as_output, tensor_values, tensors_as_inputs
 from ._inputs import prepare
+from .base import AttributionMethod
 from .deeplift import DeepLift
 from .gradient import IntegratedGradients
 
@@ -25,7 +28,49 @@ def refuse_layer_input(asked: bool, name: str) -> None:
                          "(`onnx-attr inspect --json` lists them) and keep this False")
 
 
-class LayerIntegratedGradients:
+class LayerMethod(AttributionMethod):
+    """A method at hidden tensor(s) `layer`, by ONNX name (a list or tuple for several, as Captum's
+    list of layers): the tensors are read in a forward pass, and fed into the model re-cut at them
+    (`tensors_as_inputs`), the original inputs still feeding the paths that bypass them."""
+
+    def __init__(self, model, layer: Union[str, Sequence[str]], **options: Any):
+        super().__init__(model, **options)
+        self.layer = layer
+        names = [layer] if isinstance(layer, str) else list(layer) if isinstance(layer, (list, tuple)) else []
+        if not names or not all(isinstance(n, str) for n in names):
+            raise InputError(f"layer {layer!r}: give an ONNX tensor name, or a list of them "
+                             "(`onnx-attr inspect --json` lists them)")
+        self.layers = names
+
+    def _at_layers(self, inputs: Any, baselines: Any, additional_forward_args: Any,
+                   attribute_to_layer_input: bool = False):
+        """The prepared call, the layers' values for the inputs and the baselines, and the model
+        cut at the layers (the layers first, then the model's inputs)."""
+        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
+        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
+        h = tensor_values(self.model, self.layers, prepared.tensors)
+        h0 = tensor_values(self.model, self.layers, prepared.baselines)
+        return prepared, h, h0, tensors_as_inputs(self.model, self.layers, h)
+
+    def _layer_gradients(self, cut, h: Sequence[Tensor], tensors: Sequence[Tensor], targets, index: int,
+                         internal_batch_size: Optional[int] = None) -> tuple[list[Tensor], Tensor]:
+        """d out[target] / d layer at layer values h (the inputs `tensors` feeding the bypasses)."""
+        self.active = cut
+        attributed = [True] * len(h) + [False] * len(tensors)
+        grads, value = self._gradients([*h, *tensors], attributed, targets, index, internal_batch_size)
+        self.active = self.model
+        return grads[:len(h)], value
+
+    def _pack(self, per_layer: Sequence[Tensor], as_numpy: bool) -> Any:
+        """One result per layer, in the container the layer was named in; numpy in, numpy out."""
+        items = [a.detach().cpu().numpy() if as_numpy else a for a in per_layer]
+        if isinstance(self.layer, str):
+            return items[0]
+        return list(items) if isinstance(self.layer, list) else tuple(items)
+
+
+class LayerIntegratedGradients(LayerMethod):
     """Integrated gradients of hidden tensor `layer`: (h - h0) · ∫ ∂f/∂h along h0 → h, where h and
     h0 are the tensor's values for the inputs and the baselines, as Captum's LayerIntegratedGradients.
 
@@ -39,61 +84,49 @@ class LayerIntegratedGradients:
     """
 
     def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: bool = True):
-        self.model, self.layer = model, layer
+        super().__init__(model, layer)
         self._multiply_by_inputs = multiply_by_inputs
-        self.last_report: dict = {}
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
                   return_convergence_delta: bool = False, attribute_to_layer_input: bool = False, *,
                   output: Union[str, int, None] = None):
-        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
-        names = [self.layer] if isinstance(self.layer, str) else list(self.layer)
-        if not names or not all(isinstance(n, str) for n in names):
-            raise InputError(f"layer {self.layer!r}: give an ONNX tensor name, or a list of them "
-                             "(`onnx-attr inspect --json` lists them)")
-        every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
-        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
-        h = tensor_values(self.model, names, prepared.tensors)
-        h0 = tensor_values(self.model, names, prepared.baselines)
-        cut = tensors_as_inputs(self.model, names, h)
+        prepared, h, h0, cut = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
         ig = IntegratedGradients(cut, multiply_by_inputs=self._multiply_by_inputs)
         attributions, delta = ig.attribute(tuple(h), tuple(h0), target, tuple(prepared.tensors), n_steps=n_steps,
                                            method=method, internal_batch_size=internal_batch_size,
                                            return_convergence_delta=True, output=output)
         self.last_report = {**ig.last_report, "method": "LayerIntegratedGradients", "layer": self.layer}
-        if prepared.as_numpy:
-            attributions = tuple(a.detach().cpu().numpy() for a in attributions)
-        if isinstance(self.layer, str):
-            attributions = attributions[0]
-        elif isinstance(self.layer, list):
-            attributions = list(attributions)
-        return (attributions, delta) if return_convergence_delta else attributions
+        out = self._pack(attributions, prepared.as_numpy)
+        return (out, delta) if return_convergence_delta else out
 
 
-class _NeuronMethod:
-    """A method attributing element `neuron_selector` (an int or a tuple, batch axis excluded) of
-    hidden tensor `layer` to the inputs: the method itself on the model cut after the tensor."""
+class _NeuronMethod(AttributionMethod):
+    """A method attributing element `neuron_selector` (an int or a tuple, batch axis excluded, with
+    slices or a callable as Captum allows) of hidden tensor `layer` to the inputs: the method
+    itself on the model cut after the tensor, the selector its target. Each subclass passes on
+    exactly the arguments its method takes."""
 
     method: type
 
     def __init__(self, model, layer: str, **options: Any):
-        self.model, self.layer = model, layer
+        super().__init__(model)
+        self.layer = layer
         self.inner = self.method(tensor_as_output(model, layer), **options)
-
-    @property
-    def last_report(self) -> dict:
-        return {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return getattr(self.inner, "multiplies_by_inputs", False)
 
-    def _attribute(self, inputs: Any, neuron_selector: Any, baselines: Any, additional_forward_args: Any,
-                   attribute_to_neuron_input: bool, **options: Any):
+    def _attribute(self, inputs: Any, neuron_selector: Any, attribute_to_neuron_input: bool, **arguments: Any):
         refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
-        return self.inner.attribute(inputs, baselines=baselines, target=neuron_selector,
-                                    additional_forward_args=additional_forward_args, **options)
+        result = self.inner.attribute(inputs, target=neuron_selector, **arguments)
+        self.last_report = {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
+        return result
 
 
 class NeuronDeepLift(_NeuronMethod):
@@ -105,7 +138,8 @@ class NeuronDeepLift(_NeuronMethod):
                   attribute_to_neuron_input: bool = False, custom_attribution_func: Any = None, *,
                   return_convergence_delta: bool = False, **options: Any):
         """Captum's argument order; the delta (keyword only) is ours."""
-        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
+        return self._attribute(inputs, neuron_selector, attribute_to_neuron_input, baselines=baselines,
+                               additional_forward_args=additional_forward_args,
                                custom_attribution_func=custom_attribution_func,
                                return_convergence_delta=return_convergence_delta, **options)
 
@@ -120,6 +154,7 @@ class NeuronIntegratedGradients(_NeuronMethod):
                   attribute_to_neuron_input: bool = False, *, return_convergence_delta: bool = False,
                   **options: Any):
         """Captum's argument order; the delta (keyword only) is ours."""
-        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
-                               n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
+        return self._attribute(inputs, neuron_selector, attribute_to_neuron_input, baselines=baselines,
+                               additional_forward_args=additional_forward_args, n_steps=n_steps, method=method,
+                               internal_batch_size=internal_batch_size,
                                return_convergence_delta=return_convergence_delta, **options)
