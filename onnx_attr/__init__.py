@@ -19,15 +19,20 @@ from .errors import (BudgetError, ConversionError, ExportError, ForwardError, In
 
 __version__ = "0.1.0"
 
+
+def _method_classes() -> list[str]:
+    """Every attribution class the method registry lists (without importing torch)."""
+    from .methods import __all__ as names
+
+    return list(names)
+
+
 #: Public name -> the submodule that defines it; imported when the name is first read.
 _LAZY = {
     "load": "loader", "Budget": "budget",
     "AttributableModel": "model",
     "VerifyReport": "verify", "verify": "verify",
-    **{name: "methods" for name in (
-        "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
-        "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
-        "Occlusion", "Saliency")},
+    **{name: "methods" for name in _method_classes()},
     "tensor_as_input": "layers", "tensor_as_output": "layers",
     "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
     "smooth": "smooth",
@@ -64,10 +69,8 @@ def __dir__() -> list[str]:
 __all__ = [
     # import and verification
     "AttributableModel", "Budget", "VerifyReport", "load", "verify",
-    # attribution methods
-    "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
-    "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
-    "Occlusion", "Saliency",
+    # attribution methods (every class of the method registry, and NoiseTunnel)
+    *_method_classes(),
     # hidden tensors by ONNX name, as an output (neurons) or an input (layers), for any method
     "tensor_as_input", "tensor_as_output",
     # evaluation metrics

@@ -43,6 +43,15 @@ def output_index(model, output: Union[str, int, None]) -> int:
     return int(output)
 
 
+def output_report(model, method: str, index: int) -> dict:
+    """What every method's `last_report` starts with: the method, the output explained and its
+    final activation (methods with a convergence delta add it: `deeplift.method_report`)."""
+    spec = model.outputs[index]
+    return {"method": method, "output": spec.name,
+            "final_activation": None if spec.final_activation is None else spec.final_activation.to_dict(),
+            "warnings": []}
+
+
 def check_batch_size(value: Optional[int], name: str = "internal_batch_size") -> Optional[int]:
     """A positive number of rows per pass, or None (all rows at once)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

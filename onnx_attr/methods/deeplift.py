@@ -15,7 +15,7 @@ from ..engine import DeepLiftEngine, PassResult, Targets
 from ..errors import InputError
 from ..inputs import all_finite
 from ._inputs import example_count, prepare
-from .base import AttributionMethod, output_index  # noqa: F401  (output_index: kept importable here)
+from .base import AttributionMethod, output_index, output_report  # noqa: F401  (output_index: kept importable here)
 
 
 class DeepLift(AttributionMethod):
@@ -235,9 +235,7 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int)
         warnings_.append(f"convergence delta above {DELTA_TOLERANCE:g} (relative) for example(s) {bad[:20]}: "
                          "the attributions do not add up to the output change")
     return {
-        "method": method,
-        "output": spec.name,
-        "final_activation": None if spec.final_activation is None else spec.final_activation.to_dict(),
+        **output_report(model, method, index),
         "convergence_delta": delta.tolist(),
         "max_relative_delta": worst,
         "warnings": warnings_,

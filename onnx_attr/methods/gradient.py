@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..rows import fixed_batch
 from ..layers import tensor_values, tensors_as_inputs
 from ._inputs import Prepared, _as_list, as_tensor, batched_inputs, is_held
-from .base import AttributionMethod, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
+from .base import AttributionMethod, check_batch_size, output_report, target_values  # noqa: F401  (target_values: kept importable here)
 from .deeplift import method_report
 
 
@@ -89,8 +89,9 @@ class Saliency(AttributionMethod):
     def attribute(self, inputs: Any, target: Any = None, abs: bool = True, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, None, additional_forward_args)
-        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n),
-                                   self._output_index(output))
+        index = self._output_index(output)
+        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n), index)
+        self._report(output_report(self.model, type(self).__name__, index))
         return prepared.repack([None if g is None else (g.abs() if abs else g) for g in grads])
 
 
@@ -102,8 +103,9 @@ class InputXGradient(AttributionMethod):
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, None, additional_forward_args)
-        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n),
-                                   self._output_index(output))
+        index = self._output_index(output)
+        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n), index)
+        self._report(output_report(self.model, type(self).__name__, index))
         return prepared.repack([None if g is None else g * t for g, t in zip(grads, prepared.tensors)])
 
 
