@@ -27,7 +27,8 @@ class MethodEntry:
     or averages over (so the CLI needs `--baseline bg.npz`); `delta`: it returns a convergence
     delta; `options`: the CLI options it takes (of CLI_OPTIONS); `init`: constructor arguments
     that make this entry (DeepLift with the RevealCancel rule); `cli`: `onnx-attr attribute`
-    can run it (layer and neuron methods need `--layer`)."""
+    can run it (layer and neuron methods need `--layer`); `required`: arguments it takes
+    without a default, which the CLI cannot give."""
 
     name: str
     path: str
@@ -39,6 +40,8 @@ class MethodEntry:
     init: dict = field(default_factory=dict)
     title: str = ""
     cli: bool = True
+    required: tuple[str, ...] = ()  # arguments without a default (the contract test makes them)
+    draws: bool = False  # draws at random: the same under the same numpy and torch seeds
 
     @property
     def class_name(self) -> str:
@@ -88,8 +91,16 @@ class MethodEntry:
         else:
             kwargs.update(target=target, output=output)
         if self.delta:
-            return explainer.attribute(inputs, return_convergence_delta=True, **kwargs)
-        return explainer.attribute(inputs, **kwargs), None
+            result, delta = explainer.attribute(inputs, return_convergence_delta=True, **kwargs)
+        else:
+            result, delta = explainer.attribute(inputs, **kwargs), None
+        report = getattr(explainer, "last_report", None)
+        if isinstance(report, dict) and "final_activation" not in report:  # a method that writes no report
+            from .base import output_index, output_report
+
+            index = 0 if self.family == "neuron" else output_index(explainer.model, output)
+            explainer.last_report = {**output_report(explainer.model, self.title or self.class_name, index), **report}
+        return result, delta
 
 
 REGISTRY: dict[str, MethodEntry] = {}
@@ -144,9 +155,9 @@ register("deeplift:DeepLiftShap", "rule", baselines=True, distribution=True, del
 register("gradient:IntegratedGradients", "path", baselines=True, delta=True, options=_PATH)
 register("gradient:Saliency", "gradient")
 register("gradient:InputXGradient", "gradient")
-register("gradient:GradientShap", "path", baselines=True, distribution=True, delta=True)
+register("gradient:GradientShap", "path", baselines=True, distribution=True, delta=True, draws=True)
 register("perturbation:FeatureAblation", "perturbation", baselines=True)
-register("perturbation:Occlusion", "perturbation", baselines=True, cli=False)  # needs a window shape
+register("perturbation:Occlusion", "perturbation", baselines=True, cli=False, required=("sliding_window_shapes",))
 register("deeplift:LayerDeepLift", "layer", baselines=True, delta=True, options=_DL)
 register("layer:LayerIntegratedGradients", "layer", baselines=True, delta=True, options=_PATH)
 register("layer:NeuronDeepLift", "neuron", baselines=True, delta=True)
