@@ -8,7 +8,7 @@ attribution method works on it unchanged: the method does not need to know about
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -98,6 +98,29 @@ def tensors_as_inputs(model, names: Sequence[str], examples: Sequence[Tensor]):
     module.graph.eliminate_dead_code()
     module.recompile()
     return model.with_module(module, inputs=[*specs, *model.inputs])
+
+
+def replace_modules(model, swap: Callable[[fx.Node, nn.Module], Optional[tuple[nn.Module, dict]]], prefix: str
+                    ) -> tuple[fx.GraphModule, list[fx.Node]]:
+    """A copy of the model's graph (sharing the weights) in which every ONNX node of the default
+    domain for which `swap(node, module)` gives `(new module, meta updates)` runs the new module;
+    the nodes replaced are returned with it (the caller makes the sibling model)."""
+    module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
+    replaced = []
+    for node in module.graph.nodes:
+        if node.op != "call_module" or node.meta.get("onnx_domain", "") not in ("", "ai.onnx"):
+            continue
+        found = swap(node, module.get_submodule(node.target))
+        if found is None:
+            continue
+        new, meta = found
+        target = f"{prefix}_{len(replaced)}"
+        module.add_submodule(target, new)
+        node.target = target
+        node.meta.update(meta)
+        replaced.append(node)
+    module.recompile()
+    return module, replaced
 
 
 def embedding_lookups(model) -> dict[str, list[str]]:

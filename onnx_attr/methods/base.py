@@ -173,6 +173,16 @@ class AttributionMethod:
 
         return self._passes(tensors, targets, run, internal_batch_size)[0]
 
+    def _input_gradients(self, inputs: Any, target: Any, additional_forward_args: Any,
+                         output: Union[str, int, None]) -> tuple[Prepared, list[Optional[Tensor]]]:
+        """d out[target] / d input at the inputs themselves, the call prepared and reported: what
+        the local gradient methods (Saliency, InputXGradient, guided ones) start from."""
+        prepared, n = self._prepare(inputs, None, additional_forward_args)
+        index = self._output_index(output)
+        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n), index)
+        self._report(output_report(self.model, type(self).__name__, index))
+        return prepared, grads
+
     def _report(self, report: dict) -> None:
         """This call's `last_report`, keeping what the passes noted (an out-of-memory retry)."""
         retried = self.last_report.get("out_of_memory_retry")

@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..rows import fixed_batch
 from ..layers import tensor_values, tensors_as_inputs
 from ._inputs import Prepared, _as_list, as_tensor, batched_inputs, is_held
-from .base import AttributionMethod, check_batch_size, output_report, target_values  # noqa: F401  (target_values: kept importable here)
+from .base import AttributionMethod, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
 from .deeplift import method_report
 
 
@@ -88,10 +88,7 @@ class Saliency(AttributionMethod):
 
     def attribute(self, inputs: Any, target: Any = None, abs: bool = True, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
-        prepared, n = self._prepare(inputs, None, additional_forward_args)
-        index = self._output_index(output)
-        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n), index)
-        self._report(output_report(self.model, type(self).__name__, index))
+        prepared, grads = self._input_gradients(inputs, target, additional_forward_args, output)
         return prepared.repack([None if g is None else (g.abs() if abs else g) for g in grads])
 
 
@@ -102,10 +99,7 @@ class InputXGradient(AttributionMethod):
 
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
-        prepared, n = self._prepare(inputs, None, additional_forward_args)
-        index = self._output_index(output)
-        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n), index)
-        self._report(output_report(self.model, type(self).__name__, index))
+        prepared, grads = self._input_gradients(inputs, target, additional_forward_args, output)
         return prepared.repack([None if g is None else g * t for g, t in zip(grads, prepared.tensors)])
 
 
@@ -202,6 +196,40 @@ def _repeat_rows(t: Tensor, times: int, n: int) -> Tensor:
     return t.repeat(times, *[1] * (t.dim() - 1)) if t.dim() and t.shape[0] == n else t
 
 
+def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union[float, Sequence[float]],
+                      method: str) -> tuple[list[Tensor], list[Tensor], Tensor, int, Any, bool]:
+    """GradientShap's draws, in Captum's order (baseline rows with numpy, Gaussian noise with torch,
+    path points with numpy), so that under the same seeds the two agree: the noisy inputs and the
+    drawn baselines (n_samples per example, example-major), one path point per row (float64), the
+    examples, how to pack per-input values back, and numpy-in."""
+    from .deeplift import call_baseline
+    from .noise_tunnel import _add_noise
+
+    tensors, repack, as_numpy, n = batched_inputs(inputs, method)
+    baselines = call_baseline(baselines, inputs)
+    if isinstance(baselines, Mapping) and isinstance(inputs, Mapping):
+        missing = [k for k in inputs if k not in baselines]
+        if missing:
+            raise InputError(f"baselines name no distribution for input(s) {missing}")
+        pool = [baselines[k] for k in inputs]
+    else:
+        pool, _ = _as_list(baselines)
+    if len(pool) != len(tensors):
+        raise InputError(f"{len(pool)} baseline distribution(s) for {len(tensors)} input(s)")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise InputError(f"n_samples must be a positive int, got {n_samples!r}")
+    drawn = [t if is_held(t) else _distribution(b)[np.random.choice(len(b), n_samples * n).tolist()]
+             for t, b in zip(tensors, pool)]
+    spread = [stdevs] * len(tensors) if isinstance(stdevs, (int, float)) else list(stdevs)
+    if len(spread) != len(tensors):
+        raise InputError(f"{len(spread)} stdevs for {len(tensors)} input(s)")
+    # token ids and flags are not noised (their embedding is what gets attributed)
+    noisy = [t if is_held(t) else _add_noise(t, s, n_samples) if t.is_floating_point()
+             else t.repeat_interleave(n_samples, 0) for t, s in zip(tensors, spread)]
+    alpha = torch.from_numpy(np.random.uniform(0.0, 1.0, n * n_samples))
+    return noisy, drawn, alpha, n, repack, as_numpy
+
+
 class GradientShap(AttributionMethod):
     """Expected gradients: each of `n_samples` draws per example picks a baseline from the
     distribution, adds Gaussian noise (`stdevs`) to the input and a random point on the path.
@@ -221,34 +249,14 @@ class GradientShap(AttributionMethod):
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
                   output: Union[str, int, None] = None):
-        from .deeplift import call_baseline
-        from .noise_tunnel import _add_noise, _repeat_target
+        from .noise_tunnel import _repeat_target
 
-        tensors, repack, as_numpy, n = batched_inputs(inputs, "GradientShap")
-        baselines = call_baseline(baselines, inputs)
-        if isinstance(baselines, Mapping) and isinstance(inputs, Mapping):
-            missing = [k for k in inputs if k not in baselines]
-            if missing:
-                raise InputError(f"baselines name no distribution for input(s) {missing}")
-            pool = [baselines[k] for k in inputs]
-        else:
-            pool, _ = _as_list(baselines)
-        if len(pool) != len(tensors):
-            raise InputError(f"{len(pool)} baseline distribution(s) for {len(tensors)} input(s)")
-        if n_samples < 1:
-            raise InputError(f"n_samples must be at least 1, got {n_samples}")
-        drawn = [t if is_held(t) else _distribution(b)[np.random.choice(len(b), n_samples * n).tolist()]
-                 for t, b in zip(tensors, pool)]
-        spread = [stdevs] * len(tensors) if isinstance(stdevs, (int, float)) else list(stdevs)
-        if len(spread) != len(tensors):
-            raise InputError(f"{len(spread)} stdevs for {len(tensors)} input(s)")
-        # token ids and flags are not noised (their embedding is what gets attributed)
-        noisy = [t if is_held(t) else _add_noise(t, s, n_samples) if t.is_floating_point()
-                 else t.repeat_interleave(n_samples, 0) for t, s in zip(tensors, spread)]
+        noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(inputs, baselines, n_samples, stdevs,
+                                                                     "GradientShap")
         prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args)
         prepared.as_numpy = as_numpy
         dtype = next(t.dtype for t, a in zip(prepared.tensors, prepared.attributed) if a)
-        alpha = torch.tensor(np.random.uniform(0.0, 1.0, rows), dtype=dtype)
+        alpha = alpha.to(dtype)
         scaled = [t if not a else b + alpha.reshape(-1, *[1] * (t.dim() - 1)).to(t.device) * (t - b)
                   for t, b, a in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
         targets = self._targets(_repeat_target(target, n, n_samples), rows)

@@ -42,6 +42,7 @@ class MethodEntry:
     cli: bool = True
     required: tuple[str, ...] = ()  # arguments without a default (the contract test makes them)
     draws: bool = False  # draws at random: the same under the same numpy and torch seeds
+    takes_layer: bool = False  # an input method that reads a layer too (GuidedGradCam)
 
     @property
     def class_name(self) -> str:
@@ -54,7 +55,7 @@ class MethodEntry:
 
     @property
     def needs_layer(self) -> bool:
-        return self.family in ("layer", "neuron")
+        return self.takes_layer or self.family in ("layer", "neuron")
 
     @property
     def fits_dataset(self) -> bool:
@@ -90,6 +91,7 @@ class MethodEntry:
             kwargs["neuron_selector"] = target
         else:
             kwargs.update(target=target, output=output)
+        kwargs = _accepted(explainer.attribute, kwargs)  # LayerActivation takes no target, say
         if self.delta:
             result, delta = explainer.attribute(inputs, return_convergence_delta=True, **kwargs)
         else:
@@ -101,6 +103,16 @@ class MethodEntry:
             index = 0 if self.family == "neuron" else output_index(explainer.model, output)
             explainer.last_report = {**output_report(explainer.model, self.title or self.class_name, index), **report}
         return result, delta
+
+
+def _accepted(function: Any, kwargs: dict) -> dict:
+    """The keyword arguments `function` takes (all of them when it takes **kwargs)."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in parameters}
 
 
 REGISTRY: dict[str, MethodEntry] = {}
@@ -162,6 +174,21 @@ register("deeplift:LayerDeepLift", "layer", baselines=True, delta=True, options=
 register("layer:LayerIntegratedGradients", "layer", baselines=True, delta=True, options=_PATH)
 register("layer:NeuronDeepLift", "neuron", baselines=True, delta=True)
 register("layer:NeuronIntegratedGradients", "neuron", baselines=True, delta=True, options=_PATH)
+register("guided:GuidedBackprop", "gradient")
+register("guided:Deconvolution", "gradient")
+register("guided:GuidedGradCam", "gradient", takes_layer=True)
+register("layer:LayerActivation", "layer")
+register("layer:LayerGradientXActivation", "layer")
+register("layer:LayerGradCam", "layer")
+register("layer:InternalInfluence", "layer", baselines=True, options=_PATH)
+register("layer:LayerConductance", "layer", baselines=True, delta=True, options=_PATH)
+register("layer:LayerGradientShap", "layer", baselines=True, distribution=True, delta=True, draws=True)
+register("layer:LayerDeepLiftShap", "layer", baselines=True, distribution=True, delta=True, options=_DL)
+register("layer:NeuronGradient", "neuron")
+register("guided:NeuronGuidedBackprop", "neuron")
+register("guided:NeuronDeconvolution", "neuron")
+register("layer:NeuronGradientShap", "neuron", baselines=True, distribution=True, delta=True, draws=True)
+register("layer:NeuronDeepLiftShap", "neuron", baselines=True, distribution=True, delta=True)
 
 
 def methods_markdown() -> str:
@@ -175,6 +202,7 @@ def methods_markdown() -> str:
             if e.needs_layer:
                 options = ", ".join(filter(None, ["`--layer`", "`--target` (the neuron)" if e.family == "neuron"
                                                   else "", options]))
+            options = options or "none"
             lines.append(f"| {e.title or e.class_name} | {'`' + e.name + '`' if e.cli else 'API only'} | {family} | "
                          f"{baselines} | {'yes' if e.delta else 'no'} | {options} |")
     return "\n".join(lines) + "\n"
