@@ -158,3 +158,18 @@ def test_neuron_methods_equal_captum(setup, name):
     theirs = _seeded(lambda: getattr(captum.attr, name)(model.module, module).attribute(x, (2, 3, 1), **kwargs))
     assert float(torch.as_tensor(theirs).abs().max()) > 0
     _close(ours, theirs)
+
+
+def test_neuron_conductance_equals_captum(setup):
+    import captum.attr
+
+    model, layer, module, x, background = setup
+    for kwargs in ({"n_steps": 12, "method": "gausslegendre", "baselines": background[:1]},
+                   {"n_steps": 10, "method": "riemann_middle"}, {"n_steps": 16}):
+        ours = onnx_attr.NeuronConductance(model, layer).attribute(x, (2, 3, 1), target=[0, 1, 4], **kwargs)
+        theirs = captum.attr.NeuronConductance(model.module, module).attribute(x, (2, 3, 1), target=[0, 1, 4],
+                                                                                **kwargs)
+        assert float(theirs.abs().max()) > 0
+        if "method" not in kwargs:  # the default trapezoid: Captum's weights are 1/n, the textbook's 1/(n - 1)
+            ours = ours * (kwargs["n_steps"] - 1) / kwargs["n_steps"]  # (docs/captum_differences.md)
+        _close(ours, theirs)

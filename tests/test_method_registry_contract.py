@@ -95,7 +95,7 @@ def _call(e: MethodEntry, explainer, inputs, target, **extra):
 
 
 #: Arguments some methods need that have no default, made for the tiny net's inputs.
-REQUIRED = {"sliding_window_shapes": lambda inputs: ((1, 2, 2), (1,))}
+REQUIRED = {"sliding_window_shapes": lambda inputs: ((1, 2, 2), (1,)), "target": lambda inputs: 1}
 
 
 def _takes(explainer, name: str) -> bool:

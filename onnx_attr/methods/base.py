@@ -164,6 +164,15 @@ class AttributionMethod:
         *grads, value = self._passes(tensors, targets, run, internal_batch_size)
         return grads, value
 
+    def _gradients_on(self, model, tensors: Sequence[Tensor], attributed: Sequence[bool], targets: Targets,
+                      index: int, internal_batch_size: Optional[int] = None) -> tuple[list[Optional[Tensor]], Tensor]:
+        """`_gradients` through another model: a re-cut of this one (at a layer, after a neuron)."""
+        active, self.active = self.active, model
+        try:
+            return self._gradients(tensors, attributed, targets, index, internal_batch_size)
+        finally:
+            self.active = active
+
     def _value(self, tensors: Sequence[Tensor], targets: Targets, index: int,
                internal_batch_size: Optional[int] = None) -> Tensor:
         """out[target] per example, without gradients, in passes (see `_passes`)."""

@@ -58,10 +58,8 @@ class LayerMethod(AttributionMethod):
     def _layer_gradients(self, cut, h: Sequence[Tensor], tensors: Sequence[Tensor], targets, index: int,
                          internal_batch_size: Optional[int] = None) -> tuple[list[Tensor], Tensor]:
         """d out[target] / d layer at layer values h (the inputs `tensors` feeding the bypasses)."""
-        self.active = cut
         attributed = [True] * len(h) + [False] * len(tensors)
-        grads, value = self._gradients([*h, *tensors], attributed, targets, index, internal_batch_size)
-        self.active = self.model
+        grads, value = self._gradients_on(cut, [*h, *tensors], attributed, targets, index, internal_batch_size)
         return grads[:len(h)], value
 
     def _pack(self, per_layer: Sequence[Tensor], as_numpy: bool) -> Any:
@@ -400,3 +398,50 @@ class NeuronDeepLiftShap(_NeuronMethod):
                                additional_forward_args=additional_forward_args,
                                custom_attribution_func=custom_attribution_func,
                                return_convergence_delta=return_convergence_delta)
+
+
+class NeuronConductance(AttributionMethod):
+    """Conductance of one hidden unit (Dhamdhere et al.): for each input, ∫ d out[target] / d neuron
+    · d neuron / d input along the path from the baselines, times (x - x0); Captum's definition
+    and default rule (riemann_trapezoid). It needs both the neuron and the output's target."""
+
+    def __init__(self, model, layer: str, multiply_by_inputs: bool = True):
+        super().__init__(model)
+        self.layer, self._multiply_by_inputs = layer, multiply_by_inputs
+        self.neuron_model = tensor_as_output(model, layer)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, target: Any = None,
+                  additional_forward_args: Any = None, n_steps: int = 50, method: str = "riemann_trapezoid",
+                  internal_batch_size: Optional[int] = None, attribute_to_neuron_input: bool = False, *,
+                  output: Union[str, int, None] = None):
+        refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
+        points, weights = integration_rule(method, n_steps)
+        prepared, n = self._prepare(inputs, baselines, additional_forward_args)
+        index = self._output_index(output)
+        k = len(points)
+        scaled = [torch.cat([b + float(a) * (t - b) for a in points]) if moved else _repeat_rows(t, k, n)
+                  for t, b, moved in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
+        through = self.active  # the model, or its embedding view for token ids
+        neuron_model = self.neuron_model if through is self.model else tensor_as_output(through, self.layer)
+        neuron = self._targets(neuron_selector, n).repeat(k)
+        input_grads, _ = self._gradients_on(neuron_model, scaled, prepared.attributed, neuron, 0, internal_batch_size)
+        values = tensor_values(through, [self.layer], scaled)
+        layer_grads, _ = self._gradients_on(tensors_as_inputs(through, [self.layer], values), [*values, *scaled],
+                                            [True] + [False] * len(scaled), self._targets(target, n).repeat(k),
+                                            index, internal_batch_size)
+        at_neuron = neuron.select(layer_grads[0])  # d out / d neuron, one per row
+        out = []
+        for g, t, b in zip(input_grads, prepared.tensors, prepared.baselines):
+            if g is None:
+                out.append(None)
+                continue
+            weighted = g.double() * at_neuron.double().reshape(-1, *[1] * (g.dim() - 1))
+            total = sum(float(w) * weighted[s * n:(s + 1) * n] for s, w in enumerate(weights)).to(g.dtype)
+            out.append(total * (t - b) if self._multiply_by_inputs else total)
+        self._report({**output_report(self.model, "NeuronConductance", index), "layer": self.layer,
+                      "n_steps": n_steps, "rule": method})
+        return prepared.repack(out)

@@ -189,6 +189,8 @@ register("guided:NeuronGuidedBackprop", "neuron")
 register("guided:NeuronDeconvolution", "neuron")
 register("layer:NeuronGradientShap", "neuron", baselines=True, distribution=True, delta=True, draws=True)
 register("layer:NeuronDeepLiftShap", "neuron", baselines=True, distribution=True, delta=True)
+register("layer:NeuronConductance", "neuron", baselines=True, options=_PATH, cli=False,
+         required=("target",))  # a neuron and an output target: the CLI's --target is only one of them
 
 
 def methods_markdown() -> str:
