@@ -63,14 +63,21 @@ class AttributionMethod:
     """What every method shares; see the module docstring. `internal_batch_size` (Captum's name)
     caps the rows of one forward/backward pass; a fixed-batch export always gets its own batch."""
 
-    #: Captum's flag: a global attribution (scaled by the input, or its difference from the baseline).
-    multiplies_by_inputs: bool = False
+    #: Captum's `multiply_by_inputs` default for the method (methods without the option keep False).
+    _multiply_by_inputs: bool = False
 
-    def __init__(self, model, **_: Any):
+    def __init__(self, model, multiply_by_inputs: Optional[bool] = None, **_: Any):
         self.model = model
+        if multiply_by_inputs is not None:
+            self._multiply_by_inputs = bool(multiply_by_inputs)
         self.active = model  # what the passes run on: the model, or its embedding view for token ids
         self.last_report: dict = {}
         self._lookups: Optional[dict[str, list[str]]] = None
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """Captum's flag: a global attribution (scaled by the input, or its difference from the baseline)."""
+        return self._multiply_by_inputs
 
     def _output_index(self, output: Union[str, int, None]) -> int:
         return output_index(self.model, output)

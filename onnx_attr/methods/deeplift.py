@@ -39,15 +39,10 @@ class DeepLift(AttributionMethod):
         near-zero input differences (see docs/architecture.md)."""
         if rule not in NONLINEAR_RULES:
             raise InputError(f"unknown DeepLift rule {rule!r}; use one of {list(NONLINEAR_RULES)}")
-        super().__init__(model)
-        self._multiply_by_inputs = multiply_by_inputs
+        super().__init__(model, multiply_by_inputs)
         self.rule = rule
         self.engine = DeepLiftEngine(model, gradient_fallback=gradient_fallback, layers=layers,
                                      reveal_cancel=rule == "revealcancel")
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
     @property
     def embedded_inputs(self) -> list[str]:

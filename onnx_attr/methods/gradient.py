@@ -132,13 +132,7 @@ class IntegratedGradients(AttributionMethod):
     an export with a fixed batch size gets chunks of that size.
     """
 
-    def __init__(self, model, multiply_by_inputs: bool = True, **kwargs: Any):
-        super().__init__(model, **kwargs)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+    _multiply_by_inputs = True  # Captum's default; multiply_by_inputs=False gives the averaged gradients
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
@@ -238,13 +232,7 @@ class GradientShap(AttributionMethod):
     so under the same numpy and torch seeds the two agree.
     """
 
-    def __init__(self, model, multiply_by_inputs: bool = True, **kwargs: Any):
-        super().__init__(model, **kwargs)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+    _multiply_by_inputs = True  # Captum's default; multiply_by_inputs=False gives the averaged gradients
 
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False, *,

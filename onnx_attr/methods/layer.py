@@ -35,8 +35,8 @@ class LayerMethod(AttributionMethod):
     list of layers): the tensors are read in a forward pass, and fed into the model re-cut at them
     (`tensors_as_inputs`), the original inputs still feeding the paths that bypass them."""
 
-    def __init__(self, model, layer: Union[str, Sequence[str]], **options: Any):
-        super().__init__(model, **options)
+    def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: Optional[bool] = None):
+        super().__init__(model, multiply_by_inputs)
         self.layer = layer
         names = [layer] if isinstance(layer, str) else list(layer) if isinstance(layer, (list, tuple)) else []
         if not names or not all(isinstance(n, str) for n in names):
@@ -83,13 +83,7 @@ class LayerIntegratedGradients(LayerMethod):
     output passes through it; the delta says how far off it is otherwise.
     """
 
-    def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: bool = True):
-        super().__init__(model, layer)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+    _multiply_by_inputs = True  # Captum's default
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
@@ -187,13 +181,7 @@ class _LayerGradientMethod(LayerMethod):
 class LayerGradientXActivation(_LayerGradientMethod):
     """Layer values times d out / d layer (the gradient alone with multiply_by_inputs=False)."""
 
-    def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: bool = True):
-        super().__init__(model, layer)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+    _multiply_by_inputs = True  # Captum's default
 
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False, *, output: Union[str, int, None] = None):
@@ -261,7 +249,7 @@ class LayerConductance(_LayerPathMethod):
     al.), with the n_steps + 1 points of the rule as Captum takes them; Σ = f(x) - f(x0) up to the
     discretisation (the delta says how far)."""
 
-    multiplies_by_inputs = True
+    _multiply_by_inputs = True  # Captum's flag; it has no option
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
@@ -286,13 +274,7 @@ class LayerGradientShap(LayerMethod):
     random point on the path), d out / d layer at that point times the layer's change from the
     baseline to the noisy input, averaged over the samples. Draws in Captum's order."""
 
-    def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: bool = True):
-        super().__init__(model, layer)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+    _multiply_by_inputs = True  # Captum's default
 
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False,
@@ -405,14 +387,12 @@ class NeuronConductance(AttributionMethod):
     · d neuron / d input along the path from the baselines, times (x - x0); Captum's definition
     and default rule (riemann_trapezoid). It needs both the neuron and the output's target."""
 
-    def __init__(self, model, layer: str, multiply_by_inputs: bool = True):
-        super().__init__(model)
-        self.layer, self._multiply_by_inputs = layer, multiply_by_inputs
-        self.neuron_model = tensor_as_output(model, layer)
+    _multiply_by_inputs = True  # Captum's default
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+    def __init__(self, model, layer: str, multiply_by_inputs: bool = True):
+        super().__init__(model, multiply_by_inputs)
+        self.layer = layer
+        self.neuron_model = tensor_as_output(model, layer)
 
     def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None, n_steps: int = 50, method: str = "riemann_trapezoid",
