@@ -28,6 +28,11 @@ class ConvNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def setup():
+    return conv_setup()
+
+
+def conv_setup():
+    """The imported conv net, its second Relu's tensor and module, inputs and a background."""
     from exporting import to_onnx
 
     model = onnx_attr.load(to_onnx(ConvNet(), torch.rand(2, 1, 6, 6)))
