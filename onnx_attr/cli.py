@@ -180,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _method_tuning_options(p: argparse.ArgumentParser) -> None:
     """What `attribute` and `dataset` both pass to the method."""
-    p.add_argument("--n-steps", type=_positive_int, help="integratedgradients: integration steps (default 50)")
+    p.add_argument("--n-steps", type=_positive_int,
+                   help="path methods (integratedgradients, its layer/neuron forms, conductance, internalinfluence): "
+                        "integration steps (default 50)")
     p.add_argument("--internal-batch-size", type=_positive_int,
-                   help="integratedgradients: rows per forward/backward pass (default: all steps at once)")
+                   help="path methods: rows per forward/backward pass (default: all steps at once)")
     p.add_argument("--gradient-fallback", action="store_true",
                    help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
 
