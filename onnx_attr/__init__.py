@@ -19,21 +19,24 @@ from .errors import (BudgetError, ConversionError, ExportError, ForwardError, In
 
 __version__ = "0.1.0"
 
+
+def _method_classes() -> list[str]:
+    """Every attribution class the method registry lists (without importing torch)."""
+    from .methods import __all__ as names
+
+    return list(names)
+
+
 #: Public name -> the submodule that defines it; imported when the name is first read.
 _LAZY = {
     "load": "loader", "Budget": "budget",
     "AttributableModel": "model",
     "VerifyReport": "verify", "verify": "verify",
-    **{name: "methods" for name in (
-        "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
-        "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
-        "Occlusion", "Saliency", "LRP", "LayerLRP")},
+    **{name: "methods" for name in _method_classes()},
     "tensor_as_input": "layers", "tensor_as_output": "layers",
     "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
     "smooth": "smooth",
     "attribute_dataset": "dataset_job", "read_results": "dataset_job",
-    "read_inputs": "readers", "InputOptions": "readers", "image_preprocessing": "preprocess",
-    "text_preprocessing": "text_inputs",
 }
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come from __getattr__
@@ -42,13 +45,10 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
     from .loader import load
     from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient,
                           IntegratedGradients, LayerDeepLift, LayerIntegratedGradients, NeuronDeepLift,
-                          NeuronIntegratedGradients, NoiseTunnel, Occlusion, Saliency, LRP, LayerLRP)
+                          NeuronIntegratedGradients, NoiseTunnel, Occlusion, Saliency)
     from .metrics import infidelity, parameter_randomization, sensitivity_max
     from .model import AttributableModel
     from .dataset_job import attribute_dataset, read_results
-    from .preprocess import image_preprocessing
-    from .readers import InputOptions, read_inputs
-    from .text_inputs import text_preprocessing
     from .smooth import smooth
     from .verify import VerifyReport, verify
 
@@ -69,10 +69,8 @@ def __dir__() -> list[str]:
 __all__ = [
     # import and verification
     "AttributableModel", "Budget", "VerifyReport", "load", "verify",
-    # attribution methods
-    "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
-    "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
-    "Occlusion", "Saliency", "LRP", "LayerLRP",
+    # attribution methods (every class of the method registry, and NoiseTunnel)
+    *_method_classes(),
     # hidden tensors by ONNX name, as an output (neurons) or an input (layers), for any method
     "tensor_as_input", "tensor_as_output",
     # evaluation metrics
@@ -81,8 +79,6 @@ __all__ = [
     "smooth",
     # whole datasets into Parquet shards, each row exactly once
     "attribute_dataset", "read_results",
-    # image files, tables and text as model inputs, preprocessed as the CLI does
-    "read_inputs", "InputOptions", "image_preprocessing", "text_preprocessing",
     # errors
     "BudgetError", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",

@@ -26,6 +26,7 @@ import numpy as np
 from .errors import InputError, OnnxAttrError, OutputError
 from .fileio import FolderLock, atomic_write, regular_file, remove_leftover_temporaries, write_json
 from .manifest import build_manifest, differences, file_sha256
+from .methods.registry import entry, titles
 from .names import read_feature_names  # noqa: F401  (kept importable from here)
 from .progress import progress
 
@@ -33,46 +34,36 @@ if TYPE_CHECKING:
     from .readers import InputOptions, Rows
     from .visualize import PictureOptions
 
-#: CLI method name -> (how reports name it, factory of the explainer).
-METHOD_TITLES = {"deeplift": "DeepLift", "deepliftshap": "DeepLiftShap", "integratedgradients": "IntegratedGradients",
-                 "revealcancel": "DeepLift (RevealCancel rule)", "lrp": "LRP"}
-#: Methods whose attribute() takes no baselines (Captum's LRP: inputs, target, ...).
-NO_BASELINES = frozenset({"lrp"})
+#: CLI method name -> how reports name it (from the method registry).
+METHOD_TITLES = titles()
 #: Examples attributed per pass by default: small enough that progress shows and memory stays flat.
 DEFAULT_BATCH_SIZE = 16
 #: Folder names longer than this are shortened (with a hash of the full name, so they stay unique).
 MAX_FOLDER_NAME = 180
 
 
-def make_explainer(model, method: str, gradient_fallback: bool = False, options: Optional[dict] = None):
-    from .methods import LRP, DeepLift, DeepLiftShap, IntegratedGradients
-
-    if method == "lrp":
-        lrp = {k[len("lrp_"):]: v for k, v in (options or {}).items() if k.startswith("lrp_") and v is not None}
-        return _WithoutBaselines(LRP(model, lrp.pop("rule", "epsilon"), lrp.pop("composite", None), **lrp))
-
-    if method == "deeplift":
-        return DeepLift(model, gradient_fallback=gradient_fallback)
-    if method == "deepliftshap":
-        return DeepLiftShap(model, gradient_fallback=gradient_fallback)
-    if method == "integratedgradients":
-        return IntegratedGradients(model)
-    if method == "revealcancel":
-        return DeepLift(model, rule="revealcancel", gradient_fallback=gradient_fallback)
-    raise InputError(f"unknown method {method!r}; available: {sorted(METHOD_TITLES)}")
+def make_explainer(model, method: str, gradient_fallback: bool = False, layer: Optional[str] = None,
+                   options: Optional[dict] = None):
+    """The registered method's explainer (at `layer` for layer and neuron methods); `options` are the
+    checked `method_options`, of which the entry's constructor options go to the class."""
+    return entry(method).make(model, layer=layer, gradient_fallback=gradient_fallback, options=options)
 
 
-class _WithoutBaselines:
-    """A method without baselines (LRP) under the jobs' call, attribute(inputs, baselines, ...)."""
-
-    def __init__(self, method: Any):
-        self.method = method
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.method, name)
-
-    def attribute(self, inputs: Any, baselines: Any = None, **kwargs: Any) -> Any:
-        return self.method.attribute(inputs, **kwargs)
+def call_method(method: str, explainer, inputs: dict, baselines: Any, *, target: Any, extra: Optional[dict],
+                output: int, options: dict) -> tuple[dict, np.ndarray]:
+    """One call of a registered method on named inputs: attributions by name (input names; layer
+    names for layer methods) as numpy, and the delta per example (NaN for methods without one)."""
+    found = entry(method)
+    result, delta = found.run(explainer, inputs, baselines, target=target, additional_forward_args=extra or None,
+                              output=output, options=options)
+    if not isinstance(result, dict):
+        names = getattr(explainer, "layers", None) or [explainer.layer]
+        result = dict(zip(names, result if isinstance(result, (list, tuple)) else [result]))
+    arrays = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in result.items()}
+    n = len(next(iter(inputs.values())))
+    delta = np.full(n, np.nan) if delta is None else np.asarray(
+        delta.detach().cpu() if hasattr(delta, "detach") else delta, dtype=np.float64).reshape(-1)
+    return arrays, delta
 
 
 def parse_target(text: Optional[str]) -> Any:
@@ -110,16 +101,17 @@ def _has_negative(target: Any) -> bool:
 
 
 def resolve_baseline_spec(spec: Optional[str], method: str) -> str:
-    """The baseline spec a method runs with: zeros by default, except for DeepLiftShap, which
-    averages over a distribution and has no meaningful default."""
-    if method in NO_BASELINES:
+    """The baseline spec a method runs with: zeros by default, except for methods that average over a
+    distribution (no meaningful default) and "none" for methods that take no baseline (one given is
+    refused, so a report never names a baseline that did not count)."""
+    found = entry(method)
+    if not found.baselines:
         if spec is not None:
-            raise InputError(f"--method {method} takes no baseline: relevance starts from the output itself; "
-                             "drop --baseline")
+            raise InputError(f"--method {method} takes no baseline; leave --baseline out")
         return "none"
     if spec is None:
-        if method == "deepliftshap":
-            raise InputError("--method deepliftshap averages over a distribution of baselines: give one with "
+        if found.distribution:
+            raise InputError(f"--method {method} averages over a distribution of baselines: give one with "
                              "--baseline bg.npz (rows of typical inputs, e.g. a sample of the training data)")
         return "zeros"
     if spec not in ("zeros", "mean") and Path(spec).suffix != ".npz":
@@ -131,7 +123,7 @@ def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> A
     if spec == "none":
         return None
     if spec == "zeros":
-        if method == "deepliftshap":  # a distribution of one all-zero row
+        if entry(method).distribution:  # a distribution of one all-zero row
             return {k: np.zeros_like(v[:1]) for k, v in inputs.items()}
         return None
     if spec == "mean":
@@ -206,15 +198,15 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
                   resume: bool = False, pictures: Optional["PictureOptions"] = None,
                   batch_size: Optional[int] = None, n_steps: Optional[int] = None,
                   internal_batch_size: Optional[int] = None, options: Optional[dict] = None,
-                  inputs: Optional["InputOptions"] = None, quiet: bool = False, lrp: Optional[dict] = None) -> dict:
+                  inputs: Optional["InputOptions"] = None, quiet: bool = False, lrp: Optional[dict] = None,
+                  layer: Optional[str] = None) -> dict:
     """Attribute one input file (results in `out`) or several (one subfolder each, `index.json`).
 
     `options` adds settings that changed the model before it got here (`--smooth`, say) to the
     manifest. With `resume`, results whose manifest matches are kept, results of a changed input
     file are redone, and results made with other settings stop the run before anything is written.
     """
-    if method not in METHOD_TITLES:
-        raise InputError(f"unknown method {method!r}; available: {sorted(METHOD_TITLES)}")
+    entry(method)  # known, or a clear error
     from .readers import InputOptions, kinds_of
 
     baseline = resolve_baseline_spec(baseline, method)
@@ -230,14 +222,14 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         baseline_sha256=file_sha256(regular_file(baseline, "--baseline")) if baseline.endswith(".npz") else None,
         output=output_name,
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
-                 "batch_size": batch_size, **per_method, **(options or {}),
+                 "batch_size": batch_size, **per_method, **({"layer": layer} if layer else {}), **(options or {}),
                  **({"preprocessing": preprocessing} if preprocessing else {})})
     manifest = json.loads(json.dumps(manifest))  # as it reads back from report.json
     folder = prepare_out_dir(out)
     with FolderLock(folder):
         remove_leftover_temporaries(folder, depth=1 if many else 0)
-        job = _Job(model, make_explainer(model, method, gradient_fallback, per_method), manifest, method, target,
-                   baseline, output_name, pictures, batch_size, per_method, quiet, inputs)
+        job = _Job(model, make_explainer(model, method, gradient_fallback, layer, per_method), manifest, method,
+                   target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs)
         if not many:
             return job.single(files[0], folder, resume)
         return job.folder_run(files, folder, resume)
@@ -245,19 +237,27 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
 
 def method_options(method: str, n_steps: Optional[int], internal_batch_size: Optional[int],
                    lrp: Optional[dict] = None) -> dict:
-    lrp = {k: v for k, v in (lrp or {}).items() if v is not None}
-    if lrp and method != "lrp":
-        raise InputError(f"{' and '.join('--lrp-' + k for k in lrp)} appl{'y' if len(lrp) > 1 else 'ies'} to "
-                         "--method lrp only")
-    if method == "lrp":
-        return lrp_settings(**lrp)
-    if method != "integratedgradients":
-        given = [f for f, v in (("--n-steps", n_steps), ("--internal-batch-size", internal_batch_size)) if v is not None]
-        if given:
-            raise InputError(f"{' and '.join(given)} apply to --method integratedgradients only")
-        return {}
-    return {"n_steps": _positive(n_steps, "--n-steps") or 50,
-            "internal_batch_size": _positive(internal_batch_size, "--internal-batch-size")}
+    """The CLI's tuning options the method takes (its registry entry says which), checked."""
+    takes = entry(method).options
+    given = {"n_steps": n_steps, "internal_batch_size": internal_batch_size,
+             **{f"lrp_{k}": v for k, v in (lrp or {}).items()}}
+    refused = [k for k, v in given.items() if v is not None and k not in takes]
+    if refused:
+        users = sorted(n for n, e in _registry().items() if set(refused) & set(e.options))
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in refused)
+        raise InputError(f"{flags} appl{'y' if len(refused) > 1 else 'ies'} to --method {' / '.join(users)}, "
+                         f"not {method}")
+    defaults = {"n_steps": 50, "internal_batch_size": None}
+    out = {k: _positive(given[k], f"--{k.replace('_', '-')}") or defaults[k] for k in defaults if k in takes}
+    if "lrp_rule" in takes:
+        out.update(lrp_settings(**{k: v for k, v in (lrp or {}).items() if v is not None}))
+    return out
+
+
+def _registry() -> dict:
+    from .methods.registry import REGISTRY
+
+    return REGISTRY
 
 
 def lrp_settings(rule: str = "epsilon", composite: Optional[str] = None, bounds: Optional[str] = None) -> dict:
@@ -438,7 +438,8 @@ class _Job:
         from .visualize import PictureOptions, write_pictures
 
         model_inputs = inputs
-        attributions, inputs = picture_arrays(rows, attributions, inputs)
+        of_inputs = {k: v for k, v in attributions.items() if k in inputs}  # a layer's have no picture
+        attributions, inputs = picture_arrays(rows, of_inputs, inputs)
         options = _named_pictures(self.pictures or PictureOptions(), rows)
         return write_pictures(folder, attributions, inputs, options=options, target=chosen, delta=delta,
                               method=METHOD_TITLES[self.method], baseline=self.baseline,
@@ -472,9 +473,9 @@ class _Job:
         batched = all(a.ndim >= 1 and a.shape[0] == n for a in arrays) and n > self.batch_size
         steps = [slice(s, min(n, s + self.batch_size)) for s in range(0, n, self.batch_size)] if batched \
             else [slice(0, n)]
-        per_example_baseline = (self.method != "deepliftshap" and isinstance(baselines, dict)
+        per_example_baseline = (not entry(self.method).distribution and isinstance(baselines, dict)
                                 and all(len(b) == n for b in baselines.values()) and n > 1)
-        pieces: dict[str, list[np.ndarray]] = {k: [] for k in attributed}
+        pieces: dict[str, list[np.ndarray]] = {}
         deltas, reports = [], []
         bar = progress(n, "example", name, self.quiet or not progress_bar, leave=False) if len(steps) > 1 \
             else progress(None, "example", name, True)
@@ -485,15 +486,12 @@ class _Job:
 
                 part_baselines = cut(baselines) if per_example_baseline else baselines
                 part_target = target[part] if isinstance(target, list) else target
-                kwargs = dict(self.method_options) if self.method == "integratedgradients" else {}
-                result, delta = self.explainer.attribute(
-                    cut(attributed), part_baselines, target=part_target,
-                    additional_forward_args=(cut(extra) if len(steps) > 1 else extra) or None,
-                    return_convergence_delta=True, output=self.output_index, **kwargs)
-                for k in pieces:
-                    pieces[k].append(np.asarray(result[k]))
-                deltas.append(np.asarray(delta.detach().cpu() if hasattr(delta, "detach") else delta,
-                                         dtype=np.float64).reshape(-1))
+                result, delta = call_method(self.method, self.explainer, cut(attributed), part_baselines,
+                                            target=part_target, extra=cut(extra) if len(steps) > 1 else extra,
+                                            output=self.output_index, options=self.method_options)
+                for k, v in result.items():
+                    pieces.setdefault(k, []).append(v)
+                deltas.append(delta)
                 reports.append((part.start, dict(self.explainer.last_report)))
                 bar.update(part.stop - part.start)
         finally:
@@ -526,7 +524,8 @@ def _merged_reports(reports: list[tuple[int, dict]], several: bool) -> dict:
     (each said once; a delta warning of a later pass names its examples' offset)."""
     merged = dict(reports[-1][1])
     merged["convergence_delta"] = [d for _, r in reports for d in r.get("convergence_delta", [])]
-    merged["max_relative_delta"] = max(r.get("max_relative_delta", 0.0) for _, r in reports)
+    measured = [r["max_relative_delta"] for _, r in reports if "max_relative_delta" in r]
+    merged["max_relative_delta"] = max(measured) if measured else None  # None: the method has no delta
     warnings_: list[str] = []
     for start, report in reports:
         for text in report.get("warnings", []):

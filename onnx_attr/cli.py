@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import __version__
 from .errors import InputError, OnnxAttrError
+from .methods.registry import cli_methods, dataset_methods
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_SOME_FAILED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
@@ -29,7 +30,8 @@ EXIT_CODES = """exit codes:
   4    a folder run finished, but some inputs failed (each listed with its error in index.json)
   130  interrupted"""
 
-METHOD_CHOICES = ("deeplift", "deepliftshap", "integratedgradients", "revealcancel", "lrp")
+METHOD_CHOICES = cli_methods()
+DATASET_METHOD_CHOICES = dataset_methods()
 #: `--lrp-rule` / `--lrp-composite` choices (onnx_attr.rules.lrp's RULE_NAMES / COMPOSITES; kept here
 #: so that usage errors answer without importing torch; a test checks they agree)
 LRP_RULES = ("epsilon", "zero", "gamma", "alpha1beta0", "alpha2beta1", "z_plus", "z_B", "flat")
@@ -214,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="zeros (default), mean, or an .npz of baselines (deepliftshap: required, "
                                       "a distribution of rows, e.g. --baseline bg.npz)")
     p.add_argument("--method", default="deeplift", choices=METHOD_CHOICES, help="attribution method (default: deeplift)")
+    p.add_argument("--layer", help="layer and neuron methods: the ONNX tensor to attribute at (`inspect --json` lists "
+                                   "them); a neuron method explains the element of it that --target picks")
     p.add_argument("--batch-size", type=_positive_int,
                    help="examples per pass (default 16): memory stays flat and progress shows")
     _method_tuning_options(p)
@@ -254,9 +258,11 @@ def _report_options(p: argparse.ArgumentParser) -> None:
 
 def _method_tuning_options(p: argparse.ArgumentParser) -> None:
     """What `attribute` and `dataset` both pass to the method."""
-    p.add_argument("--n-steps", type=_positive_int, help="integratedgradients: integration steps (default 50)")
+    p.add_argument("--n-steps", type=_positive_int,
+                   help="path methods (integratedgradients, its layer/neuron forms, conductance, internalinfluence): "
+                        "integration steps (default 50)")
     p.add_argument("--internal-batch-size", type=_positive_int,
-                   help="integratedgradients: rows per forward/backward pass (default: all steps at once)")
+                   help="path methods: rows per forward/backward pass (default: all steps at once)")
     p.add_argument("--gradient-fallback", action="store_true",
                    help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
 
@@ -269,7 +275,8 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     _input_option(p, True, "an .npz (rows along axis 0), .csv, .parquet or .txt file (a row per line), or a folder "
                            "/ glob of them; image files (PNG/JPEG, also in subfolders) are a row each")
     p.add_argument("-o", "--out", required=True, help="folder for manifest.json, summary.json and the Parquet shards")
-    p.add_argument("--method", default="deeplift", choices=METHOD_CHOICES, help="attribution method (default: deeplift)")
+    p.add_argument("--method", default="deeplift", choices=DATASET_METHOD_CHOICES,
+                   help="attribution method (default: deeplift)")
     p.add_argument("--target", help="output index explained for every row (int, or a:b for outputs of rank > 2; "
                                     "default: each row's predicted class)")
     p.add_argument("--baseline", help="zeros (default), mean (of the whole dataset, from a first pass) or an .npz of "
@@ -436,7 +443,7 @@ def cmd_attribute(args) -> int:
                            gradient_fallback=args.gradient_fallback, resume=args.resume, pictures=pictures,
                            batch_size=args.batch_size, n_steps=args.n_steps,
                            internal_batch_size=args.internal_batch_size, options=options, inputs=inputs,
-                           quiet=getattr(args, "quiet", False), lrp=_lrp_options(args))
+                           quiet=getattr(args, "quiet", False), lrp=_lrp_options(args), layer=args.layer)
     import numpy as np
 
     delta = np.abs(np.asarray(report.pop("_delta"), dtype=np.float64))
@@ -515,8 +522,9 @@ def _attribution_summary(report: dict, out: str, worst: float) -> str:
                  "none found" if final is None else
                  f"{final['op_type']} node {final['node']!r} " + ("stripped: logits attributed" if final["stripped"]
                                                                   else "kept")),
-             f"convergence delta per example: max |delta| {worst:.3e}, "
-             f"max relative {report['max_relative_delta']:.3e}",
+             "convergence delta: none (the method has no completeness identity)"
+             if report["max_relative_delta"] is None else f"convergence delta per example: max |delta| {worst:.3e}, "
+                                                         f"max relative {report['max_relative_delta']:.3e}",
              f"verify against onnxruntime: {'PASSED' if report['verify']['passed'] else 'FAILED'}",
              "wrote attributions.npz, report.json" + (f" and {len(pictures)} picture(s)" if pictures else "")
              + f" to {out}" + (" (finished earlier: kept)" if report.get("resumed") else "")]

@@ -218,7 +218,7 @@ class ShardWorker:
 
     def _explain(self, inputs: dict) -> tuple[dict, np.ndarray, list, list]:
         """Attributions, deltas, (predicted class, explained output value) and the target, per row."""
-        from .attribute_job import _baseline, _has_negative, _resolve_negative, parse_target
+        from .attribute_job import _baseline, _has_negative, _resolve_negative, call_method, parse_target
 
         attributed = {k: v for k, v in inputs.items() if k in self.attributed}
         extra = {k: v for k, v in inputs.items() if k not in attributed}
@@ -236,13 +236,9 @@ class ShardWorker:
             if self.settings.baseline == "zeros" else self._baselines
         if isinstance(baselines, dict):
             baselines = {k: v for k, v in baselines.items() if k in attributed}
-        kwargs = dict(self.method_options) if self.settings.method == "integratedgradients" else {}
-        result, delta = self.explainer.attribute(attributed, baselines, target=target,
-                                                 additional_forward_args=extra or None,
-                                                 return_convergence_delta=True, output=self.output_index, **kwargs)
-        delta = np.asarray(delta.detach().cpu() if hasattr(delta, "detach") else delta, dtype=np.float64).reshape(-1)
-        attributions = {k: np.asarray(result[k].detach().cpu() if hasattr(result[k], "detach") else result[k])
-                        for k in attributed}
+        result, delta = call_method(self.settings.method, self.explainer, attributed, baselines, target=target,
+                                    extra=extra, output=self.output_index, options=self.method_options)
+        attributions = {k: result[k] for k in attributed}
         targets = target if isinstance(target, list) else [target] * n
         values = output.detach().cpu().double().numpy()
         explained = [_explained(values[j], targets[j]) for j in range(n)]
@@ -454,10 +450,12 @@ def _preprocessing(options: InputOptions, specs, files) -> dict:
 
 def _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size, attribution_dtype,
               engine, gradient_fallback, n_steps, internal_batch_size, strip, device) -> tuple[Settings, Any]:
-    from .attribute_job import METHOD_TITLES, parse_target, resolve_baseline_spec
+    from .attribute_job import parse_target, resolve_baseline_spec
+    from .methods.registry import dataset_methods
 
-    if method not in METHOD_TITLES:
-        raise InputError(f"unknown method {method!r}; available: {sorted(METHOD_TITLES)}")
+    if method not in dataset_methods():
+        raise InputError(f"unknown method {method!r} for a dataset job (layer and neuron methods do not give one "
+                         f"value per input column); available: {sorted(dataset_methods())}")
     if isinstance(parse_target(target), list):
         raise InputError(f"--target {target!r}: a dataset job explains one target for every row (an int, or a:b); "
                          "leave it out to explain each row's predicted class")
@@ -523,9 +521,11 @@ def _check_baseline_rows(settings: Settings, model) -> None:
         return
     from .inputs import read_npz
 
+    from .methods.registry import entry
+
     arrays = read_npz(settings.baseline, model.inputs)
     rows = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
-    if settings.method != "deepliftshap" and any(n != 1 for n in rows.values()):
+    if not entry(settings.method).distribution and any(n != 1 for n in rows.values()):
         raise InputError(f"--baseline {settings.baseline!r} holds {rows} rows; a dataset job compares every row with "
                          "one baseline row: save one row (shape (1, ...)) per input, or use --method deepliftshap "
                          "for a distribution")

@@ -21,6 +21,7 @@ from .errors import ForwardError, InputError
 from .model import _explain_failure
 from .reference_cache import ReferenceCache
 from .rewrite import ReferenceShapeMismatch, RewriteResult, rewrite_for_deeplift
+from .rows import example_rows, fixed_batch, padded_rows as _rows, pick_output as _pick
 
 
 @dataclass
@@ -171,8 +172,7 @@ class DeepLiftEngine:
         self.rewrite: RewriteResult = rewrite_for_deeplift(model.module, model.inputs,
                                                            gradient_fallback=gradient_fallback, layers=layers,
                                                            reveal_cancel=reveal_cancel)
-        first = model.inputs[0].shape if model.inputs and model.inputs[0].shape else None
-        self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
+        self.fixed_batch = fixed_batch(model.inputs)
         # Shared baselines (batch 1) reused over many batches run their reference pass once (see
         # reference_cache). Changing the module's weights afterwards needs a new DeepLift object
         # (or cache_reference = False, or references.clear()).
@@ -181,7 +181,7 @@ class DeepLiftEngine:
 
     def run(self, inputs: Sequence[Tensor], baselines: Sequence[Tensor], attributed: Sequence[bool],
             targets: Targets, output: int) -> PassResult:
-        n = next(x.shape[0] for x, a in zip(inputs, attributed) if a)
+        n = example_rows(inputs, attributed)
         size = self.fixed_batch or n
         parts = []
         for start in range(0, n, size):
@@ -297,18 +297,6 @@ class DeepLiftEngine:
 def _batched(t: Tensor, n: int) -> bool:
     """Has the batch of n on axis 0 (a 0-d input, a flag, never has: it is fed as given)."""
     return t.dim() > 0 and t.shape[0] == n
-
-
-def _pick(out, index: int) -> Tensor:
-    return out[index] if isinstance(out, (tuple, list)) else out
-
-
-def _rows(t: Tensor, start: int, stop: int, size: int) -> Tensor:
-    """Rows [start, stop), padded to `size` by repeating the last (for fixed-batch exports)."""
-    part = t[start:stop]
-    if part.shape[0] < size:
-        part = torch.cat([part, part[-1:].expand(size - part.shape[0], *part.shape[1:])])
-    return part
 
 
 def _baseline_rows(b: Tensor, start: int, stop: int, size: int, fixed: Optional[int]) -> Tensor:

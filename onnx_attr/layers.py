@@ -8,9 +8,10 @@ attribution method works on it unchanged: the method does not need to know about
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor, fx, nn
 
 from .convert import tensor_nodes
@@ -99,6 +100,29 @@ def tensors_as_inputs(model, names: Sequence[str], examples: Sequence[Tensor]):
     return model.with_module(module, inputs=[*specs, *model.inputs])
 
 
+def replace_modules(model, swap: Callable[[fx.Node, nn.Module], Optional[tuple[nn.Module, dict]]], prefix: str
+                    ) -> tuple[fx.GraphModule, list[fx.Node]]:
+    """A copy of the model's graph (sharing the weights) in which every ONNX node of the default
+    domain for which `swap(node, module)` gives `(new module, meta updates)` runs the new module;
+    the nodes replaced are returned with it (the caller makes the sibling model)."""
+    module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
+    replaced = []
+    for node in module.graph.nodes:
+        if node.op != "call_module" or node.meta.get("onnx_domain", "") not in ("", "ai.onnx"):
+            continue
+        found = swap(node, module.get_submodule(node.target))
+        if found is None:
+            continue
+        new, meta = found
+        target = f"{prefix}_{len(replaced)}"
+        module.add_submodule(target, new)
+        node.target = target
+        node.meta.update(meta)
+        replaced.append(node)
+    module.recompile()
+    return module, replaced
+
+
 def embedding_lookups(model) -> dict[str, list[str]]:
     """Integer input name -> the ONNX tensors that look it up in a constant table (Gather): where
     token ids are attributed, as DeepLift's engine finds them."""
@@ -114,9 +138,20 @@ def embedding_lookups(model) -> dict[str, list[str]]:
 def tensor_values(model, names: Sequence[str], inputs: Sequence[Tensor]) -> list[Tensor]:
     """The named tensors' values in a forward pass of the model (no gradients)."""
     from .convert import run_recording
+    from .rows import example_rows, fixed_batch, padded_rows
 
-    recorded = run_recording(model.module, *inputs)
-    missing = [n for n in names if n not in recorded]
-    for name in missing:
-        tensor_node(model.module, name)  # raises the error with suggestions
-    return [recorded[n] for n in names]
+    fixed = fixed_batch(model.inputs)
+    n = example_rows(inputs, [t.dim() > 0 for t in inputs]) if any(t.dim() for t in inputs) else 0
+    size = fixed if fixed and n and n != fixed else n
+    parts = []
+    for start in range(0, max(n, 1), max(size, 1)):  # a fixed-batch export runs in its batch, padded
+        stop = min(start + size, n)
+        fed = inputs if size == n else [padded_rows(t, start, stop, size) if t.dim() and t.shape[0] == n
+                                        else t.expand(size, *t.shape[1:]) if t.dim() and t.shape[0] == 1 else t
+                                        for t in inputs]
+        recorded = run_recording(model.module, *fed)
+        missing = [name for name in names if name not in recorded]
+        for name in missing:
+            tensor_node(model.module, name)  # raises the error with suggestions
+        parts.append([recorded[name] if size == n else recorded[name][:stop - start] for name in names])
+    return parts[0] if len(parts) == 1 else [torch.cat(column) for column in zip(*parts)]

@@ -18,9 +18,9 @@ from torch import Tensor
 
 from .engine import Targets
 from .errors import InputError
+from .rows import pick_output as _pick
 from .methods._inputs import _as_list, example_count, prepare
-from .methods.deeplift import output_index
-from .methods.gradient import target_values
+from .methods.base import output_index, target_values
 from .methods.noise_tunnel import _repeat_target
 
 PerturbFunc = Callable[..., Any]
@@ -276,10 +276,6 @@ def _matching(attributions: Any, prepared) -> list[Tensor]:
             raise InputError(f"attributions of shape {list(a.shape)} for an input of shape {list(x.shape)}")
         out.append(a)
     return out
-
-
-def _pick(out: Any, index: int) -> Tensor:
-    return out[index] if isinstance(out, (tuple, list)) else out
 
 
 def _tensors(value: Any) -> list[Tensor]:

@@ -6,15 +6,15 @@ and reported, never assumed small.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from .converters.pooling import MaxPool
 from .errors import InputError
+from .layers import replace_modules
 
 #: Where the substituted ops live: not ONNX ops, but ours, with DeepLift rules of their own.
 SMOOTH_DOMAIN = "onnx_attr.smooth"
@@ -65,26 +65,19 @@ def smooth(model, *, relu_beta: Optional[float] = 10.0, maxpool_beta: Optional[f
     for name, beta in (("relu_beta", relu_beta), ("maxpool_beta", maxpool_beta)):
         if beta is not None and not beta > 0:
             raise InputError(f"{name} must be positive, got {beta}")
-    module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
-    replaced = []
-    for node in module.graph.nodes:
+
+    def swap(node, old):
         op = node.meta.get("onnx_op")
-        if node.op != "call_module" or node.meta.get("onnx_domain", "") not in ("", "ai.onnx"):
-            continue
         if op == "Relu" and relu_beta is not None:
-            new, new_op = SmoothRelu(relu_beta), "Softplus"
-        elif op == "MaxPool" and maxpool_beta is not None and isinstance(module.get_submodule(node.target), MaxPool):
-            new, new_op = LogSumExpPool(module.get_submodule(node.target).attrs, maxpool_beta), "LogSumExpPool"
-        else:
-            continue
-        target = f"smoothed_{len(replaced)}"
-        module.add_submodule(target, new)
-        node.target = target
-        node.meta.update(onnx_op=new_op, smoothed_from=op,
-                         onnx_domain="" if new_op == "Softplus" else SMOOTH_DOMAIN)
-        replaced.append({"node": node.meta.get("onnx_node"), "from": op, "to": new_op,
-                         "beta": relu_beta if op == "Relu" else maxpool_beta})
-    module.recompile()
+            return SmoothRelu(relu_beta), {"onnx_op": "Softplus", "smoothed_from": op, "onnx_domain": ""}
+        if op == "MaxPool" and maxpool_beta is not None and isinstance(old, MaxPool):
+            return LogSumExpPool(old.attrs, maxpool_beta), {"onnx_op": "LogSumExpPool", "smoothed_from": op,
+                                                            "onnx_domain": SMOOTH_DOMAIN}
+        return None
+
+    module, nodes = replace_modules(model, swap, "smoothed")
+    replaced = [{"node": n.meta.get("onnx_node"), "from": n.meta["smoothed_from"], "to": n.meta["onnx_op"],
+                 "beta": relu_beta if n.meta["smoothed_from"] == "Relu" else maxpool_beta} for n in nodes]
     smoothed = model.with_module(module, notes=[f"smoothed: {len(replaced)} node(s) replaced (Relu -> "
                                                 f"Softplus(beta={relu_beta}), MaxPool -> LogSumExpPool(beta="
                                                 f"{maxpool_beta}))"])

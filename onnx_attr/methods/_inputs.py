@@ -176,3 +176,25 @@ def _one_baseline(spec, b: Any, x: Tensor) -> Tensor:
     b = b.expand(rows, *x.shape[1:]) if b.dim() == x.dim() else b.expand(1, *x.shape[1:])
     (checked,) = check_inputs([b.contiguous()], [spec], what="baseline", any_batch=True)
     return checked.to(x.device)
+
+
+def as_tensor(value: Any, what: str) -> Tensor:
+    """A user's array as a tensor; a clear error when it is not one."""
+    try:
+        return value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"cannot read the {what} as an array: {err}") from None
+
+
+def batched_inputs(inputs: Any, method: str) -> tuple[list[Tensor], Callable[[list], Any], bool, int]:
+    """The user's inputs as tensors before `prepare`, for methods that repeat them per sample
+    (NoiseTunnel, GradientShap): the tensors, how to pack results back, numpy or not, and the
+    examples on axis 0 (0-d non-floating inputs, flags, are held as given)."""
+    values, repack = _as_list(inputs)
+    as_numpy = all(isinstance(v, np.ndarray) for v in values)
+    tensors = [as_tensor(v, "input") for v in values]
+    if any(t.dim() == 0 and not is_held(t) for t in tensors) or all(is_held(t) for t in tensors):
+        raise InputError(f"{method} needs a batch axis on every input (shape [N, ...]) but 0-d non-floating ones "
+                         "(flags), which are held as given")
+    n = next(t.shape[0] for t in tensors if not is_held(t))
+    return tensors, repack, as_numpy, n

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import warnings
 
 from ..engine import DeepLiftEngine, PassResult, Targets
 from ..errors import InputError
 from ..inputs import all_finite
 from ._inputs import example_count, prepare
+from .base import AttributionMethod, output_index, output_report  # noqa: F401  (output_index: kept importable here)
 
 
-class DeepLift:
+class DeepLift(AttributionMethod):
     """DeepLift (Rescale rule, Shapley products, exact composites) on an `AttributableModel`.
 
     Switch from Captum in one line: `onnx_attr.DeepLift(model).attribute(inputs, baselines,
@@ -39,24 +39,15 @@ class DeepLift:
         near-zero input differences (see docs/architecture.md)."""
         if rule not in NONLINEAR_RULES:
             raise InputError(f"unknown DeepLift rule {rule!r}; use one of {list(NONLINEAR_RULES)}")
-        self.model = model
-        self._multiply_by_inputs = multiply_by_inputs
+        super().__init__(model, multiply_by_inputs)
         self.rule = rule
         self.engine = DeepLiftEngine(model, gradient_fallback=gradient_fallback, layers=layers,
                                      reveal_cancel=rule == "revealcancel")
-        self.last_report: dict = {}
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
     @property
     def embedded_inputs(self) -> list[str]:
         """Integer inputs attributed at their embedding lookups (a Gather of a constant table)."""
         return list(dict.fromkeys(t.input_name for t in self.engine.rewrite.taps))
-
-    def _output_index(self, output: Union[str, int, None]) -> int:
-        return output_index(self.model, output)
 
     def _run(self, prepared, targets: Targets, index: int):
         """The engine on all rows at once; on CUDA out-of-memory, on halves (recursively), said once."""
@@ -66,12 +57,7 @@ class DeepLift:
             n = len(targets.rows)
             if n == 1:
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if not self.last_report.get("out_of_memory_retry"):
-                warnings.warn(f"out of device memory on a batch of {n}: retrying in halves", stacklevel=3)
-            self.last_report["out_of_memory_retry"] = True
-            half = n // 2
+            half = self._after_out_of_memory(n)
             parts = [self._run(_rows_of(prepared, start, stop, n), targets.chunk(start, stop), index)
                      for start, stop in ((0, half), (half, n))]
             return PassResult(
@@ -111,7 +97,7 @@ class DeepLift:
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         index = self._output_index(output)
         self.last_report = {}
-        attributions, delta, result = self._attribute_prepared(prepared, n, Targets(target, n), index)
+        attributions, delta, result = self._attribute_prepared(prepared, n, self._targets(target, n), index)
         return prepared, attributions, delta, result, index
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
@@ -174,7 +160,7 @@ class DeepLiftShap(DeepLift):
         prepared, n = prepared_rows[0]
         index = self._output_index(output)
         self.last_report = {}
-        targets = Targets(target, n)
+        targets = self._targets(target, n)
         per_pass = self._rows_per_pass(prepared, n, len(rows))
         sums: Optional[list] = None
         deltas, changes = [], []
@@ -244,9 +230,7 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int)
         warnings_.append(f"convergence delta above {DELTA_TOLERANCE:g} (relative) for example(s) {bad[:20]}: "
                          "the attributions do not add up to the output change")
     return {
-        "method": method,
-        "output": spec.name,
-        "final_activation": None if spec.final_activation is None else spec.final_activation.to_dict(),
+        **output_report(model, method, index),
         "convergence_delta": delta.tolist(),
         "max_relative_delta": worst,
         "warnings": warnings_,
@@ -267,20 +251,6 @@ def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str
                     return (f"non-finite values first appear at ONNX node {node.name or node.op_type!r} "
                             f"(op {node.op_type}, tensor {name!r}) in the forward pass of the {what}")
     return "the forward passes are finite: the non-finite values arise in the backward pass's multipliers"
-
-
-def output_index(model, output: Union[str, int, None]) -> int:
-    """The index of an output given by ONNX name or index (default: the first)."""
-    names = [o.name for o in model.outputs]
-    if output is None:
-        return 0
-    if isinstance(output, str):
-        if output not in names:
-            raise InputError(f"no output named {output!r}; the model's outputs are {names}")
-        return names.index(output)
-    if not 0 <= int(output) < len(names):
-        raise InputError(f"output index {output} is out of range: the model has {len(names)} output(s) {names}")
-    return int(output)
 
 
 def _rows_of(prepared, start: int, stop: int, n: int):
@@ -420,7 +390,8 @@ class LayerDeepLift(DeepLift):
                            {t.input_name for t in self.engine.rewrite.taps})
         n = example_count(self.model, prepared)
         index = self._output_index(output)
-        result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, Targets(target, n), index)
+        result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, self._targets(target, n),
+                                 index)
         contributions = [m * d for m, d in result.layers]
         if custom is not None:  # Captum's contract, over the layers: (multipliers, layer values, their references)
             from types import SimpleNamespace

@@ -14,78 +14,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine import Targets
 from ..errors import InputError
-from ..layers import embedding_lookups, tensor_values, tensors_as_inputs
-from ._inputs import Prepared, _as_list, example_count, is_held, prepare
-from .deeplift import method_report, output_index
+from ..rows import fixed_batch
+from ..layers import tensor_values, tensors_as_inputs
+from ._inputs import Prepared, _as_list, as_tensor, batched_inputs, is_held
+from .base import AttributionMethod, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
+from .deeplift import method_report
 
 
-class _GradientMethod:
-    def __init__(self, model, **_: Any):
-        self.model = model
-        self.active = model  # what the passes run on: the model, or its embedding view for token ids
-        self.last_report: dict = {}
-        self._lookups: Optional[dict[str, list[str]]] = None
-
-    def _output_index(self, output: Union[str, int, None]) -> int:
-        return output_index(self.model, output)
-
-    @property
-    def embedded_inputs(self) -> list[str]:
-        """Integer inputs attributed at their embedding lookups (a Gather of a constant table)."""
-        if self._lookups is None:
-            self._lookups = embedding_lookups(self.model) if any(
-                not s.differentiable for s in self.model.inputs) else {}
-        return list(self._lookups)
-
-    def _prepare(self, inputs, baselines, additional_forward_args):
-        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs))
-        n = example_count(self.model, prepared)
-        self.active = self.model
-        if any(a and not t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)):
-            self.active, prepared = at_embeddings(self.model, self._lookups, prepared, n)
-        return prepared, n
-
-    def _gradients(self, tensors: list[Tensor], attributed: list[bool], targets: Targets, output: int
-                   ) -> tuple[list[Optional[Tensor]], Tensor]:
-        """d out[target] / d input for each attributed input, and the selected outputs."""
-        live = [t.detach().requires_grad_(True) if a else t for t, a in zip(tensors, attributed)]
-        with torch.enable_grad():
-            out = self.active(*live)
-            out = out[output] if isinstance(out, (tuple, list)) else out
-            value = targets.select(out)
-            wanted = [t for t, a in zip(live, attributed) if a]
-            grads = iter(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
-        result = []
-        for t, a in zip(live, attributed):
-            g = next(grads) if a else None
-            result.append(None if not a else (torch.zeros_like(t) if g is None else g))
-        return result, value.detach()
-
-    def _value(self, tensors, targets, index) -> Tensor:
-        return target_values(self.active, tensors, targets, index)
-
-    @staticmethod
-    def _used_lookups(prepared) -> dict[str, list[str]]:
-        return dict(getattr(prepared, "lookups", {}))
-
-
-def target_values(model, tensors: list[Tensor], targets: Targets, index: int) -> Tensor:
-    """out[target] per example without gradients, fed in the export's fixed batch size if it has one."""
-    n = len(targets.rows)
-    expanded = [t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t for t in tensors]
-    fixed = model.inputs[0].shape[0] if model.inputs[0].shape and isinstance(model.inputs[0].shape[0], int) else None
-    size = fixed or n
-    values = []
-    with torch.no_grad():
-        for start in range(0, n, size):
-            stop = min(start + size, n)
-            out = model(*[_pad_rows(t[start:stop], size) if t.dim() and t.shape[0] == n else t for t in expanded])
-            out = out[index] if isinstance(out, (tuple, list)) else out
-            values.append(targets.chunk(start, stop).select(out[:stop - start] if out.dim() else out))
-    return torch.cat(values)
-
+#: The base under its former name, for code that subclassed it.
+_GradientMethod = AttributionMethod
 
 
 @dataclass
@@ -143,29 +81,25 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
     return view, embedded
 
 
-class Saliency(_GradientMethod):
+class Saliency(AttributionMethod):
     """|d out / d x| (or the signed gradient with abs=False)."""
 
     multiplies_by_inputs = False  # Captum's flag: a local attribution, not scaled by the input
 
     def attribute(self, inputs: Any, target: Any = None, abs: bool = True, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
-        prepared, n = self._prepare(inputs, None, additional_forward_args)
-        grads, _ = self._gradients(prepared.tensors, prepared.attributed, Targets(target, n),
-                                   self._output_index(output))
+        prepared, grads = self._input_gradients(inputs, target, additional_forward_args, output)
         return prepared.repack([None if g is None else (g.abs() if abs else g) for g in grads])
 
 
-class InputXGradient(_GradientMethod):
+class InputXGradient(AttributionMethod):
     """x * d out / d x."""
 
     multiplies_by_inputs = True  # Captum's flag: a global attribution
 
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
-        prepared, n = self._prepare(inputs, None, additional_forward_args)
-        grads, _ = self._gradients(prepared.tensors, prepared.attributed, Targets(target, n),
-                                   self._output_index(output))
+        prepared, grads = self._input_gradients(inputs, target, additional_forward_args, output)
         return prepared.repack([None if g is None else g * t for g, t in zip(grads, prepared.tensors)])
 
 
@@ -191,45 +125,36 @@ def integration_rule(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]
     return points, np.full(n_steps, 1.0 / n_steps)
 
 
-class IntegratedGradients(_GradientMethod):
+class IntegratedGradients(AttributionMethod):
     """(x - x0) * ∫ d out / d x along the straight path from the baseline, by a quadrature rule.
 
     All steps run as one batch of n_steps * N rows, or in chunks of `internal_batch_size` rows;
     an export with a fixed batch size gets chunks of that size.
     """
 
-    def __init__(self, model, multiply_by_inputs: bool = True, **kwargs: Any):
-        super().__init__(model, **kwargs)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+    _multiply_by_inputs = True  # Captum's default; multiply_by_inputs=False gives the averaged gradients
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
                   return_convergence_delta: bool = False, *, output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         index = self._output_index(output)
-        targets = Targets(target, n)
+        targets = self._targets(target, n)
         points, weights = integration_rule(method, n_steps)
-        first = self.active.inputs[0]
-        fixed = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
-        rows = fixed or internal_batch_size or n * n_steps
-        if rows < n and fixed is None:
+        rows = check_batch_size(internal_batch_size) or n * n_steps
+        if rows < n and fixed_batch(self.active.inputs) is None:
             raise InputError(f"internal_batch_size {rows} is below the batch of {n}")
-        steps_per_chunk = max(1, rows // n) if fixed is None else None
+        steps_per_pass = max(1, rows // n)
         totals = [None if not a else torch.zeros_like(t, dtype=torch.float64)
                   for t, a in zip(prepared.tensors, prepared.attributed)]
         diffs = [None if not a else t - b for t, b, a in
                  zip(prepared.tensors, prepared.baselines, prepared.attributed)]
-        for start in range(0, n_steps, steps_per_chunk or 1):
-            chunk = range(start, min(n_steps, start + (steps_per_chunk or 1)))
+        for start in range(0, n_steps, steps_per_pass):
+            chunk = range(start, min(n_steps, start + steps_per_pass))
             scaled = [_repeat_rows(t, len(chunk), n) if not a else torch.cat(
                 [b + float(points[k]) * d for k in chunk]) for t, b, d, a in
                 zip(prepared.tensors, prepared.baselines, diffs, prepared.attributed)]
-            step_targets = targets.repeat(len(chunk))
-            grads = self._chunked_gradients(scaled, prepared.attributed, step_targets, index, fixed)
+            grads, _ = self._gradients(scaled, prepared.attributed, targets.repeat(len(chunk)), index)
             for i, g in enumerate(grads):
                 if g is not None:
                     for j, k in enumerate(chunk):
@@ -242,29 +167,10 @@ class IntegratedGradients(_GradientMethod):
         reference = self._value(prepared.baselines, targets, index)
         delta = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None) - (
             value.double() - reference.double())
-        self.last_report = {**method_report(self.model, "IntegratedGradients", delta, value - reference, index),
-                            "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared)}
+        self._report({**method_report(self.model, "IntegratedGradients", delta, value - reference, index),
+                      "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared)})
         out = prepared.repack(attributions)
         return (out, delta) if return_convergence_delta else out
-
-    def _chunked_gradients(self, tensors, attributed, targets, index, fixed):
-        if fixed is None:
-            return self._gradients(tensors, attributed, targets, index)[0]
-        total = tensors[0].shape[0]
-        parts = []
-        for start in range(0, total, fixed):
-            stop = min(start + fixed, total)
-            chunk = [_pad_rows(t[start:stop], fixed) if t.dim() and t.shape[0] == total else t for t in tensors]
-            sub = targets._of(targets.rows[start:stop] + [targets.rows[stop - 1]] * (fixed - (stop - start)))
-            grads, _ = self._gradients(chunk, attributed, sub, index)
-            parts.append([None if g is None else g[:stop - start] for g in grads])
-        return [None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(len(tensors))]
-
-def _as_tensor(value: Any, what: str) -> Tensor:
-    try:
-        return value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise InputError(f"cannot read the {what} as an array: {err}") from None
 
 
 def _distribution(b: Any) -> Tensor:
@@ -272,7 +178,7 @@ def _distribution(b: Any) -> Tensor:
     if isinstance(b, (bool, int, float, np.number)) or getattr(b, "ndim", 1) == 0:
         raise InputError("GradientShap draws baselines from a distribution: give an array with the baseline rows on "
                          "axis 0 (or a callable returning one), not a scalar")
-    b = _as_tensor(b, "baseline distribution")
+    b = as_tensor(b, "baseline distribution")
     if len(b) == 0:
         raise InputError("the baseline distribution is empty: give at least one row")
     return b
@@ -284,11 +190,41 @@ def _repeat_rows(t: Tensor, times: int, n: int) -> Tensor:
     return t.repeat(times, *[1] * (t.dim() - 1)) if t.dim() and t.shape[0] == n else t
 
 
-def _pad_rows(t: Tensor, size: int) -> Tensor:
-    return t if t.shape[0] == size else torch.cat([t, t[-1:].expand(size - t.shape[0], *t.shape[1:])])
+def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union[float, Sequence[float]],
+                      method: str) -> tuple[list[Tensor], list[Tensor], Tensor, int, Any, bool]:
+    """GradientShap's draws, in Captum's order (baseline rows with numpy, Gaussian noise with torch,
+    path points with numpy), so that under the same seeds the two agree: the noisy inputs and the
+    drawn baselines (n_samples per example, example-major), one path point per row (float64), the
+    examples, how to pack per-input values back, and numpy-in."""
+    from .deeplift import call_baseline
+    from .noise_tunnel import _add_noise
+
+    tensors, repack, as_numpy, n = batched_inputs(inputs, method)
+    baselines = call_baseline(baselines, inputs)
+    if isinstance(baselines, Mapping) and isinstance(inputs, Mapping):
+        missing = [k for k in inputs if k not in baselines]
+        if missing:
+            raise InputError(f"baselines name no distribution for input(s) {missing}")
+        pool = [baselines[k] for k in inputs]
+    else:
+        pool, _ = _as_list(baselines)
+    if len(pool) != len(tensors):
+        raise InputError(f"{len(pool)} baseline distribution(s) for {len(tensors)} input(s)")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise InputError(f"n_samples must be a positive int, got {n_samples!r}")
+    drawn = [t if is_held(t) else _distribution(b)[np.random.choice(len(b), n_samples * n).tolist()]
+             for t, b in zip(tensors, pool)]
+    spread = [stdevs] * len(tensors) if isinstance(stdevs, (int, float)) else list(stdevs)
+    if len(spread) != len(tensors):
+        raise InputError(f"{len(spread)} stdevs for {len(tensors)} input(s)")
+    # token ids and flags are not noised (their embedding is what gets attributed)
+    noisy = [t if is_held(t) else _add_noise(t, s, n_samples) if t.is_floating_point()
+             else t.repeat_interleave(n_samples, 0) for t, s in zip(tensors, spread)]
+    alpha = torch.from_numpy(np.random.uniform(0.0, 1.0, n * n_samples))
+    return noisy, drawn, alpha, n, repack, as_numpy
 
 
-class GradientShap(_GradientMethod):
+class GradientShap(AttributionMethod):
     """Expected gradients: each of `n_samples` draws per example picks a baseline from the
     distribution, adds Gaussian noise (`stdevs`) to the input and a random point on the path.
 
@@ -296,54 +232,22 @@ class GradientShap(_GradientMethod):
     so under the same numpy and torch seeds the two agree.
     """
 
-    def __init__(self, model, multiply_by_inputs: bool = True, **kwargs: Any):
-        super().__init__(model, **kwargs)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+    _multiply_by_inputs = True  # Captum's default; multiply_by_inputs=False gives the averaged gradients
 
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
                   output: Union[str, int, None] = None):
-        from .deeplift import call_baseline
-        from .noise_tunnel import _add_noise, _repeat_target
+        from .noise_tunnel import _repeat_target
 
-        values, repack = _as_list(inputs)
-        as_numpy = all(isinstance(v, np.ndarray) for v in values)
-        baselines = call_baseline(baselines, inputs)
-        if isinstance(baselines, Mapping) and isinstance(inputs, Mapping):
-            missing = [k for k in inputs if k not in baselines]
-            if missing:
-                raise InputError(f"baselines name no distribution for input(s) {missing}")
-            pool = [baselines[k] for k in inputs]
-        else:
-            pool, _ = _as_list(baselines)
-        if len(pool) != len(values):
-            raise InputError(f"{len(pool)} baseline distribution(s) for {len(values)} input(s)")
-        if n_samples < 1:
-            raise InputError(f"n_samples must be at least 1, got {n_samples}")
-        tensors = [_as_tensor(v, "input") for v in values]
-        if any(t.dim() == 0 and not is_held(t) for t in tensors) or all(is_held(t) for t in tensors):
-            raise InputError("GradientShap needs a batch axis on every input (shape [N, ...]) but 0-d non-floating "
-                             "ones (flags), which are held as given")
-        n = next(len(t) for t in tensors if not is_held(t))
-        drawn = [t if is_held(t) else _distribution(b)[np.random.choice(len(b), n_samples * n).tolist()]
-                 for t, b in zip(tensors, pool)]
-        spread = [stdevs] * len(values) if isinstance(stdevs, (int, float)) else list(stdevs)
-        if len(spread) != len(values):
-            raise InputError(f"{len(spread)} stdevs for {len(values)} input(s)")
-        # token ids and flags are not noised (their embedding is what gets attributed)
-        noisy = [t if is_held(t) else _add_noise(t, s, n_samples) if t.is_floating_point()
-                 else t.repeat_interleave(n_samples, 0) for t, s in zip(tensors, spread)]
+        noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(inputs, baselines, n_samples, stdevs,
+                                                                     "GradientShap")
         prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args)
         prepared.as_numpy = as_numpy
         dtype = next(t.dtype for t, a in zip(prepared.tensors, prepared.attributed) if a)
-        alpha = torch.tensor(np.random.uniform(0.0, 1.0, rows), dtype=dtype)
+        alpha = alpha.to(dtype)
         scaled = [t if not a else b + alpha.reshape(-1, *[1] * (t.dim() - 1)).to(t.device) * (t - b)
                   for t, b, a in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
-        targets = Targets(_repeat_target(target, n, n_samples), rows)
+        targets = self._targets(_repeat_target(target, n, n_samples), rows)
         index = self._output_index(output)
         grads, _ = self._gradients(scaled, prepared.attributed, targets, index)
         diffs = [None if g is None else t - b for g, t, b in zip(grads, prepared.tensors, prepared.baselines)]
@@ -352,8 +256,8 @@ class GradientShap(_GradientMethod):
                   - self._value(prepared.baselines, targets, index).double())
         delta = sum((g * d).reshape(rows, -1).double().sum(1) for g, d in zip(grads, diffs) if g is not None) - change
         # one random path point per row: the delta measures that estimate, not a quadrature error
-        self.last_report = {**method_report(self.model, "GradientShap", delta, change, index),
-                            "n_samples": n_samples, "warnings": []}  # its delta is not expected to vanish
+        self._report({**method_report(self.model, "GradientShap", delta, change, index),
+                      "n_samples": n_samples, "warnings": []})  # its delta is not expected to vanish
         averaged = [None if a is None or a.dim() == 0 else a.reshape(n, n_samples, *a.shape[1:]).mean(1)
                     for a in prepared.fold(per_row)]
         out = prepared.pack(averaged)

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union
 
+import torch
+from torch import Tensor
+
 from ..errors import InputError
 from ..layers import tensor_as_output, tensor_values, tensors_as_inputs
 from ._inputs import prepare
-from .deeplift import DeepLift
-from .gradient import IntegratedGradients
+from .base import AttributionMethod, output_report
+from .deeplift import DeepLift, DeepLiftShap, method_report
+from .gradient import GradientShap, IntegratedGradients, Saliency, _repeat_rows, integration_rule
+from .noise_tunnel import _repeat_target
 
 
 def refuse_layer_input(asked: bool, name: str) -> None:
@@ -25,7 +30,47 @@ def refuse_layer_input(asked: bool, name: str) -> None:
                          "(`onnx-attr inspect --json` lists them) and keep this False")
 
 
-class LayerIntegratedGradients:
+class LayerMethod(AttributionMethod):
+    """A method at hidden tensor(s) `layer`, by ONNX name (a list or tuple for several, as Captum's
+    list of layers): the tensors are read in a forward pass, and fed into the model re-cut at them
+    (`tensors_as_inputs`), the original inputs still feeding the paths that bypass them."""
+
+    def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: Optional[bool] = None):
+        super().__init__(model, multiply_by_inputs)
+        self.layer = layer
+        names = [layer] if isinstance(layer, str) else list(layer) if isinstance(layer, (list, tuple)) else []
+        if not names or not all(isinstance(n, str) for n in names):
+            raise InputError(f"layer {layer!r}: give an ONNX tensor name, or a list of them "
+                             "(`onnx-attr inspect --json` lists them)")
+        self.layers = names
+
+    def _at_layers(self, inputs: Any, baselines: Any, additional_forward_args: Any,
+                   attribute_to_layer_input: bool = False):
+        """The prepared call, the layers' values for the inputs and the baselines, and the model
+        cut at the layers (the layers first, then the model's inputs)."""
+        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
+        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
+        h = tensor_values(self.model, self.layers, prepared.tensors)
+        h0 = tensor_values(self.model, self.layers, prepared.baselines)
+        return prepared, h, h0, tensors_as_inputs(self.model, self.layers, h)
+
+    def _layer_gradients(self, cut, h: Sequence[Tensor], tensors: Sequence[Tensor], targets, index: int,
+                         internal_batch_size: Optional[int] = None) -> tuple[list[Tensor], Tensor]:
+        """d out[target] / d layer at layer values h (the inputs `tensors` feeding the bypasses)."""
+        attributed = [True] * len(h) + [False] * len(tensors)
+        grads, value = self._gradients_on(cut, [*h, *tensors], attributed, targets, index, internal_batch_size)
+        return grads[:len(h)], value
+
+    def _pack(self, per_layer: Sequence[Tensor], as_numpy: bool) -> Any:
+        """One result per layer, in the container the layer was named in; numpy in, numpy out."""
+        items = [a.detach().cpu().numpy() if as_numpy else a for a in per_layer]
+        if isinstance(self.layer, str):
+            return items[0]
+        return list(items) if isinstance(self.layer, list) else tuple(items)
+
+
+class LayerIntegratedGradients(LayerMethod):
     """Integrated gradients of hidden tensor `layer`: (h - h0) · ∫ ∂f/∂h along h0 → h, where h and
     h0 are the tensor's values for the inputs and the baselines, as Captum's LayerIntegratedGradients.
 
@@ -38,62 +83,44 @@ class LayerIntegratedGradients:
     output passes through it; the delta says how far off it is otherwise.
     """
 
-    def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: bool = True):
-        self.model, self.layer = model, layer
-        self._multiply_by_inputs = multiply_by_inputs
-        self.last_report: dict = {}
+    _multiply_by_inputs = True  # Captum's default
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
                   return_convergence_delta: bool = False, attribute_to_layer_input: bool = False, *,
                   output: Union[str, int, None] = None):
-        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
-        names = [self.layer] if isinstance(self.layer, str) else list(self.layer)
-        if not names or not all(isinstance(n, str) for n in names):
-            raise InputError(f"layer {self.layer!r}: give an ONNX tensor name, or a list of them "
-                             "(`onnx-attr inspect --json` lists them)")
-        every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
-        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
-        h = tensor_values(self.model, names, prepared.tensors)
-        h0 = tensor_values(self.model, names, prepared.baselines)
-        cut = tensors_as_inputs(self.model, names, h)
+        prepared, h, h0, cut = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
         ig = IntegratedGradients(cut, multiply_by_inputs=self._multiply_by_inputs)
         attributions, delta = ig.attribute(tuple(h), tuple(h0), target, tuple(prepared.tensors), n_steps=n_steps,
                                            method=method, internal_batch_size=internal_batch_size,
                                            return_convergence_delta=True, output=output)
         self.last_report = {**ig.last_report, "method": "LayerIntegratedGradients", "layer": self.layer}
-        if prepared.as_numpy:
-            attributions = tuple(a.detach().cpu().numpy() for a in attributions)
-        if isinstance(self.layer, str):
-            attributions = attributions[0]
-        elif isinstance(self.layer, list):
-            attributions = list(attributions)
-        return (attributions, delta) if return_convergence_delta else attributions
+        out = self._pack(attributions, prepared.as_numpy)
+        return (out, delta) if return_convergence_delta else out
 
 
-class _NeuronMethod:
-    """A method attributing element `neuron_selector` (an int or a tuple, batch axis excluded) of
-    hidden tensor `layer` to the inputs: the method itself on the model cut after the tensor."""
+class _NeuronMethod(AttributionMethod):
+    """A method attributing element `neuron_selector` (an int or a tuple, batch axis excluded, with
+    slices or a callable as Captum allows) of hidden tensor `layer` to the inputs: the method
+    itself on the model cut after the tensor, the selector its target. Each subclass passes on
+    exactly the arguments its method takes."""
 
     method: type
 
     def __init__(self, model, layer: str, **options: Any):
-        self.model, self.layer = model, layer
+        super().__init__(model)
+        self.layer = layer
         self.inner = self.method(tensor_as_output(model, layer), **options)
-
-    @property
-    def last_report(self) -> dict:
-        return {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return getattr(self.inner, "multiplies_by_inputs", False)
 
-    def _attribute(self, inputs: Any, neuron_selector: Any, baselines: Any, additional_forward_args: Any,
-                   attribute_to_neuron_input: bool, **options: Any):
+    def _attribute(self, inputs: Any, neuron_selector: Any, attribute_to_neuron_input: bool, **arguments: Any):
         refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
-        return self.inner.attribute(inputs, baselines=baselines, target=neuron_selector,
-                                    additional_forward_args=additional_forward_args, **options)
+        result = self.inner.attribute(inputs, target=neuron_selector, **arguments)
+        self.last_report = {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
+        return result
 
 
 class NeuronDeepLift(_NeuronMethod):
@@ -105,7 +132,8 @@ class NeuronDeepLift(_NeuronMethod):
                   attribute_to_neuron_input: bool = False, custom_attribution_func: Any = None, *,
                   return_convergence_delta: bool = False, **options: Any):
         """Captum's argument order; the delta (keyword only) is ours."""
-        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
+        return self._attribute(inputs, neuron_selector, attribute_to_neuron_input, baselines=baselines,
+                               additional_forward_args=additional_forward_args,
                                custom_attribution_func=custom_attribution_func,
                                return_convergence_delta=return_convergence_delta, **options)
 
@@ -120,6 +148,280 @@ class NeuronIntegratedGradients(_NeuronMethod):
                   attribute_to_neuron_input: bool = False, *, return_convergence_delta: bool = False,
                   **options: Any):
         """Captum's argument order; the delta (keyword only) is ours."""
-        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
-                               n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
+        return self._attribute(inputs, neuron_selector, attribute_to_neuron_input, baselines=baselines,
+                               additional_forward_args=additional_forward_args, n_steps=n_steps, method=method,
+                               internal_batch_size=internal_batch_size,
                                return_convergence_delta=return_convergence_delta, **options)
+
+
+class LayerActivation(LayerMethod):
+    """The layer's values for the inputs (no target: they do not depend on one)."""
+
+    def attribute(self, inputs: Any, additional_forward_args: Any = None, attribute_to_layer_input: bool = False):
+        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        every = {s.name for s in self.model.inputs}
+        prepared = prepare(self.model, inputs, None, additional_forward_args, embedded=every)
+        self.last_report = {"method": "LayerActivation", "layer": self.layer}
+        return self._pack(tensor_values(self.model, self.layers, prepared.tensors), prepared.as_numpy)
+
+
+class _LayerGradientMethod(LayerMethod):
+    """Methods built on d out[target] / d layer at the inputs' layer values."""
+
+    def _at_inputs(self, inputs: Any, target: Any, additional_forward_args: Any, output: Union[str, int, None],
+                   attribute_to_layer_input: bool):
+        prepared, h, _, cut = self._at_layers(inputs, None, additional_forward_args, attribute_to_layer_input)
+        index = self._output_index(output)
+        n = h[0].shape[0]
+        grads, _ = self._layer_gradients(cut, h, prepared.tensors, self._targets(target, n), index)
+        self._report({**output_report(self.model, type(self).__name__, index), "layer": self.layer})
+        return prepared, h, grads
+
+
+class LayerGradientXActivation(_LayerGradientMethod):
+    """Layer values times d out / d layer (the gradient alone with multiply_by_inputs=False)."""
+
+    _multiply_by_inputs = True  # Captum's default
+
+    def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None,
+                  attribute_to_layer_input: bool = False, *, output: Union[str, int, None] = None):
+        prepared, h, grads = self._at_inputs(inputs, target, additional_forward_args, output, attribute_to_layer_input)
+        return self._pack([g * v if self._multiply_by_inputs else g for g, v in zip(grads, h)], prepared.as_numpy)
+
+
+class LayerGradCam(_LayerGradientMethod):
+    """GradCAM (Selvaraju et al.): the layer's gradient averaged over its spatial axes (axes 2 and
+    on) weights its channels (axis 1), summed over them (keepdim) unless attr_dim_summation=False;
+    relu_attributions keeps the positive part. Captum's definition."""
+
+    def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None,
+                  attribute_to_layer_input: bool = False, relu_attributions: bool = False,
+                  attr_dim_summation: bool = True, *, output: Union[str, int, None] = None):
+        prepared, h, grads = self._at_inputs(inputs, target, additional_forward_args, output, attribute_to_layer_input)
+        out = []
+        for g, v in zip(grads, h):
+            weights = g.mean(dim=tuple(range(2, g.dim())), keepdim=True) if g.dim() > 2 else g
+            scaled = (weights * v).sum(1, keepdim=True) if attr_dim_summation else weights * v
+            out.append(torch.relu(scaled) if relu_attributions else scaled)
+        return self._pack(out, prepared.as_numpy)
+
+
+class _LayerPathMethod(LayerMethod):
+    """Methods that move the inputs from the baselines to themselves and read the layer's values
+    and gradients at each step."""
+
+    def _along_path(self, inputs: Any, baselines: Any, target: Any, additional_forward_args: Any,
+                    output: Union[str, int, None], alphas, attribute_to_layer_input: bool,
+                    internal_batch_size: Optional[int]):
+        """Per step (K of them): the layers' values and d out / d layer, each [K·N, ...] step-major."""
+        prepared, h, h0, _ = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
+        n, k = h[0].shape[0], len(alphas)
+        scaled = [torch.cat([b + float(a) * (t - b) for a in alphas]) if moved and t.is_floating_point()
+                  else _repeat_rows(t, k, n) for t, b, moved in
+                  zip(prepared.tensors, prepared.baselines, prepared.attributed)]
+        values = tensor_values(self.model, self.layers, scaled)
+        cut = tensors_as_inputs(self.model, self.layers, values)
+        index = self._output_index(output)
+        targets = self._targets(target, n)
+        grads, _ = self._layer_gradients(cut, values, scaled, targets.repeat(k), index, internal_batch_size)
+        return prepared, targets, index, values, grads, n
+
+
+class InternalInfluence(_LayerPathMethod):
+    """∫ d out / d layer along the straight path of the inputs from the baselines (Leino et al.):
+    the layer's gradient integrated, not multiplied by any difference. Captum's definition."""
+
+    def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
+                  n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
+                  attribute_to_layer_input: bool = False, *, output: Union[str, int, None] = None):
+        points, weights = integration_rule(method, n_steps)
+        prepared, _, index, _, grads, n = self._along_path(inputs, baselines, target, additional_forward_args, output,
+                                                           points, attribute_to_layer_input, internal_batch_size)
+        out = [sum(float(w) * g[s * n:(s + 1) * n].double() for s, w in enumerate(weights)).to(g.dtype)
+               for g in grads]
+        self._report({**output_report(self.model, "InternalInfluence", index), "layer": self.layer,
+                      "n_steps": n_steps, "rule": method})
+        return self._pack(out, prepared.as_numpy)
+
+
+class LayerConductance(_LayerPathMethod):
+    """Σ over steps of d out / d layer · the change of the layer to the next step (Dhamdhere et
+    al.), with the n_steps + 1 points of the rule as Captum takes them; Σ = f(x) - f(x0) up to the
+    discretisation (the delta says how far)."""
+
+    _multiply_by_inputs = True  # Captum's flag; it has no option
+
+    def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
+                  n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
+                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False, *,
+                  output: Union[str, int, None] = None):
+        points, _ = integration_rule(method, n_steps + 1)
+        prepared, targets, index, values, grads, n = self._along_path(
+            inputs, baselines, target, additional_forward_args, output, points, attribute_to_layer_input,
+            internal_batch_size)
+        out = [(g[:-n] * (v[n:] - v[:-n])).reshape(n_steps, n, *v.shape[1:]).sum(0) for g, v in zip(grads, values)]
+        change = (self._value(prepared.tensors, targets, index).double()
+                  - self._value(prepared.baselines, targets, index).double())
+        delta = sum(a.reshape(n, -1).double().sum(1) for a in out) - change
+        self._report({**method_report(self.model, "LayerConductance", delta, change, index), "layer": self.layer,
+                      "n_steps": n_steps, "rule": method})
+        result = self._pack(out, prepared.as_numpy)
+        return (result, delta) if return_convergence_delta else result
+
+
+class LayerGradientShap(LayerMethod):
+    """GradientShap at a layer: per drawn sample (a baseline row, Gaussian noise on the inputs, a
+    random point on the path), d out / d layer at that point times the layer's change from the
+    baseline to the noisy input, averaged over the samples. Draws in Captum's order."""
+
+    _multiply_by_inputs = True  # Captum's default
+
+    def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
+                  target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False,
+                  attribute_to_layer_input: bool = False, *, output: Union[str, int, None] = None):
+        from .gradient import draw_shap_samples
+
+        noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(inputs, baselines, n_samples, stdevs,
+                                                                     "LayerGradientShap")
+        prepared, h, h0, _ = self._at_layers(repack(noisy), repack(drawn), additional_forward_args,
+                                             attribute_to_layer_input)
+        rows = h[0].shape[0]
+        scaled = [b + alpha.to(t.dtype).reshape(-1, *[1] * (t.dim() - 1)).to(t.device) * (t - b)
+                  if a and t.is_floating_point() else t
+                  for t, b, a in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
+        values = tensor_values(self.model, self.layers, scaled)
+        index = self._output_index(output)
+        targets = self._targets(_repeat_target(target, n, n_samples), rows)
+        grads, _ = self._layer_gradients(tensors_as_inputs(self.model, self.layers, values), values, scaled,
+                                         targets, index)
+        per_row = [g * (v - v0) if self._multiply_by_inputs else g for g, v, v0 in zip(grads, h, h0)]
+        change = (self._value(prepared.tensors, targets, index).double()
+                  - self._value(prepared.baselines, targets, index).double())
+        delta = sum((g * (v - v0)).reshape(rows, -1).double().sum(1) for g, v, v0 in zip(grads, h, h0)) - change
+        self._report({**method_report(self.model, "LayerGradientShap", delta, change, index), "layer": self.layer,
+                      "n_samples": n_samples, "warnings": []})  # one random point per row: no vanishing delta
+        out = self._pack([a.reshape(n, n_samples, *a.shape[1:]).mean(1) for a in per_row], as_numpy)
+        return (out, delta) if return_convergence_delta else out
+
+
+class LayerDeepLiftShap(LayerMethod):
+    """LayerDeepLift averaged over a distribution of baselines (rows), as Captum's: the delta has
+    one entry per (example, baseline) pair, example-major."""
+
+    def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: bool = True, *,
+                 rule: str = "rescale", gradient_fallback: bool = False):
+        from .deeplift import LayerDeepLift
+
+        super().__init__(model, layer)
+        self.inner = LayerDeepLift(model, layer, multiply_by_inputs, rule=rule, gradient_fallback=gradient_fallback)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self.inner.multiplies_by_inputs
+
+    def attribute(self, inputs: Any, baselines: Any, target: Any = None, additional_forward_args: Any = None,
+                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
+                  custom_attribution_func: Any = None, *, output: Union[str, int, None] = None):
+        from .deeplift import _baseline_rows, call_baseline
+
+        rows = _baseline_rows(call_baseline(baselines, inputs)) if baselines is not None else []
+        if not rows:
+            raise InputError("LayerDeepLiftShap needs a distribution of baselines (rows on axis 0)")
+        sums, deltas, change = None, [], []
+        for row in rows:
+            got, delta = self.inner.attribute(inputs, row, target, additional_forward_args, True,
+                                              attribute_to_layer_input, custom_attribution_func, output=output)
+            items = [torch.as_tensor(a) for a in (got if isinstance(got, (list, tuple)) else [got])]
+            sums = items if sums is None else [s + a for s, a in zip(sums, items)]
+            deltas.append(delta)
+            change.append(torch.as_tensor(self.inner.last_report["convergence_delta"]))
+        delta = torch.stack(deltas, 1).reshape(-1)  # [N, B] -> example-major pairs
+        self.last_report = {**self.inner.last_report, "method": "LayerDeepLiftShap", "layer": self.layer,
+                            "convergence_delta": delta.tolist(),
+                            "max_relative_delta": max(self.inner.last_report["max_relative_delta"], 0.0)}
+        numpy = not isinstance(got if not isinstance(got, (list, tuple)) else got[0], Tensor)
+        out = self._pack([s / len(rows) for s in sums], numpy)
+        return (out, delta) if return_convergence_delta else out
+
+
+class NeuronGradient(_NeuronMethod):
+    """d neuron / d input."""
+
+    method = Saliency
+
+    def attribute(self, inputs: Any, neuron_selector: Any, additional_forward_args: Any = None,
+                  attribute_to_neuron_input: bool = False):
+        return self._attribute(inputs, neuron_selector, attribute_to_neuron_input, abs=False,
+                               additional_forward_args=additional_forward_args)
+
+
+class NeuronGradientShap(_NeuronMethod):
+    """GradientShap of one hidden unit (Captum's argument order)."""
+
+    method = GradientShap
+
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any, n_samples: int = 5,
+                  stdevs: Union[float, Sequence[float]] = 0.0, additional_forward_args: Any = None,
+                  attribute_to_neuron_input: bool = False, *, return_convergence_delta: bool = False):
+        return self._attribute(inputs, neuron_selector, attribute_to_neuron_input, baselines=baselines,
+                               n_samples=n_samples, stdevs=stdevs, additional_forward_args=additional_forward_args,
+                               return_convergence_delta=return_convergence_delta)
+
+
+class NeuronDeepLiftShap(_NeuronMethod):
+    """DeepLiftShap of one hidden unit (Captum's argument order)."""
+
+    method = DeepLiftShap
+
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any, additional_forward_args: Any = None,
+                  attribute_to_neuron_input: bool = False, custom_attribution_func: Any = None, *,
+                  return_convergence_delta: bool = False):
+        return self._attribute(inputs, neuron_selector, attribute_to_neuron_input, baselines=baselines,
+                               additional_forward_args=additional_forward_args,
+                               custom_attribution_func=custom_attribution_func,
+                               return_convergence_delta=return_convergence_delta)
+
+
+class NeuronConductance(AttributionMethod):
+    """Conductance of one hidden unit (Dhamdhere et al.): for each input, ∫ d out[target] / d neuron
+    · d neuron / d input along the path from the baselines, times (x - x0); Captum's definition
+    and default rule (riemann_trapezoid). It needs both the neuron and the output's target."""
+
+    _multiply_by_inputs = True  # Captum's default
+
+    def __init__(self, model, layer: str, multiply_by_inputs: bool = True):
+        super().__init__(model, multiply_by_inputs)
+        self.layer = layer
+        self.neuron_model = tensor_as_output(model, layer)
+
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, target: Any = None,
+                  additional_forward_args: Any = None, n_steps: int = 50, method: str = "riemann_trapezoid",
+                  internal_batch_size: Optional[int] = None, attribute_to_neuron_input: bool = False, *,
+                  output: Union[str, int, None] = None):
+        refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
+        points, weights = integration_rule(method, n_steps)
+        prepared, n = self._prepare(inputs, baselines, additional_forward_args)
+        index = self._output_index(output)
+        k = len(points)
+        scaled = [torch.cat([b + float(a) * (t - b) for a in points]) if moved else _repeat_rows(t, k, n)
+                  for t, b, moved in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
+        through = self.active  # the model, or its embedding view for token ids
+        neuron_model = self.neuron_model if through is self.model else tensor_as_output(through, self.layer)
+        neuron = self._targets(neuron_selector, n).repeat(k)
+        input_grads, _ = self._gradients_on(neuron_model, scaled, prepared.attributed, neuron, 0, internal_batch_size)
+        values = tensor_values(through, [self.layer], scaled)
+        layer_grads, _ = self._gradients_on(tensors_as_inputs(through, [self.layer], values), [*values, *scaled],
+                                            [True] + [False] * len(scaled), self._targets(target, n).repeat(k),
+                                            index, internal_batch_size)
+        at_neuron = neuron.select(layer_grads[0])  # d out / d neuron, one per row
+        out = []
+        for g, t, b in zip(input_grads, prepared.tensors, prepared.baselines):
+            if g is None:
+                out.append(None)
+                continue
+            weighted = g.double() * at_neuron.double().reshape(-1, *[1] * (g.dim() - 1))
+            total = sum(float(w) * weighted[s * n:(s + 1) * n] for s, w in enumerate(weights)).to(g.dtype)
+            out.append(total * (t - b) if self._multiply_by_inputs else total)
+        self._report({**output_report(self.model, "NeuronConductance", index), "layer": self.layer,
+                      "n_steps": n_steps, "rule": method})
+        return prepared.repack(out)

@@ -19,7 +19,7 @@ from ..rules.lrp import AlphaBeta, Composite, Epsilon, Flat, Gamma, ZBox, ZPlus,
 from ..rules.lrp_pass import LRPRewrite, rewrite_for_lrp
 from ._inputs import example_count, prepare
 from .deeplift import _numpy_given, method_report
-from .gradient import IntegratedGradients, _GradientMethod
+from .gradient import _GradientMethod
 
 __all__ = ["AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "LRP", "LayerLRP", "ZBox", "ZPlus"]
 
@@ -56,13 +56,19 @@ class LRP(_GradientMethod):
             self._rewrites[key] = (model, found)
         return self._rewrites[key]
 
-    def _gradients(self, tensors: list[Tensor], attributed: list[bool], targets: Targets, output: int
-                   ) -> tuple[list[Optional[Tensor]], Tensor]:
-        """The relevance of each attributed input (the output's relevance: its target value)."""
-        relevance, value = self._relevance(self.active, tensors, attributed, targets, output)
+    def _gradients(self, tensors: list[Tensor], attributed: list[bool], targets: Targets, output: int,
+                   internal_batch_size: Optional[int] = None) -> tuple[list[Optional[Tensor]], Tensor]:
+        """The relevance of each attributed input (the output's relevance: its target value), in the
+        base's passes (an export's fixed batch, padded)."""
+        def run(chunk: list[Tensor], chunk_targets: Targets, kept: int) -> list:
+            relevance, value = self._relevance(self.active, chunk, attributed, chunk_targets, output, kept=kept)
+            return [*(r if r is None or not r.dim() or r.shape[0] <= kept else r[:kept] for r in relevance), value]
+
+        *relevance, value = self._passes(tensors, targets, run, internal_batch_size)
         return relevance, value
 
-    def _relevance(self, model, tensors, attributed, targets, output, layers=(), layer_input=False):
+    def _relevance(self, model, tensors, attributed, targets, output, layers=(), layer_input=False,
+                   kept: Optional[int] = None):
         _, rewrite = self._rewrite(model, layers, layer_input)
         twin = model.with_module(rewrite.module)
         leaves_wanted = bool(layers)
@@ -72,6 +78,8 @@ class LRP(_GradientMethod):
             with torch.enable_grad():
                 out = twin(*live)
                 out = out[output] if isinstance(out, (tuple, list)) else out
+                if kept is not None and out.dim() and out.shape[0] > kept and len(targets.rows) == kept:
+                    out = out[:kept]  # the rows padding a fixed batch carry no relevance
                 value = targets.select(out)
                 wanted = ([rewrite.state.leaves.get(id(t)) for t in rewrite.taps] if leaves_wanted
                           else [t for t, a in zip(live, attributed) if a])
@@ -91,33 +99,25 @@ class LRP(_GradientMethod):
             result.append(None if not a else (torch.zeros_like(t) if g is None else g))
         return result, value.detach()
 
-    _chunked_gradients = IntegratedGradients._chunked_gradients  # an export's fixed batch, in chunks
-
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None,
                   return_convergence_delta: bool = False, verbose: bool = False, *,
                   output: Union[str, int, None] = None):
         """Captum's call: relevance per input element; with the delta, target output - Σ relevance."""
         prepared, n = self._prepare(inputs, None, additional_forward_args)
         index = self._output_index(output)
-        targets = Targets(target, n)
-        first = self.active.inputs[0]
-        fixed = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
-        if fixed is None:  # one pass gives the relevance and the target values
-            relevance, value = self._gradients(prepared.tensors, prepared.attributed, targets, index)
-        else:
-            relevance = self._chunked_gradients(prepared.tensors, prepared.attributed, targets, index, fixed)
-            value = self._value(prepared.tensors, targets, index)
+        targets = self._targets(target, n)
+        relevance, value = self._gradients(prepared.tensors, prepared.attributed, targets, index)
         delta = value.double() - sum(r.reshape(n, -1).double().sum(1) for r in relevance if r is not None)
-        self._report("LRP", self.active, delta, value, index, prepared, verbose)
+        self._lrp_report("LRP", self.active, delta, value, index, prepared, verbose)
         out = prepared.repack(relevance)
         return (out, delta) if return_convergence_delta else out
 
-    def _report(self, method: str, model, delta: Tensor, value: Tensor, index: int, prepared, verbose: bool,
-                **extra: Any) -> None:
+    def _lrp_report(self, method: str, model, delta: Tensor, value: Tensor, index: int, prepared, verbose: bool,
+                    **extra: Any) -> None:
         _, rewrite = self._rewrite(model, *extra.pop("tapped", ((), False)))
-        self.last_report = {**method_report(self.model, method, delta, value, index),
-                            "rules": [{"node": n, "op": o, "rule": r} for n, o, r in rewrite.rules],
-                            "embedding_lookups": self._used_lookups(prepared), **extra}
+        self._report({**method_report(self.model, method, delta, value, index),
+                      "rules": [{"node": n, "op": o, "rule": r} for n, o, r in rewrite.rules],
+                      "embedding_lookups": self._used_lookups(prepared), **extra})
         if verbose:
             for node, op, rule in rewrite.rules:
                 print(f"{method}: {node} ({op}): {rule}")
@@ -139,14 +139,18 @@ class LayerLRP(LRP):
         prepared = prepare(self.model, inputs, None, additional_forward_args, set(self.embedded_inputs))
         n = example_count(self.model, prepared)
         index = self._output_index(output)
-        targets = Targets(target, n)
+        targets = self._targets(target, n)
         parts, value = [], None
         for layer in self.layers:  # one pass per layer: the taps of one would cut the others' paths
-            found, value = self._relevance(self.model, prepared.tensors, prepared.attributed, targets, index,
-                                           (layer,), attribute_to_layer_input)
+            def run(chunk: list[Tensor], chunk_targets: Targets, kept: int, layer: str = layer) -> list:
+                found, value = self._relevance(self.model, chunk, prepared.attributed, chunk_targets, index,
+                                               (layer,), attribute_to_layer_input, kept=kept)
+                return [*(r if not r.dim() or r.shape[0] <= kept else r[:kept] for r in found), value]
+
+            *found, value = self._passes(prepared.tensors, targets, run)  # an export's fixed batch, padded
             parts.append(found)
         deltas = [value.double() - sum(r.reshape(n, -1).double().sum(1) for r in part) for part in parts]
-        self._report("LayerLRP", self.model, deltas[0], value, index, prepared, verbose,
+        self._lrp_report("LayerLRP", self.model, deltas[0], value, index, prepared, verbose,
                      tapped=((self.layers[0],), attribute_to_layer_input), layers=self.layers,
                      convergence_delta_per_layer=[d.tolist() for d in deltas])
         if _numpy_given(inputs):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ._inputs import _as_list, is_held
+from ._inputs import _as_list, as_tensor, batched_inputs, is_held
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -51,16 +51,10 @@ class NoiseTunnel:
         if wants_delta and "return_convergence_delta" not in inspect.signature(self.method.attribute).parameters:
             raise InputError(f"{type(self.method).__name__} has no convergence delta; call without "
                              "return_convergence_delta")
-        values, repack = _as_list(inputs)
-        as_numpy = all(isinstance(v, np.ndarray) for v in values)
-        tensors = [_tensor(v, "input") for v in values]
-        if any(t.dim() == 0 and not is_held(t) for t in tensors) or all(is_held(t) for t in tensors):
-            raise InputError("NoiseTunnel needs a batch axis on every input (shape [N, ...]) but 0-d non-floating "
-                             "ones (flags), which are held as given")
+        tensors, repack, as_numpy, n = batched_inputs(inputs, "NoiseTunnel")
         spread = [stdevs] * len(tensors) if isinstance(stdevs, (int, float)) else list(stdevs)
         if len(spread) != len(tensors) or not all(isinstance(s, (int, float)) and s >= 0 for s in spread):
             raise InputError(f"stdevs {stdevs!r} must be one non-negative number, or one per input ({len(tensors)})")
-        n = next(t.shape[0] for t in tensors if not is_held(t))
         sums: Optional[list[Tensor]] = None
         squares: Optional[list[Tensor]] = None
         deltas = []
@@ -77,7 +71,7 @@ class NoiseTunnel:
             if wants_delta:
                 out, delta = out
                 deltas.append(torch.as_tensor(np.asarray(delta) if not isinstance(delta, Tensor) else delta))
-            parts = [_tensor(a, "attribution").double() for a in _as_list(out)[0]]
+            parts = [as_tensor(a, "attribution").double() for a in _as_list(out)[0]]
             parts = [a.reshape(n, k, *a.shape[1:]) if a.dim() else a.expand(1, k) for a in parts]  # held: 0-d
             total, square = [a.sum(1) for a in parts], [(a * a).sum(1) for a in parts]
             sums = total if sums is None else [s + t for s, t in zip(sums, total)]
@@ -92,13 +86,6 @@ class NoiseTunnel:
             smoothed = [s.numpy() for s in smoothed]
         result = repack(smoothed)
         return (result, torch.cat(deltas)) if wants_delta else result
-
-
-def _tensor(value: Any, what: str) -> Tensor:
-    try:
-        return value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise InputError(f"cannot read the {what} as an array: {err}") from None
 
 
 def _add_noise(t: Tensor, stdev: float, samples: int) -> Tensor:
@@ -136,7 +123,7 @@ def _drawn_baselines(baselines: Any, rows: int) -> Any:
         return type(baselines)(_drawn_baselines(b, rows) for b in baselines)
     if isinstance(baselines, (int, float)):
         return baselines
-    b = _tensor(baselines, "baseline distribution")
+    b = as_tensor(baselines, "baseline distribution")
     if b.dim() == 0 or len(b) == 0:
         raise InputError("draw_baseline_from_distrib needs baselines with rows on axis 0 to draw from")
     return b[np.random.choice(len(b), rows).tolist()]

@@ -1,0 +1,214 @@
+"""The base every attribution method stands on: the model, input preparation (tensors, numpy,
+dicts, tuples; numpy in, numpy out), targets, `output=`, passes in the batch a fixed-batch export
+takes or in `internal_batch_size` rows, CUDA out-of-memory back-off, and `last_report`.
+
+A method subclasses `AttributionMethod` and writes only its own arithmetic: `_prepare` the call,
+take `_gradients` or `_value`s of the explained output, and `prepared.repack` the result.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ..engine import Targets
+from ..errors import InputError
+from ..layers import embedding_lookups
+from ..rows import fixed_batch, padded_rows, pick_output
+from ._inputs import Prepared, example_count, prepare
+
+
+def make_targets(target: Any, n: int) -> Targets:
+    """Every target form a method takes (ints, tuples, one per example, neuron selectors,
+    callables), read for n examples. The one place methods turn a user's target into rows, so a
+    new target form plugs in here for every method at once."""
+    return Targets(target, n)
+
+
+def output_index(model, output: Union[str, int, None]) -> int:
+    """The index of an output given by ONNX name or index (default: the first)."""
+    names = [o.name for o in model.outputs]
+    if output is None:
+        return 0
+    if isinstance(output, str):
+        if output not in names:
+            raise InputError(f"no output named {output!r}; the model's outputs are {names}")
+        return names.index(output)
+    if isinstance(output, bool) or not isinstance(output, int) or not 0 <= int(output) < len(names):
+        raise InputError(f"output {output!r} is not an output name or an index below {len(names)}: the model's "
+                         f"outputs are {names}")
+    return int(output)
+
+
+def output_report(model, method: str, index: int) -> dict:
+    """What every method's `last_report` starts with: the method, the output explained and its
+    final activation (methods with a convergence delta add it: `deeplift.method_report`)."""
+    spec = model.outputs[index]
+    return {"method": method, "output": spec.name,
+            "final_activation": None if spec.final_activation is None else spec.final_activation.to_dict(),
+            "warnings": []}
+
+
+def check_batch_size(value: Optional[int], name: str = "internal_batch_size") -> Optional[int]:
+    """A positive number of rows per pass, or None (all rows at once)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class AttributionMethod:
+    """What every method shares; see the module docstring. `internal_batch_size` (Captum's name)
+    caps the rows of one forward/backward pass; a fixed-batch export always gets its own batch."""
+
+    #: Captum's `multiply_by_inputs` default for the method (methods without the option keep False).
+    _multiply_by_inputs: bool = False
+
+    def __init__(self, model, multiply_by_inputs: Optional[bool] = None, **_: Any):
+        self.model = model
+        if multiply_by_inputs is not None:
+            self._multiply_by_inputs = bool(multiply_by_inputs)
+        self.active = model  # what the passes run on: the model, or its embedding view for token ids
+        self.last_report: dict = {}
+        self._lookups: Optional[dict[str, list[str]]] = None
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """Captum's flag: a global attribution (scaled by the input, or its difference from the baseline)."""
+        return self._multiply_by_inputs
+
+    def _output_index(self, output: Union[str, int, None]) -> int:
+        return output_index(self.model, output)
+
+    @staticmethod
+    def _targets(target: Any, n: int) -> Targets:
+        return make_targets(target, n)
+
+    @property
+    def embedded_inputs(self) -> list[str]:
+        """Integer inputs attributed at their embedding lookups (a Gather of a constant table)."""
+        if self._lookups is None:
+            self._lookups = embedding_lookups(self.model) if any(
+                not s.differentiable for s in self.model.inputs) else {}
+        return list(self._lookups)
+
+    def _prepare(self, inputs: Any, baselines: Any, additional_forward_args: Any) -> tuple[Prepared, int]:
+        """The call's inputs checked and placed at their ONNX positions, and the number of examples;
+        token ids are fed through their embedding lookups (`self.active` becomes that view)."""
+        from .gradient import at_embeddings
+
+        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs))
+        n = example_count(self.model, prepared)
+        self.active = self.model
+        self.last_report = {}
+        if any(a and not t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)):
+            self.active, prepared = at_embeddings(self.model, self._lookups, prepared, n)
+        return prepared, n
+
+    # --- passes ---------------------------------------------------------------------------------
+
+    def _passes(self, tensors: Sequence[Tensor], targets: Targets, run: Callable[..., list],
+                internal_batch_size: Optional[int] = None) -> list:
+        """`run(chunk, targets_of_chunk, rows_kept)` over the rows of `tensors` (the rows of
+        `targets`), in passes of the export's fixed batch (the last padded by repeating its last
+        row) or of `internal_batch_size` rows; on CUDA out-of-memory the passes halve, said once
+        in a warning and in `last_report["out_of_memory_retry"]`. Returns run's results per item,
+        joined over the passes."""
+        n = len(targets.rows)
+        fixed = fixed_batch(self.active.inputs)
+        size = fixed or check_batch_size(internal_batch_size) or n
+        shared = [t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t for t in tensors]
+        parts, start = [], 0
+        while start < n:
+            stop = min(start + size, n)
+            rows = fixed or stop - start
+            chunk = [padded_rows(t, start, stop, rows) if t.dim() and t.shape[0] == n else t for t in shared]
+            try:
+                parts.append(run(chunk, targets.chunk(start, stop), stop - start))
+            except torch.OutOfMemoryError:
+                if fixed or size == 1:
+                    raise
+                size = self._after_out_of_memory(size)
+                continue
+            start = stop
+        return [None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+    def _after_out_of_memory(self, rows: int) -> int:
+        """Half the rows per pass after CUDA ran out of memory on `rows`; warned once per call."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if not self.last_report.get("out_of_memory_retry"):
+            warnings.warn(f"out of device memory on a pass of {rows} rows: retrying in halves", stacklevel=4)
+        self.last_report["out_of_memory_retry"] = True
+        return max(1, rows // 2)
+
+    def _selected(self, tensors: Sequence[Tensor], targets: Targets, index: int, kept: int) -> Tensor:
+        """out[target] of the first `kept` rows (the others pad a fixed batch)."""
+        out = pick_output(self.active(*tensors), index)
+        if out.dim() and out.shape[0] > kept and len(targets.rows) == kept:
+            out = out[:kept]
+        return targets.select(out)
+
+    def _gradients(self, tensors: Sequence[Tensor], attributed: Sequence[bool], targets: Targets, index: int,
+                   internal_batch_size: Optional[int] = None) -> tuple[list[Optional[Tensor]], Tensor]:
+        """d out[target] / d input for each attributed input (None for the others), and the
+        selected outputs, in passes (see `_passes`)."""
+        def run(chunk: list[Tensor], chunk_targets: Targets, kept: int) -> list:
+            live = [t.detach().requires_grad_(True) if a else t for t, a in zip(chunk, attributed)]
+            with torch.enable_grad():
+                value = self._selected(live, chunk_targets, index, kept)
+                wanted = [t for t, a in zip(live, attributed) if a]
+                grads = iter(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
+            per_input = []
+            for t, a in zip(live, attributed):
+                g = next(grads) if a else None
+                g = None if not a else torch.zeros_like(t) if g is None else g
+                per_input.append(None if g is None else g[:kept] if g.dim() and g.shape[0] > kept else g)
+            return [*per_input, value.detach()]
+
+        *grads, value = self._passes(tensors, targets, run, internal_batch_size)
+        return grads, value
+
+    def _gradients_on(self, model, tensors: Sequence[Tensor], attributed: Sequence[bool], targets: Targets,
+                      index: int, internal_batch_size: Optional[int] = None) -> tuple[list[Optional[Tensor]], Tensor]:
+        """`_gradients` through another model: a re-cut of this one (at a layer, after a neuron)."""
+        active, self.active = self.active, model
+        try:
+            return self._gradients(tensors, attributed, targets, index, internal_batch_size)
+        finally:
+            self.active = active
+
+    def _value(self, tensors: Sequence[Tensor], targets: Targets, index: int,
+               internal_batch_size: Optional[int] = None) -> Tensor:
+        """out[target] per example, without gradients, in passes (see `_passes`)."""
+        def run(chunk: list[Tensor], chunk_targets: Targets, kept: int) -> list:
+            with torch.no_grad():
+                return [self._selected(chunk, chunk_targets, index, kept)]
+
+        return self._passes(tensors, targets, run, internal_batch_size)[0]
+
+    def _input_gradients(self, inputs: Any, target: Any, additional_forward_args: Any,
+                         output: Union[str, int, None]) -> tuple[Prepared, list[Optional[Tensor]]]:
+        """d out[target] / d input at the inputs themselves, the call prepared and reported: what
+        the local gradient methods (Saliency, InputXGradient, guided ones) start from."""
+        prepared, n = self._prepare(inputs, None, additional_forward_args)
+        index = self._output_index(output)
+        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n), index)
+        self._report(output_report(self.model, type(self).__name__, index))
+        return prepared, grads
+
+    def _report(self, report: dict) -> None:
+        """This call's `last_report`, keeping what the passes noted (an out-of-memory retry)."""
+        retried = self.last_report.get("out_of_memory_retry")
+        self.last_report = {**report, **({"out_of_memory_retry": True} if retried else {})}
+
+    @staticmethod
+    def _used_lookups(prepared: Prepared) -> dict[str, list[str]]:
+        return dict(getattr(prepared, "lookups", {}))
+
+
+def target_values(model, tensors: list[Tensor], targets: Targets, index: int) -> Tensor:
+    """out[target] per example of any model, without gradients, in the export's fixed batch."""
+    return AttributionMethod(model)._value(tensors, targets, index)

@@ -1,0 +1,223 @@
+"""Every attribution method, one line each: its name, class, family, what it takes and what the
+CLI may pass it. The CLI's `--method` choices, the attribute and dataset jobs, the README's method
+table (`python -m onnx_attr.methods`) and the contract tests all read this list, so
+adding a method is one class plus one `register(...)` line.
+
+Classes are named as "module:Class" below `onnx_attr.methods` and imported on first use, so the
+CLI's `--help` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+#: The families, in the order the README lists them.
+FAMILIES = ("gradient", "path", "rule", "perturbation", "layer", "neuron")
+#: CLI options a method may take (the argparse dests shared by `attribute` and `dataset`).
+CLI_OPTIONS = ("n_steps", "internal_batch_size", "gradient_fallback", "lrp_rule", "lrp_composite", "lrp_bounds")
+#: Of those, the ones that go to the constructor (named without their `lrp_` prefix there).
+CONSTRUCTOR_OPTIONS = ("lrp_rule", "lrp_composite", "lrp_bounds")
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One registered method.
+
+    `baselines`: it takes baselines; `distribution`: they are a distribution of rows it draws from
+    or averages over (so the CLI needs `--baseline bg.npz`); `delta`: it returns a convergence
+    delta; `options`: the CLI options it takes (of CLI_OPTIONS); `init`: constructor arguments
+    that make this entry (DeepLift with the RevealCancel rule); `cli`: `onnx-attr attribute`
+    can run it (layer and neuron methods need `--layer`); `required`: arguments it takes
+    without a default, which the CLI cannot give."""
+
+    name: str
+    path: str
+    family: str
+    baselines: bool = False
+    distribution: bool = False
+    delta: bool = False
+    options: tuple[str, ...] = ()
+    init: dict = field(default_factory=dict)
+    title: str = ""
+    cli: bool = True
+    required: tuple[str, ...] = ()  # arguments without a default (the contract test makes them)
+    draws: bool = False  # draws at random: the same under the same numpy and torch seeds
+    takes_layer: bool = False  # an input method that reads a layer too (GuidedGradCam)
+
+    @property
+    def class_name(self) -> str:
+        return self.path.rpartition(":")[2]
+
+    @property
+    def cls(self) -> type:
+        module, _, name = self.path.rpartition(":")
+        return getattr(importlib.import_module(module if "." in module else f"onnx_attr.methods.{module}"), name)
+
+    @property
+    def needs_layer(self) -> bool:
+        return self.takes_layer or self.family in ("layer", "neuron")
+
+    @property
+    def fits_dataset(self) -> bool:
+        """The dataset job stores one attribution per input column: input methods only."""
+        return self.cli and not self.needs_layer
+
+    def make(self, model, *, layer: Optional[str] = None, gradient_fallback: bool = False,
+             options: Optional[dict] = None) -> Any:
+        """The explainer for a model (at `layer` for layer and neuron methods); of the checked CLI
+        `options`, those in CONSTRUCTOR_OPTIONS go to the class (LRP's rule, composite, bounds)."""
+        from ..errors import InputError
+
+        kwargs = dict(self.init)
+        kwargs.update({k.removeprefix("lrp_"): v for k, v in (options or {}).items()
+                       if k in CONSTRUCTOR_OPTIONS and k in self.options and v is not None})
+        if "gradient_fallback" in self.options:
+            kwargs["gradient_fallback"] = gradient_fallback
+        elif gradient_fallback:
+            raise InputError(f"--gradient-fallback applies to the DeepLift family, not to {self.name}")
+        if self.needs_layer:
+            if not layer:
+                raise InputError(f"--method {self.name} attributes at a hidden tensor: give its ONNX name with "
+                                 "--layer (`onnx-attr inspect --json` lists them)")
+            return self.cls(model, layer, **kwargs)
+        if layer:
+            raise InputError(f"--layer applies to layer and neuron methods, not to {self.name}")
+        return self.cls(model, **kwargs)
+
+    def run(self, explainer: Any, inputs: Any, baselines: Any, *, target: Any, additional_forward_args: Any,
+            output: Any, options: dict) -> tuple[Any, Any]:
+        """One call in the form every method takes here: (attributions, delta or None). A neuron
+        method reads `target` as its neuron selector; it explains the layer, so takes no output."""
+        kwargs: dict = {"additional_forward_args": additional_forward_args,
+                        **{k: v for k, v in options.items() if k not in CONSTRUCTOR_OPTIONS}}
+        if self.baselines:
+            kwargs["baselines"] = baselines
+        if self.family == "neuron":
+            kwargs["neuron_selector"] = target
+        else:
+            kwargs.update(target=target, output=output)
+        kwargs = _accepted(explainer.attribute, kwargs)  # LayerActivation takes no target, say
+        if self.delta:
+            result, delta = explainer.attribute(inputs, return_convergence_delta=True, **kwargs)
+        else:
+            result, delta = explainer.attribute(inputs, **kwargs), None
+        report = getattr(explainer, "last_report", None)
+        if isinstance(report, dict) and "final_activation" not in report:  # a method that writes no report
+            from .base import output_index, output_report
+
+            index = 0 if self.family == "neuron" else output_index(explainer.model, output)
+            explainer.last_report = {**output_report(explainer.model, self.title or self.class_name, index), **report}
+        return result, delta
+
+
+def _accepted(function: Any, kwargs: dict) -> dict:
+    """The keyword arguments `function` takes (all of them when it takes **kwargs)."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in parameters}
+
+
+REGISTRY: dict[str, MethodEntry] = {}
+
+
+def register(path: str, family: str, *, name: Optional[str] = None, **facts: Any) -> MethodEntry:
+    """Add a method: `path` is "module:Class" below onnx_attr.methods (or a full "pkg.module:Class"),
+    `name` its CLI name (default: the class name in lower case)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
+    unknown = set(facts.get("options", ())) - set(CLI_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown CLI option(s) {sorted(unknown)}; use some of {CLI_OPTIONS}")
+    entry = MethodEntry(name or path.rpartition(":")[2].lower(), path, family, **facts)
+    if entry.name in REGISTRY:
+        raise ValueError(f"method {entry.name!r} is registered twice")
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+def entry(name: str) -> MethodEntry:
+    """A method by CLI name; a clear error listing the others otherwise."""
+    from ..errors import InputError
+
+    found = REGISTRY.get(name)
+    if found is None:
+        raise InputError(f"unknown method {name!r}; available: {sorted(REGISTRY)}")
+    return found
+
+
+def cli_methods() -> tuple[str, ...]:
+    return tuple(n for n, e in REGISTRY.items() if e.cli)
+
+
+def dataset_methods() -> tuple[str, ...]:
+    return tuple(n for n, e in REGISTRY.items() if e.fits_dataset)
+
+
+def titles() -> dict[str, str]:
+    """CLI name -> how reports name the method."""
+    return {n: e.title or e.class_name for n, e in REGISTRY.items()}
+
+
+_PATH = ("n_steps", "internal_batch_size")
+_DL = ("gradient_fallback",)
+
+# --- the methods -----------------------------------------------------------------------------------
+register("deeplift:DeepLift", "rule", baselines=True, delta=True, options=_DL)
+register("deeplift:DeepLift", "rule", name="revealcancel", baselines=True, delta=True, options=_DL,
+         init={"rule": "revealcancel"}, title="DeepLift (RevealCancel rule)")
+register("deeplift:DeepLiftShap", "rule", baselines=True, distribution=True, delta=True, options=_DL)
+register("gradient:IntegratedGradients", "path", baselines=True, delta=True, options=_PATH)
+register("gradient:Saliency", "gradient")
+register("gradient:InputXGradient", "gradient")
+register("gradient:GradientShap", "path", baselines=True, distribution=True, delta=True, draws=True)
+register("perturbation:FeatureAblation", "perturbation", baselines=True)
+register("perturbation:Occlusion", "perturbation", baselines=True, cli=False, required=("sliding_window_shapes",))
+register("deeplift:LayerDeepLift", "layer", baselines=True, delta=True, options=_DL)
+register("layer:LayerIntegratedGradients", "layer", baselines=True, delta=True, options=_PATH)
+register("layer:NeuronDeepLift", "neuron", baselines=True, delta=True)
+register("layer:NeuronIntegratedGradients", "neuron", baselines=True, delta=True, options=_PATH)
+register("guided:GuidedBackprop", "gradient")
+register("guided:Deconvolution", "gradient")
+register("guided:GuidedGradCam", "gradient", takes_layer=True)
+register("layer:LayerActivation", "layer")
+register("layer:LayerGradientXActivation", "layer")
+register("layer:LayerGradCam", "layer")
+register("layer:InternalInfluence", "layer", baselines=True, options=_PATH)
+register("layer:LayerConductance", "layer", baselines=True, delta=True, options=_PATH)
+register("layer:LayerGradientShap", "layer", baselines=True, distribution=True, delta=True, draws=True)
+register("layer:LayerDeepLiftShap", "layer", baselines=True, distribution=True, delta=True, options=_DL)
+register("layer:NeuronGradient", "neuron")
+register("guided:NeuronGuidedBackprop", "neuron")
+register("guided:NeuronDeconvolution", "neuron")
+register("layer:NeuronGradientShap", "neuron", baselines=True, distribution=True, delta=True, draws=True)
+register("layer:NeuronDeepLiftShap", "neuron", baselines=True, distribution=True, delta=True)
+register("lrp:LRP", "rule", delta=True, options=("lrp_rule", "lrp_composite", "lrp_bounds"))
+register("lrp:LayerLRP", "layer", delta=True)
+register("layer:NeuronConductance", "neuron", baselines=True, options=_PATH, cli=False,
+         required=("target",))  # a neuron and an output target: the CLI's --target is only one of them
+
+
+def methods_markdown() -> str:
+    """The README's method table, generated from the registry."""
+    lines = ["| method | `--method` | family | baselines | convergence delta | CLI options |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for family in FAMILIES:
+        for e in (e for e in REGISTRY.values() if e.family == family):
+            baselines = "distribution" if e.distribution else "yes" if e.baselines else "no"
+            options = ", ".join(f"`--{o.replace('_', '-')}`" for o in e.options)
+            if e.needs_layer:
+                options = ", ".join(filter(None, ["`--layer`", "`--target` (the neuron)" if e.family == "neuron"
+                                                  else "", options]))
+            options = options or "none"
+            lines.append(f"| {e.title or e.class_name} | {'`' + e.name + '`' if e.cli else 'API only'} | {family} | "
+                         f"{baselines} | {'yes' if e.delta else 'no'} | {options} |")
+    return "\n".join(lines) + "\n"
+
+
+#: Where the table stands in README.md.
+README_MARKERS = ("<!-- methods table: python -m onnx_attr.methods -->", "<!-- end of methods table -->")
