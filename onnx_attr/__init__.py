@@ -27,7 +27,9 @@ _LAZY = {
     **{name: "methods" for name in (
         "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
         "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
-        "Occlusion", "Saliency")},
+        "Occlusion", "Saliency",
+        "FeaturePermutation", "KernelShap", "LayerFeatureAblation", "LayerFeaturePermutation", "Lime",
+        "NeuronFeatureAblation", "ShapleyValueSampling", "ShapleyValues")},
     "tensor_as_input": "layers", "tensor_as_output": "layers",
     "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
     "smooth": "smooth",
@@ -41,6 +43,8 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
     from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient,
                           IntegratedGradients, LayerDeepLift, LayerIntegratedGradients, NeuronDeepLift,
                           NeuronIntegratedGradients, NoiseTunnel, Occlusion, Saliency)
+    from .methods import (FeaturePermutation, KernelShap, LayerFeatureAblation, LayerFeaturePermutation, Lime,
+                          NeuronFeatureAblation, ShapleyValues, ShapleyValueSampling)
     from .metrics import infidelity, parameter_randomization, sensitivity_max
     from .model import AttributableModel
     from .dataset_job import attribute_dataset, read_results
@@ -68,6 +72,8 @@ __all__ = [
     "DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
     "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
     "Occlusion", "Saliency",
+    "FeaturePermutation", "KernelShap", "LayerFeatureAblation", "LayerFeaturePermutation", "Lime",
+    "NeuronFeatureAblation", "ShapleyValueSampling", "ShapleyValues",
     # hidden tensors by ONNX name, as an output (neurons) or an input (layers), for any method
     "tensor_as_input", "tensor_as_output",
     # evaluation metrics

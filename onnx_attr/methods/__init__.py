@@ -4,8 +4,13 @@ from .deeplift import DeepLift, DeepLiftShap, LayerDeepLift
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
 from .layer import LayerIntegratedGradients, NeuronDeepLift, NeuronIntegratedGradients
 from .noise_tunnel import NoiseTunnel
-from .perturbation import FeatureAblation, Occlusion
+from .lime import KernelShap, Lime
+from .perturbation import FeatureAblation, FeaturePermutation, Occlusion
+from .perturbation_layers import LayerFeatureAblation, LayerFeaturePermutation, NeuronFeatureAblation
+from .shapley import ShapleyValues, ShapleyValueSampling
 
 __all__ = ["DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "InputXGradient", "IntegratedGradients",
            "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
            "Occlusion", "Saliency"]
+__all__ += ["FeaturePermutation", "KernelShap", "LayerFeatureAblation", "LayerFeaturePermutation", "Lime",
+            "NeuronFeatureAblation", "ShapleyValueSampling", "ShapleyValues"]
