@@ -29,7 +29,8 @@ _LAZY = {
         "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
         "Occlusion", "Saliency",
         "FeaturePermutation", "KernelShap", "LayerFeatureAblation", "LayerFeaturePermutation", "Lime",
-        "NeuronFeatureAblation", "ShapleyValueSampling", "ShapleyValues")},
+        "NeuronFeatureAblation", "ShapleyValueSampling", "ShapleyValues", "AdaptiveIntegratedGradients",
+        "SplitIntegratedGradients")},
     "tensor_as_input": "layers", "tensor_as_output": "layers",
     "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
     "smooth": "smooth",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
                           NeuronIntegratedGradients, NoiseTunnel, Occlusion, Saliency)
     from .methods import (FeaturePermutation, KernelShap, LayerFeatureAblation, LayerFeaturePermutation, Lime,
                           NeuronFeatureAblation, ShapleyValues, ShapleyValueSampling)
+    from .methods import AdaptiveIntegratedGradients, SplitIntegratedGradients
     from .metrics import infidelity, parameter_randomization, sensitivity_max
     from .model import AttributableModel
     from .dataset_job import attribute_dataset, read_results
@@ -73,7 +75,8 @@ __all__ = [
     "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
     "Occlusion", "Saliency",
     "FeaturePermutation", "KernelShap", "LayerFeatureAblation", "LayerFeaturePermutation", "Lime",
-    "NeuronFeatureAblation", "ShapleyValueSampling", "ShapleyValues",
+    "NeuronFeatureAblation", "ShapleyValueSampling", "ShapleyValues", "AdaptiveIntegratedGradients",
+    "SplitIntegratedGradients",
     # hidden tensors by ONNX name, as an output (neurons) or an input (layers), for any method
     "tensor_as_input", "tensor_as_output",
     # evaluation metrics

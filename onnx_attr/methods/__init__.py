@@ -2,6 +2,7 @@
 
 from .deeplift import DeepLift, DeepLiftShap, LayerDeepLift
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
+from .ig_variants import AdaptiveIntegratedGradients, SplitIntegratedGradients
 from .layer import LayerIntegratedGradients, NeuronDeepLift, NeuronIntegratedGradients
 from .noise_tunnel import NoiseTunnel
 from .lime import KernelShap, Lime
@@ -13,4 +14,5 @@ __all__ = ["DeepLift", "DeepLiftShap", "FeatureAblation", "GradientShap", "Input
            "LayerDeepLift", "LayerIntegratedGradients", "NeuronDeepLift", "NeuronIntegratedGradients", "NoiseTunnel",
            "Occlusion", "Saliency"]
 __all__ += ["FeaturePermutation", "KernelShap", "LayerFeatureAblation", "LayerFeaturePermutation", "Lime",
-            "NeuronFeatureAblation", "ShapleyValueSampling", "ShapleyValues"]
+            "NeuronFeatureAblation", "ShapleyValueSampling", "ShapleyValues", "AdaptiveIntegratedGradients",
+            "SplitIntegratedGradients"]
