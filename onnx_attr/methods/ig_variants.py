@@ -26,21 +26,14 @@ from torch import Tensor
 from ..engine import Targets
 from ..errors import InputError
 from .deeplift import method_report
-from .gradient import _GradientMethod, integration_rule
+from .gradient import IntegratedGradients, integration_rule
 
 RULE_POINTS = 2  # Gauss-Legendre points per interval of AdaptiveIntegratedGradients
 
 
-class _PathPoints(_GradientMethod):
-    """Gradients and outputs at points x0 + α(x − x0) of each example's path, any α per row."""
-
-    def __init__(self, model, multiply_by_inputs: bool = True, **kwargs: Any):
-        super().__init__(model, **kwargs)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+class _PathPoints(IntegratedGradients):
+    """Gradients and outputs at points x0 + α(x − x0) of each example's path, any α per row
+    (IntegratedGradients' options, `multiply_by_inputs`, its own `attribute`)."""
 
     def _start(self, inputs, baselines, target, additional_forward_args, output, internal_batch_size):
         self.prepared, self.n = self._prepare(inputs, baselines, additional_forward_args)
@@ -144,7 +137,8 @@ class SplitIntegratedGradients(_PathPoints):
         at_split = self._values_at(torch.arange(n), split)
         self.split_points = split
         extra = {"n_steps": n_steps, "rule": method, "split_fraction": split_fraction,
-                 "split_points": split.tolist(), "saturated_change": (self.f - at_split).tolist()}
+                 "split_points": split.tolist(), "integrated_change": (at_split - self.f0).tolist(),
+                 "saturated_change": (self.f - at_split).tolist()}
         return self._finish(sums, at_split - self.f0, "SplitIntegratedGradients", extra, return_convergence_delta)
 
 
