@@ -5,11 +5,13 @@
   saturates, where small, noisy gradients still add up. A forward scan finds the split point α*
   where the output first reaches `split_fraction` of its change; only [0, α*] is integrated, so
   Σ attributions = f(x_α*) − f(x0), and α* and the saturated remainder are reported.
-- AdaptiveIntegratedGradients: the path is cut into intervals, each integrated by 2-point
-  Gauss-Legendre; on every interval [a, b] completeness gives an exact check, Σ (x−x0)·∫ ∇f =
-  f(x_b) − f(x_a), from two forward values. Intervals whose check fails most are halved until the
-  summed |local delta| is within `tolerance` of |f(x) − f(x0)| or `n_steps` gradient points per
-  example are spent: steps go where the integrand changes (ReLU kinks, saturation edges).
+- AdaptiveIntegratedGradients: the path is cut into intervals, each integrated by Simpson's rule
+  (its ends and midpoint). On every interval [a, b] completeness gives an exact check,
+  Σ (x−x0)·∫ ∇f = f(x_b) − f(x_a), and the gradient passes at a and b already computed f there.
+  Intervals whose check fails most are halved (reusing every point: a halving costs two new
+  gradient points) until the summed |local delta| is within `tolerance` of |f(x) − f(x0)| or
+  `n_steps` gradient points per example are spent: steps go where the integrand changes (ReLU
+  kinks, saturation edges).
 
 Both evaluate gradients at arbitrary (example, α) points in one batch per round, chunked by
 `internal_batch_size`, on the imported module (token ids at their embeddings, as IG).
@@ -28,14 +30,14 @@ from ..errors import InputError
 from .deeplift import method_report
 from .gradient import IntegratedGradients, integration_rule
 
-RULE_POINTS = 2  # Gauss-Legendre points per interval of AdaptiveIntegratedGradients
 
 
 class _PathPoints(IntegratedGradients):
     """Gradients and outputs at points x0 + α(x − x0) of each example's path, any α per row
     (IntegratedGradients' options, `multiply_by_inputs`, its own `attribute`)."""
 
-    def _start(self, inputs, baselines, target, additional_forward_args, output, internal_batch_size):
+    def _start(self, inputs, baselines, target, additional_forward_args, output, internal_batch_size,
+               ends: bool = True):
         self.prepared, self.n = self._prepare(inputs, baselines, additional_forward_args)
         self.targets, self.index = Targets(target, self.n), self._output_index(output)
         if internal_batch_size is not None and (not isinstance(internal_batch_size, (int, np.integer))
@@ -44,8 +46,9 @@ class _PathPoints(IntegratedGradients):
         self.rows_per_pass = internal_batch_size
         p = self.prepared
         self.diffs = [None if not a else t - b for t, b, a in zip(p.tensors, p.baselines, p.attributed)]
-        self.f = self._value(p.tensors, self.targets, self.index).double().cpu()
-        self.f0 = self._value(p.baselines, self.targets, self.index).double().cpu()
+        if ends:
+            self.f = self._value(p.tensors, self.targets, self.index).double().cpu()
+            self.f0 = self._value(p.baselines, self.targets, self.index).double().cpu()
 
     def _points(self, examples: Tensor, alphas: Tensor) -> tuple[list, Targets]:
         p = self.prepared
@@ -71,27 +74,30 @@ class _PathPoints(IntegratedGradients):
             out.append(self._value(tensors, targets, self.index).double())
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
-    def _weighted_gradients(self, examples: Tensor, alphas: Tensor, weights: Tensor, slots: Tensor, count: int
-                            ) -> tuple[list, Tensor]:
-        """Σ weight·∇f over the rows of each slot (per attributed input, [count, *shape]) and each
-        row's path derivative (∇f · (x − x0)), [R]."""
+    def _row_gradients(self, examples: Tensor, alphas: Tensor):
+        """Per chunk of rows: (start, stop, ∇f per input (None if not attributed), f, path derivative
+        ∇f · (x − x0)), the derivative and f as float64 on the CPU."""
+        p = self.prepared
+        for s, e in self._chunks(len(examples)):
+            tensors, targets = self._points(examples[s:e], alphas[s:e])
+            grads, values = self._gradients(tensors, p.attributed, targets, self.index)
+            slope = torch.zeros(e - s, dtype=torch.float64)
+            for i, g in enumerate(grads):
+                if g is not None:
+                    slope += (g.double() * self.diffs[i][examples[s:e]].double()).reshape(e - s, -1).sum(1).cpu()
+            yield s, e, grads, values.double().cpu(), slope
+
+    def _weighted_gradients(self, examples: Tensor, alphas: Tensor, weights: Tensor, count: int) -> list:
+        """Σ weight·∇f over each example's rows, per attributed input [count, *shape]."""
         p = self.prepared
         sums = [None if not a else torch.zeros((count, *t.shape[1:]), dtype=torch.float64, device=t.device)
                 for t, a in zip(p.tensors, p.attributed)]
-        slopes = []
-        for s, e in self._chunks(len(examples)):
-            tensors, targets = self._points(examples[s:e], alphas[s:e])
-            grads, _ = self._gradients(tensors, p.attributed, targets, self.index)
-            slope = torch.zeros(e - s, dtype=torch.float64)
+        for s, e, grads, _, _ in self._row_gradients(examples, alphas):
             for i, g in enumerate(grads):
-                if g is None:
-                    continue
-                g = g.double()
-                w = weights[s:e].reshape(-1, *[1] * (g.dim() - 1)).to(g.device)
-                sums[i].index_add_(0, slots[s:e].to(g.device), w * g)
-                slope += (g * self.diffs[i][examples[s:e]].double()).reshape(e - s, -1).sum(1).cpu()
-            slopes.append(slope)
-        return sums, torch.cat(slopes) if slopes else torch.zeros(0, dtype=torch.float64)
+                if g is not None:
+                    w = weights[s:e].reshape(-1, *[1] * (g.dim() - 1)).to(g.device)
+                    sums[i].index_add_(0, examples[s:e].to(g.device), w * g.double())
+        return sums
 
     def _finish(self, per_example: list, covered: Tensor, name: str, extra: dict, return_convergence_delta: bool):
         """Attributions from Σ w∇f per example; the delta against the output change `covered`."""
@@ -133,7 +139,7 @@ class SplitIntegratedGradients(_PathPoints):
         rows = torch.arange(n).repeat_interleave(n_steps)
         alphas = split.repeat_interleave(n_steps) * torch.as_tensor(points).repeat(n)
         row_weights = split.repeat_interleave(n_steps) * torch.as_tensor(weights).repeat(n)
-        sums, _ = self._weighted_gradients(rows, alphas, row_weights, rows, n)
+        sums = self._weighted_gradients(rows, alphas, row_weights, n)
         at_split = self._values_at(torch.arange(n), split)
         self.split_points = split
         extra = {"n_steps": n_steps, "rule": method, "split_fraction": split_fraction,
@@ -162,7 +168,7 @@ def _first_reaching(change: Tensor, goal: Tensor, grid: Tensor) -> Tensor:
 
 
 class AdaptiveIntegratedGradients(_PathPoints):
-    """IG with steps placed by the convergence delta: intervals halved where their own
+    """IG with steps placed by the convergence delta: Simpson intervals halved where their own
     completeness check Σ(x−x0)·∫∇f = f(x_b) − f(x_a) fails most, until Σ|local delta| ≤
     `tolerance`·|f(x) − f(x0)| or `n_steps` gradient points per example are spent (`initial`
     equal intervals to start). `last_report` has the points used and the intervals per example."""
@@ -172,65 +178,64 @@ class AdaptiveIntegratedGradients(_PathPoints):
                   internal_batch_size: Optional[int] = None, return_convergence_delta: bool = False, *,
                   output: Union[str, int, None] = None):
         if not isinstance(n_steps, (int, np.integer)) or not isinstance(initial, (int, np.integer)) or \
-                initial < 1 or n_steps < RULE_POINTS * initial:
-            raise InputError(f"n_steps ({n_steps!r}) must be an int of at least {RULE_POINTS} × initial ({initial!r})")
+                initial < 1 or n_steps < 2 * initial + 1:
+            raise InputError(f"n_steps ({n_steps!r}) must be an int of at least 2 × initial + 1 (initial = "
+                             f"{initial!r}): the ends and midpoints of the first intervals")
         if not tolerance > 0:
             raise InputError(f"tolerance must be > 0, got {tolerance!r}")
-        self._start(inputs, baselines, target, additional_forward_args, output, internal_batch_size)
+        self._start(inputs, baselines, target, additional_forward_args, output, internal_batch_size, ends=False)
         n = self.n
-        nodes, node_weights = (torch.as_tensor(a) for a in integration_rule("gausslegendre", RULE_POINTS))
-        # per example: the intervals [a, b], f at their ends, their vector sums and scalar checks
+        points: list = [{} for _ in range(n)]  # α -> (∇f per input, f, path derivative)
         intervals = [[(k / initial, (k + 1) / initial) for k in range(initial)] for _ in range(n)]
-        ends = {}
-        for e in range(n):
-            ends[(e, 0.0)], ends[(e, 1.0)] = float(self.f0[e]), float(self.f[e])
-        kept: list = [{} for _ in range(n)]  # (a, b) -> (sums per input, quadrature of the path derivative)
-        spent = [0] * n
-        todo = [list(ivs) for ivs in intervals]
+        todo = [[k / initial for k in range(initial + 1)] + [(a + b) / 2 for a, b in intervals[0]] for _ in range(n)]
         rounds = 0
         while any(todo):
             rounds += 1
-            self._measure(todo, ends, kept, spent, nodes, node_weights)
+            self._measure(todo, points)
             todo = [[] for _ in range(n)]
-            change = (self.f - self.f0).abs()
             for e in range(n):
-                local = {iv: q - (ends[(e, iv[1])] - ends[(e, iv[0])]) for iv, (_, q) in kept[e].items()}
-                worst = sorted(local, key=lambda iv: -abs(local[iv]))
+                pts = points[e]
+                local = {iv: _simpson(iv, pts, 2) - (pts[iv[1]][1] - pts[iv[0]][1]) for iv in intervals[e]}
                 total = sum(abs(v) for v in local.values())
-                if total <= tolerance * max(float(change[e]), 1e-30):
+                if total <= tolerance * max(abs(pts[1.0][1] - pts[0.0][1]), 1e-30):
                     continue
-                share, planned = 0.0, spent[e]
-                for iv in worst:  # halve the worst until they hold half the summed |local delta|
-                    if planned + 2 * RULE_POINTS > n_steps or share >= total / 2:
+                share, planned = 0.0, len(pts)
+                for iv in sorted(local, key=lambda iv: -abs(local[iv])):  # halve the worst first
+                    if planned + 2 > n_steps or share >= total / 2:
                         break
                     share += abs(local[iv])
-                    planned += 2 * RULE_POINTS  # the two halves are evaluated anew
-                    mid = (iv[0] + iv[1]) / 2
-                    del kept[e][iv]
-                    todo[e] += [(iv[0], mid), (mid, iv[1])]
-        per_example = [None if not a else torch.stack([sum(kept[e][iv][0][i] for iv in kept[e]) for e in range(n)])
+                    planned += 2
+                    a, b = iv
+                    m = (a + b) / 2
+                    intervals[e].remove(iv)
+                    intervals[e] += [(a, m), (m, b)]
+                    todo[e] += [(a + m) / 2, (m + b) / 2]
+        self.f = torch.tensor([points[e][1.0][1] for e in range(n)], dtype=torch.float64)
+        self.f0 = torch.tensor([points[e][0.0][1] for e in range(n)], dtype=torch.float64)
+        per_example = [None if not a else torch.stack([sum(_simpson(iv, points[e], 0, i) for iv in intervals[e])
+                                                       for e in range(n)])
                        for i, a in enumerate(self.prepared.attributed)]
-        extra = {"n_steps": n_steps, "tolerance": tolerance, "gradient_points": spent, "rounds": rounds,
-                 "intervals": [sorted(kept[e]) for e in range(n)]}
+        extra = {"n_steps": n_steps, "tolerance": tolerance, "gradient_points": [len(p) for p in points],
+                 "rounds": rounds, "intervals": [sorted(ivs) for ivs in intervals]}
         return self._finish(per_example, self.f - self.f0, "AdaptiveIntegratedGradients", extra,
                             return_convergence_delta)
 
-    def _measure(self, todo: list, ends: dict, kept: list, spent: list, nodes: Tensor, node_weights: Tensor) -> None:
-        """Gradients at every new interval's Gauss points and f at its new ends, in one batch."""
-        owners = [(e, iv) for e, ivs in enumerate(todo) for iv in ivs]
-        new_ends = sorted({(e, x) for e, iv in owners for x in iv if (e, x) not in ends})
-        if new_ends:
-            values = self._values_at(torch.tensor([e for e, _ in new_ends]),
-                                     torch.tensor([x for _, x in new_ends], dtype=torch.float64))
-            ends.update({key: float(v) for key, v in zip(new_ends, values)})
-        examples = torch.tensor([e for e, _ in owners]).repeat_interleave(RULE_POINTS)
-        lengths = torch.tensor([iv[1] - iv[0] for _, iv in owners], dtype=torch.float64)
-        starts = torch.tensor([iv[0] for _, iv in owners], dtype=torch.float64)
-        alphas = (starts.unsqueeze(1) + lengths.unsqueeze(1) * nodes.unsqueeze(0)).reshape(-1)
-        weights = (lengths.unsqueeze(1) * node_weights.unsqueeze(0)).reshape(-1)
-        slots = torch.arange(len(owners)).repeat_interleave(RULE_POINTS)
-        sums, slopes = self._weighted_gradients(examples, alphas, weights, slots, len(owners))
-        quadrature = torch.zeros(len(owners), dtype=torch.float64).index_add_(0, slots, weights * slopes)
-        for k, (e, iv) in enumerate(owners):
-            kept[e][iv] = ([None if s is None else s[k] for s in sums], float(quadrature[k]))
-            spent[e] += RULE_POINTS
+    def _measure(self, todo: list, points: list) -> None:
+        """∇f, f and the path derivative at every new point of every example, in one batch."""
+        owners = [(e, a) for e, alphas in enumerate(todo) for a in alphas]
+        examples = torch.tensor([e for e, _ in owners])
+        alphas = torch.tensor([a for _, a in owners], dtype=torch.float64)
+        for s, e, grads, values, slopes in self._row_gradients(examples, alphas):
+            for k in range(s, e):
+                ex, a = owners[k]
+                points[ex][a] = ([None if g is None else g[k - s].double() for g in grads], float(values[k - s]),
+                                 float(slopes[k - s]))
+
+
+def _simpson(interval: tuple, points: dict, slot: int, index: int = 0):
+    """Simpson's rule on [a, b] over the stored value `slot` (0: the gradient of input `index`,
+    2: the path derivative) at a, the midpoint and b."""
+    a, b = interval
+    ends = [points[a], points[(a + b) / 2], points[b]]
+    pick = (lambda p: p[0][index]) if slot == 0 else (lambda p: p[slot])
+    return (b - a) / 6 * (pick(ends[0]) + 4 * pick(ends[1]) + pick(ends[2]))
