@@ -123,7 +123,7 @@ def _patches(shape, per_side: int) -> torch.Tensor:
     _, h, w = shape
     rows = torch.arange(h) * per_side // h
     cols = torch.arange(w) * per_side // w
-    return (rows[:, None] * per_side + cols[None, :]).expand(1, shape[0], h, w)
+    return (rows[:, None] * per_side + cols[None, :]).expand(1, shape[0], h, w).contiguous()
 
 
 def convergence(model, module, x, base, target, device, repeats) -> None:

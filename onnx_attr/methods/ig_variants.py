@@ -173,6 +173,10 @@ class AdaptiveIntegratedGradients(_PathPoints):
     `tolerance`·|f(x) − f(x0)| or `n_steps` gradient points per example are spent (`initial`
     equal intervals to start). `last_report` has the points used and the intervals per example."""
 
+    #: each round halves the worst intervals until they hold this share of Σ|local delta|: higher
+    #: means fewer rounds (larger batches), lower means points spent more selectively
+    SPLIT_SHARE = 0.8
+
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 64, tolerance: float = 1e-3, initial: int = 4,
                   internal_batch_size: Optional[int] = None, return_convergence_delta: bool = False, *,
@@ -201,7 +205,7 @@ class AdaptiveIntegratedGradients(_PathPoints):
                     continue
                 share, planned = 0.0, len(pts)
                 for iv in sorted(local, key=lambda iv: -abs(local[iv])):  # halve the worst first
-                    if planned + 2 > n_steps or share >= total / 2:
+                    if planned + 2 > n_steps or share >= self.SPLIT_SHARE * total:
                         break
                     share += abs(local[iv])
                     planned += 2
