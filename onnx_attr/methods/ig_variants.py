@@ -175,7 +175,7 @@ class AdaptiveIntegratedGradients(_PathPoints):
 
     #: each round halves the worst intervals until they hold this share of Σ|local delta|: higher
     #: means fewer rounds (larger batches), lower means points spent more selectively
-    SPLIT_SHARE = 0.8
+    SPLIT_SHARE = 0.5
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 64, tolerance: float = 1e-3, initial: int = 4,
