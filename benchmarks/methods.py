@@ -1,7 +1,9 @@
 """Each attribution method's time as a ratio to one plain forward+backward of the same batch, ours
-beside Captum's on the same imported module.
+beside Captum's on the same imported module; then IG's convergence at batch 2: Captum's IG at
+8/16/32/64 Gauss-Legendre steps against AdaptiveIntegratedGradients and SplitIntegratedGradients
+(time and largest relative delta |Σφ − Δf| / |Δf|; for Split IG, Δf up to its split point).
 
-    python benchmarks/methods.py [--device cuda] [--batch 16]
+    python benchmarks/methods.py [--device cuda] [--batch 16] [--size 32]
 """
 
 from __future__ import annotations
@@ -77,17 +79,91 @@ def main() -> None:
          lambda: captum.Occlusion(module).attribute(x, window, strides=stride, target=target,
                                                     perturbations_per_eval=16)),
     ]
-    base_time = timed(plain, device, args.repeats)
-    print(f"{args.model}, batch {args.batch}, {args.size}x{args.size}, device {device}; one forward+backward "
-          f"{base_time * 1e3:.2f} ms; ratios to it (median of {args.repeats})")
-    print(f"{'method':<24}{'ours':>8}{'captum':>9}")
+    patches = _patches(shape, 4)  # 16 square patches per channel-stack: the features of the sampling methods
+    small = x[:2]
+    cases += [
+        ("ShapleyValueSampling", lambda: onnx_attr.ShapleyValueSampling(model).attribute(
+            small, base, target=target, feature_mask=patches, n_samples=2, perturbations_per_eval=16),
+         lambda: captum.ShapleyValueSampling(module).attribute(small, base, target=target, feature_mask=patches,
+                                                               n_samples=2, perturbations_per_eval=16)),
+        ("KernelShap (64)", lambda: onnx_attr.KernelShap(model).attribute(
+            small, base, target=target, feature_mask=patches, n_samples=64, perturbations_per_eval=16),
+         lambda: captum.KernelShap(module).attribute(small, base, target=target, feature_mask=patches, n_samples=64,
+                                                     perturbations_per_eval=16)),
+        ("Lime (64)", lambda: onnx_attr.Lime(model).attribute(
+            small, base, target=target, feature_mask=patches, n_samples=64, perturbations_per_eval=16),
+         lambda: captum.Lime(module).attribute(small, base, target=target, feature_mask=patches, n_samples=64,
+                                               perturbations_per_eval=16)),
+        ("FeaturePermutation", lambda: onnx_attr.FeaturePermutation(model).attribute(
+            x, target=target, feature_mask=patches, perturbations_per_eval=16),
+         lambda: captum.FeaturePermutation(module).attribute(x, target=target, feature_mask=patches,
+                                                             perturbations_per_eval=16)),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        fns = {"plain": plain}
         for name, ours, theirs in cases:
-            mine = timed(ours, device, args.repeats) / base_time
-            other = "—" if theirs is None else f"{timed(theirs, device, args.repeats) / base_time:.2f}"
-            print(f"{name:<24}{mine:>8.2f}{other:>9}")
+            fns[f"ours {name}"] = ours
+            if theirs is not None:
+                fns[f"captum {name}"] = theirs
+        times = timed(fns, device, args.repeats)
+        base_time = times["plain"]
+        print(f"{args.model}, batch {args.batch}, {args.size}x{args.size}, device {device}; one forward+backward "
+              f"{base_time * 1e3:.2f} ms; ratios to it (median of {args.repeats}; the sampling methods on 2 "
+              "examples)")
+        print(f"{'method':<24}{'ours':>8}{'captum':>9}")
+        for name, _, theirs in cases:
+            other = "—" if theirs is None else f"{times[f'captum {name}'] / base_time:.2f}"
+            print(f"{name:<24}{times[f'ours {name}'] / base_time:>8.2f}{other:>9}")
+        convergence(model, module, small, base, target, device, args.repeats)
 
+
+def _patches(shape, per_side: int) -> torch.Tensor:
+    """Feature ids of per_side × per_side square patches, each across all channels: [1, C, H, W]."""
+    _, h, w = shape
+    rows = torch.arange(h) * per_side // h
+    cols = torch.arange(w) * per_side // w
+    return (rows[:, None] * per_side + cols[None, :]).expand(1, shape[0], h, w).contiguous()
+
+
+def convergence(model, module, x, base, target, device, repeats) -> None:
+    """Issue 20's IG figure: time and largest relative delta of Captum's IG at 8/16/32/64 GL steps
+    against the adaptive and split variants, on the same batch."""
+    import captum.attr as captum
+
+    with torch.no_grad():
+        change = (module(x)[:, target] - module(base.expand_as(x))[:, target]).double()
+    results = {}
+
+    def captum_ig(steps):
+        def run():
+            results[f"Captum IG ({steps} GL)"] = captum.IntegratedGradients(module).attribute(
+                x, base.expand_as(x), target=target, n_steps=steps, return_convergence_delta=True)[1]
+        return run
+
+    adaptive = onnx_attr.AdaptiveIntegratedGradients(model)
+    split = onnx_attr.SplitIntegratedGradients(model)
+
+    def ours_adaptive():
+        results["AdaptiveIG (≤64 points)"] = adaptive.attribute(x, base, target=target, n_steps=64, tolerance=1e-2,
+                                                               return_convergence_delta=True)[1]
+
+    def ours_split():
+        results["SplitIG (64 GL)"] = split.attribute(x, base, target=target, n_steps=64,
+                                                     return_convergence_delta=True)[1]
+
+    fns = {**{f"Captum IG ({s} GL)": captum_ig(s) for s in (8, 16, 32, 64)},
+           "AdaptiveIG (≤64 points)": ours_adaptive, "SplitIG (64 GL)": ours_split}
+    times = timed(fns, device, repeats)
+    covered = {"SplitIG (64 GL)": torch.tensor(split.last_report["integrated_change"], dtype=torch.float64)}
+    print(f"\nIG convergence, batch {len(x)}: seconds (median of {repeats}) and largest relative delta")
+    for name in fns:
+        delta = results[name].double().cpu()
+        relative = (delta.abs() / covered.get(name, change).abs().cpu()).max().item()
+        print(f"{name:<26}{times[name]:>8.3f} s{relative:>11.2e}")
+    print(f"Adaptive IG gradient points per example {adaptive.last_report['gradient_points']}, rounds "
+          f"{adaptive.last_report['rounds']}; Split IG split points "
+          f"{[round(a, 3) for a in split.last_report['split_points']]}")
 
 if __name__ == "__main__":
     main()

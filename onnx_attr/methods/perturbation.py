@@ -20,17 +20,25 @@ from torch import Tensor
 from ..engine import Targets
 from ..errors import InputError
 from ._inputs import example_count, prepare
-from .gradient import _GradientMethod, _repeat_rows
+from .gradient import _GradientMethod
+from .masked_eval import DEFAULT_BUDGET_BYTES, MaskedEvaluator, check_per_eval
 
 BACKENDS = ("torch", "onnxruntime")
 
 
 class _Perturbation(_GradientMethod):
-    def __init__(self, model, backend: str = "torch", **kwargs: Any):
+    """Forward passes only, on the imported module (`backend="torch"`) or on the ONNX graph
+    itself (`"onnxruntime"`); masked copies are built by `MaskedEvaluator` within `budget_bytes`."""
+
+    def __init__(self, model, backend: str = "torch", budget_bytes: int = DEFAULT_BUDGET_BYTES, **kwargs: Any):
         super().__init__(model, **kwargs)
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, np.integer)) or budget_bytes < 1:
+            raise InputError(f"budget_bytes must be a positive int (bytes of perturbed copies per forward), got "
+                             f"{budget_bytes!r}")
         self.backend = backend
+        self.budget_bytes = int(budget_bytes)
 
     def _prepare(self, inputs, baselines, additional_forward_args):
         """Any dtype may be ablated (ids, flags): no gradient is taken."""
@@ -57,51 +65,54 @@ class _Perturbation(_GradientMethod):
         out = torch.from_numpy(np.asarray(run_onnxruntime(self.model.reference_model, feeds, [name])[0]))
         return targets.select(out)
 
+    def _evaluator(self, prepared, targets: Targets, index: int, perturbations_per_eval: int) -> MaskedEvaluator:
+        return MaskedEvaluator(lambda tensors, rows: self._value(tensors, rows, index), prepared.tensors,
+                               prepared.baselines, prepared.attributed, targets, check_per_eval(perturbations_per_eval),
+                               self.budget_bytes)
+
+    def _bar(self, evaluator: MaskedEvaluator, counts: Sequence[int], show_progress: bool, extra: int = 0):
+        """The Captum `show_progress` bar on stderr, counting forward passes; set on the evaluator."""
+        from ..progress import progress
+
+        evaluator.bar = progress(extra + sum(evaluator.passes(c) for c in counts), "pass", type(self).__name__,
+                                 quiet=not show_progress)
+        return evaluator.bar
+
     def _ablate(self, prepared, masks: list[list[Tensor]], targets: Targets, index: int,
                 perturbations_per_eval: int, show_progress: bool = False) -> list[Optional[Tensor]]:
         """For each attributed input, the output drop of each mask averaged over the masks covering
         each element; `masks[i]` are boolean tensors shaped like input i with a batch axis of 1 (the
         same features in every example) or of N (per-example features). `show_progress` (Captum's
         keyword) counts the perturbed passes on stderr."""
-        from ..progress import progress
-
-        if not isinstance(perturbations_per_eval, (int, np.integer)) or perturbations_per_eval < 1:
-            raise InputError(f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
+        evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
+        bar = self._bar(evaluator, [len(m) for m in masks], show_progress)
         n = len(targets.rows)
-        passes = sum(math.ceil(len(m) / max(1, int(perturbations_per_eval))) for m in masks)
-        bar = progress(passes, "pass", type(self).__name__, quiet=not show_progress)
         original = self._value(prepared.tensors, targets, index)
         result: list[Optional[Tensor]] = []
-        for i, (x, b) in enumerate(zip(prepared.tensors, prepared.baselines)):
+        for i, x in enumerate(prepared.tensors):
             if not prepared.attributed[i]:
                 result.append(None)
                 continue
+            own = masks[i]
+            values, _ = evaluator.evaluate(len(own), lambda start, stop, i=i, own=own: [
+                torch.stack(own[start:stop]) if j == i else None for j in range(len(prepared.tensors))])
+            drops = original.double().unsqueeze(0) - values.double()  # [masks, N]
             total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-            count = torch.zeros((max((m.shape[0] for m in masks[i]), default=1), *x.shape[1:]),
+            count = torch.zeros((max((m.shape[0] for m in own), default=1), *x.shape[1:]),
                                 dtype=torch.float64, device=x.device)
-            baseline = b.expand_as(x)
-            for group in _chunks(masks[i], perturbations_per_eval):
-                batch = [torch.where(m.to(x.device), baseline, x) for m in group]
-                inputs = [torch.cat(batch) if j == i else _repeat_rows(t, len(group), n)
-                          for j, t in enumerate(prepared.tensors)]
-                rows = targets.repeat(len(group))
-                drop = (original.double().repeat(len(group)) - self._value(inputs, rows, index).double())
-                bar.update(1)
-                for k, m in enumerate(group):
-                    covered = m.to(x.device)
-                    total += drop[k * n:(k + 1) * n].reshape(n, *[1] * (x.dim() - 1)) * covered
-                    count += covered
-            dtype = x.dtype if x.is_floating_point() else original.dtype if original.is_floating_point() \
-                else torch.get_default_dtype()  # ablated ids or flags: the output's drop is what is credited
-            result.append((total / count.clamp_min(1)).to(dtype))
+            for drop, m in zip(drops, own):
+                covered = m.to(x.device)
+                total += drop.to(x.device).reshape(n, *[1] * (x.dim() - 1)) * covered
+                count += covered
+            result.append((total / count.clamp_min(1)).to(_attribution_dtype(x, original)))
         bar.close()
         return result
 
 
-def _chunks(items: Sequence, size: int):
-    size = max(1, int(size))
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _attribution_dtype(x: Tensor, original: Tensor) -> torch.dtype:
+    """The input's float dtype; for ablated ids or flags, the output's (its drop is what is credited)."""
+    return x.dtype if x.is_floating_point() else original.dtype if original.is_floating_point() \
+        else torch.get_default_dtype()
 
 
 class FeatureAblation(_Perturbation):
@@ -243,3 +254,77 @@ def _per_input_strides(value: Any, count: int) -> list:
 def _mismatch(what: str, value: Any, count: int):
     raise InputError(f"{what} {value!r} do not fit {count} attributed input(s): give one tuple per input (a tuple "
                      "of tuples), or a single tuple for a single input")
+
+
+class FeaturePermutation(_Perturbation):
+    """Permutation importance: each feature's values shuffled across the batch (a fresh random
+    permutation that is not the identity), credited with the output drop it causes per example.
+
+    Features follow Captum's FeaturePermutation: ids shared across inputs (one id in two inputs is
+    one feature), every element its own feature by default; permutations are drawn with
+    `torch.randperm` in Captum's order (per chunk of `perturbations_per_eval` features, per input,
+    per feature), so under the same torch seed the two shuffle alike. Needs a batch of 2 or more.
+    """
+
+    def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None, feature_mask: Any = None,
+                  perturbations_per_eval: int = 1, show_progress: bool = False, *,
+                  output: Union[str, int, None] = None):
+        from .masked_eval import feature_ids, spread
+
+        prepared, n = self._prepare(inputs, None, additional_forward_args)
+        if n < 2:
+            raise InputError(f"FeaturePermutation shuffles features across the batch, and the batch has {n} example: "
+                             "give 2 or more examples")
+        groups, count = feature_ids(feature_mask, prepared, _by_name)
+        order, inputs_of = _appearance(groups)
+        per_eval = check_per_eval(perturbations_per_eval)
+        perms = _permutations(order, inputs_of, len(groups), n, per_eval)
+        targets, index = Targets(target, n), self._output_index(output)
+        evaluator = self._evaluator(prepared, targets, index, per_eval)
+        bar = self._bar(evaluator, [len(order)], show_progress, extra=1)
+        original = self._value(prepared.tensors, targets, index).double()
+        bar.update(1)
+
+        def masks(start: int, stop: int) -> list:
+            return [None if g is None else torch.stack([g == f for f in order[start:stop]]) for g in groups]
+
+        def shuffled(start: int, stop: int) -> list:
+            return [None if g is None else torch.stack([x[perms.get((f, i), slice(None))] for f in order[start:stop]])
+                    for i, (x, g) in enumerate(zip(prepared.tensors, groups))]
+
+        values, _ = evaluator.evaluate(len(order), masks, shuffled)
+        bar.close()
+        drops = torch.zeros(n, count, dtype=torch.float64)
+        drops[:, order] = (original.unsqueeze(0) - values.double()).T
+        return prepared.repack([None if g is None else spread(drops, g, n).to(_attribution_dtype(x, original))
+                                for x, g in zip(prepared.tensors, groups)])
+
+
+def _appearance(groups: list) -> tuple[list[int], dict[int, list[int]]]:
+    """Feature ids in order of first appearance (each input's ids ascending, inputs in order) and
+    the inputs each appears in."""
+    inputs_of: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g is not None:
+            for f in torch.unique(g).tolist():
+                inputs_of.setdefault(f, []).append(i)
+    return list(inputs_of), inputs_of
+
+
+def _permutations(order: list[int], inputs_of: dict[int, list[int]], inputs: int, n: int,
+                  per_eval: int) -> dict[tuple[int, int], Tensor]:
+    """A non-identity permutation of the batch per (feature, input), drawn in Captum's sequence:
+    per chunk of features, per input any of them touches, per feature of the chunk."""
+    identity = torch.arange(n)
+    perms: dict[tuple[int, int], Tensor] = {}
+    for start in range(0, len(order), per_eval):
+        chunk = order[start:start + per_eval]
+        for i in range(inputs):
+            if not any(i in inputs_of[f] for f in chunk):
+                continue
+            for f in chunk:
+                perm = torch.randperm(n)
+                while bool((perm == identity).all()):
+                    perm = torch.randperm(n)
+                perms[(f, i)] = perm
+    return perms

@@ -1,0 +1,166 @@
+"""Surrogate-model attributions: Lime and KernelShap, a weighted linear model fitted per example
+to the outputs of random feature coalitions (evaluated by `MaskedEvaluator`).
+
+Both follow Captum's defaults and draw as Captum draws with torch's generator, so under the same
+torch seed one example sees the same coalitions (in a batch, Captum's fitting takes from the
+generator between examples, so later examples differ):
+- Lime: coalitions of independent fair coins, weights exp(−d²/2w²) with d the cosine distance
+  (or Euclidean) between the example and its perturbed copy, a Lasso with α = 0.01;
+- KernelShap: the all-present and all-absent coalitions first (weight 1e6), then a size k drawn
+  with p(k) ∝ (F−1)/(k(F−k)) and k features at random (weight 1), least squares: the Shapley
+  kernel, so the fit approaches the Shapley values.
+The linear models are solved here (numpy least squares, coordinate descent for the Lasso), with
+scikit-learn's objective and intercept, not with scikit-learn.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..engine import Targets
+from ..errors import InputError
+from .masked_eval import feature_ids, spread
+from .perturbation import _attribution_dtype, _by_name, _Perturbation
+from .shapley import check_samples
+
+DISTANCES = ("cosine", "euclidean")
+
+
+def weighted_linear_fit(x: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float = 0.0,
+                        tol: float = 1e-10, max_iter: int = 100_000) -> np.ndarray:
+    """Coefficients of y ≈ b + x·β (intercept fitted, not returned) minimising
+    Σ wᵢ(yᵢ − b − xᵢ·β)² / (2 Σ w) + α‖β‖₁: scikit-learn's Lasso with `sample_weight` (its
+    LinearRegression when α = 0, the minimum-norm solution when the samples do not fix β)."""
+    x, y, w = (np.asarray(a, dtype=np.float64) for a in (x, y, weights))
+    w = w / w.sum()
+    root = np.sqrt(w)[:, None]
+    xs = (x - w @ x) * root
+    ys = (y - w @ y) * root[:, 0]
+    if alpha == 0:
+        return np.linalg.lstsq(xs, ys, rcond=None)[0]
+    beta = np.zeros(x.shape[1])
+    norms = (xs * xs).sum(0)
+    residual = ys.copy()
+    for _ in range(max_iter):
+        largest = 0.0
+        for j in np.flatnonzero(norms):
+            rho = xs[:, j] @ residual + norms[j] * beta[j]
+            new = np.sign(rho) * max(abs(rho) - alpha, 0.0) / norms[j]
+            if new != beta[j]:
+                residual -= xs[:, j] * (new - beta[j])
+                largest = max(largest, abs(new - beta[j]))
+                beta[j] = new
+        if largest <= tol * max(1.0, np.abs(beta).max()):
+            break
+    return beta
+
+
+class _Surrogate(_Perturbation):
+    """A linear model per example over binary coalitions of features; its coefficients are the
+    attributions (spread onto the elements), or returned per feature with return_input_shape=False."""
+
+    def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
+                  feature_mask: Any = None, n_samples: int = 25, perturbations_per_eval: int = 1,
+                  return_input_shape: bool = True, show_progress: bool = False, *,
+                  output: Union[str, int, None] = None):
+        prepared, n = self._prepare(inputs, baselines, additional_forward_args)
+        groups, features = feature_ids(feature_mask, prepared, _by_name)
+        groups, features = _from_zero(groups, features)
+        samples = check_samples(n_samples)
+        # example by example, as Captum draws; Captum's fit also takes from torch's generator between
+        # examples (its DataLoader), so only a batch's first example sees Captum's coalitions
+        draws = torch.stack([torch.stack([self._draw(features, s) for s in range(samples)]) for _ in range(n)], 1)
+        targets, index = Targets(target, n), self._output_index(output)
+        evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
+        bar = self._bar(evaluator, [samples], show_progress)
+        values, measured = evaluator.evaluate_patterns(samples, lambda start, stop: draws[start:stop], groups,
+                                                       self._measure(prepared, n))
+        bar.close()
+        weights = self._weights(draws, measured, features)  # [S, N]
+        x, y, w = draws.double().numpy(), values.double().cpu().numpy(), weights.double().cpu().numpy()
+        coefs = torch.from_numpy(np.stack([weighted_linear_fit(x[:, e], y[:, e], w[:, e], self._alpha)
+                                           for e in range(n)]))
+        if not return_input_shape:
+            first = next(t for t, a in zip(prepared.tensors, prepared.attributed) if a)
+            coefs = coefs.to(_attribution_dtype(first, values))
+            return coefs.numpy() if prepared.as_numpy else coefs
+        return prepared.repack([None if g is None else spread(coefs, g, n).to(_attribution_dtype(t, values))
+                                for t, g in zip(prepared.tensors, groups)])
+
+    _alpha = 0.0
+
+    def _draw(self, features: int, sample: int) -> Tensor:
+        raise NotImplementedError
+
+    def _measure(self, prepared, n: int):
+        return None
+
+    def _weights(self, draws: Tensor, measured, features: int) -> Tensor:
+        raise NotImplementedError
+
+
+def _from_zero(groups: list, features: int) -> tuple[list, int]:
+    """Ids shifted to start at 0 (Captum's Lime does the same, with a warning)."""
+    low = min(int(g.min()) for g in groups if g is not None and g.numel())
+    if low == 0:
+        return groups, features
+    return [None if g is None else g - low for g in groups], features - low
+
+
+class Lime(_Surrogate):
+    """LIME (Ribeiro et al.): a Lasso (`alpha`, 0 for least squares) fitted per example to
+    `n_samples` coalitions of fair coins, weighted by exp(−d²/(2·kernel_width²)) with d the
+    `distance_mode` distance between the example and its perturbed copy (all attributed inputs,
+    flattened). Captum's defaults: α = 0.01, cosine distance, width 1."""
+
+    def __init__(self, model, alpha: float = 0.01, kernel_width: float = 1.0, distance_mode: str = "cosine",
+                 **kwargs: Any):
+        super().__init__(model, **kwargs)
+        if distance_mode not in DISTANCES:
+            raise InputError(f"unknown distance_mode {distance_mode!r}; use one of {list(DISTANCES)}")
+        if not alpha >= 0 or not kernel_width > 0:
+            raise InputError(f"alpha must be >= 0 and kernel_width > 0, got {alpha!r} and {kernel_width!r}")
+        self._alpha, self.kernel_width, self.distance_mode = float(alpha), float(kernel_width), distance_mode
+
+    def _draw(self, features: int, sample: int) -> Tensor:
+        return torch.bernoulli(torch.full((1, features), 0.5))[0].bool()
+
+    def _measure(self, prepared, n: int):
+        originals = torch.cat([t.reshape(n, -1).float() for t, a in zip(prepared.tensors, prepared.attributed) if a], 1)
+
+        def distance(copies: list) -> Tensor:
+            rows = torch.cat([c.reshape(c.shape[0], -1).float() for c in copies], 1)
+            base = originals.repeat(rows.shape[0] // n, 1)
+            if self.distance_mode == "cosine":
+                return 1 - torch.nn.functional.cosine_similarity(base, rows, dim=1)
+            return (base - rows).norm(dim=1)
+        return distance
+
+    def _weights(self, draws: Tensor, measured, features: int) -> Tensor:
+        return torch.exp(-measured.double() ** 2 / (2 * self.kernel_width ** 2))
+
+
+class KernelShap(_Surrogate):
+    """Kernel SHAP (Lundberg & Lee): the Shapley kernel as sampling distribution and weights, least
+    squares; the endpoints (all present, all absent) weigh 1e6 so the fit nearly meets them, and
+    the coefficients approach the Shapley values as `n_samples` grows."""
+
+    ENDPOINT_WEIGHT = 1e6
+
+    def _draw(self, features: int, sample: int) -> Tensor:
+        if sample < 2 or features < 2:  # the endpoints first (with one feature there is nothing else)
+            return torch.full((features,), sample % 2 == 0)
+        sizes = torch.arange(features, dtype=torch.float32)
+        probs = torch.tensor(float(features - 1)) / (sizes * (features - sizes))
+        probs[0] = 0.0
+        k = int(torch.distributions.Categorical(probs).sample())
+        scores = torch.randn(1, features)
+        return (scores > torch.kthvalue(scores, features - k).values.item())[0]
+
+    def _weights(self, draws: Tensor, measured, features: int) -> Tensor:
+        present = draws.sum(-1)
+        return torch.where((present == 0) | (present == features), self.ENDPOINT_WEIGHT, 1.0).double()

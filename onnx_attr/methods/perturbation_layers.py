@@ -1,0 +1,102 @@
+"""Layer and neuron forms of the perturbation methods, at ONNX tensors named like every layer here.
+
+A layer form perturbs hidden tensor `layer` itself: the model re-cut with the tensor fed from
+outside (`tensors_as_inputs`), its values for the inputs as the attributed input, the original
+inputs still feeding the paths that bypass it. A neuron form attributes one element of the tensor
+to the inputs: the method on the model cut after it (`tensor_as_output`). Both run on the
+imported module (the cut graphs have no ONNX file for onnxruntime to run).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+from ..errors import InputError
+from ..layers import tensor_values, tensors_as_inputs
+from ._inputs import prepare
+from .layer import _NeuronMethod, refuse_layer_input
+from .masked_eval import DEFAULT_BUDGET_BYTES
+from .perturbation import FeatureAblation, FeaturePermutation
+
+
+class _LayerPerturbation:
+    """`method` run on hidden tensor(s) `layer` (a name, or a list/tuple of names: the result comes
+    back in a container of the same kind), as Captum's layer methods do on a module's output."""
+
+    method: type
+
+    def __init__(self, model, layer: Union[str, Sequence[str]], budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        self.model, self.layer, self.budget_bytes = model, layer, budget_bytes
+        self.last_report: dict = {}
+
+    def _on_layer(self, inputs: Any, additional_forward_args: Any, **options: Any):
+        names = [self.layer] if isinstance(self.layer, str) else list(self.layer)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise InputError(f"layer {self.layer!r}: give an ONNX tensor name, or a list of them "
+                             "(`onnx-attr inspect --json` lists them)")
+        every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
+        prepared = prepare(self.model, inputs, None, additional_forward_args, embedded=every)
+        h = tensor_values(self.model, names, prepared.tensors)
+        inner = self.method(tensors_as_inputs(self.model, names, h), budget_bytes=self.budget_bytes)
+        attributions = inner.attribute(tuple(h), additional_forward_args=tuple(prepared.tensors), **options)
+        self.last_report = {"method": type(self).__name__, "layer": self.layer}
+        if prepared.as_numpy:
+            attributions = tuple(a.detach().cpu().numpy() for a in attributions)
+        if isinstance(self.layer, str):
+            return attributions[0]
+        return list(attributions) if isinstance(self.layer, list) else attributions
+
+
+class LayerFeatureAblation(_LayerPerturbation):
+    """FeatureAblation of a hidden tensor: each of its elements (or each group of `layer_mask`) set
+    to `layer_baselines` (0 by default) in turn, credited with the output drop."""
+
+    method = FeatureAblation
+
+    def attribute(self, inputs: Any, layer_baselines: Any = None, target: Any = None,
+                  additional_forward_args: Any = None, layer_mask: Any = None, attribute_to_layer_input: bool = False,
+                  perturbations_per_eval: int = 1, show_progress: bool = False, *,
+                  output: Union[str, int, None] = None):
+        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        return self._on_layer(inputs, additional_forward_args, baselines=_per_layer(layer_baselines, self.layer),
+                              target=target, feature_mask=_per_layer(layer_mask, self.layer),
+                              perturbations_per_eval=perturbations_per_eval, show_progress=show_progress,
+                              output=output)
+
+
+class LayerFeaturePermutation(_LayerPerturbation):
+    """FeaturePermutation of a hidden tensor: its features shuffled across the batch."""
+
+    method = FeaturePermutation
+
+    def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None, layer_mask: Any = None,
+                  perturbations_per_eval: int = 1, show_progress: bool = False, *,
+                  output: Union[str, int, None] = None):
+        return self._on_layer(inputs, additional_forward_args, target=target,
+                              feature_mask=_per_layer(layer_mask, self.layer),
+                              perturbations_per_eval=perturbations_per_eval, show_progress=show_progress,
+                              output=output)
+
+
+def _per_layer(value: Any, layer: Union[str, Sequence[str]]) -> Any:
+    """A single layer's value as the one-input tuple the inner method takes; several as given."""
+    if value is None or not isinstance(layer, str):
+        return tuple(value) if isinstance(value, list) else value
+    return (value,)
+
+
+class NeuronFeatureAblation(_NeuronMethod):
+    """FeatureAblation of one element (`neuron_selector`, batch axis excluded; a tuple with
+    slices or a callable sums a region) of hidden tensor `layer`."""
+
+    method = FeatureAblation
+
+    def __init__(self, model, layer: str, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        super().__init__(model, layer, budget_bytes=budget_bytes)
+
+    def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
+                  feature_mask: Any = None, attribute_to_neuron_input: bool = False, perturbations_per_eval: int = 1,
+                  show_progress: bool = False):
+        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
+                               feature_mask=feature_mask, perturbations_per_eval=perturbations_per_eval,
+                               show_progress=show_progress)
