@@ -497,3 +497,33 @@ def test_shape_inference_without_the_weights_matches_onnx_and_keeps_every_field(
     ours = infer_shapes(model, [])
     theirs = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     assert ours == theirs, (str(ours.graph.value_info), str(theirs.graph.value_info))
+
+
+# -- an output with no gradient path to the inputs -------------------------------------------
+
+def _shape_only_output() -> onnx.ModelProto:
+    """y = a constant row expanded to x's shape: batched like x, yet x reaches it only through Shape."""
+    return _model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Expand", ["c", "s"], ["e"]),
+                   helper.make_node("Relu", ["e"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                  [helper.make_tensor("c", TensorProto.FLOAT, [3], [1.0, -2.0, 3.0])])
+
+
+@pytest.mark.parametrize("method", ["DeepLift", "IntegratedGradients", "Saliency", "InputXGradient"])
+def test_an_output_that_does_not_depend_on_the_inputs_is_a_clear_error(method):
+    """Captum raises a bare RuntimeError here (checked below on the same module); we say what is wrong."""
+    model = onnx_attr.load(_shape_only_output())
+    x = np.full((2, 3), 200.0, np.float32)
+    with pytest.raises(onnx_attr.InputError, match="does not depend on the attributed inputs"):
+        getattr(onnx_attr, method)(model).attribute(x, target=1)
+
+
+def test_captum_itself_fails_raw_on_an_output_without_a_gradient_path():
+    """The oracle for the choice above: Captum has no zero-attribution convention for this case."""
+    import captum.attr
+    import torch
+
+    module = onnx_attr.load(_shape_only_output()).module
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        captum.attr.Saliency(module).attribute(torch.full((2, 3), 200.0), target=1)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..engine import Targets
 from ..errors import InputError
+from ..target_grad import target_gradients
 from ..layers import embedding_lookups, tensor_values, tensors_as_inputs
 from ._inputs import Prepared, _as_list, example_count, is_held, prepare
 from .deeplift import method_report, output_index
@@ -56,7 +57,7 @@ class _GradientMethod:
             out = out[output] if isinstance(out, (tuple, list)) else out
             value = targets.select(out)
             wanted = [t for t, a in zip(live, attributed) if a]
-            grads = iter(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
+            grads = iter(target_gradients(value, wanted))
         result = []
         for t, a in zip(live, attributed):
             g = next(grads) if a else None
