@@ -240,6 +240,13 @@ def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from attr.graphs
 
 
+def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every body nested in it, at any depth."""
+    yield graph
+    for sub in _subgraphs(graph):
+        yield from _all_graphs(sub)
+
+
 def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Point every consumer of `old` (subgraphs included: they see outer names) at `new`."""
     for node in graph.node:
@@ -280,7 +287,19 @@ def upgrade_opset(model: onnx.ModelProto, target: int, notes: list[str]) -> onnx
         notes.append(f"could not upgrade opset {source} to {target} ({reason}); importing at opset {source}")
         return model
     notes.append(f"upgraded ai.onnx opset {source} to {target} with onnx.version_converter")
+    _restore_node_names(model, upgraded)
     return upgraded
+
+
+def _restore_node_names(original: onnx.ModelProto, upgraded: onnx.ModelProto) -> None:
+    """The version converter rebuilds the nodes it adapts (Upsample-9 becomes Resize) without their
+    names; a node making the same output tensor gets its file's name back, so errors name it."""
+    names = {out: node.name for graph in _all_graphs(original.graph) for node in graph.node if node.name
+             for out in node.output if out}
+    for graph in _all_graphs(upgraded.graph):
+        for node in graph.node:
+            if not node.name:
+                node.name = next((names[out] for out in node.output if out in names), "")
 
 
 #: Initializers with more raw bytes than this reach shape inference as dims and type only.
