@@ -377,30 +377,33 @@ def test_a_weight_read_by_many_bodies_is_one_buffer():
 
 # -- 7. external data: weights read once, straight into their tensors --------------------------
 
-def test_external_data_loads_in_about_one_copy_of_its_weights_and_verifies(tmp_path):
-    """Peak RSS of `load` (in a fresh process) stays within 2x the weights; onnxruntime reads the
-    same files for `verify`; DeepLift on it is complete."""
+@pytest.mark.parametrize("external", [True, False], ids=["external", "inline"])
+def test_weights_load_in_about_two_copies_and_verify(tmp_path, external):
+    """Peak RSS of `load` (in a fresh process) stays within 2x the weights for external data (the
+    file is read straight into the tensors) and about 2x inline (file bytes and parsed proto meet
+    once while parsing; then the proto, kept as verify's reference, and the torch weights; it was
+    4.2x); onnxruntime reads the same weights for `verify`; DeepLift on it is complete."""
+    from onnx import numpy_helper
+
+    side, n = 1448, 8  # 8 float32 matrices of 1448^2: 64 MiB of weights, written here, loaded in a fresh process
+    inits, nodes, last = [], [], "x"
+    for k in range(n):
+        w = np.random.default_rng(k).standard_normal((side, side)).astype(np.float32) / side ** 0.5
+        inits.append(numpy_helper.from_array(w, f"w{k}"))
+        nodes += [helper.make_node("MatMul", [last, f"w{k}"], [f"h{k}"]), helper.make_node("Relu", [f"h{k}"], [f"r{k}"])]
+        last = f"r{k}"
+    onnx.save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", side])],
+                     [helper.make_tensor_value_info(last, TensorProto.FLOAT, ["N", side])], inits),
+              str(tmp_path / "m.onnx"), save_as_external_data=external, location="m.bin")
+    del inits
     script = textwrap.dedent(f"""
-        import resource, sys, numpy as np, onnx
-        from onnx import helper, numpy_helper, TensorProto as T
-        side, n = 1448, 8  # 8 float32 matrices of 1448^2: 64 MiB of weights
-        inits, nodes, last = [], [], "x"
-        for k in range(n):
-            w = np.random.default_rng(k).standard_normal((side, side)).astype(np.float32) / side ** 0.5
-            inits.append(numpy_helper.from_array(w, f"w{{k}}"))
-            nodes += [helper.make_node("MatMul", [last, f"w{{k}}"], [f"h{{k}}"]), helper.make_node("Relu", [f"h{{k}}"], [f"r{{k}}"])]
-            last = f"r{{k}}"
-        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, ["N", side])],
-                              [helper.make_tensor_value_info(last, T.FLOAT, ["N", side])], inits)
-        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), r"{tmp_path}/m.onnx",
-                  save_as_external_data=True, location="m.bin")
-        del inits, g, w
-        import onnx_attr, torch, gc
+        import resource, numpy as np
+        import onnx_attr, onnx_attr.loader, onnx_attr.verify, torch, gc  # the baseline imports everything load needs
         gc.collect()
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         model = onnx_attr.load(r"{tmp_path}/m.onnx")
         grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-        x = np.random.default_rng(9).standard_normal((2, side)).astype(np.float32) * 50
+        x = np.random.default_rng(9).standard_normal((2, {side})).astype(np.float32) * 50
         assert model.verify({{"x": x}}).passed
         attr, delta = onnx_attr.DeepLift(model).attribute({{"x": x}}, target=0, return_convergence_delta=True)
         print("grown_mib", grown, "delta", float(np.abs(np.asarray(delta)).max()))
@@ -409,7 +412,7 @@ def test_external_data_loads_in_about_one_copy_of_its_weights_and_verifies(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     words = done.stdout.split()
     grown = float(words[words.index("grown_mib") + 1])
-    assert grown < 2 * 64, done.stdout
+    assert grown < (2 if external else 2.25) * 64, done.stdout
     assert float(words[words.index("delta") + 1]) < 1e-2
 
 
