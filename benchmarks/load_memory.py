@@ -16,23 +16,26 @@ import sys
 import textwrap
 from pathlib import Path
 
-_WRITE = """
-import sys, numpy as np, onnx
-from onnx import helper, numpy_helper, TensorProto as T
-mib, path = int(sys.argv[1]), sys.argv[2]
-side = 1024
-n = max(1, mib * 2**20 // (side * side * 4))  # float32 matrices of 4 MiB each
-inits, nodes, last = [], [], "x"
-for k in range(n):
-    w = np.random.default_rng(k).standard_normal((side, side)).astype(np.float32) / side ** 0.5
-    inits.append(numpy_helper.from_array(w, f"w{k}"))
-    nodes += [helper.make_node("MatMul", [last, f"w{k}"], [f"h{k}"]), helper.make_node("Relu", [f"h{k}"], [f"r{k}"])]
-    last = f"r{k}"
-g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, ["N", side])],
-                      [helper.make_tensor_value_info(last, T.FLOAT, ["N", side])], inits)
-onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
-print(n * side * side * 4)
-"""
+def write_model(path: Path, mib: int, side: int = 1024, external: bool = False) -> int:
+    """A MatMul/Relu chain holding `mib` MiB of float32 weights (4 MiB matrices at side 1024), inside
+    the .onnx file or beside it; returns the weights' bytes."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = max(1, mib * 2**20 // (side * side * 4))
+    inits, nodes, last = [], [], "x"
+    for k in range(n):
+        w = np.random.default_rng(k).standard_normal((side, side)).astype(np.float32) / side ** 0.5
+        inits.append(numpy_helper.from_array(w, f"w{k}"))
+        nodes += [helper.make_node("MatMul", [last, f"w{k}"], [f"h{k}"]), helper.make_node("Relu", [f"h{k}"], [f"r{k}"])]
+        last = f"r{k}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", side])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, ["N", side])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path),
+              save_as_external_data=external, location=Path(path).name + ".bin")
+    return n * side * side * 4
+
 
 _LOAD = """
 import sys, onnx_attr, onnx_attr.loader, torch, onnx, numpy
@@ -54,10 +57,8 @@ def _peak_mib(code: str, *args: str) -> float:
 def measure(mib: int, folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     path, tiny = folder / f"inline_{mib}.onnx", folder / "inline_tiny.onnx"
-    weights = int(subprocess.run([sys.executable, "-c", _WRITE, str(mib), str(path)], capture_output=True, text=True,
-                                 check=True).stdout.split()[-1])
-    subprocess.run([sys.executable, "-c", _WRITE.replace("side = 1024", "side = 8"), "1", str(tiny)], check=True,
-                   capture_output=True)
+    weights = write_model(path, mib)
+    write_model(tiny, 0, side=8)  # one 8x8 matrix
     base = _peak_mib(_LOAD, str(tiny))
     peak = _peak_mib(_LOAD, str(path))
     grown = peak - base

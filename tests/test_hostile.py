@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -383,19 +384,11 @@ def test_weights_load_in_about_two_copies_and_verify(tmp_path, external):
     file is read straight into the tensors) and about 2x inline (file bytes and parsed proto meet
     once while parsing; then the proto, kept as verify's reference, and the torch weights; it was
     4.2x); onnxruntime reads the same weights for `verify`; DeepLift on it is complete."""
-    from onnx import numpy_helper
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from load_memory import write_model
 
-    side, n = 1448, 8  # 8 float32 matrices of 1448^2: 64 MiB of weights, written here, loaded in a fresh process
-    inits, nodes, last = [], [], "x"
-    for k in range(n):
-        w = np.random.default_rng(k).standard_normal((side, side)).astype(np.float32) / side ** 0.5
-        inits.append(numpy_helper.from_array(w, f"w{k}"))
-        nodes += [helper.make_node("MatMul", [last, f"w{k}"], [f"h{k}"]), helper.make_node("Relu", [f"h{k}"], [f"r{k}"])]
-        last = f"r{k}"
-    onnx.save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", side])],
-                     [helper.make_tensor_value_info(last, TensorProto.FLOAT, ["N", side])], inits),
-              str(tmp_path / "m.onnx"), save_as_external_data=external, location="m.bin")
-    del inits
+    side = 1024  # 16 float32 matrices of 1024^2: 64 MiB of weights, written here, loaded in a fresh process
+    assert write_model(tmp_path / "m.onnx", 64, side, external=external) == 64 * 2**20
     script = textwrap.dedent(f"""
         import resource, numpy as np
         import onnx_attr, onnx_attr.loader, onnx_attr.verify, torch, gc  # the baseline imports everything load needs
