@@ -22,6 +22,7 @@ from .model import _explain_failure
 from .reference_cache import ReferenceCache
 from .rewrite import ReferenceShapeMismatch, RewriteResult, rewrite_for_deeplift
 from .rows import example_rows, fixed_batch, padded_rows as _rows, pick_output as _pick
+from .target_grad import target_gradients
 
 
 @dataclass
@@ -254,7 +255,7 @@ class DeepLiftEngine:
                 value = targets.select(out[:keep]) if out.shape[0] != keep else targets.select(out)
                 if layer_taps:
                     leaves = [state.tap_leaves[id(t)] for t in layer_taps]
-                    found = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
+                    found = target_gradients(value, leaves)
                     layers = [((torch.zeros_like(h) if g is None else g)[:keep], (h.detach() - state.tap_baselines[
                         id(t)].expand_as(h))[:keep]) for t, g, h in zip(layer_taps, found, leaves)]
                     ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
@@ -262,7 +263,7 @@ class DeepLiftEngine:
                                       layers)
                 leaves = [state.tap_leaves[id(t)] for t in taps]
                 wanted = [x for x, a, i in zip(live, attributed, integer) if a and not i] + leaves
-                grads = list(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
+                grads = list(target_gradients(value, wanted))
             tap_baselines = [state.tap_baselines[id(t)] for t in taps]
         finally:
             state.clear()  # a cached reference keeps its own dict of references

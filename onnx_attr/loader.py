@@ -36,8 +36,8 @@ def load(
     with using(budget):
         model, _ = read_model(source)
         model, finals = strip_final_activations(model, strip_final_activation)
-        normalized = normalize(model, importable=is_importable)
-        del model  # the read copy: its weights are in `normalized` now, once is enough
+        normalized = normalize(model, importable=is_importable, owned=True)  # changed in place: weights held once
+        del model
         module = convert(normalized.converted, opsets(normalized.canonical)
                          if normalized.converted is not normalized.canonical else None)
     canonical = normalized.canonical

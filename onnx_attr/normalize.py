@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from .errors import ModelLoadError
 from .budget import current_budget, elements
-from .read import is_external
+from .read import copy_fields, is_external, skeleton, top_level
 
 #: The opset an old model is upgraded to when it cannot be imported at its own opset.
 UPGRADE_TARGET_OPSET = 17
@@ -34,19 +34,21 @@ class Normalized:
 
 
 def normalize(
-    model: onnx.ModelProto, *, importable: Callable[[onnx.ModelProto], bool] | None = None
+    model: onnx.ModelProto, *, importable: Callable[[onnx.ModelProto], bool] | None = None, owned: bool = False
 ) -> Normalized:
-    """Run the passes in order; `importable` decides whether an opset upgrade is needed."""
+    """Run the passes in order; `importable` decides whether an opset upgrade is needed. With
+    `owned` the caller hands `model` over: the passes change it in place, so its weights are held
+    once, not once per pass."""
     notes: list[str] = []
-    canonical = drop_initializer_inputs(model, notes)
-    canonical = fold_constants(canonical, notes)
+    canonical = drop_initializer_inputs(model, notes, in_place=owned)
+    canonical = fold_constants(canonical, notes, in_place=owned or canonical is not model)
     canonical = inline_constant_ifs(canonical, notes)
-    canonical = infer_shapes(canonical, notes)
+    canonical = infer_shapes(canonical, notes, in_place=owned or canonical is not model)
     converted = canonical
     if importable is not None and not importable(canonical):
         upgraded = upgrade_opset(canonical, UPGRADE_TARGET_OPSET, notes)
-        if upgraded is not canonical:
-            converted = infer_shapes(fold_constants(upgraded, notes), notes)
+        if upgraded is not canonical:  # a new model of ours: the passes may change it
+            converted = infer_shapes(fold_constants(upgraded, notes, in_place=True), notes, in_place=True)
     return Normalized(canonical, converted, notes)
 
 
@@ -61,7 +63,7 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def drop_initializer_inputs(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+def drop_initializer_inputs(model: onnx.ModelProto, notes: list[str], *, in_place: bool = False) -> onnx.ModelProto:
     """IR<4 files list every weight as a graph input too; treat them as the constants they are.
 
     The IR version is raised to 4, the first that allows initializers outside the inputs, so
@@ -71,7 +73,7 @@ def drop_initializer_inputs(model: onnx.ModelProto, notes: list[str]) -> onnx.Mo
     dup = [i for i in model.graph.input if i.name in inits]
     if not dup:
         return model
-    out = _copy(model)
+    out = model if in_place else _copy(model)
     keep = [i for i in out.graph.input if i.name not in inits]
     del out.graph.input[:]
     out.graph.input.extend(keep)
@@ -80,13 +82,14 @@ def drop_initializer_inputs(model: onnx.ModelProto, notes: list[str]) -> onnx.Mo
     return out
 
 
-def fold_constants(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+def fold_constants(model: onnx.ModelProto, notes: list[str], *, in_place: bool = False) -> onnx.ModelProto:
     """Turn Constant nodes, ConstantOfShape of constant shapes, and Identity aliases into initializers.
 
     Repeats until nothing changes, since one fold can enable the next (a ConstantOfShape
-    whose shape is a Constant, as in the Caffe2 zoo exports).
+    whose shape is a Constant, as in the Caffe2 zoo exports). `in_place` changes `model` itself
+    (a model the caller no longer needs: its weights are not copied).
     """
-    out = _copy(model)
+    out = model if in_place else _copy(model)
     graph = out.graph
     counts = {"Constant": 0, "ConstantOfShape": 0, "Identity": 0}
     changed = True
@@ -240,6 +243,13 @@ def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from attr.graphs
 
 
+def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every body nested in it, at any depth."""
+    yield graph
+    for sub in _subgraphs(graph):
+        yield from _all_graphs(sub)
+
+
 def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Point every consumer of `old` (subgraphs included: they see outer names) at `new`."""
     for node in graph.node:
@@ -280,67 +290,43 @@ def upgrade_opset(model: onnx.ModelProto, target: int, notes: list[str]) -> onnx
         notes.append(f"could not upgrade opset {source} to {target} ({reason}); importing at opset {source}")
         return model
     notes.append(f"upgraded ai.onnx opset {source} to {target} with onnx.version_converter")
+    _restore_node_names(model, upgraded)
     return upgraded
 
 
-#: Initializers with more raw bytes than this reach shape inference as dims and type only.
-_HEAVY_BYTES = 1 << 16
+def _restore_node_names(original: onnx.ModelProto, upgraded: onnx.ModelProto) -> None:
+    """The version converter rebuilds the nodes it adapts (Upsample-9 becomes Resize) without their
+    names; a node making the same output tensor gets its file's name back, so errors name it."""
+    names = {out: node.name for graph in _all_graphs(original.graph) for node in graph.node if node.name
+             for out in node.output if out}
+    for graph in _all_graphs(upgraded.graph):
+        for node in graph.node:
+            if not node.name:
+                node.name = next((names[out] for out in node.output if out in names), "")
 
 
-def _copy_fields(source, target, skip: str) -> None:
-    """Every set field of the message `source` into `target`, but the one named `skip`."""
-    for desc, value in source.ListFields():
-        if desc.name == skip:
-            continue
-        if desc.is_repeated:
-            getattr(target, desc.name).extend(value)
-        elif desc.message_type is not None:
-            getattr(target, desc.name).CopyFrom(value)
-        else:
-            setattr(target, desc.name, value)
+def infer_shapes(model: onnx.ModelProto, notes: list[str], *, in_place: bool = False) -> onnx.ModelProto:
+    """Shape inference that keeps symbolic dims (e.g. the batch axis) symbolic.
 
-
-def _top_level(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A new model with every field of `model` but its graph (all small)."""
-    out = onnx.ModelProto()
-    _copy_fields(model, out, "graph")
-    return out
-
-
-def _heavy(tensor: onnx.TensorProto) -> bool:
-    return tensor.ByteSize() > _HEAVY_BYTES and tensor.HasField("raw_data")
-
-
-def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    """The model with its large weights reduced to name, type and dims (shape inference reads only
-    those, and the values of small shape-like tensors), built without copying the weights:
-    inference serializes its input and parses its output, so a full model costs three copies."""
-    if not any(_heavy(t) for t in model.graph.initializer):
-        return model, False
-    skeleton = _top_level(model)
-    graph, source = skeleton.graph, model.graph
-    _copy_fields(source, graph, "initializer")
-    for t in source.initializer:
-        if _heavy(t):
-            stub = graph.initializer.add()
-            stub.name, stub.data_type = t.name, t.data_type
-            stub.dims.extend(t.dims)
-        else:
-            graph.initializer.append(t)
-    return skeleton, True
-
-
-def infer_shapes(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
-    """Shape inference that keeps symbolic dims (e.g. the batch axis) symbolic."""
-    if model.ByteSize() >= 2**31 - 1:
-        notes.append("model is over 2 GiB: skipped shape inference")
+    Inference runs on the model's skeleton (large weights as dims and type only); with
+    `in_place` the inferred graph is written back into `model` around its own weights, so they
+    are never copied."""
+    light, heavy = skeleton(model, _dims_only)
+    if light.ByteSize() >= 2**31 - 1:  # the skeleton's size: ByteSize serializes, so never the weights'
+        notes.append("model graph is over 2 GiB even without its weights: skipped shape inference")
         return model
     try:
-        skeleton, heavy = _skeleton(model)
-        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
         if not heavy:
             return inferred
-        result = _top_level(model)  # the weights come back from the model itself: one copy, not three
+        if in_place:  # every graph field but the weights comes from the inferred skeleton
+            result = model
+            for desc, _ in list(result.graph.ListFields()):
+                if desc.name != "initializer":
+                    result.graph.ClearField(desc.name)
+            copy_fields(inferred.graph, result.graph, "initializer")
+            return result
+        result = top_level(model)  # the weights come back from the model itself: one copy, not three
         del inferred.graph.initializer[:]
         result.graph.CopyFrom(inferred.graph)
         result.graph.initializer.extend(model.graph.initializer)
@@ -348,3 +334,8 @@ def infer_shapes(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     except Exception as err:  # inference failures must not block an otherwise importable model
         notes.append(f"shape inference failed ({str(err).strip().splitlines()[0]}); continuing without it")
         return model
+
+
+def _dims_only(tensor: onnx.TensorProto, stub: onnx.TensorProto) -> None:
+    """Shape inference reads a weight's name, type and dims, never its values."""
+    stub.dims.extend(tensor.dims)

@@ -85,6 +85,8 @@ def op_kind(op_type: str, variable: Sequence[bool], attrs: Mapping | None = None
         return "unknown" if len(variable) > 1 and variable[1] else "linear"
     if op_type == "RotaryEmbedding":  # a rotation of X by angles from the cos/sin caches
         return "unknown" if any(variable[1:3]) else "linear"
+    if op_type == "OneHot":  # a selection of `values` by the indices: linear in values, no gradient to indices
+        return "linear" if len(variable) > 2 and variable[2] else "structural"
     if op_type in ("Conv", "ConvTranspose"):  # linear in x and in the weight; a product when both vary
         return "bilinear" if len(variable) > 1 and variable[0] and variable[1] else "linear"
     if op_type in BILINEAR:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 import onnx
@@ -329,18 +329,21 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
 
 
 def _check(model: onnx.ModelProto, path: Path | None = None) -> None:
-    """The ONNX checker: on the file for paths (it follows external data and takes any size),
-    in memory otherwise (protobuf cannot serialize 2 GiB, so such a proto is checked no further)."""
+    """The ONNX checker on the model's skeleton: large and external weights stand in as one value
+    of their type (the checker reads no values, and their lengths were checked by
+    `_check_structure`), so checking costs no copy of the weights, whatever their size. Only a
+    graph that is itself 2 GiB or more goes to the checker's path form (or unchecked for bytes)."""
+    light, _ = skeleton(model, _one_value)
     try:
-        if path is not None:
+        try:
+            small = light.ByteSize() < 2**31 - 1
+        except Exception:  # protobuf raises on 2 GiB and more
+            small = False
+        nested_external = any(is_external(t) for t in onnx.external_data_helper._get_all_tensors(light))
+        if small and not (nested_external and path is not None):  # the path form finds nested external files
+            onnx.checker.check_model(light)
+        elif path is not None:
             onnx.checker.check_model(str(path))
-        else:
-            try:
-                small = model.ByteSize() < 2**31 - 1
-            except Exception:  # protobuf raises on 2 GiB and more
-                small = False
-            if small:
-                onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
@@ -349,3 +352,59 @@ def _check(model: onnx.ModelProto, path: Path | None = None) -> None:
         ) from err
     except Exception as err:  # the checker's C++ layer raises plain exceptions on odd protos
         raise ModelLoadError(f"the model fails the ONNX checker: {err}") from err
+
+
+def _one_value(tensor: onnx.TensorProto, stub: onnx.TensorProto) -> None:
+    """A stand-in the checker accepts: one zero of the tensor's type."""
+    stub.dims.append(1)
+    stub.raw_data = bytes(2 if tensor.data_type == onnx.TensorProto.BFLOAT16 else
+                          np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize)
+
+
+#: Initializers with more raw bytes than this are left out of skeletons (stubs stand in for them).
+_HEAVY_BYTES = 1 << 16
+
+
+def copy_fields(source, target, skip: str) -> None:
+    """Every set field of the message `source` into `target`, but the one named `skip`."""
+    for desc, value in source.ListFields():
+        if desc.name == skip:
+            continue
+        if desc.is_repeated:
+            getattr(target, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(target, desc.name).CopyFrom(value)
+        else:
+            setattr(target, desc.name, value)
+
+
+def top_level(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model with every field of `model` but its graph (all small)."""
+    out = onnx.ModelProto()
+    copy_fields(model, out, "graph")
+    return out
+
+
+def _left_out(tensor: onnx.TensorProto) -> bool:
+    return is_external(tensor) or (tensor.HasField("raw_data") and len(tensor.raw_data) > _HEAVY_BYTES)
+
+
+def skeleton(model: onnx.ModelProto, stub: Callable[[onnx.TensorProto, onnx.TensorProto], None]
+             ) -> tuple[onnx.ModelProto, bool]:
+    """The model with its large and external weights replaced by stubs that keep name and type
+    (`stub` fills in the rest), built without copying the weights; (model itself, False) when it
+    has none. The checker and shape inference serialize what they are given and parse it again,
+    so a full model would cost them two more copies."""
+    if not any(_left_out(t) for t in model.graph.initializer):
+        return model, False
+    light = top_level(model)
+    graph, source = light.graph, model.graph
+    copy_fields(source, graph, "initializer")
+    for tensor in source.initializer:
+        if _left_out(tensor):
+            standin = graph.initializer.add()
+            standin.name, standin.data_type = tensor.name, tensor.data_type
+            stub(tensor, standin)
+        else:
+            graph.initializer.append(tensor)
+    return light, True

@@ -108,7 +108,7 @@ def verify(model, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4,
         arrays = arrange(inputs, model.inputs)
         source = "the given inputs"
     tensors = model.prepare(arrays)
-    feeds = {spec.name: t.detach().cpu().numpy() for spec, t in zip(model.inputs, tensors)}
+    feeds = {spec.name: _feed(t) for spec, t in zip(model.inputs, tensors)}
     with integer_overflows() as overflows:
         ours = [_numpy(t) for t in model.run(tensors)]
     if overflows:  # onnxruntime's int64 Div kernel dies on SIGFPE here; it must not take us with it
@@ -141,11 +141,31 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return session.run(list(outputs), feeds)
+        return session.run(list(outputs), {name: _ort_feed(value) for name, value in feeds.items()})
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise ReferenceRuntimeError(
             f"onnxruntime could not run the model, so it cannot be verified: {str(err).strip()[:500]}"
         ) from err
+
+
+def _feed(tensor: torch.Tensor) -> np.ndarray:
+    """The array onnxruntime is fed: bfloat16 bit for bit as ml_dtypes' bfloat16 (numpy has none)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def _ort_feed(value: np.ndarray) -> Any:
+    """onnxruntime's Python API refuses ml_dtypes' bfloat16 arrays; their bits go in typed by hand."""
+    if value.dtype.name == "bfloat16":
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(value).view(np.uint16),
+                                                               onnx.TensorProto.BFLOAT16)
+    return value
 
 
 def _numpy(value: Any) -> np.ndarray:

@@ -1,10 +1,10 @@
 """Field-aware fuzzer: mutated ONNX models and inputs through load, run, verify and DeepLift.
 
-    python tests/fuzz_worker.py --cases N [--seed S] [--jobs J] [--summary out.json]
-                                [--timeout 20] [--memory-mib 3072] [--progress]
+    python tests/fuzz_worker.py --cases N [--first I] [--seed S] [--log cases.jsonl] [--summary out.json]
+                                [--timeout 30] [--memory-mib 3072] [--progress] [--summarize-only]
 
-A fork server: torch, onnxruntime and onnx-attr are imported once; each case runs in a forked
-child under an address-space limit (RLIMIT_AS) and a wall-clock timeout, so a signal, a hang or a
+A fork server: torch, onnxruntime and every onnx-attr module a case touches are imported once
+(and one intact seed is run) in a small warm parent; each case runs in a forked child under an address-space limit (RLIMIT_AS) and a wall-clock timeout, so a signal, a hang or a
 runaway allocation is seen, not suffered. Each case is classified:
 
     result  - it ran all the way (load, run, verify, DeepLift)
@@ -18,7 +18,11 @@ Mutations are structure-aware, on the ModelProto: op types, attributes (edge val
 dtypes, names (confusable, reserved, duplicated), graph inputs, initializers (edge values, wrong
 lengths, sparse), opsets, plus byte-level damage and mutated input arrays. Seeds are the samples,
 the onnx wheel's model data and hand-built graphs with data-sized ops and control flow.
-Prints (and with --summary writes) one JSON summary; peak RSS per case is reported.
+Case i is a function of (--seed, i) alone, so a campaign runs in ranges (--first, --cases) that
+add up; with --log each case is appended as one JSON line when it ends, a rerun skips the cases
+already there (resume), and the log refuses to mix code versions. Prints (and with --summary
+writes) one JSON summary of the whole log; peak RSS per case is reported, absolute and as growth
+over the child's RSS right after the fork (what the case itself allocated).
 """
 
 from __future__ import annotations
@@ -387,22 +391,24 @@ def exercise(model_bytes: bytes, case_seed: int) -> tuple[str, str]:
         return "raw", f"{type(err).__name__} at {where}: {str(err)[:300]}"
 
 
-def _vm_bytes() -> int:
+def _status_kib(field: str) -> int:
+    """A size from /proc/self/status (VmSize, VmRSS), in KiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     return 0
 
 
 def run_case(model_bytes: bytes, case_seed: int, timeout: float, memory: int) -> dict:
     """Fork, run `exercise` in the child under the limits, classify how the child ended."""
     read_end, write_end = os.pipe()
-    limit = _vm_bytes() + memory
+    limit = _status_kib("VmSize") * 1024 + memory
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the child
         os.close(read_end)
+        start_rss = _status_kib("VmRSS") / 1024
         try:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
             kind, detail = exercise(model_bytes, case_seed)
@@ -410,7 +416,8 @@ def run_case(model_bytes: bytes, case_seed: int, timeout: float, memory: int) ->
             kind, detail = "memory", "MemoryError"
         except BaseException as err:  # noqa: BLE001 - report, never let the child escape into the server
             kind, detail = "raw", f"{type(err).__name__}: {str(err)[:300]}"
-        os.write(write_end, json.dumps({"kind": kind, "detail": detail}).encode()[:60000])
+        report = {"kind": kind, "detail": detail, "start_rss_mib": round(start_rss, 1)}
+        os.write(write_end, json.dumps(report).encode()[:60000])
         os._exit(0)
     os.close(write_end)
     chunks, hung = [], False
@@ -440,70 +447,142 @@ def run_case(model_bytes: bytes, case_seed: int, timeout: float, memory: int) ->
         return {**out, "kind": "crash", "detail": f"exit {os.WEXITSTATUS(status)} without a report"}
 
 
-def campaign(cases: int, seed: int, timeout: float, memory: int, progress: bool, summary_path: str | None) -> dict:
-    import onnx_attr  # noqa: F401 - imported once, in the server, before any fork
+def warm(seeds: list[bytes]) -> None:
+    """Import, once in the server, everything a case touches: `import onnx_attr` is lazy, and a
+    child that imported the loader (onnx2torch, torchvision, torch._dynamo), the methods and
+    verify itself paid ~2 s of every case for it. One intact seed run in the server also fills
+    the registries and caches the first call builds."""
+    import importlib
+
     import onnxruntime
-    import torch  # noqa: F401
 
     onnxruntime.set_default_logger_severity(4)
+    for name in ("loader", "methods", "verify", "engine", "inputs", "rewrite", "converters"):
+        importlib.import_module(f"onnx_attr.{name}")
+    exercise(seeds[0], 0)
 
-    rng = random.Random(seed)
+
+def _code_version() -> str:
+    """The commit the cases ran on (with '+dirty' when the code differs from it): a log resumed on
+    other code would add up cases of two programs."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "onnx_attr", "tests/fuzz_worker.py")
+    return commit + ("+dirty" if dirty else "")
+
+
+def case_plan(seed: int, index: int, n_seeds: int) -> tuple[int, int]:
+    """(case seed, seed model) of case `index`: a function of the index alone, so any range of
+    indices can run in any process, in any order, and the ranges add up to one campaign."""
+    rng = random.Random(seed * 1_000_003 + index)
+    return rng.randrange(2**31), rng.randrange(n_seeds)
+
+
+def campaign(first: int, cases: int, seed: int, timeout: float, memory: int, progress: bool,
+             log_path: str | None) -> list[dict]:
+    """Run cases first..first+cases-1 (those not yet in the log), appending one JSON line per case."""
     seeds = load_seeds()
-    counts: collections.Counter = collections.Counter()
-    clear: collections.Counter = collections.Counter()
-    failures: dict[str, list] = {"raw": [], "crash": [], "hang": [], "memory": []}
-    rss: list[float] = []
-    heavy: list[tuple] = []  # the cases of highest peak RSS, to reproduce
-    mutated: collections.Counter = collections.Counter()
+    warm(seeds)
+    version = _code_version()
+    done_before = set()
+    log = None
+    if log_path:
+        for line in _read_log(log_path, seed, version):
+            done_before.add(line["case"])
+        log = open(log_path, "a")
+        if not done_before and os.path.getsize(log_path) == 0:
+            log.write(json.dumps({"header": True, "seed": seed, "code": version, "timeout_s": timeout,
+                                  "memory_limit_mib_over_server": memory // 2**20,
+                                  "elements_budget": FUZZ_ELEMENTS, "seed_models": len(seeds)}) + "\n")
+    records: list[dict] = []
     started = time.monotonic()
-    summary: dict = {}
-    for index in range(cases):
-        case_seed = rng.randrange(2**31)
-        which = rng.randrange(len(seeds))
+    todo = [i for i in range(first, first + cases) if i not in done_before]
+    for n, index in enumerate(todo, 1):
+        case_seed, which = case_plan(seed, index, len(seeds))
         data, done = mutate(random.Random(case_seed), seeds[which])
-        mutated.update(done or ["none"])
         outcome = run_case(data, case_seed, timeout, memory)
-        counts[outcome["kind"]] += 1
-        rss.append(outcome["peak_rss_mib"])
-        heavy.append((outcome["peak_rss_mib"], index, case_seed, which, done))
-        heavy = sorted(heavy, reverse=True)[:10]
-        if outcome["kind"] == "clear":
-            clear[outcome["detail"]] += 1
-        elif outcome["kind"] in failures:
-            failures[outcome["kind"]].append({"case": index, "case_seed": case_seed, "seed_model": which,
-                                              "mutations": done, "detail": outcome["detail"]})
-        if progress and (index + 1) % 100 == 0:
-            print(f"{index + 1}/{cases} {dict(counts)} {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
-        if summary_path and ((index + 1) % 50 == 0 or index + 1 == cases):
-            summary = _summary(index + 1, counts, clear, failures, rss, mutated, started, len(seeds), memory, timeout)
-            summary["heaviest"] = [dict(zip(("peak_rss_mib", "case", "case_seed", "seed_model", "mutations"), h))
-                                   for h in heavy]
-            Path(summary_path).write_text(json.dumps(summary, indent=1))
-    return _summary(cases, counts, clear, failures, rss, mutated, started, len(seeds), memory, timeout)
+        record = {"case": index, "case_seed": case_seed, "seed_model": which, "mutations": done,
+                  **outcome}
+        records.append(record)
+        if log:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if progress and n % 500 == 0:
+            print(f"{n}/{len(todo)} {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+    if log:
+        log.close()
+    return records
 
 
-def _summary(n, counts, clear, failures, rss, mutated, started, n_seeds, memory, timeout) -> dict:
-    ordered = sorted(rss) or [0.0]
+def _read_log(path: str, seed: int, version: str) -> list[dict]:
+    """The case records of a log, after checking it belongs to this seed and this code."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        return []
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if lines and lines[0].get("header"):
+        head = lines[0]
+        if head["seed"] != seed or head["code"] != version:
+            raise SystemExit(f"{path} was written with seed {head['seed']} on code {head['code']}; this is seed "
+                             f"{seed} on {version}: use another log")
+    return [line for line in lines if not line.get("header")]
+
+
+def summarize(records: list[dict], header: dict | None = None) -> dict:
+    """One summary over case records: outcome counts, clear-error kinds, failures to reproduce,
+    peak RSS per case (absolute, and its growth over the child's RSS right after the fork)."""
+    counts = collections.Counter(r["kind"] for r in records)
+    clear = collections.Counter(r["detail"] for r in records if r["kind"] == "clear")
+    mutated = collections.Counter(m for r in records for m in (r["mutations"] or ["none"]))
+    peaks = sorted(r["peak_rss_mib"] for r in records) or [0.0]
+    growth = sorted(round(r["peak_rss_mib"] - r["start_rss_mib"], 1) for r in records if "start_rss_mib" in r) or [0.0]
+    indices = sorted(r["case"] for r in records)
+
+    def spread(values: list[float]) -> dict:
+        return {"p50": values[len(values) // 2], "p99": values[int(len(values) * 0.99)], "max": values[-1]}
+
+    heavy = sorted(records, key=lambda r: r["peak_rss_mib"], reverse=True)[:10]
     return {
-        "cases": n, "outcomes": dict(counts), "clear_errors": dict(clear), "mutations": dict(mutated),
-        "seed_models": n_seeds, "memory_limit_mib_over_server": memory // 2**20, "timeout_s": timeout,
-        "elements_budget": FUZZ_ELEMENTS,
-        "peak_rss_mib": {"max": ordered[-1], "p50": ordered[len(ordered) // 2], "p99": ordered[int(len(ordered) * 0.99)]},
-        "seconds": round(time.monotonic() - started, 1),
-        **{k: v[:100] for k, v in failures.items()},
+        **({k: v for k, v in header.items() if k != "header"} if header else {}),
+        "cases": len(records), "case_indices": f"{indices[0]}..{indices[-1]}" if indices else "",
+        "outcomes": dict(counts), "clear_errors": dict(clear), "mutations": dict(mutated),
+        "peak_rss_mib": spread(peaks), "peak_rss_growth_mib": spread(growth),
+        "case_seconds": {**spread(sorted(r["seconds"] for r in records) or [0.0]),
+                         "total": round(sum(r["seconds"] for r in records), 1)},
+        "heaviest": [{k: r[k] for k in ("case", "case_seed", "seed_model", "mutations", "peak_rss_mib", "kind")}
+                     for r in heavy],
+        **{kind: [r for r in records if r["kind"] == kind][:100] for kind in ("raw", "crash", "hang", "memory")},
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--cases", type=int, default=200, help="how many cases, from --first on")
+    parser.add_argument("--first", type=int, default=0, help="index of the first case (ranges add up)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--memory-mib", type=int, default=3072)
-    parser.add_argument("--summary")
+    parser.add_argument("--log", help="JSON lines, one per case; cases already in it are skipped (resume)")
+    parser.add_argument("--summary", help="write the summary of the whole log (or of this run) here")
+    parser.add_argument("--summarize-only", action="store_true", help="summarize --log without running cases")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
-    summary = campaign(args.cases, args.seed, args.timeout, args.memory_mib * 2**20, args.progress, args.summary)
+    if not args.summarize_only:
+        records = campaign(args.first, args.cases, args.seed, args.timeout, args.memory_mib * 2**20, args.progress,
+                           args.log)
+    header = None
+    if args.log:
+        lines = [json.loads(line) for line in Path(args.log).read_text().splitlines() if line.strip()]
+        header = lines[0] if lines and lines[0].get("header") else None
+        records = [line for line in lines if not line.get("header")]
+    summary = summarize(records, header)
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
 
 

@@ -2,7 +2,8 @@
 or a documented error, never a raw exception, a signal, a hang or memory beyond the budget.
 
 Each case runs in a forked child under an address-space limit and a timeout. CI runs a small
-count; the long campaign is `python tests/fuzz_worker.py --cases 20000 --summary out.json`."""
+count; the long campaign is `python tests/fuzz_worker.py --cases 20000 --log cases.jsonl
+--summary out.json` (resumable; ranges with --first add up)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _assert_clean(summary: dict) -> None:
 
 
 def test_field_aware_mutations_only_end_in_results_or_documented_errors():
-    _assert_clean(_campaign(60, seed=0))  # ~2-5 min on 2 cores; the slow test and the campaign run more
+    _assert_clean(_campaign(60, seed=0))  # ~15 s (mostly the server's imports); the slow test and the campaign run more
 
 
 @pytest.mark.slow
@@ -66,3 +67,27 @@ def test_the_worker_classifies_a_signal_a_hang_and_a_raw_exception(monkeypatch):
     for fn, kind in ((crash, "crash"), (hang, "hang"), (raw, "raw"), (hog, "memory")):
         monkeypatch.setattr(fuzz_worker, "exercise", fn)
         assert fuzz_worker.run_case(b"", 0, timeout=3, memory=2**30)["kind"] == kind, kind
+
+
+def test_campaign_ranges_resume_and_add_up(tmp_path, monkeypatch):
+    """A campaign split into overlapping ranges over one log runs each case once, and the summary
+    covers the union; a log written with another seed is refused, not mixed in."""
+    sys.path.insert(0, str(WORKER.parent))
+    import fuzz_worker
+
+    ran: list[int] = []
+    monkeypatch.setattr(fuzz_worker, "warm", lambda seeds: None)
+    monkeypatch.setattr(fuzz_worker, "exercise", lambda data, case_seed: (ran.append(case_seed), ("result", ""))[1])
+    log = str(tmp_path / "cases.jsonl")
+    fuzz_worker.campaign(0, 6, 5, 10.0, 2**30, False, log)
+    fuzz_worker.campaign(3, 6, 5, 10.0, 2**30, False, log)
+    lines = [json.loads(line) for line in Path(log).read_text().splitlines()]
+    records = [line for line in lines if not line.get("header")]
+    assert sorted(r["case"] for r in records) == list(range(9))
+    assert len(ran) == 0  # exercise ran in forked children, never in this process
+    summary = fuzz_worker.summarize(records, lines[0])
+    assert summary["cases"] == 9 and summary["outcomes"] == {"result": 9} and summary["seed"] == 5
+    assert [r["case_seed"] for r in records[:3]] == [fuzz_worker.case_plan(5, i, lines[0]["seed_models"])[0]
+                                                    for i in range(3)]
+    with pytest.raises(SystemExit, match="seed 5"):
+        fuzz_worker.campaign(0, 2, 6, 10.0, 2**30, False, log)

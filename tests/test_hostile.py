@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -377,30 +378,25 @@ def test_a_weight_read_by_many_bodies_is_one_buffer():
 
 # -- 7. external data: weights read once, straight into their tensors --------------------------
 
-def test_external_data_loads_in_about_one_copy_of_its_weights_and_verifies(tmp_path):
-    """Peak RSS of `load` (in a fresh process) stays within 2x the weights; onnxruntime reads the
-    same files for `verify`; DeepLift on it is complete."""
+@pytest.mark.parametrize("external", [True, False], ids=["external", "inline"])
+def test_weights_load_in_about_two_copies_and_verify(tmp_path, external):
+    """Peak RSS of `load` (in a fresh process) stays within 2x the weights for external data (the
+    file is read straight into the tensors) and about 2x inline (file bytes and parsed proto meet
+    once while parsing; then the proto, kept as verify's reference, and the torch weights; it was
+    4.2x); onnxruntime reads the same weights for `verify`; DeepLift on it is complete."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from load_memory import write_model
+
+    side = 1024  # 16 float32 matrices of 1024^2: 64 MiB of weights, written here, loaded in a fresh process
+    assert write_model(tmp_path / "m.onnx", 64, side, external=external) == 64 * 2**20
     script = textwrap.dedent(f"""
-        import resource, sys, numpy as np, onnx
-        from onnx import helper, numpy_helper, TensorProto as T
-        side, n = 1448, 8  # 8 float32 matrices of 1448^2: 64 MiB of weights
-        inits, nodes, last = [], [], "x"
-        for k in range(n):
-            w = np.random.default_rng(k).standard_normal((side, side)).astype(np.float32) / side ** 0.5
-            inits.append(numpy_helper.from_array(w, f"w{{k}}"))
-            nodes += [helper.make_node("MatMul", [last, f"w{{k}}"], [f"h{{k}}"]), helper.make_node("Relu", [f"h{{k}}"], [f"r{{k}}"])]
-            last = f"r{{k}}"
-        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, ["N", side])],
-                              [helper.make_tensor_value_info(last, T.FLOAT, ["N", side])], inits)
-        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), r"{tmp_path}/m.onnx",
-                  save_as_external_data=True, location="m.bin")
-        del inits, g, w
-        import onnx_attr, torch, gc
+        import resource, numpy as np
+        import onnx_attr, onnx_attr.loader, onnx_attr.verify, torch, gc  # the baseline imports everything load needs
         gc.collect()
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         model = onnx_attr.load(r"{tmp_path}/m.onnx")
         grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-        x = np.random.default_rng(9).standard_normal((2, side)).astype(np.float32) * 50
+        x = np.random.default_rng(9).standard_normal((2, {side})).astype(np.float32) * 50
         assert model.verify({{"x": x}}).passed
         attr, delta = onnx_attr.DeepLift(model).attribute({{"x": x}}, target=0, return_convergence_delta=True)
         print("grown_mib", grown, "delta", float(np.abs(np.asarray(delta)).max()))
@@ -409,7 +405,7 @@ def test_external_data_loads_in_about_one_copy_of_its_weights_and_verifies(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     words = done.stdout.split()
     grown = float(words[words.index("grown_mib") + 1])
-    assert grown < 2 * 64, done.stdout
+    assert grown < (2 if external else 2.25) * 64, done.stdout
     assert float(words[words.index("delta") + 1]) < 1e-2
 
 
@@ -438,7 +434,7 @@ def test_more_data_sized_ops_stop_at_the_budget(op):
     imported = onnx_attr.load(model)
     ours = imported.run({**feeds, **small})[0].numpy()
     np.testing.assert_allclose(ours, _ort(model, {**feeds, **small})[0], rtol=1e-5, atol=1e-5)
-    with pytest.raises(onnx_attr.BudgetError, match=r"'(grow|Resize#0)'.*max_elements"):  # Upsample-9 is upgraded
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow'.*max_elements"):  # Upsample-9 is upgraded, keeps its name
         imported.run({**feeds, **huge})
 
 
@@ -497,3 +493,55 @@ def test_shape_inference_without_the_weights_matches_onnx_and_keeps_every_field(
     ours = infer_shapes(model, [])
     theirs = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     assert ours == theirs, (str(ours.graph.value_info), str(theirs.graph.value_info))
+
+
+# -- an output with no gradient path to the inputs -------------------------------------------
+
+def _shape_only_output() -> onnx.ModelProto:
+    """y = a constant row expanded to x's shape: batched like x, yet x reaches it only through Shape."""
+    return _model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Expand", ["c", "s"], ["e"]),
+                   helper.make_node("Relu", ["e"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                  [helper.make_tensor("c", TensorProto.FLOAT, [3], [1.0, -2.0, 3.0])])
+
+
+@pytest.mark.parametrize("method", ["DeepLift", "IntegratedGradients", "Saliency", "InputXGradient"])
+def test_an_output_that_does_not_depend_on_the_inputs_is_a_clear_error(method):
+    """Captum raises a bare RuntimeError here (checked below on the same module); we say what is wrong."""
+    model = onnx_attr.load(_shape_only_output())
+    x = np.full((2, 3), 200.0, np.float32)
+    with pytest.raises(onnx_attr.InputError, match="does not depend on the attributed inputs"):
+        getattr(onnx_attr, method)(model).attribute(x, target=1)
+
+
+def test_captum_itself_fails_raw_on_an_output_without_a_gradient_path():
+    """The oracle for the choice above: Captum has no zero-attribution convention for this case."""
+    import captum.attr
+    import torch
+
+    module = onnx_attr.load(_shape_only_output()).module
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        captum.attr.Saliency(module).attribute(torch.full((2, 3), 200.0), target=1)
+
+
+def test_a_bfloat16_input_reaches_onnxruntime_bit_for_bit():
+    """Found by the campaign (case 1038): verify handed numpy a torch bfloat16 tensor (TypeError)."""
+    import ml_dtypes
+
+    model = _model([helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT), helper.make_node("Relu", ["f"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["N", 3])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    x = np.array([[1.5, -2.0, 255.0], [3.0e38, 1e-3, -0.0]], np.float32)
+    report = onnx_attr.load(model).verify({"x": x})
+    assert report.passed, report.format()
+    expected = np.maximum(x.astype(ml_dtypes.bfloat16).astype(np.float32), 0)
+    bits = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(x.astype(ml_dtypes.bfloat16).view(np.uint16),
+                                                          TensorProto.BFLOAT16)
+    assert _ort(model, {"x": bits})[0].tolist() == expected.tolist()
+    assert onnx_attr.load(model).run({"x": x})[0].numpy().tolist() == expected.tolist()
+    # a bfloat16 op onnxruntime has no kernel for is its clear refusal, not a TypeError
+    relu = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [1, 2])],
+                  [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [1, 2])], opset=14)
+    with pytest.raises(ReferenceRuntimeError):
+        onnx_attr.load(relu).verify()

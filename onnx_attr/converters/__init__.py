@@ -7,5 +7,5 @@ line below.
 
 from . import registry  # noqa: F401  (first: the families register into it)
 from . import (activations, arithmetic, attention, bitwise, cast, comparison, control_flow, convolution, image, indexing, linear, loss,  # noqa: F401,E402
-               microsoft, ml, matrix, normalization, padding, pooling, recurrent, reduce, resize, sampling, shape, signal,
+               microsoft, ml, matrix, normalization, one_hot, padding, pooling, recurrent, reduce, resize, sampling, shape, signal,
                quantize, training, unsigned)

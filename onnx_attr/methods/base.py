@@ -18,6 +18,7 @@ from ..engine import Targets
 from ..errors import InputError
 from ..layers import embedding_lookups
 from ..rows import fixed_batch, padded_rows, pick_output
+from ..target_grad import target_gradients
 from ._inputs import Prepared, example_count, prepare
 
 
@@ -160,7 +161,7 @@ class AttributionMethod:
             with torch.enable_grad():
                 value = self._selected(live, chunk_targets, index, kept)
                 wanted = [t for t, a in zip(live, attributed) if a]
-                grads = iter(torch.autograd.grad(value.sum(), wanted, allow_unused=True))
+                grads = iter(target_gradients(value, wanted))
             per_input = []
             for t, a in zip(live, attributed):
                 g = next(grads) if a else None
