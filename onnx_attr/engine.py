@@ -149,7 +149,12 @@ class Targets:
         axis = self.batch_axis
         if reference.dim() > axis and reference.shape[axis] == 1 and output.dim() > axis:
             reference = reference.expand(*reference.shape[:axis], output.shape[axis], *reference.shape[axis + 1:])
-        return self.select(reference.narrow(axis, 0, keep) if reference.dim() > axis else reference)
+        return self.select(self.first_rows(reference, keep))
+
+    def first_rows(self, output: Tensor, count: int) -> Tensor:
+        """The first `count` examples of an output along the target's batch axis (padding dropped)."""
+        axis = self.batch_axis
+        return output.narrow(axis, 0, count) if output.dim() > axis and output.shape[axis] > count else output
 
     def _weighted(self, output: Tensor, n: int) -> Tensor:
         """Σ weights·output per example: the mask of each example (or the shared one) over its output."""
@@ -306,8 +311,7 @@ class DeepLiftEngine:
                     targets.select(out)  # raises: no value per example
                 if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
                     raise ReferenceShapeMismatch("output")
-                value = targets.select(out.narrow(targets.batch_axis, 0, keep)) \
-                    if out.dim() > targets.batch_axis and out.shape[targets.batch_axis] != keep else targets.select(out)
+                value = targets.select(targets.first_rows(out, keep))
                 if layer_taps:
                     leaves = [state.tap_leaves[id(t)] for t in layer_taps]
                     found = torch.autograd.grad(value.sum(), leaves, allow_unused=True)

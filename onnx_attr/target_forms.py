@@ -211,7 +211,7 @@ def _region(view: Tensor, layout: Layout, value: Optional[float], detail: dict) 
     if value is not None:
         thresholds, rule = torch.full((len(flat),), float(value), dtype=flat.dtype), f"values > {value:g}"
     elif layout.sigmoid_stripped:
-        thresholds, rule = torch.zeros(len(flat), dtype=flat.dtype), "p > 0.5 (logit > 0; the Sigmoid was stripped)"
+        thresholds, rule = torch.zeros(len(flat), dtype=flat.dtype), "p > 0.5, i.e. logit > 0 (the Sigmoid was stripped)"
     elif flat.min() >= 0 and flat.max() <= 1:
         thresholds, rule = torch.full((len(flat),), 0.5, dtype=flat.dtype), "values > 0.5 (the map lies in [0, 1])"
     else:

@@ -200,6 +200,15 @@ def test_an_index_on_a_time_major_output_picks_each_examples_step(setting):
     assert ours[:, :4].abs().max() == 0 and ours[:, 5:].abs().max() == 0  # only step 4 feeds it
     theirs = CaptumDeepLift(Wrapped(net, lambda out: out[4, :, 2])).attribute(x, torch.zeros_like(x))
     _close(ours, theirs, change.abs().max())
+    # per-example masks on the time-major output (a path per example), through IG's stacked steps
+    masks = torch.zeros(3, 7, 5)
+    masks[torch.arange(3)[:, None], torch.arange(7)[None, :], torch.tensor([[0], [3], [4]])] = 1.0
+    # Captum runs its steps stacked on the batch: the masks follow, step after step
+    pick = lambda out: (out.permute(1, 0, 2) * masks.repeat(out.shape[1] // 3, 1, 1)).flatten(1).sum(1)  # noqa: E731
+    ours = onnx_attr.IntegratedGradients(model).attribute(
+        x, target=Target(weights=masks, per_example=True, batch_axis=1), n_steps=32, internal_batch_size=24)
+    theirs = CaptumIG(Wrapped(net, pick)).attribute(x, n_steps=32)
+    _close(ours, theirs, _tensor(theirs).abs().max())
 
 
 def test_bad_targets_are_clear_errors(setting):
