@@ -127,8 +127,9 @@ class Targets:
             )
         if output.shape[0] != n:
             raise InputError(
-                f"the output has {output.shape[0]} row(s) on axis 0 for {n} example(s): its axis 0 is not the "
-                "batch, so per-example targets cannot be picked; attribute one example at a time"
+                f"the output has {output.shape[0]} row(s) on axis {self.batch_axis} for {n} example(s): that axis "
+                "is not the batch, so per-example targets cannot be picked; name the output's batch axis "
+                "(onnx_attr.Target(index=..., batch_axis=K); CLI: --batch-axis K) or attribute one example at a time"
             )
         for axis in range(depth):
             size = output.shape[axis + 1]
@@ -151,10 +152,18 @@ class Targets:
             reference = reference.expand(*reference.shape[:axis], output.shape[axis], *reference.shape[axis + 1:])
         return self.select(self.first_rows(reference, keep))
 
-    def first_rows(self, output: Tensor, count: int) -> Tensor:
-        """The first `count` examples of an output along the target's batch axis (padding dropped)."""
+    def first_rows(self, output: Tensor, count: int, fed: Optional[int] = None) -> Tensor:
+        """The first `count` examples of an output along the target's batch axis (the rows padded in
+        for a fixed-batch export dropped). An axis that has not the `fed` rows is not the batch:
+        cutting it would silently explain its first entries (a time-major output's first step)."""
         axis = self.batch_axis
-        return output.narrow(axis, 0, count) if output.dim() > axis and output.shape[axis] > count else output
+        if output.dim() <= axis or output.shape[axis] <= count:
+            return output
+        if fed is not None and output.shape[axis] != fed:
+            raise InputError(f"the output has shape {list(output.shape)}: its axis {axis} has not the {fed} row(s) "
+                             "fed, so it is not the batch; name the output's batch axis: "
+                             "onnx_attr.Target(index=..., batch_axis=K) (CLI: --batch-axis K)")
+        return output.narrow(axis, 0, count)
 
     def _weighted(self, output: Tensor, n: int) -> Tensor:
         """Σ weights·output per example: the mask of each example (or the shared one) over its output."""
@@ -311,7 +320,7 @@ class DeepLiftEngine:
                     targets.select(out)  # raises: no value per example
                 if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
                     raise ReferenceShapeMismatch("output")
-                value = targets.select(targets.first_rows(out, keep))
+                value = targets.select(targets.first_rows(out, keep, _fed(xs, attributed)))
                 if layer_taps:
                     leaves = [state.tap_leaves[id(t)] for t in layer_taps]
                     found = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
@@ -355,6 +364,11 @@ class DeepLiftEngine:
             raise
         except Exception as err:
             raise ForwardError(_explain_failure(module, args, err)) from err
+
+
+def _fed(xs: Sequence[Tensor], attributed: Sequence[bool]) -> Optional[int]:
+    """The rows fed on axis 0 (the first attributed input's), padding included."""
+    return next((x.shape[0] for x, a in zip(xs, attributed) if a and x.dim()), None)
 
 
 def _batched(t: Tensor, n: int) -> bool:

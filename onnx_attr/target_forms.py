@@ -160,8 +160,9 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         if small >= 5 and big >= 8 * small and area / 1024 <= big <= area / 16:
             box = 0 if op == "Sigmoid" else 4
             first = shape[0] == small
-            return Layout("a detector head [N, 4+C, A]" if first else "a detector head [N, A, 4+C]", "detector",
-                          "anchor", box=box, scores_first=first, final=op)
+            scores = "4+C" if box else "C"
+            return Layout(f"a detector head [N, {scores}, A]" if first else f"a detector head [N, A, {scores}]",
+                          "detector", "anchor", box=box, scores_first=first, final=op)
     return Layout("a sequence [N, T, C]", "sequence", "greedy", final=op)
 
 

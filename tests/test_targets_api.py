@@ -221,3 +221,26 @@ def test_bad_targets_are_clear_errors(setting):
         Target(index=1, weights=mask)
     with pytest.raises(onnx_attr.InputError, match="batch_axis is 5"):
         onnx_attr.Saliency(model).attribute(x, target=Target(index=0, batch_axis=5))
+
+
+def test_an_index_on_a_time_major_output_without_its_batch_axis_is_refused_not_step_0():
+    """Read batch first, a [T, N, C] output's axis 0 has T rows for N examples: an error naming
+    batch_axis, never a silent explanation of its first time step (issue 18's CRNN)."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU())
+    model = onnx_attr.load(to_onnx(_TimeMajorOf(net), torch.randn(1, 7, 6)))
+    x = torch.randn(1, 7, 6)
+    for method in (onnx_attr.DeepLift(model), onnx_attr.IntegratedGradients(model)):
+        with pytest.raises(onnx_attr.InputError, match="batch_axis"):
+            method.attribute(x, target=(0, 2))
+    found = onnx_attr.DeepLift(model).attribute(x, target=Target(index=(3, 2), batch_axis=1))
+    assert found[:, 3].abs().sum() > 0 and found[:, :3].abs().sum() == 0 and found[:, 4:].abs().sum() == 0
+
+
+class _TimeMajorOf(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):  # [N, T, F] -> [T, N, C]
+        return self.net(x).permute(1, 0, 2)

@@ -83,7 +83,7 @@ def target_values(model, tensors: list[Tensor], targets: Targets, index: int) ->
             stop = min(start + size, n)
             out = model(*[_pad_rows(t[start:stop], size) if t.dim() and t.shape[0] == n else t for t in expanded])
             out = out[index] if isinstance(out, (tuple, list)) else out
-            values.append(targets.chunk(start, stop).select(targets.first_rows(out, stop - start)))
+            values.append(targets.chunk(start, stop).select(targets.first_rows(out, stop - start, size)))
     return torch.cat(values)
 
 
