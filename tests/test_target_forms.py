@@ -61,16 +61,22 @@ def _sequence(tmp_path, time_major=False, declared=True):
                  {"w": RNG.normal(size=(5, 7)).astype(np.float32) * 10}, f"seq_{time_major}_{declared}.onnx")
 
 
-def _detector(tmp_path, anchors_last=True):
-    """[N, 3, 64, 64] -> Conv stride 4 -> [N, 4+2, 16, 16] -> [N, 6, 256] (or [N, 256, 6])."""
+def _detector(tmp_path, anchors_last=True, sigmoid=False):
+    """[N, 3, 64, 64] -> Conv stride 4 -> [N, 4+2, 16, 16] -> [N, 6, 256] (or [N, 256, 6]); with
+    `sigmoid`, six class scores and no box (a PicoDet-style score head)."""
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[4, 4], kernel_shape=[4, 4]),
              helper.make_node("Reshape", ["c", "shape"], ["r"]),
-             helper.make_node("Identity" if anchors_last else "Transpose", ["r"], ["y"],
-                              **({} if anchors_last else {"perm": [0, 2, 1]}))]
+             helper.make_node("Identity" if anchors_last else "Transpose", ["r"], ["t"],
+                              **({} if anchors_last else {"perm": [0, 2, 1]})),
+             helper.make_node("Sigmoid" if sigmoid else "Identity", ["t"], ["y"])]
     weights = {"w": (RNG.normal(size=(6, 3, 4, 4)) * 0.01).astype(np.float32),
                "b": np.array([0, 0, 0, 0, 1, -1], np.float32), "shape": np.array([0, 6, 256], np.int64)}
-    return _save(tmp_path, nodes, [_info("x", ["N", 3, 64, 64])],
-                 [_info("y", ["N", 6, 256] if anchors_last else ["N", 256, 6])], weights, f"det_{anchors_last}.onnx")
+    def save(graph_nodes, name):
+        return _save(tmp_path, graph_nodes, [_info("x", ["N", 3, 64, 64])],
+                     [_info("y", ["N", 6, 256] if anchors_last else ["N", 256, 6])], weights, name)
+
+    logits = nodes[:-1] + [helper.make_node("Identity", ["t"], ["y"])]  # the same weights, no Sigmoid
+    return save(nodes, f"det_{anchors_last}_{sigmoid}.onnx"), save(logits, f"det_logits_{anchors_last}.onnx")
 
 
 def _run(tmp_path, path, x, *extra, method="deeplift"):
@@ -190,20 +196,22 @@ def test_sequence_step_and_class(tmp_path, time_major, form):
     _complete(sums, value, [reference] * 2)
 
 
-@pytest.mark.parametrize("anchors_last", [True, False])
-def test_detector_default_is_the_top_anchors_class_score(tmp_path, anchors_last):
-    path = _detector(tmp_path, anchors_last)
+@pytest.mark.parametrize("anchors_last, sigmoid", [(True, False), (False, False), (False, True)])
+def test_detector_default_is_the_top_anchors_class_score(tmp_path, anchors_last, sigmoid):
+    path, logits = _detector(tmp_path, anchors_last, sigmoid)  # logits: what a stripped Sigmoid leaves
     x = (RNG.uniform(size=(2, 3, 64, 64)) * 255).astype(np.float32)
     report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
-    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))[0]
+    y, y0 = _ort(logits, x), _ort(logits, np.zeros_like(x[:1]))[0]
     heads = y if anchors_last else y.transpose(0, 2, 1)  # [N, 6, A]
+    box = 0 if sigmoid else 4
     picks = []
     for head in heads:
-        c, a = np.unravel_index(int(head[4:].argmax()), head[4:].shape)
-        picks.append((int(c) + 4, int(a)) if anchors_last else (int(a), int(c) + 4))
+        c, a = np.unravel_index(int(head[box:].argmax()), head[box:].shape)
+        picks.append((int(c) + box, int(a)) if anchors_last else (int(a), int(c) + box))
     assert report["target"] == [list(p) for p in picks]
-    assert report["target_detail"]["layout"] == ("a detector head [N, 4+C, A]" if anchors_last
-                                                 else "a detector head [N, A, 4+C]")
+    scores = "C" if sigmoid else "4+C"
+    assert report["target_detail"]["layout"] == (f"a detector head [N, {scores}, A]" if anchors_last
+                                                 else f"a detector head [N, A, {scores}]")
     _complete(sums, [y[i][p] for i, p in enumerate(picks)], [y0[p] for p in picks])
 
 
