@@ -107,7 +107,7 @@ class Spec:
     path: str  # inside the wheel
     kind: str
     inputs: Callable[[], dict[str, np.ndarray]]
-    target: Any = None  # for the API steps (None: the predicted class); the CLI always uses its default
+    target: Any = None  # for the API steps (None: the CLI's default for the layout); the CLI always uses its default
     note: str = ""
 
 
@@ -200,11 +200,12 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
         report = model.verify(inputs)
         return {"status": "ok" if report.passed else "FAIL",
                 "detail": "" if report.passed else report.format().splitlines()[0][:300]}
-    if target is None:  # the first example's predicted class (at the first position of a sequence)
-        first = model.run(inputs)[0][0]
-        if first.dim() >= 1:
-            target = int(first.reshape(-1, first.shape[-1])[0].argmax())
-            target = target if first.dim() == 1 else (*[0] * (first.dim() - 1), target)
+    if target is None:  # the CLI's default for the output's layout (class, region, greedy path, anchor)
+        from onnx_attr.target_forms import resolve
+
+        examples = next((len(v) for v in inputs.values() if np.ndim(v)), 1)
+        target = resolve(None, model.run(inputs)[0], model=model, output_index=0, inputs=inputs,
+                         examples=examples).target
     method = onnx_attr.DeepLift(model) if step == "deeplift" else onnx_attr.IntegratedGradients(model)
     options = {} if step == "deeplift" else {"n_steps": 16}
     method.attribute(inputs, target=target, return_convergence_delta=True, **options)

@@ -33,7 +33,7 @@ _LAZY = {
     "AttributableModel": "model",
     "VerifyReport": "verify", "verify": "verify",
     **{name: "methods" for name in _method_classes()},
-    "tensor_as_input": "layers", "tensor_as_output": "layers",
+    "tensor_as_input": "layers", "tensor_as_output": "layers", "Target": "targets",
     "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
     "smooth": "smooth",
     "attribute_dataset": "dataset_job", "read_results": "dataset_job",
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
     from .model import AttributableModel
     from .dataset_job import attribute_dataset, read_results
     from .smooth import smooth
+    from .targets import Target
     from .verify import VerifyReport, verify
 
 
@@ -73,6 +74,8 @@ __all__ = [
     *_method_classes(),
     # hidden tensors by ONNX name, as an output (neurons) or an input (layers), for any method
     "tensor_as_input", "tensor_as_output",
+    # what to explain on dense outputs: a mask (Σ weights·output) or an index on another batch axis
+    "Target",
     # evaluation metrics
     "infidelity", "parameter_randomization", "sensitivity_max",
     # Relu -> Softplus(β), MaxPool -> log-sum-exp pooling, with the output change reported

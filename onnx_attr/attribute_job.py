@@ -29,6 +29,9 @@ from .manifest import build_manifest, differences, file_sha256
 from .methods.registry import entry, titles
 from .names import read_feature_names  # noqa: F401  (kept importable from here)
 from .progress import progress
+from .target_forms import _from_the_end as _resolve_negative  # noqa: F401  (the dataset job's)
+from .target_forms import parse_form
+from .targets import Target
 
 if TYPE_CHECKING:
     from .readers import InputOptions, Rows
@@ -67,32 +70,15 @@ def call_method(method: str, explainer, inputs: dict, baselines: Any, *, target:
 
 
 def parse_target(text: Optional[str]) -> Any:
-    """'3' -> 3, '3,1,4' -> [3, 1, 4], '2:5' -> (2, 5) (an output of rank > 2), None -> None.
-    Negative indices count from the end, as in numpy (resolved against the output's shape)."""
+    """Index forms only (the dataset job's --target): '3' -> 3, '3,1,4' -> [3, 1, 4], '2:5' -> (2, 5),
+    None -> None. Negative indices count from the end, as in numpy (resolved against the output's shape)."""
     if text is None:
         return None
-    try:
-        if "," in text:
-            return [int(t) for t in text.split(",")]
-        if ":" in text:
-            return tuple(int(t) for t in text.split(":"))
-        return int(text)
-    except ValueError as err:
-        raise InputError(f"--target {text!r} is not an int, a comma-separated list, or an a:b tuple") from err
-
-
-def _resolve_negative(target: Any, shape: Sequence[int]) -> Any:
-    """Negative class (or position) indices made positive against the output's non-batch axes."""
-    def one(value: int, size: int) -> int:
-        return value + size if -size <= value < 0 else value
-
-    if isinstance(target, int):
-        return one(target, shape[1]) if len(shape) >= 2 else target
-    if isinstance(target, tuple):
-        return tuple(one(v, s) for v, s in zip(target, shape[1:]))
-    if isinstance(target, list):
-        return [one(v, shape[1]) if len(shape) >= 2 else v for v in target]
-    return target
+    form, value = parse_form(text)
+    if form != "indices":
+        raise InputError(f"--target {text!r}: this command takes an index (an int, i,j,k or a:b), not the {form!r} "
+                         "form of `onnx-attr attribute`")
+    return value
 
 
 def _has_negative(target: Any) -> bool:
@@ -199,7 +185,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
                   batch_size: Optional[int] = None, n_steps: Optional[int] = None,
                   internal_batch_size: Optional[int] = None, options: Optional[dict] = None,
                   inputs: Optional["InputOptions"] = None, quiet: bool = False, lrp: Optional[dict] = None,
-                  layer: Optional[str] = None) -> dict:
+                  layer: Optional[str] = None, batch_axis: Optional[int] = None) -> dict:
     """Attribute one input file (results in `out`) or several (one subfolder each, `index.json`).
 
     `options` adds settings that changed the model before it got here (`--smooth`, say) to the
@@ -223,13 +209,14 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         output=output_name,
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
                  "batch_size": batch_size, **per_method, **({"layer": layer} if layer else {}), **(options or {}),
-                 **({"preprocessing": preprocessing} if preprocessing else {})})
+                 **({"preprocessing": preprocessing} if preprocessing else {}),
+                 **({"batch_axis": batch_axis} if batch_axis is not None else {})})
     manifest = json.loads(json.dumps(manifest))  # as it reads back from report.json
     folder = prepare_out_dir(out)
     with FolderLock(folder):
         remove_leftover_temporaries(folder, depth=1 if many else 0)
         job = _Job(model, make_explainer(model, method, gradient_fallback, layer, per_method), manifest, method,
-                   target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs)
+                   target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs, batch_axis)
         if not many:
             return job.single(files[0], folder, resume)
         return job.folder_run(files, folder, resume)
@@ -286,12 +273,13 @@ class _Job:
 
     def __init__(self, model, explainer, manifest: dict, method: str, target: Optional[str], baseline: str,
                  output_name: Optional[str], pictures: Optional["PictureOptions"], batch_size: int,
-                 method_options: dict, quiet: bool, inputs: "InputOptions"):
+                 method_options: dict, quiet: bool, inputs: "InputOptions", batch_axis: Optional[int] = None):
         self.model, self.explainer, self.manifest = model, explainer, manifest
         self.method, self.target, self.baseline, self.output_name = method, target, baseline, output_name
         self.pictures, self.batch_size = pictures, batch_size
         self.method_options, self.quiet, self.inputs = method_options, quiet, inputs
         self.output_index = explainer._output_index(output_name)
+        self.batch_axis = batch_axis  # the explained output's, when given (--batch-axis)
 
     # -- one file -------------------------------------------------------------------------------------------------
 
@@ -396,7 +384,8 @@ class _Job:
                              "floating or feeds an embedding lookup (a Gather of a constant table); attribute an "
                              "inner tensor from the Python API (LayerIntegratedGradients, onnx_attr.tensor_as_input)")
         first = np.asarray(next(iter(attributed.values())))
-        chosen, source = self._target(inputs, first.shape[0] if first.ndim else 0)
+        resolved = self._target(inputs, first.shape[0] if first.ndim else 0)
+        chosen = resolved.target
         baselines = _baseline(self.baseline, self.model, attributed, self.method)
         if isinstance(baselines, dict):
             baselines = {k: v for k, v in baselines.items() if k in attributed}
@@ -406,8 +395,9 @@ class _Job:
         report = {
             **method_report,
             "method": METHOD_TITLES[self.method],
-            "target": chosen,
-            "target_source": source,
+            "target": resolved.shown,
+            "target_source": resolved.source,
+            "target_detail": resolved.detail,
             "baseline": self.baseline,
             "inputs": str(file),
             "verify": verification.to_dict(),
@@ -425,44 +415,40 @@ class _Job:
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})
         data = buffer.getvalue()
-        report["files"] += self._pictures(folder, attributions, inputs, chosen, delta, report, rows)
+        report["files"] += self._pictures(folder, attributions, inputs, resolved, delta, report, rows)
         atomic_write(folder / "attributions.npz", lambda tmp: tmp.write_bytes(data))
         report["attributions_sha256"] = _sha256(data)
         write_json(folder / "report.json", report)  # last: its presence marks the folder finished
         report["_delta"] = delta
         return report
 
-    def _pictures(self, folder: Path, attributions: dict, inputs: dict, chosen: Any, delta: Any,
+    def _pictures(self, folder: Path, attributions: dict, inputs: dict, resolved: Any, delta: Any,
                   report: dict, rows: "Rows") -> list[str]:
         from .readers import picture_arrays
         from .visualize import PictureOptions, write_pictures
 
+        axis = resolved.detail.get("batch_axis", 0)
         model_inputs = inputs
         of_inputs = {k: v for k, v in attributions.items() if k in inputs}  # a layer's have no picture
         attributions, inputs = picture_arrays(rows, of_inputs, inputs)
         options = _named_pictures(self.pictures or PictureOptions(), rows)
-        return write_pictures(folder, attributions, inputs, options=options, target=chosen, delta=delta,
-                              method=METHOD_TITLES[self.method], baseline=self.baseline,
+        return write_pictures(folder, attributions, inputs, options=options, target=resolved.labels or resolved.shown,
+                              delta=delta, method=METHOD_TITLES[self.method], baseline=self.baseline,
                               final_activation=report["final_activation"],
-                              outputs=lambda: self.model.run(model_inputs)[self.output_index], stem=_safe)
+                              outputs=lambda: self.model.run(model_inputs)[self.output_index].movedim(axis, 0),
+                              stem=_safe)
 
-    def _target(self, inputs: dict, examples: int) -> tuple[Any, str]:
-        """The --target given, else a default per example: the predicted class of an [N, C] output,
-        the position of the largest value of an output of rank > 2 batched on axis 0, else the
-        output itself (one value per example)."""
-        chosen = parse_target(self.target)
-        if chosen is not None:
-            if _has_negative(chosen):
-                shape = tuple(self.model.run(inputs)[self.output_index].shape)
-                chosen = _resolve_negative(chosen, shape)
-                return chosen, f"given ({self.target}, counted from the end)"
-            return chosen, "given"
+    def _target(self, inputs: dict, examples: int):
+        """The --target form given, else the default of the output's layout (`target_forms`); for a
+        neuron method, --target is the neuron in the layer, not a place in the output."""
+        from .target_forms import Resolved, resolve
+
+        if entry(self.method).family == "neuron":
+            neuron = parse_target(self.target)
+            return Resolved(neuron, neuron, "given: the neuron of --layer", {"neuron_of": "layer"})
         out = self.model.run(inputs)[self.output_index]
-        if out.dim() == 2 and out.shape[1] > 1:
-            return out.argmax(1).tolist(), "predicted class (argmax)"
-        if out.dim() > 2 and out.shape[0] == examples and out[0].numel() > 1:
-            return largest_positions(out), "the largest value of the output (argmax over all its elements)"
-        return None, "the output itself, one value per example"
+        return resolve(self.target, out, model=self.model, output_index=self.output_index, inputs=inputs,
+                       examples=examples, batch_axis=self.batch_axis)
 
     def _attribute_in_batches(self, attributed: dict, extra: dict, baselines: Any, target: Any,
                               progress_bar: bool, name: str) -> tuple[dict, np.ndarray, dict]:
@@ -485,7 +471,7 @@ class _Job:
                     return {k: v[part] for k, v in values.items()}
 
                 part_baselines = cut(baselines) if per_example_baseline else baselines
-                part_target = target[part] if isinstance(target, list) else target
+                part_target = target[part] if isinstance(target, (list, Target)) else target
                 result, delta = call_method(self.method, self.explainer, cut(attributed), part_baselines,
                                             target=part_target, extra=cut(extra) if len(steps) > 1 else extra,
                                             output=self.output_index, options=self.method_options)
@@ -510,13 +496,6 @@ def _named_pictures(options: "PictureOptions", rows: "Rows") -> "PictureOptions"
     if options.vocab is None and rows.vocab is not None:
         options = replace(options, vocab=rows.vocab)
     return options
-
-
-def largest_positions(output) -> list[tuple[int, ...]]:
-    """Per example (axis 0), the index tuple of its largest element over all the other axes: the
-    same form as `--target a:b`, one per example. Ties go to the first in C order."""
-    flat = output.reshape(output.shape[0], -1).argmax(1).tolist()
-    return [tuple(int(i) for i in np.unravel_index(f, tuple(output.shape[1:]))) for f in flat]
 
 
 def _merged_reports(reports: list[tuple[int, dict]], several: bool) -> dict:

@@ -210,9 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="keep results already finished with the same settings; refuse if results in --out were made "
                         "with other settings (model, method, target, baseline, options, versions)")
-    p.add_argument("--target", help="output index to explain: an int (negative counts from the end, e.g. "
-                                    "--target=-1), one per example (3,1,4), or a:b for outputs of rank > 2 "
-                                    "(default: the predicted class)")
+    p.add_argument("--target", help="what to explain: top (the predicted class / top pixel), region or region>T "
+                                    "(a map's summed score over T), greedy (a sequence's argmax path), anchor (a "
+                                    "detector's top anchor), an int (negative counts from the end, e.g. --target=-1), "
+                                    "one per example (3,1,4), or t,c / a:b for outputs of rank > 2 (default: by the "
+                                    "output's layout; report.json says which)")
+    p.add_argument("--batch-axis", type=int, metavar="K",
+                   help="the explained output's batch axis, e.g. 1 for a time-major [T, N, C] output (default: the "
+                        "axis sharing the inputs' batch symbol, else the one with one row per example)")
     p.add_argument("--baseline", help="zeros (default), mean, or an .npz of baselines (deepliftshap: required, "
                                       "a distribution of rows, e.g. --baseline bg.npz)")
     p.add_argument("--method", default="deeplift", choices=METHOD_CHOICES, help="attribution method (default: deeplift)")
@@ -419,6 +424,7 @@ def _lrp_options(args) -> dict:
 
 def cmd_attribute(args) -> int:
     from .attribute_job import method_options, resolve_baseline_spec, run_attribute
+    from .target_forms import parse_form
     from .names import read_feature_names, read_names
     from .visualize import PictureOptions, check_clip_percentile
 
@@ -426,6 +432,8 @@ def cmd_attribute(args) -> int:
     resolve_baseline_spec(args.baseline, args.method)
     method_options(args.method, args.n_steps, args.internal_batch_size, _lrp_options(args))
     inputs = _input_options(args)
+    if args.target is not None:
+        parse_form(args.target)
     pictures = PictureOptions(enabled=not args.no_pictures, all_kinds=args.plot,
                               clip_percentile=check_clip_percentile(args.clip_percentile),
                               class_names=read_names(args.class_names, "--class-names", "class_names"),
@@ -443,7 +451,8 @@ def cmd_attribute(args) -> int:
                            gradient_fallback=args.gradient_fallback, resume=args.resume, pictures=pictures,
                            batch_size=args.batch_size, n_steps=args.n_steps,
                            internal_batch_size=args.internal_batch_size, options=options, inputs=inputs,
-                           quiet=getattr(args, "quiet", False), lrp=_lrp_options(args), layer=args.layer)
+                           quiet=getattr(args, "quiet", False), lrp=_lrp_options(args), layer=args.layer,
+                           batch_axis=args.batch_axis)
     import numpy as np
 
     delta = np.abs(np.asarray(report.pop("_delta"), dtype=np.float64))

@@ -23,6 +23,7 @@ from .reference_cache import ReferenceCache
 from .rewrite import ReferenceShapeMismatch, RewriteResult, rewrite_for_deeplift
 from .rows import example_rows, fixed_batch, padded_rows as _rows, pick_output as _pick
 from .target_grad import target_gradients
+from .targets import Target, as_weights
 
 
 @dataclass
@@ -38,11 +39,28 @@ class Targets:
     """Captum's target conventions, normalized to one row of indices per example.
 
     None (a scalar output per example), an int, a tuple (for outputs of rank > 2), a list with
-    one int/tuple per example, or a tensor/array of shape [N].
+    one int/tuple per example, or a tensor/array of shape [N]; a callable (summed per example);
+    a `Target` (an index on another batch axis, or a mask: Σ weights·output), and a boolean or
+    floating tensor as a shared mask.
     """
 
     def __init__(self, target, n: int):
         self.selector = None  # a neuron selector with slices, or a callable: summed per example
+        self.weights: Optional[Tensor] = None  # a mask: Σ weights·output (rows index it when per example)
+        self.batch_axis = 0  # the output's batch axis, moved to 0 before anything is picked
+        target = as_weights(target) or target
+        if isinstance(target, Target):
+            self.batch_axis = int(target.batch_axis)
+            if target.weights is not None:
+                self.weights = _weight_tensor(target.weights)
+                if target.per_example and (self.weights.dim() == 0 or self.weights.shape[0] != n):
+                    raise InputError(f"per-example target weights need {n} mask(s) on axis 0, got shape "
+                                     f"{list(self.weights.shape)}")
+                self.rows = [(i,) for i in range(n)] if target.per_example else [()] * n
+                self.per_example = target.per_example
+                return
+            target = target.index
+        self.per_example = False
         if callable(target) and not isinstance(target, Tensor):
             self.selector = target
             rows: list[tuple[int, ...]] = [()] * n
@@ -51,7 +69,7 @@ class Targets:
             rows = [()] * n
         elif target is None:
             rows = [()] * n
-        elif isinstance(target, (bool, float)) or _not_indices(target):
+        elif isinstance(target, (bool, float)):
             raise InputError(f"a target must be integer indices, got {target!r}")
         elif isinstance(target, (int,)) or (hasattr(target, "ndim") and getattr(target, "ndim") == 0):
             rows = [(int(target),)] * n
@@ -83,7 +101,8 @@ class Targets:
 
     def _of(self, rows: list) -> "Targets":
         out = Targets.__new__(Targets)
-        out.rows, out.selector = rows, self.selector
+        out.rows, out.selector, out.weights = rows, self.selector, self.weights
+        out.per_example, out.batch_axis = self.per_example, self.batch_axis
         return out
 
     def select(self, output: Tensor) -> Tensor:
@@ -93,6 +112,10 @@ class Targets:
         if output.dim() == 0:
             raise InputError("the output is a single value (0-d), not one per example: export the model with "
                              "a batch axis on its output (shape [N] or [N, ...])")
+        if self.batch_axis:
+            output = _batch_first(output, self.batch_axis)
+        if self.weights is not None:
+            return self._weighted(output, n)
         if self.selector is not None:
             return self._selected(output, n)
         if output.dim() == 1 and depth == 0:
@@ -106,8 +129,9 @@ class Targets:
             )
         if output.shape[0] != n:
             raise InputError(
-                f"the output has {output.shape[0]} row(s) on axis 0 for {n} example(s): its axis 0 is not the "
-                "batch, so per-example targets cannot be picked; attribute one example at a time"
+                f"the output has {output.shape[0]} row(s) on axis {self.batch_axis} for {n} example(s): that axis "
+                "is not the batch, so per-example targets cannot be picked; name the output's batch axis "
+                "(onnx_attr.Target(index=..., batch_axis=K); CLI: --batch-axis K) or attribute one example at a time"
             )
         for axis in range(depth):
             size = output.shape[axis + 1]
@@ -121,6 +145,40 @@ class Targets:
         index = torch.tensor(self.rows, dtype=torch.long, device=output.device).reshape(n, depth)
         return output[(torch.arange(n, device=output.device), *index.unbind(1))]
 
+
+    def reference(self, reference: Tensor, output: Tensor, keep: int) -> Tensor:
+        """The targets of the reference pass: a batch-1 reference (a shared baseline) serves every
+        row of `output`; rows past `keep` (padding for a fixed-batch export) are dropped."""
+        axis = self.batch_axis
+        if reference.dim() > axis and reference.shape[axis] == 1 and output.dim() > axis:
+            reference = reference.expand(*reference.shape[:axis], output.shape[axis], *reference.shape[axis + 1:])
+        return self.select(self.first_rows(reference, keep))
+
+    def first_rows(self, output: Tensor, count: int, fed: Optional[int] = None) -> Tensor:
+        """The first `count` examples of an output along the target's batch axis (the rows padded in
+        for a fixed-batch export dropped). An axis that has not the `fed` rows is not the batch:
+        cutting it would silently explain its first entries (a time-major output's first step)."""
+        axis = self.batch_axis
+        if output.dim() <= axis or output.shape[axis] <= count:
+            return output
+        if fed is not None and output.shape[axis] != fed:
+            raise InputError(f"the output has shape {list(output.shape)}: its axis {axis} has not the {fed} row(s) "
+                             "fed, so it is not the batch; name the output's batch axis: "
+                             "onnx_attr.Target(index=..., batch_axis=K) (CLI: --batch-axis K)")
+        return output.narrow(axis, 0, count)
+
+    def _weighted(self, output: Tensor, n: int) -> Tensor:
+        """Σ weights·output per example: the mask of each example (or the shared one) over its output."""
+        weights = self.weights.to(device=output.device)
+        if self.per_example:
+            weights = weights[torch.tensor([r[0] for r in self.rows], dtype=torch.long, device=output.device)]
+        shape = tuple(weights.shape[1:] if self.per_example else weights.shape)
+        if shape != tuple(output.shape[1:]) or output.shape[0] != n:
+            raise InputError(f"target weights of shape {list(shape)} (one example's output) do not match the output "
+                             f"{list(output.shape)} ({n} example(s) on axis {self.batch_axis}): give a mask the "
+                             "shape of one example's output")
+        dtype = output.dtype if output.is_floating_point() else torch.float64
+        return (output.to(dtype) * weights.to(dtype)).reshape(n, -1).sum(1)
 
     def _selected(self, output: Tensor, n: int) -> Tensor:
         """A neuron selector's value per example: the selected elements (or the callable's result) summed."""
@@ -143,11 +201,22 @@ class Targets:
         return picked.reshape(n, -1).sum(1)
 
 
-def _not_indices(target) -> bool:
-    """A tensor or array of floats or bools: not something a target can be."""
-    if isinstance(target, Tensor):
-        return target.is_floating_point() or target.dtype == torch.bool
-    return isinstance(target, np.ndarray) and target.dtype.kind in "fb"
+def _weight_tensor(weights) -> Tensor:
+    """A mask as a tensor: booleans as 0/1, numbers as they are."""
+    try:
+        w = weights if isinstance(weights, Tensor) else torch.as_tensor(np.asarray(weights))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"cannot read the target weights as an array: {err}") from None
+    if w.dtype == torch.bool or not (w.is_floating_point() or w.dtype.is_complex):
+        w = w.to(torch.float32) if w.dtype == torch.bool else w.to(torch.float64)
+    return w.detach()
+
+
+def _batch_first(output: Tensor, axis: int) -> Tensor:
+    """The output with its batch axis moved to 0 (a time-major [T, N, C] output as [N, T, C])."""
+    if output.dim() <= axis:
+        raise InputError(f"the target's batch_axis is {axis}, but the output has shape {list(output.shape)}")
+    return output.movedim(axis, 0)
 
 
 def _slicer(index: tuple):
@@ -252,14 +321,13 @@ class DeepLiftEngine:
                     targets.select(out)  # raises: no value per example
                 if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
                     raise ReferenceShapeMismatch("output")
-                value = targets.select(out[:keep]) if out.shape[0] != keep else targets.select(out)
+                value = targets.select(targets.first_rows(out, keep, _fed(xs, attributed)))
                 if layer_taps:
                     leaves = [state.tap_leaves[id(t)] for t in layer_taps]
                     found = target_gradients(value, leaves)
                     layers = [((torch.zeros_like(h) if g is None else g)[:keep], (h.detach() - state.tap_baselines[
                         id(t)].expand_as(h))[:keep]) for t, g, h in zip(layer_taps, found, leaves)]
-                    ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
-                    return PassResult([None] * len(xs), value.detach(), targets.select(ref_rows[:keep]).detach(),
+                    return PassResult([None] * len(xs), value.detach(), targets.reference(ref_out, out, keep).detach(),
                                       layers)
                 leaves = [state.tap_leaves[id(t)] for t in taps]
                 wanted = [x for x, a, i in zip(live, attributed, integer) if a and not i] + leaves
@@ -278,13 +346,17 @@ class DeepLiftEngine:
                 parts = [(g if g is not None else torch.zeros_like(leaf)) * (leaf.detach() - base)
                          for t, g, leaf, base in zip(taps, tap_grads, leaves, tap_baselines)
                          if t.input_name == spec.name]
-                multipliers.append(sum(p.sum(-1) for p in parts).detach()[:keep])
+                per_token = sum(p.sum(-1) for p in parts).detach()
+                if tuple(per_token.shape) != tuple(x.shape):
+                    raise InputError(f"the embedding of {spec.name!r} has shape {list(parts[0].shape)}, not the ids' "
+                                     f"shape {list(x.shape)} plus an embedding axis: its attributions cannot be given "
+                                     "per token; attribute the embedding itself (LayerDeepLift)")
+                multipliers.append(per_token[:keep])
             else:
                 g = next(grads)
                 g = torch.zeros_like(x) if g is None else g
                 multipliers.append(g[:keep] if x.shape[0] == rows else g)  # drop the rows padded in
-        ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
-        return PassResult(multipliers, value.detach(), targets.select(ref_rows[:keep]).detach(), [])
+        return PassResult(multipliers, value.detach(), targets.reference(ref_out, out, keep).detach(), [])
 
     def _forward(self, module, args):
         try:
@@ -293,6 +365,11 @@ class DeepLiftEngine:
             raise
         except Exception as err:
             raise ForwardError(_explain_failure(module, args, err)) from err
+
+
+def _fed(xs: Sequence[Tensor], attributed: Sequence[bool]) -> Optional[int]:
+    """The rows fed on axis 0 (the first attributed input's), padding included."""
+    return next((x.shape[0] for x, a in zip(xs, attributed) if a and x.dim()), None)
 
 
 def _batched(t: Tensor, n: int) -> bool:

@@ -13,7 +13,7 @@ import functools
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, fx, nn
@@ -237,17 +237,62 @@ def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> di
 
 
 def _embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict[fx.Node, str]:
-    """Gather nodes that look up a constant table by ids derived from one integer input."""
+    """Where ids derived from one integer input become floating values that carry them: a Gather
+    of a constant table (an embedding), or a floating one-hot (Cast(Equal(ids, classes)), as tf2onnx
+    writes it, or OneHot) whose last axis is the class axis."""
     sources = _integer_sources(module, inputs)
     taps = {}
     for node in module.graph.nodes:
-        if node.op != "call_module" or node.meta.get("onnx_op") != "Gather" or len(node.args) < 2:
+        if node.op != "call_module" or len(node.args) < 1:
             continue
-        table, ids = node.args[0], node.args[1]
-        if isinstance(table, fx.Node) and table not in sources and isinstance(ids, fx.Node) \
-                and len(sources.get(ids, ())) == 1 and _constant(table):
+        op = node.meta.get("onnx_op")
+        if op == "Gather" and len(node.args) >= 2:
+            table, ids = node.args[0], node.args[1]
+            if not (isinstance(table, fx.Node) and table not in sources and _constant(table)):
+                continue
+        elif op == "Cast" and _cast_dtype(module.get_submodule(node.target)) in _FLOATS:
+            ids = _compared_ids(node.args[0], sources)
+        elif op == "OneHot":
+            ids = node.args[0] if all(_constant(a) for a in node.args[1:] if isinstance(a, fx.Node)) else None
+        else:
+            continue
+        if isinstance(ids, fx.Node) and len(sources.get(ids, ())) == 1:
             taps[node] = next(iter(sources[ids]))
     return taps
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _cast_dtype(cast: nn.Module) -> Optional[torch.dtype]:
+    """What a Cast module casts to (ours: `dtype`; onnx2torch's: `torch_dtype`)."""
+    return getattr(cast, "dtype", getattr(cast, "torch_dtype", None))
+
+
+def _compared_ids(node: Any, sources: dict[fx.Node, set[str]]) -> Optional[fx.Node]:
+    """The ids side of Equal(ids, classes) when the classes carry no input's values (constants,
+    or built from shapes), so that its Cast is a one-hot of the ids."""
+    if not isinstance(node, fx.Node) or node.meta.get("onnx_op") != "Equal" or len(node.args) != 2:
+        return None
+    a, b = node.args
+    for ids, classes in ((a, b), (b, a)):
+        if isinstance(ids, fx.Node) and ids in sources and _class_table(classes):
+            return ids
+    return None
+
+
+_SAME_VALUES = frozenset({"Expand", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Cast"})
+
+
+def _class_table(node: Any) -> bool:
+    """A constant with several values along its last axis: the classes of a one-hot (a single
+    value, as in Equal(ids, pad_id), makes a mask instead, which stays computed from the ids)."""
+    while isinstance(node, fx.Node) and node.meta.get("onnx_op") in _SAME_VALUES and node.args:
+        node = node.args[0]  # broadcast or reshaped: the same class values
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return False
+    value = functools.reduce(getattr, node.target.split("."), node.graph.owning_module)
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[-1] > 1
 
 
 def _constant(node: fx.Node) -> bool:

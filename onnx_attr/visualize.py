@@ -355,6 +355,8 @@ def describe_target(row: Optional[np.ndarray], target: Any, final_activation: Op
     `row` is the example's explained output (None when unknown); the probability is given when
     the model's final activation was stripped (softmax, or the sigmoid of a binary logit), the
     value as the model gives it otherwise."""
+    if isinstance(target, str):  # already described (a region, a path), with its summed score
+        return target
     if row is not None:
         row = np.asarray(row, dtype=np.float64)
     if target is None:  # a one-value output ([N, 1] or [N]) needs no target

@@ -51,7 +51,7 @@ def test_default_target_is_the_predicted_class_and_mean_baseline(tmp_path, capsy
     report = json.loads(capsys.readouterr().out)
     model = onnx_attr.load(DIGITS)
     predicted = model.run(read_npz(DIGITS_INPUTS, model.inputs))[0].argmax(1).tolist()
-    assert report["target"] == predicted and report["target_source"].startswith("predicted")
+    assert report["target"] == predicted and report["target_source"] == "default for classes [N, C]: the predicted class (argmax)"
 
 
 def test_sigmoid_head_and_keep_final_activation(tmp_path, capsys):
@@ -74,7 +74,7 @@ def test_deepliftshap_with_a_baseline_distribution(tmp_path, capsys):
 @pytest.mark.parametrize("extra,message", [
     (["--target", "10"], "out of range"),
     (["--target", "1,2"], "2 entries for 8 example"),
-    (["--target", "x"], "is not an int"),
+    (["--target", "x"], "is not a target form"),
     (["--baseline", "nope.txt"], "use zeros, mean"),
     (["--output-name", "missing"], "no output named"),
 ])

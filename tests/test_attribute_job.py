@@ -353,7 +353,7 @@ def test_batches_give_the_same_attributions_as_one_pass(tmp_path, capsys):
 def test_sigmoid_model_summary_says_what_is_explained(tmp_path, capsys):
     assert main(["attribute", CANCER, "-i", CANCER_INPUTS, "-o", str(tmp_path / "out"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "target None" not in out and "target none needed (the output itself" in out
+    assert "target None" not in out and "target none needed (default for one value per example: the output itself" in out
 
 
 # -- issue 19 §2: progress on stderr, on a terminal only ---------------------------------------------------------------

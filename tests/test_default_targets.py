@@ -35,19 +35,9 @@ def _conv_map(tmp_path) -> str:
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 6, 6])], weights)
 
 
-def _sequence_head(tmp_path) -> str:
-    """[N, 4, 5] -> MatMul -> [N, 4, 3]: per-position scores (rank 3), as token classifiers give."""
-    rng = np.random.default_rng(1)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
-    return _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3])],
-                 {"w": rng.normal(size=(5, 3)).astype(np.float32) * 10}, name="seq.onnx")
-
-
 @pytest.mark.parametrize("make, shape, scale, method", [
     (_conv_map, (3, 3, 6, 6), 255.0, "deeplift"),
-    (_sequence_head, (4, 4, 5), 10.0, "deeplift"),
-    (_sequence_head, (2, 4, 5), 10.0, "integratedgradients"),
+    (_conv_map, (2, 3, 6, 6), 255.0, "integratedgradients"),
 ])
 def test_default_target_of_a_rank_above_2_output_is_each_examples_largest_value(tmp_path, capsys, make, shape,
                                                                                scale, method):
@@ -63,7 +53,9 @@ def test_default_target_of_a_rank_above_2_output_is_each_examples_largest_value(
     y0 = session.run(None, {"x": np.zeros_like(x[:1])})[0][0]
     expected = [list(np.unravel_index(int(row.argmax()), row.shape)) for row in y]
     assert report["target"] == expected
-    assert report["target_source"] == "the largest value of the output (argmax over all its elements)"
+    assert report["target_source"] == ("default for an output of rank 4: the largest value of the output (argmax "
+                                       "over all its elements)")
+    assert report["target_detail"]["layout"] == "an output of rank 4" and report["target_detail"]["form"] == "top"
     with np.load(out / "attributions.npz", allow_pickle=False) as data:
         sums = data["x"].reshape(len(x), -1).astype(np.float64).sum(1)
     change = np.array([y[i][tuple(t)] - y0[tuple(t)] for i, t in enumerate(expected)], np.float64)
@@ -150,14 +142,12 @@ def test_no_attributable_input_is_a_clear_input_error():
 
 
 def test_a_model_without_attributable_inputs_exits_2_saying_why(tmp_path, capsys):
-    """int32 ids reach the model through a one-hot made of Equal + Cast (no Gather): nothing to attribute."""
-    nodes = [helper.make_node("Unsqueeze", ["ids", "axes"], ["u"]),
-             helper.make_node("Equal", ["u", "classes"], ["eq"]),
-             helper.make_node("Cast", ["eq"], ["onehot"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceSum", ["onehot", "axes"], ["y"], keepdims=0)]
+    """int32 values read as numbers (Cast to float, no lookup, no one-hot): nothing to attribute."""
+    nodes = [helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["f", "scale"], ["y"])]
     path = _save(tmp_path, nodes, [helper.make_tensor_value_info("ids", TensorProto.INT32, ["N", 5])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
-                 {"axes": np.array([-1], np.int64), "classes": np.arange(4, dtype=np.int32).reshape(1, 1, 4)})
+                 {"scale": np.full((1, 5), 0.5, np.float32)})
     np.savez(tmp_path / "ids.npz", ids=np.random.default_rng(0).integers(0, 4, (2, 5)).astype(np.int32))
     assert main(["attribute", path, "-i", str(tmp_path / "ids.npz"), "-o", str(tmp_path / "out"),
                  "--no-pictures"]) == 2

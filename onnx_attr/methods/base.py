@@ -148,9 +148,7 @@ class AttributionMethod:
     def _selected(self, tensors: Sequence[Tensor], targets: Targets, index: int, kept: int) -> Tensor:
         """out[target] of the first `kept` rows (the others pad a fixed batch)."""
         out = pick_output(self.active(*tensors), index)
-        if out.dim() and out.shape[0] > kept and len(targets.rows) == kept:
-            out = out[:kept]
-        return targets.select(out)
+        return targets.select(targets.first_rows(out, kept) if len(targets.rows) == kept else out)
 
     def _gradients(self, tensors: Sequence[Tensor], attributed: Sequence[bool], targets: Targets, index: int,
                    internal_batch_size: Optional[int] = None) -> tuple[list[Optional[Tensor]], Tensor]:

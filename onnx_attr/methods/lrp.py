@@ -78,8 +78,8 @@ class LRP(_GradientMethod):
             with torch.enable_grad():
                 out = twin(*live)
                 out = out[output] if isinstance(out, (tuple, list)) else out
-                if kept is not None and out.dim() and out.shape[0] > kept and len(targets.rows) == kept:
-                    out = out[:kept]  # the rows padding a fixed batch carry no relevance
+                if kept is not None and len(targets.rows) == kept:
+                    out = targets.first_rows(out, kept)  # the rows padding a fixed batch carry no relevance
                 value = targets.select(out)
                 wanted = ([rewrite.state.leaves.get(id(t)) for t in rewrite.taps] if leaves_wanted
                           else [t for t, a in zip(live, attributed) if a])

@@ -131,6 +131,11 @@ def _drawn_baselines(baselines: Any, rows: int) -> Any:
 
 def _repeat_target(target: Any, n: int, samples: int) -> Any:
     """Per-example targets follow their examples' repeats; a shared target stays as it is."""
+    from ..targets import Target, as_weights
+
+    target = as_weights(target) or target
+    if isinstance(target, Target):
+        return target.repeat_each(samples)
     if target is None or callable(target) or isinstance(target, (int, tuple)) or (
             hasattr(target, "ndim") and target.ndim == 0):
         return target

@@ -1,0 +1,232 @@
+"""The CLI's target for every output layout it recognises: the default and each `--target` form.
+
+Each layout is a small graph built here. Oracle: onnxruntime's output, from which the target's
+value is computed by hand (argmax class, region sum, greedy path, top anchor), and the
+completeness identity Σ attributions = f(x) − f(x0) for that value."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from onnx_attr.cli import main
+
+from test_default_targets import _save
+
+RNG = np.random.default_rng(11)
+
+
+def _info(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def _classes(tmp_path):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    return _save(tmp_path, nodes, [_info("x", ["N", 5])], [_info("y", ["N", 4])],
+                 {"w": RNG.normal(size=(5, 4)).astype(np.float32) * 20}, "classes.onnx")
+
+
+def _map(tmp_path, sigmoid=True, squeeze=False):
+    """[N, 3, 8, 8] pixels -> Conv -> (Sigmoid) -> [N, 1, 8, 8] (or [N, 8, 8])."""
+    w = (RNG.normal(size=(1, 3, 3, 3)) * 0.02).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
+    last = "c"
+    if squeeze:
+        nodes.append(helper.make_node("Squeeze", ["c", "axes"], ["s"]))
+        last = "s"
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", [last], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", [last], ["y"]))
+    shape = ["N", 8, 8] if squeeze else ["N", 1, 8, 8]
+    weights = {"w": w, "b": np.array([-0.5], np.float32), "axes": np.array([1], np.int64)}
+    path = _save(tmp_path, nodes, [_info("x", ["N", 3, 8, 8])], [_info("y", shape)], weights,
+                 f"map_{sigmoid}_{squeeze}.onnx")
+    logits = _save(tmp_path, nodes[:-1] + [helper.make_node("Identity", [last], ["y"])], [_info("x", ["N", 3, 8, 8])],
+                   [_info("y", shape)], weights, f"logits_{squeeze}.onnx")
+    return path, logits
+
+
+def _sequence(tmp_path, time_major=False, declared=True):
+    """[N, 6, 5] -> MatMul -> [N, 6, 7] scores per step (time-major: Transpose -> [6, N, 7])."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["y"], perm=[1, 0, 2]) if time_major else
+             helper.make_node("Identity", ["m"], ["y"])]
+    out = ([6, "N", 7] if declared else [6, None, 7]) if time_major else ["N", 6, 7]
+    return _save(tmp_path, nodes, [_info("x", ["N", 6, 5])], [_info("y", out)],
+                 {"w": RNG.normal(size=(5, 7)).astype(np.float32) * 10}, f"seq_{time_major}_{declared}.onnx")
+
+
+def _detector(tmp_path, anchors_last=True, sigmoid=False):
+    """[N, 3, 64, 64] -> Conv stride 4 -> [N, 4+2, 16, 16] -> [N, 6, 256] (or [N, 256, 6]); with
+    `sigmoid`, six class scores and no box (a PicoDet-style score head)."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[4, 4], kernel_shape=[4, 4]),
+             helper.make_node("Reshape", ["c", "shape"], ["r"]),
+             helper.make_node("Identity" if anchors_last else "Transpose", ["r"], ["t"],
+                              **({} if anchors_last else {"perm": [0, 2, 1]})),
+             helper.make_node("Sigmoid" if sigmoid else "Identity", ["t"], ["y"])]
+    weights = {"w": (RNG.normal(size=(6, 3, 4, 4)) * 0.01).astype(np.float32),
+               "b": np.array([0, 0, 0, 0, 1, -1], np.float32), "shape": np.array([0, 6, 256], np.int64)}
+    def save(graph_nodes, name):
+        return _save(tmp_path, graph_nodes, [_info("x", ["N", 3, 64, 64])],
+                     [_info("y", ["N", 6, 256] if anchors_last else ["N", 256, 6])], weights, name)
+
+    logits = nodes[:-1] + [helper.make_node("Identity", ["t"], ["y"])]  # the same weights, no Sigmoid
+    return save(nodes, f"det_{anchors_last}_{sigmoid}.onnx"), save(logits, f"det_logits_{anchors_last}.onnx")
+
+
+def _run(tmp_path, path, x, *extra, method="deeplift"):
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+    code = main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(out), "--method", method, *extra])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    with np.load(out / "attributions.npz") as data:
+        sums = data["x"].reshape(len(x), -1).astype(np.float64).sum(1)
+    return report, sums, out
+
+
+def _ort(path, x):
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].astype(np.float64)
+
+
+def _complete(sums, value, reference, method="deeplift"):
+    change = np.asarray(value, np.float64) - np.asarray(reference, np.float64)
+    tolerance = (1e-4 if method == "deeplift" else 2e-2) * max(np.abs(change).max(), 1e-6)
+    np.testing.assert_allclose(sums, change, atol=tolerance)
+
+
+@pytest.mark.parametrize("given, expected", [(None, "argmax"), ("-1", 3), ("top", "argmax"), ("1,2", [1, 2])])
+def test_classes(tmp_path, given, expected):
+    path = _classes(tmp_path)
+    x = (RNG.uniform(size=(2, 5)) * 100).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", *([] if given is None else ["--target", given]))
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))[0]
+    picked = [int(c) for c in y.argmax(1)] if expected == "argmax" else expected
+    assert report["target"] == picked
+    picked = [picked] * 2 if isinstance(picked, int) else picked
+    assert report["target_detail"]["layout"] == "classes [N, C]"
+    if given is None:
+        assert report["target_source"] == "default for classes [N, C]: the predicted class (argmax)"
+    _complete(sums, [y[i, c] for i, c in enumerate(picked)], [y0[c] for c in picked])
+
+
+@pytest.mark.parametrize("method", ["deeplift", "integratedgradients"])
+def test_map_default_is_the_predicted_regions_summed_logit(tmp_path, method):
+    path, logits_path = _map(tmp_path)
+    x = (RNG.uniform(size=(2, 3, 8, 8)) * 255).astype(np.float32)
+    report, sums, out = _run(tmp_path, path, x, "--no-pictures", method=method)
+    logits, logits0 = _ort(logits_path, x), _ort(logits_path, np.zeros_like(x[:1]))
+    masks = logits > 0  # p > 0.5 of the stripped Sigmoid
+    assert 0 < masks.sum() < masks.size  # a real region, not all or nothing
+    detail = report["target_detail"]
+    assert report["target"] == "region" and detail["layout"] == "a dense map [N, 1, H, W]"
+    assert detail["mask_size"] == [int(m.sum()) for m in masks] and detail["threshold"] == [0.0, 0.0]
+    assert "p > 0.5" in report["target_source"]
+    _complete(sums, (logits * masks).reshape(2, -1).sum(1), (logits0 * masks).reshape(2, -1).sum(1), method)
+
+
+def test_map_forms_top_and_threshold_and_the_picture_title(tmp_path):
+    path, logits_path = _map(tmp_path)
+    x = (RNG.uniform(size=(2, 3, 8, 8)) * 255).astype(np.float32)
+    logits, logits0 = _ort(logits_path, x), _ort(logits_path, np.zeros_like(x[:1]))
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--target", "top")
+    top = [np.unravel_index(int(row.argmax()), row.shape) for row in logits]
+    assert report["target"] == [[int(v) for v in t] for t in top]
+    _complete(sums, [logits[i][t] for i, t in enumerate(top)], [logits0[0][t] for t in top])
+    threshold = float(np.median(logits))
+    report, sums, out = _run(tmp_path, path, x, "--target", f"region>{threshold}")
+    masks = logits > threshold
+    assert report["target_detail"]["mask_size"] == [int(m.sum()) for m in masks]
+    _complete(sums, (logits * masks).reshape(2, -1).sum(1), (logits0 * masks).reshape(2, -1).sum(1))
+    from PIL import Image
+
+    title = Image.open(out / "heatmap_x_0.png").text["Title"]
+    assert f"the region of {int(masks[0].sum())} value(s)" in title
+    assert f"{(logits[0] * masks[0]).sum():.4g}" in title
+
+
+def test_a_squeezed_map_without_sigmoid_splits_halfway(tmp_path):
+    path, _ = _map(tmp_path, sigmoid=False, squeeze=True)
+    x = (RNG.uniform(size=(3, 3, 8, 8)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
+    flat = y.reshape(3, -1)
+    masks = (flat > ((flat.min(1) + flat.max(1)) / 2)[:, None]).reshape(y.shape)
+    assert report["target_detail"]["layout"] == "a dense map [N, H, W]"
+    assert report["target_detail"]["mask_size"] == [int(m.sum()) for m in masks]
+    _complete(sums, (y * masks).reshape(3, -1).sum(1), (y0 * masks).reshape(3, -1).sum(1))
+
+
+@pytest.mark.parametrize("time_major, declared, extra", [
+    (False, True, []), (True, True, []), (True, False, ["--batch-axis", "1"])])
+def test_sequence_default_is_the_greedy_paths_summed_score(tmp_path, time_major, declared, extra):
+    path = _sequence(tmp_path, time_major, declared)
+    n = 6 if not declared else 2  # 6 examples: axis 0 (6 steps) alone cannot tell the batch
+    x = (RNG.normal(size=(n, 6, 5)) * 4).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", *extra)
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
+    if time_major:
+        y, y0 = y.transpose(1, 0, 2), y0.transpose(1, 0, 2)
+    path_ids = y.argmax(2)
+    detail = report["target_detail"]
+    assert report["target"] == "greedy" and detail["path"] == path_ids.tolist()
+    assert detail["batch_axis"] == (1 if time_major else 0)
+    assert detail["layout"] == ("a time-major sequence [T, N, C]" if time_major else "a sequence [N, T, C]")
+    value = np.take_along_axis(y, path_ids[..., None], 2).sum((1, 2))
+    reference = np.take_along_axis(np.broadcast_to(y0, y.shape), path_ids[..., None], 2).sum((1, 2))
+    _complete(sums, value, reference)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("form", ["2,3", "2:3"])
+def test_sequence_step_and_class(tmp_path, time_major, form):
+    """t,c is one (step, class) index even with 2 examples (a rank-3 output takes no int per example)."""
+    path = _sequence(tmp_path, time_major)
+    x = (RNG.normal(size=(2, 6, 5)) * 4).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--target", form)
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
+    value = y[2, :, 3] if time_major else y[:, 2, 3]
+    reference = y0[2, 0, 3] if time_major else y0[0, 2, 3]
+    assert report["target"] == [2, 3] and report["target_detail"]["batch_axis"] == int(time_major)
+    _complete(sums, value, [reference] * 2)
+
+
+@pytest.mark.parametrize("anchors_last, sigmoid", [(True, False), (False, False), (False, True)])
+def test_detector_default_is_the_top_anchors_class_score(tmp_path, anchors_last, sigmoid):
+    path, logits = _detector(tmp_path, anchors_last, sigmoid)  # logits: what a stripped Sigmoid leaves
+    x = (RNG.uniform(size=(2, 3, 64, 64)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(logits, x), _ort(logits, np.zeros_like(x[:1]))[0]
+    heads = y if anchors_last else y.transpose(0, 2, 1)  # [N, 6, A]
+    box = 0 if sigmoid else 4
+    picks = []
+    for head in heads:
+        c, a = np.unravel_index(int(head[box:].argmax()), head[box:].shape)
+        picks.append((int(c) + box, int(a)) if anchors_last else (int(a), int(c) + box))
+    assert report["target"] == [list(p) for p in picks]
+    scores = "C" if sigmoid else "4+C"
+    assert report["target_detail"]["layout"] == (f"a detector head [N, {scores}, A]" if anchors_last
+                                                 else f"a detector head [N, A, {scores}]")
+    _complete(sums, [y[i][p] for i, p in enumerate(picks)], [y0[p] for p in picks])
+
+
+@pytest.mark.parametrize("bad", ["best", "region>x", "1.5", "greedy,3"])
+def test_a_bad_form_is_a_usage_error_listing_the_forms(tmp_path, capsys, bad):
+    path = _classes(tmp_path)
+    np.savez(tmp_path / "x.npz", x=np.ones((2, 5), np.float32))
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"), "--target", bad]) == 2
+    err = capsys.readouterr().err
+    assert f"--target {bad!r} is not a target form" in err and "region>T" in err and "greedy" in err
+
+
+def test_a_form_that_does_not_fit_the_layout_says_so(tmp_path, capsys):
+    path = _classes(tmp_path)
+    np.savez(tmp_path / "x.npz", x=np.ones((2, 5), np.float32))
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"), "--target",
+                 "greedy"]) == 2
+    assert "--target greedy needs a sequence" in capsys.readouterr().err
