@@ -51,7 +51,7 @@ ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
 #: onnxruntime's com.microsoft fusions, by what they expand into (converters/microsoft.py)
 MICROSOFT_KINDS = {"Gelu": "unary", "FastGelu": "unary", "QuickGelu": "unary", "BiasGelu": "composite",
                    "FusedConv": "composite", "SkipLayerNormalization": "composite", "Attention": "composite",
-                   "MultiHeadAttention": "composite"}
+                   "MultiHeadAttention": "composite", "DynamicQuantizeLSTM": "composite"}
 
 
 #: Scatter reductions that make the op nonlinear in its data and updates (no DeepLift rule)
