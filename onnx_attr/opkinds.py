@@ -66,6 +66,8 @@ def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool], attrs: M
         return "linear"
     if domain == "onnx_attr.smooth" and op_type == "LogSumExpPool":  # onnx_attr.smooth's substitute
         return "composite"
+    if domain == "onnx_attr.quantized" and op_type == "QuantizedBlock":  # rules/quantized.fuse_quantized_blocks
+        return "composite"
     if domain == "com.microsoft":  # converters/microsoft.py: each expands into the ONNX ops it fuses
         return op_kind("MatMul", variable) if op_type == "FusedMatMul" else MICROSOFT_KINDS.get(op_type, "unknown")
     return "unknown"

@@ -65,3 +65,38 @@ def test_deeplift_through_the_quantized_lstm_is_complete(quantized, scale):
         assert abs(float(change)) > 1.0  # the residual is a real part of it, not rounding noise
         assert abs(float(delta)) <= 1e-5 * max(1.0, abs(float(change))), (target, float(delta), float(change))
     assert any(op == "DynamicQuantizeLSTM" for _, op, _ in dl.engine.rewrite.rewritten)
+
+
+class SmallConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 6)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.conv1(x))
+        h = torch.relu(self.conv2(h))
+        return self.fc(h.flatten(1)) * 10.0
+
+
+@pytest.mark.parametrize("weight_type", ["QUInt8", "QInt8"])
+def test_deeplift_through_quantized_conv_and_matmul_blocks_is_complete(tmp_path, weight_type):
+    """quantize_dynamic on a conv net: DynamicQuantizeLinear → ConvInteger/MatMulInteger → Cast →
+    Mul, each fused into one block; completeness at pixels 0–255 with a reference far away."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx.save(to_onnx(SmallConvNet().eval(), torch.rand(1, 1, 16, 16), dynamic_batch=False), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=getattr(QuantType, weight_type),
+                     op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    model = onnx_attr.load(tmp_path / "q.onnx")
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy((rng.random((1, 1, 16, 16)) * 255).astype(np.float32))
+    x0 = torch.full_like(x, 127.5)
+    dl = onnx_attr.DeepLift(model)
+    for target in range(3):
+        _, delta = dl.attribute(x, x0, target=target, return_convergence_delta=True)
+        change = float(model(x)[0, target] - model(x0)[0, target])
+        assert abs(float(delta)) <= 1e-4 * max(1.0, abs(change)), (target, float(delta), change)
+    fused = [name for name, op, _ in dl.engine.rewrite.rewritten if op == "QuantizedBlock"]
+    assert len(fused) == 3, dl.engine.rewrite.rewritten
