@@ -52,6 +52,23 @@ def test_dynamic_quantize_lstm_matches_onnxruntime(quantized):
     assert model.verify(x).passed
 
 
+@pytest.mark.slow
+def test_dynamic_quantize_lstm_batched_matches_onnxruntime_on_one_thread(tmp_path):
+    """Three rows: onnxruntime's serial path (one thread) quantizes h over the whole batch."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx.save(to_onnx(TaggerLSTM().eval(), torch.randn(2, 9, 12)), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), options, providers=["CPUExecutionProvider"])
+    x = (np.random.default_rng(6).standard_normal((3, 9, 12)) * 4).astype(np.float32)
+    want = session.run(None, {"x": x})[0]
+    got = onnx_attr.load(tmp_path / "q.onnx", strip_final_activation=False).run({"x": x})[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_deeplift_through_the_quantized_lstm_is_complete(quantized, scale):
     rng = np.random.default_rng(4)

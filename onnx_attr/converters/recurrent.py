@@ -143,7 +143,10 @@ class Recurrent(nn.Module):
 
 class QuantizedLSTM(Recurrent):
     """com.microsoft DynamicQuantizeLSTM: W [dirs, in, 4H] and R [dirs, H, 4H] in 8 bits with a
-    scale and zero point per direction (or per direction and column)."""
+    scale and zero point per direction (or per direction and column). h is quantized over the
+    whole batch at each step, as onnxruntime's serial path does (batch 1, or up to 4 rows with
+    hidden_size > 256); past that it splits the batch into one chunk per thread, each with its
+    own range, so its results depend on its thread count and ours match it only on one thread."""
 
     def __init__(self, attrs: dict, n_outputs: int):
         super().__init__("DynamicQuantizeLSTM", attrs, n_outputs)
