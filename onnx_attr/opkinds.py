@@ -51,7 +51,7 @@ ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
 #: onnxruntime's com.microsoft fusions, by what they expand into (converters/microsoft.py)
 MICROSOFT_KINDS = {"Gelu": "unary", "FastGelu": "unary", "QuickGelu": "unary", "BiasGelu": "composite",
                    "FusedConv": "composite", "SkipLayerNormalization": "composite", "Attention": "composite",
-                   "MultiHeadAttention": "composite"}
+                   "MultiHeadAttention": "composite", "DynamicQuantizeLSTM": "composite"}
 
 
 #: Scatter reductions that make the op nonlinear in its data and updates (no DeepLift rule)
@@ -65,6 +65,8 @@ def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool], attrs: M
     if domain == "ai.onnx.ml" and op_type in ML_LINEAR:
         return "linear"
     if domain == "onnx_attr.smooth" and op_type == "LogSumExpPool":  # onnx_attr.smooth's substitute
+        return "composite"
+    if domain == "onnx_attr.quantized" and op_type == "QuantizedBlock":  # rules/quantized.fuse_quantized_blocks
         return "composite"
     if domain == "com.microsoft":  # converters/microsoft.py: each expands into the ONNX ops it fuses
         return op_kind("MatMul", variable) if op_type == "FusedMatMul" else MICROSOFT_KINDS.get(op_type, "unknown")

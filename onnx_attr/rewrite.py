@@ -21,6 +21,7 @@ from torch import Tensor, fx, nn
 from .errors import UnsupportedOpError
 from .opkinds import domain_op_kind, op_kind
 from .rules import RULES, NodeInfo, Rule
+from .rules.quantized import fuse_quantized_blocks
 from .rules.reveal_cancel import RevealCancel
 from .specs import TensorSpec
 
@@ -371,6 +372,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     """
     out = fx.GraphModule(module, copy.deepcopy(module.graph))
     inline_expansions(out)
+    fuse_quantized_blocks(out)  # dynamically quantized blocks as one node each (rules/quantized.py)
     state = DeepLiftState()
     result = RewriteResult(out, state)
     _insert_layer_taps(out, state, layers, result)

@@ -314,3 +314,73 @@ def convert_qlinear_average_pool(node, graph):
 
     attrs = {k: v for k, v in node.attributes.items() if k != "channels_last"}
     return result(node, QLinearAveragePool(GeneralAveragePool(attrs), bool(node.attributes.get("channels_last", 0))))
+
+
+class QuantizedWeight:
+    """An integer weight [K, N] with its scale (one, or one per column) and zero point (onnxruntime's
+    quantized GEMM reads one): `exact` is onnxruntime's dynamic quantized product, `dequantized` the
+    float product it approximates (the DeepLift multipliers of the block, see rules/quantized.py)."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None):
+        if zero is not None and zero.numel() > 1 and bool((zero != zero.reshape(-1)[0]).any()):
+            raise NotImplementedError("a quantized weight with differing zero points per column (onnxruntime's "
+                                      "quantized GEMM reads one)")
+        self.q, self.scale = q, scale.float().reshape(-1)
+        self.zero = zero.reshape(-1)[0].to(torch.float64) if zero is not None else torch.zeros((), dtype=torch.float64)
+        self.centred = q.to(torch.float64) - self.zero
+        self.weight = (self.centred * self.scale.double()).float()
+        self.saturation = _RiskyPairs(q) if q.dtype == torch.int8 and pairs_saturate() else None
+
+    def exact(self, a: torch.Tensor) -> torch.Tensor:
+        """a quantized to uint8 over its whole range, the integer product exact in float64 (8-bit
+        products summed over fewer than 2^37 terms), then float(acc)·(a_scale·w_scale) in float32."""
+        q, a_scale, a_zero = DynamicQuantizeLinear()(a)
+        acc = (q.to(torch.float64) - a_zero.to(torch.float64)) @ self.centred
+        if self.saturation is not None:
+            acc = acc + self.saturation.correction(q)
+        return acc.float() * (a_scale * self.scale)
+
+    def dequantized(self, a: torch.Tensor) -> torch.Tensor:
+        return a @ self.weight
+
+
+def pairs_saturate() -> bool:
+    """Whether onnxruntime's u8·s8 GEMM on this CPU sums each pair of products in int16 with
+    saturation: its x86 kernels without VNNI do (the multiply-add of AVX2 and AVX-512BW); with
+    AVX-VNNI or AVX512-VNNI, and elsewhere, the sum is exact."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx2" in flags and "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
+class _RiskyPairs:
+    """The (pair k, column n) of an int8 weight where a uint8 row could saturate the int16 pair
+    sum: |w[2k, n]| + |w[2k+1, n]| > 32767 / 255. Found once; usually a small share of the weight."""
+
+    def __init__(self, w: torch.Tensor):
+        w2 = w.to(torch.float32)
+        if w2.shape[0] % 2:
+            w2 = F.pad(w2, (0, 0, 0, 1))
+        even, odd = w2[0::2], w2[1::2]
+        self.k, self.n = torch.nonzero(even.abs() + odd.abs() > 32767.0 / 255.0, as_tuple=True)
+        self.w_even, self.w_odd = even[self.k, self.n], odd[self.k, self.n]
+        self.columns = w.shape[1]
+
+    def correction(self, a: torch.Tensor) -> torch.Tensor:
+        """What int16 saturation of each pair sum a[2k]·w[2k] + a[2k+1]·w[2k+1] (raw uint8 × int8,
+        before the zero points are taken out) removes from the exact product, in float64."""
+        rows = a.reshape(-1, a.shape[-1]).to(torch.float32)
+        if rows.shape[1] % 2:
+            rows = F.pad(rows, (0, 1))
+        out = torch.zeros(rows.shape[0], self.columns, dtype=torch.float64, device=a.device)
+        if self.k.numel():
+            pairs = rows[:, 2 * self.k] * self.w_even + rows[:, 2 * self.k + 1] * self.w_odd  # exact in float32
+            out.index_add_(1, self.n, (pairs.clamp(-32768.0, 32767.0) - pairs).double())
+        return out.reshape(*a.shape[:-1], self.columns)

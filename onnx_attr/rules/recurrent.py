@@ -7,6 +7,7 @@ import torch
 from ..converters.recurrent import recurrent_attrs, run_recurrent
 from .base import DecomposedRule, NodeInfo, rule
 from .paired import product, rescale
+from .quantized import credited
 
 
 class Paired:
@@ -40,21 +41,27 @@ class Paired:
     def stack(vs, dim):
         return torch.stack([v[0] for v in vs], dim), torch.stack([v[1] for v in vs], dim)
 
+    @staticmethod
+    def quantized(v, weight, batch_axis):
+        return credited(weight.exact, weight.dequantized, v[0], v[1], batch_axis)
 
-@rule("LSTM", "GRU", "RNN")
+
+@rule("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
 class RecurrentRule(DecomposedRule):
-    """Sigmoid/tanh gates by rescale, the gate products by the Shapley rule: exact through time."""
+    """Sigmoid/tanh gates by rescale, the gate products by the Shapley rule: exact through time.
+    DynamicQuantizeLSTM's quantized products are credited as rules/quantized.py says."""
 
     def check(self, info: NodeInfo) -> None:
         recurrent_attrs(info.op_type, info.attrs)
-        if any(info.variable[i] for i in (1, 2, 3, 7) if i < len(info.variable)):
+        if any(info.variable[i] for i in (1, 2, 3, 7, 8, 9, 10, 11) if i < len(info.variable)):
             raise NotImplementedError(f"{info.op_type} whose weights vary with the input is not supported")
 
     def decompose(self, info, call, args, refs):
-        padded = list(args) + [None] * (8 - len(args))
-        ref_padded = list(refs) + [None] * (8 - len(refs))
+        padded = list(args) + [None] * (12 - len(args))
+        ref_padded = list(refs) + [None] * (12 - len(refs))
         pair = lambda i: None if padded[i] is None else (padded[i], ref_padded[i])  # noqa: E731
-        x, w, r, b, lens, _, _, p = padded
+        x, w, r, b, lens, _, _, p = padded[:8]
+        w, r = call.module.weights(w, r, *padded[8:])
         outs = run_recurrent(Paired, call.module, pair(0), w, r, b, lens, [pair(5), pair(6)], p)
         if call.module.n_outputs == 1:
             return outs

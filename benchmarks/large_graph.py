@@ -1,0 +1,116 @@
+"""Large graphs, step by step: where the time goes on the shipped detectors and OCR nets.
+
+    python benchmarks/large_graph.py [--only NAME[,NAME]] [--profile DIR]
+
+For each model of `benchmarks/real_exports.py` (default: layout_cdla, dddd_det, ppocr_det,
+ppocr_rec, dddd_ocr_quant), in a fresh process each: the import of onnx_attr's converters (torch,
+onnx, onnx2torch), `onnx_attr.load`, `verify`, the first DeepLift call (rewrite + reference pass
++ attribution) and a second one (steady state), and a plain forward plus input gradient (the best
+of two) as the yardstick. The targets of issue 18 §7: load + verify ≤ 30 s, first call ≤ 2×
+the second, the second ≤ 1.5× the forward + gradient. The machine's load average is printed with
+the table: timings on a shared machine are pessimistic. `--profile DIR` writes a cProfile of each
+first DeepLift call there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT = ("layout_cdla", "dddd_det", "ppocr_det", "ppocr_rec", "dddd_ocr_quant")
+HERE = Path(__file__).resolve().parent
+
+
+def measure(name: str, profile_dir: str | None) -> dict:
+    """Runs in a worker process: every figure for one model, in seconds."""
+    sys.path.insert(0, str(HERE))
+    import real_exports
+
+    times: dict = {}
+    start = time.perf_counter()
+    import numpy as np  # noqa: F401
+    import torch
+
+    import onnx_attr
+    import onnx_attr.convert  # noqa: F401  (torch, onnx, onnx2torch)
+    times["import"] = time.perf_counter() - start
+    spec = next(s for s in real_exports.SPECS if s.name == name)
+    path = next((real_exports.CACHE / "models").glob(f"*/{spec.path}"))
+    inputs = spec.inputs()
+    start = time.perf_counter()
+    model = onnx_attr.load(str(path))
+    times["load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    times["verified"] = model.verify(inputs).passed
+    times["verify"] = time.perf_counter() - start
+    target = spec.target
+    if target is None:
+        first = model.run(inputs)[0][0]
+        target = int(first.reshape(-1, first.shape[-1])[0].argmax())
+        target = target if first.dim() == 1 else (*[0] * (first.dim() - 1), target)
+    method = onnx_attr.DeepLift(model)
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    start = time.perf_counter()
+    method.attribute(inputs, target=target, return_convergence_delta=True)
+    times["deeplift_first"] = time.perf_counter() - start
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(Path(profile_dir) / f"{name}_deeplift_first.prof"))
+    start = time.perf_counter()
+    method.attribute(inputs, target=target, return_convergence_delta=True)
+    times["deeplift_second"] = time.perf_counter() - start
+    times["delta"] = float(method.last_report["max_relative_delta"])
+    pick = (0, *target) if isinstance(target, tuple) else (0, target)
+    best = float("inf")
+    for _ in range(2):
+        live = [torch.from_numpy(v).requires_grad_(v.dtype.kind == "f") for v in inputs.values()]
+        start = time.perf_counter()
+        out = model(*live)
+        out = out[0] if isinstance(out, tuple) else out
+        torch.autograd.grad(out[pick], [t for t in live if t.requires_grad])
+        best = min(best, time.perf_counter() - start)
+    times["forward_grad"] = best
+    times["nodes"] = len(model.onnx_model.graph.node)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated model names (default: " + ", ".join(DEFAULT) + ")")
+    parser.add_argument("--profile", help="write a cProfile of each first DeepLift call into this folder")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.profile)))
+        return
+    names = args.only.split(",") if args.only else list(DEFAULT)
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("| model | nodes | import | load | verify | load+verify | DeepLift 1st | 2nd | fwd+grad | 1st/2nd | "
+          "2nd/fwd+grad | rel. δ |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        command = [sys.executable, __file__, "--worker", name] + (["--profile", args.profile] if args.profile else [])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            print(f"| {name} | failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]} |")
+            continue
+        t = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"| {name} | {t['nodes']} | {t['import']:.1f} | {t['load']:.1f} | {t['verify']:.1f}"
+              f"{'' if t['verified'] else ' (FAIL)'} | {t['load'] + t['verify']:.1f} | {t['deeplift_first']:.1f} | "
+              f"{t['deeplift_second']:.1f} | {t['forward_grad']:.1f} | {t['deeplift_first'] / t['deeplift_second']:.2f} | "
+              f"{t['deeplift_second'] / t['forward_grad']:.2f} | {t['delta']:.0e} |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""com.microsoft DynamicQuantizeLSTM, as onnxruntime's quantize_dynamic writes it from a PyTorch
+LSTM: the import matches onnxruntime, and DeepLift through the quantized products is complete
+(rules/quantized.py: the float multipliers plus the rounding residual credited back)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import onnx_attr
+from exporting import to_onnx
+
+
+class TaggerLSTM(nn.Module):
+    """A captcha-OCR-like head: bidirectional LSTM over time, a linear layer to logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm, self.head = nn.LSTM(12, 16, bidirectional=True, batch_first=True), nn.Linear(32, 5)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        return self.head(y) * 20.0  # logits in the tens to hundreds, as OCR heads give
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path_factory.mktemp("qlstm")
+    onnx.save(to_onnx(TaggerLSTM().eval(), torch.randn(1, 9, 12), dynamic_batch=False), folder / "float.onnx")
+    quantize_dynamic(folder / "float.onnx", folder / "quantized.onnx", weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["LSTM"])
+    proto = onnx.load(folder / "quantized.onnx")
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in proto.graph.node}
+    return proto
+
+
+def test_dynamic_quantize_lstm_matches_onnxruntime(quantized):
+    from conftest import ort_run
+
+    rng = np.random.default_rng(3)
+    model = onnx_attr.load(quantized, strip_final_activation=False)
+    for scale in (0.5, 3.0, 40.0):
+        x = (rng.standard_normal((1, 9, 12)) * scale).astype(np.float32)
+        got, want = model.run({"x": x})[0].numpy(), ort_run(quantized, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert model.verify(x).passed
+
+
+@pytest.mark.slow
+def test_dynamic_quantize_lstm_batched_matches_onnxruntime_on_one_thread(tmp_path):
+    """Three rows: onnxruntime's serial path (one thread) quantizes h over the whole batch."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx.save(to_onnx(TaggerLSTM().eval(), torch.randn(2, 9, 12)), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), options, providers=["CPUExecutionProvider"])
+    x = (np.random.default_rng(6).standard_normal((3, 9, 12)) * 4).astype(np.float32)
+    want = session.run(None, {"x": x})[0]
+    got = onnx_attr.load(tmp_path / "q.onnx", strip_final_activation=False).run({"x": x})[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_deeplift_through_the_quantized_lstm_is_complete(quantized, scale):
+    rng = np.random.default_rng(4)
+    model = onnx_attr.load(quantized)
+    x = torch.from_numpy((rng.standard_normal((1, 9, 12)) * scale).astype(np.float32))
+    x0 = torch.from_numpy((rng.standard_normal((1, 9, 12)) * scale * 0.5).astype(np.float32))
+    dl = onnx_attr.DeepLift(model)
+    for target in [(4, 2), (0, 1)]:
+        attributions, delta = dl.attribute(x, x0, target=target, return_convergence_delta=True)
+        change = model(x)[(0, *target)] - model(x0)[(0, *target)]
+        assert abs(float(change)) > 1.0  # the residual is a real part of it, not rounding noise
+        assert abs(float(delta)) <= 1e-5 * max(1.0, abs(float(change))), (target, float(delta), float(change))
+    assert any(op == "DynamicQuantizeLSTM" for _, op, _ in dl.engine.rewrite.rewritten)
+
+
+class SmallConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 6)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.conv1(x))
+        h = torch.relu(self.conv2(h))
+        return self.fc(h.flatten(1)) * 10.0
+
+
+@pytest.mark.parametrize("weight_type", ["QUInt8", "QInt8"])
+def test_deeplift_through_quantized_conv_and_matmul_blocks_is_complete(tmp_path, weight_type):
+    """quantize_dynamic on a conv net: DynamicQuantizeLinear → ConvInteger/MatMulInteger → Cast →
+    Mul, each fused into one block; completeness at pixels 0–255 with a reference far away."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx.save(to_onnx(SmallConvNet().eval(), torch.rand(1, 1, 16, 16), dynamic_batch=False), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=getattr(QuantType, weight_type),
+                     op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    model = onnx_attr.load(tmp_path / "q.onnx")
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy((rng.random((1, 1, 16, 16)) * 255).astype(np.float32))
+    x0 = torch.full_like(x, 127.5)
+    dl = onnx_attr.DeepLift(model)
+    for target in range(3):
+        _, delta = dl.attribute(x, x0, target=target, return_convergence_delta=True)
+        change = float(model(x)[0, target] - model(x0)[0, target])
+        assert abs(float(delta)) <= 1e-4 * max(1.0, abs(change)), (target, float(delta), change)
+    fused = [name for name, op, _ in dl.engine.rewrite.rewritten if op == "QuantizedBlock"]
+    assert len(fused) == 3, dl.engine.rewrite.rewritten
