@@ -287,3 +287,17 @@ def test_the_cli_runs_it(e, model, layer, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["method"] == (e.title or e.class_name)
     assert (report["max_relative_delta"] is None) == (not e.delta)
+
+
+def test_a_short_last_pass_is_folded_for_methods_that_need_several_rows(model, tmp_path):
+    """--batch-size 2 over 3 examples would leave FeaturePermutation one row in its last pass, which it
+    cannot shuffle: the last pass joins the one before, and every example gets attributions."""
+    from onnx_attr.cli import main
+
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(model.onnx_model.SerializeToString())
+    x, y = _inputs(3)
+    np.savez(tmp_path / "in.npz", x=x.numpy(), y=y.numpy())
+    assert main(["attribute", str(path), "-i", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out"), "-q",
+                 "--no-pictures", "--method", "featurepermutation", "--target", "1", "--batch-size", "2"]) == 0
+    assert np.load(tmp_path / "out" / "attributions.npz")["x"].shape[0] == 3
