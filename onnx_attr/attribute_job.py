@@ -459,6 +459,8 @@ class _Job:
         batched = all(a.ndim >= 1 and a.shape[0] == n for a in arrays) and n > self.batch_size
         steps = [slice(s, min(n, s + self.batch_size)) for s in range(0, n, self.batch_size)] if batched \
             else [slice(0, n)]
+        if len(steps) > 1 and steps[-1].stop - steps[-1].start < entry(self.method).min_examples:
+            steps[-2:] = [slice(steps[-2].start, n)]  # a method that needs several rows per call gets them
         per_example_baseline = (not entry(self.method).distribution and isinstance(baselines, dict)
                                 and all(len(b) == n for b in baselines.values()) and n > 1)
         pieces: dict[str, list[np.ndarray]] = {}

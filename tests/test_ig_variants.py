@@ -110,12 +110,32 @@ def test_split_ig_is_complete_up_to_its_split_point(conv):
                                whole, rtol=1e-5, atol=1e-4)
 
 
+def test_adaptive_ig_fits_a_small_budget_with_fewer_first_intervals():
+    """n_steps below 2·initial + 1 starts with fewer intervals instead of refusing. At 3 or 4 points
+    one Simpson interval, by hand: f' = 0, 1, 1.5 at α = 0, ½, 1 on the path 0 → 4."""
+    model = load(Kinked(), torch.ones(2, 1))
+    adaptive = onnx_attr.AdaptiveIntegratedGradients(model)
+    simpson, exact = 4.0 * (0.0 + 4 * 1.0 + 1.5) / 6, 2.7 + 0.5 * 1.1
+    for n_steps in (3, 4):
+        ours, delta = adaptive.attribute(torch.tensor([[4.0]]), torch.tensor([[0.0]]), target=0, n_steps=n_steps,
+                                         return_convergence_delta=True)
+        report = adaptive.last_report
+        assert report["initial"] == 1 and report["gradient_points"] == [3]
+        assert [tuple(iv) for iv in report["intervals"][0]] == [(0.0, 1.0)]
+        assert ours.item() == pytest.approx(simpson, abs=1e-5)
+        assert abs(delta.item()) == pytest.approx(simpson - exact, abs=1e-5)
+    adaptive.attribute(torch.tensor([[4.0]]), torch.tensor([[0.0]]), target=0, n_steps=7, initial=4)
+    assert adaptive.last_report["initial"] == 3 and adaptive.last_report["gradient_points"] == [7]
+
+
 def test_clear_errors(conv):
     _, model = conv
     x = torch.rand(1, 3, 8, 8)
     with pytest.raises(onnx_attr.InputError, match="split_fraction"):
         onnx_attr.SplitIntegratedGradients(model).attribute(x, split_fraction=1.5)
     with pytest.raises(onnx_attr.InputError, match="n_steps"):
-        onnx_attr.AdaptiveIntegratedGradients(model).attribute(x, n_steps=4, initial=4)
+        onnx_attr.AdaptiveIntegratedGradients(model).attribute(x, n_steps=2)
+    with pytest.raises(onnx_attr.InputError, match="initial"):
+        onnx_attr.AdaptiveIntegratedGradients(model).attribute(x, initial=0)
     with pytest.raises(onnx_attr.InputError, match="tolerance"):
         onnx_attr.AdaptiveIntegratedGradients(model).attribute(x, tolerance=0)

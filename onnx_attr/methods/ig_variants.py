@@ -171,7 +171,8 @@ class AdaptiveIntegratedGradients(_PathPoints):
     """IG with steps placed by the convergence delta: Simpson intervals halved where their own
     completeness check Σ(x−x0)·∫∇f = f(x_b) − f(x_a) fails most, until Σ|local delta| ≤
     `tolerance`·|f(x) − f(x0)| or `n_steps` gradient points per example are spent (`initial`
-    equal intervals to start). `last_report` has the points used and the intervals per example."""
+    equal intervals to start, fewer when their 2·initial + 1 points exceed `n_steps`, so any budget
+    of 3 or more runs). `last_report` has the points used and the intervals per example."""
 
     #: each round halves the worst intervals until they hold this share of Σ|local delta|: higher
     #: means fewer rounds (larger batches), lower means points spent more selectively
@@ -182,9 +183,10 @@ class AdaptiveIntegratedGradients(_PathPoints):
                   internal_batch_size: Optional[int] = None, return_convergence_delta: bool = False, *,
                   output: Union[str, int, None] = None):
         if not isinstance(n_steps, (int, np.integer)) or not isinstance(initial, (int, np.integer)) or \
-                initial < 1 or n_steps < 2 * initial + 1:
-            raise InputError(f"n_steps ({n_steps!r}) must be an int of at least 2 × initial + 1 (initial = "
-                             f"{initial!r}): the ends and midpoints of the first intervals")
+                initial < 1 or n_steps < 3:
+            raise InputError(f"n_steps ({n_steps!r}) must be an int of at least 3 (the ends and midpoint of one "
+                             f"interval) and initial ({initial!r}) an int of at least 1")
+        initial = min(int(initial), (int(n_steps) - 1) // 2)  # a small budget starts with fewer intervals
         if not tolerance > 0:
             raise InputError(f"tolerance must be > 0, got {tolerance!r}")
         self._start(inputs, baselines, target, additional_forward_args, output, internal_batch_size, ends=False)
@@ -219,7 +221,7 @@ class AdaptiveIntegratedGradients(_PathPoints):
         per_example = [None if not a else torch.stack([sum(_simpson(iv, points[e], 0, i) for iv in intervals[e])
                                                        for e in range(n)])
                        for i, a in enumerate(self.prepared.attributed)]
-        extra = {"n_steps": n_steps, "tolerance": tolerance, "gradient_points": [len(p) for p in points],
+        extra = {"n_steps": n_steps, "tolerance": tolerance, "initial": initial, "gradient_points": [len(p) for p in points],
                  "rounds": rounds, "intervals": [sorted(ivs) for ivs in intervals]}
         return self._finish(per_example, self.f - self.f0, "AdaptiveIntegratedGradients", extra,
                             return_convergence_delta)

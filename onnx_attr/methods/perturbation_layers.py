@@ -11,40 +11,32 @@ from __future__ import annotations
 
 from typing import Any, Sequence, Union
 
-from ..errors import InputError
 from ..layers import tensor_values, tensors_as_inputs
 from ._inputs import prepare
-from .layer import _NeuronMethod, refuse_layer_input
+from .layer import LayerMethod, _NeuronMethod, refuse_layer_input
 from .masked_eval import DEFAULT_BUDGET_BYTES
 from .perturbation import FeatureAblation, FeaturePermutation
 
 
-class _LayerPerturbation:
+class _LayerPerturbation(LayerMethod):
     """`method` run on hidden tensor(s) `layer` (a name, or a list/tuple of names: the result comes
-    back in a container of the same kind), as Captum's layer methods do on a module's output."""
+    back in a container of the same kind), as Captum's layer methods do on a module's output. A
+    LayerMethod, so the jobs and the CLI drive it as every other layer method."""
 
     method: type
 
     def __init__(self, model, layer: Union[str, Sequence[str]], budget_bytes: int = DEFAULT_BUDGET_BYTES):
-        self.model, self.layer, self.budget_bytes = model, layer, budget_bytes
-        self.last_report: dict = {}
+        super().__init__(model, layer)
+        self.budget_bytes = budget_bytes
 
     def _on_layer(self, inputs: Any, additional_forward_args: Any, **options: Any):
-        names = [self.layer] if isinstance(self.layer, str) else list(self.layer)
-        if not names or not all(isinstance(n, str) for n in names):
-            raise InputError(f"layer {self.layer!r}: give an ONNX tensor name, or a list of them "
-                             "(`onnx-attr inspect --json` lists them)")
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, None, additional_forward_args, embedded=every)
-        h = tensor_values(self.model, names, prepared.tensors)
-        inner = self.method(tensors_as_inputs(self.model, names, h), budget_bytes=self.budget_bytes)
+        h = tensor_values(self.model, self.layers, prepared.tensors)
+        inner = self.method(tensors_as_inputs(self.model, self.layers, h), budget_bytes=self.budget_bytes)
         attributions = inner.attribute(tuple(h), additional_forward_args=tuple(prepared.tensors), **options)
         self.last_report = {"method": type(self).__name__, "layer": self.layer}
-        if prepared.as_numpy:
-            attributions = tuple(a.detach().cpu().numpy() for a in attributions)
-        if isinstance(self.layer, str):
-            return attributions[0]
-        return list(attributions) if isinstance(self.layer, list) else attributions
+        return self._pack(attributions, prepared.as_numpy)
 
 
 class LayerFeatureAblation(_LayerPerturbation):
@@ -97,6 +89,6 @@ class NeuronFeatureAblation(_NeuronMethod):
     def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, additional_forward_args: Any = None,
                   feature_mask: Any = None, attribute_to_neuron_input: bool = False, perturbations_per_eval: int = 1,
                   show_progress: bool = False):
-        return self._attribute(inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input,
-                               feature_mask=feature_mask, perturbations_per_eval=perturbations_per_eval,
-                               show_progress=show_progress)
+        return self._attribute(inputs, neuron_selector, attribute_to_neuron_input, baselines=baselines,
+                               additional_forward_args=additional_forward_args, feature_mask=feature_mask,
+                               perturbations_per_eval=perturbations_per_eval, show_progress=show_progress)

@@ -45,6 +45,7 @@ class MethodEntry:
     required: tuple[str, ...] = ()  # arguments without a default (the contract test makes them)
     draws: bool = False  # draws at random: the same under the same numpy and torch seeds
     takes_layer: bool = False  # an input method that reads a layer too (GuidedGradCam)
+    min_examples: int = 1  # examples one call needs (FeaturePermutation shuffles across the batch)
 
     @property
     def class_name(self) -> str:
@@ -200,10 +201,11 @@ register("shapley:ShapleyValueSampling", "perturbation", baselines=True, draws=T
 register("lime:KernelShap", "perturbation", baselines=True, draws=True)
 register("lime:Lime", "perturbation", baselines=True, draws=True)
 register("ig_variants:SplitIntegratedGradients", "path", baselines=True, delta=True, options=_PATH)
-register("shapley:ShapleyValues", "perturbation", baselines=True)
-register("perturbation:FeaturePermutation", "perturbation", draws=True)
+register("shapley:ShapleyValues", "perturbation", baselines=True, cli=False,
+         required=("feature_mask",))  # 2**F coalitions: elements grouped; the CLI takes no mask
+register("perturbation:FeaturePermutation", "perturbation", draws=True, min_examples=2)
 register("perturbation_layers:LayerFeatureAblation", "layer", baselines=True)
-register("perturbation_layers:LayerFeaturePermutation", "layer", draws=True)
+register("perturbation_layers:LayerFeaturePermutation", "layer", draws=True, min_examples=2)
 register("perturbation_layers:NeuronFeatureAblation", "neuron", baselines=True)
 register("ig_variants:AdaptiveIntegratedGradients", "path", baselines=True, delta=True, options=_PATH)
 register("lrp:LRP", "rule", delta=True, options=("lrp_rule", "lrp_composite", "lrp_bounds"))
