@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .batch import fixed_batch
 from .errors import ForwardError, InputError
 from .model import _explain_failure
 from .reference_cache import ReferenceCache
@@ -39,7 +40,8 @@ class Targets:
     one int/tuple per example, or a tensor/array of shape [N].
     """
 
-    def __init__(self, target, n: int):
+    def __init__(self, target, n: int, axis: Optional[int] = 0):
+        self.axis = axis  # the output's batch axis (None: the output is one example, without a batch)
         self.selector = None  # a neuron selector with slices, or a callable: summed per example
         if callable(target) and not isinstance(target, Tensor):
             self.selector = target
@@ -81,13 +83,15 @@ class Targets:
 
     def _of(self, rows: list) -> "Targets":
         out = Targets.__new__(Targets)
-        out.rows, out.selector = rows, self.selector
+        out.rows, out.selector, out.axis = rows, self.selector, self.axis
         return out
 
     def select(self, output: Tensor) -> Tensor:
         """output[i, *target_i] for each example i: one scalar per example."""
         n = len(self.rows)
         depth = len(self.rows[0]) if self.rows else 0
+        if self.axis is None or (self.axis and output.dim() > self.axis):
+            output = output.unsqueeze(0) if self.axis is None else output.movedim(self.axis, 0)
         if output.dim() == 0:
             raise InputError("the output is a single value (0-d), not one per example: export the model with "
                              "a batch axis on its output (shape [N] or [N, ...])")
@@ -171,8 +175,7 @@ class DeepLiftEngine:
         self.rewrite: RewriteResult = rewrite_for_deeplift(model.module, model.inputs,
                                                            gradient_fallback=gradient_fallback, layers=layers,
                                                            reveal_cancel=reveal_cancel)
-        first = model.inputs[0].shape if model.inputs and model.inputs[0].shape else None
-        self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
+        self.fixed_batch = fixed_batch(model.inputs)
         # Shared baselines (batch 1) reused over many batches run their reference pass once (see
         # reference_cache). Changing the module's weights afterwards needs a new DeepLift object
         # (or cache_reference = False, or references.clear()).
@@ -181,7 +184,7 @@ class DeepLiftEngine:
 
     def run(self, inputs: Sequence[Tensor], baselines: Sequence[Tensor], attributed: Sequence[bool],
             targets: Targets, output: int) -> PassResult:
-        n = next(x.shape[0] for x, a in zip(inputs, attributed) if a)
+        n = len(targets.rows)
         size = self.fixed_batch or n
         parts = []
         for start in range(0, n, size):
@@ -190,7 +193,8 @@ class DeepLiftEngine:
             xs = [x if whole or not _batched(x, n) else _rows(x, start, stop, size) for x in inputs]
             bs = [b if not _batched(x, n) else _baseline_rows(b, start, stop, size, self.fixed_batch)
                   for x, b in zip(inputs, baselines)]
-            parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, stop - start))
+            padded = stop - start if stop - start < size else None  # rows to keep when the chunk was padded
+            parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, padded))
         if len(parts) == 1:
             return parts[0]
         layers = [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))
@@ -257,7 +261,7 @@ class DeepLiftEngine:
                     found = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
                     layers = [((torch.zeros_like(h) if g is None else g)[:keep], (h.detach() - state.tap_baselines[
                         id(t)].expand_as(h))[:keep]) for t, g, h in zip(layer_taps, found, leaves)]
-                    ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
+                    ref_rows = _reference_rows(ref_out, out, targets.axis)
                     return PassResult([None] * len(xs), value.detach(), targets.select(ref_rows[:keep]).detach(),
                                       layers)
                 leaves = [state.tap_leaves[id(t)] for t in taps]
@@ -282,7 +286,7 @@ class DeepLiftEngine:
                 g = next(grads)
                 g = torch.zeros_like(x) if g is None else g
                 multipliers.append(g[:keep] if x.shape[0] == rows else g)  # drop the rows padded in
-        ref_rows = ref_out.expand(out.shape[0], *ref_out.shape[1:]) if ref_out.shape[0] == 1 else ref_out
+        ref_rows = _reference_rows(ref_out, out, targets.axis)
         return PassResult(multipliers, value.detach(), targets.select(ref_rows[:keep]).detach(), [])
 
     def _forward(self, module, args):
@@ -297,6 +301,13 @@ class DeepLiftEngine:
 def _batched(t: Tensor, n: int) -> bool:
     """Has the batch of n on axis 0 (a 0-d input, a flag, never has: it is fed as given)."""
     return t.dim() > 0 and t.shape[0] == n
+
+
+def _reference_rows(ref_out: Tensor, out: Tensor, axis: Optional[int]) -> Tensor:
+    """The batch-1 reference output broadcast to the main pass's rows along the output's batch axis."""
+    if axis is None or ref_out.dim() <= axis or ref_out.shape[axis] != 1:
+        return ref_out
+    return ref_out.expand(*ref_out.shape[:axis], out.shape[axis], *ref_out.shape[axis + 1:])
 
 
 def _pick(out, index: int) -> Tensor:

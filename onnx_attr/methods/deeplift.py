@@ -15,7 +15,8 @@ import warnings
 from ..engine import DeepLiftEngine, PassResult, Targets
 from ..errors import InputError
 from ..inputs import all_finite
-from ._inputs import example_count, prepare
+from ..specialize import has_runtime_if, specialise
+from ._inputs import check_batched, example_count, prepare
 
 
 class DeepLift:
@@ -42,9 +43,24 @@ class DeepLift:
         self.model = model
         self._multiply_by_inputs = multiply_by_inputs
         self.rule = rule
-        self.engine = DeepLiftEngine(model, gradient_fallback=gradient_fallback, layers=layers,
-                                     reveal_cancel=rule == "revealcancel")
+        self._engine_options = dict(gradient_fallback=gradient_fallback, layers=layers,
+                                    reveal_cancel=rule == "revealcancel")
+        self._engines: dict[int, DeepLiftEngine] = {}  # per specialised model (runtime Ifs resolved per call)
+        self.engine = None if has_runtime_if(model) else self._engine_of(model)
         self.last_report: dict = {}
+
+    def _engine_of(self, model) -> DeepLiftEngine:
+        if id(model) not in self._engines:
+            self._engines[id(model)] = DeepLiftEngine(model, **self._engine_options)
+        return self._engines[id(model)]
+
+    def _specialise(self, inputs, baselines, additional_forward_args) -> None:
+        """For a model with runtime Ifs: the engine of the model specialised to this call's branches."""
+        if not has_runtime_if(self.model):
+            return
+        lookups = {s.name for s in self.model.inputs if not s.differentiable}  # any id input, for the values only
+        values = prepare(self.model, inputs, baselines, additional_forward_args, lookups)
+        self.engine = self._engine_of(specialise(self.model, values.tensors, values.attributed))
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -53,6 +69,10 @@ class DeepLift:
     @property
     def embedded_inputs(self) -> list[str]:
         """Integer inputs attributed at their embedding lookups (a Gather of a constant table)."""
+        if self.engine is None:  # runtime Ifs: the engine comes with the first call's branches
+            from ..layers import embedding_lookups
+
+            return list(embedding_lookups(self.model)) if any(not s.differentiable for s in self.model.inputs) else []
         return list(dict.fromkeys(t.input_name for t in self.engine.rewrite.taps))
 
     def _output_index(self, output: Union[str, int, None]) -> int:
@@ -81,14 +101,12 @@ class DeepLift:
                 [(torch.cat([a[0] for a in z]), torch.cat([a[1] for a in z])) for z in zip(*(p.layers for p in parts))])
 
     def _prepare(self, inputs, baselines, additional_forward_args):
+        self._specialise(inputs, baselines, additional_forward_args)
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
         n = example_count(self.model, prepared)
-        unbatched = [s.name for s, t, a in zip(self.model.inputs, prepared.tensors, prepared.attributed)
-                     if a and t.shape[0] != n]
-        if unbatched and n > 1:
-            raise InputError(f"attributed input(s) {unbatched} do not have the batch of {n} on axis 0 that the "
-                             "others have; attribute one example at a time")
+        check_batched(self.model, prepared, n)
+        self._batch_report = prepared.report(self.model)
         return prepared, n
 
     def _attribute_prepared(self, prepared, n: int, targets: Targets, index: int):
@@ -111,7 +129,7 @@ class DeepLift:
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         index = self._output_index(output)
         self.last_report = {}
-        attributions, delta, result = self._attribute_prepared(prepared, n, Targets(target, n), index)
+        attributions, delta, result = self._attribute_prepared(prepared, n, prepared.targets(target, n, index), index)
         return prepared, attributions, delta, result, index
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
@@ -139,6 +157,7 @@ class DeepLift:
                                   for name in dict.fromkeys(t.input_name for t in self.engine.rewrite.taps)},
             "gradient_fallback_nodes": [n for n, _ in self.engine.rewrite.fallback],
             "rule": self.rule,
+            **getattr(self, "_batch_report", {}),
             **({"reveal_cancel_nodes": self.engine.rewrite.reveal_cancel,
                 "rescale_nodes": self.engine.rewrite.reveal_cancel_skipped} if self.rule == "revealcancel" else {}),
         }
@@ -174,7 +193,7 @@ class DeepLiftShap(DeepLift):
         prepared, n = prepared_rows[0]
         index = self._output_index(output)
         self.last_report = {}
-        targets = Targets(target, n)
+        targets = prepared.targets(target, n, index)
         per_pass = self._rows_per_pass(prepared, n, len(rows))
         sums: Optional[list] = None
         deltas, changes = [], []
@@ -416,11 +435,14 @@ class LayerDeepLift(DeepLift):
 
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
         custom = _check_custom(custom_attribution_func)
+        self._specialise(inputs, baselines, additional_forward_args)
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
         n = example_count(self.model, prepared)
         index = self._output_index(output)
-        result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, Targets(target, n), index)
+        check_batched(self.model, prepared, n)
+        result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed,
+                                 prepared.targets(target, n, index), index)
         contributions = [m * d for m, d in result.layers]
         if custom is not None:  # Captum's contract, over the layers: (multipliers, layer values, their references)
             from types import SimpleNamespace

@@ -17,7 +17,8 @@ from torch import Tensor
 from ..engine import Targets
 from ..errors import InputError
 from ..layers import embedding_lookups, tensor_values, tensors_as_inputs
-from ._inputs import Prepared, _as_list, example_count, is_held, prepare
+from ..batch import fixed_batch
+from ._inputs import Prepared, _as_list, check_batched, example_count, is_held, prepare
 from .deeplift import method_report, output_index
 
 
@@ -63,27 +64,34 @@ class _GradientMethod:
             result.append(None if not a else (torch.zeros_like(t) if g is None else g))
         return result, value.detach()
 
-    def _value(self, tensors, targets, index) -> Tensor:
-        return target_values(self.active, tensors, targets, index)
+    def _value(self, tensors, targets, index, axes=None) -> Tensor:
+        return target_values(self.active, tensors, targets, index, axes)
 
     @staticmethod
     def _used_lookups(prepared) -> dict[str, list[str]]:
         return dict(getattr(prepared, "lookups", {}))
 
 
-def target_values(model, tensors: list[Tensor], targets: Targets, index: int) -> Tensor:
+def target_values(model, tensors: list[Tensor], targets: Targets, index: int,
+                  axes: Optional[Sequence[Optional[int]]] = None) -> Tensor:
     """out[target] per example without gradients, fed in the export's fixed batch size if it has one."""
     n = len(targets.rows)
+    if targets.axis != 0 or (axes and any(a not in (0, None) for a in axes)):  # the batch elsewhere, or none
+        grown = [t if a is None or t.shape[a] != 1 or n == 1 else t.expand(*t.shape[:a], n, *t.shape[a + 1:])
+                 for t, a in zip(tensors, axes or [None] * len(tensors))]
+        with torch.no_grad():
+            out = model(*grown)
+        return targets.select(out[index] if isinstance(out, (tuple, list)) else out)
     expanded = [t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t for t in tensors]
-    fixed = model.inputs[0].shape[0] if model.inputs[0].shape and isinstance(model.inputs[0].shape[0], int) else None
-    size = fixed or n
+    size = fixed_batch(model.inputs) or n
     values = []
     with torch.no_grad():
         for start in range(0, n, size):
             stop = min(start + size, n)
             out = model(*[_pad_rows(t[start:stop], size) if t.dim() and t.shape[0] == n else t for t in expanded])
             out = out[index] if isinstance(out, (tuple, list)) else out
-            values.append(targets.chunk(start, stop).select(out[:stop - start] if out.dim() else out))
+            values.append(targets.chunk(start, stop).select(out[:stop - start] if out.dim() and stop - start < size
+                                                            else out))
     return torch.cat(values)
 
 
@@ -151,8 +159,8 @@ class Saliency(_GradientMethod):
     def attribute(self, inputs: Any, target: Any = None, abs: bool = True, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, None, additional_forward_args)
-        grads, _ = self._gradients(prepared.tensors, prepared.attributed, Targets(target, n),
-                                   self._output_index(output))
+        index = self._output_index(output)
+        grads, _ = self._gradients(prepared.tensors, prepared.attributed, prepared.targets(target, n, index), index)
         return prepared.repack([None if g is None else (g.abs() if abs else g) for g in grads])
 
 
@@ -164,8 +172,8 @@ class InputXGradient(_GradientMethod):
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, None, additional_forward_args)
-        grads, _ = self._gradients(prepared.tensors, prepared.attributed, Targets(target, n),
-                                   self._output_index(output))
+        index = self._output_index(output)
+        grads, _ = self._gradients(prepared.tensors, prepared.attributed, prepared.targets(target, n, index), index)
         return prepared.repack([None if g is None else g * t for g, t in zip(grads, prepared.tensors)])
 
 
@@ -210,12 +218,16 @@ class IntegratedGradients(_GradientMethod):
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
                   return_convergence_delta: bool = False, *, output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
+        check_batched(self.model, prepared, n)
         index = self._output_index(output)
-        targets = Targets(target, n)
+        targets = prepared.targets(target, n, index)
         points, weights = integration_rule(method, n_steps)
-        first = self.active.inputs[0]
-        fixed = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
-        rows = fixed or internal_batch_size or n * n_steps
+        axes = [prepared.axis(i) for i in range(len(prepared.tensors))]
+        # steps stack along the batch axes only where the graph keeps rows apart (batch.probe): a
+        # time-major model would otherwise run them as one longer sequence
+        stack = prepared.stackable and all(x is not None for x, a in zip(axes, prepared.attributed) if a)
+        fixed = fixed_batch(self.active.inputs) if stack else None
+        rows = fixed or (internal_batch_size or n * n_steps if stack else n)
         if rows < n and fixed is None:
             raise InputError(f"internal_batch_size {rows} is below the batch of {n}")
         steps_per_chunk = max(1, rows // n) if fixed is None else None
@@ -225,25 +237,27 @@ class IntegratedGradients(_GradientMethod):
                  zip(prepared.tensors, prepared.baselines, prepared.attributed)]
         for start in range(0, n_steps, steps_per_chunk or 1):
             chunk = range(start, min(n_steps, start + (steps_per_chunk or 1)))
-            scaled = [_repeat_rows(t, len(chunk), n) if not a else torch.cat(
-                [b + float(points[k]) * d for k in chunk]) for t, b, d, a in
-                zip(prepared.tensors, prepared.baselines, diffs, prepared.attributed)]
+            scaled = [(t if x is None else _repeat_rows(t, len(chunk), n, x)) if not a else torch.cat(
+                [b + float(points[k]) * d for k in chunk], dim=x or 0) for t, b, d, a, x in
+                zip(prepared.tensors, prepared.baselines, diffs, prepared.attributed, axes)]
             step_targets = targets.repeat(len(chunk))
             grads = self._chunked_gradients(scaled, prepared.attributed, step_targets, index, fixed)
             for i, g in enumerate(grads):
                 if g is not None:
                     for j, k in enumerate(chunk):
-                        totals[i] += float(weights[k]) * g[j * n:(j + 1) * n].double()
+                        step = g if axes[i] is None else g.narrow(axes[i], j * n, n)
+                        totals[i] += float(weights[k]) * step.double()
         average = [None if t is None else t.to(prepared.tensors[i].dtype) for i, t in enumerate(totals)]
         attributions = [None if a is None else (a * d if self._multiply_by_inputs else a)
                         for a, d in zip(average, diffs)]
         contributions = [None if a is None else a * d for a, d in zip(average, diffs)]
-        value = self._value(prepared.tensors, targets, index)
-        reference = self._value(prepared.baselines, targets, index)
+        value = self._value(prepared.tensors, targets, index, axes)
+        reference = self._value(prepared.baselines, targets, index, axes)
         delta = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None) - (
             value.double() - reference.double())
         self.last_report = {**method_report(self.model, "IntegratedGradients", delta, value - reference, index),
-                            "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared)}
+                            "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared),
+                            **prepared.report(self.model), "steps_stacked": stack}
         out = prepared.repack(attributions)
         return (out, delta) if return_convergence_delta else out
 
@@ -278,10 +292,12 @@ def _distribution(b: Any) -> Tensor:
     return b
 
 
-def _repeat_rows(t: Tensor, times: int, n: int) -> Tensor:
-    """A per-example tensor (n rows) repeated `times` times along axis 0; shared ones (0-d, batch 1
-    when n > 1) stay as they are."""
-    return t.repeat(times, *[1] * (t.dim() - 1)) if t.dim() and t.shape[0] == n else t
+def _repeat_rows(t: Tensor, times: int, n: int, axis: int = 0) -> Tensor:
+    """A per-example tensor (n rows on `axis`) repeated `times` times along it; shared ones (0-d,
+    batch 1 when n > 1) stay as they are."""
+    if not t.dim() or t.shape[axis] != n:
+        return t
+    return t.repeat(*[times if i == axis else 1 for i in range(t.dim())])
 
 
 def _pad_rows(t: Tensor, size: int) -> Tensor:

@@ -1,0 +1,181 @@
+"""Batch axes from the graph, held inputs, runtime Ifs specialised per call, IG on time-major
+models: the patterns of the silero-vad and ddddocr exports as small graphs. Oracles: onnxruntime
+for f(x) - f(x0) (completeness), and a slow IG that runs one path point of one example at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_attr
+from conftest import FLOAT, INT64, make_model, ort_run
+from onnx_attr.batch import batch_axes
+from onnx_attr.specs import TensorSpec
+from test_real_export_patterns import silero_if_model
+
+RNG = np.random.default_rng(1818)
+
+
+def spec(name, shape, dtype=np.float32):
+    return TensorSpec(name, shape, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("shapes, expected", [
+    ([("batch", "sequence"), (2, "batch", 128), ()], [0, 1, None]),  # silero op15: state batched on axis 1
+    ([(None, None), (2, None, 128), ()], [0, 1, None]),  # silero spox: anonymous dims, one free axis
+    ([("sequence_length", 576), (1, 1, 128), (1, 1, 128)], [0, None, None]),  # h/c: no batch
+    ([(1, 576), (2, 1, 128)], [0, None]),  # openvino: fixed shapes, state without a batch
+    ([(1, 3, 8, 8), (1, 10)], [0, 0]),  # a fixed batch of 1 on both
+    ([("n", 3), ("n", 5)], [0, 0]),
+])
+def test_batch_axes_from_declared_shapes(shapes, expected):
+    assert batch_axes([spec(f"i{k}", s) for k, s in enumerate(shapes)]) == expected
+
+
+def _completeness(model, feeds, attributions, baselines, target_pick):
+    """Σ attributions against onnxruntime's f(x) - f(x0), per example."""
+    proto = model.reference_model
+    high = target_pick(ort_run(proto, feeds)[0])
+    low = target_pick(ort_run(proto, {**feeds, **baselines})[0])
+    return high - low
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_deeplift_takes_the_branch_of_a_held_sample_rate_and_is_complete(rate):
+    proto = silero_if_model()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    x = (300 * RNG.standard_normal((1, 4))).astype(np.float32) / 100
+    state = RNG.standard_normal((1, 3)).astype(np.float32)
+    feeds = {"input": x, "state": state, "sr": np.array(rate, np.int64)}
+    dl = onnx_attr.DeepLift(model)
+    attributions, delta = dl.attribute({"input": x, "state": state}, additional_forward_args={"sr": feeds["sr"]},
+                                       return_convergence_delta=True)
+    change = _completeness(model, feeds, None, {"input": 0 * x, "state": 0 * state}, lambda o: o[:, 0])
+    total = sum(a.reshape(1, -1).sum(1) for a in attributions.values())
+    np.testing.assert_allclose(total, change, rtol=1e-4, atol=1e-6)
+    assert abs(float(delta[0])) <= 1e-4 * max(abs(float(change[0])), 1e-3)
+    assert dl.last_report["held_inputs"] == ["sr"]
+    assert any("specialised" in n for n in dl.engine.model.notes)
+    again = onnx_attr.DeepLift(model)
+    again.attribute({"input": x, "state": state}, additional_forward_args={"sr": feeds["sr"]})
+    assert again.engine.model is dl.engine.model  # one specialised model per condition value
+
+
+def test_gradient_fallback_and_ig_on_the_if_model_raise_nothing_raw():
+    model = onnx_attr.load(silero_if_model(), strip_final_activation=False)
+    x, state = RNG.standard_normal((1, 4)).astype(np.float32), np.zeros((1, 3), np.float32)
+    sr = np.array(16000, np.int64)
+    onnx_attr.DeepLift(model, gradient_fallback=True).attribute({"input": x, "state": state},
+                                                                 additional_forward_args={"sr": sr})
+    ig = onnx_attr.IntegratedGradients(model)
+    _, delta = ig.attribute({"input": x}, additional_forward_args={"state": state, "sr": sr}, n_steps=64,
+                            return_convergence_delta=True)
+    assert ig.last_report["held_inputs"] == ["state", "sr"]
+    ig.attribute({"input": x, "sr": sr, "state": state}, n_steps=8)  # a 0-d setting among the inputs: held
+    assert ig.last_report["held_inputs"] == ["sr"]
+
+
+def test_an_if_on_an_attributed_input_is_refused_by_name():
+    then = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", FLOAT, None)])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["positive"]),
+             helper.make_node("If", ["positive"], ["y"], then_branch=then, else_branch=other, name="sign_switch")]
+    proto = make_model(nodes, [("x", FLOAT, [1, 3])], [("y", FLOAT, [1, 3])],
+                       initializers={"zero": np.array(0, np.float32)}, opset=13)
+    model = onnx_attr.load(proto)
+    with pytest.raises(onnx_attr.UnsupportedOpError, match=r"sign_switch.*attributed input 'x'"):
+        onnx_attr.DeepLift(model).attribute(np.ones((1, 3), np.float32), target=0)
+
+
+def state_on_axis_one_model():
+    """silero op15's layout: input [batch, 4], state [2, batch, 3]; out = sigmoid(input·W + s0 · s1)."""
+    w = RNG.standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["h"]),
+             helper.make_node("Gather", ["state", "i0"], ["s0"], axis=0),
+             helper.make_node("Gather", ["state", "i1"], ["s1"], axis=0),
+             helper.make_node("Mul", ["s0", "s1"], ["s01"]),
+             helper.make_node("Add", ["h", "s01"], ["z"]),
+             helper.make_node("Tanh", ["z"], ["a"]),
+             helper.make_node("ReduceMean", ["a"], ["output"], axes=[1], keepdims=1)]
+    return make_model(nodes, [("input", FLOAT, ["batch", 4]), ("state", FLOAT, [2, "batch", 3])],
+                      [("output", FLOAT, ["batch", 1])], initializers={"w": w, "i0": np.array(0, np.int64),
+                                                                       "i1": np.array(1, np.int64)}, opset=13)
+
+
+@pytest.mark.parametrize("method", ["deeplift", "ig"])
+def test_a_state_batched_on_axis_one_is_cut_and_stacked_on_that_axis(method):
+    model = onnx_attr.load(state_on_axis_one_model())
+    x = (3 * RNG.standard_normal((3, 4))).astype(np.float32)
+    state = (2 * RNG.standard_normal((2, 3, 3))).astype(np.float32)
+    feeds = {"input": x, "state": state}
+    explainer = onnx_attr.DeepLift(model) if method == "deeplift" else onnx_attr.IntegratedGradients(model)
+    options = {} if method == "deeplift" else {"n_steps": 200}
+    attributions, delta = explainer.attribute(feeds, return_convergence_delta=True, **options)
+    assert attributions["state"].shape == state.shape
+    assert explainer.last_report["batch_axes"] == {"input": 0, "state": 1}
+    change = _completeness(model, feeds, None, {"input": 0 * x, "state": 0 * state}, lambda o: o[:, 0])
+    total = attributions["input"].sum(1) + attributions["state"].sum((0, 2))
+    np.testing.assert_allclose(total, change, rtol=1e-4 if method == "deeplift" else 2e-3, atol=1e-5)
+    # each example alone gives the same attributions as in the batch (the state cut on axis 1)
+    for i in range(3):
+        alone = explainer.attribute({"input": x[i:i + 1], "state": state[:, i:i + 1]}, **options)
+        np.testing.assert_allclose(alone["state"], attributions["state"][:, i:i + 1], rtol=1e-4, atol=1e-6)
+
+
+def time_major_model(frames_are_batch: bool):
+    """An LSTM over axis 0 of its input. frames_are_batch: input [frames, 6] declared like a batch
+    (silero's sequence export); else input [N, 6, T] transposed to [T, N, 6] (a CRNN), output [T, N, 5]."""
+    hidden = 5
+    w = (0.5 * RNG.standard_normal((1, 4 * hidden, 6))).astype(np.float32)
+    r = (0.5 * RNG.standard_normal((1, 4 * hidden, hidden))).astype(np.float32)
+    nodes = []
+    if frames_are_batch:
+        nodes.append(helper.make_node("Unsqueeze", ["x", "one"], ["seq"]))  # [T, 1, 6]
+    else:
+        nodes.append(helper.make_node("Transpose", ["x"], ["seq"], perm=[2, 0, 1]))  # [T, N, 6]
+    nodes += [helper.make_node("LSTM", ["seq", "w", "r"], ["y"], hidden_size=hidden),  # [T, 1, N, H]
+              helper.make_node("Squeeze", ["y", "one"], ["out"])]
+    inputs = [("x", FLOAT, ["frames", 6] if frames_are_batch else ["n", 6, "t"])]
+    outputs = [("out", FLOAT, ["frames", 1, hidden] if frames_are_batch else ["t", "n", hidden])]
+    return make_model(nodes, inputs, outputs, initializers={"w": w, "r": r, "one": np.array([1], np.int64)},
+                      opset=13)
+
+
+def slow_ig(model, x: np.ndarray, pick, n_steps: int) -> np.ndarray:
+    """IG by hand: one path point at a time, each its own forward and backward."""
+    points, weights = np.polynomial.legendre.leggauss(n_steps)
+    total = torch.zeros(x.shape, dtype=torch.float64)
+    for p, w in zip((points + 1) / 2, weights / 2):
+        point = torch.tensor(float(p) * x, requires_grad=True)
+        (grad,) = torch.autograd.grad(pick(model(point)), point)
+        total += float(w) * grad.double()
+    return (total * torch.from_numpy(x).double()).numpy()
+
+
+def test_ig_on_frames_declared_like_a_batch_runs_its_steps_one_at_a_time():
+    model = onnx_attr.load(time_major_model(frames_are_batch=True))
+    x = (2 * RNG.standard_normal((7, 6))).astype(np.float32)
+    ig = onnx_attr.IntegratedGradients(model)
+    ours = ig.attribute(x, target=(6, 0, 2), n_steps=16)
+    assert not ig.last_report["steps_stacked"]
+    expected = slow_ig(model, x, lambda out: out[6, 0, 2], 16)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(ours - expected).max() < 1e-3 * np.abs(expected).max()
+
+
+def test_ig_on_a_time_major_output_stacks_steps_on_the_batch_axis():
+    model = onnx_attr.load(time_major_model(frames_are_batch=False))
+    x = (2 * RNG.standard_normal((3, 6, 4))).astype(np.float32)
+    ig = onnx_attr.IntegratedGradients(model)
+    ours = ig.attribute(x, target=(3, 1), n_steps=16)  # time step 3, unit 1, for each example
+    assert ig.last_report["steps_stacked"]
+    for i in range(3):
+        expected = slow_ig(model, x[i:i + 1], lambda out: out[3, 0, 1], 16)
+        np.testing.assert_allclose(ours[i:i + 1], expected, rtol=1e-4, atol=1e-6)
+    dl, delta = onnx_attr.DeepLift(model).attribute(x, target=(3, 1), return_convergence_delta=True)
+    assert np.abs(delta.numpy()).max() < 1e-4
