@@ -386,8 +386,10 @@ class _Job:
 
     def _target(self, inputs: dict, examples: int) -> tuple[Any, str]:
         """The --target given, else a default per example: the predicted class of an [N, C] output,
-        the position of the largest value of an output of rank > 2 batched on axis 0, else the
-        output itself (one value per example)."""
+        the position of the largest value of an output of rank > 2 (its batch axis first, as the
+        graph has it), else the output itself (one value per example)."""
+        from .batch import output_axis
+
         chosen = parse_target(self.target)
         if chosen is not None:
             if _has_negative(chosen):
@@ -396,6 +398,9 @@ class _Job:
                 return chosen, f"given ({self.target}, counted from the end)"
             return chosen, "given"
         out = self.model.run(inputs)[self.output_index]
+        axis = output_axis(self.model, self.model.prepare(inputs), self.output_index)
+        if axis != 0:  # a time-major output, or one that is a single example: its batch first
+            out, examples = (out.unsqueeze(0), 1) if axis is None else (out.movedim(axis, 0), out.shape[axis])
         if out.dim() == 2 and out.shape[1] > 1:
             return out.argmax(1).tolist(), "predicted class (argmax)"
         if out.dim() > 2 and out.shape[0] == examples and out[0].numel() > 1:
@@ -426,7 +431,7 @@ class _Job:
                 part_target = target[part] if isinstance(target, list) else target
                 kwargs = dict(self.method_options) if self.method == "integratedgradients" else {}
                 result, delta = self.explainer.attribute(
-                    cut(attributed), part_baselines, target=part_target,
+                    cut(attributed) if len(steps) > 1 else attributed, part_baselines, target=part_target,
                     additional_forward_args=(cut(extra) if len(steps) > 1 else extra) or None,
                     return_convergence_delta=True, output=self.output_index, **kwargs)
                 for k in pieces:

@@ -43,6 +43,22 @@ def batch_axes(specs: Sequence[TensorSpec], tensors: Sequence[Tensor] | None = N
     return axes
 
 
+def output_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> list[Optional[int]]:
+    """Each output's batch axis as declared (the inputs' batch symbol, else the first input's
+    convention); `probe` settles it on a call's values, where a time-major output may differ."""
+    axes = batch_axes(inputs)
+    symbol = next((s.shape[a] for s, a in zip(inputs, axes) if a is not None and s.shape
+                   and isinstance(s.shape[a], str)), None)
+    lead = next((s.shape for s in inputs if s.shape is None or len(s.shape) > 0), None)
+    found = []
+    for spec in outputs:
+        if symbol is not None and spec.shape and symbol in spec.shape:
+            found.append(spec.shape.index(symbol))
+        else:
+            found.append(_axis_without_symbol(spec.shape, lead) if spec.shape != lead else 0)
+    return found
+
+
 def fixed_batch(specs: Sequence[TensorSpec]) -> Optional[int]:
     """The batch size an export fixes (a positive int on the first batched input's batch axis)."""
     for spec, axis in zip(specs, batch_axes(specs)):
@@ -86,6 +102,12 @@ def probe(model, tensors: Sequence[Tensor], axes: Sequence[Optional[int]]) -> La
     if key not in cache:
         cache[key] = _probe(model, tensors, axes)
     return cache[key]
+
+
+def output_axis(model, tensors: Sequence[Tensor], index: int) -> Optional[int]:
+    """Output `index`'s batch axis on these inputs (None: the output is one whole example)."""
+    layout = probe(model, tensors, batch_axes(model.inputs, tensors))
+    return layout.outputs[index] if index < len(layout.outputs) else 0
 
 
 def _probe(model, tensors, axes) -> Layout:

@@ -179,3 +179,9 @@ def test_ig_on_a_time_major_output_stacks_steps_on_the_batch_axis():
         np.testing.assert_allclose(ours[i:i + 1], expected, rtol=1e-4, atol=1e-6)
     dl, delta = onnx_attr.DeepLift(model).attribute(x, target=(3, 1), return_convergence_delta=True)
     assert np.abs(delta.numpy()).max() < 1e-4
+
+
+def test_inspect_shows_each_batch_axis():
+    info = onnx_attr.load(state_on_axis_one_model()).summary()
+    assert [d["batch_axis"] for d in info["inputs"]] == [0, 1]
+    assert [d["batch_axis"] for d in info["outputs"]] == [0]
