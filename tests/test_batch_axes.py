@@ -185,3 +185,68 @@ def test_inspect_shows_each_batch_axis():
     info = onnx_attr.load(state_on_axis_one_model()).summary()
     assert [d["batch_axis"] for d in info["inputs"]] == [0, 1]
     assert [d["batch_axis"] for d in info["outputs"]] == [0]
+
+
+HELD_STATE_METHODS = {
+    "DeepLift": lambda m: (onnx_attr.DeepLift(m), {}),
+    "DeepLiftShap": lambda m: (onnx_attr.DeepLiftShap(m), {"baselines": {"input": np.zeros((2, 4), np.float32)}}),
+    "IntegratedGradients": lambda m: (onnx_attr.IntegratedGradients(m), {"n_steps": 8}),
+    "Saliency": lambda m: (onnx_attr.Saliency(m), {}),
+    "InputXGradient": lambda m: (onnx_attr.InputXGradient(m), {}),
+    "GradientShap": lambda m: (onnx_attr.GradientShap(m), {"baselines": {"input": np.zeros((2, 4), np.float32)},
+                                                           "n_samples": 3}),
+    "NoiseTunnel": lambda m: (onnx_attr.NoiseTunnel(onnx_attr.IntegratedGradients(m)), {"nt_samples": 3,
+                                                                                        "n_steps": 4}),
+    "FeatureAblation": lambda m: (onnx_attr.FeatureAblation(m), {}),
+    "Occlusion": lambda m: (onnx_attr.Occlusion(m), {"sliding_window_shapes": (1,)}),
+    "LayerIntegratedGradients": lambda m: (onnx_attr.LayerIntegratedGradients(m, "z"), {"n_steps": 8}),
+    "LayerDeepLift": lambda m: (onnx_attr.LayerDeepLift(m, "z"), {}),
+}
+RANDOM = {"GradientShap", "NoiseTunnel"}
+
+
+@pytest.mark.parametrize("name", sorted(HELD_STATE_METHODS))
+def test_every_method_holds_a_state_batched_on_axis_one(name):
+    model = onnx_attr.load(state_on_axis_one_model())
+    x = (3 * RNG.standard_normal((3, 4))).astype(np.float32)
+    state = (2 * RNG.standard_normal((2, 3, 3))).astype(np.float32)
+    method, options = HELD_STATE_METHODS[name](model)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    batch = method.attribute({"input": x}, additional_forward_args={"state": state}, **options)
+    batch = batch["input"] if isinstance(batch, dict) else batch
+    assert np.shape(batch)[0] == 3
+    if name in RANDOM:
+        return
+    for i in range(3):  # each example with its own column of the state gives the same answer
+        alone = method.attribute({"input": x[i:i + 1]}, additional_forward_args={"state": state[:, i:i + 1]},
+                                 **options)
+        alone = alone["input"] if isinstance(alone, dict) else alone
+        np.testing.assert_allclose(np.asarray(alone), np.asarray(batch)[i:i + 1], rtol=1e-4, atol=1e-6)
+
+
+def fixed_state_model():
+    """silero's OpenVINO export: fixed shapes, the If inlined; the state [2, 1, 3] has no batch
+    and a Gather takes its row 1 (the zero baseline cut it to one row before)."""
+    w = RNG.standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["h"]),
+             helper.make_node("Gather", ["state", "i1"], ["s1"], axis=0),
+             helper.make_node("Add", ["h", "s1"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["p"]),
+             helper.make_node("ReduceMean", ["p"], ["output"], axes=[1], keepdims=1)]
+    return make_model(nodes, [("input", FLOAT, [1, 4]), ("state", FLOAT, [2, 1, 3])], [("output", FLOAT, [1, 1])],
+                      initializers={"w": w, "i1": np.array(1, np.int64)}, opset=13)
+
+
+@pytest.mark.parametrize("method", ["deeplift", "ig"])
+def test_a_state_without_a_batch_is_attributed_whole(method):
+    model = onnx_attr.load(fixed_state_model(), strip_final_activation=False)
+    feeds = {"input": (3 * RNG.standard_normal((1, 4))).astype(np.float32),
+             "state": RNG.standard_normal((2, 1, 3)).astype(np.float32)}
+    explainer = onnx_attr.DeepLift(model) if method == "deeplift" else onnx_attr.IntegratedGradients(model)
+    attributions = explainer.attribute(feeds, **({} if method == "deeplift" else {"n_steps": 100}))
+    assert attributions["state"].shape == (2, 1, 3) and not np.any(attributions["state"][0])  # row 0 unused
+    assert explainer.last_report["batch_axes"] == {"input": 0, "state": None}
+    change = _completeness(model, feeds, None, {k: 0 * v for k, v in feeds.items()}, lambda o: o[:, 0])
+    total = sum(a.sum() for a in attributions.values())
+    np.testing.assert_allclose(total, change, rtol=1e-4 if method == "deeplift" else 1e-3, atol=1e-6)

@@ -202,7 +202,7 @@ class DeepLiftShap(DeepLift):
             k = len(group)
             joined = group[0] if k == 1 else _stacked(group, n)
             attributions, delta, result = self._attribute_prepared(joined, n * k, targets.repeat(k), index)
-            folded = [None if a is None else a.reshape(k, n, *a.shape[1:]).sum(0) for a in attributions]
+            folded = [a if a is None or k == 1 else a.reshape(k, n, *a.shape[1:]).sum(0) for a in attributions]
             sums = folded if sums is None else [None if s is None else s + a for s, a in zip(sums, folded)]
             deltas.append(delta.reshape(k, n))
             changes.append((result.value - result.reference_value).reshape(k, n))
@@ -216,6 +216,8 @@ class DeepLiftShap(DeepLift):
         batched = [t for t, a in zip(prepared.tensors, prepared.attributed) if a]
         if self.engine.fixed_batch or any(t.dim() == 0 or t.shape[0] != n for t in batched):
             return 1
+        if any(t.dim() and prepared.axis(i) != 0 for i, t in enumerate(prepared.tensors)):
+            return 1  # a batch off axis 0, or an input without one: rows are not repeated on axis 0
         per_row = n * sum(t[0].numel() for t in batched)
         return max(1, min(rows, self.SHARED_PASS_ELEMENTS // max(per_row, 1)))
 

@@ -300,6 +300,17 @@ def _repeat_rows(t: Tensor, times: int, n: int, axis: int = 0) -> Tensor:
     return t.repeat(*[times if i == axis else 1 for i in range(t.dim())])
 
 
+def with_samples(prepared: Prepared, n: int, samples: int) -> None:
+    """Unattributed inputs with the n examples on their batch axis, repeated like the attributed
+    rows (each example `samples` times in a row), so that a state batched on axis 1 follows."""
+    if samples == 1:
+        return
+    for i, (t, a) in enumerate(zip(prepared.tensors, prepared.attributed)):
+        axis = prepared.axis(i)
+        if not a and axis is not None and t.shape[axis] == n:
+            prepared.tensors[i] = prepared.baselines[i] = t.repeat_interleave(samples, dim=axis)
+
+
 def _pad_rows(t: Tensor, size: int) -> Tensor:
     return t if t.shape[0] == size else torch.cat([t, t[-1:].expand(size - t.shape[0], *t.shape[1:])])
 
@@ -354,6 +365,7 @@ class GradientShap(_GradientMethod):
         noisy = [t if is_held(t) else _add_noise(t, s, n_samples) if t.is_floating_point()
                  else t.repeat_interleave(n_samples, 0) for t, s in zip(tensors, spread)]
         prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args)
+        with_samples(prepared, n, n_samples)
         prepared.as_numpy = as_numpy
         dtype = next(t.dtype for t, a in zip(prepared.tensors, prepared.attributed) if a)
         alpha = torch.tensor(np.random.uniform(0.0, 1.0, rows), dtype=dtype)
