@@ -1,4 +1,4 @@
-"""Runtime `If` nodes resolved on the values of one call, so DeepLift sees the taken branch's ops.
+"""Runtime `If` and `Loop` nodes resolved on the values of one call, so DeepLift sees plain ops.
 
 An export may branch on a value that is not a constant in the file but is fixed for a call: a
 sample-rate input (silero-vad's `sr`), a flag, a shape. The rewrite cannot give an opaque `If`
@@ -8,6 +8,12 @@ graph as a constant, and lets the normalization inline the taken branches (neste
 then converts that graph: a model without those Ifs, cached on the original per set of
 condition values. A condition that depends on an attributed input's values (not only on its
 shape) changes along the path from the baseline, so it stays refused, by node and input.
+
+A top-level `Loop` whose trip count and condition follow only held inputs, shapes or constants
+runs the same number of times on every point of that path: the recording pass counts its
+iterations, and the copy of the graph has its body repeated that many times (carried values
+chained, scan outputs stacked by Unsqueeze + Concat), within the budget's loop iterations and
+node count.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from .errors import UnsupportedOpError
 SHAPE_ONLY = frozenset({"Shape", "Size"})
 
 
-def runtime_ifs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The If nodes of the top-level graph (the normalization already inlined constant ones)."""
-    return [n for n in model.graph.node if n.op_type == "If" and n.domain in ("", "ai.onnx")]
+def runtime_control_flow(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The If and Loop nodes of the top-level graph (the normalization inlined constant Ifs)."""
+    return [n for n in model.graph.node if n.op_type in ("If", "Loop") and n.domain in ("", "ai.onnx")]
 
 
 def has_runtime_if(model) -> bool:
-    return bool(runtime_ifs(model.onnx_model))
+    """Whether DeepLift must specialise the model per call (runtime If or Loop nodes)."""
+    return bool(runtime_control_flow(model.onnx_model))
 
 
 def value_dependent(graph: onnx.GraphProto, sources: Iterable[str], tainted: dict[str, str] | None = None
@@ -59,16 +66,39 @@ def value_dependent(graph: onnx.GraphProto, sources: Iterable[str], tainted: dic
 
 def refuse_attributed_conditions(model, attributed_names: Sequence[str]) -> None:
     """An UnsupportedOpError naming each If whose condition follows an attributed input's values."""
-    tainted = value_dependent(model.onnx_model.graph, attributed_names)
-    bad = [(n, tainted[n.input[0]]) for n in _all_ifs(model.onnx_model.graph) if n.input[0] in tainted]
+    graph = model.onnx_model.graph
+    tainted = value_dependent(graph, attributed_names)
+    bad = [("If", n, n.input[0], tainted[n.input[0]], "the branch taken") for n in _all_ifs(graph)
+           if n.input[0] in tainted]
+    for node in (n for n in graph.node if n.op_type == "Loop"):
+        found = _loop_taint(node, tainted)
+        for name in [*node.input[:2], next(a.g for a in node.attribute if a.name == "body").output[0].name]:
+            if name and name in found:
+                bad.append(("Loop", node, name, found[name], "the number of iterations"))
+                break
     if bad:
         raise UnsupportedOpError(
-            [("If", "ai.onnx", 0, n.name or n.output[0],
-              f"its condition {n.input[0]!r} depends on the values of the attributed input {source!r}, so the branch "
-              "taken could change along the path from the baseline") for n, source in bad],
+            [(op, "ai.onnx", 0, n.name or n.output[0],
+              f"its {'condition' if op == 'If' else 'trip count or condition'} {name!r} depends on the values of the "
+              f"attributed input {source!r}, so {what} could change along the path from the baseline")
+             for op, n, name, source, what in bad],
             hint="Attribute the other inputs and pass this one as additional_forward_args (held at its value), or "
                  "re-export the model without the data-dependent branch.",
             action="DeepLift cannot specialise")
+
+
+def _loop_taint(node: onnx.NodeProto, tainted: dict[str, str]) -> dict[str, str]:
+    """What depends on attributed values inside a Loop: its inputs, and its body's names with the
+    carried values tainted from their initial values and, to a fixed point, from the last trip."""
+    body = next(a.g for a in node.attribute if a.name == "body")
+    seeds = {i.name: tainted[v] for i, v in zip(body.input[2:], node.input[2:]) if v in tainted}
+    while True:
+        found = value_dependent(body, (), {**tainted, **seeds})
+        more = {i.name: found[o.name] for i, o in zip(body.input[2:], body.output[1:]) if o.name in found
+                and i.name not in seeds}
+        if not more:
+            return {**found, **{n: tainted[n] for n in node.input[:2] if n in tainted}}
+        seeds.update(more)
 
 
 def _all_ifs(graph: onnx.GraphProto):
@@ -80,12 +110,14 @@ def _all_ifs(graph: onnx.GraphProto):
                 yield from _all_ifs(sub)
 
 
-def record_conditions(model, tensors: Sequence[Tensor]) -> dict[str, bool]:
-    """The condition each If took in a plain forward pass of `tensors`, keyed by its first output's
-    name (unique in the graph), nested bodies included (only those that ran)."""
-    from .converters.control_flow import If, _as_bool
+def record_conditions(model, tensors: Sequence[Tensor]) -> dict[str, bool | int]:
+    """The condition each If took (a bool) and the iterations each top-level Loop ran (an int)
+    in a plain forward pass of `tensors`, keyed by the node's first output name (unique in the
+    graph), nested bodies included (only those that ran)."""
+    from .converters.control_flow import If, Loop, _as_bool
 
-    seen: dict[str, bool] = {}
+    seen: dict[str, bool | int] = {}
+    top = model.module
     hooks = []
     for graph_module in model.module.modules():
         graph = getattr(graph_module, "graph", None)
@@ -95,6 +127,11 @@ def record_conditions(model, tensors: Sequence[Tensor]) -> dict[str, bool]:
             if node.op != "call_module" or not node.meta.get("onnx_outputs"):
                 continue
             sub = graph_module.get_submodule(node.target)
+            if isinstance(sub, Loop) and graph_module is top:
+                key = node.meta["onnx_outputs"][0]
+                seen[key] = 0
+                hooks.append(sub.body.register_forward_pre_hook(
+                    lambda _m, _args, key=key: seen.__setitem__(key, seen[key] + 1)))
             if isinstance(sub, If):
                 key = node.meta["onnx_outputs"][0]
                 hooks.append(sub.register_forward_pre_hook(
@@ -131,6 +168,7 @@ def _build(model, taken: dict[str, bool]):
 
     proto = onnx.ModelProto()
     proto.CopyFrom(model.onnx_model)
+    _unroll_loops(proto, {k: v for k, v in taken.items() if not isinstance(v, bool)}, model.budget)
     constants = []
     for node in _all_ifs(proto.graph):
         if node.output[0] in taken:
@@ -142,9 +180,77 @@ def _build(model, taken: dict[str, bool]):
         normalized = normalize(proto, importable=is_importable)
         module = convert(normalized.converted, opsets(normalized.canonical)
                          if normalized.converted is not normalized.canonical else None)
-    branches = ", ".join(f"{k!r} {'then' if v else 'else'}" for k, v in taken.items())
+    branches = ", ".join(f"{k!r} {('then' if v else 'else') if isinstance(v, bool) else f'{v} iteration(s)'}"
+                         for k, v in taken.items())
     sibling = AttributableModel(module, model.inputs, model.outputs, normalized.converted, model.reference_model,
-                                (*model.notes, f"runtime If(s) specialised for this call: {branches}"), model.source)
+                                (*model.notes, f"runtime If/Loop node(s) specialised for this call: {branches}"),
+                                model.source)
     sibling.budget = model.budget
     sibling.eval()
     return sibling.to(model.device)
+
+
+def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None:
+    """Replace each top-level Loop whose iterations were counted by that many copies of its body."""
+    from .normalize import _prefixed_branch, _rename_uses, _used_names
+
+    from .normalize import default_opset
+
+    graph, opset = proto.graph, default_opset(proto)
+    nodes: list[onnx.NodeProto] = []
+    for node in list(graph.node):
+        if node.op_type != "Loop" or node.output[0] not in trips:
+            nodes.append(node)
+            continue
+        count = trips[node.output[0]]
+        body = next(a.g for a in node.attribute if a.name == "body")
+        n_carried = len(node.input) - 2
+        n_scans = len(body.output) - 1 - n_carried
+        label = node.name or node.output[0]
+        budget.check("max_loop_iterations", count, f"Loop node {label!r} unrolled for DeepLift, running")
+        budget.check("max_nodes", len(graph.node) + count * len(body.node),
+                     f"Loop node {label!r} unrolled for DeepLift ({count} copies of its body), giving a graph of")
+        if n_scans and not count:
+            raise UnsupportedOpError([("Loop", "ai.onnx", 0, label, "it runs zero iterations here, so its scan "
+                                       "outputs have no shape")], action="DeepLift cannot specialise")
+        carried = list(node.input[2:])
+        scans: list[list[str]] = [[] for _ in range(n_scans)]
+        taken = _used_names(graph) | {t.name for t in graph.initializer} | set(trips)
+        for k in range(count):
+            copy = _prefixed_branch(body, f"{node.output[0]}/iteration{k}/", taken)
+            number = f"{node.output[0]}/iteration{k}/number"
+            graph.initializer.append(helper.make_tensor(number, onnx.TensorProto.INT64, [], [k]))
+            feeds = [number, "", *carried]
+            for own, fed in zip(copy.input, feeds):
+                if own.name and fed:
+                    _rename_uses(copy, own.name, fed)
+                    for out in copy.output:
+                        if out.name == own.name:
+                            out.name = fed
+            condition_in = copy.input[1].name if len(copy.input) > 1 else ""
+            if condition_in and any(condition_in in n.input for n in copy.node):
+                true = f"{node.output[0]}/iteration{k}/condition"
+                graph.initializer.append(helper.make_tensor(true, onnx.TensorProto.BOOL, [], [True]))
+                _rename_uses(copy, condition_in, true)
+            graph.initializer.extend(copy.initializer)
+            nodes.extend(copy.node)
+            outs = [o.name for o in copy.output]
+            carried = outs[1:1 + n_carried]
+            for items, name in zip(scans, outs[1 + n_carried:]):
+                items.append(name)
+            taken |= _used_names(copy)
+        axis = f"{node.output[0]}/scan_axis"
+        if n_scans and opset >= 13:
+            graph.initializer.append(helper.make_tensor(axis, onnx.TensorProto.INT64, [1], [0]))
+        for final, source in zip(node.output[:n_carried], carried):
+            nodes.append(helper.make_node("Identity", [source], [final], name=f"{final}/unrolled"))
+        for final, items in zip(node.output[n_carried:], scans):
+            stacked = []
+            for k, name in enumerate(items):
+                stacked.append(f"{final}/step{k}")
+                nodes.append(helper.make_node("Unsqueeze", [name, axis], [stacked[-1]], name=stacked[-1])
+                             if opset >= 13 else helper.make_node("Unsqueeze", [name], [stacked[-1]], axes=[0],
+                                                                  name=stacked[-1]))
+            nodes.append(helper.make_node("Concat", stacked, [final], axis=0, name=f"{final}/stacked"))
+    del graph.node[:]
+    graph.node.extend(nodes)

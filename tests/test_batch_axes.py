@@ -250,3 +250,52 @@ def test_a_state_without_a_batch_is_attributed_whole(method):
     change = _completeness(model, feeds, None, {k: 0 * v for k, v in feeds.items()}, lambda o: o[:, 0])
     total = sum(a.sum() for a in attributions.values())
     np.testing.assert_allclose(total, change, rtol=1e-4 if method == "deeplift" else 1e-3, atol=1e-6)
+
+
+def held_trip_count_loop(while_on_input: bool = False):
+    """acc += tanh(x * i) for i < steps (a held int64 scalar input), the running sum also scanned;
+    while_on_input: the loop instead goes on while sum(acc) < 6, so its count follows x's values."""
+    body_nodes = [helper.make_node("Cast", ["i"], ["fi"], to=FLOAT), helper.make_node("Mul", ["x", "fi"], ["xi"]),
+                  helper.make_node("Tanh", ["xi"], ["t"]), helper.make_node("Add", ["acc_in", "t"], ["acc_out"]),
+                  helper.make_node("Identity", ["acc_out"], ["running"])]
+    if while_on_input:
+        body_nodes += [helper.make_node("ReduceSum", ["acc_out"], ["total"], keepdims=0),
+                       helper.make_node("Less", ["total", "limit"], ["cond_out"])]
+    else:
+        body_nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", FLOAT, None), helper.make_tensor_value_info("running", FLOAT, None)])
+    nodes = [helper.make_node("Mul", ["x", "zero"], ["acc0"]),
+             helper.make_node("Loop", ["steps", "go", "acc0"], ["acc", "trace"], body=body, name="accumulate")]
+    return make_model(nodes, [("x", FLOAT, ["n", 3]), ("steps", INT64, [])],
+                      [("acc", FLOAT, ["n", 3]), ("trace", FLOAT, [None, "n", 3])],
+                      initializers={"zero": np.array(0.0, np.float32), "go": np.array(True),
+                                    "limit": np.array(6.0, np.float32)})
+
+
+@pytest.mark.parametrize("steps", [3, 5])
+def test_a_loop_with_a_held_trip_count_is_unrolled_per_call(steps):
+    proto = held_trip_count_loop()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    x = (2 * RNG.standard_normal((2, 3))).astype(np.float32)
+    feeds = {"x": x, "steps": np.array(steps, np.int64)}
+    for ours, theirs in zip(model.run(feeds), ort_run(proto, feeds)):
+        np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-6)
+    dl = onnx_attr.DeepLift(model)
+    attributions, delta = dl.attribute(x, target=1, additional_forward_args={"steps": feeds["steps"]},
+                                       return_convergence_delta=True)
+    change = _completeness(model, feeds, None, {"x": 0 * x}, lambda o: o[:, 1])
+    np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4, atol=1e-6)
+    assert f"{steps} iteration(s)" in dl.engine.model.notes[-1]
+    assert not any(n.op_type == "Loop" for n in dl.engine.model.onnx_model.graph.node)
+
+
+def test_a_loop_whose_count_follows_an_attributed_input_is_refused_by_name():
+    model = onnx_attr.load(held_trip_count_loop(while_on_input=True), strip_final_activation=False)
+    x = (0.5 * RNG.standard_normal((2, 3))).astype(np.float32)
+    with pytest.raises(onnx_attr.UnsupportedOpError, match=r"accumulate.*attributed input 'x'"):
+        onnx_attr.DeepLift(model).attribute(x, target=1, additional_forward_args={"steps": np.array(4, np.int64)})
