@@ -90,11 +90,11 @@ class Targets:
         """output[i, *target_i] for each example i: one scalar per example."""
         n = len(self.rows)
         depth = len(self.rows[0]) if self.rows else 0
-        if self.axis is None or (self.axis and output.dim() > self.axis):
-            output = output.unsqueeze(0) if self.axis is None else output.movedim(self.axis, 0)
         if output.dim() == 0:
             raise InputError("the output is a single value (0-d), not one per example: export the model with "
                              "a batch axis on its output (shape [N] or [N, ...])")
+        if self.axis is None or (self.axis and output.dim() > self.axis):
+            output = output.unsqueeze(0) if self.axis is None else output.movedim(self.axis, 0)
         if self.selector is not None:
             return self._selected(output, n)
         if output.dim() == 1 and depth == 0:
