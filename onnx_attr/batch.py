@@ -92,6 +92,7 @@ class Layout:
 
     stackable: bool  # the batch axes hold independent rows (else the tensors are one whole example)
     outputs: tuple[Optional[int], ...]  # each output's batch axis (None: it has no batch)
+    doubles: bool = False  # two rows ran and came out right: a declared fixed batch is not binding
 
 
 def probe(model, tensors: Sequence[Tensor], axes: Sequence[Optional[int]]) -> Layout:
@@ -128,7 +129,7 @@ def _probe(model, tensors, axes) -> Layout:
     found = [_matching_axis(s, p) for s, p in zip(single, pair)]
     if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
         return Layout(False, tuple(None for _ in single))
-    return Layout(True, tuple(None if f == "none" else f for f in found))
+    return Layout(True, tuple(None if f == "none" else f for f in found), doubles=True)
 
 
 def _outputs(out) -> list[Tensor]:

@@ -226,7 +226,8 @@ class IntegratedGradients(_GradientMethod):
         # steps stack along the batch axes only where the graph keeps rows apart (batch.probe): a
         # time-major model would otherwise run them as one longer sequence
         stack = prepared.stackable and all(x is not None for x, a in zip(axes, prepared.attributed) if a)
-        fixed = fixed_batch(self.active.inputs) if stack else None
+        binding = prepared.layout is None or not prepared.layout.doubles  # the probe ran two rows right
+        fixed = fixed_batch(self.active.inputs) if stack and binding else None
         rows = fixed or (internal_batch_size or n * n_steps if stack else n)
         if rows < n and fixed is None:
             raise InputError(f"internal_batch_size {rows} is below the batch of {n}")
