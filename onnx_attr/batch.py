@@ -5,8 +5,9 @@ Exports put the batch where their framework had it: axis 0 of an image, axis 1 o
 and a time-major recogniser puts it on axis 1 of its [T, N, C] output. A symbol shared by several
 inputs is the batch; an input without it has no batch and is held at its given value. Declared
 symbols can still mislead: a model that runs its axis 0 through an LSTM as time declares it like a
-batch. So before a method stacks rows (IG's steps), `probe` runs the rows [x', x] once and checks
-that the second half of each output is f(x) alone: rows that influence each other are not a batch.
+batch. So before a method stacks rows (IG's steps), `probe` runs the rows [x', x] and [x, x'] and
+checks that x's half of each output is the same in both: rows that influence each other are not a
+batch.
 """
 
 from __future__ import annotations
@@ -122,11 +123,12 @@ def _probe(model, tensors, axes) -> Layout:
             return Layout(False, tuple(None for _ in single))
         other = [t if a is None else (t * 0.5 if t.is_floating_point() else t) for t, a in zip(one, axes)]
         doubled = [t if a is None else torch.cat([o, t], dim=a) for t, o, a in zip(one, other, axes)]
+        swapped = [t if a is None else torch.cat([t, o], dim=a) for t, o, a in zip(one, other, axes)]
         try:
-            pair = _outputs(model(*doubled))
+            pair, first = _outputs(model(*doubled)), _outputs(model(*swapped))
         except Exception:  # the export bakes its batch size in: the axes are as declared
             return Layout(True, tuple(_fallback_axis(o) for o in single))
-    found = [_matching_axis(s, p) for s, p in zip(single, pair)]
+    found = [_matching_axis(s, p, f) for s, p, f in zip(single, pair, first)]
     if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
         return Layout(False, tuple(None for _ in single))
     return Layout(True, tuple(None if f == "none" else f for f in found), doubles=True)
@@ -140,9 +142,12 @@ def _fallback_axis(out: Tensor) -> Optional[int]:
     return 0 if out.dim() else None
 
 
-def _matching_axis(single: Tensor, pair: Tensor):
-    """The axis along which `pair` holds two blocks, the second equal to `single`; "none" when the
-    output did not grow (no batch), "mixed" when it grew but no block is f(x) alone."""
+def _matching_axis(single: Tensor, pair: Tensor, first: Tensor):
+    """The axis along which `pair` (rows [x', x]) holds two blocks, its second equal to the first
+    block of `first` (rows [x, x']): x's output does not depend on the row before it. Both runs
+    have two rows, so the kernels round alike (a batch of 1 may not: logits of 1e6 through a
+    softmax would differ). "none" when the output did not grow (no batch), "mixed" when it grew
+    but no such block exists."""
     if pair.shape == single.shape:
         return "none"
     if pair.dim() != single.dim():
@@ -153,10 +158,10 @@ def _matching_axis(single: Tensor, pair: Tensor):
         if pair.shape[axis] != 2 * size or any(p != s for i, (p, s) in enumerate(zip(pair.shape, single.shape))
                                                 if i != axis):
             continue
-        second = pair.narrow(axis, size, size)
+        second, alone = pair.narrow(axis, size, size), first.narrow(axis, 0, size)
         if not single.is_floating_point():
-            if torch.equal(second, single):
+            if torch.equal(second, alone):
                 return axis
-        elif torch.allclose(second.double(), single.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
+        elif torch.allclose(second.double(), alone.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
             return axis
     return "mixed"
