@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import onnx_attr
 from conftest import FLOAT, INT64, make_model, ort_run
@@ -34,7 +34,7 @@ def test_batch_axes_from_declared_shapes(shapes, expected):
     assert batch_axes([spec(f"i{k}", s) for k, s in enumerate(shapes)]) == expected
 
 
-def _completeness(model, feeds, attributions, baselines, target_pick):
+def _completeness(model, feeds, baselines, target_pick):
     """Σ attributions against onnxruntime's f(x) - f(x0), per example."""
     proto = model.reference_model
     high = target_pick(ort_run(proto, feeds)[0])
@@ -52,7 +52,7 @@ def test_deeplift_takes_the_branch_of_a_held_sample_rate_and_is_complete(rate):
     dl = onnx_attr.DeepLift(model)
     attributions, delta = dl.attribute({"input": x, "state": state}, additional_forward_args={"sr": feeds["sr"]},
                                        return_convergence_delta=True)
-    change = _completeness(model, feeds, None, {"input": 0 * x, "state": 0 * state}, lambda o: o[:, 0])
+    change = _completeness(model, feeds, {"input": 0 * x, "state": 0 * state}, lambda o: o[:, 0])
     total = sum(a.reshape(1, -1).sum(1) for a in attributions.values())
     np.testing.assert_allclose(total, change, rtol=1e-4, atol=1e-6)
     assert abs(float(delta[0])) <= 1e-4 * max(abs(float(change[0])), 1e-3)
@@ -118,7 +118,7 @@ def test_a_state_batched_on_axis_one_is_cut_and_stacked_on_that_axis(method):
     attributions, delta = explainer.attribute(feeds, return_convergence_delta=True, **options)
     assert attributions["state"].shape == state.shape
     assert explainer.last_report["batch_axes"] == {"input": 0, "state": 1}
-    change = _completeness(model, feeds, None, {"input": 0 * x, "state": 0 * state}, lambda o: o[:, 0])
+    change = _completeness(model, feeds, {"input": 0 * x, "state": 0 * state}, lambda o: o[:, 0])
     total = attributions["input"].sum(1) + attributions["state"].sum((0, 2))
     np.testing.assert_allclose(total, change, rtol=1e-4 if method == "deeplift" else 2e-3, atol=1e-5)
     # each example alone gives the same attributions as in the batch (the state cut on axis 1)
@@ -247,7 +247,7 @@ def test_a_state_without_a_batch_is_attributed_whole(method):
     attributions = explainer.attribute(feeds, **({} if method == "deeplift" else {"n_steps": 100}))
     assert attributions["state"].shape == (2, 1, 3) and not np.any(attributions["state"][0])  # row 0 unused
     assert explainer.last_report["batch_axes"] == {"input": 0, "state": None}
-    change = _completeness(model, feeds, None, {k: 0 * v for k, v in feeds.items()}, lambda o: o[:, 0])
+    change = _completeness(model, feeds, {k: 0 * v for k, v in feeds.items()}, lambda o: o[:, 0])
     total = sum(a.sum() for a in attributions.values())
     np.testing.assert_allclose(total, change, rtol=1e-4 if method == "deeplift" else 1e-3, atol=1e-6)
 
@@ -288,7 +288,7 @@ def test_a_loop_with_a_held_trip_count_is_unrolled_per_call(steps):
     dl = onnx_attr.DeepLift(model)
     attributions, delta = dl.attribute(x, target=1, additional_forward_args={"steps": feeds["steps"]},
                                        return_convergence_delta=True)
-    change = _completeness(model, feeds, None, {"x": 0 * x}, lambda o: o[:, 1])
+    change = _completeness(model, feeds, {"x": 0 * x}, lambda o: o[:, 1])
     np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4, atol=1e-6)
     assert f"{steps} iteration(s)" in dl.engine.model.notes[-1]
     assert not any(n.op_type == "Loop" for n in dl.engine.model.onnx_model.graph.node)
