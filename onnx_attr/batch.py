@@ -152,7 +152,8 @@ def _matching_axis(single: Tensor, pair: Tensor, first: Tensor):
         return "none"
     if pair.dim() != single.dim():
         return "mixed"
-    scale = float(single.double().abs().max()) if single.numel() and single.is_floating_point() else 1.0
+    finite = single[torch.isfinite(single)] if single.is_floating_point() else single[:0]
+    scale = float(finite.double().abs().max()) if finite.numel() else 1.0  # NaN/inf outputs: compared as such
     for axis in range(single.dim()):
         size = single.shape[axis]
         if pair.shape[axis] != 2 * size or any(p != s for i, (p, s) in enumerate(zip(pair.shape, single.shape))
@@ -162,6 +163,7 @@ def _matching_axis(single: Tensor, pair: Tensor, first: Tensor):
         if not single.is_floating_point():
             if torch.equal(second, alone):
                 return axis
-        elif torch.allclose(second.double(), alone.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
+        elif torch.allclose(second.double(), alone.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30),
+                            equal_nan=True):
             return axis
     return "mixed"

@@ -299,3 +299,11 @@ def test_a_loop_whose_count_follows_an_attributed_input_is_refused_by_name():
     x = (0.5 * RNG.standard_normal((2, 3))).astype(np.float32)
     with pytest.raises(onnx_attr.UnsupportedOpError, match=r"accumulate.*attributed input 'x'"):
         onnx_attr.DeepLift(model).attribute(x, target=1, additional_forward_args={"steps": np.array(4, np.int64)})
+
+
+def test_the_probe_reads_nan_outputs_without_failing():
+    from onnx_attr.batch import output_axis
+
+    model = onnx_attr.load(state_on_axis_one_model())
+    x = np.full((2, 4), np.nan, np.float32)
+    assert output_axis(model, model.prepare({"input": x, "state": np.ones((2, 2, 3), np.float32)}), 0) == 0
