@@ -474,7 +474,8 @@ class _Job:
 
                 part_baselines = cut(baselines) if per_example_baseline else baselines
                 part_target = target[part] if isinstance(target, (list, Target)) else target
-                result, delta = call_method(self.method, self.explainer, cut(attributed), part_baselines,
+                result, delta = call_method(self.method, self.explainer, cut(attributed) if len(steps) > 1 else attributed,
+                                            part_baselines,
                                             target=part_target, extra=cut(extra) if len(steps) > 1 else extra,
                                             output=self.output_index, options=self.method_options)
                 for k, v in result.items():

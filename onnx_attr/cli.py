@@ -366,10 +366,12 @@ def cmd_inspect(args) -> int:
     lines = [f"model: {args.model}", f"producer: {info['producer'] or '?'}; IR {info['ir_version']}; opsets: "
              + ", ".join(f"{d} {v}" for d, v in info["opsets"].items())]
     lines.append("inputs:")
-    lines += [f"  {s.describe()}" + ("" if s.differentiable else "  (not differentiable)") for s in model.inputs]
+    lines += [f"  {s.describe()}  ({_batch_text(d['batch_axis'])})" + ("" if s.differentiable else
+                                                                        "  (not differentiable)")
+              for s, d in zip(model.inputs, info["inputs"])]
     lines.append("outputs:")
-    for s in model.outputs:
-        lines.append(f"  {s.describe()}")
+    for s, d in zip(model.outputs, info["outputs"]):
+        lines.append(f"  {s.describe()}  ({_batch_text(d['batch_axis'])}, as declared)")
         lines.append(f"    final activation: {s.final_activation.describe() if s.final_activation else 'none found'}")
     lines.append("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))
     nonlinear = info["nonlinear_nodes"]
@@ -381,6 +383,10 @@ def cmd_inspect(args) -> int:
     lines += [f"note: {n}" for n in model.notes]
     _emit(args, info, "\n".join(lines))
     return EXIT_OK
+
+
+def _batch_text(axis) -> str:
+    return "no batch: held at its value" if axis is None else f"batch on axis {axis}"
 
 
 def cmd_verify(args) -> int:

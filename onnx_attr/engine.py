@@ -21,7 +21,7 @@ from .errors import ForwardError, InputError
 from .model import _explain_failure
 from .reference_cache import ReferenceCache
 from .rewrite import ReferenceShapeMismatch, RewriteResult, rewrite_for_deeplift
-from .rows import example_rows, fixed_batch, padded_rows as _rows, pick_output as _pick
+from .rows import fixed_batch, padded_rows as _rows, pick_output as _pick
 from .target_grad import target_gradients
 from .targets import Target, as_weights
 
@@ -44,10 +44,12 @@ class Targets:
     floating tensor as a shared mask.
     """
 
-    def __init__(self, target, n: int):
+    def __init__(self, target, n: int, axis: Optional[int] = 0):
         self.selector = None  # a neuron selector with slices, or a callable: summed per example
         self.weights: Optional[Tensor] = None  # a mask: Σ weights·output (rows index it when per example)
-        self.batch_axis = 0  # the output's batch axis, moved to 0 before anything is picked
+        # the output's batch axis, moved to 0 before anything is picked: a `Target`'s own, else the
+        # one the graph has (`axis`, from batch.probe); None: the output is one example, without a batch
+        self.batch_axis: Optional[int] = axis
         target = as_weights(target) or target
         if isinstance(target, Target):
             self.batch_axis = int(target.batch_axis)
@@ -112,7 +114,9 @@ class Targets:
         if output.dim() == 0:
             raise InputError("the output is a single value (0-d), not one per example: export the model with "
                              "a batch axis on its output (shape [N] or [N, ...])")
-        if self.batch_axis:
+        if self.batch_axis is None:
+            output = output.unsqueeze(0)
+        elif self.batch_axis:
             output = _batch_first(output, self.batch_axis)
         if self.weights is not None:
             return self._weighted(output, n)
@@ -146,20 +150,21 @@ class Targets:
         return output[(torch.arange(n, device=output.device), *index.unbind(1))]
 
 
-    def reference(self, reference: Tensor, output: Tensor, keep: int) -> Tensor:
+    def reference(self, reference: Tensor, output: Tensor, keep: Optional[int]) -> Tensor:
         """The targets of the reference pass: a batch-1 reference (a shared baseline) serves every
         row of `output`; rows past `keep` (padding for a fixed-batch export) are dropped."""
         axis = self.batch_axis
-        if reference.dim() > axis and reference.shape[axis] == 1 and output.dim() > axis:
+        if axis is not None and reference.dim() > axis and reference.shape[axis] == 1 and output.dim() > axis:
             reference = reference.expand(*reference.shape[:axis], output.shape[axis], *reference.shape[axis + 1:])
         return self.select(self.first_rows(reference, keep))
 
-    def first_rows(self, output: Tensor, count: int, fed: Optional[int] = None) -> Tensor:
+    def first_rows(self, output: Tensor, count: Optional[int], fed: Optional[int] = None) -> Tensor:
         """The first `count` examples of an output along the target's batch axis (the rows padded in
-        for a fixed-batch export dropped). An axis that has not the `fed` rows is not the batch:
-        cutting it would silently explain its first entries (a time-major output's first step)."""
+        for a fixed-batch export dropped; None: nothing padded). An axis that has not the `fed` rows
+        is not the batch: cutting it would silently explain its first entries (a time-major output's
+        first step)."""
         axis = self.batch_axis
-        if output.dim() <= axis or output.shape[axis] <= count:
+        if count is None or axis is None or output.dim() <= axis or output.shape[axis] <= count:
             return output
         if fed is not None and output.shape[axis] != fed:
             raise InputError(f"the output has shape {list(output.shape)}: its axis {axis} has not the {fed} row(s) "
@@ -251,7 +256,7 @@ class DeepLiftEngine:
 
     def run(self, inputs: Sequence[Tensor], baselines: Sequence[Tensor], attributed: Sequence[bool],
             targets: Targets, output: int) -> PassResult:
-        n = example_rows(inputs, attributed)
+        n = len(targets.rows)
         size = self.fixed_batch or n
         parts = []
         for start in range(0, n, size):
@@ -260,7 +265,8 @@ class DeepLiftEngine:
             xs = [x if whole or not _batched(x, n) else _rows(x, start, stop, size) for x in inputs]
             bs = [b if not _batched(x, n) else _baseline_rows(b, start, stop, size, self.fixed_batch)
                   for x, b in zip(inputs, baselines)]
-            parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, stop - start))
+            padded = stop - start if stop - start < size else None  # rows to keep when the chunk was padded
+            parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, padded))
         if len(parts) == 1:
             return parts[0]
         layers = [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))

@@ -118,6 +118,7 @@ class AttributableModel(nn.Module):
 
     def summary(self) -> dict:
         """What `onnx-attr inspect` shows: inputs, outputs, opsets, op counts, final activations."""
+        from .batch import batch_axes, output_batch_axes
         from .opkinds import nonlinear_nodes
 
         graph = self.onnx_model.graph
@@ -126,8 +127,9 @@ class AttributableModel(nn.Module):
             "producer": f"{self.onnx_model.producer_name} {self.onnx_model.producer_version}".strip(),
             "ir_version": self.onnx_model.ir_version,
             "opsets": {(o.domain or "ai.onnx"): o.version for o in self.onnx_model.opset_import},
-            "inputs": [s.to_dict() for s in self.inputs],
-            "outputs": [s.to_dict() for s in self.outputs],
+            "inputs": [{**s.to_dict(), "batch_axis": a} for s, a in zip(self.inputs, batch_axes(self.inputs))],
+            "outputs": [{**s.to_dict(), "batch_axis": a}
+                        for s, a in zip(self.outputs, output_batch_axes(self.inputs, self.outputs))],
             "op_counts": dict(Counter(n.op_type for n in graph.node).most_common()),
             "nonlinear_nodes": nonlinear_nodes(self.onnx_model),
             "notes": list(self.notes),

@@ -77,15 +77,22 @@ def parse_form(text: str) -> tuple[str, Any]:
     raise InputError(f"--target {text!r} is not a target form; use one of: {FORMS_HELP}")
 
 
-def output_batch_axis(model, output_index: int, out: Tensor, examples: int, given: Optional[int]) -> int:
-    """The explained output's batch axis: given, else shared with the inputs' batch symbol, else the
-    axis with one row per example (0 first)."""
+def output_batch_axis(model, output_index: int, out: Tensor, examples: int, given: Optional[int],
+                      inputs: Optional[dict[str, np.ndarray]] = None) -> int:
+    """The explained output's batch axis: given, else the one the methods read it on (`batch.probe`
+    on the call's `inputs`, when it has the examples), else shared with the inputs' batch symbol,
+    else the axis with one row per example (0 first)."""
+    from .batch import output_axis
+
     if given is not None:
         if not 0 <= given < max(out.dim(), 1):
             raise InputError(f"--batch-axis {given} is not an axis of the output of shape {list(out.shape)}")
         return given
     if out.dim() == 0:
         return 0
+    probed = output_axis(model, model.prepare(inputs), output_index) if inputs is not None else None
+    if probed is not None and probed < out.dim() and out.shape[probed] == examples:
+        return probed
     symbols = {s.shape[0] for s in model.inputs if s.shape and isinstance(s.shape[0], str)}
     declared = model.outputs[output_index].shape or ()
     shared = [k for k, d in enumerate(declared) if isinstance(d, str) and d in symbols]
@@ -104,7 +111,7 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
             examples: int, batch_axis: Optional[int] = None) -> Resolved:
     """The target a `--target` form (None: the layout's default) names on the explained output `out`."""
     form, value = ("default", None) if text is None else parse_form(text)
-    axis = output_batch_axis(model, output_index, out, examples, batch_axis)
+    axis = output_batch_axis(model, output_index, out, examples, batch_axis, inputs)
     view = out.movedim(axis, 0).detach().double() if out.dim() else out.detach().double()
     layout = recognise(view, model, output_index, inputs, axis)
     if form == "default":

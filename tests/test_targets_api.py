@@ -223,18 +223,26 @@ def test_bad_targets_are_clear_errors(setting):
         onnx_attr.Saliency(model).attribute(x, target=Target(index=0, batch_axis=5))
 
 
-def test_an_index_on_a_time_major_output_without_its_batch_axis_is_refused_not_step_0():
-    """Read batch first, a [T, N, C] output's axis 0 has T rows for N examples: an error naming
-    batch_axis, never a silent explanation of its first time step (issue 18's CRNN)."""
+def test_an_index_on_a_time_major_output_is_read_on_the_batch_axis_the_graph_gives_else_refused():
+    """A [T, N, C] output declares its batch symbol on axis 1, so a plain index is read there (as
+    Target(batch_axis=1) reads it); a batch_axis named wrong (0: T rows for N examples) is an error
+    naming batch_axis, never a silent explanation of its first time step (issue 18's CRNN)."""
     torch.manual_seed(5)
     net = nn.Sequential(nn.Linear(6, 5), nn.ReLU())
     model = onnx_attr.load(to_onnx(_TimeMajorOf(net), torch.randn(1, 7, 6)))
     x = torch.randn(1, 7, 6)
-    for method in (onnx_attr.DeepLift(model), onnx_attr.IntegratedGradients(model)):
-        with pytest.raises(onnx_attr.InputError, match="batch_axis"):
-            method.attribute(x, target=(0, 2))
-    found = onnx_attr.DeepLift(model).attribute(x, target=Target(index=(3, 2), batch_axis=1))
-    assert found[:, 3].abs().sum() > 0 and found[:, :3].abs().sum() == 0 and found[:, 4:].abs().sum() == 0
+    named = onnx_attr.DeepLift(model).attribute(x, target=Target(index=(3, 2), batch_axis=1))
+    assert named[:, 3].abs().sum() > 0 and named[:, :3].abs().sum() == 0 and named[:, 4:].abs().sum() == 0
+    torch.testing.assert_close(onnx_attr.DeepLift(model).attribute(x, target=(3, 2)), named)
+    path, delta = onnx_attr.IntegratedGradients(model).attribute(x, target=(3, 2), n_steps=64,
+                                                                 return_convergence_delta=True)
+    assert path[:, :3].abs().sum() == 0 and path[:, 4:].abs().sum() == 0
+    with torch.no_grad():
+        change = float(net(x)[0, 3, 2] - net(torch.zeros_like(x))[0, 3, 2])  # the explained value: step 3, class 2
+    assert abs(float(named.sum()) - change) < 1e-5
+    assert abs(float(path.sum()) - change) < 0.05 * abs(change) and abs(float(delta)) < 0.05 * abs(change)
+    with pytest.raises(onnx_attr.InputError, match="batch_axis"):
+        onnx_attr.DeepLift(model).attribute(x, target=Target(index=(0, 2), batch_axis=0))
 
 
 class _TimeMajorOf(nn.Module):

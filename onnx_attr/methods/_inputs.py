@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..batch import Layout, batch_axes, probe
 from ..errors import InputError
 from ..inputs import check_inputs
 
@@ -21,6 +22,34 @@ class Prepared:
     positions: list[int]  # the attributed inputs' ONNX positions, in the user's order
     repack_user: Callable[[list], Any]  # per-value results back into the user's structure
     as_numpy: bool  # numpy in, numpy out
+    axes: Optional[list] = None  # each input's batch axis (None: no batch); None here: axis 0 (legacy)
+    layout: Optional[Layout] = None  # whether rows stack, and each output's batch axis (batch.probe)
+
+    def output_axis(self, index: int) -> Optional[int]:
+        """Output `index`'s batch axis as the probe found it (None: the output is one example)."""
+        return 0 if self.layout is None else self.layout.outputs[index] if index < len(self.layout.outputs) else 0
+
+    def row_axes(self) -> list[Optional[int]]:
+        """Each input's batch axis (see `axis`), as the method base's passes take them."""
+        return [self.axis(i) for i in range(len(self.tensors))]
+
+    @property
+    def stackable(self) -> bool:
+        """Whether rows (IG's steps, noise samples) may be stacked along the batch axes."""
+        return self.layout is None or self.layout.stackable
+
+    def axis(self, i: int) -> Optional[int]:
+        """Input i's batch axis, None when it has none (held, or a whole example)."""
+        if self.layout is not None and not self.layout.stackable:
+            return None
+        if self.axes is None:
+            return 0 if self.tensors[i].dim() else None
+        return self.axes[i]
+
+    def report(self, model) -> dict:
+        """What the report says about the batch: each input's axis, and the inputs held at their values."""
+        return {"batch_axes": {s.name: self.axis(i) for i, s in enumerate(model.inputs)},
+                "held_inputs": [s.name for s, a in zip(model.inputs, self.attributed) if not a]}
 
     def repack(self, per_input: list[Tensor]) -> Any:
         """Attributions (one per input fed) back into the user's structure and array kind."""
@@ -50,14 +79,30 @@ def _held(t: Tensor) -> Tensor:
 
 
 def example_count(model, prepared: "Prepared") -> int:
-    """The examples on axis 0 of the first attributed input; a clear error when none is attributed."""
-    for t, a in zip(prepared.tensors, prepared.attributed):
+    """The examples along the first attributed input's batch axis (1 when it has none: the whole
+    tensor is one example); a clear error when none is attributed."""
+    for i, (t, a) in enumerate(zip(prepared.tensors, prepared.attributed)):
         if a:
-            return t.shape[0]
+            axis = prepared.axis(i)
+            return 1 if axis is None else t.shape[axis]
     described = ", ".join(f"{s.name!r} ({s.dtype}, shape {list(t.shape)})" for s, t in zip(model.inputs, prepared.tensors))
     raise InputError(f"no input can be attributed: the model's inputs are {described}, and none is floating or feeds "
                      "an embedding lookup (a Gather of a constant table). Attribute a float input, or attribute an "
                      "inner tensor with LayerIntegratedGradients / LayerDeepLift (onnx_attr.tensor_as_input)")
+
+
+def check_batched(model, prepared: "Prepared", n: int) -> None:
+    """Every attributed input has the n examples on its batch axis, or is the one example itself."""
+    bad = []
+    for i, (spec, t, a) in enumerate(zip(model.inputs, prepared.tensors, prepared.attributed)):
+        axis = prepared.axis(i)
+        if a and t.is_floating_point() and ((axis is None and n > 1) or (axis is not None and t.shape[axis] != n)):
+            bad.append(f"{spec.name!r} (shape {list(t.shape)}, " + ("no batch axis" if axis is None else
+                                                                      f"batch axis {axis}") + ")")
+    if bad:
+        raise InputError(f"attributed input(s) {', '.join(bad)} do not have the batch of {n} that the others have; "
+                         "attribute one example at a time, or pass them as additional_forward_args (held at their "
+                         "values)")
 
 
 def _as_list(value: Any) -> tuple[list, Callable[[list], Any]]:
@@ -109,10 +154,12 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
     tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=True, finite=finite)]
     held = [i for i in positions if is_held(tensors[i])]
     chosen = [i for i in positions if i not in held]
+    axes = batch_axes(specs, tensors)
     for i in chosen:
-        if tensors[i].dim() == 0 or tensors[i].shape[0] == 0:
+        if tensors[i].dim() == 0 or (axes[i] is not None and tensors[i].shape[axes[i]] == 0):
             raise InputError(f"input {specs[i].name!r} has no examples (shape {list(tensors[i].shape)}); "
-                             "pass at least one")
+                             "pass at least one" + (" (a scalar setting such as a sample rate goes in "
+                                                     "additional_forward_args)" if tensors[i].dim() == 0 else ""))
     attributed = [i in chosen for i in range(len(specs))]
     if not chosen:
         raise InputError(f"no input to attribute: give at least one of {names} as inputs"
@@ -123,25 +170,33 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
                 f"input {specs[i].name!r} is {specs[i].dtype} and feeds no embedding lookup (a Gather of a "
                 "constant table), so it cannot be attributed; pass it as additional_forward_args"
             )
-    base = {i: b for i, b in _baselines(model, baselines, positions, tensors, held).items() if i not in held}
+    layout = probe(model, tensors, axes)
+    whole = axes if layout.stackable else [None] * len(axes)  # rows that influence each other: one example
+    base = {i: b for i, b in _baselines(model, baselines, positions, tensors, held, whole).items() if i not in held}
     full = [base.get(i, tensors[i]) for i in range(len(specs))]
-    return Prepared(tensors, attributed, full, positions, repack_user, as_numpy)
+    return Prepared(tensors, attributed, full, positions, repack_user, as_numpy, axes, layout)
+
+
+def _one_row(t: Tensor, axis: Optional[int]) -> Tensor:
+    """One example's worth of `t`: batch 1 on its batch axis, the whole tensor when it has none."""
+    return t if axis is None else t.narrow(axis, 0, 1)
 
 
 def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor],
-               held: Sequence[int] = ()) -> dict[int, Tensor]:
+               held: Sequence[int] = (), axes: Optional[Sequence[Optional[int]]] = None) -> dict[int, Tensor]:
     """Baselines for the attributed inputs: zeros by default, a scalar, or arrays of batch 1 or N.
     A held input (0-d, not floating) takes its own value, whatever is given for it."""
     specs = model.inputs
+    axes = list(axes) if axes is not None else [0 if t.dim() else None for t in tensors]
     if held and not (isinstance(baselines, (tuple, list)) and len(baselines) == len(positions)):
         positions = [p for p in positions if p not in held]
     if baselines is None:
-        return {p: torch.zeros_like(tensors[p][:1]) for p in positions}
+        return {p: torch.zeros_like(_one_row(tensors[p], axes[p])) for p in positions}
     if callable(baselines) and not isinstance(baselines, (Tensor, np.ndarray)):
         raise InputError("a callable baseline is only taken by DeepLiftShap and GradientShap (which draw from a "
                          "distribution); give a scalar or an array here")
     if isinstance(baselines, (bool, int, float, np.number)):
-        return {p: _one_baseline(specs[p], baselines, tensors[p]) for p in positions}
+        return {p: _one_baseline(specs[p], baselines, tensors[p], axes[p]) for p in positions}
     items, _ = _as_list(baselines)
     if isinstance(baselines, Mapping):
         items = [baselines.get(specs[p].name) for p in positions]
@@ -151,15 +206,16 @@ def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor
         raise InputError(f"{len(items)} baseline(s) for {len(positions)} attributed input(s)")
     out = {}
     for p, b in zip(positions, items):
-        out[p] = tensors[p] if p in held else _one_baseline(specs[p], b, tensors[p])
+        out[p] = tensors[p] if p in held else _one_baseline(specs[p], b, tensors[p], axes[p])
     return out
 
 
-def _one_baseline(spec, b: Any, x: Tensor) -> Tensor:
+def _one_baseline(spec, b: Any, x: Tensor, axis: Optional[int] = 0) -> Tensor:
     """One input's baseline: a scalar, or an array broadcastable to the input (Captum's rule), kept
-    at batch 1 when it does not vary over examples (so the reference is shared)."""
+    at batch 1 on the batch axis when it does not vary over examples (so the reference is shared)."""
+    row = _one_row(x, axis)
     if isinstance(b, (bool, int, float, np.number)):
-        return torch.full_like(x[:1], float(b)) if x.is_floating_point() else torch.full_like(x[:1], int(b))
+        return torch.full_like(row, float(b)) if x.is_floating_point() else torch.full_like(row, int(b))
     try:
         b = torch.as_tensor(np.asarray(b) if not isinstance(b, Tensor) else b)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -172,8 +228,11 @@ def _one_baseline(spec, b: Any, x: Tensor) -> Tensor:
             f"baseline for {spec.name!r} has shape {list(b.shape)}, which does not broadcast to the input's shape "
             f"{list(x.shape)}: give {list(x.shape[1:])} with a batch of 1 or {x.shape[0]} in front, or a scalar"
         ) from None
-    rows = x.shape[0] if b.dim() == x.dim() and b.shape[0] == x.shape[0] else 1
-    b = b.expand(rows, *x.shape[1:]) if b.dim() == x.dim() else b.expand(1, *x.shape[1:])
+    if axis is None:
+        b = b.expand(x.shape)
+    else:
+        rows = x.shape[axis] if b.dim() == x.dim() and b.shape[axis] == x.shape[axis] else 1
+        b = b.expand(*x.shape[:axis], rows, *x.shape[axis + 1:])
     (checked,) = check_inputs([b.contiguous()], [spec], what="baseline", any_batch=True)
     return checked.to(x.device)
 

@@ -22,11 +22,11 @@ from ..target_grad import target_gradients
 from ._inputs import Prepared, example_count, prepare
 
 
-def make_targets(target: Any, n: int) -> Targets:
+def make_targets(target: Any, n: int, axis: Optional[int] = 0) -> Targets:
     """Every target form a method takes (ints, tuples, one per example, neuron selectors,
-    callables), read for n examples. The one place methods turn a user's target into rows, so a
-    new target form plugs in here for every method at once."""
-    return Targets(target, n)
+    callables), read for n examples on the output's batch `axis`. The one place methods turn a
+    user's target into rows, so a new target form plugs in here for every method at once."""
+    return Targets(target, n, axis)
 
 
 def output_index(model, output: Union[str, int, None]) -> int:
@@ -84,8 +84,10 @@ class AttributionMethod:
         return output_index(self.model, output)
 
     @staticmethod
-    def _targets(target: Any, n: int) -> Targets:
-        return make_targets(target, n)
+    def _targets(target: Any, n: int, prepared: Optional[Prepared] = None, index: int = 0) -> Targets:
+        """The target for n examples, picked along output `index`'s batch axis as the call's probe
+        found it (`prepared`; without it: axis 0)."""
+        return make_targets(target, n, 0 if prepared is None else prepared.output_axis(index))
 
     @property
     def embedded_inputs(self) -> list[str]:
@@ -111,21 +113,25 @@ class AttributionMethod:
     # --- passes ---------------------------------------------------------------------------------
 
     def _passes(self, tensors: Sequence[Tensor], targets: Targets, run: Callable[..., list],
-                internal_batch_size: Optional[int] = None) -> list:
+                internal_batch_size: Optional[int] = None, axes: Optional[Sequence[Optional[int]]] = None,
+                single_pass: bool = False, join_axes: Optional[Sequence[int]] = None) -> list:
         """`run(chunk, targets_of_chunk, rows_kept)` over the rows of `tensors` (the rows of
-        `targets`), in passes of the export's fixed batch (the last padded by repeating its last
-        row) or of `internal_batch_size` rows; on CUDA out-of-memory the passes halve, said once
-        in a warning and in `last_report["out_of_memory_retry"]`. Returns run's results per item,
-        joined over the passes."""
+        `targets`, on each tensor's batch axis in `axes`: axis 0 by default, None for a tensor
+        without a batch), in passes of the export's fixed batch (the last padded by repeating its
+        last row) or of `internal_batch_size` rows; `single_pass`: all rows at once (the probe ran
+        an export's declared fixed batch doubled). On CUDA out-of-memory the passes halve, said
+        once in a warning and in `last_report["out_of_memory_retry"]`. Returns run's results per
+        item, joined over the passes (on axis 0, or on the item's axis in `join_axes`)."""
         n = len(targets.rows)
-        fixed = fixed_batch(self.active.inputs)
-        size = fixed or check_batch_size(internal_batch_size) or n
-        shared = [t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t for t in tensors]
+        axes = [0 if t.dim() else None for t in tensors] if axes is None else list(axes)
+        fixed = None if single_pass else fixed_batch(self.active.inputs)
+        size = fixed or (None if single_pass else check_batch_size(internal_batch_size)) or n
+        shared = [_grown(t, a, n) for t, a in zip(tensors, axes)]
         parts, start = [], 0
         while start < n:
             stop = min(start + size, n)
             rows = fixed or stop - start
-            chunk = [padded_rows(t, start, stop, rows) if t.dim() and t.shape[0] == n else t for t in shared]
+            chunk = [padded_rows(t, start, stop, rows, a) if _has_rows(t, a, n) else t for t, a in zip(shared, axes)]
             try:
                 parts.append(run(chunk, targets.chunk(start, stop), stop - start))
             except torch.OutOfMemoryError:
@@ -134,7 +140,9 @@ class AttributionMethod:
                 size = self._after_out_of_memory(size)
                 continue
             start = stop
-        return [None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+        join = [0] * len(parts[0]) if join_axes is None else list(join_axes)
+        return [None if parts[0][i] is None else parts[0][i] if len(parts) == 1 else
+                torch.cat([p[i] for p in parts], dim=join[i]) for i in range(len(parts[0]))]
 
     def _after_out_of_memory(self, rows: int) -> int:
         """Half the rows per pass after CUDA ran out of memory on `rows`; warned once per call."""
@@ -151,9 +159,13 @@ class AttributionMethod:
         return targets.select(targets.first_rows(out, kept) if len(targets.rows) == kept else out)
 
     def _gradients(self, tensors: Sequence[Tensor], attributed: Sequence[bool], targets: Targets, index: int,
-                   internal_batch_size: Optional[int] = None) -> tuple[list[Optional[Tensor]], Tensor]:
+                   internal_batch_size: Optional[int] = None, axes: Optional[Sequence[Optional[int]]] = None,
+                   single_pass: bool = False) -> tuple[list[Optional[Tensor]], Tensor]:
         """d out[target] / d input for each attributed input (None for the others), and the
-        selected outputs, in passes (see `_passes`)."""
+        selected outputs, in passes (see `_passes`; each gradient cut to the rows kept and joined
+        over the passes on its input's batch axis)."""
+        on = [0 if t.dim() else None for t in tensors] if axes is None else list(axes)
+
         def run(chunk: list[Tensor], chunk_targets: Targets, kept: int) -> list:
             live = [t.detach().requires_grad_(True) if a else t for t, a in zip(chunk, attributed)]
             with torch.enable_grad():
@@ -161,13 +173,15 @@ class AttributionMethod:
                 wanted = [t for t, a in zip(live, attributed) if a]
                 grads = iter(target_gradients(value, wanted))
             per_input = []
-            for t, a in zip(live, attributed):
+            for t, a, x in zip(live, attributed, on):
                 g = next(grads) if a else None
                 g = None if not a else torch.zeros_like(t) if g is None else g
-                per_input.append(None if g is None else g[:kept] if g.dim() and g.shape[0] > kept else g)
+                cut = g is not None and x is not None and g.dim() > x and g.shape[x] > kept
+                per_input.append(g.narrow(x, 0, kept) if cut else g)
             return [*per_input, value.detach()]
 
-        *grads, value = self._passes(tensors, targets, run, internal_batch_size)
+        *grads, value = self._passes(tensors, targets, run, internal_batch_size, on, single_pass,
+                                     [*(x or 0 for x in on), 0])
         return grads, value
 
     def _gradients_on(self, model, tensors: Sequence[Tensor], attributed: Sequence[bool], targets: Targets,
@@ -180,13 +194,13 @@ class AttributionMethod:
             self.active = active
 
     def _value(self, tensors: Sequence[Tensor], targets: Targets, index: int,
-               internal_batch_size: Optional[int] = None) -> Tensor:
+               internal_batch_size: Optional[int] = None, axes: Optional[Sequence[Optional[int]]] = None) -> Tensor:
         """out[target] per example, without gradients, in passes (see `_passes`)."""
         def run(chunk: list[Tensor], chunk_targets: Targets, kept: int) -> list:
             with torch.no_grad():
                 return [self._selected(chunk, chunk_targets, index, kept)]
 
-        return self._passes(tensors, targets, run, internal_batch_size)[0]
+        return self._passes(tensors, targets, run, internal_batch_size, axes)[0]
 
     def _input_gradients(self, inputs: Any, target: Any, additional_forward_args: Any,
                          output: Union[str, int, None]) -> tuple[Prepared, list[Optional[Tensor]]]:
@@ -194,8 +208,9 @@ class AttributionMethod:
         the local gradient methods (Saliency, InputXGradient, guided ones) start from."""
         prepared, n = self._prepare(inputs, None, additional_forward_args)
         index = self._output_index(output)
-        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n), index)
-        self._report(output_report(self.model, type(self).__name__, index))
+        grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n, prepared, index),
+                                   index, axes=prepared.row_axes())
+        self._report({**output_report(self.model, type(self).__name__, index), **prepared.report(self.model)})
         return prepared, grads
 
     def _report(self, report: dict) -> None:
@@ -206,6 +221,18 @@ class AttributionMethod:
     @staticmethod
     def _used_lookups(prepared: Prepared) -> dict[str, list[str]]:
         return dict(getattr(prepared, "lookups", {}))
+
+
+def _has_rows(t: Tensor, axis: Optional[int], n: int) -> bool:
+    """Holds the n examples on its batch axis (a held input, without one, is fed as given)."""
+    return axis is not None and t.dim() > axis and t.shape[axis] == n
+
+
+def _grown(t: Tensor, axis: Optional[int], n: int) -> Tensor:
+    """A shared tensor (batch 1 on its batch axis: a baseline) broadcast to the n examples."""
+    if axis is None or n == 1 or t.dim() <= axis or t.shape[axis] != 1:
+        return t
+    return t.expand(*t.shape[:axis], n, *t.shape[axis + 1:])
 
 
 def target_values(model, tensors: list[Tensor], targets: Targets, index: int) -> Tensor:

@@ -14,7 +14,8 @@ from torch import Tensor
 from ..engine import DeepLiftEngine, PassResult, Targets
 from ..errors import InputError
 from ..inputs import all_finite
-from ._inputs import example_count, prepare
+from ..specialize import has_runtime_if, specialise
+from ._inputs import check_batched, example_count, prepare
 from .base import AttributionMethod, output_index, output_report  # noqa: F401  (output_index: kept importable here)
 
 
@@ -41,12 +42,31 @@ class DeepLift(AttributionMethod):
             raise InputError(f"unknown DeepLift rule {rule!r}; use one of {list(NONLINEAR_RULES)}")
         super().__init__(model, multiply_by_inputs)
         self.rule = rule
-        self.engine = DeepLiftEngine(model, gradient_fallback=gradient_fallback, layers=layers,
-                                     reveal_cancel=rule == "revealcancel")
+        self._engine_options = dict(gradient_fallback=gradient_fallback, layers=layers,
+                                    reveal_cancel=rule == "revealcancel")
+        self._engines: dict[int, DeepLiftEngine] = {}  # per specialised model (runtime Ifs resolved per call)
+        self.engine = None if has_runtime_if(model) else self._engine_of(model)
+
+    def _engine_of(self, model) -> DeepLiftEngine:
+        if id(model) not in self._engines:
+            self._engines[id(model)] = DeepLiftEngine(model, **self._engine_options)
+        return self._engines[id(model)]
+
+    def _specialise(self, inputs, baselines, additional_forward_args) -> None:
+        """For a model with runtime Ifs: the engine of the model specialised to this call's branches."""
+        if not has_runtime_if(self.model):
+            return
+        lookups = {s.name for s in self.model.inputs if not s.differentiable}  # any id input, for the values only
+        values = prepare(self.model, inputs, baselines, additional_forward_args, lookups)
+        self.engine = self._engine_of(specialise(self.model, values.tensors, values.attributed))
 
     @property
     def embedded_inputs(self) -> list[str]:
         """Integer inputs attributed at their embedding lookups (a Gather of a constant table)."""
+        if self.engine is None:  # runtime Ifs: the engine comes with the first call's branches
+            from ..layers import embedding_lookups
+
+            return list(embedding_lookups(self.model)) if any(not s.differentiable for s in self.model.inputs) else []
         return list(dict.fromkeys(t.input_name for t in self.engine.rewrite.taps))
 
     def _run(self, prepared, targets: Targets, index: int):
@@ -67,14 +87,12 @@ class DeepLift(AttributionMethod):
                 [(torch.cat([a[0] for a in z]), torch.cat([a[1] for a in z])) for z in zip(*(p.layers for p in parts))])
 
     def _prepare(self, inputs, baselines, additional_forward_args):
+        self._specialise(inputs, baselines, additional_forward_args)
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
         n = example_count(self.model, prepared)
-        unbatched = [s.name for s, t, a in zip(self.model.inputs, prepared.tensors, prepared.attributed)
-                     if a and t.shape[0] != n]
-        if unbatched and n > 1:
-            raise InputError(f"attributed input(s) {unbatched} do not have the batch of {n} on axis 0 that the "
-                             "others have; attribute one example at a time")
+        check_batched(self.model, prepared, n)
+        self._batch_report = prepared.report(self.model)
         return prepared, n
 
     def _attribute_prepared(self, prepared, n: int, targets: Targets, index: int):
@@ -97,7 +115,8 @@ class DeepLift(AttributionMethod):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         index = self._output_index(output)
         self.last_report = {}
-        attributions, delta, result = self._attribute_prepared(prepared, n, self._targets(target, n), index)
+        attributions, delta, result = self._attribute_prepared(prepared, n, self._targets(target, n, prepared, index),
+                                                               index)
         return prepared, attributions, delta, result, index
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
@@ -125,6 +144,7 @@ class DeepLift(AttributionMethod):
                                   for name in dict.fromkeys(t.input_name for t in self.engine.rewrite.taps)},
             "gradient_fallback_nodes": [n for n, _ in self.engine.rewrite.fallback],
             "rule": self.rule,
+            **getattr(self, "_batch_report", {}),
             **({"reveal_cancel_nodes": self.engine.rewrite.reveal_cancel,
                 "rescale_nodes": self.engine.rewrite.reveal_cancel_skipped} if self.rule == "revealcancel" else {}),
         }
@@ -160,7 +180,7 @@ class DeepLiftShap(DeepLift):
         prepared, n = prepared_rows[0]
         index = self._output_index(output)
         self.last_report = {}
-        targets = self._targets(target, n)
+        targets = self._targets(target, n, prepared, index)
         per_pass = self._rows_per_pass(prepared, n, len(rows))
         sums: Optional[list] = None
         deltas, changes = [], []
@@ -169,7 +189,7 @@ class DeepLiftShap(DeepLift):
             k = len(group)
             joined = group[0] if k == 1 else _stacked(group, n)
             attributions, delta, result = self._attribute_prepared(joined, n * k, targets.repeat(k), index)
-            folded = [None if a is None else a.reshape(k, n, *a.shape[1:]).sum(0) for a in attributions]
+            folded = [a if a is None or k == 1 else a.reshape(k, n, *a.shape[1:]).sum(0) for a in attributions]
             sums = folded if sums is None else [None if s is None else s + a for s, a in zip(sums, folded)]
             deltas.append(delta.reshape(k, n))
             changes.append((result.value - result.reference_value).reshape(k, n))
@@ -183,6 +203,8 @@ class DeepLiftShap(DeepLift):
         batched = [t for t, a in zip(prepared.tensors, prepared.attributed) if a]
         if self.engine.fixed_batch or any(t.dim() == 0 or t.shape[0] != n for t in batched):
             return 1
+        if any(t.dim() and prepared.axis(i) != 0 for i, t in enumerate(prepared.tensors)):
+            return 1  # a batch off axis 0, or an input without one: rows are not repeated on axis 0
         per_row = n * sum(t[0].numel() for t in batched)
         return max(1, min(rows, self.SHARED_PASS_ELEMENTS // max(per_row, 1)))
 
@@ -386,12 +408,14 @@ class LayerDeepLift(DeepLift):
 
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
         custom = _check_custom(custom_attribution_func)
+        self._specialise(inputs, baselines, additional_forward_args)
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
         n = example_count(self.model, prepared)
         index = self._output_index(output)
-        result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, self._targets(target, n),
-                                 index)
+        check_batched(self.model, prepared, n)
+        result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed,
+                                 self._targets(target, n, prepared, index), index)
         contributions = [m * d for m, d in result.layers]
         if custom is not None:  # Captum's contract, over the layers: (multipliers, layer values, their references)
             from types import SimpleNamespace

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..rows import fixed_batch
 from ..layers import tensor_values, tensors_as_inputs
-from ._inputs import Prepared, _as_list, as_tensor, batched_inputs, is_held
+from ._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held
 from .base import AttributionMethod, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
 from .deeplift import method_report
 
@@ -138,11 +138,18 @@ class IntegratedGradients(AttributionMethod):
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
                   return_convergence_delta: bool = False, *, output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
+        check_batched(self.model, prepared, n)
         index = self._output_index(output)
-        targets = self._targets(target, n)
+        targets = self._targets(target, n, prepared, index)
         points, weights = integration_rule(method, n_steps)
-        rows = check_batch_size(internal_batch_size) or n * n_steps
-        if rows < n and fixed_batch(self.active.inputs) is None:
+        axes = prepared.row_axes()
+        # steps stack along the batch axes only where the graph keeps rows apart (batch.probe): a
+        # time-major model would otherwise run them as one longer sequence
+        stack = prepared.stackable and all(x is not None for x, a in zip(axes, prepared.attributed) if a)
+        binding = prepared.layout is None or not prepared.layout.doubles  # the probe ran two rows right
+        fixed = fixed_batch(self.active.inputs) if stack and binding else None
+        rows = (check_batch_size(internal_batch_size) or n * n_steps) if stack else n
+        if rows < n and fixed is None:
             raise InputError(f"internal_batch_size {rows} is below the batch of {n}")
         steps_per_pass = max(1, rows // n)
         totals = [None if not a else torch.zeros_like(t, dtype=torch.float64)
@@ -151,24 +158,27 @@ class IntegratedGradients(AttributionMethod):
                  zip(prepared.tensors, prepared.baselines, prepared.attributed)]
         for start in range(0, n_steps, steps_per_pass):
             chunk = range(start, min(n_steps, start + steps_per_pass))
-            scaled = [_repeat_rows(t, len(chunk), n) if not a else torch.cat(
-                [b + float(points[k]) * d for k in chunk]) for t, b, d, a in
-                zip(prepared.tensors, prepared.baselines, diffs, prepared.attributed)]
-            grads, _ = self._gradients(scaled, prepared.attributed, targets.repeat(len(chunk)), index)
+            scaled = [(t if x is None else _repeat_rows(t, len(chunk), n, x)) if not a else torch.cat(
+                [b + float(points[k]) * d for k in chunk], dim=x or 0) for t, b, d, a, x in
+                zip(prepared.tensors, prepared.baselines, diffs, prepared.attributed, axes)]
+            grads, _ = self._gradients(scaled, prepared.attributed, targets.repeat(len(chunk)), index, axes=axes,
+                                       single_pass=fixed is None)
             for i, g in enumerate(grads):
                 if g is not None:
                     for j, k in enumerate(chunk):
-                        totals[i] += float(weights[k]) * g[j * n:(j + 1) * n].double()
+                        step = g if axes[i] is None else g.narrow(axes[i], j * n, n)
+                        totals[i] += float(weights[k]) * step.double()
         average = [None if t is None else t.to(prepared.tensors[i].dtype) for i, t in enumerate(totals)]
         attributions = [None if a is None else (a * d if self._multiply_by_inputs else a)
                         for a, d in zip(average, diffs)]
         contributions = [None if a is None else a * d for a, d in zip(average, diffs)]
-        value = self._value(prepared.tensors, targets, index)
-        reference = self._value(prepared.baselines, targets, index)
+        value = self._value(prepared.tensors, targets, index, axes=axes)
+        reference = self._value(prepared.baselines, targets, index, axes=axes)
         delta = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None) - (
             value.double() - reference.double())
         self._report({**method_report(self.model, "IntegratedGradients", delta, value - reference, index),
-                      "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared)})
+                      "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared),
+                      **prepared.report(self.model), "steps_stacked": stack})
         out = prepared.repack(attributions)
         return (out, delta) if return_convergence_delta else out
 
@@ -184,10 +194,23 @@ def _distribution(b: Any) -> Tensor:
     return b
 
 
-def _repeat_rows(t: Tensor, times: int, n: int) -> Tensor:
-    """A per-example tensor (n rows) repeated `times` times along axis 0; shared ones (0-d, batch 1
-    when n > 1) stay as they are."""
-    return t.repeat(times, *[1] * (t.dim() - 1)) if t.dim() and t.shape[0] == n else t
+def _repeat_rows(t: Tensor, times: int, n: int, axis: int = 0) -> Tensor:
+    """A per-example tensor (n rows on `axis`) repeated `times` times along it; shared ones (0-d,
+    batch 1 when n > 1) stay as they are."""
+    if not t.dim() or t.shape[axis] != n:
+        return t
+    return t.repeat(*[times if i == axis else 1 for i in range(t.dim())])
+
+
+def with_samples(prepared: Prepared, n: int, samples: int) -> None:
+    """Unattributed inputs with the n examples on their batch axis, repeated like the attributed
+    rows (each example `samples` times in a row), so that a state batched on axis 1 follows."""
+    if samples == 1:
+        return
+    for i, (t, a) in enumerate(zip(prepared.tensors, prepared.attributed)):
+        axis = prepared.axis(i)
+        if not a and axis is not None and t.shape[axis] == n:
+            prepared.tensors[i] = prepared.baselines[i] = t.repeat_interleave(samples, dim=axis)
 
 
 def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union[float, Sequence[float]],
@@ -242,18 +265,20 @@ class GradientShap(AttributionMethod):
         noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(inputs, baselines, n_samples, stdevs,
                                                                      "GradientShap")
         prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args)
+        with_samples(prepared, n, n_samples)
         prepared.as_numpy = as_numpy
         dtype = next(t.dtype for t, a in zip(prepared.tensors, prepared.attributed) if a)
         alpha = alpha.to(dtype)
         scaled = [t if not a else b + alpha.reshape(-1, *[1] * (t.dim() - 1)).to(t.device) * (t - b)
                   for t, b, a in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
-        targets = self._targets(_repeat_target(target, n, n_samples), rows)
         index = self._output_index(output)
-        grads, _ = self._gradients(scaled, prepared.attributed, targets, index)
+        targets = self._targets(_repeat_target(target, n, n_samples), rows, prepared, index)
+        grads, _ = self._gradients(scaled, prepared.attributed, targets, index, axes=prepared.row_axes())
         diffs = [None if g is None else t - b for g, t, b in zip(grads, prepared.tensors, prepared.baselines)]
         per_row = [None if g is None else (g * d if self._multiply_by_inputs else g) for g, d in zip(grads, diffs)]
-        change = (self._value(prepared.tensors, targets, index).double()
-                  - self._value(prepared.baselines, targets, index).double())
+        axes = prepared.row_axes()
+        change = (self._value(prepared.tensors, targets, index, axes=axes).double()
+                  - self._value(prepared.baselines, targets, index, axes=axes).double())
         delta = sum((g * d).reshape(rows, -1).double().sum(1) for g, d in zip(grads, diffs) if g is not None) - change
         # one random path point per row: the delta measures that estimate, not a quadrature error
         self._report({**method_report(self.model, "GradientShap", delta, change, index),

@@ -63,6 +63,8 @@ class NoiseTunnel:
             noisy = [t if is_held(t) else _add_noise(t, s, k) if t.is_floating_point() else t.repeat_interleave(k, 0)
                      for t, s in zip(tensors, spread)]
             call = {key: _repeat_per_example(value, n, k, key) for key, value in kwargs.items()}
+            if isinstance(kwargs.get("additional_forward_args"), Mapping):  # by name: each on its batch axis
+                call["additional_forward_args"] = _repeat_by_axis(self.model, kwargs["additional_forward_args"], n, k)
             if "target" in kwargs:
                 call["target"] = _repeat_target(kwargs["target"], n, k)
             if draw_baseline_from_distrib:
@@ -111,6 +113,24 @@ def _repeat_per_example(value: Any, n: int, samples: int, key: str) -> Any:
         return np.repeat(value, samples, axis=0) if isinstance(value, np.ndarray) else value.repeat_interleave(
             samples, 0)
     return value
+
+
+def _repeat_by_axis(model, values: Mapping, n: int, samples: int) -> dict:
+    """Forward args by input name, each repeated with its examples along its own batch axis
+    (a state batched on axis 1 too); those without a batch stay as they are."""
+    from ..batch import batch_axes
+
+    axes = dict(zip((s.name for s in model.inputs), batch_axes(model.inputs)))
+    out = {}
+    for name, value in values.items():
+        axis = axes.get(name)
+        t = as_tensor(value, "forward arg") if isinstance(value, (Tensor, np.ndarray)) else None
+        if t is None or axis is None or t.dim() <= axis or t.shape[axis] != n:
+            out[name] = value
+            continue
+        grown = t.repeat_interleave(samples, dim=axis)
+        out[name] = grown.numpy() if isinstance(value, np.ndarray) else grown
+    return out
 
 
 def _drawn_baselines(baselines: Any, rows: int) -> Any:

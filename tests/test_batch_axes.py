@@ -1,0 +1,309 @@
+"""Batch axes from the graph, held inputs, runtime Ifs specialised per call, IG on time-major
+models: the patterns of the silero-vad and ddddocr exports as small graphs. Oracles: onnxruntime
+for f(x) - f(x0) (completeness), and a slow IG that runs one path point of one example at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import onnx_attr
+from conftest import FLOAT, INT64, make_model, ort_run
+from onnx_attr.batch import batch_axes
+from onnx_attr.specs import TensorSpec
+from test_real_export_patterns import silero_if_model
+
+RNG = np.random.default_rng(1818)
+
+
+def spec(name, shape, dtype=np.float32):
+    return TensorSpec(name, shape, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("shapes, expected", [
+    ([("batch", "sequence"), (2, "batch", 128), ()], [0, 1, None]),  # silero op15: state batched on axis 1
+    ([(None, None), (2, None, 128), ()], [0, 1, None]),  # silero spox: anonymous dims, one free axis
+    ([("sequence_length", 576), (1, 1, 128), (1, 1, 128)], [0, None, None]),  # h/c: no batch
+    ([(1, 576), (2, 1, 128)], [0, None]),  # openvino: fixed shapes, state without a batch
+    ([(1, 3, 8, 8), (1, 10)], [0, 0]),  # a fixed batch of 1 on both
+    ([("n", 3), ("n", 5)], [0, 0]),
+])
+def test_batch_axes_from_declared_shapes(shapes, expected):
+    assert batch_axes([spec(f"i{k}", s) for k, s in enumerate(shapes)]) == expected
+
+
+def _completeness(model, feeds, baselines, target_pick):
+    """Σ attributions against onnxruntime's f(x) - f(x0), per example."""
+    proto = model.reference_model
+    high = target_pick(ort_run(proto, feeds)[0])
+    low = target_pick(ort_run(proto, {**feeds, **baselines})[0])
+    return high - low
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_deeplift_takes_the_branch_of_a_held_sample_rate_and_is_complete(rate):
+    proto = silero_if_model()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    x = (300 * RNG.standard_normal((1, 4))).astype(np.float32) / 100
+    state = RNG.standard_normal((1, 3)).astype(np.float32)
+    feeds = {"input": x, "state": state, "sr": np.array(rate, np.int64)}
+    dl = onnx_attr.DeepLift(model)
+    attributions, delta = dl.attribute({"input": x, "state": state}, additional_forward_args={"sr": feeds["sr"]},
+                                       return_convergence_delta=True)
+    change = _completeness(model, feeds, {"input": 0 * x, "state": 0 * state}, lambda o: o[:, 0])
+    total = sum(a.reshape(1, -1).sum(1) for a in attributions.values())
+    np.testing.assert_allclose(total, change, rtol=1e-4, atol=1e-6)
+    assert abs(float(delta[0])) <= 1e-4 * max(abs(float(change[0])), 1e-3)
+    assert dl.last_report["held_inputs"] == ["sr"]
+    assert any("specialised" in n for n in dl.engine.model.notes)
+    again = onnx_attr.DeepLift(model)
+    again.attribute({"input": x, "state": state}, additional_forward_args={"sr": feeds["sr"]})
+    assert again.engine.model is dl.engine.model  # one specialised model per condition value
+
+
+def test_gradient_fallback_and_ig_on_the_if_model_raise_nothing_raw():
+    model = onnx_attr.load(silero_if_model(), strip_final_activation=False)
+    x, state = RNG.standard_normal((1, 4)).astype(np.float32), np.zeros((1, 3), np.float32)
+    sr = np.array(16000, np.int64)
+    onnx_attr.DeepLift(model, gradient_fallback=True).attribute({"input": x, "state": state},
+                                                                 additional_forward_args={"sr": sr})
+    ig = onnx_attr.IntegratedGradients(model)
+    _, delta = ig.attribute({"input": x}, additional_forward_args={"state": state, "sr": sr}, n_steps=64,
+                            return_convergence_delta=True)
+    assert ig.last_report["held_inputs"] == ["state", "sr"]
+    ig.attribute({"input": x, "sr": sr, "state": state}, n_steps=8)  # a 0-d setting among the inputs: held
+    assert ig.last_report["held_inputs"] == ["sr"]
+
+
+def test_an_if_on_an_attributed_input_is_refused_by_name():
+    then = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", FLOAT, None)])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["positive"]),
+             helper.make_node("If", ["positive"], ["y"], then_branch=then, else_branch=other, name="sign_switch")]
+    proto = make_model(nodes, [("x", FLOAT, [1, 3])], [("y", FLOAT, [1, 3])],
+                       initializers={"zero": np.array(0, np.float32)}, opset=13)
+    model = onnx_attr.load(proto)
+    with pytest.raises(onnx_attr.UnsupportedOpError, match=r"sign_switch.*attributed input 'x'"):
+        onnx_attr.DeepLift(model).attribute(np.ones((1, 3), np.float32), target=0)
+
+
+def state_on_axis_one_model():
+    """silero op15's layout: input [batch, 4], state [2, batch, 3]; out = sigmoid(input·W + s0 · s1)."""
+    w = RNG.standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["h"]),
+             helper.make_node("Gather", ["state", "i0"], ["s0"], axis=0),
+             helper.make_node("Gather", ["state", "i1"], ["s1"], axis=0),
+             helper.make_node("Mul", ["s0", "s1"], ["s01"]),
+             helper.make_node("Add", ["h", "s01"], ["z"]),
+             helper.make_node("Tanh", ["z"], ["a"]),
+             helper.make_node("ReduceMean", ["a"], ["output"], axes=[1], keepdims=1)]
+    return make_model(nodes, [("input", FLOAT, ["batch", 4]), ("state", FLOAT, [2, "batch", 3])],
+                      [("output", FLOAT, ["batch", 1])], initializers={"w": w, "i0": np.array(0, np.int64),
+                                                                       "i1": np.array(1, np.int64)}, opset=13)
+
+
+@pytest.mark.parametrize("method", ["deeplift", "ig"])
+def test_a_state_batched_on_axis_one_is_cut_and_stacked_on_that_axis(method):
+    model = onnx_attr.load(state_on_axis_one_model())
+    x = (3 * RNG.standard_normal((3, 4))).astype(np.float32)
+    state = (2 * RNG.standard_normal((2, 3, 3))).astype(np.float32)
+    feeds = {"input": x, "state": state}
+    explainer = onnx_attr.DeepLift(model) if method == "deeplift" else onnx_attr.IntegratedGradients(model)
+    options = {} if method == "deeplift" else {"n_steps": 200}
+    attributions, delta = explainer.attribute(feeds, return_convergence_delta=True, **options)
+    assert attributions["state"].shape == state.shape
+    assert explainer.last_report["batch_axes"] == {"input": 0, "state": 1}
+    change = _completeness(model, feeds, {"input": 0 * x, "state": 0 * state}, lambda o: o[:, 0])
+    total = attributions["input"].sum(1) + attributions["state"].sum((0, 2))
+    np.testing.assert_allclose(total, change, rtol=1e-4 if method == "deeplift" else 2e-3, atol=1e-5)
+    # each example alone gives the same attributions as in the batch (the state cut on axis 1)
+    for i in range(3):
+        alone = explainer.attribute({"input": x[i:i + 1], "state": state[:, i:i + 1]}, **options)
+        np.testing.assert_allclose(alone["state"], attributions["state"][:, i:i + 1], rtol=1e-4, atol=1e-6)
+
+
+def time_major_model(frames_are_batch: bool):
+    """An LSTM over axis 0 of its input. frames_are_batch: input [frames, 6] declared like a batch
+    (silero's sequence export); else input [N, 6, T] transposed to [T, N, 6] (a CRNN), output [T, N, 5]."""
+    hidden = 5
+    w = (0.5 * RNG.standard_normal((1, 4 * hidden, 6))).astype(np.float32)
+    r = (0.5 * RNG.standard_normal((1, 4 * hidden, hidden))).astype(np.float32)
+    nodes = []
+    if frames_are_batch:
+        nodes.append(helper.make_node("Unsqueeze", ["x", "one"], ["seq"]))  # [T, 1, 6]
+    else:
+        nodes.append(helper.make_node("Transpose", ["x"], ["seq"], perm=[2, 0, 1]))  # [T, N, 6]
+    nodes += [helper.make_node("LSTM", ["seq", "w", "r"], ["y"], hidden_size=hidden),  # [T, 1, N, H]
+              helper.make_node("Squeeze", ["y", "one"], ["out"])]
+    inputs = [("x", FLOAT, ["frames", 6] if frames_are_batch else ["n", 6, "t"])]
+    outputs = [("out", FLOAT, ["frames", 1, hidden] if frames_are_batch else ["t", "n", hidden])]
+    return make_model(nodes, inputs, outputs, initializers={"w": w, "r": r, "one": np.array([1], np.int64)},
+                      opset=13)
+
+
+def slow_ig(model, x: np.ndarray, pick, n_steps: int) -> np.ndarray:
+    """IG by hand: one path point at a time, each its own forward and backward."""
+    points, weights = np.polynomial.legendre.leggauss(n_steps)
+    total = torch.zeros(x.shape, dtype=torch.float64)
+    for p, w in zip((points + 1) / 2, weights / 2):
+        point = torch.tensor(float(p) * x, requires_grad=True)
+        (grad,) = torch.autograd.grad(pick(model(point)), point)
+        total += float(w) * grad.double()
+    return (total * torch.from_numpy(x).double()).numpy()
+
+
+def test_ig_on_frames_declared_like_a_batch_runs_its_steps_one_at_a_time():
+    model = onnx_attr.load(time_major_model(frames_are_batch=True))
+    x = (2 * RNG.standard_normal((7, 6))).astype(np.float32)
+    ig = onnx_attr.IntegratedGradients(model)
+    ours = ig.attribute(x, target=(6, 0, 2), n_steps=16)
+    assert not ig.last_report["steps_stacked"]
+    expected = slow_ig(model, x, lambda out: out[6, 0, 2], 16)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(ours - expected).max() < 1e-3 * np.abs(expected).max()
+
+
+def test_ig_on_a_time_major_output_stacks_steps_on_the_batch_axis():
+    model = onnx_attr.load(time_major_model(frames_are_batch=False))
+    x = (2 * RNG.standard_normal((3, 6, 4))).astype(np.float32)
+    ig = onnx_attr.IntegratedGradients(model)
+    ours = ig.attribute(x, target=(3, 1), n_steps=16)  # time step 3, unit 1, for each example
+    assert ig.last_report["steps_stacked"]
+    for i in range(3):
+        expected = slow_ig(model, x[i:i + 1], lambda out: out[3, 0, 1], 16)
+        np.testing.assert_allclose(ours[i:i + 1], expected, rtol=1e-4, atol=1e-6)
+    dl, delta = onnx_attr.DeepLift(model).attribute(x, target=(3, 1), return_convergence_delta=True)
+    assert np.abs(delta.numpy()).max() < 1e-4
+
+
+def test_inspect_shows_each_batch_axis():
+    info = onnx_attr.load(state_on_axis_one_model()).summary()
+    assert [d["batch_axis"] for d in info["inputs"]] == [0, 1]
+    assert [d["batch_axis"] for d in info["outputs"]] == [0]
+
+
+HELD_STATE_METHODS = {
+    "DeepLift": lambda m: (onnx_attr.DeepLift(m), {}),
+    "DeepLiftShap": lambda m: (onnx_attr.DeepLiftShap(m), {"baselines": {"input": np.zeros((2, 4), np.float32)}}),
+    "IntegratedGradients": lambda m: (onnx_attr.IntegratedGradients(m), {"n_steps": 8}),
+    "Saliency": lambda m: (onnx_attr.Saliency(m), {}),
+    "InputXGradient": lambda m: (onnx_attr.InputXGradient(m), {}),
+    "GradientShap": lambda m: (onnx_attr.GradientShap(m), {"baselines": {"input": np.zeros((2, 4), np.float32)},
+                                                           "n_samples": 3}),
+    "NoiseTunnel": lambda m: (onnx_attr.NoiseTunnel(onnx_attr.IntegratedGradients(m)), {"nt_samples": 3,
+                                                                                        "n_steps": 4}),
+    "FeatureAblation": lambda m: (onnx_attr.FeatureAblation(m), {}),
+    "Occlusion": lambda m: (onnx_attr.Occlusion(m), {"sliding_window_shapes": (1,)}),
+    "LayerIntegratedGradients": lambda m: (onnx_attr.LayerIntegratedGradients(m, "z"), {"n_steps": 8}),
+    "LayerDeepLift": lambda m: (onnx_attr.LayerDeepLift(m, "z"), {}),
+}
+RANDOM = {"GradientShap", "NoiseTunnel"}
+
+
+@pytest.mark.parametrize("name", sorted(HELD_STATE_METHODS))
+def test_every_method_holds_a_state_batched_on_axis_one(name):
+    model = onnx_attr.load(state_on_axis_one_model())
+    x = (3 * RNG.standard_normal((3, 4))).astype(np.float32)
+    state = (2 * RNG.standard_normal((2, 3, 3))).astype(np.float32)
+    method, options = HELD_STATE_METHODS[name](model)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    batch = method.attribute({"input": x}, additional_forward_args={"state": state}, **options)
+    batch = batch["input"] if isinstance(batch, dict) else batch
+    assert np.shape(batch)[0] == 3
+    if name in RANDOM:
+        return
+    for i in range(3):  # each example with its own column of the state gives the same answer
+        alone = method.attribute({"input": x[i:i + 1]}, additional_forward_args={"state": state[:, i:i + 1]},
+                                 **options)
+        alone = alone["input"] if isinstance(alone, dict) else alone
+        np.testing.assert_allclose(np.asarray(alone), np.asarray(batch)[i:i + 1], rtol=1e-4, atol=1e-6)
+
+
+def fixed_state_model():
+    """silero's OpenVINO export: fixed shapes, the If inlined; the state [2, 1, 3] has no batch
+    and a Gather takes its row 1 (the zero baseline cut it to one row before)."""
+    w = RNG.standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["h"]),
+             helper.make_node("Gather", ["state", "i1"], ["s1"], axis=0),
+             helper.make_node("Add", ["h", "s1"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["p"]),
+             helper.make_node("ReduceMean", ["p"], ["output"], axes=[1], keepdims=1)]
+    return make_model(nodes, [("input", FLOAT, [1, 4]), ("state", FLOAT, [2, 1, 3])], [("output", FLOAT, [1, 1])],
+                      initializers={"w": w, "i1": np.array(1, np.int64)}, opset=13)
+
+
+@pytest.mark.parametrize("method", ["deeplift", "ig"])
+def test_a_state_without_a_batch_is_attributed_whole(method):
+    model = onnx_attr.load(fixed_state_model(), strip_final_activation=False)
+    feeds = {"input": (3 * RNG.standard_normal((1, 4))).astype(np.float32),
+             "state": RNG.standard_normal((2, 1, 3)).astype(np.float32)}
+    explainer = onnx_attr.DeepLift(model) if method == "deeplift" else onnx_attr.IntegratedGradients(model)
+    attributions = explainer.attribute(feeds, **({} if method == "deeplift" else {"n_steps": 100}))
+    assert attributions["state"].shape == (2, 1, 3) and not np.any(attributions["state"][0])  # row 0 unused
+    assert explainer.last_report["batch_axes"] == {"input": 0, "state": None}
+    change = _completeness(model, feeds, {k: 0 * v for k, v in feeds.items()}, lambda o: o[:, 0])
+    total = sum(a.sum() for a in attributions.values())
+    np.testing.assert_allclose(total, change, rtol=1e-4 if method == "deeplift" else 1e-3, atol=1e-6)
+
+
+def held_trip_count_loop(while_on_input: bool = False):
+    """acc += tanh(x * i) for i < steps (a held int64 scalar input), the running sum also scanned;
+    while_on_input: the loop instead goes on while sum(acc) < 6, so its count follows x's values."""
+    body_nodes = [helper.make_node("Cast", ["i"], ["fi"], to=FLOAT), helper.make_node("Mul", ["x", "fi"], ["xi"]),
+                  helper.make_node("Tanh", ["xi"], ["t"]), helper.make_node("Add", ["acc_in", "t"], ["acc_out"]),
+                  helper.make_node("Identity", ["acc_out"], ["running"])]
+    if while_on_input:
+        body_nodes += [helper.make_node("ReduceSum", ["acc_out"], ["total"], keepdims=0),
+                       helper.make_node("Less", ["total", "limit"], ["cond_out"])]
+    else:
+        body_nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", FLOAT, None), helper.make_tensor_value_info("running", FLOAT, None)])
+    nodes = [helper.make_node("Mul", ["x", "zero"], ["acc0"]),
+             helper.make_node("Loop", ["steps", "go", "acc0"], ["acc", "trace"], body=body, name="accumulate")]
+    return make_model(nodes, [("x", FLOAT, ["n", 3]), ("steps", INT64, [])],
+                      [("acc", FLOAT, ["n", 3]), ("trace", FLOAT, [None, "n", 3])],
+                      initializers={"zero": np.array(0.0, np.float32), "go": np.array(True),
+                                    "limit": np.array(6.0, np.float32)})
+
+
+@pytest.mark.parametrize("steps", [3, 5])
+def test_a_loop_with_a_held_trip_count_is_unrolled_per_call(steps):
+    proto = held_trip_count_loop()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    x = (2 * RNG.standard_normal((2, 3))).astype(np.float32)
+    feeds = {"x": x, "steps": np.array(steps, np.int64)}
+    for ours, theirs in zip(model.run(feeds), ort_run(proto, feeds)):
+        np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-6)
+    dl = onnx_attr.DeepLift(model)
+    attributions, delta = dl.attribute(x, target=1, additional_forward_args={"steps": feeds["steps"]},
+                                       return_convergence_delta=True)
+    change = _completeness(model, feeds, {"x": 0 * x}, lambda o: o[:, 1])
+    np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4, atol=1e-6)
+    assert f"{steps} iteration(s)" in dl.engine.model.notes[-1]
+    assert not any(n.op_type == "Loop" for n in dl.engine.model.onnx_model.graph.node)
+
+
+def test_a_loop_whose_count_follows_an_attributed_input_is_refused_by_name():
+    model = onnx_attr.load(held_trip_count_loop(while_on_input=True), strip_final_activation=False)
+    x = (0.5 * RNG.standard_normal((2, 3))).astype(np.float32)
+    with pytest.raises(onnx_attr.UnsupportedOpError, match=r"accumulate.*attributed input 'x'"):
+        onnx_attr.DeepLift(model).attribute(x, target=1, additional_forward_args={"steps": np.array(4, np.int64)})
+
+
+def test_the_probe_reads_nan_outputs_without_failing():
+    from onnx_attr.batch import output_axis
+
+    model = onnx_attr.load(state_on_axis_one_model())
+    x = np.full((2, 4), np.nan, np.float32)
+    assert output_axis(model, model.prepare({"input": x, "state": np.ones((2, 2, 3), np.float32)}), 0) == 0
