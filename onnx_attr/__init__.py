@@ -37,6 +37,8 @@ _LAZY = {
     "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
     "smooth": "smooth",
     "attribute_dataset": "dataset_job", "read_results": "dataset_job",
+    "read_inputs": "readers", "InputOptions": "readers", "image_preprocessing": "preprocess",
+    "text_preprocessing": "text_inputs",
 }
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come from __getattr__
@@ -52,6 +54,9 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
     from .smooth import smooth
     from .targets import Target
     from .verify import VerifyReport, verify
+    from .preprocess import image_preprocessing
+    from .readers import InputOptions, read_inputs
+    from .text_inputs import text_preprocessing
 
 
 def __getattr__(name: str) -> Any:
@@ -82,6 +87,8 @@ __all__ = [
     "smooth",
     # whole datasets into Parquet shards, each row exactly once
     "attribute_dataset", "read_results",
+    # files users have (images, CSV/Parquet rows, text) as model inputs
+    "read_inputs", "InputOptions", "image_preprocessing", "text_preprocessing",
     # errors
     "BudgetError", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",

@@ -211,7 +211,7 @@ def test_deepliftshap_without_a_background_names_the_fix(tmp_path, capsys):
 def test_n_steps_belong_to_integrated_gradients(tmp_path, capsys):
     assert main(["attribute", DIGITS, "-i", DIGITS_INPUTS, "-o", str(tmp_path / "a"), "--n-steps", "8"]) == 2
     err = capsys.readouterr().err  # the methods that take it, from the registry
-    assert "--n-steps applies to --method integratedgradients /" in err and "not deeplift" in err
+    assert "--n-steps applies to --method " in err and " integratedgradients /" in err and "not deeplift" in err
     assert main(["attribute", CANCER, "-i", CANCER_INPUTS, "-o", str(tmp_path / "ig"), "--method",
                  "integratedgradients", "--n-steps", "8", "--internal-batch-size", "64", "--quiet"]) == 0
     report = json.loads((tmp_path / "ig" / "report.json").read_text())

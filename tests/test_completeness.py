@@ -24,7 +24,8 @@ ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 NO_RULE_YET = {"ReduceProd"}
 #: Rules whose completeness cases need more than a one-node case of the table above.
 TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "RNN")},
-                    "LogSumExpPool": "tests/test_smooth.py"}
+                    "LogSumExpPool": "tests/test_smooth.py",
+                    **{op: "tests/test_quantized_lstm.py" for op in ("DynamicQuantizeLSTM", "QuantizedBlock")}}
 
 
 def build(case: Case, dtype) -> tuple[onnx.ModelProto, list[str]]:
