@@ -78,21 +78,27 @@ def parse_form(text: str) -> tuple[str, Any]:
 
 
 def output_batch_axis(model, output_index: int, out: Tensor, examples: int, given: Optional[int],
-                      inputs: Optional[dict[str, np.ndarray]] = None) -> int:
+                      inputs: Optional[dict[str, np.ndarray]] = None) -> Optional[int]:
     """The explained output's batch axis: given, else the one the methods read it on (`batch.probe`
-    on the call's `inputs`, when it has the examples), else shared with the inputs' batch symbol,
+    on the call's `inputs`, when it has the examples; None when the probe finds the rows mix, so the
+    whole output is one example, as the methods then read it), else shared with the inputs' batch symbol,
     else the axis with one row per example (0 first)."""
-    from .batch import output_axis
-
     if given is not None:
         if not 0 <= given < max(out.dim(), 1):
             raise InputError(f"--batch-axis {given} is not an axis of the output of shape {list(out.shape)}")
         return given
     if out.dim() == 0:
         return 0
-    probed = output_axis(model, model.prepare(inputs), output_index) if inputs is not None else None
-    if probed is not None and probed < out.dim() and out.shape[probed] == examples:
-        return probed
+    if inputs is not None:
+        from .batch import batch_axes, probe
+
+        tensors = model.prepare(inputs)
+        layout = probe(model, tensors, batch_axes(model.inputs, tensors))
+        probed = layout.outputs[output_index] if output_index < len(layout.outputs) else 0
+        if probed is None and any(a is not None for a in batch_axes(model.inputs, tensors)):
+            return None  # the rows mix (or the output has no batch): the whole output is one example
+        if probed is not None and probed < out.dim() and out.shape[probed] == examples:
+            return probed
     symbols = {s.shape[0] for s in model.inputs if s.shape and isinstance(s.shape[0], str)}
     declared = model.outputs[output_index].shape or ()
     shared = [k for k, d in enumerate(declared) if isinstance(d, str) and d in symbols]
@@ -112,7 +118,7 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     """The target a `--target` form (None: the layout's default) names on the explained output `out`."""
     form, value = ("default", None) if text is None else parse_form(text)
     axis = output_batch_axis(model, output_index, out, examples, batch_axis, inputs)
-    view = out.movedim(axis, 0).detach().double() if out.dim() else out.detach().double()
+    view = (out.unsqueeze(0) if axis is None else out.movedim(axis, 0) if out.dim() else out).detach().double()
     layout = recognise(view, model, output_index, inputs, axis)
     if form == "default":
         form = layout.default
@@ -292,9 +298,10 @@ def _from_the_end(target: Any, shape: Sequence[int]) -> Any:
     return target
 
 
-def _on_axis(target: Any, axis: int) -> Any:
-    """Indices or masks as the methods read them on an output batched on `axis`."""
-    if axis == 0:
+def _on_axis(target: Any, axis: Optional[int]) -> Any:
+    """Indices or masks as the methods read them on an output batched on `axis` (None: one whole
+    example, which the methods find by the same probe)."""
+    if axis in (0, None):
         return target
     if target is None:
         return Target(batch_axis=axis)
