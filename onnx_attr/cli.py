@@ -354,8 +354,10 @@ def tensor_table(model) -> list[dict]:
 
 
 def cmd_inspect(args) -> int:
+    from .opkinds import nonlinear_nodes
+
     model = _load(args)
-    info = model.summary()
+    info = {**model.summary(), "nonlinear_nodes": nonlinear_nodes(model.onnx_model)}
     tensors = tensor_table(model)
     produced = {}
     for row in tensors:

@@ -117,9 +117,9 @@ class AttributableModel(nn.Module):
         return verify(self, inputs, atol=atol, rtol=rtol, seed=seed, locate=locate)
 
     def summary(self) -> dict:
-        """What `onnx-attr inspect` shows: inputs, outputs, opsets, op counts, final activations."""
+        """What the import found: inputs, outputs (with batch axes), opsets, op counts, notes.
+        `onnx-attr inspect` adds the DeepLift view (nonlinear nodes, tensors) from the layer above."""
         from .batch import batch_axes, output_batch_axes
-        from .opkinds import nonlinear_nodes
 
         graph = self.onnx_model.graph
         return {
@@ -131,7 +131,6 @@ class AttributableModel(nn.Module):
             "outputs": [{**s.to_dict(), "batch_axis": a}
                         for s, a in zip(self.outputs, output_batch_axes(self.inputs, self.outputs))],
             "op_counts": dict(Counter(n.op_type for n in graph.node).most_common()),
-            "nonlinear_nodes": nonlinear_nodes(self.onnx_model),
             "notes": list(self.notes),
         }
 
