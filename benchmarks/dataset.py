@@ -47,7 +47,7 @@ def make_input(folder: Path, rows: int) -> Path:
 
 
 def run(source: Path, out: Path, args, engine: str = "local", ray_options: dict | None = None) -> dict:
-    from onnx_attr.dataset_job import attribute_dataset
+    from onnx_attr.app.dataset_job import attribute_dataset
 
     started = time.monotonic()
     summary = attribute_dataset(str(MODEL), str(source), str(out), method=args.method, engine=engine,
@@ -67,7 +67,7 @@ def steady_rate(out: Path, shard_rows: int) -> float:
 
 
 def same_rows(a: Path, b: Path) -> str:
-    from onnx_attr.dataset_job import attribution_array, read_results
+    from onnx_attr.app.dataset_job import attribution_array, read_results
 
     ta, tb = read_results(a), read_results(b)
     if ta.column("row_id").to_pylist() != tb.column("row_id").to_pylist():
@@ -150,7 +150,7 @@ def _wait_for_nodes(address: str, count: int, timeout: float) -> int:
 def _in_subprocess(source: Path, out: Path, args, address: str, env: dict) -> str:
     """The CLI, as a user runs it against the cluster."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "onnx_attr.cli", "-q", "dataset", str(MODEL), "-i", str(source),
+    done = subprocess.run([sys.executable, "-m", "onnx_attr.app.cli", "-q", "dataset", str(MODEL), "-i", str(source),
                            "-o", str(out), "--method", args.method, "--engine", "ray", "--address", address,
                            "--workers", "2",
                            "--shard-rows", str(args.shard_rows), "--batch-size", str(args.batch_size), "--overwrite",

@@ -37,7 +37,7 @@ def measure(name: str, profile_dir: str | None) -> dict:
     import torch
 
     import onnx_attr
-    import onnx_attr.convert  # noqa: F401  (torch, onnx, onnx2torch)
+    import onnx_attr.importing.convert  # noqa: F401  (torch, onnx, onnx2torch)
     times["import"] = time.perf_counter() - start
     spec = next(s for s in real_exports.SPECS if s.name == name)
     path = next((real_exports.CACHE / "models").glob(f"*/{spec.path}"))

@@ -38,7 +38,7 @@ def write_model(path: Path, mib: int, side: int = 1024, external: bool = False) 
 
 
 _LOAD = """
-import sys, onnx_attr, onnx_attr.loader, torch, onnx, numpy
+import sys, onnx_attr, onnx_attr.importing.loader, torch, onnx, numpy
 onnx_attr.load(sys.argv[1])
 """
 

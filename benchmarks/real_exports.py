@@ -178,7 +178,7 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
     """Runs in the worker process; returns what the table shows for this step."""
     if step == "cli":
         exe = Path(sys.executable).with_name("onnx-attr")
-        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "onnx_attr.cli"]
+        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "onnx_attr.app.cli"]
         done = subprocess.run(command + ["attribute", model_path, "--input", inputs_path, "--out", out_dir,
                                          "--no-pictures"], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -201,7 +201,7 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
         return {"status": "ok" if report.passed else "FAIL",
                 "detail": "" if report.passed else report.format().splitlines()[0][:300]}
     if target is None:  # the CLI's default for the output's layout (class, region, greedy path, anchor)
-        from onnx_attr.target_forms import resolve
+        from onnx_attr.app.target_forms import resolve
 
         examples = next((len(v) for v in inputs.values() if np.ndim(v)), 1)
         target = resolve(None, model.run(inputs)[0], model=model, output_index=0, inputs=inputs,

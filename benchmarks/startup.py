@@ -33,14 +33,14 @@ def time_case(argv: list[str], repeat: int, env: dict) -> float:
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "onnx_attr.cli", *argv], env=env, stdout=subprocess.DEVNULL,
+        subprocess.run([sys.executable, "-m", "onnx_attr.app.cli", *argv], env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         best = min(best, time.perf_counter() - start)
     return best
 
 
 def heavy_imports(env: dict) -> list[str]:
-    code = f"import sys, onnx_attr, onnx_attr.cli; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    code = f"import sys, onnx_attr, onnx_attr.app.cli; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return out.stdout.split()
 
@@ -61,7 +61,7 @@ def main() -> int:
         if flag:
             slow.append(name)
     heavy = heavy_imports(env)
-    print("heavy modules imported by `import onnx_attr, onnx_attr.cli`: " + (", ".join(heavy) or "none"))
+    print("heavy modules imported by `import onnx_attr, onnx_attr.app.cli`: " + (", ".join(heavy) or "none"))
     return 1 if slow or heavy else 0
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import onnx_attr  # noqa: E402
-from onnx_attr.visualize import clip_scale, describe_target, image_figure  # noqa: E402
+from onnx_attr.app.visualize import clip_scale, describe_target, image_figure  # noqa: E402
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])

@@ -25,8 +25,8 @@ def main() -> int:
     from browser import Browser, find_chromium
     from sklearn.datasets import load_digits
 
-    from onnx_attr.dataset_job import attribute_dataset
-    from onnx_attr.report_html import ReportOptions
+    from onnx_attr.app.dataset_job import attribute_dataset
+    from onnx_attr.app.report_html import ReportOptions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "dataset_report.png"))

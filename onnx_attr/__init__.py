@@ -14,49 +14,53 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (BudgetError, ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
+from onnx_attr.errors import (BudgetError, ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
                      OutputError, ReferenceRuntimeError, UnsupportedOpError)
 
 __version__ = "0.1.0"
 
+from onnx_attr import _moved
+
+_moved.install()  # old module paths (onnx_attr.engine, ...) still import, with a DeprecationWarning
+
 
 def _method_classes() -> list[str]:
     """Every attribution class the method registry lists (without importing torch)."""
-    from .methods import __all__ as names
+    from onnx_attr.methods import __all__ as names
 
     return list(names)
 
 
 #: Public name -> the submodule that defines it; imported when the name is first read.
 _LAZY = {
-    "load": "loader", "Budget": "budget",
-    "AttributableModel": "model",
-    "VerifyReport": "verify", "verify": "verify",
+    "load": "importing.loader", "Budget": "importing.budget",
+    "AttributableModel": "importing.model",
+    "VerifyReport": "importing.verify", "verify": "importing.verify",
     **{name: "methods" for name in _method_classes()},
-    "tensor_as_input": "layers", "tensor_as_output": "layers", "Target": "targets",
-    "infidelity": "metrics", "parameter_randomization": "metrics", "sensitivity_max": "metrics",
-    "smooth": "smooth",
-    "attribute_dataset": "dataset_job", "read_results": "dataset_job",
-    "read_inputs": "readers", "InputOptions": "readers", "image_preprocessing": "preprocess",
-    "text_preprocessing": "text_inputs",
+    "tensor_as_input": "deeplift.layers", "tensor_as_output": "deeplift.layers", "Target": "deeplift.targets",
+    "infidelity": "methods.metrics", "parameter_randomization": "methods.metrics", "sensitivity_max": "methods.metrics",
+    "smooth": "deeplift.smooth",
+    "attribute_dataset": "app.dataset_job", "read_results": "app.dataset_job",
+    "read_inputs": "app.readers", "InputOptions": "app.readers", "image_preprocessing": "app.preprocess",
+    "text_preprocessing": "app.text_inputs",
 }
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come from __getattr__
-    from .layers import tensor_as_input, tensor_as_output
-    from .budget import Budget
-    from .loader import load
-    from .methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient,
+    from onnx_attr.deeplift.layers import tensor_as_input, tensor_as_output
+    from onnx_attr.importing.budget import Budget
+    from onnx_attr.importing.loader import load
+    from onnx_attr.methods import (DeepLift, DeepLiftShap, FeatureAblation, GradientShap, InputXGradient,
                           IntegratedGradients, LayerDeepLift, LayerIntegratedGradients, NeuronDeepLift,
                           NeuronIntegratedGradients, NoiseTunnel, Occlusion, Saliency)
-    from .metrics import infidelity, parameter_randomization, sensitivity_max
-    from .model import AttributableModel
-    from .dataset_job import attribute_dataset, read_results
-    from .smooth import smooth
-    from .targets import Target
-    from .verify import VerifyReport, verify
-    from .preprocess import image_preprocessing
-    from .readers import InputOptions, read_inputs
-    from .text_inputs import text_preprocessing
+    from onnx_attr.methods.metrics import infidelity, parameter_randomization, sensitivity_max
+    from onnx_attr.importing.model import AttributableModel
+    from onnx_attr.app.dataset_job import attribute_dataset, read_results
+    from onnx_attr.deeplift.smooth import smooth
+    from onnx_attr.deeplift.targets import Target
+    from onnx_attr.importing.verify import VerifyReport, verify
+    from onnx_attr.app.preprocess import image_preprocessing
+    from onnx_attr.app.readers import InputOptions, read_inputs
+    from onnx_attr.app.text_inputs import text_preprocessing
 
 
 def __getattr__(name: str) -> Any:

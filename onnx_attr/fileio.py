@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import InputError, OutputError
+from onnx_attr.errors import InputError, OutputError
 
 #: Every temporary is `.<stem>.tmp-<random><suffix>` beside its target; the clean-up matches this.
 TEMP_MARK = ".tmp-"

@@ -124,7 +124,7 @@ def _ulps_from_exact(case: Case, got: list[np.ndarray]) -> tuple[float, float]:
 
 
 def _numpy(t) -> np.ndarray:
-    from onnx_attr.verify import _numpy as to_numpy
+    from onnx_attr.importing.verify import _numpy as to_numpy
 
     return to_numpy(t)
 

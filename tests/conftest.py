@@ -73,7 +73,7 @@ def hole_filling(request, monkeypatch):
     """Both ways the rules fill the multipliers' holes (x == x0): after a check (CPU), and
     unconditionally without reading back to the host (accelerators), the latter forced on CPU
     so that it is tested without a GPU."""
-    from onnx_attr.rules import paired
+    from onnx_attr.deeplift.rules import paired
 
     monkeypatch.setattr(paired, "ALWAYS_SYNC_FREE", request.param == "sync-free")
     return request.param

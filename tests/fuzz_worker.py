@@ -365,7 +365,7 @@ def exercise(model_bytes: bytes, case_seed: int) -> tuple[str, str]:
     import warnings
 
     import onnx_attr
-    from onnx_attr.inputs import sample_inputs
+    from onnx_attr.importing.inputs import sample_inputs
 
     try:
         with warnings.catch_warnings():

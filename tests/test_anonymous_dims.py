@@ -40,7 +40,7 @@ def test_empty_and_negative_dims_are_anonymous(anonymous):
             d.dim_param = ""
         else:
             d.dim_value = -1
-    spec = onnx_attr.specs.value_spec(proto.graph.input[0])
+    spec = onnx_attr.importing.specs.value_spec(proto.graph.input[0])
     assert spec.shape == (1, 3, None, None)
     x = np.ones((1, 3, 5, 7), np.float32)
     assert onnx_attr.load(proto).run({"x": x})[0].shape == (1, 3)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import onnx_attr
-from onnx_attr.cli import main
-from onnx_attr.inputs import read_npz
+from onnx_attr.app.cli import main
+from onnx_attr.importing.inputs import read_npz
 
 from conftest import SAMPLES
 
@@ -174,7 +174,7 @@ def test_killed_run_resumes_bit_identical_to_an_uninterrupted_run(tmp_path, kill
     out, clean = tmp_path / "out", tmp_path / "clean"
     common = ["attribute", DIGITS, "--input", str(inputs), "--target", "1", "--batch-size", "1"]
     assert main([*common, "--out", str(clean)]) == 0
-    command = [sys.executable, "-m", "onnx_attr.cli", *common, "--out", str(out)]
+    command = [sys.executable, "-m", "onnx_attr.app.cli", *common, "--out", str(out)]
     for k in range(kills):
         _run_until_killed(command + (["--resume"] if k else []), out, 2 * (k + 1), total)
         # a kill can leave a hidden temporary beside a result, never a half-written result file

@@ -14,10 +14,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from onnx_attr.cli import main
+from onnx_attr.app.cli import main
 from onnx_attr.errors import InputError, OutputError
 from onnx_attr.fileio import FolderLock
-from onnx_attr.input_files import InputCastWarning, read_arrays
+from onnx_attr.importing.input_files import InputCastWarning, read_arrays
 
 from conftest import SAMPLES
 
@@ -106,11 +106,11 @@ def test_two_processes_into_one_out_never_mix(tmp_path):
     import subprocess
     import sys
 
-    from onnx_attr.attribute_job import result_state
+    from onnx_attr.app.attribute_job import result_state
 
     inputs = _folder(tmp_path, [f"x{i}.npz" for i in range(12)])
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "onnx_attr.cli", "attribute", DIGITS, "-i", str(inputs), "-o", str(out),
+    command = [sys.executable, "-m", "onnx_attr.app.cli", "attribute", DIGITS, "-i", str(inputs), "-o", str(out),
                "--batch-size", "1"]
     runs = {t: subprocess.Popen([*command, "--target", str(t)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True) for t in (1, 2)}
@@ -210,7 +210,7 @@ def test_resume_redoes_a_result_whose_input_file_changed(tmp_path, capsys):
 
 
 def test_manifest_differences_name_each_setting():
-    from onnx_attr.manifest import build_manifest, differences
+    from onnx_attr.app.manifest import build_manifest, differences
 
     a = build_manifest(model_sha256="m", method="deeplift", target=None, baseline="zeros",
                        options={"batch_size": 16}, library_versions={"torch": "2.14.1"})

@@ -11,7 +11,7 @@ import pytest
 from onnx import helper
 
 import onnx_attr
-from onnx_attr.converters.normalization import AnyRankBatchNorm
+from onnx_attr.importing.converters.normalization import AnyRankBatchNorm
 from conftest import FLOAT, INT64, make_model, ort_run
 
 RNG = np.random.default_rng(18)

@@ -11,8 +11,8 @@ from onnx import TensorProto, helper
 
 import onnx_attr
 from conftest import FLOAT, INT64, make_model, ort_run
-from onnx_attr.batch import batch_axes
-from onnx_attr.specs import TensorSpec
+from onnx_attr.importing.batch import batch_axes
+from onnx_attr.importing.specs import TensorSpec
 from test_real_export_patterns import silero_if_model
 
 RNG = np.random.default_rng(1818)
@@ -302,7 +302,7 @@ def test_a_loop_whose_count_follows_an_attributed_input_is_refused_by_name():
 
 
 def test_the_probe_reads_nan_outputs_without_failing():
-    from onnx_attr.batch import output_axis
+    from onnx_attr.importing.batch import output_axis
 
     model = onnx_attr.load(state_on_axis_one_model())
     x = np.full((2, 4), np.nan, np.float32)

@@ -717,8 +717,8 @@ def _():
     layers = tuple(_relus(model))
     full = onnx_attr.LayerIntegratedGradients(model, layers).attribute(inp, target=0)
     plain = onnx_attr.LayerIntegratedGradients(model, layers, multiply_by_inputs=False).attribute(inp, target=0)
-    moved = [a - b for a, b in zip(onnx_attr.layers.tensor_values(model, list(layers), [inp]),
-                                   onnx_attr.layers.tensor_values(model, list(layers), [base]))]
+    moved = [a - b for a, b in zip(onnx_attr.deeplift.layers.tensor_values(model, list(layers), [inp]),
+                                   onnx_attr.deeplift.layers.tensor_values(model, list(layers), [base]))]
     return [(p * m, f, 1e-4, "sum") for p, m, f in zip(plain, moved, full)]
 
 
@@ -738,8 +738,8 @@ def _():
     got = onnx_attr.LayerIntegratedGradients(model, layers).attribute(inputs, baselines, target=0)
     assert isinstance(got, list) and len(got) == 2
     # Captum's oracle: IG of (a, b) -> a + b, target 0, is each layer's change in column 0 alone
-    h = onnx_attr.layers.tensor_values(model, layers, list(inputs))
-    h0 = onnx_attr.layers.tensor_values(model, layers, list(baselines))
+    h = onnx_attr.deeplift.layers.tensor_values(model, layers, list(inputs))
+    h0 = onnx_attr.deeplift.layers.tensor_values(model, layers, list(baselines))
     expected = [torch.cat([(x - x0)[:, :1], torch.zeros_like(x)[:, 1:]], dim=1) for x, x0 in zip(h, h0)]
     return [(g, e, 1e-5, "sum") for g, e in zip(got, expected)]
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import onnx_attr
-from onnx_attr.cli import main
-from onnx_attr.inputs import read_npz
-from onnx_attr.verify import run_onnxruntime
+from onnx_attr.app.cli import main
+from onnx_attr.importing.inputs import read_npz
+from onnx_attr.importing.verify import run_onnxruntime
 
 from conftest import SAMPLES
 
@@ -47,7 +47,7 @@ def test_verify_ok_with_inputs(capsys):
 def test_verify_failure_exits_1(capsys, monkeypatch):
     from torch import nn
 
-    from onnx_attr import cli
+    from onnx_attr.app import cli
 
     real_load = cli._load
 
@@ -129,7 +129,7 @@ def test_convert_strip_final_activation_returns_logits_and_says_so(tmp_path, cap
 
 
 def test_api_export_keeps_the_final_activation_by_default(tmp_path):
-    from onnx_attr.export import save_program
+    from onnx_attr.app.export import save_program
 
     model = onnx_attr.load(DIGITS)  # stripped for attribution
     notes = save_program(model, tmp_path / "m.pt2")
@@ -153,7 +153,7 @@ def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):
 
 
 def test_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "onnx_attr.cli", "verify", DIGITS], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "onnx_attr.app.cli", "verify", DIGITS], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "PASSED" in result.stdout
 
@@ -189,7 +189,7 @@ def test_help_lists_the_exit_codes_and_every_command_takes_the_same_options(caps
 
 
 def test_debug_works_after_the_subcommand_too(capsys, monkeypatch):
-    from onnx_attr import cli
+    from onnx_attr.app import cli
 
     def crash(args):
         raise RuntimeError("boom")
@@ -231,6 +231,6 @@ def test_inspect_json_lists_the_tensor_names_the_layer_methods_take(capsys):
 
 
 def test_import_onnx_attr_does_not_import_torch():
-    code = "import sys, onnx_attr, onnx_attr.cli; print('torch' in sys.modules, 'onnx' in sys.modules)"
+    code = "import sys, onnx_attr, onnx_attr.app.cli; print('torch' in sys.modules, 'onnx' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.split() == ["False", "False"], result.stderr

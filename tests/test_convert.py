@@ -9,8 +9,8 @@ from onnx import helper
 
 import onnx_attr
 from onnx_attr import ConversionError
-from onnx_attr.converters import registry
-from onnx_attr.convert import tensor_nodes
+from onnx_attr.importing.converters import registry
+from onnx_attr.importing.convert import tensor_nodes
 
 from conftest import FLOAT, INT64, make_model, ort_run
 

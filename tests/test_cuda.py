@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import onnx_attr
-from onnx_attr.inputs import read_npz
+from onnx_attr.importing.inputs import read_npz
 
 from conftest import SAMPLES
 

@@ -25,7 +25,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from onnx_attr import InputError, OutputError, load  # noqa: E402
-from onnx_attr.dataset_job import (attribute_dataset, attribution_array, commit_shard,  # noqa: E402
+from onnx_attr.app.dataset_job import (attribute_dataset, attribution_array, commit_shard,  # noqa: E402
                                    manifest_hash, read_results, shard_name)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def _attributions(table, column: str = "attributions") -> np.ndarray:
 def test_rows_match_the_attribute_job_and_onnxruntime(tmp_path, mlp, features):
     """Two .npz sources cut into shards across the file boundary: every row once, in order, equal
     to `onnx-attr attribute` on the same file, and complete against onnxruntime's logits."""
-    from onnx_attr.attribute_job import run_attribute
+    from onnx_attr.app.attribute_job import run_attribute
 
     data = tmp_path / "data"
     data.mkdir()
@@ -181,14 +181,14 @@ def test_manifest_hash_ignores_how_the_run_was_scheduled():
 #: Runs the CLI with a pause after each commit, so that the test can kill it between shards.
 _SLOW_CLI = """
 import sys, time
-import onnx_attr.dataset_job as job
+import onnx_attr.app.dataset_job as job
 commit = job.commit_shard
 def slow(*args, **kwargs):
     path = commit(*args, **kwargs)
     time.sleep(0.4)
     return path
 job.commit_shard = slow
-from onnx_attr.cli import main
+from onnx_attr.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -209,7 +209,7 @@ def test_sigkill_of_the_driver_then_resume_loses_and_repeats_no_row(tmp_path, fe
     assert 3 <= len(committed) < 12, "the run was not killed midway"
     with pytest.raises(InputError, match="lacks"):
         read_results(out)
-    from onnx_attr.cli import main
+    from onnx_attr.app.cli import main
 
     capsys.readouterr()
     assert main([*args, "--resume", "--json"]) == 0  # the restarted driver (in-process: one start saved)
@@ -228,7 +228,7 @@ def test_sigkill_of_the_driver_then_resume_loses_and_repeats_no_row(tmp_path, fe
 
 
 def test_cli_help_lists_both_engines():
-    from onnx_attr.cli import build_parser
+    from onnx_attr.app.cli import build_parser
 
     text = build_parser()._subparsers._group_actions[0].choices["dataset"].format_help()
     assert "--engine" in text and "local" in text and "ray" in text and "--address" in text

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_attr.cli import main
+from onnx_attr.app.cli import main
 
 
 def _save(tmp_path, nodes, inputs, outputs, weights, name="m.onnx"):

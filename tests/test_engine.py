@@ -323,7 +323,7 @@ def test_references_beyond_the_budget_are_dropped_least_recently_used_first(monk
 
 
 def test_reference_cache_counts_each_storage_once():
-    from onnx_attr.reference_cache import _storage_bytes
+    from onnx_attr.deeplift.reference_cache import _storage_bytes
 
     t = torch.zeros(10, 4)  # 160 bytes
     u = torch.zeros(3, dtype=torch.float64)  # 24 bytes
@@ -379,7 +379,7 @@ def test_non_finite_attributions_name_the_node_that_produced_them():
 def test_maxpool_at_a_shared_reference_pools_it_once_and_agrees(monkeypatch):
     """A batch-1 baseline is pooled once and its backward mapped over the batch (vmap); the
     attributions must equal those of pooling B copies of it, and stay complete."""
-    import onnx_attr.rules.pooling as pooling
+    import onnx_attr.deeplift.rules.pooling as pooling
 
     proto = make_model([helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
                         helper.make_node("Relu", ["p"], ["r"]), helper.make_node("ReduceSum", ["r"], ["s"], axes=[2, 3], keepdims=0)],

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import onnx_attr
-from onnx_attr.layers import tensor_node
+from onnx_attr.deeplift.layers import tensor_node
 
 
 class ConvNet(nn.Module):

@@ -391,7 +391,7 @@ def test_weights_load_in_about_two_copies_and_verify(tmp_path, external):
     assert write_model(tmp_path / "m.onnx", 64, side, external=external) == 64 * 2**20
     script = textwrap.dedent(f"""
         import resource, numpy as np
-        import onnx_attr, onnx_attr.loader, onnx_attr.verify, torch, gc  # the baseline imports everything load needs
+        import onnx_attr, onnx_attr.importing.loader, onnx_attr.importing.verify, torch, gc  # the baseline imports everything load needs
         gc.collect()
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         model = onnx_attr.load(r"{tmp_path}/m.onnx")
@@ -459,7 +459,7 @@ def test_verify_of_a_tensor_beyond_numpys_64_dims_is_a_clear_error():
 
 
 def test_the_cli_budget_option_raises_and_lowers_a_limit(tmp_path, capsys):
-    from onnx_attr.cli import main
+    from onnx_attr.app.cli import main
     path = tmp_path / "loop.onnx"
     path.write_bytes(_loop_model(50).SerializeToString())
     feeds = tmp_path / "x.npz"
@@ -484,7 +484,7 @@ def test_a_deep_copied_module_follows_the_same_budget():
 
 def test_shape_inference_without_the_weights_matches_onnx_and_keeps_every_field():
     from onnx import numpy_helper
-    from onnx_attr.normalize import infer_shapes
+    from onnx_attr.importing.normalize import infer_shapes
     w = numpy_helper.from_array(np.arange(256 * 128, dtype=np.float32).reshape(256, 128), "w")  # 128 KiB: heavy
     model = _model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
                    [_vi("x", _F, ["N", 256])], [_vi("y", _F, None)], [w, helper.make_tensor("k", _I, [2], [1, 2])])

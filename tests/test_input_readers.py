@@ -18,10 +18,10 @@ import torch
 
 from exporting import to_onnx
 from onnx_attr import InputError, load
-from onnx_attr.cli import main
-from onnx_attr.preprocess import ImagePreprocessing, image_preprocessing, load_image
-from onnx_attr.readers import InputOptions, read_input_file
-from onnx_attr.specs import TensorSpec
+from onnx_attr.app.cli import main
+from onnx_attr.app.preprocess import ImagePreprocessing, image_preprocessing, load_image
+from onnx_attr.app.readers import InputOptions, read_input_file
+from onnx_attr.importing.specs import TensorSpec
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -256,7 +256,7 @@ def test_attribute_image_folder_end_to_end(tmp_path, cnn_path, capsys):
 def test_picture_shows_the_image_as_given(tmp_path, cnn_path):
     """The input panel of the heatmap is the resized image before normalisation: with pixels at
     0 and 200 only, normalisation would move them, while the picture keeps 0 and 200 as the ends."""
-    from onnx_attr.readers import picture_arrays
+    from onnx_attr.app.readers import picture_arrays
 
     _png(tmp_path / "h.png", _halves())
     options = InputOptions(image=image_preprocessing(scale=1 / 255, mean=MEAN, std=STD))
@@ -274,7 +274,7 @@ def test_picture_shows_the_image_as_given(tmp_path, cnn_path):
 # -- the dataset job on an image folder ---------------------------------------------------------------------------
 
 def test_dataset_image_folder(tmp_path, cnn_path):
-    from onnx_attr.dataset_job import attribute_dataset, attribution_array, read_results
+    from onnx_attr.app.dataset_job import attribute_dataset, attribution_array, read_results
 
     images = _images(tmp_path / "pictures")
     (tmp_path / "pictures" / "README.txt").write_text("notes beside the data, not examples (no --tokenizer)\n")
@@ -388,8 +388,8 @@ def test_text_refusals(tmp_path, text_model):
 
 
 def test_dataset_text_rows(tmp_path, text_model):
-    from onnx_attr.dataset_job import attribute_dataset, attribution_array, read_results
-    from onnx_attr.text_inputs import text_preprocessing
+    from onnx_attr.app.dataset_job import attribute_dataset, attribution_array, read_results
+    from onnx_attr.app.text_inputs import text_preprocessing
 
     module, model_path, tokenizer_path = text_model
     (tmp_path / "reviews.txt").write_text("\n".join(SENTENCES) + "\n")
@@ -416,7 +416,7 @@ def test_dataset_mean_baseline_is_independent_of_batching(tmp_path):
     attributions add up to f(x) - f(mean) by onnxruntime, and are the same for any batch size."""
     import onnxruntime as ort
 
-    from onnx_attr.dataset_job import attribute_dataset, attribution_array, read_results
+    from onnx_attr.app.dataset_job import attribute_dataset, attribution_array, read_results
 
     from conftest import SAMPLES as samples
     model = samples / "breast_cancer_mlp.onnx"

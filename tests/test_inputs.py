@@ -8,7 +8,7 @@ import torch
 
 import onnx_attr
 from onnx_attr import InputError
-from onnx_attr.inputs import all_finite, read_npz
+from onnx_attr.importing.inputs import all_finite, read_npz
 
 from conftest import FLOAT, INT64, make_model
 from onnx import helper

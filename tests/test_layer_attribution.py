@@ -11,7 +11,7 @@ from captum.attr import NeuronIntegratedGradients as CaptumNeuronIG
 from torch import nn
 
 import onnx_attr
-from onnx_attr.convert import tensor_nodes
+from onnx_attr.importing.convert import tensor_nodes
 
 from exporting import TokenBag, to_onnx
 

@@ -295,8 +295,8 @@ def test_bad_rules_are_clear_errors(net_and_model):
 
 
 def test_cli_lrp_equals_the_api(tmp_path, net_and_model, pixels):
-    from onnx_attr.cli import LRP_COMPOSITES, LRP_RULES, main
-    from onnx_attr.rules.lrp import COMPOSITES, RULE_NAMES
+    from onnx_attr.app.cli import LRP_COMPOSITES, LRP_RULES, main
+    from onnx_attr.deeplift.rules.lrp import COMPOSITES, RULE_NAMES
 
     assert set(LRP_RULES) == set(RULE_NAMES) and set(LRP_COMPOSITES) == set(COMPOSITES)
     net, model = net_and_model

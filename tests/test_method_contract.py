@@ -242,7 +242,7 @@ def test_target_none_on_single_value_outputs_and_0d_output():
     a1, a2 = onnx_attr.DeepLift(model).attribute(x)
     torch.testing.assert_close(a1, 2 * torch.ones(2, 1, 1, 1))
     torch.testing.assert_close(a2, torch.ones(2, 1, 1, 1))
-    from onnx_attr.engine import Targets
+    from onnx_attr.deeplift.engine import Targets
 
     with pytest.raises(onnx_attr.OnnxAttrError, match="0-d"):
         Targets(None, 1).select(torch.tensor(3.0))  # an output without a batch axis
@@ -292,7 +292,7 @@ def test_cli_attributes_token_ids_with_every_method(tmp_path):
     (GradientShap's sum matches only in expectation; the registry contract test runs the others.)"""
     from exporting import TokenBag, to_onnx
 
-    from onnx_attr.cli import main
+    from onnx_attr.app.cli import main
     from onnx_attr.methods.registry import REGISTRY
 
     torch.manual_seed(0)

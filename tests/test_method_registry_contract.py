@@ -268,7 +268,7 @@ def test_cpu_and_cuda_agree(e, model, layer):
 
 @pytest.mark.parametrize("e", [e for e in ENTRIES if e.cli], ids=lambda e: e.name)
 def test_the_cli_runs_it(e, model, layer, tmp_path):
-    from onnx_attr.cli import main
+    from onnx_attr.app.cli import main
 
     path = tmp_path / "tiny.onnx"
     path.write_bytes(model.onnx_model.SerializeToString())
@@ -292,7 +292,7 @@ def test_the_cli_runs_it(e, model, layer, tmp_path):
 def test_a_short_last_pass_is_folded_for_methods_that_need_several_rows(model, tmp_path):
     """--batch-size 2 over 3 examples would leave FeaturePermutation one row in its last pass, which it
     cannot shuffle: the last pass joins the one before, and every example gets attributions."""
-    from onnx_attr.cli import main
+    from onnx_attr.app.cli import main
 
     path = tmp_path / "tiny.onnx"
     path.write_bytes(model.onnx_model.SerializeToString())

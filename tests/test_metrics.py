@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import onnx_attr
-from onnx_attr.metrics import (gaussian_perturbation, infidelity, parameter_randomization, randomized_copy,
+from onnx_attr.methods.metrics import (gaussian_perturbation, infidelity, parameter_randomization, randomized_copy,
                                sensitivity_max, spearman)
 
 from exporting import to_onnx

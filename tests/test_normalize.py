@@ -7,7 +7,7 @@ import onnx
 from onnx import helper
 
 import onnx_attr
-from onnx_attr.normalize import drop_initializer_inputs, fold_constants, infer_shapes, normalize, upgrade_opset
+from onnx_attr.importing.normalize import drop_initializer_inputs, fold_constants, infer_shapes, normalize, upgrade_opset
 
 from conftest import FLOAT, INT64, make_model, ort_run
 
@@ -71,7 +71,7 @@ def test_opset_upgrade_runs_only_when_needed_and_is_exact():
     node = helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")
     model = make_model([node], [("x", FLOAT, [2, 3])], [("y", FLOAT, [2, 3])],
                        {"slope": np.array([0.1, 0.2, 0.3], np.float32)}, opset=6)
-    result = normalize(model, importable=onnx_attr.convert.is_importable)
+    result = normalize(model, importable=onnx_attr.importing.convert.is_importable)
     assert any("upgraded ai.onnx opset 6" in n for n in result.notes)
     assert result.canonical.opset_import[0].version == 6  # the reference for verify is not upgraded
     x = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)

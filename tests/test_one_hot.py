@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx_attr
-from onnx_attr.opkinds import op_kind
+from onnx_attr.deeplift.opkinds import op_kind
 
 
 def _ort(model, feeds):

@@ -15,7 +15,7 @@ from onnx import helper
 
 import onnx_attr
 from conftest import FLOAT, INT64, make_model, ort_run
-from onnx_attr.layers import embedding_lookups
+from onnx_attr.deeplift.layers import embedding_lookups
 
 from test_real_export_patterns import INT32, jax_one_hot_model
 
@@ -115,7 +115,7 @@ def test_int32_ids_cast_before_their_gather_are_attributed_at_it():
 
 
 def test_cli_attributes_one_hot_bytes_with_the_default_target(tmp_path, magika_like):
-    from onnx_attr.cli import main
+    from onnx_attr.app.cli import main
 
     proto, _, data = magika_like
     (tmp_path / "m.onnx").write_bytes(proto.SerializeToString())

@@ -24,8 +24,8 @@ from conftest import SAMPLES
 pytest.importorskip("pyarrow")
 
 from onnx_attr import InputError  # noqa: E402
-from onnx_attr.dataset_job import attribute_dataset, attribution_array, read_results  # noqa: E402
-from onnx_attr.report_html import (Collector, ReportOptions, border_profile, load_run,  # noqa: E402
+from onnx_attr.app.dataset_job import attribute_dataset, attribution_array, read_results  # noqa: E402
+from onnx_attr.app.report_html import (Collector, ReportOptions, border_profile, load_run,  # noqa: E402
                                    write_report)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def test_page_summary_errors_pictures_and_rebuild(digits_run, tmp_path):
     # rebuilt from the shards alone with other sizes: the CLI command
     copy = tmp_path / "copy"
     shutil.copytree(digits_run, copy, ignore=shutil.ignore_patterns("report*"))
-    done = subprocess.run([sys.executable, "-m", "onnx_attr.cli", "report", str(copy), "--gallery-rows", "10",
+    done = subprocess.run([sys.executable, "-m", "onnx_attr.app.cli", "report", str(copy), "--gallery-rows", "10",
                            "--pictures", "0"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     rebuilt = (copy / "report.html").read_text()
@@ -137,7 +137,7 @@ def test_report_refuses_an_unfinished_run(tmp_path, digits_run):
         write_report(copy)
     with pytest.raises(InputError, match="no readable manifest.json"):
         write_report(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "onnx_attr.cli", "report", str(tmp_path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "onnx_attr.app.cli", "report", str(tmp_path)], capture_output=True,
                           text=True, cwd=ROOT)
     assert done.returncode == 2 and "manifest.json" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(InputError, match="gallery_rows"):
@@ -225,7 +225,7 @@ def test_token_rows_are_shown_as_their_ids_shaded_by_score(tmp_path):
 
     import pyarrow as pa
 
-    from onnx_attr.dataset_job import _tensor_column, commit_shard
+    from onnx_attr.app.dataset_job import _tensor_column, commit_shard
 
     ids = np.array([[5, 17, 99, 3, 42, 7], [8, 8, 1, 2, 0, 11]], dtype=np.int64)
     np.savez(tmp_path / "tokens.npz", ids=ids)
@@ -265,7 +265,7 @@ def test_token_rows_are_shown_as_their_ids_shaded_by_score(tmp_path):
 
 
 def test_the_dataset_command_writes_the_report_unless_told_not_to(tmp_path, capsys):
-    from onnx_attr.cli import main
+    from onnx_attr.app.cli import main
 
     np.savez(tmp_path / "rows.npz", features=np.load(SAMPLES / "breast_cancer_mlp_inputs.npz")["features"])
     common = ["-q", "dataset", str(MLP), "-i", str(tmp_path / "rows.npz")]
@@ -284,8 +284,8 @@ def test_the_dataset_command_writes_the_report_unless_told_not_to(tmp_path, caps
 def test_a_report_that_cannot_be_written_costs_the_page_not_the_results(tmp_path, capsys, monkeypatch):
     """The shards are committed before the report: a failure there is exit 4 with the rebuild command,
     and every row is in the results."""
-    import onnx_attr.dataset_job as job
-    from onnx_attr.cli import main
+    import onnx_attr.app.dataset_job as job
+    from onnx_attr.app.cli import main
 
     def unwritable(folder, options):
         raise OSError(28, "No space left on device")

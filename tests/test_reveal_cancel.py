@@ -14,7 +14,7 @@ from torch import nn
 
 import onnx_attr
 from onnx import TensorProto, helper, numpy_helper
-from onnx_attr.rules.reveal_cancel import split_multipliers
+from onnx_attr.deeplift.rules.reveal_cancel import split_multipliers
 
 from conftest import FLOAT, make_model
 from exporting import to_onnx

@@ -235,7 +235,7 @@ def test_masked_evaluator_chunks_within_the_budget_and_matches_one_pass(tiny):
         calls.append(tensors[0].shape[0])
         return onnx_attr.methods.gradient.target_values(imported, tensors, targets, 0)
 
-    targets = onnx_attr.engine.Targets(TARGET, 2)
+    targets = onnx_attr.deeplift.engine.Targets(TARGET, 2)
     small = MaskedEvaluator(value, [X], [BASE], [True], targets, per_eval=4, budget_bytes=2 * X.numel() * 4)
     got, _ = small.evaluate_patterns(5, lambda a, b: patterns[a:b], groups)
     assert calls == [4, 4, 2]  # two copies of the batch per forward: the budget, below per_eval

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import onnx_attr
-from onnx_attr.converters.pooling import MaxPool
-from onnx_attr.smooth import LogSumExpPool, smooth
+from onnx_attr.importing.converters.pooling import MaxPool
+from onnx_attr.deeplift.smooth import LogSumExpPool, smooth
 
 from exporting import to_onnx
 
@@ -114,7 +114,7 @@ def test_bad_beta_is_a_clear_error(cnn):
 def test_cli_attributes_a_smoothed_twin_and_verifies_the_original(tmp_path):
     import json
 
-    from onnx_attr.cli import main
+    from onnx_attr.app.cli import main
 
     from conftest import SAMPLES
 

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_attr.cli import main
+from onnx_attr.app.cli import main
 
 from test_default_targets import _save
 

@@ -57,7 +57,7 @@ def test_multiple_outputs_each_reported():
 @pytest.mark.parametrize("name", ["digits_cnn", "breast_cancer_mlp"])
 @pytest.mark.parametrize("strip", [True, False])
 def test_samples_verify_on_their_inputs(name, strip):
-    from onnx_attr.inputs import read_npz
+    from onnx_attr.importing.inputs import read_npz
 
     model = onnx_attr.load(SAMPLES / f"{name}.onnx", strip_final_activation=strip)
     report = model.verify(read_npz(SAMPLES / f"{name}_inputs.npz", model.inputs))
@@ -116,7 +116,7 @@ def test_a_real_error_in_a_deep_graph_still_fails():
 def test_without_a_float64_evaluation_the_depth_budget_judges(monkeypatch):
     import sys
 
-    monkeypatch.setattr(sys.modules["onnx_attr.verify"], "_float64_outputs", lambda *a, **k: None)
+    monkeypatch.setattr(sys.modules["onnx_attr.importing.verify"], "_float64_outputs", lambda *a, **k: None)
     proto, x = _deep_cancelling_graph()
     model = onnx_attr.load(proto, strip_final_activation=False)
     report = model.verify(x)

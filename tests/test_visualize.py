@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 import onnx_attr
-from onnx_attr.cli import main
-from onnx_attr.names import read_names
-from onnx_attr.visualize import (BLUE, RED, bars_png, clip_scale, describe_target, image_figure, image_png, picture_kind,
+from onnx_attr.app.cli import main
+from onnx_attr.app.names import read_names
+from onnx_attr.app.visualize import (BLUE, RED, bars_png, clip_scale, describe_target, image_figure, image_png, picture_kind,
                                   plot, signed_colors, tokens_html)
 
 from conftest import SAMPLES
@@ -166,7 +166,7 @@ def test_names_files_in_every_accepted_form(tmp_path):
 
 
 def test_bad_names_files_are_clear_errors_and_a_fifo_never_hangs(tmp_path, monkeypatch):
-    import onnx_attr.names as names
+    import onnx_attr.app.names as names
 
     cases = {"shape.json": ('{"a": 1.5}', "cannot read names from it"),
              "empty.json": ("[]", "holds no names"), "blank.txt": ("\n \n", "holds no names"),

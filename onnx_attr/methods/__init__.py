@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .registry import REGISTRY
+from onnx_attr.methods.registry import REGISTRY
 
 #: Public class name -> "module:Class", from the registry plus the wrappers it does not list.
 _CLASSES = {**{e.class_name: e.path for e in REGISTRY.values()}, "NoiseTunnel": "noise_tunnel:NoiseTunnel"}

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..batch import Layout, batch_axes, probe
-from ..errors import InputError
-from ..inputs import check_inputs
+from onnx_attr.importing.batch import Layout, batch_axes, probe
+from onnx_attr.errors import InputError
+from onnx_attr.importing.inputs import check_inputs
 
 
 @dataclass

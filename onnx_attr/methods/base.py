@@ -14,12 +14,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..engine import Targets
-from ..errors import InputError
-from ..layers import embedding_lookups
-from ..rows import fixed_batch, padded_rows, pick_output
-from ..target_grad import target_gradients
-from ._inputs import Prepared, example_count, prepare
+from onnx_attr.deeplift.engine import Targets
+from onnx_attr.errors import InputError
+from onnx_attr.deeplift.layers import embedding_lookups
+from onnx_attr.importing.rows import fixed_batch, padded_rows, pick_output
+from onnx_attr.deeplift.target_grad import target_gradients
+from onnx_attr.methods._inputs import Prepared, example_count, prepare
 
 
 def make_targets(target: Any, n: int, axis: Optional[int] = 0) -> Targets:
@@ -100,7 +100,7 @@ class AttributionMethod:
     def _prepare(self, inputs: Any, baselines: Any, additional_forward_args: Any) -> tuple[Prepared, int]:
         """The call's inputs checked and placed at their ONNX positions, and the number of examples;
         token ids are fed through their embedding lookups (`self.active` becomes that view)."""
-        from .gradient import at_embeddings
+        from onnx_attr.methods.gradient import at_embeddings
 
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs))
         n = example_count(self.model, prepared)

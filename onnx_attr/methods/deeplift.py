@@ -11,12 +11,12 @@ import torch
 from torch import Tensor
 
 
-from ..engine import DeepLiftEngine, PassResult, Targets
-from ..errors import InputError
-from ..inputs import all_finite
-from ..specialize import has_runtime_if, specialise
-from ._inputs import check_batched, example_count, prepare
-from .base import AttributionMethod, output_index, output_report  # noqa: F401  (output_index: kept importable here)
+from onnx_attr.deeplift.engine import DeepLiftEngine, PassResult, Targets
+from onnx_attr.errors import InputError
+from onnx_attr.importing.inputs import all_finite
+from onnx_attr.importing.specialize import has_runtime_if, specialise
+from onnx_attr.methods._inputs import check_batched, example_count, prepare
+from onnx_attr.methods.base import AttributionMethod, output_index, output_report  # noqa: F401  (output_index: kept importable here)
 
 
 class DeepLift(AttributionMethod):
@@ -64,7 +64,7 @@ class DeepLift(AttributionMethod):
     def embedded_inputs(self) -> list[str]:
         """Integer inputs attributed at their embedding lookups (a Gather of a constant table)."""
         if self.engine is None:  # runtime Ifs: the engine comes with the first call's branches
-            from ..layers import embedding_lookups
+            from onnx_attr.deeplift.layers import embedding_lookups
 
             return list(embedding_lookups(self.model)) if any(not s.differentiable for s in self.model.inputs) else []
         return list(dict.fromkeys(t.input_name for t in self.engine.rewrite.taps))
@@ -262,7 +262,7 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int)
 def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str:
     """Where non-finite attributions come from: the first ONNX node whose output is NaN/Inf in the
     forward pass of the inputs or of the baselines, or else the multipliers of the backward pass."""
-    from ..convert import run_recording
+    from onnx_attr.importing.convert import run_recording
 
     for what, tensors in (("input", inputs), ("baseline", baselines)):
         values = run_recording(model.module, *tensors)
@@ -404,7 +404,7 @@ class LayerDeepLift(DeepLift):
                   additional_forward_args: Any = None, return_convergence_delta: bool = False,
                   attribute_to_layer_input: bool = False, custom_attribution_func: Optional[Callable[..., Any]] = None,
                   *, output: Union[str, int, None] = None):
-        from .layer import refuse_layer_input
+        from onnx_attr.methods.layer import refuse_layer_input
 
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
         custom = _check_custom(custom_attribution_func)
@@ -420,7 +420,7 @@ class LayerDeepLift(DeepLift):
         if custom is not None:  # Captum's contract, over the layers: (multipliers, layer values, their references)
             from types import SimpleNamespace
 
-            from ..layers import tensor_values
+            from onnx_attr.deeplift.layers import tensor_values
 
             values = tensor_values(self.model, self.layers, prepared.tensors)
             layers = SimpleNamespace(tensors=values, baselines=[h - d for h, (_, d) in zip(values, result.layers)],

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError
-from ..rows import fixed_batch
-from ..layers import tensor_values, tensors_as_inputs
-from ._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held
-from .base import AttributionMethod, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
-from .deeplift import method_report
+from onnx_attr.errors import InputError
+from onnx_attr.importing.rows import fixed_batch
+from onnx_attr.deeplift.layers import tensor_values, tensors_as_inputs
+from onnx_attr.methods._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held
+from onnx_attr.methods.base import AttributionMethod, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
+from onnx_attr.methods.deeplift import method_report
 
 
 #: The base under its former name, for code that subclassed it.
@@ -219,8 +219,8 @@ def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union
     path points with numpy), so that under the same seeds the two agree: the noisy inputs and the
     drawn baselines (n_samples per example, example-major), one path point per row (float64), the
     examples, how to pack per-input values back, and numpy-in."""
-    from .deeplift import call_baseline
-    from .noise_tunnel import _add_noise
+    from onnx_attr.methods.deeplift import call_baseline
+    from onnx_attr.methods.noise_tunnel import _add_noise
 
     tensors, repack, as_numpy, n = batched_inputs(inputs, method)
     baselines = call_baseline(baselines, inputs)
@@ -260,7 +260,7 @@ class GradientShap(AttributionMethod):
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
                   output: Union[str, int, None] = None):
-        from .noise_tunnel import _repeat_target
+        from onnx_attr.methods.noise_tunnel import _repeat_target
 
         noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(inputs, baselines, n_samples, stdevs,
                                                                      "GradientShap")

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import replace_modules
-from ._inputs import _as_list
-from .base import AttributionMethod
-from .layer import LayerGradCam, _NeuronMethod
+from onnx_attr.deeplift.layers import replace_modules
+from onnx_attr.methods._inputs import _as_list
+from onnx_attr.methods.base import AttributionMethod
+from onnx_attr.methods.layer import LayerGradCam, _NeuronMethod
 
 
 class _PositiveGradient(torch.autograd.Function):

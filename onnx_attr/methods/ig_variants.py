@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine import Targets
-from ..errors import InputError
-from .deeplift import method_report
-from .gradient import IntegratedGradients, integration_rule
+from onnx_attr.deeplift.engine import Targets
+from onnx_attr.errors import InputError
+from onnx_attr.methods.deeplift import method_report
+from onnx_attr.methods.gradient import IntegratedGradients, integration_rule
 
 
 

@@ -1,6 +1,6 @@
 """Layer and neuron attribution at any ONNX tensor, by its ONNX name.
 
-Both are the plain methods on a re-cut model (`onnx_attr.layers`): a neuron method attributes a
+Both are the plain methods on a re-cut model (`onnx_attr.deeplift.layers`): a neuron method attributes a
 target of the model cut after the tensor; a layer method attributes the tensor fed in as an
 input, the original inputs still feeding the paths that bypass it. LayerDeepLift (in
 `deeplift.py`) taps the tensor in place instead, so the reference pass stays the baselines'.
@@ -13,13 +13,13 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..errors import InputError
-from ..layers import tensor_as_output, tensor_values, tensors_as_inputs
-from ._inputs import prepare
-from .base import AttributionMethod, output_report
-from .deeplift import DeepLift, DeepLiftShap, method_report
-from .gradient import GradientShap, IntegratedGradients, Saliency, _repeat_rows, integration_rule
-from .noise_tunnel import _repeat_target
+from onnx_attr.errors import InputError
+from onnx_attr.deeplift.layers import tensor_as_output, tensor_values, tensors_as_inputs
+from onnx_attr.methods._inputs import prepare
+from onnx_attr.methods.base import AttributionMethod, output_report
+from onnx_attr.methods.deeplift import DeepLift, DeepLiftShap, method_report
+from onnx_attr.methods.gradient import GradientShap, IntegratedGradients, Saliency, _repeat_rows, integration_rule
+from onnx_attr.methods.noise_tunnel import _repeat_target
 
 
 def refuse_layer_input(asked: bool, name: str) -> None:
@@ -279,7 +279,7 @@ class LayerGradientShap(LayerMethod):
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False,
                   attribute_to_layer_input: bool = False, *, output: Union[str, int, None] = None):
-        from .gradient import draw_shap_samples
+        from onnx_attr.methods.gradient import draw_shap_samples
 
         noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(inputs, baselines, n_samples, stdevs,
                                                                      "LayerGradientShap")
@@ -310,7 +310,7 @@ class LayerDeepLiftShap(LayerMethod):
 
     def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: bool = True, *,
                  rule: str = "rescale", gradient_fallback: bool = False):
-        from .deeplift import LayerDeepLift
+        from onnx_attr.methods.deeplift import LayerDeepLift
 
         super().__init__(model, layer)
         self.inner = LayerDeepLift(model, layer, multiply_by_inputs, rule=rule, gradient_fallback=gradient_fallback)
@@ -322,7 +322,7 @@ class LayerDeepLiftShap(LayerMethod):
     def attribute(self, inputs: Any, baselines: Any, target: Any = None, additional_forward_args: Any = None,
                   return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
                   custom_attribution_func: Any = None, *, output: Union[str, int, None] = None):
-        from .deeplift import _baseline_rows, call_baseline
+        from onnx_attr.methods.deeplift import _baseline_rows, call_baseline
 
         rows = _baseline_rows(call_baseline(baselines, inputs)) if baselines is not None else []
         if not rows:

@@ -14,12 +14,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..engine import Targets
-from ..rules.lrp import AlphaBeta, Composite, Epsilon, Flat, Gamma, ZBox, ZPlus, composite_of
-from ..rules.lrp_pass import LRPRewrite, rewrite_for_lrp
-from ._inputs import example_count, prepare
-from .deeplift import _numpy_given, method_report
-from .gradient import _GradientMethod
+from onnx_attr.deeplift.engine import Targets
+from onnx_attr.deeplift.rules.lrp import AlphaBeta, Composite, Epsilon, Flat, Gamma, ZBox, ZPlus, composite_of
+from onnx_attr.deeplift.rules.lrp_pass import LRPRewrite, rewrite_for_lrp
+from onnx_attr.methods._inputs import example_count, prepare
+from onnx_attr.methods.deeplift import _numpy_given, method_report
+from onnx_attr.methods.gradient import _GradientMethod
 
 __all__ = ["AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "LRP", "LayerLRP", "ZBox", "ZPlus"]
 

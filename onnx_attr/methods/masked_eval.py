@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine import Targets
-from ..errors import InputError
+from onnx_attr.deeplift.engine import Targets
+from onnx_attr.errors import InputError
 
 #: Bytes of perturbed copies built for one forward at most (the copies of every input together);
 #: `perturbations_per_eval` is lowered to fit, never below one copy of the batch.
@@ -134,7 +134,7 @@ def feature_ids(feature_mask: Any, prepared, by_name: Callable[[Mapping, Any], l
     """Feature ids shared across the attributed inputs (Captum's Shapley/Lime convention: the same
     id in two inputs is one feature), each [1 or N, *shape], and the feature count (max id + 1).
     Without a mask every element is its own feature, numbered on across the inputs in order."""
-    from .perturbation import _feature_groups, _per_input
+    from onnx_attr.methods.perturbation import _feature_groups, _per_input
 
     chosen = [i for i, a in enumerate(prepared.attributed) if a]
     groups: list = [None] * len(prepared.tensors)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError
-from ._inputs import _as_list, as_tensor, batched_inputs, is_held
+from onnx_attr.errors import InputError
+from onnx_attr.methods._inputs import _as_list, as_tensor, batched_inputs, is_held
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -118,7 +118,7 @@ def _repeat_per_example(value: Any, n: int, samples: int, key: str) -> Any:
 def _repeat_by_axis(model, values: Mapping, n: int, samples: int) -> dict:
     """Forward args by input name, each repeated with its examples along its own batch axis
     (a state batched on axis 1 too); those without a batch stay as they are."""
-    from ..batch import batch_axes
+    from onnx_attr.importing.batch import batch_axes
 
     axes = dict(zip((s.name for s in model.inputs), batch_axes(model.inputs)))
     out = {}
@@ -151,7 +151,7 @@ def _drawn_baselines(baselines: Any, rows: int) -> Any:
 
 def _repeat_target(target: Any, n: int, samples: int) -> Any:
     """Per-example targets follow their examples' repeats; a shared target stays as it is."""
-    from ..targets import Target, as_weights
+    from onnx_attr.deeplift.targets import Target, as_weights
 
     target = as_weights(target) or target
     if isinstance(target, Target):

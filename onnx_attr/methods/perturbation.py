@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine import Targets
-from ..errors import InputError
-from ._inputs import example_count, prepare
-from .gradient import _GradientMethod
-from .masked_eval import DEFAULT_BUDGET_BYTES, MaskedEvaluator, check_per_eval
+from onnx_attr.deeplift.engine import Targets
+from onnx_attr.errors import InputError
+from onnx_attr.methods._inputs import example_count, prepare
+from onnx_attr.methods.gradient import _GradientMethod
+from onnx_attr.methods.masked_eval import DEFAULT_BUDGET_BYTES, MaskedEvaluator, check_per_eval
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -56,7 +56,7 @@ class _Perturbation(_GradientMethod):
     def _value(self, tensors, targets, index) -> Tensor:
         if self.backend == "torch":
             return super()._value(tensors, targets, index)
-        from ..verify import run_onnxruntime
+        from onnx_attr.importing.verify import run_onnxruntime
 
         n = len(targets.rows)
         feeds = {spec.name: (t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t).cpu().numpy()
@@ -72,7 +72,7 @@ class _Perturbation(_GradientMethod):
 
     def _bar(self, evaluator: MaskedEvaluator, counts: Sequence[int], show_progress: bool, extra: int = 0):
         """The Captum `show_progress` bar on stderr, counting forward passes; set on the evaluator."""
-        from ..progress import progress
+        from onnx_attr.progress import progress
 
         evaluator.bar = progress(extra + sum(evaluator.passes(c) for c in counts), "pass", type(self).__name__,
                                  quiet=not show_progress)
@@ -269,7 +269,7 @@ class FeaturePermutation(_Perturbation):
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None, feature_mask: Any = None,
                   perturbations_per_eval: int = 1, show_progress: bool = False, *,
                   output: Union[str, int, None] = None):
-        from .masked_eval import feature_ids, spread
+        from onnx_attr.methods.masked_eval import feature_ids, spread
 
         prepared, n = self._prepare(inputs, None, additional_forward_args)
         if n < 2:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence, Union
 
-from ..layers import tensor_values, tensors_as_inputs
-from ._inputs import prepare
-from .layer import LayerMethod, _NeuronMethod, refuse_layer_input
-from .masked_eval import DEFAULT_BUDGET_BYTES
-from .perturbation import FeatureAblation, FeaturePermutation
+from onnx_attr.deeplift.layers import tensor_values, tensors_as_inputs
+from onnx_attr.methods._inputs import prepare
+from onnx_attr.methods.layer import LayerMethod, _NeuronMethod, refuse_layer_input
+from onnx_attr.methods.masked_eval import DEFAULT_BUDGET_BYTES
+from onnx_attr.methods.perturbation import FeatureAblation, FeaturePermutation
 
 
 class _LayerPerturbation(LayerMethod):

@@ -69,7 +69,7 @@ class MethodEntry:
              options: Optional[dict] = None) -> Any:
         """The explainer for a model (at `layer` for layer and neuron methods); of the checked CLI
         `options`, those in CONSTRUCTOR_OPTIONS go to the class (LRP's rule, composite, bounds)."""
-        from ..errors import InputError
+        from onnx_attr.errors import InputError
 
         kwargs = dict(self.init)
         kwargs.update({k.removeprefix("lrp_"): v for k, v in (options or {}).items()
@@ -106,7 +106,7 @@ class MethodEntry:
             result, delta = explainer.attribute(inputs, **kwargs), None
         report = getattr(explainer, "last_report", None)
         if isinstance(report, dict) and "final_activation" not in report:  # a method that writes no report
-            from .base import output_index, output_report
+            from onnx_attr.methods.base import output_index, output_report
 
             index = 0 if self.family == "neuron" else output_index(explainer.model, output)
             explainer.last_report = {**output_report(explainer.model, self.title or self.class_name, index), **report}
@@ -143,7 +143,7 @@ def register(path: str, family: str, *, name: Optional[str] = None, **facts: Any
 
 def entry(name: str) -> MethodEntry:
     """A method by CLI name; a clear error listing the others otherwise."""
-    from ..errors import InputError
+    from onnx_attr.errors import InputError
 
     found = REGISTRY.get(name)
     if found is None:

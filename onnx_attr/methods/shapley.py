@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine import Targets
-from ..errors import InputError
-from .masked_eval import feature_ids, spread
-from .perturbation import _attribution_dtype, _by_name, _Perturbation
+from onnx_attr.deeplift.engine import Targets
+from onnx_attr.errors import InputError
+from onnx_attr.methods.masked_eval import feature_ids, spread
+from onnx_attr.methods.perturbation import _attribution_dtype, _by_name, _Perturbation
 
 #: ShapleyValues evaluates 2**F coalitions; above this many features it refuses (65,536 forward
 #: copies of the batch at 16) and names ShapleyValueSampling or a coarser feature_mask instead.

@@ -1,0 +1,575 @@
+"""`onnx-attr attribute`: attribute the inputs of one .npz, or of a folder/glob of them, and write
+the results atomically, with the settings that made them.
+
+One input file writes into `out`; several write one result folder each, named from the input's
+path so that different inputs never share one (`index.json` maps each input to its folder). Every
+`report.json` carries a manifest (model sha256, method, target, baseline, options, versions, and
+the input file's sha256): `resume` skips a result only when its manifest is this run's, redoes it
+when only its input file changed, and refuses when it was made with other settings. A result
+folder holds `attributions.npz` and `report.json` of the same run: the report, written last,
+records the sha256 of the attributions, and the output folder is locked while a run writes.
+One bad input among many becomes an error entry in `index.json`; the others go on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+from urllib.parse import quote
+
+import numpy as np
+
+from onnx_attr.errors import InputError, OnnxAttrError, OutputError
+from onnx_attr.fileio import FolderLock, atomic_write, regular_file, remove_leftover_temporaries, write_json
+from onnx_attr.app.manifest import build_manifest, differences, file_sha256
+from onnx_attr.methods.registry import entry, titles
+from onnx_attr.app.names import read_feature_names  # noqa: F401  (kept importable from here)
+from onnx_attr.progress import progress
+from onnx_attr.app.target_forms import _from_the_end as _resolve_negative  # noqa: F401  (the dataset job's)
+from onnx_attr.app.target_forms import parse_form
+from onnx_attr.deeplift.targets import Target
+
+if TYPE_CHECKING:
+    from onnx_attr.app.readers import InputOptions, Rows
+    from onnx_attr.app.visualize import PictureOptions
+
+#: CLI method name -> how reports name it (from the method registry).
+METHOD_TITLES = titles()
+#: Examples attributed per pass by default: small enough that progress shows and memory stays flat.
+DEFAULT_BATCH_SIZE = 16
+#: Folder names longer than this are shortened (with a hash of the full name, so they stay unique).
+MAX_FOLDER_NAME = 180
+
+
+def make_explainer(model, method: str, gradient_fallback: bool = False, layer: Optional[str] = None,
+                   options: Optional[dict] = None):
+    """The registered method's explainer (at `layer` for layer and neuron methods); `options` are the
+    checked `method_options`, of which the entry's constructor options go to the class."""
+    return entry(method).make(model, layer=layer, gradient_fallback=gradient_fallback, options=options)
+
+
+def call_method(method: str, explainer, inputs: dict, baselines: Any, *, target: Any, extra: Optional[dict],
+                output: int, options: dict) -> tuple[dict, np.ndarray]:
+    """One call of a registered method on named inputs: attributions by name (input names; layer
+    names for layer methods) as numpy, and the delta per example (NaN for methods without one)."""
+    found = entry(method)
+    result, delta = found.run(explainer, inputs, baselines, target=target, additional_forward_args=extra or None,
+                              output=output, options=options)
+    if not isinstance(result, dict):
+        names = getattr(explainer, "layers", None) or [explainer.layer]
+        result = dict(zip(names, result if isinstance(result, (list, tuple)) else [result]))
+    arrays = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in result.items()}
+    n = len(next(iter(inputs.values())))
+    delta = np.full(n, np.nan) if delta is None else np.asarray(
+        delta.detach().cpu() if hasattr(delta, "detach") else delta, dtype=np.float64).reshape(-1)
+    return arrays, delta
+
+
+def parse_target(text: Optional[str]) -> Any:
+    """Index forms only (the dataset job's --target): '3' -> 3, '3,1,4' -> [3, 1, 4], '2:5' -> (2, 5),
+    None -> None. Negative indices count from the end, as in numpy (resolved against the output's shape)."""
+    if text is None:
+        return None
+    form, value = parse_form(text)
+    if form != "indices":
+        raise InputError(f"--target {text!r}: this command takes an index (an int, i,j,k or a:b), not the {form!r} "
+                         "form of `onnx-attr attribute`")
+    return value
+
+
+def _has_negative(target: Any) -> bool:
+    values = target if isinstance(target, (list, tuple)) else [target]
+    return any(isinstance(v, int) and v < 0 for v in values)
+
+
+def resolve_baseline_spec(spec: Optional[str], method: str) -> str:
+    """The baseline spec a method runs with: zeros by default, except for methods that average over a
+    distribution (no meaningful default) and "none" for methods that take no baseline (one given is
+    refused, so a report never names a baseline that did not count)."""
+    found = entry(method)
+    if not found.baselines:
+        if spec is not None:
+            raise InputError(f"--method {method} takes no baseline; leave --baseline out")
+        return "none"
+    if spec is None:
+        if found.distribution:
+            raise InputError(f"--method {method} averages over a distribution of baselines: give one with "
+                             "--baseline bg.npz (rows of typical inputs, e.g. a sample of the training data)")
+        return "zeros"
+    if spec not in ("zeros", "mean") and Path(spec).suffix != ".npz":
+        raise InputError(f"--baseline {spec!r}: use zeros, mean, or an .npz file of baselines")
+    return spec
+
+
+def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> Any:
+    if spec == "none":
+        return None
+    if spec == "zeros":
+        if entry(method).distribution:  # a distribution of one all-zero row
+            return {k: np.zeros_like(v[:1]) for k, v in inputs.items()}
+        return None
+    if spec == "mean":
+        return {k: v.mean(0, keepdims=True).astype(v.dtype) for k, v in inputs.items()}
+    from onnx_attr.importing.inputs import read_npz
+
+    return read_npz(spec, model.inputs)
+
+
+def input_files(spec: str, text: bool = False) -> list[Path]:
+    """One input file (.npz, a table, text or an image), a folder of them (images also in its
+    subfolders; text files with `text`), or a glob pattern; sorted, so runs and resumes agree."""
+    from onnx_attr.app.readers import source_files
+
+    path = Path(spec)
+    if not path.is_dir() and not any(c in spec for c in "*?["):
+        return [path]
+    return source_files(spec, text)
+
+
+def result_folders(files: Sequence[Path]) -> dict[Path, str]:
+    """A folder name per input: its path below the inputs' common folder, with every character
+    other than letters, digits and `_.-~` percent-encoded, so names map back to inputs and
+    `a b.npz`, `a_b.npz` and `a.b.npz` stay apart. Names that would still meet (a case-insensitive
+    file system) are refused."""
+    import hashlib
+
+    absolute = [Path(os.path.abspath(f)) for f in files]
+    base = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    names: dict[Path, str] = {}
+    for file, path in zip(files, absolute):
+        name = quote(path.relative_to(base).as_posix(), safe="")
+        if name.startswith(".") or name == "index.json":
+            name = "%2E" + name[1:] if name.startswith(".") else "index%2Ejson"
+        if len(name) > MAX_FOLDER_NAME:
+            name = name[:MAX_FOLDER_NAME - 17] + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+        names[file] = name
+    seen: dict[str, Path] = {}
+    for file, name in names.items():
+        other = seen.setdefault(name.casefold(), file)
+        if other != file:
+            raise InputError(f"inputs {str(other)!r} and {str(file)!r} would share the result folder {name!r} "
+                             "on a case-insensitive file system; rename one of them")
+    return names
+
+
+def prepare_out_dir(out: str | os.PathLike) -> Path:
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise OutputError(f"cannot create {str(out)!r}: a file stands where a folder is needed") from err
+    except OSError as err:
+        raise OutputError(f"cannot create {str(out)!r}: {err.strerror or err}") from err
+    if not folder.is_dir():
+        raise OutputError(f"{str(out)!r} exists and is not a folder")
+    return folder
+
+
+def model_fingerprint(model) -> str:
+    """sha256 of the model file, or of its serialised graph when it was not loaded from a file."""
+    import hashlib
+
+    source = getattr(model, "source", None)
+    if source is not None and Path(source).is_file():
+        return file_sha256(source)
+    return hashlib.sha256(model.onnx_model.SerializeToString()).hexdigest()
+
+
+def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Optional[str], method: str,
+                  output_name: Optional[str], out: str, gradient_fallback: bool = False,
+                  resume: bool = False, pictures: Optional["PictureOptions"] = None,
+                  batch_size: Optional[int] = None, n_steps: Optional[int] = None,
+                  internal_batch_size: Optional[int] = None, options: Optional[dict] = None,
+                  inputs: Optional["InputOptions"] = None, quiet: bool = False, lrp: Optional[dict] = None,
+                  layer: Optional[str] = None, batch_axis: Optional[int] = None) -> dict:
+    """Attribute one input file (results in `out`) or several (one subfolder each, `index.json`).
+
+    `options` adds settings that changed the model before it got here (`--smooth`, say) to the
+    manifest. With `resume`, results whose manifest matches are kept, results of a changed input
+    file are redone, and results made with other settings stop the run before anything is written.
+    """
+    entry(method)  # known, or a clear error
+    from onnx_attr.app.readers import InputOptions, kinds_of
+
+    baseline = resolve_baseline_spec(baseline, method)
+    per_method = method_options(method, n_steps, internal_batch_size, lrp)
+    batch_size = _positive(batch_size, "--batch-size") or DEFAULT_BATCH_SIZE
+    inputs = inputs or InputOptions()
+    files = input_files(input_path, inputs.text is not None)
+    many = len(files) > 1 or Path(input_path).is_dir()
+    preprocessing = inputs.record(model.inputs, kinds_of(files))
+    stripped = sorted(o.name for o in model.outputs if o.final_activation is not None and o.final_activation.stripped)
+    manifest = build_manifest(
+        model_sha256=model_fingerprint(model), method=method, target=target, baseline=baseline,
+        baseline_sha256=file_sha256(regular_file(baseline, "--baseline")) if baseline.endswith(".npz") else None,
+        output=output_name,
+        options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
+                 "batch_size": batch_size, **per_method, **({"layer": layer} if layer else {}), **(options or {}),
+                 **({"preprocessing": preprocessing} if preprocessing else {}),
+                 **({"batch_axis": batch_axis} if batch_axis is not None else {})})
+    manifest = json.loads(json.dumps(manifest))  # as it reads back from report.json
+    folder = prepare_out_dir(out)
+    with FolderLock(folder):
+        remove_leftover_temporaries(folder, depth=1 if many else 0)
+        job = _Job(model, make_explainer(model, method, gradient_fallback, layer, per_method), manifest, method,
+                   target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs, batch_axis)
+        if not many:
+            return job.single(files[0], folder, resume)
+        return job.folder_run(files, folder, resume)
+
+
+def method_options(method: str, n_steps: Optional[int], internal_batch_size: Optional[int],
+                   lrp: Optional[dict] = None) -> dict:
+    """The CLI's tuning options the method takes (its registry entry says which), checked."""
+    takes = entry(method).options
+    given = {"n_steps": n_steps, "internal_batch_size": internal_batch_size,
+             **{f"lrp_{k}": v for k, v in (lrp or {}).items()}}
+    refused = [k for k, v in given.items() if v is not None and k not in takes]
+    if refused:
+        users = sorted(n for n, e in _registry().items() if set(refused) & set(e.options))
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in refused)
+        raise InputError(f"{flags} appl{'y' if len(refused) > 1 else 'ies'} to --method {' / '.join(users)}, "
+                         f"not {method}")
+    defaults = {"n_steps": 50, "internal_batch_size": None}
+    out = {k: _positive(given[k], f"--{k.replace('_', '-')}") or defaults[k] for k in defaults if k in takes}
+    if "lrp_rule" in takes:
+        out.update(lrp_settings(**{k: v for k, v in (lrp or {}).items() if v is not None}))
+    return out
+
+
+def _registry() -> dict:
+    from onnx_attr.methods.registry import REGISTRY
+
+    return REGISTRY
+
+
+def lrp_settings(rule: str = "epsilon", composite: Optional[str] = None, bounds: Optional[str] = None) -> dict:
+    """--lrp-rule/--lrp-composite/--lrp-bounds as the manifest records them; z_B needs the bounds."""
+    parsed = None
+    if bounds is not None:
+        try:
+            low, high = (float(v) for v in bounds.split(","))
+        except ValueError:
+            raise InputError(f"--lrp-bounds {bounds!r}: give LOW,HIGH, e.g. 0,255") from None
+        parsed = [low, high]
+    if parsed is None and (rule == "z_B" or composite == "epsilon_gamma_box"):
+        raise InputError("the z_B rule (also in --lrp-composite epsilon_gamma_box) needs the input's bounds: "
+                         "--lrp-bounds LOW,HIGH, e.g. 0,255 for raw pixels")
+    return {"lrp_rule": rule, "lrp_composite": composite, "lrp_bounds": parsed}
+
+
+def _positive(value: Optional[int], name: str) -> Optional[int]:
+    if value is not None and value < 1:
+        raise InputError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+class _Job:
+    """The settings of one run, applied to each input file in turn."""
+
+    def __init__(self, model, explainer, manifest: dict, method: str, target: Optional[str], baseline: str,
+                 output_name: Optional[str], pictures: Optional["PictureOptions"], batch_size: int,
+                 method_options: dict, quiet: bool, inputs: "InputOptions", batch_axis: Optional[int] = None):
+        self.model, self.explainer, self.manifest = model, explainer, manifest
+        self.method, self.target, self.baseline, self.output_name = method, target, baseline, output_name
+        self.pictures, self.batch_size = pictures, batch_size
+        self.method_options, self.quiet, self.inputs = method_options, quiet, inputs
+        self.output_index = explainer._output_index(output_name)
+        self.batch_axis = batch_axis  # the explained output's, when given (--batch-axis)
+
+    # -- one file -------------------------------------------------------------------------------------------------
+
+    def single(self, file: Path, folder: Path, resume: bool) -> dict:
+        input_sha = file_sha256(regular_file(file, "input file"))
+        if resume:
+            state, diffs = result_state(folder, self.manifest, input_sha)
+            if state == "other settings":
+                raise InputError(_refusal(folder, [(file.name, diffs)]))
+            if state == "finished":
+                report = json.loads((folder / "report.json").read_text())
+                report["resumed"] = "finished earlier: kept"
+                return {**report, "_delta": np.asarray(report.get("convergence_delta") or [0.0])}
+        return self.attribute_file(file, input_sha, folder, progress_bar=True)
+
+    # -- a folder of files -------------------------------------------------------------------------------------------
+
+    def folder_run(self, files: list[Path], folder: Path, resume: bool) -> dict:
+        names = result_folders(files)
+        plan = []
+        conflicts = []
+        for file in files:
+            sub = folder / names[file]
+            try:
+                input_sha = file_sha256(regular_file(file, "input file"))
+            except (OnnxAttrError, OSError) as err:
+                plan.append((file, sub, None, "unreadable", str(err)))
+                continue
+            state, diffs = result_state(sub, self.manifest, input_sha) if resume else ("missing", [])
+            if state == "other settings":
+                conflicts.append((file.name, diffs))
+            plan.append((file, sub, input_sha, state, None))
+        if conflicts:
+            raise InputError(_refusal(folder, conflicts))
+        results: dict[str, dict] = {}
+        deltas: list[float] = []
+        bar = progress(len(files), "input", METHOD_TITLES[self.method], self.quiet)
+        try:
+            for file, sub, input_sha, state, error in plan:
+                entry: dict[str, Any] = {"folder": names[file]}
+                if state == "finished":
+                    entry["status"] = "finished earlier"
+                elif error is not None:
+                    entry.update(status="failed", error=error)
+                else:
+                    try:
+                        report = self.attribute_file(file, input_sha, prepare_out_dir(sub))
+                    except OnnxAttrError as err:
+                        (sub / "report.json").unlink(missing_ok=True)
+                        entry.update(status="failed", error=str(err))
+                    else:
+                        entry["status"] = "redone: input changed" if state == "input changed" else "computed"
+                        deltas.append(float(np.abs(report.pop("_delta")).max(initial=0.0)))
+                        if report.get("warnings"):
+                            entry["warnings"] = report["warnings"]
+                results[file.name] = entry
+                bar.update(1)
+        finally:
+            bar.close()
+        summary = {
+            "inputs": [f.name for f in files],
+            "computed": [n for n, e in results.items() if e["status"] in ("computed", "redone: input changed")],
+            "skipped_as_finished": [n for n, e in results.items() if e["status"] == "finished earlier"],
+            "failed": [n for n, e in results.items() if e["status"] == "failed"],
+            "with_warnings": [n for n, e in results.items() if e.get("warnings")],
+            "results": results,
+            "method": METHOD_TITLES[self.method],
+            "manifest": self.manifest,
+            "versions": self.manifest["versions"],
+        }
+        write_json(folder / "index.json", summary)
+        return {**summary, "_delta": np.asarray(deltas or [0.0]), "many": True}
+
+    # -- the work ------------------------------------------------------------------------------------------------------
+
+    def attribute_file(self, file: Path, input_sha: str, folder: Path, progress_bar: bool = False) -> dict:
+        from onnx_attr.importing.input_files import InputCastWarning
+        from onnx_attr.app.readers import Rows, kind_of, read_input_file
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InputCastWarning)
+            if kind_of(file) == "npz":
+                from onnx_attr.importing.inputs import read_npz
+
+                rows = Rows(read_npz(file, self.model.inputs))
+            else:
+                rows = read_input_file(file, self.model.inputs, self.inputs)
+        inputs = rows.arrays
+        input_warnings = [str(w.message) for w in caught if issubclass(w.category, InputCastWarning)]
+        for text in input_warnings:
+            warnings.warn(text, InputCastWarning, stacklevel=2)
+        tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
+        attributed = {s.name: inputs[s.name] for s in self.model.inputs
+                      if (s.differentiable or s.name in tapped) and s.name in inputs}
+        extra = {k: v for k, v in inputs.items() if k not in attributed}
+        if not attributed:
+            usable = [s.name for s in self.model.inputs if s.differentiable or s.name in tapped]
+            if usable:
+                raise InputError(f"{str(file)!r} holds none of the model's attributable inputs {usable}")
+            described = ", ".join(f"{s.name!r} ({s.dtype})" for s in self.model.inputs)
+            raise InputError(f"no input of this model can be attributed: its inputs are {described}, and none is "
+                             "floating or feeds an embedding lookup (a Gather of a constant table); attribute an "
+                             "inner tensor from the Python API (LayerIntegratedGradients, onnx_attr.tensor_as_input)")
+        first = np.asarray(next(iter(attributed.values())))
+        resolved = self._target(inputs, first.shape[0] if first.ndim else 0)
+        chosen = resolved.target
+        baselines = _baseline(self.baseline, self.model, attributed, self.method)
+        if isinstance(baselines, dict):
+            baselines = {k: v for k, v in baselines.items() if k in attributed}
+        attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
+                                                                        progress_bar, file.name)
+        verification = getattr(self.model, "smoothed_from", self.model).verify(inputs)  # the import itself
+        report = {
+            **method_report,
+            "method": METHOD_TITLES[self.method],
+            "target": resolved.shown,
+            "target_source": resolved.source,
+            "target_detail": resolved.detail,
+            "baseline": self.baseline,
+            "inputs": str(file),
+            "verify": verification.to_dict(),
+            "notes": list(self.model.notes),
+            **({"smoothing": self.model.smoothing} if getattr(self.model, "smoothing", None) else {}),
+            **({"input_warnings": input_warnings} if input_warnings else {}),
+            **({"feature_names": rows.feature_names} if rows.feature_names else {}),
+            **({"tokens": rows.tokens} if rows.tokens is not None else {}),
+            **({"n_steps": self.method_options["n_steps"]} if "n_steps" in self.method_options else {}),
+            "versions": self.manifest["versions"],
+            "manifest": {**self.manifest, "input": {"file": file.name, "sha256": input_sha}},
+            "files": ["attributions.npz", "report.json"],
+        }
+        (folder / "report.json").unlink(missing_ok=True)  # unfinished until the new report lands
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})
+        data = buffer.getvalue()
+        report["files"] += self._pictures(folder, attributions, inputs, resolved, delta, report, rows)
+        atomic_write(folder / "attributions.npz", lambda tmp: tmp.write_bytes(data))
+        report["attributions_sha256"] = _sha256(data)
+        write_json(folder / "report.json", report)  # last: its presence marks the folder finished
+        report["_delta"] = delta
+        return report
+
+    def _pictures(self, folder: Path, attributions: dict, inputs: dict, resolved: Any, delta: Any,
+                  report: dict, rows: "Rows") -> list[str]:
+        from onnx_attr.app.readers import picture_arrays
+        from onnx_attr.app.visualize import PictureOptions, write_pictures
+
+        axis = resolved.detail.get("batch_axis", 0)
+        model_inputs = inputs
+        of_inputs = {k: v for k, v in attributions.items() if k in inputs}  # a layer's have no picture
+        attributions, inputs = picture_arrays(rows, of_inputs, inputs)
+        options = _named_pictures(self.pictures or PictureOptions(), rows)
+        return write_pictures(folder, attributions, inputs, options=options, target=resolved.labels or resolved.shown,
+                              delta=delta, method=METHOD_TITLES[self.method], baseline=self.baseline,
+                              final_activation=report["final_activation"],
+                              outputs=lambda: self.model.run(model_inputs)[self.output_index].movedim(axis, 0),
+                              stem=_safe)
+
+    def _target(self, inputs: dict, examples: int):
+        """The --target form given, else the default of the output's layout (`target_forms`); for a
+        neuron method, --target is the neuron in the layer, not a place in the output."""
+        from onnx_attr.app.target_forms import Resolved, resolve
+
+        if entry(self.method).family == "neuron":
+            neuron = parse_target(self.target)
+            return Resolved(neuron, neuron, "given: the neuron of --layer", {"neuron_of": "layer"})
+        out = self.model.run(inputs)[self.output_index]
+        return resolve(self.target, out, model=self.model, output_index=self.output_index, inputs=inputs,
+                       examples=examples, batch_axis=self.batch_axis)
+
+    def _attribute_in_batches(self, attributed: dict, extra: dict, baselines: Any, target: Any,
+                              progress_bar: bool, name: str) -> tuple[dict, np.ndarray, dict]:
+        """Attribute `batch_size` examples per pass (when every input has the batch on axis 0), so
+        progress shows and memory stays flat; the per-pass reports are merged into one."""
+        n = len(next(iter(attributed.values())))
+        arrays = [*attributed.values(), *extra.values()]
+        batched = all(a.ndim >= 1 and a.shape[0] == n for a in arrays) and n > self.batch_size
+        steps = [slice(s, min(n, s + self.batch_size)) for s in range(0, n, self.batch_size)] if batched \
+            else [slice(0, n)]
+        if len(steps) > 1 and steps[-1].stop - steps[-1].start < entry(self.method).min_examples:
+            steps[-2:] = [slice(steps[-2].start, n)]  # a method that needs several rows per call gets them
+        per_example_baseline = (not entry(self.method).distribution and isinstance(baselines, dict)
+                                and all(len(b) == n for b in baselines.values()) and n > 1)
+        pieces: dict[str, list[np.ndarray]] = {}
+        deltas, reports = [], []
+        bar = progress(n, "example", name, self.quiet or not progress_bar, leave=False) if len(steps) > 1 \
+            else progress(None, "example", name, True)
+        try:
+            for part in steps:
+                def cut(values: dict) -> dict:
+                    return {k: v[part] for k, v in values.items()}
+
+                part_baselines = cut(baselines) if per_example_baseline else baselines
+                part_target = target[part] if isinstance(target, (list, Target)) else target
+                result, delta = call_method(self.method, self.explainer, cut(attributed) if len(steps) > 1 else attributed,
+                                            part_baselines,
+                                            target=part_target, extra=cut(extra) if len(steps) > 1 else extra,
+                                            output=self.output_index, options=self.method_options)
+                for k, v in result.items():
+                    pieces.setdefault(k, []).append(v)
+                deltas.append(delta)
+                reports.append((part.start, dict(self.explainer.last_report)))
+                bar.update(part.stop - part.start)
+        finally:
+            bar.close()
+        attributions = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
+        return attributions, np.concatenate(deltas), _merged_reports(reports, len(steps) > 1)
+
+
+def _named_pictures(options: "PictureOptions", rows: "Rows") -> "PictureOptions":
+    """The names the files themselves give, where the user gave none: a table's column names for
+    its bars, the tokenizer's vocabulary for token pages."""
+    from dataclasses import replace
+
+    if options.feature_names is None and len(rows.feature_names) == 1:
+        options = replace(options, feature_names=next(iter(rows.feature_names.values())))
+    if options.vocab is None and rows.vocab is not None:
+        options = replace(options, vocab=rows.vocab)
+    return options
+
+
+def _merged_reports(reports: list[tuple[int, dict]], several: bool) -> dict:
+    """One report for the passes of one file: deltas joined, the worst relative delta, warnings
+    (each said once; a delta warning of a later pass names its examples' offset)."""
+    merged = dict(reports[-1][1])
+    merged["convergence_delta"] = [d for _, r in reports for d in r.get("convergence_delta", [])]
+    measured = [r["max_relative_delta"] for _, r in reports if "max_relative_delta" in r]
+    merged["max_relative_delta"] = max(measured) if measured else None  # None: the method has no delta
+    warnings_: list[str] = []
+    for start, report in reports:
+        for text in report.get("warnings", []):
+            text = f"examples from {start}: {text}" if several and "example(s)" in text else text
+            if text not in warnings_:
+                warnings_.append(text)
+    merged["warnings"] = warnings_
+    merged["non_finite"] = next((r["non_finite"] for _, r in reports if r.get("non_finite")), None)
+    if any("out_of_memory_retry" in r for _, r in reports):
+        merged["out_of_memory_retry"] = any(r.get("out_of_memory_retry") for _, r in reports)
+    if several:
+        merged["passes"] = len(reports)
+    return merged
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def result_state(folder: Path, manifest: dict, input_sha256: str) -> tuple[str, list[str]]:
+    """What a result folder holds: 'finished' (this run's settings and input), 'input changed',
+    'other settings' (with the differences named), or 'missing' (absent, unfinished or unpaired)."""
+    try:
+        report = json.loads((folder / "report.json").read_text())
+        data = (folder / "attributions.npz").read_bytes()
+    except (OSError, ValueError):
+        return "missing", []
+    if not isinstance(report, dict) or report.get("attributions_sha256") != _sha256(data):
+        return "missing", []  # not the pair one run wrote
+    recorded = report.get("manifest")
+    diffs = differences(recorded, manifest, ignore=("input",))
+    if diffs:
+        return "other settings", diffs
+    if (recorded.get("input") or {}).get("sha256") != input_sha256:
+        return "input changed", []
+    return "finished", []
+
+
+def _refusal(folder: Path, conflicts: list[tuple[str, list[str]]]) -> str:
+    lines = [f"--resume: {len(conflicts)} result(s) in {str(folder)!r} were made with other settings, and "
+             "results of different settings are never mixed:"]
+    for name, diffs in conflicts[:3]:
+        lines.append(f"  {name}: " + "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""))
+    if len(conflicts) > 3:
+        lines.append(f"  ... and {len(conflicts) - 3} more")
+    lines.append("Rerun with the same settings, give another --out, or drop --resume to recompute every result.")
+    return "\n".join(lines)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def short_list(values: Sequence[Any], limit: int = 8) -> str:
+    """A list for one summary line: the first few, then how many in all."""
+    values = list(values)
+    if len(values) <= limit:
+        return ", ".join(str(v) for v in values)
+    return ", ".join(str(v) for v in values[:limit]) + f", ... ({len(values)} in all)"
+
+
+__all__ = ["run_attribute", "read_feature_names", "parse_target", "input_files",
+           "result_folders", "result_state", "make_explainer", "METHOD_TITLES"]

@@ -1,0 +1,633 @@
+"""`onnx-attr dataset`: attribute every row of a dataset and write the results as Parquet shards,
+each row exactly once.
+
+The sources (sorted) are cut into shards, fixed row ranges of one source each. A shard's rows are
+attributed in batches and its result table is committed atomically (temporary file in the same
+folder, fsync, rename) as `shard-<index>-<manifest hash>.parquet`: a retried or duplicated task
+rewrites the same name with the same rows, so no row is ever added twice, and a killed run leaves
+complete shards or none. `manifest.json` records what decides the numbers (model sha256, method,
+target, baseline, preprocessing, versions, the sources and the shard plan); `--resume` skips the
+shards already committed under that manifest and refuses, naming the settings, when it differs.
+A row that cannot be read or attributed (a cell that does not parse, a NaN) becomes an error row;
+the run goes on. How the shards are scheduled (the engine, batch size, device) is recorded under
+`execution` and does not change the manifest's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from onnx_attr.errors import InputError, OnnxAttrError, OutputError
+from onnx_attr.fileio import FolderLock, atomic_write, remove_leftover_temporaries, write_json
+from onnx_attr.app.manifest import build_manifest, differences, file_sha256
+from onnx_attr.progress import progress
+from onnx_attr.app.readers import InputOptions, RowReader, Source, describe_sources, kinds_of, source_files
+from onnx_attr.app.report_html import ReportOptions, input_root, verify_sample, write_report
+
+#: Rows per shard by default: a shard is the unit that is committed, skipped on resume and retried.
+DEFAULT_SHARD_ROWS = 1024
+DEFAULT_BATCH_SIZE = 64
+ATTRIBUTION_DTYPES = ("float32", "float16")
+#: Relative convergence delta above which a row is counted in the summary (as the methods warn).
+DELTA_TOLERANCE = 1e-4
+MANIFEST = "manifest.json"
+MEAN_BASELINE = "baseline-mean.npz"
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows [start, stop) of source `source`; the first row's id is `first_row_id`."""
+
+    index: int
+    source: int
+    start: int
+    stop: int
+    first_row_id: int
+
+
+def plan_shards(sources: Sequence[Source], shard_rows: int) -> list[Shard]:
+    """Fixed row ranges of the sources in order; an unreadable source is one shard of one error row."""
+    shards: list[Shard] = []
+    row_id = 0
+    for i, source in enumerate(sources):
+        if source.error is not None:
+            shards.append(Shard(len(shards), i, 0, 0, row_id))
+            row_id += 1
+            continue
+        for start in range(0, source.rows, shard_rows):
+            stop = min(source.rows, start + shard_rows)
+            shards.append(Shard(len(shards), i, start, stop, row_id))
+            row_id += stop - start
+    return shards
+
+
+def shard_rows_of(shard: Shard) -> int:
+    return max(1, shard.stop - shard.start)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs to rebuild the model and explainer on its own (picklable)."""
+
+    model_path: Optional[str]
+    strip_final_activation: bool
+    device: Optional[str]
+    method: str
+    target: Optional[str]
+    baseline: str
+    output_name: Optional[str]
+    batch_size: int
+    attribution_dtype: str
+    gradient_fallback: bool
+    n_steps: Optional[int]
+    internal_batch_size: Optional[int]
+    inputs: InputOptions
+
+
+def manifest_hash(manifest: dict) -> str:
+    """The hash in every shard's name: of the settings that decide the rows, not of how they ran."""
+    decisive = {k: v for k, v in manifest.items() if k != "execution"}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shard_name(index: int, digest: str) -> str:
+    return f"shard-{index:06d}-{digest}.parquet"
+
+
+def committed_shards(folder: Path, digest: str, shards: Sequence[Shard]) -> set[int]:
+    """Shards whose file is there under this manifest's hash with its full row count."""
+    import pyarrow.parquet as pq
+
+    done = set()
+    for shard in shards:
+        path = folder / shard_name(shard.index, digest)
+        try:
+            if pq.ParquetFile(path).metadata.num_rows == shard_rows_of(shard):
+                done.add(shard.index)
+        except Exception:  # absent or unreadable: computed again
+            continue
+    return done
+
+
+# -- the worker: model and explainer built once, then one shard after another -------------------------------------
+
+class ShardWorker:
+    """Attributes shards and commits them. Built once per process (or Ray actor): the model is
+    loaded and rewritten once, then reused for every shard."""
+
+    def __init__(self, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard], folder: str,
+                 digest: str, model: Any = None):
+        from onnx_attr.app.attribute_job import make_explainer, method_options
+
+        if model is None:
+            from onnx_attr.importing.loader import load
+
+            model = load(settings.model_path, strip_final_activation=settings.strip_final_activation,
+                         device=settings.device)
+        self.settings, self.sources, self.folder, self.digest = settings, list(sources), Path(folder), digest
+        self.shards = list(shards)
+        self.model = model
+        self.explainer = make_explainer(model, settings.method, settings.gradient_fallback)
+        self.method_options = method_options(settings.method, settings.n_steps, settings.internal_batch_size)
+        self.output_index = self.explainer._output_index(settings.output_name)
+        self.reader = RowReader(model.inputs, settings.inputs)
+        tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
+        self.attributed = [s.name for s in model.inputs if s.differentiable or s.name in tapped]
+        self._baselines: Any = None
+
+    def __call__(self, batch: dict) -> dict:
+        """Ray Data's `map_batches` entry: a batch of shard indices in, their row counts out."""
+        done = [self.run(int(i)) for i in batch["shard"]]
+        return {key: np.asarray([d[key] for d in done]) for key in ("shard", "rows", "errors", "above_tolerance")}
+
+    def run(self, index: int) -> dict:
+        shard = self.shards[index]
+        table = self.table(shard)
+        commit_shard(self.folder, shard.index, self.digest, table)
+        errors = sum(1 for s in table.column("status").to_pylist() if s != "ok")
+        relative = table.column("relative_delta").to_numpy(zero_copy_only=False)
+        above = int(np.sum(relative > DELTA_TOLERANCE))  # NaN (error rows) never counts
+        return {"shard": shard.index, "rows": table.num_rows, "errors": errors, "above_tolerance": above}
+
+    # -- one shard -----------------------------------------------------------------------------------------------
+
+    def table(self, shard: Shard):
+        source = self.sources[shard.source]
+        n = shard_rows_of(shard)
+        rows = _Results(n)
+        if source.error is not None:
+            rows.fail(0, source.error)
+            return rows.to_table(self, shard, source, {})
+        try:
+            data = self.reader.read(source, shard.start, shard.stop)
+        except OnnxAttrError as err:  # the whole range cannot be fed to the model
+            for r in range(n):
+                rows.fail(r, str(err))
+            return rows.to_table(self, shard, source, {})
+        for r, error in enumerate(data.errors):
+            if error is not None:
+                rows.fail(r, error)
+        for r in range(n):
+            if rows.status[r] is None:
+                bad = [k for k, v in data.arrays.items()
+                       if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v[r]).all()]
+                if bad:
+                    rows.fail(r, f"input {bad[0]!r} holds NaN or infinite values")
+        good = [r for r in range(n) if rows.status[r] is None]
+        size = self.settings.batch_size
+        for start in range(0, len(good), size):
+            self._attribute(data.arrays, good[start:start + size], rows, split_on_error=True)
+        return rows.to_table(self, shard, source, data.arrays)
+
+    def _attribute(self, arrays: dict, picked: list[int], rows: "_Results", split_on_error: bool) -> None:
+        inputs = {k: v[picked] for k, v in arrays.items()}
+        try:
+            out = self._explain(inputs)
+        except Exception as err:  # one bad row must not take its batch down: retry the rows one by one
+            if split_on_error and len(picked) > 1:
+                for r in picked:
+                    self._attribute(arrays, [r], rows, split_on_error=False)
+                return
+            text = str(err) if isinstance(err, OnnxAttrError) else f"{type(err).__name__}: {err}"
+            for r in picked:
+                rows.fail(r, f"attribution failed: {text}")
+            return
+        attributions, delta, prediction, target = out
+        import torch
+
+        from onnx_attr.methods.deeplift import relative_delta
+
+        dtype = self.model.outputs[self.output_index].dtype
+        for j, r in enumerate(picked):
+            values = {k: v[j] for k, v in attributions.items()}
+            if not all(np.isfinite(v).all() for v in values.values()):
+                rows.fail(r, "non-finite attributions (the model's output or a rule overflowed for this row)")
+                continue
+            total = sum(float(np.sum(v, dtype=np.float64)) for v in values.values())
+            change = total - float(delta[j])  # delta = sum(attributions) - (f(x) - f(x0))
+            relative = float(relative_delta(torch.tensor([float(delta[j])]), torch.tensor([change]), dtype)[0])
+            rows.ok(r, values, float(delta[j]), relative, prediction[j], target[j])
+
+    def _explain(self, inputs: dict) -> tuple[dict, np.ndarray, list, list]:
+        """Attributions, deltas, (predicted class, explained output value) and the target, per row."""
+        from onnx_attr.app.attribute_job import _baseline, _has_negative, _resolve_negative, call_method, parse_target
+
+        attributed = {k: v for k, v in inputs.items() if k in self.attributed}
+        extra = {k: v for k, v in inputs.items() if k not in attributed}
+        output = self.model.run(inputs)[self.output_index]
+        n = len(next(iter(inputs.values())))
+        classes = output.dim() == 2 and output.shape[1] > 1
+        prediction = output.argmax(1).tolist() if classes else [None] * n
+        chosen = parse_target(self.settings.target)
+        if chosen is not None and _has_negative(chosen):
+            chosen = _resolve_negative(chosen, tuple(output.shape))
+        target = chosen if chosen is not None else (prediction if classes else None)
+        if self._baselines is None and self.settings.baseline != "zeros":
+            self._baselines = _baseline(self.settings.baseline, self.model, attributed, self.settings.method)
+        baselines = _baseline("zeros", self.model, attributed, self.settings.method) \
+            if self.settings.baseline == "zeros" else self._baselines
+        if isinstance(baselines, dict):
+            baselines = {k: v for k, v in baselines.items() if k in attributed}
+        result, delta = call_method(self.settings.method, self.explainer, attributed, baselines, target=target,
+                                    extra=extra, output=self.output_index, options=self.method_options)
+        attributions = {k: result[k] for k in attributed}
+        targets = target if isinstance(target, list) else [target] * n
+        values = output.detach().cpu().double().numpy()
+        explained = [_explained(values[j], targets[j]) for j in range(n)]
+        return attributions, delta, list(zip(prediction, explained)), targets
+
+
+def _explained(row: np.ndarray, target: Any) -> Optional[float]:
+    """The output value a row's attributions explain: at the target, or the output's one value."""
+    if target is None:
+        return float(row.reshape(-1)[0]) if row.size == 1 else None
+    index = tuple(target) if isinstance(target, (list, tuple)) else (target,)
+    try:
+        return float(row[index])
+    except (IndexError, TypeError):
+        return None
+
+
+class _Results:
+    """The rows of one shard as they are filled in: status None until attributed or failed."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.status: list[Optional[str]] = [None] * n
+        self.error: list[Optional[str]] = [None] * n
+        self.values: list[Optional[dict]] = [None] * n
+        self.delta = [float("nan")] * n
+        self.relative = [float("nan")] * n
+        self.prediction: list[Any] = [None] * n
+        self.output: list[Optional[float]] = [None] * n
+        self.target: list[Any] = [None] * n
+
+    def fail(self, r: int, error: str) -> None:
+        self.status[r], self.error[r] = "error", error
+
+    def ok(self, r: int, values: dict, delta: float, relative: float, prediction: Any, target: Any) -> None:
+        self.status[r], self.values[r] = "ok", values
+        self.delta[r], self.relative[r], self.target[r] = delta, relative, target
+        self.prediction[r], self.output[r] = prediction
+
+    def to_table(self, worker: ShardWorker, shard: Shard, source: Source, arrays: dict):
+        import pyarrow as pa
+
+        dtype = np.dtype(worker.settings.attribution_dtype)
+        columns: dict[str, Any] = {
+            "row_id": pa.array(range(shard.first_row_id, shard.first_row_id + self.n), pa.int64()),
+            "source": pa.array([source.row_name(shard.start + r) if source.error is None else source.name
+                                for r in range(self.n)], pa.string()),
+            "source_row": pa.array([shard.start + r if source.error is None else None for r in range(self.n)],
+                                   pa.int64()),
+            "status": pa.array(self.status, pa.string()),
+            "error": pa.array(self.error, pa.string()),
+            "prediction": pa.array(self.prediction, pa.int64()),
+            "output": pa.array(self.output, pa.float64()),
+            "target": pa.array([None if t is None else json.dumps(t) if isinstance(t, (list, tuple)) else t
+                                for t in self.target],
+                               pa.string() if _tuple_target(worker.settings.target) else pa.int64()),
+            "convergence_delta": pa.array(self.delta, pa.float64()),
+            "relative_delta": pa.array(self.relative, pa.float64()),
+        }
+        several = len(worker.attributed) > 1
+        for name in worker.attributed:
+            spec_shape = _row_shape(worker, name, arrays, self.values)
+            filled = np.zeros((self.n, *spec_shape), dtype=dtype)
+            for r, values in enumerate(self.values):
+                if values is not None:
+                    filled[r] = values[name]
+            columns[f"attributions_{name}" if several else "attributions"] = _tensor_column(
+                filled, [v is None for v in self.values])
+        return pa.table(columns)
+
+
+def _tuple_target(spec: Optional[str]) -> bool:
+    return spec is not None and ":" in spec
+
+
+def _row_shape(worker: ShardWorker, name: str, arrays: dict, values: list) -> tuple[int, ...]:
+    """The attributions' shape per row: the input's, except for token ids (their embedding's)."""
+    found = next((v[name].shape for v in values if v is not None), None)
+    if found is not None:
+        return tuple(found)
+    if name in arrays and np.issubdtype(arrays[name].dtype, np.floating):
+        return tuple(arrays[name].shape[1:])
+    spec = next(s for s in worker.model.inputs if s.name == name)
+    dims = spec.shape[1:] if spec.shape else ()
+    return tuple(d if isinstance(d, int) else 1 for d in dims)
+
+
+def _tensor_column(values: np.ndarray, missing: list[bool]):
+    """A FixedShapeTensor column (Arrow's canonical tensor extension), null where a row failed."""
+    import pyarrow as pa
+
+    shape = list(values.shape[1:]) or [1]
+    size = int(np.prod(shape))
+    flat = pa.array(values.reshape(-1) if values.size else np.zeros(0, values.dtype))
+    storage = pa.FixedSizeListArray.from_arrays(flat, size, mask=pa.array(missing, pa.bool_()))
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(flat.type, shape), storage)
+
+
+def commit_shard(folder: Path, index: int, digest: str, table) -> Path:
+    """Write the shard beside its final name, fsync, rename: complete or absent, never half."""
+    import pyarrow.parquet as pq
+
+    return atomic_write(Path(folder) / shard_name(index, digest), lambda tmp: pq.write_table(table, tmp))
+
+
+# -- the driver --------------------------------------------------------------------------------------------------------
+
+def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deeplift", target: Optional[str] = None,
+                      baseline: Optional[str] = None, output_name: Optional[str] = None,
+                      columns: Optional[Sequence[str]] = None, inputs: Optional[InputOptions] = None,
+                      shard_rows: int = DEFAULT_SHARD_ROWS,
+                      batch_size: int = DEFAULT_BATCH_SIZE, attribution_dtype: str = "float32",
+                      engine: str = "local", resume: bool = False, overwrite: bool = False,
+                      gradient_fallback: bool = False, n_steps: Optional[int] = None,
+                      internal_batch_size: Optional[int] = None, strip_final_activation: bool = True,
+                      device: Optional[str] = None, ray_options: Optional[dict] = None,
+                      quiet: bool = False, report: Optional[ReportOptions] = None) -> dict:
+    """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet files, image
+    files or text files) into Parquet shards in `out`, and return the run's summary. `model` is a
+    path to an .onnx file or a loaded model (a loaded model runs on the local engine only: Ray
+    workers load the file themselves). `inputs` says how images and text become inputs (its
+    `columns` is `columns`). `report` (e.g. `ReportOptions()`) writes `report.html` beside the results
+    at the end."""
+    from onnx_attr.app.attribute_job import METHOD_TITLES, method_options, model_fingerprint, prepare_out_dir, \
+        resolve_baseline_spec
+
+    if columns:
+        inputs = replace(inputs or InputOptions(), columns=tuple(columns))
+    settings, loaded = _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size,
+                                 attribution_dtype, engine, gradient_fallback, n_steps, internal_batch_size,
+                                 strip_final_activation, device)
+    per_method = method_options(method, n_steps, internal_batch_size)
+    resolve_baseline_spec(baseline, method)
+    if loaded is None:
+        from onnx_attr.importing.loader import load
+
+        loaded = load(settings.model_path, strip_final_activation=strip_final_activation, device=device)
+    _check_baseline_rows(settings, loaded)
+    files = source_files(source, settings.inputs.text is not None)
+    preprocessing = _preprocessing(settings.inputs, loaded.inputs, files)
+    sources = describe_sources(files, loaded.inputs, settings.inputs)
+    shards = plan_shards(sources, shard_rows)
+    mean = _dataset_mean(loaded, settings, sources, shards, quiet) if settings.baseline == "mean" else None
+    stripped = sorted(o.name for o in loaded.outputs if o.final_activation is not None and o.final_activation.stripped)
+    manifest = build_manifest(
+        model_sha256=model_fingerprint(loaded), method=method, target=target, baseline=settings.baseline,
+        baseline_sha256=file_sha256(settings.baseline) if settings.baseline.endswith(".npz") else
+        mean[1] if mean is not None else None,
+        output=output_name,
+        options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
+                 "attribution_dtype": attribution_dtype, **per_method})
+    if mean is not None:
+        manifest["baseline"]["rows_averaged"] = mean[2]
+    manifest["preprocessing"] = {
+        "columns": settings.inputs.describe_columns(),
+        **preprocessing,
+        "inputs": [s.to_dict() for s in loaded.inputs],
+        "cast": "each input converted to the model's dtype; rows with NaN/Inf are error rows"}
+    manifest["dataset"] = {"sources": [s.to_dict() for s in sources], "shard_rows": shard_rows,
+                           "rows": shards[-1].first_row_id + shard_rows_of(shards[-1]) if shards else 0,
+                           "shards": [[s.source, s.start, s.stop] for s in shards]}
+    manifest["execution"] = {"engine": engine, "batch_size": batch_size, "device": device or "cpu",
+                             **({"ray": ray_options} if engine == "ray" else {}),
+                             "model": settings.model_path, "input_root": input_root(sources)}
+    manifest = json.loads(json.dumps(manifest))  # as it reads back from manifest.json
+    digest = manifest_hash(manifest)
+    folder = prepare_out_dir(out)
+    with FolderLock(folder):
+        remove_leftover_temporaries(folder, depth=0)
+        _check_earlier_run(folder, manifest, resume, overwrite)
+        write_json(folder / MANIFEST, {**manifest, "hash": digest})
+        if mean is not None:  # the workers read the mean row as a baseline file, as they read a user's
+            path = atomic_write(folder / MEAN_BASELINE, lambda tmp: tmp.write_bytes(mean[0]))
+            settings = replace(settings, baseline=str(path))
+        done = committed_shards(folder, digest, shards) if resume else set()
+        pending = [s for s in shards if s.index not in done]
+        total_rows = manifest["dataset"]["rows"]
+        started = time.monotonic()
+        if engine == "ray":
+            from onnx_attr.app.ray_engine import run_on_ray
+
+            counts = run_on_ray(settings, sources, shards, pending, str(folder), digest, ray_options or {}, quiet)
+        else:
+            counts = _run_local(ShardWorker(settings, sources, shards, str(folder), digest, loaded),
+                                pending, sum(shard_rows_of(s) for s in shards if s.index in done), total_rows,
+                                METHOD_TITLES[method], quiet)
+        seconds = time.monotonic() - started
+        summary = _summary(folder, digest, shards, done, counts, seconds, total_rows)
+        if report is not None:
+            summary["verify"] = verify_sample(loaded, sources, settings.inputs)
+        write_json(folder / SUMMARY, summary)
+        if report is not None:  # the shards are committed: a report that fails costs the page, not the results
+            try:
+                summary["report"] = str(write_report(folder, report))
+            except (OnnxAttrError, OSError) as err:
+                summary["report_error"] = (f"the results are complete, but the report could not be written ({err}); "
+                                           f"rebuild it with `onnx-attr report {folder}`")
+    return summary
+
+
+def _preprocessing(options: InputOptions, specs, files) -> dict:
+    """The image / text preprocessing of these files; every shard of text needs one token count."""
+    recorded = options.record(specs, kinds_of(files))
+    if "text" in recorded and recorded["text"]["length"] is None:
+        raise InputError("the model's token input has no fixed length, and every row of a dataset needs the same "
+                         "one: give --max-length N (tokens, padded and truncated to it)")
+    return recorded
+
+
+def _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size, attribution_dtype,
+              engine, gradient_fallback, n_steps, internal_batch_size, strip, device) -> tuple[Settings, Any]:
+    from onnx_attr.app.attribute_job import parse_target, resolve_baseline_spec
+    from onnx_attr.methods.registry import dataset_methods
+
+    if method not in dataset_methods():
+        raise InputError(f"unknown method {method!r} for a dataset job (layer and neuron methods do not give one "
+                         f"value per input column); available: {sorted(dataset_methods())}")
+    if isinstance(parse_target(target), list):
+        raise InputError(f"--target {target!r}: a dataset job explains one target for every row (an int, or a:b); "
+                         "leave it out to explain each row's predicted class")
+    spec = resolve_baseline_spec(baseline, method)
+    for name, value in (("--shard-rows", shard_rows), ("--batch-size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    if attribution_dtype not in ATTRIBUTION_DTYPES:
+        raise InputError(f"--attribution-dtype {attribution_dtype!r}: use one of {ATTRIBUTION_DTYPES}")
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine {engine!r}: use local or ray")
+    loaded = None if isinstance(model, (str, Path)) else model
+    path = str(model) if isinstance(model, (str, Path)) else (str(model.source) if model.source else None)
+    if engine == "ray" and (loaded is not None and getattr(loaded, "smoothed_from", None) is not None or path is None):
+        raise InputError("--engine ray loads the model from its .onnx file on each worker; give the file's path "
+                         "(a model changed in memory, e.g. smoothed, runs with --engine local)")
+    settings = Settings(path, strip, device, method, target, spec, output_name, batch_size, attribution_dtype,
+                        gradient_fallback, n_steps, internal_batch_size, inputs or InputOptions())
+    return settings, loaded
+
+
+def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard],
+                  quiet: bool) -> tuple[bytes, str, int]:
+    """`--baseline mean`: a first pass over every readable, finite row, summed in float64 shard by
+    shard in plan order, so the mean is the same however the rows are later batched or scheduled.
+    Returns the mean row as .npz bytes (one row per floating input), their sha256 and the row count."""
+    import io
+
+    integer = [s.name for s in model.inputs if not s.differentiable]
+    if integer:
+        raise InputError(f"--baseline mean averages floating inputs; this model also takes {integer}, whose mean is no "
+                         "valid value (a token id, a flag): give --baseline zeros or an .npz baseline")
+    reader = RowReader(model.inputs, settings.inputs)
+    totals: dict[str, np.ndarray] = {}
+    count = 0
+    bar = progress(sum(shard_rows_of(s) for s in shards), "row", "dataset mean (--baseline mean)", quiet)
+    try:
+        for shard in shards:
+            source = sources[shard.source]
+            if source.error is None:
+                rows = reader.read(source, shard.start, shard.stop)
+                keep = [r for r, e in enumerate(rows.errors)
+                        if e is None and all(np.isfinite(v[r]).all() for v in rows.arrays.values())]
+                for name, values in rows.arrays.items():
+                    part = np.sum(values[keep], axis=0, dtype=np.float64)
+                    totals[name] = totals[name] + part if name in totals else part
+                count += len(keep)
+            bar.update(shard_rows_of(shard))
+    finally:
+        bar.close()
+    if count == 0:
+        raise InputError("--baseline mean: no row of the dataset can be read, so there is no mean to compare with")
+    dtypes = {s.name: s.dtype for s in model.inputs}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: (v / count)[None].astype(dtypes[k]) for k, v in totals.items()})
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest(), count
+
+
+def _check_baseline_rows(settings: Settings, model) -> None:
+    """A baseline file serves every row: one row for DeepLift/IG, a distribution for DeepLiftShap."""
+    if not settings.baseline.endswith(".npz"):
+        return
+    from onnx_attr.importing.inputs import read_npz
+
+    from onnx_attr.methods.registry import entry
+
+    arrays = read_npz(settings.baseline, model.inputs)
+    rows = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
+    if not entry(settings.method).distribution and any(n != 1 for n in rows.values()):
+        raise InputError(f"--baseline {settings.baseline!r} holds {rows} rows; a dataset job compares every row with "
+                         "one baseline row: save one row (shape (1, ...)) per input, or use --method deepliftshap "
+                         "for a distribution")
+
+
+def _check_earlier_run(folder: Path, manifest: dict, resume: bool, overwrite: bool) -> None:
+    earlier = folder / MANIFEST
+    shard_files = sorted(folder.glob("shard-*.parquet"))
+    if not earlier.exists() and not shard_files:
+        return
+    if overwrite:
+        for path in shard_files:
+            path.unlink(missing_ok=True)
+        (folder / SUMMARY).unlink(missing_ok=True)
+        return
+    if not resume:
+        raise OutputError(f"{str(folder)!r} holds the results of an earlier run; give --resume to finish it, "
+                          "--overwrite to recompute it, or another --out")
+    try:
+        recorded = json.loads(earlier.read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if isinstance(recorded, dict):
+        recorded = {k: v for k, v in recorded.items() if k != "hash"}
+    diffs = differences(recorded, manifest, ignore=("execution",))
+    if diffs:
+        lines = [f"--resume: the results in {str(folder)!r} were made with other settings, and results of "
+                 "different settings are never mixed:"]
+        lines += [f"  {d}" for d in diffs[:8]] + ([f"  ... and {len(diffs) - 8} more"] if len(diffs) > 8 else [])
+        lines.append("Rerun with the same settings, give another --out, or --overwrite to recompute every shard.")
+        raise InputError("\n".join(lines))
+
+
+def _run_local(worker: ShardWorker, pending: Sequence[Shard], rows_done: int, total_rows: int, title: str,
+               quiet: bool) -> dict:
+    counts = {"rows": 0, "errors": 0, "above_tolerance": 0, "shards": 0}
+    bar = progress(total_rows, "row", title, quiet)
+    bar.update(rows_done)
+    try:
+        for shard in pending:
+            result = worker.run(shard.index)
+            counts["rows"] += result["rows"]
+            counts["errors"] += result["errors"]
+            counts["above_tolerance"] += result["above_tolerance"]
+            counts["shards"] += 1
+            bar.update(result["rows"])
+            bar.set_postfix_str(f"errors {counts['errors']}")
+    finally:
+        bar.close()
+    return counts
+
+
+def _summary(folder: Path, digest: str, shards: Sequence[Shard], done: set[int], counts: dict, seconds: float,
+             total_rows: int) -> dict:
+    return {
+        "rows": total_rows,
+        "rows_computed": counts["rows"],
+        "error_rows_computed": counts["errors"],
+        "rows_above_delta_tolerance": counts["above_tolerance"],
+        "delta_tolerance": DELTA_TOLERANCE,
+        "shards": len(shards),
+        "shards_computed": counts["shards"],
+        "shards_kept": len(done),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(counts["rows"] / seconds, 2) if seconds > 0 else None,
+        "files": [shard_name(s.index, digest) for s in shards],
+        "hash": digest,
+    }
+
+
+def read_results(out: str | Path):
+    """The run's result rows as one Arrow table, in row order: only the shards of the manifest's
+    hash are read, so files of another run in the folder never mix in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(out)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{str(folder)!r} holds no readable {MANIFEST}: not the output of a dataset run") from err
+    digest = manifest["hash"]
+    count = len(manifest["dataset"]["shards"])
+    missing = [i for i in range(count) if not (folder / shard_name(i, digest)).exists()]
+    if missing:
+        raise InputError(f"{str(folder)!r} lacks {len(missing)} of {count} shards (first: {missing[0]}); the run "
+                         "did not finish: rerun it with --resume")
+    return pa.concat_tables([pq.read_table(folder / shard_name(i, digest)) for i in range(count)])
+
+
+def attribution_array(table, column: str = "attributions") -> np.ndarray:
+    """A tensor column as one array of shape (rows, *shape); error rows (nulls) are NaN."""
+    array = table.column(column).combine_chunks()
+    shape = array.type.shape
+    storage = array.storage
+    values = storage.values.to_numpy(zero_copy_only=False)[storage.offset * int(np.prod(shape)):]
+    out = values[:len(array) * int(np.prod(shape))].reshape(len(array), *shape).copy()
+    missing = np.asarray(storage.is_null().to_pylist(), dtype=bool) if storage.null_count else None
+    if missing is not None:
+        out[missing] = np.nan
+    return out
+
+
+__all__ = ["attribute_dataset", "read_results", "attribution_array", "plan_shards", "Shard", "Settings", "ShardWorker",
+           "commit_shard", "committed_shards", "manifest_hash", "shard_name"]

@@ -1,0 +1,313 @@
+"""The CLI's `--target` forms and the default target of each output layout it recognises.
+
+The output is first read batch first: its batch axis is `--batch-axis` when given, else the
+axis whose symbol it shares with the inputs' batch (axis 0 of a `[T, batch, C]` output is not),
+else axis 0 when it has one row per example, else the only axis that does. Then:
+
+| layout                               | recognised as                                     | default target |
+|--------------------------------------|---------------------------------------------------|----------------|
+| one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
+| classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
+| dense map `[N, 1, H, W]`, `[N, H, W]`| one channel; or `H:W` as the image input's        | `region`: the predicted region's summed score |
+| sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score |
+| detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
+| anything else                        |                                                   | `top`: the largest value's position |
+
+Forms: `top` (the largest value: the predicted class, the top pixel); `region` or `region>T`
+(the summed score of the values above T; T by default 0 on the logits of a stripped Sigmoid
+(p > 0.5), 0.5 on values in [0, 1], else halfway between the example's smallest and largest
+value; an example with nothing above T gets its top value); `greedy` (the argmax per step,
+summed over the steps); `anchor` (the top anchor's best class score; no box coordinates are
+skipped when the output ends in a Sigmoid); and indices: `3` (negative counts from the end),
+`3,1,4` (one per example; for an output with k > 1 axes besides the batch, k numbers are one
+index), `5:12` (one index over the axes besides the batch).
+
+Every form is resolved to indices or masks (`targets.Target`) that every method reads alike;
+`describe` gives the report what a user needs to reproduce it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import numpy as np
+
+from onnx_attr.errors import InputError
+from onnx_attr.deeplift.targets import Target
+
+if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument checks
+    from torch import Tensor
+
+NAMED_FORMS = ("top", "region", "greedy", "anchor")
+FORMS_HELP = ("top | region | region>T | greedy | anchor | an int (negative from the end) | i,j,k (one per example, "
+              "or one index of an output with several axes) | a:b (one index over the axes after the batch)")
+
+
+@dataclass
+class Resolved:
+    """The target for the methods, and what the report says about it."""
+
+    target: Any  # indices (Captum's forms), a `Target`, or None (the output itself)
+    shown: Any  # report.json's "target": the indices, or the form
+    source: str  # how it was chosen, one line
+    detail: dict = field(default_factory=dict)  # layout, form, batch axis, per-example indices/masks
+    labels: Optional[list[str]] = None  # per-example picture titles, for targets that are not one index
+
+
+def parse_form(text: str) -> tuple[str, Any]:
+    """('region', 0.3), ('top', None), ('indices', 3 / [3, 1] / (5, 12)); a clear error listing the forms."""
+    value = text.strip()
+    if value in NAMED_FORMS:
+        return value, None
+    if value.startswith("region>"):
+        try:
+            return "region", float(value[len("region>"):])
+        except ValueError:
+            pass
+    else:
+        try:
+            if "," in value:
+                return "indices", [int(t) for t in value.split(",")]
+            if ":" in value:
+                return "indices", tuple(int(t) for t in value.split(":"))
+            return "indices", int(value)
+        except ValueError:
+            pass
+    raise InputError(f"--target {text!r} is not a target form; use one of: {FORMS_HELP}")
+
+
+def output_batch_axis(model, output_index: int, out: Tensor, examples: int, given: Optional[int],
+                      inputs: Optional[dict[str, np.ndarray]] = None) -> Optional[int]:
+    """The explained output's batch axis: given, else the one the methods read it on (`batch.probe`
+    on the call's `inputs`, when it has the examples; None when the probe finds the rows mix, so the
+    whole output is one example, as the methods then read it), else shared with the inputs' batch symbol,
+    else the axis with one row per example (0 first)."""
+    if given is not None:
+        if not 0 <= given < max(out.dim(), 1):
+            raise InputError(f"--batch-axis {given} is not an axis of the output of shape {list(out.shape)}")
+        return given
+    if out.dim() == 0:
+        return 0
+    if inputs is not None:
+        from onnx_attr.importing.batch import batch_axes, probe
+
+        tensors = model.prepare(inputs)
+        layout = probe(model, tensors, batch_axes(model.inputs, tensors))
+        probed = layout.outputs[output_index] if output_index < len(layout.outputs) else 0
+        if probed is None and any(a is not None for a in batch_axes(model.inputs, tensors)):
+            return None  # the rows mix (or the output has no batch): the whole output is one example
+        if probed is not None and probed < out.dim() and out.shape[probed] == examples:
+            return probed
+    symbols = {s.shape[0] for s in model.inputs if s.shape and isinstance(s.shape[0], str)}
+    declared = model.outputs[output_index].shape or ()
+    shared = [k for k, d in enumerate(declared) if isinstance(d, str) and d in symbols]
+    if len(shared) == 1 and shared[0] < out.dim() and out.shape[shared[0]] == examples:
+        return shared[0]
+    if out.shape[0] == examples:
+        return 0
+    fits = [k for k in range(out.dim()) if out.shape[k] == examples]
+    if len(fits) == 1:
+        return fits[0]
+    raise InputError(f"the output of shape {list(out.shape)} has no axis of {examples} example(s) to explain each "
+                     "example on; give it with --batch-axis")
+
+
+def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, inputs: dict[str, np.ndarray],
+            examples: int, batch_axis: Optional[int] = None) -> Resolved:
+    """The target a `--target` form (None: the layout's default) names on the explained output `out`."""
+    form, value = ("default", None) if text is None else parse_form(text)
+    axis = output_batch_axis(model, output_index, out, examples, batch_axis, inputs)
+    view = (out.unsqueeze(0) if axis is None else out.movedim(axis, 0) if out.dim() else out).detach().double()
+    layout = recognise(view, model, output_index, inputs, axis)
+    if form == "default":
+        form = layout.default
+    detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
+    resolved = {"top": _top, "region": _region, "greedy": _greedy, "anchor": _anchor,
+                "indices": _indices, "output": _itself}[form](view, layout, value, detail)
+    if resolved.labels is not None:  # the summed score itself, for the picture titles
+        values = (view * resolved.target.weights.to(view.dtype)).reshape(len(view), -1).sum(1).tolist()
+        resolved.labels = [f"{label}: {v:.4g}" for label, v in zip(resolved.labels, values)]
+    resolved.target = _on_axis(resolved.target, axis)
+    if text is None:
+        resolved.source = f"default for {layout.name}: {resolved.source}"
+    return resolved
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str  # as the report names it, e.g. "a sequence [T, N, C]"
+    kind: str  # one value | classes | map | sequence | detector | other
+    default: str  # the form used without --target
+    box: int = 0  # detector heads: the box coordinates before the scores
+    scores_first: bool = False  # detector heads: [N, 4+C, A] (True) or [N, A, 4+C]
+    sigmoid_stripped: bool = False  # the map's logits, its Sigmoid stripped
+    final: Optional[str] = None  # the output's final activation op, kept or stripped
+
+
+def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarray], axis: int) -> Layout:
+    """The layout of a batch-first output (see the module's table)."""
+    spec = model.outputs[output_index]
+    final = spec.final_activation
+    op = final.op_type if final is not None else None
+    stripped = bool(final is not None and final.stripped and op == "Sigmoid")
+    shape = tuple(view.shape[1:])
+    if view.dim() <= 1 or int(np.prod(shape)) == 1:
+        return Layout("one value per example", "one value", "output", final=op)
+    if len(shape) == 1:
+        return Layout("classes [N, C]", "classes", "top", final=op)
+    image = _image_size(model, inputs)
+    if len(shape) == 3 and shape[0] == 1:
+        return Layout("a dense map [N, 1, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
+    if len(shape) != 2:
+        return Layout(f"an output of rank {view.dim()}", "other", "top", final=op)
+    if axis == 1:
+        return Layout("a time-major sequence [T, N, C]", "sequence", "greedy", final=op)
+    if op in ("Softmax", "LogSoftmax"):
+        return Layout(f"a sequence [N, T, C] (a {op} over its classes)", "sequence", "greedy", final=op)
+    if image is not None and abs(shape[0] / shape[1] - image[0] / image[1]) <= 0.1 * image[0] / image[1]:
+        return Layout("a dense map [N, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
+    if image is not None:
+        small, big = min(shape), max(shape)
+        area = image[0] * image[1]
+        if small >= 5 and big >= 8 * small and area / 1024 <= big <= area / 16:
+            box = 0 if op == "Sigmoid" else 4
+            first = shape[0] == small
+            scores = "4+C" if box else "C"
+            return Layout(f"a detector head [N, {scores}, A]" if first else f"a detector head [N, A, {scores}]",
+                          "detector", "anchor", box=box, scores_first=first, final=op)
+    return Layout("a sequence [N, T, C]", "sequence", "greedy", final=op)
+
+
+def _image_size(model, inputs: dict[str, np.ndarray]) -> Optional[tuple[int, int]]:
+    """(H, W) of the first floating rank-4 input (NCHW, or NHWC when its last axis is 1–4 wide)."""
+    for spec in model.inputs:
+        x = inputs.get(spec.name)
+        if x is not None and np.ndim(x) == 4 and np.issubdtype(np.asarray(x).dtype, np.floating):
+            shape = np.shape(x)
+            return (shape[1], shape[2]) if shape[3] <= 4 < shape[1] else (shape[2], shape[3])
+    return None
+
+
+# -- the forms --------------------------------------------------------------------------------------------------------
+
+def _itself(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
+    return Resolved(None, None, "the output itself, one value per example", detail)
+
+
+def _top(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
+    if view.dim() <= 1:
+        return _itself(view, layout, value, detail)
+    if view.dim() == 2:
+        classes = view.argmax(1).tolist()
+        detail["indices"] = classes
+        return Resolved(classes, classes, "the predicted class (argmax)", detail)
+    positions = largest_positions(view)
+    detail["indices"] = [list(p) for p in positions]
+    what = "the top pixel" if layout.kind == "map" else "the largest value of the output (argmax over all its elements)"
+    return Resolved(positions, detail["indices"], what, detail)
+
+
+def largest_positions(output) -> list[tuple[int, ...]]:
+    """Per example (axis 0), the index tuple of its largest element over all the other axes: the
+    same form as `--target a:b`, one per example. Ties go to the first in C order."""
+    flat = output.reshape(output.shape[0], -1).argmax(1).tolist()
+    return [tuple(int(i) for i in np.unravel_index(f, tuple(output.shape[1:]))) for f in flat]
+
+
+def _region(view: Tensor, layout: Layout, value: Optional[float], detail: dict) -> Resolved:
+    if view.dim() <= 2:
+        raise InputError(f"--target region needs a map (an output with at least 2 axes besides the batch); this "
+                         f"output is {layout.name}")
+    import torch
+
+    flat = view.reshape(view.shape[0], -1)
+    if value is not None:
+        thresholds, rule = torch.full((len(flat),), float(value), dtype=flat.dtype), f"values > {value:g}"
+    elif layout.sigmoid_stripped:
+        thresholds, rule = torch.zeros(len(flat), dtype=flat.dtype), "p > 0.5, i.e. logit > 0 (the Sigmoid was stripped)"
+    elif flat.min() >= 0 and flat.max() <= 1:
+        thresholds, rule = torch.full((len(flat),), 0.5, dtype=flat.dtype), "values > 0.5 (the map lies in [0, 1])"
+    else:
+        low, high = flat.min(1).values, flat.max(1).values
+        thresholds, rule = (low + high) / 2, "values above halfway between the example's smallest and largest"
+    masks = flat > thresholds[:, None]
+    empty = ~masks.any(1)
+    masks[empty, flat[empty].argmax(1)] = True  # nothing above it: the top value alone
+    masks = masks.reshape(view.shape).to(torch.float32)
+    sizes = masks.reshape(len(masks), -1).sum(1).long().tolist()
+    detail.update(threshold=[float(t) for t in thresholds], rule=rule, mask_size=sizes,
+                  fell_back_to_top=[int(i) for i in torch.nonzero(empty).reshape(-1)])
+    labels = [f"target: the region of {s} value(s) with {rule}, summed" for s in sizes]
+    return Resolved(Target(weights=masks, per_example=True), "region" if value is None else f"region>{value:g}",
+                    f"the predicted region's summed score ({rule})", detail, labels)
+
+
+def _greedy(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
+    if view.dim() != 3:
+        raise InputError(f"--target greedy needs a sequence [N, T, C] (or [T, N, C] with --batch-axis 1); this "
+                         f"output is {layout.name}")
+    import torch
+
+    path = view.argmax(2)
+    masks = torch.zeros(view.shape, dtype=torch.float32)
+    masks.scatter_(2, path.unsqueeze(2), 1.0)
+    detail["path"] = path.tolist()
+    steps = view.shape[1]
+    labels = [f"target: the greedy path's summed score over {steps} steps" for _ in range(len(view))]
+    return Resolved(Target(weights=masks, per_example=True), "greedy",
+                    "the greedy path's summed score (the argmax class of each step)", detail, labels)
+
+
+def _anchor(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
+    if view.dim() != 3:
+        raise InputError(f"--target anchor needs a detector head [N, 4+C, A] or [N, A, 4+C]; this output is "
+                         f"{layout.name}")
+    scores_first = layout.scores_first if layout.kind == "detector" else view.shape[1] < view.shape[2]
+    box = layout.box if layout.kind == "detector" else (0 if layout.final == "Sigmoid" else 4)
+    scores = view[:, box:, :] if scores_first else view[:, :, box:]
+    if scores.numel() == 0:
+        raise InputError(f"--target anchor: the output {list(view.shape)} has no class scores after {box} box "
+                         "coordinates")
+    index = [(i + box, j) if scores_first else (i, j + box) for i, j in largest_positions(scores)]
+    detail.update(indices=[list(i) for i in index], box_coordinates=box)
+    return Resolved(index, detail["indices"], f"the top anchor's best class score (after {box} box coordinates)",
+                    detail)
+
+
+def _indices(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
+    rank = view.dim() - 1
+    if isinstance(value, list) and rank > 1 and len(value) == rank:
+        value = tuple(value)  # k numbers for an output with k axes besides the batch: one index
+    value = _from_the_end(value, tuple(view.shape))
+    detail["indices"] = list(value) if isinstance(value, tuple) else value
+    return Resolved(value, detail["indices"], "given", detail)
+
+
+def _from_the_end(target: Any, shape: Sequence[int]) -> Any:
+    """Negative class (or position) indices made positive against the output's non-batch axes."""
+    def one(v: int, size: int) -> int:
+        return v + size if -size <= v < 0 else v
+
+    if isinstance(target, int):
+        return one(target, shape[1]) if len(shape) >= 2 else target
+    if isinstance(target, tuple):
+        return tuple(one(v, s) for v, s in zip(target, shape[1:]))
+    if isinstance(target, list):
+        return [one(v, shape[1]) if len(shape) >= 2 else v for v in target]
+    return target
+
+
+def _on_axis(target: Any, axis: Optional[int]) -> Any:
+    """Indices or masks as the methods read them on an output batched on `axis` (None: one whole
+    example, which the methods find by the same probe)."""
+    if axis in (0, None):
+        return target
+    if target is None:
+        return Target(batch_axis=axis)
+    if isinstance(target, Target):
+        return Target(index=target.index, weights=target.weights, per_example=target.per_example, batch_axis=axis)
+    return Target(index=target, batch_axis=axis)
+
+
+__all__ = ["resolve", "parse_form", "output_batch_axis", "recognise", "largest_positions", "FORMS_HELP", "Resolved"]

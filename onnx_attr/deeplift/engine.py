@@ -1,0 +1,391 @@
+"""The two-pass DeepLift engine: a reference pass without gradients, then the main pass.
+
+Input and baseline are never stacked on the batch axis (Captum's way, which breaks on exports
+that bake the batch size into reshapes or move it off dim 0). A shared baseline runs at batch 1
+and broadcasts; when the graph merges the batch into another axis (the broadcast would be
+wrong), the reference is re-run at the inputs' batch size. Exports whose batch size is fixed
+get their inputs in chunks of that size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from onnx_attr.errors import ForwardError, InputError
+from onnx_attr.importing.model import _explain_failure
+from onnx_attr.deeplift.reference_cache import ReferenceCache
+from onnx_attr.deeplift.ops import ReferenceShapeMismatch
+from onnx_attr.deeplift.rewrite import RewriteResult, rewrite_for_deeplift
+from onnx_attr.importing.rows import fixed_batch, padded_rows as _rows, pick_output as _pick
+from onnx_attr.deeplift.target_grad import target_gradients
+from onnx_attr.deeplift.targets import Target, as_weights
+
+
+@dataclass
+class PassResult:
+    multipliers: list[Optional[Tensor]]  # one per input, None for those not attributed; for integer
+    # inputs (token ids) their contributions per token, measured at the embedding lookup
+    value: Tensor  # the explained output per example, f(x)
+    reference_value: Tensor  # f(x0) per example
+    layers: list[tuple[Tensor, Tensor]] = None  # per layer tap: (multiplier, h - h0)
+
+
+class Targets:
+    """Captum's target conventions, normalized to one row of indices per example.
+
+    None (a scalar output per example), an int, a tuple (for outputs of rank > 2), a list with
+    one int/tuple per example, or a tensor/array of shape [N]; a callable (summed per example);
+    a `Target` (an index on another batch axis, or a mask: Σ weights·output), and a boolean or
+    floating tensor as a shared mask.
+    """
+
+    def __init__(self, target, n: int, axis: Optional[int] = 0):
+        self.selector = None  # a neuron selector with slices, or a callable: summed per example
+        self.weights: Optional[Tensor] = None  # a mask: Σ weights·output (rows index it when per example)
+        # the output's batch axis, moved to 0 before anything is picked: a `Target`'s own, else the
+        # one the graph has (`axis`, from batch.probe); None: the output is one example, without a batch
+        self.batch_axis: Optional[int] = axis
+        target = as_weights(target) or target
+        if isinstance(target, Target):
+            self.batch_axis = int(target.batch_axis)
+            if target.weights is not None:
+                self.weights = _weight_tensor(target.weights)
+                if target.per_example and (self.weights.dim() == 0 or self.weights.shape[0] != n):
+                    raise InputError(f"per-example target weights need {n} mask(s) on axis 0, got shape "
+                                     f"{list(self.weights.shape)}")
+                self.rows = [(i,) for i in range(n)] if target.per_example else [()] * n
+                self.per_example = target.per_example
+                return
+            target = target.index
+        self.per_example = False
+        if callable(target) and not isinstance(target, Tensor):
+            self.selector = target
+            rows: list[tuple[int, ...]] = [()] * n
+        elif isinstance(target, tuple) and any(isinstance(t, slice) for t in target):
+            self.selector = _slicer(target)
+            rows = [()] * n
+        elif target is None:
+            rows = [()] * n
+        elif isinstance(target, (bool, float)):
+            raise InputError(f"a target must be integer indices, got {target!r}")
+        elif isinstance(target, (int,)) or (hasattr(target, "ndim") and getattr(target, "ndim") == 0):
+            rows = [(int(target),)] * n
+        elif isinstance(target, tuple):
+            if not all(isinstance(t, (int, np.integer)) for t in target):
+                raise InputError(f"a tuple target must hold ints (or slices, for a neuron), got {target!r}")
+            rows = [tuple(int(t) for t in target)] * n
+        else:
+            try:
+                items = target.tolist() if hasattr(target, "tolist") else list(target)
+            except TypeError:
+                raise InputError(f"cannot read target {target!r}: give an int, a tuple, or one per example") from None
+            if len(items) != n:
+                raise InputError(f"target has {len(items)} entries for {n} example(s); give one per example or one int")
+            try:
+                rows = [tuple(int(t) for t in (i if isinstance(i, (tuple, list)) else (i,))) for i in items]
+            except (TypeError, ValueError):
+                raise InputError(f"cannot read target {target!r}: each example's target must be ints") from None
+        if len({len(r) for r in rows}) > 1:
+            raise InputError("every example's target must index the same number of output axes")
+        self.rows = rows
+
+    def chunk(self, start: int, stop: int) -> "Targets":
+        return self._of(self.rows[start:stop])
+
+    def repeat(self, times: int) -> "Targets":
+        """The same targets for the batch repeated `times` times along axis 0."""
+        return self._of(self.rows * times)
+
+    def _of(self, rows: list) -> "Targets":
+        out = Targets.__new__(Targets)
+        out.rows, out.selector, out.weights = rows, self.selector, self.weights
+        out.per_example, out.batch_axis = self.per_example, self.batch_axis
+        return out
+
+    def select(self, output: Tensor) -> Tensor:
+        """output[i, *target_i] for each example i: one scalar per example."""
+        n = len(self.rows)
+        depth = len(self.rows[0]) if self.rows else 0
+        if output.dim() == 0:
+            raise InputError("the output is a single value (0-d), not one per example: export the model with "
+                             "a batch axis on its output (shape [N] or [N, ...])")
+        if self.batch_axis is None:
+            output = output.unsqueeze(0)
+        elif self.batch_axis:
+            output = _batch_first(output, self.batch_axis)
+        if self.weights is not None:
+            return self._weighted(output, n)
+        if self.selector is not None:
+            return self._selected(output, n)
+        if output.dim() == 1 and depth == 0:
+            return output
+        if depth == 0 and output.dim() > 1 and math.prod(output.shape[1:]) == 1:  # [N, 1, 1, ...]: no choice
+            return output.reshape(n, -1)[:, 0]
+        if output.dim() - 1 != depth:
+            raise InputError(
+                f"the output has shape {list(output.shape)}: a target must pick one value per example "
+                f"({output.dim() - 1} index(es) after the batch axis), got {depth}"
+            )
+        if output.shape[0] != n:
+            raise InputError(
+                f"the output has {output.shape[0]} row(s) on axis {self.batch_axis} for {n} example(s): that axis "
+                "is not the batch, so per-example targets cannot be picked; name the output's batch axis "
+                "(onnx_attr.Target(index=..., batch_axis=K); CLI: --batch-axis K) or attribute one example at a time"
+            )
+        for axis in range(depth):
+            size = output.shape[axis + 1]
+            bad = next((row[axis] for row in self.rows if not 0 <= row[axis] < size), None)
+            if bad is not None:
+                raise InputError(f"target {bad} is out of range for output axis {axis + 1} of size {size} "
+                                 f"(valid: 0 to {size - 1})")
+        first = self.rows[0]
+        if all(row == first for row in self.rows):  # one target for all: a plain slice, no index tensors
+            return output[(slice(None), *first)]
+        index = torch.tensor(self.rows, dtype=torch.long, device=output.device).reshape(n, depth)
+        return output[(torch.arange(n, device=output.device), *index.unbind(1))]
+
+
+    def reference(self, reference: Tensor, output: Tensor, keep: Optional[int]) -> Tensor:
+        """The targets of the reference pass: a batch-1 reference (a shared baseline) serves every
+        row of `output`; rows past `keep` (padding for a fixed-batch export) are dropped."""
+        axis = self.batch_axis
+        if axis is not None and reference.dim() > axis and reference.shape[axis] == 1 and output.dim() > axis:
+            reference = reference.expand(*reference.shape[:axis], output.shape[axis], *reference.shape[axis + 1:])
+        return self.select(self.first_rows(reference, keep))
+
+    def first_rows(self, output: Tensor, count: Optional[int], fed: Optional[int] = None) -> Tensor:
+        """The first `count` examples of an output along the target's batch axis (the rows padded in
+        for a fixed-batch export dropped; None: nothing padded). An axis that has not the `fed` rows
+        is not the batch: cutting it would silently explain its first entries (a time-major output's
+        first step)."""
+        axis = self.batch_axis
+        if count is None or axis is None or output.dim() <= axis or output.shape[axis] <= count:
+            return output
+        if fed is not None and output.shape[axis] != fed:
+            raise InputError(f"the output has shape {list(output.shape)}: its axis {axis} has not the {fed} row(s) "
+                             "fed, so it is not the batch; name the output's batch axis: "
+                             "onnx_attr.Target(index=..., batch_axis=K) (CLI: --batch-axis K)")
+        return output.narrow(axis, 0, count)
+
+    def _weighted(self, output: Tensor, n: int) -> Tensor:
+        """Σ weights·output per example: the mask of each example (or the shared one) over its output."""
+        weights = self.weights.to(device=output.device)
+        if self.per_example:
+            weights = weights[torch.tensor([r[0] for r in self.rows], dtype=torch.long, device=output.device)]
+        shape = tuple(weights.shape[1:] if self.per_example else weights.shape)
+        if shape != tuple(output.shape[1:]) or output.shape[0] != n:
+            raise InputError(f"target weights of shape {list(shape)} (one example's output) do not match the output "
+                             f"{list(output.shape)} ({n} example(s) on axis {self.batch_axis}): give a mask the "
+                             "shape of one example's output")
+        dtype = output.dtype if output.is_floating_point() else torch.float64
+        return (output.to(dtype) * weights.to(dtype)).reshape(n, -1).sum(1)
+
+    def _selected(self, output: Tensor, n: int) -> Tensor:
+        """A neuron selector's value per example: the selected elements (or the callable's result) summed."""
+        try:
+            picked = self.selector(output)
+        except (IndexError, TypeError, ValueError, RuntimeError) as err:
+            raise InputError(f"the neuron selector failed on an output of shape {list(output.shape)}: {err}") from None
+        if isinstance(picked, Tensor) and picked.dim() == 0:
+            # Captum's selectors may sum over the batch: applied to each example alone, that is its value
+            try:
+                picked = picked.reshape(1) if n == 1 else torch.stack(
+                    [self.selector(output[i:i + 1]).reshape(()) for i in range(n)])
+            except (IndexError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+                raise InputError(f"the neuron selector gave one value for the whole batch and failed on a single "
+                                 f"example: {err}") from None
+        if not isinstance(picked, Tensor) or picked.dim() == 0 or picked.shape[0] != n:
+            raise InputError(f"a neuron selector must give one value (or a block of values) per example, i.e. a "
+                             f"tensor with {n} row(s) on axis 0; got "
+                             f"{list(picked.shape) if isinstance(picked, Tensor) else type(picked).__name__}")
+        return picked.reshape(n, -1).sum(1)
+
+
+def _weight_tensor(weights) -> Tensor:
+    """A mask as a tensor: booleans as 0/1, numbers as they are."""
+    try:
+        w = weights if isinstance(weights, Tensor) else torch.as_tensor(np.asarray(weights))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"cannot read the target weights as an array: {err}") from None
+    if w.dtype == torch.bool or not (w.is_floating_point() or w.dtype.is_complex):
+        w = w.to(torch.float32) if w.dtype == torch.bool else w.to(torch.float64)
+    return w.detach()
+
+
+def _batch_first(output: Tensor, axis: int) -> Tensor:
+    """The output with its batch axis moved to 0 (a time-major [T, N, C] output as [N, T, C])."""
+    if output.dim() <= axis:
+        raise InputError(f"the target's batch_axis is {axis}, but the output has shape {list(output.shape)}")
+    return output.movedim(axis, 0)
+
+
+def _slicer(index: tuple):
+    """A selector picking `index` (ints and slices, batch axis excluded) from each example."""
+
+    def select(output: Tensor) -> Tensor:
+        if len(index) != output.dim() - 1:
+            raise IndexError(f"{len(index)} index(es) for {output.dim() - 1} non-batch axes")
+        for axis, i in enumerate(index):
+            if isinstance(i, int) and not -output.shape[axis + 1] <= i < output.shape[axis + 1]:
+                raise IndexError(f"index {i} is out of range for axis {axis + 1} of size {output.shape[axis + 1]}")
+        return output[(slice(None), *index)]
+
+    return select
+
+
+class DeepLiftEngine:
+    """Rewrites the model once; each `run` is one reference pass and one main pass per chunk."""
+
+    def __init__(self, model, *, gradient_fallback: bool = False, layers: Sequence[str] = (),
+                 reveal_cancel: bool = False):
+        self.model = model
+        self.rewrite: RewriteResult = rewrite_for_deeplift(model.module, model.inputs,
+                                                           gradient_fallback=gradient_fallback, layers=layers,
+                                                           reveal_cancel=reveal_cancel)
+        self.fixed_batch = fixed_batch(model.inputs)
+        # Shared baselines (batch 1) reused over many batches run their reference pass once (see
+        # reference_cache). Changing the module's weights afterwards needs a new DeepLift object
+        # (or cache_reference = False, or references.clear()).
+        self.references = ReferenceCache()
+        self.cache_reference = True
+
+    def run(self, inputs: Sequence[Tensor], baselines: Sequence[Tensor], attributed: Sequence[bool],
+            targets: Targets, output: int) -> PassResult:
+        n = len(targets.rows)
+        size = self.fixed_batch or n
+        parts = []
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            whole = start == 0 and stop == n and size == n
+            xs = [x if whole or not _batched(x, n) else _rows(x, start, stop, size) for x in inputs]
+            bs = [b if not _batched(x, n) else _baseline_rows(b, start, stop, size, self.fixed_batch)
+                  for x, b in zip(inputs, baselines)]
+            padded = stop - start if stop - start < size else None  # rows to keep when the chunk was padded
+            parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, padded))
+        if len(parts) == 1:
+            return parts[0]
+        layers = [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))
+                  for i in range(len(self.rewrite.layers))]
+        return PassResult(
+            [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts])
+             for i in range(len(inputs))],
+            torch.cat([p.value for p in parts]), torch.cat([p.reference_value for p in parts]), layers)
+
+    def _two_pass(self, xs, bs, attributed, targets, output, keep) -> PassResult:
+        try:
+            return self._passes(xs, bs, attributed, targets, output, keep)
+        except ReferenceShapeMismatch:
+            pass
+        except ForwardError:
+            if all(b.dim() == 0 or b.shape[0] == xs[0].shape[0] for b in bs):
+                raise
+        # The batch-1 reference could not broadcast (or run): redo it at the inputs' batch size.
+        full = [b.expand(x.shape[0], *b.shape[1:]).contiguous() if b.dim() and b.shape[0] == 1 else b
+                for b, x in zip(bs, xs)]
+        return self._passes(xs, full, attributed, targets, output, keep)
+
+    def _passes(self, xs, bs, attributed, targets, output, keep) -> PassResult:
+        module, state = self.rewrite.module, self.rewrite.state
+        integer = [not x.is_floating_point() for x in xs]
+        taps = [t for t in self.rewrite.taps if any(a and i and s.name == t.input_name for a, i, s in
+                                                     zip(attributed, integer, self.model.inputs))]
+        try:
+            state.clear()
+            reference_args = bs
+            if taps:  # embeddings of the baseline ids; everything else computed from the input's ids
+                state.mode = "tap_baseline"
+                with torch.no_grad():
+                    self._forward(module, bs)
+                n = xs[0].shape[0]
+                reference_args = [x if i else (b.expand(n, *b.shape[1:]) if b.dim() and b.shape[0] == 1 else b)
+                                  for x, b, i in zip(xs, bs, integer)]
+            layer_taps = self.rewrite.layers
+            cacheable = self.cache_reference and not taps and not layer_taps
+            cached = self.references.find(reference_args) if cacheable else None
+            if cached is not None:
+                state.refs, full_out = cached
+            else:
+                state.mode = "reference"
+                with torch.no_grad():
+                    full_out = self._forward(module, reference_args)
+                # a shared baseline: batch 1, or repeated (stride 0) to an export's fixed batch
+                if cacheable and all(b.dim() == 0 or b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):
+                    self.references.add(reference_args, state.refs, full_out)
+            ref_out = _pick(full_out, output)
+            state.mode = "deeplift"
+            differentiate = not layer_taps  # layer attribution differentiates against the layers alone
+            live = [x.detach().requires_grad_(True) if a and not i and differentiate else x
+                    for x, a, i in zip(xs, attributed, integer)]
+            with torch.enable_grad():
+                out = _pick(self._forward(module, live), output)
+                if out.dim() == 0:
+                    targets.select(out)  # raises: no value per example
+                if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
+                    raise ReferenceShapeMismatch("output")
+                value = targets.select(targets.first_rows(out, keep, _fed(xs, attributed)))
+                if layer_taps:
+                    leaves = [state.tap_leaves[id(t)] for t in layer_taps]
+                    found = target_gradients(value, leaves)
+                    layers = [((torch.zeros_like(h) if g is None else g)[:keep], (h.detach() - state.tap_baselines[
+                        id(t)].expand_as(h))[:keep]) for t, g, h in zip(layer_taps, found, leaves)]
+                    return PassResult([None] * len(xs), value.detach(), targets.reference(ref_out, out, keep).detach(),
+                                      layers)
+                leaves = [state.tap_leaves[id(t)] for t in taps]
+                wanted = [x for x, a, i in zip(live, attributed, integer) if a and not i] + leaves
+                grads = list(target_gradients(value, wanted))
+            tap_baselines = [state.tap_baselines[id(t)] for t in taps]
+        finally:
+            state.clear()  # a cached reference keeps its own dict of references
+        tap_grads = grads[len(grads) - len(taps):]
+        grads = iter(grads[:len(grads) - len(taps)])
+        rows = out.shape[0]
+        multipliers = []
+        for x, a, i, spec in zip(live, attributed, integer, self.model.inputs):
+            if not a:
+                multipliers.append(None)
+            elif i:  # per-token contributions, summed over the embedding axis and over its lookups
+                parts = [(g if g is not None else torch.zeros_like(leaf)) * (leaf.detach() - base)
+                         for t, g, leaf, base in zip(taps, tap_grads, leaves, tap_baselines)
+                         if t.input_name == spec.name]
+                per_token = sum(p.sum(-1) for p in parts).detach()
+                if tuple(per_token.shape) != tuple(x.shape):
+                    raise InputError(f"the embedding of {spec.name!r} has shape {list(parts[0].shape)}, not the ids' "
+                                     f"shape {list(x.shape)} plus an embedding axis: its attributions cannot be given "
+                                     "per token; attribute the embedding itself (LayerDeepLift)")
+                multipliers.append(per_token[:keep])
+            else:
+                g = next(grads)
+                g = torch.zeros_like(x) if g is None else g
+                multipliers.append(g[:keep] if x.shape[0] == rows else g)  # drop the rows padded in
+        return PassResult(multipliers, value.detach(), targets.reference(ref_out, out, keep).detach(), [])
+
+    def _forward(self, module, args):
+        try:
+            return module(*args)
+        except (ReferenceShapeMismatch, InputError, torch.OutOfMemoryError):
+            raise
+        except Exception as err:
+            raise ForwardError(_explain_failure(module, args, err)) from err
+
+
+def _fed(xs: Sequence[Tensor], attributed: Sequence[bool]) -> Optional[int]:
+    """The rows fed on axis 0 (the first attributed input's), padding included."""
+    return next((x.shape[0] for x, a in zip(xs, attributed) if a and x.dim()), None)
+
+
+def _batched(t: Tensor, n: int) -> bool:
+    """Has the batch of n on axis 0 (a 0-d input, a flag, never has: it is fed as given)."""
+    return t.dim() > 0 and t.shape[0] == n
+
+
+def _baseline_rows(b: Tensor, start: int, stop: int, size: int, fixed: Optional[int]) -> Tensor:
+    """A shared baseline stays at batch 1 (broadcast) unless the export fixes a larger batch."""
+    if b.shape[0] == 1:
+        return b if fixed in (None, 1) else b.expand(size, *b.shape[1:])
+    return _rows(b, start, stop, size)

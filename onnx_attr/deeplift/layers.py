@@ -1,0 +1,157 @@
+"""Hidden ONNX tensors, addressed by name: as an output (neuron attribution), as an input (layer
+attribution by any method), or tapped in place (LayerDeepLift).
+
+Each is a new `AttributableModel` over a copy of the fx graph, sharing the weights, so every
+attribution method works on it unchanged: the method does not need to know about layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, fx, nn
+
+from onnx_attr.importing.convert import tensor_nodes
+from onnx_attr.errors import InputError
+from onnx_attr.importing.specs import OutputSpec, TensorSpec, value_spec
+
+
+def tensor_node(module: fx.GraphModule, name: str) -> fx.Node:
+    """The fx node computing ONNX tensor `name`; an error suggesting close names otherwise."""
+    nodes = tensor_nodes(module)
+    node = nodes.get(name)
+    if node is None or node.op not in ("call_module", "call_function"):
+        close = sorted(n for n in nodes if name.lower() in n.lower())[:5]
+        raise InputError(f"no intermediate tensor named {name!r} in the graph"
+                         + (f"; did you mean one of {close}?" if close else "; `onnx-attr inspect --json` "
+                            "and model.onnx_model list the tensor names"))
+    return node
+
+
+def insert_after(module: fx.GraphModule, names: Sequence[str], make: Callable[[str], nn.Module],
+                 prefix: str) -> list[nn.Module]:
+    """Put `make(name)` between each named tensor's node and all of its users (in place)."""
+    taps = []
+    for index, name in enumerate(names):
+        node = tensor_node(module, name)
+        tap = make(name)
+        module.add_submodule(f"{prefix}_{index}", tap)
+        with module.graph.inserting_after(node):
+            tapped = module.graph.call_module(f"{prefix}_{index}", (node,))
+        node.replace_all_uses_with(tapped, delete_user_cb=lambda user: user is not tapped)
+        tapped.meta["onnx_tensor"] = name  # no onnx_op: rewrites leave the tap itself alone
+        node.meta.pop("onnx_tensor", None)
+        taps.append(tap)
+    return taps
+
+
+def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
+    """The tensor's declared shape (symbolic batch kept) from shape inference, else from a value."""
+    for info in (*model.onnx_model.graph.value_info, *model.onnx_model.graph.output):
+        if info.name == name and info.type.tensor_type.HasField("shape"):
+            spec = value_spec(info)
+            if spec.dtype is not None:
+                return spec
+    if value is None:
+        return TensorSpec(name, None, None)
+    return TensorSpec(name, ("N", *value.shape[1:]), np.dtype(str(value.dtype).replace("torch.", "")))
+
+
+def tensor_as_output(model, name: str):
+    """The model cut after tensor `name`, which becomes its only output: attributing a target of
+    it with any method attributes that hidden unit ("neuron") to the inputs."""
+    module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
+    node = tensor_node(module, name)
+    output = next(n for n in module.graph.nodes if n.op == "output")
+    output.args = (node,)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    spec = _spec(model, name)
+    return model.with_module(module, outputs=[OutputSpec(spec.name, spec.shape, spec.dtype)])
+
+
+def tensor_as_input(model, name: str, example: Tensor):
+    """The model with tensor `name` fed from outside: a new first input named `name` replaces it,
+    the original inputs follow (for the paths that bypass it). Attributing that first input with
+    any method is layer attribution; `example` gives the shape and dtype when inference did not."""
+    return tensors_as_inputs(model, [name], [example])
+
+
+def tensors_as_inputs(model, names: Sequence[str], examples: Sequence[Tensor]):
+    """`tensor_as_input` for several tensors at once: they become the first inputs, in order."""
+    module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
+    first = next(n for n in module.graph.nodes if n.op == "placeholder")
+    specs = []
+    for index, (name, example) in enumerate(zip(names, examples)):
+        node = tensor_node(module, name)
+        with module.graph.inserting_before(first):
+            fed = module.graph.placeholder("layer_input" if index == 0 else f"layer_input_{index}")
+        fed.meta["onnx_tensor"] = name
+        node.replace_all_uses_with(fed)
+        spec = _spec(model, name, example)
+        if not spec.differentiable:
+            raise InputError(f"tensor {name!r} is {spec.dtype}: only floating tensors can be attributed")
+        specs.append(spec)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    return model.with_module(module, inputs=[*specs, *model.inputs])
+
+
+def replace_modules(model, swap: Callable[[fx.Node, nn.Module], Optional[tuple[nn.Module, dict]]], prefix: str
+                    ) -> tuple[fx.GraphModule, list[fx.Node]]:
+    """A copy of the model's graph (sharing the weights) in which every ONNX node of the default
+    domain for which `swap(node, module)` gives `(new module, meta updates)` runs the new module;
+    the nodes replaced are returned with it (the caller makes the sibling model)."""
+    module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
+    replaced = []
+    for node in module.graph.nodes:
+        if node.op != "call_module" or node.meta.get("onnx_domain", "") not in ("", "ai.onnx"):
+            continue
+        found = swap(node, module.get_submodule(node.target))
+        if found is None:
+            continue
+        new, meta = found
+        target = f"{prefix}_{len(replaced)}"
+        module.add_submodule(target, new)
+        node.target = target
+        node.meta.update(meta)
+        replaced.append(node)
+    module.recompile()
+    return module, replaced
+
+
+def embedding_lookups(model) -> dict[str, list[str]]:
+    """Integer input name -> the ONNX tensors that look it up in a constant table (Gather): where
+    token ids are attributed, as DeepLift's engine finds them."""
+    from onnx_attr.deeplift.taps import embedding_taps
+
+    found: dict[str, list[str]] = {}
+    for node, input_name in embedding_taps(model.module, model.inputs).items():
+        if "onnx_tensor" in node.meta:
+            found.setdefault(input_name, []).append(node.meta["onnx_tensor"])
+    return found
+
+
+def tensor_values(model, names: Sequence[str], inputs: Sequence[Tensor]) -> list[Tensor]:
+    """The named tensors' values in a forward pass of the model (no gradients)."""
+    from onnx_attr.importing.convert import run_recording
+    from onnx_attr.importing.rows import example_rows, fixed_batch, padded_rows
+
+    fixed = fixed_batch(model.inputs)
+    n = example_rows(inputs, [t.dim() > 0 for t in inputs]) if any(t.dim() for t in inputs) else 0
+    size = fixed if fixed and n and n != fixed else n
+    parts = []
+    for start in range(0, max(n, 1), max(size, 1)):  # a fixed-batch export runs in its batch, padded
+        stop = min(start + size, n)
+        fed = inputs if size == n else [padded_rows(t, start, stop, size) if t.dim() and t.shape[0] == n
+                                        else t.expand(size, *t.shape[1:]) if t.dim() and t.shape[0] == 1 else t
+                                        for t in inputs]
+        recorded = run_recording(model.module, *fed)
+        missing = [name for name in names if name not in recorded]
+        for name in missing:
+            tensor_node(model.module, name)  # raises the error with suggestions
+        parts.append([recorded[name] if size == n else recorded[name][:stop - start] for name in names])
+    return parts[0] if len(parts) == 1 else [torch.cat(column) for column in zip(*parts)]

@@ -1,0 +1,173 @@
+"""Which kind each ONNX op is, for DeepLift (see docs/architecture.md, "Op kinds").
+
+linear: the multiplier is the plain gradient; unary: elementwise nonlinear, rescale rule;
+bilinear: a product of two variable operands, Shapley product rule; composite: decomposed
+into the others; structural: carries no attribution (shapes, masks, indices). Whether a
+Mul/MatMul/... is bilinear depends on the graph: with one constant operand it is linear.
+
+Only linear and structural ops are listed here. Every other kind is declared once, by the op's
+rule (`rules.RULES[op].kind`); an importable op with no rule is in `REFUSED`, with the reason
+DeepLift gives when it meets one.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import onnx
+
+from onnx_attr.deeplift.rules import RULES
+
+LINEAR = frozenset({
+    "Add", "Sub", "Neg", "Sum", "Mean", "Identity", "Dropout", "Cast", "CastLike",
+    "Conv", "ConvTranspose", "BatchNormalization", "AveragePool", "GlobalAveragePool",
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice",
+    "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth",
+    "ReduceSum", "ReduceMean", "CumSum", "Resize", "Upsample", "Trilu", "Compress", "ScatterND",
+    "ScatterElements", "Scatter", "TensorScatter", "Where", "ReverseSequence", "CenterCropPad", "DFT", "STFT",
+    "AffineGrid", "Col2Im", "MaxUnpool",
+})
+#: Ops whose outputs carry no attribution: shapes, comparisons, indices, rounding, random.
+STRUCTURAL = frozenset({
+    "Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "NonZero", "ArgMax", "ArgMin",
+    "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Xor", "IsNaN", "IsInf",
+    "Sign", "Floor", "Ceil", "Round", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "BitCast",
+    "OneHot", "RandomNormal", "RandomUniform", "RandomNormalLike",
+    "RandomUniformLike", "Bernoulli", "Multinomial",
+})
+
+
+#: ai.onnx.ml ops as imported: ZipMap is the probability tensor itself, ArrayFeatureExtractor a gather.
+ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
+
+
+#: onnxruntime's com.microsoft fusions, by what they expand into (converters/microsoft.py)
+MICROSOFT_KINDS = {"Gelu": "unary", "FastGelu": "unary", "QuickGelu": "unary", "BiasGelu": "composite",
+                   "FusedConv": "composite", "SkipLayerNormalization": "composite", "Attention": "composite",
+                   "MultiHeadAttention": "composite", "DynamicQuantizeLSTM": "composite"}
+
+
+#: Importable ops with no DeepLift rule, and why: the rewrite refuses them by name with this reason.
+REFUSED = {
+    "If": "its branch is chosen per call (the condition is resolved when it does not follow the attributed "
+          "inputs; see specialize.py)",
+    "Loop": "its trip count is unrolled per call when it does not follow the attributed inputs (specialize.py)",
+    "Scan": "a scan body is not unrolled for DeepLift",
+    "TopK": "which values it selects changes between input and reference",
+    "Hardmax": "a step function of its input: no multiplier makes it complete",
+    "Mod": "a sawtooth of its inputs: no multiplier makes it complete",
+    "CumProd": "a running product of many varying terms",
+    "ReduceProd": "a product of many varying terms",
+    "Det": "a product of many varying terms",
+    "ReduceLogSum": "no rule yet (log of a sum)",
+    "LpNormalization": "no rule yet (x divided by its p-norm)",
+    "LpPool": "no rule yet (a p-norm over each window)",
+    "DeformConv": "its sampling offsets are products with the input",
+    "RoiAlign": "no rule yet (linear in X at fixed boxes in avg mode, a max in max mode)",
+    "NonMaxSuppression": "it returns indices chosen by comparing scores",
+    "Unique": "its output is chosen by comparing values",
+    "QuantizeLinear": "static quantization rounds: attribute the float model, or a dynamically quantized one",
+    "DequantizeLinear": "static quantization (see QuantizeLinear)",
+    "DynamicQuantizeLinear": "it is attributed only inside a dynamically quantized block (rules/quantized.py)",
+    "MatMulInteger": "integer arithmetic, attributed only inside a dynamically quantized block",
+    "ConvInteger": "integer arithmetic, attributed only inside a dynamically quantized block",
+    "QLinearConv": "static quantization (integer arithmetic)",
+    "QLinearMatMul": "static quantization (integer arithmetic)",
+    "QLinearAdd": "static quantization (integer arithmetic)",
+    "QLinearMul": "static quantization (integer arithmetic)",
+    "QLinearSigmoid": "static quantization (integer arithmetic)",
+    "QLinearAveragePool": "static quantization (integer arithmetic)",
+    "QLinearGlobalAveragePool": "static quantization (integer arithmetic)",
+    "ImageDecoder": "it decodes bytes, which carry no gradient",
+    "Binarizer": "a step function of its input",
+    "NegativeLogLikelihoodLoss": "a training loss: attribute the model's outputs instead",
+    "SoftmaxCrossEntropyLoss": "a training loss: attribute the model's outputs instead",
+    "Adagrad": "a training optimizer step", "Adam": "a training optimizer step", "Momentum": "a training optimizer step",
+    "CausalConvWithState": "no rule yet", "LinearAttention": "no rule yet",
+    # linear in the common case, refused in the configuration `op_kind` calls unknown
+    "GridSample": "with a grid that varies with the attributed inputs (linear in X at a fixed grid)",
+    "RotaryEmbedding": "with cos/sin caches that vary with the attributed inputs (a rotation at fixed caches)",
+    "ScatterElements": "with a mul, max or min reduction", "ScatterND": "with a mul, max or min reduction",
+    "BatchNormalization": "in training mode (batch statistics)",
+}
+
+
+def refusal(op_type: str, kind: str) -> str:
+    """The sentence the DeepLift rewrite gives for a node it has no rule for."""
+    why = REFUSED.get(op_type)
+    return f"no DeepLift rule for {op_type}: {why}" if why else f"no DeepLift rule for {kind} op {op_type}"
+
+
+#: Scatter reductions that make the op nonlinear in its data and updates (no DeepLift rule)
+_NONLINEAR_REDUCTIONS = frozenset({"mul", "max", "min"})
+
+
+def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool], attrs: Mapping | None = None) -> str:
+    """`op_kind` for any domain: ai.onnx ops by the tables above, a few ai.onnx.ml ones, else unknown."""
+    if domain in ("", "ai.onnx"):
+        return op_kind(op_type, variable, attrs)
+    if domain == "ai.onnx.ml" and op_type in ML_LINEAR:
+        return "linear"
+    if domain in ("onnx_attr.smooth", "onnx_attr.quantized") and op_type in RULES:  # our own nodes: smooth's
+        return RULES[op_type].kind  # LogSumExpPool, rules/quantized.fuse_quantized_blocks' QuantizedBlock
+    if domain == "com.microsoft":  # converters/microsoft.py: each expands into the ONNX ops it fuses
+        return op_kind("MatMul", variable) if op_type == "FusedMatMul" else MICROSOFT_KINDS.get(op_type, "unknown")
+    return "unknown"
+
+
+def op_kind(op_type: str, variable: Sequence[bool], attrs: Mapping | None = None) -> str:
+    """Kind of an ai.onnx op given which of its inputs depend on the model's inputs (and, where
+    the kind depends on them, its attributes)."""
+    n_var = sum(variable)
+    if op_type in ("ScatterElements", "ScatterND") and (attrs or {}).get("reduction") in _NONLINEAR_REDUCTIONS:
+        return "unknown"
+    if op_type == "BatchNormalization" and (attrs or {}).get("training_mode"):  # batch statistics
+        return "unknown"
+    if op_type == "Div":  # a / b is linear in a; a varying divisor makes it a quotient
+        return "bilinear" if len(variable) > 1 and variable[1] else "linear"
+    if op_type == "GridSample":  # linear in X at a fixed grid; a varying grid moves the samples
+        return "unknown" if len(variable) > 1 and variable[1] else "linear"
+    if op_type == "RotaryEmbedding":  # a rotation of X by angles from the cos/sin caches
+        return "unknown" if any(variable[1:3]) else "linear"
+    if op_type == "OneHot":  # a selection of `values` by the indices: linear in values, no gradient to indices
+        return "linear" if len(variable) > 2 and variable[2] else "structural"
+    if op_type in ("Conv", "ConvTranspose"):  # linear in x and in the weight; a product when both vary
+        return "bilinear" if len(variable) > 1 and variable[0] and variable[1] else "linear"
+    if op_type in LINEAR:
+        return "linear"
+    if op_type in STRUCTURAL:
+        return "structural"
+    rule = RULES.get(op_type)
+    if rule is None:
+        return "unknown"
+    if rule.kind == "bilinear":  # a product with one varying operand is a constant scale
+        return "bilinear" if n_var >= 2 else "linear"
+    return rule.kind
+
+
+def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
+    """Each node with its kind, tracking which tensors vary with the (floating) graph inputs."""
+    graph = model.graph
+    variable = {i.name for i in graph.input}
+    out = []
+    for node in graph.node:
+        flags = [name in variable for name in node.input]
+        attrs = {a.name: _decoded(onnx.helper.get_attribute_value(a)) for a in node.attribute}
+        kind = domain_op_kind(node.domain, node.op_type, flags, attrs)
+        if any(flags) and kind != "structural":
+            variable.update(node.output)
+        out.append((node, kind))
+    return out
+
+
+def _decoded(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def nonlinear_nodes(model: onnx.ModelProto) -> list[dict]:
+    """The nodes DeepLift must treat specially (everything but linear and structural ones)."""
+    return [
+        {"node": node.name or f"{node.op_type}#{i}", "op": node.op_type, "kind": kind}
+        for i, (node, kind) in enumerate(node_kinds(model))
+        if kind not in ("linear", "structural")
+    ]

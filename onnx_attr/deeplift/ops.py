@@ -1,0 +1,140 @@
+"""DeepLift-aware ops: a converted op wrapped so that its forward is the plain op's, bit for bit,
+and its backward, while the engine runs DeepLift, is its rule's multipliers.
+
+`DeepLiftState` is shared by every wrapped op of one rewritten module: the engine's mode and the
+references recorded in the reference pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from onnx_attr.deeplift.rules import NodeInfo, Rule
+
+
+class ReferenceShapeMismatch(Exception):
+    """A batch-1 reference does not broadcast against the input here (batch merged into another dim)."""
+
+
+class DeepLiftState:
+    """Shared by every DeepLiftOp of one rewritten module: the mode and the recorded references."""
+
+    def __init__(self) -> None:
+        self.mode = "off"  # off | tap_baseline | reference | deeplift
+        # per DeepLiftOp: its inputs and output at the reference, and a memo of what its rule
+        # derives from them alone (kept, like them, as long as the baseline is reused)
+        self.refs: dict[int, tuple[list[Any], Tensor, dict]] = {}
+        self.tap_baselines: dict[int, Tensor] = {}  # embedding of the baseline ids, per tap
+        self.tap_leaves: dict[int, Tensor] = {}  # the embedding the main pass differentiates against
+
+    def clear(self) -> None:
+        self.mode, self.refs, self.tap_baselines, self.tap_leaves = "off", {}, {}, {}
+
+
+class BoundOp:
+    """Calls a converted module with its inputs in signature order, None for skipped ones.
+
+    onnx2torch passes the inputs after a skipped optional one as keyword arguments; a rule must
+    see every input positionally, with its reference, to differentiate through it.
+    """
+
+    def __init__(self, module: nn.Module, names: list[str]):
+        self.module, self.names = module, names
+
+    @functools.cached_property
+    def holds_tensors(self) -> bool:
+        """Whether the module holds tensor state beyond scalars (PRelu's per-channel slope)."""
+        return any(p.numel() > 1 for p in (*self.module.parameters(), *self.module.buffers()))
+
+    def full(self, args: tuple, kwargs: dict) -> list:
+        values = list(args) + [kwargs.get(n) for n in self.names[len(args):]]
+        while values and values[-1] is None:
+            values.pop()
+        return values
+
+    def split(self, values: Sequence[Any]) -> tuple[tuple, dict]:
+        """Positional arguments up to the first skipped input, keyword arguments after it."""
+        first_missing = next((i for i, v in enumerate(values) if v is None), len(values))
+        kwargs = {n: v for n, v in zip(self.names[first_missing:], values[first_missing:]) if v is not None}
+        return tuple(values[:first_missing]), kwargs
+
+    def __call__(self, *values):
+        args, kwargs = self.split(values)
+        return self.module(*args, **kwargs)
+
+
+class DeepLiftCall(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, op: "DeepLiftOp", refs: list, ref_out, memo: dict, *args):
+        ctx.graph, ctx.memo = None, memo
+        if op.rule.keeps_graph:  # the op's own graph at x, for a rule that differentiates it there
+            positions = op.info.variable_positions()
+            with torch.enable_grad():
+                live = [a.detach().requires_grad_(True) if i in positions and a.is_floating_point() else a
+                        for i, a in enumerate(args)]
+                out = op.bound(*live)
+            ctx.graph = ([live[i] for i in positions], out)
+            out = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
+        else:
+            out = op.bound(*args)
+        ctx.op, ctx.refs, ctx.ref_out = op, refs, ref_out
+        ctx.template = [None if isinstance(a, Tensor) else a for a in args]
+        ctx.is_tensor = [isinstance(a, Tensor) for a in args]
+        outs = out if isinstance(out, tuple) else (out,)
+        ctx.n_out = len(outs)
+        ctx.save_for_backward(*outs, *(a for a in args if isinstance(a, Tensor)))
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        saved = ctx.saved_tensors
+        outs, it = saved[:ctx.n_out], iter(saved[ctx.n_out:])
+        args = [next(it) if t else v for t, v in zip(ctx.is_tensor, ctx.template)]
+        out, grad = (outs[0], grads[0]) if ctx.n_out == 1 else (outs, grads)
+        extra = {"graph": ctx.graph} if ctx.graph is not None else {}
+        if ctx.op.rule.memoizes:
+            extra["memo"] = ctx.memo
+        grads_in = ctx.op.rule.backward(ctx.op.info, ctx.op.bound, grad, args, out, ctx.refs, ctx.ref_out, **extra)
+        ctx.graph = None
+        return (None, None, None, None, *grads_in)
+
+
+class DeepLiftOp(nn.Module):
+    """Wraps a converted op: plain forward always; the rule's multipliers as backward under DeepLift."""
+
+    def __init__(self, original: nn.Module, rule: Rule, info: NodeInfo, state: DeepLiftState):
+        super().__init__()
+        self.original = original
+        self.rule, self.info = rule, info
+        self._state = state
+        self.bound = BoundOp(original, signature_names(original))
+
+    def forward(self, *args, **kwargs):
+        state = self._state
+        if state.mode in ("off", "tap_baseline"):
+            return self.original(*args, **kwargs)
+        values = self.bound.full(args, kwargs)
+        if state.mode == "reference":
+            out = self.bound(*values)
+            detached = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
+            state.refs[id(self)] = ([a.detach() if isinstance(a, Tensor) else a for a in values], detached, {})
+            return out
+        refs, ref_out, memo = state.refs[id(self)]
+        for pos in self.info.variable_positions():
+            if not _broadcasts(refs[pos].shape, values[pos].shape):
+                raise ReferenceShapeMismatch(self.info.name)
+        return DeepLiftCall.apply(self, refs, ref_out, memo, *values)
+
+
+def signature_names(module: nn.Module) -> list[str]:
+    return [n for n, p in inspect.signature(module.forward).parameters.items()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _broadcasts(ref: torch.Size, actual: torch.Size) -> bool:
+    return len(ref) == len(actual) and all(r in (1, a) for r, a in zip(ref, actual))

@@ -1,0 +1,175 @@
+"""The DeepLift rewrite: one fx pass that wraps every nonlinear node in a `DeepLiftOp`.
+
+The pass is general: it asks `opkinds` what kind each node is (given which of its inputs vary
+with the attributed inputs) and `rules.RULES` for the rule of that op type. It never mutates the
+module it is given, and shares its weights. A `DeepLiftOp` (ops.py) computes exactly the wrapped
+op's forward; only while the engine runs DeepLift does its backward return the rule's multipliers.
+Token inputs and layers are attributed at taps (taps.py); RevealCancel fuses each nonlinearity
+with the weighted op before it (reveal_fusion.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from torch import fx
+
+from onnx_attr.deeplift.opkinds import domain_op_kind, op_kind, refusal
+from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, signature_names
+from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
+from onnx_attr.deeplift.rules import RULES, NodeInfo
+from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
+from onnx_attr.deeplift.taps import EmbeddingTap, LayerTap, embedding_taps, insert_layer_taps
+from onnx_attr.errors import UnsupportedOpError
+from onnx_attr.importing.specs import TensorSpec
+
+
+@dataclass
+class RewriteResult:
+    module: fx.GraphModule
+    state: DeepLiftState
+    rewritten: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, kind)
+    fallback: list[tuple[str, str]] = field(default_factory=list)  # (node, op) left with their gradient
+    taps: list[EmbeddingTap] = field(default_factory=list)  # where integer inputs are attributed
+    layers: list[LayerTap] = field(default_factory=list)  # tensors attributed instead of the inputs
+    reveal_cancel: list[str] = field(default_factory=list)  # nonlinearities given RevealCancel
+    reveal_cancel_skipped: list[str] = field(default_factory=list)  # no weighted op before them: Rescale
+
+
+def variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], sources: set[fx.Node] = frozenset()
+                    ) -> set[fx.Node]:
+    """Nodes whose value depends on a differentiable (floating) model input or an embedding tap."""
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    variable = {n for n, spec in zip(placeholders, inputs) if spec.differentiable} | set(sources)
+    for node in module.graph.nodes:
+        if node.op in ("call_module", "call_function"):
+            flags = [isinstance(a, fx.Node) and a in variable for a in (*node.args, *node.kwargs.values())]
+            if any(flags) and op_kind(node.meta.get("onnx_op", ""), flags) != "structural":
+                variable.add(node)
+    return variable
+
+
+def inline_expansions(module: fx.GraphModule) -> None:
+    """Splice the steps of fused nodes (`converters.microsoft.Expansion`: each step an ordinary ONNX
+    op) into the graph in place, so each step gets its own op's rule; named `node/step`."""
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or not getattr(module.get_submodule(node.target), "onnx_expansion", False):
+            continue
+        sub = module.get_submodule(node.target)
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        values = list(node.args) + [node.kwargs.get(p.target) for p in placeholders[len(node.args):]]
+        env: dict[fx.Node, Any] = dict(zip(placeholders, values))
+        outputs: Any = None
+        with module.graph.inserting_before(node):
+            for n in sub.graph.nodes:
+                if n.op == "placeholder":
+                    continue
+                if n.op == "output":
+                    outputs = fx.map_arg(n.args[0], lambda a: env[a])
+                    break
+                new = module.graph.node_copy(n, lambda a: env[a])
+                if n.op == "call_module":
+                    new.target = f"{node.target}__{n.target}"
+                    module.add_submodule(new.target, sub.get_submodule(n.target))
+                    new.meta["onnx_node"] = f"{node.meta.get('onnx_node', node.name)}/{n.meta['onnx_op']}"
+                    new.meta["onnx_opset"] = node.meta.get("onnx_opset", 0)
+                env[n] = new
+        if isinstance(outputs, (tuple, list)):  # users select outputs by index (convert.select_output)
+            for user in list(node.users):
+                chosen = outputs[user.args[1]]
+                chosen.meta.setdefault("onnx_tensor", user.meta.get("onnx_tensor"))
+                user.replace_all_uses_with(chosen)
+                module.graph.erase_node(user)
+        else:
+            if "onnx_tensor" in node.meta:
+                outputs.meta.setdefault("onnx_tensor", node.meta["onnx_tensor"])
+            node.replace_all_uses_with(outputs)
+        module.graph.erase_node(node)
+    module.graph.lint()
+    module.recompile()
+
+
+def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *,
+                         gradient_fallback: bool = False, layers: Sequence[str] = (),
+                         reveal_cancel: bool = False) -> RewriteResult:
+    """Wrap each nonlinear node in a DeepLiftOp; refuse (or, opted in, warn about) nodes with no rule.
+
+    `layers` names ONNX tensors to attribute instead of the inputs (layer attribution).
+    `reveal_cancel` fuses each elementwise nonlinearity fed by a weighted op into one node with
+    the RevealCancel rule; nonlinearities with no weighted op before them keep Rescale.
+    """
+    out = fx.GraphModule(module, copy.deepcopy(module.graph))
+    inline_expansions(out)
+    fuse_quantized_blocks(out)  # dynamically quantized blocks as one node each (rules/quantized.py)
+    state = DeepLiftState()
+    result = RewriteResult(out, state)
+    result.layers.extend(insert_layer_taps(out, state, layers))
+    taps = embedding_taps(out, inputs)
+    variable = variable_nodes(out, inputs, set(taps))
+    for index, (node, input_name) in enumerate(taps.items()):
+        tap = EmbeddingTap(out.get_submodule(node.target), state, node.meta["onnx_node"], input_name)
+        out.add_submodule(f"embedding_tap_{index}", tap)
+        node.target = f"embedding_tap_{index}"
+        result.taps.append(tap)
+    unsupported: list[tuple[str, str, int, str, str]] = []
+    for index, node, kind, info in varying_nodes(out, variable, taps):
+        if kind in ("linear", "structural"):
+            continue
+        op, flags = info.op_type, list(info.variable)
+        rule = RULES.get(op)
+        reason = "" if rule is not None else refusal(op, kind)
+        if rule is not None:
+            try:
+                rule.check(info)
+            except NotImplementedError as err:
+                reason = str(err)
+        if reason:
+            unsupported.append((op, node.meta.get("onnx_domain", ""), info.opset, info.name, reason))
+            continue
+        name = f"deeplift_{index}"
+        original = out.get_submodule(node.target)
+        if reveal_cancel and rule.kind == "unary":
+            fused = fuse_weighted_chain(out, node, flags, variable, name)
+            if fused is None:
+                result.reveal_cancel_skipped.append(info.name)
+            else:
+                original, flags = fused
+                rule = REVEAL_CANCEL
+                info = NodeInfo(op, info.attrs, info.opset, flags, info.name, info.n_outputs)
+                result.reveal_cancel.append(info.name)
+        out.add_submodule(name, DeepLiftOp(original, rule, info, state))
+        node.target = name
+        result.rewritten.append((info.name, op, rule.kind))
+    if unsupported and not gradient_fallback:
+        raise UnsupportedOpError(unsupported, action="DeepLift has no exact rule for", hint="pass gradient_fallback=True (CLI: --gradient-fallback) to let "
+                                                   "these nodes use their plain gradient, at the cost of completeness")
+    if unsupported:
+        result.fallback = [(u[3], u[0]) for u in unsupported]
+        warnings.warn("DeepLift falls back to the plain gradient at: "
+                      + ", ".join(f"{n} ({o})" for n, o in result.fallback), stacklevel=2)
+    out.graph.lint()
+    out.recompile()
+    return result
+
+
+def varying_nodes(module: fx.GraphModule, variable: set[fx.Node], skip: Any = ()
+                  ) -> Iterator[tuple[int, fx.Node, str, NodeInfo]]:
+    """Each converted node with an input varying with the attributed tensors, with its op kind and
+    what a rule reads about it (inputs in signature order; trailing skipped inputs dropped)."""
+    for index, node in enumerate(list(module.graph.nodes)):
+        if node.op != "call_module" or "onnx_op" not in node.meta or node in skip:
+            continue
+        op = node.meta["onnx_op"]
+        names = signature_names(module.get_submodule(node.target))
+        inputs_in_order = list(node.args) + [node.kwargs.get(n) for n in names[len(node.args):]]
+        flags = [isinstance(a, fx.Node) and a in variable for a in inputs_in_order]
+        while flags and not flags[-1] and inputs_in_order[len(flags) - 1] is None:
+            flags.pop()
+        if not any(flags):
+            continue
+        kind = domain_op_kind(node.meta.get("onnx_domain", ""), op, flags, node.meta.get("onnx_attrs"))
+        yield index, node, kind, NodeInfo(op, node.meta.get("onnx_attrs", {}), node.meta.get("onnx_opset", 0), flags,
+                                          node.meta["onnx_node"], len(node.meta.get("onnx_outputs", ())) or 1)

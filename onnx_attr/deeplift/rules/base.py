@@ -1,0 +1,162 @@
+"""Rule classes and the one registry that maps an ONNX op type to its DeepLift rule.
+
+A rule turns (the incoming gradient, the node's inputs and output, and their recorded
+references) into the gradient for each input: the DeepLift multipliers. Three shapes cover
+every op: `UnaryRule` (rescale), `ProductRule` (Shapley), and `DecomposedRule`, whose
+subclasses write the op with the paired primitives and let autograd do the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from onnx_attr.deeplift.rules.paired import product, rescale_multiplier
+
+RULES: dict[str, "Rule"] = {}
+
+
+def rule(*op_types: str) -> Callable[[type], type]:
+    """Register one instance of the decorated rule class for each ONNX op type."""
+
+    def deco(cls: type) -> type:
+        for op in op_types:
+            if op in RULES:
+                raise ValueError(f"duplicate DeepLift rule for {op}: {cls.__name__} and {type(RULES[op]).__name__}")
+            RULES[op] = cls()
+        return cls
+
+    return deco
+
+
+class NodeInfo:
+    """What a rule may read about its node: ONNX op, attributes, opset, and which inputs vary."""
+
+    def __init__(self, op_type: str, attrs: dict, opset: int, variable: Sequence[bool], name: str,
+                 n_outputs: int = 1):
+        self.op_type, self.attrs, self.opset, self.variable, self.name = op_type, attrs, opset, tuple(variable), name
+        self.n_outputs = n_outputs
+        self._positions = tuple(i for i, v in enumerate(self.variable) if v)
+
+    def variable_positions(self) -> tuple[int, ...]:
+        return self._positions
+
+
+class Rule:
+    kind = "composite"
+    #: the rule differentiates the op at x: the forward keeps the op's graph and the backward
+    #: gets it as `graph=(variable inputs, output)`, so the op is not run at x a second time
+    keeps_graph = False
+    #: the backward gets `memo=`, a dict for what it derives from the reference alone: it lives as
+    #: long as the recorded reference, so a baseline reused over many batches computes it once
+    memoizes = False
+
+    def check(self, info: NodeInfo) -> None:
+        """Raise NotImplementedError (with a sentence) for configurations the rule cannot make exact."""
+
+    def backward(self, info: NodeInfo, call: Callable, grad: Tensor, args: Sequence[Any], out: Tensor,
+                 refs: Sequence[Any], ref_out: Tensor) -> list[Tensor | None]:
+        raise NotImplementedError
+
+
+def _substitute(args: Sequence[Any], values: dict[int, Any]) -> list[Any]:
+    return [values.get(i, a) for i, a in enumerate(args)]
+
+
+def reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to an input's shape."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.dim() - len(shape)
+    grad = grad.sum(dim=tuple(range(extra))) if extra > 0 else grad
+    dims = tuple(i for i, (g, s) in enumerate(zip(grad.shape, shape)) if s == 1 and g != 1)
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
+
+
+def _require_varying(info: NodeInfo, count: int, why: str) -> None:
+    found = len(info.variable_positions())
+    if found != count:
+        raise NotImplementedError(f"{info.op_type} with {found} input(s) varying with the attributed inputs {why}")
+
+
+def _has_parameters(call: Callable) -> bool:
+    """A converted module holding tensor state (PRelu's slope, per channel) cannot run on a subset."""
+    return getattr(call, "holds_tensors", False)  # the rewrite passes a BoundOp
+
+
+class UnaryRule(Rule):
+    """Any elementwise op of one varying input (other inputs constant: PRelu slope, Clip bounds)."""
+
+    kind = "unary"
+    #: slopes 0 and 1 only (Relu, Clip): the secant is exact in floating point (see rescale_multiplier)
+    exact_secant = False
+    memoizes = True  # the gradient at the reference, for the exact secant's holes
+
+    def check(self, info: NodeInfo) -> None:
+        _require_varying(info, 1, "is not elementwise-unary")
+
+    def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
+        (pos,) = info.variable_positions()
+        x, x0 = args[pos], refs[pos]
+        f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
+        # only the tolerance path takes gradients on a subset of elements (not on the exact secant's hot path)
+        elementwise = not self.exact_secant and not _has_parameters(call) and all(
+            not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
+        m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=elementwise, exact_secant=self.exact_secant,
+                               memo=memo)
+        grads: list[Tensor | None] = [None] * len(args)
+        grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
+        return grads
+
+
+class DecomposedRule(Rule):
+    """The op written with paired primitives; autograd through the decomposition gives the multipliers."""
+
+    #: the decomposition's split has terms that cancel by orders of magnitude (a shift carried in and
+    #: out of a log-sum-exp, a normalisation's 1/σ at a near-constant reference): its multipliers are
+    #: computed in float64 from float32 or narrower inputs (see `_widened`), then rounded back once
+    wide = False
+
+    def decompose(self, info: NodeInfo, call: Callable, args: list[Any], refs: list[Any]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def backward(self, info, call, grad, args, out, refs, ref_out):
+        positions = info.variable_positions()
+        refs = list(refs)
+        for i in positions:  # a shared (batch-1) reference, expanded as a view: composites see equal shapes
+            if refs[i].shape != args[i].shape:
+                refs[i] = refs[i].expand_as(args[i])
+        wide = self.wide and _widened(args[positions[0]]) if positions else False
+        with torch.enable_grad():
+            live = list(args)
+            for i in positions:
+                live[i] = args[i].detach().to(torch.float64 if wide else args[i].dtype).requires_grad_(True)
+                refs[i] = refs[i].double() if wide else refs[i]
+            y, _ = self.decompose(info, call, live, refs)
+            found = torch.autograd.grad(y, [live[i] for i in positions], grad.double() if wide else grad,
+                                        allow_unused=True)
+        grads: list[Tensor | None] = [None] * len(args)
+        for i, g in zip(positions, found):
+            grads[i] = g.to(args[i].dtype) if g is not None else torch.zeros_like(args[i])
+        return grads
+
+
+def _widened(x: Tensor) -> bool:
+    """Whether a wide rule computes in float64: for float32 and narrower, where the device has it."""
+    return x.is_floating_point() and x.dtype != torch.float64 and x.device.type != "mps"
+
+
+class ProductRule(DecomposedRule):
+    """Two varying operands of an op bilinear in them (constants may add or scale)."""
+
+    kind = "bilinear"
+
+    def check(self, info: NodeInfo) -> None:
+        _require_varying(info, 2, "is not a product of two: the Shapley product rule is exact for two")
+
+    def decompose(self, info, call, args, refs):
+        i, j = info.variable_positions()
+        fn = lambda a, b: call(*_substitute(args, {i: a, j: b}))  # noqa: E731
+        return product(fn, args[i], refs[i], args[j], refs[j])

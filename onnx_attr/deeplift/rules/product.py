@@ -1,0 +1,30 @@
+"""Products of two varying operands (gates, attention): the Shapley product rule."""
+
+from __future__ import annotations
+
+import torch
+
+from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, ProductRule, rule
+from onnx_attr.deeplift.rules.paired import product, rescale
+
+
+@rule("Mul", "MatMul", "Gemm", "Einsum", "Conv", "ConvTranspose")
+class ShapleyProduct(ProductRule):
+    """Δ(a∘b) = Δa∘(b+b0)/2 + (a+a0)/2∘Δb, exact for any op bilinear in a and b."""
+
+
+@rule("Div")
+class Quotient(DecomposedRule):
+    """a / b = a · (1/b): rescale through the reciprocal, then the product rule when a varies too."""
+
+    kind = "bilinear"
+
+    def check(self, info: NodeInfo) -> None:
+        if not info.variable[1]:
+            raise NotImplementedError("Div by a constant is linear and needs no rule")
+
+    def decompose(self, info, call, args, refs):
+        r, r0 = rescale(torch.reciprocal, args[1], refs[1])
+        if info.variable[0]:
+            return product(torch.mul, args[0], refs[0], r, r0)
+        return args[0] * r, refs[0] * r0

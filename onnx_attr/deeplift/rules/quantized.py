@@ -1,0 +1,170 @@
+"""Dynamically quantized blocks: quantize the input over its own range, an integer op with
+integer weights, dequantize. DeepLift treats the block as the float op it approximates (the
+dequantized weights give the multipliers) and credits the rounding residual back exactly:
+for each example, r = Δy − W·Δx (what quantization changed of the block's difference) is spread
+over that example's inputs in proportion to Δx, m = Wᵀg + Δx·(g·r)/‖Δx‖², so
+Σ m·Δx = g·W·Δx + g·r = g·Δy, as exact as the secant of a unary op.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, fx, nn
+
+from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, rule
+
+
+def credited(exact: Callable[[Tensor], Tensor], linear: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor,
+             batch_axis: int) -> tuple[Tensor, Tensor]:
+    """(y, y0) = (exact(x), exact(x0)) carrying the multipliers of `linear` plus the residual's share.
+
+    The value is the quantized block's own; only the backward differs. An example whose Δx is 0 gets
+    no share (its residual is then 0 unless the block's range is shared with other examples)."""
+    y, y0 = exact(x.detach()), exact(x0)
+    z = linear(x)
+    residual = ((y - y0) - (z.detach() - linear(x0))).detach()
+    axes = tuple(a for a in range(x.dim()) if a != batch_axis % x.dim())
+    dx = (x - x0).detach()
+    norm2 = (dx * dx).sum(axes, keepdim=True)
+    share = ((x - x0) * dx).sum(axes, keepdim=True) / torch.where(norm2 > 0, norm2, torch.ones_like(norm2))
+    # x and y have the same rank and batch axis (the map acts on the last axis): share broadcasts
+    return y.detach() + (z - z.detach()) + residual * (share - share.detach()), y0
+
+
+# --- DynamicQuantizeLinear → ConvInteger/MatMulInteger (→ Add) → Cast → Mul, as one node ---------
+
+_INTEGER_OPS = ("ConvInteger", "MatMulInteger")
+
+
+def _op(node: fx.Node) -> str:
+    return node.meta.get("onnx_op", "") if node.op == "call_module" else ""
+
+
+def _block_output(integer: fx.Node) -> fx.Node | None:
+    """The Mul that dequantizes an integer op's result: through integer Adds (the quantized bias)
+    to a Cast, then its one Mul; None when the graph does not have that shape."""
+    node = integer
+    while len(node.users) == 1 and _op(next(iter(node.users))) == "Add":
+        node = next(iter(node.users))
+    users = list(node.users)
+    if len(users) != 1 or _op(users[0]) != "Cast" or len(users[0].users) != 1:
+        return None
+    mul = next(iter(users[0].users))
+    return mul if _op(mul) == "Mul" else None
+
+
+def _ancestors(node: fx.Node, stop: fx.Node) -> set[fx.Node] | None:
+    """The nodes `node` is computed from, not looking past `stop`; None if a graph input is among
+    them (the block then reads more than `stop`)."""
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n in seen or n is stop:
+            continue
+        if n.op == "placeholder":
+            return None
+        seen.add(n)
+        stack.extend(a for a in (*n.args, *n.kwargs.values()) if isinstance(a, fx.Node))
+        stack.extend(a for v in (*n.args, *n.kwargs.values()) if isinstance(v, (list, tuple))
+                     for a in v if isinstance(a, fx.Node))
+    return seen
+
+
+class QuantizedBlock(nn.Module):
+    """The nodes from a DynamicQuantizeLinear's input x to the Mul that dequantizes the integer
+    op's result, replayed as they are (`forward`, bit for bit) or straight through (`linear`):
+    x/s + zp for the quantized x at the scale and zero point of `at`, the integer op summed in
+    float64, Casts passed over: the float op with the dequantized weights, plus a constant."""
+
+    def __init__(self, sub: fx.GraphModule):
+        super().__init__()
+        self.sub = sub
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.sub(x)
+
+    def linear(self, v: Tensor, at: Tensor) -> Tensor:
+        return _StraightThrough(self.sub, at).run(v).to(at.dtype)
+
+
+class _StraightThrough(fx.Interpreter):
+    def __init__(self, sub: fx.GraphModule, at: Tensor):
+        super().__init__(sub)
+        self.at = at
+
+    def run_node(self, n: fx.Node) -> Any:
+        op = _op(n)
+        if op not in ("DynamicQuantizeLinear", "Cast", *_INTEGER_OPS):
+            return super().run_node(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        module = self.fetch_attr(n.target)
+        if op == "Cast":
+            return args[0]
+        if op == "DynamicQuantizeLinear":
+            _, scale, zero = module(self.at)
+            return args[0].to(torch.float64) / scale.double() + zero.double(), scale, zero
+        from onnx_attr.deeplift.ops import BoundOp, signature_names
+
+        values = BoundOp(module, signature_names(module)).full(args, kwargs)
+        if op == "ConvInteger":
+            return module.accumulate(*values)
+        a, b, a_zero, b_zero = values + [None] * (4 - len(values))
+        centred = lambda t, z: t.to(torch.float64) - (0.0 if z is None else z.to(torch.float64))  # noqa: E731
+        return centred(a, a_zero) @ centred(b, b_zero if b_zero is None or b_zero.dim() == 0 else b_zero.reshape(1, -1))
+
+
+def fuse_quantized_blocks(module: fx.GraphModule) -> int:
+    """Replace each dynamically quantized block by one `QuantizedBlock` node (op "QuantizedBlock",
+    named after its integer op), so that DeepLift sees x → y; returns how many were fused."""
+    count = 0
+    for integer in [n for n in module.graph.nodes if _op(n) in _INTEGER_OPS]:
+        source = integer.args[0] if integer.args else None
+        quantize = source.args[0] if isinstance(source, fx.Node) and source.op == "call_function" and source.args \
+            else None
+        if not isinstance(quantize, fx.Node) or _op(quantize) != "DynamicQuantizeLinear":
+            continue
+        x = quantize.args[0]
+        out = _block_output(integer)
+        inner = _ancestors(out, x) if out is not None and isinstance(x, fx.Node) else None
+        if inner is None:
+            continue
+        graph = fx.Graph()
+        env = {x: graph.placeholder("x")}
+        for n in module.graph.nodes:
+            if n in inner:
+                env[n] = graph.node_copy(n, lambda a: env[a])
+        graph.output(env[out])
+        name = f"quantized_block_{count}"
+        module.add_submodule(name, QuantizedBlock(fx.GraphModule(module, graph)))
+        with module.graph.inserting_after(out):
+            fused = module.graph.call_module(name, (x,))
+        fused.meta.update(onnx_op="QuantizedBlock", onnx_domain=QUANTIZED_DOMAIN, onnx_opset=1,
+                          onnx_node=f"{integer.meta.get('onnx_node', integer.name)} (dynamically quantized)",
+                          onnx_tensor=out.meta.get("onnx_tensor"), onnx_attrs={})
+        out.replace_all_uses_with(fused)
+        count += 1
+    if count:
+        module.graph.eliminate_dead_code()
+        module.graph.lint()
+        module.recompile()
+    return count
+
+
+QUANTIZED_DOMAIN = "onnx_attr.quantized"
+
+
+@rule("QuantizedBlock")
+class QuantizedBlockRule(DecomposedRule):
+    """The block as its float op, the rounding residual credited over Δx (see `credited`)."""
+
+    def check(self, info: NodeInfo) -> None:
+        if info.variable_positions() != (0,):
+            raise NotImplementedError("a quantized block whose weights vary with the input")
+
+    def decompose(self, info, call, args, refs):
+        block = call.module
+        x = args[0]
+        return credited(block, lambda v: block.linear(v, x.detach()), x, refs[0], 0)

@@ -1,0 +1,109 @@
+"""Smooth substitution: ReLU -> Softplus(β) and MaxPool -> log-sum-exp pooling, in the imported
+graph, so a user can compare explanations of the model and of its smoothed twin (as in "sanity
+checks for saliency on text", arXiv 2106.07475). The change in the model's outputs is measured
+and reported, never assumed small.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from onnx_attr.importing.converters.pooling import MaxPool
+from onnx_attr.errors import InputError
+from onnx_attr.deeplift.layers import replace_modules
+
+#: Where the substituted ops live: not ONNX ops, but ours, with DeepLift rules of their own.
+SMOOTH_DOMAIN = "onnx_attr.smooth"
+
+
+class SmoothRelu(nn.Module):
+    """Softplus with sharpness β: log(1 + exp(βx)) / β, which tends to ReLU as β grows."""
+
+    def __init__(self, beta: float):
+        super().__init__()
+        self.beta = float(beta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(x, beta=self.beta, threshold=20.0)
+
+
+class LogSumExpPool(MaxPool):
+    """log Σ_window exp(βx) / β over MaxPool's windows (same kernel, strides, pads, dilations,
+    ceil mode); it tends to the window maximum as β grows."""
+
+    def __init__(self, attrs: dict, beta: float):
+        super().__init__(attrs)
+        self.beta = float(beta)
+
+    def windows(self, x: Tensor, pad: float = 0.0) -> Tensor:
+        """[N, C, *out, K]: each output position's window, padded with `pad` (see `valid`)."""
+        plan = self.plan(tuple(x.shape[2:]))
+        w = F.pad(x, plan.pads, value=pad)
+        for axis, (k, s, d) in enumerate(zip(self.attrs["kernel_shape"], plan.strides, plan.dilations)):
+            w = w.unfold(2 + axis, (k - 1) * d + 1, s)[..., ::d]
+        return w.flatten(-len(plan.strides))
+
+    def valid(self, x: Tensor) -> Tensor:
+        """[1, 1, *out, K]: which window entries are inside the input (not padding)."""
+        return self.windows(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)) > 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = (self.beta * self.windows(x)).masked_fill(~self.valid(x), float("-inf"))
+        return torch.logsumexp(z, -1) / self.beta
+
+
+def smooth(model, *, relu_beta: Optional[float] = 10.0, maxpool_beta: Optional[float] = 10.0,
+           inputs: Any = None, seed: int = 0):
+    """A copy of the imported model with every Relu a Softplus(relu_beta) and every MaxPool a
+    log-sum-exp pooling (None leaves that op alone). The copy's `smoothing` attribute reports the
+    nodes replaced and the change in each output on `inputs` (a seeded random sample by default).
+    """
+    for name, beta in (("relu_beta", relu_beta), ("maxpool_beta", maxpool_beta)):
+        if beta is not None and not beta > 0:
+            raise InputError(f"{name} must be positive, got {beta}")
+
+    def swap(node, old):
+        op = node.meta.get("onnx_op")
+        if op == "Relu" and relu_beta is not None:
+            return SmoothRelu(relu_beta), {"onnx_op": "Softplus", "smoothed_from": op, "onnx_domain": ""}
+        if op == "MaxPool" and maxpool_beta is not None and isinstance(old, MaxPool):
+            return LogSumExpPool(old.attrs, maxpool_beta), {"onnx_op": "LogSumExpPool", "smoothed_from": op,
+                                                            "onnx_domain": SMOOTH_DOMAIN}
+        return None
+
+    module, nodes = replace_modules(model, swap, "smoothed")
+    replaced = [{"node": n.meta.get("onnx_node"), "from": n.meta["smoothed_from"], "to": n.meta["onnx_op"],
+                 "beta": relu_beta if n.meta["smoothed_from"] == "Relu" else maxpool_beta} for n in nodes]
+    smoothed = model.with_module(module, notes=[f"smoothed: {len(replaced)} node(s) replaced (Relu -> "
+                                                f"Softplus(beta={relu_beta}), MaxPool -> LogSumExpPool(beta="
+                                                f"{maxpool_beta}))"])
+    smoothed.smoothing = {"replaced": replaced, "output_change": _output_change(model, smoothed, inputs, seed)}
+    smoothed.smoothed_from = model
+    return smoothed
+
+
+def _output_change(model, smoothed, inputs: Any, seed: int) -> list[dict]:
+    """Per output: max |Δ|, max |Δ| / max |original|, and, for [N, classes] outputs, how often the
+    top class stays the same."""
+    from onnx_attr.importing.inputs import sample_inputs
+
+    args = model.prepare(inputs if inputs is not None else sample_inputs(model.inputs, seed, symbolic_size=8))
+    with torch.no_grad():
+        before, after = model(*args), smoothed(*args)
+    before = before if isinstance(before, (tuple, list)) else (before,)
+    after = after if isinstance(after, (tuple, list)) else (after,)
+    report = []
+    for spec, a, b in zip(model.outputs, before, after):
+        if not (a.is_floating_point() and b.is_floating_point()):
+            continue
+        diff = float((a - b).abs().max()) if a.numel() else 0.0
+        entry = {"output": spec.name, "max_abs_change": diff,
+                 "max_rel_change": diff / max(float(a.abs().max()) if a.numel() else 0.0, 1e-12)}
+        if a.dim() == 2 and a.shape[1] > 1:
+            entry["top1_agreement"] = float((a.argmax(1) == b.argmax(1)).double().mean())
+        report.append(entry)
+    return report

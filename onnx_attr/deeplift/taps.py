@@ -1,0 +1,162 @@
+"""Taps: where the DeepLift engine attributes something other than a floating model input.
+
+An `EmbeddingTap` marks a lookup of a constant table (or a one-hot) by integer ids, so token
+inputs are attributed at their embedding; a `LayerTap` marks a hidden tensor attributed instead of
+the inputs (layer attribution). Both make their tensor the leaf the main pass differentiates.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, fx, nn
+
+from onnx_attr.deeplift.ops import DeepLiftState
+from onnx_attr.importing.specs import TensorSpec
+
+
+class EmbeddingTap(nn.Module):
+    """A Gather of a constant table by token ids: where integer inputs are attributed.
+
+    Its output is the attributed tensor: the main pass differentiates against it, the reference
+    pass substitutes the embedding of the baseline ids (recorded in a `tap_baseline` pass), so
+    masks and positions computed from the ids stay those of the input in both passes.
+    """
+
+    def __init__(self, original: nn.Module, state: DeepLiftState, node: str, input_name: str):
+        super().__init__()
+        self.original, self._state, self.node, self.input_name = original, state, node, input_name
+
+    def forward(self, *args, **kwargs):
+        out = self.original(*args, **kwargs)
+        state = self._state
+        if state.mode == "tap_baseline":
+            state.tap_baselines[id(self)] = out.detach()
+        elif state.mode == "reference":
+            out = state.tap_baselines[id(self)].expand_as(out)
+        elif state.mode == "deeplift":
+            out = out.detach().requires_grad_(True)
+            state.tap_leaves[id(self)] = out
+        return out
+
+
+def insert_layer_taps(module: fx.GraphModule, state: DeepLiftState, layers: Sequence[str]) -> list[LayerTap]:
+    """A LayerTap after each named tensor's node, between it and all of its users."""
+    from onnx_attr.deeplift.layers import insert_after
+
+    return insert_after(module, layers, lambda name: LayerTap(state, name), "layer_tap")
+
+
+class LayerTap(nn.Module):
+    """Marks an ONNX tensor whose attributions are wanted (layer attribution).
+
+    The reference pass records its reference value; the main pass differentiates against it (the
+    layer becomes the leaf, so the multipliers are those of the output w.r.t. this tensor).
+    """
+
+    def __init__(self, state: DeepLiftState, tensor: str):
+        super().__init__()
+        self._state, self.tensor = state, tensor
+
+    def forward(self, x):
+        state = self._state
+        if state.mode == "reference":
+            state.tap_baselines[id(self)] = x.detach()
+        elif state.mode == "deeplift":
+            x = x.detach().requires_grad_(True)
+            state.tap_leaves[id(self)] = x
+        return x
+
+
+#: Ops whose output depends on their input's shape only, not on its values.
+SHAPE_ONLY = frozenset({"Shape", "Size", "ConstantOfShape", "EyeLike"})
+
+
+def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict[fx.Node, set[str]]:
+    """For each node, the integer (non-differentiable) model inputs its *values* are computed from
+    (positions made from Range(Shape(ids)) are not: they depend on the ids' shape alone)."""
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    sources = {n: {spec.name} for n, spec in zip(placeholders, inputs) if spec.dtype is not None
+               and not spec.differentiable}
+    for node in module.graph.nodes:
+        if node.meta.get("onnx_op") in SHAPE_ONLY:
+            continue
+        if node.op in ("call_module", "call_function"):
+            found = set().union(*(sources.get(a, set()) for a in (*node.args, *node.kwargs.values())
+                                  if isinstance(a, fx.Node)))
+            if found:
+                sources[node] = found
+    return sources
+
+
+def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict[fx.Node, str]:
+    """Where ids derived from one integer input become floating values that carry them: a Gather
+    of a constant table (an embedding), or a floating one-hot (Cast(Equal(ids, classes)), as tf2onnx
+    writes it, or OneHot) whose last axis is the class axis."""
+    sources = _integer_sources(module, inputs)
+    taps = {}
+    for node in module.graph.nodes:
+        if node.op != "call_module" or len(node.args) < 1:
+            continue
+        op = node.meta.get("onnx_op")
+        if op == "Gather" and len(node.args) >= 2:
+            table, ids = node.args[0], node.args[1]
+            if not (isinstance(table, fx.Node) and table not in sources and _constant(table)):
+                continue
+        elif op == "Cast" and _cast_dtype(module.get_submodule(node.target)) in _FLOATS:
+            ids = _compared_ids(node.args[0], sources)
+        elif op == "OneHot":
+            ids = node.args[0] if all(_constant(a) for a in node.args[1:] if isinstance(a, fx.Node)) else None
+        else:
+            continue
+        if isinstance(ids, fx.Node) and len(sources.get(ids, ())) == 1:
+            taps[node] = next(iter(sources[ids]))
+    return taps
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _cast_dtype(cast: nn.Module) -> Optional[torch.dtype]:
+    """What a Cast module casts to (ours: `dtype`; onnx2torch's: `torch_dtype`)."""
+    return getattr(cast, "dtype", getattr(cast, "torch_dtype", None))
+
+
+def _compared_ids(node: Any, sources: dict[fx.Node, set[str]]) -> Optional[fx.Node]:
+    """The ids side of Equal(ids, classes) when the classes carry no input's values (constants,
+    or built from shapes), so that its Cast is a one-hot of the ids."""
+    if not isinstance(node, fx.Node) or node.meta.get("onnx_op") != "Equal" or len(node.args) != 2:
+        return None
+    a, b = node.args
+    for ids, classes in ((a, b), (b, a)):
+        if isinstance(ids, fx.Node) and ids in sources and _class_table(classes):
+            return ids
+    return None
+
+
+_SAME_VALUES = frozenset({"Expand", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Cast"})
+
+
+def _class_table(node: Any) -> bool:
+    """A constant with several values along its last axis: the classes of a one-hot (a single
+    value, as in Equal(ids, pad_id), makes a mask instead, which stays computed from the ids)."""
+    while isinstance(node, fx.Node) and node.meta.get("onnx_op") in _SAME_VALUES and node.args:
+        node = node.args[0]  # broadcast or reshaped: the same class values
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return False
+    value = functools.reduce(getattr, node.target.split("."), node.graph.owning_module)
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[-1] > 1
+
+
+def _constant(node: fx.Node) -> bool:
+    """Computed from initializers alone (no placeholder among its ancestors)."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n.op == "placeholder":
+            return False
+        seen.add(n)
+        stack.extend(a for a in (*n.args, *n.kwargs.values()) if isinstance(a, fx.Node) and a not in seen)
+    return True

@@ -1,0 +1,171 @@
+"""Where the batch is: found from the graph's declared shapes, then checked on the call's values.
+
+Exports put the batch where their framework had it: axis 0 of an image, axis 1 of an LSTM state
+(`state [2, batch, 128]`), nowhere for a sample rate or a state of fixed batch 1 (`h [1, 1, 128]`),
+and a time-major recogniser puts it on axis 1 of its [T, N, C] output. A symbol shared by several
+inputs is the batch; an input without it has no batch and is held at its given value. Declared
+symbols can still mislead: a model that runs its axis 0 through an LSTM as time declares it like a
+batch. So before a method stacks rows (IG's steps), `probe` runs the rows [x', x] and [x, x'] and
+checks that x's half of each output is the same in both: rows that influence each other are not a
+batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from onnx_attr.importing.specs import TensorSpec
+
+
+def batch_axes(specs: Sequence[TensorSpec], tensors: Sequence[Tensor] | None = None) -> list[Optional[int]]:
+    """The batch axis of each input (None: it has no batch), from the declared shapes.
+
+    A symbol named by two or more inputs is the batch, on whatever axis each input has it.
+    Without one, the first input's axis 0 is (the convention of every exporter), and another
+    input has it on axis 0 when that axis is not fixed, on its only free axis when it has one,
+    or on axis 0 when the export fixes both to the same size; otherwise it has no batch. A 0-d
+    value never has one."""
+    shapes = [s.shape for s in specs]
+    counts = Counter(d for shape in shapes if shape for d in dict.fromkeys(x for x in shape if isinstance(x, str)))
+    shared = [d for d, c in counts.items() if c > 1]
+    if shared:
+        symbol = max(shared, key=lambda d: (counts[d], any(shape and shape[0] == d for shape in shapes)))
+        axes = [shape.index(symbol) if shape and symbol in shape else None for shape in shapes]
+    else:
+        lead = next((shape for shape in shapes if shape is None or len(shape) > 0), None)
+        axes = [_axis_without_symbol(shape, lead) for shape in shapes]
+    if tensors is not None:
+        axes = [None if t.dim() == 0 or (a is not None and a >= t.dim()) else a for a, t in zip(axes, tensors)]
+    return axes
+
+
+def output_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> list[Optional[int]]:
+    """Each output's batch axis as declared (the inputs' batch symbol, else the first input's
+    convention); `probe` settles it on a call's values, where a time-major output may differ."""
+    axes = batch_axes(inputs)
+    symbol = next((s.shape[a] for s, a in zip(inputs, axes) if a is not None and s.shape
+                   and isinstance(s.shape[a], str)), None)
+    lead = next((s.shape for s in inputs if s.shape is None or len(s.shape) > 0), None)
+    found = []
+    for spec in outputs:
+        if symbol is not None and spec.shape and symbol in spec.shape:
+            found.append(spec.shape.index(symbol))
+        else:
+            found.append(_axis_without_symbol(spec.shape, lead) if spec.shape != lead else 0)
+    return found
+
+
+def fixed_batch(specs: Sequence[TensorSpec]) -> Optional[int]:
+    """The batch size an export fixes (a positive int on the first batched input's batch axis)."""
+    for spec, axis in zip(specs, batch_axes(specs)):
+        if axis is not None and spec.shape:
+            return spec.shape[axis] if _fixed(spec.shape[axis]) else None
+    return None
+
+
+def _axis_without_symbol(shape, lead) -> Optional[int]:
+    if shape is None:
+        return 0  # rank unknown: the convention
+    if not shape:
+        return None
+    if shape is lead or not _fixed(shape[0]):
+        return 0
+    free = [i for i, d in enumerate(shape) if not _fixed(d)]
+    if len(free) == 1:
+        return free[0]
+    if not free and lead and _fixed(lead[0]) and lead[0] == shape[0]:
+        return 0
+    return None
+
+
+def _fixed(d) -> bool:
+    return isinstance(d, int) and d > 0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What `probe` found for one set of input shapes."""
+
+    stackable: bool  # the batch axes hold independent rows (else the tensors are one whole example)
+    outputs: tuple[Optional[int], ...]  # each output's batch axis (None: it has no batch)
+    doubles: bool = False  # two rows ran and came out right: a declared fixed batch is not binding
+
+
+def probe(model, tensors: Sequence[Tensor], axes: Sequence[Optional[int]]) -> Layout:
+    """Run rows [x', x] (x' = x halved, a different example) along the batch axes and compare the
+    second half of every output with f(x); cached on the model per input shapes."""
+    key = tuple((tuple(t.shape), str(t.dtype), a) for t, a in zip(tensors, axes))
+    cache = model.__dict__.setdefault("_batch_layouts", {})
+    if key not in cache:
+        cache[key] = _probe(model, tensors, axes)
+    return cache[key]
+
+
+def output_axis(model, tensors: Sequence[Tensor], index: int) -> Optional[int]:
+    """Output `index`'s batch axis on these inputs (None: the output is one whole example)."""
+    layout = probe(model, tensors, batch_axes(model.inputs, tensors))
+    return layout.outputs[index] if index < len(layout.outputs) else 0
+
+
+def _probe(model, tensors, axes) -> Layout:
+    if (fixed_batch(model.inputs) or 1) > 1:  # one row is outside what the export declares: as declared
+        return Layout(True, tuple(0 for _ in model.outputs))
+    one = [t if a is None else t.narrow(a, 0, 1) for t, a in zip(tensors, axes)]  # one example: cheap
+    with torch.no_grad():
+        try:
+            single = _outputs(model(*one))
+        except Exception:  # an export whose batch is fixed above 1: its axes are as declared
+            return Layout(True, tuple(0 for _ in model.outputs))
+        if not any(a is not None for a in axes):
+            return Layout(False, tuple(None for _ in single))
+        other = [t if a is None else (t * 0.5 if t.is_floating_point() else t) for t, a in zip(one, axes)]
+        doubled = [t if a is None else torch.cat([o, t], dim=a) for t, o, a in zip(one, other, axes)]
+        swapped = [t if a is None else torch.cat([t, o], dim=a) for t, o, a in zip(one, other, axes)]
+        try:
+            pair, first = _outputs(model(*doubled)), _outputs(model(*swapped))
+        except Exception:  # the export bakes its batch size in: the axes are as declared
+            return Layout(True, tuple(_fallback_axis(o) for o in single))
+    found = [_matching_axis(s, p, f) for s, p, f in zip(single, pair, first)]
+    if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
+        return Layout(False, tuple(None for _ in single))
+    return Layout(True, tuple(None if f == "none" else f for f in found), doubles=True)
+
+
+def _outputs(out) -> list[Tensor]:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _fallback_axis(out: Tensor) -> Optional[int]:
+    return 0 if out.dim() else None
+
+
+def _matching_axis(single: Tensor, pair: Tensor, first: Tensor):
+    """The axis along which `pair` (rows [x', x]) holds two blocks, its second equal to the first
+    block of `first` (rows [x, x']): x's output does not depend on the row before it. Both runs
+    have two rows, so the kernels round alike (a batch of 1 may not: logits of 1e6 through a
+    softmax would differ). "none" when the output did not grow (no batch), "mixed" when it grew
+    but no such block exists."""
+    if pair.shape == single.shape:
+        return "none"
+    if pair.dim() != single.dim():
+        return "mixed"
+    finite = single[torch.isfinite(single)] if single.is_floating_point() else single[:0]
+    scale = float(finite.double().abs().max()) if finite.numel() else 1.0  # NaN/inf outputs: compared as such
+    for axis in range(single.dim()):
+        size = single.shape[axis]
+        if pair.shape[axis] != 2 * size or any(p != s for i, (p, s) in enumerate(zip(pair.shape, single.shape))
+                                                if i != axis):
+            continue
+        second, alone = pair.narrow(axis, size, size), first.narrow(axis, 0, size)
+        if not single.is_floating_point():
+            if torch.equal(second, alone):
+                return axis
+        elif torch.allclose(second.double(), alone.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30),
+                            equal_nan=True):
+            return axis
+    return "mixed"

@@ -1,0 +1,330 @@
+"""Resource budgets: what an untrusted model may make onnx-attr allocate or repeat.
+
+An ONNX file of a few hundred bytes can ask for any amount of memory or time through values
+computed at run time (Expand to a shape read from the data, a Loop with trip count 2^62).
+One `Budget` bounds every such request, checked *before* the allocation or the repetition,
+so exceeding it is a clear `BudgetError` naming the node, the limit and how to raise it,
+reached in bounded time and memory.
+
+Defaults fit real models with room to spare; raise one with
+``onnx_attr.load(path, budget=onnx_attr.Budget(max_elements=2**30))``, by assigning
+``model.budget.max_elements = ...`` after loading, or on the command line with
+``--budget max_elements=1073741824``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, fields
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+
+from onnx_attr.errors import BudgetError
+
+GiB = 2**30
+
+
+@dataclass
+class Budget:
+    """Limits on what a model may make us allocate or repeat (see the module docstring)."""
+
+    #: Elements of any one tensor whose size is computed from data at run time (Expand, Tile,
+    #: ConstantOfShape, Range, Pad, Resize, Upsample, ConvTranspose, DFT, OneHot, Loop outputs).
+    #: 2^28 is 1 GiB of float32.
+    max_elements: int = 2**28
+    #: Iterations of one Loop run, and of a whole nest of loops together (inner trips count);
+    #: an iteration costs ~0.1-0.3 ms of Python, so this bounds a runaway loop to seconds.
+    max_loop_iterations: int = 10_000
+    #: How deeply If/Loop/Scan bodies may nest.
+    max_subgraph_depth: int = 32
+    #: Nodes in the model, bodies of If/Loop/Scan included.
+    max_nodes: int = 1_000_000
+    #: Bytes of weights read from external data files, all files together.
+    max_external_bytes: int = 256 * GiB
+    #: Elements of a tensor computed while folding constants at load; a larger one is left to run
+    #: time (where `max_elements` applies) rather than materialized in the file.
+    max_folded_elements: int = 2**24
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise BudgetError(f"budget {f.name} must be a non-negative integer, got {value!r}")
+
+    def __deepcopy__(self, memo: dict) -> "Budget":
+        """Shared, not copied: a rewritten copy of the module keeps following `model.budget`."""
+        return self
+
+    @classmethod
+    def parse(cls, items: Sequence[str]) -> "Budget":
+        """A budget from 'name=value' strings (the CLI's --budget), the rest at their defaults."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, int] = {}
+        for item in items:
+            name, sep, text = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in known:
+                raise BudgetError(f"--budget {item!r}: expected NAME=INTEGER with NAME one of {', '.join(sorted(known))}")
+            try:
+                values[name] = int(text.replace("_", ""), 0)
+            except ValueError as err:
+                raise BudgetError(f"--budget {item!r}: {text!r} is not an integer") from err
+        return cls(**values)
+
+    def exceeded(self, name: str, asked: int, where: str) -> BudgetError:
+        """The error for `asked` over the limit `name`, saying where and how to raise it."""
+        limit = getattr(self, name)
+        return BudgetError(
+            f"{where} needs {asked:,} against the budget {name}={limit:,}; the model (or its inputs) asks for more "
+            f"than onnx-attr allows by default. If that is intended, raise it: "
+            f"onnx_attr.load(..., budget=onnx_attr.Budget({name}=...)) or --budget {name}=N")
+
+    def check(self, name: str, asked: int, where: str) -> None:
+        if asked > getattr(self, name):
+            raise self.exceeded(name, asked, where)
+
+
+_ACTIVE: ContextVar[Optional[Budget]] = ContextVar("_ACTIVE", default=None)
+
+
+def current_budget() -> Budget:
+    """The budget of the load in progress (the defaults outside one)."""
+    active = _ACTIVE.get()
+    return active if active is not None else Budget()
+
+
+@contextmanager
+def using(budget: Budget) -> Iterator[Budget]:
+    """Make `budget` the one `current_budget` returns while the block runs."""
+    token = _ACTIVE.set(budget)
+    try:
+        yield budget
+    finally:
+        _ACTIVE.reset(token)
+
+
+def elements(shape: Sequence[int]) -> int:
+    """Exact element count of a shape (Python ints: no overflow), 0 when a dim is 0 or negative."""
+    count = 1
+    for d in shape:
+        count *= max(int(d), 0)
+    return count
+
+
+# -- run-time size of data-sized ops, computed from their inputs before they run --------------
+
+Get = Callable[[int], Optional[torch.Tensor]]
+
+
+def _values(t: Optional[torch.Tensor]) -> Optional[list]:
+    if t is None or t.device.type == "meta" or t.numel() > 4096:
+        return None
+    return t.reshape(-1).tolist()
+
+
+def _broadcast(a: Sequence[int], b: Sequence[int]) -> list[int]:
+    n = max(len(a), len(b))
+    a, b = [1] * (n - len(a)) + list(a), [1] * (n - len(b)) + list(b)
+    return [max(x, y) if 1 in (x, y) else max(x, y) for x, y in zip(a, b)]
+
+
+def _expand(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x, shape = get(0), _values(get(1))
+    return None if x is None or shape is None else elements(_broadcast(x.shape, [int(s) for s in shape]))
+
+
+def _tile(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x, reps = get(0), _values(get(1))
+    if x is None or reps is None:
+        return None
+    return elements(x.shape) * elements(int(r) for r in reps)
+
+
+def _constant_of_shape(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    shape = _values(get(0))
+    return None if shape is None else elements(int(s) for s in shape)
+
+
+def _range(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    vals = [_values(get(i)) for i in range(3)]
+    if any(not v for v in vals):
+        return None
+    start, limit, delta = (float(v[0]) for v in vals)
+    if delta == 0 or not all(math.isfinite(v) for v in (start, limit, delta)):
+        return None if delta == 0 else 2**63  # infinite bounds: refuse; zero step: the op's own error
+    return max(math.ceil((limit - start) / delta), 0)
+
+
+def _pad(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x = get(0)
+    if x is None:
+        return None
+    pads = attrs.get("pads", attrs.get("paddings")) if opset < 11 else _values(get(1))
+    if pads is None:
+        return None
+    rank = x.dim()
+    axes = _values(get(3)) if opset >= 18 else None
+    axes = [int(a) % max(rank, 1) for a in axes] if axes else list(range(rank))
+    if len(pads) != 2 * len(axes):
+        return None
+    shape = list(x.shape)
+    for i, a in enumerate(axes):
+        shape[a] += int(pads[i]) + int(pads[i + len(axes)])
+    return elements(shape)
+
+
+def _resize(get: Get, attrs: dict, opset: int, scales_at: int, sizes_at: Optional[int]) -> Optional[int]:
+    x = get(0)
+    if x is None:
+        return None
+    rank = x.dim()
+    scales = _values(get(scales_at)) if scales_at >= 0 else attrs.get("scales")
+    sizes = _values(get(sizes_at)) if sizes_at is not None else None
+    axes = [int(a) % max(rank, 1) for a in attrs.get("axes", range(rank))]
+    out = list(x.shape)
+    if sizes:
+        if len(sizes) != len(axes):
+            return None
+        if attrs.get("keep_aspect_ratio_policy", b"stretch") in (b"not_smaller", "not_smaller"):
+            scale = max(int(s) / max(x.shape[a], 1) for a, s in zip(axes, sizes))
+            sizes = [math.ceil(x.shape[a] * scale) + 1 for a in axes]
+        for a, s in zip(axes, sizes):
+            out[a] = int(s)
+    elif scales:
+        if len(scales) != len(axes) or not all(math.isfinite(float(s)) for s in scales):
+            return None if len(scales) != len(axes) else 2**63
+        for a, s in zip(axes, scales):
+            out[a] = math.floor(x.shape[a] * float(s))
+    else:
+        return None
+    # the interpolation matrix of each axis holds out x in entries
+    return max(elements(out), *(out[a] * x.shape[a] for a in axes)) if axes else elements(out)
+
+
+def _conv_transpose(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x, w = get(0), get(1)
+    if x is None or w is None or x.dim() < 3 or w.dim() != x.dim():
+        return None
+    spatial = x.dim() - 2
+    channels = w.shape[1] * int(attrs.get("group", 1))
+    if attrs.get("output_shape"):
+        dims = list(attrs["output_shape"])[-spatial:]
+    else:
+        strides = list(attrs.get("strides", [1] * spatial))
+        dilations = list(attrs.get("dilations", [1] * spatial))
+        extra = list(attrs.get("output_padding", [0] * spatial))
+        if not len(strides) == len(dilations) == len(extra) == spatial:
+            return None
+        dims = [s * (n - 1) + e + (k - 1) * d + 1 for n, k, s, d, e in
+                zip(x.shape[2:], w.shape[2:], strides, dilations, extra)]
+    return elements([x.shape[0], channels, *dims])
+
+
+def _dft(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x = get(0)
+    if x is None or x.dim() < 2:
+        return None
+    length = _values(get(1))
+    if opset >= 20:
+        axis_value = _values(get(2))
+        axis = int(axis_value[0]) if axis_value else -2
+    else:
+        axis = int(attrs.get("axis", 1))
+    if not -x.dim() <= axis < x.dim():
+        return None
+    n = int(length[0]) if length else x.shape[axis]
+    per = elements(x.shape) // max(x.shape[axis], 1) // max(x.shape[-1], 1)
+    return per * max(n, 1) * 2
+
+
+def _one_hot(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x, depth = get(0), _values(get(1))
+    return None if x is None or not depth else elements(x.shape) * max(int(float(depth[0])), 0)
+
+
+#: op type -> (ONNX inputs by position -> elements of the largest tensor it will create)
+ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
+    "Expand": _expand,
+    "Tile": _tile,
+    "ConstantOfShape": _constant_of_shape,
+    "Range": _range,
+    "Pad": _pad,
+    "Resize": lambda g, a, o: _resize(g, a, o, 1 if o < 11 else 2, None if o < 11 else 3),
+    "Upsample": lambda g, a, o: _resize(g, a, o, -1 if o < 9 else 1, None),
+    "ConvTranspose": _conv_transpose,
+    "DFT": _dft,
+    "OneHot": _one_hot,
+}
+
+
+class ElementGuard:
+    """A forward pre-hook: refuses a data-sized op's call when its output would exceed the budget.
+
+    Installed by `convert` on every node whose op has an estimator. It sees the call's
+    arguments as fx passes them and maps them back to ONNX input positions; constant inputs
+    that the converter baked into the module are kept here (small ones by value, large ones
+    by shape only).
+    """
+
+    def __init__(self, budget: Budget, label: str, op_type: str, attrs: dict, opset: int,
+                 onnx_inputs: Sequence[str], positional: Sequence[str], keywords: dict[str, str],
+                 constants: dict[str, torch.Tensor]):
+        self.budget, self.label, self.op_type, self.attrs, self.opset = budget, label, op_type, attrs, opset
+        self.onnx_inputs, self.positional, self.keywords = list(onnx_inputs), list(positional), dict(keywords)
+        self.constants = constants
+
+    def __call__(self, module, args: tuple, kwargs: dict) -> None:
+        given = dict(self.constants)
+        given.update((n, a) for n, a in zip(self.positional, args) if isinstance(a, torch.Tensor))
+        given.update((self.keywords[k], v) for k, v in kwargs.items()
+                     if k in self.keywords and isinstance(v, torch.Tensor))
+
+        def get(i: int) -> Optional[torch.Tensor]:
+            return given.get(self.onnx_inputs[i]) if i < len(self.onnx_inputs) and self.onnx_inputs[i] else None
+
+        try:
+            asked = ESTIMATORS[self.op_type](get, self.attrs, self.opset)
+        except (ValueError, TypeError, IndexError, OverflowError, RuntimeError):
+            asked = None  # inputs the op itself will refuse: its own error says more
+        if asked is not None and asked > self.budget.max_elements:
+            raise self.budget.exceeded("max_elements", asked,
+                                       f"node {self.label!r} (op {self.op_type}) creating a tensor of that many elements")
+
+
+def guard_constants(names: Sequence[str], initializers: dict) -> dict[str, torch.Tensor]:
+    """The inputs a converter may have baked in: small ones by value, large ones as shapes."""
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        init = initializers.get(name)
+        if init is None:
+            continue
+        proto = init.proto if hasattr(init, "proto") else init
+        dims = list(proto.dims)
+        if elements(dims) <= 4096:
+            out[name] = init.to_torch()
+        else:
+            out[name] = torch.empty(dims, device="meta")
+    return out
+
+
+# -- loops ----------------------------------------------------------------------------------
+
+_LOOP_SPENT: ContextVar[Optional[list[int]]] = ContextVar("_LOOP_SPENT", default=None)
+
+
+@contextmanager
+def loop_nest() -> Iterator[list[int]]:
+    """The iteration counter shared by a loop and every loop run inside it (one per outermost loop)."""
+    spent = _LOOP_SPENT.get()
+    if spent is not None:
+        yield spent
+        return
+    spent = [0]
+    token = _LOOP_SPENT.set(spent)
+    try:
+        yield spent
+    finally:
+        _LOOP_SPENT.reset(token)

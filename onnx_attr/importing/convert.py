@@ -1,0 +1,309 @@
+"""Build a `torch.fx.GraphModule` from an ONNX graph with onnx2torch's and our converters.
+
+We build the fx graph ourselves rather than calling `onnx2torch.convert` so that:
+every unsupported node is reported at once, by op/domain/opset/name, before anything is built;
+a converter's failure names its node; every ONNX tensor maps to an fx node (`meta["onnx_tensor"]`,
+used by `verify` to find the first divergent node and by layer attribution); graph outputs may
+be graph inputs, initializers, or any output of a multi-output node.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import keyword
+import re
+import unicodedata
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Optional
+
+import onnx
+import torch
+from onnx2torch.onnx_graph import OnnxGraph, ValueType
+from onnx2torch.onnx_tensor import OnnxTensor
+from torch import fx, nn
+
+from onnx_attr.importing import converters  # noqa: F401 - importing registers our converters
+from onnx_attr.importing.budget import ESTIMATORS, ElementGuard, current_budget, guard_constants
+from onnx_attr.importing.converters.control_flow import MODEL_OPSETS
+from onnx_attr.importing.converters.registry import find_converter
+from onnx_attr.importing.converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
+from onnx_attr.errors import ConversionError, ModelLoadError, UnsupportedOpError
+from onnx_attr.importing.normalize import default_opset
+from onnx_attr.importing.read import external_folder, is_external, read_external
+
+
+def opsets(model: onnx.ModelProto) -> dict[str, int]:
+    """Domain -> opset version, with '' for the default ai.onnx domain."""
+    return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int, str, str]]:
+    """(op_type, domain, opset, node name, reason) for every node nothing can convert,
+    in the bodies of If/Loop/Scan too."""
+    return _unsupported_in(model.graph, opsets(model), "")
+
+
+def _unsupported_in(graph: onnx.GraphProto, versions: dict[str, int], scope: str) -> list:
+    found = []
+    for index, node in enumerate(graph.node):
+        opset = versions.get(node.domain, 0)
+        label = scope + _node_label(node, index)
+        if node.domain and node.domain not in versions:
+            found.append((node.op_type, node.domain, 0, label, "its domain is not imported"))
+        elif find_converter(node.domain, node.op_type, opset) is None:
+            found.append((node.op_type, node.domain, opset, label, ""))
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                found += _unsupported_in(sub, versions, f"{label}/{attr.name}/")
+    return found
+
+
+def is_importable(model: onnx.ModelProto) -> bool:
+    return not unsupported_nodes(model)
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}#{index}"
+
+
+def select_output(value, index: int):
+    """Output `index` of a node; converters return a bare tensor when only the first is computed."""
+    if isinstance(value, (tuple, list)):
+        return value[index]
+    if index == 0:
+        return value
+    raise IndexError(f"the node computed one output, output {index} was asked for")
+
+
+class Initializers(nn.Module):
+    """Holds the ONNX initializers as buffers, so `.to(device)` moves them with the module."""
+
+
+def convert(model: onnx.ModelProto, declared: dict[str, int] | None = None) -> fx.GraphModule:
+    """Convert a normalized model; raises `UnsupportedOpError`/`ConversionError` naming nodes.
+
+    `declared`: the opsets the file itself imports, when `model` is an upgraded copy; errors name
+    those (what the user sees in the file) and say at which opset the upgraded copy failed too."""
+    versions = opsets(model)
+    missing = unsupported_nodes(model)
+    if missing:
+        named = [(t, d, *_as_declared(d, o, declared), n, r) for t, d, o, n, r in missing]
+        raise UnsupportedOpError([(t, d, o, n, (note + r).strip()) for t, d, o, note, n, r in named])
+    token = MODEL_OPSETS.set(versions)
+    folder = external_folder(model)
+    folder_token = _FOLDER.set(folder if folder is not None else _FOLDER.get())  # bodies read from the model's
+    try:
+        return _convert(model, versions, declared)
+    finally:
+        _FOLDER.reset(folder_token)
+        MODEL_OPSETS.reset(token)
+
+
+def _as_declared(domain: str, opset: int, declared: dict[str, int] | None) -> tuple[int, str]:
+    """The opset to name for a node (the file's), and a note on the upgraded copy's, if any."""
+    named = (declared or {}).get(domain, opset)
+    return named, "" if named == opset else f"[also at opset {opset}, after onnx.version_converter's upgrade] "
+
+
+#: The folder of the model being converted's external data, for the bodies converted inside it.
+_FOLDER: ContextVar[Optional[Path]] = ContextVar("_FOLDER", default=None)
+
+
+class _ExternalTensor(OnnxTensor):
+    """An initializer whose data stays in its file until a converter or the module asks for it,
+    then is read once, straight into the array every user shares."""
+
+    def __init__(self, proto: onnx.TensorProto, folder):
+        super().__init__(proto)
+        self._folder, self._array = folder, None
+
+    def to_numpy(self):
+        if self._array is None:
+            self._array = read_external(self.proto, self._folder)
+        return self._array
+
+    def to_torch(self) -> torch.Tensor:
+        return torch.from_numpy(self.to_numpy())
+
+
+def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[str, int] | None = None
+             ) -> fx.GraphModule:
+    onnx_graph = OnnxGraph(model.graph)
+    folder = _FOLDER.get()
+    for name, tensor in list(onnx_graph.initializers.items()):
+        if is_external(tensor.proto):
+            onnx_graph._initializers[name] = _ExternalTensor(tensor.proto, folder)  # behind a read-only view
+    elem_types = _elem_types(model.graph)
+    root = nn.Module()
+    initializers = Initializers()
+    root.add_module("initializers", initializers)
+    graph = fx.Graph()
+    values: dict[str, fx.Node] = {}
+
+    names = Identifiers()
+    for spec in model.graph.input:
+        node = graph.placeholder(names.new(spec.name, "input"))
+        node.meta["onnx_tensor"] = spec.name
+        values[spec.name] = node
+
+    pending: dict[str, tuple[fx.Node, int, str, str]] = {}
+
+    def value(name: str) -> fx.Node | None:
+        if name == "":
+            return None
+        if name in pending:
+            producer, i, label, op_type = pending.pop(name)
+            with graph.inserting_after(producer):
+                values[name] = graph.call_function(select_output, (producer, i))
+            values[name].meta.update(onnx_tensor=name, onnx_node=label, onnx_op=op_type)
+        if name not in values:
+            if onnx_graph.value_type(name) != ValueType.GRAPH_INITIALIZER:
+                raise ModelLoadError(f"tensor {name!r} is used before any node produces it (or it is not produced "
+                                     "at all); the graph is malformed")
+            buffer = names.new(name, "init")
+            try:
+                tensor = onnx_graph.initializers[name].to_torch()
+            except (ValueError, TypeError, KeyError) as err:
+                raise ModelLoadError(f"initializer {name!r} cannot be read as a tensor ({type(err).__name__}: "
+                                     f"{str(err)[:200]}); the file is corrupted") from err
+            initializers.register_buffer(buffer, tensor)
+            values[name] = graph.get_attr(f"initializers.{buffer}")
+            values[name].meta["onnx_tensor"] = name
+        return values[name]
+
+    for index, (module_name, onnx_node) in enumerate(onnx_graph.nodes.items()):
+        proto = onnx_node.proto
+        opset = versions.get(onnx_node.domain, 0)
+        label = _node_label(proto, index)
+        try:
+            converter = find_converter(onnx_node.domain, onnx_node.operation_type, opset)
+            module, mapping = converter(onnx_node, onnx_graph)
+        except NotImplementedError as err:
+            named, note = _as_declared(proto.domain, opset, declared)
+            raise UnsupportedOpError([(proto.op_type, proto.domain, named, label, note + str(err))]) from err
+        except Exception as err:  # converters raise anything from KeyError to AssertionError
+            named, note = _as_declared(proto.domain, opset, declared)
+            raise ConversionError(proto.op_type, proto.domain, named, label,
+                                  RuntimeError(f"{note}{type(err).__name__}: {err}") if note else err) from err
+        if proto.op_type in WIDENED_OPS and not proto.domain and any(
+                elem_types.get(name) in ONNX_UNSIGNED for name in proto.input):
+            module = WidenedUnsigned(module, proto.op_type)
+        target = names.new(module_name, "node")
+        root.add_module(target, module)
+        args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
+        if proto.op_type in ESTIMATORS and proto.domain in ("", "ai.onnx"):
+            _guard(module, proto, label, opset, mapping.inputs, args, kwargs, onnx_graph)
+        node = graph.call_module(target, tuple(args), kwargs)
+        node.meta.update(onnx_node=label, onnx_op=proto.op_type, onnx_domain=proto.domain,
+                         onnx_opset=opset, onnx_outputs=tuple(mapping.outputs),
+                         onnx_attrs={a.name: _attribute(a) for a in proto.attribute})
+        if len(mapping.outputs) == 1:
+            node.meta["onnx_tensor"] = mapping.outputs[0]
+            values[mapping.outputs[0]] = node
+        else:  # selected when first used: converters may compute only the outputs in use
+            for i, name in enumerate(mapping.outputs):
+                if name:
+                    pending[name] = (node, i, label, proto.op_type)
+
+    results = [value(o.name) for o in model.graph.output]
+    graph.output(results[0] if len(results) == 1 else tuple(results))
+    graph.lint()
+    module = fx.GraphModule(root, graph)
+    module.meta["onnx_opset"] = default_opset(model)
+    return module
+
+
+def _guard(module: nn.Module, proto: onnx.NodeProto, label: str, opset: int, passed, args, kwargs,
+           onnx_graph: OnnxGraph) -> None:
+    """Check a data-sized op's output against the budget before each call (see `budget.ElementGuard`)."""
+    names = list(passed)
+    positional = names[:len(args)]
+    keywords: dict[str, str] = {}
+    if kwargs:  # as `_call_arguments` named them: parameters after the positional ones, in order
+        params = tuple(inspect.signature(module.forward).parameters)[len(args):len(names)]
+        keywords = {p: n for p, n in zip(params, names[len(args):]) if n}
+    baked = [n for n in proto.input if n and n not in names]
+    guard = ElementGuard(current_budget(), label, proto.op_type, {a.name: _attribute(a) for a in proto.attribute},
+                         opset, list(proto.input), positional, keywords,
+                         guard_constants(baked, onnx_graph.initializers))
+    module.register_forward_pre_hook(guard, with_kwargs=True)
+
+
+def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Each tensor's ONNX element type where shape inference or the initializers know it."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)
+             if v.type.HasField("tensor_type")}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
+
+
+def _attribute(attr: onnx.AttributeProto):
+    """An attribute's value with strings decoded (onnx returns bytes)."""
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8") for v in value]
+    return value
+
+
+def _call_arguments(module: nn.Module, args: list) -> tuple[list, dict]:
+    """Skipped optional ONNX inputs ('') become omitted keyword arguments, as onnx2torch expects."""
+    if None not in args:
+        return args, {}
+    first = args.index(None)
+    names = tuple(inspect.signature(module.forward).parameters)[first:len(args)]
+    kwargs = {n: a for n, a in zip(names, args[first:]) if a is not None}
+    return args[:first], kwargs
+
+
+class Identifiers:
+    """Python identifiers for ONNX names, unique as Python reads them.
+
+    fx writes our names into generated code, and Python folds identifiers to their NFKC form:
+    input `ｘ` (fullwidth) and input `x` would be one variable, node `ｆ` would call module `f`.
+    So names are reduced to ASCII letters, digits and `_` after NFKC, kept clear of keywords,
+    `self`, module attributes (`double`, `to`) and fx's own names, and made unique by a numeric suffix. The ONNX names stay in each
+    fx node's meta (`onnx_tensor`, `onnx_node`), which is what every message shows.
+    """
+
+    _RESERVED = frozenset({"self", "initializers", "torch", "fx", "math", "inf", "nan", "device", "dtype",
+                           "builtins", "getattr", "select_output"}) | frozenset(dir(fx.GraphModule))
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+
+    def new(self, name: str, fallback: str) -> str:
+        ident = re.sub(r"[^0-9A-Za-z_]", "_", unicodedata.normalize("NFKC", name))[:80]
+        if not ident or ident[0].isdigit() or keyword.iskeyword(ident) or ident in self._RESERVED \
+                or ident in dir(builtins) or ident.startswith("_"):
+            ident = f"{fallback}_{ident}"
+        unique, n = ident, 1
+        while unique in self.taken:
+            n += 1
+            unique = f"{ident}_{n}"
+        self.taken.add(unique)
+        return unique
+
+
+def tensor_nodes(module: fx.GraphModule) -> dict[str, fx.Node]:
+    """ONNX tensor name -> the fx node that computes it."""
+    return {n.meta["onnx_tensor"]: n for n in module.graph.nodes if "onnx_tensor" in n.meta}
+
+
+def run_recording(module: fx.GraphModule, *args: torch.Tensor) -> dict[str, object]:
+    """Run the module and return every ONNX tensor's value by name (for divergence search)."""
+    recorded: dict[str, object] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            out = super().run_node(n)
+            if "onnx_tensor" in n.meta:
+                recorded[n.meta["onnx_tensor"]] = out
+            return out
+
+    with torch.no_grad():
+        _Recorder(module).run(*args)
+    return recorded

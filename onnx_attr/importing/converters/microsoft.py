@@ -1,0 +1,342 @@
+"""The com.microsoft ops onnxruntime's transformer optimizer and quantizer write, as one named,
+versioned set (`MICROSOFT_OPS`); every other custom domain stays refused by name.
+
+Each op is an `Expansion`: a small fx graph of steps that are ordinary ONNX ops (Conv, Add, Gelu,
+LayerNormalization, MatMul, Attention, ...), each step a module of ours tagged with its ONNX op
+type. Run as it is, an expansion computes the fused op; the DeepLift rewrite splices its steps
+into the model's graph (`rewrite.inline_expansions`), so every step gets the rule of the op it
+is, and no fused op needs a rule of its own. Formulas follow onnxruntime's contrib-op
+definitions, which is what `verify` checks them against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from onnx_attr.importing.converters._common import result, text_attribute
+from onnx_attr.importing.converters.activations import Elementwise
+from onnx_attr.importing.converters.attention import Attention
+from onnx_attr.importing.converters.convolution import Conv, constant_conv
+from onnx_attr.importing.converters.normalization import LayerNormalization
+from onnx_attr.importing.converters.registry import register
+
+MICROSOFT = "com.microsoft"
+#: the set, with the domain version each definition is registered at (onnxruntime's contrib ops are version 1)
+MICROSOFT_OPS = {op: 1 for op in (
+    "FusedConv", "FusedMatMul", "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization",
+    "Attention", "MultiHeadAttention",
+)}
+# LayerNormalization and SimplifiedLayerNormalization are onnxruntime ops of the ai.onnx domain
+# (version 1), not com.microsoft: at opset >= 17 the first is ONNX's own; below, the ONNX checker
+# refuses both, so they never reach a converter.
+
+
+class Expansion:
+    """Builds the fx graph of one fused node: placeholders for its ONNX inputs (None when skipped),
+    then steps, each a module called on earlier values and tagged with the ONNX op it computes."""
+
+    def __init__(self, n_inputs: int):
+        self.root, self.graph = nn.Module(), fx.Graph()
+        self.inputs = [self.graph.placeholder(f"in{i}") for i in range(n_inputs)]
+
+    def step(self, op_type: str, module: nn.Module, *args: Any, attrs: Optional[dict] = None) -> fx.Node:
+        name = f"s{len(self.root._modules)}_{op_type}"
+        self.root.add_module(name, module)
+        node = self.graph.call_module(name, args)
+        node.meta.update(onnx_op=op_type, onnx_domain="", onnx_attrs=dict(attrs or {}), onnx_opset=0,
+                         onnx_outputs=("",))
+        return node
+
+    def item(self, value: fx.Node, index: int) -> fx.Node:
+        import operator
+
+        return self.graph.call_function(operator.getitem, (value, index))
+
+    def build(self, outputs: fx.Node | Sequence[Optional[fx.Node]]) -> fx.GraphModule:
+        self.graph.output(outputs if isinstance(outputs, fx.Node) else tuple(outputs))
+        module = fx.GraphModule(self.root, self.graph)
+        module.onnx_expansion = True  # rewrite.inline_expansions splices its steps into the model's graph
+        return module
+
+
+class Add(nn.Module):
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return a + b
+
+
+def _n_inputs(node) -> int:
+    return len(node.input_values)
+
+
+def _given(node, index: int) -> bool:
+    return len(node.input_values) > index and bool(node.input_values[index])
+
+
+def _used_outputs(node, allowed: Sequence[int]) -> None:
+    extra = [i for i, name in enumerate(node.output_values) if name and i not in allowed]
+    if extra:
+        raise NotImplementedError(f"{node.operation_type} output(s) {extra} are not supported "
+                                  f"(only {list(allowed)})")
+
+
+def _gelu(approximate: str) -> tuple[nn.Module, dict]:
+    return Elementwise(F.gelu, approximate=approximate), {"approximate": approximate}
+
+
+@register("Gelu", 1, domain=MICROSOFT)
+def convert_gelu(node, graph):
+    """x·Φ(x), the erf form."""
+    e = Expansion(1)
+    module, attrs = _gelu("none")
+    return result(node, e.build(e.step("Gelu", module, e.inputs[0], attrs=attrs)))
+
+
+@register("BiasGelu", 1, domain=MICROSOFT)
+def convert_bias_gelu(node, graph):
+    """Gelu(A + B), the erf form."""
+    e = Expansion(2)
+    module, attrs = _gelu("none")
+    return result(node, e.build(e.step("Gelu", module, e.step("Add", Add(), *e.inputs), attrs=attrs)))
+
+
+@register("FastGelu", 1, domain=MICROSOFT)
+def convert_fast_gelu(node, graph):
+    """The tanh approximation of Gelu, of X (+ bias): ONNX's Gelu with approximate="tanh"."""
+    e = Expansion(_n_inputs(node))
+    x = e.step("Add", Add(), *e.inputs[:2]) if _given(node, 1) else e.inputs[0]
+    module, attrs = _gelu("tanh")
+    return result(node, e.build(e.step("Gelu", module, x, attrs=attrs)))
+
+
+def _swish(x: Tensor, alpha: float) -> Tensor:
+    return x * torch.sigmoid(alpha * x)
+
+
+@register("QuickGelu", 1, domain=MICROSOFT)
+def convert_quick_gelu(node, graph):
+    """x·sigmoid(alpha·x) (alpha 1.702 by default): ONNX's Swish."""
+    alpha = float(node.attributes.get("alpha", 1.702))
+    e = Expansion(1)
+    return result(node, e.build(e.step("Swish", Elementwise(_swish, alpha=alpha), e.inputs[0], attrs={"alpha": alpha})))
+
+
+def _hard_sigmoid(x: Tensor, alpha: float, beta: float) -> Tensor:
+    return (alpha * x + beta).clamp(0.0, 1.0)
+
+
+def _activation(name: str, params: list[float]) -> tuple[str, nn.Module, dict]:
+    """FusedConv's activation as the ONNX op it names, with its activation_params."""
+    if name == "Relu":
+        return "Relu", Elementwise(torch.relu), {}
+    if name in ("Tanh", "Sigmoid"):
+        return name, Elementwise(torch.tanh if name == "Tanh" else torch.sigmoid), {}
+    if name == "LeakyRelu":
+        alpha = params[0] if params else 0.01
+        return "LeakyRelu", Elementwise(F.leaky_relu, negative_slope=alpha), {"alpha": alpha}
+    if name == "Clip":
+        low, high = (params + [-math.inf, math.inf][len(params):])[:2]
+        return "Clip", Elementwise(torch.clamp, min=low, max=high), {}
+    if name == "HardSigmoid":
+        alpha, beta = (params + [0.2, 0.5][len(params):])[:2]
+        return "HardSigmoid", Elementwise(_hard_sigmoid, alpha=alpha, beta=beta), {"alpha": alpha, "beta": beta}
+    raise NotImplementedError(f"FusedConv activation {name!r} is not supported")
+
+
+@register("FusedConv", 1, domain=MICROSOFT)
+def convert_fused_conv(node, graph):
+    """activation(Conv(X, W, B) + Z): a Conv (a torch ConvNd for a constant weight), Add, and the
+    activation as its own ONNX op."""
+    attrs = {k: v for k, v in node.attributes.items() if k not in ("activation", "activation_params")}
+    names = node.input_values
+    e = Expansion(_n_inputs(node))
+    if names[1] in graph.initializers and (not _given(node, 2) or names[2] in graph.initializers):
+        bias = graph.initializers[names[2]].to_torch() if _given(node, 2) else None
+        y = e.step("Conv", constant_conv(attrs, "Conv", graph.initializers[names[1]].to_torch(), bias), e.inputs[0],
+                   attrs=attrs)
+    else:
+        y = e.step("Conv", Conv(attrs), *e.inputs[:3], attrs=attrs)
+    if _given(node, 3):
+        y = e.step("Add", Add(), y, e.inputs[3])
+    activation = text_attribute(node, "activation", "")
+    if activation:
+        op, module, act_attrs = _activation(activation, list(node.attributes.get("activation_params", [])))
+        y = e.step(op, module, y, attrs=act_attrs)
+    return result(node, e.build(y))
+
+
+class FusedMatMul(nn.Module):
+    """alpha · op(A) @ op(B), op a transpose of the last two axes where transA/transB say."""
+
+    def __init__(self, alpha: float, trans_a: bool, trans_b: bool):
+        super().__init__()
+        self.alpha, self.trans_a, self.trans_b = alpha, trans_a, trans_b
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        a = a.transpose(-1, -2) if self.trans_a and a.dim() > 1 else a
+        b = b.transpose(-1, -2) if self.trans_b and b.dim() > 1 else b
+        y = a @ b
+        return y if self.alpha == 1.0 else y * self.alpha
+
+
+@register("FusedMatMul", 1, domain=MICROSOFT)
+def convert_fused_matmul(node, graph):
+    """A MatMul (linear in each operand, the Shapley product when both vary)."""
+    attrs = node.attributes
+    if attrs.get("transBatchA", 0) or attrs.get("transBatchB", 0):
+        raise NotImplementedError("FusedMatMul with transBatchA/transBatchB is not supported")
+    e = Expansion(2)
+    module = FusedMatMul(float(attrs.get("alpha", 1.0)), bool(attrs.get("transA", 0)), bool(attrs.get("transB", 0)))
+    return result(node, e.build(e.step("MatMul", module, *e.inputs)))
+
+
+@register("SkipLayerNormalization", 1, domain=MICROSOFT)
+def convert_skip_layer_normalization(node, graph):
+    """LayerNorm(input + skip (+ bias)) over the last axis; output 3 is the sum itself."""
+    _used_outputs(node, [0, 3])
+    epsilon = node.attributes.get("epsilon", 1e-12)
+    e = Expansion(_n_inputs(node))
+    total = e.step("Add", Add(), e.inputs[0], e.inputs[1])
+    if _given(node, 4):
+        total = e.step("Add", Add(), total, e.inputs[4])
+    beta = e.inputs[3] if _given(node, 3) else None
+    y = e.step("LayerNormalization", LayerNormalization(-1, epsilon), total, e.inputs[2], beta,
+               attrs={"axis": -1, "epsilon": epsilon})
+    outputs = len(node.output_values)
+    return result(node, e.build(y if outputs == 1 else [y, None, None, total][:outputs]))
+
+
+class Projection(nn.Module):
+    """x @ W (+ b) with a constant weight and bias: Attention's packed Q/K/V projection."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor]):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias
+
+
+class SplitLast(nn.Module):
+    """Split the last axis into the given sizes."""
+
+    def __init__(self, sizes: list[int]):
+        super().__init__()
+        self.sizes = sizes
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(torch.split(x, self.sizes, -1))
+
+
+class KeyMask(nn.Module):
+    """onnxruntime's attention masks as one additive bias [batch or 1, 1 or heads, q, kv]:
+    `mask_filter_value` where a key mask holds 0 (2-D [batch, kv] or 3-D [batch, q, kv]), plus
+    an optional additive attention bias. Built from the masks alone: no attribution flows here."""
+
+    def __init__(self, filter_value: float):
+        super().__init__()
+        self.filter_value = filter_value
+
+    def forward(self, mask: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+        dtype = bias.dtype if bias is not None and bias.is_floating_point() else torch.float32
+        device = (mask if mask is not None else bias).device
+        out = torch.zeros((), dtype=dtype, device=device)
+        if mask is not None:
+            keep = mask.to(dtype)
+            keep = keep[:, None, None, :] if mask.dim() == 2 else keep[:, None, :, :]
+            out = out + (1 - keep) * self.filter_value
+        return out if bias is None else out + bias
+
+
+class LengthMask(nn.Module):
+    """A 1-D mask_index (valid key count per batch, right padding) as a 2-D keep mask:
+    position < length, a comparison (structural: it reads only x's length)."""
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        return (positions[None, :] < lengths.reshape(-1, 1)).to(torch.int32)
+
+
+def _core(e: Expansion, q, k, v, mask, attention_bias, node, heads: int, causal: bool) -> fx.Node:
+    """Scaled dot-product attention over [batch, seq, heads·size] q/k/v, with the additive mask."""
+    filter_value = float(node.attributes.get("mask_filter_value", -10000.0))
+    additive = None
+    if mask is not None or attention_bias is not None:
+        additive = e.step("Cast", KeyMask(filter_value), mask, attention_bias)
+    attrs = {"q_num_heads": heads, "kv_num_heads": heads, "is_causal": int(causal)}
+    scale = node.attributes.get("scale")
+    if scale:
+        attrs["scale"] = float(scale)
+    args = (q, k, v) if additive is None else (q, k, v, additive)
+    return e.step("Attention", Attention(attrs, 1), *args, attrs=attrs)
+
+
+@register("Attention", 1, domain=MICROSOFT)
+def convert_attention(node, graph):
+    """Self-attention with a packed Q/K/V projection: X @ W + b, split, then ONNX's Attention."""
+    _used_outputs(node, [0])
+    attrs = node.attributes
+    names = node.input_values
+    for index, what in ((4, "past"), (6, "past_sequence_length"), (7, "rotary/past inputs")):
+        if _given(node, index):
+            raise NotImplementedError(f"Attention with {what} (a key/value cache) is not supported")
+    if names[1] not in graph.initializers or (_given(node, 2) and names[2] not in graph.initializers):
+        raise NotImplementedError("Attention with weights or bias computed in the graph is not supported")
+    if attrs.get("do_rotary", 0):
+        raise NotImplementedError("Attention with do_rotary is not supported")
+    heads = int(attrs["num_heads"])
+    weight = graph.initializers[names[1]].to_torch()
+    bias = graph.initializers[names[2]].to_torch() if _given(node, 2) else None
+    sizes = list(attrs.get("qkv_hidden_sizes", [weight.shape[1] // 3] * 3))
+    e = Expansion(_n_inputs(node))
+    packed = e.step("MatMul", Projection(weight, bias), e.inputs[0])
+    parts = e.step("Split", SplitLast(sizes), packed)
+    q, k, v = (e.item(parts, i) for i in range(3))
+    mask = None
+    if _given(node, 3):
+        mask = e.inputs[3]
+        info = graph.value_info.get(names[3])
+        rank = len(info.type.tensor_type.shape.dim) if info is not None and info.type.tensor_type.HasField("shape") \
+            else None
+        if rank == 1:
+            mask = e.step("Less", LengthMask(), e.inputs[0], mask)
+        elif rank not in (2, 3):
+            raise NotImplementedError("Attention's mask_index must be 1-D lengths, or a 2-D or 3-D 0/1 mask")
+    attention_bias = e.inputs[5] if _given(node, 5) else None
+    y = _core(e, q, k, v, mask, attention_bias, node, heads, bool(attrs.get("unidirectional", 0)))
+    return result(node, e.build(y))
+
+
+@register("MultiHeadAttention", 1, domain=MICROSOFT)
+def convert_multi_head_attention(node, graph):
+    """Attention over separate 3-D query, key and value [batch, seq, hidden] (+ a packed [3·hidden]
+    bias), with an optional 2-D key padding mask and additive attention bias."""
+    _used_outputs(node, [0])
+    for index, what in ((6, "past_key"), (7, "past_value")):
+        if _given(node, index):
+            raise NotImplementedError(f"MultiHeadAttention with {what} (a key/value cache) is not supported")
+    if not (_given(node, 1) and _given(node, 2)):
+        raise NotImplementedError("MultiHeadAttention with packed query/key/value is not supported")
+    heads = int(node.attributes["num_heads"])
+    e = Expansion(_n_inputs(node))
+    q, k, v = e.inputs[:3]
+    if _given(node, 3):
+        parts = e.step("Split", SplitThirds(), e.inputs[3])
+        q, k, v = (e.step("Add", Add(), t, e.item(parts, i)) for i, t in enumerate((q, k, v)))
+    mask = e.inputs[4] if _given(node, 4) else None
+    attention_bias = e.inputs[5] if _given(node, 5) else None
+    y = _core(e, q, k, v, mask, attention_bias, node, heads, bool(node.attributes.get("unidirectional", 0)))
+    return result(node, e.build(y))
+
+
+class SplitThirds(nn.Module):
+    """A packed [q | k | v] bias split in three equal parts."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(torch.chunk(x, 3, -1))

@@ -1,0 +1,386 @@
+"""QuantizeLinear and DequantizeLinear at every opset (10 to 28): per-tensor, per-axis and blocked
+scales, output_dtype, and integer targets torch can hold. Float8 and 4-bit types are refused by
+name, since torch has no 4-bit tensors and float8 saturation would need its own rounding rules.
+Also the ops onnxruntime's quantizer writes around them: DynamicQuantizeLinear, ConvInteger and
+QLinearConv (MatMulInteger and QLinearMatMul live in matrix.py), exact against onnxruntime.
+"""
+
+from __future__ import annotations
+
+import torch
+from onnx import TensorProto
+import torch.nn.functional as F
+from torch import nn
+
+from onnx_attr.importing.converters._common import result
+from onnx_attr.importing.converters.registry import register
+
+_INT_RANGES = {TensorProto.UINT8: (torch.uint8, 0, 255), TensorProto.INT8: (torch.int8, -128, 127),
+               TensorProto.UINT16: (torch.uint16, 0, 65535), TensorProto.INT16: (torch.int16, -32768, 32767),
+               TensorProto.INT32: (torch.int32, -2 ** 31, 2 ** 31 - 1)}
+_TORCH_TO_ONNX = {torch_dtype: onnx_type for onnx_type, (torch_dtype, _, _) in _INT_RANGES.items()}
+_FLOATS = {TensorProto.FLOAT: torch.float32, TensorProto.FLOAT16: torch.float16,
+           TensorProto.BFLOAT16: torch.bfloat16, TensorProto.DOUBLE: torch.float64}
+
+
+def _broadcast(param: torch.Tensor, x: torch.Tensor, axis: int, block_size: int) -> torch.Tensor:
+    """A scale or zero point shaped to broadcast against x: scalar, one per slice along `axis`,
+    or (blocked) one per `block_size` elements along it."""
+    if param.dim() == 0 or param.numel() == 1 and param.dim() <= 1:
+        return param.reshape(())
+    axis = axis + x.dim() if axis < 0 else axis
+    if block_size > 0:
+        return param.repeat_interleave(block_size, dim=axis).narrow(axis, 0, x.shape[axis])
+    shape = [1] * x.dim()
+    shape[axis] = param.numel()
+    return param.reshape(shape)
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+class QuantizeLinear(nn.Module):
+    """y = clamp(round_half_even(x / scale) + zero_point) in the output integer type."""
+
+    def __init__(self, axis: int, block_size: int, output_type: int | None):
+        super().__init__()
+        self.axis, self.block_size, self.output_type = axis, block_size, output_type
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        kind = self.output_type or (_TORCH_TO_ONNX.get(zero_point.dtype) if zero_point is not None else TensorProto.UINT8)
+        if kind not in _INT_RANGES:
+            raise NotImplementedError(f"QuantizeLinear to {zero_point.dtype if zero_point is not None else kind}")
+        dtype, low, high = _INT_RANGES[kind]
+        wide = _compute_dtype(x, scale)
+        q = torch.round(x.to(wide) / _broadcast(scale, x, self.axis, self.block_size).to(wide))
+        if zero_point is not None:
+            q = q + _broadcast(zero_point, x, self.axis, self.block_size).to(wide)
+        return q.clamp_(low, high).to(torch.int64).to(dtype)
+
+
+class DequantizeLinear(nn.Module):
+    """y = (x - zero_point) * scale, in output_dtype or the scale's type."""
+
+    def __init__(self, axis: int, block_size: int, output_type: int | None):
+        super().__init__()
+        self.axis, self.block_size = axis, block_size
+        self.output = _FLOATS.get(output_type) if output_type else None
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        wide = _compute_dtype(scale)
+        shifted = x.to(torch.int64)
+        if zero_point is not None:
+            shifted = shifted - _broadcast(zero_point, x, self.axis, self.block_size).to(torch.int64)
+        y = shifted.to(wide) * _broadcast(scale, x, self.axis, self.block_size).to(wide)
+        return y.to(self.output or scale.dtype)
+
+
+def _elem_type(graph, name: str) -> int | None:
+    if not name:
+        return None
+    if name in graph.initializers:
+        return graph.initializers[name].proto.data_type
+    info = graph.value_info.get(name)
+    return info.type.tensor_type.elem_type if info is not None else None
+
+
+def _refuse_unsupported(op: str, elem_type: int | None) -> None:
+    if elem_type and elem_type not in _INT_RANGES and elem_type not in _FLOATS:
+        name = TensorProto.DataType.Name(elem_type)
+        raise NotImplementedError(f"{op} with {name} tensors: torch has no such type (4-bit and float8 "
+                                  "quantization are not supported)")
+
+
+@register("QuantizeLinear", 10, 13, 19, 21, 23, 24, 25, 28)
+def convert_quantize(node, graph):
+    attrs = node.attributes
+    output_type = attrs.get("output_dtype", 0) or _elem_type(graph, node.input_values[2] if len(node.input_values) > 2 else "")
+    _refuse_unsupported("QuantizeLinear", output_type)
+    return result(node, QuantizeLinear(attrs.get("axis", 1), attrs.get("block_size", 0), output_type or None))
+
+
+@register("DequantizeLinear", 10, 13, 19, 21, 23, 24, 25, 28)
+def convert_dequantize(node, graph):
+    attrs = node.attributes
+    _refuse_unsupported("DequantizeLinear", _elem_type(graph, node.input_values[0]))
+    return result(node, DequantizeLinear(attrs.get("axis", 1), attrs.get("block_size", 0), attrs.get("output_dtype", 0)))
+
+
+class DynamicQuantizeLinear(nn.Module):
+    """x -> (uint8 y, scale, zero point) from x's own range widened to include 0, as onnxruntime
+    computes it in float32: scale = (max - min) / 255 (1 when the range is empty), zero point
+    round(clamp(-min / scale)), y = saturate(round(x / scale) + zero point), rounding half to even."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = x.float()
+        zero = x.new_zeros(())
+        low = torch.minimum(x.min(), zero) if x.numel() else zero
+        high = torch.maximum(x.max(), zero) if x.numel() else zero
+        scale = torch.where(high == low, torch.ones_like(high), (high - low) / 255.0)
+        zero_point = torch.round((0.0 - low / scale).clamp(0.0, 255.0))
+        y = (torch.round(x / scale) + zero_point).clamp_(0.0, 255.0)
+        return y.to(torch.uint8), scale, zero_point.to(torch.uint8)
+
+
+@register("DynamicQuantizeLinear", 11)
+def convert_dynamic_quantize_linear(node, graph):
+    return result(node, DynamicQuantizeLinear())
+
+
+def _centred_per_channel(q: torch.Tensor, zero_point: torch.Tensor | None, channel_axis: int | None) -> torch.Tensor:
+    """q - zero_point in float64 (exact for 8-bit values); a 1-D zero point is per `channel_axis`."""
+    value = q.to(torch.float64)
+    if zero_point is None:
+        return value
+    zero = zero_point.to(torch.float64)
+    if zero.dim() == 1 and zero.numel() > 1 and channel_axis is not None:
+        shape = [1] * q.dim()
+        shape[channel_axis] = zero.numel()
+        zero = zero.reshape(shape)
+    return value - zero.reshape(()) if zero.numel() == 1 else value - zero
+
+
+class IntegerConv(nn.Module):
+    """Σ (x - x_zero)(w - w_zero) over ONNX's conv windows, exact in float64 (products of 8-bit
+    values summed over fewer than 2^37 terms), padding contributing 0, as ConvInteger defines it."""
+
+    def __init__(self, attrs: dict):
+        super().__init__()
+        self.attrs, self.group = attrs, int(attrs.get("group", 1))
+
+    def accumulate(self, x, w, x_zero=None, w_zero=None) -> torch.Tensor:
+        from onnx_attr.importing.converters.convolution import _CONV, _spatial_rank
+        from onnx_attr.importing.converters.pooling import window_padding
+
+        rank = _spatial_rank(w, "ConvInteger")
+        xs = _centred_per_channel(x, x_zero, None)
+        ws = _centred_per_channel(w, w_zero, 0)
+        plan = window_padding({**self.attrs, "kernel_shape": list(w.shape[2:])}, tuple(x.shape[2:]))
+        padded = F.pad(xs, plan.pads) if any(plan.pads) else xs
+        return _CONV[rank](padded, ws, None, plan.strides, 0, plan.dilations, self.group)
+
+    def forward(self, x, w, x_zero=None, w_zero=None) -> torch.Tensor:
+        return self.accumulate(x, w, x_zero, w_zero).to(torch.int32)
+
+
+@register("ConvInteger", 10)
+def convert_conv_integer(node, graph):
+    return result(node, IntegerConv(dict(node.attributes)))
+
+
+class QLinearConv(IntegerConv):
+    """The integer convolution (+ int32 bias) requantised as onnxruntime does: the accumulator
+    in float32 times x_scale·w_scale/y_scale (per output channel where w_scale is), rounded half
+    to even, shifted by y_zero and saturated to y's type."""
+
+    def forward(self, x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero=None, bias=None) -> torch.Tensor:
+        acc = self.accumulate(x, w, x_zero, w_zero)
+        if bias is not None:
+            acc = acc + bias.to(torch.float64).reshape(1, -1, *([1] * (acc.dim() - 2)))
+        multiplier = (x_scale.float() * w_scale.float() / y_scale.float()).reshape(-1)
+        multiplier = multiplier.reshape(1, -1, *([1] * (acc.dim() - 2))) if multiplier.numel() > 1 \
+            else multiplier.reshape(())
+        out = torch.round(acc.to(torch.int32).float() * multiplier)
+        dtype = y_zero.dtype if y_zero is not None else x.dtype
+        if y_zero is not None:
+            out = out + y_zero.float()
+        info = torch.iinfo(dtype)
+        return out.clamp(info.min, info.max).to(dtype)
+
+
+@register("QLinearConv", 10)
+def convert_qlinear_conv(node, graph):
+    return result(node, QLinearConv(dict(node.attributes)))
+
+
+# onnxruntime's com.microsoft quantized elementwise ops (QOperator format): dequantize, compute in
+# float32, requantize with rounding half to even and saturation, as its kernels define them.
+
+
+def _requantize(value: torch.Tensor, zero: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """round(value) (+ zero), saturated to the type of `zero` (or of `like`)."""
+    dtype = zero.dtype if zero is not None else like.dtype
+    out = torch.round(value) + (zero.float() if zero is not None else 0.0)
+    info = torch.iinfo(dtype)
+    return out.clamp(info.min, info.max).to(dtype)
+
+
+def _shifted(q: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
+    return q.float() - (zero.float() if zero is not None else 0.0)
+
+
+class QLinearAdd(nn.Module):
+    """C = requantize(A·(a_scale/c_scale) + B·(b_scale/c_scale) + fixed), fixed = c_zero -
+    (a_zero·a_scale/c_scale + b_zero·b_scale/c_scale), every step in float32 in the order
+    onnxruntime's x86 kernel takes (a scalar operand is folded into `fixed` first), since the
+    order decides which way a near-half value rounds."""
+
+    def forward(self, a, a_scale, a_zero, b, b_scale, b_zero, c_scale, c_zero=None) -> torch.Tensor:
+        c_scale = c_scale.float()
+        zero = torch.zeros((), dtype=torch.float32, device=a.device)
+        ra, rb = a_scale.float() / c_scale, b_scale.float() / c_scale
+        za = a_zero.float().reshape(()) if a_zero is not None else zero
+        zb = b_zero.float().reshape(()) if b_zero is not None else zero
+        if a.numel() == 1 and b.numel() > 1:  # the kernel's scalar operand is always the second
+            a, ra, za, b, rb, zb = b, rb, zb, a, ra, za
+        zc = c_zero.float().reshape(()) if c_zero is not None else zero
+        fixed = zc - (ra * za + rb * zb)
+        if b.numel() == 1:
+            value = (fixed + b.float().reshape(()) * rb) + a.float() * ra
+        else:
+            value = (fixed + a.float() * ra) + b.float() * rb
+        return _requantize(value, None, c_zero if c_zero is not None else a)
+
+
+class QLinearMul(nn.Module):
+    """C = requantize((A - a_zero)·(B - b_zero)·a_scale·b_scale/c_scale)."""
+
+    def forward(self, a, a_scale, a_zero, b, b_scale, b_zero, c_scale, c_zero=None) -> torch.Tensor:
+        ratio = a_scale.float() * b_scale.float() / c_scale.float()
+        return _requantize(_shifted(a, a_zero) * _shifted(b, b_zero) * ratio, c_zero, a)
+
+
+class QLinearSigmoid(nn.Module):
+    """Y = requantize(sigmoid((X - x_zero)·x_scale) / y_scale)."""
+
+    def forward(self, x, x_scale, x_zero, y_scale, y_zero=None) -> torch.Tensor:
+        return _requantize(torch.sigmoid(_shifted(x, x_zero) * x_scale.float()) / y_scale.float(), y_zero, x)
+
+
+class QLinearGlobalAveragePool(nn.Module):
+    """Y = requantize((Σ X - n·x_zero)·x_scale/(n·y_scale)) over the spatial axes (channels first)."""
+
+    def __init__(self, channels_last: bool):
+        super().__init__()
+        self.channels_last = channels_last
+
+    def forward(self, x, x_scale, x_zero, y_scale, y_zero=None) -> torch.Tensor:
+        axes = tuple(range(1, x.dim() - 1)) if self.channels_last else tuple(range(2, x.dim()))
+        n = 1
+        for axis in axes:
+            n *= x.shape[axis]
+        total = x.to(torch.int64).sum(axes, keepdim=True)
+        if x_zero is not None:
+            total = total - n * x_zero.to(torch.int64)
+        value = total.float() * (x_scale.float() / (float(n) * y_scale.float()))
+        return _requantize(value, y_zero, x)
+
+
+_MICROSOFT = "com.microsoft"
+
+
+@register("QLinearAdd", 1, domain=_MICROSOFT)
+def convert_qlinear_add(node, graph):
+    return result(node, QLinearAdd())
+
+
+@register("QLinearMul", 1, domain=_MICROSOFT)
+def convert_qlinear_mul(node, graph):
+    return result(node, QLinearMul())
+
+
+@register("QLinearSigmoid", 1, domain=_MICROSOFT)
+def convert_qlinear_sigmoid(node, graph):
+    return result(node, QLinearSigmoid())
+
+
+@register("QLinearGlobalAveragePool", 1, domain=_MICROSOFT)
+def convert_qlinear_global_average_pool(node, graph):
+    return result(node, QLinearGlobalAveragePool(bool(node.attributes.get("channels_last", 0))))
+
+
+class QLinearAveragePool(nn.Module):
+    """Y = requantize(AveragePool((X - x_zero)·x_scale) / y_scale): ONNX's AveragePool geometry
+    (pads, SAME, ceil mode, count_include_pad) over the dequantized input, channels first or last."""
+
+    def __init__(self, pool: nn.Module, channels_last: bool):
+        super().__init__()
+        self.pool, self.channels_last = pool, channels_last
+
+    def forward(self, x, x_scale, x_zero, y_scale, y_zero=None) -> torch.Tensor:
+        value = _shifted(x, x_zero) * x_scale.float()
+        if self.channels_last:
+            value = value.movedim(-1, 1)
+        pooled = self.pool(value)
+        if self.channels_last:
+            pooled = pooled.movedim(1, -1)
+        return _requantize(pooled / y_scale.float(), y_zero, x)
+
+
+@register("QLinearAveragePool", 1, domain=_MICROSOFT)
+def convert_qlinear_average_pool(node, graph):
+    from onnx_attr.importing.converters.pooling import GeneralAveragePool
+
+    attrs = {k: v for k, v in node.attributes.items() if k != "channels_last"}
+    return result(node, QLinearAveragePool(GeneralAveragePool(attrs), bool(node.attributes.get("channels_last", 0))))
+
+
+class QuantizedWeight:
+    """An integer weight [K, N] with its scale (one, or one per column) and zero point (onnxruntime's
+    quantized GEMM reads one): `exact` is onnxruntime's dynamic quantized product, `dequantized` the
+    float product it approximates (the DeepLift multipliers of the block, see rules/quantized.py)."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None):
+        if zero is not None and zero.numel() > 1 and bool((zero != zero.reshape(-1)[0]).any()):
+            raise NotImplementedError("a quantized weight with differing zero points per column (onnxruntime's "
+                                      "quantized GEMM reads one)")
+        self.q, self.scale = q, scale.float().reshape(-1)
+        self.zero = zero.reshape(-1)[0].to(torch.float64) if zero is not None else torch.zeros((), dtype=torch.float64)
+        self.centred = q.to(torch.float64) - self.zero
+        self.weight = (self.centred * self.scale.double()).float()
+        self.saturation = _RiskyPairs(q) if q.dtype == torch.int8 and pairs_saturate() else None
+
+    def exact(self, a: torch.Tensor) -> torch.Tensor:
+        """a quantized to uint8 over its whole range, the integer product exact in float64 (8-bit
+        products summed over fewer than 2^37 terms), then float(acc)·(a_scale·w_scale) in float32."""
+        q, a_scale, a_zero = DynamicQuantizeLinear()(a)
+        acc = (q.to(torch.float64) - a_zero.to(torch.float64)) @ self.centred
+        if self.saturation is not None:
+            acc = acc + self.saturation.correction(q)
+        return acc.float() * (a_scale * self.scale)
+
+    def dequantized(self, a: torch.Tensor) -> torch.Tensor:
+        return a @ self.weight
+
+
+def pairs_saturate() -> bool:
+    """Whether onnxruntime's u8·s8 GEMM on this CPU sums each pair of products in int16 with
+    saturation: its x86 kernels without VNNI do (the multiply-add of AVX2 and AVX-512BW); with
+    AVX-VNNI or AVX512-VNNI, and elsewhere, the sum is exact."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx2" in flags and "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
+class _RiskyPairs:
+    """The (pair k, column n) of an int8 weight where a uint8 row could saturate the int16 pair
+    sum: |w[2k, n]| + |w[2k+1, n]| > 32767 / 255. Found once; usually a small share of the weight."""
+
+    def __init__(self, w: torch.Tensor):
+        w2 = w.to(torch.float32)
+        if w2.shape[0] % 2:
+            w2 = F.pad(w2, (0, 0, 0, 1))
+        even, odd = w2[0::2], w2[1::2]
+        self.k, self.n = torch.nonzero(even.abs() + odd.abs() > 32767.0 / 255.0, as_tuple=True)
+        self.w_even, self.w_odd = even[self.k, self.n], odd[self.k, self.n]
+        self.columns = w.shape[1]
+
+    def correction(self, a: torch.Tensor) -> torch.Tensor:
+        """What int16 saturation of each pair sum a[2k]·w[2k] + a[2k+1]·w[2k+1] (raw uint8 × int8,
+        before the zero points are taken out) removes from the exact product, in float64."""
+        rows = a.reshape(-1, a.shape[-1]).to(torch.float32)
+        if rows.shape[1] % 2:
+            rows = F.pad(rows, (0, 1))
+        out = torch.zeros(rows.shape[0], self.columns, dtype=torch.float64, device=a.device)
+        if self.k.numel():
+            pairs = rows[:, 2 * self.k] * self.w_even + rows[:, 2 * self.k + 1] * self.w_odd  # exact in float32
+            out.index_add_(1, self.n, (pairs.clamp(-32768.0, 32767.0) - pairs).double())
+        return out.reshape(*a.shape[:-1], self.columns)

@@ -1,0 +1,243 @@
+"""ONNX LSTM, GRU and RNN, built from their gates.
+
+The recurrence is written once, over an "algebra" of the few operations it needs (linear maps,
+sums, sigmoid, tanh, products, masks). `Plain` runs it on tensors: that is these converters'
+forward. The DeepLift rule (`rules/recurrent.py`) runs the same code on (value, reference) pairs,
+so every gate's sigmoid, every tanh and every product gets its exact rule, and the forward and
+the rule cannot drift apart. Each op is a cell (one time step) plus what the three share:
+layouts, directions, initial states and sequence lengths.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from onnx_attr.importing.converters._common import result
+from onnx_attr.importing.converters.registry import register
+
+
+class Plain:
+    """The recurrence's operations on plain tensors."""
+
+    @staticmethod
+    def linear(v: Tensor, fn) -> Tensor:
+        return fn(v)
+
+    @staticmethod
+    def add(*vs: Tensor) -> Tensor:
+        out = vs[0]
+        for v in vs[1:]:
+            out = out + v
+        return out
+
+    sigmoid = staticmethod(torch.sigmoid)
+    tanh = staticmethod(torch.tanh)
+    mul = staticmethod(torch.mul)
+
+    @staticmethod
+    def where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(mask, a, b)
+
+    @staticmethod
+    def stack(vs: list, dim: int) -> Tensor:
+        return torch.stack(vs, dim)
+
+    @staticmethod
+    def quantized(v: Tensor, weight, batch_axis: int) -> Tensor:
+        return weight.exact(v)
+
+
+def _gate(alg, xt, h, w_gate: Tensor, r_gate: Tensor, bias: Tensor):
+    """xt W^T + h R^T + bias: linear in each of xt and h."""
+    return alg.add(alg.linear(xt, lambda v: v @ w_gate.T), alg.linear(h, lambda v: v @ r_gate.T + bias))
+
+
+def lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+    h, c = states
+    wi, wo, wf, wc = w.split(hidden)  # ONNX gate order: input, output, forget, cell
+    ri, ro, rf, rc = r.split(hidden)
+    bi, bo, bf, bc = (b[:4 * hidden] + b[4 * hidden:]).split(hidden)
+    pre = [_gate(alg, xt, h, wk, rk, bk) for wk, rk, bk in ((wi, ri, bi), (wo, ro, bo), (wf, rf, bf), (wc, rc, bc))]
+    return _lstm_update(alg, pre, c, p, hidden)
+
+
+def _lstm_update(alg, pre: list, c, p, hidden: int):
+    """The LSTM's gates from their pre-activations (input, output, forget, cell), peepholes included."""
+    pi, po, pf = p.split(hidden) if p is not None else (None, None, None)
+
+    def peep(pre, peephole, cell):
+        return pre if peephole is None else alg.add(pre, alg.linear(cell, lambda v: v * peephole))
+
+    pre_i, pre_o, pre_f, pre_c = pre
+    i = alg.sigmoid(peep(pre_i, pi, c))
+    f = alg.sigmoid(peep(pre_f, pf, c))
+    g = alg.tanh(pre_c)
+    c_new = alg.add(alg.mul(f, c), alg.mul(i, g))
+    o = alg.sigmoid(peep(pre_o, po, c_new))
+    return [alg.mul(o, alg.tanh(c_new)), c_new]
+
+
+def quantized_lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+    """onnxruntime's DynamicQuantizeLSTM step: xt is already x·W (quantized over the whole
+    sequence, `QuantizedLSTM.project`); h·R is quantized over this step's batch; then the summed
+    biases, and the float LSTM gates."""
+    h, c = states
+    bias = b[:4 * hidden] + b[4 * hidden:]
+    both = alg.linear(alg.add(xt, alg.quantized(h, r, 0)), lambda v: v + bias)
+    pre = [alg.linear(both, lambda v, k=k: v[..., k * hidden:(k + 1) * hidden]) for k in range(4)]
+    return _lstm_update(alg, pre, c, p, hidden)
+
+
+def gru_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+    (h,) = states
+    wz, wr, wh = w.split(hidden)  # ONNX gate order: update, reset, hidden
+    rz, rr, rh = r.split(hidden)
+    wbz, wbr, wbh, rbz, rbr, rbh = b.split(hidden)
+    z = alg.sigmoid(_gate(alg, xt, h, wz, rz, wbz + rbz))
+    reset = alg.sigmoid(_gate(alg, xt, h, wr, rr, wbr + rbr))
+    x_part = alg.linear(xt, lambda v: v @ wh.T + wbh)
+    if attrs.get("linear_before_reset", 0):
+        h_part = alg.mul(reset, alg.linear(h, lambda v: v @ rh.T + rbh))
+    else:
+        h_part = alg.linear(alg.mul(reset, h), lambda v: v @ rh.T + rbh)
+    candidate = alg.tanh(alg.add(x_part, h_part))
+    keep = alg.linear(z, lambda v: 1 - v)
+    return [alg.add(alg.mul(keep, candidate), alg.mul(z, h))]
+
+
+def rnn_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+    (h,) = states
+    bias = b[:hidden] + b[hidden:]
+    return [alg.tanh(_gate(alg, xt, h, w, r, bias))]
+
+
+class Recurrent(nn.Module):
+    """One ONNX recurrent op; returns as many outputs as the node declares (a bare Y for one)."""
+
+    CELLS = {"LSTM": (lstm_cell, 4, 2, ["Sigmoid", "Tanh", "Tanh"]),
+             "GRU": (gru_cell, 3, 1, ["Sigmoid", "Tanh"]),
+             "RNN": (rnn_cell, 1, 1, ["Tanh"]),
+             "DynamicQuantizeLSTM": (quantized_lstm_cell, 4, 2, ["Sigmoid", "Tanh", "Tanh"])}
+
+    def __init__(self, op: str, attrs: dict, n_outputs: int):
+        super().__init__()
+        self.op, self.attrs, self.n_outputs = op, attrs, n_outputs
+        self.hidden, self.direction, self.layout = recurrent_attrs(op, attrs)
+
+    def forward(self, x: Tensor, w: Tensor, r: Tensor, b: Optional[Tensor] = None,
+                sequence_lens: Optional[Tensor] = None, initial_h: Optional[Tensor] = None,
+                initial_c: Optional[Tensor] = None, p: Optional[Tensor] = None):
+        return run_recurrent(Plain, self, x, w, r, b, sequence_lens, [initial_h, initial_c], p)
+
+    def weights(self, w: Tensor, r: Tensor, *quantization: Optional[Tensor]) -> tuple:
+        """W and R as the cell reads them, indexed by direction."""
+        return w, r
+
+    def project(self, alg, x, w):
+        """x as the cell takes it, for one direction's W (the float cells take x itself)."""
+        return x
+
+
+class QuantizedLSTM(Recurrent):
+    """com.microsoft DynamicQuantizeLSTM: W [dirs, in, 4H] and R [dirs, H, 4H] in 8 bits with a
+    scale and zero point per direction (or per direction and column). h is quantized over the
+    whole batch at each step, as onnxruntime's serial path does (batch 1, or up to 4 rows with
+    hidden_size > 256); past that it splits the batch into one chunk per thread, each with its
+    own range, so its results depend on its thread count and ours match it only on one thread."""
+
+    def __init__(self, attrs: dict, n_outputs: int):
+        super().__init__("DynamicQuantizeLSTM", attrs, n_outputs)
+
+    def forward(self, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None,
+                w_scale=None, w_zero=None, r_scale=None, r_zero=None):
+        w, r = self.weights(w, r, w_scale, w_zero, r_scale, r_zero)
+        return run_recurrent(Plain, self, x, w, r, b, sequence_lens, [initial_h, initial_c], p)
+
+    def weights(self, w, r, *quantization):
+        from onnx_attr.importing.converters.quantize import QuantizedWeight
+
+        w_scale, w_zero, r_scale, r_zero = quantization
+        dirs = w.shape[0]
+
+        def per_direction(q, scale, zero):
+            scale, zero = scale.reshape(dirs, -1), None if zero is None else zero.reshape(dirs, -1)
+            return [QuantizedWeight(q[d], scale[d], None if zero is None else zero[d]) for d in range(dirs)]
+
+        return per_direction(w, w_scale, w_zero), per_direction(r, r_scale, r_zero)
+
+    def project(self, alg, x, w):
+        """x·W for every step at once: onnxruntime quantizes the whole sequence with one range."""
+        return alg.quantized(x, w, 1)
+
+
+def recurrent_attrs(op: str, attrs: dict) -> tuple[int, str, int]:
+    """hidden size, direction, layout; NotImplementedError for what the cells do not model."""
+    direction = attrs.get("direction", "forward")
+    dirs = 2 if direction == "bidirectional" else 1
+    activations = list(attrs.get("activations", []))
+    default = Recurrent.CELLS[op][3]
+    if activations and activations != default * dirs:
+        raise NotImplementedError(f"{op} activations {activations} (only the default {default})")
+    if attrs.get("clip") is not None:
+        raise NotImplementedError(f"{op} with clip is not supported")
+    if attrs.get("input_forget", 0):
+        raise NotImplementedError("LSTM with input_forget=1 is not supported")
+    return int(attrs["hidden_size"]), direction, int(attrs.get("layout", 0))
+
+
+def run_recurrent(alg, module: Recurrent, x, w, r, b, lens, initial: list, p):
+    """x [seq, batch, in] (layout 0) or [batch, seq, in]; Y, Y_h (and Y_c) in the same layout."""
+    cell, n_gates, n_states, _ = Recurrent.CELLS[module.op]
+    hidden, dirs = module.hidden, 2 if module.direction == "bidirectional" else 1
+    if module.layout == 1:
+        x = alg.linear(x, lambda v: v.transpose(0, 1))
+        initial = [None if s is None else alg.linear(s, lambda v: v.transpose(0, 1)) for s in initial]
+    first = x[0] if isinstance(x, tuple) else x
+    seq, batch = first.shape[0], first.shape[1]
+    zeros = torch.zeros(dirs, batch, hidden, dtype=first.dtype, device=first.device)
+    initial = [s if s is not None else (zeros if alg is Plain else (zeros, zeros)) for s in initial[:n_states]]
+    if lens is not None and (module.direction != "forward" or isinstance(module, QuantizedLSTM)) \
+            and bool((lens < seq).any()):
+        raise NotImplementedError(f"{module.op} over padded sequences (sequence_lens) is not supported "
+                                  "(reverse, or quantized: onnxruntime zeroes a finished row's state)")
+    if b is None:
+        b = torch.zeros(dirs, 2 * n_gates * hidden, dtype=first.dtype, device=first.device)
+    ys, finals = [], []
+    for d in range(dirs):
+        states = [alg.linear(s, lambda v: v[d]) for s in initial]
+        xs = module.project(alg, x, w[d])
+        outs: list = [None] * seq
+        for t in (range(seq - 1, -1, -1) if module.direction == "reverse" or d == 1 else range(seq)):
+            xt = alg.linear(xs, lambda v: v[t])
+            new = cell(alg, xt, states, w[d], r[d], b[d], None if p is None else p[d], hidden, module.attrs)
+            if lens is not None:  # past a sequence's end the state holds and the output is zero
+                live = (t < lens).reshape(-1, 1)
+                new = [alg.where(live, n, s) for n, s in zip(new, states)]
+                outs[t] = alg.where(live, new[0], alg.linear(new[0], torch.zeros_like))
+            else:
+                outs[t] = new[0]
+            states = new
+        ys.append(alg.stack(outs, 0))
+        finals.append(states)
+    y = alg.stack(ys, 1)  # [seq, dirs, batch, H]
+    outputs = [y] + [alg.stack([f[k] for f in finals], 0) for k in range(n_states)]
+    if module.layout == 1:
+        outputs = [alg.linear(outputs[0], lambda v: v.permute(2, 0, 1, 3))] + [
+            alg.linear(s, lambda v: v.transpose(0, 1)) for s in outputs[1:]]
+    outputs = outputs[:module.n_outputs]
+    return outputs[0] if module.n_outputs == 1 else tuple(outputs)
+
+
+@register("LSTM", 7, 14)
+@register("GRU", 7, 14)
+@register("RNN", 7, 14)
+def convert_recurrent(node, graph):
+    return result(node, Recurrent(node.operation_type, dict(node.attributes), len(node.output_values)))
+
+
+@register("DynamicQuantizeLSTM", 1, domain="com.microsoft")
+def convert_quantized_lstm(node, graph):
+    return result(node, QuantizedLSTM(dict(node.attributes), len(node.output_values)))

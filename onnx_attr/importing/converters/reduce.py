@@ -1,0 +1,92 @@
+"""Reductions at opset 18+, where `axes` moved from an attribute to an optional input.
+
+One module for the whole family: the reduction function, the axes (baked in when they are a
+constant), keepdims and noop_with_empty_axes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from onnx_attr.importing.converters._common import result
+from onnx_attr.importing.converters.registry import register
+
+
+def _prod(x: torch.Tensor, dims: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+    for d in sorted(dims, reverse=True):
+        x = x.prod(d, keepdim=keepdim)
+    return x
+
+
+def _extreme(largest: bool):
+    """amax/amin, with ONNX's identity over an empty set: the lowest (highest) value of the type."""
+
+    def reduce(x: torch.Tensor, dims: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+        if all(x.shape[d] for d in dims):
+            return x.amax(dims, keepdim=keepdim) if largest else x.amin(dims, keepdim=keepdim)
+        shape = [1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims]
+        if x.dtype == torch.bool:
+            fill = not largest
+        else:
+            info = torch.finfo(x.dtype) if x.is_floating_point() else torch.iinfo(x.dtype)
+            fill = (-math.inf if largest else math.inf) if x.is_floating_point() else (info.min if largest else info.max)
+        return torch.full(shape, fill, dtype=x.dtype, device=x.device)
+
+    return reduce
+
+
+_REDUCERS: dict[str, Callable[[torch.Tensor, tuple[int, ...], bool], torch.Tensor]] = {
+    "ReduceMean": lambda x, d, k: x.mean(d, keepdim=k),
+    "ReduceSum": lambda x, d, k: x.sum(d, keepdim=k),
+    "ReduceMax": _extreme(largest=True),
+    "ReduceMin": _extreme(largest=False),
+    "ReduceProd": _prod,
+    "ReduceL1": lambda x, d, k: x.abs().sum(d, keepdim=k),
+    "ReduceL2": lambda x, d, k: (x * x).sum(d, keepdim=k).sqrt(),
+    "ReduceSumSquare": lambda x, d, k: (x * x).sum(d, keepdim=k),
+    "ReduceLogSum": lambda x, d, k: x.sum(d, keepdim=k).log(),
+    "ReduceLogSumExp": lambda x, d, k: torch.logsumexp(x, d, keepdim=k),
+}
+
+
+class Reduce(nn.Module):
+    def __init__(self, op: str, keepdims: bool, noop_with_empty_axes: bool, axes: Optional[list[int]]):
+        super().__init__()
+        self.op, self.keepdims, self.noop = op, keepdims, noop_with_empty_axes
+        self.axes = axes
+
+    def forward(self, x: torch.Tensor, axes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        dims = self.axes if self.axes is not None else ([] if axes is None else [int(a) for a in axes.tolist()])
+        if not dims:
+            if self.noop:
+                return x
+            dims = list(range(x.dim()))
+        return _REDUCERS[self.op](x, tuple(d % x.dim() for d in dims), self.keepdims)
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, axes={self.axes}, keepdims={self.keepdims}"
+
+
+def convert_reduce(node, graph):
+    attrs = node.attributes
+    axes = None
+    inputs = node.input_values
+    if len(inputs) > 1 and inputs[1] and inputs[1] in graph.initializers:
+        axes = [int(a) for a in graph.initializers[inputs[1]].to_torch().reshape(-1).tolist()]
+        inputs = inputs[:1]
+    elif len(inputs) < 2 or not inputs[1]:
+        axes = []
+    module = Reduce(node.operation_type, bool(attrs.get("keepdims", 1)), bool(attrs.get("noop_with_empty_axes", 0)),
+                    axes)
+    return result(node, module, inputs=inputs)
+
+
+for _op in ("ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
+            "ReduceLogSumExp"):
+    register(_op, 18)(convert_reduce)
+register("ReduceMax", 18, 20)(convert_reduce)
+register("ReduceMin", 18, 20)(convert_reduce)

@@ -1,0 +1,114 @@
+"""Find the Softmax/LogSoftmax/Sigmoid that ends an output, and optionally strip it.
+
+Attributing a probability explains "why is this class more likely than the others" through a
+saturating nonlinearity whose DeepLift multipliers mix all classes; attributing the logit is
+what the DeepLIFT paper (section 3.6) recommends. The strip is done on the ONNX graph, so the
+stripped model can be checked against onnxruntime like any other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_attr.importing.specs import FinalActivation
+
+ACTIVATIONS = frozenset({"Softmax", "LogSoftmax", "Sigmoid"})
+#: Ops that move or relabel values without mixing them: an activation behind them still ends the output.
+PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Transpose", "Dropout",
+                          "ZipMap"})
+#: Consumers that see only the order of a row's values, which logits keep: an ArgMax label output
+#: beside the probabilities does not stop the strip.
+ORDER_ONLY = frozenset({"ArgMax"})
+
+
+def strip_final_activations(
+    model: onnx.ModelProto, strip: bool
+) -> tuple[onnx.ModelProto, dict[str, FinalActivation]]:
+    """Return the (possibly) stripped model and, per graph output, the activation found there."""
+    graph = model.graph
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    consumers: dict[str, set[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            consumers.setdefault(name, set()).add(i)
+
+    found: dict[str, FinalActivation] = {}
+    to_strip: set[int] = set()
+    to_negate: set[int] = set()  # the 1 - p of a binary probability pair becomes -z
+    for output in graph.output:
+        chain = _chain_to_activation(graph, producer, output.name)
+        if chain is None:
+            continue
+        act_index, path, pair = chain
+        act = graph.node[act_index]
+        through = tuple(graph.node[i].op_type for i in reversed(path))
+        if pair is not None:
+            through = ("Concat[1-p, p] -> [-z, z]",) + through[1:]
+        # Every tensor from the activation to the output must feed only this chain (or an ArgMax,
+        # which logits leave unchanged); otherwise another part of the graph would see logits
+        # where it expects probabilities.
+        chain_nodes = {act_index, *path} | ({pair} if pair is not None else set())
+        order_only = {i for i, n in enumerate(graph.node) if n.op_type in ORDER_ONLY}
+        private = all(consumers.get(graph.node[i].output[0], set()) <= chain_nodes | order_only for i in chain_nodes)
+        name = act.name or f"{act.op_type}#{act_index}"
+        if strip and private:
+            to_strip.add(act_index)
+            if pair is not None:
+                to_negate.add(pair)
+            found[output.name] = FinalActivation(act.op_type, name, True, through)
+        else:
+            reason = "requested by the caller" if not strip else "its output also feeds other nodes"
+            found[output.name] = FinalActivation(act.op_type, name, False, through, reason)
+
+    if not to_strip:
+        return model, found
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i in to_strip:
+        node = out.graph.node[i]
+        replacement = onnx.helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)
+        out.graph.node[i].CopyFrom(replacement)
+    for i in to_negate:
+        node = out.graph.node[i]
+        out.graph.node[i].CopyFrom(onnx.helper.make_node("Neg", [node.input[1]], [node.output[0]], name=node.name))
+    return out, found
+
+
+def _chain_to_activation(graph, producer, tensor: str) -> tuple[int, list[int], int | None] | None:
+    """The activation feeding `tensor` through pass-through ops: its index, the pass-through
+    nodes' indices, and (for scikit-learn's binary head Concat(1 - σ(z), σ(z))) the Sub's index."""
+    path: list[int] = []
+    while tensor in producer:
+        index = producer[tensor]
+        node = graph.node[index]
+        if node.domain not in ("", "ai.onnx") and not (node.domain == "ai.onnx.ml" and node.op_type == "ZipMap"):
+            return None
+        if node.op_type in ACTIVATIONS:
+            return index, path, None
+        pair = _binary_pair(graph, producer, node)
+        if pair is not None:
+            return pair[0], path + [index], pair[1]
+        if node.op_type not in PASS_THROUGH or not node.input:
+            return None
+        path.append(index)
+        tensor = node.input[0]
+    return None
+
+
+def _binary_pair(graph, producer, node) -> tuple[int, int] | None:
+    """(sigmoid index, sub index) when `node` is Concat(Sub(1, s), s) with s = Sigmoid(z)."""
+    if node.op_type != "Concat" or len(node.input) != 2:
+        return None
+    first, second = (producer.get(name) for name in node.input)
+    if first is None or second is None:
+        return None
+    sub, sig = graph.node[first], graph.node[second]
+    if sig.op_type != "Sigmoid" or sub.op_type != "Sub" or list(sub.input)[1:] != [sig.output[0]]:
+        return None
+    ones = {t.name: t for t in graph.initializer}
+    unity = ones.get(sub.input[0])
+    if unity is None or not np.all(numpy_helper.to_array(unity) == 1):
+        return None
+    return second, first

@@ -1,0 +1,215 @@
+"""Turn what a user passes (arrays, tensors, dicts, .npz files) into checked model inputs.
+
+Every mismatch with the model's declared inputs is an `InputError` naming the ONNX input and
+what it expects, raised before any compute.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from onnx_attr.errors import InputError
+from onnx_attr.importing.specs import TensorSpec
+
+
+def arrange(inputs: Any, specs: Sequence[TensorSpec], what: str = "input") -> list[Any]:
+    """Order inputs as the model declares them: one value, a sequence, or a dict by ONNX name."""
+    names = [s.name for s in specs]
+    if isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        extra = [k for k in inputs if k not in names]
+        if missing or extra:
+            raise InputError(
+                f"{what}s do not match the model's inputs {names}: "
+                + (f"missing {missing}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"unexpected {extra}" if extra else "")
+            )
+        return [inputs[n] for n in names]
+    if isinstance(inputs, (np.ndarray, torch.Tensor)) or np.isscalar(inputs):
+        inputs = [inputs]
+    values = list(inputs)
+    if len(values) != len(specs):
+        raise InputError(f"the model takes {len(specs)} {what}(s) {names}, got {len(values)}")
+    return values
+
+
+def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str = "input",
+                 any_batch: bool = False, finite: Sequence[bool] | bool = True) -> list[torch.Tensor]:
+    """Validate shape, dtype and finiteness against the specs; return tensors of the declared dtype.
+
+    With `any_batch` axis 0 may have any size whatever the spec says: the attribution engine
+    feeds an export with a fixed batch size in chunks of that size. `finite` says which inputs
+    must be finite (all, none, or one flag per input): an attributed input must be, since its
+    attributions would be meaningless, while a forward pass takes what the graph takes (an IsNaN
+    model, an attention mask of -inf).
+    """
+    finite = [finite] * len(specs) if isinstance(finite, bool) else list(finite)
+    symbols: dict[str, tuple[int, str]] = {}
+    out = []
+    for value, spec, must_be_finite in zip(values, specs, finite):
+        tensor = _to_tensor(value, spec, what)
+        if spec.shape == () and tensor.dim() > 0 and tensor.numel() == 1:
+            tensor = tensor.reshape(())  # a one-element array where a scalar is declared
+        _check_shape(tensor, spec, what, symbols, skip_batch=any_batch)
+        if must_be_finite and tensor.is_floating_point() and not all_finite(tensor):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(
+                f"{what} {spec.name!r} has {bad} NaN or infinite value(s); "
+                "attributions of non-finite inputs are meaningless: clean or impute them first"
+            )
+        out.append(tensor)
+    return out
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity in a floating tensor. A finite sum settles it in one float pass (a NaN or
+    infinity always spoils the sum); only a sum that overflows is checked element by element
+    (on CPU the elementwise test writes a bool mask, which costs as much as several passes)."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def _to_tensor(value: Any, spec: TensorSpec, what: str) -> torch.Tensor:
+    if spec.dtype is None:
+        raise InputError(f"{what} {spec.name!r} is not a tensor (sequence or map inputs are not supported)")
+    if isinstance(value, torch.Tensor):
+        array_kind = _torch_kind(value.dtype)  # from the dtype alone: no copy of the data
+    else:
+        try:
+            value = np.asarray(value)
+        except Exception as err:
+            raise InputError(f"{what} {spec.name!r} cannot be read as an array: {err}") from err
+        if value.dtype == object:
+            raise InputError(f"{what} {spec.name!r} is an object array; pass a numeric array")
+        array_kind = _kind(value.dtype)
+    want = _kind(spec.dtype)
+    if array_kind != want:
+        got = value.dtype
+        raise InputError(
+            f"{what} {spec.name!r} expects {spec.dtype} values ({want}), got {got} ({array_kind})"
+            + ("; token ids must be integers" if want == "integer" else "")
+        )
+    torch_dtype = _torch_dtype(spec)
+    if isinstance(value, torch.Tensor):
+        return value.to(torch_dtype)
+    if spec.dtype.name == "bfloat16":  # numpy has no bfloat16; torch reads it through float32 exactly
+        return torch.from_numpy(np.asarray(value, dtype=np.float32)).to(torch.bfloat16)
+    array = np.ascontiguousarray(value.astype(spec.dtype, copy=False))
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def _torch_dtype(spec: TensorSpec) -> torch.dtype:
+    if spec.dtype.name == "bfloat16":
+        return torch.bfloat16
+    try:
+        return torch.from_numpy(np.zeros(0, spec.dtype)).dtype
+    except TypeError as err:
+        raise InputError(f"input {spec.name!r} has dtype {spec.dtype}, which PyTorch cannot hold") from err
+
+
+def _torch_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "boolean"
+    if dtype.is_floating_point:
+        return "floating"
+    return "integer" if not dtype.is_complex else str(dtype)
+
+
+def _kind(dtype: np.dtype) -> str:
+    if dtype.name in ("bfloat16",) or dtype.name.startswith("float8"):
+        return "floating"
+    if np.issubdtype(dtype, np.bool_):
+        return "boolean"
+    if np.issubdtype(dtype, np.floating):
+        return "floating"
+    if np.issubdtype(dtype, np.integer):
+        return "integer"
+    return str(dtype)
+
+
+def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dict[str, tuple[int, str]],
+                 skip_batch: bool = False) -> None:
+    if spec.shape is None:
+        return
+    shape = tuple(tensor.shape)
+    expected = "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
+    if len(shape) != len(spec.shape):
+        raise InputError(
+            f"{what} {spec.name!r} expects rank {len(spec.shape)} {expected}, got shape {list(shape)}"
+        )
+    for axis, (got, dim) in enumerate(zip(shape, spec.shape)):
+        if axis == 0 and skip_batch:
+            continue
+        if isinstance(dim, int) and dim > 0 and got != dim:
+            raise InputError(
+                f"{what} {spec.name!r} expects shape {expected}, got {list(shape)} (axis {axis} must be {dim})"
+            )
+        if isinstance(dim, str):
+            seen = symbols.setdefault(dim, (got, spec.name))
+            if seen[0] != got:
+                raise InputError(
+                    f"{what} {spec.name!r} axis {axis} ({dim!r}) is {got}, but {seen[1]!r} has {dim!r} = {seen[0]}"
+                )
+
+
+def sample_inputs(specs: Sequence[TensorSpec], seed: int = 0, symbolic_size: int = 2) -> list[np.ndarray]:
+    """A seeded random sample of the declared shapes/dtypes (symbolic and unknown dims -> `symbolic_size`)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec in specs:
+        if spec.dtype is None:
+            raise InputError(f"cannot sample input {spec.name!r}: it is not a tensor; pass inputs explicitly")
+        if spec.shape is None:
+            raise InputError(f"cannot sample input {spec.name!r}: its rank is unknown; pass inputs explicitly")
+        shape = tuple(d if isinstance(d, int) and d > 0 else symbolic_size for d in spec.shape)
+        if int(np.prod(shape, dtype=np.float64)) > 2**28:
+            raise InputError(f"input {spec.name!r} declares shape {list(shape)}, too large to sample at random; "
+                             "pass inputs explicitly")
+        kind = _kind(spec.dtype)
+        if kind == "floating":
+            out.append(rng.standard_normal(shape).astype(spec.dtype))
+        elif kind == "boolean":
+            out.append(rng.random(shape) < 0.5)
+        elif kind == "integer":  # small ids: valid for embeddings and index inputs of any size
+            out.append(rng.integers(0, 2, shape).astype(spec.dtype))
+        else:
+            raise InputError(f"cannot sample input {spec.name!r} of dtype {spec.dtype}; pass inputs explicitly")
+    return out
+
+
+def read_npz(path: str | os.PathLike, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Arrays keyed by ONNX input name, from an .npz (or an .npy for a one-input model).
+
+    A single unnamed array (an .npy, or `numpy.savez(path, x)`'s `arr_0`) goes to a one-input
+    model. Any other key that names no input is an error (a typo such as `img` for `image` would
+    otherwise be fed as something else). A dtype that differs from the model's within its kind
+    (float64 for float32) is converted with an `InputCastWarning`; another kind is an error later.
+    """
+    from onnx_attr.importing.input_files import InputCastWarning, read_arrays
+
+    arrays = read_arrays(path)
+    names = [s.name for s in specs]
+    unnamed = [k for k in arrays if k is None or (k == "arr_0" and "arr_0" not in names)]
+    if unnamed and len(arrays) == 1 and len(names) == 1:
+        arrays = {names[0]: arrays[unnamed[0]]}
+    elif None in arrays:
+        raise InputError(f"{str(path)!r} is a single .npy array, but the model takes {len(names)} inputs {names}; "
+                         "save them with numpy.savez(path, **{onnx_input_name: array})")
+    unknown = [k for k in arrays if k not in names]
+    if unknown:
+        raise InputError(f"{str(path)!r} holds array(s) {unknown} that name no input of the model; its inputs are "
+                         f"{names}: save with numpy.savez(path, **{{onnx_input_name: array}})")
+    for spec in specs:
+        value = arrays.get(spec.name)
+        if value is None or spec.dtype is None or value.dtype == spec.dtype:
+            continue
+        if _kind(value.dtype) == _kind(spec.dtype):
+            warnings.warn(f"input {spec.name!r} in {str(path)!r} is {value.dtype}; the model takes {spec.dtype}, so "
+                          "it is converted (values may round); save it as " + str(spec.dtype) + " to silence this",
+                          InputCastWarning, stacklevel=2)
+    return arrays  # type: ignore[return-value]

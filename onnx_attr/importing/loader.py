@@ -1,0 +1,71 @@
+"""`load`: read, check, strip, normalize and convert an ONNX model in one call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from onnx_attr.importing.budget import Budget, using
+from onnx_attr.importing.convert import convert, is_importable, opsets
+from onnx_attr.errors import InputError
+from onnx_attr.importing.final_activation import strip_final_activations
+from onnx_attr.importing.model import AttributableModel
+from onnx_attr.importing.normalize import normalize
+from onnx_attr.importing.read import ModelSource, read_model
+from onnx_attr.importing.specs import output_spec, value_spec
+
+
+def load(
+    source: ModelSource,
+    *,
+    strip_final_activation: bool = True,
+    device: Union[str, torch.device, None] = None,
+    budget: Optional[Budget] = None,
+) -> AttributableModel:
+    """Import an ONNX model (path, bytes or ModelProto) as an `AttributableModel`.
+
+    With `strip_final_activation` (the default) a Softmax/LogSoftmax/Sigmoid ending an output
+    is removed, so `model(x)` returns logits; what was found and done is on `model.outputs`.
+    `budget` bounds what the file may make us allocate or repeat (`onnx_attr.Budget`); it stays
+    on `model.budget`, checked on every run.
+    """
+    target = resolve_device(device)
+    budget = Budget() if budget is None else budget
+    with using(budget):
+        model, _ = read_model(source)
+        model, finals = strip_final_activations(model, strip_final_activation)
+        normalized = normalize(model, importable=is_importable, owned=True)  # changed in place: weights held once
+        del model
+        module = convert(normalized.converted, opsets(normalized.canonical)
+                         if normalized.converted is not normalized.canonical else None)
+    canonical = normalized.canonical
+    imported = AttributableModel(
+        module,
+        inputs=[value_spec(v) for v in canonical.graph.input],
+        outputs=[output_spec(v, finals.get(v.name)) for v in canonical.graph.output],
+        onnx_model=normalized.converted,
+        reference_model=canonical,
+        notes=normalized.notes,
+        source=Path(source) if isinstance(source, (str, Path)) else None,
+    )
+    imported.budget = budget
+    imported.eval()
+    return imported.to(target) if target is not None else imported
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> Optional[torch.device]:
+    """A torch device, with a clear error when CUDA is asked for and not there."""
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    return resolved

@@ -1,0 +1,168 @@
+"""`AttributableModel`: the one object that crosses from import to attribution."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import onnx
+import torch
+from torch import fx, nn
+
+from onnx_attr.importing.budget import Budget
+from onnx_attr.errors import BudgetError, ForwardError
+from onnx_attr.importing.inputs import arrange, check_inputs
+from onnx_attr.importing.specs import OutputSpec, TensorSpec
+
+
+class AttributableModel(nn.Module):
+    """The imported module plus what the ONNX file declares about it.
+
+    It is an `nn.Module`: `model(x)` runs the imported graph (with the final activation
+    stripped when it was), so it can be handed to any PyTorch tool as it is.
+
+    Attributes:
+        module: the `torch.fx.GraphModule`; its nodes carry `meta["onnx_node"]` and
+            `meta["onnx_tensor"]`, the ONNX node and tensor names.
+        inputs, outputs: specs in ONNX order (names, shapes with symbolic dims, dtypes); each
+            output spec records the final activation found on it and whether it was stripped.
+        onnx_model: the graph that was converted (normalized, possibly opset-upgraded).
+        reference_model: the graph onnxruntime runs in `verify` (exact rewrites only, and the
+            same strip), so a faulty opset upgrade or converter cannot hide.
+        notes: what the normalization passes did, for the user.
+    """
+
+    def __init__(
+        self,
+        module: fx.GraphModule,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[OutputSpec],
+        onnx_model: onnx.ModelProto,
+        reference_model: onnx.ModelProto,
+        notes: Sequence[str] = (),
+        source: Optional[Path] = None,
+    ):
+        super().__init__()
+        self.module = module
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.onnx_model = onnx_model
+        self.reference_model = reference_model
+        self.notes = tuple(notes)
+        self.source = source
+        #: what the file may make us allocate or repeat; the guards in `module` hold this object,
+        #: so raising a limit here (model.budget.max_elements = ...) takes effect on the next run
+        self.budget = Budget()
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        try:
+            return self.module(*args)
+        except (torch.OutOfMemoryError, BudgetError):  # a budget error names its node already
+            raise
+        except Exception as err:
+            raise ForwardError(_explain_failure(self.module, args, err)) from err
+
+    def with_module(self, module: fx.GraphModule, inputs: Optional[Sequence[TensorSpec]] = None,
+                    outputs: Optional[Sequence[OutputSpec]] = None, notes: Sequence[str] = ()) -> "AttributableModel":
+        """A sibling over another graph (a re-cut or substituted copy), same ONNX provenance."""
+        sibling = AttributableModel(module, self.inputs if inputs is None else inputs,
+                                    self.outputs if outputs is None else outputs, self.onnx_model,
+                                    self.reference_model, (*self.notes, *notes), self.source)
+        sibling.budget = self.budget  # the same object: the modules' guards hold it
+        return sibling
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are, read from the first parameter or buffer.
+
+        Which one that is, is found once per module: the walk over every submodule costs ~80 µs,
+        on every call, for graphs whose constants are all buffers. It is read by name each time,
+        so `.to()` (which replaces buffers) is seen.
+        """
+        found = self.__dict__.get("_device_source")
+        if found is None or found[0] is not self.module:
+            found = (self.module, _first_tensor(self.module))
+            object.__setattr__(self, "_device_source", found)  # not a submodule
+        if found[1] is None:
+            return torch.device("cpu")
+        owner, name = found[1]
+        tensor = getattr(owner, name, None)
+        if not isinstance(tensor, torch.Tensor):  # removed since: look again
+            object.__setattr__(self, "_device_source", None)
+            return self.device
+        return tensor.device
+
+    def prepare(self, inputs: Any, what: str = "input") -> list[torch.Tensor]:
+        """Checked tensors on the model's device, from arrays, tensors, a sequence or a dict by name.
+
+        NaN and infinities pass: a forward pass computes what the graph computes on them (as
+        onnxruntime does); the attribution methods refuse them in the inputs they attribute."""
+        device = self.device
+        values = arrange(inputs, self.inputs, what)
+        return [t.to(device) for t in check_inputs(values, self.inputs, what, finite=False)]
+
+    def run(self, inputs: Any) -> tuple[torch.Tensor, ...]:
+        """Checked forward pass without gradients; always returns a tuple, one entry per output."""
+        with torch.no_grad():
+            out = self(*self.prepare(inputs))
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def verify(self, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
+               locate: bool = True):
+        """Compare with onnxruntime on the same inputs; see `onnx_attr.importing.verify.verify`."""
+        from onnx_attr.importing.verify import verify
+
+        return verify(self, inputs, atol=atol, rtol=rtol, seed=seed, locate=locate)
+
+    def summary(self) -> dict:
+        """What the import found: inputs, outputs (with batch axes), opsets, op counts, notes.
+        `onnx-attr inspect` adds the DeepLift view (nonlinear nodes, tensors) from the layer above."""
+        from onnx_attr.importing.batch import batch_axes, output_batch_axes
+
+        graph = self.onnx_model.graph
+        return {
+            "source": None if self.source is None else str(self.source),
+            "producer": f"{self.onnx_model.producer_name} {self.onnx_model.producer_version}".strip(),
+            "ir_version": self.onnx_model.ir_version,
+            "opsets": {(o.domain or "ai.onnx"): o.version for o in self.onnx_model.opset_import},
+            "inputs": [{**s.to_dict(), "batch_axis": a} for s, a in zip(self.inputs, batch_axes(self.inputs))],
+            "outputs": [{**s.to_dict(), "batch_axis": a}
+                        for s, a in zip(self.outputs, output_batch_axes(self.inputs, self.outputs))],
+            "op_counts": dict(Counter(n.op_type for n in graph.node).most_common()),
+            "notes": list(self.notes),
+        }
+
+
+def _explain_failure(module: fx.GraphModule, args: Sequence[torch.Tensor], err: Exception) -> str:
+    """Re-run node by node to name the ONNX node where the forward pass breaks."""
+    failing: list[fx.Node] = []
+
+    class _Locator(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            try:
+                return super().run_node(n)
+            except Exception:
+                failing.append(n)
+                raise
+
+    try:
+        with torch.no_grad():
+            _Locator(module).run(*args)
+    except Exception:
+        pass
+    where = "the imported module"
+    if failing and "onnx_node" in failing[0].meta:
+        meta = failing[0].meta
+        where = f"ONNX node {meta['onnx_node']!r} (op {meta['onnx_op']})"
+    shapes = ", ".join(str(list(a.shape)) for a in args if isinstance(a, torch.Tensor))
+    return f"forward pass failed at {where} on inputs of shape {shapes}: {type(err).__name__}: {err}"
+
+
+def _first_tensor(module: nn.Module) -> Optional[tuple[nn.Module, str]]:
+    """(owning submodule, attribute name) of the first parameter, else the first buffer."""
+    for name, _ in itertools.chain(module.named_parameters(), module.named_buffers()):
+        path, _, attr = name.rpartition(".")
+        return module.get_submodule(path), attr
+    return None

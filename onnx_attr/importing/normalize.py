@@ -1,0 +1,341 @@
+"""Graph passes that make real exports importable, without changing what they compute.
+
+Each pass takes a model, never mutates it, and returns a new one plus notes for the user.
+The passes up to `fold_constants` are exact rewrites; the result of those is what
+`verify` runs onnxruntime on. The opset upgrade is the one pass that could in principle
+change semantics, so it runs only when the model cannot be imported at its own opset, and
+`verify` then catches any difference against onnxruntime on the un-upgraded graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnx_attr.errors import ModelLoadError
+from onnx_attr.importing.budget import current_budget, elements
+from onnx_attr.importing.read import copy_fields, is_external, skeleton, top_level
+
+#: The opset an old model is upgraded to when it cannot be imported at its own opset.
+UPGRADE_TARGET_OPSET = 17
+
+
+@dataclass
+class Normalized:
+    """The canonical model (exact rewrites only), the model to convert, and what was done."""
+
+    canonical: onnx.ModelProto
+    converted: onnx.ModelProto
+    notes: list[str] = field(default_factory=list)
+
+
+def normalize(
+    model: onnx.ModelProto, *, importable: Callable[[onnx.ModelProto], bool] | None = None, owned: bool = False
+) -> Normalized:
+    """Run the passes in order; `importable` decides whether an opset upgrade is needed. With
+    `owned` the caller hands `model` over: the passes change it in place, so its weights are held
+    once, not once per pass."""
+    notes: list[str] = []
+    canonical = drop_initializer_inputs(model, notes, in_place=owned)
+    canonical = fold_constants(canonical, notes, in_place=owned or canonical is not model)
+    canonical = inline_constant_ifs(canonical, notes)
+    canonical = infer_shapes(canonical, notes, in_place=owned or canonical is not model)
+    converted = canonical
+    if importable is not None and not importable(canonical):
+        upgraded = upgrade_opset(canonical, UPGRADE_TARGET_OPSET, notes)
+        if upgraded is not canonical:  # a new model of ours: the passes may change it
+            converted = infer_shapes(fold_constants(upgraded, notes, in_place=True), notes, in_place=True)
+    return Normalized(canonical, converted, notes)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset version (0 when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def drop_initializer_inputs(model: onnx.ModelProto, notes: list[str], *, in_place: bool = False) -> onnx.ModelProto:
+    """IR<4 files list every weight as a graph input too; treat them as the constants they are.
+
+    The IR version is raised to 4, the first that allows initializers outside the inputs, so
+    the result stays valid for onnxruntime.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    dup = [i for i in model.graph.input if i.name in inits]
+    if not dup:
+        return model
+    out = model if in_place else _copy(model)
+    keep = [i for i in out.graph.input if i.name not in inits]
+    del out.graph.input[:]
+    out.graph.input.extend(keep)
+    out.ir_version = max(out.ir_version, 4)
+    notes.append(f"treated {len(dup)} initializer(s) that were also listed as graph inputs as constants")
+    return out
+
+
+def fold_constants(model: onnx.ModelProto, notes: list[str], *, in_place: bool = False) -> onnx.ModelProto:
+    """Turn Constant nodes, ConstantOfShape of constant shapes, and Identity aliases into initializers.
+
+    Repeats until nothing changes, since one fold can enable the next (a ConstantOfShape
+    whose shape is a Constant, as in the Caffe2 zoo exports). `in_place` changes `model` itself
+    (a model the caller no longer needs: its weights are not copied).
+    """
+    out = model if in_place else _copy(model)
+    graph = out.graph
+    counts = {"Constant": 0, "ConstantOfShape": 0, "Identity": 0}
+    changed = True
+    while changed:
+        changed = False
+        inits = {t.name: t for t in graph.initializer}
+        outputs = {o.name for o in graph.output}
+        kept: list[onnx.NodeProto] = []
+        for node in graph.node:
+            folded = _fold_node(node, inits, outputs, graph)
+            if folded is None:
+                kept.append(node)
+                continue
+            if isinstance(folded, onnx.TensorProto):
+                graph.initializer.append(folded)
+                inits[folded.name] = folded
+            counts[node.op_type] += 1
+            changed = True
+        if changed:
+            del graph.node[:]
+            graph.node.extend(kept)
+    done = ", ".join(f"{n} {op}" for op, n in counts.items() if n)
+    if done:
+        notes.append(f"folded into initializers: {done}")
+        out.ir_version = max(out.ir_version, 4)  # IR<4 requires every initializer to be an input
+    _drop_unused_initializers(graph)
+    return out
+
+
+def _fold_node(node, inits, outputs, graph) -> onnx.TensorProto | bool | None:
+    """A new initializer, True when the node was an alias rewired away, or None to keep it."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Constant":
+        return _constant_value(node)
+    if node.op_type == "ConstantOfShape" and node.input[0] in inits:
+        shape_init = inits[node.input[0]]
+        if elements(shape_init.dims) > 64 or is_external(shape_init):  # a shape has one entry per axis
+            return None
+        shape = [int(d) for d in numpy_helper.to_array(shape_init).astype(np.int64).reshape(-1).tolist()]
+        budget = current_budget()
+        if any(d < 0 for d in shape):
+            raise ModelLoadError(f"ConstantOfShape node {node.name!r} asks for a tensor of shape {shape}: "
+                                 "a negative dimension; the file is corrupted")
+        budget.check("max_elements", elements(shape),
+                     f"ConstantOfShape node {node.name!r} (shape {shape}) creating a tensor of that many elements")
+        if elements(shape) > budget.max_folded_elements:  # left to run time: not materialized in the file
+            return None
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+        return numpy_helper.from_array(np.full(shape, fill[0], dtype=fill.dtype), node.output[0])
+    if node.op_type == "Identity":
+        src, dst = node.input[0], node.output[0]
+        if dst in outputs:
+            if src not in inits or is_external(inits[src]):
+                return None
+            alias = onnx.TensorProto()
+            alias.CopyFrom(inits[src])
+            alias.name = dst
+            return alias
+        _rename_uses(graph, dst, src)
+        return True
+    return None
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    attr = node.attribute[0] if len(node.attribute) == 1 else None
+    if attr is None or attr.name == "sparse_value":
+        return None
+    name = node.output[0]
+    if attr.name == "value":
+        t = onnx.TensorProto()
+        t.CopyFrom(attr.t)
+        t.name = name
+        return t
+    scalar = {"value_float": (onnx.TensorProto.FLOAT, "f"), "value_int": (onnx.TensorProto.INT64, "i"),
+              "value_string": (onnx.TensorProto.STRING, "s")}
+    listed = {"value_floats": (onnx.TensorProto.FLOAT, "floats"), "value_ints": (onnx.TensorProto.INT64, "ints"),
+              "value_strings": (onnx.TensorProto.STRING, "strings")}
+    if attr.name in scalar:
+        dtype, field_name = scalar[attr.name]
+        return helper.make_tensor(name, dtype, [], [getattr(attr, field_name)])
+    if attr.name in listed:
+        dtype, field_name = listed[attr.name]
+        values = list(getattr(attr, field_name))
+        return helper.make_tensor(name, dtype, [len(values)], values)
+    return None
+
+
+def inline_constant_ifs(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Replace each If whose condition is a constant by the nodes of the branch it takes.
+
+    Exports keep such Ifs for shape checks; inlined, the taken branch is ordinary graph that
+    the DeepLift rules see op by op (an If left in place runs as one opaque module). The
+    branch's own names get a prefix so they cannot clash; its outputs reach the If's outputs
+    through Identity nodes, which the constant folding then rewires away.
+    """
+    inlined = 0
+    while True:
+        inits = {t.name: t for t in model.graph.initializer}
+        index = next((i for i, n in enumerate(model.graph.node) if n.op_type == "If" and n.domain in ("", "ai.onnx")
+                      and n.input[0] in inits and not is_external(inits[n.input[0]])
+                      and numpy_helper.to_array(inits[n.input[0]]).size == 1), None)
+        if index is None:
+            break
+        model = _copy(model)
+        graph = model.graph
+        node = graph.node[index]
+        taken = "then_branch" if bool(numpy_helper.to_array(inits[node.input[0]]).reshape(-1)[0]) else "else_branch"
+        branch = next(a.g for a in node.attribute if a.name == taken)
+        spliced = _prefixed_branch(branch, f"{node.output[0]}/{taken}/", _used_names(graph) | set(inits))
+        spliced.node.extend(helper.make_node("Identity", [src.name], [dst], name=f"{dst}/{taken}/out")
+                       for src, dst in zip(spliced.output, node.output))
+        graph.initializer.extend(spliced.initializer)
+        new_nodes = list(graph.node[:index]) + list(spliced.node) + list(graph.node[index + 1:])
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        model = fold_constants(model, [])
+        inlined += 1
+    if inlined:
+        notes.append(f"inlined {inlined} If node(s) whose condition is a constant")
+    return model
+
+
+def _prefixed_branch(branch: onnx.GraphProto, prefix: str, taken_names: set[str]) -> onnx.GraphProto:
+    """A copy of `branch` whose locally defined names carry `prefix` (made unique if needed)."""
+    out = onnx.GraphProto()
+    out.CopyFrom(branch)
+    while any(name.startswith(prefix) for name in taken_names):
+        prefix = "_" + prefix
+    local = [t.name for t in out.initializer] + [o for n in out.node for o in n.output if o]
+    for name in local:
+        _rename_uses(out, name, prefix + name)
+        for o in out.output:
+            if o.name == name:
+                o.name = prefix + name
+    for t in out.initializer:
+        t.name = prefix + t.name
+    for n in out.node:
+        n.output[:] = [prefix + o if o else o for o in n.output]
+        n.name = prefix + (n.name or n.op_type)
+    return out
+
+
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                yield from attr.graphs
+
+
+def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every body nested in it, at any depth."""
+    yield graph
+    for sub in _subgraphs(graph):
+        yield from _all_graphs(sub)
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Point every consumer of `old` (subgraphs included: they see outer names) at `new`."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+    for sub in _subgraphs(graph):
+        _rename_uses(sub, old, new)
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+    for sub in _subgraphs(graph):
+        used |= _used_names(sub)
+    return used
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = _used_names(graph) | {i.name for i in graph.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int, notes: list[str]) -> onnx.ModelProto:
+    """Upgrade an old ai.onnx opset with ONNX's own version converter; keep the model on failure."""
+    source = default_opset(model)
+    if source == 0 or source >= target:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(model, target)
+        onnx.checker.check_model(upgraded)
+    except Exception as err:  # the converter's C++ adapters raise assorted exception types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        notes.append(f"could not upgrade opset {source} to {target} ({reason}); importing at opset {source}")
+        return model
+    notes.append(f"upgraded ai.onnx opset {source} to {target} with onnx.version_converter")
+    _restore_node_names(model, upgraded)
+    return upgraded
+
+
+def _restore_node_names(original: onnx.ModelProto, upgraded: onnx.ModelProto) -> None:
+    """The version converter rebuilds the nodes it adapts (Upsample-9 becomes Resize) without their
+    names; a node making the same output tensor gets its file's name back, so errors name it."""
+    names = {out: node.name for graph in _all_graphs(original.graph) for node in graph.node if node.name
+             for out in node.output if out}
+    for graph in _all_graphs(upgraded.graph):
+        for node in graph.node:
+            if not node.name:
+                node.name = next((names[out] for out in node.output if out in names), "")
+
+
+def infer_shapes(model: onnx.ModelProto, notes: list[str], *, in_place: bool = False) -> onnx.ModelProto:
+    """Shape inference that keeps symbolic dims (e.g. the batch axis) symbolic.
+
+    Inference runs on the model's skeleton (large weights as dims and type only); with
+    `in_place` the inferred graph is written back into `model` around its own weights, so they
+    are never copied."""
+    light, heavy = skeleton(model, _dims_only)
+    if light.ByteSize() >= 2**31 - 1:  # the skeleton's size: ByteSize serializes, so never the weights'
+        notes.append("model graph is over 2 GiB even without its weights: skipped shape inference")
+        return model
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        if not heavy:
+            return inferred
+        if in_place:  # every graph field but the weights comes from the inferred skeleton
+            result = model
+            for desc, _ in list(result.graph.ListFields()):
+                if desc.name != "initializer":
+                    result.graph.ClearField(desc.name)
+            copy_fields(inferred.graph, result.graph, "initializer")
+            return result
+        result = top_level(model)  # the weights come back from the model itself: one copy, not three
+        del inferred.graph.initializer[:]
+        result.graph.CopyFrom(inferred.graph)
+        result.graph.initializer.extend(model.graph.initializer)
+        return result
+    except Exception as err:  # inference failures must not block an otherwise importable model
+        notes.append(f"shape inference failed ({str(err).strip().splitlines()[0]}); continuing without it")
+        return model
+
+
+def _dims_only(tensor: onnx.TensorProto, stub: onnx.TensorProto) -> None:
+    """Shape inference reads a weight's name, type and dims, never its values."""
+    stub.dims.extend(tensor.dims)

@@ -1,0 +1,410 @@
+"""Read and check an ONNX model, turning every library failure into a `ModelLoadError`."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+
+from onnx_attr.importing.budget import Budget, current_budget
+from onnx_attr.importing.converters.registry import since_version
+from onnx_attr.errors import ModelLoadError
+
+ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
+
+#: The most elements one tensor may declare (2^32: 16 GiB of float32). More is refused before any
+#: allocation: a corrupted or hostile file must not exhaust memory.
+MAX_ELEMENTS = 2**32
+
+
+def read_model(source: ModelSource) -> tuple[onnx.ModelProto, Path | None]:
+    """Return the checked model and the folder its external data lives in (None for bytes/protos)."""
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        folder = None
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        model = _parse(bytes(source), "the given bytes")
+        folder = None
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        model = _read_path(path)
+        folder = path.resolve().parent
+        return model, folder
+    else:
+        raise ModelLoadError(
+            f"cannot load a model from {type(source).__name__!r}: pass a path, bytes or onnx.ModelProto"
+        )
+    _check_structure(model, None)
+    _check(model)
+    _densify_sparse(model.graph)
+    return model, folder
+
+
+#: Element types whose values torch cannot hold (sub-byte and 8-bit floats): refused by name.
+_NO_TORCH_TYPE = {getattr(onnx.TensorProto, n) for n in (
+    "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1",
+    "FLOAT8E8M0", "UINT2", "INT2", "FLOAT6E2M3", "FLOAT6E3M2") if hasattr(onnx.TensorProto, n)}
+_KNOWN_TYPES = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+
+
+def _type_name(elem_type: int) -> str:
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"unknown type {elem_type}"
+
+
+def _check_elem_type(elem_type: int, what: str, stored: bool = True) -> None:
+    """Unknown types are refused everywhere; types torch cannot hold only where values are stored
+    (a graph input of such a type is refused by the converter of the node reading it, by name)."""
+    if elem_type not in _KNOWN_TYPES:
+        raise ModelLoadError(f"{what} has element type {elem_type}, which ONNX does not define; the file is corrupted")
+    if stored and elem_type in _NO_TORCH_TYPE:
+        raise ModelLoadError(f"{what} is {_type_name(elem_type)}, a type PyTorch cannot compute in; re-export the "
+                             "model with float16/float32 (or int8) tensors")
+
+
+def _check_structure(model: onnx.ModelProto, folder: Path | None) -> None:
+    """Refuse, before any allocation, what no valid export contains and what exceeds the budget:
+    invalid names, tensors of impossible size or unusable type, stored data of the wrong length,
+    too many nodes or nested bodies, local functions that shadow standard ops."""
+    budget = current_budget()
+    for function in model.functions:
+        if function.domain in ("", "ai.onnx") or since_version(function.domain, function.name, 10**4) is not None:
+            raise ModelLoadError(
+                f"the model defines a local function {function.domain or 'ai.onnx'}::{function.name} that shadows the "
+                "standard op of that name; onnx-attr refuses it (a file must not redefine what a standard op computes)")
+    for value in (*model.graph.input, *model.graph.output):
+        if value.type.HasField("tensor_type"):
+            _check_elem_type(value.type.tensor_type.elem_type, f"graph input or output {value.name!r}", stored=False)
+    counted = [0]
+    _check_graph(model.graph, 0, counted, budget)
+    budget.check("max_nodes", counted[0], "the model (bodies of If/Loop/Scan included), with that many nodes,")
+
+
+def _check_graph(graph: onnx.GraphProto, depth: int, counted: list[int], budget: Budget) -> None:
+    budget.check("max_subgraph_depth", depth, f"graph {graph.name!r}, nested that deep in If/Loop/Scan bodies,")
+    counted[0] += len(graph.node)
+    budget.check("max_nodes", counted[0], "the model (bodies of If/Loop/Scan included), with that many nodes,")
+    for node in graph.node:
+        _check_counts(node)
+        names = [node.name, node.op_type, node.domain, *node.input, *node.output]
+        if not all(isinstance(n, str) for n in names):  # protobuf hands back bytes for invalid UTF-8
+            raise ModelLoadError("a node of the graph has a name that is not valid UTF-8; the file is corrupted")
+        for attr in node.attribute:
+            try:
+                for text in (attr.s, *attr.strings):
+                    text.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ModelLoadError(f"attribute {attr.name!r} of node {node.name!r} is not valid UTF-8 text; "
+                                     "the file is corrupted") from err
+            for tensor in ([attr.t] if attr.HasField("t") else []) + list(attr.tensors):
+                _check_tensor(tensor, f"attribute {attr.name!r} of node {node.name!r}")
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _check_graph(sub, depth + 1, counted, budget)
+    for tensor in graph.initializer:
+        _check_tensor(tensor, f"initializer {tensor.name!r}")
+    for sparse in graph.sparse_initializer:
+        _check_tensor(sparse.values, f"values of sparse initializer {sparse.values.name!r}")
+        _check_tensor(sparse.indices, f"indices of sparse initializer {sparse.values.name!r}")
+
+
+def _check_counts(node: onnx.NodeProto) -> None:
+    """Attributes that size a list: ONNX's own shape inference would allocate what they say
+    (a Split with num_outputs = 2^31 runs it out of memory after a minute), so they must match."""
+    if node.op_type == "Split" and node.domain in ("", "ai.onnx"):
+        declared = next((a.i for a in node.attribute if a.name == "num_outputs"), None)
+        if declared is not None and declared != len(node.output):
+            raise ModelLoadError(f"Split node {node.name!r} has {len(node.output)} output(s) but num_outputs={declared}; "
+                                 "ONNX requires them to match; the file is corrupted")
+
+
+def _check_tensor(tensor: onnx.TensorProto, what: str) -> None:
+    count = 1
+    for d in tensor.dims:
+        if d < 0:
+            raise ModelLoadError(f"{what} declares a negative dimension {list(tensor.dims)}")
+        count *= d
+    if count > MAX_ELEMENTS:
+        raise ModelLoadError(
+            f"{what} declares {count:,} elements (dims {list(tensor.dims)}), more than "
+            f"the {MAX_ELEMENTS:,} allowed; the file is corrupted or not meant for this tool"
+        )
+    _check_elem_type(tensor.data_type, what)
+    if tensor.data_type == onnx.TensorProto.STRING or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return
+    item = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    if tensor.data_type == onnx.TensorProto.BFLOAT16:
+        item = 2
+    if tensor.HasField("raw_data"):
+        stored, unit = len(tensor.raw_data), "bytes"
+        expected = count * item
+    else:
+        field = helper.tensor_dtype_to_field(tensor.data_type)
+        stored, unit = len(getattr(tensor, field)), "values"
+        expected = count * (2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1)
+        if stored == 0:
+            return  # no data at all: an empty tensor, or one the checker/converter refuses by name
+    if stored != expected:
+        raise ModelLoadError(f"{what} stores {stored:,} {unit} where its dims {list(tensor.dims)} need {expected:,}; "
+                             "the file is corrupted")
+
+
+def densify(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
+    """The dense tensor a sparse one stands for (zeros where no value is given)."""
+    dims = [int(d) for d in sparse.dims]
+    name = sparse.values.name
+    count = 1
+    for d in dims:
+        count *= d
+    current_budget().check("max_elements", count, f"sparse tensor {name!r}, densified to that many elements,")
+    try:
+        values = numpy_helper.to_array(sparse.values).reshape(-1)
+        index = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        linear = np.ravel_multi_index(tuple(index.T), dims) if index.ndim == 2 else index.reshape(-1)
+        if linear.shape[0] != values.shape[0] or (linear.size and (linear.min() < 0 or linear.max() >= count)):
+            raise ValueError("indices do not match the values or fall outside the dims")
+        dense = np.zeros(count, dtype=values.dtype)
+        dense[linear] = values
+    except (ValueError, TypeError, IndexError) as err:
+        raise ModelLoadError(f"sparse tensor {name!r} is malformed ({err}); the file is corrupted") from err
+    return numpy_helper.from_array(dense.reshape(dims), name)
+
+
+def _densify_sparse(graph: onnx.GraphProto) -> None:
+    """Sparse initializers become ordinary ones (the converters and the rules see plain constants)."""
+    if graph.sparse_initializer:
+        graph.initializer.extend(densify(s) for s in graph.sparse_initializer)
+        del graph.sparse_initializer[:]
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _densify_sparse(sub)
+
+
+def _read_path(path: Path) -> onnx.ModelProto:
+    """Parse a regular file of bounded size, check it in the path form (which sees external data
+    and models of 2 GiB or more), then read its external data under the budget."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise ModelLoadError(f"cannot read model file {str(path)!r}: {err.strerror or err}") from err
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelLoadError(f"{str(path)!r} is a folder; pass the .onnx file inside it")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would hang the read, /dev/zero would never end
+        raise ModelLoadError(f"{str(path)!r} is not a regular file (a pipe, socket or device); save the model to a file")
+    if info.st_size >= 2**31:
+        raise ModelLoadError(f"{str(path)!r} is {info.st_size:,} bytes: protobuf cannot parse a file of 2 GiB or more; "
+                             "save the model with its weights as external data (onnx.save(..., save_as_external_data=True))")
+    try:
+        with path.open("rb") as f:
+            data = f.read(info.st_size + 1)
+    except OSError as err:
+        raise ModelLoadError(f"cannot read model file {str(path)!r}: {err.strerror or err}") from err
+    model = _parse(data, repr(str(path)))
+    del data
+    folder = path.resolve().parent
+    _check_structure(model, folder)
+    _check_external(model, folder)
+    _check(model, path)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)):
+        # the weights stay in their files: `convert` reads each once, straight into its tensor, and
+        # onnxruntime reads them from the folder; the proto stays small through every graph pass
+        model.metadata_props.add(key=EXTERNAL_FOLDER, value=str(folder))
+    _densify_sparse(model.graph)
+    return model
+
+
+#: metadata key under which a model read from a path records the folder of its external data
+EXTERNAL_FOLDER = "onnx_attr.external_data_folder"
+
+
+def external_folder(model: onnx.ModelProto) -> Path | None:
+    """The folder a model's external data lives in, as `read_model` recorded it."""
+    return next((Path(p.value) for p in model.metadata_props if p.key == EXTERNAL_FOLDER), None)
+
+
+def is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def read_external(tensor: onnx.TensorProto, folder: Path | None) -> np.ndarray:
+    """One external tensor read straight from its file (bounds were checked by `read_model`)."""
+    info = {e.key: e.value for e in tensor.external_data}
+    dims = [int(d) for d in tensor.dims]
+    if folder is None:
+        raise ModelLoadError(f"tensor {tensor.name!r} keeps its data in an external file, but the model was not "
+                             "loaded from a path; load it from its .onnx file beside the data")
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        if dtype.kind not in "biufc":
+            raise TypeError(f"{_type_name(tensor.data_type)} cannot be read as raw external data")
+        count = 1
+        for d in dims:
+            count *= d
+        with open(folder / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            array = np.fromfile(f, dtype=dtype.newbyteorder("<"), count=count)
+        if array.size != count:
+            raise ValueError(f"{array.size} of {count} values present")
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise ModelLoadError(f"tensor {tensor.name!r}: its external data could not be read ({err}); keep the data "
+                             "files beside the model, under the names it records") from err
+    return array.astype(dtype, copy=False).reshape(dims)
+
+
+def _check_external(model: onnx.ModelProto, folder: Path) -> None:
+    """Each external tensor names a regular file inside `folder` and exactly the bytes its dims need;
+    all of them together stay within the budget."""
+    total = 0
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        what = f"tensor {tensor.name!r}"
+        location = info.get("location", "")
+        if not location or len(location) > 1024 or any(len(part) > 255 for part in Path(location).parts):
+            raise ModelLoadError(f"{what} keeps its data in an external file named {location[:80]!r}"
+                                 f"{'...' if len(location) > 80 else ''}: empty or too long a name; the file is corrupted")
+        target = (folder / location)
+        try:
+            resolved = target.resolve()
+            inside = resolved.is_relative_to(folder) and not Path(location).is_absolute()
+            file_info = resolved.stat() if inside else None
+        except OSError as err:
+            raise ModelLoadError(f"{what}: its external data file {location!r} cannot be read "
+                                 f"({err.strerror or err}); keep it beside the model") from err
+        if file_info is None:
+            raise ModelLoadError(f"{what}: its external data file {location!r} lies outside the model's folder; refused")
+        if not stat.S_ISREG(file_info.st_mode):
+            raise ModelLoadError(f"{what}: its external data {location!r} is not a regular file; refused")
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else file_info.st_size - offset
+        except ValueError as err:
+            raise ModelLoadError(f"{what}: its external data offset/length is not a number; the file is corrupted") from err
+        if offset < 0 or length < 0 or offset + length > file_info.st_size:
+            raise ModelLoadError(f"{what}: bytes {offset:,}..{offset + length:,} of {location!r} asked for, but the "
+                                 f"file has {file_info.st_size:,}; the data file is truncated or not this model's")
+        if tensor.data_type != onnx.TensorProto.STRING:
+            count = 1
+            for d in tensor.dims:
+                count *= d
+            need = count * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+            if tensor.data_type == onnx.TensorProto.BFLOAT16:
+                need = count * 2
+            if length != need:
+                raise ModelLoadError(f"{what}: its external data holds {length:,} bytes where its dims "
+                                     f"{list(tensor.dims)} need {need:,}; the data file is not this model's")
+        total += length
+        current_budget().check("max_external_bytes", total, "the external data of the model, with that many bytes,")
+
+
+def _parse(data: bytes, what: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{what} is empty, not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as err:
+        raise ModelLoadError(
+            f"{what} is not an ONNX model, or it is truncated (protobuf parse failed: {err}); "
+            "check that the file was fully copied and is a .onnx export"
+        ) from err
+    if model.ir_version == 0 or not model.HasField("graph"):
+        raise ModelLoadError(
+            f"{what} parsed as protobuf but holds no ONNX graph (ir_version={model.ir_version}); "
+            "it is not an ONNX model"
+        )
+    return model
+
+
+def _check(model: onnx.ModelProto, path: Path | None = None) -> None:
+    """The ONNX checker on the model's skeleton: large and external weights stand in as one value
+    of their type (the checker reads no values, and their lengths were checked by
+    `_check_structure`), so checking costs no copy of the weights, whatever their size. Only a
+    graph that is itself 2 GiB or more goes to the checker's path form (or unchecked for bytes)."""
+    light, _ = skeleton(model, _one_value)
+    try:
+        try:
+            small = light.ByteSize() < 2**31 - 1
+        except Exception:  # protobuf raises on 2 GiB and more
+            small = False
+        nested_external = any(is_external(t) for t in onnx.external_data_helper._get_all_tensors(light))
+        if small and not (nested_external and path is not None):  # the path form finds nested external files
+            onnx.checker.check_model(light)
+        elif path is not None:
+            onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"the model fails the ONNX checker: {first}\n"
+            "The file is not valid ONNX; re-export it or repair the named node/tensor."
+        ) from err
+    except Exception as err:  # the checker's C++ layer raises plain exceptions on odd protos
+        raise ModelLoadError(f"the model fails the ONNX checker: {err}") from err
+
+
+def _one_value(tensor: onnx.TensorProto, stub: onnx.TensorProto) -> None:
+    """A stand-in the checker accepts: one zero of the tensor's type."""
+    stub.dims.append(1)
+    stub.raw_data = bytes(2 if tensor.data_type == onnx.TensorProto.BFLOAT16 else
+                          np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize)
+
+
+#: Initializers with more raw bytes than this are left out of skeletons (stubs stand in for them).
+_HEAVY_BYTES = 1 << 16
+
+
+def copy_fields(source, target, skip: str) -> None:
+    """Every set field of the message `source` into `target`, but the one named `skip`."""
+    for desc, value in source.ListFields():
+        if desc.name == skip:
+            continue
+        if desc.is_repeated:
+            getattr(target, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(target, desc.name).CopyFrom(value)
+        else:
+            setattr(target, desc.name, value)
+
+
+def top_level(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model with every field of `model` but its graph (all small)."""
+    out = onnx.ModelProto()
+    copy_fields(model, out, "graph")
+    return out
+
+
+def _left_out(tensor: onnx.TensorProto) -> bool:
+    return is_external(tensor) or (tensor.HasField("raw_data") and len(tensor.raw_data) > _HEAVY_BYTES)
+
+
+def skeleton(model: onnx.ModelProto, stub: Callable[[onnx.TensorProto, onnx.TensorProto], None]
+             ) -> tuple[onnx.ModelProto, bool]:
+    """The model with its large and external weights replaced by stubs that keep name and type
+    (`stub` fills in the rest), built without copying the weights; (model itself, False) when it
+    has none. The checker and shape inference serialize what they are given and parse it again,
+    so a full model would cost them two more copies."""
+    if not any(_left_out(t) for t in model.graph.initializer):
+        return model, False
+    light = top_level(model)
+    graph, source = light.graph, model.graph
+    copy_fields(source, graph, "initializer")
+    for tensor in source.initializer:
+        if _left_out(tensor):
+            standin = graph.initializer.add()
+            standin.name, standin.data_type = tensor.name, tensor.data_type
+            stub(tensor, standin)
+        else:
+            graph.initializer.append(tensor)
+    return light, True

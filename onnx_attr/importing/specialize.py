@@ -1,0 +1,256 @@
+"""Runtime `If` and `Loop` nodes resolved on the values of one call, so DeepLift sees plain ops.
+
+An export may branch on a value that is not a constant in the file but is fixed for a call: a
+sample-rate input (silero-vad's `sr`), a flag, a shape. The rewrite cannot give an opaque `If`
+module a DeepLift rule, but once the call's values are known the branch taken is known too.
+`specialise` records each condition in one plain forward pass, writes it into a copy of the
+graph as a constant, and lets the normalization inline the taken branches (nested ones too),
+then converts that graph: a model without those Ifs, cached on the original per set of
+condition values. A condition that depends on an attributed input's values (not only on its
+shape) changes along the path from the baseline, so it stays refused, by node and input.
+
+A top-level `Loop` whose trip count and condition follow only held inputs, shapes or constants
+runs the same number of times on every point of that path: the recording pass counts its
+iterations, and the copy of the graph has its body repeated that many times (carried values
+chained, scan outputs stacked by Unsqueeze + Concat), within the budget's loop iterations and
+node count.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import onnx
+import torch
+from onnx import helper
+from torch import Tensor
+
+from onnx_attr.errors import UnsupportedOpError
+
+#: Ops whose outputs depend on their input's shape only, never on its values.
+SHAPE_ONLY = frozenset({"Shape", "Size"})
+
+
+def runtime_control_flow(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The If and Loop nodes of the top-level graph (the normalization inlined constant Ifs)."""
+    return [n for n in model.graph.node if n.op_type in ("If", "Loop") and n.domain in ("", "ai.onnx")]
+
+
+def has_runtime_if(model) -> bool:
+    """Whether DeepLift must specialise the model per call (runtime If or Loop nodes)."""
+    return bool(runtime_control_flow(model.onnx_model))
+
+
+def value_dependent(graph: onnx.GraphProto, sources: Iterable[str], tainted: dict[str, str] | None = None
+                    ) -> dict[str, str]:
+    """Tensor name -> the source whose values it depends on (Shape/Size cut the dependence).
+
+    A node with subgraphs depends on what its bodies read from outside as well as on its inputs."""
+    tainted = dict(tainted or {}) | {s: s for s in sources if s not in (tainted or {})}
+    for node in graph.node:
+        if node.op_type in SHAPE_ONLY:
+            continue
+        reads = list(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                inner = value_dependent(sub, (), tainted)
+                reads += [o.name for o in sub.output] + [k for k in inner if k not in tainted]
+                tainted.update({k: v for k, v in inner.items() if k not in tainted})
+        source = next((tainted[r] for r in reads if r in tainted), None)
+        if source is not None:
+            for out in node.output:
+                if out:
+                    tainted.setdefault(out, source)
+    return tainted
+
+
+def refuse_attributed_conditions(model, attributed_names: Sequence[str]) -> None:
+    """An UnsupportedOpError naming each If whose condition follows an attributed input's values."""
+    graph = model.onnx_model.graph
+    tainted = value_dependent(graph, attributed_names)
+    bad = [("If", n, n.input[0], tainted[n.input[0]], "the branch taken") for n in _all_ifs(graph)
+           if n.input[0] in tainted]
+    for node in (n for n in graph.node if n.op_type == "Loop"):
+        found = _loop_taint(node, tainted)
+        for name in [*node.input[:2], next(a.g for a in node.attribute if a.name == "body").output[0].name]:
+            if name and name in found:
+                bad.append(("Loop", node, name, found[name], "the number of iterations"))
+                break
+    if bad:
+        raise UnsupportedOpError(
+            [(op, "ai.onnx", 0, n.name or n.output[0],
+              f"its {'condition' if op == 'If' else 'trip count or condition'} {name!r} depends on the values of the "
+              f"attributed input {source!r}, so {what} could change along the path from the baseline")
+             for op, n, name, source, what in bad],
+            hint="Attribute the other inputs and pass this one as additional_forward_args (held at its value), or "
+                 "re-export the model without the data-dependent branch.",
+            action="DeepLift cannot specialise")
+
+
+def _loop_taint(node: onnx.NodeProto, tainted: dict[str, str]) -> dict[str, str]:
+    """What depends on attributed values inside a Loop: its inputs, and its body's names with the
+    carried values tainted from their initial values and, to a fixed point, from the last trip."""
+    body = next(a.g for a in node.attribute if a.name == "body")
+    seeds = {i.name: tainted[v] for i, v in zip(body.input[2:], node.input[2:]) if v in tainted}
+    while True:
+        found = value_dependent(body, (), {**tainted, **seeds})
+        more = {i.name: found[o.name] for i, o in zip(body.input[2:], body.output[1:]) if o.name in found
+                and i.name not in seeds}
+        if not more:
+            return {**found, **{n: tainted[n] for n in node.input[:2] if n in tainted}}
+        seeds.update(more)
+
+
+def _all_ifs(graph: onnx.GraphProto):
+    for node in graph.node:
+        if node.op_type == "If" and node.domain in ("", "ai.onnx"):
+            yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                yield from _all_ifs(sub)
+
+
+def record_conditions(model, tensors: Sequence[Tensor]) -> dict[str, bool | int]:
+    """The condition each If took (a bool) and the iterations each top-level Loop ran (an int)
+    in a plain forward pass of `tensors`, keyed by the node's first output name (unique in the
+    graph), nested bodies included (only those that ran)."""
+    from onnx_attr.importing.converters.control_flow import If, Loop, _as_bool
+
+    seen: dict[str, bool | int] = {}
+    top = model.module
+    hooks = []
+    for graph_module in model.module.modules():
+        graph = getattr(graph_module, "graph", None)
+        if graph is None or not hasattr(graph, "nodes"):
+            continue
+        for node in graph.nodes:
+            if node.op != "call_module" or not node.meta.get("onnx_outputs"):
+                continue
+            sub = graph_module.get_submodule(node.target)
+            if isinstance(sub, Loop) and graph_module is top:
+                key = node.meta["onnx_outputs"][0]
+                seen[key] = 0
+                hooks.append(sub.body.register_forward_pre_hook(
+                    lambda _m, _args, key=key: seen.__setitem__(key, seen[key] + 1)))
+            if isinstance(sub, If):
+                key = node.meta["onnx_outputs"][0]
+                hooks.append(sub.register_forward_pre_hook(
+                    lambda _m, args, key=key: seen.__setitem__(key, _as_bool(args[0]))))
+    try:
+        with torch.no_grad():
+            model(*tensors)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool]):
+    """`model` with its runtime Ifs replaced by the branches this call takes (cached per branch set).
+
+    Returns `model` itself when it has none."""
+    if not has_runtime_if(model):
+        return model
+    refuse_attributed_conditions(model, [s.name for s, a in zip(model.inputs, attributed) if a])
+    taken = record_conditions(model, tensors)
+    key = tuple(sorted(taken.items()))
+    cache = model.__dict__.setdefault("_specialised", {})
+    if key not in cache:
+        cache[key] = _build(model, taken)
+    return cache[key]
+
+
+def _build(model, taken: dict[str, bool]):
+    from onnx_attr.importing.budget import using
+    from onnx_attr.importing.convert import convert, is_importable, opsets
+    from onnx_attr.importing.model import AttributableModel
+    from onnx_attr.importing.normalize import normalize
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.onnx_model)
+    _unroll_loops(proto, {k: v for k, v in taken.items() if not isinstance(v, bool)}, model.budget)
+    constants = []
+    for node in _all_ifs(proto.graph):
+        if node.output[0] in taken:
+            name = f"{node.output[0]}/specialised_condition"
+            constants.append(helper.make_tensor(name, onnx.TensorProto.BOOL, [], [taken[node.output[0]]]))
+            node.input[0] = name
+    proto.graph.initializer.extend(constants)
+    with using(model.budget):
+        normalized = normalize(proto, importable=is_importable)
+        module = convert(normalized.converted, opsets(normalized.canonical)
+                         if normalized.converted is not normalized.canonical else None)
+    branches = ", ".join(f"{k!r} {('then' if v else 'else') if isinstance(v, bool) else f'{v} iteration(s)'}"
+                         for k, v in taken.items())
+    sibling = AttributableModel(module, model.inputs, model.outputs, normalized.converted, model.reference_model,
+                                (*model.notes, f"runtime If/Loop node(s) specialised for this call: {branches}"),
+                                model.source)
+    sibling.budget = model.budget
+    sibling.eval()
+    return sibling.to(model.device)
+
+
+def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None:
+    """Replace each top-level Loop whose iterations were counted by that many copies of its body."""
+    from onnx_attr.importing.normalize import _prefixed_branch, _rename_uses, _used_names
+
+    from onnx_attr.importing.normalize import default_opset
+
+    graph, opset = proto.graph, default_opset(proto)
+    nodes: list[onnx.NodeProto] = []
+    for node in list(graph.node):
+        if node.op_type != "Loop" or node.output[0] not in trips:
+            nodes.append(node)
+            continue
+        count = trips[node.output[0]]
+        body = next(a.g for a in node.attribute if a.name == "body")
+        n_carried = len(node.input) - 2
+        n_scans = len(body.output) - 1 - n_carried
+        label = node.name or node.output[0]
+        budget.check("max_loop_iterations", count, f"Loop node {label!r} unrolled for DeepLift, running")
+        budget.check("max_nodes", len(graph.node) + count * len(body.node),
+                     f"Loop node {label!r} unrolled for DeepLift ({count} copies of its body), giving a graph of")
+        if n_scans and not count:
+            raise UnsupportedOpError([("Loop", "ai.onnx", 0, label, "it runs zero iterations here, so its scan "
+                                       "outputs have no shape")], action="DeepLift cannot specialise")
+        carried = list(node.input[2:])
+        scans: list[list[str]] = [[] for _ in range(n_scans)]
+        taken = _used_names(graph) | {t.name for t in graph.initializer} | set(trips)
+        for k in range(count):
+            copy = _prefixed_branch(body, f"{node.output[0]}/iteration{k}/", taken)
+            number = f"{node.output[0]}/iteration{k}/number"
+            graph.initializer.append(helper.make_tensor(number, onnx.TensorProto.INT64, [], [k]))
+            feeds = [number, "", *carried]
+            for own, fed in zip(copy.input, feeds):
+                if own.name and fed:
+                    _rename_uses(copy, own.name, fed)
+                    for out in copy.output:
+                        if out.name == own.name:
+                            out.name = fed
+            condition_in = copy.input[1].name if len(copy.input) > 1 else ""
+            if condition_in and any(condition_in in n.input for n in copy.node):
+                true = f"{node.output[0]}/iteration{k}/condition"
+                graph.initializer.append(helper.make_tensor(true, onnx.TensorProto.BOOL, [], [True]))
+                _rename_uses(copy, condition_in, true)
+            graph.initializer.extend(copy.initializer)
+            nodes.extend(copy.node)
+            outs = [o.name for o in copy.output]
+            carried = outs[1:1 + n_carried]
+            for items, name in zip(scans, outs[1 + n_carried:]):
+                items.append(name)
+            taken |= _used_names(copy)
+        axis = f"{node.output[0]}/scan_axis"
+        if n_scans and opset >= 13:
+            graph.initializer.append(helper.make_tensor(axis, onnx.TensorProto.INT64, [1], [0]))
+        for final, source in zip(node.output[:n_carried], carried):
+            nodes.append(helper.make_node("Identity", [source], [final], name=f"{final}/unrolled"))
+        for final, items in zip(node.output[n_carried:], scans):
+            stacked = []
+            for k, name in enumerate(items):
+                stacked.append(f"{final}/step{k}")
+                nodes.append(helper.make_node("Unsqueeze", [name, axis], [stacked[-1]], name=stacked[-1])
+                             if opset >= 13 else helper.make_node("Unsqueeze", [name], [stacked[-1]], axes=[0],
+                                                                  name=stacked[-1]))
+            nodes.append(helper.make_node("Concat", stacked, [final], axis=0, name=f"{final}/stacked"))
+    del graph.node[:]
+    graph.node.extend(nodes)

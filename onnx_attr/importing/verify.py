@@ -1,0 +1,331 @@
+"""Prove the imported module computes what onnxruntime computes, or show where it does not.
+
+Two figures judge each output. The first is the distance to onnxruntime against the user's
+atol + rtol·|ort|. A deep graph in float32 misses that without any import error: every node
+rounds, the two runtimes round in different orders, and near-zero outputs (sums of large terms
+that cancel) carry the rounding of their terms. So an output that misses it still passes when
+the difference is rounding: within a budget that grows with the magnitudes and the
+graph's depth, or, where onnxruntime runs the graph retyped to float64, no farther from the
+float64 result than onnxruntime's own float32 answer is, twice over, plus atol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import onnx
+import torch
+
+from onnx_attr.importing.convert import run_recording
+from onnx_attr.importing.converters.arithmetic import integer_overflows
+from onnx_attr.importing.read import external_folder
+from onnx_attr.errors import ReferenceRuntimeError
+from onnx_attr.importing.inputs import arrange, sample_inputs
+
+
+#: the rounding budget per node on the longest path, in units of the output dtype's unit roundoff
+#: times the largest magnitude the output is computed from (the linear bound n·u·Σ|terms|)
+ROUNDING_PER_NODE = 1.0
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    shape: list[int]
+    max_abs: float
+    max_rel: float  # over elements whose reference magnitude is at least atol
+    passed: bool
+    within_tolerance: bool = True  # |ours - ort| <= atol + rtol·|ort| everywhere
+    depth: int = 0  # nodes on the longest path from the graph's inputs to this output
+    rounding_budget: float = 0.0  # ROUNDING_PER_NODE · u · depth · scale, added to atol + rtol·|ort|
+    float64_ours: Optional[float] = None  # max |ours - float64 evaluation|
+    float64_ort: Optional[float] = None  # max |onnxruntime float32 - float64 evaluation|
+
+
+@dataclass
+class Divergence:
+    """The first ONNX node (in graph order) whose output differs beyond tolerance."""
+
+    node: str
+    op_type: str
+    tensor: str
+    max_abs: float
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    outputs: list[OutputCheck]
+    atol: float
+    rtol: float
+    inputs: str  # where the inputs came from
+    divergence: Optional[Divergence] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def format(self) -> str:
+        lines = [f"verify against onnxruntime (CPU) on {self.inputs}; pass if |ours-ort| <= "
+                 f"{self.atol:g} + {self.rtol:g}*|ort|"]
+        for o in self.outputs:
+            lines.append(f"  {'ok  ' if o.passed else 'FAIL'} {o.name} {o.shape}: max abs err "
+                         f"{o.max_abs:.3e}, max rel err {o.max_rel:.3e}")
+            if not o.within_tolerance:
+                lines.append(f"       beyond atol/rtol; float32 rounding budget of a depth-{o.depth} graph "
+                             f"{o.rounding_budget:.3e}" + (
+                                 f"; against the graph in float64: ours {o.float64_ours:.3e}, onnxruntime "
+                                 f"{o.float64_ort:.3e}" if o.float64_ours is not None else
+                                 "; no float64 evaluation (onnxruntime could not run the graph retyped)")
+                             + (" -> rounding, not an import error" if o.passed else ""))
+        if self.divergence is not None:
+            d = self.divergence
+            lines.append(f"  first divergent node: {d.node!r} (op {d.op_type}), tensor {d.tensor!r}, "
+                         f"max abs err {d.max_abs:.3e}{'; ' + d.detail if d.detail else ''}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        lines.append("PASSED" if self.passed else "FAILED")
+        return "\n".join(lines)
+
+
+def verify(model, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
+           locate: bool = True) -> VerifyReport:
+    """Run onnxruntime and the imported module on the same inputs and compare every output.
+
+    Without inputs, a seeded random sample of the declared shapes is used. When an output
+    fails and `locate` is set, both are re-run keeping every intermediate tensor to name the
+    first ONNX node whose output diverges.
+    """
+    if inputs is None:
+        arrays = sample_inputs(model.inputs, seed)
+        source = f"a random sample (seed {seed})"
+    else:
+        arrays = arrange(inputs, model.inputs)
+        source = "the given inputs"
+    tensors = model.prepare(arrays)
+    feeds = {spec.name: _feed(t) for spec, t in zip(model.inputs, tensors)}
+    with integer_overflows() as overflows:
+        ours = [_numpy(t) for t in model.run(tensors)]
+    if overflows:  # onnxruntime's int64 Div kernel dies on SIGFPE here; it must not take us with it
+        raise ReferenceRuntimeError(
+            f"these inputs make the model divide {overflows[0]} (int64 overflow): onnx-attr gives INT64_MIN, "
+            "as two's complement wraps, but onnxruntime's CPU kernel kills the process on it, so it cannot be "
+            "the reference; verify with other inputs")
+    names = [o.name for o in model.outputs]
+    theirs = [_numpy(t) for t in run_onnxruntime(model.reference_model, feeds, names)]
+    checks = [_compare(n, a, b, atol, rtol) for n, a, b in zip(names, ours, theirs)]
+    report = VerifyReport(checks, atol, rtol, source)
+    if not report.passed:
+        _judge_rounding(model, tensors, report, feeds, ours, theirs)
+    if not report.passed and locate:
+        report.divergence = locate_divergence(model, tensors, feeds, atol, rtol)
+    return report
+
+
+def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: Sequence[str],
+                    optimize: bool = True) -> list[np.ndarray]:
+    """onnxruntime on the CPU provider, named explicitly so no odd provider is picked."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    folder = external_folder(model)
+    if folder is not None:  # weights left in their files: onnxruntime reads them there
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run(list(outputs), {name: _ort_feed(value) for name, value in feeds.items()})
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise ReferenceRuntimeError(
+            f"onnxruntime could not run the model, so it cannot be verified: {str(err).strip()[:500]}"
+        ) from err
+
+
+def _feed(tensor: torch.Tensor) -> np.ndarray:
+    """The array onnxruntime is fed: bfloat16 bit for bit as ml_dtypes' bfloat16 (numpy has none)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def _ort_feed(value: np.ndarray) -> Any:
+    """onnxruntime's Python API refuses ml_dtypes' bfloat16 arrays; their bits go in typed by hand."""
+    if value.dtype.name == "bfloat16":
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(value).view(np.uint16),
+                                                               onnx.TensorProto.BFLOAT16)
+    return value
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, list) and value and isinstance(value[0], dict):  # ZipMap: rows of {label: p}
+        return np.array([list(row.values()) for row in value])
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 64:  # numpy's limit, and so onnxruntime's Python API's
+            raise ReferenceRuntimeError(f"a tensor of {value.dim()} dimensions cannot be compared: numpy and "
+                                        "onnxruntime's Python API hold at most 64")
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value)
+
+
+def _errors(ours: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
+    a = np.asarray(ours, dtype=np.float64)
+    b = np.asarray(ref, dtype=np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    diff = np.where(both_nan, 0.0, np.abs(a - b))
+    diff = np.where(np.isnan(diff), np.inf, diff)  # NaN on one side only is a failure
+    if diff.size == 0:
+        return 0.0, 0.0, True
+    big = np.abs(b) >= atol
+    max_rel = float((diff[big] / np.abs(b[big])).max()) if big.any() else 0.0
+    passed = bool(np.all(diff <= atol + rtol * np.nan_to_num(np.abs(b), nan=0.0)))
+    return float(diff.max()), max_rel, passed
+
+
+def _compare(name: str, ours: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> OutputCheck:
+    if ours.shape != ref.shape:
+        return OutputCheck(name, list(ref.shape), float("inf"), float("inf"), False)
+    max_abs, max_rel, passed = _errors(ours, ref, atol, rtol)
+    return OutputCheck(name, list(ref.shape), max_abs, max_rel, passed)
+
+
+def graph_depths(model: onnx.ModelProto) -> dict[str, int]:
+    """For each tensor, the number of nodes on the longest path from the graph's inputs to it
+    (a node with a subgraph counts once)."""
+    depth: dict[str, int] = {}
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        d = 1 + max((depth.get(name, 0) for name in node.input if name), default=0)
+        for name in node.output:
+            depth[name] = d
+    return depth
+
+
+def _unit_roundoff(dtype: np.dtype) -> float:
+    return float(np.finfo(dtype).eps) / 2 if np.issubdtype(dtype, np.floating) else 0.0
+
+
+def _judge_rounding(model, tensors: Sequence[torch.Tensor], report: VerifyReport, feeds: dict[str, np.ndarray],
+                    ours: list[np.ndarray], theirs: list[np.ndarray]) -> None:
+    """Re-judge the outputs beyond atol/rtol: pass those whose difference is rounding.
+
+    With a float64 evaluation, rounding means ours is no farther from it than twice onnxruntime's
+    own float32 distance, plus atol. Without one, the difference must fit the budget
+    u · depth · scale on top of atol + rtol·|ort|: the linear bound on rounding through `depth`
+    nodes, with `scale` the largest magnitude of the tensors the output is computed from (the
+    terms whose rounding a cancelling sum carries)."""
+    reference = model.reference_model
+    depths = graph_depths(reference)
+    exact = _float64_outputs(reference, feeds, [o.name for o in report.outputs], report.notes)
+    recorded = None
+    for i, (check, a, b) in enumerate(zip(report.outputs, ours, theirs)):
+        if check.passed or a.shape != b.shape or not np.issubdtype(b.dtype, np.floating):
+            continue
+        if recorded is None:
+            recorded = run_recording(model.module, *tensors)
+        check.within_tolerance = False
+        check.depth = depths.get(check.name, 0)
+        scale = _largest_magnitude(reference, check.name, recorded)
+        check.rounding_budget = ROUNDING_PER_NODE * _unit_roundoff(b.dtype) * check.depth * scale
+        if exact is not None:
+            check.float64_ours, _, _ = _errors(a, exact[i], 0.0, 0.0)
+            check.float64_ort, _, _ = _errors(b, exact[i], 0.0, 0.0)
+            check.passed = check.float64_ours <= 2 * check.float64_ort + report.atol
+        else:
+            check.passed = _errors(a, b, report.atol + check.rounding_budget, report.rtol)[2]
+
+
+def _largest_magnitude(reference: onnx.ModelProto, output: str, recorded: dict) -> float:
+    """The largest finite |value| among the floating tensors `output` is computed from (itself included)."""
+    needed, largest = {output}, 0.0
+    for node in reversed(reference.graph.node):
+        if needed.intersection(node.output):
+            needed.update(n for n in node.input if n)
+    for name in needed:
+        t = recorded.get(name)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            finite = t.detach().abs().nan_to_num(0.0, 0.0, 0.0)
+            largest = max(largest, float(finite.max()))
+    return largest
+
+
+_LOW_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _float64_outputs(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], names: Sequence[str],
+                     notes: list[str]) -> Optional[list[np.ndarray]]:
+    """onnxruntime on the graph with every float tensor retyped to float64, or None (noted) when
+    it cannot run that (an op without a double kernel)."""
+    from onnx import numpy_helper
+
+    wide = onnx.ModelProto()
+    wide.CopyFrom(reference)
+
+    def widen(t: onnx.TensorProto) -> None:
+        if t.data_type in _LOW_FLOATS:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+
+    def retype(graph: onnx.GraphProto) -> None:
+        for v in (*graph.input, *graph.output, *graph.value_info):
+            if v.type.tensor_type.elem_type in _LOW_FLOATS:
+                v.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+        for t in graph.initializer:
+            widen(t)
+        for node in graph.node:
+            for a in node.attribute:
+                if a.name in ("to", "dtype", "output_dtype") and a.type == onnx.AttributeProto.INT and a.i in _LOW_FLOATS:
+                    a.i = onnx.TensorProto.DOUBLE
+                elif a.type == onnx.AttributeProto.TENSOR:
+                    widen(a.t)
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    retype(a.g)
+
+    retype(wide.graph)
+    del wide.graph.value_info[:]  # let onnxruntime infer the widened intermediate types
+    wide_feeds = {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v for k, v in feeds.items()}
+    try:
+        return [np.asarray(o) for o in run_onnxruntime(wide, wide_feeds, names)]
+    except ReferenceRuntimeError as err:
+        notes.append("no float64 evaluation: " + str(err).split(": ", 1)[-1][:200])
+        return None
+
+
+def locate_divergence(model, tensors: Sequence[torch.Tensor], feeds: dict[str, np.ndarray],
+                      atol: float, rtol: float) -> Optional[Divergence]:
+    """Compare every intermediate tensor the two share, in ONNX graph order."""
+    ours = run_recording(model.module, *tensors)
+    reference = model.reference_model
+    graph = reference.graph
+    wanted = [name for node in graph.node for name in node.output if name and name in ours]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(reference)
+    existing = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in existing)
+    try:
+        values = dict(zip(wanted, run_onnxruntime(probe, feeds, wanted, optimize=False)))
+    except ReferenceRuntimeError:
+        return None
+    for index, node in enumerate(graph.node):
+        for name in node.output:
+            if name not in values or not isinstance(ours[name], torch.Tensor):
+                continue
+            a, b = _numpy(ours[name]), values[name]
+            label = node.name or f"{node.op_type}#{index}"
+            if a.shape != b.shape:
+                return Divergence(label, node.op_type, name, float("inf"),
+                                  f"shape {list(a.shape)} here, {list(b.shape)} in onnxruntime")
+            max_abs, _, passed = _errors(a, b, atol, rtol)
+            if not passed:
+                return Divergence(label, node.op_type, name, max_abs)
+    return None

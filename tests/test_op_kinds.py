@@ -1,0 +1,64 @@
+"""Op kinds have one source: linear and structural ops are listed in opkinds, every other kind is
+declared by the op's rule, and every op we can import is one of those or refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_attr
+from onnx_attr.deeplift.opkinds import LINEAR, MICROSOFT_KINDS, REFUSED, STRUCTURAL, domain_op_kind, op_kind
+from onnx_attr.deeplift.rules import RULES
+from onnx_attr.importing.converters.registry import supported_ops
+
+IMPORTABLE = sorted({("" if d == "ai.onnx" else d, t) for d, t, _, _ in supported_ops()})
+
+
+def _kinds(domain: str, op: str) -> set[str]:
+    """The op's kind with one varying input, with every input varying."""
+    return {domain_op_kind(domain, op, [True]), domain_op_kind(domain, op, [True] * 4)}
+
+
+@pytest.mark.parametrize("domain,op", IMPORTABLE, ids=[f"{d or 'ai.onnx'}:{o}" for d, o in IMPORTABLE])
+def test_every_importable_op_has_a_kind_a_rule_or_a_refusal(domain, op):
+    kinds = _kinds(domain, op)
+    if "unknown" in kinds:
+        assert op in REFUSED, (f"{domain or 'ai.onnx'}:{op} imports but has no DeepLift kind: list it as linear or "
+                               "structural in opkinds, give it a rule (rules/), or add it to opkinds.REFUSED with why")
+        return
+    if domain == "com.microsoft":  # expanded into ai.onnx ops before the rewrite (converters/microsoft.py)
+        assert op in MICROSOFT_KINDS or op == "FusedMatMul", op
+        return
+    for kind in kinds - {"linear", "structural"}:
+        assert op in RULES, (op, kind)
+
+
+def test_one_source_for_each_op():
+    assert not LINEAR & STRUCTURAL
+    overlap = (LINEAR | STRUCTURAL) & set(RULES) - {"Conv", "ConvTranspose"}  # products only when both vary
+    assert not overlap, f"listed in opkinds and with a rule: {sorted(overlap)}"
+    assert not set(REFUSED) & set(RULES), "a refused op has a rule"
+    stale = set(REFUSED) - {op for _, op in IMPORTABLE}
+    assert not stale, f"REFUSED lists ops that do not import: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("op", sorted(RULES))
+def test_the_rule_declares_the_kind(op):
+    if op in {"LogSumExpPool", "QuantizedBlock"}:  # our own domains' nodes
+        return
+    rule_kind = RULES[op].kind
+    assert op_kind(op, [True, True, True]) == rule_kind or (op in ("Conv", "ConvTranspose") and rule_kind == "bilinear")
+
+
+def test_a_refused_op_is_named_with_the_reason():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, ["N", 2])
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 2])
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [2])
+    graph = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["v", "i"], name="pick")], "g", [x], [v, i], [k])
+    model = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                           strip_final_activation=False)
+    with pytest.raises(onnx_attr.UnsupportedOpError, match="TopK") as err:
+        onnx_attr.DeepLift(model).attribute(np.ones((2, 6), np.float32), target=0)
+    assert REFUSED["TopK"] in str(err.value) and "pick" in str(err.value)
