@@ -263,6 +263,30 @@ def test_ray_engine_without_ray_is_a_clear_error(tmp_path, features, monkeypatch
         attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "out"), engine="ray", quiet=True)
 
 
+def test_a_cluster_that_asks_for_a_token_is_a_clear_error(tmp_path, features, monkeypatch):
+    """Ray wraps its AuthenticationError in a ConnectionError; the message says what to set (the
+    exception chain as Ray 2.60 raises it, the cluster's refusal faked)."""
+    ray = pytest.importorskip("ray")
+    from ray.exceptions import AuthenticationError
+
+    def refused(*args, **kwargs):
+        try:
+            raise AuthenticationError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect")
+        except AuthenticationError as err:
+            raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379") from err
+
+    monkeypatch.setattr(ray, "init", refused)
+    np.savez(tmp_path / "rows.npz", features=features)
+    with pytest.raises(InputError, match="RAY_AUTH_MODE=token") as raised:
+        attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "out"), engine="ray", quiet=True,
+                          ray_options={"address": "127.0.0.1:6379"})
+    assert "127.0.0.1:6379" in str(raised.value)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no cluster there")))
+    with pytest.raises(InputError, match="ray start --head"):
+        attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "out"), engine="ray", quiet=True,
+                          overwrite=True, ray_options={"address": "127.0.0.1:6379"})
+
+
 def test_a_baseline_that_does_not_fit_every_row_is_refused_up_front(tmp_path, mlp, features):
     np.savez(tmp_path / "rows.npz", features=features)
     np.savez(tmp_path / "two.npz", features=features[:2])
