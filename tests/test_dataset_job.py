@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -262,6 +263,30 @@ def test_ray_engine_without_ray_is_a_clear_error(tmp_path, features, monkeypatch
         attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "out"), engine="ray", quiet=True)
 
 
+def test_a_cluster_that_asks_for_a_token_is_a_clear_error(tmp_path, features, monkeypatch):
+    """Ray wraps its AuthenticationError in a ConnectionError; the message says what to set (the
+    exception chain as Ray 2.60 raises it, the cluster's refusal faked)."""
+    ray = pytest.importorskip("ray")
+    from ray.exceptions import AuthenticationError
+
+    def refused(*args, **kwargs):
+        try:
+            raise AuthenticationError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect")
+        except AuthenticationError as err:
+            raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379") from err
+
+    monkeypatch.setattr(ray, "init", refused)
+    np.savez(tmp_path / "rows.npz", features=features)
+    with pytest.raises(InputError, match="RAY_AUTH_MODE=token") as raised:
+        attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "out"), engine="ray", quiet=True,
+                          ray_options={"address": "127.0.0.1:6379"})
+    assert "127.0.0.1:6379" in str(raised.value)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no cluster there")))
+    with pytest.raises(InputError, match="ray start --head"):
+        attribute_dataset(str(MLP), str(tmp_path / "rows.npz"), str(tmp_path / "out"), engine="ray", quiet=True,
+                          overwrite=True, ray_options={"address": "127.0.0.1:6379"})
+
+
 def test_a_baseline_that_does_not_fit_every_row_is_refused_up_front(tmp_path, mlp, features):
     np.savez(tmp_path / "rows.npz", features=features)
     np.savez(tmp_path / "two.npz", features=features[:2])
@@ -324,3 +349,73 @@ def test_a_ray_worker_killed_midway_leaves_every_row_once(tmp_path, features):
     assert local["rows"] == 800
     np.testing.assert_allclose(_attributions(table), _attributions(read_results(tmp_path / "local")),
                                rtol=0, atol=1e-6)
+
+
+# -- the method options of `attribute`, in the dataset job -------------------------------------------------------------
+
+def test_dataset_takes_every_method_option_attribute_takes():
+    """The registry's CLI options are one set of flags for both commands."""
+    from onnx_attr.app.cli import build_parser
+    from onnx_attr.methods.registry import CLI_OPTIONS
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in ("attribute", "dataset"):
+        dests = {a.dest for a in commands[command]._actions}
+        assert set(CLI_OPTIONS) <= dests, (command, set(CLI_OPTIONS) - dests)
+
+
+def test_lrp_rule_reaches_every_row_and_a_resume_with_another_is_refused(tmp_path, mlp, features, capsys):
+    """`--method lrp --lrp-rule z_plus`: the rows equal the LRP explainer built with that rule (and
+    differ from the default epsilon rule, so the option is not dropped on the way); the manifest
+    records it, and a resume with another rule or composite is refused, naming it."""
+    import torch
+
+    from onnx_attr import LRP
+    from onnx_attr.app.cli import main
+
+    rows = np.concatenate([features] * 3) * np.linspace(0.5, 2.0, 24)[:, None].astype(np.float32)
+    np.savez(tmp_path / "rows.npz", features=rows)
+    out = tmp_path / "out"
+    common = ["-q", "dataset", str(MLP), "-i", str(tmp_path / "rows.npz"), "-o", str(out), "--method", "lrp",
+              "--shard-rows", "10", "--batch-size", "7", "--no-report"]
+    assert main([*common, "--lrp-rule", "z_plus"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["lrp_rule"] == "z_plus" and manifest["options"]["lrp_composite"] is None
+    got = _attributions(read_results(out)).astype(np.float64)
+    x = torch.tensor(rows)
+    wanted = LRP(mlp, rule="z_plus").attribute(x).detach().double().numpy()
+    plain = LRP(mlp).attribute(x).detach().double().numpy()
+    np.testing.assert_allclose(got, wanted, rtol=1e-5, atol=1e-6)
+    assert np.abs(got - plain).max() > 1e-3 * np.abs(plain).max()  # the rule changed the numbers
+    capsys.readouterr()
+    for other, named in ((["--lrp-rule", "epsilon"], "lrp_rule"), (["--lrp-composite", "epsilon_plus"],
+                                                                     "lrp_composite")):
+        assert main([*common, "--resume", *other]) == 2
+        assert re.search(rf"(?m)^  options\.{named}\b.*->", capsys.readouterr().err)
+    assert main([*common, "--resume", "--lrp-rule", "z_plus"]) == 0  # the same settings: kept
+    deeplift = ["-q", "dataset", str(MLP), "-i", str(tmp_path / "rows.npz"), "-o", str(tmp_path / "dl")]
+    assert main([*deeplift, "--lrp-rule", "z_plus"]) == 2
+    assert "--lrp-rule applies to --method lrp" in capsys.readouterr().err
+    assert main([*common, "--overwrite", "--lrp-rule", "z_B"]) == 2  # z_B needs bounds, refused before any row
+    assert "--lrp-bounds" in capsys.readouterr().err
+
+
+def test_n_steps_reach_every_row_and_are_recorded(tmp_path, mlp, features):
+    """IG with --n-steps 8 equals the explainer's own 8-step IG, and differs from its 50-step default."""
+    import torch
+
+    from onnx_attr import IntegratedGradients
+
+    np.savez(tmp_path / "rows.npz", features=features)
+    summary = attribute_dataset(mlp, str(tmp_path / "rows.npz"), str(tmp_path / "out"), method="integratedgradients",
+                                n_steps=8, quiet=True)
+    assert summary["rows"] == len(features)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["options"]["n_steps"] == 8
+    got = _attributions(read_results(tmp_path / "out")).astype(np.float64)
+    x = torch.tensor(features)
+    ig = IntegratedGradients(mlp)
+    np.testing.assert_allclose(got, ig.attribute(x, n_steps=8).detach().double().numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, ig.attribute(x, n_steps=50).detach().double().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match=r"(?m)^  options\.n_steps\b.*->"):
+        attribute_dataset(mlp, str(tmp_path / "rows.npz"), str(tmp_path / "out"), method="integratedgradients",
+                          n_steps=16, resume=True, quiet=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,91 @@ def test_a_report_that_cannot_be_written_costs_the_page_not_the_results(tmp_path
     err = capsys.readouterr().err
     assert "No space left" in err and f"onnx-attr report {tmp_path / 'out'}" in err and "Traceback" not in err
     assert len(read_results(tmp_path / "out")) == len(features)
+
+
+# -- full pictures over the input, for image and text sources --------------------------------------------------------
+
+def _green_pixels(png: Path) -> int:
+    """Pixels of a pure green the signed (red-white-blue) colour maps never draw: the input's."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int(np.sum((rgb[..., 1] > 200) & (rgb[..., 0] < 60) & (rgb[..., 2] < 60)))
+
+
+def test_image_pictures_are_drawn_over_the_image(tmp_path):
+    """An image folder's full pictures show the image (left half pure green) beside and under the
+    heat map, read again with the run's recorded preprocessing; with the folder gone, the page says
+    so and the pictures show the attributions alone (no green anywhere)."""
+    import torch
+    from PIL import Image
+
+    from exporting import to_onnx
+    from onnx_attr.app.preprocess import image_preprocessing
+    from onnx_attr.app.readers import InputOptions
+    from test_input_readers import _SmallCNN
+
+    model = tmp_path / "cnn.onnx"
+    model.write_bytes(to_onnx(_SmallCNN(), torch.zeros(1, 3, 8, 8), input_names=("image",)))
+    folder = tmp_path / "pictures" / "cats"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pixels = np.zeros((16, 12, 3), np.uint8)
+        pixels[:, :6, 1] = 255  # left half pure green; the right half noise without green
+        pixels[:, 6:, 0] = rng.integers(0, 256, (16, 6))
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    options = InputOptions(image=image_preprocessing(resize=8, scale=1 / 255, mean=(0.5, 0.5, 0.5)))
+    out = tmp_path / "out"
+    attribute_dataset(str(model), str(tmp_path / "pictures"), str(out), inputs=options, quiet=True,
+                      report=ReportOptions(pictures=2))
+    page = (out / "report.html").read_text()
+    pictures = sorted((out / "report_files").glob("row_*.png"))
+    assert len(pictures) == 2 and all(f"href='report_files/{p.name}'" in page for p in pictures)
+    assert "without the image" not in page
+    with_image = [_green_pixels(p) for p in pictures]
+    assert min(with_image) > 500, with_image
+    shutil.move(str(tmp_path / "pictures"), str(tmp_path / "moved"))
+    page = write_report(out, ReportOptions(pictures=2)).read_text()
+    assert "without the image" in page and "cats/0.png" in page
+    assert [_green_pixels(p) for p in sorted((out / "report_files").glob("row_*.png"))] == [0, 0]
+
+
+def test_text_pictures_show_the_tokens_of_the_run_tokenizer(tmp_path):
+    """A text file's rows: the token page and the gallery show the tokenizer's own tokens of each
+    line, in order, each shaded by its row's score; with the tokenizer changed, positions (said once)."""
+    import tokenizers
+
+    from exporting import to_onnx
+    from onnx_attr.app.readers import InputOptions
+    from onnx_attr.app.text_inputs import text_preprocessing
+    from test_input_readers import LENGTH, SENTENCES, _MaskedBag, _tokenizer
+
+    import torch
+
+    example = (torch.zeros(1, LENGTH, dtype=torch.int64), torch.ones(1, LENGTH, dtype=torch.int64))
+    model = tmp_path / "bag.onnx"
+    model.write_bytes(to_onnx(_MaskedBag().eval(), example, input_names=("input_ids", "attention_mask")))
+    tokenizer_path = _tokenizer(tmp_path / "tokenizer.json")
+    (tmp_path / "reviews.txt").write_text("\n".join(SENTENCES) + "\n")
+    out = tmp_path / "out"
+    attribute_dataset(str(model), str(tmp_path / "reviews.txt"), str(out), quiet=True,
+                      inputs=InputOptions(text=text_preprocessing(str(tokenizer_path))),
+                      report=ReportOptions(pictures=len(SENTENCES)))
+    tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+    tokenizer.enable_padding(length=LENGTH, pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+    tokenizer.enable_truncation(max_length=LENGTH)
+    scores = attribution_array(read_results(out)).astype(np.float64)
+    page = (out / "report.html").read_text()
+    for row, encoding in enumerate(tokenizer.encode_batch(SENTENCES)):
+        card = re.search(rf'data-row="{row}".*?</div>', page, re.S).group(0)
+        shown = re.findall(r'<span class="tok" title="([^"]+)" style="[^"]+">([^<]+)</span>', card)
+        assert [t for _, t in shown] == encoding.tokens
+        assert [float(v) for v, _ in shown] == pytest.approx(scores[row].tolist(), rel=1e-3, abs=1e-6)
+        picture = (out / "report_files" / f"row_{row}.html").read_text()
+        assert re.findall(r"white-space: pre\">([^<]+)</span>", picture) == encoding.tokens
+    tokenizer_path.write_text(tokenizer_path.read_text().replace("film", "movie"))
+    page = write_report(out, ReportOptions(pictures=1)).read_text()
+    assert page.count("changed since the run") == 1
+    card = re.search(r'data-row="0".*?</div>', page, re.S).group(0)
+    assert re.findall(r'<span class="tok"[^>]*>([^<]+)</span>', card) == [f"[{i}]" for i in range(LENGTH)]

@@ -226,13 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int,
                    help="examples per pass (default 16): memory stays flat and progress shows")
     _method_tuning_options(p)
-    p.add_argument("--lrp-rule", choices=LRP_RULES,
-                   help="lrp: the rule of every Conv/Gemm/MatMul (default epsilon; other linear ops take epsilon)")
-    p.add_argument("--lrp-composite", choices=LRP_COMPOSITES,
-                   help="lrp: rules per layer kind, as zennit's composites (e.g. epsilon_gamma_box: z_B on the first "
-                        "layer, gamma on convolutions, epsilon on dense layers)")
-    p.add_argument("--lrp-bounds", metavar="LOW,HIGH",
-                   help="lrp: the input's bounds for the z_B rule (e.g. 0,255 for raw pixels)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when an attribution's convergence delta is above tolerance (default: a warning)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
@@ -262,7 +255,7 @@ def _report_options(p: argparse.ArgumentParser) -> None:
 
 
 def _method_tuning_options(p: argparse.ArgumentParser) -> None:
-    """What `attribute` and `dataset` both pass to the method."""
+    """What `attribute` and `dataset` both pass to the method (the registry's CLI_OPTIONS)."""
     p.add_argument("--n-steps", type=_positive_int,
                    help="path methods (integratedgradients, its layer/neuron forms, conductance, internalinfluence): "
                         "integration steps (default 50)")
@@ -270,6 +263,13 @@ def _method_tuning_options(p: argparse.ArgumentParser) -> None:
                    help="path methods: rows per forward/backward pass (default: all steps at once)")
     p.add_argument("--gradient-fallback", action="store_true",
                    help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
+    p.add_argument("--lrp-rule", choices=LRP_RULES,
+                   help="lrp: the rule of every Conv/Gemm/MatMul (default epsilon; other linear ops take epsilon)")
+    p.add_argument("--lrp-composite", choices=LRP_COMPOSITES,
+                   help="lrp: rules per layer kind, as zennit's composites (e.g. epsilon_gamma_box: z_B on the first "
+                        "layer, gamma on convolutions, epsilon on dense layers)")
+    p.add_argument("--lrp-bounds", metavar="LOW,HIGH",
+                   help="lrp: the input's bounds for the z_B rule (e.g. 0,255 for raw pixels)")
 
 
 def _dataset_command(p: argparse.ArgumentParser) -> None:
@@ -493,7 +493,7 @@ def cmd_dataset(args) -> int:
         output_name=args.output_name, inputs=_input_options(args),
         shard_rows=args.shard_rows, batch_size=args.batch_size, attribution_dtype=args.attribution_dtype,
         engine=args.engine, resume=args.resume, overwrite=args.overwrite, gradient_fallback=args.gradient_fallback,
-        n_steps=args.n_steps, internal_batch_size=args.internal_batch_size,
+        n_steps=args.n_steps, internal_batch_size=args.internal_batch_size, lrp=_lrp_options(args),
         strip_final_activation=not args.keep_final_activation, device=args.device,
         ray_options=ray_options if args.engine == "ray" else None, quiet=getattr(args, "quiet", False),
         report=None if args.no_report else _report_settings(args))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,6 +91,7 @@ class Settings:
     n_steps: Optional[int]
     internal_batch_size: Optional[int]
     inputs: InputOptions
+    lrp: Optional[dict] = None  # --lrp-rule / --lrp-composite / --lrp-bounds as given (None: not given)
 
 
 def manifest_hash(manifest: dict) -> str:
@@ -124,9 +126,13 @@ class ShardWorker:
     loaded and rewritten once, then reused for every shard."""
 
     def __init__(self, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard], folder: str,
-                 digest: str, model: Any = None):
+                 digest: str, model: Any = None, threads: Optional[int] = None):
         from onnx_attr.app.attribute_job import make_explainer, method_options
 
+        if threads is not None:  # a Ray worker: torch's threads as the CPUs it holds, so workers never contend
+            import torch
+
+            torch.set_num_threads(threads)
         if model is None:
             from onnx_attr.importing.loader import load
 
@@ -135,8 +141,10 @@ class ShardWorker:
         self.settings, self.sources, self.folder, self.digest = settings, list(sources), Path(folder), digest
         self.shards = list(shards)
         self.model = model
-        self.explainer = make_explainer(model, settings.method, settings.gradient_fallback)
-        self.method_options = method_options(settings.method, settings.n_steps, settings.internal_batch_size)
+        self.method_options = method_options(settings.method, settings.n_steps, settings.internal_batch_size,
+                                             settings.lrp)
+        self.explainer = make_explainer(model, settings.method, settings.gradient_fallback,
+                                        options=self.method_options)
         self.output_index = self.explainer._output_index(settings.output_name)
         self.reader = RowReader(model.inputs, settings.inputs)
         tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
@@ -353,13 +361,17 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
                       batch_size: int = DEFAULT_BATCH_SIZE, attribution_dtype: str = "float32",
                       engine: str = "local", resume: bool = False, overwrite: bool = False,
                       gradient_fallback: bool = False, n_steps: Optional[int] = None,
-                      internal_batch_size: Optional[int] = None, strip_final_activation: bool = True,
-                      device: Optional[str] = None, ray_options: Optional[dict] = None,
+                      internal_batch_size: Optional[int] = None, lrp: Optional[dict] = None,
+                      strip_final_activation: bool = True, device: Optional[str] = None,
+                      ray_options: Optional[dict] = None,
                       quiet: bool = False, report: Optional[ReportOptions] = None) -> dict:
     """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet files, image
     files or text files) into Parquet shards in `out`, and return the run's summary. `model` is a
     path to an .onnx file or a loaded model (a loaded model runs on the local engine only: Ray
-    workers load the file themselves). `inputs` says how images and text become inputs (its
+    workers load the file themselves). `n_steps`, `internal_batch_size`, `gradient_fallback` and `lrp`
+    (`{"rule": ..., "composite": ..., "bounds": "LOW,HIGH"}`) are the method options of `onnx-attr
+    attribute`, for the methods whose registry entry takes them; the manifest records them, so a
+    resume with others is refused. `inputs` says how images and text become inputs (its
     `columns` is `columns`). `report` (e.g. `ReportOptions()`) writes `report.html` beside the results
     at the end."""
     from onnx_attr.app.attribute_job import METHOD_TITLES, method_options, model_fingerprint, prepare_out_dir, \
@@ -370,7 +382,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     settings, loaded = _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size,
                                  attribution_dtype, engine, gradient_fallback, n_steps, internal_batch_size,
                                  strip_final_activation, device)
-    per_method = method_options(method, n_steps, internal_batch_size)
+    settings = replace(settings, lrp=dict(lrp) if lrp else None)
+    per_method = method_options(method, n_steps, internal_batch_size, lrp)
     resolve_baseline_spec(baseline, method)
     if loaded is None:
         from onnx_attr.importing.loader import load
@@ -402,7 +415,9 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
                            "shards": [[s.source, s.start, s.stop] for s in shards]}
     manifest["execution"] = {"engine": engine, "batch_size": batch_size, "device": device or "cpu",
                              **({"ray": ray_options} if engine == "ray" else {}),
-                             "model": settings.model_path, "input_root": input_root(sources)}
+                             "model": settings.model_path, "input_root": input_root(sources),
+                             **({"tokenizer": os.path.abspath(settings.inputs.text.tokenizer)}
+                                if settings.inputs.text is not None else {})}  # where the report reads it again
     manifest = json.loads(json.dumps(manifest))  # as it reads back from manifest.json
     digest = manifest_hash(manifest)
     folder = prepare_out_dir(out)

@@ -9,7 +9,7 @@ duplicated task never adds rows twice. Ray is an optional extra: `pip install "o
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from onnx_attr.errors import InputError
 
@@ -35,19 +35,25 @@ def run_on_ray(settings, sources: Sequence, shards: Sequence, pending: Sequence,
             ray.init(address=options.get("address") or "local", include_dashboard=False, log_to_driver=not quiet,
                      logging_level="ERROR")
         except (ConnectionError, ValueError, RuntimeError) as err:
-            raise InputError(f"--address {options.get('address')!r}: cannot join the Ray cluster ({err}); start "
-                             "one with `ray start --head`, or leave --address out to run Ray embedded") from err
+            raise InputError(f"--address {options.get('address')!r}: cannot join the Ray cluster ({err}); "
+                             + (_TOKEN_HINT if _refused_token(err) else "start one with `ray start --head`, or leave "
+                                "--address out to run Ray embedded")) from err
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = not quiet
         workers = options.get("workers")
+        cpus = options.get("cpus_per_worker") or 1.0
         items = [{"shard": s.index} for s in pending]
+        # One block and one call per shard: what crosses Ray is a shard index in and four counts out,
+        # never rows (a worker reads its rows and commits its Parquet file where it runs). One call in
+        # flight per actor: a call is a whole shard, so queueing more only unbalances the last shards.
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1) if workers else \
+            ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, len(items)), max_tasks_in_flight_per_actor=1)
         done = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            ShardWorker, batch_size=1, batch_format="numpy",
+            ShardWorker, batch_size=1, batch_format="numpy", compute=pool,
             fn_constructor_kwargs={"settings": settings, "sources": list(sources), "shards": list(shards),
-                                   "folder": folder, "digest": digest},
-            concurrency=workers if workers else (1, max(1, len(items))),
-            num_cpus=options.get("cpus_per_worker") or 1.0,
+                                   "folder": folder, "digest": digest, "threads": max(1, int(cpus))},
+            num_cpus=cpus,
             num_gpus=options.get("gpus_per_worker") or 0,
         ).take_all()
     finally:
@@ -63,3 +69,20 @@ def run_on_ray(settings, sources: Sequence, shards: Sequence, pending: Sequence,
         counts["above_tolerance"] += int(row["above_tolerance"])
         counts["shards"] += 1
     return counts
+
+
+#: Ray >= 2.5x starts a cluster with token authentication when a token exists (~/.ray/auth_token), but a
+#: driver given an explicit address sends one only with RAY_AUTH_MODE=token.
+_TOKEN_HINT = ("the cluster asks for Ray's authentication token: run with RAY_AUTH_MODE=token set (the token is read "
+               "from ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, as the cluster's nodes read it), or "
+               "give --address auto on a node of the cluster")
+
+
+def _refused_token(err: BaseException) -> bool:
+    """Whether joining failed on Ray's token authentication (the cause Ray wraps in ConnectionError)."""
+    seen: Optional[BaseException] = err
+    while seen is not None:
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -9,8 +9,10 @@ kept (delta histograms, error counts, per-class sums of |attribution| for images
 for tabular rows), so memory grows with the classes and the input's size, never with the rows.
 The gallery holds at most `gallery_rows` rows: the rows of largest relative delta (a tenth of the
 cap) plus every k-th row by row id, k chosen so the rest fits; `pictures` of them (largest delta
-first, then in row order) get a full picture drawn by `visualize.plot`, with the input when the
-source files are still where the run read them and unchanged (their sha256 is checked).
+first, then in row order) get a full picture drawn by `visualize.plot` over their input, read again
+with the preprocessing the manifest records when the source files are still where the run read them
+and unchanged (their sha256 is checked; image files are found by name, not hashed again): an image's
+heat map over the picture the model saw, a text row's tokens (by the run's tokenizer) shaded.
 """
 
 from __future__ import annotations
@@ -463,34 +465,19 @@ def magnitude_data_uri(mean_map: np.ndarray) -> str:
 # -- full pictures for a bounded number of rows ------------------------------------------------------------------------
 
 def draw_pictures(run: Run, rows: Sequence[GalleryRow], budget: int) -> list[str]:
-    """Full pictures (visualize.plot) of up to `budget` ok rows, in the order given; token rows get
-    their ids for the gallery's token view. Returns notes for the page (inputs not found...)."""
-    from onnx_attr.app.readers import InputOptions, RowReader, Source
+    """Full pictures (visualize.plot) of up to `budget` ok rows, in the order given, over their input
+    where it can be read again: an image's heat map over the picture as the model saw it (resized,
+    before normalisation), a text row's tokens shaded; token rows get their tokens for the gallery's
+    token view. Returns notes for the page (inputs not found...)."""
+    from onnx_attr.app.readers import picture_arrays
     from onnx_attr.app.visualize import plot
 
     wanted = [r for r in rows if r.status == "ok"]
     drawn = wanted[:budget]
     tokens = [r for r in wanted if r.scores]
-    needed = {id(r): r for r in drawn + tokens}.values()
+    needed = list({id(r): r for r in drawn + tokens}.values())
     notes: list[str] = []
-    sources = {s["name"]: s for s in run.manifest.get("dataset", {}).get("sources", [])}
-    readable = _readable_sources(run, {r.source for r in needed}, sources, notes)
-    columns = _columns(run.manifest)
-    reader = RowReader(run.specs, InputOptions(columns=tuple(columns) if columns else None))
-    inputs: dict[int, dict[str, np.ndarray]] = {}
-    for row in sorted(needed, key=lambda r: (r.source, r.source_row or 0)):
-        source = readable.get(row.source)
-        if source is None or row.source_row is None:
-            continue
-        if sources[row.source]["kind"] not in ("npz", "csv", "parquet"):  # images/text: maps without the input
-            continue
-        try:
-            data = reader.read(Source(str(source), row.source, sources[row.source]["kind"], 0),
-                               row.source_row, row.source_row + 1)
-        except (InputError, OSError, ValueError) as err:
-            notes.append(f"could not read row {row.source_row} of {row.source!r} again: {err}")
-            continue
-        inputs[row.row_id] = {k: v[0] for k, v in data.arrays.items()}
+    inputs = _picture_inputs(run, needed, notes)
     if drawn:
         (run.folder / FILES).mkdir(exist_ok=True)
     figures: dict = {}
@@ -501,22 +488,102 @@ def draw_pictures(run: Run, rows: Sequence[GalleryRow], budget: int) -> list[str
         if values is None or not columns:
             continue
         column = columns[0]
-        x = inputs.get(row.row_id, {}).get(column.input)
+        read = inputs.get(row.row_id)
+        attribution, x = values[column.name], None
+        if read is not None:
+            turned, shown = picture_arrays(read, {column.input: attribution[None]}, read.arrays)
+            attribution, x = turned[column.input][0], shown.get(column.input, [None])[0]
         names = column.features or None
         if column.kind == "tokens":
-            names = None if x is None else [f"#{int(v)}" for v in np.asarray(x).reshape(-1)]
+            names = _token_labels(read, x)
         title = "\n".join([f"{run.manifest.get('method')}, row {row.row_id} ({row.source} row {row.source_row})",
                            f"predicted {row.prediction}, target {_text(row.target)}, output {_number(row.output)}",
                            f"convergence delta {row.delta:+.2e}, relative {row.relative:.2e}"])
-        path = plot(run.folder / FILES / f"row_{row.row_id}", values[column.name], x, kind=column.kind,
+        path = plot(run.folder / FILES / f"row_{row.row_id}", attribution, x, kind=column.kind,
                     names=names, title=title, figures=figures)
         row.picture = f"{FILES}/{path.name}"
     for row in tokens:
-        ids = inputs.get(row.row_id, {})
+        read = inputs.get(row.row_id)
         for name, scores in row.scores.items():
             column = next(c for c in run.columns if c.name == name)
-            row.thumbnails[name] = token_spans(scores, ids.get(column.input))
+            ids = None if read is None else read.arrays.get(column.input, [None])[0]
+            row.thumbnails[name] = token_spans(scores, ids, _token_labels(read, ids))
     return notes
+
+
+def _token_labels(read: Any, ids: Optional[np.ndarray]) -> Optional[list[str]]:
+    """A text row's token strings (from its tokenizer), else its ids as `#id`, else None."""
+    if read is not None and read.tokens:
+        return list(read.tokens[0])
+    return None if ids is None else [f"#{int(v)}" for v in np.asarray(ids).reshape(-1)]
+
+
+def _picture_inputs(run: Run, rows: Sequence[GalleryRow], notes: list[str]) -> dict[int, Any]:
+    """Each row's input read again as the run read it (`readers.Rows` of that one row), with the
+    preprocessing the manifest records: tables and .npz files and text files when their sha256 is
+    unchanged, image files by name below the recorded image folder."""
+    from onnx_attr.app.readers import RowReader, Source
+
+    sources = {s["name"]: s for s in run.manifest.get("dataset", {}).get("sources", [])}
+    images = next((s["name"] for s in sources.values() if s.get("kind") == "images"), None)
+    files = _readable_sources(run, {r.source for r in rows if r.source in sources}, sources, notes)
+    reader = RowReader(run.specs, _input_options(run.manifest, notes))
+    out: dict[int, Any] = {}
+    for row in sorted(rows, key=lambda r: (r.source, r.source_row or 0)):
+        if row.source_row is None:
+            continue
+        if row.source in sources:
+            path = files.get(row.source)
+            if path is None or (sources[row.source]["kind"] == "text" and reader.options.text is None):
+                continue  # noted once, above
+            source, start = Source(str(path), row.source, sources[row.source]["kind"], 0), row.source_row
+        elif images is not None:
+            folder, file = source_path(run.manifest, images), None
+            file = None if folder is None else folder / row.source
+            if file is None or not file.is_file():
+                notes.append(f"image {row.source!r} is not at {str(file) if file else 'a recorded place'}: its "
+                             "picture shows the attributions without the image")
+                continue
+            source, start = Source(str(folder), images, "images", 1, members=(str(file),)), 0
+        else:
+            continue
+        try:
+            read = reader.read(source, start, start + 1)
+        except (InputError, OSError, ValueError) as err:
+            notes.append(f"could not read row {row.source_row} of {row.source!r} again: {err}")
+            continue
+        if read.errors and read.errors[0] is None:
+            out[row.row_id] = read
+    return out
+
+
+def _input_options(manifest: dict, notes: list[str]) -> Any:
+    """The run's `InputOptions` from its manifest: columns, the image preprocessing, the tokenizer
+    (found where the run read it, and used only if its sha256 is the recorded one)."""
+    from onnx_attr.app.manifest import file_sha256
+    from onnx_attr.app.preprocess import image_preprocessing
+    from onnx_attr.app.readers import InputOptions
+    from onnx_attr.app.text_inputs import TextPreprocessing
+
+    recorded = manifest.get("preprocessing", {})
+    columns = _columns(manifest)
+    image, image_input = recorded.get("image"), None
+    prep = None
+    if isinstance(image, dict):
+        image_input = image.get("input")
+        prep = image_preprocessing(None, **{k: v for k, v in image.items() if k != "input"})
+    text, tokenizer = recorded.get("text"), manifest.get("execution", {}).get("tokenizer")
+    text_prep = None
+    if isinstance(text, dict):
+        if tokenizer is None or not Path(tokenizer).is_file():
+            notes.append(f"the tokenizer is not at {tokenizer or 'a recorded place'}: text rows show token positions")
+        elif file_sha256(tokenizer) != text.get("tokenizer_sha256"):
+            notes.append(f"the tokenizer {tokenizer!r} changed since the run (sha256 differs): text rows show "
+                         "token positions")
+        else:
+            text_prep = TextPreprocessing(tokenizer, text["tokenizer_sha256"], text.get("length"))
+    return InputOptions(columns=tuple(columns) if columns else None,
+                        **({"image": prep} if prep is not None else {}), image_input=image_input, text=text_prep)
 
 
 def _columns(manifest: dict) -> Optional[list[str]]:
@@ -577,13 +644,14 @@ def _int_array(values: Sequence[int]):
     return pa.array(values, pa.int64())
 
 
-def token_spans(scores: np.ndarray, ids: Optional[np.ndarray]) -> str:
-    """Tokens (ids, or positions when the ids cannot be read) shaded by their score."""
+def token_spans(scores: np.ndarray, ids: Optional[np.ndarray], labels: Optional[Sequence[str]] = None) -> str:
+    """Tokens (their strings, else their ids, else positions when neither can be read) shaded by their score."""
     from onnx_attr.app.visualize import clip_scale, signed_colors
 
     colors = signed_colors(scores, clip_scale(scores))
-    labels = [f"#{int(i)}" for i in np.asarray(ids).reshape(-1)] if ids is not None else \
-        [f"[{i}]" for i in range(scores.size)]
+    if labels is None or len(labels) != scores.size:
+        labels = [f"#{int(i)}" for i in np.asarray(ids).reshape(-1)] if ids is not None else \
+            [f"[{i}]" for i in range(scores.size)]
     return '<span class="tokens">' + "".join(
         f'<span class="tok" title="{s:+.4g}" style="background: rgb({c[0]},{c[1]},{c[2]})">{html.escape(t)}</span>'
         for t, s, c in zip(labels, scores, colors)) + "</span>"
