@@ -148,7 +148,7 @@ def test_run_time_sizes_stop_at_the_budget_before_allocating(op):
     imported = onnx_attr.load(model)
     np.testing.assert_allclose(imported.run(_feeds(small))[0].numpy(), _ort(model, _feeds(small))[0])
     before = _peak_mib()
-    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op " + op + r"\).*max_elements"):
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op " + op + r", opset \d+\).*max_elements"):
         imported.run(_feeds(huge))
     with pytest.raises(onnx_attr.BudgetError):
         imported.verify(_feeds(huge))
@@ -445,7 +445,7 @@ def test_conv_transpose_with_huge_strides_stops_at_the_budget():
                       [_vi("x", _F, [1, 1, 3, 3])], [_vi("y", _F, ["a", "b", "c", "d"])], [w])
     x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
     np.testing.assert_allclose(onnx_attr.load(model(3)).run({"x": x})[0].numpy(), _ort(model(3), {"x": x})[0])
-    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op ConvTranspose\).*max_elements"):
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op ConvTranspose, opset \d+\).*max_elements"):
         onnx_attr.load(model(2**20)).run({"x": x})
 
 
@@ -545,3 +545,58 @@ def test_a_bfloat16_input_reaches_onnxruntime_bit_for_bit():
                   [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [1, 2])], opset=14)
     with pytest.raises(ReferenceRuntimeError):
         onnx_attr.load(relu).verify()
+
+
+# -- found by the fuzz campaigns: an axis value or a declared length that becomes work ---------
+
+@pytest.mark.parametrize("opset", [6, 13])
+@pytest.mark.parametrize("axis", [2**62, -2**62, 2**31])
+def test_a_slice_axis_far_outside_the_rank_is_refused_before_the_loop(opset, axis):
+    """Campaign case 11554 (seed 0): Slice-1 with axes=[2^62] ran past 30 s to 2.6 GiB, since
+    onnx2torch lists every axis up to max(axes). onnxruntime refuses the file too."""
+    import time
+    if opset < 10:
+        nodes, inits = [helper.make_node("Slice", ["x"], ["y"], starts=[0], ends=[1], axes=[axis], name="cut")], []
+    else:
+        nodes = [helper.make_node("Slice", ["x", "s", "e", "a"], ["y"], name="cut")]
+        inits = [helper.make_tensor(n, _I, [1], [v]) for n, v in (("s", 0), ("e", 1), ("a", axis))]
+    model = _model(nodes, [_vi("x", _F, [1, 1])], [_vi("y", _F, [1, 1])], inits, opset=opset)
+    with pytest.raises(Exception):
+        _ort(model, {"x": np.ones((1, 1), np.float32)})
+    imported = onnx_attr.load(model)
+    start = time.perf_counter()
+    with pytest.raises(OnnxAttrError, match=rf"'cut' \(op Slice, opset {opset}[,)].*axis {axis:,}.*2 axes"):
+        imported.run({"x": np.ones((1, 1), np.float32)})
+    assert time.perf_counter() - start < 10
+
+
+def test_a_gather_axis_far_outside_the_rank_is_refused_before_the_list():
+    """onnx2torch's Gather builds `axis` slices: axis=2^31 would be a 16 GiB list."""
+    model = _model([helper.make_node("Gather", ["x", "i"], ["y"], axis=2**31, name="take")],
+                   [_vi("x", _F, [2, 3])], [_vi("y", _F, [1, 3])], [helper.make_tensor("i", _I, [1], [0])])
+    before = _peak_mib()
+    with pytest.raises(OnnxAttrError, match=r"'take' \(op Gather, opset 13\).*axis 2,147,483,648"):
+        onnx_attr.load(model).run({"x": np.ones((2, 3), np.float32)})
+    assert _peak_mib() - before < 256
+    fine = _model([helper.make_node("Gather", ["x", "i"], ["y"], axis=-1)], [_vi("x", _F, [2, 3])], [_vi("y", _F, [2, 1])],
+                  [helper.make_tensor("i", _I, [1], [2])])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(onnx_attr.load(fine).run({"x": x})[0], _ort(fine, {"x": x})[0])
+
+
+@pytest.mark.parametrize("length", [129, 10**5, 2**40])
+def test_a_shape_input_declared_longer_than_any_rank_is_refused_before_shape_inference(length):
+    """Campaign cases 12253 and 9887 (seed 0): Expand-8 whose shape input is declared [2^40].
+    ONNX's shape inference builds one dim per declared value (10^6 took 9 s, 2^40 grew ~2.9 GiB
+    before failing), so such a length is refused first, in bounded time and memory."""
+    import time
+    model = _model([helper.make_node("Expand", ["x", "shape"], ["y"], name="grow")],
+                   [_vi("x", _F, [1, 3, 1]), _vi("shape", _I, [length])], [_vi("y", _F, [3, 3, 3])], opset=9)
+    before, start = _peak_mib(), time.perf_counter()
+    with pytest.raises(onnx_attr.ModelLoadError, match=rf"input 1 \('shape'\) of node 'grow' \(op Expand\).*{length:,}"):
+        onnx_attr.load(model)
+    assert time.perf_counter() - start < 10 and _peak_mib() - before < 256
+    ok = _model(list(model.graph.node), [_vi("x", _F, [1, 3, 1]), _vi("shape", _I, [3])], [_vi("y", _F, [3, 3, 3])],
+                opset=9)
+    feeds = {"x": np.arange(3, dtype=np.float32).reshape(1, 3, 1), "shape": np.array([3, 3, 3])}
+    np.testing.assert_array_equal(onnx_attr.load(ok).run(feeds)[0], _ort(ok, feeds)[0])

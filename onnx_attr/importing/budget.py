@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from onnx_attr.errors import BudgetError
+from onnx_attr.errors import BudgetError, ModelLoadError
 
 GiB = 2**30
 
@@ -260,19 +260,41 @@ ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
 }
 
 
-class ElementGuard:
-    """A forward pre-hook: refuses a data-sized op's call when its output would exceed the budget.
+def _slice_axes(get: Get, attrs: dict, opset: int) -> Optional[list]:
+    return attrs.get("axes") if opset < 10 else _values(get(3))
 
-    Installed by `convert` on every node whose op has an estimator. It sees the call's
-    arguments as fx passes them and maps them back to ONNX input positions; constant inputs
-    that the converter baked into the module are kept here (small ones by value, large ones
-    by shape only).
+
+def _gather_axes(get: Get, attrs: dict, opset: int) -> Optional[list]:
+    return [attrs.get("axis", 0)]
+
+
+#: op type -> the axes a node addresses, for ops whose converter does Python work for every axis
+#: up to the value: onnx2torch's Slice lists `range(max(axes) + 1)` (axes=[2^62] never ends), its
+#: Gather builds a list of `axis` slices. An axis outside the input's rank is refused first.
+AXES: dict[str, Callable[[Get, dict, int], Optional[list]]] = {
+    "Slice": _slice_axes,
+    "Gather": _gather_axes,
+}
+
+#: the ops `NodeGuard` is installed on
+GUARDED = frozenset(ESTIMATORS) | frozenset(AXES)
+
+
+class NodeGuard:
+    """A forward pre-hook that refuses a node's call before it runs when its inputs ask for too
+    much: an output over the `max_elements` budget (ops in `ESTIMATORS`), or an axis outside the
+    input's rank (ops in `AXES`, whose converters would loop up to it).
+
+    Installed by `convert` on every node of a `GUARDED` op. It sees the call's arguments as fx
+    passes them and maps them back to ONNX input positions; constant inputs that the converter
+    baked into the module are kept here (small ones by value, large ones by shape only).
+    `where` names the node, its op and the file's opset, for the messages.
     """
 
-    def __init__(self, budget: Budget, label: str, op_type: str, attrs: dict, opset: int,
+    def __init__(self, budget: Budget, where: str, op_type: str, attrs: dict, opset: int,
                  onnx_inputs: Sequence[str], positional: Sequence[str], keywords: dict[str, str],
                  constants: dict[str, torch.Tensor]):
-        self.budget, self.label, self.op_type, self.attrs, self.opset = budget, label, op_type, attrs, opset
+        self.budget, self.where, self.op_type, self.attrs, self.opset = budget, where, op_type, attrs, opset
         self.onnx_inputs, self.positional, self.keywords = list(onnx_inputs), list(positional), dict(keywords)
         self.constants = constants
 
@@ -285,13 +307,31 @@ class ElementGuard:
         def get(i: int) -> Optional[torch.Tensor]:
             return given.get(self.onnx_inputs[i]) if i < len(self.onnx_inputs) and self.onnx_inputs[i] else None
 
+        if self.op_type in AXES:
+            self._check_axes(get)
+        if self.op_type not in ESTIMATORS:
+            return
         try:
             asked = ESTIMATORS[self.op_type](get, self.attrs, self.opset)
         except (ValueError, TypeError, IndexError, OverflowError, RuntimeError):
             asked = None  # inputs the op itself will refuse: its own error says more
         if asked is not None and asked > self.budget.max_elements:
-            raise self.budget.exceeded("max_elements", asked,
-                                       f"node {self.label!r} (op {self.op_type}) creating a tensor of that many elements")
+            raise self.budget.exceeded("max_elements", asked, f"{self.where} creating a tensor of that many elements")
+
+    def _check_axes(self, get: Get) -> None:
+        x = get(0)
+        try:
+            axes = AXES[self.op_type](get, self.attrs, self.opset)
+        except (ValueError, TypeError, IndexError, OverflowError, RuntimeError):
+            axes = None
+        if x is None or not axes:
+            return
+        rank = x.dim()
+        wrong = [int(a) for a in axes if not -rank <= int(a) < rank]
+        if wrong:
+            raise ModelLoadError(
+                f"{self.where} addresses axis {wrong[0]:,}, but its input has {rank} axes (ONNX requires "
+                f"-{rank} <= axis < {rank}); the file is corrupted or not meant for this input")
 
 
 def guard_constants(names: Sequence[str], initializers: dict) -> dict[str, torch.Tensor]:

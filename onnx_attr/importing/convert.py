@@ -25,7 +25,7 @@ from onnx2torch.onnx_tensor import OnnxTensor
 from torch import fx, nn
 
 from onnx_attr.importing import converters  # noqa: F401 - importing registers our converters
-from onnx_attr.importing.budget import ESTIMATORS, ElementGuard, current_budget, guard_constants
+from onnx_attr.importing.budget import GUARDED, NodeGuard, current_budget, guard_constants
 from onnx_attr.importing.converters.control_flow import MODEL_OPSETS
 from onnx_attr.importing.converters.registry import find_converter
 from onnx_attr.importing.converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
@@ -193,8 +193,10 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
         target = names.new(module_name, "node")
         root.add_module(target, module)
         args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
-        if proto.op_type in ESTIMATORS and proto.domain in ("", "ai.onnx"):
-            _guard(module, proto, label, opset, mapping.inputs, args, kwargs, onnx_graph)
+        if proto.op_type in GUARDED and proto.domain in ("", "ai.onnx"):
+            named, note = _as_declared(proto.domain, opset, declared)
+            where = f"node {label!r} (op {proto.op_type}, opset {named}{note and ', upgraded to ' + str(opset)})"
+            _guard(module, proto, where, opset, mapping.inputs, args, kwargs, onnx_graph)
         node = graph.call_module(target, tuple(args), kwargs)
         node.meta.update(onnx_node=label, onnx_op=proto.op_type, onnx_domain=proto.domain,
                          onnx_opset=opset, onnx_outputs=tuple(mapping.outputs),
@@ -215,9 +217,9 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
     return module
 
 
-def _guard(module: nn.Module, proto: onnx.NodeProto, label: str, opset: int, passed, args, kwargs,
+def _guard(module: nn.Module, proto: onnx.NodeProto, where: str, opset: int, passed, args, kwargs,
            onnx_graph: OnnxGraph) -> None:
-    """Check a data-sized op's output against the budget before each call (see `budget.ElementGuard`)."""
+    """Check a node's inputs (output size, axes) before each call (see `budget.NodeGuard`)."""
     names = list(passed)
     positional = names[:len(args)]
     keywords: dict[str, str] = {}
@@ -225,7 +227,7 @@ def _guard(module: nn.Module, proto: onnx.NodeProto, label: str, opset: int, pas
         params = tuple(inspect.signature(module.forward).parameters)[len(args):len(names)]
         keywords = {p: n for p, n in zip(params, names[len(args):]) if n}
     baked = [n for n in proto.input if n and n not in names]
-    guard = ElementGuard(current_budget(), label, proto.op_type, {a.name: _attribute(a) for a in proto.attribute},
+    guard = NodeGuard(current_budget(), where, proto.op_type, {a.name: _attribute(a) for a in proto.attribute},
                          opset, list(proto.input), positional, keywords,
                          guard_constants(baked, onnx_graph.initializers))
     module.register_forward_pre_hook(guard, with_kwargs=True)

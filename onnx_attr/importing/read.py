@@ -85,16 +85,19 @@ def _check_structure(model: onnx.ModelProto, folder: Path | None) -> None:
         if value.type.HasField("tensor_type"):
             _check_elem_type(value.type.tensor_type.elem_type, f"graph input or output {value.name!r}", stored=False)
     counted = [0]
-    _check_graph(model.graph, 0, counted, budget)
+    _check_graph(model.graph, 0, counted, budget, {})
     budget.check("max_nodes", counted[0], "the model (bodies of If/Loop/Scan included), with that many nodes,")
 
 
-def _check_graph(graph: onnx.GraphProto, depth: int, counted: list[int], budget: Budget) -> None:
+def _check_graph(graph: onnx.GraphProto, depth: int, counted: list[int], budget: Budget,
+                 outer: dict[str, list[int]]) -> None:
     budget.check("max_subgraph_depth", depth, f"graph {graph.name!r}, nested that deep in If/Loop/Scan bodies,")
     counted[0] += len(graph.node)
     budget.check("max_nodes", counted[0], "the model (bodies of If/Loop/Scan included), with that many nodes,")
+    declared = {**outer, **_declared_dims(graph)}
     for node in graph.node:
         _check_counts(node)
+        _check_axis_lists(node, declared)
         names = [node.name, node.op_type, node.domain, *node.input, *node.output]
         if not all(isinstance(n, str) for n in names):  # protobuf hands back bytes for invalid UTF-8
             raise ModelLoadError("a node of the graph has a name that is not valid UTF-8; the file is corrupted")
@@ -108,7 +111,7 @@ def _check_graph(graph: onnx.GraphProto, depth: int, counted: list[int], budget:
             for tensor in ([attr.t] if attr.HasField("t") else []) + list(attr.tensors):
                 _check_tensor(tensor, f"attribute {attr.name!r} of node {node.name!r}")
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _check_graph(sub, depth + 1, counted, budget)
+                _check_graph(sub, depth + 1, counted, budget, declared)
     for tensor in graph.initializer:
         _check_tensor(tensor, f"initializer {tensor.name!r}")
     for sparse in graph.sparse_initializer:
@@ -124,6 +127,45 @@ def _check_counts(node: onnx.NodeProto) -> None:
         if declared is not None and declared != len(node.output):
             raise ModelLoadError(f"Split node {node.name!r} has {len(node.output)} output(s) but num_outputs={declared}; "
                                  "ONNX requires them to match; the file is corrupted")
+
+
+#: The most axes a tensor may have: NumPy's limit (onnxruntime's outputs and `verify` need it).
+MAX_RANK = 64
+
+#: Inputs that list one value per axis (two for Pad's pads), so their length is a rank:
+#: op type -> positions. ONNX's shape inference builds that many dims from the *declared* length
+#: (Expand-8 with a shape input declared [2^40] grew ~2.9 GiB, a length of 10^6 took 9 s).
+_AXIS_LISTS: dict[str, tuple[int, ...]] = {
+    "Expand": (1,), "Reshape": (1,), "ConstantOfShape": (0,), "Tile": (1,), "Pad": (1, 3), "Slice": (1, 2, 3, 4),
+    "Resize": (1, 2, 3), "Upsample": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
+    **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
+}
+
+
+def _declared_dims(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """The static dims a graph declares for its values (unknown dims as -1), weights included."""
+    found = {t.name: list(t.dims) for t in graph.initializer}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            found.setdefault(value.name, [d.dim_value if d.HasField("dim_value") else -1
+                                          for d in value.type.tensor_type.shape.dim])
+    return found
+
+
+def _check_axis_lists(node: onnx.NodeProto, declared: dict[str, list[int]]) -> None:
+    """An input that lists values per axis cannot be longer than 2 x `MAX_RANK`: refused before
+    shape inference turns its declared length into that many dims."""
+    if node.domain not in ("", "ai.onnx"):
+        return
+    for position in _AXIS_LISTS.get(node.op_type, ()):
+        name = node.input[position] if position < len(node.input) else ""
+        dims = declared.get(name) if name else None
+        if dims is not None and len(dims) == 1 and dims[0] > 2 * MAX_RANK:
+            raise ModelLoadError(
+                f"input {position} ({name!r}) of node {node.name!r} (op {node.op_type}) is declared with {dims[0]:,} "
+                f"values, one per axis, but no tensor has more than {MAX_RANK} axes; the file is corrupted or "
+                "not meant for this tool")
 
 
 def _check_tensor(tensor: onnx.TensorProto, what: str) -> None:
