@@ -9,7 +9,7 @@ byte sequence) and a target, then every step runs in its own subprocess with a t
 a hang or a crash is recorded instead of ending the run:
 
 * import   `onnx_attr.load`
-* verify   `model.verify(inputs)` against onnxruntime (default tolerances)
+* verify   `model.verify(inputs)` against onnxruntime (default tolerances); the table shows max abs / max rel error
 * deeplift `onnx_attr.DeepLift`: the relative convergence delta |Σ attr - (f(x) - f(x0))| / max(1, |f(x) - f(x0)|)
 * ig       `onnx_attr.IntegratedGradients` (16 Gauss-Legendre steps): its relative delta, for scale
 * cli      `onnx-attr attribute MODEL --input x.npz --out DIR --no-pictures` with the default target: the exit code
@@ -261,7 +261,9 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
         return {"status": "ok", "detail": f"{len(model.onnx_model.graph.node)} nodes"}
     if step == "verify":
         report = model.verify(inputs)
-        return {"status": "ok" if report.passed else "FAIL",
+        max_abs = max((o.max_abs for o in report.outputs), default=0.0)
+        max_rel = max((o.max_rel for o in report.outputs), default=0.0)
+        return {"status": "ok" if report.passed else "FAIL", "max_abs": max_abs, "max_rel": max_rel,
                 "detail": "" if report.passed else report.format().splitlines()[0][:300]}
     if target is None:  # the CLI's default for the output's layout (class, region, greedy path, anchor)
         from onnx_attr.target_forms import resolve
@@ -352,6 +354,8 @@ def table(results: list[dict]) -> str:
                 cells.append("-")
                 continue
             text = s["status"]
+            if step == "verify" and "max_abs" in s:
+                text += f" {s['max_abs']:.0e}/{s['max_rel']:.0e}"
             if step in ("deeplift", "ig") and "delta" in s:
                 text += f" {s['delta']:.0e}"
             if step == "cli" and "exit" in s:
