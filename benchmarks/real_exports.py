@@ -377,6 +377,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated model names (default: all): " + ", ".join(s.name for s in SPECS))
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per step (default 120)")
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated steps (default all: {','.join(STEPS)})")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--cache", default=str(CACHE), help=f"download cache (default {CACHE})")
     args = parser.parse_args(argv)
@@ -384,6 +385,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not chosen:
         parser.error(f"no model named {args.only!r}")
     cache = Path(args.cache).expanduser()
+    steps = [s for s in STEPS if s in args.steps.split(",")]  # in pipeline order; the worker imports first when needed
+    if not steps:
+        parser.error(f"no step named {args.steps!r}")
     results = []
     with tempfile.TemporaryDirectory(prefix="real-exports-") as scratch:
         for spec in chosen:
@@ -392,7 +396,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             np.savez(inputs_path, **spec.inputs())
             record = {"name": spec.name, "package": spec.package, "version": spec.version, "kind": spec.kind,
                       "path": spec.path, "target": spec.target, "note": spec.note, "steps": {}}
-            record["steps"] = run_steps(list(STEPS), model_path, inputs_path, spec.target,
+            record["steps"] = run_steps(steps, model_path, inputs_path, spec.target,
                                         Path(scratch) / f"{spec.name}-out", args.timeout)
             print(f"{spec.name}: " + ", ".join(f"{k} {v['status']} {v['seconds']:g}s" for k, v in record["steps"].items()),
                   file=sys.stderr, flush=True)
