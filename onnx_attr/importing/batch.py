@@ -131,6 +131,11 @@ def _probe(model, tensors, axes) -> Layout:
         except Exception:  # the export bakes its batch size in: the axes are as declared
             return Layout(True, tuple(_fallback_axis(o) for o in single))
     found = [_matching_axis(s, p, f) for s, p, f in zip(single, pair, first)]
+    if any(f == "mixed" for f in found) and fixed_batch(model.inputs) == 1:
+        # an export that fixes its batch at 1 (a static [1, 3, 800, 608] detector) may bake that 1
+        # into its reshapes, so two rows mix; one row, its contract, keeps the declared axes
+        return Layout(True, tuple(_fallback_axis(s) if f == "mixed" else (None if f == "none" else f)
+                                  for s, f in zip(single, found)))
     if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
         return Layout(False, tuple(None for _ in single))
     return Layout(True, tuple(None if f == "none" else f for f in found), doubles=True)
