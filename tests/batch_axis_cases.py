@@ -62,16 +62,20 @@ class Case:
         return {k: self.to_twin[k](v) for k, v in values.items()}
 
 
-def _state_axis1() -> Case:
-    w, v = _w(4, 8), _w(8, 3)
+def state_nodes(state: str = "s") -> tuple[list, dict]:
+    """relu(x·w + s[0]·s[1])·v, the state's rows on axis 0 of `state`: the nodes and their constants."""
     body = [helper.make_node("MatMul", ["x", "w"], ["h"]),
-            helper.make_node("Gather", ["s", "i0"], ["s0"], axis=0),
-            helper.make_node("Gather", ["s", "i1"], ["s1"], axis=0),
+            helper.make_node("Gather", [state, "i0"], ["s0"], axis=0),
+            helper.make_node("Gather", [state, "i1"], ["s1"], axis=0),
             helper.make_node("Mul", ["s0", "s1"], ["p"]),
             helper.make_node("Add", ["h", "p"], ["z"]),
             helper.make_node("Relu", ["z"], ["a"]),
             helper.make_node("MatMul", ["a", "v"], ["out"])]
-    init = {"w": w, "v": v, "i0": np.array(0, np.int64), "i1": np.array(1, np.int64)}
+    return body, {"w": _w(4, 8), "v": _w(8, 3), "i0": np.array(0, np.int64), "i1": np.array(1, np.int64)}
+
+
+def _state_axis1() -> Case:
+    body, init = state_nodes()
     out = [("out", FLOAT, ["n", 3])]
     model = make_model([helper.make_node("Identity", ["state"], ["s"]), *body],
                        [("x", FLOAT, ["n", 4]), ("state", FLOAT, [2, "n", 8])], out, init, opset=13)

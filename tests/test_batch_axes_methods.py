@@ -12,24 +12,18 @@ import pytest
 from onnx import helper
 
 import onnx_attr
+from batch_axis_cases import state_nodes
 from conftest import FLOAT, make_model, ort_run
 
 R = np.random.default_rng(418)
-W, V = (0.5 * R.standard_normal((4, 8))).astype(np.float32), (0.5 * R.standard_normal((8, 3))).astype(np.float32)
+STATE_NODES, STATE_CONSTANTS = state_nodes("state")
 
 
 def state_model(batch):
     """x [B, 4] and a state [2, B, 8] (batch on axis 1); out = relu(x·W + s0·s1)·V. `batch` an
     int fixes it (both inputs), a str leaves it dynamic."""
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
-             helper.make_node("Gather", ["state", "i0"], ["s0"], axis=0),
-             helper.make_node("Gather", ["state", "i1"], ["s1"], axis=0),
-             helper.make_node("Mul", ["s0", "s1"], ["p"]),
-             helper.make_node("Add", ["h", "p"], ["z"]),
-             helper.make_node("Relu", ["z"], ["a"]),
-             helper.make_node("MatMul", ["a", "v"], ["out"])]
-    return make_model(nodes, [("x", FLOAT, [batch, 4]), ("state", FLOAT, [2, batch, 8])], [("out", FLOAT, [batch, 3])],
-                      {"w": W, "v": V, "i0": np.array(0, np.int64), "i1": np.array(1, np.int64)}, opset=13)
+    return make_model(STATE_NODES, [("x", FLOAT, [batch, 4]), ("state", FLOAT, [2, batch, 8])],
+                      [("out", FLOAT, [batch, 3])], STATE_CONSTANTS, opset=13)
 
 
 def test_the_fixed_batch_axis_is_found_on_axis_one():
