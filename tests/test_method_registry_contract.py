@@ -301,3 +301,86 @@ def test_a_short_last_pass_is_folded_for_methods_that_need_several_rows(model, t
     assert main(["attribute", str(path), "-i", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out"), "-q",
                  "--no-pictures", "--method", "featurepermutation", "--target", "1", "--batch-size", "2"]) == 0
     assert np.load(tmp_path / "out" / "attributions.npz")["x"].shape[0] == 3
+
+
+# --- batch axes: every method on four layouts, against the method on a batch-first twin ------------------
+
+from batch_axis_cases import CASES, case, loaded  # noqa: E402
+
+#: (method, case) pairs that refuse by name (an OnnxAttrError) instead of answering, and why.
+REFUSALS: dict[tuple[str, str], str] = {
+    (name, "frames"): "draws samples per example and stacks them on the batch axis; the frames' rows mix"
+    for name in ("gradientshap", "layergradientshap", "neurongradientshap")}
+#: (method, case) pairs whose twin is not the same function for the method, checked instead
+#: against the method run one example at a time (its row of the batch must be the same).
+ONE_AT_A_TIME: dict[tuple[str, str], str] = {
+    ("revealcancel", "held"): "RevealCancel goes to Relus fed by weighted ops plus constants: the twin's baked-in "
+                              "h is a constant bias, the original's held h an input, so the Relu keeps Rescale",
+}
+
+
+def _axis_call(e: MethodEntry, c, which: str):
+    """The entry's call on the case's original or twin (inputs, masks, baselines in its layout)."""
+    twin = which == "twin"
+    model = loaded(c.name, "twin" if twin else "model")
+    explainer = _explainer(e, model, c.layer)
+    inputs = c.twin_inputs(c.inputs) if twin else dict(c.inputs)
+    neuron = e.family == "neuron"
+    target = (c.twin_neuron if twin else c.neuron) if neuron else (c.twin_target if twin else c.target)
+    options = {k: v for k, v in {"n_steps": 8, "n_samples": 4}.items() if _takes(explainer, k)}
+    made = {"sliding_window_shapes": c.windows,
+            "feature_mask": c.twin_inputs(c.masks) if twin else c.masks,
+            "target": c.twin_target if twin else c.target}
+    options.update({k: made[k] for k in e.required})
+    baselines = None
+    if e.distribution:
+        baselines = (c.twin_rows or c.twin_inputs(c.rows)) if twin else dict(c.rows)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    result, _ = e.run(explainer, inputs, baselines, target=target, additional_forward_args=None if twin else c.held,
+                      output=None, options=options)
+    return result
+
+
+def _as_arrays(result) -> list[np.ndarray]:
+    return [np.asarray(r, dtype=np.float64) for r in _as_list(result)]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("e", ENTRIES, ids=IDS)
+def test_every_batch_layout_gives_what_the_batch_first_twin_gives(e, name):
+    """A state batched on axis 1, a held input without a batch, a time-major output, frames that
+    only look like a batch: the method on the original equals the method on its batch-first twin
+    (moved back), or refuses by name where REFUSALS says so."""
+    c = case(name)
+    try:
+        twin = _axis_call(e, c, "twin")
+    except onnx_attr.OnnxAttrError as err:
+        twin = err
+    try:
+        ours = _axis_call(e, c, "model")
+    except onnx_attr.OnnxAttrError as err:
+        if (e.name, name) in REFUSALS or isinstance(twin, Exception):
+            return
+        raise
+    assert (e.name, name) not in REFUSALS, "it answers now: drop it from REFUSALS"
+    if (e.name, name) in ONE_AT_A_TIME:
+        n = len(next(iter(c.inputs.values())))
+        for i in range(n):
+            alone = c.__class__(**{**c.__dict__, "inputs": {k: v[i:i + 1] for k, v in c.inputs.items()}})
+            for g, x in zip(_as_arrays(ours), _as_arrays(_axis_call(e, alone, "model"))):
+                np.testing.assert_allclose(g[i:i + 1], x, rtol=1e-4, atol=1e-4 * (1 + np.abs(x).max()))
+        return
+    assert not isinstance(twin, Exception), f"the twin refused ({twin}) but the original answered"
+    if e.family == "layer":
+        expected = [c.layer_back(t) for t in _as_arrays(twin)]
+    else:
+        names = list(c.inputs)
+        expected = [c.back[k](t) if t.size else t for k, t in zip(names, _as_arrays(twin))]
+    got = _as_arrays(ours)
+    assert len(got) == len(expected)
+    for g, x in zip(got, expected):
+        assert g.shape == x.shape, f"shape {g.shape}, the twin's moved back {x.shape}"
+        if x.size == 0:  # GuidedGradCam's empty result for an input its map cannot be upsampled to
+            continue
+        np.testing.assert_allclose(g, x, rtol=1e-4, atol=1e-4 * (1 + np.abs(x).max()))

@@ -282,8 +282,9 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="folder for manifest.json, summary.json and the Parquet shards")
     p.add_argument("--method", default="deeplift", choices=DATASET_METHOD_CHOICES,
                    help="attribution method (default: deeplift)")
-    p.add_argument("--target", help="output index explained for every row (int, or a:b for outputs of rank > 2; "
-                                    "default: each row's predicted class)")
+    p.add_argument("--target", help="what to explain in every row, as for `attribute`: top, region, region>T, greedy, "
+                                    "anchor, an int, or t,c / a:b (default: by the output's layout)")
+    p.add_argument("--batch-axis", type=int, metavar="K", help="the explained output's batch axis (as for `attribute`)")
     p.add_argument("--baseline", help="zeros (default), mean (of the whole dataset, from a first pass) or an .npz of "
                                       "baseline rows (deepliftshap: required)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first)")
@@ -496,7 +497,7 @@ def cmd_dataset(args) -> int:
         n_steps=args.n_steps, internal_batch_size=args.internal_batch_size, lrp=_lrp_options(args),
         strip_final_activation=not args.keep_final_activation, device=args.device,
         ray_options=ray_options if args.engine == "ray" else None, quiet=getattr(args, "quiet", False),
-        report=None if args.no_report else _report_settings(args))
+        report=None if args.no_report else _report_settings(args), batch_axis=args.batch_axis)
     rate = summary["rows_per_second"]
     text = (f"{summary['rows']} rows in {summary['shards']} shards: {summary['rows_computed']} computed "
             f"({summary['error_rows_computed']} error rows) in {summary['seconds']:.1f} s"

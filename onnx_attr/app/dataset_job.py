@@ -92,6 +92,7 @@ class Settings:
     internal_batch_size: Optional[int]
     inputs: InputOptions
     lrp: Optional[dict] = None  # --lrp-rule / --lrp-composite / --lrp-bounds as given (None: not given)
+    batch_axis: Optional[int] = None  # the explained output's (--batch-axis), else found as `attribute` finds it
 
 
 def manifest_hash(manifest: dict) -> str:
@@ -225,8 +226,12 @@ class ShardWorker:
             rows.ok(r, values, float(delta[j]), relative, prediction[j], target[j])
 
     def _explain(self, inputs: dict) -> tuple[dict, np.ndarray, list, list]:
-        """Attributions, deltas, (predicted class, explained output value) and the target, per row."""
-        from onnx_attr.app.attribute_job import _baseline, _has_negative, _resolve_negative, call_method, parse_target
+        """Attributions, deltas, (predicted class, explained output value) and the target, per row.
+        The target is `onnx-attr attribute`'s: the --target form (or the output layout's default)
+        resolved on this batch's output (`target_forms.resolve`), on the output's batch axis."""
+        from onnx_attr.app.attribute_job import _baseline, call_method
+        from onnx_attr.deeplift.engine import Targets
+        from onnx_attr.app.target_forms import resolve
 
         attributed = {k: v for k, v in inputs.items() if k in self.attributed}
         extra = {k: v for k, v in inputs.items() if k not in attributed}
@@ -234,10 +239,9 @@ class ShardWorker:
         n = len(next(iter(inputs.values())))
         classes = output.dim() == 2 and output.shape[1] > 1
         prediction = output.argmax(1).tolist() if classes else [None] * n
-        chosen = parse_target(self.settings.target)
-        if chosen is not None and _has_negative(chosen):
-            chosen = _resolve_negative(chosen, tuple(output.shape))
-        target = chosen if chosen is not None else (prediction if classes else None)
+        resolved = resolve(self.settings.target, output, model=self.model, output_index=self.output_index,
+                           inputs=inputs, examples=n, batch_axis=self.settings.batch_axis)
+        target = resolved.target
         if self._baselines is None and self.settings.baseline != "zeros":
             self._baselines = _baseline(self.settings.baseline, self.model, attributed, self.settings.method)
         baselines = _baseline("zeros", self.model, attributed, self.settings.method) \
@@ -247,10 +251,26 @@ class ShardWorker:
         result, delta = call_method(self.settings.method, self.explainer, attributed, baselines, target=target,
                                     extra=extra, output=self.output_index, options=self.method_options)
         attributions = {k: result[k] for k in attributed}
-        targets = target if isinstance(target, list) else [target] * n
-        values = output.detach().cpu().double().numpy()
-        explained = [_explained(values[j], targets[j]) for j in range(n)]
-        return attributions, delta, list(zip(prediction, explained)), targets
+        explained = Targets(target, n, resolved.detail.get("batch_axis", 0)).select(output).double().tolist()
+        return attributions, delta, list(zip(prediction, explained)), row_targets(resolved, n)
+
+
+def row_targets(resolved: Any, n: int) -> list:
+    """What each row's target was, for its Parquet row: the index (an int, or a list for several
+    axes), or for a form that picks more (a region, a greedy path, a top position) a dict of its
+    per-row facts."""
+    detail = resolved.detail
+    per_row = {k: detail[k] for k in ("indices", "path", "mask_size", "threshold")
+               if isinstance(detail.get(k), list) and len(detail[k]) == n}
+    if detail.get("form") == "indices" or (detail.get("form") == "top" and "indices" in per_row
+                                           and all(isinstance(i, int) for i in per_row["indices"])):
+        from onnx_attr.deeplift.targets import Target
+
+        shown = resolved.target.index if isinstance(resolved.target, Target) else resolved.target
+        return [shown[j] if isinstance(shown, list) and len(shown) == n else shown for j in range(n)]
+    if detail.get("form") == "output":
+        return [None] * n
+    return [{"form": detail.get("form"), **{k: v[j] for k, v in per_row.items()}} for j in range(n)]
 
 
 def _explained(row: np.ndarray, target: Any) -> Optional[float]:
@@ -300,9 +320,9 @@ class _Results:
             "error": pa.array(self.error, pa.string()),
             "prediction": pa.array(self.prediction, pa.int64()),
             "output": pa.array(self.output, pa.float64()),
-            "target": pa.array([None if t is None else json.dumps(t) if isinstance(t, (list, tuple)) else t
+            "target": pa.array([None if t is None else json.dumps(t) if isinstance(t, (list, tuple, dict)) else t
                                 for t in self.target],
-                               pa.string() if _tuple_target(worker.settings.target) else pa.int64()),
+                               pa.int64() if _int_target(worker.settings.target, self.target) else pa.string()),
             "convergence_delta": pa.array(self.delta, pa.float64()),
             "relative_delta": pa.array(self.relative, pa.float64()),
         }
@@ -318,8 +338,17 @@ class _Results:
         return pa.table(columns)
 
 
-def _tuple_target(spec: Optional[str]) -> bool:
-    return spec is not None and ":" in spec
+def _int_target(spec: Optional[str], targets: Sequence[Any]) -> bool:
+    """Row targets are class indices (an int column) when every row's is an int (the predicted class,
+    one given int); other forms are JSON text (an index over several axes, a region's or a path's
+    facts). A shard without one (every row failed) follows the form: the default or top, or an int."""
+    from onnx_attr.app.target_forms import parse_form
+
+    found = [t for t in targets if t is not None]
+    if found:
+        return all(isinstance(t, int) for t in found)
+    form, value = ("top", None) if spec is None else parse_form(spec)
+    return form == "top" or (form == "indices" and isinstance(value, int))
 
 
 def _row_shape(worker: ShardWorker, name: str, arrays: dict, values: list) -> tuple[int, ...]:
@@ -364,7 +393,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
                       internal_batch_size: Optional[int] = None, lrp: Optional[dict] = None,
                       strip_final_activation: bool = True, device: Optional[str] = None,
                       ray_options: Optional[dict] = None,
-                      quiet: bool = False, report: Optional[ReportOptions] = None) -> dict:
+                      quiet: bool = False, report: Optional[ReportOptions] = None,
+                      batch_axis: Optional[int] = None) -> dict:
     """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet files, image
     files or text files) into Parquet shards in `out`, and return the run's summary. `model` is a
     path to an .onnx file or a loaded model (a loaded model runs on the local engine only: Ray
@@ -373,7 +403,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     attribute`, for the methods whose registry entry takes them; the manifest records them, so a
     resume with others is refused. `inputs` says how images and text become inputs (its
     `columns` is `columns`). `report` (e.g. `ReportOptions()`) writes `report.html` beside the results
-    at the end."""
+    at the end. `target` takes every form of `onnx-attr attribute` (`target_forms`; default: the
+    output layout's), `batch_axis` the explained output's batch axis; both are in the manifest."""
     from onnx_attr.app.attribute_job import METHOD_TITLES, method_options, model_fingerprint, prepare_out_dir, \
         resolve_baseline_spec
 
@@ -381,7 +412,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         inputs = replace(inputs or InputOptions(), columns=tuple(columns))
     settings, loaded = _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size,
                                  attribution_dtype, engine, gradient_fallback, n_steps, internal_batch_size,
-                                 strip_final_activation, device)
+                                 strip_final_activation, device, batch_axis)
     settings = replace(settings, lrp=dict(lrp) if lrp else None)
     per_method = method_options(method, n_steps, internal_batch_size, lrp)
     resolve_baseline_spec(baseline, method)
@@ -390,6 +421,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
 
         loaded = load(settings.model_path, strip_final_activation=strip_final_activation, device=device)
     _check_baseline_rows(settings, loaded)
+    _check_target(settings, loaded)
     files = source_files(source, settings.inputs.text is not None)
     preprocessing = _preprocessing(settings.inputs, loaded.inputs, files)
     sources = describe_sources(files, loaded.inputs, settings.inputs)
@@ -402,7 +434,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         mean[1] if mean is not None else None,
         output=output_name,
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
-                 "attribution_dtype": attribution_dtype, **per_method})
+                 "attribution_dtype": attribution_dtype, **per_method,
+                 **({"batch_axis": batch_axis} if batch_axis is not None else {})})
     if mean is not None:
         manifest["baseline"]["rows_averaged"] = mean[2]
     manifest["preprocessing"] = {
@@ -464,16 +497,19 @@ def _preprocessing(options: InputOptions, specs, files) -> dict:
 
 
 def _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size, attribution_dtype,
-              engine, gradient_fallback, n_steps, internal_batch_size, strip, device) -> tuple[Settings, Any]:
-    from onnx_attr.app.attribute_job import parse_target, resolve_baseline_spec
+              engine, gradient_fallback, n_steps, internal_batch_size, strip, device,
+              batch_axis: Optional[int] = None) -> tuple[Settings, Any]:
+    from onnx_attr.app.attribute_job import resolve_baseline_spec
     from onnx_attr.methods.registry import dataset_methods
+    from onnx_attr.app.target_forms import parse_form
 
     if method not in dataset_methods():
         raise InputError(f"unknown method {method!r} for a dataset job (layer and neuron methods do not give one "
                          f"value per input column); available: {sorted(dataset_methods())}")
-    if isinstance(parse_target(target), list):
-        raise InputError(f"--target {target!r}: a dataset job explains one target for every row (an int, or a:b); "
-                         "leave it out to explain each row's predicted class")
+    if target is not None:
+        parse_form(target)  # any form `onnx-attr attribute` takes; one per example is refused on the output's rank
+    if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int) or batch_axis < 0):
+        raise InputError(f"--batch-axis must be an int >= 0, got {batch_axis!r}")
     spec = resolve_baseline_spec(baseline, method)
     for name, value in (("--shard-rows", shard_rows), ("--batch-size", batch_size)):
         if not isinstance(value, int) or value < 1:
@@ -488,8 +524,26 @@ def _settings(model, method, target, baseline, output_name, inputs, shard_rows, 
         raise InputError("--engine ray loads the model from its .onnx file on each worker; give the file's path "
                          "(a model changed in memory, e.g. smoothed, runs with --engine local)")
     settings = Settings(path, strip, device, method, target, spec, output_name, batch_size, attribution_dtype,
-                        gradient_fallback, n_steps, internal_batch_size, inputs or InputOptions())
+                        gradient_fallback, n_steps, internal_batch_size, inputs or InputOptions(), batch_axis)
     return settings, loaded
+
+
+def _check_target(settings: Settings, model) -> None:
+    """A list target ("5,2") is one index over the output's axes after the batch: a dataset job
+    explains the same target in every row, so one target per example does not fit its rows."""
+    from onnx_attr.methods.base import output_index
+    from onnx_attr.app.target_forms import parse_form
+
+    form, value = ("default", None) if settings.target is None else parse_form(settings.target)
+    if form != "indices" or not isinstance(value, list):
+        return
+    name = settings.output_name
+    shape = model.outputs[output_index(model, int(name) if name is not None and name.isdigit() else name)].shape
+    if shape is None or len(value) != len(shape) - 1:
+        raise InputError(f"--target {settings.target!r}: a dataset job explains the same target in every row, so a "
+                         "list is one index over the output's axes after the batch (t,c for [N, T, C]"
+                         + (f"; this output has {len(shape) - 1}" if shape is not None else "") + "), never one "
+                         "target per example")
 
 
 def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard],

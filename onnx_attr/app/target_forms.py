@@ -281,7 +281,8 @@ def _indices(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved
         value = tuple(value)  # k numbers for an output with k axes besides the batch: one index
     value = _from_the_end(value, tuple(view.shape))
     detail["indices"] = list(value) if isinstance(value, tuple) else value
-    return Resolved(value, detail["indices"], "given", detail)
+    # shown as the tuple it is: a list would read as one target per example (the pictures' titles)
+    return Resolved(value, value if isinstance(value, tuple) else detail["indices"], "given", detail)
 
 
 def _from_the_end(target: Any, shape: Sequence[int]) -> Any:

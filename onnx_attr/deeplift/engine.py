@@ -256,41 +256,45 @@ class DeepLiftEngine:
         self.cache_reference = True
 
     def run(self, inputs: Sequence[Tensor], baselines: Sequence[Tensor], attributed: Sequence[bool],
-            targets: Targets, output: int) -> PassResult:
+            targets: Targets, output: int, axes: Optional[Sequence[Optional[int]]] = None) -> PassResult:
+        """Both passes over the rows of `targets`, each input's rows on its batch axis in `axes`
+        (default 0; None: no batch, fed as given), in chunks of an export's fixed batch (the last
+        padded by repeating its last row)."""
         n = len(targets.rows)
+        axes = [0 if x.dim() else None for x in inputs] if axes is None else list(axes)
         size = self.fixed_batch or n
         parts = []
         for start in range(0, n, size):
             stop = min(start + size, n)
             whole = start == 0 and stop == n and size == n
-            xs = [x if whole or not _batched(x, n) else _rows(x, start, stop, size) for x in inputs]
-            bs = [b if not _batched(x, n) else _baseline_rows(b, start, stop, size, self.fixed_batch)
-                  for x, b in zip(inputs, baselines)]
+            xs = [x if whole or not _batched(x, n, a) else _rows(x, start, stop, size, a) for x, a in zip(inputs, axes)]
+            bs = [b if not _batched(x, n, a) else _baseline_rows(b, start, stop, size, self.fixed_batch, a)
+                  for x, b, a in zip(inputs, baselines, axes)]
             padded = stop - start if stop - start < size else None  # rows to keep when the chunk was padded
-            parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, padded))
+            parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, padded, axes))
         if len(parts) == 1:
             return parts[0]
         layers = [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))
                   for i in range(len(self.rewrite.layers))]
         return PassResult(
-            [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts])
+            [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts], dim=axes[i] or 0)
              for i in range(len(inputs))],
             torch.cat([p.value for p in parts]), torch.cat([p.reference_value for p in parts]), layers)
 
-    def _two_pass(self, xs, bs, attributed, targets, output, keep) -> PassResult:
+    def _two_pass(self, xs, bs, attributed, targets, output, keep, axes) -> PassResult:
         try:
-            return self._passes(xs, bs, attributed, targets, output, keep)
+            return self._passes(xs, bs, attributed, targets, output, keep, axes)
         except ReferenceShapeMismatch:
             pass
         except ForwardError:
-            if all(b.dim() == 0 or b.shape[0] == xs[0].shape[0] for b in bs):
+            if all(b.dim() == 0 or a is None or b.shape[a] == x.shape[a] for b, x, a in zip(bs, xs, axes)):
                 raise
         # The batch-1 reference could not broadcast (or run): redo it at the inputs' batch size.
-        full = [b.expand(x.shape[0], *b.shape[1:]).contiguous() if b.dim() and b.shape[0] == 1 else b
-                for b, x in zip(bs, xs)]
-        return self._passes(xs, full, attributed, targets, output, keep)
+        full = [b.expand_as(x).contiguous() if a is not None and b.dim() > a and b.shape[a] == 1 and
+                b.dim() == x.dim() else b for b, x, a in zip(bs, xs, axes)]
+        return self._passes(xs, full, attributed, targets, output, keep, axes)
 
-    def _passes(self, xs, bs, attributed, targets, output, keep) -> PassResult:
+    def _passes(self, xs, bs, attributed, targets, output, keep, axes) -> PassResult:
         module, state = self.rewrite.module, self.rewrite.state
         integer = [not x.is_floating_point() for x in xs]
         taps = [t for t in self.rewrite.taps if any(a and i and s.name == t.input_name for a, i, s in
@@ -328,7 +332,7 @@ class DeepLiftEngine:
                     targets.select(out)  # raises: no value per example
                 if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):
                     raise ReferenceShapeMismatch("output")
-                value = targets.select(targets.first_rows(out, keep, _fed(xs, attributed)))
+                value = targets.select(targets.first_rows(out, keep, _fed(xs, attributed, axes)))
                 if layer_taps:
                     leaves = [state.tap_leaves[id(t)] for t in layer_taps]
                     found = target_gradients(value, leaves)
@@ -344,9 +348,8 @@ class DeepLiftEngine:
             state.clear()  # a cached reference keeps its own dict of references
         tap_grads = grads[len(grads) - len(taps):]
         grads = iter(grads[:len(grads) - len(taps)])
-        rows = out.shape[0]
         multipliers = []
-        for x, a, i, spec in zip(live, attributed, integer, self.model.inputs):
+        for x, a, i, spec, axis in zip(live, attributed, integer, self.model.inputs, axes):
             if not a:
                 multipliers.append(None)
             elif i:  # per-token contributions, summed over the embedding axis and over its lookups
@@ -362,7 +365,7 @@ class DeepLiftEngine:
             else:
                 g = next(grads)
                 g = torch.zeros_like(x) if g is None else g
-                multipliers.append(g[:keep] if x.shape[0] == rows else g)  # drop the rows padded in
+                multipliers.append(_kept(g, keep, axis))  # drop the rows padded in
         return PassResult(multipliers, value.detach(), targets.reference(ref_out, out, keep).detach(), [])
 
     def _forward(self, module, args):
@@ -374,18 +377,26 @@ class DeepLiftEngine:
             raise ForwardError(_explain_failure(module, args, err)) from err
 
 
-def _fed(xs: Sequence[Tensor], attributed: Sequence[bool]) -> Optional[int]:
-    """The rows fed on axis 0 (the first attributed input's), padding included."""
-    return next((x.shape[0] for x, a in zip(xs, attributed) if a and x.dim()), None)
+def _fed(xs: Sequence[Tensor], attributed: Sequence[bool], axes: Sequence[Optional[int]]) -> Optional[int]:
+    """The rows fed (the first attributed input's, on its batch axis), padding included."""
+    return next((x.shape[a] for x, c, a in zip(xs, attributed, axes) if c and a is not None and x.dim() > a), None)
 
 
-def _batched(t: Tensor, n: int) -> bool:
-    """Has the batch of n on axis 0 (a 0-d input, a flag, never has: it is fed as given)."""
-    return t.dim() > 0 and t.shape[0] == n
+def _batched(t: Tensor, n: int, axis: Optional[int] = 0) -> bool:
+    """Has the batch of n on its batch axis (a 0-d input, a flag, or one without a batch never
+    has: it is fed as given)."""
+    return axis is not None and t.dim() > axis and t.shape[axis] == n
 
 
-def _baseline_rows(b: Tensor, start: int, stop: int, size: int, fixed: Optional[int]) -> Tensor:
+def _kept(g: Tensor, keep: Optional[int], axis: Optional[int]) -> Tensor:
+    """The first `keep` rows on the batch axis (those padding a fixed batch dropped)."""
+    if keep is None or axis is None or g.dim() <= axis or g.shape[axis] <= keep:
+        return g
+    return g.narrow(axis, 0, keep)
+
+
+def _baseline_rows(b: Tensor, start: int, stop: int, size: int, fixed: Optional[int], axis: int = 0) -> Tensor:
     """A shared baseline stays at batch 1 (broadcast) unless the export fixes a larger batch."""
-    if b.shape[0] == 1:
-        return b if fixed in (None, 1) else b.expand(size, *b.shape[1:])
-    return _rows(b, start, stop, size)
+    if b.shape[axis] == 1:
+        return b if fixed in (None, 1) else b.expand(*b.shape[:axis], size, *b.shape[axis + 1:])
+    return _rows(b, start, stop, size, axis)

@@ -28,8 +28,8 @@ def batch_axes(specs: Sequence[TensorSpec], tensors: Sequence[Tensor] | None = N
     A symbol named by two or more inputs is the batch, on whatever axis each input has it.
     Without one, the first input's axis 0 is (the convention of every exporter), and another
     input has it on axis 0 when that axis is not fixed, on its only free axis when it has one,
-    or on axis 0 when the export fixes both to the same size; otherwise it has no batch. A 0-d
-    value never has one."""
+    on axis 0 when the export fixes both to the same size, or else on its only axis of that size
+    when it is above 1; otherwise it has no batch. A 0-d value never has one."""
     shapes = [s.shape for s in specs]
     counts = Counter(d for shape in shapes if shape for d in dict.fromkeys(x for x in shape if isinstance(x, str)))
     shared = [d for d, c in counts.items() if c > 1]
@@ -80,6 +80,9 @@ def _axis_without_symbol(shape, lead) -> Optional[int]:
         return free[0]
     if not free and lead and _fixed(lead[0]) and lead[0] == shape[0]:
         return 0
+    same = [i for i, d in enumerate(shape) if d == (lead[0] if lead else None)]
+    if not free and lead and _fixed(lead[0]) and lead[0] > 1 and len(same) == 1:
+        return same[0]  # a fixed batch elsewhere: a state [2, 4, 128] beside an input [4, 576]
     return None
 
 
@@ -98,11 +101,15 @@ class Layout:
 
 def probe(model, tensors: Sequence[Tensor], axes: Sequence[Optional[int]]) -> Layout:
     """Run rows [x', x] (x' = x halved, a different example) along the batch axes and compare the
-    second half of every output with f(x); cached on the model per input shapes."""
+    second half of every output with f(x); cached on the model per input shapes. A model cut
+    after a hidden tensor (`batch_parent` set: a neuron method's) has the examples of the model
+    it was cut from: where that one's rows mix, its inputs are one whole example too."""
     key = tuple((tuple(t.shape), str(t.dtype), a) for t, a in zip(tensors, axes))
     cache = model.__dict__.setdefault("_batch_layouts", {})
     if key not in cache:
-        cache[key] = _probe(model, tensors, axes)
+        parent = model.__dict__.get("batch_parent")  # a model cut inside another, fed the same inputs
+        whole = parent is not None and not probe(parent, tensors, axes).stackable
+        cache[key] = Layout(False, tuple(None for _ in model.outputs)) if whole else _probe(model, tensors, axes)
     return cache[key]
 
 

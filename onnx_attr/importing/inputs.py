@@ -40,11 +40,13 @@ def arrange(inputs: Any, specs: Sequence[TensorSpec], what: str = "input") -> li
 
 
 def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str = "input",
-                 any_batch: bool = False, finite: Sequence[bool] | bool = True) -> list[torch.Tensor]:
+                 any_batch: bool | Sequence[int | None] = False,
+                 finite: Sequence[bool] | bool = True) -> list[torch.Tensor]:
     """Validate shape, dtype and finiteness against the specs; return tensors of the declared dtype.
 
     With `any_batch` axis 0 may have any size whatever the spec says: the attribution engine
-    feeds an export with a fixed batch size in chunks of that size. `finite` says which inputs
+    feeds an export with a fixed batch size in chunks of that size (given as one batch axis per
+    input, that axis too: a state [2, 4, 128] fixed at 4 on axis 1). `finite` says which inputs
     must be finite (all, none, or one flag per input): an attributed input must be, since its
     attributions would be meaningless, while a forward pass takes what the graph takes (an IsNaN
     model, an attention mask of -inf).
@@ -52,11 +54,13 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
     finite = [finite] * len(specs) if isinstance(finite, bool) else list(finite)
     symbols: dict[str, tuple[int, str]] = {}
     out = []
-    for value, spec, must_be_finite in zip(values, specs, finite):
+    batch = list(any_batch) if not isinstance(any_batch, bool) else [0 if any_batch else None] * len(specs)
+    for value, spec, must_be_finite, axis in zip(values, specs, finite, batch):
         tensor = _to_tensor(value, spec, what)
         if spec.shape == () and tensor.dim() > 0 and tensor.numel() == 1:
             tensor = tensor.reshape(())  # a one-element array where a scalar is declared
-        _check_shape(tensor, spec, what, symbols, skip_batch=any_batch)
+        _check_shape(tensor, spec, what, symbols, skip_batch=not isinstance(any_batch, bool) or any_batch,
+                     batch_axis=axis)
         if must_be_finite and tensor.is_floating_point() and not all_finite(tensor):
             bad = int((~torch.isfinite(tensor)).sum())
             raise InputError(
@@ -133,7 +137,7 @@ def _kind(dtype: np.dtype) -> str:
 
 
 def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dict[str, tuple[int, str]],
-                 skip_batch: bool = False) -> None:
+                 skip_batch: bool = False, batch_axis: int | None = None) -> None:
     if spec.shape is None:
         return
     shape = tuple(tensor.shape)
@@ -143,7 +147,7 @@ def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dic
             f"{what} {spec.name!r} expects rank {len(spec.shape)} {expected}, got shape {list(shape)}"
         )
     for axis, (got, dim) in enumerate(zip(shape, spec.shape)):
-        if axis == 0 and skip_batch:
+        if skip_batch and axis in (0, batch_axis):
             continue
         if isinstance(dim, int) and dim > 0 and got != dim:
             raise InputError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -65,6 +65,75 @@ class Prepared:
         if self.as_numpy:
             items = [t.detach().cpu().numpy() for t in items]
         return self.repack_user(items)
+
+
+#: In `BatchFirst.fed`: an attributed input without a batch axis (the one example, whole): it gets
+#: a batch of 1 in front, and each of its rows is fed alone.
+WHOLE = "whole"
+
+
+@dataclass
+class BatchFirst(Prepared):
+    """The prepared call with every batch on axis 0, for methods that build copies row by row (the
+    perturbation family): an input batched on axis k has it moved to 0, an attributed input
+    without a batch (one whole example) gets a batch of 1 in front, a held input stays as given.
+    `feed` puts rows back in the model's layout; `fold` moves attributions back."""
+
+    fed: list = field(default_factory=list)  # per input: its batch axis, WHOLE, or None (held: as given)
+
+    def fold(self, per_input: list) -> list:
+        return [None if a is None else _restored(a, f) for a, f in zip(per_input, self.fed)]
+
+    def moved(self, i: int, value: Any) -> Any:
+        """A per-input array in the input's own layout (a feature mask, batch 1 or N on its batch
+        axis) in the batch-first layout; other shapes (broadcast from the right) as given."""
+        f, rank = self.fed[i], self.tensors[i].dim()
+        if value is None or not hasattr(value, "shape"):
+            return value
+        v = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+        if f == WHOLE and v.dim() == rank - 1:
+            return v.unsqueeze(0)
+        if isinstance(f, int) and f and v.dim() == rank:
+            return v.movedim(f, 0)
+        return value
+
+    def rows_alone(self) -> bool:
+        """Whether rows must run one at a time (an attributed input without a batch axis)."""
+        return WHOLE in self.fed
+
+    def feed(self, tensors: Sequence[Tensor], rows: int) -> list[list[Tensor]]:
+        """Batch-first tensors of `rows` rows as the model takes them: one list for all rows, or
+        one per row when rows must run alone (`rows_alone`)."""
+        grown = [t if f is None or t.shape[0] == rows else t.expand(rows, *t.shape[1:])
+                 for t, f in zip(tensors, self.fed)]
+        if not self.rows_alone():
+            return [[t if f is None else t.movedim(0, f) for t, f in zip(grown, self.fed)]]
+        return [[t if f is None else t[r] if f == WHOLE else t.narrow(0, r, 1).movedim(0, f)
+                 for t, f in zip(grown, self.fed)] for r in range(rows)]
+
+    def fed_axes(self) -> list[Optional[int]]:
+        """Each input's batch axis in the model's layout as fed (None: held, or a whole row alone)."""
+        return [f if isinstance(f, int) else None for f in self.fed]
+
+
+def batch_first(prepared: Prepared) -> BatchFirst:
+    """`prepared` with every batch on axis 0 (see BatchFirst)."""
+    fed: list = []
+    for i, a in enumerate(prepared.attributed):
+        axis = prepared.axis(i)
+        fed.append(axis if axis is not None else WHOLE if a else None)
+
+    def move(t: Tensor, f) -> Tensor:
+        return t if f is None else t.unsqueeze(0) if f == WHOLE else t.movedim(f, 0) if f else t
+
+    values = {k: getattr(prepared, k) for k in prepared.__dataclass_fields__}
+    values.update(tensors=[move(t, f) for t, f in zip(prepared.tensors, fed)],
+                  baselines=[move(b, f) for b, f in zip(prepared.baselines, fed)], fed=fed)
+    return BatchFirst(**values)
+
+
+def _restored(a: Tensor, f) -> Tensor:
+    return a.squeeze(0) if f == WHOLE else a.movedim(0, f) if isinstance(f, int) and f else a
 
 
 def is_held(t: Tensor) -> bool:
@@ -151,7 +220,7 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
     for pos, v in zip(extra_positions, extra):
         values[pos] = v
     finite = [i in positions for i in range(len(specs))]  # a mask of -inf may ride along unattributed
-    tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=True, finite=finite)]
+    tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=batch_axes(specs), finite=finite)]
     held = [i for i in positions if is_held(tensors[i])]
     chosen = [i for i in positions if i not in held]
     axes = batch_axes(specs, tensors)
@@ -233,7 +302,7 @@ def _one_baseline(spec, b: Any, x: Tensor, axis: Optional[int] = 0) -> Tensor:
     else:
         rows = x.shape[axis] if b.dim() == x.dim() and b.shape[axis] == x.shape[axis] else 1
         b = b.expand(*x.shape[:axis], rows, *x.shape[axis + 1:])
-    (checked,) = check_inputs([b.contiguous()], [spec], what="baseline", any_batch=True)
+    (checked,) = check_inputs([b.contiguous()], [spec], what="baseline", any_batch=[axis])
     return checked.to(x.device)
 
 

@@ -121,7 +121,8 @@ class AttributionMethod:
         last row) or of `internal_batch_size` rows; `single_pass`: all rows at once (the probe ran
         an export's declared fixed batch doubled). On CUDA out-of-memory the passes halve, said
         once in a warning and in `last_report["out_of_memory_retry"]`. Returns run's results per
-        item, joined over the passes (on axis 0, or on the item's axis in `join_axes`)."""
+        item, joined over the passes (on axis 0, or on the item's axis in `join_axes`, whose last
+        entry serves any items after it)."""
         n = len(targets.rows)
         axes = [0 if t.dim() else None for t in tensors] if axes is None else list(axes)
         fixed = None if single_pass else fixed_batch(self.active.inputs)
@@ -140,7 +141,8 @@ class AttributionMethod:
                 size = self._after_out_of_memory(size)
                 continue
             start = stop
-        join = [0] * len(parts[0]) if join_axes is None else list(join_axes)
+        join = [0] if join_axes is None else list(join_axes)
+        join += join[-1:] * (len(parts[0]) - len(join))  # the last axis given serves the items after it
         return [None if parts[0][i] is None else parts[0][i] if len(parts) == 1 else
                 torch.cat([p[i] for p in parts], dim=join[i]) for i in range(len(parts[0]))]
 
@@ -185,11 +187,12 @@ class AttributionMethod:
         return grads, value
 
     def _gradients_on(self, model, tensors: Sequence[Tensor], attributed: Sequence[bool], targets: Targets,
-                      index: int, internal_batch_size: Optional[int] = None) -> tuple[list[Optional[Tensor]], Tensor]:
+                      index: int, internal_batch_size: Optional[int] = None,
+                      axes: Optional[Sequence[Optional[int]]] = None) -> tuple[list[Optional[Tensor]], Tensor]:
         """`_gradients` through another model: a re-cut of this one (at a layer, after a neuron)."""
         active, self.active = self.active, model
         try:
-            return self._gradients(tensors, attributed, targets, index, internal_batch_size)
+            return self._gradients(tensors, attributed, targets, index, internal_batch_size, axes)
         finally:
             self.active = active
 

@@ -72,7 +72,8 @@ class DeepLift(AttributionMethod):
     def _run(self, prepared, targets: Targets, index: int):
         """The engine on all rows at once; on CUDA out-of-memory, on halves (recursively), said once."""
         try:
-            return self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, targets, index)
+            return self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, targets, index,
+                                   prepared.row_axes())
         except torch.OutOfMemoryError:
             n = len(targets.rows)
             if n == 1:
@@ -80,8 +81,10 @@ class DeepLift(AttributionMethod):
             half = self._after_out_of_memory(n)
             parts = [self._run(_rows_of(prepared, start, stop, n), targets.chunk(start, stop), index)
                      for start, stop in ((0, half), (half, n))]
+            axes = prepared.row_axes()
             return PassResult(
-                [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts])
+                [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts],
+                                                                        dim=axes[i] or 0)
                  for i in range(len(prepared.tensors))],
                 torch.cat([p.value for p in parts]), torch.cat([p.reference_value for p in parts]),
                 [(torch.cat([a[0] for a in z]), torch.cat([a[1] for a in z])) for z in zip(*(p.layers for p in parts))])
@@ -173,7 +176,8 @@ class DeepLiftShap(DeepLift):
             raise InputError("DeepLiftShap needs a distribution of baselines (several rows); for one, use DeepLift")
         self._nonfinite = None
         self._custom = _check_custom(custom_attribution_func)
-        prepared_rows = [self._prepare(inputs, row, additional_forward_args) for row in _baseline_rows(baselines)]
+        axes = baseline_axes(self._prepare(inputs, None, additional_forward_args)[0], baselines, self.model)
+        prepared_rows = [self._prepare(inputs, row, additional_forward_args) for row in _baseline_rows(baselines, axes)]
         if not prepared_rows:
             raise InputError("DeepLiftShap got an empty distribution of baselines: give at least one row")
         rows = [p for p, _ in prepared_rows]
@@ -279,25 +283,41 @@ def _rows_of(prepared, start: int, stop: int, n: int):
     """The same prepared inputs restricted to examples [start, stop)."""
     from dataclasses import replace
 
-    def cut(t):
-        return t[start:stop] if t.dim() and t.shape[0] == n else t
+    def cut(t, axis):
+        return t.narrow(axis, start, stop - start) if axis is not None and t.dim() > axis and t.shape[axis] == n else t
 
-    return replace(prepared, tensors=[cut(t) for t in prepared.tensors], baselines=[cut(b) for b in prepared.baselines])
+    axes = prepared.row_axes()
+    return replace(prepared, tensors=[cut(t, a) for t, a in zip(prepared.tensors, axes)],
+                   baselines=[cut(b, a) for b, a in zip(prepared.baselines, axes)])
 
 
-def _baseline_rows(baselines: Any) -> list:
-    """Split a batch of baselines (tensor/array, tuple of them, or dict) into single-row baselines."""
+def baseline_axes(prepared, baselines: Any, model) -> list[Optional[int]]:
+    """The batch axis of each item of a baseline distribution (the axis its input has: its rows are
+    stacked there; None: the input is one whole example, rows stacked on a new axis 0)."""
+    names = [s.name for s in model.inputs]
+    if isinstance(baselines, dict):
+        return [prepared.axis(names.index(k)) if k in names else 0 for k in baselines]
+    if isinstance(baselines, (tuple, list)):
+        return [prepared.axis(p) for p in prepared.positions[:len(baselines)]]
+    return [prepared.axis(prepared.positions[0])]
+
+
+def _baseline_rows(baselines: Any, axes: Optional[Sequence[Optional[int]]] = None) -> list:
+    """Split a batch of baselines (tensor/array, tuple of them, or dict) into single-row baselines,
+    each item's rows on its batch axis in `axes` (default 0; None: a new leading axis)."""
     items = list(baselines.values()) if isinstance(baselines, dict) else list(baselines) if isinstance(
         baselines, (tuple, list)) else [baselines]
+    axes = [0] * len(items) if axes is None else list(axes)
     sizes = set()
-    for item in items:
+    for item, axis in zip(items, axes):
         shape = getattr(item, "shape", None)
         if _held_value(item):
             continue  # a 0-d non-floating input's value, the same in every row
-        if shape is None or len(shape) == 0:
+        if shape is None or len(shape) <= (axis or 0):
             raise InputError("DeepLiftShap needs a distribution of baselines: an array (or one per input) with the "
-                             f"baseline rows on axis 0, not {type(item).__name__ if shape is None else 'a 0-d array'}")
-        sizes.add(shape[0])
+                             "baseline rows on each input's batch axis, not "
+                             f"{type(item).__name__ if shape is None else 'an array of shape ' + str(list(shape))}")
+        sizes.add(shape[axis or 0])
     if len(sizes) > 1:
         raise InputError(f"the baseline distributions have different numbers of rows {sorted(sizes)}: each input "
                          "needs the same number (row j of each makes baseline j)")
@@ -306,14 +326,16 @@ def _baseline_rows(baselines: Any) -> list:
                          "for at least one attributed input")
     n = sizes.pop()
 
-    def row(v: Any, i: int) -> Any:
-        return v if _held_value(v) else v[i:i + 1]
+    def row(v: Any, i: int, axis: Optional[int]) -> Any:
+        if _held_value(v):
+            return v
+        return v[i] if axis is None else v[(slice(None),) * axis + (slice(i, i + 1),)]
 
     if isinstance(baselines, dict):
-        return [{k: row(v, i) for k, v in baselines.items()} for i in range(n)]
+        return [{k: row(v, i, a) for (k, v), a in zip(baselines.items(), axes)} for i in range(n)]
     if isinstance(baselines, (tuple, list)):
-        return [type(baselines)(row(b, i) for b in baselines) for i in range(n)]
-    return [baselines[i:i + 1] for i in range(n)]
+        return [type(baselines)(row(b, i, a) for b, a in zip(baselines, axes)) for i in range(n)]
+    return [row(baselines, i, axes[0]) for i in range(n)]
 
 
 def _held_value(value: Any) -> bool:
@@ -415,7 +437,7 @@ class LayerDeepLift(DeepLift):
         index = self._output_index(output)
         check_batched(self.model, prepared, n)
         result = self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed,
-                                 self._targets(target, n, prepared, index), index)
+                                 self._targets(target, n, prepared, index), index, prepared.row_axes())
         contributions = [m * d for m, d in result.layers]
         if custom is not None:  # Captum's contract, over the layers: (multipliers, layer values, their references)
             from types import SimpleNamespace

@@ -16,8 +16,9 @@ from torch import Tensor
 
 from onnx_attr.errors import InputError
 from onnx_attr.importing.rows import fixed_batch
+from onnx_attr.importing.rows import rows_back, rows_first
 from onnx_attr.deeplift.layers import tensor_values, tensors_as_inputs
-from onnx_attr.methods._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held
+from onnx_attr.methods._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held, prepare
 from onnx_attr.methods.base import AttributionMethod, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
 from onnx_attr.methods.deeplift import method_report
 
@@ -213,8 +214,29 @@ def with_samples(prepared: Prepared, n: int, samples: int) -> None:
             prepared.tensors[i] = prepared.baselines[i] = t.repeat_interleave(samples, dim=axis)
 
 
+def sample_axes(method, inputs: Any, additional_forward_args: Any) -> list[Optional[int]]:
+    """The batch axis of each of the user's inputs, for methods that draw samples per example and
+    stack them there (GradientShap's); a clear error where the probe finds one whole example."""
+    from onnx_attr.methods.deeplift import baseline_axes
+
+    every = {s.name for s in method.model.inputs}
+    prepared = prepare(method.model, inputs, None, additional_forward_args, embedded=every)
+    if not prepared.stackable:
+        raise InputError(f"{type(method).__name__} stacks its samples on the batch axis, but the model's rows mix "
+                         "(the inputs are one whole example, batch.probe): use IntegratedGradients or DeepLiftShap, "
+                         "which run such inputs one point at a time")
+    return baseline_axes(prepared, inputs, method.model)
+
+
+def along(alpha: Tensor, t: Tensor, axis: Optional[int]) -> Tensor:
+    """One value per row (on `axis`, t's batch axis) shaped to broadcast over t."""
+    axis = axis or 0
+    return alpha.reshape(*[1] * axis, -1, *[1] * (t.dim() - axis - 1))
+
+
 def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union[float, Sequence[float]],
-                      method: str) -> tuple[list[Tensor], list[Tensor], Tensor, int, Any, bool]:
+                      method: str, axes: Optional[Sequence[Optional[int]]] = None
+                      ) -> tuple[list[Tensor], list[Tensor], Tensor, int, Any, bool]:
     """GradientShap's draws, in Captum's order (baseline rows with numpy, Gaussian noise with torch,
     path points with numpy), so that under the same seeds the two agree: the noisy inputs and the
     drawn baselines (n_samples per example, example-major), one path point per row (float64), the
@@ -235,6 +257,13 @@ def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union
         raise InputError(f"{len(pool)} baseline distribution(s) for {len(tensors)} input(s)")
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise InputError(f"n_samples must be a positive int, got {n_samples!r}")
+    # drawn with each input's examples (and each distribution's rows) on axis 0, put back on its batch axis
+    axes = [0] * len(tensors) if axes is None else [a or 0 for a in axes]
+    if len(pool) == len(tensors):
+        pool = [b if is_held(t) else rows_first(as_tensor(b, "baseline distribution"), a) if getattr(b, "ndim", 0)
+                else b for t, b, a in zip(tensors, pool, axes)]
+    tensors = [t if is_held(t) else rows_first(t, a) for t, a in zip(tensors, axes)]
+    n = next((t.shape[0] for t in tensors if not is_held(t)), n)
     drawn = [t if is_held(t) else _distribution(b)[np.random.choice(len(b), n_samples * n).tolist()]
              for t, b in zip(tensors, pool)]
     spread = [stdevs] * len(tensors) if isinstance(stdevs, (int, float)) else list(stdevs)
@@ -244,6 +273,8 @@ def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union
     noisy = [t if is_held(t) else _add_noise(t, s, n_samples) if t.is_floating_point()
              else t.repeat_interleave(n_samples, 0) for t, s in zip(tensors, spread)]
     alpha = torch.from_numpy(np.random.uniform(0.0, 1.0, n * n_samples))
+    noisy = [t if is_held(t) else rows_back(t, a) for t, a in zip(noisy, axes)]
+    drawn = [t if is_held(t) else rows_back(t, a) for t, a in zip(drawn, axes)]
     return noisy, drawn, alpha, n, repack, as_numpy
 
 
@@ -262,28 +293,31 @@ class GradientShap(AttributionMethod):
                   output: Union[str, int, None] = None):
         from onnx_attr.methods.noise_tunnel import _repeat_target
 
-        noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(inputs, baselines, n_samples, stdevs,
-                                                                     "GradientShap")
+        noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(
+            inputs, baselines, n_samples, stdevs, "GradientShap", sample_axes(self, inputs, additional_forward_args))
         prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args)
         with_samples(prepared, n, n_samples)
         prepared.as_numpy = as_numpy
         dtype = next(t.dtype for t, a in zip(prepared.tensors, prepared.attributed) if a)
         alpha = alpha.to(dtype)
-        scaled = [t if not a else b + alpha.reshape(-1, *[1] * (t.dim() - 1)).to(t.device) * (t - b)
-                  for t, b, a in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
+        axes = prepared.row_axes()
+        scaled = [t if not a else b + along(alpha, t, x).to(t.device) * (t - b)
+                  for t, b, a, x in zip(prepared.tensors, prepared.baselines, prepared.attributed, axes)]
         index = self._output_index(output)
         targets = self._targets(_repeat_target(target, n, n_samples), rows, prepared, index)
-        grads, _ = self._gradients(scaled, prepared.attributed, targets, index, axes=prepared.row_axes())
+        grads, _ = self._gradients(scaled, prepared.attributed, targets, index, axes=axes)
         diffs = [None if g is None else t - b for g, t, b in zip(grads, prepared.tensors, prepared.baselines)]
         per_row = [None if g is None else (g * d if self._multiply_by_inputs else g) for g, d in zip(grads, diffs)]
-        axes = prepared.row_axes()
         change = (self._value(prepared.tensors, targets, index, axes=axes).double()
                   - self._value(prepared.baselines, targets, index, axes=axes).double())
-        delta = sum((g * d).reshape(rows, -1).double().sum(1) for g, d in zip(grads, diffs) if g is not None) - change
+        delta = sum(rows_first(g * d, x).reshape(rows, -1).double().sum(1)
+                    for g, d, x in zip(grads, diffs, axes) if g is not None) - change
         # one random path point per row: the delta measures that estimate, not a quadrature error
         self._report({**method_report(self.model, "GradientShap", delta, change, index),
                       "n_samples": n_samples, "warnings": []})  # its delta is not expected to vanish
-        averaged = [None if a is None or a.dim() == 0 else a.reshape(n, n_samples, *a.shape[1:]).mean(1)
-                    for a in prepared.fold(per_row)]
+        folded = prepared.fold([None if a is None or not a.dim() else rows_first(a, x) for a, x in zip(per_row, axes)])
+        model_axes = getattr(prepared, "original", None) or prepared  # token ids: the ids' own axes
+        averaged = [None if a is None or a.dim() == 0 else rows_back(a.reshape(n, n_samples, *a.shape[1:]).mean(1), x)
+                    for a, x in zip(folded, model_axes.row_axes())]
         out = prepared.pack(averaged)
         return (out, delta) if return_convergence_delta else out

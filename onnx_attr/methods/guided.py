@@ -11,13 +11,14 @@ other activations keep their plain gradients here too. The substitution is a sib
 from __future__ import annotations
 
 import warnings
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onnx_attr.deeplift.layers import replace_modules
+from onnx_attr.importing.rows import rows_back, rows_first
 from onnx_attr.methods._inputs import _as_list
 from onnx_attr.methods.base import AttributionMethod
 from onnx_attr.methods.layer import LayerGradCam, _NeuronMethod
@@ -68,7 +69,10 @@ class GuidedBackprop(AttributionMethod):
     deconvolution = False
 
     def __init__(self, model, **_: Any):
-        super().__init__(positive_gradient_model(model, self.deconvolution))
+        swapped = positive_gradient_model(model, self.deconvolution)
+        if "batch_parent" in model.__dict__:  # a neuron's cut model keeps the full model's examples
+            swapped.__dict__["batch_parent"] = model.__dict__["batch_parent"]
+        super().__init__(swapped)
 
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None, *,
                   output: Union[str, int, None] = None):
@@ -100,24 +104,29 @@ class GuidedGradCam(AttributionMethod):
                                       attribute_to_layer_input=attribute_to_layer_input, relu_attributions=True,
                                       output=output)
         guided = self.guided.attribute(inputs, target, additional_forward_args, output=output)
-        cam = torch.as_tensor(cam)
+        # spatial axes are those after the batch axis: the map and each input are upsampled and
+        # multiplied with their examples on axis 0, and moved back
+        cam = rows_first(torch.as_tensor(cam), self.grad_cam.layer_axes[0])
         items, pack = _as_list(guided)
-        out = [_times_map(g, cam, interpolate_mode) for g in items]
+        axes = self.guided.last_report.get("batch_axes", {})
+        names = list(inputs) if isinstance(inputs, dict) else [s.name for s in self.model.inputs][:len(items)]
+        out = [_times_map(g, cam, interpolate_mode, axes.get(name, 0)) for g, name in zip(items, names)]
         self.last_report = {**self.guided.last_report, "method": "GuidedGradCam", "layer": self.layer}
         return pack(out)
 
 
-def _times_map(g: Any, cam: Tensor, mode: str) -> Any:
-    """g · cam upsampled to g's spatial axes; empty where that cannot be (Captum's convention)."""
+def _times_map(g: Any, cam: Tensor, mode: str, axis: Optional[int] = 0) -> Any:
+    """g · cam (examples on axis 0) upsampled to g's spatial axes, g's examples on `axis`; empty
+    where that cannot be (Captum's convention)."""
     numpy = not isinstance(g, Tensor)
-    x = torch.as_tensor(g)
+    x = rows_first(torch.as_tensor(g), axis)
     if x.dim() != cam.dim() or x.dim() < 3:
         warnings.warn("GuidedGradCam: the GradCAM map cannot be upsampled to an input of shape "
                       f"{list(x.shape)} (the layer's map has shape {list(cam.shape)}): its attributions are empty",
                       stacklevel=3)
         empty = torch.empty(0)
         return empty.numpy() if numpy else empty
-    result = x * F.interpolate(cam.to(x.device, x.dtype), size=tuple(x.shape[2:]), mode=mode)
+    result = rows_back(x * F.interpolate(cam.to(x.device, x.dtype), size=tuple(x.shape[2:]), mode=mode), axis)
     return result.numpy() if numpy else result
 
 

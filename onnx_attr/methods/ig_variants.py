@@ -27,6 +27,7 @@ from torch import Tensor
 
 from onnx_attr.deeplift.engine import Targets
 from onnx_attr.errors import InputError
+from onnx_attr.methods._inputs import check_batched
 from onnx_attr.methods.deeplift import method_report
 from onnx_attr.methods.gradient import IntegratedGradients, integration_rule
 
@@ -39,27 +40,36 @@ class _PathPoints(IntegratedGradients):
     def _start(self, inputs, baselines, target, additional_forward_args, output, internal_batch_size,
                ends: bool = True):
         self.prepared, self.n = self._prepare(inputs, baselines, additional_forward_args)
-        self.targets, self.index = Targets(target, self.n), self._output_index(output)
+        self.index = self._output_index(output)
+        self.targets = self._targets(target, self.n, self.prepared, self.index)
         if internal_batch_size is not None and (not isinstance(internal_batch_size, (int, np.integer))
                                                 or internal_batch_size < 1):
             raise InputError(f"internal_batch_size must be a positive int, got {internal_batch_size!r}")
-        self.rows_per_pass = internal_batch_size
         p = self.prepared
+        check_batched(self.model, p, self.n)
+        # each input's batch axis; rows stack there unless an attributed input has none (the rows
+        # of a model that mixes them, or a state without a batch): then each row runs alone
+        self.axes = p.row_axes()
+        alone = any(x is None for x, a in zip(self.axes, p.attributed) if a)
+        self.rows_per_pass = 1 if alone else internal_batch_size
         self.diffs = [None if not a else t - b for t, b, a in zip(p.tensors, p.baselines, p.attributed)]
         if ends:
-            self.f = self._value(p.tensors, self.targets, self.index).double().cpu()
-            self.f0 = self._value(p.baselines, self.targets, self.index).double().cpu()
+            self.f = self._value(p.tensors, self.targets, self.index, axes=self.axes).double().cpu()
+            self.f0 = self._value(p.baselines, self.targets, self.index, axes=self.axes).double().cpu()
 
     def _points(self, examples: Tensor, alphas: Tensor) -> tuple[list, Targets]:
+        """The inputs at (example, α) rows, each on its own batch axis (rows kept batch-first here)."""
         p = self.prepared
         tensors = []
-        for t, b, d, a in zip(p.tensors, p.baselines, self.diffs, p.attributed):
+        for t, b, d, a, x in zip(p.tensors, p.baselines, self.diffs, p.attributed, self.axes):
             if not a:
-                tensors.append(t[examples] if t.dim() and t.shape[0] == self.n else t)
+                tensors.append(_unbf(_bf(t, x)[examples.to(t.device)], x) if x is not None and t.shape[x] == self.n
+                               else t)
                 continue
-            shape = (-1, *[1] * (t.dim() - 1))
-            base = b[examples] if b.shape[0] == self.n else b.expand(len(examples), *b.shape[1:])
-            tensors.append(base + alphas.to(t.dtype).reshape(shape).to(t.device) * d[examples])
+            base, step = _bf(b, x), _bf(d, x)[examples.to(t.device)]
+            base = base[examples.to(t.device)] if base.shape[0] == self.n else base.expand(len(examples), *base.shape[1:])
+            shape = (-1, *[1] * (step.dim() - 1))
+            tensors.append(_unbf(base + alphas.to(t.dtype).reshape(shape).to(t.device) * step, x))
         return tensors, self.targets._of([self.targets.rows[int(e)] for e in examples])
 
     def _chunks(self, count: int):
@@ -71,27 +81,29 @@ class _PathPoints(IntegratedGradients):
         out = []
         for s, e in self._chunks(len(examples)):
             tensors, targets = self._points(examples[s:e], alphas[s:e])
-            out.append(self._value(tensors, targets, self.index).double())
+            out.append(self._value(tensors, targets, self.index, axes=self.axes).double())
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
     def _row_gradients(self, examples: Tensor, alphas: Tensor):
-        """Per chunk of rows: (start, stop, ∇f per input (None if not attributed), f, path derivative
-        ∇f · (x − x0)), the derivative and f as float64 on the CPU."""
+        """Per chunk of rows: (start, stop, ∇f per input (None if not attributed; rows on axis 0), f,
+        path derivative ∇f · (x − x0)), the derivative and f as float64 on the CPU."""
         p = self.prepared
         for s, e in self._chunks(len(examples)):
             tensors, targets = self._points(examples[s:e], alphas[s:e])
-            grads, values = self._gradients(tensors, p.attributed, targets, self.index)
+            grads, values = self._gradients(tensors, p.attributed, targets, self.index, axes=self.axes)
+            grads = [None if g is None else _bf(g, x) for g, x in zip(grads, self.axes)]
             slope = torch.zeros(e - s, dtype=torch.float64)
             for i, g in enumerate(grads):
                 if g is not None:
-                    slope += (g.double() * self.diffs[i][examples[s:e]].double()).reshape(e - s, -1).sum(1).cpu()
+                    diff = _bf(self.diffs[i], self.axes[i])[examples[s:e].to(g.device)]
+                    slope += (g.double() * diff.double()).reshape(e - s, -1).sum(1).cpu()
             yield s, e, grads, values.double().cpu(), slope
 
     def _weighted_gradients(self, examples: Tensor, alphas: Tensor, weights: Tensor, count: int) -> list:
         """Σ weight·∇f over each example's rows, per attributed input [count, *shape]."""
         p = self.prepared
-        sums = [None if not a else torch.zeros((count, *t.shape[1:]), dtype=torch.float64, device=t.device)
-                for t, a in zip(p.tensors, p.attributed)]
+        sums = [None if not a else torch.zeros((count, *_bf(t, x).shape[1:]), dtype=torch.float64, device=t.device)
+                for t, a, x in zip(p.tensors, p.attributed, self.axes)]
         for s, e, grads, _, _ in self._row_gradients(examples, alphas):
             for i, g in enumerate(grads):
                 if g is not None:
@@ -102,13 +114,14 @@ class _PathPoints(IntegratedGradients):
     def _finish(self, per_example: list, covered: Tensor, name: str, extra: dict, return_convergence_delta: bool):
         """Attributions from Σ w∇f per example; the delta against the output change `covered`."""
         p = self.prepared
-        contributions = [None if s is None else s * d.double() for s, d in zip(per_example, self.diffs)]
+        contributions = [None if s is None else s * _bf(d, x).double()
+                         for s, d, x in zip(per_example, self.diffs, self.axes)]
         total = sum(c.reshape(self.n, -1).sum(1).cpu() for c in contributions if c is not None)
         delta = total - covered
         self.last_report = {**method_report(self.model, name, delta, covered, self.index), **extra,
                             "embedding_lookups": self._used_lookups(p)}
-        attributions = [None if s is None else (c if self._multiply_by_inputs else s).to(t.dtype)
-                        for s, c, t in zip(per_example, contributions, p.tensors)]
+        attributions = [None if s is None else _unbf(c if self._multiply_by_inputs else s, x).to(t.dtype)
+                        for s, c, t, x in zip(per_example, contributions, p.tensors, self.axes)]
         out = p.repack(attributions)
         return (out, delta) if return_convergence_delta else out
 
@@ -146,6 +159,16 @@ class SplitIntegratedGradients(_PathPoints):
                  "split_points": split.tolist(), "integrated_change": (at_split - self.f0).tolist(),
                  "saturated_change": (self.f - at_split).tolist()}
         return self._finish(sums, at_split - self.f0, "SplitIntegratedGradients", extra, return_convergence_delta)
+
+
+def _bf(t: Tensor, axis: Optional[int]) -> Tensor:
+    """Rows on axis 0: the batch axis moved there, or a whole example given a batch of 1."""
+    return t.unsqueeze(0) if axis is None else t.movedim(axis, 0)
+
+
+def _unbf(t: Tensor, axis: Optional[int]) -> Tensor:
+    """`_bf` undone (a whole example: its one row)."""
+    return t.squeeze(0) if axis is None else t.movedim(0, axis)
 
 
 def _first_reaching(change: Tensor, goal: Tensor, grid: Tensor) -> Tensor:

@@ -15,8 +15,10 @@ from torch import Tensor
 
 from onnx_attr.errors import InputError
 from onnx_attr.deeplift.layers import tensor_as_output, tensor_values, tensors_as_inputs
-from onnx_attr.methods._inputs import prepare
-from onnx_attr.methods.base import AttributionMethod, output_report
+from onnx_attr.importing.batch import probe
+from onnx_attr.importing.rows import path_runs, rows_back, rows_first
+from onnx_attr.methods._inputs import check_batched, example_count, prepare
+from onnx_attr.methods.base import AttributionMethod, make_targets, output_report
 from onnx_attr.methods.deeplift import DeepLift, DeepLiftShap, method_report
 from onnx_attr.methods.gradient import GradientShap, IntegratedGradients, Saliency, _repeat_rows, integration_rule
 from onnx_attr.methods.noise_tunnel import _repeat_target
@@ -51,15 +53,24 @@ class LayerMethod(AttributionMethod):
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
+        self.n = example_count(self.model, prepared)
+        check_batched(self.model, prepared, self.n)
+        self.layer_axes = self._layer_axes(prepared)
         h = tensor_values(self.model, self.layers, prepared.tensors)
         h0 = tensor_values(self.model, self.layers, prepared.baselines)
         return prepared, h, h0, tensors_as_inputs(self.model, self.layers, h)
 
+    def _layer_axes(self, prepared) -> list[Optional[int]]:
+        return layer_axes(self.model, self.layers, prepared, self.__dict__.setdefault("_cuts", {}))
+
     def _layer_gradients(self, cut, h: Sequence[Tensor], tensors: Sequence[Tensor], targets, index: int,
-                         internal_batch_size: Optional[int] = None) -> tuple[list[Tensor], Tensor]:
-        """d out[target] / d layer at layer values h (the inputs `tensors` feeding the bypasses)."""
+                         internal_batch_size: Optional[int] = None,
+                         axes: Optional[Sequence[Optional[int]]] = None) -> tuple[list[Tensor], Tensor]:
+        """d out[target] / d layer at layer values h (the inputs `tensors` feeding the bypasses, on
+        their batch `axes`; the layers on theirs)."""
         attributed = [True] * len(h) + [False] * len(tensors)
-        grads, value = self._gradients_on(cut, [*h, *tensors], attributed, targets, index, internal_batch_size)
+        on = None if axes is None else [*self.layer_axes, *axes]
+        grads, value = self._gradients_on(cut, [*h, *tensors], attributed, targets, index, internal_batch_size, on)
         return grads[:len(h)], value
 
     def _pack(self, per_layer: Sequence[Tensor], as_numpy: bool) -> Any:
@@ -99,6 +110,27 @@ class LayerIntegratedGradients(LayerMethod):
         return (out, delta) if return_convergence_delta else out
 
 
+def neuron_model(model, layer: str):
+    """The model cut after tensor `layer` (its only output), with the examples of `model`: where
+    the full model's rows mix (frames that only look like a batch), the cut one's inputs are one
+    whole example too, though its own rows might not mix (`batch.probe`)."""
+    cut = tensor_as_output(model, layer)
+    cut.__dict__["batch_parent"] = model
+    return cut
+
+
+def layer_axes(model, layers: Sequence[str], prepared, cuts: dict) -> list[Optional[int]]:
+    """Each layer's batch axis on this call (None: one whole example): where the model cut after
+    it doubles its rows (`batch.probe`, with the full model's examples); `cuts` keeps the cut
+    models (and so their probes) between calls."""
+    axes = []
+    for name in layers:
+        if name not in cuts:
+            cuts[name] = neuron_model(model, name)
+        axes.append(probe(cuts[name], prepared.tensors, prepared.axes or [0] * len(prepared.tensors)).outputs[0])
+    return axes
+
+
 class _NeuronMethod(AttributionMethod):
     """A method attributing element `neuron_selector` (an int or a tuple, batch axis excluded, with
     slices or a callable as Captum allows) of hidden tensor `layer` to the inputs: the method
@@ -110,7 +142,7 @@ class _NeuronMethod(AttributionMethod):
     def __init__(self, model, layer: str, **options: Any):
         super().__init__(model)
         self.layer = layer
-        self.inner = self.method(tensor_as_output(model, layer), **options)
+        self.inner = self.method(neuron_model(model, layer), **options)
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -172,8 +204,8 @@ class _LayerGradientMethod(LayerMethod):
                    attribute_to_layer_input: bool):
         prepared, h, _, cut = self._at_layers(inputs, None, additional_forward_args, attribute_to_layer_input)
         index = self._output_index(output)
-        n = h[0].shape[0]
-        grads, _ = self._layer_gradients(cut, h, prepared.tensors, self._targets(target, n), index)
+        grads, _ = self._layer_gradients(cut, h, prepared.tensors, self._targets(target, self.n, prepared, index),
+                                         index, axes=prepared.row_axes())
         self._report({**output_report(self.model, type(self).__name__, index), "layer": self.layer})
         return prepared, h, grads
 
@@ -199,10 +231,11 @@ class LayerGradCam(_LayerGradientMethod):
                   attr_dim_summation: bool = True, *, output: Union[str, int, None] = None):
         prepared, h, grads = self._at_inputs(inputs, target, additional_forward_args, output, attribute_to_layer_input)
         out = []
-        for g, v in zip(grads, h):
+        for g, v, axis in zip(grads, h, self.layer_axes):  # channels and space counted after the batch axis
+            g, v = rows_first(g, axis), rows_first(v, axis)
             weights = g.mean(dim=tuple(range(2, g.dim())), keepdim=True) if g.dim() > 2 else g
             scaled = (weights * v).sum(1, keepdim=True) if attr_dim_summation else weights * v
-            out.append(torch.relu(scaled) if relu_attributions else scaled)
+            out.append(rows_back(torch.relu(scaled) if relu_attributions else scaled, axis))
         return self._pack(out, prepared.as_numpy)
 
 
@@ -213,17 +246,23 @@ class _LayerPathMethod(LayerMethod):
     def _along_path(self, inputs: Any, baselines: Any, target: Any, additional_forward_args: Any,
                     output: Union[str, int, None], alphas, attribute_to_layer_input: bool,
                     internal_batch_size: Optional[int]):
-        """Per step (K of them): the layers' values and d out / d layer, each [K·N, ...] step-major."""
+        """Per step (K of them): the layers' values and d out / d layer, each [K·N, ...] step-major
+        with the examples on axis 0 (`rows_first`; `rows_back` with `self.layer_axes` undoes it)."""
         prepared, h, h0, _ = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
-        n, k = h[0].shape[0], len(alphas)
-        scaled = [torch.cat([b + float(a) * (t - b) for a in alphas]) if moved and t.is_floating_point()
-                  else _repeat_rows(t, k, n) for t, b, moved in
-                  zip(prepared.tensors, prepared.baselines, prepared.attributed)]
-        values = tensor_values(self.model, self.layers, scaled)
-        cut = tensors_as_inputs(self.model, self.layers, values)
+        n, axes = self.n, prepared.row_axes()
         index = self._output_index(output)
-        targets = self._targets(target, n)
-        grads, _ = self._layer_gradients(cut, values, scaled, targets.repeat(k), index, internal_batch_size)
+        targets = self._targets(target, n, prepared, index)
+        values, grads = [], []
+        runs = path_runs(prepared.tensors, prepared.baselines, prepared.attributed, axes, n, alphas)
+        steps = len(alphas) // len(runs)  # steps per run: all stacked, or one at a time
+        for scaled in runs:
+            at = tensor_values(self.model, self.layers, scaled)
+            cut = tensors_as_inputs(self.model, self.layers, at)
+            g, _ = self._layer_gradients(cut, at, scaled, targets.repeat(steps), index, internal_batch_size, axes)
+            values.append([rows_first(v, a) for v, a in zip(at, self.layer_axes)])
+            grads.append([rows_first(d, a) for d, a in zip(g, self.layer_axes)])
+        values = [torch.cat(parts) for parts in zip(*values)]
+        grads = [torch.cat(parts) for parts in zip(*grads)]
         return prepared, targets, index, values, grads, n
 
 
@@ -237,8 +276,8 @@ class InternalInfluence(_LayerPathMethod):
         points, weights = integration_rule(method, n_steps)
         prepared, _, index, _, grads, n = self._along_path(inputs, baselines, target, additional_forward_args, output,
                                                            points, attribute_to_layer_input, internal_batch_size)
-        out = [sum(float(w) * g[s * n:(s + 1) * n].double() for s, w in enumerate(weights)).to(g.dtype)
-               for g in grads]
+        out = [rows_back(sum(float(w) * g[s * n:(s + 1) * n].double() for s, w in enumerate(weights)).to(g.dtype), a)
+               for g, a in zip(grads, self.layer_axes)]
         self._report({**output_report(self.model, "InternalInfluence", index), "layer": self.layer,
                       "n_steps": n_steps, "rule": method})
         return self._pack(out, prepared.as_numpy)
@@ -260,9 +299,11 @@ class LayerConductance(_LayerPathMethod):
             inputs, baselines, target, additional_forward_args, output, points, attribute_to_layer_input,
             internal_batch_size)
         out = [(g[:-n] * (v[n:] - v[:-n])).reshape(n_steps, n, *v.shape[1:]).sum(0) for g, v in zip(grads, values)]
-        change = (self._value(prepared.tensors, targets, index).double()
-                  - self._value(prepared.baselines, targets, index).double())
+        axes = prepared.row_axes()
+        change = (self._value(prepared.tensors, targets, index, axes=axes).double()
+                  - self._value(prepared.baselines, targets, index, axes=axes).double())
         delta = sum(a.reshape(n, -1).double().sum(1) for a in out) - change
+        out = [rows_back(a, axis) for a, axis in zip(out, self.layer_axes)]
         self._report({**method_report(self.model, "LayerConductance", delta, change, index), "layer": self.layer,
                       "n_steps": n_steps, "rule": method})
         result = self._pack(out, prepared.as_numpy)
@@ -279,28 +320,31 @@ class LayerGradientShap(LayerMethod):
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False,
                   attribute_to_layer_input: bool = False, *, output: Union[str, int, None] = None):
-        from onnx_attr.methods.gradient import draw_shap_samples
+        from onnx_attr.methods.gradient import along, draw_shap_samples, sample_axes
 
-        noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(inputs, baselines, n_samples, stdevs,
-                                                                     "LayerGradientShap")
+        noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(
+            inputs, baselines, n_samples, stdevs, "LayerGradientShap",
+            sample_axes(self, inputs, additional_forward_args))
         prepared, h, h0, _ = self._at_layers(repack(noisy), repack(drawn), additional_forward_args,
                                              attribute_to_layer_input)
-        rows = h[0].shape[0]
-        scaled = [b + alpha.to(t.dtype).reshape(-1, *[1] * (t.dim() - 1)).to(t.device) * (t - b)
-                  if a and t.is_floating_point() else t
-                  for t, b, a in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
+        rows, axes = self.n, prepared.row_axes()
+        scaled = [b + along(alpha.to(t.dtype), t, x).to(t.device) * (t - b) if a and t.is_floating_point() else t
+                  for t, b, a, x in zip(prepared.tensors, prepared.baselines, prepared.attributed, axes)]
         values = tensor_values(self.model, self.layers, scaled)
         index = self._output_index(output)
-        targets = self._targets(_repeat_target(target, n, n_samples), rows)
+        targets = self._targets(_repeat_target(target, n, n_samples), rows, prepared, index)
         grads, _ = self._layer_gradients(tensors_as_inputs(self.model, self.layers, values), values, scaled,
-                                         targets, index)
-        per_row = [g * (v - v0) if self._multiply_by_inputs else g for g, v, v0 in zip(grads, h, h0)]
-        change = (self._value(prepared.tensors, targets, index).double()
-                  - self._value(prepared.baselines, targets, index).double())
-        delta = sum((g * (v - v0)).reshape(rows, -1).double().sum(1) for g, v, v0 in zip(grads, h, h0)) - change
+                                         targets, index, axes=axes)
+        per_row = [rows_first(g * (v - v0) if self._multiply_by_inputs else g, x)
+                   for g, v, v0, x in zip(grads, h, h0, self.layer_axes)]
+        change = (self._value(prepared.tensors, targets, index, axes=axes).double()
+                  - self._value(prepared.baselines, targets, index, axes=axes).double())
+        delta = sum(rows_first(g * (v - v0), x).reshape(rows, -1).double().sum(1)
+                    for g, v, v0, x in zip(grads, h, h0, self.layer_axes)) - change
         self._report({**method_report(self.model, "LayerGradientShap", delta, change, index), "layer": self.layer,
                       "n_samples": n_samples, "warnings": []})  # one random point per row: no vanishing delta
-        out = self._pack([a.reshape(n, n_samples, *a.shape[1:]).mean(1) for a in per_row], as_numpy)
+        out = self._pack([rows_back(a.reshape(n, n_samples, *a.shape[1:]).mean(1), x)
+                          for a, x in zip(per_row, self.layer_axes)], as_numpy)
         return (out, delta) if return_convergence_delta else out
 
 
@@ -322,9 +366,13 @@ class LayerDeepLiftShap(LayerMethod):
     def attribute(self, inputs: Any, baselines: Any, target: Any = None, additional_forward_args: Any = None,
                   return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
                   custom_attribution_func: Any = None, *, output: Union[str, int, None] = None):
-        from onnx_attr.methods.deeplift import _baseline_rows, call_baseline
+        from onnx_attr.methods.deeplift import _baseline_rows, baseline_axes, call_baseline
 
-        rows = _baseline_rows(call_baseline(baselines, inputs)) if baselines is not None else []
+        baselines = call_baseline(baselines, inputs)
+        if baselines is not None:
+            every = {s.name for s in self.model.inputs}
+            axes = baseline_axes(prepare(self.model, inputs, None, additional_forward_args, every), baselines, self.model)
+        rows = _baseline_rows(baselines, axes) if baselines is not None else []
         if not rows:
             raise InputError("LayerDeepLiftShap needs a distribution of baselines (rows on axis 0)")
         sums, deltas, change = None, [], []
@@ -392,7 +440,7 @@ class NeuronConductance(AttributionMethod):
     def __init__(self, model, layer: str, multiply_by_inputs: bool = True):
         super().__init__(model, multiply_by_inputs)
         self.layer = layer
-        self.neuron_model = tensor_as_output(model, layer)
+        self.neuron_model = neuron_model(model, layer)
 
     def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None, n_steps: int = 50, method: str = "riemann_trapezoid",
@@ -401,26 +449,33 @@ class NeuronConductance(AttributionMethod):
         refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
         points, weights = integration_rule(method, n_steps)
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
+        check_batched(self.model, prepared, n)
         index = self._output_index(output)
-        k = len(points)
-        scaled = [torch.cat([b + float(a) * (t - b) for a in points]) if moved else _repeat_rows(t, k, n)
-                  for t, b, moved in zip(prepared.tensors, prepared.baselines, prepared.attributed)]
+        axes = prepared.row_axes()
         through = self.active  # the model, or its embedding view for token ids
-        neuron_model = self.neuron_model if through is self.model else tensor_as_output(through, self.layer)
-        neuron = self._targets(neuron_selector, n).repeat(k)
-        input_grads, _ = self._gradients_on(neuron_model, scaled, prepared.attributed, neuron, 0, internal_batch_size)
-        values = tensor_values(through, [self.layer], scaled)
-        layer_grads, _ = self._gradients_on(tensors_as_inputs(through, [self.layer], values), [*values, *scaled],
-                                            [True] + [False] * len(scaled), self._targets(target, n).repeat(k),
-                                            index, internal_batch_size)
-        at_neuron = neuron.select(layer_grads[0])  # d out / d neuron, one per row
+        cut = self.neuron_model if through is self.model else neuron_model(through, self.layer)
+        layer_axis = probe(cut, prepared.tensors, prepared.axes or [0] * len(prepared.tensors)).outputs[0]
+        runs = path_runs(prepared.tensors, prepared.baselines, prepared.attributed, axes, n, points)
+        steps = len(points) // len(runs)  # steps per run: all stacked, or one at a time
+        neuron = make_targets(neuron_selector, n, layer_axis).repeat(steps)
+        targets = self._targets(target, n, prepared, index).repeat(steps)
+        parts = []
+        for scaled in runs:
+            input_grads, _ = self._gradients_on(cut, scaled, prepared.attributed, neuron, 0, internal_batch_size, axes)
+            values = tensor_values(through, [self.layer], scaled)
+            layer_grads, _ = self._gradients_on(tensors_as_inputs(through, [self.layer], values), [*values, *scaled],
+                                                [True] + [False] * len(scaled), targets, index, internal_batch_size,
+                                                [layer_axis, *axes])
+            at_neuron = neuron.select(layer_grads[0]).double()  # d out / d neuron, one per row
+            grads = [None if g is None else rows_first(g, x).double() for g, x in zip(input_grads, axes)]
+            parts.append([None if g is None else g * at_neuron.reshape(-1, *[1] * (g.dim() - 1)) for g in grads])
         out = []
-        for g, t, b in zip(input_grads, prepared.tensors, prepared.baselines):
-            if g is None:
+        for i, (t, b, x) in enumerate(zip(prepared.tensors, prepared.baselines, axes)):
+            if parts[0][i] is None:
                 out.append(None)
                 continue
-            weighted = g.double() * at_neuron.double().reshape(-1, *[1] * (g.dim() - 1))
-            total = sum(float(w) * weighted[s * n:(s + 1) * n] for s, w in enumerate(weights)).to(g.dtype)
+            weighted = torch.cat([p[i] for p in parts])  # [K·N, ...] step-major, examples on axis 0
+            total = rows_back(sum(float(w) * weighted[s * n:(s + 1) * n] for s, w in enumerate(weights)), x).to(t.dtype)
             out.append(total * (t - b) if self._multiply_by_inputs else total)
         self._report({**output_report(self.model, "NeuronConductance", index), "layer": self.layer,
                       "n_steps": n_steps, "rule": method})

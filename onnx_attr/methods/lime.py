@@ -74,7 +74,8 @@ class _Surrogate(_Perturbation):
         # example by example, as Captum draws; Captum's fit also takes from torch's generator between
         # examples (its DataLoader), so only a batch's first example sees Captum's coalitions
         draws = torch.stack([torch.stack([self._draw(features, s) for s in range(samples)]) for _ in range(n)], 1)
-        targets, index = Targets(target, n), self._output_index(output)
+        index = self._output_index(output)
+        targets = self._targets(target, n, prepared, index)
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
         bar = self._bar(evaluator, [samples], show_progress)
         values, measured = evaluator.evaluate_patterns(samples, lambda start, stop: draws[start:stop], groups,

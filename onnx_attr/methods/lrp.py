@@ -17,9 +17,11 @@ from torch import Tensor
 from onnx_attr.deeplift.engine import Targets
 from onnx_attr.deeplift.rules.lrp import AlphaBeta, Composite, Epsilon, Flat, Gamma, ZBox, ZPlus, composite_of
 from onnx_attr.deeplift.rules.lrp_pass import LRPRewrite, rewrite_for_lrp
-from onnx_attr.methods._inputs import example_count, prepare
+from onnx_attr.importing.rows import rows_first
+from onnx_attr.methods._inputs import check_batched, example_count, prepare
 from onnx_attr.methods.deeplift import _numpy_given, method_report
 from onnx_attr.methods.gradient import _GradientMethod
+from onnx_attr.methods.layer import layer_axes
 
 __all__ = ["AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "LRP", "LayerLRP", "ZBox", "ZPlus"]
 
@@ -57,14 +59,18 @@ class LRP(_GradientMethod):
         return self._rewrites[key]
 
     def _gradients(self, tensors: list[Tensor], attributed: list[bool], targets: Targets, output: int,
-                   internal_batch_size: Optional[int] = None) -> tuple[list[Optional[Tensor]], Tensor]:
+                   internal_batch_size: Optional[int] = None,
+                   axes: Optional[Sequence[Optional[int]]] = None) -> tuple[list[Optional[Tensor]], Tensor]:
         """The relevance of each attributed input (the output's relevance: its target value), in the
-        base's passes (an export's fixed batch, padded)."""
+        base's passes (an export's fixed batch, padded) on each input's batch axis (`axes`)."""
+        on = [0 if t.dim() else None for t in tensors] if axes is None else list(axes)
+
         def run(chunk: list[Tensor], chunk_targets: Targets, kept: int) -> list:
             relevance, value = self._relevance(self.active, chunk, attributed, chunk_targets, output, kept=kept)
-            return [*(r if r is None or not r.dim() or r.shape[0] <= kept else r[:kept] for r in relevance), value]
+            return [*(_kept(r, kept, x) for r, x in zip(relevance, on)), value]
 
-        *relevance, value = self._passes(tensors, targets, run, internal_batch_size)
+        *relevance, value = self._passes(tensors, targets, run, internal_batch_size, on,
+                                         join_axes=[*(x or 0 for x in on), 0])
         return relevance, value
 
     def _relevance(self, model, tensors, attributed, targets, output, layers=(), layer_input=False,
@@ -104,10 +110,13 @@ class LRP(_GradientMethod):
                   output: Union[str, int, None] = None):
         """Captum's call: relevance per input element; with the delta, target output - Σ relevance."""
         prepared, n = self._prepare(inputs, None, additional_forward_args)
+        check_batched(self.model, prepared, n)
         index = self._output_index(output)
-        targets = self._targets(target, n)
-        relevance, value = self._gradients(prepared.tensors, prepared.attributed, targets, index)
-        delta = value.double() - sum(r.reshape(n, -1).double().sum(1) for r in relevance if r is not None)
+        targets = self._targets(target, n, prepared, index)
+        axes = prepared.row_axes()
+        relevance, value = self._gradients(prepared.tensors, prepared.attributed, targets, index, axes=axes)
+        delta = value.double() - sum(rows_first(r, x).reshape(n, -1).double().sum(1)
+                                     for r, x in zip(relevance, axes) if r is not None)
         self._lrp_report("LRP", self.active, delta, value, index, prepared, verbose)
         out = prepared.repack(relevance)
         return (out, delta) if return_convergence_delta else out
@@ -138,18 +147,24 @@ class LayerLRP(LRP):
         """Captum's call; the delta (per layer) is target output - Σ that layer's relevance."""
         prepared = prepare(self.model, inputs, None, additional_forward_args, set(self.embedded_inputs))
         n = example_count(self.model, prepared)
+        check_batched(self.model, prepared, n)
         index = self._output_index(output)
-        targets = self._targets(target, n)
+        targets = self._targets(target, n, prepared, index)
+        axes = prepared.row_axes()
+        # each layer's relevance has the layer's batch axis (the inputs of its node: taken as the same)
+        found_axes = layer_axes(self.model, self.layers, prepared, self.__dict__.setdefault("_cuts", {}))
         parts, value = [], None
-        for layer in self.layers:  # one pass per layer: the taps of one would cut the others' paths
-            def run(chunk: list[Tensor], chunk_targets: Targets, kept: int, layer: str = layer) -> list:
+        for layer, at in zip(self.layers, found_axes):  # one pass per layer: the taps of one would cut the others' paths
+            def run(chunk: list[Tensor], chunk_targets: Targets, kept: int, layer: str = layer, at=at) -> list:
                 found, value = self._relevance(self.model, chunk, prepared.attributed, chunk_targets, index,
                                                (layer,), attribute_to_layer_input, kept=kept)
-                return [*(r if not r.dim() or r.shape[0] <= kept else r[:kept] for r in found), value]
+                return [value, *(_kept(r, kept, at) for r in found)]
 
-            *found, value = self._passes(prepared.tensors, targets, run)  # an export's fixed batch, padded
-            parts.append(found)
-        deltas = [value.double() - sum(r.reshape(n, -1).double().sum(1) for r in part) for part in parts]
+            # an export's fixed batch, padded; the relevance joined over the passes on the layer's axis
+            value, *found = self._passes(prepared.tensors, targets, run, axes=axes, join_axes=[0, at or 0])
+            parts.append((found, at))
+        deltas = [value.double() - sum(_per_example(r, n, at) for r in part) for part, at in parts]
+        parts = [part for part, _ in parts]
         self._lrp_report("LayerLRP", self.model, deltas[0], value, index, prepared, verbose,
                      tapped=((self.layers[0],), attribute_to_layer_input), layers=self.layers,
                      convergence_delta_per_layer=[d.tolist() for d in deltas])
@@ -159,3 +174,17 @@ class LayerLRP(LRP):
         out = results[0] if len(results) == 1 else results
         delta = deltas[0] if len(deltas) == 1 else deltas
         return (out, delta) if return_convergence_delta else out
+
+
+def _kept(r: Optional[Tensor], kept: int, axis: Optional[int]) -> Optional[Tensor]:
+    """Relevance of the rows kept (those padding a fixed batch dropped), on its batch axis."""
+    if r is None or axis is None or r.dim() <= axis or r.shape[axis] <= kept:
+        return r
+    return r.narrow(axis, 0, kept)
+
+
+def _per_example(r: Tensor, n: int, axis: Optional[int]) -> Tensor:
+    """Σ relevance per example, the examples on `axis` (None: the tensor is the one example)."""
+    if axis is None or r.dim() <= axis or r.shape[axis] != n:
+        return r.double().reshape(n, -1).sum(1)
+    return rows_first(r, axis).reshape(n, -1).double().sum(1)

@@ -59,6 +59,7 @@ class MaskedEvaluator:
     per_eval: int = 1
     budget_bytes: int = DEFAULT_BUDGET_BYTES
     bar: Any = None
+    batched: Optional[list] = None  # which inputs hold the rows on axis 0 (default: those with N rows there)
 
     @property
     def n(self) -> int:
@@ -106,7 +107,8 @@ class MaskedEvaluator:
         x = self.tensors[i]
         n = self.n
         if mask is None:  # not perturbed here: repeated per copy when it has the batch, else shared
-            return x.repeat(k, *[1] * (x.dim() - 1)) if x.dim() and x.shape[0] == n else x
+            rows = x.dim() and x.shape[0] == n if self.batched is None else self.batched[i] and x.shape[0] == n
+            return x.repeat(k, *[1] * (x.dim() - 1)) if rows else x
         source = self.baselines[i].unsqueeze(0) if replacement is None else replacement
         mixed = torch.where(mask.to(x.device), source.to(x.device, x.dtype), x.expand(n, *x.shape[1:]).unsqueeze(0))
         return mixed.expand(k, n, *x.shape[1:]).reshape(k * n, *x.shape[1:])

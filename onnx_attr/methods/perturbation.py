@@ -19,7 +19,7 @@ from torch import Tensor
 
 from onnx_attr.deeplift.engine import Targets
 from onnx_attr.errors import InputError
-from onnx_attr.methods._inputs import example_count, prepare
+from onnx_attr.methods._inputs import BatchFirst, batch_first, check_batched, example_count, prepare
 from onnx_attr.methods.gradient import _GradientMethod
 from onnx_attr.methods.masked_eval import DEFAULT_BUDGET_BYTES, MaskedEvaluator, check_per_eval
 
@@ -41,26 +41,41 @@ class _Perturbation(_GradientMethod):
         self.budget_bytes = int(budget_bytes)
 
     def _prepare(self, inputs, baselines, additional_forward_args):
-        """Any dtype may be ablated (ids, flags): no gradient is taken."""
+        """Any dtype may be ablated (ids, flags): no gradient is taken. The copies are built with
+        every batch on axis 0 (`BatchFirst`) and fed back in the model's layout by `_value`."""
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            embedded={s.name for s in self.model.inputs})
-        prepared.input_names = [s.name for s in self.model.inputs]
         n = example_count(self.model, prepared)
-        unbatched = [s.name for s, t, a in zip(self.model.inputs, prepared.tensors, prepared.attributed)
-                     if a and t.shape[0] != n]
-        if unbatched:
-            raise InputError(f"attributed input(s) {unbatched} do not have the batch of {n} on axis 0 that the "
-                             "first has")
+        check_batched(self.model, prepared, n)
+        prepared = batch_first(prepared)
+        prepared.input_names = [s.name for s in self.model.inputs]
+        self._fed = prepared
         return prepared, n
 
     def _value(self, tensors, targets, index) -> Tensor:
+        """out[target] of batch-first rows (see `_prepare`), fed in the model's layout: all rows at
+        once, or one at a time where an attributed input is a whole example without a batch."""
+        fed = getattr(self, "_fed", None)
+        if not isinstance(fed, BatchFirst):
+            return self._run(tensors, targets, index, None)
+        rows = len(targets.rows)
+        runs = fed.feed(tensors, rows)
+        if len(runs) == 1:
+            return self._run(runs[0], targets, index, fed.fed_axes())
+        return torch.cat([self._run(run, targets.chunk(r, r + 1), index, fed.fed_axes())
+                          for r, run in enumerate(runs)])
+
+    def _run(self, tensors, targets, index, axes) -> Tensor:
+        """out[target] of rows in the model's layout, on the module or on onnxruntime."""
         if self.backend == "torch":
-            return super()._value(tensors, targets, index)
+            return super()._value(tensors, targets, index, axes=axes)
         from onnx_attr.importing.verify import run_onnxruntime
 
         n = len(targets.rows)
-        feeds = {spec.name: (t.expand(n, *t.shape[1:]) if t.dim() and t.shape[0] == 1 and n > 1 else t).cpu().numpy()
-                 for spec, t in zip(self.model.inputs, tensors)}
+        axes = axes or [0] * len(tensors)
+        feeds = {spec.name: (t.expand(*t.shape[:a], n, *t.shape[a + 1:]) if a is not None and t.dim() > a
+                             and t.shape[a] == 1 and n > 1 else t).cpu().numpy()
+                 for spec, t, a in zip(self.model.inputs, tensors, axes)}
         name = self.model.outputs[index].name
         out = torch.from_numpy(np.asarray(run_onnxruntime(self.model.reference_model, feeds, [name])[0]))
         return targets.select(out)
@@ -68,7 +83,7 @@ class _Perturbation(_GradientMethod):
     def _evaluator(self, prepared, targets: Targets, index: int, perturbations_per_eval: int) -> MaskedEvaluator:
         return MaskedEvaluator(lambda tensors, rows: self._value(tensors, rows, index), prepared.tensors,
                                prepared.baselines, prepared.attributed, targets, check_per_eval(perturbations_per_eval),
-                               self.budget_bytes)
+                               self.budget_bytes, batched=[f is not None for f in prepared.fed])
 
     def _bar(self, evaluator: MaskedEvaluator, counts: Sequence[int], show_progress: bool, extra: int = 0):
         """The Captum `show_progress` bar on stderr, counting forward passes; set on the evaluator."""
@@ -134,7 +149,8 @@ class FeatureAblation(_Perturbation):
             else:
                 groups = _feature_groups(given, x, self.model.inputs[len(masks)].name)
                 masks.append([groups == g for g in torch.unique(groups)])
-        attributions = self._ablate(prepared, masks, Targets(target, n), self._output_index(output),
+        index = self._output_index(output)
+        attributions = self._ablate(prepared, masks, self._targets(target, n, prepared, index), index,
                                     perturbations_per_eval, show_progress)
         return prepared.repack(attributions)
 
@@ -153,7 +169,8 @@ class Occlusion(_Perturbation):
         masks: list[list[Tensor]] = [[] for _ in prepared.tensors]
         for i, window, stride in zip(chosen, shapes, steps):
             masks[i] = _windows(tuple(prepared.tensors[i].shape[1:]), window, stride)
-        attributions = self._ablate(prepared, masks, Targets(target, n), self._output_index(output),
+        index = self._output_index(output)
+        attributions = self._ablate(prepared, masks, self._targets(target, n, prepared, index), index,
                                     perturbations_per_eval, show_progress)
         return prepared.repack(attributions)
 
@@ -212,7 +229,7 @@ def _per_input(value: Any, prepared) -> list:
                          "input, in the inputs' order")
     out: list = [None] * len(prepared.tensors)
     for i, item in zip(attributed, items):
-        out[i] = item
+        out[i] = _moved(prepared, i, item)
     return out
 
 
@@ -221,8 +238,15 @@ def _by_name(value: Mapping, prepared) -> list:
     for key, item in value.items():
         if key not in prepared.input_names:
             raise InputError(f"feature mask for unknown input {key!r}; the model's inputs are {prepared.input_names}")
-        out[prepared.input_names.index(key)] = item
+        i = prepared.input_names.index(key)
+        out[i] = _moved(prepared, i, item)
     return out
+
+
+def _moved(prepared, i: int, value: Any) -> Any:
+    """A per-input array (a feature mask) given in the input's own layout, as the batch-first
+    copies are laid out."""
+    return prepared.moved(i, value) if isinstance(prepared, BatchFirst) else value
 
 
 def _is_shape(value: Any) -> bool:
@@ -279,7 +303,8 @@ class FeaturePermutation(_Perturbation):
         order, inputs_of = _appearance(groups)
         per_eval = check_per_eval(perturbations_per_eval)
         perms = _permutations(order, inputs_of, len(groups), n, per_eval)
-        targets, index = Targets(target, n), self._output_index(output)
+        index = self._output_index(output)
+        targets = self._targets(target, n, prepared, index)
         evaluator = self._evaluator(prepared, targets, index, per_eval)
         bar = self._bar(evaluator, [len(order)], show_progress, extra=1)
         original = self._value(prepared.tensors, targets, index).double()

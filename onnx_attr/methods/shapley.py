@@ -38,7 +38,8 @@ class _FeatureValues(_Perturbation):
                    perturbations_per_eval: int, show_progress: bool, output: Union[str, int, None], **options: Any):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         groups, features = feature_ids(feature_mask, prepared, _by_name)
-        targets, index = Targets(target, n), self._output_index(output)
+        index = self._output_index(output)
+        targets = self._targets(target, n, prepared, index)
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
         phi, reference = self._feature_values(evaluator, groups, features, show_progress, **options)
         attributions = [None if g is None else spread(phi, g, n).to(_attribution_dtype(x, reference))
