@@ -225,11 +225,12 @@ def two_node_cluster(args, source: Path, out: Path, model: Path) -> tuple[bool, 
     nodes = [subprocess.Popen([ray, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
     try:
-        if _wait_for_nodes(address, 1, 90, env) != 1:
-            return False, "the head node did not come up within 90 s"
+        alive, why = _wait_for_nodes(address, 1, 180, env)
+        if alive != 1:
+            return False, f"the head node did not come up within 180 s ({why})"
         nodes.append(subprocess.Popen([ray, "start", f"--address={address}", *common], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
-        alive = _wait_for_nodes(address, 2, 90, env)
+        alive, why = _wait_for_nodes(address, 2, 180, env)
         up = time.monotonic() - started
         began = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "onnx_attr.cli", "-q", "dataset", str(model), "-i", str(source),
@@ -240,7 +241,8 @@ def two_node_cluster(args, source: Path, out: Path, model: Path) -> tuple[bool, 
         wall = time.monotonic() - began
         if done.returncode != 0:
             return False, f"FAILED (exit {done.returncode}): {done.stderr.strip()[-500:]}"
-        return alive == 2, (f"{alive} nodes alive ({up:.1f} s to start both); the CLI with --address completed in "
+        return alive == 2, (f"{alive} nodes alive ({up:.1f} s to start both{'' if alive == 2 else '; ' + why}); the "
+                            f"CLI with --address completed in "
                             f"{wall:.1f} s ({args.rows / wall:.1f} rows/s, its start included)")
     finally:
         for node in reversed(nodes):  # `ray start --block` stops its node's processes when it ends
@@ -264,7 +266,8 @@ def _forget_cluster(address: str) -> None:
         pass
 
 
-def _wait_for_nodes(address: str, count: int, timeout: float, env: dict) -> int:
+def _wait_for_nodes(address: str, count: int, timeout: float, env: dict) -> tuple[int, str]:
+    """The nodes alive once `count` are (or at `timeout`), and the last line a failure printed."""
     code = ("import ray, sys, time\n"
             f"deadline = time.time() + {timeout}\n"
             "while True:\n"
@@ -279,8 +282,10 @@ def _wait_for_nodes(address: str, count: int, timeout: float, env: dict) -> int:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout + 60,
                               env=env)
     except subprocess.TimeoutExpired:
-        return 0
-    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else 0
+        return 0, "timed out"
+    if done.returncode == 0 and done.stdout.strip():
+        return int(done.stdout.strip().splitlines()[-1]), ""
+    return 0, (done.stderr.strip().splitlines() or ["no output"])[-1][-300:]
 
 
 # -- the report ------------------------------------------------------------------------------------------------------
