@@ -179,16 +179,18 @@ def test_manifest_hash_ignores_how_the_run_was_scheduled():
     assert manifest_hash(base) != manifest_hash({**base, "method": "integratedgradients"})
 
 
-#: Runs the CLI with a pause after each commit, so that the test can kill it between shards.
+#: Runs the CLI with a pause after each shard's commit, so that the test can kill it (or a Ray worker)
+#: between shards. The worker class is defined here, in __main__, so that Ray ships it to its workers
+#: by value: a patch of the module would stay in the driver.
 _SLOW_CLI = """
-import sys, time
+import os, sys, time
 import onnx_attr.app.dataset_job as job
-commit = job.commit_shard
-def slow(*args, **kwargs):
-    path = commit(*args, **kwargs)
-    time.sleep(0.4)
-    return path
-job.commit_shard = slow
+class SlowWorker(job.ShardWorker):
+    def run(self, index):
+        done = super().run(index)
+        time.sleep(float(os.environ.get("PAUSE_AFTER_SHARD", "0.4")))
+        return done
+job.ShardWorker = SlowWorker
 from onnx_attr.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -324,7 +326,7 @@ def test_a_ray_worker_killed_midway_leaves_every_row_once(tmp_path, features):
     out = tmp_path / "ray"
     args = ["dataset", str(MLP), "-i", str(tmp_path / "rows.npz"), "-o", str(out), "--shard-rows", "50",
             "--batch-size", "50", "-q", "--engine", "ray", "--workers", "2", "--cpus-per-worker", "0.5"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PAUSE_AFTER_SHARD": "1.5"}  # seconds to find a worker in
     driver = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, *args], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline, killed = time.monotonic() + 240, None
