@@ -45,6 +45,8 @@ class _PathPoints(IntegratedGradients):
             raise InputError(f"internal_batch_size must be a positive int, got {internal_batch_size!r}")
         self.rows_per_pass = internal_batch_size
         p = self.prepared
+        # a declared fixed batch the probe ran doubled is not binding: the rows go in large passes (as IG's)
+        self.single_pass = p.layout is not None and p.layout.doubles
         self.diffs = [None if not a else t - b for t, b, a in zip(p.tensors, p.baselines, p.attributed)]
         if ends:
             self.f = self._value(p.tensors, self.targets, self.index).double().cpu()
@@ -80,7 +82,8 @@ class _PathPoints(IntegratedGradients):
         p = self.prepared
         for s, e in self._chunks(len(examples)):
             tensors, targets = self._points(examples[s:e], alphas[s:e])
-            grads, values = self._gradients(tensors, p.attributed, targets, self.index)
+            grads, values = self._gradients(tensors, p.attributed, targets, self.index,
+                                            single_pass=self.single_pass)
             slope = torch.zeros(e - s, dtype=torch.float64)
             for i, g in enumerate(grads):
                 if g is not None:
