@@ -1,15 +1,20 @@
 """Each attribution method's time as a ratio to one plain forward+backward of the same batch, ours
 beside Captum's on the same imported module; then IG's convergence at batch 2: Captum's IG at
 8/16/32/64 Gauss-Legendre steps against AdaptiveIntegratedGradients and SplitIntegratedGradients
-(time and largest relative delta |Σφ − Δf| / |Δf|; for Split IG, Δf up to its split point).
+(time and largest relative delta |Σφ − Δf| / |Δf|; for Split IG, Δf up to its split point), at
+each size of --ig-sizes, beside a many-step trapezoid reference that shows how many steps the path
+really needs (a random-initialised resnet18's path derivative is rough: a step function with
+hundreds of ReLU switches between neighbouring steps, so every quadrature's error falls only
+about as 1/steps there, wherever the steps are placed).
 
-    python benchmarks/methods.py [--device cuda] [--batch 16] [--size 32]
+    python benchmarks/methods.py [--device cuda] [--batch 16] [--size 32] [--ig-sizes 32,96] [--ig-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -30,10 +35,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ig-sizes", default=None, help="image sizes of the IG convergence table (default: --size)")
+    parser.add_argument("--ig-repeats", type=int, default=None, help="timing repeats there (default: --repeats)")
+    parser.add_argument("--reference-steps", type=int, default=512,
+                        help="trapezoid steps of the reference IG row (0: none)")
+    parser.add_argument("--ig-only", action="store_true", help="only the IG convergence table")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if not args.ig_only:
+        ratios(args, device)
+    for size in [int(s) for s in (args.ig_sizes or str(args.size)).split(",")]:
+        model, shape = load(args.model, size)
+        model.to(device)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(args.batch, *shape, generator=gen).to(device)[:2]  # the same rows as the ratio table's
+        base = torch.zeros(1, *shape, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            convergence(model, model.module, x, base, 1, device, args.ig_repeats or args.repeats,
+                        args.reference_steps, f"{args.model} {size}x{size}")
+
+
+def ratios(args, device: torch.device) -> None:
+    """Each method's time over one plain forward+backward, ours and Captum's."""
     import captum.attr as captum
 
-    device = torch.device(args.device)
     model, shape = load(args.model, args.size)
     model.to(device)
     module = model.module
@@ -115,7 +141,6 @@ def main() -> None:
         for name, _, theirs in cases:
             other = "—" if theirs is None else f"{times[f'captum {name}'] / base_time:.2f}"
             print(f"{name:<24}{times[f'ours {name}'] / base_time:>8.2f}{other:>9}")
-        convergence(model, module, small, base, target, device, args.repeats)
 
 
 def _patches(shape, per_side: int) -> torch.Tensor:
@@ -126,13 +151,14 @@ def _patches(shape, per_side: int) -> torch.Tensor:
     return (rows[:, None] * per_side + cols[None, :]).expand(1, shape[0], h, w).contiguous()
 
 
-def convergence(model, module, x, base, target, device, repeats) -> None:
+def convergence(model, module, x, base, target, device, repeats: int, reference_steps: int, title: str) -> None:
     """Issue 20's IG figure: time and largest relative delta of Captum's IG at 8/16/32/64 GL steps
-    against the adaptive and split variants, on the same batch."""
+    against the adaptive and split variants on the same batch, then our IG at `reference_steps`
+    trapezoid steps (timed once) and, for the adaptive run, its error bound Σ|local delta| / |Δf|."""
     import captum.attr as captum
 
     with torch.no_grad():
-        change = (module(x)[:, target] - module(base.expand_as(x))[:, target]).double()
+        change = (module(x)[:, target] - module(base.expand_as(x))[:, target]).double().cpu()
     results = {}
 
     def captum_ig(steps):
@@ -155,15 +181,27 @@ def convergence(model, module, x, base, target, device, repeats) -> None:
     fns = {**{f"Captum IG ({s} GL)": captum_ig(s) for s in (8, 16, 32, 64)},
            "AdaptiveIG (≤64 points)": ours_adaptive, "SplitIG (64 GL)": ours_split}
     times = timed(fns, device, repeats)
+    if reference_steps:
+        name = f"IG ({reference_steps} trapezoid)"
+        start = time.perf_counter()
+        results[name] = onnx_attr.IntegratedGradients(model).attribute(
+            x, base, target=target, n_steps=reference_steps, method="riemann_trapezoid", internal_batch_size=128,
+            return_convergence_delta=True)[1]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times[name] = time.perf_counter() - start
     covered = {"SplitIG (64 GL)": torch.tensor(split.last_report["integrated_change"], dtype=torch.float64)}
-    print(f"\nIG convergence, batch {len(x)}: seconds (median of {repeats}) and largest relative delta")
-    for name in fns:
+    print(f"\nIG convergence, {title}, batch {len(x)}, device {device}: seconds (median of {repeats}; the "
+          "reference timed once), ratio to Captum's 64 GL steps, largest relative delta")
+    for name in times:
         delta = results[name].double().cpu()
-        relative = (delta.abs() / covered.get(name, change).abs().cpu()).max().item()
-        print(f"{name:<26}{times[name]:>8.3f} s{relative:>11.2e}")
-    print(f"Adaptive IG gradient points per example {adaptive.last_report['gradient_points']}, rounds "
-          f"{adaptive.last_report['rounds']}; Split IG split points "
+        relative = (delta.abs() / covered.get(name, change).abs()).max().item()
+        print(f"{name:<26}{times[name]:>8.3f} s{times[name] / times['Captum IG (64 GL)']:>7.2f}x{relative:>11.2e}")
+    report = adaptive.last_report
+    print(f"Adaptive IG: gradient points per example {report['gradient_points']}, rounds {report['rounds']}, "
+          f"error bound Σ|local delta| / |Δf| {[f'{b:.2e}' for b in report['error_bound']]}; Split IG split points "
           f"{[round(a, 3) for a in split.last_report['split_points']]}")
+
 
 if __name__ == "__main__":
     main()

@@ -52,6 +52,8 @@ class _PathPoints(IntegratedGradients):
         self.axes = p.row_axes()
         alone = any(x is None for x, a in zip(self.axes, p.attributed) if a)
         self.rows_per_pass = 1 if alone else internal_batch_size
+        # a declared fixed batch the probe ran doubled is not binding: the rows go in large passes (as IG's)
+        self.single_pass = not alone and p.layout is not None and p.layout.doubles
         self.diffs = [None if not a else t - b for t, b, a in zip(p.tensors, p.baselines, p.attributed)]
         if ends:
             self.f = self._value(p.tensors, self.targets, self.index, axes=self.axes).double().cpu()
@@ -90,7 +92,8 @@ class _PathPoints(IntegratedGradients):
         p = self.prepared
         for s, e in self._chunks(len(examples)):
             tensors, targets = self._points(examples[s:e], alphas[s:e])
-            grads, values = self._gradients(tensors, p.attributed, targets, self.index, axes=self.axes)
+            grads, values = self._gradients(tensors, p.attributed, targets, self.index, axes=self.axes,
+                                            single_pass=self.single_pass)
             grads = [None if g is None else _bf(g, x) for g, x in zip(grads, self.axes)]
             slope = torch.zeros(e - s, dtype=torch.float64)
             for i, g in enumerate(grads):
@@ -141,13 +144,12 @@ class SplitIntegratedGradients(_PathPoints):
         if not isinstance(scan_steps, (int, np.integer)) or scan_steps < 1:
             raise InputError(f"scan_steps must be a positive int, got {scan_steps!r}")
         points, weights = integration_rule(method, n_steps)
-        self._start(inputs, baselines, target, additional_forward_args, output, internal_batch_size)
+        self._start(inputs, baselines, target, additional_forward_args, output, internal_batch_size, ends=False)
         n = self.n
         grid = torch.linspace(0, 1, scan_steps + 1, dtype=torch.float64)
-        inner = grid[1:-1]
-        examples = torch.arange(n).repeat_interleave(len(inner))
-        scanned = self._values_at(examples, inner.repeat(n)).reshape(n, len(inner))
-        path = torch.cat([self.f0.unsqueeze(1), scanned, self.f.unsqueeze(1)], 1)  # [N, scan+1]
+        examples = torch.arange(n).repeat_interleave(len(grid))
+        path = self._values_at(examples, grid.repeat(n)).reshape(n, len(grid))  # the ends too, in the same pass
+        self.f0, self.f = path[:, 0], path[:, -1]
         split = _first_reaching(path - self.f0.unsqueeze(1), split_fraction * (self.f - self.f0), grid)
         rows = torch.arange(n).repeat_interleave(n_steps)
         alphas = split.repeat_interleave(n_steps) * torch.as_tensor(points).repeat(n)
@@ -195,7 +197,10 @@ class AdaptiveIntegratedGradients(_PathPoints):
     completeness check Σ(x−x0)·∫∇f = f(x_b) − f(x_a) fails most, until Σ|local delta| ≤
     `tolerance`·|f(x) − f(x0)| or `n_steps` gradient points per example are spent (`initial`
     equal intervals to start, fewer when their 2·initial + 1 points exceed `n_steps`, so any budget
-    of 3 or more runs). `last_report` has the points used and the intervals per example."""
+    of 3 or more runs). `last_report` has the points used, the intervals and the error bound
+    Σ|local delta| / |f(x) − f(x0)| per example (the delta itself can be smaller by cancellation:
+    on a rough path, a step function of many ReLU switches, a small delta at few points is luck,
+    and the bound says so)."""
 
     #: each round halves the worst intervals until they hold this share of Σ|local delta|: higher
     #: means fewer rounds (larger batches), lower means points spent more selectively
@@ -217,7 +222,7 @@ class AdaptiveIntegratedGradients(_PathPoints):
         points: list = [{} for _ in range(n)]  # α -> (∇f per input, f, path derivative)
         intervals = [[(k / initial, (k + 1) / initial) for k in range(initial)] for _ in range(n)]
         todo = [[k / initial for k in range(initial + 1)] + [(a + b) / 2 for a, b in intervals[0]] for _ in range(n)]
-        rounds = 0
+        rounds, bound = 0, [0.0] * n
         while any(todo):
             rounds += 1
             self._measure(todo, points)
@@ -226,7 +231,9 @@ class AdaptiveIntegratedGradients(_PathPoints):
                 pts = points[e]
                 local = {iv: _simpson(iv, pts, 2) - (pts[iv[1]][1] - pts[iv[0]][1]) for iv in intervals[e]}
                 total = sum(abs(v) for v in local.values())
-                if total <= tolerance * max(abs(pts[1.0][1] - pts[0.0][1]), 1e-30):
+                change = max(abs(pts[1.0][1] - pts[0.0][1]), 1e-30)
+                bound[e] = total / change
+                if total <= tolerance * change:
                     continue
                 share, planned = 0.0, len(pts)
                 for iv in sorted(local, key=lambda iv: -abs(local[iv])):  # halve the worst first
@@ -245,7 +252,7 @@ class AdaptiveIntegratedGradients(_PathPoints):
                                                        for e in range(n)])
                        for i, a in enumerate(self.prepared.attributed)]
         extra = {"n_steps": n_steps, "tolerance": tolerance, "initial": initial, "gradient_points": [len(p) for p in points],
-                 "rounds": rounds, "intervals": [sorted(ivs) for ivs in intervals]}
+                 "rounds": rounds, "intervals": [sorted(ivs) for ivs in intervals], "error_bound": bound}
         return self._finish(per_example, self.f - self.f0, "AdaptiveIntegratedGradients", extra,
                             return_convergence_delta)
 
