@@ -7,7 +7,9 @@ ppocr_rec, dddd_ocr_quant), in a fresh process each: the import of onnx_attr's c
 onnx, onnx2torch), `onnx_attr.load`, `verify`, the first DeepLift call (rewrite + reference pass
 + attribution) and a second one (steady state), and a plain forward plus input gradient (the best
 of two) as the yardstick. The targets of issue 18 §7: load + verify ≤ 30 s, first call ≤ 2×
-the second, the second ≤ 1.5× the forward + gradient. The machine's load average is printed with
+the second, the second ≤ 1.5× the forward + gradient. Then the cost of the wide (float64) multipliers: the
+seconds inside the widening rules' backward in a steady call, as they are and computed in float32
+(with that call's relative delta). The machine's load average is printed with
 the table: timings on a shared machine are pessimistic. `--profile DIR` writes a cProfile of each
 first DeepLift call there.
 """
@@ -38,6 +40,7 @@ def measure(name: str, profile_dir: str | None) -> dict:
 
     import onnx_attr
     import onnx_attr.importing.convert  # noqa: F401  (torch, onnx, onnx2torch)
+    from onnx_attr.importing.batch import output_axis
     times["import"] = time.perf_counter() - start
     spec = next(s for s in real_exports.SPECS if s.name == name)
     path = next((real_exports.CACHE / "models").glob(f"*/{spec.path}"))
@@ -53,6 +56,11 @@ def measure(name: str, profile_dir: str | None) -> dict:
         first = model.run(inputs)[0][0]
         target = int(first.reshape(-1, first.shape[-1])[0].argmax())
         target = target if first.dim() == 1 else (*[0] * (first.dim() - 1), target)
+    pick = (0, *target) if isinstance(target, tuple) else (0, target)  # the yardstick's value, below
+    tensors = [torch.from_numpy(v) for v in inputs.values()]
+    if output_axis(model, tensors, 0) is None:  # the probe finds the rows mix (a batch baked in): one example
+        target = pick
+    model.__dict__.pop("_batch_layouts", None)  # the first call below probes for itself, as a user's would
     method = onnx_attr.DeepLift(model)
     profiler = None
     if profile_dir:
@@ -70,7 +78,6 @@ def measure(name: str, profile_dir: str | None) -> dict:
     method.attribute(inputs, target=target, return_convergence_delta=True)
     times["deeplift_second"] = time.perf_counter() - start
     times["delta"] = float(method.last_report["max_relative_delta"])
-    pick = (0, *target) if isinstance(target, tuple) else (0, target)
     best = float("inf")
     for _ in range(2):
         live = [torch.from_numpy(v).requires_grad_(v.dtype.kind == "f") for v in inputs.values()]
@@ -81,7 +88,48 @@ def measure(name: str, profile_dir: str | None) -> dict:
         best = min(best, time.perf_counter() - start)
     times["forward_grad"] = best
     times["nodes"] = len(model.onnx_model.graph.node)
+    times.update(wide_cost(method, inputs, target))
     return times
+
+
+def wide_cost(method, inputs, target) -> dict:
+    """What the wide multipliers (float64, issue 16) cost in a steady-state call: the seconds spent in
+    the backward of the rules that widen, once as they are and once with widening off (same nodes,
+    float32 arithmetic), plus how many nodes have such a rule and the call's delta without it."""
+    from onnx_attr.deeplift.rules import RULES
+    from onnx_attr.deeplift.rules.base import DecomposedRule
+
+    widening = {type(r) for r in RULES.values() if getattr(r, "wide", False)}
+    nodes = sum(type(RULES.get(op)) in widening for _, op, _ in method.engine.rewrite.rewritten)
+    spent = [0.0]
+    backward = DecomposedRule.backward
+
+    def timed(self, *args, **kwargs):
+        if type(self) not in widening:
+            return backward(self, *args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return backward(self, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    figures = {"wide_nodes": nodes, "wide_s": 0.0, "narrow_s": 0.0, "narrow_delta": float("nan")}
+    if not nodes:
+        return figures
+    DecomposedRule.backward = timed
+    try:
+        for label in ("wide", "narrow"):
+            for cls in widening:
+                cls.wide = label == "wide"
+            spent[0] = 0.0
+            method.attribute(inputs, target=target, return_convergence_delta=True)
+            figures[f"{label}_s"] = spent[0]
+            figures[f"{label}_delta"] = float(method.last_report["max_relative_delta"])
+    finally:
+        DecomposedRule.backward = backward
+        for cls in widening:
+            cls.wide = True
+    return figures
 
 
 def main() -> None:
@@ -96,8 +144,8 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(DEFAULT)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print("| model | nodes | import | load | verify | load+verify | DeepLift 1st | 2nd | fwd+grad | 1st/2nd | "
-          "2nd/fwd+grad | rel. δ |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "2nd/fwd+grad | rel. δ | wide nodes | their backward: float64 / float32 (δ) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         command = [sys.executable, __file__, "--worker", name] + (["--profile", args.profile] if args.profile else [])
         done = subprocess.run(command, capture_output=True, text=True)
@@ -108,7 +156,8 @@ def main() -> None:
         print(f"| {name} | {t['nodes']} | {t['import']:.1f} | {t['load']:.1f} | {t['verify']:.1f}"
               f"{'' if t['verified'] else ' (FAIL)'} | {t['load'] + t['verify']:.1f} | {t['deeplift_first']:.1f} | "
               f"{t['deeplift_second']:.1f} | {t['forward_grad']:.1f} | {t['deeplift_first'] / t['deeplift_second']:.2f} | "
-              f"{t['deeplift_second'] / t['forward_grad']:.2f} | {t['delta']:.0e} |", flush=True)
+              f"{t['deeplift_second'] / t['forward_grad']:.2f} | {t['delta']:.0e} | {t['wide_nodes']} | "
+              f"{t['wide_s']:.2f} / {t['narrow_s']:.2f} s ({t['narrow_delta']:.0e}) |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

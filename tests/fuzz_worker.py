@@ -457,7 +457,8 @@ def warm(seeds: list[bytes]) -> None:
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(4)
-    for name in ("loader", "methods", "verify", "engine", "inputs", "rewrite", "converters"):
+    for name in ("importing.loader", "methods", "importing.verify", "deeplift.engine", "importing.inputs",
+                 "deeplift.rewrite", "importing.converters"):
         importlib.import_module(f"onnx_attr.{name}")
     exercise(seeds[0], 0)
 

@@ -20,14 +20,20 @@ import torch
 from torch import Tensor
 
 
-def secant_tolerance(x: Tensor, x0: Tensor) -> Tensor:
+def secant_tolerance(x: Tensor, x0: Tensor, memo: dict | None = None) -> Tensor:
     """Below this |x - x0|, the secant loses to rounding and the gradient is used.
 
     One threshold per tensor, relative to its largest magnitude: a reduction, not a handful of
-    elementwise passes, on the hot path of every nonlinearity.
+    elementwise passes, on the hot path of every nonlinearity (the reference's, once per
+    reference when the caller keeps a memo).
     """
     eps = torch.finfo(x.dtype).eps
-    scale = torch.maximum(_max_abs(x.detach()), _max_abs(x0.detach()))
+    scale0 = None if memo is None else memo.get("scale")
+    if scale0 is None:
+        scale0 = _max_abs(x0.detach())
+        if memo is not None:
+            memo["scale"] = scale0
+    scale = torch.maximum(_max_abs(x.detach()), scale0)
     return scale * (64 * eps) + torch.finfo(x.dtype).tiny
 
 
@@ -80,18 +86,25 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
         if sync_free(m) or bool(torch.isnan(m.sum())):
             return fill_nan(m, _slope_at_reference(f, x0, memo))
         return m
-    close = dx.abs().le_(secant_tolerance(x, x0)).bool()
-    m = (y - y0).div_(dx.masked_fill(close, 1.0))
-    if not sync_free(m):  # on CPU: look first, and take gradients on the close elements alone
-        if not bool(close.any()):
+    tolerance = secant_tolerance(x, x0, memo)
+    if elementwise and not sync_free(dx) and y.shape == x.shape == dx.shape:
+        # on CPU: the secant everywhere, then the few close elements (found once, from dx's own
+        # storage, no mask) replaced, their gradients taken on those elements alone
+        m = (y - y0).div_(dx)
+        where = dx.abs_().le_(tolerance).reshape(-1).nonzero().squeeze(1)
+        if where.numel() == 0:
             return m
-        if elementwise and m.shape == x.shape:
-            xs = x.detach()[close]
-            with torch.enable_grad():
-                xg = xs.clone().requires_grad_(True)
-                (grad,) = torch.autograd.grad(f(xg).sum(), xg)
-            settled = settle_close(grad, xs, x0.expand_as(x)[close], y.detach()[close], y0.expand_as(y)[close])
-            return m.masked_scatter(close, settled)
+        at = lambda t: torch.take(t.detach().expand_as(x), where)  # noqa: E731
+        xs = at(x)
+        with torch.enable_grad():
+            xg = xs.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(f(xg).sum(), xg)
+        settled = settle_close(grad, xs, at(x0), at(y), at(y0))
+        return m.reshape(-1).index_copy_(0, where, settled).view_as(m)
+    close = dx.abs().le_(tolerance).bool()
+    m = (y - y0).div_(dx.masked_fill(close, 1.0))
+    if not sync_free(m) and not bool(close.any()):  # on CPU: look first
+        return m
     return torch.where(close, settle_close(_slope(f, x), x, x0, y, y0), m)
 
 
@@ -186,17 +199,43 @@ class _Product(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         a, a0, b, b0 = ctx.saved_tensors
-        if ctx.ordered:  # change a at the smaller |b|, then b at the other side's a (see scaled_product)
-            first = b.abs() <= b0.abs()
-            a_mid, b_mid = torch.where(first, a0, a), torch.where(first, b, b0)
-        else:
-            a_mid, b_mid = (a + a0) / 2, (b + b0) / 2
-        with torch.enable_grad():
-            ag = a.detach().requires_grad_(True)
-            bg = b.detach().requires_grad_(True)
-            (grad_a,) = torch.autograd.grad(ctx.fn(ag, b_mid), ag, grad)
-            (grad_b,) = torch.autograd.grad(ctx.fn(a_mid, bg), bg, grad)
+        grad_a, grad_b = product_multipliers(ctx.fn, a, a0, b, b0, grad, ctx.ordered)
         return grad_a, None, grad_b, None, None, None
+
+
+def product_multipliers(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Tensor, b0: Tensor,
+                        grad: Tensor, ordered: bool = False) -> tuple[Tensor, Tensor]:
+    """The product rule's backward: grad through fn(·, b̄) to a and through fn(ā, ·) to b.
+
+    fn is bilinear, so each is linear in grad at a fixed other side: for `torch.mul` (Mul, gates,
+    squares) in closed form, grad·b̄ and grad·ā summed to each operand's shape, which is what
+    autograd's own Mul backward computes, without building a graph per node per call; any other
+    fn through autograd. `ordered`: change a at the smaller |b|, then b at the other side's a (see
+    `scaled_product`); else Shapley's midpoints."""
+    if ordered:
+        first = b.abs() <= b0.abs()
+        a_mid, b_mid = torch.where(first, a0, a), torch.where(first, b, b0)
+    else:
+        a_mid, b_mid = (a + a0).div_(2), (b + b0).div_(2)
+    if fn is torch.mul:
+        return _sum_to(b_mid.mul_(grad) if _owns(b_mid, grad) else grad * b_mid, a), \
+            _sum_to(a_mid.mul_(grad) if _owns(a_mid, grad) else grad * a_mid, b)
+    with torch.enable_grad():
+        ag = a.detach().requires_grad_(True)
+        bg = b.detach().requires_grad_(True)
+        (grad_a,) = torch.autograd.grad(fn(ag, b_mid), ag, grad)
+        (grad_b,) = torch.autograd.grad(fn(a_mid, bg), bg, grad)
+    return grad_a, grad_b
+
+
+def _owns(mid: Tensor, grad: Tensor) -> bool:
+    """Whether grad·mid may be written into mid: a fresh temporary of the product's shape and dtype."""
+    return mid.shape == grad.shape and mid.dtype == grad.dtype
+
+
+def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
+    """A broadcast product's gradient summed back to the operand's shape, as autograd does."""
+    return grad if grad.shape == like.shape else grad.sum_to_size(like.shape)
 
 
 def product(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Tensor, b0: Tensor

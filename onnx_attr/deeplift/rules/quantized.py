@@ -168,3 +168,26 @@ class QuantizedBlockRule(DecomposedRule):
         block = call.module
         x = args[0]
         return credited(block, lambda v: block.linear(v, x.detach()), x, refs[0], 0)
+
+    def backward(self, info, call, grad, args, out, refs, ref_out):
+        """`decompose`'s multipliers in closed form: the block's outputs at x and at the reference are
+        the ones the two passes computed (not run again), autograd only through the linear map."""
+        block, x = call.module, args[0].detach()
+        x0 = refs[0].expand_as(x)  # a shared (batch-1) reference, as `decompose` sees it
+        with torch.enable_grad():
+            live = x.clone().requires_grad_(True)
+            z = block.linear(live, x)
+            (through,) = torch.autograd.grad(z, live, grad)
+        with torch.no_grad():
+            residual = (out - ref_out) - (z.detach() - block.linear(x0, x))
+            return [(through + credit_share(grad, residual, x, x0, 0)).to(x.dtype)]
+
+
+def credit_share(grad: Tensor, residual: Tensor, x: Tensor, x0: Tensor, batch_axis: int) -> Tensor:
+    """The residual's part of `credited`'s multipliers: Δx·(g·r)/‖Δx‖² per example (0 where Δx is 0),
+    summed in the order autograd sums `credited`'s graph."""
+    axes = tuple(a for a in range(x.dim()) if a != batch_axis % x.dim())
+    dx = x - x0
+    norm2 = (dx * dx).sum(axes, keepdim=True)
+    per_example = (grad * residual).sum_to_size(norm2.shape) / torch.where(norm2 > 0, norm2, torch.ones_like(norm2))
+    return per_example.expand_as(dx) * dx

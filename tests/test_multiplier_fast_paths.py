@@ -1,0 +1,83 @@
+"""The steady-state fast paths of the rules give the multipliers of their general form.
+
+The product rule's closed form for Mul is checked bit for bit against autograd through the same
+product at the midpoints (what it replaced); the CPU rescale path, which finds the elements near
+the reference once and replaces them, against the accelerator formulation (a mask and `where`
+over every element) forced on CPU; the quantized block's closed form against autograd through
+`credited`, its decomposition.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onnx_attr.deeplift.rules import paired
+from onnx_attr.deeplift.rules.paired import product_multipliers, rescale_multiplier
+
+
+def _autograd_product(a, a0, b, b0, grad):
+    a_mid, b_mid = (a + a0) / 2, (b + b0) / 2
+    ag, bg = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    (grad_a,) = torch.autograd.grad(torch.mul(ag, b_mid), ag, grad)
+    (grad_b,) = torch.autograd.grad(torch.mul(a_mid, bg), bg, grad)
+    return grad_a, grad_b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("a_shape,b_shape", [((2, 8, 6, 5), (2, 8, 6, 5)),  # SiLU's x·sigmoid(x)
+                                             ((2, 8, 6, 5), (1, 8, 1, 1)),  # a per-channel gate
+                                             ((1, 5), (3, 4, 5))])  # a broadcast row
+def test_closed_form_product_is_autograd_through_mul_bit_for_bit(a_shape, b_shape, dtype):
+    gen = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(a_shape, generator=gen, dtype=dtype) * 300 for _ in range(2)) if a_shape == b_shape else \
+        (torch.randn(a_shape, generator=gen, dtype=dtype) * 300, torch.randn(b_shape, generator=gen, dtype=dtype))
+    a0 = torch.randn((1, *a_shape[1:]), generator=gen, dtype=dtype) * 300  # a shared reference, batch 1
+    b0 = torch.randn((1, *b_shape[1:]), generator=gen, dtype=dtype)
+    grad = torch.randn(torch.broadcast_shapes(a_shape, b_shape), generator=gen, dtype=dtype)
+    got = product_multipliers(torch.mul, a, a0, b, b0, grad)
+    want = _autograd_product(a, a0, b, b0, grad)
+    for g, w, operand in zip(got, want, (a, b)):
+        assert g.shape == operand.shape
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("f", [torch.sigmoid, torch.tanh, torch.sqrt, torch.exp], ids=lambda f: f.__name__)
+def test_cpu_rescale_path_agrees_with_the_masked_formulation(f, monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand((2, 16, 32, 32), generator=gen) * 80 + 1e-3  # positive: sqrt's domain, exp in range
+    x0 = torch.rand((1, 16, 32, 32), generator=gen) * 80 + 1e-3
+    flat, flat0 = x.view(-1), x0.expand_as(x).reshape(-1)
+    flat[::97] = flat0[::97]  # at the reference: the gradient
+    flat[1::89] = flat0[1::89] * (1 + 1e-6)  # within the tolerance: gradient or secant, whichever is exact
+    y, y0 = f(x), f(x0)
+    monkeypatch.setattr(paired, "ALWAYS_SYNC_FREE", False)
+    fast = rescale_multiplier(f, x, x0, y, y0, memo={})
+    monkeypatch.setattr(paired, "ALWAYS_SYNC_FREE", True)
+    masked = rescale_multiplier(f, x, x0, y, y0, memo={})
+    far = (x - x0).abs() > paired.secant_tolerance(x, x0)
+    assert torch.equal(fast[far], ((y - y0) / (x - x0))[far])  # the secant, bit for bit
+    torch.testing.assert_close(fast, masked, rtol=1e-6, atol=0)
+    assert torch.isfinite(fast).all()
+
+
+def test_quantized_block_closed_form_is_the_decomposition():
+    """The block's rule without its decomposition: what autograd through `credited` gives."""
+    from onnx_attr.deeplift.rules.quantized import credit_share, credited
+
+    gen = torch.Generator().manual_seed(7)
+    weight = torch.randn((6, 5), generator=gen, dtype=torch.float64)
+    exact = lambda v: torch.round(v * 20) / 20 @ weight  # noqa: E731  (a rounding block, x → y)
+    linear = lambda v: v @ weight  # noqa: E731
+    x = torch.randn((3, 4, 6), generator=gen, dtype=torch.float64) * 100
+    x0 = torch.randn((1, 4, 6), generator=gen, dtype=torch.float64) * 100
+    grad = torch.randn((3, 4, 5), generator=gen, dtype=torch.float64)
+    live = x.clone().requires_grad_(True)
+    y, _ = credited(exact, linear, live, x0.expand_as(x), 0)
+    (want,) = torch.autograd.grad(y, live, grad)
+    residual = (exact(x) - exact(x0)) - (linear(x) - linear(x0))
+    through = grad @ weight.T
+    got = through + credit_share(grad, residual, x, x0.expand_as(x), 0)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    dx = x - x0
+    assert torch.allclose((got * dx).sum((1, 2)), (grad * (exact(x) - exact(x0))).sum((1, 2)), rtol=1e-10)
