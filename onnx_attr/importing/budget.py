@@ -32,10 +32,12 @@ class Budget:
     """Limits on what a model may make us allocate or repeat (see the module docstring)."""
 
     #: Elements of any one tensor whose size is computed from data at run time (Expand, Tile,
-    #: ConstantOfShape, Range, Pad, Resize, Upsample, ConvTranspose, DFT, OneHot, Loop outputs).
+    #: ConstantOfShape, Range, Pad, Resize, Upsample, ConvTranspose, DFT, OneHot, MaxUnpool,
+    #: AffineGrid, CenterCropPad, Col2Im, STFT, ImageDecoder, Loop and Scan outputs).
     #: 2^28 is 1 GiB of float32.
     max_elements: int = 2**28
-    #: Iterations of one Loop run, and of a whole nest of loops together (inner trips count);
+    #: Iterations of one Loop run, and of a whole nest of loops together (inner trips count, a
+    #: Scan's too; a top-level Scan is as long as its input, so its own trips are not counted);
     #: an iteration costs ~0.1-0.3 ms of Python, so this bounds a runaway loop to seconds.
     max_loop_iterations: int = 10_000
     #: How deeply If/Loop/Scan bodies may nest.
@@ -245,6 +247,78 @@ def _one_hot(get: Get, attrs: dict, opset: int) -> Optional[int]:
     return None if x is None or not depth else elements(x.shape) * max(int(float(depth[0])), 0)
 
 
+def _max_unpool(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x, shape = get(0), _values(get(2))
+    if shape:
+        return elements(int(d) for d in shape)
+    kernel = list(attrs.get("kernel_shape", []))
+    if x is None or not kernel or x.dim() != len(kernel) + 2:
+        return None
+    rank = len(kernel)
+    strides, pads = list(attrs.get("strides", [1] * rank)), list(attrs.get("pads", [0] * 2 * rank))
+    return elements([*x.shape[:2], *((n - 1) * s + k - b - e for n, s, k, b, e in
+                                     zip(x.shape[2:], strides, kernel, pads[:rank], pads[rank:]))])
+
+
+def _affine_grid(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    size = _values(get(1))
+    if not size or len(size) < 3:
+        return None
+    spatial = [int(d) for d in size[2:]]
+    return elements([int(size[0]), *spatial]) * len(spatial)
+
+
+def _center_crop_pad(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x, shape = get(0), _values(get(1))
+    if x is None or shape is None or x.dim() == 0:
+        return None
+    out = list(x.shape)
+    axes = [int(a) % x.dim() for a in attrs.get("axes", range(x.dim()))]
+    for a, size in zip(axes, shape):
+        out[a] = int(size)
+    return elements(out)
+
+
+def _col2im(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    cols, image, block = get(0), _values(get(1)), _values(get(2))
+    if cols is None or cols.dim() != 3 or not image or not block:
+        return None
+    size = elements(int(b) for b in block)
+    channels = cols.shape[1] // max(size, 1)
+    pads = list(attrs.get("pads", [0] * 2 * len(image)))
+    padded = [int(n) + int(b) + int(e) for n, b, e in zip(image, pads[:len(image)], pads[len(image):])]
+    # the one-hot kernel holds size x size entries per channel; the output, the padded image
+    return max(max(channels, 1) * size * size, cols.shape[0] * channels * elements(padded))
+
+
+def _stft(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x, step, window, frame = get(0), _values(get(1)), get(2), _values(get(3))
+    if x is None or x.dim() != 3 or not step or int(step[0]) <= 0:
+        return None
+    length = int(frame[0]) if frame else (window.shape[0] if window is not None and window.dim() else x.shape[-2])
+    if not 0 < length <= x.shape[-2]:
+        return None  # the op's own error
+    frames = (x.shape[-2] - length) // int(step[0]) + 1
+    return x.shape[0] * frames * length * 2  # every frame is transformed in full, then cut to one side
+
+
+def _image_decoder(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    """The decoded size from the image's header, read without decoding (Pillow opens lazily)."""
+    import io
+
+    from PIL import Image
+
+    encoded = get(0)
+    if encoded is None or encoded.device.type == "meta":
+        return None
+    try:
+        with Image.open(io.BytesIO(encoded.detach().cpu().numpy().tobytes())) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - not an image Pillow knows: the op's own error says so
+        return None
+    return width * height * (1 if attrs.get("pixel_format") in ("Grayscale", b"Grayscale") else 3)
+
+
 #: op type -> (ONNX inputs by position -> elements of the largest tensor it will create)
 ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "Expand": _expand,
@@ -257,6 +331,12 @@ ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "ConvTranspose": _conv_transpose,
     "DFT": _dft,
     "OneHot": _one_hot,
+    "MaxUnpool": _max_unpool,
+    "AffineGrid": _affine_grid,
+    "CenterCropPad": _center_crop_pad,
+    "Col2Im": _col2im,
+    "STFT": _stft,
+    "ImageDecoder": _image_decoder,
 }
 
 
@@ -269,11 +349,16 @@ def _gather_axes(get: Get, attrs: dict, opset: int) -> Optional[list]:
 
 
 #: op type -> the axes a node addresses, for ops whose converter does Python work for every axis
-#: up to the value: onnx2torch's Slice lists `range(max(axes) + 1)` (axes=[2^62] never ends), its
-#: Gather builds a list of `axis` slices. An axis outside the input's rank is refused first.
+#: up to the value (onnx2torch's Slice lists `range(max(axes) + 1)`: axes=[2^62] never ends; its
+#: Gather builds a list of `axis` slices) or takes axes given as inputs modulo the rank (Pad-18,
+#: DFT-20: a result where onnxruntime refuses the file). An axis outside the input's rank is
+#: refused first; axes given as attributes are checked at load where the rank is known
+#: (`convert._check_axis_attributes`).
 AXES: dict[str, Callable[[Get, dict, int], Optional[list]]] = {
     "Slice": _slice_axes,
     "Gather": _gather_axes,
+    "Pad": lambda get, attrs, opset: _values(get(3)) if opset >= 18 else None,
+    "DFT": lambda get, attrs, opset: _values(get(2)) if opset >= 20 else None,
 }
 
 #: the ops `NodeGuard` is installed on
@@ -353,6 +438,11 @@ def guard_constants(names: Sequence[str], initializers: dict) -> dict[str, torch
 # -- loops ----------------------------------------------------------------------------------
 
 _LOOP_SPENT: ContextVar[Optional[list[int]]] = ContextVar("_LOOP_SPENT", default=None)
+
+
+def in_loop() -> bool:
+    """True inside the body of a Loop or Scan (whose trips count against `max_loop_iterations`)."""
+    return _LOOP_SPENT.get() is not None
 
 
 @contextmanager

@@ -173,11 +173,13 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
             values[name].meta["onnx_tensor"] = name
         return values[name]
 
+    ranks = _known_ranks(model.graph)
     for index, (module_name, onnx_node) in enumerate(onnx_graph.nodes.items()):
         proto = onnx_node.proto
         opset = versions.get(onnx_node.domain, 0)
         label = _node_label(proto, index)
         try:
+            _check_axis_attributes(proto, ranks)
             converter = find_converter(onnx_node.domain, onnx_node.operation_type, opset)
             module, mapping = converter(onnx_node, onnx_graph)
         except NotImplementedError as err:
@@ -231,6 +233,41 @@ def _guard(module: nn.Module, proto: onnx.NodeProto, where: str, opset: int, pas
                          opset, list(proto.input), positional, keywords,
                          guard_constants(baked, onnx_graph.initializers))
     module.register_forward_pre_hook(guard, with_kwargs=True)
+
+
+def _known_ranks(graph: onnx.GraphProto) -> dict[str, int]:
+    """Each tensor's rank where the file's weights, its inputs or shape inference fix it."""
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.output, *graph.input)
+             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    ranks.update({t.name: len(t.dims) for t in graph.initializer})
+    return ranks
+
+
+def _check_axis_attributes(proto: onnx.NodeProto, ranks: dict[str, int]) -> None:
+    """An `axis`/`axes` attribute outside its input's rank is refused before conversion: several
+    converters take axes modulo the rank (GatherElements with axis=2^31 silently gathered along
+    some axis where onnxruntime refuses the file), onnx2torch's Slice loops up to the value."""
+    if proto.domain not in ("", "ai.onnx") or not proto.input or proto.input[0] not in ranks:
+        return
+    rank = ranks[proto.input[0]]
+    for attr in proto.attribute:
+        if attr.name == "axis" and attr.type == onnx.AttributeProto.INT:
+            axes = [attr.i]
+        elif attr.name == "axes" and attr.type == onnx.AttributeProto.INTS:
+            axes = list(attr.ints)
+        else:
+            continue
+        low, high = -rank, rank - 1  # ONNX's usual range; the ops below address their output's axes
+        if proto.op_type == "Unsqueeze":
+            low, high = -(rank + len(axes)), rank + len(axes) - 1
+        elif proto.op_type == "Flatten":
+            high = rank
+        elif proto.op_type == "OneHot":
+            low, high = -rank - 1, rank
+        wrong = [a for a in axes if not low <= a <= high]
+        if wrong:
+            raise ValueError(f"{attr.name} {wrong[0]:,} is outside the range [{low}, {high}] its input's rank "
+                             f"({rank}) allows; the file is corrupted")
 
 
 def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:

@@ -17,7 +17,7 @@ import torch
 from onnx import helper
 from torch import nn
 
-from onnx_attr.importing.budget import Budget, current_budget, loop_nest
+from onnx_attr.importing.budget import Budget, current_budget, in_loop, loop_nest
 from onnx_attr.importing.converters._common import result
 from onnx_attr.importing.converters.registry import register
 
@@ -141,6 +141,21 @@ def _stack(items: list[torch.Tensor], axis: int, reverse: bool) -> torch.Tensor:
     return torch.stack(items, dim=axis if axis >= 0 else axis + items[0].dim() + 1)
 
 
+def _count_iteration(budget: Budget, spent: list[int], i: int, where: str) -> None:
+    """One more trip of a loop (Loop or Scan), counted against the budget of its whole nest."""
+    spent[0] += 1
+    budget.check("max_loop_iterations", max(spent[0], i + 1),
+                 f"{where} (with the loops around and inside it) running that many iterations")
+
+
+def _accumulate(budget: Budget, scanned: list[list[torch.Tensor]], totals: list[int], values, where: str) -> None:
+    """Append one trip's scan outputs, refusing before the stacked output would pass the budget."""
+    for k, (items, value) in enumerate(zip(scanned, values)):
+        totals[k] += value.numel()
+        budget.check("max_elements", totals[k], f"{where}, its scan output {k} growing to")
+        items.append(value)
+
+
 class Loop(nn.Module):
     """ONNX Loop (opset 1+): a trip count, a condition, or both; carried values and scan outputs.
 
@@ -167,9 +182,7 @@ class Loop(nn.Module):
         where = f"Loop node {self.label!r}"
         with loop_nest() as spent:
             while keep and (trip is None or i < trip):
-                spent[0] += 1
-                self.budget.check("max_loop_iterations", max(spent[0], i + 1),
-                                  f"{where} (with the loops around and inside it) running that many iterations")
+                _count_iteration(self.budget, spent, i, where)
                 out = self.body(torch.tensor(i, dtype=torch.int64, device=device),
                                 torch.tensor(keep, device=device), *carried, *outer)
                 keep, carried = _as_bool(out[0]), out[1:1 + self.n_carried]
@@ -178,10 +191,7 @@ class Loop(nn.Module):
                 totals = totals or [0 for _ in scans]
                 for k, value in enumerate(carried):
                     self.budget.check("max_elements", value.numel(), f"{where}, its carried value {k} growing to")
-                for k, (items, value) in enumerate(zip(scanned, scans)):
-                    totals[k] += value.numel()
-                    self.budget.check("max_elements", totals[k], f"{where}, its scan output {k} growing to")
-                    items.append(value)
+                _accumulate(self.budget, scanned, totals, scans, where)
                 i += 1
         n_scans = self.body.n_outputs - 1 - self.n_carried
         if n_scans and not scanned:
@@ -203,9 +213,11 @@ def convert_loop(node, graph):
 class Scan(nn.Module):
     """ONNX Scan (opset 9+): states carried across slices of the scan inputs along their axes."""
 
-    def __init__(self, body: Body, n_states: int, n_scan_inputs: int, attrs: dict):
+    def __init__(self, body: Body, n_states: int, n_scan_inputs: int, attrs: dict,
+                 budget: Budget | None = None, label: str = "Scan"):
         super().__init__()
         self.body, self.n_states, self.n_scan_inputs = body, n_states, n_scan_inputs
+        self.budget, self.label = budget if budget is not None else Budget(), label
         n_scan_outputs = body.n_outputs - n_states
         self.in_axes = list(attrs.get("scan_input_axes", [0] * n_scan_inputs))
         self.in_reverse = [bool(d) for d in attrs.get("scan_input_directions", [0] * n_scan_inputs)]
@@ -219,12 +231,17 @@ class Scan(nn.Module):
         axes = [a + x.dim() if a < 0 else a for a, x in zip(self.in_axes, xs)]
         length = xs[0].shape[axes[0]]
         scanned: list[list[torch.Tensor]] = [[] for _ in self.out_axes]
-        for t in range(length):
-            slices = [x.select(a, length - 1 - t if r else t) for x, a, r in zip(xs, axes, self.in_reverse)]
-            out = self.body(*states, *slices, *outer)
-            states = out[:self.n_states]
-            for items, value in zip(scanned, out[self.n_states:]):
-                items.append(value)
+        totals = [0 for _ in self.out_axes]
+        where = f"Scan node {self.label!r}"
+        nested = in_loop()  # a Scan's own length is its input's: counted only inside another loop
+        with loop_nest() as spent:
+            for t in range(length):
+                if nested:
+                    _count_iteration(self.budget, spent, t, where)
+                slices = [x.select(a, length - 1 - t if r else t) for x, a, r in zip(xs, axes, self.in_reverse)]
+                out = self.body(*states, *slices, *outer)
+                states = out[:self.n_states]
+                _accumulate(self.budget, scanned, totals, out[self.n_states:], where)
         if self.out_axes and not length:
             raise RuntimeError("Scan over a zero-length axis: the shape of its scan outputs is unknown")
         outputs = list(states) + [_stack(items, a, r) for items, a, r in zip(scanned, self.out_axes, self.out_reverse)]
@@ -237,7 +254,7 @@ def convert_scan(node, graph):
     n_scan_inputs = node.attributes["num_scan_inputs"]
     n_states = len(node.input_values) - n_scan_inputs
     body = convert_body(body_proto, graph)
-    module = Scan(body, n_states, n_scan_inputs, node.attributes)
+    module = Scan(body, n_states, n_scan_inputs, node.attributes, current_budget(), node.name or "Scan")
     return result(node, module, inputs=(*node.input_values, *body.outer))
 
 
@@ -275,6 +292,7 @@ def convert_scan_8(node, graph):
     lengths, carried = node.input_values[0], node.input_values[1:]
     body = convert_body(graph_attribute(node, "body"), graph)
     directions = node.attributes.get("directions", [0] * n_scan_inputs)
-    scan = Scan(body, len(carried) - n_scan_inputs, n_scan_inputs, {"scan_input_directions": directions})
+    scan = Scan(body, len(carried) - n_scan_inputs, n_scan_inputs, {"scan_input_directions": directions},
+                current_budget(), node.name or "Scan")
     module = BatchedScan(scan, bool(lengths))
     return result(node, module, inputs=(*([lengths] if lengths else []), *carried, *body.outer))
