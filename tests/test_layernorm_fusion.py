@@ -85,7 +85,7 @@ def test_each_variant_is_fused_and_matches_onnxruntime_on_the_graph_as_written(s
     assert ops.count("LayerNormalization") == 1 and "Sqrt" not in ops and "Sub" not in ops
     assert len(ops) == 4  # dense_in, the LayerNorm, pool, dense_out
     fused = next(n for n in model.onnx_model.graph.node if n.op_type == "LayerNormalization")
-    expected_axis = axes[0] if axes[0] >= 0 else -len(axes)  # the first normalized axis, as the file wrote it
+    expected_axis = 3 - len(axes)  # the first normalized axis of the rank-3 tensor
     assert fused.name == "ln/mean" and next(a.i for a in fused.attribute if a.name == "axis") == expected_axis
     assert any("'ln/mean'" in note for note in model.notes)
     assert "Sqrt" in [n.op_type for n in model.reference_model.graph.node]  # verify's graph stays as written
@@ -116,16 +116,17 @@ def _extra_reader(proto):
     return proto
 
 
-@pytest.mark.parametrize("case", ["intermediate used elsewhere", "axes not trailing", "eps not a constant",
-                                  "intermediate is an output"])
+@pytest.mark.parametrize("case", ["intermediate used elsewhere", "eps not a constant", "intermediate is an output",
+                                  "mean and variance over different axes"])
 def test_look_alikes_are_left_as_written(case):
     if case == "intermediate used elsewhere":
         proto = _extra_reader(layer_norm_model())
     elif case == "intermediate is an output":
         proto = layer_norm_model()
         proto.graph.output.append(helper.make_tensor_value_info("std", FLOAT, ["N", 4, 1]))
-    elif case == "axes not trailing":
-        proto = layer_norm_model(axes=(1,))
+    elif case == "mean and variance over different axes":
+        proto = layer_norm_model(axes=(-1,))
+        next(n for n in proto.graph.node if n.name == "ln/var").attribute[0].ints[:] = [1]
     else:
         proto = layer_norm_model(eps_input=True)
     model = onnx_attr.load(proto)
@@ -137,3 +138,82 @@ def test_look_alikes_are_left_as_written(case):
         feeds["eps"] = np.array(1e-5, np.float32)
     for ours, theirs in zip(model.run(feeds), ort_run(proto, feeds)):
         np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-4, atol=1e-4 * float(np.abs(theirs).max()))
+
+
+def test_axes_that_are_not_trailing_are_moved_last_and_back():
+    """LayerNormalization normalizes trailing axes: over axis 1 of [N, 4, D] the fused node sits
+    between two Transposes (linear), γ/β moved with x."""
+    proto = layer_norm_model(axes=(1,))
+    model = onnx_attr.load(proto)
+    ops = [n.op_type for n in model.onnx_model.graph.node]
+    assert ops == ["MatMul", "Transpose", "LayerNormalization", "Transpose", "ReduceMean", "MatMul"]
+    x = (100 * RNG.standard_normal((5, 4, D))).astype(np.float32)
+    (expected,) = ort_run(proto, {"x": x})
+    np.testing.assert_allclose(model.run({"x": x})[0].numpy(), expected, rtol=1e-5,
+                               atol=1e-5 * float(np.abs(expected).max()))
+    assert model.verify({"x": x}).passed
+
+
+def moments_model(axis: int, opset: int = 15):
+    """jax2tf/tf2onnx's Flax LayerNorm (magika 0.6 and 1.0): E[x] and E[x²] as ReduceSum · 1/n without
+    kept dims, var = max(0, E[x²] - E[x]²) put back by Reshape then Expand to a shape computed at
+    run time, (x - E[x]) · (Reciprocal(Sqrt(var + eps)) · γ) + β; over `axis` of [N, C, L]."""
+    c, length = 6, 5
+    kept = [1, c, length]
+    kept[axis] = 1
+    n = (c, length)[axis - 1]
+    shape_nodes = [helper.make_node("Shape", ["h"], ["h_shape"], name="shape"),
+                   helper.make_node("Slice", ["h_shape", "zero", "one"], ["batch"], name="batch"),
+                   helper.make_node("Concat", ["batch", "rest"], ["back"], axis=0, name="back")]
+    nodes = [helper.make_node("MatMul", ["x", "w_in"], ["h"], name="dense_in"), *shape_nodes,
+             helper.make_node("ReduceSum", ["h", "axes"], ["s1"], keepdims=0, name="ln/sum"),
+             helper.make_node("Mul", ["h", "h"], ["sq"], name="ln/square"),
+             helper.make_node("ReduceSum", ["sq", "axes"], ["s2"], keepdims=0, name="ln/sum_sq"),
+             helper.make_node("Mul", ["s2", "inv_n"], ["ex2"], name="ln/ex2"),
+             helper.make_node("Mul", ["s1", "inv_n"], ["mu"], name="ln/mean"),
+             helper.make_node("Mul", ["mu", "mu"], ["mu2"], name="ln/mean_sq"),
+             helper.make_node("Sub", ["ex2", "mu2"], ["var"], name="ln/var"),
+             helper.make_node("Max", ["zero_f", "var"], ["var0"], name="ln/clamp"),
+             helper.make_node("Reshape", ["var0", "back"], ["var_r"], name="ln/var_reshape"),
+             helper.make_node("Expand", ["var_r", "back"], ["var_b"], name="ln/var_expand"),
+             helper.make_node("Add", ["var_b", "eps"], ["var_eps"], name="ln/add_eps"),
+             helper.make_node("Sqrt", ["var_eps"], ["std"], name="ln/sqrt"),
+             helper.make_node("Reciprocal", ["std"], ["inv"], name="ln/reciprocal"),
+             helper.make_node("Mul", ["inv", "gamma"], ["r"], name="ln/gamma"),
+             helper.make_node("Reshape", ["mu", "back"], ["mu_r"], name="ln/mean_reshape"),
+             helper.make_node("Expand", ["mu_r", "back"], ["mu_b"], name="ln/mean_expand"),
+             helper.make_node("Sub", ["h", "mu_b"], ["d"], name="ln/centre"),
+             helper.make_node("Mul", ["d", "r"], ["normed"], name="ln/scale"),
+             helper.make_node("Add", ["normed", "beta"], ["shifted"], name="ln/beta"),
+             helper.make_node("ReduceMax", ["shifted"], ["pooled"], axes=[1], keepdims=0, name="pool"),
+             helper.make_node("MatMul", ["pooled", "w_out"], ["y"], name="dense_out")]
+    affine = [1, c, length]
+    affine[3 - axis] = 1
+    inits = {"w_in": (RNG.standard_normal((D, length)) / 4).astype(np.float32),
+             "w_out": RNG.standard_normal((length, CLASSES)).astype(np.float32),
+             "axes": np.array([axis], np.int64), "inv_n": np.array(1.0 / n, np.float32),
+             "zero_f": np.array(0.0, np.float32), "eps": np.array(1e-6, np.float32),
+             "gamma": (1 + RNG.standard_normal(affine) / 4).astype(np.float32),
+             "beta": RNG.standard_normal(affine).astype(np.float32),
+             "zero": np.array([0], np.int64), "one": np.array([1], np.int64),
+             "rest": np.array(kept[1:], np.int64)}
+    return make_model(nodes, [("x", FLOAT, ["N", c, D])], [("y", FLOAT, ["N", CLASSES])],
+                      initializers=inits, opset=opset)
+
+
+@pytest.mark.parametrize("axis", [1, 2], ids=["axis 1 of 3 (magika)", "trailing"])
+def test_the_moments_form_is_fused(axis, monkeypatch):
+    proto = moments_model(axis)
+    model = onnx_attr.load(proto)
+    ops = [n.op_type for n in model.onnx_model.graph.node]
+    assert ops.count("LayerNormalization") == 1 and "Sqrt" not in ops and "Max" not in ops
+    assert ops.count("Transpose") == (2 if axis == 1 else 0)
+    x = (100 * RNG.standard_normal((4, 6, D))).astype(np.float32)
+    (expected,) = ort_run(proto, {"x": x})
+    np.testing.assert_allclose(model.run({"x": x})[0].numpy(), expected, rtol=1e-4,
+                               atol=1e-4 * float(np.abs(expected).max()))
+    assert model.verify({"x": x}).passed
+    after = _deeplift_delta(model, x)
+    monkeypatch.setattr(normalize_module, "fuse_layer_norms", lambda model, notes: model)
+    before = _deeplift_delta(onnx_attr.load(proto), x)
+    assert before > 1e-4 and after <= 1e-5, (before, after)
