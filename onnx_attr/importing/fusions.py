@@ -154,8 +154,8 @@ def _find(graph: onnx.GraphProto) -> list[_Match]:
             continue
         m = _match(g, i) if node.op_type == "ReduceMean" else _match_moments(g, i) if node.op_type == "Sqrt" else None
         if m is not None and not taken & set(m.nodes):
-                found.append(m)
-                taken.update(m.nodes)
+            found.append(m)
+            taken.update(m.nodes)
     return found
 
 
@@ -238,7 +238,10 @@ def _match(g: _Graph, mean_index: int) -> Optional[_Match]:
         bias = g.other(nodes[bias_index], out)
         out = nodes[bias_index].output[0]
         span.append(bias_index)
-    return _Match(sorted(span), x, out, normal, g.ranks.get(x), float(eps.reshape(-1)[0]), scale, bias, eps.dtype)
+    rank = g.ranks.get(x)
+    if rank is not None and any(not _fits(g, t, rank) for t in (scale, bias) if t is not None):
+        return None
+    return _Match(sorted(span), x, out, normal, rank, float(eps.reshape(-1)[0]), scale, bias, eps.dtype)
 
 
 def _is_square(g: _Graph, node: onnx.NodeProto, d: str) -> bool:
