@@ -3,7 +3,8 @@
 Attributing a probability explains "why is this class more likely than the others" through a
 saturating nonlinearity whose DeepLift multipliers mix all classes; attributing the logit is
 what the DeepLIFT paper (section 3.6) recommends. The strip is done on the ONNX graph, so the
-stripped model can be checked against onnxruntime like any other.
+stripped model can be checked against onnxruntime like any other. A softmax written out op by op
+(jax2tf/tf2onnx) is recognised as a Softmax and stripped to the logits it is computed from.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def strip_final_activations(
     found: dict[str, FinalActivation] = {}
     to_strip: set[int] = set()
     to_negate: set[int] = set()  # the 1 - p of a binary probability pair becomes -z
+    to_drop: set[int] = set()
+    logits_of: dict[int, str] = {}  # a decomposed softmax's Div: the logits tensor it becomes
     for output in graph.output:
         chain = _chain_to_activation(graph, producer, output.name)
         if chain is None:
@@ -46,21 +49,27 @@ def strip_final_activations(
         through = tuple(graph.node[i].op_type for i in reversed(path))
         if pair is not None:
             through = ("Concat[1-p, p] -> [-z, z]",) + through[1:]
+        steps: set[int] = set()
+        if act.op_type == "Div":
+            logits, steps = _decomposed_softmax(graph, producer, act)  # type: ignore[misc]
+            logits_of[act_index] = logits
+            through = ("Exp/ReduceSum/Div",) + through
         # Every tensor from the activation to the output must feed only this chain (or an ArgMax,
         # which logits leave unchanged); otherwise another part of the graph would see logits
         # where it expects probabilities.
-        chain_nodes = {act_index, *path} | ({pair} if pair is not None else set())
+        chain_nodes = {act_index, *path, *steps} | ({pair} if pair is not None else set())
         order_only = {i for i, n in enumerate(graph.node) if n.op_type in ORDER_ONLY}
         private = all(consumers.get(graph.node[i].output[0], set()) <= chain_nodes | order_only for i in chain_nodes)
         name = act.name or f"{act.op_type}#{act_index}"
         if strip and private:
             to_strip.add(act_index)
+            to_drop |= steps  # the softmax's own steps, now unused
             if pair is not None:
                 to_negate.add(pair)
-            found[output.name] = FinalActivation(act.op_type, name, True, through)
+            found[output.name] = FinalActivation(_kind(act), name, True, through)
         else:
             reason = "requested by the caller" if not strip else "its output also feeds other nodes"
-            found[output.name] = FinalActivation(act.op_type, name, False, through, reason)
+            found[output.name] = FinalActivation(_kind(act), name, False, through, reason)
 
     if not to_strip:
         return model, found
@@ -68,11 +77,15 @@ def strip_final_activations(
     out.CopyFrom(model)
     for i in to_strip:
         node = out.graph.node[i]
-        replacement = onnx.helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)
+        logits = logits_of.get(i, node.input[0])
+        replacement = onnx.helper.make_node("Identity", [logits], [node.output[0]], name=node.name)
         out.graph.node[i].CopyFrom(replacement)
     for i in to_negate:
         node = out.graph.node[i]
         out.graph.node[i].CopyFrom(onnx.helper.make_node("Neg", [node.input[1]], [node.output[0]], name=node.name))
+    kept = [node for i, node in enumerate(out.graph.node) if i not in to_drop]
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
     return out, found
 
 
@@ -85,7 +98,7 @@ def _chain_to_activation(graph, producer, tensor: str) -> tuple[int, list[int], 
         node = graph.node[index]
         if node.domain not in ("", "ai.onnx") and not (node.domain == "ai.onnx.ml" and node.op_type == "ZipMap"):
             return None
-        if node.op_type in ACTIVATIONS:
+        if node.op_type in ACTIVATIONS or (node.op_type == "Div" and _decomposed_softmax(graph, producer, node)):
             return index, path, None
         pair = _binary_pair(graph, producer, node)
         if pair is not None:
@@ -112,3 +125,50 @@ def _binary_pair(graph, producer, node) -> tuple[int, int] | None:
     if unity is None or not np.all(numpy_helper.to_array(unity) == 1):
         return None
     return second, first
+
+
+def _kind(node) -> str:
+    """The activation's name in reports: a decomposed softmax is a Softmax."""
+    return "Softmax" if node.op_type == "Div" else node.op_type
+
+
+#: Ops between a softmax's row sum (or row max) and the Div/Sub that broadcast it back over the row.
+_BROADCAST = frozenset({"Reshape", "Expand", "Unsqueeze", "Identity"})
+
+
+def _decomposed_softmax(graph, producer, div) -> tuple[str, set[int]] | None:
+    """A softmax written out, as jax2tf/tf2onnx exports it: Div(e, ReduceSum(e)) with e = Exp(s),
+    s = z - max(z) (that max through broadcasting ops and Max with a constant) or s = z alone. Returns
+    the logits z and the indices of the nodes between them and the Div, or None for any other Div.
+    The logits differ from the probabilities' log by one value per row, as a stripped Softmax's do."""
+    def source(name: str, through: frozenset, seen: set[int]) -> tuple[str, set[int]]:
+        while name in producer and graph.node[producer[name]].op_type in through:
+            seen.add(producer[name])
+            name = graph.node[producer[name]].input[0]
+        return name, seen
+
+    if len(div.input) != 2 or div.input[0] not in producer:
+        return None
+    exp_index = producer[div.input[0]]
+    exp = graph.node[exp_index]
+    total, steps = source(div.input[1], _BROADCAST, set())
+    if exp.op_type != "Exp" or total not in producer:
+        return None
+    sum_index = producer[total]
+    if graph.node[sum_index].op_type != "ReduceSum" or graph.node[sum_index].input[0] != exp.output[0]:
+        return None
+    steps |= {exp_index, sum_index}
+    shifted = exp.input[0]
+    if shifted in producer and graph.node[producer[shifted]].op_type == "Sub":
+        sub_index = producer[shifted]
+        z, peak = graph.node[sub_index].input
+        peak, seen = source(peak, _BROADCAST, set())
+        if peak in producer and graph.node[producer[peak]].op_type == "Max":  # max(floor, ReduceMax(z))
+            seen.add(producer[peak])
+            varying = [t for t in graph.node[producer[peak]].input
+                       if t in producer and graph.node[producer[t]].op_type != "Constant"]
+            peak = varying[0] if len(varying) == 1 else ""
+        if peak in producer and graph.node[producer[peak]].op_type == "ReduceMax" and \
+                graph.node[producer[peak]].input[0] == z:
+            return z, steps | seen | {sub_index, producer[peak]}
+    return shifted, steps

@@ -4,7 +4,8 @@ Each pass takes a model, never mutates it, and returns a new one plus notes for 
 The passes up to `fold_constants` are exact rewrites; the result of those is what
 `verify` runs onnxruntime on. The opset upgrade is the one pass that could in principle
 change semantics, so it runs only when the model cannot be imported at its own opset, and
-`verify` then catches any difference against onnxruntime on the un-upgraded graph.
+`verify` then catches any difference against onnxruntime on the un-upgraded graph. Last, a
+LayerNorm written out op by op becomes one node (`fusions.py`), in the converted model only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from onnx import helper, numpy_helper
 
 from onnx_attr.errors import ModelLoadError
 from onnx_attr.importing.budget import current_budget, elements
+from onnx_attr.importing.fusions import fuse_layer_norms
 from onnx_attr.importing.read import copy_fields, is_external, skeleton, top_level
 
 #: The opset an old model is upgraded to when it cannot be imported at its own opset.
@@ -49,6 +51,7 @@ def normalize(
         upgraded = upgrade_opset(canonical, UPGRADE_TARGET_OPSET, notes)
         if upgraded is not canonical:  # a new model of ours: the passes may change it
             converted = infer_shapes(fold_constants(upgraded, notes, in_place=True), notes, in_place=True)
+    converted = fuse_layer_norms(converted, notes)  # after the rest: canonical, what verify runs, stays as written
     return Normalized(canonical, converted, notes)
 
 

@@ -92,7 +92,8 @@ class LayerNormalization(nn.Module):
         return (out, mean, inv_std)[:self.n_outputs]
 
 
-@register("LayerNormalization", 17)
+# since 1 too: below opset 17 the node comes only from fusions.py, which fuses a written-out LayerNorm
+@register("LayerNormalization", 1, 17)
 def convert_layer_normalization(node, graph):
     attrs = node.attributes
     if attrs.get("stash_type", 1) != 1:
