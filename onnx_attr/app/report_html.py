@@ -129,7 +129,7 @@ def _specs(manifest: dict) -> list:
     for spec in manifest.get("preprocessing", {}).get("inputs", []):
         shape = None if spec.get("shape") is None else tuple(spec["shape"])
         dtype = None if spec.get("dtype") is None else np.dtype(spec["dtype"])
-        out.append(TensorSpec(spec["name"], shape, dtype))
+        out.append(TensorSpec(spec["name"], shape, dtype, ids=bool(spec.get("ids"))))
     return out
 
 

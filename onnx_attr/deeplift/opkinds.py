@@ -88,7 +88,8 @@ REFUSED = {
     "GridSample": "with a grid that varies with the attributed inputs (linear in X at a fixed grid)",
     "RotaryEmbedding": "with cos/sin caches that vary with the attributed inputs (a rotation at fixed caches)",
     "ScatterElements": "with a mul, max or min reduction", "ScatterND": "with a mul, max or min reduction",
-    "BatchNormalization": "in training mode (batch statistics)",
+    "BatchNormalization": "in training mode or with statistics computed from the attributed inputs (a written-out "
+                          "LayerNorm that was not recognised)",
 }
 
 
@@ -121,8 +122,8 @@ def op_kind(op_type: str, variable: Sequence[bool], attrs: Mapping | None = None
     n_var = sum(variable)
     if op_type in ("ScatterElements", "ScatterND") and (attrs or {}).get("reduction") in _NONLINEAR_REDUCTIONS:
         return "unknown"
-    if op_type == "BatchNormalization" and (attrs or {}).get("training_mode"):  # batch statistics
-        return "unknown"
+    if op_type == "BatchNormalization" and ((attrs or {}).get("training_mode") or any(variable[3:5])):
+        return "unknown"  # batch statistics, or statistics computed from the input: not linear
     if op_type == "Div":  # a / b is linear in a; a varying divisor makes it a quotient
         return "bilinear" if len(variable) > 1 and variable[1] else "linear"
     if op_type == "GridSample":  # linear in X at a fixed grid; a varying grid moves the samples

@@ -3,7 +3,8 @@
 Exporters without a LayerNorm op (PyTorch before opset 17, tf2onnx, jax2tf) spell it
 ReduceMean -> Sub -> Pow 2 (or Mul d·d) -> ReduceMean -> Add eps -> Sqrt -> Div (or Reciprocal
 and Mul) -> Mul γ -> Add β, or (jax2tf's Flax LayerNorm) as max(0, E[x²] - E[x]²) from
-ReduceSum · 1/n. Run op by op in float32, DeepLift's product rules lose the
+ReduceSum · 1/n, or (older tf2onnx) as a BatchNormalization fed the moments of its own input
+(`fusion_batch_norm`). Run op by op in float32, DeepLift's product rules lose the
 attribution to cancellation at a reference where the variance is 0 (1/√eps ≈ 1000 times terms
 that nearly cancel); the `LayerNormalization` rule computes its multipliers in float64 and
 rounds once. The fused graph is only what we convert: `verify` still runs onnxruntime on the
@@ -35,6 +36,7 @@ class _Match:
     scale: Optional[str]
     bias: Optional[str]
     dtype: np.dtype
+    defaults: tuple[Optional[float], Optional[float]] = (1.0, None)  # γ, β where no tensor is given (None: none)
 
 
 def fuse_layer_norms(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
@@ -69,7 +71,7 @@ def _fused_nodes(graph: onnx.GraphProto, m: _Match, name: str) -> list[onnx.Node
     trailing = m.rank is None or list(m.axes) == list(range(m.rank - len(m.axes), m.rank))
     perm = None if trailing else [a for a in range(m.rank) if a not in m.axes] + list(m.axes)
     inputs = [m.x]
-    for role, tensor, default in (("scale", m.scale, 1.0), ("bias", m.bias, None)):
+    for role, tensor, default in (("scale", m.scale, m.defaults[0]), ("bias", m.bias, m.defaults[1])):
         if tensor is None and default is None:
             continue
         value = np.array(default, m.dtype) if tensor is None else numpy_helper.to_array(
@@ -146,13 +148,16 @@ def _names_in_bodies(graph: onnx.GraphProto) -> set[str]:
 
 
 def _find(graph: onnx.GraphProto) -> list[_Match]:
+    from onnx_attr.importing.fusion_batch_norm import match_batch_norm
+
     g = _Graph(graph)
     found: list[_Match] = []
     taken: set[int] = set()
     for i, node in enumerate(graph.node):
         if node.domain not in ("", "ai.onnx") or i in taken:
             continue
-        m = _match(g, i) if node.op_type == "ReduceMean" else _match_moments(g, i) if node.op_type == "Sqrt" else None
+        m = _match(g, i) if node.op_type == "ReduceMean" else _match_moments(g, i) if node.op_type == "Sqrt" \
+            else match_batch_norm(g, i) if node.op_type == "BatchNormalization" else None
         if m is not None and not taken & set(m.nodes):
             found.append(m)
             taken.update(m.nodes)

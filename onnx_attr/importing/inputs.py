@@ -41,7 +41,7 @@ def arrange(inputs: Any, specs: Sequence[TensorSpec], what: str = "input") -> li
 
 def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str = "input",
                  any_batch: bool | Sequence[int | None] = False,
-                 finite: Sequence[bool] | bool = True) -> list[torch.Tensor]:
+                 finite: Sequence[bool] | bool = True, ids_as_integers: bool = False) -> list[torch.Tensor]:
     """Validate shape, dtype and finiteness against the specs; return tensors of the declared dtype.
 
     With `any_batch` axis 0 may have any size whatever the spec says: the attribution engine
@@ -49,7 +49,9 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
     input, that axis too: a state [2, 4, 128] fixed at 4 on axis 1). `finite` says which inputs
     must be finite (all, none, or one flag per input): an attributed input must be, since its
     attributions would be meaningless, while a forward pass takes what the graph takes (an IsNaN
-    model, an attention mask of -inf).
+    model, an attention mask of -inf). With `ids_as_integers`, an input of ids held as floats
+    (`TensorSpec.integer_ids`) comes back as int64, the values the graph's Cast makes, so the
+    attribution methods treat it as the token ids it is.
     """
     finite = [finite] * len(specs) if isinstance(finite, bool) else list(finite)
     symbols: dict[str, tuple[int, str]] = {}
@@ -67,8 +69,18 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
                 f"{what} {spec.name!r} has {bad} NaN or infinite value(s); "
                 "attributions of non-finite inputs are meaningless: clean or impute them first"
             )
-        out.append(tensor)
+        out.append(as_ids(tensor, spec, what) if ids_as_integers and spec.integer_ids else tensor)
     return out
+
+
+def as_ids(tensor: torch.Tensor, spec: TensorSpec, what: str) -> torch.Tensor:
+    """Float ids as int64, truncated toward zero as ONNX's Cast truncates them."""
+    if not tensor.is_floating_point():
+        return tensor.to(torch.int64)
+    if not all_finite(tensor):
+        raise InputError(f"{what} {spec.name!r} holds ids (the model casts it to integers) but has NaN or infinite "
+                         "values; pass whole numbers")
+    return tensor.to(torch.int64)
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
@@ -92,6 +104,8 @@ def _to_tensor(value: Any, spec: TensorSpec, what: str) -> torch.Tensor:
             raise InputError(f"{what} {spec.name!r} is an object array; pass a numeric array")
         array_kind = _kind(value.dtype)
     want = _kind(spec.dtype)
+    if spec.integer_ids and array_kind == "integer":
+        array_kind = want  # ids: integer arrays are what they hold
     if array_kind != want:
         got = value.dtype
         raise InputError(
@@ -175,7 +189,9 @@ def sample_inputs(specs: Sequence[TensorSpec], seed: int = 0, symbolic_size: int
             raise InputError(f"input {spec.name!r} declares shape {list(shape)}, too large to sample at random; "
                              "pass inputs explicitly")
         kind = _kind(spec.dtype)
-        if kind == "floating":
+        if kind == "floating" and spec.integer_ids:  # ids held as floats: small whole numbers
+            out.append(rng.integers(0, 2, shape).astype(spec.dtype))
+        elif kind == "floating":
             out.append(rng.standard_normal(shape).astype(spec.dtype))
         elif kind == "boolean":
             out.append(rng.random(shape) < 0.5)

@@ -14,7 +14,7 @@ from onnx_attr.importing.final_activation import strip_final_activations
 from onnx_attr.importing.model import AttributableModel
 from onnx_attr.importing.normalize import normalize
 from onnx_attr.importing.read import ModelSource, read_model
-from onnx_attr.importing.specs import output_spec, value_spec
+from onnx_attr.importing.specs import cast_id_inputs, output_spec, value_spec
 
 
 def load(
@@ -41,9 +41,10 @@ def load(
         module = convert(normalized.converted, opsets(normalized.canonical)
                          if normalized.converted is not normalized.canonical else None)
     canonical = normalized.canonical
+    ids = cast_id_inputs(canonical.graph)
     imported = AttributableModel(
         module,
-        inputs=[value_spec(v) for v in canonical.graph.input],
+        inputs=[value_spec(v, ids=v.name in ids) for v in canonical.graph.input],
         outputs=[output_spec(v, finals.get(v.name)) for v in canonical.graph.output],
         onnx_model=normalized.converted,
         reference_model=canonical,

@@ -19,20 +19,29 @@ class TensorSpec:
     name: str
     shape: Optional[tuple[Dim, ...]]  # None when even the rank is unknown
     dtype: Optional[np.dtype]  # None for non-tensor values (sequences, maps)
+    #: floating values the graph only casts to an integer type (ids stored as floats): no gradient
+    #: reaches them, so they are treated as integer ids everywhere (see `cast_id_inputs`)
+    ids: bool = False
 
     @property
     def differentiable(self) -> bool:
         """Attribution flows through floating inputs; integer ones (token ids) need an embedding."""
-        return self.dtype is not None and np.issubdtype(self.dtype, np.floating)
+        return self.dtype is not None and np.issubdtype(self.dtype, np.floating) and not self.ids
+
+    @property
+    def integer_ids(self) -> bool:
+        """Ids held in a floating dtype: fed to the methods as int64 (the value the graph's Cast makes)."""
+        return self.ids and self.dtype is not None and np.issubdtype(self.dtype, np.floating)
 
     def describe(self) -> str:
         dims = "?" if self.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
-        return f"{self.name}: {self.dtype if self.dtype is not None else 'non-tensor'} {dims}"
+        kind = " (ids: cast to integers in the graph)" if self.integer_ids else ""
+        return f"{self.name}: {self.dtype if self.dtype is not None else 'non-tensor'} {dims}{kind}"
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": None if self.shape is None else list(self.shape),
                 "dtype": None if self.dtype is None else str(self.dtype),
-                "differentiable": self.differentiable}
+                "differentiable": self.differentiable, "ids": self.integer_ids}
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,77 @@ class OutputSpec(TensorSpec):
         return out
 
 
-def value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
-    return TensorSpec(value.name, *_shape_and_dtype(value))
+def value_spec(value: onnx.ValueInfoProto, ids: bool = False) -> TensorSpec:
+    return TensorSpec(value.name, *_shape_and_dtype(value), ids=ids)
+
+
+#: ops that pass their first input's values on unchanged (only rearranged): followed to the Cast
+_SAME_VALUES = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
+#: ops whose output depends on their input's shape only
+_SHAPE_ONLY = frozenset({"Shape", "Size"})
+_INTEGERS = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
+                       onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+                       onnx.TensorProto.UINT32, onnx.TensorProto.UINT64})
+
+
+def cast_id_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Floating graph inputs whose values reach the outputs only through a Cast to an integer type
+    (after ops that only rearrange them; shape reads aside): ids stored as floats (tf2onnx's
+    float bytes into a OneHot). No gradient flows through the Cast, so they are attributed as ids,
+    at their one-hot or embedding. An input used anywhere as a float (or read inside a subgraph,
+    or returned) stays a float input: nothing is guessed."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    in_subgraphs = _subgraph_reads(graph)
+    outputs = {o.name for o in graph.output}
+    found = set()
+    for value in graph.input:
+        elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
+        if not elem or not np.issubdtype(helper.tensor_dtype_to_np_dtype(elem), np.floating):
+            continue
+        if _only_cast(value.name, consumers, in_subgraphs, outputs):
+            found.add(value.name)
+    return found
+
+
+def _only_cast(name: str, consumers: dict, in_subgraphs: set[str], outputs: set[str]) -> bool:
+    stack, seen, casts = [name], set(), 0
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in outputs or tensor in in_subgraphs:
+            return False
+        for node in consumers.get(tensor, ()):
+            if node.op_type in _SHAPE_ONLY and node.domain in ("", "ai.onnx"):
+                continue
+            if node.domain not in ("", "ai.onnx") or node.op_type not in _SAME_VALUES | {"Cast"}:
+                return False
+            if list(node.input).index(tensor) != 0 or list(node.input).count(tensor) != 1:
+                return False  # used as a shape or axes operand: not an id path
+            if node.op_type == "Cast":
+                to = next((a.i for a in node.attribute if a.name == "to"), None)
+                if to not in _INTEGERS:
+                    return False
+                casts += 1
+            else:
+                stack.extend(node.output[:1])
+    return casts > 0
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names read by nodes inside subgraphs (If/Loop/Scan bodies), at any depth."""
+    found: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                for inner in sub.node:
+                    found.update(inner.input)
+                found |= _subgraph_reads(sub)
+    return found
 
 
 def _shape_and_dtype(value: onnx.ValueInfoProto) -> tuple[Optional[tuple[Dim, ...]], Optional[np.dtype]]:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from onnx_attr.importing.batch import Layout, batch_axes, probe
 from onnx_attr.errors import InputError
-from onnx_attr.importing.inputs import check_inputs
+from onnx_attr.importing.inputs import as_ids, check_inputs
 
 
 @dataclass
@@ -220,7 +220,8 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
     for pos, v in zip(extra_positions, extra):
         values[pos] = v
     finite = [i in positions for i in range(len(specs))]  # a mask of -inf may ride along unattributed
-    tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=batch_axes(specs), finite=finite)]
+    tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=batch_axes(specs), finite=finite,
+                                                          ids_as_integers=True)]
     held = [i for i in positions if is_held(tensors[i])]
     chosen = [i for i in positions if i not in held]
     axes = batch_axes(specs, tensors)
@@ -302,7 +303,7 @@ def _one_baseline(spec, b: Any, x: Tensor, axis: Optional[int] = 0) -> Tensor:
     else:
         rows = x.shape[axis] if b.dim() == x.dim() and b.shape[axis] == x.shape[axis] else 1
         b = b.expand(*x.shape[:axis], rows, *x.shape[axis + 1:])
-    (checked,) = check_inputs([b.contiguous()], [spec], what="baseline", any_batch=[axis])
+    (checked,) = check_inputs([b.contiguous()], [spec], what="baseline", any_batch=[axis], ids_as_integers=True)
     return checked.to(x.device)
 
 
@@ -314,13 +315,19 @@ def as_tensor(value: Any, what: str) -> Tensor:
         raise InputError(f"cannot read the {what} as an array: {err}") from None
 
 
-def batched_inputs(inputs: Any, method: str) -> tuple[list[Tensor], Callable[[list], Any], bool, int]:
+def batched_inputs(inputs: Any, method: str, model=None) -> tuple[list[Tensor], Callable[[list], Any], bool, int]:
     """The user's inputs as tensors before `prepare`, for methods that repeat them per sample
     (NoiseTunnel, GradientShap): the tensors, how to pack results back, numpy or not, and the
-    examples on axis 0 (0-d non-floating inputs, flags, are held as given)."""
+    examples on axis 0 (0-d non-floating inputs, flags, are held as given). Given the model, ids
+    held as floats come as int64, so no noise is added to them."""
     values, repack = _as_list(inputs)
     as_numpy = all(isinstance(v, np.ndarray) for v in values)
     tensors = [as_tensor(v, "input") for v in values]
+    if model is not None:
+        by_name = {s.name: s for s in model.inputs}
+        specs = [by_name.get(k) for k in inputs] if isinstance(inputs, Mapping) else list(model.inputs)
+        tensors = [as_ids(t, spec, "input") if spec is not None and spec.integer_ids else t
+                   for t, spec in zip(tensors, [*specs, *[None] * len(tensors)])]
     if any(t.dim() == 0 and not is_held(t) for t in tensors) or all(is_held(t) for t in tensors):
         raise InputError(f"{method} needs a batch axis on every input (shape [N, ...]) but 0-d non-floating ones "
                          "(flags), which are held as given")

@@ -235,7 +235,7 @@ def along(alpha: Tensor, t: Tensor, axis: Optional[int]) -> Tensor:
 
 
 def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union[float, Sequence[float]],
-                      method: str, axes: Optional[Sequence[Optional[int]]] = None
+                      method: str, axes: Optional[Sequence[Optional[int]]] = None, model=None
                       ) -> tuple[list[Tensor], list[Tensor], Tensor, int, Any, bool]:
     """GradientShap's draws, in Captum's order (baseline rows with numpy, Gaussian noise with torch,
     path points with numpy), so that under the same seeds the two agree: the noisy inputs and the
@@ -244,7 +244,7 @@ def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union
     from onnx_attr.methods.deeplift import call_baseline
     from onnx_attr.methods.noise_tunnel import _add_noise
 
-    tensors, repack, as_numpy, n = batched_inputs(inputs, method)
+    tensors, repack, as_numpy, n = batched_inputs(inputs, method, model)
     baselines = call_baseline(baselines, inputs)
     if isinstance(baselines, Mapping) and isinstance(inputs, Mapping):
         missing = [k for k in inputs if k not in baselines]
@@ -294,7 +294,8 @@ class GradientShap(AttributionMethod):
         from onnx_attr.methods.noise_tunnel import _repeat_target
 
         noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(
-            inputs, baselines, n_samples, stdevs, "GradientShap", sample_axes(self, inputs, additional_forward_args))
+            inputs, baselines, n_samples, stdevs, "GradientShap", sample_axes(self, inputs, additional_forward_args),
+            self.model)
         prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args)
         with_samples(prepared, n, n_samples)
         prepared.as_numpy = as_numpy

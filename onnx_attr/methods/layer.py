@@ -324,7 +324,7 @@ class LayerGradientShap(LayerMethod):
 
         noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(
             inputs, baselines, n_samples, stdevs, "LayerGradientShap",
-            sample_axes(self, inputs, additional_forward_args))
+            sample_axes(self, inputs, additional_forward_args), self.model)
         prepared, h, h0, _ = self._at_layers(repack(noisy), repack(drawn), additional_forward_args,
                                              attribute_to_layer_input)
         rows, axes = self.n, prepared.row_axes()

@@ -51,7 +51,7 @@ class NoiseTunnel:
         if wants_delta and "return_convergence_delta" not in inspect.signature(self.method.attribute).parameters:
             raise InputError(f"{type(self.method).__name__} has no convergence delta; call without "
                              "return_convergence_delta")
-        tensors, repack, as_numpy, n = batched_inputs(inputs, "NoiseTunnel")
+        tensors, repack, as_numpy, n = batched_inputs(inputs, "NoiseTunnel", self.model)
         spread = [stdevs] * len(tensors) if isinstance(stdevs, (int, float)) else list(stdevs)
         if len(spread) != len(tensors) or not all(isinstance(s, (int, float)) and s >= 0 for s in spread):
             raise InputError(f"stdevs {stdevs!r} must be one non-negative number, or one per input ({len(tensors)})")
