@@ -33,7 +33,7 @@ class Budget:
 
     #: Elements of any one tensor whose size is computed from data at run time (Expand, Tile,
     #: ConstantOfShape, Range, Pad, Resize, Upsample, ConvTranspose, DFT, OneHot, MaxUnpool,
-    #: AffineGrid, CenterCropPad, Col2Im, STFT, ImageDecoder, Loop and Scan outputs).
+    #: AffineGrid, CenterCropPad, Col2Im, STFT, ImageDecoder, Einsum, Loop and Scan outputs).
     #: 2^28 is 1 GiB of float32.
     max_elements: int = 2**28
     #: Iterations of one Loop run, and of a whole nest of loops together (inner trips count, a
@@ -319,6 +319,33 @@ def _image_decoder(get: Get, attrs: dict, opset: int) -> Optional[int]:
     return width * height * (1 if attrs.get("pixel_format") in ("Grayscale", b"Grayscale") else 3)
 
 
+def _einsum(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    """The output's size from the equation and the operands' shapes: an outer product of small
+    operands ('i,j,k->ijk') is huge while every input is tiny."""
+    equation = attrs.get("equation", "")
+    equation = (equation.decode() if isinstance(equation, bytes) else str(equation)).replace(" ", "")
+    left, arrow, right = equation.partition("->")
+    terms = left.split(",")
+    sizes: dict[str, int] = {}
+    ellipsis: list[int] = []
+    for i, term in enumerate(terms):
+        x = get(i)
+        if x is None:
+            return None
+        letters = term.replace("...", "")
+        extra = x.dim() - len(letters)
+        if extra < 0 or (extra and "..." not in term):
+            return None  # the op's own error
+        head = term.index("...") if "..." in term else len(term)
+        dims = [*x.shape[:head], *x.shape[head + extra:]] if extra else list(x.shape)
+        ellipsis = _broadcast(ellipsis, list(x.shape[head:head + extra])) if extra else ellipsis
+        for letter, d in zip(letters, dims):
+            sizes[letter] = max(sizes.get(letter, 1), int(d)) if d != 1 or letter not in sizes else sizes[letter]
+    if not arrow:  # implicit output: the letters used once, in alphabetical order
+        right = "".join(sorted(c for c in sizes if left.count(c) == 1))
+    return elements([*ellipsis, *(sizes.get(c, 1) for c in right.replace("...", ""))])
+
+
 #: op type -> (ONNX inputs by position -> elements of the largest tensor it will create)
 ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "Expand": _expand,
@@ -337,6 +364,7 @@ ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "Col2Im": _col2im,
     "STFT": _stft,
     "ImageDecoder": _image_decoder,
+    "Einsum": _einsum,
 }
 
 
@@ -351,7 +379,8 @@ def _gather_axes(get: Get, attrs: dict, opset: int) -> Optional[list]:
 #: op type -> the axes a node addresses, for ops whose converter does Python work for every axis
 #: up to the value (onnx2torch's Slice lists `range(max(axes) + 1)`: axes=[2^62] never ends; its
 #: Gather builds a list of `axis` slices) or takes axes given as inputs modulo the rank (Pad-18,
-#: DFT-20: a result where onnxruntime refuses the file). An axis outside the input's rank is
+#: DFT-20, the reductions' `axes` input, CenterCropPad's axes on an input of unknown rank: a
+#: result where onnxruntime refuses the file). An axis outside the input's rank is
 #: refused first; axes given as attributes are checked at load where the rank is known
 #: (`convert._check_axis_attributes`).
 AXES: dict[str, Callable[[Get, dict, int], Optional[list]]] = {
@@ -359,6 +388,11 @@ AXES: dict[str, Callable[[Get, dict, int], Optional[list]]] = {
     "Gather": _gather_axes,
     "Pad": lambda get, attrs, opset: _values(get(3)) if opset >= 18 else None,
     "DFT": lambda get, attrs, opset: _values(get(2)) if opset >= 20 else None,
+    "ReduceSum": lambda get, attrs, opset: _values(get(1)) if opset >= 13 else None,
+    **{op: (lambda get, attrs, opset: _values(get(1)) if opset >= 18 else None) for op in (
+        "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+        "ReduceLogSumExp", "ReduceSumSquare")},
+    "CenterCropPad": lambda get, attrs, opset: attrs.get("axes"),  # checked at load where the rank is known
 }
 
 #: the ops `NodeGuard` is installed on

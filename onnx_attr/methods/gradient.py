@@ -258,6 +258,15 @@ def draw_shap_samples(inputs: Any, baselines: Any, n_samples: int, stdevs: Union
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise InputError(f"n_samples must be a positive int, got {n_samples!r}")
     # drawn with each input's examples (and each distribution's rows) on axis 0, put back on its batch axis
+    if axes is not None:
+        names = list(inputs) if isinstance(inputs, Mapping) else [f"#{i}" for i in range(len(tensors))]
+        whole = [f"{name!r} (shape {list(t.shape)})" for name, t, a in zip(names, tensors, axes)
+                 if a is None and not is_held(t)]
+        if whole:
+            raise InputError(f"{method} draws its samples on each attributed input's batch axis, but input(s) "
+                             f"{', '.join(whole)} have none (held inputs, such as a state without a batch): pass "
+                             "them as additional_forward_args (held at their values), or attribute them with "
+                             "IntegratedGradients or DeepLiftShap")
     axes = [0] * len(tensors) if axes is None else [a or 0 for a in axes]
     if len(pool) == len(tensors):
         pool = [b if is_held(t) else rows_first(as_tensor(b, "baseline distribution"), a) if getattr(b, "ndim", 0)

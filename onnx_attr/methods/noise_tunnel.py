@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from onnx_attr.errors import InputError
+from onnx_attr.importing.rows import rows_back, rows_first
 from onnx_attr.methods._inputs import _as_list, as_tensor, batched_inputs, is_held
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -51,7 +52,10 @@ class NoiseTunnel:
         if wants_delta and "return_convergence_delta" not in inspect.signature(self.method.attribute).parameters:
             raise InputError(f"{type(self.method).__name__} has no convergence delta; call without "
                              "return_convergence_delta")
+        axes = self._sample_axes(inputs, kwargs.get("additional_forward_args"))
         tensors, repack, as_numpy, n = batched_inputs(inputs, "NoiseTunnel", self.model)
+        tensors = [t if is_held(t) else rows_first(t, a) for t, a in zip(tensors, axes)]  # noise drawn batch-first
+        n = next((t.shape[0] for t in tensors if not is_held(t)), n)
         spread = [stdevs] * len(tensors) if isinstance(stdevs, (int, float)) else list(stdevs)
         if len(spread) != len(tensors) or not all(isinstance(s, (int, float)) and s >= 0 for s in spread):
             raise InputError(f"stdevs {stdevs!r} must be one non-negative number, or one per input ({len(tensors)})")
@@ -60,8 +64,9 @@ class NoiseTunnel:
         deltas = []
         for start in range(0, nt_samples, batch):
             k = min(batch, nt_samples - start)
-            noisy = [t if is_held(t) else _add_noise(t, s, k) if t.is_floating_point() else t.repeat_interleave(k, 0)
-                     for t, s in zip(tensors, spread)]
+            noisy = [t if is_held(t) else rows_back(_add_noise(t, s, k) if t.is_floating_point()
+                                                     else t.repeat_interleave(k, 0), a)
+                     for t, s, a in zip(tensors, spread, axes)]
             call = {key: _repeat_per_example(value, n, k, key) for key, value in kwargs.items()}
             if isinstance(kwargs.get("additional_forward_args"), Mapping):  # by name: each on its batch axis
                 call["additional_forward_args"] = _repeat_by_axis(self.model, kwargs["additional_forward_args"], n, k)
@@ -73,21 +78,39 @@ class NoiseTunnel:
             if wants_delta:
                 out, delta = out
                 deltas.append(torch.as_tensor(np.asarray(delta) if not isinstance(delta, Tensor) else delta))
-            parts = [as_tensor(a, "attribution").double() for a in _as_list(out)[0]]
+            parts = [rows_first(as_tensor(a, "attribution").double(), x) if a is not None and np.ndim(a) else
+                     as_tensor(a, "attribution").double() for a, x in zip(_as_list(out)[0], axes)]
             parts = [a.reshape(n, k, *a.shape[1:]) if a.dim() else a.expand(1, k) for a in parts]  # held: 0-d
             total, square = [a.sum(1) for a in parts], [(a * a).sum(1) for a in parts]
             sums = total if sums is None else [s + t for s, t in zip(sums, total)]
             squares = square if squares is None else [s + t for s, t in zip(squares, square)]
         smoothed = []
-        for total, square, x in zip(sums, squares, _as_list(out)[0]):
+        for total, square, x, axis in zip(sums, squares, _as_list(out)[0], axes):
             mean, mean_sq = total / nt_samples, square / nt_samples
             value = {"smoothgrad": mean, "smoothgrad_sq": mean_sq, "vargrad": mean_sq - mean * mean}[nt_type]
+            value = rows_back(value, axis) if np.ndim(x) else value
             dtype = x.dtype if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x)).dtype
             smoothed.append(value.to(dtype).reshape(()) if np.ndim(x) == 0 else value.to(dtype))
         if as_numpy:
             smoothed = [s.numpy() for s in smoothed]
         result = repack(smoothed)
         return (result, torch.cat(deltas)) if wants_delta else result
+
+
+    def _sample_axes(self, inputs: Any, additional_forward_args: Any) -> list[Optional[int]]:
+        """Each of the user's inputs' batch axis (found from the graph, as every method reads it):
+        the noisy samples of an example are stacked there."""
+        from onnx_attr.methods._inputs import prepare
+        from onnx_attr.methods.deeplift import baseline_axes
+
+        every = {s.name for s in self.model.inputs}
+        prepared = prepare(self.model, inputs, None, additional_forward_args, embedded=every)
+        if not prepared.stackable:
+            raise InputError("NoiseTunnel stacks its noisy samples on the batch axis, but the model's rows mix (the "
+                             "inputs are one whole example, batch.probe): call the method on noisy copies one at a "
+                             "time instead")
+        axes = baseline_axes(prepared, inputs, self.model)
+        return [*axes, *[0] * (len(_as_list(inputs)[0]) - len(axes))]
 
 
 def _add_noise(t: Tensor, stdev: float, samples: int) -> Tensor:

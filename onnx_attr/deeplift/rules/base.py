@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from onnx_attr.deeplift.rules.paired import product, product_multipliers, rescale_multiplier
+from onnx_attr.deeplift.rules.paired import product, product_multipliers, reduce_to, rescale_multiplier  # noqa: F401
 
 RULES: dict[str, "Rule"] = {}
 
@@ -63,16 +63,6 @@ class Rule:
 
 def _substitute(args: Sequence[Any], values: dict[int, Any]) -> list[Any]:
     return [values.get(i, a) for i, a in enumerate(args)]
-
-
-def reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
-    """Sum a broadcast gradient back to an input's shape."""
-    if grad.shape == shape:
-        return grad
-    extra = grad.dim() - len(shape)
-    grad = grad.sum(dim=tuple(range(extra))) if extra > 0 else grad
-    dims = tuple(i for i, (g, s) in enumerate(zip(grad.shape, shape)) if s == 1 and g != 1)
-    return grad.sum(dim=dims, keepdim=True) if dims else grad
 
 
 def _require_varying(info: NodeInfo, count: int, why: str) -> None:

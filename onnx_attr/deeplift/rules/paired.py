@@ -218,8 +218,8 @@ def product_multipliers(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: T
     else:
         a_mid, b_mid = (a + a0).div_(2), (b + b0).div_(2)
     if fn is torch.mul:
-        return _sum_to(b_mid.mul_(grad) if _owns(b_mid, grad) else grad * b_mid, a), \
-            _sum_to(a_mid.mul_(grad) if _owns(a_mid, grad) else grad * a_mid, b)
+        return reduce_to(b_mid.mul_(grad) if _owns(b_mid, grad) else grad * b_mid, a.shape), \
+            reduce_to(a_mid.mul_(grad) if _owns(a_mid, grad) else grad * a_mid, b.shape)
     with torch.enable_grad():
         ag = a.detach().requires_grad_(True)
         bg = b.detach().requires_grad_(True)
@@ -233,9 +233,14 @@ def _owns(mid: Tensor, grad: Tensor) -> bool:
     return mid.shape == grad.shape and mid.dtype == grad.dtype
 
 
-def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
-    """A broadcast product's gradient summed back to the operand's shape, as autograd does."""
-    return grad if grad.shape == like.shape else grad.sum_to_size(like.shape)
+def reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to an input's shape, as autograd does."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.dim() - len(shape)
+    grad = grad.sum(dim=tuple(range(extra))) if extra > 0 else grad
+    dims = tuple(i for i, (g, s) in enumerate(zip(grad.shape, shape)) if s == 1 and g != 1)
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
 
 
 def product(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Tensor, b0: Tensor

@@ -1,0 +1,97 @@
+"""Loose ends of the batch axis: the probe's error when one example cannot run alone, NoiseTunnel's
+samples on the model's batch axis, hidden tensors read on it, GradientShap on an input without one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+
+import onnx_attr
+from conftest import FLOAT, make_model
+
+RNG = np.random.default_rng(3)
+W = RNG.standard_normal((3, 4)).astype(np.float32)
+
+
+def batch_on_axis_1():
+    """y = tanh(W @ x + b) with x [4, N], b [3, N]: the shared symbol puts the batch on axis 1 of the
+    inputs and of the output [3, N]."""
+    nodes = [helper.make_node("MatMul", ["w", "x"], ["h"]), helper.make_node("Add", ["h", "b"], ["z"]),
+             helper.make_node("Tanh", ["z"], ["y"])]
+    return make_model(nodes, [("x", FLOAT, [4, "N"]), ("b", FLOAT, [3, "N"])], [("y", FLOAT, [3, "N"])], {"w": W},
+                      opset=13)
+
+
+X = RNG.standard_normal((4, 5)).astype(np.float32)
+B = RNG.standard_normal((3, 5)).astype(np.float32)
+
+
+def test_one_example_that_cannot_run_alone_is_a_clear_error_naming_what_failed():
+    """The export bakes the batch (3) into a Reshape without declaring it: one row cannot run."""
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Tanh", ["r"], ["t"]),
+             helper.make_node("ReduceSum", ["t", "ax"], ["y"], keepdims=0)]
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["N", 4])], [("y", FLOAT, ["N"])],
+                                      {"s": np.array([3, 2, 2], np.int64), "ax": np.array([1, 2], np.int64)}, opset=13))
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    assert model.run(x)[0].shape == (3,)  # the rows given run
+    for method in (onnx_attr.IntegratedGradients(model), onnx_attr.DeepLift(model)):
+        with pytest.raises(onnx_attr.InputError, match=r"not on one example.*Reshape.*--batch-axis") as err:
+            method.attribute(x, target=None)
+        assert "stackable" not in str(err.value)
+
+
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "vargrad"])
+def test_noise_tunnel_draws_its_samples_on_the_models_batch_axis(nt_type):
+    """Against a hand re-creation: Captum's draws batch-first (each example repeated k times, one
+    normal draw), each noisy example's gradient of tanh(W x)[1] w.r.t. x, per example mean/var."""
+    model = onnx_attr.load(batch_on_axis_1(), strip_final_activation=False)
+    k, stdev = 3, 0.4
+    torch.manual_seed(7)
+    ours = onnx_attr.NoiseTunnel(onnx_attr.Saliency(model)).attribute(
+        {"x": X}, nt_type=nt_type, nt_samples=k, stdevs=stdev, target=1, abs=False,
+        additional_forward_args={"b": B})["x"]
+    torch.manual_seed(7)
+    rows = torch.from_numpy(X.T.copy()).repeat_interleave(k, 0)
+    noisy = rows + torch.normal(0, torch.tensor(stdev).repeat(rows.shape))
+    w = torch.from_numpy(W).double()
+    bias = torch.from_numpy(B.T.copy()).double().repeat_interleave(k, 0)
+    grads = (1 - torch.tanh(noisy.double() @ w.T + bias)[:, 1:2] ** 2) * w[1]  # d tanh(w1 . x + b1) / dx
+    grads = grads.reshape(X.shape[1], k, 4)
+    mean = grads.mean(1)
+    hand = mean if nt_type == "smoothgrad" else (grads * grads).mean(1) - mean * mean
+    np.testing.assert_allclose(np.asarray(ours), hand.T.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_noise_tunnel_without_noise_is_the_method_on_every_layout():
+    model = onnx_attr.load(batch_on_axis_1(), strip_final_activation=False)
+    plain = onnx_attr.IntegratedGradients(model).attribute({"x": X, "b": B}, target=2)
+    smoothed = onnx_attr.NoiseTunnel(onnx_attr.IntegratedGradients(model)).attribute(
+        {"x": X, "b": B}, nt_samples=2, stdevs=0.0, target=2)
+    for name in ("x", "b"):
+        np.testing.assert_allclose(np.asarray(smoothed[name]), np.asarray(plain[name]), rtol=1e-5, atol=1e-7)
+
+
+def state_without_batch():
+    """tanh(x W + Σ_rows s) with x [N, 4] and a state s [2, 3] that has no batch."""
+    w = RNG.standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("ReduceSum", ["s", "ax"], ["sv"], keepdims=0),
+             helper.make_node("Add", ["h", "sv"], ["z"]), helper.make_node("Tanh", ["z"], ["y"])]
+    return make_model(nodes, [("x", FLOAT, ["N", 4]), ("s", FLOAT, [2, 3])], [("y", FLOAT, ["N", 3])],
+                      {"w": w, "ax": np.array([0], np.int64)}, opset=13)
+
+
+def test_gradient_shap_on_an_input_without_a_batch_is_a_clear_error_and_works_held():
+    model = onnx_attr.load(state_without_batch(), strip_final_activation=False)
+    x, s = RNG.standard_normal((1, 4)).astype(np.float32), RNG.standard_normal((2, 3)).astype(np.float32)
+    pool = {"x": np.zeros((3, 4), np.float32), "s": np.zeros((2, 3), np.float32)}
+    with pytest.raises(onnx_attr.InputError, match=r"GradientShap .*'s' \(shape \[2, 3\]\) have none.*additional_forward"):
+        onnx_attr.GradientShap(model).attribute({"x": x, "s": s}, baselines=pool, target=0)
+    held = onnx_attr.GradientShap(model).attribute({"x": x}, baselines={"x": pool["x"]}, target=0,
+                                                   additional_forward_args={"s": s})
+    assert held["x"].shape == (1, 4)
+    rows = {"x": pool["x"], "s": np.zeros((3, 2, 3), np.float32)}  # no batch: the rows on a new leading axis
+    attributions, delta = onnx_attr.DeepLiftShap(model).attribute({"x": x, "s": s}, baselines=rows, target=0,
+                                                                   return_convergence_delta=True)
+    assert attributions["s"].shape == (2, 3) and float(np.abs(np.asarray(delta)).max()) < 1e-5
