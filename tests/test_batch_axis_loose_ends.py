@@ -95,3 +95,35 @@ def test_gradient_shap_on_an_input_without_a_batch_is_a_clear_error_and_works_he
     attributions, delta = onnx_attr.DeepLiftShap(model).attribute({"x": x, "s": s}, baselines=rows, target=0,
                                                                    return_convergence_delta=True)
     assert attributions["s"].shape == (2, 3) and float(np.abs(np.asarray(delta)).max()) < 1e-5
+
+
+def fixed_state_on_axis_1(batch):
+    """h = tanh(s + x W) with x [B, 5] and a state s [2, B, 3] (the batch on axis 1), y = Σ_rows h:
+    with B an int the export fixes its batch (fed in chunks, the last padded), with a symbol not."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["s", "xw"], ["z"]),
+             helper.make_node("Tanh", ["z"], ["h"]), helper.make_node("ReduceSum", ["h", "ax"], ["y"], keepdims=0)]
+    return make_model(nodes, [("x", FLOAT, [batch, 5]), ("s", FLOAT, [2, batch, 3])], [("y", FLOAT, [batch, 3])],
+                      {"w": W5,
+                       "ax": np.array([0], np.int64)}, opset=13)
+
+
+W5 = RNG.standard_normal((5, 3)).astype(np.float32)
+
+
+def test_hidden_tensors_of_a_fixed_batch_export_are_cut_on_their_own_batch_axis():
+    """Six examples through an export fixed at four: two chunks, the second padded; the hidden
+    tensor h [2, B, 3] has its batch on axis 1. Its values and LayerDeepLift's attributions to it
+    equal those of the same graph with a symbolic batch run at once."""
+    fixed = onnx_attr.load(fixed_state_on_axis_1(4), strip_final_activation=False)
+    free = onnx_attr.load(fixed_state_on_axis_1("N"), strip_final_activation=False)
+    feeds = {"x": RNG.standard_normal((6, 5)).astype(np.float32), "s": RNG.standard_normal((2, 6, 3)).astype(np.float32)}
+    from onnx_attr.deeplift.layers import hidden_axis, tensor_values
+
+    assert hidden_axis(fixed, "h") == 1
+    tensors = [torch.from_numpy(feeds["x"]), torch.from_numpy(feeds["s"])]  # more rows than the export's batch
+    np.testing.assert_allclose(tensor_values(fixed, ["h"], tensors)[0].numpy(),
+                               tensor_values(free, ["h"], tensors)[0].numpy(), rtol=1e-6)
+    ours = onnx_attr.LayerDeepLift(fixed, "h").attribute(feeds, target=1)
+    twin = onnx_attr.LayerDeepLift(free, "h").attribute(feeds, target=1)
+    assert np.shape(ours) == (2, 6, 3)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(twin), rtol=1e-5, atol=1e-7)

@@ -274,12 +274,21 @@ class DeepLiftEngine:
             parts.append(self._two_pass(xs, bs, attributed, targets.chunk(start, stop), output, padded, axes))
         if len(parts) == 1:
             return parts[0]
-        layers = [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))
-                  for i in range(len(self.rewrite.layers))]
+        cuts = self._layer_axes()
+        layers = [(torch.cat([p.layers[i][0] for p in parts], dim=cuts[i] or 0),
+                   torch.cat([p.layers[i][1] for p in parts], dim=cuts[i] or 0)) for i in range(len(self.rewrite.layers))]
         return PassResult(
             [None if parts[0].multipliers[i] is None else torch.cat([p.multipliers[i] for p in parts], dim=axes[i] or 0)
              for i in range(len(inputs))],
             torch.cat([p.value for p in parts]), torch.cat([p.reference_value for p in parts]), layers)
+
+    def _layer_axes(self) -> list[Optional[int]]:
+        """Each tapped layer's batch axis (where a padded fixed batch is cut), found once."""
+        if getattr(self, "_layer_axes_found", None) is None:
+            from onnx_attr.deeplift.layers import hidden_axis
+
+            self._layer_axes_found = [hidden_axis(self.model, t.tensor) for t in self.rewrite.layers]
+        return self._layer_axes_found
 
     def _two_pass(self, xs, bs, attributed, targets, output, keep, axes) -> PassResult:
         try:
@@ -336,8 +345,9 @@ class DeepLiftEngine:
                 if layer_taps:
                     leaves = [state.tap_leaves[id(t)] for t in layer_taps]
                     found = target_gradients(value, leaves)
-                    layers = [((torch.zeros_like(h) if g is None else g)[:keep], (h.detach() - state.tap_baselines[
-                        id(t)].expand_as(h))[:keep]) for t, g, h in zip(layer_taps, found, leaves)]
+                    layers = [(_kept(torch.zeros_like(h) if g is None else g, keep, a), _kept(
+                        h.detach() - state.tap_baselines[id(t)].expand_as(h), keep, a))
+                        for t, g, h, a in zip(layer_taps, found, leaves, self._layer_axes())]
                     return PassResult([None] * len(xs), value.detach(), targets.reference(ref_out, out, keep).detach(),
                                       layers)
                 leaves = [state.tap_leaves[id(t)] for t in taps]
@@ -361,7 +371,7 @@ class DeepLiftEngine:
                     raise InputError(f"the embedding of {spec.name!r} has shape {list(parts[0].shape)}, not the ids' "
                                      f"shape {list(x.shape)} plus an embedding axis: its attributions cannot be given "
                                      "per token; attribute the embedding itself (LayerDeepLift)")
-                multipliers.append(per_token[:keep])
+                multipliers.append(_kept(per_token, keep, axis))
             else:
                 g = next(grads)
                 g = torch.zeros_like(x) if g is None else g

@@ -135,23 +135,41 @@ def embedding_lookups(model) -> dict[str, list[str]]:
     return found
 
 
+def hidden_axis(model, name: str) -> Optional[int]:
+    """A hidden tensor's batch axis as shape inference declares it, read as an output's is
+    (`batch.output_batch_axes`: the inputs' batch symbol, else a fixed batch's size on its only
+    axis of that size); axis 0 when nothing was inferred. None: it has no batch."""
+    from onnx_attr.importing.batch import output_batch_axes
+
+    spec = _spec(model, name)
+    return 0 if spec.shape is None else output_batch_axes(model.inputs, [spec])[0]
+
+
 def tensor_values(model, names: Sequence[str], inputs: Sequence[Tensor]) -> list[Tensor]:
-    """The named tensors' values in a forward pass of the model (no gradients)."""
+    """The named tensors' values in a forward pass of the model (no gradients); an export that
+    fixes its batch runs in chunks of it, cut and padded on each input's batch axis, and each
+    tensor's rows are put back together on its own (`hidden_axis`)."""
+    from onnx_attr.importing.batch import batch_axes
     from onnx_attr.importing.convert import run_recording
-    from onnx_attr.importing.rows import example_rows, fixed_batch, padded_rows
+    from onnx_attr.importing.rows import fixed_batch, padded_rows
 
     fixed = fixed_batch(model.inputs)
-    n = example_rows(inputs, [t.dim() > 0 for t in inputs]) if any(t.dim() for t in inputs) else 0
+    axes = batch_axes(model.inputs, inputs)
+    n = next((t.shape[a] for t, a in zip(inputs, axes) if a is not None), 0)
     size = fixed if fixed and n and n != fixed else n
+    outer = [None] * len(names) if size == n else [hidden_axis(model, name) for name in names]
     parts = []
     for start in range(0, max(n, 1), max(size, 1)):  # a fixed-batch export runs in its batch, padded
         stop = min(start + size, n)
-        fed = inputs if size == n else [padded_rows(t, start, stop, size) if t.dim() and t.shape[0] == n
-                                        else t.expand(size, *t.shape[1:]) if t.dim() and t.shape[0] == 1 else t
-                                        for t in inputs]
+        fed = inputs if size == n else [t if a is None else padded_rows(t, start, stop, size, a) if t.shape[a] == n
+                                        else t.expand(*t.shape[:a], size, *t.shape[a + 1:]) if t.shape[a] == 1 else t
+                                        for t, a in zip(inputs, axes)]
         recorded = run_recording(model.module, *fed)
         missing = [name for name in names if name not in recorded]
         for name in missing:
             tensor_node(model.module, name)  # raises the error with suggestions
-        parts.append([recorded[name] if size == n else recorded[name][:stop - start] for name in names])
-    return parts[0] if len(parts) == 1 else [torch.cat(column) for column in zip(*parts)]
+        parts.append([recorded[name] if a is None or recorded[name].dim() <= a else
+                      recorded[name].narrow(a, 0, stop - start) for name, a in zip(names, outer)])
+    if len(parts) == 1:
+        return parts[0]
+    return [column[0] if a is None else torch.cat(column, dim=a) for column, a in zip(zip(*parts), outer)]
