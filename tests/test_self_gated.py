@@ -127,3 +127,14 @@ def test_a_gate_with_a_per_channel_constant_is_not_fused():
     dl.attribute(x, np.zeros((1, 8), np.float32), target=0)
     assert dl.engine.rewrite.self_gated == []
     assert dl.last_report["max_relative_delta"] <= 1e-4
+
+
+def test_revealcancel_takes_the_fused_nonlinearity_with_its_weighted_op():
+    model = _model(*SILU)
+    dl = onnx_attr.DeepLift(onnx_attr.load(model), rule="revealcancel")
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3, 8)) * 2).astype(np.float32)
+    dl.attribute(x, (rng.standard_normal((1, 8)) - 2).astype(np.float32), target=2)
+    rewrite = dl.engine.rewrite
+    assert len(rewrite.self_gated) == 1 and len(rewrite.reveal_cancel) == 1
+    assert dl.last_report["max_relative_delta"] <= 1e-4
