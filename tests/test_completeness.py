@@ -21,7 +21,7 @@ from rule_cases import CASES, SCALES, Case, power
 ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 #: Rules whose completeness cases need more than a one-node case of the table above.
 TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "RNN")},
-                    "LogSumExpPool": "tests/test_smooth.py",
+                    "LogSumExpPool": "tests/test_smooth.py", "SelfGated": "tests/test_self_gated.py",
                     **{op: "tests/test_quantized_lstm.py" for op in ("DynamicQuantizeLSTM", "QuantizedBlock")}}
 
 

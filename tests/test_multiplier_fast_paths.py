@@ -63,7 +63,7 @@ def test_cpu_rescale_path_agrees_with_the_masked_formulation(f, monkeypatch):
 
 def test_quantized_block_closed_form_is_the_decomposition():
     """The block's rule without its decomposition: what autograd through `credited` gives."""
-    from onnx_attr.deeplift.rules.quantized import credit_share, credited
+    from onnx_attr.deeplift.rules.quantized import credit_share, credited, residual_share
 
     gen = torch.Generator().manual_seed(7)
     weight = torch.randn((6, 5), generator=gen, dtype=torch.float64)
@@ -81,3 +81,10 @@ def test_quantized_block_closed_form_is_the_decomposition():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
     dx = x - x0
     assert torch.allclose((got * dx).sum((1, 2)), (grad * (exact(x) - exact(x0))).sum((1, 2)), rtol=1e-10)
+    # the rule's form: g·r from g·Δy − through·Δx, the map not run at the reference
+    short = through + residual_share(grad, exact(x) - exact(x0), through, x, x0.expand_as(x), 0)
+    torch.testing.assert_close(short, want, rtol=1e-9, atol=1e-9 * want.abs().max().item())
+    narrow = [t.float() for t in (grad, exact(x) - exact(x0), through, x, x0.expand_as(x))]
+    short32 = narrow[2] + residual_share(*narrow, 0)
+    total, change = (short32.double() * dx).sum((1, 2)), (grad * (exact(x) - exact(x0))).sum((1, 2))
+    assert ((total - change).abs() <= 1e-5 * change.abs().clamp(min=1)).all()  # complete in float32 too

@@ -23,6 +23,7 @@ from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
 from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
 from onnx_attr.deeplift.taps import EmbeddingTap, LayerTap, embedding_taps, insert_layer_taps
+from onnx_attr.deeplift.unary_fusion import fuse_self_gated
 from onnx_attr.errors import UnsupportedOpError
 from onnx_attr.importing.specs import TensorSpec
 
@@ -37,6 +38,7 @@ class RewriteResult:
     layers: list[LayerTap] = field(default_factory=list)  # tensors attributed instead of the inputs
     reveal_cancel: list[str] = field(default_factory=list)  # nonlinearities given RevealCancel
     reveal_cancel_skipped: list[str] = field(default_factory=list)  # no weighted op before them: Rescale
+    self_gated: list[str] = field(default_factory=list)  # Muls fused with their gate: x·g(x), one rescale
 
 
 def variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], sources: set[fx.Node] = frozenset()
@@ -114,6 +116,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
+    result.self_gated.extend(fuse_self_gated(out, variable))  # SiLU, HardSwish as exported (unary_fusion.py)
     unsupported: list[tuple[str, str, int, str, str]] = []
     for index, node, kind, info in varying_nodes(out, variable, taps):
         if kind in ("linear", "structural"):

@@ -91,7 +91,10 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
         # on CPU: the secant everywhere, then the few close elements (found once, from dx's own
         # storage, no mask) replaced, their gradients taken on those elements alone
         m = (y - y0).div_(dx)
-        where = dx.abs_().le_(tolerance).reshape(-1).nonzero().squeeze(1)
+        distance = dx.abs_()  # in dx's storage: on CPU a fresh tensor costs more than a pass over one
+        if bool(distance.amin() > tolerance):
+            return m  # no element near its reference (the usual case): no mask, no search
+        where = distance.le(tolerance).reshape(-1).nonzero().squeeze(1)  # a bool mask: a quarter of the memory
         if where.numel() == 0:
             return m
         at = lambda t: torch.take(t.detach().expand_as(x), where)  # noqa: E731

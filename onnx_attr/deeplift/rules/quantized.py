@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, fx, nn
+from torch.nn import functional as F
 
 from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, rule
 
@@ -91,9 +92,14 @@ class QuantizedBlock(nn.Module):
 
 
 class _StraightThrough(fx.Interpreter):
+    """The block with rounding passed straight through, in x's own floating type: the map only
+    gives the multipliers Wᵀg; completeness does not rest on its rounding, since the residual's
+    share is what Δy leaves of through·Δx (`residual_share`). float64 here cost 3-5x the convolution."""
+
     def __init__(self, sub: fx.GraphModule, at: Tensor):
         super().__init__(sub)
         self.at = at
+        self.dtype = at.dtype if at.is_floating_point() else torch.float64
 
     def run_node(self, n: fx.Node) -> Any:
         op = _op(n)
@@ -103,17 +109,43 @@ class _StraightThrough(fx.Interpreter):
         module = self.fetch_attr(n.target)
         if op == "Cast":
             return args[0]
+        dtype = self.dtype
         if op == "DynamicQuantizeLinear":
-            _, scale, zero = module(self.at)
-            return args[0].to(torch.float64) / scale.double() + zero.double(), scale, zero
+            # the scale and zero point come from at's range alone: quantize just its two ends
+            _, scale, zero = module(torch.stack(torch.aminmax(self.at.detach())) if self.at.numel() else self.at)
+            return args[0].to(dtype) / scale.to(dtype) + zero.to(dtype), scale, zero
         from onnx_attr.deeplift.ops import BoundOp, signature_names
 
         values = BoundOp(module, signature_names(module)).full(args, kwargs)
         if op == "ConvInteger":
-            return module.accumulate(*values)
+            return _conv(module, dtype, *values)
         a, b, a_zero, b_zero = values + [None] * (4 - len(values))
-        centred = lambda t, z: t.to(torch.float64) - (0.0 if z is None else z.to(torch.float64))  # noqa: E731
-        return centred(a, a_zero) @ centred(b, b_zero if b_zero is None or b_zero.dim() == 0 else b_zero.reshape(1, -1))
+        return _centred(a, a_zero, None, dtype) @ _centred(b, b_zero, -1, dtype)
+
+
+def _centred(t: Tensor, zero: Tensor | None, axis: int | None, dtype: torch.dtype) -> Tensor:
+    """t − zero point in `dtype`; a zero point with more than one element runs along `axis`."""
+    value = t.to(dtype)
+    if zero is None:
+        return value
+    zero = zero.to(dtype)
+    if zero.numel() > 1 and axis is not None:
+        shape = [1] * t.dim()
+        shape[axis] = zero.numel()
+        zero = zero.reshape(shape)
+    return value - (zero.reshape(()) if zero.numel() == 1 else zero)
+
+
+def _conv(module: nn.Module, dtype: torch.dtype, x: Tensor, w: Tensor, x_zero=None, w_zero=None) -> Tensor:
+    """ConvInteger's sum of centred products (converters/quantize.IntegerConv) in `dtype`."""
+    from onnx_attr.importing.converters.convolution import _CONV, _spatial_rank
+    from onnx_attr.importing.converters.pooling import window_padding
+
+    rank = _spatial_rank(w, "ConvInteger")
+    xs, ws = _centred(x, x_zero, None, dtype), _centred(w, w_zero, 0, dtype)
+    plan = window_padding({**module.attrs, "kernel_shape": list(w.shape[2:])}, tuple(x.shape[2:]))
+    padded = F.pad(xs, plan.pads) if any(plan.pads) else xs
+    return _CONV[rank](padded, ws, None, plan.strides, 0, plan.dilations, module.group)
 
 
 def fuse_quantized_blocks(module: fx.GraphModule) -> int:
@@ -170,17 +202,34 @@ class QuantizedBlockRule(DecomposedRule):
         return credited(block, lambda v: block.linear(v, x.detach()), x, refs[0], 0)
 
     def backward(self, info, call, grad, args, out, refs, ref_out):
-        """`decompose`'s multipliers in closed form: the block's outputs at x and at the reference are
-        the ones the two passes computed (not run again), autograd only through the linear map."""
+        """`decompose`'s multipliers in closed form: one linear map at x, autograd only through it.
+
+        The residual's share needs only g·r per example, and g·r = g·Δy − g·W·Δx = g·Δy − (Wᵀg)·Δx:
+        the outputs at x and at the reference are the ones the two passes computed, and Wᵀg is the
+        part through the map, so the map is not run at the reference (see `residual_share`)."""
         block, x = call.module, args[0].detach()
         x0 = refs[0].expand_as(x)  # a shared (batch-1) reference, as `decompose` sees it
         with torch.enable_grad():
-            live = x.clone().requires_grad_(True)
+            live = x.detach().requires_grad_(True)
             z = block.linear(live, x)
             (through,) = torch.autograd.grad(z, live, grad)
         with torch.no_grad():
-            residual = (out - ref_out) - (z.detach() - block.linear(x0, x))
-            return [(through + credit_share(grad, residual, x, x0, 0)).to(x.dtype)]
+            return [(through + residual_share(grad, out - ref_out, through, x, x0, 0)).to(x.dtype)]
+
+
+def residual_share(grad: Tensor, dy: Tensor, through: Tensor, x: Tensor, x0: Tensor, batch_axis: int) -> Tensor:
+    """`credit_share` from g·r = g·Δy − through·Δx (through = Wᵀg, the map's part of the multipliers):
+    Δx·(g·r)/‖Δx‖² per example, its sums in float64 (g·Δy and through·Δx nearly cancel where the
+    rounding residual is small), so Σ m·Δx = through·Δx + g·r = g·Δy per example."""
+    axes = tuple(a for a in range(x.dim()) if a != batch_axis % x.dim())
+    out_axes = tuple(a for a in range(dy.dim()) if a != batch_axis % dy.dim())
+    dx = x - x0
+    wide = torch.float64 if x.device.type != "mps" else x.dtype
+    norm2 = torch.sum(dx * dx, axes, keepdim=True, dtype=wide)
+    g_dy = torch.sum(grad * dy, out_axes, dtype=wide) if out_axes else (grad * dy).to(wide)
+    g_r = g_dy.reshape(norm2.shape) - torch.sum(through * dx, axes, keepdim=True, dtype=wide)
+    per_example = g_r / torch.where(norm2 > 0, norm2, torch.ones_like(norm2))
+    return per_example.to(dx.dtype).expand_as(dx) * dx
 
 
 def credit_share(grad: Tensor, residual: Tensor, x: Tensor, x0: Tensor, batch_axis: int) -> Tensor:

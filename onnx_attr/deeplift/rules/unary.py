@@ -21,3 +21,8 @@ class ExactSecant(UnaryRule):
     """Slopes 0 and 1 only: the secant needs no tolerance (the hot nonlinearities of CNNs)."""
 
     exact_secant = True
+
+
+@rule("SelfGated")
+class SelfGated(Rescale):
+    """x·g(x) fused by the rewrite (unary_fusion.py): elementwise in x, one rescale over the whole."""

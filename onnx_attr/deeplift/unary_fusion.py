@@ -1,0 +1,105 @@
+"""Self-gated activations as one nonlinearity: x·g(x) fused into one node with the rescale rule.
+
+Exporters write SiLU as `Mul(x, Sigmoid(x))`, HardSwish as `Mul(x, HardSigmoid(x))` or
+`Mul(x, Clip(x + 3, 0, 6))` (the /6 after the Mul), Mish as `Mul(x, Tanh(Softplus(x)))`. Each is
+f(x) = x·g(x) with g a chain of elementwise ops of x alone: an elementwise function of x, so one
+rescale (f(x) − f(x0))/(x − x0) over the whole of it is a valid DeepLift multiplier, complete by
+construction (Σ m·Δx = Σ Δf), and it is the one the DeepLift paper gives an elementwise
+nonlinearity. Left apart, the gate gets a rescale and the Mul the product rule: also complete,
+but twice the backward passes for the same total. `fuse_self_gated` folds the chain and the Mul
+into one fx sub-module that calls the very same converted modules in the same order, so the
+forward is the plain ops' forward bit for bit.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, fx
+
+from onnx_attr.deeplift.rules import RULES
+
+FUSED_DOMAIN = "onnx_attr.fused"
+SELF_GATED = "SelfGated"
+
+#: Elementwise ops that may sit in the gate g besides the unary nonlinearities (with scalar constants)
+_AFFINE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Identity"})
+
+
+def _gate_op(op: str) -> bool:
+    rule = RULES.get(op)
+    return op in _AFFINE or (rule is not None and rule.kind == "unary" and op != SELF_GATED)
+
+
+def fuse_self_gated(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
+    """Replace each `Mul(x, g(x))` (either order) by one node of op `SelfGated`, in place; returns
+    the fused Mul nodes' ONNX names. The gate's nodes must be used by the chain alone, take x as
+    their one varying input, and have scalar constants (the output then has x's shape)."""
+    fused = []
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or node.meta.get("onnx_op") != "Mul" or node.kwargs or len(node.args) != 2:
+            continue
+        a, b = node.args
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node) and a in variable and b in variable):
+            continue
+        chain = _gate_chain(module, b, a, variable) or _gate_chain(module, a, b, variable)
+        if not chain:
+            continue
+        x = chain[-1][1]
+        _fold(module, node, [n for n, _ in reversed(chain)], x)
+        fused.append(node.meta["onnx_node"])
+    if fused:
+        module.graph.lint()
+        module.recompile()
+    return fused
+
+
+def _gate_chain(module: fx.GraphModule, gate: fx.Node, x: fx.Node, variable: set[fx.Node]
+                ) -> list[tuple[fx.Node, fx.Node]] | None:
+    """The gate's nodes from the Mul back to x, each with its varying input; None unless it is a chain
+    of single-use elementwise ops of x alone with at least one nonlinearity among them."""
+    chain, current, nonlinear = [], gate, False
+    while current is not x:
+        op = current.meta.get("onnx_op", "") if current.op == "call_module" else ""
+        if not _gate_op(op) or len(current.users) != 1 or current.kwargs or "onnx_node" not in current.meta:
+            return None
+        varying = [arg for arg in current.args if isinstance(arg, fx.Node) and arg in variable]
+        if len(varying) != 1 or not all(_scalar(module, arg) for arg in current.args if arg is not varying[0]):
+            return None
+        if any(p.numel() > 1 for p in (*module.get_submodule(current.target).parameters(),
+                                       *module.get_submodule(current.target).buffers())):
+            return None  # per-channel state (PRelu's slope) would broadcast x to a larger shape
+        nonlinear |= op not in _AFFINE
+        chain.append((current, varying[0]))
+        current = varying[0]
+    return chain if nonlinear else None
+
+
+def _scalar(module: fx.GraphModule, arg) -> bool:
+    """A constant operand that cannot broadcast x to a larger shape."""
+    if arg is None or isinstance(arg, (int, float)):
+        return True
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        value = module
+        for part in arg.target.split("."):
+            value = getattr(value, part, None)
+        return isinstance(value, Tensor) and value.numel() == 1
+    return False
+
+
+def _fold(module: fx.GraphModule, mul: fx.Node, gate: list[fx.Node], x: fx.Node) -> None:
+    """Copy the gate's nodes and the Mul into one GraphModule of x and call it in the Mul's place."""
+    graph = fx.Graph()
+    mapping = {x: graph.placeholder("x")}
+    for n in (*gate, mul):
+        for arg in n.args:
+            if isinstance(arg, fx.Node) and arg not in mapping and arg.op == "get_attr":
+                mapping[arg] = graph.get_attr(arg.target)
+        mapping[n] = graph.node_copy(n, lambda arg: mapping[arg])
+    graph.output(mapping[mul])
+    name = f"self_gated_{mul.name}"
+    module.add_submodule(name, fx.GraphModule(module, graph))
+    ops = "·".join(n.meta["onnx_op"] for n in reversed(gate))
+    mul.meta.update(onnx_op=SELF_GATED, onnx_domain=FUSED_DOMAIN, onnx_opset=1, onnx_attrs={},
+                    onnx_node=f"{mul.meta['onnx_node']} (x·{ops}(x))")
+    mul.target, mul.args = name, (x,)
+    for n in reversed(gate):
+        module.graph.erase_node(n)
