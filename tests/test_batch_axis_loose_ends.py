@@ -1,4 +1,4 @@
-"""Loose ends of the batch axis: the probe's error when one example cannot run alone, NoiseTunnel's
+"""Loose ends of the batch axis: rows that cannot run one at a time are one whole example, NoiseTunnel's
 samples on the model's batch axis, hidden tensors read on it, GradientShap on an input without one."""
 
 from __future__ import annotations
@@ -28,18 +28,23 @@ X = RNG.standard_normal((4, 5)).astype(np.float32)
 B = RNG.standard_normal((3, 5)).astype(np.float32)
 
 
-def test_one_example_that_cannot_run_alone_is_a_clear_error_naming_what_failed():
-    """The export bakes the batch (3) into a Reshape without declaring it: one row cannot run."""
+def test_rows_that_cannot_run_one_at_a_time_are_one_whole_example():
+    """The export bakes the batch (3) into a Reshape without declaring it: one row cannot run, so the
+    rows given are one whole example (not stacked, not cut); every method explains it whole, exactly."""
     nodes = [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Tanh", ["r"], ["t"]),
              helper.make_node("ReduceSum", ["t", "ax"], ["y"], keepdims=0)]
     model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["N", 4])], [("y", FLOAT, ["N"])],
                                       {"s": np.array([3, 2, 2], np.int64), "ax": np.array([1, 2], np.int64)}, opset=13))
-    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    x = 3 * RNG.standard_normal((3, 4)).astype(np.float32)
     assert model.run(x)[0].shape == (3,)  # the rows given run
-    for method in (onnx_attr.IntegratedGradients(model), onnx_attr.DeepLift(model)):
-        with pytest.raises(onnx_attr.InputError, match=r"not on one example.*Reshape.*--batch-axis") as err:
-            method.attribute(x, target=None)
-        assert "stackable" not in str(err.value)
+    # y[1] = Σ tanh(x[1]): by hand, DeepLift's rescale from 0 gives tanh(x)/x·x = tanh(x) per element
+    expected = np.zeros_like(x)
+    expected[1] = np.tanh(x[1].astype(np.float64))
+    found = onnx_attr.DeepLift(model).attribute(x, target=1)
+    np.testing.assert_allclose(np.asarray(found), expected, rtol=1e-5, atol=1e-6)
+    ig = np.asarray(onnx_attr.IntegratedGradients(model).attribute(x, target=1, n_steps=64))
+    np.testing.assert_allclose(ig.sum(), expected.sum(), rtol=1e-4)  # completeness, by hand
+    assert not ig[[0, 2]].any()  # the other rows do not reach y[1]
 
 
 @pytest.mark.parametrize("nt_type", ["smoothgrad", "vargrad"])

@@ -126,9 +126,10 @@ def _probe(model, tensors, axes) -> Layout:
     with torch.no_grad():
         try:
             single = _outputs(model(*one))
-        except Exception as err:  # the rows given run (else that is the error), one alone does not
-            _outputs(model(*tensors))
-            raise _one_row_error(model, tensors, axes, err) from err
+        except Exception:  # the rows given run (else that is the error), one alone does not: the export
+            # fixes that size without declaring it (a sequence on the axis that looks like the batch, a batch
+            # baked into a Reshape), so its rows are not independent examples: one whole example
+            return Layout(False, tuple(None for _ in _outputs(model(*tensors))))
         if not any(a is not None for a in axes):
             return Layout(False, tuple(None for _ in single))
         other = [t if a is None else (t * 0.5 if t.is_floating_point() else t) for t, a in zip(one, axes)]
@@ -147,23 +148,6 @@ def _probe(model, tensors, axes) -> Layout:
     if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
         return Layout(False, tuple(None for _ in single))
     return Layout(True, tuple(None if f == "none" else f for f in found), doubles=True)
-
-
-def _one_row_error(model, tensors, axes, err: Exception):
-    """What failed when one example ran alone, and what to do: the export fixes a size on what
-    looks like the batch axis without declaring it, so no row can run, nor rows be stacked."""
-    from onnx_attr.errors import InputError
-
-    where = ", ".join(f"{s.name!r} axis {a} (size {t.shape[a]})" for s, t, a in zip(model.inputs, tensors, axes)
-                      if a is not None)
-    first = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return InputError(
-        f"the model runs on the inputs as given but not on one example of them (one row along {where}): {first}. "
-        "The export fixes that size in its graph without declaring it (a batch exported at a fixed size, or a "
-        "sequence length on the axis that looks like the batch), so its examples cannot be run one at a time or "
-        "stacked. Re-export with a dynamic batch, or declare the fixed size in the input's shape (the batch the "
-        "export fixes is then fed in chunks of that size); if the batch is on another axis of the output, name it "
-        "with --batch-axis (a Target's batch axis in the API)")
 
 
 def _outputs(out) -> list[Tensor]:
