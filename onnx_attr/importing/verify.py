@@ -134,6 +134,10 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # its workers sleep between ops instead of spinning: on a shared machine a spinning pool takes
+    # the cores the running op needs (the results do not change: same threads, same partitioning)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     folder = external_folder(model)
     if folder is not None:  # weights left in their files: onnxruntime reads them there
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
