@@ -33,6 +33,10 @@ from onnx_attr import _moved
 
 _moved.install()  # old module paths (onnx_attr.engine, ...) still import, with a DeprecationWarning
 
+from onnx_attr import _lazy_torchvision
+
+_lazy_torchvision.install()  # onnx2torch's import does not pay for torchvision (and torch._dynamo) up front
+
 
 def _method_classes() -> list[str]:
     """Every attribution class the method registry lists (without importing torch)."""
