@@ -18,8 +18,9 @@ from onnx_attr._moved import MOVED
 ORDER = ["importing", "deeplift", "methods", "app"]
 #: Top-level modules every layer may use; they import no layer themselves.
 SHARED = {"errors", "fileio", "progress"}
-#: The package's front: public names re-exported from every layer, and the old module paths.
-FACADE = {"__init__", "_moved"}
+#: The package's front: public names re-exported from every layer, the old module paths, and the import-time
+#: setup of __init__ (onnx2torch imported without torchvision up front).
+FACADE = {"__init__", "_moved", "_lazy_torchvision"}
 PACKAGE = pathlib.Path(onnx_attr.__file__).parent
 
 

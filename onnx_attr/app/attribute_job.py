@@ -384,14 +384,17 @@ class _Job:
                              "floating or feeds an embedding lookup (a Gather of a constant table); attribute an "
                              "inner tensor from the Python API (LayerIntegratedGradients, onnx_attr.tensor_as_input)")
         first = np.asarray(next(iter(attributed.values())))
-        resolved = self._target(inputs, first.shape[0] if first.ndim else 0)
+        from onnx_attr.importing.verify import plain_run
+
+        plain = plain_run(self.model, inputs)  # one forward for the default target and the verification
+        resolved = self._target(inputs, first.shape[0] if first.ndim else 0, plain.outputs)
         chosen = resolved.target
         baselines = _baseline(self.baseline, self.model, attributed, self.method)
         if isinstance(baselines, dict):
             baselines = {k: v for k, v in baselines.items() if k in attributed}
         attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
                                                                         progress_bar, file.name)
-        verification = getattr(self.model, "smoothed_from", self.model).verify(inputs)  # the import itself
+        verification = getattr(self.model, "smoothed_from", self.model).verify(inputs, run=plain)  # the import itself
         report = {
             **method_report,
             "method": METHOD_TITLES[self.method],
@@ -415,7 +418,7 @@ class _Job:
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})
         data = buffer.getvalue()
-        report["files"] += self._pictures(folder, attributions, inputs, resolved, delta, report, rows)
+        report["files"] += self._pictures(folder, attributions, inputs, resolved, delta, report, rows, plain.outputs)
         atomic_write(folder / "attributions.npz", lambda tmp: tmp.write_bytes(data))
         report["attributions_sha256"] = _sha256(data)
         write_json(folder / "report.json", report)  # last: its presence marks the folder finished
@@ -423,30 +426,30 @@ class _Job:
         return report
 
     def _pictures(self, folder: Path, attributions: dict, inputs: dict, resolved: Any, delta: Any,
-                  report: dict, rows: "Rows") -> list[str]:
+                  report: dict, rows: "Rows", outputs: tuple) -> list[str]:
         from onnx_attr.app.readers import picture_arrays
         from onnx_attr.app.visualize import PictureOptions, write_pictures
 
         axis = resolved.detail.get("batch_axis", 0)
-        model_inputs = inputs
         of_inputs = {k: v for k, v in attributions.items() if k in inputs}  # a layer's have no picture
         attributions, inputs = picture_arrays(rows, of_inputs, inputs)
         options = _named_pictures(self.pictures or PictureOptions(), rows)
         return write_pictures(folder, attributions, inputs, options=options, target=resolved.labels or resolved.shown,
                               delta=delta, method=METHOD_TITLES[self.method], baseline=self.baseline,
                               final_activation=report["final_activation"],
-                              outputs=lambda: self.model.run(model_inputs)[self.output_index].movedim(axis, 0),
+                              outputs=lambda: outputs[self.output_index].movedim(axis, 0),
                               stem=_safe)
 
-    def _target(self, inputs: dict, examples: int):
+    def _target(self, inputs: dict, examples: int, outputs: Optional[tuple] = None):
         """The --target form given, else the default of the output's layout (`target_forms`); for a
-        neuron method, --target is the neuron in the layer, not a place in the output."""
+        neuron method, --target is the neuron in the layer, not a place in the output. `outputs`:
+        the model's on `inputs`, when already computed."""
         from onnx_attr.app.target_forms import Resolved, resolve
 
         if entry(self.method).family == "neuron":
             neuron = parse_target(self.target)
             return Resolved(neuron, neuron, "given: the neuron of --layer", {"neuron_of": "layer"})
-        out = self.model.run(inputs)[self.output_index]
+        out = (outputs if outputs is not None else self.model.run(inputs))[self.output_index]
         return resolve(self.target, out, model=self.model, output_index=self.output_index, inputs=inputs,
                        examples=examples, batch_axis=self.batch_axis)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -132,7 +133,24 @@ class DeepLiftOp(nn.Module):
 
 
 def signature_names(module: nn.Module) -> list[str]:
-    return [n for n, p in inspect.signature(module.forward).parameters.items()
+    """The names of the module's positional parameters, read once per class's forward (the
+    rewrite asks for every node: inspect.signature per node is seconds on an unrolled Loop)."""
+    forward = module.forward
+    function = getattr(forward, "__func__", None)
+    if function is None or getattr(type(module), "forward", None) is not function:
+        return _positional_names(forward)  # a forward set on the instance: not shared, not cached
+    names = _FORWARD_NAMES.get(function)
+    if names is None:
+        names = _FORWARD_NAMES[function] = tuple(_positional_names(function)[1:])  # without self
+    return list(names)
+
+
+#: class forward -> its positional names; weak, so a GraphModule's generated class can go
+_FORWARD_NAMES: "weakref.WeakKeyDictionary[Any, tuple[str, ...]]" = weakref.WeakKeyDictionary()
+
+
+def _positional_names(function) -> list[str]:
+    return [n for n, p in inspect.signature(function).parameters.items()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 

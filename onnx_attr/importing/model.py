@@ -110,11 +110,11 @@ class AttributableModel(nn.Module):
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
     def verify(self, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
-               locate: bool = True):
+               locate: bool = True, run: Any = None):
         """Compare with onnxruntime on the same inputs; see `onnx_attr.importing.verify.verify`."""
         from onnx_attr.importing.verify import verify
 
-        return verify(self, inputs, atol=atol, rtol=rtol, seed=seed, locate=locate)
+        return verify(self, inputs, atol=atol, rtol=rtol, seed=seed, locate=locate, run=run)
 
     def summary(self) -> dict:
         """What the import found: inputs, outputs (with batch axes), opsets, op counts, notes.

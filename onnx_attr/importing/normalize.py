@@ -224,11 +224,7 @@ def _prefixed_branch(branch: onnx.GraphProto, prefix: str, taken_names: set[str]
     while any(name.startswith(prefix) for name in taken_names):
         prefix = "_" + prefix
     local = [t.name for t in out.initializer] + [o for n in out.node for o in n.output if o]
-    for name in local:
-        _rename_uses(out, name, prefix + name)
-        for o in out.output:
-            if o.name == name:
-                o.name = prefix + name
+    rename_all(out, {name: prefix + name for name in local})  # one pass: a body repeated k times stays linear
     for t in out.initializer:
         t.name = prefix + t.name
     for n in out.node:
@@ -261,6 +257,29 @@ def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
                 node.input[i] = new
     for sub in _subgraphs(graph):
         _rename_uses(sub, old, new)
+
+
+def rename_all(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
+    """`_rename_uses` for many names at once, all renamed together (a new name is never renamed
+    again), in one pass over the nodes; the graph's outputs too."""
+    if not renamed:
+        return
+    for node in graph.node:
+        if any(name in renamed for name in node.input):
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+    for o in graph.output:
+        o.name = renamed.get(o.name, o.name)
+    for sub in _subgraphs(graph):
+        _rename_uses_in_body(sub, renamed)
+
+
+def _rename_uses_in_body(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
+    """Inside a nested body only the uses of outer names change; its outputs are its own."""
+    for node in graph.node:
+        if any(name in renamed for name in node.input):
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+    for sub in _subgraphs(graph):
+        _rename_uses_in_body(sub, renamed)
 
 
 def _used_names(graph: onnx.GraphProto) -> set[str]:

@@ -192,7 +192,7 @@ def _build(model, taken: dict[str, bool]):
 
 def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None:
     """Replace each top-level Loop whose iterations were counted by that many copies of its body."""
-    from onnx_attr.importing.normalize import _prefixed_branch, _rename_uses, _used_names
+    from onnx_attr.importing.normalize import _prefixed_branch, _used_names, rename_all
 
     from onnx_attr.importing.normalize import default_opset
 
@@ -221,17 +221,13 @@ def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None
             number = f"{node.output[0]}/iteration{k}/number"
             graph.initializer.append(helper.make_tensor(number, onnx.TensorProto.INT64, [], [k]))
             feeds = [number, "", *carried]
-            for own, fed in zip(copy.input, feeds):
-                if own.name and fed:
-                    _rename_uses(copy, own.name, fed)
-                    for out in copy.output:
-                        if out.name == own.name:
-                            out.name = fed
+            fed_names = {own.name: fed for own, fed in zip(copy.input, feeds) if own.name and fed}
             condition_in = copy.input[1].name if len(copy.input) > 1 else ""
             if condition_in and any(condition_in in n.input for n in copy.node):
                 true = f"{node.output[0]}/iteration{k}/condition"
                 graph.initializer.append(helper.make_tensor(true, onnx.TensorProto.BOOL, [], [True]))
-                _rename_uses(copy, condition_in, true)
+                fed_names[condition_in] = true
+            rename_all(copy, fed_names)  # all at once: a fed name that is another input's is not renamed again
             graph.initializer.extend(copy.initializer)
             nodes.extend(copy.node)
             outs = [o.name for o in copy.output]

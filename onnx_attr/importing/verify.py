@@ -93,13 +93,33 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+@dataclass
+class PlainRun:
+    """The imported module's forward on one set of inputs, kept so that a caller that needs the
+    outputs too (the CLI's default target) and `verify` share one forward pass."""
+
+    model: Any
+    tensors: list[torch.Tensor]
+    outputs: tuple
+    overflows: list[str]
+
+
+def plain_run(model, inputs: Any) -> PlainRun:
+    """`model.run(inputs)`, watching for the integer overflows `verify` must know about."""
+    tensors = model.prepare(arrange(inputs, model.inputs))
+    with integer_overflows() as overflows:
+        outputs = model.run(tensors)
+    return PlainRun(model, tensors, outputs, list(overflows))
+
+
 def verify(model, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
-           locate: bool = True) -> VerifyReport:
+           locate: bool = True, run: Optional[PlainRun] = None) -> VerifyReport:
     """Run onnxruntime and the imported module on the same inputs and compare every output.
 
     Without inputs, a seeded random sample of the declared shapes is used. When an output
     fails and `locate` is set, both are re-run keeping every intermediate tensor to name the
-    first ONNX node whose output diverges.
+    first ONNX node whose output diverges. `run`, this model's `plain_run` of these same inputs,
+    saves the module's forward pass.
     """
     if inputs is None:
         arrays = sample_inputs(model.inputs, seed)
@@ -107,10 +127,11 @@ def verify(model, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4,
     else:
         arrays = arrange(inputs, model.inputs)
         source = "the given inputs"
-    tensors = model.prepare(arrays)
+    if run is None or run.model is not model:
+        run = plain_run(model, arrays)
+    tensors = run.tensors
     feeds = {spec.name: _feed(t) for spec, t in zip(model.inputs, tensors)}
-    with integer_overflows() as overflows:
-        ours = [_numpy(t) for t in model.run(tensors)]
+    ours, overflows = [_numpy(t) for t in run.outputs], run.overflows
     if overflows:  # onnxruntime's int64 Div kernel dies on SIGFPE here; it must not take us with it
         raise ReferenceRuntimeError(
             f"these inputs make the model divide {overflows[0]} (int64 overflow): onnx-attr gives INT64_MIN, "
@@ -134,6 +155,10 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # its workers sleep between ops instead of spinning: on a shared machine a spinning pool takes
+    # the cores the running op needs (the results do not change: same threads, same partitioning)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     folder = external_folder(model)
     if folder is not None:  # weights left in their files: onnxruntime reads them there
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))

@@ -1,0 +1,77 @@
+"""The CLI's attribute pipeline runs the plain model once for what it needs of its outputs: the
+default target, the verification and the pictures share that forward pass (a 640x640 detector
+pays seconds per pass). The oracle for the verification: the same report computed on its own."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_attr
+from onnx import helper
+
+from onnx_attr.app.attribute_job import run_attribute
+from onnx_attr.app.visualize import PictureOptions
+from onnx_attr.importing.model import AttributableModel
+from onnx_attr.importing.verify import plain_run, verify
+
+from conftest import FLOAT, make_model
+
+
+def _model(tmp_path):
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["y"])]
+    onnx_model = make_model(nodes, [("x", FLOAT, ["n", 6])], [("y", FLOAT, ["n", 3])],
+                            {"w": rng.standard_normal((3, 6)).astype(np.float32),
+                             "b": rng.standard_normal(3).astype(np.float32)})
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onnx_model.SerializeToString())
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, x=rng.standard_normal((2, 6)).astype(np.float32))
+    return onnx_attr.load(str(path)), inputs
+
+
+def _count_forwards(monkeypatch) -> list:
+    calls: list = []
+    forward = AttributableModel.forward
+
+    def counted(self, *args):
+        calls.append([tuple(a.shape) for a in args])
+        return forward(self, *args)
+
+    monkeypatch.setattr(AttributableModel, "forward", counted)
+    return calls
+
+
+def test_verify_reuses_the_plain_run(tmp_path, monkeypatch):
+    model, inputs = _model(tmp_path)
+    x = dict(np.load(inputs))
+    alone = verify(model, x)
+    run = plain_run(model, x)
+    calls = _count_forwards(monkeypatch)
+    shared = verify(model, x, run=run)
+    assert calls == []  # onnxruntime only
+    assert shared.to_dict() == alone.to_dict()
+
+
+def test_a_run_of_another_model_is_not_reused(tmp_path, monkeypatch):
+    model, inputs = _model(tmp_path)
+    other, _ = _model(tmp_path)
+    x = dict(np.load(inputs))
+    run = plain_run(other, x)
+    calls = _count_forwards(monkeypatch)
+    verify(model, x, run=run)
+    assert len(calls) == 1
+
+
+def test_attribute_runs_the_plain_forward_once_beside_the_batch_probe(tmp_path, monkeypatch):
+    model, inputs = _model(tmp_path)
+    calls = _count_forwards(monkeypatch)
+    report = run_attribute(model, input_path=str(inputs), target=None, baseline=None, method="deeplift",
+                           output_name=None, out=str(tmp_path / "out"), pictures=PictureOptions(enabled=True),
+                           quiet=True)
+    # one plain forward at the call's batch, then the probe's one row and its two doubled rows
+    assert [c[0][0] for c in calls] == [2, 1, 2, 2]
+    assert report["verify"]["passed"]
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert written["verify"] == verify(model, dict(np.load(inputs))).to_dict()
