@@ -157,6 +157,17 @@ class QuantizedLSTM(Recurrent):
         return run_recurrent(Plain, self, x, w, r, b, sequence_lens, [initial_h, initial_c], p)
 
     def weights(self, w, r, *quantization):
+        """The quantized weights per direction, built once per set of weight tensors (they are the
+        graph's constants: rebuilding their float64 copies and saturating pairs on every call cost
+        ~1 s a call on a captcha net); other tensor objects, or one changed in place, make a new set."""
+        tensors = (w, r, *quantization)
+        versions = tuple(None if t is None else t._version for t in tensors)
+        cached = self.__dict__.get("_weights_cache")  # (the very tensor objects, their versions, weights)
+        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors)):
+            cached = self.__dict__["_weights_cache"] = (tensors, versions, self._build_weights(*tensors))
+        return cached[2]
+
+    def _build_weights(self, w, r, *quantization):
         from onnx_attr.importing.converters.quantize import QuantizedWeight
 
         w_scale, w_zero, r_scale, r_zero = quantization
