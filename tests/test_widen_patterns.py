@@ -112,3 +112,31 @@ def test_non_constant_pad_of_any_rank_and_axis_matches_onnxruntime(mode, shape, 
         pytest.skip("onnxruntime refuses these pads")
     got = onnx_attr.load(proto).run({"x": x})[0].numpy()
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("channels,group,kernel,extreme", [
+    (300, 1, 3, True),  # 2,700 products of |255 · 128|: partial sums far past 2^24, chunked
+    (300, 1, 3, False),
+    (32, 32, 3, True),  # depthwise: one float32 convolution
+    (64, 2, 1, True),  # grouped, within one chunk
+    (40, 4, 5, False),
+])
+def test_conv_integer_is_exact_and_matches_onnxruntime(channels, group, kernel, extreme):
+    """rapid-table-det's dynamically quantized 800x800 detector: 65 ConvIntegers, each exact in
+    float64, took a minute on CPU's slow float64 convolution; in float32 chunks of input channels
+    whose sums stay below 2^24 they are exact too (compared bit for bit with onnxruntime)."""
+    from onnx import TensorProto
+
+    out_channels = 8 if group == 1 else channels
+    x = RNG.integers(0, 256, (1, channels, 9, 9)).astype(np.uint8)
+    w = RNG.integers(-128, 128, (out_channels, channels // group, kernel, kernel)).astype(np.int8)
+    if extreme:  # same-signed products near the 8-bit limits: sums far past 2^24, odd at the last bits
+        x = RNG.integers(200, 256, x.shape).astype(np.uint8)
+        w = RNG.integers(-128, -90, w.shape).astype(np.int8)
+    nodes = [helper.make_node("ConvInteger", ["x", "w", "xz"], ["y"], group=group, pads=[1, 1, 1, 1])]
+    proto = make_model(nodes, [("x", TensorProto.UINT8, list(x.shape))],
+                       [("y", TensorProto.INT32, [1, out_channels, 11 - kernel, 11 - kernel])],
+                       initializers={"w": w, "xz": np.array(3, np.uint8)}, opset=13)
+    (expected,) = ort_run(proto, {"x": x})
+    got = onnx_attr.load(proto).run({"x": x})[0].numpy()
+    np.testing.assert_array_equal(got, expected)
