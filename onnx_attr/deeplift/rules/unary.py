@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from onnx_attr.deeplift.rules.base import UnaryRule, rule
+import torch
+
+from onnx_attr.deeplift.rules.base import DecomposedRule, UnaryRule, rule
+from onnx_attr.deeplift.rules.paired import pair_max, pair_min
 
 UNARY_OPS = (
     "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "Tanh",
@@ -16,11 +19,44 @@ class Rescale(UnaryRule):
     """(f(x) - f(x0)) / (x - x0) with f the converted op itself, so its exact semantics carry over."""
 
 
-@rule("Relu", "Clip")
+@rule("Relu")
 class ExactSecant(UnaryRule):
     """Slopes 0 and 1 only: the secant needs no tolerance (the hot nonlinearities of CNNs)."""
 
     exact_secant = True
+
+
+class _ClipBounds(DecomposedRule):
+    """clip(x, lo, hi) = min(max(x, lo), hi), each step a relu of a difference (`pair_max`,
+    `pair_min`): exact whichever of x, lo and hi vary, and equal to Clip when lo > hi (all hi)."""
+
+    def decompose(self, info, call, args, refs):
+        y, y0 = args[0], refs[0]
+        for position, pair in ((1, pair_max), (2, pair_min)):
+            if position < len(args) and args[position] is not None:
+                bound, bound0 = args[position], refs[position]
+                y, bound = torch.broadcast_tensors(y, bound)
+                y0, bound0 = torch.broadcast_tensors(y0, bound0)
+                y, y0 = pair(y, y0, bound, bound0)
+        return y, y0
+
+
+_CLIP_BOUNDS = _ClipBounds()
+
+
+@rule("Clip")
+class Clip(ExactSecant):
+    """Constant bounds (ReLU6, HardSigmoid written out): the exact secant. Bounds that vary with
+    the input (a decibel floor at max - 80 after a log-spectrogram) take the decomposition."""
+
+    def check(self, info):
+        if not info.variable_positions():
+            raise NotImplementedError("Clip with no input varying with the attributed inputs")
+
+    def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
+        if info.variable_positions() == (0,):
+            return super().backward(info, call, grad, args, out, refs, ref_out, memo=memo)
+        return _CLIP_BOUNDS.backward(info, call, grad, args, out, refs, ref_out)
 
 
 @rule("SelfGated")

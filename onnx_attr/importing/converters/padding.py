@@ -19,6 +19,35 @@ from onnx_attr.importing.converters.registry import register
 _MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
 
 
+def _source_index(count: int, begin: int, end: int, mode: str, device: torch.device) -> torch.Tensor:
+    """For each position of an axis padded by (begin, end) >= 0, the source position it copies:
+    edge repeats the border, reflect mirrors about it (period 2(n - 1)), circular wraps."""
+    i = torch.arange(-begin, count + end, device=device)
+    if mode == "replicate":
+        return i.clamp(0, count - 1)
+    if mode == "circular":
+        return i.remainder(count)
+    period = max(2 * (count - 1), 1)
+    j = i.remainder(period)
+    return torch.where(j < count, j, period - j)
+
+
+def pad_by_index(x: torch.Tensor, torch_pads: list[int], mode: str) -> torch.Tensor:
+    """Non-constant padding as an index_select per padded axis: any rank and any axis (torch's
+    F.pad pads only the last 1-3 axes in these modes, and only of a 2-5-D tensor: a 4-D tensor
+    reflect-padded along its last axis alone is refused). A pure copy, so exact. Negative pads
+    crop first, and the padding then repeats the cropped axis (as onnxruntime does)."""
+    for k in range(len(torch_pads) // 2):
+        begin, end = torch_pads[2 * k], torch_pads[2 * k + 1]
+        axis = x.dim() - 1 - k
+        if begin < 0 or end < 0:
+            x = x.narrow(axis, max(-begin, 0), x.shape[axis] - max(-begin, 0) - max(-end, 0))
+        begin, end = max(begin, 0), max(end, 0)
+        if begin or end:
+            x = x.index_select(axis, _source_index(x.shape[axis], begin, end, mode, x.device))
+    return x
+
+
 class PadStatic(nn.Module):
     """Pads given as ONNX [x1_begin, x2_begin, ..., x1_end, x2_end, ...]; negative pads crop."""
 
@@ -34,11 +63,7 @@ class PadStatic(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "constant":
             return F.pad(x, self.pads, mode="constant", value=self.value)
-        # torch's non-constant modes pad only trailing spatial dims: trim all-zero leading pairs
-        pads = list(self.pads)
-        while len(pads) > 2 and pads[-2:] == [0, 0]:
-            pads = pads[:-2]
-        return F.pad(x, pads, mode=self.mode)
+        return pad_by_index(x, self.pads, self.mode)
 
 
 @register("Pad", 1, 2)
@@ -75,9 +100,7 @@ class Pad(nn.Module):
         if self.mode == "constant":
             value = 0.0 if constant_value is None or constant_value.numel() == 0 else constant_value.item()
             return F.pad(x, torch_pads, mode="constant", value=value)
-        while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:  # torch pads trailing dims only
-            torch_pads = torch_pads[:-2]
-        return F.pad(x, torch_pads, mode=self.mode)
+        return pad_by_index(x, torch_pads, self.mode)
 
 
 @register("Pad", 11, 13, 18, 19, 21, 23, 24, 25)

@@ -7,6 +7,8 @@ QLinearConv (MatMulInteger and QLinearMatMul live in matrix.py), exact against o
 
 from __future__ import annotations
 
+import math
+
 import torch
 from onnx import TensorProto
 import torch.nn.functional as F
@@ -141,9 +143,31 @@ def _centred_per_channel(q: torch.Tensor, zero_point: torch.Tensor | None, chann
     return value - zero.reshape(()) if zero.numel() == 1 else value - zero
 
 
+def _magnitude(q: torch.Tensor, centred: torch.Tensor) -> float:
+    """A bound on |q - zero point|: 255 for 8-bit q (any zero point of its type), else measured."""
+    if q.dtype in (torch.uint8, torch.int8):
+        return 255.0
+    return float(centred.abs().max()) if centred.numel() else 0.0
+
+
+def _exact_float32_channels(x: torch.Tensor, w: torch.Tensor, group: int, bound: float) -> int | None:
+    """Input channels per float32 convolution whose sums stay exact: every partial sum of n
+    integer products below B in magnitude is an integer below n·B, exact in float32 while under
+    2^24 whatever the order. float64 convolutions take CPU's slow im2col path (tens of times
+    slower on an 800x800 page); None when float32 cannot be exact (grouped with several chunks).
+    `bound` bounds each product's magnitude."""
+    if x.device.type != "cpu" or x.numel() == 0 or w.numel() == 0:
+        return None
+    per_channel = max(bound, 1.0) * math.prod(w.shape[2:])
+    chunk = int(2 ** 24 // per_channel)
+    if chunk < 1 or (group > 1 and chunk < w.shape[1]):
+        return None
+    return min(chunk, w.shape[1])
+
+
 class IntegerConv(nn.Module):
-    """Σ (x - x_zero)(w - w_zero) over ONNX's conv windows, exact in float64 (products of 8-bit
-    values summed over fewer than 2^37 terms), padding contributing 0, as ConvInteger defines it."""
+    """Σ (x - x_zero)(w - w_zero) over ONNX's conv windows, exact (float32 partial sums below 2^24
+    added in float64), padding contributing 0, as ConvInteger defines it."""
 
     def __init__(self, attrs: dict):
         super().__init__()
@@ -158,7 +182,17 @@ class IntegerConv(nn.Module):
         ws = _centred_per_channel(w, w_zero, 0)
         plan = window_padding({**self.attrs, "kernel_shape": list(w.shape[2:])}, tuple(x.shape[2:]))
         padded = F.pad(xs, plan.pads) if any(plan.pads) else xs
-        return _CONV[rank](padded, ws, None, plan.strides, 0, plan.dilations, self.group)
+        conv = lambda a, b: _CONV[rank](a, b, None, plan.strides, 0, plan.dilations, self.group)  # noqa: E731
+        chunk = _exact_float32_channels(padded, ws, self.group, _magnitude(x, xs) * _magnitude(w, ws))
+        if chunk is None:
+            return conv(padded, ws)
+        if chunk >= ws.shape[1]:  # every group's whole window sum at once (the grouped case too)
+            return conv(padded.float(), ws.float()).double()
+        total, padded, ws = None, padded.float(), ws.float()
+        for start in range(0, ws.shape[1], chunk):  # each partial sum an integer below 2^24: exact
+            part = conv(padded[:, start:start + chunk], ws[:, start:start + chunk]).double()
+            total = part if total is None else total + part
+        return total
 
     def forward(self, x, w, x_zero=None, w_zero=None) -> torch.Tensor:
         return self.accumulate(x, w, x_zero, w_zero).to(torch.int32)
