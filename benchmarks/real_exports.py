@@ -348,9 +348,11 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
                 "detail": "" if report.passed else report.format().splitlines()[0][:300]}
     if target is None:  # the CLI's default for the output's layout (class, region, greedy path, anchor)
         from onnx_attr.app.target_forms import resolve
+        from onnx_attr.methods.base import output_index
 
         examples = next((len(v) for v in inputs.values() if np.ndim(v)), 1)
-        target = resolve(None, model.run(inputs)[0], model=model, output_index=0, inputs=inputs,
+        index = output_index(model, None)  # the methods' default output: the first floating one
+        target = resolve(None, model.run(inputs)[index], model=model, output_index=index, inputs=inputs,
                          examples=examples).target
     method = onnx_attr.DeepLift(model) if step == "deeplift" else onnx_attr.IntegratedGradients(model)
     options = {} if step == "deeplift" else {"n_steps": 16}

@@ -172,3 +172,54 @@ def _decomposed_softmax(graph, producer, div) -> tuple[str, set[int]] | None:
                 graph.node[producer[peak]].input[0] == z:
             return z, steps | seen | {sub_index, producer[peak]}
     return shifted, steps
+
+
+#: What an integer output's values may pass through after the ArgMax that makes them (rearranged only)
+_LABEL_PASS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Transpose"})
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                          onnx.TensorProto.BFLOAT16})
+
+
+def expose_argmax_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """An output of labels only (the ArgMax of scores, as a CRNN exported with its greedy decode
+    returns) has no gradient: the scores the ArgMax reads are added as a graph output, after the
+    others, so that they are what gets attributed (the CLI's default picks the predicted class or
+    the greedy path on them: what the ArgMax chose). Returns the model and a note per output added."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    known = {v.name: v for v in (*graph.value_info, *graph.input, *graph.output)}
+    outputs = {o.name for o in graph.output}
+    added, notes = [], []
+    for output in graph.output:
+        if output.type.tensor_type.elem_type in _FLOAT_TYPES or not output.type.HasField("tensor_type"):
+            continue
+        node = producer.get(output.name)
+        while node is not None and node.op_type in _LABEL_PASS and node.domain in ("", "ai.onnx"):
+            node = producer.get(node.input[0])
+        if node is None or node.op_type != "ArgMax" or node.domain not in ("", "ai.onnx"):
+            continue
+        scores = node.input[0]
+        if scores not in known:  # the type of the scores: from shape inference, run only when needed
+            known.update({v.name: v for v in _inferred(model).graph.value_info})
+        value = known.get(scores)
+        if scores in outputs or value is None or value.type.tensor_type.elem_type not in _FLOAT_TYPES:
+            continue  # already an output, or of a type shape inference did not give: left as it is
+        added.append(value)
+        outputs.add(scores)
+        notes.append(f"output {output.name!r} holds the labels an ArgMax picks from {scores!r}, which has no "
+                     f"gradient; {scores!r} is added as an output and attributed by default")
+    if not added:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.extend(added)
+    return out, notes
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its intermediate types from ONNX shape inference (run only for a labels
+    output whose scores' type the file does not state)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference refuses the graph: no types, nothing added
+        return model

@@ -10,7 +10,7 @@ import torch
 from onnx_attr.importing.budget import Budget, using
 from onnx_attr.importing.convert import convert, is_importable, opsets
 from onnx_attr.errors import InputError
-from onnx_attr.importing.final_activation import strip_final_activations
+from onnx_attr.importing.final_activation import expose_argmax_scores, strip_final_activations
 from onnx_attr.importing.model import AttributableModel
 from onnx_attr.importing.normalize import normalize
 from onnx_attr.importing.read import ModelSource, read_model
@@ -35,6 +35,7 @@ def load(
     budget = Budget() if budget is None else budget
     with using(budget):
         model, _ = read_model(source)
+        model, label_notes = expose_argmax_scores(model)
         model, finals = strip_final_activations(model, strip_final_activation)
         normalized = normalize(model, importable=is_importable, owned=True)  # changed in place: weights held once
         del model
@@ -48,7 +49,7 @@ def load(
         outputs=[output_spec(v, finals.get(v.name)) for v in canonical.graph.output],
         onnx_model=normalized.converted,
         reference_model=canonical,
-        notes=normalized.notes,
+        notes=(*label_notes, *normalized.notes),
         source=Path(source) if isinstance(source, (str, Path)) else None,
     )
     imported.budget = budget

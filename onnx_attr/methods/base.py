@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,10 +31,12 @@ def make_targets(target: Any, n: int, axis: Optional[int] = 0) -> Targets:
 
 
 def output_index(model, output: Union[str, int, None]) -> int:
-    """The index of an output given by ONNX name or index (default: the first)."""
+    """The index of an output given by ONNX name or index (default: the first floating one, since
+    an integer output, labels or counts, has no gradient; the first when none is floating)."""
     names = [o.name for o in model.outputs]
     if output is None:
-        return 0
+        return next((i for i, o in enumerate(model.outputs) if o.dtype is not None
+                     and np.issubdtype(o.dtype, np.floating)), 0)
     if isinstance(output, str):
         if output not in names:
             raise InputError(f"no output named {output!r}; the model's outputs are {names}")
