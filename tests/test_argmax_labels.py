@@ -70,6 +70,13 @@ def test_cli_default_run_on_a_labels_output_explains_the_greedy_path(tmp_path):
         np.testing.assert_allclose(data["x"].astype(np.float64).sum(), greedy, rtol=1e-5)
 
 
+def test_an_argmax_of_a_graph_input_is_left_alone():
+    """Nothing is computed before the ArgMax: the file's outputs stay as they are (ONNX's node suite)."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["ids"], axis=1, keepdims=0)]
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["N", 6])], [("ids", INT64, ["N"])]))
+    assert [o.name for o in model.outputs] == ["ids"]
+
+
 def test_an_integer_output_not_made_by_argmax_is_left_alone():
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Cast", ["h"], ["n"], to=INT64)]
     model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["N", 6])], [("n", INT64, ["N", 5])], {"w": W}))

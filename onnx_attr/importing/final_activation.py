@@ -199,6 +199,8 @@ def expose_argmax_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
         if node is None or node.op_type != "ArgMax" or node.domain not in ("", "ai.onnx"):
             continue
         scores = node.input[0]
+        if scores not in producer:  # an ArgMax of an input or a constant: nothing computed to explain
+            continue
         if scores not in known:  # the type of the scores: from shape inference, run only when needed
             known.update({v.name: v for v in _inferred(model).graph.value_info})
         value = known.get(scores)
