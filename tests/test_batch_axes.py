@@ -88,8 +88,9 @@ def test_an_if_on_an_attributed_input_is_refused_by_name():
     proto = make_model(nodes, [("x", FLOAT, [1, 3])], [("y", FLOAT, [1, 3])],
                        initializers={"zero": np.array(0, np.float32)}, opset=13)
     model = onnx_attr.load(proto)
-    with pytest.raises(onnx_attr.UnsupportedOpError, match=r"sign_switch.*attributed input 'x'"):
+    with pytest.raises(onnx_attr.UnsupportedOpError, match=r"sign_switch.*attributed input 'x'") as err:
         onnx_attr.DeepLift(model).attribute(np.ones((1, 3), np.float32), target=0)
+    assert err.value.opset == 13 and "If (ai.onnx opset 13)" in str(err.value)  # the file's opset, named
 
 
 def state_on_axis_one_model():

@@ -77,8 +77,9 @@ def refuse_attributed_conditions(model, attributed_names: Sequence[str]) -> None
                 bad.append(("Loop", node, name, found[name], "the number of iterations"))
                 break
     if bad:
+        opset = next((o.version for o in model.onnx_model.opset_import if o.domain in ("", "ai.onnx")), 0)
         raise UnsupportedOpError(
-            [(op, "ai.onnx", 0, n.name or n.output[0],
+            [(op, "ai.onnx", opset, n.name or n.output[0],
               f"its {'condition' if op == 'If' else 'trip count or condition'} {name!r} depends on the values of the "
               f"attributed input {source!r}, so {what} could change along the path from the baseline")
              for op, n, name, source, what in bad],
