@@ -174,8 +174,6 @@ def _decomposed_softmax(graph, producer, div) -> tuple[str, set[int]] | None:
     return shifted, steps
 
 
-#: What an integer output's values may pass through after the ArgMax that makes them (rearranged only)
-_LABEL_PASS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Transpose"})
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                           onnx.TensorProto.BFLOAT16})
 
@@ -194,7 +192,7 @@ def expose_argmax_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
         if output.type.tensor_type.elem_type in _FLOAT_TYPES or not output.type.HasField("tensor_type"):
             continue
         node = producer.get(output.name)
-        while node is not None and node.op_type in _LABEL_PASS and node.domain in ("", "ai.onnx"):
+        while node is not None and node.op_type in PASS_THROUGH and node.domain in ("", "ai.onnx"):
             node = producer.get(node.input[0])
         if node is None or node.op_type != "ArgMax" or node.domain not in ("", "ai.onnx"):
             continue
