@@ -241,7 +241,7 @@ SPECS: list[Spec] = [
     Spec("oww_embedding", "openwakeword", "0.4.0", "openwakeword/resources/models/embedding_model.onnx",
          "embedding", lambda: {"input_1": log_mel()}, None, "tf2onnx NHWC, LeakyRelu + Max, 96-dim"),
     Spec("oww_hey_jarvis", "openwakeword", "0.4.0", "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
-         "keyword spotting", lambda: {"x.1": wake_features(16)}, None, "written-out LayerNorm, If on rank"),
+         "keyword spotting", lambda: {"x.1": wake_features(16)}, None, "written-out LayerNorm, If on its own score (verifier stage)"),
     Spec("oww_timer", "openwakeword", "0.4.0", "openwakeword/resources/models/timer_v0.1.onnx",
          "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(34)}, None, "7-way softmax, JSON output name"),
     Spec("oww_silero_vad", "openwakeword", "0.4.0", "openwakeword/resources/models/silero_vad.onnx",

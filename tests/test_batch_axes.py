@@ -83,10 +83,9 @@ def test_an_if_on_an_attributed_input_is_refused_by_name():
     other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
                               [helper.make_tensor_value_info("e", FLOAT, None)])
     nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
-             helper.make_node("Greater", ["s", "zero"], ["positive"]),
-             helper.make_node("If", ["positive"], ["y"], then_branch=then, else_branch=other, name="sign_switch")]
-    proto = make_model(nodes, [("x", FLOAT, [1, 3])], [("y", FLOAT, [1, 3])],
-                       initializers={"zero": np.array(0, np.float32)}, opset=13)
+             helper.make_node("Cast", ["s"], ["nonzero"], to=TensorProto.BOOL),  # not a comparison: no BranchSelect
+             helper.make_node("If", ["nonzero"], ["y"], then_branch=then, else_branch=other, name="sign_switch")]
+    proto = make_model(nodes, [("x", FLOAT, [1, 3])], [("y", FLOAT, [1, 3])], opset=13)
     model = onnx_attr.load(proto)
     with pytest.raises(onnx_attr.UnsupportedOpError, match=r"sign_switch.*attributed input 'x'") as err:
         onnx_attr.DeepLift(model).attribute(np.ones((1, 3), np.float32), target=0)

@@ -109,7 +109,7 @@ def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool], attrs: M
         return op_kind(op_type, variable, attrs)
     if domain == "ai.onnx.ml" and op_type in ML_LINEAR:
         return "linear"
-    if domain in ("onnx_attr.smooth", "onnx_attr.quantized", "onnx_attr.fused") and op_type in RULES:  # our own
+    if domain in ("onnx_attr.smooth", "onnx_attr.quantized", "onnx_attr.fused", "onnx_attr.control") and op_type in RULES:  # our own
         return RULES[op_type].kind  # nodes: smooth's LogSumExpPool, QuantizedBlock, unary_fusion's SelfGated
     if domain == "com.microsoft":  # converters/microsoft.py: each expands into the ONNX ops it fuses
         return op_kind("MatMul", variable) if op_type == "FusedMatMul" else MICROSOFT_KINDS.get(op_type, "unknown")

@@ -26,6 +26,7 @@ from onnx import helper
 from torch import Tensor
 
 from onnx_attr.errors import UnsupportedOpError
+from onnx_attr.importing.converters.control_flow import COMPARISONS, SELECT_DOMAIN
 
 #: Ops whose outputs depend on their input's shape only, never on its values.
 SHAPE_ONLY = frozenset({"Shape", "Size"})
@@ -64,12 +65,49 @@ def value_dependent(graph: onnx.GraphProto, sources: Iterable[str], tainted: dic
     return tainted
 
 
-def refuse_attributed_conditions(model, attributed_names: Sequence[str]) -> None:
-    """An UnsupportedOpError naming each If whose condition follows an attributed input's values."""
+#: Ops a condition passes through on its way from a comparison to an If (`Not` flips it).
+_CONDITION_PATH = frozenset({"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Not"})
+_FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                     onnx.TensorProto.BFLOAT16})
+
+
+def selectable_ifs(model, attributed_names: Sequence[str]) -> dict[str, tuple[str, str, str, bool]]:
+    """Top-level Ifs whose condition follows an attributed input and that DeepLift can still explain:
+    If output -> (u, v, comparison, negate) for a condition `compare(u, v)` of two floating values
+    (a score against a threshold), reached through casts, reshapes and `Not`, with plain branches.
+
+    Both branches then run on every point and a `BranchSelect` node picks one (rules/branch.py):
+    the jump between the branches is credited through the comparison's operands, so completeness
+    holds when the input and its baseline fall on different sides of the threshold."""
+    graph = model.onnx_model.graph
+    tainted = value_dependent(graph, attributed_names)
+    producers = {o: n for n in graph.node for o in n.output if o}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    found = {}
+    for node in graph.node:
+        if node.op_type != "If" or node.domain not in ("", "ai.onnx") or node.input[0] not in tainted:
+            continue
+        if any(n.op_type in ("If", "Loop", "Scan") for a in node.attribute for n in a.g.node):
+            continue
+        name, negate = node.input[0], False
+        while (step := producers.get(name)) is not None and step.domain in ("", "ai.onnx") \
+                and step.op_type in _CONDITION_PATH:
+            negate ^= step.op_type == "Not"
+            name = step.input[0]
+        if step is not None and step.op_type in COMPARISONS and step.domain in ("", "ai.onnx") \
+                and all(types.get(i) in _FLOATS for i in step.input[:2]):
+            found[node.output[0]] = (step.input[0], step.input[1], step.op_type, negate)
+    return found
+
+
+def refuse_attributed_conditions(model, attributed_names: Sequence[str], selected=frozenset()) -> None:
+    """An UnsupportedOpError naming each If whose condition follows an attributed input's values
+    (those in `selected` aside: they become `BranchSelect` nodes)."""
     graph = model.onnx_model.graph
     tainted = value_dependent(graph, attributed_names)
     bad = [("If", n, n.input[0], tainted[n.input[0]], "the branch taken") for n in _all_ifs(graph)
-           if n.input[0] in tainted]
+           if n.input[0] in tainted and n.output[0] not in selected]
     for node in (n for n in graph.node if n.op_type == "Loop"):
         found = _loop_taint(node, tainted)
         for name in [*node.input[:2], next(a.g for a in node.attribute if a.name == "body").output[0].name]:
@@ -152,16 +190,18 @@ def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool]):
     Returns `model` itself when it has none."""
     if not has_runtime_if(model):
         return model
-    refuse_attributed_conditions(model, [s.name for s, a in zip(model.inputs, attributed) if a])
-    taken = record_conditions(model, tensors)
-    key = tuple(sorted(taken.items()))
+    names = [s.name for s, a in zip(model.inputs, attributed) if a]
+    selected = selectable_ifs(model, names)
+    refuse_attributed_conditions(model, names, selected)
+    taken = {k: v for k, v in record_conditions(model, tensors).items() if k not in selected}
+    key = tuple(sorted(taken.items())) + tuple(sorted(selected))
     cache = model.__dict__.setdefault("_specialised", {})
     if key not in cache:
-        cache[key] = _build(model, taken)
+        cache[key] = _build(model, taken, selected)
     return cache[key]
 
 
-def _build(model, taken: dict[str, bool]):
+def _build(model, taken: dict[str, bool], selected: dict[str, tuple[str, str, str, bool]]):
     from onnx_attr.importing.budget import using
     from onnx_attr.importing.convert import convert, is_importable, opsets
     from onnx_attr.importing.model import AttributableModel
@@ -170,6 +210,7 @@ def _build(model, taken: dict[str, bool]):
     proto = onnx.ModelProto()
     proto.CopyFrom(model.onnx_model)
     _unroll_loops(proto, {k: v for k, v in taken.items() if not isinstance(v, bool)}, model.budget)
+    _splice_selected(proto, selected)
     constants = []
     for node in _all_ifs(proto.graph):
         if node.output[0] in taken:
@@ -181,14 +222,48 @@ def _build(model, taken: dict[str, bool]):
         normalized = normalize(proto, importable=is_importable)
         module = convert(normalized.converted, opsets(normalized.canonical)
                          if normalized.converted is not normalized.canonical else None)
-    branches = ", ".join(f"{k!r} {('then' if v else 'else') if isinstance(v, bool) else f'{v} iteration(s)'}"
-                         for k, v in taken.items())
+    branches = ", ".join([*(f"{k!r} {('then' if v else 'else') if isinstance(v, bool) else f'{v} iteration(s)'}"
+                            for k, v in taken.items()),
+                          *(f"{k!r} both branches, picked by {c} (DeepLift credits the jump)"
+                            for k, (_u, _v, c, _n) in selected.items())])
     sibling = AttributableModel(module, model.inputs, model.outputs, normalized.converted, model.reference_model,
                                 (*model.notes, f"runtime If/Loop node(s) specialised for this call: {branches}"),
                                 model.source)
     sibling.budget = model.budget
     sibling.eval()
     return sibling.to(model.device)
+
+
+def _splice_selected(proto: onnx.ModelProto, selected: dict[str, tuple[str, str, str, bool]]) -> None:
+    """Replace each selected If by both its branches and one BranchSelect per output."""
+    from onnx_attr.importing.normalize import _prefixed_branch, _used_names
+
+    if not selected:
+        return
+    graph = proto.graph
+    names = _used_names(graph) | {t.name for t in graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        how = selected.get(node.output[0]) if node.op_type == "If" else None
+        if how is None:
+            nodes.append(node)
+            continue
+        u, v, comparison, negate = how
+        outputs = []
+        for side in ("then_branch", "else_branch"):
+            branch = next(a.g for a in node.attribute if a.name == side)
+            copy = _prefixed_branch(branch, f"{node.output[0]}/{side}/", names)
+            names |= _used_names(copy)
+            graph.initializer.extend(copy.initializer)
+            nodes.extend(copy.node)
+            outputs.append([o.name for o in copy.output])
+        for k, out in enumerate(node.output):
+            nodes.append(helper.make_node("BranchSelect", [u, v, outputs[0][k], outputs[1][k]], [out],
+                                          name=f"{node.name or node.output[0]}/select{k}", domain=SELECT_DOMAIN,
+                                          comparison=comparison, negate=int(negate)))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    proto.opset_import.append(helper.make_opsetid(SELECT_DOMAIN, 1))
 
 
 def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None:

@@ -18,7 +18,7 @@ from onnx import helper
 from torch import nn
 
 from onnx_attr.importing.budget import Budget, current_budget, in_loop, loop_nest
-from onnx_attr.importing.converters._common import result
+from onnx_attr.importing.converters._common import result, text_attribute
 from onnx_attr.importing.converters.registry import register
 
 #: The enclosing model's opsets ({domain: version}), set by `convert` while it runs, so that a
@@ -296,3 +296,30 @@ def convert_scan_8(node, graph):
                 current_budget(), node.name or "Scan")
     module = BatchedScan(scan, bool(lengths))
     return result(node, module, inputs=(*([lengths] if lengths else []), *carried, *body.outer))
+
+
+#: Domain of the node `specialize.select_branches` puts in place of an If whose condition follows an
+#: attributed input: both branches run, the comparison picks one (rules/branch.py explains it).
+SELECT_DOMAIN = "onnx_attr.control"
+COMPARISONS = {"Greater": torch.gt, "GreaterOrEqual": torch.ge, "Less": torch.lt, "LessOrEqual": torch.le}
+
+
+class BranchSelect(nn.Module):
+    """`then if compare(u, v) else other` (negated when `negate`), with both branch values given:
+    what the If computed, bit for bit, with the comparison's operands visible to DeepLift."""
+
+    def __init__(self, comparison: str, negate: bool):
+        super().__init__()
+        self.comparison, self.negate = comparison, negate
+
+    def taken(self, u: torch.Tensor, v: torch.Tensor) -> bool:
+        """The If's own reading of its condition (its first element), on these operands."""
+        return _as_bool(COMPARISONS[self.comparison](u, v)) != self.negate
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor, then: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return then if self.taken(u, v) else other
+
+
+@register("BranchSelect", 1, domain=SELECT_DOMAIN)
+def convert_branch_select(node, graph):
+    return result(node, BranchSelect(text_attribute(node, "comparison", ""), bool(node.attributes.get("negate", 0))))
