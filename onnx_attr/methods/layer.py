@@ -20,7 +20,7 @@ from onnx_attr.importing.rows import path_runs, rows_back, rows_first
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
 from onnx_attr.methods.base import AttributionMethod, make_targets, output_report
 from onnx_attr.methods.deeplift import DeepLift, DeepLiftShap, method_report
-from onnx_attr.methods.gradient import GradientShap, IntegratedGradients, Saliency, _repeat_rows, integration_rule
+from onnx_attr.methods.gradient import GradientShap, IntegratedGradients, Saliency, integration_rule
 from onnx_attr.methods.noise_tunnel import _repeat_target
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch

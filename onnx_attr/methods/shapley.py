@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from onnx_attr.deeplift.engine import Targets
 from onnx_attr.errors import InputError
 from onnx_attr.methods.masked_eval import feature_ids, spread
 from onnx_attr.methods.perturbation import _attribution_dtype, _by_name, _Perturbation
