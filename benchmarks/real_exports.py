@@ -13,6 +13,7 @@ a hang or a crash is recorded instead of ending the run:
 * deeplift `onnx_attr.DeepLift`: the relative convergence delta |Σ attr - (f(x) - f(x0))| / max(1, |f(x) - f(x0)|)
 * ig       `onnx_attr.IntegratedGradients` (16 Gauss-Legendre steps): its relative delta, for scale
 * cli      `onnx-attr attribute MODEL --input x.npz --out DIR --no-pictures` with the default target: the exit code
+* cli_pictures  (only with --steps) the same with the pictures, as a user runs it
 
 The table gives, per step, ok / FAIL / ERR (one of our `OnnxAttrError`s) / RAW (any other
 exception: a bug) / TIMEOUT / CRASH, its time in seconds, and the first line of any error.
@@ -42,6 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ONNX_ATTR_REAL_EXPORTS", Path.home() / ".cache" / "onnx-attr-real-exports"))
 STEPS = ("import", "verify", "deeplift", "ig", "cli")
+#: Steps run only when asked for (--steps): the CLI as a user runs it, pictures included.
+EXTRA_STEPS = ("cli_pictures",)
 #: Relative DeepLift delta that counts as complete (onnx_attr.methods.deeplift.DELTA_TOLERANCE).
 DELTA_OK = 1e-4
 
@@ -320,11 +323,11 @@ _LOADED: dict[str, Any] = {}  # the worker's imported model, shared by its steps
 
 def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir: str) -> dict:
     """Runs in the worker process; returns what the table shows for this step."""
-    if step == "cli":
+    if step in ("cli", "cli_pictures"):
         exe = Path(sys.executable).with_name("onnx-attr")
         command = [str(exe)] if exe.exists() else [sys.executable, "-m", "onnx_attr.app.cli"]
-        done = subprocess.run(command + ["attribute", model_path, "--input", inputs_path, "--out", out_dir,
-                                         "--no-pictures"], capture_output=True, text=True,
+        done = subprocess.run(command + ["attribute", model_path, "--input", inputs_path, "--out", out_dir]
+                              + (["--no-pictures"] if step == "cli" else []), capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
         error = next((ln for ln in lines if ln.startswith("error")),
@@ -427,11 +430,12 @@ def run_steps(steps: list[str], model_path: Path, inputs_path: Path, target: Any
 # --------------------------------------------------------------------------- table
 
 def table(results: list[dict]) -> str:
-    head = "| model | package | kind | " + " | ".join(STEPS) + " | total s | first error |"
-    rows = [head, "|" + "---|" * (len(STEPS) + 5)]
+    columns = STEPS + tuple(s for s in EXTRA_STEPS if any(s in r["steps"] for r in results))
+    head = "| model | package | kind | " + " | ".join(columns) + " | total s | first error |"
+    rows = [head, "|" + "---|" * (len(columns) + 5)]
     for r in results:
         cells = []
-        for step in STEPS:
+        for step in columns:
             s = r["steps"].get(step)
             if s is None:
                 cells.append("-")
@@ -441,7 +445,7 @@ def table(results: list[dict]) -> str:
                 text += f" {s['max_abs']:.0e}/{s['max_rel']:.0e}"
             if step in ("deeplift", "ig") and "delta" in s:
                 text += f" {s['delta']:.0e}"
-            if step == "cli" and "exit" in s:
+            if step.startswith("cli") and "exit" in s:
                 text += f" ({s['exit']})"
             cells.append(f"{text} {s['seconds']:g}s")
         errors = [f"{k}: {s['detail']}" for k, s in r["steps"].items() if s["status"] != "ok" and s.get("detail")]
@@ -468,7 +472,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not chosen:
         parser.error(f"no model named {args.only!r}")
     cache = Path(args.cache).expanduser()
-    steps = [s for s in STEPS if s in args.steps.split(",")]  # in pipeline order; the worker imports first when needed
+    steps = [s for s in STEPS + EXTRA_STEPS if s in args.steps.split(",")]  # in pipeline order; the worker imports first when needed
     if not steps:
         parser.error(f"no step named {args.steps!r}")
     results = []
