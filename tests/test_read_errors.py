@@ -10,7 +10,7 @@ from onnx import helper
 import onnx_attr
 from onnx_attr import ModelLoadError, UnsupportedOpError
 
-from conftest import FLOAT, SAMPLES, make_model
+from conftest import FLOAT, SAMPLES, make_model, ort_run
 
 
 def test_missing_file_is_named(tmp_path):
@@ -135,3 +135,33 @@ def test_model_local_functions_are_refused_by_name_not_evaluated():
     with pytest.raises(UnsupportedOpError) as info:
         onnx_attr.load(model)
     assert "Mystery" in str(info.value) and "com.evil" in str(info.value) and "mystery_call" in str(info.value)
+
+
+def _out_of_order_model(cycle: bool = False) -> onnx.ModelProto:
+    """y = relu(x·W) + x·W with the nodes listed consumers first (as a shipped quantized PicoDet
+    lists some), an If body among them; with `cycle` the Add also feeds the MatMul."""
+    then = helper.make_graph([helper.make_node("Neg", ["h"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", FLOAT, [1, 3])])
+    other = helper.make_graph([helper.make_node("Identity", ["h"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", FLOAT, [1, 3])])
+    nodes = [helper.make_node("Add", ["r", "g"], ["y"]),
+             helper.make_node("If", ["flag"], ["g"], then_branch=then, else_branch=other),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["y" if cycle else "x", "w"], ["h"])]
+    return make_model(nodes, [("x", FLOAT, [1, 3])], [("y", FLOAT, [1, 3])], opset=13,
+                      initializers={"w": np.arange(9, dtype=np.float32).reshape(3, 3) - 4,
+                                    "flag": np.array(False)})
+
+
+def test_nodes_listed_out_of_order_are_sorted_as_onnxruntime_does():
+    proto = _out_of_order_model()
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(proto)  # the file really is out of order
+    model = onnx_attr.load(proto.SerializeToString())
+    x = np.array([[1.0, -2.0, 0.5]], np.float32)
+    np.testing.assert_array_equal(np.asarray(model.run(x)[0]), ort_run(proto, {"x": x})[0])
+
+
+def test_a_cycle_is_still_refused_by_the_checker():
+    with pytest.raises(ModelLoadError, match="checker"):
+        onnx_attr.load(_out_of_order_model(cycle=True))

@@ -35,6 +35,7 @@ import numpy as np
 
 from onnx_attr.errors import InputError
 from onnx_attr.deeplift.targets import Target
+from onnx_attr.importing.final_activation import NMS_SCORES
 
 if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument checks
     from torch import Tensor
@@ -161,6 +162,9 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         return Layout("a dense map [N, 1, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
     if len(shape) != 2:
         return Layout(f"an output of rank {view.dim()}", "other", "top", final=op)
+    if getattr(spec, "role", None) == NMS_SCORES:
+        return Layout("the class scores [N, C, A] a NonMaxSuppression reads", "detector", "anchor", box=0,
+                      scores_first=True, final=op)
     if axis == 1:
         return Layout("a time-major sequence [T, N, C]", "sequence", "greedy", final=op)
     if op in ("Softmax", "LogSoftmax"):

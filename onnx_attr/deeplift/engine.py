@@ -260,6 +260,7 @@ class DeepLiftEngine:
         """Both passes over the rows of `targets`, each input's rows on its batch axis in `axes`
         (default 0; None: no batch, fed as given), in chunks of an export's fixed batch (the last
         padded by repeating its last row)."""
+        self.rewrite.check_output(output)
         n = len(targets.rows)
         axes = [0 if x.dim() else None for x in inputs] if axes is None else list(axes)
         size = self.fixed_batch or n

@@ -39,6 +39,36 @@ class RewriteResult:
     reveal_cancel: list[str] = field(default_factory=list)  # nonlinearities given RevealCancel
     reveal_cancel_skipped: list[str] = field(default_factory=list)  # no weighted op before them: Rescale
     self_gated: list[str] = field(default_factory=list)  # Muls fused with their gate: x·g(x), one rescale
+    #: per graph output, the nodes with no rule it is computed from (refused when it is explained)
+    refused: list[list[tuple[str, str, int, str, str]]] = field(default_factory=list)
+
+    def check_output(self, output: int) -> None:
+        """Refuse to explain an output computed through a node with no DeepLift rule."""
+        if output < len(self.refused) and self.refused[output]:
+            raise UnsupportedOpError(self.refused[output], action="DeepLift has no exact rule for",
+                                     hint=FALLBACK_HINT + ", or explain another output (output=...)")
+
+
+FALLBACK_HINT = ("pass gradient_fallback=True (CLI: --gradient-fallback) to let these nodes use their plain "
+                 "gradient, at the cost of completeness")
+
+
+def refusals_per_output(module: fx.GraphModule, nodes: Sequence[fx.Node], refusals: Sequence[tuple]
+                        ) -> list[list[tuple]]:
+    """For each graph output, the refusals of those `nodes` it is computed from."""
+    result = next(n for n in module.graph.nodes if n.op == "output").args[0]
+    finals = list(result) if isinstance(result, (tuple, list)) else [result]
+    per_output = []
+    for final in finals:
+        seen: set[fx.Node] = set()
+        stack = [final] if isinstance(final, fx.Node) else []
+        while stack:
+            node = stack.pop()
+            if node not in seen:
+                seen.add(node)
+                stack.extend(node.all_input_nodes)
+        per_output.append([r for n, r in zip(nodes, refusals) if n in seen])
+    return per_output
 
 
 def variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], sources: set[fx.Node] = frozenset()
@@ -118,6 +148,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         result.taps.append(tap)
     result.self_gated.extend(fuse_self_gated(out, variable))  # SiLU, HardSwish as exported (unary_fusion.py)
     unsupported: list[tuple[str, str, int, str, str]] = []
+    unsupported_nodes: list[fx.Node] = []
     for index, node, kind, info in varying_nodes(out, variable, taps):
         if kind in ("linear", "structural"):
             continue
@@ -131,6 +162,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
                 reason = str(err)
         if reason:
             unsupported.append((op, node.meta.get("onnx_domain", ""), info.opset, info.name, reason))
+            unsupported_nodes.append(node)
             continue
         name = f"deeplift_{index}"
         original = out.get_submodule(node.target)
@@ -147,8 +179,11 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         node.target = name
         result.rewritten.append((info.name, op, rule.kind))
     if unsupported and not gradient_fallback:
-        raise UnsupportedOpError(unsupported, action="DeepLift has no exact rule for", hint="pass gradient_fallback=True (CLI: --gradient-fallback) to let "
-                                                   "these nodes use their plain gradient, at the cost of completeness")
+        per_output = refusals_per_output(out, unsupported_nodes, unsupported)
+        if all(per_output):  # every output needs one of them: nothing can be explained
+            raise UnsupportedOpError(unsupported, action="DeepLift has no exact rule for", hint=FALLBACK_HINT)
+        result.refused = per_output  # the others run plain; an output they reach is refused when asked for
+        unsupported = []
     if unsupported:
         result.fallback = [(u[3], u[0]) for u in unsupported]
         warnings.warn("DeepLift falls back to the plain gradient at: "

@@ -178,42 +178,77 @@ _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.
                           onnx.TensorProto.BFLOAT16})
 
 
-def expose_argmax_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """An output of labels only (the ArgMax of scores, as a CRNN exported with its greedy decode
-    returns) has no gradient: the scores the ArgMax reads are added as a graph output, after the
-    others, so that they are what gets attributed (the CLI's default picks the predicted class or
-    the greedy path on them: what the ArgMax chose). Returns the model and a note per output added."""
+#: `OutputSpec.role` of the outputs `expose_selection_scores` finds
+KEPT_BY_NMS, NMS_SCORES = "kept by NonMaxSuppression", "class scores [N, C, A] of a NonMaxSuppression"
+
+
+def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
+    """Outputs made by a data-dependent selection get the scores the selection reads as outputs.
+
+    * An output of labels only (the ArgMax of scores, as a CRNN exported with its greedy decode
+      returns) has no gradient: the scores the ArgMax reads are added as a graph output.
+    * An output of what a NonMaxSuppression kept (a detector exported with its post-processing:
+      paddle2onnx's multiclass_nms3 gives [K, 6] rows of class, score, box) has a gradient, but
+      which rows it holds changes along the path from the baseline (none may be kept there), so
+      no attribution of it can be complete: the class scores the NMS reads are added as an
+      output, and the outputs after the NMS are marked as selections.
+
+    Added outputs come after the others and are what the methods explain by default (the CLI's
+    default picks the predicted class, the greedy path or the top anchor's class score on them:
+    what the selection chose). Returns the model, a note per output added, and the role of the
+    outputs a NonMaxSuppression reads or makes (those it makes are explained only when asked for)."""
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
     known = {v.name: v for v in (*graph.value_info, *graph.input, *graph.output)}
     outputs = {o.name for o in graph.output}
     added, notes = [], []
+
+    def expose(scores: str, why: str) -> bool:
+        if scores not in producer:  # a selection over an input or a constant: nothing computed to explain
+            return False
+        if scores not in known:  # the type of the scores: from shape inference, run only when needed
+            known.update({v.name: v for v in _inferred(model).graph.value_info})
+        value = known.get(scores)
+        if scores in outputs or value is None or value.type.tensor_type.elem_type not in _FLOAT_TYPES:
+            return scores in outputs  # already an output, or of a type shape inference did not give
+        added.append(value)
+        outputs.add(scores)
+        notes.append(f"{why}; {scores!r} is added as an output and attributed by default")
+        return True
+
     for output in graph.output:
         if output.type.tensor_type.elem_type in _FLOAT_TYPES or not output.type.HasField("tensor_type"):
             continue
         node = producer.get(output.name)
         while node is not None and node.op_type in PASS_THROUGH and node.domain in ("", "ai.onnx"):
             node = producer.get(node.input[0])
-        if node is None or node.op_type != "ArgMax" or node.domain not in ("", "ai.onnx"):
-            continue
-        scores = node.input[0]
-        if scores not in producer:  # an ArgMax of an input or a constant: nothing computed to explain
-            continue
-        if scores not in known:  # the type of the scores: from shape inference, run only when needed
-            known.update({v.name: v for v in _inferred(model).graph.value_info})
-        value = known.get(scores)
-        if scores in outputs or value is None or value.type.tensor_type.elem_type not in _FLOAT_TYPES:
-            continue  # already an output, or of a type shape inference did not give: left as it is
-        added.append(value)
-        outputs.add(scores)
-        notes.append(f"output {output.name!r} holds the labels an ArgMax picks from {scores!r}, which has no "
-                     f"gradient; {scores!r} is added as an output and attributed by default")
+        if node is not None and node.op_type == "ArgMax" and node.domain in ("", "ai.onnx"):
+            expose(node.input[0], f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}, "
+                                  "which has no gradient")
+    suppressions = [n for n in graph.node if n.op_type == "NonMaxSuppression" and n.domain in ("", "ai.onnx")]
+    kept = _downstream(graph, {o for n in suppressions for o in n.output}) & {o.name for o in graph.output}
+    roles = dict.fromkeys(kept, KEPT_BY_NMS)
+    for node in suppressions:
+        if len(node.input) > 1 and kept and expose(
+                node.input[1], f"output(s) {sorted(kept)} hold what NonMaxSuppression node "
+                               f"{node.name or node.output[0]!r} kept, which changes along the path from the "
+                               f"baseline; its class scores {node.input[1]!r} are what it selects from"):
+            roles.setdefault(node.input[1], NMS_SCORES)
     if not added:
-        return model, []
+        return model, notes, roles
     out = onnx.ModelProto()
     out.CopyFrom(model)
     out.graph.output.extend(added)
-    return out, notes
+    return out, notes, roles
+
+
+def _downstream(graph: onnx.GraphProto, names: set[str]) -> set[str]:
+    """The tensors computed from `names` (nodes are in topological order)."""
+    found = set(names)
+    for node in graph.node:
+        if any(i in found for i in node.input):
+            found.update(o for o in node.output if o)
+    return found
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -10,7 +10,7 @@ import torch
 from onnx_attr.importing.budget import Budget, using
 from onnx_attr.importing.convert import convert, is_importable, opsets
 from onnx_attr.errors import InputError
-from onnx_attr.importing.final_activation import expose_argmax_scores, strip_final_activations
+from onnx_attr.importing.final_activation import expose_selection_scores, strip_final_activations
 from onnx_attr.importing.model import AttributableModel
 from onnx_attr.importing.normalize import normalize
 from onnx_attr.importing.read import ModelSource, read_model
@@ -35,7 +35,7 @@ def load(
     budget = Budget() if budget is None else budget
     with using(budget):
         model, _ = read_model(source)
-        model, label_notes = expose_argmax_scores(model)
+        model, label_notes, roles = expose_selection_scores(model)
         model, finals = strip_final_activations(model, strip_final_activation)
         normalized = normalize(model, importable=is_importable, owned=True)  # changed in place: weights held once
         del model
@@ -46,7 +46,7 @@ def load(
     imported = AttributableModel(
         module,
         inputs=[value_spec(v, ids=v.name in ids) for v in canonical.graph.input],
-        outputs=[output_spec(v, finals.get(v.name)) for v in canonical.graph.output],
+        outputs=[output_spec(v, finals.get(v.name), roles.get(v.name)) for v in canonical.graph.output],
         onnx_model=normalized.converted,
         reference_model=canonical,
         notes=(*label_notes, *normalized.notes),

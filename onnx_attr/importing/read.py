@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Iterator, Union
 
 import numpy as np
 import onnx
@@ -42,9 +43,57 @@ def read_model(source: ModelSource) -> tuple[onnx.ModelProto, Path | None]:
             f"cannot load a model from {type(source).__name__!r}: pass a path, bytes or onnx.ModelProto"
         )
     _check_structure(model, None)
+    sort_nodes(model.graph)
     _check(model)
     _densify_sparse(model.graph)
     return model, folder
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Put the nodes of `graph` and of its bodies in an order where each comes after what it reads.
+
+    ONNX asks for that order and its checker refuses a file without it, but onnxruntime sorts the
+    graph itself, so shipped files exist that list nodes out of order (a quantized PicoDet of
+    rapid-table-det). A graph already in order is left as it is; otherwise nodes keep their file
+    order wherever what they read allows (a stable Kahn sort). A cycle is left for the checker to
+    name."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                sort_nodes(sub)
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    needs = [sorted({producer[name] for name in _reads(n) if producer.get(name, i) != i}) for i, n in enumerate(graph.node)]
+    if all(j < i for i, deps in enumerate(needs) for j in deps):
+        return
+    waiting = [len(deps) for deps in needs]
+    users: list[list[int]] = [[] for _ in needs]
+    for i, deps in enumerate(needs):
+        for j in deps:
+            users[j].append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in users[i]:
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                heapq.heappush(ready, k)
+    if len(order) < len(needs):
+        return  # a cycle: the checker names it
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _reads(node: onnx.NodeProto) -> Iterator[str]:
+    """The names a node reads: its inputs and, at any depth, those its bodies read."""
+    yield from node.input
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+            for inner in sub.node:
+                yield from _reads(inner)
 
 
 #: Element types whose values torch cannot hold (sub-byte and 8-bit floats): refused by name.
@@ -257,6 +306,7 @@ def _read_path(path: Path) -> onnx.ModelProto:
     folder = path.resolve().parent
     _check_structure(model, folder)
     _check_external(model, folder)
+    sort_nodes(model.graph)
     _check(model, path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)):
         # the weights stay in their files: `convert` reads each once, straight into its tensor, and

@@ -67,6 +67,10 @@ class FinalActivation:
 @dataclass(frozen=True)
 class OutputSpec(TensorSpec):
     final_activation: Optional[FinalActivation] = None
+    #: what a NonMaxSuppression makes of it (`final_activation.expose_selection_scores`): the rows it
+    #: kept (which rows changes with the input: explained only when asked for by name), or the
+    #: class scores [N, C, A] it reads (their layout known: the CLI's default is the top anchor)
+    role: Optional[str] = None
 
     def to_dict(self) -> dict:
         out = super().to_dict()
@@ -172,8 +176,9 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
     return None if d.dim_param.strip() in ANONYMOUS_DIMS else d.dim_param
 
 
-def output_spec(value: onnx.ValueInfoProto, final: Optional[FinalActivation]) -> OutputSpec:
-    return OutputSpec(value.name, *_shape_and_dtype(value), final_activation=final)
+def output_spec(value: onnx.ValueInfoProto, final: Optional[FinalActivation], role: Optional[str] = None
+                ) -> OutputSpec:
+    return OutputSpec(value.name, *_shape_and_dtype(value), final_activation=final, role=role)
 
 
 def _zipmap_value_type(t: onnx.TypeProto) -> Optional[int]:

@@ -19,6 +19,7 @@ from onnx_attr.deeplift.engine import Targets
 from onnx_attr.errors import InputError
 from onnx_attr.deeplift.layers import embedding_lookups
 from onnx_attr.importing.rows import fixed_batch, padded_rows, pick_output
+from onnx_attr.importing.final_activation import KEPT_BY_NMS
 from onnx_attr.deeplift.target_grad import target_gradients
 from onnx_attr.methods._inputs import Prepared, example_count, prepare
 
@@ -32,11 +33,13 @@ def make_targets(target: Any, n: int, axis: Optional[int] = 0) -> Targets:
 
 def output_index(model, output: Union[str, int, None]) -> int:
     """The index of an output given by ONNX name or index (default: the first floating one, since
-    an integer output, labels or counts, has no gradient; the first when none is floating)."""
+    an integer output, labels or counts, has no gradient, and not one of rows a NonMaxSuppression
+    kept when there is another; the first when none is floating)."""
     names = [o.name for o in model.outputs]
     if output is None:
-        return next((i for i, o in enumerate(model.outputs) if o.dtype is not None
-                     and np.issubdtype(o.dtype, np.floating)), 0)
+        floating = [i for i, o in enumerate(model.outputs) if o.dtype is not None and np.issubdtype(o.dtype, np.floating)]
+        return next((i for i in floating if getattr(model.outputs[i], "role", None) != KEPT_BY_NMS),
+                    floating[0] if floating else 0)
     if isinstance(output, str):
         if output not in names:
             raise InputError(f"no output named {output!r}; the model's outputs are {names}")
