@@ -54,9 +54,12 @@ def variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], sources
     return variable
 
 
-def inline_expansions(module: fx.GraphModule) -> None:
+def inline_expansions(module: fx.GraphModule, recompile: bool = True) -> None:
     """Splice the steps of fused nodes (`converters.microsoft.Expansion`: each step an ordinary ONNX
-    op) into the graph in place, so each step gets its own op's rule; named `node/step`."""
+    op) into the graph in place, so each step gets its own op's rule; named `node/step`.
+
+    `recompile=False` leaves the code generation to a caller that edits the graph further
+    (on an unrolled Loop, 80k nodes, each recompile costs seconds)."""
     for node in list(module.graph.nodes):
         if node.op != "call_module" or not getattr(module.get_submodule(node.target), "onnx_expansion", False):
             continue
@@ -90,8 +93,9 @@ def inline_expansions(module: fx.GraphModule) -> None:
                 outputs.meta.setdefault("onnx_tensor", node.meta["onnx_tensor"])
             node.replace_all_uses_with(outputs)
         module.graph.erase_node(node)
-    module.graph.lint()
-    module.recompile()
+    if recompile:
+        module.graph.lint()
+        module.recompile()
 
 
 def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *,
@@ -104,7 +108,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     the RevealCancel rule; nonlinearities with no weighted op before them keep Rescale.
     """
     out = fx.GraphModule(module, copy.deepcopy(module.graph))
-    inline_expansions(out)
+    inline_expansions(out, recompile=False)  # the rewrite lints and recompiles once, at its end
     fuse_quantized_blocks(out)  # dynamically quantized blocks as one node each (rules/quantized.py)
     state = DeepLiftState()
     result = RewriteResult(out, state)
@@ -116,7 +120,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
-    result.self_gated.extend(fuse_self_gated(out, variable))  # SiLU, HardSwish as exported (unary_fusion.py)
+    result.self_gated.extend(fuse_self_gated(out, variable, recompile=False))  # SiLU, HardSwish as exported (unary_fusion.py)
     unsupported: list[tuple[str, str, int, str, str]] = []
     for index, node, kind, info in varying_nodes(out, variable, taps):
         if kind in ("linear", "structural"):
