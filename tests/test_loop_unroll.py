@@ -130,3 +130,49 @@ def test_unrolling_costs_grow_linearly_with_the_trip_count():
     _python_calls(10)
     small, medium, large = (_python_calls(n) for n in (20, 40, 80))
     assert (large - medium) / (medium - small) < 2.1, (small, medium, large)
+
+
+def greedy_decoder(steps: int):
+    """SLANet's feedback: each step's token is ArgMax of its scores, fed back as a OneHot (through
+    a Cast and a constant offset, as paddle2onnx writes it) into the next step's state."""
+    rng = np.random.default_rng(2)
+    body = helper.make_graph(
+        [helper.make_node("Cast", ["token"], ["token64"], to=INT64),
+         helper.make_node("OneHot", ["token64", "depth", "onoff"], ["emb"]),
+         helper.make_node("MatMul", ["h", "W"], ["hw"]), helper.make_node("MatMul", ["emb", "E"], ["he"]),
+         helper.make_node("Add", ["hw", "he"], ["pre"]), helper.make_node("Tanh", ["pre"], ["h2"]),
+         helper.make_node("MatMul", ["h2", "V"], ["scores"]), helper.make_node("Add", ["total", "scores"], ["total2"]),
+         helper.make_node("ArgMax", ["scores"], ["picked"], axis=1, keepdims=0),
+         helper.make_node("Add", ["picked", "zero"], ["token2"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h", FLOAT, None), helper.make_tensor_value_info("total", FLOAT, None),
+         helper.make_tensor_value_info("token", INT64, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h2", FLOAT, None),
+         helper.make_tensor_value_info("total2", FLOAT, None), helper.make_tensor_value_info("token2", INT64, None)])
+    nodes = [helper.make_node("Loop", ["steps", "go", "x", "zeros", "start"], ["h_last", "total", "last"], body=body,
+                              name="decoder")]
+    return make_model(nodes, [("x", FLOAT, [1, 4])], [("total", FLOAT, [1, 3])],
+                      initializers={"steps": np.array(steps, np.int64), "go": np.array(True),
+                                    "zeros": np.zeros((1, 3), np.float32), "start": np.zeros(1, np.int64),
+                                    "zero": np.array(0, np.int64), "depth": np.array(3, np.int64),
+                                    "onoff": np.array([0, 1], np.float32),
+                                    "W": (0.9 * rng.standard_normal((4, 4))).astype(np.float32),
+                                    "E": (2 * rng.standard_normal((3, 4))).astype(np.float32),
+                                    "V": (2 * rng.standard_normal((4, 3))).astype(np.float32)})
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_a_greedy_decoder_is_complete_when_its_tokens_change(scale):
+    """The tokens fed back differ between the input and the zero baseline: the fused
+    ArgMax-OneHot's secant carries that jump (without it, ArgMax is an index and the jump is lost)."""
+    proto = greedy_decoder(60)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    x = (scale * np.random.default_rng(0).standard_normal((1, 4))).astype(np.float32)
+    dl = onnx_attr.DeepLift(model)
+    attributions = dl.attribute(x, target=1)
+    assert any("ArgMaxOneHot" in op for _name, op, _kind in dl.engine.rewrite.rewritten)
+    feeds = dl.engine.model.run({"x": x})  # the unrolled forward matches onnxruntime
+    np.testing.assert_allclose(feeds[0].numpy(), ort_run(proto, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    change = ort_run(proto, {"x": x})[0][0, 1] - ort_run(proto, {"x": 0 * x})[0][0, 1]
+    np.testing.assert_allclose(attributions.sum(), change, rtol=1e-4, atol=1e-4)

@@ -17,12 +17,13 @@ from typing import Any, Iterator, Sequence
 
 from torch import fx
 
+from onnx_attr.deeplift.argmax_fusion import fuse_argmax_one_hots
 from onnx_attr.deeplift.opkinds import domain_op_kind, op_kind, refusal
 from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, signature_names
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
 from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
-from onnx_attr.deeplift.taps import EmbeddingTap, LayerTap, embedding_taps, insert_layer_taps
+from onnx_attr.deeplift.taps import EmbeddingTap, LayerTap, embedding_taps, insert_layer_taps, placeholder_fed
 from onnx_attr.deeplift.unary_fusion import fuse_self_gated
 from onnx_attr.errors import UnsupportedOpError
 from onnx_attr.importing.specs import TensorSpec
@@ -110,6 +111,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     out = fx.GraphModule(module, copy.deepcopy(module.graph))
     inline_expansions(out, recompile=False)  # the rewrite lints and recompiles once, at its end
     fuse_quantized_blocks(out)  # dynamically quantized blocks as one node each (rules/quantized.py)
+    fuse_argmax_one_hots(out, placeholder_fed(out))  # a greedy decoder's fed-back token (argmax_fusion.py)
     state = DeepLiftState()
     result = RewriteResult(out, state)
     result.layers.extend(insert_layer_taps(out, state, layers))

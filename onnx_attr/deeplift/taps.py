@@ -96,7 +96,7 @@ def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict
     of a constant table (an embedding), or a floating one-hot (Cast(Equal(ids, classes)), as tf2onnx
     writes it, or OneHot) whose last axis is the class axis."""
     sources = _integer_sources(module, inputs)
-    fed = _placeholder_fed(module)
+    fed = placeholder_fed(module)
     taps = {}
     for node in module.graph.nodes:
         if node.op != "call_module" or len(node.args) < 1:
@@ -151,7 +151,7 @@ def _class_table(node: Any) -> bool:
     return isinstance(value, Tensor) and value.dim() > 0 and value.shape[-1] > 1
 
 
-def _placeholder_fed(module: fx.GraphModule) -> set[fx.Node]:
+def placeholder_fed(module: fx.GraphModule) -> set[fx.Node]:
     """Nodes with a placeholder among their ancestors (the others are computed from initializers
     alone), found in one sweep in graph order: asking per node walked the ancestors each time,
     quadratic on an unrolled Loop (SLANet: 2004 asks over 80k nodes, 40 s)."""
