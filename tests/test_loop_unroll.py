@@ -176,3 +176,36 @@ def test_a_greedy_decoder_is_complete_when_its_tokens_change(scale):
     np.testing.assert_allclose(feeds[0].numpy(), ort_run(proto, {"x": x})[0], rtol=1e-5, atol=1e-5)
     change = ort_run(proto, {"x": x})[0][0, 1] - ort_run(proto, {"x": 0 * x})[0][0, 1]
     np.testing.assert_allclose(attributions.sum(), change, rtol=1e-4, atol=1e-4)
+
+
+def test_an_argmax_read_elsewhere_too_is_left_apart():
+    """ArgMax feeding a OneHot and an output: no fusion (the index is needed as it is)."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["k"], axis=1, keepdims=0),
+             helper.make_node("OneHot", ["k", "depth", "onoff"], ["hot"]),
+             helper.make_node("Mul", ["hot", "x"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [2, 3])], [("y", FLOAT, [2, 3]), ("k", INT64, [2])],
+                       initializers={"depth": np.array(3, np.int64), "onoff": np.array([0, 1], np.float32)})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    from onnx_attr.deeplift.rewrite import rewrite_for_deeplift
+
+    ops = [n.meta.get("onnx_op") for n in rewrite_for_deeplift(model.module, model.inputs).module.graph.nodes]
+    assert "ArgMax" in ops and "ArgMaxOneHot" not in ops
+
+
+def test_the_argmax_one_hot_secant_is_complete_per_example():
+    """Outside a loop, batch 3, each row its own pick: Σ attributions = Δy row by row."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["k"], axis=1, keepdims=0),
+             helper.make_node("OneHot", ["k", "depth", "onoff"], ["hot"]),
+             helper.make_node("MatMul", ["hot", "E"], ["a"]), helper.make_node("MatMul", ["x", "F"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    rng = np.random.default_rng(3)
+    proto = make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])],
+                       initializers={"depth": np.array(3, np.int64), "onoff": np.array([0, 1], np.float32),
+                                     "E": (5 * rng.standard_normal((3, 2))).astype(np.float32),
+                                     "F": rng.standard_normal((3, 2)).astype(np.float32)})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    x = np.array([[0.1, 2.0, -1.0], [-3.0, -2.0, 1.0], [5.0, 0.0, 0.0]], np.float32)
+    baseline = np.array([[1.0, 0.0, 0.0]], np.float32)
+    attributions = onnx_attr.DeepLift(model).attribute(x, baselines=baseline, target=0)
+    change = ort_run(proto, {"x": x})[0][:, 0] - ort_run(proto, {"x": np.repeat(baseline, 3, 0)})[0][:, 0]
+    np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-5, atol=1e-5)

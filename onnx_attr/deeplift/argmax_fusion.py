@@ -35,8 +35,8 @@ def fuse_argmax_one_hots(module: fx.GraphModule, fed: set[fx.Node]) -> list[str]
         chain = _index_path(node.args[0] if node.args else None, fed)
         if chain is None:
             continue
-        _fold(module, node, chain)
-        fused.append(node.meta["onnx_node"])
+        if _fold(module, node, chain):
+            fused.append(node.meta["onnx_node"])
     return fused
 
 
@@ -45,7 +45,7 @@ def _index_path(start, fed: set[fx.Node]) -> list[fx.Node] | None:
     chain, n = [], start
     while isinstance(n, fx.Node) and n.op == "call_module" and not n.kwargs:
         op = n.meta.get("onnx_op")
-        if chain and len(n.users) != 1:
+        if len(n.users) != 1:  # each feeds the next alone: the fused node replaces them all
             return None
         if op in ("ArgMax", "ArgMin"):
             return [n, *reversed(chain)] if len(n.args) == 1 else None
@@ -56,8 +56,9 @@ def _index_path(start, fed: set[fx.Node]) -> list[fx.Node] | None:
     return None
 
 
-def _fold(module: fx.GraphModule, one_hot: fx.Node, chain: list[fx.Node]) -> None:
-    """Copy the path and the OneHot into one GraphModule of the scores and call it in the OneHot's place."""
+def _fold(module: fx.GraphModule, one_hot: fx.Node, chain: list[fx.Node]) -> bool:
+    """Copy the path and the OneHot into one GraphModule of the scores and call it in the OneHot's
+    place; False (nothing changed) where a constant operand is computed rather than stored."""
     scores = chain[0].args[0]
     graph = fx.Graph()
     mapping = {scores: graph.placeholder("scores")}
@@ -65,7 +66,7 @@ def _fold(module: fx.GraphModule, one_hot: fx.Node, chain: list[fx.Node]) -> Non
         for arg in n.args:
             if isinstance(arg, fx.Node) and arg not in mapping:
                 if arg.op != "get_attr":
-                    return  # a computed constant: left as it is (never reached: fed is checked)
+                    return False
                 mapping[arg] = graph.get_attr(arg.target)
         mapping[n] = graph.node_copy(n, lambda arg: mapping[arg])
     graph.output(mapping[one_hot])
@@ -77,3 +78,4 @@ def _fold(module: fx.GraphModule, one_hot: fx.Node, chain: list[fx.Node]) -> Non
     one_hot.target, one_hot.args = name, (scores,)
     for n in reversed(chain):
         module.graph.erase_node(n)
+    return True
