@@ -64,3 +64,148 @@ def test_a_prefixed_copy_keeps_a_local_that_already_has_the_prefix_apart():
     copy = _prefixed_branch(body, "p/", set())
     assert [list(n.output) for n in copy.node] == [["p/p/y"], ["p/y"], ["p/z"]]
     assert list(copy.node[2].input) == ["p/p/y", "p/y"] and copy.output[0].name == "p/z"
+
+
+def rnn_decoder(steps: int):
+    """A recurrent decoder like SLANet's: carried state h <- tanh(h W + b), each step's
+    y = relu(h V) / width(h) (a Gather on a Shape, as exports write it) stacked as a scan output and moved behind the batch axis ([1, steps, 3]),
+    and summed in a carried total (the first output: every step counts in it)."""
+    rng = np.random.default_rng(1)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "W"], ["hw"]), helper.make_node("Add", ["hw", "bias"], ["pre"]),
+         helper.make_node("Tanh", ["pre"], ["h2"]), helper.make_node("MatMul", ["h2", "V"], ["hv"]),
+         helper.make_node("Relu", ["hv"], ["r"]), helper.make_node("Shape", ["h"], ["shape"]),
+         helper.make_node("Gather", ["shape", "last"], ["width"]), helper.make_node("Cast", ["width"], ["w"], to=FLOAT),
+         helper.make_node("Div", ["r", "w"], ["y"]), helper.make_node("Add", ["total", "y"], ["total2"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h", FLOAT, None), helper.make_tensor_value_info("total", FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h2", FLOAT, None),
+         helper.make_tensor_value_info("total2", FLOAT, None), helper.make_tensor_value_info("y", FLOAT, None)])
+    nodes = [helper.make_node("Loop", ["steps", "go", "x", "zeros"], ["h_last", "total", "ys"], body=body,
+                              name="decoder"),
+             helper.make_node("Transpose", ["ys"], ["out"], perm=[1, 0, 2])]
+    return make_model(nodes, [("x", FLOAT, [1, 4])], [("total", FLOAT, [1, 3]), ("out", FLOAT, [1, steps, 3])],
+                      initializers={"steps": np.array(steps, np.int64), "go": np.array(True),
+                                    "zeros": np.zeros((1, 3), np.float32),
+                                    "last": np.array(1, np.int64), "W": (0.9 * rng.standard_normal((4, 4))).astype(np.float32),
+                                    "bias": (0.3 * rng.standard_normal(4)).astype(np.float32),
+                                    "V": rng.standard_normal((4, 3)).astype(np.float32)})
+
+
+def test_a_long_decoder_loop_is_complete():
+    proto = rnn_decoder(100)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    x = (3 * np.random.default_rng(0).standard_normal((1, 4))).astype(np.float32)
+    attributions = onnx_attr.DeepLift(model).attribute(x, target=1)
+    change = ort_run(proto, {"x": x})[0][0, 1] - ort_run(proto, {"x": 0 * x})[0][0, 1]
+    assert abs(change) > 1e-2  # the total still depends on x
+    np.testing.assert_allclose(attributions.sum(), change, rtol=1e-4, atol=1e-5)
+
+
+def _python_calls(steps: int) -> int:
+    """Python and builtin calls made while DeepLift unrolls, converts, rewrites and runs `steps` trips."""
+    import sys
+
+    model = onnx_attr.load(rnn_decoder(steps), strip_final_activation=False)
+    x = np.ones((1, 4), np.float32)
+    count = 0
+
+    def counted(_frame, event, _arg):
+        nonlocal count
+        count += event in ("call", "c_call")
+
+    sys.setprofile(counted)
+    try:
+        onnx_attr.DeepLift(model).attribute(x, target=1)
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_unrolling_costs_grow_linearly_with_the_trip_count():
+    """Counted calls, not seconds: doubling the trips from 40 to 80 adds what 20 -> 40 added, twice
+    over (measured 2.00; a walk per node over the graph's names or ancestors gave 2.27). A first
+    run pays the one-time costs (imports, caches)."""
+    _python_calls(10)
+    small, medium, large = (_python_calls(n) for n in (20, 40, 80))
+    assert (large - medium) / (medium - small) < 2.1, (small, medium, large)
+
+
+def greedy_decoder(steps: int):
+    """SLANet's feedback: each step's token is ArgMax of its scores, fed back as a OneHot (through
+    a Cast and a constant offset, as paddle2onnx writes it) into the next step's state."""
+    rng = np.random.default_rng(2)
+    body = helper.make_graph(
+        [helper.make_node("Cast", ["token"], ["token64"], to=INT64),
+         helper.make_node("OneHot", ["token64", "depth", "onoff"], ["emb"]),
+         helper.make_node("MatMul", ["h", "W"], ["hw"]), helper.make_node("MatMul", ["emb", "E"], ["he"]),
+         helper.make_node("Add", ["hw", "he"], ["pre"]), helper.make_node("Tanh", ["pre"], ["h2"]),
+         helper.make_node("MatMul", ["h2", "V"], ["scores"]), helper.make_node("Add", ["total", "scores"], ["total2"]),
+         helper.make_node("ArgMax", ["scores"], ["picked"], axis=1, keepdims=0),
+         helper.make_node("Add", ["picked", "zero"], ["token2"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h", FLOAT, None), helper.make_tensor_value_info("total", FLOAT, None),
+         helper.make_tensor_value_info("token", INT64, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h2", FLOAT, None),
+         helper.make_tensor_value_info("total2", FLOAT, None), helper.make_tensor_value_info("token2", INT64, None)])
+    nodes = [helper.make_node("Loop", ["steps", "go", "x", "zeros", "start"], ["h_last", "total", "last"], body=body,
+                              name="decoder")]
+    return make_model(nodes, [("x", FLOAT, [1, 4])], [("total", FLOAT, [1, 3])],
+                      initializers={"steps": np.array(steps, np.int64), "go": np.array(True),
+                                    "zeros": np.zeros((1, 3), np.float32), "start": np.zeros(1, np.int64),
+                                    "zero": np.array(0, np.int64), "depth": np.array(3, np.int64),
+                                    "onoff": np.array([0, 1], np.float32),
+                                    "W": (0.9 * rng.standard_normal((4, 4))).astype(np.float32),
+                                    "E": (2 * rng.standard_normal((3, 4))).astype(np.float32),
+                                    "V": (2 * rng.standard_normal((4, 3))).astype(np.float32)})
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_a_greedy_decoder_is_complete_when_its_tokens_change(scale):
+    """The tokens fed back differ between the input and the zero baseline: the fused
+    ArgMax-OneHot's secant carries that jump (without it, ArgMax is an index and the jump is lost)."""
+    proto = greedy_decoder(60)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    x = (scale * np.random.default_rng(0).standard_normal((1, 4))).astype(np.float32)
+    dl = onnx_attr.DeepLift(model)
+    attributions = dl.attribute(x, target=1)
+    assert any("ArgMaxOneHot" in op for _name, op, _kind in dl.engine.rewrite.rewritten)
+    feeds = dl.engine.model.run({"x": x})  # the unrolled forward matches onnxruntime
+    np.testing.assert_allclose(feeds[0].numpy(), ort_run(proto, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    change = ort_run(proto, {"x": x})[0][0, 1] - ort_run(proto, {"x": 0 * x})[0][0, 1]
+    np.testing.assert_allclose(attributions.sum(), change, rtol=1e-4, atol=1e-4)
+
+
+def test_an_argmax_read_elsewhere_too_is_left_apart():
+    """ArgMax feeding a OneHot and an output: no fusion (the index is needed as it is)."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["k"], axis=1, keepdims=0),
+             helper.make_node("OneHot", ["k", "depth", "onoff"], ["hot"]),
+             helper.make_node("Mul", ["hot", "x"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [2, 3])], [("y", FLOAT, [2, 3]), ("k", INT64, [2])],
+                       initializers={"depth": np.array(3, np.int64), "onoff": np.array([0, 1], np.float32)})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    from onnx_attr.deeplift.rewrite import rewrite_for_deeplift
+
+    ops = [n.meta.get("onnx_op") for n in rewrite_for_deeplift(model.module, model.inputs).module.graph.nodes]
+    assert "ArgMax" in ops and "ArgMaxOneHot" not in ops
+
+
+def test_the_argmax_one_hot_secant_is_complete_per_example():
+    """Outside a loop, batch 3, each row its own pick: Σ attributions = Δy row by row."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["k"], axis=1, keepdims=0),
+             helper.make_node("OneHot", ["k", "depth", "onoff"], ["hot"]),
+             helper.make_node("MatMul", ["hot", "E"], ["a"]), helper.make_node("MatMul", ["x", "F"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    rng = np.random.default_rng(3)
+    proto = make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])],
+                       initializers={"depth": np.array(3, np.int64), "onoff": np.array([0, 1], np.float32),
+                                     "E": (5 * rng.standard_normal((3, 2))).astype(np.float32),
+                                     "F": rng.standard_normal((3, 2)).astype(np.float32)})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    x = np.array([[0.1, 2.0, -1.0], [-3.0, -2.0, 1.0], [5.0, 0.0, 0.0]], np.float32)
+    baseline = np.array([[1.0, 0.0, 0.0]], np.float32)
+    attributions = onnx_attr.DeepLift(model).attribute(x, baselines=baseline, target=0)
+    change = ort_run(proto, {"x": x})[0][:, 0] - ort_run(proto, {"x": np.repeat(baseline, 3, 0)})[0][:, 0]
+    np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-5, atol=1e-5)

@@ -17,12 +17,13 @@ from typing import Any, Iterator, Sequence
 
 from torch import fx
 
+from onnx_attr.deeplift.argmax_fusion import fuse_argmax_one_hots
 from onnx_attr.deeplift.opkinds import domain_op_kind, op_kind, refusal
 from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, signature_names
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
 from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
-from onnx_attr.deeplift.taps import EmbeddingTap, LayerTap, embedding_taps, insert_layer_taps
+from onnx_attr.deeplift.taps import EmbeddingTap, LayerTap, embedding_taps, insert_layer_taps, placeholder_fed
 from onnx_attr.deeplift.unary_fusion import fuse_self_gated
 from onnx_attr.errors import UnsupportedOpError
 from onnx_attr.importing.specs import TensorSpec
@@ -84,9 +85,12 @@ def variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], sources
     return variable
 
 
-def inline_expansions(module: fx.GraphModule) -> None:
+def inline_expansions(module: fx.GraphModule, recompile: bool = True) -> None:
     """Splice the steps of fused nodes (`converters.microsoft.Expansion`: each step an ordinary ONNX
-    op) into the graph in place, so each step gets its own op's rule; named `node/step`."""
+    op) into the graph in place, so each step gets its own op's rule; named `node/step`.
+
+    `recompile=False` leaves the code generation to a caller that edits the graph further
+    (on an unrolled Loop, 80k nodes, each recompile costs seconds)."""
     for node in list(module.graph.nodes):
         if node.op != "call_module" or not getattr(module.get_submodule(node.target), "onnx_expansion", False):
             continue
@@ -120,8 +124,9 @@ def inline_expansions(module: fx.GraphModule) -> None:
                 outputs.meta.setdefault("onnx_tensor", node.meta["onnx_tensor"])
             node.replace_all_uses_with(outputs)
         module.graph.erase_node(node)
-    module.graph.lint()
-    module.recompile()
+    if recompile:
+        module.graph.lint()
+        module.recompile()
 
 
 def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *,
@@ -134,8 +139,9 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     the RevealCancel rule; nonlinearities with no weighted op before them keep Rescale.
     """
     out = fx.GraphModule(module, copy.deepcopy(module.graph))
-    inline_expansions(out)
+    inline_expansions(out, recompile=False)  # the rewrite lints and recompiles once, at its end
     fuse_quantized_blocks(out)  # dynamically quantized blocks as one node each (rules/quantized.py)
+    fuse_argmax_one_hots(out, placeholder_fed(out))  # a greedy decoder's fed-back token (argmax_fusion.py)
     state = DeepLiftState()
     result = RewriteResult(out, state)
     result.layers.extend(insert_layer_taps(out, state, layers))
@@ -146,7 +152,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
-    result.self_gated.extend(fuse_self_gated(out, variable))  # SiLU, HardSwish as exported (unary_fusion.py)
+    result.self_gated.extend(fuse_self_gated(out, variable, recompile=False))  # SiLU, HardSwish as exported (unary_fusion.py)
     unsupported: list[tuple[str, str, int, str, str]] = []
     unsupported_nodes: list[fx.Node] = []
     for index, node, kind, info in varying_nodes(out, variable, taps):

@@ -29,7 +29,7 @@ def _gate_op(op: str) -> bool:
     return op in _AFFINE or (rule is not None and rule.kind == "unary" and op != SELF_GATED)
 
 
-def fuse_self_gated(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
+def fuse_self_gated(module: fx.GraphModule, variable: set[fx.Node], recompile: bool = True) -> list[str]:
     """Replace each `Mul(x, g(x))` (either order) by one node of op `SelfGated`, in place; returns
     the fused Mul nodes' ONNX names. The gate's nodes must be used by the chain alone, take x as
     their one varying input, and have scalar constants (the output then has x's shape)."""
@@ -46,7 +46,7 @@ def fuse_self_gated(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]
         x = chain[-1][1]
         _fold(module, node, [n for n, _ in reversed(chain)], x)
         fused.append(node.meta["onnx_node"])
-    if fused:
+    if fused and recompile:
         module.graph.lint()
         module.recompile()
     return fused

@@ -291,16 +291,21 @@ def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None
                                        "outputs have no shape")], action="DeepLift cannot specialise")
         carried = list(node.input[2:])
         scans: list[list[str]] = [[] for _ in range(n_scans)]
+        # one prefix checked against the graph's names, once: every copy's names then start with
+        # `{base}iteration{k}/`, distinct per k (checking each copy's prefix made the unroll quadratic)
         taken = _used_names(graph) | {t.name for t in graph.initializer} | set(trips)
+        base = f"{node.output[0]}/"
+        while any(name.startswith(base) for name in taken):
+            base = "_" + base
         for k in range(count):
-            copy = _prefixed_branch(body, f"{node.output[0]}/iteration{k}/", taken)
-            number = f"{node.output[0]}/iteration{k}/number"
+            copy = _prefixed_branch(body, f"{base}iteration{k}/", ())
+            number = f"{base}iteration{k}/number"
             graph.initializer.append(helper.make_tensor(number, onnx.TensorProto.INT64, [], [k]))
             feeds = [number, "", *carried]
             fed_names = {own.name: fed for own, fed in zip(copy.input, feeds) if own.name and fed}
             condition_in = copy.input[1].name if len(copy.input) > 1 else ""
             if condition_in and any(condition_in in n.input for n in copy.node):
-                true = f"{node.output[0]}/iteration{k}/condition"
+                true = f"{base}iteration{k}/condition"
                 graph.initializer.append(helper.make_tensor(true, onnx.TensorProto.BOOL, [], [True]))
                 fed_names[condition_in] = true
             rename_all(copy, fed_names)  # all at once: a fed name that is another input's is not renamed again
@@ -310,7 +315,6 @@ def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None
             carried = outs[1:1 + n_carried]
             for items, name in zip(scans, outs[1 + n_carried:]):
                 items.append(name)
-            taken |= _used_names(copy)
         axis = f"{node.output[0]}/scan_axis"
         if n_scans and opset >= 13:
             graph.initializer.append(helper.make_tensor(axis, onnx.TensorProto.INT64, [1], [0]))
