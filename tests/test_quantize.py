@@ -94,6 +94,25 @@ def test_conv_integer_is_exact(attrs, per_channel):
     np.testing.assert_array_equal(got[0], expected[0])
 
 
+def test_conv_integer_is_exact_where_one_float32_sum_would_round():
+    """Sums near 7·10^7, beyond float32's exact integers (2^24): the converter must cut the input
+    channels into exact float32 partial sums (onnxruntime's integer kernel is the oracle)."""
+    from onnx_attr.importing.converters.quantize import _float32_chunks
+
+    x = RNG.integers(250, 256, (1, 256, 6, 6)).astype(np.uint8)
+    w = RNG.integers(250, 256, (4, 256, 3, 3)).astype(np.uint8)
+    node = helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], pads=[1, 1, 1, 1])
+    proto = make_model([node], [("x", TensorProto.UINT8, [1, 256, 6, 6])], [("y", TensorProto.INT32, [1, 4, 6, 6])],
+                       initializers={"w": w, "xz": np.uint8(0), "wz": np.uint8(128)}, opset=10)
+    got, expected = _ort_and_ours(proto, {"x": x})
+    assert np.abs(expected[0]).max() > 2 ** 26
+    np.testing.assert_array_equal(got[0], expected[0])
+    import torch
+
+    cuts = _float32_chunks(255.0, torch.from_numpy(w.astype(np.float32) - 128), 1, torch.device("cpu"))
+    assert len(cuts) > 1 and cuts[-1] == 256  # several chunks, every channel in one
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("signed", [False, True])
 def test_qlinear_conv_is_exact(per_channel, signed):

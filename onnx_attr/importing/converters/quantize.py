@@ -117,11 +117,11 @@ class DynamicQuantizeLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = x.float()
         zero = x.new_zeros(())
-        low = torch.minimum(x.min(), zero) if x.numel() else zero
-        high = torch.maximum(x.max(), zero) if x.numel() else zero
+        low, high = torch.aminmax(x) if x.numel() else (zero, zero)  # one pass over x
+        low, high = torch.minimum(low, zero), torch.maximum(high, zero)
         scale = torch.where(high == low, torch.ones_like(high), (high - low) / 255.0)
         zero_point = torch.round((0.0 - low / scale).clamp(0.0, 255.0))
-        y = (torch.round(x / scale) + zero_point).clamp_(0.0, 255.0)
+        y = torch.div(x, scale).round_().add_(zero_point).clamp_(0.0, 255.0)  # in place: one buffer
         return y.to(torch.uint8), scale, zero_point.to(torch.uint8)
 
 
@@ -130,12 +130,14 @@ def convert_dynamic_quantize_linear(node, graph):
     return result(node, DynamicQuantizeLinear())
 
 
-def _centred_per_channel(q: torch.Tensor, zero_point: torch.Tensor | None, channel_axis: int | None) -> torch.Tensor:
-    """q - zero_point in float64 (exact for 8-bit values); a 1-D zero point is per `channel_axis`."""
-    value = q.to(torch.float64)
+def _centred_per_channel(q: torch.Tensor, zero_point: torch.Tensor | None, channel_axis: int | None,
+                         dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """q - zero_point in `dtype` (exact for 8-bit values in float32 too); a 1-D zero point is per
+    `channel_axis`."""
+    value = q.to(dtype)
     if zero_point is None:
         return value
-    zero = zero_point.to(torch.float64)
+    zero = zero_point.to(dtype)
     if zero.dim() == 1 and zero.numel() > 1 and channel_axis is not None:
         shape = [1] * q.dim()
         shape[channel_axis] = zero.numel()
@@ -143,55 +145,74 @@ def _centred_per_channel(q: torch.Tensor, zero_point: torch.Tensor | None, chann
     return value - zero.reshape(()) if zero.numel() == 1 else value - zero
 
 
-def _magnitude(q: torch.Tensor, centred: torch.Tensor) -> float:
-    """A bound on |q - zero point|: 255 for 8-bit q (any zero point of its type), else measured."""
-    if q.dtype in (torch.uint8, torch.int8):
-        return 255.0
-    return float(centred.abs().max()) if centred.numel() else 0.0
+def _magnitude(q: torch.Tensor, zero_point: torch.Tensor | None) -> float:
+    """A bound on |q - zero point| read from the types and the zero point, without a pass over q."""
+    if q.dtype not in (torch.uint8, torch.int8, torch.int16, torch.uint16):
+        return float("inf")
+    info = torch.iinfo(q.dtype)
+    if zero_point is None or zero_point.numel() == 0:
+        return float(max(abs(info.min), info.max))
+    zero = zero_point.to(torch.float64)
+    return float(torch.maximum(info.max - zero, zero - info.min).max())
 
 
-def _exact_float32_channels(x: torch.Tensor, w: torch.Tensor, group: int, bound: float) -> int | None:
-    """Input channels per float32 convolution whose sums stay exact: every partial sum of n
-    integer products below B in magnitude is an integer below n·B, exact in float32 while under
-    2^24 whatever the order. float64 convolutions take CPU's slow im2col path (tens of times
-    slower on an 800x800 page); None when float32 cannot be exact (grouped with several chunks).
-    `bound` bounds each product's magnitude."""
-    if x.device.type != "cpu" or x.numel() == 0 or w.numel() == 0:
+def _float32_chunks(x_bound: float, ws: torch.Tensor, group: int, device: torch.device) -> list[int] | None:
+    """Where to cut the input channels so that each float32 convolution is exact: a partial sum of
+    output o over a chunk C is an integer of magnitude at most max|x| · Σ_{c∈C,k} |w[o,c,k]|, exact
+    in float32 while under 2^24, whatever order the kernel adds in. Cuts follow the weights' own
+    sizes (the bound 255·255 per product cut an 8-bit 3x3 layer every 28 channels, which cost
+    several convolutions and float64 sums per layer). None when float32 cannot be exact (CPU's
+    float64 convolution is the fallback: grouped with several chunks, a product over 2^24, GPU)."""
+    if device.type != "cpu" or ws.numel() == 0 or not math.isfinite(x_bound):
         return None
-    per_channel = max(bound, 1.0) * math.prod(w.shape[2:])
-    chunk = int(2 ** 24 // per_channel)
-    if chunk < 1 or (group > 1 and chunk < w.shape[1]):
+    limit = float(2 ** 24 - 1)
+    per_channel = ws.abs().flatten(2).sum(2).to(torch.float64) * max(x_bound, 1.0)  # [O, C]
+    cuts, start, channels = [], 0, ws.shape[1]
+    while start < channels:
+        reach = per_channel[:, start:].cumsum(1).amax(0)  # the chunk's bound for each stop
+        stop = start + int((reach <= limit).sum())
+        if stop == start:
+            return None
+        cuts.append(stop)
+        start = stop
+    if group > 1 and len(cuts) > 1:
         return None
-    return min(chunk, w.shape[1])
+    return cuts
 
 
 class IntegerConv(nn.Module):
-    """Σ (x - x_zero)(w - w_zero) over ONNX's conv windows, exact (float32 partial sums below 2^24
-    added in float64), padding contributing 0, as ConvInteger defines it."""
+    """Σ (x - x_zero)(w - w_zero) over ONNX's conv windows, exact (float32 partial sums below 2^24,
+    added in float64 when there are several), padding contributing 0, as ConvInteger defines it."""
 
     def __init__(self, attrs: dict):
         super().__init__()
         self.attrs, self.group = attrs, int(attrs.get("group", 1))
 
     def accumulate(self, x, w, x_zero=None, w_zero=None) -> torch.Tensor:
+        """The exact integer sums, in float32 (one exact convolution) or float64."""
         from onnx_attr.importing.converters.convolution import _CONV, _spatial_rank
         from onnx_attr.importing.converters.pooling import window_padding
 
         rank = _spatial_rank(w, "ConvInteger")
-        xs = _centred_per_channel(x, x_zero, None)
-        ws = _centred_per_channel(w, w_zero, 0)
         plan = window_padding({**self.attrs, "kernel_shape": list(w.shape[2:])}, tuple(x.shape[2:]))
-        padded = F.pad(xs, plan.pads) if any(plan.pads) else xs
-        conv = lambda a, b: _CONV[rank](a, b, None, plan.strides, 0, plan.dilations, self.group)  # noqa: E731
-        chunk = _exact_float32_channels(padded, ws, self.group, _magnitude(x, xs) * _magnitude(w, ws))
-        if chunk is None:
-            return conv(padded, ws)
-        if chunk >= ws.shape[1]:  # every group's whole window sum at once (the grouped case too)
-            return conv(padded.float(), ws.float()).double()
-        total, padded, ws = None, padded.float(), ws.float()
-        for start in range(0, ws.shape[1], chunk):  # each partial sum an integer below 2^24: exact
-            part = conv(padded[:, start:start + chunk], ws[:, start:start + chunk]).double()
-            total = part if total is None else total + part
+        pairs = [plan.pads[i:i + 2] for i in range(0, len(plan.pads), 2)]
+        symmetric = all(a == b for a, b in pairs)
+        padding = tuple(a for a, _ in reversed(pairs)) if symmetric else 0
+        ws32 = _centred_per_channel(w, w_zero, 0, torch.float32)
+        cuts = _float32_chunks(_magnitude(x, x_zero), ws32, self.group, x.device)
+        dtype = torch.float32 if cuts is not None else torch.float64
+        xs = _centred_per_channel(x, x_zero, None, dtype)
+        ws = ws32 if dtype == torch.float32 else _centred_per_channel(w, w_zero, 0, dtype)
+        if not symmetric:
+            xs = F.pad(xs, plan.pads)
+        conv = lambda a, b: _CONV[rank](a, b, None, plan.strides, padding, plan.dilations, self.group)  # noqa: E731
+        if cuts is None or len(cuts) == 1:
+            return conv(xs, ws)
+        total, start = None, 0
+        for stop in cuts:  # each partial sum an integer below 2^24: exact
+            part = conv(xs[:, start:stop], ws[:, start:stop]).double()
+            total = part if total is None else total.add_(part)
+            start = stop
         return total
 
     def forward(self, x, w, x_zero=None, w_zero=None) -> torch.Tensor:
