@@ -307,3 +307,25 @@ def test_the_probe_reads_nan_outputs_without_failing():
     model = onnx_attr.load(state_on_axis_one_model())
     x = np.full((2, 4), np.nan, np.float32)
     assert output_axis(model, model.prepare({"input": x, "state": np.ones((2, 2, 3), np.float32)}), 0) == 0
+
+
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_rows_that_see_the_rows_before_or_after_them_are_one_whole_example(reverse):
+    """A running sum over the axis declared as the batch (a stand-in for an LSTM run over frames in
+    either direction): each row depends on its neighbours on one side, so the probe must find the
+    rows mixed whichever side that is, and IG must then give what one whole example gives."""
+    from onnx_attr.importing.batch import probe, batch_axes as axes_of
+
+    proto = make_model([helper.make_node("CumSum", ["x", "axis"], ["s"], reverse=reverse),
+                        helper.make_node("Tanh", ["s"], ["y"])],
+                       [("x", TensorProto.FLOAT, ["n", 3])], [("y", TensorProto.FLOAT, ["n", 3])],
+                       initializers={"axis": np.array(0, np.int64)})
+    model = onnx_attr.load(proto)
+    x = RNG.normal(size=(4, 3)).astype(np.float32) * 3
+    tensors = model.prepare({"x": x})
+    layout = probe(model, tensors, axes_of(model.inputs, tensors))
+    assert not layout.stackable and layout.outputs == (None,)
+    attr, delta = onnx_attr.IntegratedGradients(model).attribute(x, target=(3, 2), n_steps=64,
+                                                                 return_convergence_delta=True)
+    y = ort_run(proto, {"x": x})[0]
+    assert abs(float(attr.sum()) - float(y[3, 2])) < 1e-3  # Σ attr = f(x) - f(0), with f(0) = 0

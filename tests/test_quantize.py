@@ -251,3 +251,25 @@ def test_microsoft_qlinear_average_pool_matches_onnxruntime(attrs, channels_last
     # may land one step apart (we measured 0 to 1 element of 160 per case)
     differ = got[0] != expected[0]
     assert np.abs(got[0].astype(int) - expected[0]).max() <= 1 and differ.mean() < 0.02
+
+
+@pytest.mark.parametrize("high", [False, True])
+def test_matmul_integer_is_exact_in_one_float32_product_or_in_chunks(high):
+    """MatMulInteger against onnxruntime's integer kernel, bit for bit: small sums (one float32
+    product) and sums near 10^8 (beyond float32's exact integers: chunks of the shared axis)."""
+    import torch
+
+    from onnx_attr.importing.converters.matrix import integer_product
+
+    a = RNG.integers(250 if high else 0, 256, (5, 1024)).astype(np.uint8)
+    b = RNG.integers(250, 256, (1024, 7)).astype(np.uint8) if high else \
+        RNG.integers(120, 137, (1024, 7)).astype(np.uint8)  # |b - 128| <= 8: the sums stay below 2^24
+    node = helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["y"])
+    proto = make_model([node], [("a", TensorProto.UINT8, [5, 1024])], [("y", TensorProto.INT32, [5, 7])],
+                       initializers={"b": b, "az": np.uint8(0), "bz": np.uint8(0 if high else 128)}, opset=10)
+    got, expected = _ort_and_ours(proto, {"a": a})
+    assert (np.abs(expected[0]).max() > 2 ** 25) == high
+    np.testing.assert_array_equal(got[0], expected[0])
+    product = integer_product(torch.from_numpy(a), torch.from_numpy(b), torch.tensor(0, dtype=torch.uint8),
+                              torch.tensor(0 if high else 128, dtype=torch.uint8))
+    assert product.dtype == (torch.float64 if high else torch.float32)  # chunks are summed in float64

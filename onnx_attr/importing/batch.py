@@ -5,8 +5,8 @@ Exports put the batch where their framework had it: axis 0 of an image, axis 1 o
 and a time-major recogniser puts it on axis 1 of its [T, N, C] output. A symbol shared by several
 inputs is the batch; an input without it has no batch and is held at its given value. Declared
 symbols can still mislead: a model that runs its axis 0 through an LSTM as time declares it like a
-batch. So before a method stacks rows (IG's steps), `probe` runs the rows [x', x] and [x, x'] and
-checks that x's half of each output is the same in both: rows that influence each other are not a
+batch. So before a method stacks rows (IG's steps), `probe` runs the rows [x, x', x] and checks
+that x's first and last blocks of each output are the same: rows that influence each other are not a
 batch.
 """
 
@@ -96,12 +96,12 @@ class Layout:
 
     stackable: bool  # the batch axes hold independent rows (else the tensors are one whole example)
     outputs: tuple[Optional[int], ...]  # each output's batch axis (None: it has no batch)
-    doubles: bool = False  # two rows ran and came out right: a declared fixed batch is not binding
+    doubles: bool = False  # several rows ran and came out right: a declared fixed batch is not binding
 
 
 def probe(model, tensors: Sequence[Tensor], axes: Sequence[Optional[int]]) -> Layout:
-    """Run rows [x', x] (x' = x halved, a different example) along the batch axes and compare the
-    second half of every output with f(x); cached on the model per input shapes. A model cut
+    """Run rows [x, x', x] (x' = x halved, a different example) along the batch axes and compare
+    x's two blocks of every output; cached on the model per input shapes. A model cut
     after a hidden tensor (`batch_parent` set: a neuron method's) has the examples of the model
     it was cut from: where that one's rows mix, its inputs are one whole example too."""
     key = tuple((tuple(t.shape), str(t.dtype), a) for t, a in zip(tensors, axes))
@@ -133,16 +133,15 @@ def _probe(model, tensors, axes) -> Layout:
         if not any(a is not None for a in axes):
             return Layout(False, tuple(None for _ in single))
         other = [t if a is None else (t * 0.5 if t.is_floating_point() else t) for t, a in zip(one, axes)]
-        doubled = [t if a is None else torch.cat([o, t], dim=a) for t, o, a in zip(one, other, axes)]
-        swapped = [t if a is None else torch.cat([t, o], dim=a) for t, o, a in zip(one, other, axes)]
+        rows = [t if a is None else torch.cat([t, o, t], dim=a) for t, o, a in zip(one, other, axes)]
         try:
-            pair, first = _outputs(model(*doubled)), _outputs(model(*swapped))
+            triple = _outputs(model(*rows))
         except Exception:  # the export bakes its batch size in: the axes are as declared
             return Layout(True, tuple(_fallback_axis(o) for o in single))
-    found = [_matching_axis(s, p, f) for s, p, f in zip(single, pair, first)]
+    found = [_matching_axis(s, t) for s, t in zip(single, triple)]
     if any(f == "mixed" for f in found) and fixed_batch(model.inputs) == 1:
         # an export that fixes its batch at 1 (a static [1, 3, 800, 608] detector) may bake that 1
-        # into its reshapes, so two rows mix; one row, its contract, keeps the declared axes
+        # into its reshapes, so rows mix; one row, its contract, keeps the declared axes
         return Layout(True, tuple(_fallback_axis(s) if f == "mixed" else (None if f == "none" else f)
                                   for s, f in zip(single, found)))
     if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
@@ -158,28 +157,29 @@ def _fallback_axis(out: Tensor) -> Optional[int]:
     return 0 if out.dim() else None
 
 
-def _matching_axis(single: Tensor, pair: Tensor, first: Tensor):
-    """The axis along which `pair` (rows [x', x]) holds two blocks, its second equal to the first
-    block of `first` (rows [x, x']): x's output does not depend on the row before it. Both runs
-    have two rows, so the kernels round alike (a batch of 1 may not: logits of 1e6 through a
-    softmax would differ). "none" when the output did not grow (no batch), "mixed" when it grew
-    but no such block exists."""
-    if pair.shape == single.shape:
+def _matching_axis(single: Tensor, triple: Tensor):
+    """The axis along which `triple` (rows [x, x', x]) holds three blocks, its first equal to its
+    last: x's output depends neither on a row after it nor on one before it (a cumulative sum or
+    an LSTM over that axis in either direction would change one of them). Both blocks come from
+    one run, so the kernels round alike (a batch of 1 may not: logits of 1e6 through a softmax
+    would differ). "none" when the output did not grow (no batch), "mixed" when it grew but no
+    such block exists."""
+    if triple.shape == single.shape:
         return "none"
-    if pair.dim() != single.dim():
+    if triple.dim() != single.dim():
         return "mixed"
     finite = single[torch.isfinite(single)] if single.is_floating_point() else single[:0]
     scale = float(finite.double().abs().max()) if finite.numel() else 1.0  # NaN/inf outputs: compared as such
     for axis in range(single.dim()):
         size = single.shape[axis]
-        if pair.shape[axis] != 2 * size or any(p != s for i, (p, s) in enumerate(zip(pair.shape, single.shape))
-                                                if i != axis):
+        if triple.shape[axis] != 3 * size or any(t != s for i, (t, s) in enumerate(zip(triple.shape, single.shape))
+                                                  if i != axis):
             continue
-        second, alone = pair.narrow(axis, size, size), first.narrow(axis, 0, size)
+        before, after = triple.narrow(axis, 0, size), triple.narrow(axis, 2 * size, size)
         if not single.is_floating_point():
-            if torch.equal(second, alone):
+            if torch.equal(before, after):
                 return axis
-        elif torch.allclose(second.double(), alone.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30),
+        elif torch.allclose(before.double(), after.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30),
                             equal_nan=True):
             return axis
     return "mixed"

@@ -45,23 +45,72 @@ def convert_range(node, graph):
     return result(node, Range(stash))
 
 
-def _centred(q: torch.Tensor, zero_point: Optional[torch.Tensor], per_row: bool) -> torch.Tensor:
-    """q - zero_point in float64, exact for 8-bit values; a 1-D zero point of A is per row."""
-    value = q.to(torch.float64)
+def _centred(q: torch.Tensor, zero_point: Optional[torch.Tensor], per_row: bool,
+             dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """q - zero_point in `dtype`, exact for 8-bit values (float32 too); a 1-D zero point of A is per row."""
+    value = q.to(dtype)
     if zero_point is None:
         return value
-    zero = zero_point.to(torch.float64)
+    zero = zero_point.to(dtype)
     if per_row and zero.dim() == 1 and zero.numel() > 1:
         zero = zero[:, None]
     return value - zero
 
 
+def integer_product(a: torch.Tensor, b: torch.Tensor, a_zero: Optional[torch.Tensor] = None,
+                    b_zero: Optional[torch.Tensor] = None, plans: Optional[dict] = None) -> torch.Tensor:
+    """(A - a_zero) @ (B - b_zero) of 8-bit integers, exact, as a floating tensor: float32 over
+    chunks of the shared axis whose partial sums stay integers below 2^24 (max|A| times the
+    largest column sum of |B| bounds them, in any order of addition; the bound ConvInteger's chunks
+    use), added in float64 when there are several. A float64 product, the fallback, costs several
+    times a float32 one on CPU. `plans` keeps B's centred copy and its chunks for the next call
+    (B is a weight: reading it whole on every call cost more than the product)."""
+    cuts, bs = _plan(a, b, a_zero, b_zero, {} if plans is None else plans)
+    if cuts is None:
+        return _centred(a, a_zero, True) @ _centred(b, b_zero, False)
+    as_ = _centred(a, a_zero, True, torch.float32)
+    if len(cuts) == 1:
+        return as_ @ bs
+    total, start = None, 0
+    for stop in cuts:
+        part = (as_[..., start:stop] @ bs[..., start:stop, :]).double()
+        total = part if total is None else total.add_(part)
+        start = stop
+    return total
+
+
+def _plan(a, b, a_zero, b_zero, plans: dict):
+    """(chunks of the shared axis or None, B - b_zero in float32), found once per B and bound."""
+    from onnx_attr.importing.converters.quantize import _float32_chunks, _magnitude
+
+    if a.dim() < 1 or b.dim() < 2:
+        return None, None
+    # |A - a_zero| for any zero point in A's range (a dynamically quantized A's moves every call)
+    bound = _magnitude(a, None) if a_zero is None or a.dtype.is_floating_point else \
+        float(torch.iinfo(a.dtype).max) - torch.iinfo(a.dtype).min
+    key = (_identity(b), _identity(b_zero), bound, a.device)
+    if plans.get("key") != key:
+        bs = _centred(b, b_zero, False, torch.float32)
+        columns = bs.reshape(-1, *bs.shape[-2:]).transpose(1, 2).reshape(-1, bs.shape[-2], 1)  # [(batch·N), K, 1]
+        plans.update(key=key, plan=(_float32_chunks(bound, columns, 1, a.device), bs))
+    return plans["plan"]
+
+
+def _identity(t: Optional[torch.Tensor]):
+    """A tensor's storage and version: a weight read again, or written in place, is seen as new."""
+    return None if t is None else (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
+
+
 class MatMulInteger(nn.Module):
-    """(A - a_zero) @ (B - b_zero) in int32; float64 products of 8-bit values are exact."""
+    """(A - a_zero) @ (B - b_zero) in int32, exact (`integer_product`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.plans: dict = {}
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, a_zero: Optional[torch.Tensor] = None,
                 b_zero: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return (_centred(a, a_zero, True) @ _centred(b, b_zero, False)).to(torch.int32)
+        return integer_product(a, b, a_zero, b_zero, self.plans).to(torch.int32)
 
 
 @register("MatMulInteger", 10)
@@ -73,8 +122,12 @@ class QLinearMatMul(nn.Module):
     """Quantised matmul: the integer product rescaled by a_scale·b_scale/y_scale (in the scales'
     type, as the spec's reference), rounded half to even, shifted and saturated."""
 
+    def __init__(self):
+        super().__init__()
+        self.plans: dict = {}
+
     def forward(self, a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero=None) -> torch.Tensor:
-        product = _centred(a, a_zero, True) @ _centred(b, b_zero, False)
+        product = integer_product(a, b, a_zero, b_zero, self.plans).double()
         out = product * (a_scale * b_scale / y_scale).to(torch.float64)
         dtype = y_zero.dtype if y_zero is not None else a.dtype
         if y_zero is not None:

@@ -382,15 +382,16 @@ class QuantizedWeight:
                                       "quantized GEMM reads one)")
         self.q, self.scale = q, scale.float().reshape(-1)
         self.zero = zero.reshape(-1)[0].to(torch.float64) if zero is not None else torch.zeros((), dtype=torch.float64)
-        self.centred = q.to(torch.float64) - self.zero
-        self.weight = (self.centred * self.scale.double()).float()
+        self.weight = ((q.to(torch.float64) - self.zero) * self.scale.double()).float()
         self.saturation = _RiskyPairs(q) if q.dtype == torch.int8 and pairs_saturate() else None
 
     def exact(self, a: torch.Tensor) -> torch.Tensor:
-        """a quantized to uint8 over its whole range, the integer product exact in float64 (8-bit
-        products summed over fewer than 2^37 terms), then float(acc)·(a_scale·w_scale) in float32."""
+        """a quantized to uint8 over its whole range, the integer product exact (float32 chunks or
+        float64: matrix.integer_product), then float(acc)·(a_scale·w_scale) in float32."""
+        from onnx_attr.importing.converters.matrix import integer_product
+
         q, a_scale, a_zero = DynamicQuantizeLinear()(a)
-        acc = (q.to(torch.float64) - a_zero.to(torch.float64)) @ self.centred
+        acc = integer_product(q, self.q, a_zero, self.zero, self.__dict__.setdefault("plans", {})).double()
         if self.saturation is not None:
             acc = acc + self.saturation.correction(q)
         return acc.float() * (a_scale * self.scale)
