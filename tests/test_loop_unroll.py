@@ -209,3 +209,75 @@ def test_the_argmax_one_hot_secant_is_complete_per_example():
     attributions = onnx_attr.DeepLift(model).attribute(x, baselines=baseline, target=0)
     change = ort_run(proto, {"x": x})[0][:, 0] - ort_run(proto, {"x": np.repeat(baseline, 3, 0)})[0][:, 0]
     np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-5, atol=1e-5)
+
+
+def _token_decoder(end_token: int, stop: bool = True, trips: int = 12):
+    """A greedy decoder as SLANet-plus exports it: h = tanh(x·W + h·U), scores = h·V, token =
+    ArgMax(scores); the Loop goes on while the token is not `end_token` (stop=False: always, for
+    `trips` steps: the oracle of the decoder held at a given length). Outputs: the last state and
+    the scores of every step [T, 1, 5]."""
+    rng = np.random.default_rng(77)
+    w, u, v = (rng.normal(0, 1.5, shape).astype(np.float32) for shape in ((4, 3), (3, 3), (3, 5)))
+    body_nodes = [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("MatMul", ["h_in", "U"], ["b"]),
+                  helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Tanh", ["s"], ["h_out"]),
+                  helper.make_node("MatMul", ["h_out", "V"], ["scores"])]
+    if stop:
+        body_nodes += [helper.make_node("ArgMax", ["scores"], ["token"], axis=1, keepdims=0),
+                       helper.make_node("Equal", ["token", "end"], ["ended"]),
+                       helper.make_node("Not", ["ended"], ["going"]),
+                       helper.make_node("Squeeze", ["going", "axis0"], ["cond_out"])]
+    else:
+        body_nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 3]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 5])])
+    loop = helper.make_node("Loop", ["trips", "go", "h0"], ["h", "all_scores"], body=body, name="decode")
+    return make_model([loop], [("x", TensorProto.FLOAT, [1, 4])],
+                      [("h", TensorProto.FLOAT, [1, 3]), ("all_scores", TensorProto.FLOAT, [None, 1, 5])],
+                      initializers={"W": w, "U": u, "V": v, "end": np.array([end_token], np.int64),
+                                    "axis0": np.array([0], np.int64), "trips": np.array(trips, np.int64),
+                                    "go": np.array(True), "h0": np.zeros((1, 3), np.float32)}, opset=13)
+
+
+def test_a_decoder_that_stops_on_its_end_token_is_explained_at_the_decoded_length():
+    """The Loop's count follows x only through the ArgMax tokens: DeepLift holds the length at x's
+    (as explanations of a decoder hold its generated sequence) and says so. Oracle: onnxruntime on
+    the same decoder run for exactly that many steps, at x and at the baseline."""
+    x = np.array([[0.9, -1.2, 0.4, 1.5]], np.float32)
+    free = ort_run(_token_decoder(-1, stop=False), {"x": x})[1][:, 0]
+    tokens = free.argmax(-1)
+    end = next(int(t) for k, t in enumerate(tokens) if k >= 2 and t not in tokens[:k])  # first new token after 2 steps
+    steps = int(np.where(tokens == end)[0][0]) + 1
+    proto = _token_decoder(end)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert ort_run(proto, {"x": x})[1].shape[0] == steps
+    baseline = np.zeros_like(x)
+    held = _token_decoder(end, stop=False, trips=steps)
+    for output, target in ((0, 1), (1, (steps - 1, 2))):  # all_scores [T, 1, 5]: its batch is on axis 1
+        dl = onnx_attr.DeepLift(model)
+        attr, delta = dl.attribute(x, baselines=baseline, target=target, return_convergence_delta=True,
+                                   **({"output": output} if output else {}))
+        pick = (lambda y: y[0, target]) if output == 0 else (lambda y: y[target[0], 0, target[1]])
+        expected = pick(ort_run(held, {"x": x})[output]) - pick(ort_run(held, {"x": baseline})[output])
+        assert abs(float(attr.sum()) - float(expected)) < 1e-5 * max(1.0, abs(float(expected)))
+        assert "held at this input's" in dl.last_report["specialised"] and f"{steps} iteration" in \
+            dl.last_report["specialised"]
+
+
+def test_a_loop_that_runs_while_a_value_is_under_a_threshold_stays_refused():
+    """A count that follows x other than through a decoded token is refused by name, as before."""
+    proto = _token_decoder(0)
+    body = next(a.g for a in proto.graph.node[0].attribute if a.name == "body")
+    argmax = next(n for n in body.node if n.op_type == "ArgMax")
+    body.node.remove(argmax)
+    body.node.insert(0, helper.make_node("Cast", ["a"], ["token_float"], to=TensorProto.FLOAT))
+    body.node.insert(1, helper.make_node("ReduceSum", ["token_float"], ["token_sum"], keepdims=0))
+    body.node.insert(2, helper.make_node("Cast", ["token_sum"], ["token"], to=TensorProto.INT64))
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    with pytest.raises(onnx_attr.UnsupportedOpError, match=r"decode.*attributed input 'x'"):
+        onnx_attr.DeepLift(model).attribute(np.ones((1, 4), np.float32), target=1)

@@ -42,27 +42,42 @@ def has_runtime_if(model) -> bool:
     return bool(runtime_control_flow(model.onnx_model))
 
 
-def value_dependent(graph: onnx.GraphProto, sources: Iterable[str], tainted: dict[str, str] | None = None
-                    ) -> dict[str, str]:
-    """Tensor name -> the source whose values it depends on (Shape/Size cut the dependence).
+#: Ops that choose a token (an index) from scores: a decoder's stop condition follows its input
+#: through them only (TopK through its indices output).
+TOKEN_CHOICES = frozenset({"ArgMax", "ArgMin", "TopK"})
+
+
+def value_dependent(graph: onnx.GraphProto, sources: Iterable[str], tainted: dict[str, str] | None = None,
+                    past_tokens: bool = True) -> dict[str, str]:
+    """Tensor name -> the source whose values it depends on (Shape/Size cut the dependence; and
+    unless `past_tokens`, so do the `TOKEN_CHOICES`' indices: what is left depends on the source
+    other than through a decoded token).
 
     A node with subgraphs depends on what its bodies read from outside as well as on its inputs."""
     tainted = dict(tainted or {}) | {s: s for s in sources if s not in (tainted or {})}
     for node in graph.node:
         if node.op_type in SHAPE_ONLY:
             continue
+        outputs = node.output if past_tokens else _past_choice(node)
         reads = list(node.input)
         for attr in node.attribute:
             for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
-                inner = value_dependent(sub, (), tainted)
+                inner = value_dependent(sub, (), tainted, past_tokens)
                 reads += [o.name for o in sub.output] + [k for k in inner if k not in tainted]
                 tainted.update({k: v for k, v in inner.items() if k not in tainted})
         source = next((tainted[r] for r in reads if r in tainted), None)
         if source is not None:
-            for out in node.output:
+            for out in outputs:
                 if out:
                     tainted.setdefault(out, source)
     return tainted
+
+
+def _past_choice(node: onnx.NodeProto) -> Sequence[str]:
+    """The outputs of a node that still carry its inputs' values once a token is chosen."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in TOKEN_CHOICES:
+        return node.output
+    return node.output[:1] if node.op_type == "TopK" else ()
 
 
 #: Ops a condition passes through on its way from a comparison to an If (`Not` flips it).
@@ -101,19 +116,37 @@ def selectable_ifs(model, attributed_names: Sequence[str]) -> dict[str, tuple[st
     return found
 
 
-def refuse_attributed_conditions(model, attributed_names: Sequence[str], selected=frozenset()) -> None:
-    """An UnsupportedOpError naming each If whose condition follows an attributed input's values
-    (those in `selected` aside: they become `BranchSelect` nodes)."""
+def refuse_attributed_conditions(model, attributed_names: Sequence[str], selected=frozenset(),
+                                 scopes: Sequence[str] = ()) -> set[str]:
+    """An UnsupportedOpError naming each If whose condition, and each Loop whose trip count or
+    condition, follows an attributed input's values (Ifs in `selected` aside: they become
+    `BranchSelect` nodes). One exception, returned by first output: a top-level Loop whose count
+    follows the input only through the tokens it decodes (`TOKEN_CHOICES`: a decoder that stops
+    when its ArgMax token is the end token), and the Ifs of such a Loop's unrolled body (names
+    under `scopes`) likewise. Those are held at the call's values, the way explanations of a
+    decoder hold the sequence it generated: the decoded length is the input's, and the baseline is
+    decoded as long. Any other dependence stays refused: held, a loop that runs while a value is
+    under a threshold, or an If, would explain at the baseline a computation the model does not do
+    there."""
     graph = model.onnx_model.graph
     tainted = value_dependent(graph, attributed_names)
-    bad = [("If", n, n.input[0], tainted[n.input[0]], "the branch taken") for n in _all_ifs(graph)
-           if n.input[0] in tainted and n.output[0] not in selected]
+    direct = value_dependent(graph, attributed_names, past_tokens=False)
+    bad, held = [], set()
+    for node in _all_ifs(graph):
+        if node.input[0] in tainted and node.output[0] not in selected:
+            if node.input[0] in direct or not any(node.output[0].lstrip("_").startswith(s) for s in scopes):
+                bad.append(("If", node, node.input[0], tainted[node.input[0]], "the branch taken"))
+            else:
+                held.add(node.output[0])
     for node in (n for n in graph.node if n.op_type == "Loop"):
-        found = _loop_taint(node, tainted)
-        for name in [*node.input[:2], next(a.g for a in node.attribute if a.name == "body").output[0].name]:
-            if name and name in found:
-                bad.append(("Loop", node, name, found[name], "the number of iterations"))
-                break
+        found, direct_found = _loop_taint(node, tainted), _loop_taint(node, direct, past_tokens=False)
+        body = next(a.g for a in node.attribute if a.name == "body")
+        controls = [name for name in (*node.input[:2], body.output[0].name) if name and name in found]
+        directly = next((name for name in controls if name in direct_found), None)
+        if directly is not None:
+            bad.append(("Loop", node, directly, found[directly], "the number of iterations"))
+        elif controls:
+            held.add(node.output[0])
     if bad:
         opset = next((o.version for o in model.onnx_model.opset_import if o.domain in ("", "ai.onnx")), 0)
         raise UnsupportedOpError(
@@ -124,15 +157,16 @@ def refuse_attributed_conditions(model, attributed_names: Sequence[str], selecte
             hint="Attribute the other inputs and pass this one as additional_forward_args (held at its value), or "
                  "re-export the model without the data-dependent branch.",
             action="DeepLift cannot specialise")
+    return held
 
 
-def _loop_taint(node: onnx.NodeProto, tainted: dict[str, str]) -> dict[str, str]:
+def _loop_taint(node: onnx.NodeProto, tainted: dict[str, str], past_tokens: bool = True) -> dict[str, str]:
     """What depends on attributed values inside a Loop: its inputs, and its body's names with the
     carried values tainted from their initial values and, to a fixed point, from the last trip."""
     body = next(a.g for a in node.attribute if a.name == "body")
     seeds = {i.name: tainted[v] for i, v in zip(body.input[2:], node.input[2:]) if v in tainted}
     while True:
-        found = value_dependent(body, (), {**tainted, **seeds})
+        found = value_dependent(body, (), {**tainted, **seeds}, past_tokens)
         more = {i.name: found[o.name] for i, o in zip(body.input[2:], body.output[1:]) if o.name in found
                 and i.name not in seeds}
         if not more:
@@ -184,24 +218,34 @@ def record_conditions(model, tensors: Sequence[Tensor]) -> dict[str, bool | int]
     return seen
 
 
-def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool]):
+def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool], depth: int = 0,
+               scopes: Sequence[str] = ()):
     """`model` with its runtime Ifs replaced by the branches this call takes (cached per branch set).
 
-    Returns `model` itself when it has none."""
+    Returns `model` itself when it has none. Ifs inside an unrolled Loop's body are top-level Ifs
+    of the unrolled copy, one per iteration: a further round resolves them."""
     if not has_runtime_if(model):
         return model
     names = [s.name for s, a in zip(model.inputs, attributed) if a]
     selected = selectable_ifs(model, names)
-    refuse_attributed_conditions(model, names, selected)
+    held = refuse_attributed_conditions(model, names, selected, scopes)
     taken = {k: v for k, v in record_conditions(model, tensors).items() if k not in selected}
     key = tuple(sorted(taken.items())) + tuple(sorted(selected))
     cache = model.__dict__.setdefault("_specialised", {})
     if key not in cache:
-        cache[key] = _build(model, taken, selected)
+        cache[key] = _build(model, taken, selected, held)
+    if depth < _ROUNDS and cache[key] is not model and has_runtime_if(cache[key]):
+        loops = {n.output[0] for n in runtime_control_flow(model.onnx_model) if n.op_type == "Loop"}
+        inner = (*scopes, *(f"{name}/" for name in held & loops))
+        return specialise(cache[key], tensors, attributed, depth + 1, inner)
     return cache[key]
 
 
-def _build(model, taken: dict[str, bool], selected: dict[str, tuple[str, str, str, bool]]):
+#: Rounds of specialisation after the first (Ifs in an unrolled body, Loops in those Ifs' branches).
+_ROUNDS = 3
+
+
+def _build(model, taken: dict[str, bool], selected: dict[str, tuple[str, str, str, bool]], held=frozenset()):
     from onnx_attr.importing.budget import using
     from onnx_attr.importing.convert import convert, is_importable, opsets
     from onnx_attr.importing.model import AttributableModel
@@ -223,6 +267,8 @@ def _build(model, taken: dict[str, bool], selected: dict[str, tuple[str, str, st
         module = convert(normalized.converted, opsets(normalized.canonical)
                          if normalized.converted is not normalized.canonical else None)
     branches = ", ".join([*(f"{k!r} {('then' if v else 'else') if isinstance(v, bool) else f'{v} iteration(s)'}"
+                            + (" (held at this input's: it follows the input only through the tokens it decodes; "
+                               "the baseline is decoded as long)" if k in held else "")
                             for k, v in taken.items()),
                           *(f"{k!r} both branches, picked by {c} (DeepLift credits the jump)"
                             for k, (_u, _v, c, _n) in selected.items())])

@@ -148,6 +148,8 @@ class DeepLift(AttributionMethod):
             "gradient_fallback_nodes": [n for n, _ in self.engine.rewrite.fallback],
             "rule": self.rule,
             **getattr(self, "_batch_report", {}),
+            # runtime If/Loop nodes resolved for this call: which branches, how many iterations, what is held
+            **({"specialised": self.engine.model.notes[-1]} if self.engine.model is not self.model else {}),
             **({"reveal_cancel_nodes": self.engine.rewrite.reveal_cancel,
                 "rescale_nodes": self.engine.rewrite.reveal_cancel_skipped} if self.rule == "revealcancel" else {}),
         }
