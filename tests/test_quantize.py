@@ -273,3 +273,21 @@ def test_matmul_integer_is_exact_in_one_float32_product_or_in_chunks(high):
     product = integer_product(torch.from_numpy(a), torch.from_numpy(b), torch.tensor(0, dtype=torch.uint8),
                               torch.tensor(0 if high else 128, dtype=torch.uint8))
     assert product.dtype == (torch.float64 if high else torch.float32)  # chunks are summed in float64
+
+
+def test_integer_conv_keeps_its_weight_plan_only_while_the_weights_are_unchanged():
+    """The centred weights and chunks are kept per weight tensor: a weight written in place (or a
+    zero point that moves) must give what a fresh module computes, not the old plan's result."""
+    import torch
+
+    from onnx_attr.importing.converters.quantize import IntegerConv
+
+    x = torch.from_numpy(RNG.integers(0, 256, (1, 4, 5, 5)).astype(np.uint8))
+    w = torch.from_numpy(RNG.integers(-100, 100, (3, 4, 3, 3)).astype(np.int8))
+    kept = IntegerConv({"pads": [1, 1, 1, 1]})
+    first = kept(x, w, torch.tensor(7, dtype=torch.uint8))
+    w[0, 0, 0, 0] += 5
+    for zero in (7, 30):
+        x_zero = torch.tensor(zero, dtype=torch.uint8)
+        torch.testing.assert_close(kept(x, w, x_zero), IntegerConv({"pads": [1, 1, 1, 1]})(x, w, x_zero), rtol=0, atol=0)
+    assert not torch.equal(first, kept(x, w, torch.tensor(7, dtype=torch.uint8)))

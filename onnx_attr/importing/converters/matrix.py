@@ -81,24 +81,19 @@ def integer_product(a: torch.Tensor, b: torch.Tensor, a_zero: Optional[torch.Ten
 
 def _plan(a, b, a_zero, b_zero, plans: dict):
     """(chunks of the shared axis or None, B - b_zero in float32), found once per B and bound."""
-    from onnx_attr.importing.converters.quantize import _float32_chunks, _magnitude
+    from onnx_attr.importing.converters.quantize import _float32_chunks, _magnitude, tensor_identity
 
     if a.dim() < 1 or b.dim() < 2:
         return None, None
     # |A - a_zero| for any zero point in A's range (a dynamically quantized A's moves every call)
     bound = _magnitude(a, None) if a_zero is None or a.dtype.is_floating_point else \
         float(torch.iinfo(a.dtype).max) - torch.iinfo(a.dtype).min
-    key = (_identity(b), _identity(b_zero), bound, a.device)
+    key = (tensor_identity(b), tensor_identity(b_zero), bound, a.device)
     if plans.get("key") != key:
         bs = _centred(b, b_zero, False, torch.float32)
         columns = bs.reshape(-1, *bs.shape[-2:]).transpose(1, 2).reshape(-1, bs.shape[-2], 1)  # [(batch·N), K, 1]
         plans.update(key=key, plan=(_float32_chunks(bound, columns, 1, a.device), bs))
     return plans["plan"]
-
-
-def _identity(t: Optional[torch.Tensor]):
-    """A tensor's storage and version: a weight read again, or written in place, is seen as new."""
-    return None if t is None else (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
 
 
 class MatMulInteger(nn.Module):

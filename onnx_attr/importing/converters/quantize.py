@@ -198,11 +198,9 @@ class IntegerConv(nn.Module):
         pairs = [plan.pads[i:i + 2] for i in range(0, len(plan.pads), 2)]
         symmetric = all(a == b for a, b in pairs)
         padding = tuple(a for a, _ in reversed(pairs)) if symmetric else 0
-        ws32 = _centred_per_channel(w, w_zero, 0, torch.float32)
-        cuts = _float32_chunks(_magnitude(x, x_zero), ws32, self.group, x.device)
-        dtype = torch.float32 if cuts is not None else torch.float64
+        cuts, ws = self._weights(w, w_zero, _magnitude(x, x_zero), x.device)
+        dtype = ws.dtype
         xs = _centred_per_channel(x, x_zero, None, dtype)
-        ws = ws32 if dtype == torch.float32 else _centred_per_channel(w, w_zero, 0, dtype)
         if not symmetric:
             xs = F.pad(xs, plan.pads)
         conv = lambda a, b: _CONV[rank](a, b, None, plan.strides, padding, plan.dilations, self.group)  # noqa: E731
@@ -215,8 +213,30 @@ class IntegerConv(nn.Module):
             start = stop
         return total
 
+    def _weights(self, w, w_zero, bound: float, device) -> tuple[list[int] | None, torch.Tensor]:
+        """The chunks for inputs bounded by `bound` and the centred weights in their type, kept per
+        weight tensor (a pass over the weights on every call cost a third of a quantized network's
+        forward); the chunks per bound (a dynamically quantized input's zero point moves)."""
+        key = (tensor_identity(w), tensor_identity(w_zero))
+        plans = self.__dict__.setdefault("plans", {})
+        if plans.get("key") != key:
+            plans.clear()
+            plans.update(key=key, ws32=_centred_per_channel(w, w_zero, 0, torch.float32))
+        found = plans.get((bound, device))
+        if found is None:
+            cuts = _float32_chunks(bound, plans["ws32"], self.group, device)
+            if cuts is None and "ws64" not in plans:
+                plans["ws64"] = _centred_per_channel(w, w_zero, 0, torch.float64)
+            found = plans[(bound, device)] = (cuts, plans["ws32"] if cuts is not None else plans["ws64"])
+        return found
+
     def forward(self, x, w, x_zero=None, w_zero=None) -> torch.Tensor:
         return self.accumulate(x, w, x_zero, w_zero).to(torch.int32)
+
+
+def tensor_identity(t: torch.Tensor | None):
+    """A tensor's storage and version: a weight read again, or written in place, is seen as new."""
+    return None if t is None else (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
 
 
 @register("ConvInteger", 10)
