@@ -54,7 +54,10 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
     attribution methods treat it as the token ids it is.
     """
     finite = [finite] * len(specs) if isinstance(finite, bool) else list(finite)
-    symbols: dict[str, tuple[int, str]] = {}
+    # the batch's symbol must agree across inputs (rows are examples); other names are hints that
+    # onnxruntime does not check, and exports repeat one dynamic_axes dict over unlike inputs
+    # (LORE's cells [batch, height, width] beside their boxes [batch, height, width] of other widths)
+    symbols: dict[str, tuple[int, str]] = {s: (-1, "") for s in _batch_symbols(specs)}
     out = []
     batch = list(any_batch) if not isinstance(any_batch, bool) else [0 if any_batch else None] * len(specs)
     for value, spec, must_be_finite, axis in zip(values, specs, finite, batch):
@@ -167,12 +170,22 @@ def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dic
             raise InputError(
                 f"{what} {spec.name!r} expects shape {expected}, got {list(shape)} (axis {axis} must be {dim})"
             )
-        if isinstance(dim, str):
-            seen = symbols.setdefault(dim, (got, spec.name))
+        if isinstance(dim, str) and dim in symbols:
+            if symbols[dim][0] < 0:  # its first input
+                symbols[dim] = (got, spec.name)
+            seen = symbols[dim]
             if seen[0] != got:
                 raise InputError(
                     f"{what} {spec.name!r} axis {axis} ({dim!r}) is {got}, but {seen[1]!r} has {dim!r} = {seen[0]}"
                 )
+
+
+def _batch_symbols(specs: Sequence[TensorSpec]) -> set[str]:
+    """The named dims on the inputs' batch axes (`batch.batch_axes`)."""
+    from onnx_attr.importing.batch import batch_axes
+
+    return {s.shape[a] for s, a in zip(specs, batch_axes(specs)) if a is not None and s.shape
+            and a < len(s.shape) and isinstance(s.shape[a], str)}
 
 
 def sample_inputs(specs: Sequence[TensorSpec], seed: int = 0, symbolic_size: int = 2) -> list[np.ndarray]:
