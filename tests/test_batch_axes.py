@@ -329,3 +329,19 @@ def test_rows_that_see_the_rows_before_or_after_them_are_one_whole_example(rever
                                                                  return_convergence_delta=True)
     y = ort_run(proto, {"x": x})[0]
     assert abs(float(attr.sum()) - float(y[3, 2])) < 1e-3  # Σ attr = f(x) - f(0), with f(0) = 0
+
+
+def test_a_mask_target_on_a_whole_example_covers_every_axis_of_its_output():
+    """Rows that mix make the output one example: a `Target` mask without a batch axis then weighs
+    the whole output (what the CLI's default masks do), for DeepLift and IG alike. Oracle:
+    onnxruntime's Σ mask·(f(x) − f(0)), which DeepLift's sum must give and IG's approach."""
+    proto = make_model([helper.make_node("CumSum", ["x", "axis"], ["s"]), helper.make_node("Tanh", ["s"], ["y"])],
+                       [("x", TensorProto.FLOAT, ["n", 3])], [("y", TensorProto.FLOAT, ["n", 3])],
+                       initializers={"axis": np.array(0, np.int64)})
+    model = onnx_attr.load(proto)
+    x = (RNG.normal(size=(4, 3)) * 0.7).astype(np.float32)
+    mask = RNG.random((4, 3)).astype(np.float32)
+    expected = float((mask * ort_run(proto, {"x": x})[0]).sum())  # f(0) = 0
+    for method, tolerance in ((onnx_attr.DeepLift, 1e-5), (onnx_attr.IntegratedGradients, 1e-3)):
+        attr = method(model).attribute(x, target=onnx_attr.Target(weights=mask))
+        assert attr.shape == x.shape and abs(float(attr.sum()) - expected) < tolerance * max(1.0, abs(expected))

@@ -53,7 +53,7 @@ class Targets:
         self.batch_axis: Optional[int] = axis
         target = as_weights(target) or target
         if isinstance(target, Target):
-            self.batch_axis = int(target.batch_axis)
+            self.batch_axis = axis if target.batch_axis is None else int(target.batch_axis)
             if target.weights is not None:
                 self.weights = _weight_tensor(target.weights)
                 if target.per_example and (self.weights.dim() == 0 or self.weights.shape[0] != n):

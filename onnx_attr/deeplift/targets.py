@@ -34,20 +34,23 @@ class Target:
       so DeepLift's and IG's completeness holds for it. With `per_example`, one mask per example
       stacked on axis 0.
     batch_axis: the output's batch axis (1 for a time-major [T, N, C] output); indices and masks
-      address the other axes in their order.
+      address the other axes in their order. None (the default): the axis the methods find for
+      that output (`batch.probe`: 0 for most, 1 for a time-major one; none when the rows mix and
+      the whole output is one example, whose mask then covers every axis).
     """
 
     index: Any = None
     weights: Any = None
     per_example: bool = False
-    batch_axis: int = 0
+    batch_axis: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.index is not None and self.weights is not None:
             raise InputError("a Target takes an index or weights, not both")
-        if not isinstance(self.batch_axis, (int, np.integer)) or isinstance(self.batch_axis, bool) \
-                or self.batch_axis < 0:
-            raise InputError(f"a Target's batch_axis must be an int >= 0, got {self.batch_axis!r}")
+        if self.batch_axis is not None and (not isinstance(self.batch_axis, (int, np.integer))
+                                            or isinstance(self.batch_axis, bool) or self.batch_axis < 0):
+            raise InputError(f"a Target's batch_axis must be an int >= 0 (or None: the output's own), got "
+                             f"{self.batch_axis!r}")
         if self.per_example and self.weights is None:
             raise InputError("per_example applies to weights: give one mask per example on axis 0")
 
@@ -73,7 +76,7 @@ class Target:
 
     def describe(self) -> dict:
         """What a report records: the form, the batch axis, the mask's size."""
-        out: dict[str, Any] = {"batch_axis": int(self.batch_axis)}
+        out: dict[str, Any] = {"batch_axis": None if self.batch_axis is None else int(self.batch_axis)}
         if self.weights is None:
             index = self.index
             out["index"] = index.tolist() if hasattr(index, "tolist") else index

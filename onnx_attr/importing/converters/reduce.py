@@ -90,3 +90,28 @@ for _op in ("ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare
     register(_op, 18)(convert_reduce)
 register("ReduceMax", 18, 20)(convert_reduce)
 register("ReduceMin", 18, 20)(convert_reduce)
+
+
+class CumSum(nn.Module):
+    """Running sums along `axis` (an input), optionally exclusive (each sum leaves its own element
+    out) and reversed. Ours because onnx2torch's reads a missing `reverse` as 1: every CumSum that
+    PyTorch exports (no attributes) came out summed from the other end."""
+
+    def __init__(self, exclusive: bool, reverse: bool):
+        super().__init__()
+        self.exclusive, self.reverse = exclusive, reverse
+
+    def forward(self, x: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
+        dim = int(axis.reshape(-1)[0])
+        if self.reverse:
+            x = x.flip(dim)
+        out = torch.cumsum(x, dim)
+        if self.exclusive:  # shifted by one: 0 first, the last element's sum dropped
+            out = torch.cat([torch.zeros_like(out.narrow(dim, 0, 1)), out.narrow(dim, 0, out.shape[dim] - 1)], dim) \
+                if out.shape[dim] else out
+        return out.flip(dim) if self.reverse else out
+
+
+@register("CumSum", 11, 14)
+def convert_cumsum(node, graph):
+    return result(node, CumSum(bool(node.attributes.get("exclusive", 0)), bool(node.attributes.get("reverse", 0))))
