@@ -75,3 +75,15 @@ def test_attribute_runs_the_plain_forward_once_beside_the_batch_probe(tmp_path, 
     assert report["verify"]["passed"]
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written["verify"] == verify(model, dict(np.load(inputs))).to_dict()
+
+
+def test_one_example_is_run_once_for_target_verify_and_the_batch_probe(tmp_path, monkeypatch):
+    """With one example, the plain forward is the probe's one-row run too: then only [x, x', x]."""
+    model, inputs = _model(tmp_path)
+    np.savez(inputs, x=np.random.default_rng(3).standard_normal((1, 6)).astype(np.float32))
+    calls = _count_forwards(monkeypatch)
+    report = run_attribute(model, input_path=str(inputs), target=None, baseline=None, method="deeplift",
+                           output_name=None, out=str(tmp_path / "out"), pictures=PictureOptions(enabled=False),
+                           quiet=True)
+    assert [c[0][0] for c in calls] == [1, 3]
+    assert report["verify"]["passed"] and abs(report["convergence_delta"][0]) < 1e-5

@@ -449,6 +449,11 @@ class _Job:
         if entry(self.method).family == "neuron":
             neuron = parse_target(self.target)
             return Resolved(neuron, neuron, "given: the neuron of --layer", {"neuron_of": "layer"})
+        if outputs is not None:  # the batch probe's run of one example, when the inputs are one
+            from onnx_attr.importing.batch import batch_axes, probe
+
+            tensors = self.model.prepare(inputs)
+            probe(self.model, tensors, batch_axes(self.model.inputs, tensors), outputs)
         out = (outputs if outputs is not None else self.model.run(inputs))[self.output_index]
         return resolve(self.target, out, model=self.model, output_index=self.output_index, inputs=inputs,
                        examples=examples, batch_axis=self.batch_axis)

@@ -99,17 +99,21 @@ class Layout:
     doubles: bool = False  # several rows ran and came out right: a declared fixed batch is not binding
 
 
-def probe(model, tensors: Sequence[Tensor], axes: Sequence[Optional[int]]) -> Layout:
+def probe(model, tensors: Sequence[Tensor], axes: Sequence[Optional[int]], outputs: Optional[Sequence] = None
+          ) -> Layout:
     """Run rows [x, x', x] (x' = x halved, a different example) along the batch axes and compare
     x's two blocks of every output; cached on the model per input shapes. A model cut
     after a hidden tensor (`batch_parent` set: a neuron method's) has the examples of the model
-    it was cut from: where that one's rows mix, its inputs are one whole example too."""
+    it was cut from: where that one's rows mix, its inputs are one whole example too. `outputs`,
+    the model's on `tensors` when a caller has them, stand for the one example's run when the
+    tensors hold one example (the CLI's plain forward: one run of the model fewer)."""
     key = tuple((tuple(t.shape), str(t.dtype), a) for t, a in zip(tensors, axes))
     cache = model.__dict__.setdefault("_batch_layouts", {})
     if key not in cache:
         parent = model.__dict__.get("batch_parent")  # a model cut inside another, fed the same inputs
         whole = parent is not None and not probe(parent, tensors, axes).stackable
-        cache[key] = Layout(False, tuple(None for _ in model.outputs)) if whole else _probe(model, tensors, axes)
+        cache[key] = Layout(False, tuple(None for _ in model.outputs)) if whole else _probe(model, tensors, axes,
+                                                                                             outputs)
     return cache[key]
 
 
@@ -119,13 +123,14 @@ def output_axis(model, tensors: Sequence[Tensor], index: int) -> Optional[int]:
     return layout.outputs[index] if index < len(layout.outputs) else 0
 
 
-def _probe(model, tensors, axes) -> Layout:
+def _probe(model, tensors, axes, outputs=None) -> Layout:
     if (fixed_batch(model.inputs) or 1) > 1:  # one row is outside what the export declares: as declared
         return Layout(True, tuple(0 for _ in model.outputs))
     one = [t if a is None else t.narrow(a, 0, 1) for t, a in zip(tensors, axes)]  # one example: cheap
+    given = outputs is not None and all(a is None or t.shape[a] == 1 for t, a in zip(tensors, axes))
     with torch.no_grad():
         try:
-            single = _outputs(model(*one))
+            single = list(outputs) if given else _outputs(model(*one))
         except Exception:  # the rows given run (else that is the error), one alone does not: the export
             # fixes that size without declaring it (a sequence on the axis that looks like the batch, a batch
             # baked into a Reshape), so its rows are not independent examples: one whole example
