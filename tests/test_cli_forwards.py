@@ -87,3 +87,19 @@ def test_one_example_is_run_once_for_target_verify_and_the_batch_probe(tmp_path,
                            quiet=True)
     assert [c[0][0] for c in calls] == [1, 3]
     assert report["verify"]["passed"] and abs(report["convergence_delta"][0]) < 1e-5
+
+
+def test_ig_steps_go_in_passes_under_the_input_element_budget(tmp_path, monkeypatch):
+    """IG's stacked steps stay under `PASS_INPUT_ELEMENTS` per pass (the budget that keeps a large
+    picture's 16 steps from filling the memory) and give what one pass gives."""
+    import onnx_attr.methods.base as base
+
+    model, inputs = _model(tmp_path)
+    x = dict(np.load(inputs))["x"]  # 2 examples of 6 elements
+    whole = onnx_attr.IntegratedGradients(model).attribute(x, target=1, n_steps=10)
+    monkeypatch.setattr(base, "PASS_INPUT_ELEMENTS", 6 * 4)  # four rows: two steps of both examples
+    calls = _count_forwards(monkeypatch)
+    parts = onnx_attr.IntegratedGradients(model).attribute(x, target=1, n_steps=10)
+    rows = [c[0][0] for c in calls]
+    assert max(rows) == 4 and sum(r for r in rows if r == 4) == 20
+    np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-5, atol=1e-7)

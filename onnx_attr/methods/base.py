@@ -66,6 +66,19 @@ def check_batch_size(value: Optional[int], name: str = "internal_batch_size") ->
     return value
 
 
+#: The rows of one pass hold at most this many input elements when `internal_batch_size` is not
+#: given (about 16 MiB of float32 input; an image network's activations kept for the backward run a
+#: few hundred times their input): IG's 16 steps of an 800 x 800 picture stacked in one pass were
+#: ~10 GB and got the process killed, where two rows at a time cost the same time per row.
+PASS_INPUT_ELEMENTS = 2 ** 22
+
+
+def budget_rows(tensors: Sequence[Tensor], axes: Sequence[Optional[int]], wanted: int) -> int:
+    """How many of `wanted` rows one pass may take under `PASS_INPUT_ELEMENTS` (at least one)."""
+    per_row = sum(t.numel() // max(1, t.shape[a]) for t, a in zip(tensors, axes) if a is not None and t.dim() > a)
+    return max(1, min(wanted, PASS_INPUT_ELEMENTS // max(1, per_row)))
+
+
 class AttributionMethod:
     """What every method shares; see the module docstring. `internal_batch_size` (Captum's name)
     caps the rows of one forward/backward pass; a fixed-batch export always gets its own batch."""
@@ -124,15 +137,16 @@ class AttributionMethod:
         """`run(chunk, targets_of_chunk, rows_kept)` over the rows of `tensors` (the rows of
         `targets`, on each tensor's batch axis in `axes`: axis 0 by default, None for a tensor
         without a batch), in passes of the export's fixed batch (the last padded by repeating its
-        last row) or of `internal_batch_size` rows; `single_pass`: all rows at once (the probe ran
-        an export's declared fixed batch doubled). On CUDA out-of-memory the passes halve, said
+        last row) or of `internal_batch_size` rows (default: as many as `PASS_INPUT_ELEMENTS` allows);
+        `single_pass`: the export's declared fixed batch is not binding (the probe ran more rows). On CUDA out-of-memory the passes halve, said
         once in a warning and in `last_report["out_of_memory_retry"]`. Returns run's results per
         item, joined over the passes (on axis 0, or on the item's axis in `join_axes`, whose last
         entry serves any items after it)."""
         n = len(targets.rows)
         axes = [0 if t.dim() else None for t in tensors] if axes is None else list(axes)
         fixed = None if single_pass else fixed_batch(self.active.inputs)
-        size = fixed or (None if single_pass else check_batch_size(internal_batch_size)) or n
+        size = fixed or (None if single_pass else check_batch_size(internal_batch_size)) or budget_rows(
+            tensors, axes, n)
         shared = [_grown(t, a, n) for t, a in zip(tensors, axes)]
         parts, start = [], 0
         while start < n:

@@ -19,7 +19,7 @@ from onnx_attr.importing.rows import fixed_batch
 from onnx_attr.importing.rows import rows_back, rows_first
 from onnx_attr.deeplift.layers import tensor_values, tensors_as_inputs
 from onnx_attr.methods._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held, prepare
-from onnx_attr.methods.base import AttributionMethod, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
+from onnx_attr.methods.base import AttributionMethod, budget_rows, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
 from onnx_attr.methods.deeplift import method_report
 
 
@@ -129,8 +129,9 @@ def integration_rule(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]
 class IntegratedGradients(AttributionMethod):
     """(x - x0) * ∫ d out / d x along the straight path from the baseline, by a quadrature rule.
 
-    All steps run as one batch of n_steps * N rows, or in chunks of `internal_batch_size` rows;
-    an export with a fixed batch size gets chunks of that size.
+    The steps run as batches of n_steps * N rows, as many at once as `base.PASS_INPUT_ELEMENTS`
+    allows, or in chunks of `internal_batch_size` rows; an export with a fixed batch size gets
+    chunks of that size.
     """
 
     _multiply_by_inputs = True  # Captum's default; multiply_by_inputs=False gives the averaged gradients
@@ -149,7 +150,8 @@ class IntegratedGradients(AttributionMethod):
         stack = prepared.stackable and all(x is not None for x, a in zip(axes, prepared.attributed) if a)
         binding = prepared.layout is None or not prepared.layout.doubles  # the probe ran two rows right
         fixed = fixed_batch(self.active.inputs) if stack and binding else None
-        rows = (check_batch_size(internal_batch_size) or n * n_steps) if stack else n
+        rows = (check_batch_size(internal_batch_size) or max(n, budget_rows(prepared.tensors, axes, n * n_steps))
+                ) if stack else n
         if rows < n and fixed is None:
             raise InputError(f"internal_batch_size {rows} is below the batch of {n}")
         steps_per_pass = max(1, rows // n)
