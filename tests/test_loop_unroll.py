@@ -212,18 +212,20 @@ def test_the_argmax_one_hot_secant_is_complete_per_example():
 
 
 def _token_decoder(end_token: int, stop: bool = True, trips: int = 12):
-    """A greedy decoder as SLANet-plus exports it: h = tanh(x·W + h·U), scores = h·V, token =
-    ArgMax(scores); the Loop goes on while the token is not `end_token` (stop=False: always, for
-    `trips` steps: the oracle of the decoder held at a given length). Outputs: the last state and
-    the scores of every step [T, 1, 5]."""
+    """A greedy decoder as SLANet-plus exports it: h = tanh(x·W + h·U + onehot(token)·P), scores =
+    h·V, token = ArgMax(scores), fed back as a one-hot; the Loop goes on while the token is not
+    `end_token` (the token's second use; stop=False: always, for `trips` steps: the oracle of the
+    decoder held at a given length). Outputs: the last state and every step's scores [T, 1, 5]."""
     rng = np.random.default_rng(77)
-    w, u, v = (rng.normal(0, 1.5, shape).astype(np.float32) for shape in ((4, 3), (3, 3), (3, 5)))
+    w, u, v, p = (rng.normal(0, 1.5, shape).astype(np.float32) for shape in ((4, 3), (3, 3), (3, 5), (5, 3)))
     body_nodes = [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("MatMul", ["h_in", "U"], ["b"]),
-                  helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Tanh", ["s"], ["h_out"]),
-                  helper.make_node("MatMul", ["h_out", "V"], ["scores"])]
+                  helper.make_node("MatMul", ["prev_in", "P"], ["c"]), helper.make_node("Add", ["a", "b"], ["ab"]),
+                  helper.make_node("Add", ["ab", "c"], ["s"]), helper.make_node("Tanh", ["s"], ["h_out"]),
+                  helper.make_node("MatMul", ["h_out", "V"], ["scores"]),
+                  helper.make_node("ArgMax", ["scores"], ["token"], axis=1, keepdims=0),
+                  helper.make_node("OneHot", ["token", "depth", "onoff"], ["prev_out"], axis=-1)]
     if stop:
-        body_nodes += [helper.make_node("ArgMax", ["scores"], ["token"], axis=1, keepdims=0),
-                       helper.make_node("Equal", ["token", "end"], ["ended"]),
+        body_nodes += [helper.make_node("Equal", ["token", "end"], ["ended"]),
                        helper.make_node("Not", ["ended"], ["going"]),
                        helper.make_node("Squeeze", ["going", "axis0"], ["cond_out"])]
     else:
@@ -232,24 +234,30 @@ def _token_decoder(end_token: int, stop: bool = True, trips: int = 12):
         body_nodes, "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 3])],
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 3]),
+         helper.make_tensor_value_info("prev_in", TensorProto.FLOAT, [1, 5])],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 3]),
+         helper.make_tensor_value_info("prev_out", TensorProto.FLOAT, [1, 5]),
          helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 5])])
-    loop = helper.make_node("Loop", ["trips", "go", "h0"], ["h", "all_scores"], body=body, name="decode")
+    loop = helper.make_node("Loop", ["trips", "go", "h0", "p0"], ["h", "last", "all_scores"], body=body, name="decode")
     return make_model([loop], [("x", TensorProto.FLOAT, [1, 4])],
                       [("h", TensorProto.FLOAT, [1, 3]), ("all_scores", TensorProto.FLOAT, [None, 1, 5])],
-                      initializers={"W": w, "U": u, "V": v, "end": np.array([end_token], np.int64),
+                      initializers={"W": w, "U": u, "V": v, "P": p, "end": np.array([end_token], np.int64),
                                     "axis0": np.array([0], np.int64), "trips": np.array(trips, np.int64),
-                                    "go": np.array(True), "h0": np.zeros((1, 3), np.float32)}, opset=13)
+                                    "go": np.array(True), "h0": np.zeros((1, 3), np.float32),
+                                    "p0": np.zeros((1, 5), np.float32), "depth": np.array(5, np.int64),
+                                    "onoff": np.array([0.0, 1.0], np.float32)}, opset=13)
 
 
 def test_a_decoder_that_stops_on_its_end_token_is_explained_at_the_decoded_length():
     """The Loop's count follows x only through the ArgMax tokens: DeepLift holds the length at x's
-    (as explanations of a decoder hold its generated sequence) and says so. Oracle: onnxruntime on
-    the same decoder run for exactly that many steps, at x and at the baseline."""
+    (as explanations of a decoder hold its generated sequence) and says so; the tokens fed back are
+    each point's own (credited by the ArgMaxOneHot rule). Oracle: onnxruntime on the same decoder
+    run for exactly that many steps, at x and at the baseline."""
     x = np.array([[0.9, -1.2, 0.4, 1.5]], np.float32)
     free = ort_run(_token_decoder(-1, stop=False), {"x": x})[1][:, 0]
+    assert not np.array_equal(free.argmax(-1), ort_run(_token_decoder(-1, stop=False), {"x": 0 * x})[1][:, 0].argmax(-1))
     tokens = free.argmax(-1)
     end = next(int(t) for k, t in enumerate(tokens) if k >= 2 and t not in tokens[:k])  # first new token after 2 steps
     steps = int(np.where(tokens == end)[0][0]) + 1

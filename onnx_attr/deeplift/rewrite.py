@@ -141,6 +141,9 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     out = fx.GraphModule(module, copy.deepcopy(module.graph))
     inline_expansions(out, recompile=False)  # the rewrite lints and recompiles once, at its end
     fuse_quantized_blocks(out)  # dynamically quantized blocks as one node each (rules/quantized.py)
+    # what only fed a resolved condition (a held decoder's stop test) is dead: its ArgMax then has
+    # one user left, the OneHot fed back, and fuses
+    out.graph.eliminate_dead_code()
     fuse_argmax_one_hots(out, placeholder_fed(out))  # a greedy decoder's fed-back token (argmax_fusion.py)
     state = DeepLiftState()
     result = RewriteResult(out, state)
