@@ -142,9 +142,10 @@ def centernet_image(size: int) -> np.ndarray:
 
 def lore_cells(cells: int, seed: int = 0) -> dict[str, np.ndarray]:
     """LORE's second stage: a feature per detected cell (from the first stage's output, roughly
-    unit scale) and the cells' four corners as integer pixel coordinates on a 512 x 512 page."""
+    unit scale) and the cells' four corners as integer coordinates on the first stage's 128 x 128
+    output map (its position embeddings have 256 rows)."""
     rng = np.random.default_rng(seed)
-    corners = np.sort(rng.integers(0, 512, (1, cells, 2, 4)), axis=-1).transpose(0, 1, 3, 2).reshape(1, cells, 8)
+    corners = np.sort(rng.integers(0, 128, (1, cells, 2, 4)), axis=-1).transpose(0, 1, 3, 2).reshape(1, cells, 8)
     return {"slct_logi_feat": rng.normal(0, 1, (1, cells, 256)).astype(np.float32), "dets": corners.astype(np.int64)}
 
 

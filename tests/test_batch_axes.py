@@ -345,3 +345,25 @@ def test_a_mask_target_on_a_whole_example_covers_every_axis_of_its_output():
     for method, tolerance in ((onnx_attr.DeepLift, 1e-5), (onnx_attr.IntegratedGradients, 1e-3)):
         attr = method(model).attribute(x, target=onnx_attr.Target(weights=mask))
         assert attr.shape == x.shape and abs(float(attr.sum()) - expected) < tolerance * max(1.0, abs(expected))
+
+
+def test_ids_held_beside_an_attributed_float_input_keep_their_embedding_lookup_plain():
+    """LORE's second stage: cell features (attributed) plus integer boxes whose coordinates index a
+    position table (an embedding lookup), passed as additional_forward_args: the lookup's tap must
+    stay a plain Gather (it raised a KeyError from the tap), and DeepLift is complete on the
+    features against onnxruntime, the ids held."""
+    rng = np.random.default_rng(5)
+    table = rng.normal(size=(16, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["boxes", "first"], ["coord"], axis=2),
+             helper.make_node("Gather", ["table", "coord"], ["position"]),
+             helper.make_node("Add", ["feat", "position"], ["s"]), helper.make_node("Tanh", ["s"], ["y"])]
+    proto = make_model(nodes, [("feat", FLOAT, ["batch", 3, 4]), ("boxes", INT64, ["batch", 3, 2])],
+                       [("y", FLOAT, ["batch", 3, 4])],
+                       initializers={"table": table, "first": np.array(0, np.int64)})
+    model = onnx_attr.load(proto)
+    feat = rng.normal(size=(1, 3, 4)).astype(np.float32) * 2
+    boxes = rng.integers(0, 16, (1, 3, 2)).astype(np.int64)
+    attr = onnx_attr.DeepLift(model).attribute(feat, target=(1, 2), additional_forward_args={"boxes": boxes})
+    with_zero = ort_run(proto, {"feat": np.zeros_like(feat), "boxes": boxes})[0][0, 1, 2]
+    expected = ort_run(proto, {"feat": feat, "boxes": boxes})[0][0, 1, 2] - with_zero
+    assert abs(float(np.asarray(attr).sum()) - float(expected)) < 1e-5

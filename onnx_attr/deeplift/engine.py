@@ -311,6 +311,7 @@ class DeepLiftEngine:
                                                      zip(attributed, integer, self.model.inputs))]
         try:
             state.clear()
+            state.active_taps = {id(t) for t in taps}
             reference_args = bs
             if taps:  # embeddings of the baseline ids; everything else computed from the input's ids
                 state.mode = "tap_baseline"

@@ -32,9 +32,11 @@ class DeepLiftState:
         self.refs: dict[int, tuple[list[Any], Tensor, dict]] = {}
         self.tap_baselines: dict[int, Tensor] = {}  # embedding of the baseline ids, per tap
         self.tap_leaves: dict[int, Tensor] = {}  # the embedding the main pass differentiates against
+        self.active_taps: set[int] = set()  # the taps of the integer inputs attributed in this call
 
     def clear(self) -> None:
         self.mode, self.refs, self.tap_baselines, self.tap_leaves = "off", {}, {}, {}
+        self.active_taps = set()
 
 
 class BoundOp:
