@@ -289,3 +289,18 @@ def test_a_loop_that_runs_while_a_value_is_under_a_threshold_stays_refused():
     model = onnx_attr.load(proto, strip_final_activation=False)
     with pytest.raises(onnx_attr.UnsupportedOpError, match=r"decode.*attributed input 'x'"):
         onnx_attr.DeepLift(model).attribute(np.ones((1, 4), np.float32), target=1)
+
+
+def test_ig_integrates_the_decoder_at_the_length_deeplift_holds():
+    """Every point of IG's path decodes as long as the input (the same held length as DeepLift's),
+    so a target on the input's last step exists at every point; left as exported, points that
+    stop later or sooner give outputs of other lengths."""
+    x = np.array([[0.9, -1.2, 0.4, 1.5]], np.float32)
+    tokens = ort_run(_token_decoder(-1, stop=False), {"x": x})[1][:, 0].argmax(-1)
+    end = next(int(t) for k, t in enumerate(tokens) if k >= 2 and t not in tokens[:k])
+    steps = int(np.where(tokens == end)[0][0]) + 1
+    model = onnx_attr.load(_token_decoder(end), strip_final_activation=False)
+    ig = onnx_attr.IntegratedGradients(model)
+    attr = ig.attribute(x, target=(steps - 1, 2), output=1, n_steps=32)
+    assert np.asarray(attr).shape == x.shape and np.isfinite(np.asarray(attr)).all()
+    assert ig.active is not model and ig.active(*model.prepare({"x": 0 * x}))[1].shape[0] == steps

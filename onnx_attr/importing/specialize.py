@@ -117,7 +117,7 @@ def selectable_ifs(model, attributed_names: Sequence[str]) -> dict[str, tuple[st
 
 
 def refuse_attributed_conditions(model, attributed_names: Sequence[str], selected=frozenset(),
-                                 scopes: Sequence[str] = ()) -> set[str]:
+                                 scopes: Sequence[str] = (), refuse: bool = True) -> set[str]:
     """An UnsupportedOpError naming each If whose condition, and each Loop whose trip count or
     condition, follows an attributed input's values (Ifs in `selected` aside: they become
     `BranchSelect` nodes). One exception, returned by first output: a top-level Loop whose count
@@ -127,7 +127,7 @@ def refuse_attributed_conditions(model, attributed_names: Sequence[str], selecte
     decoder hold the sequence it generated: the decoded length is the input's, and the baseline is
     decoded as long. Any other dependence stays refused: held, a loop that runs while a value is
     under a threshold, or an If, would explain at the baseline a computation the model does not do
-    there."""
+    there. With `refuse` off, those are only left out (the gradient methods run them as they are)."""
     graph = model.onnx_model.graph
     tainted = value_dependent(graph, attributed_names)
     direct = value_dependent(graph, attributed_names, past_tokens=False)
@@ -147,7 +147,7 @@ def refuse_attributed_conditions(model, attributed_names: Sequence[str], selecte
             bad.append(("Loop", node, directly, found[directly], "the number of iterations"))
         elif controls:
             held.add(node.output[0])
-    if bad:
+    if bad and refuse:
         opset = next((o.version for o in model.onnx_model.opset_import if o.domain in ("", "ai.onnx")), 0)
         raise UnsupportedOpError(
             [(op, "ai.onnx", opset, n.name or n.output[0],
@@ -219,25 +219,31 @@ def record_conditions(model, tensors: Sequence[Tensor]) -> dict[str, bool | int]
 
 
 def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool], depth: int = 0,
-               scopes: Sequence[str] = ()):
+               scopes: Sequence[str] = (), held_only: bool = False):
     """`model` with its runtime Ifs replaced by the branches this call takes (cached per branch set).
 
     Returns `model` itself when it has none. Ifs inside an unrolled Loop's body are top-level Ifs
-    of the unrolled copy, one per iteration: a further round resolves them."""
+    of the unrolled copy, one per iteration: a further round resolves them. `held_only`: resolve
+    only what DeepLift holds at the input's values (a decoder's length), refusing nothing: the
+    model the gradient methods integrate, so that every point of their path decodes as long as the
+    input, as DeepLift's baseline does (else each point's output has its own length)."""
     if not has_runtime_if(model):
         return model
     names = [s.name for s, a in zip(model.inputs, attributed) if a]
-    selected = selectable_ifs(model, names)
-    held = refuse_attributed_conditions(model, names, selected, scopes)
-    taken = {k: v for k, v in record_conditions(model, tensors).items() if k not in selected}
-    key = tuple(sorted(taken.items())) + tuple(sorted(selected))
+    selected = {} if held_only else selectable_ifs(model, names)
+    held = refuse_attributed_conditions(model, names, selected, scopes, refuse=not held_only)
+    if held_only and not held:
+        return model
+    taken = {k: v for k, v in record_conditions(model, tensors).items()
+             if k not in selected and (k in held or not held_only)}
+    key = (held_only,) + tuple(sorted(taken.items())) + tuple(sorted(selected))
     cache = model.__dict__.setdefault("_specialised", {})
     if key not in cache:
         cache[key] = _build(model, taken, selected, held)
     if depth < _ROUNDS and cache[key] is not model and has_runtime_if(cache[key]):
         loops = {n.output[0] for n in runtime_control_flow(model.onnx_model) if n.op_type == "Loop"}
         inner = (*scopes, *(f"{name}/" for name in held & loops))
-        return specialise(cache[key], tensors, attributed, depth + 1, inner)
+        return specialise(cache[key], tensors, attributed, depth + 1, inner, held_only)
     return cache[key]
 
 

@@ -123,11 +123,20 @@ class AttributionMethod:
 
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs))
         n = example_count(self.model, prepared)
-        self.active = self.model
+        self.active = self._held_decoders(prepared)
         self.last_report = {}
         if any(a and not t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)):
-            self.active, prepared = at_embeddings(self.model, self._lookups, prepared, n)
+            self.active, prepared = at_embeddings(self.active, self._lookups, prepared, n)
         return prepared, n
+
+    def _held_decoders(self, prepared):
+        """The model, with a decoder that stops on its own token unrolled to the input's length (as
+        DeepLift holds it: `specialize.specialise`, held_only), so every point decodes as long."""
+        from onnx_attr.importing.specialize import has_runtime_if, specialise
+
+        if not has_runtime_if(self.model):
+            return self.model
+        return specialise(self.model, prepared.tensors, prepared.attributed, held_only=True)
 
     # --- passes ---------------------------------------------------------------------------------
 
