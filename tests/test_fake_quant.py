@@ -117,3 +117,12 @@ def test_verify_takes_the_qdq_graph_as_written_and_still_catches_a_wrong_import(
     broken = imported.verify({"x": x})
     assert not broken.passed
     assert broken.outputs[0].quantized_spread is not None and broken.outputs[0].max_abs > 2 * broken.outputs[0].quantized_spread
+
+
+def test_gradient_methods_say_why_a_qdq_model_has_no_gradient():
+    from onnx_attr.errors import InputError
+
+    imported = onnx_attr.load(_qdq_model(False))
+    x = (np.random.default_rng(1).standard_normal((2, 16)) * 2).astype(np.float32)
+    with pytest.raises(InputError, match="statically quantized.*DeepLift"):
+        onnx_attr.IntegratedGradients(imported).attribute(x, target=0)
