@@ -126,3 +126,12 @@ def test_gradient_methods_say_why_a_qdq_model_has_no_gradient():
     x = (np.random.default_rng(1).standard_normal((2, 16)) * 2).astype(np.float32)
     with pytest.raises(InputError, match="statically quantized.*DeepLift"):
         onnx_attr.IntegratedGradients(imported).attribute(x, target=0)
+
+
+def test_inspect_kinds_follow_the_fusion():
+    """A weight's DequantizeLinear is a constant (not listed); an activation's pair is a unary staircase."""
+    from onnx_attr.deeplift.opkinds import nonlinear_nodes
+
+    kinds = {n["node"]: n["kind"] for n in nonlinear_nodes(_qdq_model(False))}
+    assert "dq_w" not in kinds
+    assert all(kinds[name] == "unary" for name in ("q_in", "dq_in", "q_h", "dq_h", "q_r", "dq_r"))

@@ -150,15 +150,38 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
     """Each node with its kind, tracking which tensors vary with the (floating) graph inputs."""
     graph = model.graph
     variable = {i.name for i in graph.input}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     out = []
     for node in graph.node:
         flags = [name in variable for name in node.input]
         attrs = {a.name: _decoded(onnx.helper.get_attribute_value(a)) for a in node.attribute}
         kind = domain_op_kind(node.domain, node.op_type, flags, attrs)
+        if node.op_type in _QDQ and node.domain in ("", "ai.onnx"):
+            kind = _qdq_kind(node, flags, consumers)
         if any(flags) and kind != "structural":
             variable.update(node.output)
         out.append((node, kind))
     return out
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _qdq_kind(node: onnx.NodeProto, flags: Sequence[bool], consumers: dict) -> str:
+    """Static quantization as DeepLift sees it: a weight's DequantizeLinear is a constant, and an
+    activation's QuantizeLinear → DequantizeLinear pair one elementwise staircase (quant_fusion.py);
+    anything else keeps its refusal."""
+    if not any(flags):
+        return "structural"  # computed from initializers alone: a constant for DeepLift
+    if node.op_type == "QuantizeLinear":
+        users = consumers.get(node.output[0], [])
+        paired = len(users) == 1 and users[0].op_type == "DequantizeLinear" and users[0].input[0] == node.output[0]
+    else:
+        paired = True  # its varying input is a quantized tensor: the pair was judged at its QuantizeLinear
+    return "unary" if paired and not any(flags[1:]) else "unknown"
 
 
 def _decoded(value):
