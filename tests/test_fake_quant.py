@@ -135,3 +135,33 @@ def test_inspect_kinds_follow_the_fusion():
     kinds = {n["node"]: n["kind"] for n in nonlinear_nodes(_qdq_model(False))}
     assert "dq_w" not in kinds
     assert all(kinds[name] == "unary" for name in ("q_in", "dq_in", "q_h", "dq_h", "q_r", "dq_r"))
+
+
+def test_a_quantize_shared_by_two_dequantizes_is_fused_into_each():
+    """x -> MatMul -> Q, read by two DequantizeLinears (one per consumer branch), joined by Add."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 6)) * 0.7).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array((rng.standard_normal((6, 2)) * 30).astype(np.float32), "V")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+             helper.make_node("QuantizeLinear", ["h", "s", "z"], ["hq"], name="q"),
+             helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["a"], name="dq_a"),
+             helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["b"], name="dq_b"),
+             helper.make_node("Tanh", ["a"], ["ta"], name="tanh"),
+             helper.make_node("Add", ["ta", "b"], ["j"], name="join"),
+             helper.make_node("MatMul", ["j", "V"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    imported = onnx_attr.load(model)
+    x = (rng.standard_normal((3, 8)) * 2).astype(np.float32)
+    x0 = np.zeros((1, 8), np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    y, y0 = session.run(None, {"x": x})[0], session.run(None, {"x": x0})[0]
+    dl = onnx_attr.DeepLift(imported)
+    attributions = dl.attribute(x, x0, target=1)
+    assert sum(op == "FakeQuant" for _, op, _ in dl.engine.rewrite.rewritten) == 2
+    np.testing.assert_allclose(attributions.sum(1), y[:, 1] - y0[:, 1], rtol=1e-4, atol=1e-4 * np.abs(y[:, 1]).max())
+    assert torch.equal(dl.engine.rewrite.module(torch.from_numpy(x)), imported(torch.from_numpy(x)))

@@ -178,7 +178,7 @@ def _qdq_kind(node: onnx.NodeProto, flags: Sequence[bool], consumers: dict) -> s
         return "structural"  # computed from initializers alone: a constant for DeepLift
     if node.op_type == "QuantizeLinear":
         users = consumers.get(node.output[0], [])
-        paired = len(users) == 1 and users[0].op_type == "DequantizeLinear" and users[0].input[0] == node.output[0]
+        paired = bool(users) and all(u.op_type == "DequantizeLinear" and u.input[0] == node.output[0] for u in users)
     else:
         paired = True  # its varying input is a quantized tensor: the pair was judged at its QuantizeLinear
     return "unary" if paired and not any(flags[1:]) else "unknown"

@@ -20,26 +20,29 @@ FAKE_QUANT = "FakeQuant"
 
 def fuse_fake_quant(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
     """Replace each QuantizeLinear → DequantizeLinear pair on a varying tensor (the integer tensor
-    used by the DequantizeLinear alone, scales and zero points constant) by one `FakeQuant` node,
-    in place; returns the fused DequantizeLinear nodes' ONNX names. The caller recompiles."""
+    read by DequantizeLinears alone, scales and zero points constant) by one `FakeQuant` node per
+    DequantizeLinear (a QuantizeLinear shared by several, as dedicated QDQ pairs are not, is
+    recomputed in each: the same op on the same input, bit for bit), in place; returns the fused
+    DequantizeLinear nodes' ONNX names. The caller recompiles."""
     fused = []
-    for dq in list(module.graph.nodes):
-        if _op(dq) != "DequantizeLinear" or dq.kwargs or not dq.args:
+    for q in list(module.graph.nodes):
+        if _op(q) != "QuantizeLinear" or q.kwargs or not q.args or not q.users:
             continue
-        q = dq.args[0]
-        if not isinstance(q, fx.Node) or _op(q) != "QuantizeLinear" or len(q.users) != 1 or q.kwargs:
+        x, users = q.args[0], list(q.users)
+        if not (isinstance(x, fx.Node) and x in variable) or not all(map(_constant, q.args[1:])):
             continue
-        x = q.args[0]
-        if not (isinstance(x, fx.Node) and x in variable) or not all(map(_constant, (*q.args[1:], *dq.args[1:]))):
+        if not all(_op(dq) == "DequantizeLinear" and not dq.kwargs and dq.args[0] is q
+                   and all(map(_constant, dq.args[1:])) for dq in users):
             continue
-        name = f"fake_quant_{dq.name}"
-        module.add_submodule(name, GateChain(module, [q, dq], x))
-        dq.meta.update(onnx_op=FAKE_QUANT, onnx_domain=FUSED_DOMAIN, onnx_opset=1, onnx_attrs={},
-                       onnx_node=f"{dq.meta['onnx_node']} (DequantizeLinear·QuantizeLinear(x))")
-        dq.target, dq.args = name, (x,)
+        for dq in users:
+            name = f"fake_quant_{dq.name}"
+            module.add_submodule(name, GateChain(module, [q, dq], x))
+            dq.meta.update(onnx_op=FAKE_QUANT, onnx_domain=FUSED_DOMAIN, onnx_opset=1, onnx_attrs={},
+                           onnx_node=f"{dq.meta['onnx_node']} (DequantizeLinear·QuantizeLinear(x))")
+            dq.target, dq.args = name, (x,)
+            variable.add(dq)
+            fused.append(dq.meta["onnx_node"])
         module.graph.erase_node(q)
-        variable.add(dq)
-        fused.append(dq.meta["onnx_node"])
     return fused
 
 
