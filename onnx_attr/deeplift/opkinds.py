@@ -66,7 +66,8 @@ REFUSED = {
     "RoiAlign": "no rule yet (linear in X at fixed boxes in avg mode, a max in max mode)",
     "NonMaxSuppression": "it returns indices chosen by comparing scores",
     "Unique": "its output is chosen by comparing values",
-    "QuantizeLinear": "static quantization rounds: attribute the float model, or a dynamically quantized one",
+    "QuantizeLinear": "static quantization rounds, and only a QuantizeLinear read by DequantizeLinears alone "
+                      "(a fake-quant pair, quant_fusion.py) has a rule: attribute the float model",
     "DequantizeLinear": "static quantization (see QuantizeLinear)",
     "DynamicQuantizeLinear": "it is attributed only inside a dynamically quantized block (rules/quantized.py)",
     "MatMulInteger": "integer arithmetic, attributed only inside a dynamically quantized block",
