@@ -168,7 +168,7 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # its errors come back in ReferenceRuntimeError; its log would repeat them raw
     # its workers sleep between ops instead of spinning: on a shared machine a spinning pool takes
     # the cores the running op needs (the results do not change: same threads, same partitioning)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
