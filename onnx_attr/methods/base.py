@@ -202,7 +202,10 @@ class AttributionMethod:
             with torch.enable_grad():
                 value = self._selected(live, chunk_targets, index, kept)
                 wanted = [t for t, a in zip(live, attributed) if a]
-                grads = iter(target_gradients(value, wanted))
+                try:
+                    grads = iter(target_gradients(value, wanted))
+                except InputError as err:
+                    raise InputError(f"{err}{_rounding_hint(self.model)}") from None
             per_input = []
             for t, a, x in zip(live, attributed, on):
                 g = next(grads) if a else None
@@ -270,3 +273,15 @@ def _grown(t: Tensor, axis: Optional[int], n: int) -> Tensor:
 def target_values(model, tensors: list[Tensor], targets: Targets, index: int) -> Tensor:
     """out[target] per example of any model, without gradients, in the export's fixed batch."""
     return AttributionMethod(model)._value(tensors, targets, index)
+
+
+def _rounding_hint(model) -> str:
+    """Why a statically quantized model has no gradient path, and what does explain it."""
+    from onnx_attr.importing.verify import statically_quantized
+
+    graph = getattr(model, "onnx_model", None)
+    if graph is None or not statically_quantized(graph):
+        return ""
+    return (". This model is statically quantized: each QuantizeLinear rounds to an integer grid, whose "
+            "gradient is 0, so gradient methods see nothing; DeepLift (the default method) and the "
+            "perturbation methods explain it")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from onnx_attr.deeplift.rules.base import DecomposedRule, UnaryRule, rule
+from onnx_attr.deeplift.rules.base import DecomposedRule, UnaryRule, reduce_to, rule
 from onnx_attr.deeplift.rules.paired import pair_max, pair_min
 
 UNARY_OPS = (
@@ -62,3 +62,19 @@ class Clip(ExactSecant):
 @rule("SelfGated")
 class SelfGated(Rescale):
     """x·g(x) fused by the rewrite (unary_fusion.py): elementwise in x, one rescale over the whole."""
+
+
+@rule("FakeQuant")
+class FakeQuant(UnaryRule):
+    """A static quantizer's QuantizeLinear → DequantizeLinear pair (quant_fusion.py): a staircase,
+    flat almost everywhere, so the secant alone; where x == x0 the step's straight-through slope 1
+    (it meets Δx = 0, so completeness does not depend on it)."""
+
+    def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
+        (pos,) = info.variable_positions()
+        dx = args[pos] - refs[pos]
+        same = dx == 0
+        m = torch.where(same, torch.ones_like(dx), (out - ref_out) / dx.masked_fill(same, 1.0))
+        grads = [None] * len(args)
+        grads[pos] = reduce_to(grad * m, args[pos].shape)
+        return grads

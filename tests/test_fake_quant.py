@@ -1,0 +1,167 @@
+"""Static (QDQ) quantization under DeepLift (onnx_attr/deeplift/quant_fusion.py): each activation's
+QuantizeLinear → DequantizeLinear pair is one staircase with the secant as its multiplier; the
+forward stays bit for bit and completeness holds, as on onnxruntime's static quantizer's output
+(a Whisper-encoder end-of-turn classifier, pipecat's smart-turn, was refused before)."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_attr
+
+
+def _qdq_model(per_channel_weights: bool):
+    """x -> Q/DQ -> MatMul(DQ(W int8)) + b -> Q/DQ -> Relu -> Q/DQ -> MatMul(V) -> y, as the static
+    quantizer writes it: uint8 activations (one scale, zero point 128), int8 weights."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 12)).astype(np.float32) * 0.5
+    w_scale = (np.abs(w).max(0) / 127 if per_channel_weights else np.array(np.abs(w).max() / 127)).astype(np.float32)
+    w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(np.array(0.04, np.float32), "sx"), numpy_helper.from_array(np.array(128, np.uint8), "zx"),
+        numpy_helper.from_array(np.array(0.08, np.float32), "sh"), numpy_helper.from_array(np.array(128, np.uint8), "zh"),
+        numpy_helper.from_array(w_q, "Wq"), numpy_helper.from_array(w_scale, "Ws"),
+        numpy_helper.from_array(np.zeros(w_scale.shape, np.int8), "Wz"),
+        numpy_helper.from_array(rng.standard_normal(12).astype(np.float32), "b"),
+        numpy_helper.from_array((rng.standard_normal((12, 3)) * 20).astype(np.float32), "V"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"], name="q_in"),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], name="dq_in"),
+        helper.make_node("DequantizeLinear", ["Wq", "Ws", "Wz"], ["W"], name="dq_w", axis=1),
+        helper.make_node("MatMul", ["xd", "W"], ["m"], name="mm"),
+        helper.make_node("Add", ["m", "b"], ["h"], name="bias"),
+        helper.make_node("QuantizeLinear", ["h", "sh", "zh"], ["hq"], name="q_h"),
+        helper.make_node("DequantizeLinear", ["hq", "sh", "zh"], ["hd"], name="dq_h"),
+        helper.make_node("Relu", ["hd"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "sh", "zh"], ["rq"], name="q_r"),
+        helper.make_node("DequantizeLinear", ["rq", "sh", "zh"], ["rd"], name="dq_r"),
+        helper.make_node("MatMul", ["rd", "V"], ["y"], name="head"),
+    ]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("per_channel_weights", [False, True])
+def test_qdq_pairs_are_fused_complete_and_bit_for_bit(per_channel_weights):
+    model = _qdq_model(per_channel_weights)
+    imported = onnx_attr.load(model)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((4, 16)) * 2).astype(np.float32)  # within the input's quantized range (±5.1)
+    x0 = np.zeros((1, 16), np.float32)
+    options = ort.SessionOptions()  # the graph as written: the optimizer's integer QDQ kernels round otherwise
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    y, y0 = session.run(None, {"x": x})[0], session.run(None, {"x": x0})[0]
+    assert imported.verify({"x": x}).passed
+    dl = onnx_attr.DeepLift(imported)
+    attributions, delta = dl.attribute(x, x0, target=2, return_convergence_delta=True)
+    rewritten = {op for _, op, _ in dl.engine.rewrite.rewritten}
+    assert "FakeQuant" in rewritten and not {"QuantizeLinear", "DequantizeLinear"} & rewritten
+    assert np.abs(y[:, 2] - y0[:, 2]).max() > 10  # logits in the tens: a real difference to explain
+    total = attributions.reshape(4, -1).sum(1)
+    np.testing.assert_allclose(total, y[:, 2] - y0[:, 2], rtol=1e-4, atol=1e-4 * np.abs(y[:, 2]).max())
+    assert dl.last_report["max_relative_delta"] <= 1e-4
+    # every mode's forward is the plain module's, bit for bit
+    rewrite, xs = dl.engine.rewrite, torch.from_numpy(x)
+    plain = imported(xs)
+    for mode in ("off", "reference", "deeplift"):
+        if mode == "deeplift":
+            rewrite.state.mode = "reference"
+            rewrite.module(torch.from_numpy(x0))
+        rewrite.state.mode = mode
+        assert torch.equal(rewrite.module(xs), plain), mode
+    rewrite.state.mode = "off"
+
+
+def test_the_fake_quant_multiplier_is_the_staircase_secant():
+    """On the input pair alone, each input's attribution is exactly its own step Δ(DQ(Q(x)))."""
+    scale, zero = 0.25, 128
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                              [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+                               numpy_helper.from_array(np.array(zero, np.uint8), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    dl = onnx_attr.DeepLift(onnx_attr.load(model, strip_final_activation=False))
+    x = np.array([[0.1, 0.13, -7.0, 40.0, 1.0]], np.float32)  # below a step, on one, saturating low and high, equal
+    x0 = np.array([[0.0, 0.0, 0.0, 0.0, 1.0]], np.float32)
+    staircase = lambda v: (np.clip(np.round(v / scale) + zero, 0, 255) - zero) * scale  # noqa: E731
+    expected = staircase(x) - staircase(x0)
+    for k in range(5):
+        attributions = dl.attribute(x, x0, target=(k,))
+        row = np.zeros(5, np.float32)
+        row[k] = expected[0, k]
+        np.testing.assert_allclose(attributions[0], row, atol=1e-6)
+
+
+def test_verify_takes_the_qdq_graph_as_written_and_still_catches_a_wrong_import():
+    """onnxruntime's optimizer swaps this graph's QDQ groups for integer kernels that round
+    elsewhere (outputs tens apart): verify compares with the graph as written, and a wrong
+    weight in the import still fails it, the jitter envelope notwithstanding."""
+    model = _qdq_model(False)
+    x = (np.random.default_rng(1).standard_normal((4, 16)) * 2).astype(np.float32)
+    optimized = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    imported = onnx_attr.load(model)
+    ours = imported.run({"x": x})[0].numpy()
+    assert np.abs(ours - optimized).max() > 1.0
+    report = imported.verify({"x": x})
+    assert report.passed and report.outputs[0].max_abs <= 1e-4
+    assert any("statically quantized" in note for note in report.notes)
+    with torch.no_grad():
+        imported.module.initializers.b[3] += 0.5  # a bias off by about six activation steps
+    broken = imported.verify({"x": x})
+    assert not broken.passed
+    assert broken.outputs[0].quantized_spread is not None and broken.outputs[0].max_abs > 2 * broken.outputs[0].quantized_spread
+
+
+def test_gradient_methods_say_why_a_qdq_model_has_no_gradient():
+    from onnx_attr.errors import InputError
+
+    imported = onnx_attr.load(_qdq_model(False))
+    x = (np.random.default_rng(1).standard_normal((2, 16)) * 2).astype(np.float32)
+    with pytest.raises(InputError, match="statically quantized.*DeepLift"):
+        onnx_attr.IntegratedGradients(imported).attribute(x, target=0)
+
+
+def test_inspect_kinds_follow_the_fusion():
+    """A weight's DequantizeLinear is a constant (not listed); an activation's pair is a unary staircase."""
+    from onnx_attr.deeplift.opkinds import nonlinear_nodes
+
+    kinds = {n["node"]: n["kind"] for n in nonlinear_nodes(_qdq_model(False))}
+    assert "dq_w" not in kinds
+    assert all(kinds[name] == "unary" for name in ("q_in", "dq_in", "q_h", "dq_h", "q_r", "dq_r"))
+
+
+def test_a_quantize_shared_by_two_dequantizes_is_fused_into_each():
+    """x -> MatMul -> Q, read by two DequantizeLinears (one per consumer branch), joined by Add."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 6)) * 0.7).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array((rng.standard_normal((6, 2)) * 30).astype(np.float32), "V")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+             helper.make_node("QuantizeLinear", ["h", "s", "z"], ["hq"], name="q"),
+             helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["a"], name="dq_a"),
+             helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["b"], name="dq_b"),
+             helper.make_node("Tanh", ["a"], ["ta"], name="tanh"),
+             helper.make_node("Add", ["ta", "b"], ["j"], name="join"),
+             helper.make_node("MatMul", ["j", "V"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    imported = onnx_attr.load(model)
+    x = (rng.standard_normal((3, 8)) * 2).astype(np.float32)
+    x0 = np.zeros((1, 8), np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    y, y0 = session.run(None, {"x": x})[0], session.run(None, {"x": x0})[0]
+    dl = onnx_attr.DeepLift(imported)
+    attributions = dl.attribute(x, x0, target=1)
+    assert sum(op == "FakeQuant" for _, op, _ in dl.engine.rewrite.rewritten) == 2
+    np.testing.assert_allclose(attributions.sum(1), y[:, 1] - y0[:, 1], rtol=1e-4, atol=1e-4 * np.abs(y[:, 1]).max())
+    assert torch.equal(dl.engine.rewrite.module(torch.from_numpy(x)), imported(torch.from_numpy(x)))
