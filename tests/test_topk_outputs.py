@@ -15,7 +15,7 @@ from onnx import helper
 import onnx_attr
 from conftest import FLOAT, make_model, ort_run
 from onnx_attr.app.cli import main
-from onnx_attr.importing.final_activation import KEPT_BY_TOPK, TOPK_SCORES
+from onnx_attr.importing.final_activation import KEPT_BY_NMS, KEPT_BY_TOPK, TOPK_SCORES
 
 RNG = np.random.default_rng(47)
 WB = RNG.standard_normal((3, 4)).astype(np.float32)
@@ -122,3 +122,36 @@ def test_topk_inside_the_network_is_not_an_output():
                        initializers={"wc": WC, "k": np.array([2], np.int64)})
     model = onnx_attr.load(proto, strip_final_activation=False)
     assert [(o.name, o.role) for o in model.outputs] == [("y", None)]
+
+
+def test_topk_preselection_before_nms_exposes_the_scores_before_the_topk():
+    """Top-k anchors by objectness, then NMS over the gathered ones (RetinaNet-style exports): the
+    NMS's scores come through the TopK, so the scores the TopK reads are the explained output."""
+    nodes = [helper.make_node("MatMul", ["x", "wb"], ["boxes"]),
+             helper.make_node("MatMul", ["x", "wo"], ["obj"]),
+             helper.make_node("Squeeze", ["obj", "minus_one"], ["obj2"]),
+             helper.make_node("Sigmoid", ["obj2"], ["scores"]),
+             helper.make_node("TopK", ["scores", "k"], ["top_scores", "top_idx"], axis=1, name="pre_topk"),
+             helper.make_node("Unsqueeze", ["top_idx", "minus_one"], ["idx3"]),
+             helper.make_node("Expand", ["idx3", "box_shape"], ["idx_boxes"]),
+             helper.make_node("GatherElements", ["boxes", "idx_boxes"], ["top_boxes"], axis=1),
+             helper.make_node("Unsqueeze", ["top_scores", "one"], ["nms_scores"]),
+             helper.make_node("NonMaxSuppression", ["top_boxes", "nms_scores", "keep", "iou", "floor"], ["picked"]),
+             helper.make_node("Gather", ["picked", "two"], ["box_index"], axis=1),
+             helper.make_node("Reshape", ["top_scores", "minus_one"], ["flat_scores"]),
+             helper.make_node("Gather", ["flat_scores", "box_index"], ["kept"], axis=0)]
+    proto = make_model(nodes, [("x", FLOAT, [1, 8, 3])], [("kept", FLOAT, ["K"])], opset=13, initializers={
+        "wb": WB, "wo": WO, "k": np.array([5], np.int64), "minus_one": np.array([-1], np.int64),
+        "one": np.array([1], np.int64), "two": np.array(2, np.int64), "box_shape": np.array([1, 5, 4], np.int64),
+        "keep": np.array([3], np.int64), "iou": np.array([0.5], np.float32), "floor": np.array([0.0], np.float32)})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert [(o.name, o.role) for o in model.outputs] == [("kept", KEPT_BY_NMS), ("scores", TOPK_SCORES)]
+    x = (RNG.standard_normal((1, 8, 3)) * 2).astype(np.float32)
+    assert model.verify({"x": x}).passed
+    scores = _sigmoid(x.astype(np.float64) @ WO)[..., 0]
+    np.testing.assert_allclose(ort_run(model.reference_model, {"x": x})[1], scores, rtol=1e-5, atol=1e-6)
+    anchor = int(scores[0].argmax())
+    dl = onnx_attr.DeepLift(model)
+    attr = dl.attribute(x, target=anchor)
+    assert dl.last_report["output"] == "scores"
+    np.testing.assert_allclose(np.asarray(attr, np.float64).sum(), scores[0, anchor] - 0.5, rtol=1e-4)

@@ -189,7 +189,7 @@ SELECTED = frozenset({KEPT_BY_NMS, KEPT_BY_TOPK})
 SELECTION_ONLY = PASS_THROUGH | frozenset({
     "Gather", "GatherElements", "GatherND", "Concat", "Slice", "Split", "Expand", "Tile", "Shape", "Size",
     "Div", "Mod", "Floor", "Add", "Sub", "Mul", "Where", "Greater", "Less", "GreaterOrEqual", "LessOrEqual",
-    "Equal", "And", "Not", "NonZero", "ArgMax", "Clip", "Max", "Min"})
+    "Equal", "And", "Not", "NonZero", "ArgMax", "Clip", "Max", "Min", "NonMaxSuppression"})
 
 
 def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
@@ -235,16 +235,20 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
         if node is not None and node.op_type == "ArgMax" and node.domain in ("", "ai.onnx"):
             expose(node.input[0], f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}, "
                                   "which has no gradient")
+    finals = _final_topks(graph)
+    preselected = set().union(*(made for _, made in finals))
     suppressions = [n for n in graph.node if n.op_type == "NonMaxSuppression" and n.domain in ("", "ai.onnx")]
     kept = _downstream(graph, {o for n in suppressions for o in n.output}) & {o.name for o in graph.output}
     roles = dict.fromkeys(kept, KEPT_BY_NMS)
     for node in suppressions:
-        if len(node.input) > 1 and kept and expose(
+        # NMS scores gathered by a final TopK's pre-selection (top-k anchors, then NMS): the TopK's
+        # scores are exposed below instead, since explaining these would need a rule for the TopK
+        if len(node.input) > 1 and kept and node.input[1] not in preselected and expose(
                 node.input[1], f"output(s) {sorted(kept)} hold what NonMaxSuppression node "
                                f"{node.name or node.output[0]!r} kept, which changes along the path from the "
                                f"baseline; its class scores {node.input[1]!r} are what it selects from"):
             roles.setdefault(node.input[1], NMS_SCORES)
-    for node, made in _final_topks(graph):
+    for node, made in finals:
         picked = made & {o.name for o in graph.output}
         if expose(node.input[0], f"output(s) {sorted(picked)} hold what TopK node {node.name or node.output[0]!r} "
                                  "selected, which changes along the path from the baseline; its scores "
