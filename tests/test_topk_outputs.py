@@ -155,3 +155,33 @@ def test_topk_preselection_before_nms_exposes_the_scores_before_the_topk():
     attr = dl.attribute(x, target=anchor)
     assert dl.last_report["output"] == "scores"
     np.testing.assert_allclose(np.asarray(attr, np.float64).sum(), scores[0, anchor] - 0.5, rtol=1e-4)
+
+
+def test_cli_default_target_on_an_end2end_yolo_head(tmp_path):
+    path = tmp_path / "yolo.onnx"
+    onnx.save(yolo_end2end(), path)
+    x = (RNG.standard_normal((1, 8, 3)) * 2).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "--no-pictures", "--keep-final-activation", "--method", "integratedgradients"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["output"] == "scores"
+    scores = _sigmoid(x.astype(np.float64) @ WO)[..., 0]
+    with np.load(tmp_path / "out" / "attributions.npz", allow_pickle=False) as data:
+        np.testing.assert_allclose(data["x"].astype(np.float64).sum(), scores.max() - 0.5, rtol=1e-3)
+
+
+def test_topk_feeding_attention_is_not_an_output():
+    """Top-k keys gathered then multiplied with the queries (sparse attention): the TopK feeds a
+    MatMul, so it is part of the network and nothing is exposed."""
+    nodes = [helper.make_node("MatMul", ["x", "wc"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["key_score"], axes=[2], keepdims=0),
+             helper.make_node("TopK", ["key_score", "k"], ["vals", "idx"], axis=1),
+             helper.make_node("Squeeze", ["idx", "zero"], ["idx0"]),
+             helper.make_node("Gather", ["x", "idx0"], ["keys"], axis=1),
+             helper.make_node("Transpose", ["keys"], ["keys_t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["x", "keys_t"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 6, 3])], [("y", FLOAT, [1, 6, 2])], opset=13,
+                       initializers={"wc": WC, "k": np.array([2], np.int64), "zero": np.array([0], np.int64)})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert [(o.name, o.role) for o in model.outputs] == [("y", None)]
