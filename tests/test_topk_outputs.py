@@ -15,7 +15,7 @@ from onnx import helper
 import onnx_attr
 from conftest import FLOAT, make_model, ort_run
 from onnx_attr.app.cli import main
-from onnx_attr.importing.final_activation import KEPT_BY_NMS, KEPT_BY_TOPK, TOPK_SCORES
+from onnx_attr.importing.final_activation import KEPT_BY_NMS, KEPT_BY_TOPK, NMS_SCORES, TOPK_SCORES
 
 RNG = np.random.default_rng(47)
 WB = RNG.standard_normal((3, 4)).astype(np.float32)
@@ -185,3 +185,28 @@ def test_topk_feeding_attention_is_not_an_output():
                        initializers={"wc": WC, "k": np.array([2], np.int64), "zero": np.array([0], np.int64)})
     model = onnx_attr.load(proto, strip_final_activation=False)
     assert [(o.name, o.role) for o in model.outputs] == [("y", None)]
+
+
+def test_topk_after_nms_adds_no_second_output():
+    """multiclass_nms3's keep_top_k: a TopK over the scores the NMS kept. Those are a selection
+    already; only the scores the NMS reads are exposed."""
+    nodes = [helper.make_node("MatMul", ["x", "wb"], ["boxes"]),
+             helper.make_node("MatMul", ["x", "wo"], ["obj"]),
+             helper.make_node("Transpose", ["obj"], ["obj_t"], perm=[0, 2, 1]),
+             helper.make_node("Sigmoid", ["obj_t"], ["scores"]),
+             helper.make_node("NonMaxSuppression", ["boxes", "scores", "keep", "iou", "floor"], ["picked"]),
+             helper.make_node("Gather", ["picked", "two"], ["box_index"], axis=1),
+             helper.make_node("Reshape", ["scores", "minus_one"], ["flat_scores"]),
+             helper.make_node("Gather", ["flat_scores", "box_index"], ["kept_scores"], axis=0),
+             helper.make_node("TopK", ["kept_scores", "k"], ["top", "top_idx"], axis=0),
+             helper.make_node("Gather", ["box_index", "top_idx"], ["top_boxes"], axis=0)]
+    proto = make_model(nodes, [("x", FLOAT, [1, 8, 3])], [("top", FLOAT, ["K"]), ("top_boxes", INT, ["K"])],
+                       opset=13, initializers={
+                           "wb": WB, "wo": WO, "k": np.array([1], np.int64), "minus_one": np.array([-1], np.int64),
+                           "two": np.array(2, np.int64), "keep": np.array([3], np.int64),
+                           "iou": np.array([0.5], np.float32), "floor": np.array([0.0], np.float32)})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert [(o.name, o.role) for o in model.outputs] == [
+        ("top", KEPT_BY_NMS), ("top_boxes", KEPT_BY_NMS), ("scores", NMS_SCORES)]
+    x = (RNG.standard_normal((1, 8, 3)) * 2).astype(np.float32)
+    assert model.verify({"x": x}).passed

@@ -238,7 +238,8 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
     finals = _final_topks(graph)
     preselected = set().union(*(made for _, made in finals))
     suppressions = [n for n in graph.node if n.op_type == "NonMaxSuppression" and n.domain in ("", "ai.onnx")]
-    kept = _downstream(graph, {o for n in suppressions for o in n.output}) & {o.name for o in graph.output}
+    suppressed = _downstream(graph, {o for n in suppressions for o in n.output})
+    kept = suppressed & {o.name for o in graph.output}
     roles = dict.fromkeys(kept, KEPT_BY_NMS)
     for node in suppressions:
         # NMS scores gathered by a final TopK's pre-selection (top-k anchors, then NMS): the TopK's
@@ -249,6 +250,10 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
                                f"baseline; its class scores {node.input[1]!r} are what it selects from"):
             roles.setdefault(node.input[1], NMS_SCORES)
     for node, made in finals:
+        # a TopK over what a selection already made (multiclass_nms3's keep_top_k after its NMS,
+        # a second TopK over the first's values) adds nothing to explain: that selection's scores are
+        if node.input[0] in suppressed or any(node.input[0] in other for n, other in finals if n is not node):
+            continue
         picked = made & {o.name for o in graph.output}
         if expose(node.input[0], f"output(s) {sorted(picked)} hold what TopK node {node.name or node.output[0]!r} "
                                  "selected, which changes along the path from the baseline; its scores "
