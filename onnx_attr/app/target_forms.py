@@ -35,7 +35,7 @@ import numpy as np
 
 from onnx_attr.errors import InputError
 from onnx_attr.deeplift.targets import Target
-from onnx_attr.importing.final_activation import NMS_SCORES
+from onnx_attr.importing.final_activation import NMS_SCORES, TOPK_SCORES
 
 if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument checks
     from torch import Tensor
@@ -165,6 +165,9 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if getattr(spec, "role", None) == NMS_SCORES:
         return Layout("the class scores [N, C, A] a NonMaxSuppression reads", "detector", "anchor", box=0,
                       scores_first=True, final=op)
+    if getattr(spec, "role", None) == TOPK_SCORES:
+        return Layout("the scores [N, A, C] a TopK selects detections from", "detector", "anchor", box=0,
+                      scores_first=False, final=op)
     if axis == 1:
         return Layout("a time-major sequence [T, N, C]", "sequence", "greedy", final=op)
     if op in ("Softmax", "LogSoftmax"):

@@ -180,6 +180,16 @@ _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.
 
 #: `OutputSpec.role` of the outputs `expose_selection_scores` finds
 KEPT_BY_NMS, NMS_SCORES = "kept by NonMaxSuppression", "class scores [N, C, A] of a NonMaxSuppression"
+KEPT_BY_TOPK, TOPK_SCORES = "kept by TopK", "scores a TopK selects detections from"
+#: roles of outputs made by a data-dependent selection: explained only when asked for by name
+SELECTED = frozenset({KEPT_BY_NMS, KEPT_BY_TOPK})
+#: what a TopK's values and indices may pass through for the TopK to be a detector's final
+#: selection (gathering, reshaping, joining, index arithmetic); anything else (a MatMul, a
+#: reduction, a Softmax) means the TopK works inside the network and is left alone
+SELECTION_ONLY = PASS_THROUGH | frozenset({
+    "Gather", "GatherElements", "GatherND", "Concat", "Slice", "Split", "Expand", "Tile", "Shape", "Size",
+    "Div", "Mod", "Floor", "Add", "Sub", "Mul", "Where", "Greater", "Less", "GreaterOrEqual", "LessOrEqual",
+    "Equal", "And", "Not", "NonZero", "ArgMax", "Clip", "Max", "Min", "NonMaxSuppression"})
 
 
 def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
@@ -225,21 +235,52 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
         if node is not None and node.op_type == "ArgMax" and node.domain in ("", "ai.onnx"):
             expose(node.input[0], f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}, "
                                   "which has no gradient")
+    finals = _final_topks(graph)
+    preselected = set().union(*(made for _, made in finals))
     suppressions = [n for n in graph.node if n.op_type == "NonMaxSuppression" and n.domain in ("", "ai.onnx")]
-    kept = _downstream(graph, {o for n in suppressions for o in n.output}) & {o.name for o in graph.output}
+    suppressed = _downstream(graph, {o for n in suppressions for o in n.output})
+    kept = suppressed & {o.name for o in graph.output}
     roles = dict.fromkeys(kept, KEPT_BY_NMS)
     for node in suppressions:
-        if len(node.input) > 1 and kept and expose(
+        # NMS scores gathered by a final TopK's pre-selection (top-k anchors, then NMS): the TopK's
+        # scores are exposed below instead, since explaining these would need a rule for the TopK
+        if len(node.input) > 1 and kept and node.input[1] not in preselected and expose(
                 node.input[1], f"output(s) {sorted(kept)} hold what NonMaxSuppression node "
                                f"{node.name or node.output[0]!r} kept, which changes along the path from the "
                                f"baseline; its class scores {node.input[1]!r} are what it selects from"):
             roles.setdefault(node.input[1], NMS_SCORES)
+    for node, made in finals:
+        # a TopK over what a selection already made (multiclass_nms3's keep_top_k after its NMS,
+        # a second TopK over the first's values) adds nothing to explain: that selection's scores are
+        if node.input[0] in suppressed or any(node.input[0] in other for n, other in finals if n is not node):
+            continue
+        picked = made & {o.name for o in graph.output}
+        if expose(node.input[0], f"output(s) {sorted(picked)} hold what TopK node {node.name or node.output[0]!r} "
+                                 "selected, which changes along the path from the baseline; its scores "
+                                 f"{node.input[0]!r} are what it selects from"):
+            roles.update(dict.fromkeys(picked - set(roles), KEPT_BY_TOPK))
+            roles.setdefault(node.input[0], TOPK_SCORES)
     if not added:
         return model, notes, roles
     out = onnx.ModelProto()
     out.CopyFrom(model)
     out.graph.output.extend(added)
     return out, notes, roles
+
+
+def _final_topks(graph: onnx.GraphProto) -> list[tuple]:
+    """The TopK nodes that are a detector's final selection, each with the tensors made from it:
+    what they select reaches graph outputs only through `SELECTION_ONLY` ops (and reaches one)."""
+    outputs = {o.name for o in graph.output}
+    found = []
+    for node in graph.node:
+        if node.op_type != "TopK" or node.domain not in ("", "ai.onnx"):
+            continue
+        made = _downstream(graph, {o for o in node.output if o})
+        consumers = [n for n in graph.node if n is not node and any(i in made for i in n.input)]
+        if made & outputs and all(n.op_type in SELECTION_ONLY and n.domain in ("", "ai.onnx") for n in consumers):
+            found.append((node, made))
+    return found
 
 
 def _downstream(graph: onnx.GraphProto, names: set[str]) -> set[str]:
