@@ -23,7 +23,8 @@ ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "RNN")},
                     "LogSumExpPool": "tests/test_smooth.py", "SelfGated": "tests/test_self_gated.py",
                     **{op: "tests/test_quantized_lstm.py" for op in ("DynamicQuantizeLSTM", "QuantizedBlock")},
-                    "BranchSelect": "tests/test_branch_select.py", "ArgMaxOneHot": "tests/test_loop_unroll.py"}
+                    "BranchSelect": "tests/test_branch_select.py", "ArgMaxOneHot": "tests/test_loop_unroll.py",
+                    "FakeQuant": "tests/test_fake_quant.py"}
 
 
 def build(case: Case, dtype) -> tuple[onnx.ModelProto, list[str]]:
