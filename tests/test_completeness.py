@@ -319,4 +319,9 @@ def test_completeness_property(op, dtype, scale, rows, width, reference, seed):
     f0 = pick(dl.model.run(np.broadcast_to(x0, x.shape))[0].double().numpy())
     total = attrs.astype(np.float64).reshape(rows, -1).sum(1)
     bound = completeness_bound(dtype, fx - f0, fx, f0)
+    if dtype == np.float32:  # plus the forward's own rounding, measured against the op in float64: a
+        # float32 layer norm over two near-equal values is ~1% off (x - mean cancels), past any few ulps
+        exact = _symbolic(op, np.float64).model
+        bound = bound + np.abs(fx - pick(exact.run(x.astype(np.float64))[0].numpy())) + np.abs(
+            f0 - pick(exact.run(np.broadcast_to(x0, x.shape).astype(np.float64))[0].numpy()))
     assert np.all(np.abs(total - (fx - f0)) <= bound), (total, fx - f0)

@@ -34,7 +34,7 @@ ThresholdedRelu Where Xor Dropout""".split())
 
 #: ops over [N, C, spatial...] that treat each example apart, their other inputs constant
 PER_EXAMPLE = frozenset("""Conv ConvTranspose ConvInteger MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool
-GlobalLpPool BatchNormalization InstanceNormalization LRN DepthToSpace SpaceToDepth""".split())
+GlobalLpPool BatchNormalization InstanceNormalization GroupNormalization LRN DepthToSpace SpaceToDepth""".split())
 
 
 class _Unknown(Exception):
@@ -121,6 +121,9 @@ class _Walk:
         op = node.op_type
         if all(v is None for v in ins):  # nothing of the examples flows in (sizes may still be folded)
             return [self.shape_value(node, ins) if op in SHAPE_OPS else None] + [None] * (len(node.output) - 1)
+        if (op in ELEMENTWISE or op in ("TopK", "CumSum")) and op not in SHAPE_OPS and not any(
+                isinstance(v, list) and B in v for v in ins):
+            ins = [None if isinstance(v, list) else v for v in ins]  # sizes of one example: constants here
         if any(isinstance(v, list) for v in ins):
             return [self.shape_value(node, ins)] + [None] * (len(node.output) - 1)
         if op in ELEMENTWISE:
@@ -265,6 +268,20 @@ class _Walk:
             raise _Unknown
         repeats = self.value(node.input[1], None)
         if repeats is None or repeats[ins[0]] != 1:
+            raise _Unknown
+        return [ins[0]]
+
+    def op_TopK(self, node, ins):
+        """Along an axis other than the batch's, k the same for every example."""
+        k = ins[1] if len(ins) > 1 else None
+        if isinstance(k, int) or (isinstance(k, list) and B in k) or self._along(node, ins, default=-1) == ins[0]:
+            raise _Unknown
+        return [ins[0], ins[0]]
+
+    def op_CumSum(self, node, ins):
+        axis = self.value(node.input[1], ins[1])
+        rank = len(self.shape(node.input[0]))
+        if axis is None or len(axis) != 1 or axis[0] == FREE or axis[0] % rank == ins[0]:
             raise _Unknown
         return [ins[0]]
 
