@@ -511,8 +511,14 @@ def _inferred_shapes(proto: onnx.ModelProto, tensors, specs) -> dict[str, list]:
         del dims[:]
         for d in t.shape:
             dims.add().dim_value = int(d)
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(light, auto_merge=False, guess_output_rank=False)
+    try:  # its `infer_shapes` saves the graph into the working directory when it cannot finish: its
+        # loop, without that; what it did infer is kept
+        inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
+        inference._preprocess(light)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        inferred = inference.out_mp_
     except Exception:  # it asserts on some graphs (a 1-D Concat on axis -1): ONNX's, as far as it goes
         inferred = None
     try:
