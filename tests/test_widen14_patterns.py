@@ -47,3 +47,43 @@ def test_clip_with_an_omitted_bound_imports_and_is_complete(bounds):
     attr, delta = onnx_attr.DeepLift(model).attribute(x, x0, target=2, return_convergence_delta=True)
     change = float(expected[0, 2] - f0[0, 2])
     assert abs(float(attr.sum()) - change) <= 1e-5 * max(1.0, abs(change))
+
+
+def mos_score_model(seed: int):
+    """A speech-quality head as speechmos's AECMOS ends: 1 + 4·σ(z), a score in [1, 5] sitting near
+    5, where a float32 step is 4.8e-7 and the input moves it by 1e-5 ... 5e-4."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z0"]), helper.make_node("Add", ["z0", "b"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["s"]), helper.make_node("Mul", ["s", "four"], ["s4"]),
+             helper.make_node("Add", ["s4", "one"], ["out"])]
+    inits = {"w": (rng.standard_normal((16, 1)) * 0.05).astype(np.float32), "b": np.array([6.5], np.float32),
+             "four": np.array(4.0, np.float32), "one": np.array(1.0, np.float32)}
+    return make_model(nodes, [("x", FLOAT, ["N", 16])], [("out", FLOAT, ["N", 1])], initializers=inits)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_relative_delta_floor_scales_with_the_outputs(seed):
+    """Exact attributions of a score near 5 leave a delta of half a float32 step at 5 (2.4e-7): the
+    rounding of f(x) and f(x0) themselves. Against a change of 1e-4 that read as 2e-4 with a floor
+    fixed at outputs near 1; the floor now scales with max(1, |f(x)|, |f(x0)|)."""
+    proto = mos_score_model(seed)
+    x = np.random.default_rng(seed).standard_normal((8, 16)).astype(np.float32)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    dl = onnx_attr.DeepLift(model)
+    _, delta = dl.attribute(x, target=0, return_convergence_delta=True)
+    change = ort_run(proto, {"x": x})[0][:, 0] - ort_run(proto, {"x": np.zeros_like(x)})[0][:, 0]
+    assert np.abs(change).min() < 5e-4 and float(np.abs(np.asarray(delta)).max()) < 5e-7
+    assert dl.last_report["max_relative_delta"] <= 1e-4 and not dl.last_report["warnings"]
+
+
+def test_relative_delta_still_flags_errors_above_the_outputs_rounding():
+    import torch
+
+    from onnx_attr.methods.deeplift import relative_delta
+
+    change, magnitude = torch.tensor([1e-3, 1e-3, 0.5]), torch.tensor([5.0, 0.3, 0.4])
+    # 2.4e-7 at 5 is rounding; 2e-5 at 5 is 40 float32 steps; 1e-5 on a probability change of 1e-3 is 1%
+    relative = relative_delta(torch.tensor([2.4e-7, 2e-5, 1e-5]), change, "float32", magnitude)
+    assert relative[0] <= 1e-4 and relative[1] > 1e-4
+    assert relative_delta(torch.tensor([2e-6]), torch.tensor([1e-3]), "float32", torch.tensor([0.3]))[0] > 1e-4
+    assert relative[2] == pytest.approx(2e-5)

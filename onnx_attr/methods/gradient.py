@@ -179,7 +179,8 @@ class IntegratedGradients(AttributionMethod):
         reference = self._value(prepared.baselines, targets, index, axes=axes)
         delta = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None) - (
             value.double() - reference.double())
-        self._report({**method_report(self.model, "IntegratedGradients", delta, value - reference, index),
+        self._report({**method_report(self.model, "IntegratedGradients", delta, value - reference, index,
+                                                   torch.maximum(value.abs(), reference.abs())),
                       "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared),
                       **prepared.report(self.model), "steps_stacked": stack})
         out = prepared.repack(attributions)
