@@ -87,3 +87,62 @@ def test_relative_delta_still_flags_errors_above_the_outputs_rounding():
     assert relative[0] <= 1e-4 and relative[1] > 1e-4
     assert relative_delta(torch.tensor([2e-6]), torch.tensor([1e-3]), "float32", torch.tensor([0.3]))[0] > 1e-4
     assert relative[2] == pytest.approx(2e-5)
+
+
+def divide_no_nan_model(negated: bool = False, fill: float = 0.0):
+    """basic-pitch's normalised log-CQT as tf2onnx writes it: s = 10·log10(x² + eps), then
+    tf.math.divide_no_nan(s - min s, max(s - min s)) = Where(Equal(d, 0), 0, Div(n, d)); at a
+    constant input (the zero baseline) d = 0 and the guard gives 0. A linear head after it."""
+    cond = ["is_zero"] if not negated else ["not_zero"]
+    branches = ["fill", "q"] if not negated else ["q", "fill"]
+    nodes = [
+        helper.make_node("Mul", ["x", "x"], ["sq"]),
+        helper.make_node("Add", ["sq", "eps"], ["power"]),
+        helper.make_node("Log", ["power"], ["ln"]),
+        helper.make_node("Mul", ["ln", "to_db"], ["s"]),
+        helper.make_node("ReduceMin", ["s"], ["lo"], axes=[1, 2], keepdims=1),
+        helper.make_node("Sub", ["s", "lo"], ["n"]),
+        helper.make_node("ReduceMax", ["n"], ["d"], axes=[1, 2], keepdims=1),
+        helper.make_node("Div", ["n", "d"], ["q"]),
+        helper.make_node("Equal", ["d", "zero"], ["is_zero"]),
+        *([helper.make_node("Not", ["is_zero"], ["not_zero"])] if negated else []),
+        helper.make_node("Where", [*cond, *branches], ["normalised"]),
+        helper.make_node("Flatten", ["normalised"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["out"]),
+    ]
+    inits = {"eps": np.array(1e-10, np.float32), "to_db": np.array(10 / np.log(10), np.float32),
+             "zero": np.array(0.0, np.float32), "fill": np.array(fill, np.float32),
+             "w": RNG.standard_normal((24, 3)).astype(np.float32)}
+    return make_model(nodes, [("x", FLOAT, ["N", 4, 6])], [("out", FLOAT, ["N", 3])], initializers=inits, opset=13)
+
+
+@pytest.mark.parametrize("negated", [False, True], ids=["where-equal", "where-not-equal"])
+def test_divide_no_nan_at_a_zero_divisor_reference_is_finite_and_complete(negated):
+    proto = divide_no_nan_model(negated)
+    x = (RNG.standard_normal((3, 4, 6)) * 0.3).astype(np.float32)
+    x0 = np.zeros_like(x)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    fx_, f0 = ort_run(proto, {"x": x})[0], ort_run(proto, {"x": x0})[0]
+    np.testing.assert_allclose(model.run({"x": x})[0].numpy(), fx_, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(f0, 0.0)  # the guard: 0 / 0 reads 0
+    dl = onnx_attr.DeepLift(model)
+    assert ("GuardedDiv", "bilinear") in {(op, kind) for _, op, kind in dl.engine.rewrite.rewritten}
+    for target in (0, 2):
+        attr, delta = dl.attribute(x, x0, target=target, return_convergence_delta=True)
+        assert np.isfinite(attr).all() and dl.last_report["non_finite"] is None
+        change = fx_[:, target] - f0[:, target]
+        np.testing.assert_allclose(attr.reshape(3, -1).sum(1), change, rtol=1e-4, atol=1e-4)
+        assert dl.last_report["max_relative_delta"] <= 1e-4
+    # the forward of the rewritten module is the plain one, bit for bit
+    import torch
+
+    with torch.no_grad():
+        np.testing.assert_array_equal(dl.engine.rewrite.module(torch.from_numpy(x)).numpy(),
+                                      model.module(torch.from_numpy(x)).numpy())
+
+
+def test_a_where_that_fills_another_value_is_not_a_guarded_division():
+    """Where(Equal(d, 0), 1, n / d) is no divide_no_nan: it stays a Where (a selection) and a Div."""
+    dl = onnx_attr.DeepLift(onnx_attr.load(divide_no_nan_model(fill=1.0), strip_final_activation=False))
+    ops = {op for _, op, _ in dl.engine.rewrite.rewritten}
+    assert "GuardedDiv" not in ops and "Div" in ops

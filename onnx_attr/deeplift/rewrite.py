@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 from torch import fx
 
 from onnx_attr.deeplift.argmax_fusion import fuse_argmax_one_hots
+from onnx_attr.deeplift.guard_fusion import fuse_guarded_divisions
 from onnx_attr.deeplift.opkinds import domain_op_kind, op_kind, refusal
 from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, signature_names
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
@@ -157,6 +158,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
     fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
+    fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)
     result.self_gated.extend(fuse_self_gated(out, variable, recompile=False))  # SiLU, HardSwish as exported (unary_fusion.py)
     unsupported: list[tuple[str, str, int, str, str]] = []
     unsupported_nodes: list[fx.Node] = []
