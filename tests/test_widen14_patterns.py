@@ -146,3 +146,33 @@ def test_a_where_that_fills_another_value_is_not_a_guarded_division():
     dl = onnx_attr.DeepLift(onnx_attr.load(divide_no_nan_model(fill=1.0), strip_final_activation=False))
     ops = {op for _, op, _ in dl.engine.rewrite.rewritten}
     assert "GuardedDiv" not in ops and "Div" in ops
+
+
+def squeezed_score_model():
+    """speechmos's PLCMOS head: a GRU-free stand-in, score [N, 1] then Squeeze() of every axis, so
+    the output is [N] for N > 1 and 0-d for one example."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "v"], ["score"]), helper.make_node("Squeeze", ["score"], ["out"])]
+    inits = {"w": RNG.standard_normal((8, 5)).astype(np.float32), "v": RNG.standard_normal((5, 1)).astype(np.float32)}
+    return make_model(nodes, [("x", FLOAT, ["N", 8])], [("out", FLOAT, [])], initializers=inits, opset=13)
+
+
+def test_a_zero_d_output_of_one_example_is_its_score():
+    proto = squeezed_score_model()
+    x = RNG.standard_normal((1, 8)).astype(np.float32)
+    f, f0 = ort_run(proto, {"x": x})[0], ort_run(proto, {"x": np.zeros_like(x)})[0]
+    assert f.shape == ()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    for method in (onnx_attr.DeepLift(model), onnx_attr.IntegratedGradients(model)):
+        attr, delta = method.attribute(x, return_convergence_delta=True)
+        assert attr.shape == (1, 8) and np.isfinite(attr).all()
+        tolerance = 1e-5 if isinstance(method, onnx_attr.DeepLift) else 5e-2
+        assert abs(float(attr.sum()) - float(f - f0)) <= tolerance * max(1.0, abs(float(f - f0)))
+    # three examples: the output has its batch axis again; the probe finds it though one example's
+    # output has none, and a shared baseline of one row (a 0-d reference) serves every row
+    x3 = RNG.standard_normal((3, 8)).astype(np.float32)
+    for baseline in (None, np.zeros((1, 8), np.float32)):
+        attr, _ = onnx_attr.DeepLift(model).attribute(x3, baseline, return_convergence_delta=True)
+        np.testing.assert_allclose(attr.sum(1), ort_run(proto, {"x": x3})[0] - f0, rtol=1e-4, atol=1e-5)
+    attr = onnx_attr.IntegratedGradients(model).attribute(x3, n_steps=32)
+    np.testing.assert_allclose(attr.sum(1), ort_run(proto, {"x": x3})[0] - f0, rtol=2e-2, atol=2e-2)

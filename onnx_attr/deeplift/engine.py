@@ -112,10 +112,12 @@ class Targets:
         """output[i, *target_i] for each example i: one scalar per example."""
         n = len(self.rows)
         depth = len(self.rows[0]) if self.rows else 0
-        if output.dim() == 0:
+        if output.dim() == 0 and n != 1:
             raise InputError("the output is a single value (0-d), not one per example: export the model with "
                              "a batch axis on its output (shape [N] or [N, ...])")
-        if self.batch_axis is None:
+        # a 0-d output of one example is its value: exports that squeeze every axis (speechmos's
+        # PLCMOS, Squeeze() of [N, 1]) drop the batch axis exactly when N is 1
+        if self.batch_axis is None or output.dim() == 0:
             output = output.unsqueeze(0)
         elif self.batch_axis:
             output = _batch_first(output, self.batch_axis)
@@ -155,6 +157,8 @@ class Targets:
         """The targets of the reference pass: a batch-1 reference (a shared baseline) serves every
         row of `output`; rows past `keep` (padding for a fixed-batch export) are dropped."""
         axis = self.batch_axis
+        if axis == 0 and reference.dim() == 0 and output.dim() == 1:  # a batch of 1 squeezed to 0-d
+            reference = reference.reshape(1)
         if axis is not None and reference.dim() > axis and reference.shape[axis] == 1 and output.dim() > axis:
             reference = reference.expand(*reference.shape[:axis], output.shape[axis], *reference.shape[axis + 1:])
         return self.select(self.first_rows(reference, keep))
