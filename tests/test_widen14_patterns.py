@@ -176,3 +176,29 @@ def test_a_zero_d_output_of_one_example_is_its_score():
         np.testing.assert_allclose(attr.sum(1), ort_run(proto, {"x": x3})[0] - f0, rtol=1e-4, atol=1e-5)
     attr = onnx_attr.IntegratedGradients(model).attribute(x3, n_steps=32)
     np.testing.assert_allclose(attr.sum(1), ort_run(proto, {"x": x3})[0] - f0, rtol=2e-2, atol=2e-2)
+
+
+def test_a_baseline_outside_the_models_domain_is_named_with_what_to_do():
+    """efficientword-net min-max scales its input with an unguarded Div: at the zero baseline the
+    model's own output is 0 / 0. No rule can mend that reference; the report says so and what to do."""
+    nodes = [
+        helper.make_node("ReduceMin", ["x"], ["lo"], axes=[1], keepdims=1),
+        helper.make_node("ReduceMax", ["x"], ["hi"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["x", "lo"], ["n"]),
+        helper.make_node("Sub", ["hi", "lo"], ["d"]),
+        helper.make_node("Div", ["n", "d"], ["scaled"]),
+        helper.make_node("MatMul", ["scaled", "w"], ["out"]),
+    ]
+    proto = make_model(nodes, [("x", FLOAT, ["N", 6])], [("out", FLOAT, ["N", 2])],
+                       initializers={"w": RNG.standard_normal((6, 2)).astype(np.float32)}, opset=13)
+    x = RNG.standard_normal((2, 6)).astype(np.float32)
+    assert np.isnan(ort_run(proto, {"x": np.zeros_like(x)})[0]).all()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    dl = onnx_attr.DeepLift(model)
+    dl.attribute(x, target=0)
+    assert "baseline is outside the model's domain" in dl.last_report["non_finite"]
+    assert "--baseline" in dl.last_report["non_finite"]
+    # a baseline where the model is defined gives a complete answer
+    x0 = np.linspace(-1, 1, 6, dtype=np.float32)[None].repeat(2, 0)
+    attr, delta = dl.attribute(x, x0, target=0, return_convergence_delta=True)
+    assert np.isfinite(attr).all() and dl.last_report["max_relative_delta"] <= 1e-4

@@ -276,6 +276,17 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int,
     }
 
 
+#: Said when the model's own output is not finite at the baseline: no rule can mend that reference.
+_OUTSIDE_DOMAIN = ("; the model's own output is not finite there, so the baseline is outside the model's domain "
+                   "(a constant input into a min-max normalisation divides 0 by 0): give a baseline where the "
+                   "model is defined (CLI: --baseline FILE.npz or mean; API: baselines=...)")
+
+
+def _nonfinite_output(model, values: dict) -> bool:
+    return any(isinstance(values.get(o.name), Tensor) and values[o.name].is_floating_point()
+               and not bool(torch.isfinite(values[o.name]).all()) for o in model.onnx_model.graph.output)
+
+
 def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str:
     """Where non-finite attributions come from: the first ONNX node whose output is NaN/Inf in the
     forward pass of the inputs or of the baselines, or else the multipliers of the backward pass."""
@@ -288,7 +299,8 @@ def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str
                 value = values.get(name)
                 if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                     return (f"non-finite values first appear at ONNX node {node.name or node.op_type!r} "
-                            f"(op {node.op_type}, tensor {name!r}) in the forward pass of the {what}")
+                            f"(op {node.op_type}, tensor {name!r}) in the forward pass of the {what}"
+                            + (_OUTSIDE_DOMAIN if what == "baseline" and _nonfinite_output(model, values) else ""))
     return "the forward passes are finite: the non-finite values arise in the backward pass's multipliers"
 
 
