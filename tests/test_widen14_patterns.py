@@ -202,3 +202,44 @@ def test_a_baseline_outside_the_models_domain_is_named_with_what_to_do():
     x0 = np.linspace(-1, 1, 6, dtype=np.float32)[None].repeat(2, 0)
     attr, delta = dl.attribute(x, x0, target=0, return_convergence_delta=True)
     assert np.isfinite(attr).all() and dl.last_report["max_relative_delta"] <= 1e-4
+
+
+def qdq_boundary_model():
+    """A QDQ graph that quantizes its input first (as pipecat's smart-turn v3.0 does) and has an
+    inner activation exactly on a rounding boundary: 0.25 / 0.5 = 0.5 rounds to 0 (half to even),
+    a few ulps more to 1. Input jitter is absorbed by the first quantizer (integer inputs, scale 1)."""
+    u8 = np.uint8
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s1", "z1"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s1", "z1"], ["xd"]),
+        helper.make_node("MatMul", ["xd", "w"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "s2", "z2"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "s2", "z2"], ["yd"]),
+        helper.make_node("MatMul", ["yd", "v"], ["out"]),
+    ]
+    inits = {"s1": np.array(1.0, np.float32), "z1": np.array(0, u8), "s2": np.array(0.5, np.float32),
+             "z2": np.array(0, u8), "w": np.array([[0.25], [0.0]], np.float32), "v": np.array([[3.0]], np.float32)}
+    return make_model(nodes, [("x", FLOAT, [1, 2])], [("out", FLOAT, [1, 1])], initializers=inits, opset=13)
+
+
+def test_quantized_spread_jitters_each_quantizers_input():
+    from onnx_attr.importing import verify as verify_module
+    from onnx_attr.importing.qdq_jitter import jittered_quantizers
+
+    proto = qdq_boundary_model()
+    feeds = {"x": np.array([[1.0, 2.0]], np.float32)}
+    theirs = ort_run(proto, feeds)
+    assert theirs[0][0, 0] == 0.0  # 0.5 rounded half to even
+    copies = [jittered_quantizers(proto, run) for run in range(4)]
+    assert all(c is not None and sum(n.op_type == "Sin" for n in c.graph.node) == 2 for c in copies)
+    moved = {float(ort_run(c, feeds)[0][0, 0]) for c in copies}
+    assert moved == {0.0, 1.5}  # jitter up flips the step (one step 0.5 times v = 3), jitter down keeps it
+    spread = verify_module._quantized_spread(proto, feeds, ["out"], theirs)
+    assert spread == [1.5]
+    # a graph whose only quantizers hold weights has nothing to jitter inside
+    weights_only = make_model([helper.make_node("DequantizeLinear", ["wq", "s1"], ["w"]),
+                               helper.make_node("MatMul", ["x", "w"], ["out"])],
+                              [("x", FLOAT, [1, 2])], [("out", FLOAT, [1, 1])],
+                              initializers={"wq": np.array([[1], [2]], np.uint8), "s1": np.array(1.0, np.float32)},
+                              opset=13)
+    assert jittered_quantizers(weights_only, 0) is None
