@@ -243,3 +243,21 @@ def test_quantized_spread_jitters_each_quantizers_input():
                               initializers={"wq": np.array([[1], [2]], np.uint8), "s1": np.array(1.0, np.float32)},
                               opset=13)
     assert jittered_quantizers(weights_only, 0) is None
+
+
+def test_cli_on_a_zero_d_output_says_what_it_is_and_attributes(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from onnx_attr.app.cli import main
+
+    path = tmp_path / "score.onnx"
+    onnx.save(squeezed_score_model(), str(path))
+    assert main(["inspect", str(path)]) == 0
+    assert "(0-d: one example's value, as declared)" in capsys.readouterr().out
+    np.savez(tmp_path / "x.npz", x=RNG.standard_normal((1, 8)).astype(np.float32))
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "--no-pictures"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["max_relative_delta"] <= 1e-4
