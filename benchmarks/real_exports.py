@@ -391,7 +391,7 @@ SPECS: list[Spec] = [
                   "h0": np.zeros((4, 1, 64), np.float32)}, None, "echo MOS, SiLU gates, h0 [4, 1, 64]"),
     Spec("effwordnet", "efficientword-net", "1.0.5",
          "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%.onnx", "embedding",
-         lambda: {"input": log_power(149, 64)[None, None]}, None, "ResNet-50 ArcFace word embedding, L2 norm in the graph"),
+         lambda: {"input": log_power(149, 64)[None, None]}, None, "ResNet-50 ArcFace word embedding, L2 norm in the graph; min-max input scaling: NaN at a zero baseline"),
     Spec("effwordnet_q8", "efficientword-net", "1.0.5",
          "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%_qint8.onnx", "embedding",
          lambda: {"input": log_power(149, 64)[None, None]}, None, "its QDQ-quantized twin (QuantizeLinear x74)"),
