@@ -18,9 +18,13 @@ from onnx_attr.importing.verify import plain_run, verify
 from conftest import FLOAT, make_model
 
 
-def _model(tmp_path):
+def _model(tmp_path, walkable: bool = False):
+    """Gemm + Relu. The graph walk (`batch_graph`) proves its rows apart, so no probe runs; written
+    with an Einsum, an op the walk does not follow, the probe runs its rows."""
     rng = np.random.default_rng(1)
-    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["y"])]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1)] if walkable else [helper.make_node("Einsum", ["x", "w"], ["p"], equation="nk,jk->nj"),
+                                        helper.make_node("Add", ["p", "b"], ["h"])]
+    nodes.append(helper.make_node("Relu", ["h"], ["y"]))
     onnx_model = make_model(nodes, [("x", FLOAT, ["n", 6])], [("y", FLOAT, ["n", 3])],
                             {"w": rng.standard_normal((3, 6)).astype(np.float32),
                              "b": rng.standard_normal(3).astype(np.float32)})
@@ -33,13 +37,13 @@ def _model(tmp_path):
 
 def _count_forwards(monkeypatch) -> list:
     calls: list = []
-    forward = AttributableModel.forward
+    guarded = AttributableModel._guarded  # every forward of the plain model goes through it
 
-    def counted(self, *args):
+    def counted(self, call, args):
         calls.append([tuple(a.shape) for a in args])
-        return forward(self, *args)
+        return guarded(self, call, args)
 
-    monkeypatch.setattr(AttributableModel, "forward", counted)
+    monkeypatch.setattr(AttributableModel, "_guarded", counted)
     return calls
 
 
@@ -87,6 +91,18 @@ def test_one_example_is_run_once_for_target_verify_and_the_batch_probe(tmp_path,
                            quiet=True)
     assert [c[0][0] for c in calls] == [1, 3]
     assert report["verify"]["passed"] and abs(report["convergence_delta"][0]) < 1e-5
+
+
+def test_a_graph_that_keeps_its_rows_apart_is_not_probed(tmp_path, monkeypatch):
+    """The walk proves the Gemm's rows apart: the CLI runs the plain model once, for the target and
+    the verification, and DeepLift's passes are all that follow (the rewritten module's)."""
+    model, inputs = _model(tmp_path, walkable=True)
+    calls = _count_forwards(monkeypatch)
+    report = run_attribute(model, input_path=str(inputs), target=None, baseline=None, method="deeplift",
+                           output_name=None, out=str(tmp_path / "out"), pictures=PictureOptions(enabled=False),
+                           quiet=True)
+    assert [c[0][0] for c in calls] == [2]
+    assert report["verify"]["passed"] and max(abs(d) for d in report["convergence_delta"]) < 1e-5
 
 
 def test_ig_steps_go_in_passes_under_the_input_element_budget(tmp_path, monkeypatch):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from onnx import helper
 from torch import nn
 
 import onnx_attr
+from onnx_attr.importing import convert
 
 from conftest import FLOAT, SAMPLES, make_model
 
@@ -116,12 +118,20 @@ def test_a_real_error_in_a_deep_graph_still_fails():
 def test_without_a_float64_evaluation_the_depth_budget_judges(monkeypatch):
     import sys
 
-    monkeypatch.setattr(sys.modules["onnx_attr.importing.verify"], "_float64_outputs", lambda *a, **k: None)
+    verify_module = sys.modules["onnx_attr.importing.verify"]
+    monkeypatch.setattr(verify_module, "_float64_outputs", lambda *a, **k: None)
     proto, x = _deep_cancelling_graph()
     model = onnx_attr.load(proto, strip_final_activation=False)
+    # the magnitudes come from verify's own forward: no second run of the module to find them
+    monkeypatch.setattr(verify_module, "run_recording", lambda *a: pytest.fail("a second forward"))
     report = model.verify(x)
     out = report.outputs[0]
     assert report.passed and out.float64_ours is None and out.max_abs <= out.rounding_budget
+    recorded = verify_module.largest_magnitudes(convert.run_recording(model.module, torch.from_numpy(x)))
+    largest = max(recorded.values())  # by a slow re-run: the scale the budget was built on
+    assert out.rounding_budget == pytest.approx(verify_module.ROUNDING_PER_NODE * 2.0**-24 * out.depth * largest)
+    monkeypatch.undo()
+    monkeypatch.setattr(verify_module, "_float64_outputs", lambda *a, **k: None)
     assert "no float64 evaluation" in report.format()
     _tamper(model, "w5", 1.1)
     assert not model.verify(x).passed

@@ -22,7 +22,7 @@ from onnx_attr.importing.model import _explain_failure
 from onnx_attr.deeplift.reference_cache import ReferenceCache
 from onnx_attr.deeplift.ops import ReferenceShapeMismatch
 from onnx_attr.deeplift.rewrite import RewriteResult, rewrite_for_deeplift
-from onnx_attr.importing.rows import fixed_batch, padded_rows as _rows, pick_output as _pick
+from onnx_attr.importing.rows import padded_rows as _rows, pass_batch, pick_output as _pick
 from onnx_attr.deeplift.target_grad import target_gradients
 from onnx_attr.deeplift.targets import Target, as_weights
 
@@ -252,7 +252,7 @@ class DeepLiftEngine:
         self.rewrite: RewriteResult = rewrite_for_deeplift(model.module, model.inputs,
                                                            gradient_fallback=gradient_fallback, layers=layers,
                                                            reveal_cancel=reveal_cancel)
-        self.fixed_batch = fixed_batch(model.inputs)
+        self.fixed_batch = pass_batch(model)
         # Shared baselines (batch 1) reused over many batches run their reference pass once (see
         # reference_cache). Changing the module's weights afterwards needs a new DeepLift object
         # (or cache_reference = False, or references.clear()).

@@ -151,9 +151,9 @@ def tensor_values(model, names: Sequence[str], inputs: Sequence[Tensor]) -> list
     tensor's rows are put back together on its own (`hidden_axis`)."""
     from onnx_attr.importing.batch import batch_axes
     from onnx_attr.importing.convert import run_recording
-    from onnx_attr.importing.rows import fixed_batch, padded_rows
+    from onnx_attr.importing.rows import padded_rows, pass_batch
 
-    fixed = fixed_batch(model.inputs)
+    fixed = pass_batch(model)
     axes = batch_axes(model.inputs, inputs)
     n = next((t.shape[a] for t, a in zip(inputs, axes) if a is not None), 0)
     size = fixed if fixed and n and n != fixed else n

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from onnx_attr.importing.batch_graph import traced_output_axes
 from onnx_attr.importing.specs import TensorSpec
 
 
@@ -123,9 +124,29 @@ def output_axis(model, tensors: Sequence[Tensor], index: int) -> Optional[int]:
     return layout.outputs[index] if index < len(layout.outputs) else 0
 
 
+#: ops whose output for one row depends on every row through a statistic of the whole tensor (the
+#: scale and zero point of a dynamic quantization): stacked rows change each other's rounding
+WHOLE_TENSOR_STATISTICS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"})
+
+
+def pass_batch(model) -> Optional[int]:
+    """The rows one pass of the model may hold: the export's fixed batch, or 1 where a statistic of
+    the whole input (a dynamic quantization's scale) would make rows run together round each
+    other (each example then runs alone, as it does in production); None: any number."""
+    found = model.__dict__.get("_pass_batch")
+    if found is None:
+        alone = any(n.op_type in WHOLE_TENSOR_STATISTICS for n in model.onnx_model.graph.node)
+        found = model.__dict__["_pass_batch"] = (fixed_batch(model.inputs) or (1 if alone else 0),)
+    return found[0] or None
+
+
 def _probe(model, tensors, axes, outputs=None) -> Layout:
-    if (fixed_batch(model.inputs) or 1) > 1:  # one row is outside what the export declares: as declared
+    fixed = pass_batch(model)
+    if (fixed or 1) > 1:  # one row is outside what the export declares: as declared
         return Layout(True, tuple(0 for _ in model.outputs))
+    traced = traced_output_axes(model, tensors, axes)
+    if traced is not None:  # the graph keeps the rows apart: what the runs below would find, without them
+        return Layout(True, traced, doubles=True)
     one = [t if a is None else t.narrow(a, 0, 1) for t, a in zip(tensors, axes)]  # one example: cheap
     given = outputs is not None and all(a is None or t.shape[a] == 1 for t, a in zip(tensors, axes))
     with torch.no_grad():
@@ -137,14 +158,19 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
             return Layout(False, tuple(None for _ in _outputs(model(*tensors))))
         if not any(a is not None for a in axes):
             return Layout(False, tuple(None for _ in single))
-        other = [t if a is None else (t * 0.5 if t.is_floating_point() else t) for t, a in zip(one, axes)]
-        rows = [t if a is None else torch.cat([t, o, t], dim=a) for t, o, a in zip(one, other, axes)]
-        try:
-            triple = _outputs(model(*rows))
-        except Exception:  # the export bakes its batch size in: the axes are as declared
-            return Layout(True, tuple(_fallback_axis(o) for o in single))
-    found = [_matching_axis(s, t) for s, t in zip(single, triple)]
-    if any(f == "mixed" for f in found) and fixed_batch(model.inputs) == 1:
+        if fixed == 1 and fixed_batch(model.inputs) is None:  # rows that share a whole-tensor statistic:
+            # x' = x / 2 leaves the range of [x, x', x] as x's, so the runs would agree; another
+            # example with a wider range would not
+            found = ["mixed" if s.dim() else "none" for s in single]
+        else:
+            other = [t if a is None else (t * 0.5 if t.is_floating_point() else t) for t, a in zip(one, axes)]
+            rows = [t if a is None else torch.cat([t, o, t], dim=a) for t, o, a in zip(one, other, axes)]
+            try:
+                triple = _outputs(model(*rows))
+            except Exception:  # the export bakes its batch size in: the axes are as declared
+                return Layout(True, tuple(_fallback_axis(o) for o in single))
+            found = [_matching_axis(s, t) for s, t in zip(single, triple)]
+    if any(f == "mixed" for f in found) and fixed == 1:
         # an export that fixes its batch at 1 (a static [1, 3, 800, 608] detector) may bake that 1
         # into its reshapes, so rows mix; one row, its contract, keeps the declared axes
         return Layout(True, tuple(_fallback_axis(s) if f == "mixed" else (None if f == "none" else f)

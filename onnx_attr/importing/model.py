@@ -57,8 +57,11 @@ class AttributableModel(nn.Module):
         self.budget = Budget()
 
     def forward(self, *args: torch.Tensor) -> Any:
+        return self._guarded(self.module, args)
+
+    def _guarded(self, call, args: Sequence[torch.Tensor]) -> Any:
         try:
-            return self.module(*args)
+            return call(*args)
         except (torch.OutOfMemoryError, BudgetError):  # a budget error names its node already
             raise
         except Exception as err:
@@ -103,11 +106,28 @@ class AttributableModel(nn.Module):
         values = arrange(inputs, self.inputs, what)
         return [t.to(device) for t in check_inputs(values, self.inputs, what, finite=False)]
 
-    def run(self, inputs: Any) -> tuple[torch.Tensor, ...]:
-        """Checked forward pass without gradients; always returns a tuple, one entry per output."""
+    def run(self, inputs: Any, magnitudes: Optional[dict[str, float]] = None) -> tuple[torch.Tensor, ...]:
+        """Checked forward pass without gradients; always returns a tuple, one entry per output.
+        `magnitudes`, when given, is filled with the largest finite |value| of each float ONNX tensor a
+        node computes (the weights are measured apart, once, where needed: `verify.constants`)."""
         with torch.no_grad():
-            out = self(*self.prepare(inputs))
+            if magnitudes is None:
+                out = self(*self.prepare(inputs))
+            else:
+                out = self._run_measuring(self.prepare(inputs), magnitudes)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def _run_measuring(self, args: Sequence[torch.Tensor], magnitudes: dict[str, float]) -> Any:
+        from onnx_attr.importing.verify import finite_magnitude
+
+        class Measuring(fx.Interpreter):
+            def run_node(self, n: fx.Node):
+                out = super().run_node(n)
+                if n.op != "get_attr" and "onnx_tensor" in n.meta and (m := finite_magnitude(out)) is not None:
+                    magnitudes[n.meta["onnx_tensor"]] = m
+                return out
+
+        return self._guarded(Measuring(self.module).run, args)
 
     def verify(self, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
                locate: bool = True, run: Any = None):

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from onnx_attr.importing.batch import fixed_batch  # noqa: F401  (the batch an export fixes, on its batch axis: one home)
+from onnx_attr.importing.batch import fixed_batch, pass_batch  # noqa: F401  (one home)
 
 
 def pick_output(out: Any, index: int) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor
 from onnx_attr.deeplift.engine import Targets
 from onnx_attr.errors import InputError
 from onnx_attr.deeplift.layers import embedding_lookups
-from onnx_attr.importing.rows import fixed_batch, padded_rows, pick_output
+from onnx_attr.importing.rows import padded_rows, pass_batch, pick_output
 from onnx_attr.importing.final_activation import SELECTED
 from onnx_attr.deeplift.target_grad import target_gradients
 from onnx_attr.methods._inputs import Prepared, example_count, prepare
@@ -153,7 +153,7 @@ class AttributionMethod:
         entry serves any items after it)."""
         n = len(targets.rows)
         axes = [0 if t.dim() else None for t in tensors] if axes is None else list(axes)
-        fixed = None if single_pass else fixed_batch(self.active.inputs)
+        fixed = None if single_pass else pass_batch(self.active)
         size = fixed or (None if single_pass else check_batch_size(internal_batch_size)) or budget_rows(
             tensors, axes, n)
         shared = [_grown(t, a, n) for t, a in zip(tensors, axes)]

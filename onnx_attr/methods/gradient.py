@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from onnx_attr.errors import InputError
-from onnx_attr.importing.rows import fixed_batch
+from onnx_attr.importing.rows import pass_batch
 from onnx_attr.importing.rows import rows_back, rows_first
 from onnx_attr.deeplift.layers import tensor_values, tensors_as_inputs
 from onnx_attr.methods._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held, prepare
@@ -149,7 +149,7 @@ class IntegratedGradients(AttributionMethod):
         # time-major model would otherwise run them as one longer sequence
         stack = prepared.stackable and all(x is not None for x, a in zip(axes, prepared.attributed) if a)
         binding = prepared.layout is None or not prepared.layout.doubles  # the probe ran two rows right
-        fixed = fixed_batch(self.active.inputs) if stack and binding else None
+        fixed = pass_batch(self.active) if stack and binding else None
         rows = (check_batch_size(internal_batch_size) or max(n, budget_rows(prepared.tensors, axes, n * n_steps))
                 ) if stack else n
         if rows < n and fixed is None:

@@ -62,6 +62,56 @@ def convert_reshape(node, graph):
     return result(node, Reshape(allowzero))
 
 
+def _values(t) -> list[int] | None:
+    return None if t is None else [int(v) for v in t.reshape(-1).tolist()]
+
+
+class Slice(nn.Module):
+    """ONNX Slice with its clamping rules (a start before the first element steps backward from
+    element 0, where Python's slice would give nothing) and one tuple index: onnx2torch indexes
+    with a list, which torch deprecates and will read as a tensor index."""
+
+    def __init__(self, static: tuple | None = None):
+        super().__init__()
+        self.static = static  # (starts, ends, axes, steps) baked from constants, None: read per call
+
+    def forward(self, x: torch.Tensor, starts: torch.Tensor | None = None, ends: torch.Tensor | None = None,
+                axes: torch.Tensor | None = None, steps: torch.Tensor | None = None) -> torch.Tensor:
+        first, last, where, stride = self.static or (_values(starts), _values(ends), _values(axes), _values(steps))
+        where = list(range(len(first))) if where is None else where
+        stride = [1] * len(first) if stride is None else stride
+        index: list = [slice(None)] * x.dim()
+        flips = []
+        for start, end, axis, step in zip(first, last, where, stride):
+            axis = axis + x.dim() if axis < 0 else axis
+            size = x.shape[axis]
+            if step == 0:
+                raise ValueError("Slice: a step of 0 is not allowed")
+            start, end = (start + size if start < 0 else start), (end + size if end < 0 else end)
+            if step > 0:
+                index[axis] = slice(min(max(start, 0), size), min(max(end, 0), size), step)
+            else:  # walk the flipped axis forward: element i is size - 1 - i there
+                start, end = min(max(start, 0), size - 1), min(max(end, -1), size - 1)
+                index[axis] = slice(size - 1 - start, size - 1 - end, -step)
+                flips.append(axis)
+        if flips:
+            x = torch.flip(x, flips)
+        return x[tuple(index)]
+
+
+@register("Slice", 1, 10, 11, 13)
+def convert_slice(node, graph):
+    if "starts" in node.attributes:  # Slice-1: attributes, unit steps
+        attrs = node.attributes
+        static = (list(attrs["starts"]), list(attrs["ends"]), list(attrs["axes"]) if "axes" in attrs else None, None)
+        return result(node, Slice(tuple(static)), inputs=node.input_values[:1])
+    extra = node.input_values[1:]
+    if all(name == "" or name in graph.initializers for name in extra):
+        static = [None if name == "" else _values(graph.initializers[name].to_torch()) for name in extra]
+        return result(node, Slice(tuple(static + [None] * (4 - len(static)))), inputs=node.input_values[:1])
+    return result(node, Slice())
+
+
 class Unsqueeze(nn.Module):
     """ONNX Unsqueeze: negative axes count from the end of the *output*, and axes may be a scalar.
 
