@@ -261,3 +261,44 @@ def test_cli_on_a_zero_d_output_says_what_it_is_and_attributes(tmp_path, capsys)
                  "--no-pictures"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["max_relative_delta"] <= 1e-4
+
+
+def box_embedding_model(tokens: int = 5, rows: int = 16, width: int = 6):
+    """LORE's second stage (lineless-table-rec), LayoutLM's 2-D positions: each box coordinate,
+    Gather(boxes, k, axis=2), indexes a position table; the four lookups are added to the token
+    features, then a Tanh and a linear head summed over tokens."""
+    nodes = [helper.make_node("Gather", ["boxes", f"k{k}"], [f"c{k}"], axis=2) for k in range(4)]
+    nodes += [helper.make_node("Gather", ["x_table" if k % 2 == 0 else "y_table", f"c{k}"], [f"e{k}"])
+              for k in range(4)]
+    nodes += [helper.make_node("Add", ["feat", "e0"], ["s0"]), helper.make_node("Add", ["s0", "e1"], ["s1"]),
+              helper.make_node("Add", ["s1", "e2"], ["s2"]), helper.make_node("Add", ["s2", "e3"], ["s3"]),
+              helper.make_node("Tanh", ["s3"], ["t"]), helper.make_node("MatMul", ["t", "head"], ["h"]),
+              helper.make_node("ReduceSum", ["h", "axes"], ["out"], keepdims=0)]
+    inits = {**{f"k{k}": np.array(k, np.int64) for k in range(4)},
+             "x_table": RNG.standard_normal((rows, width)).astype(np.float32),
+             "y_table": RNG.standard_normal((rows, width)).astype(np.float32),
+             "head": RNG.standard_normal((width, 3)).astype(np.float32), "axes": np.array([1], np.int64)}
+    return make_model(nodes, [("feat", FLOAT, ["N", tokens, width]), ("boxes", INT64, ["N", tokens, 4])],
+                      [("out", FLOAT, ["N", 3])], initializers=inits, opset=13)
+
+
+def test_lookups_of_selected_box_coordinates_fold_back_onto_the_boxes():
+    proto = box_embedding_model()
+    feat = RNG.standard_normal((2, 5, 6)).astype(np.float32)
+    boxes = np.sort(RNG.integers(0, 16, (2, 5, 4)), axis=-1).astype(np.int64)
+    zeros = {"feat": np.zeros_like(feat), "boxes": np.zeros_like(boxes)}
+    change = ort_run(proto, {"feat": feat, "boxes": boxes})[0] - ort_run(proto, zeros)[0]
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    dl = onnx_attr.DeepLift(model)
+    (a_feat, a_boxes), delta = dl.attribute((feat, boxes), target=1, return_convergence_delta=True)
+    assert a_boxes.shape == boxes.shape and np.isfinite(a_boxes).all()
+    np.testing.assert_allclose(a_feat.sum((1, 2)) + a_boxes.sum((1, 2)), change[:, 1], rtol=1e-4, atol=1e-5)
+    # each coordinate gets its own lookup's share: feeding only column 3 changes only column 3's credit
+    only = boxes.copy()
+    only[..., :3] = 0
+    (_, a_only), _ = dl.attribute((feat, only), target=1, return_convergence_delta=True)
+    assert not a_only[..., :3].any() and a_only[..., 3].any()
+    (i_feat, i_boxes), _ = onnx_attr.IntegratedGradients(model).attribute(
+        (feat, boxes), target=1, n_steps=64, return_convergence_delta=True)
+    assert i_boxes.shape == boxes.shape
+    np.testing.assert_allclose(i_feat.sum((1, 2)) + i_boxes.sum((1, 2)), change[:, 1], rtol=2e-2, atol=2e-2)

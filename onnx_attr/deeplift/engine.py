@@ -369,10 +369,11 @@ class DeepLiftEngine:
             if not a:
                 multipliers.append(None)
             elif i:  # per-token contributions, summed over the embedding axis and over its lookups
-                parts = [(g if g is not None else torch.zeros_like(leaf)) * (leaf.detach() - base)
+                parts = [(t, (g if g is not None else torch.zeros_like(leaf)) * (leaf.detach() - base))
                          for t, g, leaf, base in zip(taps, tap_grads, leaves, tap_baselines)
                          if t.input_name == spec.name]
-                per_token = sum(p.sum(-1) for p in parts).detach()
+                per_token = sum(_per_id(t, p.sum(-1), x.shape) for t, p in parts).detach()
+                parts = [p for _, p in parts]
                 if tuple(per_token.shape) != tuple(x.shape):
                     raise InputError(f"the embedding of {spec.name!r} has shape {list(parts[0].shape)}, not the ids' "
                                      f"shape {list(x.shape)} plus an embedding axis: its attributions cannot be given "
@@ -416,3 +417,11 @@ def _baseline_rows(b: Tensor, start: int, stop: int, size: int, fixed: Optional[
     if b.shape[axis] == 1:
         return b if fixed in (None, 1) else b.expand(*b.shape[:axis], size, *b.shape[axis + 1:])
     return _rows(b, start, stop, size, axis)
+
+
+def _per_id(tap, scores: Tensor, shape: torch.Size) -> Tensor:
+    """A lookup's per-id contributions on its ids input: as they are when the lookup reads the input
+    itself, else folded back along the selection between them (taps.IdPath)."""
+    if tuple(scores.shape) == tuple(shape) or tap.id_path is None:
+        return scores
+    return tap.id_path.fold(scores, shape)

@@ -24,7 +24,8 @@ from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, signature_names
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
 from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
-from onnx_attr.deeplift.taps import EmbeddingTap, LayerTap, embedding_taps, insert_layer_taps, placeholder_fed
+from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_path, insert_layer_taps,
+                                    placeholder_fed)
 from onnx_attr.deeplift.quant_fusion import fuse_fake_quant
 from onnx_attr.deeplift.unary_fusion import fuse_self_gated
 from onnx_attr.errors import UnsupportedOpError
@@ -153,7 +154,8 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     taps = embedding_taps(out, inputs)
     variable = variable_nodes(out, inputs, set(taps))
     for index, (node, input_name) in enumerate(taps.items()):
-        tap = EmbeddingTap(out.get_submodule(node.target), state, node.meta["onnx_node"], input_name)
+        tap = EmbeddingTap(out.get_submodule(node.target), state, node.meta["onnx_node"], input_name,
+                           id_path(out, node))
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
