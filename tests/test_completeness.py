@@ -24,7 +24,7 @@ TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "
                     "LogSumExpPool": "tests/test_smooth.py", "SelfGated": "tests/test_self_gated.py",
                     **{op: "tests/test_quantized_lstm.py" for op in ("DynamicQuantizeLSTM", "QuantizedBlock")},
                     "BranchSelect": "tests/test_branch_select.py", "ArgMaxOneHot": "tests/test_loop_unroll.py",
-                    "FakeQuant": "tests/test_fake_quant.py"}
+                    "FakeQuant": "tests/test_fake_quant.py", "GuardedDiv": "tests/test_widen14_patterns.py"}
 
 
 def build(case: Case, dtype) -> tuple[onnx.ModelProto, list[str]]:

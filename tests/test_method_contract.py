@@ -245,7 +245,9 @@ def test_target_none_on_single_value_outputs_and_0d_output():
     from onnx_attr.deeplift.engine import Targets
 
     with pytest.raises(onnx_attr.OnnxAttrError, match="0-d"):
-        Targets(None, 1).select(torch.tensor(3.0))  # an output without a batch axis
+        Targets(None, 2).select(torch.tensor(3.0))  # one value for two examples: no batch axis
+    # one example's 0-d output is its value (an export squeezing [N, 1] drops N when it is 1)
+    torch.testing.assert_close(Targets(None, 1).select(torch.tensor(3.0)), torch.tensor([3.0]))
 
 
 def test_neuron_selectors_with_slices_and_callables():

@@ -35,3 +35,20 @@ def test_a_model_with_fixed_dims_keeps_its_error():
     model = onnx_attr.load(_recogniser(width=2), strip_final_activation=False)
     with pytest.raises((ForwardError, ReferenceRuntimeError)):
         model.verify()
+
+
+def test_a_batch_symbol_that_runs_only_at_one_is_sampled_at_one():
+    """speechmos's AECMOS declares [batch_size, 3, frames, 160] but its GRU state h0 [4, 1, 96]
+    fixes the batch at 1; here a Reshape to [1, 3] does the same. Batch 2 runs in neither runtime,
+    so the sample is retried at batch 1 (and says so); a model that runs at 2 still gets 2."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Reshape", ["x", "one_row"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [numpy_helper.from_array(np.array([1, 3], np.int64), "one_row"),
+                               numpy_helper.from_array(rng.standard_normal((3, 2)).astype(np.float32), "w")])
+    model = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+                           strip_final_activation=False)
+    report = model.verify()
+    assert report.passed and "batch 1" in report.inputs and report.outputs[0].shape == [1, 2]
+    assert "batch 1" not in onnx_attr.load(_recogniser(), strip_final_activation=False).verify().inputs

@@ -222,7 +222,10 @@ class ShardWorker:
                 continue
             total = sum(float(np.sum(v, dtype=np.float64)) for v in values.values())
             change = total - float(delta[j])  # delta = sum(attributions) - (f(x) - f(x0))
-            relative = float(relative_delta(torch.tensor([float(delta[j])]), torch.tensor([change]), dtype)[0])
+            value = prediction[j][1]  # f(x) of the explained output; f(x0) = f(x) - change
+            magnitude = None if value is None else torch.tensor([max(abs(value), abs(value - change))])
+            relative = float(relative_delta(torch.tensor([float(delta[j])]), torch.tensor([change]), dtype,
+                                            magnitude)[0])
             rows.ok(r, values, float(delta[j]), relative, prediction[j], target[j])
 
     def _explain(self, inputs: dict) -> tuple[dict, np.ndarray, list, list]:

@@ -112,10 +112,12 @@ class Targets:
         """output[i, *target_i] for each example i: one scalar per example."""
         n = len(self.rows)
         depth = len(self.rows[0]) if self.rows else 0
-        if output.dim() == 0:
+        if output.dim() == 0 and n != 1:
             raise InputError("the output is a single value (0-d), not one per example: export the model with "
                              "a batch axis on its output (shape [N] or [N, ...])")
-        if self.batch_axis is None:
+        # a 0-d output of one example is its value: exports that squeeze every axis (speechmos's
+        # PLCMOS, Squeeze() of [N, 1]) drop the batch axis exactly when N is 1
+        if self.batch_axis is None or output.dim() == 0:
             output = output.unsqueeze(0)
         elif self.batch_axis:
             output = _batch_first(output, self.batch_axis)
@@ -155,6 +157,8 @@ class Targets:
         """The targets of the reference pass: a batch-1 reference (a shared baseline) serves every
         row of `output`; rows past `keep` (padding for a fixed-batch export) are dropped."""
         axis = self.batch_axis
+        if axis == 0 and reference.dim() == 0 and output.dim() == 1:  # a batch of 1 squeezed to 0-d
+            reference = reference.reshape(1)
         if axis is not None and reference.dim() > axis and reference.shape[axis] == 1 and output.dim() > axis:
             reference = reference.expand(*reference.shape[:axis], output.shape[axis], *reference.shape[axis + 1:])
         return self.select(self.first_rows(reference, keep))
@@ -365,10 +369,11 @@ class DeepLiftEngine:
             if not a:
                 multipliers.append(None)
             elif i:  # per-token contributions, summed over the embedding axis and over its lookups
-                parts = [(g if g is not None else torch.zeros_like(leaf)) * (leaf.detach() - base)
+                parts = [(t, (g if g is not None else torch.zeros_like(leaf)) * (leaf.detach() - base))
                          for t, g, leaf, base in zip(taps, tap_grads, leaves, tap_baselines)
                          if t.input_name == spec.name]
-                per_token = sum(p.sum(-1) for p in parts).detach()
+                per_token = sum(_per_id(t, p.sum(-1), x.shape) for t, p in parts).detach()
+                parts = [p for _, p in parts]
                 if tuple(per_token.shape) != tuple(x.shape):
                     raise InputError(f"the embedding of {spec.name!r} has shape {list(parts[0].shape)}, not the ids' "
                                      f"shape {list(x.shape)} plus an embedding axis: its attributions cannot be given "
@@ -412,3 +417,11 @@ def _baseline_rows(b: Tensor, start: int, stop: int, size: int, fixed: Optional[
     if b.shape[axis] == 1:
         return b if fixed in (None, 1) else b.expand(*b.shape[:axis], size, *b.shape[axis + 1:])
     return _rows(b, start, stop, size, axis)
+
+
+def _per_id(tap, scores: Tensor, shape: torch.Size) -> Tensor:
+    """A lookup's per-id contributions on its ids input: as they are when the lookup reads the input
+    itself, else folded back along the selection between them (taps.IdPath)."""
+    if tuple(scores.shape) == tuple(shape) or tap.id_path is None:
+        return scores
+    return tap.id_path.fold(scores, shape)

@@ -18,12 +18,14 @@ from typing import Any, Iterator, Sequence
 from torch import fx
 
 from onnx_attr.deeplift.argmax_fusion import fuse_argmax_one_hots
+from onnx_attr.deeplift.guard_fusion import fuse_guarded_divisions
 from onnx_attr.deeplift.opkinds import domain_op_kind, op_kind, refusal
 from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, signature_names
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
 from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
-from onnx_attr.deeplift.taps import EmbeddingTap, LayerTap, embedding_taps, insert_layer_taps, placeholder_fed
+from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_path, insert_layer_taps,
+                                    placeholder_fed)
 from onnx_attr.deeplift.quant_fusion import fuse_fake_quant
 from onnx_attr.deeplift.unary_fusion import fuse_self_gated
 from onnx_attr.errors import UnsupportedOpError
@@ -152,11 +154,13 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     taps = embedding_taps(out, inputs)
     variable = variable_nodes(out, inputs, set(taps))
     for index, (node, input_name) in enumerate(taps.items()):
-        tap = EmbeddingTap(out.get_submodule(node.target), state, node.meta["onnx_node"], input_name)
+        tap = EmbeddingTap(out.get_submodule(node.target), state, node.meta["onnx_node"], input_name,
+                           id_path(out, node))
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
     fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
+    fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)
     result.self_gated.extend(fuse_self_gated(out, variable, recompile=False))  # SiLU, HardSwish as exported (unary_fusion.py)
     unsupported: list[tuple[str, str, int, str, str]] = []
     unsupported_nodes: list[fx.Node] = []

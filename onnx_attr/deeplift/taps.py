@@ -8,6 +8,7 @@ the inputs (layer attribution). Both make their tensor the leaf the main pass di
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Optional, Sequence
 
 import torch
@@ -25,9 +26,12 @@ class EmbeddingTap(nn.Module):
     masks and positions computed from the ids stay those of the input in both passes.
     """
 
-    def __init__(self, original: nn.Module, state: DeepLiftState, node: str, input_name: str):
+    def __init__(self, original: nn.Module, state: DeepLiftState, node: str, input_name: str,
+                 id_path: Optional["IdPath"] = None):
         super().__init__()
         self.original, self._state, self.node, self.input_name = original, state, node, input_name
+        #: how the ids it looks up are selected from the input (None: they are the input itself)
+        self.id_path = id_path
 
     def forward(self, *args, **kwargs):
         out = self.original(*args, **kwargs)
@@ -162,3 +166,72 @@ def placeholder_fed(module: fx.GraphModule) -> set[fx.Node]:
         if n.op == "placeholder" or any(a in fed for a in n.all_input_nodes):
             fed.add(n)
     return fed
+
+
+#: Ops that only select or rearrange their input's elements (with constant other operands): the
+#: ids a lookup reads through them are elements of the input, at positions they can be traced to.
+_SELECTING = frozenset({"Gather", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flatten",
+                        "Identity", "Expand", "Tile", "Cast"})
+
+
+class IdPath:
+    """The selection ops between an integer input and a lookup's ids (LORE, LayoutLM: each box
+    coordinate, Gather(boxes, k, axis=2), indexes a position table), run on the input's element
+    positions instead of its values: which input element each looked-up id is, so a lookup's
+    per-id scores fold back onto the input (summed where an element is looked up twice)."""
+
+    def __init__(self, module: fx.GraphModule, steps: list[fx.Node], start: fx.Node):
+        self.ops = [module.get_submodule(n.target) for n in steps]
+        self.args = [tuple(("path", steps.index(a) + 1 if a in steps else 0) if a is start or a in steps
+                           else ("value", _constant(module, a)) for a in n.args) for n in steps]
+
+    def positions(self, shape: torch.Size, device) -> Tensor:
+        values = [torch.arange(math.prod(shape), device=device).reshape(shape)]
+        for op, args in zip(self.ops, self.args):
+            values.append(op(*(values[v] if kind == "path" else v for kind, v in args)))
+        return values[-1]
+
+    def fold(self, scores: Tensor, shape: torch.Size) -> Tensor:
+        """`scores` (one per looked-up id) summed onto the input's elements, in the input's shape."""
+        where = self.positions(shape, scores.device).reshape(-1).long()
+        return torch.zeros(math.prod(shape), dtype=scores.dtype, device=scores.device).index_add_(
+            0, where, scores.reshape(-1)).reshape(shape)
+
+
+def id_path(module: fx.GraphModule, lookup: fx.Node) -> Optional[IdPath]:
+    """The `IdPath` from the placeholder to `lookup`'s ids, when every step on it is a selecting op
+    whose other operands are constants; None when the ids are the placeholder or the path is anything
+    else (then only a lookup of the input's own shape can be folded)."""
+    ids = lookup.args[1] if len(lookup.args) > 1 else None
+    steps: list[fx.Node] = []
+    node = ids
+    while isinstance(node, fx.Node) and node.op != "placeholder":
+        op = node.meta.get("onnx_op") if node.op == "call_module" else None
+        varying = [a for a in node.args if isinstance(a, fx.Node) and a.op != "get_attr"]
+        if op not in _SELECTING or node.kwargs or len(varying) != 1 or varying[0] is not node.args[0]:
+            return None
+        if op == "Cast" and _cast_dtype(module.get_submodule(node.target)) in _FLOATS:
+            return None  # positions past 2^24 would not survive float32
+        steps.append(node)
+        node = varying[0]
+    if not steps or not isinstance(node, fx.Node):
+        return None
+    steps.reverse()
+    if any(_constant(module, a) is _MISSING for n in steps for a in n.args[1:]):
+        return None
+    return IdPath(module, steps, node)
+
+
+_MISSING = object()
+
+
+def _constant(module: fx.GraphModule, arg):
+    """A step's constant operand: a literal, or the tensor a get_attr node reads."""
+    if isinstance(arg, fx.Node):
+        if arg.op != "get_attr":
+            return _MISSING
+        value = module
+        for part in arg.target.split("."):
+            value = getattr(value, part, None)
+        return value if isinstance(value, Tensor) else _MISSING
+    return arg

@@ -102,12 +102,15 @@ class _Slot(int):
 class GateChain(nn.Module):
     """The converted modules of x·g(x) called in their graph order with their own arguments, so the
     forward is theirs bit for bit. An interpreter, not an fx sub-module: generating and compiling
-    a forward per fused node cost a network of a hundred HardSwish gates 0.1-0.2 s per rewrite."""
+    a forward per fused node cost a network of a hundred HardSwish gates 0.1-0.2 s per rewrite.
+    `x` may be several nodes (a fused op of two operands): the chain is then called with each."""
 
-    def __init__(self, root: fx.GraphModule, nodes: list[fx.Node], x: fx.Node):
+    def __init__(self, root: fx.GraphModule, nodes: list[fx.Node], x: fx.Node | tuple[fx.Node, ...]):
         super().__init__()
         self.ops = nn.ModuleList(root.get_submodule(n.target) for n in nodes)
-        position = {x: _Slot(0), **{n: _Slot(i + 1) for i, n in enumerate(nodes)}}
+        inputs = x if isinstance(x, tuple) else (x,)
+        position = {**{v: _Slot(i) for i, v in enumerate(inputs)},
+                    **{n: _Slot(len(inputs) + i) for i, n in enumerate(nodes)}}
         self.arguments: list[tuple] = []
         for node in nodes:
             args = []
@@ -121,8 +124,8 @@ class GateChain(nn.Module):
             self.arguments.append(tuple(args))
         self._constant_args = [{i for i, a in enumerate(args) if isinstance(a, str)} for args in self.arguments]
 
-    def forward(self, x: Tensor) -> Tensor:
-        values = [x]
+    def forward(self, *x: Tensor) -> Tensor:
+        values = list(x)
         for op, args, constants in zip(self.ops, self.arguments, self._constant_args):
             values.append(op(*(getattr(self, a) if i in constants else values[a] if isinstance(a, _Slot) else a
                                for i, a in enumerate(args))))

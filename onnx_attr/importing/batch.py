@@ -197,6 +197,9 @@ def _matching_axis(single: Tensor, triple: Tensor):
     such block exists."""
     if triple.shape == single.shape:
         return "none"
+    if single.dim() == 0 and triple.shape == (3,):  # Squeeze() of [N, 1]: the batch axis dropped when N is 1
+        return 0 if torch.allclose(triple[0].double(), triple[2].double(), rtol=1e-4,
+                                   atol=1e-5 * max(abs(float(single)), 1e-30), equal_nan=True) else "mixed"
     if triple.dim() != single.dim():
         return "mixed"
     finite = single[torch.isfinite(single)] if single.is_floating_point() else single[:0]

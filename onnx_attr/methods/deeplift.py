@@ -132,14 +132,15 @@ class DeepLift(AttributionMethod):
         self._custom = _check_custom(custom_attribution_func)
         prepared, attributions, delta, result, index = self._attribute_once(
             inputs, baselines, target, additional_forward_args, output)
-        self._report(delta, result.value - result.reference_value, index)
+        self._report(delta, result.value - result.reference_value, index,
+                     torch.maximum(result.value.abs(), result.reference_value.abs()))
         out = prepared.repack(attributions)
         return (out, delta) if return_convergence_delta else out
 
-    def _report(self, delta: Tensor, change: Tensor, index: int) -> None:
+    def _report(self, delta: Tensor, change: Tensor, index: int, magnitude: Optional[Tensor] = None) -> None:
         retried = self.last_report.get("out_of_memory_retry", False)
         self.last_report = {
-            **method_report(self.model, type(self).__name__, delta, change, index),
+            **method_report(self.model, type(self).__name__, delta, change, index, magnitude),
             "out_of_memory_retry": retried,
             "non_finite": getattr(self, "_nonfinite", None),
             "rewritten_nodes": len(self.engine.rewrite.rewritten),
@@ -189,7 +190,7 @@ class DeepLiftShap(DeepLift):
         targets = self._targets(target, n, prepared, index)
         per_pass = self._rows_per_pass(prepared, n, len(rows))
         sums: Optional[list] = None
-        deltas, changes = [], []
+        deltas, changes, magnitudes = [], [], []
         for start in range(0, len(rows), per_pass):
             group = rows[start:start + per_pass]
             k = len(group)
@@ -199,9 +200,10 @@ class DeepLiftShap(DeepLift):
             sums = folded if sums is None else [None if s is None else s + a for s, a in zip(sums, folded)]
             deltas.append(delta.reshape(k, n))
             changes.append((result.value - result.reference_value).reshape(k, n))
+            magnitudes.append(torch.maximum(result.value.abs(), result.reference_value.abs()).reshape(k, n))
         mean = [None if s is None else s / len(rows) for s in sums]
         delta = torch.cat(deltas).T.reshape(-1)  # [B, n] -> example-major pairs
-        self._report(delta, torch.cat(changes).T.reshape(-1), index)
+        self._report(delta, torch.cat(changes).T.reshape(-1), index, torch.cat(magnitudes).T.reshape(-1))
         out = prepared.repack(mean)
         return (out, delta) if return_convergence_delta else out
 
@@ -234,23 +236,32 @@ NONLINEAR_RULES = ("rescale", "revealcancel")
 DELTA_TOLERANCE = 1e-4
 
 
-def relative_delta(delta: Tensor, change: Tensor, dtype=None) -> Tensor:
-    """|delta| / |f(x) - f(x0)|, the change floored at eps(dtype) / DELTA_TOLERANCE: a change
-    smaller than that is at the rounding of outputs near 1 (in the model's output dtype, float32
-    if unknown), so no attribution can resolve it to DELTA_TOLERANCE; a floor of 1 would instead
+#: ulps of max(1, |f(x)|, |f(x0)|) to which f(x) - f(x0) itself is known in the output's dtype
+#: (each output is rounded to a few ulps of itself; the completeness suite's oracle floor).
+ROUNDING_ULPS = 8
+
+
+def relative_delta(delta: Tensor, change: Tensor, dtype=None, magnitude: Optional[Tensor] = None) -> Tensor:
+    """|delta| / |f(x) - f(x0)|, the change floored at ROUNDING_ULPS · eps(dtype) · max(1, |f(x)|,
+    |f(x0)|) / DELTA_TOLERANCE (`magnitude`: the larger of |f(x)|, |f(x0)| per example; eps of the
+    model's output dtype, float32 if unknown). A change below that is within the rounding of the two
+    outputs it is the difference of (a face-map logit near -5.3 moving by 9e-4 is known to a few
+    5e-7 steps), so no attribution can resolve it to DELTA_TOLERANCE; a floor of 1 would instead
     hide errors as large as the change itself wherever |Δf| < 1 (probabilities)."""
     if not delta.numel():
         return delta
     kind = torch.float64 if str(dtype) == "float64" else torch.float32
-    floor = torch.finfo(kind).eps / DELTA_TOLERANCE
-    return delta.double().abs() / change.double().abs().clamp_min(floor)
+    floor = ROUNDING_ULPS * torch.finfo(kind).eps / DELTA_TOLERANCE
+    scale = 1.0 if magnitude is None else magnitude.detach().double().abs().reshape(change.shape).clamp_min(1.0)
+    return delta.double().abs() / change.double().abs().clamp_min(floor * scale)
 
 
-def method_report(model, method: str, delta: Tensor, change: Tensor, index: int) -> dict:
+def method_report(model, method: str, delta: Tensor, change: Tensor, index: int,
+                  magnitude: Optional[Tensor] = None) -> dict:
     """What every method reports: the output explained, its final activation, the deltas, and a
     warning (never silence) when completeness is off by more than DELTA_TOLERANCE."""
     spec = model.outputs[index]
-    relative = relative_delta(delta, change, spec.dtype)
+    relative = relative_delta(delta, change, spec.dtype, magnitude)
     worst = float(relative.max()) if delta.numel() else 0.0
     warnings_ = []
     if worst > DELTA_TOLERANCE or not bool(torch.isfinite(delta).all()):
@@ -265,6 +276,17 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int)
     }
 
 
+#: Said when the model's own output is not finite at the baseline: no rule can mend that reference.
+_OUTSIDE_DOMAIN = ("; the model's own output is not finite there, so the baseline is outside the model's domain "
+                   "(a constant input into a min-max normalisation divides 0 by 0): give a baseline where the "
+                   "model is defined (CLI: --baseline FILE.npz or mean; API: baselines=...)")
+
+
+def _nonfinite_output(model, values: dict) -> bool:
+    return any(isinstance(values.get(o.name), Tensor) and values[o.name].is_floating_point()
+               and not bool(torch.isfinite(values[o.name]).all()) for o in model.onnx_model.graph.output)
+
+
 def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str:
     """Where non-finite attributions come from: the first ONNX node whose output is NaN/Inf in the
     forward pass of the inputs or of the baselines, or else the multipliers of the backward pass."""
@@ -277,7 +299,8 @@ def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str
                 value = values.get(name)
                 if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                     return (f"non-finite values first appear at ONNX node {node.name or node.op_type!r} "
-                            f"(op {node.op_type}, tensor {name!r}) in the forward pass of the {what}")
+                            f"(op {node.op_type}, tensor {name!r}) in the forward pass of the {what}"
+                            + (_OUTSIDE_DOMAIN if what == "baseline" and _nonfinite_output(model, values) else ""))
     return "the forward passes are finite: the non-finite values arise in the backward pass's multipliers"
 
 
@@ -452,7 +475,8 @@ class LayerDeepLift(DeepLift):
             contributions = _custom_attributions(custom, [m for m, _ in result.layers], layers)
         total = sum(c.reshape(n, -1).double().sum(1) for c in contributions)
         delta = total - (result.value.double() - result.reference_value.double())
-        self._report(delta, result.value - result.reference_value, index)
+        self._report(delta, result.value - result.reference_value, index,
+                     torch.maximum(result.value.abs(), result.reference_value.abs()))
         self.last_report["layers"] = self.layers
         attributions = contributions if self._multiply_by_inputs or custom else [m for m, _ in result.layers]
         if _numpy_given(inputs):

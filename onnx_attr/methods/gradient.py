@@ -17,7 +17,8 @@ from torch import Tensor
 from onnx_attr.errors import InputError
 from onnx_attr.importing.rows import pass_batch
 from onnx_attr.importing.rows import rows_back, rows_first
-from onnx_attr.deeplift.layers import tensor_values, tensors_as_inputs
+from onnx_attr.deeplift.layers import tensor_node, tensor_values, tensors_as_inputs
+from onnx_attr.deeplift.taps import id_path
 from onnx_attr.methods._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held, prepare
 from onnx_attr.methods.base import AttributionMethod, budget_rows, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
 from onnx_attr.methods.deeplift import method_report
@@ -37,6 +38,7 @@ class EmbeddedPrepared(Prepared):
     original: Optional[Prepared] = None
     lookups: dict = field(default_factory=dict)  # input name -> tensor names, in the order fed
     names: list = field(default_factory=list)  # the model's input names
+    id_paths: dict = field(default_factory=dict)  # lookup tensor -> taps.IdPath (ids selected from the input)
 
     def fold(self, per_input: list) -> list:
         k = sum(len(v) for v in self.lookups.values())
@@ -50,6 +52,10 @@ class EmbeddedPrepared(Prepared):
             total = None
             for tensor, part in zip(tensors, parts):
                 if part is None:
+                    continue
+                if tuple(part.shape[1:-1]) != token_shape and self.id_paths.get(tensor) is not None:
+                    folded = self.id_paths[tensor].fold(part.sum(-1), self.original.tensors[position].shape)
+                    total = folded if total is None else total + folded
                     continue
                 if tuple(part.shape[1:-1]) != token_shape:
                     raise InputError(f"the embedding lookup {tensor!r} of {name!r} has shape {list(part.shape)}, "
@@ -78,7 +84,8 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
         tensors=[*h, *prepared.tensors], attributed=[True] * len(h) + floats,
         baselines=[*h0, *[b if f else t for t, b, f in zip(prepared.tensors, prepared.baselines, floats)]],
         positions=prepared.positions, repack_user=prepared.repack_user, as_numpy=prepared.as_numpy,
-        original=prepared, lookups=chosen, names=names)
+        original=prepared, lookups=chosen, names=names,
+        id_paths={t: id_path(model.module, tensor_node(model.module, t)) for t in tensors})
     return view, embedded
 
 
@@ -179,7 +186,8 @@ class IntegratedGradients(AttributionMethod):
         reference = self._value(prepared.baselines, targets, index, axes=axes)
         delta = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None) - (
             value.double() - reference.double())
-        self._report({**method_report(self.model, "IntegratedGradients", delta, value - reference, index),
+        self._report({**method_report(self.model, "IntegratedGradients", delta, value - reference, index,
+                                                   torch.maximum(value.abs(), reference.abs())),
                       "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared),
                       **prepared.report(self.model), "steps_stacked": stack})
         out = prepared.repack(attributions)

@@ -143,7 +143,9 @@ class Clip(nn.Module):
 
 @register("Clip", 11, 12, 13)
 def convert_clip(node, graph):
-    bounds = [name for name in node.input_values[1:] if name]
-    if bounds and all(name in graph.initializers for name in bounds):
+    bounds = node.input_values[1:]
+    # onnx2torch reads an omitted bound written as an empty name (torch's F.normalize exports
+    # Clip(norm, eps, "")) as a tensor called "" and fails: only fully listed constant bounds go there
+    if bounds and all(name and name in graph.initializers for name in bounds):
         return onnx2torch_result(node, graph, 13)  # one onnx2torch converter serves 11 to 13
     return result(node, Clip())
