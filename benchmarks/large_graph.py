@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ DEFAULT = ("layout_cdla", "dddd_det", "ppocr_det", "ppocr_rec", "dddd_ocr_quant"
 HERE = Path(__file__).resolve().parent
 
 
-def measure(name: str, profile_dir: str | None, whole: bool) -> dict:
+def measure(name: str, profile_dir: str | None, target) -> dict:
     """Runs in a worker process: every figure for one model, in seconds."""
     sys.path.insert(0, str(HERE))
     import real_exports
@@ -59,14 +61,6 @@ def measure(name: str, profile_dir: str | None, whole: bool) -> dict:
     start = time.perf_counter()
     times["verified"] = model.verify(inputs).passed
     times["verify"] = time.perf_counter() - start
-    target = spec.target
-    if target is None:
-        first = model.run(inputs)[0][0]
-        target = int(first.reshape(-1, first.shape[-1])[0].argmax())
-        target = target if first.dim() == 1 else (*[0] * (first.dim() - 1), target)
-    pick = (0, *target) if isinstance(target, tuple) else (0, target)  # the yardstick's value, below
-    if whole:  # the probe (run in the other worker, so this one's first call probes cold) found the rows mix
-        target = pick
     profiler = None
     if profile_dir:
         import cProfile
@@ -101,21 +95,23 @@ def measure(name: str, profile_dir: str | None, whole: bool) -> dict:
         steady.append(time.perf_counter() - start)
     times["deeplift_second"] = sorted(steady)[1]
     times["delta"] = float(method.last_report["max_relative_delta"])
-    times["forward_grad"] = min(forward_grad(model, inputs, pick) for _ in range(3))
+    times["forward_grad"] = min(forward_grad(model, inputs) for _ in range(3))
     times["nodes"] = len(model.onnx_model.graph.node)
     times.update(wide_cost(method, inputs, target))
     return times
 
 
-def forward_grad(model, inputs, pick) -> float:
-    """Seconds for one plain forward and the gradient of the target value w.r.t. the float inputs."""
+def forward_grad(model, inputs) -> float:
+    """Seconds for one plain forward and the gradient of one value of the explained output (the
+    methods' default: the first floating one) w.r.t. the float inputs: any value's costs the same."""
     import torch
+    from onnx_attr.methods.base import output_index
 
     live = [torch.from_numpy(v).requires_grad_(v.dtype.kind == "f") for v in inputs.values()]
     start = time.perf_counter()
     out = model(*live)
-    out = out[0] if isinstance(out, tuple) else out
-    torch.autograd.grad(out[pick], [t for t in live if t.requires_grad])
+    out = out[output_index(model, None)] if isinstance(out, (tuple, list)) else out
+    torch.autograd.grad(out[(0,) * out.dim()], [t for t in live if t.requires_grad])
     return time.perf_counter() - start
 
 
@@ -124,7 +120,6 @@ def plain_first(name: str) -> dict:
     same load and verify: what a fresh process pays once for anything (allocations, kernel set-up)."""
     sys.path.insert(0, str(HERE))
     import real_exports
-    import torch
 
     import onnx_attr
 
@@ -132,12 +127,21 @@ def plain_first(name: str) -> dict:
     model = onnx_attr.load(str(next((real_exports.CACHE / "models").glob(f"*/{spec.path}"))))
     inputs = spec.inputs()
     model.verify(inputs)
-    pick = (0,) * model.run(inputs)[0].dim()  # one value: its gradient costs what any target's does
-    times = [forward_grad(model, inputs, pick) for _ in range(4)]
-    from onnx_attr.importing.batch import output_axis
-    tensors = [torch.from_numpy(v) for v in inputs.values()]
-    return {"plain_first": times[0], "plain_steady": sorted(times[1:])[1],
-            "whole": output_axis(model, tensors, 0) is None}  # rows mix (a batch baked in): one example
+    times = [forward_grad(model, inputs) for _ in range(4)]
+    target = spec.target
+    if target is None:  # the CLI's default for the output's layout, found here so that the measured
+        # process's first call runs the batch probe cold
+        from onnx_attr.app.target_forms import resolve
+        from onnx_attr.methods.base import output_index
+
+        index = output_index(model, None)
+        target = resolve(None, model.run(inputs)[index], model=model, output_index=index, inputs=inputs,
+                         examples=1).target
+    # handed to the measuring worker as a pickle (a Target object may hold a mask), between two
+    # processes of this run, in a file of this run's own
+    with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as handle:
+        pickle.dump(target, handle)
+    return {"plain_first": times[0], "plain_steady": sorted(times[1:])[1], "target": handle.name}
 
 
 def wide_cost(method, inputs, target) -> dict:
@@ -186,10 +190,13 @@ def main() -> None:
     parser.add_argument("--profile", help="write a cProfile of each first DeepLift call into this folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--plain-worker", help=argparse.SUPPRESS)
-    parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(args.worker, args.profile, args.whole)))
+        with open(args.target, "rb") as handle:
+            target = pickle.load(handle)
+        os.unlink(args.target)
+        print(json.dumps(measure(args.worker, args.profile, target)))
         return
     if args.plain_worker:
         print(json.dumps(plain_first(args.plain_worker)))
@@ -204,7 +211,7 @@ def main() -> None:
         plain = subprocess.run([sys.executable, __file__, "--plain-worker", name], capture_output=True, text=True)
         p = json.loads(plain.stdout.strip().splitlines()[-1]) if plain.returncode == 0 else {}
         command = [sys.executable, __file__, "--worker", name] + (["--profile", args.profile] if args.profile else []) \
-            + (["--whole"] if p.get("whole") else [])
+            + ["--target", p.get("target", "")]
         done = subprocess.run(command, capture_output=True, text=True) if p else plain
         if done.returncode or plain.returncode:
             print(f"| {name} | failed: {((done.stderr or plain.stderr).strip().splitlines() or ['?'])[-1][:200]} |")

@@ -158,18 +158,13 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
             return Layout(False, tuple(None for _ in _outputs(model(*tensors))))
         if not any(a is not None for a in axes):
             return Layout(False, tuple(None for _ in single))
-        if fixed == 1 and fixed_batch(model.inputs) is None:  # rows that share a whole-tensor statistic:
-            # x' = x / 2 leaves the range of [x, x', x] as x's, so the runs would agree; another
-            # example with a wider range would not
-            found = ["mixed" if s.dim() else "none" for s in single]
-        else:
-            other = [t if a is None else (t * 0.5 if t.is_floating_point() else t) for t, a in zip(one, axes)]
-            rows = [t if a is None else torch.cat([t, o, t], dim=a) for t, o, a in zip(one, other, axes)]
-            try:
-                triple = _outputs(model(*rows))
-            except Exception:  # the export bakes its batch size in: the axes are as declared
-                return Layout(True, tuple(_fallback_axis(o) for o in single))
-            found = [_matching_axis(s, t) for s, t in zip(single, triple)]
+        other = [t if a is None else (t * 0.5 if t.is_floating_point() else t) for t, a in zip(one, axes)]
+        rows = [t if a is None else torch.cat([t, o, t], dim=a) for t, o, a in zip(one, other, axes)]
+        try:
+            triple = _outputs(model(*rows))
+        except Exception:  # the export bakes its batch size in: the axes are as declared
+            return Layout(True, tuple(_fallback_axis(o) for o in single))
+        found = [_matching_axis(s, t) for s, t in zip(single, triple)]
     if any(f == "mixed" for f in found) and fixed == 1:
         # an export that fixes its batch at 1 (a static [1, 3, 800, 608] detector) may bake that 1
         # into its reshapes, so rows mix; one row, its contract, keeps the declared axes
@@ -177,7 +172,11 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
                                   for s, f in zip(single, found)))
     if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
         return Layout(False, tuple(None for _ in single))
-    return Layout(True, tuple(None if f == "none" else f for f in found), doubles=True)
+    # rows that share a whole-tensor statistic (`pass_batch` 1 without a declared fixed batch): x / 2
+    # keeps [x, x / 2, x] at x's range, so the axes found are x's; but another example with a wider
+    # range would change x's rounding, so the rows run one per pass (not doubled)
+    shared = fixed == 1 and fixed_batch(model.inputs) is None
+    return Layout(True, tuple(None if f == "none" else f for f in found), doubles=not shared)
 
 
 def _outputs(out) -> list[Tensor]:
