@@ -156,3 +156,17 @@ def test_the_walk_writes_nothing_where_it_runs(tmp_path, monkeypatch):
     except Exception:
         pass  # no answer is an answer; the point is the folder
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dynamic_quantization_keeps_the_probed_output_axes():
+    """Rows that share a quantization scale still have their axes found ([x, x/2, x] keeps x's scale):
+    an output transposed to [C, N] has its examples on axis 1, as onnxruntime lays them out."""
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("MatMul", ["d", "w"], ["h"]),
+             helper.make_node("Transpose", ["h"], ["y"], perm=[1, 0])]
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 6])], [("y", FLOAT, [2, "n"])],
+                                      {"w": _w(6, 2)}, opset=13), strip_final_activation=False)
+    tensors = model.prepare({"x": np.abs(_w(1, 6, scale=40))})
+    layout = batch.probe(model, tensors, batch.batch_axes(model.inputs, tensors))
+    assert layout.stackable and layout.outputs == (1,) and not layout.doubles
