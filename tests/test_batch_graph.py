@@ -79,12 +79,26 @@ def attention_matmuls():
                       {"wq": _w(4, 4), "wk": _w(4, 4), "target": _i(0, -1)}, opset=13)
 
 
+def tf2onnx_reshape_slice():
+    """tf2onnx's ways: Reshape to [-1, 6, 1] (the -1 is the number of examples), a strided_slice
+    naming every axis with 1e9 for "to the end", a Conv, a Flatten."""
+    nodes = [helper.make_node("Reshape", ["x", "target"], ["r"]),
+             helper.make_node("Unsqueeze", ["r", "axes3"], ["u"]),
+             helper.make_node("Slice", ["u", "begin", "end", "axes", "steps"], ["s"]),
+             helper.make_node("Conv", ["s", "w"], ["c"]),
+             helper.make_node("Flatten", ["c"], ["y"], axis=1)]
+    return make_model(nodes, [("x", FLOAT, ["n", 6])], [("y", FLOAT, ["n", 2])], {
+        "target": _i(-1, 6, 1), "axes3": _i(3), "begin": _i(0, 0, 1), "end": _i(10**9, 10**9, 10**9),
+        "axes": _i(0, 2, 1), "steps": _i(1, 1, 1), "w": _w(2, 5, 1, 1)}, opset=13)
+
+
 @pytest.mark.parametrize("build, feeds, axes", [
     (conv_reshape_head, {"x": _w(2, 2, 5, 5, scale=50)}, (0,)),
     (conv_reshape_head, {"x": _w(1, 2, 5, 5, scale=50)}, (0,)),
     (time_major_lstm, {"x": _w(4, 2, 2, scale=3), "h0": _w(1, 2, 3)}, (0, 1)),
     (attention_matmuls, {"x": _w(3, 5, 4, scale=10)}, (0,)),
-], ids=["conv-flatten-2", "conv-flatten-1", "lstm-time-major", "attention"])
+    (tf2onnx_reshape_slice, {"x": _w(3, 6, scale=100)}, (0,)),
+], ids=["conv-flatten-2", "conv-flatten-1", "lstm-time-major", "attention", "tf2onnx-reshape-slice"])
 def test_the_walk_answers_what_the_probe_finds(build, feeds, axes, monkeypatch):
     traced, probed = _walk_and_probe(build(), feeds, monkeypatch)
     assert traced == axes

@@ -179,6 +179,13 @@ class _Walk:
 
     def _reshaped(self, source: str, axis: int, target: list, out: str, copy_zero: bool) -> int:
         where = [i for i, d in enumerate(target) if d == B or (copy_zero and d == 0 and i == axis)]
+        if not where and target.count(-1) == 1:  # [-1, 2048, 1] (tf2onnx): the -1 is the number of
+            # examples when the other entries hold exactly one example's elements
+            shape = self.shape(source)
+            sizes = [shape[i] if copy_zero and d == 0 and i < len(shape) else d for i, d in enumerate(target) if d != -1]
+            if None not in shape and all(isinstance(d, int) and d > 0 for d in sizes) and \
+                    math.prod(sizes) * shape[axis] == math.prod(shape):
+                where = [target.index(-1)]
         if len(where) != 1 or any(d == B for i, d in enumerate(target) if i != where[0]):
             raise _Unknown
         before_in = self.shape(source)[:axis]
@@ -237,9 +244,24 @@ class _Walk:
         axes = self.ints(node, 3, "axes")
         starts = self.ints(node, 1, "starts")
         axes = list(range(len(starts))) if axes is None else [a + rank if a < 0 else a for a in axes]
-        if ins[0] in axes or any(v is not None for v in ins[1:]):
+        if any(v is not None for v in ins[1:]):
             raise _Unknown
+        if ins[0] in axes:  # only the whole batch axis, forward (tf2onnx's strided_slice names every axis)
+            at = axes.index(ins[0])
+            ends = self.ints(node, 2, "ends")
+            steps = self.ints(node, 4, "steps") or [1] * len(starts)
+            if starts[at] != 0 or ends[at] < 10**9 or steps[at] != 1:  # tf2onnx writes 1e9 for "to the end"
+                raise _Unknown
         return [ins[0]]
+
+    def op_OneHot(self, node, ins):
+        """Batched indices: the new axis at `axis` (default last), depth and values constant."""
+        if any(v is not None for v in ins[1:]):
+            raise _Unknown
+        rank = len(self.shape(node.input[0])) + 1
+        axis = self.attr(node, "axis", -1)
+        axis = axis + rank if axis < 0 else axis
+        return [ins[0] + 1 if axis <= ins[0] else ins[0]]
 
     def op_Gather(self, node, ins):
         if ins[1] is not None:  # a lookup of the examples' ids in a table that has no batch
