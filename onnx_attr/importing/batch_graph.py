@@ -140,7 +140,7 @@ class _Walk:
             raise _Unknown
         return handler(node, ins)
 
-    def broadcast(self, node) -> int:
+    def broadcast(self, node) -> Optional[int]:
         rank = max(len(self.shape(n)) for n in node.input if n)
         found = None
         for name in node.input:
@@ -152,8 +152,10 @@ class _Walk:
                 if found not in (None, axis):
                     raise _Unknown
                 found = axis
+        if found is None:
+            return None
         for name in node.input:  # an operand without the batch must broadcast along it
-            if name and self.state.get(name) is None:
+            if name and not isinstance(self.state.get(name), int):
                 shape = self.shape(name)
                 at = found - (rank - len(shape))
                 if at >= 0 and shape[at] != 1:
