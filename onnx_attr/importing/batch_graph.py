@@ -407,8 +407,8 @@ class _Walk:
         layout = self.attr(node, "layout", 0)
         if ins[0] != (0 if layout else 1) or any(v not in (None, 0 if layout else 1) for v in ins[1:]):
             raise _Unknown  # the recurrence runs along the batch's axis, or a state mixes it
-        if len(ins) > 4 and ins[4] is not None:
-            raise _Unknown
+        if any(v is not None for v in ins[1:5]):
+            raise _Unknown  # weights or sequence lengths that vary with the examples
         if any(name and v is None for name, v in zip(node.input[5:], ins[5:])):
             raise _Unknown  # an initial state of fixed batch: the export's batch size baked in
         if layout:
