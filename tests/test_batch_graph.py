@@ -285,3 +285,32 @@ def test_graphs_found_where_the_walk_and_the_probe_disagreed(name, monkeypatch):
     assert traced == expected
     if traced is not None:
         assert probed.stackable and tuple(probed.outputs) == traced
+
+
+def _random_graphs(seeds):
+    from hypothesis import given, settings, strategies as st
+
+    import walk_random_graphs as graphs
+
+    @settings(max_examples=seeds, deadline=None, derandomize=True, database=None)
+    @given(st.integers(0, 2**31 - 1))
+    def run(seed):
+        import random
+
+        built = graphs.build(random.Random(seed))
+        if built is not None:
+            found = graphs.check(*built)
+            assert found in ("none", "agree"), f"seed {seed}: {found}"
+
+    run()
+
+
+def test_random_graphs_the_walk_answers_as_the_probe():
+    """Property: on random chains of ops (tests/walk_random_graphs.py) the walk answers what the
+    probe's runs find, or declines; it never raises."""
+    _random_graphs(150)
+
+
+@pytest.mark.slow
+def test_random_graphs_campaign():
+    _random_graphs(5000)
