@@ -100,8 +100,8 @@ class _Walk:
     def ints(self, node, position: int, attribute: str) -> Optional[list]:
         """An op's int list, given as an attribute (older opsets) or a constant input."""
         for a in node.attribute:
-            if a.name == attribute:
-                return list(a.ints) if a.ints else [a.i]
+            if a.name == attribute:  # an empty list stays empty (Squeeze: every size-1 axis)
+                return list(a.ints) if a.type == onnx.AttributeProto.INTS else [a.i]
         if len(node.input) > position and node.input[position]:
             value = self.constant(node.input[position])
             if value is None:
@@ -208,7 +208,7 @@ class _Walk:
     def op_Squeeze(self, node, ins):
         rank = len(self.shape(node.input[0]))
         axes = self.ints(node, 1, "axes")
-        if axes is None:
+        if not axes:
             raise _Unknown  # every size-1 axis: the batch of one too
         axes = [a + rank if a < 0 else a for a in axes]
         if ins[0] in axes:
