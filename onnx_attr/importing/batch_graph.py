@@ -46,7 +46,7 @@ def traced_output_axes(model, tensors: Sequence, axes: Sequence[Optional[int]]) 
     on these inputs; None when the walk cannot prove it."""
     try:
         return _Walk(model, tensors, axes).outputs()
-    except (_Unknown, IndexError, KeyError, ValueError, TypeError):  # any doubt: the probe runs
+    except (_Unknown, IndexError, KeyError, ValueError, TypeError, ArithmeticError):  # any doubt: the probe runs
         return None
 
 
