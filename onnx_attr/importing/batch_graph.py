@@ -46,7 +46,7 @@ def traced_output_axes(model, tensors: Sequence, axes: Sequence[Optional[int]]) 
     on these inputs; None when the walk cannot prove it."""
     try:
         return _Walk(model, tensors, axes).outputs()
-    except (_Unknown, IndexError, KeyError, ValueError, TypeError):  # any doubt: the probe runs
+    except (_Unknown, IndexError, KeyError, ValueError, TypeError, ArithmeticError):  # any doubt: the probe runs
         return None
 
 
@@ -100,8 +100,8 @@ class _Walk:
     def ints(self, node, position: int, attribute: str) -> Optional[list]:
         """An op's int list, given as an attribute (older opsets) or a constant input."""
         for a in node.attribute:
-            if a.name == attribute:
-                return list(a.ints) if a.ints else [a.i]
+            if a.name == attribute:  # an empty list stays empty (Squeeze: every size-1 axis)
+                return list(a.ints) if a.type == onnx.AttributeProto.INTS else [a.i]
         if len(node.input) > position and node.input[position]:
             value = self.constant(node.input[position])
             if value is None:
@@ -124,15 +124,20 @@ class _Walk:
         if (op in ELEMENTWISE or op in ("TopK", "CumSum")) and op not in SHAPE_OPS and not any(
                 isinstance(v, list) and B in v for v in ins):
             ins = [None if isinstance(v, list) else v for v in ins]  # sizes of one example: constants here
+            if all(v is None for v in ins):  # arithmetic on those sizes alone (H * 2 for a Resize)
+                return [None] * len(node.output)
         if any(isinstance(v, list) for v in ins):
             return [self.shape_value(node, ins)] + [None] * (len(node.output) - 1)
+        if op == "CastLike":  # the second input names a type: the output is the first's shape
+            return [ins[0]]
         if op in ELEMENTWISE:
             return [self.broadcast(node)] * len(node.output)  # Dropout's mask has the input's shape
         if op in PER_EXAMPLE:
             if ins[0] != 0 or any(v is not None for v in ins[1:]) or (op == "MaxPool" and len(node.output) > 1
                                                                      and node.output[1]):
                 raise _Unknown  # indices of MaxPool count across the batch; training BatchNorm mixes
-            if op == "BatchNormalization" and len([o for o in node.output if o]) > 1:
+            if op == "BatchNormalization" and (len([o for o in node.output if o]) > 1
+                                               or self.attr(node, "training_mode", 0)):
                 raise _Unknown
             return [0] + [None] * (len(node.output) - 1)
         handler = getattr(self, "op_" + op, None)
@@ -154,7 +159,7 @@ class _Walk:
                 found = axis
         if found is None:
             return None
-        for name in node.input:  # an operand without the batch must broadcast along it
+        for name in node.input:  # an operand without the batch (a folded shape value too) must broadcast along it
             if name and not isinstance(self.state.get(name), int):
                 shape = self.shape(name)
                 at = found - (rank - len(shape))
@@ -200,15 +205,19 @@ class _Walk:
         axis = self.attr(node, "axis", 1)
         rank = len(self.shape(node.input[0]))
         axis = axis + rank if axis < 0 else axis
-        before = self.shape(node.input[0])[:ins[0]]
-        if ins[0] >= axis or not all(d == 1 for d in before):
+        shape = self.shape(node.input[0])
+        if ins[0] >= axis:  # the batch in the second block ([1, n * C] for axis 0): whole rows only
+            if not all(d == 1 for d in shape[axis:ins[0]]):
+                raise _Unknown
+            return [1]
+        if not all(d == 1 for d in shape[:ins[0]]):
             raise _Unknown
         return [0]
 
     def op_Squeeze(self, node, ins):
         rank = len(self.shape(node.input[0]))
         axes = self.ints(node, 1, "axes")
-        if axes is None:
+        if not axes:
             raise _Unknown  # every size-1 axis: the batch of one too
         axes = [a + rank if a < 0 else a for a in axes]
         if ins[0] in axes:
@@ -322,15 +331,26 @@ class _Walk:
         return [ins[0]]
 
     def op_Resize(self, node, ins):
-        if any(isinstance(v, int) for v in ins[1:]):
+        """The batch's axis kept: not among the resized axes (`axes`, opset 18), or sized `B`, or scaled by 1."""
+        if not isinstance(ins[0], int) or any(isinstance(v, int) for v in ins[1:]):
             raise _Unknown
+        if _text(self.attr(node, "coordinate_transformation_mode", "")) == "tf_crop_and_resize":
+            raise _Unknown  # the region of interest may crop the batch's axis
+        rank = len(self.shape(node.input[0]))
+        axes = self.attr(node, "axes", None)
+        axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
         sizes = ins[3] if len(ins) > 3 else None
         if isinstance(sizes, list):
-            if sizes[0] != B or ins[0] != 0:
+            if _text(self.attr(node, "keep_aspect_ratio_policy", "stretch")) != "stretch":
+                raise _Unknown  # one scale for every axis in `axes`, the batch's among them
+            if len(sizes) != len(axes) or sizes.count(B) > 1 or (
+                    ins[0] in axes and sizes[axes.index(ins[0])] != B) or (B in sizes and ins[0] not in axes):
                 raise _Unknown
-            return [0]
+            return [ins[0]]
+        if ins[0] not in axes:
+            return [ins[0]]
         scales = self.ints_or_floats(node, 2 if self.opset >= 11 else 1)
-        if scales is None or not scales or scales[ins[0]] != 1:
+        if scales is None or len(scales) != len(axes) or scales[axes.index(ins[0])] != 1:
             raise _Unknown
         return [ins[0]]
 
@@ -407,8 +427,10 @@ class _Walk:
         layout = self.attr(node, "layout", 0)
         if ins[0] != (0 if layout else 1) or any(v not in (None, 0 if layout else 1) for v in ins[1:]):
             raise _Unknown  # the recurrence runs along the batch's axis, or a state mixes it
-        if any(v is not None for v in ins[1:5]):
-            raise _Unknown  # weights or sequence lengths that vary with the examples
+        if any(v is not None for v in ins[1:4]):
+            raise _Unknown  # weights that vary with the examples
+        if len(node.input) > 4 and node.input[4]:
+            raise _Unknown  # lengths per example: a constant one bakes the export's batch size in
         if any(name and v is None for name, v in zip(node.input[5:], ins[5:])):
             raise _Unknown  # an initial state of fixed batch: the export's batch size baked in
         if layout:
@@ -488,7 +510,7 @@ class _Walk:
                 shape = self.shape(node.input[0])
                 if len(at) != 1 or (len(ins[1]) - len(shape) <= at[0] and shape[at[0] - len(ins[1]) + len(shape)] != 1):
                     raise _Unknown
-                return at[0]
+                return at[0] + max(0, len(shape) - len(ins[1]))  # a constant of higher rank adds leading axes
             raise _Unknown
         if op == "Reshape" and isinstance(ins[0], int) and isinstance(ins[1], list):
             return self.op_Reshape(node, ins)[0]
@@ -508,10 +530,15 @@ class _Walk:
             shape = self.shape(node.input[0])
             rank = max(len(shape), len(ins[1]))
             axis = ins[0] + rank - len(shape)
-            if ins[1][axis - (rank - len(ins[1]))] not in (B, 1):
-                raise _Unknown
+            at = axis - (rank - len(ins[1]))  # the target's entry on the batch's axis, if it reaches it
+            if (at >= 0 and ins[1][at] not in (B, 1)) or any(d == B for i, d in enumerate(ins[1]) if i != at):
+                raise _Unknown  # the batch's axis resized, or examples copied along another axis
             return axis
         raise _Unknown
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _inferred_shapes(proto: onnx.ModelProto, tensors, specs) -> dict[str, list]:

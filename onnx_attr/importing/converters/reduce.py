@@ -1,4 +1,5 @@
-"""Reductions at opset 18+, where `axes` moved from an attribute to an optional input.
+"""Reductions at opset 18+, where `axes` moved from an attribute to an optional input (and ReduceMax,
+ReduceMin and ReduceProd at every opset).
 
 One module for the whole family: the reduction function, the axes (baked in when they are a
 constant), keepdims and noop_with_empty_axes.
@@ -75,7 +76,10 @@ def convert_reduce(node, graph):
     attrs = node.attributes
     axes = None
     inputs = node.input_values
-    if len(inputs) > 1 and inputs[1] and inputs[1] in graph.initializers:
+    if "axes" in attrs:  # before opset 18 (13 for ReduceSum): an attribute
+        axes = [int(a) for a in attrs["axes"]]
+        inputs = inputs[:1]
+    elif len(inputs) > 1 and inputs[1] and inputs[1] in graph.initializers:
         axes = [int(a) for a in graph.initializers[inputs[1]].to_torch().reshape(-1).tolist()]
         inputs = inputs[:1]
     elif len(inputs) < 2 or not inputs[1]:
@@ -88,8 +92,11 @@ def convert_reduce(node, graph):
 for _op in ("ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
             "ReduceLogSumExp"):
     register(_op, 18)(convert_reduce)
-register("ReduceMax", 18, 20)(convert_reduce)
-register("ReduceMin", 18, 20)(convert_reduce)
+# onnx2torch's ReduceMax/Min/Prod before 18 reduce one axis at a time and shift a negative axis as if it
+# were positive ([0, -1] with keepdims=0 reduced the wrong axes): ours from opset 1
+register("ReduceMax", 1, 11, 12, 13, 18, 20)(convert_reduce)
+register("ReduceMin", 1, 11, 12, 13, 18, 20)(convert_reduce)
+register("ReduceProd", 1, 11, 13)(convert_reduce)
 
 
 class CumSum(nn.Module):

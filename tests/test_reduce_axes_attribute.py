@@ -1,0 +1,29 @@
+"""ReduceMax/Min/Prod with `axes` an attribute (before opset 18): onnx2torch's reduced one axis at a
+time and shifted a negative axis as if it were positive, so [0, -1] with keepdims=0 reduced the
+wrong axes (found by the batch walk's random graphs). Oracle: onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+import onnx_attr
+from conftest import FLOAT, make_model
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin", "ReduceProd"])
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("axes", [[0, -1], [2, 0], [-3, 3], [-1]])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_axes_attribute_as_onnxruntime_reads_it(op, opset, axes, keepdims):
+    reduced = {a % 4 for a in axes}
+    out = [1 if i in reduced else d for i, d in enumerate([2, 3, 4, 5]) if keepdims or i not in reduced]
+    model = make_model([helper.make_node(op, ["x"], ["y"], axes=axes, keepdims=keepdims)],
+                       [("x", FLOAT, [2, 3, 4, 5])], [("y", FLOAT, out)], opset=opset)
+    x = np.random.default_rng(3).uniform(-1.5, 1.5, (2, 3, 4, 5)).astype(np.float32)  # products stay finite
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = onnx_attr.load(model, strip_final_activation=False).run({"x": x})[0].numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-30)
