@@ -34,7 +34,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in names:
         spec = next(s for s in real_exports.SPECS if s.name == name)
-        model = onnx_attr.load(str(next((real_exports.CACHE / "models").glob(f"*/{spec.path}"))))
+        model = onnx_attr.load(str(real_exports.fetch(spec, real_exports.CACHE)))
         tensors = model.prepare(spec.inputs())
         axes = batch.batch_axes(model.inputs, tensors)
         start = time.perf_counter()

@@ -53,7 +53,7 @@ def measure(name: str, profile_dir: str | None, target) -> dict:
     import onnx_attr.methods.deeplift  # noqa: F401  (loaded on first use of onnx_attr.DeepLift)
     times["import"] = time.perf_counter() - start
     spec = next(s for s in real_exports.SPECS if s.name == name)
-    path = next((real_exports.CACHE / "models").glob(f"*/{spec.path}"))
+    path = real_exports.fetch(spec, real_exports.CACHE)
     inputs = spec.inputs()
     start = time.perf_counter()
     model = onnx_attr.load(str(path))
@@ -124,7 +124,7 @@ def plain_first(name: str) -> dict:
     import onnx_attr
 
     spec = next(s for s in real_exports.SPECS if s.name == name)
-    model = onnx_attr.load(str(next((real_exports.CACHE / "models").glob(f"*/{spec.path}"))))
+    model = onnx_attr.load(str(real_exports.fetch(spec, real_exports.CACHE)))
     inputs = spec.inputs()
     model.verify(inputs)
     times = [forward_grad(model, inputs) for _ in range(4)]

@@ -368,3 +368,59 @@ def test_random_graphs_import_as_onnxruntime_runs_them():
 def test_random_graphs_campaign():
     _random_graphs(5000, _walk_agrees)
     _random_graphs(3000, _runs_as_onnxruntime)
+
+
+def _fixed_one(reshape_to: list[int], normalise: bool = True):
+    """A static batch-1 export: x [1, 2, 4, 4] -> Conv -> Reshape to a baked target -> an L2
+    normalisation (an op the walk does not follow) -> Tanh, its output declared [1, ...]. With
+    [1, 3, -1] three stacked rows run together along the last axis; with [-1, 3, 16] they stay apart."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "target"], ["flat"]),
+             helper.make_node("LpNormalization", ["flat"], ["unit"], axis=1) if normalise else
+             helper.make_node("Identity", ["flat"], ["unit"]),
+             helper.make_node("Mul", ["unit", "four"], ["scaled"]),
+             helper.make_node("Tanh", ["scaled"], ["y"])]
+    return make_model(nodes, [("x", FLOAT, [1, 2, 4, 4])], [("y", FLOAT, [1, 3, 16])],
+                      {"w": _w(3, 2, 3, 3), "target": _i(*reshape_to), "four": np.array(4, np.float32)},
+                      opset=13)
+
+
+def _counting(model):
+    calls = []
+    model.module.register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("target,mixes", [([1, 3, -1], True), ([-1, 3, 16], False)])
+def test_a_declared_batch_of_one_runs_the_probe_only_when_rows_would_stack(target, mixes):
+    """Oracle: the probe's own runs. DeepLift's first call on a static batch-1 export (one row per
+    pass, the export's contract) runs the model once per pass and nothing more; IG, which would stack
+    its steps, runs the rows then, and stacks them only where they came out apart."""
+    model = onnx_attr.load(_fixed_one(target), strip_final_activation=False)
+    x = _w(1, 2, 4, 4, scale=30)
+    tensors = model.prepare({"x": x})
+    axes = batch.batch_axes(model.inputs, tensors)
+    assert traced_output_axes(model, tensors, axes) is None  # the walk cannot tell: the declared shapes do
+    calls = _counting(model)
+    layout = batch.probe(model, tensors, axes)
+    assert layout.stackable and layout.outputs == (0,) and calls == []
+    ran = batch._runs(model, tensors, axes, None, batch.pass_batch(model))
+    assert ran.outputs == (0,) and ran.found_doubles is (not mixes)
+    calls.clear()
+    assert layout.doubles is (not mixes) and len(calls) == 2  # the rows ran now, once: [x] and [x, x/2, x]
+    assert layout.doubles is (not mixes) and len(calls) == 2
+
+
+def test_deeplift_first_call_on_a_declared_batch_of_one_runs_no_probe():
+    model = onnx_attr.load(_fixed_one([1, 3, -1], normalise=False), strip_final_activation=False)
+    x = _w(1, 2, 4, 4, scale=0.3)
+    method = onnx_attr.DeepLift(model)
+    calls = _counting(model)
+    attributions, delta = method.attribute(x, target=(1, 5), return_convergence_delta=True)
+    assert len(calls) == 0  # DeepLift runs its rewritten module, never the plain one
+    assert "_batch_layouts" in model.__dict__ and all(v.found_doubles is None for v in model._batch_layouts.values())
+    y, y0 = (model.run({"x": v})[0][0, 1, 5] for v in (x, np.zeros_like(x)))
+    np.testing.assert_allclose(np.asarray(attributions).sum(), y - y0, rtol=1e-5)
+    ig = onnx_attr.IntegratedGradients(model).attribute(x, target=(1, 5), n_steps=16)
+    alone = onnx_attr.IntegratedGradients(model).attribute(x, target=(1, 5), n_steps=16, internal_batch_size=1)
+    np.testing.assert_allclose(np.asarray(ig), np.asarray(alone), rtol=1e-5, atol=1e-6)

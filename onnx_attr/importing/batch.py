@@ -13,8 +13,8 @@ batch.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -97,7 +97,23 @@ class Layout:
 
     stackable: bool  # the batch axes hold independent rows (else the tensors are one whole example)
     outputs: tuple[Optional[int], ...]  # each output's batch axis (None: it has no batch)
-    doubles: bool = False  # several rows ran and came out right: a declared fixed batch is not binding
+    #: several rows ran and came out right: a declared fixed batch is not binding (None: not yet
+    #: asked; `runs` then finds out when a method first wants more rows in a pass, see `doubles`)
+    found_doubles: Optional[bool] = False
+    runs: Optional[Callable[[], "Layout"]] = field(default=None, repr=False, compare=False)
+
+    @property
+    def doubles(self) -> bool:
+        """Whether rows may share a pass beyond a declared fixed batch. Where the declared shapes
+        settled the axes (`_declared_single`), the rows are run here, once, on the first method that
+        would stack them (IG's steps; DeepLift never does): it keeps the axes given out, so doubling
+        needs the runs to find those same axes."""
+        if self.found_doubles is None:
+            ran = self.runs()
+            same = ran.stackable and ran.found_doubles and ran.outputs == self.outputs
+            object.__setattr__(self, "found_doubles", bool(same))
+            object.__setattr__(self, "runs", None)  # drops the example it held
+        return bool(self.found_doubles)
 
 
 def probe(model, tensors: Sequence[Tensor], axes: Sequence[Optional[int]], outputs: Optional[Sequence] = None
@@ -146,7 +162,29 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
         return Layout(True, tuple(0 for _ in model.outputs))
     traced = traced_output_axes(model, tensors, axes)
     if traced is not None:  # the graph keeps the rows apart: what the runs below would find, without them
-        return Layout(True, traced, doubles=True)
+        return Layout(True, traced, found_doubles=True)
+    declared = _declared_single(model, axes)
+    if declared is not None:
+        return Layout(True, declared, found_doubles=None,
+                      runs=lambda: _runs(model, tensors, axes, outputs, fixed))
+    return _runs(model, tensors, axes, outputs, fixed)
+
+
+def _declared_single(model, axes) -> Optional[tuple]:
+    """Each output's batch axis, 0, where the declared shapes leave the runs nothing else to find:
+    the export fixes its batch at 1 (a static [1, 3, 800, 608] detector) and every output declares
+    that 1 on its axis 0. One row per pass is then the export's contract, and the runs could only
+    tell whether more rows may share a pass (`Layout.doubles`): several forwards of a large graph
+    that the first call of DeepLift, which runs one row per pass there anyway, does not need."""
+    if fixed_batch(model.inputs) != 1 or not any(a is not None for a in axes):
+        return None
+    if not model.outputs or any(not o.shape or o.shape[0] != 1 for o in model.outputs):
+        return None
+    return tuple(0 for _ in model.outputs)
+
+
+def _runs(model, tensors, axes, outputs, fixed) -> Layout:
+    """The probe proper: the rows [x, x', x] through the plain model."""
     one = [t if a is None else t.narrow(a, 0, 1) for t, a in zip(tensors, axes)]  # one example: cheap
     given = outputs is not None and all(a is None or t.shape[a] == 1 for t, a in zip(tensors, axes))
     with torch.no_grad():
@@ -176,7 +214,7 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
     # keeps [x, x / 2, x] at x's range, so the axes found are x's; but another example with a wider
     # range would change x's rounding, so the rows run one per pass (not doubled)
     shared = fixed == 1 and fixed_batch(model.inputs) is None
-    return Layout(True, tuple(None if f == "none" else f for f in found), doubles=not shared)
+    return Layout(True, tuple(None if f == "none" else f for f in found), found_doubles=not shared)
 
 
 def _outputs(out) -> list[Tensor]:
