@@ -424,3 +424,18 @@ def test_deeplift_first_call_on_a_declared_batch_of_one_runs_no_probe():
     ig = onnx_attr.IntegratedGradients(model).attribute(x, target=(1, 5), n_steps=16)
     alone = onnx_attr.IntegratedGradients(model).attribute(x, target=(1, 5), n_steps=16, internal_batch_size=1)
     np.testing.assert_allclose(np.asarray(ig), np.asarray(alone), rtol=1e-5, atol=1e-6)
+
+
+def test_a_declared_batch_of_one_asks_the_walk_before_running_rows():
+    """Rows the walk proves apart double without a run, asked only when a method would stack them."""
+    model = onnx_attr.load(_fixed_one([-1, 3, 16], normalise=False), strip_final_activation=False)
+    tensors = model.prepare({"x": _w(1, 2, 4, 4)})
+    axes = batch.batch_axes(model.inputs, tensors)
+    walks = []
+    walk = batch.traced_output_axes
+    calls = _counting(model)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batch, "traced_output_axes", lambda *a: walks.append(1) or walk(*a))
+        layout = batch.probe(model, tensors, axes)
+        assert walks == [] and layout.outputs == (0,)
+        assert layout.doubles and walks == [1] and calls == []

@@ -160,22 +160,26 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
     fixed = pass_batch(model)
     if (fixed or 1) > 1:  # one row is outside what the export declares: as declared
         return Layout(True, tuple(0 for _ in model.outputs))
+    declared = _declared_single(model, axes)
+    if declared is not None:
+        return Layout(True, declared, found_doubles=None, runs=lambda: _found(model, tensors, axes, outputs, fixed))
+    return _found(model, tensors, axes, outputs, fixed)
+
+
+def _found(model, tensors, axes, outputs, fixed) -> Layout:
+    """The graph walk's answer where it has one, else the probe's runs."""
     traced = traced_output_axes(model, tensors, axes)
     if traced is not None:  # the graph keeps the rows apart: what the runs below would find, without them
         return Layout(True, traced, found_doubles=True)
-    declared = _declared_single(model, axes)
-    if declared is not None:
-        return Layout(True, declared, found_doubles=None,
-                      runs=lambda: _runs(model, tensors, axes, outputs, fixed))
     return _runs(model, tensors, axes, outputs, fixed)
 
 
 def _declared_single(model, axes) -> Optional[tuple]:
     """Each output's batch axis, 0, where the declared shapes leave the runs nothing else to find:
     the export fixes its batch at 1 (a static [1, 3, 800, 608] detector) and every output declares
-    that 1 on its axis 0. One row per pass is then the export's contract, and the runs could only
-    tell whether more rows may share a pass (`Layout.doubles`): several forwards of a large graph
-    that the first call of DeepLift, which runs one row per pass there anyway, does not need."""
+    that 1 on its axis 0. One row per pass is then the export's contract, and the walk or the runs
+    could only tell whether more rows may share a pass (`Layout.doubles`): a shape inference and
+    several forwards of a large graph that DeepLift, one row per pass there anyway, does not need."""
     if fixed_batch(model.inputs) != 1 or not any(a is not None for a in axes):
         return None
     if not model.outputs or any(not o.shape or o.shape[0] != 1 for o in model.outputs):
