@@ -53,7 +53,7 @@ _LAZY = {
     **{name: "methods" for name in _method_classes()},
     "tensor_as_input": "deeplift.layers", "tensor_as_output": "deeplift.layers", "Target": "deeplift.targets",
     "infidelity": "methods.metrics", "parameter_randomization": "methods.metrics", "sensitivity_max": "methods.metrics",
-    "smooth": "deeplift.smooth",
+    "smooth": "deeplift.smooth", "blurred": "methods.blur",
     "attribute_dataset": "app.dataset_job", "read_results": "app.dataset_job",
     "read_inputs": "app.readers", "InputOptions": "app.readers", "image_preprocessing": "app.preprocess",
     "text_preprocessing": "app.text_inputs",

@@ -75,7 +75,7 @@ def test_deepliftshap_with_a_baseline_distribution(tmp_path, capsys):
     (["--target", "10"], "out of range"),
     (["--target", "1,2"], "2 entries for 8 example"),
     (["--target", "x"], "is not a target form"),
-    (["--baseline", "nope.txt"], "use zeros, mean"),
+    (["--baseline", "nope.txt"], "use auto, zeros, mean, blur"),
     (["--output-name", "missing"], "no output named"),
 ])
 def test_bad_arguments_exit_2_and_write_nothing(tmp_path, capsys, extra, message):

@@ -160,7 +160,7 @@ def test_leftover_temporaries_are_cleaned_by_the_next_run(tmp_path, capsys):
 @pytest.mark.parametrize("changed,named", [
     (["--method", "integratedgradients"], "method: 'deeplift' -> 'integratedgradients'"),
     (["--target", "5"], "target: '3' -> '5'"),
-    (["--baseline", "mean"], "baseline.spec: 'zeros' -> 'mean'"),
+    (["--baseline", "mean"], "baseline.spec: 'auto' -> 'mean'"),
     (["--keep-final-activation"], "options.stripped_final_activations"),
 ])
 def test_resume_with_other_settings_is_refused_and_nothing_is_mixed(tmp_path, capsys, changed, named):

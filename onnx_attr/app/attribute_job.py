@@ -86,10 +86,53 @@ def _has_negative(target: Any) -> bool:
     return any(isinstance(v, int) and v < 0 for v in values)
 
 
+def _blurred(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each example blurred along its long axes (`methods.blur`), on each input's batch axis."""
+    import torch
+
+    from onnx_attr.importing.batch import batch_axes
+    from onnx_attr.methods.blur import blurred
+
+    specs = {s.name: s for s in model.inputs}
+    names = [n for n in inputs if n in specs]
+    tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names]
+    axes = dict(zip(names, batch_axes([specs[n] for n in names], tensors)))
+    return {k: blurred(v, axes.get(k, 0)) for k, v in inputs.items()}
+
+
+def zeros_outside_domain(model, attributed: dict, extra: dict) -> bool:
+    """Whether the model is not defined with the attributed inputs at zero: its forward pass has a
+    non-finite value there where the input's has none (a min-max normalisation of the input divides
+    0 by 0; a quantizer after it may hide the NaN from the output, not from a reference pass).
+    `--baseline auto` then blurs instead."""
+    zeros = {k: np.zeros_like(v) for k, v in attributed.items()}
+    return bool(_nonfinite_tensors(model, {**zeros, **extra}) - _nonfinite_tensors(model, {**attributed, **extra}))
+
+
+def _nonfinite_tensors(model, feeds: dict) -> set[str]:
+    """The ONNX tensors whose value is not all finite in a plain forward pass (none are kept)."""
+    import torch
+    from torch import fx
+
+    found: set[str] = set()
+
+    class Watching(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                found.add(n.meta.get("onnx_tensor", n.name))
+            return out
+
+    with torch.no_grad():
+        Watching(model.module).run(*model.prepare(feeds))
+    return found
+
+
 def resolve_baseline_spec(spec: Optional[str], method: str) -> str:
-    """The baseline spec a method runs with: zeros by default, except for methods that average over a
-    distribution (no meaningful default) and "none" for methods that take no baseline (one given is
-    refused, so a report never names a baseline that did not count)."""
+    """The baseline spec a method runs with: "auto" by default (zeros, or a blur of each example
+    where the model's output is not finite at zeros: see `_Job._outside_domain`), except for
+    methods that average over a distribution (no meaningful default) and "none" for methods that
+    take no baseline (one given is refused, so a report never names a baseline that did not count)."""
     found = entry(method)
     if not found.baselines:
         if spec is not None:
@@ -99,21 +142,27 @@ def resolve_baseline_spec(spec: Optional[str], method: str) -> str:
         if found.distribution:
             raise InputError(f"--method {method} averages over a distribution of baselines: give one with "
                              "--baseline bg.npz (rows of typical inputs, e.g. a sample of the training data)")
-        return "zeros"
-    if spec not in ("zeros", "mean") and Path(spec).suffix != ".npz":
-        raise InputError(f"--baseline {spec!r}: use zeros, mean, or an .npz file of baselines")
+        return "auto"
+    if spec not in BASELINE_WORDS and Path(spec).suffix != ".npz":
+        raise InputError(f"--baseline {spec!r}: use {', '.join(BASELINE_WORDS)}, or an .npz file of baselines")
     return spec
+
+
+#: --baseline's named forms (else an .npz file)
+BASELINE_WORDS = ("auto", "zeros", "mean", "blur")
 
 
 def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> Any:
     if spec == "none":
         return None
-    if spec == "zeros":
+    if spec in ("zeros", "auto"):
         if entry(method).distribution:  # a distribution of one all-zero row
             return {k: np.zeros_like(v[:1]) for k, v in inputs.items()}
         return None
     if spec == "mean":
         return {k: v.mean(0, keepdims=True).astype(v.dtype) for k, v in inputs.items()}
+    if spec == "blur":
+        return _blurred(model, inputs)
     from onnx_attr.importing.inputs import read_npz
 
     return read_npz(spec, model.inputs)
@@ -394,6 +443,11 @@ class _Job:
             baselines = {k: v for k, v in baselines.items() if k in attributed}
         attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
                                                                         progress_bar, file.name)
+        used = {"auto": "zeros"}.get(self.baseline, self.baseline)
+        if self.baseline == "auto" and self._outside_domain(attributions, attributed, extra):
+            used = "blur"
+            attributions, delta, method_report = self._attribute_in_batches(
+                attributed, extra, _blurred(self.model, attributed), chosen, progress_bar, file.name)
         verification = getattr(self.model, "smoothed_from", self.model).verify(inputs, run=plain)  # the import itself
         report = {
             **method_report,
@@ -402,6 +456,10 @@ class _Job:
             "target_source": resolved.source,
             "target_detail": resolved.detail,
             "baseline": self.baseline,
+            "baseline_used": used,
+            **({"baseline_note": "zeros are outside the model's domain (its output is not finite there): "
+                                 "each example blurred along its long axes instead"} if used != self.baseline
+               and self.baseline == "auto" and used == "blur" else {}),
             "inputs": str(file),
             "verify": verification.to_dict(),
             "notes": list(self.model.notes),
@@ -457,6 +515,13 @@ class _Job:
         out = (outputs if outputs is not None else self.model.run(inputs))[self.output_index]
         return resolve(self.target, out, model=self.model, output_index=self.output_index, inputs=inputs,
                        examples=examples, batch_axis=self.batch_axis)
+
+    def _outside_domain(self, attributions: dict, attributed: dict, extra: dict) -> bool:
+        """Whether the default baseline failed the way only another baseline mends: attributions that
+        are not all finite, from a model not defined at zeros (`zeros_outside_domain`)."""
+        if all(np.isfinite(np.asarray(v)).all() for v in attributions.values() if np.asarray(v).dtype.kind == "f"):
+            return False
+        return zeros_outside_domain(self.model, attributed, extra)
 
     def _attribute_in_batches(self, attributed: dict, extra: dict, baselines: Any, target: Any,
                               progress_bar: bool, name: str) -> tuple[dict, np.ndarray, dict]:

@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-axis", type=int, metavar="K",
                    help="the explained output's batch axis, e.g. 1 for a time-major [T, N, C] output (default: the "
                         "axis sharing the inputs' batch symbol, else the one with one row per example)")
-    p.add_argument("--baseline", help="zeros (default), mean, or an .npz of baselines (deepliftshap: required, "
-                                      "a distribution of rows, e.g. --baseline bg.npz)")
+    p.add_argument("--baseline", help="auto (default: zeros, or each example blurred where the model's output is not "
+                                      "finite at zeros), zeros, mean, blur, or an .npz of baselines (deepliftshap: "
+                                      "required, a distribution of rows, e.g. --baseline bg.npz)")
     p.add_argument("--method", default="deeplift", choices=METHOD_CHOICES, help="attribution method (default: deeplift)")
     p.add_argument("--layer", help="layer and neuron methods: the ONNX tensor to attribute at (`inspect --json` lists "
                                    "them); a neuron method explains the element of it that --target picks")
@@ -285,8 +286,9 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="what to explain in every row, as for `attribute`: top, region, region>T, greedy, "
                                     "anchor, an int, or t,c / a:b (default: by the output's layout)")
     p.add_argument("--batch-axis", type=int, metavar="K", help="the explained output's batch axis (as for `attribute`)")
-    p.add_argument("--baseline", help="zeros (default), mean (of the whole dataset, from a first pass) or an .npz of "
-                                      "baseline rows (deepliftshap: required)")
+    p.add_argument("--baseline", help="auto (default: zeros, or each row blurred where the model's output is not "
+                                      "finite at zeros), zeros, blur, mean (of the whole dataset, from a first pass) "
+                                      "or an .npz of baseline rows (deepliftshap: required)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first floating one)")
     p.add_argument("--resume", action="store_true",
                    help="skip shards already committed with the same settings; refuse if --out holds a run with other "
@@ -536,7 +538,8 @@ def _attribution_summary(report: dict, out: str, worst: float) -> str:
     final = report["final_activation"]
     pictures = [f for f in report["files"] if f not in ("attributions.npz", "report.json")]
     lines = [f"{report['method']} on output {report['output']!r}, target {shown} ({report['target_source']}), "
-             f"baseline {report['baseline']}",
+             f"baseline {report.get('baseline_used', report['baseline'])}",
+             *([f"note: {report['baseline_note']}"] if report.get("baseline_note") else []),
              "final activation: " + (
                  "none found" if final is None else
                  f"{final['op_type']} node {final['node']!r} " + ("stripped: logits attributed" if final["stripped"]

@@ -151,6 +151,7 @@ class ShardWorker:
         tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
         self.attributed = [s.name for s in model.inputs if s.differentiable or s.name in tapped]
         self._baselines: Any = None
+        self._blurred_shapes: dict = {}  # row shapes where `--baseline auto` found zeros outside the domain
 
     def __call__(self, batch: dict) -> dict:
         """Ray Data's `map_batches` entry: a batch of shard indices in, their row counts out."""
@@ -228,11 +229,25 @@ class ShardWorker:
                                             magnitude)[0])
             rows.ok(r, values, float(delta[j]), relative, prediction[j], target[j])
 
+    def _call(self, spec: str, attributed: dict, extra: dict, target: Any) -> tuple[dict, np.ndarray]:
+        from onnx_attr.app.attribute_job import _baseline, call_method
+
+        if spec in ("zeros", "blur"):  # per row: nothing to keep
+            baselines = _baseline(spec, self.model, attributed, self.settings.method)
+        else:
+            if self._baselines is None:
+                self._baselines = _baseline(spec, self.model, attributed, self.settings.method)
+            baselines = self._baselines
+        if isinstance(baselines, dict):
+            baselines = {k: v for k, v in baselines.items() if k in attributed}
+        return call_method(self.settings.method, self.explainer, attributed, baselines, target=target,
+                           extra=extra, output=self.output_index, options=self.method_options)
+
     def _explain(self, inputs: dict) -> tuple[dict, np.ndarray, list, list]:
         """Attributions, deltas, (predicted class, explained output value) and the target, per row.
         The target is `onnx-attr attribute`'s: the --target form (or the output layout's default)
         resolved on this batch's output (`target_forms.resolve`), on the output's batch axis."""
-        from onnx_attr.app.attribute_job import _baseline, call_method
+        from onnx_attr.app.attribute_job import zeros_outside_domain
         from onnx_attr.deeplift.engine import Targets
         from onnx_attr.app.target_forms import resolve
 
@@ -245,14 +260,15 @@ class ShardWorker:
         resolved = resolve(self.settings.target, output, model=self.model, output_index=self.output_index,
                            inputs=inputs, examples=n, batch_axis=self.settings.batch_axis)
         target = resolved.target
-        if self._baselines is None and self.settings.baseline != "zeros":
-            self._baselines = _baseline(self.settings.baseline, self.model, attributed, self.settings.method)
-        baselines = _baseline("zeros", self.model, attributed, self.settings.method) \
-            if self.settings.baseline == "zeros" else self._baselines
-        if isinstance(baselines, dict):
-            baselines = {k: v for k, v in baselines.items() if k in attributed}
-        result, delta = call_method(self.settings.method, self.explainer, attributed, baselines, target=target,
-                                    extra=extra, output=self.output_index, options=self.method_options)
+        spec = self.settings.baseline
+        shape = tuple((k, v.shape[1:]) for k, v in attributed.items())
+        if spec == "auto":  # as `attribute` decides it, remembered per row shape once it is blur
+            spec = self._blurred_shapes.get(shape, "zeros")
+        result, delta = self._call(spec, attributed, extra, target)
+        if spec == "zeros" and self.settings.baseline == "auto" and not all(
+                np.isfinite(v).all() for v in result.values()) and zeros_outside_domain(self.model, attributed, extra):
+            self._blurred_shapes[shape] = "blur"
+            result, delta = self._call("blur", attributed, extra, target)
         attributions = {k: result[k] for k in attributed}
         explained = Targets(target, n, resolved.detail.get("batch_axis", 0)).select(output).double().tolist()
         return attributions, delta, list(zip(prediction, explained)), row_targets(resolved, n)

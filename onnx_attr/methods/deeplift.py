@@ -276,10 +276,10 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int,
     }
 
 
-#: Said when the model's own output is not finite at the baseline: no rule can mend that reference.
-_OUTSIDE_DOMAIN = ("; the model's own output is not finite there, so the baseline is outside the model's domain "
-                   "(a constant input into a min-max normalisation divides 0 by 0): give a baseline where the "
-                   "model is defined (CLI: --baseline FILE.npz or mean; API: baselines=...)")
+#: Said when the baseline's forward pass is not finite where the input's is: no rule can mend that reference.
+_OUTSIDE_DOMAIN = (", so the baseline is outside the model's domain (a constant input into a min-max normalisation "
+                   "divides 0 by 0): give a baseline where the model is defined (CLI: --baseline blur or FILE.npz; "
+                   "API: baselines=onnx_attr.blurred(x))")
 
 
 def _nonfinite_output(model, values: dict) -> bool:
@@ -300,7 +300,9 @@ def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str
                 if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                     return (f"non-finite values first appear at ONNX node {node.name or node.op_type!r} "
                             f"(op {node.op_type}, tensor {name!r}) in the forward pass of the {what}"
-                            + (_OUTSIDE_DOMAIN if what == "baseline" and _nonfinite_output(model, values) else ""))
+                            + ("" if what == "input" else  # the input's pass was finite throughout
+                               ("; the model's own output is not finite there" if _nonfinite_output(model, values)
+                                else "; the model's output is finite there all the same") + _OUTSIDE_DOMAIN))
     return "the forward passes are finite: the non-finite values arise in the backward pass's multipliers"
 
 

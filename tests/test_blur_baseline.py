@@ -1,0 +1,140 @@
+"""A model not defined at zero (a min-max normalisation of its input, as efficientword-net ships)
+still gets explained by default: `--baseline auto` sees the non-finite output at zeros and blurs
+each example instead, and says so. Oracles: scipy's Gaussian filter for the blur, onnxruntime's
+outputs at the input and at the blurred baseline for completeness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper
+
+import onnx_attr
+from conftest import FLOAT, make_model
+from onnx_attr.app.cli import main
+from onnx_attr.methods.blur import MIN_BLURRED_SIZE, blurred
+
+RNG = np.random.default_rng(11)
+
+
+def test_the_blur_is_scipys_gaussian_along_each_long_axis():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = (RNG.standard_normal((3, 2, 40, 24)) * 300 + 50).astype(np.float32)  # unnormalised magnitudes
+    ours = blurred(x, batch_axis=0)
+    expected = x.astype(np.float64)
+    for axis in (2, 3):  # the channel axis (2 < MIN_BLURRED_SIZE) and the batch stay
+        sigma = 0.1 * x.shape[axis]
+        expected = ndimage.gaussian_filter1d(expected, sigma, axis=axis, mode="nearest", radius=int(np.ceil(3 * sigma)))
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-3)
+    assert ours.dtype == np.float32
+
+
+def test_each_example_is_blurred_alone_inside_its_own_range():
+    x = np.stack([RNG.uniform(2.0, 3.0, (MIN_BLURRED_SIZE * 4,)), RNG.uniform(-900, -800, (MIN_BLURRED_SIZE * 4,))])
+    out = blurred(x, batch_axis=0)
+    for row, b in zip(x, out):
+        assert row.min() <= b.min() and b.max() <= row.max()  # weighted means of the example's own values
+        assert b.std() > 0  # not a constant: a min-max normalisation stays defined
+    np.testing.assert_array_equal(blurred(x[1:], batch_axis=0)[0], out[1])
+    time_major = blurred(np.ascontiguousarray(x.T), batch_axis=1)  # the batch on axis 1
+    np.testing.assert_allclose(time_major.T, out, rtol=1e-6)
+
+
+def test_ids_and_tensors_keep_their_kind():
+    ids = np.arange(40).reshape(1, 40)
+    assert blurred(ids) is ids
+    t = torch.randn(1, 16, dtype=torch.float64)
+    assert isinstance(blurred(t), torch.Tensor) and blurred(t).dtype == torch.float64
+
+
+def minmax_model(quantized: bool = False):
+    """x [N, 1, 12, 10] -> (x - min) / (max - min) over each example -> Conv -> Relu -> Flatten ->
+    MatMul -> [N, 3]: NaN wherever the example is constant (zeros included). `quantized` puts a
+    QuantizeLinear/DequantizeLinear pair after the division (as a QDQ quantizer does): the NaN is
+    then rounded to a finite value before the output, but not before DeepLift's reference pass."""
+    qdq = [helper.make_node("QuantizeLinear", ["ratio", "scale", "zero"], ["q"]),
+           helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["unit"])] if quantized else [
+        helper.make_node("Identity", ["ratio"], ["unit"])]
+    nodes = [helper.make_node("ReduceMin", ["x"], ["low"], axes=[1, 2, 3], keepdims=1),
+             helper.make_node("ReduceMax", ["x"], ["high"], axes=[1, 2, 3], keepdims=1),
+             helper.make_node("Sub", ["x", "low"], ["shifted"]),
+             helper.make_node("Sub", ["high", "low"], ["span"]),
+             helper.make_node("Div", ["shifted", "span"], ["ratio"]),
+             *qdq,
+             helper.make_node("Conv", ["unit", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "fc"], ["y"])]
+    return make_model(nodes, [("x", FLOAT, ["n", 1, 12, 10])], [("y", FLOAT, ["n", 3])],
+                      {"w": RNG.standard_normal((4, 1, 3, 3)).astype(np.float32),
+                       "fc": (RNG.standard_normal((480, 3)) * 0.1).astype(np.float32),
+                       "scale": np.array(1 / 255, np.float32), "zero": np.array(0, np.uint8)}, opset=13)
+
+
+@pytest.fixture(params=[False, True], ids=["float", "qdq"])
+def minmax(tmp_path, request):
+    path = tmp_path / "minmax.onnx"
+    path.write_bytes(minmax_model(request.param).SerializeToString())
+    x = (RNG.standard_normal((2, 1, 12, 10)) * 20 - 60).astype(np.float32)  # log powers in dB
+    np.savez(tmp_path / "x.npz", x=x)
+    return path, x
+
+
+def _ort(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_the_cli_blurs_where_zeros_are_outside_the_models_domain(minmax, tmp_path, capsys):
+    path, x = minmax
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--quiet",
+                 "--target", "1"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["baseline"] == "auto" and report["baseline_used"] == "blur" and "domain" in report["baseline_note"]
+    assert "baseline blur" in capsys.readouterr().out
+    attributions = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    assert np.isfinite(attributions).all()
+    y, y0 = _ort(path, x)[:, 1], _ort(path, blurred(x, 0))[:, 1]  # completeness against onnxruntime
+    np.testing.assert_allclose(attributions.reshape(2, -1).sum(1), y - y0, rtol=1e-4, atol=1e-3 * np.abs(y).max())
+
+
+def test_zeros_asked_for_stay_zeros_and_say_why_they_fail(minmax, tmp_path, capsys):
+    path, _ = minmax
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--quiet",
+                 "--target", "1", "--baseline", "zeros"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["baseline_used"] == "zeros" and "baseline_note" not in report
+    assert "outside the model's domain" in report["non_finite"] and "--baseline blur" in report["non_finite"]
+
+
+def test_a_model_defined_at_zero_keeps_zeros(tmp_path):
+    from conftest import SAMPLES
+
+    assert main(["attribute", str(SAMPLES / "breast_cancer_mlp.onnx"), "-i", str(SAMPLES / "breast_cancer_mlp_inputs.npz"),
+                 "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["baseline_used"] == "zeros"
+
+
+def test_the_dataset_job_blurs_every_row_there(minmax, tmp_path):
+    from onnx_attr.app.dataset_job import attribute_dataset, read_results
+    from onnx_attr.app.dataset_job import attribution_array
+
+    path, x = minmax
+    summary = attribute_dataset(str(path), str(tmp_path / "x.npz"), str(tmp_path / "ds"), target="1", quiet=True)
+    assert summary["error_rows_computed"] == 0
+    table = read_results(tmp_path / "ds")
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    attributions = attribution_array(table, "attributions").reshape(2, -1)
+    y, y0 = _ort(path, x)[:, 1], _ort(path, blurred(x, 0))[:, 1]
+    np.testing.assert_allclose(attributions.sum(1), y - y0, rtol=1e-4, atol=1e-3 * np.abs(y).max())
+
+
+def test_the_api_takes_a_blurred_baseline(minmax):
+    path, x = minmax
+    model = onnx_attr.load(str(path))
+    a, delta = onnx_attr.DeepLift(model).attribute(x, baselines=onnx_attr.blurred(x), target=1,
+                                                   return_convergence_delta=True)
+    assert np.isfinite(np.asarray(a)).all() and float(np.abs(np.asarray(delta)).max()) < 1e-3
