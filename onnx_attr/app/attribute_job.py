@@ -493,7 +493,7 @@ class _Job:
         attributions, inputs = picture_arrays(rows, of_inputs, inputs)
         options = _named_pictures(self.pictures or PictureOptions(), rows)
         return write_pictures(folder, attributions, inputs, options=options, target=resolved.labels or resolved.shown,
-                              delta=delta, method=METHOD_TITLES[self.method], baseline=self.baseline,
+                              delta=delta, method=METHOD_TITLES[self.method], baseline=report["baseline_used"],
                               final_activation=report["final_activation"],
                               outputs=lambda: outputs[self.output_index].movedim(axis, 0),
                               stem=_safe)
