@@ -101,14 +101,15 @@ def test_the_fake_quant_multiplier_is_the_staircase_secant():
 
 def test_verify_takes_the_qdq_graph_as_written_and_still_catches_a_wrong_import():
     """onnxruntime's optimizer swaps this graph's QDQ groups for integer kernels that round
-    elsewhere (outputs tens apart): verify compares with the graph as written, and a wrong
-    weight in the import still fails it, the jitter envelope notwithstanding."""
+    elsewhere (outputs tens apart, on CPUs where it fuses them; on others it computes the graph as
+    written): verify compares with the graph as written either way, and a wrong weight in the
+    import still fails it, the jitter envelope notwithstanding."""
     model = _qdq_model(False)
     x = (np.random.default_rng(1).standard_normal((4, 16)) * 2).astype(np.float32)
     optimized = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     imported = onnx_attr.load(model)
     ours = imported.run({"x": x})[0].numpy()
-    assert np.abs(ours - optimized).max() > 1.0
+    assert np.abs(ours - optimized).max() > 1.0 or np.abs(ours - optimized).max() <= 1e-4  # fused, or as written
     report = imported.verify({"x": x})
     assert report.passed and report.outputs[0].max_abs <= 1e-4
     assert any("statically quantized" in note for note in report.notes)
