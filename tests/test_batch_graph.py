@@ -439,3 +439,27 @@ def test_a_declared_batch_of_one_asks_the_walk_before_running_rows():
         layout = batch.probe(model, tensors, axes)
         assert walks == [] and layout.outputs == (0,)
         assert layout.doubles and walks == [1] and calls == []
+
+
+def test_rows_that_break_a_baked_batch_are_not_re_run_node_by_node(monkeypatch):
+    """A static batch-1 export whose Reshape bakes [1, 48] fails on the probe's three rows: the
+    probe takes that as the declared axes. The failure is caught, so the forward's node-by-node
+    re-run that names a failing node for the user (a whole second forward on a large graph) must
+    not run; a user's own failing forward still gets it."""
+    from onnx_attr.importing import model as model_module
+
+    located = []
+    explain = model_module._explain_failure
+    monkeypatch.setattr(model_module, "_explain_failure", lambda *a: located.append(1) or explain(*a))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "target"], ["flat"]),
+             helper.make_node("Tanh", ["flat"], ["y"])]
+    onnx_model = make_model(nodes, [("x", FLOAT, [1, 2, 4, 4])], [("y", FLOAT, ["k", 48])],
+                            {"w": _w(3, 2, 3, 3), "target": _i(1, 48)}, opset=13)
+    imported = onnx_attr.load(onnx_model, strip_final_activation=False)
+    tensors = imported.prepare({"x": _w(1, 2, 4, 4)})
+    layout = batch._runs(imported, tensors, batch.batch_axes(imported.inputs, tensors), None, 1)  # the runs proper
+    assert layout.outputs == (0,) and not located
+    with pytest.raises(onnx_attr.errors.ForwardError, match="Reshape"):
+        imported(torch.cat([tensors[0]] * 3))
+    assert located

@@ -67,6 +67,11 @@ class AttributableModel(nn.Module):
         except Exception as err:
             raise ForwardError(_explain_failure(self.module, args, err)) from err
 
+    def run_unexplained(self, *args: torch.Tensor) -> Any:
+        """The forward without `_explain_failure` on an error, for a caller that catches it (the batch
+        probe's trial rows): on a large graph the node-by-node re-run costs a whole forward again."""
+        return self.module(*args)
+
     def with_module(self, module: fx.GraphModule, inputs: Optional[Sequence[TensorSpec]] = None,
                     outputs: Optional[Sequence[OutputSpec]] = None, notes: Sequence[str] = ()) -> "AttributableModel":
         """A sibling over another graph (a re-cut or substituted copy), same ONNX provenance."""
