@@ -484,17 +484,20 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
                          examples=examples).target
     method = onnx_attr.DeepLift(model) if step == "deeplift" else onnx_attr.IntegratedGradients(model)
     options = {} if step == "deeplift" else {"n_steps": 16}
-    # the CLI's default baseline (`--baseline auto`): zeros, or each example blurred where the model's
-    # output is not finite at zeros
+    # the CLI's default baseline (`--baseline auto`): zeros, then, where the attributions are not
+    # finite and the model's forward is not finite at zeros (outside its domain), each example blurred
     from onnx_attr.app.attribute_job import zeros_outside_domain
 
     attributed = {s.name: inputs[s.name] for s in model.inputs if s.differentiable and s.name in inputs}
     held = {k: v for k, v in inputs.items() if k not in attributed}
-    blur = bool(attributed) and zeros_outside_domain(model, attributed, held)
+    found = method.attribute(inputs, target=target, return_convergence_delta=True, **options)[0]
+    parts = found.values() if isinstance(found, dict) else found if isinstance(found, (tuple, list)) else [found]
+    finite = all(np.isfinite(np.asarray(a)).all() for a in parts)
+    blur = not finite and bool(attributed) and zeros_outside_domain(model, attributed, held)
     if blur:
         options["baselines"] = {k: onnx_attr.blurred(v) for k, v in inputs.items()} if len(inputs) > 1 \
             else onnx_attr.blurred(next(iter(inputs.values())))
-    method.attribute(inputs, target=target, return_convergence_delta=True, **options)
+        method.attribute(inputs, target=target, return_convergence_delta=True, **options)
     relative = float(method.last_report["max_relative_delta"])
     passed = step == "ig" or relative <= DELTA_OK
     return {"status": "ok" if passed else "FAIL", "delta": relative,
