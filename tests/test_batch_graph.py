@@ -135,15 +135,17 @@ def test_the_walk_says_nothing_where_rows_mix(name):
     assert traced_output_axes(model, [x], batch.batch_axes(model.inputs, [x])) is None
 
 
-def test_a_dynamic_quantization_is_not_stacked():
+@pytest.mark.parametrize("batch_dim", ["n", 1])
+def test_a_dynamic_quantization_is_not_stacked(batch_dim):
     """One scale over [x, x/2, x] is x's own, so the probe's runs agree; IG's stacked steps would
     share the largest step's scale. Oracle: IG run one step per pass (each point quantized alone,
-    as onnxruntime runs one example)."""
+    as onnxruntime runs one example). Also where the export declares a batch of 1 (the runs then
+    find that more rows run, which must not let the steps share a pass)."""
     nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
              helper.make_node("MatMul", ["d", "w"], ["h"]),
              helper.make_node("Tanh", ["h"], ["y"])]
-    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 6])], [("y", FLOAT, ["n", 2])],
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, [batch_dim, 6])], [("y", FLOAT, [batch_dim, 2])],
                                       {"w": _w(6, 2, scale=0.1)}, opset=13), strip_final_activation=False)
     x = np.abs(_w(1, 6, scale=40))
     tensors = model.prepare({"x": x})

@@ -151,9 +151,14 @@ def pass_batch(model) -> Optional[int]:
     other (each example then runs alone, as it does in production); None: any number."""
     found = model.__dict__.get("_pass_batch")
     if found is None:
-        alone = any(n.op_type in WHOLE_TENSOR_STATISTICS for n in model.onnx_model.graph.node)
-        found = model.__dict__["_pass_batch"] = (fixed_batch(model.inputs) or (1 if alone else 0),)
+        alone = 1 if _rows_round_together(model) else 0
+        found = model.__dict__["_pass_batch"] = (fixed_batch(model.inputs) or alone,)
     return found[0] or None
+
+
+def _rows_round_together(model) -> bool:
+    """Whether a statistic of the whole input (`WHOLE_TENSOR_STATISTICS`) couples the rows of a pass."""
+    return any(n.op_type in WHOLE_TENSOR_STATISTICS for n in model.onnx_model.graph.node)
 
 
 def _probe(model, tensors, axes, outputs=None) -> Layout:
@@ -215,10 +220,10 @@ def _runs(model, tensors, axes, outputs, fixed) -> Layout:
                                   for s, f in zip(single, found)))
     if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
         return Layout(False, tuple(None for _ in single))
-    # rows that share a whole-tensor statistic (`pass_batch` 1 without a declared fixed batch): x / 2
-    # keeps [x, x / 2, x] at x's range, so the axes found are x's; but another example with a wider
-    # range would change x's rounding, so the rows run one per pass (not doubled)
-    shared = fixed == 1 and fixed_batch(model.inputs) is None
+    # rows that share a whole-tensor statistic: x / 2 keeps [x, x / 2, x] at x's range, so the axes
+    # found are x's; but another example with a wider range would change x's rounding, so the rows
+    # run one per pass (not doubled), whether or not the export also declares a batch of 1
+    shared = _rows_round_together(model)
     return Layout(True, tuple(None if f == "none" else f for f in found), found_doubles=not shared)
 
 
