@@ -37,13 +37,19 @@ def _model(tmp_path, walkable: bool = False):
 
 def _count_forwards(monkeypatch) -> list:
     calls: list = []
-    guarded = AttributableModel._guarded  # every forward of the plain model goes through it
+    guarded = AttributableModel._guarded  # every forward of the plain model goes through it,
+    unexplained = AttributableModel.run_unexplained  # or through this (the batch probe's trial rows)
 
     def counted(self, call, args):
         calls.append([tuple(a.shape) for a in args])
         return guarded(self, call, args)
 
+    def counted_unexplained(self, *args):
+        calls.append([tuple(a.shape) for a in args])
+        return unexplained(self, *args)
+
     monkeypatch.setattr(AttributableModel, "_guarded", counted)
+    monkeypatch.setattr(AttributableModel, "run_unexplained", counted_unexplained)
     return calls
 
 
