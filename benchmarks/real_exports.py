@@ -486,14 +486,13 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
     options = {} if step == "deeplift" else {"n_steps": 16}
     # the CLI's default baseline (`--baseline auto`): zeros, then, where the attributions are not
     # finite and the model's forward is not finite at zeros (outside its domain), each example blurred
-    from onnx_attr.app.attribute_job import zeros_outside_domain
+    from onnx_attr.app.attribute_job import zeros_failed
 
     attributed = {s.name: inputs[s.name] for s in model.inputs if s.differentiable and s.name in inputs}
     held = {k: v for k, v in inputs.items() if k not in attributed}
     found = method.attribute(inputs, target=target, return_convergence_delta=True, **options)[0]
     parts = found.values() if isinstance(found, dict) else found if isinstance(found, (tuple, list)) else [found]
-    finite = all(np.isfinite(np.asarray(a)).all() for a in parts)
-    blur = not finite and bool(attributed) and zeros_outside_domain(model, attributed, held)
+    blur = zeros_failed(model, parts, attributed, held)
     if blur:
         options["baselines"] = {k: onnx_attr.blurred(v) for k, v in inputs.items()} if len(inputs) > 1 \
             else onnx_attr.blurred(next(iter(inputs.values())))

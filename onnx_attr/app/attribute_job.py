@@ -18,7 +18,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -98,6 +98,14 @@ def _blurred(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names]
     axes = dict(zip(names, batch_axes([specs[n] for n in names], tensors)))
     return {k: blurred(v, axes.get(k, 0)) for k, v in inputs.items()}
+
+
+def zeros_failed(model, attributions: Iterable, attributed: dict, extra: dict) -> bool:
+    """Whether the zero baseline failed the way only another baseline mends (`--baseline auto`):
+    attributions that are not all finite, from a model not defined at zeros (`zeros_outside_domain`)."""
+    if all(np.isfinite(np.asarray(v)).all() for v in attributions if np.asarray(v).dtype.kind == "f"):
+        return False
+    return bool(attributed) and zeros_outside_domain(model, attributed, extra)
 
 
 def zeros_outside_domain(model, attributed: dict, extra: dict) -> bool:
@@ -517,11 +525,7 @@ class _Job:
                        examples=examples, batch_axis=self.batch_axis)
 
     def _outside_domain(self, attributions: dict, attributed: dict, extra: dict) -> bool:
-        """Whether the default baseline failed the way only another baseline mends: attributions that
-        are not all finite, from a model not defined at zeros (`zeros_outside_domain`)."""
-        if all(np.isfinite(np.asarray(v)).all() for v in attributions.values() if np.asarray(v).dtype.kind == "f"):
-            return False
-        return zeros_outside_domain(self.model, attributed, extra)
+        return zeros_failed(self.model, attributions.values(), attributed, extra)
 
     def _attribute_in_batches(self, attributed: dict, extra: dict, baselines: Any, target: Any,
                               progress_bar: bool, name: str) -> tuple[dict, np.ndarray, dict]:
