@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import onnx_attr
 from exporting import to_onnx
@@ -117,3 +118,57 @@ def test_deeplift_through_quantized_conv_and_matmul_blocks_is_complete(tmp_path,
         assert abs(float(delta)) <= 1e-4 * max(1.0, abs(change)), (target, float(delta), change)
     fused = [name for name, op, _ in dl.engine.rewrite.rewritten if op == "QuantizedBlock"]
     assert len(fused) == 3, dl.engine.rewrite.rewritten
+
+
+@pytest.mark.parametrize("weight_type", ["QUInt8", "QInt8"])
+def test_quantized_block_transpose_is_the_dequantized_maps_gradient(tmp_path, weight_type):
+    """The blocks' closed-form Wᵀg (no forward, no autograd) against two routes that share nothing
+    with it: autograd through the block's straight-through map, and torch's own convolution and
+    matmul with the dequantized weights read from the quantized file (asymmetric pads, stride,
+    groups, dilation; a batched matmul). Completeness cannot catch a wrong Wᵀg (the residual's
+    share absorbs it), so this is the test that can."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from conftest import make_model
+
+    rng = np.random.default_rng(11)
+    w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((8, 2, 3, 2)) * 0.2).astype(np.float32)
+    fc = (rng.standard_normal((9, 6)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[0, 1, 1, 0], strides=[2, 1]),
+             helper.make_node("Conv", ["c1", "w2"], ["c2"], group=4, dilations=[2, 1], pads=[1, 1, 1, 1]),
+             helper.make_node("MatMul", ["c2", "fc"], ["y"])]
+    proto = make_model(nodes, [("x", TensorProto.FLOAT, [2, 3, 11, 9])], [("y", TensorProto.FLOAT, None)],
+                       initializers={"w1": w1, "w2": w2, "fc": fc}, opset=13)
+    onnx.save(proto, tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=getattr(QuantType, weight_type),
+                     op_types_to_quantize=["Conv", "MatMul"])
+    stored = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in onnx.load(tmp_path / "q.onnx")
+              .graph.initializer}
+
+    def dequantized(name):
+        q, scale, zero = (stored[n] for n in (f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"))
+        return (q.double() - zero.double()) * scale.double()
+
+    model = onnx_attr.load(tmp_path / "q.onnx")
+    dl = onnx_attr.DeepLift(model)
+    x = torch.from_numpy((rng.random((2, 3, 11, 9)) * 255).astype(np.float32))
+    dl.attribute(x, torch.zeros_like(x), target=(0, 0, 0))
+    blocks = [m for m in dl.engine.rewrite.module.modules() if type(m).__name__ == "QuantizedBlock"]
+    assert len(blocks) == 3
+    geometry = [lambda v: F.conv2d(F.pad(v, [1, 0, 0, 1]), dequantized("w1"), stride=(2, 1)),
+                lambda v: F.conv2d(v, dequantized("w2"), padding=1, dilation=(2, 1), groups=4),
+                lambda v: v @ dequantized("fc")]
+    value = x
+    for block, float_map in zip(blocks, geometry):
+        out = block(value)
+        grad = torch.from_numpy(rng.standard_normal(tuple(out.shape)).astype(np.float32)) * 30
+        got = block.transpose(grad, value)
+        live = value.clone().requires_grad_(True)
+        (autograd,) = torch.autograd.grad(block.linear(live, value), live, grad)
+        torch.testing.assert_close(got, autograd, rtol=1e-5, atol=1e-5 * float(autograd.abs().max()))
+        live = value.double().requires_grad_(True)
+        (oracle,) = torch.autograd.grad(float_map(live), live, grad.double())
+        torch.testing.assert_close(got.double(), oracle, rtol=1e-5, atol=1e-5 * float(oracle.abs().max()))
+        value = out
