@@ -23,6 +23,24 @@ class Shrink(nn.Module):
         return torch.where(x < -self.lambd, x + self.bias, torch.where(x > self.lambd, x - self.bias, zero))
 
 
+class PRelu(nn.Module):
+    """ONNX PRelu: slope·x below 0, x elsewhere, the slope broadcast the numpy way (aligned to the last
+    axes). onnx2torch's takes any slope whose first dim matches X's channels as per-channel: a [2, 1]
+    slope on [1, 2, 2, 4] (aligned to axes 2, 3) and a [C] slope (the last axis) came out wrong."""
+
+    def forward(self, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        rank = x.dim()
+        if slope.numel() == 1 or rank >= 2 and slope.dim() == rank - 1 and slope.shape[0] == x.shape[1] \
+                and all(s == 1 for s in slope.shape[1:]):
+            return nn.functional.prelu(x, slope.reshape(-1))  # per channel: torch's own kernel
+        return torch.where(x < 0, x * slope, x)
+
+
+@register("PRelu", 7, 9, 16)
+def convert_prelu(node, graph):
+    return result(node, PRelu())
+
+
 @register("Shrink", 9)
 def convert_shrink(node, graph):
     return result(node, Shrink(node.attributes.get("lambd", 0.5), node.attributes.get("bias", 0.0)))
