@@ -243,10 +243,11 @@ def _dequantizing_chain(graph: fx.Graph) -> tuple[fx.Node, fx.Node, list[fx.Node
     only through quantizer → integer op → a chain of Add/Sub/Mul/Div/Cast whose other operands are
     the scales' values (Div only by them), each node used once; None otherwise."""
     nodes = list(graph.nodes)
-    (x,) = [n for n in nodes if n.op == "placeholder"] or [None]
+    placeholders = [n for n in nodes if n.op == "placeholder"]
     integers = [n for n in nodes if _op(n) in _INTEGER_OPS]
-    if x is None or len(x.users) != 1 or len(integers) != 1:
+    if len(placeholders) != 1 or len(placeholders[0].users) != 1 or len(integers) != 1:
         return None
+    x = placeholders[0]
     quantize, integer = next(iter(x.users)), integers[0]
     source = integer.args[0] if integer.args else None
     if _op(quantize) != "DynamicQuantizeLinear" or not isinstance(source, fx.Node) \
