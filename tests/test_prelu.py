@@ -33,3 +33,15 @@ def test_prelu_broadcasts_as_onnxruntime(x_shape, slope_shape):
     _, delta = onnx_attr.DeepLift(model).attribute(torch.from_numpy(x), x0, target=target[1:] or None,
                                                    return_convergence_delta=True)
     assert float(delta.abs().max()) <= 1e-4 * 50
+
+
+def test_prelu_before_opset_7_is_per_channel():
+    """PRelu-6 (PyTorch's old exports, ONNX's backend suite test_PReLU_1d_multiparam) reads a 1-D
+    slope of X's channel count per channel, where PRelu-7 would align it to the last axis; onnxruntime
+    has no PRelu-6 kernel: numpy is the oracle."""
+    slope = np.array([0.1, 0.2, 0.3], np.float32)
+    proto = make_model([helper.make_node("PRelu", ["x", "slope"], ["y"])], [("x", FLOAT, [2, 3, 4])],
+                       [("y", FLOAT, [2, 3, 4])], initializers={"slope": slope}, opset=6)
+    x = np.random.default_rng(4).standard_normal((2, 3, 4)).astype(np.float32) * 20
+    got = onnx_attr.load(proto, strip_final_activation=False).run({"x": x})[0].numpy()
+    np.testing.assert_allclose(got, np.where(x >= 0, x, slope[None, :, None] * x), rtol=1e-6)

@@ -27,3 +27,25 @@ def test_axes_attribute_as_onnxruntime_reads_it(op, opset, axes, keepdims):
     got = onnx_attr.load(model, strip_final_activation=False).run({"x": x})[0].numpy()
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("axes,noop,keepdims", [([], 0, 0), ([], 0, 1), ([], 1, 0), ([-1, 1], 0, 0), (None, 0, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_reduce_sum_13_axes_input_as_onnxruntime_reads_it(axes, noop, keepdims, dtype):
+    """ReduceSum-13 takes its axes as an input: an empty one sums over every axis unless
+    noop_with_empty_axes (onnx2torch's raised AttributeError there); int32 stays int32 (torch sums
+    into int64)."""
+    from onnx import TensorProto
+
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.INT32
+    inputs = ["x"] if axes is None else ["x", "axes"]
+    inits = {} if axes is None else {"axes": np.array(axes, np.int64)}
+    model = make_model([helper.make_node("ReduceSum", inputs, ["y"], keepdims=keepdims, noop_with_empty_axes=noop)],
+                       [("x", elem, [2, 3, 4])], [("y", elem, None)], initializers=inits, opset=13)
+    x = (np.random.default_rng(5).standard_normal((2, 3, 4)) * 30).astype(dtype)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model = make_model(model.graph.node, [("x", elem, [2, 3, 4])], [("y", elem, list(expected.shape))],
+                       initializers=inits, opset=13)
+    got = onnx_attr.load(model, strip_final_activation=False).run({"x": x})[0].numpy()
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

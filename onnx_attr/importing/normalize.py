@@ -313,7 +313,28 @@ def upgrade_opset(model: onnx.ModelProto, target: int, notes: list[str]) -> onnx
         return model
     notes.append(f"upgraded ai.onnx opset {source} to {target} with onnx.version_converter")
     _restore_node_names(model, upgraded)
+    if source < 11:
+        _keep_old_resize_coordinates(upgraded)
     return upgraded
+
+
+def _keep_old_resize_coordinates(upgraded: onnx.ModelProto) -> None:
+    """Upsample (opsets 7-9) and Resize-10 map output pixels to input ones as x / scale (asymmetric),
+    the nearest pixel onnxruntime's opset-10 way (floor when enlarging, ceiling when shrinking). The
+    version converter's Resize has no coordinate_transformation_mode, which at opset 11+ means
+    half_pixel: a linear Upsample came out shifted by half a pixel against onnxruntime. A model
+    upgraded from below opset 11 had no such attribute to lose, so every Resize without one gets the
+    old meaning back (nearest_mode "simple" is that rounding, `converters/resize._nearest`; the file
+    onnxruntime verifies against is the original)."""
+    for graph in _all_graphs(upgraded.graph):
+        for node in graph.node:
+            attrs = {a.name: a for a in node.attribute}
+            if node.op_type != "Resize" or "coordinate_transformation_mode" in attrs:
+                continue
+            node.attribute.append(onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+            mode = attrs["mode"].s.decode() if "mode" in attrs else "nearest"
+            if mode == "nearest" and "nearest_mode" not in attrs:
+                node.attribute.append(onnx.helper.make_attribute("nearest_mode", "simple"))
 
 
 def _restore_node_names(original: onnx.ModelProto, upgraded: onnx.ModelProto) -> None:

@@ -24,21 +24,32 @@ class Shrink(nn.Module):
 
 
 class PRelu(nn.Module):
-    """ONNX PRelu: slope·x below 0, x elsewhere, the slope broadcast the numpy way (aligned to the last
-    axes). onnx2torch's takes any slope whose first dim matches X's channels as per-channel: a [2, 1]
-    slope on [1, 2, 2, 4] (aligned to axes 2, 3) and a [C] slope (the last axis) came out wrong."""
+    """ONNX PRelu: slope·x below 0, x elsewhere. From opset 7 the slope broadcasts the numpy way
+    (aligned to X's last axes); onnx2torch's took any slope whose first dim matched X's channels as
+    per channel, so a [2, 1] slope on [1, 2, 2, 4] (rows) and a [C] slope (the last axis) came out
+    wrong. Before opset 7 a 1-D slope of X's channel count is per channel (PyTorch's old exports)."""
+
+    def __init__(self, legacy: bool):
+        super().__init__()
+        self.legacy = legacy
 
     def forward(self, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
         rank = x.dim()
-        if slope.numel() == 1 or rank >= 2 and slope.dim() == rank - 1 and slope.shape[0] == x.shape[1] \
-                and all(s == 1 for s in slope.shape[1:]):
+        channels = rank >= 2 and slope.shape[:1] == x.shape[1:2] and (
+            slope.dim() == rank - 1 and all(s == 1 for s in slope.shape[1:]) or self.legacy and slope.dim() == 1)
+        if slope.numel() == 1 and rank >= 1 or channels:
             return nn.functional.prelu(x, slope.reshape(-1))  # per channel: torch's own kernel
         return torch.where(x < 0, x * slope, x)
 
 
+@register("PRelu", 1, 6)
+def convert_prelu_per_channel(node, graph):
+    return result(node, PRelu(legacy=True))
+
+
 @register("PRelu", 7, 9, 16)
 def convert_prelu(node, graph):
-    return result(node, PRelu())
+    return result(node, PRelu(legacy=False))
 
 
 @register("Shrink", 9)

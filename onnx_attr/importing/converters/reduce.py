@@ -1,5 +1,5 @@
 """Reductions at opset 18+, where `axes` moved from an attribute to an optional input (and ReduceMax,
-ReduceMin and ReduceProd at every opset).
+ReduceMin, ReduceProd and ReduceSum at every opset).
 
 One module for the whole family: the reduction function, the axes (baked in when they are a
 constant), keepdims and noop_with_empty_axes.
@@ -66,7 +66,8 @@ class Reduce(nn.Module):
             if self.noop:
                 return x
             dims = list(range(x.dim()))
-        return _REDUCERS[self.op](x, tuple(d % x.dim() for d in dims), self.keepdims)
+        out = _REDUCERS[self.op](x, tuple(d % x.dim() for d in dims), self.keepdims)
+        return out if out.dtype == x.dtype else out.to(x.dtype)  # torch sums int32 into int64; ONNX keeps the type
 
     def extra_repr(self) -> str:
         return f"{self.op}, axes={self.axes}, keepdims={self.keepdims}"
@@ -97,6 +98,8 @@ for _op in ("ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare
 register("ReduceMax", 1, 11, 12, 13, 18, 20)(convert_reduce)
 register("ReduceMin", 1, 11, 12, 13, 18, 20)(convert_reduce)
 register("ReduceProd", 1, 11, 13)(convert_reduce)
+# onnx2torch's ReduceSum-13 fails on empty constant axes without noop_with_empty_axes (sum over all axes)
+register("ReduceSum", 1, 11, 13)(convert_reduce)
 
 
 class CumSum(nn.Module):

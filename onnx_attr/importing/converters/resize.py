@@ -1,4 +1,4 @@
-"""Resize (opset 11 to 19) as one separable linear map per resized axis.
+"""Resize (opset 10 to 19) as one separable linear map per resized axis.
 
 Every ONNX Resize mode (nearest with its four rounding rules, linear, cubic, antialiased
 linear/cubic, exclude_outside, every coordinate transformation including tf_crop_and_resize
@@ -25,16 +25,18 @@ Coefficients = Callable[[float, float], np.ndarray]
 
 
 def _nearest(rounding: str) -> Coefficients:
-    """Two taps (floor(x), floor(x)+1): which one is taken at a fractional part `t`."""
+    """Two taps (floor(x), floor(x)+1): which one is taken at a fractional part `t`. "simple" is
+    Resize-10's (onnxruntime's): the floor when enlarging, the ceiling when shrinking."""
     pick_upper = {
-        "round_prefer_floor": lambda t: t > 0.5,
-        "round_prefer_ceil": lambda t: t >= 0.5,
-        "floor": lambda t: False,
-        "ceil": lambda t: True,
+        "round_prefer_floor": lambda t, scale: t > 0.5,
+        "round_prefer_ceil": lambda t, scale: t >= 0.5,
+        "floor": lambda t, scale: False,
+        "ceil": lambda t, scale: True,
+        "simple": lambda t, scale: scale < 1,
     }[rounding]
 
     def coefficients(t: float, scale: float) -> np.ndarray:
-        upper = True if t == 1.0 else pick_upper(t)  # t == 1: the coordinate is an integer
+        upper = True if t == 1.0 else pick_upper(t, scale)  # t == 1: the coordinate is an integer
         return np.array([0.0, 1.0]) if upper else np.array([1.0, 0.0])
 
     return coefficients
@@ -190,6 +192,24 @@ class Resize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.coordinate_mode}, axes={self.axes}"
+
+
+class Resize10(Resize):
+    """Resize-10: inputs X and scales; coordinates x / scale (asymmetric), the nearest pixel as
+    onnxruntime takes it (`_nearest("simple")`), linear as Resize-11's. onnx2torch's shifted linear
+    by half a pixel (half_pixel), and an Upsample made Resize by the version converter did too."""
+
+    def forward(self, x: torch.Tensor, scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return super().forward(x, None, scales, None)
+
+
+@register("Resize", 10)
+def convert_resize_10(node, graph):
+    mode = text_attribute(node, "mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        raise NotImplementedError(f"Resize-10 mode {mode!r}")
+    coefficients = _nearest("simple") if mode == "nearest" else _linear(False)
+    return result(node, Resize10(coefficients, "asymmetric", False, 0.0, None, "stretch"))
 
 
 @register("Resize", 11, 13, 18, 19)
