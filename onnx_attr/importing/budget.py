@@ -33,7 +33,8 @@ class Budget:
 
     #: Elements of any one tensor whose size is computed from data at run time (Expand, Tile,
     #: ConstantOfShape, Range, Pad, Resize, Upsample, ConvTranspose, DFT, OneHot, MaxUnpool,
-    #: AffineGrid, CenterCropPad, Col2Im, STFT, ImageDecoder, Einsum, Loop and Scan outputs).
+    #: AffineGrid, CenterCropPad, Col2Im, STFT, ImageDecoder, Einsum, the window generators,
+    #: MelWeightMatrix, Loop and Scan outputs).
     #: 2^28 is 1 GiB of float32.
     max_elements: int = 2**28
     #: Iterations of one Loop run, and of a whole nest of loops together (inner trips count, a
@@ -346,6 +347,16 @@ def _einsum(get: Get, attrs: dict, opset: int) -> Optional[int]:
     return elements([*ellipsis, *(sizes.get(c, 1) for c in right.replace("...", ""))])
 
 
+def _scalar_input(get: Get, index: int) -> Optional[int]:
+    values = _values(get(index))
+    return int(values[0]) if values and len(values) == 1 else None
+
+
+def _mel_weight_matrix(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    mels, length = _scalar_input(get, 0), _scalar_input(get, 1)
+    return None if mels is None or length is None else max(length // 2 + 1, 0) * max(mels, 0)
+
+
 #: op type -> (ONNX inputs by position -> elements of the largest tensor it will create)
 ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "Expand": _expand,
@@ -365,6 +376,8 @@ ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "STFT": _stft,
     "ImageDecoder": _image_decoder,
     "Einsum": _einsum,
+    **{op: (lambda g, a, o: _scalar_input(g, 0)) for op in ("HannWindow", "HammingWindow", "BlackmanWindow")},
+    "MelWeightMatrix": _mel_weight_matrix,
 }
 
 

@@ -1,4 +1,6 @@
-"""Fourier ops: DFT (opset 17 and 20: the axis became an input) and STFT.
+"""Fourier ops: DFT (opset 17 and 20: the axis became an input) and STFT; the window generators
+(HannWindow, HammingWindow, BlackmanWindow) and MelWeightMatrix that audio front-ends exported at
+opset 17 compute them with (constants of the model: no input of theirs is attributed).
 
 ONNX carries complex values as a trailing axis of 1 (real) or 2 (real, imaginary); both ops
 are linear maps of that real representation, so DeepLift takes their gradient as it is.
@@ -6,6 +8,7 @@ are linear maps of that real representation, so DeepLift takes their gradient as
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -89,3 +92,69 @@ class STFT(nn.Module):
 @register("STFT", 17)
 def convert_stft(node, graph):
     return result(node, STFT(bool(node.attributes.get("onesided", 1))))
+
+
+#: cosine-sum windows: w[n] = Σ_k (-1)^k a_k cos(2πkn/N)
+_WINDOWS = {"HannWindow": (0.5, 0.5), "HammingWindow": (25 / 46, 21 / 46), "BlackmanWindow": (0.42, 0.5, 0.08)}
+
+
+class Window(nn.Module):
+    """A cosine-sum window of `size` samples; N = size when periodic, size - 1 when symmetric."""
+
+    def __init__(self, coefficients: tuple[float, ...], periodic: bool, dtype: torch.dtype):
+        super().__init__()
+        self.coefficients, self.periodic, self.dtype = coefficients, periodic, dtype
+
+    def forward(self, size: torch.Tensor) -> torch.Tensor:
+        n = int(size.reshape(()))  # its size is in the budget (budget.ESTIMATORS)
+        span = n if self.periodic else n - 1
+        phase = 2 * math.pi * torch.arange(n, dtype=torch.float64) / span  # 1 symmetric sample: 0/0, as onnxruntime
+        window = sum((-1) ** k * a * torch.cos(k * phase) for k, a in enumerate(self.coefficients))
+        return window.to(self.dtype)
+
+
+def _output_type(node, default: int = 1) -> torch.dtype:
+    from onnx_attr.importing.converters.cast import torch_dtype
+
+    return torch_dtype(int(node.attributes.get("output_datatype", default)))
+
+
+for _op, _coefficients in _WINDOWS.items():
+    register(_op, 17)(lambda node, graph, c=_coefficients: result(
+        node, Window(c, bool(node.attributes.get("periodic", 1)), _output_type(node))))
+
+
+class MelWeightMatrix(nn.Module):
+    """[dft_length // 2 + 1, num_mel_bins] triangles of peak 1 over num_mel_bins + 2 points on the mel
+    scale (mel(f) = 2595 log10(1 + f / 700)) from lower_edge_hertz, spaced (mel(upper) - mel(lower)) /
+    (num_mel_bins + 2) apart, each point on the DFT bin floor((dft_length + 1) f / sample_rate): as
+    onnxruntime computes it (its spacing leaves the last point short of upper_edge_hertz)."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, num_mel_bins, dft_length, sample_rate, lower_edge_hertz, upper_edge_hertz) -> torch.Tensor:
+        mels, length, rate = (int(t.reshape(())) for t in (num_mel_bins, dft_length, sample_rate))
+        low, high = (float(t.reshape(())) for t in (lower_edge_hertz, upper_edge_hertz))
+        bins = length // 2 + 1  # its size is in the budget (budget.ESTIMATORS)
+        if mels <= 0 or bins <= 0 or rate <= 0:
+            raise ValueError(f"MelWeightMatrix with num_mel_bins {mels}, dft_length {length}, sample_rate {rate}")
+        to_mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
+        step = (to_mel(high) - to_mel(low)) / (mels + 2)  # onnxruntime's: the last point falls short of high
+        points = [int((length + 1) * (700.0 * (10 ** ((to_mel(low) + i * step) / 2595.0) - 1.0)) // rate)
+                  for i in range(mels + 2)]
+        out = torch.zeros(bins, mels, dtype=torch.float64)
+        for m in range(mels):
+            left, centre, right = points[m:m + 3]
+            for j in range(max(left, 0), min(centre, bins - 1) + 1):
+                out[j, m] = 1.0 if centre == left else (j - left) / (centre - left)
+            for j in range(max(centre, 0), min(right, bins)):
+                if right > centre:
+                    out[j, m] = (right - j) / (right - centre)
+        return out.to(self.dtype)
+
+
+@register("MelWeightMatrix", 17)
+def convert_mel_weight_matrix(node, graph):
+    return result(node, MelWeightMatrix(_output_type(node)))
