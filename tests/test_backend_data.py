@@ -22,7 +22,7 @@ DATA = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
 SLOW = {"light_vgg19", "light_bvlc_alexnet", "light_zfnet512"}
 #: Cases whose ops carry no tensors to attribute (sequences, strings, training-only Gradient): a
 #: clear UnsupportedOpError is the expected outcome, and anything else among them is a change to look at.
-EXPECTED_UNSUPPORTED = {"test_gradient_of_add", "test_gradient_of_add_and_mul", *(f"test_sequence_model{i}" for i in range(1, 9)),
+EXPECTED_UNSUPPORTED = {"test_gradient_of_add", "test_gradient_of_add_and_mul",
                         *(f"test_strnorm_model_{s}" for s in ("monday_casesensintive_lower", "monday_casesensintive_nochangecase",
                           "monday_casesensintive_upper", "monday_empty_output", "monday_insensintive_upper_twodim",
                           "nostopwords_nochangecase"))}

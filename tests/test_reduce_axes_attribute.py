@@ -49,3 +49,20 @@ def test_reduce_sum_13_axes_input_as_onnxruntime_reads_it(axes, noop, keepdims, 
     got = onnx_attr.load(model, strip_final_activation=False).run({"x": x})[0].numpy()
     assert got.shape == expected.shape and got.dtype == expected.dtype
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_reduce_mean_of_integers_as_onnxruntime(opset):
+    """onnxruntime divides the integer sum by the count, truncating; torch's mean refuses integers."""
+    from onnx import TensorProto
+
+    x = np.array([[1, 2, 4], [-3, -3, -4]], np.int32)
+    inputs = ["x"] if opset < 18 else ["x", "axes"]
+    attrs = {"axes": [1]} if opset < 18 else {}
+    model = make_model([helper.make_node("ReduceMean", inputs, ["y"], keepdims=0, **attrs)],
+                       [("x", TensorProto.INT32, [2, 3])], [("y", TensorProto.INT32, [2])],
+                       initializers={} if opset < 18 else {"axes": np.array([1], np.int64)}, opset=opset)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = onnx_attr.load(model, strip_final_activation=False).run({"x": x})[0].numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == expected.dtype

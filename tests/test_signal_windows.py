@@ -73,3 +73,12 @@ def test_log_mel_front_end_matches_onnxruntime_and_deeplift_is_complete():
     _, delta = onnx_attr.DeepLift(model).attribute(x, x0, target=1, return_convergence_delta=True)
     change = float(model(x)[0, 1] - model(x0)[0, 1])
     assert abs(float(delta)) <= 1e-4 * max(1.0, abs(change)), (float(delta), change)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_global_lp_pool_as_onnxruntime(p):
+    x = np.random.default_rng(p).standard_normal((2, 3, 4, 5)).astype(np.float32) * 10
+    proto = make_model([helper.make_node("GlobalLpPool", ["x"], ["y"], p=p)], [("x", FLOAT, [2, 3, 4, 5])],
+                       [("y", FLOAT, [2, 3, 1, 1])])
+    got = onnx_attr.load(proto, strip_final_activation=False).run({"x": x})[0].numpy()
+    np.testing.assert_allclose(got, ort_run(proto, {"x": x})[0], rtol=1e-5)

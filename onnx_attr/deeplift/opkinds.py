@@ -26,6 +26,9 @@ LINEAR = frozenset({
     "ReduceSum", "ReduceMean", "CumSum", "Resize", "Upsample", "Trilu", "Compress", "ScatterND",
     "ScatterElements", "Scatter", "TensorScatter", "Where", "ReverseSequence", "CenterCropPad", "DFT", "STFT",
     "AffineGrid", "Col2Im", "MaxUnpool",
+    # sequences are lists of tensors: gathered, concatenated, cut (converters/sequence.py)
+    "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt", "ConcatFromSequence", "SplitToSequence",
+    "Optional", "OptionalGetElement",
 })
 #: Ops whose outputs carry no attribution: shapes, comparisons, indices, rounding, random.
 STRUCTURAL = frozenset({
@@ -33,7 +36,8 @@ STRUCTURAL = frozenset({
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Xor", "IsNaN", "IsInf",
     "Sign", "Floor", "Ceil", "Round", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "BitCast",
     "OneHot", "RandomNormal", "RandomUniform", "RandomNormalLike",
-    "RandomUniformLike", "Bernoulli", "Multinomial",
+    "RandomUniformLike", "Bernoulli", "Multinomial", "SequenceEmpty", "SequenceLength", "OptionalHasElement",
+    "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix",  # made from sizes and constants
 })
 
 
@@ -62,6 +66,7 @@ REFUSED = {
     "ReduceLogSum": "no rule yet (log of a sum)",
     "LpNormalization": "no rule yet (x divided by its p-norm)",
     "LpPool": "no rule yet (a p-norm over each window)",
+    "GlobalLpPool": "no rule yet (a p-norm over each channel)",
     "DeformConv": "its sampling offsets are products with the input",
     "RoiAlign": "no rule yet (linear in X at fixed boxes in avg mode, a max in max mode)",
     "NonMaxSuppression": "it returns indices chosen by comparing scores",

@@ -175,7 +175,7 @@ class Loop(nn.Module):
         trip = int(inputs.pop(0).reshape(-1)[0]) if self.has_trip_count else None
         keep = _as_bool(inputs.pop(0)) if self.has_cond else True
         carried, outer = inputs[:self.n_carried], inputs[self.n_carried:]
-        device = carried[0].device if carried else (outer[0].device if outer else None)
+        device = _device([*carried, *outer])
         scanned: list[list[torch.Tensor]] = []
         totals: list[int] = []
         i = 0
@@ -190,7 +190,7 @@ class Loop(nn.Module):
                 scanned = scanned or [[] for _ in scans]
                 totals = totals or [0 for _ in scans]
                 for k, value in enumerate(carried):
-                    self.budget.check("max_elements", value.numel(), f"{where}, its carried value {k} growing to")
+                    self.budget.check("max_elements", _numel(value), f"{where}, its carried value {k} growing to")
                 _accumulate(self.budget, scanned, totals, scans, where)
                 i += 1
         n_scans = self.body.n_outputs - 1 - self.n_carried
@@ -198,6 +198,22 @@ class Loop(nn.Module):
             raise RuntimeError("Loop ran zero iterations, so the shape of its scan outputs is unknown")
         outputs = list(carried) + [_stack(items, 0, False) for items in scanned]
         return tuple(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _tensors(value) -> list:
+    """The tensors in a value the body carries: a tensor, a sequence (a list of them) or None."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for t in value if isinstance(t, torch.Tensor)] if isinstance(value, (list, tuple)) else []
+
+
+def _device(values) -> torch.device | None:
+    found = [t for v in values for t in _tensors(v)]
+    return found[0].device if found else None
+
+
+def _numel(value) -> int:
+    return sum(t.numel() for t in _tensors(value))
 
 
 @register("Loop", 1, 11, 13, 16, 19, 21, 23, 24, 25)

@@ -155,6 +155,22 @@ def convert_lp_pool(node, graph):
     return result(node, LpPool(attrs, int(attrs.get("p", 2))))
 
 
+class GlobalLpPool(nn.Module):
+    """(Σ |x|^p)^(1/p) over every spatial axis, kept as 1s."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs().pow(self.p).sum(dim=tuple(range(2, x.dim())), keepdim=True).pow(1.0 / self.p)
+
+
+@register("GlobalLpPool", 1, 2)
+def convert_global_lp_pool(node, graph):
+    return result(node, GlobalLpPool(node.attributes.get("p", 2)))
+
+
 class GlobalMaxPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)

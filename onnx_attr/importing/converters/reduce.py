@@ -1,5 +1,5 @@
 """Reductions at opset 18+, where `axes` moved from an attribute to an optional input (and ReduceMax,
-ReduceMin, ReduceProd and ReduceSum at every opset).
+ReduceMin, ReduceProd, ReduceSum and ReduceMean at every opset).
 
 One module for the whole family: the reduction function, the axes (baked in when they are a
 constant), keepdims and noop_with_empty_axes.
@@ -66,6 +66,8 @@ class Reduce(nn.Module):
             if self.noop:
                 return x
             dims = list(range(x.dim()))
+        if self.op == "ReduceMean" and not x.is_floating_point():  # onnxruntime: the integer sum / count, truncated
+            return x.double().mean(tuple(d % x.dim() for d in dims), keepdim=self.keepdims).trunc().to(x.dtype)
         out = _REDUCERS[self.op](x, tuple(d % x.dim() for d in dims), self.keepdims)
         return out if out.dtype == x.dtype else out.to(x.dtype)  # torch sums int32 into int64; ONNX keeps the type
 
@@ -100,6 +102,7 @@ register("ReduceMin", 1, 11, 12, 13, 18, 20)(convert_reduce)
 register("ReduceProd", 1, 11, 13)(convert_reduce)
 # onnx2torch's ReduceSum-13 fails on empty constant axes without noop_with_empty_axes (sum over all axes)
 register("ReduceSum", 1, 11, 13)(convert_reduce)
+register("ReduceMean", 1, 11, 13)(convert_reduce)  # onnx2torch's refuses integers (torch's mean does)
 
 
 class CumSum(nn.Module):
