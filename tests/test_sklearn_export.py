@@ -48,3 +48,66 @@ def test_mlp_classifier_default_export(loader, head):
                                        return_convergence_delta=True)
     assert attributions.shape == (8, x.shape[1])
     assert np.abs(delta.numpy()).max() <= 1e-4 * max(1.0, float(np.abs(logits.numpy()).max()))
+
+
+def _linear_cases():
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler, Normalizer, StandardScaler
+    from sklearn.svm import LinearSVC
+
+    iris, breast = load_iris(return_X_y=True), load_breast_cancer(return_X_y=True)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    return {
+        "scaler-logreg-3": (make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), *iris),
+        "scaler-logreg-2": (make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), *breast),
+        "linear-svc": (LinearSVC(), *iris),
+        "ridge": (Ridge(), iris[0], iris[0][:, 0]),
+        "l2-minmax-logreg": (make_pipeline(Normalizer(), MinMaxScaler(), LogisticRegression(max_iter=1000)), *iris),
+        "max-logreg": (make_pipeline(Normalizer("max"), LogisticRegression(max_iter=1000)), *iris),
+        "l1-logreg-string-labels": (make_pipeline(Normalizer("l1"), LogisticRegression(max_iter=1000)), iris[0],
+                                    names[iris[1]]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_linear_cases()))
+def test_linear_models_and_preprocessing_match_sklearn_and_onnxruntime(name):
+    """skl2onnx writes linear models as ai.onnx.ml LinearClassifier/LinearRegressor and preprocessing
+    as Scaler/Normalizer: imported as expansions into ai.onnx ops. Oracles: scikit-learn's own
+    predictions, onnxruntime (verify), and DeepLift's completeness from the mean row."""
+    import torch
+
+    estimator, x, y = _linear_cases()[name]
+    x = x.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator.fit(x, y)
+        proto = skl2onnx.to_onnx(estimator, x[:1])
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert model.verify(x[:32]).passed
+    outputs = model.run(x[:32])
+    if len(outputs) == 2:  # classifiers: the label, then the scores
+        labels, scores = outputs
+        predicted = estimator.predict(x[:32])
+        if predicted.dtype.kind in "OUS":  # string classes come back as their index in `classes_`
+            predicted = np.searchsorted(estimator.classes_, predicted)
+        np.testing.assert_array_equal(labels.numpy(), predicted)
+        expected = estimator.predict_proba(x[:32]) if hasattr(estimator, "predict_proba") \
+            else estimator.decision_function(x[:32])
+        np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-4, atol=1e-5)
+    else:
+        np.testing.assert_allclose(outputs[0].numpy().reshape(-1), estimator.predict(x[:32]), rtol=1e-4, atol=1e-4)
+    xs, x0 = torch.from_numpy(x[:16]), torch.from_numpy(x.mean(0, keepdims=True))
+    index = len(outputs) - 1
+    target = 1 if len(outputs) == 2 else 0
+    _, delta = onnx_attr.DeepLift(model).attribute(xs, x0, target=target, output=index, return_convergence_delta=True)
+    assert float(delta.abs().max()) <= 1e-5
+
+
+def test_string_labels_are_compared_as_a_one_to_one_pairing():
+    from onnx_attr.importing.verify import _compare
+
+    names = np.array(["b", "a", "b", "c"], dtype=object)
+    assert _compare("label", np.array([1, 0, 1, 2]), names, 1e-5, 1e-4).passed
+    assert not _compare("label", np.array([1, 0, 0, 2]), names, 1e-5, 1e-4).passed  # index 0 named twice
+    assert not _compare("label", np.array([1, 0, 2, 2]), names, 1e-5, 1e-4).passed  # "b" under two indices
