@@ -103,34 +103,11 @@ class OptionalHasElement(nn.Module):
         return torch.tensor(value is not None)
 
 
-@register("SequenceConstruct", 11)
-def convert_sequence_construct(node, graph):
-    return result(node, SequenceConstruct())
-
-
-@register("SequenceEmpty", 11)
-def convert_sequence_empty(node, graph):
-    return result(node, SequenceEmpty())
-
-
-@register("SequenceInsert", 11)
-def convert_sequence_insert(node, graph):
-    return result(node, SequenceInsert())
-
-
-@register("SequenceErase", 11)
-def convert_sequence_erase(node, graph):
-    return result(node, SequenceErase())
-
-
-@register("SequenceAt", 11)
-def convert_sequence_at(node, graph):
-    return result(node, SequenceAt())
-
-
-@register("SequenceLength", 11)
-def convert_sequence_length(node, graph):
-    return result(node, SequenceLength())
+# the ops without attributes: one module each
+for _op, _module in (("SequenceConstruct", SequenceConstruct), ("SequenceEmpty", SequenceEmpty),
+                     ("SequenceInsert", SequenceInsert), ("SequenceErase", SequenceErase),
+                     ("SequenceAt", SequenceAt), ("SequenceLength", SequenceLength)):
+    register(_op, 11)(lambda node, graph, module=_module: result(node, module()))
 
 
 @register("ConcatFromSequence", 11)
@@ -143,12 +120,6 @@ def convert_split_to_sequence(node, graph):
     return result(node, SplitToSequence(int(node.attributes.get("axis", 0)), bool(node.attributes.get("keepdims", 1))))
 
 
-@register("Optional", 15)
-@register("OptionalGetElement", 15, 18)
-def convert_optional(node, graph):
-    return result(node, OptionalOf())
-
-
-@register("OptionalHasElement", 15, 18)
-def convert_optional_has_element(node, graph):
-    return result(node, OptionalHasElement())
+register("Optional", 15)(lambda node, graph: result(node, OptionalOf()))
+register("OptionalGetElement", 15, 18)(lambda node, graph: result(node, OptionalOf()))
+register("OptionalHasElement", 15, 18)(lambda node, graph: result(node, OptionalHasElement()))
