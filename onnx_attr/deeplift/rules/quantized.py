@@ -98,12 +98,12 @@ class QuantizedBlock(nn.Module):
         transposed convolution or matmul), then 1/s of the quantizer. Running `linear` under autograd
         costs its forward convolution and an fx interpretation per node besides: 6 ms of a block's
         7 on a captcha net. None where the block is not such a chain (the caller then does that)."""
-        shape = self.__dict__.get("chain", False)
-        if shape is False:
-            shape = self.__dict__["chain"] = _dequantizing_chain(self.sub.graph)
-        if shape is None:
+        found = self.__dict__.get("chain", False)  # the sub-graph's shape, read once
+        if found is False:
+            found = self.__dict__["chain"] = _dequantizing_chain(self.sub.graph)
+        if found is None:
             return None
-        quantize, integer, chain, unread = shape
+        quantize, integer, chain, unread = found
         side = _StraightThrough(self, at, skip=unread)
         side.run(at)
         env = side.env
