@@ -70,6 +70,9 @@ REFUSED = {
     "LpPool": "no rule yet (a p-norm over each window)",
     "GlobalLpPool": "no rule yet (a p-norm over each channel)",
     "DeformConv": "its sampling offsets are products with the input",
+    **{op: "a tree ensemble is piecewise constant: no gradient, no multiplier (explain it with a perturbation "
+           "method: FeatureAblation, KernelShap, ShapleyValueSampling, Lime; CLI --method featureablation, kernelshap)"
+       for op in ("TreeEnsembleClassifier", "TreeEnsembleRegressor")},
     "RoiAlign": "no rule yet (linear in X at fixed boxes in avg mode, a max in max mode)",
     "NonMaxSuppression": "it returns indices chosen by comparing scores",
     "Unique": "its output is chosen by comparing values",

@@ -183,3 +183,140 @@ def convert_normalizer(node, graph):
     x = e.step("Cast", _ToFloat(), e.inputs[0], attrs={"to": 1})  # onnxruntime's output is float
     size = e.step(op, Reduce(op, True, False, [-1]), x, attrs={"axes": [-1], "keepdims": 1})
     return result(node, e.build(e.step("Div", _Divide(), x, size)))
+
+
+# --- tree ensembles (scikit-learn's forests and boosted trees, LightGBM, XGBoost) -------------------
+_MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5, "LEAF": 6}
+
+
+class TreeEnsemble(nn.Module):
+    """ai.onnx.ml TreeEnsembleClassifier/Regressor: every tree walked at once, one level a step (all
+    rows and trees in one gather per level), the leaves' weights summed per class or target, plus
+    base_values, then post_transform. Piecewise constant: no gradient, so DeepLift and IG refuse it
+    by name and the perturbation methods explain it. A classifier writing one score for two classes
+    (a boosted binary model) gives the pair as onnxruntime does."""
+
+    def __init__(self, attrs: dict, classifier: bool):
+        super().__init__()
+        prefix = "class" if classifier else "target"
+        trees, ids = list(attrs["nodes_treeids"]), list(attrs["nodes_nodeids"])
+        where = {(t, n): i for i, (t, n) in enumerate(zip(trees, ids))}
+        if len(where) != len(trees):
+            raise ValueError("a tree ensemble lists a (tree, node) twice")
+        modes = [_MODES.get(m.decode() if isinstance(m, bytes) else m) for m in attrs["nodes_modes"]]
+        if None in modes:
+            raise NotImplementedError(f"tree node modes {sorted(set(attrs['nodes_modes']))}")
+        leaf = _MODES["LEAF"]
+        link = lambda key: torch.tensor([i if m == leaf else where[(t, n)]  # noqa: E731
+                                         for i, (t, n, m) in enumerate(zip(trees, attrs[key], modes))], dtype=torch.long)
+        self.register_buffer("feature", torch.tensor(list(attrs["nodes_featureids"]), dtype=torch.long))
+        self.register_buffer("threshold", torch.tensor(list(attrs["nodes_values"]), dtype=torch.float32))
+        self.register_buffer("mode", torch.tensor(modes, dtype=torch.long))
+        self.register_buffer("if_true", link("nodes_truenodeids"))
+        self.register_buffer("if_false", link("nodes_falsenodeids"))
+        missing = list(attrs.get("nodes_missing_value_tracks_true", [])) or [0] * len(trees)
+        self.register_buffer("missing_true", torch.tensor(missing, dtype=torch.bool))
+        children = {int(c) for key in ("if_true", "if_false") for i, c in enumerate(getattr(self, key).tolist())
+                    if modes[i] != leaf}
+        roots = {}
+        for i, t in enumerate(trees):
+            if i not in children:
+                roots.setdefault(t, i)
+        self.register_buffer("roots", torch.tensor(list(roots.values()), dtype=torch.long))
+        self.depth = self._depth(modes, leaf)
+        outputs = (len(attrs.get("classlabels_int64s", []) or attrs.get("classlabels_strings", [])) if classifier
+                   else int(attrs.get("n_targets", 1)))
+        weight_ids, columns = list(attrs[f"{prefix}_ids"]), max([outputs, *[c + 1 for c in attrs[f"{prefix}_ids"]]])
+        weights = torch.zeros(len(trees), columns, dtype=torch.float64)
+        for t, n, c, w in zip(attrs[f"{prefix}_treeids"], attrs[f"{prefix}_nodeids"], weight_ids, attrs[f"{prefix}_weights"]):
+            weights[where[(t, n)], c] += w
+        self.register_buffer("weights", weights)
+        base = list(attrs.get("base_values", [])) or [0.0] * columns
+        self.register_buffer("base", torch.tensor(base, dtype=torch.float64))
+        aggregate = attrs.get("aggregate_function", b"SUM")
+        self.aggregate = aggregate.decode() if isinstance(aggregate, bytes) else aggregate
+        if self.aggregate not in ("SUM", "AVERAGE"):
+            raise NotImplementedError(f"tree ensemble aggregate_function {self.aggregate!r} (SUM or AVERAGE)")
+        transform = attrs.get("post_transform", b"NONE")
+        self.transform = transform.decode() if isinstance(transform, bytes) else transform
+        if self.transform not in ("NONE", "LOGISTIC", "SOFTMAX"):
+            raise NotImplementedError(f"tree ensemble post_transform {self.transform!r} (NONE, LOGISTIC or SOFTMAX)")
+        self.classifier, self.outputs = classifier, outputs
+        self.binary = classifier and outputs == 2 and len(set(weight_ids)) == 1
+        self.binary_column = weight_ids[0] if weight_ids else 0  # the one class the weights score
+        self.positive = bool((torch.tensor(list(attrs[f"{prefix}_weights"]) or [0.0]) >= 0).all())
+        labels = attrs.get("classlabels_int64s")
+        self.register_buffer("labels", torch.tensor(list(labels), dtype=torch.int64) if labels else None)
+
+    def _depth(self, modes: list, leaf: int) -> int:
+        """Levels of the deepest tree (a walk over each tree once; a cycle is refused)."""
+        true, false, deepest = self.if_true.tolist(), self.if_false.tolist(), 0
+        for root in self.roots.tolist():
+            stack, seen = [(root, 0)], set()
+            while stack:
+                node, level = stack.pop()
+                if node in seen:
+                    raise ValueError("a tree of the ensemble loops back on itself")
+                seen.add(node)
+                deepest = max(deepest, level)
+                if modes[node] != leaf:
+                    stack.extend([(true[node], level + 1), (false[node], level + 1)])
+        return deepest
+
+    def forward(self, x: torch.Tensor):
+        rows = x.reshape(1, -1) if x.dim() == 1 else x.reshape(x.shape[0], -1)
+        rows = rows.to(torch.float32) if not rows.is_floating_point() else rows
+        node = self.roots.expand(rows.shape[0], -1)
+        for _ in range(self.depth):
+            value = rows.gather(1, self.feature[node])
+            threshold, mode = self.threshold[node].to(rows.dtype), self.mode[node]
+            tests = torch.stack([value <= threshold, value < threshold, value >= threshold, value > threshold,
+                                 value == threshold, value != threshold], -1)
+            go_true = tests.gather(-1, mode.clamp(max=5).unsqueeze(-1)).squeeze(-1)
+            go_true = torch.where(torch.isnan(value), self.missing_true[node], go_true)
+            step = torch.where(go_true, self.if_true[node], self.if_false[node])
+            node = torch.where(mode == _MODES["LEAF"], node, step)
+        scores = self.weights[node].sum(1)
+        if self.aggregate == "AVERAGE":
+            scores = scores / self.roots.numel()
+        scores = scores + self.base
+        if self.binary:
+            return self._binary(scores)
+        scores = scores[:, :self.outputs] if self.classifier else scores
+        if self.transform == "LOGISTIC":
+            scores = torch.sigmoid(scores)
+        elif self.transform == "SOFTMAX":
+            scores = torch.softmax(scores, -1)
+        scores = scores.to(torch.float32)
+        if not self.classifier:
+            return scores
+        index = scores.argmax(-1)
+        return (index if self.labels is None else self.labels[index]), scores
+
+    def _binary(self, scores: torch.Tensor):
+        """One score s for two classes: [1 - s, s] (probabilities, all weights positive) or [-s, s]
+        (margins), through the post_transform; the label is class 1 where its score wins."""
+        s = scores[:, self.binary_column:self.binary_column + 1]
+        if self.transform == "LOGISTIC":
+            p = torch.sigmoid(s)
+            pair = torch.cat([1 - p, p], 1)
+            won = p > 0.5
+        elif self.transform == "SOFTMAX":
+            pair = torch.softmax(torch.cat([-s, s], 1), 1)
+            won = s > 0
+        elif self.positive:
+            pair, won = torch.cat([1 - s, s], 1), s > 0.5
+        else:
+            pair, won = torch.cat([-s, s], 1), s > 0
+        index = won.squeeze(1).long()
+        return (index if self.labels is None else self.labels[index]), pair.to(torch.float32)
+
+
+@register("TreeEnsembleClassifier", 1, 3, domain="ai.onnx.ml")
+def convert_tree_ensemble_classifier(node, graph):
+    return result(node, TreeEnsemble(dict(node.attributes), classifier=True))
+
+
+@register("TreeEnsembleRegressor", 1, 3, domain="ai.onnx.ml")
+def convert_tree_ensemble_regressor(node, graph):
+    return result(node, TreeEnsemble(dict(node.attributes), classifier=False))
