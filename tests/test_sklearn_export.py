@@ -164,3 +164,21 @@ def test_tree_ensembles_match_sklearn_and_onnxruntime_and_are_explained_by_ablat
         ablated[:, i] = reference[0, i]
         expected[:, i] = score(rows)[:, 0] - score(ablated)[:, 0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_tree_deeper_than_the_budget_is_refused_at_load():
+    """A chain of 20,001 nodes: a valid tree whose every forward would take 20,000 gather steps."""
+    from onnx import TensorProto, helper
+
+    n = 20_001
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1,
+        nodes_treeids=[0] * n, nodes_nodeids=list(range(n)), nodes_featureids=[0] * n, nodes_values=[0.5] * n,
+        nodes_modes=["BRANCH_LEQ"] * (n - 1) + ["LEAF"], nodes_truenodeids=list(range(1, n)) + [0],
+        nodes_falsenodeids=list(range(1, n)) + [0], target_treeids=[0], target_nodeids=[n - 1], target_ids=[0],
+        target_weights=[1.0])
+    graph = helper.make_graph([node], "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    with pytest.raises(onnx_attr.BudgetError, match="depth"):
+        onnx_attr.load(proto)

@@ -29,7 +29,7 @@ from onnx_attr.importing.budget import GUARDED, NodeGuard, current_budget, guard
 from onnx_attr.importing.converters.control_flow import MODEL_OPSETS
 from onnx_attr.importing.converters.registry import find_converter
 from onnx_attr.importing.converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
-from onnx_attr.errors import ConversionError, ModelLoadError, UnsupportedOpError
+from onnx_attr.errors import BudgetError, ConversionError, ModelLoadError, UnsupportedOpError
 from onnx_attr.importing.normalize import default_opset
 from onnx_attr.importing.read import external_folder, is_external, read_external
 
@@ -185,6 +185,8 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
         except NotImplementedError as err:
             named, note = _as_declared(proto.domain, opset, declared)
             raise UnsupportedOpError([(proto.op_type, proto.domain, named, label, note + str(err))]) from err
+        except BudgetError as err:  # a converter that measures what the node asks for (a tree's depth)
+            raise BudgetError(f"node {label!r} ({proto.op_type}): {err}") from err
         except Exception as err:  # converters raise anything from KeyError to AssertionError
             named, note = _as_declared(proto.domain, opset, declared)
             raise ConversionError(proto.op_type, proto.domain, named, label,

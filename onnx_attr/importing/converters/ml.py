@@ -224,6 +224,10 @@ class TreeEnsemble(nn.Module):
                 roots.setdefault(t, i)
         self.register_buffer("roots", torch.tensor(list(roots.values()), dtype=torch.long))
         self.depth = self._depth(modes, leaf)
+        from onnx_attr.importing.budget import current_budget
+
+        # a level is one step of every forward: a degenerate tree as deep as it has nodes would loop for minutes
+        current_budget().check("max_loop_iterations", self.depth, "a tree ensemble's depth (levels walked per call)")
         outputs = (len(attrs.get("classlabels_int64s", []) or attrs.get("classlabels_strings", [])) if classifier
                    else int(attrs.get("n_targets", 1)))
         weight_ids, columns = list(attrs[f"{prefix}_ids"]), max([outputs, *[c + 1 for c in attrs[f"{prefix}_ids"]]])
@@ -249,19 +253,29 @@ class TreeEnsemble(nn.Module):
         self.register_buffer("labels", torch.tensor(list(labels), dtype=torch.int64) if labels else None)
 
     def _depth(self, modes: list, leaf: int) -> int:
-        """Levels of the deepest tree (a walk over each tree once; a cycle is refused)."""
-        true, false, deepest = self.if_true.tolist(), self.if_false.tolist(), 0
+        """Levels of the deepest tree: each node's height once (a depth-first walk, no recursion); a
+        node reached again while it is on the walk's path is a cycle, refused."""
+        true, false = self.if_true.tolist(), self.if_false.tolist()
+        height: dict[int, int] = {}
         for root in self.roots.tolist():
-            stack, seen = [(root, 0)], set()
+            stack, on_path = [root], set()
             while stack:
-                node, level = stack.pop()
-                if node in seen:
+                node = stack[-1]
+                if node in height:
+                    stack.pop()
+                    continue
+                children = [] if modes[node] == leaf else list({true[node], false[node]})
+                pending = [c for c in children if c not in height]
+                if not pending:
+                    height[node] = 1 + max((height[c] for c in children), default=-1)
+                    on_path.discard(node)
+                    stack.pop()
+                    continue
+                if node in on_path or any(c in on_path for c in pending):
                     raise ValueError("a tree of the ensemble loops back on itself")
-                seen.add(node)
-                deepest = max(deepest, level)
-                if modes[node] != leaf:
-                    stack.extend([(true[node], level + 1), (false[node], level + 1)])
-        return deepest
+                on_path.add(node)
+                stack.extend(pending)
+        return max((height[r] for r in self.roots.tolist()), default=0)
 
     def forward(self, x: torch.Tensor):
         rows = x.reshape(1, -1) if x.dim() == 1 else x.reshape(x.shape[0], -1)
