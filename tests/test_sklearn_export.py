@@ -182,3 +182,31 @@ def test_a_tree_deeper_than_the_budget_is_refused_at_load():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
     with pytest.raises(onnx_attr.BudgetError, match="depth"):
         onnx_attr.load(proto)
+
+
+def test_imputer_pipeline_imputes_as_sklearn_and_attributes_complete_rows():
+    """SimpleImputer → StandardScaler → LogisticRegression: ai.onnx.ml Imputer fills NaN with each
+    feature's mean, as scikit-learn and onnxruntime do. Attribution needs finite inputs: rows with
+    NaN get the clear InputError (impute them first); complete rows are explained, complete."""
+    import torch
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    x[::7, 3] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+        proto = skl2onnx.to_onnx(estimator, x[:1])
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert model.verify(x[:32]).passed
+    np.testing.assert_allclose(model.run(x[:32])[1].numpy(), estimator.predict_proba(x[:32]), rtol=1e-4, atol=1e-6)
+    reference = torch.from_numpy(np.nanmean(x, 0, keepdims=True))
+    with pytest.raises(onnx_attr.InputError, match="NaN"):
+        onnx_attr.DeepLift(model).attribute(torch.from_numpy(x[:8]), reference, target=1, output=1)
+    complete = torch.from_numpy(x[1:7])
+    _, delta = onnx_attr.DeepLift(model).attribute(complete, reference, target=1, output=1, return_convergence_delta=True)
+    assert float(delta.abs().max()) <= 1e-5

@@ -44,7 +44,7 @@ STRUCTURAL = frozenset({
 #: ai.onnx.ml ops as imported: ZipMap is the probability tensor itself, ArrayFeatureExtractor a gather.
 ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
 #: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py): their steps get the rules
-ML_EXPANDED = frozenset({"LinearClassifier", "LinearRegressor", "Scaler", "Normalizer"})
+ML_EXPANDED = frozenset({"LinearClassifier", "LinearRegressor", "Scaler", "Normalizer", "Imputer"})
 
 
 #: onnxruntime's com.microsoft fusions, by what they expand into (converters/microsoft.py)

@@ -7,6 +7,8 @@ labels (which is the order of the maps' keys), and `verify` compares it so.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -183,6 +185,35 @@ def convert_normalizer(node, graph):
     x = e.step("Cast", _ToFloat(), e.inputs[0], attrs={"to": 1})  # onnxruntime's output is float
     size = e.step(op, Reduce(op, True, False, [-1]), x, attrs={"axes": [-1], "keepdims": 1})
     return result(node, e.build(e.step("Div", _Divide(), x, size)))
+
+
+class _Impute(nn.Module):
+    """x with each missing entry (NaN, or the replaced value) set to its feature's imputed value."""
+
+    def __init__(self, imputed: torch.Tensor, replaced: float):
+        super().__init__()
+        self.register_buffer("imputed", imputed)
+        self.replaced = replaced
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        missing = torch.isnan(x) if math.isnan(self.replaced) else x == self.replaced
+        return torch.where(missing, self.imputed.to(x.dtype), x)
+
+
+@register("Imputer", 1, domain="ai.onnx.ml")
+def convert_imputer(node, graph):
+    """scikit-learn's SimpleImputer: a Where of one varying input (linear: the kept entries pass their
+    multiplier, the imputed ones none)."""
+    from onnx_attr.importing.converters.microsoft import Expansion
+
+    floats, ints = node.attributes.get("imputed_value_floats"), node.attributes.get("imputed_value_int64s")
+    if ints:
+        imputed, replaced = torch.tensor(list(ints), dtype=torch.int64), float(node.attributes.get("replaced_value_int64", 0))
+    else:
+        imputed, replaced = torch.tensor(list(floats or [0.0]), dtype=torch.float32), \
+            float(node.attributes.get("replaced_value_float", 0.0))
+    e = Expansion(1)
+    return result(node, e.build(e.step("Where", _Impute(imputed, replaced), e.inputs[0])))
 
 
 # --- tree ensembles (scikit-learn's forests and boosted trees, LightGBM, XGBoost) -------------------
