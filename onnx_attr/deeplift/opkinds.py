@@ -43,8 +43,10 @@ STRUCTURAL = frozenset({
 
 #: ai.onnx.ml ops as imported: ZipMap is the probability tensor itself, ArrayFeatureExtractor a gather.
 ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
-#: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py): their steps get the rules
-ML_EXPANDED = frozenset({"LinearClassifier", "LinearRegressor", "Scaler", "Normalizer", "Imputer"})
+#: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py), by what they expand into: their
+#: steps get the rules
+ML_EXPANDED = {"LinearClassifier": "composite", "LinearRegressor": "linear", "Scaler": "linear",
+               "Normalizer": "composite", "Imputer": "linear"}
 
 
 #: onnxruntime's com.microsoft fusions, by what they expand into (converters/microsoft.py)
@@ -121,7 +123,7 @@ def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool], attrs: M
     if domain == "ai.onnx.ml" and op_type in ML_LINEAR:
         return "linear"
     if domain == "ai.onnx.ml" and op_type in ML_EXPANDED:
-        return "composite"
+        return ML_EXPANDED[op_type]
     if domain in ("onnx_attr.smooth", "onnx_attr.quantized", "onnx_attr.fused", "onnx_attr.control") and op_type in RULES:  # our own
         return RULES[op_type].kind  # nodes: smooth's LogSumExpPool, QuantizedBlock, unary_fusion's SelfGated
     if domain == "com.microsoft":  # converters/microsoft.py: each expands into the ONNX ops it fuses
