@@ -88,3 +88,32 @@ def test_quantized_block_closed_form_is_the_decomposition():
     short32 = narrow[2] + residual_share(*narrow, 0)
     total, change = (short32.double() * dx).sum((1, 2)), (grad * (exact(x) - exact(x0))).sum((1, 2))
     assert ((total - change).abs() <= 1e-5 * change.abs().clamp(min=1)).all()  # complete in float32 too
+
+
+def test_credited_product_is_credited_in_closed_form():
+    """The recurrent rule's quantized products (`credited_product`, a custom backward) against
+    autograd through `credited`, the decomposition it replaced; and complete per example."""
+    from onnx_attr.deeplift.rules.quantized import credited, credited_product
+
+    gen = torch.Generator().manual_seed(3)
+
+    class Weight:  # a QuantizedWeight's interface: the rounding product, the float matrix
+        weight = torch.randn((6, 5), generator=gen, dtype=torch.float64)
+
+        def exact(self, v):
+            return torch.round(v * 8) / 8 @ self.weight
+
+    w = Weight()
+    x = torch.randn((3, 6), generator=gen, dtype=torch.float64) * 40
+    x0 = torch.randn((3, 6), generator=gen, dtype=torch.float64) * 40
+    grad = torch.randn((3, 5), generator=gen, dtype=torch.float64)
+    live = x.clone().requires_grad_(True)
+    y, _ = credited(w.exact, lambda v: v @ w.weight, live, x0, 0)
+    (want,) = torch.autograd.grad(y, live, grad)
+    live = x.clone().requires_grad_(True)
+    y2, y0 = credited_product(w, live, x0, 0)
+    (got,) = torch.autograd.grad(y2, live, grad)
+    assert torch.equal(y2.detach(), y.detach())
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))
+    total, change = (got * (x - x0)).sum(1), (grad * (y2.detach() - y0)).sum(1)
+    torch.testing.assert_close(total, change, rtol=1e-10, atol=1e-10)

@@ -34,6 +34,34 @@ def credited(exact: Callable[[Tensor], Tensor], linear: Callable[[Tensor], Tenso
     return y.detach() + (z - z.detach()) + residual * (share - share.detach()), y0
 
 
+class _CreditedProduct(torch.autograd.Function):
+    """y = exact(x), whose backward is `credited`'s multipliers in closed form for a product x @ W:
+    Wᵀg through the float product, plus the residual's share from g·r = g·Δy − (Wᵀg)·Δx
+    (`residual_share`). No graph is built around the product, and W is never applied at the
+    reference nor run forward at x for autograd's sake."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, x0: Tensor, y: Tensor, y0: Tensor, weight: Tensor, batch_axis: int) -> Tensor:
+        ctx.batch_axis = batch_axis
+        ctx.save_for_backward(x, x0, y - y0, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, x0, dy, weight = ctx.saved_tensors
+        through = grad @ weight.T
+        share = residual_share(grad, dy, through, x.detach(), x0.expand_as(x), ctx.batch_axis)
+        return (through + share).to(x.dtype), None, None, None, None, None
+
+
+def credited_product(weight, x: Tensor, x0: Tensor, batch_axis: int) -> tuple[Tensor, Tensor]:
+    """`credited` for a dynamically quantized product (a `QuantizedWeight`: `exact` the quantized
+    product, `weight` the dequantized matrix), its backward in closed form (`_CreditedProduct`)."""
+    with torch.no_grad():
+        y, y0 = weight.exact(x.detach()), weight.exact(x0.detach())
+    return _CreditedProduct.apply(x, x0.detach(), y, y0, weight.weight, batch_axis), y0
+
+
 # --- DynamicQuantizeLinear → ConvInteger/MatMulInteger (→ Add) → Cast → Mul, as one node ---------
 
 _INTEGER_OPS = ("ConvInteger", "MatMulInteger")

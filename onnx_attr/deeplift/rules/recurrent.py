@@ -7,7 +7,7 @@ import torch
 from onnx_attr.importing.converters.recurrent import recurrent_attrs, run_recurrent
 from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, rule
 from onnx_attr.deeplift.rules.paired import product, rescale
-from onnx_attr.deeplift.rules.quantized import credited
+from onnx_attr.deeplift.rules.quantized import credited_product
 
 
 class Paired:
@@ -43,7 +43,7 @@ class Paired:
 
     @staticmethod
     def quantized(v, weight, batch_axis):
-        return credited(weight.exact, weight.dequantized, v[0], v[1], batch_axis)
+        return credited_product(weight, v[0], v[1], batch_axis)
 
 
 @rule("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
