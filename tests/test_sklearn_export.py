@@ -210,3 +210,30 @@ def test_imputer_pipeline_imputes_as_sklearn_and_attributes_complete_rows():
     complete = torch.from_numpy(x[1:7])
     _, delta = onnx_attr.DeepLift(model).attribute(complete, reference, target=1, output=1, return_convergence_delta=True)
     assert float(delta.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("aggregate", [0, 1])
+def test_tree_ensemble_5_matches_onnxruntime(aggregate):
+    """ai.onnx.ml TreeEnsemble-5 (nodes and leaves apart, roots listed): two trees, two targets, a
+    NaN routed by nodes_missing_value_tracks_true, AVERAGE (0) or SUM (1). Oracle: onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    # tree 0: node 0 x0 <= 0.5 ? node 1 : leaf 2; node 1 x1 < 1.0 ? leaf 0 : leaf 1 (NaN goes true)
+    # tree 1: node 2 x2 > -1 ? leaf 3 : leaf 4
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", n_targets=2, aggregate_function=aggregate,
+        tree_roots=[0, 2], nodes_featureids=[0, 1, 2],
+        nodes_modes=numpy_helper.from_array(np.array([0, 1, 3], np.uint8)),
+        nodes_splits=numpy_helper.from_array(np.array([0.5, 1.0, -1.0], np.float32)),
+        nodes_truenodeids=[1, 0, 3], nodes_trueleafs=[0, 1, 1], nodes_falsenodeids=[2, 1, 4], nodes_falseleafs=[1, 1, 1],
+        nodes_missing_value_tracks_true=[0, 1, 0], leaf_targetids=[0, 1, 0, 1, 0],
+        leaf_weights=numpy_helper.from_array(np.array([1.0, 2.0, 3.0, 4.0, 5.0], np.float32)))
+    graph = helper.make_graph([node], "t5", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)])
+    x = np.array([[0.0, 0.0, 0.0], [0.0, 2.0, -2.0], [1.0, 0.0, 5.0], [0.5, np.nan, 0.0], [0.7, 1.0, -1.0],
+                  [0.5, 1.0, -0.5]], np.float32)
+    expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = onnx_attr.load(proto, strip_final_activation=False).run({"x": x})[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)

@@ -74,7 +74,7 @@ REFUSED = {
     "DeformConv": "its sampling offsets are products with the input",
     **{op: "a tree ensemble is piecewise constant: no gradient, no multiplier (explain it with a perturbation "
            "method: FeatureAblation, KernelShap, ShapleyValueSampling, Lime; CLI --method featureablation, kernelshap)"
-       for op in ("TreeEnsembleClassifier", "TreeEnsembleRegressor")},
+       for op in ("TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble")},
     "RoiAlign": "no rule yet (linear in X at fixed boxes in avg mode, a max in max mode)",
     "NonMaxSuppression": "it returns indices chosen by comparing scores",
     "Unique": "its output is chosen by comparing values",

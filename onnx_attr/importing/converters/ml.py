@@ -365,3 +365,77 @@ def convert_tree_ensemble_classifier(node, graph):
 @register("TreeEnsembleRegressor", 1, 3, domain="ai.onnx.ml")
 def convert_tree_ensemble_regressor(node, graph):
     return result(node, TreeEnsemble(dict(node.attributes), classifier=False))
+
+
+def _listed(value) -> list:
+    """An attribute's values as a list: ints/floats as given, a tensor attribute however onnx2torch hands it over."""
+    if value is None:
+        return []
+    if hasattr(value, "to_torch"):
+        value = value.to_torch()
+    if isinstance(value, torch.Tensor):
+        return value.reshape(-1).tolist()
+    if hasattr(value, "tolist"):
+        return list(value.reshape(-1).tolist())
+    if hasattr(value, "data_type"):  # a TensorProto
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(value).reshape(-1).tolist()
+    return list(value)
+
+
+_V5_MODES = ("BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ")
+
+
+def tree_ensemble_5(attrs: dict) -> dict:
+    """ai.onnx.ml TreeEnsemble-5 (nodes and leaves apart, roots listed, enums as ints) as the
+    TreeEnsembleRegressor attributes `TreeEnsemble` reads: leaves become LEAF nodes after the
+    interior ones, each node given the tree whose root reaches it."""
+    features = _listed(attrs.get("nodes_featureids"))
+    n, weights = len(features), _listed(attrs.get("leaf_weights"))
+    modes = [int(m) for m in _listed(attrs.get("nodes_modes"))]
+    if any(m >= len(_V5_MODES) for m in modes):
+        raise NotImplementedError("TreeEnsemble nodes of mode BRANCH_MEMBER (set membership)")
+
+    def child(i: int, side: str) -> int:
+        index = int(_listed(attrs.get(f"nodes_{side}nodeids"))[i])
+        return n + index if int(_listed(attrs.get(f"nodes_{side}leafs"))[i]) else index
+
+    true, false = [child(i, "true") for i in range(n)], [child(i, "false") for i in range(n)]
+    tree_of: dict[int, int] = {}
+    for t, root in enumerate(_listed(attrs.get("tree_roots"))):
+        stack = [int(root)]
+        while stack:
+            k = stack.pop()
+            if k in tree_of:
+                continue
+            tree_of[k] = t
+            if k < n:
+                stack += [true[k], false[k]]
+    ids = list(range(n + len(weights)))
+    aggregate = {0: "AVERAGE", 1: "SUM", 2: "MIN", 3: "MAX"}.get(int(attrs.get("aggregate_function", 1)), "?")
+    transform = {0: "NONE", 1: "SOFTMAX", 2: "LOGISTIC", 3: "SOFTMAX_ZERO", 4: "PROBIT"}.get(
+        int(attrs.get("post_transform", 0)), "?")
+    missing = _listed(attrs.get("nodes_missing_value_tracks_true")) or [0] * n
+    return {"nodes_treeids": [tree_of.get(k, 0) for k in ids], "nodes_nodeids": ids,
+            "nodes_featureids": features + [0] * len(weights), "nodes_values": _listed(attrs.get("nodes_splits")) + [0.0] * len(weights),
+            "nodes_modes": [_V5_MODES[m] for m in modes] + ["LEAF"] * len(weights),
+            "nodes_truenodeids": true + [0] * len(weights), "nodes_falsenodeids": false + [0] * len(weights),
+            "nodes_missing_value_tracks_true": list(missing) + [0] * len(weights),
+            "target_treeids": [tree_of.get(n + j, 0) for j in range(len(weights))],
+            "target_nodeids": [n + j for j in range(len(weights))], "target_ids": _listed(attrs.get("leaf_targetids")),
+            "target_weights": weights, "n_targets": int(attrs.get("n_targets", 1)), "aggregate_function": aggregate,
+            "post_transform": transform}
+
+
+class TreeEnsemble5(TreeEnsemble):
+    """TreeEnsemble-5: the regressor's walk; its output has the input's floating type."""
+
+    def forward(self, x: torch.Tensor):
+        out = super().forward(x)
+        return out.to(x.dtype) if x.is_floating_point() else out
+
+
+@register("TreeEnsemble", 5, domain="ai.onnx.ml")
+def convert_tree_ensemble_5(node, graph):
+    return result(node, TreeEnsemble5(tree_ensemble_5(dict(node.attributes)), classifier=False))
