@@ -237,3 +237,20 @@ def test_tree_ensemble_5_matches_onnxruntime(aggregate):
     expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = onnx_attr.load(proto, strip_final_activation=False).run({"x": x})[0].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_a_huge_class_id_is_refused_before_the_weights_are_made():
+    """class_ids come from the file: one id of 2^40 would ask for 2^40 weight columns per node."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(
+        "TreeEnsembleClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml", classlabels_int64s=[0, 1],
+        nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0], nodes_values=[0.5, 0, 0],
+        nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"], nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
+        class_treeids=[0, 0], class_nodeids=[1, 2], class_ids=[0, 2**40], class_weights=[1.0, 1.0])
+    graph = helper.make_graph([node], "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, [1]),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    with pytest.raises(onnx_attr.BudgetError, match="leaf weights"):
+        onnx_attr.load(proto)

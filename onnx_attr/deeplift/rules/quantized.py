@@ -135,11 +135,7 @@ class QuantizedBlock(nn.Module):
         side = _StraightThrough(self, at, skip=unread)
         side.run(at)
         env = side.env
-        module = side.fetch_attr(integer.target)
-        from onnx_attr.deeplift.ops import BoundOp, signature_names
-
-        args, kwargs = side.fetch_args_kwargs_from_env(integer)
-        values = BoundOp(module, signature_names(module)).full(args, kwargs)
+        module, values = side.inputs_of(integer)
         width, dtype = at.shape, side.dtype
         transposed = _conv_transpose if _op(integer) == "ConvInteger" else _matmul_transpose
         linears = [integer, *chain[:-1]]  # each chain node's operand computed from x
@@ -179,25 +175,29 @@ class _StraightThrough(fx.Interpreter):
         self.block, self.at, self.skip = block, at, skip or set()
         self.dtype = at.dtype if at.is_floating_point() else torch.float64
 
+    def inputs_of(self, n: fx.Node) -> tuple[nn.Module, list]:
+        """A node's module and its inputs in signature order (skipped optional ones None)."""
+        from onnx_attr.deeplift.ops import BoundOp, signature_names
+
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        module = self.fetch_attr(n.target)
+        return module, BoundOp(module, signature_names(module)).full(args, kwargs)
+
     def run_node(self, n: fx.Node) -> Any:
         if n in self.skip:
             return None
         op = _op(n)
         if op not in ("DynamicQuantizeLinear", "Cast", *_INTEGER_OPS):
             return super().run_node(n)
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        module = self.fetch_attr(n.target)
+        module, values = self.inputs_of(n)
         if op == "Cast":
-            return args[0]
+            return values[0]
         dtype = self.dtype
         if op == "DynamicQuantizeLinear":
             # the scale and zero point come from at's range alone: quantize just its two ends
             _, scale, zero = module(torch.stack(torch.aminmax(self.at.detach())) if self.at.numel() else self.at)
-            q = None if self.skip else args[0].to(dtype) / scale.to(dtype) + zero.to(dtype)
+            q = None if self.skip else values[0].to(dtype) / scale.to(dtype) + zero.to(dtype)
             return q, scale, zero
-        from onnx_attr.deeplift.ops import BoundOp, signature_names
-
-        values = BoundOp(module, signature_names(module)).full(args, kwargs)
         if op == "ConvInteger":
             return _conv(self.block, module, dtype, *values)
         a, b, a_zero, b_zero = values + [None] * (4 - len(values))

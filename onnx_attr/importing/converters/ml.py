@@ -218,6 +218,11 @@ def convert_imputer(node, graph):
 
 # --- tree ensembles (scikit-learn's forests and boosted trees, LightGBM, XGBoost) -------------------
 _MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5, "LEAF": 6}
+_COMPARISONS = (torch.le, torch.lt, torch.ge, torch.gt, torch.eq, torch.ne)  # in _MODES' order
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class TreeEnsemble(nn.Module):
@@ -234,7 +239,7 @@ class TreeEnsemble(nn.Module):
         where = {(t, n): i for i, (t, n) in enumerate(zip(trees, ids))}
         if len(where) != len(trees):
             raise ValueError("a tree ensemble lists a (tree, node) twice")
-        modes = [_MODES.get(m.decode() if isinstance(m, bytes) else m) for m in attrs["nodes_modes"]]
+        modes = [_MODES.get(_text(m)) for m in attrs["nodes_modes"]]
         if None in modes:
             raise NotImplementedError(f"tree node modes {sorted(set(attrs['nodes_modes']))}")
         leaf = _MODES["LEAF"]
@@ -259,21 +264,28 @@ class TreeEnsemble(nn.Module):
 
         # a level is one step of every forward: a degenerate tree as deep as it has nodes would loop for minutes
         current_budget().check("max_loop_iterations", self.depth, "a tree ensemble's depth (levels walked per call)")
+        interior = {m for m in modes if m != leaf}
+        self.single_mode = interior.pop() if len(interior) == 1 else None  # most ensembles compare one way
         outputs = (len(attrs.get("classlabels_int64s", []) or attrs.get("classlabels_strings", [])) if classifier
                    else int(attrs.get("n_targets", 1)))
-        weight_ids, columns = list(attrs[f"{prefix}_ids"]), max([outputs, *[c + 1 for c in attrs[f"{prefix}_ids"]]])
+        weight_ids = [int(c) for c in attrs[f"{prefix}_ids"]]
+        if any(c < 0 for c in weight_ids):
+            raise ValueError(f"a tree ensemble's {prefix}_ids has a negative id")
+        columns = max([outputs, *[c + 1 for c in weight_ids]])
+        # ids come from the file: a class id of 2^40 would ask for that many columns per node
+        current_budget().check("max_elements", len(trees) * columns, "a tree ensemble's leaf weights")
         weights = torch.zeros(len(trees), columns, dtype=torch.float64)
-        for t, n, c, w in zip(attrs[f"{prefix}_treeids"], attrs[f"{prefix}_nodeids"], weight_ids, attrs[f"{prefix}_weights"]):
-            weights[where[(t, n)], c] += w
+        rows = torch.tensor([where[(t, n)] for t, n in zip(attrs[f"{prefix}_treeids"], attrs[f"{prefix}_nodeids"])],
+                            dtype=torch.long)
+        weights.index_put_((rows, torch.tensor(weight_ids, dtype=torch.long)),
+                           torch.tensor(list(attrs[f"{prefix}_weights"]), dtype=torch.float64), accumulate=True)
         self.register_buffer("weights", weights)
         base = list(attrs.get("base_values", [])) or [0.0] * columns
         self.register_buffer("base", torch.tensor(base, dtype=torch.float64))
-        aggregate = attrs.get("aggregate_function", b"SUM")
-        self.aggregate = aggregate.decode() if isinstance(aggregate, bytes) else aggregate
+        self.aggregate = _text(attrs.get("aggregate_function", "SUM"))
         if self.aggregate not in ("SUM", "AVERAGE"):
             raise NotImplementedError(f"tree ensemble aggregate_function {self.aggregate!r} (SUM or AVERAGE)")
-        transform = attrs.get("post_transform", b"NONE")
-        self.transform = transform.decode() if isinstance(transform, bytes) else transform
+        self.transform = _text(attrs.get("post_transform", "NONE"))
         if self.transform not in ("NONE", "LOGISTIC", "SOFTMAX"):
             raise NotImplementedError(f"tree ensemble post_transform {self.transform!r} (NONE, LOGISTIC or SOFTMAX)")
         self.classifier, self.outputs = classifier, outputs
@@ -315,9 +327,9 @@ class TreeEnsemble(nn.Module):
         for _ in range(self.depth):
             value = rows.gather(1, self.feature[node])
             threshold, mode = self.threshold[node].to(rows.dtype), self.mode[node]
-            tests = torch.stack([value <= threshold, value < threshold, value >= threshold, value > threshold,
-                                 value == threshold, value != threshold], -1)
-            go_true = tests.gather(-1, mode.clamp(max=5).unsqueeze(-1)).squeeze(-1)
+            go_true = _COMPARISONS[self.single_mode](value, threshold) if self.single_mode is not None else \
+                torch.stack([compare(value, threshold) for compare in _COMPARISONS], -1).gather(
+                    -1, mode.clamp(max=5).unsqueeze(-1)).squeeze(-1)
             go_true = torch.where(torch.isnan(value), self.missing_true[node], go_true)
             step = torch.where(go_true, self.if_true[node], self.if_false[node])
             node = torch.where(mode == _MODES["LEAF"], node, step)
@@ -397,11 +409,11 @@ def tree_ensemble_5(attrs: dict) -> dict:
     if any(m >= len(_V5_MODES) for m in modes):
         raise NotImplementedError("TreeEnsemble nodes of mode BRANCH_MEMBER (set membership)")
 
-    def child(i: int, side: str) -> int:
-        index = int(_listed(attrs.get(f"nodes_{side}nodeids"))[i])
-        return n + index if int(_listed(attrs.get(f"nodes_{side}leafs"))[i]) else index
+    def children(side: str) -> list[int]:
+        ids, leafs = _listed(attrs.get(f"nodes_{side}nodeids")), _listed(attrs.get(f"nodes_{side}leafs"))
+        return [n + int(i) if int(is_leaf) else int(i) for i, is_leaf in zip(ids, leafs)]
 
-    true, false = [child(i, "true") for i in range(n)], [child(i, "false") for i in range(n)]
+    true, false = children("true"), children("false")
     tree_of: dict[int, int] = {}
     for t, root in enumerate(_listed(attrs.get("tree_roots"))):
         stack = [int(root)]

@@ -66,9 +66,10 @@ class Reduce(nn.Module):
             if self.noop:
                 return x
             dims = list(range(x.dim()))
+        dims = tuple(d % x.dim() for d in dims)
         if self.op == "ReduceMean" and not x.is_floating_point():  # onnxruntime: the integer sum / count, truncated
-            return x.double().mean(tuple(d % x.dim() for d in dims), keepdim=self.keepdims).trunc().to(x.dtype)
-        out = _REDUCERS[self.op](x, tuple(d % x.dim() for d in dims), self.keepdims)
+            return x.double().mean(dims, keepdim=self.keepdims).trunc().to(x.dtype)
+        out = _REDUCERS[self.op](x, dims, self.keepdims)
         return out if out.dtype == x.dtype else out.to(x.dtype)  # torch sums int32 into int64; ONNX keeps the type
 
     def extra_repr(self) -> str:
