@@ -141,3 +141,18 @@ def test_credited_product_is_credited_in_closed_form():
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))
     total, change = (got * (x - x0)).sum(1), (grad * (y2.detach() - y0)).sum(1)
     torch.testing.assert_close(total, change, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("memo", [None, {}], ids=["per call", "kept per reference"])
+def test_slope_where_another_input_broadcasts_x_is_per_output_element(memo):
+    """Pow(x, Y) with x [1, 4] and a constant Y [3, 4]: the output is [3, 4], and where x == x0 the
+    multiplier is each output element's own slope Y·x^(Y-1), not a gradient summed over the rows."""
+    x = torch.tensor([[1.5, 2.0, 3.0, 0.7]], dtype=torch.float64)
+    x0 = x.clone()
+    x0[0, 1] = 0.5  # one element away from its reference: the secant there
+    exponent = torch.tensor([[2.0], [3.0], [0.5]], dtype=torch.float64).expand(3, 4)
+    f = lambda t: torch.pow(t, exponent)  # noqa: E731
+    m = rescale_multiplier(f, x, x0, f(x), f(x0), elementwise=False, memo=memo)
+    want = exponent * x.pow(exponent - 1)
+    want[:, 1] = (f(x) - f(x0))[:, 1] / 1.5
+    torch.testing.assert_close(m, want, rtol=1e-12, atol=0)
