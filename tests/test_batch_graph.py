@@ -465,3 +465,41 @@ def test_rows_that_break_a_baked_batch_are_not_re_run_node_by_node(monkeypatch):
     with pytest.raises(onnx_attr.errors.ForwardError, match="Reshape"):
         imported(torch.cat([tensors[0]] * 3))
     assert located
+
+
+def test_the_walk_reads_past_a_computed_reshape_and_a_fused_layer_norm_at_an_old_opset(monkeypatch):
+    """paddle2onnx's recognisers at opsets 11-13: a Reshape to a computed shape (Shape -> Slice ->
+    Concat), whose target ONNX's inference reads only from Reshape-14 on, and a written-out LayerNorm
+    that the import fuses into LayerNormalization (opset 17) in the older graph. The walk answers
+    from ONNX's own inference (the graph converted to opset 14, the fused node an Identity for
+    shapes), as the probe's runs do, without onnxruntime's symbolic inference (a Python pass over
+    the graph, several times as slow)."""
+    from onnxruntime.tools import symbolic_shape_infer
+    from test_layernorm_fusion import layer_norm_model
+
+    model = layer_norm_model(opset=12)
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = ["x_kept" if i == "x" else i for i in node.input]
+    computed = [helper.make_node("Shape", ["x"], ["x_shape"]),
+                helper.make_node("Slice", ["x_shape", "from", "to"], ["leading"]),
+                helper.make_node("Concat", ["leading", "minus_one"], ["target"], axis=0),
+                helper.make_node("Reshape", ["x", "target"], ["x_kept"])]
+    for position, node in enumerate(computed):
+        graph.node.insert(position, node)
+    for name, value in (("from", _i(0)), ("to", _i(2)), ("minus_one", _i(-1))):
+        graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+    imported = onnx_attr.load(model, strip_final_activation=False)
+    assert "LayerNormalization" in {n.op_type for n in imported.onnx_model.graph.node}
+    asked = []
+
+    class Counted:
+        def __init__(self, *args):
+            asked.append(args)
+            raise RuntimeError("not expected")
+
+    monkeypatch.setattr(symbolic_shape_infer, "SymbolicShapeInference", Counted)
+    feeds = {"x": (RNG.standard_normal((2, 4, 16)) * 30).astype(np.float32)}
+    traced, probed = _walk_and_probe(model, feeds, monkeypatch)
+    assert traced == probed.outputs == (0,)
+    assert not asked

@@ -544,6 +544,66 @@ def _onnx_shapes(light: onnx.ModelProto) -> onnx.ModelProto | None:
         return None
 
 
+def _stand_in_for_fused(light: onnx.ModelProto) -> None:
+    """The LayerNormalization nodes the import fuses (fusions.py) into a graph whose opset predates
+    LayerNormalization (17) are unknown to ONNX's inference there, and every shape after them with
+    them (a recogniser's encoder): in this copy, read for shapes only, each is an Identity of its
+    input, whose shape its one output has."""
+    opset = next((o.version for o in light.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= 17:
+        return
+    for node in light.graph.node:
+        if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            node.op_type = "Identity"
+            del node.input[1:]
+            del node.attribute[:]
+
+
+def _upgraded_shapes(light: onnx.ModelProto, first: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ONNX's inference on the graph converted to opset 14, where it settles what it could not at an
+    older opset: before Reshape-14, Reshape's inference reads only a constant target, so every
+    shape after a reshape to a computed shape (Shape -> Slice -> Concat, the way paddle2onnx keeps
+    a dim dynamic) is lost. ONNX's version converter and its inference are C++, a fraction of
+    onnxruntime's symbolic inference (in Python) on a recogniser. Trusted only where complete and
+    equal to the first inference on every dim that one knew; None otherwise."""
+    from onnx import version_converter
+
+    opset = next((o.version for o in light.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not 7 <= opset < 14 or _first_lost(first) != "Reshape":
+        return None
+    try:
+        second = _onnx_shapes(version_converter.convert_version(light, 14))
+    except Exception:  # an adapter that reads a stubbed weight, a node it has no adapter for
+        return None
+    if second is None or not _complete(second):
+        return None
+    after = _known_dims(second)
+    for name, dims in _known_dims(first).items():
+        found = after.get(name, dims)
+        if len(found) != len(dims) or any(d is not None and d != f for d, f in zip(dims, found)):
+            return None
+    return second
+
+
+def _first_lost(inferred: onnx.ModelProto) -> str | None:
+    """The op type of the first node (in graph order) whose inputs' shapes are all known but one
+    of whose outputs' is not: where the inference lost the trail."""
+    known = {name for name, dims in _known_dims(inferred).items() if None not in dims}
+    known.update(v.name for v in inferred.graph.input)
+    known.update(t.name for t in inferred.graph.initializer)
+    for node in inferred.graph.node:
+        if all(not i or i in known for i in node.input) and any(o and o not in known for o in node.output):
+            return node.op_type
+    return None
+
+
+def _known_dims(inferred: onnx.ModelProto) -> dict[str, list]:
+    """Each value's dims as inferred (a dim it could not tell as None)."""
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in (*inferred.graph.value_info, *inferred.graph.output)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+
+
 def _complete(inferred: onnx.ModelProto) -> bool:
     """Whether every node output has a shape with every dim known."""
     known = {v.name for v in (*inferred.graph.value_info, *inferred.graph.output)
@@ -578,7 +638,10 @@ def _inferred_shapes(proto: onnx.ModelProto, tensors, specs) -> dict[str, list]:
         del dims[:]
         for d in t.shape:
             dims.add().dim_value = int(d)
+    _stand_in_for_fused(light)
     inferred = _onnx_shapes(light)
+    if inferred is not None and not _complete(inferred):
+        inferred = _upgraded_shapes(light, inferred) or inferred
     if inferred is None or not _complete(inferred):
         try:  # its `infer_shapes` saves the graph into the working directory when it cannot finish: its
             # loop, without that; what it did infer is kept
