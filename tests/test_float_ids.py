@@ -143,3 +143,55 @@ def test_non_finite_float_ids_are_a_clear_error():
     bad[0, 0] = np.nan
     with pytest.raises(onnx_attr.InputError, match="ids"):
         onnx_attr.DeepLift(model).attribute({"ids": bad}, target=0)
+
+
+def masked_gather_model():
+    """A Keras Embedding(mask_zero=True) on Keras' default float input, as tf2onnx writes it: the
+    float ids cast to INT32 into a Gather, and compared to 0 for the padding mask that zeroes the
+    padded tokens' embeddings (a comparison gives booleans: no float use of the ids)."""
+    nodes = [helper.make_node("Cast", ["ids"], ["ids32"], to=TensorProto.INT32),
+             helper.make_node("Gather", ["table", "ids32"], ["emb"], axis=0),
+             helper.make_node("Equal", ["ids", "pad"], ["is_pad"]),
+             helper.make_node("Not", ["is_pad"], ["keep"]),
+             helper.make_node("Cast", ["keep"], ["keep_f"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["keep_f", "last"], ["keep_e"]),
+             helper.make_node("Mul", ["emb", "keep_e"], ["masked"]),
+             helper.make_node("Reshape", ["masked", "flat"], ["flat_emb"]),
+             helper.make_node("MatMul", ["flat_emb", "w1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    inits = {"pad": np.array(0, np.float32), "last": np.array([-1], np.int64), "table": TABLE,
+             "flat": np.array([-1, L * 2], np.int64), "w1": W1, "w2": W2}
+    return _model(nodes, inits)
+
+
+def test_float_ids_with_a_padding_mask_are_ids_and_match_captum_with_the_mask_held():
+    """The mask is read from the ids in both passes (the tokens padded in the input stay padded at
+    the reference), so Captum's DeepLift on the embeddings, through the same net with the input's
+    mask fixed, gives the same per-token attributions; and they are complete."""
+    from captum.attr import DeepLift as CaptumDeepLift
+
+    assert cast_id_inputs(masked_gather_model().graph) == {"ids"}
+    model = onnx_attr.load(masked_gather_model())
+    assert model.inputs[0].integer_ids
+    attributions, delta = onnx_attr.DeepLift(model).attribute({"ids": IDS}, target=2, return_convergence_delta=True)
+    ours = np.asarray(attributions["ids"])
+    keep = torch.from_numpy((IDS != 0).astype(np.float32))[..., None]
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(L * 2, 6, bias=False), torch.nn.ReLU(),
+                              torch.nn.Linear(6, CLASSES, bias=False))
+    net[1].weight.data, net[3].weight.data = torch.from_numpy(W1.T.copy()), torch.from_numpy(W2.T.copy())
+
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, e):  # Captum runs inputs and references as one batch: the mask for both
+            return self.net(e * keep.repeat(e.shape[0] // keep.shape[0], 1, 1))
+
+    emb = torch.from_numpy(TABLE[IDS.astype(np.int64)])
+    reference = torch.from_numpy(TABLE[np.zeros_like(IDS, np.int64)])
+    theirs = CaptumDeepLift(Masked()).attribute(emb, reference, target=2).sum(-1).detach().numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert (ours[IDS == 0] == 0).all()  # a padded token: masked in both passes
+    assert float(np.abs(np.asarray(delta)).max()) < 1e-5

@@ -54,7 +54,12 @@ CONFIGS = [dict(), dict(direction="reverse"), dict(direction="bidirectional"), d
            dict(peepholes=True), dict(states=True), dict(lens=True), dict(layout=1, states=True, direction="bidirectional"),
            dict(op="GRU"), dict(op="GRU", linear_before_reset=1), dict(op="GRU", layout=1, states=True, lens=True),
            dict(op="GRU", layout=1, direction="bidirectional", linear_before_reset=1), dict(op="RNN"),
-           dict(op="RNN", layout=1, states=True, direction="bidirectional")]
+           dict(op="RNN", layout=1, states=True, direction="bidirectional"),
+           # padded sequences (PyTorch's pack_padded_sequence) read backwards: each row from its own end
+           dict(lens=True, direction="reverse"), dict(op="GRU", lens=True, direction="bidirectional"),
+           dict(op="GRU", layout=1, lens=True, states=True, direction="bidirectional"),
+           dict(layout=1, lens=True, direction="bidirectional", peepholes=True),
+           dict(op="RNN", layout=1, lens=True, direction="reverse")]
 
 
 def _feeds(model, rng):

@@ -86,6 +86,8 @@ def value_spec(value: onnx.ValueInfoProto, ids: bool = False) -> TensorSpec:
 _SAME_VALUES = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 #: ops whose output depends on their input's shape only
 _SHAPE_ONLY = frozenset({"Shape", "Size"})
+#: ops whose output is booleans: no gradient flows back through them
+_COMPARISONS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "IsNaN", "IsInf"})
 _INTEGERS = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
                        onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
                        onnx.TensorProto.UINT32, onnx.TensorProto.UINT64})
@@ -93,8 +95,9 @@ _INTEGERS = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.Tenso
 
 def cast_id_inputs(graph: onnx.GraphProto) -> set[str]:
     """Floating graph inputs whose values reach the outputs only through a Cast to an integer type
-    (after ops that only rearrange them; shape reads aside): ids stored as floats (tf2onnx's
-    float bytes into a OneHot). No gradient flows through the Cast, so they are attributed as ids,
+    (after ops that only rearrange them; shape reads and comparisons aside): ids stored as floats
+    (tf2onnx's float bytes into a OneHot; a Keras Embedding on Keras' default float input, its
+    padding mask an Equal of the ids). No gradient flows through the Cast, so they are attributed as ids,
     at their one-hot or embedding. An input used anywhere as a float (or read inside a subgraph,
     or returned) stays a float input: nothing is guessed."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -123,8 +126,8 @@ def _only_cast(name: str, consumers: dict, in_subgraphs: set[str], outputs: set[
         if tensor in outputs or tensor in in_subgraphs:
             return False
         for node in consumers.get(tensor, ()):
-            if node.op_type in _SHAPE_ONLY and node.domain in ("", "ai.onnx"):
-                continue
+            if node.domain in ("", "ai.onnx") and (node.op_type in _SHAPE_ONLY or node.op_type in _COMPARISONS):
+                continue  # a shape, or a mask of booleans (Keras' padding mask, ids != 0): no gradient
             if node.domain not in ("", "ai.onnx") or node.op_type not in _SAME_VALUES | {"Cast"}:
                 return False
             if list(node.input).index(tensor) != 0 or list(node.input).count(tensor) != 1:

@@ -59,9 +59,13 @@ class Prepared:
         """Attributions per input fed -> per model input (the same here; see EmbeddedPrepared)."""
         return per_input
 
+    def model_input(self, position: int) -> Tensor:
+        """The tensor fed for the model's input at `position`."""
+        return self.tensors[position]
+
     def pack(self, per_input: list) -> Any:
         """Attributions per model input back into the user's structure and array kind."""
-        items = [per_input[p] if per_input[p] is not None else _held(self.tensors[p]) for p in self.positions]
+        items = [per_input[p] if per_input[p] is not None else _held(self.model_input(p)) for p in self.positions]
         if self.as_numpy:
             items = [t.detach().cpu().numpy() for t in items]
         return self.repack_user(items)
@@ -143,8 +147,9 @@ def is_held(t: Tensor) -> bool:
 
 
 def _held(t: Tensor) -> Tensor:
-    """The attribution of a held input: zero, as it is the same in the input and the baseline."""
-    return torch.zeros((), dtype=torch.float32, device=t.device)
+    """The attribution of a held input: zeros of its shape, as it is the same in the input and the
+    baseline."""
+    return torch.zeros(t.shape, dtype=torch.float32, device=t.device)
 
 
 def example_count(model, prepared: "Prepared") -> int:
@@ -223,6 +228,13 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
     tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=batch_axes(specs), finite=finite,
                                                           ids_as_integers=True)]
     held = [i for i in positions if is_held(tensors[i])]
+    # an integer input that feeds no embedding lookup (a sequence's lengths beside its ids) cannot be
+    # attributed by any method: given among inputs that can, it is held at its value (attributions 0)
+    # and reported so; given alone, the error below says where it goes
+    unattributable = [i for i in positions if i not in held and not specs[i].differentiable
+                      and specs[i].name not in embedded]
+    if len(unattributable) < len(positions) - len(held):
+        held += unattributable
     chosen = [i for i in positions if i not in held]
     axes = batch_axes(specs, tensors)
     for i in chosen:

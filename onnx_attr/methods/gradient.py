@@ -40,6 +40,9 @@ class EmbeddedPrepared(Prepared):
     names: list = field(default_factory=list)  # the model's input names
     id_paths: dict = field(default_factory=dict)  # lookup tensor -> taps.IdPath (ids selected from the input)
 
+    def model_input(self, position: int) -> Tensor:
+        return self.original.tensors[position]  # `tensors` starts with the lookups' outputs
+
     def fold(self, per_input: list) -> list:
         k = sum(len(v) for v in self.lookups.values())
         own = list(per_input[k:])

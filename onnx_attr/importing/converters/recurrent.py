@@ -210,7 +210,7 @@ def run_recurrent(alg, module: Recurrent, x, w, r, b, lens, initial: list, p):
     seq, batch = first.shape[0], first.shape[1]
     zeros = torch.zeros(dirs, batch, hidden, dtype=first.dtype, device=first.device)
     initial = [s if s is not None else (zeros if alg is Plain else (zeros, zeros)) for s in initial[:n_states]]
-    if lens is not None and (module.direction != "forward" or isinstance(module, QuantizedLSTM)) \
+    if lens is not None and isinstance(module, QuantizedLSTM) \
             and bool((lens < seq).any()):
         raise NotImplementedError(f"{module.op} over padded sequences (sequence_lens) is not supported "
                                   "(reverse, or quantized: onnxruntime zeroes a finished row's state)")
