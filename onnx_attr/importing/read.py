@@ -44,9 +44,22 @@ def read_model(source: ModelSource) -> tuple[onnx.ModelProto, Path | None]:
         )
     _check_structure(model, None)
     sort_nodes(model.graph)
+    _lift_ir3_initializer_rule(model)
     _check(model)
     _densify_sparse(model.graph)
     return model, folder
+
+
+def _lift_ir3_initializer_rule(model: onnx.ModelProto) -> None:
+    """IR 3 and older asked every initializer to be listed among the graph's inputs too (as a
+    default an input may override); IR 4 dropped the rule. onnxruntime runs old files that break
+    it (its own `datasets/mul_1.onnx`, IR 3, holds a weight listed nowhere else), and the checker
+    refuses them at their IR: their version is raised to 4, which changes nothing else."""
+    if model.ir_version >= 4:
+        return
+    listed = {v.name for v in model.graph.input}
+    if any(t.name not in listed for t in model.graph.initializer):
+        model.ir_version = 4
 
 
 def sort_nodes(graph: onnx.GraphProto) -> None:
@@ -307,6 +320,7 @@ def _read_path(path: Path) -> onnx.ModelProto:
     _check_structure(model, folder)
     _check_external(model, folder)
     sort_nodes(model.graph)
+    _lift_ir3_initializer_rule(model)
     _check(model, path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)):
         # the weights stay in their files: `convert` reads each once, straight into its tensor, and

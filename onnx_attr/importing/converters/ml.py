@@ -111,12 +111,31 @@ class _Divide(nn.Module):
         return a / b
 
 
-def _weights(node, outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _weights(node, outputs: int, graph=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[outputs, features] weights and the intercepts. onnxruntime reads the coefficients as
+    [outputs, the input's feature count], row by row: a file with more of them than that (the
+    iris sample in onnxruntime's own wheel: 12 coefficients, 3 classes, a declared [3, 2] input)
+    runs there on the first outputs × features, and so here; one with fewer is refused."""
     coefficients = torch.tensor(list(node.attributes["coefficients"]), dtype=torch.float32)
+    features = _declared_features(graph, node.input_values[0]) if graph is not None and outputs > 0 else None
+    if features is not None and coefficients.numel() != outputs * features:
+        if coefficients.numel() < outputs * features:
+            raise NotImplementedError(f"{node.operation_type} with {coefficients.numel()} coefficients for {outputs} "
+                                      f"outputs of an input of {features} features (needs {outputs * features})")
+        coefficients = coefficients[:outputs * features]
     if outputs <= 0 or coefficients.numel() % outputs:
         raise NotImplementedError(f"{node.operation_type} with {coefficients.numel()} coefficients for {outputs} outputs")
     intercepts = list(node.attributes.get("intercepts", [])) or [0.0] * outputs
     return coefficients.reshape(outputs, -1), torch.tensor(intercepts, dtype=torch.float32)
+
+
+def _declared_features(graph, name: str) -> int | None:
+    """The last dim of `name` as the graph declares it (a graph input, or inferred), when fixed."""
+    info = graph.value_info.get(name) or next((v for v in graph.proto.input if v.name == name), None)
+    if info is None or not info.type.HasField("tensor_type"):
+        return None
+    dims = info.type.tensor_type.shape.dim
+    return int(dims[-1].dim_value) if len(dims) and dims[-1].HasField("dim_value") and dims[-1].dim_value else None
 
 
 def _post_transform(node, e, scores):
@@ -137,7 +156,7 @@ def convert_linear_classifier(node, graph):
 
     ints, strings = node.attributes.get("classlabels_ints"), node.attributes.get("classlabels_strings")
     classes = len(ints) if ints is not None else len(strings or [])
-    weight, bias = _weights(node, len(node.attributes.get("intercepts", [])) or classes)
+    weight, bias = _weights(node, len(node.attributes.get("intercepts", [])) or classes, graph)
     if weight.shape[0] != classes:
         raise NotImplementedError(f"LinearClassifier with {weight.shape[0]} row(s) of weights for {classes} classes "
                                   "(one row per class is supported)")
@@ -152,7 +171,7 @@ def convert_linear_classifier(node, graph):
 def convert_linear_regressor(node, graph):
     from onnx_attr.importing.converters.microsoft import Expansion
 
-    weight, bias = _weights(node, int(node.attributes.get("targets", 1)))
+    weight, bias = _weights(node, int(node.attributes.get("targets", 1)), graph)
     if text_attribute(node, "post_transform", "NONE") != "NONE":
         raise NotImplementedError(f"LinearRegressor post_transform {text_attribute(node, 'post_transform', '')!r}")
     e = Expansion(1)
