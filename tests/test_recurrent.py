@@ -150,3 +150,22 @@ def test_pytorch_bidirectional_gru_end_to_end():
     attributions, delta = onnx_attr.DeepLift(imported).attribute(x, torch.zeros(1, 6, 4), target=2,
                                                                  return_convergence_delta=True)
     assert delta.abs().max() < 1e-4 and attributions.abs().sum() > 0
+
+
+def test_gate_multipliers_computed_together_are_the_per_step_ones(monkeypatch):
+    """The recurrence's gates take their rescale multipliers from one stacked computation per
+    function (`RescaleBatch`); attributions must be those of a rescale per step and gate (the
+    per-step form, forced here), to rounding: only the tolerance's scale (per stack, not per
+    step) may differ, and it decides only between two forms of the same slope."""
+    from onnx_attr.deeplift.rules import paired, recurrent
+
+    model = onnx_attr.load(_lstm_model(layout=1, direction="bidirectional", peepholes=True))
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((BATCH, SEQ, I)) * 4).astype(np.float32)
+    baseline = np.zeros_like(x)
+    baseline[:, 2] = x[:, 2]  # a step at its reference: gates with elements within the tolerance
+    batched = onnx_attr.DeepLift(model).attribute({"X": x}, {"X": baseline}, target=(1, 0, 2), output="Y")
+    monkeypatch.setattr(recurrent.Paired, "sigmoid", lambda self, v: paired.rescale(torch.sigmoid, *v))
+    monkeypatch.setattr(recurrent.Paired, "tanh", lambda self, v: paired.rescale(torch.tanh, *v))
+    per_step = onnx_attr.DeepLift(model).attribute({"X": x}, {"X": baseline}, target=(1, 0, 2), output="Y")
+    np.testing.assert_allclose(np.asarray(batched["X"]), np.asarray(per_step["X"]), rtol=1e-5, atol=1e-6)

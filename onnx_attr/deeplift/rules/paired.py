@@ -229,13 +229,57 @@ class _Rescale(torch.autograd.Function):
         return grad * m, None, None, None, None
 
 
-def rescale(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, exact_secant: bool = False
-            ) -> tuple[Tensor, Tensor]:
+class RescaleBatch:
+    """The rescales of one unrolled recurrence (its gates at every step): small tensors, hundreds of
+    them, whose multipliers are computed together, on the first backward that needs one, by one
+    `rescale_multiplier` per function and shape over the steps stacked (a call's fixed cost, ~50 µs
+    on CPU, paid once, not once per step and gate). The tolerance is then one per stack: relative
+    to the largest magnitude over the steps, as for any tensor (see `secant_tolerance`)."""
+
+    def __init__(self):
+        self.entries: list[tuple] = []
+        self.multipliers: list[Tensor] | None = None
+
+    def add(self, f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor) -> int:
+        self.entries.append((f, x, x0, y, y0))
+        return len(self.entries) - 1
+
+    def multiplier(self, index: int) -> Tensor:
+        if self.multipliers is None:
+            groups: dict[tuple, list[int]] = {}
+            for i, (f, x, x0, _, _) in enumerate(self.entries):
+                groups.setdefault((f, x.shape, x0.shape, x.dtype), []).append(i)
+            found: list[Tensor | None] = [None] * len(self.entries)
+            for (f, *_), members in groups.items():
+                parts = [torch.stack([self.entries[i][k] for i in members]) for k in range(1, 5)]
+                for i, m in zip(members, rescale_multiplier(f, *parts).unbind(0)):
+                    found[i] = m
+            self.multipliers, self.entries = found, []  # the stacks made, the step tensors let go
+        return self.multipliers[index]
+
+
+class _BatchedRescale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, x0: Tensor, y0: Tensor, f: Callable, batch: RescaleBatch) -> Tensor:
+        y = f(x)
+        ctx.batch, ctx.index = batch, batch.add(f, x.detach(), x0, y, y0)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.batch.multiplier(ctx.index), None, None, None, None
+
+
+def rescale(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, exact_secant: bool = False,
+            batch: RescaleBatch | None = None) -> tuple[Tensor, Tensor]:
     """(f(x), f(x0)), with f(x) carrying the rescale multiplier as its backward
-    (`exact_secant`: f has slopes 0 and 1 only, see `rescale_multiplier`)."""
+    (`exact_secant`: f has slopes 0 and 1 only, see `rescale_multiplier`; `batch`: the multiplier
+    computed with the batch's others, see `RescaleBatch`)."""
     x0 = x0.detach()
     with torch.no_grad():
         y0 = f(x0)
+    if batch is not None and not exact_secant:
+        return _BatchedRescale.apply(x, x0, y0, f, batch), y0
     return _Rescale.apply(x, x0, y0, f, exact_secant), y0
 
 

@@ -6,12 +6,16 @@ import torch
 
 from onnx_attr.importing.converters.recurrent import recurrent_attrs, run_recurrent
 from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, rule
-from onnx_attr.deeplift.rules.paired import product, rescale
+from onnx_attr.deeplift.rules.paired import RescaleBatch, product, rescale
 from onnx_attr.deeplift.rules.quantized import credited_product
 
 
 class Paired:
-    """The recurrence's operations on (value, reference) pairs, with DeepLift's primitives."""
+    """The recurrence's operations on (value, reference) pairs, with DeepLift's primitives; the
+    gates' rescale multipliers computed for every step together (`RescaleBatch`)."""
+
+    def __init__(self):
+        self.gates = RescaleBatch()
 
     @staticmethod
     def linear(v, fn):
@@ -21,13 +25,11 @@ class Paired:
     def add(*vs):
         return sum(v[0] for v in vs[1:]) + vs[0][0], sum(v[1] for v in vs[1:]) + vs[0][1]
 
-    @staticmethod
-    def sigmoid(v):
-        return rescale(torch.sigmoid, *v)
+    def sigmoid(self, v):
+        return rescale(torch.sigmoid, *v, batch=self.gates)
 
-    @staticmethod
-    def tanh(v):
-        return rescale(torch.tanh, *v)
+    def tanh(self, v):
+        return rescale(torch.tanh, *v, batch=self.gates)
 
     @staticmethod
     def mul(a, b):
@@ -62,7 +64,7 @@ class RecurrentRule(DecomposedRule):
         pair = lambda i: None if padded[i] is None else (padded[i], ref_padded[i])  # noqa: E731
         x, w, r, b, lens, _, _, p = padded[:8]
         w, r = call.module.weights(w, r, *padded[8:])
-        outs = run_recurrent(Paired, call.module, pair(0), w, r, b, lens, [pair(5), pair(6)], p)
+        outs = run_recurrent(Paired(), call.module, pair(0), w, r, b, lens, [pair(5), pair(6)], p)
         if call.module.n_outputs == 1:
             return outs
         return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
