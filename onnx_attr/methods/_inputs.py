@@ -267,7 +267,8 @@ def _one_row(t: Tensor, axis: Optional[int]) -> Tensor:
 def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor],
                held: Sequence[int] = (), axes: Optional[Sequence[Optional[int]]] = None) -> dict[int, Tensor]:
     """Baselines for the attributed inputs: zeros by default, a scalar, or arrays of batch 1 or N.
-    A held input (0-d, not floating) takes its own value, whatever is given for it."""
+    A held input (0-d and not floating, or integer with no lookup) takes its own value, whatever is
+    given for it."""
     specs = model.inputs
     axes = list(axes) if axes is not None else [0 if t.dim() else None for t in tensors]
     if held and not (isinstance(baselines, (tuple, list)) and len(baselines) == len(positions)):
