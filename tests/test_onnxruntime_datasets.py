@@ -54,6 +54,10 @@ def test_coefficients_beyond_the_declared_features_are_read_as_onnxruntime_reads
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     rows = np.array(attrs["coefficients"], np.float32)[:6].reshape(3, 2)
     scores = 1 / (1 + np.exp(-(X @ rows.T + np.array(attrs["intercepts"], np.float32))))
-    model = onnx_attr.load(str(path))
+    model = onnx_attr.load(str(path), strip_final_activation=False)
     np.testing.assert_allclose(model.run({"float_input": X})[1].numpy(), scores / scores.sum(1, keepdims=True),
                                rtol=1e-5, atol=1e-6)
+    stripped = onnx_attr.load(str(path))  # the scores before LOGISTIC and the L1 Normalizer
+    assert stripped.outputs[1].final_activation.stripped
+    np.testing.assert_allclose(stripped.run({"float_input": X})[1].numpy(),
+                               X @ rows.T + np.array(attrs["intercepts"], np.float32), rtol=1e-5, atol=1e-5)

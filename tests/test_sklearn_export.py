@@ -254,3 +254,30 @@ def test_a_huge_class_id_is_refused_before_the_weights_are_made():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
     with pytest.raises(onnx_attr.BudgetError, match="leaf weights"):
         onnx_attr.load(proto)
+
+
+@pytest.mark.parametrize("loader", [load_breast_cancer, load_iris], ids=["binary", "multinomial"])
+def test_a_linear_classifiers_post_transform_is_its_final_activation(loader):
+    """skl2onnx's LogisticRegression ends in LinearClassifier(post_transform=LOGISTIC or SOFTMAX)
+    (then an L1 Normalizer, then ZipMap): by default its decision scores are attributed, as a
+    network's logits are. Oracle: scikit-learn's decision_function (binary: the pair [-d, d], as
+    the [1 - p, p] head of a network becomes [-z, z]); the labels stay scikit-learn's predictions."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = loader(return_X_y=True)
+    x = x.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = LogisticRegression(max_iter=5000).fit(x, y)
+    model = onnx_attr.load(skl2onnx.to_onnx(clf, x[:1]))
+    final = next(o.final_activation for o in model.outputs if o.name == "output_probability")
+    assert final.stripped and final.op_type == ("Sigmoid" if loader is load_breast_cancer else "Softmax")
+    assert model.verify(x[:20]).passed
+    labels, scores = model.run(x[:20])
+    np.testing.assert_array_equal(labels.numpy(), clf.predict(x[:20]))
+    decision = clf.decision_function(x[:20])
+    want = np.stack([-decision, decision], 1) if decision.ndim == 1 else decision
+    np.testing.assert_allclose(scores.numpy(), want, rtol=1e-5, atol=1e-4)
+    _, delta = onnx_attr.DeepLift(model).attribute(x[:8], x.mean(0, keepdims=True), target=clf.predict(x[:8]).tolist(),
+                                                   output="output_probability", return_convergence_delta=True)
+    assert float(np.abs(np.asarray(delta)).max()) <= 1e-5 * max(1.0, float(np.abs(want).max()))

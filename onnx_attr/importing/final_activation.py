@@ -40,6 +40,7 @@ def strip_final_activations(
     to_negate: set[int] = set()  # the 1 - p of a binary probability pair becomes -z
     to_drop: set[int] = set()
     logits_of: dict[int, str] = {}  # a decomposed softmax's Div: the logits tensor it becomes
+    normalizers: set[int] = set()  # a linear classifier's L1 row normalisation after its post_transform
     for output in graph.output:
         chain = _chain_to_activation(graph, producer, output.name)
         if chain is None:
@@ -59,10 +60,11 @@ def strip_final_activations(
         # where it expects probabilities.
         chain_nodes = {act_index, *path, *steps} | ({pair} if pair is not None else set())
         order_only = {i for i, n in enumerate(graph.node) if n.op_type in ORDER_ONLY}
-        private = all(consumers.get(graph.node[i].output[0], set()) <= chain_nodes | order_only for i in chain_nodes)
+        private = all(consumers.get(_scores(graph.node[i]), set()) <= chain_nodes | order_only for i in chain_nodes)
         name = act.name or f"{act.op_type}#{act_index}"
         if strip and private:
             to_strip.add(act_index)
+            normalizers |= {i for i in path if graph.node[i].op_type == "Normalizer"}  # L1 over logits: dropped
             to_drop |= steps  # the softmax's own steps, now unused
             if pair is not None:
                 to_negate.add(pair)
@@ -77,6 +79,12 @@ def strip_final_activations(
     out.CopyFrom(model)
     for i in to_strip:
         node = out.graph.node[i]
+        if node.op_type == "LinearClassifier":  # the scores before the post_transform; the labels as they were
+            next(a for a in node.attribute if a.name == "post_transform").s = b"NONE"
+            for j in normalizers:
+                step = out.graph.node[j]
+                step.CopyFrom(onnx.helper.make_node("Identity", [step.input[0]], [step.output[0]], name=step.name))
+            continue
         logits = logits_of.get(i, node.input[0])
         replacement = onnx.helper.make_node("Identity", [logits], [node.output[0]], name=node.name)
         out.graph.node[i].CopyFrom(replacement)
@@ -96,6 +104,14 @@ def _chain_to_activation(graph, producer, tensor: str) -> tuple[int, list[int], 
     while tensor in producer:
         index = producer[tensor]
         node = graph.node[index]
+        if _transformed_scores(node, tensor):
+            return index, path, None
+        if node.domain == "ai.onnx.ml" and node.op_type == "Normalizer" and _text(node, "norm") == "L1" \
+                and node.input and node.input[0] in producer \
+                and _transformed_scores(graph.node[producer[node.input[0]]], node.input[0]):
+            path.append(index)  # skl2onnx's L1 row normalisation of the probabilities: a step of the head
+            tensor = node.input[0]
+            continue
         if node.domain not in ("", "ai.onnx") and not (node.domain == "ai.onnx.ml" and node.op_type == "ZipMap"):
             return None
         if node.op_type in ACTIVATIONS or (node.op_type == "Div" and _decomposed_softmax(graph, producer, node)):
@@ -128,8 +144,34 @@ def _binary_pair(graph, producer, node) -> tuple[int, int] | None:
 
 
 def _kind(node) -> str:
-    """The activation's name in reports: a decomposed softmax is a Softmax."""
+    """The activation's name in reports: a decomposed softmax is a Softmax, a LinearClassifier's
+    post_transform the activation it names."""
+    if node.op_type == "LinearClassifier":
+        return _POST_TRANSFORMS[_text(node, "post_transform")]
     return "Softmax" if node.op_type == "Div" else node.op_type
+
+
+#: a linear classifier's post_transform (ai.onnx.ml) and the activation it is
+_POST_TRANSFORMS = {"SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
+
+
+def _text(node, name: str) -> str:
+    value = next((a.s for a in node.attribute if a.name == name), b"")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _scores(node) -> str:
+    """The output of a node of the chain that carries the scores on (a linear classifier's second:
+    its first is the labels, which the strip leaves as they are)."""
+    return node.output[1] if node.op_type == "LinearClassifier" else node.output[0]
+
+
+def _transformed_scores(node, tensor: str) -> bool:
+    """Whether `tensor` is the scores output of a scikit-learn linear classifier (LinearClassifier,
+    skl2onnx's LogisticRegression and friends) that ends in a softmax or a logistic: its
+    post_transform is the output's final activation, stripped by setting it to NONE."""
+    return (node.domain == "ai.onnx.ml" and node.op_type == "LinearClassifier" and len(node.output) > 1
+            and node.output[1] == tensor and _text(node, "post_transform") in _POST_TRANSFORMS)
 
 
 #: Ops between a softmax's row sum (or row max) and the Div/Sub that broadcast it back over the row.
