@@ -291,3 +291,118 @@ def test_integer_conv_keeps_its_weight_plan_only_while_the_weights_are_unchanged
         x_zero = torch.tensor(zero, dtype=torch.uint8)
         torch.testing.assert_close(kept(x, w, x_zero), IntegerConv({"pads": [1, 1, 1, 1]})(x, w, x_zero), rtol=0, atol=0)
     assert not torch.equal(first, kept(x, w, torch.tensor(7, dtype=torch.uint8)))
+
+
+# --- the rest of what onnxruntime's static quantizer writes in QOperator format --------------------
+
+def _microsoft(node, inputs, outputs, inits):
+    return make_model([node], inputs, outputs, initializers=inits, opset=13, domains=[("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_microsoft_qlinear_leaky_relu_matches_onnxruntime_on_every_value(dtype):
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = {"xs": np.float32(0.043), "xz": dtype(9), "ys": np.float32(0.031), "yz": dtype(-20 if dtype == np.int8 else 40)}
+    node = helper.make_node("QLinearLeakyRelu", ["x", "xs", "xz", "ys", "yz"], ["y"], domain="com.microsoft", alpha=0.13)
+    info = np.iinfo(dtype)
+    x = np.arange(info.min, int(info.max) + 1).astype(dtype).reshape(2, 128)
+    got, expected = _ort_and_ours(_microsoft(node, [("x", elem, [2, 128])], [("y", elem, [2, 128])], inits), {"x": x})
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_microsoft_qlinear_concat_matches_onnxruntime(dtype):
+    """Three inputs: one at the output's own scale and zero point (copied), two requantized."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = {"ys": np.float32(0.05), "yz": dtype(3), "as": np.float32(0.05), "az": dtype(3),
+             "bs": np.float32(0.021), "bz": dtype(-7 if dtype == np.int8 else 130), "cs": np.float32(0.2), "cz": dtype(0)}
+    node = helper.make_node("QLinearConcat", ["ys", "yz", "a", "as", "az", "b", "bs", "bz", "c", "cs", "cz"], ["y"],
+                            domain="com.microsoft", axis=1)
+    shapes = {"a": [2, 3, 5], "b": [2, 4, 5], "c": [2, 1, 5]}
+    proto = _microsoft(node, [(k, elem, v) for k, v in shapes.items()], [("y", elem, [2, 8, 5])], inits)
+    got, expected = _ort_and_ours(proto, {k: _q(tuple(v), dtype) for k, v in shapes.items()})
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize("quantized_output", [True, False])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_microsoft_qgemm_matches_onnxruntime(quantized_output, per_channel):
+    """A [M, K] uint8 times B int8 stored [N, K] (transB, the quantizer's layout), an int32 bias C at
+    alpha·a_scale·b_scale, out quantized to uint8 or in float."""
+    m, k, n = 5, 37, 6
+    b_scale = np.linspace(0.002, 0.009, n).astype(np.float32) if per_channel else np.float32(0.004)
+    inits = {"as": np.float32(0.02), "az": np.uint8(120), "b": _q((n, k), np.int8), "bs": b_scale,
+             "bz": np.zeros(n, np.int8) if per_channel else np.int8(0), "c": RNG.integers(-3000, 3000, n).astype(np.int32)}
+    names = ["a", "as", "az", "b", "bs", "bz", "c"]
+    if quantized_output:
+        inits.update(ys=np.float32(0.05), yz=np.uint8(128))
+        names += ["ys", "yz"]
+    node = helper.make_node("QGemm", names, ["y"], domain="com.microsoft", transB=1, alpha=1.0)
+    out_type = TensorProto.UINT8 if quantized_output else FLOAT
+    proto = _microsoft(node, [("a", TensorProto.UINT8, [m, k])], [("y", out_type, [m, n])], inits)
+    got, expected = _ort_and_ours(proto, {"a": _q((m, k))})
+    if quantized_output:
+        np.testing.assert_array_equal(got[0], expected[0])
+    else:
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset,axis,shape", [(13, -1, [3, 10]), (13, 1, [2, 7, 4]), (12, 1, [2, 3, 4])],
+                         ids=["opset13-last", "opset13-middle", "opset12-flattened"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_microsoft_qlinear_softmax_matches_onnxruntime(opset, axis, shape, dtype):
+    """onnxruntime's kernel: an exp table in float64 stored as float32, the row's sum in float32 in
+    order, floor(1 / y_scale), round; logits spread wide (x_scale 0.1 over the whole integer range)."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = {"xs": np.float32(0.1), "xz": dtype(0 if dtype == np.int8 else 128), "ys": np.float32(1 / 256),
+             "yz": dtype(-128 if dtype == np.int8 else 0)}
+    node = helper.make_node("QLinearSoftmax", ["x", "xs", "xz", "ys", "yz"], ["y"], domain="com.microsoft",
+                            axis=axis, opset=opset)
+    proto = _microsoft(node, [("x", elem, shape)], [("y", elem, shape)], inits)
+    got, expected = _ort_and_ours(proto, {"x": _q(tuple(shape), dtype)})
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
+def test_model_from_onnxruntimes_static_quantizer_in_qoperator_format_verifies(tmp_path):
+    """A small CNN with LeakyRelu, Concat, Sigmoid, global pooling, Gemm and Softmax through
+    quantize_static(QuantFormat.QOperator): QLinearConv and com.microsoft's QLinear ops and QGemm.
+    The import matches onnxruntime exactly; DeepLift refuses integer arithmetic by name."""
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.c, self.fc = torch.nn.Conv2d(16, 8, 3, padding=1, stride=2), torch.nn.Linear(8, 5)
+
+        def forward(self, x):
+            y = torch.cat([torch.nn.functional.leaky_relu(self.a(x), 0.1), torch.sigmoid(self.b(x))], 1)
+            y = torch.nn.functional.adaptive_avg_pool2d(self.c(y).relu(), 1).flatten(1)
+            return torch.softmax(self.fc(y), -1)
+
+    float_path, quant_path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    torch.onnx.export(Net().eval(), torch.randn(1, 3, 16, 16), str(float_path), input_names=["x"],
+                      output_names=["y"], opset_version=13, dynamo=False)
+    draws = [{"x": (np.random.default_rng(i).standard_normal((1, 3, 16, 16)) * 2).astype(np.float32)} for i in range(8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter(draws)
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    quantize_static(str(float_path), str(quant_path), Reader(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    model = onnx_attr.load(str(quant_path), strip_final_activation=False)
+    ops = {n.op_type for n in model.onnx_model.graph.node}
+    assert {"QLinearLeakyRelu", "QLinearConcat", "QGemm", "QLinearSoftmax"} <= ops
+    for seed in range(10):
+        x = (np.random.default_rng(100 + seed).standard_normal((1, 3, 16, 16)) * (1 + seed % 3)).astype(np.float32)
+        np.testing.assert_array_equal(model.run({"x": x})[0].numpy(), ort_run(model.reference_model, {"x": x})[0])
+    assert model.verify({"x": x}).passed
+    with pytest.raises(Exception, match="QLinearSoftmax"):
+        onnx_attr.DeepLift(model).attribute({"x": x}, target=0)

@@ -91,6 +91,8 @@ REFUSED = {
     "QLinearSigmoid": "static quantization (integer arithmetic)",
     "QLinearAveragePool": "static quantization (integer arithmetic)",
     "QLinearGlobalAveragePool": "static quantization (integer arithmetic)",
+    **{op: "static quantization (integer arithmetic)"
+       for op in ("QLinearLeakyRelu", "QLinearConcat", "QGemm", "QLinearSoftmax")},
     "ImageDecoder": "it decodes bytes, which carry no gradient",
     "Binarizer": "a step function of its input",
     "NegativeLogLikelihoodLoss": "a training loss: attribute the model's outputs instead",

@@ -391,6 +391,116 @@ def convert_qlinear_average_pool(node, graph):
     return result(node, QLinearAveragePool(GeneralAveragePool(attrs), bool(node.attributes.get("channels_last", 0))))
 
 
+class QLinearLeakyRelu(nn.Module):
+    """Y = requantize(leaky_relu((X - x_zero)·x_scale) / y_scale), as onnxruntime's table of the
+    256 input values computes it (dequantize, the float op, quantize)."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x, x_scale, x_zero, y_scale, y_zero=None) -> torch.Tensor:
+        value = _shifted(x, x_zero) * x_scale.float()
+        return _requantize(torch.where(value >= 0, value, value * self.alpha) / y_scale.float(), y_zero, x)
+
+
+class QLinearConcat(nn.Module):
+    """Concat of each input requantized to the output's scale and zero point:
+    requantize((X_i - zero_i)·scale_i / y_scale) (its own values where they already match)."""
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, y_scale, y_zero, *triples) -> torch.Tensor:
+        parts = []
+        for x, x_scale, x_zero in zip(triples[0::3], triples[1::3], triples[2::3]):
+            parts.append(_requantize(_shifted(x, x_zero) * x_scale.float() / y_scale.float(), y_zero, x))
+        return torch.cat(parts, self.axis)
+
+
+class QGemm(nn.Module):
+    """com.microsoft QGemm: alpha·a_scale·b_scale·((A - a_zero)(B - b_zero) + C) with C int32 at
+    that scale; quantized to y_scale/y_zero when given (as QLinearMatMul requantizes), else float."""
+
+    def __init__(self, alpha: float, trans_a: bool, trans_b: bool):
+        super().__init__()
+        self.alpha, self.trans_a, self.trans_b = alpha, trans_a, trans_b
+        self.plans: dict = {}
+
+    def forward(self, a, a_scale, a_zero, b, b_scale, b_zero, c=None, y_scale=None, y_zero=None) -> torch.Tensor:
+        from onnx_attr.importing.converters.matrix import integer_product
+
+        a = a.transpose(0, 1) if self.trans_a else a
+        b = b.transpose(0, 1) if self.trans_b else b
+        product = integer_product(a, b, a_zero, b_zero, self.plans).double()
+        if c is not None:
+            product = product + c.double()
+        scale = self.alpha * a_scale.float() * b_scale.float()
+        if y_scale is None:
+            return (product * scale.double()).float()
+        out = product * (scale / y_scale.float()).double()
+        dtype = y_zero.dtype if y_zero is not None else a.dtype
+        if y_zero is not None:
+            out = out + y_zero.double()
+        info = torch.iinfo(dtype)
+        return torch.round(out).clamp(info.min, info.max).to(dtype)
+
+
+class QLinearSoftmax(nn.Module):
+    """onnxruntime's quantized softmax kernel, step for step where its rounding shows: each value's
+    exp((x - max + shift)·x_scale) evaluated in float64 and stored as float32 (shift =
+    max(0, ln(FLT_MAX / D) - 5) / x_scale keeps the row's sum finite), the row summed in float32 in
+    order, then round((e·floor(1 / y_scale)) / sum) + y_zero, above 255 saturated (the kernel's one
+    bound, also for int8). Over the axis (opset 13+) or the flattened axes from it (before)."""
+
+    def __init__(self, axis: int, opset: int):
+        super().__init__()
+        self.axis, self.opset = axis, opset
+
+    def forward(self, x, x_scale, x_zero, y_scale, y_zero=None) -> torch.Tensor:
+        import numpy as np
+
+        axis = self.axis % x.dim()
+        rows = x.flatten(axis) if self.opset < 13 else x.movedim(axis, -1)
+        data = rows.to(torch.int32)
+        width = data.shape[-1]
+        scale = float(x_scale.float())
+        shift = max(0.0, math.log(float(np.finfo(np.float32).max) / width) - 5.0) / scale
+        steps = (data - data.amax(-1, keepdim=True)).double()
+        e = torch.exp((steps + shift) * scale).float()
+        total = torch.from_numpy(np.add.accumulate(e.numpy(), axis=-1, dtype=np.float32)[..., -1:].copy())
+        inverse = torch.floor(1.0 / y_scale.float())
+        q = torch.round((e * inverse) / total).to(torch.int32)
+        if y_zero is not None:
+            q = q + y_zero.to(torch.int32)
+        out = q.clamp(max=255).to(torch.uint8).to(x.dtype) if x.dtype == torch.uint8 else \
+            q.clamp(max=255).to(torch.uint8).view(torch.int8)
+        return out.reshape(x.shape) if self.opset < 13 else out.movedim(-1, axis)
+
+
+@register("QLinearLeakyRelu", 1, domain=_MICROSOFT)
+def convert_qlinear_leaky_relu(node, graph):
+    return result(node, QLinearLeakyRelu(float(node.attributes.get("alpha", 0.01))))
+
+
+@register("QLinearConcat", 1, domain=_MICROSOFT)
+def convert_qlinear_concat(node, graph):
+    return result(node, QLinearConcat(int(node.attributes["axis"])))
+
+
+@register("QGemm", 1, domain=_MICROSOFT)
+def convert_qgemm(node, graph):
+    attrs = node.attributes
+    return result(node, QGemm(float(attrs.get("alpha", 1.0)), bool(attrs.get("transA", 0)), bool(attrs.get("transB", 0))))
+
+
+@register("QLinearSoftmax", 1, domain=_MICROSOFT)
+def convert_qlinear_softmax(node, graph):
+    opset = int(node.attributes["opset"])
+    return result(node, QLinearSoftmax(int(node.attributes.get("axis", 1 if opset < 13 else -1)), opset))
+
+
 class QuantizedWeight:
     """An integer weight [K, N] with its scale (one, or one per column) and zero point (onnxruntime's
     quantized GEMM reads one): `exact` is onnxruntime's dynamic quantized product, `dequantized` the
