@@ -84,15 +84,11 @@ REFUSED = {
     "DynamicQuantizeLinear": "it is attributed only inside a dynamically quantized block (rules/quantized.py)",
     "MatMulInteger": "integer arithmetic, attributed only inside a dynamically quantized block",
     "ConvInteger": "integer arithmetic, attributed only inside a dynamically quantized block",
-    "QLinearConv": "static quantization (integer arithmetic)",
-    "QLinearMatMul": "static quantization (integer arithmetic)",
-    "QLinearAdd": "static quantization (integer arithmetic)",
-    "QLinearMul": "static quantization (integer arithmetic)",
-    "QLinearSigmoid": "static quantization (integer arithmetic)",
-    "QLinearAveragePool": "static quantization (integer arithmetic)",
-    "QLinearGlobalAveragePool": "static quantization (integer arithmetic)",
-    **{op: "static quantization (integer arithmetic)"
-       for op in ("QLinearLeakyRelu", "QLinearConcat", "QGemm", "QLinearSoftmax")},
+    **{op: "static quantization (integer arithmetic), through which no gradient or multiplier flows: attribute the "
+           "float model, or explain this one with a perturbation method (FeatureAblation, KernelShap, "
+           "ShapleyValueSampling, Lime; CLI --method featureablation, kernelshap)"
+       for op in ("QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearAveragePool",
+                  "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearConcat", "QGemm", "QLinearSoftmax")},
     "ImageDecoder": "it decodes bytes, which carry no gradient",
     "Binarizer": "a step function of its input",
     "NegativeLogLikelihoodLoss": "a training loss: attribute the model's outputs instead",
