@@ -469,7 +469,8 @@ class QLinearSoftmax(nn.Module):
         shift = max(0.0, math.log(float(np.finfo(np.float32).max) / width) - 5.0) / scale
         steps = (data - data.amax(-1, keepdim=True)).double()
         e = torch.exp((steps + shift) * scale).float()
-        total = torch.from_numpy(np.add.accumulate(e.numpy(), axis=-1, dtype=np.float32)[..., -1:].copy())
+        in_order = np.add.accumulate(e.cpu().numpy(), axis=-1, dtype=np.float32)  # torch's sums are pairwise
+        total = torch.from_numpy(in_order[..., -1:].copy()).to(e.device)
         inverse = torch.floor(1.0 / y_scale.float())
         q = torch.round((e * inverse) / total).to(torch.int32)
         if y_zero is not None:
