@@ -588,7 +588,7 @@ def _upgraded_shapes(light: onnx.ModelProto, first: onnx.ModelProto) -> onnx.Mod
 def _first_lost(inferred: onnx.ModelProto) -> str | None:
     """The op type of the first node (in graph order) whose inputs' shapes are all known but one
     of whose outputs' is not: where the inference lost the trail."""
-    known = {name for name, dims in _known_dims(inferred).items() if None not in dims}
+    known = _settled(inferred)
     known.update(v.name for v in inferred.graph.input)
     known.update(t.name for t in inferred.graph.initializer)
     for node in inferred.graph.node:
@@ -606,10 +606,13 @@ def _known_dims(inferred: onnx.ModelProto) -> dict[str, list]:
 
 def _complete(inferred: onnx.ModelProto) -> bool:
     """Whether every node output has a shape with every dim known."""
-    known = {v.name for v in (*inferred.graph.value_info, *inferred.graph.output)
-             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
-             and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
+    known = _settled(inferred)
     return all(o in known for n in inferred.graph.node for o in n.output if o)
+
+
+def _settled(inferred: onnx.ModelProto) -> set[str]:
+    """The values whose every dim the inference knows."""
+    return {name for name, dims in _known_dims(inferred).items() if None not in dims}
 
 
 def _text(value) -> str:

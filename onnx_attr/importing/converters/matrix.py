@@ -123,12 +123,20 @@ class QLinearMatMul(nn.Module):
 
     def forward(self, a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero=None) -> torch.Tensor:
         product = integer_product(a, b, a_zero, b_zero, self.plans).double()
-        out = product * (a_scale * b_scale / y_scale).to(torch.float64)
-        dtype = y_zero.dtype if y_zero is not None else a.dtype
-        if y_zero is not None:
-            out = out + y_zero.to(torch.float64)
-        info = torch.iinfo(dtype)
-        return torch.round(out).clamp(info.min, info.max).to(dtype)
+        return requantized_product(product, a_scale * b_scale / y_scale, y_zero, a)
+
+
+def requantized_product(product: torch.Tensor, ratio: torch.Tensor, zero: Optional[torch.Tensor],
+                        like: torch.Tensor) -> torch.Tensor:
+    """An integer product (float64) times its output scale ratio (computed in the scales' type, then
+    widened), plus the zero point, rounded half to even and saturated to the zero point's type (or
+    `like`'s): QLinearMatMul's and QGemm's quantized output."""
+    out = product * ratio.to(torch.float64)
+    dtype = zero.dtype if zero is not None else like.dtype
+    if zero is not None:
+        out = out + zero.to(torch.float64)
+    info = torch.iinfo(dtype)
+    return torch.round(out).clamp(info.min, info.max).to(dtype)
 
 
 @register("QLinearMatMul", 10, 21)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from onnx import TensorProto
 import torch.nn.functional as F
@@ -429,7 +430,7 @@ class QGemm(nn.Module):
         self.plans: dict = {}
 
     def forward(self, a, a_scale, a_zero, b, b_scale, b_zero, c=None, y_scale=None, y_zero=None) -> torch.Tensor:
-        from onnx_attr.importing.converters.matrix import integer_product
+        from onnx_attr.importing.converters.matrix import integer_product, requantized_product
 
         a = a.transpose(0, 1) if self.trans_a else a
         b = b.transpose(0, 1) if self.trans_b else b
@@ -439,12 +440,7 @@ class QGemm(nn.Module):
         scale = self.alpha * a_scale.float() * b_scale.float()
         if y_scale is None:
             return (product * scale.double()).float()
-        out = product * (scale / y_scale.float()).double()
-        dtype = y_zero.dtype if y_zero is not None else a.dtype
-        if y_zero is not None:
-            out = out + y_zero.double()
-        info = torch.iinfo(dtype)
-        return torch.round(out).clamp(info.min, info.max).to(dtype)
+        return requantized_product(product, scale / y_scale.float(), y_zero, a)
 
 
 class QLinearSoftmax(nn.Module):
@@ -459,8 +455,6 @@ class QLinearSoftmax(nn.Module):
         self.axis, self.opset = axis, opset
 
     def forward(self, x, x_scale, x_zero, y_scale, y_zero=None) -> torch.Tensor:
-        import numpy as np
-
         axis = self.axis % x.dim()
         rows = x.flatten(axis) if self.opset < 13 else x.movedim(axis, -1)
         data = rows.to(torch.int32)
@@ -475,8 +469,8 @@ class QLinearSoftmax(nn.Module):
         q = torch.round((e * inverse) / total).to(torch.int32)
         if y_zero is not None:
             q = q + y_zero.to(torch.int32)
-        out = q.clamp(max=255).to(torch.uint8).to(x.dtype) if x.dtype == torch.uint8 else \
-            q.clamp(max=255).to(torch.uint8).view(torch.int8)
+        out = q.clamp(max=255).to(torch.uint8)  # int8 as the kernel casts it: the low byte
+        out = out if x.dtype == torch.uint8 else out.view(torch.int8)
         return out.reshape(x.shape) if self.opset < 13 else out.movedim(-1, axis)
 
 
