@@ -156,3 +156,28 @@ def test_slope_where_another_input_broadcasts_x_is_per_output_element(memo):
     want = exponent * x.pow(exponent - 1)
     want[:, 1] = (f(x) - f(x0))[:, 1] / 1.5
     torch.testing.assert_close(m, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("f", [torch.sigmoid, torch.tanh, torch.nn.functional.silu], ids=lambda f: getattr(f, "__name__", "f"))
+def test_reference_slope_is_taken_whole_only_once_the_reference_comes_back(f, monkeypatch):
+    """A reference's first call takes f'(x0) on its few close elements; a later call with the same
+    reference (and memo) takes it once over the whole reference and keeps it. Both are f'(x0) on
+    those elements: the multipliers agree, and the first call ran no whole-tensor slope."""
+    gen = torch.Generator().manual_seed(11)
+    x0 = torch.randn((1, 8, 16, 16), generator=gen, dtype=torch.float64) * 40
+    x = torch.randn((2, 8, 16, 16), generator=gen, dtype=torch.float64) * 40
+    flat, flat0 = x.view(-1), x0.expand_as(x).reshape(-1)
+    flat[::53] = flat0[::53]  # at the reference: the slope there
+    whole = []
+    slope = paired._slope
+    monkeypatch.setattr(paired, "_slope", lambda fn, t: whole.append(t.numel()) or slope(fn, t))
+    memo: dict = {}
+    first = rescale_multiplier(f, x, x0, f(x), f(x0), memo=memo)
+    assert whole == [] and "slope" not in memo
+    again = rescale_multiplier(f, x, x0, f(x), f(x0), memo=memo)
+    assert whole == [x0.numel()] and "slope" in memo
+    torch.testing.assert_close(first, again, rtol=1e-15, atol=0)
+    at = (x - x0) == 0
+    torch.testing.assert_close(first[at], slope(f, x0).expand_as(x)[at], rtol=1e-15, atol=0)
+    third = rescale_multiplier(f, x, x0, f(x), f(x0), memo=memo)
+    assert whole == [x0.numel()] and torch.equal(third, again)
