@@ -169,3 +169,50 @@ def test_gate_multipliers_computed_together_are_the_per_step_ones(monkeypatch):
     monkeypatch.setattr(recurrent.Paired, "tanh", lambda self, v: paired.rescale(torch.tanh, *v))
     per_step = onnx_attr.DeepLift(model).attribute({"X": x}, {"X": baseline}, target=(1, 0, 2), output="Y")
     np.testing.assert_allclose(np.asarray(batched["X"]), np.asarray(per_step["X"]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [dict(layout=1), dict(layout=1, states=True, direction="bidirectional", peepholes=True),
+                                    dict(op="GRU", layout=1, lens=True, states=True, direction="bidirectional"),
+                                    dict(op="RNN", layout=1, lens=True, direction="reverse")],
+                         ids=["lstm", "lstm-bidirectional-states-peepholes", "gru-padded", "rnn-padded-reverse"])
+def test_recurrence_decomposed_in_the_forward_is_the_op_and_its_multipliers(config, monkeypatch):
+    """The recurrent rule runs its decomposition once, in the forward, and differentiates that graph
+    in the backward. Its value must be the op's own bit for bit (it flows on downstream as the
+    model's), and the attributions those of the decomposition re-run in the backward (forced here)."""
+    from onnx_attr.deeplift.rules.recurrent import RecurrentRule
+
+    proto = _lstm_model(**config)
+    model = onnx_attr.load(proto)
+    rng = np.random.default_rng(3)
+    feeds = {k: (v * 30).astype(v.dtype) if v.dtype == np.float32 else v for k, v in _feeds(proto, rng).items()}
+    attributed = {k: v for k, v in feeds.items() if k != "lens"}
+    extra = {"lens": feeds["lens"]} if "lens" in feeds else None
+    baselines = {k: (rng.standard_normal(v.shape) * 20).astype(np.float32) for k, v in attributed.items()}
+    target = (SEQ - 2, 0, 1)
+    method = onnx_attr.DeepLift(model)
+    got, delta = method.attribute(attributed, baselines, target=target, output="Y", additional_forward_args=extra,
+                                  return_convergence_delta=True)
+    assert float(np.abs(np.asarray(delta)).max()) < 1e-4
+    # the rewritten module in DeepLift mode gives the plain module's outputs, bit for bit
+    engine = method.engine
+    plain = model.run({**attributed, **(extra or {})})
+    state = engine.rewrite.state
+    names = [s.name for s in model.inputs]
+    args = [torch.from_numpy(np.asarray({**attributed, **(extra or {})}[n])) for n in names]
+    refs = [torch.from_numpy(np.asarray({**baselines, **(extra or {})}[n])) for n in names]
+    try:
+        state.clear()
+        state.mode = "reference"
+        with torch.no_grad():
+            engine.rewrite.module(*refs)
+        state.mode = "deeplift"
+        outs = engine.rewrite.module(*args)
+    finally:
+        state.clear()
+    for o, p in zip(outs if isinstance(outs, tuple) else (outs,), plain):
+        assert torch.equal(o.detach(), p)
+    monkeypatch.setattr(RecurrentRule, "keeps_graph", False)  # the decomposition re-run in the backward
+    again = onnx_attr.DeepLift(model).attribute(attributed, baselines, target=target, output="Y",
+                                                additional_forward_args=extra)
+    for k in got:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(again[k]), rtol=1e-6, atol=1e-6)

@@ -53,6 +53,10 @@ class Rule:
     #: long as the recorded reference, so a baseline reused over many batches computes it once
     memoizes = False
 
+    def forward_with_graph(self, info: NodeInfo, call: Callable, live: Sequence[Any], refs: Sequence[Any]):
+        """The op's output at x with autograd recording, for `keeps_graph`: the op itself by default."""
+        return call(*live)
+
     def check(self, info: NodeInfo) -> None:
         """Raise NotImplementedError (with a sentence) for configurations the rule cannot make exact."""
 
@@ -112,12 +116,11 @@ class DecomposedRule(Rule):
     def decompose(self, info: NodeInfo, call: Callable, args: list[Any], refs: list[Any]) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def backward(self, info, call, grad, args, out, refs, ref_out):
+    def backward(self, info, call, grad, args, out, refs, ref_out, graph=None):
         positions = info.variable_positions()
-        refs = list(refs)
-        for i in positions:  # a shared (batch-1) reference, expanded as a view: composites see equal shapes
-            if refs[i].shape != args[i].shape:
-                refs[i] = refs[i].expand_as(args[i])
+        if graph is not None:  # decomposed in the forward (`keeps_graph`, `forward_with_graph`)
+            return self._through_graph(positions, graph, grad, args)
+        refs = _expanded_refs(positions, args, refs)
         wide = self.wide and _widened(args[positions[0]]) if positions else False
         with torch.enable_grad():
             live = list(args)
@@ -131,6 +134,40 @@ class DecomposedRule(Rule):
         for i, g in zip(positions, found):
             grads[i] = g.to(args[i].dtype) if g is not None else torch.zeros_like(args[i])
         return grads
+
+
+class DecomposedInForward(DecomposedRule):
+    """A decomposition whose value at x is the op's own bit for bit (its pairs' first halves are the
+    op's forward, op for op): it runs once, in the forward, recording autograd's graph, and its value
+    goes on downstream; the backward only differentiates that graph. A `DecomposedRule` runs the op,
+    then its decomposition again in the backward: for a recurrence, every step twice at x."""
+
+    keeps_graph = True
+
+    def forward_with_graph(self, info, call, live, refs):
+        y, _ = self.decompose(info, call, list(live), _expanded_refs(info.variable_positions(), live, refs))
+        return y
+
+    @staticmethod
+    def _through_graph(positions, graph, grad, args) -> list:
+        inputs, y = graph
+        pairs = [(o, g) for o, g in (zip(y, grad) if isinstance(y, tuple) else [(y, grad)])
+                 if g is not None and o.requires_grad]  # an output made without the varying inputs has none
+        found = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True) \
+            if pairs else [None] * len(inputs)
+        result: list[Tensor | None] = [None] * len(args)
+        for i, g in zip(positions, found):
+            result[i] = g if g is not None else torch.zeros_like(args[i])
+        return result
+
+
+def _expanded_refs(positions, args, refs) -> list:
+    """A shared (batch-1) reference, expanded as a view: composites see equal shapes."""
+    refs = list(refs)
+    for i in positions:
+        if refs[i].shape != args[i].shape:
+            refs[i] = refs[i].expand_as(args[i])
+    return refs
 
 
 def _widened(x: Tensor) -> bool:

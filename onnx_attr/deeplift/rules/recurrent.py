@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from onnx_attr.importing.converters.recurrent import recurrent_attrs, run_recurrent
-from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, rule
+from onnx_attr.deeplift.rules.base import DecomposedInForward, NodeInfo, rule
 from onnx_attr.deeplift.rules.paired import RescaleBatch, product, rescale
 from onnx_attr.deeplift.rules.quantized import credited_product
 
@@ -49,7 +49,7 @@ class Paired:
 
 
 @rule("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
-class RecurrentRule(DecomposedRule):
+class RecurrentRule(DecomposedInForward):
     """Sigmoid/tanh gates by rescale, the gate products by the Shapley rule: exact through time.
     DynamicQuantizeLSTM's quantized products are credited as rules/quantized.py says."""
 
