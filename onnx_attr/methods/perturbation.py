@@ -112,6 +112,9 @@ class _Perturbation(_GradientMethod):
             values, _ = evaluator.evaluate(len(own), lambda start, stop, i=i, own=own: [
                 torch.stack(own[start:stop]) if j == i else None for j in range(len(prepared.tensors))])
             drops = original.double().unsqueeze(0) - values.double()  # [masks, N]
+            if isinstance(own, ElementMasks):  # mask k is element k alone: its drop is that element's credit
+                result.append(drops.T.reshape(x.shape).to(x.device, _attribution_dtype(x, original)))
+                continue
             total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
             count = torch.zeros((max((m.shape[0] for m in own), default=1), *x.shape[1:]),
                                 dtype=torch.float64, device=x.device)
@@ -122,6 +125,26 @@ class _Perturbation(_GradientMethod):
             result.append((total / count.clamp_min(1)).to(_attribution_dtype(x, original)))
         bar.close()
         return result
+
+
+class ElementMasks:
+    """One mask per element of an example of `shape` (each [1, *shape], True at that element alone),
+    made when asked for: an identity matrix over a 3 x 224 x 224 image would be 22 GB."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape, self.size = shape, math.prod(shape)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return [self[k] for k in range(*key.indices(self.size))]
+        if not -self.size <= key < self.size:
+            raise IndexError(key)
+        mask = torch.zeros(self.size, dtype=torch.bool)
+        mask[key] = True
+        return mask.reshape(1, *self.shape)
 
 
 def _attribution_dtype(x: Tensor, original: Tensor) -> torch.dtype:
@@ -143,9 +166,7 @@ class FeatureAblation(_Perturbation):
             if not a:
                 masks.append([])
             elif given is None:
-                size = math.prod(x.shape[1:])
-                eye = torch.eye(size, dtype=torch.bool)
-                masks.append([eye[k].reshape(1, *x.shape[1:]) for k in range(size)])
+                masks.append(ElementMasks(tuple(x.shape[1:])))
             else:
                 groups = _feature_groups(given, x, self.model.inputs[len(masks)].name)
                 masks.append([groups == g for g in torch.unique(groups)])
