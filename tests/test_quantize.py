@@ -406,3 +406,22 @@ def test_model_from_onnxruntimes_static_quantizer_in_qoperator_format_verifies(t
     assert model.verify({"x": x}).passed
     with pytest.raises(Exception, match="QLinearSoftmax: static quantization.*perturbation method"):
         onnx_attr.DeepLift(model).attribute({"x": x}, target=0)
+    # the CLI's default method falls back to FeatureAblation (DeepLift refuses), in blocks of one pixel's
+    # three channels (768 elements > 256): each block's credit is onnxruntime's drop with it at the baseline
+    import json
+
+    from onnx_attr.app.cli import main
+
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(quant_path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "--baseline", "zeros", "--keep-final-activation", "--no-pictures"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "FeatureAblation" and "QLinearSoftmax" in json.dumps(report)
+    got = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    target = int(np.argmax(ort_run(model.reference_model, {"x": x})[0][0]))
+    full = ort_run(model.reference_model, {"x": x})[0][0, target]
+    for i, j in [(0, 0), (7, 3), (15, 15)]:
+        masked = x.copy()
+        masked[0, :, i, j] = 0
+        drop = full - ort_run(model.reference_model, {"x": masked})[0][0, target]
+        np.testing.assert_allclose(got[0, :, i, j], drop, rtol=1e-6, atol=1e-7)

@@ -281,3 +281,42 @@ def test_a_linear_classifiers_post_transform_is_its_final_activation(loader):
     _, delta = onnx_attr.DeepLift(model).attribute(x[:8], x.mean(0, keepdims=True), target=clf.predict(x[:8]).tolist(),
                                                    output="output_probability", return_convergence_delta=True)
     assert float(np.abs(np.asarray(delta)).max()) <= 1e-5 * max(1.0, float(np.abs(want).max()))
+
+
+def test_cli_default_method_falls_back_to_ablation_on_a_forest(tmp_path, capsys):
+    """No --method on a model DeepLift refuses (a tree ensemble): the CLI runs FeatureAblation, says
+    so on stderr and in report.json, and exits 0. Oracle: scikit-learn's probabilities with each
+    feature set to the mean baseline, by hand (30 features: one each)."""
+    import json
+
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    from onnx_attr.app.cli import main
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    forest = RandomForestClassifier(10, max_depth=6, random_state=0).fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = skl2onnx.to_onnx(forest, x[:1], options={id(forest): {"zipmap": False}})
+    (tmp_path / "forest.onnx").write_bytes(proto.SerializeToString())
+    rows = x[:3]
+    np.savez(tmp_path / "rows.npz", **{proto.graph.input[0].name: rows})
+    out = tmp_path / "out"
+    assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.npz"), "-o", str(out),
+                 "--baseline", "mean", "--output-name", "probabilities", "--target", "1", "--no-pictures"]) == 0
+    assert "FeatureAblation runs instead" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "FeatureAblation" and "TreeEnsemble" in json.dumps(report)
+    got = np.load(out / "attributions.npz")[proto.graph.input[0].name]
+    reference = rows.mean(0)  # --baseline mean: the mean of the rows given
+    expected = np.zeros(rows.shape)
+    for i in range(rows.shape[1]):
+        ablated = rows.copy()
+        ablated[:, i] = reference[i]
+        expected[:, i] = forest.predict_proba(rows)[:, 1] - forest.predict_proba(ablated)[:, 1]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # a method the user chose is never replaced: DeepLift's refusal stands (exit 2)
+    assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.npz"), "-o",
+                 str(tmp_path / "chosen"), "--method", "deeplift", "--output-name", "probabilities"]) == 2

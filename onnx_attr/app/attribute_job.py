@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
@@ -242,8 +243,12 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
                   batch_size: Optional[int] = None, n_steps: Optional[int] = None,
                   internal_batch_size: Optional[int] = None, options: Optional[dict] = None,
                   inputs: Optional["InputOptions"] = None, quiet: bool = False, lrp: Optional[dict] = None,
-                  layer: Optional[str] = None, batch_axis: Optional[int] = None) -> dict:
+                  layer: Optional[str] = None, batch_axis: Optional[int] = None, auto_fallback: bool = False) -> dict:
     """Attribute one input file (results in `out`) or several (one subfolder each, `index.json`).
+
+    `auto_fallback` (the CLI's default method, not one the user chose): where DeepLift has no exact
+    rule for the explained output (a tree ensemble, integer-only quantized ops), `AUTO_FALLBACK` runs
+    instead, said on stderr and recorded in the manifest (`method_fallback`).
 
     `options` adds settings that changed the model before it got here (`--smooth`, say) to the
     manifest. With `resume`, results whose manifest matches are kept, results of a changed input
@@ -252,8 +257,16 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     entry(method)  # known, or a clear error
     from onnx_attr.app.readers import InputOptions, kinds_of
 
+    baseline_given = baseline
     baseline = resolve_baseline_spec(baseline, method)
     per_method = method_options(method, n_steps, internal_batch_size, lrp)
+    explainer, fell_back = _explainer_or_fallback(model, method, auto_fallback and not layer and not gradient_fallback,
+                                                  gradient_fallback, layer, per_method, output_name, quiet)
+    if fell_back:
+        method = AUTO_FALLBACK
+        baseline = resolve_baseline_spec(baseline_given, method)
+        per_method = method_options(method, n_steps, internal_batch_size, lrp)
+        options = {**(options or {}), "method_fallback": fell_back}
     batch_size = _positive(batch_size, "--batch-size") or DEFAULT_BATCH_SIZE
     inputs = inputs or InputOptions()
     files = input_files(input_path, inputs.text is not None)
@@ -272,11 +285,40 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     folder = prepare_out_dir(out)
     with FolderLock(folder):
         remove_leftover_temporaries(folder, depth=1 if many else 0)
-        job = _Job(model, make_explainer(model, method, gradient_fallback, layer, per_method), manifest, method,
+        job = _Job(model, explainer, manifest, method,
                    target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs, batch_axis)
         if not many:
             return job.single(files[0], folder, resume)
         return job.folder_run(files, folder, resume)
+
+
+#: what the CLI's default runs where DeepLift refuses the model: forward passes only, so any graph
+#: that runs can be explained, in at most `FALLBACK_FEATURES` blocks per input (one forward each)
+AUTO_FALLBACK = "featureablation"
+FALLBACK_FEATURES = 256
+
+
+def _explainer_or_fallback(model, method: str, auto: bool, gradient_fallback: bool, layer: Optional[str],
+                           per_method: dict, output_name: Optional[str], quiet: bool) -> tuple[Any, Optional[str]]:
+    """The method's explainer, or (`auto`, DeepLift refusing the explained output) the fallback's,
+    with a sentence saying why (None when the method itself runs)."""
+    from onnx_attr.errors import UnsupportedOpError
+
+    try:
+        explainer = make_explainer(model, method, gradient_fallback, layer, per_method)
+        if auto and method == "deeplift":  # an output reached only through refused nodes: refused now
+            explainer.engine.rewrite.check_output(explainer._output_index(output_name))
+        return explainer, None
+    except UnsupportedOpError as err:
+        if not auto or method != "deeplift":
+            raise
+        kinds = sorted({op for op, *_ in err.nodes})
+        why = (f"DeepLift has no exact rule for {', '.join(kinds)}; {entry(AUTO_FALLBACK).title or 'FeatureAblation'} "
+               f"runs instead (forward passes only; inputs of more than {FALLBACK_FEATURES} elements per example "
+               f"in at most {FALLBACK_FEATURES} blocks). Choose another with --method")
+        if not quiet:
+            print(f"onnx-attr: {why}", file=sys.stderr)
+        return entry(AUTO_FALLBACK).cls(model, max_features=FALLBACK_FEATURES), why
 
 
 def method_options(method: str, n_steps: Optional[int], internal_batch_size: Optional[int],

@@ -221,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="auto (default: zeros, or each example blurred where the model's output is not "
                                       "finite at zeros), zeros, mean, blur, or an .npz of baselines (deepliftshap: "
                                       "required, a distribution of rows, e.g. --baseline bg.npz)")
-    p.add_argument("--method", default="deeplift", choices=METHOD_CHOICES, help="attribution method (default: deeplift)")
+    p.add_argument("--method", choices=METHOD_CHOICES,
+                   help="attribution method (default: deeplift; where DeepLift has no exact rule for the model, "
+                        "a tree ensemble or integer-only quantized ops, featureablation over at most 256 blocks "
+                        "per input, said on stderr and in report.json)")
     p.add_argument("--layer", help="layer and neuron methods: the ONNX tensor to attribute at (`inspect --json` lists "
                                    "them); a neuron method explains the element of it that --target picks")
     p.add_argument("--batch-size", type=_positive_int,
@@ -440,6 +443,9 @@ def cmd_attribute(args) -> int:
     from onnx_attr.app.names import read_feature_names, read_names
     from onnx_attr.app.visualize import PictureOptions, check_clip_percentile
 
+    # no --method: DeepLift, or where it refuses the model, the fallback (attribute_job.AUTO_FALLBACK)
+    auto = args.method is None
+    args.method = args.method or "deeplift"
     # checked before the model loads, so that a usage error answers at once
     resolve_baseline_spec(args.baseline, args.method)
     method_options(args.method, args.n_steps, args.internal_batch_size, _lrp_options(args))
@@ -464,7 +470,7 @@ def cmd_attribute(args) -> int:
                            batch_size=args.batch_size, n_steps=args.n_steps,
                            internal_batch_size=args.internal_batch_size, options=options, inputs=inputs,
                            quiet=getattr(args, "quiet", False), lrp=_lrp_options(args), layer=args.layer,
-                           batch_axis=args.batch_axis)
+                           batch_axis=args.batch_axis, auto_fallback=auto)
     import numpy as np
 
     delta = np.abs(np.asarray(report.pop("_delta"), dtype=np.float64))

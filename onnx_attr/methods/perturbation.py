@@ -112,8 +112,8 @@ class _Perturbation(_GradientMethod):
             values, _ = evaluator.evaluate(len(own), lambda start, stop, i=i, own=own: [
                 torch.stack(own[start:stop]) if j == i else None for j in range(len(prepared.tensors))])
             drops = original.double().unsqueeze(0) - values.double()  # [masks, N]
-            if isinstance(own, ElementMasks):  # mask k is element k alone: its drop is that element's credit
-                result.append(drops.T.reshape(x.shape).to(x.device, _attribution_dtype(x, original)))
+            if isinstance(own, (ElementMasks, BlockMasks)):  # a partition: each element's credit is its own mask's drop
+                result.append(own.credit(drops.to(x.device), n).to(_attribution_dtype(x, original)))
                 continue
             total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
             count = torch.zeros((max((m.shape[0] for m in own), default=1), *x.shape[1:]),
@@ -125,6 +125,24 @@ class _Perturbation(_GradientMethod):
             result.append((total / count.clamp_min(1)).to(_attribution_dtype(x, original)))
         bar.close()
         return result
+
+
+def block_groups(shape: tuple[int, ...], limit: int) -> Tensor:
+    """Feature ids [1, *shape] cutting an example into at most `limit` contiguous blocks: every axis
+    longer than 4 into equal runs (about limit^(1/axes) of them), the short ones (colour channels)
+    kept whole in each block, so a block of an image is a square patch through all its channels."""
+    long = [i for i, n in enumerate(shape) if n > 4] or [max(range(len(shape)), key=lambda i: shape[i])]
+    per_axis = max(1, int(math.floor(limit ** (1 / len(long)) + 1e-9)))
+    ids = torch.zeros(shape, dtype=torch.long)
+    stride = 1
+    for axis in reversed(long):
+        run = -(-shape[axis] // per_axis)  # elements per block along this axis
+        count = -(-shape[axis] // run)
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        ids += (torch.arange(shape[axis]) // run).reshape(view) * stride
+        stride *= count
+    return ids.unsqueeze(0)
 
 
 class ElementMasks:
@@ -146,6 +164,31 @@ class ElementMasks:
         mask[key] = True
         return mask.reshape(1, *self.shape)
 
+    def credit(self, drops: Tensor, n: int) -> Tensor:
+        """Drops [masks, N] -> each element's [N, *shape]: its own mask's."""
+        return drops.T.reshape(n, *self.shape)
+
+
+class BlockMasks:
+    """One mask per block of a partition given as feature ids [1, *shape] (0 .. blocks - 1), made when
+    asked for (a few hundred full-size masks of a large image are hundreds of MB)."""
+
+    def __init__(self, ids: Tensor):
+        self.ids, self.count = ids, int(ids.max()) + 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return [self[k] for k in range(*key.indices(self.count))]
+        if not 0 <= key < self.count:
+            raise IndexError(key)
+        return self.ids == key
+
+    def credit(self, drops: Tensor, n: int) -> Tensor:
+        return drops.T[:, self.ids.reshape(-1)].reshape(n, *self.ids.shape[1:])
+
 
 def _attribution_dtype(x: Tensor, original: Tensor) -> torch.dtype:
     """The input's float dtype; for ablated ids or flags, the output's (its drop is what is credited)."""
@@ -154,7 +197,17 @@ def _attribution_dtype(x: Tensor, original: Tensor) -> torch.dtype:
 
 
 class FeatureAblation(_Perturbation):
-    """Each feature (an element, or a group of a `feature_mask`) set to the baseline in turn."""
+    """Each feature (an element, or a group of a `feature_mask`) set to the baseline in turn.
+
+    `max_features` (not Captum's): without a mask, an input with more elements than that per example
+    is ablated in contiguous blocks, at most that many (`block_groups`), not one forward per element."""
+
+    def __init__(self, model, *args: Any, max_features: Optional[int] = None, **kwargs: Any):
+        super().__init__(model, *args, **kwargs)
+        if max_features is not None and (isinstance(max_features, bool) or not isinstance(max_features, int)
+                                         or max_features < 1):
+            raise InputError(f"max_features must be a positive int, got {max_features!r}")
+        self.max_features = max_features
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   feature_mask: Any = None, perturbations_per_eval: int = 1, show_progress: bool = False, *,
@@ -165,8 +218,10 @@ class FeatureAblation(_Perturbation):
         for x, a, given in zip(prepared.tensors, prepared.attributed, masks_given):
             if not a:
                 masks.append([])
-            elif given is None:
+            elif given is None and (self.max_features is None or math.prod(x.shape[1:]) <= self.max_features):
                 masks.append(ElementMasks(tuple(x.shape[1:])))
+            elif given is None:
+                masks.append(BlockMasks(block_groups(tuple(x.shape[1:]), self.max_features).to(x.device)))
             else:
                 groups = _feature_groups(given, x, self.model.inputs[len(masks)].name)
                 masks.append([groups == g for g in torch.unique(groups)])
