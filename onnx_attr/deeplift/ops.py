@@ -80,7 +80,7 @@ class DeepLiftCall(torch.autograd.Function):
             with torch.enable_grad():
                 live = [a.detach().requires_grad_(True) if i in positions and a.is_floating_point() else a
                         for i, a in enumerate(args)]
-                out = op.rule.forward_with_graph(op.info, op.bound, live, refs)
+                out = op.rule.forward_with_graph(op.info, op.bound, live, refs, memo)
             ctx.graph = ([live[i] for i in positions], out)
             out = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
         else:

@@ -53,8 +53,10 @@ class Rule:
     #: long as the recorded reference, so a baseline reused over many batches computes it once
     memoizes = False
 
-    def forward_with_graph(self, info: NodeInfo, call: Callable, live: Sequence[Any], refs: Sequence[Any]):
-        """The op's output at x with autograd recording, for `keeps_graph`: the op itself by default."""
+    def forward_with_graph(self, info: NodeInfo, call: Callable, live: Sequence[Any], refs: Sequence[Any],
+                           memo: dict | None = None):
+        """The op's output at x with autograd recording, for `keeps_graph`: the op itself by default
+        (`memo`: see `memoizes`, kept with the reference)."""
         return call(*live)
 
     def check(self, info: NodeInfo) -> None:
@@ -140,12 +142,14 @@ class DecomposedInForward(DecomposedRule):
     """A decomposition whose value at x is the op's own bit for bit (its pairs' first halves are the
     op's forward, op for op): it runs once, in the forward, recording autograd's graph, and its value
     goes on downstream; the backward only differentiates that graph. A `DecomposedRule` runs the op,
-    then its decomposition again in the backward: for a recurrence, every step twice at x."""
+    then its decomposition again in the backward: for a recurrence, every step twice at x. Its
+    `decompose` takes `memo=` (what it keeps of the reference's side, see `Rule.memoizes`)."""
 
     keeps_graph = True
 
-    def forward_with_graph(self, info, call, live, refs):
-        y, _ = self.decompose(info, call, list(live), _expanded_refs(info.variable_positions(), live, refs))
+    def forward_with_graph(self, info, call, live, refs, memo=None):
+        y, _ = self.decompose(info, call, list(live), _expanded_refs(info.variable_positions(), live, refs),
+                              memo=memo)
         return y
 
     @staticmethod

@@ -284,13 +284,14 @@ class _BatchedRescale(torch.autograd.Function):
 
 
 def rescale(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, exact_secant: bool = False,
-            batch: RescaleBatch | None = None) -> tuple[Tensor, Tensor]:
+            batch: RescaleBatch | None = None, y0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(f(x), f(x0)), with f(x) carrying the rescale multiplier as its backward
     (`exact_secant`: f has slopes 0 and 1 only, see `rescale_multiplier`; `batch`: the multiplier
-    computed with the batch's others, see `RescaleBatch`)."""
+    computed with the batch's others, see `RescaleBatch`; `y0`: f(x0) where the caller has it)."""
     x0 = x0.detach()
-    with torch.no_grad():
-        y0 = f(x0)
+    if y0 is None:
+        with torch.no_grad():
+            y0 = f(x0)
     if batch is not None and not exact_secant:
         return _BatchedRescale.apply(x, x0, y0, f, batch), y0
     return _Rescale.apply(x, x0, y0, f, exact_secant), y0
@@ -346,11 +347,13 @@ def reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad if grad.shape == shape else grad.sum_to_size(shape)
 
 
-def product(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Tensor, b0: Tensor
-            ) -> tuple[Tensor, Tensor]:
+def product(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Tensor, b0: Tensor,
+            y0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(fn(a, b), fn(a0, b0)) with the Shapley split as backward (`y0`: fn(a0, b0) where the caller has it)."""
     a0, b0 = a0.detach(), b0.detach()
-    with torch.no_grad():
-        y0 = fn(a0, b0)
+    if y0 is None:
+        with torch.no_grad():
+            y0 = fn(a0, b0)
     return _Product.apply(a, a0, b, b0, fn), y0
 
 

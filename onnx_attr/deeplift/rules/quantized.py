@@ -54,11 +54,14 @@ class _CreditedProduct(torch.autograd.Function):
         return (through + share).to(x.dtype), None, None, None, None, None
 
 
-def credited_product(weight, x: Tensor, x0: Tensor, batch_axis: int) -> tuple[Tensor, Tensor]:
+def credited_product(weight, x: Tensor, x0: Tensor, batch_axis: int, y0: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor]:
     """`credited` for a dynamically quantized product (a `QuantizedWeight`: `exact` the quantized
-    product, `weight` the dequantized matrix), its backward in closed form (`_CreditedProduct`)."""
+    product, `weight` the dequantized matrix), its backward in closed form (`_CreditedProduct`);
+    `y0`: the product at the reference where the caller has it."""
     with torch.no_grad():
-        y, y0 = weight.exact(x.detach()), weight.exact(x0.detach())
+        y = weight.exact(x.detach())
+        y0 = weight.exact(x0.detach()) if y0 is None else y0
     return _CreditedProduct.apply(x, x0.detach(), y, y0, weight.weight, batch_axis), y0
 
 
