@@ -209,3 +209,37 @@ def test_strict_turns_a_delta_warning_into_exit_1(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "a")]) == 0
     assert "warning: convergence delta above" in capsys.readouterr().out
     assert main(base + ["--out", str(tmp_path / "b"), "--strict"]) == 1
+
+
+def test_one_sequence_of_frames_is_never_cut_into_passes(tmp_path, capsys):
+    """A model that convolves one [T, F] sequence along its axis 0 (madmom's onset and beat nets):
+    axis 0 is time, not examples. 40 frames with the default --batch-size 16 once ran as three
+    "examples" of 16, 16 and 8 frames (wrong attributions, or a 2-frame tail too short for the
+    kernel). Oracle: the API's DeepLift on the whole sequence, and completeness."""
+    from onnx import helper
+
+    from conftest import FLOAT, make_model
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0]),
+             helper.make_node("Unsqueeze", ["t", "zero"], ["u"]),
+             helper.make_node("Conv", ["u", "w"], ["c"], kernel_shape=[7]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["y"], axes=[2], keepdims=0)]
+    proto = make_model(nodes, [("x", FLOAT, ["frames", 5])], [("y", FLOAT, [1, 3])],
+                       {"w": rng.standard_normal((3, 5, 7)).astype(np.float32), "zero": np.array([0], np.int64)},
+                       opset=13)
+    path = tmp_path / "frames.onnx"
+    path.write_bytes(proto.SerializeToString())
+    x = (rng.standard_normal((40, 5)) * 50).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "--target", "0,1", "--baseline", "zeros", "--no-pictures"]) == 0
+    got = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["convergence_delta"]) == 1  # one example
+    want = onnx_attr.DeepLift(onnx_attr.load(str(path))).attribute({"x": x}, {"x": np.zeros_like(x)}, target=(0, 1))["x"]
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
+    model = onnx_attr.load(str(path))
+    change = float(model.run({"x": x})[0][0, 1] - model.run({"x": np.zeros_like(x)})[0][0, 1])
+    assert abs(float(got.sum()) - change) <= 1e-4 * max(1.0, abs(change))

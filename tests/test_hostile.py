@@ -743,3 +743,47 @@ def test_pad_axes_given_at_run_time_outside_the_rank_are_refused():
         _ort(model, {"x": x, "a": np.array([2**31])})
     with pytest.raises(OnnxAttrError, match=r"'edge' \(op Pad, opset 18\).*axis 2,147,483,648.*2 axes"):
         imported.run({"x": x, "a": np.array([2**31])})
+
+
+def _conv_then_slice(length) -> onnx.ModelProto:
+    """A convolution whose kernel (7) is longer than its input along the axis a Slice then cuts: ONNX's
+    shape inference makes that dim negative, and its Slice inference clamps into [0, dim], an
+    assertion in the onnx wheel that aborts the whole process (SIGABRT, exit 134)."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[7, 3], name="too_long_kernel"),
+             helper.make_node("Slice", ["y", "s", "e", "a"], ["z"], name="cut")]
+    inits = [onnx.numpy_helper.from_array(np.ones((4, 3, 7, 3), np.float32), "w")] + [
+        onnx.numpy_helper.from_array(np.array([v], np.int64), k) for k, v in (("s", 0), ("e", 1), ("a", 2))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, length, 80])],
+                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 4, 1, 78])], inits)
+
+
+def test_shapes_that_make_onnx_inference_abort_are_a_clear_error_not_a_dead_process(tmp_path):
+    """A 1 kB file declaring such an input, and a dynamic-length model fed such an input: loading,
+    inspecting and attributing end with a clear error naming the convolution (exit 2), or run on
+    without shapes; never SIGABRT. In a child interpreter, so that an abort fails this test only."""
+    _conv_then_slice(2).SerializeToString()
+    onnx.save(_conv_then_slice(2), str(tmp_path / "hostile.onnx"))
+    onnx.save(_conv_then_slice("t"), str(tmp_path / "dynamic.onnx"))
+    np.savez(tmp_path / "short.npz", x=np.ones((1, 3, 2, 80), np.float32))
+    script = textwrap.dedent(f"""
+        import numpy as np, onnx_attr
+        from onnx_attr.app.cli import main
+        from onnx_attr.errors import OnnxAttrError
+        root = {str(tmp_path)!r}
+        model = onnx_attr.load(root + "/hostile.onnx")
+        assert any("aborted" in n for n in model.notes), model.notes
+        assert main(["inspect", root + "/hostile.onnx"]) == 0
+        assert main(["attribute", root + "/hostile.onnx", "-i", root + "/short.npz", "-o", root + "/a"]) == 2
+        dynamic = onnx_attr.load(root + "/dynamic.onnx")
+        for method in (onnx_attr.DeepLift, onnx_attr.IntegratedGradients):
+            try:  # shapes no forward has run on: the batch walk's inference runs isolated
+                method(dynamic).attribute(np.ones((1, 3, 2, 80), np.float32), target=(0, 0, 0))
+            except OnnxAttrError as err:
+                assert "too_long_kernel" in str(err), err
+            else:
+                raise AssertionError("attributed an input the model cannot run on")
+        print("survived")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "survived" in done.stdout, (done.returncode, done.stderr[-2000:])
+    assert "too_long_kernel" in done.stderr  # the CLI's error names the node

@@ -569,13 +569,24 @@ class _Job:
     def _outside_domain(self, attributions: dict, attributed: dict, extra: dict) -> bool:
         return zeros_failed(self.model, attributions.values(), attributed, extra)
 
+    def _examples_on_axis0(self, inputs: dict) -> bool:
+        """Whether axis 0 of every input holds separate examples, so that its rows may be cut into
+        passes: not where the model reads its inputs as one whole example (a sequence of frames
+        convolved along axis 0: cut into passes, each would run as an example of its own)."""
+        from onnx_attr.importing.batch import batch_axes, probe
+
+        tensors = self.model.prepare(inputs)
+        axes = batch_axes(self.model.inputs, tensors)
+        return all(a == 0 for a in axes) and probe(self.model, tensors, axes).stackable
+
     def _attribute_in_batches(self, attributed: dict, extra: dict, baselines: Any, target: Any,
                               progress_bar: bool, name: str) -> tuple[dict, np.ndarray, dict]:
         """Attribute `batch_size` examples per pass (when every input has the batch on axis 0), so
         progress shows and memory stays flat; the per-pass reports are merged into one."""
         n = len(next(iter(attributed.values())))
         arrays = [*attributed.values(), *extra.values()]
-        batched = all(a.ndim >= 1 and a.shape[0] == n for a in arrays) and n > self.batch_size
+        batched = all(a.ndim >= 1 and a.shape[0] == n for a in arrays) and n > self.batch_size \
+            and self._examples_on_axis0({**attributed, **extra})
         steps = [slice(s, min(n, s + self.batch_size)) for s in range(0, n, self.batch_size)] if batched \
             else [slice(0, n)]
         if len(steps) > 1 and steps[-1].stop - steps[-1].start < entry(self.method).min_examples:

@@ -340,12 +340,13 @@ def _emit(args, data: dict, text: str) -> None:
 def tensor_table(model) -> list[dict]:
     """Every tensor a node produces: the names `LayerDeepLift`/`tensor_as_output` take, with the
     node, op, DeepLift kind and (inferred) shape."""
-    import onnx
-
     from onnx_attr.deeplift.opkinds import node_kinds
+    from onnx_attr.importing import isolated
+    from onnx_attr.importing.normalize import _dims_only
+    from onnx_attr.importing.read import skeleton
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model.onnx_model)
+    try:  # on the weights' dims only, in a child process where possible (importing/isolated.py)
+        inferred = isolated.infer_shapes(skeleton(model.onnx_model, _dims_only)[0])
     except Exception:  # shape inference is a courtesy here: without it, shapes are unknown
         inferred = model.onnx_model
     shapes: dict[str, list] = {}

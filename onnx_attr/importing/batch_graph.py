@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_attr.importing import isolated
+
 SHAPE_OPS = frozenset({"Cast", "Identity", "Squeeze", "Unsqueeze", "Gather", "Slice", "Concat"})
 B = "B"  # a shape value's entry that is the number of examples
 FREE = "?"  # an entry of one example's shape that the walk does not know (a dynamic height)
@@ -58,7 +60,8 @@ class _Walk:
         self.graph = proto.graph
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.model = model
-        self.shapes = _inferred_shapes(proto, tensors, model.inputs)
+        ran = getattr(model, "ran_on", None)
+        self.shapes = _inferred_shapes(proto, tensors, model.inputs, trusted=bool(ran and ran(tensors)))
         self.consts = {t.name: t for t in self.graph.initializer}
         self.state: dict[str, object] = {}  # tensor -> batch axis (int), or a shape value (list)
         for spec, t, a in zip(model.inputs, tensors, axes):
@@ -537,9 +540,18 @@ class _Walk:
         raise _Unknown
 
 
-def _onnx_shapes(light: onnx.ModelProto) -> onnx.ModelProto | None:
+def _onnx_shapes(light: onnx.ModelProto, trusted: bool = False) -> onnx.ModelProto | None:
+    """ONNX's inference on the call's shapes; None where it refuses the graph. On shapes no forward
+    has run on yet it runs in a child process (`importing/isolated.py`: ~45 ms a fork on a large
+    process, against 3 ms in this one): where it aborts there (dims gone negative: an input too
+    short for a kernel), the walk has no answer and the probe's forward names the node that
+    cannot run. `trusted`: the model has run on these shapes, so no dim can go negative."""
     try:
-        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        if trusted:
+            return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        return isolated.infer_shapes(light, strict_mode=False, data_prop=True)
+    except isolated.InferenceAborted:
+        raise _Unknown from None
     except Exception:
         return None
 
@@ -559,7 +571,8 @@ def _stand_in_for_fused(light: onnx.ModelProto) -> None:
             del node.attribute[:]
 
 
-def _upgraded_shapes(light: onnx.ModelProto, first: onnx.ModelProto) -> onnx.ModelProto | None:
+def _upgraded_shapes(light: onnx.ModelProto, first: onnx.ModelProto, trusted: bool = False
+                     ) -> onnx.ModelProto | None:
     """ONNX's inference on the graph converted to opset 14, where it settles what it could not at an
     older opset: before Reshape-14, Reshape's inference reads only a constant target, so every
     shape after a reshape to a computed shape (Shape -> Slice -> Concat, the way paddle2onnx keeps
@@ -572,7 +585,7 @@ def _upgraded_shapes(light: onnx.ModelProto, first: onnx.ModelProto) -> onnx.Mod
     if not 7 <= opset < 14 or _first_lost(first) != "Reshape":
         return None
     try:
-        second = _onnx_shapes(version_converter.convert_version(light, 14))
+        second = _onnx_shapes(version_converter.convert_version(light, 14), trusted)
     except Exception:  # an adapter that reads a stubbed weight, a node it has no adapter for
         return None
     if second is None or not _complete(second):
@@ -619,7 +632,7 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _inferred_shapes(proto: onnx.ModelProto, tensors, specs) -> dict[str, list]:
+def _inferred_shapes(proto: onnx.ModelProto, tensors, specs, trusted: bool = False) -> dict[str, list]:
     """Every tensor's shape with the inputs at the call's shapes, on the graph's skeleton: ONNX's own
     inference with data propagation where it settles every node's output (in C++, 10-50x faster),
     else onnxruntime's symbolic shape inference (it follows the shape computations of exports where
@@ -642,9 +655,11 @@ def _inferred_shapes(proto: onnx.ModelProto, tensors, specs) -> dict[str, list]:
         for d in t.shape:
             dims.add().dim_value = int(d)
     _stand_in_for_fused(light)
-    inferred = _onnx_shapes(light)
+    inferred = _onnx_shapes(light, trusted)
     if inferred is not None and not _complete(inferred):
-        inferred = _upgraded_shapes(light, inferred) or inferred
+        inferred = _upgraded_shapes(light, inferred, trusted) or inferred
+    if (inferred is None or not _complete(inferred)) and not trusted:
+        raise _Unknown  # onnxruntime's inference runs ONNX's in this process: on shapes known to run only
     if inferred is None or not _complete(inferred):
         try:  # its `infer_shapes` saves the graph into the working directory when it cannot finish: its
             # loop, without that; what it did infer is kept

@@ -337,7 +337,11 @@ def _downstream(graph: onnx.GraphProto, names: set[str]) -> set[str]:
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with its intermediate types from ONNX shape inference (run only for a labels
     output whose scores' type the file does not state)."""
-    try:
-        return onnx.shape_inference.infer_shapes(model)
-    except Exception:  # inference refuses the graph: no types, nothing added
+    from onnx_attr.importing import isolated
+    from onnx_attr.importing.normalize import _dims_only
+    from onnx_attr.importing.read import skeleton
+
+    try:  # on the weights' dims only, in a child process where possible (importing/isolated.py)
+        return isolated.infer_shapes(skeleton(model, _dims_only)[0])
+    except Exception:  # inference refuses the graph (or aborts): no types, nothing added
         return model

@@ -57,7 +57,21 @@ class AttributableModel(nn.Module):
         self.budget = Budget()
 
     def forward(self, *args: torch.Tensor) -> Any:
-        return self._guarded(self.module, args)
+        out = self._guarded(self.module, args)
+        self._ran(args)
+        return out
+
+    def _ran(self, args: Sequence[torch.Tensor]) -> None:
+        """Remember the input shapes a forward ran on (a few hundred at most): ONNX's shape inference
+        cannot abort on those (`importing/isolated.py`), so the batch walk runs it in this process."""
+        seen = self.__dict__.setdefault("_shapes_run", set())
+        if len(seen) >= 256:
+            seen.clear()
+        seen.add(_shape_key(args))
+
+    def ran_on(self, tensors: Sequence[torch.Tensor]) -> bool:
+        """Whether a forward of this model has run on inputs of these shapes and dtypes."""
+        return _shape_key(tensors) in self.__dict__.get("_shapes_run", ())
 
     def _guarded(self, call, args: Sequence[torch.Tensor]) -> Any:
         try:
@@ -70,7 +84,9 @@ class AttributableModel(nn.Module):
     def run_unexplained(self, *args: torch.Tensor) -> Any:
         """The forward without `_explain_failure` on an error, for a caller that catches it (the batch
         probe's trial rows): on a large graph the node-by-node re-run costs a whole forward again."""
-        return self.module(*args)
+        out = self.module(*args)
+        self._ran(args)
+        return out
 
     def with_module(self, module: fx.GraphModule, inputs: Optional[Sequence[TensorSpec]] = None,
                     outputs: Optional[Sequence[OutputSpec]] = None, notes: Sequence[str] = ()) -> "AttributableModel":
@@ -191,3 +207,7 @@ def _first_tensor(module: nn.Module) -> Optional[tuple[nn.Module, str]]:
         path, _, attr = name.rpartition(".")
         return module.get_submodule(path), attr
     return None
+
+
+def _shape_key(tensors: Sequence[Any]) -> tuple:
+    return tuple((tuple(t.shape), str(t.dtype)) if isinstance(t, torch.Tensor) else None for t in tensors)

@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 
 from onnx_attr.errors import ModelLoadError
 from onnx_attr.importing.budget import current_budget, elements
+from onnx_attr.importing import isolated
 from onnx_attr.importing.fusions import fuse_layer_norms
 from onnx_attr.importing.read import copy_fields, is_external, skeleton, top_level
 
@@ -359,7 +360,7 @@ def infer_shapes(model: onnx.ModelProto, notes: list[str], *, in_place: bool = F
         notes.append("model graph is over 2 GiB even without its weights: skipped shape inference")
         return model
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        inferred = isolated.infer_shapes(light, strict_mode=False, data_prop=True)
         if not heavy:
             return inferred
         if in_place:  # every graph field but the weights comes from the inferred skeleton
