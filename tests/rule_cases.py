@@ -73,6 +73,7 @@ R = np.random.default_rng(7)
 CASES = [
     *(Case(op) for op in ("Relu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Erf", "Abs", "Sin", "Cos",
                           "Atan", "Asinh", "HardSwish")),
+    *(Case(op) for op in ("Sign", "Floor", "Ceil", "Round")),  # steps: the secant is the jump
     Case("Exp", clip=(-1e9, 80.0)), Case("Sinh", clip=(-80.0, 80.0)),  # exp(88.7) overflows float32
     Case("Mish", opset=18),
     Case("Log", sampler=positive), Case("Sqrt", sampler=positive), Case("Reciprocal", sampler=positive),

@@ -265,6 +265,7 @@ class DeepLiftEngine:
         (default 0; None: no batch, fed as given), in chunks of an export's fixed batch (the last
         padded by repeating its last row)."""
         self.rewrite.check_output(output)
+        self.moved_steps: list[tuple] = []  # comparisons that flipped in this call's passes (rewrite.StepGuard)
         n = len(targets.rows)
         axes = [0 if x.dim() else None for x in inputs] if axes is None else list(axes)
         size = self.fixed_batch or n
@@ -343,6 +344,7 @@ class DeepLiftEngine:
                     for x, a, i in zip(xs, attributed, integer)]
             with torch.enable_grad():
                 out = _pick(self._forward(module, live), output)
+                self.moved_steps.extend(self.rewrite.moved_steps(output))
                 if out.dim() == 0:
                     targets.select(out)  # raises: no value per example
                 if ref_out.dim() != out.dim() or any(r not in (1, o) for r, o in zip(ref_out.shape, out.shape)):

@@ -34,7 +34,7 @@ LINEAR = frozenset({
 STRUCTURAL = frozenset({
     "Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "NonZero", "ArgMax", "ArgMin",
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Xor", "IsNaN", "IsInf",
-    "Sign", "Floor", "Ceil", "Round", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "BitCast",
+    "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "BitCast",
     "OneHot", "RandomNormal", "RandomUniform", "RandomNormalLike",
     "RandomUniformLike", "Bernoulli", "Multinomial", "SequenceEmpty", "SequenceLength", "OptionalHasElement",
     "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix",  # made from sizes and constants

@@ -33,10 +33,11 @@ class DeepLiftState:
         self.tap_baselines: dict[int, Tensor] = {}  # embedding of the baseline ids, per tap
         self.tap_leaves: dict[int, Tensor] = {}  # the embedding the main pass differentiates against
         self.active_taps: set[int] = set()  # the taps of the integer inputs attributed in this call
+        self.steps_moved: set[str] = set()  # comparisons of the attributed inputs that differ from the reference's
 
     def clear(self) -> None:
         self.mode, self.refs, self.tap_baselines, self.tap_leaves = "off", {}, {}, {}
-        self.active_taps = set()
+        self.active_taps, self.steps_moved = set(), set()
 
 
 class BoundOp:
@@ -158,3 +159,36 @@ def _positional_names(function) -> list[str]:
 
 def _broadcasts(ref: torch.Size, actual: torch.Size) -> bool:
     return len(ref) == len(actual) and all(r in (1, a) for r, a in zip(ref, actual))
+
+
+class StepGuard(nn.Module):
+    """A comparison (Less, Equal, IsNaN, ...) of values that vary with the attributed inputs: its
+    output is a step of them, which no multiplier carries. Where it is the same at the input and
+    at the reference, everything computed from it is a constant of the two passes, and DeepLift is
+    exact; where it differs, the jump it makes is lost. So the forward is the op's, and in the main
+    pass a differing output is recorded (`DeepLiftState.steps_moved`) for the engine to refuse
+    the call when the explained output is computed from it."""
+
+    def __init__(self, original: nn.Module, name: str, state: DeepLiftState):
+        super().__init__()
+        self.original, self.name = original, name
+        self._state = state
+
+    def forward(self, *args, **kwargs):
+        out = self.original(*args, **kwargs)
+        state = self._state
+        if state.mode == "reference":
+            state.refs[id(self)] = ([], out.detach() if isinstance(out, Tensor) else out, {})
+        elif state.mode == "deeplift" and id(self) in state.refs and _differs(out, state.refs[id(self)][1]):
+            state.steps_moved.add(self.name)
+        return out
+
+
+def _differs(out: Any, ref: Any) -> bool:
+    """Whether a step's output at the input differs from its output at the reference anywhere."""
+    if not isinstance(out, Tensor) or not isinstance(ref, Tensor):
+        return False
+    try:
+        return not bool(torch.eq(out, ref).all())
+    except RuntimeError:  # shapes that do not broadcast: not the same step
+        return True

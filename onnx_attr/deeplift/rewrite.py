@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from torch import fx
 from torch.fx._lazy_graph_module import _LazyGraphModule
@@ -21,7 +21,7 @@ from torch.fx._lazy_graph_module import _LazyGraphModule
 from onnx_attr.deeplift.argmax_fusion import fuse_argmax_one_hots
 from onnx_attr.deeplift.guard_fusion import fuse_guarded_divisions
 from onnx_attr.deeplift.opkinds import domain_op_kind, op_kind, refusal
-from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, signature_names
+from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, StepGuard, signature_names
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
 from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
@@ -46,12 +46,42 @@ class RewriteResult:
     self_gated: list[str] = field(default_factory=list)  # Muls fused with their gate: x·g(x), one rescale
     #: per graph output, the nodes with no rule it is computed from (refused when it is explained)
     refused: list[list[tuple[str, str, int, str, str]]] = field(default_factory=list)
+    #: per graph output, the comparisons of attributed values it is computed from (`StepGuard`):
+    #: refused in a call where one of them differs between the input and the reference
+    steps: list[list[tuple[str, str, int, str, str]]] = field(default_factory=list)
+    gradient_fallback: bool = False
+
+    def moved_steps(self, output: int) -> list[tuple[str, str, int, str, str]]:
+        """The comparisons the explained output is computed from that differed between the input and
+        the reference in the pass just run (see `StepGuard`)."""
+        moved = self.state.steps_moved
+        return [s for s in (self.steps[output] if output < len(self.steps) else []) if s[3] in moved]
+
+    def refuse_moved_steps(self, moved: Sequence[tuple], incomplete: bool) -> Optional[str]:
+        """A call whose explained output depends on comparisons that moved, and is not complete: refused
+        naming them (with `gradient_fallback`, a warning to report instead). Complete, it stands: the
+        elements that flipped were not ones the target is computed from (a detector's peak mask)."""
+        if not moved or not incomplete:
+            return None
+        if not self.gradient_fallback:
+            raise UnsupportedOpError(list(moved), action="DeepLift is not complete on this call: it has", hint=STEP_HINT)
+        return ("not complete: " + ", ".join(dict.fromkeys(s[3] for s in moved)) + " differ between the input and "
+                "the reference, and the jumps they make are not attributed")
 
     def check_output(self, output: int) -> None:
         """Refuse to explain an output computed through a node with no DeepLift rule."""
         if output < len(self.refused) and self.refused[output]:
             raise UnsupportedOpError(self.refused[output], action="DeepLift has no exact rule for",
                                      hint=FALLBACK_HINT + ", or explain another output (output=...)")
+
+
+#: ops whose output is a step of their inputs (a bool, an index): guarded where those vary (`StepGuard`)
+STEP_OPS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "IsNaN", "IsInf", "ArgMax",
+                      "ArgMin"})
+STEP_REASON = ("a comparison of values that follow the attributed inputs, different at the input and at the "
+               "reference: the jump it makes downstream has no multiplier")
+STEP_HINT = ("Use a perturbation method (FeatureAblation, KernelShap; the CLI's --method featureablation), or a "
+             "baseline on the same side of these comparisons as the input")
 
 
 FALLBACK_HINT = ("pass gradient_fallback=True (CLI: --gradient-fallback) to let these nodes use their plain "
@@ -152,7 +182,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     out.graph.eliminate_dead_code()
     fuse_argmax_one_hots(out, placeholder_fed(out))  # a greedy decoder's fed-back token (argmax_fusion.py)
     state = DeepLiftState()
-    result = RewriteResult(out, state)
+    result = RewriteResult(out, state, gradient_fallback=gradient_fallback)
     result.layers.extend(insert_layer_taps(out, state, layers))
     taps = embedding_taps(out, inputs)
     variable = variable_nodes(out, inputs, set(taps))
@@ -162,6 +192,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
+    guard_steps(out, variable, state, result)
     fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
     fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)
     result.self_gated.extend(fuse_self_gated(out, variable, recompile=False))  # SiLU, HardSwish as exported (unary_fusion.py)
@@ -209,6 +240,23 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     out.graph.lint()
     out.recompile()
     return result
+
+
+def guard_steps(module: fx.GraphModule, variable: set[fx.Node], state: DeepLiftState, result: RewriteResult) -> None:
+    """Wrap each comparison of varying values in a `StepGuard`, and record per output which it reaches."""
+    guards = []
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or node.meta.get("onnx_op") not in STEP_OPS \
+                or node.meta.get("onnx_domain", "") not in ("", "ai.onnx") \
+                or not any(a in variable for a in node.all_input_nodes):
+            continue
+        name = f"step_guard_{len(guards)}"
+        module.add_submodule(name, StepGuard(module.get_submodule(node.target), node.meta["onnx_node"], state))
+        node.target = name
+        guards.append(node)
+    reasons = [(n.meta["onnx_op"], n.meta.get("onnx_domain", ""), n.meta.get("onnx_opset", 0), n.meta["onnx_node"],
+                STEP_REASON) for n in guards]
+    result.steps = refusals_per_output(module, guards, reasons) if guards else []
 
 
 def varying_nodes(module: fx.GraphModule, variable: set[fx.Node], skip: Any = ()

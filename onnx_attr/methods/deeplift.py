@@ -139,8 +139,13 @@ class DeepLift(AttributionMethod):
 
     def _report(self, delta: Tensor, change: Tensor, index: int, magnitude: Optional[Tensor] = None) -> None:
         retried = self.last_report.get("out_of_memory_retry", False)
+        found = method_report(self.model, type(self).__name__, delta, change, index, magnitude)
+        steps = self.engine.rewrite.refuse_moved_steps(getattr(self.engine, "moved_steps", []),
+                                                       found["max_relative_delta"] > DELTA_TOLERANCE)
+        if steps:
+            found["warnings"].append(steps)
         self.last_report = {
-            **method_report(self.model, type(self).__name__, delta, change, index, magnitude),
+            **found,
             "out_of_memory_retry": retried,
             "non_finite": getattr(self, "_nonfinite", None),
             "rewritten_nodes": len(self.engine.rewrite.rewritten),

@@ -11,6 +11,9 @@ UNARY_OPS = (
     "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "Tanh",
     "Softplus", "Softsign", "Exp", "Log", "Erf", "Sqrt", "Reciprocal", "Pow", "Abs", "HardSwish", "Gelu",
     "Mish", "Shrink", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Swish",
+    # steps of a float value (tf2onnx writes Atan2 with Sign; quantizers round): the secant is their
+    # exact jump, so the rule is complete (they had been taken for structural ops, and their jumps lost)
+    "Sign", "Floor", "Ceil", "Round",
 )
 
 

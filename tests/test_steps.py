@@ -1,0 +1,84 @@
+"""Step functions of attributed values: Sign, Floor, Ceil and Round get the rescale rule (their secant
+is their exact jump), and a comparison that flips between the input and the reference is named when
+it breaks completeness, never left as a silent delta (tf2onnx's Atan2 is built from Sign and casts;
+a ReLU may be exported as Where(x > 0, x, 0))."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_attr
+
+from conftest import FLOAT, make_model
+
+
+def _steps_model():
+    """y[n] = Σ_i 5·sign(x_i) + floor(x_i) + ceil(2·x_i) + round(x_i / 3): elementwise steps, summed."""
+    nodes = [helper.make_node("Sign", ["x"], ["s"]), helper.make_node("Mul", ["s", "five"], ["s5"]),
+             helper.make_node("Floor", ["x"], ["f"]), helper.make_node("Mul", ["x", "two"], ["x2"]),
+             helper.make_node("Ceil", ["x2"], ["c"]), helper.make_node("Div", ["x", "three"], ["x3"]),
+             helper.make_node("Round", ["x3"], ["r"]), helper.make_node("Sum", ["s5", "f", "c", "r"], ["t"]),
+             helper.make_node("ReduceSum", ["t", "axes"], ["y"], keepdims=1)]
+    consts = {"five": np.float32(5), "two": np.float32(2), "three": np.float32(3), "axes": np.array([1], np.int64)}
+    return make_model(nodes, [("x", FLOAT, ["n", 6])], [("y", FLOAT, ["n", 1])], consts, opset=13)
+
+
+def _by_hand(x, x0):
+    def steps(v):
+        v = v.astype(np.float64)
+        return 5 * np.sign(v) + np.floor(v) + np.ceil(2 * v) + np.round(v / 3)
+    return steps(x) - steps(x0)
+
+
+def test_sign_floor_ceil_round_are_attributed_their_exact_jumps():
+    """Each element's attribution is its own jump, by hand; across signs and at magnitudes in the
+    hundreds, with references far from the inputs, and one element at its reference (no jump)."""
+    model = onnx_attr.load(_steps_model())
+    x = np.array([[-250.3, 0.7, 3.2, -0.4, 120.5, 7.0], [1.49, -1.51, 300.2, -299.9, 0.0, 2.5]], np.float32)
+    x0 = np.array([[180.1, -0.6, 3.2, 0.4, -77.7, 7.5]], np.float32)
+    got, delta = onnx_attr.DeepLift(model).attribute(x, x0, target=0, return_convergence_delta=True)
+    np.testing.assert_allclose(np.asarray(got), _by_hand(x, x0), rtol=1e-5, atol=1e-4)
+    assert float(np.abs(np.asarray(delta)).max()) < 1e-3
+
+
+def _relu_as_where():
+    """max(x, 0) written as Where(Greater(x, 0), x, 0), then a weighted sum."""
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"], name="is_positive"),
+             helper.make_node("Where", ["pos", "x", "zero"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    w = np.array([[1.0, -2.0], [0.5, 1.0], [3.0, 0.25]], np.float32)
+    return make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])], {"zero": np.float32(0), "w": w},
+                      opset=13)
+
+
+def test_a_comparison_that_flips_is_named_when_it_breaks_completeness():
+    model = onnx_attr.load(_relu_as_where())
+    same_side = np.array([[2.0, 3.0, 4.0]], np.float32), np.array([[1.0, 0.5, 9.0]], np.float32)
+    got, delta = onnx_attr.DeepLift(model).attribute(*same_side, target=0, return_convergence_delta=True)
+    np.testing.assert_allclose(np.asarray(got), [[1.0, 1.25, -15.0]], rtol=1e-6)  # w[:, 0] * (x - x0)
+    assert abs(float(delta[0])) < 1e-5
+    flipped = np.array([[2.0, 3.0, 4.0]], np.float32), np.array([[-1.0, 0.5, 9.0]], np.float32)
+    with pytest.raises(onnx_attr.UnsupportedOpError, match="(?s)is_positive.*perturbation method"):
+        onnx_attr.DeepLift(model).attribute(*flipped, target=0)
+    method = onnx_attr.DeepLift(model, gradient_fallback=True)  # opted in: a warning in the report instead
+    method.attribute(*flipped, target=0)
+    assert any("is_positive" in w for w in method.last_report["warnings"])
+
+
+def test_a_flip_the_target_does_not_depend_on_stands():
+    """A detector's peak mask (x == max-pooled x) flips at many elements between an image and a zero
+    baseline; the target's own element keeps its value, so DeepLift is complete there and no error."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]),
+             helper.make_node("Equal", ["x", "m"], ["peak"], name="peaks"),
+             helper.make_node("Cast", ["peak"], ["pf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "pf"], ["y"])]
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 1, 6, 6])], [("y", FLOAT, ["n", 1, 6, 6])],
+                                      opset=13))
+    x = np.random.default_rng(0).random((1, 1, 6, 6)).astype(np.float32) * 100
+    top = np.unravel_index(int(np.argmax(x)), x.shape)
+    got, delta = onnx_attr.DeepLift(model).attribute(x, np.zeros_like(x), target=tuple(top[1:]),
+                                                     return_convergence_delta=True)
+    assert abs(float(delta[0])) < 1e-4 * float(x.max())
+    assert np.asarray(got)[top] == pytest.approx(float(x[top]), rel=1e-5)
