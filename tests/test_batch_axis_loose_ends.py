@@ -132,3 +132,29 @@ def test_hidden_tensors_of_a_fixed_batch_export_are_cut_on_their_own_batch_axis(
     twin = onnx_attr.LayerDeepLift(free, "h").attribute(feeds, target=1)
     assert np.shape(ours) == (2, 6, 3)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(twin), rtol=1e-5, atol=1e-7)
+
+
+def test_ig_on_a_graph_that_bakes_a_batch_of_one_under_a_symbolic_batch():
+    """Inputs declared [batch, 4], but a Reshape to [1, 4] inside (khmersm's tagger, a Reshape to
+    [40, 1, 3, 192]): IG's steps stacked on the batch axis failed in that Reshape. The probe's
+    three-row run fails there, so a pass holds one row, for the model and for the re-cut it attributes
+    token ids through. Oracle: Captum's IG with one step per pass (internal_batch_size=1)."""
+    import numpy as np
+    import torch
+    from captum.attr import IntegratedGradients as CaptumIG
+    from onnx import helper
+
+    from conftest import FLOAT, make_model
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Reshape", ["x", "one_row"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["t"]), helper.make_node("MatMul", ["t", "v"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, ["batch", 4])], [("y", FLOAT, [1, 3])],
+                       {"one_row": np.array([1, 4], np.int64), "w": rng.standard_normal((4, 5)).astype(np.float32),
+                        "v": rng.standard_normal((5, 3)).astype(np.float32)}, opset=13)
+    model = onnx_attr.load(proto)
+    x = (rng.standard_normal((1, 4)) * 3).astype(np.float32)
+    got, delta = onnx_attr.IntegratedGradients(model).attribute(x, target=2, n_steps=16,
+                                                                return_convergence_delta=True)
+    want = CaptumIG(lambda t: model(t)).attribute(torch.from_numpy(x), target=2, n_steps=16, internal_batch_size=1)
+    np.testing.assert_allclose(np.asarray(got), want.detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -153,7 +153,9 @@ def pass_batch(model) -> Optional[int]:
     if found is None:
         alone = 1 if _rows_round_together(model) else 0
         found = model.__dict__["_pass_batch"] = (fixed_batch(model.inputs) or alone,)
-    return found[0] or None
+    source = model.__dict__.get("rows_of")  # a sibling over the same graph (a re-cut, a substitution)
+    inherited = pass_batch(source) if source is not None else None
+    return min(filter(None, (found[0], inherited)), default=None)
 
 
 def _rows_round_together(model) -> bool:
@@ -210,7 +212,9 @@ def _runs(model, tensors, axes, outputs, fixed) -> Layout:
         rows = [t if a is None else torch.cat([t, o, t], dim=a) for t, o, a in zip(one, other, axes)]
         try:
             triple = _outputs(trial(*rows))
-        except Exception:  # the export bakes its batch size in: the axes are as declared
+        except Exception:  # the export bakes its batch size in (a Reshape to [40, 1, 3, 192] under a
+            # symbolic batch): the axes are as declared, and a pass holds the one row that ran
+            model.__dict__["_pass_batch"] = (1,)
             return Layout(True, tuple(_fallback_axis(o) for o in single))
         found = [_matching_axis(s, t) for s, t in zip(single, triple)]
     if any(f == "mixed" for f in found) and fixed == 1:

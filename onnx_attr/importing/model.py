@@ -95,6 +95,8 @@ class AttributableModel(nn.Module):
                                     self.outputs if outputs is None else outputs, self.onnx_model,
                                     self.reference_model, (*self.notes, *notes), self.source)
         sibling.budget = self.budget  # the same object: the modules' guards hold it
+        # the same graph's rows: a batch this one was found to bake in binds the sibling (batch.pass_batch)
+        sibling.__dict__["rows_of"] = self
         return sibling
 
     @property
