@@ -83,3 +83,17 @@ def test_if_on_an_int64_scalar_input_runs_the_taken_branch(rate):
     for ours, theirs in zip(model.run(feeds), expected):
         np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-6, atol=1e-6)
     assert model.verify(feeds).passed
+
+
+def test_cli_default_method_on_a_runtime_if(tmp_path):
+    """The CLI's default (DeepLift, with its fallback where DeepLift refuses) on silero's runtime If:
+    its engine is made on the first call, once the branch is known, so the refusal check waits for
+    it (it had read the engine before it existed: an internal error, exit 3)."""
+    from onnx_attr.app.cli import main
+
+    proto = silero_if_model()
+    (tmp_path / "vad.onnx").write_bytes(proto.SerializeToString())
+    np.savez(tmp_path / "in.npz", input=(0.3 * RNG.standard_normal((1, 4))).astype(np.float32),
+             state=np.zeros((1, 3), np.float32), sr=np.array(16000, np.int64))
+    assert main(["attribute", str(tmp_path / "vad.onnx"), "-i", str(tmp_path / "in.npz"), "-o",
+                 str(tmp_path / "out"), "--no-pictures"]) == 0

@@ -306,8 +306,9 @@ def _explainer_or_fallback(model, method: str, auto: bool, gradient_fallback: bo
 
     try:
         explainer = make_explainer(model, method, gradient_fallback, layer, per_method)
-        if auto and method == "deeplift":  # an output reached only through refused nodes: refused now
-            explainer.engine.rewrite.check_output(explainer._output_index(output_name))
+        engine = getattr(explainer, "engine", None)  # None until the first call where runtime Ifs are resolved
+        if auto and method == "deeplift" and engine is not None:  # an output reached only through refused
+            engine.rewrite.check_output(explainer._output_index(output_name))  # nodes: refused now
         return explainer, None
     except UnsupportedOpError as err:
         if not auto or method != "deeplift":
