@@ -367,3 +367,19 @@ def test_ids_held_beside_an_attributed_float_input_keep_their_embedding_lookup_p
     with_zero = ort_run(proto, {"feat": np.zeros_like(feat), "boxes": boxes})[0][0, 1, 2]
     expected = ort_run(proto, {"feat": feat, "boxes": boxes})[0][0, 1, 2] - with_zero
     assert abs(float(np.asarray(attr).sum()) - float(expected)) < 1e-5
+
+
+@pytest.mark.parametrize("outputs,expected", [
+    ([(1, "seq", 2)], [0]),  # khmersm: the inputs' batch baked in as 1, not the output's one free axis
+    ([("batch", "seq", 2)], [0]),
+    ([(2, "batch", 128)], [1]),  # a state with the batch on axis 1
+    ([("seq", "batch", 5)], [1]),  # time-major
+])
+def test_declared_output_batch_axes(outputs, expected):
+    """What `inspect` shows before any call: the inputs' batch symbol where the output has it; an
+    output of leading size 1 where it does not is an export that baked a batch of one."""
+    from onnx_attr.importing.batch import output_batch_axes
+
+    inputs = [TensorSpec("x", ("batch", "seq"), np.dtype(np.int64)), TensorSpec("mask", ("batch", "seq"), np.dtype(bool))]
+    outs = [TensorSpec(f"y{i}", shape, np.dtype(np.float32)) for i, shape in enumerate(outputs)]
+    assert output_batch_axes(inputs, outs) == expected

@@ -56,6 +56,8 @@ def output_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec
     for spec in outputs:
         if symbol is not None and spec.shape and symbol in spec.shape:
             found.append(spec.shape.index(symbol))
+        elif symbol is not None and spec.shape and spec.shape[0] == 1:  # the batch baked in as 1 (a Reshape to
+            found.append(0)  # [40, 1, 3, 192] in khmersm's tagger): not the output's one free axis
         else:
             found.append(_axis_without_symbol(spec.shape, lead) if spec.shape != lead else 0)
     return found
