@@ -190,3 +190,30 @@ def test_an_output_of_one_examples_positions_under_a_fixed_batch_of_one(tmp_path
     np.savez(tmp_path / "x.npz", x=x)
     assert main(["attribute", str(tmp_path / "seg.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"),
                  "--no-pictures"]) == 0
+
+
+def test_token_ids_of_one_example_whose_output_is_its_positions_through_ig():
+    """The segmenter's ids form ([1, 2, L] int64 through an embedding table, [L] out): IG attributes
+    at the lookups, and the outputs there are still the one example's positions (the call's probe
+    goes with the re-cut inputs; it had been dropped, and IG cut [L] to its first row)."""
+    import numpy as np
+    from onnx import helper
+
+    from conftest import FLOAT, INT64, make_model, ort_run
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("ReduceSum", ["e", "axes"], ["s"], keepdims=0), helper.make_node("Tanh", ["s"], ["t"]),
+             helper.make_node("Reshape", ["t", "flat"], ["y"])]
+    proto = make_model(nodes, [("ids", INT64, [1, 2, "L"])], [("y", FLOAT, ["L"])],
+                       {"table": rng.standard_normal((20, 3)).astype(np.float32) * 0.5,
+                        "axes": np.array([1, 3], np.int64), "flat": np.array([-1], np.int64)}, opset=13)
+    model = onnx_attr.load(proto)
+    ids = rng.integers(1, 20, (1, 2, 9)).astype(np.int64)
+    base = np.zeros_like(ids)
+    got, delta = onnx_attr.IntegratedGradients(model).attribute({"ids": ids}, {"ids": base}, target=4, n_steps=200,
+                                                                return_convergence_delta=True)
+    change = ort_run(proto, {"ids": ids})[0][4] - ort_run(proto, {"ids": base})[0][4]
+    assert np.asarray(got["ids"]).shape == ids.shape
+    assert abs(float(np.asarray(got["ids"]).sum()) - change) < 1e-3 * max(1.0, abs(change))
+    assert float(np.abs(np.asarray(got["ids"])[..., 5:]).max()) == 0.0  # position 4 reads only its own column

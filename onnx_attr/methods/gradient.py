@@ -87,6 +87,7 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
         tensors=[*h, *prepared.tensors], attributed=[True] * len(h) + floats,
         baselines=[*h0, *[b if f else t for t, b, f in zip(prepared.tensors, prepared.baselines, floats)]],
         positions=prepared.positions, repack_user=prepared.repack_user, as_numpy=prepared.as_numpy,
+        layout=prepared.layout,  # the model's outputs, as the call's probe found them (one example's: no batch)
         original=prepared, lookups=chosen, names=names,
         id_paths={t: id_path(model.module, tensor_node(model.module, t)) for t in tensors})
     return view, embedded
