@@ -787,3 +787,20 @@ def test_shapes_that_make_onnx_inference_abort_are_a_clear_error_not_a_dead_proc
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "survived" in done.stdout, (done.returncode, done.stderr[-2000:])
     assert "too_long_kernel" in done.stderr  # the CLI's error names the node
+
+
+def test_isolated_inference_that_hangs_is_killed(monkeypatch):
+    """A child that never answers (a lock another thread held at the fork stays held in the child)
+    is killed past the time given, and the caller gets the same error as for an abort."""
+    import time
+
+    from onnx_attr.importing import isolated
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("isolation forks on Linux only")
+    monkeypatch.setattr(isolated, "CHILD_SECONDS", 0.5)
+    monkeypatch.setattr(isolated.onnx.shape_inference, "infer_shapes", lambda *a, **k: time.sleep(30))
+    started = time.monotonic()
+    with pytest.raises(isolated.InferenceAborted, match="did not finish"):
+        isolated.infer_shapes(_conv_then_slice(2))
+    assert time.monotonic() - started < 10

@@ -28,6 +28,10 @@ class InferenceAborted(RuntimeError):
     """ONNX's shape inference ended its process (an assertion in its C++ code)."""
 
 
+#: how long the child may take: a fork copies no other thread, so a lock one of them held at that
+#: moment stays held in the child forever (a rare hang, but a hang); past this it is killed
+CHILD_SECONDS = 120.0
+
 #: ops whose ONNX shape inference aborts the process on a negative input dim (add any found)
 ABORTING = frozenset({"Slice"})
 
@@ -57,11 +61,12 @@ def infer_shapes(model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
         finally:
             os._exit(status)
     os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        out = pipe.read()
+    out = _read_within(read, pid, CHILD_SECONDS)
     _, wait_status = os.waitpid(pid, 0)
-    if not out or os.waitstatus_to_exitcode(wait_status) != 0:
-        code = os.waitstatus_to_exitcode(wait_status)
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code == -9:  # killed here, past CHILD_SECONDS
+        raise InferenceAborted(f"ONNX's shape inference did not finish within {CHILD_SECONDS:g} s")
+    if not out or code != 0:
         raise InferenceAborted("ONNX's shape inference aborted on this graph (" + (
             f"signal {-code}" if code < 0 else f"exit {code}") + "): its dims are inconsistent somewhere "
             "(a kernel longer than its input?)")
@@ -80,3 +85,23 @@ def _has_aborting_op(graph: onnx.GraphProto) -> bool:
                                                   *attribute.graphs)):
                 return True
     return False
+
+
+def _read_within(fd: int, pid: int, seconds: float) -> bytes:
+    """Everything the child writes to `fd` until it closes it; b"" (the child killed) past `seconds`."""
+    import select
+    import signal
+    import time
+
+    chunks, deadline = [], time.monotonic() + seconds
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([pipe], [], [], max(left, 0.0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                return b""
+            chunk = pipe.read(1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
