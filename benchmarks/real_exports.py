@@ -662,9 +662,9 @@ SPECS: list[Spec] = [
     Spec("rawi_v3", "text2tashkeel", "0.1.0", "text2tashkeel/models/rawi_v3.int8.onnx", "sequence",
          lambda: {"input": np.array([ARABIC_IDS], np.int64)}, None,
          "Arabic diacritics: QDQ-quantized embedding (uint8 Gather + DequantizeLinear), DynamicQuantizeLSTM, presence [N, L] + "
-         "value [N, L, 75] heads; the ids reach a uint8 lookup, transposed, then dequantized: not a lookup the taps "
-         "find yet, so DeepLift refuses the DequantizeLinear by name and IG the uint8 tensor (expected; the CLI "
-         "falls back to FeatureAblation)", refuses=("deeplift", "ig")),
+         "value [N, L, 75] heads; the ids reach a uint8 lookup, transposed, then dequantized: DeepLift dequantizes "
+         "the table (per-token attributions), IG's lookups are still the uint8 rows, refused by name (expected)",
+         refuses=("ig",)),
     Spec("spindle_eeg", "brainmaze-eeg-models", "0.1.0", "brainmaze_eeg_models/spindles/_models/spindle-detector-eeg.onnx",
          "detector", eeg_window, None,
          "sleep spindles in a fixed 30 s window (7500 samples: no shorter input): signal + 15-row scalogram, "

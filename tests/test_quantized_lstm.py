@@ -187,3 +187,40 @@ def test_verify_compares_a_batched_quantized_lstm_with_onnxruntime_on_one_thread
     x = (np.random.default_rng(6).standard_normal((2, 9, 12)) * 4).astype(np.float32)
     report = model.verify({"x": x})
     assert report.passed and all(o.within_tolerance for o in report.outputs), report.format()
+
+
+class _Bag(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.embedding, self.head = torch.nn.Embedding(30, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.embedding(ids)).mean(1))
+
+
+def test_an_8bit_embedding_table_is_attributed_per_token(tmp_path):
+    """onnxruntime's quantize_dynamic on Gather: the lookup reads uint8 rows, a DequantizeLinear makes
+    them floats (text2tashkeel's diacritizer also transposes them first). DeepLift had refused the
+    DequantizeLinear; the rewrite now dequantizes the table (the same arithmetic), so ids are
+    attributed at the lookup. Oracles: onnxruntime's outputs (forward exact, completeness), and the
+    attribution of a token equal to its baseline is 0."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from conftest import ort_run
+
+    ids = torch.tensor([[3, 7, 7, 12, 0, 29]])
+    onnx.save(to_onnx(_Bag().eval(), ids, input_names=["ids"]), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["Gather"])
+    proto = onnx.load(tmp_path / "q.onnx")
+    assert {"Gather", "DequantizeLinear"} <= {n.op_type for n in proto.graph.node}
+    model = onnx_attr.load(proto)
+    x, base = ids.numpy(), np.array([[3, 0, 0, 0, 0, 0]], np.int64)  # token 0 at its baseline
+    np.testing.assert_allclose(model.run({"ids": x})[0].numpy(), ort_run(proto, {"ids": x})[0], rtol=1e-5, atol=1e-6)
+    got, delta = onnx_attr.DeepLift(model).attribute({"ids": x}, {"ids": base}, target=1,
+                                                    return_convergence_delta=True)
+    per_token = np.asarray(got["ids"])
+    change = ort_run(proto, {"ids": x})[0][0, 1] - ort_run(proto, {"ids": base})[0][0, 1]
+    assert per_token.shape == x.shape and per_token[0, 0] == 0.0
+    assert abs(float(per_token.sum()) - change) < 1e-5 * max(1.0, abs(change)) and abs(float(delta[0])) < 1e-5

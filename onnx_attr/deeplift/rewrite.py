@@ -28,6 +28,7 @@ from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
 from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_path, insert_layer_taps,
                                     placeholder_fed)
 from onnx_attr.deeplift.quant_fusion import fuse_fake_quant
+from onnx_attr.deeplift.quantized_lookup import dequantize_lookups
 from onnx_attr.deeplift.unary_fusion import fuse_self_gated
 from onnx_attr.errors import UnsupportedOpError
 from onnx_attr.importing.specs import TensorSpec
@@ -184,6 +185,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     state = DeepLiftState()
     result = RewriteResult(out, state, gradient_fallback=gradient_fallback)
     result.layers.extend(insert_layer_taps(out, state, layers))
+    dequantize_lookups(out)  # an 8-bit embedding table: its lookup yields the floats, a tap (quantized_lookup.py)
     taps = embedding_taps(out, inputs)
     variable = variable_nodes(out, inputs, set(taps))
     for index, (node, input_name) in enumerate(taps.items()):
