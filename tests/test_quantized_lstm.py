@@ -224,3 +224,23 @@ def test_an_8bit_embedding_table_is_attributed_per_token(tmp_path):
     change = ort_run(proto, {"ids": x})[0][0, 1] - ort_run(proto, {"ids": base})[0][0, 1]
     assert per_token.shape == x.shape and per_token[0, 0] == 0.0
     assert abs(float(per_token.sum()) - change) < 1e-5 * max(1.0, abs(change)) and abs(float(delta[0])) < 1e-5
+
+
+def test_ig_on_an_8bit_embedding_table_taps_its_dequantized_rows(tmp_path):
+    """The gradient methods attribute ids at the lookup's float rows: for an 8-bit table, the
+    DequantizeLinear right after it. IG over many steps is complete against onnxruntime."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from conftest import ort_run
+
+    ids = torch.tensor([[3, 7, 7, 12, 0, 29]])
+    onnx.save(to_onnx(_Bag().eval(), ids, input_names=["ids"]), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["Gather"])
+    proto = onnx.load(tmp_path / "q.onnx")
+    model = onnx_attr.load(proto)
+    x, base = ids.numpy(), np.zeros((1, 6), np.int64)
+    got = onnx_attr.IntegratedGradients(model).attribute({"ids": x}, {"ids": base}, target=1, n_steps=200)
+    change = ort_run(proto, {"ids": x})[0][0, 1] - ort_run(proto, {"ids": base})[0][0, 1]
+    assert np.asarray(got["ids"]).shape == x.shape
+    assert abs(float(np.asarray(got["ids"]).sum()) - change) < 1e-3 * max(1.0, abs(change))

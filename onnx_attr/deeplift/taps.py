@@ -112,6 +112,7 @@ def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict
             table, ids = node.args[0], node.args[1]
             if not (isinstance(table, fx.Node) and table not in sources and table not in fed):
                 continue
+            node = _dequantized_rows(module, node, table)  # an 8-bit table: the floats its DequantizeLinear makes
         elif op == "Cast" and _cast_dtype(module.get_submodule(node.target)) in _FLOATS:
             ids = _compared_ids(node.args[0], sources)
         elif op == "OneHot":
@@ -124,6 +125,23 @@ def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict
 
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dequantized_rows(module: fx.GraphModule, gather: fx.Node, table: fx.Node) -> fx.Node:
+    """Where a lookup's rows become floats: the lookup itself, or for an integer table (onnxruntime's
+    quantizer on Gather) its one DequantizeLinear of constant scalar scale and zero point, which
+    keeps the rows' shape (ids + the embedding axis). The DeepLift rewrite dequantizes such tables
+    first (quantized_lookup.py); the gradient methods tap the rows here."""
+    from onnx_attr.deeplift.quantized_lookup import _constant, _params
+
+    value = _constant(module, table)
+    if value is None or value.is_floating_point() or len(gather.users) != 1:
+        return gather
+    user = next(iter(gather.users))
+    if user.meta.get("onnx_op") == "DequantizeLinear" and user.args and user.args[0] is gather \
+            and _params(module, user) is not None:
+        return user
+    return gather
 
 
 def _cast_dtype(cast: nn.Module) -> Optional[torch.dtype]:
