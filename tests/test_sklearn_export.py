@@ -320,3 +320,38 @@ def test_cli_default_method_falls_back_to_ablation_on_a_forest(tmp_path, capsys)
     # a method the user chose is never replaced: DeepLift's refusal stands (exit 2)
     assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.npz"), "-o",
                  str(tmp_path / "chosen"), "--method", "deeplift", "--output-name", "probabilities"]) == 2
+
+
+def test_dataset_default_method_falls_back_to_ablation_on_a_forest(tmp_path):
+    """`onnx-attr dataset` without --method on a forest: FeatureAblation, recorded in the manifest,
+    rows equal to `attribute`'s fallback on the same file (the same method, the same blocks)."""
+    import json
+
+    import pyarrow.parquet as pq  # noqa: F401  (the dataset job's results)
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    from onnx_attr.app.cli import main
+    from onnx_attr.app.dataset_job import read_results
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    forest = RandomForestClassifier(10, max_depth=6, random_state=0).fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = skl2onnx.to_onnx(forest, x[:1], options={id(forest): {"zipmap": False}})
+    (tmp_path / "forest.onnx").write_bytes(proto.SerializeToString())
+    name = proto.graph.input[0].name
+    np.savez(tmp_path / "rows.npz", **{name: x[:4]})
+    common = ["--baseline", "zeros", "--output-name", "probabilities", "--target", "1"]
+    assert main(["dataset", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.npz"), "--out", str(tmp_path / "d"),
+                 *common, "--no-report"]) == 0
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert "TreeEnsemble" in json.dumps(manifest) and "featureablation" in json.dumps(manifest).lower()
+    table = read_results(tmp_path / "d")
+    assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.npz"), "-o",
+                 str(tmp_path / "a"), *common, "--no-pictures"]) == 0
+    from onnx_attr.app.dataset_job import attribution_array
+
+    np.testing.assert_allclose(attribution_array(table, "attributions"),
+                               np.load(tmp_path / "a" / "attributions.npz")[name], rtol=1e-6, atol=1e-7)

@@ -284,8 +284,9 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     _input_option(p, True, "an .npz (rows along axis 0), .csv, .parquet or .txt file (a row per line), or a folder "
                            "/ glob of them; image files (PNG/JPEG, also in subfolders) are a row each")
     p.add_argument("-o", "--out", required=True, help="folder for manifest.json, summary.json and the Parquet shards")
-    p.add_argument("--method", default="deeplift", choices=DATASET_METHOD_CHOICES,
-                   help="attribution method (default: deeplift)")
+    p.add_argument("--method", choices=DATASET_METHOD_CHOICES,
+                   help="attribution method (default: deeplift; where DeepLift has no exact rule for the model, "
+                        "featureablation over at most 256 blocks per input, as for attribute)")
     p.add_argument("--target", help="what to explain in every row, as for `attribute`: top, region, region>T, greedy, "
                                     "anchor, an int, or t,c / a:b (default: by the output's layout)")
     p.add_argument("--batch-axis", type=int, metavar="K", help="the explained output's batch axis (as for `attribute`)")
@@ -500,14 +501,15 @@ def cmd_dataset(args) -> int:
     ray_options = {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
                    "gpus_per_worker": args.gpus_per_worker}
     summary = attribute_dataset(
-        args.model, args.input, args.out, method=args.method, target=args.target, baseline=args.baseline,
+        args.model, args.input, args.out, method=args.method or "deeplift", target=args.target, baseline=args.baseline,
         output_name=args.output_name, inputs=_input_options(args),
         shard_rows=args.shard_rows, batch_size=args.batch_size, attribution_dtype=args.attribution_dtype,
         engine=args.engine, resume=args.resume, overwrite=args.overwrite, gradient_fallback=args.gradient_fallback,
         n_steps=args.n_steps, internal_batch_size=args.internal_batch_size, lrp=_lrp_options(args),
         strip_final_activation=not args.keep_final_activation, device=args.device,
         ray_options=ray_options if args.engine == "ray" else None, quiet=getattr(args, "quiet", False),
-        report=None if args.no_report else _report_settings(args), batch_axis=args.batch_axis)
+        report=None if args.no_report else _report_settings(args), batch_axis=args.batch_axis,
+        auto_fallback=args.method is None)
     rate = summary["rows_per_second"]
     text = (f"{summary['rows']} rows in {summary['shards']} shards: {summary['rows_computed']} computed "
             f"({summary['error_rows_computed']} error rows) in {summary['seconds']:.1f} s"

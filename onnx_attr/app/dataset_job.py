@@ -93,6 +93,7 @@ class Settings:
     inputs: InputOptions
     lrp: Optional[dict] = None  # --lrp-rule / --lrp-composite / --lrp-bounds as given (None: not given)
     batch_axis: Optional[int] = None  # the explained output's (--batch-axis), else found as `attribute` finds it
+    max_features: Optional[int] = None  # the default method's fallback (FeatureAblation): blocks per input
 
 
 def manifest_hash(manifest: dict) -> str:
@@ -129,6 +130,7 @@ class ShardWorker:
     def __init__(self, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard], folder: str,
                  digest: str, model: Any = None, threads: Optional[int] = None):
         from onnx_attr.app.attribute_job import make_explainer, method_options
+        from onnx_attr.methods.registry import entry
 
         if threads is not None:  # a Ray worker: torch's threads as the CPUs it holds, so workers never contend
             import torch
@@ -145,7 +147,8 @@ class ShardWorker:
         self.method_options = method_options(settings.method, settings.n_steps, settings.internal_batch_size,
                                              settings.lrp)
         self.explainer = make_explainer(model, settings.method, settings.gradient_fallback,
-                                        options=self.method_options)
+                                        options=self.method_options) if settings.max_features is None else \
+            entry(settings.method).cls(model, max_features=settings.max_features)
         self.output_index = self.explainer._output_index(settings.output_name)
         self.reader = RowReader(model.inputs, settings.inputs)
         tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
@@ -413,7 +416,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
                       strip_final_activation: bool = True, device: Optional[str] = None,
                       ray_options: Optional[dict] = None,
                       quiet: bool = False, report: Optional[ReportOptions] = None,
-                      batch_axis: Optional[int] = None) -> dict:
+                      batch_axis: Optional[int] = None, auto_fallback: bool = False) -> dict:
     """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet files, image
     files or text files) into Parquet shards in `out`, and return the run's summary. `model` is a
     path to an .onnx file or a loaded model (a loaded model runs on the local engine only: Ray
@@ -423,7 +426,9 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     resume with others is refused. `inputs` says how images and text become inputs (its
     `columns` is `columns`). `report` (e.g. `ReportOptions()`) writes `report.html` beside the results
     at the end. `target` takes every form of `onnx-attr attribute` (`target_forms`; default: the
-    output layout's), `batch_axis` the explained output's batch axis; both are in the manifest."""
+    output layout's), `batch_axis` the explained output's batch axis; both are in the manifest.
+    `auto_fallback`: the method is the CLI's default, replaced where DeepLift refuses the explained
+    output, as `onnx-attr attribute` does (`attribute_job.AUTO_FALLBACK`, in the manifest)."""
     from onnx_attr.app.attribute_job import METHOD_TITLES, method_options, model_fingerprint, prepare_out_dir, \
         resolve_baseline_spec
 
@@ -439,6 +444,16 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         from onnx_attr.importing.loader import load
 
         loaded = load(settings.model_path, strip_final_activation=strip_final_activation, device=device)
+    fell_back = None
+    if auto_fallback and method == "deeplift" and not gradient_fallback:
+        from onnx_attr.app.attribute_job import AUTO_FALLBACK, FALLBACK_FEATURES, _explainer_or_fallback
+
+        _, fell_back = _explainer_or_fallback(loaded, method, True, False, None, per_method, output_name, quiet)
+        if fell_back:
+            method = AUTO_FALLBACK
+            settings = replace(settings, method=method, baseline=resolve_baseline_spec(baseline, method),
+                               max_features=FALLBACK_FEATURES)
+            per_method = method_options(method, n_steps, internal_batch_size, lrp)
     _check_baseline_rows(settings, loaded)
     _check_target(settings, loaded)
     files = source_files(source, settings.inputs.text is not None)
@@ -454,6 +469,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         output=output_name,
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
                  "attribution_dtype": attribution_dtype, **per_method,
+                 **({"method_fallback": fell_back} if fell_back else {}),
                  **({"batch_axis": batch_axis} if batch_axis is not None else {})})
     if mean is not None:
         manifest["baseline"]["rows_averaged"] = mean[2]
