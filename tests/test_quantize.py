@@ -425,3 +425,23 @@ def test_model_from_onnxruntimes_static_quantizer_in_qoperator_format_verifies(t
         masked[0, :, i, j] = 0
         drop = full - ort_run(model.reference_model, {"x": masked})[0][0, target]
         np.testing.assert_allclose(got[0, :, i, j], drop, rtol=1e-6, atol=1e-7)
+
+
+def test_dynamic_quantizers_inputs_are_jittered_for_verify():
+    """verify measures how far onnxruntime's answer moves when a quantizer's input moves a few ulps:
+    a DynamicQuantizeLinear takes its range from its input, so one ulp of a Tanh before it (torch's
+    and onnxruntime's differ by that) moves a whole step (text2tashkeel's int8 BiLSTM: 0.01 off,
+    once flagged as an import error with token-id inputs, which have nothing else to jitter)."""
+    from onnx_attr.importing.qdq_jitter import jittered_quantizers
+
+    nodes = [helper.make_node("Tanh", ["x"], ["t"]),
+             helper.make_node("DynamicQuantizeLinear", ["t"], ["q", "s", "z"]),
+             helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT)]
+    proto = make_model(nodes, [("x", FLOAT, [2, 64])], [("y", FLOAT, [2, 64])], opset=13)
+    x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32) * 3
+    base = ort_run(proto, {"x": x})[0]
+    copies = [jittered_quantizers(proto, run) for run in range(4)]
+    assert all(c is not None for c in copies)
+    assert all(any(n.op_type == "Sin" for n in c.graph.node) for c in copies)
+    moved = [np.abs(ort_run(c, {"x": x})[0] - base).max() for c in copies]
+    assert all(np.isfinite(m) for m in moved)

@@ -32,7 +32,7 @@ def jitter_runs() -> int:
 
 def jittered_quantizers(model: onnx.ModelProto, run: int) -> Optional[onnx.ModelProto]:
     """A copy of `model` with run `run`'s jitter before every QuantizeLinear of a computed tensor
-    whose scale's float type is known; None when there is none."""
+    whose scale's float type is known, and every DynamicQuantizeLinear; None when there is none."""
     constants = {t.name: t.data_type for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
@@ -42,8 +42,10 @@ def jittered_quantizers(model: onnx.ModelProto, run: int) -> Optional[onnx.Model
     copy.CopyFrom(model)
     nodes, added = [], 0
     for index, node in enumerate(copy.graph.node):
-        dtype = _FLOATS.get(constants.get(node.input[1] if len(node.input) > 1 else "", -1))
-        if node.op_type == "QuantizeLinear" and node.input[0] not in constants and dtype is not None:
+        # a DynamicQuantizeLinear reads float32 and takes its range from it: a few ulps there move a step too
+        dynamic = node.op_type == "DynamicQuantizeLinear"
+        dtype = np.float32 if dynamic else _FLOATS.get(constants.get(node.input[1] if len(node.input) > 1 else "", -1))
+        if (node.op_type == "QuantizeLinear" or dynamic) and node.input[0] not in constants and dtype is not None:
             x, p = node.input[0], f"onnx_attr_jitter{run}_{index}"
             eps = float(np.finfo(dtype).eps)
             copy.graph.initializer.extend([
