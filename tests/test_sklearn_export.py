@@ -355,3 +355,20 @@ def test_dataset_default_method_falls_back_to_ablation_on_a_forest(tmp_path):
 
     np.testing.assert_allclose(attribution_array(table, "attributions"),
                                np.load(tmp_path / "a" / "attributions.npz")[name], rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_methods_on_a_tree_ensemble_say_why_and_what_explains_it():
+    """IG on a forest: the gradient is 0 everywhere, so the refusal says it is a tree ensemble and
+    points to the perturbation methods (it had said the output does not depend on the inputs)."""
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    forest = RandomForestClassifier(5, max_depth=3, random_state=0).fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = skl2onnx.to_onnx(forest, x[:1], options={id(forest): {"zipmap": False}})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    with pytest.raises(onnx_attr.InputError, match="tree ensemble.*perturbation method"):
+        onnx_attr.IntegratedGradients(model).attribute(x[:2], target=0, output="probabilities")

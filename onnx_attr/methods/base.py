@@ -275,11 +275,19 @@ def target_values(model, tensors: list[Tensor], targets: Targets, index: int) ->
     return AttributionMethod(model)._value(tensors, targets, index)
 
 
+#: ai.onnx.ml ops that are piecewise constant in their inputs: no gradient anywhere
+_PIECEWISE_CONSTANT = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"})
+
+
 def _rounding_hint(model) -> str:
-    """Why a statically quantized model has no gradient path, and what does explain it."""
+    """Why a quantized model or a tree ensemble has no gradient path, and what does explain it."""
     from onnx_attr.importing.verify import statically_quantized
 
     graph = getattr(model, "onnx_model", None)
+    if graph is not None and any(n.op_type in _PIECEWISE_CONSTANT for n in graph.graph.node):
+        return (". This model is a tree ensemble: piecewise constant in its inputs, so its gradient is 0 "
+                "everywhere; explain it with a perturbation method (FeatureAblation, KernelShap; the CLI's "
+                "--method featureablation, or no --method)")
     if graph is None or not statically_quantized(graph):
         return ""
     return (". This model is statically quantized: each QuantizeLinear rounds to an integer grid, whose "
