@@ -283,16 +283,11 @@ def test_a_linear_classifiers_post_transform_is_its_final_activation(loader):
     assert float(np.abs(np.asarray(delta)).max()) <= 1e-5 * max(1.0, float(np.abs(want).max()))
 
 
-def test_cli_default_method_falls_back_to_ablation_on_a_forest(tmp_path, capsys):
-    """No --method on a model DeepLift refuses (a tree ensemble): the CLI runs FeatureAblation, says
-    so on stderr and in report.json, and exits 0. Oracle: scikit-learn's probabilities with each
-    feature set to the mean baseline, by hand (30 features: one each)."""
-    import json
-
+def _forest_file(folder):
+    """A random forest on breast_cancer, exported by skl2onnx (no ZipMap) to folder/forest.onnx:
+    (the estimator, the ONNX model, the features)."""
     from sklearn.datasets import load_breast_cancer
     from sklearn.ensemble import RandomForestClassifier
-
-    from onnx_attr.app.cli import main
 
     x, y = load_breast_cancer(return_X_y=True)
     x = x.astype(np.float32)
@@ -300,7 +295,19 @@ def test_cli_default_method_falls_back_to_ablation_on_a_forest(tmp_path, capsys)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         proto = skl2onnx.to_onnx(forest, x[:1], options={id(forest): {"zipmap": False}})
-    (tmp_path / "forest.onnx").write_bytes(proto.SerializeToString())
+    (folder / "forest.onnx").write_bytes(proto.SerializeToString())
+    return forest, proto, x
+
+
+def test_cli_default_method_falls_back_to_ablation_on_a_forest(tmp_path, capsys):
+    """No --method on a model DeepLift refuses (a tree ensemble): the CLI runs FeatureAblation, says
+    so on stderr and in report.json, and exits 0. Oracle: scikit-learn's probabilities with each
+    feature set to the mean baseline, by hand (30 features: one each)."""
+    import json
+
+    from onnx_attr.app.cli import main
+
+    forest, proto, x = _forest_file(tmp_path)
     rows = x[:3]
     np.savez(tmp_path / "rows.npz", **{proto.graph.input[0].name: rows})
     out = tmp_path / "out"
@@ -327,20 +334,10 @@ def test_dataset_default_method_falls_back_to_ablation_on_a_forest(tmp_path):
     rows equal to `attribute`'s fallback on the same file (the same method, the same blocks)."""
     import json
 
-    import pyarrow.parquet as pq  # noqa: F401  (the dataset job's results)
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.ensemble import RandomForestClassifier
-
     from onnx_attr.app.cli import main
     from onnx_attr.app.dataset_job import read_results
 
-    x, y = load_breast_cancer(return_X_y=True)
-    x = x.astype(np.float32)
-    forest = RandomForestClassifier(10, max_depth=6, random_state=0).fit(x, y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proto = skl2onnx.to_onnx(forest, x[:1], options={id(forest): {"zipmap": False}})
-    (tmp_path / "forest.onnx").write_bytes(proto.SerializeToString())
+    _, proto, x = _forest_file(tmp_path)
     name = proto.graph.input[0].name
     np.savez(tmp_path / "rows.npz", **{name: x[:4]})
     common = ["--baseline", "zeros", "--output-name", "probabilities", "--target", "1"]
@@ -357,18 +354,10 @@ def test_dataset_default_method_falls_back_to_ablation_on_a_forest(tmp_path):
                                np.load(tmp_path / "a" / "attributions.npz")[name], rtol=1e-6, atol=1e-7)
 
 
-def test_gradient_methods_on_a_tree_ensemble_say_why_and_what_explains_it():
+def test_gradient_methods_on_a_tree_ensemble_say_why_and_what_explains_it(tmp_path):
     """IG on a forest: the gradient is 0 everywhere, so the refusal says it is a tree ensemble and
     points to the perturbation methods (it had said the output does not depend on the inputs)."""
-    from sklearn.datasets import load_iris
-    from sklearn.ensemble import RandomForestClassifier
-
-    x, y = load_iris(return_X_y=True)
-    x = x.astype(np.float32)
-    forest = RandomForestClassifier(5, max_depth=3, random_state=0).fit(x, y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proto = skl2onnx.to_onnx(forest, x[:1], options={id(forest): {"zipmap": False}})
+    _, proto, x = _forest_file(tmp_path)
     model = onnx_attr.load(proto, strip_final_activation=False)
     with pytest.raises(onnx_attr.InputError, match="tree ensemble.*perturbation method"):
         onnx_attr.IntegratedGradients(model).attribute(x[:2], target=0, output="probabilities")
