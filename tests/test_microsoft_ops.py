@@ -170,6 +170,70 @@ def multi_head_attention():
     return _model([node], declared, [2, 5, 16], {"b": b}), feeds, 1e-4
 
 
+def _rms(op, inputs, declared, inits, opset, domain="", **attrs):
+    node = helper.make_node(op, inputs, ["y"], domain=domain, **attrs)
+    return _model([node], declared, [2, 5, 16], inits, opset=opset)
+
+
+@case
+def simplified_layer_normalization():
+    """onnxruntime's RMS norm of the ai.onnx domain, as its optimizer writes it into an opset-14 graph
+    (the ONNX checker has no schema for it)."""
+    inits = {"g": RNG.random(16).astype(np.float32) + 0.5}
+    return _rms("SimplifiedLayerNormalization", ["x", "g"], [("x", FLOAT, [2, 5, 16])], inits, 14,
+                epsilon=1e-6), {"x": _hidden()}, 1e-5
+
+
+@case
+def layer_normalization_below_opset_17():
+    """onnxruntime's own LayerNormalization of the ai.onnx domain, written by its optimizer at opset 14."""
+    inits = {"g": RNG.random(16).astype(np.float32) + 0.5, "beta": RNG.standard_normal(16).astype(np.float32)}
+    return _rms("LayerNormalization", ["x", "g", "beta"], [("x", FLOAT, [2, 5, 16])], inits, 14,
+                axis=-1, epsilon=1e-12), {"x": _hidden()}, 1e-4
+
+
+@case
+def skip_simplified_layer_normalization():
+    inits = {"g": RNG.random(16).astype(np.float32) + 0.5, "bias": RNG.standard_normal(16).astype(np.float32)}
+    return _rms("SkipSimplifiedLayerNormalization", ["x", "s", "g", "bias"],
+                [("x", FLOAT, [2, 5, 16]), ("s", FLOAT, [2, 5, 16])], inits, 17, domain="com.microsoft",
+                epsilon=1e-6), {"x": _hidden(), "s": _hidden()}, 1e-5
+
+
+@case
+def fused_gemm_leaky_relu():
+    node = helper.make_node("FusedGemm", ["x", "w", "b"], ["y"], domain="com.microsoft", transB=1, alpha=0.5,
+                            activation="LeakyRelu", activation_alpha=0.2)
+    inits = {"w": (RNG.standard_normal((8, 16)) * 0.3).astype(np.float32), "b": RNG.standard_normal(8).astype(np.float32)}
+    return (make_model([node], [("x", FLOAT, [2, 16])], [("y", FLOAT, [2, 8])], initializers=inits, domains=[MS]),
+            {"x": _hidden(seq=1).reshape(2, 16)}, 1e-5)
+
+
+def _int8_weight():
+    w = RNG.integers(-127, 128, (16, 8)).astype(np.int8)
+    return {"w": w, "ws": np.array(0.004, np.float32), "wz": np.array(0, np.int8),
+            "bias": RNG.standard_normal(8).astype(np.float32)}
+
+
+@case
+def matmul_integer_to_float():
+    """onnxruntime's fusion of MatMulInteger → Cast → Mul (+ bias) after its dynamic quantizer."""
+    quantize = helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qs", "qz"])
+    node = helper.make_node("MatMulIntegerToFloat", ["q", "w", "qs", "ws", "qz", "wz", "bias"], ["y"],
+                            domain="com.microsoft")
+    return _model([quantize, node], [("x", FLOAT, [2, 5, 16])], [2, 5, 8], _int8_weight()), {"x": _hidden()}, 1e-5
+
+
+@case
+def dynamic_quantize_matmul():
+    node = helper.make_node("DynamicQuantizeMatMul", ["x", "w", "ws", "wz", "bias"], ["y"], domain="com.microsoft")
+    return _model([node], [("x", FLOAT, [2, 5, 16])], [2, 5, 8], _int8_weight()), {"x": _hidden()}, 1e-5
+
+
+#: rewritten nodes per case where not 1: an RMS norm is Mul(x, x), Sqrt, Reciprocal and x·(1/rms)
+REWRITTEN = {"fused_matmul": 0, "simplified_layer_normalization": 4, "skip_simplified_layer_normalization": 4}
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_matches_onnxruntime(name):
     proto, feeds, rtol = CASES[name]()
@@ -199,8 +263,9 @@ def test_deeplift_is_complete_through_the_expanded_steps(name):
     scale = float((y.abs() + y0.abs()).max())
     assert scale > 0
     torch.testing.assert_close(total, y - y0, rtol=0, atol=2e-5 * scale + 1e-6)
-    linear = name == "fused_matmul"  # one constant operand: a linear map, nothing to rewrite
-    assert dl.last_report["rewritten_nodes"] == (0 if linear else 1) and not dl.last_report["gradient_fallback_nodes"]
+    # fused_matmul has one constant operand: a linear map, nothing to rewrite
+    assert dl.last_report["rewritten_nodes"] == REWRITTEN.get(name, 1)
+    assert not dl.last_report["gradient_fallback_nodes"]
 
 
 def test_other_custom_domains_stay_refused_by_name():
@@ -208,3 +273,61 @@ def test_other_custom_domains_stay_refused_by_name():
     proto = make_model([node], [("x", FLOAT, [2])], [("y", FLOAT, [2])], domains=[("com.example", 1)])
     with pytest.raises(UnsupportedOpError, match="(?s)Gelu.*com.example"):
         onnx_attr.load(proto)
+
+
+def _bert_embedding(with_mask=True):
+    """EmbedLayerNormalization (word + position + segment lookups, LayerNorm, the mask index) into
+    Attention reading that index, then a pooled classifier: onnxruntime's optimized BERT, in small."""
+    vocab, hidden = 30, 16
+    inits = {"we": (RNG.standard_normal((vocab, hidden)) * 2).astype(np.float32),
+             "pe": RNG.standard_normal((12, hidden)).astype(np.float32),
+             "se": RNG.standard_normal((2, hidden)).astype(np.float32),
+             "g": RNG.random(hidden).astype(np.float32) + 0.5, "beta": RNG.standard_normal(hidden).astype(np.float32),
+             "w": (RNG.standard_normal((hidden, 3 * hidden)) * 0.3).astype(np.float32),
+             "b": (RNG.standard_normal(3 * hidden) * 0.1).astype(np.float32),
+             "wc": RNG.standard_normal((hidden, 3)).astype(np.float32)}
+    embed = helper.make_node("EmbedLayerNormalization", ["ids", "seg", "we", "pe", "se", "g", "beta"]
+                             + (["mask"] if with_mask else []), ["h", "mask_index"], domain="com.microsoft",
+                             epsilon=1e-12, name="embeddings")
+    nodes = [embed,
+             helper.make_node("Attention", ["h", "w", "b", "mask_index"], ["a"], domain="com.microsoft", num_heads=4),
+             helper.make_node("ReduceMean", ["a"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "wc"], ["logits"])]
+    declared = [("ids", TensorProto.INT32, ["batch", "seq"]), ("seg", TensorProto.INT32, ["batch", "seq"])] + \
+        ([("mask", TensorProto.INT32, ["batch", "seq"])] if with_mask else [])
+    proto = make_model(nodes, declared, [("logits", FLOAT, ["batch", 3])], initializers=inits, opset=14, domains=[MS])
+    ids = RNG.integers(1, vocab, (2, 6)).astype(np.int32)
+    feeds = {"ids": ids, "seg": np.array([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]], np.int32)}
+    if with_mask:
+        feeds["mask"] = np.array([[1] * 6, [1, 1, 1, 1, 0, 0]], np.int32)
+    return proto, feeds
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_embed_layer_normalization_matches_onnxruntime(with_mask):
+    proto, feeds = _bert_embedding(with_mask)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert any("EmbedLayerNormalization" in note for note in model.notes)
+    np.testing.assert_allclose(model.run(feeds)[0].numpy(), ort_run(proto, feeds)[0], rtol=1e-4, atol=1e-4)
+    assert model.verify(feeds).passed
+
+
+def test_embed_layer_normalization_attributes_token_ids_at_the_lookup():
+    """Token ids are attributed at the written-out word lookup, by DeepLift (complete against the model's
+    own outputs, mask and segments held) and by IG (which cuts the graph at that tensor)."""
+    proto, feeds = _bert_embedding()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    ids = torch.from_numpy(feeds["ids"])
+    held = (torch.from_numpy(feeds["seg"]), torch.from_numpy(feeds["mask"]))
+    baseline = torch.zeros_like(ids)  # the [PAD] id
+    dl = onnx_attr.DeepLift(model)
+    attributions, delta = dl.attribute(ids, baselines=baseline, target=1, additional_forward_args=held,
+                                       return_convergence_delta=True)
+    assert attributions.shape == ids.shape
+    with torch.no_grad():
+        change = model(ids, *held)[:, 1] - model(baseline, *held)[:, 1]
+    torch.testing.assert_close(attributions.sum(1).double(), change.double(), rtol=0, atol=1e-5 * float(change.abs().max()))
+    ig = onnx_attr.IntegratedGradients(model).attribute(ids, baselines=baseline, target=1, additional_forward_args=held,
+                                                        n_steps=200)
+    assert ig.shape == ids.shape
+    torch.testing.assert_close(ig.sum(1).double(), change.double(), rtol=0, atol=0.05 * float(change.abs().max()))

@@ -5,7 +5,8 @@ The passes up to `fold_constants` are exact rewrites; the result of those is wha
 `verify` runs onnxruntime on. The opset upgrade is the one pass that could in principle
 change semantics, so it runs only when the model cannot be imported at its own opset, and
 `verify` then catches any difference against onnxruntime on the un-upgraded graph. Last, a
-LayerNorm written out op by op becomes one node (`fusions.py`), in the converted model only.
+LayerNorm written out op by op becomes one node (`fusions.py`), and onnxruntime's fused BERT
+embedding is written out as the ONNX ops it fuses (`unfused.py`), in the converted model only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from onnx_attr.errors import ModelLoadError
 from onnx_attr.importing.budget import current_budget, elements
 from onnx_attr.importing import isolated
 from onnx_attr.importing.fusions import fuse_layer_norms
+from onnx_attr.importing.unfused import unfuse_embeddings
 from onnx_attr.importing.read import copy_fields, is_external, skeleton, top_level
 
 #: The opset an old model is upgraded to when it cannot be imported at its own opset.
@@ -47,10 +49,12 @@ def normalize(
     canonical = fold_constants(canonical, notes, in_place=owned or canonical is not model)
     canonical = inline_constant_ifs(canonical, notes)
     canonical = infer_shapes(canonical, notes, in_place=owned or canonical is not model)
-    converted = canonical
-    if importable is not None and not importable(canonical):
-        upgraded = upgrade_opset(canonical, UPGRADE_TARGET_OPSET, notes)
-        if upgraded is not canonical:  # a new model of ours: the passes may change it
+    converted = unfuse_embeddings(canonical, notes)  # a copy where it writes any out: canonical stays as written
+    if converted is not canonical:  # the written-out steps' shapes (Attention reads its mask index's rank)
+        converted = infer_shapes(converted, notes, in_place=True)
+    if importable is not None and not importable(converted):
+        upgraded = upgrade_opset(converted, UPGRADE_TARGET_OPSET, notes)
+        if upgraded is not converted:  # a new model of ours: the passes may change it
             converted = infer_shapes(fold_constants(upgraded, notes, in_place=True), notes, in_place=True)
     converted = fuse_layer_norms(converted, notes)  # after the rest: canonical, what verify runs, stays as written
     return Normalized(canonical, converted, notes)

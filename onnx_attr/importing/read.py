@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import stat
@@ -447,7 +448,8 @@ def _check(model: onnx.ModelProto, path: Path | None = None) -> None:
             small = False
         nested_external = any(is_external(t) for t in onnx.external_data_helper._get_all_tensors(light))
         if small and not (nested_external and path is not None):  # the path form finds nested external files
-            onnx.checker.check_model(light)
+            with _runtime_ops_as_custom(light):
+                onnx.checker.check_model(light)
         elif path is not None:
             onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as err:
@@ -458,6 +460,45 @@ def _check(model: onnx.ModelProto, path: Path | None = None) -> None:
         ) from err
     except Exception as err:  # the checker's C++ layer raises plain exceptions on odd protos
         raise ModelLoadError(f"the model fails the ONNX checker: {err}") from err
+
+
+#: the domain onnxruntime's own ai.onnx ops are checked under (one the checker has no schemas for)
+_RUNTIME_CHECK_DOMAIN = "onnx_attr.runtime_ops"
+
+
+@contextlib.contextmanager
+def _runtime_ops_as_custom(model: onnx.ModelProto) -> Iterator[None]:
+    """onnxruntime's own ops of the ai.onnx domain (`RUNTIME_ONNX_OPS`: LayerNormalization below opset
+    17, SimplifiedLayerNormalization), which its transformer optimizer writes and the ONNX checker
+    refuses there, checked as custom ops: moved to a domain of their own for the check, in place (the
+    skeleton may be the model itself), and moved back after it."""
+    from onnx_attr.importing.converters.microsoft import RUNTIME_ONNX_OPS
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    moved = [n for g in _graphs(model.graph) for n in g.node if n.domain in ("", "ai.onnx")
+             and n.op_type in RUNTIME_ONNX_OPS and (RUNTIME_ONNX_OPS[n.op_type] or opset + 1) > opset]
+    if not moved:
+        yield
+        return
+    domains = [n.domain for n in moved]
+    for n in moved:
+        n.domain = _RUNTIME_CHECK_DOMAIN
+    model.opset_import.append(helper.make_opsetid(_RUNTIME_CHECK_DOMAIN, 1))
+    try:
+        yield
+    finally:
+        del model.opset_import[-1]
+        for n, domain in zip(moved, domains):
+            n.domain = domain
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """A graph and every subgraph in its nodes' attributes (If branches, Loop bodies), nested."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graphs(sub)
 
 
 def _one_value(tensor: onnx.TensorProto, stub: onnx.TensorProto) -> None:

@@ -272,13 +272,26 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int,
     if worst > DELTA_TOLERANCE or not bool(torch.isfinite(delta).all()):
         bad = [i for i, r in enumerate(relative.tolist()) if not r <= DELTA_TOLERANCE]
         warnings_.append(f"convergence delta above {DELTA_TOLERANCE:g} (relative) for example(s) {bad[:20]}: "
-                         "the attributions do not add up to the output change")
+                         "the attributions do not add up to the output change" + _rounding_reason(model, method))
     return {
         **output_report(model, method, index),
         "convergence_delta": delta.tolist(),
         "max_relative_delta": worst,
         "warnings": warnings_,
     }
+
+
+def _rounding_reason(model, method: str) -> str:
+    """Why a gradient method falls short on a graph that quantizes its activations: each rounding has
+    gradient 0, so the change it passes on is missed; what explains it instead."""
+    from onnx_attr.importing.verify import dynamically_quantized, statically_quantized
+
+    graph = getattr(model, "onnx_model", None)
+    if method.startswith("DeepLift") or graph is None or not (dynamically_quantized(graph) or
+                                                              statically_quantized(graph)):
+        return ""
+    return ("; this graph quantizes its activations, and each rounding has gradient 0, so a gradient method "
+            "misses the change it passes on: DeepLift (the default method) explains it completely")
 
 
 #: Said when the baseline's forward pass is not finite where the input's is: no rule can mend that reference.

@@ -28,12 +28,14 @@ from onnx_attr.importing.converters.registry import register
 MICROSOFT = "com.microsoft"
 #: the set, with the domain version each definition is registered at (onnxruntime's contrib ops are version 1)
 MICROSOFT_OPS = {op: 1 for op in (
-    "FusedConv", "FusedMatMul", "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization",
-    "Attention", "MultiHeadAttention",
+    "FusedConv", "FusedGemm", "FusedMatMul", "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization", "Attention", "MultiHeadAttention", "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
 )}
-# LayerNormalization and SimplifiedLayerNormalization are onnxruntime ops of the ai.onnx domain
-# (version 1), not com.microsoft: at opset >= 17 the first is ONNX's own; below, the ONNX checker
-# refuses both, so they never reach a converter.
+#: onnxruntime's own ops of the ai.onnx domain (version 1), written by its transformer optimizer into graphs
+#: of any opset, with the ONNX opset that defines each (None: ONNX has none). The ONNX checker refuses them
+#: below that opset; `read` checks them as custom ops, and they convert here (LayerNormalization: normalization.py).
+RUNTIME_ONNX_OPS = {"LayerNormalization": 17, "SimplifiedLayerNormalization": None}
 
 
 class Expansion:
@@ -208,6 +210,114 @@ def convert_skip_layer_normalization(node, graph):
                attrs={"axis": -1, "epsilon": epsilon})
     outputs = len(node.output_values)
     return result(node, e.build(y if outputs == 1 else [y, None, None, total][:outputs]))
+
+
+class Mul(nn.Module):
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return a * b
+
+
+class MeanSquare(nn.Module):
+    """The mean of x·x over the axes from `axis` on, kept as size-1 axes; x·x is its own step (a Mul)."""
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, square: Tensor) -> Tensor:
+        start = self.axis % square.dim()
+        return square.mean(dim=tuple(range(start, square.dim())), keepdim=True)
+
+
+def _rms_normalized(e: Expansion, x: fx.Node, scale: fx.Node, axis: int, epsilon: float) -> fx.Node:
+    """x · 1/sqrt(mean(x²) + epsilon) · scale, as onnxruntime's SimplifiedLayerNormalization computes
+    it (float32), each step an ordinary op: Mul, ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul."""
+    square = e.step("Mul", Mul(), x, x)
+    mean = e.step("ReduceMean", MeanSquare(axis), square, attrs={"axes": [axis], "keepdims": 1})
+    shifted = e.step("Add", Elementwise(torch.add, other=epsilon), mean)
+    inverse = e.step("Reciprocal", Elementwise(torch.reciprocal), e.step("Sqrt", Elementwise(torch.sqrt), shifted))
+    return e.step("Mul", Mul(), e.step("Mul", Mul(), x, inverse), scale)
+
+
+@register("SimplifiedLayerNormalization", 1)
+def convert_simplified_layer_normalization(node, graph):
+    """RMS normalization (onnxruntime's, in the ai.onnx domain): x / sqrt(mean(x²) + epsilon) · scale."""
+    _used_outputs(node, [0])
+    if int(node.attributes.get("stash_type", 1)) != 1:
+        raise NotImplementedError("SimplifiedLayerNormalization with stash_type other than float32 is not supported")
+    e = Expansion(2)
+    y = _rms_normalized(e, e.inputs[0], e.inputs[1], int(node.attributes.get("axis", -1)),
+                        float(node.attributes.get("epsilon", 1e-5)))
+    return result(node, e.build(y))
+
+
+@register("SkipSimplifiedLayerNormalization", 1, domain=MICROSOFT)
+def convert_skip_simplified_layer_normalization(node, graph):
+    """RMS normalization of input + skip (+ bias) over the last axis; output 3 is the sum itself."""
+    _used_outputs(node, [0, 3])
+    e = Expansion(_n_inputs(node))
+    total = e.step("Add", Add(), e.inputs[0], e.inputs[1])
+    if _given(node, 3):
+        total = e.step("Add", Add(), total, e.inputs[3])
+    y = _rms_normalized(e, total, e.inputs[2], -1, float(node.attributes.get("epsilon", 1e-12)))
+    outputs = len(node.output_values)
+    return result(node, e.build(y if outputs == 1 else [y, None, None, total][:outputs]))
+
+
+@register("FusedGemm", 1, domain=MICROSOFT)
+def convert_fused_gemm(node, graph):
+    """activation(Gemm(A, B, C)): the Gemm, then its activation as its own ONNX op (parameters in the
+    `activation_alpha`/`activation_beta` attributes)."""
+    from onnx_attr.importing.converters.linear import Gemm
+
+    attrs = node.attributes
+    gemm = Gemm(float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0)), bool(attrs.get("transA", 0)),
+                bool(attrs.get("transB", 0)))
+    e = Expansion(_n_inputs(node))
+    y = e.step("Gemm", gemm, *e.inputs, attrs={k: attrs[k] for k in ("alpha", "beta", "transA", "transB") if k in attrs})
+    activation = text_attribute(node, "activation", "")
+    if activation:
+        params = [float(attrs[k]) for k in ("activation_alpha", "activation_beta") if k in attrs]
+        op, module, act_attrs = _activation(activation, params)
+        y = e.step(op, module, y, attrs=act_attrs)
+    return result(node, e.build(y))
+
+
+def _integer_to_float(e: Expansion, a, b, a_scale, b_scale, a_zero, b_zero, bias) -> fx.Node:
+    """(A - a_zero) @ (B - b_zero) in int32, as float, times a_scale·b_scale (+ bias): the steps
+    onnxruntime's quantizer writes for a dynamically quantized MatMul (MatMulInteger, Cast, Mul, Add),
+    which DeepLift's rewrite takes as one quantized block (rules/quantized.py)."""
+    from onnx_attr.importing.converters.cast import Cast
+    from onnx_attr.importing.converters.matrix import MatMulInteger
+
+    product = e.step("MatMulInteger", MatMulInteger(), a, b, a_zero, b_zero)
+    floats = e.step("Cast", Cast(torch.float32), product, attrs={"to": 1})
+    y = e.step("Mul", Mul(), floats, e.step("Mul", Mul(), a_scale, b_scale))
+    return y if bias is None else e.step("Add", Add(), y, bias)
+
+
+@register("MatMulIntegerToFloat", 1, domain=MICROSOFT)
+def convert_matmul_integer_to_float(node, graph):
+    """(A - a_zero) @ (B - b_zero) · (a_scale · b_scale) + bias, from 8-bit A and B."""
+    e = Expansion(_n_inputs(node))
+    given = [e.inputs[i] if _given(node, i) else None for i in range(7)]
+    a, b, a_scale, b_scale, a_zero, b_zero, bias = given
+    return result(node, e.build(_integer_to_float(e, a, b, a_scale, b_scale, a_zero, b_zero, bias)))
+
+
+@register("DynamicQuantizeMatMul", 1, domain=MICROSOFT)
+def convert_dynamic_quantize_matmul(node, graph):
+    """A quantized to uint8 over its own range (DynamicQuantizeLinear), then MatMulIntegerToFloat with
+    the 8-bit B."""
+    from onnx_attr.importing.converters.quantize import DynamicQuantizeLinear
+
+    e = Expansion(_n_inputs(node))
+    b, b_scale = e.inputs[1], e.inputs[2]
+    b_zero = e.inputs[3] if _given(node, 3) else None
+    bias = e.inputs[4] if _given(node, 4) else None
+    quantized = e.step("DynamicQuantizeLinear", DynamicQuantizeLinear(), e.inputs[0])
+    q, a_scale, a_zero = (e.item(quantized, i) for i in range(3))
+    return result(node, e.build(_integer_to_float(e, q, b, a_scale, b_scale, a_zero, b_zero, bias)))
 
 
 class Projection(nn.Module):

@@ -134,5 +134,9 @@ def supported_ops_markdown() -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {d} | {t} | {v} | {p} |" for d, t, v, p in supported_ops()]
+    from onnx_attr.importing.unfused import EMBED_OP, MICROSOFT
+
+    lines += ["", f"Written out as the ONNX ops they fuse before conversion (`importing/unfused.py`): {MICROSOFT} "
+              f"{EMBED_OP} (Gather, Add, LayerNormalization, ReduceSum)."]
     return "\n".join(lines) + "\n"
 
