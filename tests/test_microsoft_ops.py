@@ -5,6 +5,8 @@ to f(x) - f(x0). Other custom domains stay refused by name."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pytest
 import torch
@@ -230,8 +232,22 @@ def dynamic_quantize_matmul():
     return _model([node], [("x", FLOAT, [2, 5, 16])], [2, 5, 8], _int8_weight()), {"x": _hidden()}, 1e-5
 
 
+@case
+def quantized_attention():
+    """onnxruntime's dynamic quantizer on Attention: DynamicQuantizeLinear, then QAttention with the 8-bit
+    packed weight, a float bias and 1-D key lengths."""
+    quantize = helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qs", "qz"])
+    node = helper.make_node("QAttention", ["q", "w", "b", "qs", "ws", "m", "qz", "wz"], ["y"], domain="com.microsoft",
+                            num_heads=4)
+    inits = {"w": RNG.integers(-127, 128, (16, 48)).astype(np.int8), "ws": np.array(0.003, np.float32),
+             "wz": np.array(0, np.int8), "b": (RNG.standard_normal(48) * 0.1).astype(np.float32)}
+    declared = [("x", FLOAT, [2, 5, 16]), ("m", TensorProto.INT32, [2])]
+    return (_model([quantize, node], declared, [2, 5, 16], inits),
+            {"x": _hidden(scale=3.0), "m": np.array([5, 3], np.int32)}, 1e-4)
+
+
 #: rewritten nodes per case where not 1: an RMS norm is Mul(x, x), Sqrt, Reciprocal and x·(1/rms)
-REWRITTEN = {"fused_matmul": 0, "simplified_layer_normalization": 4, "skip_simplified_layer_normalization": 4}
+REWRITTEN = {"fused_matmul": 0, "quantized_attention": 2, "simplified_layer_normalization": 4, "skip_simplified_layer_normalization": 4}
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -275,9 +291,21 @@ def test_other_custom_domains_stay_refused_by_name():
         onnx_attr.load(proto)
 
 
-def _bert_embedding(with_mask=True):
+def _quantized_tables(inits: dict, names: Sequence[str]) -> list[str]:
+    """The named tables as uint8 with a per-tensor scale and zero point (as onnxruntime's quantizer
+    stores QEmbedLayerNormalization's), in place; their input names, tables then scales then zero points."""
+    for name in names:
+        table = inits.pop(name)
+        scale = np.float32(np.abs(table).max() / 127)
+        inits[f"{name}_q"] = np.clip(np.round(table / scale) + 128, 0, 255).astype(np.uint8)
+        inits[f"{name}_s"], inits[f"{name}_z"] = np.array(scale, np.float32), np.array(128, np.uint8)
+    return [f"{n}_q" for n in names], [f"{n}_s" for n in names], [f"{n}_z" for n in names]
+
+
+def _bert_embedding(with_mask=True, quantized=False):
     """EmbedLayerNormalization (word + position + segment lookups, LayerNorm, the mask index) into
-    Attention reading that index, then a pooled classifier: onnxruntime's optimized BERT, in small."""
+    Attention reading that index, then a pooled classifier: onnxruntime's optimized BERT, in small
+    (`quantized`: its dynamic quantizer's QEmbedLayerNormalization over 8-bit tables)."""
     vocab, hidden = 30, 16
     inits = {"we": (RNG.standard_normal((vocab, hidden)) * 2).astype(np.float32),
              "pe": RNG.standard_normal((12, hidden)).astype(np.float32),
@@ -286,9 +314,15 @@ def _bert_embedding(with_mask=True):
              "w": (RNG.standard_normal((hidden, 3 * hidden)) * 0.3).astype(np.float32),
              "b": (RNG.standard_normal(3 * hidden) * 0.1).astype(np.float32),
              "wc": RNG.standard_normal((hidden, 3)).astype(np.float32)}
-    embed = helper.make_node("EmbedLayerNormalization", ["ids", "seg", "we", "pe", "se", "g", "beta"]
-                             + (["mask"] if with_mask else []), ["h", "mask_index"], domain="com.microsoft",
-                             epsilon=1e-12, name="embeddings")
+    tables = ["we", "pe", "se", "g", "beta"]
+    if quantized:
+        values, scales, zeros = _quantized_tables(inits, tables)
+        embed = helper.make_node("QEmbedLayerNormalization", ["ids", "seg", *values, "mask" if with_mask else "",
+                                                              *scales, *zeros], ["h", "mask_index"],
+                                 domain="com.microsoft", epsilon=1e-12, name="embeddings")
+    else:
+        embed = helper.make_node("EmbedLayerNormalization", ["ids", "seg", *tables] + (["mask"] if with_mask else []),
+                                 ["h", "mask_index"], domain="com.microsoft", epsilon=1e-12, name="embeddings")
     nodes = [embed,
              helper.make_node("Attention", ["h", "w", "b", "mask_index"], ["a"], domain="com.microsoft", num_heads=4),
              helper.make_node("ReduceMean", ["a"], ["pooled"], axes=[1], keepdims=0),
@@ -303,19 +337,21 @@ def _bert_embedding(with_mask=True):
     return proto, feeds
 
 
-@pytest.mark.parametrize("with_mask", [True, False])
-def test_embed_layer_normalization_matches_onnxruntime(with_mask):
-    proto, feeds = _bert_embedding(with_mask)
+@pytest.mark.parametrize("with_mask,quantized", [(True, False), (False, False), (True, True)])
+def test_embed_layer_normalization_matches_onnxruntime(with_mask, quantized):
+    proto, feeds = _bert_embedding(with_mask, quantized)
     model = onnx_attr.load(proto, strip_final_activation=False)
     assert any("EmbedLayerNormalization" in note for note in model.notes)
     np.testing.assert_allclose(model.run(feeds)[0].numpy(), ort_run(proto, feeds)[0], rtol=1e-4, atol=1e-4)
     assert model.verify(feeds).passed
 
 
-def test_embed_layer_normalization_attributes_token_ids_at_the_lookup():
-    """Token ids are attributed at the written-out word lookup, by DeepLift (complete against the model's
-    own outputs, mask and segments held) and by IG (which cuts the graph at that tensor)."""
-    proto, feeds = _bert_embedding()
+@pytest.mark.parametrize("quantized", [False, True])
+def test_embed_layer_normalization_attributes_token_ids_at_the_lookup(quantized):
+    """Token ids are attributed at the written-out word lookup (its dequantized rows for 8-bit tables), by
+    DeepLift (complete against the model's own outputs, mask and segments held) and by IG (which cuts the
+    graph at that tensor)."""
+    proto, feeds = _bert_embedding(quantized=quantized)
     model = onnx_attr.load(proto, strip_final_activation=False)
     ids = torch.from_numpy(feeds["ids"])
     held = (torch.from_numpy(feeds["seg"]), torch.from_numpy(feeds["mask"]))

@@ -30,7 +30,7 @@ MICROSOFT = "com.microsoft"
 MICROSOFT_OPS = {op: 1 for op in (
     "FusedConv", "FusedGemm", "FusedMatMul", "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization",
     "SkipSimplifiedLayerNormalization", "Attention", "MultiHeadAttention", "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul",
+    "DynamicQuantizeMatMul", "QAttention",
 )}
 #: onnxruntime's own ops of the ai.onnx domain (version 1), written by its transformer optimizer into graphs
 #: of any opset, with the ONNX opset that defines each (None: ONNX has none). The ONNX checker refuses them
@@ -72,7 +72,11 @@ class Add(nn.Module):
 
 
 def _n_inputs(node) -> int:
-    return len(node.input_values)
+    """The node's inputs up to its last given one (trailing skipped ones are not passed)."""
+    names = list(node.input_values)
+    while names and not names[-1]:
+        names.pop()
+    return len(names)
 
 
 def _given(node, index: int) -> bool:
@@ -390,37 +394,66 @@ def _core(e: Expansion, q, k, v, mask, attention_bias, node, heads: int, causal:
 @register("Attention", 1, domain=MICROSOFT)
 def convert_attention(node, graph):
     """Self-attention with a packed Q/K/V projection: X @ W + b, split, then ONNX's Attention."""
-    _used_outputs(node, [0])
-    attrs = node.attributes
     names = node.input_values
-    for index, what in ((4, "past"), (6, "past_sequence_length"), (7, "rotary/past inputs")):
-        if _given(node, index):
-            raise NotImplementedError(f"Attention with {what} (a key/value cache) is not supported")
+    _refuse_cache_and_rotary(node, past=4, more=((6, "past_sequence_length"), (7, "rotary/past inputs")))
     if names[1] not in graph.initializers or (_given(node, 2) and names[2] not in graph.initializers):
         raise NotImplementedError("Attention with weights or bias computed in the graph is not supported")
-    if attrs.get("do_rotary", 0):
-        raise NotImplementedError("Attention with do_rotary is not supported")
-    heads = int(attrs["num_heads"])
     weight = graph.initializers[names[1]].to_torch()
     bias = graph.initializers[names[2]].to_torch() if _given(node, 2) else None
-    sizes = list(attrs.get("qkv_hidden_sizes", [weight.shape[1] // 3] * 3))
     e = Expansion(_n_inputs(node))
     packed = e.step("MatMul", Projection(weight, bias), e.inputs[0])
+    sizes = list(node.attributes.get("qkv_hidden_sizes", [weight.shape[1] // 3] * 3))
+    return result(node, e.build(_self_attention(e, node, graph, packed, sizes, mask=3, attention_bias=5)))
+
+
+@register("QAttention", 1, domain=MICROSOFT)
+def convert_quantized_attention(node, graph):
+    """Attention whose packed projection is an 8-bit product (onnxruntime's dynamic quantizer): the
+    input, quantized over its own range by a DynamicQuantizeLinear before it, times the 8-bit weight,
+    as MatMulInteger, Cast, Mul by the two scales and Add of the float bias (a block DeepLift's
+    rewrite takes as one, rules/quantized.py); then the same attention as Attention's."""
+    _refuse_cache_and_rotary(node, past=8)
+    names = node.input_values
+    if names[1] not in graph.initializers:
+        raise NotImplementedError("QAttention with a weight computed in the graph is not supported")
+    e = Expansion(_n_inputs(node))
+    given = [e.inputs[i] if _given(node, i) else None for i in range(8)]
+    x, w, bias, x_scale, w_scale, _, x_zero, w_zero = given
+    packed = _integer_to_float(e, x, w, x_scale, w_scale, x_zero, w_zero, bias)
+    width = graph.initializers[names[1]].to_torch().shape[1]
+    sizes = list(node.attributes.get("qkv_hidden_sizes", [width // 3] * 3))
+    return result(node, e.build(_self_attention(e, node, graph, packed, sizes, mask=5, attention_bias=None)))
+
+
+def _refuse_cache_and_rotary(node, past: int, more: Sequence[tuple[int, str]] = ()) -> None:
+    _used_outputs(node, [0])
+    for index, what in ((past, "past"), *more):
+        if _given(node, index):
+            raise NotImplementedError(f"{node.operation_type} with {what} (a key/value cache) is not supported")
+    if node.attributes.get("do_rotary", 0):
+        raise NotImplementedError(f"{node.operation_type} with do_rotary is not supported")
+
+
+def _self_attention(e: Expansion, node, graph, packed: fx.Node, sizes: list[int], mask: int,
+                    attention_bias: Optional[int]) -> fx.Node:
+    """The attention of a packed [q | k | v] projection of the input: split, then the scaled
+    dot-product with the mask index at input `mask` (1-D lengths, or a 2-D/3-D 0/1 mask)."""
     parts = e.step("Split", SplitLast(sizes), packed)
     q, k, v = (e.item(parts, i) for i in range(3))
-    mask = None
-    if _given(node, 3):
-        mask = e.inputs[3]
-        info = graph.value_info.get(names[3])
+    keys = None
+    if _given(node, mask):
+        keys = e.inputs[mask]
+        info = graph.value_info.get(node.input_values[mask])
         rank = len(info.type.tensor_type.shape.dim) if info is not None and info.type.tensor_type.HasField("shape") \
             else None
         if rank == 1:
-            mask = e.step("Less", LengthMask(), e.inputs[0], mask)
+            keys = e.step("Less", LengthMask(), q, keys)
         elif rank not in (2, 3):
-            raise NotImplementedError("Attention's mask_index must be 1-D lengths, or a 2-D or 3-D 0/1 mask")
-    attention_bias = e.inputs[5] if _given(node, 5) else None
-    y = _core(e, q, k, v, mask, attention_bias, node, heads, bool(attrs.get("unidirectional", 0)))
-    return result(node, e.build(y))
+            raise NotImplementedError(f"{node.operation_type}'s mask_index must be 1-D lengths, or a 2-D or 3-D "
+                                      "0/1 mask")
+    extra = e.inputs[attention_bias] if attention_bias is not None and _given(node, attention_bias) else None
+    heads = int(node.attributes["num_heads"])
+    return _core(e, q, k, v, keys, extra, node, heads, bool(node.attributes.get("unidirectional", 0)))
 
 
 @register("MultiHeadAttention", 1, domain=MICROSOFT)
