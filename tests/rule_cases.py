@@ -148,5 +148,11 @@ CASES = [
     Case("ReduceLogSumExp", {"axes": [1], "keepdims": 1}, shapes=((3, 6),), opset=13),
     Case("ReduceL2", {"axes": [1], "keepdims": 0}, shapes=((3, 6),), opset=13),
     Case("ReduceL1", {"axes": [1], "keepdims": 0}, shapes=((3, 6),), opset=13),
+    Case("ReduceLogSum", {"axes": [1], "keepdims": 0}, shapes=((3, 6),), opset=13, sampler=positive),
+    # opset 18: the axes an input (a constant the converter reads into its module, not the rule's args)
+    Case("ReduceL2", {"keepdims": 1}, shapes=((3, 6),), consts={1: np.array([-1], np.int64)}, opset=18,
+         label="axes-input"),
+    Case("ReduceLogSumExp", {"keepdims": 0}, shapes=((3, 6),), consts={1: np.array([1], np.int64)}, opset=18,
+         label="axes-input"),
     Case("ReduceSumSquare", {"axes": [1], "keepdims": 0}, shapes=((3, 6),), opset=13),
 ]

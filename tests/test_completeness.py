@@ -35,7 +35,8 @@ def build(case: Case, dtype) -> tuple[onnx.ModelProto, list[str]]:
         if pos in case.consts:
             name = f"c{pos}"
             value = np.asarray(case.consts[pos])
-            inits.append(numpy_helper.from_array(value.astype(dtype), name))
+            # integer constants (axes) keep their type; floating ones take the case's
+            inits.append(numpy_helper.from_array(value if value.dtype.kind in "iu" else value.astype(dtype), name))
         else:
             name = f"v{next(it)}"
             variables.append(name)

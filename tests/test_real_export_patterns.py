@@ -97,3 +97,16 @@ def test_cli_default_method_on_a_runtime_if(tmp_path):
              state=np.zeros((1, 3), np.float32), sr=np.array(16000, np.int64))
     assert main(["attribute", str(tmp_path / "vad.onnx"), "-i", str(tmp_path / "in.npz"), "-o",
                  str(tmp_path / "out"), "--no-pictures"]) == 0
+
+
+def test_integer_clip_of_an_index_keeps_its_type():
+    """swift-f0: an ArgMax index clipped by int64 constant bounds, then a Gather. onnx2torch's Clip took the
+    bounds as Python numbers and gave float32, which the Gather refused."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["i"], axis=-1, keepdims=1),
+             helper.make_node("Clip", ["i", "lo", "hi"], ["c"]),
+             helper.make_node("Gather", ["table", "c"], ["y"], axis=0)]
+    inits = {"lo": np.array(1, np.int64), "hi": np.array(3, np.int64), "table": np.linspace(0, 1, 5).astype(np.float32)}
+    proto = make_model(nodes, [("x", FLOAT, ["N", 5])], [("y", FLOAT, ["N", 1])], initializers=inits, opset=18)
+    x = np.array([[9, 0, 0, 0, 0], [0, 0, 0, 0, 9], [0, 0, 9, 0, 0]], np.float32)  # below, above and inside
+    model = onnx_attr.load(proto)
+    np.testing.assert_array_equal(model.run({"x": x})[0].numpy(), ort_run(proto, {"x": x})[0])

@@ -67,7 +67,6 @@ REFUSED = {
     "CumProd": "a running product of many varying terms",
     "ReduceProd": "a product of many varying terms",
     "Det": "a product of many varying terms",
-    "ReduceLogSum": "no rule yet (log of a sum)",
     "LpNormalization": "no rule yet (x divided by its p-norm)",
     "LpPool": "no rule yet (a p-norm over each window)",
     "GlobalLpPool": "no rule yet (a p-norm over each channel)",

@@ -210,15 +210,19 @@ class LocalResponseNorm(DecomposedRule):
         return scaled_product(x, x0, q, q0)
 
 
-def _reduction(info, args, refs):
+def _reduction(info, args, refs, call):
     """x, x0, the reduced axes and keepdims of a Reduce* node."""
     x = args[0]
-    return x, refs[0], _reduce_axes(info, args, x.dim()), bool(info.attrs.get("keepdims", 1))
+    return x, refs[0], _reduce_axes(info, args, x.dim(), call), bool(info.attrs.get("keepdims", 1))
 
 
-def _reduce_axes(info, args, rank):
+def _reduce_axes(info, args, rank, call=None):
     axes = info.attrs.get("axes")
-    if axes is None and len(args) > 1 and args[1] is not None:
+    # from opset 18 the axes are an input, which the converter reads into its module when constant
+    folded = getattr(getattr(call, "module", None), "axes", None)
+    if axes is None and folded is not None:
+        axes = list(folded)
+    elif axes is None and len(args) > 1 and args[1] is not None:
         _require_constant(info, [1], "axes input")
         axes = [int(a) for a in args[1].reshape(-1).tolist()]
     if not axes:
@@ -256,7 +260,7 @@ class ReduceLogSumExp(DecomposedRule):
     wide = True
 
     def decompose(self, info, call, args, refs):
-        x, x0, axes, keep = _reduction(info, args, refs)
+        x, x0, axes, keep = _reduction(info, args, refs, call)
         y, y0 = paired_logsumexp(x, x0, axes)
         return (y, y0) if keep else (y.squeeze(axes), y0.squeeze(axes))
 
@@ -302,16 +306,25 @@ class LogSumExpPoolRule(DecomposedRule):
 @rule("ReduceSumSquare", "ReduceL2")
 class ReduceSquares(DecomposedRule):
     def decompose(self, info, call, args, refs):
-        x, x0, axes, keep = _reduction(info, args, refs)
+        x, x0, axes, keep = _reduction(info, args, refs, call)
         sq, sq0 = product(torch.mul, x, x0, x, x0)
         y, y0 = sq.sum(axes, keepdim=keep), sq0.sum(axes, keepdim=keep)
         return rescale(torch.sqrt, y, y0) if info.op_type == "ReduceL2" else (y, y0)
 
 
+@rule("ReduceLogSum")
+class ReduceLogSum(DecomposedRule):
+    """log Σ x: the sum (linear), then the log's secant."""
+
+    def decompose(self, info, call, args, refs):
+        x, x0, axes, keep = _reduction(info, args, refs, call)
+        return rescale(torch.log, x.sum(axes, keepdim=keep), x0.sum(axes, keepdim=keep))
+
+
 @rule("ReduceL1")
 class ReduceL1(DecomposedRule):
     def decompose(self, info, call, args, refs):
-        x, x0, axes, keep = _reduction(info, args, refs)
+        x, x0, axes, keep = _reduction(info, args, refs, call)
         a, a0 = rescale(torch.abs, x, x0)
         return a.sum(axes, keepdim=keep), a0.sum(axes, keepdim=keep)
 

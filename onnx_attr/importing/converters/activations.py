@@ -175,6 +175,9 @@ def convert_clip(node, graph):
     bounds = node.input_values[1:]
     # onnx2torch reads an omitted bound written as an empty name (torch's F.normalize exports
     # Clip(norm, eps, "")) as a tensor called "" and fails: only fully listed constant bounds go there
-    if bounds and all(name and name in graph.initializers for name in bounds):
+    # and it passes constant bounds as Python numbers, which turns an int64 clip (of an index, before a
+    # Gather) into float32: integer bounds stay tensors, with ours
+    if bounds and all(name and name in graph.initializers and graph.initializers[name].to_torch().is_floating_point()
+                      for name in bounds):
         return onnx2torch_result(node, graph, 13)  # one onnx2torch converter serves 11 to 13
     return result(node, Clip())
