@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx_attr
-from onnx_attr.deeplift.opkinds import ML_EXPANDED, LINEAR, MICROSOFT_KINDS, REFUSED, STRUCTURAL, domain_op_kind, op_kind
+from onnx_attr.deeplift.opkinds import ML_EXPANDED, LINEAR, ONNX_EXPANDED, MICROSOFT_KINDS, REFUSED, STRUCTURAL, domain_op_kind, op_kind
 from onnx_attr.deeplift.rules import RULES
 from onnx_attr.importing.converters.registry import supported_ops
 
@@ -30,7 +30,7 @@ def test_every_importable_op_has_a_kind_a_rule_or_a_refusal(domain, op):
     if domain == "com.microsoft":  # expanded into ai.onnx ops before the rewrite (converters/microsoft.py)
         assert op in MICROSOFT_KINDS or op == "FusedMatMul", op
         return
-    if domain == "ai.onnx.ml" and op in ML_EXPANDED:  # likewise (converters/ml.py)
+    if (domain == "ai.onnx.ml" and op in ML_EXPANDED) or (domain == "" and op in ONNX_EXPANDED):  # likewise
         return
     for kind in kinds - {"linear", "structural"}:
         assert op in RULES, (op, kind)

@@ -52,7 +52,11 @@ ML_EXPANDED = {"LinearClassifier": "composite", "LinearRegressor": "linear", "Sc
 #: onnxruntime's com.microsoft fusions, by what they expand into (converters/microsoft.py)
 MICROSOFT_KINDS = {"Gelu": "unary", "FastGelu": "unary", "QuickGelu": "unary", "BiasGelu": "composite",
                    "FusedConv": "composite", "SkipLayerNormalization": "composite", "Attention": "composite",
-                   "MultiHeadAttention": "composite", "DynamicQuantizeLSTM": "composite"}
+                   "MultiHeadAttention": "composite", "DynamicQuantizeLSTM": "composite", "FusedGemm": "composite",
+                   "SkipSimplifiedLayerNormalization": "composite", "MatMulIntegerToFloat": "composite",
+                   "DynamicQuantizeMatMul": "composite", "QAttention": "composite"}
+#: onnxruntime's own ai.onnx ops imported as expansions into ONNX ops (converters/microsoft.py)
+ONNX_EXPANDED = {"SimplifiedLayerNormalization": "composite"}
 
 
 #: Importable ops with no DeepLift rule, and why: the rewrite refuses them by name with this reason.
@@ -116,7 +120,7 @@ _NONLINEAR_REDUCTIONS = frozenset({"mul", "max", "min"})
 def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool], attrs: Mapping | None = None) -> str:
     """`op_kind` for any domain: ai.onnx ops by the tables above, a few ai.onnx.ml ones, else unknown."""
     if domain in ("", "ai.onnx"):
-        return op_kind(op_type, variable, attrs)
+        return ONNX_EXPANDED.get(op_type) or op_kind(op_type, variable, attrs)
     if domain == "ai.onnx.ml" and op_type in ML_LINEAR:
         return "linear"
     if domain == "ai.onnx.ml" and op_type in ML_EXPANDED:
