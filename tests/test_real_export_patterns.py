@@ -110,3 +110,33 @@ def test_integer_clip_of_an_index_keeps_its_type():
     x = np.array([[9, 0, 0, 0, 0], [0, 0, 0, 0, 9], [0, 0, 9, 0, 0]], np.float32)  # below, above and inside
     model = onnx_attr.load(proto)
     np.testing.assert_array_equal(model.run({"x": x})[0].numpy(), ort_run(proto, {"x": x})[0])
+
+
+def test_static_recurrent_state_is_not_stacked_on_its_axis_0():
+    """akiki's VAD: static shapes (audio [1, 8], GRU state h [1, 1, 3], whose batch is axis 1). IG's step batch
+    stacked h on axis 0, the imported GRU took the [S, 1, 3] state without complaint (onnxruntime refuses it),
+    and the steps ran with the wrong state: attributions off by their own size. Now the GRU refuses the shape,
+    the call's probe finds one row per pass, and IG equals IG run one step at a time."""
+    import torch
+
+    hidden, size = 3, 4
+    inits = {"shape": np.array([2, 1, size], np.int64), "flat": np.array([1, hidden], np.int64),
+             "w": (RNG.standard_normal((1, 3 * hidden, size)) * 0.5).astype(np.float32),
+             "r": (RNG.standard_normal((1, 3 * hidden, hidden)) * 0.5).astype(np.float32)}
+    nodes = [helper.make_node("Reshape", ["audio", "shape"], ["seq"]),
+             helper.make_node("GRU", ["seq", "w", "r", "", "", "h"], ["", "h_out"], hidden_size=hidden),
+             helper.make_node("Reshape", ["h_out", "flat"], ["y"])]
+    proto = make_model(nodes, [("audio", FLOAT, [1, 2 * size]), ("h", FLOAT, [1, 1, hidden])],
+                       [("y", FLOAT, [1, hidden])], initializers=inits, opset=14)
+    feeds = {"audio": RNG.standard_normal((1, 2 * size)).astype(np.float32),
+             "h": RNG.standard_normal((1, 1, hidden)).astype(np.float32)}
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    np.testing.assert_allclose(model.run(feeds)[0].numpy(), ort_run(proto, feeds)[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="initial_h has shape"):  # the module itself, past the declared shapes
+        model.module(torch.from_numpy(feeds["audio"]), torch.zeros(3, 1, hidden))
+    xs = tuple(torch.from_numpy(v) for v in feeds.values())
+    ig = onnx_attr.IntegratedGradients(model)
+    together = ig.attribute(xs, target=1, n_steps=32)
+    one_at_a_time = ig.attribute(xs, target=1, n_steps=32, internal_batch_size=1)
+    for a, b in zip(together, one_at_a_time):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

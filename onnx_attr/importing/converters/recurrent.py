@@ -210,6 +210,14 @@ def run_recurrent(alg, module: Recurrent, x, w, r, b, lens, initial: list, p):
     seq, batch = first.shape[0], first.shape[1]
     zeros = torch.zeros(dirs, batch, hidden, dtype=first.dtype, device=first.device)
     initial = [s if s is not None else (zeros if alg is Plain else (zeros, zeros)) for s in initial[:n_states]]
+    for name, state in zip(("initial_h", "initial_c"), initial):  # onnxruntime refuses any other shape; a state
+        value = state[0] if isinstance(state, tuple) else state  # stacked on the wrong axis would run silently
+        if tuple(value.shape) != (dirs, batch, hidden):
+            where = "[batch, num_directions, hidden] (layout 1)" if module.layout == 1 else \
+                "[num_directions, batch, hidden]"
+            raise ValueError(f"{module.op}'s {name} has shape {list(value.shape)} where {where} = "
+                             f"{[batch, dirs, hidden] if module.layout == 1 else [dirs, batch, hidden]} is needed: "
+                             "the state's batch must be the input sequence's")
     if lens is not None and isinstance(module, QuantizedLSTM) \
             and bool((lens < seq).any()):
         raise NotImplementedError(f"{module.op} over padded sequences (sequence_lens) is not supported "
