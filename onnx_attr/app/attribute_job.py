@@ -243,8 +243,12 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
                   batch_size: Optional[int] = None, n_steps: Optional[int] = None,
                   internal_batch_size: Optional[int] = None, options: Optional[dict] = None,
                   inputs: Optional["InputOptions"] = None, quiet: bool = False, lrp: Optional[dict] = None,
-                  layer: Optional[str] = None, batch_axis: Optional[int] = None, auto_fallback: bool = False) -> dict:
+                  layer: Optional[str] = None, batch_axis: Optional[int] = None, auto_fallback: bool = False,
+                  hold: Sequence[str] = ()) -> dict:
     """Attribute one input file (results in `out`) or several (one subfolder each, `index.json`).
+
+    `hold` names inputs fed as given and not attributed (a recurrent state, a graph's per-node features
+    beside its edges): the API's additional_forward_args.
 
     `auto_fallback` (the CLI's default method, not one the user chose): where DeepLift has no exact
     rule for the explained output (a tree ensemble, integer-only quantized ops), `AUTO_FALLBACK` runs
@@ -256,6 +260,11 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     """
     entry(method)  # known, or a clear error
     from onnx_attr.app.readers import InputOptions, kinds_of
+
+    names = [s.name for s in model.inputs]
+    unknown = [h for h in hold if h not in names]
+    if unknown:
+        raise InputError(f"--hold names {unknown}, which are not inputs of the model; its inputs are {names}")
 
     baseline_given = baseline
     baseline = resolve_baseline_spec(baseline, method)
@@ -280,13 +289,14 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
                  "batch_size": batch_size, **per_method, **({"layer": layer} if layer else {}), **(options or {}),
                  **({"preprocessing": preprocessing} if preprocessing else {}),
-                 **({"batch_axis": batch_axis} if batch_axis is not None else {})})
+                 **({"batch_axis": batch_axis} if batch_axis is not None else {}),
+                 **({"held_inputs": sorted(hold)} if hold else {})})
     manifest = json.loads(json.dumps(manifest))  # as it reads back from report.json
     folder = prepare_out_dir(out)
     with FolderLock(folder):
         remove_leftover_temporaries(folder, depth=1 if many else 0)
         job = _Job(model, explainer, manifest, method,
-                   target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs, batch_axis)
+                   target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs, batch_axis, hold)
         if not many:
             return job.single(files[0], folder, resume)
         return job.folder_run(files, folder, resume)
@@ -373,13 +383,15 @@ class _Job:
 
     def __init__(self, model, explainer, manifest: dict, method: str, target: Optional[str], baseline: str,
                  output_name: Optional[str], pictures: Optional["PictureOptions"], batch_size: int,
-                 method_options: dict, quiet: bool, inputs: "InputOptions", batch_axis: Optional[int] = None):
+                 method_options: dict, quiet: bool, inputs: "InputOptions", batch_axis: Optional[int] = None,
+                 hold: Sequence[str] = ()):
         self.model, self.explainer, self.manifest = model, explainer, manifest
         self.method, self.target, self.baseline, self.output_name = method, target, baseline, output_name
         self.pictures, self.batch_size = pictures, batch_size
         self.method_options, self.quiet, self.inputs = method_options, quiet, inputs
         self.output_index = explainer._output_index(output_name)
         self.batch_axis = batch_axis  # the explained output's, when given (--batch-axis)
+        self.hold = set(hold)  # inputs fed as given, not attributed (--hold)
 
     # -- one file -------------------------------------------------------------------------------------------------
 
@@ -473,12 +485,14 @@ class _Job:
             warnings.warn(text, InputCastWarning, stacklevel=2)
         tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
         attributed = {s.name: inputs[s.name] for s in self.model.inputs
-                      if (s.differentiable or s.name in tapped) and s.name in inputs}
+                      if (s.differentiable or s.name in tapped) and s.name in inputs and s.name not in self.hold}
         extra = {k: v for k, v in inputs.items() if k not in attributed}
+        self._hold_unbatched(attributed, extra)
         if not attributed:
             usable = [s.name for s in self.model.inputs if s.differentiable or s.name in tapped]
             if usable:
-                raise InputError(f"{str(file)!r} holds none of the model's attributable inputs {usable}")
+                raise InputError(f"{str(file)!r} holds none of the model's attributable inputs {usable}"
+                                 + (" that --hold leaves" if self.hold else ""))
             described = ", ".join(f"{s.name!r} ({s.dtype})" for s in self.model.inputs)
             raise InputError(f"no input of this model can be attributed: its inputs are {described}, and none is "
                              "floating or feeds an embedding lookup (a Gather of a constant table); attribute an "
@@ -566,6 +580,17 @@ class _Job:
         out = (outputs if outputs is not None else self.model.run(inputs))[self.output_index]
         return resolve(self.target, out, model=self.model, output_index=self.output_index, inputs=inputs,
                        examples=examples, batch_axis=self.batch_axis)
+
+    def _hold_unbatched(self, attributed: dict, extra: dict) -> None:
+        """Inputs without the batch that others have (`inspect`: "no batch: held at its value"; a graph
+        net's per-atom features beside its per-residue ones) move from `attributed` to `extra`: fed as
+        given, as `inspect` says. With no input batched, every input is one whole example, attributed."""
+        from onnx_attr.importing.batch import batch_axes
+
+        axes = dict(zip((s.name for s in self.model.inputs), batch_axes(self.model.inputs)))
+        if any(axes.get(k) is not None for k in attributed):
+            for name in [k for k in attributed if axes.get(k) is None and np.ndim(attributed[k]) > 0]:
+                extra[name] = attributed.pop(name)
 
     def _outside_domain(self, attributions: dict, attributed: dict, extra: dict) -> bool:
         return zeros_failed(self.model, attributions.values(), attributed, extra)

@@ -68,6 +68,14 @@ def _positive_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 1, "give an integer >= 1")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (ONNX input names)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more input names, separated by commas")
+    return names
+
+
 def _device(text: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda or cuda:N")
@@ -221,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="auto (default: zeros, or each example blurred where the model's output is not "
                                       "finite at zeros), zeros, mean, blur, or an .npz of baselines (deepliftshap: "
                                       "required, a distribution of rows, e.g. --baseline bg.npz)")
+    p.add_argument("--hold", type=_names, default=(), metavar="NAME[,NAME]",
+                   help="inputs fed as given and not attributed, e.g. a recurrent state or a graph's node features "
+                        "beside the ones explained (0-d settings and integer inputs that feed no lookup always are)")
     p.add_argument("--method", choices=METHOD_CHOICES,
                    help="attribution method (default: deeplift; where DeepLift has no exact rule for the model, "
                         "a tree ensemble or integer-only quantized ops, featureablation over at most 256 blocks "
@@ -472,7 +483,7 @@ def cmd_attribute(args) -> int:
                            batch_size=args.batch_size, n_steps=args.n_steps,
                            internal_batch_size=args.internal_batch_size, options=options, inputs=inputs,
                            quiet=getattr(args, "quiet", False), lrp=_lrp_options(args), layer=args.layer,
-                           batch_axis=args.batch_axis, auto_fallback=auto)
+                           batch_axis=args.batch_axis, auto_fallback=auto, hold=args.hold)
     import numpy as np
 
     delta = np.abs(np.asarray(report.pop("_delta"), dtype=np.float64))

@@ -235,6 +235,11 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
                       and specs[i].name not in embedded]
     if len(unattributable) < len(positions) - len(held):
         held += unattributable
+    # a 0-d floating input (a pitch tracker's fmin and fmax, a threshold) has no examples: given among inputs
+    # that have them, it is held at its value too
+    scalars = [i for i in positions if i not in held and tensors[i].dim() == 0]
+    if len(scalars) < len(positions) - len(held):
+        held += scalars
     chosen = [i for i in positions if i not in held]
     axes = batch_axes(specs, tensors)
     for i in chosen:

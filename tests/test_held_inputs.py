@@ -1,0 +1,91 @@
+"""Inputs held at their values (fed as given, not attributed): 0-d settings of any type given among
+inputs with examples (swift-f0's fmin and fmax), inputs without the batch that the others have
+(a graph net's per-atom features beside its per-residue ones: caustic), and the CLI's --hold.
+The oracle for every sum is the model's own output change with the held inputs fixed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper
+
+import onnx_attr
+from conftest import FLOAT, make_model
+from onnx_attr.app.cli import main
+
+RNG = np.random.default_rng(42)
+
+
+def _model(path=None):
+    """out[n] = relu(x[n] @ w) · u + y[n] · v + Σ z · scale: x and y share the batch N, z [K, 3] has none,
+    scale is a 0-d setting."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Relu", ["xw"], ["h"]),
+             helper.make_node("MatMul", ["h", "u"], ["hu"]), helper.make_node("MatMul", ["y", "v"], ["yv"]),
+             helper.make_node("ReduceSum", ["z"], ["zs"], keepdims=0), helper.make_node("Mul", ["zs", "scale"], ["zk"]),
+             helper.make_node("Add", ["hu", "yv"], ["s"]), helper.make_node("Add", ["s", "zk"], ["out"])]
+    inits = {"w": RNG.standard_normal((4, 6)).astype(np.float32), "u": RNG.standard_normal(6).astype(np.float32),
+             "v": RNG.standard_normal(2).astype(np.float32)}
+    proto = make_model(nodes, [("x", FLOAT, ["N", 4]), ("y", FLOAT, ["N", 2]), ("z", FLOAT, ["K", 3]),
+                               ("scale", FLOAT, [])], [("out", FLOAT, ["N"])], initializers=inits, opset=11)
+    if path is not None:
+        onnx.save(proto, path)
+    return proto
+
+
+def _feeds(n=3):
+    return {"x": (RNG.standard_normal((n, 4)) * 50).astype(np.float32), "y": RNG.standard_normal((n, 2)).astype(np.float32),
+            "z": RNG.standard_normal((5, 3)).astype(np.float32), "scale": np.array(2.5, np.float32)}
+
+
+def test_a_0d_floating_setting_among_batched_inputs_is_held():
+    model = onnx_attr.load(_model(), strip_final_activation=False)
+    feeds = _feeds()
+    dl = onnx_attr.DeepLift(model)
+    got = dl.attribute({"x": feeds["x"], "y": feeds["y"], "scale": feeds["scale"]}, additional_forward_args={"z": feeds["z"]})
+    assert np.all(got["scale"] == 0) and "scale" in dl.last_report["held_inputs"]
+    zero = {"x": np.zeros_like(feeds["x"]), "y": np.zeros_like(feeds["y"]), "z": feeds["z"], "scale": feeds["scale"]}
+    change = model.run(feeds)[0].numpy() - model.run(zero)[0].numpy()
+    total = got["x"].sum(1) + got["y"].sum(1)
+    np.testing.assert_allclose(total, change, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("hold", [None, "y"])
+def test_cli_holds_inputs_without_the_batch_and_those_named(tmp_path, hold):
+    """By default z (no batch, as `inspect` says) and the 0-d scale are held; --hold y holds y too."""
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    proto = _model(path)
+    feeds = _feeds()
+    np.savez(inputs, **feeds)
+    args = ["attribute", str(path), "-i", str(inputs), "-o", str(out)]
+    assert main(args + (["--hold", hold] if hold else [])) == 0
+    found = np.load(out / "attributions.npz")
+    report = json.loads((out / "report.json").read_text())
+    assert "z" not in found.files and "scale" not in found.files and "x" in found.files
+    assert ("y" in found.files) == (hold is None)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    zero = {**feeds, "x": np.zeros_like(feeds["x"]), **({} if hold else {"y": np.zeros_like(feeds["y"])})}
+    change = model.run(feeds)[0].numpy() - model.run(zero)[0].numpy()
+    total = sum(found[k].reshape(found[k].shape[0], -1).sum(1) for k in found.files if k in ("x", "y"))
+    np.testing.assert_allclose(total, change, rtol=1e-5, atol=1e-3)
+    assert report["manifest"]["options"].get("held_inputs", []) == ([hold] if hold else [])
+
+
+def test_cli_refuses_holding_an_input_the_model_does_not_have(tmp_path, capsys):
+    path, inputs = tmp_path / "m.onnx", tmp_path / "in.npz"
+    _model(path)
+    np.savez(inputs, **_feeds())
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(tmp_path / "o"), "--hold", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_unbatched_inputs_stay_attributed_when_no_input_has_a_batch():
+    """A single whole example (no input batched): nothing is held, every input is attributed."""
+    model = onnx_attr.load(_model(), strip_final_activation=False)
+    feeds = _feeds(n=1)
+    got = onnx_attr.DeepLift(model).attribute(torch.from_numpy(feeds["x"]), additional_forward_args=(
+        torch.from_numpy(feeds["y"]), torch.from_numpy(feeds["z"]), torch.from_numpy(feeds["scale"])))
+    assert got.shape == (1, 4)
