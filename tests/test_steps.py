@@ -82,3 +82,35 @@ def test_a_flip_the_target_does_not_depend_on_stands():
                                                      return_convergence_delta=True)
     assert abs(float(delta[0])) < 1e-4 * float(x.max())
     assert np.asarray(got)[top] == pytest.approx(float(x[top]), rel=1e-5)
+
+
+def test_the_cli_default_falls_back_per_call_where_deeplift_refuses_a_flip(tmp_path, capsys):
+    """swift-f0's pitch decode flips an ArgMax between the audio and a zero baseline: DeepLift refuses that call.
+    The CLI's default method then runs FeatureAblation for that input (said on stderr and in the manifest), and a
+    resumed run keeps the result; a method the user names is never replaced."""
+    import json
+
+    import onnx
+
+    from onnx_attr.app.cli import main
+
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"], name="is_positive"),  # (x + 1)·[x > 0]: a jump at 0
+             helper.make_node("Add", ["x", "one"], ["x1"]), helper.make_node("Where", ["pos", "x1", "zero"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    w = np.array([[1.0, -2.0], [0.5, 1.0], [3.0, 0.25]], np.float32)
+    onnx.save(make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])],
+                         {"zero": np.float32(0), "one": np.float32(1), "w": w}, opset=13), path)
+    x = np.array([[2.0, -3.0, 4.0], [1.0, 5.0, -0.5]], np.float32)  # a zero baseline flips x > 0 where x > 0
+    np.savez(inputs, x=x)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--target", "0"]) == 0
+    assert "FeatureAblation runs instead" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["manifest"]["method"] == "featureablation" and "method_fallback" in report["manifest"]["options"]
+    found = np.load(out / "attributions.npz")["x"]
+    w0 = np.array([1.0, 0.5, 3.0], np.float32)
+    np.testing.assert_allclose(found, np.where(x > 0, x + 1, 0) * w0, rtol=1e-6)  # each feature's drop to 0, by hand
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--target", "0", "--resume"]) == 0
+    assert "finished earlier" in capsys.readouterr().out
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(tmp_path / "o2"), "--target", "0",
+                 "--method", "deeplift"]) == 2

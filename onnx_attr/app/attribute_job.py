@@ -13,18 +13,19 @@ One bad input among many becomes an error entry in `index.json`; the others go o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 from urllib.parse import quote
 
 import numpy as np
 
-from onnx_attr.errors import InputError, OnnxAttrError, OutputError
+from onnx_attr.errors import InputError, OnnxAttrError, OutputError, UnsupportedOpError
 from onnx_attr.fileio import FolderLock, atomic_write, regular_file, remove_leftover_temporaries, write_json
 from onnx_attr.app.manifest import build_manifest, differences, file_sha256
 from onnx_attr.methods.registry import entry, titles
@@ -297,6 +298,9 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         remove_leftover_temporaries(folder, depth=1 if many else 0)
         job = _Job(model, explainer, manifest, method,
                    target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs, batch_axis, hold)
+        # the default method, not fallen back already: a call DeepLift refuses (a comparison that flips between
+        # the input and the baseline) runs the fallback instead, for that input file
+        job.per_call_fallback = auto_fallback and method == "deeplift" and not layer and not gradient_fallback
         if not many:
             return job.single(files[0], folder, resume)
         return job.folder_run(files, folder, resume)
@@ -312,8 +316,6 @@ def _explainer_or_fallback(model, method: str, auto: bool, gradient_fallback: bo
                            per_method: dict, output_name: Optional[str], quiet: bool) -> tuple[Any, Optional[str]]:
     """The method's explainer, or (`auto`, DeepLift refusing the explained output) the fallback's,
     with a sentence saying why (None when the method itself runs)."""
-    from onnx_attr.errors import UnsupportedOpError
-
     try:
         explainer = make_explainer(model, method, gradient_fallback, layer, per_method)
         engine = getattr(explainer, "engine", None)  # None until the first call where runtime Ifs are resolved
@@ -392,13 +394,14 @@ class _Job:
         self.output_index = explainer._output_index(output_name)
         self.batch_axis = batch_axis  # the explained output's, when given (--batch-axis)
         self.hold = set(hold)  # inputs fed as given, not attributed (--hold)
+        self.per_call_fallback = False  # see run_attribute
 
     # -- one file -------------------------------------------------------------------------------------------------
 
     def single(self, file: Path, folder: Path, resume: bool) -> dict:
         input_sha = file_sha256(regular_file(file, "input file"))
         if resume:
-            state, diffs = result_state(folder, self.manifest, input_sha)
+            state, diffs = result_state(folder, self._manifests(), input_sha)
             if state == "other settings":
                 raise InputError(_refusal(folder, [(file.name, diffs)]))
             if state == "finished":
@@ -420,7 +423,7 @@ class _Job:
             except (OnnxAttrError, OSError) as err:
                 plan.append((file, sub, None, "unreadable", str(err)))
                 continue
-            state, diffs = result_state(sub, self.manifest, input_sha) if resume else ("missing", [])
+            state, diffs = result_state(sub, self._manifests(), input_sha) if resume else ("missing", [])
             if state == "other settings":
                 conflicts.append((file.name, diffs))
             plan.append((file, sub, input_sha, state, None))
@@ -506,8 +509,14 @@ class _Job:
         baselines = _baseline(self.baseline, self.model, attributed, self.method)
         if isinstance(baselines, dict):
             baselines = {k: v for k, v in baselines.items() if k in attributed}
-        attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
-                                                                        progress_bar, file.name)
+        try:
+            attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
+                                                                            progress_bar, file.name)
+        except UnsupportedOpError as err:
+            if not self.per_call_fallback:
+                raise
+            with self._fallen_back(err):
+                return self.attribute_file(file, input_sha, folder, progress_bar)
         used = {"auto": "zeros"}.get(self.baseline, self.baseline)
         if self.baseline == "auto" and self._outside_domain(attributions, attributed, extra):
             used = "blur"
@@ -580,6 +589,39 @@ class _Job:
         out = (outputs if outputs is not None else self.model.run(inputs))[self.output_index]
         return resolve(self.target, out, model=self.model, output_index=self.output_index, inputs=inputs,
                        examples=examples, batch_axis=self.batch_axis)
+
+    def _manifests(self) -> Union[dict, list]:
+        """The settings a finished result of this run may have: its method's, or its fallback's."""
+        return [self.manifest, self._fallback_settings()[3]] if self.per_call_fallback else self.manifest
+
+    def _fallback_settings(self, why: str = "") -> tuple:
+        """(method, explainer, options, manifest) of `AUTO_FALLBACK` in place of this run's method."""
+        if getattr(self, "_fallback", None) is None:
+            options = method_options(AUTO_FALLBACK, None, None)
+            explainer = entry(AUTO_FALLBACK).cls(self.model, max_features=FALLBACK_FEATURES)
+            self._fallback = (AUTO_FALLBACK, explainer, options)
+        method, explainer, options = self._fallback
+        kept = {k: v for k, v in self.manifest["options"].items() if k not in self.method_options}
+        manifest = {**self.manifest, "method": method,
+                    "options": {**kept, **options, "method_fallback": "per call: DeepLift refused the call"}}
+        if why and not self.quiet:
+            print(f"onnx-attr: {why}", file=sys.stderr)
+        return method, explainer, options, manifest
+
+    @contextlib.contextmanager
+    def _fallen_back(self, err):
+        """This run's settings swapped for the fallback's while one input file runs again."""
+        kinds = ", ".join(sorted({str(n[0]) for n in getattr(err, "nodes", [])}))
+        why = (f"DeepLift refused this call ({kinds}: a comparison that differs between the input and the baseline, "
+               f"whose jump no multiplier carries); {entry(AUTO_FALLBACK).title or 'FeatureAblation'} runs instead "
+               "for this input. Choose another with --method")
+        saved = (self.method, self.explainer, self.method_options, self.manifest, self.per_call_fallback)
+        self.method, self.explainer, self.method_options, self.manifest = self._fallback_settings(why)
+        self.per_call_fallback = False
+        try:
+            yield
+        finally:
+            self.method, self.explainer, self.method_options, self.manifest, self.per_call_fallback = saved
 
     def _hold_unbatched(self, attributed: dict, extra: dict) -> None:
         """Inputs without the batch that others have (`inspect`: "no batch: held at its value"; a graph
@@ -685,9 +727,10 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def result_state(folder: Path, manifest: dict, input_sha256: str) -> tuple[str, list[str]]:
+def result_state(folder: Path, manifest: Union[dict, list], input_sha256: str) -> tuple[str, list[str]]:
     """What a result folder holds: 'finished' (this run's settings and input), 'input changed',
-    'other settings' (with the differences named), or 'missing' (absent, unfinished or unpaired)."""
+    'other settings' (with the differences named), or 'missing' (absent, unfinished or unpaired).
+    Several manifests: the settings of any of them are this run's (its method, or its fallback's)."""
     try:
         report = json.loads((folder / "report.json").read_text())
         data = (folder / "attributions.npz").read_bytes()
@@ -696,9 +739,9 @@ def result_state(folder: Path, manifest: dict, input_sha256: str) -> tuple[str, 
     if not isinstance(report, dict) or report.get("attributions_sha256") != _sha256(data):
         return "missing", []  # not the pair one run wrote
     recorded = report.get("manifest")
-    diffs = differences(recorded, manifest, ignore=("input",))
-    if diffs:
-        return "other settings", diffs
+    found = [differences(recorded, m, ignore=("input",)) for m in (manifest if isinstance(manifest, list) else [manifest])]
+    if all(found):
+        return "other settings", found[0]
     if (recorded.get("input") or {}).get("sha256") != input_sha256:
         return "input changed", []
     return "finished", []
