@@ -114,3 +114,28 @@ def test_the_cli_default_falls_back_per_call_where_deeplift_refuses_a_flip(tmp_p
     assert "finished earlier" in capsys.readouterr().out
     assert main(["attribute", str(path), "-i", str(inputs), "-o", str(tmp_path / "o2"), "--target", "0",
                  "--method", "deeplift"]) == 2
+
+
+def test_a_logistic_written_out_stays_complete_where_its_exp_overflows():
+    """skl2onnx's SGDClassifier: 1 / (1 + Exp(-score)) per class. At scores of -100 and below, Exp(-score) is
+    inf in float32 and each op's own secant times the next one's is inf · 0 = NaN; the chain (Mul, Exp, Add,
+    Reciprocal) is one elementwise function, fused into one rescale that stays finite."""
+    w = np.array([[40.0, -60.0], [-30.0, 20.0], [25.0, 35.0]], np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["score"]), helper.make_node("Mul", ["score", "negate"], ["neg"]),
+             helper.make_node("Exp", ["neg"], ["e"]), helper.make_node("Add", ["e", "one"], ["d"]),
+             helper.make_node("Reciprocal", ["d"], ["p"], name="proba")]
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 3])], [("p", FLOAT, ["n", 2])],
+                                      {"w": w, "negate": np.float32(-1), "one": np.float32(1)}, opset=13),
+                           strip_final_activation=False)
+    x = np.array([[4.0, -1.0, 0.5], [-3.0, 2.0, 1.0], [0.1, 0.2, -0.1]], np.float32)  # scores from -280 to 230
+    dl = onnx_attr.DeepLift(model)
+    for target in (0, 1):
+        got, delta = dl.attribute(x, target=target, return_convergence_delta=True)
+        assert np.all(np.isfinite(np.asarray(got)))
+        y, y0 = 1 / (1 + np.exp(-(x.astype(np.float64) @ w[:, target]))), 0.5
+        np.testing.assert_allclose(np.asarray(got).sum(1), y - y0, rtol=1e-5, atol=1e-6)
+    assert dl.last_report["rewritten_nodes"] == 1  # one fused chain
+    import torch
+
+    plain, fused = model.module(torch.from_numpy(x)), dl.engine.rewrite.module(torch.from_numpy(x))
+    assert torch.equal(plain, fused)  # the same modules in the same order: the forward bit for bit

@@ -19,6 +19,7 @@ from onnx_attr.deeplift.rules import RULES
 
 FUSED_DOMAIN = "onnx_attr.fused"
 SELF_GATED = "SelfGated"
+UNARY_CHAIN = "UnaryChain"
 
 #: Elementwise ops that may sit in the gate g besides the unary nonlinearities (with scalar constants)
 _AFFINE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Identity"})
@@ -26,7 +27,7 @@ _AFFINE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Identity"})
 
 def _gate_op(op: str) -> bool:
     rule = RULES.get(op)
-    return op in _AFFINE or (rule is not None and rule.kind == "unary" and op != SELF_GATED)
+    return op in _AFFINE or (rule is not None and rule.kind == "unary" and op not in (SELF_GATED, UNARY_CHAIN))
 
 
 def fuse_self_gated(module: fx.GraphModule, variable: set[fx.Node], recompile: bool = True) -> list[str]:
@@ -52,24 +53,64 @@ def fuse_self_gated(module: fx.GraphModule, variable: set[fx.Node], recompile: b
     return fused
 
 
+def fuse_unary_chains(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
+    """Replace each chain of elementwise ops of one varying x with two or more nonlinearities among
+    them (a logistic written out, 1 / (1 + Exp(-z)), as skl2onnx does; a softplus as Log(1 + Exp(x)))
+    by one node of op `UnaryChain`, in place; returns the fused chains' last ONNX names.
+
+    Apart, each op's rescale is exact, but their product is not where an intermediate overflows: at
+    logits in the hundreds Exp(-z) is inf, its secant inf, and the Reciprocal's 0 times it NaN,
+    although the chain's own value is finite. One rescale over the chain, (f(x) − f(x0))/(x − x0),
+    is the elementwise function's, finite wherever f is; the forward calls the same modules."""
+    fused, gone = [], set()
+    for node in reversed(list(module.graph.nodes)):
+        if node in gone or node.op != "call_module" or not _link(module, node, variable) or _chain_op(node) in _AFFINE:
+            continue
+        chain, current = [], node
+        while _link(module, current, variable) and (current is node or len(current.users) == 1):
+            varying = next(a for a in current.args if isinstance(a, fx.Node) and a in variable)
+            chain.append(current)
+            current = varying
+        while chain and _chain_op(chain[-1]) in _AFFINE:  # the chain starts at its first nonlinearity
+            chain.pop()
+        if sum(_chain_op(n) not in _AFFINE for n in chain) < 2:
+            continue
+        x = next(a for a in chain[-1].args if isinstance(a, fx.Node) and a in variable)
+        gone.update(chain[1:])
+        _fold(module, chain[0], list(reversed(chain[1:])), x, UNARY_CHAIN,
+              f"{chain[0].meta['onnx_node']} ({'·'.join(_chain_op(n) for n in reversed(chain))})")
+        fused.append(chain[0].meta["onnx_node"])
+    return fused
+
+
+def _chain_op(node: fx.Node) -> str:
+    return node.meta.get("onnx_op", "") if node.op == "call_module" else ""
+
+
+def _link(module: fx.GraphModule, node: fx.Node, variable: set[fx.Node]) -> bool:
+    """An elementwise op of exactly one varying input, its other operands scalar constants, and no
+    state that could broadcast that input to a larger shape: a link of a gate or unary chain."""
+    if not _gate_op(_chain_op(node)) or node.kwargs or "onnx_node" not in node.meta or node not in variable:
+        return False
+    varying = [arg for arg in node.args if isinstance(arg, fx.Node) and arg in variable]
+    if len(varying) != 1 or not all(_scalar(module, arg) for arg in node.args if arg is not varying[0]):
+        return False
+    held = module.get_submodule(node.target)
+    return not any(p.numel() > 1 for p in (*held.parameters(), *held.buffers()))  # PRelu's per-channel slope
+
+
 def _gate_chain(module: fx.GraphModule, gate: fx.Node, x: fx.Node, variable: set[fx.Node]
                 ) -> list[tuple[fx.Node, fx.Node]] | None:
     """The gate's nodes from the Mul back to x, each with its varying input; None unless it is a chain
     of single-use elementwise ops of x alone with at least one nonlinearity among them."""
     chain, current, nonlinear = [], gate, False
     while current is not x:
-        op = current.meta.get("onnx_op", "") if current.op == "call_module" else ""
-        if not _gate_op(op) or len(current.users) != 1 or current.kwargs or "onnx_node" not in current.meta:
+        if not _link(module, current, variable) or len(current.users) != 1:
             return None
-        varying = [arg for arg in current.args if isinstance(arg, fx.Node) and arg in variable]
-        if len(varying) != 1 or not all(_scalar(module, arg) for arg in current.args if arg is not varying[0]):
-            return None
-        if any(p.numel() > 1 for p in (*module.get_submodule(current.target).parameters(),
-                                       *module.get_submodule(current.target).buffers())):
-            return None  # per-channel state (PRelu's slope) would broadcast x to a larger shape
-        nonlinear |= op not in _AFFINE
-        chain.append((current, varying[0]))
-        current = varying[0]
+        varying = next(arg for arg in current.args if isinstance(arg, fx.Node) and arg in variable)
+        nonlinear |= _chain_op(current) not in _AFFINE
+        chain.append((current, varying))
+        current = varying
     return chain if nonlinear else None
 
 
@@ -83,13 +124,15 @@ def _scalar(module: fx.GraphModule, arg) -> bool:
     return False
 
 
-def _fold(module: fx.GraphModule, mul: fx.Node, gate: list[fx.Node], x: fx.Node) -> None:
-    """Put a `GateChain` of the gate's modules and the Mul in the Mul's place, called with x."""
-    name = f"self_gated_{mul.name}"
+def _fold(module: fx.GraphModule, mul: fx.Node, gate: list[fx.Node], x: fx.Node, op: str = SELF_GATED,
+          described: str = "") -> None:
+    """Put a `GateChain` of the gate's modules and the last node (the Mul) in the last node's place,
+    called with x."""
+    name = f"{'self_gated' if op == SELF_GATED else 'unary_chain'}_{mul.name}"
     module.add_submodule(name, GateChain(module, [*gate, mul], x))
     ops = "·".join(n.meta["onnx_op"] for n in reversed(gate))
-    mul.meta.update(onnx_op=SELF_GATED, onnx_domain=FUSED_DOMAIN, onnx_opset=1, onnx_attrs={},
-                    onnx_node=f"{mul.meta['onnx_node']} (x·{ops}(x))")
+    mul.meta.update(onnx_op=op, onnx_domain=FUSED_DOMAIN, onnx_opset=1, onnx_attrs={},
+                    onnx_node=described or f"{mul.meta['onnx_node']} (x·{ops}(x))")
     mul.target, mul.args = name, (x,)
     for n in reversed(gate):
         module.graph.erase_node(n)

@@ -67,6 +67,12 @@ class SelfGated(Rescale):
     """x·g(x) fused by the rewrite (unary_fusion.py): elementwise in x, one rescale over the whole."""
 
 
+@rule("UnaryChain")
+class UnaryChain(Rescale):
+    """A chain of elementwise ops of one x with several nonlinearities, fused by the rewrite
+    (unary_fusion.py): one rescale over the whole, finite where the chain's value is."""
+
+
 @rule("FakeQuant")
 class FakeQuant(UnaryRule):
     """A static quantizer's QuantizeLinear → DequantizeLinear pair (quant_fusion.py): a staircase,
