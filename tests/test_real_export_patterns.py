@@ -155,3 +155,22 @@ def test_a_non_finite_explained_output_is_said_as_such():
     dl.attribute(x, baselines=torch.ones(1, 3), target=0)
     warnings_ = " ".join(dl.last_report["warnings"])
     assert "not finite" in warnings_ and "example(s) [1]" in warnings_ and "convergence delta above" not in warnings_
+
+
+def test_pictures_of_an_output_without_a_batch(tmp_path):
+    """trueocr's reading-order net: inputs [1, N, 16] whose N rows the model mixes, so the call is one whole
+    example and the output has no batch axis; drawing its pictures had died (exit 3) on movedim(None, 0)."""
+    import onnx
+
+    from onnx_attr.app.cli import main
+
+    nodes = [helper.make_node("Transpose", ["feats"], ["ft"], perm=[0, 2, 1]),  # feats · featsᵀ + the mask's bias
+             helper.make_node("MatMul", ["feats", "ft"], ["scores"]), helper.make_node("Unsqueeze", ["mask", "one"], ["m"]),
+             helper.make_node("Add", ["scores", "m"], ["z"]), helper.make_node("Softmax", ["z"], ["a"], axis=-1)]
+    proto = make_model(nodes, [("feats", FLOAT, [1, "N", 16]), ("mask", FLOAT, [1, "N"])], [("a", FLOAT, [1, "N", "N"])],
+                       initializers={"one": np.array([1], np.int64)}, opset=13)
+    path, inputs = tmp_path / "m.onnx", tmp_path / "in.npz"
+    onnx.save(proto, path)
+    np.savez(inputs, feats=RNG.standard_normal((1, 12, 16)).astype(np.float32), mask=np.zeros((1, 12), np.float32))
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "report.json").exists()

@@ -560,6 +560,7 @@ class _Job:
     def _pictures(self, folder: Path, attributions: dict, inputs: dict, resolved: Any, delta: Any,
                   report: dict, rows: "Rows", outputs: tuple) -> list[str]:
         from onnx_attr.app.readers import picture_arrays
+        from onnx_attr.app.target_forms import batch_first
         from onnx_attr.app.visualize import PictureOptions, write_pictures
 
         axis = resolved.detail.get("batch_axis", 0)
@@ -569,7 +570,7 @@ class _Job:
         return write_pictures(folder, attributions, inputs, options=options, target=resolved.labels or resolved.shown,
                               delta=delta, method=METHOD_TITLES[self.method], baseline=report["baseline_used"],
                               final_activation=report["final_activation"],
-                              outputs=lambda: outputs[self.output_index].movedim(axis, 0),
+                              outputs=lambda: batch_first(outputs[self.output_index], axis),
                               stem=_safe)
 
     def _target(self, inputs: dict, examples: int, outputs: Optional[tuple] = None):

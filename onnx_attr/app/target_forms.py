@@ -119,7 +119,7 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     """The target a `--target` form (None: the layout's default) names on the explained output `out`."""
     form, value = ("default", None) if text is None else parse_form(text)
     axis = output_batch_axis(model, output_index, out, examples, batch_axis, inputs)
-    view = (out.unsqueeze(0) if axis is None else out.movedim(axis, 0) if out.dim() else out).detach().double()
+    view = batch_first(out, axis).detach().double()
     layout = recognise(view, model, output_index, inputs, axis)
     if form == "default":
         form = layout.default
@@ -133,6 +133,11 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     if text is None:
         resolved.source = f"default for {layout.name}: {resolved.source}"
     return resolved
+
+
+def batch_first(out: Tensor, axis: Optional[int]) -> Tensor:
+    """The output with its batch axis first; one without a batch (None: it is one example's) gets one."""
+    return out.unsqueeze(0) if axis is None else out.movedim(axis, 0) if out.dim() else out
 
 
 @dataclass(frozen=True)
