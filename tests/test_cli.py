@@ -234,3 +234,16 @@ def test_import_onnx_attr_does_not_import_torch():
     code = "import sys, onnx_attr, onnx_attr.app.cli; print('torch' in sys.modules, 'onnx' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_attribute_fails_verification_only_on_the_output_it_explains(capsys):
+    """isbnx's detector: the boxes a TopK picks among near-equal scores differ from onnxruntime's picks, while
+    the scores the run explains pass; the run stands, and stderr names the other output."""
+    from onnx_attr.app.cli import _explained_output_verified
+
+    checks = [{"name": "scores", "passed": True}, {"name": "boxes", "passed": False}]
+    report = {"output": "scores", "verify": {"passed": False, "outputs": checks}}
+    assert _explained_output_verified(report)
+    assert "['boxes']" in capsys.readouterr().err
+    assert not _explained_output_verified({**report, "output": "boxes"})
+    assert not _explained_output_verified({"output": "other", "verify": {"passed": False, "outputs": checks}})

@@ -498,6 +498,7 @@ def _float64_outputs(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], n
                     widen(a.t)
                 elif a.type == onnx.AttributeProto.GRAPH:
                     retype(a.g)
+        _narrow_parameter_inputs(graph)
 
     retype(wide.graph)
     del wide.graph.value_info[:]  # let onnxruntime infer the widened intermediate types
@@ -507,6 +508,26 @@ def _float64_outputs(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], n
     except ReferenceRuntimeError as err:
         notes.append("no float64 evaluation: " + str(err).split(": ", 1)[-1][:200])
         return None
+
+
+#: inputs ONNX types as float32 whatever the data's type (Resize's roi and scales, Upsample's scales)
+_FLOAT32_PARAMETERS = {"Resize": (1, 2), "Upsample": (1,)}
+
+
+def _narrow_parameter_inputs(graph: onnx.GraphProto) -> None:
+    """In the graph retyped to float64, a Cast back to float32 before each input whose type is fixed
+    as float32 (a Resize's scales: retyped, onnxruntime refused the graph, and the float64 check
+    that tells rounding from an import error never ran on an upsampling detector)."""
+    nodes = []
+    for node in graph.node:
+        for i in _FLOAT32_PARAMETERS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+            if i < len(node.input) and node.input[i]:
+                narrowed = f"{node.input[i]}__float32_{len(nodes)}"
+                nodes.append(onnx.helper.make_node("Cast", [node.input[i]], [narrowed], to=onnx.TensorProto.FLOAT))
+                node.input[i] = narrowed
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def locate_divergence(model, tensors: Sequence[torch.Tensor], feeds: dict[str, np.ndarray],
