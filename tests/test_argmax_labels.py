@@ -81,3 +81,22 @@ def test_an_integer_output_not_made_by_argmax_is_left_alone():
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Cast", ["h"], ["n"], to=INT64)]
     model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["N", 6])], [("n", INT64, ["N", 5])], {"w": W}))
     assert [o.name for o in model.outputs] == ["n"]
+
+
+def test_the_scores_an_argmax_labels_from_come_before_a_floating_side_output():
+    """trueocr's recogniser returns labels (ArgMax of the step scores) and a float confidence per step (the
+    max softmax probability, [N, T]). Explaining that confidence as classes [N, C] picks the most confident
+    step, which means nothing; the scores the labels are read from are the default, as the note says."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("Mul", ["t", "k"], ["scores"]), helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+             helper.make_node("ReduceMax", ["p"], ["conf"], axes=[-1], keepdims=0),
+             helper.make_node("ArgMax", ["scores"], ["ids"], axis=-1, keepdims=0),
+             helper.make_node("Cast", ["ids"], ["labels"], to=onnx.TensorProto.INT32)]
+    proto = make_model(nodes, [("x", FLOAT, ["N", 7, 6])], [("labels", onnx.TensorProto.INT32, ["N", 7]),
+                                                            ("conf", FLOAT, ["N", 7])],
+                       initializers={"w": W, "k": np.float32(100.0)}, opset=13)
+    model = onnx_attr.load(proto)
+    dl = onnx_attr.DeepLift(model)
+    x = RNG.standard_normal((2, 7, 6)).astype(np.float32)
+    dl.attribute(x, target=(3, 1))
+    assert dl.last_report["output"] == "scores"

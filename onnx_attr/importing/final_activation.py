@@ -223,8 +223,11 @@ _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.
 #: `OutputSpec.role` of the outputs `expose_selection_scores` finds
 KEPT_BY_NMS, NMS_SCORES = "kept by NonMaxSuppression", "class scores [N, C, A] of a NonMaxSuppression"
 KEPT_BY_TOPK, TOPK_SCORES = "kept by TopK", "scores a TopK selects detections from"
+LABEL_SCORES = "scores an ArgMax picks an output's labels from"
 #: roles of outputs made by a data-dependent selection: explained only when asked for by name
 SELECTED = frozenset({KEPT_BY_NMS, KEPT_BY_TOPK})
+#: roles of the scores a selection reads: explained by default, before any other floating output
+SELECTION_SCORES = frozenset({NMS_SCORES, TOPK_SCORES, LABEL_SCORES})
 #: what a TopK's values and indices may pass through for the TopK to be a detector's final
 #: selection (gathering, reshaping, joining, index arithmetic); anything else (a MatMul, a
 #: reduction, a Softmax) means the TopK works inside the network and is left alone
@@ -253,7 +256,7 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
     producer = {out: node for node in graph.node for out in node.output}
     known = {v.name: v for v in (*graph.value_info, *graph.input, *graph.output)}
     outputs = {o.name for o in graph.output}
-    added, notes = [], []
+    added, notes, label_scores = [], [], []
 
     def expose(scores: str, why: str) -> bool:
         if scores not in producer:  # a selection over an input or a constant: nothing computed to explain
@@ -274,15 +277,16 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
         node = producer.get(output.name)
         while node is not None and node.op_type in PASS_THROUGH and node.domain in ("", "ai.onnx"):
             node = producer.get(node.input[0])
-        if node is not None and node.op_type == "ArgMax" and node.domain in ("", "ai.onnx"):
-            expose(node.input[0], f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}, "
-                                  "which has no gradient")
+        if node is not None and node.op_type == "ArgMax" and node.domain in ("", "ai.onnx") and expose(
+                node.input[0], f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}, "
+                               "which has no gradient"):
+            label_scores.append(node.input[0])
     finals = _final_topks(graph)
     preselected = set().union(*(made for _, made in finals))
     suppressions = [n for n in graph.node if n.op_type == "NonMaxSuppression" and n.domain in ("", "ai.onnx")]
     suppressed = _downstream(graph, {o for n in suppressions for o in n.output})
     kept = suppressed & {o.name for o in graph.output}
-    roles = dict.fromkeys(kept, KEPT_BY_NMS)
+    roles = {**dict.fromkeys(label_scores, LABEL_SCORES), **dict.fromkeys(kept, KEPT_BY_NMS)}
     for node in suppressions:
         # NMS scores gathered by a final TopK's pre-selection (top-k anchors, then NMS): the TopK's
         # scores are exposed below instead, since explaining these would need a rule for the TopK

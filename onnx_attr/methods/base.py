@@ -19,7 +19,7 @@ from onnx_attr.deeplift.engine import Targets
 from onnx_attr.errors import InputError
 from onnx_attr.deeplift.layers import embedding_lookups
 from onnx_attr.importing.rows import padded_rows, pass_batch, pick_output
-from onnx_attr.importing.final_activation import SELECTED
+from onnx_attr.importing.final_activation import SELECTED, SELECTION_SCORES
 from onnx_attr.deeplift.target_grad import target_gradients
 from onnx_attr.methods._inputs import Prepared, example_count, prepare
 
@@ -34,12 +34,15 @@ def make_targets(target: Any, n: int, axis: Optional[int] = 0) -> Targets:
 def output_index(model, output: Union[str, int, None]) -> int:
     """The index of an output given by ONNX name or index (default: the first floating one, since
     an integer output, labels or counts, has no gradient, and not one of rows a NonMaxSuppression
-    or a final TopK kept when there is another; the first when none is floating)."""
+    or a final TopK kept when there is another; the scores such a selection or an ArgMax labelling
+    an output reads come first: what the model's answer was chosen from; the first output when none
+    is floating)."""
     names = [o.name for o in model.outputs]
     if output is None:
         floating = [i for i, o in enumerate(model.outputs) if o.dtype is not None and np.issubdtype(o.dtype, np.floating)]
-        return next((i for i in floating if getattr(model.outputs[i], "role", None) not in SELECTED),
-                    floating[0] if floating else 0)
+        roles = [getattr(model.outputs[i], "role", None) for i in floating]
+        return next((i for i, r in zip(floating, roles) if r in SELECTION_SCORES),
+                    next((i for i, r in zip(floating, roles) if r not in SELECTED), floating[0] if floating else 0))
     if isinstance(output, str):
         if output not in names:
             raise InputError(f"no output named {output!r}; the model's outputs are {names}")
