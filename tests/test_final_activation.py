@@ -147,3 +147,26 @@ def test_a_written_out_softmax_feeding_another_node_is_kept():
     x = SOFTMAX_RNG.standard_normal((2, 5)).astype(np.float32)
     for ours, theirs in zip(model.run({"x": x}), ort_run(proto, {"x": x})):
         np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_log_space_softmax_is_stripped_to_its_joint_log_likelihoods():
+    """skl2onnx's GaussianNB: probabilities = Exp(jll - ReduceLogSumExp(jll)). On breast-cancer features (values
+    in the thousands) the joint log-likelihoods are about ±1e5 and the predicted class's probability moves by
+    1e-5 from a zero baseline: float32 multipliers through the cancellation missed it by most of its size
+    (relative delta 1e-3). Stripped, the log-likelihoods are explained, complete; the probabilities stay as
+    scikit-learn and onnxruntime give them when the activation is kept."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.naive_bayes import GaussianNB
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    proto = to_onnx(GaussianNB().fit(x, y), x[:1], target_opset=17, options={"zipmap": False})
+    model = onnx_attr.load(proto)
+    (found,) = [o for o in model.outputs if o.final_activation is not None]
+    assert found.final_activation.op_type == "Softmax" and found.final_activation.stripped
+    dl = onnx_attr.DeepLift(model)
+    _, delta = dl.attribute(x[:5], target=0, output=found.name, return_convergence_delta=True)
+    assert dl.last_report["max_relative_delta"] < 1e-5
+    kept = onnx_attr.load(proto, strip_final_activation=False)
+    np.testing.assert_allclose(kept.run({"X": x[:5]})[1].numpy(), ort_run(proto, {"X": x[:5]})[1], rtol=1e-5, atol=1e-6)

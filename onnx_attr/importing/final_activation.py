@@ -55,6 +55,10 @@ def strip_final_activations(
             logits, steps = _decomposed_softmax(graph, producer, act)  # type: ignore[misc]
             logits_of[act_index] = logits
             through = ("Exp/ReduceSum/Div",) + through
+        elif act.op_type == "Exp":
+            logits, steps = _log_space_softmax(graph, producer, act)  # type: ignore[misc]
+            logits_of[act_index] = logits
+            through = ("Exp(z - ReduceLogSumExp(z))",) + through
         # Every tensor from the activation to the output must feed only this chain (or an ArgMax,
         # which logits leave unchanged); otherwise another part of the graph would see logits
         # where it expects probabilities.
@@ -114,7 +118,8 @@ def _chain_to_activation(graph, producer, tensor: str) -> tuple[int, list[int], 
             continue
         if node.domain not in ("", "ai.onnx") and not (node.domain == "ai.onnx.ml" and node.op_type == "ZipMap"):
             return None
-        if node.op_type in ACTIVATIONS or (node.op_type == "Div" and _decomposed_softmax(graph, producer, node)):
+        if node.op_type in ACTIVATIONS or (node.op_type == "Div" and _decomposed_softmax(graph, producer, node)) \
+                or (node.op_type == "Exp" and _log_space_softmax(graph, producer, node)):
             return index, path, None
         pair = _binary_pair(graph, producer, node)
         if pair is not None:
@@ -148,7 +153,7 @@ def _kind(node) -> str:
     post_transform the activation it names."""
     if node.op_type == "LinearClassifier":
         return _POST_TRANSFORMS[_text(node, "post_transform")]
-    return "Softmax" if node.op_type == "Div" else node.op_type
+    return "Softmax" if node.op_type in ("Div", "Exp") else node.op_type
 
 
 #: a linear classifier's post_transform (ai.onnx.ml) and the activation it is
@@ -214,6 +219,29 @@ def _decomposed_softmax(graph, producer, div) -> tuple[str, set[int]] | None:
                 graph.node[producer[peak]].input[0] == z:
             return z, steps | seen | {sub_index, producer[peak]}
     return shifted, steps
+
+
+def _log_space_softmax(graph, producer, exp) -> tuple[str, set[int]] | None:
+    """A softmax written in log space, as skl2onnx writes GaussianNB's probabilities:
+    Exp(z - ReduceLogSumExp(z)) (the row's log-sum-exp through broadcasting ops). Returns the logits z
+    and the indices of the Sub, the broadcasts and the ReduceLogSumExp, or None for any other Exp.
+    Stripped, the joint log-likelihoods are explained: at feature values in the thousands they are
+    ±1e5, and the probabilities are their difference, which float32 multipliers cannot resolve."""
+    if not exp.input or exp.input[0] not in producer:
+        return None
+    sub_index = producer[exp.input[0]]
+    sub = graph.node[sub_index]
+    if sub.op_type != "Sub" or len(sub.input) != 2:
+        return None
+    z, total = sub.input
+    seen: set[int] = set()
+    while total in producer and graph.node[producer[total]].op_type in _BROADCAST:
+        seen.add(producer[total])
+        total = graph.node[producer[total]].input[0]
+    if total not in producer or graph.node[producer[total]].op_type != "ReduceLogSumExp" or \
+            graph.node[producer[total]].input[0] != z:
+        return None
+    return z, seen | {sub_index, producer[total]}
 
 
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
