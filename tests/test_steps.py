@@ -139,3 +139,20 @@ def test_a_logistic_written_out_stays_complete_where_its_exp_overflows():
 
     plain, fused = model.module(torch.from_numpy(x)), dl.engine.rewrite.module(torch.from_numpy(x))
     assert torch.equal(plain, fused)  # the same modules in the same order: the forward bit for bit
+
+
+def test_a_static_quantizer_pair_is_no_link_of_a_fused_chain():
+    """smart-turn (int8 QDQ): a quantize/dequantize pair between elementwise nonlinearities. Its forward
+    rounds through integers, so it cannot sit inside a fused chain's rescale, which differentiates the chain
+    where x ≈ x0 (that had raised a raw autograd error): the chain stops at the pair."""
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Exp", ["s"], ["e"]),
+             helper.make_node("QuantizeLinear", ["e", "scale", "zero"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"]),
+             helper.make_node("Tanh", ["dq"], ["t"]), helper.make_node("Log", ["t"], ["y"])]
+    consts = {"scale": np.float32(0.01), "zero": np.uint8(0)}
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 4])], [("y", FLOAT, ["n", 4])], consts, opset=13),
+                           strip_final_activation=False)
+    x = np.array([[0.5, -2.0, 3.0, 1.0]], np.float32)
+    x0 = np.array([[0.5, 1.0, -1.0, 1.0]], np.float32)  # two elements at their reference: the derivative there
+    got, delta = onnx_attr.DeepLift(model).attribute(x, x0, target=(0,), return_convergence_delta=True)
+    assert np.all(np.isfinite(np.asarray(got))) and abs(float(delta[0])) < 1e-4

@@ -25,9 +25,14 @@ UNARY_CHAIN = "UnaryChain"
 _AFFINE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Identity"})
 
 
+#: unary rules that cannot be links: fused ones, and a static quantizer's pair, whose forward goes through
+#: integers (no autograd through it, which a fused rescale needs where x ≈ x0)
+_NOT_LINKS = frozenset({SELF_GATED, UNARY_CHAIN, "FakeQuant"})
+
+
 def _gate_op(op: str) -> bool:
     rule = RULES.get(op)
-    return op in _AFFINE or (rule is not None and rule.kind == "unary" and op not in (SELF_GATED, UNARY_CHAIN))
+    return op in _AFFINE or (rule is not None and rule.kind == "unary" and op not in _NOT_LINKS)
 
 
 def fuse_self_gated(module: fx.GraphModule, variable: set[fx.Node], recompile: bool = True) -> list[str]:
