@@ -367,9 +367,12 @@ def test_incomplete_attributions_are_flagged_never_silent():
 def test_non_finite_attributions_name_the_node_that_produced_them():
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="project"),
              helper.make_node("Exp", ["h"], ["e"], name="overflowing_exp"),
-             helper.make_node("Tanh", ["e"], ["out"], name="squash")]
+             # a mixing MatMul between them: Exp then Tanh directly would be one fused, finite rescale
+             helper.make_node("MatMul", ["e", "mix"], ["m"], name="mix"),
+             helper.make_node("Tanh", ["m"], ["out"], name="squash")]
     imported = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 2])], [("out", FLOAT, ["n", 2])],
-                                         {"w": np.array([[200.0, 0.0], [0.0, 1.0]], np.float32)}))
+                                         {"w": np.array([[200.0, 0.0], [0.0, 1.0]], np.float32),
+                                          "mix": np.array([[1.0, 0.5], [0.5, 1.0]], np.float32)}))
     dl = onnx_attr.DeepLift(imported)
     attributions = dl.attribute(np.array([[1.0, 0.5]], np.float32), target=0)
     assert not np.isfinite(attributions).all()

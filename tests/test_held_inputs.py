@@ -91,3 +91,17 @@ def test_unbatched_inputs_stay_attributed_when_no_input_has_a_batch():
         torch.from_numpy(feeds["y"]), torch.from_numpy(feeds["z"]), torch.from_numpy(feeds["scale"])))
     assert got.shape == (1, 4)
 
+
+
+@pytest.mark.parametrize("extra", [[], ["--baseline", "mean"], ["--batch-axis", "0"]])
+def test_cli_with_a_0d_setting_first_among_the_inputs(tmp_path, extra):
+    """A 0-d setting before the batched input in the model's order: the examples are counted on the batched one
+    (the run had found 0 examples, or died on len() of a 0-d array / a mean over its axis 0)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Mul", ["xw", "scale"], ["out"])]
+    proto = make_model(nodes, [("scale", FLOAT, []), ("x", FLOAT, ["N", 4])], [("out", FLOAT, ["N", 2])],
+                       initializers={"w": RNG.standard_normal((4, 2)).astype(np.float32)}, opset=13)
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(proto, path)
+    np.savez(inputs, scale=np.array(3.0, np.float32), x=RNG.standard_normal((3, 4)).astype(np.float32))
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), *extra]) == 0
+    assert np.load(out / "attributions.npz")["x"].shape == (3, 4)

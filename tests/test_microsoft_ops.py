@@ -246,8 +246,21 @@ def quantized_attention():
             {"x": _hidden(scale=3.0), "m": np.array([5, 3], np.int32)}, 1e-4)
 
 
-#: rewritten nodes per case where not 1: an RMS norm is Mul(x, x), Sqrt, Reciprocal and x·(1/rms)
-REWRITTEN = {"fused_matmul": 0, "quantized_attention": 2, "simplified_layer_normalization": 4, "skip_simplified_layer_normalization": 4}
+@case
+def quantized_attention_without_mask():
+    """As onnxruntime's quantizer writes a mask-less one: the mask input skipped (an empty name) between
+    given ones."""
+    quantize = helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qs", "qz"])
+    node = helper.make_node("QAttention", ["q", "w", "b", "qs", "ws", "", "qz", "wz"], ["y"], domain="com.microsoft",
+                            num_heads=4)
+    inits = {"w": RNG.integers(-127, 128, (16, 48)).astype(np.int8), "ws": np.array(0.003, np.float32),
+             "wz": np.array(0, np.int8), "b": (RNG.standard_normal(48) * 0.1).astype(np.float32)}
+    return _model([quantize, node], [("x", FLOAT, [2, 5, 16])], [2, 5, 16], inits), {"x": _hidden(scale=3.0)}, 1e-4
+
+
+#: rewritten nodes per case where not 1: an RMS norm is Mul(x, x), Sqrt→Reciprocal (one fused chain) and x·(1/rms)
+REWRITTEN = {"fused_matmul": 0, "quantized_attention": 2, "quantized_attention_without_mask": 2,
+             "simplified_layer_normalization": 3, "skip_simplified_layer_normalization": 3}
 
 
 @pytest.mark.parametrize("name", CASES)

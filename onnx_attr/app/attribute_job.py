@@ -625,11 +625,15 @@ class _Job:
             self.method, self.explainer, self.method_options, self.manifest, self.per_call_fallback = saved
 
     def _hold_unbatched(self, attributed: dict, extra: dict) -> None:
-        """Inputs without the batch that others have (`inspect`: "no batch: held at its value"; a graph
-        net's per-atom features beside its per-residue ones) move from `attributed` to `extra`: fed as
-        given, as `inspect` says. With no input batched, every input is one whole example, attributed."""
+        """0-d settings, and inputs without the batch that others have (`inspect`: "no batch: held at its
+        value"; a graph net's per-atom features beside its per-residue ones), move from `attributed` to
+        `extra`: fed as given, as `inspect` says. With no input batched, every input is one whole example."""
         from onnx_attr.importing.batch import batch_axes
 
+        scalars = [k for k in attributed if np.ndim(attributed[k]) == 0]  # 0-d settings: held, as the API does
+        if len(scalars) < len(attributed):
+            for name in scalars:
+                extra[name] = attributed.pop(name)
         axes = dict(zip((s.name for s in self.model.inputs), batch_axes(self.model.inputs)))
         if any(axes.get(k) is not None for k in attributed):
             for name in [k for k in attributed if axes.get(k) is None and np.ndim(attributed[k]) > 0]:

@@ -294,7 +294,7 @@ def _rounding_reason(model, method: str) -> str:
     from onnx_attr.importing.verify import dynamically_quantized, statically_quantized
 
     graph = getattr(model, "onnx_model", None)
-    if method.startswith("DeepLift") or graph is None or not (dynamically_quantized(graph) or
+    if "DeepLift" in method or graph is None or not (dynamically_quantized(graph) or
                                                               statically_quantized(graph)):
         return ""
     return ("; this graph quantizes its activations, and each rounding has gradient 0, so a gradient method "

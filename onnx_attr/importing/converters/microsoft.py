@@ -44,7 +44,9 @@ class Expansion:
 
     def __init__(self, n_inputs: int):
         self.root, self.graph = nn.Module(), fx.Graph()
-        self.inputs = [self.graph.placeholder(f"in{i}") for i in range(n_inputs)]
+        # optional: a skipped input (an empty name, QAttention's absent mask) is not passed, and those
+        # after it come by name
+        self.inputs = [self.graph.placeholder(f"in{i}", default_value=None) for i in range(n_inputs)]
 
     def step(self, op_type: str, module: nn.Module, *args: Any, attrs: Optional[dict] = None) -> fx.Node:
         name = f"s{len(self.root._modules)}_{op_type}"
