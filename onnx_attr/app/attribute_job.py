@@ -509,19 +509,19 @@ class _Job:
         baselines = _baseline(self.baseline, self.model, attributed, self.method)
         if isinstance(baselines, dict):
             baselines = {k: v for k, v in baselines.items() if k in attributed}
+        used = {"auto": "zeros"}.get(self.baseline, self.baseline)
         try:
             attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
                                                                             progress_bar, file.name)
-        except UnsupportedOpError as err:
+            if self.baseline == "auto" and self._outside_domain(attributions, attributed, extra):
+                used = "blur"
+                attributions, delta, method_report = self._attribute_in_batches(
+                    attributed, extra, _blurred(self.model, attributed), chosen, progress_bar, file.name)
+        except UnsupportedOpError as err:  # DeepLift refused this call (either baseline's): the fallback runs
             if not self.per_call_fallback:
                 raise
             with self._fallen_back(err):
                 return self.attribute_file(file, input_sha, folder, progress_bar)
-        used = {"auto": "zeros"}.get(self.baseline, self.baseline)
-        if self.baseline == "auto" and self._outside_domain(attributions, attributed, extra):
-            used = "blur"
-            attributions, delta, method_report = self._attribute_in_batches(
-                attributed, extra, _blurred(self.model, attributed), chosen, progress_bar, file.name)
         verification = getattr(self.model, "smoothed_from", self.model).verify(inputs, run=plain)  # the import itself
         report = {
             **method_report,
