@@ -613,9 +613,9 @@ class _Job:
     def _fallen_back(self, err):
         """This run's settings swapped for the fallback's while one input file runs again."""
         kinds = ", ".join(sorted({str(n[0]) for n in getattr(err, "nodes", [])}))
-        why = (f"DeepLift refused this call ({kinds}: a comparison that differs between the input and the baseline, "
-               f"whose jump no multiplier carries); {entry(AUTO_FALLBACK).title or 'FeatureAblation'} runs instead "
-               "for this input. Choose another with --method")
+        why = (f"DeepLift refused this call ({kinds}; see its message with --method deeplift); "
+               f"{entry(AUTO_FALLBACK).title or 'FeatureAblation'} runs instead for this input. Choose another with "
+               "--method")
         saved = (self.method, self.explainer, self.method_options, self.manifest, self.per_call_fallback)
         self.method, self.explainer, self.method_options, self.manifest = self._fallback_settings(why)
         self.per_call_fallback = False
