@@ -1048,15 +1048,12 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
         max_rel = max((o.max_rel for o in report.outputs), default=0.0)
         return {"status": "ok" if report.passed else "FAIL", "max_abs": max_abs, "max_rel": max_rel,
                 "detail": "" if report.passed else report.format().splitlines()[0][:300]}
-    # as the CLI does: inputs without the batch the others have (per-atom features beside per-residue ones)
-    # go in additional_forward_args, held at their values
-    from onnx_attr.importing.batch import batch_axes
+    # as the CLI does: 0-d settings and inputs without the batch the others have (per-atom features beside
+    # per-residue ones) go in additional_forward_args, held at their values
+    from onnx_attr.app.attribute_job import hold_unbatched
 
-    axes = dict(zip((s.name for s in model.inputs), batch_axes(model.inputs)))
-    unbatched = {k: v for k, v in inputs.items() if axes.get(k) is None and np.ndim(v) > 0}
-    if not (unbatched and any(axes.get(k) is not None for k in inputs if k not in unbatched)):
-        unbatched = {}
-    everything, inputs = inputs, {k: v for k, v in inputs.items() if k not in unbatched}
+    everything, inputs = inputs, dict(inputs)
+    unbatched = hold_unbatched(model, inputs)
     if target is None:  # the CLI's default for the output's layout (class, region, greedy path, anchor)
         from onnx_attr.app.target_forms import resolve
         from onnx_attr.methods.base import output_index

@@ -490,7 +490,7 @@ class _Job:
         attributed = {s.name: inputs[s.name] for s in self.model.inputs
                       if (s.differentiable or s.name in tapped) and s.name in inputs and s.name not in self.hold}
         extra = {k: v for k, v in inputs.items() if k not in attributed}
-        self._hold_unbatched(attributed, extra)
+        extra.update(hold_unbatched(self.model, attributed))
         if not attributed:
             usable = [s.name for s in self.model.inputs if s.differentiable or s.name in tapped]
             if usable:
@@ -624,21 +624,6 @@ class _Job:
         finally:
             self.method, self.explainer, self.method_options, self.manifest, self.per_call_fallback = saved
 
-    def _hold_unbatched(self, attributed: dict, extra: dict) -> None:
-        """0-d settings, and inputs without the batch that others have (`inspect`: "no batch: held at its
-        value"; a graph net's per-atom features beside its per-residue ones), move from `attributed` to
-        `extra`: fed as given, as `inspect` says. With no input batched, every input is one whole example."""
-        from onnx_attr.importing.batch import batch_axes
-
-        scalars = [k for k in attributed if np.ndim(attributed[k]) == 0]  # 0-d settings: held, as the API does
-        if len(scalars) < len(attributed):
-            for name in scalars:
-                extra[name] = attributed.pop(name)
-        axes = dict(zip((s.name for s in self.model.inputs), batch_axes(self.model.inputs)))
-        if any(axes.get(k) is not None for k in attributed):
-            for name in [k for k in attributed if axes.get(k) is None and np.ndim(attributed[k]) > 0]:
-                extra[name] = attributed.pop(name)
-
     def _outside_domain(self, attributions: dict, attributed: dict, extra: dict) -> bool:
         return zeros_failed(self.model, attributions.values(), attributed, extra)
 
@@ -730,6 +715,21 @@ def _sha256(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def hold_unbatched(model, attributed: dict) -> dict:
+    """Moves out of `attributed`, and returns, what is fed as given: 0-d settings, and inputs without the
+    batch that others have (`inspect`: "no batch: held at its value"; a graph net's per-atom features beside
+    its per-residue ones). With no input batched, every input is one whole example, attributed."""
+    from onnx_attr.importing.batch import batch_axes
+
+    held = {}
+    if any(np.ndim(v) for v in attributed.values()):  # 0-d settings: held, as the API does
+        held.update({k: attributed.pop(k) for k in [k for k, v in attributed.items() if np.ndim(v) == 0]})
+    axes = dict(zip((s.name for s in model.inputs), batch_axes(model.inputs)))
+    if any(axes.get(k) is not None for k in attributed):
+        held.update({k: attributed.pop(k) for k in [k for k, v in attributed.items() if axes.get(k) is None]})
+    return held
 
 
 def result_state(folder: Path, manifest: Union[dict, list], input_sha256: str) -> tuple[str, list[str]]:
