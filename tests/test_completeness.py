@@ -22,7 +22,8 @@ ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 #: Rules whose completeness cases need more than a one-node case of the table above.
 TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "RNN")},
                     "LogSumExpPool": "tests/test_smooth.py", "SelfGated": "tests/test_self_gated.py",
-                    "UnaryChain": "tests/test_steps.py",
+                    "UnaryChain": "tests/test_steps.py", "Step": "tests/test_steps.py",
+                    "SquaredDistance": "tests/test_svm_export.py",
                     **{op: "tests/test_quantized_lstm.py" for op in ("DynamicQuantizeLSTM", "QuantizedBlock")},
                     "BranchSelect": "tests/test_branch_select.py", "ArgMaxOneHot": "tests/test_loop_unroll.py",
                     "FakeQuant": "tests/test_fake_quant.py", "GuardedDiv": "tests/test_widen14_patterns.py"}

@@ -156,3 +156,34 @@ def test_a_static_quantizer_pair_is_no_link_of_a_fused_chain():
     x0 = np.array([[0.5, 1.0, -1.0, 1.0]], np.float32)  # two elements at their reference: the derivative there
     got, delta = onnx_attr.DeepLift(model).attribute(x, x0, target=(0,), return_convergence_delta=True)
     assert np.all(np.isfinite(np.asarray(got))) and abs(float(delta[0])) < 1e-4
+
+
+def _thresholds_model():
+    """y = Cast(Greater(x, 0.5)) @ w + Cast(LessOrEqual(x, -2)) @ u + x @ v: votes and a linear part,
+    the votes written as scikit-learn's one-against-rest SVC scores are (Cast(Less(s, 0)))."""
+    nodes = [helper.make_node("Greater", ["x", "half"], ["up"], name="vote_up"),
+             helper.make_node("Cast", ["up"], ["upf"], to=TensorProto.FLOAT),
+             helper.make_node("LessOrEqual", ["x", "minus_two"], ["down"], name="vote_down"),
+             helper.make_node("Cast", ["down"], ["downf"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["upf", "w"], ["a"]), helper.make_node("MatMul", ["downf", "u"], ["b"]),
+             helper.make_node("MatMul", ["x", "v"], ["c"]), helper.make_node("Sum", ["a", "b", "c"], ["y"])]
+    consts = {"half": np.float32(0.5), "minus_two": np.float32(-2), "w": np.array([[3.0], [-1.0], [2.0]], np.float32),
+              "u": np.array([[-4.0], [0.5], [1.0]], np.float32), "v": np.array([[0.1], [0.2], [-0.3]], np.float32)}
+    return make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 1])], consts, opset=13)
+
+
+def test_a_threshold_cast_to_float_is_a_step_attributed_its_exact_jump():
+    """Cast(Greater(x, c)) is the step H(x − c): one rescale over the pair carries each element's jump,
+    by hand, where a bare comparison flipping between input and reference would be refused. At
+    magnitudes in the hundreds, a reference far away, one element at its reference, and one flip by
+    a hair (x = 0.5 + 1 ulp-ish against 0.5)."""
+    model = onnx_attr.load(_thresholds_model())
+    x = np.array([[250.0, -300.0, 0.50001], [-2.0, 0.7, 0.1]], np.float32)
+    x0 = np.array([[-120.0, 5.0, 0.5]], np.float32)
+    method = onnx_attr.DeepLift(model)
+    got, delta = method.attribute(x, x0, return_convergence_delta=True)
+    assert len(method.engine.rewrite.steps_fused) == 2
+    h = lambda v: (v > 0.5) * np.array([3.0, -1.0, 2.0]) + (v <= -2) * np.array([-4.0, 0.5, 1.0])  # noqa: E731
+    expected = h(x.astype(np.float64)) - h(x0.astype(np.float64)) + (x - x0) * np.array([0.1, 0.2, -0.3])
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-4)
+    assert float(np.abs(np.asarray(delta)).max()) < 1e-4

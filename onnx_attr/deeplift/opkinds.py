@@ -46,7 +46,8 @@ ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
 #: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py), by what they expand into: their
 #: steps get the rules
 ML_EXPANDED = {"LinearClassifier": "composite", "LinearRegressor": "linear", "Scaler": "linear",
-               "Normalizer": "composite", "Imputer": "linear"}
+               "Normalizer": "composite", "Imputer": "linear", "SVMClassifier": "composite",
+               "SVMRegressor": "composite"}
 
 
 #: onnxruntime's com.microsoft fusions, by what they expand into (converters/microsoft.py)
@@ -59,12 +60,18 @@ MICROSOFT_KINDS = {"Gelu": "unary", "FastGelu": "unary", "QuickGelu": "unary", "
 ONNX_EXPANDED = {"SimplifiedLayerNormalization": "composite"}
 
 
+#: Steps of our own expansions (converters/svm.py) with no rule: refused by name like the ops below
+EXPANSION_STEPS = frozenset({"SVMProbabilityCoupling"})
+
 #: Importable ops with no DeepLift rule, and why: the rewrite refuses them by name with this reason.
 REFUSED = {
     "If": "its branch is chosen per call (the condition is resolved when it does not follow the attributed "
           "inputs; see specialize.py)",
     "Loop": "its trip count is unrolled per call when it does not follow the attributed inputs (specialize.py)",
     "Scan": "a scan body is not unrolled for DeepLift",
+    "SVMProbabilityCoupling": "libsvm's coupling of pairwise class probabilities is an iterative solve (for two "
+                              "classes the probability is a sigmoid of the decision value, stripped as the final "
+                              "activation)",
     "TopK": "which values it selects changes between input and reference",
     "Hardmax": "a step function of its input: no multiplier makes it complete",
     "Mod": "a sawtooth of its inputs: no multiplier makes it complete",

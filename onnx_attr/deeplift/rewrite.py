@@ -29,7 +29,7 @@ from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_
                                     placeholder_fed)
 from onnx_attr.deeplift.quant_fusion import fuse_fake_quant
 from onnx_attr.deeplift.quantized_lookup import dequantize_lookups
-from onnx_attr.deeplift.unary_fusion import fuse_self_gated, fuse_unary_chains
+from onnx_attr.deeplift.unary_fusion import fuse_self_gated, fuse_steps, fuse_unary_chains
 from onnx_attr.errors import UnsupportedOpError
 from onnx_attr.importing.specs import TensorSpec
 
@@ -46,6 +46,7 @@ class RewriteResult:
     reveal_cancel_skipped: list[str] = field(default_factory=list)  # no weighted op before them: Rescale
     self_gated: list[str] = field(default_factory=list)  # Muls fused with their gate: x·g(x), one rescale
     unary_chains: list[str] = field(default_factory=list)  # chains of elementwise nonlinearities: one rescale
+    steps_fused: list[str] = field(default_factory=list)  # Cast(Less(x, c)): a step function, one rescale
     #: per graph output, the nodes with no rule it is computed from (refused when it is explained)
     refused: list[list[tuple[str, str, int, str, str]]] = field(default_factory=list)
     #: per graph output, the comparisons of attributed values it is computed from (`StepGuard`):
@@ -195,6 +196,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
+    result.steps_fused.extend(fuse_steps(out, variable))  # Cast(Less(x, c)): a step with its jump (unary_fusion.py)
     guard_steps(out, variable, state, result)
     fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
     fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)

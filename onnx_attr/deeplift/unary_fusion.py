@@ -20,6 +20,7 @@ from onnx_attr.deeplift.rules import RULES
 FUSED_DOMAIN = "onnx_attr.fused"
 SELF_GATED = "SelfGated"
 UNARY_CHAIN = "UnaryChain"
+STEP = "Step"
 
 #: Elementwise ops that may sit in the gate g besides the unary nonlinearities (with scalar constants)
 _AFFINE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Identity"})
@@ -27,7 +28,7 @@ _AFFINE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Identity"})
 
 #: unary rules that cannot be links: fused ones, and a static quantizer's pair, whose forward goes through
 #: integers (no autograd through it, which a fused rescale needs where x ≈ x0)
-_NOT_LINKS = frozenset({SELF_GATED, UNARY_CHAIN, "FakeQuant"})
+_NOT_LINKS = frozenset({SELF_GATED, UNARY_CHAIN, STEP, "FakeQuant"})
 
 
 def _gate_op(op: str) -> bool:
@@ -88,6 +89,38 @@ def fuse_unary_chains(module: fx.GraphModule, variable: set[fx.Node]) -> list[st
     return fused
 
 
+#: comparisons that, cast to a float, are a step function of their one varying operand
+_THRESHOLDS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual"})
+#: ONNX's floating types (TensorProto: FLOAT, FLOAT16, DOUBLE, BFLOAT16)
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})
+
+
+def fuse_steps(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
+    """Replace each `Cast(Less(x, c), to=float)` (any threshold comparison of one varying x with a
+    scalar constant c, used by that Cast alone) by one node of op `Step`, in place; returns the
+    fused Casts' ONNX names. The pair is the elementwise step function H(x − c): a rescale over it,
+    (H(x) − H(x0))/(x − x0), carries its exact jump, as Sign's and Floor's do, where the comparison
+    alone (a bool, no multiplier) could only be refused when it flips between input and reference.
+    scikit-learn's SVC writes its one-against-rest scores so: the votes Cast(Less(s, 0)) plus the
+    confidences."""
+    fused = []
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or _chain_op(node) != "Cast" or len(node.args) != 1 or node.kwargs \
+                or node.meta.get("onnx_attrs", {}).get("to") not in _FLOAT_TYPES:
+            continue
+        compare = node.args[0]
+        if not isinstance(compare, fx.Node) or _chain_op(compare) not in _THRESHOLDS or len(compare.users) != 1 \
+                or compare.kwargs or compare.meta.get("onnx_domain", "") not in ("", "ai.onnx"):
+            continue
+        varying = [a for a in compare.args if isinstance(a, fx.Node) and a in variable]
+        if len(varying) != 1 or not all(_scalar(module, a) for a in compare.args if a is not varying[0]):
+            continue
+        _fold(module, node, [compare], varying[0], STEP,
+              f"{node.meta['onnx_node']} (Cast·{compare.meta['onnx_op']}: a step of {compare.meta['onnx_node']})")
+        fused.append(node.meta["onnx_node"])
+    return fused
+
+
 def _chain_op(node: fx.Node) -> str:
     return node.meta.get("onnx_op", "") if node.op == "call_module" else ""
 
@@ -133,7 +166,7 @@ def _fold(module: fx.GraphModule, mul: fx.Node, gate: list[fx.Node], x: fx.Node,
           described: str = "") -> None:
     """Put a `GateChain` of the gate's modules and the last node (the Mul) in the last node's place,
     called with x."""
-    name = f"{'self_gated' if op == SELF_GATED else 'unary_chain'}_{mul.name}"
+    name = f"{ {SELF_GATED: 'self_gated', STEP: 'step'}.get(op, 'unary_chain')}_{mul.name}"
     module.add_submodule(name, GateChain(module, [*gate, mul], x))
     ops = "·".join(n.meta["onnx_op"] for n in reversed(gate))
     mul.meta.update(onnx_op=op, onnx_domain=FUSED_DOMAIN, onnx_opset=1, onnx_attrs={},

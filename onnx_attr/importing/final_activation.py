@@ -81,8 +81,12 @@ def strip_final_activations(
         return model, found
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    inserted: dict[int, list[onnx.NodeProto]] = {}
     for i in to_strip:
         node = out.graph.node[i]
+        if node.op_type == "SVMClassifier":
+            inserted[i] = _strip_platt(out.graph, node)
+            continue
         if node.op_type == "LinearClassifier":  # the scores before the post_transform; the labels as they were
             next(a for a in node.attribute if a.name == "post_transform").s = b"NONE"
             for j in normalizers:
@@ -95,7 +99,7 @@ def strip_final_activations(
     for i in to_negate:
         node = out.graph.node[i]
         out.graph.node[i].CopyFrom(onnx.helper.make_node("Neg", [node.input[1]], [node.output[0]], name=node.name))
-    kept = [node for i, node in enumerate(out.graph.node) if i not in to_drop]
+    kept = [n for i, node in enumerate(out.graph.node) if i not in to_drop for n in [node, *inserted.get(i, [])]]
     del out.graph.node[:]
     out.graph.node.extend(kept)
     return out, found
@@ -153,6 +157,8 @@ def _kind(node) -> str:
     post_transform the activation it names."""
     if node.op_type == "LinearClassifier":
         return _POST_TRANSFORMS[_text(node, "post_transform")]
+    if node.op_type == "SVMClassifier":
+        return "Sigmoid"  # Platt scaling of the decision value
     return "Softmax" if node.op_type in ("Div", "Exp") else node.op_type
 
 
@@ -168,15 +174,51 @@ def _text(node, name: str) -> str:
 def _scores(node) -> str:
     """The output of a node of the chain that carries the scores on (a linear classifier's second:
     its first is the labels, which the strip leaves as they are)."""
-    return node.output[1] if node.op_type == "LinearClassifier" else node.output[0]
+    return node.output[1] if node.op_type in _CLASSIFIERS else node.output[0]
+
+
+_CLASSIFIERS = frozenset({"LinearClassifier", "SVMClassifier"})
+
+
+def _platt(node) -> tuple[float, float] | None:
+    """(A, B) of a two-class SVMClassifier's probability estimate, p(class 1) = logistic(s·A + B) of
+    its decision value s (libsvm's Platt scaling, as onnxruntime computes it), or None."""
+    attrs = {a.name: a for a in node.attribute}
+    labels = attrs.get("classlabels_ints") or attrs.get("classlabels_strings")
+    if labels is None or len(labels.ints or labels.strings) != 2 or "prob_a" not in attrs or "prob_b" not in attrs:
+        return None
+    if len(attrs["prob_a"].floats) != 1 or len(attrs["prob_b"].floats) != 1:
+        return None
+    return attrs["prob_a"].floats[0], attrs["prob_b"].floats[0]
+
+
+def _strip_platt(graph, node) -> list[onnx.NodeProto]:
+    """The SVMClassifier without its probability estimate writes [-s, s]; scaled by A and shifted
+    by [-B, B] that is [-z, z] with z = s·A + B the log-odds of class 1, as a stripped binary
+    logistic gives. Returns the two nodes to put right after it (the label output is unchanged:
+    onnxruntime votes on s either way)."""
+    a, b = _platt(node)
+    kept = [attr for attr in node.attribute if attr.name not in ("prob_a", "prob_b")]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    scores, decision = node.output[1], f"{node.output[1]}__decision"
+    node.output[1] = decision
+    names = [f"{scores}__platt_a", f"{scores}__platt_b", f"{scores}__scaled"]
+    graph.initializer.extend([numpy_helper.from_array(np.array([a, a], np.float32), names[0]),
+                              numpy_helper.from_array(np.array([-b, b], np.float32), names[1])])
+    return [onnx.helper.make_node("Mul", [decision, names[0]], [names[2]], name=f"{node.name}__platt_scale"),
+            onnx.helper.make_node("Add", [names[2], names[1]], [scores], name=f"{node.name}__platt_shift")]
 
 
 def _transformed_scores(node, tensor: str) -> bool:
     """Whether `tensor` is the scores output of a scikit-learn linear classifier (LinearClassifier,
     skl2onnx's LogisticRegression and friends) that ends in a softmax or a logistic: its
     post_transform is the output's final activation, stripped by setting it to NONE."""
-    return (node.domain == "ai.onnx.ml" and node.op_type == "LinearClassifier" and len(node.output) > 1
-            and node.output[1] == tensor and _text(node, "post_transform") in _POST_TRANSFORMS)
+    if node.domain != "ai.onnx.ml" or len(node.output) < 2 or node.output[1] != tensor:
+        return False
+    if node.op_type == "SVMClassifier":
+        return _text(node, "post_transform") in ("", "NONE") and _platt(node) is not None
+    return node.op_type == "LinearClassifier" and _text(node, "post_transform") in _POST_TRANSFORMS
 
 
 #: Ops between a softmax's row sum (or row max) and the Div/Sub that broadcast it back over the row.

@@ -73,6 +73,22 @@ class UnaryChain(Rescale):
     (unary_fusion.py): one rescale over the whole, finite where the chain's value is."""
 
 
+@rule("Step")
+class Step(UnaryRule):
+    """A threshold comparison of one varying x with a constant, cast to a float (unary_fusion.py): a
+    step function. The secant is its exact jump where it flips between input and reference, and 0
+    elsewhere (flat; a bool has no gradient to take where x ≈ x0, and none is needed: Δy = 0 there)."""
+
+    def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
+        (pos,) = info.variable_positions()
+        dx = args[pos] - refs[pos]
+        jump = out - ref_out
+        m = torch.where(jump == 0, torch.zeros_like(jump), jump / dx.masked_fill(dx == 0, 1.0))
+        grads = [None] * len(args)
+        grads[pos] = reduce_to(grad * m, args[pos].shape)
+        return grads
+
+
 @rule("FakeQuant")
 class FakeQuant(UnaryRule):
     """A static quantizer's QuantizeLinear → DequantizeLinear pair (quant_fusion.py): a staircase,

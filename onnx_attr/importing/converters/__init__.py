@@ -8,4 +8,4 @@ line below.
 from onnx_attr.importing.converters import registry  # noqa: F401  (first: the families register into it)
 from onnx_attr.importing.converters import (activations, arithmetic, attention, bitwise, cast, comparison, control_flow, convolution, image, indexing, linear, loss,  # noqa: F401,E402
                microsoft, ml, matrix, normalization, one_hot, padding, pooling, recurrent, reduce, resize, sampling, shape, signal,
-               quantize, sequence, training, unsigned)
+               quantize, sequence, svm, training, unsigned)
