@@ -61,6 +61,12 @@ class InputError(OnnxAttrError):
     """Inputs, baselines or targets that do not fit the model's declared inputs."""
 
 
+class NoGradientPathError(InputError):
+    """The explained output does not follow the attributed inputs through any differentiable step
+    (a binned feature's ArgMax, a vote): gradient-based multipliers are all 0. A perturbation method
+    explains it; the CLI's default method falls back to one."""
+
+
 class OutputError(OnnxAttrError):
     """A result could not be written where the user asked."""
 

@@ -361,3 +361,111 @@ def test_gradient_methods_on_a_tree_ensemble_say_why_and_what_explains_it(tmp_pa
     model = onnx_attr.load(proto, strip_final_activation=False)
     with pytest.raises(onnx_attr.InputError, match="tree ensemble.*perturbation method"):
         onnx_attr.IntegratedGradients(model).attribute(x[:2], target=0, output="probabilities")
+
+
+def _column_pipeline():
+    """Numeric columns scaled, two int64 categorical columns one-hot encoded (ai.onnx.ml OneHotEncoder,
+    one graph input per column, as skl2onnx writes a ColumnTransformer), then a logistic regression."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
+
+    x, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(0)
+    numeric = x[:, :3].astype(np.float32)  # radius, texture, perimeter: raw, in the tens and hundreds
+    categories = np.stack([rng.integers(0, 4, len(y)), (y + rng.integers(0, 2, len(y))) * 10], 1).astype(np.int64)
+    table = np.concatenate([numeric, categories.astype(np.float32)], 1)
+    columns = ColumnTransformer([("num", StandardScaler(), [0, 1, 2]), ("cat", OneHotEncoder(handle_unknown="ignore"), [3, 4])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = make_pipeline(columns, LogisticRegression(max_iter=1000)).fit(table, y)
+    names = ["radius", "texture", "perimeter", "site", "grade"]
+    types = [(n, FloatTensorType([None, 1])) for n in names[:3]] + [(n, Int64TensorType([None, 1])) for n in names[3:]]
+    inputs = {n: numeric[:, i:i + 1] for i, n in enumerate(names[:3])}
+    inputs.update({n: categories[:, i - 3:i - 2] for i, n in enumerate(names) if i >= 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = skl2onnx.convert_sklearn(fitted, initial_types=types, target_opset={"": 17, "ai.onnx.ml": 3})
+    return proto, fitted, table, inputs
+
+
+def test_categorical_columns_are_one_hot_encoded_and_attributed_at_their_encoding():
+    """scikit-learn's own predictions and onnxruntime as oracles for the import; DeepLift is complete over
+    all five columns, the categorical ones attributed at their one-hot (their lookup), where a row whose
+    category equals the reference's gets exactly 0."""
+    import torch
+
+    proto, fitted, table, inputs = _column_pipeline()
+    model = onnx_attr.load(proto)
+    rows = {k: v[::41] for k, v in inputs.items()}
+    report = model.verify(rows)
+    assert report.passed, report.format()
+    labels, logits = model.run(rows)
+    np.testing.assert_array_equal(labels.numpy(), fitted.predict(table[::41]))
+    baseline = {k: np.zeros_like(v[:1]) for k, v in rows.items()}  # category 0 / no grade 0 row: far from most
+    ordered = tuple(torch.tensor(rows[s.name]) for s in model.inputs)
+    base = tuple(torch.tensor(baseline[s.name]) for s in model.inputs)
+    target = logits.numpy().argmax(1).tolist()
+    attributions, delta = onnx_attr.DeepLift(model).attribute(ordered, base, target=target,
+                                                              return_convergence_delta=True)
+    assert len(attributions) == 5 and all(a.shape == (len(target), 1) for a in attributions)
+    change = (logits.numpy() - model.run({k: np.repeat(v, len(target), 0) for k, v in baseline.items()})[1].numpy())
+    change = change[np.arange(len(target)), target]
+    np.testing.assert_allclose(sum(a.numpy().reshape(-1) for a in attributions), change, rtol=1e-5, atol=1e-5)
+    site = attributions[3].numpy().reshape(-1)
+    assert np.all(site[rows["site"].reshape(-1) == 0] == 0) and np.any(site != 0)
+
+
+def test_one_hot_encoder_repeated_categories_and_unknown_values_match_onnxruntime():
+    """onnxruntime keeps the last position of a repeated category; an unknown value gives zeros, or an
+    error where `zeros` is 0 (raised as a clear error, not a crash)."""
+    from onnx import TensorProto, helper
+
+    def model(zeros: int):
+        node = helper.make_node("OneHotEncoder", ["x"], ["y"], domain="ai.onnx.ml", cats_int64s=[3, 7, 3, -1],
+                                zeros=zeros)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2, 4])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+
+    x = np.array([[3.0, 7.9], [-1.2, 5.0]], np.float32)  # 7.9 truncates to 7, -1.2 to -1; 5 is unknown
+    imported = onnx_attr.load(model(1))
+    report = imported.verify(x)
+    assert report.passed, report.format()
+    np.testing.assert_array_equal(imported.run(x)[0].numpy()[0, 0], [0, 0, 1, 0])
+    with pytest.raises(Exception, match="outside its categories"):
+        onnx_attr.load(model(0)).run(x)
+
+
+def test_binned_features_fall_back_to_ablation_in_the_cli_and_are_refused_clearly_by_deeplift(tmp_path, capsys):
+    """KBinsDiscretizer: each feature reaches the output only through Less → ArgMax → OneHotEncoder, a
+    step function with no gradient path. DeepLift says so (NoGradientPathError, an InputError); the CLI's
+    default explains it by ablation and says why."""
+    import onnx
+    import torch
+
+    from onnx_attr.app.cli import main
+    from onnx_attr.errors import NoGradientPathError
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import KBinsDiscretizer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x[:, :6].astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = make_pipeline(KBinsDiscretizer(4, encode="onehot-dense"), LogisticRegression(max_iter=500)).fit(x, y)
+        proto = skl2onnx.to_onnx(fitted, x[:1], target_opset={"": 17, "ai.onnx.ml": 3})
+    model = onnx_attr.load(proto)
+    assert model.verify(x[:30]).passed
+    with pytest.raises(NoGradientPathError, match="perturbation method"):
+        onnx_attr.DeepLift(model).attribute(torch.tensor(x[:4]), target=0)
+    path = tmp_path / "bins.onnx"
+    onnx.save(proto, path)
+    np.savez(tmp_path / "x.npz", X=x[:4])
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--no-pictures"]) == 0
+    assert "steps alone" in capsys.readouterr().err
+    found = np.load(tmp_path / "out" / "attributions.npz")["X"]
+    assert found.shape == (4, 6) and np.any(found != 0)

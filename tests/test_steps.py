@@ -187,3 +187,23 @@ def test_a_threshold_cast_to_float_is_a_step_attributed_its_exact_jump():
     expected = h(x.astype(np.float64)) - h(x0.astype(np.float64)) + (x - x0) * np.array([0.1, 0.2, -0.3])
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-4)
     assert float(np.abs(np.asarray(delta)).max()) < 1e-4
+
+
+def test_what_a_fused_step_feeds_gets_its_rules():
+    """Sigmoid(4·Cast(Greater(x, 0)) − 2): the Sigmoid after the step varies with x only through it,
+    and needs its rescale (left plain, its gradient would break completeness where the step flips)."""
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["up"]),
+             helper.make_node("Cast", ["up"], ["upf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["upf", "four"], ["jump"]), helper.make_node("Sub", ["jump", "two"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["s"]), helper.make_node("ReduceSum", ["s", "axes"], ["y"])]
+    consts = {"zero": np.float32(0), "four": np.float32(4), "two": np.float32(2), "axes": np.array([1], np.int64)}
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 4])], [("y", FLOAT, ["n", 1])], consts, opset=13),
+                           strip_final_activation=False)
+    x = np.array([[1.5, -2.0, 0.2, 3.0]], np.float32)
+    x0 = np.array([[-1.0, 1.0, -0.3, 2.0]], np.float32)
+    got, delta = onnx_attr.DeepLift(model).attribute(x, x0, return_convergence_delta=True)
+    z = lambda v: 4.0 * (v > 0) - 2  # noqa: E731
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    expected = sig(z(x.astype(np.float64))) - sig(z(x0.astype(np.float64)))  # elementwise: each its own change
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+    assert abs(float(delta[0])) < 1e-6

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from onnx_attr.errors import InputError, OnnxAttrError, OutputError, UnsupportedOpError
+from onnx_attr.errors import InputError, NoGradientPathError, OnnxAttrError, OutputError, UnsupportedOpError
 from onnx_attr.fileio import FolderLock, atomic_write, regular_file, remove_leftover_temporaries, write_json
 from onnx_attr.app.manifest import build_manifest, differences, file_sha256
 from onnx_attr.methods.registry import entry, titles
@@ -322,11 +322,13 @@ def _explainer_or_fallback(model, method: str, auto: bool, gradient_fallback: bo
         if auto and method == "deeplift" and engine is not None:  # an output reached only through refused
             engine.rewrite.check_output(explainer._output_index(output_name))  # nodes: refused now
         return explainer, None
-    except UnsupportedOpError as err:
+    except (UnsupportedOpError, NoGradientPathError) as err:
         if not auto or method != "deeplift":
             raise
-        kinds = sorted({op for op, *_ in err.nodes})
-        why = (f"DeepLift has no exact rule for {', '.join(kinds)}; {entry(AUTO_FALLBACK).title or 'FeatureAblation'} "
+        kinds = sorted({op for op, *_ in getattr(err, "nodes", [])})
+        reason = f"DeepLift has no exact rule for {', '.join(kinds)}" if kinds else \
+            "the explained output follows the inputs through steps alone (every DeepLift multiplier is 0)"
+        why = (f"{reason}; {entry(AUTO_FALLBACK).title or 'FeatureAblation'} "
                f"runs instead (forward passes only; inputs of more than {FALLBACK_FEATURES} elements per example "
                f"in at most {FALLBACK_FEATURES} blocks). Choose another with --method")
         if not quiet:
@@ -517,7 +519,8 @@ class _Job:
                 used = "blur"
                 attributions, delta, method_report = self._attribute_in_batches(
                     attributed, extra, _blurred(self.model, attributed), chosen, progress_bar, file.name)
-        except UnsupportedOpError as err:  # DeepLift refused this call (either baseline's): the fallback runs
+        except (UnsupportedOpError, NoGradientPathError) as err:  # DeepLift refused this call (either baseline's),
+            # or the output follows the inputs through steps alone (binned features): the fallback runs
             if not self.per_call_fallback:
                 raise
             with self._fallen_back(err):
@@ -612,7 +615,8 @@ class _Job:
     @contextlib.contextmanager
     def _fallen_back(self, err):
         """This run's settings swapped for the fallback's while one input file runs again."""
-        kinds = ", ".join(sorted({str(n[0]) for n in getattr(err, "nodes", [])}))
+        kinds = ", ".join(sorted({str(n[0]) for n in getattr(err, "nodes", [])})) or \
+            "the output follows the inputs through steps alone: every multiplier is 0"
         why = (f"DeepLift refused this call ({kinds}; see its message with --method deeplift); "
                f"{entry(AUTO_FALLBACK).title or 'FeatureAblation'} runs instead for this input. Choose another with "
                "--method")

@@ -388,9 +388,12 @@ def cmd_inspect(args) -> int:
     lines = [f"model: {args.model}", f"producer: {info['producer'] or '?'}; IR {info['ir_version']}; opsets: "
              + ", ".join(f"{d} {v}" for d, v in info["opsets"].items())]
     lines.append("inputs:")
-    lines += [f"  {s.describe()}  ({_batch_text(d['batch_axis'])})" + ("" if s.differentiable else
-                                                                        "  (not differentiable)")
-              for s, d in zip(model.inputs, info["inputs"])]
+    from onnx_attr.deeplift.layers import embedding_lookups
+
+    looked_up = embedding_lookups(model)
+    lines += [f"  {s.describe()}  ({_batch_text(d['batch_axis'])})" + (
+        "" if s.differentiable else f"  (ids: attributed at their lookup {', '.join(looked_up[s.name])})"
+        if s.name in looked_up else "  (not differentiable)") for s, d in zip(model.inputs, info["inputs"])]
     lines.append("outputs:")
     for s, d in zip(model.outputs, info["outputs"]):
         batch = "0-d: one example's value" if s.shape == () or s.shape == [] else _batch_text(d["batch_axis"])

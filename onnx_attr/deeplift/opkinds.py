@@ -43,6 +43,8 @@ STRUCTURAL = frozenset({
 
 #: ai.onnx.ml ops as imported: ZipMap is the probability tensor itself, ArrayFeatureExtractor a gather.
 ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
+#: ai.onnx.ml ops whose outputs no gradient follows: OneHotEncoder selects constants by a category
+ML_STRUCTURAL = frozenset({"OneHotEncoder"})
 #: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py), by what they expand into: their
 #: steps get the rules
 ML_EXPANDED = {"LinearClassifier": "composite", "LinearRegressor": "linear", "Scaler": "linear",
@@ -130,6 +132,8 @@ def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool], attrs: M
         return ONNX_EXPANDED.get(op_type) or op_kind(op_type, variable, attrs)
     if domain == "ai.onnx.ml" and op_type in ML_LINEAR:
         return "linear"
+    if domain == "ai.onnx.ml" and op_type in ML_STRUCTURAL:
+        return "structural"
     if domain == "ai.onnx.ml" and op_type in ML_EXPANDED:
         return ML_EXPANDED[op_type]
     if domain in ("onnx_attr.smooth", "onnx_attr.quantized", "onnx_attr.fused", "onnx_attr.control") and op_type in RULES:  # our own

@@ -30,7 +30,8 @@ from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_
 from onnx_attr.deeplift.quant_fusion import fuse_fake_quant
 from onnx_attr.deeplift.quantized_lookup import dequantize_lookups
 from onnx_attr.deeplift.unary_fusion import fuse_self_gated, fuse_steps, fuse_unary_chains
-from onnx_attr.errors import UnsupportedOpError
+from onnx_attr.deeplift.target_grad import NO_GRADIENT_PATH
+from onnx_attr.errors import NoGradientPathError, UnsupportedOpError
 from onnx_attr.importing.specs import TensorSpec
 
 
@@ -52,6 +53,8 @@ class RewriteResult:
     #: per graph output, the comparisons of attributed values it is computed from (`StepGuard`):
     #: refused in a call where one of them differs between the input and the reference
     steps: list[list[tuple[str, str, int, str, str]]] = field(default_factory=list)
+    #: per graph output, whether it follows the attributed inputs through any differentiable step
+    varying_outputs: list[bool] = field(default_factory=list)
     gradient_fallback: bool = False
 
     def moved_steps(self, output: int) -> list[tuple[str, str, int, str, str]]:
@@ -76,6 +79,8 @@ class RewriteResult:
         if output < len(self.refused) and self.refused[output]:
             raise UnsupportedOpError(self.refused[output], action="DeepLift has no exact rule for",
                                      hint=FALLBACK_HINT + ", or explain another output (output=...)")
+        if output < len(self.varying_outputs) and not self.varying_outputs[output]:
+            raise NoGradientPathError(NO_GRADIENT_PATH)
 
 
 #: ops whose output is a step of their inputs (a bool, an index): guarded where those vary (`StepGuard`)
@@ -197,6 +202,8 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
     result.steps_fused.extend(fuse_steps(out, variable))  # Cast(Less(x, c)): a step with its jump (unary_fusion.py)
+    if result.steps_fused:  # what a step feeds now varies too (a comparison's did not): its nonlinear ops need rules
+        variable = variable_nodes(out, inputs, set(taps))
     guard_steps(out, variable, state, result)
     fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
     fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)
@@ -243,6 +250,9 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         result.fallback = [(u[3], u[0]) for u in unsupported]
         warnings.warn("DeepLift falls back to the plain gradient at: "
                       + ", ".join(f"{n} ({o})" for n, o in result.fallback), stacklevel=2)
+    finals = next(n for n in out.graph.nodes if n.op == "output").args[0]
+    result.varying_outputs = [isinstance(f, fx.Node) and f in variable
+                              for f in (finals if isinstance(finals, (tuple, list)) else [finals])]
     out.graph.lint()
     out.recompile()
     return result

@@ -100,7 +100,8 @@ def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> di
 def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict[fx.Node, str]:
     """Where ids derived from one integer input become floating values that carry them: a Gather
     of a constant table (an embedding), or a floating one-hot (Cast(Equal(ids, classes)), as tf2onnx
-    writes it, or OneHot) whose last axis is the class axis."""
+    writes it, OneHot, or scikit-learn's OneHotEncoder of a categorical column) whose last axis is
+    the class axis."""
     sources = _integer_sources(module, inputs)
     fed = placeholder_fed(module)
     taps = {}
@@ -117,6 +118,8 @@ def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict
             ids = _compared_ids(node.args[0], sources)
         elif op == "OneHot":
             ids = node.args[0] if not any(a in fed for a in node.args[1:] if isinstance(a, fx.Node)) else None
+        elif op == "OneHotEncoder" and node.meta.get("onnx_domain") == "ai.onnx.ml":  # scikit-learn's categories
+            ids = node.args[0]
         else:
             continue
         if isinstance(ids, fx.Node) and len(sources.get(ids, ())) == 1:

@@ -55,6 +55,41 @@ def convert_binarizer(node, graph):
     return result(node, Binarizer(float(node.attributes.get("threshold", 0.0))))
 
 
+class OneHotEncoder(nn.Module):
+    """ai.onnx.ml OneHotEncoder over integer categories: a 1.0 at each value's position in the category
+    list (the last position where the list repeats a value, as onnxruntime's map keeps it), along a
+    new last axis; a value not in the list gives zeros, or is refused where `zeros` is 0. Float and
+    int32 values are truncated to int64 first. A selection of constants: no gradient follows the
+    values (the op kind table says so), so a categorical input is held, not attributed."""
+
+    def __init__(self, categories: list[int], zeros: bool):
+        super().__init__()
+        values = torch.tensor(categories, dtype=torch.int64)
+        last = torch.tensor([categories.index(v, i + 1) if v in categories[i + 1:] else -1 for i, v in enumerate(categories)])
+        self.register_buffer("categories", values)
+        self.register_buffer("kept", last < 0)  # the last occurrence of each value
+        self.zeros = zeros
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 2:
+            raise ValueError(f"OneHotEncoder takes an input of rank 2 at most (onnxruntime's limit), got {x.dim()}")
+        hot = (x.to(torch.int64).unsqueeze(-1) == self.categories) & self.kept
+        if not self.zeros and not bool(hot.any(-1).all()):
+            raise ValueError("OneHotEncoder met a value outside its categories, and its `zeros` attribute is 0")
+        return hot.to(torch.float32)
+
+
+@register("OneHotEncoder", 1, domain="ai.onnx.ml")
+def convert_one_hot_encoder(node, graph):
+    if node.attributes.get("cats_strings"):
+        raise NotImplementedError("OneHotEncoder over strings (torch holds no strings: export the categories as "
+                                  "int64 codes, e.g. an OrdinalEncoder before the model)")
+    categories = [int(v) for v in node.attributes.get("cats_int64s", [])]
+    if not categories:
+        raise ValueError("OneHotEncoder has no categories")
+    return result(node, OneHotEncoder(categories, bool(node.attributes.get("zeros", 1))))
+
+
 # --- scikit-learn's linear models and preprocessing, as expansions into ONNX ops -------------------
 # skl2onnx writes LogisticRegression, LinearSVC, Ridge, SGD... as LinearClassifier/LinearRegressor and
 # StandardScaler, MinMaxScaler, Normalizer as Scaler/Normalizer. Each is built from the ai.onnx ops it
