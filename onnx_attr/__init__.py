@@ -52,6 +52,7 @@ _LAZY = {
     "VerifyReport": "importing.verify", "verify": "importing.verify",
     **{name: "methods" for name in _method_classes()},
     "tensor_as_input": "deeplift.layers", "tensor_as_output": "deeplift.layers", "Target": "deeplift.targets",
+    "named_target": "app.target_forms",
     "infidelity": "methods.metrics", "parameter_randomization": "methods.metrics", "sensitivity_max": "methods.metrics",
     "smooth": "deeplift.smooth", "blurred": "methods.blur",
     "attribute_dataset": "app.dataset_job", "read_results": "app.dataset_job",
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
     from onnx_attr.app.dataset_job import attribute_dataset, read_results
     from onnx_attr.deeplift.smooth import smooth
     from onnx_attr.deeplift.targets import Target
+    from onnx_attr.app.target_forms import named_target
     from onnx_attr.importing.verify import VerifyReport, verify
     from onnx_attr.app.preprocess import image_preprocessing
     from onnx_attr.app.readers import InputOptions, read_inputs
@@ -97,8 +99,9 @@ __all__ = [
     *_method_classes(),
     # hidden tensors by ONNX name, as an output (neurons) or an input (layers), for any method
     "tensor_as_input", "tensor_as_output",
-    # what to explain on dense outputs: a mask (Σ weights·output) or an index on another batch axis
-    "Target",
+    # what to explain on dense outputs: a mask (Σ weights·output) or an index on another batch axis; the
+    # CLI's --target forms (top, region, greedy, anchor) resolved on the model's output
+    "Target", "named_target",
     # evaluation metrics
     "infidelity", "parameter_randomization", "sensitivity_max",
     # Relu -> Softplus(β), MaxPool -> log-sum-exp pooling, with the output change reported

@@ -230,3 +230,30 @@ def test_a_form_that_does_not_fit_the_layout_says_so(tmp_path, capsys):
     assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"), "--target",
                  "greedy"]) == 2
     assert "--target greedy needs a sequence" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_the_api_takes_the_cli_forms_through_named_target(tmp_path, time_major):
+    """`onnx_attr.named_target(model, x, "greedy")` is the target the CLI's --target greedy explains: the
+    attributions from Python equal the CLI's (its attributions.npz), the greedy path summed as by hand with
+    onnxruntime. A bare string as `target=` is refused with the way to say it."""
+    import torch
+
+    import onnx_attr
+
+    path = _sequence(tmp_path, time_major)
+    x = (RNG.normal(size=(2, 6, 5)) * 4).astype(np.float32)
+    report, sums, out = _run(tmp_path, path, x, "--no-pictures", "--target", "greedy")
+    model = onnx_attr.load(path)
+    target = onnx_attr.named_target(model, {"x": x}, "greedy")
+    attributions = onnx_attr.DeepLift(model).attribute(torch.tensor(x), target=target)
+    with np.load(out / "attributions.npz") as data:
+        np.testing.assert_allclose(attributions.numpy(), data["x"], rtol=1e-5, atol=1e-5)
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
+    if time_major:
+        y, y0 = y.transpose(1, 0, 2), y0.transpose(1, 0, 2)
+    ids = y.argmax(2)[..., None]
+    _complete(attributions.numpy().reshape(2, -1).sum(1), np.take_along_axis(y, ids, 2).sum((1, 2)),
+              np.take_along_axis(np.broadcast_to(y0, y.shape), ids, 2).sum((1, 2)))
+    with pytest.raises(onnx_attr.InputError, match="named_target"):
+        onnx_attr.DeepLift(model).attribute(torch.tensor(x), target="greedy")

@@ -29,7 +29,7 @@ Every form is resolved to indices or masks (`targets.Target`) that every method 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -133,6 +133,24 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     if text is None:
         resolved.source = f"default for {layout.name}: {resolved.source}"
     return resolved
+
+
+def named_target(model, inputs, form: Optional[str] = None, output: Union[str, int, None] = None,
+                 batch_axis: Optional[int] = None):
+    """The target `onnx-attr attribute --target FORM` explains (None: the default of the output's
+    layout), for the API's `target=`: the same indices or mask (`Target`), so a call from Python
+    explains what the command line does. `inputs`: a dict by input name, or the attributed tensors
+    in the model's input order, as a method's call takes them."""
+    from onnx_attr.methods.base import output_index
+
+    if not isinstance(inputs, dict):
+        given = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        inputs = dict(zip((s.name for s in model.inputs), given))
+    named = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in inputs.items()}
+    index = output_index(model, output)
+    first = next(iter(named.values()))
+    return resolve(form, model.run(named)[index], model=model, output_index=index, inputs=named,
+                   examples=first.shape[0] if first.ndim else 0, batch_axis=batch_axis).target
 
 
 def batch_first(out: Tensor, axis: Optional[int]) -> Tensor:

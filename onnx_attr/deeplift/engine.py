@@ -72,6 +72,9 @@ class Targets:
             rows = [()] * n
         elif target is None:
             rows = [()] * n
+        elif isinstance(target, str):
+            raise InputError(f"target {target!r} is a name: a target is indices, a callable or a Target; for the "
+                             f"CLI's named forms pass target=onnx_attr.named_target(model, inputs, {target!r})")
         elif isinstance(target, (bool, float)):
             raise InputError(f"a target must be integer indices, got {target!r}")
         elif isinstance(target, (int,)) or (hasattr(target, "ndim") and getattr(target, "ndim") == 0):

@@ -247,16 +247,20 @@ DELTA_TOLERANCE = 1e-4
 ROUNDING_ULPS = 8
 
 
+#: an output dtype's name -> the float type its rounding is judged in (float32 for anything else)
+_ROUNDED_IN = {"float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def relative_delta(delta: Tensor, change: Tensor, dtype=None, magnitude: Optional[Tensor] = None) -> Tensor:
     """|delta| / |f(x) - f(x0)|, the change floored at ROUNDING_ULPS · eps(dtype) · max(1, |f(x)|,
     |f(x0)|) / DELTA_TOLERANCE (`magnitude`: the larger of |f(x)|, |f(x0)| per example; eps of the
-    model's output dtype, float32 if unknown). A change below that is within the rounding of the two
+    model's output dtype, float16's 1e-3 for a half-precision model, float32 if unknown). A change below that is within the rounding of the two
     outputs it is the difference of (a face-map logit near -5.3 moving by 9e-4 is known to a few
     5e-7 steps), so no attribution can resolve it to DELTA_TOLERANCE; a floor of 1 would instead
     hide errors as large as the change itself wherever |Δf| < 1 (probabilities)."""
     if not delta.numel():
         return delta
-    kind = torch.float64 if str(dtype) == "float64" else torch.float32
+    kind = _ROUNDED_IN.get(str(dtype).replace("torch.", ""), torch.float32)
     floor = ROUNDING_ULPS * torch.finfo(kind).eps / DELTA_TOLERANCE
     scale = 1.0 if magnitude is None else magnitude.detach().double().abs().reshape(change.shape).clamp_min(1.0)
     return delta.double().abs() / change.double().abs().clamp_min(floor * scale)
