@@ -257,3 +257,25 @@ def test_the_api_takes_the_cli_forms_through_named_target(tmp_path, time_major):
               np.take_along_axis(np.broadcast_to(y0, y.shape), ids, 2).sum((1, 2)))
     with pytest.raises(onnx_attr.InputError, match="named_target"):
         onnx_attr.DeepLift(model).attribute(torch.tensor(x), target="greedy")
+
+
+def test_a_model_that_combines_its_input_rows_is_one_example_and_batch_axis_0_says_why(tmp_path, capsys):
+    """ICLabel's network averages 4 augmented rows per component: 12 input rows, 3 output rows. Read
+    as one example by default (exit 0, complete on the whole output's greedy path); --batch-axis 0
+    is refused saying the rows do not match, and an index of the wrong depth names the real shape."""
+    nodes = [helper.make_node("Reshape", ["x", "groups"], ["g"]),
+             helper.make_node("ReduceMean", ["g"], ["m"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["y"])]
+    path = _save(tmp_path, nodes, [_info("x", ["R", 5])], [_info("y", ["C", 7])],
+                 {"groups": np.array([-1, 4, 5], np.int64), "w": RNG.normal(size=(5, 7)).astype(np.float32)},
+                 "grouped.onnx")
+    x = (RNG.normal(size=(12, 5)) * 3).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x))
+    ids = y.argmax(1)[:, None]
+    _complete(sums.sum(), np.take_along_axis(y, ids, 1).sum(), np.take_along_axis(y0, ids, 1).sum())
+    np.savez(tmp_path / "x.npz", x=x)
+    for extra, said in ((["--batch-axis", "0"], "3 row(s) there for 12 example(s)"),
+                        (["--target", "0"], "shape [3, 7], read as one example")):
+        assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "bad"), *extra]) == 2
+        assert said in capsys.readouterr().err

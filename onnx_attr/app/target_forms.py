@@ -87,6 +87,11 @@ def output_batch_axis(model, output_index: int, out: Tensor, examples: int, give
     if given is not None:
         if not 0 <= given < max(out.dim(), 1):
             raise InputError(f"--batch-axis {given} is not an axis of the output of shape {list(out.shape)}")
+        if out.dim() and examples and out.shape[given] != examples:
+            raise InputError(f"--batch-axis {given}: the output of shape {list(out.shape)} has {out.shape[given]} "
+                             f"row(s) there for {examples} example(s) in the input, so it is not the batch (the model "
+                             "combines its input rows). Without --batch-axis the whole input is explained as one "
+                             "example; --target then indexes the whole output")
         return given
     if out.dim() == 0:
         return 0

@@ -133,9 +133,14 @@ class Targets:
         if depth == 0 and output.dim() > 1 and math.prod(output.shape[1:]) == 1:  # [N, 1, 1, ...]: no choice
             return output.reshape(n, -1)[:, 0]
         if output.dim() - 1 != depth:
+            whole = self.batch_axis is None  # the rows mix (or there is no batch): the output is one example
+            shape = list(output.shape[1:] if whole else output.shape)
             raise InputError(
-                f"the output has shape {list(output.shape)}: a target must pick one value per example "
-                f"({output.dim() - 1} index(es) after the batch axis), got {depth}"
+                f"the output has shape {shape}"
+                + (", read as one example (the model combines its input rows, or its output has no batch axis)"
+                   if whole else "")
+                + f": a target must pick one value per example ({output.dim() - 1} index(es)"
+                + (" into the whole output" if whole else " after the batch axis") + f"), got {depth}"
             )
         if output.shape[0] != n:
             raise InputError(
