@@ -29,6 +29,9 @@ def spec(name, shape, dtype=np.float32):
     ([(1, 576), (2, 1, 128)], [0, None]),  # openvino: fixed shapes, state without a batch
     ([(1, 3, 8, 8), (1, 10)], [0, 0]),  # a fixed batch of 1 on both
     ([("n", 3), ("n", 5)], [0, 0]),
+    # CRAFT's refiner: a map and its features, the batch baked in as 1, sharing their height and width
+    ([(1, 2, "height", "width"), (1, 32, "height", "width")], [0, 0]),
+    ([(1, 2, "length"), (1, 32, "length")], [0, 0]),  # one shared size: still not the batch
 ])
 def test_batch_axes_from_declared_shapes(shapes, expected):
     assert batch_axes([spec(f"i{k}", s) for k, s in enumerate(shapes)]) == expected

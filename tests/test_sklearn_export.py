@@ -184,6 +184,34 @@ def test_a_tree_deeper_than_the_budget_is_refused_at_load():
         onnx_attr.load(proto)
 
 
+def _tree_regressor(true_ids, false_ids, modes, tree_ids=None, node_ids=None):
+    from onnx import TensorProto, helper
+
+    n = len(modes)
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1, name="forest",
+        nodes_treeids=tree_ids or [0] * n, nodes_nodeids=node_ids or list(range(n)), nodes_featureids=[0] * n,
+        nodes_values=[0.5] * n, nodes_modes=modes, nodes_truenodeids=true_ids, nodes_falsenodeids=false_ids,
+        target_treeids=[0], target_nodeids=[n - 1], target_ids=[0], target_weights=[1.0])
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+
+
+@pytest.mark.parametrize("case, message", [
+    (([1, 1, 0], [2, 2, 0], ["BRANCH_LEQ", "BRANCH_LEQ", "LEAF"]), "loops back"),  # node 1 points at itself
+    (([1, 0], [1, 0], ["BRANCH_LEQ", "LEAF"], [0, 0], [0, 0]), "twice"),  # (tree 0, node 0) listed twice
+    (([7, 0], [1, 0], ["BRANCH_LEQ", "LEAF"]), "does not list"),  # a child that is not there
+    (([1, 0], [1, 0], ["BRANCH_LEQ", "SOMETIMES"]), "modes"),
+])
+def test_malformed_tree_ensembles_are_refused_at_load_naming_the_node(case, message):
+    """Read with whole-array numpy (a LightGBM export holds millions of nodes): the checks the per-node
+    walk made still hold, as clear errors naming the node, never an IndexError from inside."""
+    with pytest.raises(onnx_attr.OnnxAttrError, match=message) as caught:
+        onnx_attr.load(_tree_regressor(*case))
+    assert "forest" in str(caught.value)
+
+
 def test_imputer_pipeline_imputes_as_sklearn_and_attributes_complete_rows():
     """SimpleImputer → StandardScaler → LogisticRegression: ai.onnx.ml Imputer fills NaN with each
     feature's mean, as scikit-learn and onnxruntime do. Attribution needs finite inputs: rows with

@@ -43,28 +43,44 @@ def test_sign_floor_ceil_round_are_attributed_their_exact_jumps():
     assert float(np.abs(np.asarray(delta)).max()) < 1e-3
 
 
-def _relu_as_where():
-    """max(x, 0) written as Where(Greater(x, 0), x, 0), then a weighted sum."""
-    nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"], name="is_positive"),
+def _relu_as_where(threshold: str = "zero"):
+    """max(x, 0) written as Where(Greater(x, 0), x, 0), then a weighted sum; with threshold "t", x is
+    compared with a second input t (one comparison of two inputs: no elementwise function of x alone)."""
+    nodes = [helper.make_node("Greater", ["x", threshold], ["pos"], name="is_positive"),
              helper.make_node("Where", ["pos", "x", "zero"], ["r"]),
              helper.make_node("MatMul", ["r", "w"], ["y"])]
     w = np.array([[1.0, -2.0], [0.5, 1.0], [3.0, 0.25]], np.float32)
-    return make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])], {"zero": np.float32(0), "w": w},
-                      opset=13)
+    inputs = [("x", FLOAT, ["n", 3])] + ([("t", FLOAT, ["n", 3])] if threshold == "t" else [])
+    return make_model(nodes, inputs, [("y", FLOAT, ["n", 2])], {"zero": np.float32(0), "w": w}, opset=13)
 
 
 def test_a_comparison_that_flips_is_named_when_it_breaks_completeness():
-    model = onnx_attr.load(_relu_as_where())
+    model = onnx_attr.load(_relu_as_where("t"))
+    t = np.zeros((1, 3), np.float32)
     same_side = np.array([[2.0, 3.0, 4.0]], np.float32), np.array([[1.0, 0.5, 9.0]], np.float32)
-    got, delta = onnx_attr.DeepLift(model).attribute(*same_side, target=0, return_convergence_delta=True)
-    np.testing.assert_allclose(np.asarray(got), [[1.0, 1.25, -15.0]], rtol=1e-6)  # w[:, 0] * (x - x0)
+    got, delta = onnx_attr.DeepLift(model).attribute((same_side[0], t), (same_side[1], t), target=0,
+                                                     return_convergence_delta=True)
+    np.testing.assert_allclose(np.asarray(got[0]), [[1.0, 1.25, -15.0]], rtol=1e-6)  # w[:, 0] * (x - x0)
     assert abs(float(delta[0])) < 1e-5
-    flipped = np.array([[2.0, 3.0, 4.0]], np.float32), np.array([[-1.0, 0.5, 9.0]], np.float32)
+    flipped = (np.array([[2.0, 3.0, 4.0]], np.float32), t), (np.array([[-1.0, 0.5, 9.0]], np.float32), t)
     with pytest.raises(onnx_attr.UnsupportedOpError, match="(?s)is_positive.*perturbation method"):
         onnx_attr.DeepLift(model).attribute(*flipped, target=0)
     method = onnx_attr.DeepLift(model, gradient_fallback=True)  # opted in: a warning in the report instead
     method.attribute(*flipped, target=0)
     assert any("is_positive" in w for w in method.last_report["warnings"])
+
+
+def test_a_piecewise_function_of_one_input_is_complete_where_its_branch_flips():
+    """Where(Greater(x, 0), x, 0) is max(x, 0), one elementwise function of x: fused into one rescale
+    (unary_fusion.fuse_piecewise), complete where input and reference sit on either side of 0, with each
+    element's own change as its attribution (by hand)."""
+    model = onnx_attr.load(_relu_as_where())
+    x = np.array([[2.0, 3.0, -4.0], [150.0, -0.0, 7.5]], np.float32)
+    x0 = np.array([[-1.0, 0.5, 9.0]], np.float32)
+    got, delta = onnx_attr.DeepLift(model).attribute(x, x0, target=0, return_convergence_delta=True)
+    w0 = np.array([1.0, 0.5, 3.0])
+    np.testing.assert_allclose(np.asarray(got), (np.maximum(x, 0) - np.maximum(x0, 0)) * w0, rtol=1e-6)
+    assert np.abs(np.asarray(delta)).max() < 1e-5
 
 
 def test_a_flip_the_target_does_not_depend_on_stands():
@@ -95,14 +111,15 @@ def test_the_cli_default_falls_back_per_call_where_deeplift_refuses_a_flip(tmp_p
     from onnx_attr.app.cli import main
 
     path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
-    nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"], name="is_positive"),  # (x + 1)·[x > 0]: a jump at 0
+    # (x + 1)·[x > t]: a jump at t, a second input (so no elementwise function of x alone to fuse)
+    nodes = [helper.make_node("Greater", ["x", "t"], ["pos"], name="is_positive"),
              helper.make_node("Add", ["x", "one"], ["x1"]), helper.make_node("Where", ["pos", "x1", "zero"], ["r"]),
              helper.make_node("MatMul", ["r", "w"], ["y"])]
     w = np.array([[1.0, -2.0], [0.5, 1.0], [3.0, 0.25]], np.float32)
-    onnx.save(make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])],
+    onnx.save(make_model(nodes, [("x", FLOAT, ["n", 3]), ("t", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])],
                          {"zero": np.float32(0), "one": np.float32(1), "w": w}, opset=13), path)
     x = np.array([[2.0, -3.0, 4.0], [1.0, 5.0, -0.5]], np.float32)  # a zero baseline flips x > 0 where x > 0
-    np.savez(inputs, x=x)
+    np.savez(inputs, x=x, t=np.zeros_like(x))
     assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--target", "0"]) == 0
     assert "FeatureAblation runs instead" in capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())

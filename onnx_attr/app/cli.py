@@ -396,7 +396,8 @@ def cmd_inspect(args) -> int:
         if s.name in looked_up else "  (not differentiable)") for s, d in zip(model.inputs, info["inputs"])]
     lines.append("outputs:")
     for s, d in zip(model.outputs, info["outputs"]):
-        batch = "0-d: one example's value" if s.shape == () or s.shape == [] else _batch_text(d["batch_axis"])
+        batch = "0-d: one example's value" if s.shape == () or s.shape == [] else \
+            "no batch axis: one example's" if d["batch_axis"] is None else _batch_text(d["batch_axis"])
         lines.append(f"  {s.describe()}  ({batch}, as declared)")
         lines.append(f"    final activation: {s.final_activation.describe() if s.final_activation else 'none found'}")
     lines.append("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))

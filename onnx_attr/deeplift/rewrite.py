@@ -29,7 +29,7 @@ from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_
                                     placeholder_fed)
 from onnx_attr.deeplift.quant_fusion import fuse_fake_quant
 from onnx_attr.deeplift.quantized_lookup import dequantize_lookups
-from onnx_attr.deeplift.unary_fusion import fuse_self_gated, fuse_steps, fuse_unary_chains
+from onnx_attr.deeplift.unary_fusion import fuse_piecewise, fuse_self_gated, fuse_steps, fuse_unary_chains
 from onnx_attr.deeplift.target_grad import NO_GRADIENT_PATH
 from onnx_attr.errors import NoGradientPathError, UnsupportedOpError
 from onnx_attr.importing.specs import TensorSpec
@@ -202,7 +202,8 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
     result.steps_fused.extend(fuse_steps(out, variable))  # Cast(Less(x, c)): a step with its jump (unary_fusion.py)
-    if result.steps_fused:  # what a step feeds now varies too (a comparison's did not): its nonlinear ops need rules
+    result.unary_chains.extend(fuse_piecewise(out, variable))  # Where(x > 0, Log(x), 0): one function (unary_fusion.py)
+    if result.steps_fused or result.unary_chains:  # what a step feeds now varies too (a comparison's did not)
         variable = variable_nodes(out, inputs, set(taps))
     guard_steps(out, variable, state, result)
     fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)

@@ -121,6 +121,62 @@ def fuse_steps(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
     return fused
 
 
+#: ops a piecewise region may hold besides the unary rules' and _AFFINE: its branches' selection and the
+#: comparisons and logic that pick them
+_PIECEWISE = frozenset({"Where", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "And", "Or",
+                        "Cast", "IsNaN", "IsInf", "Max", "Min", "Sum", SELF_GATED, UNARY_CHAIN, STEP})
+#: ops whose value is a bool
+_BOOLEAN = frozenset({"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "And", "Or", "IsNaN", "IsInf"})
+#: what makes a region piecewise (the chain and gate fusions cannot take it)
+_SELECTING = frozenset({"Where", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "IsNaN", "IsInf",
+                        STEP})
+
+
+def fuse_piecewise(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
+    """Replace each elementwise function of one varying x written with a selection (Where(x > 0, Log(x), 0),
+    a guarded log; scikit-learn's Yeo-Johnson, which divides x by x and imputes the 0/0) by one node of
+    op `UnaryChain`, in place; returns the fused regions' last ONNX names.
+
+    A region is grown back from its last node through elementwise ops (the unary rules', affine ops
+    with scalar constants, Where, comparisons, logic, casts, an Imputer's per-feature values) whose
+    every user is in it, and kept when it reads a single varying x. Apart, a comparison flipping
+    between input and reference is refused (no multiplier carries the switch of branch), and the
+    discarded branch's NaN secants poison its multipliers; as one elementwise function of x the
+    rescale (f(x) − f(x0))/(x − x0) is exact wherever f is finite. The forward calls the same modules."""
+    fused = []
+    for last in reversed(list(module.graph.nodes)):
+        if last.op != "call_module" or not _in_region(module, last) or _chain_op(last) in _BOOLEAN or (
+                _chain_op(last) == "Cast" and last.meta.get("onnx_attrs", {}).get("to") not in _FLOAT_TYPES):
+            continue  # a region's value is a float (a comparison or a mask is not one)
+        if len(last.users) == 1 and _in_region(module, next(iter(last.users))):
+            continue  # inside the region its user starts (each region is grown once, from its top)
+        region, stack = {last}, [last]
+        while stack:  # an input joins once all its users have: each is looked at again as another user joins
+            for arg in stack.pop().all_input_nodes:
+                if arg not in region and _in_region(module, arg) and all(u in region for u in arg.users):
+                    region.add(arg)
+                    stack.append(arg)
+        leaves = {a for n in region for a in n.all_input_nodes if a not in region and a.op != "get_attr"}
+        if len(leaves) != 1 or not any(_chain_op(n) in _SELECTING for n in region):
+            continue
+        x = leaves.pop()
+        if x not in variable or len(region) < 2:
+            continue
+        ordered = [n for n in module.graph.nodes if n in region and n is not last]
+        _fold(module, last, ordered, x, UNARY_CHAIN,
+              f"{last.meta['onnx_node']} (piecewise: {'·'.join(_chain_op(n) for n in ordered + [last])})")
+        fused.append(last.meta["onnx_node"])
+    return fused
+
+
+def _in_region(module: fx.GraphModule, node: fx.Node) -> bool:
+    """An elementwise op a piecewise region may hold. Its constants may be per feature (Yeo-Johnson's λ,
+    an Imputer's values): broadcast, each output element is still a function of one element of x,
+    and the rescale rule sums the multipliers of the elements each x element feeds."""
+    op = _chain_op(node)
+    return (op in _PIECEWISE or _gate_op(op)) and not node.kwargs and "onnx_node" in node.meta
+
+
 def _chain_op(node: fx.Node) -> str:
     return node.meta.get("onnx_op", "") if node.op == "call_module" else ""
 

@@ -33,7 +33,10 @@ def batch_axes(specs: Sequence[TensorSpec], tensors: Sequence[Tensor] | None = N
     when it is above 1; otherwise it has no batch. A 0-d value never has one."""
     shapes = [s.shape for s in specs]
     counts = Counter(d for shape in shapes if shape for d in dict.fromkeys(x for x in shape if isinstance(x, str)))
-    shared = [d for d, c in counts.items() if c > 1]
+    # a symbol every input carrying it has after a fixed leading 1 is a size they share (CRAFT's refiner:
+    # [1, 2, height, width] and [1, 32, height, width]), the batch baked in as 1 before it
+    shared = [d for d, c in counts.items() if c > 1 and not all(
+        shape[0] == 1 and shape.index(d) > 0 for shape in shapes if shape and d in shape)]
     if shared:
         symbol = max(shared, key=lambda d: (counts[d], any(shape and shape[0] == d for shape in shapes)))
         axes = [shape.index(symbol) if shape and symbol in shape else None for shape in shapes]
@@ -79,9 +82,11 @@ def _axis_without_symbol(shape, lead) -> Optional[int]:
     if shape is lead or not _fixed(shape[0]):
         return 0
     free = [i for i, d in enumerate(shape) if not _fixed(d)]
-    if len(free) == 1:
+    shares_sizes = all(isinstance(shape[i], str) and shape[i] in lead for i in free) if lead else False
+    if len(free) == 1 and not (shares_sizes and lead and _fixed(lead[0]) and lead[0] == shape[0]):
         return free[0]
-    if not free and lead and _fixed(lead[0]) and lead[0] == shape[0]:
+    # both with the batch baked in the same, any free axes sizes they share (a map beside its features)
+    if lead and _fixed(lead[0]) and lead[0] == shape[0] and shares_sizes:
         return 0
     same = [i for i, d in enumerate(shape) if d == (lead[0] if lead else None)]
     if not free and lead and _fixed(lead[0]) and lead[0] > 1 and len(same) == 1:

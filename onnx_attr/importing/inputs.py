@@ -163,13 +163,14 @@ def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dic
         raise InputError(
             f"{what} {spec.name!r} expects rank {len(spec.shape)} {expected}, got shape {list(shape)}"
         )
+    wrong = [(axis, dim) for axis, (got, dim) in enumerate(zip(shape, spec.shape))
+             if not (skip_batch and axis in (0, batch_axis)) and isinstance(dim, int) and dim > 0 and got != dim]
+    if wrong:
+        raise InputError(f"{what} {spec.name!r} expects shape {expected}, got {list(shape)} ("
+                         + ", ".join(f"axis {axis} must be {dim}" for axis, dim in wrong) + ")")
     for axis, (got, dim) in enumerate(zip(shape, spec.shape)):
         if skip_batch and axis in (0, batch_axis):
             continue
-        if isinstance(dim, int) and dim > 0 and got != dim:
-            raise InputError(
-                f"{what} {spec.name!r} expects shape {expected}, got {list(shape)} (axis {axis} must be {dim})"
-            )
         if isinstance(dim, str) and dim in symbols:
             if symbols[dim][0] < 0:  # its first input
                 symbols[dim] = (got, spec.name)
