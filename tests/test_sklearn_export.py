@@ -497,3 +497,47 @@ def test_binned_features_fall_back_to_ablation_in_the_cli_and_are_refused_clearl
     assert "steps alone" in capsys.readouterr().err
     found = np.load(tmp_path / "out" / "attributions.npz")["X"]
     assert found.shape == (4, 6) and np.any(found != 0)
+
+
+def _label_encoder(ml_opset: int, input_type, output_type, **attrs):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml", name="codes", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", input_type, [None, 3])],
+                              [helper.make_tensor_value_info("y", output_type, [None, 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("ai.onnx.ml", ml_opset)])
+
+
+def test_label_encoders_between_numbers_match_onnxruntime():
+    """scikit-learn's OrdinalEncoder over numeric categories (opset 2: float keys, int64 codes, a repeated
+    key, the default for an unseen value) and the opset-4 tensor form (int64 keys to float values); string
+    keys are refused by name. Oracle: onnxruntime, through verify, and scikit-learn's own codes."""
+    from onnx import TensorProto, helper
+    from sklearn.preprocessing import OrdinalEncoder
+
+    x = np.array([[6.5, 1.25, 7.0], [1.25, 99.0, 6.5]], np.float32)
+    v2 = _label_encoder(2, TensorProto.FLOAT, TensorProto.INT64, keys_floats=[6.5, 1.25, 7.0, 6.5],
+                        values_int64s=[0, 1, 2, 3], default_int64=-7)
+    model = onnx_attr.load(v2)
+    assert model.verify(x).passed
+    np.testing.assert_array_equal(model.run(x)[0].numpy(), [[3, 1, 2], [1, -7, 3]])  # the repeated key's last
+    v4 = _label_encoder(4, TensorProto.INT64, TensorProto.FLOAT,
+                        keys_tensor=helper.make_tensor("k", TensorProto.INT64, [3], [10, -4, 7]),
+                        values_tensor=helper.make_tensor("v", TensorProto.FLOAT, [3], [0.5, 2.5, -1.0]),
+                        default_tensor=helper.make_tensor("d", TensorProto.FLOAT, [1], [42.0]))
+    ids = np.array([[10, 7, 3], [-4, -4, 10]], np.int64)
+    model4 = onnx_attr.load(v4)
+    assert model4.verify(ids).passed
+    np.testing.assert_array_equal(model4.run(ids)[0].numpy(), [[0.5, -1.0, 42.0], [2.5, 2.5, 0.5]])
+    with pytest.raises(onnx_attr.OnnxAttrError, match="LabelEncoder of strings"):
+        onnx_attr.load(_label_encoder(2, TensorProto.STRING, TensorProto.INT64, keys_strings=["a", "b"],
+                                      values_int64s=[0, 1]))
+    table = load_breast_cancer().data[:, :3].round(0).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = OrdinalEncoder().fit(table)
+        proto = skl2onnx.to_onnx(fitted, table[:1], target_opset={"": 17, "ai.onnx.ml": 2})
+    encoded = onnx_attr.load(proto)
+    assert encoded.verify(table[:50]).passed
+    np.testing.assert_array_equal(encoded.run(table[:50])[0].numpy(), fitted.transform(table[:50]))

@@ -43,8 +43,8 @@ STRUCTURAL = frozenset({
 
 #: ai.onnx.ml ops as imported: ZipMap is the probability tensor itself, ArrayFeatureExtractor a gather.
 ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
-#: ai.onnx.ml ops whose outputs no gradient follows: OneHotEncoder selects constants by a category
-ML_STRUCTURAL = frozenset({"OneHotEncoder"})
+#: ai.onnx.ml ops whose outputs no gradient follows: they select constants by a category
+ML_STRUCTURAL = frozenset({"OneHotEncoder", "LabelEncoder"})
 #: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py), by what they expand into: their
 #: steps get the rules
 ML_EXPANDED = {"LinearClassifier": "composite", "LinearRegressor": "linear", "Scaler": "linear",

@@ -92,6 +92,69 @@ def convert_one_hot_encoder(node, graph):
     return result(node, OneHotEncoder(categories, bool(node.attributes.get("zeros", 1))))
 
 
+class LabelEncoder(nn.Module):
+    """ai.onnx.ml LabelEncoder between numbers (scikit-learn's OrdinalEncoder and TargetEncoder over numeric
+    categories): each value's key looked up (a sorted search), its value out, the default where no key
+    matches; a NaN key maps NaN. A repeated key keeps its last value, as onnxruntime's map does. A
+    lookup of constants: no gradient follows the keys (the op kind table says so)."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray, default):
+        super().__init__()
+        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]  # each key's last position
+        nan = np.isnan(keys) if keys.dtype.kind == "f" else np.zeros(len(keys), bool)
+        kept = np.sort(last[~nan[last]])
+        order = np.argsort(keys[kept], kind="stable")
+        self.register_buffer("keys", torch.from_numpy(np.ascontiguousarray(keys[kept][order])))
+        self.register_buffer("values", torch.from_numpy(np.ascontiguousarray(values[kept][order])))
+        self.register_buffer("default", torch.tensor(default, dtype=self.values.dtype))
+        self.register_buffer("nan_value", torch.from_numpy(values[np.flatnonzero(nan)[-1:]]) if nan.any() else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1).to(self.keys.dtype)
+        if not self.keys.numel():
+            out = self.default.expand(flat.shape).clone()
+        else:
+            at = torch.searchsorted(self.keys, flat.contiguous()).clamp(max=self.keys.numel() - 1)
+            out = torch.where(self.keys[at] == flat, self.values[at], self.default)
+        if self.nan_value is not None:
+            out = torch.where(torch.isnan(flat), self.nan_value, out)
+        return out.reshape(x.shape)
+
+
+_LABEL_TYPES = {"floats": np.float32, "int64s": np.int64}
+
+
+@register("LabelEncoder", 2, 4, domain="ai.onnx.ml")
+def convert_label_encoder(node, graph):
+    attrs = node.attributes
+    keys = next(((np.asarray(_listed(attrs[f"keys_{k}"]), t), k) for k, t in _LABEL_TYPES.items() if attrs.get(f"keys_{k}")),
+                None) or ((_tensor_attribute(attrs["keys_tensor"]), "tensor") if attrs.get("keys_tensor") is not None else None)
+    values = next(((np.asarray(_listed(attrs[f"values_{k}"]), t), k) for k, t in _LABEL_TYPES.items()
+                   if attrs.get(f"values_{k}")), None) or (
+        (_tensor_attribute(attrs["values_tensor"]), "tensor") if attrs.get("values_tensor") is not None else None)
+    if keys is None or values is None or keys[0].dtype.kind not in "fi" or values[0].dtype.kind not in "fi":
+        raise NotImplementedError("LabelEncoder of strings (torch holds no strings: encode the categories as "
+                                  "numbers before the model)")
+    if len(keys[0]) != len(values[0]):
+        raise ValueError(f"LabelEncoder has {len(keys[0])} keys and {len(values[0])} values")
+    if attrs.get("default_tensor") is not None:
+        default = _tensor_attribute(attrs["default_tensor"]).reshape(-1)[0].item()
+    else:
+        default = float(attrs.get("default_float", -0.0)) if values[0].dtype.kind == "f" else \
+            int(attrs.get("default_int64", -1))
+    return result(node, LabelEncoder(keys[0].reshape(-1), values[0].reshape(-1), default))
+
+
+def _tensor_attribute(value) -> np.ndarray:
+    from onnx import numpy_helper
+
+    if hasattr(value, "to_torch"):
+        value = value.to_torch()
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    return numpy_helper.to_array(value) if hasattr(value, "data_type") else np.asarray(value)
+
+
 # --- scikit-learn's linear models and preprocessing, as expansions into ONNX ops -------------------
 # skl2onnx writes LogisticRegression, LinearSVC, Ridge, SGD... as LinearClassifier/LinearRegressor and
 # StandardScaler, MinMaxScaler, Normalizer as Scaler/Normalizer. Each is built from the ai.onnx ops it
