@@ -32,6 +32,7 @@ def spec(name, shape, dtype=np.float32):
     # CRAFT's refiner: a map and its features, the batch baked in as 1, sharing their height and width
     ([(1, 2, "height", "width"), (1, 32, "height", "width")], [0, 0]),
     ([(1, 2, "length"), (1, 32, "length")], [0, 0]),  # one shared size: still not the batch
+    ([(1, "N", 4), (1, "N", 3)], [1, 1]),  # a time-major step and its state: N on axis 1 is the batch
 ])
 def test_batch_axes_from_declared_shapes(shapes, expected):
     assert batch_axes([spec(f"i{k}", s) for k, s in enumerate(shapes)]) == expected

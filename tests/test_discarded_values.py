@@ -57,3 +57,36 @@ def test_power_transformer_rows_with_zero_features_are_explained_complete():
         got, delta = onnx_attr.DeepLift(model).attribute(rows, baseline, target=column, return_convergence_delta=True)
         assert np.isfinite(np.asarray(got)).all()
         assert np.abs(np.asarray(delta)).max() < 1e-4 * max(1.0, float(np.abs(fitted.transform(rows)).max()))
+
+
+def test_a_piecewise_region_of_steps_alone_is_flat_and_complete_at_its_reference():
+    """2·Where(x > 0, 1, 0) and 3·Cast(x > 0) + 1: no gradient path through x at all. One feature equal to
+    its reference needs the slope there, which is 0, not a raw autograd error; each flip is its own jump."""
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"]), helper.make_node("Where", ["pos", "one", "zero"], ["s"]),
+             helper.make_node("Mul", ["s", "two"], ["s2"]), helper.make_node("Cast", ["pos"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["f", "three"], ["f3"]), helper.make_node("Add", ["f3", "one"], ["f31"]),
+             helper.make_node("Add", ["s2", "f31"], ["t"]), helper.make_node("MatMul", ["t", "w"], ["y"])]
+    consts = {"zero": np.float32(0), "one": np.float32(1), "two": np.float32(2), "three": np.float32(3),
+              "w": np.array([[1.0], [0.5], [3.0]], np.float32)}
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 1])], consts, opset=13))
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)
+    x0 = np.array([[1.0, -1.0, -2.0]], np.float32)  # feature 0 at its reference
+    got, delta = onnx_attr.DeepLift(model).attribute(x, x0, return_convergence_delta=True)
+    np.testing.assert_allclose(np.asarray(got), [[0.0, 5 * 0.5, 5 * 3.0]], rtol=1e-6)
+    assert abs(float(delta[0])) < 1e-6
+
+
+def test_an_integer_valued_selection_stays_guarded():
+    """Gather(table, Where(x > 0, Cast(x, int64), 0)): the region's value is an index, not a float a rescale
+    could carry; a flip is refused naming the comparison, as before the fusion."""
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"], name="is_positive"),
+             helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT64),
+             helper.make_node("Where", ["pos", "xi", "izero"], ["idx"]),
+             helper.make_node("Gather", ["table", "idx"], ["rows"]), helper.make_node("Mul", ["rows", "x"], ["p"]),
+             helper.make_node("ReduceSum", ["p", "axes"], ["y"], keepdims=1)]
+    consts = {"zero": np.float32(0), "izero": np.int64(0), "axes": np.array([1], np.int64),
+              "table": np.array([1.0, -2.0, 5.0, 7.0], np.float32)}
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 1])], consts, opset=13))
+    with pytest.raises(onnx_attr.UnsupportedOpError, match="is_positive"):
+        onnx_attr.DeepLift(model).attribute(np.array([[1.0, 2.0, 3.0]], np.float32),
+                                            np.array([[-0.5, 2.0, 3.0]], np.float32))

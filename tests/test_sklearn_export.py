@@ -188,11 +188,13 @@ def _tree_regressor(true_ids, false_ids, modes, tree_ids=None, node_ids=None):
     from onnx import TensorProto, helper
 
     n = len(modes)
+    leaves = [i for i, m in enumerate(modes) if m == "LEAF"] or [n - 1]  # each leaf its own weight
     node = helper.make_node(
         "TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1, name="forest",
         nodes_treeids=tree_ids or [0] * n, nodes_nodeids=node_ids or list(range(n)), nodes_featureids=[0] * n,
         nodes_values=[0.5] * n, nodes_modes=modes, nodes_truenodeids=true_ids, nodes_falsenodeids=false_ids,
-        target_treeids=[0], target_nodeids=[n - 1], target_ids=[0], target_weights=[1.0])
+        target_treeids=[0] * len(leaves), target_nodeids=leaves, target_ids=[0] * len(leaves),
+        target_weights=[10.0 * (k + 1) for k in range(len(leaves))])
     graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
@@ -521,7 +523,11 @@ def test_label_encoders_between_numbers_match_onnxruntime():
                         values_int64s=[0, 1, 2, 3], default_int64=-7)
     model = onnx_attr.load(v2)
     assert model.verify(x).passed
-    np.testing.assert_array_equal(model.run(x)[0].numpy(), [[3, 1, 2], [1, -7, 3]])  # the repeated key's last
+    import onnxruntime as ort
+
+    by_ort = ort.InferenceSession(v2.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(model.run(x)[0].numpy(), by_ort)
+    np.testing.assert_array_equal(by_ort, [[0, 1, 2], [1, -7, 0]])  # a repeated key keeps its first value
     v4 = _label_encoder(4, TensorProto.INT64, TensorProto.FLOAT,
                         keys_tensor=helper.make_tensor("k", TensorProto.INT64, [3], [10, -4, 7]),
                         values_tensor=helper.make_tensor("v", TensorProto.FLOAT, [3], [0.5, 2.5, -1.0]),
@@ -541,3 +547,29 @@ def test_label_encoders_between_numbers_match_onnxruntime():
     encoded = onnx_attr.load(proto)
     assert encoded.verify(table[:50]).passed
     np.testing.assert_array_equal(encoded.run(table[:50])[0].numpy(), fitted.transform(table[:50]))
+
+
+def test_one_hot_encoder_of_rank_three_and_a_not_equal_split_on_nan_match_onnxruntime():
+    """OneHotEncoder adds its axis after any rank (onnxruntime 1.2x runs rank 3); a BRANCH_NEQ node sends a
+    NaN to its true child (NaN != t), whatever its missing-value track says."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("OneHotEncoder", ["x"], ["y"], domain="ai.onnx.ml", cats_int64s=[1, 2, 3])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.INT64, [1, None, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, 2, 3])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    report = onnx_attr.load(proto).verify(np.array([[[1, 3], [2, 9]]], np.int64))
+    assert report.passed, report.format()
+    import onnxruntime as ort
+
+    for tracks in (None, [1, 0, 0]):
+        for mode in ("BRANCH_NEQ", "BRANCH_EQ", "BRANCH_LEQ"):
+            tree = _tree_regressor([1, 0, 0], [2, 0, 0], [mode, "LEAF", "LEAF"])
+            if tracks:
+                tree.graph.node[0].attribute.extend([helper.make_attribute("nodes_missing_value_tracks_true", tracks)])
+            imported = onnx_attr.load(tree)
+            session = ort.InferenceSession(tree.SerializeToString(), providers=["CPUExecutionProvider"])
+            for value in (np.nan, 0.5, 3.0):
+                x = np.array([[value]], np.float32)
+                np.testing.assert_array_equal(imported.run(x)[0].numpy(), session.run(None, {"x": x})[0],
+                                              err_msg=f"{mode} tracks={tracks} x={value}")

@@ -200,3 +200,21 @@ def test_malformed_svm_classifiers_are_refused_at_load_by_node(change, message):
     with pytest.raises(OnnxAttrError, match=message) as caught:
         onnx_attr.load(proto)
     assert "svm" in str(caught.value)
+
+
+@pytest.mark.parametrize("transform", ["NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO"])
+def test_two_class_scores_under_every_post_transform_match_onnxruntime(transform):
+    """Two classes and no probabilities: onnxruntime writes [-s, s], their logistic under LOGISTIC, and
+    [1 - s, s] under the softmaxes. Checked by verify on a hand-built node with mixed-sign coefficients."""
+    rng = np.random.default_rng(1)
+    node = helper.make_node("SVMClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml", kernel_type="RBF",
+                            kernel_params=[0.4, 0.3, 2.0], support_vectors=rng.normal(size=12).tolist(),
+                            vectors_per_class=[2, 2], coefficients=rng.normal(size=4).tolist(), rho=[0.2],
+                            classlabels_ints=[0, 1], post_transform=transform)
+    graph = helper.make_graph([node], "svc", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("label", onnx.TensorProto.INT64, [None]),
+                               helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, [None, 2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    report = model.verify(rng.normal(size=(5, 3)).astype(np.float32))
+    assert report.passed, report.format()

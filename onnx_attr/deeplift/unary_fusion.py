@@ -13,6 +13,7 @@ forward is the plain ops' forward bit for bit.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, fx, nn
 
 from onnx_attr.deeplift.rules import RULES
@@ -160,13 +161,40 @@ def fuse_piecewise(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
         if len(leaves) != 1 or not any(_chain_op(n) in _SELECTING for n in region):
             continue
         x = leaves.pop()
-        if x not in variable or len(region) < 2:
-            continue
+        if x not in variable or len(region) < 2 or _value_kind(module, last, region, x, {}) != "f":
+            continue  # an integer value (Where(x > 0, Cast(x, int64), 0) indexing a table) is no rescale's
         ordered = [n for n in module.graph.nodes if n in region and n is not last]
         _fold(module, last, ordered, x, UNARY_CHAIN,
               f"{last.meta['onnx_node']} (piecewise: {'·'.join(_chain_op(n) for n in ordered + [last])})")
         fused.append(last.meta["onnx_node"])
     return fused
+
+
+def _value_kind(module: fx.GraphModule, node, region: set, x: fx.Node, memo: dict) -> str:
+    """"f", "i" or "b": whether a region's value is a float, an integer or a bool, followed from x (a
+    float), the constants' types and the casts (the arithmetic promotes to a float when any operand is one)."""
+    if not isinstance(node, fx.Node):
+        return "f" if isinstance(node, float) else "b" if isinstance(node, bool) else "i"
+    if node is x:
+        return "f"
+    if node in memo:
+        return memo[node]
+    if node.op == "get_attr" or node not in region:
+        value = _attribute(module, node.target) if node.op == "get_attr" else None
+        kind = "f" if value is None or value.is_floating_point() else "b" if value.dtype == torch.bool else "i"
+    elif _chain_op(node) in _BOOLEAN:
+        kind = "b"
+    elif _chain_op(node) == "Cast":
+        to = node.meta.get("onnx_attrs", {}).get("to")
+        kind = "f" if to in _FLOAT_TYPES else "b" if to == 9 else "i"
+    else:
+        operands = node.args[1:] if _chain_op(node) == "Where" else node.args
+        kinds = [_value_kind(module, a, region, x, memo) for a in operands if a is not None]
+        held = module.get_submodule(node.target)
+        kind = "f" if "f" in kinds or any(b.is_floating_point() for b in held.buffers()) or not kinds else \
+            "i" if "i" in kinds else "b"
+    memo[node] = kind
+    return kind
 
 
 def _in_region(module: fx.GraphModule, node: fx.Node) -> bool:

@@ -33,10 +33,11 @@ def batch_axes(specs: Sequence[TensorSpec], tensors: Sequence[Tensor] | None = N
     when it is above 1; otherwise it has no batch. A 0-d value never has one."""
     shapes = [s.shape for s in specs]
     counts = Counter(d for shape in shapes if shape for d in dict.fromkeys(x for x in shape if isinstance(x, str)))
-    # a symbol every input carrying it has after a fixed leading 1 is a size they share (CRAFT's refiner:
-    # [1, 2, height, width] and [1, 32, height, width]), the batch baked in as 1 before it
+    # a symbol every input carrying it has past a fixed leading 1 and another axis is a size they share
+    # (CRAFT's refiner: [1, 2, height, width] and [1, 32, height, width]), the batch baked in as 1; on axis 1
+    # it stays the batch (a time-major step: [1, N, 4] beside a state [1, N, 3])
     shared = [d for d, c in counts.items() if c > 1 and not all(
-        shape[0] == 1 and shape.index(d) > 0 for shape in shapes if shape and d in shape)]
+        shape[0] == 1 and shape.index(d) > 1 for shape in shapes if shape and d in shape)]
     if shared:
         symbol = max(shared, key=lambda d: (counts[d], any(shape and shape[0] == d for shape in shapes)))
         axes = [shape.index(symbol) if shape and symbol in shape else None for shape in shapes]

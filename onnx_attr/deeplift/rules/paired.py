@@ -106,7 +106,7 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
         else:  # f'(x0) on those elements alone (elementwise: the same values)
             with torch.enable_grad():
                 xg = x0s.clone().requires_grad_(True)
-                (grad,) = torch.autograd.grad(f(xg).sum(), xg)
+                grad = _flat_or_grad(f(xg).sum(), xg)
         settled = _settle_few(grad, xs, x0s, at(y), at(y0))
         return m.reshape(-1).index_copy_(0, where, settled).view_as(m)
     close = dx.abs().le_(tolerance).bool()
@@ -208,8 +208,17 @@ def _slope(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor | None:
         out = f(z)
         if out.shape != z.shape:
             return None
-        (grad,) = torch.autograd.grad(out, z, torch.ones_like(out))
+        grad = _flat_or_grad(out, z, torch.ones_like(out))
     return grad
+
+
+def _flat_or_grad(out: Tensor, x: Tensor, weights: Tensor | None = None) -> Tensor:
+    """d out / d x, or 0 where out does not follow x differentiably at all: a fused piecewise function
+    made of steps alone (3·[x > 0] + 1) is flat wherever it is defined."""
+    if not out.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(out, x, weights, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
 
 
 def fill_nan(m: Tensor, by: Tensor) -> Tensor:

@@ -73,8 +73,6 @@ class OneHotEncoder(nn.Module):
         self.zeros = zeros
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() > 2:
-            raise ValueError(f"OneHotEncoder takes an input of rank 2 at most (onnxruntime's limit), got {x.dim()}")
         hot = (x.to(torch.int64).unsqueeze(-1) == self.categories) & self.kept
         if not self.zeros and not bool(hot.any(-1).all()):
             raise ValueError("OneHotEncoder met a value outside its categories, and its `zeros` attribute is 0")
@@ -95,19 +93,19 @@ def convert_one_hot_encoder(node, graph):
 class LabelEncoder(nn.Module):
     """ai.onnx.ml LabelEncoder between numbers (scikit-learn's OrdinalEncoder and TargetEncoder over numeric
     categories): each value's key looked up (a sorted search), its value out, the default where no key
-    matches; a NaN key maps NaN. A repeated key keeps its last value, as onnxruntime's map does. A
+    matches; a NaN key maps NaN. A repeated key keeps its first value, as onnxruntime's map does. A
     lookup of constants: no gradient follows the keys (the op kind table says so)."""
 
     def __init__(self, keys: np.ndarray, values: np.ndarray, default):
         super().__init__()
-        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]  # each key's last position
+        first = np.unique(keys, return_index=True)[1]  # each key's first position (NaN keys: each its own)
         nan = np.isnan(keys) if keys.dtype.kind == "f" else np.zeros(len(keys), bool)
-        kept = np.sort(last[~nan[last]])
+        kept = np.sort(first[~nan[first]])
         order = np.argsort(keys[kept], kind="stable")
         self.register_buffer("keys", torch.from_numpy(np.ascontiguousarray(keys[kept][order])))
         self.register_buffer("values", torch.from_numpy(np.ascontiguousarray(values[kept][order])))
         self.register_buffer("default", torch.tensor(default, dtype=self.values.dtype))
-        self.register_buffer("nan_value", torch.from_numpy(values[np.flatnonzero(nan)[-1:]]) if nan.any() else None)
+        self.register_buffer("nan_value", torch.from_numpy(values[np.flatnonzero(nan)[:1]]) if nan.any() else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1).to(self.keys.dtype)
@@ -486,7 +484,12 @@ class TreeEnsemble(nn.Module):
             go_true = _COMPARISONS[self.single_mode](value, threshold) if self.single_mode is not None else \
                 torch.stack([compare(value, threshold) for compare in _COMPARISONS], -1).gather(
                     -1, self.mode[node].clamp(max=5).unsqueeze(-1)).squeeze(-1)
-            go_true = torch.where(torch.isnan(value), at[..., 4] > 0, go_true)
+            missing = torch.isnan(value)  # a NaN goes where its node's track says (BRANCH_NEQ: NaN != t, true)
+            if self.single_mode is None:
+                missing &= self.mode[node] != _MODES["BRANCH_NEQ"]
+            elif self.single_mode == _MODES["BRANCH_NEQ"]:
+                missing = torch.zeros_like(missing)
+            go_true = torch.where(missing, at[..., 4] > 0, go_true)
             node = torch.where(go_true, at[..., 2], at[..., 3]).long()
         return node
 

@@ -67,7 +67,8 @@ class _Votes(nn.Module):
 
 
 class _Negated(nn.Module):
-    """[−s, s] (onnxruntime's two-class scores with no post_transform) or [1 − s, s] (with one)."""
+    """[−s, s] (onnxruntime's two-class scores with no post_transform, or LOGISTIC's before it) or [1 − s, s]
+    (under SOFTMAX and SOFTMAX_ZERO)."""
 
     def __init__(self, complement: bool):
         super().__init__()
@@ -235,7 +236,11 @@ def convert_svm_classifier(node, graph):
     elif classes == 2:
         if transform == "PROBIT":
             raise NotImplementedError("SVMClassifier of two classes with post_transform 'PROBIT'")
-        scores = e.step("Concat", _Negated(complement=transform != "NONE"), decision, attrs={"axis": -1})
+        # [-s, s]; under LOGISTIC their logistic; under the softmaxes onnxruntime writes [1 - s, s] (checked against it)
+        scores = e.step("Concat", _Negated(complement=transform not in ("NONE", "LOGISTIC")), decision,
+                        attrs={"axis": -1})
+        if transform == "LOGISTIC":
+            scores = e.step("Sigmoid", nn.Sigmoid(), scores)
     else:
         scores = _post_transform(node, e, decision)
     return result(node, e.build((label, scores)))
