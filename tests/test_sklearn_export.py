@@ -502,7 +502,7 @@ def test_binned_features_fall_back_to_ablation_in_the_cli_and_are_refused_clearl
 
 
 def _label_encoder(ml_opset: int, input_type, output_type, **attrs):
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     node = helper.make_node("LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml", name="codes", **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", input_type, [None, 3])],
