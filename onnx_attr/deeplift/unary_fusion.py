@@ -138,8 +138,8 @@ def fuse_piecewise(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
     a guarded log; scikit-learn's Yeo-Johnson, which divides x by x and imputes the 0/0) by one node of
     op `UnaryChain`, in place; returns the fused regions' last ONNX names.
 
-    A region is grown back from its last node through elementwise ops (the unary rules', affine ops
-    with scalar constants, Where, comparisons, logic, casts, an Imputer's per-feature values) whose
+    A region is grown back from its last node through elementwise ops (the unary rules', affine ops,
+    Where, comparisons, logic, casts, an Imputer's per-feature values) whose
     every user is in it, and kept when it reads a single varying x. Apart, a comparison flipping
     between input and reference is refused (no multiplier carries the switch of branch), and the
     discarded branch's NaN secants poison its multipliers; as one elementwise function of x the
@@ -161,7 +161,7 @@ def fuse_piecewise(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
         if len(leaves) != 1 or not any(_chain_op(n) in _SELECTING for n in region):
             continue
         x = leaves.pop()
-        if x not in variable or len(region) < 2 or _value_kind(module, last, region, x, {}) != "f":
+        if x not in variable or len(region) < 2 or _value_kind(module, last, region, x) != "f":
             continue  # an integer value (Where(x > 0, Cast(x, int64), 0) indexing a table) is no rescale's
         ordered = [n for n in module.graph.nodes if n in region and n is not last]
         _fold(module, last, ordered, x, UNARY_CHAIN,
@@ -170,31 +170,35 @@ def fuse_piecewise(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
     return fused
 
 
-def _value_kind(module: fx.GraphModule, node, region: set, x: fx.Node, memo: dict) -> str:
-    """"f", "i" or "b": whether a region's value is a float, an integer or a bool, followed from x (a
-    float), the constants' types and the casts (the arithmetic promotes to a float when any operand is one)."""
-    if not isinstance(node, fx.Node):
-        return "f" if isinstance(node, float) else "b" if isinstance(node, bool) else "i"
-    if node is x:
-        return "f"
-    if node in memo:
-        return memo[node]
-    if node.op == "get_attr" or node not in region:
-        value = _attribute(module, node.target) if node.op == "get_attr" else None
-        kind = "f" if value is None or value.is_floating_point() else "b" if value.dtype == torch.bool else "i"
-    elif _chain_op(node) in _BOOLEAN:
-        kind = "b"
-    elif _chain_op(node) == "Cast":
-        to = node.meta.get("onnx_attrs", {}).get("to")
-        kind = "f" if to in _FLOAT_TYPES else "b" if to == 9 else "i"
-    else:
-        operands = node.args[1:] if _chain_op(node) == "Where" else node.args
-        kinds = [_value_kind(module, a, region, x, memo) for a in operands if a is not None]
-        held = module.get_submodule(node.target)
-        kind = "f" if "f" in kinds or any(b.is_floating_point() for b in held.buffers()) or not kinds else \
-            "i" if "i" in kinds else "b"
-    memo[node] = kind
-    return kind
+def _value_kind(module: fx.GraphModule, last: fx.Node, region: set, x: fx.Node) -> str:
+    """"f", "i" or "b": whether a region's value is a float, an integer or a bool, followed in graph order
+    from x (a float), the constants' types and the casts (the arithmetic promotes to a float when any
+    operand is one). A loop, not a recursion: a region may be thousands of nodes long."""
+    kinds: dict = {x: "f"}
+
+    def kind_of(arg) -> str:
+        if not isinstance(arg, fx.Node):
+            return "f" if isinstance(arg, float) else "b" if isinstance(arg, bool) else "i"
+        if arg not in kinds:  # a constant read by the region
+            value = _attribute(module, arg.target) if arg.op == "get_attr" else None
+            kinds[arg] = "f" if value is None or value.is_floating_point() else "b" if value.dtype == torch.bool \
+                else "i"
+        return kinds[arg]
+
+    for node in module.graph.nodes:
+        if node not in region:
+            continue
+        op = _chain_op(node)
+        if op in _BOOLEAN:
+            kinds[node] = "b"
+        elif op == "Cast":
+            to = node.meta.get("onnx_attrs", {}).get("to")
+            kinds[node] = "f" if to in _FLOAT_TYPES else "b" if to == 9 else "i"
+        else:
+            found = [kind_of(a) for a in (node.args[1:] if op == "Where" else node.args) if a is not None]
+            floating = any(b.is_floating_point() for b in module.get_submodule(node.target).buffers())
+            kinds[node] = "f" if "f" in found or floating or not found else "i" if "i" in found else "b"
+    return kinds[last]
 
 
 def _in_region(module: fx.GraphModule, node: fx.Node) -> bool:
