@@ -90,3 +90,19 @@ def test_an_integer_valued_selection_stays_guarded():
     with pytest.raises(onnx_attr.UnsupportedOpError, match="is_positive"):
         onnx_attr.DeepLift(model).attribute(np.array([[1.0, 2.0, 3.0]], np.float32),
                                             np.array([[-0.5, 2.0, 3.0]], np.float32))
+
+
+def test_a_piecewise_region_thousands_of_nodes_long_is_fused_without_recursion():
+    """ReLU written as Where, then 3,000 elementwise steps (Add 1, Tanh, ...): one region, its value kind
+    followed in a loop, complete across a flip."""
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"]), helper.make_node("Where", ["pos", "x", "zero"], ["v0"])]
+    for i in range(3000):
+        nodes.append(helper.make_node("Tanh" if i % 2 else "Add", [f"v{i}"] + ([] if i % 2 else ["one"]), [f"v{i + 1}"]))
+    nodes.append(helper.make_node("MatMul", ["v3000", "w"], ["y"]))
+    consts = {"zero": np.float32(0), "one": np.float32(1), "w": np.ones((3, 1), np.float32)}
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 1])], consts, opset=13))
+    method = onnx_attr.DeepLift(model)
+    _, delta = method.attribute(np.array([[1.0, -2.0, 3.0]], np.float32), np.array([[-1.0, 2.0, 0.5]], np.float32),
+                                return_convergence_delta=True)
+    assert abs(float(delta[0])) < 1e-5
+    assert any("piecewise" in c for c in method.engine.rewrite.unary_chains)
