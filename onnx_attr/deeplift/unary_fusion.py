@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from onnx_attr.deeplift.rules import RULES
+from onnx_attr.importing.final_activation import _FLOAT_TYPES  # ONNX's floating TensorProto types
 
 FUSED_DOMAIN = "onnx_attr.fused"
 SELF_GATED = "SelfGated"
@@ -92,8 +93,6 @@ def fuse_unary_chains(module: fx.GraphModule, variable: set[fx.Node]) -> list[st
 
 #: comparisons that, cast to a float, are a step function of their one varying operand
 _THRESHOLDS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual"})
-#: ONNX's floating types (TensorProto: FLOAT, FLOAT16, DOUBLE, BFLOAT16)
-_FLOAT_TYPES = frozenset({1, 10, 11, 16})
 
 
 def fuse_steps(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
