@@ -103,8 +103,9 @@ def test_the_cli_blurs_where_zeros_are_outside_the_models_domain(minmax, tmp_pat
 
 def test_zeros_asked_for_stay_zeros_and_say_why_they_fail(minmax, tmp_path, capsys):
     path, _ = minmax
+    # written all the same, but not a success: NaN attributions are not an explanation
     assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--quiet",
-                 "--target", "1", "--baseline", "zeros"]) == 0
+                 "--target", "1", "--baseline", "zeros"]) == 1
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["baseline_used"] == "zeros" and "baseline_note" not in report
     assert "outside the model's domain" in report["non_finite"] and "--baseline blur" in report["non_finite"]

@@ -102,6 +102,19 @@ def _blurred(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: blurred(v, axes.get(k, 0)) for k, v in inputs.items()}
 
 
+def _blur_note(attributed: dict, kept: Sequence[str]) -> str:
+    """What `--baseline auto` took instead of zeros (`domain_reference`), for the report."""
+    ids = [k for k, v in attributed.items() if not np.issubdtype(np.asarray(v).dtype, np.floating)]
+    parts = ["each example blurred along its long axes instead"] if len(ids) < len(attributed) else []
+    zeroed = [k for k in ids if k not in kept]
+    if zeroed:
+        parts.append(f"the ids of {zeroed} at zero")
+    if kept:
+        parts.append(f"the ids of {list(kept)} kept at their own values (at zero they leave the model undefined "
+                     "too), so their attributions are 0: give --baseline FILE.npz to move them")
+    return "zeros are outside the model's domain (its output is not finite there): " + "; ".join(parts)
+
+
 def zeros_failed(model, attributions: Iterable, attributed: dict, extra: dict) -> bool:
     """Whether the zero baseline failed the way only another baseline mends (`--baseline auto`):
     attributions that are not all finite, from a model not defined at zeros (`zeros_outside_domain`)."""
@@ -114,11 +127,35 @@ def zeros_outside_domain(model, attributed: dict, extra: dict) -> bool:
     """Whether the model is not defined with the attributed inputs at zero: its forward pass has a
     non-finite value there where the input's has none (a min-max normalisation of the input divides
     0 by 0; a quantizer after it may hide the NaN from the output, not from a reference pass).
-    `--baseline auto` then blurs instead."""
-    zeros = {k: np.zeros_like(v) for k, v in attributed.items()}
+    `--baseline auto` then takes `domain_reference` instead."""
+    return not _defined_at(model, {k: np.zeros_like(v) for k, v in attributed.items()}, extra,
+                           _nonfinite_tensors(model, {**attributed, **extra}))
+
+
+def _defined_at(model, reference: dict, extra: dict, at_input: dict[str, int]) -> bool:
+    """Whether the forward pass at `reference` has no more non-finite elements in any tensor than
+    the input's (`at_input`): by element count, since a tabular row with some features at 0 already
+    has the 0/0 that zeros have in all."""
+    return not any(count > at_input.get(name, 0) for name, count in _nonfinite_tensors(model, {**reference, **extra}).items())
+
+
+def domain_reference(model, attributed: dict, extra: dict) -> tuple[dict, list[str]]:
+    """`--baseline auto`'s reference where zeros are outside the model's domain: each example's
+    floating inputs blurred along their long axes (`methods.blur`), and its integer ids at zero
+    where that alone keeps the model defined, else at their own values (a padding id that looks up
+    an additive mask of −inf: at zero every position is masked). Returns the reference and the ids
+    kept at their own values: those have not moved, so their attributions are 0."""
+    blurred = _blurred(model, attributed)  # the ids come back as they are
+    ids = [k for k, v in attributed.items() if not np.issubdtype(np.asarray(v).dtype, np.floating)]
+    if not ids:
+        return blurred, []
     at_input = _nonfinite_tensors(model, {**attributed, **extra})
-    # by element count: a tabular row with some features at 0 already has the 0/0 that zeros have in all
-    return any(count > at_input.get(name, 0) for name, count in _nonfinite_tensors(model, {**zeros, **extra}).items())
+    zeros = {k: np.zeros_like(attributed[k]) for k in ids}
+    kept = [k for k in ids if not _defined_at(model, {**blurred, k: zeros[k]}, extra, at_input)]
+    reference = {**blurred, **{k: zeros[k] for k in ids if k not in kept}}
+    if kept != ids and not _defined_at(model, reference, extra, at_input):  # each alone, not together
+        return blurred, ids
+    return reference, kept
 
 
 def _nonfinite_tensors(model, feeds: dict) -> dict[str, int]:
@@ -456,6 +493,8 @@ class _Job:
                         deltas.append(float(np.abs(report.pop("_delta")).max(initial=0.0)))
                         if report.get("warnings"):
                             entry["warnings"] = report["warnings"]
+                        if report.get("non_finite"):
+                            entry["non_finite"] = report["non_finite"]
                 results[file.name] = entry
                 bar.update(1)
         finally:
@@ -466,6 +505,7 @@ class _Job:
             "skipped_as_finished": [n for n, e in results.items() if e["status"] == "finished earlier"],
             "failed": [n for n, e in results.items() if e["status"] == "failed"],
             "with_warnings": [n for n, e in results.items() if e.get("warnings")],
+            "non_finite": [n for n, e in results.items() if e.get("non_finite")],
             "results": results,
             "method": METHOD_TITLES[self.method],
             "manifest": self.manifest,
@@ -516,13 +556,15 @@ class _Job:
         if isinstance(baselines, dict):
             baselines = {k: v for k, v in baselines.items() if k in attributed}
         used = {"auto": "zeros"}.get(self.baseline, self.baseline)
+        kept_ids: list[str] = []
         try:
             attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
                                                                             progress_bar, file.name)
             if self.baseline == "auto" and self._outside_domain(attributions, attributed, extra):
                 used = "blur"
+                reference, kept_ids = domain_reference(self.model, attributed, extra)
                 attributions, delta, method_report = self._attribute_in_batches(
-                    attributed, extra, _blurred(self.model, attributed), chosen, progress_bar, file.name)
+                    attributed, extra, reference, chosen, progress_bar, file.name)
         except (UnsupportedOpError, NoGradientPathError) as err:  # DeepLift refused this call (either baseline's),
             # or the output follows the inputs through steps alone (binned features): the fallback runs
             if not self.per_call_fallback:
@@ -538,8 +580,7 @@ class _Job:
             "target_detail": resolved.detail,
             "baseline": self.baseline,
             "baseline_used": used,
-            **({"baseline_note": "zeros are outside the model's domain (its output is not finite there): "
-                                 "each example blurred along its long axes instead"} if used != self.baseline
+            **({"baseline_note": _blur_note(attributed, kept_ids)} if used != self.baseline
                and self.baseline == "auto" and used == "blur" else {}),
             "inputs": str(file),
             "verify": verification.to_dict(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import warnings
@@ -21,15 +22,18 @@ from onnx_attr.methods.registry import cli_methods, dataset_methods
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_SOME_FAILED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a tool whose reader went away
 
 EXIT_CODES = """exit codes:
   0    success
-  1    verification against onnxruntime failed (for attribute: on the output explained); with --strict, also a
-       convergence delta above tolerance
+  1    verification against onnxruntime failed (for attribute: on the output explained), or attributions came
+       out not finite (written all the same, with the node where a NaN or infinity first appears); with
+       --strict, also a convergence delta above tolerance
   2    bad input or usage (the message on stderr says what to fix)
   3    internal error in onnx-attr (rerun with --debug for the traceback, and please report it)
   4    a folder run finished, but some inputs failed (each listed with its error in index.json)
-  130  interrupted"""
+  130  interrupted
+  141  stdout closed before the output was written (piped into head, say)"""
 
 METHOD_CHOICES = cli_methods()
 DATASET_METHOD_CHOICES = dataset_methods()
@@ -504,9 +508,11 @@ def cmd_attribute(args) -> int:
         _emit(args, report, "\n".join(lines))
         if report["failed"]:
             return EXIT_SOME_FAILED
+        if report["non_finite"]:
+            return EXIT_VERIFY_FAILED
         return EXIT_VERIFY_FAILED if args.strict and report["with_warnings"] else EXIT_OK
     _emit(args, report, _attribution_summary(report, args.out, worst))
-    if args.strict and report.get("warnings"):
+    if report.get("non_finite") or (args.strict and report.get("warnings")):
         return EXIT_VERIFY_FAILED
     return EXIT_OK if _explained_output_verified(report) else EXIT_VERIFY_FAILED
 
@@ -615,6 +621,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed early (`onnx-attr inspect m.onnx | head`): stop quietly, as
+        # a shell tool killed by SIGPIPE does; stdout goes to /dev/null so the exit's flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as err:  # a bug in onnx-attr: say so plainly, trace only when asked
         if getattr(args, "debug", False):
             import traceback

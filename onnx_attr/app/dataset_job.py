@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -232,10 +232,13 @@ class ShardWorker:
                                             magnitude)[0])
             rows.ok(r, values, float(delta[j]), relative, prediction[j], target[j])
 
-    def _call(self, spec: str, attributed: dict, extra: dict, target: Any) -> tuple[dict, np.ndarray]:
+    def _call(self, spec: Union[str, dict], attributed: dict, extra: dict, target: Any) -> tuple[dict, np.ndarray]:
+        """The method on these rows from the baseline `spec` names, or from the reference `spec` holds."""
         from onnx_attr.app.attribute_job import _baseline, call_method
 
-        if spec in ("zeros", "blur"):  # per row: nothing to keep
+        if isinstance(spec, dict):
+            baselines = spec
+        elif spec in ("zeros", "blur"):  # per row: nothing to keep
             baselines = _baseline(spec, self.model, attributed, self.settings.method)
         else:
             if self._baselines is None:
@@ -250,7 +253,7 @@ class ShardWorker:
         """Attributions, deltas, (predicted class, explained output value) and the target, per row.
         The target is `onnx-attr attribute`'s: the --target form (or the output layout's default)
         resolved on this batch's output (`target_forms.resolve`), on the output's batch axis."""
-        from onnx_attr.app.attribute_job import zeros_outside_domain
+        from onnx_attr.app.attribute_job import domain_reference, zeros_outside_domain
         from onnx_attr.deeplift.engine import Targets
         from onnx_attr.app.target_forms import resolve
 
@@ -267,11 +270,13 @@ class ShardWorker:
         shape = tuple((k, v.shape[1:]) for k, v in attributed.items())
         if spec == "auto":  # as `attribute` decides it, remembered per row shape once it is blur
             spec = self._blurred_shapes.get(shape, "zeros")
+            if spec == "blur":
+                spec = domain_reference(self.model, attributed, extra)[0]
         result, delta = self._call(spec, attributed, extra, target)
-        if spec == "zeros" and self.settings.baseline == "auto" and not all(
+        if isinstance(spec, str) and spec == "zeros" and self.settings.baseline == "auto" and not all(
                 np.isfinite(v).all() for v in result.values()) and zeros_outside_domain(self.model, attributed, extra):
             self._blurred_shapes[shape] = "blur"
-            result, delta = self._call("blur", attributed, extra, target)
+            result, delta = self._call(domain_reference(self.model, attributed, extra)[0], attributed, extra, target)
         attributions = {k: result[k] for k in attributed}
         explained = Targets(target, n, resolved.detail.get("batch_axis", 0)).select(output).double().tolist()
         return attributions, delta, list(zip(prediction, explained)), row_targets(resolved, n)

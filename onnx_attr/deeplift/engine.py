@@ -19,6 +19,7 @@ from torch import Tensor
 
 from onnx_attr.errors import ForwardError, InputError
 from onnx_attr.importing.model import _explain_failure
+from onnx_attr.deeplift.differences import contribution, difference
 from onnx_attr.deeplift.reference_cache import ReferenceCache
 from onnx_attr.deeplift.ops import ReferenceShapeMismatch
 from onnx_attr.deeplift.rewrite import RewriteResult, rewrite_for_deeplift
@@ -362,7 +363,7 @@ class DeepLiftEngine:
                     leaves = [state.tap_leaves[id(t)] for t in layer_taps]
                     found = target_gradients(value, leaves)
                     layers = [(_kept(torch.zeros_like(h) if g is None else g, keep, a), _kept(
-                        h.detach() - state.tap_baselines[id(t)].expand_as(h), keep, a))
+                        difference(h.detach(), state.tap_baselines[id(t)].expand_as(h)), keep, a))
                         for t, g, h, a in zip(layer_taps, found, leaves, self._layer_axes())]
                     return PassResult([None] * len(xs), value.detach(), targets.reference(ref_out, out, keep).detach(),
                                       layers)
@@ -379,7 +380,7 @@ class DeepLiftEngine:
             if not a:
                 multipliers.append(None)
             elif i:  # per-token contributions, summed over the embedding axis and over its lookups
-                parts = [(t, (g if g is not None else torch.zeros_like(leaf)) * (leaf.detach() - base))
+                parts = [(t, contribution(g if g is not None else torch.zeros_like(leaf), leaf.detach(), base))
                          for t, g, leaf, base in zip(taps, tap_grads, leaves, tap_baselines)
                          if t.input_name == spec.name]
                 per_token = sum(_per_id(t, p.sum(-1), x.shape) for t, p in parts).detach()

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 
+from onnx_attr.deeplift.differences import contribution
 from onnx_attr.deeplift.engine import DeepLiftEngine, PassResult, Targets
 from onnx_attr.errors import InputError
 from onnx_attr.importing.inputs import all_finite
@@ -102,7 +103,7 @@ class DeepLift(AttributionMethod):
     def _attribute_prepared(self, prepared, n: int, targets: Targets, index: int):
         result = self._run(prepared, targets, index)
         # floating inputs: multiplier × Δx; integer ones come back as contributions per token already
-        contributions = [m if m is None or not x.is_floating_point() else m * (x - b)
+        contributions = [m if m is None or not x.is_floating_point() else contribution(m, x, b)
                          for m, x, b in zip(result.multipliers, prepared.tensors, prepared.baselines)]
         if getattr(self, "_custom", None) is not None:
             contributions = _custom_attributions(self._custom, result.multipliers, prepared)

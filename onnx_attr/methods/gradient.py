@@ -17,6 +17,7 @@ from torch import Tensor
 from onnx_attr.errors import InputError
 from onnx_attr.importing.rows import pass_batch
 from onnx_attr.importing.rows import rows_back, rows_first
+from onnx_attr.deeplift.differences import contribution, difference
 from onnx_attr.deeplift.layers import tensor_node, tensor_values, tensors_as_inputs
 from onnx_attr.deeplift.taps import id_path
 from onnx_attr.methods._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held, prepare
@@ -168,7 +169,7 @@ class IntegratedGradients(AttributionMethod):
         steps_per_pass = max(1, rows // n)
         totals = [None if not a else torch.zeros_like(t, dtype=torch.float64)
                   for t, a in zip(prepared.tensors, prepared.attributed)]
-        diffs = [None if not a else t - b for t, b, a in
+        diffs = [None if not a else difference(t, b) for t, b, a in
                  zip(prepared.tensors, prepared.baselines, prepared.attributed)]
         for start in range(0, n_steps, steps_per_pass):
             chunk = range(start, min(n_steps, start + steps_per_pass))
@@ -183,9 +184,9 @@ class IntegratedGradients(AttributionMethod):
                         step = g if axes[i] is None else g.narrow(axes[i], j * n, n)
                         totals[i] += float(weights[k]) * step.double()
         average = [None if t is None else t.to(prepared.tensors[i].dtype) for i, t in enumerate(totals)]
-        attributions = [None if a is None else (a * d if self._multiply_by_inputs else a)
-                        for a, d in zip(average, diffs)]
-        contributions = [None if a is None else a * d for a, d in zip(average, diffs)]
+        contributions = [None if a is None else contribution(a, t, b)
+                         for a, t, b in zip(average, prepared.tensors, prepared.baselines)]
+        attributions = contributions if self._multiply_by_inputs else average
         value = self._value(prepared.tensors, targets, index, axes=axes)
         reference = self._value(prepared.baselines, targets, index, axes=axes)
         delta = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None) - (
@@ -325,17 +326,18 @@ class GradientShap(AttributionMethod):
         dtype = next(t.dtype for t, a in zip(prepared.tensors, prepared.attributed) if a)
         alpha = alpha.to(dtype)
         axes = prepared.row_axes()
-        scaled = [t if not a else b + along(alpha, t, x).to(t.device) * (t - b)
+        scaled = [t if not a else b + along(alpha, t, x).to(t.device) * difference(t, b)
                   for t, b, a, x in zip(prepared.tensors, prepared.baselines, prepared.attributed, axes)]
         index = self._output_index(output)
         targets = self._targets(_repeat_target(target, n, n_samples), rows, prepared, index)
         grads, _ = self._gradients(scaled, prepared.attributed, targets, index, axes=axes)
-        diffs = [None if g is None else t - b for g, t, b in zip(grads, prepared.tensors, prepared.baselines)]
-        per_row = [None if g is None else (g * d if self._multiply_by_inputs else g) for g, d in zip(grads, diffs)]
+        products = [None if g is None else contribution(g, t, b)
+                    for g, t, b in zip(grads, prepared.tensors, prepared.baselines)]
+        per_row = products if self._multiply_by_inputs else grads
         change = (self._value(prepared.tensors, targets, index, axes=axes).double()
                   - self._value(prepared.baselines, targets, index, axes=axes).double())
-        delta = sum(rows_first(g * d, x).reshape(rows, -1).double().sum(1)
-                    for g, d, x in zip(grads, diffs, axes) if g is not None) - change
+        delta = sum(rows_first(c, x).reshape(rows, -1).double().sum(1)
+                    for c, x in zip(products, axes) if c is not None) - change
         # one random path point per row: the delta measures that estimate, not a quadrature error
         self._report({**method_report(self.model, "GradientShap", delta, change, index),
                       "n_samples": n_samples, "warnings": []})  # its delta is not expected to vanish

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from onnx_attr.deeplift.differences import difference
 from onnx_attr.deeplift.engine import Targets
 from onnx_attr.errors import InputError
 from onnx_attr.methods._inputs import check_batched
@@ -54,7 +55,7 @@ class _PathPoints(IntegratedGradients):
         self.rows_per_pass = 1 if alone else internal_batch_size
         # a declared fixed batch the probe ran doubled is not binding: the rows go in large passes (as IG's)
         self.single_pass = not alone and p.layout is not None and p.layout.doubles
-        self.diffs = [None if not a else t - b for t, b, a in zip(p.tensors, p.baselines, p.attributed)]
+        self.diffs = [None if not a else difference(t, b) for t, b, a in zip(p.tensors, p.baselines, p.attributed)]
         if ends:
             self.f = self._value(p.tensors, self.targets, self.index, axes=self.axes).double().cpu()
             self.f0 = self._value(p.baselines, self.targets, self.index, axes=self.axes).double().cpu()

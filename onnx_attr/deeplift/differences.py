@@ -1,0 +1,29 @@
+"""x − x0 where an element may sit at an infinity at the input and the reference alike.
+
+An additive mask looked up by id (a padding row of −inf, added to attention scores) gives the
+same −inf at the input and at the reference wherever the id did not change, and −inf − (−inf) is
+NaN. Such an element has not moved: its difference is exactly 0, and so is its contribution,
+whatever its multiplier (a gradient through a masked position may be NaN as well).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def difference(x: Tensor, x0: Tensor) -> Tensor:
+    """x − x0, exactly 0 where the two are equal (equal infinities included)."""
+    d = x - x0
+    if d.is_floating_point() and not bool(torch.isfinite(d).all()):  # the where only when there is a NaN
+        d = torch.where(x == x0, torch.zeros((), dtype=d.dtype, device=d.device), d)
+    return d
+
+
+def contribution(multiplier: Tensor, x: Tensor, x0: Tensor) -> Tensor:
+    """multiplier · (x − x0), exactly 0 where x equals x0 whatever the multiplier there."""
+    d = difference(x, x0)
+    c = multiplier * d
+    if c.is_floating_point() and not bool(torch.isfinite(c).all()):
+        c = torch.where(d == 0, torch.zeros((), dtype=c.dtype, device=c.device), c)
+    return c
