@@ -85,3 +85,14 @@ class BudgetError(OnnxAttrError):
 
 class ReferenceRuntimeError(OnnxAttrError):
     """onnxruntime, the reference `verify` compares against, could not run the model."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's out-of-memory error, or the CPU allocator's, which torch raises as a plain RuntimeError
+    ("DefaultCPUAllocator: can't allocate memory"): both mend with fewer rows per pass."""
+    return type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
+OUT_OF_MEMORY_ADVICE = ("out of memory, even on one row per pass: lower --batch-size, --internal-batch-size or "
+                        "--n-steps, or use a machine with more memory")

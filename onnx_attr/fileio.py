@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import secrets
 import stat
@@ -72,8 +73,20 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def write_json(path: str | os.PathLike, data: object) -> Path:
-    text = json.dumps(data, indent=2, default=str) + "\n"
+    """`data` as strict JSON (a NaN or infinity, which Python writes bare and other parsers reject,
+    as null), atomically."""
+    text = json.dumps(_strict(data), indent=2, default=str, allow_nan=False) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _strict(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def leftover_temporaries(folder: Path, depth: int = 1) -> Iterator[Path]:

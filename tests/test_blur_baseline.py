@@ -139,3 +139,37 @@ def test_the_api_takes_a_blurred_baseline(minmax):
     a, delta = onnx_attr.DeepLift(model).attribute(x, baselines=onnx_attr.blurred(x), target=1,
                                                    return_convergence_delta=True)
     assert np.isfinite(np.asarray(a)).all() and float(np.abs(np.asarray(delta)).max()) < 1e-3
+
+
+def test_integrated_gradients_blurs_where_only_the_output_at_zeros_is_not_finite(tmp_path):
+    """A noise level read through Log (a diffusion denoiser's sigma): IG's path points stop short of
+    α = 0, so its attributions stay finite at a zero baseline and only its delta meets Log(0)."""
+    from onnx import TensorProto, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Log", ["sigma"], ["ls"]),
+         helper.make_node("Unsqueeze", ["ls", "one"], ["ls2"]), helper.make_node("Add", ["xw", "ls2"], ["y"])],
+        "sigma", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+                  helper.make_tensor_value_info("sigma", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(RNG.standard_normal((16, 1)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.array([1], np.int64), "one")])
+    path = tmp_path / "sigma.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    np.savez(tmp_path / "x.npz", x=(RNG.standard_normal((2, 16)) * 50).astype(np.float32),
+             sigma=np.array([0.7, 80.0], np.float32))
+    out = tmp_path / "out"
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(out), "--quiet",
+                 "--method", "integratedgradients", "--no-pictures"]) == 0
+    text = (out / "report.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON, whatever a report holds
+    report = json.loads(text)
+    assert report["baseline_used"] == "blur" and report["max_relative_delta"] <= 1e-3
+
+
+def test_reports_are_strict_json(tmp_path):
+    from onnx_attr.fileio import write_json
+
+    write_json(tmp_path / "r.json", {"delta": float("nan"), "rows": [1.0, float("inf"), {"x": -float("inf")}]})
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == {
+        "delta": None, "rows": [1.0, None, {"x": None}]}

@@ -125,3 +125,23 @@ def test_ig_steps_go_in_passes_under_the_input_element_budget(tmp_path, monkeypa
     rows = [c[0][0] for c in calls]
     assert max(rows) == 4 and sum(r for r in rows if r == 4) == 20
     np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-5, atol=1e-7)
+
+
+def test_ig_steps_go_in_passes_under_the_value_budget(tmp_path, monkeypatch):
+    """A small input may compute large values (a diffusion U-Net: 64 KiB in, 0.5 GB per row): the
+    passes also stay under `PASS_VALUE_BYTES` of forward values, measured on one row (here by hand:
+    the Einsum's, the Add's and the Relu's [1, 3] float32 outputs, 36 bytes), and give what one pass gives."""
+    import torch
+
+    import onnx_attr.methods.base as base
+
+    model, inputs = _model(tmp_path)
+    x = dict(np.load(inputs))["x"]
+    assert base.value_bytes_per_row(model, [torch.from_numpy(x)], [0]) == 36
+    whole = onnx_attr.IntegratedGradients(model).attribute(x, target=1, n_steps=10)
+    monkeypatch.setattr(base, "PASS_VALUE_BYTES", 36 * 4)  # four rows: two steps of both examples
+    calls = _count_forwards(monkeypatch)
+    parts = onnx_attr.IntegratedGradients(model).attribute(x, target=1, n_steps=10)
+    rows = [c[0][0] for c in calls]
+    assert max(rows) == 4 and sum(r for r in rows if r == 4) == 20
+    np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-5, atol=1e-7)

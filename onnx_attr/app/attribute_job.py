@@ -115,10 +115,14 @@ def _blur_note(attributed: dict, kept: Sequence[str]) -> str:
     return "zeros are outside the model's domain (its output is not finite there): " + "; ".join(parts)
 
 
-def zeros_failed(model, attributions: Iterable, attributed: dict, extra: dict) -> bool:
+def zeros_failed(model, attributions: Iterable, attributed: dict, extra: dict, delta: Optional[np.ndarray] = None
+                 ) -> bool:
     """Whether the zero baseline failed the way only another baseline mends (`--baseline auto`):
-    attributions that are not all finite, from a model not defined at zeros (`zeros_outside_domain`)."""
-    if all(np.isfinite(np.asarray(v)).all() for v in attributions if np.asarray(v).dtype.kind == "f"):
+    attributions, or the convergence `delta` of a method that gives one, that are not all finite
+    (IG's path points stop short of the baseline, so only its delta meets the output there), from a
+    model not defined at zeros (`zeros_outside_domain`)."""
+    if all(np.isfinite(np.asarray(v)).all() for v in attributions if np.asarray(v).dtype.kind == "f") and (
+            delta is None or np.isfinite(delta).all()):
         return False
     return bool(attributed) and zeros_outside_domain(model, attributed, extra)
 
@@ -560,7 +564,7 @@ class _Job:
         try:
             attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
                                                                             progress_bar, file.name)
-            if self.baseline == "auto" and self._outside_domain(attributions, attributed, extra):
+            if self.baseline == "auto" and self._outside_domain(attributions, attributed, extra, delta):
                 used = "blur"
                 reference, kept_ids = domain_reference(self.model, attributed, extra)
                 attributions, delta, method_report = self._attribute_in_batches(
@@ -673,8 +677,9 @@ class _Job:
         finally:
             self.method, self.explainer, self.method_options, self.manifest, self.per_call_fallback = saved
 
-    def _outside_domain(self, attributions: dict, attributed: dict, extra: dict) -> bool:
-        return zeros_failed(self.model, attributions.values(), attributed, extra)
+    def _outside_domain(self, attributions: dict, attributed: dict, extra: dict, delta: np.ndarray) -> bool:
+        return zeros_failed(self.model, attributions.values(), attributed, extra,
+                            delta if entry(self.method).delta else None)
 
     def _examples_on_axis0(self, inputs: dict) -> bool:
         """Whether axis 0 of every input holds separate examples, so that its rows may be cut into

@@ -17,7 +17,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 from onnx_attr import __version__
-from onnx_attr.errors import InputError, OnnxAttrError
+from onnx_attr.errors import OUT_OF_MEMORY_ADVICE, InputError, OnnxAttrError, is_out_of_memory
 from onnx_attr.methods.registry import cli_methods, dataset_methods
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_SOME_FAILED = 0, 1, 2, 3, 4
@@ -396,7 +396,7 @@ def cmd_inspect(args) -> int:
 
     looked_up = embedding_lookups(model)
     lines += [f"  {s.describe()}  ({_batch_text(d['batch_axis'])})" + (
-        "" if s.differentiable else f"  (ids: attributed at their lookup {', '.join(looked_up[s.name])})"
+        "" if s.differentiable else f"  ({_tapped_as(s)} {', '.join(looked_up[s.name])})"
         if s.name in looked_up else "  (not differentiable)") for s, d in zip(model.inputs, info["inputs"])]
     lines.append("outputs:")
     for s, d in zip(model.outputs, info["outputs"]):
@@ -574,6 +574,15 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def _tapped_as(spec) -> str:
+    """How `inspect` names where an integer input is attributed (deeplift.taps.embedding_taps)."""
+    from onnx_attr.deeplift.taps import MEASURED_TYPES
+
+    if spec.dtype in MEASURED_TYPES:
+        return "measured values: attributed at their cast to float"
+    return "ids: attributed at their lookup"
+
+
 def _attribution_summary(report: dict, out: str, worst: float) -> str:
     """A few short lines; the full lists (targets, files, deltas) are in report.json."""
     from onnx_attr.app.attribute_job import short_list
@@ -626,6 +635,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as err:  # a bug in onnx-attr: say so plainly, trace only when asked
+        if is_out_of_memory(err):  # not a bug: the machine's limit
+            print(f"error: {OUT_OF_MEMORY_ADVICE} ({err})", file=sys.stderr)
+            return EXIT_BAD_INPUT
         if getattr(args, "debug", False):
             import traceback
 

@@ -253,7 +253,8 @@ class ShardWorker:
         """Attributions, deltas, (predicted class, explained output value) and the target, per row.
         The target is `onnx-attr attribute`'s: the --target form (or the output layout's default)
         resolved on this batch's output (`target_forms.resolve`), on the output's batch axis."""
-        from onnx_attr.app.attribute_job import domain_reference, zeros_outside_domain
+        from onnx_attr.app.attribute_job import domain_reference, zeros_failed
+        from onnx_attr.methods.registry import entry
         from onnx_attr.deeplift.engine import Targets
         from onnx_attr.app.target_forms import resolve
 
@@ -273,8 +274,8 @@ class ShardWorker:
             if spec == "blur":
                 spec = domain_reference(self.model, attributed, extra)[0]
         result, delta = self._call(spec, attributed, extra, target)
-        if isinstance(spec, str) and spec == "zeros" and self.settings.baseline == "auto" and not all(
-                np.isfinite(v).all() for v in result.values()) and zeros_outside_domain(self.model, attributed, extra):
+        if isinstance(spec, str) and spec == "zeros" and self.settings.baseline == "auto" and zeros_failed(
+                self.model, result.values(), attributed, extra, delta if entry(self.settings.method).delta else None):
             self._blurred_shapes[shape] = "blur"
             result, delta = self._call(domain_reference(self.model, attributed, extra)[0], attributed, extra, target)
         attributions = {k: result[k] for k in attributed}

@@ -129,6 +129,8 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     if form == "default":
         form = layout.default
     detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
+    if form == "greedy":
+        detail["steps_from"] = _steps_from(inputs, view)
     resolved = {"top": _top, "region": _region, "greedy": _greedy, "anchor": _anchor,
                 "indices": _indices, "output": _itself}[form](view, layout, value, detail)
     if resolved.labels is not None:  # the summed score itself, for the picture titles
@@ -288,10 +290,37 @@ def _greedy(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
     masks = torch.zeros(view.shape, dtype=torch.float32)
     masks.scatter_(2, path.unsqueeze(2), 1.0)
     detail["path"] = path.tolist()
-    steps = view.shape[1]
-    labels = [f"target: the greedy path's summed score over {steps} steps" for _ in range(len(view))]
-    return Resolved(Target(weights=masks, per_example=True), "greedy",
-                    "the greedy path's summed score (the argmax class of each step)", detail, labels)
+    found = detail.pop("steps_from", None)
+    source = "the greedy path's summed score (the argmax class of each step)"
+    if found is not None:  # padding apart: the steps the model's own mask or lengths keep
+        name, kept = found
+        masks *= torch.from_numpy(kept).to(masks.dtype).unsqueeze(2)
+        detail.update(steps_from=name, steps_kept=kept.sum(1).tolist())
+        source += f", over the steps input {name!r} keeps (its padding left out)"
+    steps = masks.sum((1, 2)).long().tolist()
+    labels = [f"target: the greedy path's summed score over {k} steps" for k in steps]
+    return Resolved(Target(weights=masks, per_example=True), "greedy", source, detail, labels)
+
+
+def _steps_from(inputs: dict[str, np.ndarray], view: Tensor) -> Optional[tuple[str, np.ndarray]]:
+    """(input name, [N, T] bool) of the steps a sequence output's padding leaves, from an input that
+    says which they are: a mask named so ('attention_mask': 0/1 per step, [N, T]) or lengths
+    ('length', 'seq_lens': one count per example, [N]). None without one, or where it would leave an
+    example no step."""
+    n, steps = view.shape[0], view.shape[1]
+    for name, value in inputs.items():
+        value = np.asarray(value)
+        lowered = name.lower()
+        if "mask" in lowered and value.shape == (n, steps) and np.isin(value, (0, 1)).all():
+            kept = value != 0
+        elif "len" in lowered and value.shape in ((n,), (n, 1)) and np.issubdtype(value.dtype, np.integer) \
+                and (value >= 0).all() and (value <= steps).all():
+            kept = np.arange(steps)[None, :] < value.reshape(n, 1)
+        else:
+            continue
+        if kept.any(1).all() and not kept.all():
+            return name, kept
+    return None
 
 
 def _anchor(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:

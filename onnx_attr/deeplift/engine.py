@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from onnx_attr.errors import ForwardError, InputError
+from onnx_attr.errors import ForwardError, InputError, is_out_of_memory
 from onnx_attr.importing.model import _explain_failure
 from onnx_attr.deeplift.differences import contribution, difference
 from onnx_attr.deeplift.reference_cache import ReferenceCache
@@ -383,7 +383,7 @@ class DeepLiftEngine:
                 parts = [(t, contribution(g if g is not None else torch.zeros_like(leaf), leaf.detach(), base))
                          for t, g, leaf, base in zip(taps, tap_grads, leaves, tap_baselines)
                          if t.input_name == spec.name]
-                per_token = sum(_per_id(t, p.sum(-1), x.shape) for t, p in parts).detach()
+                per_token = sum(_per_id(t, _per_element(p, x.shape), x.shape) for t, p in parts).detach()
                 parts = [p for _, p in parts]
                 if tuple(per_token.shape) != tuple(x.shape):
                     raise InputError(f"the embedding of {spec.name!r} has shape {list(parts[0].shape)}, not the ids' "
@@ -402,6 +402,8 @@ class DeepLiftEngine:
         except (ReferenceShapeMismatch, InputError, torch.OutOfMemoryError):
             raise
         except Exception as err:
+            if is_out_of_memory(err):  # the CPU allocator's: fewer rows mend it, a node-by-node re-run would not
+                raise
             raise ForwardError(_explain_failure(module, args, err)) from err
 
 
@@ -428,6 +430,12 @@ def _baseline_rows(b: Tensor, start: int, stop: int, size: int, fixed: Optional[
     if b.shape[axis] == 1:
         return b if fixed in (None, 1) else b.expand(*b.shape[:axis], size, *b.shape[axis + 1:])
     return _rows(b, start, stop, size, axis)
+
+
+def _per_element(part: Tensor, shape: torch.Size) -> Tensor:
+    """A tap's contributions summed over its embedding axis; a tap of the input's own shape (a cast of
+    pixels, a lookup in a table of scalars) has none: one value per element already."""
+    return part if tuple(part.shape) == tuple(shape) else part.sum(-1)
 
 
 def _per_id(tap, scores: Tensor, shape: torch.Size) -> Tensor:

@@ -11,6 +11,7 @@ import functools
 import math
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
@@ -97,13 +98,22 @@ def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> di
     return sources
 
 
+#: integer inputs that hold measurements, not ids: 8-bit pixels, 16-bit pixels or PCM samples. Cast to
+#: a float, each is its own value (exactly), attributed at that cast. Ids, masks and lengths are int32/int64.
+MEASURED_TYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16"))
+
+
 def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict[fx.Node, str]:
     """Where ids derived from one integer input become floating values that carry them: a Gather
     of a constant table (an embedding), or a floating one-hot (Cast(Equal(ids, classes)), as tf2onnx
     writes it, OneHot, or scikit-learn's OneHotEncoder of a categorical column) whose last axis is
-    the class axis."""
+    the class axis. And where a `MEASURED_TYPES` input (a uint8 image whose normalisation is in the
+    graph, as tf2onnx and many exporters ship it) is cast to a float: the cast, of the input's own
+    shape, one value per element."""
     sources = _integer_sources(module, inputs)
     fed = placeholder_fed(module)
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    measured = {n for n, spec in zip(placeholders, inputs) if spec.dtype is not None and spec.dtype in MEASURED_TYPES}
     taps = {}
     for node in module.graph.nodes:
         if node.op != "call_module" or len(node.args) < 1:
@@ -116,6 +126,8 @@ def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict
             node = _dequantized_rows(module, node, table)  # an 8-bit table: the floats its DequantizeLinear makes
         elif op == "Cast" and _cast_dtype(module.get_submodule(node.target)) in _FLOATS:
             ids = _compared_ids(node.args[0], sources)
+            if ids is None and node.args[0] in measured:
+                ids = node.args[0]  # pixels or samples: their cast is their value, one per element
         elif op == "OneHot":
             ids = node.args[0] if not any(a in fed for a in node.args[1:] if isinstance(a, fx.Node)) else None
         elif op == "OneHotEncoder" and node.meta.get("onnx_domain") == "ai.onnx.ml":  # scikit-learn's categories

@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 
 from onnx_attr.importing.budget import Budget
-from onnx_attr.errors import BudgetError, ForwardError
+from onnx_attr.errors import BudgetError, ForwardError, is_out_of_memory
 from onnx_attr.importing.inputs import arrange, check_inputs
 from onnx_attr.importing.specs import OutputSpec, TensorSpec
 
@@ -79,6 +79,8 @@ class AttributableModel(nn.Module):
         except (torch.OutOfMemoryError, BudgetError):  # a budget error names its node already
             raise
         except Exception as err:
+            if is_out_of_memory(err):  # the CPU allocator's: fewer rows mend it, a node-by-node re-run would not
+                raise
             raise ForwardError(_explain_failure(self.module, args, err)) from err
 
     def run_unexplained(self, *args: torch.Tensor) -> Any:

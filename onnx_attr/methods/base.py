@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from onnx_attr.deeplift.engine import Targets
-from onnx_attr.errors import InputError
+from onnx_attr.errors import InputError, is_out_of_memory
 from onnx_attr.deeplift.layers import embedding_lookups
 from onnx_attr.importing.rows import padded_rows, pass_batch, pick_output
 from onnx_attr.importing.final_activation import SELECTED, SELECTION_SCORES
@@ -76,10 +76,53 @@ def check_batch_size(value: Optional[int], name: str = "internal_batch_size") ->
 PASS_INPUT_ELEMENTS = 2 ** 22
 
 
-def budget_rows(tensors: Sequence[Tensor], axes: Sequence[Optional[int]], wanted: int) -> int:
-    """How many of `wanted` rows one pass may take under `PASS_INPUT_ELEMENTS` (at least one)."""
+#: ... and at most this many bytes of values computed in the forward pass (the backward keeps about as
+#: much again): a 128 x 128 diffusion U-Net computes 0.5 GB per row from 64 KiB of input, so the input
+#: budget alone stacked 256 rows (16 GB at 16 of IG's steps, out of memory at its default 50).
+PASS_VALUE_BYTES = 2 ** 31
+
+
+def budget_rows(tensors: Sequence[Tensor], axes: Sequence[Optional[int]], wanted: int, model=None) -> int:
+    """How many of `wanted` rows one pass may take under `PASS_INPUT_ELEMENTS` and, given the
+    `model` the passes run, `PASS_VALUE_BYTES` (at least one)."""
     per_row = sum(t.numel() // max(1, t.shape[a]) for t, a in zip(tensors, axes) if a is not None and t.dim() > a)
-    return max(1, min(wanted, PASS_INPUT_ELEMENTS // max(1, per_row)))
+    rows = PASS_INPUT_ELEMENTS // max(1, per_row)
+    if model is not None and rows > 1 and wanted > 1:
+        rows = min(rows, PASS_VALUE_BYTES // max(1, value_bytes_per_row(model, tensors, axes)))
+    return max(1, min(wanted, rows))
+
+
+def value_bytes_per_row(model, tensors: Sequence[Tensor], axes: Sequence[Optional[int]]) -> int:
+    """The bytes of the values one row's plain forward pass computes (every node's output, the
+    weights apart), measured once per model and row shape; 0 where one row does not run alone (an
+    export that fixes its batch: its passes hold that batch whatever the budget says)."""
+    from torch import fx
+
+    key = tuple((tuple(t.shape[:a]) + tuple(t.shape[a + 1:]) if a is not None and t.dim() > a else tuple(t.shape),
+                 str(t.dtype), a) for t, a in zip(tensors, axes))
+    found = model.__dict__.setdefault("_row_value_bytes", {})
+    if key not in found:
+        one = [t.narrow(a, 0, 1) if a is not None and t.dim() > a and t.shape[a] > 0 else t
+               for t, a in zip(tensors, axes)]
+        total = [0]
+
+        class Counting(fx.Interpreter):
+            def run_node(self, n: fx.Node):
+                out = super().run_node(n)
+                if n.op in ("call_module", "call_function", "call_method"):
+                    for value in out if isinstance(out, (tuple, list)) else (out,):
+                        if isinstance(value, Tensor):
+                            total[0] += value.numel() * value.element_size()
+                return out
+
+        module = getattr(model, "module", None)
+        try:
+            with torch.no_grad():
+                Counting(module).run(*one)
+        except Exception:  # noqa: BLE001  (one row alone may not run: the input budget decides)
+            total[0] = 0
+        found[key] = total[0]
+    return found[key]
 
 
 class AttributionMethod:
@@ -158,7 +201,7 @@ class AttributionMethod:
         axes = [0 if t.dim() else None for t in tensors] if axes is None else list(axes)
         fixed = None if single_pass else pass_batch(self.active)
         size = fixed or (None if single_pass else check_batch_size(internal_batch_size)) or budget_rows(
-            tensors, axes, n)
+            tensors, axes, n, self.active)
         shared = [_grown(t, a, n) for t, a in zip(tensors, axes)]
         parts, start = [], 0
         while start < n:
@@ -167,8 +210,8 @@ class AttributionMethod:
             chunk = [padded_rows(t, start, stop, rows, a) if _has_rows(t, a, n) else t for t, a in zip(shared, axes)]
             try:
                 parts.append(run(chunk, targets.chunk(start, stop), stop - start))
-            except torch.OutOfMemoryError:
-                if fixed or size == 1:
+            except Exception as err:  # CUDA's, or the CPU allocator's (a RuntimeError)
+                if not is_out_of_memory(err) or fixed or size == 1:
                     raise
                 size = self._after_out_of_memory(size)
                 continue
@@ -179,11 +222,11 @@ class AttributionMethod:
                 torch.cat([p[i] for p in parts], dim=join[i]) for i in range(len(parts[0]))]
 
     def _after_out_of_memory(self, rows: int) -> int:
-        """Half the rows per pass after CUDA ran out of memory on `rows`; warned once per call."""
+        """Half the rows per pass after the device ran out of memory on `rows`; warned once per call."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if not self.last_report.get("out_of_memory_retry"):
-            warnings.warn(f"out of device memory on a pass of {rows} rows: retrying in halves", stacklevel=4)
+            warnings.warn(f"out of memory on a pass of {rows} rows: retrying in halves", stacklevel=4)
         self.last_report["out_of_memory_retry"] = True
         return max(1, rows // 2)
 

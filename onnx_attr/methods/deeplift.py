@@ -14,7 +14,7 @@ from torch import Tensor
 
 from onnx_attr.deeplift.differences import contribution
 from onnx_attr.deeplift.engine import DeepLiftEngine, PassResult, Targets
-from onnx_attr.errors import InputError
+from onnx_attr.errors import InputError, is_out_of_memory
 from onnx_attr.importing.inputs import all_finite
 from onnx_attr.importing.specialize import has_runtime_if, specialise
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
@@ -72,13 +72,13 @@ class DeepLift(AttributionMethod):
         return list(dict.fromkeys(t.input_name for t in self.engine.rewrite.taps))
 
     def _run(self, prepared, targets: Targets, index: int):
-        """The engine on all rows at once; on CUDA out-of-memory, on halves (recursively), said once."""
+        """The engine on all rows at once; out of memory, on halves (recursively), said once."""
         try:
             return self.engine.run(prepared.tensors, prepared.baselines, prepared.attributed, targets, index,
                                    prepared.row_axes())
-        except torch.OutOfMemoryError:
+        except Exception as err:  # CUDA's, or the CPU allocator's (a RuntimeError)
             n = len(targets.rows)
-            if n == 1:
+            if not is_out_of_memory(err) or n == 1:
                 raise
             half = self._after_out_of_memory(n)
             parts = [self._run(_rows_of(prepared, start, stop, n), targets.chunk(start, stop), index)

@@ -57,6 +57,9 @@ class EmbeddedPrepared(Prepared):
             for tensor, part in zip(tensors, parts):
                 if part is None:
                     continue
+                if tuple(part.shape[1:]) == token_shape:  # one value per element (a cast of pixels): no axis to sum
+                    total = part if total is None else total + part
+                    continue
                 if tuple(part.shape[1:-1]) != token_shape and self.id_paths.get(tensor) is not None:
                     folded = self.id_paths[tensor].fold(part.sum(-1), self.original.tensors[position].shape)
                     total = folded if total is None else total + folded
@@ -162,7 +165,7 @@ class IntegratedGradients(AttributionMethod):
         stack = prepared.stackable and all(x is not None for x, a in zip(axes, prepared.attributed) if a)
         binding = prepared.layout is None or not prepared.layout.doubles  # the probe ran two rows right
         fixed = pass_batch(self.active) if stack and binding else None
-        rows = (check_batch_size(internal_batch_size) or max(n, budget_rows(prepared.tensors, axes, n * n_steps))
+        rows = (check_batch_size(internal_batch_size) or max(n, budget_rows(prepared.tensors, axes, n * n_steps, self.active))
                 ) if stack else n
         if rows < n and fixed is None:
             raise InputError(f"internal_batch_size {rows} is below the batch of {n}")

