@@ -324,3 +324,26 @@ def test_an_integer_output_rounded_from_floats_may_be_off_only_where_onnxruntime
     assert not report.passed
     verify_module._judge_rounding(model, [torch.from_numpy(feeds["x"])], report, feeds, ours, theirs)
     assert report.passed is passes and report.outputs[0].quantized_spread == 1.0
+
+
+@pytest.mark.parametrize("ours_value,passes", [(20, True), (-1, True), (10, False)])
+def test_an_integer_lookup_of_floats_must_give_one_of_onnxruntimes_answers(ours_value, passes):
+    """A LabelEncoder of float keys (scikit-learn's OrdinalEncoder): x = 2.0 meets key 2.0 exactly, so a
+    few ulps of jitter send onnxruntime to the default (-1) and back. Its answers are then 20 and -1:
+    a distance check (|ours - theirs| <= how far onnxruntime moved) passed any value within that jump,
+    a wrong category (10) included; ours must be one of its answers."""
+    import torch
+    from onnx_attr.importing import verify as verify_module
+
+    nodes = [helper.make_node("LabelEncoder", ["x"], ["out"], domain="ai.onnx.ml", keys_floats=[1.0, 2.0, 3.0],
+                              values_int64s=[10, 20, 30], default_int64=-1)]
+    proto = make_model(nodes, [("x", FLOAT, [1, 1])], [("out", TensorProto.INT64, [1, 1])], opset=13,
+                       domains=[("ai.onnx.ml", 2)])
+    feeds = {"x": np.array([[2.0]], np.float32)}
+    model = onnx_attr.load(proto)
+    theirs = ort_run(proto, feeds)
+    assert theirs[0][0, 0] == 20
+    ours = [np.full_like(theirs[0], ours_value)]
+    report = verify_module.VerifyReport([verify_module._compare("out", ours[0], theirs[0], 1e-4, 1e-4)], 1e-4, 1e-4, "t")
+    verify_module._judge_rounding(model, [torch.from_numpy(feeds["x"])], report, feeds, ours, theirs)
+    assert report.passed is passes
