@@ -315,3 +315,23 @@ def test_greedy_leaves_out_the_padding_the_models_own_mask_or_lengths_mark(tmp_p
     path_ = report["target_detail"]["path"]
     reference = [sum(zero[i, t, path_[i][t]] for t in range(k)) for i, k in enumerate(real)]
     _complete(sums, explained, reference)
+
+
+def test_greedy_reads_an_unnamed_mask_beside_padded_ids_and_not_token_types(tmp_path):
+    """sudachi-b-imitator's mask is 'onnx::Unsqueeze_1' (PyTorch's export names it after its first
+    user), beside token types of the same shape: ones then zeros, with the ids at their pad id where
+    it is 0, is the mask; zeros then ones (a sentence pair's types) is not."""
+    import torch
+
+    from onnx_attr.app.target_forms import _steps_from
+
+    ids = np.array([[5, 9, 3, 0, 0, 0], [7, 2, 2, 8, 4, 0]])
+    mask = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    types = np.array([[0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1]])
+    view = torch.zeros(2, 6, 4)
+    found = _steps_from({"input.1": ids, "onnx::Unsqueeze_1": mask, "input.3": types}, view)
+    assert found is not None and found[0] == "onnx::Unsqueeze_1"
+    np.testing.assert_array_equal(found[1], mask.astype(bool))
+    assert _steps_from({"input.1": ids, "input.3": types}, view) is None
+    assert _steps_from({"input.1": ids + 1, "onnx::Unsqueeze_1": mask}, view) is not None  # any pad id
+    assert _steps_from({"input.1": np.arange(12).reshape(2, 6), "onnx::Unsqueeze_1": mask}, view) is None

@@ -311,8 +311,10 @@ def _steps_from(inputs: dict[str, np.ndarray], view: Tensor) -> Optional[tuple[s
     for name, value in inputs.items():
         value = np.asarray(value)
         lowered = name.lower()
-        if "mask" in lowered and value.shape == (n, steps) and np.isin(value, (0, 1)).all():
+        if value.shape == (n, steps) and np.isin(value, (0, 1)).all():
             kept = value != 0
+            if "mask" not in lowered and not _unnamed_mask(kept, name, inputs):
+                continue
         elif "len" in lowered and value.shape in ((n,), (n, 1)) and np.issubdtype(value.dtype, np.integer) \
                 and (value >= 0).all() and (value <= steps).all():
             kept = np.arange(steps)[None, :] < value.reshape(n, 1)
@@ -321,6 +323,21 @@ def _steps_from(inputs: dict[str, np.ndarray], view: Tensor) -> Optional[tuple[s
         if kept.any(1).all() and not kept.all():
             return name, kept
     return None
+
+
+def _unnamed_mask(kept: np.ndarray, name: str, inputs: dict[str, np.ndarray]) -> bool:
+    """A 0/1 input a PyTorch export left unnamed ('onnx::Unsqueeze_1') read as a padding mask: ones
+    then zeros in every row (a sentence pair's token types are zeros, ones, then zeros), and beside
+    it ids of the same shape holding one value (the pad id) wherever it is 0."""
+    if not (kept == (np.arange(kept.shape[1])[None, :] < kept.sum(1, keepdims=True))).all():
+        return False
+    for other, ids in inputs.items():
+        ids = np.asarray(ids)
+        if other != name and ids.shape == kept.shape and np.issubdtype(ids.dtype, np.integer) and (~kept).any():
+            padding = ids[~kept]
+            if (padding == padding[0]).all() and (ids[kept] != padding[0]).any():
+                return True
+    return False
 
 
 def _anchor(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
