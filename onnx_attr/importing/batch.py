@@ -173,12 +173,47 @@ def _rows_round_together(model) -> bool:
 
 def _probe(model, tensors, axes, outputs=None) -> Layout:
     fixed = pass_batch(model)
-    if (fixed or 1) > 1:  # one row is outside what the export declares: as declared
-        return Layout(True, tuple(0 for _ in model.outputs))
+    if (fixed or 1) > 1:  # one row is outside what the export declares: as declared, unless its rows mix
+        declared = tuple(0 for _ in model.outputs)
+        return Layout(False, tuple(None for _ in declared)) if _fixed_rows_mix(model, tensors, axes, fixed) \
+            else Layout(True, declared)
     declared = _declared_single(model, axes)
     if declared is not None:
         return Layout(True, declared, found_doubles=None, runs=lambda: _found(model, tensors, axes, outputs, fixed))
     return _found(model, tensors, axes, outputs, fixed)
+
+
+def _fixed_rows_mix(model, tensors, axes, fixed: int) -> bool:
+    """Whether the rows of an export's declared fixed batch (a static [8, 1, 4]) change each other:
+    the first row's outputs, with the other rows as given and halved. Self-attention over a
+    sequence-first axis declared as that batch does; a batch of pictures does not. Two runs of the
+    fixed batch, where the call holds that many rows and has a floating one to change; else as declared."""
+    if not any(a is not None for a in axes) or any(a is not None and (t.dim() <= a or t.shape[a] != fixed)
+                                                   for t, a in zip(tensors, axes)):
+        return False
+    changed = [t if a is None or not t.is_floating_point() else
+               torch.cat([t.narrow(a, 0, 1), t.narrow(a, 1, fixed - 1) * 0.5], dim=a) for t, a in zip(tensors, axes)]
+    if all(c is t for c, t in zip(changed, tensors)):
+        return False
+    trial = getattr(model, "run_unexplained", model)
+    with torch.no_grad():
+        try:
+            first, second = _outputs(trial(*tensors)), _outputs(trial(*changed))
+        except Exception:  # noqa: BLE001  (the forward's own error comes with the call)
+            return False
+    for a, b in zip(first, second):
+        if a.dim() == 0 or a.shape[0] != fixed or a.shape != b.shape:
+            continue
+        x, y = a[:1], b[:1]
+        if not x.is_floating_point():
+            if not torch.equal(x, y):
+                return True
+            continue
+        finite = x[torch.isfinite(x)]
+        scale = float(finite.double().abs().max()) if finite.numel() else 1.0
+        if not torch.allclose(x.double(), y.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30), equal_nan=True):
+            return True
+    return False
 
 
 def _found(model, tensors, axes, outputs, fixed) -> Layout:
@@ -280,5 +315,11 @@ def _matching_axis(single: Tensor, triple: Tensor):
                 return axis
         elif torch.allclose(before.double(), after.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30),
                             equal_nan=True):
-            return axis
+            # and x's block is x's output alone: attention (or any mean) over the rows treats the two
+            # copies of x alike, so only this tells it from a batch; loosely, as a batch of 1 may round
+            # otherwise (see above), where mixing moves the output by its own size
+            loose = max(1e-3, 8 * torch.finfo(single.dtype).eps)
+            if torch.allclose(before.double(), single.double(), rtol=loose, atol=loose * max(scale, 1e-30),
+                              equal_nan=True):
+                return axis
     return "mixed"
