@@ -135,3 +135,41 @@ def test_unsqueeze_with_several_negative_axes_matches_onnxruntime():
     (expected,) = ort_run(proto, {"x": x})
     got = onnx_attr.load(proto, strip_final_activation=False).run({"x": x})[0]
     assert got.shape == expected.shape == (2, 1, 3, 1)
+
+
+def test_constant_ifs_are_inlined_in_rounds_with_one_fold_each(monkeypatch):
+    """SLANet's Loop, unrolled for its trip count, leaves ~313 Ifs whose conditions are constants:
+    inlined one at a time, each with a fold of the whole graph, DeepLift's first call took 220 s.
+    Every If constant so far goes in one round, then one fold (which may make more constant).
+    Oracle: onnxruntime on the original graph, whose Ifs it runs."""
+    import onnx_attr.importing.normalize as normalize
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import ort_run
+
+    nodes, current = [], "x"
+    for i in range(40):
+        then = helper.make_graph([helper.make_node("Add", [current, "one"], [f"t{i}"])], f"then{i}", [],
+                                 [helper.make_tensor_value_info(f"t{i}", TensorProto.FLOAT, [1, 4])])
+        other = helper.make_graph([helper.make_node("Sub", [current, "one"], [f"e{i}"])], f"else{i}", [],
+                                  [helper.make_tensor_value_info(f"e{i}", TensorProto.FLOAT, [1, 4])])
+        nodes.append(helper.make_node("If", ["yes" if i % 3 else "no"], [f"if{i}"], then_branch=then,
+                                      else_branch=other))
+        current = f"if{i}"
+    nodes.append(helper.make_node("Relu", [current], ["y"]))
+    graph = helper.make_graph(nodes, "ifs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.ones((1, 4), np.float32), "one"),
+                               numpy_helper.from_array(np.array(True), "yes"),
+                               numpy_helper.from_array(np.array(False), "no")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    folds = []
+    fold = normalize.fold_constants
+    monkeypatch.setattr(normalize, "fold_constants", lambda *a, **k: folds.append(1) or fold(*a, **k))
+    notes: list[str] = []
+    inlined = normalize.inline_constant_ifs(proto, notes)
+    assert not any(n.op_type == "If" for n in inlined.graph.node) and len(folds) == 1
+    assert notes == ["inlined 40 If node(s) whose condition is a constant"]
+    x = np.linspace(-30, 30, 4, dtype=np.float32).reshape(1, 4)
+    np.testing.assert_array_equal(ort_run(inlined, {"x": x})[0], ort_run(proto, {"x": x})[0])

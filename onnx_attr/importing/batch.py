@@ -188,6 +188,8 @@ def _fixed_rows_mix(model, tensors, axes, fixed: int) -> bool:
     the first row's outputs, with the other rows as given and halved. Self-attention over a
     sequence-first axis declared as that batch does; a batch of pictures does not. Two runs of the
     fixed batch, where the call holds that many rows and has a floating one to change; else as declared."""
+    if _rows_round_together(model):  # a dynamic quantizer's range spans the rows: they change each other's
+        return False  # rounding by design, and run as the export declares
     if not any(a is not None for a in axes) or any(a is not None and (t.dim() <= a or t.shape[a] != fixed)
                                                    for t, a in zip(tensors, axes)):
         return False
@@ -259,7 +261,8 @@ def _runs(model, tensors, axes, outputs, fixed) -> Layout:
             # symbolic batch): the axes are as declared, and a pass holds the one row that ran
             model.__dict__["_pass_batch"] = (1,)
             return Layout(True, tuple(_fallback_axis(o) for o in single))
-        found = [_matching_axis(s, t) for s, t in zip(single, triple)]
+        alone = not _rows_round_together(model)  # a dynamic quantizer's range is the pass's: one row rounds otherwise
+        found = [_matching_axis(s, t, alone) for s, t in zip(single, triple)]
     if fixed == 1:  # the export's contract is one example per pass: an axis holding that example's rows
         # merged with its positions (a segmenter's [L] for its [1, 2, L] ids, [3L] for three) is its own
         found = [f if not isinstance(f, int) or s.shape[f] == 1 else "mixed" for s, f in zip(single, found)]
@@ -288,7 +291,7 @@ def _fallback_axis(out: Tensor) -> Optional[int]:
     return 0 if out.dim() and out.shape[0] == 1 else None
 
 
-def _matching_axis(single: Tensor, triple: Tensor):
+def _matching_axis(single: Tensor, triple: Tensor, alone: bool = True):
     """The axis along which `triple` (rows [x, x', x]) holds three blocks, its first equal to its
     last: x's output depends neither on a row after it nor on one before it (a cumulative sum or
     an LSTM over that axis in either direction would change one of them). Both blocks come from
@@ -315,11 +318,12 @@ def _matching_axis(single: Tensor, triple: Tensor):
                 return axis
         elif torch.allclose(before.double(), after.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30),
                             equal_nan=True):
-            # and x's block is x's output alone: attention (or any mean) over the rows treats the two
-            # copies of x alike, so only this tells it from a batch; loosely, as a batch of 1 may round
-            # otherwise (see above), where mixing moves the output by its own size
+            # and x's block is x's output alone (`alone`: where one row alone rounds as in the pass):
+            # attention (or any mean) over the rows treats the two copies of x alike, so only this tells
+            # it from a batch; loosely, as a batch of 1 may round otherwise (see above), where mixing
+            # moves the output by its own size
             loose = max(1e-3, 8 * torch.finfo(single.dtype).eps)
-            if torch.allclose(before.double(), single.double(), rtol=loose, atol=loose * max(scale, 1e-30),
+            if not alone or torch.allclose(before.double(), single.double(), rtol=loose, atol=loose * max(scale, 1e-30),
                               equal_nan=True):
                 return axis
     return "mixed"
