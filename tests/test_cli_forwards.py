@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import onnx_attr
 from onnx import helper
 
@@ -111,35 +112,22 @@ def test_a_graph_that_keeps_its_rows_apart_is_not_probed(tmp_path, monkeypatch):
     assert report["verify"]["passed"] and max(abs(d) for d in report["convergence_delta"]) < 1e-5
 
 
-def test_ig_steps_go_in_passes_under_the_input_element_budget(tmp_path, monkeypatch):
+@pytest.mark.parametrize("budget,four_rows", [("PASS_INPUT_ELEMENTS", 6 * 4), ("PASS_VALUE_BYTES", 36 * 4)])
+def test_ig_steps_go_in_passes_under_each_budget(tmp_path, monkeypatch, budget, four_rows):
     """IG's stacked steps stay under `PASS_INPUT_ELEMENTS` per pass (the budget that keeps a large
-    picture's 16 steps from filling the memory) and give what one pass gives."""
-    import onnx_attr.methods.base as base
-
-    model, inputs = _model(tmp_path)
-    x = dict(np.load(inputs))["x"]  # 2 examples of 6 elements
-    whole = onnx_attr.IntegratedGradients(model).attribute(x, target=1, n_steps=10)
-    monkeypatch.setattr(base, "PASS_INPUT_ELEMENTS", 6 * 4)  # four rows: two steps of both examples
-    calls = _count_forwards(monkeypatch)
-    parts = onnx_attr.IntegratedGradients(model).attribute(x, target=1, n_steps=10)
-    rows = [c[0][0] for c in calls]
-    assert max(rows) == 4 and sum(r for r in rows if r == 4) == 20
-    np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-5, atol=1e-7)
-
-
-def test_ig_steps_go_in_passes_under_the_value_budget(tmp_path, monkeypatch):
-    """A small input may compute large values (a diffusion U-Net: 64 KiB in, 0.5 GB per row): the
-    passes also stay under `PASS_VALUE_BYTES` of forward values, measured on one row (here by hand:
-    the Einsum's, the Add's and the Relu's [1, 3] float32 outputs, 36 bytes), and give what one pass gives."""
+    picture's 16 steps from filling the memory) and under `PASS_VALUE_BYTES` of forward values, measured
+    on one row (a small input may compute large values: a diffusion U-Net, 64 KiB in, 0.5 GB per row;
+    here by hand: the Einsum's, the Add's and the Relu's [1, 3] float32 outputs, 36 bytes), and give
+    what one pass gives. `four_rows`: two steps of both examples a pass."""
     import torch
 
     import onnx_attr.methods.base as base
 
     model, inputs = _model(tmp_path)
-    x = dict(np.load(inputs))["x"]
+    x = dict(np.load(inputs))["x"]  # 2 examples of 6 elements
     assert base.value_bytes_per_row(model, [torch.from_numpy(x)], [0]) == 36
     whole = onnx_attr.IntegratedGradients(model).attribute(x, target=1, n_steps=10)
-    monkeypatch.setattr(base, "PASS_VALUE_BYTES", 36 * 4)  # four rows: two steps of both examples
+    monkeypatch.setattr(base, budget, four_rows)
     calls = _count_forwards(monkeypatch)
     parts = onnx_attr.IntegratedGradients(model).attribute(x, target=1, n_steps=10)
     rows = [c[0][0] for c in calls]
