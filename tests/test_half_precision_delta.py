@@ -36,3 +36,36 @@ def test_a_float16_models_delta_is_judged_at_float16_rounding():
     assert delta.max() > 1e-4 * np.abs(logits).max() / 100  # float16 arithmetic really is coarse here
     assert method.last_report["max_relative_delta"] <= 1e-4
     assert not any("convergence delta" in w for w in method.last_report["warnings"])
+
+
+def test_a_float32_model_computing_in_float16_is_judged_at_float16():
+    """ukis-csmask: float32 in and out, its 655 weights float16, Casts to float16 after the input and
+    back before the output. Its deltas are float16 rounding (2.6e-3 of the change on its U-Net), not
+    a rule's error; judged at float32 they were warned about. A float32 graph stays judged at float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnx_attr
+    from onnx_attr.methods.deeplift import rounded_in
+
+    rng = np.random.default_rng(4)
+    w1 = (rng.standard_normal((64, 64)) * 0.5).astype(np.float16)
+    w2 = (rng.standard_normal((64, 8)) * 0.5).astype(np.float16)
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+             helper.make_node("MatMul", ["h", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["b"]), helper.make_node("Cast", ["b"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "half_inside", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    model = onnx_attr.load(proto)
+    assert rounded_in(model, 0) == "float16"
+    x = (rng.standard_normal((6, 64)) * 3).astype(np.float32)
+    dl = onnx_attr.DeepLift(model)
+    dl.attribute(x, target=2, return_convergence_delta=True)
+    assert dl.last_report["max_relative_delta"] <= 1e-4 and not dl.last_report["warnings"]
+    plain = onnx_attr.load(helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "f32", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(w2.astype(np.float32).repeat(8, 0), "w")]), opset_imports=[helper.make_opsetid("", 17)]))
+    assert rounded_in(plain, 0) == "float32"

@@ -216,9 +216,9 @@ class ShardWorker:
         attributions, delta, prediction, target = out
         import torch
 
-        from onnx_attr.methods.deeplift import relative_delta
+        from onnx_attr.methods.deeplift import relative_delta, rounded_in
 
-        dtype = self.model.outputs[self.output_index].dtype
+        dtype = rounded_in(self.model, self.output_index)
         for j, r in enumerate(picked):
             values = {k: v[j] for k, v in attributions.items()}
             if not all(np.isfinite(v).all() for v in values.values()):

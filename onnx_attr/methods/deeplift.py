@@ -267,12 +267,38 @@ def relative_delta(delta: Tensor, change: Tensor, dtype=None, magnitude: Optiona
     return delta.double().abs() / change.double().abs().clamp_min(floor * scale)
 
 
+#: ONNX element types narrower than float32, by name
+_NARROW = {10: "float16", 16: "bfloat16"}
+
+
+def rounded_in(model, index: int):
+    """The floating type output `index` is computed in: its own, or a narrower one its computation
+    passes through (ukis-csmask: float32 in and out, float16 weights and Casts between), whose
+    rounding its delta carries. Read from the ONNX graph (the output's ancestors, subgraphs apart), once."""
+    found = model.__dict__.setdefault("_rounded_in", {})
+    if index not in found:
+        spec = model.outputs[index]
+        kind = str(spec.dtype)
+        graph = getattr(getattr(model, "onnx_model", None), "graph", None)
+        if graph is not None and kind not in _NARROW.values():
+            needed, narrow = {spec.name}, set()
+            for node in reversed(graph.node):
+                if needed.intersection(node.output):
+                    needed.update(name for name in node.input if name)
+                    if node.op_type == "Cast":
+                        narrow.update(_NARROW[a.i] for a in node.attribute if a.name == "to" and a.i in _NARROW)
+            narrow.update(_NARROW[t.data_type] for t in graph.initializer
+                          if t.name in needed and t.data_type in _NARROW)
+            kind = "bfloat16" if "bfloat16" in narrow else "float16" if narrow else kind
+        found[index] = kind
+    return found[index]
+
+
 def method_report(model, method: str, delta: Tensor, change: Tensor, index: int,
                   magnitude: Optional[Tensor] = None) -> dict:
     """What every method reports: the output explained, its final activation, the deltas, and a
     warning (never silence) when completeness is off by more than DELTA_TOLERANCE."""
-    spec = model.outputs[index]
-    relative = relative_delta(delta, change, spec.dtype, magnitude)
+    relative = relative_delta(delta, change, rounded_in(model, index), magnitude)
     worst = float(relative.max()) if delta.numel() else 0.0
     warnings_ = []
     undefined = [i for i, c in enumerate(change.reshape(-1).tolist()) if not math.isfinite(c)]
