@@ -102,9 +102,14 @@ def _blurred(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: blurred(v, axes.get(k, 0)) for k, v in inputs.items()}
 
 
+def _id_names(attributed: dict) -> list[str]:
+    """The attributed inputs that hold integers (ids, or pixels attributed at their cast): they do not blur."""
+    return [k for k, v in attributed.items() if not np.issubdtype(np.asarray(v).dtype, np.floating)]
+
+
 def _blur_note(attributed: dict, kept: Sequence[str]) -> str:
     """What `--baseline auto` took instead of zeros (`domain_reference`), for the report."""
-    ids = [k for k, v in attributed.items() if not np.issubdtype(np.asarray(v).dtype, np.floating)]
+    ids = _id_names(attributed)
     parts = ["each example blurred along its long axes instead"] if len(ids) < len(attributed) else []
     zeroed = [k for k in ids if k not in kept]
     if zeroed:
@@ -150,7 +155,7 @@ def domain_reference(model, attributed: dict, extra: dict) -> tuple[dict, list[s
     an additive mask of −inf: at zero every position is masked). Returns the reference and the ids
     kept at their own values: those have not moved, so their attributions are 0."""
     blurred = _blurred(model, attributed)  # the ids come back as they are
-    ids = [k for k, v in attributed.items() if not np.issubdtype(np.asarray(v).dtype, np.floating)]
+    ids = _id_names(attributed)
     if not ids:
         return blurred, []
     at_input = _nonfinite_tensors(model, {**attributed, **extra})
@@ -166,20 +171,18 @@ def _nonfinite_tensors(model, feeds: dict) -> dict[str, int]:
     """The ONNX tensors whose value is not all finite in a plain forward pass, with how many of
     their elements are not (none are kept)."""
     import torch
-    from torch import fx
+
+    from onnx_attr.importing.model import run_visiting
 
     found: dict[str, int] = {}
 
-    class Watching(fx.Interpreter):
-        def run_node(self, n: fx.Node):
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
-                name = n.meta.get("onnx_tensor", n.name)
-                found[name] = found.get(name, 0) + int((~torch.isfinite(out)).sum())
-            return out
+    def watch(n, out) -> None:
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            name = n.meta.get("onnx_tensor", n.name)
+            found[name] = found.get(name, 0) + int((~torch.isfinite(out)).sum())
 
     with torch.no_grad():
-        Watching(model.module).run(*model.prepare(feeds))
+        run_visiting(model.module, model.prepare(feeds), watch)
     return found
 
 

@@ -203,19 +203,22 @@ def _fixed_rows_mix(model, tensors, axes, fixed: int) -> bool:
             first, second = _outputs(trial(*tensors)), _outputs(trial(*changed))
         except Exception:  # noqa: BLE001  (the forward's own error comes with the call)
             return False
-    for a, b in zip(first, second):
-        if a.dim() == 0 or a.shape[0] != fixed or a.shape != b.shape:
-            continue
-        x, y = a[:1], b[:1]
-        if not x.is_floating_point():
-            if not torch.equal(x, y):
-                return True
-            continue
-        finite = x[torch.isfinite(x)]
-        scale = float(finite.double().abs().max()) if finite.numel() else 1.0
-        if not torch.allclose(x.double(), y.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30), equal_nan=True):
-            return True
-    return False
+    return any(not _same(a[:1], b[:1], _scale(a[:1])) for a, b in zip(first, second)
+               if a.dim() and a.shape[0] == fixed and a.shape == b.shape)
+
+
+def _scale(t: Tensor) -> float:
+    """The largest finite |value| (1 for none, or an integer tensor): what `_same`'s atol is relative to."""
+    finite = t[torch.isfinite(t)] if t.is_floating_point() else t[:0]
+    return float(finite.double().abs().max()) if finite.numel() else 1.0
+
+
+def _same(a: Tensor, b: Tensor, scale: float, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """Two outputs of one graph on rows that should not change them: equal (integers), or within a
+    rounding relative to each value and to the output's `scale` (NaN where both are)."""
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    return torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol * max(scale, 1e-30), equal_nan=True)
 
 
 def _found(model, tensors, axes, outputs, fixed) -> Layout:
@@ -301,29 +304,25 @@ def _matching_axis(single: Tensor, triple: Tensor, alone: bool = True):
     if triple.shape == single.shape:
         return "none"
     if single.dim() == 0 and triple.shape == (3,):  # Squeeze() of [N, 1]: the batch axis dropped when N is 1
-        return 0 if torch.allclose(triple[0].double(), triple[2].double(), rtol=1e-4,
-                                   atol=1e-5 * max(abs(float(single)), 1e-30), equal_nan=True) else "mixed"
+        return 0 if _same(triple[0], triple[2], abs(float(single))) else "mixed"
     if triple.dim() != single.dim():
         return "mixed"
-    finite = single[torch.isfinite(single)] if single.is_floating_point() else single[:0]
-    scale = float(finite.double().abs().max()) if finite.numel() else 1.0  # NaN/inf outputs: compared as such
+    scale = _scale(single)  # NaN/inf outputs: compared as such
     for axis in range(single.dim()):
         size = single.shape[axis]
         if triple.shape[axis] != 3 * size or any(t != s for i, (t, s) in enumerate(zip(triple.shape, single.shape))
                                                   if i != axis):
             continue
         before, after = triple.narrow(axis, 0, size), triple.narrow(axis, 2 * size, size)
-        if not single.is_floating_point():
-            if torch.equal(before, after):
-                return axis
-        elif torch.allclose(before.double(), after.double(), rtol=1e-4, atol=1e-5 * max(scale, 1e-30),
-                            equal_nan=True):
-            # and x's block is x's output alone (`alone`: where one row alone rounds as in the pass):
-            # attention (or any mean) over the rows treats the two copies of x alike, so only this tells
-            # it from a batch; loosely, as a batch of 1 may round otherwise (see above), where mixing
-            # moves the output by its own size
-            loose = max(1e-3, 8 * torch.finfo(single.dtype).eps)
-            if not alone or torch.allclose(before.double(), single.double(), rtol=loose, atol=loose * max(scale, 1e-30),
-                              equal_nan=True):
-                return axis
+        if not _same(before, after, scale):
+            continue
+        if not single.is_floating_point() or not alone:
+            return axis
+        # and x's block is x's output alone (`alone`: where one row alone rounds as in the pass):
+        # attention (or any mean) over the rows treats the two copies of x alike, so only this tells
+        # it from a batch; loosely, as a batch of 1 may round otherwise (see above), where mixing
+        # moves the output by its own size
+        loose = max(1e-3, 8 * torch.finfo(single.dtype).eps)
+        if _same(before, single, scale, loose, loose):
+            return axis
     return "mixed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import onnx
 import torch
@@ -145,14 +145,11 @@ class AttributableModel(nn.Module):
     def _run_measuring(self, args: Sequence[torch.Tensor], magnitudes: dict[str, float]) -> Any:
         from onnx_attr.importing.verify import finite_magnitude
 
-        class Measuring(fx.Interpreter):
-            def run_node(self, n: fx.Node):
-                out = super().run_node(n)
-                if n.op != "get_attr" and "onnx_tensor" in n.meta and (m := finite_magnitude(out)) is not None:
-                    magnitudes[n.meta["onnx_tensor"]] = m
-                return out
+        def measure(n: fx.Node, out: Any) -> None:
+            if "onnx_tensor" in n.meta and (m := finite_magnitude(out)) is not None:
+                magnitudes[n.meta["onnx_tensor"]] = m
 
-        return self._guarded(Measuring(self.module).run, args)
+        return self._guarded(lambda *a: run_visiting(self.module, a, measure), args)
 
     def verify(self, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
                locate: bool = True, run: Any = None):
@@ -178,6 +175,20 @@ class AttributableModel(nn.Module):
             "op_counts": dict(Counter(n.op_type for n in graph.node).most_common()),
             "notes": list(self.notes),
         }
+
+
+def run_visiting(module: fx.GraphModule, args: Sequence[Any], visit: Callable[[fx.Node, Any], None]) -> Any:
+    """The module's forward node by node, `visit(node, value)` called on each value it holds (the
+    inputs and what the nodes compute; the weights apart): one pass that measures, counts or watches."""
+
+    class Visiting(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            out = super().run_node(n)
+            if n.op != "get_attr":
+                visit(n, out)
+            return out
+
+    return Visiting(module).run(*args)
 
 
 def _explain_failure(module: fx.GraphModule, args: Sequence[torch.Tensor], err: Exception) -> str:

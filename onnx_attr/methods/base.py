@@ -96,7 +96,7 @@ def value_bytes_per_row(model, tensors: Sequence[Tensor], axes: Sequence[Optiona
     """The bytes of the values one row's plain forward pass computes (every node's output, the
     weights apart), measured once per model and row shape; 0 where one row does not run alone (an
     export that fixes its batch: its passes hold that batch whatever the budget says)."""
-    from torch import fx
+    from onnx_attr.importing.model import run_visiting
 
     key = tuple((tuple(t.shape[:a]) + tuple(t.shape[a + 1:]) if a is not None and t.dim() > a else tuple(t.shape),
                  str(t.dtype), a) for t, a in zip(tensors, axes))
@@ -106,19 +106,14 @@ def value_bytes_per_row(model, tensors: Sequence[Tensor], axes: Sequence[Optiona
                for t, a in zip(tensors, axes)]
         total = [0]
 
-        class Counting(fx.Interpreter):
-            def run_node(self, n: fx.Node):
-                out = super().run_node(n)
-                if n.op in ("call_module", "call_function", "call_method"):
-                    for value in out if isinstance(out, (tuple, list)) else (out,):
-                        if isinstance(value, Tensor):
-                            total[0] += value.numel() * value.element_size()
-                return out
+        def count(n, out) -> None:
+            if n.op in ("call_module", "call_function", "call_method"):
+                total[0] += sum(v.numel() * v.element_size() for v in (out if isinstance(out, (tuple, list)) else (out,))
+                                if isinstance(v, Tensor))
 
-        module = getattr(model, "module", None)
         try:
             with torch.no_grad():
-                Counting(module).run(*one)
+                run_visiting(getattr(model, "module", None), one, count)
         except Exception:  # noqa: BLE001  (one row alone may not run: the input budget decides)
             total[0] = 0
         found[key] = total[0]
