@@ -227,7 +227,9 @@ class ShardWorker:
             total = sum(float(np.sum(v, dtype=np.float64)) for v in values.values())
             change = total - float(delta[j])  # delta = sum(attributions) - (f(x) - f(x0))
             value = prediction[j][1]  # f(x) of the explained output; f(x0) = f(x) - change
-            magnitude = None if value is None else torch.tensor([max(abs(value), abs(value - change))])
+            # the attributions' own size too: the rounding of a sum of large cancelling terms (relative_delta)
+            spread = sum(float(np.abs(v).sum(dtype=np.float64)) for v in values.values())
+            magnitude = torch.tensor([spread if value is None else max(abs(value), abs(value - change), spread)])
             relative = float(relative_delta(torch.tensor([float(delta[j])]), torch.tensor([change]), dtype,
                                             magnitude)[0])
             rows.ok(r, values, float(delta[j]), relative, prediction[j], target[j])

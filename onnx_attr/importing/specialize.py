@@ -54,23 +54,33 @@ def value_dependent(graph: onnx.GraphProto, sources: Iterable[str], tainted: dic
     other than through a decoded token).
 
     A node with subgraphs depends on what its bodies read from outside as well as on its inputs."""
-    tainted = dict(tainted or {}) | {s: s for s in sources if s not in (tainted or {})}
+    found = dict(tainted or {})
+    for source in sources:
+        found.setdefault(source, source)
+    _taint(graph, found, past_tokens)
+    return found
+
+
+def _taint(graph: onnx.GraphProto, tainted: dict[str, str], past_tokens: bool) -> str | None:
+    """`value_dependent`'s sweep, adding to `tainted` in place (a copy per body was quadratic on an
+    unrolled decoder's 500 Ifs); returns the source of the first name it added, or None."""
+    first = None
     for node in graph.node:
         if node.op_type in SHAPE_ONLY:
             continue
-        outputs = node.output if past_tokens else _past_choice(node)
-        reads = list(node.input)
+        source = next((tainted[r] for r in node.input if r in tainted), None)
         for attr in node.attribute:
             for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
-                inner = value_dependent(sub, (), tainted, past_tokens)
-                reads += [o.name for o in sub.output] + [k for k in inner if k not in tainted]
-                tainted.update({k: v for k, v in inner.items() if k not in tainted})
-        source = next((tainted[r] for r in reads if r in tainted), None)
+                inner = _taint(sub, tainted, past_tokens)  # what the body reads from outside, or computes from it
+                first = first or inner
+                if source is None:
+                    source = next((tainted[o.name] for o in sub.output if o.name in tainted), inner)
         if source is not None:
-            for out in outputs:
-                if out:
-                    tainted.setdefault(out, source)
-    return tainted
+            for out in node.output if past_tokens else _past_choice(node):
+                if out and out not in tainted:
+                    tainted[out] = source
+                    first = first or source
+    return first
 
 
 def _past_choice(node: onnx.NodeProto) -> Sequence[str]:

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import torch
 
+from onnx_attr.importing.ancestry import NARROW_FLOATS, computed_in, upstream
 from onnx_attr.importing.convert import run_recording
 from onnx_attr.importing.converters.arithmetic import integer_overflows
 from onnx_attr.importing.read import external_folder
@@ -52,6 +53,7 @@ class OutputCheck:
     float64_ours: Optional[float] = None  # max |ours - float64 evaluation|
     float64_ort: Optional[float] = None  # max |onnxruntime float32 - float64 evaluation|
     quantized_spread: Optional[float] = None  # QDQ graph: max |ort(x + a few ulps) - ort(x)|
+    computed_in: str = "float32"  # the narrowest floating type upstream (float16 weights and Casts: float16)
 
 
 @dataclass
@@ -88,10 +90,13 @@ class VerifyReport:
             lines.append(f"  {'ok  ' if o.passed else 'FAIL'} {o.name} {o.shape}: max abs err "
                          f"{o.max_abs:.3e}, max rel err {o.max_rel:.3e}")
             if not o.within_tolerance:
-                lines.append(f"       beyond atol/rtol; float32 rounding budget of a depth-{o.depth} graph "
+                narrow = o.computed_in not in ("float32", "float64")
+                lines.append(f"       beyond atol/rtol; {o.computed_in} rounding budget of a depth-{o.depth} graph "
                              f"{o.rounding_budget:.3e}" + (
                                  f"; against the graph in float64: ours {o.float64_ours:.3e}, onnxruntime "
                                  f"{o.float64_ort:.3e}" if o.float64_ours is not None else
+                                 f"; computed in {o.computed_in}: onnxruntime moves by {o.quantized_spread:.3e} when "
+                                 f"the inputs move by one {o.computed_in} ulp" if narrow and o.quantized_spread is not None else
                                  f"; quantized: onnxruntime moves by {o.quantized_spread:.3e} when the "
                                  "inputs or its quantizers' inputs move a few ulps" if o.quantized_spread is not None else
                                  "; no float64 evaluation (onnxruntime could not run the graph retyped)")
@@ -318,20 +323,23 @@ def dynamically_quantized(model: onnx.ModelProto) -> bool:
 #: relative size of the input jitter that measures a quantized graph's own rounding sensitivity (ulps)
 _JITTER_ULPS = 4
 _JITTER_RUNS = 4
+#: the same in ulps of the narrower type a float32 graph computes in (float16 weights and Casts)
+NARROW_JITTER_ULPS = 1.0
 
 
 def _quantized_spread(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], names: Sequence[str],
-                      theirs: Sequence[np.ndarray], enough: Callable[[list[float]], bool] = lambda _: False
-                      ) -> list[float]:
+                      theirs: Sequence[np.ndarray], enough: Callable[[list[float]], bool] = lambda _: False,
+                      ulp: Optional[float] = None) -> list[float]:
     """Per output, the farthest onnxruntime's own answer moves when every float input is scaled
-    by 1 + a few ulps of noise (seeded), or every quantizer's input (qdq_jitter.py): the rounding
-    noise a QDQ graph amplifies. The runs stop once `enough` says the spread found covers what it is
-    asked to judge (more runs only widen it: the verdict is the same, minus the unoptimized runs,
-    seconds each on a large quantized detector)."""
+    by 1 + a few ulps of noise (seeded; `ulp` where the graph computes in a narrower type than its
+    inputs: float16 weights and Casts round as float16), or every quantizer's input (qdq_jitter.py):
+    the rounding noise a QDQ or half-precision graph amplifies. The runs stop once `enough` says the
+    spread found covers what it is asked to judge (more runs only widen it: the verdict is the same,
+    minus the unoptimized runs, seconds each on a large quantized detector)."""
     rng = np.random.default_rng(0)
     spread = [0.0] * len(names)
     for _ in range(_JITTER_RUNS):
-        _widen(spread, run_onnxruntime(reference, _jittered(feeds, rng), names, optimize=False), theirs)
+        _widen(spread, run_onnxruntime(reference, _jittered(feeds, rng, ulp), names, optimize=False), theirs)
         if enough(spread):
             return spread
     for run in range(jitter_runs()):  # the same jitter where the graph rounds: before each quantizer
@@ -351,12 +359,15 @@ def _widen(spread: list[float], outs: Sequence[np.ndarray], theirs: Sequence[np.
             spread[i] = max(spread[i], float(np.nan_to_num(np.abs(out - base), nan=0.0).max()))
 
 
-def _jittered(feeds: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The feeds with every float input scaled by 1 + a few ulps of noise."""
+def _jittered(feeds: dict[str, np.ndarray], rng: np.random.Generator, ulp: Optional[float] = None
+              ) -> dict[str, np.ndarray]:
+    """The feeds with every float input scaled by 1 + noise: a few ulps of its type, or `ulp` (one
+    ulp of the narrower type a graph computes in: its own rounding is already that coarse)."""
     jittered = {}
     for name, value in feeds.items():
         if isinstance(value, np.ndarray) and value.dtype in (np.float32, np.float16, np.float64):
-            noise = rng.standard_normal(value.shape) * _JITTER_ULPS * float(np.finfo(value.dtype).eps)
+            noise = rng.standard_normal(value.shape) * (ulp * NARROW_JITTER_ULPS if ulp else
+                                                        _JITTER_ULPS * float(np.finfo(value.dtype).eps))
             value = (value * (1 + noise)).astype(value.dtype)
         jittered[name] = value
     return jittered
@@ -405,8 +416,12 @@ def graph_depths(model: onnx.ModelProto) -> dict[str, int]:
     return depth
 
 
-def _unit_roundoff(dtype: np.dtype) -> float:
-    return float(np.finfo(dtype).eps) / 2 if np.issubdtype(dtype, np.floating) else 0.0
+def _unit_roundoff(dtype: str) -> float:
+    """Half an ulp at 1 of a floating type named as numpy or ONNX names it (bfloat16: 8 bits of
+    mantissa); 0 for anything else."""
+    if dtype == "bfloat16":
+        return 2.0 ** -8
+    return float(np.finfo(dtype).eps) / 2 if np.issubdtype(np.dtype(dtype), np.floating) else 0.0
 
 
 def _judge_rounding(model, tensors: Sequence[torch.Tensor], report: VerifyReport, feeds: dict[str, np.ndarray],
@@ -422,12 +437,17 @@ def _judge_rounding(model, tensors: Sequence[torch.Tensor], report: VerifyReport
     reference = model.reference_model
     depths = graph_depths(reference)
     exact = _float64_outputs(reference, feeds, [o.name for o in report.outputs], report.notes)
+    judged = [i for i, (check, a, b) in enumerate(zip(report.outputs, ours, theirs)) if not check.passed
+              and a.shape == b.shape and np.issubdtype(b.dtype, np.floating)]
+    for i in judged:
+        report.outputs[i].computed_in = computed_in(reference.graph, report.outputs[i].name, str(theirs[i].dtype))
+    narrow = [2 * _unit_roundoff(report.outputs[i].computed_in) for i in judged
+              if report.outputs[i].computed_in in NARROW_FLOATS.values()]  # their ulps, to jitter the inputs by
     spread = None
-    if exact is None and (statically_quantized(reference) or dynamically_quantized(reference)):
-        judged = [i for i, (check, a, b) in enumerate(zip(report.outputs, ours, theirs)) if not check.passed
-                  and a.shape == b.shape and np.issubdtype(b.dtype, np.floating)]
+    if exact is None and (statically_quantized(reference) or dynamically_quantized(reference) or narrow):
         spread = _quantized_spread(reference, feeds, [o.name for o in report.outputs], theirs, lambda found: all(
-            _errors(ours[i], theirs[i], report.atol + 2 * found[i], report.rtol)[2] for i in judged))
+            _errors(ours[i], theirs[i], report.atol + 2 * found[i], report.rtol)[2] for i in judged),
+            ulp=max(narrow, default=None))
     measured = None
     for i, (check, a, b) in enumerate(zip(report.outputs, ours, theirs)):
         if not check.passed and a.shape == b.shape and _rounded_from_floats(b, feeds):
@@ -446,7 +466,7 @@ def _judge_rounding(model, tensors: Sequence[torch.Tensor], report: VerifyReport
         check.within_tolerance = False
         check.depth = depths.get(check.name, 0)
         scale = _largest_magnitude(reference, check.name, measured)
-        check.rounding_budget = ROUNDING_PER_NODE * _unit_roundoff(b.dtype) * check.depth * scale
+        check.rounding_budget = ROUNDING_PER_NODE * _unit_roundoff(check.computed_in) * check.depth * scale
         if exact is not None:
             check.float64_ours, _, _ = _errors(a, exact[i], 0.0, 0.0)
             check.float64_ort, _, _ = _errors(b, exact[i], 0.0, 0.0)
@@ -460,10 +480,7 @@ def _judge_rounding(model, tensors: Sequence[torch.Tensor], report: VerifyReport
 
 def _largest_magnitude(reference: onnx.ModelProto, output: str, magnitudes: dict[str, float]) -> float:
     """The largest finite |value| among the floating tensors `output` is computed from (itself included)."""
-    needed = {output}
-    for node in reversed(reference.graph.node):
-        if needed.intersection(node.output):
-            needed.update(n for n in node.input if n)
+    needed, _ = upstream(reference.graph, output)
     return max((magnitudes.get(name, 0.0) for name in needed), default=0.0)
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from onnx_attr.deeplift.differences import contribution
 from onnx_attr.deeplift.engine import DeepLiftEngine, PassResult, Targets
 from onnx_attr.errors import InputError, is_out_of_memory
+from onnx_attr.importing.ancestry import computed_in
 from onnx_attr.importing.inputs import all_finite
 from onnx_attr.importing.specialize import has_runtime_if, specialise
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
@@ -109,20 +110,23 @@ class DeepLift(AttributionMethod):
             contributions = _custom_attributions(self._custom, result.multipliers, prepared)
         total = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None)
         delta = total - (result.value.double() - result.reference_value.double())
+        # the size of what the sum adds up: where large terms cancel, their rounding is the delta's floor
+        spread = sum((c.reshape(n, -1).double().abs().sum(1) for c in contributions if c is not None),
+                     torch.zeros_like(delta))
         attributions = contributions if self._multiply_by_inputs or getattr(self, "_custom", None) else [
             m if m is None or x.is_floating_point() else c
             for m, c, x in zip(result.multipliers, contributions, prepared.tensors)]
         if not all(all_finite(c) for c in contributions if c is not None):
             self._nonfinite = first_nonfinite(self.model, prepared.tensors, prepared.baselines)
-        return attributions, delta, result
+        return attributions, delta, result, spread
 
     def _attribute_once(self, inputs, baselines, target, additional_forward_args, output):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         index = self._output_index(output)
         self.last_report = {}
-        attributions, delta, result = self._attribute_prepared(prepared, n, self._targets(target, n, prepared, index),
-                                                               index)
-        return prepared, attributions, delta, result, index
+        attributions, delta, result, spread = self._attribute_prepared(
+            prepared, n, self._targets(target, n, prepared, index), index)
+        return prepared, attributions, delta, result, index, spread
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None, return_convergence_delta: bool = False,
@@ -132,10 +136,9 @@ class DeepLift(AttributionMethod):
         one entry per attributed input) replaces multiplier × Δx, and the delta measures its sums."""
         self._nonfinite = None
         self._custom = _check_custom(custom_attribution_func)
-        prepared, attributions, delta, result, index = self._attribute_once(
+        prepared, attributions, delta, result, index, spread = self._attribute_once(
             inputs, baselines, target, additional_forward_args, output)
-        self._report(delta, result.value - result.reference_value, index,
-                     torch.maximum(result.value.abs(), result.reference_value.abs()))
+        self._report(delta, result.value - result.reference_value, index, _magnitude(result, spread))
         out = prepared.repack(attributions)
         return (out, delta) if return_convergence_delta else out
 
@@ -202,12 +205,12 @@ class DeepLiftShap(DeepLift):
             group = rows[start:start + per_pass]
             k = len(group)
             joined = group[0] if k == 1 else _stacked(group, n)
-            attributions, delta, result = self._attribute_prepared(joined, n * k, targets.repeat(k), index)
+            attributions, delta, result, spread = self._attribute_prepared(joined, n * k, targets.repeat(k), index)
             folded = [a if a is None or k == 1 else a.reshape(k, n, *a.shape[1:]).sum(0) for a in attributions]
             sums = folded if sums is None else [None if s is None else s + a for s, a in zip(sums, folded)]
             deltas.append(delta.reshape(k, n))
             changes.append((result.value - result.reference_value).reshape(k, n))
-            magnitudes.append(torch.maximum(result.value.abs(), result.reference_value.abs()).reshape(k, n))
+            magnitudes.append(_magnitude(result, spread).reshape(k, n))
         mean = [None if s is None else s / len(rows) for s in sums]
         delta = torch.cat(deltas).T.reshape(-1)  # [B, n] -> example-major pairs
         self._report(delta, torch.cat(changes).T.reshape(-1), index, torch.cat(magnitudes).T.reshape(-1))
@@ -253,12 +256,15 @@ _ROUNDED_IN = {"float64": torch.float64, "float16": torch.float16, "bfloat16": t
 
 
 def relative_delta(delta: Tensor, change: Tensor, dtype=None, magnitude: Optional[Tensor] = None) -> Tensor:
-    """|delta| / |f(x) - f(x0)|, the change floored at ROUNDING_ULPS · eps(dtype) · max(1, |f(x)|,
-    |f(x0)|) / DELTA_TOLERANCE (`magnitude`: the larger of |f(x)|, |f(x0)| per example; eps of the
-    model's output dtype, float16's 1e-3 for a half-precision model, float32 if unknown). A change below that is within the rounding of the two
-    outputs it is the difference of (a face-map logit near -5.3 moving by 9e-4 is known to a few
-    5e-7 steps), so no attribution can resolve it to DELTA_TOLERANCE; a floor of 1 would instead
-    hide errors as large as the change itself wherever |Δf| < 1 (probabilities)."""
+    """|delta| / |f(x) - f(x0)|, the change floored at ROUNDING_ULPS · eps(dtype) · max(1, magnitude)
+    / DELTA_TOLERANCE (`magnitude`: per example, the largest of |f(x)|, |f(x0)| and Σ|attributions|;
+    eps of the type the output is computed in, float16's 1e-3 for a half-precision model, float32 if
+    unknown). A change below that is within the rounding of the values it is the difference or the
+    sum of (a face-map logit near -5.3 moving by 9e-4 is known to a few 5e-7 steps; a decoder's box
+    coordinate 450 steps in moves by 0.5 as the sum of attributions totalling 1.8e5 in size, known
+    to ~0.02), so no attribution can resolve it to DELTA_TOLERANCE: what is left is a delta within
+    ROUNDING_ULPS ulps of that size. A floor of 1 would instead hide errors as large as the change
+    itself wherever |Δf| < 1 (probabilities)."""
     if not delta.numel():
         return delta
     kind = _ROUNDED_IN.get(str(dtype).replace("torch.", ""), torch.float32)
@@ -267,30 +273,20 @@ def relative_delta(delta: Tensor, change: Tensor, dtype=None, magnitude: Optiona
     return delta.double().abs() / change.double().abs().clamp_min(floor * scale)
 
 
-#: ONNX element types narrower than float32, by name
-_NARROW = {10: "float16", 16: "bfloat16"}
+def _magnitude(result: PassResult, spread: Tensor) -> Tensor:
+    """Per example, the largest of |f(x)|, |f(x0)| and the attributions' Σ|a| (`relative_delta`)."""
+    return torch.maximum(torch.maximum(result.value.abs(), result.reference_value.abs()).double(),
+                         spread.reshape(result.value.shape))
 
 
 def rounded_in(model, index: int):
-    """The floating type output `index` is computed in: its own, or a narrower one its computation
-    passes through (ukis-csmask: float32 in and out, float16 weights and Casts between), whose
-    rounding its delta carries. Read from the ONNX graph (the output's ancestors, subgraphs apart), once."""
+    """The floating type output `index` is computed in (importing/ancestry.py): its delta carries
+    that type's rounding. Read from the ONNX graph once."""
     found = model.__dict__.setdefault("_rounded_in", {})
     if index not in found:
         spec = model.outputs[index]
-        kind = str(spec.dtype)
         graph = getattr(getattr(model, "onnx_model", None), "graph", None)
-        if graph is not None and kind not in _NARROW.values():
-            needed, narrow = {spec.name}, set()
-            for node in reversed(graph.node):
-                if needed.intersection(node.output):
-                    needed.update(name for name in node.input if name)
-                    if node.op_type == "Cast":
-                        narrow.update(_NARROW[a.i] for a in node.attribute if a.name == "to" and a.i in _NARROW)
-            narrow.update(_NARROW[t.data_type] for t in graph.initializer
-                          if t.name in needed and t.data_type in _NARROW)
-            kind = "bfloat16" if "bfloat16" in narrow else "float16" if narrow else kind
-        found[index] = kind
+        found[index] = str(spec.dtype) if graph is None else computed_in(graph, spec.name, str(spec.dtype))
     return found[index]
 
 

@@ -87,13 +87,15 @@ def convert_body(body: onnx.GraphProto, outer_graph) -> Body:
     from onnx_attr.importing.convert import convert  # a body is converted like a model; imported late (cycle)
     from onnx_attr.importing.normalize import fold_constants, infer_shapes
 
-    inits = {t.name: t for t in outer_graph.proto.initializer}
-    copied = {n for n in free_names(body) if n in inits and _is_small(inits[n])}
-    outer = [n for n in free_names(body) if n not in copied]
+    free = free_names(body)
+    known = outer_graph.initializers  # looked up by name: a dict of them built per body was quadratic (500 Ifs)
+    inits = {n: known[n].proto for n in free if n in known}
+    copied = {n for n in free if n in inits and _is_small(inits[n])}
+    outer = [n for n in free if n not in copied]
     graph = onnx.GraphProto()
     graph.CopyFrom(body)
     graph.name = graph.name or "body"
-    for name in free_names(body):
+    for name in free:
         if name in copied:
             graph.initializer.append(inits[name])
         elif name in inits:
