@@ -162,6 +162,48 @@ def test_a_squeezed_map_without_sigmoid_splits_halfway(tmp_path):
     _complete(sums, (y * masks).reshape(3, -1).sum(1), (y0 * masks).reshape(3, -1).sum(1))
 
 
+def _nhwc_map(tmp_path):
+    """tf2onnx's Keras U-Net tail: [N, 8, 8, 3] pixels -> Transpose -> Conv(1) -> Transpose -> Sigmoid
+    -> [N, 8, 8, 1] (fastmrz's MRZ segmenter), and the same graph without its Sigmoid."""
+    w = (RNG.normal(size=(1, 3, 3, 3)) * 0.02).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xc", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["l"], perm=[0, 2, 3, 1])]
+    weights = {"w": w, "b": np.array([-0.5], np.float32)}
+    io = [_info("x", ["N", 8, 8, 3])], [_info("y", ["N", 8, 8, 1])]
+    return (_save(tmp_path, nodes + [helper.make_node("Sigmoid", ["l"], ["y"])], *io, weights, "nhwc_map.onnx"),
+            _save(tmp_path, nodes + [helper.make_node("Identity", ["l"], ["y"])], *io, weights, "nhwc_logits.onnx"))
+
+
+def test_a_channels_last_map_is_a_map(tmp_path):
+    """[N, H, W, 1] beside an NHWC image of that aspect: the predicted region (logit > 0, the Sigmoid
+    stripped), as its NCHW twin gets; it had been `top`, one pixel, and `region` split halfway."""
+    path, logits_path = _nhwc_map(tmp_path)
+    x = (RNG.uniform(size=(2, 8, 8, 3)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    logits, logits0 = _ort(logits_path, x), _ort(logits_path, np.zeros_like(x[:1]))
+    masks = logits > 0
+    assert 0 < masks.sum() < masks.size
+    assert report["target"] == "region" and report["target_detail"]["layout"] == "a dense map [N, H, W, 1]"
+    assert report["target_detail"]["mask_size"] == [int(m.sum()) for m in masks]
+    _complete(sums, (logits * masks).reshape(2, -1).sum(1), (logits0 * masks).reshape(2, -1).sum(1))
+
+
+def test_a_unit_map_is_a_vector_not_a_map(tmp_path):
+    """[N, 1, 1, 96] (a 1x1 Conv embedding head, openWakeWord's) has no pixels to make a region of:
+    its largest value, as any other output."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reshape", ["m", "shape"], ["y"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 12])], [_info("y", ["N", 1, 1, 6])],
+                 {"w": RNG.normal(size=(12, 6)).astype(np.float32), "shape": np.array([-1, 1, 1, 6], np.int64)},
+                 "unit_map.onnx")
+    x = RNG.normal(size=(2, 12)).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
+    top = [int(row.reshape(-1).argmax()) for row in y]
+    assert report["target"] == [[0, 0, t] for t in top]
+    _complete(sums, [row.reshape(-1)[t] for row, t in zip(y, top)], [y0.reshape(-1)[t] for t in top])
+
+
 @pytest.mark.parametrize("time_major, declared, extra", [
     (False, True, []), (True, True, []), (True, False, ["--batch-axis", "1"])])
 def test_sequence_default_is_the_greedy_paths_summed_score(tmp_path, time_major, declared, extra):

@@ -8,7 +8,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 |--------------------------------------|---------------------------------------------------|----------------|
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
-| dense map `[N, 1, H, W]`, `[N, H, W]`| one channel; or `H:W` as the image input's        | `region`: the predicted region's summed score |
+| dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
 | anything else                        |                                                   | `top`: the largest value's position |
@@ -188,8 +188,11 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if len(shape) == 1:
         return Layout("classes [N, C]", "classes", "top", final=op)
     image = _image_size(model, inputs)
-    if len(shape) == 3 and shape[0] == 1:
+    if len(shape) == 3 and shape[0] == 1 and min(shape[1:]) >= 2:  # [N, 1, 1, 96] is a vector, not a map
         return Layout("a dense map [N, 1, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
+    if len(shape) == 3 and shape[2] == 1 and min(shape[:2]) >= 2 and _as_image(image, shape[0], shape[1]):
+        # tf2onnx's Keras U-Net ending in Conv2D(1): channels last, as its image input
+        return Layout("a dense map [N, H, W, 1]", "map", "region", sigmoid_stripped=stripped, final=op)
     if len(shape) != 2:
         rank = view.dim() - (axis is None)  # the output's own: `batch_first` gave one without a batch an axis
         return Layout(f"an output of rank {rank}" + (" (one example's: no batch axis)" if axis is None else ""),
@@ -204,7 +207,7 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         return Layout("a time-major sequence [T, N, C]", "sequence", "greedy", final=op)
     if op in ("Softmax", "LogSoftmax"):
         return Layout(f"a sequence [N, T, C] (a {op} over its classes)", "sequence", "greedy", final=op)
-    if image is not None and abs(shape[0] / shape[1] - image[0] / image[1]) <= 0.1 * image[0] / image[1]:
+    if _as_image(image, shape[0], shape[1]):
         return Layout("a dense map [N, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
     if image is not None:
         small, big = min(shape), max(shape)
@@ -216,6 +219,11 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
             return Layout(f"a detector head [N, {scores}, A]" if first else f"a detector head [N, A, {scores}]",
                           "detector", "anchor", box=box, scores_first=first, final=op)
     return Layout("a sequence [N, T, C]", "sequence", "greedy", final=op)
+
+
+def _as_image(image: Optional[tuple[int, int]], h: int, w: int) -> bool:
+    """Whether H:W is the image input's aspect ratio (within 10%)."""
+    return image is not None and abs(h / w - image[0] / image[1]) <= 0.1 * image[0] / image[1]
 
 
 def _image_size(model, inputs: dict[str, np.ndarray]) -> Optional[tuple[int, int]]:
