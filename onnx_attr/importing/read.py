@@ -152,6 +152,10 @@ def _check_structure(model: onnx.ModelProto, folder: Path | None) -> None:
     budget.check("max_nodes", counted[0], "the model (bodies of If/Loop/Scan included), with that many nodes,")
 
 
+#: Domains whose ops' string attributes are text (modes, names): invalid UTF-8 there is corruption.
+TEXT_ATTRIBUTE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
+
 def _check_graph(graph: onnx.GraphProto, depth: int, counted: list[int], budget: Budget,
                  outer: dict[str, list[int]]) -> None:
     budget.check("max_subgraph_depth", depth, f"graph {graph.name!r}, nested that deep in If/Loop/Scan bodies,")
@@ -166,7 +170,9 @@ def _check_graph(graph: onnx.GraphProto, depth: int, counted: list[int], budget:
             raise ModelLoadError("a node of the graph has a name that is not valid UTF-8; the file is corrupted")
         for attr in node.attribute:
             try:
-                for text in (attr.s, *attr.strings):
+                # text for the ops we read; a custom domain's may be bytes (onnxruntime-extensions'
+                # SentencepieceTokenizer keeps its model proto there): that op is refused by name later
+                for text in (attr.s, *attr.strings) if node.domain in TEXT_ATTRIBUTE_DOMAINS else ():
                     text.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise ModelLoadError(f"attribute {attr.name!r} of node {node.name!r} is not valid UTF-8 text; "
