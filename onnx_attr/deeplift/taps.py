@@ -42,11 +42,28 @@ class EmbeddingTap(nn.Module):
         if state.mode == "tap_baseline":
             state.tap_baselines[id(self)] = out.detach()
         elif state.mode == "reference":
-            out = state.tap_baselines[id(self)].expand_as(out)
+            reference = state.tap_baselines[id(self)]
+            check_paired(self.node, self.input_name, out.shape, reference.shape)
+            out = reference.expand_as(out)
         elif state.mode == "deeplift":
             out = out.detach().requires_grad_(True)
             state.tap_leaves[id(self)] = out
         return out
+
+
+def check_paired(node: str, input_name: str, at_input: torch.Size, at_baseline: torch.Size) -> None:
+    """A lookup must read as many rows at the baseline's ids as at the input's (or one row for all):
+    its rows at the baseline are the reference of those it reads at the input, row by row."""
+    if len(at_input) == len(at_baseline) and all(b in (1, i) for i, b in zip(at_input, at_baseline)):
+        return
+    from onnx_attr.errors import InputError
+
+    raise InputError(
+        f"the embedding lookup {node!r} of {input_name!r} reads rows of shape {list(at_input)} at the input's ids "
+        f"but {list(at_baseline)} at the baseline's: which rows it reads is selected by the ids' values (a Compress "
+        "or NonZero on the ids, as a partitioned embedding does), so no baseline row pairs with each row read. Hold "
+        f"{input_name!r} (pass it as additional_forward_args; the CLI: --hold {input_name}) and attribute the other "
+        "inputs, or give a baseline whose ids select the same number of rows")
 
 
 def insert_layer_taps(module: fx.GraphModule, state: DeepLiftState, layers: Sequence[str]) -> list[LayerTap]:

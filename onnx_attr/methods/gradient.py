@@ -19,7 +19,7 @@ from onnx_attr.importing.rows import pass_batch
 from onnx_attr.importing.rows import rows_back, rows_first
 from onnx_attr.deeplift.differences import contribution, difference
 from onnx_attr.deeplift.layers import tensor_node, tensor_values, tensors_as_inputs
-from onnx_attr.deeplift.taps import id_path
+from onnx_attr.deeplift.taps import check_paired, id_path
 from onnx_attr.methods._inputs import Prepared, _as_list, as_tensor, batched_inputs, check_batched, is_held, prepare
 from onnx_attr.methods.base import AttributionMethod, budget_rows, check_batch_size, target_values  # noqa: F401  (target_values: kept importable here)
 from onnx_attr.methods.deeplift import method_report
@@ -85,6 +85,9 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
                  for b, a in zip(prepared.baselines, prepared.attributed)]
     h = tensor_values(model, tensors, prepared.tensors)
     h0 = tensor_values(model, tensors, reference)
+    owner = {t: name for name, ts in chosen.items() for t in ts}
+    for tensor, at_input, at_baseline in zip(tensors, h, h0):
+        check_paired(tensor, owner[tensor], at_input.shape, at_baseline.shape)
     view = tensors_as_inputs(model, tensors, h)
     floats = [a and t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)]
     embedded = EmbeddedPrepared(

