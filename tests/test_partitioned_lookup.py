@@ -54,3 +54,30 @@ def test_a_lookup_whose_rows_the_ids_select_is_refused_by_name(method):
     at_zero = ort.InferenceSession(proto.SerializeToString()).run(None, {"ids": ids, "scale": 0 * scale})[0]
     assert attributions["scale"].sum() == pytest.approx(expected[0, 1] - at_zero[0, 1], rel=1e-3 if method is
                                                         onnx_attr.IntegratedGradients else 1e-6)
+
+
+def test_a_baseline_the_graph_cannot_index_with_names_the_node():
+    """The ids also index the looked-up rows (an offset made from them, as row splits are): at the
+    zero baseline the index runs past the rows (onnxruntime refuses it too). IntegratedGradients
+    recorded the lookups there through a bare fx run and raised torch's IndexError (exit 3 from the
+    CLI on a Universal Sentence Encoder); it is now the forward error DeepLift gives, naming the node."""
+    table = numpy_helper.from_array(np.random.default_rng(1).standard_normal((10, 4)).astype(np.float32), "table")
+    five = numpy_helper.from_array(np.array([5], np.int64), "five")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], axis=0),
+             helper.make_node("ReduceMax", ["ids"], ["top"], axes=[1], keepdims=0),
+             helper.make_node("Sub", ["top", "five"], ["index"]),
+             helper.make_node("Gather", ["emb", "index"], ["row"], axis=1, name="pick_row"),
+             helper.make_node("Tanh", ["row"], ["y"])]
+    graph = helper.make_graph(nodes, "offsets", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4])], [table, five])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    ids = np.array([[4, 7, 2]], np.int64)
+    session = ort.InferenceSession(proto.SerializeToString())
+    session.run(None, {"ids": ids})  # row 7 - 5 = 2 of 3
+    with pytest.raises(Exception):
+        session.run(None, {"ids": np.zeros_like(ids)})  # row -5 of 3
+    model = onnx_attr.load(proto)
+    for method in (onnx_attr.IntegratedGradients, onnx_attr.DeepLift):
+        with pytest.raises(onnx_attr.ForwardError, match=r"'pick_row' \(op Gather\).*out of bounds") as caught:
+            method(model).attribute({"ids": ids}, target=(0, 1))
+        assert "While executing" not in str(caught.value)

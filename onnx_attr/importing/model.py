@@ -213,7 +213,8 @@ def _explain_failure(module: fx.GraphModule, args: Sequence[torch.Tensor], err: 
         meta = failing[0].meta
         where = f"ONNX node {meta['onnx_node']!r} (op {meta['onnx_op']})"
     shapes = ", ".join(str(list(a.shape)) for a in args if isinstance(a, torch.Tensor))
-    return f"forward pass failed at {where} on inputs of shape {shapes}: {type(err).__name__}: {err}"
+    said = str(err).split("\n\nWhile executing", 1)[0]  # torch.fx's own trace of the interpreted node: named above
+    return f"forward pass failed at {where} on inputs of shape {shapes}: {type(err).__name__}: {said}"
 
 
 def _first_tensor(module: nn.Module) -> Optional[tuple[nn.Module, str]]:
