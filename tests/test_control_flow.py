@@ -173,3 +173,39 @@ def test_constant_ifs_are_inlined_in_rounds_with_one_fold_each(monkeypatch):
     assert notes == ["inlined 40 If node(s) whose condition is a constant"]
     x = np.linspace(-30, 30, 4, dtype=np.float32).reshape(1, 4)
     np.testing.assert_array_equal(ort_run(inlined, {"x": x})[0], ort_run(proto, {"x": x})[0])
+
+
+def test_element_types_forward_agree_with_onnx_shape_inference():
+    """The element types a comparison reads, propagated op by op (importing/ancestry.element_types:
+    no whole-graph shape inference, seconds on an unrolled decoder), are those ONNX's own shape
+    inference finds, through casts, quantizers, comparisons, Where, TopK and an If's outputs."""
+    import onnx
+
+    branch = lambda name, op: helper.make_graph(  # noqa: E731
+        [helper.make_node(op, ["f"], [name])], name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("QuantizeLinear", ["f", "scale", "zp"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["dq"]),
+             helper.make_node("Greater", ["dq", "f"], ["gt"]),
+             helper.make_node("Where", ["gt", "f", "dq"], ["w"]),
+             helper.make_node("TopK", ["w", "k"], ["values", "indices"]),
+             helper.make_node("Shape", ["values"], ["shape"]),
+             helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+             helper.make_node("If", ["gt0"], ["chosen"], then_branch=branch("t", "Tanh"), else_branch=branch("e", "Sigmoid")),
+             helper.make_node("Mul", ["chosen", "w"], ["product"]),
+             helper.make_node("Less", ["product", "w"], ["lt"])]
+    graph = helper.make_graph(
+        nodes, "types", [helper.make_tensor_value_info("x", TensorProto.INT32, [2, 3]),
+                         helper.make_tensor_value_info("gt0", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info(n, TensorProto.UNDEFINED, None) for n in ("lt", "indices", "shape", "top")],
+        [onnx.numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
+         onnx.numpy_helper.from_array(np.array(3, np.int8), "zp"), onnx.numpy_helper.from_array(np.array([2], np.int64), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    from onnx_attr.importing.ancestry import element_types
+
+    ours = element_types(model.graph)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+    theirs = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *inferred.output)}
+    names = [o for n in nodes for o in n.output]
+    assert {n: ours.get(n) for n in names} == {n: theirs[n] for n in names}
+    assert ours["q"] == TensorProto.INT8 and ours["chosen"] == TensorProto.FLOAT

@@ -32,3 +32,60 @@ def computed_in(graph: onnx.GraphProto, output: str, own: str) -> str:
     narrow.update(NARROW_FLOATS[t.data_type] for t in graph.initializer
                   if t.name in needed and t.data_type in NARROW_FLOATS)
     return "bfloat16" if "bfloat16" in narrow else "float16" if narrow else own
+
+
+#: ops whose outputs' element type is fixed whatever their inputs'
+_FIXED_TYPES = {**dict.fromkeys(("Shape", "Size", "ArgMax", "ArgMin", "NonZero", "NonMaxSuppression"),
+                                onnx.TensorProto.INT64),
+                **dict.fromkeys(("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor",
+                                 "IsNaN", "IsInf"), onnx.TensorProto.BOOL)}
+
+
+#: ops whose output has the element type of another of their inputs: op -> that input's position
+_TYPED_BY = {"Where": 1, "CastLike": 1, "QuantizeLinear": 2, "OneHot": 2}
+
+
+def element_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Tensor name -> ONNX element type, from the declared ones forward through the main graph by
+    each op's rule (most ops keep their first input's type; Cast sets it; comparisons give bool;
+    Shape, ArgMax give int64): what a comparison reads, without a shape inference of the whole
+    graph (seconds on an unrolled decoder). Names it cannot tell are absent."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)
+             if v.type.tensor_type.elem_type}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or not node.output or node.output[0] in types:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type in _FIXED_TYPES:
+            kind = _FIXED_TYPES[node.op_type]
+        elif node.op_type == "Cast":
+            kind = attrs["to"].i if "to" in attrs else None
+        elif node.op_type in ("Constant", "ConstantOfShape"):
+            value = attrs.get("value")
+            kind = value.t.data_type if value is not None else onnx.TensorProto.FLOAT if node.op_type != "Constant" \
+                else None
+        elif node.op_type in _TYPED_BY:  # the output's type is another input's
+            at = _TYPED_BY[node.op_type]
+            kind = types.get(node.input[at]) if len(node.input) > at and node.input[at] else \
+                onnx.TensorProto.UINT8 if node.op_type == "QuantizeLinear" else None
+        elif node.op_type in ("If", "Loop"):  # as its body declares each output (a Loop's after its condition)
+            body = next((a.g for a in node.attribute if a.name in ("then_branch", "body")), None)
+            skip = node.op_type == "Loop"
+            for name, out in zip(node.output, list(body.output)[skip:] if body is not None else ()):
+                if name and out.type.tensor_type.elem_type:
+                    types[name] = out.type.tensor_type.elem_type
+            continue
+        elif node.op_type in ("DequantizeLinear", "DynamicQuantizeLinear", "Scan", "EyeLike",
+                              "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"):
+            kind = {"DequantizeLinear": onnx.TensorProto.FLOAT,
+                    "DynamicQuantizeLinear": onnx.TensorProto.UINT8}.get(node.op_type)
+        elif node.op_type in ("MatMulInteger", "ConvInteger"):
+            kind = onnx.TensorProto.INT32
+        else:  # arithmetic, shape and selection ops: the data's type (input 0)
+            kind = types.get(node.input[0]) if node.input else None
+        if kind:
+            types[node.output[0]] = kind
+            if node.op_type == "TopK" and len(node.output) > 1:
+                types[node.output[1]] = onnx.TensorProto.INT64
+    return types

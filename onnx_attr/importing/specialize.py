@@ -26,6 +26,7 @@ from onnx import helper
 from torch import Tensor
 
 from onnx_attr.errors import UnsupportedOpError
+from onnx_attr.importing.ancestry import element_types
 from onnx_attr.importing.converters.control_flow import COMPARISONS, SELECT_DOMAIN
 
 #: Ops whose outputs depend on their input's shape only, never on its values.
@@ -107,8 +108,7 @@ def selectable_ifs(model, attributed_names: Sequence[str]) -> dict[str, tuple[st
     graph = model.onnx_model.graph
     tainted = value_dependent(graph, attributed_names)
     producers = {o: n for n in graph.node for o in n.output if o}
-    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
-    types.update({t.name: t.data_type for t in graph.initializer})
+    types = element_types(graph)
     found = {}
     for node in graph.node:
         if node.op_type != "If" or node.domain not in ("", "ai.onnx") or node.input[0] not in tainted:
@@ -193,15 +193,22 @@ def _all_ifs(graph: onnx.GraphProto):
                 yield from _all_ifs(sub)
 
 
-def record_conditions(model, tensors: Sequence[Tensor]) -> dict[str, bool | int]:
+def record_conditions(model, tensors: Sequence[Tensor], per_trip: dict | None = None) -> dict[str, bool | int]:
     """The condition each If took (a bool) and the iterations each top-level Loop ran (an int)
     in a plain forward pass of `tensors`, keyed by the node's first output name (unique in the
-    graph), nested bodies included (only those that ran)."""
+    graph), nested bodies included (only those that ran). `per_trip` gets the condition of each If
+    directly in a top-level Loop's body on each trip: (Loop key, trip, If key) -> bool, what the Ifs
+    of the unrolled body take."""
     from onnx_attr.importing.converters.control_flow import If, Loop, _as_bool
 
     seen: dict[str, bool | int] = {}
     top = model.module
     hooks = []
+    bodies = {}  # a top-level Loop's body graph -> the Loop's key
+    for node in top.graph.nodes:
+        if node.op == "call_module" and node.meta.get("onnx_outputs") and \
+                isinstance(loop := top.get_submodule(node.target), Loop):
+            bodies[id(loop.body.module)] = node.meta["onnx_outputs"][0]
     for graph_module in model.module.modules():
         graph = getattr(graph_module, "graph", None)
         if graph is None or not hasattr(graph, "nodes"):
@@ -219,6 +226,11 @@ def record_conditions(model, tensors: Sequence[Tensor]) -> dict[str, bool | int]
                 key = node.meta["onnx_outputs"][0]
                 hooks.append(sub.register_forward_pre_hook(
                     lambda _m, args, key=key: seen.__setitem__(key, _as_bool(args[0]))))
+                loop = bodies.get(id(graph_module))
+                if loop is not None and per_trip is not None:
+                    hooks.append(sub.register_forward_pre_hook(
+                        lambda _m, args, key=key, loop=loop: per_trip.__setitem__((loop, seen[loop] - 1, key),
+                                                                                  _as_bool(args[0]))))
     try:
         with torch.no_grad():
             model(*tensors)
@@ -244,12 +256,15 @@ def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool], dep
     held = refuse_attributed_conditions(model, names, selected, scopes, refuse=not held_only)
     if held_only and not held:
         return model
-    taken = {k: v for k, v in record_conditions(model, tensors).items()
+    per_trip: dict = {}
+    taken = {k: v for k, v in record_conditions(model, tensors, per_trip).items()
              if k not in selected and (k in held or not held_only)}
-    key = (held_only,) + tuple(sorted(taken.items())) + tuple(sorted(selected))
+    per_trip = {k: v for k, v in per_trip.items() if not isinstance(taken.get(k[0], True), bool)}  # unrolled loops'
+    key = (held_only,) + tuple(sorted(taken.items())) + tuple(sorted(selected)) + tuple(sorted(per_trip.items()))
     cache = model.__dict__.setdefault("_specialised", {})
     if key not in cache:
-        cache[key] = _build(model, taken, selected, held)
+        unrolled = _Trips(per_trip, names, held_only, scopes, held) if per_trip else None
+        cache[key] = _build(model, taken, selected, held, unrolled)
     if depth < _ROUNDS and cache[key] is not model and has_runtime_if(cache[key]):
         loops = {n.output[0] for n in runtime_control_flow(model.onnx_model) if n.op_type == "Loop"}
         inner = (*scopes, *(f"{name}/" for name in held & loops))
@@ -261,7 +276,44 @@ def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool], dep
 _ROUNDS = 3
 
 
-def _build(model, taken: dict[str, bool], selected: dict[str, tuple[str, str, str, bool]], held=frozenset()):
+class _Trips:
+    """The Ifs of unrolled Loop bodies, as each trip took them (`record_conditions`' per_trip), with
+    what the next round of `specialise` would judge them by: resolved in the same build, so that the
+    unrolled graph is not first converted with each of its Ifs as a module (SLANet's 500) only to
+    be normalized and converted again once they are known."""
+
+    def __init__(self, per_trip: dict, names: Sequence[str], held_only: bool, scopes: Sequence[str], held):
+        self.per_trip, self.names, self.held_only, self.scopes, self.held = per_trip, names, held_only, scopes, held
+
+    def resolve(self, proto: onnx.ModelProto, bases: dict[str, str]) -> tuple[dict, dict, set]:
+        """(taken, selected, held) for the unrolled Ifs of `proto`, as `specialise` would find them
+        on the model built from it: selectable ones spliced, dependent ones refused or held."""
+        from types import SimpleNamespace
+
+        view = SimpleNamespace(onnx_model=proto)
+        selected = {} if self.held_only else selectable_ifs(view, self.names)
+        loops = set(bases) & set(self.held)
+        held = refuse_attributed_conditions(view, self.names, selected, (*self.scopes, *(f"{n}/" for n in loops)),
+                                            refuse=not self.held_only)
+        named = {f"{bases[loop]}iteration{trip}/{key}": v for (loop, trip, key), v in self.per_trip.items()
+                 if loop in bases}
+        taken = {k: v for k, v in named.items() if k not in selected and (k in held or not self.held_only)}
+        return taken, selected, held
+
+
+def _set_conditions(proto: onnx.ModelProto, taken: dict) -> None:
+    """Each If in `taken` reads its recorded condition as a constant (the normalization inlines it)."""
+    constants = []
+    for node in _all_ifs(proto.graph):
+        if isinstance(taken.get(node.output[0]), bool):
+            name = f"{node.output[0]}/specialised_condition"
+            constants.append(helper.make_tensor(name, onnx.TensorProto.BOOL, [], [taken[node.output[0]]]))
+            node.input[0] = name
+    proto.graph.initializer.extend(constants)
+
+
+def _build(model, taken: dict[str, bool], selected: dict[str, tuple[str, str, str, bool]], held=frozenset(),
+           unrolled: "_Trips | None" = None):
     from onnx_attr.importing.budget import using
     from onnx_attr.importing.convert import convert, is_importable, opsets
     from onnx_attr.importing.model import AttributableModel
@@ -269,15 +321,14 @@ def _build(model, taken: dict[str, bool], selected: dict[str, tuple[str, str, st
 
     proto = onnx.ModelProto()
     proto.CopyFrom(model.onnx_model)
-    _unroll_loops(proto, {k: v for k, v in taken.items() if not isinstance(v, bool)}, model.budget)
+    bases = _unroll_loops(proto, {k: v for k, v in taken.items() if not isinstance(v, bool)}, model.budget)
     _splice_selected(proto, selected)
-    constants = []
-    for node in _all_ifs(proto.graph):
-        if node.output[0] in taken:
-            name = f"{node.output[0]}/specialised_condition"
-            constants.append(helper.make_tensor(name, onnx.TensorProto.BOOL, [], [taken[node.output[0]]]))
-            node.input[0] = name
-    proto.graph.initializer.extend(constants)
+    _set_conditions(proto, taken)
+    if unrolled is not None:
+        more, chosen, kept = unrolled.resolve(proto, bases)
+        _splice_selected(proto, chosen)
+        _set_conditions(proto, more)
+        taken, selected, held = {**taken, **more}, {**selected, **chosen}, {*held, *kept}
     with using(model.budget):
         normalized = normalize(proto, importable=is_importable)
         module = convert(normalized.converted, opsets(normalized.canonical)
@@ -325,17 +376,20 @@ def _splice_selected(proto: onnx.ModelProto, selected: dict[str, tuple[str, str,
                                           comparison=comparison, negate=int(negate)))
     del graph.node[:]
     graph.node.extend(nodes)
-    proto.opset_import.append(helper.make_opsetid(SELECT_DOMAIN, 1))
+    if not any(o.domain == SELECT_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(SELECT_DOMAIN, 1))
 
 
-def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None:
-    """Replace each top-level Loop whose iterations were counted by that many copies of its body."""
+def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> dict[str, str]:
+    """Replace each top-level Loop whose iterations were counted by that many copies of its body;
+    returns each one's prefix: trip k's names are `{prefix}iteration{k}/{name in the body}`."""
     from onnx_attr.importing.normalize import _prefixed_branch, _used_names, rename_all
 
     from onnx_attr.importing.normalize import default_opset
 
     graph, opset = proto.graph, default_opset(proto)
     nodes: list[onnx.NodeProto] = []
+    bases: dict[str, str] = {}
     for node in list(graph.node):
         if node.op_type != "Loop" or node.output[0] not in trips:
             nodes.append(node)
@@ -359,6 +413,7 @@ def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None
         base = f"{node.output[0]}/"
         while any(name.startswith(base) for name in taken):
             base = "_" + base
+        bases[node.output[0]] = base
         for k in range(count):
             copy = _prefixed_branch(body, f"{base}iteration{k}/", ())
             number = f"{base}iteration{k}/number"
@@ -392,3 +447,4 @@ def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> None
             nodes.append(helper.make_node("Concat", stacked, [final], axis=0, name=f"{final}/stacked"))
     del graph.node[:]
     graph.node.extend(nodes)
+    return bases
