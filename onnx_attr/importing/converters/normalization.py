@@ -20,6 +20,18 @@ from onnx_attr.importing.converters._common import result
 from onnx_attr.importing.converters.registry import register
 
 
+def contiguous_both_ways(kernel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """`kernel(x, ...)` with x and the gradient coming back to its output both contiguous: torch
+    2.14's CPU backward of batch_norm (and of instance_norm, built on it) reads the incoming gradient
+    as if laid out like its input, so a Transpose after it (PP-OCRv5's SVTR neck: BN, Reshape,
+    Transpose) gave wrong input gradients and wrong attributions from every method, while the forward,
+    and so verify, was right. Same values, so the forward is unchanged."""
+    out = kernel(x.contiguous(), *args, **kwargs)
+    if out.requires_grad:
+        out.register_hook(lambda grad: grad.contiguous())
+    return out
+
+
 class AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Inference-mode batch normalization with constant statistics over (N, C, ...) inputs of any
     rank >= 2. A torch `_BatchNorm` (RevealCancel reads its `weight` and `running_var` to see
@@ -31,7 +43,8 @@ class AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return contiguous_both_ways(F.batch_norm, x, self.running_mean, self.running_var, self.weight, self.bias, False,
+                                    0.0, self.eps)
 
 
 class BatchNormalization(nn.Module):
@@ -47,7 +60,7 @@ class BatchNormalization(nn.Module):
             shape = (1, -1, *[1] * (x.dim() - 2))
             return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.epsilon) * scale.reshape(shape) \
                 + bias.reshape(shape)
-        return F.batch_norm(x, mean, var, scale, bias, False, 0.0, self.epsilon)
+        return contiguous_both_ways(F.batch_norm, x, mean, var, scale, bias, False, 0.0, self.epsilon)
 
 
 def inference_batch_norm(node, graph) -> OperationConverterResult:
@@ -112,7 +125,7 @@ class InstanceNormalization(nn.Module):
         self.epsilon = epsilon
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x, weight=scale, bias=bias, eps=self.epsilon)
+        return contiguous_both_ways(F.instance_norm, x, weight=scale, bias=bias, eps=self.epsilon)
 
 
 @register("InstanceNormalization", 1, 6)
