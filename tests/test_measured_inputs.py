@@ -89,3 +89,37 @@ def test_an_int64_mask_cast_to_float_stays_held():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])])
     model = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert onnx_attr.DeepLift(model).embedded_inputs == [] and onnx_attr.IntegratedGradients(model).embedded_inputs == []
+
+
+def _rearranged_first(transpose_first: bool, dtype=TensorProto.UINT8) -> bytes:
+    """A uint8 HWC picture to CHW and to float, either order (ppocr-vectron's resize_trans: Transpose,
+    then Cast), then /255 and a 1x1 Conv mixing the channels nonlinearly."""
+    order = [helper.make_node("Transpose", ["image"], ["u"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", ["u"], ["f"], to=TensorProto.FLOAT)] if transpose_first else \
+        [helper.make_node("Cast", ["image"], ["c"], to=TensorProto.FLOAT),
+         helper.make_node("Transpose", ["c"], ["f"], perm=[0, 3, 1, 2])]
+    nodes = order + [helper.make_node("Mul", ["f", "k"], ["n"]), helper.make_node("Conv", ["n", "w"], ["h"]),
+                     helper.make_node("Tanh", ["h"], ["y"])]
+    weights = [numpy_helper.from_array(np.array(1 / 255, np.float32), "k"),
+               numpy_helper.from_array(np.array([1.5, -2.0, 0.7], np.float32).reshape(1, 3, 1, 1), "w")]
+    graph = helper.make_graph(nodes, "rearranged", [helper.make_tensor_value_info("image", dtype, ["N", 3, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 3, 3])], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 8
+    return proto.SerializeToString()
+
+
+@pytest.mark.parametrize("method", [onnx_attr.DeepLift, onnx_attr.IntegratedGradients, onnx_attr.InputXGradient])
+def test_pixels_transposed_before_their_cast_are_attributed_on_their_own_elements(method):
+    """Transpose, then Cast: refused before ("feeds no embedding lookup"). Each pixel's score goes back
+    to its own element along the Transpose, as when the Cast comes first; a square picture (HWC and
+    CHW shapes alike) included. Oracles: the Cast-first twin, and onnxruntime for completeness."""
+    image = np.random.default_rng(2).integers(0, 256, (2, 3, 3, 3), dtype=np.uint8)
+    ours = method(onnx_attr.load(_rearranged_first(True))).attribute({"image": image}, target=(0, 1, 2))["image"]
+    twin = method(onnx_attr.load(_rearranged_first(False))).attribute({"image": image}, target=(0, 1, 2))["image"]
+    np.testing.assert_allclose(ours, twin, rtol=1e-6, atol=1e-6)
+    assert set(map(tuple, np.argwhere(np.asarray(ours)[0] != 0))) == {(1, 2, c) for c in range(3)}  # pixel (1, 2)
+    if method is onnx_attr.DeepLift:
+        session = ort.InferenceSession(_rearranged_first(True))
+        change = session.run(None, {"image": image})[0][:, 0, 1, 2] - session.run(None, {"image": 0 * image})[0][:, 0, 1, 2]
+        np.testing.assert_allclose(np.asarray(ours, np.float64).reshape(2, -1).sum(1), change, rtol=1e-5)

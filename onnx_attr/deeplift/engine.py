@@ -383,7 +383,7 @@ class DeepLiftEngine:
                 parts = [(t, contribution(g if g is not None else torch.zeros_like(leaf), leaf.detach(), base))
                          for t, g, leaf, base in zip(taps, tap_grads, leaves, tap_baselines)
                          if t.input_name == spec.name]
-                per_token = sum(_per_id(t, _per_element(p, x.shape), x.shape) for t, p in parts).detach()
+                per_token = sum(_per_id(t, _per_element(t, p, x.shape), x.shape) for t, p in parts).detach()
                 parts = [p for _, p in parts]
                 if tuple(per_token.shape) != tuple(x.shape):
                     raise InputError(f"the embedding of {spec.name!r} has shape {list(parts[0].shape)}, not the ids' "
@@ -432,15 +432,14 @@ def _baseline_rows(b: Tensor, start: int, stop: int, size: int, fixed: Optional[
     return _rows(b, start, stop, size, axis)
 
 
-def _per_element(part: Tensor, shape: torch.Size) -> Tensor:
-    """A tap's contributions summed over its embedding axis; a tap of the input's own shape (a cast of
-    pixels, a lookup in a table of scalars) has none: one value per element already."""
-    return part if tuple(part.shape) == tuple(shape) else part.sum(-1)
+def _per_element(tap, part: Tensor, shape: torch.Size) -> Tensor:
+    """A tap's contributions summed over its embedding axis; a tap of the input's own shape (a lookup
+    in a table of scalars) or a measured input's cast (transposed first or not) has none: one value
+    per element already."""
+    return part if tap.per_element or tuple(part.shape) == tuple(shape) else part.sum(-1)
 
 
 def _per_id(tap, scores: Tensor, shape: torch.Size) -> Tensor:
     """A lookup's per-id contributions on its ids input: as they are when the lookup reads the input
     itself, else folded back along the selection between them (taps.IdPath)."""
-    if tuple(scores.shape) == tuple(shape) or tap.id_path is None:
-        return scores
-    return tap.id_path.fold(scores, shape)
+    return scores if tap.id_path is None else tap.id_path.fold(scores, shape)

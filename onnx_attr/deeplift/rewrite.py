@@ -197,7 +197,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     variable = variable_nodes(out, inputs, set(taps))
     for index, (node, input_name) in enumerate(taps.items()):
         tap = EmbeddingTap(out.get_submodule(node.target), state, node.meta["onnx_node"], input_name,
-                           id_path(out, node))
+                           id_path(out, node), node.meta.get("measured_tap", False))
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)

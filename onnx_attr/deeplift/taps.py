@@ -28,11 +28,13 @@ class EmbeddingTap(nn.Module):
     """
 
     def __init__(self, original: nn.Module, state: DeepLiftState, node: str, input_name: str,
-                 id_path: Optional["IdPath"] = None):
+                 id_path: Optional["IdPath"] = None, per_element: bool = False):
         super().__init__()
         self.original, self._state, self.node, self.input_name = original, state, node, input_name
         #: how the ids it looks up are selected from the input (None: they are the input itself)
         self.id_path = id_path
+        #: a measured input's cast to float: one value per element, no embedding axis to sum
+        self.per_element = per_element
 
     def forward(self, *args, **kwargs):
         out = self.original(*args, **kwargs)
@@ -143,8 +145,11 @@ def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict
             node = _dequantized_rows(module, node, table)  # an 8-bit table: the floats its DequantizeLinear makes
         elif op == "Cast" and _cast_dtype(module.get_submodule(node.target)) in _FLOATS:
             ids = _compared_ids(node.args[0], sources)
-            if ids is None and node.args[0] in measured:
-                ids = node.args[0]  # pixels or samples: their cast is their value, one per element
+            if ids is None and _rearranged(module, node.args[0]) in measured:
+                # pixels or samples: their cast is their value, one per element (HWC -> CHW first: the
+                # fold puts each back on its element, taps.IdPath)
+                ids = node.args[0]
+                node.meta["measured_tap"] = True
         elif op == "OneHot":
             ids = node.args[0] if not any(a in fed for a in node.args[1:] if isinstance(a, fx.Node)) else None
         elif op == "OneHotEncoder" and node.meta.get("onnx_domain") == "ai.onnx.ml":  # scikit-learn's categories
@@ -231,6 +236,7 @@ class IdPath:
     per-id scores fold back onto the input (summed where an element is looked up twice)."""
 
     def __init__(self, module: fx.GraphModule, steps: list[fx.Node], start: fx.Node):
+        self.start = start
         self.ops = [module.get_submodule(n.target) for n in steps]
         self.args = [tuple(("path", steps.index(a) + 1 if a in steps else 0) if a is start or a in steps
                            else ("value", _constant(module, a)) for a in n.args) for n in steps]
@@ -248,11 +254,21 @@ class IdPath:
             0, where, scores.reshape(-1)).reshape(shape)
 
 
-def id_path(module: fx.GraphModule, lookup: fx.Node) -> Optional[IdPath]:
-    """The `IdPath` from the placeholder to `lookup`'s ids, when every step on it is a selecting op
-    whose other operands are constants; None when the ids are the placeholder or the path is anything
-    else (then only a lookup of the input's own shape can be folded)."""
-    ids = lookup.args[1] if len(lookup.args) > 1 else None
+def _rearranged(module: fx.GraphModule, node: Any) -> Any:
+    """The node whose elements `node` rearranges through selecting ops with constant other operands
+    (a Transpose of a uint8 HWC picture), else `node` itself."""
+    path = id_path(module, None, node)
+    return node if path is None else path.start
+
+
+def id_path(module: fx.GraphModule, lookup: Optional[fx.Node], ids: Any = None) -> Optional[IdPath]:
+    """The `IdPath` from the placeholder to `lookup`'s ids (a Gather's second operand, a Cast's or a
+    OneHot's first; or `ids`), when every step on it is a selecting op whose other operands are
+    constants; None when the ids are the placeholder or the path is anything else (then only a
+    lookup of the input's own shape can be folded)."""
+    if ids is None and lookup is not None:
+        at = 1 if lookup.meta.get("onnx_op") == "Gather" else 0
+        ids = lookup.args[at] if len(lookup.args) > at else None
     steps: list[fx.Node] = []
     node = ids
     while isinstance(node, fx.Node) and node.op != "placeholder":

@@ -40,6 +40,7 @@ class EmbeddedPrepared(Prepared):
     lookups: dict = field(default_factory=dict)  # input name -> tensor names, in the order fed
     names: list = field(default_factory=list)  # the model's input names
     id_paths: dict = field(default_factory=dict)  # lookup tensor -> taps.IdPath (ids selected from the input)
+    per_element: set = field(default_factory=set)  # lookup tensors that are a measured input's cast: no embedding axis
 
     def model_input(self, position: int) -> Tensor:
         return self.original.tensors[position]  # `tensors` starts with the lookups' outputs
@@ -57,12 +58,13 @@ class EmbeddedPrepared(Prepared):
             for tensor, part in zip(tensors, parts):
                 if part is None:
                     continue
+                if self.id_paths.get(tensor) is not None:  # ids selected or rearranged from the input: back along the path
+                    scores = part if tensor in self.per_element else part.sum(-1)
+                    folded = self.id_paths[tensor].fold(scores, self.original.tensors[position].shape)
+                    total = folded if total is None else total + folded
+                    continue
                 if tuple(part.shape[1:]) == token_shape:  # one value per element (a cast of pixels): no axis to sum
                     total = part if total is None else total + part
-                    continue
-                if tuple(part.shape[1:-1]) != token_shape and self.id_paths.get(tensor) is not None:
-                    folded = self.id_paths[tensor].fold(part.sum(-1), self.original.tensors[position].shape)
-                    total = folded if total is None else total + folded
                     continue
                 if tuple(part.shape[1:-1]) != token_shape:
                     raise InputError(f"the embedding lookup {tensor!r} of {name!r} has shape {list(part.shape)}, "
@@ -96,7 +98,8 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
         positions=prepared.positions, repack_user=prepared.repack_user, as_numpy=prepared.as_numpy,
         layout=prepared.layout,  # the model's outputs, as the call's probe found them (one example's: no batch)
         original=prepared, lookups=chosen, names=names,
-        id_paths={t: id_path(model.module, tensor_node(model.module, t)) for t in tensors})
+        id_paths={t: id_path(model.module, tensor_node(model.module, t)) for t in tensors},
+        per_element={t for t in tensors if tensor_node(model.module, t).meta.get("measured_tap")})
     return view, embedded
 
 
