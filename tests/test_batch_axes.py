@@ -411,3 +411,30 @@ def test_self_attention_over_axis_0_is_one_example_not_a_batch(length):
     assert delta.shape == (1,)  # one example: the whole sequence
     change = ort_run(proto, {"x": x})[0][3, 0, 2] - ort_run(proto, {"x": 0 * x})[0][3, 0, 2]
     np.testing.assert_allclose(np.asarray(attributions).sum(dtype=np.float64), change, rtol=1e-5, atol=1e-6)
+
+
+def test_a_sequence_reduced_to_one_value_is_one_example(tmp_path):
+    """x [time_steps, features] -> 0-d score (ppocr-vectron's CTC decoder: the mean of each step's
+    best score). Axis 0 looked like the batch by convention and [x, x/2, x] kept the 0-d shape, so
+    it read as "no batch axis on the output" and every method refused a 0-d output of 18 examples.
+    The rows moved the value: they are reduced together, one whole example. Oracle: onnxruntime at
+    x and at the zero baseline (completeness); the CLI's default run exits 0."""
+    import onnx
+
+    from onnx_attr.app.cli import main
+
+    nodes = [helper.make_node("ReduceMax", ["x"], ["best"], axes=[1], keepdims=0),
+             helper.make_node("ReduceMean", ["best"], ["score"], keepdims=0)]
+    proto = make_model(nodes, [("x", FLOAT, ["time_steps", "features"])], [("score", FLOAT, [])], opset=16)
+    x = (np.random.default_rng(0).random((18, 40)) * 30).astype(np.float32)  # logits in the tens
+    model = onnx_attr.load(proto)
+    change = float(ort_run(proto, {"x": x})[0]) - float(ort_run(proto, {"x": 0 * x})[0])
+    for method in (onnx_attr.DeepLift(model), onnx_attr.IntegratedGradients(model)):
+        attributions = np.asarray(method.attribute({"x": x})["x"], np.float64)
+        assert attributions.shape == x.shape and method.last_report["batch_axes"] == {"x": None}
+        assert attributions.sum() == pytest.approx(change, rel=1e-3 if isinstance(method, onnx_attr.IntegratedGradients)
+                                                   else 1e-5)
+    onnx.save(proto, tmp_path / "score.onnx")
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(tmp_path / "score.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "--no-pictures", "-q"]) == 0

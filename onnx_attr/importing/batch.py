@@ -299,10 +299,13 @@ def _matching_axis(single: Tensor, triple: Tensor, alone: bool = True):
     last: x's output depends neither on a row after it nor on one before it (a cumulative sum or
     an LSTM over that axis in either direction would change one of them). Both blocks come from
     one run, so the kernels round alike (a batch of 1 may not: logits of 1e6 through a softmax
-    would differ). "none" when the output did not grow (no batch), "mixed" when it grew but no
-    such block exists."""
+    would differ). "none" when the output did not grow and did not move (no batch: a constant, a
+    shape), "mixed" when it grew but no such block exists, or did not grow but moved: the rows were
+    reduced together (a CTC decoder's score of one [time, features] sequence: a 0-d mean over axis 0,
+    which is time, not examples)."""
     if triple.shape == single.shape:
-        return "none"
+        loose = max(1e-3, 8 * torch.finfo(single.dtype).eps) if single.is_floating_point() else 0
+        return "none" if _same(triple, single, _scale(single), loose, loose) else "mixed"
     if single.dim() == 0 and triple.shape == (3,):  # Squeeze() of [N, 1]: the batch axis dropped when N is 1
         return 0 if _same(triple[0], triple[2], abs(float(single))) else "mixed"
     if triple.dim() != single.dim():
