@@ -438,3 +438,35 @@ def test_a_sequence_reduced_to_one_value_is_one_example(tmp_path):
     np.savez(tmp_path / "x.npz", x=x)
     assert main(["attribute", str(tmp_path / "score.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
                  "--no-pictures", "-q"]) == 0
+
+
+def test_a_decoder_whose_one_step_decodes_nothing_is_one_example(tmp_path):
+    """ppocr-vectron's CTC decoder: ids and the mean score of the non-blank steps of one [time,
+    classes] sequence. The probe's one-step run starts at a blank step: no ids, a NaN score, and
+    [x, x/2, x] the same, so no output grew or moved and the 18 steps were read as 18 examples
+    (exit 2). No output with a row per input row: one whole example. Oracle: onnxruntime."""
+    import onnx
+
+    from onnx_attr.app.cli import main
+
+    nodes = [helper.make_node("ArgMax", ["x"], ["best"], axis=1, keepdims=0),
+             helper.make_node("Equal", ["best", "blank"], ["is_blank"]), helper.make_node("Not", ["is_blank"], ["keep"]),
+             helper.make_node("ReduceMax", ["x"], ["top"], axes=[1], keepdims=0),
+             helper.make_node("Compress", ["top", "keep"], ["kept"], axis=0),
+             helper.make_node("Compress", ["best", "keep"], ["ids"], axis=0),
+             helper.make_node("ReduceMean", ["kept"], ["score"], keepdims=0)]
+    proto = make_model(nodes, [("x", FLOAT, ["time_steps", "classes"])], [("ids", INT64, ["n"]), ("score", FLOAT, [])],
+                       {"blank": np.array(0, np.int64)}, opset=13)
+    rng = np.random.default_rng(4)
+    x = rng.random((18, 30)).astype(np.float32)
+    x[0, 0] = x[5, 0] = 3.0  # steps 0 and 5 are blank
+    model = onnx_attr.load(proto)
+    change = float(ort_run(proto, {"x": x})[1]) - float(ort_run(proto, {"x": x * 0.25})[1])
+    method = onnx_attr.DeepLift(model)
+    attributions = np.asarray(method.attribute({"x": x}, baselines={"x": x * 0.25}, output="score")["x"], np.float64)
+    assert method.last_report["batch_axes"] == {"x": None}
+    assert attributions.sum() == pytest.approx(change, rel=1e-5)
+    onnx.save(proto, tmp_path / "ctc.onnx")
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(tmp_path / "ctc.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "--no-pictures", "-q"]) == 0

@@ -173,3 +173,25 @@ def test_reports_are_strict_json(tmp_path):
     write_json(tmp_path / "r.json", {"delta": float("nan"), "rows": [1.0, float("inf"), {"x": -float("inf")}]})
     assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == {
         "delta": None, "rows": [1.0, None, {"x": None}]}
+
+
+def test_a_long_axis_blurs_by_fft_as_the_direct_convolution_does():
+    """A CTC decoder's [18, 18385] class scores: σ = 1838, a kernel of 11031 taps; conv1d's unfolded
+    copy asked for 29 GB (the CLI's auto baseline exited 2, out of memory). The FFT path gives the
+    direct convolution's values (numpy's, edges replicated) in memory linear in the axis."""
+    from onnx_attr.methods.blur import blurred
+
+    rng = np.random.default_rng(7)
+    x = rng.random((18, 18385)).astype(np.float32)
+    out = blurred(x, batch_axis=None, sigma_fraction=0.1)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    sigma1, sigma0 = 0.1 * 18385, 0.1 * 18  # axis 0 (18 long, no batch given) is blurred too: both by hand
+
+    def gaussian(values, sigma):
+        radius = min(int(np.ceil(3 * sigma)), len(values) - 1)
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        return np.convolve(np.pad(values, radius, mode="edge"), taps / taps.sum(), mode="valid")
+
+    by_rows = np.stack([gaussian(r.astype(np.float64), sigma1) for r in np.apply_along_axis(
+        lambda c: gaussian(c, sigma0), 0, x.astype(np.float64))])
+    np.testing.assert_allclose(out, by_rows, rtol=1e-5, atol=1e-6)

@@ -635,13 +635,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as err:  # a bug in onnx-attr: say so plainly, trace only when asked
-        if is_out_of_memory(err):  # not a bug: the machine's limit
-            print(f"error: {OUT_OF_MEMORY_ADVICE} ({err})", file=sys.stderr)
-            return EXIT_BAD_INPUT
         if getattr(args, "debug", False):
             import traceback
 
             traceback.print_exc()
+        if is_out_of_memory(err):  # not a bug: the machine's limit
+            print(f"error: {OUT_OF_MEMORY_ADVICE} ({err})", file=sys.stderr)
+            return EXIT_BAD_INPUT
         print(f"internal error ({type(err).__name__}: {err}); please report it with the model, "
               "and rerun with --debug for the traceback", file=sys.stderr)
         return EXIT_INTERNAL

@@ -276,6 +276,9 @@ def _runs(model, tensors, axes, outputs, fixed) -> Layout:
                                   for s, f in zip(single, found)))
     if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
         return Layout(False, tuple(None for _ in single))
+    if found and all(f == "none" for f in found):  # no output has a row per input row: the rows are not
+        # examples (a CTC decoder of one [time, features] sequence, whose one-step run decodes nothing)
+        return Layout(False, tuple(None for _ in single))
     # rows that share a whole-tensor statistic: x / 2 keeps [x, x / 2, x] at x's range, so the axes
     # found are x's; but another example with a wider range would change x's rounding, so the rows
     # run one per pass (not doubled), whether or not the export also declares a batch of 1

@@ -20,6 +20,8 @@ from torch.nn import functional as F
 MIN_BLURRED_SIZE = 8
 #: the Gaussian's standard deviation as a fraction of the axis it runs along
 SIGMA_FRACTION = 0.1
+#: kernels up to this radius run as a direct convolution, longer ones by FFT (memory linear in the axis)
+DIRECT_RADIUS = 64
 
 
 def blurred(x, batch_axis: Optional[int] = 0, sigma_fraction: float = SIGMA_FRACTION):
@@ -49,4 +51,10 @@ def _along(t: torch.Tensor, axis: int, sigma: float) -> torch.Tensor:
     moved = t.movedim(axis, -1)
     rows = moved.reshape(-1, 1, moved.shape[-1])
     padded = F.pad(rows, (radius, radius), mode="replicate")
-    return F.conv1d(padded, kernel).reshape(moved.shape).movedim(-1, axis)
+    if radius <= DIRECT_RADIUS:
+        return F.conv1d(padded, kernel).reshape(moved.shape).movedim(-1, axis)
+    # a long axis (a CTC decoder's 18385 classes: σ 1838): conv1d's unfolded copy would hold
+    # rows × kernel × length values (29 GB there); the same convolution by FFT holds rows × length
+    size = padded.shape[-1] + kernel.shape[-1] - 1
+    full = torch.fft.irfft(torch.fft.rfft(padded, size) * torch.fft.rfft(kernel.flip(-1), size), size)
+    return full[..., kernel.shape[-1] - 1:padded.shape[-1]].reshape(moved.shape).movedim(-1, axis)
