@@ -81,3 +81,27 @@ def test_a_baseline_the_graph_cannot_index_with_names_the_node():
         with pytest.raises(onnx_attr.ForwardError, match=r"'pick_row' \(op Gather\).*out of bounds") as caught:
             method(model).attribute({"ids": ids}, target=(0, 1))
         assert "While executing" not in str(caught.value)
+
+
+def test_a_size_that_follows_the_values_is_named_not_an_internal_error():
+    """Scores above a threshold, kept by Compress and squared (ppocr-vectron's box extraction counts
+    the pixels above its threshold): at the zero baseline none is kept, so the reference pass has
+    another shape at the Mul; the retry at the input's batch size met it again and the CLI said
+    "internal error (ReferenceShapeMismatch)", exit 3. Now a clear error; with a baseline that keeps
+    the count (the input scaled by 0.99), DeepLift is complete. Oracle: onnxruntime."""
+    nodes = [helper.make_node("Greater", ["x", "half"], ["above"]),
+             helper.make_node("Compress", ["x", "above"], ["kept"], axis=1),
+             helper.make_node("Mul", ["kept", "kept"], ["squared"]),
+             helper.make_node("ReduceSum", ["squared"], ["y"], keepdims=1)]
+    graph = helper.make_graph(nodes, "counted", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                              [numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.array([[0.9, 0.1, 0.7, 0.3, 0.95, 0.2, 0.6, 0.4]], np.float32)
+    model = onnx_attr.load(proto)
+    with pytest.raises(InputError, match=r"node '.*' in another shape .* follows the input's values"):
+        onnx_attr.DeepLift(model).attribute({"x": x}, target=0)
+    session = ort.InferenceSession(proto.SerializeToString())
+    change = session.run(None, {"x": x})[0][0] - session.run(None, {"x": x * 0.99})[0][0]
+    attributions = onnx_attr.DeepLift(model).attribute({"x": x}, baselines={"x": x * 0.99}, target=0)["x"]
+    assert np.asarray(attributions, np.float64).sum() == pytest.approx(change, rel=1e-4)

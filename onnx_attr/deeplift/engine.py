@@ -316,7 +316,15 @@ class DeepLiftEngine:
         # The batch-1 reference could not broadcast (or run): redo it at the inputs' batch size.
         full = [b.expand_as(x).contiguous() if a is not None and b.dim() > a and b.shape[a] == 1 and
                 b.dim() == x.dim() else b for b, x, a in zip(bs, xs, axes)]
-        return self._passes(xs, full, attributed, targets, output, keep, axes)
+        try:
+            return self._passes(xs, full, attributed, targets, output, keep, axes)
+        except ReferenceShapeMismatch as err:  # not the batch: a size that follows the values
+            raise InputError(
+                f"DeepLift's reference pass computes node {str(err)!r} in another shape than the input's pass: a "
+                "size there follows the input's values (NonZero, Compress, Unique, a count of boxes above a "
+                "threshold), so no reference value pairs with each element. Use a baseline that keeps those sizes "
+                "(a blurred or scaled copy of the input), or a gradient or perturbation method "
+                "(IntegratedGradients, FeatureAblation)") from None
 
     def _passes(self, xs, bs, attributed, targets, output, keep, axes) -> PassResult:
         module, state = self.rewrite.module, self.rewrite.state
