@@ -123,8 +123,12 @@ class BatchFirst(Prepared):
 def batch_first(prepared: Prepared) -> BatchFirst:
     """`prepared` with every batch on axis 0 (see BatchFirst)."""
     fed: list = []
+    rows = next((t.shape[prepared.axis(i)] for i, (t, a) in enumerate(zip(prepared.tensors, prepared.attributed))
+                 if a and prepared.axis(i) is not None), None)
     for i, a in enumerate(prepared.attributed):
         axis = prepared.axis(i)
+        if not a and axis is not None and prepared.tensors[i].shape[axis] not in (1, rows):
+            axis = None  # held, and not one row per example (boxes [9, 5, 2] beside one picture): as given
         fed.append(axis if axis is not None else WHOLE if a else None)
 
     def move(t: Tensor, f) -> Tensor:
