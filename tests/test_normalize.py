@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper
 
 import onnx_attr
@@ -119,3 +120,18 @@ def test_alias_chains_fold_together_subgraph_uses_included():
     x = np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)
     for ours, theirs in zip(ort_run(folded, {"x": x}), ort_run(model, {"x": x})):
         np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_a_split_with_one_output_hands_on_a_tensor(opset):
+    """Split into one part (tf.unstack of a length-1 axis: DTLN's stage 2) is the whole tensor: its
+    converters return a sequence, and the consumer got a tuple ("squeeze() received ... tuple")."""
+    extra = {"num_outputs": 1} if opset >= 18 else {}
+    nodes = [helper.make_node("Split", ["x"], ["part"], axis=0, **extra),
+             helper.make_node("Squeeze", ["part"] + (["axes"] if opset >= 13 else []), ["s"],
+                              **({} if opset >= 13 else {"axes": [0]})),
+             helper.make_node("Relu", ["s"], ["y"])]
+    model = make_model(nodes, [("x", FLOAT, [1, 4])], [("y", FLOAT, [4])],
+                       {"axes": np.array([0], np.int64)} if opset >= 13 else {}, opset=opset)
+    x = np.array([[-2.0, -1.0, 0.5, 1.0]], np.float32)
+    np.testing.assert_array_equal(onnx_attr.load(model).run(x)[0].numpy(), ort_run(model, {"x": x})[0])

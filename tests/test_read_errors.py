@@ -185,3 +185,12 @@ def test_a_custom_ops_binary_string_attribute_is_refused_by_op_not_as_corruption
                         {"scales": np.array([1, 1, 2, 2], np.float32)}, opset=13)
     with pytest.raises(ModelLoadError, match="not valid UTF-8"):
         onnx_attr.load(broken)
+
+
+def test_a_graph_without_a_name_loads_as_onnxruntime_runs_it():
+    """The checker requires the main graph to be named; onnxruntime does not (crack-tcaptcha's
+    matcher has none). It gets one; its output is onnxruntime's."""
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", FLOAT, [1, 4])], [("y", FLOAT, [1, 4])])
+    model.graph.name = ""
+    x = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(onnx_attr.load(model).run(x)[0].numpy(), ort_run(model, {"x": x})[0])

@@ -68,6 +68,11 @@ def _node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}#{index}"
 
 
+#: ops whose converters return a sequence of outputs however many the node has: a one-output Split
+#: (tf.unstack of a length-1 axis, DTLN's stage 2) handed its consumer a tuple
+SEQUENCE_RESULTS = frozenset({"Split"})
+
+
 def select_output(value, index: int):
     """Output `index` of a node; converters return a bare tensor when only the first is computed."""
     if isinstance(value, (tuple, list)):
@@ -205,7 +210,7 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
         node.meta.update(onnx_node=label, onnx_op=proto.op_type, onnx_domain=proto.domain,
                          onnx_opset=opset, onnx_outputs=tuple(mapping.outputs),
                          onnx_attrs={a.name: _attribute(a) for a in proto.attribute})
-        if len(mapping.outputs) == 1:
+        if len(mapping.outputs) == 1 and proto.op_type not in SEQUENCE_RESULTS:
             node.meta["onnx_tensor"] = mapping.outputs[0]
             values[mapping.outputs[0]] = node
         else:  # selected when first used: converters may compute only the outputs in use

@@ -46,6 +46,7 @@ def read_model(source: ModelSource) -> tuple[onnx.ModelProto, Path | None]:
     _check_structure(model, None)
     sort_nodes(model.graph)
     _lift_ir3_initializer_rule(model)
+    _name_the_graph(model)
     _check(model)
     _densify_sparse(model.graph)
     return model, folder
@@ -328,6 +329,7 @@ def _read_path(path: Path) -> onnx.ModelProto:
     _check_external(model, folder)
     sort_nodes(model.graph)
     _lift_ir3_initializer_rule(model)
+    _name_the_graph(model)
     _check(model, path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)):
         # the weights stay in their files: `convert` reads each once, straight into its tensor, and
@@ -439,6 +441,13 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
             "it is not an ONNX model"
         )
     return model
+
+
+def _name_the_graph(model: onnx.ModelProto) -> None:
+    """A main graph without a name (crack-tcaptcha's float16 matcher) gets one: the checker requires
+    it, onnxruntime does not, and nothing here reads it."""
+    if not model.graph.name:
+        model.graph.name = "main_graph"
 
 
 def _check(model: onnx.ModelProto, path: Path | None = None) -> None:
