@@ -1000,7 +1000,8 @@ SPECS: list[Spec] = [
     # ---- hunt 8 (session 23): the failure classes it found, kept as regressions
     Spec("mk8dx_digits", "mk8dx-table-reader", "0.6.5", "mk8dx_table_reader/models/number_recognition_model.onnx",
          "sequence recogniser", lambda: {"image": smooth_image(1, 40, 30).transpose(0, 2, 3, 1)}, None,
-         "Keras mixed float16 inside a float32 graph (tf2onnx): verify failed at float32's rounding"),
+         "Keras mixed float16 inside a float32 graph (tf2onnx): verify failed at float32's rounding",
+         pip=("--python-version", "3.12", "--only-binary=:all:")),  # Requires-Python >=3.11.11
     Spec("ukis_csmask", "ukis-csmask", "1.0.0", "ukis_csmask/model_6b_l1c.onnx", "dense map",
          lambda: {"input": 0.1 + 0.3 * smooth_image(6, 256, 256)}, None,
          "cloud mask U-Net, 6 reflectance bands; float16 weights and Casts: verify at float16's rounding"),
