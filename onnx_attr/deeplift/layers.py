@@ -145,28 +145,12 @@ def hidden_axis(model, name: str) -> Optional[int]:
     return 0 if spec.shape is None else output_batch_axes(model.inputs, [spec])[0]
 
 
-def _recording(model, fed: Sequence[Tensor]) -> dict:
-    """run_recording, a failure named by its ONNX node (a baseline outside what the graph accepts: row
-    splits at zero index past the ids) rather than raised from inside torch."""
-    from onnx_attr.errors import ForwardError, OnnxAttrError, is_out_of_memory
-    from onnx_attr.importing.convert import run_recording
-    from onnx_attr.importing.model import _explain_failure
-
-    try:
-        return run_recording(model.module, *fed)
-    except (OnnxAttrError, torch.OutOfMemoryError):
-        raise
-    except Exception as err:
-        if is_out_of_memory(err):
-            raise
-        raise ForwardError(_explain_failure(model.module, fed, err)) from err
-
-
 def tensor_values(model, names: Sequence[str], inputs: Sequence[Tensor]) -> list[Tensor]:
     """The named tensors' values in a forward pass of the model (no gradients); an export that
     fixes its batch runs in chunks of it, cut and padded on each input's batch axis, and each
     tensor's rows are put back together on its own (`hidden_axis`)."""
     from onnx_attr.importing.batch import batch_axes
+    from onnx_attr.importing.convert import run_recording
     from onnx_attr.importing.rows import padded_rows, pass_batch
 
     fixed = pass_batch(model)
@@ -180,7 +164,9 @@ def tensor_values(model, names: Sequence[str], inputs: Sequence[Tensor]) -> list
         fed = inputs if size == n else [t if a is None else padded_rows(t, start, stop, size, a) if t.shape[a] == n
                                         else t.expand(*t.shape[:a], size, *t.shape[a + 1:]) if t.shape[a] == 1 else t
                                         for t, a in zip(inputs, axes)]
-        recorded = _recording(model, fed)
+        # the model's guarded forward: a baseline the graph cannot take (row splits at zero indexing past
+        # the ids) is named by its ONNX node, not raised from inside torch
+        recorded = model._guarded(lambda *args: run_recording(model.module, *args), fed)
         missing = [name for name in names if name not in recorded]
         for name in missing:
             tensor_node(model.module, name)  # raises the error with suggestions

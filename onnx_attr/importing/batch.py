@@ -306,8 +306,10 @@ def _matching_axis(single: Tensor, triple: Tensor, alone: bool = True):
     shape), "mixed" when it grew but no such block exists, or did not grow but moved: the rows were
     reduced together (a CTC decoder's score of one [time, features] sequence: a 0-d mean over axis 0,
     which is time, not examples)."""
+    # a batch of 1 may round otherwise than a pass of three (see above): against one row alone, loosely,
+    # where mixing moves an output by its own size
+    loose = max(1e-3, 8 * torch.finfo(single.dtype).eps) if single.is_floating_point() else 0
     if triple.shape == single.shape:
-        loose = max(1e-3, 8 * torch.finfo(single.dtype).eps) if single.is_floating_point() else 0
         return "none" if _same(triple, single, _scale(single), loose, loose) else "mixed"
     if single.dim() == 0 and triple.shape == (3,):  # Squeeze() of [N, 1]: the batch axis dropped when N is 1
         return 0 if _same(triple[0], triple[2], abs(float(single))) else "mixed"
@@ -328,7 +330,6 @@ def _matching_axis(single: Tensor, triple: Tensor, alone: bool = True):
         # attention (or any mean) over the rows treats the two copies of x alike, so only this tells
         # it from a batch; loosely, as a batch of 1 may round otherwise (see above), where mixing
         # moves the output by its own size
-        loose = max(1e-3, 8 * torch.finfo(single.dtype).eps)
         if _same(before, single, scale, loose, loose):
             return axis
     return "mixed"

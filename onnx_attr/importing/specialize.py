@@ -259,7 +259,8 @@ def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool], dep
     per_trip: dict = {}
     taken = {k: v for k, v in record_conditions(model, tensors, per_trip).items()
              if k not in selected and (k in held or not held_only)}
-    per_trip = {k: v for k, v in per_trip.items() if not isinstance(taken.get(k[0], True), bool)}  # unrolled loops'
+    unrolled_loops = {k for k, v in taken.items() if not isinstance(v, bool)}  # a count, not a branch
+    per_trip = {k: v for k, v in per_trip.items() if k[0] in unrolled_loops}
     key = (held_only,) + tuple(sorted(taken.items())) + tuple(sorted(selected)) + tuple(sorted(per_trip.items()))
     cache = model.__dict__.setdefault("_specialised", {})
     if key not in cache:
