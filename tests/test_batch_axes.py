@@ -389,6 +389,20 @@ def test_declared_output_batch_axes(outputs, expected):
     assert output_batch_axes(inputs, outs) == expected
 
 
+@pytest.mark.parametrize("outputs,expected", [
+    ([(1, "T_out", 3)], [0]),  # FunASR's FSMN-VAD logits [1, T', 248] of a [1, T, 400]: not time
+    ([(1, 128, "T2", 1)], [0]),  # its cache out
+])
+def test_declared_output_batch_axes_of_a_fixed_batch(outputs, expected):
+    """An export that fixes its batch at 1 has no batch symbol: an output leading with that 1 holds
+    the batch there, not on its one free axis (`inspect` said axis 1 for the VAD's logits)."""
+    from onnx_attr.importing.batch import output_batch_axes
+
+    inputs = [TensorSpec("speech", (1, "T", 400), np.dtype(np.float32))]
+    outs = [TensorSpec(f"y{i}", shape, np.dtype(np.float32)) for i, shape in enumerate(outputs)]
+    assert output_batch_axes(inputs, outs) == expected
+
+
 @pytest.mark.parametrize("length", [8, "L"])
 def test_self_attention_over_axis_0_is_one_example_not_a_batch(length):
     """nn.MultiheadAttention's sequence-first layout [L, 1, E] through self-attention over axis 0

@@ -170,3 +170,50 @@ def test_a_log_space_softmax_is_stripped_to_its_joint_log_likelihoods():
     assert dl.last_report["max_relative_delta"] < 1e-5
     kept = onnx_attr.load(proto, strip_final_activation=False)
     np.testing.assert_allclose(kept.run({"X": x[:5]})[1].numpy(), ort_run(proto, {"X": x[:5]})[1], rtol=1e-5, atol=1e-6)
+
+
+def _quantized_head(kind: str):
+    """A classifier whose probabilities leave quantized: Softmax -> QuantizeLinear -> DequantizeLinear
+    (onnxruntime's QDQ format), or a QOperator QLinearMatMul -> QLinearSoftmax -> DequantizeLinear.
+    Logits of tens, as a trained head gives, which a probability grid of 1/256 would clip to [0, 1]."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((6, 3)) * 8).astype(np.float32)
+    if kind == "qdq":
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]),
+                 helper.make_node("Softmax", ["z"], ["p"], axis=1, name="head"),
+                 helper.make_node("QuantizeLinear", ["p", "ps", "pz"], ["pq"]),
+                 helper.make_node("DequantizeLinear", ["pq", "ps", "pz"], ["y"])]
+        inits = {"w": w, "ps": np.float32(1 / 256), "pz": np.uint8(0)}
+        return make_model(nodes, [("x", FLOAT, ["N", 6])], [("y", FLOAT, ["N", 3])], inits), w
+    wq = np.clip(np.round(w / 0.1), -127, 127).astype(np.int8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "wq", "ws", "wz", "zs", "zz"], ["zq"]),
+             helper.make_node("QLinearSoftmax", ["zq", "zs", "zz", "ps", "pz"], ["pq"], domain="com.microsoft",
+                              axis=1, opset=13, name="head"),
+             helper.make_node("DequantizeLinear", ["pq", "ps", "pz"], ["y"])]
+    inits = {"xs": np.float32(0.05), "xz": np.uint8(128), "wq": wq, "ws": np.float32(0.1), "wz": np.int8(0),
+             "zs": np.float32(0.5), "zz": np.uint8(128), "ps": np.float32(1 / 256), "pz": np.uint8(0)}
+    model = make_model(nodes, [("x", FLOAT, ["N", 6])], [("y", FLOAT, ["N", 3])], inits,
+                       domains=[("com.microsoft", 1)])
+    return model, wq.astype(np.float32) * 0.1
+
+
+@pytest.mark.parametrize("kind", ["qdq", "qoperator"])
+def test_a_quantized_final_softmax_is_stripped_to_unclipped_logits(kind):
+    model, w = _quantized_head(kind)
+    x = (np.random.default_rng(6).standard_normal((5, 6)) * 2).astype(np.float32)
+    imported = onnx_attr.load(model)
+    final = imported.outputs[0].final_activation
+    assert final is not None and final.op_type == "Softmax" and final.stripped and final.node_name == "head"
+    assert "DequantizeLinear" in final.through
+    # oracle: onnxruntime on the graph cut before its softmax (the float logits, or the quantized ones dequantized)
+    cut = make_model(list(model.graph.node[:-3 if kind == "qdq" else -2]) + (
+        [] if kind == "qdq" else [helper.make_node("DequantizeLinear", ["zq", "zs", "zz"], ["z"])]),
+        [("x", FLOAT, ["N", 6])], [("z", FLOAT, ["N", 3])], [], domains=[("com.microsoft", 1)])
+    cut.graph.initializer.extend(model.graph.initializer)
+    (logits,) = ort_run(cut, {"x": x})
+    assert np.abs(logits).max() > 5  # beyond the probabilities' [0, 1] grid, which the strip must not keep
+    np.testing.assert_allclose(imported.run(x)[0].numpy(), logits, rtol=1e-5, atol=1e-5)
+    assert imported.verify(x).passed
+    if kind == "qdq":  # the float head: x @ w by hand
+        np.testing.assert_allclose(logits, x @ w, rtol=1e-5, atol=1e-4)

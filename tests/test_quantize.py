@@ -406,6 +406,15 @@ def test_model_from_onnxruntimes_static_quantizer_in_qoperator_format_verifies(t
     assert model.verify({"x": x}).passed
     with pytest.raises(Exception, match="QLinearSoftmax: static quantization.*perturbation method"):
         onnx_attr.DeepLift(model).attribute({"x": x}, target=0)
+    with pytest.raises(Exception, match="computes in integers .*QLinearConv.*perturbation method") as refused:
+        onnx_attr.IntegratedGradients(model).attribute({"x": x}, target=0)
+    assert "DeepLift" not in str(refused.value)  # it has no rule here either
+    # the final QLinearSoftmax stripped: the dequantized logits, ranked as onnxruntime's probabilities are
+    logits = onnx_attr.load(str(quant_path))
+    assert logits.outputs[0].final_activation.op_type == "Softmax" and logits.outputs[0].final_activation.stripped
+    assert logits.verify({"x": x}).passed
+    probabilities = ort_run(model.reference_model, {"x": x})[0]
+    assert logits.run({"x": x})[0].numpy().argmax(1) == probabilities.argmax(1)
     # the CLI's default method falls back to FeatureAblation (DeepLift refuses), in blocks of one pixel's
     # three channels (768 elements > 256): each block's credit is onnxruntime's drop with it at the baseline
     import json

@@ -66,6 +66,11 @@ ONNX_EXPANDED = {"SimplifiedLayerNormalization": "composite"}
 EXPANSION_STEPS = frozenset({"SVMProbabilityCoupling"})
 
 #: Importable ops with no DeepLift rule, and why: the rewrite refuses them by name with this reason.
+#: the integer ops of onnxruntime's QOperator quantization, through which no gradient or multiplier flows
+QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+                           "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearConcat",
+                           "QGemm", "QLinearSoftmax"})
+
 REFUSED = {
     "If": "its branch is chosen per call (the condition is resolved when it does not follow the attributed "
           "inputs; see specialize.py)",
@@ -99,8 +104,7 @@ REFUSED = {
     **{op: "static quantization (integer arithmetic), through which no gradient or multiplier flows: attribute the "
            "float model, or explain this one with a perturbation method (FeatureAblation, KernelShap, "
            "ShapleyValueSampling, Lime; CLI --method featureablation, kernelshap)"
-       for op in ("QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearAveragePool",
-                  "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearConcat", "QGemm", "QLinearSoftmax")},
+       for op in QOPERATOR_OPS},
     "ImageDecoder": "it decodes bytes, which carry no gradient",
     "Binarizer": "a step function of its input",
     "NegativeLogLikelihoodLoss": "a training loss: attribute the model's outputs instead",

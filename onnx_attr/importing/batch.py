@@ -62,6 +62,8 @@ def output_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec
             found.append(spec.shape.index(symbol))
         elif symbol is not None and spec.shape and spec.shape[0] == 1:  # the batch baked in as 1 (a Reshape to
             found.append(0)  # [40, 1, 3, 192] in khmersm's tagger): not the output's one free axis
+        elif symbol is None and spec.shape and lead and _fixed(lead[0]) and spec.shape[0] == lead[0]:
+            found.append(0)  # the export fixes its batch and the output leads with it: [1, T', 248] of a [1, T, 400]
         else:
             found.append(_axis_without_symbol(spec.shape, lead) if spec.shape != lead else 0)
     return found

@@ -41,6 +41,7 @@ def strip_final_activations(
     to_drop: set[int] = set()
     logits_of: dict[int, str] = {}  # a decomposed softmax's Div: the logits tensor it becomes
     normalizers: set[int] = set()  # a linear classifier's L1 row normalisation after its post_transform
+    found_paths: dict[int, list[int]] = {}  # a stripped activation's pass-through nodes, output first
     for output in graph.output:
         chain = _chain_to_activation(graph, producer, output.name)
         if chain is None:
@@ -70,6 +71,7 @@ def strip_final_activations(
             to_strip.add(act_index)
             normalizers |= {i for i in path if graph.node[i].op_type == "Normalizer"}  # L1 over logits: dropped
             to_drop |= steps  # the softmax's own steps, now unused
+            found_paths[act_index] = path
             if pair is not None:
                 to_negate.add(pair)
             found[output.name] = FinalActivation(_kind(act), name, True, through)
@@ -87,6 +89,12 @@ def strip_final_activations(
         if node.op_type == "SVMClassifier":
             inserted[i] = _strip_platt(out.graph, node)
             continue
+        if node.op_type == "QLinearSoftmax":  # its last DequantizeLinear reads the quantized logits instead
+            last = out.graph.node[found_paths[i][-1]]  # the DequantizeLinear right after it
+            last.CopyFrom(onnx.helper.make_node("DequantizeLinear", list(node.input[:3]), [last.output[0]],
+                                                name=last.name, domain=last.domain))
+            to_drop.add(i)
+            continue
         if node.op_type == "LinearClassifier":  # the scores before the post_transform; the labels as they were
             next(a for a in node.attribute if a.name == "post_transform").s = b"NONE"
             for j in normalizers:
@@ -96,6 +104,10 @@ def strip_final_activations(
         logits = logits_of.get(i, node.input[0])
         replacement = onnx.helper.make_node("Identity", [logits], [node.output[0]], name=node.name)
         out.graph.node[i].CopyFrom(replacement)
+    for i in to_strip:  # a QDQ round trip of the probabilities would clip the logits to their range
+        path = found_paths.get(i, [])
+        path = path[:-1] if out.graph.node[i].op_type == "QLinearSoftmax" else path  # its DequantizeLinear stays
+        _unquantized(out.graph, [j for j in path if out.graph.node[j].op_type in _ROUND_TRIP])
     for i in to_negate:
         node = out.graph.node[i]
         out.graph.node[i].CopyFrom(onnx.helper.make_node("Neg", [node.input[1]], [node.output[0]], name=node.name))
@@ -120,6 +132,14 @@ def _chain_to_activation(graph, producer, tensor: str) -> tuple[int, list[int], 
             path.append(index)  # skl2onnx's L1 row normalisation of the probabilities: a step of the head
             tensor = node.input[0]
             continue
+        quantized = _quantized_scores(graph, producer, node)
+        if quantized is not None:  # a quantizer's round trip of the probabilities, or a QLinearSoftmax
+            path.append(index)
+            if graph.node[quantized].op_type == "QLinearSoftmax":
+                return quantized, path, None
+            path.append(quantized)
+            tensor = graph.node[quantized].input[0]
+            continue
         if node.domain not in ("", "ai.onnx") and not (node.domain == "ai.onnx.ml" and node.op_type == "ZipMap"):
             return None
         if node.op_type in ACTIVATIONS or (node.op_type == "Div" and _decomposed_softmax(graph, producer, node)) \
@@ -133,6 +153,37 @@ def _chain_to_activation(graph, producer, tensor: str) -> tuple[int, list[int], 
         path.append(index)
         tensor = node.input[0]
     return None
+
+
+_QUANTIZER_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
+def _quantized_scores(graph, producer, node) -> int | None:
+    """Where a DequantizeLinear `node` gets its values: the index of the QuantizeLinear of a QDQ round
+    trip (a statically quantized classifier's Softmax -> Q -> DQ), or of a com.microsoft QLinearSoftmax
+    (a QOperator one's); None for anything else."""
+    if node.op_type != "DequantizeLinear" or node.domain not in _QUANTIZER_DOMAINS or node.input[0] not in producer:
+        return None
+    index = producer[node.input[0]]
+    before = graph.node[index]
+    if before.op_type == "QuantizeLinear" and before.domain in _QUANTIZER_DOMAINS:
+        return index
+    return index if before.op_type == "QLinearSoftmax" and before.domain == "com.microsoft" else None
+
+
+_ROUND_TRIP = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def _unquantized(graph, indices: list[int]) -> None:
+    """The quantizer nodes at `indices` made Identity, the integer types declared for their outputs dropped."""
+    renamed = set()
+    for j in indices:
+        node = graph.node[j]
+        renamed.add(node.output[0])
+        node.CopyFrom(onnx.helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+    kept = [v for v in graph.value_info if v.name not in renamed]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
 
 
 def _binary_pair(graph, producer, node) -> tuple[int, int] | None:
@@ -159,7 +210,7 @@ def _kind(node) -> str:
         return _POST_TRANSFORMS[_text(node, "post_transform")]
     if node.op_type == "SVMClassifier":
         return "Sigmoid"  # Platt scaling of the decision value
-    return "Softmax" if node.op_type in ("Div", "Exp") else node.op_type
+    return "Softmax" if node.op_type in ("Div", "Exp", "QLinearSoftmax") else node.op_type
 
 
 #: a linear classifier's post_transform (ai.onnx.ml) and the activation it is

@@ -126,28 +126,40 @@ class AttributableModel(nn.Module):
         """Checked tensors on the model's device, from arrays, tensors, a sequence or a dict by name.
 
         NaN and infinities pass: a forward pass computes what the graph computes on them (as
-        onnxruntime does); the attribution methods refuse them in the inputs they attribute."""
+        onnxruntime does); the attribution methods refuse them in the inputs they attribute. An
+        export that fixes its batch takes any number of rows here: `run` and the methods feed them
+        in passes of its size."""
+        from onnx_attr.importing.batch import batch_axes, fixed_batch
+
         device = self.device
         values = arrange(inputs, self.inputs, what)
-        return [t.to(device) for t in check_inputs(values, self.inputs, what, finite=False)]
+        rows = batch_axes(self.inputs) if fixed_batch(self.inputs) else False
+        return [t.to(device) for t in check_inputs(values, self.inputs, what, any_batch=rows, finite=False)]
 
     def run(self, inputs: Any, magnitudes: Optional[dict[str, float]] = None) -> tuple[torch.Tensor, ...]:
         """Checked forward pass without gradients; always returns a tuple, one entry per output.
         `magnitudes`, when given, is filled with the largest finite |value| of each float ONNX tensor a
         node computes (the weights are measured apart, once, where needed: `verify.constants`)."""
+        from onnx_attr.importing.rows import fixed_passes, joined_passes
+
+        def one(args: Sequence[torch.Tensor]) -> tuple:
+            out = self(*args) if magnitudes is None else self._run_measuring(args, magnitudes)
+            return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
         with torch.no_grad():
-            if magnitudes is None:
-                out = self(*self.prepare(inputs))
-            else:
-                out = self._run_measuring(self.prepare(inputs), magnitudes)
-        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+            tensors = self.prepare(inputs)
+            passes = fixed_passes(self, tensors)
+            if passes is None:
+                return one(tensors)
+            return joined_passes(self, [one(p) for p in passes[0]], passes[1])
 
     def _run_measuring(self, args: Sequence[torch.Tensor], magnitudes: dict[str, float]) -> Any:
         from onnx_attr.importing.verify import finite_magnitude
 
         def measure(n: fx.Node, out: Any) -> None:
             if "onnx_tensor" in n.meta and (m := finite_magnitude(out)) is not None:
-                magnitudes[n.meta["onnx_tensor"]] = m
+                name = n.meta["onnx_tensor"]  # the largest over a fixed-batch export's passes
+                magnitudes[name] = max(m, magnitudes.get(name, m))
 
         return self._guarded(lambda *a: run_visiting(self.module, a, measure), args)
 

@@ -59,3 +59,38 @@ def path_runs(tensors: Sequence[Tensor], baselines: Sequence[Tensor], attributed
                      else t.repeat(*[len(group) if i == x else 1 for i in range(t.dim())])
                      for t, b, chosen, x in zip(tensors, baselines, attributed, axes)])
     return runs
+
+
+def fixed_passes(model, tensors: Sequence[Tensor]) -> Optional[tuple[list[list[Tensor]], int]]:
+    """The passes an export that fixes its batch at k (a tf2onnx [1, 1960]) takes `tensors` of n != k
+    rows in (k rows each, the last padded by repeating its last row), and n. None where one pass takes
+    them as they are (no fixed batch, n == k, or inputs whose batch axes disagree on n)."""
+    from onnx_attr.importing.batch import batch_axes
+
+    k = fixed_batch(model.inputs)
+    axes = batch_axes(model.inputs, tensors)
+    sizes = {t.shape[a] for t, a in zip(tensors, axes) if a is not None}
+    if k is None or len(sizes) != 1 or sizes == {k}:
+        return None
+    (n,) = sizes
+    return [[t if a is None else padded_rows(t, start, min(start + k, n), k, a) for t, a in zip(tensors, axes)]
+            for start in range(0, n, k)], n
+
+
+def joined_passes(model, outputs: Sequence[Sequence[Tensor]], n: int) -> tuple:
+    """The outputs of `fixed_passes`' passes as one run of n rows: joined on each output's declared
+    batch axis, the padding rows dropped. An output that does not hold the pass's k rows on that axis
+    (a count of boxes, a state without a batch) cannot be joined: a clear error, not a guess."""
+    from onnx_attr.errors import InputError
+    from onnx_attr.importing.batch import output_batch_axes
+
+    k = fixed_batch(model.inputs)
+    joined = []
+    for i, (spec, axis) in enumerate(zip(model.outputs, output_batch_axes(model.inputs, model.outputs))):
+        parts = [out[i] for out in outputs]
+        if axis is None or any(p.dim() <= axis or p.shape[axis] != k for p in parts):
+            raise InputError(
+                f"this export fixes its batch at {k} and output {spec.name!r} has no axis of {k} rows to join "
+                f"{n} rows' passes on: give {k} row(s) per call (one file per example with the CLI)")
+        joined.append(torch.cat(parts, dim=axis).narrow(axis, 0, n))
+    return tuple(joined)

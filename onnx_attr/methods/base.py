@@ -331,6 +331,15 @@ def _rounding_hint(model) -> str:
                 "--method featureablation, or no --method)")
     if graph is None or not statically_quantized(graph):
         return ""
+    from onnx_attr.deeplift.opkinds import QOPERATOR_OPS
+
+    integer_ops = sorted({n.op_type for n in graph.graph.node if n.op_type in QOPERATOR_OPS})
+    if integer_ops:  # QOperator: the arithmetic itself is integer, and DeepLift has no rule for it either
+        return (". This model is statically quantized and computes in integers (" + ", ".join(integer_ops) + "): "
+                "no gradient or multiplier flows through it; explain it with a perturbation method "
+                "(FeatureAblation, KernelShap; the CLI's --method featureablation, or no --method), or attribute "
+                "the float model it was quantized from")
     return (". This model is statically quantized: each QuantizeLinear rounds to an integer grid, whose "
             "gradient is 0, so gradient methods see nothing; DeepLift (the default method) and the "
             "perturbation methods explain it")
+

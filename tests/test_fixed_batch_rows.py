@@ -1,0 +1,77 @@
+"""An export that fixes its batch (tf2onnx's [1, 1960] keyword spotter) given several rows: `run`,
+`verify` and the CLI feed them in passes of the fixed size, as the attribution methods always did.
+Before, verify and the CLI refused a CSV of several recordings ("axis 0 must be 1")."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+
+import onnx_attr
+from onnx_attr.app.cli import main
+from onnx_attr.errors import InputError
+
+from conftest import FLOAT, make_model, ort_run
+
+RNG = np.random.default_rng(11)
+W = (RNG.standard_normal((4, 3)) * 3).astype(np.float32)
+X = (RNG.standard_normal((3, 4)) * 40).astype(np.float32)  # three rows, unnormalised
+
+
+def _fixed(batch: int = 1, tail=None):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Relu", ["z"], ["y"])]
+    outputs = [("y", FLOAT, [batch, 3])]
+    if tail is not None:
+        nodes.append(tail)
+        outputs.append((tail.output[0], FLOAT, []))
+    return make_model(nodes, [("x", FLOAT, [batch, 4])], outputs, {"w": W})
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rows_run_and_verify_in_passes_of_the_fixed_batch(batch):
+    proto = _fixed(batch)
+    model = onnx_attr.load(proto)
+    # oracle: onnxruntime, one pass of the fixed size at a time (three rows: the last pass is padded)
+    padded = np.concatenate([X, X[-1:].repeat(batch * 2 - 3 if batch == 2 else 0, 0)])
+    want = np.concatenate([ort_run(proto, {"x": padded[i:i + batch]})[0] for i in range(0, len(padded), batch)])[:3]
+    np.testing.assert_allclose(model.run(X)[0].numpy(), want, rtol=1e-6, atol=1e-4)
+    report = model.verify(X)
+    assert report.passed and report.outputs[0].shape == [3, 3] and "passes" in report.notes[-1]
+
+
+def test_a_wrong_import_still_fails_verify_in_passes():
+    model = onnx_attr.load(_fixed())
+    weight = next(t for t in [*model.module.parameters(), *model.module.buffers()] if t.shape == (4, 3))
+    with torch.no_grad():
+        weight[2, 1] += 0.01  # our module 1% off on one weight; onnxruntime runs the file
+    report = model.verify(X)
+    want = np.abs(X[:, 2] * 0.01 * (X @ W)[:, 1].__gt__(0)).max()  # by hand: where row's y[1] is not clipped
+    assert not report.passed
+    np.testing.assert_allclose(report.outputs[0].max_abs, want, rtol=1e-3)
+
+
+def test_an_output_without_the_rows_is_a_clear_error():
+    model = onnx_attr.load(_fixed(tail=helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0)))
+    with pytest.raises(InputError, match="fixes its batch at 1 and output 'total'"):
+        model.run(X)
+
+
+def test_the_cli_explains_a_csv_of_several_rows(tmp_path):
+    import onnx
+
+    onnx.save(_fixed(), tmp_path / "m.onnx")
+    (tmp_path / "rows.csv").write_text("a,b,c,d\n" + "\n".join(",".join(repr(float(v)) for v in r) for r in X) + "\n")
+    assert main(["attribute", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "rows.csv"), "-o", str(tmp_path / "out"),
+                 "--no-pictures", "-q"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verify"]["passed"]
+    got = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    # DeepLift by hand from a zero baseline: x_i w_it · relu(z_t) / z_t for each row's predicted class t
+    z = X.astype(np.float64) @ W
+    t = np.maximum(z, 0).argmax(1)
+    want = X * W[:, t].T * (np.maximum(z[np.arange(3), t], 0) / z[np.arange(3), t])[:, None]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
