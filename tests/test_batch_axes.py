@@ -502,3 +502,21 @@ def test_a_held_input_that_is_not_one_row_per_example_is_fed_as_given():
     method = onnx_attr.FeatureAblation(model)
     attributions = method.attribute({"x": x}, target=0, additional_forward_args={"boxes": boxes})
     np.testing.assert_allclose(attributions["x"], x * w[:, 0], rtol=1e-6)  # removing x_j takes x_j·w_j away
+
+
+def test_a_squeeze_of_a_wider_axis_is_refused_as_onnxruntime_refuses_it():
+    """Squeeze(axis 0) of an export that fixed its batch at one without saying so (mlfmu's LSTM): torch
+    leaves an axis of size 2 in place, so two rows ran on and failed at a later node named wrongly.
+    It is a clear error naming the Squeeze; one row runs as onnxruntime runs it, and IG, which finds
+    the rows cannot share a pass, runs them one at a time."""
+    nodes = [helper.make_node("Squeeze", ["x", "axes"], ["s"]), helper.make_node("Tanh", ["s"], ["t"]),
+             helper.make_node("Unsqueeze", ["t", "axes"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, ["n", 4])], [("y", FLOAT, ["n", 4])], {"axes": np.array([0], np.int64)},
+                       opset=13)
+    model = onnx_attr.load(proto)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.run(x[:1])[0].numpy(), ort_run(proto, {"x": x[:1]})[0], rtol=1e-6)
+    with pytest.raises(onnx_attr.OnnxAttrError, match=r"Squeeze.*removes axis 0, which has size 2"):
+        model.run(x)
+    attributions = onnx_attr.IntegratedGradients(model).attribute(x, target=1)
+    assert np.asarray(attributions).shape == (2, 4)

@@ -294,9 +294,10 @@ def _outputs(out) -> list[Tensor]:
 
 def _fallback_axis(out: Tensor) -> Optional[int]:
     """The batch axis of one example's output where the probe could not run more rows: axis 0 where
-    it holds that one example, else none (a segmenter's [L] for its [1, 2, L] ids: L positions of one
-    example, not L examples)."""
-    return 0 if out.dim() and out.shape[0] == 1 else None
+    it holds that one example, else its only axis of one (a decoder's [T, 1, C] scores, time-major),
+    else none (a segmenter's [L] for its [1, 2, L] ids: L positions of one example, not L examples)."""
+    ones = [i for i, d in enumerate(out.shape) if d == 1]
+    return 0 if out.dim() and out.shape[0] == 1 else ones[0] if len(ones) == 1 else None
 
 
 def _matching_axis(single: Tensor, triple: Tensor, alone: bool = True):

@@ -406,6 +406,7 @@ AXES: dict[str, Callable[[Get, dict, int], Optional[list]]] = {
         "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
         "ReduceLogSumExp", "ReduceSumSquare")},
     "CenterCropPad": lambda get, attrs, opset: attrs.get("axes"),  # checked at load where the rank is known
+    "Squeeze": lambda get, attrs, opset: _values(get(1)) if opset >= 13 else attrs.get("axes"),
 }
 
 #: the ops `NodeGuard` is installed on
@@ -464,6 +465,13 @@ class NodeGuard:
             raise ModelLoadError(
                 f"{self.where} addresses axis {wrong[0]:,}, but its input has {rank} axes (ONNX requires "
                 f"-{rank} <= axis < {rank}); the file is corrupted or not meant for this input")
+        wide = [int(a) % rank for a in axes if self.op_type == "Squeeze" and x.shape[int(a)] != 1]
+        if wide:  # torch's squeeze leaves such an axis as it is; onnxruntime refuses it
+            from onnx_attr.errors import InputError
+
+            raise InputError(f"{self.where} removes axis {wide[0]}, which has size {x.shape[wide[0]]} here, not 1 "
+                             f"(its input is {list(x.shape)}): the input does not fit the model, e.g. a batch of "
+                             "several where the export fixed one; feed one example at a time")
 
 
 def guard_constants(names: Sequence[str], initializers: dict) -> dict[str, torch.Tensor]:
