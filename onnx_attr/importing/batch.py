@@ -179,7 +179,7 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
         declared = tuple(0 for _ in model.outputs)
         return Layout(False, tuple(None for _ in declared)) if _fixed_rows_mix(model, tensors, axes, fixed) \
             else Layout(True, declared)
-    declared = _declared_single(model, axes)
+    declared = _declared_single(model, tensors, axes, outputs)
     if declared is not None:
         return Layout(True, declared, found_doubles=None, runs=lambda: _found(model, tensors, axes, outputs, fixed))
     return _found(model, tensors, axes, outputs, fixed)
@@ -231,17 +231,29 @@ def _found(model, tensors, axes, outputs, fixed) -> Layout:
     return _runs(model, tensors, axes, outputs, fixed)
 
 
-def _declared_single(model, axes) -> Optional[tuple]:
-    """Each output's batch axis, 0, where the declared shapes leave the runs nothing else to find:
-    the export fixes its batch at 1 (a static [1, 3, 800, 608] detector) and every output declares
-    that 1 on its axis 0. One row per pass is then the export's contract, and the walk or the runs
-    could only tell whether more rows may share a pass (`Layout.doubles`): a shape inference and
-    several forwards of a large graph that DeepLift, one row per pass there anyway, does not need."""
-    if fixed_batch(model.inputs) != 1 or not any(a is not None for a in axes):
+def _declared_single(model, tensors, axes, outputs=None) -> Optional[tuple]:
+    """Each output's batch axis where the export fixes its batch at 1 (a static [1, 3, 800, 608]
+    detector): 0 where the output declares that 1 on its axis 0, else where one example's run puts
+    it (`_fallback_axis`: a list of boxes [K, 6] has none). One row per pass is then the export's
+    contract, and the walk or the runs could only tell whether more rows may share a pass
+    (`Layout.doubles`): a shape inference and a three-row forward of a large graph (33 s on a
+    928x928 quantized detector) that DeepLift, one row per pass there anyway, does not need. None
+    (the runs decide) where no output would have a batch axis."""
+    if fixed_batch(model.inputs) != 1 or not any(a is not None for a in axes) or not model.outputs:
         return None
-    if not model.outputs or any(not o.shape or o.shape[0] != 1 for o in model.outputs):
-        return None
-    return tuple(0 for _ in model.outputs)
+    declared = [0 if o.shape and o.shape[0] == 1 else None for o in model.outputs]
+    if any(d is None for d in declared):
+        one = all(a is None or t.shape[a] == 1 for t, a in zip(tensors, axes))
+        if not one:
+            return None
+        with torch.no_grad():
+            try:
+                single = list(outputs) if outputs is not None else _outputs(
+                    getattr(model, "run_unexplained", model)(*tensors))
+            except Exception:  # noqa: BLE001  (the runs, and then the call, meet the forward's own error)
+                return None
+        declared = [d if d is not None else _fallback_axis(o) for d, o in zip(declared, single)]
+    return tuple(declared) if any(d is not None for d in declared) else None
 
 
 def _runs(model, tensors, axes, outputs, fixed) -> Layout:
