@@ -217,3 +217,34 @@ def test_a_quantized_final_softmax_is_stripped_to_unclipped_logits(kind):
     assert imported.verify(x).passed
     if kind == "qdq":  # the float head: x @ w by hand
         np.testing.assert_allclose(logits, x @ w, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("softmax", [True, False])
+def test_a_quantized_output_is_attributed_as_the_floats_its_quantizer_rounds(softmax):
+    """Qualcomm AI Hub's w8a8 exports end in a QuantizeLinear: uint8 scores out (sead's YAMNet
+    `class_scores` uint8[1, 521]). No method could explain that staircase: DeepLift has no rule for a
+    final QuantizeLinear, IG saw a zero gradient. The quantizer is stripped (and the Softmax before it):
+    the floats it rounds come out, as onnxruntime computes them before it."""
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal((6, 3)) * 6).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"])]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["z"], ["p"], axis=1, name="head"))
+    nodes.append(helper.make_node("QuantizeLinear", ["p" if softmax else "z", "s", "zp"], ["y"], name="out_q"))
+    inits = {"w": w, "s": np.float32(1 / 256 if softmax else 0.25), "zp": np.uint8(0 if softmax else 128)}
+    model = make_model(nodes, [("x", FLOAT, ["N", 6])], [("y", TensorProto.UINT8, ["N", 3])], inits)
+    x = (rng.standard_normal((4, 6)) * 3).astype(np.float32)
+    imported = onnx_attr.load(model)
+    final = imported.outputs[0].final_activation
+    assert final.stripped and final.op_type == ("Softmax" if softmax else "QuantizeLinear")
+    assert imported.outputs[0].dtype == np.float32
+    cut = make_model(nodes[:1], [("x", FLOAT, ["N", 6])], [("z", FLOAT, ["N", 3])], {"w": w})
+    np.testing.assert_allclose(imported.run(x)[0].numpy(), ort_run(cut, {"x": x})[0], rtol=1e-5, atol=1e-4)
+    assert imported.verify(x).passed
+    attributions, delta = onnx_attr.DeepLift(imported).attribute(x, target=2, return_convergence_delta=True)
+    change = ort_run(cut, {"x": x})[0][:, 2] - ort_run(cut, {"x": 0 * x})[0][:, 2]
+    np.testing.assert_allclose(np.asarray(attributions).sum(1), change, rtol=1e-5, atol=1e-4)
+    integrated = onnx_attr.IntegratedGradients(imported).attribute(x, target=2)  # linear: x·w exactly
+    np.testing.assert_allclose(np.asarray(integrated), x * w[:, 2], rtol=1e-4, atol=1e-4)
+    kept = onnx_attr.load(model, strip_final_activation=False)
+    assert not kept.outputs[0].final_activation.stripped and kept.outputs[0].dtype == np.uint8

@@ -24,11 +24,14 @@ WEIGHTS = [numpy_helper.from_array(np.array([123.7, 116.3, 103.5], np.float32), 
            numpy_helper.from_array(RNG.normal(0, 1, (8, 4)).astype(np.float32), "fc")]
 
 
-def image_model(cast: bool) -> bytes:
+def image_model(cast: bool, dequantize: bool = False) -> bytes:
     """NHWC pixels -> normalise -> NCHW -> Conv -> Relu -> pool -> Gemm [N, 4]; `cast`: a uint8 input
-    and its Cast, else a float input (the oracle)."""
+    and its Cast (`dequantize`: its DequantizeLinear, as w8a8 exports with quantized inputs have it),
+    else a float input (the oracle)."""
     head = [helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT)] if cast else \
         [helper.make_node("Identity", ["image"], ["pixels"])]
+    if dequantize:
+        head = [helper.make_node("DequantizeLinear", ["image", "step", "zero"], ["pixels"])]
     nodes = head + [
         helper.make_node("Sub", ["pixels", "mean"], ["centred"]),
         helper.make_node("Div", ["centred", "std"], ["scaled"]),
@@ -39,8 +42,10 @@ def image_model(cast: bool) -> bytes:
         helper.make_node("Flatten", ["p"], ["f"]),
         helper.make_node("Gemm", ["f", "fc"], ["logits"])]
     kind = TensorProto.UINT8 if cast else TensorProto.FLOAT
+    quantizer = [numpy_helper.from_array(np.float32(STEP), "step"), numpy_helper.from_array(np.uint8(ZERO), "zero")]
     graph = helper.make_graph(nodes, "pixels", [helper.make_tensor_value_info("image", kind, ["N", 16, 16, 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], WEIGHTS)
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                              WEIGHTS + (quantizer if dequantize else []))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
@@ -53,6 +58,25 @@ def models(tmp_path_factory):
 
 
 IMAGE = RNG.integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)  # unnormalised pixels, as the model takes them
+STEP, ZERO = 1.7, 31  # a quantized input's scale and zero point
+
+
+@pytest.mark.parametrize("method", ["DeepLift", "IntegratedGradients"])
+def test_a_quantized_input_is_attributed_at_its_dequantize_as_the_float_model_attributes_its_values(method):
+    """Qualcomm AI Hub's w8a8 YAMNet takes uint8 audio through a DequantizeLinear: refused as "not
+    attributable" before. Its values (x - zero)·step are attributed, each on its own element."""
+    proto = image_model(True, dequantize=True)
+    ours = getattr(onnx_attr, method)(onnx_attr.load(proto))
+    oracle = getattr(onnx_attr, method)(onnx_attr.load(image_model(False)))
+    got = ours.attribute({"image": IMAGE}, target=1)["image"]
+    values = (IMAGE.astype(np.float32) - ZERO) * np.float32(STEP)
+    expected = oracle.attribute({"image": values}, target=1, baselines={"image": np.full_like(values, -ZERO * STEP)})
+    assert got.shape == IMAGE.shape
+    np.testing.assert_allclose(got, expected["image"], rtol=1e-5, atol=1e-5 * np.abs(expected["image"]).max())
+    if method == "DeepLift":  # completeness against onnxruntime, from the all-zero quantized input
+        session = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+        change = session.run(None, {"image": IMAGE})[0][:, 1] - session.run(None, {"image": 0 * IMAGE})[0][:, 1]
+        np.testing.assert_allclose(got.reshape(3, -1).sum(1, dtype=np.float64), change, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["DeepLift", "IntegratedGradients", "InputXGradient"])

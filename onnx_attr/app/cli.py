@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 from onnx_attr import __version__
 from onnx_attr.errors import OUT_OF_MEMORY_ADVICE, InputError, OnnxAttrError, is_out_of_memory
 from onnx_attr.methods.registry import cli_methods, dataset_methods
+from onnx_attr.importing.specs import attributed_after
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_SOME_FAILED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
@@ -597,8 +598,8 @@ def _attribution_summary(report: dict, out: str, worst: float) -> str:
              *([f"note: {report['baseline_note']}"] if report.get("baseline_note") else []),
              "final activation: " + (
                  "none found" if final is None else
-                 f"{final['op_type']} node {final['node']!r} " + ("stripped: logits attributed" if final["stripped"]
-                                                                  else "kept")),
+                 f"{final['op_type']} node {final['node']!r} " + (f"stripped: {attributed_after(final['op_type'])} "
+                                                                  "attributed" if final["stripped"] else "kept")),
              "convergence delta: none (the method has no completeness identity)"
              if report["max_relative_delta"] is None else f"convergence delta per example: max |delta| {worst:.3e}, "
                                                          f"max relative {report['max_relative_delta']:.3e}",

@@ -150,6 +150,9 @@ def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict
                 # fold puts each back on its element, taps.IdPath)
                 ids = node.args[0]
                 node.meta["measured_tap"] = True
+        elif op == "DequantizeLinear" and _rearranged(module, node.args[0]) in measured:
+            ids = node.args[0]  # a quantized input's measurements (Qualcomm's w8a8 exports): (x - zp)·scale, its
+            node.meta["measured_tap"] = True  # value per element, as a cast is
         elif op == "OneHot":
             ids = node.args[0] if not any(a in fed for a in node.args[1:] if isinstance(a, fx.Node)) else None
         elif op == "OneHotEncoder" and node.meta.get("onnx_domain") == "ai.onnx.ml":  # scikit-learn's categories

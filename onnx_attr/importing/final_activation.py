@@ -42,9 +42,17 @@ def strip_final_activations(
     logits_of: dict[int, str] = {}  # a decomposed softmax's Div: the logits tensor it becomes
     normalizers: set[int] = set()  # a linear classifier's L1 row normalisation after its post_transform
     found_paths: dict[int, list[int]] = {}  # a stripped activation's pass-through nodes, output first
+    bare_quantizers: list[int] = []  # outputs quantized without an activation: their floats are attributed
     for output in graph.output:
         chain = _chain_to_activation(graph, producer, output.name)
         if chain is None:
+            quantizer = _final_quantizer(graph, producer, consumers, output.name)
+            if quantizer is not None:
+                node = graph.node[quantizer]
+                name = node.name or f"QuantizeLinear#{quantizer}"
+                found[output.name] = FinalActivation("QuantizeLinear", name, strip, (),
+                                                     "" if strip else "requested by the caller")
+                bare_quantizers += [quantizer] if strip else []
             continue
         act_index, path, pair = chain
         act = graph.node[act_index]
@@ -79,7 +87,7 @@ def strip_final_activations(
             reason = "requested by the caller" if not strip else "its output also feeds other nodes"
             found[output.name] = FinalActivation(_kind(act), name, False, through, reason)
 
-    if not to_strip:
+    if not to_strip and not bare_quantizers:
         return model, found
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -108,6 +116,7 @@ def strip_final_activations(
         path = found_paths.get(i, [])
         path = path[:-1] if out.graph.node[i].op_type == "QLinearSoftmax" else path  # its DequantizeLinear stays
         _unquantized(out.graph, [j for j in path if out.graph.node[j].op_type in _ROUND_TRIP])
+    _unquantized(out.graph, bare_quantizers)
     for i in to_negate:
         node = out.graph.node[i]
         out.graph.node[i].CopyFrom(onnx.helper.make_node("Neg", [node.input[1]], [node.output[0]], name=node.name))
@@ -133,6 +142,10 @@ def _chain_to_activation(graph, producer, tensor: str) -> tuple[int, list[int], 
             tensor = node.input[0]
             continue
         quantized = _quantized_scores(graph, producer, node)
+        if not path and _final_quantizer(graph, producer, {}, tensor) == index:  # uint8 scores out (w8a8 exports)
+            path.append(index)
+            tensor = node.input[0]
+            continue
         if quantized is not None:  # a quantizer's round trip of the probabilities, or a QLinearSoftmax
             path.append(index)
             if graph.node[quantized].op_type == "QLinearSoftmax":
@@ -175,15 +188,37 @@ _ROUND_TRIP = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 def _unquantized(graph, indices: list[int]) -> None:
-    """The quantizer nodes at `indices` made Identity, the integer types declared for their outputs dropped."""
-    renamed = set()
+    """The quantizer nodes at `indices` made Identity, the integer types declared for their outputs dropped
+    (a graph output's becomes the float type its QuantizeLinear read)."""
+    renamed = {}
     for j in indices:
         node = graph.node[j]
-        renamed.add(node.output[0])
+        renamed[node.output[0]] = node.input[0]
         node.CopyFrom(onnx.helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+    if not renamed:
+        return
+    declared = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
     kept = [v for v in graph.value_info if v.name not in renamed]
     del graph.value_info[:]
     graph.value_info.extend(kept)
+    for v in graph.output:
+        if v.name in renamed and v.type.HasField("tensor_type"):
+            source = declared.get(renamed[v.name], onnx.TensorProto.FLOAT)
+            v.type.tensor_type.elem_type = source if source in _FLOAT_TYPES else onnx.TensorProto.FLOAT
+
+
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                          onnx.TensorProto.DOUBLE})
+
+
+def _final_quantizer(graph, producer, consumers, tensor: str) -> int | None:
+    """The QuantizeLinear that makes graph output `tensor` (integer scores out of a w8a8 export, its
+    floats the values it rounds) when nothing in the graph reads that output; else None."""
+    index = producer.get(tensor)
+    if index is None or consumers.get(tensor):
+        return None
+    node = graph.node[index]
+    return index if node.op_type == "QuantizeLinear" and node.domain in _QUANTIZER_DOMAINS else None
 
 
 def _binary_pair(graph, producer, node) -> tuple[int, int] | None:

@@ -44,6 +44,11 @@ class TensorSpec:
                 "differentiable": self.differentiable, "ids": self.integer_ids}
 
 
+def attributed_after(op_type: str) -> str:
+    """What stripping `op_type` off an output leaves to attribute."""
+    return "the float values it rounds" if op_type == "QuantizeLinear" else "logits"
+
+
 @dataclass(frozen=True)
 class FinalActivation:
     """A Softmax/LogSoftmax/Sigmoid found at the end of an output, and what was done with it."""
@@ -56,8 +61,13 @@ class FinalActivation:
 
     def describe(self) -> str:
         via = f" (through {', '.join(self.through)})" if self.through else ""
-        done = "stripped: logits are attributed" if self.stripped else f"kept{': ' + self.reason if self.reason else ''}"
+        done = f"stripped: {self.attributed()} are attributed" if self.stripped else \
+            f"kept{': ' + self.reason if self.reason else ''}"
         return f"{self.op_type} node {self.node_name!r}{via}, {done}"
+
+    def attributed(self) -> str:
+        """What a strip leaves to attribute: logits, or a quantized output's floats before rounding."""
+        return attributed_after(self.op_type)
 
     def to_dict(self) -> dict:
         return {"op_type": self.op_type, "node": self.node_name, "stripped": self.stripped,
