@@ -50,6 +50,12 @@ CASES = {
                                [("x", FLOAT, [2, 16, 1])], [("y", FLOAT, [2, 5, 3, 2])], opset=17,
                                initializers={"step": np.array(3, np.int64),
                                              "window": np.hanning(4).astype(np.float32)}), {"x": [2, 16, 1]}),
+    # a real signal written [batch, samples], without its trailing 1 (OnnxScript: onnx-asr's whisper/nemo/kaldi
+    # front-ends); onnxruntime takes it, and we unfolded the batch axis
+    "stft-rank-2-signal": (make_model([helper.make_node("STFT", ["x", "step", "window"], ["y"])],
+                                      [("x", FLOAT, [2, 64])], [("y", FLOAT, [2, 7, 9, 2])], opset=17,
+                                      initializers={"step": np.array(8, np.int64),
+                                                    "window": np.hanning(16).astype(np.float32)}), {"x": [2, 64]}),
     "col2im-pads-strides": (make_model([helper.make_node("Col2Im", ["x", "image", "block"], ["y"], strides=[2, 1],
                                                           pads=[1, 0, 0, 1], dilations=[1, 2])],
                                        [("x", FLOAT, [2, 6, 8])], [("y", FLOAT, [2, 1, 5, 5])], opset=18,

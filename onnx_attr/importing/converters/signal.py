@@ -78,6 +78,8 @@ class STFT(nn.Module):
 
     def forward(self, x: torch.Tensor, frame_step: torch.Tensor, window: Optional[torch.Tensor] = None,
                 frame_length: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x.dim() == 2:  # a real signal [batch, samples] without its trailing 1, as OnnxScript writes it (onnxruntime
+            x = x.unsqueeze(-1)  # takes it: onnx-asr's whisper/nemo/kaldi preprocessors)
         if frame_length is not None:
             length = int(frame_length.reshape(-1)[0])
         else:
