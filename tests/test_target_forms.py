@@ -257,6 +257,28 @@ def test_detector_default_is_the_top_anchors_class_score(tmp_path, anchors_last,
     _complete(sums, [y[i][p] for i, p in enumerate(picks)], [y0[p] for p in picks])
 
 
+def test_a_segmentation_heads_mask_coefficients_are_not_class_scores(tmp_path):
+    """YOLOv8-seg's head [N, 4 + C + 32, A] beside its prototypes [N, 32, h, w] (platedet's plate
+    segmenter, C = 1): the default took the best of rows 4..36, a mask coefficient when they outweigh
+    the one class. The class rows end where the prototypes' 32 weights begin."""
+    bias = np.zeros(37, np.float32)
+    bias[4], bias[20] = -3.0, 2.0  # the class is unlikely everywhere; mask coefficient 16 is large
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[4, 4], kernel_shape=[4, 4]),
+             helper.make_node("Reshape", ["c", "shape"], ["y"]),
+             helper.make_node("Conv", ["x", "wp"], ["protos"], strides=[16, 16], kernel_shape=[16, 16])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 3, 128, 128])],
+                 [_info("y", ["N", 37, 1024]), _info("protos", ["N", 32, 8, 8])],
+                 {"w": (RNG.normal(size=(37, 3, 4, 4)) * 0.01).astype(np.float32), "b": bias,
+                  "shape": np.array([0, 37, 1024], np.int64),
+                  "wp": (RNG.normal(size=(32, 3, 16, 16)) * 0.01).astype(np.float32)}, "seg_head.onnx")
+    x = (RNG.uniform(size=(1, 3, 128, 128)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x))
+    anchor = int(y[0, 4].argmax())  # by hand: the one class row's best anchor
+    assert report["target"] == [[4, anchor]] and report["target_detail"]["mask_coefficients"] == 32
+    _complete(sums, [y[0, 4, anchor]], [y0[0, 4, anchor]])
+
+
 @pytest.mark.parametrize("bad", ["best", "region>x", "1.5", "greedy,3"])
 def test_a_bad_form_is_a_usage_error_listing_the_forms(tmp_path, capsys, bad):
     path = _classes(tmp_path)

@@ -18,7 +18,8 @@ Forms: `top` (the largest value: the predicted class, the top pixel); `region` o
 (p > 0.5), 0.5 on values in [0, 1], else halfway between the example's smallest and largest
 value; an example with nothing above T gets its top value); `greedy` (the argmax per step,
 summed over the steps); `anchor` (the top anchor's best class score; no box coordinates are
-skipped when the output ends in a Sigmoid); and indices: `3` (negative counts from the end),
+skipped when the output ends in a Sigmoid, and a segmentation head's mask coefficients, as many
+as another output [N, M, h, w] has prototypes, are not class scores); and indices: `3` (negative counts from the end),
 `3,1,4` (one per example; for an output with k > 1 axes besides the batch, k numbers are one
 index), `5:12` (one index over the axes besides the batch).
 
@@ -172,6 +173,7 @@ class Layout:
     default: str  # the form used without --target
     box: int = 0  # detector heads: the box coordinates before the scores
     scores_first: bool = False  # detector heads: [N, 4+C, A] (True) or [N, A, 4+C]
+    masks: int = 0  # detector heads: the mask coefficients after the class scores (YOLOv8-seg: 32)
     sigmoid_stripped: bool = False  # the map's logits, its Sigmoid stripped
     final: Optional[str] = None  # the output's final activation op, kept or stripped
 
@@ -215,10 +217,23 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         if small >= 5 and big >= 8 * small and area / 1024 <= big <= area / 16:
             box = 0 if op == "Sigmoid" else 4
             first = shape[0] == small
-            scores = "4+C" if box else "C"
+            masks = _mask_coefficients(model, output_index, small - box)
+            scores = ("4+C" if box else "C") + (f"+{masks} mask coefficients" if masks else "")
             return Layout(f"a detector head [N, {scores}, A]" if first else f"a detector head [N, A, {scores}]",
-                          "detector", "anchor", box=box, scores_first=first, final=op)
+                          "detector", "anchor", box=box, scores_first=first, final=op, masks=masks)
     return Layout("a sequence [N, T, C]", "sequence", "greedy", final=op)
+
+
+def _mask_coefficients(model, output_index: int, rows: int) -> int:
+    """How many of a detector head's last rows weigh mask prototypes: the channels of another output
+    [N, M, h, w] (YOLOv8-seg's protos, M = 32, beside its [N, 4 + C + 32, A] head), where that leaves
+    the head a class; else 0."""
+    for i, spec in enumerate(model.outputs):
+        shape = spec.shape
+        if i != output_index and shape is not None and len(shape) == 4 and isinstance(shape[1], int) \
+                and 0 < shape[1] < rows:
+            return shape[1]
+    return 0
 
 
 def _as_image(image: Optional[tuple[int, int]], h: int, w: int) -> bool:
@@ -356,14 +371,17 @@ def _anchor(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
                          f"{layout.name}")
     scores_first = layout.scores_first if layout.kind == "detector" else view.shape[1] < view.shape[2]
     box = layout.box if layout.kind == "detector" else (0 if layout.final == "Sigmoid" else 4)
-    scores = view[:, box:, :] if scores_first else view[:, :, box:]
+    end = (view.shape[1] if scores_first else view.shape[2]) - layout.masks  # the class scores end where masks begin
+    scores = view[:, box:end, :] if scores_first else view[:, :, box:end]
     if scores.numel() == 0:
         raise InputError(f"--target anchor: the output {list(view.shape)} has no class scores after {box} box "
                          "coordinates")
     index = [(i + box, j) if scores_first else (i, j + box) for i, j in largest_positions(scores)]
     detail.update(indices=[list(i) for i in index], box_coordinates=box)
-    return Resolved(index, detail["indices"], f"the top anchor's best class score (after {box} box coordinates)",
-                    detail)
+    if layout.masks:
+        detail["mask_coefficients"] = layout.masks
+    return Resolved(index, detail["indices"], f"the top anchor's best class score (after {box} box coordinates"
+                    + (f", before {layout.masks} mask coefficients)" if layout.masks else ")"), detail)
 
 
 def _indices(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
