@@ -399,3 +399,25 @@ def test_greedy_reads_an_unnamed_mask_beside_padded_ids_and_not_token_types(tmp_
     assert _steps_from({"input.1": ids, "input.3": types}, view) is None
     assert _steps_from({"input.1": ids + 1, "onnx::Unsqueeze_1": mask}, view) is not None  # any pad id
     assert _steps_from({"input.1": np.arange(12).reshape(2, 6), "onnx::Unsqueeze_1": mask}, view) is None
+
+
+def test_one_example_whose_rows_mix_keeps_its_sequence_layout(tmp_path):
+    """A decoder whose rows mix (platerec's: attention over axis 0, a batch of 1 its contract) gives
+    logits [1, T, V], read as one whole example; the CLI gave that example a batch axis and called
+    [1, 1, T, V] a dense map (`region`). Its leading 1 is the export's batch: a sequence, `greedy`,
+    the path's summed logits checked against onnxruntime."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("ReduceMean", ["x"], ["context"], axes=[0], keepdims=1),  # over the rows: they mix
+             helper.make_node("MatMul", ["context", "u"], ["shift"]),
+             helper.make_node("Add", ["h", "shift"], ["y"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 8, 6])], [_info("y", ["N", 8, 11])],
+                 {"w": RNG.normal(size=(6, 11)).astype(np.float32) * 4, "u": RNG.normal(size=(6, 11)).astype(np.float32),
+}, "rows_mix.onnx")
+    x = (RNG.normal(size=(1, 8, 6)) * 5).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target"] == "greedy" and report["target_detail"]["batch_axis"] is None
+    assert report["target_detail"]["layout"] == "a sequence [N, T, C]"
+    y, y0 = _ort(path, x)[0], _ort(path, np.zeros_like(x))[0]
+    steps = y.argmax(-1)  # by hand: each step's argmax class, summed
+    assert report["target_detail"]["path"] == [steps.tolist()]
+    _complete(sums, [y[np.arange(8), steps].sum()], [y0[np.arange(8), steps].sum()])

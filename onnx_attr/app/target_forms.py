@@ -125,8 +125,12 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     """The target a `--target` form (None: the layout's default) names on the explained output `out`."""
     form, value = ("default", None) if text is None else parse_form(text)
     axis = output_batch_axis(model, output_index, out, examples, batch_axis, inputs)
-    view = batch_first(out, axis).detach().double()
-    layout = recognise(view, model, output_index, inputs, axis)
+    # one example whose rows mix (its whole output is the example) but whose output leads with the export's
+    # batch of 1 (platerec's decoder: logits [1, T, V]): read on that 1, so a sequence is a sequence (not a
+    # [1, 1, T, V] "map"), and its indices and masks put back into the whole output (`_in_whole`)
+    baked = axis is None and examples <= 1 and out.dim() >= 2 and out.shape[0] == 1
+    view = (out if baked else batch_first(out, axis)).detach().double()
+    layout = recognise(view, model, output_index, inputs, 0 if baked else axis)
     if form == "default":
         form = layout.default
     detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
@@ -137,7 +141,7 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     if resolved.labels is not None:  # the summed score itself, for the picture titles
         values = (view * resolved.target.weights.to(view.dtype)).reshape(len(view), -1).sum(1).tolist()
         resolved.labels = [f"{label}: {v:.4g}" for label, v in zip(resolved.labels, values)]
-    resolved.target = _on_axis(resolved.target, axis)
+    resolved.target = _in_whole(resolved.target) if baked else _on_axis(resolved.target, axis)
     if text is None:
         resolved.source = f"default for {layout.name}: {resolved.source}"
     return resolved
@@ -406,6 +410,21 @@ def _from_the_end(target: Any, shape: Sequence[int]) -> Any:
     if isinstance(target, list):
         return [one(v, shape[1]) if len(shape) >= 2 else v for v in target]
     return target
+
+
+def _in_whole(target: Any) -> Any:
+    """A target resolved on an output's leading 1 as its batch, for the methods, which read that output
+    as one whole example: indices gain that axis's 0, masks that axis."""
+    if isinstance(target, Target):
+        if target.weights is not None:
+            return Target(weights=target.weights[:, None] if target.per_example else target.weights[None],
+                          per_example=target.per_example)
+        return Target(index=_in_whole(target.index))
+    if isinstance(target, list):
+        return [_in_whole(t) for t in target]
+    if target is None:
+        return target
+    return (0, *target) if isinstance(target, tuple) else (0, target)
 
 
 def _on_axis(target: Any, axis: Optional[int]) -> Any:
