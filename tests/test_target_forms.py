@@ -411,8 +411,8 @@ def test_one_example_whose_rows_mix_keeps_its_sequence_layout(tmp_path):
              helper.make_node("MatMul", ["context", "u"], ["shift"]),
              helper.make_node("Add", ["h", "shift"], ["y"])]
     path = _save(tmp_path, nodes, [_info("x", ["N", 8, 6])], [_info("y", ["N", 8, 11])],
-                 {"w": RNG.normal(size=(6, 11)).astype(np.float32) * 4, "u": RNG.normal(size=(6, 11)).astype(np.float32),
-}, "rows_mix.onnx")
+                 {"w": RNG.normal(size=(6, 11)).astype(np.float32) * 4,
+                  "u": RNG.normal(size=(6, 11)).astype(np.float32)}, "rows_mix.onnx")
     x = (RNG.normal(size=(1, 8, 6)) * 5).astype(np.float32)
     report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
     assert report["target"] == "greedy" and report["target_detail"]["batch_axis"] is None
