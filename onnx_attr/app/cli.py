@@ -19,7 +19,6 @@ from typing import Any, Callable, Optional, Sequence
 from onnx_attr import __version__
 from onnx_attr.errors import OUT_OF_MEMORY_ADVICE, InputError, OnnxAttrError, is_out_of_memory
 from onnx_attr.methods.registry import cli_methods, dataset_methods
-from onnx_attr.importing.specs import attributed_after
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_SOME_FAILED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
@@ -587,6 +586,7 @@ def _tapped_as(spec) -> str:
 def _attribution_summary(report: dict, out: str, worst: float) -> str:
     """A few short lines; the full lists (targets, files, deltas) are in report.json."""
     from onnx_attr.app.attribute_job import short_list
+    from onnx_attr.importing.specs import attributed_after
 
     target = report["target"]
     shown = "none needed" if target is None else (
