@@ -421,3 +421,33 @@ def test_one_example_whose_rows_mix_keeps_its_sequence_layout(tmp_path):
     steps = y.argmax(-1)  # by hand: each step's argmax class, summed
     assert report["target_detail"]["path"] == [steps.tolist()]
     _complete(sums, [y[np.arange(8), steps].sum()], [y0[np.arange(8), steps].sum()])
+
+
+def test_a_head_with_objectness_is_explained_at_its_best_detection(tmp_path):
+    """YOLOX's head [N, A, 4 + 1 + C] (arbez's barcode detector, ddddocr's): a detection's confidence
+    is objectness × class score, and the class scores, trained on objects only, are high on much of
+    the background. The top class score over all anchors landed on the background (arbez: objectness
+    0.000); the default is now the class score of the best detection, found by hand here."""
+    anchors, classes = 1024, 6
+    table = np.full((1, anchors, 4 + 1 + classes), 1.0, np.float32)  # background: classes p = 0.73
+    table[0, :, 4] = -10.0  # objectness 5e-5 on the background
+    table[0, 77, 4], table[0, 77, 5 + 2] = 3.0, 2.0  # the object: objectness 0.95, class 2 p = 0.88
+    table[0, 500, 5 + 4] = 6.0  # a background anchor with the top class score of all (0.998)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[4, 4], kernel_shape=[4, 4]),
+             helper.make_node("Reshape", ["c", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Add", ["t", "table"], ["raw"]),
+             helper.make_node("Split", ["raw", "split"], ["box", "logits"], axis=2),
+             helper.make_node("Sigmoid", ["logits"], ["p"]),
+             helper.make_node("Concat", ["box", "p"], ["y"], axis=2)]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 3, 128, 128])], [_info("y", ["N", anchors, 11])],
+                 {"w": (RNG.normal(size=(11, 3, 4, 4)) * 1e-4).astype(np.float32), "table": table,
+                  "shape": np.array([0, 11, anchors], np.int64), "split": np.array([4, 7], np.int64)}, "yolox.onnx")
+    x = (RNG.uniform(size=(1, 3, 128, 128)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(path, x)[0], _ort(path, np.zeros_like(x))[0]
+    confidence = y[:, 4:5] * y[:, 5:]
+    anchor, cls = np.unravel_index(confidence.argmax(), confidence.shape)
+    assert (anchor, cls) == (77, 2)
+    assert report["target"] == [[77, 7]] and "4+1+C" in report["target_detail"]["layout"]
+    _complete(sums, [y[77, 7]], [y0[77, 7]])

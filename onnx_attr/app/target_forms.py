@@ -19,7 +19,9 @@ Forms: `top` (the largest value: the predicted class, the top pixel); `region` o
 value; an example with nothing above T gets its top value); `greedy` (the argmax per step,
 summed over the steps); `anchor` (the top anchor's best class score; no box coordinates are
 skipped when the output ends in a Sigmoid, and a segmentation head's mask coefficients, as many
-as another output [N, M, h, w] has prototypes, are not class scores); and indices: `3` (negative counts from the end),
+as another output [N, M, h, w] has prototypes, are not class scores; a head whose first score is an
+objectness (YOLOX, YOLOv5: `_has_objectness`) gets the class score of its best detection, by
+objectness × class score); and indices: `3` (negative counts from the end),
 `3,1,4` (one per example; for an output with k > 1 axes besides the batch, k numbers are one
 index), `5:12` (one index over the axes besides the batch).
 
@@ -178,6 +180,7 @@ class Layout:
     box: int = 0  # detector heads: the box coordinates before the scores
     scores_first: bool = False  # detector heads: [N, 4+C, A] (True) or [N, A, 4+C]
     masks: int = 0  # detector heads: the mask coefficients after the class scores (YOLOv8-seg: 32)
+    objectness: bool = False  # detector heads: an objectness before the class scores (YOLOX, YOLOv5)
     sigmoid_stripped: bool = False  # the map's logits, its Sigmoid stripped
     final: Optional[str] = None  # the output's final activation op, kept or stripped
 
@@ -222,10 +225,28 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
             box = 0 if op == "Sigmoid" else 4
             first = shape[0] == small
             masks = _mask_coefficients(model, output_index, small - box)
-            scores = ("4+C" if box else "C") + (f"+{masks} mask coefficients" if masks else "")
+            heads = view if not first else view.transpose(1, 2)  # [N, A, rows]
+            objectness = bool(box) and _has_objectness(heads[:, :, box:heads.shape[2] - masks])
+            scores = ("4+1+C" if objectness else "4+C" if box else "C") + \
+                (f"+{masks} mask coefficients" if masks else "")
             return Layout(f"a detector head [N, {scores}, A]" if first else f"a detector head [N, A, {scores}]",
-                          "detector", "anchor", box=box, scores_first=first, final=op, masks=masks)
+                          "detector", "anchor", box=box, scores_first=first, final=op, masks=masks,
+                          objectness=objectness)
     return Layout("a sequence [N, T, C]", "sequence", "greedy", final=op)
+
+
+def _has_objectness(scores: Tensor) -> bool:
+    """Whether a head's first score column [N, A, 1 + C] is an objectness its class scores are
+    conditional on (YOLOX, YOLOv5: a detection's confidence is objectness × class score), read off
+    the values: probabilities, the first column ~0 on most anchors (the background), while the
+    classes' best is not there (trained on objects only, they are arbitrary on background: ddddocr's
+    and arbez's YOLOX, medians 2e-6 against 0.09 and 0.18). A YOLOv8 head's class scores are all ~0
+    on the background (medians within 10x of each other on six shipped heads)."""
+    if scores.shape[-1] < 2 or scores.min() < 0 or scores.max() > 1:
+        return False
+    first = scores[..., 0].flatten().median()
+    others = scores[..., 1:].amax(-1).flatten().median()
+    return bool(others >= 0.01 and others >= 100 * first)
 
 
 def _mask_coefficients(model, output_index: int, rows: int) -> int:
@@ -380,6 +401,14 @@ def _anchor(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
     if scores.numel() == 0:
         raise InputError(f"--target anchor: the output {list(view.shape)} has no class scores after {box} box "
                          "coordinates")
+    if layout.objectness:  # the best detection: objectness × class score, and its class score explained
+        heads = scores.transpose(1, 2) if scores_first else scores  # [N, A, 1 + C]
+        confidence = heads[..., :1] * heads[..., 1:]
+        best = [divmod(int(c.argmax()), c.shape[1]) for c in confidence]  # (anchor, class) per example
+        index = [(c + box + 1, a) if scores_first else (a, c + box + 1) for a, c in best]
+        detail.update(indices=[list(i) for i in index], box_coordinates=box, objectness=box)
+        return Resolved(index, detail["indices"], "the best detection's class score (its anchor and class by "
+                        "objectness × class score)", detail)
     index = [(i + box, j) if scores_first else (i, j + box) for i, j in largest_positions(scores)]
     detail.update(indices=[list(i) for i in index], box_coordinates=box)
     if layout.masks:
