@@ -451,3 +451,20 @@ def test_a_head_with_objectness_is_explained_at_its_best_detection(tmp_path):
     assert (anchor, cls) == (77, 2)
     assert report["target"] == [[77, 7]] and "4+1+C" in report["target_detail"]["layout"]
     _complete(sums, [y[77, 7]], [y0[77, 7]])
+
+
+def test_one_score_per_anchor_gets_the_top_anchor(tmp_path):
+    """YuNet's cls_8 [1, 6400, 1]: one score per anchor. `greedy` summed all 6400 (the argmax of one
+    class is that class everywhere); the top anchor's score is what its user looks for."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[4, 4], kernel_shape=[4, 4]),
+             helper.make_node("Reshape", ["c", "shape"], ["y"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 3, 64, 64])], [_info("y", ["N", 256, 1])],
+                 {"w": (RNG.normal(size=(1, 3, 4, 4)) * 0.01).astype(np.float32),
+                  "shape": np.array([0, 256, 1], np.int64)}, "per_anchor.onnx")
+    x = (RNG.uniform(size=(2, 3, 64, 64)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))[0]
+    tops = y[:, :, 0].argmax(1)  # by hand
+    assert report["target"] == [[int(a), 0] for a in tops]
+    assert report["target_detail"]["layout"] == "one score per position [N, A, 1]"
+    _complete(sums, y[np.arange(2), tops, 0], y0[tops, 0])

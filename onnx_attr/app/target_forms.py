@@ -9,6 +9,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
+| one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
 | anything else                        |                                                   | `top`: the largest value's position |
@@ -212,6 +213,8 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if getattr(spec, "role", None) == TOPK_SCORES:
         return Layout("the scores [N, A, C] a TopK selects detections from", "detector", "anchor", box=0,
                       scores_first=False, final=op)
+    if shape[1] == 1:  # one score per anchor or step (YuNet's cls [1, 6400, 1]): greedy would sum them all
+        return Layout("one score per position [N, A, 1]", "other", "top", final=op)
     if axis == 1:
         return Layout("a time-major sequence [T, N, C]", "sequence", "greedy", final=op)
     if op in ("Softmax", "LogSoftmax"):
