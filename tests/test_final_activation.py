@@ -248,3 +248,30 @@ def test_a_quantized_output_is_attributed_as_the_floats_its_quantizer_rounds(sof
     np.testing.assert_allclose(np.asarray(integrated), x * w[:, 2], rtol=1e-4, atol=1e-4)
     kept = onnx_attr.load(model, strip_final_activation=False)
     assert not kept.outputs[0].final_activation.stripped and kept.outputs[0].dtype == np.uint8
+
+
+@pytest.mark.parametrize("other_use", [False, True])
+def test_a_softmax_split_into_outputs_is_stripped_on_each(other_use):
+    """MarbleNet's VAD ends Softmax -> Split into score_silence and score_active [N, T, 1]: the
+    Softmax was left in place. Both parts are logits once it is stripped; a part that also feeds
+    another node keeps it (that node expects probabilities)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["p"], axis=-1, name="head"),
+             helper.make_node("Split", ["p", "parts"], ["silence", "active"], axis=-1)]
+    outputs = [("silence", FLOAT, ["N", 5, 1]), ("active", FLOAT, ["N", 5, 1])]
+    if other_use:
+        nodes.append(helper.make_node("Neg", ["active"], ["other"]))
+        outputs.append(("other", FLOAT, ["N", 5, 1]))
+    w = (np.random.default_rng(9).standard_normal((6, 2)) * 5).astype(np.float32)
+    model = make_model(nodes, [("x", FLOAT, ["N", 5, 6])], outputs, {"w": w, "parts": np.array([1, 1], np.int64)},
+                       opset=13)
+    x = np.random.default_rng(10).standard_normal((3, 5, 6)).astype(np.float32)
+    imported = onnx_attr.load(model)
+    finals = [o.final_activation for o in imported.outputs[:2]]
+    assert all(f is not None and f.stripped != other_use and f.through == ("Split",) for f in finals)
+    got = [t.numpy() for t in imported.run(x)]
+    z = x.astype(np.float64) @ w  # by hand: the logits, split
+    want = [z[..., :1], z[..., 1:]] if not other_use else ort_run(model, {"x": x})[:2]
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
+    assert imported.verify(x).passed

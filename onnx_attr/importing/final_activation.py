@@ -18,7 +18,7 @@ from onnx_attr.importing.specs import FinalActivation
 ACTIVATIONS = frozenset({"Softmax", "LogSoftmax", "Sigmoid"})
 #: Ops that move or relabel values without mixing them: an activation behind them still ends the output.
 PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Transpose", "Dropout",
-                          "ZipMap"})
+                          "ZipMap", "Split"})  # Split: MarbleNet's softmax split into silence and speech outputs
 #: Consumers that see only the order of a row's values, which logits keep: an ArgMax label output
 #: beside the probabilities does not stop the strip.
 ORDER_ONLY = frozenset({"ArgMax"})
@@ -73,7 +73,8 @@ def strip_final_activations(
         # where it expects probabilities.
         chain_nodes = {act_index, *path, *steps} | ({pair} if pair is not None else set())
         order_only = {i for i, n in enumerate(graph.node) if n.op_type in ORDER_ONLY}
-        private = all(consumers.get(_scores(graph.node[i]), set()) <= chain_nodes | order_only for i in chain_nodes)
+        private = all(consumers.get(o, set()) <= chain_nodes | order_only for i in chain_nodes
+                      for o in _scores(graph.node[i]))
         name = act.name or f"{act.op_type}#{act_index}"
         if strip and private:
             to_strip.add(act_index)
@@ -257,10 +258,12 @@ def _text(node, name: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _scores(node) -> str:
-    """The output of a node of the chain that carries the scores on (a linear classifier's second:
-    its first is the labels, which the strip leaves as they are)."""
-    return node.output[1] if node.op_type in _CLASSIFIERS else node.output[0]
+def _scores(node) -> tuple[str, ...]:
+    """The outputs of a node of the chain that carry the scores on (a linear classifier's second: its
+    first is the labels, which the strip leaves as they are; every part of a Split)."""
+    if node.op_type in _CLASSIFIERS:
+        return (node.output[1],)
+    return tuple(node.output) if node.op_type == "Split" else (node.output[0],)
 
 
 _CLASSIFIERS = frozenset({"LinearClassifier", "SVMClassifier"})
