@@ -520,3 +520,37 @@ def test_a_squeeze_of_a_wider_axis_is_refused_as_onnxruntime_refuses_it():
         model.run(x)
     attributions = onnx_attr.IntegratedGradients(model).attribute(x, target=1)
     assert np.asarray(attributions).shape == (2, 4)
+
+
+def test_an_unbatched_picture_beside_boxes_of_another_count_is_one_example(tmp_path):
+    """ppocr-vectron's line_extract takes x [3, H, W] (no batch) and boxes [n, 5, 2]: axis 0 of each,
+    read as the batch by convention, holds 3 channels and 9 boxes. Every method refused ("do not
+    have the batch of 3"). A fixed leading size the other inputs do not share is no batch: the call
+    is one example, explained whole (a linear graph: DeepLift's attributions are x · w by hand)."""
+    import json
+
+    import onnx
+
+    from onnx_attr.app.cli import main
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["channels"], axes=[1, 2], keepdims=0),
+             helper.make_node("ReduceSum", ["boxes", "first"], ["corners"], keepdims=0),
+             helper.make_node("Flatten", ["corners"], ["flat"], axis=0),
+             helper.make_node("Reshape", ["flat", "row"], ["c"]),
+             helper.make_node("Concat", ["channels", "c"], ["features"], axis=0),
+             helper.make_node("MatMul", ["features", "w"], ["y"])]
+    w = np.random.default_rng(4).standard_normal((13, 2)).astype(np.float32)
+    proto = make_model(nodes, [("x", FLOAT, [3, "h", "w"]), ("boxes", FLOAT, ["n", 5, 2])], [("y", FLOAT, [2])],
+                       {"w": w, "row": np.array([-1], np.int64), "first": np.array([0], np.int64)}, opset=13)
+    x = (np.random.default_rng(5).uniform(size=(3, 16, 24)) * 255).astype(np.float32)
+    boxes = (np.random.default_rng(6).uniform(size=(9, 5, 2)) * 100).astype(np.float32)
+    model = onnx_attr.load(proto)
+    attributions = onnx_attr.DeepLift(model).attribute({"x": x, "boxes": boxes}, target=1)
+    np.testing.assert_allclose(attributions["x"], x * (w[:3, 1] / (16 * 24))[:, None, None], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(attributions["boxes"], boxes * w[3:, 1].reshape(5, 2), rtol=1e-4, atol=1e-3)
+    onnx.save(proto, tmp_path / "m.onnx")
+    np.savez(tmp_path / "in.npz", x=x, boxes=boxes)
+    assert main(["attribute", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out"),
+                 "--no-pictures", "-q"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["max_relative_delta"] <= 1e-4
