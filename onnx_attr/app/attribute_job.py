@@ -319,7 +319,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     baseline = resolve_baseline_spec(baseline, method)
     per_method = method_options(method, n_steps, internal_batch_size, lrp)
     explainer, fell_back = _explainer_or_fallback(model, method, auto_fallback and not layer and not gradient_fallback,
-                                                  gradient_fallback, layer, per_method, output_name, quiet)
+                                                  gradient_fallback, layer, per_method, output_name, quiet, hold)
     if fell_back:
         method = AUTO_FALLBACK
         baseline = resolve_baseline_spec(baseline_given, method)
@@ -361,14 +361,18 @@ FALLBACK_FEATURES = 256
 
 
 def _explainer_or_fallback(model, method: str, auto: bool, gradient_fallback: bool, layer: Optional[str],
-                           per_method: dict, output_name: Optional[str], quiet: bool) -> tuple[Any, Optional[str]]:
+                           per_method: dict, output_name: Optional[str], quiet: bool,
+                           hold: Sequence[str] = ()) -> tuple[Any, Optional[str]]:
     """The method's explainer, or (`auto`, DeepLift refusing the explained output) the fallback's,
     with a sentence saying why (None when the method itself runs)."""
     try:
         explainer = make_explainer(model, method, gradient_fallback, layer, per_method)
         engine = getattr(explainer, "engine", None)  # None until the first call where runtime Ifs are resolved
         if auto and method == "deeplift" and engine is not None:  # an output reached only through refused
-            engine.rewrite.check_output(explainer._output_index(output_name))  # nodes: refused now
+            held = frozenset(s.name for s in model.inputs if s.differentiable and s.name in hold)  # nodes: refused
+            index = explainer._output_index(output_name)  # now, unless the inputs --hold keeps make them constants
+            engine = explainer._engine_of(engine.model, held) if held and engine.rewrite.refuses(index) else engine
+            engine.rewrite.check_output(index)
         return explainer, None
     except (UnsupportedOpError, NoGradientPathError) as err:
         if not auto or method != "deeplift":

@@ -256,11 +256,11 @@ class DeepLiftEngine:
     """Rewrites the model once; each `run` is one reference pass and one main pass per chunk."""
 
     def __init__(self, model, *, gradient_fallback: bool = False, layers: Sequence[str] = (),
-                 reveal_cancel: bool = False):
+                 reveal_cancel: bool = False, held: frozenset = frozenset()):
         self.model = model
         self.rewrite: RewriteResult = rewrite_for_deeplift(model.module, model.inputs,
                                                            gradient_fallback=gradient_fallback, layers=layers,
-                                                           reveal_cancel=reveal_cancel)
+                                                           reveal_cancel=reveal_cancel, held=held)
         self.fixed_batch = pass_batch(model)
         # Shared baselines (batch 1) reused over many batches run their reference pass once (see
         # reference_cache). Changing the module's weights afterwards needs a new DeepLift object

