@@ -468,3 +468,29 @@ def test_one_score_per_anchor_gets_the_top_anchor(tmp_path):
     assert report["target"] == [[int(a), 0] for a in tops]
     assert report["target_detail"]["layout"] == "one score per position [N, A, 1]"
     _complete(sums, y[np.arange(2), tops, 0], y0[tops, 0])
+
+
+def test_a_detector_split_into_regressions_and_scores_explains_its_scores(tmp_path):
+    """BlazeFace returns regressors [1, 896, 16] (a box and 6 keypoints per anchor) before its
+    classificators [1, 896, 1] (open-rppg's face detector; SSD's boxes and scores likewise). The first
+    output was explained: its [N, A, 16] read as a detector head, the default picked a keypoint
+    coordinate. Named as regressions, it gives way to the output named as scores: its top anchor."""
+    nodes = [helper.make_node("Conv", ["x", "wr"], ["r"], strides=[4, 4], kernel_shape=[4, 4]),
+             helper.make_node("Reshape", ["r", "s16"], ["r2"]),
+             helper.make_node("Transpose", ["r2"], ["regressors"], perm=[0, 2, 1]),
+             helper.make_node("Conv", ["x", "ws"], ["c"], strides=[4, 4], kernel_shape=[4, 4]),
+             helper.make_node("Reshape", ["c", "s1"], ["c2"]),
+             helper.make_node("Transpose", ["c2"], ["classificators"], perm=[0, 2, 1])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 3, 128, 128])],
+                 [_info("regressors", ["N", 1024, 16]), _info("classificators", ["N", 1024, 1])],
+                 {"wr": (RNG.normal(size=(16, 3, 4, 4)) * 0.1).astype(np.float32),
+                  "ws": (RNG.normal(size=(1, 3, 4, 4)) * 0.1).astype(np.float32),
+                  "s16": np.array([0, 16, 1024], np.int64), "s1": np.array([0, 1, 1024], np.int64)}, "blaze.onnx")
+    x = (RNG.uniform(size=(1, 3, 128, 128)) * 2 - 1).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    scores, scores0 = session.run(["classificators"], {"x": x})[0][0, :, 0], \
+        session.run(["classificators"], {"x": np.zeros_like(x)})[0][0, :, 0]
+    anchor = int(scores.argmax())
+    assert report["output"] == "classificators" and report["target"] == [[anchor, 0]]
+    _complete(sums, [scores[anchor]], [scores0[anchor]])

@@ -8,6 +8,7 @@ take `_gradients` or `_value`s of the explained output, and `prepared.repack` th
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -41,8 +42,12 @@ def output_index(model, output: Union[str, int, None]) -> int:
     if output is None:
         floating = [i for i, o in enumerate(model.outputs) if o.dtype is not None and np.issubdtype(o.dtype, np.floating)]
         roles = [getattr(model.outputs[i], "role", None) for i in floating]
-        return next((i for i, r in zip(floating, roles) if r in SELECTION_SCORES),
-                    next((i for i, r in zip(floating, roles) if r not in SELECTED), floating[0] if floating else 0))
+        first = next((i for i, r in zip(floating, roles) if r in SELECTION_SCORES),
+                     next((i for i, r in zip(floating, roles) if r not in SELECTED), floating[0] if floating else 0))
+        if _named(names[first], _BOX_WORDS):  # a detector's regressions ahead of its scores (BlazeFace's
+            # regressors [1, 896, 16] before its classificators [1, 896, 1]; SSD's boxes before its scores)
+            return next((i for i in floating if _named(names[i], _SCORE_WORDS)), first)
+        return first
     if isinstance(output, str):
         if output not in names:
             raise InputError(f"no output named {output!r}; the model's outputs are {names}")
@@ -51,6 +56,16 @@ def output_index(model, output: Union[str, int, None]) -> int:
         raise InputError(f"output {output!r} is not an output name or an index below {len(names)}: the model's "
                          f"outputs are {names}")
     return int(output)
+
+
+#: name stems of a detector's regression outputs and of its score outputs (`output_index`)
+_BOX_WORDS = ("box", "bbox", "loc", "reg", "kps", "landm", "coord", "offset")
+_SCORE_WORDS = ("score", "conf", "cls", "class", "logit", "prob", "obj")
+
+
+def _named(name: str, stems: Sequence[str]) -> bool:
+    """Whether a word of `name` (split at anything not a letter) starts with one of `stems`."""
+    return any(word.startswith(stems) for word in re.split(r"[^a-z]+", name.lower()) if word)
 
 
 def output_report(model, method: str, index: int) -> dict:
