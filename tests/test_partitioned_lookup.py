@@ -105,3 +105,36 @@ def test_a_size_that_follows_the_values_is_named_not_an_internal_error():
     change = session.run(None, {"x": x})[0][0] - session.run(None, {"x": x * 0.99})[0][0]
     attributions = onnx_attr.DeepLift(model).attribute({"x": x}, baselines={"x": x * 0.99}, target=0)["x"]
     assert np.asarray(attributions, np.float64).sum() == pytest.approx(change, rel=1e-4)
+
+
+def test_ids_masked_by_the_attention_mask_before_their_lookup_are_attributed():
+    """Where(mask == 0, pad, ids) before the embedding (the other pattern of pythainlp's encoder): the
+    ids' values came from two integer inputs, so the lookup was no tap and nothing could be
+    attributed. The condition picks, it carries no values: the ids are attributed at the lookup,
+    each position on its own, a masked one 0 (pad at the input and at the reference). By hand on a
+    linear head, and complete against onnxruntime."""
+    from conftest import make_model
+
+    rng = np.random.default_rng(21)
+    table = rng.standard_normal((20, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("Equal", ["mask", "zero"], ["is_pad"]),
+             helper.make_node("Where", ["is_pad", "pad", "ids"], ["kept"]),
+             helper.make_node("Gather", ["table", "kept"], ["emb"]),
+             helper.make_node("ReduceMean", ["emb"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["y"])]
+    proto = make_model(nodes, [("ids", TensorProto.INT64, ["N", "L"]), ("mask", TensorProto.INT64, ["N", "L"])],
+                       [("y", TensorProto.FLOAT, ["N", 3])],
+                       {"table": table, "w": w, "zero": np.array(0, np.int64), "pad": np.array(1, np.int64)},
+                       opset=13)
+    ids = np.array([[3, 7, 11, 9, 4], [5, 2, 8, 12, 6]], np.int64)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], np.int64)
+    got = onnx_attr.DeepLift(onnx_attr.load(proto)).attribute(ids, target=2, additional_forward_args=(mask,))
+    kept, base = np.where(mask == 0, 1, ids), np.where(mask == 0, 1, 0)  # at the input and at the zero reference
+    want = (table[kept] - table[base]) @ w[:, 2] / 5
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(got)[mask == 0] == 0)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    change = session.run(None, {"ids": ids, "mask": mask})[0][:, 2] - \
+        session.run(None, {"ids": 0 * ids, "mask": mask})[0][:, 2]
+    np.testing.assert_allclose(np.asarray(got).sum(1), change, rtol=1e-5, atol=1e-6)

@@ -110,8 +110,10 @@ def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> di
         if node.meta.get("onnx_op") in SHAPE_ONLY:
             continue
         if node.op in ("call_module", "call_function"):
-            found = set().union(*(sources.get(a, set()) for a in (*node.args, *node.kwargs.values())
-                                  if isinstance(a, fx.Node)))
+            # a Where's condition picks between its values without being one (ids masked by the attention
+            # mask before their lookup: Where(mask == 0, pad, ids) holds the ids' values alone)
+            operands = node.args[1:] if node.meta.get("onnx_op") == "Where" else (*node.args, *node.kwargs.values())
+            found = set().union(*(sources.get(a, set()) for a in operands if isinstance(a, fx.Node)))
             if found:
                 sources[node] = found
     return sources
