@@ -87,6 +87,12 @@ def audio_chunk(samples: int, rate: int = 16000) -> np.ndarray:
     return (0.3 * envelope * wave / 2.3).astype(np.float32)[None]
 
 
+def two_recordings() -> dict[str, np.ndarray]:
+    """onnx-asr's front-end inputs: two 1 s voiced recordings at 16 kHz, the second 12000 samples long."""
+    return {"waveforms": np.concatenate([audio_chunk(16000), audio_chunk(16000) * 0.5]),
+            "waveforms_lens": np.array([16000, 12000])}
+
+
 def file_bytes(length: int = 2048, dtype: type = np.int32) -> np.ndarray:
     """Magika's features: the first and last `length / 2` bytes of a small Python file, padded with
     256 (magika 0.5 takes them as float32, later versions as int32)."""
@@ -1013,12 +1019,10 @@ SPECS: list[Spec] = [
          "SLANet-1M table structure: Loop decoder with an If per trip, resolved in one build"),
     # ---- hunt 11 (session 24): the failure classes it found, kept as regressions
     Spec("asr_whisper80", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/whisper80.onnx", "audio",
-         lambda: {"waveforms": np.concatenate([audio_chunk(16000), audio_chunk(16000) * 0.5]),
-                  "waveforms_lens": np.array([16000, 12000])}, None,
+         two_recordings, None,
          "OnnxScript log-mel front end: STFT of a rank-2 signal [batch, samples] (every method failed before)"),
     Spec("asr_kaldi", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/kaldi.onnx", "audio",
-         lambda: {"waveforms": np.concatenate([audio_chunk(16000), audio_chunk(16000) * 0.5]),
-                  "waveforms_lens": np.array([16000, 12000])}, None, "Kaldi fbank front end, the same STFT"),
+         two_recordings, None, "Kaldi fbank front end, the same STFT"),
     Spec("platedet_seg", "platedet", "0.0.2", "platedet/artifacts/platedet.onnx", "detector",
          lambda: {"images": letterboxed(640, 480).astype(np.float16)}, None,
          "YOLOv8-seg, float16 I/O: the anchor target stops before the 32 mask coefficients"),

@@ -174,9 +174,8 @@ def _rows_round_together(model) -> bool:
 
 
 def _probe(model, tensors, axes, outputs=None) -> Layout:
-    fixed = fixed_batch(model.inputs)
     sizes = {t.shape[a] for t, a in zip(tensors, axes) if a is not None and t.dim() > a}
-    if (fixed or 1) > 1 and len(sizes) > 1:  # the batch read by convention off a fixed leading size (an unbatched
+    if (fixed_batch(model.inputs) or 1) > 1 and len(sizes) > 1:  # the batch read by convention off a fixed leading size (an unbatched
         # [3, H, W] picture) that another input's rows do not share (its [9, 5, 2] boxes): no batch, one example
         return Layout(False, tuple(None for _ in model.outputs))
     fixed = pass_batch(model)

@@ -142,11 +142,11 @@ def _chain_to_activation(graph, producer, tensor: str) -> tuple[int, list[int], 
             path.append(index)  # skl2onnx's L1 row normalisation of the probabilities: a step of the head
             tensor = node.input[0]
             continue
-        quantized = _quantized_scores(graph, producer, node)
-        if not path and _final_quantizer(graph, producer, {}, tensor) == index:  # uint8 scores out (w8a8 exports)
-            path.append(index)
+        if not path and node.op_type == "QuantizeLinear" and node.domain in _QUANTIZER_DOMAINS:  # uint8 scores out
+            path.append(index)  # (w8a8 exports): the strip's privacy check sees who else reads them
             tensor = node.input[0]
             continue
+        quantized = _quantized_scores(graph, producer, node)
         if quantized is not None:  # a quantizer's round trip of the probabilities, or a QLinearSoftmax
             path.append(index)
             if graph.node[quantized].op_type == "QLinearSoftmax":
