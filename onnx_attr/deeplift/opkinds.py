@@ -75,7 +75,8 @@ REFUSED = {
     "If": "its branch is chosen per call (the condition is resolved when it does not follow the attributed "
           "inputs; see specialize.py)",
     "Loop": "its trip count is unrolled per call when it does not follow the attributed inputs (specialize.py)",
-    "Scan": "a scan body is not unrolled for DeepLift",
+    "Scan": "a top-level Scan (opset 9 on) is unrolled per call (specialize.py); a Scan-8, with a length per "
+            "example, is not",
     "SVMProbabilityCoupling": "libsvm's coupling of pairwise class probabilities is an iterative solve (for two "
                               "classes the probability is a sigmoid of the decision value, stripped as the final "
                               "activation)",

@@ -13,7 +13,9 @@ A top-level `Loop` whose trip count and condition follow only held inputs, shape
 runs the same number of times on every point of that path: the recording pass counts its
 iterations, and the copy of the graph has its body repeated that many times (carried values
 chained, scan outputs stacked by Unsqueeze + Concat), within the budget's loop iterations and
-node count.
+node count. A top-level `Scan` (opset 9 on) runs as many times as its scan inputs are long, a
+shape: it is unrolled the same way, each copy of its body reading its slices through a Gather
+(onnx-asr's wespeaker front end frames a waveform so).
 """
 
 from __future__ import annotations
@@ -28,18 +30,22 @@ from torch import Tensor
 from onnx_attr.errors import UnsupportedOpError
 from onnx_attr.importing.ancestry import element_types
 from onnx_attr.importing.converters.control_flow import COMPARISONS, SELECT_DOMAIN
+from onnx_attr.importing.normalize import default_opset
 
 #: Ops whose outputs depend on their input's shape only, never on its values.
 SHAPE_ONLY = frozenset({"Shape", "Size"})
 
 
 def runtime_control_flow(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The If and Loop nodes of the top-level graph (the normalization inlined constant Ifs)."""
-    return [n for n in model.graph.node if n.op_type in ("If", "Loop") and n.domain in ("", "ai.onnx")]
+    """The If, Loop and Scan nodes of the top-level graph (the normalization inlined constant Ifs).
+    Scan-8 (a batch axis, a length per example) is left to its module."""
+    scans = default_opset(model) >= 9
+    return [n for n in model.graph.node if n.domain in ("", "ai.onnx")
+            and (n.op_type in ("If", "Loop") or (n.op_type == "Scan" and scans))]
 
 
-def has_runtime_if(model) -> bool:
-    """Whether DeepLift must specialise the model per call (runtime If or Loop nodes)."""
+def has_runtime_control_flow(model) -> bool:
+    """Whether DeepLift must specialise the model per call (runtime If, Loop or Scan nodes)."""
     return bool(runtime_control_flow(model.onnx_model))
 
 
@@ -194,20 +200,20 @@ def _all_ifs(graph: onnx.GraphProto):
 
 
 def record_conditions(model, tensors: Sequence[Tensor], per_trip: dict | None = None) -> dict[str, bool | int]:
-    """The condition each If took (a bool) and the iterations each top-level Loop ran (an int)
+    """The condition each If took (a bool) and the iterations each top-level Loop or Scan ran (an int)
     in a plain forward pass of `tensors`, keyed by the node's first output name (unique in the
     graph), nested bodies included (only those that ran). `per_trip` gets the condition of each If
-    directly in a top-level Loop's body on each trip: (Loop key, trip, If key) -> bool, what the Ifs
+    directly in a top-level Loop's or Scan's body on each trip: (its key, trip, If key) -> bool, what the Ifs
     of the unrolled body take."""
-    from onnx_attr.importing.converters.control_flow import If, Loop, _as_bool
+    from onnx_attr.importing.converters.control_flow import If, Loop, Scan, _as_bool
 
     seen: dict[str, bool | int] = {}
     top = model.module
     hooks = []
-    bodies = {}  # a top-level Loop's body graph -> the Loop's key
+    bodies = {}  # a top-level Loop's or Scan's body graph -> its key
     for node in top.graph.nodes:
         if node.op == "call_module" and node.meta.get("onnx_outputs") and \
-                isinstance(loop := top.get_submodule(node.target), Loop):
+                isinstance(loop := top.get_submodule(node.target), (Loop, Scan)):
             bodies[id(loop.body.module)] = node.meta["onnx_outputs"][0]
     for graph_module in model.module.modules():
         graph = getattr(graph_module, "graph", None)
@@ -217,7 +223,7 @@ def record_conditions(model, tensors: Sequence[Tensor], per_trip: dict | None = 
             if node.op != "call_module" or not node.meta.get("onnx_outputs"):
                 continue
             sub = graph_module.get_submodule(node.target)
-            if isinstance(sub, Loop) and graph_module is top:
+            if isinstance(sub, (Loop, Scan)) and graph_module is top:
                 key = node.meta["onnx_outputs"][0]
                 seen[key] = 0
                 hooks.append(sub.body.register_forward_pre_hook(
@@ -249,7 +255,7 @@ def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool], dep
     only what DeepLift holds at the input's values (a decoder's length), refusing nothing: the
     model the gradient methods integrate, so that every point of their path decodes as long as the
     input, as DeepLift's baseline does (else each point's output has its own length)."""
-    if not has_runtime_if(model):
+    if not has_runtime_control_flow(model):
         return model
     names = [s.name for s, a in zip(model.inputs, attributed) if a]
     selected = {} if held_only else selectable_ifs(model, names)
@@ -266,7 +272,7 @@ def specialise(model, tensors: Sequence[Tensor], attributed: Sequence[bool], dep
     if key not in cache:
         unrolled = _Trips(per_trip, names, held_only, scopes, held) if per_trip else None
         cache[key] = _build(model, taken, selected, held, unrolled)
-    if depth < _ROUNDS and cache[key] is not model and has_runtime_if(cache[key]):
+    if depth < _ROUNDS and cache[key] is not model and has_runtime_control_flow(cache[key]):
         loops = {n.output[0] for n in runtime_control_flow(model.onnx_model) if n.op_type == "Loop"}
         inner = (*scopes, *(f"{name}/" for name in held & loops))
         return specialise(cache[key], tensors, attributed, depth + 1, inner, held_only)
@@ -382,32 +388,24 @@ def _splice_selected(proto: onnx.ModelProto, selected: dict[str, tuple[str, str,
 
 
 def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> dict[str, str]:
-    """Replace each top-level Loop whose iterations were counted by that many copies of its body;
-    returns each one's prefix: trip k's names are `{prefix}iteration{k}/{name in the body}`."""
-    from onnx_attr.importing.normalize import _prefixed_branch, _used_names, rename_all
-
-    from onnx_attr.importing.normalize import default_opset
+    """Replace each top-level Loop or Scan whose iterations were counted by that many copies of its
+    body; returns each one's prefix: trip k's names are `{prefix}iteration{k}/{name in the body}`."""
+    from onnx_attr.importing.normalize import _used_names
 
     graph, opset = proto.graph, default_opset(proto)
     nodes: list[onnx.NodeProto] = []
     bases: dict[str, str] = {}
     for node in list(graph.node):
-        if node.op_type != "Loop" or node.output[0] not in trips:
+        if node.op_type not in ("Loop", "Scan") or node.output[0] not in trips:
             nodes.append(node)
             continue
         count = trips[node.output[0]]
         body = next(a.g for a in node.attribute if a.name == "body")
-        n_carried = len(node.input) - 2
-        n_scans = len(body.output) - 1 - n_carried
         label = node.name or node.output[0]
-        budget.check("max_loop_iterations", count, f"Loop node {label!r} unrolled for DeepLift, running")
+        budget.check("max_loop_iterations", count, f"{node.op_type} node {label!r} unrolled for DeepLift, running")
         budget.check("max_nodes", len(graph.node) + count * len(body.node),
-                     f"Loop node {label!r} unrolled for DeepLift ({count} copies of its body), giving a graph of")
-        if n_scans and not count:
-            raise UnsupportedOpError([("Loop", "ai.onnx", 0, label, "it runs zero iterations here, so its scan "
-                                       "outputs have no shape")], action="DeepLift cannot specialise")
-        carried = list(node.input[2:])
-        scans: list[list[str]] = [[] for _ in range(n_scans)]
+                     f"{node.op_type} node {label!r} unrolled for DeepLift ({count} copies of its body), giving a "
+                     "graph of")
         # one prefix checked against the graph's names, once: every copy's names then start with
         # `{base}iteration{k}/`, distinct per k (checking each copy's prefix made the unroll quadratic)
         taken = _used_names(graph) | {t.name for t in graph.initializer} | set(trips)
@@ -415,37 +413,101 @@ def _unroll_loops(proto: onnx.ModelProto, trips: dict[str, int], budget) -> dict
         while any(name.startswith(base) for name in taken):
             base = "_" + base
         bases[node.output[0]] = base
-        for k in range(count):
-            copy = _prefixed_branch(body, f"{base}iteration{k}/", ())
-            number = f"{base}iteration{k}/number"
-            graph.initializer.append(helper.make_tensor(number, onnx.TensorProto.INT64, [], [k]))
-            feeds = [number, "", *carried]
-            fed_names = {own.name: fed for own, fed in zip(copy.input, feeds) if own.name and fed}
-            condition_in = copy.input[1].name if len(copy.input) > 1 else ""
-            if condition_in and any(condition_in in n.input for n in copy.node):
-                true = f"{base}iteration{k}/condition"
-                graph.initializer.append(helper.make_tensor(true, onnx.TensorProto.BOOL, [], [True]))
-                fed_names[condition_in] = true
-            rename_all(copy, fed_names)  # all at once: a fed name that is another input's is not renamed again
-            graph.initializer.extend(copy.initializer)
-            nodes.extend(copy.node)
-            outs = [o.name for o in copy.output]
-            carried = outs[1:1 + n_carried]
-            for items, name in zip(scans, outs[1 + n_carried:]):
-                items.append(name)
-        axis = f"{node.output[0]}/scan_axis"
-        if n_scans and opset >= 13:
-            graph.initializer.append(helper.make_tensor(axis, onnx.TensorProto.INT64, [1], [0]))
-        for final, source in zip(node.output[:n_carried], carried):
-            nodes.append(helper.make_node("Identity", [source], [final], name=f"{final}/unrolled"))
-        for final, items in zip(node.output[n_carried:], scans):
-            stacked = []
-            for k, name in enumerate(items):
-                stacked.append(f"{final}/step{k}")
-                nodes.append(helper.make_node("Unsqueeze", [name, axis], [stacked[-1]], name=stacked[-1])
-                             if opset >= 13 else helper.make_node("Unsqueeze", [name], [stacked[-1]], axes=[0],
-                                                                  name=stacked[-1]))
-            nodes.append(helper.make_node("Concat", stacked, [final], axis=0, name=f"{final}/stacked"))
+        unroll = _unrolled_loop if node.op_type == "Loop" else _unrolled_scan
+        unroll(node, body, count, base, graph, nodes, opset)
     del graph.node[:]
     graph.node.extend(nodes)
     return bases
+
+
+def _unrolled_loop(node, body, count: int, base: str, graph, nodes: list, opset: int) -> None:
+    """A Loop's `count` trips as copies of its body: the trip number and a true condition fed as
+    constants, carried values chained, scan outputs stacked on a new axis 0."""
+    n_carried = len(node.input) - 2
+    n_scans = len(body.output) - 1 - n_carried
+    if n_scans and not count:
+        raise UnsupportedOpError([("Loop", "ai.onnx", 0, node.name or node.output[0], "it runs zero iterations "
+                                   "here, so its scan outputs have no shape")], action="DeepLift cannot specialise")
+    carried = list(node.input[2:])
+    scans: list[list[str]] = [[] for _ in range(n_scans)]
+    for k in range(count):
+        prefix = f"{base}iteration{k}/"
+        number = f"{prefix}number"
+        graph.initializer.append(helper.make_tensor(number, onnx.TensorProto.INT64, [], [k]))
+        feeds = {0: number}
+        condition_in = body.input[1].name if len(body.input) > 1 else ""
+        if condition_in and any(condition_in in n.input for n in body.node):
+            feeds[1] = f"{prefix}condition"
+            graph.initializer.append(helper.make_tensor(feeds[1], onnx.TensorProto.BOOL, [], [True]))
+        feeds.update({2 + i: name for i, name in enumerate(carried)})
+        outs = _body_copy(body, prefix, feeds, graph, nodes)
+        carried = outs[1:1 + n_carried]
+        for items, name in zip(scans, outs[1 + n_carried:]):
+            items.append(name)
+    for final, source in zip(node.output[:n_carried], carried):
+        nodes.append(helper.make_node("Identity", [source], [final], name=f"{final}/unrolled"))
+    for final, items in zip(node.output[n_carried:], scans):
+        _stacked(items, final, 0, graph, nodes, opset)
+
+
+def _unrolled_scan(node, body, count: int, base: str, graph, nodes: list, opset: int) -> None:
+    """A Scan's `count` steps as copies of its body, step k reading slice k of each scan input (the
+    last first where its direction is reversed) through a Gather; states chained, scan outputs
+    stacked on their axes (in reverse where asked)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "body"}
+    n_inputs = attrs["num_scan_inputs"]
+    n_states = len(node.input) - n_inputs
+    n_outputs = len(body.output) - n_states
+    in_axes = list(attrs.get("scan_input_axes", [0] * n_inputs))
+    in_reverse = list(attrs.get("scan_input_directions", [0] * n_inputs))
+    out_axes = list(attrs.get("scan_output_axes", [0] * n_outputs))
+    out_reverse = list(attrs.get("scan_output_directions", [0] * n_outputs))
+    if n_outputs and not count:
+        raise UnsupportedOpError([("Scan", "ai.onnx", opset, node.name or node.output[0], "its scan inputs are "
+                                   "empty here, so its scan outputs have no shape")], action="DeepLift cannot specialise")
+    states = list(node.input[:n_states])
+    scans: list[list[str]] = [[] for _ in range(n_outputs)]
+    for k in range(count):
+        prefix = f"{base}iteration{k}/"
+        feeds = dict(enumerate(states))
+        for j, (source, axis, reverse) in enumerate(zip(node.input[n_states:], in_axes, in_reverse)):
+            position = f"{prefix}position{j}"
+            graph.initializer.append(helper.make_tensor(position, onnx.TensorProto.INT64, [],
+                                                        [count - 1 - k if reverse else k]))
+            feeds[n_states + j] = f"{prefix}slice{j}"
+            nodes.append(helper.make_node("Gather", [source, position], [feeds[n_states + j]], axis=axis,
+                                          name=feeds[n_states + j]))
+        outs = _body_copy(body, prefix, feeds, graph, nodes)
+        states = outs[:n_states]
+        for items, name in zip(scans, outs[n_states:]):
+            items.append(name)
+    for final, source in zip(node.output[:n_states], states):
+        nodes.append(helper.make_node("Identity", [source], [final], name=f"{final}/unrolled"))
+    for final, items, axis, reverse in zip(node.output[n_states:], scans, out_axes, out_reverse):
+        _stacked(items[::-1] if reverse else items, final, axis, graph, nodes, opset)
+
+
+def _body_copy(body: onnx.GraphProto, prefix: str, feeds: dict[int, str], graph, nodes: list) -> list[str]:
+    """One copy of a loop body, its names under `prefix`, its inputs at the positions in `feeds` read
+    from those names: its nodes appended to `nodes`, its initializers to the graph; its outputs' names."""
+    from onnx_attr.importing.normalize import _prefixed_branch, rename_all
+
+    copy = _prefixed_branch(body, prefix, ())
+    fed = {copy.input[i].name: name for i, name in feeds.items() if i < len(copy.input) and copy.input[i].name}
+    rename_all(copy, fed)  # all at once: a fed name that is another input's is not renamed again
+    graph.initializer.extend(copy.initializer)
+    nodes.extend(copy.node)
+    return [o.name for o in copy.output]
+
+
+def _stacked(items: list[str], final: str, axis: int, graph, nodes: list, opset: int) -> None:
+    """`final` = the values of `items` stacked on a new axis `axis` (Unsqueeze each, then Concat)."""
+    if opset >= 13:
+        axes = f"{final}/scan_axis"
+        graph.initializer.append(helper.make_tensor(axes, onnx.TensorProto.INT64, [1], [axis]))
+    stacked = []
+    for k, name in enumerate(items):
+        stacked.append(f"{final}/step{k}")
+        nodes.append(helper.make_node("Unsqueeze", [name, axes], [stacked[-1]], name=stacked[-1]) if opset >= 13
+                     else helper.make_node("Unsqueeze", [name], [stacked[-1]], axes=[axis], name=stacked[-1]))
+    nodes.append(helper.make_node("Concat", stacked, [final], axis=axis, name=f"{final}/stacked"))

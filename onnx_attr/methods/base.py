@@ -188,9 +188,9 @@ class AttributionMethod:
     def _held_decoders(self, prepared):
         """The model, with a decoder that stops on its own token unrolled to the input's length (as
         DeepLift holds it: `specialize.specialise`, held_only), so every point decodes as long."""
-        from onnx_attr.importing.specialize import has_runtime_if, specialise
+        from onnx_attr.importing.specialize import has_runtime_control_flow, specialise
 
-        if not has_runtime_if(self.model):
+        if not has_runtime_control_flow(self.model):
             return self.model
         return specialise(self.model, prepared.tensors, prepared.attributed, held_only=True)
 

@@ -17,7 +17,7 @@ from onnx_attr.deeplift.engine import DeepLiftEngine, PassResult, Targets
 from onnx_attr.errors import InputError, is_out_of_memory
 from onnx_attr.importing.ancestry import computed_in
 from onnx_attr.importing.inputs import all_finite
-from onnx_attr.importing.specialize import has_runtime_if, specialise
+from onnx_attr.importing.specialize import has_runtime_control_flow, specialise
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
 from onnx_attr.methods.base import AttributionMethod, output_index, output_report  # noqa: F401  (output_index: kept importable here)
 
@@ -49,7 +49,7 @@ class DeepLift(AttributionMethod):
                                     reveal_cancel=rule == "revealcancel")
         #: per specialised model (runtime Ifs resolved per call) and set of held floating inputs
         self._engines: dict[tuple, DeepLiftEngine] = {}
-        self.engine = None if has_runtime_if(model) else self._engine_of(model)
+        self.engine = None if has_runtime_control_flow(model) else self._engine_of(model)
 
     def _engine_of(self, model, held: frozenset = frozenset()) -> DeepLiftEngine:
         key = (id(model), held)
@@ -70,7 +70,7 @@ class DeepLift(AttributionMethod):
 
     def _specialise(self, inputs, baselines, additional_forward_args) -> None:
         """For a model with runtime Ifs: the engine of the model specialised to this call's branches."""
-        if not has_runtime_if(self.model):
+        if not has_runtime_control_flow(self.model):
             return
         lookups = {s.name for s in self.model.inputs if not s.differentiable}  # any id input, for the values only
         values = prepare(self.model, inputs, baselines, additional_forward_args, lookups)
