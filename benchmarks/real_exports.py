@@ -1023,6 +1023,13 @@ SPECS: list[Spec] = [
          "OnnxScript log-mel front end: STFT of a rank-2 signal [batch, samples] (every method failed before)"),
     Spec("asr_kaldi", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/kaldi.onnx", "audio",
          two_recordings, None, "Kaldi fbank front end, the same STFT"),
+    Spec("thai2rom_encoder", "pythainlp", "5.4.0", "pythainlp/corpus/thai2rom_encoder.onnx", "sequence recogniser",
+         # "ภาษาไทย" and its end token in the package's own character ids (thai2rom_loader_onnx.json)
+         lambda: {"input_tensor": np.array([[46, 12, 33, 12, 44, 10, 23, 3]]),
+                  "input_lengths": np.array([8], np.int32)}, None,
+         "BiLSTM encoder of packed sequences: ids gathered by a TopK of the lengths (session 25; exited 2)"),
+    Spec("asr_wespeaker", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/wespeaker.onnx", "audio",
+         two_recordings, None, "wespeaker fbank: frames cut by a Scan over hops, unrolled for DeepLift (session 25)"),
     Spec("platedet_seg", "platedet", "0.0.2", "platedet/artifacts/platedet.onnx", "detector",
          lambda: {"images": letterboxed(640, 480).astype(np.float16)}, None,
          "YOLOv8-seg, float16 I/O: the anchor target stops before the 32 mask coefficients"),

@@ -203,8 +203,11 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     taps = embedding_taps(out, inputs)
     variable = variable_nodes(out, inputs, set(taps), held)
     for index, (node, input_name) in enumerate(taps.items()):
+        path = id_path(out, node)
+        if path is not None:
+            path.record_in(out, f"id_path_{index}")
         tap = EmbeddingTap(out.get_submodule(node.target), state, node.meta["onnx_node"], input_name,
-                           id_path(out, node), node.meta.get("measured_tap", False))
+                           path, node.meta.get("measured_tap", False))
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)

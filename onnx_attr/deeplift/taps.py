@@ -111,8 +111,12 @@ def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> di
             continue
         if node.op in ("call_module", "call_function"):
             # a Where's condition picks between its values without being one (ids masked by the attention
-            # mask before their lookup: Where(mask == 0, pad, ids) holds the ids' values alone)
-            operands = node.args[1:] if node.meta.get("onnx_op") == "Where" else (*node.args, *node.kwargs.values())
+            # mask before their lookup: Where(mask == 0, pad, ids) holds the ids' values alone); so do a
+            # Gather's indices where its data are an input's values (ids reordered by a TopK of the
+            # lengths, as PyTorch exports pack_padded_sequence(enforce_sorted=False))
+            op = node.meta.get("onnx_op")
+            operands = node.args[1:] if op == "Where" else node.args[:1] if op == "Gather" and node.args and \
+                node.args[0] in sources else (*node.args, *node.kwargs.values())
             found = set().union(*(sources.get(a, set()) for a in operands if isinstance(a, fx.Node)))
             if found:
                 sources[node] = found
@@ -238,18 +242,29 @@ class IdPath:
     """The selection ops between an integer input and a lookup's ids (LORE, LayoutLM: each box
     coordinate, Gather(boxes, k, axis=2), indexes a position table), run on the input's element
     positions instead of its values: which input element each looked-up id is, so a lookup's
-    per-id scores fold back onto the input (summed where an element is looked up twice)."""
+    per-id scores fold back onto the input (summed where an element is looked up twice).
+
+    A step's other operand may be computed at run time (`runtime`: the order of a TopK of the
+    lengths that a packed-sequence export gathers its ids by): its value in the call's pass is
+    `recorded` there (`Recorded`, or the caller's own forward) before the path is folded."""
 
     def __init__(self, module: fx.GraphModule, steps: list[fx.Node], start: fx.Node):
         self.start = start
         self.ops = [module.get_submodule(n.target) for n in steps]
+        self.runtime: list[fx.Node] = list(dict.fromkeys(
+            a for n in steps for a in n.args[1:] if isinstance(a, fx.Node) and a.op != "get_attr"))
+        self.recorded: list = [None] * len(self.runtime)
         self.args = [tuple(("path", steps.index(a) + 1 if a in steps else 0) if a is start or a in steps
+                           else ("runtime", self.runtime.index(a)) if a in self.runtime
                            else ("value", _constant(module, a)) for a in n.args) for n in steps]
 
     def positions(self, shape: torch.Size, device) -> Tensor:
+        if any(v is None for v in self.recorded):
+            raise RuntimeError("an IdPath's run-time operands were not recorded in this call's pass")
         values = [torch.arange(math.prod(shape), device=device).reshape(shape)]
         for op, args in zip(self.ops, self.args):
-            values.append(op(*(values[v] if kind == "path" else v for kind, v in args)))
+            values.append(op(*(values[v] if kind == "path" else self.recorded[v] if kind == "runtime" else v
+                               for kind, v in args)))
         return values[-1]
 
     def fold(self, scores: Tensor, shape: torch.Size) -> Tensor:
@@ -257,6 +272,29 @@ class IdPath:
         where = self.positions(shape, scores.device).reshape(-1).long()
         return torch.zeros(math.prod(shape), dtype=scores.dtype, device=scores.device).index_add_(
             0, where, scores.reshape(-1)).reshape(shape)
+
+    def record_in(self, module: fx.GraphModule, prefix: str) -> None:
+        """Put a `Recorded` on each run-time operand's way into the path's steps (in place)."""
+        for index, node in enumerate(self.runtime):
+            name = f"{prefix}_{index}"
+            module.add_submodule(name, Recorded(self, index))
+            with module.graph.inserting_after(node):
+                recorded = module.graph.call_module(name, (node,))  # no onnx_op: rewrites leave it alone
+            for user in [u for u in node.users if u is not recorded]:
+                user.replace_input_with(node, recorded)
+
+
+class Recorded(nn.Module):
+    """Passes its input through, keeping it as an `IdPath`'s run-time operand (the last pass's: the
+    DeepLift pass at the input, which the path is folded for)."""
+
+    def __init__(self, path: IdPath, index: int):
+        super().__init__()
+        self.path, self.index = [path], index  # in a list: not a submodule
+
+    def forward(self, x):
+        self.path[0].recorded[self.index] = x
+        return x
 
 
 def _rearranged(module: fx.GraphModule, node: Any) -> Any:
@@ -268,9 +306,10 @@ def _rearranged(module: fx.GraphModule, node: Any) -> Any:
 
 def id_path(module: fx.GraphModule, lookup: Optional[fx.Node], ids: Any = None) -> Optional[IdPath]:
     """The `IdPath` from the placeholder to `lookup`'s ids (a Gather's second operand, a Cast's or a
-    OneHot's first; or `ids`), when every step on it is a selecting op whose other operands are
-    constants; None when the ids are the placeholder or the path is anything else (then only a
-    lookup of the input's own shape can be folded)."""
+    OneHot's first; or `ids`), when every step on it is a selecting op reading the path as its first
+    operand (the others constants, or values of the call: `IdPath.runtime`); None when the ids are
+    the placeholder or the path is anything else (then only a lookup of the input's own shape can
+    be folded)."""
     if ids is None and lookup is not None:
         at = 1 if lookup.meta.get("onnx_op") == "Gather" else 0
         ids = lookup.args[at] if len(lookup.args) > at else None
@@ -278,17 +317,18 @@ def id_path(module: fx.GraphModule, lookup: Optional[fx.Node], ids: Any = None) 
     node = ids
     while isinstance(node, fx.Node) and node.op != "placeholder":
         op = node.meta.get("onnx_op") if node.op == "call_module" else None
-        varying = [a for a in node.args if isinstance(a, fx.Node) and a.op != "get_attr"]
-        if op not in _SELECTING or node.kwargs or len(varying) != 1 or varying[0] is not node.args[0]:
+        if op not in _SELECTING or node.kwargs or not node.args or not isinstance(node.args[0], fx.Node) \
+                or node.args[0].op == "get_attr":
             return None
         if op == "Cast" and _cast_dtype(module.get_submodule(node.target)) in _FLOATS:
             return None  # positions past 2^24 would not survive float32
         steps.append(node)
-        node = varying[0]
+        node = node.args[0]
     if not steps or not isinstance(node, fx.Node):
         return None
     steps.reverse()
-    if any(_constant(module, a) is _MISSING for n in steps for a in n.args[1:]):
+    if any(_constant(module, a) is _MISSING for n in steps for a in n.args[1:]
+           if not (isinstance(a, fx.Node) and a.op != "get_attr")):
         return None
     return IdPath(module, steps, node)
 

@@ -85,7 +85,12 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
     tensors = [t for ts in chosen.values() for t in ts]
     reference = [b.expand(n, *b.shape[1:]) if a and b.shape[0] == 1 and n > 1 else b
                  for b, a in zip(prepared.baselines, prepared.attributed)]
-    h = tensor_values(model, tensors, prepared.tensors)
+    paths = {t: id_path(model.module, tensor_node(model.module, t)) for t in tensors}
+    runtime = _runtime_operands(model, paths, prepared.tensors)
+    found = tensor_values(model, [*tensors, *runtime], prepared.tensors)  # the run-time operands in the same pass
+    h = found[:len(tensors)]
+    for path in filter(None, paths.values()):
+        path.recorded = [found[len(tensors) + runtime.index(node.meta["onnx_tensor"])] for node in path.runtime]
     h0 = tensor_values(model, tensors, reference)
     owner = {t: name for name, ts in chosen.items() for t in ts}
     for tensor, at_input, at_baseline in zip(tensors, h, h0):
@@ -98,9 +103,31 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
         positions=prepared.positions, repack_user=prepared.repack_user, as_numpy=prepared.as_numpy,
         layout=prepared.layout,  # the model's outputs, as the call's probe found them (one example's: no batch)
         original=prepared, lookups=chosen, names=names,
-        id_paths={t: id_path(model.module, tensor_node(model.module, t)) for t in tensors},
+        id_paths=paths,
         per_element={t for t in tensors if tensor_node(model.module, t).meta.get("measured_tap")})
     return view, embedded
+
+
+def _runtime_operands(model, paths: dict, tensors: Sequence[Tensor]) -> list[str]:
+    """The ONNX names of the values the id paths read at run time (a TopK's order of the lengths),
+    taken in the lookups' own forward. Where the export's fixed batch splits the rows into several
+    passes, each pass orders its own rows, and one fold over all rows would mix them: refused."""
+    from onnx_attr.importing.batch import batch_axes
+    from onnx_attr.importing.rows import pass_batch
+
+    nodes = [node for path in paths.values() if path is not None for node in path.runtime]
+    if not nodes:
+        return []
+    fixed = pass_batch(model)
+    n = next((t.shape[a] for t, a in zip(tensors, batch_axes(model.inputs, tensors)) if a is not None), 0)
+    unnamed = [node for node in nodes if "onnx_tensor" not in node.meta]
+    if unnamed or (fixed and n != fixed):
+        raise InputError(
+            "the ids reach their embedding lookup through a selection computed at run time (a reorder by "
+            + ("a value with no ONNX name" if unnamed else f"the lengths, in passes of the export's {fixed} row(s)")
+            + "), which the gradient methods cannot fold back onto the ids here: pass "
+            + (f"{fixed} row(s) per call, " if not unnamed else "") + "or use DeepLift, which folds it per pass")
+    return list(dict.fromkeys(node.meta["onnx_tensor"] for node in nodes))
 
 
 class Saliency(AttributionMethod):
