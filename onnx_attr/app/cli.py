@@ -396,7 +396,7 @@ def cmd_inspect(args) -> int:
 
     looked_up = embedding_lookups(model)
     lines += [f"  {s.describe()}  ({_batch_text(d['batch_axis'])})" + (
-        "" if s.differentiable else f"  ({_tapped_as(s)} {', '.join(looked_up[s.name])})"
+        "" if s.differentiable else f"  ({_tapped_as(model, looked_up[s.name])} {', '.join(looked_up[s.name])})"
         if s.name in looked_up else "  (not differentiable)") for s, d in zip(model.inputs, info["inputs"])]
     lines.append("outputs:")
     for s, d in zip(model.outputs, info["outputs"]):
@@ -574,11 +574,11 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
-def _tapped_as(spec) -> str:
+def _tapped_as(model, tensors) -> str:
     """How `inspect` names where an integer input is attributed (deeplift.taps.embedding_taps)."""
-    from onnx_attr.deeplift.taps import MEASURED_TYPES
+    from onnx_attr.deeplift.layers import tensor_node
 
-    if spec.dtype in MEASURED_TYPES:
+    if all(tensor_node(model.module, t).meta.get("measured_tap") for t in tensors):
         return "measured values: attributed at their cast to float"
     return "ids: attributed at their lookup"
 

@@ -134,11 +134,24 @@ def embedding_taps(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> dict
     writes it, OneHot, or scikit-learn's OneHotEncoder of a categorical column) whose last axis is
     the class axis. And where a `MEASURED_TYPES` input (a uint8 image whose normalisation is in the
     graph, as tf2onnx and many exporters ship it) is cast to a float: the cast, of the input's own
-    shape, one value per element."""
+    shape, one value per element.
+
+    A model whose inputs are all integers and none of them ids (no lookup, no one-hot) has nothing
+    else to attribute: there int32/int64 inputs cast to a float are measurements too (scikit-learn
+    fitted on integer features, `importing/ml_casts.py`; a table of counts). Where anything else
+    is attributable, such an input stays a mask or a length, held."""
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    integers = [(n, spec) for n, spec in zip(placeholders, inputs) if spec.dtype is not None and not spec.differentiable]
+    taps = _taps(module, inputs, {n for n, spec in integers if spec.dtype in MEASURED_TYPES})
+    if not taps and len(integers) == len(placeholders):
+        taps = _taps(module, inputs, {n for n, spec in integers if spec.dtype.kind in "iu"})
+    return taps
+
+
+def _taps(module: fx.GraphModule, inputs: Sequence[TensorSpec], measured: set[fx.Node]) -> dict[fx.Node, str]:
+    """`embedding_taps` with the inputs in `measured` read as measurements."""
     sources = _integer_sources(module, inputs)
     fed = placeholder_fed(module)
-    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
-    measured = {n for n, spec in zip(placeholders, inputs) if spec.dtype is not None and spec.dtype in MEASURED_TYPES}
     taps = {}
     for node in module.graph.nodes:
         if node.op != "call_module" or len(node.args) < 1:

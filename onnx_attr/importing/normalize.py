@@ -22,6 +22,7 @@ from onnx_attr.errors import ModelLoadError
 from onnx_attr.importing.budget import current_budget, elements
 from onnx_attr.importing import isolated
 from onnx_attr.importing.fusions import fuse_layer_norms
+from onnx_attr.importing.ml_casts import cast_integer_features
 from onnx_attr.importing.unfused import unfuse_embeddings
 from onnx_attr.importing.read import copy_fields, is_external, skeleton, top_level
 
@@ -57,6 +58,7 @@ def normalize(
         if upgraded is not converted:  # a new model of ours: the passes may change it
             converted = infer_shapes(fold_constants(upgraded, notes, in_place=True), notes, in_place=True)
     converted = fuse_layer_norms(converted, notes)  # after the rest: canonical, what verify runs, stays as written
+    converted = cast_integer_features(converted, notes)  # a node where integer features become floats
     return Normalized(canonical, converted, notes)
 
 
