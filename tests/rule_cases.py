@@ -155,4 +155,8 @@ CASES = [
     Case("ReduceLogSumExp", {"keepdims": 0}, shapes=((3, 6),), consts={1: np.array([1], np.int64)}, opset=18,
          label="axes-input"),
     Case("ReduceSumSquare", {"axes": [1], "keepdims": 0}, shapes=((3, 6),), opset=13),
+    Case("ReduceProd", {"axes": [1], "keepdims": 0}, shapes=((3, 5),), opset=13),
+    Case("ReduceProd", {"axes": [1, 2], "keepdims": 1}, shapes=((2, 3, 2),), opset=13, label="2axes"),
+    Case("ReduceProd", {"keepdims": 0}, shapes=((3, 4),), consts={1: np.array([-1], np.int64)}, opset=18,
+         label="axes-input"),
 ]

@@ -199,10 +199,12 @@ def test_strict_turns_a_delta_warning_into_exit_1(tmp_path, capsys):
     from conftest import FLOAT, make_model
 
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="r"),
-             helper.make_node("ReduceProd", ["r"], ["p"], name="prod", axes=[1], keepdims=1)]
-    model_path = tmp_path / "prod.onnx"
+             helper.make_node("Mod", ["r", "period"], ["c"], name="sawtooth", fmod=1),
+             helper.make_node("ReduceSum", ["c", "axis"], ["p"], keepdims=1)]
+    model_path = tmp_path / "sawtooth.onnx"
     model_path.write_bytes(make_model(nodes, [("x", FLOAT, ["n", 3])], [("p", FLOAT, ["n", 1])],
-                                      opset=13).SerializeToString())
+                                      opset=13, initializers={"axis": np.array([1], np.int64),
+                                                             "period": np.array(2.5, np.float32)}).SerializeToString())
     inputs = tmp_path / "x.npz"
     np.savez(inputs, x=np.array([[1.0, 2.0, 3.0]], np.float32))
     base = ["attribute", str(model_path), "--input", str(inputs), "--gradient-fallback"]

@@ -139,18 +139,20 @@ def test_output_by_name_and_index():
 
 def test_op_without_a_rule_is_refused_by_name_unless_opted_in():
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="r"),
-             helper.make_node("ReduceProd", ["r"], ["p"], name="product_over_axis", axes=[1], keepdims=1)]
-    model = make_model(nodes, [("x", FLOAT, ["n", 3])], [("p", FLOAT, ["n", 1])], opset=13)
+             helper.make_node("Mod", ["r", "period"], ["c"], name="sawtooth", fmod=1),
+             helper.make_node("ReduceSum", ["c", "axis"], ["p"], keepdims=1)]
+    model = make_model(nodes, [("x", FLOAT, ["n", 3])], [("p", FLOAT, ["n", 1])], opset=13,
+                       initializers={"axis": np.array([1], np.int64), "period": np.array(2.5, np.float32)})
     imported = onnx_attr.load(model)
-    with pytest.raises(onnx_attr.UnsupportedOpError, match="product_over_axis") as info:
+    with pytest.raises(onnx_attr.UnsupportedOpError, match="sawtooth") as info:
         onnx_attr.DeepLift(imported)
     assert "gradient_fallback" in str(info.value)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dl = onnx_attr.DeepLift(imported, gradient_fallback=True)
-    assert any("product_over_axis" in str(w.message) for w in caught)
+    assert any("sawtooth" in str(w.message) for w in caught)
     dl.attribute(np.ones((2, 3), np.float32))
-    assert dl.last_report["gradient_fallback_nodes"] == ["product_over_axis"]
+    assert dl.last_report["gradient_fallback_nodes"] == ["sawtooth"]
 
 
 def _token_model():
@@ -354,8 +356,10 @@ def test_out_of_memory_retries_in_halves_with_the_same_result(monkeypatch):
 
 def test_incomplete_attributions_are_flagged_never_silent():
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="r"),
-             helper.make_node("ReduceProd", ["r"], ["p"], name="product_over_axis", axes=[1], keepdims=1)]
-    imported = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 3])], [("p", FLOAT, ["n", 1])], opset=13))
+             helper.make_node("Mod", ["r", "period"], ["c"], name="sawtooth", fmod=1),
+             helper.make_node("ReduceSum", ["c", "axis"], ["p"], keepdims=1)]
+    imported = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 3])], [("p", FLOAT, ["n", 1])], opset=13,
+                       initializers={"axis": np.array([1], np.int64), "period": np.array(2.5, np.float32)}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dl = onnx_attr.DeepLift(imported, gradient_fallback=True)

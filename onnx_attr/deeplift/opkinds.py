@@ -84,7 +84,6 @@ REFUSED = {
     "Hardmax": "a step function of its input: no multiplier makes it complete",
     "Mod": "a sawtooth of its inputs: no multiplier makes it complete",
     "CumProd": "a running product of many varying terms",
-    "ReduceProd": "a product of many varying terms",
     "Det": "a product of many varying terms",
     "LpNormalization": "no rule yet (x divided by its p-norm)",
     "LpPool": "no rule yet (a p-norm over each window)",

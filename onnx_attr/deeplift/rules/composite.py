@@ -312,6 +312,28 @@ class ReduceSquares(DecomposedRule):
         return rescale(torch.sqrt, y, y0) if info.op_type == "ReduceL2" else (y, y0)
 
 
+@rule("ReduceProd")
+class ReduceProd(DecomposedRule):
+    """Π x over the axes as a tree of pairwise products, each the Shapley product rule (exact for
+    two factors: Δ(ab) = Δa·b̄ + ā·Δb), so the whole is exact, in log₂ n vectorised levels.
+    scikit-learn's PolynomialFeatures exports each monomial as a ReduceProd of the chosen columns."""
+
+    def decompose(self, info, call, args, refs):
+        x, x0, axes, keep = _reduction(info, args, refs, call)
+        kept = [a for a in range(x.dim()) if a not in axes]
+        # the reduced axes last, flattened into one
+        y = x.permute(*kept, *axes).reshape(*[x.shape[a] for a in kept], -1)
+        y0 = x0.permute(*kept, *axes).reshape(*[x0.shape[a] for a in kept], -1)
+        while y.shape[-1] > 1:
+            half = y.shape[-1] // 2
+            p, p0 = product(torch.mul, y[..., :half], y0[..., :half], y[..., half:2 * half], y0[..., half:2 * half])
+            y, y0 = torch.cat([p, y[..., 2 * half:]], -1), torch.cat([p0, y0[..., 2 * half:]], -1)
+        if y.shape[-1] == 0:  # an empty product is 1
+            y, y0 = y.new_ones(*y.shape[:-1], 1), y0.new_ones(*y0.shape[:-1], 1)
+        shape = [1 if a in axes else x.shape[a] for a in range(x.dim())] if keep else [x.shape[a] for a in kept]
+        return y.reshape(shape), y0.reshape(shape)
+
+
 @rule("ReduceLogSum")
 class ReduceLogSum(DecomposedRule):
     """log Σ x: the sum (linear), then the log's secant."""
