@@ -75,3 +75,21 @@ def test_a_fixed_batch_export_is_folded_per_pass(tmp_path):
     saved = np.load(tmp_path / "out" / "attributions.npz")["ids"]
     target = int(np.argmax(ort_run(proto, {"ids": IDS[:1], "lengths": LENGTHS[:1]})[0][0]))
     np.testing.assert_allclose(saved, by_hand(IDS[:1], target), rtol=1e-4, atol=1e-4)
+
+
+def test_ids_gathered_at_positions_given_as_another_input():
+    """Gather(ids, starts) with the starts a model input of their own (each word's first token):
+    a run-time operand that is a placeholder. By hand: the looked-up token's share lands on its
+    position, every other position gets 0."""
+    nodes = [helper.make_node("Gather", ["ids", "starts"], ["first"], axis=1),
+             helper.make_node("Gather", ["E", "first"], ["emb"]),
+             helper.make_node("ReduceMean", ["emb"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "W"], ["y"])]
+    proto = make_model(nodes, [("ids", INT64, ["n", "L"]), ("starts", INT64, ["k"])], [("y", FLOAT, ["n", 3])],
+                       initializers={"E": E, "W": W}, opset=13)
+    starts = np.array([0, 3], np.int64)
+    attributions = onnx_attr.DeepLift(onnx_attr.load(proto)).attribute(
+        torch.from_numpy(IDS), target=0, additional_forward_args=(torch.from_numpy(starts),))
+    expected = np.zeros(IDS.shape)
+    expected[:, starts] = by_hand(IDS[:, starts], 0)
+    np.testing.assert_allclose(attributions.numpy(), expected, rtol=1e-4, atol=1e-4)
