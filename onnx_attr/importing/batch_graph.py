@@ -637,8 +637,6 @@ def _inferred_shapes(proto: onnx.ModelProto, tensors, specs, trusted: bool = Fal
     inference with data propagation where it settles every node's output (in C++, 10-50x faster),
     else onnxruntime's symbolic shape inference (it follows the shape computations of exports where
     ONNX's stops: a recogniser's reshapes to computed shapes); dims neither can tell are None."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
     from onnx_attr.importing.normalize import _dims_only
     from onnx_attr.importing.read import skeleton
 
@@ -661,6 +659,8 @@ def _inferred_shapes(proto: onnx.ModelProto, tensors, specs, trusted: bool = Fal
     if (inferred is None or not _complete(inferred)) and not trusted:
         raise _Unknown  # onnxruntime's inference runs ONNX's in this process: on shapes known to run only
     if inferred is None or not _complete(inferred):
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # 3.5 ms to import: only here
+
         try:  # its `infer_shapes` saves the graph into the working directory when it cannot finish: its
             # loop, without that; what it did infer is kept
             inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
