@@ -142,12 +142,14 @@ def test_no_attributable_input_is_a_clear_input_error():
 
 
 def test_a_model_without_attributable_inputs_exits_2_saying_why(tmp_path, capsys):
-    """int32 values read as numbers (Cast to float, no lookup, no one-hot): nothing to attribute."""
-    nodes = [helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT),
+    """int32 values read only as a mask (Equal to the padding id, no lookup, no one-hot): nothing to
+    attribute (read as numbers, they would be measurements: tests/test_integer_features.py)."""
+    nodes = [helper.make_node("Equal", ["ids", "pad"], ["is_pad"]),
+             helper.make_node("Cast", ["is_pad"], ["f"], to=TensorProto.FLOAT),
              helper.make_node("Mul", ["f", "scale"], ["y"])]
     path = _save(tmp_path, nodes, [helper.make_tensor_value_info("ids", TensorProto.INT32, ["N", 5])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
-                 {"scale": np.full((1, 5), 0.5, np.float32)})
+                 {"scale": np.full((1, 5), 0.5, np.float32), "pad": np.array(0, np.int32)})
     np.savez(tmp_path / "ids.npz", ids=np.random.default_rng(0).integers(0, 4, (2, 5)).astype(np.int32))
     assert main(["attribute", path, "-i", str(tmp_path / "ids.npz"), "-o", str(tmp_path / "out"),
                  "--no-pictures"]) == 2

@@ -197,12 +197,22 @@ def test_token_ids_are_attributed_at_their_embedding_lookup():
                                atol=1e-6)
 
 
-def test_integer_input_without_an_embedding_is_refused():
+def test_integer_input_read_only_as_a_mask_is_refused():
+    nodes = [helper.make_node("Equal", ["ids", "pad"], ["is_pad"]), helper.make_node("Cast", ["is_pad"], ["f"], to=FLOAT),
+             helper.make_node("Tanh", ["f"], ["out"], name="t")]
+    imported = onnx_attr.load(make_model(nodes, [("ids", INT64, ["n", 3])], [("out", FLOAT, ["n", 3])],
+                                         {"pad": np.array(0, np.int64)}))
+    with pytest.raises(onnx_attr.InputError, match="feeds no embedding lookup"):
+        onnx_attr.DeepLift(imported).attribute(np.array([[1, 2, 3]]), target=0)
+
+
+def test_integer_input_read_as_numbers_alone_is_attributed_at_its_cast():
+    """Nothing else in the model to attribute: the int64 values are measurements (by hand: tanh)."""
     nodes = [helper.make_node("Cast", ["ids"], ["f"], name="cast", to=FLOAT),
              helper.make_node("Tanh", ["f"], ["out"], name="t")]
     imported = onnx_attr.load(make_model(nodes, [("ids", INT64, ["n", 3])], [("out", FLOAT, ["n", 3])]))
-    with pytest.raises(onnx_attr.InputError, match="feeds no embedding lookup"):
-        onnx_attr.DeepLift(imported).attribute(np.array([[1, 2, 3]]), target=0)
+    attributions = onnx_attr.DeepLift(imported).attribute(np.array([[1, 2, 3]]), target=0)
+    np.testing.assert_allclose(attributions, [[np.tanh(1.0), 0.0, 0.0]], rtol=1e-6)
 
 
 def test_target_conventions_follow_captum():

@@ -63,7 +63,7 @@ def test_integrated_gradients_delta_falls_with_steps_and_gauss_legendre_needs_fe
 
 def test_token_ids_are_attributed_at_their_embedding_lookup():
     """As DeepLift does: Saliency, InputXGradient and IG on ids attribute the lookup's output and
-    sum over the embedding axis; an integer input feeding no lookup is still refused clearly."""
+    sum over the embedding axis; an integer input read only as a mask is still refused clearly."""
     import numpy as np
     from onnx import helper
 
@@ -84,10 +84,17 @@ def test_token_ids_are_attributed_at_their_embedding_lookup():
     ig, delta = onnx_attr.IntegratedGradients(model).attribute(ids, target=(1, 1), return_convergence_delta=True)
     np.testing.assert_allclose(ig, [[0.0, np.tanh(e[1, 1]) - np.tanh(e0[1]), 0.0]], rtol=1e-5)
     assert float(delta.abs().max()) < 1e-6
-    cast = [helper.make_node("Cast", ["ids"], ["f"], to=1, name="c"), helper.make_node("Tanh", ["f"], ["out"])]
-    plain = onnx_attr.load(make_model(cast, [("ids", INT64, ["n", 3])], [("out", FLOAT, ["n", 3])]))
+    masked = [helper.make_node("Equal", ["ids", "pad"], ["is_pad"]), helper.make_node("Cast", ["is_pad"], ["f"], to=1),
+              helper.make_node("Tanh", ["f"], ["out"])]
+    plain = onnx_attr.load(make_model(masked, [("ids", INT64, ["n", 3])], [("out", FLOAT, ["n", 3])],
+                                      {"pad": np.array(0, np.int64)}))
     with pytest.raises(onnx_attr.InputError, match="cannot be attributed"):
         onnx_attr.IntegratedGradients(plain).attribute(ids, target=1)
+    # read as numbers, with nothing else to attribute: measurements, attributed at their cast
+    cast = [helper.make_node("Cast", ["ids"], ["f"], to=1, name="c"), helper.make_node("Tanh", ["f"], ["out"])]
+    numbers = onnx_attr.load(make_model(cast, [("ids", INT64, ["n", 3])], [("out", FLOAT, ["n", 3])]))
+    ig = onnx_attr.IntegratedGradients(numbers).attribute(ids, target=1)
+    np.testing.assert_allclose(ig, [[0.0, np.tanh(2.0), 0.0]], rtol=1e-4)
 
 
 def test_trapezoid_rule_is_the_textbook_one():
