@@ -127,6 +127,11 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
             examples: int, batch_axis: Optional[int] = None) -> Resolved:
     """The target a `--target` form (None: the layout's default) names on the explained output `out`."""
     form, value = ("default", None) if text is None else parse_form(text)
+    if out.numel() == 0:
+        name = model.outputs[output_index].name if output_index < len(model.outputs) else output_index
+        raise InputError(f"output {name!r} is empty for this input (shape {list(out.shape)}: a detector that keeps no "
+                         "detection above its threshold, say), so it holds nothing to explain. Explain another output "
+                         "(--output-name), or an input for which it holds values")
     axis = output_batch_axis(model, output_index, out, examples, batch_axis, inputs)
     # one example whose rows mix (its whole output is the example) but whose output leads with the export's
     # batch of 1 (platerec's decoder: logits [1, T, V]): read on that 1, so a sequence is a sequence (not a
