@@ -166,3 +166,37 @@ def test_a_quantize_shared_by_two_dequantizes_is_fused_into_each():
     assert sum(op == "FakeQuant" for _, op, _ in dl.engine.rewrite.rewritten) == 2
     np.testing.assert_allclose(attributions.sum(1), y[:, 1] - y0[:, 1], rtol=1e-4, atol=1e-4 * np.abs(y[:, 1]).max())
     assert torch.equal(dl.engine.rewrite.module(torch.from_numpy(x)), imported(torch.from_numpy(x)))
+
+
+def _cast_between(to: int):
+    """x -> Q(uint8) -> Cast(to) -> DQ -> Tanh·20, as the TorchScript exporter writes torch's eager int8 models."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array(np.array(20.0, np.float32), "k")]
+    zero = "z" if to == TensorProto.UINT8 else "zi"
+    if to != TensorProto.UINT8:
+        inits.append(numpy_helper.from_array(np.array(0, np.int8), "zi"))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("Cast", ["q"], ["c"], to=to),
+             helper.make_node("DequantizeLinear", ["c", "s", zero], ["d"]), helper.make_node("Tanh", ["d"], ["t"]),
+             helper.make_node("Mul", ["t", "k"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_same_type_cast_inside_the_pair_is_part_of_it():
+    """Found on torchvision's int8 mobilenet_v2 through the TorchScript exporter (hunt 12): the no-op
+    Cast(to=UINT8) after each QuantizeLinear made DeepLift refuse all 142 Q/DQ nodes. Oracle:
+    onnxruntime's f(x) - f(0)."""
+    proto = _cast_between(TensorProto.UINT8)
+    x = np.random.default_rng(1).uniform(-5, 5, (3, 6)).astype(np.float32)
+    attributions, delta = onnx_attr.DeepLift(onnx_attr.load(proto)).attribute(x, target=2, return_convergence_delta=True)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    change = session.run(None, {"x": x})[0][:, 2] - session.run(None, {"x": 0 * x})[0][:, 2]
+    np.testing.assert_allclose(np.asarray(attributions).sum(1), change, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(attributions)[:, [0, 1, 3, 4, 5]]).max() == 0
+
+
+def test_a_cast_to_another_integer_type_is_not_taken_for_a_no_op():
+    """uint8 -> int8 wraps the values above 127: not the pair's staircase, so it stays refused by name."""
+    with pytest.raises(onnx_attr.UnsupportedOpError, match="QuantizeLinear"):
+        onnx_attr.DeepLift(onnx_attr.load(_cast_between(TensorProto.INT8)))

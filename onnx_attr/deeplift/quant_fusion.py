@@ -31,19 +31,39 @@ def fuse_fake_quant(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]
         x, users = q.args[0], list(q.users)
         if not (isinstance(x, fx.Node) and x in variable) or not all(map(_constant, q.args[1:])):
             continue
-        if not all(_op(dq) == "DequantizeLinear" and not dq.kwargs and dq.args[0] is q
-                   and all(map(_constant, dq.args[1:])) for dq in users):
+        # the TorchScript exporter writes torch's int8 models as QuantizeLinear → Cast(to its own type) →
+        # DequantizeLinear: a Cast that changes nothing is part of the pair
+        casts = {u for u in users if _op(u) == "Cast" and _same_type_cast(module, q, u)}
+        pairs = [(dq, u if u in casts else q) for u in users for dq in (u.users if u in casts else [u])]
+        if not all(_op(dq) == "DequantizeLinear" and not dq.kwargs and dq.args[0] is via
+                   and all(map(_constant, dq.args[1:])) for dq, via in pairs):
             continue
-        for dq in users:
+        for dq, via in pairs:
             name = f"fake_quant_{dq.name}"
-            module.add_submodule(name, GateChain(module, [q, dq], x))
+            module.add_submodule(name, GateChain(module, [q, dq] if via is q else [q, via, dq], x))
             dq.meta.update(onnx_op=FAKE_QUANT, onnx_domain=FUSED_DOMAIN, onnx_opset=1, onnx_attrs={},
                            onnx_node=f"{dq.meta['onnx_node']} (DequantizeLinear·QuantizeLinear(x))")
             dq.target, dq.args = name, (x,)
             variable.add(dq)
             fused.append(dq.meta["onnx_node"])
+        for cast in casts:
+            module.graph.erase_node(cast)
         module.graph.erase_node(q)
     return fused
+
+
+def _same_type_cast(module: fx.GraphModule, q: fx.Node, cast: fx.Node) -> bool:
+    """Whether a Cast of a QuantizeLinear's output casts to the type it already has (its zero point's;
+    uint8 without one)."""
+    import torch
+
+    from onnx_attr.deeplift.taps import _cast_dtype
+    from onnx_attr.deeplift.unary_fusion import _attribute
+
+    zero = q.args[2] if len(q.args) > 2 else None
+    dtype = _attribute(module, zero.target).dtype if isinstance(zero, fx.Node) and zero.op == "get_attr" \
+        else torch.uint8 if zero is None else None
+    return dtype is not None and _cast_dtype(module.get_submodule(cast.target)) == dtype and not cast.kwargs
 
 
 def _op(node) -> str:
