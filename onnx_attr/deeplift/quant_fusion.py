@@ -11,9 +11,11 @@ converted modules in order (unary_fusion.GateChain), so the forward is theirs bi
 
 from __future__ import annotations
 
+import torch
 from torch import fx
 
-from onnx_attr.deeplift.unary_fusion import FUSED_DOMAIN, GateChain
+from onnx_attr.deeplift.taps import _cast_dtype
+from onnx_attr.deeplift.unary_fusion import FUSED_DOMAIN, GateChain, _attribute
 
 FAKE_QUANT = "FakeQuant"
 
@@ -55,11 +57,6 @@ def fuse_fake_quant(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]
 def _same_type_cast(module: fx.GraphModule, q: fx.Node, cast: fx.Node) -> bool:
     """Whether a Cast of a QuantizeLinear's output casts to the type it already has (its zero point's;
     uint8 without one)."""
-    import torch
-
-    from onnx_attr.deeplift.taps import _cast_dtype
-    from onnx_attr.deeplift.unary_fusion import _attribute
-
     zero = q.args[2] if len(q.args) > 2 else None
     dtype = _attribute(module, zero.target).dtype if isinstance(zero, fx.Node) and zero.op == "get_attr" \
         else torch.uint8 if zero is None else None
