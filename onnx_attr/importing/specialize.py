@@ -430,13 +430,14 @@ def _unrolled_loop(node, body, count: int, base: str, graph, nodes: list, opset:
                                    "here, so its scan outputs have no shape")], action="DeepLift cannot specialise")
     carried = list(node.input[2:])
     scans: list[list[str]] = [[] for _ in range(n_scans)]
+    condition_in = body.input[1].name if len(body.input) > 1 else ""
+    reads_condition = bool(condition_in) and any(condition_in in n.input for n in body.node)
     for k in range(count):
         prefix = f"{base}iteration{k}/"
         number = f"{prefix}number"
         graph.initializer.append(helper.make_tensor(number, onnx.TensorProto.INT64, [], [k]))
         feeds = {0: number}
-        condition_in = body.input[1].name if len(body.input) > 1 else ""
-        if condition_in and any(condition_in in n.input for n in body.node):
+        if reads_condition:
             feeds[1] = f"{prefix}condition"
             graph.initializer.append(helper.make_tensor(feeds[1], onnx.TensorProto.BOOL, [], [True]))
         feeds.update({2 + i: name for i, name in enumerate(carried)})
@@ -444,10 +445,7 @@ def _unrolled_loop(node, body, count: int, base: str, graph, nodes: list, opset:
         carried = outs[1:1 + n_carried]
         for items, name in zip(scans, outs[1 + n_carried:]):
             items.append(name)
-    for final, source in zip(node.output[:n_carried], carried):
-        nodes.append(helper.make_node("Identity", [source], [final], name=f"{final}/unrolled"))
-    for final, items in zip(node.output[n_carried:], scans):
-        _stacked(items, final, 0, graph, nodes, opset)
+    _unrolled_outputs(node, carried, scans, [0] * n_scans, [0] * n_scans, graph, nodes, opset)
 
 
 def _unrolled_scan(node, body, count: int, base: str, graph, nodes: list, opset: int) -> None:
@@ -481,10 +479,17 @@ def _unrolled_scan(node, body, count: int, base: str, graph, nodes: list, opset:
         states = outs[:n_states]
         for items, name in zip(scans, outs[n_states:]):
             items.append(name)
-    for final, source in zip(node.output[:n_states], states):
+    _unrolled_outputs(node, states, scans, out_axes, out_reverse, graph, nodes, opset)
+
+
+def _unrolled_outputs(node, carried: list[str], scans: list[list[str]], axes, reverse, graph, nodes: list,
+                      opset: int) -> None:
+    """The node's outputs from its unrolled copies: the last carried values as they are, then each scan
+    output's values stacked on its axis (the last step first where reversed)."""
+    for final, source in zip(node.output[:len(carried)], carried):
         nodes.append(helper.make_node("Identity", [source], [final], name=f"{final}/unrolled"))
-    for final, items, axis, reverse in zip(node.output[n_states:], scans, out_axes, out_reverse):
-        _stacked(items[::-1] if reverse else items, final, axis, graph, nodes, opset)
+    for final, items, axis, backwards in zip(node.output[len(carried):], scans, axes, reverse):
+        _stacked(items[::-1] if backwards else items, final, axis, graph, nodes, opset)
 
 
 def _body_copy(body: onnx.GraphProto, prefix: str, feeds: dict[int, str], graph, nodes: list) -> list[str]:
