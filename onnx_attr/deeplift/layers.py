@@ -60,6 +60,38 @@ def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
     return TensorSpec(name, ("N", *value.shape[1:]), np.dtype(str(value.dtype).replace("torch.", "")))
 
 
+def cut_groups(model, names: Sequence[str]) -> list[list[int]]:
+    """The named tensors (by index) that can be fed from outside together: all at once unless one
+    is computed from another, where a joint cut would sever the upstream one's paths through the
+    downstream one (its gradient and ablations would read 0), so then one at a time."""
+    return [list(range(len(names)))] if nested_pair(model, names) is None else [[i] for i in range(len(names))]
+
+
+def layers_delta(model, names: Sequence[str], sums: Sequence[Tensor], change: Tensor) -> Tensor:
+    """Per example, how far the layers' attributions are from the output's change: their total where
+    they are cut together; where one is computed from another, each is complete alone, so the
+    largest of their own gaps."""
+    gaps = torch.stack([sum(sums[i] for i in group) - change for group in cut_groups(model, names)])
+    return gaps.gather(0, gaps.abs().argmax(0, keepdim=True))[0]
+
+
+def nested_pair(model, names: Sequence[str]) -> Optional[tuple[str, str]]:
+    """(upstream, downstream): two named tensors the second of which is computed from the first;
+    None when none is."""
+    nodes = {tensor_node(model.module, name): name for name in names}
+    for node, name in nodes.items():
+        seen, stack = set(), list(node.all_input_nodes)
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if current in nodes and nodes[current] != name:
+                return nodes[current], name
+            stack.extend(current.all_input_nodes)
+    return None
+
+
 def tensor_as_output(model, name: str):
     """The model cut after tensor `name`, which becomes its only output: attributing a target of
     it with any method attributes that hidden unit ("neuron") to the inputs."""

@@ -79,7 +79,9 @@ class LayerTap(nn.Module):
     """Marks an ONNX tensor whose attributions are wanted (layer attribution).
 
     The reference pass records its reference value; the main pass differentiates against it (the
-    layer becomes the leaf, so the multipliers are those of the output w.r.t. this tensor).
+    layer becomes the leaf, so the multipliers are those of the output w.r.t. this tensor). A layer
+    computed from another tapped one stays on its graph, so the upstream layer's multipliers
+    flow through it as through any other tensor.
     """
 
     def __init__(self, state: DeepLiftState, tensor: str):
@@ -91,7 +93,7 @@ class LayerTap(nn.Module):
         if state.mode == "reference":
             state.tap_baselines[id(self)] = x.detach()
         elif state.mode == "deeplift":
-            x = x.detach().requires_grad_(True)
+            x = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
             state.tap_leaves[id(self)] = x
         return x
 

@@ -519,6 +519,7 @@ class LayerDeepLift(DeepLift):
                   additional_forward_args: Any = None, return_convergence_delta: bool = False,
                   attribute_to_layer_input: bool = False, custom_attribution_func: Optional[Callable[..., Any]] = None,
                   *, output: Union[str, int, None] = None):
+        from onnx_attr.deeplift.layers import layers_delta
         from onnx_attr.methods.layer import refuse_layer_input
 
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
@@ -541,8 +542,8 @@ class LayerDeepLift(DeepLift):
             layers = SimpleNamespace(tensors=values, baselines=[h - d for h, (_, d) in zip(values, result.layers)],
                                      attributed=[True] * len(values))
             contributions = _custom_attributions(custom, [m for m, _ in result.layers], layers)
-        total = sum(c.reshape(n, -1).double().sum(1) for c in contributions)
-        delta = total - (result.value.double() - result.reference_value.double())
+        delta = layers_delta(self.model, self.layers, [c.reshape(n, -1).double().sum(1) for c in contributions],
+                             result.value.double() - result.reference_value.double())
         self._report(delta, result.value - result.reference_value, index,
                      torch.maximum(result.value.abs(), result.reference_value.abs()))
         self.last_report["layers"] = self.layers

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from onnx_attr.errors import InputError
-from onnx_attr.deeplift.layers import tensor_as_output, tensor_values, tensors_as_inputs
+from onnx_attr.deeplift.layers import (cut_groups, layers_delta, nested_pair, tensor_as_output, tensor_values,
+                                       tensors_as_inputs)
 from onnx_attr.importing.batch import probe
 from onnx_attr.importing.rows import path_runs, rows_back, rows_first
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
@@ -30,6 +31,16 @@ def refuse_layer_input(asked: bool, name: str) -> None:
     if asked:
         raise InputError(f"{name}=True: layers are ONNX tensors here, so name the tensor that feeds the layer "
                          "(`onnx-attr inspect --json` lists them) and keep this False")
+
+
+def refuse_nested(model, layers: Sequence[str], method: str) -> None:
+    """Methods that move several layers together along one path: a layer computed from another
+    would hold the upstream one's change back (Captum raises there too)."""
+    pair = nested_pair(model, layers)
+    if pair is not None:
+        raise InputError(f"{method}: layer {pair[1]!r} is computed from layer {pair[0]!r}, and the layers move "
+                         f"together along one path, which would hold {pair[0]!r}'s change back at {pair[1]!r}; "
+                         "attribute each of them in its own call")
 
 
 class LayerMethod(AttributionMethod):
@@ -48,8 +59,7 @@ class LayerMethod(AttributionMethod):
 
     def _at_layers(self, inputs: Any, baselines: Any, additional_forward_args: Any,
                    attribute_to_layer_input: bool = False):
-        """The prepared call, the layers' values for the inputs and the baselines, and the model
-        cut at the layers (the layers first, then the model's inputs)."""
+        """The prepared call and the layers' values for the inputs and the baselines."""
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
@@ -58,20 +68,27 @@ class LayerMethod(AttributionMethod):
         self.layer_axes = self._layer_axes(prepared)
         h = tensor_values(self.model, self.layers, prepared.tensors)
         h0 = tensor_values(self.model, self.layers, prepared.baselines)
-        return prepared, h, h0, tensors_as_inputs(self.model, self.layers, h)
+        return prepared, h, h0
 
     def _layer_axes(self, prepared) -> list[Optional[int]]:
         return layer_axes(self.model, self.layers, prepared, self.__dict__.setdefault("_cuts", {}))
 
-    def _layer_gradients(self, cut, h: Sequence[Tensor], tensors: Sequence[Tensor], targets, index: int,
+    def _layer_gradients(self, h: Sequence[Tensor], tensors: Sequence[Tensor], targets, index: int,
                          internal_batch_size: Optional[int] = None,
-                         axes: Optional[Sequence[Optional[int]]] = None) -> tuple[list[Tensor], Tensor]:
+                         axes: Optional[Sequence[Optional[int]]] = None) -> list[Tensor]:
         """d out[target] / d layer at layer values h (the inputs `tensors` feeding the bypasses, on
-        their batch `axes`; the layers on theirs)."""
-        attributed = [True] * len(h) + [False] * len(tensors)
-        on = None if axes is None else [*self.layer_axes, *axes]
-        grads, value = self._gradients_on(cut, [*h, *tensors], attributed, targets, index, internal_batch_size, on)
-        return grads[:len(h)], value
+        their batch `axes`; the layers on theirs), through every path: layers computed from one
+        another are cut one at a time (`cut_groups`), as Captum's hooks read each."""
+        grads: list[Optional[Tensor]] = [None] * len(h)
+        for group in cut_groups(self.model, self.layers):
+            at = [h[i] for i in group]
+            cut = tensors_as_inputs(self.model, [self.layers[i] for i in group], at)
+            on = None if axes is None else [*(self.layer_axes[i] for i in group), *axes]
+            found, _ = self._gradients_on(cut, [*at, *tensors], [True] * len(at) + [False] * len(tensors), targets,
+                                          index, internal_batch_size, on)
+            for i, g in zip(group, found):
+                grads[i] = g
+        return grads
 
     def _pack(self, per_layer: Sequence[Tensor], as_numpy: bool) -> Any:
         """One result per layer, in the container the layer was named in; numpy in, numpy out."""
@@ -100,7 +117,9 @@ class LayerIntegratedGradients(LayerMethod):
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
                   return_convergence_delta: bool = False, attribute_to_layer_input: bool = False, *,
                   output: Union[str, int, None] = None):
-        prepared, h, h0, cut = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
+        prepared, h, h0 = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
+        refuse_nested(self.model, self.layers, "LayerIntegratedGradients")
+        cut = tensors_as_inputs(self.model, self.layers, h)
         ig = IntegratedGradients(cut, multiply_by_inputs=self._multiply_by_inputs)
         attributions, delta = ig.attribute(tuple(h), tuple(h0), target, tuple(prepared.tensors), n_steps=n_steps,
                                            method=method, internal_batch_size=internal_batch_size,
@@ -202,10 +221,10 @@ class _LayerGradientMethod(LayerMethod):
 
     def _at_inputs(self, inputs: Any, target: Any, additional_forward_args: Any, output: Union[str, int, None],
                    attribute_to_layer_input: bool):
-        prepared, h, _, cut = self._at_layers(inputs, None, additional_forward_args, attribute_to_layer_input)
+        prepared, h, _ = self._at_layers(inputs, None, additional_forward_args, attribute_to_layer_input)
         index = self._output_index(output)
-        grads, _ = self._layer_gradients(cut, h, prepared.tensors, self._targets(target, self.n, prepared, index),
-                                         index, axes=prepared.row_axes())
+        grads = self._layer_gradients(h, prepared.tensors, self._targets(target, self.n, prepared, index), index,
+                                      axes=prepared.row_axes())
         self._report({**output_report(self.model, type(self).__name__, index), "layer": self.layer})
         return prepared, h, grads
 
@@ -248,7 +267,7 @@ class _LayerPathMethod(LayerMethod):
                     internal_batch_size: Optional[int]):
         """Per step (K of them): the layers' values and d out / d layer, each [K·N, ...] step-major
         with the examples on axis 0 (`rows_first`; `rows_back` with `self.layer_axes` undoes it)."""
-        prepared, h, h0, _ = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
+        prepared, h, h0 = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
         n, axes = self.n, prepared.row_axes()
         index = self._output_index(output)
         targets = self._targets(target, n, prepared, index)
@@ -257,8 +276,7 @@ class _LayerPathMethod(LayerMethod):
         steps = len(alphas) // len(runs)  # steps per run: all stacked, or one at a time
         for scaled in runs:
             at = tensor_values(self.model, self.layers, scaled)
-            cut = tensors_as_inputs(self.model, self.layers, at)
-            g, _ = self._layer_gradients(cut, at, scaled, targets.repeat(steps), index, internal_batch_size, axes)
+            g = self._layer_gradients(at, scaled, targets.repeat(steps), index, internal_batch_size, axes)
             values.append([rows_first(v, a) for v, a in zip(at, self.layer_axes)])
             grads.append([rows_first(d, a) for d, a in zip(g, self.layer_axes)])
         values = [torch.cat(parts) for parts in zip(*values)]
@@ -302,7 +320,7 @@ class LayerConductance(_LayerPathMethod):
         axes = prepared.row_axes()
         change = (self._value(prepared.tensors, targets, index, axes=axes).double()
                   - self._value(prepared.baselines, targets, index, axes=axes).double())
-        delta = sum(a.reshape(n, -1).double().sum(1) for a in out) - change
+        delta = layers_delta(self.model, self.layers, [a.reshape(n, -1).double().sum(1) for a in out], change)
         out = [rows_back(a, axis) for a, axis in zip(out, self.layer_axes)]
         self._report({**method_report(self.model, "LayerConductance", delta, change, index), "layer": self.layer,
                       "n_steps": n_steps, "rule": method})
@@ -325,22 +343,21 @@ class LayerGradientShap(LayerMethod):
         noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(
             inputs, baselines, n_samples, stdevs, "LayerGradientShap",
             sample_axes(self, inputs, additional_forward_args), self.model)
-        prepared, h, h0, _ = self._at_layers(repack(noisy), repack(drawn), additional_forward_args,
-                                             attribute_to_layer_input)
+        prepared, h, h0 = self._at_layers(repack(noisy), repack(drawn), additional_forward_args,
+                                          attribute_to_layer_input)
         rows, axes = self.n, prepared.row_axes()
         scaled = [b + along(alpha.to(t.dtype), t, x).to(t.device) * (t - b) if a and t.is_floating_point() else t
                   for t, b, a, x in zip(prepared.tensors, prepared.baselines, prepared.attributed, axes)]
         values = tensor_values(self.model, self.layers, scaled)
         index = self._output_index(output)
         targets = self._targets(_repeat_target(target, n, n_samples), rows, prepared, index)
-        grads, _ = self._layer_gradients(tensors_as_inputs(self.model, self.layers, values), values, scaled,
-                                         targets, index, axes=axes)
+        grads = self._layer_gradients(values, scaled, targets, index, axes=axes)
         per_row = [rows_first(g * (v - v0) if self._multiply_by_inputs else g, x)
                    for g, v, v0, x in zip(grads, h, h0, self.layer_axes)]
         change = (self._value(prepared.tensors, targets, index, axes=axes).double()
                   - self._value(prepared.baselines, targets, index, axes=axes).double())
-        delta = sum(rows_first(g * (v - v0), x).reshape(rows, -1).double().sum(1)
-                    for g, v, v0, x in zip(grads, h, h0, self.layer_axes)) - change
+        delta = layers_delta(self.model, self.layers, [rows_first(g * (v - v0), x).reshape(rows, -1).double().sum(1)
+                                                       for g, v, v0, x in zip(grads, h, h0, self.layer_axes)], change)
         self._report({**method_report(self.model, "LayerGradientShap", delta, change, index), "layer": self.layer,
                       "n_samples": n_samples, "warnings": []})  # one random point per row: no vanishing delta
         out = self._pack([rows_back(a.reshape(n, n_samples, *a.shape[1:]).mean(1), x)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence, Union
 
-from onnx_attr.deeplift.layers import tensor_values, tensors_as_inputs
+from onnx_attr.deeplift.layers import cut_groups, tensor_values, tensors_as_inputs
 from onnx_attr.methods._inputs import prepare
 from onnx_attr.methods.layer import LayerMethod, _NeuronMethod, refuse_layer_input
 from onnx_attr.methods.masked_eval import DEFAULT_BUDGET_BYTES
@@ -33,8 +33,15 @@ class _LayerPerturbation(LayerMethod):
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, None, additional_forward_args, embedded=every)
         h = tensor_values(self.model, self.layers, prepared.tensors)
-        inner = self.method(tensors_as_inputs(self.model, self.layers, h), budget_bytes=self.budget_bytes)
-        attributions = inner.attribute(tuple(h), additional_forward_args=tuple(prepared.tensors), **options)
+        attributions: list = [None] * len(h)
+        for group in cut_groups(self.model, self.layers):  # a layer computed from another is perturbed alone
+            at = tuple(h[i] for i in group)
+            inner = self.method(tensors_as_inputs(self.model, [self.layers[i] for i in group], at),
+                                budget_bytes=self.budget_bytes)
+            found = inner.attribute(at, additional_forward_args=tuple(prepared.tensors),
+                                    **{k: _group_of(v, group, k) for k, v in options.items()})
+            for i, a in zip(group, found):
+                attributions[i] = a
         self.last_report = {"method": type(self).__name__, "layer": self.layer}
         return self._pack(attributions, prepared.as_numpy)
 
@@ -68,6 +75,14 @@ class LayerFeaturePermutation(_LayerPerturbation):
                               feature_mask=_per_layer(layer_mask, self.layer),
                               perturbations_per_eval=perturbations_per_eval, show_progress=show_progress,
                               output=output)
+
+
+def _group_of(value: Any, group: Sequence[int], name: str) -> Any:
+    """A per-layer option (baselines, masks: one entry per layer, as a tuple) for the layers in
+    `group`; other options as they are."""
+    if name not in ("baselines", "feature_mask") or not isinstance(value, tuple):
+        return value
+    return tuple(value[i] for i in group)
 
 
 def _per_layer(value: Any, layer: Union[str, Sequence[str]]) -> Any:
