@@ -135,6 +135,21 @@ def value_bytes_per_row(model, tensors: Sequence[Tensor], axes: Sequence[Optiona
     return found[key]
 
 
+def constructor_options(cls: type) -> list[str]:
+    """The keyword options a method's constructor takes, through its chain of constructors."""
+    import inspect
+
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in list(inspect.signature(init).parameters.values())[2:]:
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
+                names.append(p.name)
+    return names
+
+
 class AttributionMethod:
     """What every method shares; see the module docstring. `internal_batch_size` (Captum's name)
     caps the rows of one forward/backward pass; a fixed-batch export always gets its own batch."""
@@ -142,7 +157,10 @@ class AttributionMethod:
     #: Captum's `multiply_by_inputs` default for the method (methods without the option keep False).
     _multiply_by_inputs: bool = False
 
-    def __init__(self, model, multiply_by_inputs: Optional[bool] = None, **_: Any):
+    def __init__(self, model, multiply_by_inputs: Optional[bool] = None, **unknown: Any):
+        if unknown:  # a misspelt or Captum-only option must not be dropped silently
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) {sorted(unknown)}; "
+                            f"it takes {constructor_options(type(self))}")
         self.model = model
         if multiply_by_inputs is not None:
             self._multiply_by_inputs = bool(multiply_by_inputs)

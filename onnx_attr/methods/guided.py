@@ -68,7 +68,7 @@ class GuidedBackprop(AttributionMethod):
 
     deconvolution = False
 
-    def __init__(self, model, **_: Any):
+    def __init__(self, model):
         swapped = positive_gradient_model(model, self.deconvolution)
         if "batch_parent" in model.__dict__:  # a neuron's cut model keeps the full model's examples
             swapped.__dict__["batch_parent"] = model.__dict__["batch_parent"]

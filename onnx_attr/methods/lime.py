@@ -15,7 +15,7 @@ scikit-learn's objective and intercept, not with scikit-learn.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -78,12 +78,11 @@ class _Surrogate(_Perturbation):
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
         bar = self._bar(evaluator, [samples], show_progress)
         values, measured = evaluator.evaluate_patterns(samples, lambda start, stop: draws[start:stop], groups,
-                                                       self._measure(prepared, n))
+                                                       self._measure(prepared, n, draws))
         bar.close()
         weights = self._weights(draws, measured, features)  # [S, N]
         x, y, w = draws.double().numpy(), values.double().cpu().numpy(), weights.double().cpu().numpy()
-        coefs = torch.from_numpy(np.stack([weighted_linear_fit(x[:, e], y[:, e], w[:, e], self._alpha)
-                                           for e in range(n)]))
+        coefs = torch.from_numpy(np.stack([self._fit(x[:, e], y[:, e], w[:, e]) for e in range(n)]))
         if not return_input_shape:
             first = next(t for t, a in zip(prepared.tensors, prepared.attributed) if a)
             coefs = coefs.to(_attribution_dtype(first, values))
@@ -96,8 +95,11 @@ class _Surrogate(_Perturbation):
     def _draw(self, features: int, sample: int) -> Tensor:
         raise NotImplementedError
 
-    def _measure(self, prepared, n: int):
+    def _measure(self, prepared, n: int, draws: Tensor):
         return None
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return weighted_linear_fit(x, y, w, self._alpha)
 
     def _weights(self, draws: Tensor, measured, features: int) -> Tensor:
         raise NotImplementedError
@@ -115,11 +117,25 @@ class Lime(_Surrogate):
     """LIME (Ribeiro et al.): a Lasso (`alpha`, 0 for least squares) fitted per example to
     `n_samples` coalitions of fair coins, weighted by exp(−d²/(2·kernel_width²)) with d the
     `distance_mode` distance between the example and its perturbed copy (all attributed inputs,
-    flattened). Captum's defaults: α = 0.01, cosine distance, width 1."""
+    flattened). Captum's defaults: α = 0.01, cosine distance, width 1.
 
-    def __init__(self, model, alpha: float = 0.01, kernel_width: float = 1.0, distance_mode: str = "cosine",
+    Captum's own objects are taken too: `similarity_func(original, perturbed, interpretable_sample)`
+    gives each copy's weight (original and perturbed as the inputs were given, one example each;
+    the sample a float [1, F] of 0/1); `interpretable_model` is fitted instead of the Lasso, either
+    Captum's interface (fit(DataLoader of (samples, outputs, weights)), representation()) or
+    scikit-learn's (fit(X, y, sample_weight=...), coef_)."""
+
+    def __init__(self, model, alpha: float = 0.01, kernel_width: float = 1.0, distance_mode: str = "cosine", *,
+                 similarity_func: Optional[Callable[..., Any]] = None, interpretable_model: Any = None,
                  **kwargs: Any):
         super().__init__(model, **kwargs)
+        if similarity_func is not None and not callable(similarity_func):
+            raise InputError(f"similarity_func must be callable (original, perturbed, interpretable_sample), "
+                             f"got {type(similarity_func).__name__}")
+        if interpretable_model is not None and not hasattr(interpretable_model, "fit"):
+            raise InputError(f"interpretable_model {type(interpretable_model).__name__} has no fit(): give Captum's "
+                             "interpretable model or a scikit-learn linear estimator")
+        self.similarity_func, self.interpretable_model = similarity_func, interpretable_model
         if distance_mode not in DISTANCES:
             raise InputError(f"unknown distance_mode {distance_mode!r}; use one of {list(DISTANCES)}")
         if not alpha >= 0 or not kernel_width > 0:
@@ -129,7 +145,9 @@ class Lime(_Surrogate):
     def _draw(self, features: int, sample: int) -> Tensor:
         return torch.bernoulli(torch.full((1, features), 0.5))[0].bool()
 
-    def _measure(self, prepared, n: int):
+    def _measure(self, prepared, n: int, draws: Tensor):
+        if self.similarity_func is not None:
+            return self._similarities(prepared, n, draws)
         originals = torch.cat([t.reshape(n, -1).float() for t, a in zip(prepared.tensors, prepared.attributed) if a], 1)
 
         def distance(copies: list) -> Tensor:
@@ -140,8 +158,45 @@ class Lime(_Surrogate):
             return (base - rows).norm(dim=1)
         return distance
 
+    def _similarities(self, prepared, n: int, draws: Tensor):
+        """Each copy's weight from the user's `similarity_func`, called per copy as Captum calls it."""
+        onnx_order = [i for i, a in enumerate(prepared.attributed) if a]
+        order = [onnx_order.index(p) for p in prepared.positions]  # the copies' order -> the user's
+
+        def given(tensors: list) -> Any:
+            return prepared.repack_user([tensors[i] for i in order])
+        originals = [given([prepared.tensors[i][e:e + 1] for i in onnx_order]) for e in range(n)]
+        done = [0]  # samples measured so far: the evaluator measures its chunks in order
+
+        def similarity(copies: list) -> Tensor:
+            k = copies[0].shape[0] // n
+            out = torch.empty(k * n, dtype=torch.float64)
+            for row in range(k * n):
+                sample, e = done[0] + row // n, row % n
+                value = self.similarity_func(originals[e], given([c[row:row + 1] for c in copies]),
+                                             draws[sample, e].float()[None])
+                out[row] = float(value)
+            done[0] += k
+            return out
+        return similarity
+
     def _weights(self, draws: Tensor, measured, features: int) -> Tensor:
+        if self.similarity_func is not None:
+            return measured.double()
         return torch.exp(-measured.double() ** 2 / (2 * self.kernel_width ** 2))
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+        model = self.interpretable_model
+        if model is None:
+            return super()._fit(x, y, w)
+        if hasattr(model, "representation"):  # Captum's interpretable models
+            from torch.utils.data import DataLoader, TensorDataset
+
+            rows = TensorDataset(*(torch.from_numpy(a).float() for a in (x, y, w)))
+            model.fit(DataLoader(rows, batch_size=len(x)))
+            return model.representation().detach().cpu().double().numpy().reshape(-1)
+        model.fit(x, y, sample_weight=w)  # scikit-learn's
+        return np.asarray(model.coef_, dtype=np.float64).reshape(-1)
 
 
 class KernelShap(_Surrogate):
