@@ -133,6 +133,8 @@ class Targets:
             return output
         if depth == 0 and output.dim() > 1 and math.prod(output.shape[1:]) == 1:  # [N, 1, 1, ...]: no choice
             return output.reshape(n, -1)[:, 0]
+        if 0 < depth < output.dim() - 1 and all(size == 1 for size in output.shape[depth + 1:]):
+            output = output.reshape(output.shape[:depth + 1])  # [N, C, 1]: the class picks one value (Captum's)
         if output.dim() - 1 != depth:
             whole = self.batch_axis is None  # the rows mix (or there is no batch): the output is one example
             shape = list(output.shape[1:] if whole else output.shape)

@@ -21,9 +21,12 @@ from onnx_attr.importing.specs import OutputSpec, TensorSpec, value_spec
 
 def tensor_node(module: fx.GraphModule, name: str) -> fx.Node:
     """The fx node computing ONNX tensor `name`; an error suggesting close names otherwise."""
+    if not isinstance(name, str):
+        raise InputError(f"layer {name!r}: this takes one ONNX tensor name (for a module with several outputs, "
+                         "name the one to explain; `onnx-attr inspect --json` lists them)")
     nodes = tensor_nodes(module)
     node = nodes.get(name)
-    if node is None or node.op not in ("call_module", "call_function"):
+    if node is None or node.op not in ("call_module", "call_function", "placeholder"):
         close = sorted(n for n in nodes if name.lower() in n.lower())[:5]
         raise InputError(f"no intermediate tensor named {name!r} in the graph"
                          + (f"; did you mean one of {close}?" if close else "; `onnx-attr inspect --json` "
@@ -50,7 +53,7 @@ def insert_after(module: fx.GraphModule, names: Sequence[str], make: Callable[[s
 
 def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
     """The tensor's declared shape (symbolic batch kept) from shape inference, else from a value."""
-    for info in (*model.onnx_model.graph.value_info, *model.onnx_model.graph.output):
+    for info in (*model.onnx_model.graph.value_info, *model.onnx_model.graph.output, *model.onnx_model.graph.input):
         if info.name == name and info.type.tensor_type.HasField("shape"):
             spec = value_spec(info)
             if spec.dtype is not None:
@@ -58,6 +61,34 @@ def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
     if value is None:
         return TensorSpec(name, None, None)
     return TensorSpec(name, ("N", *value.shape[1:]), np.dtype(str(value.dtype).replace("torch.", "")))
+
+
+def layer_inputs(model, name: str) -> list[str]:
+    """The tensors the ONNX node computing `name` reads that depend on the model's inputs (its data,
+    not its weights or constants): Captum's "layer input" for a layer named by its output."""
+    node = tensor_node(model.module, name)
+    if node.op == "placeholder":
+        raise InputError(f"{name!r} is a model input: it has no layer input; name it as the layer instead")
+    found: list[str] = []
+    for source in node.all_input_nodes:
+        if "onnx_tensor" in source.meta and _reads_inputs(source) and source.meta["onnx_tensor"] not in found:
+            found.append(source.meta["onnx_tensor"])
+    if not found:
+        raise InputError(f"the node computing {name!r} reads no tensor computed from the model's inputs")
+    return found
+
+
+def _reads_inputs(node: fx.Node) -> bool:
+    """Whether a node's value depends on a model input (a placeholder among its ancestors)."""
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current.op == "placeholder":
+            return True
+        if current not in seen:
+            seen.add(current)
+            stack.extend(current.all_input_nodes)
+    return False
 
 
 def cut_groups(model, names: Sequence[str]) -> list[list[int]]:

@@ -518,11 +518,12 @@ class LayerDeepLift(DeepLift):
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None, return_convergence_delta: bool = False,
                   attribute_to_layer_input: bool = False, custom_attribution_func: Optional[Callable[..., Any]] = None,
-                  *, output: Union[str, int, None] = None):
+                  grad_kwargs: Optional[dict] = None, *, output: Union[str, int, None] = None):
         from onnx_attr.deeplift.layers import layers_delta
-        from onnx_attr.methods.layer import refuse_layer_input
+        from onnx_attr.methods.layer import check_grad_kwargs, refuse_layer_input
 
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        check_grad_kwargs(grad_kwargs)
         custom = _check_custom(custom_attribution_func)
         self._specialise(inputs, baselines, additional_forward_args)
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from onnx_attr.errors import InputError
-from onnx_attr.deeplift.layers import (cut_groups, layers_delta, nested_pair, tensor_as_output, tensor_values,
-                                       tensors_as_inputs)
+from onnx_attr.deeplift.layers import (cut_groups, layer_inputs, layers_delta, nested_pair, tensor_as_output,
+                                       tensor_values, tensors_as_inputs)
 from onnx_attr.importing.batch import probe
 from onnx_attr.importing.rows import path_runs, rows_back, rows_first
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
@@ -43,6 +43,18 @@ def refuse_nested(model, layers: Sequence[str], method: str) -> None:
                          "attribute each of them in its own call")
 
 
+def check_grad_kwargs(grad_kwargs: Optional[dict]) -> None:
+    """Captum's `grad_kwargs` (passed on to torch.autograd.grad there): the gradients here are
+    taken by the method itself, which already reads 0 for a layer that does not reach the
+    output, as materialize_grads=True does; any other option would be dropped, so it is refused."""
+    if grad_kwargs is None:
+        return
+    if not isinstance(grad_kwargs, dict) or set(grad_kwargs) - {"materialize_grads"}:
+        raise InputError(f"grad_kwargs {grad_kwargs!r}: the gradients here are taken by onnx-attr itself, which "
+                         "reads 0 for a layer that does not reach the output (materialize_grads=True); no other "
+                         "option applies, so leave grad_kwargs out")
+
+
 class LayerMethod(AttributionMethod):
     """A method at hidden tensor(s) `layer`, by ONNX name (a list or tuple for several, as Captum's
     list of layers): the tensors are read in a forward pass, and fed into the model re-cut at them
@@ -55,12 +67,30 @@ class LayerMethod(AttributionMethod):
         if not names or not all(isinstance(n, str) for n in names):
             raise InputError(f"layer {layer!r}: give an ONNX tensor name, or a list of them "
                              "(`onnx-attr inspect --json` lists them)")
-        self.layers = names
+        self.layers = self._named = names
+        self._container: Optional[type] = None  # how the results are packed, where not as `layer` was given
+
+    def _select_layers(self, to_input: bool) -> None:
+        """Captum's `attribute_to_layer_input`: the tensors each named one is computed from (its ONNX
+        node's data inputs, `layer_inputs`); a single layer reading several gives a tuple, as a module
+        with several inputs does. Set per call, so the next call starts from the names given."""
+        self.layers, self._container = self._named, None
+        if not to_input:
+            return
+        feeds = [layer_inputs(self.model, name) for name in self._named]
+        if isinstance(self.layer, str):
+            self.layers, self._container = feeds[0], (tuple if len(feeds[0]) > 1 else None)
+        elif all(len(f) == 1 for f in feeds):
+            self.layers = [f[0] for f in feeds]
+        else:
+            several = {n: f for n, f in zip(self._named, feeds) if len(f) > 1}
+            raise InputError(f"attribute_to_layer_input=True: {several} read several tensors each; name the "
+                             "tensors to attribute as the layers instead")
 
     def _at_layers(self, inputs: Any, baselines: Any, additional_forward_args: Any,
                    attribute_to_layer_input: bool = False):
         """The prepared call and the layers' values for the inputs and the baselines."""
-        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        self._select_layers(attribute_to_layer_input)
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
         self.n = example_count(self.model, prepared)
@@ -93,6 +123,8 @@ class LayerMethod(AttributionMethod):
     def _pack(self, per_layer: Sequence[Tensor], as_numpy: bool) -> Any:
         """One result per layer, in the container the layer was named in; numpy in, numpy out."""
         items = [a.detach().cpu().numpy() if as_numpy else a for a in per_layer]
+        if self._container is not None:
+            return self._container(items)
         if isinstance(self.layer, str):
             return items[0]
         return list(items) if isinstance(self.layer, list) else tuple(items)
@@ -115,8 +147,9 @@ class LayerIntegratedGradients(LayerMethod):
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
-                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False, *,
-                  output: Union[str, int, None] = None):
+                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
+                  grad_kwargs: Optional[dict] = None, *, output: Union[str, int, None] = None):
+        check_grad_kwargs(grad_kwargs)
         prepared, h, h0 = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
         refuse_nested(self.model, self.layers, "LayerIntegratedGradients")
         cut = tensors_as_inputs(self.model, self.layers, h)
@@ -209,7 +242,7 @@ class LayerActivation(LayerMethod):
     """The layer's values for the inputs (no target: they do not depend on one)."""
 
     def attribute(self, inputs: Any, additional_forward_args: Any = None, attribute_to_layer_input: bool = False):
-        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        self._select_layers(attribute_to_layer_input)
         every = {s.name for s in self.model.inputs}
         prepared = prepare(self.model, inputs, None, additional_forward_args, embedded=every)
         self.last_report = {"method": "LayerActivation", "layer": self.layer}
@@ -235,7 +268,9 @@ class LayerGradientXActivation(_LayerGradientMethod):
     _multiply_by_inputs = True  # Captum's default
 
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None,
-                  attribute_to_layer_input: bool = False, *, output: Union[str, int, None] = None):
+                  attribute_to_layer_input: bool = False, grad_kwargs: Optional[dict] = None, *,
+                  output: Union[str, int, None] = None):
+        check_grad_kwargs(grad_kwargs)
         prepared, h, grads = self._at_inputs(inputs, target, additional_forward_args, output, attribute_to_layer_input)
         return self._pack([g * v if self._multiply_by_inputs else g for g, v in zip(grads, h)], prepared.as_numpy)
 
@@ -247,7 +282,9 @@ class LayerGradCam(_LayerGradientMethod):
 
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False, relu_attributions: bool = False,
-                  attr_dim_summation: bool = True, *, output: Union[str, int, None] = None):
+                  attr_dim_summation: bool = True, grad_kwargs: Optional[dict] = None, *,
+                  output: Union[str, int, None] = None):
+        check_grad_kwargs(grad_kwargs)
         prepared, h, grads = self._at_inputs(inputs, target, additional_forward_args, output, attribute_to_layer_input)
         out = []
         for g, v, axis in zip(grads, h, self.layer_axes):  # channels and space counted after the batch axis
@@ -290,7 +327,9 @@ class InternalInfluence(_LayerPathMethod):
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
-                  attribute_to_layer_input: bool = False, *, output: Union[str, int, None] = None):
+                  attribute_to_layer_input: bool = False, grad_kwargs: Optional[dict] = None, *,
+                  output: Union[str, int, None] = None):
+        check_grad_kwargs(grad_kwargs)
         points, weights = integration_rule(method, n_steps)
         prepared, _, index, _, grads, n = self._along_path(inputs, baselines, target, additional_forward_args, output,
                                                            points, attribute_to_layer_input, internal_batch_size)
@@ -310,8 +349,9 @@ class LayerConductance(_LayerPathMethod):
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
-                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False, *,
-                  output: Union[str, int, None] = None):
+                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
+                  grad_kwargs: Optional[dict] = None, *, output: Union[str, int, None] = None):
+        check_grad_kwargs(grad_kwargs)
         points, _ = integration_rule(method, n_steps + 1)
         prepared, targets, index, values, grads, n = self._along_path(
             inputs, baselines, target, additional_forward_args, output, points, attribute_to_layer_input,
@@ -337,9 +377,11 @@ class LayerGradientShap(LayerMethod):
 
     def attribute(self, inputs: Any, baselines: Any, n_samples: int = 5, stdevs: Union[float, Sequence[float]] = 0.0,
                   target: Any = None, additional_forward_args: Any = None, return_convergence_delta: bool = False,
-                  attribute_to_layer_input: bool = False, *, output: Union[str, int, None] = None):
+                  attribute_to_layer_input: bool = False, grad_kwargs: Optional[dict] = None, *,
+                  output: Union[str, int, None] = None):
         from onnx_attr.methods.gradient import along, draw_shap_samples, sample_axes
 
+        check_grad_kwargs(grad_kwargs)
         noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(
             inputs, baselines, n_samples, stdevs, "LayerGradientShap",
             sample_axes(self, inputs, additional_forward_args), self.model)
@@ -461,9 +503,10 @@ class NeuronConductance(AttributionMethod):
 
     def attribute(self, inputs: Any, neuron_selector: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None, n_steps: int = 50, method: str = "riemann_trapezoid",
-                  internal_batch_size: Optional[int] = None, attribute_to_neuron_input: bool = False, *,
-                  output: Union[str, int, None] = None):
+                  internal_batch_size: Optional[int] = None, attribute_to_neuron_input: bool = False,
+                  grad_kwargs: Optional[dict] = None, *, output: Union[str, int, None] = None):
         refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
+        check_grad_kwargs(grad_kwargs)
         points, weights = integration_rule(method, n_steps)
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         check_batched(self.model, prepared, n)

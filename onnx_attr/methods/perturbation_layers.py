@@ -13,7 +13,7 @@ from typing import Any, Sequence, Union
 
 from onnx_attr.deeplift.layers import cut_groups, tensor_values, tensors_as_inputs
 from onnx_attr.methods._inputs import prepare
-from onnx_attr.methods.layer import LayerMethod, _NeuronMethod, refuse_layer_input
+from onnx_attr.methods.layer import LayerMethod, _NeuronMethod
 from onnx_attr.methods.masked_eval import DEFAULT_BUDGET_BYTES
 from onnx_attr.methods.perturbation import FeatureAblation, FeaturePermutation
 
@@ -29,7 +29,7 @@ class _LayerPerturbation(LayerMethod):
         super().__init__(model, layer)
         self.budget_bytes = budget_bytes
 
-    def _on_layer(self, inputs: Any, additional_forward_args: Any, **options: Any):
+    def _on_layer(self, inputs: Any, additional_forward_args: Any, **options: Any):  # after _select_layers
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, None, additional_forward_args, embedded=every)
         h = tensor_values(self.model, self.layers, prepared.tensors)
@@ -56,7 +56,7 @@ class LayerFeatureAblation(_LayerPerturbation):
                   additional_forward_args: Any = None, layer_mask: Any = None, attribute_to_layer_input: bool = False,
                   perturbations_per_eval: int = 1, show_progress: bool = False, *,
                   output: Union[str, int, None] = None):
-        refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
+        self._select_layers(attribute_to_layer_input)
         return self._on_layer(inputs, additional_forward_args, baselines=_per_layer(layer_baselines, self.layer),
                               target=target, feature_mask=_per_layer(layer_mask, self.layer),
                               perturbations_per_eval=perturbations_per_eval, show_progress=show_progress,

@@ -1,0 +1,58 @@
+"""Captum call forms found by porting Captum's tests (hunt 12): each was a raw exception or a
+refusal where Captum's call runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import onnx_attr
+from onnx_attr.errors import InputError
+from captum_models import export, load
+
+
+class Scaled(torch.nn.Module):
+    """x * gain, gain a 0-d float input (a setting, as a threshold or a temperature)."""
+
+    def forward(self, x, gain):
+        return x * gain
+
+
+def test_a_python_int_is_read_as_a_float_setting():
+    model = onnx_attr.load(export(Scaled(), [torch.ones(2, 3), torch.tensor(2.0)], ["x", "gain"]))
+    x = torch.tensor([[1.0, -2.0, 3.0]])
+    got = onnx_attr.InputXGradient(model).attribute(x, target=2, additional_forward_args=(3,))
+    assert torch.equal(got, torch.tensor([[0.0, 0.0, 9.0]]))  # x · d(3x)/dx at column 2, by hand
+
+
+def test_a_list_given_to_a_neuron_method_is_a_clear_error():
+    model = load("MultiLayerMultiRelu")
+    relus = [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Relu"]
+    with pytest.raises(InputError, match="takes one ONNX tensor name"):
+        onnx_attr.NeuronConductance(model, relus)
+
+
+def test_grad_kwargs_other_than_materialize_grads_are_refused():
+    model = load("MultiLayer")
+    gemm = next(n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Gemm")
+    x = torch.tensor([[0.0, 100.0, 0.0]])
+    cam = onnx_attr.LayerGradCam(model, gemm)
+    assert torch.equal(cam.attribute(x, target=0, grad_kwargs={"materialize_grads": True}),
+                       cam.attribute(x, target=0))
+    with pytest.raises(InputError, match="grad_kwargs"):
+        cam.attribute(x, target=0, grad_kwargs={"retain_graph": True})
+
+
+def test_attribute_to_layer_input_reads_the_tensor_the_layer_is_computed_from():
+    """Captum's test_simple_input_conv_without_final_relu: GradCAM at conv1's input, which is the
+    model input x; the ReLU's input is linear1's output (test_simple_multi_input_relu_input)."""
+    model = load("MultiLayer")
+    names = {n.meta.get("onnx_op"): n.meta["onnx_tensor"] for n in model.module.graph.nodes if "onnx_tensor" in n.meta}
+    x = torch.tensor([[0.0, 100.0, 0.0]])
+    relu_in = onnx_attr.LayerActivation(model, names["Relu"]).attribute(x, attribute_to_layer_input=True)
+    assert torch.equal(relu_in, torch.tensor([[90.0, 101.0, 101.0, 101.0]]))  # linear1(x), by hand
+    first = [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Gemm"][0]
+    at_input = onnx_attr.LayerGradientXActivation(model, first).attribute(x, target=0, attribute_to_layer_input=True)
+    assert torch.allclose(at_input, onnx_attr.InputXGradient(model).attribute(x, target=0))
+    after = onnx_attr.LayerActivation(model, names["Relu"]).attribute(x)  # the next call starts from the names
+    assert torch.equal(after, torch.relu(relu_in))
