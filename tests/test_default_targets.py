@@ -35,30 +35,40 @@ def _conv_map(tmp_path) -> str:
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 6, 6])], weights)
 
 
-@pytest.mark.parametrize("make, shape, scale, method", [
-    (_conv_map, (3, 3, 6, 6), 255.0, "deeplift"),
-    (_conv_map, (2, 3, 6, 6), 255.0, "integratedgradients"),
+@pytest.mark.parametrize("shape, method, form", [
+    ((3, 3, 6, 6), "deeplift", None),
+    ((2, 3, 6, 6), "integratedgradients", None),
+    ((3, 3, 6, 6), "deeplift", "top"),
+    ((2, 3, 6, 6), "deeplift", "segment=0"),  # the smaller segment: 4 and 2 pixels
 ])
-def test_default_target_of_a_rank_above_2_output_is_each_examples_largest_value(tmp_path, capsys, make, shape,
-                                                                               scale, method):
-    path = make(tmp_path)
-    x = (np.random.default_rng(2).uniform(size=shape) * scale).astype(np.float32)
+def test_class_maps_default_to_the_largest_segment_and_top_picks_the_largest_value(tmp_path, shape, method, form):
+    """[N, 2, 6, 6] over a 6×6 image: class maps. The default explains class K's score summed over
+    the pixels predicted as K (argmax over the classes), K the class on the most pixels; `top` the
+    largest value. Oracles: onnxruntime's outputs, the mask and the sums by hand."""
+    path = _conv_map(tmp_path)
+    x = (np.random.default_rng(2).uniform(size=shape) * 255.0).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
     out = tmp_path / "run"
     assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(out), "--no-pictures",
-                 "--method", method]) == 0
+                 "--method", method] + ([f"--target={form}"] if form else [])) == 0
     report = json.loads((out / "report.json").read_text())
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    y = session.run(None, {"x": x})[0]
-    y0 = session.run(None, {"x": np.zeros_like(x[:1])})[0][0]
-    expected = [list(np.unravel_index(int(row.argmax()), row.shape)) for row in y]
-    assert report["target"] == expected
-    assert report["target_source"] == ("default for an output of rank 4: the largest value of the output (argmax "
-                                       "over all its elements)")
-    assert report["target_detail"]["layout"] == "an output of rank 4" and report["target_detail"]["form"] == "top"
+    y = session.run(None, {"x": x})[0].astype(np.float64)
+    y0 = session.run(None, {"x": np.zeros_like(x[:1])})[0][0].astype(np.float64)
+    assert report["target_detail"]["layout"] == "class maps [N, C, H, W] (2 classes)"
+    if form == "top":
+        expected = [list(np.unravel_index(int(row.argmax()), row.shape)) for row in y]
+        assert report["target"] == expected
+        change = np.array([y[i][tuple(t)] - y0[tuple(t)] for i, t in enumerate(expected)])
+    else:
+        predicted = y.argmax(1)
+        most = [int(np.bincount(p.reshape(-1), minlength=2).argmax()) for p in predicted]
+        classes = most if form is None else [0] * len(x)
+        assert report["target"] == (form or "segment") and report["target_detail"]["classes"] == classes
+        change = np.array([((y[i, k] - y0[k]) * (predicted[i] == k)).sum() for i, k in enumerate(classes)])
+        assert report["target_detail"]["mask_size"] == [int((predicted[i] == k).sum()) for i, k in enumerate(classes)]
     with np.load(out / "attributions.npz", allow_pickle=False) as data:
         sums = data["x"].reshape(len(x), -1).astype(np.float64).sum(1)
-    change = np.array([y[i][tuple(t)] - y0[tuple(t)] for i, t in enumerate(expected)], np.float64)
     tolerance = 1e-4 * np.abs(change).max() if method == "deeplift" else 1e-2 * np.abs(change).max()
     np.testing.assert_allclose(sums, change, atol=tolerance)
 

@@ -77,3 +77,62 @@ def test_cli_default_run_explains_the_top_anchor_of_the_scores(tmp_path):
     scores = 1 / (1 + np.exp(-(x.astype(np.float64) @ WC).transpose(0, 2, 1)))
     with np.load(tmp_path / "out" / "attributions.npz", allow_pickle=False) as data:
         np.testing.assert_allclose(data["x"].astype(np.float64).sum(), scores.max() - 0.5, rtol=1e-5)
+
+
+WS = (RNG.standard_normal((3, 1)) * 3).astype(np.float32)
+
+
+def detector_with_nms_in_an_if() -> onnx.ModelProto:
+    """torchvision's batched_nms as the TorchScript exporter writes it, outputs unnamed: the NMS
+    runs in an If's else branch (then: no boxes), reading one example's scores [8] unsqueezed to
+    [1, 1, 8] inside the branch. x [1, 8, 3] -> scores sigmoid(x·WS) [8], boxes x·WB [8, 4]."""
+    def const(name, value):
+        return helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(np.asarray(value)))
+
+    else_branch = helper.make_graph(
+        [const("zero", np.array([0], np.int64)),
+         helper.make_node("Unsqueeze", ["boxes", "zero"], ["boxes_1"]),
+         helper.make_node("Unsqueeze", ["scores", "zero"], ["scores_1"]),
+         helper.make_node("Unsqueeze", ["scores_1", "zero"], ["scores_11"]),
+         helper.make_node("NonMaxSuppression", ["boxes_1", "scores_11", "keep", "iou"], ["picked"]),
+         const("two", np.array(2, np.int64)),
+         helper.make_node("Gather", ["picked", "two"], ["kept_index"], axis=1)],
+        "else", [], [helper.make_tensor_value_info("kept_index", onnx.TensorProto.INT64, ["K"])])
+    then_branch = helper.make_graph([const("none", np.zeros(0, np.int64))], "then", [],
+                                    [helper.make_tensor_value_info("none", onnx.TensorProto.INT64, [0])])
+    nodes = [helper.make_node("MatMul", ["x", "wb"], ["boxes_n"]),
+             helper.make_node("Reshape", ["boxes_n", "rows4"], ["boxes"]),
+             helper.make_node("MatMul", ["x", "ws"], ["logit_n"]),
+             helper.make_node("Reshape", ["logit_n", "minus_one"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], ["scores"]),
+             helper.make_node("Size", ["scores"], ["count"]),
+             helper.make_node("Equal", ["count", "zero_count"], ["empty"]),
+             helper.make_node("If", ["empty"], ["keep_index"], then_branch=then_branch, else_branch=else_branch),
+             helper.make_node("Gather", ["boxes", "keep_index"], ["108"], axis=0),
+             helper.make_node("Gather", ["scores", "keep_index"], ["109"], axis=0)]
+    return make_model(nodes, [("x", FLOAT, [1, 8, 3])], [("108", FLOAT, ["K", 4]), ("109", FLOAT, ["K"])],
+                      opset=13, initializers={
+                          "wb": WB, "ws": WS, "rows4": np.array([-1, 4], np.int64),
+                          "minus_one": np.array([-1], np.int64), "zero_count": np.array(0, np.int64),
+                          "keep": np.array([3], np.int64), "iou": np.array([0.5], np.float32)})
+
+
+def test_an_nms_inside_an_if_exposes_the_scores_it_reads(tmp_path):
+    """The CLI explained the boxes [K, 4] as "a sequence" (greedy over the coordinates): the NMS was
+    looked for at the top level only, so no output had a role and the first one was taken."""
+    proto = detector_with_nms_in_an_if()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert [(o.name, o.role) for o in model.outputs] == [("108", KEPT_BY_NMS), ("109", KEPT_BY_NMS),
+                                                         ("scores", NMS_SCORES)]
+    x = (RNG.standard_normal((1, 8, 3)) * 2).astype(np.float32)
+    path = tmp_path / "det.onnx"
+    onnx.save(proto, path)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "--no-pictures", "--keep-final-activation"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    scores = 1 / (1 + np.exp(-(x[0].astype(np.float64) @ WS)[:, 0]))  # by hand
+    assert report["output"] == "scores" and report["target"] == [int(scores.argmax())]
+    assert "NonMaxSuppression keeps first" in report["target_source"]
+    with np.load(tmp_path / "out" / "attributions.npz", allow_pickle=False) as data:
+        np.testing.assert_allclose(data["x"].astype(np.float64).sum(), scores.max() - 0.5, rtol=1e-5)

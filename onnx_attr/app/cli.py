@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with other settings (model, method, target, baseline, options, versions)")
     p.add_argument("--target", help="what to explain: top (the predicted class / top pixel), region or region>T "
                                     "(a map's summed score over T), greedy (a sequence's argmax path), anchor (a "
-                                    "detector's top anchor), an int (negative counts from the end, e.g. --target=-1), "
+                                    "detector's top anchor), segment or segment=K (class maps [N, C, H, W]: a "
+                                    "class's score over its predicted pixels), an int (negative counts from the end, e.g. --target=-1), "
                                     "one per example (3,1,4), or t,c / a:b for outputs of rank > 2 (default: by the "
                                     "output's layout; report.json says which)")
     p.add_argument("--batch-axis", type=int, metavar="K",
@@ -304,7 +305,7 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
                    help="attribution method (default: deeplift; where DeepLift has no exact rule for the model, "
                         "featureablation over at most 256 blocks per input, as for attribute)")
     p.add_argument("--target", help="what to explain in every row, as for `attribute`: top, region, region>T, greedy, "
-                                    "anchor, an int, or t,c / a:b (default: by the output's layout)")
+                                    "anchor, segment, segment=K, an int, or t,c / a:b (default: by the output's layout)")
     p.add_argument("--batch-axis", type=int, metavar="K", help="the explained output's batch axis (as for `attribute`)")
     p.add_argument("--baseline", help="auto (default: zeros, or each row blurred where the model's output is not "
                                       "finite at zeros), zeros, blur, mean (of the whole dataset, from a first pass) "

@@ -9,6 +9,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
+| class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score |
 | one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
@@ -18,7 +19,9 @@ Forms: `top` (the largest value: the predicted class, the top pixel); `region` o
 (the summed score of the values above T; T by default 0 on the logits of a stripped Sigmoid
 (p > 0.5), 0.5 on values in [0, 1], else halfway between the example's smallest and largest
 value; an example with nothing above T gets its top value); `greedy` (the argmax per step,
-summed over the steps); `anchor` (the top anchor's best class score; no box coordinates are
+summed over the steps); `segment` or `segment=K` (on class maps: class K's score summed over the
+pixels predicted as K, the argmax over the classes; by default K is the class predicted on the most
+pixels); `anchor` (the top anchor's best class score; no box coordinates are
 skipped when the output ends in a Sigmoid, and a segmentation head's mask coefficients, as many
 as another output [N, M, h, w] has prototypes, are not class scores; a head whose first score is an
 objectness (YOLOX, YOLOv5: `_has_objectness`) gets the class score of its best detection, by
@@ -44,9 +47,10 @@ from onnx_attr.importing.final_activation import NMS_SCORES, TOPK_SCORES
 if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument checks
     from torch import Tensor
 
-NAMED_FORMS = ("top", "region", "greedy", "anchor")
-FORMS_HELP = ("top | region | region>T | greedy | anchor | an int (negative from the end) | i,j,k (one per example, "
-              "or one index of an output with several axes) | a:b (one index over the axes after the batch)")
+NAMED_FORMS = ("top", "region", "greedy", "anchor", "segment")
+FORMS_HELP = ("top | region | region>T | greedy | anchor | segment | segment=K | an int (negative from the end) | "
+              "i,j,k (one per example, or one index of an output with several axes) | a:b (one index over the axes "
+              "after the batch)")
 
 
 @dataclass
@@ -68,6 +72,11 @@ def parse_form(text: str) -> tuple[str, Any]:
     if value.startswith("region>"):
         try:
             return "region", float(value[len("region>"):])
+        except ValueError:
+            pass
+    elif value.startswith("segment="):
+        try:
+            return "segment", int(value[len("segment="):])
         except ValueError:
             pass
     else:
@@ -144,7 +153,7 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
     if form == "greedy":
         detail["steps_from"] = _steps_from(inputs, view)
-    resolved = {"top": _top, "region": _region, "greedy": _greedy, "anchor": _anchor,
+    resolved = {"top": _top, "region": _region, "greedy": _greedy, "anchor": _anchor, "segment": _segment,
                 "indices": _indices, "output": _itself}[form](view, layout, value, detail)
     if resolved.labels is not None:  # the summed score itself, for the picture titles
         values = (view * resolved.target.weights.to(view.dtype)).reshape(len(view), -1).sum(1).tolist()
@@ -189,6 +198,7 @@ class Layout:
     objectness: bool = False  # detector heads: an objectness before the class scores (YOLOX, YOLOv5)
     sigmoid_stripped: bool = False  # the map's logits, its Sigmoid stripped
     final: Optional[str] = None  # the output's final activation op, kept or stripped
+    top: str = "the predicted class (argmax)"  # what the top form picks, as the report says it
 
 
 def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarray], axis: int) -> Layout:
@@ -200,6 +210,11 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     shape = tuple(view.shape[1:])
     if view.dim() <= 1 or int(np.prod(shape)) == 1:
         return Layout("one value per example", "one value", "output", final=op)
+    if len(shape) == 1 and (axis is None or getattr(spec, "role", None) in (NMS_SCORES, TOPK_SCORES)):
+        # a detector's scores [K] after its threshold (torchvision): one example's, no classes axis
+        return Layout(f"one example's scores [{shape[0]}] (no batch axis)", "classes", "top", final=op,
+                      top="the largest score (argmax: the detection a NonMaxSuppression keeps first)"
+                      if getattr(spec, "role", None) == NMS_SCORES else "the largest score (argmax)")
     if len(shape) == 1:
         return Layout("classes [N, C]", "classes", "top", final=op)
     image = _image_size(model, inputs)
@@ -208,6 +223,8 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if len(shape) == 3 and shape[2] == 1 and min(shape[:2]) >= 2 and _as_image(image, shape[0], shape[1]):
         # tf2onnx's Keras U-Net ending in Conv2D(1): channels last, as its image input
         return Layout("a dense map [N, H, W, 1]", "map", "region", sigmoid_stripped=stripped, final=op)
+    if len(shape) == 3 and shape[0] >= 2 and min(shape[1:]) >= 2 and _as_image(image, shape[1], shape[2]):
+        return Layout(f"class maps [N, C, H, W] ({shape[0]} classes)", "segmentation", "segment", final=op)
     if len(shape) != 2:
         rank = view.dim() - (axis is None)  # the output's own: `batch_first` gave one without a batch an axis
         return Layout(f"an output of rank {rank}" + (" (one example's: no batch axis)" if axis is None else ""),
@@ -296,7 +313,7 @@ def _top(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
     if view.dim() == 2:
         classes = view.argmax(1).tolist()
         detail["indices"] = classes
-        return Resolved(classes, classes, "the predicted class (argmax)", detail)
+        return Resolved(classes, classes, layout.top, detail)
     positions = largest_positions(view)
     detail["indices"] = [list(p) for p in positions]
     what = "the top pixel" if layout.kind == "map" else "the largest value of the output (argmax over all its elements)"
@@ -336,6 +353,32 @@ def _region(view: Tensor, layout: Layout, value: Optional[float], detail: dict) 
     labels = [f"target: the region of {s} value(s) with {rule}, summed" for s in sizes]
     return Resolved(Target(weights=masks, per_example=True), "region" if value is None else f"region>{value:g}",
                     f"the predicted region's summed score ({rule})", detail, labels)
+
+
+def _segment(view: Tensor, layout: Layout, value: Optional[int], detail: dict) -> Resolved:
+    """Class K's score summed over its predicted segment (the pixels whose argmax is K); K the
+    class predicted on the most pixels, per example, unless given."""
+    import torch
+
+    if view.dim() != 4:
+        raise InputError(f"--target segment needs class maps [N, C, H, W]; this output is {layout.name}")
+    classes = view.shape[1]
+    predicted = view.argmax(1)  # [N, H, W]
+    if value is None:
+        chosen = [int(torch.bincount(p.reshape(-1), minlength=classes).argmax()) for p in predicted]
+    elif not -classes <= value < classes:
+        raise InputError(f"--target segment={value}: the output has {classes} classes (0 to {classes - 1})")
+    else:
+        chosen = [value % classes] * len(view)
+    masks = torch.zeros(view.shape, dtype=torch.float32)
+    for i, k in enumerate(chosen):
+        masks[i, k] = (predicted[i] == k).to(torch.float32)
+    sizes = masks.reshape(len(masks), -1).sum(1).long().tolist()
+    detail.update(classes=chosen, mask_size=sizes)
+    labels = [f"target: class {k}'s score over its {s} predicted pixel(s), summed" for k, s in zip(chosen, sizes)]
+    why = "the class predicted on the most pixels" if value is None else f"class {value}"
+    return Resolved(Target(weights=masks, per_example=True), "segment" if value is None else f"segment={value}",
+                    f"{why}: its score summed over the pixels predicted as it", detail, labels)
 
 
 def _greedy(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:

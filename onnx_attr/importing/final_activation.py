@@ -9,6 +9,8 @@ stripped model can be checked against onnxruntime like any other. A softmax writ
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -442,18 +444,19 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
             label_scores.append(node.input[0])
     finals = _final_topks(graph)
     preselected = set().union(*(made for _, made in finals))
-    suppressions = [n for n in graph.node if n.op_type == "NonMaxSuppression" and n.domain in ("", "ai.onnx")]
-    suppressed = _downstream(graph, {o for n in suppressions for o in n.output})
+    suppressions = _suppressions(graph)
+    suppressed = _downstream(graph, {o for n, _ in suppressions for o in n.output})
     kept = suppressed & {o.name for o in graph.output}
     roles = {**dict.fromkeys(label_scores, LABEL_SCORES), **dict.fromkeys(kept, KEPT_BY_NMS)}
-    for node in suppressions:
+    for node, scores in suppressions:
         # NMS scores gathered by a final TopK's pre-selection (top-k anchors, then NMS): the TopK's
         # scores are exposed below instead, since explaining these would need a rule for the TopK
-        if len(node.input) > 1 and kept and node.input[1] not in preselected and expose(
-                node.input[1], f"output(s) {sorted(kept)} hold what NonMaxSuppression node "
-                               f"{node.name or node.output[0]!r} kept, which changes along the path from the "
-                               f"baseline; its class scores {node.input[1]!r} are what it selects from"):
-            roles.setdefault(node.input[1], NMS_SCORES)
+        if scores is not None and kept and scores not in preselected and expose(
+                scores, f"output(s) {sorted(kept)} hold what NonMaxSuppression "
+                        f"{'node' if node.op_type == 'NonMaxSuppression' else 'in ' + node.op_type + ' node'} "
+                        f"{node.name or node.output[0]!r} kept, which changes along the path from the "
+                        f"baseline; its class scores {scores!r} are what it selects from"):
+            roles.setdefault(scores, NMS_SCORES)
     for node, made in finals:
         # a TopK over what a selection already made (multiclass_nms3's keep_top_k after its NMS,
         # a second TopK over the first's values) adds nothing to explain: that selection's scores are
@@ -471,6 +474,40 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
     out.CopyFrom(model)
     out.graph.output.extend(added)
     return out, notes, roles
+
+
+def _suppressions(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, Optional[str]]]:
+    """The top-level nodes that run a NonMaxSuppression, each with the class scores it reads: the
+    NMS itself, or a control-flow node whose branch runs one (torchvision's batched_nms puts it in
+    an If), the scores then traced out of the branch through ops that only reshape or cast them."""
+    found = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "NonMaxSuppression":
+            found.append((node, node.input[1] if len(node.input) > 1 and node.input[1] else None))
+            continue
+        for inner in _nested_suppressions(node, {}):
+            found.append((node, inner))
+    return found
+
+
+def _nested_suppressions(node: onnx.NodeProto, outer: dict) -> list[Optional[str]]:
+    """For each NonMaxSuppression in `node`'s subgraphs (at any depth): the tensor of the enclosing
+    scope its scores come from (None where they are computed inside the branch)."""
+    found = []
+    for attribute in node.attribute:
+        for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            producer = {**outer, **{o: n for n in sub.node for o in n.output}}
+            for inner in sub.node:
+                if inner.op_type == "NonMaxSuppression" and inner.domain in ("", "ai.onnx"):
+                    name = inner.input[1] if len(inner.input) > 1 and inner.input[1] else None
+                    while name in producer and producer[name].op_type in PASS_THROUGH:
+                        name = producer[name].input[0]
+                    found.append(None if name is None or name in producer else name)
+                else:
+                    found.extend(_nested_suppressions(inner, producer))
+    return found
 
 
 def _final_topks(graph: onnx.GraphProto) -> list[tuple]:
