@@ -10,14 +10,12 @@ listed in docs/captum_differences.md.
 
 from __future__ import annotations
 
-import random
-from typing import Any, Callable
-
 import numpy as np
 import pytest
 import torch
 
 import onnx_attr
+from captum_harness import run_case
 from captum_models import load, load_as, torch_module
 
 T = torch.tensor
@@ -36,15 +34,6 @@ def case(source: str, definitional: str = ""):
         return func
 
     return register
-
-
-def _check(actual: Any, expected: Any, delta: float, mode: str) -> None:
-    a = torch.as_tensor(np.asarray(actual) if not isinstance(actual, torch.Tensor) else actual).double()
-    e = torch.as_tensor(np.asarray(expected) if not isinstance(expected, torch.Tensor) else expected).double()
-    assert a.numel() == e.numel(), f"shape {list(a.shape)} for an expected {list(e.shape)}"
-    diff = (a.reshape(-1) - e.reshape(-1)).abs()
-    size = float(diff.max()) if mode == "max" else float(diff.sum())
-    assert size <= delta, f"got {a.tolist()}, Captum states {e.tolist()} (|diff| {mode} {size:.3g} > {delta})"
 
 
 # --- tests/attr/test_deeplift_basic.py --------------------------------------------------------
@@ -1155,11 +1144,7 @@ for _label, _nt, _method, _batch in (("vanilla", "vanilla", "riemann_right", Non
 
 @pytest.mark.parametrize("source, run", CASES)
 def test_captum_stated_value(source, run):
-    random.seed(1234)  # Captum's BaseTest.setUp seeds every case alike; so does this table
-    np.random.seed(1234)
-    torch.manual_seed(1234)
-    for actual, expected, delta, mode in run():
-        _check(actual, expected, delta, mode)
+    run_case(run)  # under Captum's BaseTest seed, as every case of Captum's
 
 
 def test_softmax_all_ones_float32_delta_is_logit_rounding():

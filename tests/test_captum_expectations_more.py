@@ -6,13 +6,13 @@ with those tests' tolerances. Each case names its source test (file::test)."""
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 import onnx_attr
+from captum_harness import run_case
 from captum_models_more import load, tensor, torch_module
 
 T = torch.tensor
@@ -24,15 +24,6 @@ def case(source: str):
         CASES.append(pytest.param(source, func, id=source))
         return func
     return register
-
-
-def _check(actual: Any, expected: Any, delta: float, mode: str) -> None:
-    a = torch.as_tensor(np.asarray(actual) if not isinstance(actual, torch.Tensor) else actual).double()
-    e = torch.as_tensor(np.asarray(expected) if not isinstance(expected, torch.Tensor) else expected).double()
-    assert a.numel() == e.numel(), f"shape {list(a.shape)} for an expected {list(e.shape)}"
-    diff = (a.reshape(-1) - e.reshape(-1)).abs()
-    size = float(diff.max()) if mode == "max" else float(diff.sum())
-    assert size <= delta, f"got {a.tolist()}, Captum states {e.tolist()} (|diff| {mode} {size:.3g} > {delta})"
 
 
 def _tuple(x):
@@ -1148,8 +1139,4 @@ assert set(DIFFERENCES) <= {p.id for p in CASES}
 
 @pytest.mark.parametrize("source, run", CASES)
 def test_captum_stated_value(source, run):
-    random.seed(1234)  # Captum's BaseTest.setUp
-    np.random.seed(1234)
-    torch.manual_seed(1234)
-    for actual, expected, delta, mode in run():
-        _check(actual, expected, delta, mode)
+    run_case(run)  # under Captum's BaseTest seed, as every case of Captum's

@@ -1,0 +1,28 @@
+"""What the Captum-expectation tables share: Captum's seeding and its tensor comparison."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def check(actual: Any, expected: Any, delta: float, mode: str) -> None:
+    """Captum's assertTensorAlmostEqual: the "sum" of |differences| or their "max" within delta."""
+    a = torch.as_tensor(np.asarray(actual) if not isinstance(actual, torch.Tensor) else actual).double()
+    e = torch.as_tensor(np.asarray(expected) if not isinstance(expected, torch.Tensor) else expected).double()
+    assert a.numel() == e.numel(), f"shape {list(a.shape)} for an expected {list(e.shape)}"
+    diff = (a.reshape(-1) - e.reshape(-1)).abs()
+    size = float(diff.max()) if mode == "max" else float(diff.sum())
+    assert size <= delta, f"got {a.tolist()}, Captum states {e.tolist()} (|diff| {mode} {size:.3g} > {delta})"
+
+
+def run_case(run: Callable[[], list]) -> None:
+    """One case under Captum's BaseTest seed (1234 for random, numpy and torch), every check of it."""
+    random.seed(1234)
+    np.random.seed(1234)
+    torch.manual_seed(1234)
+    for actual, expected, delta, mode in run():
+        check(actual, expected, delta, mode)
