@@ -53,6 +53,8 @@ _LAZY = {
     **{name: "methods" for name in _method_classes()},
     "tensor_as_input": "deeplift.layers", "tensor_as_output": "deeplift.layers", "Target": "deeplift.targets",
     "named_target": "app.target_forms",
+    **{name: "methods.lrp" for name in ("AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "Identity", "ZBox",
+                                        "ZPlus")},
     "infidelity": "methods.metrics", "parameter_randomization": "methods.metrics", "sensitivity_max": "methods.metrics",
     "smooth": "deeplift.smooth", "blurred": "methods.blur",
     "attribute_dataset": "app.dataset_job", "read_results": "app.dataset_job",
@@ -102,6 +104,8 @@ __all__ = [
     # what to explain on dense outputs: a mask (Σ weights·output) or an index on another batch axis; the
     # CLI's --target forms (top, region, greedy, anchor) resolved on the model's output
     "Target", "named_target",
+    # LRP's rules and composites, as objects (LRP(model, rule=Gamma(0.5)), rules={node: Identity()})
+    "AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "Identity", "ZBox", "ZPlus",
     # evaluation metrics
     "infidelity", "parameter_randomization", "sensitivity_max",
     # Relu -> Softplus(β), MaxPool -> log-sum-exp pooling, with the output change reported

@@ -56,3 +56,16 @@ def test_attribute_to_layer_input_reads_the_tensor_the_layer_is_computed_from():
     assert torch.allclose(at_input, onnx_attr.InputXGradient(model).attribute(x, target=0))
     after = onnx_attr.LayerActivation(model, names["Relu"]).attribute(x)  # the next call starts from the names
     assert torch.equal(after, torch.relu(relu_in))
+
+
+def test_lrp_identity_rule_needs_its_input_shape_at_the_output():
+    """Captum's IdentityRule passes relevance through unchanged (test_lrp_Identity's stated value is in
+    test_captum_expectations_more.py); on a node that changes the shape it is a clear error."""
+    from captum_models_more import load as load_more
+
+    model = load_more("SimpleLRP")
+    gemms = [n.meta["onnx_node"] for n in model.module.graph.nodes
+             if n.meta.get("onnx_op") == "Gemm"]
+    lrp = onnx_attr.LRP(model, rules={gemms[1]: onnx_attr.Identity()})
+    with pytest.raises(InputError, match="identity rule.*input's shape \\[1, 3\\] at its output \\[1, 1\\]"):
+        lrp.attribute(torch.tensor([[1.0, 2.0, 3.0]]))

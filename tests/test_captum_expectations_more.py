@@ -1114,8 +1114,6 @@ DIFFERENCES = {
         "definitional: a forward returning one value for the whole batch; each example is explained alone here",
     "test_lime.py::test_multi_inp_lime_scalar_tensor_0d":
         "definitional: a forward returning one value for the whole batch; each example is explained alone here",
-    "test_lrp.py::test_lrp_Identity (IdentityRule on linear, Epsilon on linear2)":
-        "not supported: LRP's IdentityRule",
     "test_lrp.py::test_lrp_multi_inputs (input, 3*input: x and add_input)":
         "definitional: an ONNX Add of two inputs splits the relevance by contribution (conserved); Captum gives "
         "each summand the whole",

@@ -39,7 +39,7 @@ METHOD_CHOICES = cli_methods()
 DATASET_METHOD_CHOICES = dataset_methods()
 #: `--lrp-rule` / `--lrp-composite` choices (onnx_attr.deeplift.rules.lrp's RULE_NAMES / COMPOSITES; kept here
 #: so that usage errors answer without importing torch; a test checks they agree)
-LRP_RULES = ("epsilon", "zero", "gamma", "alpha1beta0", "alpha2beta1", "z_plus", "z_B", "flat")
+LRP_RULES = ("epsilon", "zero", "gamma", "alpha1beta0", "alpha2beta1", "z_plus", "z_B", "flat", "identity")
 LRP_COMPOSITES = ("epsilon", "epsilon_gamma_box", "epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1",
                   "epsilon_alpha2_beta1_flat")
 

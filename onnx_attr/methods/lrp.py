@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from onnx_attr.deeplift.engine import Targets
-from onnx_attr.deeplift.rules.lrp import AlphaBeta, Composite, Epsilon, Flat, Gamma, ZBox, ZPlus, composite_of
+from onnx_attr.deeplift.rules.lrp import (AlphaBeta, Composite, Epsilon, Flat, Gamma, Identity, ZBox, ZPlus,
+                                         composite_of)
 from onnx_attr.deeplift.rules.lrp_pass import LRPRewrite, rewrite_for_lrp
 from onnx_attr.importing.rows import rows_first
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
@@ -23,7 +24,7 @@ from onnx_attr.methods.deeplift import _numpy_given, method_report
 from onnx_attr.methods.gradient import _GradientMethod
 from onnx_attr.methods.layer import layer_axes
 
-__all__ = ["AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "LRP", "LayerLRP", "ZBox", "ZPlus"]
+__all__ = ["AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "Identity", "LRP", "LayerLRP", "ZBox", "ZPlus"]
 
 
 class LRP(_GradientMethod):

@@ -82,6 +82,21 @@ class Pass(LRPRule):
         return [grad]
 
 
+class Identity(Pass):
+    """Captum's IdentityRule, for any node with one varying input of its output's shape (a square
+    Linear, a BatchNormalization): the output's relevance is the input's, element by element."""
+
+    def relevance(self, info, call, grad, args, out, graph=None):
+        (position,) = info.variable_positions()
+        if tuple(args[position].shape) != tuple(grad.shape):
+            from onnx_attr.errors import InputError
+
+            raise InputError(f"the identity rule passes relevance through unchanged, so node {info.name!r} needs its "
+                             f"input's shape {list(args[position].shape)} at its output {list(grad.shape)}; give "
+                             "it another rule")
+        return [grad]
+
+
 def _vjp(fn: Callable[..., Tensor], inputs: Sequence[Tensor], seed: Callable[[Tensor], Tensor]
          ) -> list[Tensor]:
     """fn's linear map transposed, applied to seed(fn(inputs)): one gradient per input."""
@@ -301,6 +316,7 @@ RULE_NAMES: dict[str, Callable[..., LRPRule]] = {
     "z_plus": lambda epsilon, **_: ZPlus(epsilon),
     "z_B": lambda epsilon, bounds, **_: ZBox(*_bounds(bounds), epsilon),
     "flat": lambda epsilon, **_: Flat(epsilon),
+    "identity": lambda **_: Identity(),
 }
 
 
@@ -349,7 +365,7 @@ class Composite:
         if isinstance(rule, str) and rule in RULE_NAMES:
             return RULE_NAMES[rule](epsilon=self.epsilon, gamma=self.gamma, bounds=self.bounds)
         raise InputError(f"unknown LRP rule {rule!r}; use one of {sorted(RULE_NAMES)} or an onnx_attr LRP rule "
-                         "object (Epsilon, Gamma, AlphaBeta, ZPlus, ZBox, Flat)")
+                         "object (Epsilon, Gamma, AlphaBeta, ZPlus, ZBox, Flat, Identity)")
 
     def rule_for(self, node: str, kind: str, first: bool) -> LRPRule:
         for value in (self.names.get(node), self.first if first else None, getattr(self, kind)):
