@@ -1097,11 +1097,11 @@ def _():
 #: (docs/captum_differences.md lists the definitional ones).
 DIFFERENCES = {
     "test_shapley.py::test_multi_input_shapley_sampling_with_mask":
-        "stochastic: with several inputs and examples, ShapleyValueSampling's permutations are not drawn in "
-        "Captum's order (example 0 already differs from Captum under the same seed)",
+        "stochastic: the permutations are Captum's (tests/test_captum_draws.py), but Captum's test draws after "
+        "building its module, whose extra layers take from the generator: these draws land 1.07 off, Captum's 0.3",
     "test_lime.py::test_simple_lime_boolean":
-        "stochastic: a boolean input's second group lands 1.09 off Captum's stated value (Captum itself, same "
-        "seed: 0.5 off)",
+        "stochastic: a boolean input's second group lands 1.09 off Captum's stated value under this generator "
+        "state (Captum's test draws after building its module; Captum itself lands 0.5 off)",
     "test_shapley.py::test_shapley_sampling_multi_task_output":
         "not supported: target=None on an output with several values per example (Captum attributes each)",
     "test_shapley.py::test_shapley_sampling_multi_task_output_with_mask":

@@ -59,3 +59,27 @@ def test_lime_takes_captums_similarity_and_interpretable_model():
     assert float((got - torch.tensor([[73.3716, 193.3349, 113.3349]])).abs().max()) <= 1.0
     default = onnx_attr.Lime(load("MultiLayer")).attribute(X, target=0, n_samples=500)
     assert not torch.allclose(got, default)  # the objects were used, not dropped
+
+
+def test_lime_similarity_sees_held_inputs_as_given_and_refuses_zero_weights():
+    class Gained(torch.nn.Module):
+        def forward(self, x, gain):
+            return x.sum(1, keepdim=True) * gain
+
+    model = onnx_attr.load(export(Gained(), [torch.ones(2, 3), torch.tensor(2.0)], ["x", "gain"]),
+                           strip_final_activation=False)
+    seen = []
+
+    def unit(original, perturbed, sample):
+        seen.append((type(original).__name__, len(original), float(original[1])))
+        return 1.0
+
+    from sklearn.linear_model import LinearRegression
+
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    lime = onnx_attr.Lime(model, similarity_func=unit, interpretable_model=LinearRegression())
+    got = lime.attribute((x, torch.tensor(2.0)), n_samples=40)
+    torch.testing.assert_close(got[0], 2 * x)  # linear: 2·x per feature, by hand
+    assert seen[0] == ("tuple", 2, 2.0)
+    with pytest.raises(onnx_attr.InputError, match="no positive weight"):
+        onnx_attr.Lime(model, similarity_func=lambda *a: 0.0).attribute((x, torch.tensor(2.0)), n_samples=10)

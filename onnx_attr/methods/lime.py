@@ -2,8 +2,8 @@
 to the outputs of random feature coalitions (evaluated by `MaskedEvaluator`).
 
 Both follow Captum's defaults and draw as Captum draws with torch's generator, so under the same
-torch seed one example sees the same coalitions (in a batch, Captum's fitting takes from the
-generator between examples, so later examples differ):
+torch seed every example of a batch sees Captum's coalitions (what Captum's fit takes from the
+generator between examples is taken too: `_example_draws`):
 - Lime: coalitions of independent fair coins, weights exp(−d²/2w²) with d the cosine distance
   (or Euclidean) between the example and its perturbed copy, a Lasso with α = 0.01;
 - KernelShap: the all-present and all-absent coalitions first (weight 1e6), then a size k drawn
@@ -70,9 +70,7 @@ class _Surrogate(_Perturbation):
         groups, features = feature_ids(feature_mask, prepared, _by_name)
         groups, features = _from_zero(groups, features)
         samples = check_samples(n_samples)
-        # example by example, as Captum draws; Captum's fit also takes from torch's generator between
-        # examples (its DataLoader), so only a batch's first example sees Captum's coalitions
-        draws = torch.stack([torch.stack([self._draw(features, s) for s in range(samples)]) for _ in range(n)], 1)
+        draws = torch.stack([self._example_draws(features, samples, e, n) for e in range(n)], 1)
         index = self._output_index(output)
         targets = self._targets(target, n, prepared, index)
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
@@ -91,6 +89,18 @@ class _Surrogate(_Perturbation):
                                 for t, g in zip(prepared.tensors, groups)])
 
     _alpha = 0.0
+
+    def _example_draws(self, features: int, samples: int, example: int, n: int) -> Tensor:
+        """One example's coalitions [S, F], as Captum draws them: example by example. Between two
+        examples Captum's fit takes from torch's generator (its DataLoader's base seed, then the
+        initial weights of the nn.Linear it copies the fitted coefficients into); as much is taken
+        here, so every example of a batch sees Captum's coalitions under the same seed."""
+        found = torch.stack([self._draw(features, s) for s in range(samples)])
+        if example + 1 < n:
+            torch.empty((), dtype=torch.int64).random_()
+            torch.empty(1, features).uniform_()
+            torch.empty(1).uniform_()
+        return found
 
     def _draw(self, features: int, sample: int) -> Tensor:
         raise NotImplementedError
@@ -127,8 +137,11 @@ class Lime(_Surrogate):
 
     def __init__(self, model, alpha: float = 0.01, kernel_width: float = 1.0, distance_mode: str = "cosine", *,
                  similarity_func: Optional[Callable[..., Any]] = None, interpretable_model: Any = None,
-                 **kwargs: Any):
+                 perturb_func: Optional[Callable[..., Any]] = None, **kwargs: Any):
         super().__init__(model, **kwargs)
+        if perturb_func is not None:
+            raise InputError("Lime draws its coalitions as Captum's default perturb_func does (fair coins); a custom "
+                             "perturb_func is not supported: leave it out")
         if similarity_func is not None and not callable(similarity_func):
             raise InputError(f"similarity_func must be callable (original, perturbed, interpretable_sample), "
                              f"got {type(similarity_func).__name__}")
@@ -161,10 +174,11 @@ class Lime(_Surrogate):
     def _similarities(self, prepared, n: int, draws: Tensor):
         """Each copy's weight from the user's `similarity_func`, called per copy as Captum calls it."""
         onnx_order = [i for i, a in enumerate(prepared.attributed) if a]
-        order = [onnx_order.index(p) for p in prepared.positions]  # the copies' order -> the user's
 
         def given(tensors: list) -> Any:
-            return prepared.repack_user([tensors[i] for i in order])
+            """The attributed inputs (in ONNX order) in the user's structure, held ones as given."""
+            return prepared.repack_user([tensors[onnx_order.index(p)] if p in onnx_order else prepared.tensors[p]
+                                         for p in prepared.positions])
         originals = [given([prepared.tensors[i][e:e + 1] for i in onnx_order]) for e in range(n)]
         done = [0]  # samples measured so far: the evaluator measures its chunks in order
 
@@ -175,6 +189,9 @@ class Lime(_Surrogate):
                 sample, e = done[0] + row // n, row % n
                 value = self.similarity_func(originals[e], given([c[row:row + 1] for c in copies]),
                                              draws[sample, e].float()[None])
+                if torch.as_tensor(value).numel() != 1:
+                    raise InputError(f"similarity_func must give one number per perturbed copy, got shape "
+                                     f"{list(torch.as_tensor(value).shape)}")
                 out[row] = float(value)
             done[0] += k
             return out
@@ -182,6 +199,9 @@ class Lime(_Surrogate):
 
     def _weights(self, draws: Tensor, measured, features: int) -> Tensor:
         if self.similarity_func is not None:
+            if not bool(torch.isfinite(measured).all()) or bool((measured.double().sum(0) <= 0).any()):
+                raise InputError("similarity_func gave no positive weight to an example's samples (or a NaN): "
+                                 "the surrogate cannot be fitted; weights must be finite, >= 0 and not all 0")
             return measured.double()
         return torch.exp(-measured.double() ** 2 / (2 * self.kernel_width ** 2))
 
@@ -193,7 +213,8 @@ class Lime(_Surrogate):
             from torch.utils.data import DataLoader, TensorDataset
 
             rows = TensorDataset(*(torch.from_numpy(a).float() for a in (x, y, w)))
-            model.fit(DataLoader(rows, batch_size=len(x)))
+            with torch.random.fork_rng(devices=[]):  # what it draws is taken at the draws (_example_draws)
+                model.fit(DataLoader(rows, batch_size=len(x)))
             return model.representation().detach().cpu().double().numpy().reshape(-1)
         model.fit(x, y, sample_weight=w)  # scikit-learn's
         return np.asarray(model.coef_, dtype=np.float64).reshape(-1)
