@@ -179,3 +179,11 @@ def test_an_output_empty_for_this_input_exits_2_saying_so(tmp_path, capsys):
     np.savez(tmp_path / "x.npz", x=np.zeros((1, 6), np.float32))
     assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--no-pictures"]) == 2
     assert "output 'scores' is empty for this input (shape [1, 0]" in capsys.readouterr().err
+
+
+def test_segment_of_a_class_predicted_nowhere_is_a_clear_error(tmp_path):
+    path = _conv_map(tmp_path)
+    x = np.zeros((1, 3, 6, 6), np.float32)  # the biases decide: class 0 (3 > -2) on every pixel
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "run"), "--no-pictures",
+                 "--target=segment=1"]) == 2

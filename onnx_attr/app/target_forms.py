@@ -374,6 +374,10 @@ def _segment(view: Tensor, layout: Layout, value: Optional[int], detail: dict) -
     for i, k in enumerate(chosen):
         masks[i, k] = (predicted[i] == k).to(torch.float32)
     sizes = masks.reshape(len(masks), -1).sum(1).long().tolist()
+    empty = [i for i, size in enumerate(sizes) if size == 0]
+    if empty:
+        raise InputError(f"--target segment={value}: class {value} is predicted on no pixel of example(s) {empty}, "
+                         "so its segment is empty; name a class the model predicts there, or use --target segment")
     detail.update(classes=chosen, mask_size=sizes)
     labels = [f"target: class {k}'s score over its {s} predicted pixel(s), summed" for k, s in zip(chosen, sizes)]
     why = "the class predicted on the most pixels" if value is None else f"class {value}"

@@ -63,6 +63,15 @@ def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
     return TensorSpec(name, ("N", *value.shape[1:]), np.dtype(str(value.dtype).replace("torch.", "")))
 
 
+def refuse_settings_as_layers(model, names: Sequence[str], tensors: Sequence[Tensor]) -> None:
+    """A model input named as a layer must have examples: a 0-d one (a setting) has none to attribute."""
+    inputs = [s.name for s in model.inputs]
+    for name in names:
+        if name in inputs and tensors[inputs.index(name)].dim() == 0:
+            raise InputError(f"layer {name!r} is a 0-d model input (a setting such as a threshold): it has no examples "
+                             "to attribute; name a tensor computed from the inputs")
+
+
 def layer_inputs(model, name: str) -> list[str]:
     """The tensors the ONNX node computing `name` reads that depend on the model's inputs (its data,
     not its weights or constants): Captum's "layer input" for a layer named by its output."""
@@ -107,9 +116,14 @@ def layers_delta(model, names: Sequence[str], sums: Sequence[Tensor], change: Te
 
 
 def nested_pair(model, names: Sequence[str]) -> Optional[tuple[str, str]]:
-    """(upstream, downstream): two named tensors the second of which is computed from the first;
-    None when none is."""
-    nodes = {tensor_node(model.module, name): name for name in names}
+    """(upstream, downstream): two named tensors the second of which is computed from the first (or
+    one tensor named twice: fed twice, the second feed would be unused); None when none is."""
+    nodes: dict[fx.Node, str] = {}
+    for name in names:
+        node = tensor_node(model.module, name)
+        if node in nodes:
+            return nodes[node], name
+        nodes[node] = name
     for node, name in nodes.items():
         seen, stack = set(), list(node.all_input_nodes)
         while stack:

@@ -98,7 +98,7 @@ def _to_tensor(value: Any, spec: TensorSpec, what: str) -> torch.Tensor:
         raise InputError(f"{what} {spec.name!r} is not a tensor (sequence or map inputs are not supported)")
     if isinstance(value, torch.Tensor):
         array_kind = _torch_kind(value.dtype)  # from the dtype alone: no copy of the data
-    elif isinstance(value, int) and not isinstance(value, bool) and _kind(spec.dtype) == "floating":
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and _kind(spec.dtype) == "floating":
         value, array_kind = np.asarray(float(value)), "floating"  # a literal 0 for a float input: no dtype meant
     else:
         try:

@@ -519,7 +519,7 @@ class LayerDeepLift(DeepLift):
                   additional_forward_args: Any = None, return_convergence_delta: bool = False,
                   attribute_to_layer_input: bool = False, custom_attribution_func: Optional[Callable[..., Any]] = None,
                   grad_kwargs: Optional[dict] = None, *, output: Union[str, int, None] = None):
-        from onnx_attr.deeplift.layers import layers_delta
+        from onnx_attr.deeplift.layers import layers_delta, refuse_settings_as_layers
         from onnx_attr.methods.layer import check_grad_kwargs, refuse_layer_input
 
         refuse_layer_input(attribute_to_layer_input, "attribute_to_layer_input")
@@ -528,6 +528,7 @@ class LayerDeepLift(DeepLift):
         self._specialise(inputs, baselines, additional_forward_args)
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            {t.input_name for t in self.engine.rewrite.taps})
+        refuse_settings_as_layers(self.model, self.layers, prepared.tensors)
         n = example_count(self.model, prepared)
         index = self._output_index(output)
         check_batched(self.model, prepared, n)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onnx_attr.deeplift.layers import replace_modules
+from onnx_attr.errors import InputError
 from onnx_attr.importing.rows import rows_back, rows_first
 from onnx_attr.methods._inputs import _as_list
 from onnx_attr.methods.base import AttributionMethod
@@ -91,8 +92,10 @@ class GuidedGradCam(AttributionMethod):
     spatial size, Captum's `interpolate_mode`); an input the map cannot be upsampled to (no spatial
     axes, or a rank other than the layer's) gets an empty tensor with a warning, as in Captum."""
 
-    def __init__(self, model, layer: str, **_: Any):
-        super().__init__(model)
+    def __init__(self, model, layer: str, device_ids: Any = None):
+        super().__init__(model)  # device_ids: Captum's DataParallel option, nothing to do here
+        if not isinstance(layer, str):
+            raise InputError(f"GuidedGradCam takes one layer, a tensor name; got {layer!r}")
         self.layer = layer
         self.grad_cam = LayerGradCam(model, layer)
         self.guided = GuidedBackprop(model)
@@ -103,6 +106,10 @@ class GuidedGradCam(AttributionMethod):
         cam = self.grad_cam.attribute(inputs, target, additional_forward_args,
                                       attribute_to_layer_input=attribute_to_layer_input, relu_attributions=True,
                                       output=output)
+        if isinstance(cam, tuple):
+            raise InputError(f"attribute_to_layer_input=True: the node computing {self.layer!r} reads "
+                             f"{list(self.grad_cam.layers)}; GuidedGradCam takes one map, so name one of them as the "
+                             "layer")
         guided = self.guided.attribute(inputs, target, additional_forward_args, output=output)
         # spatial axes are those after the batch axis: the map and each input are upsampled and
         # multiplied with their examples on axis 0, and moved back

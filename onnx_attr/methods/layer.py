@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from onnx_attr.errors import InputError
-from onnx_attr.deeplift.layers import (cut_groups, layer_inputs, layers_delta, nested_pair, tensor_as_output,
-                                       tensor_values, tensors_as_inputs)
+from onnx_attr.deeplift.layers import (cut_groups, layer_inputs, layers_delta, nested_pair, refuse_settings_as_layers,
+                                       tensor_as_output, tensor_values, tensors_as_inputs)
 from onnx_attr.importing.batch import probe
 from onnx_attr.importing.rows import path_runs, rows_back, rows_first
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
@@ -38,9 +38,9 @@ def refuse_nested(model, layers: Sequence[str], method: str) -> None:
     would hold the upstream one's change back (Captum raises there too)."""
     pair = nested_pair(model, layers)
     if pair is not None:
-        raise InputError(f"{method}: layer {pair[1]!r} is computed from layer {pair[0]!r}, and the layers move "
-                         f"together along one path, which would hold {pair[0]!r}'s change back at {pair[1]!r}; "
-                         "attribute each of them in its own call")
+        how = "is named twice" if pair[0] == pair[1] else f"is computed from layer {pair[0]!r}"
+        raise InputError(f"{method}: layer {pair[1]!r} {how}, and the layers move together along one path, which "
+                         f"would hold {pair[0]!r}'s change back at {pair[1]!r}; attribute each of them in its own call")
 
 
 def check_grad_kwargs(grad_kwargs: Optional[dict]) -> None:
@@ -95,6 +95,7 @@ class LayerMethod(AttributionMethod):
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
         self.n = example_count(self.model, prepared)
         check_batched(self.model, prepared, self.n)
+        refuse_settings_as_layers(self.model, self.layers, prepared.tensors)
         self.layer_axes = self._layer_axes(prepared)
         h = tensor_values(self.model, self.layers, prepared.tensors)
         h0 = tensor_values(self.model, self.layers, prepared.baselines)
@@ -191,8 +192,14 @@ class _NeuronMethod(AttributionMethod):
 
     method: type
 
-    def __init__(self, model, layer: str, **options: Any):
-        super().__init__(model)
+    def __init__(self, model, layer: str, device_ids: Any = None, **options: Any):
+        from onnx_attr.methods.base import constructor_options
+
+        super().__init__(model)  # device_ids: Captum's DataParallel option, nothing to do here
+        takes = constructor_options(self.method)
+        if set(options) - set(takes):
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) "
+                            f"{sorted(set(options) - set(takes))}; it takes {['device_ids', *takes]}")
         self.layer = layer
         self.inner = self.method(neuron_model(model, layer), **options)
 

@@ -57,8 +57,8 @@ class LayerFeatureAblation(_LayerPerturbation):
                   perturbations_per_eval: int = 1, show_progress: bool = False, *,
                   output: Union[str, int, None] = None):
         self._select_layers(attribute_to_layer_input)
-        return self._on_layer(inputs, additional_forward_args, baselines=_per_layer(layer_baselines, self.layer),
-                              target=target, feature_mask=_per_layer(layer_mask, self.layer),
+        return self._on_layer(inputs, additional_forward_args, baselines=_per_layer(layer_baselines, self.layers),
+                              target=target, feature_mask=_per_layer(layer_mask, self.layers),
                               perturbations_per_eval=perturbations_per_eval, show_progress=show_progress,
                               output=output)
 
@@ -72,7 +72,7 @@ class LayerFeaturePermutation(_LayerPerturbation):
                   perturbations_per_eval: int = 1, show_progress: bool = False, *,
                   output: Union[str, int, None] = None):
         return self._on_layer(inputs, additional_forward_args, target=target,
-                              feature_mask=_per_layer(layer_mask, self.layer),
+                              feature_mask=_per_layer(layer_mask, self.layers),
                               perturbations_per_eval=perturbations_per_eval, show_progress=show_progress,
                               output=output)
 
@@ -85,11 +85,20 @@ def _group_of(value: Any, group: Sequence[int], name: str) -> Any:
     return tuple(value[i] for i in group)
 
 
-def _per_layer(value: Any, layer: Union[str, Sequence[str]]) -> Any:
-    """A single layer's value as the one-input tuple the inner method takes; several as given."""
-    if value is None or not isinstance(layer, str):
-        return tuple(value) if isinstance(value, list) else value
-    return (value,)
+def _per_layer(value: Any, layers: Sequence[str]) -> Any:
+    """A single layer's value as the one-input tuple the inner method takes; for several (a list of
+    layers, or a layer's inputs), one per layer as given, checked."""
+    if value is None:
+        return None
+    if len(layers) == 1:
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        return value  # a number for every layer
+    if len(value) != len(layers):
+        from onnx_attr.errors import InputError
+
+        raise InputError(f"{len(layers)} layers ({layers}): give one baseline or mask per layer, as a tuple")
+    return tuple(value)
 
 
 class NeuronFeatureAblation(_NeuronMethod):
