@@ -188,6 +188,16 @@ class Targets:
                              "onnx_attr.Target(index=..., batch_axis=K) (CLI: --batch-axis K)")
         return output.narrow(axis, 0, count)
 
+    def seed_scale(self) -> float:
+        """The power of two near √(Σ|weights|) of a mask target (1 for indices): what the backward's
+        seed is divided by so that gradients pooled over the whole mask stay in float16's range,
+        while one element's stays well above its subnormals (`target_gradients`)."""
+        if self.weights is None:
+            return 1.0
+        w = self.weights.abs().double()
+        total = float(w.reshape(w.shape[0], -1).sum(1).max()) if self.per_example else float(w.sum())
+        return 2.0 ** round(math.log2(math.sqrt(total))) if total > 4 else 1.0
+
     def _weighted(self, output: Tensor, n: int) -> Tensor:
         """Σ weights·output per example: the mask of each example (or the shared one) over its output."""
         weights = self.weights.to(device=output.device)
@@ -371,7 +381,7 @@ class DeepLiftEngine:
                 value = targets.select(targets.first_rows(out, keep, _fed(xs, attributed, axes)))
                 if layer_taps:
                     leaves = [state.tap_leaves[id(t)] for t in layer_taps]
-                    found = target_gradients(value, leaves)
+                    found = target_gradients(value, leaves, targets.seed_scale())
                     layers = [(_kept(torch.zeros_like(h) if g is None else g, keep, a), _kept(
                         difference(h.detach(), state.tap_baselines[id(t)].expand_as(h)), keep, a))
                         for t, g, h, a in zip(layer_taps, found, leaves, self._layer_axes())]
@@ -379,7 +389,7 @@ class DeepLiftEngine:
                                       layers)
                 leaves = [state.tap_leaves[id(t)] for t in taps]
                 wanted = [x for x, a, i in zip(live, attributed, integer) if a and not i] + leaves
-                grads = list(target_gradients(value, wanted))
+                grads = list(target_gradients(value, wanted, targets.seed_scale()))
             tap_baselines = [state.tap_baselines[id(t)] for t in taps]
         finally:
             state.clear()  # a cached reference keeps its own dict of references

@@ -17,8 +17,13 @@ NO_GRADIENT_PATH = (
     "(FeatureAblation; the CLI's --method featureablation)")
 
 
-def target_gradients(value: Tensor, wanted: Sequence[Tensor]) -> tuple[Optional[Tensor], ...]:
+def target_gradients(value: Tensor, wanted: Sequence[Tensor], scale: float = 1.0) -> tuple[Optional[Tensor], ...]:
     """d value.sum() / d each of `wanted` (None where one is unused).
+
+    `scale` (a power of two, so exact): the backward runs on value / scale and its results are
+    scaled back. A mask over tens of thousands of output values (a segment, a region) seeds a
+    backward whose pooled gradients overflow float16 (65504) in a graph that computes in half
+    precision: the attributions came back NaN (`Targets.seed_scale`).
 
     An output computed from constants, or from the inputs only through shapes, casts to integers
     or comparisons, has no gradient path at all: autograd would raise a bare RuntimeError
@@ -28,4 +33,5 @@ def target_gradients(value: Tensor, wanted: Sequence[Tensor]) -> tuple[Optional[
     """
     if not value.requires_grad:
         raise NoGradientPathError(NO_GRADIENT_PATH)
-    return torch.autograd.grad(value.sum(), list(wanted), allow_unused=True)
+    found = torch.autograd.grad(value.sum() / scale if scale != 1 else value.sum(), list(wanted), allow_unused=True)
+    return found if scale == 1 else tuple(None if g is None else g * scale for g in found)

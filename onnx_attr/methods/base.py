@@ -277,7 +277,7 @@ class AttributionMethod:
                 value = self._selected(live, chunk_targets, index, kept)
                 wanted = [t for t, a in zip(live, attributed) if a]
                 try:
-                    grads = iter(target_gradients(value, wanted))
+                    grads = iter(target_gradients(value, wanted, chunk_targets.seed_scale()))
                 except InputError as err:
                     raise InputError(f"{err}{_rounding_hint(self.model)}") from None
             per_input = []
