@@ -136,3 +136,43 @@ def test_an_nms_inside_an_if_exposes_the_scores_it_reads(tmp_path):
     assert "NonMaxSuppression keeps first" in report["target_source"]
     with np.load(tmp_path / "out" / "attributions.npz", allow_pickle=False) as data:
         np.testing.assert_allclose(data["x"].astype(np.float64).sum(), scores.max() - 0.5, rtol=1e-5)
+
+
+W1 = (RNG.standard_normal((3, 1)) * 3).astype(np.float32)
+W2 = (RNG.standard_normal((3, 1)) * 3).astype(np.float32)
+
+
+def two_stage_detector() -> onnx.ModelProto:
+    """A region-proposal NMS over objectness sigmoid(x·W1), then a detection NMS over the kept
+    proposals' scores sigmoid(x_kept·W2): the outputs are what the second one kept."""
+    def nms(boxes, scores, picked):
+        return [helper.make_node("Unsqueeze", [boxes, "zero"], [boxes + "_1"]),
+                helper.make_node("Unsqueeze", [scores, "zero"], [scores + "_1"]),
+                helper.make_node("Unsqueeze", [scores + "_1", "zero"], [scores + "_11"]),
+                helper.make_node("NonMaxSuppression", [boxes + "_1", scores + "_11", "keep", "iou"], [picked + "_t"]),
+                helper.make_node("Gather", [picked + "_t", "two"], [picked], axis=1)]
+    nodes = [helper.make_node("Reshape", ["x", "rows3"], ["rows"]),
+             helper.make_node("MatMul", ["rows", "wb"], ["boxes"]),
+             helper.make_node("MatMul", ["rows", "w1"], ["l1"]),
+             helper.make_node("Reshape", ["l1", "minus_one"], ["l1f"]),
+             helper.make_node("Sigmoid", ["l1f"], ["objectness"]),
+             *nms("boxes", "objectness", "proposals"),
+             helper.make_node("Gather", ["rows", "proposals"], ["kept_rows"], axis=0),
+             helper.make_node("Gather", ["boxes", "proposals"], ["kept_boxes"], axis=0),
+             helper.make_node("MatMul", ["kept_rows", "w2"], ["l2"]),
+             helper.make_node("Reshape", ["l2", "minus_one"], ["l2f"]),
+             helper.make_node("Sigmoid", ["l2f"], ["detection_scores"]),
+             *nms("kept_boxes", "detection_scores", "detections"),
+             helper.make_node("Gather", ["detection_scores", "detections"], ["scores_out"], axis=0)]
+    return make_model(nodes, [("x", FLOAT, [1, 8, 3])], [("scores_out", FLOAT, ["K"])], opset=13, initializers={
+        "wb": WB, "w1": W1, "w2": W2, "rows3": np.array([-1, 3], np.int64), "minus_one": np.array([-1], np.int64),
+        "zero": np.array([0], np.int64), "two": np.array(2, np.int64), "keep": np.array([6], np.int64),
+        "iou": np.array([0.9], np.float32)})
+
+
+def test_a_two_stage_detector_exposes_the_last_stages_scores():
+    """torchvision's Faster R-CNN: the proposals' objectness had been exposed (and explained by
+    default) instead of the detection scores the outputs were selected by."""
+    model = onnx_attr.load(two_stage_detector(), strip_final_activation=False)
+    assert [(o.name, o.role) for o in model.outputs] == [("scores_out", KEPT_BY_NMS),
+                                                         ("detection_scores_11", NMS_SCORES)]

@@ -448,10 +448,15 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
     suppressed = _downstream(graph, {o for n, _ in suppressions for o in n.output})
     kept = suppressed & {o.name for o in graph.output}
     roles = {**dict.fromkeys(label_scores, LABEL_SCORES), **dict.fromkeys(kept, KEPT_BY_NMS)}
+    # a two-stage detector's first NMS (the region proposals' objectness) feeds the scores of a later one
+    # (the detections'): only the last stage's scores are what the outputs were selected by
+    staged = {id(node) for node, _ in suppressions
+              if any(later in _downstream(graph, set(node.output)) for other, later in suppressions
+                     if other is not node and later is not None)}
     for node, scores in suppressions:
         # NMS scores gathered by a final TopK's pre-selection (top-k anchors, then NMS): the TopK's
         # scores are exposed below instead, since explaining these would need a rule for the TopK
-        if scores is not None and kept and scores not in preselected and expose(
+        if scores is not None and kept and scores not in preselected and id(node) not in staged and expose(
                 scores, f"output(s) {sorted(kept)} hold what NonMaxSuppression "
                         f"{'node' if node.op_type == 'NonMaxSuppression' else 'in ' + node.op_type + ' node'} "
                         f"{node.name or node.output[0]!r} kept, which changes along the path from the "
