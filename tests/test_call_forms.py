@@ -69,3 +69,16 @@ def test_lrp_identity_rule_needs_its_input_shape_at_the_output():
     lrp = onnx_attr.LRP(model, rules={gemms[1]: onnx_attr.Identity()})
     with pytest.raises(InputError, match="identity rule.*input's shape \\[1, 3\\] at its output \\[1, 1\\]"):
         lrp.attribute(torch.tensor([[1.0, 2.0, 3.0]]))
+
+
+def test_the_methods_carry_captums_multiplies_by_inputs_flags():
+    """Captum 0.9's flags (read off Captum's classes): perturbation methods are global attributions,
+    Lime and KernelShap are not; LayerActivation is. They were all False here."""
+    model = load("MultiLayer")
+    gemm = next(n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Gemm")
+    expected = {"FeatureAblation": True, "Occlusion": True, "ShapleyValueSampling": True, "ShapleyValues": True,
+                "FeaturePermutation": True, "Lime": False, "KernelShap": False}
+    for name, flag in expected.items():
+        assert getattr(onnx_attr, name)(model).multiplies_by_inputs is flag, name
+    for name in ("LayerActivation", "LayerFeatureAblation", "NeuronFeatureAblation"):
+        assert getattr(onnx_attr, name)(model, gemm).multiplies_by_inputs is True, name

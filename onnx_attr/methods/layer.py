@@ -200,17 +200,26 @@ class _NeuronMethod(AttributionMethod):
         if set(options) - set(takes):
             raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) "
                             f"{sorted(set(options) - set(takes))}; it takes {['device_ids', *takes]}")
-        self.layer = layer
+        self.layer, self._options = layer, options
         self.inner = self.method(neuron_model(model, layer), **options)
+        self._at_input: Optional[AttributionMethod] = None  # the method at the layer's input, made when asked
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return getattr(self.inner, "multiplies_by_inputs", False)
 
     def _attribute(self, inputs: Any, neuron_selector: Any, attribute_to_neuron_input: bool, **arguments: Any):
-        refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
-        result = self.inner.attribute(inputs, target=neuron_selector, **arguments)
-        self.last_report = {**self.inner.last_report, "method": type(self).__name__, "layer": self.layer}
+        inner = self.inner
+        if attribute_to_neuron_input:  # Captum's: the neuron in the tensor the layer's node reads
+            if self._at_input is None:
+                feeds = layer_inputs(self.model, self.layer)
+                if len(feeds) != 1:
+                    raise InputError(f"attribute_to_neuron_input=True: the node computing {self.layer!r} reads "
+                                     f"{feeds}; name the one the neuron is in as the layer")
+                self._at_input = self.method(neuron_model(self.model, feeds[0]), **self._options)
+            inner = self._at_input
+        result = inner.attribute(inputs, target=neuron_selector, **arguments)
+        self.last_report = {**inner.last_report, "method": type(self).__name__, "layer": self.layer}
         return result
 
 
@@ -247,6 +256,8 @@ class NeuronIntegratedGradients(_NeuronMethod):
 
 class LayerActivation(LayerMethod):
     """The layer's values for the inputs (no target: they do not depend on one)."""
+
+    _multiply_by_inputs = True  # Captum's flag
 
     def attribute(self, inputs: Any, additional_forward_args: Any = None, attribute_to_layer_input: bool = False):
         self._select_layers(attribute_to_layer_input)

@@ -62,6 +62,8 @@ class _Surrogate(_Perturbation):
     """A linear model per example over binary coalitions of features; its coefficients are the
     attributions (spread onto the elements), or returned per feature with return_input_shape=False."""
 
+    _multiply_by_inputs = False  # Captum's flag for Lime and KernelShap
+
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   feature_mask: Any = None, n_samples: int = 25, perturbations_per_eval: int = 1,
                   return_input_shape: bool = True, show_progress: bool = False, *,

@@ -30,6 +30,8 @@ class _Perturbation(_GradientMethod):
     """Forward passes only, on the imported module (`backend="torch"`) or on the ONNX graph
     itself (`"onnxruntime"`); masked copies are built by `MaskedEvaluator` within `budget_bytes`."""
 
+    _multiply_by_inputs = True  # Captum's flag for perturbation methods: an output change, a global attribution
+
     def __init__(self, model, backend: str = "torch", budget_bytes: int = DEFAULT_BUDGET_BYTES, **kwargs: Any):
         super().__init__(model, **kwargs)
         if backend not in BACKENDS:

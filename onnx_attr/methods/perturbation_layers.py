@@ -24,6 +24,7 @@ class _LayerPerturbation(LayerMethod):
     LayerMethod, so the jobs and the CLI drive it as every other layer method."""
 
     method: type
+    _multiply_by_inputs = True  # Captum's flag, as the plain perturbation methods'
 
     def __init__(self, model, layer: Union[str, Sequence[str]], budget_bytes: int = DEFAULT_BUDGET_BYTES):
         super().__init__(model, layer)
