@@ -5,14 +5,11 @@ fall through to captum_models_more (and from there to captum_models)."""
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor, nn
 
-import onnx_attr
 import captum_models_more as more
-from captum_models import _seeded, export
+from captum_models import _seeded
 from captum_models import BasicModelMultiLayerMultiInput, _rows
 from captum_models_more import SimpleLRPModel
 
@@ -48,27 +45,5 @@ _BUILDERS = {
 }
 
 
-def torch_module(name: str) -> nn.Module:
-    if name in _BUILDERS:
-        return _BUILDERS[name]()[0].eval()
-    return more.torch_module(name)
-
-
-def load(name: str):
-    """As captum_models_more.load: loaded once, torch's generator left as found."""
-    if name not in _BUILDERS:
-        return more.load(name)
-    state = torch.get_rng_state()
-    try:
-        return _load(name)
-    finally:
-        torch.set_rng_state(state)
-
-
-@functools.lru_cache(maxsize=None)
-def _load(name: str):
-    module, examples, names = _BUILDERS[name]()
-    return onnx_attr.load(export(module, examples, names), strip_final_activation=False)
-
-
-tensor = more.tensor
+more._BUILDERS.update(_BUILDERS)  # one table: loaded and cached as captum_models_more's own
+load, torch_module, tensor = more.load, more.torch_module, more.tensor

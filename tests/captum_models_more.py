@@ -168,8 +168,8 @@ def torch_module(name: str) -> nn.Module:
 def load(name: str):
     """The model, loaded once; torch's generator is left as found (a first load builds the module,
     which draws), so a case's draws do not depend on which cases ran before it. (Captum's tests draw
-    after building their module, whose layers differ from these, so its generator state at the call
-    cannot be matched: the stochastic cases hold by their tolerances, as Captum's do.)"""
+    after building their module, whose layers differ from these: a case that needs Captum's state
+    builds Captum's own module first, as test_captum_expectations_layers.py does.)"""
     state = torch.get_rng_state()
     try:
         return _load(name)
