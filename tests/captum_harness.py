@@ -19,6 +19,14 @@ def check(actual: Any, expected: Any, delta: float, mode: str) -> None:
     assert size <= delta, f"got {a.tolist()}, Captum states {e.tolist()} (|diff| {mode} {size:.3g} > {delta})"
 
 
+def captum_module(cls: str, **kwargs):
+    """Build Captum's own test module, for its draws from torch's generator only: Captum's tests build
+    it after seeding and before the method draws, so a case that calls this first draws as they do."""
+    from captum.testing.helpers import basic_models
+
+    return getattr(basic_models, cls)(**kwargs)
+
+
 def run_case(run: Callable[[], list]) -> None:
     """One case under Captum's BaseTest seed (1234 for random, numpy and torch), every check of it."""
     random.seed(1234)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import onnx_attr
-from captum_harness import run_case
+from captum_harness import captum_module, run_case
 from captum_models_layers import load, tensor, torch_module
 
 T = torch.tensor
@@ -38,13 +38,6 @@ def _checks(got, expected, delta, mode="sum"):
     got = _tuple(got)
     assert len(got) == len(expected), f"{len(got)} attributions for {len(expected)} expected"
     return [(g, e, delta, mode) for g, e in zip(got, expected)]
-
-
-def _captum_module(cls: str, **kwargs):
-    """Build Captum's own test module, for its draws from torch's generator only (Captum's tests
-    build it before drawing their random baselines)."""
-    from captum.testing.helpers import basic_models
-    return getattr(basic_models, cls)(**kwargs)
 
 
 def _flag(method, expected: bool):
@@ -374,7 +367,7 @@ def _():
 
 @case("test_layer_gradient_shap.py::test_basic_multilayer_with_add_args")
 def _():
-    _captum_module("BasicModel_MultiLayer", inplace=True)
+    captum_module("BasicModel_MultiLayer", inplace=True)
     baselines = torch.randn(30, 3)
     return _lgs("MultiLayerAddInput", _L2, T([[1.0, -20.0, 10.0]]), baselines, 0, [[-13.9510, 0.0]],
                 add_args=torch.ones(1, 3))
@@ -384,7 +377,7 @@ def _():
 def _():
     import random
     import numpy as np
-    _captum_module("BasicModel_MultiLayer")
+    captum_module("BasicModel_MultiLayer")
     m, inputs, baselines = load("MultiLayer"), T([[10.0, 20.0, 10.0]]), torch.randn(30, 3)
     expected, delta = onnx_attr.GradientShap(m).attribute(inputs, baselines, target=0, return_convergence_delta=True)
     random.seed(1234); np.random.seed(1234); torch.manual_seed(1234)  # self.setUp()
@@ -400,7 +393,7 @@ def _():
 
 @case("test_layer_gradient_shap.py::test_basic_multi_input (scale: a float input, as Captum's 1.0)")
 def _():
-    _captum_module("BasicModel_MultiLayer_MultiInput")
+    captum_module("BasicModel_MultiLayer_MultiInput")
     inputs = (T([[10.0, 20.0, 10.0]]), T([[1.0, 2.0, 1.0]]))
     baselines = (torch.randn(30, 3), torch.randn(30, 3))
     return _lgs("MultiLayerMultiInput_fscale", _L2, inputs, baselines, 0, T([[171.6841, 0.0]]),
@@ -662,13 +655,13 @@ def _():
 
 @case("test_neuron_gradient_shap.py::test_basic_multilayer_wo_mult_by_inputs")
 def _():
-    _captum_module("BasicModel_MultiLayer", inplace=True)
+    captum_module("BasicModel_MultiLayer", inplace=True)
     return _ngs("MultiLayer", _L1, T([[1.0, 20.0, 10.0]]), torch.randn(2, 3), 0, 60)
 
 
 @case("test_neuron_gradient_shap.py::test_basic_multilayer_wo_mult_by_inputs_agg_neurons")
 def _():
-    _captum_module("BasicModel_MultiLayer", inplace=True)
+    captum_module("BasicModel_MultiLayer", inplace=True)
     inputs, baselines = T([[1.0, 20.0, 10.0]]), torch.randn(2, 3)
     return (_ngs("MultiLayer", _L1, inputs, baselines, (slice(0, 1, 1),), 60)
             + _ngs("MultiLayer", _L1, inputs, baselines, lambda x: x[:, 0:1], 60))

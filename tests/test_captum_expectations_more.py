@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import onnx_attr
-from captum_harness import run_case
+from captum_harness import captum_module, run_case
 from captum_models_more import load, tensor, torch_module
 
 T = torch.tensor
@@ -120,6 +120,7 @@ _MI_EXP_B = ([[1040, 1040, 1040], [184, 580.0, 184]], [[52, 1040, 132], [184, 58
 
 @case("test_shapley.py::test_multi_input_shapley_sampling_with_mask")
 def _():
+    captum_module("BasicModel_MultiLayer_MultiInput")  # drawn after Captum's module is built, as Captum's test
     return (_shapley("MultiLayerMultiInput", _MI_IN, _MI_EXP, additional=(1,), feature_mask=_MI_MASK)
             + _shapley("MultiLayerMultiInput", _MI_IN, _MI_EXP_B, additional=(1,), feature_mask=_MI_MASK,
                        baselines=(2, 3.0, 4), per_eval=(1, 2, 3)))
@@ -324,6 +325,7 @@ def _():
 
 @case("test_lime.py::test_simple_lime_boolean")
 def _():
+    captum_module("BasicModelBoolInput")  # drawn after Captum's module is built, as Captum's test draws
     return _lime("BasicModelBoolInput", T([[True, False, True]]), [[31.42, 31.42, 30.90]],
                  feature_mask=T([[0, 0, 1]]), per_eval=(1, 2, 3))
 
@@ -1096,12 +1098,6 @@ def _():
 #: Cases that differ from Captum on purpose or that are not supported yet, each with why
 #: (docs/captum_differences.md lists the definitional ones).
 DIFFERENCES = {
-    "test_shapley.py::test_multi_input_shapley_sampling_with_mask":
-        "stochastic: the permutations are Captum's (tests/test_captum_draws.py), but Captum's test draws after "
-        "building its module, whose extra layers take from the generator: these draws land 1.07 off, Captum's 0.3",
-    "test_lime.py::test_simple_lime_boolean":
-        "stochastic: a boolean input's second group lands 1.09 off Captum's stated value under this generator "
-        "state (Captum's test draws after building its module; Captum itself lands 0.5 off)",
     "test_shapley.py::test_shapley_sampling_multi_task_output":
         "not supported: target=None on an output with several values per example (Captum attributes each)",
     "test_shapley.py::test_shapley_sampling_multi_task_output_with_mask":

@@ -72,7 +72,7 @@ class _Surrogate(_Perturbation):
         groups, features = feature_ids(feature_mask, prepared, _by_name)
         groups, features = _from_zero(groups, features)
         samples = check_samples(n_samples)
-        draws = torch.stack([self._example_draws(features, samples, e, n) for e in range(n)], 1)
+        draws = torch.stack([self._example_draws(features, samples) for _ in range(n)], 1)
         index = self._output_index(output)
         targets = self._targets(target, n, prepared, index)
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
@@ -92,16 +92,15 @@ class _Surrogate(_Perturbation):
 
     _alpha = 0.0
 
-    def _example_draws(self, features: int, samples: int, example: int, n: int) -> Tensor:
-        """One example's coalitions [S, F], as Captum draws them: example by example. Between two
-        examples Captum's fit takes from torch's generator (its DataLoader's base seed, then the
+    def _example_draws(self, features: int, samples: int) -> Tensor:
+        """One example's coalitions [S, F], as Captum draws them: example by example. After each
+        example Captum's fit takes from torch's generator (its DataLoader's base seed, then the
         initial weights of the nn.Linear it copies the fitted coefficients into); as much is taken
         here, so every example of a batch sees Captum's coalitions under the same seed."""
         found = torch.stack([self._draw(features, s) for s in range(samples)])
-        if example + 1 < n:
-            torch.empty((), dtype=torch.int64).random_()
-            torch.empty(1, features).uniform_()
-            torch.empty(1).uniform_()
+        torch.empty((), dtype=torch.int64).random_()  # after the last example too: so does Captum's last fit,
+        torch.empty(1, features).uniform_()  # and the next call draws where Captum's would
+        torch.empty(1).uniform_()
         return found
 
     def _draw(self, features: int, sample: int) -> Tensor:
