@@ -82,3 +82,21 @@ def test_the_methods_carry_captums_multiplies_by_inputs_flags():
         assert getattr(onnx_attr, name)(model).multiplies_by_inputs is flag, name
     for name in ("LayerActivation", "LayerFeatureAblation", "NeuronFeatureAblation"):
         assert getattr(onnx_attr, name)(model, gemm).multiplies_by_inputs is True, name
+
+
+def test_neuron_conductance_at_the_neurons_input_equals_captums():
+    """attribute_to_neuron_input=True: the neuron in the tensor the ReLU reads (linear1's output).
+    Oracle: Captum's NeuronConductance on its own module (Gauss-Legendre: the trapezoid weights
+    differ on purpose, docs/captum_differences.md)."""
+    basic_models = pytest.importorskip("captum.testing.helpers.basic_models")
+    from captum.attr import NeuronConductance
+
+    model = load("MultiLayer")
+    relu = next(n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Relu")
+    x, base = torch.tensor([[0.0, 100.0, 0.0], [3.0, -4.0, 20.0]]), torch.tensor([[0.0, -20.0, 0.0]])
+    ours = onnx_attr.NeuronConductance(model, relu).attribute(x, neuron_selector=0, baselines=base, target=0,
+                                                                attribute_to_neuron_input=True, method="gausslegendre")
+    net = basic_models.BasicModel_MultiLayer()
+    theirs = NeuronConductance(net, net.relu).attribute(x, neuron_selector=0, baselines=base, target=0,
+                                                         attribute_to_neuron_input=True, method="gausslegendre")
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-3)

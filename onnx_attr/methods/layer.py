@@ -163,6 +163,15 @@ class LayerIntegratedGradients(LayerMethod):
         return (out, delta) if return_convergence_delta else out
 
 
+def neuron_input(model, layer: str) -> str:
+    """Captum's `attribute_to_neuron_input`: the one tensor the node computing `layer` reads."""
+    feeds = layer_inputs(model, layer)
+    if len(feeds) != 1:
+        raise InputError(f"attribute_to_neuron_input=True: the node computing {layer!r} reads {feeds}; name the one "
+                         "the neuron is in as the layer")
+    return feeds[0]
+
+
 def neuron_model(model, layer: str):
     """The model cut after tensor `layer` (its only output), with the examples of `model`: where
     the full model's rows mix (frames that only look like a batch), the cut one's inputs are one
@@ -212,11 +221,8 @@ class _NeuronMethod(AttributionMethod):
         inner = self.inner
         if attribute_to_neuron_input:  # Captum's: the neuron in the tensor the layer's node reads
             if self._at_input is None:
-                feeds = layer_inputs(self.model, self.layer)
-                if len(feeds) != 1:
-                    raise InputError(f"attribute_to_neuron_input=True: the node computing {self.layer!r} reads "
-                                     f"{feeds}; name the one the neuron is in as the layer")
-                self._at_input = self.method(neuron_model(self.model, feeds[0]), **self._options)
+                self._at_input = self.method(neuron_model(self.model, neuron_input(self.model, self.layer)),
+                                             **self._options)
             inner = self._at_input
         result = inner.attribute(inputs, target=neuron_selector, **arguments)
         self.last_report = {**inner.last_report, "method": type(self).__name__, "layer": self.layer}
@@ -523,15 +529,15 @@ class NeuronConductance(AttributionMethod):
                   additional_forward_args: Any = None, n_steps: int = 50, method: str = "riemann_trapezoid",
                   internal_batch_size: Optional[int] = None, attribute_to_neuron_input: bool = False,
                   grad_kwargs: Optional[dict] = None, *, output: Union[str, int, None] = None):
-        refuse_layer_input(attribute_to_neuron_input, "attribute_to_neuron_input")
         check_grad_kwargs(grad_kwargs)
+        layer = self.layer if not attribute_to_neuron_input else neuron_input(self.model, self.layer)
         points, weights = integration_rule(method, n_steps)
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         check_batched(self.model, prepared, n)
         index = self._output_index(output)
         axes = prepared.row_axes()
         through = self.active  # the model, or its embedding view for token ids
-        cut = self.neuron_model if through is self.model else neuron_model(through, self.layer)
+        cut = self.neuron_model if through is self.model and layer == self.layer else neuron_model(through, layer)
         layer_axis = probe(cut, prepared.tensors, prepared.axes or [0] * len(prepared.tensors)).outputs[0]
         runs = path_runs(prepared.tensors, prepared.baselines, prepared.attributed, axes, n, points)
         steps = len(points) // len(runs)  # steps per run: all stacked, or one at a time
@@ -540,8 +546,8 @@ class NeuronConductance(AttributionMethod):
         parts = []
         for scaled in runs:
             input_grads, _ = self._gradients_on(cut, scaled, prepared.attributed, neuron, 0, internal_batch_size, axes)
-            values = tensor_values(through, [self.layer], scaled)
-            layer_grads, _ = self._gradients_on(tensors_as_inputs(through, [self.layer], values), [*values, *scaled],
+            values = tensor_values(through, [layer], scaled)
+            layer_grads, _ = self._gradients_on(tensors_as_inputs(through, [layer], values), [*values, *scaled],
                                                 [True] + [False] * len(scaled), targets, index, internal_batch_size,
                                                 [layer_axis, *axes])
             at_neuron = neuron.select(layer_grads[0]).double()  # d out / d neuron, one per row
