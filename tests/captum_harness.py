@@ -6,6 +6,7 @@ import random
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 import torch
 
 
@@ -34,3 +35,18 @@ def run_case(run: Callable[[], list]) -> None:
     torch.manual_seed(1234)
     for actual, expected, delta, mode in run():
         check(actual, expected, delta, mode)
+
+
+def registrar(cases: list) -> Callable[[str], Callable]:
+    """`@case("file.py::test")`: a case function appended to `cases` as a pytest param named so."""
+    def case(source: str):
+        def register(func):
+            cases.append(pytest.param(source, func, id=source))
+            return func
+        return register
+    return case
+
+
+def as_tuple(x: Any) -> tuple:
+    """A result as a tuple: a tuple or list as its items, anything else as one item."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)

@@ -12,22 +12,15 @@ import pytest
 import torch
 
 import onnx_attr
-from captum_harness import captum_module, run_case
+from captum_harness import as_tuple, captum_module, registrar, run_case
 from captum_models_more import load, tensor, torch_module
 
 T = torch.tensor
 CASES: list = []
 
 
-def case(source: str):
-    def register(func):
-        CASES.append(pytest.param(source, func, id=source))
-        return func
-    return register
-
-
-def _tuple(x):
-    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+case = registrar(CASES)
+_tuple = as_tuple
 
 
 def _checks(got, expected, delta, mode):
