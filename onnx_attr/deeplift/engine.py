@@ -52,6 +52,9 @@ class Targets:
         # the output's batch axis, moved to 0 before anything is picked: a `Target`'s own, else the
         # one the graph has (`axis`, from batch.probe); None: the output is one example, without a batch
         self.batch_axis: Optional[int] = axis
+        # target=None as Captum's perturbation methods read it: every value of each example's output
+        # ([N, *S] from `select`), set by a method that takes that form (`_Perturbation.every_value`)
+        self.every_value = False
         target = as_weights(target) or target
         if isinstance(target, Target):
             self.batch_axis = axis if target.batch_axis is None else int(target.batch_axis)
@@ -109,7 +112,7 @@ class Targets:
     def _of(self, rows: list) -> "Targets":
         out = Targets.__new__(Targets)
         out.rows, out.selector, out.weights = rows, self.selector, self.weights
-        out.per_example, out.batch_axis = self.per_example, self.batch_axis
+        out.per_example, out.batch_axis, out.every_value = self.per_example, self.batch_axis, self.every_value
         return out
 
     def select(self, output: Tensor) -> Tensor:
@@ -131,6 +134,9 @@ class Targets:
             return self._selected(output, n)
         if output.dim() == 1 and depth == 0:
             return output
+        if self.every_value and depth == 0:
+            self._check_rows(output, n)
+            return output
         if depth == 0 and output.dim() > 1 and math.prod(output.shape[1:]) == 1:  # [N, 1, 1, ...]: no choice
             return output.reshape(n, -1)[:, 0]
         if 0 < depth < output.dim() - 1 and all(size == 1 for size in output.shape[depth + 1:]):
@@ -145,12 +151,7 @@ class Targets:
                 + f": a target must pick one value per example ({output.dim() - 1} index(es)"
                 + (" into the whole output" if whole else " after the batch axis") + f"), got {depth}"
             )
-        if output.shape[0] != n:
-            raise InputError(
-                f"the output has {output.shape[0]} row(s) on axis {self.batch_axis} for {n} example(s): that axis "
-                "is not the batch, so per-example targets cannot be picked; name the output's batch axis "
-                "(onnx_attr.Target(index=..., batch_axis=K); CLI: --batch-axis K) or attribute one example at a time"
-            )
+        self._check_rows(output, n)
         for axis in range(depth):
             size = output.shape[axis + 1]
             bad = next((row[axis] for row in self.rows if not 0 <= row[axis] < size), None)
@@ -163,6 +164,14 @@ class Targets:
         index = torch.tensor(self.rows, dtype=torch.long, device=output.device).reshape(n, depth)
         return output[(torch.arange(n, device=output.device), *index.unbind(1))]
 
+
+    def _check_rows(self, output: Tensor, n: int) -> None:
+        if output.shape[0] != n:
+            raise InputError(
+                f"the output has {output.shape[0]} row(s) on axis {self.batch_axis} for {n} example(s): that axis "
+                "is not the batch, so per-example targets cannot be picked; name the output's batch axis "
+                "(onnx_attr.Target(index=..., batch_axis=K); CLI: --batch-axis K) or attribute one example at a time"
+            )
 
     def reference(self, reference: Tensor, output: Tensor, keep: Optional[int]) -> Tensor:
         """The targets of the reference pass: a batch-1 reference (a shared baseline) serves every

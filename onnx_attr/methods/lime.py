@@ -63,6 +63,7 @@ class _Surrogate(_Perturbation):
     attributions (spread onto the elements), or returned per feature with return_input_shape=False."""
 
     _multiply_by_inputs = False  # Captum's flag for Lime and KernelShap
+    every_value = None  # one linear fit per example's value: Captum refuses several values too
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   feature_mask: Any = None, n_samples: int = 25, perturbations_per_eval: int = 1,
@@ -80,6 +81,7 @@ class _Surrogate(_Perturbation):
         values, measured = evaluator.evaluate_patterns(samples, lambda start, stop: draws[start:stop], groups,
                                                        self._measure(prepared, n, draws))
         bar.close()
+        values = values[..., 0]  # one value per example: every_value is None here
         weights = self._weights(draws, measured, features)  # [S, N]
         x, y, w = draws.double().numpy(), values.double().cpu().numpy(), weights.double().cpu().numpy()
         coefs = torch.from_numpy(np.stack([self._fit(x[:, e], y[:, e], w[:, e]) for e in range(n)]))

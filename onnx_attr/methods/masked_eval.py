@@ -60,6 +60,7 @@ class MaskedEvaluator:
     budget_bytes: int = DEFAULT_BUDGET_BYTES
     bar: Any = None
     batched: Optional[list] = None  # which inputs hold the rows on axis 0 (default: those with N rows there)
+    values_shape: tuple = ()  # the shape of one example's values (() for one value; Targets.every_value)
 
     @property
     def n(self) -> int:
@@ -76,8 +77,9 @@ class MaskedEvaluator:
 
     def evaluate(self, count: int, masks: Masks, replacements: Optional[Masks] = None,
                  measure: Optional[Measure] = None) -> tuple[Tensor, Optional[Tensor]]:
-        """Values [count, N] of the `count` masked copies; with `measure`, its values [count, N]
-        too. `replacements(start, stop)` gives per input what replaces the masked elements
+        """Values [count, N, K] of the `count` masked copies (K values per example: 1, or every value
+        of the output under Captum's multi-output form, `Targets.every_value`); with `measure`, its
+        values [count, N] too. `replacements(start, stop)` gives per input what replaces the masked elements
         ([k, N, *shape] or None for the baseline)."""
         size = self.chunk_size()
         values, measured = [], []
@@ -87,17 +89,19 @@ class MaskedEvaluator:
             chunk_masks = masks(start, stop)
             chunk_repl = replacements(start, stop) if replacements is not None else [None] * len(self.tensors)
             copies = [self._copies(i, k, m, r) for i, (m, r) in enumerate(zip(chunk_masks, chunk_repl))]
-            values.append(self.value(copies, self.targets.repeat(k)).reshape(k, self.n))
+            value = self.value(copies, self.targets.repeat(k))
+            self.values_shape = tuple(value.shape[1:])
+            values.append(value.reshape(k, self.n, -1))
             if measure is not None:
                 measured.append(measure([c for c, a in zip(copies, self.attributed) if a]).reshape(k, self.n))
             if self.bar is not None:
                 self.bar.update(1)
-        out = torch.cat(values) if values else torch.zeros(0, self.n)
+        out = torch.cat(values) if values else torch.zeros(0, self.n, 1)
         return out, (torch.cat(measured) if measure is not None and measured else None)
 
     def evaluate_patterns(self, count: int, patterns: Callable[[int, int], Tensor], groups: Sequence,
                           measure: Optional[Measure] = None) -> tuple[Tensor, Optional[Tensor]]:
-        """Values [count, N] for feature patterns ([k, 1 or N, F], True = present)."""
+        """Values [count, N, K] for feature patterns ([k, 1 or N, F], True = present)."""
         def masks(start: int, stop: int) -> list:
             present = patterns(start, stop)
             return [None if g is None else present_to_masks(present, g) for g in groups]
@@ -125,11 +129,13 @@ def present_to_masks(present: Tensor, groups: Tensor) -> Tensor:
 
 
 def spread(per_feature: Tensor, groups: Tensor, n: int) -> Tensor:
-    """Values per feature [N, F] onto the elements of an input: [N, *shape], each element holding
-    its feature's value (ids per example when `groups` has N rows)."""
+    """Values per feature [N, F] (or [N, K, F]: K values per example) onto the elements of an
+    input: [N, *shape] (or [N, K, *shape]), each element holding its feature's value (ids per
+    example when `groups` has N rows)."""
     g = groups.shape[0]
-    index = groups.reshape(g, -1).expand(n, -1).to(per_feature.device)
-    return torch.gather(per_feature, 1, index).reshape(n, *groups.shape[1:])
+    lead = per_feature.shape[:-1]
+    index = groups.reshape(g, *[1] * (len(lead) - 1), -1).expand(*lead, -1).to(per_feature.device)
+    return torch.gather(per_feature, -1, index).reshape(*lead, *groups.shape[1:])
 
 
 def feature_ids(feature_mask: Any, prepared, by_name: Callable[[Mapping, Any], list]) -> tuple[list, int]:

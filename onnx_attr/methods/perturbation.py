@@ -31,6 +31,11 @@ class _Perturbation(_GradientMethod):
     itself (`"onnxruntime"`); masked copies are built by `MaskedEvaluator` within `budget_bytes`."""
 
     _multiply_by_inputs = True  # Captum's flag for perturbation methods: an output change, a global attribution
+    #: Captum's reading of target=None on an output with several values per example: every value
+    #: explained at once from the same passes, the attributions shaped "flat" ([N·K, *input shape],
+    #: FeatureAblation's family) or "nested" ([N, *output shape, *input shape], Shapley's); None:
+    #: one value per example only (KernelShap, Lime: Captum refuses more)
+    every_value: Optional[str] = "flat"
 
     def __init__(self, model, backend: str = "torch", budget_bytes: int = DEFAULT_BUDGET_BYTES, **kwargs: Any):
         super().__init__(model, **kwargs)
@@ -82,6 +87,24 @@ class _Perturbation(_GradientMethod):
         out = torch.from_numpy(np.asarray(run_onnxruntime(self.model.reference_model, feeds, [name])[0]))
         return targets.select(out)
 
+    def _targets(self, target: Any, n: int, prepared=None, index: int = 0) -> Targets:
+        targets = super()._targets(target, n, prepared, index)
+        targets.every_value = target is None and self.every_value is not None
+        return targets
+
+    def _shaped(self, prepared, attributions: list, original: Tensor) -> Any:
+        """Attributions [N, K, *input shape] per input (K values of each example's output, 1 but
+        under `every_value`; `original` is the unperturbed [N, *S]) in Captum's shape, repacked."""
+        n, values = original.shape[0], tuple(original.shape[1:])
+        if values and any(f not in (0, None) for f, a in zip(prepared.fed, prepared.attributed) if a):
+            if math.prod(values) == 1:  # one value per example all the same (an output [1] of the one example)
+                return prepared.repack([None if a is None else a[:, 0] for a in attributions])
+            raise InputError(f"the output has {list(values)} values per example and target is None, which Captum's "
+                             "perturbation methods read as \"explain every value\"; that form needs every attributed "
+                             "input batched on axis 0: give a target (one value per example)")
+        shape = (n * math.prod(values),) if self.every_value == "flat" else (n, *values)
+        return prepared.repack([None if a is None else a.reshape(*shape, *a.shape[2:]) for a in attributions])
+
     def _evaluator(self, prepared, targets: Targets, index: int, perturbations_per_eval: int) -> MaskedEvaluator:
         return MaskedEvaluator(lambda tensors, rows: self._value(tensors, rows, index), prepared.tensors,
                                prepared.baselines, prepared.attributed, targets, check_per_eval(perturbations_per_eval),
@@ -96,15 +119,16 @@ class _Perturbation(_GradientMethod):
         return evaluator.bar
 
     def _ablate(self, prepared, masks: list[list[Tensor]], targets: Targets, index: int,
-                perturbations_per_eval: int, show_progress: bool = False) -> list[Optional[Tensor]]:
+                perturbations_per_eval: int, show_progress: bool = False) -> tuple[list[Optional[Tensor]], Tensor]:
         """For each attributed input, the output drop of each mask averaged over the masks covering
-        each element; `masks[i]` are boolean tensors shaped like input i with a batch axis of 1 (the
+        each element ([N, K, *shape]: K values per example), and the unperturbed output; `masks[i]` are boolean tensors shaped like input i with a batch axis of 1 (the
         same features in every example) or of N (per-example features). `show_progress` (Captum's
         keyword) counts the perturbed passes on stderr."""
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
         bar = self._bar(evaluator, [len(m) for m in masks], show_progress)
         n = len(targets.rows)
         original = self._value(prepared.tensors, targets, index)
+        k = original[0].numel() if n else 1  # values per example
         result: list[Optional[Tensor]] = []
         for i, x in enumerate(prepared.tensors):
             if not prepared.attributed[i]:
@@ -113,20 +137,20 @@ class _Perturbation(_GradientMethod):
             own = masks[i]
             values, _ = evaluator.evaluate(len(own), lambda start, stop, i=i, own=own: [
                 torch.stack(own[start:stop]) if j == i else None for j in range(len(prepared.tensors))])
-            drops = original.double().unsqueeze(0) - values.double()  # [masks, N]
+            drops = original.double().reshape(1, n, k) - values.double()  # [masks, N, K]
             if isinstance(own, (ElementMasks, BlockMasks)):  # a partition: each element's credit is its own mask's drop
                 result.append(own.credit(drops.to(x.device), n).to(_attribution_dtype(x, original)))
                 continue
-            total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-            count = torch.zeros((max((m.shape[0] for m in own), default=1), *x.shape[1:]),
+            total = torch.zeros((n, k, *x.shape[1:]), dtype=torch.float64, device=x.device)
+            count = torch.zeros((max((m.shape[0] for m in own), default=1), 1, *x.shape[1:]),
                                 dtype=torch.float64, device=x.device)
             for drop, m in zip(drops, own):
-                covered = m.to(x.device)
-                total += drop.to(x.device).reshape(n, *[1] * (x.dim() - 1)) * covered
+                covered = m.to(x.device).unsqueeze(1)
+                total += drop.to(x.device).reshape(n, k, *[1] * (x.dim() - 1)) * covered
                 count += covered
             result.append((total / count.clamp_min(1)).to(_attribution_dtype(x, original)))
         bar.close()
-        return result
+        return result, original
 
 
 def block_groups(shape: tuple[int, ...], limit: int) -> Tensor:
@@ -167,8 +191,8 @@ class ElementMasks:
         return mask.reshape(1, *self.shape)
 
     def credit(self, drops: Tensor, n: int) -> Tensor:
-        """Drops [masks, N] -> each element's [N, *shape]: its own mask's."""
-        return drops.T.reshape(n, *self.shape)
+        """Drops [masks, N, K] -> each element's [N, K, *shape]: its own mask's."""
+        return drops.permute(1, 2, 0).reshape(n, drops.shape[2], *self.shape)
 
 
 class BlockMasks:
@@ -189,7 +213,7 @@ class BlockMasks:
         return self.ids == key
 
     def credit(self, drops: Tensor, n: int) -> Tensor:
-        return drops.T[:, self.ids.reshape(-1)].reshape(n, *self.ids.shape[1:])
+        return drops.permute(1, 2, 0)[:, :, self.ids.reshape(-1)].reshape(n, drops.shape[2], *self.ids.shape[1:])
 
 
 def _attribution_dtype(x: Tensor, original: Tensor) -> torch.dtype:
@@ -228,9 +252,9 @@ class FeatureAblation(_Perturbation):
                 groups = _feature_groups(given, x, self.model.inputs[len(masks)].name)
                 masks.append([groups == g for g in torch.unique(groups)])
         index = self._output_index(output)
-        attributions = self._ablate(prepared, masks, self._targets(target, n, prepared, index), index,
-                                    perturbations_per_eval, show_progress)
-        return prepared.repack(attributions)
+        attributions, original = self._ablate(prepared, masks, self._targets(target, n, prepared, index), index,
+                                              perturbations_per_eval, show_progress)
+        return self._shaped(prepared, attributions, original)
 
 
 class Occlusion(_Perturbation):
@@ -248,9 +272,9 @@ class Occlusion(_Perturbation):
         for i, window, stride in zip(chosen, shapes, steps):
             masks[i] = _windows(tuple(prepared.tensors[i].shape[1:]), window, stride)
         index = self._output_index(output)
-        attributions = self._ablate(prepared, masks, self._targets(target, n, prepared, index), index,
-                                    perturbations_per_eval, show_progress)
-        return prepared.repack(attributions)
+        attributions, original = self._ablate(prepared, masks, self._targets(target, n, prepared, index), index,
+                                              perturbations_per_eval, show_progress)
+        return self._shaped(prepared, attributions, original)
 
 
 def _windows(shape: tuple[int, ...], window, stride) -> list[Tensor]:
@@ -397,10 +421,11 @@ class FeaturePermutation(_Perturbation):
 
         values, _ = evaluator.evaluate(len(order), masks, shuffled)
         bar.close()
-        drops = torch.zeros(n, count, dtype=torch.float64)
-        drops[:, order] = (original.unsqueeze(0) - values.double()).T
-        return prepared.repack([None if g is None else spread(drops, g, n).to(_attribution_dtype(x, original))
-                                for x, g in zip(prepared.tensors, groups)])
+        k = values.shape[2]
+        drops = torch.zeros(n, k, count, dtype=torch.float64)
+        drops[:, :, order] = (original.reshape(1, n, k) - values.double()).permute(1, 2, 0)
+        return self._shaped(prepared, [None if g is None else spread(drops, g, n).to(_attribution_dtype(x, original))
+                                       for x, g in zip(prepared.tensors, groups)], original)
 
 
 def _appearance(groups: list) -> tuple[list[int], dict[int, list[int]]]:

@@ -31,7 +31,10 @@ def check_samples(n_samples: Any) -> int:
 
 
 class _FeatureValues(_Perturbation):
-    """Per-feature values [N, F] computed from coalitions, spread onto every attributed input."""
+    """Per-feature values [N, K, F] computed from coalitions (K values per example), spread onto
+    every attributed input."""
+
+    every_value = "nested"
 
     def _attribute(self, inputs: Any, baselines: Any, target: Any, additional_forward_args: Any, feature_mask: Any,
                    perturbations_per_eval: int, show_progress: bool, output: Union[str, int, None], **options: Any):
@@ -40,10 +43,10 @@ class _FeatureValues(_Perturbation):
         index = self._output_index(output)
         targets = self._targets(target, n, prepared, index)
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
-        phi, reference = self._feature_values(evaluator, groups, features, show_progress, **options)
+        phi, reference = self._feature_values(evaluator, groups, features, show_progress, **options)  # [N, K, F]
         attributions = [None if g is None else spread(phi, g, n).to(_attribution_dtype(x, reference))
                         for x, g in zip(prepared.tensors, groups)]
-        return prepared.repack(attributions)
+        return self._shaped(prepared, attributions, reference)
 
 
 class ShapleyValueSampling(_FeatureValues):
@@ -75,10 +78,11 @@ class ShapleyValueSampling(_FeatureValues):
         values, _ = evaluator.evaluate_patterns(n_samples * features, patterns, groups)
         bar.close()
         n = evaluator.n
-        values = values.double().reshape(n_samples, features, n)
-        before = torch.cat([empty.expand(n_samples, 1, n), values[:, :-1]], 1)
-        gains = (values - before).permute(2, 0, 1).reshape(n, -1)  # [N, S*F], in the orders' sequence
-        phi = torch.zeros(n, features, dtype=torch.float64).index_add_(1, orders.reshape(-1), gains)
+        k = values.shape[2]
+        values = values.double().reshape(n_samples, features, n, k)
+        before = torch.cat([empty.reshape(1, 1, n, k).expand(n_samples, 1, n, k), values[:, :-1]], 1)
+        gains = (values - before).permute(2, 3, 0, 1).reshape(n, k, -1)  # [N, K, S*F], in the orders' sequence
+        phi = torch.zeros(n, k, features, dtype=torch.float64).index_add_(2, orders.reshape(-1), gains)
         return phi / n_samples, empty
 
 
@@ -104,13 +108,13 @@ class ShapleyValues(_FeatureValues):
         values, _ = evaluator.evaluate_patterns(
             count, lambda start, stop: ((torch.arange(start, stop).unsqueeze(1) & bits) != 0).unsqueeze(1), groups)
         bar.close()
-        values = values.double()  # [2**F, N], row = coalition code
+        values = values.double()  # [2**F, N, K], row = coalition code
         codes = np.arange(count)
         sizes = np.array([bin(c).count("1") for c in codes])
         weight = torch.tensor([math.factorial(s) * math.factorial(features - s - 1) / math.factorial(features)
                                if s < features else 0.0 for s in sizes], dtype=torch.float64)
-        phi = torch.zeros(evaluator.n, features, dtype=torch.float64)
+        phi = torch.zeros(evaluator.n, values.shape[2], features, dtype=torch.float64)
         for i in range(features):
             without = torch.from_numpy(codes[(codes >> i) & 1 == 0])
-            phi[:, i] = (weight[without].unsqueeze(1) * (values[without | (1 << i)] - values[without])).sum(0)
-        return phi, values[0]
+            phi[:, :, i] = (weight[without].reshape(-1, 1, 1) * (values[without | (1 << i)] - values[without])).sum(0)
+        return phi, values[0].reshape(evaluator.n, *evaluator.values_shape)  # the empty coalition's
