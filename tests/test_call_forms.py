@@ -25,6 +25,37 @@ def test_a_python_int_is_read_as_a_float_setting():
     assert torch.equal(got, torch.tensor([[0.0, 0.0, 9.0]]))  # x · d(3x)/dx at column 2, by hand
 
 
+class Offset(torch.nn.Module):
+    """relu(x + offset) · w: offset an input the export declares [batch, 3], as Captum's add_input."""
+
+    def forward(self, x, offset):
+        return torch.relu(x + offset) @ torch.tensor([[2.0], [-3.0], [5.0]])
+
+
+def test_a_number_for_an_input_with_axes_is_broadcast_to_its_declared_shape():
+    """Captum's test_lrp_multi passes additional_forward_args=(0,) for an input a Python forward
+    broadcasts; the export declares it [batch, 3], so the number fills that shape (the batch taken
+    from x, named alike)."""
+    model = onnx_attr.load(export(Offset(), [torch.ones(2, 3), torch.ones(2, 3)], ["x", "offset"]))
+    x = torch.tensor([[1.0, -2.0, 300.0], [-4.0, 50.0, 6.0]])
+    got = onnx_attr.InputXGradient(model).attribute(x, target=0, additional_forward_args=(1,))
+    by_hand = x * (x + 1 > 0) * torch.tensor([2.0, -3.0, 5.0])
+    assert torch.equal(got, by_hand)
+    full = onnx_attr.InputXGradient(model).attribute(x, target=0, additional_forward_args=(torch.ones(2, 3),))
+    assert torch.equal(got, full)
+
+
+def test_a_number_for_an_axis_nothing_names_is_a_clear_error():
+    import numpy as np
+
+    from onnx_attr.importing.inputs import check_inputs
+    from onnx_attr.importing.specs import TensorSpec
+
+    specs = [TensorSpec("x", ("batch", 3), np.dtype("float32")), TensorSpec("w", (None, 3), np.dtype("float32"))]
+    with pytest.raises(InputError, match="axis 0 is neither declared nor named"):
+        check_inputs([torch.ones(2, 3), 0.5], specs)
+
+
 def test_a_list_given_to_a_neuron_method_is_a_clear_error():
     model = load("MultiLayerMultiRelu")
     relus = [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Relu"]

@@ -669,8 +669,6 @@ def _():
 
 #: Cases that differ from Captum on purpose or that are not supported yet, each with why.
 DIFFERENCES = {
-    "test_layer_activation.py::test_simple_multi_layer_multi_output_activation ([multi_relu, linear0, linear1])":
-        "not supported: a nested list of layers (a flat list of the four tensors passes)",
 }
 CASES = [pytest.param(*p.values, id=p.id, marks=[pytest.mark.xfail(reason=DIFFERENCES[p.id], strict=True)])
          if p.id in DIFFERENCES else p for p in CASES]

@@ -1091,10 +1091,6 @@ def _():
 #: Cases that differ from Captum on purpose or that are not supported yet, each with why
 #: (docs/captum_differences.md lists the definitional ones).
 DIFFERENCES = {
-    "test_shapley.py::test_shapley_sampling_multi_task_output":
-        "not supported: target=None on an output with several values per example (Captum attributes each)",
-    "test_shapley.py::test_shapley_sampling_multi_task_output_with_mask":
-        "not supported: target=None on an output with several values per example (Captum attributes each)",
     "test_shapley.py::test_multi_sample_shapley_batch_scalar_tensor_0d":
         "definitional: a forward returning one value for the whole batch; each example is explained alone here",
     "test_shapley.py::test_multi_inp_shapley_batch_scalar_tensor_0d":
@@ -1106,12 +1102,8 @@ DIFFERENCES = {
     "test_lrp.py::test_lrp_multi_inputs (input, 3*input: x and add_input)":
         "definitional: an ONNX Add of two inputs splits the relevance by contribution (conserved); Captum gives "
         "each summand the whole",
-    "test_lrp.py::test_lrp_multi (additional_forward_args=(0,) as add_input)":
-        "not supported: one Python scalar for an input the graph declares [batch, 3]",
     "test_neuron_conductance.py::test_layer_tuple_selector_fn (call form: tuple layer, x[0][:, 1])":
         "not supported: a neuron method takes one tensor name (a clear error names the fix)",
-    "test_layer_gradient_x_activation.py::test_multi_layer_multi_gradient_activation ([multi_relu, linear0])":
-        "not supported: a nested list of layers (a flat list of the three tensors passes)",
     "test_internal_influence.py::test_simple_with_baseline_internal_inf":
         "definitional: riemann_trapezoid's weights (closer to the exact integral than Captum's)",
     "test_internal_influence.py::test_multiple_with_baseline_internal_inf":

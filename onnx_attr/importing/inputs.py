@@ -60,6 +60,7 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
     symbols: dict[str, tuple[int, str]] = {s: (-1, "") for s in _batch_symbols(specs)}
     out = []
     batch = list(any_batch) if not isinstance(any_batch, bool) else [0 if any_batch else None] * len(specs)
+    values = _scalars_broadcast(values, specs, what)
     for value, spec, must_be_finite, axis in zip(values, specs, finite, batch):
         tensor = _to_tensor(value, spec, what)
         if spec.shape == () and tensor.dim() > 0 and tensor.numel() == 1:
@@ -74,6 +75,45 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
             )
         out.append(as_ids(tensor, spec, what) if ids_as_integers and spec.integer_ids else tensor)
     return out
+
+
+def _scalars_broadcast(values: Sequence[Any], specs: Sequence[TensorSpec], what: str) -> list[Any]:
+    """A Python (or numpy) number given for an input declared with axes, broadcast to the declared
+    shape as a Python forward would broadcast it (Captum's `additional_forward_args=(0,)` for an
+    input the export declares [batch, 3]): each axis's size is the declared one, or the size another
+    input has under the same name. An axis with neither is a clear error."""
+    if not any(_is_number(v) and s.shape for v, s in zip(values, specs)):
+        return list(values)
+    sizes: dict[str, int] = {}
+    for value, spec in zip(values, specs):
+        shape = getattr(value, "shape", None) if not isinstance(value, (list, tuple)) else np.shape(value)
+        if shape is not None and spec.shape and len(shape) == len(spec.shape):
+            for dim, size in zip(spec.shape, shape):
+                if isinstance(dim, str) and dim:
+                    sizes.setdefault(dim, int(size))
+    out = list(values)
+    for i, (value, spec) in enumerate(zip(values, specs)):
+        if not (_is_number(value) and spec.shape):
+            continue
+        shape = [d if isinstance(d, int) and d > 0 else sizes.get(d) if isinstance(d, str) else None
+                 for d in spec.shape]
+        if None in shape:
+            axis = shape.index(None)
+            raise InputError(f"{what} {spec.name!r} is the number {value!r}, but the model declares it with shape "
+                             f"{_declared(spec)}, and the size of its axis {axis} is neither declared nor named like "
+                             "an axis of another input: pass an array of that shape")
+        kind = "floating" if _kind(spec.dtype) == "floating" else None
+        number = float(value) if kind else value
+        out[i] = np.full(shape, number, dtype=np.asarray(number).dtype if not kind else np.float64)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _declared(spec: TensorSpec) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
 
 
 def as_ids(tensor: torch.Tensor, spec: TensorSpec, what: str) -> torch.Tensor:
@@ -160,7 +200,7 @@ def _check_shape(tensor: torch.Tensor, spec: TensorSpec, what: str, symbols: dic
     if spec.shape is None:
         return
     shape = tuple(tensor.shape)
-    expected = "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
+    expected = _declared(spec)
     if len(shape) != len(spec.shape):
         raise InputError(
             f"{what} {spec.name!r} expects rank {len(spec.shape)} {expected}, got shape {list(shape)}"

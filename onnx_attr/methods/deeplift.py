@@ -511,7 +511,10 @@ class LayerDeepLift(DeepLift):
 
     def __init__(self, model, layer, multiply_by_inputs: bool = True, *, rule: str = "rescale",
                  gradient_fallback: bool = False):
-        self.layers = [layer] if isinstance(layer, str) else list(layer)
+        from onnx_attr.methods.layer_names import LayerNames
+
+        self._names = LayerNames(layer)
+        self.layers = self._names.flat
         super().__init__(model, multiply_by_inputs, rule=rule, gradient_fallback=gradient_fallback,
                          layers=self.layers)
 
@@ -552,5 +555,5 @@ class LayerDeepLift(DeepLift):
         attributions = contributions if self._multiply_by_inputs or custom else [m for m, _ in result.layers]
         if _numpy_given(inputs):
             attributions = [a.detach().cpu().numpy() for a in attributions]
-        out = attributions[0] if len(attributions) == 1 else attributions
+        out = self._names.pack(attributions)
         return (out, delta) if return_convergence_delta else out

@@ -20,6 +20,7 @@ from onnx_attr.importing.batch import probe
 from onnx_attr.importing.rows import path_runs, rows_back, rows_first
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
 from onnx_attr.methods.base import AttributionMethod, make_targets, output_report
+from onnx_attr.methods.layer_names import LayerNames
 from onnx_attr.methods.deeplift import DeepLift, DeepLiftShap, method_report
 from onnx_attr.methods.gradient import GradientShap, IntegratedGradients, Saliency, integration_rule
 from onnx_attr.methods.noise_tunnel import _repeat_target
@@ -63,11 +64,8 @@ class LayerMethod(AttributionMethod):
     def __init__(self, model, layer: Union[str, Sequence[str]], multiply_by_inputs: Optional[bool] = None):
         super().__init__(model, multiply_by_inputs)
         self.layer = layer
-        names = [layer] if isinstance(layer, str) else list(layer) if isinstance(layer, (list, tuple)) else []
-        if not names or not all(isinstance(n, str) for n in names):
-            raise InputError(f"layer {layer!r}: give an ONNX tensor name, or a list of them "
-                             "(`onnx-attr inspect --json` lists them)")
-        self.layers = self._named = names
+        self._names = LayerNames(layer)
+        self.layers = self._named = self._names.flat
         self._container: Optional[type] = None  # how the results are packed, where not as `layer` was given
 
     def _select_layers(self, to_input: bool) -> None:
@@ -78,8 +76,8 @@ class LayerMethod(AttributionMethod):
         if not to_input:
             return
         feeds = [layer_inputs(self.model, name) for name in self._named]
-        if isinstance(self.layer, str):
-            self.layers, self._container = feeds[0], (tuple if len(feeds[0]) > 1 else None)
+        if isinstance(self.layer, str) and len(feeds[0]) > 1:
+            self.layers, self._container = feeds[0], tuple
         elif all(len(f) == 1 for f in feeds):
             self.layers = [f[0] for f in feeds]
         else:
@@ -126,9 +124,7 @@ class LayerMethod(AttributionMethod):
         items = [a.detach().cpu().numpy() if as_numpy else a for a in per_layer]
         if self._container is not None:
             return self._container(items)
-        if isinstance(self.layer, str):
-            return items[0]
-        return list(items) if isinstance(self.layer, list) else tuple(items)
+        return self._names.pack(items)
 
 
 class LayerIntegratedGradients(LayerMethod):

@@ -23,6 +23,7 @@ from onnx_attr.methods._inputs import check_batched, example_count, prepare
 from onnx_attr.methods.deeplift import _numpy_given, method_report
 from onnx_attr.methods.gradient import _GradientMethod
 from onnx_attr.methods.layer import layer_axes
+from onnx_attr.methods.layer_names import LayerNames
 
 __all__ = ["AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "Identity", "LRP", "LayerLRP", "ZBox", "ZPlus"]
 
@@ -140,7 +141,8 @@ class LayerLRP(LRP):
     def __init__(self, model, layer: Union[str, Sequence[str]], rule: Any = "epsilon",
                  composite: Union[str, Composite, None] = None, **kwargs: Any):
         super().__init__(model, rule, composite, **kwargs)
-        self.layers = [layer] if isinstance(layer, str) else list(layer)
+        self._names = LayerNames(layer)
+        self.layers = self._names.flat
 
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None,
                   return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
@@ -171,9 +173,8 @@ class LayerLRP(LRP):
                      convergence_delta_per_layer=[d.tolist() for d in deltas])
         if _numpy_given(inputs):
             parts = [[r.cpu().numpy() for r in part] for part in parts]
-        results = [part[0] if len(part) == 1 else tuple(part) for part in parts]
-        out = results[0] if len(results) == 1 else results
-        delta = deltas[0] if len(deltas) == 1 else deltas
+        out = self._names.pack([part[0] if len(part) == 1 else tuple(part) for part in parts])
+        delta = self._names.pack(deltas)
         return (out, delta) if return_convergence_delta else out
 
 
