@@ -203,10 +203,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated model names (default: " + ", ".join(DEFAULT) + ")")
     parser.add_argument("--profile", help="write a cProfile of each first DeepLift call into this folder")
+    parser.add_argument("--allocator", choices=("cli", "default"), default="cli",
+                        help="cli (default): glibc keeps freed memory for reuse, as the command line sets it "
+                             "(onnx_attr.keep_freed_memory); default: glibc's malloc as it comes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--plain-worker", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if (args.worker or args.plain_worker) and args.allocator == "cli":
+        from onnx_attr.allocator import keep_freed_memory
+
+        keep_freed_memory()
     if args.worker:
         with open(args.target, "rb") as handle:
             target = pickle.load(handle)
@@ -217,16 +224,17 @@ def main() -> None:
         print(json.dumps(plain_first(args.plain_worker)))
         return
     names = args.only.split(",") if args.only else list(DEFAULT)
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; allocator: {args.allocator}")
     print("| model | nodes | import | load | verify | load+verify | DeepLift 1st | of it: batch probe | steady | steady, fresh reference | fwd+grad | "
           "1st/steady | 1st/fresh | (1st − probe)/steady | steady/fwd+grad | plain fwd+grad 1st/steady | rel. δ | wide nodes | "
           "their backward: float64 / float32 (δ) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
-        plain = subprocess.run([sys.executable, __file__, "--plain-worker", name], capture_output=True, text=True)
+        plain = subprocess.run([sys.executable, __file__, "--plain-worker", name, "--allocator", args.allocator],
+                               capture_output=True, text=True)
         p = json.loads(plain.stdout.strip().splitlines()[-1]) if plain.returncode == 0 else {}
-        command = [sys.executable, __file__, "--worker", name] + (["--profile", args.profile] if args.profile else []) \
-            + ["--target", p.get("target", "")]
+        command = [sys.executable, __file__, "--worker", name, "--allocator", args.allocator] \
+            + (["--profile", args.profile] if args.profile else []) + ["--target", p.get("target", "")]
         done = subprocess.run(command, capture_output=True, text=True) if p else plain
         if done.returncode or plain.returncode:
             print(f"| {name} | failed: {((done.stderr or plain.stderr).strip().splitlines() or ['?'])[-1][:200]} |")

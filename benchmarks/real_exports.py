@@ -606,10 +606,12 @@ class Spec:
 
 
 SPECS: list[Spec] = [
+    # the sizes rapidocr's own config feeds: Det limit_side_len 736 of type "min" (a page's shorter side
+    # scaled to 736, both sides multiples of 32), Rec rec_img_shape [3, 48, 320]
     Spec("ppocr_det", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-         "dense map", lambda: {"x": paddle_image(160, 320)}, (0, 80, 160), "text probability map, centre pixel"),
+         "dense map", lambda: {"x": paddle_image(736, 1280)}, (0, 368, 640), "text probability map, centre pixel"),
     Spec("ppocr_rec", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-         "sequence recogniser", lambda: {"x": paddle_image(48, 160)}, (5, 0), "CTC step 5, blank class"),
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, (5, 0), "CTC step 5, blank class"),
     Spec("ppocr_cls", "rapidocr-onnxruntime", "1.4.4",
          "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
          "classifier", lambda: {"x": paddle_image(48, 192)}, None, "text angle 0/180, predicted"),

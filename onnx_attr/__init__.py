@@ -59,7 +59,7 @@ _LAZY = {
     "smooth": "deeplift.smooth", "blurred": "methods.blur",
     "attribute_dataset": "app.dataset_job", "read_results": "app.dataset_job",
     "read_inputs": "app.readers", "InputOptions": "app.readers", "image_preprocessing": "app.preprocess",
-    "text_preprocessing": "app.text_inputs",
+    "text_preprocessing": "app.text_inputs", "keep_freed_memory": "allocator",
 }
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come from __getattr__
@@ -79,6 +79,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
     from onnx_attr.app.preprocess import image_preprocessing
     from onnx_attr.app.readers import InputOptions, read_inputs
     from onnx_attr.app.text_inputs import text_preprocessing
+    from onnx_attr.allocator import keep_freed_memory
 
 
 def __getattr__(name: str) -> Any:
@@ -114,6 +115,8 @@ __all__ = [
     "attribute_dataset", "read_results",
     # files users have (images, CSV/Parquet rows, text) as model inputs
     "read_inputs", "InputOptions", "image_preprocessing", "text_preprocessing",
+    # glibc's malloc keeping freed feature maps for reuse (the CLI's default; the API's on request)
+    "keep_freed_memory",
     # errors
     "BudgetError", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",

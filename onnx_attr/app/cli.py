@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 from onnx_attr import __version__
+from onnx_attr.allocator import keep_freed_memory
 from onnx_attr.errors import OUT_OF_MEMORY_ADVICE, InputError, OnnxAttrError, is_out_of_memory
 from onnx_attr.methods.registry import cli_methods, dataset_methods
 
@@ -621,6 +622,7 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # a process of ours: big feature maps reused, not page-faulted anew (allocator.py)
     command: Callable = args.run
     formatwarning = warnings.formatwarning
     warnings.formatwarning = _format_warning  # one line per warning, no source excerpt

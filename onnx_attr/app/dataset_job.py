@@ -129,6 +129,7 @@ class ShardWorker:
 
     def __init__(self, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard], folder: str,
                  digest: str, model: Any = None, threads: Optional[int] = None):
+        from onnx_attr.allocator import keep_freed_memory
         from onnx_attr.app.attribute_job import make_explainer, method_options
         from onnx_attr.methods.registry import entry
 
@@ -136,6 +137,7 @@ class ShardWorker:
             import torch
 
             torch.set_num_threads(threads)
+            keep_freed_memory()  # a process of ours (the CLI sets it in its own): see allocator.py
         if model is None:
             from onnx_attr.importing.loader import load
 
