@@ -54,6 +54,9 @@ def test_a_number_for_an_axis_nothing_names_is_a_clear_error():
     specs = [TensorSpec("x", ("batch", 3), np.dtype("float32")), TensorSpec("w", (None, 3), np.dtype("float32"))]
     with pytest.raises(InputError, match="axis 0 is neither declared nor named"):
         check_inputs([torch.ones(2, 3), 0.5], specs)
+    huge = [specs[0], TensorSpec("w", ("batch", 2**20, 2**20), np.dtype("float32"))]  # a hostile declaration
+    with pytest.raises(InputError, match="pass the array itself"):
+        check_inputs([torch.ones(2, 3), 0.5], huge)
 
 
 def test_a_list_given_to_a_neuron_method_is_a_clear_error():

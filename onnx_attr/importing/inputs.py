@@ -6,6 +6,7 @@ what it expects, raised before any compute.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Any, Mapping, Optional, Sequence
@@ -102,10 +103,17 @@ def _scalars_broadcast(values: Sequence[Any], specs: Sequence[TensorSpec], what:
             raise InputError(f"{what} {spec.name!r} is the number {value!r}, but the model declares it with shape "
                              f"{_declared(spec)}, and the size of its axis {axis} is neither declared nor named like "
                              "an axis of another input: pass an array of that shape")
+        if math.prod(shape) > _MAX_FILLED:  # the shape is the file's word: bounded as any size it computes
+            raise InputError(f"{what} {spec.name!r} is the number {value!r}, and the model declares it with shape "
+                             f"{shape} ({math.prod(shape)} elements, more than {_MAX_FILLED}): pass the array itself")
         kind = "floating" if _kind(spec.dtype) == "floating" else None
         number = float(value) if kind else value
         out[i] = np.full(shape, number, dtype=np.asarray(number).dtype if not kind else np.float64)
     return out
+
+
+#: elements a number may be broadcast to (the Budget's default for sizes a file computes)
+_MAX_FILLED = 2**28
 
 
 def _is_number(value: Any) -> bool:
