@@ -355,9 +355,19 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
 
 
 #: what the CLI's default runs where DeepLift refuses the model: forward passes only, so any graph
-#: that runs can be explained, in at most `FALLBACK_FEATURES` blocks per input (one forward each)
+#: that runs can be explained, in at most `FALLBACK_FEATURES` blocks per input (one forward each),
+#: fewer where their passes would take more than `FALLBACK_SECONDS` (a large detector: fitted on the
+#: first call, at least FeatureAblation.MIN_BLOCKS, and repeated by a resumed run)
 AUTO_FALLBACK = "featureablation"
 FALLBACK_FEATURES = 256
+FALLBACK_SECONDS = 60.0
+
+
+def fallback_explainer(model, fitted: Optional[int] = None):
+    """The CLI's fallback FeatureAblation; `fitted`: an earlier run's block count, repeated."""
+    explainer = entry(AUTO_FALLBACK).cls(model, max_features=FALLBACK_FEATURES, time_budget_s=FALLBACK_SECONDS)
+    explainer.fitted_features = fitted
+    return explainer
 
 
 def _explainer_or_fallback(model, method: str, auto: bool, gradient_fallback: bool, layer: Optional[str],
@@ -382,10 +392,11 @@ def _explainer_or_fallback(model, method: str, auto: bool, gradient_fallback: bo
             "the explained output follows the inputs through steps alone (every DeepLift multiplier is 0)"
         why = (f"{reason}; {entry(AUTO_FALLBACK).title or 'FeatureAblation'} "
                f"runs instead (forward passes only; inputs of more than {FALLBACK_FEATURES} elements per example "
-               f"in at most {FALLBACK_FEATURES} blocks). Choose another with --method")
+               f"in at most {FALLBACK_FEATURES} blocks, fewer where their passes would take over "
+               f"{FALLBACK_SECONDS:.0f} s). Choose another with --method")
         if not quiet:
             print(f"onnx-attr: {why}", file=sys.stderr)
-        return entry(AUTO_FALLBACK).cls(model, max_features=FALLBACK_FEATURES), why
+        return fallback_explainer(model), why
 
 
 def method_options(method: str, n_steps: Optional[int], internal_batch_size: Optional[int],
@@ -449,6 +460,7 @@ class _Job:
         self.batch_axis = batch_axis  # the explained output's, when given (--batch-axis)
         self.hold = set(hold)  # inputs fed as given, not attributed (--hold)
         self.per_call_fallback = False  # see run_attribute
+        self.fitted: Optional[int] = None  # the fallback's block count of a finished result, repeated on resume
 
     # -- one file -------------------------------------------------------------------------------------------------
 
@@ -463,6 +475,20 @@ class _Job:
                 report["resumed"] = "finished earlier: kept"
                 return {**report, "_delta": np.asarray(report.get("convergence_delta") or [0.0])}
         return self.attribute_file(file, input_sha, folder, progress_bar=True)
+
+    def _repeat_fit(self, folder: Path) -> None:
+        """A finished result's fitted block count (the fallback's time budget), pinned for this run's
+        other results: a resumed run cuts its inputs as the first run did."""
+        if self.fitted is not None:
+            return
+        try:
+            fitted = json.loads((folder / "report.json").read_text()).get("fitted_features")
+        except (OSError, ValueError, AttributeError):
+            return
+        if isinstance(fitted, int) and not isinstance(fitted, bool) and fitted > 0:
+            self.fitted = fitted
+            if getattr(self.explainer, "time_budget_s", None) is not None:
+                self.explainer.fitted_features = fitted
 
     # -- a folder of files -------------------------------------------------------------------------------------------
 
@@ -480,6 +506,8 @@ class _Job:
             state, diffs = result_state(sub, self._manifests(), input_sha) if resume else ("missing", [])
             if state == "other settings":
                 conflicts.append((file.name, diffs))
+            elif state == "finished":
+                self._repeat_fit(sub)
             plan.append((file, sub, input_sha, state, None))
         if conflicts:
             raise InputError(_refusal(folder, conflicts))
@@ -658,7 +686,7 @@ class _Job:
         """(method, explainer, options, manifest) of `AUTO_FALLBACK` in place of this run's method."""
         if getattr(self, "_fallback", None) is None:
             options = method_options(AUTO_FALLBACK, None, None)
-            explainer = entry(AUTO_FALLBACK).cls(self.model, max_features=FALLBACK_FEATURES)
+            explainer = fallback_explainer(self.model, self.fitted)
             self._fallback = (AUTO_FALLBACK, explainer, options)
         method, explainer, options = self._fallback
         kept = {k: v for k, v in self.manifest["options"].items() if k not in self.method_options}

@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHOD_CHOICES,
                    help="attribution method (default: deeplift; where DeepLift has no exact rule for the model, "
                         "a tree ensemble or integer-only quantized ops, featureablation over at most 256 blocks "
-                        "per input, said on stderr and in report.json)")
+                        "per input, fewer where their passes would take over a minute, said on stderr and in "
+                        "report.json)")
     p.add_argument("--layer", help="layer and neuron methods: the ONNX tensor to attribute at (`inspect --json` lists "
                                    "them); a neuron method explains the element of it that --target picks")
     p.add_argument("--batch-size", type=_positive_int,
@@ -304,7 +305,8 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="folder for manifest.json, summary.json and the Parquet shards")
     p.add_argument("--method", choices=DATASET_METHOD_CHOICES,
                    help="attribution method (default: deeplift; where DeepLift has no exact rule for the model, "
-                        "featureablation over at most 256 blocks per input, as for attribute)")
+                        "featureablation over at most 256 blocks per input, without attribute's time budget: "
+                        "every shard is cut alike)")
     p.add_argument("--target", help="what to explain in every row, as for `attribute`: top, region, region>T, greedy, "
                                     "anchor, segment, segment=K, an int, or t,c / a:b (default: by the output's layout)")
     p.add_argument("--batch-axis", type=int, metavar="K", help="the explained output's batch axis (as for `attribute`)")

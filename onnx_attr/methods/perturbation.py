@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -119,7 +120,8 @@ class _Perturbation(_GradientMethod):
         return evaluator.bar
 
     def _ablate(self, prepared, masks: list[list[Tensor]], targets: Targets, index: int,
-                perturbations_per_eval: int, show_progress: bool = False) -> tuple[list[Optional[Tensor]], Tensor]:
+                perturbations_per_eval: int, show_progress: bool = False,
+                original: Optional[Tensor] = None) -> tuple[list[Optional[Tensor]], Tensor]:
         """For each attributed input, the output drop of each mask averaged over the masks covering
         each element ([N, K, *shape]: K values per example), and the unperturbed output; `masks[i]` are boolean tensors shaped like input i with a batch axis of 1 (the
         same features in every example) or of N (per-example features). `show_progress` (Captum's
@@ -127,7 +129,7 @@ class _Perturbation(_GradientMethod):
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
         bar = self._bar(evaluator, [len(m) for m in masks], show_progress)
         n = len(targets.rows)
-        original = self._value(prepared.tensors, targets, index)
+        original = self._value(prepared.tensors, targets, index) if original is None else original
         k = original[0].numel() if n else 1  # values per example
         result: list[Optional[Tensor]] = []
         for i, x in enumerate(prepared.tensors):
@@ -226,34 +228,69 @@ class FeatureAblation(_Perturbation):
     """Each feature (an element, or a group of a `feature_mask`) set to the baseline in turn.
 
     `max_features` (not Captum's): without a mask, an input with more elements than that per example
-    is ablated in contiguous blocks, at most that many (`block_groups`), not one forward per element."""
+    is ablated in contiguous blocks, at most that many (`block_groups`), not one forward per element.
+    `time_budget_s` (not Captum's; with `max_features`): fewer blocks where their forward passes would
+    take longer, as many as fit after timing the unperturbed pass (never under `MIN_BLOCKS`). The
+    count is fitted on the first call and kept (`fitted_features`) for every later one, so the
+    examples of a run are cut alike; set `fitted_features` to repeat an earlier run's cut."""
 
-    def __init__(self, model, *args: Any, max_features: Optional[int] = None, **kwargs: Any):
+    #: the fewest blocks a time budget cuts an input into (a 4 x 4 grid of an image)
+    MIN_BLOCKS = 16
+
+    def __init__(self, model, *args: Any, max_features: Optional[int] = None, time_budget_s: Optional[float] = None,
+                 **kwargs: Any):
         super().__init__(model, *args, **kwargs)
         if max_features is not None and (isinstance(max_features, bool) or not isinstance(max_features, int)
                                          or max_features < 1):
             raise InputError(f"max_features must be a positive int, got {max_features!r}")
+        if time_budget_s is not None and (isinstance(time_budget_s, bool) or not isinstance(time_budget_s, (int, float))
+                                          or not time_budget_s > 0 or max_features is None):
+            raise InputError(f"time_budget_s must be a positive number of seconds, given with max_features; got "
+                             f"{time_budget_s!r}")
         self.max_features = max_features
+        self.time_budget_s = time_budget_s
+        self.fitted_features: Optional[int] = None
+
+    def _block_limit(self, prepared, targets: Targets, index: int, blocked: int) -> tuple[int, Optional[Tensor]]:
+        """Blocks per input cut into blocks (`blocked` of them), and the unperturbed output where it
+        was run here to time it (the time budget's fit, on the first call only)."""
+        if self.time_budget_s is None or self.fitted_features is not None:
+            return self.fitted_features or self.max_features, None
+        start = time.perf_counter()
+        original = self._value(prepared.tensors, targets, index)
+        took = max(time.perf_counter() - start, 1e-6)
+        fit = int(self.time_budget_s / took / max(1, blocked))
+        self.fitted_features = max(min(self.MIN_BLOCKS, self.max_features), min(self.max_features, fit))
+        return self.fitted_features, original
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   feature_mask: Any = None, perturbations_per_eval: int = 1, show_progress: bool = False, *,
                   output: Union[str, int, None] = None):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
         masks_given = _per_input(feature_mask, prepared)
+        index = self._output_index(output)
+        targets = self._targets(target, n, prepared, index)
+        blocked = [a and given is None and self.max_features is not None and math.prod(x.shape[1:]) > self.max_features
+                   for x, a, given in zip(prepared.tensors, prepared.attributed, masks_given)]
+        limit, original = self._block_limit(prepared, targets, index, sum(blocked)) if any(blocked) else (None, None)
         masks = []
-        for x, a, given in zip(prepared.tensors, prepared.attributed, masks_given):
+        for x, a, given, block in zip(prepared.tensors, prepared.attributed, masks_given, blocked):
             if not a:
                 masks.append([])
-            elif given is None and (self.max_features is None or math.prod(x.shape[1:]) <= self.max_features):
-                masks.append(ElementMasks(tuple(x.shape[1:])))
+            elif block:
+                masks.append(BlockMasks(block_groups(tuple(x.shape[1:]), limit).to(x.device)))
             elif given is None:
-                masks.append(BlockMasks(block_groups(tuple(x.shape[1:]), self.max_features).to(x.device)))
+                masks.append(ElementMasks(tuple(x.shape[1:])))
             else:
                 groups = _feature_groups(given, x, self.model.inputs[len(masks)].name)
                 masks.append([groups == g for g in torch.unique(groups)])
-        index = self._output_index(output)
-        attributions, original = self._ablate(prepared, masks, self._targets(target, n, prepared, index), index,
-                                              perturbations_per_eval, show_progress)
+        attributions, original = self._ablate(prepared, masks, targets, index, perturbations_per_eval, show_progress,
+                                              original)
+        if limit is not None:
+            self.last_report["blocks_per_input"] = {prepared.input_names[i]: len(m) for i, m in enumerate(masks)
+                                                    if blocked[i]}
+            if self.time_budget_s is not None:  # the cut a resumed run repeats (attribute_job)
+                self.last_report["fitted_features"] = self.fitted_features
         return self._shaped(prepared, attributions, original)
 
 
