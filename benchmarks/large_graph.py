@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if (args.worker or args.plain_worker) and args.allocator == "cli":
-        from onnx_attr.allocator import keep_freed_memory
+        from onnx_attr.app.allocator import keep_freed_memory
 
         keep_freed_memory()
     if args.worker:

@@ -59,7 +59,7 @@ _LAZY = {
     "smooth": "deeplift.smooth", "blurred": "methods.blur",
     "attribute_dataset": "app.dataset_job", "read_results": "app.dataset_job",
     "read_inputs": "app.readers", "InputOptions": "app.readers", "image_preprocessing": "app.preprocess",
-    "text_preprocessing": "app.text_inputs", "keep_freed_memory": "allocator",
+    "text_preprocessing": "app.text_inputs", "keep_freed_memory": "app.allocator",
 }
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come from __getattr__
@@ -79,7 +79,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time these come f
     from onnx_attr.app.preprocess import image_preprocessing
     from onnx_attr.app.readers import InputOptions, read_inputs
     from onnx_attr.app.text_inputs import text_preprocessing
-    from onnx_attr.allocator import keep_freed_memory
+    from onnx_attr.app.allocator import keep_freed_memory
 
 
 def __getattr__(name: str) -> Any:

@@ -53,7 +53,7 @@ def test_the_users_own_allocator_settings_are_left_alone():
 def test_the_command_line_keeps_freed_memory(tmp_path):
     """The CLI sets it in its own process (main, before any command runs)."""
     sample = os.path.join(os.path.dirname(__file__), "..", "samples", "digits_cnn.onnx")
-    code = ("import onnx_attr.allocator as a, onnx_attr.app.cli as c; "
+    code = ("import onnx_attr.app.allocator as a, onnx_attr.app.cli as c; "
             f"rc = c.main(['-q', 'inspect', {sample!r}]); print('SET', a._done, rc)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "ONNX_ATTR_ALLOC"))}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

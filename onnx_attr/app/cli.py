@@ -17,7 +17,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 from onnx_attr import __version__
-from onnx_attr.allocator import keep_freed_memory
+from onnx_attr.app.allocator import keep_freed_memory
 from onnx_attr.errors import OUT_OF_MEMORY_ADVICE, InputError, OnnxAttrError, is_out_of_memory
 from onnx_attr.methods.registry import cli_methods, dataset_methods
 

@@ -129,7 +129,7 @@ class ShardWorker:
 
     def __init__(self, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard], folder: str,
                  digest: str, model: Any = None, threads: Optional[int] = None):
-        from onnx_attr.allocator import keep_freed_memory
+        from onnx_attr.app.allocator import keep_freed_memory
         from onnx_attr.app.attribute_job import make_explainer, method_options
         from onnx_attr.methods.registry import entry
 
