@@ -176,3 +176,39 @@ def test_a_two_stage_detector_exposes_the_last_stages_scores():
     model = onnx_attr.load(two_stage_detector(), strip_final_activation=False)
     assert [(o.name, o.role) for o in model.outputs] == [("scores_out", KEPT_BY_NMS),
                                                          ("detection_scores_11", NMS_SCORES)]
+
+
+def test_scores_whose_count_follows_the_values_are_explained_by_their_largest(tmp_path, capsys):
+    """A detector's scores above a threshold (torchvision's roi_heads before its NMS: `unk__563`
+    long) change count when an ablation moves them: the default target is the largest score in
+    every copy (0 when none is left), not an index that names another detection, or none, there.
+    The CLI falls back to FeatureAblation (Mod has no DeepLift rule); each element's drop by hand."""
+    import json
+
+    import onnx
+
+    from onnx_attr.app.cli import main
+
+    nodes = [helper.make_node("Mod", ["x", "hundred"], ["r"], fmod=1),
+             helper.make_node("Reshape", ["r", "flat"], ["rf"]),
+             helper.make_node("Greater", ["rf", "half"], ["keep"]),
+             helper.make_node("Compress", ["rf", "keep"], ["scores"], axis=0)]
+    model = make_model(nodes, [("x", FLOAT, [1, 6])], [("scores", FLOAT, ["unk__7"])],
+                       {"hundred": np.float32(100), "flat": np.array([-1], np.int64), "half": np.float32(0.5)}, opset=13)
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(model, path)
+    x = np.array([[0.9, 0.2, 3.0, 0.7, 0.1, 2.5]], np.float32)
+    np.savez(inputs, x=x)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == "largest score" and report["manifest"]["method"] == "featureablation"
+    got = np.load(out / "attributions.npz")["x"]
+    expected = np.zeros_like(x)
+    expected[0, 2] = 3.0 - 2.5  # only the largest moves the largest when zeroed; the others leave it at 3
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # every score ablated at once (one feature): none is left, and the largest score is 0 there
+    from onnx_attr.app.target_forms import LargestScore
+
+    loaded = onnx_attr.load(str(path))
+    both = onnx_attr.FeatureAblation(loaded).attribute(x, target=LargestScore(1), feature_mask=np.zeros((1, 6), int))
+    np.testing.assert_allclose(both, np.full_like(x, 3.0), rtol=1e-6)

@@ -199,6 +199,7 @@ class Layout:
     sigmoid_stripped: bool = False  # the map's logits, its Sigmoid stripped
     final: Optional[str] = None  # the output's final activation op, kept or stripped
     top: str = "the predicted class (argmax)"  # what the top form picks, as the report says it
+    counted: bool = False  # one example's scores whose count follows the values (above a threshold): see largest_score
 
 
 def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarray], axis: int) -> Layout:
@@ -214,7 +215,8 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         # a detector's scores [K] after its threshold (torchvision): one example's, no classes axis
         return Layout(f"one example's scores [{shape[0]}] (no batch axis)", "classes", "top", final=op,
                       top="the largest score (argmax: the detection a NonMaxSuppression keeps first)"
-                      if getattr(spec, "role", None) == NMS_SCORES else "the largest score (argmax)")
+                      if getattr(spec, "role", None) == NMS_SCORES else "the largest score (argmax)",
+                      counted=_counted(model, spec))
     if len(shape) == 1:
         return Layout("classes [N, C]", "classes", "top", final=op)
     image = _image_size(model, inputs)
@@ -303,13 +305,41 @@ def _image_size(model, inputs: dict[str, np.ndarray]) -> Optional[tuple[int, int
 
 # -- the forms --------------------------------------------------------------------------------------------------------
 
+def _counted(model, spec) -> bool:
+    """Whether a 1-D output's length follows the values: declared by a name no input's axis has
+    (onnxruntime's `unk__563`, torch's `Gatherscores_dim_0`) or not at all."""
+    if not spec.shape or len(spec.shape) != 1 or isinstance(spec.shape[0], int):
+        return False
+    named = {d for s in model.inputs for d in (s.shape or ()) if isinstance(d, str)}
+    return spec.shape[0] not in named
+
+
 def _itself(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
     return Resolved(None, None, "the output itself, one value per example", detail)
+
+
+@dataclass(frozen=True)
+class LargestScore:
+    """A target: per example its largest score, 0 where it has none. For a detector's scores whose
+    count follows the values (those above a threshold, kept by an NMS), an index would name another
+    detection, or none, once a perturbation changes the count; the largest is there in every copy
+    (0: nothing detected). One example's is the largest of the whole output, whichever axis a batch
+    probe took for its batch (a count of 1 at one row and 3 at three looks like one)."""
+
+    examples: int = 1
+
+    def __call__(self, output: Tensor) -> Tensor:
+        flat = output.reshape(1, -1) if self.examples == 1 else output.reshape(output.shape[0], -1)
+        return flat.amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
 
 
 def _top(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
     if view.dim() <= 1:
         return _itself(view, layout, value, detail)
+    if layout.counted:
+        detail["indices"] = view.argmax(1).tolist()
+        return Resolved(LargestScore(len(view)), "largest score", layout.top + "; its count follows the values, so the "
+                        "largest score itself, whichever detection holds it (0 where none is left)", detail)
     if view.dim() == 2:
         classes = view.argmax(1).tolist()
         detail["indices"] = classes

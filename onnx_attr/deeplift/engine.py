@@ -133,6 +133,7 @@ class Targets:
         if self.selector is not None:
             return self._selected(output, n)
         if output.dim() == 1 and depth == 0:
+            self._check_rows(output, n)
             return output
         if self.every_value and depth == 0:
             self._check_rows(output, n)
