@@ -52,10 +52,15 @@ def insert_after(module: fx.GraphModule, names: Sequence[str], make: Callable[[s
 
 
 def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
-    """The tensor's declared shape (symbolic batch kept) from shape inference, else from a value."""
+    """The tensor's declared shape (symbolic batch kept) from shape inference, else from a value. A
+    floating value where the file declares integers is the value's dtype: an 8-bit embedding
+    lookup the methods read dequantized (`quantized_lookup.dequantized_view`)."""
     for info in (*model.onnx_model.graph.value_info, *model.onnx_model.graph.output, *model.onnx_model.graph.input):
         if info.name == name and info.type.tensor_type.HasField("shape"):
             spec = value_spec(info)
+            if spec.dtype is not None and value is not None and value.is_floating_point() \
+                    and not np.issubdtype(spec.dtype, np.floating):
+                return TensorSpec(name, spec.shape, np.dtype(str(value.dtype).replace("torch.", "")))
             if spec.dtype is not None:
                 return spec
     if value is None:

@@ -51,6 +51,23 @@ def dequantize_lookups(module: fx.GraphModule) -> int:
     return count
 
 
+def dequantized_view(model):
+    """The model with its 8-bit embedding tables dequantized as the DeepLift rewrite does it, for the
+    gradient methods: they attribute token ids at the lookups' outputs, which must be floating (an
+    integer lookup's output was refused by name). The model itself where no table is quantized;
+    found once per model."""
+    found = model.__dict__.get("_dequantized_view")
+    if found is None:
+        import copy
+
+        module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
+        found = model.with_module(module) if dequantize_lookups(module) else model
+        if found is not model:
+            module.recompile()
+        model.__dict__["_dequantized_view"] = found
+    return found
+
+
 def _dequantizers(gather: fx.Node) -> list[fx.Node]:
     """The DequantizeLinears every path from the lookup ends in, through rearrangements and shape
     reads; empty where a path does anything else with the integer rows."""

@@ -200,7 +200,9 @@ class AttributionMethod:
         self.active = self._held_decoders(prepared)
         self.last_report = {}
         if any(a and not t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)):
-            self.active, prepared = at_embeddings(self.active, self._lookups, prepared, n)
+            from onnx_attr.deeplift.quantized_lookup import dequantized_view
+
+            self.active, prepared = at_embeddings(dequantized_view(self.active), self._lookups, prepared, n)
         return prepared, n
 
     def _held_decoders(self, prepared):
