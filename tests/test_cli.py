@@ -247,3 +247,16 @@ def test_attribute_fails_verification_only_on_the_output_it_explains(capsys):
     assert "['boxes']" in capsys.readouterr().err
     assert not _explained_output_verified({**report, "output": "boxes"})
     assert not _explained_output_verified({"output": "other", "verify": {"passed": False, "outputs": checks}})
+
+
+def test_python_dash_m_onnx_attr_is_the_command_line():
+    """`python -m onnx_attr` (what a user types when the script is not on PATH) runs the CLI."""
+    import subprocess
+    import sys
+
+    from conftest import SAMPLES
+
+    done = subprocess.run([sys.executable, "-m", "onnx_attr", "inspect", str(SAMPLES / "digits_cnn.onnx")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "inputs:" in done.stdout

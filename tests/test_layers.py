@@ -20,7 +20,7 @@ ORDER = ["importing", "deeplift", "methods", "app"]
 SHARED = {"errors", "fileio", "progress"}
 #: The package's front: public names re-exported from every layer, the old module paths, and the import-time
 #: setup of __init__ (onnx2torch imported without torchvision up front).
-FACADE = {"__init__", "_moved", "_lazy_torchvision"}
+FACADE = {"__init__", "__main__", "_moved", "_lazy_torchvision"}
 PACKAGE = pathlib.Path(onnx_attr.__file__).parent
 
 
