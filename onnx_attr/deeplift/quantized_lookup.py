@@ -12,7 +12,7 @@ and drops the DequantizeLinears after it. Every value downstream is the graph's,
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, fx
@@ -51,11 +51,16 @@ def dequantize_lookups(module: fx.GraphModule) -> int:
     return count
 
 
-def dequantized_view(model):
+def dequantized_view(model, lookups: Sequence[str]):
     """The model with its 8-bit embedding tables dequantized as the DeepLift rewrite does it, for the
-    gradient methods: they attribute token ids at the lookups' outputs, which must be floating (an
-    integer lookup's output was refused by name). The model itself where no table is quantized;
-    found once per model."""
+    gradient methods: they attribute token ids at the `lookups` (ONNX tensors), which must be floating
+    (an integer lookup's output was refused by name). The model itself where every lookup is floating
+    already: a lookup that feeds its DequantizeLinear directly is tapped at that DequantizeLinear,
+    which the pass would remove (T5's quantized encoder). Found once per model."""
+    from onnx_attr.deeplift.layers import _spec
+
+    if all(_floating(_spec(model, name).dtype) for name in lookups):
+        return model
     found = model.__dict__.get("_dequantized_view")
     if found is None:
         import copy
@@ -66,6 +71,13 @@ def dequantized_view(model):
             module.recompile()
         model.__dict__["_dequantized_view"] = found
     return found
+
+
+def _floating(dtype) -> bool:
+    """A declared dtype that is a float (None: not declared, taken as one: nothing to change)."""
+    import numpy as np
+
+    return dtype is None or np.issubdtype(dtype, np.floating)
 
 
 def _dequantizers(gather: fx.Node) -> list[fx.Node]:

@@ -202,7 +202,8 @@ class AttributionMethod:
         if any(a and not t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)):
             from onnx_attr.deeplift.quantized_lookup import dequantized_view
 
-            self.active, prepared = at_embeddings(dequantized_view(self.active), self._lookups, prepared, n)
+            lookups = [t for name, ts in self._lookups.items() for t in ts]
+            self.active, prepared = at_embeddings(dequantized_view(self.active, lookups), self._lookups, prepared, n)
         return prepared, n
 
     def _held_decoders(self, prepared):
