@@ -342,7 +342,7 @@ _BUILDERS = {
                                          ["x", "x2"]),
     "ConvNetOneConvSingle": lambda: (BasicModelConvNetOneConvSingle(), [torch.rand(2, 1, 4, 4)], ["x"]),
     "MultiLayerMultiRelu": lambda: (BasicModelMultiLayerMultiRelu(), [_rows(3)], ["x"]),
-    "TrueMultiInput": lambda: (BasicModelMultiLayerTrueMultiInput(), [_rows(3)] * 4, ["x1", "x2", "x3", "x4"]),
+    "TrueMultiInput": lambda: (BasicModelMultiLayerTrueMultiInput(), [_rows(3) for _ in range(4)], ["x1", "x2", "x3", "x4"]),
     "BasicLinear": lambda: (_seeded(BasicLinearModel), [_rows(3), _rows(4)], ["x1", "x2"]),
     "Softmax_40_20_10": lambda: (_seeded(lambda: SoftmaxModel(40, 20, 10, ones=False)), [_rows(40)], ["x"]),
     "SoftmaxDeepLift_20": lambda: (_seeded(lambda: SoftmaxModel(20, 20, 10, ones=True)), [_rows(20)], ["x"]),

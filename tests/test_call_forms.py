@@ -134,3 +134,12 @@ def test_neuron_conductance_at_the_neurons_input_equals_captums():
     theirs = NeuronConductance(net, net.relu).attribute(x, neuron_selector=0, baselines=base, target=0,
                                                          attribute_to_neuron_input=True, method="gausslegendre")
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-3)
+
+
+def test_has_convergence_delta_as_captum():
+    """Captum's has_convergence_delta: the methods whose attribute returns a delta."""
+    model = load("MultiLayerMultiRelu")
+    assert onnx_attr.DeepLift(model).has_convergence_delta()
+    assert onnx_attr.IntegratedGradients(model).has_convergence_delta()
+    assert not onnx_attr.Saliency(model).has_convergence_delta()
+    assert not onnx_attr.FeatureAblation(model).has_convergence_delta()

@@ -83,6 +83,9 @@ class Targets:
             raise InputError(f"a target must be integer indices, got {target!r}")
         elif isinstance(target, (int,)) or (hasattr(target, "ndim") and getattr(target, "ndim") == 0):
             rows = [(int(target),)] * n
+        elif isinstance(target, (Tensor, np.ndarray)) and target.ndim == 1 and len(target) == 1 \
+                and not (target.dtype == torch.bool or target.dtype == np.bool_):
+            rows = [(int(target[0]),)] * n  # one index for the whole batch, as Captum reads it (`.item()`)
         elif isinstance(target, tuple):
             if not all(isinstance(t, (int, np.integer)) for t in target):
                 raise InputError(f"a tuple target must hold ints (or slices, for a neuron), got {target!r}")

@@ -325,6 +325,28 @@ class AttributionMethod:
         self._report({**output_report(self.model, type(self).__name__, index), **prepared.report(self.model)})
         return prepared, grads
 
+    def has_convergence_delta(self) -> bool:
+        """Captum's: whether `attribute` can return a convergence delta (a completeness identity)."""
+        import inspect
+
+        return "return_convergence_delta" in inspect.signature(self.attribute).parameters
+
+    def compute_convergence_delta(self, attributions: Any, start_point: Any, end_point: Any, target: Any = None,
+                                  additional_forward_args: Any = None) -> Tensor:
+        """Captum's: per example, Σ attributions − (f(end_point) − f(start_point)) at `target`, every
+        attribution summed over its non-batch axes (float64; the inputs' layout as given)."""
+        index = self._output_index(None)
+        values = []
+        for point in (end_point, start_point):
+            prepared = prepare(self.model, point, None, additional_forward_args, embedded=set())
+            n = example_count(self.model, prepared)
+            values.append(self._value(prepared.tensors, self._targets(target, n, prepared, index), index).double())
+        end, start = values
+        parts = attributions if isinstance(attributions, (tuple, list)) else (attributions,)
+        total = sum(torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a).double().reshape(len(end), -1)
+                    .sum(1) for a in parts if a is not None)
+        return total - (end - start.expand_as(end))
+
     def _report(self, report: dict) -> None:
         """This call's `last_report`, keeping what the passes noted (an out-of-memory retry)."""
         retried = self.last_report.get("out_of_memory_retry")

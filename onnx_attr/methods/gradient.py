@@ -7,6 +7,7 @@ attributed by these methods; pass them as `additional_forward_args`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -200,8 +201,10 @@ class IntegratedGradients(AttributionMethod):
         fixed = pass_batch(self.active) if stack and binding else None
         rows = (check_batch_size(internal_batch_size) or max(n, budget_rows(prepared.tensors, axes, n * n_steps, self.active))
                 ) if stack else n
-        if rows < n and fixed is None:
-            raise InputError(f"internal_batch_size {rows} is below the batch of {n}")
+        if rows < n and fixed is None:  # as Captum: one step of every example at least, said once
+            warnings.warn(f"internal_batch_size {rows} is below the batch of {n} examples: using {n} (one step of "
+                          "every example per pass)", stacklevel=2)
+            rows = n
         steps_per_pass = max(1, rows // n)
         totals = [None if not a else torch.zeros_like(t, dtype=torch.float64)
                   for t, a in zip(prepared.tensors, prepared.attributed)]
