@@ -9,7 +9,7 @@ layer/test_layer_feature_permutation. Captum's test_targets is in test_captum_ex
 Where Captum states no value (its NoiseTunnel cases check shapes only; its embedding-patching cases
 compare two Captum code paths) the case also runs Captum on the same PyTorch module under the same
 seed and asserts our result equals Captum's ("vs Captum" in the id). A case failing for a known reason
-is a strict xfail naming it: "bug" (with its repro under /tmp/hunt13/C/repros) or "definitional"."""
+is a strict xfail naming it: "bug" or "definitional"."""
 
 from __future__ import annotations
 
@@ -443,7 +443,7 @@ def _layer_outputs_oracle(model, layers, inputs, baselines):
 
 _LIG_LIST_INPUTS = ("bug: LayerIntegratedGradients with a list of layers and attribute_to_layer_input=True refuses a "
                     "node reading several tensors (the single layer is accepted), and naming a shared input twice "
-                    "is refused too (repro: a5_lig_layer_list_multi_input_node.py)")
+                    "is refused too")
 
 
 @case("test_layer_integrated_gradients.py::test_multiple_layers_multiple_inputs_shared_input (layer inputs: "
