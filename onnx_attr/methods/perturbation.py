@@ -123,9 +123,10 @@ class _Perturbation(_GradientMethod):
                 perturbations_per_eval: int, show_progress: bool = False,
                 original: Optional[Tensor] = None) -> tuple[list[Optional[Tensor]], Tensor]:
         """For each attributed input, the output drop of each mask averaged over the masks covering
-        each element ([N, K, *shape]: K values per example), and the unperturbed output; `masks[i]` are boolean tensors shaped like input i with a batch axis of 1 (the
-        same features in every example) or of N (per-example features). `show_progress` (Captum's
-        keyword) counts the perturbed passes on stderr."""
+        each element ([N, K, *shape]: K values per example), and the unperturbed output (`original`
+        where the caller ran it already). `masks[i]` are boolean tensors shaped like input i with a
+        batch axis of 1 (the same features in every example) or of N (per-example features).
+        `show_progress` (Captum's keyword) counts the perturbed passes on stderr."""
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
         bar = self._bar(evaluator, [len(m) for m in masks], show_progress)
         n = len(targets.rows)
