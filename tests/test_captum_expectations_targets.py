@@ -40,14 +40,11 @@ _NO_RESEED = {"Lime", "KernelShap"}  # Captum: issubclass(algorithm, Lime)
 
 # Known failures, each a strict xfail naming its class: "bug" (onnx-attr should do as Captum)
 # or "definitional" (docs/captum_differences.md).
-_LGS = ("bug: LayerGradientShap does not repeat batched additional_forward_args over its n_samples draws: "
-        "ForwardError from the graph's Add")
 _LRP_ADD = "definitional: an ONNX Add of inputs in LRP (docs/captum_differences.md)"
 _LRP_MUL = ("definitional (same root as the documented LRP Add): Captum lets the gradient through the "
             "multidim output's Mul by 2 and 4, scaling relevance by 8; onnx-attr conserves it")
 _TRAPEZOID = "definitional: riemann_trapezoid weights (NeuronConductance's default; docs/captum_differences.md)"
 KNOWN = [
-    (lambda s: "LayerGradientShap" in s and "multi_inp" in s, _LGS),
     (lambda s: "vs Captum" in s and "multi_input_multi_target" in s and "LRP" in s, _LRP_ADD),
     (lambda s: "vs Captum" in s and "multiple_tuple_target_nt_LRP" in s, _LRP_MUL),
     (lambda s: "vs Captum" in s and "NeuronConductance" in s, _TRAPEZOID),

@@ -86,11 +86,17 @@ class LayerMethod(AttributionMethod):
                              "tensors to attribute as the layers instead")
 
     def _at_layers(self, inputs: Any, baselines: Any, additional_forward_args: Any,
-                   attribute_to_layer_input: bool = False):
-        """The prepared call and the layers' values for the inputs and the baselines."""
+                   attribute_to_layer_input: bool = False, samples: Optional[tuple[int, int]] = None):
+        """The prepared call and the layers' values for the inputs and the baselines. `samples`:
+        (examples, draws per example) where the inputs were drawn several times per example (the
+        held inputs with the examples' rows are repeated alike: `gradient.with_samples`)."""
+        from onnx_attr.methods.gradient import with_samples
+
         self._select_layers(attribute_to_layer_input)
         every = {s.name for s in self.model.inputs}  # inputs are fed, not attributed: integers allowed
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=every)
+        if samples is not None:
+            with_samples(prepared, *samples)
         self.n = example_count(self.model, prepared)
         check_batched(self.model, prepared, self.n)
         refuse_settings_as_layers(self.model, self.layers, prepared.tensors)
@@ -406,7 +412,7 @@ class LayerGradientShap(LayerMethod):
             inputs, baselines, n_samples, stdevs, "LayerGradientShap",
             sample_axes(self, inputs, additional_forward_args), self.model)
         prepared, h, h0 = self._at_layers(repack(noisy), repack(drawn), additional_forward_args,
-                                          attribute_to_layer_input)
+                                          attribute_to_layer_input, samples=(n, n_samples))
         rows, axes = self.n, prepared.row_axes()
         scaled = [b + along(alpha.to(t.dtype), t, x).to(t.device) * (t - b) if a and t.is_floating_point() else t
                   for t, b, a, x in zip(prepared.tensors, prepared.baselines, prepared.attributed, axes)]
