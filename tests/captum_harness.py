@@ -50,3 +50,18 @@ def registrar(cases: list) -> Callable[[str], Callable]:
 def as_tuple(x: Any) -> tuple:
     """A result as a tuple: a tuple or list as its items, anything else as one item."""
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def captum_method(test_config: dict, algorithm: str):
+    """Captum's own method for one entry of Captum's test_config: its class on a copy of the entry's
+    module (at the entry's layer), inside a NoiseTunnel where the entry says so."""
+    import copy
+
+    import captum.attr as ca
+    from captum.testing.attr.helpers.gen_test_utils import get_target_layer
+
+    module = copy.deepcopy(test_config["model"])
+    layer = test_config.get("layer")
+    cls = getattr(ca, algorithm)
+    method = cls(module, get_target_layer(module, layer)) if layer is not None else cls(module)
+    return ca.NoiseTunnel(method) if test_config.get("noise_tunnel", False) else method

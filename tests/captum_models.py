@@ -156,17 +156,6 @@ class BasicModelMultiLayerMultiRelu(BasicModelMultiLayer):
         return self.linear2(F.relu(self.linear1(self.linear0(x))) + F.relu(self.linear1_alt(x)))
 
 
-class BasicModelMultiLayerTrueMultiInput(nn.Module):
-    """m1(x1) + m234(x2, x3, x4, scale=1): BasicModel_MultiLayer plus its three-input variant."""
-
-    def __init__(self):
-        super().__init__()
-        self.m1, self.m234 = BasicModelMultiLayer(), BasicModelMultiLayer()
-
-    def forward(self, x1: Tensor, x2: Tensor, x3: Tensor, x4: Tensor) -> Tensor:
-        return self.m1(x1) + self.m234(x2 + x3 + x4)
-
-
 class BasicLinearModel(nn.Module):
     """Linear(7, 1) over the two inputs concatenated (random weights, seeded)."""
 
@@ -342,7 +331,6 @@ _BUILDERS = {
                                          ["x", "x2"]),
     "ConvNetOneConvSingle": lambda: (BasicModelConvNetOneConvSingle(), [torch.rand(2, 1, 4, 4)], ["x"]),
     "MultiLayerMultiRelu": lambda: (BasicModelMultiLayerMultiRelu(), [_rows(3)], ["x"]),
-    "TrueMultiInput": lambda: (BasicModelMultiLayerTrueMultiInput(), [_rows(3) for _ in range(4)], ["x1", "x2", "x3", "x4"]),
     "BasicLinear": lambda: (_seeded(BasicLinearModel), [_rows(3), _rows(4)], ["x1", "x2"]),
     "Softmax_40_20_10": lambda: (_seeded(lambda: SoftmaxModel(40, 20, 10, ones=False)), [_rows(40)], ["x"]),
     "SoftmaxDeepLift_20": lambda: (_seeded(lambda: SoftmaxModel(20, 20, 10, ones=True)), [_rows(20)], ["x"]),

@@ -711,28 +711,6 @@ def _():
     return [(p * m, f, 1e-4, "sum") for p, m, f in zip(plain, moved, full)]
 
 
-def _m1_and_m234(model) -> list:
-    """The outputs of the two sub-models of TrueMultiInput: the last Gemm feeding the final Add."""
-    adds = [n for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Add"]
-    return [a.meta["onnx_tensor"] for a in adds[-1].args if hasattr(a, "meta")]
-
-
-@case("test_layer_integrated_gradients.py::test_multiple_layers_multiple_input_outputs (layer outputs)")
-def _():
-    model = load("TrueMultiInput")
-    torch.manual_seed(1234)
-    inputs = tuple(torch.randn(5, 3) for _ in range(4))
-    baselines = tuple(torch.zeros_like(x) for x in inputs)
-    layers = _m1_and_m234(model)
-    got = onnx_attr.LayerIntegratedGradients(model, layers).attribute(inputs, baselines, target=0)
-    assert isinstance(got, list) and len(got) == 2
-    # Captum's oracle: IG of (a, b) -> a + b, target 0, is each layer's change in column 0 alone
-    h = onnx_attr.deeplift.layers.tensor_values(model, layers, list(inputs))
-    h0 = onnx_attr.deeplift.layers.tensor_values(model, layers, list(baselines))
-    expected = [torch.cat([(x - x0)[:, :1], torch.zeros_like(x)[:, 1:]], dim=1) for x, x0 in zip(h, h0)]
-    return [(g, e, 1e-5, "sum") for g, e in zip(got, expected)]
-
-
 # --- tests/attr/test_gradient_shap.py (no stated values: Captum's delta and IG checks) -------------
 
 def _shap_delta(inputs, n_samples: int, delta, threshold: float = 0.0006):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import onnx_attr
-from captum_harness import run_case
+from captum_harness import captum_method, run_case
 from captum_models import export
 
 CASES: list = []
@@ -125,14 +125,7 @@ def _vs_captum(test_config, algorithm: str):
     relative = 1e-3 if algorithm in _NO_RESEED else 1e-4
 
     def run():
-        import captum.attr as ca
-        from captum.testing.attr.helpers.gen_test_utils import get_target_layer
-
-        theirs_model = copy.deepcopy(test_config["model"])
-        cls = getattr(ca, algorithm)
-        method = cls(theirs_model, get_target_layer(theirs_model, layer)) if layer is not None else cls(theirs_model)
-        if noise_tunnel:
-            method = ca.NoiseTunnel(method)
+        method = captum_method(test_config, algorithm)
         _seed()
         theirs = method.attribute(**copy.deepcopy(test_config["attribute_args"]))
         model = _load(test_config["name"])

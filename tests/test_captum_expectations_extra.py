@@ -485,8 +485,8 @@ def _():
     return _pairs(got, tuple(_layer_outputs_oracle(model, layers, inputs, baseline)), 1e-5)
 
 
-@case("test_layer_integrated_gradients.py::test_multiple_layers_multiple_input_outputs (layer outputs, on an export "
-      "whose four inputs are four: captum_models' TrueMultiInput aliases them)")
+@case("test_layer_integrated_gradients.py::test_multiple_layers_multiple_input_outputs (layer outputs; the oracle on "
+      "the PyTorch module)")
 def _():
     model = load("C_TrueMultiInput")
     torch.manual_seed(1234)

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import onnx_attr
-from captum_harness import run_case
+from captum_harness import captum_method, run_case
 from captum_models_extra import load, tensor
 
 CONFIG_CASES: list = []
@@ -156,14 +156,7 @@ def _vs_captum(test_config, algorithm: str):
     model_name = _model_name(test_config)
 
     def run():
-        import captum.attr as ca
-        from captum.testing.attr.helpers.gen_test_utils import get_target_layer
-
-        module = copy.deepcopy(test_config["model"])
-        cls = getattr(ca, algorithm)
-        theirs_method = cls(module, get_target_layer(module, layer)) if layer is not None else cls(module)
-        if noise_tunnel:
-            theirs_method = ca.NoiseTunnel(theirs_method)
+        theirs_method = captum_method(test_config, algorithm)
         _seed()
         theirs = theirs_method.attribute(**copy.deepcopy(test_config["attribute_args"]))
         _seed()
