@@ -197,7 +197,9 @@ class AttributionMethod:
 
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs))
         n = example_count(self.model, prepared)
-        self.active = self._held_decoders(prepared)
+        from onnx_attr.methods.straight_through import straight_through_view
+
+        self.active = straight_through_view(self._held_decoders(prepared))
         self.last_report = {}
         if any(a and not t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)):
             from onnx_attr.deeplift.quantized_lookup import dequantized_view

@@ -153,6 +153,15 @@ class QuantizedBlock(nn.Module):
         g = transposed(self, module, dtype, g, width, *values[1:])
         return g / env[quantize][1].to(dtype)
 
+    def straight_through(self, grad: Tensor, at: Tensor) -> Tensor:
+        """Wᵀg of `linear` at `at`: in closed form (`transpose`), else by autograd through the map."""
+        through = self.transpose(grad, at)
+        if through is None:
+            with torch.enable_grad():
+                live = at.detach().requires_grad_(True)
+                (through,) = torch.autograd.grad(self.linear(live, at), live, grad)
+        return through
+
     def centred_weight(self, t: Tensor, zero: Tensor | None, axis: int | None, dtype: torch.dtype) -> Tensor:
         """`_centred` of a weight, kept per weight tensor and type: the graph's constants, read whole
         on every call otherwise."""
@@ -331,9 +340,9 @@ def _chain_back(node: fx.Node, linear: fx.Node, g: Tensor, shape: torch.Size, en
     return g if g.shape == shape else g.sum_to_size(shape)
 
 
-def fuse_quantized_blocks(module: fx.GraphModule) -> int:
-    """Replace each dynamically quantized block by one `QuantizedBlock` node (op "QuantizedBlock",
-    named after its integer op), so that DeepLift sees x → y; returns how many were fused."""
+def fuse_quantized_blocks(module: fx.GraphModule, block: type[QuantizedBlock] = QuantizedBlock) -> int:
+    """Replace each dynamically quantized block by one `block` node (op "QuantizedBlock", named
+    after its integer op), so that DeepLift sees x → y; returns how many were fused."""
     count = 0
     for integer in [n for n in module.graph.nodes if _op(n) in _INTEGER_OPS]:
         source = integer.args[0] if integer.args else None
@@ -353,7 +362,7 @@ def fuse_quantized_blocks(module: fx.GraphModule) -> int:
                 env[n] = graph.node_copy(n, lambda a: env[a])
         graph.output(env[out])
         name = f"quantized_block_{count}"
-        module.add_submodule(name, QuantizedBlock(fx.GraphModule(module, graph)))
+        module.add_submodule(name, block(fx.GraphModule(module, graph)))
         with module.graph.inserting_after(out):
             fused = module.graph.call_module(name, (x,))
         fused.meta.update(onnx_op="QuantizedBlock", onnx_domain=QUANTIZED_DOMAIN, onnx_opset=1,
@@ -393,12 +402,7 @@ class QuantizedBlockRule(DecomposedRule):
         part through the map, so the map is not run at the reference (see `residual_share`)."""
         block, x = call.module, args[0].detach()
         x0 = refs[0].expand_as(x)  # a shared (batch-1) reference, as `decompose` sees it
-        through = block.transpose(grad, x)
-        if through is None:
-            with torch.enable_grad():
-                live = x.detach().requires_grad_(True)
-                z = block.linear(live, x)
-                (through,) = torch.autograd.grad(z, live, grad)
+        through = block.straight_through(grad, x)
         with torch.no_grad():
             return [(through + residual_share(grad, out - ref_out, through, x, x0, 0)).to(x.dtype)]
 

@@ -512,7 +512,15 @@ class QuantizedWeight:
 
     def exact(self, a: torch.Tensor) -> torch.Tensor:
         """a quantized to uint8 over its whole range, the integer product exact (float32 chunks or
-        float64: matrix.integer_product), then float(acc)·(a_scale·w_scale) in float32."""
+        float64: matrix.integer_product), then float(acc)·(a_scale·w_scale) in float32. Its
+        gradient passes the rounding straight through (the dequantized product's, `_PassedThrough`):
+        the rounded value's own is zero almost everywhere, and autograd reached a only through
+        a_scale, a function of a's two extremes (methods/straight_through.py says the same of blocks)."""
+        if torch.is_grad_enabled() and a.requires_grad:
+            return _PassedThrough.apply(a, self)
+        return self._exact(a)
+
+    def _exact(self, a: torch.Tensor) -> torch.Tensor:
         from onnx_attr.importing.converters.matrix import integer_product
 
         q, a_scale, a_zero = DynamicQuantizeLinear()(a)
@@ -523,6 +531,19 @@ class QuantizedWeight:
 
     def dequantized(self, a: torch.Tensor) -> torch.Tensor:
         return a @ self.weight
+
+
+class _PassedThrough(torch.autograd.Function):
+    """`QuantizedWeight.exact`'s value, with the dequantized product's gradient."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:  # noqa: D102
+        ctx.weight = weight
+        return weight._exact(a)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        return grad @ ctx.weight.weight.to(grad.dtype).T, None
 
 
 def pairs_saturate() -> bool:
