@@ -441,13 +441,13 @@ def _layer_outputs_oracle(model, layers, inputs, baselines):
     return [torch.cat([(x - x0)[:, :1], torch.zeros_like(x)[:, 1:]], dim=1) for x, x0 in zip(h, h0)]
 
 
-_LIG_LIST_INPUTS = ("bug: LayerIntegratedGradients with a list of layers and attribute_to_layer_input=True refuses a "
-                    "node reading several tensors (the single layer is accepted), and naming a shared input twice "
-                    "is refused too")
+_LIG_NAMED_TWICE = ("form: a tensor named twice in a list of layers names no reader (by ONNX tensor name, m1's input "
+                    "x1 and m234's input x1 are one tensor); named as the layer inputs of the two readers "
+                    "(attribute_to_layer_input=True, the case above) each reader's share is given, as Captum's")
 
 
 @case("test_layer_integrated_gradients.py::test_multiple_layers_multiple_inputs_shared_input (layer inputs: "
-      "m1's Gemm and m234's last Add, attribute_to_layer_input=True)", xfail=_LIG_LIST_INPUTS)
+      "m1's Gemm and m234's last Add, attribute_to_layer_input=True)")
 def _():
     # Here m234's inputs reach its graph as (x2 + x3, x1): the Add reading x1 is the layer whose inputs
     # Captum's m234 hook sees; IG on x2 + x3 is IG(x2) + IG(x3) (both move along one straight line).
@@ -464,8 +464,29 @@ def _():
     return _pairs((got[0] + got[1][1], got[1][0]), (ig[0], ig[1] + ig[2]), 1e-5)
 
 
+@case("test_layer_integrated_gradients.py::test_multiple_layers_multiple_inputs_shared_input (layer inputs, vs "
+      "Captum on the PyTorch module: each reader's share of x1)")
+def _():
+    from captum.attr import LayerIntegratedGradients as CaptumLIG
+
+    model = load("C_TrueMultiInputShared")
+    torch.manual_seed(5)
+    inputs = tuple(torch.randn(5, 3) * 40 for _ in range(3))  # layer values in the tens to hundreds
+    baseline = tuple(torch.zeros_like(x) for x in inputs)
+    gemm = tensor(model, "Gemm", 0)
+    add = [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Add"
+           and any(getattr(a, "name", "") == "x1" for a in n.args)][0]
+    got = onnx_attr.LayerIntegratedGradients(model, [gemm, add]).attribute(inputs, baseline, target=0,
+                                                                           attribute_to_layer_input=True)
+    net = torch_module("C_TrueMultiInputShared").net
+    m1, (b2, b3, b1) = CaptumLIG(net, [net.m1, net.m234]).attribute(inputs, baseline, target=0,
+                                                                      attribute_to_layer_input=True)
+    # m234 reads x2 + x3 + x1; the graph adds x2 + x3 first (one tensor), then x1
+    return _pairs((got[0], got[1][0], got[1][1]), (m1, b2 + b3, b1), 1e-4)  # values in the hundreds
+
+
 @case("test_layer_integrated_gradients.py::test_multiple_layers_multiple_inputs_shared_input (layer inputs as "
-      "named tensors: [x1, (x2, x3, x1)])", xfail=_LIG_LIST_INPUTS)
+      "named tensors: [x1, (x2, x3, x1)])", xfail=_LIG_NAMED_TWICE)
 def _():
     model = load("C_TrueMultiInputShared")
     inputs = (torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3))

@@ -8,6 +8,7 @@ attribution method works on it unchanged: the method does not need to know about
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -54,7 +55,11 @@ def insert_after(module: fx.GraphModule, names: Sequence[str], make: Callable[[s
 def _spec(model, name: str, value: Tensor | None = None) -> TensorSpec:
     """The tensor's declared shape (symbolic batch kept) from shape inference, else from a value. A
     floating value where the file declares integers is the value's dtype: an 8-bit embedding
-    lookup the methods read dequantized (`quantized_lookup.dequantized_view`)."""
+    lookup the methods read dequantized (`quantized_lookup.dequantized_view`). A tensor's copy for
+    one of its readers (`methods.layer.uses_apart`) is declared as the tensor."""
+    node = tensor_nodes(model.module).get(name)
+    if node is not None and "copy_of" in node.meta:
+        return dataclasses.replace(_spec(model, node.meta["copy_of"], value), name=name)
     for info in (*model.onnx_model.graph.value_info, *model.onnx_model.graph.output, *model.onnx_model.graph.input):
         if info.name == name and info.type.tensor_type.HasField("shape"):
             spec = value_spec(info)

@@ -44,6 +44,48 @@ def refuse_nested(model, layers: Sequence[str], method: str) -> None:
                          f"would hold {pair[0]!r}'s change back at {pair[1]!r}; attribute each of them in its own call")
 
 
+def uses_apart(model, layers: Sequence[str], feeds: Sequence[Sequence[str]], cache: dict) -> tuple[Any, list]:
+    """A sibling of `model` in which each tensor that several of the `layers`' nodes read reaches
+    each of them through its own Identity, named `tensor@layer`, and the feeds renamed so: each is
+    then a tensor of its own, none computed from another, so they are cut together and each gets
+    the share of the paths through its reader, as Captum's hook on each module's input gives
+    (their sum is the tensor's own attribution). Built once per set of layers (`cache`)."""
+    import copy
+
+    from torch import fx, nn
+
+    from onnx_attr.deeplift.layers import tensor_node
+
+    key = tuple(layers)
+    if key not in cache:
+        counts: dict[str, int] = {}
+        for f in feeds:
+            for t in f:
+                counts[t] = counts.get(t, 0) + 1
+        module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
+        renamed = []
+        for index, (layer, f) in enumerate(zip(layers, feeds)):
+            reader = tensor_node(module, layer)
+            names = []
+            for t in f:
+                if counts[t] < 2:
+                    names.append(t)
+                    continue
+                source, name = tensor_node(module, t), f"{t}@{layer}"
+                target = f"layer_input_use_{index}_{len(names)}"
+                module.add_submodule(target, nn.Identity())
+                with module.graph.inserting_before(reader):
+                    use = module.graph.call_module(target, (source,))
+                use.meta.update(onnx_op="Identity", onnx_domain="", onnx_opset=source.meta.get("onnx_opset", 0),
+                                onnx_node=name, onnx_tensor=name, onnx_attrs={}, copy_of=t)
+                reader.replace_input_with(source, use)
+                names.append(name)
+            renamed.append(names)
+        module.recompile()
+        cache[key] = (model.with_module(module), renamed)
+    return cache[key]
+
+
 def check_grad_kwargs(grad_kwargs: Optional[dict]) -> None:
     """Captum's `grad_kwargs` (passed on to torch.autograd.grad there): the gradients here are
     taken by the method itself, which already reads 0 for a layer that does not reach the
@@ -66,24 +108,33 @@ class LayerMethod(AttributionMethod):
         self.layer = layer
         self._names = LayerNames(layer)
         self.layers = self._named = self._names.flat
-        self._container: Optional[type] = None  # how the results are packed, where not as `layer` was given
+        self._packer = self._names  # how the results are packed: as `layer` was given, or by its inputs
+        self._given = model  # `model` may be a sibling per call (`_select_layers`: a shared layer input)
+
+    _readers_apart = False  # see `_select_layers`
 
     def _select_layers(self, to_input: bool) -> None:
         """Captum's `attribute_to_layer_input`: the tensors each named one is computed from (its ONNX
-        node's data inputs, `layer_inputs`); a single layer reading several gives a tuple, as a module
-        with several inputs does. Set per call, so the next call starts from the names given."""
-        self.layers, self._container = self._named, None
+        node's data inputs, `layer_inputs`); a layer reading several gives a tuple, as a module with
+        several inputs does. A tensor read by several of the named layers' nodes: where the method
+        substitutes the layers' values (`_readers_apart`: LayerIntegratedGradients, whose hooks
+        replace each module's input), each reader's share (`uses_apart`); else each gets the tensor's
+        own, as Captum's gradient at the one input tensor the modules share. Set per call, so the
+        next call starts from the names given."""
+        self.model, self.layers, self._packer = self._given, self._named, self._names
         if not to_input:
             return
         feeds = [layer_inputs(self.model, name) for name in self._named]
-        if isinstance(self.layer, str) and len(feeds[0]) > 1:
-            self.layers, self._container = feeds[0], tuple
-        elif all(len(f) == 1 for f in feeds):
-            self.layers = [f[0] for f in feeds]
-        else:
+        if self._names.nested and any(len(f) > 1 for f in feeds):
             several = {n: f for n, f in zip(self._named, feeds) if len(f) > 1}
-            raise InputError(f"attribute_to_layer_input=True: {several} read several tensors each; name the "
-                             "tensors to attribute as the layers instead")
+            raise InputError(f"attribute_to_layer_input=True: {several} read several tensors each inside a group of "
+                             "layers; name the tensors to attribute as the layers instead")
+        if self._readers_apart and len({t for f in feeds for t in f}) < sum(map(len, feeds)):
+            self.model, feeds = uses_apart(self._given, self._named, feeds, self.__dict__.setdefault("_apart", {}))
+        self.layers = [t for f in feeds for t in f]
+        if not self._names.nested:
+            packed = [f[0] if len(f) == 1 else tuple(f) for f in feeds]
+            self._packer = LayerNames(packed[0] if isinstance(self.layer, str) else type(self._names.given)(packed))
 
     def _at_layers(self, inputs: Any, baselines: Any, additional_forward_args: Any,
                    attribute_to_layer_input: bool = False, samples: Optional[tuple[int, int]] = None):
@@ -127,10 +178,7 @@ class LayerMethod(AttributionMethod):
 
     def _pack(self, per_layer: Sequence[Tensor], as_numpy: bool) -> Any:
         """One result per layer, in the container the layer was named in; numpy in, numpy out."""
-        items = [a.detach().cpu().numpy() if as_numpy else a for a in per_layer]
-        if self._container is not None:
-            return self._container(items)
-        return self._names.pack(items)
+        return self._packer.pack([a.detach().cpu().numpy() if as_numpy else a for a in per_layer])
 
 
 class LayerIntegratedGradients(LayerMethod):
@@ -147,6 +195,7 @@ class LayerIntegratedGradients(LayerMethod):
     """
 
     _multiply_by_inputs = True  # Captum's default
+    _readers_apart = True
 
     def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
