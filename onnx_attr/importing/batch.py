@@ -179,6 +179,8 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
         # [3, H, W] picture) that another input's rows do not share (its [9, 5, 2] boxes): no batch, one example
         return Layout(False, tuple(None for _ in model.outputs))
     fixed = pass_batch(model)
+    if (fixed or 1) > 1 and _no_output_keeps(model, fixed_batch(model.inputs)):
+        return Layout(False, tuple(None for _ in model.outputs))
     if (fixed or 1) > 1:  # one row is outside what the export declares: as declared, unless its rows mix
         declared = tuple(0 for _ in model.outputs)
         return Layout(False, tuple(None for _ in declared)) if _fixed_rows_mix(model, tensors, axes, fixed) \
@@ -187,6 +189,17 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
     if declared is not None:
         return Layout(True, declared, found_doubles=None, runs=lambda: _found(model, tensors, axes, outputs, fixed))
     return _found(model, tensors, axes, outputs, fixed)
+
+
+def _no_output_keeps(model, fixed: Optional[int]) -> bool:
+    """Whether every output declares a static shape with no axis of the inputs' fixed leading size:
+    that size is then not a batch but one example's (skl2onnx's SVM over a feature vector [400]
+    giving probabilities [1, 325]), and the inputs are one whole example. An output with an axis of
+    that size anywhere (time-major [T, 8, C] beside an input [8, ...]) leaves it to the rows' test."""
+    if not _fixed(fixed or 0) or fixed == 1 or not model.outputs:
+        return False
+    return all(o.shape is not None and all(_fixed(d) for d in o.shape) and fixed not in o.shape
+               for o in model.outputs)
 
 
 def _fixed_rows_mix(model, tensors, axes, fixed: int) -> bool:
