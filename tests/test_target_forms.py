@@ -423,6 +423,27 @@ def test_one_example_whose_rows_mix_keeps_its_sequence_layout(tmp_path):
     _complete(sums, [y[np.arange(8), steps].sum()], [y0[np.arange(8), steps].sum()])
 
 
+def test_several_rows_pooled_into_one_example_keep_their_classes_layout(tmp_path):
+    """mne-icalabel's ICLabel (hunt 14): four augmented copies of one component in, averaged over the
+    rows, labels [1, 7] out. The rows mix, so the whole input is one example; with several rows the
+    CLI gave that example a batch axis and named [1, 1, 7] "a sequence [N, T, C]" (one step). Its
+    leading 1 is the example: classes, the argmax class, DeepLift complete against onnxruntime."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]),
+             helper.make_node("ReduceMean", ["logits"], ["pooled"], axes=[0], keepdims=1),
+             helper.make_node("Softmax", ["pooled"], ["labels"], axis=-1)]
+    w = RNG.normal(size=(5, 7)).astype(np.float32) * 10
+    path = _save(tmp_path, nodes, [_info("x", ["n", 5])], [_info("labels", ["m", 7])], {"w": w}, "pooled.onnx")
+    x = (RNG.normal(size=(4, 5)) * 5).astype(np.float32)
+    report, sums, out = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target_detail"]["layout"] == "classes [N, C]" and report["target_detail"]["batch_axis"] is None
+    logits = (x.astype(np.float64) @ w).mean(0)  # by hand; the Softmax is stripped: its logits explained
+    t = int(logits.argmax())
+    assert t == int(_ort(path, x)[0].argmax())
+    with np.load(out / "attributions.npz") as data:  # linear from a zero baseline: x · w[:, t] / 4 per row
+        np.testing.assert_allclose(data["x"], x * w[:, t] / 4, rtol=1e-4, atol=1e-4)
+    _complete([sums.sum()], [logits[t]], [0.0])
+
+
 def test_a_head_with_objectness_is_explained_at_its_best_detection(tmp_path):
     """YOLOX's head [N, A, 4 + 1 + C] (arbez's barcode detector, ddddocr's): a detection's confidence
     is objectness × class score, and the class scores, trained on objects only, are high on much of
