@@ -145,8 +145,9 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     # one example whose rows mix (its whole output is the example: ICLabel's four augmented copies of one
     # component, averaged) but whose output leads with a 1 (platerec's decoder: logits [1, T, V]): read on
     # that 1, so a sequence is a sequence (not a [1, 1, T, V] "map") and classes are classes (not a one-step
-    # sequence), and its indices and masks put back into the whole output (`_in_whole`)
-    baked = axis is None and out.dim() >= 2 and out.shape[0] == 1
+    # sequence), and its indices and masks put back into the whole output (`_in_whole`). Indices given for
+    # several such rows index the whole output, as the batch-axis error says they do
+    baked = axis is None and out.dim() >= 2 and out.shape[0] == 1 and (examples <= 1 or text is None)
     view = (out if baked else batch_first(out, axis)).detach().double()
     layout = recognise(view, model, output_index, inputs, 0 if baked else axis)
     if form == "default":
