@@ -287,3 +287,29 @@ def test_channels_last_images_get_heatmaps(tmp_path):
                  "--target", "1"]) == 0
     assert (tmp_path / "o" / "heatmap_x_0.png").is_file()
     assert "heatmap_x_0.png" in json.dumps(json.loads((tmp_path / "o" / "report.json").read_text()))
+
+
+def test_pictures_of_rows_pooled_into_one_example(tmp_path):
+    """mne-icalabel's ICLabel (hunt 14): four copies of one component's scalp map in, averaged into
+    one prediction. The whole input is one example with one target; the pictures indexed that target
+    per row (exit 3, IndexError). Each row is drawn, titled as a row of the one example."""
+    import onnx
+    from onnx import helper
+
+    from conftest import FLOAT, make_model
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+             helper.make_node("ReduceMean", ["logits"], ["pooled"], axes=[0], keepdims=1),
+             helper.make_node("Softmax", ["pooled"], ["labels"], axis=-1)]
+    proto = make_model(nodes, [("x", FLOAT, ["n", 1, 8, 8])], [("labels", FLOAT, ["m", 7])],
+                       {"k": rng.normal(size=(2, 1, 3, 3)).astype(np.float32),
+                        "w": rng.normal(size=(128, 7)).astype(np.float32), "shape": np.array([0, -1], np.int64)},
+                       opset=13)
+    onnx.save(proto, tmp_path / "pooled.onnx")
+    np.savez(tmp_path / "x.npz", x=(rng.normal(size=(4, 1, 8, 8)) * 50).astype(np.float32))
+    assert main(["attribute", str(tmp_path / "pooled.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "-q"]) == 0
+    titles = [Image.open(tmp_path / "out" / f"heatmap_x_{i}.png").text["Title"] for i in range(4)]
+    assert all(f"row {i} of one example" in t for i, t in enumerate(titles))

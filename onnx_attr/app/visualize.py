@@ -429,12 +429,14 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
             out = outputs()
             out = None if out is None else np.asarray(out.detach().cpu() if hasattr(out, "detach") else out)
             explained = out if out is not None and out.shape[:1] == values.shape[:1] else np.empty(0)
+        # rows pooled into one example (ICLabel's four copies of one component): one target for them all
+        whole = isinstance(target, list) and len(target) == 1 != values.shape[0]
         for i in range(values.shape[0]):
-            t = target[i] if isinstance(target, list) else target
+            t = target[0] if whole else target[i] if isinstance(target, list) else target
             row = explained[i] if explained.size else None
             d = f"convergence delta {deltas[i]:+.2e}" if deltas.size == values.shape[0] else ""
             title = "\n".join([
-                f"{method}, input {name!r}, example {i}",
+                f"{method}, input {name!r}, " + (f"row {i} of one example" if whole else f"example {i}"),
                 describe_target(row, t, final_activation, options.class_names),
                 f"baseline {baseline}; sum of attributions {values[i].sum():+.4g}" + (f"; {d}" if d else ""),
             ])
