@@ -444,6 +444,23 @@ def test_several_rows_pooled_into_one_example_keep_their_classes_layout(tmp_path
     _complete([sums.sum()], [logits[t]], [0.0])
 
 
+def test_a_gain_shaped_like_its_input_is_a_map_not_a_sequence(tmp_path):
+    """NSNet2 (hunt 14): a denoiser's Sigmoid gain per frame and frequency bin, [1, T, 161] like its
+    input features. The default was `greedy` (each frame's argmax bin, summed): the bins are no
+    classes. Now a map over the input: the region where the gain passes 0.5 (its logit > 0, the
+    Sigmoid stripped), found by hand here, and DeepLift complete over it."""
+    w = RNG.normal(size=(6, 6)).astype(np.float32) * 2
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Sigmoid", ["z"], ["gain"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", "T", 6])], [_info("gain", ["N", "T", 6])], {"w": w}, "gain.onnx")
+    x = (RNG.normal(size=(2, 9, 6)) * 20).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target"] == "region" and report["target_detail"]["layout"].startswith("a map over input 'x'")
+    z = x.astype(np.float64) @ w
+    mask = z > 0
+    assert report["target_detail"]["mask_size"] == mask.reshape(2, -1).sum(1).tolist()
+    _complete(sums, (z * mask).reshape(2, -1).sum(1), [0.0, 0.0])
+
+
 def test_a_head_with_objectness_is_explained_at_its_best_detection(tmp_path):
     """YOLOX's head [N, A, 4 + 1 + C] (arbez's barcode detector, ddddocr's): a detection's confidence
     is objectness × class score, and the class scores, trained on objects only, are high on much of

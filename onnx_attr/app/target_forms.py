@@ -11,6 +11,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score |
 | one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
+| a map over an input `[N, T, F]`      | a rank-3 output shaped as a floating input's example, with no Softmax/LogSoftmax at the end (a denoiser's gain per frame and bin) | `region`: the predicted region's summed score |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
 | anything else                        |                                                   | `top`: the largest value's position |
@@ -243,6 +244,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         return Layout("one score per position [N, A, 1]", "other", "top", final=op)
     if axis == 1:
         return Layout("a time-major sequence [T, N, C]", "sequence", "greedy", final=op)
+    shaped = _shaped_like_input(model, inputs, shape) if op not in ("Softmax", "LogSoftmax") else None
+    if shaped is not None:  # a denoiser's gain per frame and frequency bin (NSNet2 [1, T, 161]): not classes
+        return Layout(f"a map over input {shaped!r} [N, {shape[0]}, {shape[1]}] (its shape)", "map", "region",
+                      sigmoid_stripped=stripped, final=op)
     if op in ("Softmax", "LogSoftmax"):
         return Layout(f"a sequence [N, T, C] (a {op} over its classes)", "sequence", "greedy", final=op)
     if _as_image(image, shape[0], shape[1]):
@@ -288,6 +293,17 @@ def _mask_coefficients(model, output_index: int, rows: int) -> int:
                 and 0 < shape[1] < rows:
             return shape[1]
     return 0
+
+
+def _shaped_like_input(model, inputs: dict[str, np.ndarray], shape: tuple) -> Optional[str]:
+    """The floating input whose one example has the shape of one example of the output (a mask or
+    gain over it, a reconstruction), where its rows lead: None if none."""
+    for spec in model.inputs:
+        x = inputs.get(spec.name)
+        if x is not None and np.ndim(x) == len(shape) + 1 and np.issubdtype(np.asarray(x).dtype, np.floating) \
+                and tuple(np.shape(x)[1:]) == tuple(shape):
+            return spec.name
+    return None
 
 
 def _as_image(image: Optional[tuple[int, int]], h: int, w: int) -> bool:
