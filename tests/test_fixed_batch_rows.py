@@ -77,25 +77,27 @@ def test_the_cli_explains_a_csv_of_several_rows(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
-def _feature_vector():
+def _feature_vector(declared):
     """skl2onnx's form of one example (pysjtu's SVM): a static feature vector [4], unsqueezed to one
-    row, probabilities [1, 3]. The 4 is one example's size, not 4 examples."""
+    row, probabilities [1, 3]. The 4 is one example's size, not 4 examples. skl2onnx 1.6 declared
+    that SVM's outputs with the input's size ([400, 26] for [1, 325]): `declared`."""
     axes = np.array([0], np.int64)
     nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["row"]), helper.make_node("MatMul", ["row", "w"], ["y"])]
-    return make_model(nodes, [("x", FLOAT, [4])], [("y", FLOAT, [1, 3])], initializers={"w": W, "axes": axes},
+    return make_model(nodes, [("x", FLOAT, [4])], [("y", FLOAT, declared)], initializers={"w": W, "axes": axes},
                       opset=17)
 
 
-def test_a_static_feature_vector_is_one_example(tmp_path):
+@pytest.mark.parametrize("declared", [[1, 3], [4, 3]])
+def test_a_static_feature_vector_is_one_example(tmp_path, declared):
     """Before, every form was refused: without --batch-axis "the output has no axis of 4 examples",
     with --batch-axis 0 "not the batch", each message naming the other as the way out."""
     import onnx
 
     x = X[0]
-    model = onnx_attr.load(_feature_vector())
+    model = onnx_attr.load(_feature_vector(declared))
     got = onnx_attr.DeepLift(model).attribute(x, target=(0, 2))
     np.testing.assert_allclose(np.asarray(got), x * W[:, 2], rtol=1e-5)  # linear: x · w from a zero baseline
-    onnx.save(_feature_vector(), tmp_path / "m.onnx")
+    onnx.save(_feature_vector(declared), tmp_path / "m.onnx")
     np.savez(tmp_path / "x.npz", x=x)
     assert main(["attribute", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
                  "--no-pictures", "-q"]) == 0

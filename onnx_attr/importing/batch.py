@@ -179,7 +179,7 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
         # [3, H, W] picture) that another input's rows do not share (its [9, 5, 2] boxes): no batch, one example
         return Layout(False, tuple(None for _ in model.outputs))
     fixed = pass_batch(model)
-    if (fixed or 1) > 1 and _no_output_keeps(model, fixed_batch(model.inputs)):
+    if (fixed or 1) > 1 and _no_output_keeps(model, fixed_batch(model.inputs), tensors, outputs):
         return Layout(False, tuple(None for _ in model.outputs))
     if (fixed or 1) > 1:  # one row is outside what the export declares: as declared, unless its rows mix
         declared = tuple(0 for _ in model.outputs)
@@ -191,15 +191,22 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
     return _found(model, tensors, axes, outputs, fixed)
 
 
-def _no_output_keeps(model, fixed: Optional[int]) -> bool:
-    """Whether every output declares a static shape with no axis of the inputs' fixed leading size:
-    that size is then not a batch but one example's (skl2onnx's SVM over a feature vector [400]
-    giving probabilities [1, 325]), and the inputs are one whole example. An output with an axis of
+def _no_output_keeps(model, fixed: Optional[int], tensors, outputs=None) -> bool:
+    """Whether no output of the call has an axis of the inputs' fixed leading size: that size is then
+    not a batch but one example's (skl2onnx's SVM over a feature vector [400] giving scores [1, 325]),
+    and the inputs are one whole example. Read off the outputs themselves (one forward where the
+    caller has none): that SVM's file declares them [400] and [400, 26]. An output with an axis of
     that size anywhere (time-major [T, 8, C] beside an input [8, ...]) leaves it to the rows' test."""
     if not _fixed(fixed or 0) or fixed == 1 or not model.outputs:
         return False
-    return all(o.shape is not None and all(_fixed(d) for d in o.shape) and fixed not in o.shape
-               for o in model.outputs)
+    if outputs is None:
+        with torch.no_grad():
+            try:
+                outputs = _outputs(getattr(model, "run_unexplained", model)(*tensors))
+            except Exception:  # noqa: BLE001  (the forward's own error comes with the call)
+                return False
+    shapes = [tuple(o.shape) for o in outputs if isinstance(o, Tensor)]
+    return bool(shapes) and all(fixed not in shape for shape in shapes)
 
 
 def _fixed_rows_mix(model, tensors, axes, fixed: int) -> bool:
