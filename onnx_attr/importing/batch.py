@@ -179,7 +179,7 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
         # [3, H, W] picture) that another input's rows do not share (its [9, 5, 2] boxes): no batch, one example
         return Layout(False, tuple(None for _ in model.outputs))
     fixed = pass_batch(model)
-    if (fixed or 1) > 1 and _no_output_keeps(model, fixed_batch(model.inputs), tensors, outputs):
+    if (fixed or 1) > 1 and _no_output_keeps(model, fixed_batch(model.inputs), tensors, axes, outputs):
         return Layout(False, tuple(None for _ in model.outputs))
     if (fixed or 1) > 1:  # one row is outside what the export declares: as declared, unless its rows mix
         declared = tuple(0 for _ in model.outputs)
@@ -191,13 +191,16 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
     return _found(model, tensors, axes, outputs, fixed)
 
 
-def _no_output_keeps(model, fixed: Optional[int], tensors, outputs=None) -> bool:
+def _no_output_keeps(model, fixed: Optional[int], tensors, axes, outputs=None) -> bool:
     """Whether no output of the call has an axis of the inputs' fixed leading size: that size is then
     not a batch but one example's (skl2onnx's SVM over a feature vector [400] giving scores [1, 325]),
     and the inputs are one whole example. Read off the outputs themselves (one forward where the
     caller has none): that SVM's file declares them [400] and [400, 26]. An output with an axis of
-    that size anywhere (time-major [T, 8, C] beside an input [8, ...]) leaves it to the rows' test."""
+    that size anywhere (time-major [T, 8, C] beside an input [8, ...]) leaves it to the rows' test, and
+    so does a call that does not hold exactly that many rows (it runs in passes of them)."""
     if not _fixed(fixed or 0) or fixed == 1 or not model.outputs:
+        return False
+    if any(a is not None and (t.dim() <= a or t.shape[a] != fixed) for t, a in zip(tensors, axes)):
         return False
     if outputs is None:
         with torch.no_grad():
