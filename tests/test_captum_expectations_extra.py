@@ -441,6 +441,15 @@ def _layer_outputs_oracle(model, layers, inputs, baselines):
     return [torch.cat([(x - x0)[:, :1], torch.zeros_like(x)[:, 1:]], dim=1) for x, x0 in zip(h, h0)]
 
 
+def _shared_layer_inputs(model, inputs, baseline):
+    """LayerIntegratedGradients at the inputs of m1's Gemm and of m234's Add that reads x1 (x1 read by both)."""
+    gemm = tensor(model, "Gemm", 0)
+    add = [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Add"
+           and any(getattr(a, "name", "") == "x1" for a in n.args)][0]
+    return onnx_attr.LayerIntegratedGradients(model, [gemm, add]).attribute(inputs, baseline, target=0,
+                                                                            attribute_to_layer_input=True)
+
+
 _LIG_NAMED_TWICE = ("form: a tensor named twice in a list of layers names no reader (by ONNX tensor name, m1's input "
                     "x1 and m234's input x1 are one tensor); named as the layer inputs of the two readers "
                     "(attribute_to_layer_input=True, the case above) each reader's share is given, as Captum's")
@@ -454,11 +463,7 @@ def _():
     model = load("C_TrueMultiInputShared")
     inputs = (torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3))
     baseline = tuple(torch.zeros_like(x) for x in inputs)
-    gemm = tensor(model, "Gemm", 0)
-    add = [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Add"
-           and any(getattr(a, "name", "") == "x1" for a in n.args)][0]
-    got = onnx_attr.LayerIntegratedGradients(model, [gemm, add]).attribute(inputs, baseline, target=0,
-                                                                           attribute_to_layer_input=True)
+    got = _shared_layer_inputs(model, inputs, baseline)
     assert isinstance(got, list) and len(got) == 2 and isinstance(got[1], tuple) and len(got[1]) == 2, got
     ig = onnx_attr.IntegratedGradients(model).attribute(inputs, baseline, target=0)
     return _pairs((got[0] + got[1][1], got[1][0]), (ig[0], ig[1] + ig[2]), 1e-5)
@@ -473,11 +478,7 @@ def _():
     torch.manual_seed(5)
     inputs = tuple(torch.randn(5, 3) * 40 for _ in range(3))  # layer values in the tens to hundreds
     baseline = tuple(torch.zeros_like(x) for x in inputs)
-    gemm = tensor(model, "Gemm", 0)
-    add = [n.meta["onnx_tensor"] for n in model.module.graph.nodes if n.meta.get("onnx_op") == "Add"
-           and any(getattr(a, "name", "") == "x1" for a in n.args)][0]
-    got = onnx_attr.LayerIntegratedGradients(model, [gemm, add]).attribute(inputs, baseline, target=0,
-                                                                           attribute_to_layer_input=True)
+    got = _shared_layer_inputs(model, inputs, baseline)
     net = torch_module("C_TrueMultiInputShared").net
     m1, (b2, b3, b1) = CaptumLIG(net, [net.m1, net.m234]).attribute(inputs, baseline, target=0,
                                                                       attribute_to_layer_input=True)
