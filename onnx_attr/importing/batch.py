@@ -179,12 +179,11 @@ def _probe(model, tensors, axes, outputs=None) -> Layout:
         # [3, H, W] picture) that another input's rows do not share (its [9, 5, 2] boxes): no batch, one example
         return Layout(False, tuple(None for _ in model.outputs))
     fixed = pass_batch(model)
-    if (fixed or 1) > 1 and _no_output_keeps(model, fixed_batch(model.inputs), tensors, axes, outputs):
-        return Layout(False, tuple(None for _ in model.outputs))
     if (fixed or 1) > 1:  # one row is outside what the export declares: as declared, unless its rows mix
-        declared = tuple(0 for _ in model.outputs)
-        return Layout(False, tuple(None for _ in declared)) if _fixed_rows_mix(model, tensors, axes, fixed) \
-            else Layout(True, declared)
+        # (or the fixed size is one example's: no output has it)
+        whole = _no_output_keeps(model, fixed_batch(model.inputs), tensors, axes, outputs) or \
+            _fixed_rows_mix(model, tensors, axes, fixed)
+        return Layout(not whole, tuple(None if whole else 0 for _ in model.outputs))
     declared = _declared_single(model, tensors, axes, outputs)
     if declared is not None:
         return Layout(True, declared, found_doubles=None, runs=lambda: _found(model, tensors, axes, outputs, fixed))

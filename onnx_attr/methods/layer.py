@@ -8,6 +8,7 @@ input, the original inputs still feeding the paths that bypass it. LayerDeepLift
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -58,10 +59,7 @@ def uses_apart(model, layers: Sequence[str], feeds: Sequence[Sequence[str]], cac
 
     key = tuple(layers)
     if key not in cache:
-        counts: dict[str, int] = {}
-        for f in feeds:
-            for t in f:
-                counts[t] = counts.get(t, 0) + 1
+        counts = Counter(t for f in feeds for t in f)
         module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
         renamed = []
         for index, (layer, f) in enumerate(zip(layers, feeds)):
