@@ -286,7 +286,7 @@ def check(m, feeds) -> str:
     if traced is None:
         return "none"
     orig = batch.traced_output_axes
-    batch.traced_output_axes = lambda *a: None
+    batch.traced_output_axes = lambda *a, **k: None
     try:
         probed = batch._probe(imp, tensors, axes)
     finally:

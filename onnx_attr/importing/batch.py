@@ -250,10 +250,12 @@ def _same(a: Tensor, b: Tensor, scale: float, rtol: float = 1e-4, atol: float = 
 
 
 def _found(model, tensors, axes, outputs, fixed) -> Layout:
-    """The graph walk's answer where it has one, else the probe's runs."""
-    traced = traced_output_axes(model, tensors, axes)
+    """The graph walk's answer where it has one, else the probe's runs. Where a dynamic quantization
+    runs each example alone (`pass_batch`), the walk follows it per pass, and rows never double."""
+    shared = _rows_round_together(model)
+    traced = traced_output_axes(model, tensors, axes, per_pass=shared)
     if traced is not None:  # the graph keeps the rows apart: what the runs below would find, without them
-        return Layout(True, traced, found_doubles=True)
+        return Layout(True, traced, found_doubles=not shared)
     return _runs(model, tensors, axes, outputs, fixed)
 
 

@@ -43,17 +43,22 @@ class _Unknown(Exception):
     """The walk cannot tell: the probe decides."""
 
 
-def traced_output_axes(model, tensors: Sequence, axes: Sequence[Optional[int]]) -> Optional[tuple]:
+def traced_output_axes(model, tensors: Sequence, axes: Sequence[Optional[int]], per_pass: bool = False
+                       ) -> Optional[tuple]:
     """Each output's batch axis (None: it has none) when the graph keeps the examples' rows apart
-    on these inputs; None when the walk cannot prove it."""
+    on these inputs; None when the walk cannot prove it. `per_pass`: each example runs in a pass of
+    its own (`batch.pass_batch` is 1 for a dynamic quantization), so a statistic of the whole
+    tensor (DynamicQuantizeLinear's scale) is that one example's: the walk then follows the
+    quantized ops too, and its answer is where each output holds that example."""
     try:
-        return _Walk(model, tensors, axes).outputs()
+        return _Walk(model, tensors, axes, per_pass).outputs()
     except (_Unknown, IndexError, KeyError, ValueError, TypeError, ArithmeticError):  # any doubt: the probe runs
         return None
 
 
 class _Walk:
-    def __init__(self, model, tensors, axes):
+    def __init__(self, model, tensors, axes, per_pass: bool = False):
+        self.per_pass = per_pass
         if model.__dict__.get("batch_parent") is not None:
             raise _Unknown  # a model cut inside another: its outputs are not the graph's
         proto = model.onnx_model
@@ -298,6 +303,19 @@ class _Walk:
         return [ins[0]]
 
     op_DequantizeLinear = op_QuantizeLinear
+
+    def op_DynamicQuantizeLinear(self, node, ins):
+        """The quantized tensor keeps x's axis; its scale and zero point are one example's (per pass
+        only: stacked rows would share them)."""
+        if not self.per_pass:
+            raise _Unknown
+        return [ins[0], None, None]
+
+    def op_MatMulInteger(self, node, ins):
+        """MatMul of the zero-point-centred operands: the zero points have no batch."""
+        if any(v is not None for v in ins[2:]):
+            raise _Unknown
+        return self.op_MatMul(node, ins[:2])
 
     def op_Tile(self, node, ins):
         if ins[1] is not None:
