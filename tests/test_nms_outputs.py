@@ -212,3 +212,32 @@ def test_scores_whose_count_follows_the_values_are_explained_by_their_largest(tm
     loaded = onnx_attr.load(str(path))
     both = onnx_attr.FeatureAblation(loaded).attribute(x, target=LargestScore(1), feature_mask=np.zeros((1, 6), int))
     np.testing.assert_allclose(both, np.full_like(x, 3.0), rtol=1e-6)
+
+
+def test_a_length_the_exporter_could_not_name_is_not_a_count_of_detections(tmp_path):
+    """torch's exporter names a length it could not tie to an input (`Reshapey_dim_0`), as an
+    onnxruntime NMS's `unk__563`: Silero VAD's one speech probability per frame of its input
+    [seq, 576]. Nothing upstream keeps elements by their values (NonZero, Compress, an NMS), so the
+    count follows the input's shape: the default is the top frame's index, and DeepLift is
+    complete for it (the largest score had moved to frame 0 at the zero baseline: relative delta
+    6e-2 on the shipped VAD). Oracle: the argmax by hand and the completeness identity against
+    onnxruntime's outputs."""
+    w = (RNG.standard_normal((6, 1)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("CumSum", ["h", "zero"], ["state"]),  # the frames run through one state
+             helper.make_node("Tanh", ["state"], ["t"]),
+             helper.make_node("Reshape", ["t", "flat"], ["y"])]
+    model = make_model(nodes, [("x", FLOAT, ["seq", 6])], [("y", FLOAT, ["Reshapey_dim_0"])],
+                       {"w": w, "zero": np.array(0, np.int64), "flat": np.array([-1], np.int64)}, opset=13)
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(model, path)
+    x = (RNG.standard_normal((5, 6)) * 2).astype(np.float32)
+    np.savez(inputs, x=x)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "-q", "--no-pictures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (y,) = ort_run(model, {"x": x})
+    (y0,) = ort_run(model, {"x": np.zeros_like(x)})
+    top = int(np.argmax(y))
+    assert report["target"] == [top]
+    got = np.load(out / "attributions.npz")["x"]
+    np.testing.assert_allclose(got.sum(), y[top] - y0[top], rtol=1e-4, atol=1e-5)

@@ -323,13 +323,32 @@ def _image_size(model, inputs: dict[str, np.ndarray]) -> Optional[tuple[int, int
 
 # -- the forms --------------------------------------------------------------------------------------------------------
 
+#: ops whose output's size follows their inputs' values (the elements kept, the detections, the distinct
+#: values, a loop's trips); a subgraph counts by the ops inside it
+VALUE_SIZED = frozenset({"NonZero", "Compress", "NonMaxSuppression", "Unique", "Loop"})
+
+
 def _counted(model, spec) -> bool:
     """Whether a 1-D output's length follows the values: declared by a name no input's axis has
-    (onnxruntime's `unk__563`, torch's `Gatherscores_dim_0`) or not at all."""
+    (onnxruntime's `unk__563`, torch's `Gatherscores_dim_0`) or not at all, and computed from an op
+    whose size follows values (`VALUE_SIZED`). A name alone is not enough: torch's exporter names a
+    length it could not tie to an input (`Reshapespeech_probs_dim_0`: a VAD's one probability per
+    frame of its input) the same way."""
     if not spec.shape or len(spec.shape) != 1 or isinstance(spec.shape[0], int):
         return False
     named = {d for s in model.inputs for d in (s.shape or ()) if isinstance(d, str)}
-    return spec.shape[0] not in named
+    if spec.shape[0] in named:
+        return False
+    from onnx_attr.importing.ancestry import upstream
+
+    _, nodes = upstream(model.onnx_model.graph, spec.name)
+    return any(_value_sized(node) for node in nodes)
+
+
+def _value_sized(node) -> bool:
+    if node.op_type in VALUE_SIZED:
+        return True
+    return any(_value_sized(inner) for a in node.attribute for g in (a.g, *a.graphs) for inner in g.node)
 
 
 def _itself(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
