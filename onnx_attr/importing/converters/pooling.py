@@ -1,4 +1,4 @@
-"""Pooling: AveragePool and MaxPool for every opset (asymmetric and SAME pads, dilation, ceil mode), GlobalMaxPool."""
+"""Pooling: AveragePool and MaxPool for every opset (asymmetric and SAME pads, dilation, ceil mode), the global pools."""
 
 from __future__ import annotations
 
@@ -166,9 +166,24 @@ class GlobalLpPool(nn.Module):
         return x.abs().pow(self.p).sum(dim=tuple(range(2, x.dim())), keepdim=True).pow(1.0 / self.p)
 
 
-@register("GlobalLpPool", 1, 2)
+@register("GlobalLpPool", 1, 2, 22)
 def convert_global_lp_pool(node, graph):
     return result(node, GlobalLpPool(node.attributes.get("p", 2)))
+
+
+class GlobalAveragePool(nn.Module):
+    """The mean over every axis after the channels, read off the input when it runs: onnx2torch's
+    converter took the axes from the declared shape, and a value whose inference kept its type but
+    lost its shape (after a reshape to a computed shape in an opset-9 torch export) read as rank 0,
+    so it averaged the channels away too ([N, 1, 1, 1])."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@register("GlobalAveragePool", 1, 22)
+def convert_global_average_pool(node, graph):
+    return result(node, GlobalAveragePool())
 
 
 class GlobalMaxPool(nn.Module):
@@ -176,7 +191,7 @@ class GlobalMaxPool(nn.Module):
         return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
 
 
-@register("GlobalMaxPool", 1)
+@register("GlobalMaxPool", 1, 22)
 def convert_global_max_pool(node, graph):
     return result(node, GlobalMaxPool())
 
