@@ -1676,7 +1676,7 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
     from onnx_attr.app.attribute_job import hold_unbatched
 
     everything, inputs = inputs, dict(inputs)
-    unbatched = hold_unbatched(model, inputs)
+    unbatched = hold_unbatched(model, inputs, everything)
     if target is None:  # the CLI's default for the output's layout (class, region, greedy path, anchor)
         from onnx_attr.app.target_forms import resolve
         from onnx_attr.methods.base import output_index

@@ -217,3 +217,46 @@ def test_token_ids_of_one_example_whose_output_is_its_positions_through_ig():
     assert np.asarray(got["ids"]).shape == ids.shape
     assert abs(float(np.asarray(got["ids"]).sum()) - change) < 1e-3 * max(1.0, abs(change))
     assert float(np.abs(np.asarray(got["ids"])[..., 5:]).max()) == 0.0  # position 4 reads only its own column
+
+
+def test_a_list_of_candidates_beside_one_image_is_held_not_batched(tmp_path):
+    """pymupdf-layout's table-grid model: a page image [batch, ...] beside candidate positions [n_h]
+    and [n_v], each with a symbol of its own, giving one logit per candidate [n_h]. By convention
+    a free leading axis had made the positions batched too, so the output [7] had 'no axis of 1
+    example' and the CLI exited 2 telling the user to pass --batch-axis, which it then refused.
+    Rows that are not the first input's in number are no batch: the positions are held, the one
+    page is the example. Oracle: the completeness identity against onnxruntime, by hand."""
+    import json
+
+    import onnx
+
+    from conftest import ort_run
+    from onnx_attr.app.cli import main
+    from onnx_attr.importing.batch import batch_axes
+
+    nodes = [helper.make_node("MatMul", ["image", "w"], ["s2"]),  # [batch, 1]
+             helper.make_node("Reshape", ["s2", "scalar"], ["s"]),  # one page's score
+             helper.make_node("Mul", ["positions", "s"], ["t"]),
+             helper.make_node("Tanh", ["t"], ["logits"])]
+    proto = make_model(nodes, [("image", FLOAT, ["batch", 4]), ("positions", FLOAT, ["n_h"]),
+                               ("gaps", FLOAT, ["n_v"])], [("logits", FLOAT, ["n_h"])],
+                       {"w": np.array([[0.5], [-1.0], [2.0], [0.25]], np.float32),
+                        "scalar": np.array([], np.int64)}, opset=13)
+    feeds = {"image": np.array([[0.2, 0.4, 0.1, 0.9]], np.float32),
+             "positions": np.array([0.1, 0.5, -0.9, 1.3, 2.0, -3.1, 0.7], np.float32),
+             "gaps": np.array([3.0, 1.0, 2.0, 5.0, 4.0], np.float32)}
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    tensors = model.prepare(feeds)
+    assert batch_axes(model.inputs, tensors) == [0, None, None]
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(proto, path)
+    np.savez(inputs, **feeds)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "-q", "--no-pictures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (y,) = ort_run(proto, feeds)
+    (y0,) = ort_run(proto, {**feeds, "image": np.zeros_like(feeds["image"])})
+    top = int(np.argmax(y))
+    assert report["target"] == [top] and sorted(report["held_inputs"]) == ["gaps", "positions"]
+    got = np.load(out / "attributions.npz")
+    assert set(got.files) == {"image"}
+    np.testing.assert_allclose(got["image"].sum(), y[top] - y0[top], rtol=1e-4, atol=1e-6)

@@ -575,7 +575,7 @@ class _Job:
         attributed = {s.name: inputs[s.name] for s in self.model.inputs
                       if (s.differentiable or s.name in tapped) and s.name in inputs and s.name not in self.hold}
         extra = {k: v for k, v in inputs.items() if k not in attributed}
-        extra.update(hold_unbatched(self.model, attributed))
+        extra.update(hold_unbatched(self.model, attributed, inputs))
         if not attributed:
             usable = [s.name for s in self.model.inputs if s.differentiable or s.name in tapped]
             if usable:
@@ -806,16 +806,30 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def hold_unbatched(model, attributed: dict) -> dict:
+class _Shaped:
+    """An array's shape as `batch_axes` reads a tensor's (strings and all: nothing is converted)."""
+
+    def __init__(self, value):
+        self.shape = np.shape(value)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+def hold_unbatched(model, attributed: dict, given: Optional[dict] = None) -> dict:
     """Moves out of `attributed`, and returns, what is fed as given: 0-d settings, and inputs without the
     batch that others have (`inspect`: "no batch: held at its value"; a graph net's per-atom features beside
-    its per-residue ones). With no input batched, every input is one whole example, attributed."""
+    its per-residue ones; candidate positions [n_h] beside one page image, whose count is not the image's).
+    With no input batched, every input is one whole example, attributed. `given`: every input of the call
+    (default: `attributed`), whose sizes settle what the declared shapes leave to convention."""
     from onnx_attr.importing.batch import batch_axes
 
     held = {}
     if any(np.ndim(v) for v in attributed.values()):  # 0-d settings: held, as the API does
         held.update({k: attributed.pop(k) for k in [k for k, v in attributed.items() if np.ndim(v) == 0]})
-    axes = dict(zip((s.name for s in model.inputs), batch_axes(model.inputs)))
+    feeds = {**(given or {}), **attributed}
+    sizes = [_Shaped(feeds[s.name]) for s in model.inputs] if all(s.name in feeds for s in model.inputs) else None
+    axes = dict(zip((s.name for s in model.inputs), batch_axes(model.inputs, sizes)))
     if any(axes.get(k) is not None for k in attributed):
         held.update({k: attributed.pop(k) for k in [k for k, v in attributed.items() if axes.get(k) is None]})
     return held

@@ -46,6 +46,12 @@ def batch_axes(specs: Sequence[TensorSpec], tensors: Sequence[Tensor] | None = N
         axes = [_axis_without_symbol(shape, lead) for shape in shapes]
     if tensors is not None:
         axes = [None if t.dim() == 0 or (a is not None and a >= t.dim()) else a for a, t in zip(axes, tensors)]
+        if not shared:  # found by convention alone: an input whose rows there are not the first's in number is
+            # no batch (a list of candidates, [n_h] positions beside one page image [1, 3, H, W]): held as given
+            first = next(((t, a) for t, a in zip(tensors, axes) if a is not None), None)
+            if first is not None:
+                rows = first[0].shape[first[1]]
+                axes = [a if a is None or t.shape[a] == rows else None for t, a in zip(tensors, axes)]
     return axes
 
 
