@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import onnx
 from onnx import helper
 from torch import nn
 
@@ -232,3 +233,50 @@ def test_a_float16_graph_fed_only_ids_still_fails_on_a_real_error(monkeypatch):
     with torch.no_grad():
         conv.bias += 2.0  # an import error of two logits' worth: far beyond float16 rounding
     assert not loaded.verify({"ids": ids}).passed
+
+
+def _conv_map():
+    """Conv -> Relu -> Conv over a pixel-scale picture: onnxruntime has no float64 Conv kernel, so
+    only onnx's reference evaluator can give the float64 answer."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 2, 12, 12])], [("y", FLOAT, [1, 1, 12, 12])],
+                       {"w1": (rng.standard_normal((4, 2, 3, 3)) * 0.2).astype(np.float32),
+                        "w2": (rng.standard_normal((1, 4, 3, 3)) * 0.2).astype(np.float32)}, opset=13)
+    return proto, (rng.random((1, 2, 12, 12)) * 255).astype(np.float32)
+
+
+def test_onnxs_reference_evaluator_clears_an_output_where_onnxruntime_is_the_one_off(monkeypatch):
+    """pymupdf-layout's table-grid map: 4.2e-3 from onnxruntime, beyond the rounding budget, and
+    onnxruntime cannot run the graph in float64 (no double Conv). onnx's reference evaluator (numpy,
+    independent of both) gives the float64 answer: there onnxruntime's float32 answer was 3.8e-3 off
+    and ours 5e-4. Here onnxruntime's answer is moved by 0.05 (as an inaccurate kernel would), and
+    the evaluator clears ours; ours moved instead stays a FAIL; past its time budget nothing is cleared."""
+    import importlib
+
+    verify_module = importlib.import_module("onnx_attr.importing.verify")
+    proto, x = _conv_map()
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert model.verify(x).passed
+    plain = verify_module.run_onnxruntime
+
+    def off(graph, feeds, names, **kwargs):
+        found = plain(graph, feeds, names, **kwargs)
+        wide = graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+        return found if wide else [o + np.float32(0.05) for o in found]
+
+    monkeypatch.setattr(verify_module, "run_onnxruntime", off)
+    report = model.verify(x)
+    out = report.outputs[0]
+    assert report.passed and out.max_abs == pytest.approx(0.05, rel=1e-3)
+    assert out.float64_ours < 1e-3 < 0.04 < out.float64_ort
+    assert any("reference evaluator" in n for n in report.notes)
+    monkeypatch.setattr(verify_module, "REFERENCE_SECONDS", 0.0)
+    assert not model.verify(x).passed  # not evaluated in time: the budget alone judges, and fails it
+    monkeypatch.undo()
+    with torch.no_grad():  # ours off, onnxruntime right: the evaluator sides with onnxruntime
+        next(t for t in model.module.parameters() if tuple(t.shape) == (1, 4, 3, 3)).mul_(1.05)
+    report = model.verify(x)
+    assert not report.passed and report.outputs[0].float64_ours > 10 * report.outputs[0].float64_ort
