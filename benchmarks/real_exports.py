@@ -1605,11 +1605,12 @@ SPECS: list[Spec] = [
          "pymupdf/layout/resources/onnx/table_grid_model_v1t.onnx", "dense map",
          lambda: {"image": page_raster(360, 300, 3, table=True)}, None,
          "table grid V1T: DB head's hand-written bilinear upsampling (Floor/Gather); onnxruntime's float32 convs are "
-         "8x farther from float64 than ours, and no float64 check runs (no double Conv in onnxruntime)"),
+         "7x farther from float64 than ours: verify's float64 check by onnx's reference evaluator (no double Conv "
+         "in onnxruntime)"),
     Spec("pymupdf_table_grid_v3", "pymupdf-layout", "1.28.2",
          "pymupdf/layout/resources/onnx/table_grid_model_v3.onnx", "dense map", grid_candidates, None,
          "table grid V3: a batch-1 crop beside unbatched candidate positions [n_h], [n_v] -> logits [n_h] via "
-         "GridSample; the positions are read as batched (batch_axes), so the CLI exits 2 asking for --batch-axis"),
+         "GridSample; the positions are held (their count is not the image's), the crop is the one example"),
     Spec("pymupdf_layout_gnn_126", "pymupdf-layout", "1.26.6", "pymupdf/layout/resources/onnx/layout_imf+rf.onnx",
          "graph", lambda: layout_graph(dims=(18, 45, 10, 344)), None,
          "the first release's GNN (torch 2.7, opset 16): kNN by TopK, NonZero + GatherND, ScatterND; DeepLift refuses TopK",
