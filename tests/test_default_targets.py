@@ -187,3 +187,37 @@ def test_segment_of_a_class_predicted_nowhere_is_a_clear_error(tmp_path):
     np.savez(tmp_path / "x.npz", x=x)
     assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "run"), "--no-pictures",
                  "--target=segment=1"]) == 2
+
+
+def test_maps_stacked_from_different_heads_default_to_the_first_ones_region(tmp_path):
+    """rapidocrlite's Indra text detector: [1, 3, H, W] is a text logit beside two Softplus distance
+    maps (pixels to the line's top and bottom), joined by a Concat. Read as three class maps, the
+    default explained the channel winning the argmax on most pixels: a distance. Channels from
+    branches ending in different ops are heads, not classes: the default is channel 0's region.
+    Oracle: the mask by hand (channel 0 above halfway between its extremes) and completeness
+    against onnxruntime."""
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.normal(0, 0.3, (3, 1, 3, 3)).astype(np.float32), "b": np.array([-2.0, 3.0, 2.5], np.float32),
+               "split": np.array([1, 2], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Split", ["c", "split"], ["logit", "dist"], axis=1),
+             helper.make_node("Softplus", ["dist"], ["dist_pos"]),
+             helper.make_node("Concat", ["logit", "dist_pos"], ["out"], axis=1)]
+    path = _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "H", "W"])],
+                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, "H", "W"])], weights)
+    x = np.zeros((1, 1, 32, 32), np.float32)
+    x[0, 0, 10:14, 4:28] = 200.0  # one line of ink, at pixel scale
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
+                 "--no-pictures"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["target"] == "region" and "different heads" in report["target_detail"]["layout"]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": x})[0]
+    y0 = session.run(None, {"x": np.zeros_like(x)})[0]
+    logit = y[0, 0]
+    mask = logit > (logit.min() + logit.max()) / 2
+    assert report["target_detail"]["mask_size"] == [int(mask.sum())] and 0 < mask.sum() < mask.size
+    got = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    expected = (y[0, 0] - y0[0, 0])[mask].sum()
+    np.testing.assert_allclose(got.sum(), expected, rtol=1e-4, atol=1e-3)

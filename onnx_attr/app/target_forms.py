@@ -36,7 +36,7 @@ Every form is resolved to indices or masks (`targets.Target`) that every method 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
@@ -200,6 +200,7 @@ class Layout:
     masks: int = 0  # detector heads: the mask coefficients after the class scores (YOLOv8-seg: 32)
     objectness: bool = False  # detector heads: an objectness before the class scores (YOLOX, YOLOv5)
     sigmoid_stripped: bool = False  # the map's logits, its Sigmoid stripped
+    first_channel: bool = False  # maps stacked from different heads: the region is read on channel 0 alone
     final: Optional[str] = None  # the output's final activation op, kept or stripped
     top: str = "the predicted class (argmax)"  # what the top form picks, as the report says it
     counted: bool = False  # one example's scores whose count follows the values (above a threshold): see largest_score
@@ -229,6 +230,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         # tf2onnx's Keras U-Net ending in Conv2D(1): channels last, as its image input
         return Layout("a dense map [N, H, W, 1]", "map", "region", sigmoid_stripped=stripped, final=op)
     if len(shape) == 3 and shape[0] >= 2 and min(shape[1:]) >= 2 and _as_image(image, shape[1], shape[2]):
+        heads = _stacked_heads(model, spec.name)
+        if heads:  # a text logit beside Softplus distances (rapidocrlite's Indra detector): no classes to argmax
+            return Layout(f"maps of {shape[0]} different heads [N, C, H, W] ({heads}): the first one's region",
+                          "map", "region", final=op, first_channel=True)
         return Layout(f"class maps [N, C, H, W] ({shape[0]} classes)", "segmentation", "segment", final=op)
     if len(shape) != 2:
         rank = view.dim() - (axis is None)  # the output's own: `batch_first` gave one without a batch an axis
@@ -267,6 +272,27 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                           "detector", "anchor", box=box, scores_first=first, final=op, masks=masks,
                           objectness=objectness)
     return Layout("a sequence [N, T, C]", "sequence", "greedy", final=op)
+
+
+def _stacked_heads(model, name: str) -> Optional[str]:
+    """Where the output is a Concat along the channels of branches ending in different ops (a score
+    map beside Softplus distance maps), those ops ("Conv, Softplus"): its channels are separate
+    heads, not classes whose argmax segments the picture. None otherwise."""
+    graph = model.onnx_model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    node = producers.get(name)
+    if node is None or node.op_type != "Concat" or len(node.input) < 2:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+    if axis not in (1, -3):
+        return None
+    ends = []
+    for part in node.input:
+        found = producers.get(part)
+        while found is not None and found.op_type in ("Identity", "Reshape", "Unsqueeze", "Squeeze") and found.input:
+            found = producers.get(found.input[0])
+        ends.append(found.op_type if found is not None else "input")
+    return ", ".join(ends) if len(set(ends)) > 1 else None
 
 
 def _has_objectness(scores: Tensor) -> bool:
@@ -400,6 +426,12 @@ def _region(view: Tensor, layout: Layout, value: Optional[float], detail: dict) 
                          f"output is {layout.name}")
     import torch
 
+    if layout.first_channel:  # the region on channel 0; the other heads' channels get no weight
+        found = _region(view[:, :1], replace(layout, first_channel=False), value, detail)
+        weights = torch.zeros(view.shape, dtype=torch.float32)
+        weights[:, :1] = found.target.weights
+        return replace(found, target=Target(weights=weights, per_example=True),
+                       source=found.source.replace("the predicted region", "channel 0's predicted region"))
     flat = view.reshape(view.shape[0], -1)
     if value is not None:
         thresholds, rule = torch.full((len(flat),), float(value), dtype=flat.dtype), f"values > {value:g}"
