@@ -488,3 +488,23 @@ def test_attribute_table_records_its_columns(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--resume", "--columns", ",".join(reversed(names))]) == 2
     assert "preprocessing.columns" in capsys.readouterr().err
+
+
+def test_raw_pixels_are_reported(tmp_path, cnn_path, capsys):
+    """A PNG fed to a floating input with no scale, mean or std reaches the model as 0..255: right
+    only where the graph normalises itself, so the report and the console say so (pymupdf's [0, 1]
+    models got 0..255 in silence). Given a scale, nothing is said."""
+    _png(tmp_path / "h.png", _halves())
+    code = main(["attribute", str(cnn_path), "-i", str(tmp_path / "h.png"), "-o", str(tmp_path / "raw"), "-q",
+                 "--no-pictures"])
+    assert code == 0
+    report = json.loads((tmp_path / "raw" / "report.json").read_text())
+    assert any("raw pixel values 0..255" in w and "--scale 1/255" in w for w in report["input_warnings"])
+    shown = capsys.readouterr()
+    assert "raw pixel values" in shown.out + shown.err
+    code = main(["attribute", str(cnn_path), "-i", str(tmp_path / "h.png"), "-o", str(tmp_path / "scaled"), "-q",
+                 "--no-pictures", "--scale", "1/255"])
+    assert code == 0
+    assert "input_warnings" not in json.loads((tmp_path / "scaled" / "report.json").read_text())
+    shown = capsys.readouterr()
+    assert "raw pixel values" not in shown.out + shown.err

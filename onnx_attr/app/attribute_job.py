@@ -556,11 +556,11 @@ class _Job:
     # -- the work ------------------------------------------------------------------------------------------------------
 
     def attribute_file(self, file: Path, input_sha: str, folder: Path, progress_bar: bool = False) -> dict:
-        from onnx_attr.importing.input_files import InputCastWarning
+        from onnx_attr.importing.input_files import InputWarning
         from onnx_attr.app.readers import Rows, kind_of, read_input_file
 
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", InputCastWarning)
+            warnings.simplefilter("always", InputWarning)
             if kind_of(file) == "npz":
                 from onnx_attr.importing.inputs import read_npz
 
@@ -568,9 +568,10 @@ class _Job:
             else:
                 rows = read_input_file(file, self.model.inputs, self.inputs)
         inputs = rows.arrays
-        input_warnings = [str(w.message) for w in caught if issubclass(w.category, InputCastWarning)]
-        for text in input_warnings:
-            warnings.warn(text, InputCastWarning, stacklevel=2)
+        input_warnings = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+        for w in caught:
+            if issubclass(w.category, InputWarning):
+                warnings.warn(str(w.message), w.category, stacklevel=2)
         tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
         attributed = {s.name: inputs[s.name] for s in self.model.inputs
                       if (s.differentiable or s.name in tapped) and s.name in inputs and s.name not in self.hold}

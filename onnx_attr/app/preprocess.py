@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from onnx_attr.errors import InputError
+from onnx_attr.importing.input_files import InputWarning
 from onnx_attr.importing.specs import TensorSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -39,6 +40,10 @@ MAX_PREPROCESSING_BYTES = 64 * 1024
 #: Largest decoded image (pixels) accepted: a 16k x 16k photo; more is refused before decoding.
 MAX_IMAGE_PIXELS = 16384 * 16384
 _FIELDS = ("size", "resize", "layout", "channels", "scale", "mean", "std", "dtype", "resample")
+
+
+class PixelRangeWarning(InputWarning):
+    """Image pixels reached a floating input unscaled (0..255)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,19 @@ class ImagePreprocessing:
             if not np.issubdtype(kind, np.floating) and normalised:
                 raise InputError(f"the model takes {kind} pixels: --scale, --mean and --std apply to floating "
                                  "inputs only")
+
+
+    def unscaled(self, spec: TensorSpec) -> Optional[str]:
+        """Why a floating input fed raw 0..255 pixels deserves a look (None: it was scaled or
+        normalised, or takes integers): the default scale 1 is right only for a model that
+        normalises inside its graph, and most exports expect 0..1 or standardised values."""
+        if self.scale != 1.0 or self.mean is not None or self.std is not None:
+            return None
+        if self.dtype is not None and not np.issubdtype(np.dtype(self.dtype), np.floating):
+            return None
+        return (f"input {spec.name!r} gets raw pixel values 0..255 (scale 1, no mean or std given): right for a model "
+                "that normalises inside its graph; if it expects 0..1 give --scale 1/255, and --mean/--std (or a "
+                "--preprocessing file) for standardised inputs")
 
 
 def _layout_of(dims: Sequence[Any], spec: TensorSpec) -> str:

@@ -18,6 +18,7 @@ import csv
 import glob
 import hashlib
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 
 from onnx_attr.errors import InputError
 from onnx_attr.fileio import regular_file
-from onnx_attr.app.preprocess import IMAGE_SUFFIXES, ImagePreprocessing, image_input, load_image
+from onnx_attr.app.preprocess import IMAGE_SUFFIXES, ImagePreprocessing, PixelRangeWarning, image_input, load_image
 from onnx_attr.importing.specs import TensorSpec
 from onnx_attr.app.text_inputs import TEXT_SUFFIXES, TextEncoder, TextPreprocessing, read_lines
 
@@ -311,6 +312,9 @@ class RowReader:
         if self._image is None:
             spec = image_input(self.specs, self.options.image_input)
             self._image = spec, self.options.image.resolved(spec)
+            note = self._image[1].unscaled(spec)
+            if note is not None:
+                warnings.warn(note, PixelRangeWarning, stacklevel=2)
         spec, prep = self._image
         values: list[Optional[np.ndarray]] = []
         shown: list[Optional[np.ndarray]] = []
@@ -344,8 +348,6 @@ class RowReader:
         return self._cached[1]
 
     def _read_npz(self, path: Path) -> dict[str, np.ndarray]:
-        import warnings
-
         from onnx_attr.importing.inputs import read_npz
 
         with warnings.catch_warnings():

@@ -28,7 +28,11 @@ _ZIP_MAGIC = b"PK"
 _HOW_TO_SAVE = "save inputs with numpy.savez(path, **{onnx_input_name: array})"
 
 
-class InputCastWarning(UserWarning):
+class InputWarning(UserWarning):
+    """Something about an input file a result should carry with it (reports list them)."""
+
+
+class InputCastWarning(InputWarning):
     """An input array's dtype differs from the model's and was converted."""
 
 
