@@ -491,6 +491,26 @@ def test_a_head_with_objectness_is_explained_at_its_best_detection(tmp_path):
     _complete(sums, [y[77, 7]], [y0[77, 7]])
 
 
+def test_a_softmax_over_a_column_is_classes(tmp_path):
+    """Silero VAD v3's [1, 2, 1]: a Softmax across the two rows of one column (non-speech, speech)
+    is classes with a trailing 1, not one score per position: the report says so, the target is
+    the predicted class. Oracle: the logits by hand (the Softmax is stripped), completeness."""
+    w = (RNG.normal(size=(6, 2)) * 3).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["y"], axis=1)]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 6])], [_info("y", ["N", 2, 1])],
+                 {"w": w, "shape": np.array([0, 2, 1], np.int64)}, "column_softmax.onnx")
+    x = (RNG.normal(size=(3, 6)) * 40).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    logits = x.astype(np.float64) @ w.astype(np.float64)
+    picked = logits.argmax(1)
+    assert report["target"] == [[int(c), 0] for c in picked]
+    assert report["target_detail"]["layout"] == "classes [N, C, 1] (a Softmax over its 2 classes)"
+    assert "predicted class" in report["target_source"]
+    _complete(sums, logits[np.arange(3), picked], np.zeros(3))
+
+
 def test_one_score_per_anchor_gets_the_top_anchor(tmp_path):
     """YuNet's cls_8 [1, 6400, 1]: one score per anchor. `greedy` summed all 6400 (the argmax of one
     class is that class everywhere); the top anchor's score is what its user looks for."""

@@ -10,6 +10,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score |
+| classes `[N, C, 1]`                  | rank 3, one column, ending in a Softmax over C    | `top`: the predicted class |
 | one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
 | a map over an input `[N, T, F]`      | a rank-3 output shaped as a floating input's example, with no Softmax/LogSoftmax at the end (a denoiser's gain per frame and bin) | `region`: the predicted region's summed score |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score |
@@ -245,6 +246,9 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if getattr(spec, "role", None) == TOPK_SCORES:
         return Layout("the scores [N, A, C] a TopK selects detections from", "detector", "anchor", box=0,
                       scores_first=False, final=op)
+    if shape[1] == 1 and op in ("Softmax", "LogSoftmax"):  # normalised across the A axis, so classes with a
+        # trailing 1 (Silero VAD v3's [1, 2, 1]: non-speech and speech)
+        return Layout(f"classes [N, C, 1] (a {op} over its {shape[0]} classes)", "classes", "top", final=op)
     if shape[1] == 1:  # one score per anchor or step (YuNet's cls [1, 6400, 1]): greedy would sum them all
         return Layout("one score per position [N, A, 1]", "other", "top", final=op)
     if axis == 1:
@@ -409,7 +413,8 @@ def _top(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
         return Resolved(classes, classes, layout.top, detail)
     positions = largest_positions(view)
     detail["indices"] = [list(p) for p in positions]
-    what = "the top pixel" if layout.kind == "map" else "the largest value of the output (argmax over all its elements)"
+    what = "the top pixel" if layout.kind == "map" else layout.top if layout.kind == "classes" else \
+        "the largest value of the output (argmax over all its elements)"
     return Resolved(positions, detail["indices"], what, detail)
 
 
