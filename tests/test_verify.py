@@ -276,6 +276,11 @@ def test_onnxs_reference_evaluator_clears_an_output_where_onnxruntime_is_the_one
     monkeypatch.setattr(verify_module, "REFERENCE_SECONDS", 0.0)
     assert not model.verify(x).passed  # not evaluated in time: the budget alone judges, and fails it
     monkeypatch.undo()
+    monkeypatch.setattr(verify_module, "run_onnxruntime", off)
+    monkeypatch.setattr(verify_module, "REFERENCE_BYTES", 12 * 12 * 4 * 8)  # less than it holds: one [1, 4, 12, 12]
+    report = model.verify(x)
+    assert not report.passed and any("GiB" in n for n in report.notes)  # nor past its memory budget
+    monkeypatch.undo()
     with torch.no_grad():  # ours off, onnxruntime right: the evaluator sides with onnxruntime
         next(t for t in model.module.parameters() if tuple(t.shape) == (1, 4, 3, 3)).mul_(1.05)
     report = model.verify(x)

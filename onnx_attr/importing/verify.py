@@ -603,10 +603,13 @@ def _widened(reference: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[
 
 #: seconds onnx's reference evaluator (numpy, node by node) may take as the float64 arbiter
 REFERENCE_SECONDS = 30.0
+#: bytes of values it may hold: it keeps every intermediate of the run (a 1024x1024 U-Net's, in
+#: float64, would be tens of GB), where onnxruntime frees each after its last use
+REFERENCE_BYTES = 4 * 2**30
 
 
 class _OutOfTime(Exception):
-    pass
+    """The arbiter's time or memory ran out (the message says which)."""
 
 
 def _reference_evaluator(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], names: Sequence[str]
@@ -624,17 +627,22 @@ def _reference_evaluator(reference: onnx.ModelProto, feeds: dict[str, np.ndarray
 
     wide, feeds = _widened(reference, feeds)
     deadline = time.monotonic() + REFERENCE_SECONDS
+    held = [0]
 
     class Timed(ReferenceEvaluator):
-        def _log(self, level, pattern, *args):  # called before every node of the main graph
+        def _log(self, level, pattern, *args):  # called before every node of the main graph, and with each value
             if time.monotonic() > deadline:
-                raise _OutOfTime
+                raise _OutOfTime(f"not done within {REFERENCE_SECONDS:g} s")
+            if level == 2 and len(args) == 2:  # a value it now holds (constants and inputs included)
+                held[0] += getattr(args[1], "nbytes", 0)
+                if held[0] > REFERENCE_BYTES:
+                    raise _OutOfTime(f"its values would take more than {REFERENCE_BYTES / 2**30:g} GiB")
 
     try:
         with np.errstate(all="ignore"):
             found = Timed(wide).run(list(names), feeds)
-    except _OutOfTime:
-        return f"not done within {REFERENCE_SECONDS:g} s"
+    except _OutOfTime as err:
+        return str(err)
     except Exception as err:  # noqa: BLE001  (an op it lacks, a custom domain: no arbiter, as before)
         return f"{type(err).__name__}: {str(err)[:160]}"
     return [np.asarray(o, dtype=np.float64) if np.issubdtype(np.asarray(o).dtype, np.floating) else np.asarray(o)
