@@ -173,6 +173,46 @@ def test_csv_and_parquet_rows_with_column_names(tmp_path):
         read_input_file(tmp_path / "bad.csv", [TABLE], InputOptions())
 
 
+def test_hostile_and_large_tables_are_bounded(tmp_path, monkeypatch):
+    """A CSV field over the csv module's 128 KiB limit was an internal error (exit 3); a CSV or text
+    file is read whole, so one over `MAX_TEXT_TABLE_BYTES` is refused by size, naming Parquet."""
+    from onnx_attr.app import readers
+
+    (tmp_path / "wide.csv").write_text("age,income,debt\n1,2," + "3" * 200_000 + "\n")
+    with pytest.raises(InputError, match="does not parse as CSV"):
+        read_input_file(tmp_path / "wide.csv", [TABLE], InputOptions())
+    (tmp_path / "fine.csv").write_text("age,income,debt\n1,2,3\n")
+    monkeypatch.setattr(readers, "MAX_TEXT_TABLE_BYTES", 10)
+    with pytest.raises(InputError, match="more than the 0 MiB .* csv file; split it, or save the rows as Parquet"):
+        read_input_file(tmp_path / "fine.csv", [TABLE], InputOptions())
+
+
+def test_a_parquet_shard_reads_only_its_row_groups(tmp_path, monkeypatch):
+    """A dataset job's shard of a Parquet table reads the row groups holding its rows and the
+    columns the inputs take, not the whole file (a table larger than memory runs shard by shard).
+    Oracle: the rows by hand."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from onnx_attr.app.readers import RowReader, describe_sources
+
+    values = np.arange(20 * 3, dtype=np.float64).reshape(20, 3) * 7.5
+    pq.write_table(pa.table({"age": values[:, 0], "income": values[:, 1], "debt": values[:, 2],
+                             "notes": ["x" * 100] * 20}), tmp_path / "t.parquet", row_group_size=4)
+    source = describe_sources([tmp_path / "t.parquet"], [TABLE], InputOptions(columns=("age", "income", "debt")))[0]
+    assert source.rows == 20
+    read = []
+    plain = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
+                        lambda self, groups, columns=None, **kw: read.append((list(groups), columns)) or
+                        plain(self, groups, columns=columns, **kw))
+    reader = RowReader([TABLE], InputOptions(columns=("age", "income", "debt")))
+    rows = reader.read(source, 6, 13)
+    assert np.array_equal(rows.arrays["features"], values[6:13].astype(np.float32))
+    assert read == [([1, 2, 3], ["age", "income", "debt"])]
+    assert reader.read(source, 20, 20).arrays["features"].shape == (0, 3)
+
+
 def test_several_inputs_by_name_or_order(tmp_path):
     specs = [TensorSpec("a", ("batch", 1), np.dtype("float32")), TensorSpec("b", ("batch", 1), np.dtype("float32"))]
     (tmp_path / "named.csv").write_text("b,a\n1,2\n3,4\n")

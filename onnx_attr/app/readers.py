@@ -36,6 +36,9 @@ from onnx_attr.app.text_inputs import TEXT_SUFFIXES, TextEncoder, TextPreprocess
 KINDS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
          **{s: "images" for s in IMAGE_SUFFIXES}, **{s: "text" for s in TEXT_SUFFIXES}}
 TABLES = ("csv", "parquet")
+#: Largest CSV or text input read whole (its rows become Python strings, ~10x the bytes); a larger
+#: table goes in as Parquet, read a row group at a time
+MAX_TEXT_TABLE_BYTES = 512 * 2**20
 _GIVE = "give .npz, .csv, .parquet, .png/.jpg or .txt files"
 
 
@@ -165,7 +168,7 @@ def describe_sources(files: Sequence[Path], specs: Sequence[TensorSpec],
             images.append((path, name))
             continue
         try:
-            regular_file(file, "input file")
+            _bounded(regular_file(file, "input file"), kind)
             digest = file_sha256(file)
             rows = _count_rows(file, kind, specs, options)
         except (InputError, OSError, ValueError) as err:
@@ -193,6 +196,15 @@ def _image_source(images: list[tuple[str, str]], base: str) -> Source:
                   members=tuple(p for p, _ in images), member_names=tuple(n for _, n in images))
 
 
+def _bounded(file: Path, kind: str) -> Path:
+    """A CSV or text file within `MAX_TEXT_TABLE_BYTES` (the others are read in bounded parts)."""
+    size = file.stat().st_size
+    if kind in ("csv", "text") and size > MAX_TEXT_TABLE_BYTES:
+        raise InputError(f"{size:,} bytes is more than the {MAX_TEXT_TABLE_BYTES // 2**20} MiB read whole from a "
+                         f"{kind} file; split it, or save the rows as Parquet (read a row group at a time)")
+    return file
+
+
 def _count_rows(file: Path, kind: str, specs: Sequence[TensorSpec], options: InputOptions) -> int:
     columns = options.columns
     if kind == "npz":
@@ -202,11 +214,14 @@ def _count_rows(file: Path, kind: str, specs: Sequence[TensorSpec], options: Inp
     if kind == "csv":
         with open(file, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise InputError("the CSV file is empty; it needs a header row naming its columns")
-            _table_columns(header, specs, columns, f"{file.name!r}")
-            return sum(1 for row in reader if row)
+            try:
+                header = next(reader, None)
+                if header is None:
+                    raise InputError("the CSV file is empty; it needs a header row naming its columns")
+                _table_columns(header, specs, columns, f"{file.name!r}")
+                return sum(1 for row in reader if row)
+            except csv.Error as err:
+                raise _not_csv(file, err) from err
     import pyarrow.parquet as pq
 
     try:
@@ -288,16 +303,17 @@ class RowReader:
         if source.kind == "images":
             return self._image_rows(source.members[start:stop])
         if source.kind == "text":
-            lines = self._load(source, lambda path: read_lines(str(path)))
+            lines = self._load(source, lambda path: read_lines(str(_bounded(path, "text"))))
             arrays, tokens = self.text_encoder.encode(lines[start:stop])
             return Rows(arrays, [None] * (stop - start), tokens=tokens, vocab=self.text_encoder.vocab)
         if source.kind == "csv":
             header, lines = self._load(source, _read_csv)
             feeds = _table_columns(header, self.specs, self.columns, f"{source.name!r}")
             return self._named(self._csv_rows(header, lines[start:stop], feeds), feeds)
-        table = self._load(source, _read_parquet)
-        feeds = _table_columns(table.schema.names, self.specs, self.columns, f"{source.name!r}")
-        return self._named(self._parquet_rows(table.slice(start, stop - start), feeds), feeds)
+        parquet = self._load(source, _open_parquet)
+        feeds = _table_columns(parquet.schema_arrow.names, self.specs, self.columns, f"{source.name!r}")
+        table = _parquet_slice(parquet, start, stop, list(dict.fromkeys(c for cols in feeds.values() for c in cols)))
+        return self._named(self._parquet_rows(table, feeds), feeds)
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -477,13 +493,37 @@ def _flat(cell) -> list:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(_bounded(path, "csv"), newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
-        header = next(reader)
-        return header, [row for row in reader if row]
+        try:
+            header = next(reader)
+            return header, [row for row in reader if row]
+        except csv.Error as err:
+            raise _not_csv(path, err) from err
 
 
-def _read_parquet(path: Path):
+def _not_csv(path: Path, err: csv.Error) -> InputError:
+    """The csv module's own refusal (a field over its 128 KiB, a NUL byte), as the user's error."""
+    return InputError(f"{str(path)!r} does not parse as CSV ({err}); give one example per row, numbers in "
+                      "columns named after the inputs")
+
+
+def _open_parquet(path: Path):
     import pyarrow.parquet as pq
 
-    return pq.read_table(path)
+    return pq.ParquetFile(path)
+
+
+def _parquet_slice(parquet, start: int, stop: int, columns: list[str]):
+    """Rows [start, stop) of the columns wanted, reading only the row groups that hold them: a shard
+    of a large table costs its own rows, not the whole file's."""
+    groups, first, at = [], None, 0
+    for index in range(parquet.metadata.num_row_groups):
+        rows = parquet.metadata.row_group(index).num_rows
+        if at < stop and at + rows > start:
+            groups.append(index)
+            first = at if first is None else first
+        at += rows
+    if not groups:
+        return parquet.schema_arrow.empty_table().select(columns)
+    return parquet.read_row_groups(groups, columns=columns).slice(start - first, stop - start)
