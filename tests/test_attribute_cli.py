@@ -73,7 +73,9 @@ def test_deepliftshap_with_a_baseline_distribution(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra,message", [
     (["--target", "10"], "out of range"),
-    (["--target", "1,2"], "2 entries for 8 example"),
+    (["--target", "1,2"], "2 indices for 8 example"),
+    (["--target", "1,2,3,4,5,6,7,8,9,0"], "10 indices for 8 example"),
+    (["--target", "1:2"], "gives 2 indices; the output of shape [N, 10] takes 1"),
     (["--target", "x"], "is not a target form"),
     (["--baseline", "nope.txt"], "use auto, zeros, mean, blur"),
     (["--output-name", "missing"], "no output named"),

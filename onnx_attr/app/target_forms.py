@@ -580,6 +580,12 @@ def _indices(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved
     rank = view.dim() - 1
     if isinstance(value, list) and rank > 1 and len(value) == rank:
         value = tuple(value)  # k numbers for an output with k axes besides the batch: one index
+    if isinstance(value, list) and len(value) != len(view):
+        raise InputError(f"--target gives {len(value)} indices for {len(view)} example(s): give one per example"
+                         + (f", or one per axis after the batch ({rank})" if rank > 1 else ", or one int"))
+    if isinstance(value, tuple) and len(value) != rank:
+        raise InputError(f"--target gives {len(value)} indices; the output of shape [N, "
+                         f"{', '.join(map(str, view.shape[1:]))}] takes {rank} after the batch axis")
     value = _from_the_end(value, tuple(view.shape))
     detail["indices"] = list(value) if isinstance(value, tuple) else value
     # shown as the tuple it is: a list would read as one target per example (the pictures' titles)

@@ -147,7 +147,8 @@ class Targets:
             output = output.reshape(output.shape[:depth + 1])  # [N, C, 1]: the class picks one value (Captum's)
         if output.dim() - 1 != depth:
             whole = self.batch_axis is None  # the rows mix (or there is no batch): the output is one example
-            shape = list(output.shape[1:] if whole else output.shape)
+            # per example, N for the rows: a method's pass may hold more rows than the call (IG's steps)
+            shape = str(list(output.shape[1:])) if whole else "[N, " + ", ".join(map(str, output.shape[1:])) + "]"
             raise InputError(
                 f"the output has shape {shape}"
                 + (", read as one example (the model combines its input rows, or its output has no batch axis)"
