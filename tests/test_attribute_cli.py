@@ -87,6 +87,14 @@ def test_bad_arguments_exit_2_and_write_nothing(tmp_path, capsys, extra, message
     assert not (out / "attributions.npz").exists() and not (out / "report.json").exists()
 
 
+def test_an_input_of_no_rows_exits_2(tmp_path, capsys):
+    """An .npz of 0 examples said the model's output was empty, as for a detector that kept nothing."""
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, image=np.load(DIGITS_INPUTS)["image"][:0])
+    assert main(["attribute", DIGITS, "--input", str(empty), "--out", str(tmp_path / "run")]) == 2
+    assert "holds no examples" in capsys.readouterr().err
+
+
 def test_nan_input_exits_2(tmp_path, capsys):
     bad = tmp_path / "nan.npz"
     x = np.load(DIGITS_INPUTS)["image"].copy()

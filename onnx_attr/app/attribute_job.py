@@ -587,6 +587,9 @@ class _Job:
                              "floating or feeds an embedding lookup (a Gather of a constant table); attribute an "
                              "inner tensor from the Python API (LayerIntegratedGradients, onnx_attr.tensor_as_input)")
         first = np.asarray(next(iter(attributed.values())))
+        if all(np.ndim(v) and np.shape(v)[0] == 0 for v in attributed.values()):
+            raise InputError(f"{str(file)!r} holds no examples (input {next(iter(attributed))!r} has shape "
+                             f"{list(first.shape)}); give at least one row")
         from onnx_attr.importing.verify import plain_run
 
         plain = plain_run(self.model, inputs)  # one forward for the default target and the verification
