@@ -528,6 +528,28 @@ def test_one_score_per_anchor_gets_the_top_anchor(tmp_path):
     _complete(sums, y[np.arange(2), tops, 0], y0[tops, 0])
 
 
+def test_features_ahead_of_logits_give_way_to_the_logits(tmp_path):
+    """pymupdf-layout's page-image net returns `combined` (a feature map) before `logits` [N, 12]: the
+    feature map was explained as class maps. An output named logits is the default; the predicted
+    class of it, by hand, is the target, and the attributions add up to its change."""
+    w = (RNG.normal(size=(8, 3, 3, 3)) * 0.1).astype(np.float32)
+    fc = (RNG.normal(size=(8, 5)) * 0.5).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["combined"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["combined"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["class_logits"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 3, 16, 16])],
+                 [_info("combined", ["N", 8, 16, 16]), _info("class_logits", ["N", 5])], {"w": w, "fc": fc},
+                 "features_then_logits.onnx")
+    x = (RNG.uniform(size=(2, 3, 16, 16)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    logits, logits0 = (session.run(["class_logits"], {"x": v})[0].astype(np.float64) for v in (x, np.zeros_like(x)))
+    picked = logits.argmax(1)
+    assert report["output"] == "class_logits" and report["target"] == [int(c) for c in picked]
+    _complete(sums, logits[np.arange(2), picked], logits0[np.arange(2), picked])
+
+
 def test_a_detector_split_into_regressions_and_scores_explains_its_scores(tmp_path):
     """BlazeFace returns regressors [1, 896, 16] (a box and 6 keypoints per anchor) before its
     classificators [1, 896, 1] (open-rppg's face detector; SSD's boxes and scores likewise). The first

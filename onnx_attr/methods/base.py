@@ -47,6 +47,11 @@ def output_index(model, output: Union[str, int, None]) -> int:
         if _named(names[first], _BOX_WORDS):  # a detector's regressions ahead of its scores (BlazeFace's
             # regressors [1, 896, 16] before its classificators [1, 896, 1]; SSD's boxes before its scores)
             return next((i for i in floating if _named(names[i], _SCORE_WORDS)), first)
+        role = dict(zip(floating, roles))
+        if role.get(first) not in SELECTION_SCORES and not _named(names[first], ("logit",)):
+            # features ahead of the logits they feed (pymupdf's page-image net: `combined` [N, 160, h, w], then
+            # `logits` [N, 12]): an output named logits is the answer
+            return next((i for i in floating if _named(names[i], ("logit",)) and role[i] not in SELECTED), first)
         return first
     if isinstance(output, str):
         if output not in names:
