@@ -251,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     _method_tuning_options(p)
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when an attribution's convergence delta is above tolerance (default: a warning)")
-    p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first floating one, but scores before boxes "
-                                                    "and an output named logits before features)")
+    p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first floating one, "
+                                         "but scores before boxes and an output named logits before features)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--smooth", type=_positive_float, metavar="BETA",
                    help="explain a smoothed twin: every Relu a Softplus(BETA), every MaxPool a log-sum-exp pooling "
@@ -314,8 +314,8 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", help="auto (default: zeros, or each row blurred where the model's output is not "
                                       "finite at zeros), zeros, blur, mean (of the whole dataset, from a first pass) "
                                       "or an .npz of baseline rows (deepliftshap: required)")
-    p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first floating one, but scores before boxes "
-                                                    "and an output named logits before features)")
+    p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first floating one, "
+                                         "but scores before boxes and an output named logits before features)")
     p.add_argument("--resume", action="store_true",
                    help="skip shards already committed with the same settings; refuse if --out holds a run with other "
                         "settings (model, method, target, baseline, preprocessing, sources, versions)")
