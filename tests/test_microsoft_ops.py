@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 import torch
+import onnx
 from onnx import TensorProto, helper
 
 import onnx_attr
@@ -302,6 +303,37 @@ def test_other_custom_domains_stay_refused_by_name():
     proto = make_model([node], [("x", FLOAT, [2])], [("y", FLOAT, [2])], domains=[("com.example", 1)])
     with pytest.raises(UnsupportedOpError, match="(?s)Gelu.*com.example"):
         onnx_attr.load(proto)
+
+
+def test_a_graph_saved_at_ort_enable_all_is_refused_with_the_level_that_imports(tmp_path):
+    """onnxruntime's ORT_ENABLE_ALL saves convolutions in its NCHWc blocked layout (weights reordered
+    for the saving machine's vector width): the refusal names the ops and says which level to save
+    at instead; that level's file (FusedConv) imports and matches onnxruntime."""
+    import onnxruntime as ort
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 16, 12, 12])], [("y", FLOAT, [1, 16, 12, 12])],
+                       {"w": (RNG.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32),
+                        "b": RNG.standard_normal(16).astype(np.float32),
+                        "w2": (RNG.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32)}, opset=13)
+    src = tmp_path / "plain.onnx"
+    src.write_bytes(proto.SerializeToString())
+    x = RNG.standard_normal((1, 16, 12, 12)).astype(np.float32) * 50
+    for level, name in ((ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "extended.onnx"),
+                        (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "all.onnx")):
+        options = ort.SessionOptions()
+        options.graph_optimization_level, options.optimized_model_filepath = level, str(tmp_path / name)
+        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    extended = onnx_attr.load(str(tmp_path / "extended.onnx"))
+    assert any(n.op_type == "FusedConv" for n in extended.onnx_model.graph.node)
+    assert extended.verify(x).passed
+    saved = onnx.load(str(tmp_path / "all.onnx"))
+    if not any(n.domain == "com.microsoft.nchwc" for n in saved.graph.node):  # no blocked layout on this CPU
+        saved.graph.node.insert(0, helper.make_node("ReorderInput", ["x"], ["x_nchwc"], domain="com.microsoft.nchwc"))
+    with pytest.raises(UnsupportedOpError, match="(?s)com.microsoft.nchwc.*ORT_ENABLE_ALL.*ORT_ENABLE_EXTENDED"):
+        onnx_attr.load(saved)
 
 
 def _quantized_tables(inits: dict, names: Sequence[str]) -> list[str]:

@@ -83,6 +83,14 @@ def select_output(value, index: int):
     raise IndexError(f"the node computed one output, output {index} was asked for")
 
 
+#: the blocked-layout ops onnxruntime writes into a graph saved at ORT_ENABLE_ALL: its weights are
+#: reordered for the saving machine's vector width, so the file is that machine's, not a model's
+NCHWC_HINT = ("This file was saved by onnxruntime at ORT_ENABLE_ALL: its NCHWc layout transformer reorders "
+              "convolutions and weights for that machine's vector width (onnxruntime itself warns that such a file "
+              "is hardware specific). Give the model from before that optimization, or save it at "
+              "ORT_ENABLE_EXTENDED (SessionOptions.graph_optimization_level), whose fused ops are imported.")
+
+
 class Initializers(nn.Module):
     """Holds the ONNX initializers as buffers, so `.to(device)` moves them with the module."""
 
@@ -96,7 +104,10 @@ def convert(model: onnx.ModelProto, declared: dict[str, int] | None = None) -> f
     missing = unsupported_nodes(model)
     if missing:
         named = [(t, d, *_as_declared(d, o, declared), n, r) for t, d, o, n, r in missing]
-        raise UnsupportedOpError([(t, d, o, n, (note + r).strip()) for t, d, o, note, n, r in named])
+        nodes = [(t, d, o, n, (note + r).strip()) for t, d, o, note, n, r in named]
+        if any(d == "com.microsoft.nchwc" for _, d, _, _, _ in nodes):
+            raise UnsupportedOpError(nodes, hint=NCHWC_HINT)
+        raise UnsupportedOpError(nodes)
     token = MODEL_OPSETS.set(versions)
     folder = external_folder(model)
     folder_token = _FOLDER.set(folder if folder is not None else _FOLDER.get())  # bodies read from the model's
