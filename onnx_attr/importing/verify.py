@@ -608,7 +608,7 @@ REFERENCE_SECONDS = 30.0
 REFERENCE_BYTES = 4 * 2**30
 
 
-class _OutOfTime(Exception):
+class _OverBudget(Exception):
     """The arbiter's time or memory ran out (the message says which)."""
 
 
@@ -632,16 +632,16 @@ def _reference_evaluator(reference: onnx.ModelProto, feeds: dict[str, np.ndarray
     class Timed(ReferenceEvaluator):
         def _log(self, level, pattern, *args):  # called before every node of the main graph, and with each value
             if time.monotonic() > deadline:
-                raise _OutOfTime(f"not done within {REFERENCE_SECONDS:g} s")
+                raise _OverBudget(f"not done within {REFERENCE_SECONDS:g} s")
             if level == 2 and len(args) == 2:  # a value it now holds (constants and inputs included)
                 held[0] += getattr(args[1], "nbytes", 0)
                 if held[0] > REFERENCE_BYTES:
-                    raise _OutOfTime(f"its values would take more than {REFERENCE_BYTES / 2**30:g} GiB")
+                    raise _OverBudget(f"its values would take more than {REFERENCE_BYTES / 2**30:g} GiB")
 
     try:
         with np.errstate(all="ignore"):
             found = Timed(wide).run(list(names), feeds)
-    except _OutOfTime as err:
+    except _OverBudget as err:
         return str(err)
     except Exception as err:  # noqa: BLE001  (an op it lacks, a custom domain: no arbiter, as before)
         return f"{type(err).__name__}: {str(err)[:160]}"
