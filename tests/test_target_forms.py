@@ -224,6 +224,29 @@ def test_sequence_default_is_the_greedy_paths_summed_score(tmp_path, time_major,
     _complete(sums, value, reference)
 
 
+def test_a_vector_cut_into_positions_is_a_sequence_not_a_detector_head(tmp_path):
+    """mb-capcha-ocr's ResNet ends in a Gemm reshaped to 6 characters x 62 classes [N, 6, 62] over a
+    50x160 picture: sized like a detector head [N, 4+C, A] by the picture's area, it was explained
+    as one: the best of rows 4 and 5 at one column, characters 0-3 never looked at (hunt 18). One
+    example's vector cut into rows is positions: the greedy path over all 6. Oracle: the argmax of
+    each position by hand, completeness against onnxruntime."""
+    w = (RNG.normal(size=(6 * 62, 50 * 160)) * 0.01).astype(np.float32)
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1),
+             helper.make_node("Reshape", ["logits", "shape"], ["y"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 1, 50, 160])], [_info("y", ["N", 6, 62])],
+                 {"w": w, "b": RNG.normal(size=6 * 62).astype(np.float32), "shape": np.array([-1, 6, 62], np.int64)},
+                 "captcha_positions.onnx")
+    x = RNG.uniform(0.6, 1.0, size=(2, 1, 50, 160)).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
+    path_ids = y.argmax(2)
+    assert report["target"] == "greedy" and report["target_detail"]["path"] == path_ids.tolist()
+    value = np.take_along_axis(y, path_ids[..., None], 2).sum((1, 2))
+    reference = np.take_along_axis(np.broadcast_to(y0, y.shape), path_ids[..., None], 2).sum((1, 2))
+    _complete(sums, value, reference)
+
+
 @pytest.mark.parametrize("time_major", [False, True])
 @pytest.mark.parametrize("form", ["2,3", "2:3"])
 def test_sequence_step_and_class(tmp_path, time_major, form):

@@ -261,7 +261,7 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         return Layout(f"a sequence [N, T, C] (a {op} over its classes)", "sequence", "greedy", final=op)
     if _as_image(image, shape[0], shape[1]):
         return Layout("a dense map [N, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
-    if image is not None:
+    if image is not None and not _split_from_one_vector(model, spec.name):
         small, big = min(shape), max(shape)
         area = image[0] * image[1]
         if small >= 5 and big >= 8 * small and area / 1024 <= big <= area / 16:
@@ -297,6 +297,39 @@ def _stacked_heads(model, name: str) -> Optional[str]:
             found = producers.get(found.input[0])
         ends.append(found.op_type if found is not None else "input")
     return ", ".join(ends) if len(set(ends)) > 1 else None
+
+
+#: ops an output may pass through after the layer that computed it: of their first input, and of
+#: the one varying input of an arithmetic op with a constant
+_PASSING = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Cast", "Dropout", "Sigmoid", "Relu",
+                      "LeakyRelu", "Tanh", "Clip"})
+_WITH_A_CONSTANT = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+def _split_from_one_vector(model, name: str) -> bool:
+    """Whether the output is one example's vector cut into rows (a captcha reader's Gemm reshaped to
+    6 characters x 62 classes): a fully connected layer's [N, K] output, reached through reshapes and
+    elementwise steps. Its rows are positions, not a detector head's box and class rows over anchors,
+    whose anchors come from a feature map's pixels or a decoder's queries."""
+    graph = model.onnx_model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    constant = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.input)
+             if v.type.tensor_type.HasField("shape")}
+    node = producers.get(name)
+    for _ in range(16):
+        if node is None:
+            return False
+        if node.op_type == "Gemm" or (node.op_type == "MatMul" and ranks.get(node.input[0]) == 2):
+            return True
+        varying = [i for i in node.input if i and i not in constant]
+        if node.op_type in _PASSING and node.input:
+            node = producers.get(node.input[0])
+        elif node.op_type in _WITH_A_CONSTANT and len(varying) == 1:
+            node = producers.get(varying[0])
+        else:
+            return False
+    return False
 
 
 def _has_objectness(scores: Tensor) -> bool:
