@@ -338,6 +338,21 @@ _MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRA
 _COMPARISONS = (torch.le, torch.lt, torch.ge, torch.gt, torch.eq, torch.ne)  # in _MODES' order
 
 
+def _mode_codes(values) -> np.ndarray:
+    """Each node's mode as its `_MODES` code, compared as bytes against each mode name (millions of
+    nodes: no sort of strings, no Python per node)."""
+    names = values if isinstance(values, np.ndarray) else np.asarray(list(values))
+    if names.dtype.kind not in "SU":  # bytes and str mixed
+        names = np.asarray([_text(v) for v in names.tolist()])
+    codes = np.full(len(names), -1, np.int64)
+    for name, code in _MODES.items():
+        codes[names == (name.encode() if names.dtype.kind == "S" else name)] = code
+    if (codes < 0).any():
+        found = sorted({_text(n) for n in np.unique(names).tolist()})
+        raise NotImplementedError(f"tree node modes {found}")
+    return codes
+
+
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -352,20 +367,27 @@ class _NodeIndex:
 
     def __init__(self, trees: np.ndarray, ids: np.ndarray):
         self.tree_ids, self.node_ids = np.unique(trees), np.unique(ids)
-        keys = self._keys(trees, ids)
+        keys, _ = self._keys(trees, ids)
         self.order = np.argsort(keys, kind="stable")
         self.keys = keys[self.order]
         if len(self.keys) > 1 and (self.keys[1:] == self.keys[:-1]).any():
             raise ValueError("a tree ensemble lists a (tree, node) twice")
 
-    def _keys(self, trees: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.tree_ids, trees) * (len(self.node_ids) + 1) + np.searchsorted(self.node_ids, ids)
+    def _keys(self, trees: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Each pair's key, and whether every id is one listed (by lookup in the sorted ids, not `np.isin`,
+        which sorts both sides again: seconds on millions of nodes)."""
+        ranks = []
+        listed = True
+        for values, known in ((trees, self.tree_ids), (ids, self.node_ids)):
+            rank = np.searchsorted(known, values)
+            listed = listed and bool(len(known)) and bool((known[np.minimum(rank, len(known) - 1)] == values).all())
+            ranks.append(rank)
+        return ranks[0] * (len(self.node_ids) + 1) + ranks[1], listed
 
     def __call__(self, trees: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
-        wanted = self._keys(trees, ids)
+        wanted, listed = self._keys(trees, ids)
         at = np.clip(np.searchsorted(self.keys, wanted), 0, max(len(self.keys) - 1, 0))
-        if not len(self.keys) or (self.keys[at] != wanted).any() or not (
-                np.isin(trees, self.tree_ids).all() and np.isin(ids, self.node_ids).all()):
+        if not len(self.keys) or not listed or (self.keys[at] != wanted).any():
             raise ValueError(f"a tree ensemble's {what} names a node it does not list")
         return self.order[at]
 
@@ -386,12 +408,7 @@ class TreeEnsemble(nn.Module):
         prefix = "class" if classifier else "target"
         trees, ids = _ints(attrs["nodes_treeids"]), _ints(attrs["nodes_nodeids"])
         index_of = _NodeIndex(trees, ids)
-        names, codes = np.unique(np.asarray(list(attrs["nodes_modes"])), return_inverse=True)  # bytes: decoded once
-        names = np.asarray([_text(n) for n in names.tolist()], dtype=object)
-        unknown = [n for n in names if n not in _MODES]
-        if unknown:
-            raise NotImplementedError(f"tree node modes {sorted(names.tolist())}")
-        modes = np.asarray([_MODES[n] for n in names], np.int64)[codes.reshape(-1)]
+        modes = _mode_codes(attrs["nodes_modes"])
         leaf = _MODES["LEAF"]
         interior = modes != leaf
         nodes = np.arange(len(trees))
@@ -416,7 +433,7 @@ class TreeEnsemble(nn.Module):
         _, first = np.unique(trees[candidates], return_index=True)  # each tree's first node no other node points to
         self.register_buffer("roots", torch.from_numpy(candidates[np.sort(first)]))
         self.depth = self._depth(if_true, if_false, interior, current_budget())
-        single = np.unique(modes[interior])
+        single = np.flatnonzero(np.bincount(modes[interior], minlength=len(_MODES)))
         self.single_mode = int(single[0]) if len(single) == 1 else None  # most ensembles compare one way
         outputs = (len(attrs.get("classlabels_int64s", []) or attrs.get("classlabels_strings", [])) if classifier
                    else int(attrs.get("n_targets", 1)))
@@ -440,7 +457,7 @@ class TreeEnsemble(nn.Module):
         if self.transform not in ("NONE", "LOGISTIC", "SOFTMAX"):
             raise NotImplementedError(f"tree ensemble post_transform {self.transform!r} (NONE, LOGISTIC or SOFTMAX)")
         self.classifier, self.outputs = classifier, outputs
-        self.binary = classifier and outputs == 2 and len(np.unique(weight_ids)) == 1
+        self.binary = classifier and outputs == 2 and len(weight_ids) > 0 and bool((weight_ids == weight_ids[0]).all())
         self.binary_column = int(weight_ids[0]) if len(weight_ids) else 0  # the one class the weights score
         self.positive = bool((np.asarray(attrs[f"{prefix}_weights"], np.float64) >= 0).all())
         labels = attrs.get("classlabels_int64s")
@@ -452,6 +469,7 @@ class TreeEnsemble(nn.Module):
         runs longer than there are nodes, and is refused."""
         frontier, levels = self.roots.numpy(), 0
         limit = budget.max_loop_iterations if hasattr(budget, "max_loop_iterations") else None
+        reached = np.zeros(len(interior), bool)  # a level's children, each once (two parents may share one)
         while True:
             frontier = frontier[interior[frontier]]
             if not len(frontier):
@@ -461,7 +479,10 @@ class TreeEnsemble(nn.Module):
                 raise ValueError("a tree of the ensemble loops back on itself")
             if limit is not None and levels > limit:
                 budget.check("max_loop_iterations", levels, "a tree ensemble's depth (levels walked per call)")
-            frontier = np.unique(np.concatenate([if_true[frontier], if_false[frontier]]))
+            reached[if_true[frontier]] = True
+            reached[if_false[frontier]] = True
+            frontier = np.flatnonzero(reached)  # a scan of the nodes a level, not a sort of millions
+            reached[frontier] = False
 
     def _packed(self) -> torch.Tensor:
         """Per node, what a level of the walk reads (feature, threshold, true child, false child, whether
