@@ -247,6 +247,29 @@ def test_a_vector_cut_into_positions_is_a_sequence_not_a_detector_head(tmp_path)
     _complete(sums, value, reference)
 
 
+def test_a_linear_layers_classes_are_not_a_pictures_width(tmp_path):
+    """A recogniser's per-step classifier [N, 32, 128] over a 32x128 line image has the picture's
+    aspect, so it read as a dense map [N, H, W] and its summed region was explained. An output a
+    linear layer (MatMul by a constant weight) computes has its classes on the last axis: a sequence,
+    its greedy path. Oracle: each step's argmax by hand, completeness against onnxruntime."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[32, 4], strides=[32, 4]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Squeeze", ["r", "two"], ["s"]),
+             helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["t", "fc"], ["y"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 1, 32, 128])], [_info("y", ["N", 32, 128])],
+                 {"w": (RNG.normal(size=(8, 1, 32, 4)) * 0.05).astype(np.float32), "two": np.array([2], np.int64),
+                  "fc": RNG.normal(size=(8, 128)).astype(np.float32)}, "line_recogniser.onnx")
+    x = (RNG.uniform(size=(2, 1, 32, 128)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
+    path_ids = y.argmax(2)
+    assert report["target"] == "greedy" and report["target_detail"]["path"] == path_ids.tolist()
+    value = np.take_along_axis(y, path_ids[..., None], 2).sum((1, 2))
+    reference = np.take_along_axis(np.broadcast_to(y0, y.shape), path_ids[..., None], 2).sum((1, 2))
+    _complete(sums, value, reference)
+
+
 @pytest.mark.parametrize("time_major", [False, True])
 @pytest.mark.parametrize("form", ["2,3", "2:3"])
 def test_sequence_step_and_class(tmp_path, time_major, form):

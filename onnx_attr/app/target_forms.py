@@ -259,9 +259,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                       sigmoid_stripped=stripped, final=op)
     if op in ("Softmax", "LogSoftmax"):
         return Layout(f"a sequence [N, T, C] (a {op} over its classes)", "sequence", "greedy", final=op)
-    if _as_image(image, shape[0], shape[1]):
+    linear = _linear_end(model, spec.name)
+    if _as_image(image, shape[0], shape[1]) and linear is None:  # a linear layer's last axis is its classes
         return Layout("a dense map [N, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
-    if image is not None and not _split_from_one_vector(model, spec.name):
+    if image is not None and linear != 2:
         small, big = min(shape), max(shape)
         area = image[0] * image[1]
         if small >= 5 and big >= 8 * small and area / 1024 <= big <= area / 16:
@@ -306,11 +307,13 @@ _PASSING = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze"
 _WITH_A_CONSTANT = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
-def _split_from_one_vector(model, name: str) -> bool:
-    """Whether the output is one example's vector cut into rows (a captcha reader's Gemm reshaped to
-    6 characters x 62 classes): a fully connected layer's [N, K] output, reached through reshapes and
-    elementwise steps. Its rows are positions, not a detector head's box and class rows over anchors,
-    whose anchors come from a feature map's pixels or a decoder's queries."""
+def _linear_end(model, name: str) -> Optional[int]:
+    """Where the output is a linear layer's (a Gemm, or a MatMul by a constant weight), reached through
+    reshapes and elementwise steps: the rank of that layer's data input (0 where unknown); None where it
+    is not. Its last axis is then the layer's features (classes per position), not a picture's width;
+    and from a rank-2 input (a captcha reader's Gemm reshaped to 6 characters x 62 classes) it is one
+    example's vector cut into rows: positions, not a detector head's box and class rows over anchors,
+    which come from a feature map's pixels or a decoder's queries."""
     graph = model.onnx_model.graph
     producers = {o: n for n in graph.node for o in n.output}
     constant = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
@@ -319,17 +322,19 @@ def _split_from_one_vector(model, name: str) -> bool:
     node = producers.get(name)
     for _ in range(16):
         if node is None:
-            return False
-        if node.op_type == "Gemm" or (node.op_type == "MatMul" and ranks.get(node.input[0]) == 2):
-            return True
+            return None
+        if node.op_type == "Gemm":
+            return 2
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in constant:
+            return ranks.get(node.input[0], 0)
         varying = [i for i in node.input if i and i not in constant]
         if node.op_type in _PASSING and node.input:
             node = producers.get(node.input[0])
         elif node.op_type in _WITH_A_CONSTANT and len(varying) == 1:
             node = producers.get(varying[0])
         else:
-            return False
-    return False
+            return None
+    return None
 
 
 def _has_objectness(scores: Tensor) -> bool:
