@@ -247,19 +247,22 @@ def test_a_vector_cut_into_positions_is_a_sequence_not_a_detector_head(tmp_path)
     _complete(sums, value, reference)
 
 
-def test_a_linear_layers_classes_are_not_a_pictures_width(tmp_path):
+@pytest.mark.parametrize("steps, classes", [(32, 128), (8, 65)])
+def test_a_linear_layers_classes_are_not_a_pictures_width(tmp_path, steps, classes):
     """A recogniser's per-step classifier [N, 32, 128] over a 32x128 line image has the picture's
-    aspect, so it read as a dense map [N, H, W] and its summed region was explained. An output a
-    linear layer (MatMul by a constant weight) computes has its classes on the last axis: a sequence,
-    its greedy path. Oracle: each step's argmax by hand, completeness against onnxruntime."""
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[32, 4], strides=[32, 4]),
+    aspect, so it read as a dense map [N, H, W] and its summed region was explained; CTC logits
+    [N, 8, 65] were sized like a detector head [N, 4+C, A], and 4 steps were read as box rows. An
+    output a linear layer (MatMul by a constant weight) computes has its classes on the last axis: a
+    sequence, its greedy path. Oracle: each step's argmax by hand, completeness against onnxruntime."""
+    width = 128 // steps
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[32, width], strides=[32, width]),
              helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("Squeeze", ["r", "two"], ["s"]),
              helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1]),
              helper.make_node("MatMul", ["t", "fc"], ["y"])]
-    path = _save(tmp_path, nodes, [_info("x", ["N", 1, 32, 128])], [_info("y", ["N", 32, 128])],
-                 {"w": (RNG.normal(size=(8, 1, 32, 4)) * 0.05).astype(np.float32), "two": np.array([2], np.int64),
-                  "fc": RNG.normal(size=(8, 128)).astype(np.float32)}, "line_recogniser.onnx")
+    path = _save(tmp_path, nodes, [_info("x", ["N", 1, 32, 128])], [_info("y", ["N", steps, classes])],
+                 {"w": (RNG.normal(size=(8, 1, 32, width)) * 0.05).astype(np.float32), "two": np.array([2], np.int64),
+                  "fc": RNG.normal(size=(8, classes)).astype(np.float32)}, "line_recogniser.onnx")
     x = (RNG.uniform(size=(2, 1, 32, 128)) * 255).astype(np.float32)
     report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
     y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))

@@ -262,7 +262,7 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     linear = _linear_end(model, spec.name)
     if _as_image(image, shape[0], shape[1]) and linear is None:  # a linear layer's last axis is its classes
         return Layout("a dense map [N, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
-    if image is not None and linear != 2:
+    if image is not None and linear is None:  # a head's anchors are a feature map's pixels (or a decoder's queries)
         small, big = min(shape), max(shape)
         area = image[0] * image[1]
         if small >= 5 and big >= 8 * small and area / 1024 <= big <= area / 16:
@@ -310,10 +310,9 @@ _WITH_A_CONSTANT = frozenset({"Add", "Sub", "Mul", "Div"})
 def _linear_end(model, name: str) -> Optional[int]:
     """Where the output is a linear layer's (a Gemm, or a MatMul by a constant weight), reached through
     reshapes and elementwise steps: the rank of that layer's data input (0 where unknown); None where it
-    is not. Its last axis is then the layer's features (classes per position), not a picture's width;
-    and from a rank-2 input (a captcha reader's Gemm reshaped to 6 characters x 62 classes) it is one
-    example's vector cut into rows: positions, not a detector head's box and class rows over anchors,
-    which come from a feature map's pixels or a decoder's queries."""
+    is not. Its rows are then positions and its last axis their classes (a CTC recogniser's [N, 8, 65];
+    a captcha reader's Gemm reshaped to 6 characters x 62 classes): not a picture's width, nor a
+    detector head's box and class rows over anchors (a head joins the grids of its feature maps)."""
     graph = model.onnx_model.graph
     producers = {o: n for n in graph.node for o in n.output}
     constant = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
