@@ -214,11 +214,17 @@ def test_sequence_default_is_the_greedy_paths_summed_score(tmp_path, time_major,
     y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
     if time_major:
         y, y0 = y.transpose(1, 0, 2), y0.transpose(1, 0, 2)
-    path_ids = y.argmax(2)
     detail = report["target_detail"]
-    assert report["target"] == "greedy" and detail["path"] == path_ids.tolist()
     assert detail["batch_axis"] == (1 if time_major else 0)
     assert detail["layout"] == ("a time-major sequence [T, N, C]" if time_major else "a sequence [N, T, C]")
+    _greedy_by_hand(report, sums, y, y0)
+
+
+def _greedy_by_hand(report, sums, y, y0):
+    """The greedy target of a batch-first sequence y [N, T, C] (y0: the baseline's, [1, T, C]): each
+    step's argmax, the path's summed score, and the attributions adding up to its change."""
+    path_ids = y.argmax(2)
+    assert report["target"] == "greedy" and report["target_detail"]["path"] == path_ids.tolist()
     value = np.take_along_axis(y, path_ids[..., None], 2).sum((1, 2))
     reference = np.take_along_axis(np.broadcast_to(y0, y.shape), path_ids[..., None], 2).sum((1, 2))
     _complete(sums, value, reference)
@@ -239,12 +245,7 @@ def test_a_vector_cut_into_positions_is_a_sequence_not_a_detector_head(tmp_path)
                  "captcha_positions.onnx")
     x = RNG.uniform(0.6, 1.0, size=(2, 1, 50, 160)).astype(np.float32)
     report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
-    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
-    path_ids = y.argmax(2)
-    assert report["target"] == "greedy" and report["target_detail"]["path"] == path_ids.tolist()
-    value = np.take_along_axis(y, path_ids[..., None], 2).sum((1, 2))
-    reference = np.take_along_axis(np.broadcast_to(y0, y.shape), path_ids[..., None], 2).sum((1, 2))
-    _complete(sums, value, reference)
+    _greedy_by_hand(report, sums, _ort(path, x), _ort(path, np.zeros_like(x[:1])))
 
 
 @pytest.mark.parametrize("steps, classes", [(32, 128), (8, 65)])
@@ -265,12 +266,7 @@ def test_a_linear_layers_classes_are_not_a_pictures_width(tmp_path, steps, class
                   "fc": RNG.normal(size=(8, classes)).astype(np.float32)}, "line_recogniser.onnx")
     x = (RNG.uniform(size=(2, 1, 32, 128)) * 255).astype(np.float32)
     report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
-    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))
-    path_ids = y.argmax(2)
-    assert report["target"] == "greedy" and report["target_detail"]["path"] == path_ids.tolist()
-    value = np.take_along_axis(y, path_ids[..., None], 2).sum((1, 2))
-    reference = np.take_along_axis(np.broadcast_to(y0, y.shape), path_ids[..., None], 2).sum((1, 2))
-    _complete(sums, value, reference)
+    _greedy_by_hand(report, sums, _ort(path, x), _ort(path, np.zeros_like(x[:1])))
 
 
 @pytest.mark.parametrize("time_major", [False, True])
