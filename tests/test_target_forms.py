@@ -537,9 +537,11 @@ def test_a_head_with_objectness_is_explained_at_its_best_detection(tmp_path):
 
 
 def test_a_softmax_over_a_column_is_classes(tmp_path):
-    """Silero VAD v3's [1, 2, 1]: a Softmax across the two rows of one column (non-speech, speech)
-    is classes with a trailing 1, not one score per position: the report says so, the target is
-    the predicted class. Oracle: the logits by hand (the Softmax is stripped), completeness."""
+    """A Softmax across the rows of one column [N, 2, 1] (non-speech, speech) is classes with a
+    trailing 1, not one score per position: the report says so, the target is the predicted class.
+    Oracle: the logits by hand (the Softmax is stripped), completeness. A softmax over a last axis of
+    2 split into columns [N, T, 1] (MarbleNet's per-frame silence and speech) stays one score per
+    frame."""
     w = (RNG.normal(size=(6, 2)) * 3).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
              helper.make_node("Reshape", ["h", "shape"], ["z"]),
@@ -554,6 +556,15 @@ def test_a_softmax_over_a_column_is_classes(tmp_path):
     assert report["target_detail"]["layout"] == "classes [N, C, 1] (a Softmax over its 2 classes)"
     assert "predicted class" in report["target_source"]
     _complete(sums, logits[np.arange(3), picked], np.zeros(3))
+    nodes = [helper.make_node("MatMul", ["x", "w5"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["p"], axis=-1),
+             helper.make_node("Split", ["p"], ["silence", "speech"], axis=2)]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 6])], [_info("silence", ["N", 5, 1]), _info("speech", ["N", 5, 1])],
+                 {"w5": (RNG.normal(size=(6, 10)) * 3).astype(np.float32), "shape": np.array([0, 5, 2], np.int64)},
+                 "framewise_softmax.onnx")
+    report, _, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target_detail"]["layout"] == "one score per position [N, A, 1]"
 
 
 def test_one_score_per_anchor_gets_the_top_anchor(tmp_path):

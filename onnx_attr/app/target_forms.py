@@ -246,8 +246,8 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if getattr(spec, "role", None) == TOPK_SCORES:
         return Layout("the scores [N, A, C] a TopK selects detections from", "detector", "anchor", box=0,
                       scores_first=False, final=op)
-    if shape[1] == 1 and op in ("Softmax", "LogSoftmax"):  # normalised across the A axis, so classes with a
-        # trailing 1 (Silero VAD v3's [1, 2, 1]: non-speech and speech)
+    if shape[1] == 1 and _normalises_axis_1(final):  # normalised across the A axis, so classes with a
+        # trailing 1 ([N, 2, 1]: non-speech and speech)
         return Layout(f"classes [N, C, 1] (a {op} over its {shape[0]} classes)", "classes", "top", final=op)
     if shape[1] == 1:  # one score per anchor or step (YuNet's cls [1, 6400, 1]): greedy would sum them all
         return Layout("one score per position [N, A, 1]", "other", "top", final=op)
@@ -371,6 +371,12 @@ def _shaped_like_input(model, inputs: dict[str, np.ndarray], shape: tuple) -> Op
                 and tuple(np.shape(x)[1:]) == tuple(shape):
             return spec.name
     return None
+
+
+def _normalises_axis_1(final) -> bool:
+    """Whether the output's final Softmax/LogSoftmax is its last op and normalises its axis 1 of rank 3
+    (not a [N, T, 2] softmax split into columns [N, T, 1]: MarbleNet's per-frame scores)."""
+    return final is not None and not final.through and final.axis in (1, -2)
 
 
 def _as_image(image: Optional[tuple[int, int]], h: int, w: int) -> bool:

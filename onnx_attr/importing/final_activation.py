@@ -26,6 +26,14 @@ PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueez
 ORDER_ONLY = frozenset({"ArgMax"})
 
 
+def _softmax_axis(model: onnx.ModelProto, node: onnx.NodeProto) -> Optional[int]:
+    """A Softmax/LogSoftmax node's axis (-1 from opset 13, 1 before, when not given); None for others."""
+    if node.op_type not in ("Softmax", "LogSoftmax"):
+        return None
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    return next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+
+
 def strip_final_activations(
     model: onnx.ModelProto, strip: bool
 ) -> tuple[onnx.ModelProto, dict[str, FinalActivation]]:
@@ -78,6 +86,7 @@ def strip_final_activations(
         private = all(consumers.get(o, set()) <= chain_nodes | order_only for i in chain_nodes
                       for o in _scores(graph.node[i]))
         name = act.name or f"{act.op_type}#{act_index}"
+        axis = _softmax_axis(model, act)
         if strip and private:
             to_strip.add(act_index)
             normalizers |= {i for i in path if graph.node[i].op_type == "Normalizer"}  # L1 over logits: dropped
@@ -85,10 +94,10 @@ def strip_final_activations(
             found_paths[act_index] = path
             if pair is not None:
                 to_negate.add(pair)
-            found[output.name] = FinalActivation(_kind(act), name, True, through)
+            found[output.name] = FinalActivation(_kind(act), name, True, through, axis=axis)
         else:
             reason = "requested by the caller" if not strip else "its output also feeds other nodes"
-            found[output.name] = FinalActivation(_kind(act), name, False, through, reason)
+            found[output.name] = FinalActivation(_kind(act), name, False, through, reason, axis=axis)
 
     if not to_strip and not bare_quantizers:
         return model, found

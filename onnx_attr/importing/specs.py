@@ -58,6 +58,7 @@ class FinalActivation:
     stripped: bool
     through: tuple[str, ...] = ()  # pass-through ops between it and the output
     reason: str = ""  # why it was kept, when it was
+    axis: Optional[int] = None  # a Softmax/LogSoftmax node's axis as the file gives it (its opset's default filled in)
 
     def describe(self) -> str:
         via = f" (through {', '.join(self.through)})" if self.through else ""
