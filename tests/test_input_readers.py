@@ -531,6 +531,8 @@ def test_attribute_table_records_its_columns(tmp_path, capsys):
 
 
 def test_raw_pixels_are_reported(tmp_path, cnn_path, capsys):
+    from onnx_attr.app.preprocess import PixelRangeWarning
+
     """A PNG fed to a floating input with no scale, mean or std reaches the model as 0..255: right
     only where the graph normalises itself, so the report and the console say so (pymupdf's [0, 1]
     models got 0..255 in silence). Given a scale, nothing is said."""
@@ -548,3 +550,10 @@ def test_raw_pixels_are_reported(tmp_path, cnn_path, capsys):
     assert "input_warnings" not in json.loads((tmp_path / "scaled" / "report.json").read_text())
     shown = capsys.readouterr()
     assert "raw pixel values" not in shown.out + shown.err
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for k in range(3):
+        _png(folder / f"{k}.png", _halves())
+    with pytest.warns(PixelRangeWarning) as said:
+        assert main(["dataset", str(cnn_path), "-i", str(folder), "-o", str(tmp_path / "ds"), "-q"]) == 0
+    assert len([w for w in said if issubclass(w.category, PixelRangeWarning)]) == 1  # once a job, not once a reader

@@ -32,6 +32,7 @@ from onnx_attr.methods.registry import entry, titles
 from onnx_attr.app.names import read_feature_names  # noqa: F401  (kept importable from here)
 from onnx_attr.progress import progress
 from onnx_attr.app.target_forms import _from_the_end as _resolve_negative  # noqa: F401  (the dataset job's)
+from onnx_attr.app.preprocess import PixelRangeWarning
 from onnx_attr.app.target_forms import parse_form
 from onnx_attr.deeplift.targets import Target
 
@@ -330,6 +331,9 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     files = input_files(input_path, inputs.text is not None)
     many = len(files) > 1 or Path(input_path).is_dir()
     preprocessing = inputs.record(model.inputs, kinds_of(files))
+    notes = inputs.notes(model.inputs, kinds_of(files))
+    for note in notes:
+        warnings.warn(note, PixelRangeWarning, stacklevel=2)  # once, not once per picture
     stripped = sorted(o.name for o in model.outputs if o.final_activation is not None and o.final_activation.stripped)
     manifest = build_manifest(
         model_sha256=model_fingerprint(model), method=method, target=target, baseline=baseline,
@@ -346,6 +350,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         remove_leftover_temporaries(folder, depth=1 if many else 0)
         job = _Job(model, explainer, manifest, method,
                    target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs, batch_axis, hold)
+        job.input_notes = notes
         # the default method, not fallen back already: a call DeepLift refuses (a comparison that flips between
         # the input and the baseline) runs the fallback instead, for that input file
         job.per_call_fallback = auto_fallback and method == "deeplift" and not layer and not gradient_fallback
@@ -456,6 +461,7 @@ class _Job:
         self.method, self.target, self.baseline, self.output_name = method, target, baseline, output_name
         self.pictures, self.batch_size = pictures, batch_size
         self.method_options, self.quiet, self.inputs = method_options, quiet, inputs
+        self.input_notes: list[str] = []  # what the job said once about how its files became inputs
         self.output_index = explainer._output_index(output_name)
         self.batch_axis = batch_axis  # the explained output's, when given (--batch-axis)
         self.hold = set(hold)  # inputs fed as given, not attributed (--hold)
@@ -572,6 +578,8 @@ class _Job:
         for w in caught:
             if issubclass(w.category, InputWarning):
                 warnings.warn(str(w.message), w.category, stacklevel=2)
+        if kind_of(file) == "images":  # said once on the console; in every picture's report
+            input_warnings = [*self.input_notes, *input_warnings]
         tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
         attributed = {s.name: inputs[s.name] for s in self.model.inputs
                       if (s.differentiable or s.name in tapped) and s.name in inputs and s.name not in self.hold}

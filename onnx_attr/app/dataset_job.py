@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -28,6 +29,7 @@ import numpy as np
 from onnx_attr.errors import InputError, OnnxAttrError, OutputError
 from onnx_attr.fileio import FolderLock, atomic_write, remove_leftover_temporaries, write_json
 from onnx_attr.app.manifest import build_manifest, differences, file_sha256
+from onnx_attr.app.preprocess import PixelRangeWarning
 from onnx_attr.progress import progress
 from onnx_attr.app.readers import InputOptions, RowReader, Source, describe_sources, kinds_of, source_files
 from onnx_attr.app.report_html import ReportOptions, input_root, verify_sample, write_report
@@ -535,6 +537,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
 def _preprocessing(options: InputOptions, specs, files) -> dict:
     """The image / text preprocessing of these files; every shard of text needs one token count."""
     recorded = options.record(specs, kinds_of(files))
+    for note in options.notes(specs, kinds_of(files)):
+        warnings.warn(note, PixelRangeWarning, stacklevel=2)
     if "text" in recorded and recorded["text"]["length"] is None:
         raise InputError("the model's token input has no fixed length, and every row of a dataset needs the same "
                          "one: give --max-length N (tokens, padded and truncated to it)")

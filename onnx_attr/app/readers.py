@@ -28,7 +28,7 @@ import numpy as np
 
 from onnx_attr.errors import InputError
 from onnx_attr.fileio import regular_file
-from onnx_attr.app.preprocess import IMAGE_SUFFIXES, ImagePreprocessing, PixelRangeWarning, image_input, load_image
+from onnx_attr.app.preprocess import IMAGE_SUFFIXES, ImagePreprocessing, image_input, load_image
 from onnx_attr.importing.specs import TensorSpec
 from onnx_attr.app.text_inputs import TEXT_SUFFIXES, TextEncoder, TextPreprocessing, read_lines
 
@@ -53,6 +53,15 @@ class InputOptions:
 
     def describe_columns(self) -> Any:
         return list(self.columns) if self.columns else "named after the inputs, in order, or all (one input)"
+
+    def notes(self, specs: Sequence[TensorSpec], kinds: set[str]) -> list[str]:
+        """What a job says once about how these kinds of source become inputs (raw 0..255 pixels fed
+        to a floating input), for its console and its reports."""
+        if "images" not in kinds:
+            return []
+        spec = image_input(specs, self.image_input)
+        note = self.image.resolved(spec).unscaled(spec)
+        return [note] if note else []
 
     def record(self, specs: Sequence[TensorSpec], kinds: set[str]) -> dict[str, Any]:
         """The preprocessing of these kinds of source as reports and manifests record it, every
@@ -328,9 +337,6 @@ class RowReader:
         if self._image is None:
             spec = image_input(self.specs, self.options.image_input)
             self._image = spec, self.options.image.resolved(spec)
-            note = self._image[1].unscaled(spec)
-            if note is not None:
-                warnings.warn(note, PixelRangeWarning, stacklevel=2)
         spec, prep = self._image
         values: list[Optional[np.ndarray]] = []
         shown: list[Optional[np.ndarray]] = []
