@@ -259,10 +259,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                       sigmoid_stripped=stripped, final=op)
     if op in ("Softmax", "LogSoftmax"):
         return Layout(f"a sequence [N, T, C] (a {op} over its classes)", "sequence", "greedy", final=op)
-    linear = _linear_end(model, spec.name)
-    if _as_image(image, shape[0], shape[1]) and linear is None:  # a linear layer's last axis is its classes
+    linear = _from_a_linear_layer(model, spec.name)
+    if _as_image(image, shape[0], shape[1]) and not linear:  # a linear layer's last axis is its classes
         return Layout("a dense map [N, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
-    if image is not None and linear is None:  # a head's anchors are a feature map's pixels (or a decoder's queries)
+    if image is not None and not linear:  # a head's anchors are a feature map's pixels (or a decoder's queries)
         small, big = min(shape), max(shape)
         area = image[0] * image[1]
         if small >= 5 and big >= 8 * small and area / 1024 <= big <= area / 16:
@@ -307,33 +307,29 @@ _PASSING = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze"
 _WITH_A_CONSTANT = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
-def _linear_end(model, name: str) -> Optional[int]:
-    """Where the output is a linear layer's (a Gemm, or a MatMul by a constant weight), reached through
-    reshapes and elementwise steps: the rank of that layer's data input (0 where unknown); None where it
-    is not. Its rows are then positions and its last axis their classes (a CTC recogniser's [N, 8, 65];
-    a captcha reader's Gemm reshaped to 6 characters x 62 classes): not a picture's width, nor a
-    detector head's box and class rows over anchors (a head joins the grids of its feature maps)."""
+def _from_a_linear_layer(model, name: str) -> bool:
+    """Whether a linear layer (a Gemm, or a MatMul by a constant weight) computes the output, reached
+    through reshapes and elementwise steps. Its rows are then positions and its last axis their
+    classes (a CTC recogniser's [N, 8, 65]; a captcha reader's Gemm reshaped to 6 characters x 62
+    classes): not a picture's width, nor a detector head's box and class rows over anchors (a head
+    joins the grids of its feature maps)."""
     graph = model.onnx_model.graph
     producers = {o: n for n in graph.node for o in n.output}
     constant = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.input)
-             if v.type.tensor_type.HasField("shape")}
     node = producers.get(name)
     for _ in range(16):
         if node is None:
-            return None
-        if node.op_type == "Gemm":
-            return 2
-        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in constant:
-            return ranks.get(node.input[0], 0)
+            return False
+        if node.op_type == "Gemm" or (node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in constant):
+            return True
         varying = [i for i in node.input if i and i not in constant]
         if node.op_type in _PASSING and node.input:
             node = producers.get(node.input[0])
         elif node.op_type in _WITH_A_CONSTANT and len(varying) == 1:
             node = producers.get(varying[0])
         else:
-            return None
-    return None
+            return False
+    return False
 
 
 def _has_objectness(scores: Tensor) -> bool:
