@@ -236,6 +236,8 @@ def main() -> None:
         print(json.dumps(plain_first(args.plain_worker)))
         return
     names = args.only.split(",") if args.only else list(DEFAULT)
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; allocator: {args.allocator}")
     print("| model | nodes | import | load | verify | load+verify | DeepLift 1st | of it: batch probe | steady | steady, fresh reference | fwd+grad | "
           "1st/steady | 1st/fresh | (1st − probe)/steady | steady/fwd+grad | steady/methods' fwd+grad | plain fwd+grad 1st/steady | rel. δ | wide nodes | "
