@@ -22,30 +22,43 @@ class AveragePool(nn.Module):
     The count is the same pool run over a mask (1 where ONNX counts an element): real inputs
     only, or padded ones too with `count_include_pad`. Both pools share one divisor, so the
     ratio is exact whatever torch divides by, and the op stays linear in its input.
+
+    An input shorter than one window (with its pads) still gets one, as in onnxruntime, whose
+    output size truncates toward zero where ONNX's formula floors (`out_sizes`): the window is
+    padded out to its end, and that overhang counts with `count_include_pad` below opset 19
+    (`counts_overhang`), as there.
     """
 
     def __init__(self, kernel: list[int], strides: list[int], pads: list[int], ceil_mode: bool,
-                 count_include_pad: bool):
+                 count_include_pad: bool, counts_overhang: bool = False):
         super().__init__()
         rank = len(kernel)
         if rank not in _AVG:
             raise NotImplementedError(f"AveragePool over {rank} spatial dims is not supported (1 to 3 are)")
         self.kernel, self.strides, self.ceil_mode = kernel, strides, ceil_mode
-        self.count_include_pad = count_include_pad
-        self.begin = pads[:rank]
-        self.pads = [p for axis in reversed(range(rank)) for p in (pads[axis], pads[axis + rank])]
+        self.count_include_pad, self.counts_overhang = count_include_pad, counts_overhang
+        self.begin, self.end = pads[:rank], pads[rank:]
+        self.pads = _torch_pads(self.begin, self.end)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool = _AVG[len(self.kernel)]
-        padded = F.pad(x, self.pads)
+        spatial = tuple(x.shape[2:])
+        overhang = [0] * len(spatial)
+        if not self.ceil_mode:  # (torch's ceil mode already gives the short input its window)
+            sizes = out_sizes(spatial, self.kernel, self.strides, self.begin, self.end)
+            if min(sizes) <= 0:
+                return x.new_zeros((*x.shape[:2], *(max(n, 0) for n in sizes)))
+            overhang = [max(k - (n + b + e), 0) for n, k, b, e in zip(spatial, self.kernel, self.begin, self.end)]
+        extra = _torch_pads([0] * len(spatial), overhang)
+        padded = F.pad(x, [p + q for p, q in zip(self.pads, extra)])
         total = pool(padded, self.kernel, self.strides, 0, self.ceil_mode, True)
-        if not any(self.pads) and not self.ceil_mode:
+        if not any(self.pads) and not self.ceil_mode and not any(overhang):
             return total
-        shape = (1, 1, *x.shape[2:])
+        ones = torch.ones((1, 1, *spatial), dtype=x.dtype, device=x.device)
         if self.count_include_pad:
-            mask = torch.ones((1, 1, *padded.shape[2:]), dtype=x.dtype, device=x.device)
+            mask = F.pad(F.pad(ones, self.pads, value=1.0), extra, value=float(self.counts_overhang))
         else:
-            mask = F.pad(torch.ones(shape, dtype=x.dtype, device=x.device), self.pads)
+            mask = F.pad(ones, [p + q for p, q in zip(self.pads, extra)])
         out = total / pool(mask, self.kernel, self.strides, 0, self.ceil_mode, True)
         if self.ceil_mode:  # like ONNX (and torch's own padding), drop windows that start in the end padding
             keep = [min(n, -(-(size + b) // s)) for n, size, b, s in
@@ -54,8 +67,24 @@ class AveragePool(nn.Module):
         return out
 
 
-@register("AveragePool", 1, 7, 10, 11, 19, 22)
+def out_sizes(spatial, extents, strides, begin, end) -> list[int]:
+    """Pooling output sizes without ceil mode as onnxruntime computes them: (n + pads - extent) / stride + 1
+    in integer arithmetic, which truncates toward zero, so an input shorter than one window by less
+    than a stride still gets that window (ONNX's formula floors, giving none)."""
+    return [int((n + b + e - k) / s) + 1 for n, k, s, b, e in zip(spatial, extents, strides, begin, end)]
+
+
+@register("AveragePool", 1, 7, 10, 11)
 def convert_average_pool(node, graph):
+    return _average_pool(node, graph, counts_overhang=True)
+
+
+@register("AveragePool", 19, 22)
+def convert_average_pool_19(node, graph):
+    return _average_pool(node, graph, counts_overhang=False)
+
+
+def _average_pool(node, graph, counts_overhang: bool):
     attrs = node.attributes
     kernel = list(attrs["kernel_shape"])
     rank = len(kernel)
@@ -72,7 +101,7 @@ def convert_average_pool(node, graph):
     else:
         pads = list(attrs.get("pads", [0] * 2 * rank))
     module = AveragePool(kernel, strides, pads, bool(attrs.get("ceil_mode", 0)),
-                         bool(attrs.get("count_include_pad", 0)))
+                         bool(attrs.get("count_include_pad", 0)), counts_overhang)
     return result(node, module)
 
 
@@ -110,7 +139,8 @@ class WindowSums(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = window_padding(self.attrs, tuple(x.shape[2:]))
-        return self._sum(F.pad(x, plan.pads), plan)
+        empty = plan.empty(x)
+        return self._sum(F.pad(x, plan.pads), plan) if empty is None else empty
 
     def _sum(self, padded: torch.Tensor, plan: WindowPadding) -> torch.Tensor:
         ones = torch.ones((padded.shape[1], 1, *self.attrs["kernel_shape"]), dtype=padded.dtype, device=padded.device)
@@ -118,6 +148,8 @@ class WindowSums(nn.Module):
 
     def counted(self, x: torch.Tensor, include_pad: bool) -> torch.Tensor:
         plan = window_padding(self.attrs, tuple(x.shape[2:]))
+        if plan.empty(x) is not None:
+            return plan.empty(x[:1, :1])
         mask = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
         if include_pad:  # the op's own pads count as ones; the ceil-mode overhang beyond them does not
             mask = F.pad(mask, plan.own_pads, value=1.0)
@@ -208,6 +240,11 @@ class WindowPadding(NamedTuple):
     own_pads: list[int]
     strides: list[int]
     dilations: list[int]
+    sizes: list[int]  # the output's spatial sizes: one <= 0 where the input is a stride or more short of one window
+
+    def empty(self, x: torch.Tensor) -> torch.Tensor | None:
+        """onnxruntime's empty output where no window fits, else None (torch's pools refuse)."""
+        return x.new_zeros((*x.shape[:2], *(max(n, 0) for n in self.sizes))) if min(self.sizes) <= 0 else None
 
 
 def _torch_pads(begin: list[int], end: list[int]) -> list[int]:
@@ -234,14 +271,14 @@ def window_padding(attrs: dict, spatial: tuple[int, ...]) -> WindowPadding:
         pads = list(attrs.get("pads", [0] * 2 * rank))
         begin, end = pads[:rank], pads[rank:]
     ceil = bool(attrs.get("ceil_mode", 0)) and auto_pad in ("NOTSET", "")
-    reach = []
-    for n, s, e, b, f in zip(spatial, strides, extents, begin, end):
-        span = n + b + f - e
-        out = (-(-span // s) if ceil else span // s) + 1
-        if ceil and (out - 1) * s >= n + b:  # a window may not start in the end padding
-            out -= 1
-        reach.append((out - 1) * s + e - n - b)  # the end pad the last window needs
-    return WindowPadding(_torch_pads(begin, reach), _torch_pads(begin, end), strides, dilations)
+    reach, sizes = [], out_sizes(spatial, extents, strides, begin, end)
+    for axis, (n, s, e, b, f) in enumerate(zip(spatial, strides, extents, begin, end)):
+        if ceil:
+            sizes[axis] = -(-(n + b + f - e) // s) + 1
+            if (sizes[axis] - 1) * s >= n + b:  # a window may not start in the end padding
+                sizes[axis] -= 1
+        reach.append(max(sizes[axis] - 1, 0) * s + e - n - b)  # the end pad the last window needs
+    return WindowPadding(_torch_pads(begin, reach), _torch_pads(begin, end), strides, dilations, sizes)
 
 
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -272,6 +309,9 @@ class MaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded, plan = self.padded(x)
+        empty = plan.empty(x)
+        if empty is not None:
+            return empty
         return _MAX[len(plan.strides)](padded, list(self.attrs["kernel_shape"]), plan.strides, 0, plan.dilations)
 
 
