@@ -23,6 +23,22 @@ def test_report_per_output_on_a_random_sample(tiny_mlp):
     assert "random sample (seed 0)" in report.format() and "PASSED" in report.format()
 
 
+def test_a_random_sample_no_shape_of_which_runs_asks_for_an_example(tmp_path):
+    """x [n, 3, h, w] reshaped to rows of 105: no square sample size the sampler tries makes 3·h·w·n a
+    multiple of 105, so every try fails; the error says it was the sample, and what to pass instead."""
+    proto = make_model([helper.make_node("Reshape", ["x", "shape"], ["y"])], [("x", FLOAT, ["n", 3, "h", "w"])],
+                       [("y", FLOAT, ["m", 105])], initializers={"shape": np.array([-1, 105], np.int64)})
+    model = onnx_attr.load(proto)
+    with pytest.raises(onnx_attr.OnnxAttrError, match=r"(?s)random sample.*Pass an example it takes"):
+        model.verify()
+    x = np.ones((1, 3, 5, 7), np.float32)
+    assert model.verify(x).passed  # an example it takes
+    onnx.save(proto, tmp_path / "m.onnx")
+    from onnx_attr.app.cli import main
+
+    assert main(["verify", str(tmp_path / "m.onnx")]) == 2
+
+
 def test_faulty_converter_is_caught_and_located(tiny_mlp):
     model = onnx_attr.load(tiny_mlp)
     setattr(model.module, "relu1", nn.LeakyReLU(0.3))  # what a wrong converter would produce

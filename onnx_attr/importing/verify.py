@@ -320,9 +320,12 @@ def _verify_sample(model, seed: int, atol: float, rtol: float, locate: bool) -> 
         try:
             run = plain_run(model, sample_inputs(model.inputs, seed, symbolic_size=size, batch_size=batch))
             return _verify_run(model, run, source, atol, rtol, locate)
-        except (ForwardError, ReferenceRuntimeError):
+        except (ForwardError, ReferenceRuntimeError) as err:
             if (size, batch) == tries[-1]:
-                raise
+                sizes = ", ".join(str(s) for s in dict.fromkeys(s for s, _ in tries))
+                raise type(err)(f"{err}\nThat was a random sample, at the last of the shapes tried (free non-batch "
+                                f"dims {sizes}; batch 2, then 1): the model may need a shape none of them has. "
+                                "Pass an example it takes (--input / verify(inputs))") from err
     raise AssertionError("unreachable")
 
 
