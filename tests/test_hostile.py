@@ -471,6 +471,31 @@ def test_conv_transpose_with_huge_strides_stops_at_the_budget():
         onnx_attr.load(model(2**20)).run({"x": x})
 
 
+@pytest.mark.parametrize("op,attrs", [
+    ("Conv", {"kernel_shape": [2, 2], "pads": [2**14, 2**14, 2**14, 2**14]}),  # torch's own padding: symmetric
+    ("Conv", {"kernel_shape": [2, 2], "pads": [0, 0, 2**28, 0]}),  # padded by hand: asymmetric
+    ("MaxPool", {"kernel_shape": [2, 2], "pads": [0, 0, 2**28, 0]}),
+    ("AveragePool", {"kernel_shape": [2, 2], "pads": [1, 1, 2**28, 1], "count_include_pad": 1}),
+    ("LpPool", {"kernel_shape": [2, 2], "pads": [0, 2**28, 0, 0]}),
+    ("AveragePool", {"kernel_shape": [2**29, 1], "strides": [2**30, 1]}),  # one window, padded out to its reach
+])
+def test_window_pads_and_kernels_of_any_size_stop_at_the_budget(op, attrs):
+    """A pooling's or convolution's pads and kernel are attributes: a file of a few hundred bytes asks
+    for gigabytes of padded input (16 GiB here: the process would be killed), refused before it."""
+    w = [helper.make_tensor("w", _F, [1, 1, 2, 2], [1.0, 2.0, 3.0, 4.0])] if op == "Conv" else []
+    node = helper.make_node(op, ["x", "w"] if w else ["x"], ["y"], name="grow", **attrs)
+    model = _model([node], [_vi("x", _F, [1, 1, 3, 3])], [_vi("y", _F, ["a", "b", "c", "d"])], w, opset=12)
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op " + op + r", opset 12\).*max_elements"):
+        onnx_attr.load(model, strip_final_activation=False).run({"x": x})
+    small = {k: [min(v, 1 if k == "pads" else 3) for v in vs] for k, vs in attrs.items()  # (onnxruntime
+             if k in ("pads", "kernel_shape", "strides")}  # refuses a pool's pads as wide as its kernel)
+    model = _model([helper.make_node(op, node.input, ["y"], **{**attrs, **small})], [_vi("x", _F, [1, 1, 3, 3])],
+                   [_vi("y", _F, ["a", "b", "c", "d"])], w, opset=12)
+    np.testing.assert_allclose(onnx_attr.load(model, strip_final_activation=False).run({"x": x})[0].numpy(),
+                               _ort(model, {"x": x})[0], rtol=1e-5)  # the same geometry at real sizes runs
+
+
 def test_verify_of_a_tensor_beyond_numpys_64_dims_is_a_clear_error():
     model = _model([helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Relu", ["r"], ["y"])],
                    [_vi("x", _F, [2])], [_vi("y", _F, [2] + [1] * 69)], [helper.make_tensor("s", _I, [70], [2] + [1] * 69)])

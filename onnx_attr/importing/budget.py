@@ -14,6 +14,7 @@ Defaults fit real models with room to spare; raise one with
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -34,7 +35,8 @@ class Budget:
     #: Elements of any one tensor whose size is computed from data at run time (Expand, Tile,
     #: ConstantOfShape, Range, Pad, Resize, Upsample, ConvTranspose, DFT, OneHot, MaxUnpool,
     #: AffineGrid, CenterCropPad, Col2Im, STFT, ImageDecoder, Einsum, the window generators,
-    #: MelWeightMatrix, Loop and Scan outputs).
+    #: MelWeightMatrix, Loop and Scan outputs), and the padded input of a convolution or pool whose
+    #: pads or window reach past `WIDE_WINDOW` (attributes, so a small file can ask for any size).
     #: 2^28 is 1 GiB of float32.
     max_elements: int = 2**28
     #: Iterations of one Loop run, and of a whole nest of loops together (inner trips count, a
@@ -357,6 +359,27 @@ def _mel_weight_matrix(get: Get, attrs: dict, opset: int) -> Optional[int]:
     return None if mels is None or length is None else max(length // 2 + 1, 0) * max(mels, 0)
 
 
+def _windowed(op: str, get: Get, attrs: dict, opset: int) -> Optional[int]:
+    """A convolution's or pool's padded input, or its output where larger: its pads and the reach of its
+    window (an input shorter than one window is padded out to it) are attributes of any size."""
+    from onnx_attr.importing.converters.pooling import window_padding
+
+    x, w = get(0), get(1)
+    kernel = attrs.get("kernel_shape") or (list(w.shape[2:]) if w is not None and w.dim() > 2 else None)
+    if x is None or not kernel or x.dim() != len(kernel) + 2:
+        return None
+    plan = window_padding({**attrs, "kernel_shape": list(kernel)}, tuple(x.shape[2:]), pool="Pool" in op)
+    rank = len(kernel)
+    padded = [n + plan.pads[2 * (rank - 1 - i)] + plan.pads[2 * (rank - 1 - i) + 1] for i, n in enumerate(x.shape[2:])]
+    channels = max(x.shape[1], w.shape[0] if w is not None and w.dim() > 2 else 0)
+    return max(elements([*x.shape[:2], *padded]), elements([x.shape[0], channels, *plan.sizes]))
+
+
+WINDOWED = frozenset({"Conv", "ConvInteger", "AveragePool", "MaxPool", "LpPool", "DeformConv"})
+#: Window ops (`_windowed`) are guarded only where an attribute reaches this far: a pad, a kernel or a
+#: dilated extent of real models is a few dozen elements, so most nodes need no hook.
+WIDE_WINDOW = 1024
+
 #: op type -> (ONNX inputs by position -> elements of the largest tensor it will create)
 ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "Expand": _expand,
@@ -378,6 +401,7 @@ ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "Einsum": _einsum,
     **{op: (lambda g, a, o: _scalar_input(g, 0)) for op in ("HannWindow", "HammingWindow", "BlackmanWindow")},
     "MelWeightMatrix": _mel_weight_matrix,
+    **{op: functools.partial(_windowed, op) for op in WINDOWED},
 }
 
 
@@ -409,8 +433,18 @@ AXES: dict[str, Callable[[Get, dict, int], Optional[list]]] = {
     "Squeeze": lambda get, attrs, opset: _values(get(1)) if opset >= 13 else attrs.get("axes"),
 }
 
-#: the ops `NodeGuard` is installed on
-GUARDED = frozenset(ESTIMATORS) | frozenset(AXES)
+#: the ops `NodeGuard` is installed on (window ops only where `guarded` finds them wide)
+GUARDED = (frozenset(ESTIMATORS) - WINDOWED) | frozenset(AXES)
+
+
+def guarded(op_type: str, attrs: dict) -> bool:
+    """Whether a node of this op and these attributes gets a `NodeGuard`."""
+    if op_type in WINDOWED:
+        kernel = attrs.get("kernel_shape") or []
+        reach = [*attrs.get("pads", []), *((k - 1) * d + 1 for k, d in zip(kernel, attrs.get("dilations", [1] * len(kernel)))),
+                 *(d * 2 for d in attrs.get("dilations", []))]
+        return any(int(r) > WIDE_WINDOW for r in reach)
+    return op_type in GUARDED
 
 
 class NodeGuard:

@@ -26,7 +26,7 @@ from onnx2torch.onnx_tensor import OnnxTensor
 from torch import fx, nn
 
 from onnx_attr.importing import converters  # noqa: F401 - importing registers our converters
-from onnx_attr.importing.budget import GUARDED, NodeGuard, current_budget, guard_constants
+from onnx_attr.importing.budget import NodeGuard, current_budget, guard_constants, guarded
 from onnx_attr.importing.converters.control_flow import MODEL_OPSETS
 from onnx_attr.importing.converters.registry import find_converter
 from onnx_attr.importing.converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
@@ -214,7 +214,7 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
         target = names.new(module_name, "node")
         root.add_module(target, module)
         args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
-        if proto.op_type in GUARDED and proto.domain in ("", "ai.onnx"):
+        if proto.domain in ("", "ai.onnx") and guarded(proto.op_type, {a.name: _attribute(a) for a in proto.attribute}):
             named, note = _as_declared(proto.domain, opset, declared)
             where = f"node {label!r} (op {proto.op_type}, opset {named}{note and ', upgraded to ' + str(opset)})"
             _guard(module, proto, where, opset, mapping.inputs, args, kwargs, onnx_graph)

@@ -138,7 +138,7 @@ class WindowSums(nn.Module):
             raise NotImplementedError("pooling over more than 3 spatial dims is not supported")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plan = window_padding(self.attrs, tuple(x.shape[2:]))
+        plan = window_padding(self.attrs, tuple(x.shape[2:]), pool=True)
         empty = plan.empty(x)
         return self._sum(F.pad(x, plan.pads), plan) if empty is None else empty
 
@@ -147,7 +147,7 @@ class WindowSums(nn.Module):
         return _CONV[len(plan.strides)](padded, ones, None, plan.strides, 0, plan.dilations, padded.shape[1])
 
     def counted(self, x: torch.Tensor, include_pad: bool) -> torch.Tensor:
-        plan = window_padding(self.attrs, tuple(x.shape[2:]))
+        plan = window_padding(self.attrs, tuple(x.shape[2:]), pool=True)
         if plan.empty(x) is not None:
             return plan.empty(x[:1, :1])
         mask = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
@@ -251,9 +251,10 @@ def _torch_pads(begin: list[int], end: list[int]) -> list[int]:
     return [p for axis in reversed(range(len(begin))) for p in (begin[axis], end[axis])]
 
 
-def window_padding(attrs: dict, spatial: tuple[int, ...]) -> WindowPadding:
+def window_padding(attrs: dict, spatial: tuple[int, ...], pool: bool = False) -> WindowPadding:
     """The ONNX window geometry (pads or SAME/VALID auto_pad, strides, dilations, ceil mode) of a
-    pooling or convolution over inputs of this spatial shape."""
+    pooling or convolution over inputs of this spatial shape. A `pool` over an input shorter than
+    one window gets onnxruntime's sizes (`out_sizes`); a convolution's is refused, as there."""
     kernel = list(attrs["kernel_shape"])
     rank = len(kernel)
     strides = list(attrs.get("strides", [1] * rank))
@@ -271,13 +272,16 @@ def window_padding(attrs: dict, spatial: tuple[int, ...]) -> WindowPadding:
         pads = list(attrs.get("pads", [0] * 2 * rank))
         begin, end = pads[:rank], pads[rank:]
     ceil = bool(attrs.get("ceil_mode", 0)) and auto_pad in ("NOTSET", "")
-    reach, sizes = [], out_sizes(spatial, extents, strides, begin, end)
+    reach = []
+    sizes = out_sizes(spatial, extents, strides, begin, end) if pool else \
+        [(n + b + f - e) // s + 1 for n, s, e, b, f in zip(spatial, strides, extents, begin, end)]
     for axis, (n, s, e, b, f) in enumerate(zip(spatial, strides, extents, begin, end)):
         if ceil:
             sizes[axis] = -(-(n + b + f - e) // s) + 1
             if (sizes[axis] - 1) * s >= n + b:  # a window may not start in the end padding
                 sizes[axis] -= 1
-        reach.append(max(sizes[axis] - 1, 0) * s + e - n - b)  # the end pad the last window needs
+        last = max(sizes[axis] - 1, 0) if pool else sizes[axis] - 1
+        reach.append(last * s + e - n - b)  # the end pad the last window needs
     return WindowPadding(_torch_pads(begin, reach), _torch_pads(begin, end), strides, dilations, sizes)
 
 
@@ -296,7 +300,7 @@ class MaxPool(nn.Module):
 
     def plan(self, spatial: tuple[int, ...]) -> WindowPadding:
         if spatial not in self._plans:
-            self._plans[spatial] = window_padding(self.attrs, spatial)
+            self._plans[spatial] = window_padding(self.attrs, spatial, pool=True)
         return self._plans[spatial]
 
     def padded(self, x: torch.Tensor) -> tuple[torch.Tensor, WindowPadding]:
