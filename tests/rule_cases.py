@@ -132,6 +132,7 @@ CASES = [
     Case("InstanceNormalization", {"epsilon": 1e-5}, shapes=((2, 3, 5),),
          consts={1: R.standard_normal(3), 2: R.standard_normal(3)}),
     Case("LRN", {"size": 3, "alpha": 0.01, "beta": 0.75, "bias": 1.0}, shapes=((2, 5, 3, 3),)),
+    Case("LRN", {"size": 12, "alpha": 0.01, "beta": 0.75, "bias": 1.0}, shapes=((2, 5, 3, 3),)),  # wider than C
     Case("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, shapes=((2, 3, 6, 6),)),
     Case("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, shapes=((1, 2, 7, 7),), label="pad"),
     Case("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, shapes=((1, 2, 8, 8),), label="ceil"),

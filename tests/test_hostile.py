@@ -496,6 +496,27 @@ def test_window_pads_and_kernels_of_any_size_stop_at_the_budget(op, attrs):
                                _ort(model, {"x": x})[0], rtol=1e-5)  # the same geometry at real sizes runs
 
 
+@pytest.mark.parametrize("size", [1, 3, 5, 11, 1001, 6, 2**30 + 1])
+def test_lrn_window_wider_than_the_channels_matches_onnxruntime_without_allocating_it(size):
+    """LRN's size is an attribute: torch's LocalResponseNorm padded the channels by it (64 GiB for
+    2^30 + 1). Past the channels the window sums only zeros, so ours cuts it there; the divisor stays
+    size. At pixel magnitudes, windows narrower and wider than the 5 channels, against onnxruntime;
+    where it refuses (an even size) or runs out of memory itself, against the formula in float64."""
+    node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.02, beta=0.75, bias=2.0)
+    model = _model([node], [_vi("x", _F, [2, 5, 3, 4])], [_vi("y", _F, [2, 5, 3, 4])])
+    x = (np.random.default_rng(size % 97).random((2, 5, 3, 4)) * 255).astype(np.float32)
+    ours = onnx_attr.load(model, strip_final_activation=False).run({"x": x})[0].numpy()
+    if size % 2 and size < 2**20:
+        expected = _ort(model, {"x": x})[0]
+    else:
+        wide = np.pad(x.astype(np.float64) ** 2, [(0, 0), ((size - 1) // 2, size // 2), (0, 0), (0, 0)]) \
+            if size < 64 else None
+        sums = np.stack([wide[:, c:c + size].sum(1) for c in range(5)], 1) if wide is not None else \
+            np.broadcast_to((x.astype(np.float64) ** 2).sum(1, keepdims=True), x.shape)
+        expected = x / (2.0 + 0.02 / size * sums) ** 0.75
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_verify_of_a_tensor_beyond_numpys_64_dims_is_a_clear_error():
     model = _model([helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Relu", ["r"], ["y"])],
                    [_vi("x", _F, [2])], [_vi("y", _F, [2] + [1] * 69)], [helper.make_tensor("s", _I, [70], [2] + [1] * 69)])

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, rule
 from onnx_attr.deeplift.rules.paired import pair_amax, pair_max, pair_min, product, rescale, scaled_product
+from onnx_attr.importing.converters.normalization import channel_window_sum
 
 
 def _require_constant(info: NodeInfo, positions: range | list[int], what: str) -> None:
@@ -200,13 +200,8 @@ class LocalResponseNorm(DecomposedRule):
         size = info.attrs["size"]
         alpha, beta, bias = info.attrs.get("alpha", 1e-4), info.attrs.get("beta", 0.75), info.attrs.get("bias", 1.0)
         sq, sq0 = product(torch.mul, x, x0, x, x0)
-        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
-
-        def window_sum(t):
-            padded = F.pad(t.movedim(1, -1), (lo, hi))
-            return padded.unfold(-1, size, 1).sum(-1).movedim(-1, 1)
-
-        q, q0 = rescale(lambda t: (bias + alpha / size * t) ** (-beta), window_sum(sq), window_sum(sq0))
+        q, q0 = rescale(lambda t: (bias + alpha / size * t) ** (-beta), channel_window_sum(sq, size),
+                        channel_window_sum(sq0, size))
         return scaled_product(x, x0, q, q0)
 
 

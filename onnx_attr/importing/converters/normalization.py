@@ -221,3 +221,32 @@ def convert_lp_normalization(node, graph):
     if p not in (1, 2):
         raise NotImplementedError(f"LpNormalization with p={p} (ONNX defines 1 and 2)")
     return result(node, LpNormalization(node.attributes.get("axis", -1), p))
+
+
+def channel_window_sum(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Σ of t over LRN's window of `size` channels around each (floor((size-1)/2) before, the rest after),
+    clipped to the channels. The window is cut to the channels first: past them it sums only the zero
+    padding, so a `size` of any value (an attribute: a file could give 2^30) never sizes a tensor."""
+    channels = t.shape[1]
+    before = min((size - 1) // 2, channels - 1)
+    after = min(size - 1 - (size - 1) // 2, channels - 1)
+    padded = F.pad(t.movedim(1, -1), (before, after))
+    return padded.unfold(-1, before + after + 1, 1).sum(-1).movedim(-1, 1)
+
+
+class LocalResponseNorm(nn.Module):
+    """x / (bias + alpha/size · Σ_window x²)^beta over channels (`channel_window_sum`); torch's own
+    LocalResponseNorm pads the channels by `size`, whatever their number."""
+
+    def __init__(self, size: int, alpha: float, beta: float, bias: float):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.bias = size, alpha, beta, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / (self.bias + self.alpha / self.size * channel_window_sum(x * x, self.size)) ** self.beta
+
+
+@register("LRN", 1, 13)
+def convert_lrn(node, graph):
+    a = node.attributes
+    return result(node, LocalResponseNorm(int(a["size"]), a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0)))
