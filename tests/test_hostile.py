@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import onnx_attr
 from onnx_attr.errors import OnnxAttrError, ReferenceRuntimeError
@@ -494,6 +494,26 @@ def test_window_pads_and_kernels_of_any_size_stop_at_the_budget(op, attrs):
                    [_vi("y", _F, ["a", "b", "c", "d"])], w, opset=12)
     np.testing.assert_allclose(onnx_attr.load(model, strip_final_activation=False).run({"x": x})[0].numpy(),
                                _ort(model, {"x": x})[0], rtol=1e-5)  # the same geometry at real sizes runs
+
+
+def test_roi_align_and_quantized_conv_sizes_from_attributes_stop_at_the_budget():
+    """RoiAlign's output_height/width and QLinearConv's pads are attributes: each asked for gigabytes."""
+    x = np.ones((1, 1, 4, 4), np.float32)
+    inits = [numpy_helper.from_array(np.array([[0, 0, 3, 3]], np.float32), "rois"),
+             numpy_helper.from_array(np.array([0], np.int64), "idx")]
+    roi = _model([helper.make_node("RoiAlign", ["x", "rois", "idx"], ["y"], name="grow", output_height=2**15,
+                                   output_width=2**15)], [_vi("x", _F, [1, 1, 4, 4])], [_vi("y", _F, ["a", "b", "c", "d"])],
+                 inits, opset=17)
+    scales = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z"),
+              numpy_helper.from_array(np.ones((1, 1, 2, 2), np.uint8), "w")]
+    conv = _model([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                   helper.make_node("QLinearConv", ["q", "s", "z", "w", "s", "z", "s", "z"], ["qy"], name="grow",
+                                    pads=[0, 0, 2**29, 0]),
+                   helper.make_node("DequantizeLinear", ["qy", "s", "z"], ["y"])],
+                  [_vi("x", _F, [1, 1, 4, 4])], [_vi("y", _F, ["a", "b", "c", "d"])], scales, opset=17)
+    for model, op in ((roi, "RoiAlign"), (conv, "QLinearConv")):
+        with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op " + op + r", opset 17\).*max_elements"):
+            onnx_attr.load(model, strip_final_activation=False).run({"x": x})
 
 
 @pytest.mark.parametrize("size", [1, 3, 5, 11, 1001, 6, 2**30 + 1])

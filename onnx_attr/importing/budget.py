@@ -35,7 +35,7 @@ class Budget:
     #: Elements of any one tensor whose size is computed from data at run time (Expand, Tile,
     #: ConstantOfShape, Range, Pad, Resize, Upsample, ConvTranspose, DFT, OneHot, MaxUnpool,
     #: AffineGrid, CenterCropPad, Col2Im, STFT, ImageDecoder, Einsum, the window generators,
-    #: MelWeightMatrix, Loop and Scan outputs), and the padded input of a convolution or pool whose
+    #: MelWeightMatrix, RoiAlign, Loop and Scan outputs), and the padded input of a convolution or pool whose
     #: pads or window reach past `WIDE_WINDOW` (attributes, so a small file can ask for any size).
     #: 2^28 is 1 GiB of float32.
     max_elements: int = 2**28
@@ -210,7 +210,7 @@ def _resize(get: Get, attrs: dict, opset: int, scales_at: int, sizes_at: Optiona
 
 
 def _conv_transpose(get: Get, attrs: dict, opset: int) -> Optional[int]:
-    x, w = get(0), get(1)
+    x, w = get(0), get(3 if op == "QLinearConv" else 1)
     if x is None or w is None or x.dim() < 3 or w.dim() != x.dim():
         return None
     spatial = x.dim() - 2
@@ -364,7 +364,7 @@ def _windowed(op: str, get: Get, attrs: dict, opset: int) -> Optional[int]:
     window (an input shorter than one window is padded out to it) are attributes of any size."""
     from onnx_attr.importing.converters.pooling import window_padding
 
-    x, w = get(0), get(1)
+    x, w = get(0), get(3 if op == "QLinearConv" else 1)
     kernel = attrs.get("kernel_shape") or (list(w.shape[2:]) if w is not None and w.dim() > 2 else None)
     if x is None or not kernel or x.dim() != len(kernel) + 2:
         return None
@@ -375,7 +375,14 @@ def _windowed(op: str, get: Get, attrs: dict, opset: int) -> Optional[int]:
     return max(elements([*x.shape[:2], *padded]), elements([x.shape[0], channels, *plan.sizes]))
 
 
-WINDOWED = frozenset({"Conv", "ConvInteger", "AveragePool", "MaxPool", "LpPool", "DeformConv"})
+WINDOWED = frozenset({"Conv", "ConvInteger", "QLinearConv", "AveragePool", "MaxPool", "LpPool", "DeformConv"})
+def _roi_align(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    x, rois = get(0), get(1)
+    if x is None or rois is None or x.dim() < 2:
+        return None
+    return elements([rois.shape[0], x.shape[1], attrs.get("output_height", 1), attrs.get("output_width", 1)])
+
+
 #: Window ops (`_windowed`) are guarded only where an attribute reaches this far: a pad, a kernel or a
 #: dilated extent of real models is a few dozen elements, so most nodes need no hook.
 WIDE_WINDOW = 1024
@@ -401,6 +408,7 @@ ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "Einsum": _einsum,
     **{op: (lambda g, a, o: _scalar_input(g, 0)) for op in ("HannWindow", "HammingWindow", "BlackmanWindow")},
     "MelWeightMatrix": _mel_weight_matrix,
+    "RoiAlign": _roi_align,
     **{op: functools.partial(_windowed, op) for op in WINDOWED},
 }
 
