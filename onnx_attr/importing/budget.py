@@ -210,7 +210,7 @@ def _resize(get: Get, attrs: dict, opset: int, scales_at: int, sizes_at: Optiona
 
 
 def _conv_transpose(get: Get, attrs: dict, opset: int) -> Optional[int]:
-    x, w = get(0), get(3 if op == "QLinearConv" else 1)
+    x, w = get(0), get(1)
     if x is None or w is None or x.dim() < 3 or w.dim() != x.dim():
         return None
     spatial = x.dim() - 2
