@@ -62,12 +62,14 @@ def path_runs(tensors: Sequence[Tensor], baselines: Sequence[Tensor], attributed
 
 
 def fixed_passes(model, tensors: Sequence[Tensor]) -> Optional[tuple[list[list[Tensor]], int]]:
-    """The passes an export that fixes its batch at k (a tf2onnx [1, 1960]) takes `tensors` of n != k
-    rows in (k rows each, the last padded by repeating its last row), and n. None where one pass takes
-    them as they are (no fixed batch, n == k, or inputs whose batch axes disagree on n)."""
+    """The passes `tensors` of n rows take where one pass holds k (`pass_batch`): an export that fixes
+    its batch at k (a tf2onnx [1, 1960]), or one row at a time where a dynamic quantization's scale
+    over the whole batch would make rows run together change each other (each runs alone, as in
+    production and in the methods): k rows each, the last padded by repeating its last row, and n.
+    None where one pass takes them as they are (no such k, n == k, or batch axes that disagree on n)."""
     from onnx_attr.importing.batch import batch_axes
 
-    k = fixed_batch(model.inputs)
+    k = pass_batch(model)
     axes = batch_axes(model.inputs, tensors)
     sizes = {t.shape[a] for t, a in zip(tensors, axes) if a is not None}
     if k is None or len(sizes) != 1 or sizes == {k}:
@@ -84,13 +86,15 @@ def joined_passes(model, outputs: Sequence[Sequence[Tensor]], n: int) -> tuple:
     from onnx_attr.errors import InputError
     from onnx_attr.importing.batch import output_batch_axes
 
-    k = fixed_batch(model.inputs)
+    k = pass_batch(model)
     joined = []
     for i, (spec, axis) in enumerate(zip(model.outputs, output_batch_axes(model.inputs, model.outputs))):
         parts = [out[i] for out in outputs]
         if axis is None or any(p.dim() <= axis or p.shape[axis] != k for p in parts):
             raise InputError(
-                f"this export fixes its batch at {k} and output {spec.name!r} has no axis of {k} rows to join "
-                f"{n} rows' passes on: give {k} row(s) per call (one file per example with the CLI)")
+                (f"this export fixes its batch at {k}" if fixed_batch(model.inputs) else
+                 "this model quantizes its activations over the whole batch, so each row runs alone,")
+                + f" and output {spec.name!r} has no axis of {k} rows to join {n} rows' passes on: give {k} "
+                "row(s) per call (one file per example with the CLI)")
         joined.append(torch.cat(parts, dim=axis).narrow(axis, 0, n))
     return tuple(joined)

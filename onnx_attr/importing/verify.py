@@ -30,7 +30,7 @@ from onnx_attr.importing.convert import run_recording
 from onnx_attr.importing.converters.arithmetic import integer_overflows
 from onnx_attr.importing.read import external_folder
 from onnx_attr.errors import ForwardError, ReferenceRuntimeError
-from onnx_attr.importing.batch import batch_axes
+from onnx_attr.importing.batch import batch_axes, fixed_batch
 from onnx_attr.importing.inputs import arrange, sample_inputs
 from onnx_attr.importing.rows import fixed_passes
 from onnx_attr.importing.qdq_jitter import jitter_runs, jittered_quantizers
@@ -158,7 +158,7 @@ def verify(model, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4,
 
 
 def _merged(reports: Sequence[VerifyReport], run: PlainRun) -> VerifyReport:
-    """One report for a fixed-batch export's passes: each output's worst errors and figures, passed
+    """One report for the passes of `fixed_passes`: each output's worst errors and figures, passed
     where every pass passed, the first divergence found."""
     outputs = []
     for i, out in enumerate(run.outputs):
@@ -171,7 +171,10 @@ def _merged(reports: Sequence[VerifyReport], run: PlainRun) -> VerifyReport:
     notes = list(dict.fromkeys(n for r in reports for n in r.notes))
     return VerifyReport(outputs, first.atol, first.rtol, first.inputs,
                         next((r.divergence for r in reports if r.divergence is not None), None),
-                        notes + [f"the export fixes its batch: compared in {len(reports)} passes"])
+                        notes + [(f"the export fixes its batch: compared in {len(reports)} passes"
+                                  if fixed_batch(run.model.inputs) else f"each row runs alone (a dynamic quantization "
+                                  f"over the whole batch would make rows change each other): compared in "
+                                  f"{len(reports)} passes")])
 
 
 def _verify_run(model, run: PlainRun, source: str, atol: float, rtol: float, locate: bool) -> VerifyReport:
