@@ -630,3 +630,33 @@ def test_a_detector_split_into_regressions_and_scores_explains_its_scores(tmp_pa
     anchor = int(scores.argmax())
     assert report["output"] == "classificators" and report["target"] == [[anchor, 0]]
     _complete(sums, [scores[anchor]], [scores0[anchor]])
+
+
+def test_a_decoders_loop_writes_steps_not_a_map(tmp_path):
+    """SLANet's table decoder: a Loop that runs until every row decoded its end token, its steps'
+    8 box coordinates cropped to the steps taken, [N, T, 8]. When it took 8 steps over a square
+    picture, the output had the picture's aspect and read as a dense map [N, H, W] (its "region"
+    explained); at 10 steps, as a sequence. A Loop's rows are its steps: a sequence, always (here 8
+    trips, which DeepLift unrolls). Oracle: each step's argmax by hand and completeness against
+    onnxruntime."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "wr"], ["z"]), helper.make_node("Tanh", ["z"], ["h_out"]),
+         helper.make_node("MatMul", ["h_out", "wo"], ["step"]),
+         helper.make_node("Identity", ["c"], ["go"])],
+        "body", [_info("i", [], TensorProto.INT64), _info("c", [], TensorProto.BOOL), _info("h_in", ["N", 3])],
+        [_info("go", [], TensorProto.BOOL), _info("h_out", ["N", 3]), _info("step", ["N", 8])])
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["h0"]),
+             helper.make_node("Loop", ["trips", "yes", "h0"], ["h_last", "steps"], body=body),
+             helper.make_node("Transpose", ["steps"], ["t"], perm=[1, 0, 2]),
+             helper.make_node("Slice", ["t", "zero", "eight", "one"], ["y"])]
+    weights = {"wr": (RNG.normal(size=(3, 3)) * 0.5).astype(np.float32), "wo": RNG.normal(size=(3, 8)).astype(np.float32),
+               "trips": np.array(8, np.int64), "yes": np.array(True),
+               "zero": np.array([0], np.int64), "eight": np.array([8], np.int64), "one": np.array([1], np.int64)}
+    path = _save(tmp_path, nodes, [_info("x", ["N", 3, 32, 32])], [_info("h_last", ["N", 3]), _info("y", ["N", "T", 8])],
+                 weights, "decoder.onnx")
+    x = (RNG.uniform(size=(1, 3, 32, 32)) * 255 / 100).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--output-name", "y")
+    assert report["target"] == "greedy", report["target_source"]
+    y, y0 = ort.InferenceSession(path).run(["y"], {"x": x})[0], ort.InferenceSession(path).run(["y"], {"x": 0 * x})[0]
+    _greedy_by_hand(report, sums, y, y0)

@@ -259,10 +259,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                       sigmoid_stripped=stripped, final=op)
     if op in ("Softmax", "LogSoftmax"):
         return Layout(f"a sequence [N, T, C] (a {op} over its classes)", "sequence", "greedy", final=op)
-    linear = _from_a_linear_layer(model, spec.name)
-    if _as_image(image, shape[0], shape[1]) and not linear:  # a linear layer's last axis is its classes
+    positions = _rows_are_positions(model, spec.name)
+    if _as_image(image, shape[0], shape[1]) and not positions:  # a linear layer's last axis is its classes
         return Layout("a dense map [N, H, W]", "map", "region", sigmoid_stripped=stripped, final=op)
-    if image is not None and not linear:  # a head's anchors are a feature map's pixels (or a decoder's queries)
+    if image is not None and not positions:  # a head's anchors are a feature map's pixels (or a decoder's queries)
         small, big = min(shape), max(shape)
         area = image[0] * image[1]
         if small >= 5 and big >= 8 * small and area / 1024 <= big <= area / 16:
@@ -303,16 +303,17 @@ def _stacked_heads(model, name: str) -> Optional[str]:
 #: ops an output may pass through after the layer that computed it: of their first input, and of
 #: the one varying input of an arithmetic op with a constant
 _PASSING = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Cast", "Dropout", "Sigmoid", "Relu",
-                      "LeakyRelu", "Tanh", "Clip"})
+                      "LeakyRelu", "Tanh", "Clip", "Slice"})
 _WITH_A_CONSTANT = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
-def _from_a_linear_layer(model, name: str) -> bool:
-    """Whether a linear layer (a Gemm, or a MatMul by a constant weight) computes the output, reached
-    through reshapes and elementwise steps. Its rows are then positions and its last axis their
-    classes (a CTC recogniser's [N, 8, 65]; a captcha reader's Gemm reshaped to 6 characters x 62
-    classes): not a picture's width, nor a detector head's box and class rows over anchors (a head
-    joins the grids of its feature maps)."""
+def _rows_are_positions(model, name: str) -> bool:
+    """Whether a linear layer (a Gemm, or a MatMul by a constant weight) or a decoder's Loop computes
+    the output, reached through reshapes, crops and elementwise steps. Its rows are then positions
+    (a loop's: its steps) and its last axis their classes or values (a CTC recogniser's [N, 8, 65]; a
+    captcha reader's Gemm reshaped to 6 characters x 62 classes; SLANet's table decoder, a Loop
+    writing 8 box coordinates per step [N, T, 8]): not a picture's width, nor a detector head's box
+    and class rows over anchors (a head joins the grids of its feature maps)."""
     graph = model.onnx_model.graph
     producers = {o: n for n in graph.node for o in n.output}
     constant = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
@@ -320,7 +321,8 @@ def _from_a_linear_layer(model, name: str) -> bool:
     for _ in range(16):
         if node is None:
             return False
-        if node.op_type == "Gemm" or (node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in constant):
+        if node.op_type in ("Gemm", "Loop") or (node.op_type == "MatMul" and len(node.input) == 2
+                                                 and node.input[1] in constant):
             return True
         varying = [i for i in node.input if i and i not in constant]
         if node.op_type in _PASSING and node.input:
