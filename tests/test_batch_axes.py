@@ -28,6 +28,8 @@ def spec(name, shape, dtype=np.float32):
     ([("sequence_length", 576), (1, 1, 128), (1, 1, 128)], [0, None, None]),  # h/c: no batch
     ([(1, 576), (2, 1, 128)], [0, None]),  # openvino: fixed shapes, state without a batch
     ([(1, 3, 8, 8), (1, 10)], [0, 0]),  # a fixed batch of 1 on both
+    ([(50, "batch", 40)], [1]),  # time-major, one input: the symbol named batch, not the fixed axis 0
+    ([("T", "batch_size", 40), (7,)], [1, None]),  # named so, beside an input without it
     ([("n", 3), ("n", 5)], [0, 0]),
     # CRAFT's refiner: a map and its features, the batch baked in as 1, sharing their height and width
     ([(1, 2, "height", "width"), (1, 32, "height", "width")], [0, 0]),
@@ -554,3 +556,61 @@ def test_an_unbatched_picture_beside_boxes_of_another_count_is_one_example(tmp_p
                  "--no-pictures", "-q"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["max_relative_delta"] <= 1e-4
+
+
+def _features_first(two: bool):
+    """x [8, n] (features first, the batch on axis 1, as PyTorch's time-major LSTMs take it) -> Transpose ->
+    MatMul -> Relu -> MatMul -> y [n, 3]; with `two`, z [2, n] added through its own MatMul: the symbol
+    shared by both inputs. One input names it batch."""
+    symbol = "n" if two else "batch"
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]), helper.make_node("MatMul", ["xt", "w1"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y0" if two else "y"])]
+    inputs, weights = [("x", FLOAT, [8, symbol])], {"w1": RNG.normal(size=(8, 6)).astype(np.float32),
+                                                     "w2": RNG.normal(size=(6, 3)).astype(np.float32)}
+    if two:
+        nodes += [helper.make_node("Transpose", ["z"], ["zt"], perm=[1, 0]), helper.make_node("MatMul", ["zt", "wz"], ["zz"]),
+                  helper.make_node("Add", ["y0", "zz"], ["y"])]
+        inputs.append(("z", FLOAT, [2, symbol]))
+        weights["wz"] = RNG.normal(size=(2, 3)).astype(np.float32)
+    return make_model(nodes, inputs, [("y", FLOAT, [symbol, 3])], weights)
+
+
+@pytest.mark.parametrize("two", [False, True])
+def test_examples_on_axis_1_are_counted_summed_and_targeted_there(two, tmp_path):
+    """Hunt 20: with the batch on axis 1, completeness deltas summed each input over its axis 0 (deltas of
+    2 to 14 on exact attributions, "do not add up"), the CLI counted 8 examples and refused every call, and
+    one input [8, batch] was taken as one whole example. Oracle: onnxruntime's f(x) - f(0) per example, at
+    each example's own target."""
+    import onnx
+
+    from onnx_attr.app.cli import main
+
+    proto = _features_first(two)
+    feeds = {"x": (RNG.normal(size=(8, 5)) * 30).astype(np.float32)}
+    if two:
+        feeds["z"] = (RNG.normal(size=(2, 5)) * 30).astype(np.float32)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    y = ort_run(proto, feeds)[0]
+    change = y - ort_run(proto, {k: np.zeros_like(v) for k, v in feeds.items()})[0]
+    args = tuple(feeds.values())
+    for method in (onnx_attr.DeepLift, onnx_attr.IntegratedGradients):
+        explainer = method(model)
+        attributions, delta = explainer.attribute(args if two else args[0], target=1, return_convergence_delta=True)
+        parts = attributions if two else (attributions,)
+        np.testing.assert_allclose(sum(np.asarray(a).sum(0) for a in parts), change[:, 1], rtol=1e-4, atol=1e-3)
+        assert np.abs(np.asarray(delta)).max() < 1e-3 * np.abs(change[:, 1]).max()
+        assert not [w for w in explainer.last_report["warnings"] if "add up" in w]
+        recomputed = explainer.compute_convergence_delta(attributions, tuple(0 * a for a in args) if two else 0 * args[0],
+                                                         args if two else args[0], target=1)
+        assert np.abs(np.asarray(recomputed)).max() < 1e-3 * np.abs(change[:, 1]).max()
+    onnx.save(proto, tmp_path / "m.onnx")
+    np.savez(tmp_path / "x.npz", **feeds)
+    assert main(["attribute", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "--no-pictures", "-q"]) == 0
+    import json
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["target"] == y.argmax(1).tolist() and report["batch_axes"]["x"] == 1
+    sums = np.load(tmp_path / "out" / "attributions.npz")
+    total = sum(sums[k].sum(0) for k in feeds)
+    np.testing.assert_allclose(total, change[np.arange(5), y.argmax(1)], rtol=1e-4, atol=1e-3)

@@ -601,7 +601,7 @@ class _Job:
         from onnx_attr.importing.verify import plain_run
 
         plain = plain_run(self.model, inputs)  # one forward for the default target and the verification
-        resolved = self._target(inputs, first.shape[0] if first.ndim else 0, plain.outputs)
+        resolved = self._target(inputs, self._examples(next(iter(attributed)), first), plain.outputs)
         chosen = resolved.target
         baselines = _baseline(self.baseline, self.model, attributed, self.method)
         if isinstance(baselines, dict):
@@ -727,6 +727,13 @@ class _Job:
     def _outside_domain(self, attributions: dict, attributed: dict, extra: dict, delta: np.ndarray) -> bool:
         return zeros_failed(self.model, attributions.values(), attributed, extra,
                             delta if entry(self.method).delta else None)
+
+    def _examples(self, name: str, array: np.ndarray) -> int:
+        """How many examples the attributed input `name` holds: its rows on its batch axis ([8, batch])."""
+        from onnx_attr.importing.batch import batch_axes
+
+        axis = dict(zip((s.name for s in self.model.inputs), batch_axes(self.model.inputs))).get(name) or 0
+        return array.shape[axis] if array.ndim > axis else 0
 
     def _examples_on_axis0(self, inputs: dict) -> bool:
         """Whether axis 0 of every input holds separate examples, so that its rows may be cut into

@@ -27,7 +27,7 @@ def batch_axes(specs: Sequence[TensorSpec], tensors: Sequence[Tensor] | None = N
     """The batch axis of each input (None: it has no batch), from the declared shapes.
 
     A symbol named by two or more inputs is the batch, on whatever axis each input has it.
-    Without one, the first input's axis 0 is (the convention of every exporter), and another
+    Without one, a symbol whose name says batch is (a time-major [50, batch, 16]); else the first input's axis 0 is (the convention of every exporter), and another
     input has it on axis 0 when that axis is not fixed, on its only free axis when it has one,
     on axis 0 when the export fixes both to the same size, or else on its only axis of that size
     when it is above 1; otherwise it has no batch. A 0-d value never has one."""
@@ -38,8 +38,11 @@ def batch_axes(specs: Sequence[TensorSpec], tensors: Sequence[Tensor] | None = N
     # it stays the batch (a time-major step: [1, N, 4] beside a state [1, N, 3])
     shared = [d for d, c in counts.items() if c > 1 and not all(
         shape[0] == 1 and shape.index(d) > 1 for shape in shapes if shape and d in shape)]
-    if shared:
-        symbol = max(shared, key=lambda d: (counts[d], any(shape and shape[0] == d for shape in shapes)))
+    named = [d for d in counts if "batch" in d.lower()]  # PyTorch's dynamic_axes {1: "batch"} of a time-major
+    # [T, batch, F] input: named so, it is the batch wherever it stands, where no symbol is shared
+    if shared or len(named) == 1:
+        symbol = max(shared, key=lambda d: (counts[d], any(shape and shape[0] == d for shape in shapes))) if shared \
+            else named[0]
         axes = [shape.index(symbol) if shape and symbol in shape else None for shape in shapes]
     else:
         lead = next((shape for shape in shapes if shape is None or len(shape) > 0), None)

@@ -40,6 +40,18 @@ def rows_first(t: Tensor, axis: Optional[int]) -> Tensor:
     return t.unsqueeze(0) if axis is None else t.movedim(axis, 0) if axis else t
 
 
+def example_sums(parts: Sequence[Optional[Tensor]], axes: Sequence[Optional[int]], n: int,
+                 absolute: bool = False) -> Tensor:
+    """Per example, in float64, the sum of every part's values (of |values| with `absolute`) on its
+    own batch axis (an input [8, batch] has its examples on axis 1): completeness deltas add these."""
+    total = torch.zeros(n, dtype=torch.float64)
+    for part, axis in zip(parts, axes):
+        if part is not None:
+            rows = rows_first(part, axis).reshape(n, -1).double()
+            total = total.to(rows.device) + (rows.abs() if absolute else rows).sum(1)
+    return total
+
+
 def rows_back(t: Tensor, axis: Optional[int]) -> Tensor:
     """`rows_first` undone: the examples back on the tensor's own batch axis."""
     return t.squeeze(0) if axis is None else t.movedim(0, axis) if axis else t

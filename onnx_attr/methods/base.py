@@ -343,17 +343,21 @@ class AttributionMethod:
                                   additional_forward_args: Any = None) -> Tensor:
         """Captum's: per example, Σ attributions − (f(end_point) − f(start_point)) at `target`, every
         attribution summed over its non-batch axes (float64; the inputs' layout as given)."""
+        from onnx_attr.importing.rows import example_sums
+
         index = self._output_index(None)
-        values = []
+        values, axes = [], []
         for point in (end_point, start_point):
             prepared = prepare(self.model, point, None, additional_forward_args, embedded=set())
             n = example_count(self.model, prepared)
             values.append(self._value(prepared.tensors, self._targets(target, n, prepared, index), index).double())
+            axes = axes or prepared.row_axes()  # end_point's: the attributions' layout
         end, start = values
         parts = attributions if isinstance(attributions, (tuple, list)) else (attributions,)
-        total = sum(torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a).double().reshape(len(end), -1)
-                    .sum(1) for a in parts if a is not None)
-        return total - (end - start.expand_as(end))
+        parts = [None if a is None else torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a)
+                 for a in parts]
+        total = example_sums(parts, axes if len(axes) == len(parts) else [0] * len(parts), len(end))
+        return total.to(end.device) - (end - start.expand_as(end))
 
     def _report(self, report: dict) -> None:
         """This call's `last_report`, keeping what the passes noted (an out-of-memory retry)."""

@@ -17,6 +17,7 @@ from onnx_attr.deeplift.engine import DeepLiftEngine, PassResult, Targets
 from onnx_attr.errors import InputError, is_out_of_memory
 from onnx_attr.importing.ancestry import computed_in
 from onnx_attr.importing.inputs import all_finite
+from onnx_attr.importing.rows import example_sums
 from onnx_attr.importing.specialize import has_runtime_control_flow, specialise
 from onnx_attr.methods._inputs import check_batched, example_count, prepare
 from onnx_attr.methods.base import AttributionMethod, output_index, output_report  # noqa: F401  (output_index: kept importable here)
@@ -121,11 +122,11 @@ class DeepLift(AttributionMethod):
                          for m, x, b in zip(result.multipliers, prepared.tensors, prepared.baselines)]
         if getattr(self, "_custom", None) is not None:
             contributions = _custom_attributions(self._custom, result.multipliers, prepared)
-        total = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None)
-        delta = total - (result.value.double() - result.reference_value.double())
+        axes = prepared.row_axes()  # each example's terms on its input's own batch axis ([8, batch])
+        change = result.value.double() - result.reference_value.double()
+        delta = example_sums(contributions, axes, n).to(change.device) - change
         # the size of what the sum adds up: where large terms cancel, their rounding is the delta's floor
-        spread = sum((c.reshape(n, -1).double().abs().sum(1) for c in contributions if c is not None),
-                     torch.zeros_like(delta))
+        spread = example_sums(contributions, axes, n, absolute=True).to(change.device)
         attributions = contributions if self._multiply_by_inputs or getattr(self, "_custom", None) else [
             m if m is None or x.is_floating_point() else c
             for m, c, x in zip(result.multipliers, contributions, prepared.tensors)]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from onnx_attr.errors import InputError
 from onnx_attr.importing.rows import pass_batch
-from onnx_attr.importing.rows import rows_back, rows_first
+from onnx_attr.importing.rows import example_sums, rows_back, rows_first
 from onnx_attr.deeplift.differences import contribution, difference
 from onnx_attr.deeplift.layers import tensor_node, tensor_values, tensors_as_inputs
 from onnx_attr.deeplift.taps import check_paired, id_path
@@ -228,8 +228,8 @@ class IntegratedGradients(AttributionMethod):
         attributions = contributions if self._multiply_by_inputs else average
         value = self._value(prepared.tensors, targets, index, axes=axes)
         reference = self._value(prepared.baselines, targets, index, axes=axes)
-        delta = sum(c.reshape(n, -1).double().sum(1) for c in contributions if c is not None) - (
-            value.double() - reference.double())
+        change = value.double() - reference.double()
+        delta = example_sums(contributions, axes, n).to(change.device) - change
         self._report({**method_report(self.model, "IntegratedGradients", delta, value - reference, index,
                                                    torch.maximum(value.abs(), reference.abs())),
                       "n_steps": n_steps, "rule": method, "embedding_lookups": self._used_lookups(prepared),
@@ -375,8 +375,7 @@ class GradientShap(AttributionMethod):
         per_row = products if self._multiply_by_inputs else grads
         change = (self._value(prepared.tensors, targets, index, axes=axes).double()
                   - self._value(prepared.baselines, targets, index, axes=axes).double())
-        delta = sum(rows_first(c, x).reshape(rows, -1).double().sum(1)
-                    for c, x in zip(products, axes) if c is not None) - change
+        delta = example_sums(products, axes, rows).to(change.device) - change
         # one random path point per row: the delta measures that estimate, not a quadrature error
         self._report({**method_report(self.model, "GradientShap", delta, change, index),
                       "n_samples": n_samples, "warnings": []})  # its delta is not expected to vanish

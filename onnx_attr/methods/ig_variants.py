@@ -28,6 +28,7 @@ from torch import Tensor
 from onnx_attr.deeplift.differences import difference
 from onnx_attr.deeplift.engine import Targets
 from onnx_attr.errors import InputError
+from onnx_attr.importing.rows import example_sums
 from onnx_attr.methods._inputs import check_batched
 from onnx_attr.methods.deeplift import method_report
 from onnx_attr.methods.gradient import IntegratedGradients, integration_rule
@@ -120,8 +121,7 @@ class _PathPoints(IntegratedGradients):
         p = self.prepared
         contributions = [None if s is None else s * _bf(d, x).double()
                          for s, d, x in zip(per_example, self.diffs, self.axes)]
-        total = sum(c.reshape(self.n, -1).sum(1).cpu() for c in contributions if c is not None)
-        delta = total - covered
+        delta = example_sums(contributions, self.axes, self.n).cpu() - covered
         self.last_report = {**method_report(self.model, name, delta, covered, self.index), **extra,
                             "embedding_lookups": self._used_lookups(p)}
         attributions = [None if s is None else _unbf(c if self._multiply_by_inputs else s, x).to(t.dtype)
