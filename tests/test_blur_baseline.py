@@ -195,3 +195,48 @@ def test_a_long_axis_blurs_by_fft_as_the_direct_convolution_does():
     by_rows = np.stack([gaussian(r.astype(np.float64), sigma1) for r in np.apply_along_axis(
         lambda c: gaussian(c, sigma0), 0, x.astype(np.float64))])
     np.testing.assert_allclose(out, by_rows, rtol=1e-5, atol=1e-6)
+
+
+def _threshold_mask(width):
+    """atspm-detector's sibling attention (hunt 20): a Softmax of the input below a constant masks the
+    logits it attends with. At zeros the Softmax is uniform, so the comparison goes the other way than
+    at the input and DeepLift refuses the call."""
+    nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=-1), helper.make_node("LessOrEqual", ["p", "thr"], ["low"]),
+             helper.make_node("Where", ["low", "neg", "x"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["att"], axis=-1), helper.make_node("MatMul", ["att", "w"], ["y"])]
+    return make_model(nodes, [("x", FLOAT, ["n", width])], [("y", FLOAT, ["n", 3])],
+                      {"thr": np.array(0.5 / width, np.float32), "neg": np.array(-1e4, np.float32),
+                       "w": (RNG.standard_normal((width, 3)) * 5).astype(np.float32)}, opset=13)
+
+
+def test_a_comparison_the_zeros_take_otherwise_is_explained_at_the_blurred_input(tmp_path):
+    """`--baseline auto` blurs where DeepLift refuses the zeros for comparisons they take the other way
+    than the input (here the blurred ramp masks the same positions); before, the CLI fell back to
+    FeatureAblation. An input too short to blur keeps that fallback: its blur is the input itself, and
+    its attributions would all be 0. Oracle: onnxruntime at the input and at the blurred reference."""
+    path = tmp_path / "mask.onnx"
+    path.write_bytes(_threshold_mask(16).SerializeToString())
+    x = np.stack([np.linspace(-6, 6, 16), np.linspace(4, -3, 16)]).astype(np.float32)  # blurred: the same masks
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
+                 "--no-pictures", "--target", "0"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "DeepLift" and report["baseline_used"] == "blur"
+    assert "'LessOrEqual" in report["baseline_note"] and "compare" in report["baseline_note"]
+    attributions = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    change = _ort(path, x)[:, 0] - _ort(path, blurred(x, 0))[:, 0]
+    np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4, atol=1e-4)
+    assert np.abs(attributions).max() > 0
+    from onnx_attr.app.dataset_job import attribute_dataset, attribution_array, read_results
+
+    attribute_dataset(str(path), str(tmp_path / "x.npz"), str(tmp_path / "ds"), target="0", quiet=True)
+    table = read_results(tmp_path / "ds")  # the dataset job decides the same
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    np.testing.assert_allclose(attribution_array(table, "attributions").reshape(2, -1).sum(1), change, rtol=1e-4,
+                               atol=1e-4)
+    short = tmp_path / "short.onnx"
+    short.write_bytes(_threshold_mask(4).SerializeToString())
+    np.savez(tmp_path / "s.npz", x=x[:, ::4].copy())
+    assert main(["attribute", str(short), "-i", str(tmp_path / "s.npz"), "-o", str(tmp_path / "s"), "-q",
+                 "--no-pictures", "--target", "0"]) == 0
+    assert json.loads((tmp_path / "s" / "report.json").read_text())["method"] == "FeatureAblation"

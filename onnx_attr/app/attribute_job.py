@@ -108,7 +108,7 @@ def _id_names(attributed: dict) -> list[str]:
     return [k for k, v in attributed.items() if not np.issubdtype(np.asarray(v).dtype, np.floating)]
 
 
-def _blur_note(attributed: dict, kept: Sequence[str]) -> str:
+def _blur_note(attributed: dict, kept: Sequence[str], why: str) -> str:
     """What `--baseline auto` took instead of zeros (`domain_reference`), for the report."""
     ids = _id_names(attributed)
     parts = ["each example blurred along its long axes instead"] if len(ids) < len(attributed) else []
@@ -118,7 +118,7 @@ def _blur_note(attributed: dict, kept: Sequence[str]) -> str:
     if kept:
         parts.append(f"the ids of {list(kept)} kept at their own values (at zero they leave the model undefined "
                      "too), so their attributions are 0: give --baseline FILE.npz to move them")
-    return "zeros are outside the model's domain (its output is not finite there): " + "; ".join(parts)
+    return f"{why}: " + "; ".join(parts)
 
 
 def zeros_failed(model, attributions: Iterable, attributed: dict, extra: dict, delta: Optional[np.ndarray] = None
@@ -147,6 +147,19 @@ def _defined_at(model, reference: dict, extra: dict, at_input: dict[str, int]) -
     the input's (`at_input`): by element count, since a tabular row with some features at 0 already
     has the 0/0 that zeros have in all."""
     return not any(count > at_input.get(name, 0) for name, count in _nonfinite_tensors(model, {**reference, **extra}).items())
+
+
+def moves(reference: dict, attributed: dict) -> bool:
+    """Whether a reference differs from the input anywhere (a blur leaves axes under 8 as they are)."""
+    return any(not np.array_equal(np.asarray(reference[k]), np.asarray(v)) for k, v in attributed.items() if k in reference)
+
+
+def differs_at_the_reference(err: UnsupportedOpError) -> bool:
+    """Whether DeepLift refused the call only for comparisons the reference decides otherwise than the
+    input (another reference may not): not for an op it has no rule for."""
+    from onnx_attr.deeplift.rewrite import STEP_REASON
+
+    return all(reason == STEP_REASON for *_, reason in err.nodes)
 
 
 def domain_reference(model, attributed: dict, extra: dict) -> tuple[dict, list[str]]:
@@ -608,12 +621,26 @@ class _Job:
             baselines = {k: v for k, v in baselines.items() if k in attributed}
         used = {"auto": "zeros"}.get(self.baseline, self.baseline)
         kept_ids: list[str] = []
+        why = "zeros are outside the model's domain (its output is not finite there)"
+        reference = None
         try:
-            attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
-                                                                            progress_bar, file.name)
-            if self.baseline == "auto" and self._outside_domain(attributions, attributed, extra, delta):
-                used = "blur"
+            try:
+                attributions, delta, method_report = self._attribute_in_batches(attributed, extra, baselines, chosen,
+                                                                                progress_bar, file.name)
+                blur = self.baseline == "auto" and self._outside_domain(attributions, attributed, extra, delta)
+            except UnsupportedOpError as err:  # a comparison the zeros take the other way than the input (a
+                # mask from a Softmax below a threshold: uniform at zeros): the blurred input may not
+                if self.baseline != "auto" or not differs_at_the_reference(err):
+                    raise
                 reference, kept_ids = domain_reference(self.model, attributed, extra)
+                if not moves(reference, attributed):  # too short to blur: attributions would all be 0
+                    raise
+                why = f"at zeros, {', '.join(repr(n[3]) for n in err.nodes)} compare(s) otherwise than at the input"
+                blur = True
+            if blur:
+                used = "blur"
+                if reference is None:
+                    reference, kept_ids = domain_reference(self.model, attributed, extra)
                 attributions, delta, method_report = self._attribute_in_batches(
                     attributed, extra, reference, chosen, progress_bar, file.name)
         except (UnsupportedOpError, NoGradientPathError) as err:  # DeepLift refused this call (either baseline's),
@@ -631,7 +658,7 @@ class _Job:
             "target_detail": resolved.detail,
             "baseline": self.baseline,
             "baseline_used": used,
-            **({"baseline_note": _blur_note(attributed, kept_ids)} if used != self.baseline
+            **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline
                and self.baseline == "auto" and used == "blur" else {}),
             "inputs": str(file),
             "verify": verification.to_dict(),

@@ -259,7 +259,8 @@ class ShardWorker:
         """Attributions, deltas, (predicted class, explained output value) and the target, per row.
         The target is `onnx-attr attribute`'s: the --target form (or the output layout's default)
         resolved on this batch's output (`target_forms.resolve`), on the output's batch axis."""
-        from onnx_attr.app.attribute_job import domain_reference, zeros_failed
+        from onnx_attr.app.attribute_job import differs_at_the_reference, domain_reference, moves, zeros_failed
+        from onnx_attr.errors import UnsupportedOpError
         from onnx_attr.methods.registry import entry
         from onnx_attr.deeplift.engine import Targets
         from onnx_attr.app.target_forms import resolve
@@ -279,9 +280,17 @@ class ShardWorker:
             spec = self._blurred_shapes.get(shape, "zeros")
             if spec == "blur":
                 spec = domain_reference(self.model, attributed, extra)[0]
-        result, delta = self._call(spec, attributed, extra, target)
-        if isinstance(spec, str) and spec == "zeros" and self.settings.baseline == "auto" and zeros_failed(
-                self.model, result.values(), attributed, extra, delta if entry(self.settings.method).delta else None):
+        zeros = isinstance(spec, str) and spec == "zeros" and self.settings.baseline == "auto"
+        try:
+            result, delta = self._call(spec, attributed, extra, target)
+            failed = zeros and zeros_failed(self.model, result.values(), attributed, extra,
+                                            delta if entry(self.settings.method).delta else None)
+        except UnsupportedOpError as err:  # comparisons the zeros take otherwise than the input
+            if not zeros or not differs_at_the_reference(err) or not moves(
+                    domain_reference(self.model, attributed, extra)[0], attributed):
+                raise
+            failed = True
+        if failed:
             self._blurred_shapes[shape] = "blur"
             result, delta = self._call(domain_reference(self.model, attributed, extra)[0], attributed, extra, target)
         attributions = {k: result[k] for k in attributed}
