@@ -100,3 +100,41 @@ def test_the_scores_an_argmax_labels_from_come_before_a_floating_side_output():
     x = RNG.standard_normal((2, 7, 6)).astype(np.float32)
     dl.attribute(x, target=(3, 1))
     assert dl.last_report["output"] == "scores"
+
+
+TAILS = {  # what exporters put after the ArgMax of labels-only outputs (hunt 20: text2tashkeel's gated tagger)
+    "offset": ([helper.make_node("Add", ["ids", "one"], ["labels"])], INT64),
+    "lookup": ([helper.make_node("Gather", ["table", "ids"], ["labels"])], INT64),
+    "blank": ([helper.make_node("Equal", ["ids", "zero"], ["blank"]),
+               helper.make_node("Where", ["blank", "minus_one", "ids"], ["labels"])], INT64),
+    "float": ([helper.make_node("Cast", ["ids"], ["labels"], to=onnx.TensorProto.FLOAT)], FLOAT),
+    "gated": ([helper.make_node("ArgMax", ["gate"], ["g"], axis=-1, keepdims=0),
+               helper.make_node("Equal", ["g", "zero"], ["bare"]),
+               helper.make_node("Where", ["bare", "zero", "ids"], ["labels"])], INT64),
+}
+
+
+@pytest.mark.parametrize("tail", list(TAILS))
+def test_labels_passed_on_past_their_argmax_still_gain_their_scores(tail, tmp_path):
+    """Labels offset by one, looked up in a table, blanked where a mask (or a gate's own ArgMax) says,
+    or cast to float: before, only reshapes and integer casts led back to the ArgMax, so the CLI
+    explained the labels themselves, as class scores, with FeatureAblation. Oracle: the scores by hand
+    (x @ W, no bias: 0 at the zero baseline) at each step's argmax, summed (the greedy path)."""
+    nodes, kind = TAILS[tail]
+    weights = {"w": W, "one": np.array(1, np.int64), "table": np.arange(10, 60, 10, dtype=np.int64),
+               "zero": np.array(0, np.int64), "minus_one": np.array(-1, np.int64),
+               "wg": (RNG.standard_normal((6, 2)) * 4).astype(np.float32)}
+    graph = make_model([helper.make_node("MatMul", ["x", "w"], ["scores"]), helper.make_node("MatMul", ["x", "wg"], ["gate"]),
+                        helper.make_node("ArgMax", ["scores"], ["ids"], axis=-1, keepdims=0), *nodes],
+                       [("x", FLOAT, ["N", 7, 6])], [("labels", kind, ["N", 7])], weights, opset=13)
+    onnx.save(graph, tmp_path / "m.onnx")
+    x = (RNG.standard_normal((2, 7, 6)) * 3).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
+                 "-q", "--no-pictures"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "DeepLift" and report["output"] == "scores" and report["target"] == "greedy"
+    scores = x @ W
+    want = np.take_along_axis(scores, scores.argmax(-1)[..., None], -1).sum((1, 2))
+    got = np.load(tmp_path / "out" / "attributions.npz")["x"].sum((1, 2))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

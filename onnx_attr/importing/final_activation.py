@@ -407,6 +407,33 @@ SELECTION_ONLY = PASS_THROUGH | frozenset({
     "Equal", "And", "Not", "NonZero", "ArgMax", "Clip", "Max", "Min", "NonMaxSuppression"})
 
 
+def _labelling_argmax(producer: dict, constants: set, name: str) -> Optional[onnx.NodeProto]:
+    """The ArgMax whose labels the output holds, as exporters pass them on: reshaped or cast (to
+    float too: tf2onnx), offset by a constant (ids from 1), looked up in a constant table (Gather),
+    or blanked where a mask says (Where with a constant branch: a tagger's "no mark"). None where
+    anything else computes the output."""
+    node = producer.get(name)
+    for _ in range(32):
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "ArgMax":
+            return node
+        varying = [i for i in node.input if i and i not in constants]
+        if node.op_type in PASS_THROUGH and node.input:
+            nxt = node.input[0]
+        elif node.op_type in ("Add", "Sub") and len(varying) == 1:
+            nxt = varying[0]
+        elif node.op_type == "Gather" and node.input[0] in constants and len(node.input) > 1:
+            nxt = node.input[1]
+        elif node.op_type == "Where" and len(node.input) == 3 and (node.input[1] in constants) != (
+                node.input[2] in constants):
+            nxt = node.input[2] if node.input[1] in constants else node.input[1]
+        else:
+            return None
+        node = producer.get(nxt)
+    return None
+
+
 def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
     """Outputs made by a data-dependent selection get the scores the selection reads as outputs.
 
@@ -441,13 +468,12 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
         notes.append(f"{why}; {scores!r} is added as an output and attributed by default")
         return True
 
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     for output in graph.output:
-        if output.type.tensor_type.elem_type in _FLOAT_TYPES or not output.type.HasField("tensor_type"):
+        if not output.type.HasField("tensor_type"):
             continue
-        node = producer.get(output.name)
-        while node is not None and node.op_type in PASS_THROUGH and node.domain in ("", "ai.onnx"):
-            node = producer.get(node.input[0])
-        if node is not None and node.op_type == "ArgMax" and node.domain in ("", "ai.onnx") and expose(
+        node = _labelling_argmax(producer, constants, output.name)
+        if node is not None and expose(
                 node.input[0], f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}, "
                                "which has no gradient"):
             label_scores.append(node.input[0])
