@@ -71,7 +71,8 @@ def out_sizes(spatial, extents, strides, begin, end) -> list[int]:
     """Pooling output sizes without ceil mode as onnxruntime computes them: (n + pads - extent) / stride + 1
     in integer arithmetic, which truncates toward zero, so an input shorter than one window by less
     than a stride still gets that window (ONNX's formula floors, giving none)."""
-    return [int((n + b + e - k) / s) + 1 for n, k, s, b, e in zip(spatial, extents, strides, begin, end)]
+    spans = [n + b + e - k for n, k, b, e in zip(spatial, extents, begin, end)]
+    return [(span // s if span >= 0 else -(-span // s)) + 1 for span, s in zip(spans, strides)]
 
 
 @register("AveragePool", 1, 7, 10, 11)
