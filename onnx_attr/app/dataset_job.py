@@ -281,18 +281,23 @@ class ShardWorker:
             if spec == "blur":
                 spec = domain_reference(self.model, attributed, extra)[0]
         zeros = isinstance(spec, str) and spec == "zeros" and self.settings.baseline == "auto"
+        reference = None
         try:
             result, delta = self._call(spec, attributed, extra, target)
             failed = zeros and zeros_failed(self.model, result.values(), attributed, extra,
                                             delta if entry(self.settings.method).delta else None)
         except UnsupportedOpError as err:  # comparisons the zeros take otherwise than the input
-            if not zeros or not differs_at_the_reference(err) or not moves(
-                    domain_reference(self.model, attributed, extra)[0], attributed):
+            if not zeros or not differs_at_the_reference(err):
+                raise
+            reference = domain_reference(self.model, attributed, extra)[0]
+            if not moves(reference, attributed):
                 raise
             failed = True
         if failed:
             self._blurred_shapes[shape] = "blur"
-            result, delta = self._call(domain_reference(self.model, attributed, extra)[0], attributed, extra, target)
+            if reference is None:
+                reference = domain_reference(self.model, attributed, extra)[0]
+            result, delta = self._call(reference, attributed, extra, target)
         attributions = {k: result[k] for k in attributed}
         explained = Targets(target, n, resolved.detail.get("batch_axis", 0)).select(output).double().tolist()
         return attributions, delta, list(zip(prediction, explained)), row_targets(resolved, n)

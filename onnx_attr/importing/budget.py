@@ -375,7 +375,6 @@ def _windowed(op: str, get: Get, attrs: dict, opset: int) -> Optional[int]:
     return max(elements([*x.shape[:2], *padded]), elements([x.shape[0], channels, *plan.sizes]))
 
 
-WINDOWED = frozenset({"Conv", "ConvInteger", "QLinearConv", "AveragePool", "MaxPool", "LpPool", "DeformConv"})
 def _roi_align(get: Get, attrs: dict, opset: int) -> Optional[int]:
     x, rois = get(0), get(1)
     if x is None or rois is None or x.dim() < 2:
@@ -383,6 +382,7 @@ def _roi_align(get: Get, attrs: dict, opset: int) -> Optional[int]:
     return elements([rois.shape[0], x.shape[1], attrs.get("output_height", 1), attrs.get("output_width", 1)])
 
 
+WINDOWED = frozenset({"Conv", "ConvInteger", "QLinearConv", "AveragePool", "MaxPool", "LpPool", "DeformConv"})
 #: Window ops (`_windowed`) are guarded only where an attribute reaches this far: a pad, a kernel or a
 #: dilated extent of real models is a few dozen elements, so most nodes need no hook.
 WIDE_WINDOW = 1024

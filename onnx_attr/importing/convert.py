@@ -214,14 +214,15 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
         target = names.new(module_name, "node")
         root.add_module(target, module)
         args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
-        if proto.domain in ("", "ai.onnx") and guarded(proto.op_type, {a.name: _attribute(a) for a in proto.attribute}):
+        attrs = {a.name: _attribute(a) for a in proto.attribute}
+        if proto.domain in ("", "ai.onnx") and guarded(proto.op_type, attrs):
             named, note = _as_declared(proto.domain, opset, declared)
             where = f"node {label!r} (op {proto.op_type}, opset {named}{note and ', upgraded to ' + str(opset)})"
-            _guard(module, proto, where, opset, mapping.inputs, args, kwargs, onnx_graph)
+            _guard(module, proto, attrs, where, opset, mapping.inputs, args, kwargs, onnx_graph)
         node = graph.call_module(target, tuple(args), kwargs)
         node.meta.update(onnx_node=label, onnx_op=proto.op_type, onnx_domain=proto.domain,
                          onnx_opset=opset, onnx_outputs=tuple(mapping.outputs),
-                         onnx_attrs={a.name: _attribute(a) for a in proto.attribute})
+                         onnx_attrs=attrs)
         if len(mapping.outputs) == 1 and proto.op_type not in SEQUENCE_RESULTS:
             node.meta["onnx_tensor"] = mapping.outputs[0]
             values[mapping.outputs[0]] = node
@@ -238,7 +239,7 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
     return module
 
 
-def _guard(module: nn.Module, proto: onnx.NodeProto, where: str, opset: int, passed, args, kwargs,
+def _guard(module: nn.Module, proto: onnx.NodeProto, attrs: dict, where: str, opset: int, passed, args, kwargs,
            onnx_graph: OnnxGraph) -> None:
     """Check a node's inputs (output size, axes) before each call (see `budget.NodeGuard`)."""
     names = list(passed)
@@ -248,7 +249,7 @@ def _guard(module: nn.Module, proto: onnx.NodeProto, where: str, opset: int, pas
         params = tuple(inspect.signature(module.forward).parameters)[len(args):len(names)]
         keywords = {p: n for p, n in zip(params, names[len(args):]) if n}
     baked = [n for n in proto.input if n and n not in names]
-    guard = NodeGuard(current_budget(), where, proto.op_type, {a.name: _attribute(a) for a in proto.attribute},
+    guard = NodeGuard(current_budget(), where, proto.op_type, attrs,
                          opset, list(proto.input), positional, keywords,
                          guard_constants(baked, onnx_graph.initializers))
     module.register_forward_pre_hook(guard, with_kwargs=True)

@@ -149,8 +149,9 @@ class WindowSums(nn.Module):
 
     def counted(self, x: torch.Tensor, include_pad: bool) -> torch.Tensor:
         plan = window_padding(self.attrs, tuple(x.shape[2:]), pool=True)
-        if plan.empty(x) is not None:
-            return plan.empty(x[:1, :1])
+        empty = plan.empty(x[:1, :1])
+        if empty is not None:
+            return empty
         mask = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
         if include_pad:  # the op's own pads count as ones; the ceil-mode overhang beyond them does not
             mask = F.pad(mask, plan.own_pads, value=1.0)
