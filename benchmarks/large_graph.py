@@ -19,7 +19,9 @@ what a first call pays once. The targets of issue 18 §7: load + verify ≤ 30 s
 2× the steady state, the steady state ≤ 1.5× the forward + gradient. In a second fresh process,
 the yardstick's own first call over its steady state, after the same load and verify: what any
 first call pays for memory and kernel set-up (oneDNN builds its convolution primitives per shape
-and per grad mode on first use). Then the cost of the wide (float64) multipliers: the seconds
+and per grad mode on first use). Beside both first calls, the page faults they take and their
+seconds in the kernel: memory a process touches for the first time faults once per 4 KiB page,
+and the kernel zero-fills each page before handing it over. Then the cost of the wide (float64) multipliers: the seconds
 inside the widening rules' backward in a steady call, as they are and computed in float32 (with
 that call's relative delta). The machine's load average is printed with the table: timings on a
 shared machine are pessimistic. `--profile DIR` writes a cProfile of each first DeepLift call there.
@@ -85,10 +87,12 @@ def measure(name: str, profile_dir: str | None, target) -> dict:
             spent[0] += time.perf_counter() - begin
 
     batch._probe = timed_probe
+    before = memory_faults()
     start = time.perf_counter()
     method = onnx_attr.DeepLift(model)  # the rewrite is part of the first call
     method.attribute(inputs, target=target, return_convergence_delta=True)
     times["deeplift_first"] = time.perf_counter() - start
+    times["first_faults"], times["first_kernel"] = (a - b for a, b in zip(memory_faults(), before))
     batch._probe = probing
     times["probe"] = spent[0]
     if profiler is not None:
@@ -154,7 +158,10 @@ def plain_first(name: str) -> dict:
     model = onnx_attr.load(str(real_exports.fetch(spec, real_exports.CACHE)))
     inputs = spec.inputs()
     model.verify(inputs)
-    times = [forward_grad(model, inputs) for _ in range(4)]
+    before = memory_faults()
+    times = [forward_grad(model, inputs)]
+    faults, kernel = (a - b for a, b in zip(memory_faults(), before))
+    times += [forward_grad(model, inputs) for _ in range(3)]
     target = spec.target
     if target is None:  # the CLI's default for the output's layout, found here so that the measured
         # process's first call runs the batch probe cold
@@ -168,7 +175,17 @@ def plain_first(name: str) -> dict:
     # processes of this run, in a file of this run's own
     with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as handle:
         pickle.dump(target, handle)
-    return {"plain_first": times[0], "plain_steady": sorted(times[1:])[1], "target": handle.name}
+    return {"plain_first": times[0], "plain_steady": sorted(times[1:])[1], "target": handle.name,
+            "plain_faults": faults, "plain_kernel": kernel}
+
+
+def memory_faults() -> tuple[int, float]:
+    """(page faults, seconds in the kernel) of this process so far. A first call's extra time is mostly
+    the kernel handing it fresh memory: each 4 KiB page it first touches faults and is zero-filled."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt, usage.ru_stime
 
 
 def wide_cost(method, inputs, target) -> dict:
@@ -240,9 +257,9 @@ def main() -> None:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; allocator: {args.allocator}")
     print("| model | nodes | import | load | verify | load+verify | DeepLift 1st | of it: batch probe | steady | steady, fresh reference | fwd+grad | "
-          "1st/steady | 1st/fresh | (1st − probe)/steady | steady/fwd+grad | steady/methods' fwd+grad | plain fwd+grad 1st/steady | rel. δ | wide nodes | "
+          "1st/steady | 1st/fresh | (1st − probe)/steady | steady/fwd+grad | steady/methods' fwd+grad | plain fwd+grad 1st/steady | 1st: page faults, kernel s | plain 1st: page faults, kernel s | rel. δ | wide nodes | "
           "their backward: float64 / float32 (δ) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * 22 + "|")
     for name in names:
         plain = subprocess.run([sys.executable, __file__, "--plain-worker", name, "--allocator", args.allocator],
                                capture_output=True, text=True)
@@ -261,7 +278,8 @@ def main() -> None:
               f"{t['deeplift_first'] / t['deeplift_fresh_reference']:.2f} | "
               f"{(t['deeplift_first'] - t['probe']) / t['deeplift_second']:.2f} | "
               f"{t['deeplift_second'] / t['forward_grad']:.2f} | {t['deeplift_second'] / t['methods_grad']:.2f} | "
-              f"{p['plain_first'] / p['plain_steady']:.2f} | "
+              f"{p['plain_first'] / p['plain_steady']:.2f} | {t['first_faults'] / 1000:.0f}k, {t['first_kernel']:.2f} | "
+              f"{p['plain_faults'] / 1000:.0f}k, {p['plain_kernel']:.2f} | "
               f"{t['delta']:.0e} | {t['wide_nodes']} | "
               f"{t['wide_s']:.2f} / {t['narrow_s']:.2f} s ({t['narrow_delta']:.0e}) |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
