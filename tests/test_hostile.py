@@ -870,3 +870,118 @@ def test_isolated_inference_that_hangs_is_killed(monkeypatch):
     with pytest.raises(isolated.InferenceAborted, match="did not finish"):
         isolated.infer_shapes(_conv_then_slice(2))
     assert time.monotonic() - started < 10
+
+
+# -- ops whose output outgrows their inputs --------------------------------------------------
+
+def _grow(op, inputs, shapes, rank, inits=(), **attrs):
+    return _model([helper.make_node(op, inputs, ["y"], name="grow", **attrs)],
+                  [_vi(n, _F, s) for n, s in shapes.items()], [_out("y", rank)], list(inits), opset=17)
+
+
+def _out(name, rank):
+    return _vi(name, _F, [f"{name}{i}" for i in range(rank)])
+
+
+def _w(name, array):
+    return numpy_helper.from_array(np.asarray(array, np.float32), name)
+
+
+_OUTGROWING = {  # model, small feeds (checked against onnxruntime), feeds whose output is 2^22 elements
+    "Add": (_grow("Add", ["a", "b"], {"a": ["n", 1], "b": [1, "m"]}, 2),
+            {"a": np.arange(3, dtype=np.float32)[:, None], "b": np.arange(4, dtype=np.float32)[None]},
+            {"a": np.ones((2048, 1), np.float32), "b": np.ones((1, 2048), np.float32)}),
+    "Where": (_model([helper.make_node("Greater", ["c", "z"], ["m"]), helper.make_node("Where", ["m", "a", "b"], ["y"], name="grow")],
+                     [_vi("c", _F, ["n", 1, 1]), _vi("a", _F, [1, "k", 1]), _vi("b", _F, ["l"])], [_out("y", 3)],
+                     [_w("z", 0.0)], opset=17),
+              {"c": np.array([-1, 2], np.float32)[:, None, None], "a": np.ones((1, 3, 1), np.float32), "b": np.arange(4, dtype=np.float32)},
+              {"c": np.ones((256, 1, 1), np.float32), "a": np.ones((1, 128, 1), np.float32), "b": np.ones(128, np.float32)}),
+    "Sum": (_grow("Sum", ["a", "b", "a"], {"a": ["n", 1], "b": ["m"]}, 2),
+            {"a": np.arange(3, dtype=np.float32)[:, None], "b": np.arange(4, dtype=np.float32)},
+            {"a": np.ones((2048, 1), np.float32), "b": np.ones(2048, np.float32)}),
+    "MatMul": (_grow("MatMul", ["a", "b"], {"a": ["n", "k"], "b": ["k", "m"]}, 2),
+               {"a": np.arange(3, dtype=np.float32)[:, None], "b": np.arange(4, dtype=np.float32)[None]},
+               {"a": np.ones((2048, 1), np.float32), "b": np.ones((1, 2048), np.float32)}),
+    "Gemm": (_grow("Gemm", ["a", "b"], {"a": ["k", "n"], "b": ["k", "m"]}, 2, transA=1, alpha=0.5),
+             {"a": np.arange(3, dtype=np.float32)[None], "b": np.arange(4, dtype=np.float32)[None]},
+             {"a": np.ones((1, 2048), np.float32), "b": np.ones((1, 2048), np.float32)}),
+    "Gather": (_model([helper.make_node("Cast", ["i"], ["ids"], to=_I), helper.make_node("Gather", ["t", "ids"], ["y"], name="grow")],
+                      [_vi("i", _F, ["n"])], [_out("y", 2)], [_w("t", np.arange(4 * 1024).reshape(4, 1024))], opset=17),
+               {"i": np.array([3, 0, 1], np.float32)}, {"i": np.ones(4096, np.float32)}),
+    "Conv": (_grow("Conv", ["x", "w"], {"x": [1, 1, "h", "w"]}, 4, [_w("w", np.linspace(-1, 1, 64).reshape(64, 1, 1, 1))],
+                   kernel_shape=[1, 1]),
+             {"x": np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)}, {"x": np.ones((1, 1, 256, 256), np.float32)}),
+    # a window of 64^3 (each side under WIDE_WINDOW) over a shorter input, which is padded out to it
+    "MaxPool": (_grow("MaxPool", ["x"], {"x": [1, "c", "d", "h", "w"]}, 5, kernel_shape=[64] * 3, strides=[64] * 3),
+                {"x": np.arange(8, dtype=np.float32).reshape(1, 1, 2, 2, 2)}, {"x": np.ones((1, 8, 2, 2, 2), np.float32)}),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_OUTGROWING))
+def test_an_output_that_outgrows_its_inputs_stops_at_the_budget(op):
+    """An outer sum of two vectors ([n, 1] + [1, n]), an outer product (K = 1), a lookup of wide rows,
+    a convolution that widens the channels: n² elements from inputs of n; a pool whose window is
+    small on each axis (64) but not in all three together, over a shorter input padded out to it. A file of 264 bytes (a Range, two Unsqueezes and an Add) asked for 19.6 GB this way. Here
+    the budget is lowered, so the code before the check computed the 2^22 elements instead."""
+    model, small, huge = _OUTGROWING[op]
+    imported = onnx_attr.load(model, strip_final_activation=False, budget=onnx_attr.Budget(max_elements=2**20))
+    np.testing.assert_allclose(imported.run(small)[0].numpy(), _ort(model, small)[0], rtol=1e-6)
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op " + op + r", opset 17\).*max_elements"):
+        imported.run(huge)
+
+
+def test_a_264_byte_file_asking_for_19_gb_by_broadcasting_is_refused(tmp_path):
+    """Range → Unsqueeze twice → Add: every value is computed from the file's constants."""
+    n = 70_000
+    nodes = [helper.make_node("Range", ["s", "l", "d"], ["r"]), helper.make_node("Unsqueeze", ["r", "a0"], ["c"]),
+             helper.make_node("Unsqueeze", ["r", "a1"], ["rr"]), helper.make_node("Add", ["c", "rr"], ["big"], name="grow"),
+             helper.make_node("ReduceSum", ["big"], ["t"], keepdims=0), helper.make_node("Mul", ["x", "t"], ["y"])]
+    inits = [_w("s", 0.0), _w("l", float(n)), _w("d", 1.0), numpy_helper.from_array(np.array([0]), "a0"),
+             numpy_helper.from_array(np.array([1]), "a1")]
+    model = _model(nodes, [_vi("x", _F, [1, 3])], [_vi("y", _F, [1, 3])], inits, opset=17)
+    assert len(model.SerializeToString()) < 400
+    with pytest.raises(onnx_attr.BudgetError, match=r"'grow' \(op Add, opset 17\).*4,900,000,000"):
+        onnx_attr.load(model).run({"x": np.ones((1, 3), np.float32)})
+
+
+def test_nodes_no_larger_than_an_input_or_fixed_within_the_budget_get_no_hook():
+    """The check costs a Python hook per call, so shapes that rule growth out skip it: a bias over a
+    feature map (same symbols), a convolution that keeps or narrows its channels with pads inside
+    its window, a product whose K is at least its N, and any node whose shape inference fixed its
+    size within the budget. What widens or broadcasts both ways is hooked."""
+    w = lambda name, *shape: _w(name, np.ones(shape))  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),  # 3 -> 3 channels, SAME by hand
+             helper.make_node("Add", ["c1", "b1"], ["a1"]),  # [C, 1, 1] bias
+             helper.make_node("MaxPool", ["a1"], ["p1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"], auto_pad="SAME_UPPER"),  # narrows 3 -> 2
+             helper.make_node("Transpose", ["c2"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "m1"], ["f"]),  # K 2 >= N 2
+             helper.make_node("Mul", ["f", "t"], ["g"]),  # same symbols
+             helper.make_node("MatMul", ["g", "m2"], ["wide"]),  # K 2 < N 8: may widen
+             helper.make_node("Conv", ["c2", "w3"], ["c3"], kernel_shape=[1, 1]),  # widens 2 -> 8
+             helper.make_node("Add", ["s", "sT"], ["outer"])]  # [n, 1] + [1, n]
+    model = _model(nodes, [_vi("x", _F, ["N", 3, "H", "W"]), _vi("s", _F, ["n", 1]), _vi("sT", _F, [1, "n"])],
+                   [_out("wide", 4), _out("c3", 4), _out("outer", 2)],
+                   [w("w1", 3, 3, 3, 3), w("b1", 3, 1, 1), w("w2", 2, 3, 3, 3), w("m1", 2, 2), w("m2", 2, 8), w("w3", 8, 2, 1, 1)],
+                   opset=17)
+    hooked = {m.__class__.__name__ + ":" + name for name, m in onnx_attr.load(model).module.named_modules() if m._forward_pre_hooks}
+    assert len(hooked) == 3, hooked  # the widening MatMul and Conv, the outer sum
+    static = model.graph.input
+    for spec in static:  # the same graph with every size fixed: nothing to check at run time
+        for d in spec.type.tensor_type.shape.dim:
+            d.dim_value = {"N": 1, "H": 8, "W": 8, "n": 4}.get(d.dim_param, d.dim_value) or d.dim_value
+    assert not [m for m in onnx_attr.load(model).module.modules() if m._forward_pre_hooks]
+
+
+def test_the_cli_says_a_node_outgrew_the_budget_in_our_words_only(tmp_path, capsys):
+    """torch.fx's interpreter appends its own node, "Original traceback: None" and a pointer to
+    tlparse to any error raised inside it; the user sees our message alone."""
+    from onnx_attr.app.cli import main
+    model, _, huge = _OUTGROWING["Add"]
+    path, feeds = tmp_path / "outer.onnx", tmp_path / "x.npz"
+    path.write_bytes(model.SerializeToString())
+    np.savez(feeds, **huge)
+    assert main(["verify", str(path), "--input", str(feeds), "--budget", "max_elements=1048576"]) == 2
+    err = capsys.readouterr().err
+    assert "'grow' (op Add, opset 17)" in err and "4,194,304" in err
+    assert "While executing" not in err and "tlparse" not in err

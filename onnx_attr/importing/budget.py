@@ -19,7 +19,7 @@ import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -133,7 +133,7 @@ def _values(t: Optional[torch.Tensor]) -> Optional[list]:
 def _broadcast(a: Sequence[int], b: Sequence[int]) -> list[int]:
     n = max(len(a), len(b))
     a, b = [1] * (n - len(a)) + list(a), [1] * (n - len(b)) + list(b)
-    return [max(x, y) if 1 in (x, y) else max(x, y) for x, y in zip(a, b)]
+    return [y if x == 1 else x if y == 1 else max(x, y) for x, y in zip(a, b)]
 
 
 def _expand(get: Get, attrs: dict, opset: int) -> Optional[int]:
@@ -375,6 +375,42 @@ def _windowed(op: str, get: Get, attrs: dict, opset: int) -> Optional[int]:
     return max(elements([*x.shape[:2], *padded]), elements([x.shape[0], channels, *plan.sizes]))
 
 
+def _broadcasting(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    """The broadcast of every input: an outer sum of two small vectors ([n, 1] + [1, n]) is n²."""
+    shape: list[int] = []
+    for i in range(_MAX_VARIADIC):
+        x = get(i)
+        if x is None:
+            break
+        shape = _broadcast(shape, list(x.shape))
+    return elements(shape)
+
+
+def _matmul(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    """[..., M, K] @ [..., K, N]: M x N per batch, an outer product where K is 1."""
+    a, b = get(0), get(1)
+    if a is None or b is None or not a.dim() or not b.dim():
+        return None
+    a_shape, b_shape = list(a.shape) if a.dim() > 1 else [1, *a.shape], list(b.shape) if b.dim() > 1 else [*b.shape, 1]
+    return elements([*_broadcast(a_shape[:-2], b_shape[:-2]), a_shape[-2], b_shape[-1]])
+
+
+def _gemm(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    a, b = get(0), get(1)
+    if a is None or b is None or a.dim() != 2 or b.dim() != 2:
+        return None
+    return a.shape[1 if attrs.get("transA") else 0] * b.shape[0 if attrs.get("transB") else 1]
+
+
+def _gather(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    """Every index takes a whole slice of the data: [n] ids into a table of wide rows."""
+    data, ids = get(0), get(1)
+    axis = int(attrs.get("axis", 0))
+    if data is None or ids is None or not -data.dim() <= axis < data.dim():
+        return None
+    return elements(ids.shape) * elements(d for i, d in enumerate(data.shape) if i != axis % data.dim())
+
+
 def _roi_align(get: Get, attrs: dict, opset: int) -> Optional[int]:
     x, rois = get(0), get(1)
     if x is None or rois is None or x.dim() < 2:
@@ -383,9 +419,15 @@ def _roi_align(get: Get, attrs: dict, opset: int) -> Optional[int]:
 
 
 WINDOWED = frozenset({"Conv", "ConvInteger", "QLinearConv", "AveragePool", "MaxPool", "LpPool", "DeformConv"})
-#: Window ops (`_windowed`) are guarded only where an attribute reaches this far: a pad, a kernel or a
-#: dilated extent of real models is a few dozen elements, so most nodes need no hook.
+#: Window ops (`_windowed`) are guarded where an attribute reaches this far: a pad, a kernel or a
+#: dilated extent of real models is a few dozen elements (else, see `may_grow`).
 WIDE_WINDOW = 1024
+#: Elementwise ops whose inputs broadcast against each other (multidirectional broadcasting).
+BROADCASTING = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "BitShift", "And", "Or", "Xor", "Equal", "Greater", "GreaterOrEqual",
+    "Less", "LessOrEqual", "Where", "Max", "Min", "Sum", "Mean", "BitwiseAnd", "BitwiseOr", "BitwiseXor"})
+#: The inputs a variadic op (Sum, Max, ...) is measured over: more is a file built to be slow.
+_MAX_VARIADIC = 4096
 
 #: op type -> (ONNX inputs by position -> elements of the largest tensor it will create)
 ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
@@ -410,7 +452,15 @@ ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "MelWeightMatrix": _mel_weight_matrix,
     "RoiAlign": _roi_align,
     **{op: functools.partial(_windowed, op) for op in WINDOWED},
+    **{op: _broadcasting for op in BROADCASTING},
+    "MatMul": _matmul,
+    "MatMulInteger": _matmul,
+    "Gemm": _gemm,
+    "Gather": _gather,
 }
+#: Ops guarded only where their shapes, as shape inference found them, do not rule out that the
+#: output outgrows the inputs (`may_grow`): every model has hundreds of them, and a hook costs.
+SHAPED = WINDOWED | BROADCASTING | {"MatMul", "MatMulInteger", "Gemm"}
 
 
 def _slice_axes(get: Get, attrs: dict, opset: int) -> Optional[list]:
@@ -441,18 +491,101 @@ AXES: dict[str, Callable[[Get, dict, int], Optional[list]]] = {
     "Squeeze": lambda get, attrs, opset: _values(get(1)) if opset >= 13 else attrs.get("axes"),
 }
 
-#: the ops `NodeGuard` is installed on (window ops only where `guarded` finds them wide)
-GUARDED = (frozenset(ESTIMATORS) - WINDOWED) | frozenset(AXES)
+#: the ops `NodeGuard` is installed on (those in `SHAPED` only where `guarded` finds they may grow)
+GUARDED = (frozenset(ESTIMATORS) - SHAPED) | frozenset(AXES)
+
+#: A tensor's static shape as shape inference left it: a size, a symbol (str) or unknown (None) per
+#: axis; None for an unknown rank.
+Shape = Optional[Sequence[Union[int, str, None]]]
 
 
-def guarded(op_type: str, attrs: dict) -> bool:
-    """Whether a node of this op and these attributes gets a `NodeGuard`."""
-    if op_type in WINDOWED:
-        kernel = attrs.get("kernel_shape") or []
-        reach = [*attrs.get("pads", []), *((k - 1) * d + 1 for k, d in zip(kernel, attrs.get("dilations", [1] * len(kernel)))),
-                 *(d * 2 for d in attrs.get("dilations", []))]
-        return any(int(r) > WIDE_WINDOW for r in reach)
+def guarded(op_type: str, attrs: dict, inputs: Sequence[Shape] = (), output: Shape = None,
+            budget: Optional[Budget] = None) -> bool:
+    """Whether a node of this op, these attributes and these static shapes gets a `NodeGuard`."""
+    if op_type in SHAPED:
+        return may_grow(op_type, attrs, inputs, output, budget or current_budget())
     return op_type in GUARDED
+
+
+def may_grow(op_type: str, attrs: dict, inputs: Sequence[Shape], output: Shape, budget: Budget) -> bool:
+    """Whether the static shapes leave open an output larger than both the budget and the node's
+    largest input. An output whose size shape inference fixed within the budget is safe; so is one
+    no larger than an input (a bias broadcast over a feature map, a layer that narrows, a window
+    padded by less than its extent). Anything else (an outer product, a layer that widens, a
+    window wider than `WIDE_WINDOW`) is checked on its actual inputs before each call."""
+    if op_type in WINDOWED and _wide(attrs):
+        return True
+    fixed = _static(output)
+    if fixed is not None and elements(fixed) <= budget.max_elements:
+        return False
+    if op_type in BROADCASTING:
+        return not any(_dominates(big, inputs) for big in inputs)
+    x, w = (inputs[0] if inputs else None), (inputs[1] if len(inputs) > 1 else None)
+    if op_type in ("MatMul", "MatMulInteger", "Gemm"):
+        return not _product_narrows(op_type, attrs, x, w)
+    if op_type == "QLinearConv":
+        w = inputs[3] if len(inputs) > 3 else None
+    return not _window_narrows(op_type, attrs, x, w)
+
+
+def _wide(attrs: dict) -> bool:
+    """A window whose extent or padding, over all its axes together, reaches past `WIDE_WINDOW`
+    elements (a pool pads an input shorter than its window out to it)."""
+    kernel = attrs.get("kernel_shape") or []
+    dilations = attrs.get("dilations") or [1] * len(kernel)
+    pads = [int(p) for p in attrs.get("pads", [])]
+    rank = max(len(kernel), len(dilations), len(pads) // 2)
+    kernel, dilations = [*kernel, *[1] * (rank - len(kernel))], [*dilations, *[1] * (rank - len(dilations))]
+    pads = [*pads, *[0] * (2 * rank - len(pads))]
+    reach = 1
+    for i, (k, d) in enumerate(zip(kernel, dilations)):
+        reach *= max((int(k) - 1) * int(d) + 1, pads[i] + pads[i + rank] + 1, 2 * int(d))
+    return reach > WIDE_WINDOW
+
+
+def _static(shape: Shape) -> Optional[list[int]]:
+    return None if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape) else list(shape)
+
+
+def _dominates(big: Shape, shapes: Sequence[Shape]) -> bool:
+    """Whether `big` is the broadcast of `shapes`: every other input is 1 or the same size (the same
+    number, or the same symbol) on each of its axes."""
+    if big is None or any(s is None or len(s) > len(big) for s in shapes):
+        return False
+    return all(d == 1 or (d is not None and d == big[len(big) - len(s) + i]) for s in shapes for i, d in enumerate(s))
+
+
+def _product_narrows(op_type: str, attrs: dict, a: Shape, b: Shape) -> bool:
+    """A product no larger than one factor: [.., M, K] @ [K, N] with N <= K, or M <= K."""
+    if a is None or b is None or len(a) < 2 or len(b) < 2:
+        return False
+    m, k = (a[-1], a[-2]) if attrs.get("transA") else (a[-2], a[-1])
+    n = b[-2] if attrs.get("transB") else b[-1]
+    if not isinstance(k, int):
+        return False
+    batch_a, batch_b = list(a[:-2]), list(b[:-2])
+    return (isinstance(n, int) and n <= k and _dominates(batch_a, [batch_a, batch_b])) or \
+        (isinstance(m, int) and m <= k and _dominates(batch_b, [batch_a, batch_b]))
+
+
+def _window_narrows(op_type: str, attrs: dict, x: Shape, w: Shape) -> bool:
+    """A convolution or pool no larger than its input: no more output channels than input channels,
+    and on each axis pads that add up to less than the window's extent (so no longer output)."""
+    pool = "Pool" in op_type
+    if not pool:
+        if x is None or w is None or len(x) < 2 or not w or not isinstance(w[0], int) or not isinstance(x[1], int):
+            return False
+        if w[0] > x[1]:
+            return False
+    if attrs.get("auto_pad") in ("SAME_UPPER", "SAME_LOWER", b"SAME_UPPER", b"SAME_LOWER", "VALID", b"VALID"):
+        return True  # SAME pads the extent less one: the output is the input's size over the stride
+    kernel = attrs.get("kernel_shape") or (list(w[2:]) if w is not None and not pool else None)
+    if not kernel or not all(isinstance(k, int) for k in kernel):
+        return False
+    dilations = attrs.get("dilations") or [1] * len(kernel)
+    pads = attrs.get("pads") or [0] * (2 * len(kernel))
+    return all(int(pads[i]) + int(pads[i + len(kernel)]) < (k - 1) * d + 1
+               for i, (k, d) in enumerate(zip(kernel, dilations)))
 
 
 class NodeGuard:

@@ -31,6 +31,7 @@ from onnx_attr.importing.converters.control_flow import MODEL_OPSETS
 from onnx_attr.importing.converters.registry import find_converter
 from onnx_attr.importing.converters.unsigned import ONNX_UNSIGNED, WIDENED_OPS, WidenedUnsigned
 from onnx_attr.errors import BudgetError, ConversionError, ModelLoadError, UnsupportedOpError
+from onnx_attr.importing.interpreter import Interpreter
 from onnx_attr.importing.normalize import default_opset
 from onnx_attr.importing.read import external_folder, is_external, read_external
 
@@ -190,7 +191,8 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
             values[name].meta["onnx_tensor"] = name
         return values[name]
 
-    ranks = _known_ranks(model.graph)
+    shapes = _static_shapes(model.graph)
+    ranks = {name: len(shape) for name, shape in shapes.items() if shape is not None}
     for index, (module_name, onnx_node) in enumerate(onnx_graph.nodes.items()):
         proto = onnx_node.proto
         opset = versions.get(onnx_node.domain, 0)
@@ -215,7 +217,8 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
         root.add_module(target, module)
         args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
         attrs = {a.name: _attribute(a) for a in proto.attribute}
-        if proto.domain in ("", "ai.onnx") and guarded(proto.op_type, attrs):
+        if proto.domain in ("", "ai.onnx") and guarded(proto.op_type, attrs, [shapes.get(n) for n in proto.input],
+                                                       shapes.get(proto.output[0]) if proto.output else None):
             named, note = _as_declared(proto.domain, opset, declared)
             where = f"node {label!r} (op {proto.op_type}, opset {named}{note and ', upgraded to ' + str(opset)})"
             _guard(module, proto, attrs, where, opset, mapping.inputs, args, kwargs, onnx_graph)
@@ -255,12 +258,17 @@ def _guard(module: nn.Module, proto: onnx.NodeProto, attrs: dict, where: str, op
     module.register_forward_pre_hook(guard, with_kwargs=True)
 
 
-def _known_ranks(graph: onnx.GraphProto) -> dict[str, int]:
-    """Each tensor's rank where the file's weights, its inputs or shape inference fix it."""
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.output, *graph.input)
-             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
-    ranks.update({t.name: len(t.dims) for t in graph.initializer})
-    return ranks
+def _static_shapes(graph: onnx.GraphProto) -> dict[str, list]:
+    """Each tensor's shape where the file's weights, its inputs or shape inference give its rank: per
+    axis a size, a symbol, or None (unknown, or anonymous: '?' and '' name no shared size)."""
+    shapes: dict[str, list] = {}
+    for v in (*graph.value_info, *graph.output, *graph.input):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
+            shapes[v.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else
+                              d.dim_param if d.HasField("dim_param") and d.dim_param not in ("", "?") else None
+                              for d in v.type.tensor_type.shape.dim]
+    shapes.update({t.name: list(t.dims) for t in graph.initializer})
+    return shapes
 
 
 def _check_axis_attributes(proto: onnx.NodeProto, ranks: dict[str, int]) -> None:
@@ -370,7 +378,7 @@ def run_recording(module: fx.GraphModule, *args: torch.Tensor) -> dict[str, obje
     """Run the module and return every ONNX tensor's value by name (for divergence search)."""
     recorded: dict[str, object] = {}
 
-    class _Recorder(fx.Interpreter):
+    class _Recorder(Interpreter):
         def run_node(self, n: fx.Node):
             out = super().run_node(n)
             if "onnx_tensor" in n.meta:

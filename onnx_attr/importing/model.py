@@ -13,6 +13,7 @@ from torch import fx, nn
 
 from onnx_attr.importing.budget import Budget
 from onnx_attr.errors import BudgetError, ForwardError, is_out_of_memory
+from onnx_attr.importing.interpreter import Interpreter
 from onnx_attr.importing.inputs import arrange, check_inputs
 from onnx_attr.importing.specs import OutputSpec, TensorSpec
 
@@ -193,7 +194,7 @@ def run_visiting(module: fx.GraphModule, args: Sequence[Any], visit: Callable[[f
     """The module's forward node by node, `visit(node, value)` called on each value it holds (the
     inputs and what the nodes compute; the weights apart): one pass that measures, counts or watches."""
 
-    class Visiting(fx.Interpreter):
+    class Visiting(Interpreter):
         def run_node(self, n: fx.Node):
             out = super().run_node(n)
             if n.op != "get_attr":
@@ -207,7 +208,7 @@ def _explain_failure(module: fx.GraphModule, args: Sequence[torch.Tensor], err: 
     """Re-run node by node to name the ONNX node where the forward pass breaks."""
     failing: list[fx.Node] = []
 
-    class _Locator(fx.Interpreter):
+    class _Locator(Interpreter):
         def run_node(self, n: fx.Node):
             try:
                 return super().run_node(n)

@@ -15,6 +15,7 @@ from torch import Tensor, fx, nn
 from torch.nn import functional as F
 
 from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, rule
+from onnx_attr.importing.interpreter import Interpreter
 
 
 def credited(exact: Callable[[Tensor], Tensor], linear: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor,
@@ -176,7 +177,7 @@ class QuantizedBlock(nn.Module):
         return found
 
 
-class _StraightThrough(fx.Interpreter):
+class _StraightThrough(Interpreter):
     """The block with rounding passed straight through, in x's own floating type: the map only
     gives the multipliers Wᵀg; completeness does not rest on its rounding, since the residual's
     share is what Δy leaves of through·Δx (`residual_share`). float64 here cost 3-5x the convolution.
