@@ -35,8 +35,10 @@ class Budget:
     #: Elements of any one tensor whose size is computed from data at run time (Expand, Tile,
     #: ConstantOfShape, Range, Pad, Resize, Upsample, ConvTranspose, DFT, OneHot, MaxUnpool,
     #: AffineGrid, CenterCropPad, Col2Im, STFT, ImageDecoder, Einsum, the window generators,
-    #: MelWeightMatrix, RoiAlign, Loop and Scan outputs), and the padded input of a convolution or pool whose
-    #: pads or window reach past `WIDE_WINDOW` (attributes, so a small file can ask for any size).
+    #: MelWeightMatrix, RoiAlign, Loop and Scan outputs), the padded input of a convolution or pool whose
+    #: pads or window reach past `WIDE_WINDOW` (attributes, so a small file can ask for any size), and the
+    #: output of a node that may outgrow its inputs (a broadcast, MatMul, Gemm, Gather, a convolution
+    #: that widens the channels: `may_grow`).
     #: 2^28 is 1 GiB of float32.
     max_elements: int = 2**28
     #: Iterations of one Loop run, and of a whole nest of loops together (inner trips count, a
