@@ -911,6 +911,8 @@ _OUTGROWING = {  # model, small feeds (checked against onnxruntime), feeds whose
     "Conv": (_grow("Conv", ["x", "w"], {"x": [1, 1, "h", "w"]}, 4, [_w("w", np.linspace(-1, 1, 64).reshape(64, 1, 1, 1))],
                    kernel_shape=[1, 1]),
              {"x": np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)}, {"x": np.ones((1, 1, 256, 256), np.float32)}),
+    "Concat": (_grow("Concat", ["a"] * 64, {"a": ["n", 4]}, 2, axis=0),  # one tensor listed 64 times
+               {"a": np.arange(8, dtype=np.float32).reshape(2, 4)}, {"a": np.ones((2**14, 4), np.float32)}),
     # a window of 64^3 (each side under WIDE_WINDOW) over a shorter input, which is padded out to it
     "MaxPool": (_grow("MaxPool", ["x"], {"x": [1, "c", "d", "h", "w"]}, 5, kernel_shape=[64] * 3, strides=[64] * 3),
                 {"x": np.arange(8, dtype=np.float32).reshape(1, 1, 2, 2, 2)}, {"x": np.ones((1, 8, 2, 2, 2), np.float32)}),
@@ -920,7 +922,8 @@ _OUTGROWING = {  # model, small feeds (checked against onnxruntime), feeds whose
 @pytest.mark.parametrize("op", sorted(_OUTGROWING))
 def test_an_output_that_outgrows_its_inputs_stops_at_the_budget(op):
     """An outer sum of two vectors ([n, 1] + [1, n]), an outer product (K = 1), a lookup of wide rows,
-    a convolution that widens the channels: n² elements from inputs of n; a pool whose window is
+    a convolution that widens the channels: n² elements from inputs of n; one tensor concatenated
+    with itself n times; a pool whose window is
     small on each axis (64) but not in all three together, over a shorter input padded out to it. A file of 264 bytes (a Range, two Unsqueezes and an Add) asked for 19.6 GB this way. Here
     the budget is lowered, so the code before the check computed the 2^22 elements instead."""
     model, small, huge = _OUTGROWING[op]
@@ -947,8 +950,9 @@ def test_a_264_byte_file_asking_for_19_gb_by_broadcasting_is_refused(tmp_path):
 def test_nodes_no_larger_than_an_input_or_fixed_within_the_budget_get_no_hook():
     """The check costs a Python hook per call, so shapes that rule growth out skip it: a bias over a
     feature map (same symbols), a convolution that keeps or narrows its channels with pads inside
-    its window, a product whose K is at least its N, and any node whose shape inference fixed its
-    size within the budget. What widens or broadcasts both ways is hooked."""
+    its window, a product whose K is at least its N, a Concat of distinct inputs, and any node whose
+    shape inference fixed its size within the budget. What widens, broadcasts both ways or repeats
+    an input is hooked."""
     w = lambda name, *shape: _w(name, np.ones(shape))  # noqa: E731
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),  # 3 -> 3 channels, SAME by hand
              helper.make_node("Add", ["c1", "b1"], ["a1"]),  # [C, 1, 1] bias
@@ -959,13 +963,15 @@ def test_nodes_no_larger_than_an_input_or_fixed_within_the_budget_get_no_hook():
              helper.make_node("Mul", ["f", "t"], ["g"]),  # same symbols
              helper.make_node("MatMul", ["g", "m2"], ["wide"]),  # K 2 < N 8: may widen
              helper.make_node("Conv", ["c2", "w3"], ["c3"], kernel_shape=[1, 1]),  # widens 2 -> 8
-             helper.make_node("Add", ["s", "sT"], ["outer"])]  # [n, 1] + [1, n]
+             helper.make_node("Add", ["s", "sT"], ["outer"]),  # [n, 1] + [1, n]
+             helper.make_node("Concat", ["s", "s"], ["twice"], axis=0),  # one input twice
+             helper.make_node("Concat", ["c1", "a1"], ["joined"], axis=1)]  # distinct inputs, held already
     model = _model(nodes, [_vi("x", _F, ["N", 3, "H", "W"]), _vi("s", _F, ["n", 1]), _vi("sT", _F, [1, "n"])],
-                   [_out("wide", 4), _out("c3", 4), _out("outer", 2)],
+                   [_out("wide", 4), _out("c3", 4), _out("outer", 2), _out("twice", 2), _out("joined", 4)],
                    [w("w1", 3, 3, 3, 3), w("b1", 3, 1, 1), w("w2", 2, 3, 3, 3), w("m1", 2, 2), w("m2", 2, 8), w("w3", 8, 2, 1, 1)],
                    opset=17)
     hooked = {m.__class__.__name__ + ":" + name for name, m in onnx_attr.load(model).module.named_modules() if m._forward_pre_hooks}
-    assert len(hooked) == 3, hooked  # the widening MatMul and Conv, the outer sum
+    assert len(hooked) == 4, hooked  # the widening MatMul and Conv, the outer sum, the Concat of one input twice
     static = model.graph.input
     for spec in static:  # the same graph with every size fixed: nothing to check at run time
         for d in spec.type.tensor_type.shape.dim:

@@ -15,6 +15,7 @@ Defaults fit real models with room to spare; raise one with
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -380,7 +381,7 @@ def _windowed(op: str, get: Get, attrs: dict, opset: int) -> Optional[int]:
 def _broadcasting(get: Get, attrs: dict, opset: int) -> Optional[int]:
     """The broadcast of every input: an outer sum of two small vectors ([n, 1] + [1, n]) is n²."""
     shape: list[int] = []
-    for i in range(_MAX_VARIADIC):
+    for i in itertools.count():
         x = get(i)
         if x is None:
             break
@@ -413,6 +414,17 @@ def _gather(get: Get, attrs: dict, opset: int) -> Optional[int]:
     return elements(ids.shape) * elements(d for i, d in enumerate(data.shape) if i != axis % data.dim())
 
 
+def _concat(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    """The inputs together: one tensor listed n times is n copies of it."""
+    total = 0
+    for i in itertools.count():
+        x = get(i)
+        if x is None:
+            break
+        total += elements(x.shape)
+    return total
+
+
 def _roi_align(get: Get, attrs: dict, opset: int) -> Optional[int]:
     x, rois = get(0), get(1)
     if x is None or rois is None or x.dim() < 2:
@@ -428,8 +440,6 @@ WIDE_WINDOW = 1024
 BROADCASTING = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Mod", "BitShift", "And", "Or", "Xor", "Equal", "Greater", "GreaterOrEqual",
     "Less", "LessOrEqual", "Where", "Max", "Min", "Sum", "Mean", "BitwiseAnd", "BitwiseOr", "BitwiseXor"})
-#: The inputs a variadic op (Sum, Max, ...) is measured over: more is a file built to be slow.
-_MAX_VARIADIC = 4096
 
 #: op type -> (ONNX inputs by position -> elements of the largest tensor it will create)
 ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
@@ -459,10 +469,11 @@ ESTIMATORS: dict[str, Callable[[Get, dict, int], Optional[int]]] = {
     "MatMulInteger": _matmul,
     "Gemm": _gemm,
     "Gather": _gather,
+    "Concat": _concat,
 }
 #: Ops guarded only where their shapes, as shape inference found them, do not rule out that the
 #: output outgrows the inputs (`may_grow`): every model has hundreds of them, and a hook costs.
-SHAPED = WINDOWED | BROADCASTING | {"MatMul", "MatMulInteger", "Gemm"}
+SHAPED = WINDOWED | BROADCASTING | {"MatMul", "MatMulInteger", "Gemm", "Concat"}
 
 
 def _slice_axes(get: Get, attrs: dict, opset: int) -> Optional[list]:
@@ -502,8 +513,12 @@ Shape = Optional[Sequence[Union[int, str, None]]]
 
 
 def guarded(op_type: str, attrs: dict, inputs: Sequence[Shape] = (), output: Shape = None,
-            budget: Optional[Budget] = None) -> bool:
-    """Whether a node of this op, these attributes and these static shapes gets a `NodeGuard`."""
+            budget: Optional[Budget] = None, names: Sequence[str] = ()) -> bool:
+    """Whether a node of this op, these attributes and these static shapes (of the inputs `names`)
+    gets a `NodeGuard`."""
+    if op_type == "Concat":  # no larger than the inputs held already, unless one is listed twice
+        fixed = _static(output)
+        return len(set(names)) < len(names) and (fixed is None or elements(fixed) > (budget or current_budget()).max_elements)
     if op_type in SHAPED:
         return may_grow(op_type, attrs, inputs, output, budget or current_budget())
     return op_type in GUARDED

@@ -217,8 +217,9 @@ def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[st
         root.add_module(target, module)
         args, kwargs = _call_arguments(module, [value(name) for name in mapping.inputs])
         attrs = {a.name: _attribute(a) for a in proto.attribute}
-        if proto.domain in ("", "ai.onnx") and guarded(proto.op_type, attrs, [shapes.get(n) for n in proto.input],
-                                                       shapes.get(proto.output[0]) if proto.output else None):
+        if proto.domain in ("", "ai.onnx") and guarded(
+                proto.op_type, attrs, [shapes.get(n) for n in proto.input], shapes.get(proto.output[0]) if proto.output else None,
+                names=proto.input):
             named, note = _as_declared(proto.domain, opset, declared)
             where = f"node {label!r} (op {proto.op_type}, opset {named}{note and ', upgraded to ' + str(opset)})"
             _guard(module, proto, attrs, where, opset, mapping.inputs, args, kwargs, onnx_graph)
