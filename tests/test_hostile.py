@@ -211,8 +211,8 @@ def test_runaway_loops_stop_at_the_iteration_budget_quickly(case):
 
 
 def test_a_loop_whose_carried_value_doubles_stops_at_the_element_budget():
-    # (v with a copy of itself: Concat(v, v) would be refused by its own check, before the loop's)
-    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c2"]), helper.make_node("Identity", ["v"], ["w"]),
+    # (v with |v|: Concat(v, v) would be refused by its own check, before the loop's)
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c2"]), helper.make_node("Abs", ["v"], ["w"]),
                               helper.make_node("Concat", ["v", "w"], ["v2"], axis=0)],
                              "b", [_vi("i", _I, []), _vi("c", TensorProto.BOOL, []), _vi("v", _F, ["n"])],
                              [_vi("c2", TensorProto.BOOL, []), _vi("v2", _F, ["m"])])
