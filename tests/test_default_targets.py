@@ -221,3 +221,53 @@ def test_maps_stacked_from_different_heads_default_to_the_first_ones_region(tmp_
     got = np.load(tmp_path / "out" / "attributions.npz")["x"]
     expected = (y[0, 0] - y0[0, 0])[mask].sum()
     np.testing.assert_allclose(got.sum(), expected, rtol=1e-4, atol=1e-3)
+
+
+def _image_to_image(tmp_path, upscale: int, softmax: bool = False) -> str:
+    """[N, 3, 6, 8] -> Conv (3 -> 3·k²) -> DepthToSpace(k) -> [N, 3, 6k, 8k]: ESPCN's pixel shuffle
+    (k = 1: a restoration, plus its input: a residual); with `softmax`, 3 classes over the pixels."""
+    rng = np.random.default_rng(4)
+    k2 = upscale * upscale
+    weights = {"w": (rng.normal(size=(3 * k2, 3, 3, 3)) * 0.1).astype(np.float32),
+               "b": rng.normal(size=3 * k2).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"])]
+    if upscale > 1:
+        nodes.append(helper.make_node("DepthToSpace", ["r"], ["y"], blocksize=upscale, mode="CRD"))
+    else:
+        nodes.append(helper.make_node("Add", ["r", "x"], ["s"] if softmax else ["y"]))
+        if softmax:
+            nodes.append(helper.make_node("Softmax", ["s"], ["y"], axis=1))
+    return _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 6 * upscale, 8 * upscale])], weights)
+
+
+@pytest.mark.parametrize("upscale", [1, 2, 3])
+def test_an_image_out_of_an_image_is_a_map_of_colours_not_three_classes(tmp_path, upscale):
+    """A super-resolution net's [N, 3, kH, kW] (waifu2x, ESPCN) and a restoration's [N, 3, H, W] are the
+    input's colours: `segment` took the pixels where red or green or blue is the largest channel as
+    a class's segment. The default is the bright region's summed score, the mask by hand from
+    onnxruntime's outputs, DeepLift complete on it; a 3-class segmenter ending in a Softmax over the
+    same shape keeps `segment`."""
+    path = _image_to_image(tmp_path, upscale)
+    x = (np.random.default_rng(5).uniform(size=(2, 3, 6, 8)) * 255.0).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "run"
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(out), "--no-pictures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == "region"
+    assert report["target_detail"]["layout"] == "an image [N, 3, H, W] like input 'x'" + (f" (x{upscale})" if upscale > 1 else "")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": x})[0].astype(np.float64)
+    y0 = session.run(None, {"x": np.zeros_like(x[:1])})[0][0].astype(np.float64)
+    flat = y.reshape(len(y), -1)
+    masks = flat > ((flat.min(1) + flat.max(1)) / 2)[:, None]
+    assert report["target_detail"]["mask_size"] == masks.sum(1).tolist()
+    change = ((flat - y0.reshape(1, -1)) * masks).sum(1)
+    with np.load(out / "attributions.npz", allow_pickle=False) as data:
+        sums = data["x"].reshape(len(x), -1).astype(np.float64).sum(1)
+    np.testing.assert_allclose(sums, change, rtol=1e-4, atol=1e-4 * np.abs(change).max())
+    (tmp_path / "seg").mkdir()
+    segmenter = _image_to_image(tmp_path / "seg", 1, softmax=True)
+    assert main(["attribute", segmenter, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "seg_run"), "--no-pictures"]) == 0
+    report = json.loads((tmp_path / "seg_run" / "report.json").read_text())
+    assert report["target"] == "segment" and report["target_detail"]["layout"] == "class maps [N, C, H, W] (3 classes)"

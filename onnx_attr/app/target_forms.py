@@ -9,6 +9,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
+| an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or k-fold on both axes (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score |
 | classes `[N, C, 1]`                  | rank 3, one column, ending in a Softmax over C    | `top`: the predicted class |
 | one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
@@ -230,6 +231,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if len(shape) == 3 and shape[2] == 1 and min(shape[:2]) >= 2 and _as_image(image, shape[0], shape[1]):
         # tf2onnx's Keras U-Net ending in Conv2D(1): channels last, as its image input
         return Layout("a dense map [N, H, W, 1]", "map", "region", sigmoid_stripped=stripped, final=op)
+    like = _an_image_of(model, inputs, shape) if op not in ("Softmax", "LogSoftmax") else None
+    if len(shape) == 3 and shape[0] >= 2 and like is not None:  # restored or upscaled: its channels are colours
+        return Layout(f"an image [N, {shape[0]}, H, W] like input {like[0]!r}" + (f" (x{like[1]})" if like[1] > 1 else ""),
+                      "map", "region", sigmoid_stripped=stripped, final=op)
     if len(shape) == 3 and shape[0] >= 2 and min(shape[1:]) >= 2 and _as_image(image, shape[1], shape[2]):
         heads = _stacked_heads(model, spec.name)
         if heads:  # a text logit beside Softplus distances (rapidocrlite's Indra detector): no classes to argmax
@@ -368,6 +373,20 @@ def _shaped_like_input(model, inputs: dict[str, np.ndarray], shape: tuple) -> Op
         if x is not None and np.ndim(x) == len(shape) + 1 and np.issubdtype(np.asarray(x).dtype, np.floating) \
                 and tuple(np.shape(x)[1:]) == tuple(shape):
             return spec.name
+    return None
+
+
+def _an_image_of(model, inputs: dict[str, np.ndarray], shape: tuple) -> Optional[tuple[str, int]]:
+    """(input, k) where one example of the output [C, H, W] is an NCHW image input's example, or
+    that image upscaled k times on both axes (a super-resolution net): its channels are the
+    image's colours, not classes. None otherwise."""
+    for spec in model.inputs:
+        x = inputs.get(spec.name)
+        if x is None or np.ndim(x) != 4 or not np.issubdtype(np.asarray(x).dtype, np.floating):
+            continue
+        c, h, w = np.shape(x)[1:]
+        if shape[0] == c and h and w and shape[1] % h == 0 and shape[1] // h == shape[2] // w and shape[2] == w * (shape[1] // h):
+            return spec.name, shape[1] // h
     return None
 
 
