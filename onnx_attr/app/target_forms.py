@@ -9,7 +9,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
-| an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or k-fold on both axes (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
+| an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score |
 | classes `[N, C, 1]`                  | rank 3, one column, ending in a Softmax over C    | `top`: the predicted class |
 | one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
@@ -233,7 +233,7 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         return Layout("a dense map [N, H, W, 1]", "map", "region", sigmoid_stripped=stripped, final=op)
     like = _an_image_of(model, inputs, shape) if op not in ("Softmax", "LogSoftmax") else None
     if len(shape) == 3 and shape[0] >= 2 and like is not None:  # restored or upscaled: its channels are colours
-        return Layout(f"an image [N, {shape[0]}, H, W] like input {like[0]!r}" + (f" (x{like[1]})" if like[1] > 1 else ""),
+        return Layout(f"an image [N, {shape[0]}, H, W] like input {like[0]!r}" + (f" (upscaled x{like[1]:.2g})" if like[1] > 1 else ""),
                       "map", "region", sigmoid_stripped=stripped, final=op)
     if len(shape) == 3 and shape[0] >= 2 and min(shape[1:]) >= 2 and _as_image(image, shape[1], shape[2]):
         heads = _stacked_heads(model, spec.name)
@@ -376,17 +376,19 @@ def _shaped_like_input(model, inputs: dict[str, np.ndarray], shape: tuple) -> Op
     return None
 
 
-def _an_image_of(model, inputs: dict[str, np.ndarray], shape: tuple) -> Optional[tuple[str, int]]:
-    """(input, k) where one example of the output [C, H, W] is an NCHW image input's example, or
-    that image upscaled k times on both axes (a super-resolution net): its channels are the
-    image's colours, not classes. None otherwise."""
+def _an_image_of(model, inputs: dict[str, np.ndarray], shape: tuple) -> Optional[tuple[str, float]]:
+    """(input, scale) where one example of the output [C, H, W] is an NCHW image input's example, or
+    that image upscaled at its aspect ratio (a super-resolution net, whose borders may be cropped:
+    waifu2x gives 2H - 28): its channels are the image's colours, not classes. None otherwise."""
     for spec in model.inputs:
         x = inputs.get(spec.name)
         if x is None or np.ndim(x) != 4 or not np.issubdtype(np.asarray(x).dtype, np.floating):
             continue
         c, h, w = np.shape(x)[1:]
-        if shape[0] == c and h and w and shape[1] % h == 0 and shape[1] // h == shape[2] // w and shape[2] == w * (shape[1] // h):
-            return spec.name, shape[1] // h
+        if shape[0] != c or not h or not w:
+            continue
+        if tuple(shape[1:]) == (h, w) or (shape[1] > h and shape[2] > w and _as_image((h, w), shape[1], shape[2])):
+            return spec.name, shape[1] / h
     return None
 
 
