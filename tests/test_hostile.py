@@ -993,3 +993,25 @@ def test_the_cli_says_a_node_outgrew_the_budget_in_our_words_only(tmp_path, caps
     err = capsys.readouterr().err
     assert "'grow' (op Add, opset 17)" in err and "4,194,304" in err
     assert "While executing" not in err and "tlparse" not in err
+
+
+@pytest.mark.parametrize("op,attrs,inputs,grows", [
+    ("Add", {}, [[None, 3], [3]], False),  # an anonymous batch plus a bias: no larger than the input
+    ("Add", {}, [[None, 3], [None, 3]], True),  # two anonymous sizes may differ: [n, 3] + [1, 3]... or [1, 3] + [n, 3]
+    ("Where", {}, [["N", 1, "T"], ["N", "H", "T"], []], False),
+    ("Where", {}, [["N", 1, "T"], ["N", "H", 1], []], True),
+    ("MatMul", {}, [["N", 5, 8], [8, 4]], False),  # K 8 >= N 4
+    ("MatMul", {}, [["N", 5, 8], [8, 16]], True),
+    ("MatMul", {}, [[4, 8], ["N", 8, "T"]], False),  # M 4 <= K 8, the batch is b's
+    ("Gemm", {"transB": 1}, [["N", 8], [4, 8]], False),
+    ("Conv", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, [["N", 8, "H", "W"], [8, 8, 3, 3]], False),
+    ("Conv", {"kernel_shape": [3, 3], "pads": [3, 3, 3, 3]}, [["N", 8, "H", "W"], [8, 8, 3, 3]], True),  # pads past the window
+    ("Conv", {"kernel_shape": [1, 1]}, [["N", 8, "H", "W"], [16, 8, 1, 1]], True),  # widens
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, [["N", 8, "H", "W"]], False),
+])
+def test_which_shapes_rule_growth_out(op, attrs, inputs, grows):
+    """Hand-derived: an output no larger than one input needs no check at run time; anything the
+    shapes leave open does."""
+    from onnx_attr.importing.budget import may_grow
+    assert may_grow(op, attrs, inputs, None, onnx_attr.Budget()) is grows
+    assert may_grow(op, attrs, inputs, [2, 3], onnx_attr.Budget()) is False  # a size fixed within the budget

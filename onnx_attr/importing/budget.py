@@ -536,7 +536,7 @@ def may_grow(op_type: str, attrs: dict, inputs: Sequence[Shape], output: Shape, 
     if fixed is not None and elements(fixed) <= budget.max_elements:
         return False
     if op_type in BROADCASTING:
-        return not any(_dominates(big, inputs) for big in inputs)
+        return not any(_dominates(big, [s for j, s in enumerate(inputs) if j != i]) for i, big in enumerate(inputs))
     x, w = (inputs[0] if inputs else None), (inputs[1] if len(inputs) > 1 else None)
     if op_type in ("MatMul", "MatMulInteger", "Gemm"):
         return not _product_narrows(op_type, attrs, x, w)
@@ -565,7 +565,7 @@ def _static(shape: Shape) -> Optional[list[int]]:
 
 
 def _dominates(big: Shape, shapes: Sequence[Shape]) -> bool:
-    """Whether `big` is the broadcast of `shapes`: every other input is 1 or the same size (the same
+    """Whether `big` is its broadcast with `shapes`: each of them is 1 or the same size (the same
     number, or the same symbol) on each of its axes."""
     if big is None or any(s is None or len(s) > len(big) for s in shapes):
         return False
@@ -581,8 +581,8 @@ def _product_narrows(op_type: str, attrs: dict, a: Shape, b: Shape) -> bool:
     if not isinstance(k, int):
         return False
     batch_a, batch_b = list(a[:-2]), list(b[:-2])
-    return (isinstance(n, int) and n <= k and _dominates(batch_a, [batch_a, batch_b])) or \
-        (isinstance(m, int) and m <= k and _dominates(batch_b, [batch_a, batch_b]))
+    return (isinstance(n, int) and n <= k and _dominates(batch_a, [batch_b])) or \
+        (isinstance(m, int) and m <= k and _dominates(batch_b, [batch_a]))
 
 
 def _window_narrows(op_type: str, attrs: dict, x: Shape, w: Shape) -> bool:
