@@ -244,3 +244,43 @@ def test_ig_on_an_8bit_embedding_table_taps_its_dequantized_rows(tmp_path):
     change = ort_run(proto, {"ids": x})[0][0, 1] - ort_run(proto, {"ids": base})[0][0, 1]
     assert np.asarray(got["ids"]).shape == x.shape
     assert abs(float(np.asarray(got["ids"]).sum()) - change) < 1e-3 * max(1.0, abs(change))
+
+
+class IdsTagger(nn.Module):
+    """text2tashkeel's shape: character ids -> embedding -> BiLSTM -> logits; no float input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed, self.lstm, self.head = nn.Embedding(40, 16), nn.LSTM(16, 24, bidirectional=True, batch_first=True), \
+            nn.Linear(48, 7)
+
+    def forward(self, ids):
+        y, _ = self.lstm(self.embed(ids))
+        return self.head(y) * 10.0
+
+
+def test_the_rounding_inside_a_quantized_lstm_is_measured_where_it_quantizes(tmp_path):
+    """DynamicQuantizeLSTM quantizes its input X over X's own range inside the op. An ulp of
+    difference before it (onnxruntime's tanh and sigmoid are not torch's) lands an element on the
+    other side of a rounding boundary: text2tashkeel's int8 BiLSTM differed from onnxruntime by
+    0.024 at 35 characters and more, its outputs at 30 exactly. With integer ids in, jittering the
+    inputs measured nothing (spread 0), so `verify` failed on rounding. The jitter now goes where
+    the op quantizes, as before a DynamicQuantizeLinear: onnxruntime's own answer moves there."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from onnx_attr.importing.qdq_jitter import jittered_quantizers
+    from onnx_attr.importing.verify import _quantized_spread, run_onnxruntime
+
+    onnx.save(to_onnx(IdsTagger().eval(), torch.zeros(1, 48, dtype=torch.long), dynamic_batch=False), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"])
+    proto = onnx.load(tmp_path / "q.onnx")
+    lstm = next(n for n in proto.graph.node if n.op_type == "DynamicQuantizeLSTM")
+    jittered = jittered_quantizers(proto, 0)
+    assert jittered is not None
+    fed = next(n for n in jittered.graph.node if n.op_type == "DynamicQuantizeLSTM").input[0]
+    assert fed != lstm.input[0] and fed.startswith("onnx_attr_jitter")
+    feeds = {"x": np.random.default_rng(0).integers(0, 40, (1, 48))}
+    name = proto.graph.output[0].name
+    theirs = run_onnxruntime(proto, feeds, [name], optimize=False)
+    assert _quantized_spread(proto, feeds, [name], [np.asarray(t) for t in theirs])[0] > 0

@@ -22,6 +22,8 @@ from onnx import helper, numpy_helper
 #: relative size of the jitter before each quantizer (ulps), and the per-run frequencies and signs
 JITTER_ULPS = 4
 _RUNS = ((12345.678, 1.0), (2345.6789, -1.0), (34567.891, 1.0), (456.78912, -1.0))
+#: ops that quantize their input 0 at run time over its own range (onnxruntime's dynamic quantizer)
+DYNAMIC_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"})
 _FLOATS = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
            onnx.TensorProto.DOUBLE: np.float64}
 
@@ -42,8 +44,9 @@ def jittered_quantizers(model: onnx.ModelProto, run: int) -> Optional[onnx.Model
     copy.CopyFrom(model)
     nodes, added = [], 0
     for index, node in enumerate(copy.graph.node):
-        # a DynamicQuantizeLinear reads float32 and takes its range from it: a few ulps there move a step too
-        dynamic = node.op_type == "DynamicQuantizeLinear"
+        # a dynamic quantizer reads float32 and takes its range from it: a few ulps there move a step too
+        # (onnxruntime's DynamicQuantizeLSTM and DynamicQuantizeMatMul quantize their input X inside)
+        dynamic = node.op_type in DYNAMIC_QUANTIZERS
         dtype = np.float32 if dynamic else _FLOATS.get(constants.get(node.input[1] if len(node.input) > 1 else "", -1))
         if (node.op_type == "QuantizeLinear" or dynamic) and node.input[0] not in constants and dtype is not None:
             x, p = node.input[0], f"onnx_attr_jitter{run}_{index}"

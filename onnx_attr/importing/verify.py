@@ -33,7 +33,7 @@ from onnx_attr.errors import ForwardError, ReferenceRuntimeError
 from onnx_attr.importing.batch import batch_axes, fixed_batch
 from onnx_attr.importing.inputs import arrange, sample_inputs
 from onnx_attr.importing.rows import fixed_passes
-from onnx_attr.importing.qdq_jitter import jitter_runs, jittered_quantizers
+from onnx_attr.importing.qdq_jitter import DYNAMIC_QUANTIZERS, jitter_runs, jittered_quantizers
 
 
 #: the rounding budget per node on the longest path, in units of the output dtype's unit roundoff
@@ -348,14 +348,10 @@ def statically_quantized(model: onnx.ModelProto) -> bool:
     return any(n.op_type == "QuantizeLinear" and n.input[0] not in constants for n in model.graph.node)
 
 
-#: ops that quantize an activation at run time, over its own range (onnxruntime's dynamic quantizer)
-_DYNAMIC_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"})
-
-
 def dynamically_quantized(model: onnx.ModelProto) -> bool:
     """Whether the graph quantizes activations over their own range at run time: a one-ulp change of
     a quantizer's range moves whole quantization steps, as a static quantizer's rounding does."""
-    return any(n.op_type in _DYNAMIC_QUANTIZERS for n in model.graph.node)
+    return any(n.op_type in DYNAMIC_QUANTIZERS for n in model.graph.node)
 
 
 #: relative size of the input jitter that measures a quantized graph's own rounding sensitivity (ulps)
