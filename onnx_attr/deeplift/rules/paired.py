@@ -14,7 +14,7 @@ bookkeeping of broadcasts, reductions and folds between primitives.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -308,7 +308,7 @@ def rescale(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, exact_secant: 
 
 class _Product(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: Tensor, a0: Tensor, b: Tensor, b0: Tensor, fn: Callable, ordered: bool = False) -> Tensor:
+    def forward(ctx, a: Tensor, a0: Tensor, b: Tensor, b0: Tensor, fn: Callable, ordered: Optional[float] = None) -> Tensor:
         ctx.fn, ctx.ordered = fn, ordered
         ctx.save_for_backward(a, a0, b, b0)
         return fn(a, b)
@@ -321,19 +321,22 @@ class _Product(torch.autograd.Function):
 
 
 def product_multipliers(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Tensor, b0: Tensor,
-                        grad: Tensor, ordered: bool = False) -> tuple[Tensor, Tensor]:
+                        grad: Tensor, ordered: Optional[float] = None) -> tuple[Tensor, Tensor]:
     """The product rule's backward: grad through fn(·, b̄) to a and through fn(ā, ·) to b.
 
     fn is bilinear, so each is linear in grad at a fixed other side: for `torch.mul` (Mul, gates,
     squares) in closed form, grad·b̄ and grad·ā summed to each operand's shape, which is what
     autograd's own Mul backward computes, without building a graph per node per call; any other
-    fn through autograd. `ordered`: change a at the smaller |b|, then b at the other side's a (see
-    `scaled_product`); else Shapley's midpoints."""
-    if ordered:
+    fn through autograd. Shapley's midpoints, except with `ordered` (elementwise fn only): change a
+    at the smaller |b|, then b at the other side's a (see `scaled_product`), wherever |b| and |b0|
+    differ by more than the factor `ordered` (0: everywhere). Each element's split is exact either
+    way, so mixing them per element keeps the sum."""
+    a_mid, b_mid = (a + a0).div_(2), (b + b0).div_(2)
+    if ordered is not None:
         first = b.abs() <= b0.abs()
-        a_mid, b_mid = torch.where(first, a0, a), torch.where(first, b, b0)
-    else:
-        a_mid, b_mid = (a + a0).div_(2), (b + b0).div_(2)
+        spread = torch.maximum(b.abs(), b0.abs()) > ordered * torch.minimum(b.abs(), b0.abs())
+        a_mid, b_mid = torch.where(spread & first, a0, torch.where(spread, a, a_mid)), \
+            torch.where(spread, torch.where(first, b, b0), b_mid)
     if fn is torch.mul:
         return reduce_to(b_mid.mul_(grad) if _owns(b_mid, grad) else grad * b_mid, a.shape), \
             reduce_to(a_mid.mul_(grad) if _owns(a_mid, grad) else grad * a_mid, b.shape)
@@ -357,13 +360,14 @@ def reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
 
 
 def product(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: Tensor, b: Tensor, b0: Tensor,
-            y0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(fn(a, b), fn(a0, b0)) with the Shapley split as backward (`y0`: fn(a0, b0) where the caller has it)."""
+            y0: Tensor | None = None, ordered: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """(fn(a, b), fn(a0, b0)) with the Shapley split as backward (`y0`: fn(a0, b0) where the caller has it;
+    `ordered`: see `product_multipliers`)."""
     a0, b0 = a0.detach(), b0.detach()
     if y0 is None:
         with torch.no_grad():
             y0 = fn(a0, b0)
-    return _Product.apply(a, a0, b, b0, fn), y0
+    return _Product.apply(a, a0, b, b0, fn, ordered), y0
 
 
 def scaled_product(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor, Tensor]:
@@ -378,7 +382,7 @@ def scaled_product(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor
     a0, b0 = a0.detach(), b0.detach()
     with torch.no_grad():
         y0 = a0 * b0
-    return _Product.apply(a, a0, b, b0, torch.mul, True), y0
+    return _Product.apply(a, a0, b, b0, torch.mul, 0.0), y0
 
 
 def pair_max(a: Tensor, a0: Tensor, b: Tensor, b0: Tensor) -> tuple[Tensor, Tensor]:
