@@ -12,7 +12,7 @@ from onnx_attr.importing.convert import convert, is_importable, opsets
 from onnx_attr.errors import InputError
 from onnx_attr.importing.final_activation import expose_selection_scores, strip_final_activations
 from onnx_attr.importing.model import AttributableModel
-from onnx_attr.importing.normalize import normalize
+from onnx_attr.importing.normalize import normalize, sort_unsorted_top_k
 from onnx_attr.importing.read import ModelSource, read_model
 from onnx_attr.importing.specs import cast_id_inputs, output_spec, value_spec
 
@@ -42,6 +42,7 @@ def load(
         module = convert(normalized.converted, opsets(normalized.canonical)
                          if normalized.converted is not normalized.canonical else None)
     canonical = normalized.canonical
+    sort_unsorted_top_k(canonical.graph)  # the reference runs it in our order, which the file allows
     ids = cast_id_inputs(canonical.graph)
     imported = AttributableModel(
         module,

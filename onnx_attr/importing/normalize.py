@@ -277,6 +277,22 @@ def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
         yield from _all_graphs(sub)
 
 
+def sort_unsorted_top_k(graph: onnx.GraphProto) -> int:
+    """Set sorted=1 on every TopK that has sorted=0, in place; how many. ONNX leaves the order of an
+    unsorted TopK's k results to the runtime: onnxruntime gives its heap's or its nth_element's,
+    ours are sorted (a stable sort, ties by index). The reference that `verify` runs is told to
+    sort too, so both give the same values in the same order, which the file allows either way."""
+    changed = 0
+    for g in _all_graphs(graph):
+        for node in g.node:
+            if node.op_type == "TopK" and node.domain in ("", "ai.onnx"):
+                for attr in node.attribute:
+                    if attr.name == "sorted" and attr.i == 0:
+                        attr.i = 1
+                        changed += 1
+    return changed
+
+
 def rename_all(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
     """Point every consumer of each old name (subgraphs included: they see outer names) at its new
     one, all renamed together (a new name is never renamed again), in one pass over the nodes; the

@@ -402,7 +402,7 @@ def _jittered(feeds: dict[str, np.ndarray], rng: np.random.Generator, ulp: Optio
         if isinstance(value, np.ndarray) and value.dtype in (np.float32, np.float16, np.float64):
             noise = rng.standard_normal(value.shape) * (ulp * NARROW_JITTER_ULPS if ulp else
                                                         _JITTER_ULPS * float(np.finfo(value.dtype).eps))
-            value = (value * (1 + noise)).astype(value.dtype)
+            value = np.asarray(value * (1 + noise), dtype=value.dtype)  # a 0-d input stays an array, not a scalar
         jittered[name] = value
     return jittered
 

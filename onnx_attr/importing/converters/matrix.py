@@ -1,5 +1,5 @@
-"""Matrix ops onnx2torch lacks: Det, MatMulInteger, QLinearMatMul; Range in its opset-27 form
-(a stash type for half types)."""
+"""Matrix ops onnx2torch lacks: Det, MatMulInteger, QLinearMatMul; Range (onnx2torch's refuses an
+empty range; opset 27 adds a stash type for half types)."""
 
 from __future__ import annotations
 
@@ -23,18 +23,26 @@ def convert_det(node, graph):
 
 
 class Range(nn.Module):
-    """start, start + delta, ... below limit; half types counted in the stash type, then cast."""
+    """start, start + delta, ... below limit: max(ceil((limit - start) / delta), 0) values, so a limit
+    on the wrong side of start is an empty range (torch's arange refuses it: ppocr-vectron's line
+    extractor meets one on a page without text); half types counted in the stash type, then cast."""
 
-    def __init__(self, stash: torch.dtype):
+    def __init__(self, stash: torch.dtype = torch.float32):
         super().__init__()
         self.stash = stash
 
     def forward(self, start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         dtype = start.dtype
         compute = self.stash if dtype in (torch.float16, torch.bfloat16) else dtype
-        values = torch.arange(start.to(compute).item(), limit.to(compute).item(), delta.to(compute).item(),
-                              dtype=compute, device=start.device)
-        return values.to(dtype)
+        first, last, step = (t.to(compute).item() for t in (start, limit, delta))
+        if step != 0 and (last - first) / step <= 0:
+            return torch.empty(0, dtype=dtype, device=start.device)
+        return torch.arange(first, last, step, dtype=compute, device=start.device).to(dtype)
+
+
+@register("Range", 11)
+def convert_range_11(node, graph):
+    return result(node, Range())
 
 
 @register("Range", 27)
