@@ -220,7 +220,7 @@ class ShardWorker:
         attributions, delta, prediction, target = out
         import torch
 
-        from onnx_attr.methods.deeplift import relative_delta, rounded_in
+        from onnx_attr.methods.deeplift import output_depth, relative_delta, rounded_in, rounding_magnitude
 
         dtype = rounded_in(self.model, self.output_index)
         for j, r in enumerate(picked):
@@ -233,9 +233,10 @@ class ShardWorker:
             value = prediction[j][1]  # f(x) of the explained output; f(x0) = f(x) - change
             # the attributions' own size too: the rounding of a sum of large cancelling terms (relative_delta)
             spread = sum(float(np.abs(v).sum(dtype=np.float64)) for v in values.values())
-            magnitude = torch.tensor([spread if value is None else max(abs(value), abs(value - change), spread)])
+            outputs = 0.0 if value is None else max(abs(value), abs(value - change))
+            magnitude = rounding_magnitude(torch.tensor([outputs]), torch.tensor([spread]))
             relative = float(relative_delta(torch.tensor([float(delta[j])]), torch.tensor([change]), dtype,
-                                            magnitude)[0])
+                                            magnitude, output_depth(self.model, self.output_index))[0])
             rows.ok(r, values, float(delta[j]), relative, prediction[j], target[j])
 
     def _call(self, spec: Union[str, dict], attributed: dict, extra: dict, target: Any) -> tuple[dict, np.ndarray]:
