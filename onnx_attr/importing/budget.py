@@ -378,15 +378,18 @@ def _windowed(op: str, get: Get, attrs: dict, opset: int) -> Optional[int]:
     return max(elements([*x.shape[:2], *padded]), elements([x.shape[0], channels, *plan.sizes]))
 
 
-def _broadcasting(get: Get, attrs: dict, opset: int) -> Optional[int]:
-    """The broadcast of every input: an outer sum of two small vectors ([n, 1] + [1, n]) is n²."""
-    shape: list[int] = []
+def _given(get: Get) -> Iterator[torch.Tensor]:
+    """A variadic node's inputs (Sum, Concat), up to the first one not given."""
     for i in itertools.count():
         x = get(i)
         if x is None:
-            break
-        shape = _broadcast(shape, list(x.shape))
-    return elements(shape)
+            return
+        yield x
+
+
+def _broadcasting(get: Get, attrs: dict, opset: int) -> Optional[int]:
+    """The broadcast of every input: an outer sum of two small vectors ([n, 1] + [1, n]) is n²."""
+    return elements(functools.reduce(lambda shape, x: _broadcast(shape, list(x.shape)), _given(get), []))
 
 
 def _matmul(get: Get, attrs: dict, opset: int) -> Optional[int]:
@@ -416,13 +419,7 @@ def _gather(get: Get, attrs: dict, opset: int) -> Optional[int]:
 
 def _concat(get: Get, attrs: dict, opset: int) -> Optional[int]:
     """The inputs together: one tensor listed n times is n copies of it."""
-    total = 0
-    for i in itertools.count():
-        x = get(i)
-        if x is None:
-            break
-        total += elements(x.shape)
-    return total
+    return sum(elements(x.shape) for x in _given(get))
 
 
 def _roi_align(get: Get, attrs: dict, opset: int) -> Optional[int]:
