@@ -78,3 +78,21 @@ def test_a_range_matches_onnxruntime_empty_or_not(start, limit, delta, dtype):
     theirs = _ort(model, feeds)[0]
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_reshape_copying_an_axis_the_input_lacks_says_so():
+    """ppocr-vectron's line extractor on a page without boxes: Reshape(x[0], [1, 0]) copies axis 1 of a
+    1-axis tensor. onnxruntime refuses it unoptimized (its optimizer can skip the node); ours said
+    'IndexError: tuple index out of range'."""
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])],
+                              [numpy_helper.from_array(np.array([1, 0]), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with pytest.raises(Exception, match="Reshape"):  # at load (its shape inference) or at run time
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+            None, {"x": np.zeros(0, np.float32)})
+    with pytest.raises(onnx_attr.OnnxAttrError, match=r"copies axis 1 of an input of shape \[0\], which has 1 axes"):
+        onnx_attr.load(model).run({"x": np.zeros(0, np.float32)})

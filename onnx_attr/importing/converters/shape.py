@@ -45,6 +45,10 @@ class Reshape(nn.Module):
     def forward(self, x: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
         target = self.static if self.static is not None else [int(d) for d in shape.tolist()]
         if not self.allowzero:
+            if any(d == 0 for d in target[x.dim():]):  # as onnxruntime refuses it (its optimizer may skip the node)
+                raise ValueError(f"the shape {target} copies axis {target.index(0, x.dim())} of an input of shape "
+                                 f"{list(x.shape)}, which has {x.dim()} axes (a 0 in a Reshape's shape copies the "
+                                 "input's size on that axis)")
             target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
         return x.reshape(target)
 
