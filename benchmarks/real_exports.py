@@ -2486,7 +2486,10 @@ def _members(source: Union[Path, bytes], name: str) -> Iterator[Callable[[str], 
     regular files' bytes (never extracts, never follows a link), so no member's name decides where
     anything is written."""
     fileobj = io.BytesIO(source) if isinstance(source, bytes) else None
-    if name.endswith((".whl", ".zip")) or zipfile.is_zipfile(fileobj or source):  # a zip by any name (.czseg)
+    zipped = name.endswith((".whl", ".zip")) or zipfile.is_zipfile(fileobj or source)  # a zip by any name (.czseg)
+    if fileobj is not None:
+        fileobj.seek(0)  # is_zipfile leaves it at the end, where tarfile then found no member at all
+    if zipped:
         with zipfile.ZipFile(fileobj or source) as archive:
             yield archive.read
         return
