@@ -621,6 +621,8 @@ class NodeGuard:
         self.constants = constants
 
     def __call__(self, module, args: tuple, kwargs: dict) -> None:
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            return  # traced, its size checks would be guards that fix every symbolic dim to the example's
         given = dict(self.constants)
         given.update((n, a) for n, a in zip(self.positional, args) if isinstance(a, torch.Tensor))
         given.update((self.keywords[k], v) for k, v in kwargs.items()
