@@ -331,12 +331,14 @@ def product_multipliers(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, a0: T
     at the smaller |b|, then b at the other side's a (see `scaled_product`), wherever |b| and |b0|
     differ by more than the factor `ordered` (0: everywhere). Each element's split is exact either
     way, so mixing them per element keeps the sum."""
-    a_mid, b_mid = (a + a0).div_(2), (b + b0).div_(2)
-    if ordered is not None:
+    if ordered is None:
+        a_mid, b_mid = (a + a0).div_(2), (b + b0).div_(2)
+    else:
         first = b.abs() <= b0.abs()
-        spread = torch.maximum(b.abs(), b0.abs()) > ordered * torch.minimum(b.abs(), b0.abs())
-        a_mid, b_mid = torch.where(spread & first, a0, torch.where(spread, a, a_mid)), \
-            torch.where(spread, torch.where(first, b, b0), b_mid)
+        a_mid, b_mid = torch.where(first, a0, a), torch.where(first, b, b0)
+        if ordered:  # Shapley's midpoints where |b| keeps its scale within the factor
+            kept = torch.maximum(b.abs(), b0.abs()) <= ordered * torch.minimum(b.abs(), b0.abs())
+            a_mid, b_mid = torch.where(kept, (a + a0) / 2, a_mid), torch.where(kept, (b + b0) / 2, b_mid)
     if fn is torch.mul:
         return reduce_to(b_mid.mul_(grad) if _owns(b_mid, grad) else grad * b_mid, a.shape), \
             reduce_to(a_mid.mul_(grad) if _owns(a_mid, grad) else grad * a_mid, b.shape)
