@@ -454,3 +454,39 @@ def test_dynamic_quantizers_inputs_are_jittered_for_verify():
     assert all(any(n.op_type == "Sin" for n in c.graph.node) for c in copies)
     moved = [np.abs(ort_run(c, {"x": x})[0] - base).max() for c in copies]
     assert all(np.isfinite(m) for m in moved)
+
+
+@pytest.mark.parametrize("sixteen", [False, True])
+def test_onnxruntimes_own_quantize_dequantize_import_and_explain(tmp_path, sixteen):
+    """onnxruntime's static quantizer writes com.microsoft QuantizeLinear/DequantizeLinear when asked
+    (UseQDQContribOps), 8- or 16-bit: they import exactly, and each activation's pair is one staircase
+    for DeepLift, complete at pixel magnitudes."""
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4))
+    float_path, quant_path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    torch.onnx.export(net.eval(), torch.rand(1, 3, 8, 8), str(float_path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False, dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    draws = [{"x": (np.random.default_rng(i).random((1, 3, 8, 8)) * 255).astype(np.float32)} for i in range(8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter(draws)
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    quantize_static(str(float_path), str(quant_path), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt16 if sixteen else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    extra_options={"UseQDQContribOps": True})
+    model = onnx_attr.load(str(quant_path))
+    domains = {(n.domain, n.op_type) for n in model.onnx_model.graph.node}
+    assert ("com.microsoft", "QuantizeLinear") in domains and ("com.microsoft", "DequantizeLinear") in domains
+    x = (np.random.default_rng(50).random((2, 3, 8, 8)) * 255).astype(np.float32)
+    np.testing.assert_array_equal(model.run({"x": x})[0].numpy(), ort_run(model.reference_model, {"x": x})[0])
+    assert model.verify({"x": x}).passed
+    _, delta = onnx_attr.DeepLift(model).attribute({"x": x}, target=1, return_convergence_delta=True)
+    out = ort_run(model.reference_model, {"x": x})[0][:, 1] - ort_run(model.reference_model, {"x": 0 * x})[0][:, 1]
+    assert np.all(np.abs(np.asarray(delta)) <= 1e-5 * np.maximum(np.abs(out), 1))

@@ -190,7 +190,7 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
         flags = [name in variable for name in node.input]
         attrs = {a.name: _decoded(onnx.helper.get_attribute_value(a)) for a in node.attribute}
         kind = domain_op_kind(node.domain, node.op_type, flags, attrs)
-        if node.op_type in _QDQ and node.domain in ("", "ai.onnx"):
+        if node.op_type in _QDQ and node.domain in ("", "ai.onnx", "com.microsoft"):  # onnxruntime's own too
             kind = _qdq_kind(node, flags, consumers)
         if any(flags) and kind != "structural":
             variable.update(node.output)

@@ -95,6 +95,9 @@ def _refuse_unsupported(op: str, elem_type: int | None) -> None:
                                   "quantization are not supported)")
 
 
+# onnxruntime's own QuantizeLinear/DequantizeLinear (com.microsoft, version 1): what its static quantizer
+# writes for 16-bit activations below opset 21, or with UseQDQContribOps; ONNX's definition with `axis` alone
+@register("QuantizeLinear", 1, domain="com.microsoft")
 @register("QuantizeLinear", 10, 13, 19, 21, 23, 24, 25, 28)
 def convert_quantize(node, graph):
     attrs = node.attributes
@@ -103,6 +106,7 @@ def convert_quantize(node, graph):
     return result(node, QuantizeLinear(attrs.get("axis", 1), attrs.get("block_size", 0), output_type or None))
 
 
+@register("DequantizeLinear", 1, domain="com.microsoft")
 @register("DequantizeLinear", 10, 13, 19, 21, 23, 24, 25, 28)
 def convert_dequantize(node, graph):
     attrs = node.attributes
