@@ -189,6 +189,60 @@ def test_a_channels_last_map_is_a_map(tmp_path):
     _complete(sums, (logits * masks).reshape(2, -1).sum(1), (logits0 * masks).reshape(2, -1).sum(1))
 
 
+def _nhwc_head(tmp_path, channels, upscale=1):
+    """A Keras net's head as tf2onnx writes it: [N, 16, 12, 3] pixels -> Transpose -> (Resize) -> Conv(C)
+    -> Transpose -> Softmax over the last axis -> [N, H, W, C]; and the same graph without its Softmax."""
+    nodes = [helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 3, 1, 2])]
+    source = "xc"
+    if upscale > 1:
+        nodes.append(helper.make_node("Resize", ["xc", "", "scales"], ["up"], mode="nearest"))
+        source = "up"
+    nodes += [helper.make_node("Conv", [source, "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+              helper.make_node("Transpose", ["c"], ["l"], perm=[0, 2, 3, 1])]
+    weights = {"w": (RNG.normal(size=(channels, 3, 3, 3)) * 0.02).astype(np.float32),
+               "b": np.linspace(-0.3, 0.3, channels).astype(np.float32),
+               "scales": np.array([1, 1, upscale, upscale], np.float32)}
+    io = [_info("x", ["N", 16, 12, 3])], [_info("y", ["N", 16 * upscale, 12 * upscale, channels])]
+    return (_save(tmp_path, nodes + [helper.make_node("Softmax", ["l"], ["y"], axis=-1)], *io, weights, "nhwc_head.onnx"),
+            _save(tmp_path, nodes + [helper.make_node("Identity", ["l"], ["y"])], *io, weights, "nhwc_logits.onnx"))
+
+
+def test_channels_last_class_maps_are_segmented(tmp_path):
+    """Class maps [N, H, W, C] (a tf2onnx segmenter ending in a Softmax over its last axis) get the
+    segment their NCHW twins get: the class predicted on the most pixels, its logit summed over those
+    pixels, checked by hand on onnxruntime's logits; it had been `top`, one value of the whole output."""
+    path, logits_path = _nhwc_head(tmp_path, 4)
+    x = (RNG.uniform(size=(2, 16, 12, 3)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    detail = report["target_detail"]
+    assert report["target"] == "segment" and detail["layout"] == "class maps [N, C, H, W] (4 classes), channels last [N, H, W, C]"
+    logits, logits0 = _ort(logits_path, x), _ort(logits_path, np.zeros_like(x[:1]))
+    predicted = logits.argmax(3)
+    chosen = [int(np.bincount(p.reshape(-1), minlength=4).argmax()) for p in predicted]
+    assert detail["classes"] == chosen
+    masks = np.stack([predicted[i] == k for i, k in enumerate(chosen)])[..., None] * (np.arange(4) == np.array(chosen)[:, None, None, None])
+    assert detail["mask_size"] == [int(m.sum()) for m in masks] and 0 < masks.sum() < masks.size / 4
+    _complete(sums, (logits * masks).reshape(2, -1).sum(1), (logits0 * masks).reshape(2, -1).sum(1))
+
+
+def test_a_channels_last_image_is_restored_not_classified(tmp_path):
+    """An NHWC image upscaled x2 ([N, 32, 24, 3] from [N, 16, 12, 3], no Softmax): an image, its predicted
+    region explained, as the NCHW super-resolution nets get; and `top` still names (h, w, c) positions."""
+    _, path = _nhwc_head(tmp_path, 3, upscale=2)
+    x = (RNG.uniform(size=(1, 16, 12, 3)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target"] == "region"
+    assert report["target_detail"]["layout"] == "an image [N, 3, H, W] like input 'x' (upscaled x2), channels last [N, H, W, C]"
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x))
+    flat = y.reshape(1, -1)
+    masks = y > (flat.min() + flat.max()) / 2
+    _complete(sums, (y * masks).reshape(1, -1).sum(1), (y0 * masks).reshape(1, -1).sum(1))
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--target", "top")
+    top = np.unravel_index(int(y[0].argmax()), y.shape[1:])
+    assert report["target_detail"]["indices"] == [[int(i) for i in top]]
+    _complete(sums, [y[(0, *top)]], [y0[(0, *top)]])
+
+
 def test_a_unit_map_is_a_vector_not_a_map(tmp_path):
     """[N, 1, 1, 96] (a 1x1 Conv embedding head, openWakeWord's) has no pixels to make a region of:
     its largest value, as any other output."""

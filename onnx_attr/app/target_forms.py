@@ -16,6 +16,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | a map over an input `[N, T, F]`      | a rank-3 output shaped as a floating input's example, with no Softmax/LogSoftmax at the end (a denoiser's gain per frame and bin) | `region`: the predicted region's summed score |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
+| channels last `[N, H, W, C]`         | rank 4, `H:W` as the image input's, 2 ≤ C < H, W (tf2onnx's Keras heads) | read as its `[N, C, H, W]` view above (class maps, an image), the target put back |
 | anything else                        |                                                   | `top`: the largest value's position |
 
 Forms: `top` (the largest value: the predicted class, the top pixel); `region` or `region>T`
@@ -152,7 +153,12 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     # several such rows index the whole output, as the batch-axis error says they do
     baked = axis is None and out.dim() >= 2 and out.shape[0] == 1 and (examples <= 1 or text is None)
     view = (out if baked else batch_first(out, axis)).detach().double()
+    last = form != "indices" and _channels_last(view, model, inputs)  # given indices name the output's own axes
+    if last:
+        view = view.movedim(3, 1)
     layout = recognise(view, model, output_index, inputs, 0 if baked else axis)
+    if last:
+        layout = replace(layout, name=f"{layout.name}, channels last [N, H, W, C]")
     if form == "default":
         form = layout.default
     detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
@@ -163,6 +169,8 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     if resolved.labels is not None:  # the summed score itself, for the picture titles
         values = (view * resolved.target.weights.to(view.dtype)).reshape(len(view), -1).sum(1).tolist()
         resolved.labels = [f"{label}: {v:.4g}" for label, v in zip(resolved.labels, values)]
+    if last:
+        resolved = _channels_back(resolved)
     resolved.target = _in_whole(resolved.target) if baked else _on_axis(resolved.target, axis)
     if text is None:
         resolved.source = f"default for {layout.name}: {resolved.source}"
@@ -384,12 +392,45 @@ def _an_image_of(model, inputs: dict[str, np.ndarray], shape: tuple) -> Optional
         x = inputs.get(spec.name)
         if x is None or np.ndim(x) != 4 or not np.issubdtype(np.asarray(x).dtype, np.floating):
             continue
-        c, h, w = np.shape(x)[1:]
+        size = np.shape(x)
+        c, h, w = (size[3], size[1], size[2]) if size[3] <= 4 < size[1] else size[1:]  # NHWC as `_image_size` reads it
         if shape[0] != c or not h or not w:
             continue
         if tuple(shape[1:]) == (h, w) or (shape[1] > h and shape[2] > w and _as_image((h, w), shape[1], shape[2])):
             return spec.name, shape[1] / h
     return None
+
+
+def _channels_last(view: Tensor, model, inputs: dict[str, np.ndarray]) -> bool:
+    """Whether a batch-first rank-4 output keeps its channels last, [N, H, W, C] (tf2onnx's Keras
+    segmenters and restorers): H:W is the image input's aspect ratio, C ≥ 2 is narrower than both,
+    and its axes 2 and 3 are no picture. Read channels first, as `recognise` knows maps."""
+    if view.dim() != 4:
+        return False
+    h, w, c = view.shape[1:]
+    image = _image_size(model, inputs)
+    return 2 <= c < min(h, w) and _as_image(image, h, w) and not _as_image(image, w, c)
+
+
+def _channels_back(resolved: Resolved) -> Resolved:
+    """A target resolved on the channels-first view put back on the channels-last output: masks
+    [N, C, H, W] as [N, H, W, C], positions (c, h, w) as (h, w, c)."""
+    def back(index):
+        if isinstance(index, list):
+            return [back(i) for i in index]
+        return (*index[1:], index[0]) if isinstance(index, (tuple, list)) and len(index) == 3 else index
+
+    target = resolved.target
+    if isinstance(target, Target) and target.weights is not None:
+        target = replace(target, weights=target.weights.movedim(1, 3) if target.per_example else target.weights.movedim(0, 2))
+    elif isinstance(target, (list, tuple)):
+        target = back(target)
+    detail = dict(resolved.detail)
+    if "indices" in detail:
+        detail["indices"] = [list(i) for i in back([tuple(i) for i in detail["indices"]])] \
+            if detail["indices"] and isinstance(detail["indices"][0], (list, tuple)) else detail["indices"]
+    shown = back(resolved.shown) if isinstance(resolved.shown, list) else resolved.shown
+    return replace(resolved, target=target, shown=shown, detail=detail)
 
 
 def _normalises_axis_1(final) -> bool:
