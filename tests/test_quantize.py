@@ -490,3 +490,23 @@ def test_onnxruntimes_own_quantize_dequantize_import_and_explain(tmp_path, sixte
     _, delta = onnx_attr.DeepLift(model).attribute({"x": x}, target=1, return_convergence_delta=True)
     out = ort_run(model.reference_model, {"x": x})[0][:, 1] - ort_run(model.reference_model, {"x": 0 * x})[0][:, 1]
     assert np.all(np.abs(np.asarray(delta)) <= 1e-5 * np.maximum(np.abs(out), 1))
+
+
+def test_qoperator_max_pool_on_int8_channels_last_runs_as_onnxruntime():
+    """onnxruntime's QOperator quantizer leaves MaxPool on the int8 activations between QLinearConvs; over
+    a tf2onnx NHWC input the QLinearConv's int8 output is channels-last in memory, where torch's integer
+    max_pool2d refuses a 32 x 130 x 50 tensor (vk_captcha's first block). Exact against onnxruntime."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("QuantizeLinear", ["t", "s", "z"], ["q0"]),
+             helper.make_node("QLinearConv", ["q0", "s", "z", "w", "ws", "wz", "s", "z"], ["q"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["q"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("DequantizeLinear", ["p", "s", "z"], ["y"])]
+    weights = {"s": np.float32(0.01), "z": np.int8(0), "w": rng.integers(-20, 20, (32, 3, 3, 3)).astype(np.int8),
+               "ws": np.float32(0.01), "wz": np.int8(0)}
+    proto = make_model(nodes, [("x", FLOAT, [1, 130, 50, 3])], [("y", FLOAT, [1, 32, 65, 25])],
+                       initializers={k: np.asarray(v) for k, v in weights.items()}, opset=13)
+    x = rng.uniform(-1, 1, (1, 130, 50, 3)).astype(np.float32)
+    got = onnx_attr.load(proto).run({"x": x})[0].numpy()
+    np.testing.assert_array_equal(got, ort_run(proto, {"x": x})[0])

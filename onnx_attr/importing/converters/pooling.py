@@ -308,6 +308,8 @@ class MaxPool(nn.Module):
     def padded(self, x: torch.Tensor) -> tuple[torch.Tensor, WindowPadding]:
         """x padded with its dtype's lowest value as far as the windows read, and the plan."""
         plan = self.plan(tuple(x.shape[2:]))
+        if not x.is_floating_point():  # torch's integer max_pool2d refuses large channels-last tensors (a
+            x = x.contiguous()  # QLinearConv's int8 output over a transposed NHWC input): row-major it pools
         if not any(plan.pads):
             return x, plan  # F.pad would copy x even to pad nothing
         low = torch.finfo(x.dtype).min if x.is_floating_point() else torch.iinfo(x.dtype).min
