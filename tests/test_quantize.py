@@ -510,3 +510,32 @@ def test_qoperator_max_pool_on_int8_channels_last_runs_as_onnxruntime():
     x = rng.uniform(-1, 1, (1, 130, 50, 3)).astype(np.float32)
     got = onnx_attr.load(proto).run({"x": x})[0].numpy()
     np.testing.assert_array_equal(got, ort_run(proto, {"x": x})[0])
+
+
+def test_dynamic_quantizers_in_graph_weight_quantization_is_a_constant_for_deeplift(tmp_path):
+    """quantize_dynamic takes a Conv weight held in a Constant node (paddle2onnx writes them so) for an
+    activation and quantizes it with its own DynamicQuantizeLinear: the block's straight-through map read
+    that quantizer as the input's and raised AttributeError. Complete against onnxruntime's outputs at
+    pixel magnitudes; IG's delta small."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import quantize_dynamic
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w, "w")),
+             helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    onnx.save(make_model(nodes, [("x", FLOAT, ["N", 3, 8, 8])], [("y", FLOAT, ["N", 4])], opset=13), tmp_path / "f.onnx")
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"))
+    model = onnx_attr.load(str(tmp_path / "q.onnx"))
+    assert [n.op_type for n in model.onnx_model.graph.node].count("DynamicQuantizeLinear") == 2
+    x = rng.uniform(0, 255, (2, 3, 8, 8)).astype(np.float32)
+    assert model.verify({"x": x}).passed
+    _, delta = onnx_attr.DeepLift(model).attribute({"x": x}, target=2, return_convergence_delta=True)
+    change = ort_run(model.reference_model, {"x": x})[0][:, 2] - ort_run(model.reference_model, {"x": 0 * x})[0][:, 2]
+    assert np.abs(change).min() > 1 and np.all(np.abs(np.asarray(delta)) <= 1e-5 * np.abs(change))
+    _, delta = onnx_attr.IntegratedGradients(model).attribute({"x": x}, target=2, return_convergence_delta=True)
+    assert np.all(np.abs(np.asarray(delta)) <= 0.05 * np.abs(change))

@@ -200,7 +200,10 @@ class _StraightThrough(Interpreter):
         if n in self.skip:
             return None
         op = _op(n)
-        if op not in ("DynamicQuantizeLinear", "Cast", *_INTEGER_OPS):
+        if op not in ("DynamicQuantizeLinear", "Cast", *_INTEGER_OPS) or (
+                op == "DynamicQuantizeLinear" and not (n.args and getattr(n.args[0], "op", None) == "placeholder")):
+            # a weight the quantizer quantizes in the graph (a Constant node's, which it takes for an
+            # activation) is a constant: its integers as the forward computes them
             return super().run_node(n)
         module, values = self.inputs_of(n)
         if op == "Cast":
