@@ -61,3 +61,24 @@ def test_coefficients_beyond_the_declared_features_are_read_as_onnxruntime_reads
     assert stripped.outputs[1].final_activation.stripped
     np.testing.assert_allclose(stripped.run({"float_input": X})[1].numpy(),
                                X @ rows.T + np.array(attrs["intercepts"], np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_its_float16_conversion_without_an_onnx_opset_import_loads(tmp_path):
+    """onnxruntime's own float16 converter (keep_io_types) on logreg_iris.onnx, which imports ai.onnx.ml
+    alone, adds four ai.onnx Casts and no ai.onnx import: onnxruntime runs it (a domain left out gets its
+    latest opset), the checker refused it. It imports, matches onnxruntime, and DeepLift is complete."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = convert_float_to_float16(onnx.load(str(DATASETS / "logreg_iris.onnx")), keep_io_types=True)
+    assert [o.domain for o in half.opset_import] == ["ai.onnx.ml"] and any(n.op_type == "Cast" for n in half.graph.node)
+    onnx.save(half, tmp_path / "half.onnx")
+    model = onnx_attr.load(str(tmp_path / "half.onnx"), strip_final_activation=False)
+    assert model.verify({"float_input": X}).passed
+    want = ort.InferenceSession(str(tmp_path / "half.onnx"), providers=["CPUExecutionProvider"]).run(None, {"float_input": X})
+    index = next(i for i, o in enumerate(model.outputs) if np.issubdtype(o.dtype, np.floating))
+    got = model.run({"float_input": X})[index].numpy()
+    np.testing.assert_allclose(got, np.array([[row[k] for k in sorted(row)] for row in want[index]]), rtol=1e-3, atol=1e-3)
+    method = onnx_attr.DeepLift(model)
+    method.attribute(X, target=0)
+    assert method.last_report["max_relative_delta"] <= 1e-4

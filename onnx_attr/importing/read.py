@@ -56,7 +56,19 @@ def _repair(model: onnx.ModelProto) -> None:
     sort_nodes(model.graph)
     _lift_ir3_initializer_rule(model)
     _name_the_graph(model)
+    _import_the_onnx_domain(model)
     _unknown_negative_dims(model.graph)
+
+
+def _import_the_onnx_domain(model: onnx.ModelProto) -> None:
+    """ONNX ops in a file that imports no ai.onnx opset (a float16 conversion of an ai.onnx.ml-only
+    model adds Casts and no import): onnxruntime gives a domain the file leaves out its latest opset;
+    here the latest the file's IR version allows, so that the checker reads them."""
+    domains = {o.domain for o in model.opset_import}
+    if domains & {"", "ai.onnx"} or not any(n.domain in ("", "ai.onnx") for n in model.graph.node):
+        return
+    allowed = [row[2] for row in onnx.helper.VERSION_TABLE if row[1] <= model.ir_version]  # (release, IR, ai.onnx, ...)
+    model.opset_import.append(onnx.helper.make_opsetid("", min(max(allowed, default=1), onnx.defs.onnx_opset_version())))
 
 
 def _unknown_negative_dims(graph: onnx.GraphProto) -> None:
