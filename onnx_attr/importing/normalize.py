@@ -24,6 +24,7 @@ from onnx_attr.importing import isolated
 from onnx_attr.importing.fusions import fuse_layer_norms
 from onnx_attr.importing.ml_casts import cast_integer_features
 from onnx_attr.importing.unfused import unfuse_embeddings
+from onnx_attr.importing.widen import widen_float16
 from onnx_attr.importing.read import copy_fields, is_external, skeleton, top_level
 
 #: The opset an old model is upgraded to when it cannot be imported at its own opset.
@@ -59,6 +60,7 @@ def normalize(
             converted = infer_shapes(fold_constants(upgraded, notes, in_place=True), notes, in_place=True)
     converted = fuse_layer_norms(converted, notes)  # after the rest: canonical, what verify runs, stays as written
     converted = cast_integer_features(converted, notes)  # a node where integer features become floats
+    converted = widen_float16(converted, notes)  # as onnxruntime's CPU provider computes float16 (widen.py)
     return Normalized(canonical, converted, notes)
 
 

@@ -573,7 +573,7 @@ def _float64_outputs(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], n
     it cannot run that (an op without a double kernel)."""
     wide, wide_feeds = _widened(reference, feeds)
     try:
-        return [np.asarray(o) for o in run_onnxruntime(wide, wide_feeds, names)]
+        return [_numpy(o) for o in run_onnxruntime(wide, wide_feeds, names)]
     except ReferenceRuntimeError as err:
         notes.append("no float64 evaluation: " + str(err).split(": ", 1)[-1][:200])
         return None
@@ -655,8 +655,8 @@ def _reference_evaluator(reference: onnx.ModelProto, feeds: dict[str, np.ndarray
         return str(err)
     except Exception as err:  # noqa: BLE001  (an op it lacks, a custom domain: no arbiter, as before)
         return f"{type(err).__name__}: {str(err)[:160]}"
-    return [np.asarray(o, dtype=np.float64) if np.issubdtype(np.asarray(o).dtype, np.floating) else np.asarray(o)
-            for o in found]
+    found = [_numpy(o) for o in found]  # ZipMap's rows of {label: p} as arrays
+    return [o.astype(np.float64) if np.issubdtype(o.dtype, np.floating) else o for o in found]
 
 
 #: inputs ONNX types as float32 whatever the data's type (Resize's roi and scales, Upsample's scales)
