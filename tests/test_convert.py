@@ -156,3 +156,25 @@ def test_device_follows_the_weights_after_to():
     no_tensors = onnx_attr.load(make_model([helper.make_node("Relu", ["x"], ["y"], name="r")],
                                            [("x", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 3])]))
     assert no_tensors.device == torch.device("cpu")
+
+
+def test_unnamed_nodes_whose_made_up_keys_meet_a_named_one_keep_their_places():
+    """onnx2torch names an unnamed node by its op type (`Reshape`, `Reshape_1` for the next one); beside
+    a node named `/Reshape_1` (onnxruntime's dynamic quantizer left DeepFilterNet's bias Reshapes
+    unnamed) both had one key, and the import said a tensor was used before any node made it."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnx_attr
+
+    shape = numpy_helper.from_array(np.array([2, 6], np.int64), "shape")
+    back = numpy_helper.from_array(np.array([3, 4], np.int64), "back")
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["a"]),  # key Reshape
+             helper.make_node("Reshape", ["a", "back"], ["b"]),  # key Reshape_1
+             helper.make_node("Transpose", ["b"], ["t"], perm=[1, 0], name="/Transpose_1"),
+             helper.make_node("Reshape", ["t", "shape"], ["y"], name="/Reshape_1")]  # key Reshape_1 too
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])], [shape, back])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(onnx_attr.load(proto).run(x)[0].numpy(), x.T.reshape(2, 6))

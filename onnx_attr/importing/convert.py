@@ -146,8 +146,33 @@ class _ExternalTensor(OnnxTensor):
         return torch.from_numpy(self.to_numpy())
 
 
+def _distinct_node_keys(graph: onnx.GraphProto) -> None:
+    """onnx2torch keys the nodes by a name made from each (its op type when unnamed, `_1`, `_2` after
+    repeats): an unnamed Reshape's `Reshape_1` met a node named `/Reshape_1`, and its dict kept one
+    key for both, the second node in the first one's place, before its input was made (quantize_dynamic's
+    bias Reshapes in DeepFilterNet's encoder). Where keys would meet, an unnamed node takes its label
+    (`Reshape#59`) and a repeated name its index."""
+    def keys() -> list[str]:
+        counts: dict[str, int] = {}
+        made = []
+        for node in graph.node:
+            key = OnnxGraph.generate_node_name(node)
+            made.append(key + (f"_{counts[key]}" if counts.get(key) else ""))
+            counts[key] = counts.get(key, 0) + 1
+        return made
+
+    if len(set(keys())) == len(graph.node):
+        return
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op_type}#{index}"
+        seen.add(node.name)
+
+
 def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[str, int] | None = None
              ) -> fx.GraphModule:
+    _distinct_node_keys(model.graph)
     onnx_graph = OnnxGraph(model.graph)
     folder = _FOLDER.get()
     for name, tensor in list(onnx_graph.initializers.items()):
