@@ -2781,6 +2781,8 @@ def run_steps(steps: list[str], model_path: Path, inputs_path: Path, target: Any
         while len(results) < len(steps):
             current = next(s for s in steps if s not in results)
             try:
+                if time.perf_counter() > deadline:  # a worker that keeps printing other lines never goes quiet
+                    raise queue.Empty
                 line = lines.get(timeout=max(0.0, deadline - time.perf_counter()))
             except queue.Empty:
                 os.killpg(process.pid, signal.SIGKILL)
