@@ -170,3 +170,46 @@ def test_a_delta_within_the_rounding_of_large_cancelling_attributions_is_complet
 
     method.attribute(x, target=0, custom_attribution_func=off)
     assert method.last_report["max_relative_delta"] > 1e-4 and method.last_report["warnings"]
+
+
+def test_float16_conversions_compute_as_onnxruntime_and_keep_deeplifts_multipliers_finite():
+    """onnxruntime's float16 converter (keep_io_types) on two float32 graphs. An LSTM whose cell state
+    integrates to ±100 over 100 steps: onnxruntime carries it in float32; carried in float16 the import's
+    state drifted 0.3 and verify failed. log(x² + 1e-6) summed (basic-pitch's log-magnitude): at small
+    x the Log's secant multiplier is ~7e5, past float16's 65504, and the attributions were inf."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    rng = np.random.default_rng(0)
+    steps, width, hidden = 100, 8, 25
+    bias = np.zeros((1, 8 * hidden), np.float32)
+    bias[0, :hidden], bias[0, 2 * hidden:3 * hidden] = 4.0, 6.0  # input and forget gates open
+    bias[0, 3 * hidden:4 * hidden] = rng.normal(0, 2, hidden)
+    lstm = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y", "Y_h", "Y_c"], hidden_size=hidden)], "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, width])],
+        [helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, [1, 1, hidden])],
+        [numpy_helper.from_array(rng.normal(0, 0.3, (1, 4 * hidden, width)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.normal(0, 0.1, (1, 4 * hidden, hidden)).astype(np.float32), "R"),
+         numpy_helper.from_array(bias, "B")])
+    half = convert_float_to_float16(helper.make_model(lstm, opset_imports=[helper.make_opsetid("", 14)]), keep_io_types=True)
+    x = np.sin(np.linspace(0, 20, steps * width)).reshape(steps, 1, width).astype(np.float32)
+    theirs = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(theirs).max() > 50
+    model = onnx_attr.load(half)
+    np.testing.assert_allclose(model.run(x)[0].numpy(), theirs, rtol=1e-4, atol=1e-4)
+    assert model.verify({"x": x}).outputs[0].within_tolerance
+
+    log_sum = helper.make_graph(
+        [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Add", ["sq", "eps"], ["u"]),
+         helper.make_node("Log", ["u"], ["l"]), helper.make_node("ReduceSum", ["l"], ["y"], axes=[1], keepdims=1)],
+        "log_sum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], [numpy_helper.from_array(np.float32(1e-6), "eps")])
+    half = convert_float_to_float16(helper.make_model(log_sum, opset_imports=[helper.make_opsetid("", 11)]), keep_io_types=True)
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
+    x = np.linspace(1e-3, 8e-3, 8, dtype=np.float32)[None]
+    found, delta = onnx_attr.DeepLift(onnx_attr.load(half)).attribute(x, target=0, return_convergence_delta=True)
+    # the change of log(x² + 1e-6) from the zeros baseline, element by element, by hand
+    found = np.asarray(found)
+    np.testing.assert_allclose(found[0], np.log((x[0].astype(np.float64) ** 2 + 1e-6) / 1e-6), rtol=2e-2)
+    assert np.isfinite(found).all() and abs(float(delta[0])) < 1e-3
