@@ -120,13 +120,37 @@ def test_verify_takes_the_qdq_graph_as_written_and_still_catches_a_wrong_import(
     assert broken.outputs[0].quantized_spread is not None and broken.outputs[0].max_abs > 2 * broken.outputs[0].quantized_spread
 
 
-def test_gradient_methods_say_why_a_qdq_model_has_no_gradient():
-    from onnx_attr.errors import InputError
+def test_gradient_methods_pass_a_qdq_pair_straight_through_inside_its_range():
+    """Each QuantizeLinear rounds to an integer grid, whose gradient is 0: gradient methods were refused
+    on every statically quantized graph. They now pass each pair straight through where its input lies
+    in the range the integer type holds, and stop where it saturates (the clipped straight-through
+    estimator). Saliency checked by hand in numpy, with inputs past the range; IG runs, its delta the
+    rounding's; the forward is the pairs' own."""
+    from onnx import numpy_helper
 
-    imported = onnx_attr.load(_qdq_model(False))
-    x = (np.random.default_rng(1).standard_normal((2, 16)) * 2).astype(np.float32)
-    with pytest.raises(InputError, match="statically quantized.*DeepLift"):
-        onnx_attr.IntegratedGradients(imported).attribute(x, target=0)
+    proto = _qdq_model(True)
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in proto.graph.initializer}
+    imported = onnx_attr.load(proto)
+    x = (np.random.default_rng(1).standard_normal((2, 16)) * 3).astype(np.float32)
+    x[0, :3] = [9.0, -7.5, 5.2]  # past the input's range [(0 - 128) 0.04, (255 - 128) 0.04] = [-5.12, 5.08]
+
+    def fake_quant(v, scale, zero):
+        return (np.clip(np.round(v / scale) + zero, 0, 255) - zero) * scale
+
+    w = (inits["Wq"] - inits["Wz"]) * inits["Ws"]
+    xd = fake_quant(x.astype(np.float64), 0.04, 128)
+    h = xd @ w + inits["b"]
+    hd = fake_quant(h, 0.08, 128)
+    r = np.maximum(hd, 0)
+    inside = lambda v, scale: (v >= -128 * scale) & (v <= 127 * scale)  # noqa: E731
+    upstream = (inside(h, 0.08) * (hd > 0) * inside(r, 0.08))[:, :, None] * inits["V"][None]  # [N, 12, 3]
+    expected = inside(x.astype(np.float64), 0.04)[:, :, None] * np.einsum("ij,njt->nit", w, upstream)
+    got = np.asarray(onnx_attr.Saliency(imported).attribute(x, target=1, abs=False))
+    np.testing.assert_allclose(got, expected[:, :, 1], rtol=1e-5, atol=1e-6)
+    assert (got[0, :3] == 0).all() and np.abs(got[1]).max() > 0
+    found, delta = onnx_attr.IntegratedGradients(imported).attribute(x, target=1, return_convergence_delta=True)
+    change = imported.run(x)[0].numpy()[:, 1] - imported.run(np.zeros_like(x))[0].numpy()[:, 1]
+    assert np.isfinite(np.asarray(found)).all() and np.all(np.abs(np.asarray(delta)) < 0.2 * np.abs(change))
 
 
 def test_inspect_kinds_follow_the_fusion():

@@ -1,4 +1,4 @@
-"""Gradient methods on a dynamically quantized model: the rounding taken straight through.
+"""Gradient methods on a quantized model: the rounding taken straight through.
 
 onnxruntime's `quantize_dynamic` writes each Conv and MatMul as DynamicQuantizeLinear (x rounded to
 8 bits at a scale read off x's own range) -> ConvInteger or MatMulInteger -> a Mul by the two scales.
@@ -10,7 +10,9 @@ forward, bit for bit, and whose backward is the float op's with the dequantized 
 the input got: the straight-through estimator, the same map DeepLift's rule takes its multipliers
 through (`QuantizedBlock.straight_through`). com.microsoft DynamicQuantizeLSTM quantizes inside one
 node: its products pass the rounding straight through in the converter itself
-(`QuantizedWeight.exact`).
+(`QuantizedWeight.exact`). A statically quantized (QDQ) graph rounds each activation through a
+QuantizeLinear → DequantizeLinear pair: the view passes it straight through inside the integer range
+(`StraightThroughFakeQuant`); before, every gradient method was refused on such a graph.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import Tensor, fx
+from torch import Tensor, fx, nn
 
 from onnx_attr.deeplift.rules.quantized import _INTEGER_OPS, QuantizedBlock, fuse_quantized_blocks
 
@@ -48,19 +50,65 @@ class _PassedThrough(torch.autograd.Function):
         return ctx.block.straight_through(grad, x).to(x.dtype), None
 
 
+class StraightThroughFakeQuant(nn.Module):
+    """A static quantization's QuantizeLinear → DequantizeLinear pair (`quant_fusion`'s fused node),
+    its forward the pair's, bit for bit; its gradient 1 where x lies within the range the integer type
+    holds and 0 where it saturates (the clipped straight-through estimator, as quantization-aware
+    training differentiates the pair)."""
+
+    def __init__(self, pair: nn.Module):
+        super().__init__()
+        self.pair = pair
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return self.pair(x)
+        return _Clipped.apply(x, self.pair)
+
+
+class _Clipped(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, pair: nn.Module) -> Tensor:  # noqa: D102
+        with torch.no_grad():
+            y = pair(x)
+            # the dequantized ends of the integer range, per element (per-axis scales): the pair at ±1e30
+            low, high = pair(torch.full_like(x, -1e30)), pair(torch.full_like(x, 1e30))
+        ctx.save_for_backward((x >= low) & (x <= high))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        (inside,) = ctx.saved_tensors
+        return grad * inside.to(grad.dtype), None
+
+
 def straight_through_view(model):
-    """The model with each dynamically quantized block as a `StraightThroughBlock` (the model itself
-    where it has none); found once per model."""
-    from onnx_attr.deeplift.rewrite import inline_expansions
+    """The model with each dynamically quantized block as a `StraightThroughBlock`, and each static
+    quantization's QDQ pair on an activation as a `StraightThroughFakeQuant` (the model itself where
+    it has neither); found once per model."""
+    from onnx_attr.deeplift.quant_fusion import FAKE_QUANT, fuse_fake_quant
+    from onnx_attr.deeplift.rewrite import inline_expansions, variable_nodes
+    from onnx_attr.importing.verify import statically_quantized
 
     found = model.__dict__.get("_straight_through_view")
     if found is None:
         found = model
-        if any(n.op_type in _QUANTIZED_PRODUCTS for n in model.onnx_model.graph.node):  # the file's: no copy else
+        dynamic = any(n.op_type in _QUANTIZED_PRODUCTS for n in model.onnx_model.graph.node)
+        static = statically_quantized(model.onnx_model)
+        if dynamic or static:  # the file's: no copy else
             module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
             inline_expansions(module, recompile=False)  # com.microsoft DynamicQuantizeMatMul: its steps
-            if fuse_quantized_blocks(module, StraightThroughBlock):
-                found = model.with_module(module, notes=(
-                    "gradient methods pass the rounding of its dynamically quantized blocks straight through",))
+            notes = []
+            if dynamic and fuse_quantized_blocks(module, StraightThroughBlock):
+                notes.append("gradient methods pass the rounding of its dynamically quantized blocks straight through")
+            if static and fuse_fake_quant(module, variable_nodes(module, model.inputs)):
+                for node in module.graph.nodes:
+                    if node.meta.get("onnx_op") == FAKE_QUANT:
+                        module.add_submodule(node.target, StraightThroughFakeQuant(module.get_submodule(node.target)))
+                module.recompile()
+                notes.append("gradient methods pass the rounding of its QuantizeLinear → DequantizeLinear pairs straight "
+                             "through where the value is within the integer range (0 where it saturates)")
+            if notes:
+                found = model.with_module(module, notes=tuple(notes))
         model.__dict__["_straight_through_view"] = found
     return found
