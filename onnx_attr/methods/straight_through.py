@@ -87,7 +87,7 @@ def straight_through_view(model):
     quantization's QDQ pair on an activation as a `StraightThroughFakeQuant` (the model itself where
     it has neither); found once per model."""
     from onnx_attr.deeplift.quant_fusion import FAKE_QUANT, fuse_fake_quant
-    from onnx_attr.deeplift.rewrite import inline_expansions, variable_nodes
+    from onnx_attr.deeplift.rewrite import inline_expansions
     from onnx_attr.importing.verify import statically_quantized
 
     found = model.__dict__.get("_straight_through_view")
@@ -101,7 +101,9 @@ def straight_through_view(model):
             notes = []
             if dynamic and fuse_quantized_blocks(module, StraightThroughBlock):
                 notes.append("gradient methods pass the rounding of its dynamically quantized blocks straight through")
-            if static and fuse_fake_quant(module, variable_nodes(module, model.inputs)):
+            # every pair, those after an integer input's lookup too (a quantized one-hot): a pair on a constant
+            # is never differentiated, so none needs telling apart
+            if static and fuse_fake_quant(module, set(module.graph.nodes)):
                 for node in module.graph.nodes:
                     if node.meta.get("onnx_op") == FAKE_QUANT:
                         module.add_submodule(node.target, StraightThroughFakeQuant(module.get_submodule(node.target)))
