@@ -363,12 +363,27 @@ def test_microsoft_qlinear_softmax_matches_onnxruntime(opset, axis, shape, dtype
     np.testing.assert_array_equal(got[0], expected[0])
 
 
+
+def _calibration(draws: list):
+    """onnxruntime's calibration reader over a list of feeds."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter(draws)
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    return Reader()
+
+
 def test_model_from_onnxruntimes_static_quantizer_in_qoperator_format_verifies(tmp_path):
     """A small CNN with LeakyRelu, Concat, Sigmoid, global pooling, Gemm and Softmax through
     quantize_static(QuantFormat.QOperator): QLinearConv and com.microsoft's QLinear ops and QGemm.
     The import matches onnxruntime exactly; DeepLift refuses integer arithmetic by name."""
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     torch.manual_seed(0)
 
@@ -388,14 +403,7 @@ def test_model_from_onnxruntimes_static_quantizer_in_qoperator_format_verifies(t
                       output_names=["y"], opset_version=13, dynamo=False)
     draws = [{"x": (np.random.default_rng(i).standard_normal((1, 3, 16, 16)) * 2).astype(np.float32)} for i in range(8)]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter(draws)
-
-        def get_next(self):
-            return next(self.rows, None)
-
-    quantize_static(str(float_path), str(quant_path), Reader(), quant_format=QuantFormat.QOperator,
+    quantize_static(str(float_path), str(quant_path), _calibration(draws), quant_format=QuantFormat.QOperator,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     model = onnx_attr.load(str(quant_path), strip_final_activation=False)
     ops = {n.op_type for n in model.onnx_model.graph.node}
@@ -462,7 +470,7 @@ def test_onnxruntimes_own_quantize_dequantize_import_and_explain(tmp_path, sixte
     (UseQDQContribOps), 8- or 16-bit: they import exactly, and each activation's pair is one staircase
     for DeepLift, complete at pixel magnitudes."""
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4))
@@ -471,14 +479,7 @@ def test_onnxruntimes_own_quantize_dequantize_import_and_explain(tmp_path, sixte
                       opset_version=17, dynamo=False, dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     draws = [{"x": (np.random.default_rng(i).random((1, 3, 8, 8)) * 255).astype(np.float32)} for i in range(8)]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter(draws)
-
-        def get_next(self):
-            return next(self.rows, None)
-
-    quantize_static(str(float_path), str(quant_path), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(float_path), str(quant_path), _calibration(draws), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt16 if sixteen else QuantType.QUInt8, weight_type=QuantType.QInt8,
                     extra_options={"UseQDQContribOps": True})
     model = onnx_attr.load(str(quant_path))
