@@ -78,7 +78,7 @@ def _holds_half(graph: onnx.GraphProto) -> bool:
                 return True
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == HALF:
                 return True
-            if any(_holds_half(g) for g in (*([a.g] if a.type == onnx.AttributeProto.GRAPH else ()), *a.graphs)):
+            if any(_holds_half(g) for g in _subgraphs(a)):
                 return True
     return False
 
@@ -97,11 +97,8 @@ def _widen_graph(graph: onnx.GraphProto, folder) -> None:
                 a.i = FULL
             elif a.type == onnx.AttributeProto.TENSOR and a.t.data_type == HALF:
                 a.t.CopyFrom(_widened(a.t, folder))
-            elif a.type == onnx.AttributeProto.GRAPH:
-                _widen_subgraph(a.g, folder)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    _widen_subgraph(g, folder)
+            for g in _subgraphs(a):
+                _widen_subgraph(g, folder)
 
 
 def _widen_subgraph(graph: onnx.GraphProto, folder) -> None:
@@ -126,11 +123,16 @@ def _widened(tensor: onnx.TensorProto, folder) -> onnx.TensorProto:
     return numpy_helper.from_array(value.astype(np.float32), tensor.name)
 
 
+def _subgraphs(attribute: onnx.AttributeProto) -> tuple:
+    """The graphs an attribute holds (an If's branch, a Loop's body), none for other attributes."""
+    return (*([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else ()), *attribute.graphs)
+
+
 def _all_nodes(graph: onnx.GraphProto):
     for node in graph.node:
         yield node
         for a in node.attribute:
-            for g in (*([a.g] if a.type == onnx.AttributeProto.GRAPH else ()), *a.graphs):
+            for g in _subgraphs(a):
                 yield from _all_nodes(g)
 
 
@@ -140,7 +142,7 @@ def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
     for node in graph.node:
         node.input[:] = [new if name == old else name for name in node.input]
         for a in node.attribute:
-            for g in (*([a.g] if a.type == onnx.AttributeProto.GRAPH else ()), *a.graphs):
+            for g in _subgraphs(a):
                 if old not in {v.name for v in (*g.input, *g.initializer)} | {o for n in g.node for o in n.output}:
                     _rename_uses(g, old, new)
 
