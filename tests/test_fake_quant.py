@@ -10,6 +10,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_attr
+from conftest import ort_run
 
 
 def _qdq_model(per_channel_weights: bool):
@@ -224,3 +225,75 @@ def test_a_cast_to_another_integer_type_is_not_taken_for_a_no_op():
     """uint8 -> int8 wraps the values above 127: not the pair's staircase, so it stays refused by name."""
     with pytest.raises(onnx_attr.UnsupportedOpError, match="QuantizeLinear"):
         onnx_attr.DeepLift(onnx_attr.load(_cast_between(TensorProto.INT8)))
+
+
+def _one_layer(nodes, inits, n_in, n_out, opset=13):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *n_in])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *n_out])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _staircase(v, scale, zero=0, low=-128, high=127):
+    return (np.clip(np.round(np.asarray(v, np.float64) / scale) + zero, low, high) - zero) * scale
+
+
+def test_a_quantizers_rounding_goes_to_the_terms_of_its_linear_op_by_their_size():
+    """MatMul by DQ(int8 [1, -1]) then a QDQ pair of step 0.015: x = p1 - p2 moves 0.01 and crosses a
+    step, ΔQ = 0.015. Rescale's secant 1.5 scales both terms (0.75 and -0.735: unbounded as Δx → 0
+    while the terms stay 0.5); the split gives each the clamp's slope 1 and the rounding's 0.005 by
+    size: p1 gets 0.5·(1 + 0.005/0.99), p2 -0.49·(1 - 0.005/0.99). Past the range (x = 2.8 against a
+    top of 1.905) the clamp's secant alone, and no rounding to share. Hand-computed."""
+    scale = 0.015
+    model = _one_layer(
+        [helper.make_node("DequantizeLinear", ["Wq", "Ws"], ["W"]), helper.make_node("MatMul", ["x", "W"], ["h"]),
+         helper.make_node("QuantizeLinear", ["h", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])],
+        {"Wq": np.array([[1], [-1]], np.int8), "Ws": np.array(1.0, np.float32), "s": np.array(scale, np.float32),
+         "z": np.array(0, np.int8)}, [2], [1])
+    dl = onnx_attr.DeepLift(onnx_attr.load(model, strip_final_activation=False))
+    x = np.array([[0.50, 0.49], [3.0, 0.2]], np.float32)
+    attributions = dl.attribute(x, np.zeros((1, 2), np.float32), target=0)
+    top = 127 * scale
+    share = (scale - 0.01) / 0.99
+    expected = np.array([[0.5 * (1 + share), -0.49 * (1 - share)], [3.0 * top / 2.8, -0.2 * top / 2.8]])
+    np.testing.assert_allclose(attributions, expected, atol=2e-6)
+    np.testing.assert_allclose(attributions.sum(1), [scale, top], atol=1e-6)
+    assert [op for _, op, _ in dl.engine.rewrite.rewritten] == ["FakeQuant"]
+
+
+def _cancelling_heads():
+    """Linear heads with no weight: nodes, initializers, output shape, the target element, its coefficients."""
+    quantizer = [helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]),
+                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    resize = [helper.make_node("Resize", ["x", "", "k"], ["r"], mode="linear")]  # 2 -> 4: 0.75·p0 + 0.25·p1
+    residual = [helper.make_node("Slice", ["x", "lo", "mid", "axis"], ["a"]),  # x[..., :1] + x[..., 1:]
+                helper.make_node("Slice", ["x", "mid", "hi", "axis"], ["b"]), helper.make_node("Add", ["a", "b"], ["r"])]
+    common = {"s": np.array(0.01, np.float32), "z": np.array(0, np.int8)}
+    return {"resize": (resize + quantizer, {**common, "k": np.array([1, 1, 1, 2], np.float32)}, [1, 1, 4], 1,
+                       [0.75, 0.25], 0.3),
+            "residual add": (residual + quantizer, {**common, "lo": np.array([0]), "mid": np.array([1]),
+                                                    "hi": np.array([2]), "axis": np.array([3])}, [1, 1, 1], 0,
+                             [1.0, 1.0], 0.225)}
+
+
+@pytest.mark.parametrize("head", ["resize", "residual add"])
+def test_cancelling_terms_do_not_blow_up_a_quantizers_multiplier(head):
+    """A linear Resize 2 → 4 (output 1 is 0.75·p0 + 0.25·p1) or a residual Add of two varying tensors (p0 + p1), then
+    a QDQ pair of step 0.01: the terms move by 0.225 and -0.2249, so the sum moves by 1e-4 from a
+    reference 5e-5 below a half step and crosses one. Rescale's secant is 0.01 / 1e-4 = 100, and each
+    input's attribution about ±22 for a change of 0.01; the split keeps each near its own term plus its
+    share of the step by size. onnxruntime's output is the oracle for ΔQ, float64 for the terms."""
+    nodes, inits, shape, k, coefficients, first = _cancelling_heads()[head]
+    model = _one_layer(nodes, inits, [1, 1, 2], shape)
+    x0 = np.full((1, 1, 1, 2), (0.005 - 5e-5) / sum(coefficients), np.float32)
+    x = x0 + np.array([first, -0.2249 / coefficients[1]], np.float32).reshape(1, 1, 1, 2)
+    jump = ort_run(model, {"x": x})[0][0, 0, 0, k] - ort_run(model, {"x": x0})[0][0, 0, 0, k]
+    assert jump == pytest.approx(0.01)
+    dl = onnx_attr.DeepLift(onnx_attr.load(model, strip_final_activation=False))
+    attributions = dl.attribute(x, x0, target=(0, 0, k))[0, 0, 0]
+    terms = np.array(coefficients) * (x - x0).astype(np.float64)[0, 0, 0]
+    assert abs(terms.sum()) < 2e-4
+    share = (jump - terms.sum()) / np.abs(terms).sum()
+    np.testing.assert_allclose(attributions, terms * (1 + np.sign(terms) * share), atol=1e-6)
+    assert attributions.sum() == pytest.approx(jump, abs=1e-6)
+    assert np.abs(attributions).max() < 0.3

@@ -54,6 +54,25 @@ def fuse_fake_quant(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]
     return fused
 
 
+def fold_constant_dequantize(module: fx.GraphModule, variable: set[fx.Node]) -> None:
+    """Each DequantizeLinear of constants (a statically quantized weight or bias) as the float tensor
+    it computes, in place: the weighted op before a quantizer then has a constant weight whose
+    signs RevealCancel's split and the staircase rule read (reveal_fusion.py). The forward reads
+    what the node computed on every call, bit for bit. The caller recompiles."""
+    for node in list(module.graph.nodes):
+        if _op(node) != "DequantizeLinear" or node.kwargs or node in variable \
+                or not all(isinstance(a, fx.Node) and a.op == "get_attr" for a in node.args):
+            continue
+        with torch.no_grad():
+            value = module.get_submodule(node.target)(*(_attribute(module, a.target) for a in node.args))
+        name = f"dequantized_{node.name}"
+        module.register_buffer(name, value, persistent=False)
+        with module.graph.inserting_before(node):
+            constant = module.graph.get_attr(name)
+        node.replace_all_uses_with(constant)
+        module.graph.erase_node(node)
+
+
 def _same_type_cast(module: fx.GraphModule, q: fx.Node, cast: fx.Node) -> bool:
     """Whether a Cast of a QuantizeLinear's output casts to the type it already has (its zero point's;
     uint8 without one)."""

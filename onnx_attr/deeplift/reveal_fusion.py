@@ -11,9 +11,11 @@ import torch
 from torch import Tensor, fx, nn
 
 from onnx_attr.deeplift.rules.reveal_cancel import LinearThenUnary, RevealCancel
+from onnx_attr.deeplift.rules.staircase import StaircaseSplit
 
 
 REVEAL_CANCEL = RevealCancel()
+STAIRCASE_SPLIT = StaircaseSplit()
 
 
 #: Ops whose constant operand is a weight whose signs decide a contribution's sign (RevealCancel).
@@ -26,15 +28,17 @@ WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Mul"})
 #: these) and, checked per node, a positive scale (BatchNormalization, Mul or Div by a constant).
 CHAIN_TAIL = frozenset({"Add", "Sub", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity",
                         "Cast", "BatchNormalization", "Mul", "Div", "AveragePool", "GlobalAveragePool",
-                        "ReduceMean", "ReduceSum", "Pad", "Slice"})
+                        "ReduceMean", "ReduceSum", "Pad", "Slice", "Resize", "Upsample"})
 
 
 def fuse_weighted_chain(module: fx.GraphModule, node: fx.Node, flags: list[bool], variable: set[fx.Node],
-                         name: str) -> tuple[nn.Module, list[bool]] | None:
+                         name: str, weightless: bool = False) -> tuple[nn.Module, list[bool]] | None:
     """Fold `weighted op -> (bias add, reshapes) -> node` into one LinearThenUnary call, in place.
 
     Returns the fused module and which of its inputs vary, or None when the node's input does not
-    come (through single-use nodes only) from a weighted op with a constant weight.
+    come (through single-use nodes only) from a weighted op with a constant weight. `weightless`:
+    a chain of sign-keeping ops alone (an upsampling Resize before a quantizer, a residual Add of two
+    varying tensors) will do too, its LinearThenUnary without a weight.
     """
     args = list(node.args)
     if node.kwargs or len(flags) != len(args) or not flags or not flags[0] or any(flags[1:]) \
@@ -42,27 +46,33 @@ def fuse_weighted_chain(module: fx.GraphModule, node: fx.Node, flags: list[bool]
         return None
     chain, current = [], args[0]
     while isinstance(current, fx.Node) and current.op == "call_module" and len(current.users) == 1 \
-            and current.meta.get("onnx_op") in CHAIN_TAIL and not current.kwargs:
+            and current.meta.get("onnx_op") in CHAIN_TAIL and not variable.intersection(_kwarg_nodes(current)):
         varying = [a for a in current.args if isinstance(a, fx.Node) and a in variable]
+        if weightless and len(varying) > 1 and current.meta["onnx_op"] == "Add":
+            chain.append(current)  # a residual Add: a head of two sources, each with coefficient 1
+            break
         if len(varying) != 1 or (current.meta["onnx_op"] not in ("Add", "Mul") and current.args[0] is not varying[0]):
             return None  # a residual Add mixes two sources; c - v flips every sign; data comes first
         if not _keeps_signs(module, current):
             break  # a scale that may be negative: the weighted op, if any, is this one
         chain.append(current)
         current = varying[0]
-    if not (isinstance(current, fx.Node) and current.op == "call_module" and len(current.users) == 1
-            and current.meta.get("onnx_op") in WEIGHTED and not current.kwargs):
-        return None
-    head = current
-    weight = _weight_of(module, head, variable)
-    if weight is None:
+    weight = None
+    if isinstance(current, fx.Node) and current.op == "call_module" and len(current.users) == 1 \
+            and current.meta.get("onnx_op") in WEIGHTED and not current.kwargs:
+        weight = _weight_of(module, current, variable)
+    if weight is not None:
+        head = current
+    elif weightless and chain:
+        head = chain.pop()
+    else:
         return None
     nodes = [head, *reversed(chain)]
     inside = set(nodes)
     graph, mapping, external = fx.Graph(), {}, []
     for n in nodes:
-        for a in n.args:
-            if isinstance(a, fx.Node) and a not in inside and a not in mapping:
+        for a in n.all_input_nodes:  # a Resize's scales come as a keyword
+            if a not in inside and a not in mapping:
                 if a.op == "get_attr":
                     mapping[a] = graph.get_attr(a.target)
                 else:
@@ -79,6 +89,10 @@ def fuse_weighted_chain(module: fx.GraphModule, node: fx.Node, flags: list[bool]
     return fused, [a in variable for a in external] + [False] * (len(args) - 1)
 
 
+def _kwarg_nodes(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.kwargs.values() if isinstance(a, fx.Node)]
+
+
 def _keeps_signs(module: fx.GraphModule, node: fx.Node) -> bool:
     """Whether a chain op scales contributions by positive factors only (or not at all)."""
     op = node.meta["onnx_op"]
@@ -91,6 +105,8 @@ def _keeps_signs(module: fx.GraphModule, node: fx.Node) -> bool:
     if op in ("Mul", "Div"):
         constant = [a for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"]
         return len(constant) == 1 and bool((module.get_buffer(constant[0].target) > 0).all())
+    if op in ("Resize", "Upsample"):  # nearest and linear weights are ≥ 0, cubic's are not
+        return (node.meta.get("onnx_attrs") or {}).get("mode", "nearest") in ("nearest", "linear", "bilinear")
     return True
 
 

@@ -22,12 +22,12 @@ from onnx_attr.deeplift.argmax_fusion import fuse_argmax_one_hots
 from onnx_attr.deeplift.guard_fusion import fuse_guarded_divisions
 from onnx_attr.deeplift.opkinds import domain_op_kind, op_kind, refusal
 from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, StepGuard, signature_names
-from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, fuse_weighted_chain
+from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, STAIRCASE_SPLIT, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
 from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
 from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_path, insert_layer_taps,
                                     placeholder_fed)
-from onnx_attr.deeplift.quant_fusion import fuse_fake_quant
+from onnx_attr.deeplift.quant_fusion import FAKE_QUANT, fold_constant_dequantize, fuse_fake_quant
 from onnx_attr.deeplift.quantized_lookup import dequantize_lookups
 from onnx_attr.deeplift.unary_fusion import fuse_piecewise, fuse_self_gated, fuse_steps, fuse_unary_chains
 from onnx_attr.deeplift.target_grad import NO_GRADIENT_PATH
@@ -45,6 +45,7 @@ class RewriteResult:
     layers: list[LayerTap] = field(default_factory=list)  # tensors attributed instead of the inputs
     reveal_cancel: list[str] = field(default_factory=list)  # nonlinearities given RevealCancel
     reveal_cancel_skipped: list[str] = field(default_factory=list)  # no weighted op before them: Rescale
+    staircases_rescaled: list[str] = field(default_factory=list)  # quantizers with no linear op before them
     self_gated: list[str] = field(default_factory=list)  # Muls fused with their gate: x·g(x), one rescale
     unary_chains: list[str] = field(default_factory=list)  # chains of elementwise nonlinearities: one rescale
     steps_fused: list[str] = field(default_factory=list)  # Cast(Less(x, c)): a step function, one rescale
@@ -216,6 +217,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     if result.steps_fused or result.unary_chains:  # what a step feeds now varies too (a comparison's did not)
         variable = variable_nodes(out, inputs, set(taps), held)
     guard_steps(out, variable, state, result)
+    fold_constant_dequantize(out, variable)  # static quantization's weights as floats (quant_fusion.py)
     fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
     fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)
     result.self_gated.extend(fuse_self_gated(out, variable, recompile=False))  # SiLU, HardSwish as exported (unary_fusion.py)
@@ -239,15 +241,17 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
             continue
         name = f"deeplift_{index}"
         original = out.get_submodule(node.target)
-        if reveal_cancel and rule.kind == "unary":
-            fused = fuse_weighted_chain(out, node, flags, variable, name)
+        staircase = op == FAKE_QUANT  # Rescale's secant on a staircase is unbounded: always split (StaircaseSplit)
+        if (reveal_cancel or staircase) and rule.kind == "unary":
+            fused = fuse_weighted_chain(out, node, flags, variable, name, weightless=staircase)
             if fused is None:
-                result.reveal_cancel_skipped.append(info.name)
+                (result.reveal_cancel_skipped if reveal_cancel else result.staircases_rescaled).append(info.name)
             else:
                 original, flags = fused
-                rule = REVEAL_CANCEL
+                rule = STAIRCASE_SPLIT if staircase else REVEAL_CANCEL
                 info = NodeInfo(op, info.attrs, info.opset, flags, info.name, info.n_outputs)
-                result.reveal_cancel.append(info.name)
+                if reveal_cancel:
+                    result.reveal_cancel.append(info.name)
         out.add_submodule(name, DeepLiftOp(original, rule, info, state))
         node.target = name
         result.rewritten.append((info.name, op, rule.kind))

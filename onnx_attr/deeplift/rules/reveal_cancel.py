@@ -39,7 +39,7 @@ from onnx_attr.deeplift.rules.paired import secant_tolerance, sync_free
 class LinearThenUnary(nn.Module):
     """f(L(*linear_args), *unary_args): the fused chain, computing exactly what the nodes did."""
 
-    def __init__(self, linear: fx.GraphModule, unary: nn.Module, n_linear: int, weight: str):
+    def __init__(self, linear: fx.GraphModule, unary: nn.Module, n_linear: int, weight: str | None):
         super().__init__()
         self.linear, self.unary = linear, unary
         self.n_linear, self.weight = n_linear, weight  # `weight`: the name functional_call replaces
@@ -47,12 +47,17 @@ class LinearThenUnary(nn.Module):
     def forward(self, *args):
         return self.unary(self.linear(*args[:self.n_linear]), *args[self.n_linear:])
 
-    def current_weight(self) -> Tensor:
+    def current_weight(self) -> Tensor | None:
+        """The head's weight; None for a head without one (non-negative coefficients, reveal_fusion)."""
+        if self.weight is None:
+            return None
         module, _, name = self.weight.rpartition(".")
         return getattr(self.linear.get_submodule(module), name)
 
-    def linear_with(self, weight: Tensor, args: Sequence[Any]) -> Tensor:
+    def linear_with(self, weight: Tensor | None, args: Sequence[Any]) -> Tensor:
         """The chain with its weight replaced (bias and other constants unchanged)."""
+        if weight is None:
+            return self.linear(*args)
         return functional_call(self.linear, {self.weight: weight}, tuple(args))
 
 
