@@ -297,3 +297,26 @@ def test_cancelling_terms_do_not_blow_up_a_quantizers_multiplier(head):
     np.testing.assert_allclose(attributions, terms * (1 + np.sign(terms) * share), atol=1e-6)
     assert attributions.sum() == pytest.approx(jump, abs=1e-6)
     assert np.abs(attributions).max() < 0.3
+
+
+def test_a_saturated_pair_after_an_infinite_slope_gives_gradient_zero_not_nan():
+    """tf2onnx's LayerNorm as the static quantizer leaves it: 1 / Sqrt(variance) of a variance rounded to
+    0 is inf, and the next pair clamps it to its top, 25.5: the forward is finite, the pair's gradient
+    there 0, and Reciprocal's backward made 0·∞ = NaN of it (IntegratedGradients NaN on g2p's BERT
+    after quantize_static). y = x · 25.5 here, so the gradient is 25.5 on x_0 and 0 elsewhere, by hand."""
+    u8 = {"s": np.array(0.1, np.float32), "z": np.array(0, np.uint8)}
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("ReduceMean", ["sq"], ["v"], axes=[1]),
+             helper.make_node("QuantizeLinear", ["v", "s", "z"], ["vq"]),
+             helper.make_node("DequantizeLinear", ["vq", "s", "z"], ["vd"]),
+             helper.make_node("Sqrt", ["vd"], ["root"]), helper.make_node("Reciprocal", ["root"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rd"]), helper.make_node("Mul", ["x", "rd"], ["y"])]
+    model = _one_layer(nodes, u8, [4], [4])
+    imported = onnx_attr.load(model, strip_final_activation=False)
+    x = np.array([[0.1, -0.05, 0.02, 0.0]], np.float32)
+    np.testing.assert_array_equal(imported.run({"x": x})[0].numpy(), ort_run(model, {"x": x})[0])
+    saliency = onnx_attr.Saliency(imported).attribute(x, target=0, abs=False)
+    np.testing.assert_array_equal(saliency, [[25.5, 0.0, 0.0, 0.0]])
+    ig = onnx_attr.IntegratedGradients(imported).attribute(x, np.zeros_like(x), target=0)
+    assert np.isfinite(ig).all()
+    np.testing.assert_allclose(ig, [[0.1 * 25.5, 0, 0, 0]], rtol=1e-6)

@@ -360,16 +360,17 @@ def method_report(model, method: str, delta: Tensor, change: Tensor, index: int,
 
 
 def _rounding_reason(model, method: str) -> str:
-    """Why a gradient method falls short on a graph that quantizes its activations: each rounding has
-    gradient 0, so the change it passes on is missed; what explains it instead."""
+    """Why a gradient method falls short on a graph that quantizes its activations: its gradient takes
+    each rounding straight through (methods/straight_through.py), not the step the rounding makes, so
+    the sum misses those steps; what explains them instead."""
     from onnx_attr.importing.verify import dynamically_quantized, statically_quantized
 
     graph = getattr(model, "onnx_model", None)
     if "DeepLift" in method or graph is None or not (dynamically_quantized(graph) or
                                                               statically_quantized(graph)):
         return ""
-    return ("; this graph quantizes its activations, and each rounding has gradient 0, so a gradient method "
-            "misses the change it passes on: DeepLift (the default method) explains it completely")
+    return ("; this graph quantizes its activations, and a gradient method takes each rounding straight through, "
+            "not the step it makes, so the steps are missed: DeepLift (the default method) explains them completely")
 
 
 #: Said when the baseline's forward pass is not finite where the input's is: no rule can mend that reference.

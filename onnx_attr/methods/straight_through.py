@@ -82,6 +82,53 @@ class _Clipped(torch.autograd.Function):
         return grad * inside.to(grad.dtype), None
 
 
+#: Elementwise ops whose derivative is unbounded: where a saturating pair after one clamps an infinity
+#: (tf2onnx's LayerNorm: 1 / Sqrt(variance) of a variance rounded to 0), the pair sends gradient 0 and
+#: the op's own backward makes 0·∞ = NaN of it.
+_UNBOUNDED_SLOPE = frozenset({"Reciprocal", "Sqrt", "Log", "Pow", "Div"})
+
+
+class ZeroStaysZero(nn.Module):
+    """An elementwise op, its forward the op's bit for bit, whose backward keeps a zero gradient zero
+    where the op's slope is infinite: the output there is flat (a saturated pair after it), so its
+    contribution is 0, not NaN."""
+
+    def __init__(self, op: nn.Module):
+        super().__init__()
+        self.op = op
+
+    def forward(self, *args):
+        live = [isinstance(a, Tensor) and a.requires_grad for a in args]
+        if not (torch.is_grad_enabled() and any(live)):
+            return self.op(*args)
+        return _ZeroStaysZero.apply(self.op, live, *args)
+
+
+class _ZeroStaysZero(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, op: nn.Module, live: list, *args):  # noqa: D102
+        ctx.op, ctx.live = op, live
+        ctx.save_for_backward(*(a for a in args if isinstance(a, Tensor)))
+        ctx.template = [None if isinstance(a, Tensor) else a for a in args]
+        return op(*args)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        from onnx_attr.deeplift.rules.paired import reduce_to
+
+        saved = iter(ctx.saved_tensors)
+        args = [next(saved) if t is None else t for t in ctx.template]
+        with torch.enable_grad():
+            # each varying input expanded to the output's shape: the zeros are kept per output element,
+            # before a broadcast input's gradient sums over them
+            spread = [a.detach().expand(grad.shape).requires_grad_(True) if live else a
+                      for a, live in zip(args, ctx.live)]
+            found = torch.autograd.grad(ctx.op(*spread), [a for a, live in zip(spread, ctx.live) if live], grad)
+        found = iter(found)
+        return (None, None, *(reduce_to(torch.where(grad == 0, 0.0, next(found)), a.shape) if live else None
+                              for a, live in zip(args, ctx.live)))
+
+
 def straight_through_view(model):
     """The model with each dynamically quantized block as a `StraightThroughBlock`, and each static
     quantization's QDQ pair on an activation as a `StraightThroughFakeQuant` (the model itself where
@@ -107,6 +154,8 @@ def straight_through_view(model):
                 for node in module.graph.nodes:
                     if node.meta.get("onnx_op") == FAKE_QUANT:
                         module.add_submodule(node.target, StraightThroughFakeQuant(module.get_submodule(node.target)))
+                    elif node.op == "call_module" and node.meta.get("onnx_op") in _UNBOUNDED_SLOPE and not node.kwargs:
+                        module.add_submodule(node.target, ZeroStaysZero(module.get_submodule(node.target)))
                 module.recompile()
                 notes.append("gradient methods pass the rounding of its QuantizeLinear → DequantizeLinear pairs straight "
                              "through where the value is within the integer range (0 where it saturates)")
