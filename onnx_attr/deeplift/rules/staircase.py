@@ -49,9 +49,11 @@ class StaircaseSplit(Rule):
         weight = fused.current_weight()
         size = None if weight is None else weight.abs()  # a head without a weight has coefficients ≥ 0
         memo = {} if memo is None else memo
+        staircase = lambda t: fused.unary(t, *args[k:])  # noqa: E731
         if "x0" not in memo:
-            memo["x0"] = fused.linear(*refs[:k])
+            memo["x0"] = x0 = fused.linear(*refs[:k])
             memo["offset"] = _linear(fused, refs[:k], {i: torch.zeros_like(refs[i]) for i in positions}, weight)
+            memo["range"] = staircase(torch.full_like(x0, -_FAR)), staircase(torch.full_like(x0, _FAR))
         x0, offset = memo["x0"], memo["offset"]  # the op at the reference, and its constant terms (bias)
         dps = [args[i] - refs[i] for i in positions]
         with torch.enable_grad():
@@ -61,7 +63,7 @@ class StaircaseSplit(Rule):
             spread_at = _linear(fused, args[:k], dict(zip(positions, magnitudes)), size)
             spread = spread_at.detach() - offset  # S = Σ|w_i·Δp_i| ≥ |Δx|
             dx = x.detach() - x0
-            m_c = _clamp_secant(lambda t: fused.unary(t, *args[k:]), x0, dx)
+            m_c = _clamp_secant(*memo["range"], x0, dx)
             moved = spread > 0
             share = torch.where(moved, (out - ref_out - m_c * dx) / spread.masked_fill(~moved, 1.0), 0.0)
             found = torch.autograd.grad([x, spread_at], live + magnitudes, [grad * m_c, grad * share],
@@ -82,10 +84,9 @@ def _linear(fused: LinearThenUnary, args: Sequence[Any], values: dict[int, Tenso
     return fused.linear_with(weight, [values.get(i, a) for i, a in enumerate(args)])
 
 
-def _clamp_secant(staircase: Callable[[Tensor], Tensor], x0: Tensor, dx: Tensor) -> Tensor:
-    """The secant of Q's clamp to its own range over [x0, x0 + Δx], in [0, 1]; where Δx is 0, the
-    clamp's slope at x0 (1 inside the range, 0 at or past its ends)."""
-    low, high = staircase(torch.full_like(x0, -_FAR)), staircase(torch.full_like(x0, _FAR))
+def _clamp_secant(low: Tensor, high: Tensor, x0: Tensor, dx: Tensor) -> Tensor:
+    """The secant of Q's clamp to its range [low, high] over [x0, x0 + Δx], in [0, 1]; where Δx is 0,
+    the clamp's slope at x0 (1 inside the range, 0 at or past its ends)."""
     x0 = x0.expand_as(dx)
     clamp = lambda t: torch.minimum(torch.maximum(t, low), high)  # noqa: E731
     still = dx == 0
