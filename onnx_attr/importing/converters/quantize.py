@@ -59,7 +59,7 @@ class QuantizeLinear(nn.Module):
         q = torch.round(x.to(wide) / _broadcast(scale, x, self.axis, self.block_size).to(wide))
         if zero_point is not None:
             q = q + _broadcast(zero_point, x, self.axis, self.block_size).to(wide)
-        return q.clamp_(low, high).to(torch.int64).to(dtype)
+        return q.clamp_(low, high).to(dtype)  # integral and within the type's range: exact
 
 
 class DequantizeLinear(nn.Module):
@@ -72,9 +72,11 @@ class DequantizeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
         wide = _compute_dtype(scale)
-        shifted = x.to(torch.int64)
+        # 8- and 16-bit values and their differences are exact in the float type; a 32-bit one is not
+        exact = torch.int64 if x.dtype in (torch.int32, torch.int64) else wide
+        shifted = x.to(exact)
         if zero_point is not None:
-            shifted = shifted - _broadcast(zero_point, x, self.axis, self.block_size).to(torch.int64)
+            shifted = shifted - _broadcast(zero_point, x, self.axis, self.block_size).to(exact)
         y = shifted.to(wide) * _broadcast(scale, x, self.axis, self.block_size).to(wide)
         return y.to(self.output or scale.dtype)
 
