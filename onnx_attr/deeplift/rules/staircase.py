@@ -40,9 +40,20 @@ _FAR = 1e30
 class StaircaseSplit(Rule):
     kind = "unary"
     memoizes = True  # the linear op at the reference and at 0, once per reference
+    keeps_graph = True  # the linear op's graph at x, recorded by the forward, serves the backward
+
+    def forward_with_graph(self, info: NodeInfo, call: Callable, live: Sequence[Any], refs: Sequence[Any],
+                           memo: dict | None = None):
+        """Q(L(p)) as the fused node computes it, keeping L(p) and its graph for the backward (in the
+        memo, which lives with the reference; each forward replaces it)."""
+        fused: LinearThenUnary = call.module
+        x = fused.linear(*live[:fused.n_linear])
+        memo["x"] = x
+        return fused.unary(x.detach(), *live[fused.n_linear:])
 
     def backward(self, info: NodeInfo, call: Callable, grad: Tensor, args: Sequence[Any], out: Tensor,
-                 refs: Sequence[Any], ref_out: Tensor, memo: dict | None = None) -> list[Tensor | None]:
+                 refs: Sequence[Any], ref_out: Tensor, memo: dict | None = None,
+                 graph: tuple | None = None) -> list[Tensor | None]:
         fused: LinearThenUnary = call.module
         k = fused.n_linear
         positions = info.variable_positions()  # one, or a residual Add's two
@@ -57,9 +68,8 @@ class StaircaseSplit(Rule):
         x0, offset = memo["x0"], memo["offset"]  # the op at the reference, and its constant terms (bias)
         dps = [args[i] - refs[i] for i in positions]
         with torch.enable_grad():
-            live = [args[i].detach().requires_grad_(True) for i in positions]
+            live, x = graph[0], memo.pop("x")  # the varying inputs and L at them, from the forward
             magnitudes = [dp.abs().requires_grad_(True) for dp in dps]
-            x = _linear(fused, args[:k], dict(zip(positions, live)), weight)  # the forward's own x
             spread_at = _linear(fused, args[:k], dict(zip(positions, magnitudes)), size)
             spread = spread_at.detach() - offset  # S = Σ|w_i·Δp_i| ≥ |Δx|
             dx = x.detach() - x0
