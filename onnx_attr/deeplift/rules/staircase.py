@@ -39,7 +39,7 @@ _FAR = 1e30
 
 class StaircaseSplit(Rule):
     kind = "unary"
-    memoizes = True  # the linear op at the reference and at 0, once per reference
+    memoizes = True  # the linear op at the reference and at 0, and Q's range, once per reference
     keeps_graph = True  # the linear op's graph at x, recorded by the forward, serves the backward
 
     def forward_with_graph(self, info: NodeInfo, call: Callable, live: Sequence[Any], refs: Sequence[Any],
