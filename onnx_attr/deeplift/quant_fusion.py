@@ -54,6 +54,14 @@ def fuse_fake_quant(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]
     return fused
 
 
+def staircase_range(pair, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dequantized ends of a QuantizeLinear → DequantizeLinear pair's integer range, per element of
+    `like` (per-axis scales): the pair at ±1e30, where it saturates (x / s overflowing to ±inf at
+    worst, which its clamp takes)."""
+    with torch.no_grad():
+        return pair(torch.full_like(like, -1e30)), pair(torch.full_like(like, 1e30))
+
+
 def fold_constant_dequantize(module: fx.GraphModule, variable: set[fx.Node]) -> None:
     """Each DequantizeLinear of constants (a statically quantized weight or bias) as the float tensor
     it computes, in place: the weighted op before a quantizer then has a constant weight whose

@@ -67,11 +67,12 @@ class StraightThroughFakeQuant(nn.Module):
         return _Clipped.apply(x, self.pair, self.range_at(x))
 
     def range_at(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The dequantized ends of the integer range, per element (per-axis scales): the pair at ±1e30."""
+        """The dequantized ends of the integer range, per element (`staircase_range`)."""
+        from onnx_attr.deeplift.quant_fusion import staircase_range
+
         key = (tuple(x.shape), x.dtype, x.device)
         if key not in self._ranges:
-            with torch.no_grad():
-                self._ranges = {key: (self.pair(torch.full_like(x, -1e30)), self.pair(torch.full_like(x, 1e30)))}
+            self._ranges = {key: staircase_range(self.pair, x)}
         return self._ranges[key]
 
 

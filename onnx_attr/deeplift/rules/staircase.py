@@ -28,13 +28,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from onnx_attr.deeplift.quant_fusion import staircase_range
 from onnx_attr.deeplift.rules.base import NodeInfo, Rule, reduce_to
 from onnx_attr.deeplift.rules.reveal_cancel import LinearThenUnary
-
-
-#: Far enough past any quantizer's range that Q saturates there (x / s overflowing to ±inf at
-#: worst, which Q's clamp takes).
-_FAR = 1e30
 
 
 class StaircaseSplit(Rule):
@@ -64,7 +60,7 @@ class StaircaseSplit(Rule):
         if "x0" not in memo:
             memo["x0"] = x0 = fused.linear(*refs[:k])
             memo["offset"] = _linear(fused, refs[:k], {i: torch.zeros_like(refs[i]) for i in positions}, weight)
-            memo["range"] = staircase(torch.full_like(x0, -_FAR)), staircase(torch.full_like(x0, _FAR))
+            memo["range"] = staircase_range(staircase, x0)
         x0, offset = memo["x0"], memo["offset"]  # the op at the reference, and its constant terms (bias)
         dps = [args[i] - refs[i] for i in positions]
         with torch.enable_grad():
