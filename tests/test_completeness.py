@@ -26,7 +26,9 @@ TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "
                     "SquaredDistance": "tests/test_svm_export.py",
                     **{op: "tests/test_quantized_lstm.py" for op in ("DynamicQuantizeLSTM", "QuantizedBlock")},
                     "BranchSelect": "tests/test_branch_select.py", "ArgMaxOneHot": "tests/test_loop_unroll.py",
-                    "FakeQuant": "tests/test_fake_quant.py", "GuardedDiv": "tests/test_widen14_patterns.py"}
+                    "FakeQuant": "tests/test_fake_quant.py", "GuardedDiv": "tests/test_widen14_patterns.py",
+                    **{op: "tests/test_tree_shapley.py"
+                       for op in ("TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble")}}
 
 
 def build(case: Case, dtype) -> tuple[onnx.ModelProto, list[str]]:

@@ -135,8 +135,8 @@ def _tree_cases():
 def test_tree_ensembles_match_sklearn_and_onnxruntime_and_are_explained_by_ablation(name):
     """ai.onnx.ml TreeEnsembleClassifier/Regressor (skl2onnx's forests and boosted trees). Oracles:
     scikit-learn's predictions, onnxruntime (verify), and feature ablation recomputed by hand with
-    scikit-learn (each feature set to the reference, the change in the predicted score). DeepLift
-    refuses a tree ensemble by name, pointing to the perturbation methods."""
+    scikit-learn (each feature set to the reference, the change in the predicted score). IG refuses
+    a tree ensemble by name (its gradient is 0); DeepLift is complete on it."""
     import torch
 
     estimator, x, y = _tree_cases()[name]
@@ -153,8 +153,12 @@ def test_tree_ensembles_match_sklearn_and_onnxruntime_and_are_explained_by_ablat
     if classifier:
         np.testing.assert_array_equal(outputs[0].numpy(), estimator.predict(x[:64]))
     np.testing.assert_allclose(outputs[-1].numpy().reshape(len(x[:64]), -1), score(x[:64]), rtol=1e-4, atol=1e-4)
-    with pytest.raises(onnx_attr.UnsupportedOpError, match="TreeEnsemble.*perturbation method"):
-        onnx_attr.DeepLift(model).attribute(torch.from_numpy(x[:2]), target=0, output=len(outputs) - 1)
+    with pytest.raises(onnx_attr.InputError, match="tree ensemble.*piecewise constant"):
+        onnx_attr.IntegratedGradients(model).attribute(torch.from_numpy(x[:2]), target=0, output=len(outputs) - 1)
+    # DeepLift: the trees' Shapley values (their oracle: tests/test_tree_shapley.py), complete
+    _, delta = onnx_attr.DeepLift(model).attribute(torch.from_numpy(x[:8]), torch.from_numpy(x[-1:]), target=0,
+                                                   output=len(outputs) - 1, return_convergence_delta=True)
+    assert float(delta.abs().max()) <= 1e-6 * max(1.0, float(outputs[-1].abs().max()))  # float32 scores
     rows, reference = x[:4], x.mean(0, keepdims=True)
     got = onnx_attr.FeatureAblation(model).attribute(torch.from_numpy(rows), torch.from_numpy(reference), target=0,
                                                       output=len(outputs) - 1).numpy()
@@ -329,10 +333,10 @@ def _forest_file(folder):
     return forest, proto, x
 
 
-def test_cli_default_method_falls_back_to_ablation_on_a_forest(tmp_path, capsys):
-    """No --method on a model DeepLift refuses (a tree ensemble): the CLI runs FeatureAblation, says
-    so on stderr and in report.json, and exits 0. Oracle: scikit-learn's probabilities with each
-    feature set to the mean baseline, by hand (30 features: one each)."""
+def test_cli_default_method_on_a_forest_is_deeplift_and_gives_shap_values(tmp_path):
+    """No --method on a forest: DeepLift, whose rule for the trees gives each feature's Shapley value
+    between the row and the baseline. Oracles: scikit-learn's probabilities (completeness) and shap's
+    interventional TreeExplainer on the estimator itself, with the same baseline as its background."""
     import json
 
     from onnx_attr.app.cli import main
@@ -343,53 +347,52 @@ def test_cli_default_method_falls_back_to_ablation_on_a_forest(tmp_path, capsys)
     out = tmp_path / "out"
     assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.npz"), "-o", str(out),
                  "--baseline", "mean", "--output-name", "probabilities", "--target", "1", "--no-pictures"]) == 0
-    assert "FeatureAblation runs instead" in capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
-    assert report["method"] == "FeatureAblation" and "TreeEnsemble" in json.dumps(report)
-    got = np.load(out / "attributions.npz")[proto.graph.input[0].name]
-    reference = rows.mean(0)  # --baseline mean: the mean of the rows given
-    expected = np.zeros(rows.shape)
-    for i in range(rows.shape[1]):
-        ablated = rows.copy()
-        ablated[:, i] = reference[i]
-        expected[:, i] = forest.predict_proba(rows)[:, 1] - forest.predict_proba(ablated)[:, 1]
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    # a method the user chose is never replaced: DeepLift's refusal stands (exit 2)
+    assert report["method"] == "DeepLift" and "method_fallback" not in json.dumps(report)
+    got = np.load(out / "attributions.npz")[proto.graph.input[0].name].astype(np.float64)
+    reference = rows.mean(0, keepdims=True)  # --baseline mean: the mean of the rows given
+    np.testing.assert_allclose(got.sum(1), forest.predict_proba(rows)[:, 1] - forest.predict_proba(reference)[:, 1],
+                               rtol=1e-5, atol=1e-6)
+    shap = pytest.importorskip("shap")
+    expected = np.asarray(shap.TreeExplainer(forest, data=reference.astype(np.float64),
+                                             feature_perturbation="interventional").shap_values(rows.astype(np.float64)))
+    expected = expected[..., 1] if expected.shape[:2] == rows.shape else expected[1]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # a gradient method the user names is refused, not replaced (exit 2): the trees have no gradient
     assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.npz"), "-o",
-                 str(tmp_path / "chosen"), "--method", "deeplift", "--output-name", "probabilities"]) == 2
+                 str(tmp_path / "chosen"), "--method", "integratedgradients", "--output-name", "probabilities"]) == 2
 
 
-def test_dataset_default_method_falls_back_to_ablation_on_a_forest(tmp_path):
-    """`onnx-attr dataset` without --method on a forest: FeatureAblation, recorded in the manifest,
-    rows equal to `attribute`'s fallback on the same file (the same method, the same blocks)."""
+def test_dataset_default_method_falls_back_to_ablation_on_binned_features(tmp_path):
+    """`onnx-attr dataset` without --method where DeepLift refuses (a KBinsDiscretizer: steps alone):
+    FeatureAblation, recorded in the manifest, rows equal to `attribute`'s fallback on the same file
+    (the same method, the same blocks)."""
     import json
 
     from onnx_attr.app.cli import main
-    from onnx_attr.app.dataset_job import read_results
+    from onnx_attr.app.dataset_job import attribution_array, read_results
 
-    _, proto, x = _forest_file(tmp_path)
+    proto, x = _binned_file(tmp_path)
     name = proto.graph.input[0].name
     np.savez(tmp_path / "rows.npz", **{name: x[:4]})
-    common = ["--baseline", "zeros", "--output-name", "probabilities", "--target", "1"]
-    assert main(["dataset", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.npz"), "--out", str(tmp_path / "d"),
+    common = ["--baseline", "zeros", "--target", "1"]
+    assert main(["dataset", str(tmp_path / "bins.onnx"), "-i", str(tmp_path / "rows.npz"), "--out", str(tmp_path / "d"),
                  *common, "--no-report"]) == 0
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
-    assert "TreeEnsemble" in json.dumps(manifest) and "featureablation" in json.dumps(manifest).lower()
+    assert "steps alone" in json.dumps(manifest) and "featureablation" in json.dumps(manifest).lower()
     table = read_results(tmp_path / "d")
-    assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.npz"), "-o",
+    assert main(["attribute", str(tmp_path / "bins.onnx"), "-i", str(tmp_path / "rows.npz"), "-o",
                  str(tmp_path / "a"), *common, "--no-pictures"]) == 0
-    from onnx_attr.app.dataset_job import attribution_array
-
     np.testing.assert_allclose(attribution_array(table, "attributions"),
                                np.load(tmp_path / "a" / "attributions.npz")[name], rtol=1e-6, atol=1e-7)
 
 
 def test_gradient_methods_on_a_tree_ensemble_say_why_and_what_explains_it(tmp_path):
     """IG on a forest: the gradient is 0 everywhere, so the refusal says it is a tree ensemble and
-    points to the perturbation methods (it had said the output does not depend on the inputs)."""
+    points to DeepLift and the perturbation methods (it had said the output does not depend on the inputs)."""
     _, proto, x = _forest_file(tmp_path)
     model = onnx_attr.load(proto, strip_final_activation=False)
-    with pytest.raises(onnx_attr.InputError, match="tree ensemble.*perturbation method"):
+    with pytest.raises(onnx_attr.InputError, match="tree ensemble.*DeepLift.*Shapley.*perturbation method"):
         onnx_attr.IntegratedGradients(model).attribute(x[:2], target=0, output="probabilities")
 
 
@@ -469,15 +472,9 @@ def test_one_hot_encoder_repeated_categories_and_unknown_values_match_onnxruntim
         onnx_attr.load(model(0)).run(x)
 
 
-def test_binned_features_fall_back_to_ablation_in_the_cli_and_are_refused_clearly_by_deeplift(tmp_path, capsys):
-    """KBinsDiscretizer: each feature reaches the output only through Less → ArgMax → OneHotEncoder, a
-    step function with no gradient path. DeepLift says so (NoGradientPathError, an InputError); the CLI's
-    default explains it by ablation and says why."""
-    import onnx
-    import torch
-
-    from onnx_attr.app.cli import main
-    from onnx_attr.errors import NoGradientPathError
+def _binned_file(folder):
+    """KBinsDiscretizer (one-hot) + LogisticRegression on six breast_cancer features, exported by
+    skl2onnx to folder/bins.onnx: (the ONNX model, the features)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import KBinsDiscretizer
@@ -488,12 +485,25 @@ def test_binned_features_fall_back_to_ablation_in_the_cli_and_are_refused_clearl
         warnings.simplefilter("ignore")
         fitted = make_pipeline(KBinsDiscretizer(4, encode="onehot-dense"), LogisticRegression(max_iter=500)).fit(x, y)
         proto = skl2onnx.to_onnx(fitted, x[:1], target_opset={"": 17, "ai.onnx.ml": 3})
+    (folder / "bins.onnx").write_bytes(proto.SerializeToString())
+    return proto, x
+
+
+def test_binned_features_fall_back_to_ablation_in_the_cli_and_are_refused_clearly_by_deeplift(tmp_path, capsys):
+    """KBinsDiscretizer: each feature reaches the output only through Less → ArgMax → OneHotEncoder, a
+    step function with no gradient path. DeepLift says so (NoGradientPathError, an InputError); the CLI's
+    default explains it by ablation and says why."""
+    import torch
+
+    from onnx_attr.app.cli import main
+    from onnx_attr.errors import NoGradientPathError
+
+    proto, x = _binned_file(tmp_path)
     model = onnx_attr.load(proto)
     assert model.verify(x[:30]).passed
     with pytest.raises(NoGradientPathError, match="perturbation method"):
         onnx_attr.DeepLift(model).attribute(torch.tensor(x[:4]), target=0)
     path = tmp_path / "bins.onnx"
-    onnx.save(proto, path)
     np.savez(tmp_path / "x.npz", X=x[:4])
     assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--no-pictures"]) == 0
     assert "steps alone" in capsys.readouterr().err

@@ -314,7 +314,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     beside its edges): the API's additional_forward_args.
 
     `auto_fallback` (the CLI's default method, not one the user chose): where DeepLift has no exact
-    rule for the explained output (a tree ensemble, integer-only quantized ops), `AUTO_FALLBACK` runs
+    rule for the explained output (integer-only quantized ops, steps alone), `AUTO_FALLBACK` runs
     instead, said on stderr and recorded in the manifest (`method_fallback`).
 
     `options` adds settings that changed the model before it got here (`--smooth`, say) to the

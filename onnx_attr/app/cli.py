@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the ones explained (0-d settings and integer inputs that feed no lookup always are)")
     p.add_argument("--method", choices=METHOD_CHOICES,
                    help="attribution method (default: deeplift; where DeepLift has no exact rule for the model, "
-                        "a tree ensemble or integer-only quantized ops, featureablation over at most 256 blocks "
+                        "integer-only quantized ops or steps alone, featureablation over at most 256 blocks "
                         "per input, fewer where their passes would take over a minute, said on stderr and in "
                         "report.json)")
     p.add_argument("--layer", help="layer and neuron methods: the ONNX tensor to attribute at (`inspect --json` lists "

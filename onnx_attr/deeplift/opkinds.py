@@ -47,6 +47,8 @@ ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
 ML_STRUCTURAL = frozenset({"OneHotEncoder", "LabelEncoder"})
 #: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py), by what they expand into: their
 #: steps get the rules
+#: ai.onnx.ml tree ensembles: Shapley values of their features (rules/trees.py)
+TREE_ENSEMBLES = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"})
 ML_EXPANDED = {"LinearClassifier": "composite", "LinearRegressor": "linear", "Scaler": "linear",
                "Normalizer": "composite", "Imputer": "linear", "SVMClassifier": "composite",
                "SVMRegressor": "composite"}
@@ -89,9 +91,6 @@ REFUSED = {
     "LpPool": "no rule yet (a p-norm over each window)",
     "GlobalLpPool": "no rule yet (a p-norm over each channel)",
     "DeformConv": "its sampling offsets are products with the input",
-    **{op: "a tree ensemble is piecewise constant: no gradient, no multiplier (explain it with a perturbation "
-           "method: FeatureAblation, KernelShap, ShapleyValueSampling, Lime; CLI --method featureablation, kernelshap)"
-       for op in ("TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble")},
     "RoiAlign": "no rule yet (linear in X at fixed boxes in avg mode, a max in max mode)",
     "NonMaxSuppression": "it returns indices chosen by comparing scores",
     "Unique": "its output is chosen by comparing values",
@@ -140,6 +139,8 @@ def domain_op_kind(domain: str, op_type: str, variable: Sequence[bool], attrs: M
         return "structural"
     if domain == "ai.onnx.ml" and op_type in ML_EXPANDED:
         return ML_EXPANDED[op_type]
+    if domain == "ai.onnx.ml" and op_type in TREE_ENSEMBLES:
+        return RULES[op_type].kind  # rules/trees.py
     if domain in ("onnx_attr.smooth", "onnx_attr.quantized", "onnx_attr.fused", "onnx_attr.control") and op_type in RULES:  # our own
         return RULES[op_type].kind  # nodes: smooth's LogSumExpPool, QuantizedBlock, unary_fusion's SelfGated
     if domain == "com.microsoft":  # converters/microsoft.py: each expands into the ONNX ops it fuses

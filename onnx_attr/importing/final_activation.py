@@ -115,6 +115,13 @@ def strip_final_activations(
                                                 name=last.name, domain=last.domain))
             to_drop.add(i)
             continue
+        if node.op_type in _TREES:  # the margins; the labels as they were (argmax, or a margin's sign)
+            transform = next(a for a in node.attribute if a.name == "post_transform")
+            if transform.type == onnx.AttributeProto.INT:
+                transform.i = 0  # TreeEnsemble-5's enum
+            else:
+                transform.s = b"NONE"
+            continue
         if node.op_type == "LinearClassifier":  # the scores before the post_transform; the labels as they were
             next(a for a in node.attribute if a.name == "post_transform").s = b"NONE"
             for j in normalizers:
@@ -253,8 +260,8 @@ def _binary_pair(graph, producer, node) -> tuple[int, int] | None:
 def _kind(node) -> str:
     """The activation's name in reports: a decomposed softmax is a Softmax, a LinearClassifier's
     post_transform the activation it names."""
-    if node.op_type == "LinearClassifier":
-        return _POST_TRANSFORMS[_text(node, "post_transform")]
+    if node.op_type == "LinearClassifier" or node.op_type in _TREES:
+        return _POST_TRANSFORMS[_post_transform(node)]
     if node.op_type == "SVMClassifier":
         return "Sigmoid"  # Platt scaling of the decision value
     return "Softmax" if node.op_type in ("Div", "Exp", "QLinearSoftmax") else node.op_type
@@ -262,6 +269,14 @@ def _kind(node) -> str:
 
 #: a linear classifier's post_transform (ai.onnx.ml) and the activation it is
 _POST_TRANSFORMS = {"SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
+
+
+def _post_transform(node) -> str:
+    """A node's post_transform by name (TreeEnsemble-5 writes it as an enum)."""
+    attr = next((a for a in node.attribute if a.name == "post_transform"), None)
+    if attr is not None and attr.type == onnx.AttributeProto.INT:
+        return {0: "NONE", 1: "SOFTMAX", 2: "LOGISTIC", 3: "SOFTMAX_ZERO", 4: "PROBIT"}.get(attr.i, "?")
+    return _text(node, "post_transform")
 
 
 def _text(node, name: str) -> str:
@@ -277,7 +292,9 @@ def _scores(node) -> tuple[str, ...]:
     return tuple(node.output) if node.op_type == "Split" else (node.output[0],)
 
 
-_CLASSIFIERS = frozenset({"LinearClassifier", "SVMClassifier"})
+_CLASSIFIERS = frozenset({"LinearClassifier", "SVMClassifier", "TreeEnsembleClassifier"})
+#: tree ensembles (ai.onnx.ml), whose post_transform applies to the summed leaf weights
+_TREES = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"})
 
 
 def _platt(node) -> tuple[float, float] | None:
@@ -314,11 +331,31 @@ def _transformed_scores(node, tensor: str) -> bool:
     """Whether `tensor` is the scores output of a scikit-learn linear classifier (LinearClassifier,
     skl2onnx's LogisticRegression and friends) that ends in a softmax or a logistic: its
     post_transform is the output's final activation, stripped by setting it to NONE."""
+    if node.domain == "ai.onnx.ml" and node.op_type in _TREES:
+        scores = node.output[1] if node.op_type == "TreeEnsembleClassifier" else node.output[0]
+        return scores == tensor and _post_transform(node) in _POST_TRANSFORMS and not _positive_pair(node)
     if node.domain != "ai.onnx.ml" or len(node.output) < 2 or node.output[1] != tensor:
         return False
     if node.op_type == "SVMClassifier":
         return _text(node, "post_transform") in ("", "NONE") and _platt(node) is not None
     return node.op_type == "LinearClassifier" and _text(node, "post_transform") in _POST_TRANSFORMS
+
+
+def _positive_pair(node) -> bool:
+    """A binary tree classifier scoring one class with weights all positive: without its
+    post_transform, onnxruntime writes [1 - s, s] (probabilities), not the margins [-s, s], so its
+    logistic is not stripped."""
+    if node.op_type != "TreeEnsembleClassifier":
+        return False
+    attrs = {a.name: a for a in node.attribute}
+    labels = attrs.get("classlabels_int64s") or attrs.get("classlabels_strings")
+    ids = attrs.get("class_ids")
+    weights = attrs.get("class_weights")
+    if labels is None or len(labels.ints or labels.strings) != 2 or ids is None or len(set(ids.ints)) != 1:
+        return False
+    values = weights.floats if weights is not None and weights.floats else \
+        numpy_helper.to_array(attrs["class_weights_as_tensor"].t) if "class_weights_as_tensor" in attrs else []
+    return bool(np.all(np.asarray(values) >= 0))
 
 
 #: Ops between a softmax's row sum (or row max) and the Div/Sub that broadcast it back over the row.

@@ -397,8 +397,8 @@ def _rounding_hint(model) -> str:
     graph = getattr(model, "onnx_model", None)
     if graph is not None and any(n.op_type in _PIECEWISE_CONSTANT for n in graph.graph.node):
         return (". This model is a tree ensemble: piecewise constant in its inputs, so its gradient is 0 "
-                "everywhere; explain it with a perturbation method (FeatureAblation, KernelShap; the CLI's "
-                "--method featureablation, or no --method)")
+                "everywhere; explain it with DeepLift (each feature's Shapley value of the trees between the input "
+                "and the baseline; the CLI's default) or a perturbation method (FeatureAblation, KernelShap)")
     if graph is None or not statically_quantized(graph):
         return ""
     from onnx_attr.deeplift.opkinds import QOPERATOR_OPS

@@ -427,7 +427,10 @@ class TreeEnsemble(nn.Module):
             return target
 
         self.register_buffer("feature", torch.from_numpy(_ints(attrs["nodes_featureids"])))
-        self.register_buffer("threshold", torch.from_numpy(np.asarray(attrs["nodes_values"], np.float32)))
+        # float64 splits (TreeEnsemble-5 over doubles) stay float64: rounded, a row at a split would change side
+        wide = getattr(attrs["nodes_values"], "dtype", None) == np.float64
+        self.register_buffer("threshold", torch.from_numpy(np.asarray(attrs["nodes_values"],
+                                                                      np.float64 if wide else np.float32)))
         self.register_buffer("mode", torch.from_numpy(modes))
         if_true, if_false = link("nodes_truenodeids"), link("nodes_falsenodeids")
         self.register_buffer("if_true", torch.from_numpy(if_true))
@@ -508,23 +511,44 @@ class TreeEnsemble(nn.Module):
         node = self.roots.expand(rows.shape[0], -1)
         for _ in range(self.depth):
             at = packed[node]
-            value = rows.gather(1, at[..., 0].long())
-            threshold = at[..., 1].to(rows.dtype)
-            go_true = _COMPARISONS[self.single_mode](value, threshold) if self.single_mode is not None else \
-                torch.stack([compare(value, threshold) for compare in _COMPARISONS], -1).gather(
-                    -1, self.mode[node].clamp(max=5).unsqueeze(-1)).squeeze(-1)
-            missing = torch.isnan(value)  # a NaN goes where its node's track says (BRANCH_NEQ: NaN != t, true)
-            if self.single_mode is None:
-                missing &= self.mode[node] != _MODES["BRANCH_NEQ"]
-            elif self.single_mode == _MODES["BRANCH_NEQ"]:
-                missing = torch.zeros_like(missing)
-            go_true = torch.where(missing, at[..., 4] > 0, go_true)
+            go_true = self._goes_true(rows.gather(1, at[..., 0].long()), at[..., 1], node, at[..., 4] > 0)
             node = torch.where(go_true, at[..., 2], at[..., 3]).long()
         return node
 
-    def forward(self, x: torch.Tensor):
+    def _goes_true(self, value: torch.Tensor, threshold: torch.Tensor, node: torch.Tensor,
+                   missing_true: torch.Tensor) -> torch.Tensor:
+        """Whether `value` (a row's feature at `node`) takes the node's true branch: its comparison
+        with the threshold (in the value's type), a NaN where the node's missing track says."""
+        threshold = threshold.to(value.dtype)
+        go_true = _COMPARISONS[self.single_mode](value, threshold) if self.single_mode is not None else \
+            torch.stack([compare(value, threshold) for compare in _COMPARISONS], -1).gather(
+                -1, self.mode[node].clamp(max=5).unsqueeze(-1)).squeeze(-1)
+        missing = torch.isnan(value)  # a NaN goes where its node's track says (BRANCH_NEQ: NaN != t, true)
+        if self.single_mode is None:
+            missing &= self.mode[node] != _MODES["BRANCH_NEQ"]
+        elif self.single_mode == _MODES["BRANCH_NEQ"]:
+            missing = torch.zeros_like(missing)
+        return torch.where(missing, missing_true, go_true)
+
+    def output_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The scores' type: float32, as onnxruntime's classifier and regressor write them."""
+        return torch.float32
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the walk reads it: one row of features per example."""
         rows = x.reshape(1, -1) if x.dim() == 1 else x.reshape(x.shape[0], -1)
-        rows = rows.to(torch.float32) if not rows.is_floating_point() else rows
+        return rows.to(torch.float32) if not rows.is_floating_point() else rows
+
+    def branches(self, rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """[rows, len(nodes)]: whether each row takes each of the given interior nodes' true branch,
+        exactly as the walk decides it (the DeepLift rule's hybrid inputs, rules/trees.py)."""
+        return self._goes_true(rows[:, self.feature[nodes]], self.threshold[nodes], nodes.expand(rows.shape[0], -1),
+                               self.missing_true[nodes])
+
+    def margins(self, x: torch.Tensor) -> torch.Tensor:
+        """The summed leaf weights per class or target (averaged, plus base_values), in float64,
+        before the post_transform: what the trees add up to."""
+        rows = self.rows(x)
         chunk = max(1, (1 << 20) // max(1, self.roots.numel()))  # a level's gather: ~40 MB at most
         node = torch.cat([self._leaves(part) for part in rows.split(chunk)]) if rows.shape[0] else \
             self.roots.expand(0, -1)
@@ -533,37 +557,42 @@ class TreeEnsemble(nn.Module):
         scores = torch.nn.functional.embedding_bag(node, self.weights, mode="sum")
         if self.aggregate == "AVERAGE":
             scores = scores / self.roots.numel()
-        scores = scores + self.base
+        return scores + self.base
+
+    def forward(self, x: torch.Tensor):
+        scores = self.margins(x)
         if self.binary:
-            return self._binary(scores)
-        scores = scores[:, :self.outputs] if self.classifier else scores
-        if self.transform == "LOGISTIC":
-            scores = torch.sigmoid(scores)
-        elif self.transform == "SOFTMAX":
-            scores = torch.softmax(scores, -1)
-        scores = scores.to(torch.float32)
+            s = scores[:, self.binary_column:self.binary_column + 1]
+            won = s > (0.5 if self.positive else 0)  # onnxruntime's vote: on the margin, before the post_transform
+            index = won.squeeze(1).long()
+            return (index if self.labels is None else self.labels[index]), self.transformed(scores, self.output_dtype(x))
+        scores = self.transformed(scores, self.output_dtype(x))
         if not self.classifier:
             return scores
         index = scores.argmax(-1)
         return (index if self.labels is None else self.labels[index]), scores
 
-    def _binary(self, scores: torch.Tensor):
-        """One score s for two classes: [1 - s, s] (probabilities, all weights positive) or [-s, s]
-        (margins), through the post_transform; the label is class 1 where its score wins."""
-        s = scores[:, self.binary_column:self.binary_column + 1]
+    def transformed(self, scores: torch.Tensor, dtype: torch.dtype, sigmoid=torch.sigmoid, softmax=None) -> torch.Tensor:
+        """The output scores from the margins, through the post_transform (`sigmoid`, `softmax`: the
+        DeepLift rule passes its paired ones). A binary classifier's one score s for two classes gives
+        [1 - s, s] (probabilities, all weights positive) or [-s, s] (margins)."""
+        softmax = softmax or (lambda z: torch.softmax(z, -1))
+        if self.binary:
+            s = scores[:, self.binary_column:self.binary_column + 1]
+            if self.transform == "LOGISTIC":
+                p = sigmoid(s)
+                pair = torch.cat([1 - p, p], 1)
+            elif self.transform == "SOFTMAX":
+                pair = softmax(torch.cat([-s, s], 1))
+            else:
+                pair = torch.cat([1 - s, s], 1) if self.positive else torch.cat([-s, s], 1)
+            return pair.to(dtype)
+        scores = scores[:, :self.outputs] if self.classifier else scores
         if self.transform == "LOGISTIC":
-            p = torch.sigmoid(s)
-            pair = torch.cat([1 - p, p], 1)
-            won = p > 0.5
+            scores = sigmoid(scores)
         elif self.transform == "SOFTMAX":
-            pair = torch.softmax(torch.cat([-s, s], 1), 1)
-            won = s > 0
-        elif self.positive:
-            pair, won = torch.cat([1 - s, s], 1), s > 0.5
-        else:
-            pair, won = torch.cat([-s, s], 1), s > 0
-        index = won.squeeze(1).long()
-        return (index if self.labels is None else self.labels[index]), pair.to(torch.float32)
+            scores = softmax(scores)
+        return scores.to(dtype)
 
 
 @register("TreeEnsembleClassifier", 1, 3, domain="ai.onnx.ml")
@@ -627,7 +656,7 @@ def tree_ensemble_5(attrs: dict) -> dict:
         int(attrs.get("post_transform", 0)), "?")
     missing = _listed(attrs.get("nodes_missing_value_tracks_true")) or [0] * n
     return {"nodes_treeids": [tree_of.get(k, 0) for k in ids], "nodes_nodeids": ids,
-            "nodes_featureids": features + [0] * len(weights), "nodes_values": _listed(attrs.get("nodes_splits")) + [0.0] * len(weights),
+            "nodes_featureids": features + [0] * len(weights), "nodes_values": _splits(attrs.get("nodes_splits"), len(weights)),
             "nodes_modes": [_V5_MODES[m] for m in modes] + ["LEAF"] * len(weights),
             "nodes_truenodeids": true + [0] * len(weights), "nodes_falsenodeids": false + [0] * len(weights),
             "nodes_missing_value_tracks_true": list(missing) + [0] * len(weights),
@@ -637,12 +666,23 @@ def tree_ensemble_5(attrs: dict) -> dict:
             "post_transform": transform}
 
 
+def _splits(value, leaves: int) -> np.ndarray:
+    """The interior nodes' thresholds in their own type (float or double), then a 0 per leaf."""
+    if hasattr(value, "to_torch"):
+        value = value.to_torch()
+    if hasattr(value, "data_type"):  # a TensorProto
+        from onnx import numpy_helper
+
+        value = numpy_helper.to_array(value)
+    wide = getattr(value, "dtype", None) in (np.float64, torch.float64)
+    return np.asarray(_listed(value) + [0.0] * leaves, np.float64 if wide else np.float32)
+
+
 class TreeEnsemble5(TreeEnsemble):
     """TreeEnsemble-5: the regressor's walk; its output has the input's floating type."""
 
-    def forward(self, x: torch.Tensor):
-        out = super().forward(x)
-        return out.to(x.dtype) if x.is_floating_point() else out
+    def output_dtype(self, x: torch.Tensor) -> torch.dtype:
+        return x.dtype if x.is_floating_point() else torch.float32
 
 
 @register("TreeEnsemble", 5, domain="ai.onnx.ml")
