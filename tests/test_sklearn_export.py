@@ -273,6 +273,29 @@ def test_tree_ensemble_5_matches_onnxruntime(aggregate):
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+def test_tree_ensemble_5_over_doubles_keeps_its_splits_and_scores_in_float64():
+    """A float64 TreeEnsemble-5 (LightGBM through onnxmltools): a row between the split 0.1 and its
+    float32 rounding goes where onnxruntime sends it, and leaf weights of 0.1 sum in float64 to the
+    last bit (rounded to float32 on the way they were 1e-9 off)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1, aggregate_function=1, tree_roots=[0],
+        nodes_featureids=[0], nodes_modes=numpy_helper.from_array(np.array([0], np.uint8)),
+        nodes_splits=numpy_helper.from_array(np.array([0.1], np.float64)), nodes_truenodeids=[0],
+        nodes_trueleafs=[1], nodes_falsenodeids=[1], nodes_falseleafs=[1], leaf_targetids=[0, 0],
+        leaf_weights=numpy_helper.from_array(np.array([0.1, 0.7], np.float64)))
+    graph = helper.make_graph([node], "t5", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [None, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [None, 1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)])
+    x = np.array([[0.1], [0.1 + 1e-9], [0.05], [1.0]], np.float64)  # 0.1 < 0.1 + 1e-9 < float32(0.1)
+    expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = onnx_attr.load(proto).run({"x": x})[0].numpy()
+    assert got.dtype == np.float64 and expected[1, 0] == 0.7
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_a_huge_class_id_is_refused_before_the_weights_are_made():
     """class_ids come from the file: one id of 2^40 would ask for 2^40 weight columns per node."""
     from onnx import TensorProto, helper
