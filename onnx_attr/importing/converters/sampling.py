@@ -3,7 +3,8 @@
 torch's grid_sample and affine_grid follow the same conventions as ONNX (normalised [-1, 1]
 coordinates, align_corners, zeros/border/reflection padding, cubic a = -0.75); only the mode
 names differ between GridSample-16 and -20. GridSample is linear in X for a fixed grid, and
-DeepLift treats it so; a grid that depends on the attributed inputs has no rule.
+DeepLift treats it so; a grid that depends on the attributed inputs gets the Shapley rule of
+deeplift/rules/sampling.py.
 """
 
 from __future__ import annotations
