@@ -25,16 +25,18 @@ skl2onnx = pytest.importorskip("skl2onnx")
 sklearn_ensemble = pytest.importorskip("sklearn.ensemble")
 
 
-def brute_force_shapley(proto: onnx.ModelProto, x: np.ndarray, x0: np.ndarray, output: int = -1) -> np.ndarray:
-    """[rows, features, columns]: Shapley values of onnxruntime's output over all 2^F hybrids."""
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+def brute_force_shapley(proto, x: np.ndarray, x0: np.ndarray, output: int = -1, run=None) -> np.ndarray:
+    """[rows, features, columns]: Shapley values of onnxruntime's output (or `run`'s) over all 2^F hybrids."""
+    if run is None:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        run = lambda hybrids: session.run(None, {name: hybrids})[output]  # noqa: E731
     n, f = x.shape
     subsets = np.array(list(itertools.product([False, True], repeat=f)))
     found = []
     for row in x:
         hybrids = np.where(subsets, row, x0[0]).astype(x.dtype)
-        values = session.run(None, {name: hybrids})[output].astype(np.float64).reshape(len(subsets), -1)
+        values = np.asarray(run(hybrids)).astype(np.float64).reshape(len(subsets), -1)
         by_subset = {tuple(s): v for s, v in zip(subsets.tolist(), values)}
         phi = np.zeros((f, values.shape[1]))
         for s, v in by_subset.items():
@@ -241,3 +243,20 @@ def test_deeplift_shap_over_a_background_is_shaps_interventional_tree_explainer(
     expected = shap.TreeExplainer(estimator, data=background.astype(np.float64),
                                   feature_perturbation="interventional").shap_values(x[:5].astype(np.float64))
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_node_two_parents_share_is_a_path_through_each():
+    """A malformed but valid file: node 4 (x_c <= 0.5) hangs under both node 1 and node 2. The walk
+    takes it through either parent; so do the hybrids. onnxruntime refuses such a file, so the game's
+    values come from the imported forward (checked against onnxruntime on proper trees above), and
+    the Shapley formula is applied to them by brute force."""
+    proto = _tree([(0, 0, 0.5, 1, 2), (1, 1, 0.5, 3, 4), (2, 1, 0.2, 4, 5), (4, 2, 0.5, 6, 7)],
+                  {3: 1.0, 5: -2.0, 6: 10.0, 7: 30.0}, features=3)
+    model = onnx_attr.load(proto)
+    rows = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]], np.float32)
+    reference = np.array([[1.0, 0.1, 1.0]], np.float32)
+    expected = brute_force_shapley(proto, rows, reference, run=lambda h: model.run(h)[0].numpy())[..., 0]
+    got, delta = onnx_attr.DeepLift(model).attribute(torch.from_numpy(rows), torch.from_numpy(reference),
+                                                     return_convergence_delta=True)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert float(delta.abs().max()) <= 1e-5

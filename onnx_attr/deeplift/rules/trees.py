@@ -32,7 +32,10 @@ _BLOCK = 1 << 22
 class LeafPaths:
     """Every root-to-leaf path of an ensemble, padded to the deepest: the interior nodes on it, the
     branch it takes at each, and each position's slot (the first position on the path splitting on
-    the same feature: the positions of one feature share a slot)."""
+    the same feature: the positions of one feature share a slot). Beside them, the ensemble as a
+    tree of node instances, one per path prefix (the nodes themselves, unless a malformed file
+    shares a child between parents), whose leaf instances are the paths: the walk that finds the
+    leaves a row's hybrids reach (`_reached`) follows it."""
 
     def __init__(self, ensemble):
         from onnx_attr.importing.budget import current_budget
@@ -46,11 +49,23 @@ class LeafPaths:
         nodes = np.zeros((len(node), 0), np.int64)
         sides = np.zeros((len(node), 0), bool)
         leaves, leaf_nodes, leaf_sides = [], [], []
+        instance_node, instance_children, instance_path = [], [], []
+        first, paths = 0, 0  # the level's first instance id; the paths found so far
         for _ in range(ensemble.depth + 1):
             done = ~interior[node]
             leaves.append(node[done])
             leaf_nodes.append(nodes[done])
             leaf_sides.append(sides[done])
+            path = np.full(len(node), -1)
+            path[done] = np.arange(paths, paths + int(done.sum()))
+            paths += int(done.sum())
+            children = np.full((len(node), 2), -1)
+            after = first + len(node)
+            children[~done] = after + np.arange(2 * int((~done).sum())).reshape(-1, 2)
+            instance_node.append(node)
+            instance_children.append(children)
+            instance_path.append(path)
+            first = after
             node, nodes, sides = node[~done], nodes[~done], sides[~done]
             if not len(node):
                 break
@@ -58,6 +73,10 @@ class LeafPaths:
             nodes = np.concatenate([np.repeat(nodes, 2, 0), np.repeat(node, 2)[:, None]], 1)
             sides = np.concatenate([np.repeat(sides, 2, 0), np.tile([True, False], len(node))[:, None]], 1)
             node = np.stack([if_true[node], if_false[node]], 1).reshape(-1)
+        self.instance_node = torch.from_numpy(np.concatenate(instance_node))
+        self.instance_children = torch.from_numpy(np.concatenate(instance_children))
+        self.instance_path = torch.from_numpy(np.concatenate(instance_path))
+        self.root_instances = torch.arange(len(ensemble.roots))
         depth = max(n.shape[1] for n in leaf_nodes)
         pad = lambda parts, value: np.concatenate(  # noqa: E731
             [np.pad(p, ((0, 0), (0, depth - p.shape[1])), constant_values=value) for p in parts])
@@ -107,38 +126,56 @@ def shapley_values(ensemble, x: Tensor, x0: Tensor) -> Tensor:
     if ensemble.aggregate == "AVERAGE":
         weights = weights / ensemble.roots.numel()
     phi = torch.zeros(n, features + 1, weights.shape[1], dtype=torch.float64)  # the last: padding's sink
-    interior = torch.unique(paths.node[paths.valid])
-    where = torch.zeros(len(ensemble.mode), dtype=torch.long)
-    where[interior] = torch.arange(len(interior))
     depth = paths.node.shape[1]
-    step = max(1, _BLOCK // max(1, len(interior), depth))
+    step = max(1, _BLOCK // max(1, len(paths)))  # rows whose reached paths fit a block even if all are
     for r in range(0, n, step):
-        part, part0 = rows[r:r + step], rows0[r:r + step]
-        taken, taken0 = ensemble.branches(part, interior), ensemble.branches(part0, interior)
-        leaves_per_block = max(1, _BLOCK // (depth * part.shape[0] or 1))
-        for l in range(0, len(paths), leaves_per_block):
-            block = slice(l, l + leaves_per_block)
-            at, side, valid, slot = where[paths.node[block]], paths.side[block], paths.valid[block], paths.slot[block]
-            # per row, leaf and slot: does x (x0) pass every split of that feature on the path?
-            by_x = _passes(taken[:, at] == side, valid, slot)
-            by_x0 = _passes(taken0[:, at] == side, valid, slot)
+        row, path = _reached(ensemble, paths, rows[r:r + step], rows0[r:r + step])
+        for b in range(0, len(row), max(1, _BLOCK // depth)):
+            at_row, at_path = row[b:b + _BLOCK // depth], path[b:b + _BLOCK // depth]
+            node, side, valid, slot = (t[at_path] for t in (paths.node, paths.side, paths.valid, paths.slot))
+            # per (row, path) and slot: does x (x0) pass every split of that feature on the path?
+            by_x = _passes(ensemble.takes_true(rows[r:r + step], at_row, node) == side, valid, slot)
+            by_x0 = _passes(ensemble.takes_true(rows0[r:r + step], at_row, node) == side, valid, slot)
             reached = (by_x | by_x0).all(-1, keepdim=True)
             only_x, only_x0 = by_x & ~by_x0 & reached, by_x0 & ~by_x & reached
             share_x, share_x0 = _shares(only_x.sum(-1, keepdim=True), only_x0.sum(-1, keepdim=True))
             coefficient = torch.where(only_x, share_x, 0.0) - torch.where(only_x0, share_x0, 0.0)
-            row, leaf, position = found = coefficient.nonzero(as_tuple=True)
-            if not len(row):
+            pair, position = found = coefficient.nonzero(as_tuple=True)
+            if not len(pair):
                 continue
-            feature = paths.slot_feature[block][leaf, position]
-            values = coefficient[found].unsqueeze(-1) * weights[block][leaf]
-            phi.index_put_((row + r, torch.where(feature < 0, features, feature)), values, accumulate=True)
+            feature = paths.slot_feature[at_path[pair], position]
+            values = coefficient[found].unsqueeze(-1) * weights[at_path[pair]]
+            phi.index_put_((at_row[pair] + r, torch.where(feature < 0, features, feature)), values, accumulate=True)
     return phi[:, :features]
 
 
+def _reached(ensemble, paths: LeafPaths, rows: Tensor, rows0: Tensor) -> tuple[Tensor, Tensor]:
+    """(row, path) for every path some hybrid of a row can take: walked from the roots, one child
+    where x and x0 take the same branch, both where they part (a path splitting twice on one feature
+    can still be inconsistent: the slots sort that out)."""
+    instance = paths.root_instances.repeat(rows.shape[0])
+    row = torch.arange(rows.shape[0]).repeat_interleave(len(paths.root_instances))
+    found_rows, found_paths = [], []
+    while len(instance):
+        path = paths.instance_path[instance]
+        leaf = path >= 0
+        found_rows.append(row[leaf])
+        found_paths.append(path[leaf])
+        instance, row = instance[~leaf], row[~leaf]
+        node = paths.instance_node[instance]
+        goes, goes0 = ensemble.takes_true(rows, row, node), ensemble.takes_true(rows0, row, node)
+        children = paths.instance_children[instance]
+        chosen = children.gather(1, (~goes).long().unsqueeze(1)).squeeze(1)
+        parted = goes != goes0
+        instance = torch.cat([chosen[~parted], children[parted].reshape(-1)])
+        row = torch.cat([row[~parted], row[parted].repeat_interleave(2)])
+    return torch.cat(found_rows), torch.cat(found_paths)
+
+
 def _passes(passed: Tensor, valid: Tensor, slot: Tensor) -> Tensor:
-    """[rows, leaves, slots]: whether every (valid) split of a slot's feature on the path is passed."""
+    """[..., slots]: whether every (valid) split of a slot's feature on the path is passed."""
     failed = (~passed & valid).to(torch.int16)
-    return torch.zeros_like(failed).scatter_add_(2, slot.expand_as(failed), failed) == 0
+    return torch.zeros_like(failed).scatter_add_(-1, slot.expand_as(failed), failed) == 0
 
 
 def _shares(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

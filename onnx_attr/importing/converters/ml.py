@@ -539,11 +539,12 @@ class TreeEnsemble(nn.Module):
         rows = x.reshape(1, -1) if x.dim() == 1 else x.reshape(x.shape[0], -1)
         return rows.to(torch.float32) if not rows.is_floating_point() else rows
 
-    def branches(self, rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        """[rows, len(nodes)]: whether each row takes each of the given interior nodes' true branch,
-        exactly as the walk decides it (the DeepLift rule's hybrid inputs, rules/trees.py)."""
-        return self._goes_true(rows[:, self.feature[nodes]], self.threshold[nodes], nodes.expand(rows.shape[0], -1),
-                               self.missing_true[nodes])
+    def takes_true(self, rows: torch.Tensor, row: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+        """Whether row `row[i]` takes interior node `node[i]`'s true branch (`row` broadcast over
+        `node`'s trailing axes), exactly as the walk decides it: the DeepLift rule's hybrid inputs
+        (rules/trees.py)."""
+        at = row.reshape(row.shape + (1,) * (node.dim() - row.dim())).expand_as(node)
+        return self._goes_true(rows[at, self.feature[node]], self.threshold[node], node, self.missing_true[node])
 
     def margins(self, x: torch.Tensor) -> torch.Tensor:
         """The summed leaf weights per class or target (averaged, plus base_values), in float64,
