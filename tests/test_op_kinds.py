@@ -38,7 +38,8 @@ def test_every_importable_op_has_a_kind_a_rule_or_a_refusal(domain, op):
 
 def test_one_source_for_each_op():
     assert not LINEAR & STRUCTURAL
-    overlap = (LINEAR | STRUCTURAL) & set(RULES) - {"Conv", "ConvTranspose"}  # products only when both vary
+    # products only when both vary; a segment max only with a max/min reduction
+    overlap = (LINEAR | STRUCTURAL) & set(RULES) - {"Conv", "ConvTranspose", "ScatterElements"}
     assert not overlap, f"listed in opkinds and with a rule: {sorted(overlap)}"
     assert not set(REFUSED) & set(RULES), "a refused op has a rule"
     stale = set(REFUSED) - {op for _, op in IMPORTABLE} - EXPANSION_STEPS
@@ -50,7 +51,8 @@ def test_the_rule_declares_the_kind(op):
     if op in {"LogSumExpPool", "QuantizedBlock", "SelfGated"}:  # our own domains' nodes
         return
     rule_kind = RULES[op].kind
-    assert op_kind(op, [True, True, True]) == rule_kind or (op in ("Conv", "ConvTranspose") and rule_kind == "bilinear")
+    attrs = {"reduction": "max"} if op == "ScatterElements" else None
+    assert op_kind(op, [True, True, True], attrs) == rule_kind or (op in ("Conv", "ConvTranspose") and rule_kind == "bilinear")
 
 
 def test_a_refused_op_is_named_with_the_reason():

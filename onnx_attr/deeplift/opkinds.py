@@ -112,7 +112,7 @@ REFUSED = {
     "CausalConvWithState": "no rule yet", "LinearAttention": "no rule yet",
     # linear in the common case, refused in the configuration `op_kind` calls unknown
     "RotaryEmbedding": "with cos/sin caches that vary with the attributed inputs (a rotation at fixed caches)",
-    "ScatterElements": "with a mul, max or min reduction", "ScatterND": "with a mul, max or min reduction",
+    "ScatterND": "with a mul, max or min reduction",
     "BatchNormalization": "in training mode or with statistics computed from the attributed inputs (a written-out "
                           "LayerNorm that was not recognised)",
 }
@@ -152,7 +152,8 @@ def op_kind(op_type: str, variable: Sequence[bool], attrs: Mapping | None = None
     the kind depends on them, its attributes)."""
     n_var = sum(variable)
     if op_type in ("ScatterElements", "ScatterND") and (attrs or {}).get("reduction") in _NONLINEAR_REDUCTIONS:
-        return "unknown"
+        # a segment max or min (a graph network's global max pooling): the cross-max rule (rules/scatter.py)
+        return RULES[op_type].kind if op_type in RULES and attrs.get("reduction") in ("max", "min") else "unknown"
     if op_type == "BatchNormalization" and ((attrs or {}).get("training_mode") or any(variable[3:5])):
         return "unknown"  # batch statistics, or statistics computed from the input: not linear
     if op_type == "Div":  # a / b is linear in a; a varying divisor makes it a quotient
