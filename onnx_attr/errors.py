@@ -67,6 +67,12 @@ class NoGradientPathError(InputError):
     explains it; the CLI's default method falls back to one."""
 
 
+class ValueShapedError(InputError):
+    """A tensor's size follows the input's values (NonZero, a count of boxes above a threshold), so
+    DeepLift's reference pass has no element to pair with each of the input's. A perturbation method
+    explains it; the CLI's default method falls back to one."""
+
+
 class OutputError(OnnxAttrError):
     """A result could not be written where the user asked."""
 

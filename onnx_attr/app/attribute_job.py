@@ -25,7 +25,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from onnx_attr.errors import InputError, NoGradientPathError, OnnxAttrError, OutputError, UnsupportedOpError
+from onnx_attr.errors import (InputError, NoGradientPathError, OnnxAttrError, OutputError, UnsupportedOpError,
+                              ValueShapedError)
 from onnx_attr.fileio import FolderLock, atomic_write, regular_file, remove_leftover_temporaries, write_json
 from onnx_attr.app.manifest import build_manifest, differences, file_sha256
 from onnx_attr.methods.registry import entry, titles
@@ -643,8 +644,9 @@ class _Job:
                     reference, kept_ids = domain_reference(self.model, attributed, extra)
                 attributions, delta, method_report = self._attribute_in_batches(
                     attributed, extra, reference, chosen, progress_bar, file.name)
-        except (UnsupportedOpError, NoGradientPathError) as err:  # DeepLift refused this call (either baseline's),
-            # or the output follows the inputs through steps alone (binned features): the fallback runs
+        except (UnsupportedOpError, NoGradientPathError, ValueShapedError) as err:  # DeepLift refused this call
+            # (either baseline's), the output follows the inputs through steps alone (binned features), or a size
+            # follows the values (a count of detections above a threshold): the fallback runs
             if not self.per_call_fallback:
                 raise
             with self._fallen_back(err):
@@ -738,8 +740,10 @@ class _Job:
     @contextlib.contextmanager
     def _fallen_back(self, err):
         """This run's settings swapped for the fallback's while one input file runs again."""
-        kinds = ", ".join(sorted({str(n[0]) for n in getattr(err, "nodes", [])})) or \
-            "the output follows the inputs through steps alone: every multiplier is 0"
+        kinds = ", ".join(sorted({str(n[0]) for n in getattr(err, "nodes", [])})) or (
+            "a size follows the input's values, so the reference pass pairs with nothing"
+            if isinstance(err, ValueShapedError) else "the output follows the inputs through steps alone: every "
+            "multiplier is 0")
         why = (f"DeepLift refused this call ({kinds}; see its message with --method deeplift); "
                f"{entry(AUTO_FALLBACK).title or 'FeatureAblation'} runs instead for this input. Choose another with "
                "--method")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from onnx_attr.errors import ForwardError, InputError, is_out_of_memory
+from onnx_attr.errors import ForwardError, InputError, ValueShapedError, is_out_of_memory
 from onnx_attr.importing.model import _explain_failure
 from onnx_attr.deeplift.differences import contribution, difference
 from onnx_attr.deeplift.reference_cache import ReferenceCache
@@ -345,7 +345,7 @@ class DeepLiftEngine:
         try:
             return self._passes(xs, full, attributed, targets, output, keep, axes)
         except ReferenceShapeMismatch as err:  # not the batch: a size that follows the values
-            raise InputError(
+            raise ValueShapedError(
                 f"DeepLift's reference pass computes node {str(err)!r} in another shape than the input's pass: a "
                 "size there follows the input's values (NonZero, Compress, Unique, a count of boxes above a "
                 "threshold), so no reference value pairs with each element. Use a baseline that keeps those sizes "

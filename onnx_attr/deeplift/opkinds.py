@@ -26,6 +26,9 @@ LINEAR = frozenset({
     "ReduceSum", "ReduceMean", "CumSum", "Resize", "Upsample", "Trilu", "Compress", "ScatterND",
     "ScatterElements", "Scatter", "TensorScatter", "Where", "ReverseSequence", "CenterCropPad", "DFT", "STFT",
     "AffineGrid", "Col2Im", "MaxUnpool",
+    # a selection: linear while it selects the same elements at the input and at the reference, which its
+    # step guard checks per call (rewrite.guard_steps)
+    "TopK",
     # sequences are lists of tensors: gathered, concatenated, cut (converters/sequence.py)
     "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt", "ConcatFromSequence", "SplitToSequence",
     "Optional", "OptionalGetElement",
@@ -82,7 +85,6 @@ REFUSED = {
     "SVMProbabilityCoupling": "libsvm's coupling of pairwise class probabilities is an iterative solve (for two "
                               "classes the probability is a sigmoid of the decision value, stripped as the final "
                               "activation)",
-    "TopK": "which values it selects changes between input and reference",
     "Hardmax": "a step function of its input: no multiplier makes it complete",
     "Mod": "a sawtooth of its inputs: no multiplier makes it complete",
     "CumProd": "a running product of many varying terms",

@@ -162,8 +162,9 @@ def _broadcasts(ref: torch.Size, actual: torch.Size) -> bool:
 
 
 class StepGuard(nn.Module):
-    """A comparison (Less, Equal, IsNaN, ...) of values that vary with the attributed inputs: its
-    output is a step of them, which no multiplier carries. Where it is the same at the input and
+    """A comparison (Less, Equal, IsNaN, ...) of values that vary with the attributed inputs, or a
+    selection (TopK, whose values are linear while its indices stay): its output is a step of them,
+    which no multiplier carries. Where it is the same at the input and
     at the reference, everything computed from it is a constant of the two passes, and DeepLift is
     exact; where it differs, the jump it makes is lost. So the forward is the op's, and in the main
     pass a differing output is recorded (`DeepLiftState.steps_moved`) for the engine to refuse
@@ -185,7 +186,10 @@ class StepGuard(nn.Module):
 
 
 def _differs(out: Any, ref: Any) -> bool:
-    """Whether a step's output at the input differs from its output at the reference anywhere."""
+    """Whether a step's output at the input differs from its output at the reference anywhere (of
+    a selection's outputs, the indices: its values follow the inputs)."""
+    if isinstance(out, tuple) and isinstance(ref, tuple):
+        return any(_differs(o, r) for o, r in zip(out, ref) if isinstance(o, Tensor) and not o.is_floating_point())
     if not isinstance(out, Tensor) or not isinstance(ref, Tensor):
         return False
     try:

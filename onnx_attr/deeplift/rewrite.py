@@ -90,9 +90,11 @@ class RewriteResult:
 
 #: ops whose output is a step of their inputs (a bool, an index): guarded where those vary (`StepGuard`)
 STEP_OPS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "IsNaN", "IsInf", "ArgMax",
-                      "ArgMin"})
+                      "ArgMin", "TopK"})
 STEP_REASON = ("a comparison of values that follow the attributed inputs, different at the input and at the "
                "reference: the jump it makes downstream has no multiplier")
+SELECTION_REASON = ("a selection (TopK) of values that follow the attributed inputs, choosing other elements at "
+                    "the input than at the reference: the jump between them has no multiplier")
 STEP_HINT = ("Use a perturbation method (FeatureAblation, KernelShap; the CLI's --method featureablation), or a "
              "baseline on the same side of these comparisons as the input")
 
@@ -288,7 +290,7 @@ def guard_steps(module: fx.GraphModule, variable: set[fx.Node], state: DeepLiftS
         node.target = name
         guards.append(node)
     reasons = [(n.meta["onnx_op"], n.meta.get("onnx_domain", ""), n.meta.get("onnx_opset", 0), n.meta["onnx_node"],
-                STEP_REASON) for n in guards]
+                SELECTION_REASON if n.meta["onnx_op"] == "TopK" else STEP_REASON) for n in guards]
     result.steps = refusals_per_output(module, guards, reasons) if guards else []
 
 
