@@ -23,6 +23,7 @@ from torch import Tensor
 from onnx_attr.deeplift.rules.base import DecomposedRule, _require_varying, rule
 from onnx_attr.deeplift.rules.composite import exp_shifted, paired_logsumexp
 from onnx_attr.deeplift.rules.paired import rescale
+from onnx_attr.importing.budget import current_budget
 from onnx_attr.importing.converters.ml import _MODES
 
 #: (rows × leaves × path positions) per block of the evaluation: ~100 MB of temporaries at most
@@ -38,8 +39,6 @@ class LeafPaths:
     leaves a row's hybrids reach (`_reached`) follows it."""
 
     def __init__(self, ensemble):
-        from onnx_attr.importing.budget import current_budget
-
         interior = (ensemble.mode != _MODES["LEAF"]).numpy()
         if_true, if_false = ensemble.if_true.numpy(), ensemble.if_false.numpy()
         budget = current_budget()
@@ -125,6 +124,8 @@ def shapley_values(ensemble, x: Tensor, x0: Tensor) -> Tensor:
     weights = ensemble.weights[paths.leaf]  # [leaves, columns]
     if ensemble.aggregate == "AVERAGE":
         weights = weights / ensemble.roots.numel()
+    # every row's value per feature and class: a file's 10⁴ classes over 10⁴ features would be 10⁸ per row
+    current_budget().check("max_elements", n * (features + 1) * weights.shape[1], "a tree ensemble's Shapley values")
     phi = torch.zeros(n, features + 1, weights.shape[1], dtype=torch.float64)  # the last: padding's sink
     depth = paths.node.shape[1]
     step = max(1, _BLOCK // max(1, len(paths)))  # rows whose reached paths fit a block even if all are
