@@ -27,7 +27,8 @@ TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "
                     **{op: "tests/test_quantized_lstm.py" for op in ("DynamicQuantizeLSTM", "QuantizedBlock")},
                     "BranchSelect": "tests/test_branch_select.py", "ArgMaxOneHot": "tests/test_loop_unroll.py",
                     "FakeQuant": "tests/test_fake_quant.py", "GuardedDiv": "tests/test_widen14_patterns.py",
-                    "GridSample": "tests/test_grid_sample_rule.py", "ScatterElements": "tests/test_scatter_max_rule.py",
+                    "GridSample": "tests/test_grid_sample_rule.py", **{op: "tests/test_lp_norms.py" for op in (
+                        "LpNormalization", "LpPool", "GlobalLpPool")}, "ScatterElements": "tests/test_scatter_max_rule.py",
                     **{op: "tests/test_tree_shapley.py"
                        for op in ("TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble")}}
 
