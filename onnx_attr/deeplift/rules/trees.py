@@ -224,24 +224,21 @@ class TreeEnsembleRule(DecomposedRule):
         z = _ShapleyMargins.apply(x, x0.detach(), ensemble)
         with torch.no_grad():
             z0 = ensemble.margins(x0)
-        pairs: dict = {}
-
-        def sigmoid(s):
-            y, pairs["y0"] = rescale(torch.sigmoid, s, pairs["s0"])
-            return y
-
-        def softmax(s):
-            lse, lse0 = paired_logsumexp(s, pairs["s0"], (-1,))
-            y, pairs["y0"] = exp_shifted(s, pairs["s0"], lse, lse0)
-            return y
-
-        # the reference side through the plain transform; the input side through the paired one,
-        # which needs the reference's operand of the same step: the same slice of z0
+        # the input side goes through the paired transform, whose reference operand is the same
+        # slice of z0 (the pair [-s0, s0] for a binary softmax); the reference side through the plain one
         if ensemble.binary:
             s0 = z0[:, ensemble.binary_column:ensemble.binary_column + 1]
-            pairs["s0"] = torch.cat([-s0, s0], 1) if ensemble.transform == "SOFTMAX" else s0
+            operand0 = torch.cat([-s0, s0], 1) if ensemble.transform == "SOFTMAX" else s0
         else:
-            pairs["s0"] = z0[:, :ensemble.outputs] if ensemble.classifier else z0
+            operand0 = z0[:, :ensemble.outputs] if ensemble.classifier else z0
+
+        def sigmoid(s):
+            return rescale(torch.sigmoid, s, operand0)[0]
+
+        def softmax(s):
+            lse, lse0 = paired_logsumexp(s, operand0, (-1,))
+            return exp_shifted(s, operand0, lse, lse0)[0]
+
         dtype = ensemble.output_dtype(x)
         return ensemble.transformed(z, dtype, sigmoid=sigmoid, softmax=softmax), ensemble.transformed(z0, dtype)
 
