@@ -48,10 +48,10 @@ STRUCTURAL = frozenset({
 ML_LINEAR = frozenset({"ZipMap", "ArrayFeatureExtractor"})
 #: ai.onnx.ml ops whose outputs no gradient follows: they select constants by a category
 ML_STRUCTURAL = frozenset({"OneHotEncoder", "LabelEncoder"})
-#: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py), by what they expand into: their
-#: steps get the rules
 #: ai.onnx.ml tree ensembles: Shapley values of their features (rules/trees.py)
 TREE_ENSEMBLES = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"})
+#: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py), by what they expand into: their
+#: steps get the rules
 ML_EXPANDED = {"LinearClassifier": "composite", "LinearRegressor": "linear", "Scaler": "linear",
                "Normalizer": "composite", "Imputer": "linear", "SVMClassifier": "composite",
                "SVMRegressor": "composite"}

@@ -329,8 +329,8 @@ def _strip_platt(graph, node) -> list[onnx.NodeProto]:
 
 def _transformed_scores(node, tensor: str) -> bool:
     """Whether `tensor` is the scores output of a scikit-learn linear classifier (LinearClassifier,
-    skl2onnx's LogisticRegression and friends) that ends in a softmax or a logistic: its
-    post_transform is the output's final activation, stripped by setting it to NONE."""
+    skl2onnx's LogisticRegression and friends) or a tree ensemble that ends in a softmax or a
+    logistic: its post_transform is the output's final activation, stripped by setting it to NONE."""
     if node.domain == "ai.onnx.ml" and node.op_type in _TREES:
         scores = node.output[1] if node.op_type == "TreeEnsembleClassifier" else node.output[0]
         return scores == tensor and _post_transform(node) in _POST_TRANSFORMS and not _positive_pair(node)
