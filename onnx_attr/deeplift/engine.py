@@ -368,7 +368,7 @@ class DeepLiftEngine:
                 # the float inputs' baselines at the rows fed (on each one's batch axis; one without
                 # a batch, a photo [H, W, 3] beside per-face keypoints, is fed as given)
                 n = next((x.shape[a] for x, a in zip(xs, axes) if a is not None and x.dim() > a), None)
-                reference_args = [x if i else _at_rows(b, n, a) for x, b, i, a in zip(xs, bs, integer, axes)]
+                reference_args = [x if i else grown(b, a, n) for x, b, i, a in zip(xs, bs, integer, axes)]
             layer_taps = self.rewrite.layers
             cacheable = self.cache_reference and not taps and not layer_taps
             cached = self.references.find(reference_args) if cacheable else None
@@ -442,11 +442,11 @@ class DeepLiftEngine:
             raise ForwardError(_explain_failure(module, args, err)) from err
 
 
-def _at_rows(b: Tensor, n: Optional[int], axis: Optional[int]) -> Tensor:
-    """A shared (batch-1) baseline repeated to n rows on its batch axis, as a view."""
-    if n is None or axis is None or b.dim() <= axis or b.shape[axis] != 1:
-        return b
-    return b.expand(*b.shape[:axis], n, *b.shape[axis + 1:])
+def grown(t: Tensor, axis: Optional[int], n: Optional[int]) -> Tensor:
+    """A shared tensor (batch 1 on its batch axis: a baseline) broadcast to the n examples, as a view."""
+    if n is None or axis is None or n == 1 or t.dim() <= axis or t.shape[axis] != 1:
+        return t
+    return t.expand(*t.shape[:axis], n, *t.shape[axis + 1:])
 
 
 def _fed(xs: Sequence[Tensor], attributed: Sequence[bool], axes: Sequence[Optional[int]]) -> Optional[int]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from onnx_attr.deeplift.engine import Targets
+from onnx_attr.deeplift.engine import Targets, grown as _grown
 from onnx_attr.errors import InputError, is_out_of_memory
 from onnx_attr.deeplift.layers import embedding_lookups
 from onnx_attr.importing.rows import padded_rows, pass_batch, pick_output
@@ -372,13 +372,6 @@ class AttributionMethod:
 def _has_rows(t: Tensor, axis: Optional[int], n: int) -> bool:
     """Holds the n examples on its batch axis (a held input, without one, is fed as given)."""
     return axis is not None and t.dim() > axis and t.shape[axis] == n
-
-
-def _grown(t: Tensor, axis: Optional[int], n: int) -> Tensor:
-    """A shared tensor (batch 1 on its batch axis: a baseline) broadcast to the n examples."""
-    if axis is None or n == 1 or t.dim() <= axis or t.shape[axis] != 1:
-        return t
-    return t.expand(*t.shape[:axis], n, *t.shape[axis + 1:])
 
 
 def target_values(model, tensors: list[Tensor], targets: Targets, index: int) -> Tensor:

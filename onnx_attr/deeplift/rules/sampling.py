@@ -41,7 +41,6 @@ class GridSampleRule(Rule):
         x, x0, g, g0 = (t.detach().to(wide) for t in (x, x0, g, g0))
         k = g.shape[-1]
         players = k + 1 if image_varies else k  # the coordinates 0..k-1, then X
-        n = players
         sample = lambda image, grid: call(*_substitute(args, {0: image, 1: grid}))  # noqa: E731
 
         def grid_of(coordinates: tuple[int, ...]) -> Tensor:
@@ -50,7 +49,7 @@ class GridSampleRule(Rule):
             return torch.where(moved, g, g0)
 
         def weight(size: int) -> float:
-            return math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            return math.factorial(size) * math.factorial(players - size - 1) / math.factorial(players)
 
         values: dict[tuple[int, ...], Tensor] = {}
 
