@@ -43,19 +43,37 @@ def test_sign_floor_ceil_round_are_attributed_their_exact_jumps():
     assert float(np.abs(np.asarray(delta)).max()) < 1e-3
 
 
-def _relu_as_where(threshold: str = "zero"):
+def _relu_as_where(threshold: str = "zero", banded: bool = False):
     """max(x, 0) written as Where(Greater(x, 0), x, 0), then a weighted sum; with threshold "t", x is
-    compared with a second input t (one comparison of two inputs: no elementwise function of x alone)."""
-    nodes = [helper.make_node("Greater", ["x", threshold], ["pos"], name="is_positive"),
+    compared with a second input t (one comparison of two inputs: no elementwise function of x alone).
+    `banded`: the condition is And(x > t, x < 100), logic no fusion takes."""
+    nodes = [helper.make_node("Greater", ["x", threshold], ["pos" if not banded else "above"], name="is_positive"),
              helper.make_node("Where", ["pos", "x", "zero"], ["r"]),
              helper.make_node("MatMul", ["r", "w"], ["y"])]
+    if banded:
+        nodes[1:1] = [helper.make_node("Less", ["x", "hundred"], ["below"]),
+                      helper.make_node("And", ["above", "below"], ["pos"])]
     w = np.array([[1.0, -2.0], [0.5, 1.0], [3.0, 0.25]], np.float32)
     inputs = [("x", FLOAT, ["n", 3])] + ([("t", FLOAT, ["n", 3])] if threshold == "t" else [])
-    return make_model(nodes, inputs, [("y", FLOAT, ["n", 2])], {"zero": np.float32(0), "w": w}, opset=13)
+    return make_model(nodes, inputs, [("y", FLOAT, ["n", 2])], {"zero": np.float32(0), "w": w,
+                                                                "hundred": np.float32(100)}, opset=13)
+
+
+def test_a_comparison_of_two_inputs_selecting_is_complete_where_it_flips():
+    """Where(Greater(x, t), x, 0) with t a second input: the comparison, its mask and the Where are one
+    StepSelect (select_fusion.py). With t at its reference, x's attribution is each element's own change
+    of max(x, 0) times its weight, by hand, where x and x0 sit on either side of 0."""
+    model = onnx_attr.load(_relu_as_where("t"))
+    t = np.zeros((1, 3), np.float32)
+    x, x0 = np.array([[2.0, 3.0, 4.0]], np.float32), np.array([[-1.0, 0.5, 9.0]], np.float32)
+    got, delta = onnx_attr.DeepLift(model).attribute((x, t), (x0, t), target=0, return_convergence_delta=True)
+    w0 = np.array([1.0, 0.5, 3.0])
+    np.testing.assert_allclose(np.asarray(got[0]), (np.maximum(x, 0) - np.maximum(x0, 0)) * w0, rtol=1e-6)
+    assert not np.asarray(got[1]).any() and abs(float(delta[0])) < 1e-5
 
 
 def test_a_comparison_that_flips_is_named_when_it_breaks_completeness():
-    model = onnx_attr.load(_relu_as_where("t"))
+    model = onnx_attr.load(_relu_as_where("t", banded=True))
     t = np.zeros((1, 3), np.float32)
     same_side = np.array([[2.0, 3.0, 4.0]], np.float32), np.array([[1.0, 0.5, 9.0]], np.float32)
     got, delta = onnx_attr.DeepLift(model).attribute((same_side[0], t), (same_side[1], t), target=0,
@@ -111,13 +129,16 @@ def test_the_cli_default_falls_back_per_call_where_deeplift_refuses_a_flip(tmp_p
     from onnx_attr.app.cli import main
 
     path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
-    # (x + 1)·[x > t]: a jump at t, a second input (so no elementwise function of x alone to fuse)
-    nodes = [helper.make_node("Greater", ["x", "t"], ["pos"], name="is_positive"),
+    # (x + 1)·[t < x < 100]: a jump at t, a second input (so no elementwise function of x alone to fuse),
+    # and logic between the comparisons and the Where (no StepSelect either)
+    nodes = [helper.make_node("Greater", ["x", "t"], ["above"], name="is_positive"),
+             helper.make_node("Less", ["x", "hundred"], ["below"]), helper.make_node("And", ["above", "below"], ["pos"]),
              helper.make_node("Add", ["x", "one"], ["x1"]), helper.make_node("Where", ["pos", "x1", "zero"], ["r"]),
              helper.make_node("MatMul", ["r", "w"], ["y"])]
     w = np.array([[1.0, -2.0], [0.5, 1.0], [3.0, 0.25]], np.float32)
     onnx.save(make_model(nodes, [("x", FLOAT, ["n", 3]), ("t", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])],
-                         {"zero": np.float32(0), "one": np.float32(1), "w": w}, opset=13), path)
+                         {"zero": np.float32(0), "one": np.float32(1), "w": w, "hundred": np.float32(100)},
+                         opset=13), path)
     x = np.array([[2.0, -3.0, 4.0], [1.0, 5.0, -0.5]], np.float32)  # a zero baseline flips x > 0 where x > 0
     np.savez(inputs, x=x, t=np.zeros_like(x))
     assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--target", "0"]) == 0

@@ -25,6 +25,7 @@ from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, StepGuard, signatu
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, STAIRCASE_SPLIT, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
 from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
+from onnx_attr.deeplift.select_fusion import fuse_step_selects
 from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_path, insert_layer_taps,
                                     placeholder_fed)
 from onnx_attr.deeplift.quant_fusion import FAKE_QUANT, fold_constant_dequantize, fuse_fake_quant
@@ -49,6 +50,7 @@ class RewriteResult:
     self_gated: list[str] = field(default_factory=list)  # Muls fused with their gate: x·g(x), one rescale
     unary_chains: list[str] = field(default_factory=list)  # chains of elementwise nonlinearities: one rescale
     steps_fused: list[str] = field(default_factory=list)  # Cast(Less(x, c)): a step function, one rescale
+    selects_fused: list[str] = field(default_factory=list)  # Where(compare(u, v), A, B) (select_fusion.py)
     #: per graph output, the nodes with no rule it is computed from (refused when it is explained)
     refused: list[list[tuple[str, str, int, str, str]]] = field(default_factory=list)
     #: per graph output, the comparisons of attributed values it is computed from (`StepGuard`):
@@ -218,10 +220,15 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     result.unary_chains.extend(fuse_piecewise(out, variable))  # Where(x > 0, Log(x), 0): one function (unary_fusion.py)
     if result.steps_fused or result.unary_chains:  # what a step feeds now varies too (a comparison's did not)
         variable = variable_nodes(out, inputs, set(taps), held)
+    fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)
+    # a Where by a comparison of varying values, its values others (select_fusion.py); before the guards,
+    # which would refuse its comparison's flips
+    result.selects_fused.extend(fuse_step_selects(out, variable))
+    if result.selects_fused:  # a Where of constants by a varying comparison varies now
+        variable = variable_nodes(out, inputs, set(taps), held)
     guard_steps(out, variable, state, result)
     fold_constant_dequantize(out, variable)  # static quantization's weights as floats (quant_fusion.py)
     fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
-    fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)
     result.self_gated.extend(fuse_self_gated(out, variable, recompile=False))  # SiLU, HardSwish as exported (unary_fusion.py)
     result.unary_chains.extend(fuse_unary_chains(out, variable))  # 1 / (1 + Exp(-z)) as exported (unary_fusion.py)
     unsupported: list[tuple[str, str, int, str, str]] = []

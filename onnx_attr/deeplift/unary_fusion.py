@@ -293,11 +293,19 @@ class GateChain(nn.Module):
         self._constant_args = [{i for i, a in enumerate(args) if isinstance(a, str)} for args in self.arguments]
 
     def forward(self, *x: Tensor) -> Tensor:
+        return self.trace(*x)[-1]
+
+    def trace(self, *x: Tensor) -> list:
+        """The inputs, then each op's output in the chain's order."""
         values = list(x)
         for op, args, constants in zip(self.ops, self.arguments, self._constant_args):
-            values.append(op(*(getattr(self, a) if i in constants else values[a] if isinstance(a, _Slot) else a
-                               for i, a in enumerate(args))))
-        return values[-1]
+            values.append(op(*self.operands(values, args, constants)))
+        return values
+
+    def operands(self, values: list, args: tuple, constants: set) -> list:
+        """One op's arguments: earlier values of the chain, its constants, its literals."""
+        return [getattr(self, a) if i in constants else values[a] if isinstance(a, _Slot) else a
+                for i, a in enumerate(args)]
 
 
 def _attribute(root: nn.Module, target: str):
