@@ -197,16 +197,38 @@ def test_a_long_axis_blurs_by_fft_as_the_direct_convolution_does():
     np.testing.assert_allclose(out, by_rows, rtol=1e-5, atol=1e-6)
 
 
-def _threshold_mask(width):
+def _threshold_mask(width, banded: bool = True):
     """atspm-detector's sibling attention (hunt 20): a Softmax of the input below a constant masks the
     logits it attends with. At zeros the Softmax is uniform, so the comparison goes the other way than
-    at the input and DeepLift refuses the call."""
-    nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=-1), helper.make_node("LessOrEqual", ["p", "thr"], ["low"]),
+    at the input. `banded`: the mask is And(p <= thr, p > -1), logic between comparisons, which DeepLift
+    refuses where it flips; a single comparison is a StepSelect (select_fusion.py), complete at zeros."""
+    low = "below" if banded else "low"
+    nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=-1), helper.make_node("LessOrEqual", ["p", "thr"], [low]),
              helper.make_node("Where", ["low", "neg", "x"], ["masked"]),
              helper.make_node("Softmax", ["masked"], ["att"], axis=-1), helper.make_node("MatMul", ["att", "w"], ["y"])]
+    if banded:
+        nodes[2:2] = [helper.make_node("Greater", ["p", "floor"], ["above"]),
+                      helper.make_node("And", ["below", "above"], ["low"])]
     return make_model(nodes, [("x", FLOAT, ["n", width])], [("y", FLOAT, ["n", 3])],
                       {"thr": np.array(0.5 / width, np.float32), "neg": np.array(-1e4, np.float32),
+                       "floor": np.array(-1, np.float32),
                        "w": (RNG.standard_normal((width, 3)) * 5).astype(np.float32)}, opset=13)
+
+
+def test_a_single_comparison_masking_is_explained_at_zeros(tmp_path):
+    """Without the logic, the masked attention is one StepSelect: DeepLift at the zeros themselves,
+    complete against onnxruntime at the input and at zeros."""
+    path = tmp_path / "mask1.onnx"
+    path.write_bytes(_threshold_mask(16, banded=False).SerializeToString())
+    x = np.stack([np.linspace(-6, 6, 16), np.linspace(4, -3, 16)]).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
+                 "--no-pictures", "--target", "0"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "DeepLift" and report["baseline_used"] == "zeros"
+    attributions = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    change = _ort(path, x)[:, 0] - _ort(path, np.zeros_like(x))[:, 0]
+    np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4, atol=1e-4)
 
 
 def test_a_comparison_the_zeros_take_otherwise_is_explained_at_the_blurred_input(tmp_path):
