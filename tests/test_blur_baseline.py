@@ -197,29 +197,37 @@ def test_a_long_axis_blurs_by_fft_as_the_direct_convolution_does():
     np.testing.assert_allclose(out, by_rows, rtol=1e-5, atol=1e-6)
 
 
-def _threshold_mask(width, banded: bool = True):
+def _threshold_mask(width):
     """atspm-detector's sibling attention (hunt 20): a Softmax of the input below a constant masks the
     logits it attends with. At zeros the Softmax is uniform, so the comparison goes the other way than
-    at the input. `banded`: the mask is And(p <= thr, p > -1), logic between comparisons, which DeepLift
-    refuses where it flips; a single comparison is a StepSelect (select_fusion.py), complete at zeros."""
-    low = "below" if banded else "low"
-    nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=-1), helper.make_node("LessOrEqual", ["p", "thr"], [low]),
+    at the input; the Where it decides is a StepSelect (select_fusion.py), complete all the same."""
+    nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=-1), helper.make_node("LessOrEqual", ["p", "thr"], ["low"]),
              helper.make_node("Where", ["low", "neg", "x"], ["masked"]),
              helper.make_node("Softmax", ["masked"], ["att"], axis=-1), helper.make_node("MatMul", ["att", "w"], ["y"])]
-    if banded:
-        nodes[2:2] = [helper.make_node("Greater", ["p", "floor"], ["above"]),
-                      helper.make_node("And", ["below", "above"], ["low"])]
     return make_model(nodes, [("x", FLOAT, ["n", width])], [("y", FLOAT, ["n", 3])],
                       {"thr": np.array(0.5 / width, np.float32), "neg": np.array(-1e4, np.float32),
-                       "floor": np.array(-1, np.float32),
                        "w": (RNG.standard_normal((width, 3)) * 5).astype(np.float32)}, opset=13)
+
+
+def _peak_pick(width):
+    """swift-f0's decode: the value at the Softmax's ArgMax (plus a per-position offset). At zeros the
+    Softmax is uniform and its ArgMax the first position; at a rising input, the last. An index has no
+    multiplier: DeepLift refuses the call where the pick moves and the target depends on it."""
+    nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=-1),
+             helper.make_node("ArgMax", ["p"], ["peak"], axis=1, keepdims=1, name="peak"),
+             helper.make_node("Add", ["x", "offset"], ["shifted"]),
+             helper.make_node("GatherElements", ["shifted", "peak"], ["picked"], axis=1),
+             helper.make_node("Mul", ["picked", "w"], ["y"])]
+    return make_model(nodes, [("x", FLOAT, ["n", width])], [("y", FLOAT, ["n", 3])],
+                      {"offset": (np.arange(width) * 0.1).astype(np.float32).reshape(1, width),
+                       "w": (RNG.standard_normal((1, 3)) * 5).astype(np.float32)}, opset=13)
 
 
 def test_a_single_comparison_masking_is_explained_at_zeros(tmp_path):
     """Without the logic, the masked attention is one StepSelect: DeepLift at the zeros themselves,
     complete against onnxruntime at the input and at zeros."""
     path = tmp_path / "mask1.onnx"
-    path.write_bytes(_threshold_mask(16, banded=False).SerializeToString())
+    path.write_bytes(_threshold_mask(16).SerializeToString())
     x = np.stack([np.linspace(-6, 6, 16), np.linspace(4, -3, 16)]).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
     assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
@@ -233,18 +241,18 @@ def test_a_single_comparison_masking_is_explained_at_zeros(tmp_path):
 
 def test_a_comparison_the_zeros_take_otherwise_is_explained_at_the_blurred_input(tmp_path):
     """`--baseline auto` blurs where DeepLift refuses the zeros for comparisons they take the other way
-    than the input (here the blurred ramp masks the same positions); before, the CLI fell back to
+    than the input (here the blurred ramp peaks where the ramp does); before, the CLI fell back to
     FeatureAblation. An input too short to blur keeps that fallback: its blur is the input itself, and
     its attributions would all be 0. Oracle: onnxruntime at the input and at the blurred reference."""
-    path = tmp_path / "mask.onnx"
-    path.write_bytes(_threshold_mask(16).SerializeToString())
-    x = np.stack([np.linspace(-6, 6, 16), np.linspace(4, -3, 16)]).astype(np.float32)  # blurred: the same masks
+    path = tmp_path / "peak.onnx"
+    path.write_bytes(_peak_pick(16).SerializeToString())
+    x = np.stack([np.linspace(-6, 6, 16), np.linspace(4, -3, 16)]).astype(np.float32)  # blurred: the same peaks
     np.savez(tmp_path / "x.npz", x=x)
     assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
                  "--no-pictures", "--target", "0"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["method"] == "DeepLift" and report["baseline_used"] == "blur"
-    assert "'LessOrEqual" in report["baseline_note"] and "compare" in report["baseline_note"]
+    assert "'peak'" in report["baseline_note"] and "compare" in report["baseline_note"]
     attributions = np.load(tmp_path / "out" / "attributions.npz")["x"]
     change = _ort(path, x)[:, 0] - _ort(path, blurred(x, 0))[:, 0]
     np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4, atol=1e-4)
@@ -257,7 +265,7 @@ def test_a_comparison_the_zeros_take_otherwise_is_explained_at_the_blurred_input
     np.testing.assert_allclose(attribution_array(table, "attributions").reshape(2, -1).sum(1), change, rtol=1e-4,
                                atol=1e-4)
     short = tmp_path / "short.onnx"
-    short.write_bytes(_threshold_mask(4).SerializeToString())
+    short.write_bytes(_peak_pick(4).SerializeToString())
     np.savez(tmp_path / "s.npz", x=x[:, ::4].copy())
     assert main(["attribute", str(short), "-i", str(tmp_path / "s.npz"), "-o", str(tmp_path / "s"), "-q",
                  "--no-pictures", "--target", "0"]) == 0

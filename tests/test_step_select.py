@@ -33,8 +33,8 @@ def _select_model(op: str = "Greater", two_sided: bool = False) -> onnx.ModelPro
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _shapley_three(f, players_x, players_0):
-    """Exact Shapley values of three players (each a dict of inputs moved together)."""
+def _shapley(f, players_x, players_0):
+    """Exact Shapley values of the players (each a dict of inputs moved together), by enumeration."""
     n = len(players_x)
     values = []
     for p in range(n):
@@ -83,13 +83,60 @@ def test_shares_are_shapley_values_from_onnxruntime(tmp_path, op):
             def player(t, name):
                 return {name: t[row:row + 1] if t.shape[0] > 1 else t}
 
-            expected = _shapley_three(f, [player(u, "u"), player(a, "a"), player(b, "b")],
+            expected = _shapley(f, [player(u, "u"), player(a, "a"), player(b, "b")],
                                       [{"u": u0}, {"a": a0}, {"b": b0}])
             got = [float(t[row, j]) for t in found]
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
             others = [np.delete(t[row].numpy(), j) for t in found]  # y_j reads element j alone
             assert all(np.all(o == 0) for o in others)
     assert method.engine.rewrite.selects_fused  # fused, not refused or guarded
+
+
+def _logic_model(logic: str, cast: bool) -> onnx.ModelProto:
+    """y = Where(logic(u > 0.5, Not(w <= -1)), a, b) over [N, 4], or Cast(logic(...)) · 3 (no a, b)."""
+    inits = [numpy_helper.from_array(np.float32(0.5).reshape(()), "half"),
+             numpy_helper.from_array(np.float32(-1).reshape(()), "minus"),
+             numpy_helper.from_array(np.float32(3).reshape(()), "three")]
+    nodes = [helper.make_node("Greater", ["u", "half"], ["c1"]), helper.make_node("LessOrEqual", ["w", "minus"], ["c2"]),
+             helper.make_node("Not", ["c2"], ["n2"]), helper.make_node(logic, ["c1", "n2"], ["c"])]
+    names = ["u", "w"]
+    if cast:
+        nodes += [helper.make_node("Cast", ["c"], ["cf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["cf", "three"], ["y"])]
+    else:
+        nodes += [helper.make_node("Where", ["c", "a", "b"], ["y"])]
+        names += ["a", "b"]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in names],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("cast", [False, True])
+@pytest.mark.parametrize("logic", ["And", "Or", "Xor"])
+def test_logic_between_comparisons_is_shapley_over_every_player(tmp_path, logic, cast):
+    """Two comparisons joined by logic (one through a Not) select A or B, or are cast to a float:
+    each comparison, A and B is a player; onnxruntime on all 2^4 (or 2^2) hybrids, Shapley by hand."""
+    proto = _logic_model(logic, cast)
+    path = tmp_path / "logic.onnx"
+    onnx.save(proto, path)
+    rng = np.random.default_rng(11)
+    names = ["u", "w"] + ([] if cast else ["a", "b"])
+    xs = {n: (rng.normal(size=(5, 4)) * 80).astype(np.float32) for n in names}
+    refs = {n: (rng.normal(size=(1, 4)) * 80).astype(np.float32) for n in names}
+    model = onnx_attr.load(str(path))
+    method = onnx_attr.DeepLift(model)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    flips = 0
+    for j in range(4):
+        found = method.attribute(tuple(torch.from_numpy(xs[n]) for n in names), target=j,
+                                 baselines=tuple(torch.from_numpy(refs[n]) for n in names))
+        for row in range(5):
+            def f(feed):
+                return float(session.run(None, {k: np.asarray(v, np.float32) for k, v in feed.items()})[0][0, j])
+
+            expected = _shapley(f, [{n: xs[n][row:row + 1]} for n in names], [{n: refs[n]} for n in names])
+            np.testing.assert_allclose([float(t[row, j]) for t in found], expected, rtol=1e-5, atol=1e-3)
+            flips += any(abs(e) > 0 for e in expected[:2])
+    assert flips >= 3 and method.engine.rewrite.selects_fused
 
 
 def test_both_operands_vary_split_by_their_changes(tmp_path):
@@ -110,7 +157,7 @@ def test_both_operands_vary_split_by_their_changes(tmp_path):
 
         pick = lambda t: {k: x[row:row + 1] for k, x in t.items()}  # noqa: E731
         d_x, d_0 = pick({"u": u, "v": v}), {"u": zeros[0], "v": zeros[0]}
-        compare, share_a, share_b = _shapley_three(f, [d_x, pick({"a": a}), pick({"b": b})],
+        compare, share_a, share_b = _shapley(f, [d_x, pick({"a": a}), pick({"b": b})],
                                                    [d_0, {"a": zeros[0]}, {"b": zeros[0]}])
         du, dv = float(u[row, 2]), float(v[row, 2])
         # the comparison's share goes to u and v through d = u - v: in proportion to du and -dv

@@ -46,7 +46,7 @@ def test_sign_floor_ceil_round_are_attributed_their_exact_jumps():
 def _relu_as_where(threshold: str = "zero", banded: bool = False):
     """max(x, 0) written as Where(Greater(x, 0), x, 0), then a weighted sum; with threshold "t", x is
     compared with a second input t (one comparison of two inputs: no elementwise function of x alone).
-    `banded`: the condition is And(x > t, x < 100), logic no fusion takes."""
+    `banded`: the condition is And(x > t, x < 100)."""
     nodes = [helper.make_node("Greater", ["x", threshold], ["pos" if not banded else "above"], name="is_positive"),
              helper.make_node("Where", ["pos", "x", "zero"], ["r"]),
              helper.make_node("MatMul", ["r", "w"], ["y"])]
@@ -59,28 +59,67 @@ def _relu_as_where(threshold: str = "zero", banded: bool = False):
                                                                 "hundred": np.float32(100)}, opset=13)
 
 
-def test_a_comparison_of_two_inputs_selecting_is_complete_where_it_flips():
-    """Where(Greater(x, t), x, 0) with t a second input: the comparison, its mask and the Where are one
-    StepSelect (select_fusion.py). With t at its reference, x's attribution is each element's own change
-    of max(x, 0) times its weight, by hand, where x and x0 sit on either side of 0."""
-    model = onnx_attr.load(_relu_as_where("t"))
+@pytest.mark.parametrize("banded", [False, True])
+def test_a_comparison_of_two_inputs_selecting_is_complete_where_it_flips(banded):
+    """Where(Greater(x, t), x, 0) with t a second input, and with the band And(x > t, x < 100): the
+    comparisons, the logic and the Where are one StepSelect (select_fusion.py). With t at its reference,
+    x's attribution is each element's own change of the function times its weight, by hand, where x and
+    x0 sit on either side of 0 (and of 100)."""
+    model = onnx_attr.load(_relu_as_where("t", banded))
     t = np.zeros((1, 3), np.float32)
-    x, x0 = np.array([[2.0, 3.0, 4.0]], np.float32), np.array([[-1.0, 0.5, 9.0]], np.float32)
-    got, delta = onnx_attr.DeepLift(model).attribute((x, t), (x0, t), target=0, return_convergence_delta=True)
+    x, x0 = np.array([[2.0, 3.0, 4.0], [150.0, -7.0, 99.0]], np.float32), np.array([[-1.0, 0.5, 120.0]], np.float32)
+    got, delta = onnx_attr.DeepLift(model).attribute((x, t.repeat(2, 0)), (x0, t), target=0,
+                                                     return_convergence_delta=True)
+    f = (lambda v: np.where((v > 0) & (v < 100), v, 0)) if banded else (lambda v: np.maximum(v, 0))
     w0 = np.array([1.0, 0.5, 3.0])
-    np.testing.assert_allclose(np.asarray(got[0]), (np.maximum(x, 0) - np.maximum(x0, 0)) * w0, rtol=1e-6)
-    assert not np.asarray(got[1]).any() and abs(float(delta[0])) < 1e-5
+    np.testing.assert_allclose(np.asarray(got[0]), (f(x) - f(x0)) * w0, rtol=1e-6)
+    assert not np.asarray(got[1]).any() and float(np.abs(np.asarray(delta)).max()) < 1e-4
+
+
+def test_a_threshold_of_two_inputs_cast_to_a_float_is_complete_where_it_flips():
+    """(x + 1)·Cast(x > t): the Cast of the comparison is Where(x > t, 1, 0), one StepSelect; x's
+    attribution is each element's own change, by hand."""
+    nodes = [helper.make_node("Greater", ["x", "t"], ["pos"]), helper.make_node("Cast", ["pos"], ["on"], to=FLOAT),
+             helper.make_node("Add", ["x", "one"], ["x1"]), helper.make_node("Mul", ["x1", "on"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    w = np.array([[1.0], [0.5], [3.0]], np.float32)
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, ["n", 3]), ("t", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 1])],
+                                      {"one": np.float32(1), "w": w}, opset=13))
+    x = np.array([[2.0, -300.0, 4.5], [-1.0, 250.0, 0.0]], np.float32)
+    x0, t = np.array([[-2.0, 120.0, 4.0]], np.float32), np.zeros((1, 3), np.float32)
+    got, delta = onnx_attr.DeepLift(model).attribute((x, t.repeat(2, 0)), (x0, t), target=0,
+                                                     return_convergence_delta=True)
+    f = lambda v: (v + 1) * (v > 0)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(got[0]), (f(x) - f(x0)) * w[:, 0], rtol=1e-6)
+    assert float(np.abs(np.asarray(delta)).max()) < 1e-4
+
+
+def _peak_model():
+    """y = (x + c)[argmax(x - t)] · w: an ArgMax picking the value (swift-f0's pitch decode)."""
+    nodes = [helper.make_node("Sub", ["x", "t"], ["s"]),
+             helper.make_node("ArgMax", ["s"], ["peak"], axis=1, keepdims=1, name="is_positive"),
+             helper.make_node("Add", ["x", "c"], ["xc"]), helper.make_node("GatherElements", ["xc", "peak"], ["r"], axis=1),
+             helper.make_node("Mul", ["r", "w"], ["y"])]
+    return make_model(nodes, [("x", FLOAT, ["n", 3]), ("t", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])],
+                      {"c": np.array([[0.0, 10.0, 20.0]], np.float32), "w": np.array([[1.0, -2.0]], np.float32)},
+                      opset=13)
+
+
+def _picked(x, t=0.0):
+    """The peak model's first output, by hand."""
+    x = np.asarray(x, np.float64)
+    return (x + [0.0, 10.0, 20.0])[np.arange(len(x)), np.argmax(x - t, axis=1)]
 
 
 def test_a_comparison_that_flips_is_named_when_it_breaks_completeness():
-    model = onnx_attr.load(_relu_as_where("t", banded=True))
+    model = onnx_attr.load(_peak_model())
     t = np.zeros((1, 3), np.float32)
     same_side = np.array([[2.0, 3.0, 4.0]], np.float32), np.array([[1.0, 0.5, 9.0]], np.float32)
     got, delta = onnx_attr.DeepLift(model).attribute((same_side[0], t), (same_side[1], t), target=0,
                                                      return_convergence_delta=True)
-    np.testing.assert_allclose(np.asarray(got[0]), [[1.0, 1.25, -15.0]], rtol=1e-6)  # w[:, 0] * (x - x0)
+    np.testing.assert_allclose(np.asarray(got[0]), [[0.0, 0.0, -5.0]], rtol=1e-6)  # the pick's own change
     assert abs(float(delta[0])) < 1e-5
-    flipped = (np.array([[2.0, 3.0, 4.0]], np.float32), t), (np.array([[-1.0, 0.5, 9.0]], np.float32), t)
+    flipped = (np.array([[2.0, 3.0, 4.0]], np.float32), t), (np.array([[9.0, 0.5, 1.0]], np.float32), t)
     with pytest.raises(onnx_attr.UnsupportedOpError, match="(?s)is_positive.*perturbation method"):
         onnx_attr.DeepLift(model).attribute(*flipped, target=0)
     method = onnx_attr.DeepLift(model, gradient_fallback=True)  # opted in: a warning in the report instead
@@ -129,25 +168,16 @@ def test_the_cli_default_falls_back_per_call_where_deeplift_refuses_a_flip(tmp_p
     from onnx_attr.app.cli import main
 
     path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
-    # (x + 1)·[t < x < 100]: a jump at t, a second input (so no elementwise function of x alone to fuse),
-    # and logic between the comparisons and the Where (no StepSelect either)
-    nodes = [helper.make_node("Greater", ["x", "t"], ["above"], name="is_positive"),
-             helper.make_node("Less", ["x", "hundred"], ["below"]), helper.make_node("And", ["above", "below"], ["pos"]),
-             helper.make_node("Add", ["x", "one"], ["x1"]), helper.make_node("Where", ["pos", "x1", "zero"], ["r"]),
-             helper.make_node("MatMul", ["r", "w"], ["y"])]
-    w = np.array([[1.0, -2.0], [0.5, 1.0], [3.0, 0.25]], np.float32)
-    onnx.save(make_model(nodes, [("x", FLOAT, ["n", 3]), ("t", FLOAT, ["n", 3])], [("y", FLOAT, ["n", 2])],
-                         {"zero": np.float32(0), "one": np.float32(1), "w": w, "hundred": np.float32(100)},
-                         opset=13), path)
-    x = np.array([[2.0, -3.0, 4.0], [1.0, 5.0, -0.5]], np.float32)  # a zero baseline flips x > 0 where x > 0
+    onnx.save(_peak_model(), path)
+    x = np.array([[2.0, -3.0, 4.0], [1.0, 5.0, -0.5]], np.float32)  # at zeros the first element is the peak
     np.savez(inputs, x=x, t=np.zeros_like(x))
     assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--target", "0"]) == 0
     assert "FeatureAblation runs instead" in capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert report["manifest"]["method"] == "featureablation" and "method_fallback" in report["manifest"]["options"]
     found = np.load(out / "attributions.npz")["x"]
-    w0 = np.array([1.0, 0.5, 3.0], np.float32)
-    np.testing.assert_allclose(found, np.where(x > 0, x + 1, 0) * w0, rtol=1e-6)  # each feature's drop to 0, by hand
+    dropped = [_picked(np.where(np.arange(3) == i, 0, x)) for i in range(3)]
+    np.testing.assert_allclose(found, np.stack([_picked(x) - d for d in dropped], 1), rtol=1e-6)  # each feature to 0
     assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--target", "0", "--resume"]) == 0
     assert "finished earlier" in capsys.readouterr().out
     assert main(["attribute", str(path), "-i", str(inputs), "-o", str(tmp_path / "o2"), "--target", "0",

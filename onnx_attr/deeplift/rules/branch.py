@@ -15,6 +15,8 @@ and the comparison's operands carry the jump from one branch to the other at the
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -68,10 +70,14 @@ def _only_varying(info, grads, args):
 
 @rule(STEP_SELECT)
 class StepSelectRule(Rule):
-    """Where(carriers(compare(u, v)), A, B) elementwise (select_fusion.py): per element the split
-    above, with s̄ the element's mean step, and each flipped element's jump (Ā − B̄)·Δs carried back
-    through the carriers to the comparison's element, then as a rescale through d = u − v, which
-    moved wherever the comparison flipped. In float64: 1/Δd is large where d barely crosses 0."""
+    """Where(condition, A, B) elementwise (select_fusion.py; a Cast of the condition to a float is
+    Where(c, 1, 0)), the condition a tree of carriers and logic over k comparisons: per element, the exact Shapley values of the game whose players are the k
+    comparisons (each at its input's or its reference's mask), A and B, v = Where(condition, A, B).
+    One comparison gives the split above, s̄ the element's mean step. A's multiplier is the weighted
+    mean of the condition over the comparisons' coalitions (B's, of its negation); each comparison's
+    share goes back along the tree to its own elements (autograd through a linear stand-in: carriers
+    move elements, logic sums them), then as a rescale through d = u − v, which moved wherever the
+    comparison flipped (Δs ≠ 0 implies Δd ≠ 0: two distinct floats never subtract to 0). In float64."""
 
     def backward(self, info, call, grad, args, out, refs, ref_out):
         module, varying = call.module, info.variable
@@ -80,9 +86,20 @@ class StepSelectRule(Rule):
         at_r = module.trace(*[r if i < len(varying) and varying[i] else a for i, (a, r) in enumerate(zip(args, refs))])
         wide = torch.float64 if grad.device.type != "mps" else grad.dtype
         g = grad.to(wide)
-        (cond, a, b), (cond0, a0, b0) = module.operands_of(-1, at_x), module.operands_of(-1, at_r)
-        moved = cond != cond0
-        mean = (cond.to(wide) + cond0.to(wide)) / 2
+        n_in, steps = module.n_inputs, module.compares
+        k, n = len(steps), len(steps) + 2  # players: the comparisons, then A and B
+        weight = [math.factorial(m) * math.factorial(n - m - 1) / math.factorial(n) for m in range(n)]
+        masks = {}  # coalition of comparisons (a bit each) -> the condition
+
+        def condition(coalition: int) -> Tensor:
+            if coalition not in masks:
+                masks[coalition] = module.condition(at_x, {step: (at_x if coalition >> j & 1 else at_r)[n_in + step]
+                                                           for j, step in enumerate(steps)})
+            return masks[coalition]
+
+        cond, a, b, to_a, to_b = module.selection(at_x)
+        _, a0, b0, _, _ = module.selection(at_r)
+        a, a0, b, b0 = (torch.as_tensor(t, device=g.device).to(wide) for t in (a, a0, b, b0))
         found: dict[int, Tensor] = {}
 
         def add(index, value, shape):
@@ -90,34 +107,54 @@ class StepSelectRule(Rule):
                 value = reduce_to(value, shape)
                 found[index] = found[index] + value if index in found else value
 
-        _, to_a, to_b = module.inputs_of(-1)
-        add(to_a, g * mean, torch.as_tensor(a).shape)
-        add(to_b, g * (1 - mean), torch.as_tensor(b).shape)
-        if bool(moved.any()):
-            a, a0, b, b0 = (torch.as_tensor(t, device=g.device).to(wide) for t in (a, a0, b, b0))
-            gap = torch.broadcast_to((a + a0) / 2 - (b + b0) / 2, out.shape)
-            # an infinite gap is refused even where the gradient coming back is 0: past a softmax that 0
-            # is the rule's secant from -inf, not an output that ignores the element
-            if not bool(torch.isfinite(gap[torch.broadcast_to(moved, out.shape)]).all()):
-                from onnx_attr.deeplift.rewrite import STEP_HINT, STEP_REASON  # (the rewrite imports the rules)
-
-                raise UnsupportedOpError(
-                    [(*module.comparison, STEP_REASON)], action="DeepLift is not complete on this call: it has",
-                    hint=f"Where node {info.name!r} selects an infinite value (a -inf mask before a softmax, say) "
-                         "on one side of this comparison, so the output's change where it flips is infinite. "
-                         + STEP_HINT)
-            jump = torch.where(moved, g * torch.where(moved, gap, 0.0), 0.0)
-            per_condition = reduce_to(jump, cond.shape)
-            with torch.enable_grad():
-                mask = torch.zeros(at_x[module.n_inputs].shape, dtype=wide, device=g.device, requires_grad=True)
-                (per_compare,) = torch.autograd.grad(module.carry(mask, at_x), mask, per_condition)
-            (u, v), (u0, v0) = module.operands_of(0, at_x), module.operands_of(0, at_r)
-            u, v, u0, v0 = (torch.as_tensor(t, device=g.device).to(wide) for t in (u, v, u0, v0))
-            step = at_x[module.n_inputs].to(wide) - at_r[module.n_inputs].to(wide)
-            d = (u - v) - (u0 - v0)
-            flip = step != 0
-            per_d = torch.where(flip, per_compare * step / torch.where(flip, d, 1.0), 0.0)
-            to_u, to_v = module.inputs_of(0)
-            add(to_u, per_d, u.shape)
-            add(to_v, -per_d, v.shape)
+        on = sum(condition(c).to(wide) * (weight[c.bit_count()] + weight[c.bit_count() + 1]) for c in range(2 ** k))
+        add(to_a, g * on, a.shape)
+        add(to_b, g * (1 - on), b.shape)
+        values = {(0, 0): (a0, b0), (1, 0): (a, b0), (0, 1): (a0, b), (1, 1): (a, b)}
+        shares = []
+        for j in range(k):
+            share = torch.zeros(out.shape, dtype=wide, device=g.device)
+            for others in range(2 ** k):
+                if others >> j & 1:
+                    continue
+                without, with_j = condition(others), condition(others | 1 << j)
+                flipped = with_j != without
+                if not bool(flipped.any()):
+                    continue
+                for (in_a, in_b), (va, vb) in values.items():
+                    gap = torch.where(va == vb, 0.0, va - vb)  # equal infinities select alike
+                    change = torch.where(flipped, torch.where(with_j, gap, -gap), 0.0)
+                    share = share + weight[others.bit_count() + in_a + in_b] * change
+            if not bool(torch.isfinite(share).all()):
+                self._refuse_infinite(info, module.comparisons[j])
+            shares.append(share)
+        if not k or not any(bool(s.any()) for s in shares):
+            return [found[i].to(args[i].dtype) if i in found else None for i in range(len(args))]
+        with torch.enable_grad():
+            stand_ins = {step: torch.zeros(at_x[n_in + step].shape, dtype=wide, device=g.device, requires_grad=True)
+                         for step in steps}
+            linear = module.condition(at_x, stand_ins, linear=True)
+            for j, step in enumerate(steps):
+                per_condition = reduce_to(g * shares[j], cond.shape)
+                (routed,) = torch.autograd.grad(linear, stand_ins[step], per_condition, retain_graph=True,
+                                                allow_unused=True)
+                if routed is None:
+                    continue
+                (u, v), (u0, v0) = module.operands_of(step, at_x), module.operands_of(step, at_r)
+                u, v, u0, v0 = (torch.as_tensor(t, device=g.device).to(wide) for t in (u, v, u0, v0))
+                moved = at_x[n_in + step] != at_r[n_in + step]
+                d = (u - v) - (u0 - v0)
+                per_d = torch.where(moved, routed / torch.where(moved, d, 1.0), 0.0)
+                to_u, to_v = module.inputs_of(step)
+                add(to_u, per_d, u.shape)
+                add(to_v, -per_d, v.shape)
         return [found[i].to(args[i].dtype) if i in found else None for i in range(len(args))]
+
+    @staticmethod
+    def _refuse_infinite(info, comparison):
+        from onnx_attr.deeplift.rewrite import STEP_HINT, STEP_REASON  # (the rewrite imports the rules)
+
+        raise UnsupportedOpError(
+            [(*comparison, STEP_REASON)], action="DeepLift is not complete on this call: it has",
+            hint=f"Where node {info.name!r} selects an infinite value (a -inf mask before a softmax, say) on one "
+                 "side of this comparison, so the output's change where it flips is infinite. " + STEP_HINT)
