@@ -139,6 +139,42 @@ def test_logic_between_comparisons_is_shapley_over_every_player(tmp_path, logic,
     assert flips >= 3 and method.engine.rewrite.selects_fused
 
 
+def test_a_held_mask_joined_and_broadcast(tmp_path):
+    """Where(And(u > 0.5, mask), a, b): u [N, 1] decides a row, a held bool mask [N, 4] each element;
+    u's share for element j is the comparison's Shapley value there (onnxruntime on the hybrids)."""
+    inits = [numpy_helper.from_array(np.float32(0.5).reshape(()), "half")]
+    nodes = [helper.make_node("Greater", ["u", "half"], ["c1"]), helper.make_node("And", ["c1", "mask"], ["c"]),
+             helper.make_node("Where", ["c", "a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("u", TensorProto.FLOAT, ["N", 1]),
+                                           helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4]),
+                                           helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 4]),
+                                           helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "held.onnx"
+    onnx.save(proto, path)
+    rng = np.random.default_rng(2)
+    u, a, b = (rng.normal(size=(3, 1)) * 50).astype(np.float32), *(rng.normal(size=(2, 3, 4)) * 50).astype(np.float32)
+    mask = rng.random((3, 4)) > 0.4
+    u0, a0, b0 = np.full((1, 1), -20.0, np.float32), np.ones((1, 4), np.float32), -np.ones((1, 4), np.float32)
+    method = onnx_attr.DeepLift(onnx_attr.load(str(path)))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for j in range(4):
+        found = method.attribute((torch.from_numpy(u), torch.from_numpy(a), torch.from_numpy(b)), target=j,
+                                 baselines=(torch.from_numpy(u0), torch.from_numpy(a0), torch.from_numpy(b0)),
+                                 additional_forward_args=(torch.from_numpy(mask),))
+        for row in range(3):
+            def f(feed):
+                full = {"mask": mask[row:row + 1], **{k: np.asarray(v, np.float32) for k, v in feed.items()}}
+                return float(session.run(None, full)[0][0, j])
+
+            expected = _shapley(f, [{"u": u[row:row + 1]}, {"a": a[row:row + 1]}, {"b": b[row:row + 1]}],
+                                [{"u": u0}, {"a": a0}, {"b": b0}])
+            np.testing.assert_allclose([float(found[0][row, 0]), float(found[1][row, j]), float(found[2][row, j])],
+                                       expected, rtol=1e-5, atol=1e-3)
+    assert method.engine.rewrite.selects_fused
+
+
 def test_both_operands_vary_split_by_their_changes(tmp_path):
     proto = _select_model("Less", two_sided=True)
     path = tmp_path / "select2.onnx"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import torch
 from torch import Tensor, fx
 
 from onnx_attr.deeplift.rules.branch import STEP_SELECT
@@ -152,11 +153,13 @@ class StepSelect(GateChain):
             if op_type in _COMPARISONS:
                 continue
             operands = self.operands_of(step, values)
-            if linear and op_type in ("Not", "Cast"):
-                out = operands[0]
-            elif linear and op_type in _LOGIC:
-                out = sum(o if isinstance(o, Tensor) and o.is_floating_point() else 0.0 for o in operands)
-            else:
+            floats = [o for o in operands if isinstance(o, Tensor) and o.is_floating_point()] if linear else []
+            if floats and op_type in ("Not", "Cast"):
+                out = floats[0]
+            elif floats and op_type in _LOGIC:  # as wide as the op's output, a held mask's width included
+                shape = torch.broadcast_shapes(*(o.shape for o in operands if isinstance(o, Tensor)))
+                out = sum(floats[1:], floats[0]).expand(shape)
+            else:  # the real op: not linear, or a part of the tree no comparison reaches (a held mask)
                 out = op(*operands)
             values[self.n_inputs + step] = out
         return self.operands_of(-1, values)[0]  # the Where's condition, or what the Cast casts
