@@ -260,3 +260,62 @@ def test_a_node_two_parents_share_is_a_path_through_each():
                                                      return_convergence_delta=True)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
     assert float(delta.abs().max()) <= 1e-5
+
+
+def _categorical_ensemble(trees: int = 6, depth: int = 4, features: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """TreeEnsemble-5 (ai.onnx.ml opset 5) mixing BRANCH_MEMBER splits (a categorical feature in a set of
+    codes, as LightGBM's categorical splits are) with BRANCH_LEQ ones, leaves of weights in the hundreds."""
+    rng = np.random.default_rng(seed)
+    modes, feats, splits, true_ids, true_leaf, false_ids, false_leaf, members, weights, roots = ([] for _ in range(10))
+    for _ in range(trees):
+        roots.append(len(modes))
+
+        def grow(level: int) -> tuple[int, int]:
+            if level == depth or (level > 1 and rng.random() < 0.2):
+                weights.append(float(rng.normal() * 100))
+                return len(weights) - 1, 1
+            at = len(modes)
+            member = rng.random() < 0.5
+            modes.append(6 if member else 0)
+            feats.append(int(rng.integers(features)))
+            splits.append(0.0 if member else float(rng.integers(0, 10)) + 0.5)
+            if member:
+                members.extend(sorted(rng.choice(10, size=int(rng.integers(1, 5)), replace=False).astype(float)))
+                members.append(np.nan)
+            true_ids.append(0), true_leaf.append(0), false_ids.append(0), false_leaf.append(0)
+            true_ids[at], true_leaf[at] = grow(level + 1)
+            false_ids[at], false_leaf[at] = grow(level + 1)
+            return at, 0
+
+        grow(0)
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1, aggregate_function=1, post_transform=0,
+        tree_roots=roots, nodes_modes=helper.make_tensor("modes", onnx.TensorProto.UINT8, [len(modes)], modes),
+        nodes_featureids=feats, nodes_splits=helper.make_tensor("s", onnx.TensorProto.FLOAT, [len(splits)], splits),
+        nodes_truenodeids=true_ids, nodes_trueleafs=true_leaf, nodes_falsenodeids=false_ids,
+        nodes_falseleafs=false_leaf, leaf_targetids=[0] * len(weights),
+        leaf_weights=helper.make_tensor("w", onnx.TensorProto.FLOAT, [len(weights)], weights),
+        membership_values=helper.make_tensor("m", onnx.TensorProto.FLOAT, [len(members)], members))
+    graph = helper.make_graph([node], "cats", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, features])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)])
+
+
+def test_set_membership_splits_import_and_get_their_shapley_values():
+    """Was refused at import ("BRANCH_MEMBER"). The walk against onnxruntime on codes in and out of
+    every set (and between codes), then DeepLift against the brute-force Shapley values over all 2^5
+    hybrids run by onnxruntime, from a reference of codes no set holds."""
+    proto = _categorical_ensemble()
+    model = onnx_attr.load(proto)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 12, size=(300, 5)).astype(np.float32)
+    x[::7] += 0.5  # between codes: in no set
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(model.run({"x": x})[0], session.run(None, {"x": x})[0], rtol=1e-6, atol=1e-4)  # float sums
+    assert model.verify({"x": x}).passed
+    rows, reference = x[:6], np.full((1, 5), 11.0, np.float32)
+    expected = brute_force_shapley(proto, rows, reference)
+    got, delta = onnx_attr.DeepLift(model).attribute(torch.from_numpy(rows), torch.from_numpy(reference),
+                                                     return_convergence_delta=True)
+    np.testing.assert_allclose(got.numpy(), expected[:, :, 0], rtol=1e-5, atol=1e-4)
+    assert float(delta.abs().max()) <= 1e-4 and np.abs(expected).max() > 10

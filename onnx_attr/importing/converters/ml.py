@@ -8,6 +8,7 @@ labels (which is the order of the maps' keys), and `verify` compares it so.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -342,8 +343,10 @@ def convert_imputer(node, graph):
 
 
 # --- tree ensembles (scikit-learn's forests and boosted trees, LightGBM, XGBoost) -------------------
-_MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5, "LEAF": 6}
+_MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5, "LEAF": 6,
+          "BRANCH_MEMBER": 7}
 _COMPARISONS = (torch.le, torch.lt, torch.ge, torch.gt, torch.eq, torch.ne)  # in _MODES' order
+_MEMBER = _MODES["BRANCH_MEMBER"]  # TreeEnsemble-5's set membership (a categorical split)
 
 
 def _mode_codes(values) -> np.ndarray:
@@ -473,6 +476,31 @@ class TreeEnsemble(nn.Module):
         self.positive = bool((np.asarray(attrs[f"{prefix}_weights"], np.float64) >= 0).all())
         labels = attrs.get("classlabels_int64s")
         self.register_buffer("labels", torch.tensor(list(labels), dtype=torch.int64) if labels else None)
+        self._sets(modes, attrs.get("membership_sets"))
+
+    def _sets(self, modes: np.ndarray, sets: Optional[list]) -> None:
+        """BRANCH_MEMBER nodes' sets as one sorted array of keys node · (U + 1) + rank of the value among
+        the U distinct members: a membership test of every (row, node) pair is two binary searches."""
+        members = np.flatnonzero(modes == _MEMBER)
+        sets = sets or []
+        if len(sets) != len(members):
+            raise ValueError(f"a tree ensemble has {len(members)} set-membership node(s) but {len(sets)} set(s) of members")
+        values = np.unique(np.concatenate([np.asarray(v, np.float64) for v in sets])) if sets else np.zeros(0)
+        keys = np.concatenate([node * (len(values) + 1) + np.searchsorted(values, np.asarray(v, np.float64))
+                               for node, v in zip(members, sets)]) if sets else np.zeros(0, np.int64)
+        self.register_buffer("member_values", torch.from_numpy(values))
+        self.register_buffer("member_keys", torch.from_numpy(np.unique(keys).astype(np.int64)))
+
+    def _member(self, value: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+        """Whether each value is in its node's set."""
+        values, keys = self.member_values, self.member_keys
+        if not len(keys):
+            return torch.zeros(value.shape, dtype=torch.bool, device=value.device)
+        wide = value.double()
+        rank = torch.searchsorted(values, wide).clamp(max=len(values) - 1)
+        key = node * (len(values) + 1) + rank
+        at = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
+        return (values[rank] == wide) & (keys[at] == key)
 
     def _depth(self, if_true: np.ndarray, if_false: np.ndarray, interior: np.ndarray, budget) -> int:
         """Levels of the deepest tree, walked from the roots one level at a time (every tree at once).
@@ -520,9 +548,17 @@ class TreeEnsemble(nn.Module):
         """Whether `value` (a row's feature at `node`) takes the node's true branch: its comparison
         with the threshold (in the value's type), a NaN where the node's missing track says."""
         threshold = threshold.to(value.dtype)
-        go_true = _COMPARISONS[self.single_mode](value, threshold) if self.single_mode is not None else \
-            torch.stack([compare(value, threshold) for compare in _COMPARISONS], -1).gather(
-                -1, self.mode[node].clamp(max=5).unsqueeze(-1)).squeeze(-1)
+        if self.single_mode == _MEMBER:
+            go_true = self._member(value, node)
+        elif self.single_mode is not None:
+            go_true = _COMPARISONS[self.single_mode](value, threshold)
+        else:
+            mode = self.mode[node]
+            tests = [compare(value, threshold) for compare in _COMPARISONS]
+            if len(self.member_keys):
+                tests.append(self._member(value, node))
+            column = torch.where(mode == _MEMBER, len(_COMPARISONS), mode.clamp(max=len(_COMPARISONS) - 1))
+            go_true = torch.stack(tests, -1).gather(-1, column.clamp(max=len(tests) - 1).unsqueeze(-1)).squeeze(-1)
         missing = torch.isnan(value)  # a NaN goes where its node's track says (BRANCH_NEQ: NaN != t, true)
         if self.single_mode is None:
             missing &= self.mode[node] != _MODES["BRANCH_NEQ"]
@@ -623,7 +659,7 @@ def _listed(value) -> list:
     return list(value)
 
 
-_V5_MODES = ("BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ")
+_V5_MODES = ("BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ", "BRANCH_MEMBER")
 
 
 def tree_ensemble_5(attrs: dict) -> dict:
@@ -634,7 +670,7 @@ def tree_ensemble_5(attrs: dict) -> dict:
     n, weights = len(features), _listed(attrs.get("leaf_weights"))
     modes = [int(m) for m in _listed(attrs.get("nodes_modes"))]
     if any(m >= len(_V5_MODES) for m in modes):
-        raise NotImplementedError("TreeEnsemble nodes of mode BRANCH_MEMBER (set membership)")
+        raise NotImplementedError(f"TreeEnsemble node modes {sorted({m for m in modes if m >= len(_V5_MODES)})}")
 
     def children(side: str) -> list[int]:
         ids, leafs = _listed(attrs.get(f"nodes_{side}nodeids")), _listed(attrs.get(f"nodes_{side}leafs"))
@@ -664,7 +700,25 @@ def tree_ensemble_5(attrs: dict) -> dict:
             "target_treeids": [tree_of.get(n + j, 0) for j in range(len(weights))],
             "target_nodeids": [n + j for j in range(len(weights))], "target_ids": _listed(attrs.get("leaf_targetids")),
             "target_weights": weights, "n_targets": int(attrs.get("n_targets", 1)), "aggregate_function": aggregate,
-            "post_transform": transform}
+            "post_transform": transform, "membership_sets": _membership_sets(attrs.get("membership_values"),
+                                                                            modes.count(_V5_MODES.index("BRANCH_MEMBER")))}
+
+
+def _membership_sets(value, count: int) -> list[np.ndarray]:
+    """TreeEnsemble-5's membership_values, one set per BRANCH_MEMBER node in node order, NaN-separated."""
+    if not count:
+        return []
+    if hasattr(value, "to_torch"):
+        value = value.to_torch()
+    if hasattr(value, "data_type"):  # a TensorProto
+        from onnx import numpy_helper
+
+        value = numpy_helper.to_array(value)
+    flat = np.asarray(_listed(value) if value is not None else [], np.float64)
+    sets = [part[~np.isnan(part)] for part in np.split(flat, np.flatnonzero(np.isnan(flat)))][:count]
+    if len(sets) != count:
+        raise ValueError(f"TreeEnsemble: {count} set-membership node(s) but membership_values holds {len(sets)} set(s)")
+    return sets
 
 
 def _splits(value, leaves: int) -> np.ndarray:
