@@ -220,15 +220,15 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     result.unary_chains.extend(fuse_piecewise(out, variable))  # Where(x > 0, Log(x), 0): one function (unary_fusion.py)
     if result.steps_fused or result.unary_chains:  # what a step feeds now varies too (a comparison's did not)
         variable = variable_nodes(out, inputs, set(taps), held)
+    fold_constant_dequantize(out, variable)  # static quantization's weights as floats (quant_fusion.py)
+    fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
     fuse_guarded_divisions(out, variable)  # divide_no_nan: Where(Equal(d, 0), 0, n / d) (guard_fusion.py)
-    # a Where by a comparison of varying values, its values others (select_fusion.py); before the guards,
-    # which would refuse its comparison's flips
+    # a Where (or a Cast to a float) decided by comparisons of varying values (select_fusion.py): after the
+    # guarded divisions (their Where is one), before the guards (which would refuse its comparisons' flips)
     result.selects_fused.extend(fuse_step_selects(out, variable))
     if result.selects_fused:  # a Where of constants by a varying comparison varies now
         variable = variable_nodes(out, inputs, set(taps), held)
     guard_steps(out, variable, state, result)
-    fold_constant_dequantize(out, variable)  # static quantization's weights as floats (quant_fusion.py)
-    fuse_fake_quant(out, variable)  # static quantization's Q → DQ pairs (quant_fusion.py)
     result.self_gated.extend(fuse_self_gated(out, variable, recompile=False))  # SiLU, HardSwish as exported (unary_fusion.py)
     result.unary_chains.extend(fuse_unary_chains(out, variable))  # 1 / (1 + Exp(-z)) as exported (unary_fusion.py)
     unsupported: list[tuple[str, str, int, str, str]] = []
