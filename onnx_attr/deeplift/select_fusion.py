@@ -1,17 +1,19 @@
-"""A selection by a comparison of varying values, Where(compare(u, v), A, B), as one node with a rule.
+"""A selection by comparisons of varying values, Where(condition, A, B), as one node with a rule.
 
 Elementwise, y = s·A + (1 − s)·B with the step s = [compare(u, v)]: a score masked where a
 computed value crosses a threshold (Where(t <= 0, -1e4, scores) before a softmax), a gate
-between two computed branches, a box kept where its confidence beats another's. The comparison
-alone is a step no multiplier carries: where it flips between the input and the reference the
-call was refused, and with a zero baseline it flips almost everywhere. When the selected values
-are functions of the compared one alone, `unary_fusion.fuse_piecewise` already takes the whole
-as one elementwise function; this is the case of several varying tensors.
+between two computed branches, a box kept where `(w > 0) & (h > 0)`; a Cast of the condition to a
+float is Where(c, 1, 0). A comparison alone is a step no multiplier carries: where it flipped
+between the input and the reference the call was refused, and with a zero baseline it flips
+almost everywhere. When the selected values are functions of the compared one alone,
+`unary_fusion.fuse_piecewise` already takes the whole as one elementwise function, and
+`unary_fusion.fuse_steps` a threshold of one input cast to a float; this is every other case.
 
-`fuse_step_selects` folds the comparison, the ops carrying its mask to the Where (Unsqueeze,
-Reshape, Transpose, Expand, Not, Cast...) and the Where into one `StepSelect` node that calls the
-same converted modules in order (unary_fusion.GateChain): the forward is theirs, bit for bit. Its
-rule (rules/branch.py, the elementwise `BranchSelect`) splits each element's change exactly.
+`fuse_step_selects` folds the condition's tree (the comparisons, the logic joining them, the ops
+carrying their masks: Unsqueeze, Reshape, Transpose, Expand, Not, Cast...) and the Where or Cast into
+one `StepSelect` node that calls the same converted modules in order (unary_fusion.GateChain): the
+forward is theirs, bit for bit. Its rule (rules/branch.py) gives each comparison and each branch
+its exact Shapley value per element.
 """
 
 from __future__ import annotations
