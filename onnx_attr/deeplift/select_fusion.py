@@ -83,13 +83,14 @@ def _condition_tree(module: fx.GraphModule, condition, variable: set[fx.Node]) -
     """The nodes computing a Where's condition from comparisons of varying floats through carriers and
     logic, each read once inside the tree (the rule routes each element's share back along one path);
     None where anything else decides it, or nothing varying does."""
-    tree, stack, compares = [], [condition], 0
+    tree, seen, stack, compares = [], set(), [condition], 0
     while stack:
         node = stack.pop()
         op = _op(node)
-        if node in tree or node.kwargs or not node.args or op not in _COMPARISONS | _CARRIERS | _LOGIC:
+        if node in seen or node.kwargs or not node.args or op not in _COMPARISONS | _CARRIERS | _LOGIC:
             return None
         tree.append(node)
+        seen.add(node)
         if op in _COMPARISONS:
             compared = [a for a in node.args if isinstance(a, fx.Node) and a in variable]
             if len(node.args) != 2 or node.meta.get("onnx_domain", "") not in ("", "ai.onnx") or not compared \
@@ -103,7 +104,7 @@ def _condition_tree(module: fx.GraphModule, condition, variable: set[fx.Node]) -
         for mask in masks:  # any other operand (a held mask) is a constant of the call
             if _op(mask) in _COMPARISONS | _CARRIERS | _LOGIC:
                 stack.append(mask)
-    used = {n: sum(u in tree for u in n.users) for n in tree}
+    used = {n: sum(u in seen for u in n.users) for n in tree}
     if not 0 < compares <= MAX_COMPARISONS or any(used[n] != 1 for n in tree if n is not condition):
         return None
     return tree
