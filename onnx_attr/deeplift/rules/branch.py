@@ -156,5 +156,6 @@ class StepSelectRule(Rule):
 
         raise UnsupportedOpError(
             [(*comparison, STEP_REASON)], action="DeepLift is not complete on this call: it has",
-            hint=f"Where node {info.name!r} selects an infinite value (a -inf mask before a softmax, say) on one "
-                 "side of this comparison, so the output's change where it flips is infinite. " + STEP_HINT)
+            hint=f"Where node {info.name!r} selects an infinite or undefined value (a -inf mask before a softmax, "
+                 "a 0/0 at the baseline) on one side of this comparison, so the output's change where it flips is "
+                 "not finite. " + STEP_HINT)
