@@ -2311,8 +2311,8 @@ SPECS: list[Spec] = [
     Spec("atspm_funcnet_head", "atspm-detector", "1.1.0", "atspm_detector/weights/funcnet/x100_w32full_head.onnx",
          "classifier", funcnet_head_inputs, None,
          "sibling attention over detectors: rows mix (one example); a LessOrEqual of a Softmax of the logits gates "
-         "the attention, so DeepLift at the zeros baseline refuses it by name; the CLI's auto baseline then "
-         "takes the blurred input, where the comparisons agree (hunt 20)", refuses=("deeplift",)),
+         "the attention (Where(t <= 0, -1e4, scores)): refused at the zeros baseline until session 36 (hunt 20), now "
+         "a StepSelect with each comparison's and branch's Shapley value (select_fusion.py)"),
     Spec("brainmaze_seizure_A", "brainmaze-eeg-models", "0.1.0",
          "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx", "classifier", seizure_spectrogram, None,
          "seizure net: Conv + 2 LSTMs over a [1, 100, T] spectrogram, time-major logits/probs [T, 1, 4]"),
