@@ -24,8 +24,8 @@ if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typing import TYPE_CHECKING, Any
 
-from onnx_attr.errors import (BudgetError, ConversionError, ExportError, ForwardError, InputError, ModelLoadError, OnnxAttrError,
-                     OutputError, ReferenceRuntimeError, UnsupportedOpError)
+from onnx_attr.errors import (BaselineForwardError, BudgetError, ConversionError, ExportError, ForwardError, InputError,
+                     ModelLoadError, OnnxAttrError, OutputError, ReferenceRuntimeError, UnsupportedOpError)
 
 __version__ = "0.1.0"
 
@@ -118,7 +118,7 @@ __all__ = [
     # glibc's malloc keeping freed feature maps for reuse (the CLI's default; the API's on request)
     "keep_freed_memory",
     # errors
-    "BudgetError", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
+    "BaselineForwardError", "BudgetError", "ConversionError", "ExportError", "ForwardError", "InputError", "ModelLoadError", "OnnxAttrError", "OutputError",
     "ReferenceRuntimeError", "UnsupportedOpError",
     "__version__",
 ]

@@ -57,6 +57,12 @@ class ForwardError(OnnxAttrError):
     """The imported module failed while running; names the ONNX node where it failed."""
 
 
+class BaselineForwardError(ForwardError):
+    """The forward pass fails at the baseline though it runs at the input: the baseline lies outside
+    what the model computes (a zero speed that predicts no frames, a zero length). The CLI's
+    `--baseline auto` then takes the blurred input instead."""
+
+
 class InputError(OnnxAttrError):
     """Inputs, baselines or targets that do not fit the model's declared inputs."""
 

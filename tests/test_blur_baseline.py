@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import helper
+from onnx import TensorProto, helper
 
 import onnx_attr
 from conftest import FLOAT, make_model
@@ -270,3 +270,40 @@ def test_a_comparison_the_zeros_take_otherwise_is_explained_at_the_blurred_input
     assert main(["attribute", str(short), "-i", str(tmp_path / "s.npz"), "-o", str(tmp_path / "s"), "-q",
                  "--no-pictures", "--target", "0"]) == 0
     assert json.loads((tmp_path / "s" / "report.json").read_text())["method"] == "FeatureAblation"
+
+
+def _fails_at_zero():
+    """y = x·W + Σ LSTM(a sequence of 4·[max x > 0] steps): at zeros the sequence is empty and the
+    recurrence has no step to run (kokoro's zero speed predicting no frames fails the same way)."""
+    nodes = [helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0), helper.make_node("Greater", ["top", "zero"], ["on"]),
+             helper.make_node("Cast", ["on"], ["n1"], to=TensorProto.INT64), helper.make_node("Mul", ["n1", "four"], ["n"]),
+             helper.make_node("Range", ["start", "n", "step"], ["r"]), helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["rf", "shape"], ["seq"]),
+             helper.make_node("LSTM", ["seq", "lw", "lr"], ["", "h"], hidden_size=2),
+             helper.make_node("ReduceSum", ["h"], ["extra"], keepdims=0),
+             helper.make_node("MatMul", ["x", "w"], ["hx"]), helper.make_node("Add", ["hx", "extra"], ["y"])]
+    consts = {"zero": np.array(0, np.float32), "four": np.array(4, np.int64), "start": np.array(0, np.int64),
+              "step": np.array(1, np.int64), "shape": np.array([-1, 1, 1], np.int64),
+              "lw": (RNG.standard_normal((1, 8, 1)) * 0.5).astype(np.float32),
+              "lr": (RNG.standard_normal((1, 8, 2)) * 0.5).astype(np.float32),
+              "w": (RNG.standard_normal((16, 3)) * 5).astype(np.float32)}
+    return make_model(nodes, [("x", FLOAT, [1, 16])], [("y", FLOAT, [1, 3])], consts, opset=13)
+
+
+def test_a_forward_that_fails_at_zeros_is_explained_at_the_blurred_input(tmp_path):
+    """The API names the baseline as where the forward fails; the CLI's `--baseline auto` takes the blurred
+    input instead (before: exit 2 with the input's shapes in the message). Oracle: onnxruntime."""
+    path = tmp_path / "length.onnx"
+    path.write_bytes(_fails_at_zero().SerializeToString())
+    x = np.linspace(-2, 5, 16, dtype=np.float32)[None]
+    with pytest.raises(onnx_attr.BaselineForwardError, match="at the baseline"):
+        onnx_attr.DeepLift(onnx_attr.load(str(path))).attribute(torch.from_numpy(x), target=0)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
+                 "--no-pictures", "--target", "0"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "DeepLift" and report["baseline_used"] == "blur"
+    assert "forward fails" in report["baseline_note"]
+    attributions = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    change = _ort(path, x)[:, 0] - _ort(path, blurred(x, 0))[:, 0]
+    np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4, atol=1e-4)

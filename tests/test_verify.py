@@ -313,3 +313,17 @@ def test_onnxs_reference_evaluator_clears_an_output_where_onnxruntime_is_the_one
         next(t for t in model.module.parameters() if tuple(t.shape) == (1, 4, 3, 3)).mul_(1.05)
     report = model.verify(x)
     assert not report.passed and report.outputs[0].float64_ours > 10 * report.outputs[0].float64_ort
+
+
+def test_an_output_of_another_shape_is_reported_as_such_not_as_an_infinite_error():
+    """A quantized TTS (kokoro int8) wrote 81,000 samples where onnxruntime wrote 81,600 (one rounded
+    duration a step apart upstream): the report said "max abs err inf" and, in JSON, within_tolerance
+    true beside passed false. Now both shapes are named and nothing claims a tolerance was met."""
+    from onnx_attr.importing.verify import VerifyReport, _compare
+
+    check = _compare("audio", np.zeros(81000, np.float32), np.zeros(81600, np.float32), 1e-4, 1e-3)
+    assert not check.passed and not check.within_tolerance and check.ours_shape == [81000]
+    report = VerifyReport([check], 1e-4, 1e-3, "the given inputs")
+    text = report.format()
+    assert "FAIL audio [81600]: ours has shape [81000]" in text and "inf" not in text
+    assert report.to_dict()["outputs"][0]["within_tolerance"] is False

@@ -25,8 +25,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from onnx_attr.errors import (InputError, NoGradientPathError, OnnxAttrError, OutputError, UnsupportedOpError,
-                              ValueShapedError)
+from onnx_attr.errors import (BaselineForwardError, InputError, NoGradientPathError, OnnxAttrError, OutputError,
+                              UnsupportedOpError, ValueShapedError)
 from onnx_attr.fileio import FolderLock, atomic_write, regular_file, remove_leftover_temporaries, write_json
 from onnx_attr.app.manifest import build_manifest, differences, file_sha256
 from onnx_attr.methods.registry import entry, titles
@@ -637,6 +637,14 @@ class _Job:
                 if not moves(reference, attributed):  # too short to blur: attributions would all be 0
                     raise
                 why = f"at zeros, {', '.join(repr(n[3]) for n in err.nodes)} compare(s) otherwise than at the input"
+                blur = True
+            except BaselineForwardError as err:  # the forward fails at zeros (a zero speed predicts no frames)
+                if self.baseline != "auto":
+                    raise
+                reference, kept_ids = domain_reference(self.model, attributed, extra)
+                if not moves(reference, attributed):
+                    raise
+                why = f"at zeros the model's forward fails ({err.__cause__ or err})"
                 blur = True
             if blur:
                 used = "blur"

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from onnx_attr.errors import ForwardError, InputError, ValueShapedError, is_out_of_memory
+from onnx_attr.errors import BaselineForwardError, ForwardError, InputError, ValueShapedError, is_out_of_memory
 from onnx_attr.importing.model import _explain_failure
 from onnx_attr.deeplift.differences import contribution, difference
 from onnx_attr.deeplift.reference_cache import ReferenceCache
@@ -377,7 +377,13 @@ class DeepLiftEngine:
             else:
                 state.mode = "reference"
                 with torch.no_grad():
-                    full_out = self._forward(module, reference_args)
+                    try:
+                        full_out = self._forward(module, reference_args)
+                    except ForwardError as err:
+                        raise BaselineForwardError(
+                            f"at the baseline (DeepLift's reference pass), {err}; the baseline lies outside what the "
+                            "model computes: pick one inside its domain (the CLI's --baseline blur, or your own "
+                            "reference)") from err
                 # a shared baseline: batch 1, or repeated (stride 0) to an export's fixed batch
                 if cacheable and all(b.dim() == 0 or b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):
                     self.references.add(reference_args, state.refs, full_out)
