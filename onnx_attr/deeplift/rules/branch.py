@@ -71,8 +71,9 @@ def _only_varying(info, grads, args):
 @rule(STEP_SELECT)
 class StepSelectRule(Rule):
     """Where(condition, A, B) elementwise (select_fusion.py; a Cast of the condition to a float is
-    Where(c, 1, 0)), the condition a tree of carriers and logic over k comparisons: per element, the exact Shapley values of the game whose players are the k
-    comparisons (each at its input's or its reference's mask), A and B, v = Where(condition, A, B).
+    Where(c, 1, 0)), the condition a tree of carriers and logic over k comparisons: per element, the
+    exact Shapley values of the game whose players are the k comparisons (each at its input's or its
+    reference's mask), A and B, v = Where(condition, A, B).
     One comparison gives the split above, s̄ the element's mean step. A's multiplier is the weighted
     mean of the condition over the comparisons' coalitions (B's, of its negation); each comparison's
     share goes back along the tree to its own elements (autograd through a linear stand-in: carriers
