@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, fx
 
+from onnx_attr.deeplift.guard_fusion import _op
 from onnx_attr.deeplift.rules.branch import STEP_SELECT
 from onnx_attr.deeplift.unary_fusion import FUSED_DOMAIN, GateChain, _attribute, _Slot
 from onnx_attr.importing.final_activation import _FLOAT_TYPES  # ONNX's floating TensorProto types
@@ -178,8 +179,3 @@ def _floating(module: fx.GraphModule, arg, variable: set[fx.Node]) -> bool:
         return isinstance(value, Tensor) and value.is_floating_point()
     return isinstance(arg, fx.Node) and arg in variable and not (
         _op(arg) == "Cast" and arg.meta.get("onnx_attrs", {}).get("to") not in _FLOAT_TYPES)
-
-
-def _op(node) -> str:
-    return node.meta.get("onnx_op", "") if isinstance(node, fx.Node) and node.op == "call_module" else ""
-

@@ -111,7 +111,9 @@ class StepSelectRule(Rule):
         on = sum(condition(c).to(wide) * (weight[c.bit_count()] + weight[c.bit_count() + 1]) for c in range(2 ** k))
         add(to_a, g * on, a.shape)
         add(to_b, g * (1 - on), b.shape)
-        values = {(0, 0): (a0, b0), (1, 0): (a, b0), (0, 1): (a0, b), (1, 1): (a, b)}
+        # A's value minus B's with A and B each at the input (1) or the reference (0); equal infinities select alike
+        gaps = {(in_a, in_b): torch.where(va == vb, 0.0, va - vb)
+                for (in_a, in_b), (va, vb) in {(0, 0): (a0, b0), (1, 0): (a, b0), (0, 1): (a0, b), (1, 1): (a, b)}.items()}
         shares = []
         for j in range(k):
             share = torch.zeros(out.shape, dtype=wide, device=g.device)
@@ -122,8 +124,7 @@ class StepSelectRule(Rule):
                 flipped = with_j != without
                 if not bool(flipped.any()):
                     continue
-                for (in_a, in_b), (va, vb) in values.items():
-                    gap = torch.where(va == vb, 0.0, va - vb)  # equal infinities select alike
+                for (in_a, in_b), gap in gaps.items():
                     change = torch.where(flipped, torch.where(with_j, gap, -gap), 0.0)
                     share = share + weight[others.bit_count() + in_a + in_b] * change
             if not bool(torch.isfinite(share).all()):
