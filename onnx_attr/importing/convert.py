@@ -122,7 +122,7 @@ def convert(model: onnx.ModelProto, declared: dict[str, int] | None = None) -> f
 def _as_declared(domain: str, opset: int, declared: dict[str, int] | None) -> tuple[int, str]:
     """The opset to name for a node (the file's), and a note on the upgraded copy's, if any."""
     named = (declared or {}).get(domain, opset)
-    return named, "" if named == opset else f"[also at opset {opset}, after onnx.version_converter's upgrade] "
+    return named, "" if named == opset else f"[also at opset {opset}, after {'our opset-7 rewrite' if opset == 7 else 'onnx.version_converter'}'s upgrade] "
 
 
 #: The folder of the model being converted's external data, for the bodies converted inside it.

@@ -37,10 +37,10 @@ def load(
         model, _ = read_model(source)
         model, label_notes, roles = expose_selection_scores(model)
         model, finals = strip_final_activations(model, strip_final_activation)
+        declared = opsets(model)  # the file's own, which errors name (the passes may raise them)
         normalized = normalize(model, importable=is_importable, owned=True)  # changed in place: weights held once
         del model
-        module = convert(normalized.converted, opsets(normalized.canonical)
-                         if normalized.converted is not normalized.canonical else None)
+        module = convert(normalized.converted, declared if opsets(normalized.converted) != declared else None)
     canonical = normalized.canonical
     sort_unsorted_top_k(canonical.graph)  # the reference runs it in our order, which the file allows
     ids = cast_id_inputs(canonical.graph)

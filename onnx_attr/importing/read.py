@@ -513,13 +513,15 @@ _RUNTIME_CHECK_DOMAIN = "onnx_attr.runtime_ops"
 def _runtime_ops_as_custom(model: onnx.ModelProto) -> Iterator[None]:
     """onnxruntime's own ops of the ai.onnx domain (`RUNTIME_ONNX_OPS`: LayerNormalization below opset
     17, SimplifiedLayerNormalization), which its transformer optimizer writes and the ONNX checker
-    refuses there, checked as custom ops: moved to a domain of their own for the check, in place (the
+    refuses there, and the experimental ops of opsets 1-9 (`legacy.EXPERIMENTAL_OPS`), checked as custom ops: moved to a domain of their own for the check, in place (the
     skeleton may be the model itself), and moved back after it."""
     from onnx_attr.importing.converters.microsoft import RUNTIME_ONNX_OPS
+    from onnx_attr.importing.legacy import EXPERIMENTAL_OPS
 
+    custom = {**RUNTIME_ONNX_OPS, **EXPERIMENTAL_OPS}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     moved = [n for g in _graphs(model.graph) for n in g.node if n.domain in ("", "ai.onnx")
-             and n.op_type in RUNTIME_ONNX_OPS and (RUNTIME_ONNX_OPS[n.op_type] or opset + 1) > opset]
+             and n.op_type in custom and (custom[n.op_type] or opset + 1) > opset]
     if not moved:
         yield
         return

@@ -1,0 +1,370 @@
+"""ONNX's first opsets (1-6) rewritten as opset 7, and its experimental ops written out as standard ones.
+
+The old Caffe2 model zoo and early exporters wrote opsets 1-6: binary ops that broadcast only when
+told (`broadcast=1`), aligning the second input at an `axis` of the first; `consumed_inputs` and
+`is_test` attributes; Reshape's shape, Cast's type and Upsample's scales as attributes of other
+names. onnxruntime runs none of it (it starts at opset 7), and onnx.version_converter, which the
+loader uses for later upgrades, gets it wrong: its 6 -> 7 broadcast adapter needs every input's
+shape (old files rarely carry them, so the upgrade fails) and, given an axis, appends one axis too
+many (a bias [C] added at axis 1 of a [N, C, H, W] map became [C, 1, 1, 1], which broadcasts to a
+wrong [C, C, H, W] without an error). So `modernize_legacy` rewrites every form whose meaning changed
+before opset 7 into its opset-7 form and sets the opset to 7; onnxruntime runs the result, which is
+what `verify` then checks against (and the tests check this pass against hand-written opset-7
+graphs). A form with no rule here is refused by name, never passed on with a meaning it lost.
+
+Opsets 1-9 also had experimental ops, never standard, which onnx no longer knows but onnxruntime
+still runs: ImageScaler (the tiny-YOLOv2 zoo models), Affine, Scale, ScaledTanh,
+ParametricSoftplus, Crop, and ThresholdedRelu before it became standard at opset 10.
+`write_out_experimental` writes each as the standard ops it computes (in the converted model
+only: `verify` runs onnxruntime on the graph as written), so every method and DeepLift rule
+applies to them unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnx_attr.errors import UnsupportedOpError
+
+#: the opset the legacy forms are rewritten to: the first onnxruntime runs
+MODERN = 7
+#: binary ops whose inputs broadcast only with `broadcast=1` (at `axis` of the first) before opset 7
+_LEGACY_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Xor", "Equal", "Greater", "Less"})
+#: attributes opset 7 dropped without a change of meaning at inference
+_DROPPED = {"consumed_inputs": None, "is_test": None, "output_sequence": {"LSTM", "GRU", "RNN"}}
+#: the experimental ops (onnx opsets 1-9, onnxruntime's kernels) with the opset that made each standard
+#: (None: never); the ONNX checker knows none of them, so `read` checks them as custom ops
+EXPERIMENTAL_OPS = {"ImageScaler": None, "Affine": None, "Scale": None, "ScaledTanh": None,
+                    "ParametricSoftplus": None, "Crop": None, "ThresholdedRelu": 10}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def modernize_legacy(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """A copy of `model` at opset 7 with its legacy forms rewritten, or `model` itself when its opset
+    is 7 or later. Raises UnsupportedOpError naming every node whose legacy form has no rule here."""
+    source = default_opset(model)
+    if not 0 < source < MODERN:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for opset in out.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = MODERN
+    ranks = _ranks(out)
+    refused: list[tuple[str, str, int, str, str]] = []
+    for graph in _graphs(out.graph):
+        nodes: list[onnx.NodeProto] = []
+        scope = _Scope(graph)
+        for index, node in enumerate(graph.node):
+            try:
+                nodes.extend(_modern(node, scope, ranks) if node.domain in ("", "ai.onnx") else [node])
+            except _NoRule as why:
+                refused.append((node.op_type, node.domain, source, node.name or f"{node.op_type}#{index}", str(why)))
+        del graph.node[:]
+        graph.node.extend(nodes)
+    if refused:
+        raise UnsupportedOpError(refused, hint=f"These opset-{source} forms have no opset-{MODERN} rewrite here; "
+                                 "re-export the model at opset 7 or later.")
+    out.ir_version = max(out.ir_version, 4)
+    notes.append(f"rewrote ai.onnx opset {source}'s legacy forms as opset {MODERN} (onnxruntime runs opset 7 and "
+                 "later only, so verify checks the rewritten graph)")
+    return out
+
+
+class _NoRule(Exception):
+    """A legacy form this pass cannot rewrite faithfully (the reason is the message)."""
+
+
+def _modern(node: onnx.NodeProto, scope: "_Scope", ranks: dict[str, int]) -> list[onnx.NodeProto]:
+    """The opset-7 node(s) computing what `node` computed under its legacy opset."""
+    attrs = {a.name: a for a in node.attribute}
+    keep = [a for name, a in attrs.items()
+            if not (name in _DROPPED and (_DROPPED[name] is None or node.op_type in _DROPPED[name]))]
+    op, before = node.op_type, []
+    if op in _LEGACY_BROADCAST or op == "Gemm":
+        keep = [a for a in keep if a.name not in ("broadcast", "axis")]
+        if op != "Gemm" and _int(attrs, "broadcast", 0) and "axis" in attrs and len(node.input) == 2:
+            before, second = _aligned(node, attrs["axis"].i, ranks, scope)
+            node = _with_inputs(node, [node.input[0], second])
+    elif op == "PRelu":
+        before, slope = _per_channel_slope(node, ranks, scope)
+        node = _with_inputs(node, [node.input[0], slope])
+    elif op == "Reshape" and "shape" in attrs:
+        shape = scope.constant(f"{_label(node)}_shape", np.array(attrs["shape"].ints, np.int64))
+        keep = [a for a in keep if a.name != "shape"]
+        node = _with_inputs(node, [node.input[0], shape])
+    elif op == "Concat" and "axis" not in attrs:
+        keep.append(helper.make_attribute("axis", 1))  # Concat-1's default
+    elif op == "Cast" and attrs.get("to") is not None and attrs["to"].type == onnx.AttributeProto.STRING:
+        name = attrs["to"].s.decode().upper()
+        if name not in onnx.TensorProto.DataType.keys():
+            raise _NoRule(f"Cast to {name!r}, a type ONNX does not name")
+        keep = [a for a in keep if a.name != "to"] + [helper.make_attribute("to", onnx.TensorProto.DataType.Value(name))]
+    elif op == "Pad" and "paddings" in attrs:
+        keep = [a for a in keep if a.name != "paddings"] + [helper.make_attribute("pads", list(attrs["paddings"].ints))]
+    elif op in ("LpPool", "GlobalLpPool") and "p" in attrs and attrs["p"].type == onnx.AttributeProto.FLOAT:
+        p = attrs["p"].f
+        if p != int(p):
+            raise _NoRule(f"p = {p}, a power opset 2 and later cannot hold (an integer)")
+        keep = [a for a in keep if a.name != "p"] + [helper.make_attribute("p", int(p))]
+    elif op == "Split" and len(node.input) > 1 and node.input[1]:
+        sizes = scope.value(node.input[1])
+        if sizes is None:
+            raise _NoRule("its split sizes are computed in the graph, not constant")
+        keep.append(helper.make_attribute("split", [int(v) for v in sizes.reshape(-1)]))
+        node = _with_inputs(node, [node.input[0]])
+    elif op == "Tile" and len(node.input) == 3:
+        before, repeats = _tile_repeats(node, ranks, scope)
+        node = _with_inputs(node, [node.input[0], repeats])
+    elif op == "Upsample" and ("height_scale" in attrs or "width_scale" in attrs):
+        scales = [1.0, 1.0, _float(attrs, "height_scale", 1.0), _float(attrs, "width_scale", 1.0)]
+        mode = attrs["mode"].s.decode() if "mode" in attrs else "nearest"
+        keep = [a for a in keep if a.name not in ("height_scale", "width_scale", "mode")]
+        keep += [helper.make_attribute("scales", scales),
+                 helper.make_attribute("mode", "linear" if mode == "bilinear" else mode)]
+    elif op == "BatchNormalization":  # test mode: the running mean and variance outputs are never computed
+        if any(o in scope.used for o in node.output[1:]):
+            raise _NoRule("an output other than Y (training statistics) is used")
+        node = _with_outputs(node, node.output[:1])
+    rewritten = onnx.NodeProto()
+    rewritten.CopyFrom(node)
+    del rewritten.attribute[:]
+    rewritten.attribute.extend(keep)
+    return before + [rewritten]
+
+
+def _aligned(node: onnx.NodeProto, axis: int, ranks: dict[str, int], scope: "_Scope"):
+    """B of a legacy broadcast at `axis` of A, as numpy's broadcasting reads it: trailing axes of
+    size 1 added, so that B's last axis lines up with A's axis `axis + rank(B) - 1`."""
+    a, b = node.input
+    rank_a, rank_b = ranks.get(a), ranks.get(b)
+    if rank_a is None or rank_b is None:
+        raise _NoRule(f"it broadcasts its second input at axis {axis} of the first, and the rank of "
+                      f"{a if rank_a is None else b!r} is unknown (declare the graph inputs' shapes)")
+    axis = axis + rank_a if axis < 0 else axis
+    pad = rank_a - axis - rank_b
+    if pad < 0 or axis < 0:
+        raise _NoRule(f"a second input of rank {rank_b} cannot sit at axis {axis} of a rank-{rank_a} first input")
+    return _unsqueezed(node, b, list(range(rank_b, rank_b + pad)), scope)
+
+
+def _per_channel_slope(node: onnx.NodeProto, ranks: dict[str, int], scope: "_Scope"):
+    """PRelu's slope before opset 7 is one value, or one per channel (axis 1): [C] becomes [C, 1, ...]
+    so that numpy's broadcasting (opset 7) reads it the same way."""
+    x, slope = node.input[0], node.input[1]
+    rank_x, rank_s = ranks.get(x), ranks.get(slope)
+    if rank_s != 1 or (rank_x is not None and rank_x <= 2):
+        return [], slope
+    if rank_x is None:
+        raise _NoRule(f"its slope is one value per channel, and the rank of {x!r} is unknown")
+    return _unsqueezed(node, slope, list(range(1, rank_x - 1)), scope)
+
+
+def _tile_repeats(node: onnx.NodeProto, ranks: dict[str, int], scope: "_Scope"):
+    """Tile-1 (tiles copies along one axis) as Tile-6's repeats, one per axis."""
+    tiles, axis = (scope.value(name) for name in node.input[1:])
+    rank = ranks.get(node.input[0])
+    if tiles is None or axis is None or rank is None:
+        raise _NoRule("its tiles and axis must be constants and its input's rank known")
+    repeats = np.ones(rank, np.int64)
+    repeats[int(axis.reshape(-1)[0])] = int(tiles.reshape(-1)[0])
+    return [], scope.constant(f"{_label(node)}_repeats", repeats)
+
+
+def _unsqueezed(node: onnx.NodeProto, name: str, axes: list[int], scope: "_Scope"):
+    """(nodes to add, the name holding `name` with size-1 `axes` inserted); a constant is reshaped in place of a node."""
+    if not axes:
+        return [], name
+    value = scope.value(name)
+    if value is not None:
+        shape = list(value.shape)
+        for axis in axes:
+            shape.insert(axis, 1)
+        return [], scope.constant(f"{_label(node)}_{name}_aligned", value.reshape(shape))
+    out = scope.fresh(f"{_label(node)}_{name}_aligned")
+    return [helper.make_node("Unsqueeze", [name], [out], name=out, axes=axes)], out
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """The rank of every value shape inference finds in the main graph. Inference runs on a copy where
+    the attribute-only legacy forms are already modern and each axis broadcast is an Identity of its
+    first input (its output has that input's shape), so ranks flow through the whole graph."""
+    from onnx_attr.importing import isolated
+    from onnx_attr.importing.read import skeleton
+
+    light, _ = skeleton(model, lambda tensor, stub: stub.dims.extend(tensor.dims))
+    ranks = {t.name: len(t.dims) for t in model.graph.initializer}
+    for _ in range(2):  # the second round: Unsqueeze/Tile/PRelu rewrites read ranks the first round found
+        probe = onnx.ModelProto()
+        probe.CopyFrom(light)
+        nodes, scope = [], _Scope(probe.graph)
+        for node in probe.graph.node:
+            attrs = {a.name: a for a in node.attribute}
+            if node.domain in ("", "ai.onnx") and node.op_type in _LEGACY_BROADCAST and "axis" in attrs:
+                nodes.append(helper.make_node("Identity", [node.input[0]], [node.output[0]]))
+                continue
+            try:
+                nodes.extend(_modern(node, scope, ranks) if node.domain in ("", "ai.onnx") else [node])
+            except Exception:  # noqa: BLE001 - no rule, or a weight the skeleton left out: refused later if needed
+                nodes.append(node)
+        del probe.graph.node[:]
+        probe.graph.node.extend(nodes)
+        try:
+            inferred = isolated.infer_shapes(probe, strict_mode=False, data_prop=True)
+        except Exception:  # ranks stay unknown: the rewrites that need one refuse by name
+            return ranks
+        for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+            if info.type.tensor_type.HasField("shape"):
+                ranks[info.name] = len(info.type.tensor_type.shape.dim)
+    return ranks
+
+
+def write_out_experimental(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """A copy of `model` with each experimental op of its main graph (and bodies) written out as the
+    standard ops it computes, or `model` itself when it has none."""
+    opset = default_opset(model)
+    if not any(_experimental(n, opset) for g in _graphs(model.graph) for n in g.node):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    found: dict[str, int] = {}
+    for graph in _graphs(out.graph):
+        nodes: list[onnx.NodeProto] = []
+        scope = _Scope(graph)
+        for node in graph.node:
+            if _experimental(node, opset):
+                found[node.op_type] = found.get(node.op_type, 0) + 1
+                nodes.extend(_standard(node, scope))
+            else:
+                nodes.append(node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    listed = ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
+    notes.append(f"wrote out experimental op(s) as standard ones ({listed}); verify compares against the graph "
+                 "as written")
+    return out
+
+
+def _experimental(node: onnx.NodeProto, opset: int) -> bool:
+    if node.domain not in ("", "ai.onnx") or node.op_type not in EXPERIMENTAL_OPS:
+        return False
+    standard_since = EXPERIMENTAL_OPS[node.op_type]
+    return standard_since is None or opset < standard_since
+
+
+def _standard(node: onnx.NodeProto, scope: "_Scope") -> list[onnx.NodeProto]:
+    """The standard ops (valid at opsets 7-9) an experimental node computes, as onnxruntime's kernels do."""
+    attrs = {a.name: a for a in node.attribute}
+    x, y, label = node.input[0], node.output[0], _label(node)
+    steps: list[onnx.NodeProto] = []
+
+    def step(op: str, inputs: list[str], out: Optional[str] = None, **kwargs) -> str:
+        out = out or scope.fresh(f"{label}_{op.lower()}")
+        steps.append(helper.make_node(op, inputs, [out], name=f"{label}/{op}{len(steps)}", **kwargs))
+        return out
+
+    def const(suffix: str, value) -> str:
+        return scope.constant(f"{label}_{suffix}", np.asarray(value, np.float32))
+
+    op = node.op_type
+    if op == "ImageScaler":  # scale * x + bias[c] over [N, C, H, W]
+        bias = np.asarray(attrs["bias"].floats if "bias" in attrs else [0.0], np.float32)
+        scaled = step("Mul", [x, const("scale", _float(attrs, "scale", 1.0))])
+        step("Add", [scaled, const("bias", bias.reshape(-1, 1, 1))], y)
+    elif op == "Affine":
+        scaled = step("Mul", [x, const("alpha", _float(attrs, "alpha", 1.0))])
+        step("Add", [scaled, const("beta", _float(attrs, "beta", 0.0))], y)
+    elif op == "Scale":
+        step("Mul", [x, const("scale", _float(attrs, "scale", 1.0))], y)
+    elif op in ("ScaledTanh", "ParametricSoftplus"):  # alpha * f(beta * x)
+        inner = step("Mul", [x, const("beta", _float(attrs, "beta", 1.0))])
+        curve = step("Tanh" if op == "ScaledTanh" else "Softplus", [inner])
+        step("Mul", [curve, const("alpha", _float(attrs, "alpha", 1.0))], y)
+    elif op == "ThresholdedRelu":  # x where x > alpha, else 0
+        above = step("Greater", [x, const("alpha", _float(attrs, "alpha", 1.0))])
+        mask = step("Cast", [above], to=onnx.TensorProto.FLOAT)
+        step("Mul", [x, mask], y)
+    elif op == "Crop":  # border [left, top, right, bottom], or a [height, width] window from (top, left)
+        left, top, right, bottom = (list(attrs["border"].ints) + [0, 0, 0, 0])[:4]
+        big = np.iinfo(np.int64).max
+        if "scale" in attrs:
+            height, width = list(attrs["scale"].ints)[:2]
+            ends = [top + height, left + width]
+        else:
+            ends = [-bottom if bottom else big, -right if right else big]
+        step("Slice", [x], y, axes=[2, 3], starts=[top, left], ends=ends)
+    return steps
+
+
+class _Scope:
+    """One graph being rewritten: its initializers by name and every name taken, kept up to date, so
+    that adding a constant costs no scan of the graph."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.graph = graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.taken = set(self.initializers) | {o for n in graph.node for o in n.output} | \
+            {i.name for i in graph.input}
+        self.used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+
+    def fresh(self, stem: str) -> str:
+        """A name no value of the graph has, now taken."""
+        name, k = stem, 1
+        while name in self.taken:
+            name, k = f"{stem}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+    def constant(self, stem: str, value: np.ndarray) -> str:
+        """A new initializer holding `value`, under a fresh name."""
+        tensor = numpy_helper.from_array(value, self.fresh(stem))
+        self.graph.initializer.append(tensor)
+        self.initializers[tensor.name] = tensor
+        return tensor.name
+
+    def value(self, name: str) -> Optional[np.ndarray]:
+        found = self.initializers.get(name)
+        return None if found is None else numpy_helper.to_array(found)
+
+
+def _with_inputs(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    del out.input[:]
+    out.input.extend(inputs)
+    return out
+
+
+def _with_outputs(node: onnx.NodeProto, outputs: list[str]) -> onnx.NodeProto:
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    del out.output[:]
+    out.output.extend(outputs)
+    return out
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return node.name or f"{node.op_type}_{node.output[0]}"
+
+
+def _int(attrs: dict, name: str, default: int) -> int:
+    return attrs[name].i if name in attrs else default
+
+
+def _float(attrs: dict, name: str, default: float) -> float:
+    return attrs[name].f if name in attrs else default
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graphs(sub)
