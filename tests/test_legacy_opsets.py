@@ -1,5 +1,6 @@
 """Files at ONNX's first opsets (1-6, the old Caffe2 zoo's) and its experimental ops (opsets 1-9:
-ImageScaler, Affine, Scale, ScaledTanh, ParametricSoftplus, Crop, ThresholdedRelu), legacy.py.
+ImageScaler, Affine, Scale, ScaledTanh, ParametricSoftplus, Crop, ThresholdedRelu, ConstantFill,
+MeanVarianceNormalization before 9), legacy.py.
 
 Oracles: onnxruntime cannot run opsets 1-6, so each legacy graph is written a second time by hand
 in its opset-9 form (same weights) and onnxruntime runs that; the experimental ops are run by
@@ -229,6 +230,15 @@ def test_experimental_ops_match_onnxruntime(op, attrs, opset):
     _same(model, model, {"x": x}, rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.parametrize("opset", [7, 8])
+@pytest.mark.parametrize("attrs", [{}, {"normalize_variance": 0}], ids=["normalized", "centred"])
+def test_mean_variance_normalization_before_opset_9_matches_onnxruntime(opset, attrs):
+    model = _model([helper.make_node("MeanVarianceNormalization", ["x"], ["y"], **attrs)], [("x", FLOAT, [2, 3, 4, 5])],
+                   [("y", FLOAT, [2, 3, 4, 5])], {}, opset, ir_version=4)
+    x = (RNG.normal(0, 1, (2, 3, 4, 5)) * np.array([1.0, 50.0, 300.0])[:, None, None] + 100).astype(np.float32)
+    _same(model, model, {"x": x}, rtol=1e-5, atol=1e-4)
+
+
 def test_a_tiny_yolo_v2_style_head_verifies_and_deeplift_is_complete():
     """ImageScaler -> Conv -> BatchNormalization -> LeakyRelu -> MaxPool -> Conv at opset 8, as the zoo's
     tiny-YOLOv2 starts; onnxruntime runs the file as written (ImageScaler included)."""
@@ -252,3 +262,41 @@ def test_a_tiny_yolo_v2_style_head_verifies_and_deeplift_is_complete():
     at_x, at_zero = (ort_run(model, {"image": v})[0][0, 1, 2, 3] for v in (x, zeros))
     assert abs(at_x - at_zero) > 0.1
     np.testing.assert_allclose(float(attributions.sum()), at_x - at_zero, rtol=1e-5, atol=1e-5)
+
+
+# ---- ConstantFill: PyTorch 0.4's zero initial state of an LSTM, at opset 6 ---------------------------------
+
+def _lstm_with_filled_state(opset: int):
+    """x [T, N, 4] -> LSTM whose h0/c0 are zeros of shape [1, N, 3]: at opset 6 as PyTorch 0.4 wrote it
+    (Shape -> Gather -> Concat -> ConstantFill(input_as_shape)), at opset 9 with ConstantOfShape."""
+    rng = np.random.default_rng(4)  # the same weights in both forms
+    w = {"W": rng.normal(0, 0.5, (1, 12, 4)), "R": rng.normal(0, 0.5, (1, 12, 3)), "B": rng.normal(0, 0.3, (1, 24)),
+         "one": np.array([1], np.int64), "hidden": np.array([3], np.int64), "batch_axis": np.array(1, np.int64)}
+    w = {k: np.asarray(v, np.float32) if v.dtype == np.float64 else v for k, v in w.items()}
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "batch_axis"], ["n"]),
+             helper.make_node("Unsqueeze", ["n"], ["n1"], axes=[0]),
+             helper.make_node("Concat", ["one", "n1", "hidden"], ["state_shape"], axis=0)]
+    for state in ("h0", "c0"):
+        nodes.append(helper.make_node("ConstantFill", ["state_shape"], [state], input_as_shape=1) if opset < 9 else
+                     helper.make_node("ConstantOfShape", ["state_shape"], [state]))
+    nodes.append(helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "y_h", "y_c"], hidden_size=3))
+    return _model(nodes, [("x", FLOAT, [5, 2, 4])], [("y_h", FLOAT, [1, 2, 3])], w, opset, ir_version=4)
+
+
+def test_constant_fill_initial_states_at_opset_6_match_the_opset_9_twin():
+    x = RNG.normal(0, 3, (5, 2, 4)).astype(np.float32)
+    _same(_lstm_with_filled_state(6), _lstm_with_filled_state(9), {"x": x}, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [7, 9])
+def test_constant_fill_forms_by_hand(opset):
+    """The fill of an input's own shape with extra axes, and of the `shape` attribute, in a given type."""
+    nodes = [helper.make_node("ConstantFill", ["x"], ["like"], value=2.5, extra_shape=[2]),
+             helper.make_node("ConstantFill", [], ["fixed"], shape=[3, 1], value=7.0, dtype=onnx.TensorProto.INT64),
+             helper.make_node("Add", ["x", "x"], ["y"])]
+    model = _model(nodes, [("x", FLOAT, [2, 3])], [("like", FLOAT, [2, 3, 2]), ("fixed", onnx.TensorProto.INT64, [3, 1]),
+                                                    ("y", FLOAT, [2, 3])], {}, opset, ir_version=4)
+    like, fixed, _ = _ours(model, {"x": RNG.normal(0, 1, (2, 3)).astype(np.float32)})
+    np.testing.assert_array_equal(like, np.full((2, 3, 2), 2.5, np.float32))
+    assert fixed.dtype == np.int64
+    np.testing.assert_array_equal(fixed, np.full((3, 1), 7))

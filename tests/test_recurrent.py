@@ -60,6 +60,18 @@ CONFIGS = [dict(), dict(direction="reverse"), dict(direction="bidirectional"), d
            dict(op="GRU", layout=1, lens=True, states=True, direction="bidirectional"),
            dict(layout=1, lens=True, direction="bidirectional", peepholes=True),
            dict(op="RNN", layout=1, lens=True, direction="reverse")]
+#: named activations (Keras's hard_sigmoid gates, an RNN over Relu, PyTorch 0.4's lowercase names), each
+#: alpha and beta taken in order by the functions that use one, as onnxruntime reads them
+ACTIVATED = [dict(layout=1, activations=["HardSigmoid", "Tanh", "Tanh"], activation_alpha=[0.25], activation_beta=[0.45]),
+             dict(layout=1, activations=["Sigmoid", "Softsign", "Elu", "HardSigmoid", "Tanh", "Softplus"],
+                  activation_alpha=[0.7, 0.3], direction="bidirectional"),
+             dict(op="GRU", layout=1, activations=["hardsigmoid", "tanh"]),
+             dict(op="GRU", layout=1, activations=["Sigmoid", "ScaledTanh"], activation_alpha=[1.7], activation_beta=[0.6]),
+             dict(op="RNN", layout=1, activations=["Relu"]),
+             dict(op="RNN", layout=1, direction="bidirectional", activations=["Relu", "LeakyRelu"], activation_alpha=[0.2]),
+             dict(op="RNN", layout=1, activations=["Softplus"]), dict(op="RNN", layout=1, activations=["ThresholdedRelu"],
+                                                                    activation_alpha=[0.3])]
+CONFIGS += ACTIVATED
 
 
 def _feeds(model, rng):
@@ -165,8 +177,7 @@ def test_gate_multipliers_computed_together_are_the_per_step_ones(monkeypatch):
     baseline = np.zeros_like(x)
     baseline[:, 2] = x[:, 2]  # a step at its reference: gates with elements within the tolerance
     batched = onnx_attr.DeepLift(model).attribute({"X": x}, {"X": baseline}, target=(1, 0, 2), output="Y")
-    monkeypatch.setattr(recurrent.Paired, "sigmoid", lambda self, v: paired.rescale(torch.sigmoid, *v))
-    monkeypatch.setattr(recurrent.Paired, "tanh", lambda self, v: paired.rescale(torch.tanh, *v))
+    monkeypatch.setattr(recurrent.Paired, "unary", lambda self, fn, v: paired.rescale(fn, *v))
     per_step = onnx_attr.DeepLift(model).attribute({"X": x}, {"X": baseline}, target=(1, 0, 2), output="Y")
     np.testing.assert_allclose(np.asarray(batched["X"]), np.asarray(per_step["X"]), rtol=1e-5, atol=1e-6)
 
@@ -226,3 +237,23 @@ def test_recurrence_decomposed_in_the_forward_is_the_op_and_its_multipliers(conf
                                                 additional_forward_args=extra)
     for k in got:
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(again[k]), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", ACTIVATED[:1] + ACTIVATED[4:6],
+                         ids=["lstm-hardsigmoid", "rnn-relu", "rnn-relu-leakyrelu-bidirectional"])
+def test_named_activations_at_large_magnitudes(config):
+    """Inputs x40 (pre-activations in the hundreds: hard sigmoids saturate, a Relu recurrence grows) and
+    a far baseline: onnxruntime's values, and DeepLift complete against onnxruntime's own outputs."""
+    model = _lstm_model(**config)
+    rng = np.random.default_rng(5)
+    feeds = {k: v * 40 for k, v in _feeds(model, rng).items()}
+    far = {k: -v for k, v in feeds.items()}
+    imported = onnx_attr.load(model)
+    ours, theirs = imported.run(feeds), _oracle(config, feeds)
+    for got, want in zip(ours, theirs):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-3)
+    _, delta = onnx_attr.DeepLift(imported).attribute(feeds, far, target=(0, 1), output="Y_h",
+                                                      return_convergence_delta=True)
+    moved = theirs[1][:, 0, 1] - _oracle(config, far)[1][:, 0, 1]
+    assert np.abs(moved).max() > 0.1
+    assert np.abs(delta.numpy()).max() <= 1e-5 * max(1.0, float(np.abs(moved).max()))

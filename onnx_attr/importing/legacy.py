@@ -14,7 +14,8 @@ graphs). A form with no rule here is refused by name, never passed on with a mea
 
 Opsets 1-9 also had experimental ops, never standard, which onnx no longer knows but onnxruntime
 still runs: ImageScaler (the tiny-YOLOv2 zoo models), Affine, Scale, ScaledTanh,
-ParametricSoftplus, Crop, and ThresholdedRelu before it became standard at opset 10.
+ParametricSoftplus, Crop, ThresholdedRelu before it became standard at opset 10, and
+MeanVarianceNormalization before opset 9.
 `write_out_experimental` writes each as the standard ops it computes (in the converted model
 only: `verify` runs onnxruntime on the graph as written), so every method and DeepLift rule
 applies to them unchanged.
@@ -39,7 +40,8 @@ _DROPPED = {"consumed_inputs": None, "is_test": None, "output_sequence": {"LSTM"
 #: the experimental ops (onnx opsets 1-9, onnxruntime's kernels) with the opset that made each standard
 #: (None: never); the ONNX checker knows none of them, so `read` checks them as custom ops
 EXPERIMENTAL_OPS = {"ImageScaler": None, "Affine": None, "Scale": None, "ScaledTanh": None,
-                    "ParametricSoftplus": None, "Crop": None, "ThresholdedRelu": 10}
+                    "ParametricSoftplus": None, "Crop": None, "ConstantFill": None, "ThresholdedRelu": 10,
+                    "MeanVarianceNormalization": 9}
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -241,7 +243,7 @@ def write_out_experimental(model: onnx.ModelProto, notes: list[str]) -> onnx.Mod
         for node in graph.node:
             if _experimental(node, opset):
                 found[node.op_type] = found.get(node.op_type, 0) + 1
-                nodes.extend(_standard(node, scope))
+                nodes.extend(_standard(node, scope, opset))
             else:
                 nodes.append(node)
         del graph.node[:]
@@ -259,10 +261,10 @@ def _experimental(node: onnx.NodeProto, opset: int) -> bool:
     return standard_since is None or opset < standard_since
 
 
-def _standard(node: onnx.NodeProto, scope: "_Scope") -> list[onnx.NodeProto]:
+def _standard(node: onnx.NodeProto, scope: "_Scope", opset: int) -> list[onnx.NodeProto]:
     """The standard ops (valid at opsets 7-9) an experimental node computes, as onnxruntime's kernels do."""
     attrs = {a.name: a for a in node.attribute}
-    x, y, label = node.input[0], node.output[0], _label(node)
+    x, y, label = (node.input[0] if node.input else ""), node.output[0], _label(node)
     steps: list[onnx.NodeProto] = []
 
     def step(op: str, inputs: list[str], out: Optional[str] = None, **kwargs) -> str:
@@ -291,6 +293,17 @@ def _standard(node: onnx.NodeProto, scope: "_Scope") -> list[onnx.NodeProto]:
         above = step("Greater", [x, const("alpha", _float(attrs, "alpha", 1.0))])
         mask = step("Cast", [above], to=onnx.TensorProto.FLOAT)
         step("Mul", [x, mask], y)
+    elif op == "MeanVarianceNormalization":  # as onnxruntime's kernel below opset 9: over N, H, W per channel
+        if _int(attrs, "across_channels", 0):
+            raise UnsupportedOpError([(op, node.domain, opset, label, "across_channels=1 (onnxruntime's kernel and "
+                                       "the experimental op's text disagree on its axes)")])
+        mean = step("ReduceMean", [x], axes=[0, 2, 3], keepdims=1)
+        centred = step("Sub", [x, mean], None if _int(attrs, "normalize_variance", 1) else y)
+        if _int(attrs, "normalize_variance", 1):
+            spread = step("Sqrt", [step("ReduceMean", [step("Mul", [centred, centred])], axes=[0, 2, 3], keepdims=1)])
+            step("Div", [centred, step("Add", [spread, const("epsilon", 1e-9)])], y)
+    elif op == "ConstantFill":
+        steps.extend(_filled(node, attrs, scope, opset))
     elif op == "Crop":  # border [left, top, right, bottom], or a [height, width] window from (top, left)
         left, top, right, bottom = (list(attrs["border"].ints) + [0, 0, 0, 0])[:4]
         big = np.iinfo(np.int64).max
@@ -300,6 +313,46 @@ def _standard(node: onnx.NodeProto, scope: "_Scope") -> list[onnx.NodeProto]:
         else:
             ends = [-bottom if bottom else big, -right if right else big]
         step("Slice", [x], y, axes=[2, 3], starts=[top, left], ends=ends)
+    return steps
+
+
+def _filled(node: onnx.NodeProto, attrs: dict, scope: "_Scope", opset: int) -> list[onnx.NodeProto]:
+    """ConstantFill (Caffe2's; PyTorch 0.3-0.4 exported an LSTM's zero initial state with it): `value` of
+    `dtype` in the shape its input holds (input_as_shape), or its input's shape, or the `shape`
+    attribute, with `extra_shape` appended. ConstantOfShape from opset 9; before, Tile of a
+    one-element constant, which needs the shape's length known."""
+    label, y = _label(node), node.output[0]
+    dtype = attrs["dtype"].i if "dtype" in attrs else onnx.TensorProto.FLOAT
+    value = np.array([_float(attrs, "value", 0.0)], helper.tensor_dtype_to_np_dtype(dtype))
+    extra = list(attrs["extra_shape"].ints) if "extra_shape" in attrs else []
+    source = node.input[0] if node.input and node.input[0] else ""
+    if not source:
+        shape = list(attrs["shape"].ints) if "shape" in attrs else []
+        filled = np.full(shape + extra, value[0], value.dtype)
+        return [helper.make_node("Identity", [scope.constant(f"{label}_value", filled)], [y], name=label)]
+    steps, length = [], None
+    if _int(attrs, "input_as_shape", 0):
+        shape, dims = source, scope.dims(source)
+        length = dims[0] if dims and len(dims) == 1 else None
+    else:
+        shape = scope.fresh(f"{label}_shape")
+        steps.append(helper.make_node("Shape", [source], [shape], name=shape))
+        dims = scope.dims(source)
+        length = None if dims is None else len(dims)
+    if extra:
+        whole = scope.fresh(f"{label}_whole_shape")
+        steps.append(helper.make_node("Concat", [shape, scope.constant(f"{label}_extra", np.array(extra, np.int64))],
+                                      [whole], name=whole, axis=0))
+        shape, length = whole, None if length is None else length + len(extra)
+    if opset >= 9:
+        steps.append(helper.make_node("ConstantOfShape", [shape], [y], name=label,
+                                      value=numpy_helper.from_array(value, "value")))
+    elif length is None:
+        raise UnsupportedOpError([(node.op_type, node.domain, opset, label, "the length of the shape it fills is "
+                                   "unknown at this opset (ConstantOfShape came at opset 9)")])
+    else:
+        one = scope.constant(f"{label}_one", value.reshape([1] * length))
+        steps.append(helper.make_node("Tile", [one, shape], [y], name=label))
     return steps
 
 
@@ -313,6 +366,19 @@ class _Scope:
         self.taken = set(self.initializers) | {o for n in graph.node for o in n.output} | \
             {i.name for i in graph.input}
         self.used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        self._dims: Optional[dict[str, list[Optional[int]]]] = None
+
+    def dims(self, name: str) -> Optional[list[Optional[int]]]:
+        """The shape inference found for `name` (None per unknown dim), or None when its rank is unknown."""
+        if self._dims is None:
+            graph, self._dims = self.graph, {}
+            for info in (*graph.input, *graph.value_info, *graph.output):
+                if info.type.tensor_type.HasField("shape"):
+                    self._dims[info.name] = [d.dim_value if d.HasField("dim_value") else None
+                                             for d in info.type.tensor_type.shape.dim]
+            for tensor in graph.initializer:
+                self._dims[tensor.name] = list(tensor.dims)
+        return self._dims.get(name)
 
     def fresh(self, stem: str) -> str:
         """A name no value of the graph has, now taken."""

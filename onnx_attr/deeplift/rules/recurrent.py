@@ -66,11 +66,8 @@ class Paired:
     def add(self, *vs):
         return sum(v[0] for v in vs[1:]) + vs[0][0], self._ref(lambda: sum(v[1] for v in vs[1:]) + vs[0][1])
 
-    def sigmoid(self, v):
-        return rescale(torch.sigmoid, *v, batch=self.gates, y0=self._ref(lambda: torch.sigmoid(v[1].detach())))
-
-    def tanh(self, v):
-        return rescale(torch.tanh, *v, batch=self.gates, y0=self._ref(lambda: torch.tanh(v[1].detach())))
+    def unary(self, fn, v):
+        return rescale(fn, *v, batch=self.gates, y0=self._ref(lambda: fn(v[1].detach())))
 
     def mul(self, a, b):
         return product(torch.mul, a[0], a[1], b[0], b[1], y0=self._ref(lambda: torch.mul(a[1].detach(), b[1].detach())))

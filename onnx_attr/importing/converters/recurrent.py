@@ -1,7 +1,7 @@
 """ONNX LSTM, GRU and RNN, built from their gates.
 
 The recurrence is written once, over an "algebra" of the few operations it needs (linear maps,
-sums, sigmoid, tanh, products, masks). `Plain` runs it on tensors: that is these converters'
+sums, elementwise activations, products, masks). `Plain` runs it on tensors: that is these converters'
 forward. The DeepLift rule (`rules/recurrent.py`) runs the same code on (value, reference) pairs,
 so every gate's sigmoid, every tanh and every product gets its exact rule, and the forward and
 the rule cannot drift apart. Each op is a cell (one time step) plus what the three share:
@@ -10,9 +10,11 @@ layouts, directions, initial states and sequence lengths.
 
 from __future__ import annotations
 
-from typing import Optional
+from functools import partial
+from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onnx_attr.importing.converters._common import result
@@ -33,8 +35,10 @@ class Plain:
             out = out + v
         return out
 
-    sigmoid = staticmethod(torch.sigmoid)
-    tanh = staticmethod(torch.tanh)
+    @staticmethod
+    def unary(fn: Callable[[Tensor], Tensor], v: Tensor) -> Tensor:
+        return fn(v)
+
     mul = staticmethod(torch.mul)
 
     @staticmethod
@@ -55,32 +59,34 @@ def _gate(alg, xt, h, w_gate: Tensor, r_gate: Tensor, bias: Tensor):
     return alg.add(alg.linear(xt, lambda v: v @ w_gate.T), alg.linear(h, lambda v: v @ r_gate.T + bias))
 
 
-def lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+def lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs, acts):
     h, c = states
     wi, wo, wf, wc = w.split(hidden)  # ONNX gate order: input, output, forget, cell
     ri, ro, rf, rc = r.split(hidden)
     bi, bo, bf, bc = (b[:4 * hidden] + b[4 * hidden:]).split(hidden)
     pre = [_gate(alg, xt, h, wk, rk, bk) for wk, rk, bk in ((wi, ri, bi), (wo, ro, bo), (wf, rf, bf), (wc, rc, bc))]
-    return _lstm_update(alg, pre, c, p, hidden)
+    return _lstm_update(alg, pre, c, p, hidden, acts)
 
 
-def _lstm_update(alg, pre: list, c, p, hidden: int):
-    """The LSTM's gates from their pre-activations (input, output, forget, cell), peepholes included."""
+def _lstm_update(alg, pre: list, c, p, hidden: int, acts: list):
+    """The LSTM's gates from their pre-activations (input, output, forget, cell), peepholes included;
+    `acts` its activations f (the gates), g (the cell's input) and h (its output)."""
     pi, po, pf = p.split(hidden) if p is not None else (None, None, None)
 
     def peep(pre, peephole, cell):
         return pre if peephole is None else alg.add(pre, alg.linear(cell, lambda v: v * peephole))
 
     pre_i, pre_o, pre_f, pre_c = pre
-    i = alg.sigmoid(peep(pre_i, pi, c))
-    f = alg.sigmoid(peep(pre_f, pf, c))
-    g = alg.tanh(pre_c)
+    gate, cell_in, cell_out = acts
+    i = alg.unary(gate, peep(pre_i, pi, c))
+    f = alg.unary(gate, peep(pre_f, pf, c))
+    g = alg.unary(cell_in, pre_c)
     c_new = alg.add(alg.mul(f, c), alg.mul(i, g))
-    o = alg.sigmoid(peep(pre_o, po, c_new))
-    return [alg.mul(o, alg.tanh(c_new)), c_new]
+    o = alg.unary(gate, peep(pre_o, po, c_new))
+    return [alg.mul(o, alg.unary(cell_out, c_new)), c_new]
 
 
-def quantized_lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+def quantized_lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs, acts):
     """onnxruntime's DynamicQuantizeLSTM step: xt is already x·W (quantized over the whole
     sequence, `QuantizedLSTM.project`); h·R is quantized over this step's batch; then the summed
     biases, and the float LSTM gates."""
@@ -88,30 +94,31 @@ def quantized_lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs):
     bias = b[:4 * hidden] + b[4 * hidden:]
     both = alg.linear(alg.add(xt, alg.quantized(h, r, 0)), lambda v: v + bias)
     pre = [alg.linear(both, lambda v, k=k: v[..., k * hidden:(k + 1) * hidden]) for k in range(4)]
-    return _lstm_update(alg, pre, c, p, hidden)
+    return _lstm_update(alg, pre, c, p, hidden, acts)
 
 
-def gru_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+def gru_cell(alg, xt, states, w, r, b, p, hidden, attrs, acts):
     (h,) = states
     wz, wr, wh = w.split(hidden)  # ONNX gate order: update, reset, hidden
     rz, rr, rh = r.split(hidden)
     wbz, wbr, wbh, rbz, rbr, rbh = b.split(hidden)
-    z = alg.sigmoid(_gate(alg, xt, h, wz, rz, wbz + rbz))
-    reset = alg.sigmoid(_gate(alg, xt, h, wr, rr, wbr + rbr))
+    gate, candidate_act = acts
+    z = alg.unary(gate, _gate(alg, xt, h, wz, rz, wbz + rbz))
+    reset = alg.unary(gate, _gate(alg, xt, h, wr, rr, wbr + rbr))
     x_part = alg.linear(xt, lambda v: v @ wh.T + wbh)
     if attrs.get("linear_before_reset", 0):
         h_part = alg.mul(reset, alg.linear(h, lambda v: v @ rh.T + rbh))
     else:
         h_part = alg.linear(alg.mul(reset, h), lambda v: v @ rh.T + rbh)
-    candidate = alg.tanh(alg.add(x_part, h_part))
+    candidate = alg.unary(candidate_act, alg.add(x_part, h_part))
     keep = alg.linear(z, lambda v: 1 - v)
     return [alg.add(alg.mul(keep, candidate), alg.mul(z, h))]
 
 
-def rnn_cell(alg, xt, states, w, r, b, p, hidden, attrs):
+def rnn_cell(alg, xt, states, w, r, b, p, hidden, attrs, acts):
     (h,) = states
     bias = b[:hidden] + b[hidden:]
-    return [alg.tanh(_gate(alg, xt, h, w, r, bias))]
+    return [alg.unary(acts[0], _gate(alg, xt, h, w, r, bias))]
 
 
 class Recurrent(nn.Module):
@@ -126,6 +133,7 @@ class Recurrent(nn.Module):
         super().__init__()
         self.op, self.attrs, self.n_outputs = op, attrs, n_outputs
         self.hidden, self.direction, self.layout = recurrent_attrs(op, attrs)
+        self.activations = activations(op, attrs)
 
     def forward(self, x: Tensor, w: Tensor, r: Tensor, b: Optional[Tensor] = None,
                 sequence_lens: Optional[Tensor] = None, initial_h: Optional[Tensor] = None,
@@ -184,14 +192,51 @@ class QuantizedLSTM(Recurrent):
         return alg.quantized(x, w, 1)
 
 
+#: the activations ONNX's recurrent ops name (case-insensitively, as onnxruntime reads them): whether each
+#: takes an alpha and a beta from `activation_alpha`/`activation_beta`, their defaults, and the function
+_ACTIVATIONS: dict[str, tuple[bool, bool, tuple, Callable]] = {
+    "sigmoid": (False, False, (), lambda a, b: torch.sigmoid),
+    "tanh": (False, False, (), lambda a, b: torch.tanh),
+    "relu": (False, False, (), lambda a, b: torch.relu),
+    "softsign": (False, False, (), lambda a, b: F.softsign),
+    "softplus": (False, False, (), lambda a, b: F.softplus),
+    "leakyrelu": (True, False, (0.01, 0.0), lambda a, b: partial(F.leaky_relu, negative_slope=a)),
+    "elu": (True, False, (1.0, 0.0), lambda a, b: partial(F.elu, alpha=a)),
+    "thresholdedrelu": (True, False, (1.0, 0.0), lambda a, b: lambda v: torch.where(v > a, v, torch.zeros_like(v))),
+    "hardsigmoid": (True, True, (0.2, 0.5), lambda a, b: lambda v: torch.clamp(a * v + b, 0.0, 1.0)),
+    "scaledtanh": (True, True, (1.0, 1.0), lambda a, b: lambda v: a * torch.tanh(b * v)),
+    "affine": (True, True, (1.0, 0.0), lambda a, b: lambda v: a * v + b),
+}
+
+
+def activations(op: str, attrs: dict) -> list[list[Callable[[Tensor], Tensor]]]:
+    """The cell's activation functions per direction (f, g, h for LSTM; f, g for GRU; f for RNN), from
+    `activations` (the defaults when absent), each alpha and beta taken in order by the functions that
+    use one; the same function objects at every step, so the rule batches their rescales."""
+    default = Recurrent.CELLS[op][3]
+    dirs = 2 if attrs.get("direction", "forward") == "bidirectional" else 1
+    names = list(attrs.get("activations", [])) or default * dirs
+    if len(names) != len(default) * dirs:
+        raise NotImplementedError(f"{op} with {len(names)} activations {names}, where {len(default) * dirs} "
+                                  f"({'/'.join(default)} per direction) are needed")
+    alphas, betas = iter(attrs.get("activation_alpha", [])), iter(attrs.get("activation_beta", []))
+    made = []
+    for name in names:
+        key = name.decode() if isinstance(name, bytes) else str(name)
+        if key.lower() not in _ACTIVATIONS:
+            raise NotImplementedError(f"{op} activation {key!r} (known: {', '.join(sorted(_ACTIVATIONS))})")
+        takes_alpha, takes_beta, defaults, build = _ACTIVATIONS[key.lower()]
+        alpha = next(alphas, defaults[0]) if takes_alpha else None
+        beta = next(betas, defaults[1]) if takes_beta else None
+        made.append(build(alpha, beta))
+    per = len(default)
+    return [made[d * per:(d + 1) * per] for d in range(dirs)]
+
+
 def recurrent_attrs(op: str, attrs: dict) -> tuple[int, str, int]:
     """hidden size, direction, layout; NotImplementedError for what the cells do not model."""
     direction = attrs.get("direction", "forward")
-    dirs = 2 if direction == "bidirectional" else 1
-    activations = list(attrs.get("activations", []))
-    default = Recurrent.CELLS[op][3]
-    if activations and activations != default * dirs:
-        raise NotImplementedError(f"{op} activations {activations} (only the default {default})")
+    activations(op, attrs)  # raises on an activation the cells do not model
     if attrs.get("clip") is not None:
         raise NotImplementedError(f"{op} with clip is not supported")
     if attrs.get("input_forget", 0):
@@ -231,7 +276,8 @@ def run_recurrent(alg, module: Recurrent, x, w, r, b, lens, initial: list, p):
         outs: list = [None] * seq
         for t in (range(seq - 1, -1, -1) if module.direction == "reverse" or d == 1 else range(seq)):
             xt = alg.linear(xs, lambda v: v[t])
-            new = cell(alg, xt, states, w[d], r[d], b[d], None if p is None else p[d], hidden, module.attrs)
+            new = cell(alg, xt, states, w[d], r[d], b[d], None if p is None else p[d], hidden, module.attrs,
+                       module.activations[d])
             if lens is not None:  # past a sequence's end the state holds and the output is zero
                 live = (t < lens).reshape(-1, 1)
                 new = [alg.where(live, n, s) for n, s in zip(new, states)]

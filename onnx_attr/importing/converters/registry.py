@@ -136,7 +136,13 @@ def supported_ops_markdown() -> str:
     lines += [f"| {d} | {t} | {v} | {p} |" for d, t, v, p in supported_ops()]
     from onnx_attr.importing.unfused import EMBED_OP, MICROSOFT
 
+    from onnx_attr.importing.legacy import EXPERIMENTAL_OPS, MODERN
+
     lines += ["", f"Written out as the ONNX ops they fuse before conversion (`importing/unfused.py`): {MICROSOFT} "
-              f"{EMBED_OP} (Gather, Add, LayerNormalization, ReduceSum)."]
+              f"{EMBED_OP} (Gather, Add, LayerNormalization, ReduceSum).",
+              "", "Written out as standard ops before conversion (`importing/legacy.py`), the experimental ops of "
+              f"opsets 1-9: {', '.join(sorted(EXPERIMENTAL_OPS))} (ThresholdedRelu below opset 10). Files at opsets "
+              f"1-{MODERN - 1} are rewritten as opset {MODERN} first (broadcast/axis, consumed_inputs, is_test, "
+              "the attributes later made inputs)."]
     return "\n".join(lines) + "\n"
 
