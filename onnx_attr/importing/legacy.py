@@ -14,8 +14,8 @@ graphs). A form with no rule here is refused by name, never passed on with a mea
 
 Opsets 1-9 also had experimental ops, never standard, which onnx no longer knows but onnxruntime
 still runs: ImageScaler (the tiny-YOLOv2 zoo models), Affine, Scale, ScaledTanh,
-ParametricSoftplus, Crop, ThresholdedRelu before it became standard at opset 10, and
-MeanVarianceNormalization before opset 9.
+ParametricSoftplus, Crop, ThresholdedRelu before it became standard at opset 10,
+MeanVarianceNormalization before opset 9, ConstantFill and DynamicSlice.
 `write_out_experimental` writes each as the standard ops it computes (in the converted model
 only: `verify` runs onnxruntime on the graph as written), so every method and DeepLift rule
 applies to them unchanged.
@@ -41,7 +41,9 @@ _DROPPED = {"consumed_inputs": None, "is_test": None, "output_sequence": {"LSTM"
 #: (None: never); the ONNX checker knows none of them, so `read` checks them as custom ops
 EXPERIMENTAL_OPS = {"ImageScaler": None, "Affine": None, "Scale": None, "ScaledTanh": None,
                     "ParametricSoftplus": None, "Crop": None, "ConstantFill": None, "ThresholdedRelu": 10,
-                    "MeanVarianceNormalization": 9}
+                    "MeanVarianceNormalization": 9, "DynamicSlice": None}
+#: the experimental ops onnxruntime has no kernel for: written out in the graph `verify` runs too
+WITHOUT_KERNEL = frozenset({"ConstantFill"})
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -228,11 +230,16 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     return ranks
 
 
-def write_out_experimental(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+def write_out_experimental(model: onnx.ModelProto, notes: list[str], ops=None) -> onnx.ModelProto:
     """A copy of `model` with each experimental op of its main graph (and bodies) written out as the
-    standard ops it computes, or `model` itself when it has none."""
+    standard ops it computes (only `ops`, when given), or `model` itself when it has none."""
     opset = default_opset(model)
-    if not any(_experimental(n, opset) for g in _graphs(model.graph) for n in g.node):
+    ops = EXPERIMENTAL_OPS if ops is None else ops
+
+    def chosen(node: onnx.NodeProto) -> bool:
+        return node.op_type in ops and _experimental(node, opset)
+
+    if not any(chosen(n) for g in _graphs(model.graph) for n in g.node):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -241,7 +248,7 @@ def write_out_experimental(model: onnx.ModelProto, notes: list[str]) -> onnx.Mod
         nodes: list[onnx.NodeProto] = []
         scope = _Scope(graph)
         for node in graph.node:
-            if _experimental(node, opset):
+            if chosen(node):
                 found[node.op_type] = found.get(node.op_type, 0) + 1
                 nodes.extend(_standard(node, scope, opset))
             else:
@@ -249,8 +256,9 @@ def write_out_experimental(model: onnx.ModelProto, notes: list[str]) -> onnx.Mod
         del graph.node[:]
         graph.node.extend(nodes)
     listed = ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
-    notes.append(f"wrote out experimental op(s) as standard ones ({listed}); verify compares against the graph "
-                 "as written")
+    checked = "verify compares against the graph as written" if ops is EXPERIMENTAL_OPS else \
+        "onnxruntime has no kernel for them either, so verify runs the written-out ops"
+    notes.append(f"wrote out experimental op(s) as standard ones ({listed}); {checked}")
     return out
 
 
@@ -304,6 +312,9 @@ def _standard(node: onnx.NodeProto, scope: "_Scope", opset: int) -> list[onnx.No
             step("Div", [centred, step("Add", [spread, const("epsilon", 1e-9)])], y)
     elif op == "ConstantFill":
         steps.extend(_filled(node, attrs, scope, opset))
+    elif op == "DynamicSlice":  # Slice-10 before opset 10 (PyTorch 1.0's slices of computed bounds): the same
+        # inputs, which our Slice converter reads at any opset (it tells the two forms by the attributes)
+        steps.append(helper.make_node("Slice", list(node.input), [y], name=label))
     elif op == "Crop":  # border [left, top, right, bottom], or a [height, width] window from (top, left)
         left, top, right, bottom = (list(attrs["border"].ints) + [0, 0, 0, 0])[:4]
         big = np.iinfo(np.int64).max

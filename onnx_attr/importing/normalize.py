@@ -22,7 +22,7 @@ from onnx_attr.errors import ModelLoadError
 from onnx_attr.importing.budget import current_budget, elements
 from onnx_attr.importing import isolated
 from onnx_attr.importing.fusions import fuse_layer_norms
-from onnx_attr.importing.legacy import modernize_legacy, write_out_experimental
+from onnx_attr.importing.legacy import WITHOUT_KERNEL, modernize_legacy, write_out_experimental
 from onnx_attr.importing.ml_casts import cast_integer_features
 from onnx_attr.importing.unfused import unfuse_embeddings
 from onnx_attr.importing.widen import widen_float16
@@ -53,6 +53,9 @@ def normalize(
     canonical = modernize_legacy(canonical, notes)  # opsets 1-6, which onnxruntime cannot run: as opset 7
     canonical = inline_constant_ifs(canonical, notes)
     canonical = infer_shapes(canonical, notes, in_place=owned or canonical is not model)
+    written = write_out_experimental(canonical, notes, WITHOUT_KERNEL)  # what onnxruntime cannot run either
+    if written is not canonical:
+        canonical = infer_shapes(written, notes, in_place=True)
     converted = unfuse_embeddings(canonical, notes)  # a copy where it writes any out: canonical stays as written
     converted = write_out_experimental(converted, notes)  # ImageScaler & co. (opsets 1-9) as standard ops
     if converted is not canonical:  # the written-out steps' shapes (Attention reads its mask index's rank)

@@ -141,7 +141,8 @@ def supported_ops_markdown() -> str:
     lines += ["", f"Written out as the ONNX ops they fuse before conversion (`importing/unfused.py`): {MICROSOFT} "
               f"{EMBED_OP} (Gather, Add, LayerNormalization, ReduceSum).",
               "", "Written out as standard ops before conversion (`importing/legacy.py`), the experimental ops of "
-              f"opsets 1-9: {', '.join(sorted(EXPERIMENTAL_OPS))} (ThresholdedRelu below opset 10). Files at opsets "
+              "opsets 1-9: " + ", ".join(op if since is None else f"{op} (below opset {since})"
+                                         for op, since in sorted(EXPERIMENTAL_OPS.items())) + ". Files at opsets "
               f"1-{MODERN - 1} are rewritten as opset {MODERN} first (broadcast/axis, consumed_inputs, is_test, "
               "the attributes later made inputs)."]
     return "\n".join(lines) + "\n"
