@@ -23,7 +23,9 @@ def resize(attrs, x_shape, out_shape, scales=None, sizes=None, roi=None, opset=1
         names.append("scales")
     else:
         inits["sizes"] = np.asarray(sizes, np.int64)
-        names += ["", "sizes"]
+        if opset < 13:  # Resize-11's scales is not optional: an empty one stands for "given by sizes"
+            inits["scales"] = np.zeros(0, np.float32)
+        names += ["scales" if opset < 13 else "", "sizes"]
     return make_model([helper.make_node("Resize", names, ["y"], **attrs)], [("x", FLOAT, x_shape)],
                       [("y", FLOAT, out_shape)], initializers=inits, opset=opset)
 
@@ -39,6 +41,12 @@ CASES = {
     "nearest-not-larger": (resize({"mode": "nearest", "keep_aspect_ratio_policy": "not_larger", "axes": [2, 3],
                                    "nearest_mode": "round_prefer_ceil"}, [2, 1, 4, 6], [2, 1, 5, 7],
                                   sizes=[5, 8]), {"x": [2, 1, 4, 6]}),
+    # opsets 11-12 only: tf2onnx's nearest resize of TF's half_pixel_centers (onnx 1.6's backend data had one)
+    "nearest-tf-half-pixel-down": (resize({"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn"},
+                                          [2, 1, 7, 6], [2, 1, 3, 4], sizes=[2, 1, 3, 4], opset=11), {"x": [2, 1, 7, 6]}),
+    "nearest-tf-half-pixel-up": (resize({"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn",
+                                         "nearest_mode": "floor"}, [2, 1, 3, 4], [2, 1, 7, 10],
+                                        scales=[1, 1, 2.4, 2.5], opset=11), {"x": [2, 1, 3, 4]}),
     "gridsample-cubic-reflection": (make_model(
         [helper.make_node("GridSample", ["x", "grid"], ["y"], mode="cubic", padding_mode="reflection")],
         [("x", FLOAT, [2, 2, 5, 4])], [("y", FLOAT, [2, 2, 3, 3])], opset=20,

@@ -2,7 +2,8 @@
 
 Every ONNX Resize mode (nearest with its four rounding rules, linear, cubic, antialiased
 linear/cubic, exclude_outside, every coordinate transformation including tf_crop_and_resize
-with its extrapolation value, axes and keep_aspect_ratio_policy) is, along each axis, an
+with its extrapolation value and opsets 11-12's tf_half_pixel_for_nn, axes and
+keep_aspect_ratio_policy) is, along each axis, an
 (output x input) matrix of interpolation weights. We build that matrix in float64 from the
 spec's formulas and multiply; so the op is exactly linear in X (DeepLift needs no rule) and
 one code path serves all modes, rather than torch's `interpolate`, whose coordinate rules
@@ -96,6 +97,8 @@ def _source_coordinates(mode: str, out: int, size: int, scale: float, roi: tuple
         x = np.zeros(out) if out == 1 else (y + 0.5) / scale - 0.5
     elif mode == "half_pixel":
         x = (y + 0.5) / scale - 0.5
+    elif mode == "tf_half_pixel_for_nn":  # opsets 11-12 (tf2onnx's nearest resize with half_pixel_centers)
+        x = (y + 0.5) / scale
     elif mode == "half_pixel_symmetric":
         offset = size / 2 * (1 - out / (scale * size))
         x = offset + (y + 0.5) / scale - 0.5
