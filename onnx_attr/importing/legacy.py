@@ -50,14 +50,16 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def modernize_legacy(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
-    """A copy of `model` at opset 7 with its legacy forms rewritten, or `model` itself when its opset
-    is 7 or later. Raises UnsupportedOpError naming every node whose legacy form has no rule here."""
+def modernize_legacy(model: onnx.ModelProto, notes: list[str], *, in_place: bool = False) -> onnx.ModelProto:
+    """A copy of `model` (`model` itself with `in_place`) at opset 7 with its legacy forms rewritten, or
+    `model` untouched when its opset is 7 or later. Raises UnsupportedOpError naming every node whose
+    legacy form has no rule here."""
     source = default_opset(model)
     if not 0 < source < MODERN:
         return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model if in_place else onnx.ModelProto()
+    if not in_place:
+        out.CopyFrom(model)
     for opset in out.opset_import:
         if opset.domain in ("", "ai.onnx"):
             opset.version = MODERN

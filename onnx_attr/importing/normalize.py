@@ -50,7 +50,8 @@ def normalize(
     notes: list[str] = []
     canonical = drop_initializer_inputs(model, notes, in_place=owned)
     canonical = fold_constants(canonical, notes, in_place=owned or canonical is not model)
-    canonical = modernize_legacy(canonical, notes)  # opsets 1-6, which onnxruntime cannot run: as opset 7
+    # opsets 1-6, which onnxruntime cannot run: as opset 7
+    canonical = modernize_legacy(canonical, notes, in_place=owned or canonical is not model)
     canonical = inline_constant_ifs(canonical, notes)
     canonical = infer_shapes(canonical, notes, in_place=owned or canonical is not model)
     written = write_out_experimental(canonical, notes, WITHOUT_KERNEL)  # what onnxruntime cannot run either
