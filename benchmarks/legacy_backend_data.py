@@ -44,12 +44,45 @@ def fetch(version: str) -> Path:
     return data
 
 
-def _tensors(folder: Path, prefix: str) -> list[np.ndarray]:
+def _tensors(folder: Path, prefix: str) -> list:
+    """The stored tensors, bfloat16 ones as torch tensors (numpy has no bfloat16; their bits come back
+    as uint16)."""
     import onnx
+    import torch
     from onnx import numpy_helper
 
     files = sorted(folder.glob(f"{prefix}_*.pb"), key=lambda p: int(p.stem.split("_")[-1]))
-    return [numpy_helper.to_array(onnx.load_tensor(str(f))) for f in files]
+    found = []
+    for f in files:
+        proto = onnx.load_tensor(str(f))
+        value = numpy_helper.to_array(proto)
+        found.append(_bfloat16(value) if proto.data_type == onnx.TensorProto.BFLOAT16 else value)
+    return found
+
+
+def _bfloat16(bits: np.ndarray):
+    """bfloat16 values from their 16 bits (onnx before 1.11 stored them as uint16 tensors)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(bits).view(np.int16)).view(torch.bfloat16)
+
+
+def _as_declared(values: list, infos) -> list:
+    """Each stored value read as its declared element type where the file stored bfloat16 as uint16."""
+    import onnx
+
+    return [_bfloat16(v) if isinstance(v, np.ndarray) and v.dtype == np.uint16
+            and info.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 else v for v, info in zip(values, infos)]
+
+
+def _numpy(value) -> np.ndarray:
+    """float64 numpy of a tensor or array (bfloat16 through float32)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy().astype(np.float64)
+    return np.asarray(value).astype(np.float64)
 
 
 def check(model_path: Path) -> tuple[int, str]:
@@ -64,9 +97,11 @@ def check(model_path: Path) -> tuple[int, str]:
     if not sets:
         return opset, "no data"
     weights = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in weights]
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    names = [i.name for i in inputs]
     try:
-        feeds, stored = _tensors(sets[0], "input"), _tensors(sets[0], "output")
+        feeds = _as_declared(_tensors(sets[0], "input"), inputs)
+        stored = _as_declared(_tensors(sets[0], "output"), model.graph.output)
     except Exception as err:  # noqa: BLE001 - numpy cannot hold the data (strings of raw bytes)
         return opset, f"no data numpy can read ({type(err).__name__})"
     try:
@@ -74,13 +109,13 @@ def check(model_path: Path) -> tuple[int, str]:
         got = imported.run(dict(zip(names, feeds)))
         got = got if isinstance(got, (list, tuple)) else [got]
         for ours, want in zip(got, stored):
-            ours = ours.detach().cpu().numpy()
+            ours, want = _numpy(ours), _numpy(want)
             if ours.shape != want.shape and ours.size == want.size:
                 ours = ours.reshape(want.shape)  # a scalar stored as [1], as early exporters did
             if ours.shape != want.shape:
                 return opset, f"WRONG shape {list(ours.shape)} vs {list(want.shape)}"
-            if not np.allclose(ours.astype(np.float64), want.astype(np.float64), rtol=1e-3, atol=1e-4, equal_nan=True):
-                return opset, f"WRONG max abs error {np.abs(ours.astype(np.float64) - want).max():.3g}"
+            if not np.allclose(ours, want, rtol=1e-3, atol=1e-4, equal_nan=True):
+                return opset, f"WRONG max abs error {np.abs(ours - want).max():.3g}"
     except Exception as err:  # noqa: BLE001 - the row says what it was
         return opset, f"ERROR {type(err).__name__}: {str(err).splitlines()[0][:160]}"
     return opset, "ok"
