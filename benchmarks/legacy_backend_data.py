@@ -48,7 +48,6 @@ def _tensors(folder: Path, prefix: str) -> list:
     """The stored tensors, bfloat16 ones as torch tensors (numpy has no bfloat16; their bits come back
     as uint16)."""
     import onnx
-    import torch
     from onnx import numpy_helper
 
     files = sorted(folder.glob(f"{prefix}_*.pb"), key=lambda p: int(p.stem.split("_")[-1]))
