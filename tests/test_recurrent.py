@@ -70,7 +70,10 @@ ACTIVATED = [dict(layout=1, activations=["HardSigmoid", "Tanh", "Tanh"], activat
              dict(op="RNN", layout=1, activations=["Relu"]),
              dict(op="RNN", layout=1, direction="bidirectional", activations=["Relu", "LeakyRelu"], activation_alpha=[0.2]),
              dict(op="RNN", layout=1, activations=["Softplus"]), dict(op="RNN", layout=1, activations=["ThresholdedRelu"],
-                                                                    activation_alpha=[0.3])]
+                                                                    activation_alpha=[0.3]),
+             # clip: every activation's input bounded first
+             dict(layout=1, clip=0.8, direction="bidirectional"), dict(op="GRU", layout=1, clip=0.5),
+             dict(op="RNN", layout=1, clip=0.7, activations=["Relu"])]
 CONFIGS += ACTIVATED
 
 

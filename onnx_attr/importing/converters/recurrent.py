@@ -209,6 +209,11 @@ _ACTIVATIONS: dict[str, tuple[bool, bool, tuple, Callable]] = {
 }
 
 
+def _clipped(fn: Callable[[Tensor], Tensor], bound: float) -> Callable[[Tensor], Tensor]:
+    """`clip`: every activation's input bounded to [-bound, bound] first."""
+    return lambda v: fn(torch.clamp(v, -bound, bound))
+
+
 def activations(op: str, attrs: dict) -> list[list[Callable[[Tensor], Tensor]]]:
     """The cell's activation functions per direction (f, g, h for LSTM; f, g for GRU; f for RNN), from
     `activations` (the defaults when absent), each alpha and beta taken in order by the functions that
@@ -220,6 +225,7 @@ def activations(op: str, attrs: dict) -> list[list[Callable[[Tensor], Tensor]]]:
         raise NotImplementedError(f"{op} with {len(names)} activations {names}, where {len(default) * dirs} "
                                   f"({'/'.join(default)} per direction) are needed")
     alphas, betas = iter(attrs.get("activation_alpha", [])), iter(attrs.get("activation_beta", []))
+    clip = attrs.get("clip")
     made = []
     for name in names:
         key = name.decode() if isinstance(name, bytes) else str(name)
@@ -228,7 +234,7 @@ def activations(op: str, attrs: dict) -> list[list[Callable[[Tensor], Tensor]]]:
         takes_alpha, takes_beta, defaults, build = _ACTIVATIONS[key.lower()]
         alpha = next(alphas, defaults[0]) if takes_alpha else None
         beta = next(betas, defaults[1]) if takes_beta else None
-        made.append(build(alpha, beta))
+        made.append(build(alpha, beta) if clip is None else _clipped(build(alpha, beta), float(clip)))
     per = len(default)
     return [made[d * per:(d + 1) * per] for d in range(dirs)]
 
@@ -237,8 +243,6 @@ def recurrent_attrs(op: str, attrs: dict) -> tuple[int, str, int]:
     """hidden size, direction, layout; NotImplementedError for what the cells do not model."""
     direction = attrs.get("direction", "forward")
     activations(op, attrs)  # raises on an activation the cells do not model
-    if attrs.get("clip") is not None:
-        raise NotImplementedError(f"{op} with clip is not supported")
     if attrs.get("input_forget", 0):
         raise NotImplementedError("LSTM with input_forget=1 is not supported")
     return int(attrs["hidden_size"]), direction, int(attrs.get("layout", 0))
