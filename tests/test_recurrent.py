@@ -73,7 +73,8 @@ ACTIVATED = [dict(layout=1, activations=["HardSigmoid", "Tanh", "Tanh"], activat
                                                                     activation_alpha=[0.3]),
              # clip: every activation's input bounded first
              dict(layout=1, clip=0.8, direction="bidirectional"), dict(op="GRU", layout=1, clip=0.5),
-             dict(op="RNN", layout=1, clip=0.7, activations=["Relu"])]
+             dict(op="RNN", layout=1, clip=0.7, activations=["Relu"]),
+             dict(layout=1, input_forget=1), dict(layout=1, input_forget=1, peepholes=True, direction="bidirectional")]
 CONFIGS += ACTIVATED
 
 

@@ -65,12 +65,13 @@ def lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs, acts):
     ri, ro, rf, rc = r.split(hidden)
     bi, bo, bf, bc = (b[:4 * hidden] + b[4 * hidden:]).split(hidden)
     pre = [_gate(alg, xt, h, wk, rk, bk) for wk, rk, bk in ((wi, ri, bi), (wo, ro, bo), (wf, rf, bf), (wc, rc, bc))]
-    return _lstm_update(alg, pre, c, p, hidden, acts)
+    return _lstm_update(alg, pre, c, p, hidden, acts, coupled=bool(attrs.get("input_forget", 0)))
 
 
-def _lstm_update(alg, pre: list, c, p, hidden: int, acts: list):
+def _lstm_update(alg, pre: list, c, p, hidden: int, acts: list, coupled: bool = False):
     """The LSTM's gates from their pre-activations (input, output, forget, cell), peepholes included;
-    `acts` its activations f (the gates), g (the cell's input) and h (its output)."""
+    `acts` its activations f (the gates), g (the cell's input) and h (its output); `coupled`
+    (input_forget): the forget gate is 1 - the input gate, as onnxruntime couples them."""
     pi, po, pf = p.split(hidden) if p is not None else (None, None, None)
 
     def peep(pre, peephole, cell):
@@ -79,7 +80,7 @@ def _lstm_update(alg, pre: list, c, p, hidden: int, acts: list):
     pre_i, pre_o, pre_f, pre_c = pre
     gate, cell_in, cell_out = acts
     i = alg.unary(gate, peep(pre_i, pi, c))
-    f = alg.unary(gate, peep(pre_f, pf, c))
+    f = alg.linear(i, lambda v: 1 - v) if coupled else alg.unary(gate, peep(pre_f, pf, c))
     g = alg.unary(cell_in, pre_c)
     c_new = alg.add(alg.mul(f, c), alg.mul(i, g))
     o = alg.unary(gate, peep(pre_o, po, c_new))
@@ -243,8 +244,6 @@ def recurrent_attrs(op: str, attrs: dict) -> tuple[int, str, int]:
     """hidden size, direction, layout; NotImplementedError for what the cells do not model."""
     direction = attrs.get("direction", "forward")
     activations(op, attrs)  # raises on an activation the cells do not model
-    if attrs.get("input_forget", 0):
-        raise NotImplementedError("LSTM with input_forget=1 is not supported")
     return int(attrs["hidden_size"]), direction, int(attrs.get("layout", 0))
 
 
