@@ -323,3 +323,20 @@ def test_constant_fill_forms_by_hand(opset):
     np.testing.assert_array_equal(like, np.full((2, 3, 2), 2.5, np.float32))
     assert fixed.dtype == np.int64
     np.testing.assert_array_equal(fixed, np.full((3, 1), 7))
+
+
+@pytest.mark.parametrize("opset", [7, 8])
+def test_batch_normalization_with_per_element_statistics_matches_onnxruntime(opset):
+    """spatial=0 (opsets 7-8): statistics per element of an example, [C, H, W]; at logits-like magnitudes,
+    and DeepLift complete through it (an affine map of x) against onnxruntime's f(x) - f(0)."""
+    params = {"s": RNG.uniform(0.5, 2, (3, 4, 5)), "b": RNG.normal(0, 10, (3, 4, 5)),
+              "m": RNG.normal(0, 50, (3, 4, 5)), "v": RNG.uniform(1, 400, (3, 4, 5))}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    model = _model([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], spatial=0, epsilon=1e-3)],
+                   [("x", FLOAT, ["N", 3, 4, 5])], [("y", FLOAT, ["N", 3, 4, 5])], params, opset, ir_version=4)
+    x = RNG.normal(0, 100, (2, 3, 4, 5)).astype(np.float32)
+    _same(model, model, {"x": x}, rtol=1e-5, atol=1e-4)
+    attributions, delta = onnx_attr.DeepLift(onnx_attr.load(model)).attribute(
+        torch.from_numpy(x), target=(1, 2, 3), return_convergence_delta=True)
+    moved = [ort_run(model, {"x": v})[0][:, 1, 2, 3] for v in (x, np.zeros_like(x))]
+    np.testing.assert_allclose(attributions.sum(dim=(1, 2, 3)).numpy(), moved[0] - moved[1], rtol=1e-5, atol=1e-4)

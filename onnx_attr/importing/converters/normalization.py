@@ -79,10 +79,28 @@ def inference_batch_norm(node, graph) -> OperationConverterResult:
                                     onnx_mapping=OnnxMapping(inputs=names[:1], outputs=node.output_values[:1]))
 
 
+class ElementwiseBatchNorm(nn.Module):
+    """BatchNormalization with spatial=0 (opsets 7-8): statistics, scale and bias per element of one
+    example ([C, D1, ...], as onnxruntime requires), shared over the batch."""
+
+    def __init__(self, epsilon: float):
+        super().__init__()
+        self.epsilon = epsilon
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                var: torch.Tensor) -> torch.Tensor:
+        if any(tuple(p.shape) != tuple(x.shape[1:]) for p in (scale, bias, mean, var)):
+            raise ValueError(f"BatchNormalization with spatial=0 needs scale, bias, mean and var of the shape of one "
+                             f"example, {list(x.shape[1:])}; got {[list(p.shape) for p in (scale, bias, mean, var)]}")
+        return (x - mean) / torch.sqrt(var + self.epsilon) * scale + bias
+
+
 @register("BatchNormalization", 7, 9)
 def convert_batch_normalization(node, graph):
     if not node.attributes.get("spatial", 1):
-        raise NotImplementedError("BatchNormalization with spatial=0 (per-element statistics) is not supported")
+        return OperationConverterResult(torch_module=ElementwiseBatchNorm(float(node.attributes.get("epsilon", 1e-5))),
+                                        onnx_mapping=OnnxMapping(inputs=node.input_values[:5],
+                                                                 outputs=node.output_values[:1]))
     return inference_batch_norm(node, graph)
 
 
