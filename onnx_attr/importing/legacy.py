@@ -23,13 +23,14 @@ applies to them unchanged.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from onnx_attr.errors import UnsupportedOpError
+from onnx_attr.importing.read import _graphs, skeleton
 
 #: the opset the legacy forms are rewritten to: the first onnxruntime runs
 MODERN = 7
@@ -98,14 +99,14 @@ def _modern(node: onnx.NodeProto, scope: "_Scope", ranks: dict[str, int]) -> lis
         keep = [a for a in keep if a.name not in ("broadcast", "axis")]
         if op != "Gemm" and _int(attrs, "broadcast", 0) and "axis" in attrs and len(node.input) == 2:
             before, second = _aligned(node, attrs["axis"].i, ranks, scope)
-            node = _with_inputs(node, [node.input[0], second])
+            node = _rewired(node, [node.input[0], second])
     elif op == "PRelu":
         before, slope = _per_channel_slope(node, ranks, scope)
-        node = _with_inputs(node, [node.input[0], slope])
+        node = _rewired(node, [node.input[0], slope])
     elif op == "Reshape" and "shape" in attrs:
         shape = scope.constant(f"{_label(node)}_shape", np.array(attrs["shape"].ints, np.int64))
         keep = [a for a in keep if a.name != "shape"]
-        node = _with_inputs(node, [node.input[0], shape])
+        node = _rewired(node, [node.input[0], shape])
     elif op == "Concat" and "axis" not in attrs:
         keep.append(helper.make_attribute("axis", 1))  # Concat-1's default
     elif op == "Cast" and attrs.get("to") is not None and attrs["to"].type == onnx.AttributeProto.STRING:
@@ -125,10 +126,10 @@ def _modern(node: onnx.NodeProto, scope: "_Scope", ranks: dict[str, int]) -> lis
         if sizes is None:
             raise _NoRule("its split sizes are computed in the graph, not constant")
         keep.append(helper.make_attribute("split", [int(v) for v in sizes.reshape(-1)]))
-        node = _with_inputs(node, [node.input[0]])
+        node = _rewired(node, [node.input[0]])
     elif op == "Tile" and len(node.input) == 3:
         before, repeats = _tile_repeats(node, ranks, scope)
-        node = _with_inputs(node, [node.input[0], repeats])
+        node = _rewired(node, [node.input[0], repeats])
     elif op == "Upsample" and ("height_scale" in attrs or "width_scale" in attrs):
         scales = [1.0, 1.0, _float(attrs, "height_scale", 1.0), _float(attrs, "width_scale", 1.0)]
         mode = attrs["mode"].s.decode() if "mode" in attrs else "nearest"
@@ -138,7 +139,7 @@ def _modern(node: onnx.NodeProto, scope: "_Scope", ranks: dict[str, int]) -> lis
     elif op == "BatchNormalization":  # test mode: the running mean and variance outputs are never computed
         if any(o in scope.used for o in node.output[1:]):
             raise _NoRule("an output other than Y (training statistics) is used")
-        node = _with_outputs(node, node.output[:1])
+        node = _rewired(node, outputs=node.output[:1])
     rewritten = onnx.NodeProto()
     rewritten.CopyFrom(node)
     del rewritten.attribute[:]
@@ -203,7 +204,6 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     the attribute-only legacy forms are already modern and each axis broadcast is an Identity of its
     first input (its output has that input's shape), so ranks flow through the whole graph."""
     from onnx_attr.importing import isolated
-    from onnx_attr.importing.read import skeleton
 
     light, _ = skeleton(model, lambda tensor, stub: stub.dims.extend(tensor.dims))
     ranks = {t.name: len(t.dims) for t in model.graph.initializer}
@@ -413,19 +413,15 @@ class _Scope:
         return None if found is None else numpy_helper.to_array(found)
 
 
-def _with_inputs(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
+def _rewired(node: onnx.NodeProto, inputs: Optional[list[str]] = None,
+             outputs: Optional[list[str]] = None) -> onnx.NodeProto:
+    """A copy of `node` reading `inputs` and writing `outputs` (its own where not given)."""
     out = onnx.NodeProto()
     out.CopyFrom(node)
-    del out.input[:]
-    out.input.extend(inputs)
-    return out
-
-
-def _with_outputs(node: onnx.NodeProto, outputs: list[str]) -> onnx.NodeProto:
-    out = onnx.NodeProto()
-    out.CopyFrom(node)
-    del out.output[:]
-    out.output.extend(outputs)
+    for field, names in ((out.input, inputs), (out.output, outputs)):
+        if names is not None:
+            del field[:]
+            field.extend(names)
     return out
 
 
@@ -439,11 +435,3 @@ def _int(attrs: dict, name: str, default: int) -> int:
 
 def _float(attrs: dict, name: str, default: float) -> float:
     return attrs[name].f if name in attrs else default
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _graphs(sub)
