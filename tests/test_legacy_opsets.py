@@ -146,6 +146,7 @@ def test_a_caffe2_zoo_style_opset3_network_matches_its_opset9_twin():
     _same(legacy, modern, {"x": x}, rtol=1e-4, atol=1e-5)
     model = onnx_attr.load(legacy, strip_final_activation=False)
     assert any("legacy forms as opset 7" in n for n in model.notes)
+    assert model.summary()["file_opsets"]["ai.onnx"] == 3  # what inspect shows beside the imported opset
     assert model.verify({"x": x}).passed
 
 

@@ -396,7 +396,8 @@ def cmd_inspect(args) -> int:
         entry["tensors"] = produced.get(entry["node"], [])
     info["tensors"] = tensors
     lines = [f"model: {args.model}", f"producer: {info['producer'] or '?'}; IR {info['ir_version']}; opsets: "
-             + ", ".join(f"{d} {v}" for d, v in info["opsets"].items())]
+             + ", ".join(f"{d} {v}" + (f" (the file's {info['file_opsets'][d]})" if info["file_opsets"].get(d, v) != v
+                                        else "") for d, v in info["opsets"].items())]
     lines.append("inputs:")
     from onnx_attr.deeplift.layers import embedding_lookups
 

@@ -54,6 +54,7 @@ def load(
         source=Path(source) if isinstance(source, (str, Path)) else None,
     )
     imported.budget = budget
+    imported.file_opsets = declared  # what `inspect` shows beside the opsets it was imported at
     imported.eval()
     del normalized, module
     if len(canonical.graph.node) >= _LARGE_GRAPH:

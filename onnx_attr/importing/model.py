@@ -182,6 +182,7 @@ class AttributableModel(nn.Module):
             "producer": f"{self.onnx_model.producer_name} {self.onnx_model.producer_version}".strip(),
             "ir_version": self.onnx_model.ir_version,
             "opsets": {(o.domain or "ai.onnx"): o.version for o in self.onnx_model.opset_import},
+            "file_opsets": {(d or "ai.onnx"): v for d, v in (getattr(self, "file_opsets", None) or {}).items()},
             "inputs": [{**s.to_dict(), "batch_axis": a} for s, a in zip(self.inputs, batch_axes(self.inputs))],
             "outputs": [{**s.to_dict(), "batch_axis": a}
                         for s, a in zip(self.outputs, output_batch_axes(self.inputs, self.outputs))],
