@@ -53,6 +53,28 @@ def test_dynamic_quantize_lstm_matches_onnxruntime(quantized):
     assert model.verify(x).passed
 
 
+@pytest.mark.parametrize("attrs", [dict(input_forget=1), dict(clip=0.6),
+                                   dict(activations=["HardSigmoid", "Tanh", "Softsign"] * 2, activation_alpha=[0.3, 0.3])],
+                         ids=["input_forget", "clip", "activations"])
+def test_dynamic_quantize_lstm_attributes_match_onnxruntime(quantized, attrs):
+    """The float LSTM's attributes on the quantized one (onnxruntime runs both through one LSTM code)."""
+    from onnx import helper
+
+    from conftest import ort_run
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(quantized)
+    node = next(n for n in proto.graph.node if n.op_type == "DynamicQuantizeLSTM")
+    kept = [a for a in node.attribute if a.name not in attrs]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(k, v) for k, v in attrs.items()])
+    x = (np.random.default_rng(4).standard_normal((1, 9, 12)) * 3).astype(np.float32)
+    got, want = onnx_attr.load(proto, strip_final_activation=False).run({"x": x})[0].numpy(), ort_run(proto, {"x": x})[0]
+    plain = ort_run(quantized, {"x": x})[0]
+    assert np.abs(want - plain).max() > 1e-2  # the attribute changes onnxruntime's answer
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
 @pytest.mark.slow
 def test_dynamic_quantize_lstm_batched_matches_onnxruntime_on_one_thread(tmp_path):
     """Three rows: onnxruntime's serial path (one thread) quantizes h over the whole batch."""

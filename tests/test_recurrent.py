@@ -261,3 +261,18 @@ def test_named_activations_at_large_magnitudes(config):
     moved = theirs[1][:, 0, 1] - _oracle(config, far)[1][:, 0, 1]
     assert np.abs(moved).max() > 0.1
     assert np.abs(delta.numpy()).max() <= 1e-5 * max(1.0, float(np.abs(moved).max()))
+
+
+def test_lstm_clip_bounds_the_gates_not_the_cell():
+    """A cell driven past the clip (biases +3, positive inputs x5: c reaches ~3 > 2): onnxruntime bounds
+    the gates' pre-activations only, so h = o * tanh(c) reads the unclipped cell."""
+    from onnx import numpy_helper
+
+    model = _lstm_model(clip=2.0)
+    bias = next(t for t in model.graph.initializer if t.name == "B")
+    bias.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(bias).shape, 3.0, np.float32), "B"))
+    feeds = {k: np.abs(v) * 5 for k, v in _feeds(model, np.random.default_rng(1)).items()}
+    want = ort_run(model, feeds)
+    assert np.abs(want[2]).max() > 2.5
+    for got, expected in zip(onnx_attr.load(model).run(feeds), want):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)

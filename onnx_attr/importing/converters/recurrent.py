@@ -95,7 +95,7 @@ def quantized_lstm_cell(alg, xt, states, w, r, b, p, hidden, attrs, acts):
     bias = b[:4 * hidden] + b[4 * hidden:]
     both = alg.linear(alg.add(xt, alg.quantized(h, r, 0)), lambda v: v + bias)
     pre = [alg.linear(both, lambda v, k=k: v[..., k * hidden:(k + 1) * hidden]) for k in range(4)]
-    return _lstm_update(alg, pre, c, p, hidden, acts)
+    return _lstm_update(alg, pre, c, p, hidden, acts, coupled=bool(attrs.get("input_forget", 0)))
 
 
 def gru_cell(alg, xt, states, w, r, b, p, hidden, attrs, acts):
@@ -211,7 +211,7 @@ _ACTIVATIONS: dict[str, tuple[bool, bool, tuple, Callable]] = {
 
 
 def _clipped(fn: Callable[[Tensor], Tensor], bound: float) -> Callable[[Tensor], Tensor]:
-    """`clip`: every activation's input bounded to [-bound, bound] first."""
+    """`clip`: a pre-activation bounded to [-bound, bound] first."""
     return lambda v: fn(torch.clamp(v, -bound, bound))
 
 
@@ -228,14 +228,17 @@ def activations(op: str, attrs: dict) -> list[list[Callable[[Tensor], Tensor]]]:
     alphas, betas = iter(attrs.get("activation_alpha", [])), iter(attrs.get("activation_beta", []))
     clip = attrs.get("clip")
     made = []
-    for name in names:
+    for k, name in enumerate(names):
         key = name.decode() if isinstance(name, bytes) else str(name)
         if key.lower() not in _ACTIVATIONS:
             raise NotImplementedError(f"{op} activation {key!r} (known: {', '.join(sorted(_ACTIVATIONS))})")
         takes_alpha, takes_beta, defaults, build = _ACTIVATIONS[key.lower()]
         alpha = next(alphas, defaults[0]) if takes_alpha else None
         beta = next(betas, defaults[1]) if takes_beta else None
-        made.append(build(alpha, beta) if clip is None else _clipped(build(alpha, beta), float(clip)))
+        # clip bounds the pre-activations; an LSTM's output activation h reads the cell, which onnxruntime
+        # leaves unclipped (checked with a cell driven past the bound)
+        unclipped = clip is None or (op in ("LSTM", "DynamicQuantizeLSTM") and k % len(default) == 2)
+        made.append(build(alpha, beta) if unclipped else _clipped(build(alpha, beta), float(clip)))
     per = len(default)
     return [made[d * per:(d + 1) * per] for d in range(dirs)]
 
