@@ -48,6 +48,7 @@ WITHOUT_KERNEL = frozenset({"ConstantFill"})
 
 
 def default_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset version (0 when it imports none)."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
@@ -66,16 +67,15 @@ def modernize_legacy(model: onnx.ModelProto, notes: list[str], *, in_place: bool
             opset.version = MODERN
     ranks = _ranks(out)
     refused: list[tuple[str, str, int, str, str]] = []
-    for graph in _graphs(out.graph):
-        nodes: list[onnx.NodeProto] = []
-        scope = _Scope(graph)
-        for index, node in enumerate(graph.node):
-            try:
-                nodes.extend(_modern(node, scope, ranks) if node.domain in ("", "ai.onnx") else [node])
-            except _NoRule as why:
-                refused.append((node.op_type, node.domain, source, node.name or f"{node.op_type}#{index}", str(why)))
-        del graph.node[:]
-        graph.node.extend(nodes)
+
+    def rewrite(node: onnx.NodeProto, index: int, scope: _Scope) -> list[onnx.NodeProto]:
+        try:
+            return _modern(node, scope, ranks) if node.domain in ("", "ai.onnx") else [node]
+        except _NoRule as why:
+            refused.append((node.op_type, node.domain, source, node.name or f"{node.op_type}#{index}", str(why)))
+            return [node]
+
+    _rewrite_graphs(out.graph, rewrite)
     if refused:
         raise UnsupportedOpError(refused, hint=f"These opset-{source} forms have no opset-{MODERN} rewrite here; "
                                  "re-export the model at opset 7 or later.")
@@ -246,17 +246,14 @@ def write_out_experimental(model: onnx.ModelProto, notes: list[str], ops=None) -
     out = onnx.ModelProto()
     out.CopyFrom(model)
     found: dict[str, int] = {}
-    for graph in _graphs(out.graph):
-        nodes: list[onnx.NodeProto] = []
-        scope = _Scope(graph)
-        for node in graph.node:
-            if chosen(node):
-                found[node.op_type] = found.get(node.op_type, 0) + 1
-                nodes.extend(_standard(node, scope, opset))
-            else:
-                nodes.append(node)
-        del graph.node[:]
-        graph.node.extend(nodes)
+
+    def rewrite(node: onnx.NodeProto, index: int, scope: _Scope) -> list[onnx.NodeProto]:
+        if not chosen(node):
+            return [node]
+        found[node.op_type] = found.get(node.op_type, 0) + 1
+        return _standard(node, scope, opset)
+
+    _rewrite_graphs(out.graph, rewrite)
     listed = ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
     checked = "verify compares against the graph as written" if ops is EXPERIMENTAL_OPS else \
         "onnxruntime has no kernel for them either, so verify runs the written-out ops"
@@ -367,6 +364,15 @@ def _filled(node: onnx.NodeProto, attrs: dict, scope: "_Scope", opset: int) -> l
         one = scope.constant(f"{label}_one", value.reshape([1] * length))
         steps.append(helper.make_node("Tile", [one, shape], [y], name=label))
     return steps
+
+
+def _rewrite_graphs(root: onnx.GraphProto, rewrite) -> None:
+    """Each node of `root` and of its bodies replaced by the nodes `rewrite(node, index, scope)` returns."""
+    for graph in _graphs(root):
+        scope = _Scope(graph)
+        nodes = [new for index, node in enumerate(graph.node) for new in rewrite(node, index, scope)]
+        del graph.node[:]
+        graph.node.extend(nodes)
 
 
 class _Scope:

@@ -22,7 +22,7 @@ from onnx_attr.errors import ModelLoadError
 from onnx_attr.importing.budget import current_budget, elements
 from onnx_attr.importing import isolated
 from onnx_attr.importing.fusions import fuse_layer_norms
-from onnx_attr.importing.legacy import WITHOUT_KERNEL, modernize_legacy, write_out_experimental
+from onnx_attr.importing.legacy import WITHOUT_KERNEL, default_opset, modernize_legacy, write_out_experimental
 from onnx_attr.importing.ml_casts import cast_integer_features
 from onnx_attr.importing.unfused import unfuse_embeddings
 from onnx_attr.importing.widen import widen_float16
@@ -75,11 +75,6 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    """The model's ai.onnx opset version (0 when it imports none)."""
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def drop_initializer_inputs(model: onnx.ModelProto, notes: list[str], *, in_place: bool = False) -> onnx.ModelProto:
