@@ -26,7 +26,7 @@ TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "
                     "SquaredDistance": "tests/test_svm_export.py",
                     **{op: "tests/test_quantized_lstm.py" for op in ("DynamicQuantizeLSTM", "QuantizedBlock")},
                     "BranchSelect": "tests/test_branch_select.py", "StepSelect": "tests/test_step_select.py",
-                    "ArgMaxOneHot": "tests/test_loop_unroll.py",
+                    "ArgMaxOneHot": "tests/test_loop_unroll.py", "Imputer": "tests/test_missing_values.py",
                     "FakeQuant": "tests/test_fake_quant.py", "GuardedDiv": "tests/test_widen14_patterns.py",
                     "GridSample": "tests/test_grid_sample_rule.py", **{op: "tests/test_lp_norms.py" for op in (
                         "LpNormalization", "LpPool", "GlobalLpPool")}, "ScatterElements": "tests/test_scatter_max_rule.py",

@@ -220,8 +220,9 @@ def test_malformed_tree_ensembles_are_refused_at_load_naming_the_node(case, mess
 
 def test_imputer_pipeline_imputes_as_sklearn_and_attributes_complete_rows():
     """SimpleImputer → StandardScaler → LogisticRegression: ai.onnx.ml Imputer fills NaN with each
-    feature's mean, as scikit-learn and onnxruntime do. Attribution needs finite inputs: rows with
-    NaN get the clear InputError (impute them first); complete rows are explained, complete."""
+    feature's mean, as scikit-learn and onnxruntime do. DeepLift explains rows with NaN (read as
+    missing) and complete rows alike, complete; IntegratedGradients refuses the NaN, naming the methods
+    that take it."""
     import torch
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
@@ -239,8 +240,12 @@ def test_imputer_pipeline_imputes_as_sklearn_and_attributes_complete_rows():
     assert model.verify(x[:32]).passed
     np.testing.assert_allclose(model.run(x[:32])[1].numpy(), estimator.predict_proba(x[:32]), rtol=1e-4, atol=1e-6)
     reference = torch.from_numpy(np.nanmean(x, 0, keepdims=True))
-    with pytest.raises(onnx_attr.InputError, match="NaN"):
-        onnx_attr.DeepLift(model).attribute(torch.from_numpy(x[:8]), reference, target=1, output=1)
+    # a row with a gap is explained too, the imputer reading NaN as missing (tests/test_missing_values.py)
+    gaps, delta = onnx_attr.DeepLift(model).attribute(torch.from_numpy(x[:8]), reference, target=1, output=1,
+                                                      return_convergence_delta=True)
+    assert bool(torch.isfinite(gaps).all()) and float(delta.abs().max()) <= 1e-5
+    with pytest.raises(onnx_attr.InputError, match="NaN.*missing value"):
+        onnx_attr.IntegratedGradients(model).attribute(torch.from_numpy(x[:8]), reference, target=1, output=1)
     complete = torch.from_numpy(x[1:7])
     _, delta = onnx_attr.DeepLift(model).attribute(complete, reference, target=1, output=1, return_convergence_delta=True)
     assert float(delta.abs().max()) <= 1e-5

@@ -232,8 +232,11 @@ def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> A
         if entry(method).distribution:  # a distribution of one all-zero row
             return {k: np.zeros_like(v[:1]) for k, v in inputs.items()}
         return None
-    if spec == "mean":
-        return {k: v.mean(0, keepdims=True).astype(v.dtype) for k, v in inputs.items()}
+    if spec == "mean":  # of the values present: a missing entry (NaN, where the model reads it) is not one
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column missing throughout stays NaN: refused
+            return {k: (np.nanmean(v, 0, keepdims=True) if v.dtype.kind == "f" else v.mean(0, keepdims=True))
+                    .astype(v.dtype) for k, v in inputs.items()}
     if spec == "blur":
         return _blurred(model, inputs)
     from onnx_attr.importing.inputs import read_npz
@@ -323,7 +326,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     file are redone, and results made with other settings stop the run before anything is written.
     """
     entry(method)  # known, or a clear error
-    from onnx_attr.app.readers import InputOptions, kinds_of
+    from onnx_attr.app.readers import InputOptions, kinds_of, reading_missing
 
     names = [s.name for s in model.inputs]
     unknown = [h for h in hold if h not in names]
@@ -341,7 +344,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         per_method = method_options(method, n_steps, internal_batch_size, lrp)
         options = {**(options or {}), "method_fallback": fell_back}
     batch_size = _positive(batch_size, "--batch-size") or DEFAULT_BATCH_SIZE
-    inputs = inputs or InputOptions()
+    inputs = reading_missing(inputs or InputOptions(), model, explainer)
     files = input_files(input_path, inputs.text is not None)
     many = len(files) > 1 or Path(input_path).is_dir()
     preprocessing = inputs.record(model.inputs, kinds_of(files))

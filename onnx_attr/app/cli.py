@@ -404,7 +404,9 @@ def cmd_inspect(args) -> int:
     looked_up = embedding_lookups(model)
     lines += [f"  {s.describe()}  ({_batch_text(d['batch_axis'])})" + (
         "" if s.differentiable else f"  ({_tapped_as(model, looked_up[s.name])} {', '.join(looked_up[s.name])})"
-        if s.name in looked_up else "  (not differentiable)") for s, d in zip(model.inputs, info["inputs"])]
+        if s.name in looked_up else "  (not differentiable)") + (
+        "  (NaN read as a missing value: rows with gaps are explained)" if d["reads_nan_as_missing"] else "")
+        for s, d in zip(model.inputs, info["inputs"])]
     lines.append("outputs:")
     for s, d in zip(model.outputs, info["outputs"]):
         batch = "0-d: one example's value" if s.shape == () or s.shape == [] else \

@@ -31,7 +31,8 @@ from onnx_attr.fileio import FolderLock, atomic_write, remove_leftover_temporari
 from onnx_attr.app.manifest import build_manifest, differences, file_sha256
 from onnx_attr.app.preprocess import PixelRangeWarning
 from onnx_attr.progress import progress
-from onnx_attr.app.readers import InputOptions, RowReader, Source, describe_sources, kinds_of, source_files
+from onnx_attr.app.readers import (InputOptions, RowReader, Source, describe_sources, kinds_of, reading_missing,
+                                   source_files)
 from onnx_attr.app.report_html import ReportOptions, input_root, verify_sample, write_report
 
 #: Rows per shard by default: a shard is the unit that is committed, skipped on resume and retried.
@@ -154,7 +155,7 @@ class ShardWorker:
                                         options=self.method_options) if settings.max_features is None else \
             entry(settings.method).cls(model, max_features=settings.max_features)
         self.output_index = self.explainer._output_index(settings.output_name)
-        self.reader = RowReader(model.inputs, settings.inputs)
+        self.reader = RowReader(model.inputs, reading_missing(settings.inputs, model, self.explainer))
         tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
         self.attributed = [s.name for s in model.inputs if s.differentiable or s.name in tapped]
         self._baselines: Any = None

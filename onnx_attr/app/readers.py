@@ -20,7 +20,7 @@ import hashlib
 import os
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -50,6 +50,9 @@ class InputOptions:
     image: ImagePreprocessing = field(default_factory=ImagePreprocessing)
     image_input: Optional[str] = None
     text: Optional[TextPreprocessing] = None
+    #: inputs whose empty table cells are missing values (NaN), where the model reads them as such and the
+    #: method explains them (`importing.missing_values`); anywhere else an empty cell is the row's error
+    missing: tuple[str, ...] = ()
 
     def describe_columns(self) -> Any:
         return list(self.columns) if self.columns else "named after the inputs, in order, or all (one input)"
@@ -69,6 +72,8 @@ class InputOptions:
         out: dict[str, Any] = {}
         if kinds & set(TABLES):
             out["columns"] = self.describe_columns()
+            if self.missing:
+                out["empty_cells"] = {"inputs": list(self.missing), "read_as": "NaN (missing values)"}
         if "images" in kinds:
             spec = image_input(specs, self.image_input)
             others = [s.name for s in specs if s.name != spec.name]
@@ -393,9 +398,10 @@ class RowReader:
         for spec in self.specs:
             cols = [index[c] for c in feeds[spec.name]]
             values = np.zeros((len(lines), len(cols)), dtype=np.float64)
+            number = _cell_or_missing if spec.name in self.options.missing else float
             for r, line in enumerate(lines):
                 try:
-                    values[r] = [float(line[c]) for c in cols]
+                    values[r] = [number(line[c]) for c in cols]
                 except (ValueError, IndexError) as err:
                     errors[r] = errors[r] or f"row does not parse as numbers ({type(err).__name__}: {err})"
             shape = self._row_shape(spec, len(cols))
@@ -410,6 +416,7 @@ class RowReader:
         arrays = {}
         for spec in self.specs:
             cols = feeds[spec.name]
+            gaps = spec.name in self.options.missing  # None cells are NaN (missing values)
             if len(cols) == 1 and (pa.types.is_list(table.schema.field(cols[0]).type)
                                    or pa.types.is_fixed_size_list(table.schema.field(cols[0]).type)
                                    or isinstance(table.schema.field(cols[0]).type, pa.ExtensionType)):
@@ -418,10 +425,10 @@ class RowReader:
                 features = max(lengths) if lengths else 0
                 values = np.zeros((n, features), dtype=np.float64)
                 for r, cell in enumerate(cells):
-                    if cell is None or len(cell) != features or any(v is None for v in _flat(cell)):
+                    if cell is None or len(cell) != features or (not gaps and any(v is None for v in _flat(cell))):
                         errors[r] = f"column {cols[0]!r} is empty or of another length in this row"
                     else:
-                        values[r] = np.asarray(_flat(cell), dtype=np.float64)
+                        values[r] = np.asarray([np.nan if v is None else v for v in _flat(cell)], dtype=np.float64)
             else:
                 values = np.zeros((n, len(cols)), dtype=np.float64)
                 for j, name in enumerate(cols):
@@ -432,13 +439,27 @@ class RowReader:
                                          "--columns")
                     cells = column.to_pylist()
                     for r, v in enumerate(cells):
-                        if v is None:
+                        if v is None and not gaps:
                             errors[r] = errors[r] or f"column {name!r} is empty in this row"
                         else:
-                            values[r, j] = v
+                            values[r, j] = np.nan if v is None else v
             shape = self._row_shape(spec, values.shape[1])
             arrays[spec.name] = values.reshape(n, *shape).astype(spec.dtype or np.float32)
         return Rows(arrays, errors)
+
+
+def reading_missing(options: InputOptions, model: Any, explainer: Any) -> InputOptions:
+    """`options` with the inputs whose empty table cells are missing values for this model and method:
+    those the graph reads NaN from as one, where the method explains missing values."""
+    from onnx_attr.importing.missing_values import missing_value_inputs
+
+    takes = getattr(explainer, "missing_values", None) is not None
+    return replace(options, missing=tuple(sorted(missing_value_inputs(model))) if takes else ())
+
+
+def _cell_or_missing(cell: str) -> float:
+    """A CSV cell as a number, an empty one as a missing value (NaN)."""
+    return float(cell) if cell.strip() else np.nan
 
 
 def _image_shapes(prep: ImagePreprocessing) -> tuple[tuple[int, ...], tuple[int, ...]]:

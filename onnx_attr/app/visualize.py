@@ -275,7 +275,8 @@ def bars_png(path: str | os.PathLike, attribution: np.ndarray, names: Optional[S
         raise InputError(f"{len(names)} feature names for {attr.size} features")
     order = np.argsort(-np.abs(attr), kind="stable")[:top]
     inputs = None if values is None else np.asarray(values, dtype=np.float64).reshape(-1)
-    labels = [names[i] + ("" if inputs is None else f" = {inputs[i]:.3g}") for i in order]
+    labels = [names[i] + ("" if inputs is None else " missing" if np.isnan(inputs[i]) else f" = {inputs[i]:.3g}")
+              for i in order]
     title_lines = title.count("\n") + 1 if title else 0
     height = 0.9 + 0.27 * len(order) + 0.18 * title_lines
     figure = _figure(8.5, height)

@@ -53,7 +53,7 @@ TREE_ENSEMBLES = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor", "
 #: ai.onnx.ml ops imported as expansions into ai.onnx ops (converters/ml.py), by what they expand into: their
 #: steps get the rules
 ML_EXPANDED = {"LinearClassifier": "composite", "LinearRegressor": "linear", "Scaler": "linear",
-               "Normalizer": "composite", "Imputer": "linear", "SVMClassifier": "composite",
+               "Normalizer": "composite", "Imputer": "unary", "SVMClassifier": "composite",
                "SVMRegressor": "composite"}
 
 

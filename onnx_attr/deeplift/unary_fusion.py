@@ -123,13 +123,13 @@ def fuse_steps(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
 
 #: ops a piecewise region may hold besides the unary rules' and _AFFINE: its branches' selection and the
 #: comparisons and logic that pick them
-_PIECEWISE = frozenset({"Where", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "And", "Or",
-                        "Cast", "IsNaN", "IsInf", "Max", "Min", "Sum", SELF_GATED, UNARY_CHAIN, STEP})
+_PIECEWISE = frozenset({"Where", "Imputer", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Not",
+                        "And", "Or", "Cast", "IsNaN", "IsInf", "Max", "Min", "Sum", SELF_GATED, UNARY_CHAIN, STEP})
 #: ops whose value is a bool
 _BOOLEAN = frozenset({"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "And", "Or", "IsNaN", "IsInf"})
 #: what makes a region piecewise (the chain and gate fusions cannot take it)
-_SELECTING = frozenset({"Where", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "IsNaN", "IsInf",
-                        STEP})
+_SELECTING = frozenset({"Where", "Imputer", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "IsNaN",
+                        "IsInf", STEP})
 
 
 def fuse_piecewise(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:

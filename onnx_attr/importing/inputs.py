@@ -42,7 +42,8 @@ def arrange(inputs: Any, specs: Sequence[TensorSpec], what: str = "input") -> li
 
 def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str = "input",
                  any_batch: bool | Sequence[int | None] = False,
-                 finite: Sequence[bool] | bool = True, ids_as_integers: bool = False) -> list[torch.Tensor]:
+                 finite: Sequence[bool] | bool = True, ids_as_integers: bool = False,
+                 missing: Sequence[bool] | bool = False, hint: str = "") -> list[torch.Tensor]:
     """Validate shape, dtype and finiteness against the specs; return tensors of the declared dtype.
 
     With `any_batch` axis 0 may have any size whatever the spec says: the attribution engine
@@ -52,9 +53,12 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
     attributions would be meaningless, while a forward pass takes what the graph takes (an IsNaN
     model, an attention mask of -inf). With `ids_as_integers`, an input of ids held as floats
     (`TensorSpec.integer_ids`) comes back as int64, the values the graph's Cast makes, so the
-    attribution methods treat it as the token ids it is.
+    attribution methods treat it as the token ids it is. `missing` says which of the finite ones may
+    hold NaN all the same, as missing values the method explains (`importing.missing_values`; an
+    infinity is still refused); `hint` ends the refusal of a NaN.
     """
     finite = [finite] * len(specs) if isinstance(finite, bool) else list(finite)
+    missing = [missing] * len(specs) if isinstance(missing, bool) else list(missing)
     # the batch's symbol must agree across inputs (rows are examples); other names are hints that
     # onnxruntime does not check, and exports repeat one dynamic_axes dict over unlike inputs
     # (LORE's cells [batch, height, width] beside their boxes [batch, height, width] of other widths)
@@ -62,17 +66,20 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
     out = []
     batch = list(any_batch) if not isinstance(any_batch, bool) else [0 if any_batch else None] * len(specs)
     values = _scalars_broadcast(values, specs, what)
-    for value, spec, must_be_finite, axis in zip(values, specs, finite, batch):
+    for value, spec, must_be_finite, may_miss, axis in zip(values, specs, finite, missing, batch):
         tensor = _to_tensor(value, spec, what)
         if spec.shape == () and tensor.dim() > 0 and tensor.numel() == 1:
             tensor = tensor.reshape(())  # a one-element array where a scalar is declared
         _check_shape(tensor, spec, what, symbols, skip_batch=not isinstance(any_batch, bool) or any_batch,
                      batch_axis=axis)
-        if must_be_finite and tensor.is_floating_point() and not all_finite(tensor):
+        if must_be_finite and tensor.is_floating_point() and not all_finite(tensor) and \
+                not (may_miss and bool(torch.isinf(tensor).logical_not().all())):
             bad = int((~torch.isfinite(tensor)).sum())
+            nan_only = not bool(torch.isinf(tensor).any())
             raise InputError(
                 f"{what} {spec.name!r} has {bad} NaN or infinite value(s); "
                 "attributions of non-finite inputs are meaningless: clean or impute them first"
+                + (hint if nan_only else "")
             )
         out.append(as_ids(tensor, spec, what) if ids_as_integers and spec.integer_ids else tensor)
     return out

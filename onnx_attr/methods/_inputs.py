@@ -12,6 +12,7 @@ from torch import Tensor
 from onnx_attr.importing.batch import Layout, batch_axes, probe
 from onnx_attr.errors import InputError
 from onnx_attr.importing.inputs import as_ids, check_inputs
+from onnx_attr.importing.missing_values import READ_AS_MISSING, missing_hint, missing_value_inputs
 
 
 @dataclass
@@ -194,10 +195,14 @@ def _as_list(value: Any) -> tuple[list, Callable[[list], Any]]:
     return [value], lambda items: items[0]
 
 
-def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, embedded: set[str]) -> Prepared:
+def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, embedded: set[str],
+            missing: Optional[str] = None) -> Prepared:
     """Place the attributed inputs and the extra forward args at their ONNX positions, checked.
 
-    `embedded` names the integer inputs that are attributed at their embedding lookup.
+    `embedded` names the integer inputs that are attributed at their embedding lookup. `missing`: which
+    attributed inputs may hold NaN as missing values (`importing.missing_values`): "read" those the
+    graph reads as missing (DeepLift's rules), "any" every one (the perturbation methods, which only
+    run the model; its outputs must stay finite), None none (a NaN is refused).
     """
     specs = model.inputs
     names = [s.name for s in specs]
@@ -229,8 +234,12 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
     for pos, v in zip(extra_positions, extra):
         values[pos] = v
     finite = [i in positions for i in range(len(specs))]  # a mask of -inf may ride along unattributed
+    read = missing_value_inputs(model) if missing == "read" else frozenset()
+    may_miss = [f and (missing == "any" or specs[i].name in read) for i, f in enumerate(finite)]
+    hint = missing_hint(model, [specs[i].name for i in positions]) if missing is None else \
+        READ_AS_MISSING if missing == "read" else ""
     tensors = [t.to(model.device) for t in check_inputs(values, specs, any_batch=batch_axes(specs), finite=finite,
-                                                          ids_as_integers=True)]
+                                                          ids_as_integers=True, missing=may_miss, hint=hint)]
     held = [i for i in positions if is_held(tensors[i])]
     # an integer input that feeds no embedding lookup (a sequence's lengths beside its ids) cannot be
     # attributed by any method: given among inputs that can, it is held at its value (attributions 0)

@@ -161,6 +161,9 @@ class AttributionMethod:
 
     #: Captum's `multiply_by_inputs` default for the method (methods without the option keep False).
     _multiply_by_inputs: bool = False
+    #: which attributed inputs may hold NaN as missing values (`_inputs.prepare`): None for methods that
+    #: differentiate the model at the input, where a missing value has no gradient
+    missing_values: Optional[str] = None
 
     def __init__(self, model, multiply_by_inputs: Optional[bool] = None, **unknown: Any):
         if unknown:  # a misspelt or Captum-only option must not be dropped silently
@@ -200,7 +203,8 @@ class AttributionMethod:
         token ids are fed through their embedding lookups (`self.active` becomes that view)."""
         from onnx_attr.methods.gradient import at_embeddings
 
-        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs))
+        prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs),
+                           missing=self.missing_values)
         n = example_count(self.model, prepared)
         from onnx_attr.methods.straight_through import straight_through_view
 

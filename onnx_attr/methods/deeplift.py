@@ -38,6 +38,10 @@ class DeepLift(AttributionMethod):
     both).
     """
 
+    #: NaN in an input the graph reads as a missing value (a tree's track, an Imputer): one unit of
+    #: change whose multiplier is its contribution (importing/missing_values.py)
+    missing_values = "read"
+
     def __init__(self, model, multiply_by_inputs: bool = True, eps: float = 1e-10, *, rule: str = "rescale",
                  gradient_fallback: bool = False, layers: Sequence[str] = ()):
         """`eps` is taken for Captum's signature; the rules choose their own dtype-aware floor for
@@ -74,7 +78,7 @@ class DeepLift(AttributionMethod):
         if not has_runtime_control_flow(self.model):
             return
         lookups = {s.name for s in self.model.inputs if not s.differentiable}  # any id input, for the values only
-        values = prepare(self.model, inputs, baselines, additional_forward_args, lookups)
+        values = prepare(self.model, inputs, baselines, additional_forward_args, lookups, missing=self.missing_values)
         self.engine = self._engine_of(specialise(self.model, values.tensors, values.attributed))
 
     @property
@@ -109,7 +113,7 @@ class DeepLift(AttributionMethod):
     def _prepare(self, inputs, baselines, additional_forward_args):
         self._specialise(inputs, baselines, additional_forward_args)
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
-                           {t.input_name for t in self.engine.rewrite.taps})
+                           {t.input_name for t in self.engine.rewrite.taps}, missing=self.missing_values)
         n = example_count(self.model, prepared)
         check_batched(self.model, prepared, n)
         self._batch_report = prepared.report(self.model)

@@ -138,6 +138,9 @@ class Lime(_Surrogate):
     Captum's interface (fit(DataLoader of (samples, outputs, weights)), representation()) or
     scikit-learn's (fit(X, y, sample_weight=...), coef_)."""
 
+    #: its weights are distances in the input's own space, which a missing value has none in
+    missing_values = None
+
     def __init__(self, model, alpha: float = 0.01, kernel_width: float = 1.0, distance_mode: str = "cosine", *,
                  similarity_func: Optional[Callable[..., Any]] = None, interpretable_model: Any = None,
                  perturb_func: Optional[Callable[..., Any]] = None, **kwargs: Any):

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from onnx_attr.deeplift.engine import Targets
 from onnx_attr.errors import InputError
+from onnx_attr.importing.missing_values import check_outputs_finite
 from onnx_attr.methods._inputs import BatchFirst, batch_first, check_batched, example_count, prepare
 from onnx_attr.methods.gradient import _GradientMethod
 from onnx_attr.methods.masked_eval import DEFAULT_BUDGET_BYTES, MaskedEvaluator, check_per_eval
@@ -37,6 +38,7 @@ class _Perturbation(_GradientMethod):
     #: FeatureAblation's family) or "nested" ([N, *output shape, *input shape], Shapley's); None:
     #: one value per example only (KernelShap, Lime: Captum refuses more)
     every_value: Optional[str] = "flat"
+    missing_values = "any"  # only the model runs: NaN as a missing value wherever its outputs stay finite
 
     def __init__(self, model, backend: str = "torch", budget_bytes: int = DEFAULT_BUDGET_BYTES, **kwargs: Any):
         super().__init__(model, **kwargs)
@@ -52,7 +54,8 @@ class _Perturbation(_GradientMethod):
         """Any dtype may be ablated (ids, flags): no gradient is taken. The copies are built with
         every batch on axis 0 (`BatchFirst`) and fed back in the model's layout by `_value`."""
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
-                           embedded={s.name for s in self.model.inputs})
+                           embedded={s.name for s in self.model.inputs}, missing=self.missing_values)
+        check_outputs_finite(self.model, prepared.tensors, prepared.attributed)
         n = example_count(self.model, prepared)
         check_batched(self.model, prepared, n)
         prepared = batch_first(prepared)

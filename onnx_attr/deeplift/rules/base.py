@@ -89,6 +89,9 @@ class UnaryRule(Rule):
     #: slopes 0 and 1 only (Relu, Clip): the secant is exact in floating point (see rescale_multiplier)
     exact_secant = False
     memoizes = True  # the gradient at the reference, for the exact secant's holes
+    #: the op may read NaN as a missing value (an Imputer, or a fused chain starting at one): such an
+    #: entry's multiplier is (f(NaN) − f(x0)) / 1, as `differences.difference` counts its move
+    reads_missing = False
 
     def check(self, info: NodeInfo) -> None:
         _require_varying(info, 1, "is not elementwise-unary")
@@ -96,6 +99,9 @@ class UnaryRule(Rule):
     def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
         (pos,) = info.variable_positions()
         x, x0 = args[pos], refs[pos]
+        if self.reads_missing and x.is_floating_point() and out.shape == x.shape and \
+                bool((torch.isnan(x) & ~torch.isnan(x0)).any()):
+            return self._with_missing(info, call, grad, args, out, refs, ref_out, pos)
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
         # only the tolerance path takes gradients on a subset of elements (not on the exact secant's hot path)
         elementwise = not self.exact_secant and not _has_parameters(call) and all(
@@ -104,6 +110,18 @@ class UnaryRule(Rule):
                                memo=memo)
         grads: list[Tensor | None] = [None] * len(args)
         grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
+        return grads
+
+    def _with_missing(self, info, call, grad, args, out, refs, ref_out, pos):
+        """The multipliers where x holds missing values: elsewhere the rule's own, with the missing
+        entries set to their reference (the op being elementwise, its output there is the reference's),
+        and at them their whole change, f(NaN) − f(x0), over the one unit `difference` gives them."""
+        x, x0 = args[pos], refs[pos]
+        missing = torch.isnan(x) & ~torch.isnan(x0)
+        grads = self.backward(info, call, grad, _substitute(args, {pos: torch.where(missing, x0, x)}),
+                              torch.where(missing, ref_out, out), refs, ref_out)
+        change = (out - ref_out).expand(x.shape)
+        grads[pos] = torch.where(missing, grad * change, grads[pos])
         return grads
 
 

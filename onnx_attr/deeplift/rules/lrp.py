@@ -28,7 +28,7 @@ WEIGHTED_KINDS = {"Conv": "conv", "ConvTranspose": "conv", "Gemm": "dense", "Mat
 ROUTING = frozenset({
     "Identity", "Dropout", "Cast", "CastLike", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat",
     "Split", "Slice", "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Pad", "DepthToSpace",
-    "SpaceToDepth", "Compress", "Trilu", "ReverseSequence", "CenterCropPad", "Where", "ScatterND",
+    "SpaceToDepth", "Compress", "Trilu", "ReverseSequence", "CenterCropPad", "Where", "Imputer", "ScatterND",
     "ScatterElements", "Scatter", "MaxUnpool",
 })
 #: Elementwise activations (ReLU-like or monotone): relevance passes through unchanged.

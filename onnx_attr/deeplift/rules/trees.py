@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from onnx_attr.deeplift.differences import difference
 from onnx_attr.deeplift.rules.base import DecomposedRule, _require_varying, rule
 from onnx_attr.deeplift.rules.composite import exp_shifted, paired_logsumexp
 from onnx_attr.deeplift.rules.paired import rescale
@@ -203,7 +204,7 @@ class _ShapleyMargins(torch.autograd.Function):
         x, x0 = ctx.saved_tensors
         phi = shapley_values(ctx.ensemble, x, x0)  # [rows, features, columns]
         rows, rows0 = ctx.ensemble.rows(x).double(), ctx.ensemble.rows(x0).double()
-        delta = rows - rows0
+        delta = difference(rows, rows0)  # 1 for a missing value (NaN at x): its multiplier is its value
         # a feature equal at x and x0 never changes a branch: its value is 0, and so its multiplier
         found = torch.einsum("nfc,nc->nf", phi, grad.double())
         multiplier = torch.where(delta != 0, found / torch.where(delta != 0, delta, 1.0), 0.0)

@@ -70,7 +70,18 @@ class SelfGated(Rescale):
 @rule("UnaryChain")
 class UnaryChain(Rescale):
     """A chain of elementwise ops of one x with several nonlinearities, fused by the rewrite
-    (unary_fusion.py): one rescale over the whole, finite where the chain's value is."""
+    (unary_fusion.py): one rescale over the whole, finite where the chain's value is (an Imputer
+    first in it takes NaN as a missing value: `reads_missing`)."""
+
+    reads_missing = True
+
+
+@rule("Imputer")
+class Imputer(Rescale):
+    """scikit-learn's SimpleImputer (converters/ml.py): the secant (fill − x0) / (x − x0) at an entry
+    it fills, 1 where it keeps x. A NaN at the input is a missing value (`reads_missing`)."""
+
+    reads_missing = True
 
 
 @rule("Step")

@@ -328,8 +328,8 @@ class _Impute(nn.Module):
 
 @register("Imputer", 1, domain="ai.onnx.ml")
 def convert_imputer(node, graph):
-    """scikit-learn's SimpleImputer: a Where of one varying input (linear: the kept entries pass their
-    multiplier, the imputed ones none)."""
+    """scikit-learn's SimpleImputer: elementwise in its one input, a jump to the fitted value at each
+    missing entry (NaN, or the value `replaced_value_*` names)."""
     from onnx_attr.importing.converters.microsoft import Expansion
 
     floats, ints = node.attributes.get("imputed_value_floats"), node.attributes.get("imputed_value_int64s")
@@ -338,8 +338,8 @@ def convert_imputer(node, graph):
     else:
         imputed, replaced = torch.tensor(list(floats or [0.0]), dtype=torch.float32), \
             float(node.attributes.get("replaced_value_float", 0.0))
-    e = Expansion(1)
-    return result(node, e.build(e.step("Where", _Impute(imputed, replaced), e.inputs[0])))
+    e = Expansion(1)  # its own step: DeepLift's secant (rules/unary.py), a missing value's fill included
+    return result(node, e.build(e.step("Imputer", _Impute(imputed, replaced), e.inputs[0])))
 
 
 # --- tree ensembles (scikit-learn's forests and boosted trees, LightGBM, XGBoost) -------------------
