@@ -276,6 +276,16 @@ def test_the_cli_reads_empty_cells_as_missing_values_for_a_model_that_reads_them
     np.testing.assert_allclose(found.sum(1), change, rtol=1e-5, atol=1e-4)
     report = json.loads((out / "report.json").read_text())
     assert "NaN" in json.dumps(report)
+    # a dataset job reads the cells alike: every row explained, none an error row
+    assert main(["dataset", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.csv"), "--out",
+                 str(tmp_path / "d"), "--baseline", "zeros", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["rows_computed"] == len(rows) and summary["error_rows_computed"] == 0, summary
+    assert summary["verify"]["passed"], summary["verify"]
+    assert main(["dataset", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.csv"), "--out",
+                 str(tmp_path / "dm"), "--baseline", "mean", "--quiet"]) == 0
+    mean_row = np.load(tmp_path / "dm" / "baseline-mean.npz")["X"]
+    np.testing.assert_allclose(mean_row, np.nanmean(rows, 0, keepdims=True), rtol=1e-6)
     # --baseline mean: the mean of the values present in each column
     assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.csv"), "-o",
                  str(tmp_path / "mean"), "--baseline", "mean", "--no-pictures"]) == 0

@@ -155,7 +155,7 @@ class ShardWorker:
                                         options=self.method_options) if settings.max_features is None else \
             entry(settings.method).cls(model, max_features=settings.max_features)
         self.output_index = self.explainer._output_index(settings.output_name)
-        self.reader = RowReader(model.inputs, reading_missing(settings.inputs, model, self.explainer))
+        self.reader = RowReader(model.inputs, settings.inputs)
         tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
         self.attributed = [s.name for s in model.inputs if s.differentiable or s.name in tapped]
         self._baselines: Any = None
@@ -193,10 +193,11 @@ class ShardWorker:
         for r, error in enumerate(data.errors):
             if error is not None:
                 rows.fail(r, error)
+        gaps = set(self.reader.options.missing)  # NaN read as missing values there (readers.reading_missing)
         for r in range(n):
             if rows.status[r] is None:
-                bad = [k for k, v in data.arrays.items()
-                       if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v[r]).all()]
+                bad = [k for k, v in data.arrays.items() if np.issubdtype(v.dtype, np.floating) and not (
+                    np.isfinite(v[r]) | (np.isnan(v[r]) if k in gaps else False)).all()]
                 if bad:
                     rows.fail(r, f"input {bad[0]!r} holds NaN or infinite values")
         good = [r for r in range(n) if rows.status[r] is None]
@@ -482,6 +483,10 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
             settings = replace(settings, method=method, baseline=resolve_baseline_spec(baseline, method),
                                max_features=FALLBACK_FEATURES)
             per_method = method_options(method, n_steps, internal_batch_size, lrp)
+    # empty cells as missing values where the model reads them and the method explains them
+    from onnx_attr.methods.registry import entry
+
+    settings = replace(settings, inputs=reading_missing(settings.inputs, loaded, entry(method).cls))
     _check_baseline_rows(settings, loaded)
     _check_target(settings, loaded)
     files = source_files(source, settings.inputs.text is not None)
@@ -505,7 +510,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         "columns": settings.inputs.describe_columns(),
         **preprocessing,
         "inputs": [s.to_dict() for s in loaded.inputs],
-        "cast": "each input converted to the model's dtype; rows with NaN/Inf are error rows"}
+        "cast": "each input converted to the model's dtype; rows with NaN/Inf are error rows"
+                + (" (but NaN in an input of empty_cells: a missing value)" if settings.inputs.missing else "")}
     manifest["dataset"] = {"sources": [s.to_dict() for s in sources], "shard_rows": shard_rows,
                            "rows": shards[-1].first_row_id + shard_rows_of(shards[-1]) if shards else 0,
                            "shards": [[s.source, s.start, s.stop] for s in shards]}
@@ -623,7 +629,9 @@ def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: 
         raise InputError(f"--baseline mean averages floating inputs; this model also takes {integer}, whose mean is no "
                          "valid value (a token id, a flag): give --baseline zeros or an .npz baseline")
     reader = RowReader(model.inputs, settings.inputs)
+    gaps = set(settings.inputs.missing)  # NaN there is a missing value: averaged over the values present
     totals: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
     count = 0
     bar = progress(sum(shard_rows_of(s) for s in shards), "row", "dataset mean (--baseline mean)", quiet)
     try:
@@ -631,11 +639,14 @@ def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: 
             source = sources[shard.source]
             if source.error is None:
                 rows = reader.read(source, shard.start, shard.stop)
-                keep = [r for r, e in enumerate(rows.errors)
-                        if e is None and all(np.isfinite(v[r]).all() for v in rows.arrays.values())]
+                keep = [r for r, e in enumerate(rows.errors) if e is None and all(
+                    (np.isfinite(v[r]) | (np.isnan(v[r]) if k in gaps else False)).all() for k, v in rows.arrays.items())]
                 for name, values in rows.arrays.items():
-                    part = np.sum(values[keep], axis=0, dtype=np.float64)
+                    part = np.nansum(values[keep], axis=0, dtype=np.float64)
+                    seen = np.sum(~np.isnan(values[keep]), axis=0) if values.dtype.kind == "f" else \
+                        np.full(values.shape[1:], len(keep))
                     totals[name] = totals[name] + part if name in totals else part
+                    present[name] = present[name] + seen if name in present else seen
                 count += len(keep)
             bar.update(shard_rows_of(shard))
     finally:
@@ -644,7 +655,8 @@ def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: 
         raise InputError("--baseline mean: no row of the dataset can be read, so there is no mean to compare with")
     dtypes = {s.name: s.dtype for s in model.inputs}
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: (v / count)[None].astype(dtypes[k]) for k, v in totals.items()})
+    with np.errstate(invalid="ignore", divide="ignore"):  # a value missing in every row stays NaN: refused
+        np.savez(buffer, **{k: (v / present[k])[None].astype(dtypes[k]) for k, v in totals.items()})
     data = buffer.getvalue()
     return data, hashlib.sha256(data).hexdigest(), count
 

@@ -272,6 +272,8 @@ class FeatureAggregate:
         self.n = 0
 
     def add(self, values: np.ndarray) -> None:
+        if not len(values):  # a batch of shards with no ok row
+            return
         flat = values.reshape(len(values), -1).astype(np.float64)
         self.magnitude += np.abs(flat).sum(0)
         self.signed += flat.sum(0)
