@@ -132,6 +132,24 @@ def test_csv_and_parquet_rows_with_bad_rows_become_error_rows(tmp_path, mlp, fea
         np.testing.assert_allclose(got, np.delete(reference, broken, axis=0), rtol=1e-5, atol=1e-5)
 
 
+def test_a_shard_of_error_rows_only_still_gets_its_report(tmp_path, mlp, features):
+    """Every row of the first shard fails (cells that do not parse): its rows are error rows, the
+    others are explained, and the report is written. (Its per-feature sums met a batch with no ok
+    row and stopped the run with an internal error.)"""
+    from onnx_attr.app.report_html import ReportOptions
+
+    names = [f"f{i}" for i in range(30)]
+    with open(tmp_path / "rows.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        for i, row in enumerate(features):
+            writer.writerow(["x" if i < 3 else repr(float(v)) for v in row])
+    summary = attribute_dataset(mlp, str(tmp_path / "rows.csv"), str(tmp_path / "out"), shard_rows=3, quiet=True,
+                                report=ReportOptions(gallery_rows=8, pictures=0))
+    assert summary["error_rows_computed"] == 3 and (tmp_path / "out" / "report.html").exists()
+    assert read_results(tmp_path / "out").column("status").to_pylist() == ["error"] * 3 + ["ok"] * 5
+
+
 def test_unreadable_source_is_an_error_row_and_float16_on_request(tmp_path, mlp, features):
     data = tmp_path / "data"
     data.mkdir()
