@@ -301,5 +301,7 @@ def test_the_cli_reads_empty_cells_as_missing_values_for_a_model_that_reads_them
         capsys.readouterr()
         assert main(["inspect", str(tmp_path / f"{name}.onnx"), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["inputs"][0]["reads_nan_as_missing"] is reads
+    capsys.readouterr()
     assert main(["attribute", str(tmp_path / "linear.onnx"), "-i", str(tmp_path / "rows.csv"), "-o",
                  str(tmp_path / "out2"), "--no-pictures"]) != 0
+    assert "is empty in this row (a missing value" in capsys.readouterr().err

@@ -403,7 +403,11 @@ class RowReader:
                 try:
                     values[r] = [number(line[c]) for c in cols]
                 except (ValueError, IndexError) as err:
-                    errors[r] = errors[r] or f"row does not parse as numbers ({type(err).__name__}: {err})"
+                    empty = next((header[c] for c in cols if c < len(line) and not line[c].strip()), None)
+                    errors[r] = errors[r] or (f"column {empty!r} is empty in this row (a missing value, which only "
+                                              "a model reading NaN as one takes, with DeepLift or a perturbation "
+                                              "method: see `onnx-attr inspect`)" if empty is not None else
+                                              f"row does not parse as numbers ({type(err).__name__}: {err})")
             shape = self._row_shape(spec, len(cols))
             arrays[spec.name] = values.reshape(len(lines), *shape).astype(spec.dtype or np.float32)
         return Rows(arrays, errors)
