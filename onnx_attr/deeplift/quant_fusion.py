@@ -18,6 +18,9 @@ from onnx_attr.deeplift.taps import _cast_dtype
 from onnx_attr.deeplift.unary_fusion import FUSED_DOMAIN, GateChain, _attribute
 
 FAKE_QUANT = "FakeQuant"
+#: ops that only move an integer tensor's elements: tf2onnx changes an int8 TFLite tensor's layout between
+#: its QuantizeLinear and DequantizeLinear (NHWC to NCHW, a flattening Reshape)
+LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 
 
 def fuse_fake_quant(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]:
@@ -26,6 +29,7 @@ def fuse_fake_quant(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]
     DequantizeLinear (a QuantizeLinear shared by several, as dedicated QDQ pairs are not, is
     recomputed in each: the same op on the same input, bit for bit), in place; returns the fused
     DequantizeLinear nodes' ONNX names. The caller recompiles."""
+    hoist_dequantize(module, variable)
     fused = []
     for q in list(module.graph.nodes):
         if _op(q) != "QuantizeLinear" or q.kwargs or not q.args or not q.users:
@@ -52,6 +56,43 @@ def fuse_fake_quant(module: fx.GraphModule, variable: set[fx.Node]) -> list[str]
             module.graph.erase_node(cast)
         module.graph.erase_node(q)
     return fused
+
+
+def hoist_dequantize(module: fx.GraphModule, variable: set[fx.Node]) -> None:
+    """Each QuantizeLinear → layout ops → DequantizeLinear chain (`LAYOUT_OPS`, each read once) as
+    QuantizeLinear → DequantizeLinear → the same layout ops, in place, where both ends' scale and zero
+    point are one number each: the dequantization is then the same elementwise map everywhere, so
+    moving elements before or after it gives the same values, bit for bit, and the pair fuses as any
+    other. (Per-axis scales would follow their axis through the moves: left as they are.)"""
+    for q in list(module.graph.nodes):
+        if _op(q) != "QuantizeLinear" or q.kwargs or not _scalar_scale(module, q):
+            continue
+        for first in list(q.users):
+            chain, node = [], first
+            while _op(node) in LAYOUT_OPS and not node.kwargs and node.args and node.args[0] is (
+                    chain[-1] if chain else q) and all(map(_constant, node.args[1:])) and len(node.users) == 1:
+                chain.append(node)
+                node = next(iter(node.users))
+            if not chain or _op(node) != "DequantizeLinear" or node.kwargs or node.args[0] is not chain[-1] \
+                    or not _scalar_scale(module, node):
+                continue
+            dq, moved = node, []
+            for step in chain:  # the same modules, now on the dequantized floats
+                with module.graph.inserting_after(moved[-1] if moved else dq):
+                    moved.append(module.graph.call_module(step.target, (moved[-1] if moved else dq, *step.args[1:])))
+                moved[-1].meta = dict(step.meta)
+                variable.add(moved[-1])
+            dq.replace_all_uses_with(moved[-1], delete_user_cb=lambda user: user is not moved[0])
+            dq.args = (q, *dq.args[1:])
+            for step in reversed(chain):
+                module.graph.erase_node(step)
+
+
+def _scalar_scale(module: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether a QuantizeLinear's or DequantizeLinear's scale and zero point are constants of one element."""
+    params = node.args[1:3]
+    return bool(params) and all(p is None or isinstance(p, fx.Node) and p.op == "get_attr"
+                                and _attribute(module, p.target).numel() == 1 for p in params)
 
 
 def staircase_range(pair, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

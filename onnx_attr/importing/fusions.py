@@ -1,8 +1,9 @@
 """Fuse a LayerNorm written out op by op into one `LayerNormalization` node.
 
 Exporters without a LayerNorm op (PyTorch before opset 17, tf2onnx, jax2tf) spell it
-ReduceMean -> Sub -> Pow 2 (or Mul d·d) -> ReduceMean -> Add eps -> Sqrt -> Div (or Reciprocal
-and Mul) -> Mul γ -> Add β, or (jax2tf's Flax LayerNorm) as max(0, E[x²] - E[x]²) from
+ReduceMean -> Sub -> Pow 2 (or Mul d·d) -> ReduceMean -> Add eps -> Sqrt -> Div (or Reciprocal, or
+Div(1, ·) as PyTorch exports torch.rsqrt, then Mul; or no Sqrt but Pow(·, -0.5) then Mul) -> Mul γ
+-> Add β (an instance norm is the same over the spatial axes), or (jax2tf's Flax LayerNorm) as max(0, E[x²] - E[x]²) from
 ReduceSum · 1/n, or (older tf2onnx) as a BatchNormalization fed the moments of its own input
 (`fusion_batch_norm`). Run op by op in float32, DeepLift's product rules lose the
 attribution to cancellation at a reference where the variance is 0 (1/√eps ≈ 1000 times terms
@@ -218,16 +219,22 @@ def _match(g: _Graph, mean_index: int) -> Optional[_Match]:
     if eps is None or eps.size != 1:
         return None
     sqrt_index = g.only_consumer(nodes[add_index].output[0])
-    if sqrt_index is None or nodes[sqrt_index].op_type != "Sqrt":
+    if sqrt_index is None:
         return None
     std = nodes[sqrt_index].output[0]
     span = [mean_index, sub_index, square_index, var_index, add_index, sqrt_index]
     divide = nodes[divide_index]
-    if divide.op_type == "Div" and list(divide.input) == [d, std] and g.only_consumer(std) == divide_index:
+    if nodes[sqrt_index].op_type == "Pow" and _exponent(g, nodes[sqrt_index]) == -0.5:  # rsqrt as one Pow
+        if divide.op_type != "Mul" or g.other(divide, d) != std or g.only_consumer(std) != divide_index:
+            return None
+        span.append(divide_index)
+    elif nodes[sqrt_index].op_type != "Sqrt":
+        return None
+    elif divide.op_type == "Div" and list(divide.input) == [d, std] and g.only_consumer(std) == divide_index:
         span.append(divide_index)
     else:
-        recip_index = g.only_consumer(std)
-        if recip_index is None or nodes[recip_index].op_type != "Reciprocal" or divide.op_type != "Mul" or \
+        recip_index = _reciprocal(g, std)
+        if recip_index is None or divide.op_type != "Mul" or \
                 g.only_consumer(nodes[recip_index].output[0]) != divide_index or \
                 g.other(divide, d) != nodes[recip_index].output[0]:
             return None
@@ -252,11 +259,29 @@ def _match(g: _Graph, mean_index: int) -> Optional[_Match]:
 def _is_square(g: _Graph, node: onnx.NodeProto, d: str) -> bool:
     if node.op_type == "Mul":
         return list(node.input) == [d, d]
-    if node.op_type == "Pow" and len(node.input) == 2 and node.input[0] == d:
-        exponent = g.inits.get(node.input[1])
-        return exponent is not None and not is_external(exponent) and \
-            np.array_equal(numpy_helper.to_array(exponent).reshape(-1), [2])
-    return False
+    return node.op_type == "Pow" and node.input[0] == d and _exponent(g, node) == 2
+
+
+def _exponent(g: _Graph, node: onnx.NodeProto) -> Optional[float]:
+    """A Pow's constant scalar exponent (None: computed, or not one number)."""
+    exponent = g.inits.get(node.input[1]) if len(node.input) == 2 else None
+    if exponent is None or is_external(exponent):
+        return None
+    value = numpy_helper.to_array(exponent).reshape(-1)
+    return float(value[0]) if value.size == 1 else None
+
+
+def _reciprocal(g: _Graph, std: str) -> Optional[int]:
+    """The one node reading `std` that computes 1/std: a Reciprocal, or Div(1, std) (torch.rsqrt as
+    PyTorch exports it, after a Sqrt)."""
+    index = g.only_consumer(std)
+    node = None if index is None else g.graph.node[index]
+    if node is None:
+        return None
+    if node.op_type == "Reciprocal":
+        return index
+    one = g.value(node.input[0]) if node.op_type == "Div" and list(node.input)[1:] == [std] else None
+    return index if one is not None and one.size == 1 and float(one.reshape(-1)[0]) == 1.0 else None
 
 
 def _affine_step(g: _Graph, tensor: str, op_type: str) -> Optional[int]:
@@ -424,7 +449,7 @@ def _match_moments(g: _Graph, sqrt_index: int) -> Optional[_Match]:
     std, scale = sqrt.output[0], None
     final = g.only_consumer(std)
     if final is None or g.only_consumer(d) != final:
-        if final is None or nodes[final].op_type != "Reciprocal":
+        if final is None or _reciprocal(g, std) != final:
             return None
         span.append(final)
         inverse = nodes[final].output[0]
