@@ -273,3 +273,19 @@ def test_stacked_rsqrt_instance_norms_are_complete_at_a_zero_baseline(monkeypatc
     unfused = onnx_attr.DeepLift(onnx_attr.load(proto))
     _, delta = unfused.attribute(x, target=target, return_convergence_delta=True)
     assert not abs(float(delta[0])) <= 1e-3 * max(1.0, abs(change))  # NaN, or far off: what the fusion mends
+
+
+def test_non_finite_multipliers_are_traced_to_the_node_that_made_them(monkeypatch):
+    """Unfused, 24 such norms overflow the multipliers to inf and then NaN while both forward passes
+    stay finite: the report names the first node (from the output back) whose rule turned finite
+    multipliers into non-finite ones, found by a second, watched run of the call."""
+    monkeypatch.setattr(normalize_module, "fuse_layer_norms", lambda model, notes: model)
+    model = onnx_attr.load(_stacked_instance_norms(blocks=24))
+    x = np.random.default_rng(1).uniform(0, 1, (1, 3, 10, 10)).astype(np.float32)
+    (at_x,), (at_zero,) = ort_run(model.onnx_model, {"x": x}), ort_run(model.onnx_model, {"x": np.zeros_like(x)})
+    assert np.isfinite(at_x).all() and np.isfinite(at_zero).all()
+    dl = onnx_attr.DeepLift(model)
+    _, delta = dl.attribute(x, target=(2, 5, 5), return_convergence_delta=True)
+    assert not np.isfinite(float(delta[0]))
+    assert "the forward passes are finite" in dl.last_report["non_finite"]
+    assert "first out of node" in dl.last_report["non_finite"]

@@ -34,6 +34,9 @@ class DeepLiftState:
         self.tap_leaves: dict[int, Tensor] = {}  # the embedding the main pass differentiates against
         self.active_taps: set[int] = set()  # the taps of the integer inputs attributed in this call
         self.steps_moved: set[str] = set()  # comparisons of the attributed inputs that differ from the reference's
+        #: set to a list to record, in the backward pass, the first node whose rule turns finite
+        #: incoming multipliers into non-finite ones (`methods.deeplift.first_nonfinite`'s last resort)
+        self.watch: list | None = None
 
     def clear(self) -> None:
         self.mode, self.refs, self.tap_baselines, self.tap_leaves = "off", {}, {}, {}
@@ -105,6 +108,9 @@ class DeepLiftCall(torch.autograd.Function):
             extra["memo"] = ctx.memo
         grads_in = ctx.op.rule.backward(ctx.op.info, ctx.op.bound, grad, args, out, ctx.refs, ctx.ref_out, **extra)
         ctx.graph = None
+        watch = ctx.op._state.watch
+        if watch is not None and not watch and _finite(grads) and not _finite(grads_in):
+            watch.append(f"{ctx.op.info.name} ({ctx.op.info.op_type})")
         return (None, None, None, None, *grads_in)
 
 
@@ -155,6 +161,10 @@ _FORWARD_NAMES: "weakref.WeakKeyDictionary[Any, tuple[str, ...]]" = weakref.Weak
 def _positional_names(function) -> list[str]:
     return [n for n, p in inspect.signature(function).parameters.items()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, Tensor) and t.is_floating_point())
 
 
 def _broadcasts(ref: torch.Size, actual: torch.Size) -> bool:

@@ -135,8 +135,21 @@ class DeepLift(AttributionMethod):
             m if m is None or x.is_floating_point() else c
             for m, c, x in zip(result.multipliers, contributions, prepared.tensors)]
         if not all(all_finite(c) for c in contributions if c is not None):
-            self._nonfinite = first_nonfinite(self.model, prepared.tensors, prepared.baselines)
+            self._nonfinite = first_nonfinite(self.model, prepared.tensors, prepared.baselines) or \
+                self._nonfinite_rule(prepared, targets, index)
         return attributions, delta, result, spread
+
+    def _nonfinite_rule(self, prepared, targets: Targets, index: int) -> str:
+        """Where the forward passes are finite: the first node (from the output back) whose rule turns
+        finite multipliers into non-finite ones, found by running the call once more, watched."""
+        state = self.engine.rewrite.state
+        state.watch = []
+        try:
+            self._run(prepared, targets, index)
+        finally:
+            found, state.watch = state.watch, None
+        where = f": first out of node {found[0]}" if found else ""
+        return f"the forward passes are finite: the non-finite values arise in the backward pass's multipliers{where}"
 
     def _attribute_once(self, inputs, baselines, target, additional_forward_args, output):
         prepared, n = self._prepare(inputs, baselines, additional_forward_args)
@@ -390,7 +403,7 @@ def _nonfinite_output(model, values: dict) -> bool:
 
 def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str:
     """Where non-finite attributions come from: the first ONNX node whose output is NaN/Inf in the
-    forward pass of the inputs or of the baselines, or else the multipliers of the backward pass."""
+    forward pass of the inputs or of the baselines; "" where both are finite (see `_nonfinite_rule`)."""
     from onnx_attr.importing.convert import run_recording
 
     for what, tensors in (("input", inputs), ("baseline", baselines)):
@@ -404,7 +417,7 @@ def first_nonfinite(model, inputs: list[Tensor], baselines: list[Tensor]) -> str
                             + ("" if what == "input" else  # the input's pass was finite throughout
                                ("; the model's own output is not finite there" if _nonfinite_output(model, values)
                                 else "; the model's output is finite there all the same") + _OUTSIDE_DOMAIN))
-    return "the forward passes are finite: the non-finite values arise in the backward pass's multipliers"
+    return ""  # the forward passes are finite: the caller looks in the backward pass
 
 
 def _rows_of(prepared, start: int, stop: int, n: int):
