@@ -620,7 +620,8 @@ def _check_target(settings: Settings, model) -> None:
 def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard],
                   quiet: bool) -> tuple[bytes, str, int]:
     """`--baseline mean`: a first pass over every readable, finite row, summed in float64 shard by
-    shard in plan order, so the mean is the same however the rows are later batched or scheduled.
+    shard in plan order, so the mean is the same however the rows are later batched or scheduled. A
+    missing value (NaN in an input of `settings.inputs.missing`) is left out of its element's mean.
     Returns the mean row as .npz bytes (one row per floating input), their sha256 and the row count."""
     import io
 
