@@ -108,7 +108,7 @@ class DeepLiftCall(torch.autograd.Function):
             extra["memo"] = ctx.memo
         grads_in = ctx.op.rule.backward(ctx.op.info, ctx.op.bound, grad, args, out, ctx.refs, ctx.ref_out, **extra)
         ctx.graph = None
-        watch = ctx.op._state.watch
+        watch = getattr(ctx.op._state, "watch", None)  # DeepLift's state (LRP's pass has its own)
         if watch is not None and not watch and _finite(grads) and not _finite(grads_in):
             watch.append(f"{ctx.op.info.name} ({ctx.op.info.op_type})")
         return (None, None, None, None, *grads_in)
