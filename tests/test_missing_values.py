@@ -305,3 +305,30 @@ def test_the_cli_reads_empty_cells_as_missing_values_for_a_model_that_reads_them
     assert main(["attribute", str(tmp_path / "linear.onnx"), "-i", str(tmp_path / "rows.csv"), "-o",
                  str(tmp_path / "out2"), "--no-pictures"]) != 0
     assert "is empty in this row (a missing value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("between,reads", [
+    (("Cast", {"to": 11}), True),    # to double: the NaN stays a NaN
+    (("Cast", {"to": 7}), False),    # to int64: the NaN becomes some number
+    (("Identity", {}), True),
+    (("Neg", {}), False),            # arithmetic: not the entry the user gave
+])
+def test_which_paths_read_nan_as_missing(between, reads):
+    """The graph walk (importing/missing_values.py): data movement keeps the NaN the user gave,
+    anything else (arithmetic, a cast to an integer) does not; `inspect` and every method follow it."""
+    from onnx import helper
+
+    proto = _lightgbm_style()
+    tree = proto.graph.node[0]
+    op, attrs = between
+    step = helper.make_node(op, ["x"], ["x_moved"], **attrs)
+    tree.input[0] = "x_moved"
+    if op == "Cast" and attrs["to"] != 1:  # the tree reads a float: cast back
+        proto.graph.node.insert(0, helper.make_node("Cast", ["x_moved"], ["x_back"], to=1))
+        tree.input[0] = "x_back"
+    proto.graph.node.insert(0, step)
+    model = onnx_attr.load(proto)
+    assert model.summary()["inputs"][0]["reads_nan_as_missing"] is reads
+    if not reads:
+        with pytest.raises(InputError, match="clean or impute"):
+            onnx_attr.DeepLift(model).attribute(_rows(), np.zeros((1, 4), np.float32))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import onnx
 import torch
 from torch import Tensor
 
@@ -34,7 +35,7 @@ MISSING_READERS = frozenset({("ai.onnx.ml", "TreeEnsembleClassifier"), ("ai.onnx
                              ("ai.onnx.ml", "TreeEnsemble"), ("ai.onnx.ml", "Imputer")})
 #: data movement: each output entry is one input entry (at the positions named; None: any input)
 _MOVES: dict[str, tuple[int, ...] | None] = {
-    "Identity": (0,), "Cast": (0,), "CastLike": (0,), "Reshape": (0,), "Flatten": (0,), "Squeeze": (0,),
+    "Identity": (0,), "Cast": (0,), "Reshape": (0,), "Flatten": (0,), "Squeeze": (0,),
     "Unsqueeze": (0,), "Transpose": (0,), "Slice": (0,), "Gather": (0,), "Split": (0,), "Expand": (0,),
     "Concat": None,
 }
@@ -74,8 +75,8 @@ def _read_as_missing(graph) -> frozenset[str]:
                 if (domain, node.op_type) in MISSING_READERS and position == 0 and _fills_nan(node):
                     readers += 1
                     continue
-                if domain != "ai.onnx" or node.op_type not in _MOVES:
-                    return False  # arithmetic, a comparison, a custom op, a subgraph's use
+                if domain != "ai.onnx" or node.op_type not in _MOVES or not _keeps_nan(node):
+                    return False  # arithmetic, a comparison, a custom op, a cast to an integer
                 moves = _MOVES[node.op_type]
                 if moves is not None and position not in moves:
                     return False  # a moving op's shape, axes or indices
@@ -90,6 +91,15 @@ READ_AS_MISSING = ("; DeepLift takes NaN as a missing value only in an input the
                    "ensemble's missing-value track or an imputer, reached through data movement alone, not through "
                    "arithmetic such as a Scaler); the perturbation methods (FeatureAblation, KernelShap) take it "
                    "wherever the model's output stays finite")
+
+
+def _keeps_nan(node) -> bool:
+    """A Cast keeps a NaN only to a floating type (to an integer it becomes some number)."""
+    if node.op_type != "Cast":
+        return True
+    to = next((a.i for a in node.attribute if a.name == "to"), None)
+    return to in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                  onnx.TensorProto.BFLOAT16)
 
 
 def _fills_nan(node) -> bool:
