@@ -196,8 +196,7 @@ class ShardWorker:
         gaps = set(self.reader.options.missing)  # NaN read as missing values there (readers.reading_missing)
         for r in range(n):
             if rows.status[r] is None:
-                bad = [k for k, v in data.arrays.items() if np.issubdtype(v.dtype, np.floating) and not (
-                    np.isfinite(v[r]) | (np.isnan(v[r]) if k in gaps else False)).all()]
+                bad = [k for k, v in data.arrays.items() if not _usable(v[r], k in gaps)]
                 if bad:
                     rows.fail(r, f"input {bad[0]!r} holds NaN or infinite values")
         good = [r for r in range(n) if rows.status[r] is None]
@@ -617,6 +616,13 @@ def _check_target(settings: Settings, model) -> None:
                          "target per example")
 
 
+def _usable(row: np.ndarray, gaps: bool) -> bool:
+    """Whether one row of an input can be fed: finite, or NaN where it is a missing value (`gaps`)."""
+    if not np.issubdtype(row.dtype, np.floating):
+        return True
+    return bool((np.isfinite(row) | np.isnan(row)).all()) if gaps else bool(np.isfinite(row).all())
+
+
 def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: Sequence[Shard],
                   quiet: bool) -> tuple[bytes, str, int]:
     """`--baseline mean`: a first pass over every readable, finite row, summed in float64 shard by
@@ -640,8 +646,8 @@ def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: 
             source = sources[shard.source]
             if source.error is None:
                 rows = reader.read(source, shard.start, shard.stop)
-                keep = [r for r, e in enumerate(rows.errors) if e is None and all(
-                    (np.isfinite(v[r]) | (np.isnan(v[r]) if k in gaps else False)).all() for k, v in rows.arrays.items())]
+                keep = [r for r, e in enumerate(rows.errors)
+                        if e is None and all(_usable(v[r], k in gaps) for k, v in rows.arrays.items())]
                 for name, values in rows.arrays.items():
                     part = np.nansum(values[keep], axis=0, dtype=np.float64)
                     seen = np.sum(~np.isnan(values[keep]), axis=0) if values.dtype.kind == "f" else \

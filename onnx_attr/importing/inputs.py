@@ -72,10 +72,12 @@ def check_inputs(values: Sequence[Any], specs: Sequence[TensorSpec], what: str =
             tensor = tensor.reshape(())  # a one-element array where a scalar is declared
         _check_shape(tensor, spec, what, symbols, skip_batch=not isinstance(any_batch, bool) or any_batch,
                      batch_axis=axis)
-        if must_be_finite and tensor.is_floating_point() and not all_finite(tensor) and \
-                not (may_miss and bool(torch.isinf(tensor).logical_not().all())):
-            bad = int((~torch.isfinite(tensor)).sum())
+        if must_be_finite and tensor.is_floating_point() and not all_finite(tensor):
             nan_only = not bool(torch.isinf(tensor).any())
+            if may_miss and nan_only:  # missing values, which the method explains
+                out.append(as_ids(tensor, spec, what) if ids_as_integers and spec.integer_ids else tensor)
+                continue
+            bad = int((~torch.isfinite(tensor)).sum())
             raise InputError(
                 f"{what} {spec.name!r} has {bad} NaN or infinite value(s); "
                 "attributions of non-finite inputs are meaningless: clean or impute them first"
