@@ -271,8 +271,8 @@ def test_the_cli_reads_empty_cells_as_missing_values_for_a_model_that_reads_them
     assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.csv"), "-o", str(out),
                  "--baseline", "zeros", "--no-pictures"]) == 0
     found = np.load(out / "attributions.npz")["X"]
-    change = _session(proto).run(None, {"X": rows})[0][:, 0] - _session(proto).run(None, {"X": np.zeros((1, 4),
-                                                                                                      np.float32)})[0][0, 0]
+    zeros = np.zeros((1, 4), np.float32)
+    change = _session(proto).run(None, {"X": rows})[0][:, 0] - _session(proto).run(None, {"X": zeros})[0][0, 0]
     np.testing.assert_allclose(found.sum(1), change, rtol=1e-5, atol=1e-4)
     report = json.loads((out / "report.json").read_text())
     assert "NaN" in json.dumps(report)
@@ -332,3 +332,46 @@ def test_which_paths_read_nan_as_missing(between, reads):
     if not reads:
         with pytest.raises(InputError, match="clean or impute"):
             onnx_attr.DeepLift(model).attribute(_rows(), np.zeros((1, 4), np.float32))
+
+
+def test_a_missing_reference_asks_what_knowing_each_value_did():
+    """A reference of NaN ("missing" at every feature, or at some): each attribution is what knowing
+    the feature did against not knowing it. On trees: the brute-force Shapley values of the hybrids
+    (x on S, missing elsewhere), run by onnxruntime; a row missing where the reference is too has not
+    moved there. FeatureAblation ablates to missing; behind an imputer the hand rescale holds with the
+    fill as the reference; a model that computes with the NaN refuses it."""
+    proto = _lightgbm_style()
+    model = onnx_attr.load(proto)
+    rows = _rows()
+    for reference in (np.full((1, 4), np.nan, np.float32), np.array([[np.nan, 2.0, np.nan, 0.5]], np.float32)):
+        expected = brute_force_shapley(proto, rows, reference)[:, :, 0]
+        got, delta = onnx_attr.DeepLift(model).attribute(rows, reference, return_convergence_delta=True)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        assert not got[np.isnan(rows) & np.isnan(reference)].any()
+        assert float(delta.abs().max()) < 1e-5
+    session = _session(proto)
+    feature = 1  # row 0's feature 1 (3.0) ablated to the reference's (NaN, then 2.0)
+    for reference in (np.full((1, 4), np.nan, np.float32), np.array([[np.nan, 2.0, np.nan, 0.5]], np.float32)):
+        copy = rows[:1].copy()
+        copy[0, feature] = reference[0, feature]
+        ablated = onnx_attr.FeatureAblation(model).attribute(rows, reference, target=0)
+        change = session.run(None, {"x": rows[:1]})[0][0, 0] - session.run(None, {"x": copy})[0][0, 0]
+        assert ablated[0, feature] == pytest.approx(change, abs=1e-6)
+
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+
+    pipeline = make_pipeline(SimpleImputer(), LinearRegression())
+    imputed, x = _fit(pipeline)
+    rows = x[np.isnan(x).any(1)][:5]
+    filled = np.where(np.isnan(rows), pipeline.steps[0][1].statistics_, rows).astype(np.float64)
+    expected = pipeline.steps[1][1].coef_ * (filled - pipeline.steps[0][1].statistics_)
+    got = onnx_attr.DeepLift(onnx_attr.load(imputed)).attribute(rows, np.full((1, x.shape[1]), np.nan, np.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+    imputer = next(n for n in imputed.graph.node if n.op_type == "Imputer")
+    plain = onnx_attr.load(_without(imputed, imputer))
+    with pytest.raises(InputError, match="baseline 'X' has .* NaN"):
+        onnx_attr.DeepLift(plain).attribute(np.nan_to_num(rows), np.full((1, x.shape[1]), np.nan, np.float32))
+    with pytest.raises(InputError, match="baseline.* hold NaN, and the model's output .* is not finite"):
+        onnx_attr.FeatureAblation(plain).attribute(np.nan_to_num(rows), np.full((1, x.shape[1]), np.nan, np.float32))

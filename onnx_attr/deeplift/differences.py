@@ -5,9 +5,10 @@ same −inf at the input and at the reference wherever the id did not change, an
 NaN. Such an element has not moved: its difference is exactly 0, and so is its contribution,
 whatever its multiplier (a gradient through a masked position may be NaN as well).
 
-A NaN at the input against a number at the reference is a missing value (an input the graph reads
-NaN from as one: `importing.missing_values`): its difference is one unit, so that its multiplier,
-which the rules reading it give as (what it changed) / 1, is its whole contribution.
+A NaN at the input against a number at the reference, or a number against a NaN there, is a
+missing value (an input the graph reads NaN from as one: `importing.missing_values`): its
+difference is one unit, so that its multiplier, which the rules reading it give as (what it
+changed) / 1, is its whole contribution; missing at both, it has not moved.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from torch import Tensor
 
 
 def difference(x: Tensor, x0: Tensor) -> Tensor:
-    """x − x0, exactly 0 where the two are equal (equal infinities included), 1 where x is missing
-    (NaN) and x0 is not."""
+    """x − x0, exactly 0 where the two are equal (equal infinities included, missing at both), 1 where
+    one of them is missing (NaN) and the other is not."""
     d = x - x0
     if d.is_floating_point() and not bool(torch.isfinite(d).all()):  # the where only when there is a NaN
-        d = torch.where(x == x0, torch.zeros((), dtype=d.dtype, device=d.device), d)
-        d = torch.where(torch.isnan(x) & ~torch.isnan(x0), torch.ones((), dtype=d.dtype, device=d.device), d)
+        gap, gap0 = torch.isnan(x), torch.isnan(x0)
+        d = torch.where((x == x0) | (gap & gap0), torch.zeros((), dtype=d.dtype, device=d.device), d)
+        d = torch.where(gap ^ gap0, torch.ones((), dtype=d.dtype, device=d.device), d)
     return d
 
 

@@ -122,13 +122,13 @@ def missing_hint(model, names: Sequence[str]) -> str:
     read = [n for n in names if n in missing_value_inputs(model)]
     if not read:
         return ""
-    return (f"; the model reads NaN in {read} as a missing value (its trees or imputer take it): DeepLift, DeepLiftShap "
-            "and the perturbation methods (FeatureAblation, ShapleyValueSampling, KernelShap, Occlusion) explain "
-            "such rows; this method does not (a gradient has no value at a missing entry, and Lime weighs its "
-            "samples by distances, which a missing entry has none of)")
+    return (f"; the model reads NaN in {read} as a missing value (its trees or imputer take it): DeepLift, "
+            "DeepLiftShap and the perturbation methods (FeatureAblation, ShapleyValueSampling, KernelShap, "
+            "Occlusion) explain such rows; this method does not (a gradient has no value at a missing entry, "
+            "and Lime weighs its samples by distances, which a missing entry has none of)")
 
 
-def check_outputs_finite(model, tensors: Sequence[Tensor], attributed: Sequence[bool]) -> None:
+def check_outputs_finite(model, tensors: Sequence[Tensor], attributed: Sequence[bool], what: str = "input") -> None:
     """For a call with NaN in an attributed input (taken as missing values by a method that only runs
     the model): the model's floating outputs at the input must be finite, or the graph does not read
     those NaN as missing values, and a clear error says so. One forward, only on such calls."""
@@ -144,6 +144,7 @@ def check_outputs_finite(model, tensors: Sequence[Tensor], attributed: Sequence[
     for spec, value in zip(model.outputs, outs):
         if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             names = [s.name for s, t, a in zip(model.inputs, tensors, attributed) if a and has_missing(t)]
-            raise InputError(f"input(s) {names} hold NaN, and the model's output {spec.name!r} is not finite there: the "
-                             "graph does not read those NaN as missing values (a tree ensemble's missing-value track "
-                             "or an imputer would), so there is nothing to explain; clean or impute them first")
+            raise InputError(f"{what}(s) {names} hold NaN, and the model's output {spec.name!r} is not finite "
+                             "there: the graph does not read those NaN as missing values (a tree ensemble's "
+                             "missing-value track or an imputer would), so there is nothing to explain; clean or "
+                             "impute them first")

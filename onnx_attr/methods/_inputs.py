@@ -272,7 +272,9 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
             )
     layout = probe(model, tensors, axes)
     whole = axes if layout.stackable else [None] * len(axes)  # rows that influence each other: one example
-    base = {i: b for i, b in _baselines(model, baselines, positions, tensors, held, whole).items() if i not in held}
+    missing_ok = {i for i, m in enumerate(may_miss) if m}  # "missing" may be the reference too (trees, imputers)
+    base = {i: b for i, b in _baselines(model, baselines, positions, tensors, held, whole, missing_ok).items()
+            if i not in held}
     full = [base.get(i, tensors[i]) for i in range(len(specs))]
     return Prepared(tensors, attributed, full, positions, repack_user, as_numpy, axes, layout)
 
@@ -283,7 +285,8 @@ def _one_row(t: Tensor, axis: Optional[int]) -> Tensor:
 
 
 def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor],
-               held: Sequence[int] = (), axes: Optional[Sequence[Optional[int]]] = None) -> dict[int, Tensor]:
+               held: Sequence[int] = (), axes: Optional[Sequence[Optional[int]]] = None,
+               missing_ok: set[int] = frozenset()) -> dict[int, Tensor]:
     """Baselines for the attributed inputs: zeros by default, a scalar, or arrays of batch 1 or N.
     A held input (0-d and not floating, or integer with no lookup) takes its own value, whatever is
     given for it."""
@@ -297,7 +300,7 @@ def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor
         raise InputError("a callable baseline is only taken by DeepLiftShap and GradientShap (which draw from a "
                          "distribution); give a scalar or an array here")
     if isinstance(baselines, (bool, int, float, np.number)):
-        return {p: _one_baseline(specs[p], baselines, tensors[p], axes[p]) for p in positions}
+        return {p: _one_baseline(specs[p], baselines, tensors[p], axes[p], p in missing_ok) for p in positions}
     items, _ = _as_list(baselines)
     if isinstance(baselines, Mapping):
         items = [baselines.get(specs[p].name) for p in positions]
@@ -307,11 +310,11 @@ def _baselines(model, baselines: Any, positions: list[int], tensors: list[Tensor
         raise InputError(f"{len(items)} baseline(s) for {len(positions)} attributed input(s)")
     out = {}
     for p, b in zip(positions, items):
-        out[p] = tensors[p] if p in held else _one_baseline(specs[p], b, tensors[p], axes[p])
+        out[p] = tensors[p] if p in held else _one_baseline(specs[p], b, tensors[p], axes[p], p in missing_ok)
     return out
 
 
-def _one_baseline(spec, b: Any, x: Tensor, axis: Optional[int] = 0) -> Tensor:
+def _one_baseline(spec, b: Any, x: Tensor, axis: Optional[int] = 0, missing: bool = False) -> Tensor:
     """One input's baseline: a scalar, or an array broadcastable to the input (Captum's rule), kept
     at batch 1 on the batch axis when it does not vary over examples (so the reference is shared)."""
     row = _one_row(x, axis)
@@ -334,7 +337,8 @@ def _one_baseline(spec, b: Any, x: Tensor, axis: Optional[int] = 0) -> Tensor:
     else:
         rows = x.shape[axis] if b.dim() == x.dim() and b.shape[axis] == x.shape[axis] else 1
         b = b.expand(*x.shape[:axis], rows, *x.shape[axis + 1:])
-    (checked,) = check_inputs([b.contiguous()], [spec], what="baseline", any_batch=[axis], ids_as_integers=True)
+    (checked,) = check_inputs([b.contiguous()], [spec], what="baseline", any_batch=[axis], ids_as_integers=True,
+                              missing=missing)
     return checked.to(x.device)
 
 

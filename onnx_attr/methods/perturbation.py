@@ -56,6 +56,7 @@ class _Perturbation(_GradientMethod):
         prepared = prepare(self.model, inputs, baselines, additional_forward_args,
                            embedded={s.name for s in self.model.inputs}, missing=self.missing_values)
         check_outputs_finite(self.model, prepared.tensors, prepared.attributed)
+        check_outputs_finite(self.model, prepared.baselines, prepared.attributed, "baseline")
         n = example_count(self.model, prepared)
         check_batched(self.model, prepared, n)
         prepared = batch_first(prepared)

@@ -100,7 +100,7 @@ class UnaryRule(Rule):
         (pos,) = info.variable_positions()
         x, x0 = args[pos], refs[pos]
         if self.reads_missing and x.is_floating_point() and out.shape == x.shape and \
-                bool((torch.isnan(x) & ~torch.isnan(x0)).any()):
+                bool((torch.isnan(x) | torch.isnan(x0)).any()):
             return self._with_missing(info, call, grad, args, out, refs, ref_out, pos)
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
         # only the tolerance path takes gradients on a subset of elements (not on the exact secant's hot path)
@@ -113,15 +113,20 @@ class UnaryRule(Rule):
         return grads
 
     def _with_missing(self, info, call, grad, args, out, refs, ref_out, pos):
-        """The multipliers where x holds missing values: elsewhere the rule's own, with the missing
-        entries set to their reference (the op being elementwise, its output there is the reference's),
-        and at them their whole change, f(NaN) − f(x0), over the one unit `difference` gives them."""
+        """The multipliers where x or x0 holds missing values (NaN): elsewhere the rule's own, with those
+        entries set to 0 at both ends (the op being elementwise, its outputs there are then equal), and
+        at them their whole change, f(x) − f(x0), over the one unit `difference` gives a move to or from
+        a missing value (0 where both are missing: it has not moved)."""
         x, x0 = args[pos], refs[pos]
-        missing = torch.isnan(x) & ~torch.isnan(x0)
-        grads = self.backward(info, call, grad, _substitute(args, {pos: torch.where(missing, x0, x)}),
-                              torch.where(missing, ref_out, out), refs, ref_out)
-        change = (out - ref_out).expand(x.shape)
-        grads[pos] = torch.where(missing, grad * change, grads[pos])
+        gap = torch.isnan(x) | torch.isnan(x0)
+        zero = torch.zeros((), dtype=x.dtype)
+        y, y0 = out.expand(x.shape), ref_out.expand(x.shape)
+        grads = self.backward(info, call, grad, _substitute(args, {pos: torch.where(gap, zero, x)}),
+                              torch.where(gap, y0.nan_to_num(), y),
+                              _substitute(refs, {pos: torch.where(gap, zero, x0.expand(x.shape))}),
+                              torch.where(gap, y0.nan_to_num(), y0))
+        change = torch.where(torch.isnan(x) & torch.isnan(x0), zero, y - y0)
+        grads[pos] = torch.where(gap, grad * change, grads[pos])
         return grads
 
 
