@@ -41,6 +41,21 @@ def make_model(nodes, inputs, outputs, initializers=(), opset=17, ir_version=Non
     return model
 
 
+def assert_forward_unchanged(imported, dl, x: np.ndarray, x0: np.ndarray) -> torch.Tensor:
+    """Every mode's forward of a DeepLift object's rewritten module is the plain module's, bit for
+    bit (the reference pass run first for the DeepLift mode); returns the plain output."""
+    rewrite, xs = dl.engine.rewrite, torch.from_numpy(x)
+    plain = imported(xs)
+    for mode in ("off", "reference", "deeplift"):
+        if mode == "deeplift":
+            rewrite.state.mode = "reference"
+            rewrite.module(torch.from_numpy(x0))
+        rewrite.state.mode = mode
+        assert torch.equal(rewrite.module(xs), plain), mode
+    rewrite.state.mode = "off"
+    return plain
+
+
 def ort_run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     """The oracle: onnxruntime on the CPU provider."""
     import onnxruntime as ort

@@ -10,7 +10,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_attr
-from conftest import ort_run
+from conftest import assert_forward_unchanged, ort_run
 
 
 def _qdq_model(per_channel_weights: bool):
@@ -46,19 +46,6 @@ def _qdq_model(per_channel_weights: bool):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def _assert_forward_unchanged(imported, dl, x: np.ndarray, x0: np.ndarray) -> None:
-    """Every mode's forward of the rewritten module is the plain module's, bit for bit."""
-    rewrite, xs = dl.engine.rewrite, torch.from_numpy(x)
-    plain = imported(xs)
-    for mode in ("off", "reference", "deeplift"):
-        if mode == "deeplift":
-            rewrite.state.mode = "reference"
-            rewrite.module(torch.from_numpy(x0))
-        rewrite.state.mode = mode
-        assert torch.equal(rewrite.module(xs), plain), mode
-    rewrite.state.mode = "off"
-
-
 @pytest.mark.parametrize("per_channel_weights", [False, True])
 def test_qdq_pairs_are_fused_complete_and_bit_for_bit(per_channel_weights):
     model = _qdq_model(per_channel_weights)
@@ -79,7 +66,7 @@ def test_qdq_pairs_are_fused_complete_and_bit_for_bit(per_channel_weights):
     total = attributions.reshape(4, -1).sum(1)
     np.testing.assert_allclose(total, y[:, 2] - y0[:, 2], rtol=1e-4, atol=1e-4 * np.abs(y[:, 2]).max())
     assert dl.last_report["max_relative_delta"] <= 1e-4
-    _assert_forward_unchanged(imported, dl, x, x0)
+    assert_forward_unchanged(imported, dl, x, x0)
 
 
 def test_the_fake_quant_multiplier_is_the_staircase_secant():
@@ -370,7 +357,7 @@ def test_a_pair_with_layout_moves_between_is_one_staircase_then_the_moves():
         attributions = dl.attribute(x, x0, target=target)
         assert float(attributions.sum()) == pytest.approx(float(y[0, target] - y0[0, target]), abs=1e-5)
     assert {op for _, op, _ in dl.engine.rewrite.rewritten} >= {"FakeQuant"}
-    _assert_forward_unchanged(imported, dl, x, x0)
+    assert_forward_unchanged(imported, dl, x, x0)
     kinds = {n["node"]: n["kind"] for n in nonlinear_nodes(proto)}
     assert all(kinds[name] == "unary" for name in ("q_in", "dq_in", "q_out", "dq_out"))
 

@@ -5,10 +5,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_attr
+from conftest import assert_forward_unchanged
 
 OPSET = 17
 
@@ -67,17 +67,8 @@ def test_fused_forward_is_bit_for_bit_and_complete(gate, swap):
     total = attributions.reshape(4, -1).sum(1)
     np.testing.assert_allclose(total, y[:, 1] - y0[:, 1], rtol=1e-4, atol=1e-4 * np.abs(y[:, 1]).max())
     assert dl.last_report["max_relative_delta"] <= 1e-4
-    # the forward, in every mode, is the plain module's bit for bit
-    xs = torch.from_numpy(x)
-    plain = imported(xs)
+    plain = assert_forward_unchanged(imported, dl, x, x0)  # the forward, in every mode, bit for bit
     np.testing.assert_allclose(plain.numpy(), y, rtol=1e-5, atol=1e-3)
-    for mode in ("off", "reference", "deeplift"):
-        if mode == "deeplift":
-            rewrite.state.mode = "reference"
-            rewrite.module(torch.from_numpy(x0))
-        rewrite.state.mode = mode
-        assert torch.equal(rewrite.module(xs), plain), mode
-    rewrite.state.mode = "off"
 
 
 @pytest.mark.parametrize("gate", sorted(GATES))
