@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from onnx_attr.deeplift.rules import NodeInfo, Rule
+from onnx_attr.importing.inputs import all_finite
 
 
 class ReferenceShapeMismatch(Exception):
@@ -164,7 +165,7 @@ def _positional_names(function) -> list[str]:
 
 
 def _finite(tensors) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, Tensor) and t.is_floating_point())
+    return all(all_finite(t) for t in tensors if isinstance(t, Tensor) and t.is_floating_point())
 
 
 def _broadcasts(ref: torch.Size, actual: torch.Size) -> bool:

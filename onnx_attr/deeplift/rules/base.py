@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from onnx_attr.importing.inputs import all_finite
 from onnx_attr.deeplift.rules.paired import product, product_multipliers, reduce_to, rescale_multiplier  # noqa: F401
 
 RULES: dict[str, "Rule"] = {}
@@ -100,8 +101,10 @@ class UnaryRule(Rule):
         (pos,) = info.variable_positions()
         x, x0 = args[pos], refs[pos]
         if self.reads_missing and x.is_floating_point() and out.shape == x.shape and \
-                bool((torch.isnan(x) | torch.isnan(x0)).any()):
-            return self._with_missing(info, call, grad, args, out, refs, ref_out, pos)
+                not (all_finite(x) and all_finite(x0)):  # one float pass each where nothing is missing
+            gap = torch.isnan(x) | torch.isnan(x0)
+            if bool(gap.any()):
+                return self._with_missing(info, call, grad, args, out, refs, ref_out, pos, gap)
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
         # only the tolerance path takes gradients on a subset of elements (not on the exact secant's hot path)
         elementwise = not self.exact_secant and not _has_parameters(call) and all(
@@ -112,13 +115,12 @@ class UnaryRule(Rule):
         grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
         return grads
 
-    def _with_missing(self, info, call, grad, args, out, refs, ref_out, pos):
+    def _with_missing(self, info, call, grad, args, out, refs, ref_out, pos, gap):
         """The multipliers where x or x0 holds missing values (NaN): elsewhere the rule's own, with those
         entries set to 0 at both ends (the op being elementwise, its outputs there are then equal), and
         at them their whole change, f(x) − f(x0), over the one unit `difference` gives a move to or from
         a missing value (0 where both are missing: it has not moved)."""
         x, x0 = args[pos], refs[pos]
-        gap = torch.isnan(x) | torch.isnan(x0)
         zero = torch.zeros((), dtype=x.dtype)
         y, y0 = out.expand(x.shape), ref_out.expand(x.shape)
         grads = self.backward(info, call, grad, _substitute(args, {pos: torch.where(gap, zero, x)}),
