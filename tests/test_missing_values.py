@@ -375,3 +375,54 @@ def test_a_missing_reference_asks_what_knowing_each_value_did():
         onnx_attr.DeepLift(plain).attribute(np.nan_to_num(rows), np.full((1, x.shape[1]), np.nan, np.float32))
     with pytest.raises(InputError, match="baseline.* hold NaN, and the model's output .* is not finite"):
         onnx_attr.FeatureAblation(plain).attribute(np.nan_to_num(rows), np.full((1, x.shape[1]), np.nan, np.float32))
+
+
+def test_the_cli_baseline_missing_explains_against_not_knowing(tmp_path, capsys):
+    """`--baseline missing`: NaN where the model reads it as missing. The attributions of each row sum
+    to onnxruntime's f(row) - f(every feature missing), in `attribute` and in a dataset job; a method
+    that cannot take a missing reference, and a model that reads no NaN as missing, are refused with
+    what to use instead."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+
+    from onnx_attr.app.cli import main
+
+    proto, x = _fit(make_pipeline(SimpleImputer(), RandomForestRegressor(5, max_depth=5, random_state=0)), features=4)
+    (tmp_path / "forest.onnx").write_bytes(proto.SerializeToString())
+    rows = x[:6] * 300.0  # unnormalised magnitudes
+    lines = ["a,b,c,d"] + [",".join("" if np.isnan(v) else repr(float(v)) for v in row) for row in rows]
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    unknown = np.full((1, 4), np.nan, np.float32)
+    change = _session(proto).run(None, {"X": rows})[0][:, 0] - _session(proto).run(None, {"X": unknown})[0][0, 0]
+    for method in ("deeplift", "featureablation"):
+        out = tmp_path / method
+        assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.csv"), "-o", str(out),
+                     "--baseline", "missing", "--method", method, "--no-pictures"]) == 0
+        found = np.load(out / "attributions.npz")["X"]
+        if method == "deeplift":  # complete; ablation sums to the change only for additive models
+            np.testing.assert_allclose(found.sum(1), change, rtol=1e-5, atol=1e-3)
+        assert json.loads((out / "report.json").read_text())["baseline"] == "missing"
+    assert main(["dataset", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.csv"), "--out",
+                 str(tmp_path / "d"), "--baseline", "missing", "--quiet"]) == 0
+    import pyarrow.parquet as pq
+
+    (shard,) = (tmp_path / "d").glob("shard-*.parquet")
+    table = pq.read_table(shard).to_pandas().sort_values("row_id")
+    assert (table["status"] == "ok").all()
+    per_row = np.stack([np.asarray(v) for v in table["attributions"]])
+    np.testing.assert_allclose(per_row.sum(1), change, rtol=1e-5, atol=1e-3)
+
+    capsys.readouterr()
+    assert main(["attribute", str(tmp_path / "forest.onnx"), "-i", str(tmp_path / "rows.csv"), "-o",
+                 str(tmp_path / "ig"), "--baseline", "missing", "--method", "integratedgradients"]) != 0
+    assert "cannot take a missing value as its reference; use one of" in capsys.readouterr().err
+    linear, _ = _fit(make_pipeline(SimpleImputer(), LinearRegression()), features=4)
+    imputer = next(n for n in linear.graph.node if n.op_type == "Imputer")
+    (tmp_path / "linear.onnx").write_bytes(_without(linear, imputer).SerializeToString())
+    clean = "\n".join(["a,b,c,d"] + [",".join(repr(float(v)) for v in row) for row in np.nan_to_num(rows)]) + "\n"
+    (tmp_path / "clean.csv").write_text(clean)
+    assert main(["attribute", str(tmp_path / "linear.onnx"), "-i", str(tmp_path / "clean.csv"), "-o",
+                 str(tmp_path / "lin"), "--baseline", "missing"]) != 0
+    assert "reads none of ['X'] with NaN as a missing value" in capsys.readouterr().err

@@ -218,11 +218,17 @@ def resolve_baseline_spec(spec: Optional[str], method: str) -> str:
         return "auto"
     if spec not in BASELINE_WORDS and Path(spec).suffix != ".npz":
         raise InputError(f"--baseline {spec!r}: use {', '.join(BASELINE_WORDS)}, or an .npz file of baselines")
+    if spec == "missing" and getattr(found.cls, "missing_values", None) is None:
+        takes = sorted(n for n, e in _registry().items() if e.cli and e.baselines
+                       and getattr(e.cls, "missing_values", None) is not None)
+        raise InputError(f"--baseline missing: --method {method} cannot take a missing value as its reference; "
+                         f"use one of {takes}")
     return spec
 
 
-#: --baseline's named forms (else an .npz file)
-BASELINE_WORDS = ("auto", "zeros", "mean", "blur")
+#: --baseline's named forms (else an .npz file); "missing": NaN (not known) where the graph reads NaN as a
+#: missing value (a tree ensemble's missing-value track, an imputer), zeros elsewhere
+BASELINE_WORDS = ("auto", "zeros", "mean", "blur", "missing")
 
 
 def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> Any:
@@ -239,9 +245,25 @@ def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> A
                     .astype(v.dtype) for k, v in inputs.items()}
     if spec == "blur":
         return _blurred(model, inputs)
+    if spec == "missing":
+        return _missing_reference(model, inputs)
     from onnx_attr.importing.inputs import read_npz
 
     return read_npz(spec, model.inputs)
+
+
+def _missing_reference(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One row: NaN for each input the graph reads NaN from as a missing value, zeros for the others.
+    Each value's attribution is then what knowing it did against not knowing it."""
+    from onnx_attr.importing.missing_values import missing_value_inputs
+
+    read = missing_value_inputs(model)
+    unknown = [k for k, v in inputs.items() if k in read and v.dtype.kind == "f"]
+    if not unknown:
+        raise InputError(f"--baseline missing: the model reads none of {sorted(inputs)} with NaN as a missing "
+                         "value (only tree ensembles and imputers reached through data movement do); use "
+                         "--baseline zeros, mean or an .npz of reference rows")
+    return {k: np.full_like(v[:1], np.nan) if k in unknown else np.zeros_like(v[:1]) for k, v in inputs.items()}
 
 
 def input_files(spec: str, text: bool = False) -> list[Path]:

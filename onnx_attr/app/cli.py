@@ -234,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the explained output's batch axis, e.g. 1 for a time-major [T, N, C] output (default: the "
                         "axis sharing the inputs' batch symbol, else the one with one row per example)")
     p.add_argument("--baseline", help="auto (default: zeros, or each example blurred where the model's output is not "
-                                      "finite at zeros), zeros, mean, blur, or an .npz of baselines (deepliftshap: "
-                                      "required, a distribution of rows, e.g. --baseline bg.npz)")
+                                      "finite at zeros), zeros, mean, blur, missing (NaN where the model reads it as a "
+                                      "missing value: what knowing each value did), or an .npz of baselines "
+                                      "(deepliftshap: required, a distribution of rows, e.g. --baseline bg.npz)")
     p.add_argument("--hold", type=_names, default=(), metavar="NAME[,NAME]",
                    help="inputs fed as given and not attributed, e.g. a recurrent state or a graph's node features "
                         "beside the ones explained (0-d settings and integer inputs that feed no lookup always are)")
@@ -312,8 +313,9 @@ def _dataset_command(p: argparse.ArgumentParser) -> None:
                                     "anchor, segment, segment=K, an int, or t,c / a:b (default: by the output's layout)")
     p.add_argument("--batch-axis", type=int, metavar="K", help="the explained output's batch axis (as for `attribute`)")
     p.add_argument("--baseline", help="auto (default: zeros, or each row blurred where the model's output is not "
-                                      "finite at zeros), zeros, blur, mean (of the whole dataset, from a first pass) "
-                                      "or an .npz of baseline rows (deepliftshap: required)")
+                                      "finite at zeros), zeros, blur, mean (of the whole dataset, from a first pass), "
+                                      "missing (as for `attribute`) or an .npz of baseline rows (deepliftshap: "
+                                      "required)")
     p.add_argument("--output-name", help="ONNX output name or index to explain (default: the first floating one, "
                                          "but scores before boxes and an output named logits before features)")
     p.add_argument("--resume", action="store_true",
