@@ -255,3 +255,68 @@ def test_one_sequence_of_frames_is_never_cut_into_passes(tmp_path, capsys):
     model = onnx_attr.load(str(path))
     change = float(model.run({"x": x})[0][0, 1] - model.run({"x": np.zeros_like(x)})[0][0, 1])
     assert abs(float(got.sum()) - change) <= 1e-4 * max(1.0, abs(change))
+
+
+def _linear_image_model(tmp_path, shape=(3, 24, 20)):
+    """y = W · flatten(x) + b, two outputs, over an unnormalised image: a perturbation method's value for a
+    block of elements is Σ_block w·(x - x0), by hand."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    size = int(np.prod(shape))
+    w = rng.standard_normal((size, 2)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w", "b"], ["y"])], "lin",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([0.5, -0.5], np.float32), "b")])
+    path = tmp_path / "lin.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    x = (rng.random((2, *shape)) * 255).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    return path, x, w
+
+
+@pytest.mark.parametrize("method", ["featureablation", "shapleyvaluesampling", "kernelshap"])
+def test_cli_perturbation_methods_cut_large_inputs_into_blocks(tmp_path, method):
+    """An input of more elements per example than --features (default 256) is explained over at most
+    that many contiguous blocks (square patches through the channels), not one forward per element;
+    on a linear model each block's value is Σ_block w·x by hand (zero baseline), shared by its elements,
+    and the report says how many blocks. --features all gives one feature per element."""
+    from onnx_attr.methods.perturbation import block_groups
+
+    path, x, w = _linear_image_model(tmp_path)
+    out = tmp_path / method
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(out), "--method", method,
+                 "--target", "1", "--no-pictures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    ids = block_groups(x.shape[1:], 256).numpy()[0]
+    assert report["blocks_per_input"] == {"x": int(ids.max()) + 1} and ids.max() + 1 <= 256
+    assert ids.max() + 1 >= 64  # patches of an image, not a handful of stripes
+    assert report["manifest"]["options"]["features"] == 256
+    got = np.load(out / "attributions.npz")["x"]
+    contribution = (x.reshape(2, -1) * w[:, 1]).reshape(x.shape)
+    for row in range(2):
+        per_block = np.bincount(ids.ravel(), contribution[row].ravel())
+        expected = per_block[ids]
+        if method == "kernelshap":  # a fit from 25 samples: one coefficient per block, shared by its elements
+            first = np.zeros(int(ids.max()) + 1)
+            first[ids.ravel()] = got[row].ravel()
+            np.testing.assert_array_equal(got[row], first[ids])
+            assert np.isfinite(got[row]).all()
+        else:
+            # each value a difference of two float32 forwards of magnitude up to Σ|w·x|: rounded to ulps of that
+            np.testing.assert_allclose(got[row], expected, rtol=1e-4, atol=4e-7 * np.abs(contribution[row]).sum())
+    if method == "featureablation":
+        (tmp_path / "small").mkdir()
+        small, xs, ws = _linear_image_model(tmp_path / "small", (2, 6, 5))
+        assert main(["attribute", str(small), "-i", str(tmp_path / "small" / "x.npz"), "-o", str(tmp_path / "all"),
+                     "--method", method, "--target", "0", "--features", "all", "--no-pictures"]) == 0
+        np.testing.assert_allclose(np.load(tmp_path / "all" / "attributions.npz")["x"],
+                                   xs * ws[:, 0].reshape(xs.shape[1:]), rtol=1e-4, atol=1e-3)
+        assert "blocks_per_input" not in json.loads((tmp_path / "all" / "report.json").read_text())
+        assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "bad"),
+                     "--method", method, "--features", "0"]) == 2
+        assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "bad"),
+                     "--features", "16"]) == 2  # deeplift takes no --features

@@ -333,7 +333,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
                   internal_batch_size: Optional[int] = None, options: Optional[dict] = None,
                   inputs: Optional["InputOptions"] = None, quiet: bool = False, lrp: Optional[dict] = None,
                   layer: Optional[str] = None, batch_axis: Optional[int] = None, auto_fallback: bool = False,
-                  hold: Sequence[str] = ()) -> dict:
+                  hold: Sequence[str] = (), features: Optional[str] = None) -> dict:
     """Attribute one input file (results in `out`) or several (one subfolder each, `index.json`).
 
     `hold` names inputs fed as given and not attributed (a recurrent state, a graph's per-node features
@@ -357,7 +357,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
 
     baseline_given = baseline
     baseline = resolve_baseline_spec(baseline, method)
-    per_method = method_options(method, n_steps, internal_batch_size, lrp)
+    per_method = method_options(method, n_steps, internal_batch_size, lrp, features)
     explainer, fell_back = _explainer_or_fallback(model, method, auto_fallback and not layer and not gradient_fallback,
                                                   gradient_fallback, layer, per_method, output_name, quiet, hold)
     if fell_back:
@@ -444,10 +444,12 @@ def _explainer_or_fallback(model, method: str, auto: bool, gradient_fallback: bo
 
 
 def method_options(method: str, n_steps: Optional[int], internal_batch_size: Optional[int],
-                   lrp: Optional[dict] = None) -> dict:
-    """The CLI's tuning options the method takes (its registry entry says which), checked."""
+                   lrp: Optional[dict] = None, features: Optional[str] = None) -> dict:
+    """The CLI's tuning options the method takes (its registry entry says which), checked.
+    `features` (--features N or all): a perturbation method's features per input (registry.feature_blocks),
+    DEFAULT_FEATURES by default, 0 for one per element."""
     takes = entry(method).options
-    given = {"n_steps": n_steps, "internal_batch_size": internal_batch_size,
+    given = {"n_steps": n_steps, "internal_batch_size": internal_batch_size, "features": features,
              **{f"lrp_{k}": v for k, v in (lrp or {}).items()}}
     refused = [k for k, v in given.items() if v is not None and k not in takes]
     if refused:
@@ -459,7 +461,27 @@ def method_options(method: str, n_steps: Optional[int], internal_batch_size: Opt
     out = {k: _positive(given[k], f"--{k.replace('_', '-')}") or defaults[k] for k in defaults if k in takes}
     if "lrp_rule" in takes:
         out.update(lrp_settings(**{k: v for k, v in (lrp or {}).items() if v is not None}))
+    if "features" in takes:
+        out["features"] = _feature_count(features)
     return out
+
+
+#: --features' default: at most this many features per input for the perturbation methods (the fallback's cut)
+DEFAULT_FEATURES = 256
+
+
+def _feature_count(text: Optional[str]) -> int:
+    if text is None:
+        return DEFAULT_FEATURES
+    if str(text).strip().lower() == "all":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"--features {text!r}: give a positive number of features per input, or all (one per element)")
+    return value
 
 
 def _registry() -> dict:

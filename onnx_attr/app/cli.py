@@ -286,6 +286,10 @@ def _method_tuning_options(p: argparse.ArgumentParser) -> None:
                         "integration steps (default 50)")
     p.add_argument("--internal-batch-size", type=_positive_int,
                    help="path methods: rows per forward/backward pass (default: all steps at once)")
+    p.add_argument("--features", metavar="N|all",
+                   help="featureablation, shapleyvaluesampling, kernelshap, lime, featurepermutation: an input of more "
+                        "than N elements per example is cut into at most N contiguous blocks, square patches of an "
+                        "image (default 256); all: one feature per element, as Captum (a forward pass or more each)")
     p.add_argument("--gradient-fallback", action="store_true",
                    help="let nonlinear ops without an exact rule use their gradient (warns; breaks completeness)")
     p.add_argument("--lrp-rule", choices=LRP_RULES,
@@ -481,7 +485,7 @@ def cmd_attribute(args) -> int:
     args.method = args.method or "deeplift"
     # checked before the model loads, so that a usage error answers at once
     resolve_baseline_spec(args.baseline, args.method)
-    method_options(args.method, args.n_steps, args.internal_batch_size, _lrp_options(args))
+    method_options(args.method, args.n_steps, args.internal_batch_size, _lrp_options(args), args.features)
     inputs = _input_options(args)
     if args.target is not None:
         parse_form(args.target)
@@ -503,7 +507,7 @@ def cmd_attribute(args) -> int:
                            batch_size=args.batch_size, n_steps=args.n_steps,
                            internal_batch_size=args.internal_batch_size, options=options, inputs=inputs,
                            quiet=getattr(args, "quiet", False), lrp=_lrp_options(args), layer=args.layer,
-                           batch_axis=args.batch_axis, auto_fallback=auto, hold=args.hold)
+                           batch_axis=args.batch_axis, auto_fallback=auto, hold=args.hold, features=args.features)
     import numpy as np
 
     delta = np.abs(np.asarray(report.pop("_delta"), dtype=np.float64))
@@ -554,7 +558,7 @@ def cmd_dataset(args) -> int:
         shard_rows=args.shard_rows, batch_size=args.batch_size, attribution_dtype=args.attribution_dtype,
         engine=args.engine, resume=args.resume, overwrite=args.overwrite, gradient_fallback=args.gradient_fallback,
         n_steps=args.n_steps, internal_batch_size=args.internal_batch_size, lrp=_lrp_options(args),
-        strip_final_activation=not args.keep_final_activation, device=args.device,
+        features=args.features, strip_final_activation=not args.keep_final_activation, device=args.device,
         ray_options=ray_options if args.engine == "ray" else None, quiet=getattr(args, "quiet", False),
         report=None if args.no_report else _report_settings(args), batch_axis=args.batch_axis,
         auto_fallback=args.method is None)

@@ -97,6 +97,7 @@ class Settings:
     lrp: Optional[dict] = None  # --lrp-rule / --lrp-composite / --lrp-bounds as given (None: not given)
     batch_axis: Optional[int] = None  # the explained output's (--batch-axis), else found as `attribute` finds it
     max_features: Optional[int] = None  # the default method's fallback (FeatureAblation): blocks per input
+    features: Optional[str] = None  # --features as given (perturbation methods' blocks; None: the default)
 
 
 def manifest_hash(manifest: dict) -> str:
@@ -150,7 +151,7 @@ class ShardWorker:
         self.shards = list(shards)
         self.model = model
         self.method_options = method_options(settings.method, settings.n_steps, settings.internal_batch_size,
-                                             settings.lrp)
+                                             settings.lrp, settings.features)
         self.explainer = make_explainer(model, settings.method, settings.gradient_fallback,
                                         options=self.method_options) if settings.max_features is None else \
             entry(settings.method).cls(model, max_features=settings.max_features)
@@ -444,7 +445,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
                       strip_final_activation: bool = True, device: Optional[str] = None,
                       ray_options: Optional[dict] = None,
                       quiet: bool = False, report: Optional[ReportOptions] = None,
-                      batch_axis: Optional[int] = None, auto_fallback: bool = False) -> dict:
+                      batch_axis: Optional[int] = None, auto_fallback: bool = False,
+                      features: Optional[str] = None) -> dict:
     """Attribute every row of `source` (a file, folder or glob of .npz/.csv/.parquet files, image
     files or text files) into Parquet shards in `out`, and return the run's summary. `model` is a
     path to an .onnx file or a loaded model (a loaded model runs on the local engine only: Ray
@@ -465,8 +467,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     settings, loaded = _settings(model, method, target, baseline, output_name, inputs, shard_rows, batch_size,
                                  attribution_dtype, engine, gradient_fallback, n_steps, internal_batch_size,
                                  strip_final_activation, device, batch_axis)
-    settings = replace(settings, lrp=dict(lrp) if lrp else None)
-    per_method = method_options(method, n_steps, internal_batch_size, lrp)
+    settings = replace(settings, lrp=dict(lrp) if lrp else None, features=features)
+    per_method = method_options(method, n_steps, internal_batch_size, lrp, features)
     resolve_baseline_spec(baseline, method)
     if loaded is None:
         from onnx_attr.importing.loader import load
