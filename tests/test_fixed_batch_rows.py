@@ -141,3 +141,25 @@ def _saved(proto, folder) -> str:
     if not path.exists():
         onnx.save(proto, path)
     return str(path)
+
+
+def test_an_output_declared_at_the_wrong_rank_joins_on_the_axis_that_holds_the_rows(tmp_path):
+    """ddddocr 1.6's CTC scores: declared [1, seqlen], computed time-major [T, 1, C]. The passes join
+    on the one axis holding the fixed batch in every pass, not the declared axis 0 (which holds T);
+    before, two rows were refused. Oracle: onnxruntime, one row at a time; DeepLift on both rows
+    against DeepLift on each alone."""
+    W3 = (RNG.standard_normal((2, 3)) * 3).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[2, 0, 1]),  # [1, 2, 5] -> [5, 1, 2]
+             helper.make_node("MatMul", ["t", "w"], ["z"]), helper.make_node("Relu", ["z"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 2, 5])], [("y", FLOAT, [1, "seqlen"])], {"w": W3})
+    x = (RNG.standard_normal((2, 2, 5)) * 40).astype(np.float32)
+    model = onnx_attr.load(proto)
+    got = model.run(x)[0].numpy()
+    want = np.concatenate([ort_run(proto, {"x": x[i:i + 1]})[0] for i in range(2)], axis=1)
+    assert got.shape == (5, 2, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)
+    target = onnx_attr.Target(index=(3, 1), batch_axis=1)  # time step 3, class 1 (the output is time-major)
+    both = onnx_attr.DeepLift(model).attribute(x, target=target)
+    alone = np.concatenate([onnx_attr.DeepLift(model).attribute(x[i:i + 1], target=target) for i in range(2)])
+    np.testing.assert_allclose(both, alone, rtol=1e-6, atol=1e-6)
+    assert np.abs(alone).max() > 0

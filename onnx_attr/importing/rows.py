@@ -103,6 +103,10 @@ def joined_passes(model, outputs: Sequence[Sequence[Tensor]], n: int) -> tuple:
     for i, (spec, axis) in enumerate(zip(model.outputs, output_batch_axes(model.inputs, model.outputs))):
         parts = [out[i] for out in outputs]
         if axis is None or any(p.dim() <= axis or p.shape[axis] != k for p in parts):
+            # a shape the graph does not declare, or declares at another rank than it computes
+            undeclared = spec.shape is None or any(p.dim() != len(spec.shape) for p in parts)
+            axis = _rows_axis(parts, k) if undeclared else None
+        if axis is None:
             raise InputError(
                 (f"this export fixes its batch at {k}" if fixed_batch(model.inputs) else
                  "this model quantizes its activations over the whole batch, so each row runs alone,")
@@ -110,3 +114,14 @@ def joined_passes(model, outputs: Sequence[Sequence[Tensor]], n: int) -> tuple:
                 "row(s) per call (one file per example with the CLI)")
         joined.append(torch.cat(parts, dim=axis).narrow(axis, 0, n))
     return tuple(joined)
+
+
+def _rows_axis(parts: Sequence[Tensor], k: int) -> Optional[int]:
+    """For an output whose shape the graph does not declare, or declares wrongly (ddddocr 1.6's CTC
+    scores: declared [1, seqlen], computed time-major [20, 1, 8210]), the one axis holding k in every
+    pass, where exactly one does; None otherwise."""
+    ranks = {p.dim() for p in parts}
+    if len(ranks) != 1:
+        return None
+    found = [a for a in range(ranks.pop()) if all(p.shape[a] == k for p in parts)]
+    return found[0] if len(found) == 1 else None
