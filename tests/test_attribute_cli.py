@@ -79,12 +79,22 @@ def test_deepliftshap_with_a_baseline_distribution(tmp_path, capsys):
     (["--target", "x"], "is not a target form"),
     (["--baseline", "nope.txt"], "use auto, zeros, mean, blur"),
     (["--output-name", "missing"], "no output named"),
+    (["--output-name", "1"], "is not an output name or an index below 1"),
 ])
 def test_bad_arguments_exit_2_and_write_nothing(tmp_path, capsys, extra, message):
     out = tmp_path / "run"
     assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--out", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (out / "attributions.npz").exists() and not (out / "report.json").exists()
+
+
+def test_output_name_takes_an_index_too(tmp_path):
+    """--output-name's help says "ONNX output name or index": 0 names the first output (it was refused
+    as "no output named '0'"); a name that reads as a number is still a name first."""
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--output-name", "0", "--target", "3",
+                 "--out", str(tmp_path / "run"), "--no-pictures"]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["output"] == onnx_attr.load(DIGITS).outputs[0].name
 
 
 def test_an_input_of_no_rows_exits_2(tmp_path, capsys):

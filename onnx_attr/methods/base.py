@@ -54,9 +54,11 @@ def output_index(model, output: Union[str, int, None]) -> int:
             return next((i for i in floating if _named(names[i], ("logit",)) and role[i] not in SELECTED), first)
         return first
     if isinstance(output, str):
-        if output not in names:
+        if output in names:
+            return names.index(output)
+        if not output.strip().isdigit():  # else an index given as text (the CLI's --output-name 3)
             raise InputError(f"no output named {output!r}; the model's outputs are {names}")
-        return names.index(output)
+        output = int(output)
     if isinstance(output, bool) or not isinstance(output, int) or not 0 <= int(output) < len(names):
         raise InputError(f"output {output!r} is not an output name or an index below {len(names)}: the model's "
                          f"outputs are {names}")
