@@ -714,3 +714,41 @@ def test_a_decoders_loop_writes_steps_not_a_map(tmp_path):
     assert report["target"] == "greedy", report["target_source"]
     y, y0 = ort.InferenceSession(path).run(["y"], {"x": x})[0], ort.InferenceSession(path).run(["y"], {"x": 0 * x})[0]
     _greedy_by_hand(report, sums, y, y0)
+
+
+@pytest.mark.parametrize("anchors_last", [True, False])
+def test_the_documented_short_index_forms_a_k_and_h_w(tmp_path, anchors_last):
+    """The README's `a,k` for a detector head (anchor a, class k after the 4 box coordinates) and `h,w`
+    for a map [N, 1, H, W] (its channel at 0). Hunt 24: `2015,2` on YOLOv8's [1, 22, 2100] was read on the
+    output's own axes (out of range) and `100,200` on PP-OCR's map was refused. Oracle: onnxruntime's value
+    at the hand-placed index, and completeness for it."""
+    path, _ = _detector(tmp_path, anchors_last)
+    x = (RNG.uniform(size=(1, 3, 64, 64)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--target", "200,1")
+    own = (4 + 1, 200) if anchors_last else (200, 4 + 1)
+    assert report["target"] == list(own)
+    y, y0 = _ort(path, x)[0], _ort(path, np.zeros_like(x))[0]
+    _complete(sums, [y[own]], [y0[own]])
+    path, logits_path = _map(tmp_path, sigmoid=False)
+    x = (RNG.uniform(size=(1, 3, 8, 8)) * 255).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--target", "5,2")
+    assert report["target"] == [0, 5, 2]
+    y, y0 = _ort(path, x)[0], _ort(path, np.zeros_like(x))[0]
+    _complete(sums, [y[0, 5, 2]], [y0[0, 5, 2]])
+
+
+def test_a_neuron_given_as_i_j_k_is_one_neuron(tmp_path):
+    """Neuron methods read --target as the neuron of --layer: `i,j,k` (as the help writes it) is one
+    neuron of a layer with three axes, as `i:j:k` is; it was refused as three per-row targets."""
+    path, _ = _map(tmp_path, sigmoid=False)
+    x = (RNG.uniform(size=(1, 3, 8, 8)) * 255).astype(np.float32)
+    found = []
+    for form in ("0,3,4", "0:3:4"):
+        np.savez(tmp_path / "x.npz", x=x)
+        out = tmp_path / f"n{len(found)}"
+        assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(out), "--method", "neurongradient",
+                     "--layer", "c", "--target", form, "--no-pictures"]) == 0
+        found.append(np.load(out / "attributions.npz")["x"])
+    np.testing.assert_array_equal(found[0], found[1])
+    # by hand: the conv's output pixel (3, 4) reads the 3x3 window around it, so its gradient is the kernel there
+    assert np.count_nonzero(found[0]) == 27

@@ -764,6 +764,8 @@ class _Job:
 
         if entry(self.method).family == "neuron":
             neuron = parse_target(self.target)
+            if isinstance(neuron, list):  # i,j,k: one neuron of a layer with several axes (as i:j:k), not one per row
+                neuron = tuple(neuron)
             return Resolved(neuron, neuron, "given: the neuron of --layer", {"neuron_of": "layer"})
         if outputs is not None:  # the batch probe's run of one example, when the inputs are one
             from onnx_attr.importing.batch import batch_axes, probe

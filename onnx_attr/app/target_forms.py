@@ -683,6 +683,7 @@ def _indices(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved
     rank = view.dim() - 1
     if isinstance(value, list) and rank > 1 and len(value) == rank:
         value = tuple(value)  # k numbers for an output with k axes besides the batch: one index
+    value = _documented_index(view, layout, value)
     if isinstance(value, list) and len(value) != len(view):
         raise InputError(f"--target gives {len(value)} indices for {len(view)} example(s): give one per example"
                          + (f", or one per axis after the batch ({rank})" if rank > 1 else ", or one int"))
@@ -693,6 +694,23 @@ def _indices(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved
     detail["indices"] = list(value) if isinstance(value, tuple) else value
     # shown as the tuple it is: a list would read as one target per example (the pictures' titles)
     return Resolved(value, value if isinstance(value, tuple) else detail["indices"], "given", detail)
+
+
+def _documented_index(view: Tensor, layout: Layout, value: Any) -> Any:
+    """The short index forms the layouts document, on the output's own axes: a detector head's `a,k`
+    (anchor a, class k counted after its box coordinates and objectness) and a map's `h,w` (its axes
+    of size 1 at 0: [N, 1, H, W] and [N, H, W, 1]). Anything else is left as given."""
+    if not isinstance(value, (list, tuple)) or any(not isinstance(v, int) for v in value):
+        return value
+    if layout.kind == "detector" and view.dim() == 3 and len(value) == 2:
+        anchor, k = value
+        column = layout.box + int(bool(layout.objectness)) + k if k >= 0 else k
+        return (column, anchor) if layout.scores_first else (anchor, column)
+    wide = [a for a in range(1, view.dim()) if view.shape[a] != 1]
+    if layout.kind == "map" and 1 < len(wide) == len(value) < view.dim() - 1:
+        given = iter(value)
+        return tuple(next(given) if a in wide else 0 for a in range(1, view.dim()))
+    return value
 
 
 def _from_the_end(target: Any, shape: Sequence[int]) -> Any:
