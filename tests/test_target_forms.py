@@ -752,3 +752,17 @@ def test_a_neuron_given_as_i_j_k_is_one_neuron(tmp_path):
     np.testing.assert_array_equal(found[0], found[1])
     # by hand: the conv's output pixel (3, 4) reads the 3x3 window around it, so its gradient is the kernel there
     assert np.count_nonzero(found[0]) == 27
+
+
+def test_a_region_threshold_on_a_stripped_sigmoid_is_a_probability(tmp_path):
+    """`region>0.3` on a map whose final Sigmoid was stripped thresholds the probability, as DBNet's
+    `thresh 0.3` means (hunt 24: it thresholded the logits, 5700 pixels instead of 5745); a threshold
+    outside (0, 1) is on the logits. Oracle: onnxruntime's probabilities and logits."""
+    path, logits_path = _map(tmp_path)
+    x = (RNG.uniform(size=(2, 3, 8, 8)) * 255).astype(np.float32)
+    p, logits, logits0 = _ort(path, x), _ort(logits_path, x), _ort(logits_path, np.zeros_like(x[:1]))
+    for threshold, masks in ((0.3, p > 0.3), (1.5, logits > 1.5)):
+        report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--target", f"region>{threshold}")
+        assert report["target_detail"]["mask_size"] == [int(m.sum()) for m in masks]
+        _complete(sums, (logits * masks).reshape(2, -1).sum(1), (logits0 * masks).reshape(2, -1).sum(1))
+    assert (p > 0.3).sum() != (logits > 0.3).sum()  # the two readings differ here: the test can tell them apart

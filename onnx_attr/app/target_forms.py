@@ -39,6 +39,8 @@ Every form is resolved to indices or masks (`targets.Target`) that every method 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -541,7 +543,11 @@ def _region(view: Tensor, layout: Layout, value: Optional[float], detail: dict) 
         return replace(found, target=Target(weights=weights, per_example=True),
                        source=found.source.replace("the predicted region", "channel 0's predicted region"))
     flat = view.reshape(view.shape[0], -1)
-    if value is not None:
+    if value is not None and layout.sigmoid_stripped and 0 < value < 1:  # a probability, as DBNet's thresh 0.3
+        logit = math.log(value / (1 - value))
+        thresholds = torch.full((len(flat),), logit, dtype=flat.dtype)
+        rule = f"p > {value:g}, i.e. logit > {logit:.4g} (the Sigmoid was stripped)"
+    elif value is not None:
         thresholds, rule = torch.full((len(flat),), float(value), dtype=flat.dtype), f"values > {value:g}"
     elif layout.sigmoid_stripped:
         thresholds, rule = torch.zeros(len(flat), dtype=flat.dtype), "p > 0.5, i.e. logit > 0 (the Sigmoid was stripped)"
