@@ -766,3 +766,19 @@ def test_a_region_threshold_on_a_stripped_sigmoid_is_a_probability(tmp_path):
         assert report["target_detail"]["mask_size"] == [int(m.sum()) for m in masks]
         _complete(sums, (logits * masks).reshape(2, -1).sum(1), (logits0 * masks).reshape(2, -1).sum(1))
     assert (p > 0.3).sum() != (logits > 0.3).sum()  # the two readings differ here: the test can tell them apart
+
+
+@pytest.mark.parametrize("anchors_last", [True, False])
+def test_top_on_a_detector_head_is_its_largest_class_score(tmp_path, anchors_last):
+    """`top` on a detector head picks the largest class score of any anchor, not the largest value of the
+    head, which was a box coordinate (hunt 24, YOLOv8: a width). Oracle: onnxruntime's head, by hand."""
+    path, _ = _detector(tmp_path, anchors_last)
+    x = (RNG.uniform(size=(2, 3, 64, 64)) * 255).astype(np.float32)
+    y = _ort(path, x)
+    heads = y if anchors_last else y.transpose(0, 2, 1)  # [N, 6, A]
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--target", "top")
+    picks = []
+    for head in heads:
+        c, a = np.unravel_index(int(head[4:].argmax()), head[4:].shape)
+        picks.append([int(c) + 4, int(a)] if anchors_last else [int(a), int(c) + 4])
+    assert report["target"] == picks

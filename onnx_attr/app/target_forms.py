@@ -516,6 +516,9 @@ def _top(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
         classes = view.argmax(1).tolist()
         detail["indices"] = classes
         return Resolved(classes, classes, layout.top, detail)
+    if layout.kind == "detector" and view.dim() == 3:  # the largest class score, never a box coordinate
+        found = _anchor(view, replace(layout, objectness=False, box=layout.box + int(layout.objectness)), None, detail)
+        return replace(found, source="the largest class score of any anchor (after the box coordinates)")
     positions = largest_positions(view)
     detail["indices"] = [list(p) for p in positions]
     what = "the top pixel" if layout.kind == "map" else layout.top if layout.kind == "classes" else \
