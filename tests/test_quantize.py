@@ -540,3 +540,40 @@ def test_dynamic_quantizers_in_graph_weight_quantization_is_a_constant_for_deepl
     assert np.abs(change).min() > 1 and np.all(np.abs(np.asarray(delta)) <= 1e-5 * np.abs(change))
     _, delta = onnx_attr.IntegratedGradients(model).attribute({"x": x}, target=2, return_convergence_delta=True)
     assert np.all(np.abs(np.asarray(delta)) <= 0.05 * np.abs(change))
+
+
+def test_a_dynamically_quantized_product_over_time_major_tokens_stays_complete(tmp_path):
+    """torch's attention runs time-major [T, N, D]; a ViT's class token is the same at the input and at
+    the zero reference, so its slice on axis 0 has Δx = 0, yet its quantized value moves with the scale
+    read off the whole tensor. The block's rounding residual there was credited to nothing (relative
+    delta 3e-4 on torchvision's ViT after quantize_dynamic, 0.14 at its in-projection). Oracle:
+    onnxruntime's f(x) - f(0), at pixel-like magnitudes."""
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    rng = np.random.default_rng(3)
+    token = rng.normal(0, 1, (1, 1, 8)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),           # [N, 3, 8] -> [3, N, 8]
+             helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Concat", ["one", "n", "eight"], ["tshape"], axis=0),
+             helper.make_node("Expand", ["token", "tshape"], ["cls"]),                 # [1, N, 8]
+             helper.make_node("Concat", ["cls", "t"], ["tokens"], axis=0),             # [4, N, 8]
+             helper.make_node("MatMul", ["tokens", "w"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["b"], perm=[1, 0, 2]),              # [N, 4, 6]
+             helper.make_node("ReduceMean", ["b"], ["y"], axes=[1], keepdims=0)]
+    inits = {"w": rng.normal(0, 0.5, (8, 6)).astype(np.float32), "token": token, "zero": np.array([0], np.int64),
+             "one": np.array([1], np.int64), "eight": np.array([8], np.int64)}
+    onnx.save(make_model(nodes, [("x", FLOAT, ["N", 3, 8])], [("y", FLOAT, ["N", 6])], initializers=inits, opset=13),
+              tmp_path / "f.onnx")
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), op_types_to_quantize=["MatMul"])
+    model = onnx_attr.load(str(tmp_path / "q.onnx"))
+    assert "MatMulInteger" in {n.op_type for n in model.onnx_model.graph.node}
+    x = rng.uniform(0, 255, (2, 3, 8)).astype(np.float32)
+    assert model.verify({"x": x}).passed
+    for target in range(6):
+        got, delta = onnx_attr.DeepLift(model).attribute({"x": x}, target=target, return_convergence_delta=True)
+        # each row alone, as the tool runs it (onnxruntime on both rows would share one scale between them)
+        change = np.array([ort_run(model.reference_model, {"x": x[i:i + 1]})[0][0, target] for i in range(2)]) - \
+            ort_run(model.reference_model, {"x": 0 * x[:1]})[0][0, target]
+        np.testing.assert_allclose(got["x"].reshape(2, -1).sum(1), change, rtol=1e-5, atol=1e-5 * np.abs(change).max())

@@ -414,7 +414,8 @@ class QuantizedBlockRule(DecomposedRule):
 def residual_share(grad: Tensor, dy: Tensor, through: Tensor, x: Tensor, x0: Tensor, batch_axis: int) -> Tensor:
     """`credit_share` from g·r = g·Δy − through·Δx (through = Wᵀg, the map's part of the multipliers):
     Δx·(g·r)/‖Δx‖² per example, its sums in float64 (g·Δy and through·Δx nearly cancel where the
-    rounding residual is small), so Σ m·Δx = through·Δx + g·r = g·Δy per example."""
+    rounding residual is small), so Σ m·Δx = through·Δx + g·r = g·Δy per example (per pass where an
+    example that did not move has a residual)."""
     axes = tuple(a for a in range(x.dim()) if a != batch_axis % x.dim())
     out_axes = tuple(a for a in range(dy.dim()) if a != batch_axis % dy.dim())
     dx = x - x0
@@ -422,7 +423,15 @@ def residual_share(grad: Tensor, dy: Tensor, through: Tensor, x: Tensor, x0: Ten
     norm2 = torch.sum(dx * dx, axes, keepdim=True, dtype=wide)
     g_dy = torch.sum(grad * dy, out_axes, dtype=wide) if out_axes else (grad * dy).to(wide)
     g_r = g_dy.reshape(norm2.shape) - torch.sum(through * dx, axes, keepdim=True, dtype=wide)
-    per_example = g_r / torch.where(norm2 > 0, norm2, torch.ones_like(norm2))
+    moved = norm2 > 0
+    per_example = g_r / torch.where(moved, norm2, torch.ones_like(norm2))
+    # a slice that did not move can still have a residual: the scale is read off the whole tensor, so
+    # it moves with the others (a ViT's class token, the same at x and at the reference, in torch's
+    # time-major attention [T, N, D], whose slices on axis 0 are tokens); that residual is spread over
+    # the whole tensor's Δx, so the sum stays exact
+    stranded = torch.where(moved, torch.zeros_like(g_r), g_r).sum()
+    if bool(stranded != 0) and bool(moved.any()):
+        per_example = per_example + torch.where(moved, stranded / norm2.sum(), torch.zeros_like(norm2))
     return per_example.to(dx.dtype).expand_as(dx) * dx
 
 
