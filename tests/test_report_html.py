@@ -386,3 +386,12 @@ def test_text_pictures_show_the_tokens_of_the_run_tokenizer(tmp_path):
     assert page.count("changed since the run") == 1
     card = re.search(r'data-row="0".*?</div>', page, re.S).group(0)
     assert re.findall(r'<span class="tok"[^>]*>([^<]+)</span>', card) == [f"[{i}]" for i in range(LENGTH)]
+
+
+def test_a_picture_title_names_a_row_target_form_not_its_stored_dict():
+    """A map's row target is stored as {form, mask_size, threshold}; the report's picture titles read
+    `region, 6588 values > 0` (they showed the raw dict, and "predicted None" for a map)."""
+    from onnx_attr.app.report_html import _target_text
+
+    assert _target_text({"form": "region", "mask_size": 6588, "threshold": 0.0}) == "region, 6588 values > 0"
+    assert _target_text(3) == "3" and _target_text(None) == "—"

@@ -499,7 +499,8 @@ def draw_pictures(run: Run, rows: Sequence[GalleryRow], budget: int) -> list[str
         if column.kind == "tokens":
             names = _token_labels(read, x)
         title = "\n".join([f"{run.manifest.get('method')}, row {row.row_id} ({row.source} row {row.source_row})",
-                           f"predicted {row.prediction}, target {_text(row.target)}, output {_number(row.output)}",
+                           *([f"predicted {row.prediction}"] if row.prediction is not None else []),
+                           f"target {_target_text(row.target)}, output {_number(row.output)}",
                            f"convergence delta {row.delta:+.2e}, relative {row.relative:.2e}"])
         path = plot(run.folder / FILES / f"row_{row.row_id}", attribution, x, kind=column.kind,
                     names=names, title=title, figures=figures)
@@ -703,6 +704,19 @@ def verify_sample(model: Any, sources: Sequence, inputs: Any = None, rows: int =
 
 def _text(value: Any) -> str:
     return "—" if value is None else str(value)
+
+
+def _target_text(value: Any) -> str:
+    """A row's target as a picture title reads it: a form with its region (`region, 6588 values > 0`),
+    not the dict it is stored as."""
+    if not isinstance(value, dict):
+        return _text(value)
+    form = value.get("form", "target")
+    facts = [f"{value['mask_size']} values" + (f" > {value['threshold']:.4g}" if "threshold" in value else "")
+             if "mask_size" in value else None]
+    facts += [f"{k} {v}" for k, v in value.items() if k not in ("form", "mask_size", "threshold") and v is not None
+              and not isinstance(v, (list, dict))]
+    return ", ".join([str(form), *filter(None, facts)])
 
 
 def _number(value: Optional[float]) -> str:
