@@ -33,7 +33,8 @@ class UnsupportedOpError(OnnxAttrError):
             f"  - {_describe(t, d, o, n)}" + (f": {r}" if r else "") for t, d, o, n, r in self.nodes
         ]
         kinds = sorted({(t, d or "ai.onnx", o) for t, d, o, _, _ in self.nodes})
-        summary = ", ".join(f"{t} ({d} opset {o})" for t, d, o in kinds)
+        summary = ", ".join(f"{t} ({d} opset {o})" if not d.startswith("onnx_attr.") else
+                            f"{t} (ONNX nodes onnx-attr fused into one: see each node below)" for t, d, o in kinds)
         super().__init__(
             f"{action} {len(self.nodes)} node(s); unsupported: {summary}\n"
             + "\n".join(lines[:20])
