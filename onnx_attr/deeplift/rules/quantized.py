@@ -430,8 +430,7 @@ def residual_share(grad: Tensor, dy: Tensor, through: Tensor, x: Tensor, x0: Ten
     # time-major attention [T, N, D], whose slices on axis 0 are tokens); that residual is spread over
     # the whole tensor's Δx, so the sum stays exact
     stranded = torch.where(moved, torch.zeros_like(g_r), g_r).sum()
-    if bool(stranded != 0) and bool(moved.any()):
-        per_example = per_example + torch.where(moved, stranded / norm2.sum(), torch.zeros_like(norm2))
+    per_example = per_example + torch.where(moved, stranded / norm2.sum(), torch.zeros_like(norm2))  # no sync
     return per_example.to(dx.dtype).expand_as(dx) * dx
 
 
