@@ -29,6 +29,7 @@ from onnx_attr.importing.ancestry import NARROW_FLOATS, computed_in, upstream
 from onnx_attr.importing.convert import run_recording
 from onnx_attr.importing.converters.arithmetic import integer_overflows
 from onnx_attr.importing.read import external_folder
+from onnx_attr.importing.ort_session import THREAD_DEPENDENT, first_run_survives, session_run
 from onnx_attr.errors import ForwardError, ReferenceRuntimeError
 from onnx_attr.importing.batch import batch_axes, fixed_batch
 from onnx_attr.importing.inputs import arrange, sample_inputs
@@ -210,30 +211,23 @@ def _verify_run(model, run: PlainRun, source: str, atol: float, rtol: float, loc
 #: ops whose onnxruntime result depends on its thread count: DynamicQuantizeLSTM quantizes h over
 #: the whole batch on one thread, over one chunk of rows per thread past a few rows (each chunk its
 #: own range), so a batch of two differs by whole quantization steps between 1 and 2 threads
-_THREAD_DEPENDENT = frozenset({"DynamicQuantizeLSTM"})
-
-
 def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: Sequence[str],
                     optimize: bool = True) -> list[np.ndarray]:
-    """onnxruntime on the CPU provider, named explicitly so no odd provider is picked."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # its errors come back in ReferenceRuntimeError; its log would repeat them raw
-    # its workers sleep between ops instead of spinning: on a shared machine a spinning pool takes
-    # the cores the running op needs (the results do not change: same threads, same partitioning)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    """onnxruntime on the CPU provider, named explicitly so no odd provider is picked; each model's
+    first run in a child process (`ort_session`), so that a crash of onnxruntime's is an error here."""
     folder = external_folder(model)
-    if folder is not None:  # weights left in their files: onnxruntime reads them there
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if any(n.op_type in _THREAD_DEPENDENT for n in model.graph.node):
-        options.intra_op_num_threads = 1  # its one-thread answer is the one a model's own definition gives
+    folder = None if folder is None else str(folder)
+    one_thread = any(n.op_type in THREAD_DEPENDENT for n in model.graph.node)
+    data = model.SerializeToString()
+    feeds = {name: np.asarray(value) for name, value in feeds.items()}
+    died = first_run_survives((id(model), len(data), optimize), data, feeds, outputs, optimize, folder, one_thread)
+    if died is not None:
+        raise ReferenceRuntimeError(
+            f"onnxruntime crashed running this model ({died}), in a child process of ours, so it cannot be "
+            "verified: a bug of onnxruntime's on this file (try another onnxruntime version, or the model before "
+            "its optimizer or fp16 conversion)")
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return session.run(list(outputs), {name: _ort_feed(value) for name, value in feeds.items()})
+        return session_run(data, feeds, outputs, optimize, folder, one_thread)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise ReferenceRuntimeError(
             f"onnxruntime could not run the model, so it cannot be verified: {str(err).strip()[:500]}"
@@ -248,16 +242,6 @@ def _feed(tensor: torch.Tensor) -> np.ndarray:
 
         return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return tensor.numpy()
-
-
-def _ort_feed(value: np.ndarray) -> Any:
-    """onnxruntime's Python API refuses ml_dtypes' bfloat16 arrays; their bits go in typed by hand."""
-    if value.dtype.name == "bfloat16":
-        import onnxruntime as ort
-
-        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(value).view(np.uint16),
-                                                               onnx.TensorProto.BFLOAT16)
-    return value
 
 
 def _numpy(value: Any) -> np.ndarray:
