@@ -79,6 +79,10 @@ def first_run_survives(key: tuple, model_bytes: bytes, feeds: dict[str, Any], ou
     sys.modules["__main__"] = types.ModuleType("__main__")
     try:
         child.start()
+    except (AssertionError, OSError):  # a daemonic caller (a multiprocessing pool's worker), no processes left
+        send.close()
+        receive.close()
+        return None
     finally:
         if main is not None:
             sys.modules["__main__"] = main
