@@ -330,3 +330,23 @@ def test_cli_perturbation_methods_cut_large_inputs_into_blocks(tmp_path, method)
                      "--method", method, "--features", "0"]) == 2
         assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "bad"),
                      "--features", "16"]) == 2  # deeplift takes no --features
+
+
+def test_attributions_are_kept_when_onnxruntime_cannot_run_the_file(tmp_path, capsys, monkeypatch):
+    """onnxruntime refusing a file it wrote itself (a QOperator QLinearAdd with an int32 bias) or crashing
+    on it (hunt 25): the attributions of the imported module are written, report.json says verify could
+    not run and why, and the exit code is verify's (1), not a bad input's (2) with nothing written."""
+    import onnx_attr.importing.verify as verify
+    from onnx_attr.errors import ReferenceRuntimeError
+
+    def refuses(*args, **kwargs):
+        raise ReferenceRuntimeError("onnxruntime could not run the model, so it cannot be verified: [ONNXRuntimeError]")
+
+    monkeypatch.setattr(verify, "run_onnxruntime", refuses)
+    out = tmp_path / "run"
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--target", "3", "--out", str(out),
+                 "--no-pictures"]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["verify"]["passed"] is False and "could not run the model" in report["verify"]["not_run"]
+    assert np.load(out / "attributions.npz")["image"].shape == (8, 1, 8, 8)
+    assert "verify against onnxruntime: NOT RUN (onnxruntime could not run" in capsys.readouterr().out

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import numpy as np
 
 from onnx_attr.errors import (BaselineForwardError, InputError, NoGradientPathError, OnnxAttrError, OutputError,
-                              UnsupportedOpError, ValueShapedError)
+                              ReferenceRuntimeError, UnsupportedOpError, ValueShapedError)
 from onnx_attr.fileio import FolderLock, atomic_write, regular_file, remove_leftover_temporaries, write_json
 from onnx_attr.app.manifest import build_manifest, differences, file_sha256
 from onnx_attr.methods.registry import entry, titles
@@ -706,7 +706,11 @@ class _Job:
                 raise
             with self._fallen_back(err):
                 return self.attribute_file(file, input_sha, folder, progress_bar)
-        verification = getattr(self.model, "smoothed_from", self.model).verify(inputs, run=plain)  # the import itself
+        try:
+            verification = getattr(self.model, "smoothed_from", self.model).verify(inputs, run=plain).to_dict()
+        except ReferenceRuntimeError as err:  # onnxruntime cannot run (or crashed on) the file: the attributions
+            # are the imported module's, kept, and the report says they could not be checked (exit 1)
+            verification = {"passed": False, "not_run": str(err), "outputs": []}
         report = {
             **method_report,
             "method": METHOD_TITLES[self.method],
@@ -718,7 +722,7 @@ class _Job:
             **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline
                and self.baseline == "auto" and used == "blur" else {}),
             "inputs": str(file),
-            "verify": verification.to_dict(),
+            "verify": verification,
             "notes": list(self.model.notes),
             **({"smoothing": self.model.smoothing} if getattr(self.model, "smoothing", None) else {}),
             **({"input_warnings": input_warnings} if input_warnings else {}),

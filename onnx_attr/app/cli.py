@@ -27,7 +27,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a tool whose reader 
 
 EXIT_CODES = """exit codes:
   0    success
-  1    verification against onnxruntime failed (for attribute: on the output explained), or attributions came
+  1    verification against onnxruntime failed (for attribute: on the output explained, or onnxruntime could not
+       run the file: the attributions are written, report.json's verify says why), or attributions came
        out not finite (written all the same, with the node where a NaN or infinity first appears); with
        --strict, also a convergence delta above tolerance
   2    bad input or usage (the message on stderr says what to fix)
@@ -618,7 +619,9 @@ def _attribution_summary(report: dict, out: str, worst: float) -> str:
              "convergence delta: none (the method has no completeness identity)"
              if report["max_relative_delta"] is None else f"convergence delta per example: max |delta| {worst:.3e}, "
                                                          f"max relative {report['max_relative_delta']:.3e}",
-             f"verify against onnxruntime: {'PASSED' if report['verify']['passed'] else 'FAILED'}",
+             "verify against onnxruntime: " + ('PASSED' if report['verify']['passed'] else
+                                               f"NOT RUN ({report['verify']['not_run']})" if report['verify'].get('not_run')
+                                               else 'FAILED'),
              "wrote attributions.npz, report.json" + (f" and {len(pictures)} picture(s)" if pictures else "")
              + f" to {out}" + (" (finished earlier: kept)" if report.get("resumed") else "")]
     lines += [f"warning: {w}" for w in report.get("warnings", [])]
