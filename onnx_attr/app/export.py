@@ -33,16 +33,126 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
                 axes[axis] = dims.setdefault(name, torch.export.Dim(f"d_{name}"))
         dynamic.append(axes or None)
     try:
-        return torch.export.export(model.module, args, dynamic_shapes=tuple(dynamic), strict=False), notes
+        with _quiet():
+            return torch.export.export(model.module, args, dynamic_shapes=tuple(dynamic), strict=False), notes
     except Exception as err:  # torch.export raises many types (UserError, GuardOnDataDependent...)
-        if not dims:
-            raise ExportError(f"torch.export could not trace the imported module: {_first_line(err)}") from err
-        notes.append(f"symbolic dims {sorted(dims)} could not stay dynamic ({_first_line(err)}); "
-                     f"exported for input shapes {[list(a.shape) for a in args]}")
+        failed = err
+    fixed = f"exported for input shapes {[list(a.shape) for a in args]}"
+    if dims:
+        try:
+            with _quiet():
+                program = torch.export.export(model.module, args, strict=False)
+            return program, [f"symbolic dims {sorted(dims)} could not stay dynamic ({_first_line(failed)}); {fixed}"]
+        except Exception as err:
+            failed = err
+    # a shape the graph computes from its input's (Reshape(x, Concat(Shape(x)[:1], [-1])), the flatten
+    # paddle2onnx and tf2onnx write before a head) is data to torch.export: imported again with the
+    # inputs' dims fixed at the example's, those shapes fold to constants
     try:
-        return torch.export.export(model.module, args, strict=False), notes
-    except Exception as err:
-        raise ExportError(f"torch.export could not trace the imported module: {_first_line(err)}") from err
+        twin = _fixed_twin(model, args)
+        with _quiet():
+            program = torch.export.export(twin.module, tuple(twin.prepare(arrays)), strict=False)
+    except Exception:
+        raise ExportError(f"torch.export could not trace the imported module: {_first_line(failed)}. Attribution "
+                          "does not need the .pt2 (load the .onnx with onnx_attr.load); for a program, export the "
+                          "model from its framework with torch.export, or fix its input shapes") from failed
+    return program, [f"{fixed} only: the graph computes shapes from its inputs' ({_first_line(failed)}), so the "
+                     "program was made from the model imported at those shapes"]
+
+
+def _fixed_twin(model, args):
+    """The model imported again with every input's dims fixed at the example's shapes."""
+    import copy
+
+    from onnx_attr.importing.loader import load
+
+    proto = copy.deepcopy(model.onnx_model)
+    shapes = {spec.name: tuple(a.shape) for spec, a in zip(model.inputs, args)}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in shapes and len(dims) == len(shapes[value.name]):
+            for dim, size in zip(dims, shapes[value.name]):
+                dim.dim_value = int(size)  # replaces a dim_param (one of the two)
+    _shapes_as_constants(proto)
+    return load(proto, strip_final_activation=False, budget=getattr(model, "budget", None))
+
+
+def _shapes_as_constants(proto) -> None:
+    """Each Shape node whose input's shape inference knows every dim, as the Constant it then is (the
+    Slice and Concat after it fold on import, so the Reshape it feeds is static)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    known = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape") \
+                and all(d.HasField("dim_value") for d in dims):
+            known[value.name] = [d.dim_value for d in dims]
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or node.input[0] not in known:
+            continue
+        shape = known[node.input[0]]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rank = len(shape)
+        start, end = attrs.get("start", 0), attrs.get("end", rank)
+        start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
+        value = numpy_helper.from_array(np.array(shape[start:end], np.int64), node.output[0])
+        proto.graph.node[i].CopyFrom(helper.make_node("Constant", [], [node.output[0]], value=value,
+                                                      name=node.name or node.output[0]))
+    _fold_shape_arithmetic(proto)
+
+
+#: the ops a shape is computed with between a Shape and the Reshape, Expand or Resize reading it
+_SHAPE_OPS = frozenset({"Slice", "Concat", "Gather", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub", "Mul", "Div",
+                        "Identity", "ReduceProd", "Equal", "Where", "Max", "Min", "Abs", "Neg"})
+
+
+def _fold_shape_arithmetic(proto, limit: int = 64) -> None:
+    """Nodes of `_SHAPE_OPS` whose inputs are all small constants (shapes: at most `limit` elements),
+    evaluated by onnx's reference evaluator into Constants, in graph order."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer if np.prod(t.dims) <= limit}
+    opsets = list(proto.opset_import)
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and np.prod(value.dims) <= limit:
+                constants[node.output[0]] = numpy_helper.to_array(value)
+            continue
+        if node.op_type not in _SHAPE_OPS or node.domain not in ("", "ai.onnx") or len(node.output) != 1 \
+                or not all(name in constants for name in node.input if name):
+            continue
+        feeds = {name: constants[name] for name in node.input if name}
+        graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
+            v.dtype), list(v.shape)) for n, v in feeds.items()], [helper.make_empty_tensor_value_info(node.output[0])])
+        try:
+            (value,) = ReferenceEvaluator(helper.make_model(graph, opset_imports=opsets)).run(None, feeds)
+        except Exception:  # left to run time as it was
+            continue
+        value = np.asarray(value)
+        if value.size > limit:
+            continue
+        constants[node.output[0]] = value
+        proto.graph.node[i].CopyFrom(helper.make_node("Constant", [], [node.output[0]], name=node.name or node.output[0],
+                                                      value=numpy_helper.from_array(value, node.output[0])))
+
+
+
+def _quiet():
+    """torch.export prints the whole traced graph to stderr on some failures (166 KB on a detector)."""
+    import contextlib
+    import io
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    return stack
 
 
 def save_program(model, path: str | os.PathLike, example_inputs: Any = None, *,
