@@ -393,6 +393,12 @@ def test_a_form_that_does_not_fit_the_layout_says_so(tmp_path, capsys):
     assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"), "--target",
                  "greedy"]) == 2
     assert "--target greedy needs a sequence" in capsys.readouterr().err
+    path, _ = _map(tmp_path)  # one channel: segment summed the whole map (hunt 24); it points to region
+    np.savez(tmp_path / "m.npz", x=np.ones((1, 3, 8, 8), np.float32))
+    assert main(["attribute", path, "-i", str(tmp_path / "m.npz"), "-o", str(tmp_path / "o2"), "--target",
+                 "segment"]) == 2
+    assert "C >= 2; this output is a dense map [N, 1, H, W] (one channel: use --target region)" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("time_major", [False, True])

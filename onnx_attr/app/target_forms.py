@@ -576,8 +576,9 @@ def _segment(view: Tensor, layout: Layout, value: Optional[int], detail: dict) -
     class predicted on the most pixels, per example, unless given."""
     import torch
 
-    if view.dim() != 4:
-        raise InputError(f"--target segment needs class maps [N, C, H, W]; this output is {layout.name}")
+    if view.dim() != 4 or view.shape[1] < 2:  # one channel has no argmax to segment by: all of it was summed
+        raise InputError(f"--target segment needs class maps [N, C, H, W] with C >= 2; this output is {layout.name}"
+                         + (" (one channel: use --target region)" if view.dim() == 4 else ""))
     classes = view.shape[1]
     predicted = view.argmax(1)  # [N, H, W]
     if value is None:
