@@ -22,7 +22,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-#: ops whose onnxruntime kernel answers with its thread count (a one-thread run is their definition)
+#: ops whose onnxruntime result depends on its thread count (a one-thread run is their definition):
+#: DynamicQuantizeLSTM quantizes h over the whole batch on one thread, over one chunk of rows per thread
+#: past a few rows (each chunk its own range), so a batch of two differs by whole quantization steps
 THREAD_DEPENDENT = frozenset({"DynamicQuantizeLSTM"})
 
 _checked: set = set()  # the models (id, size) whose first run in a child came back

@@ -208,9 +208,6 @@ def _verify_run(model, run: PlainRun, source: str, atol: float, rtol: float, loc
     return report
 
 
-#: ops whose onnxruntime result depends on its thread count: DynamicQuantizeLSTM quantizes h over
-#: the whole batch on one thread, over one chunk of rows per thread past a few rows (each chunk its
-#: own range), so a batch of two differs by whole quantization steps between 1 and 2 threads
 def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: Sequence[str],
                     optimize: bool = True) -> list[np.ndarray]:
     """onnxruntime on the CPU provider, named explicitly so no odd provider is picked; each model's
