@@ -78,19 +78,16 @@ def _fixed_twin(model, args):
 
 
 def _shapes_as_constants(proto) -> None:
-    """Each Shape node whose input's shape inference knows every dim, as the Constant it then is (the
-    Slice and Concat after it fold on import, so the Reshape it feeds is static)."""
+    """Each Shape node whose input's shape inference knows every dim, as the Constant it then is, and
+    the shape arithmetic after it folded (`_fold_shape_arithmetic`), so the Reshape it feeds is static."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
-    inferred = onnx.shape_inference.infer_shapes(proto)
-    known = {}
-    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
-        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape") \
-                and all(d.HasField("dim_value") for d in dims):
-            known[value.name] = [d.dim_value for d in dims]
+    from onnx_attr.importing.convert import _static_shapes
+
+    known = {name: dims for name, dims in _static_shapes(onnx.shape_inference.infer_shapes(proto).graph).items()
+             if all(isinstance(d, int) for d in dims)}
     for i, node in enumerate(proto.graph.node):
         if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or node.input[0] not in known:
             continue
@@ -141,7 +138,6 @@ def _fold_shape_arithmetic(proto, limit: int = 64) -> None:
         constants[node.output[0]] = value
         proto.graph.node[i].CopyFrom(helper.make_node("Constant", [], [node.output[0]], name=node.name or node.output[0],
                                                       value=numpy_helper.from_array(value, node.output[0])))
-
 
 
 def _quiet():
