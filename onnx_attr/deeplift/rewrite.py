@@ -20,7 +20,7 @@ from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from onnx_attr.deeplift.argmax_fusion import fuse_argmax_one_hots
 from onnx_attr.deeplift.guard_fusion import fuse_guarded_divisions
-from onnx_attr.deeplift.opkinds import domain_op_kind, op_kind, refusal
+from onnx_attr.deeplift.opkinds import QOPERATOR_OPS, domain_op_kind, op_kind, refusal
 from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, StepGuard, signature_names
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, STAIRCASE_SPLIT, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
@@ -28,6 +28,7 @@ from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
 from onnx_attr.deeplift.select_fusion import fuse_step_selects
 from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_path, insert_layer_taps,
                                     placeholder_fed)
+from onnx_attr.deeplift.qoperator import expand_qoperator
 from onnx_attr.deeplift.quant_fusion import FAKE_QUANT, fold_constant_dequantize, fuse_fake_quant
 from onnx_attr.deeplift.quantized_lookup import dequantize_lookups
 from onnx_attr.deeplift.unary_fusion import fuse_piecewise, fuse_self_gated, fuse_steps, fuse_unary_chains
@@ -51,6 +52,7 @@ class RewriteResult:
     unary_chains: list[str] = field(default_factory=list)  # chains of elementwise nonlinearities: one rescale
     steps_fused: list[str] = field(default_factory=list)  # Cast(Less(x, c)): a step function, one rescale
     selects_fused: list[str] = field(default_factory=list)  # Where(compare(u, v), A, B) (select_fusion.py)
+    qoperator: list[str] = field(default_factory=list)  # QOperator ops carried as floats (qoperator.py)
     #: per graph output, the nodes with no rule it is computed from (refused when it is explained)
     refused: list[list[tuple[str, str, int, str, str]]] = field(default_factory=list)
     #: per graph output, the comparisons of attributed values it is computed from (`StepGuard`):
@@ -216,6 +218,13 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         out.add_submodule(f"embedding_tap_{index}", tap)
         node.target = f"embedding_tap_{index}"
         result.taps.append(tap)
+    result.qoperator, why = expand_qoperator(out, variable)  # QOperator's integers as floats (qoperator.py)
+    if result.qoperator:
+        variable = variable_nodes(out, inputs, set(taps), held)
+    elif why:  # the region's integer ops stay refused, saying why they could not be carried
+        for node in out.graph.nodes:
+            if node.meta.get("onnx_op") in QOPERATOR_OPS:
+                node.meta["refusal"] = f"{refusal(node.meta['onnx_op'], 'unknown')}; here {why}"
     result.steps_fused.extend(fuse_steps(out, variable))  # Cast(Less(x, c)): a step with its jump (unary_fusion.py)
     result.unary_chains.extend(fuse_piecewise(out, variable))  # Where(x > 0, Log(x), 0): one function (unary_fusion.py)
     if result.steps_fused or result.unary_chains:  # what a step feeds now varies too (a comparison's did not)
@@ -238,7 +247,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
             continue
         op, flags = info.op_type, list(info.variable)
         rule = RULES.get(op)
-        reason = "" if rule is not None else refusal(op, kind)
+        reason = "" if rule is not None else node.meta.get("refusal") or refusal(op, kind)
         if rule is not None:
             try:
                 rule.check(info)

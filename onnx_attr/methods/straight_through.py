@@ -142,6 +142,7 @@ def straight_through_view(model):
     """The model with each dynamically quantized block as a `StraightThroughBlock`, and each static
     quantization's QDQ pair on an activation as a `StraightThroughFakeQuant` (the model itself where
     it has neither); found once per model."""
+    from onnx_attr.deeplift.qoperator import expand_qoperator
     from onnx_attr.deeplift.quant_fusion import FAKE_QUANT, fold_constant_dequantize, fuse_fake_quant
     from onnx_attr.deeplift.rewrite import inline_expansions
     from onnx_attr.importing.verify import statically_quantized
@@ -159,9 +160,11 @@ def straight_through_view(model):
                 notes.append("gradient methods pass the rounding of its dynamically quantized blocks straight through")
             # every pair, those after an integer input's lookup too (a quantized one-hot): a pair on a constant
             # is never differentiated, so none needs telling apart
+            # QOperator's integer ops carried as floats, their roundings pairs like QDQ's (deeplift/qoperator.py)
+            carried = static and expand_qoperator(module, set(module.graph.nodes))[0]
             if static:
                 fold_constant_dequantize(module, set())  # the weights' dequantization once, not per forward
-            if static and fuse_fake_quant(module, set(module.graph.nodes)):
+            if static and (fuse_fake_quant(module, set(module.graph.nodes)) or carried):
                 for node in module.graph.nodes:
                     if node.meta.get("onnx_op") == FAKE_QUANT:
                         module.add_submodule(node.target, StraightThroughFakeQuant(module.get_submodule(node.target)))

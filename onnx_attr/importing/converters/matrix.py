@@ -66,14 +66,16 @@ def _centred(q: torch.Tensor, zero_point: Optional[torch.Tensor], per_row: bool,
 
 
 def integer_product(a: torch.Tensor, b: torch.Tensor, a_zero: Optional[torch.Tensor] = None,
-                    b_zero: Optional[torch.Tensor] = None, plans: Optional[dict] = None) -> torch.Tensor:
+                    b_zero: Optional[torch.Tensor] = None, plans: Optional[dict] = None,
+                    bound: Optional[float] = None) -> torch.Tensor:
     """(A - a_zero) @ (B - b_zero) of 8-bit integers, exact, as a floating tensor: float32 over
     chunks of the shared axis whose partial sums stay integers below 2^24 (max|A| times the
     largest column sum of |B| bounds them, in any order of addition; the bound ConvInteger's chunks
     use), added in float64 when there are several. A float64 product, the fallback, costs several
     times a float32 one on CPU. `plans` keeps B's centred copy and its chunks for the next call
-    (B is a weight: reading it whole on every call cost more than the product)."""
-    cuts, bs = _plan(a, b, a_zero, b_zero, {} if plans is None else plans)
+    (B is a weight: reading it whole on every call cost more than the product). `bound`: a bound on
+    |A - a_zero| where A's type gives none (integers carried in a float tensor)."""
+    cuts, bs = _plan(a, b, a_zero, b_zero, {} if plans is None else plans, bound)
     if cuts is None:
         return _centred(a, a_zero, True) @ _centred(b, b_zero, False)
     as_ = _centred(a, a_zero, True, torch.float32)
@@ -87,15 +89,16 @@ def integer_product(a: torch.Tensor, b: torch.Tensor, a_zero: Optional[torch.Ten
     return total
 
 
-def _plan(a, b, a_zero, b_zero, plans: dict):
+def _plan(a, b, a_zero, b_zero, plans: dict, bound: Optional[float] = None):
     """(chunks of the shared axis or None, B - b_zero in float32), found once per B and bound."""
     from onnx_attr.importing.converters.quantize import _float32_chunks, _magnitude, tensor_identity
 
     if a.dim() < 1 or b.dim() < 2:
         return None, None
     # |A - a_zero| for any zero point in A's range (a dynamically quantized A's moves every call)
-    bound = _magnitude(a, None) if a_zero is None or a.dtype.is_floating_point else \
-        float(torch.iinfo(a.dtype).max) - torch.iinfo(a.dtype).min
+    if bound is None:
+        bound = _magnitude(a, None) if a_zero is None or a.dtype.is_floating_point else \
+            float(torch.iinfo(a.dtype).max) - torch.iinfo(a.dtype).min
     key = (tensor_identity(b), tensor_identity(b_zero), bound, a.device)
     if plans.get("key") != key:
         bs = _centred(b, b_zero, False, torch.float32)
@@ -139,12 +142,15 @@ def requantized_product(product: torch.Tensor, ratio: torch.Tensor, zero: Option
     """An integer product (float64) times its output scale ratio (computed in the scales' type, then
     widened), plus the zero point, rounded half to even and saturated to the zero point's type (or
     `like`'s): QLinearMatMul's and QGemm's quantized output."""
-    out = product * ratio.to(torch.float64)
     dtype = zero.dtype if zero is not None else like.dtype
-    if zero is not None:
-        out = out + zero.to(torch.float64)
     info = torch.iinfo(dtype)
-    return torch.round(out).clamp(info.min, info.max).to(dtype)
+    return torch.round(product_rescaled(product, ratio, zero)).clamp(info.min, info.max).to(dtype)
+
+
+def product_rescaled(product: torch.Tensor, ratio: torch.Tensor, zero: Optional[torch.Tensor]) -> torch.Tensor:
+    """`requantized_product` before rounding: the product times the ratio, plus the zero point, in float64."""
+    out = product * ratio.to(torch.float64)
+    return out + zero.to(torch.float64) if zero is not None else out
 
 
 @register("QLinearMatMul", 10, 21)

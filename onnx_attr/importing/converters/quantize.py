@@ -195,19 +195,23 @@ class IntegerConv(nn.Module):
         super().__init__()
         self.attrs, self.group = attrs, int(attrs.get("group", 1))
 
-    def accumulate(self, x, w, x_zero=None, w_zero=None) -> torch.Tensor:
-        """The exact integer sums, in float32 (one exact convolution) or float64."""
+    def accumulate(self, x, w, x_zero=None, w_zero=None, bound: float | None = None) -> torch.Tensor:
+        """The exact integer sums, in float32 (one exact convolution) or float64. `bound`: a bound on
+        |x - x_zero| where x's type does not give one (integers carried in a float tensor)."""
+        cuts, ws = self._weights(w, w_zero, _magnitude(x, x_zero) if bound is None else bound, x.device)
+        return self.summed(_centred_per_channel(x, x_zero, None, ws.dtype), ws, cuts)
+
+    def summed(self, xs: torch.Tensor, ws: torch.Tensor, cuts: list[int] | None) -> torch.Tensor:
+        """The convolution of centred inputs `xs` with centred weights `ws` over ONNX's windows (padding
+        contributing 0), in float32 partial sums over the channel chunks `cuts`, added in float64."""
         from onnx_attr.importing.converters.convolution import _CONV, _spatial_rank
         from onnx_attr.importing.converters.pooling import window_padding
 
-        rank = _spatial_rank(w, "ConvInteger")
-        plan = window_padding({**self.attrs, "kernel_shape": list(w.shape[2:])}, tuple(x.shape[2:]))
+        rank = _spatial_rank(ws, "ConvInteger")
+        plan = window_padding({**self.attrs, "kernel_shape": list(ws.shape[2:])}, tuple(xs.shape[2:]))
         pairs = [plan.pads[i:i + 2] for i in range(0, len(plan.pads), 2)]
         symmetric = all(a == b for a, b in pairs)
         padding = tuple(a for a, _ in reversed(pairs)) if symmetric else 0
-        cuts, ws = self._weights(w, w_zero, _magnitude(x, x_zero), x.device)
-        dtype = ws.dtype
-        xs = _centred_per_channel(x, x_zero, None, dtype)
         if not symmetric:
             xs = F.pad(xs, plan.pads)
         conv = lambda a, b: _CONV[rank](a, b, None, plan.strides, padding, plan.dilations, self.group)  # noqa: E731
@@ -258,17 +262,29 @@ class QLinearConv(IntegerConv):
 
     def forward(self, x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero=None, bias=None) -> torch.Tensor:
         acc = self.accumulate(x, w, x_zero, w_zero)
-        if bias is not None:
-            acc = acc + bias.to(torch.float64).reshape(1, -1, *([1] * (acc.dim() - 2)))
-        multiplier = (x_scale.float() * w_scale.float() / y_scale.float()).reshape(-1)
-        multiplier = multiplier.reshape(1, -1, *([1] * (acc.dim() - 2))) if multiplier.numel() > 1 \
-            else multiplier.reshape(())
-        out = torch.round(acc.to(torch.int32).float() * multiplier)
+        out = torch.round(conv_rescaled(acc, bias, conv_multiplier(x_scale, w_scale, y_scale, acc.dim())))
         dtype = y_zero.dtype if y_zero is not None else x.dtype
         if y_zero is not None:
             out = out + y_zero.float()
         info = torch.iinfo(dtype)
         return out.clamp(info.min, info.max).to(dtype)
+
+
+def conv_multiplier(x_scale, w_scale, y_scale, rank: int) -> torch.Tensor:
+    """QLinearConv's requantizing factor x_scale·w_scale/y_scale in float32, per output channel
+    (shaped for an accumulator of `rank` dims) where w_scale is."""
+    multiplier = (x_scale.float() * w_scale.float() / y_scale.float()).reshape(-1)
+    return multiplier.reshape(1, -1, *([1] * (rank - 2))) if multiplier.numel() > 1 else multiplier.reshape(())
+
+
+def conv_rescaled(acc: torch.Tensor, bias: torch.Tensor | None, multiplier: torch.Tensor) -> torch.Tensor:
+    """The exact accumulator (+ int32 bias, in float64) as onnxruntime rescales it before rounding:
+    in float32, times the multiplier. (An integer below 2^31 reaches float32 by the same rounding
+    whether through int32, as the kernel's accumulator is, or straight from float64, which keeps a
+    gradient.)"""
+    if bias is not None:
+        acc = acc + bias.to(torch.float64).reshape(1, -1, *([1] * (acc.dim() - 2)))
+    return acc.float() * multiplier
 
 
 @register("QLinearConv", 10)
@@ -299,20 +315,24 @@ class QLinearAdd(nn.Module):
     order decides which way a near-half value rounds."""
 
     def forward(self, a, a_scale, a_zero, b, b_scale, b_zero, c_scale, c_zero=None) -> torch.Tensor:
-        c_scale = c_scale.float()
-        zero = torch.zeros((), dtype=torch.float32, device=a.device)
-        ra, rb = a_scale.float() / c_scale, b_scale.float() / c_scale
-        za = a_zero.float().reshape(()) if a_zero is not None else zero
-        zb = b_zero.float().reshape(()) if b_zero is not None else zero
-        if a.numel() == 1 and b.numel() > 1:  # the kernel's scalar operand is always the second
-            a, ra, za, b, rb, zb = b, rb, zb, a, ra, za
-        zc = c_zero.float().reshape(()) if c_zero is not None else zero
-        fixed = zc - (ra * za + rb * zb)
-        if b.numel() == 1:
-            value = (fixed + b.float().reshape(()) * rb) + a.float() * ra
-        else:
-            value = (fixed + a.float() * ra) + b.float() * rb
+        value = qlinear_add_value(a, a_scale, a_zero, b, b_scale, b_zero, c_scale, c_zero)
         return _requantize(value, None, c_zero if c_zero is not None else a)
+
+
+def qlinear_add_value(a, a_scale, a_zero, b, b_scale, b_zero, c_scale, c_zero=None) -> torch.Tensor:
+    """QLinearAdd's sum before rounding, c_zero included (its arithmetic: `QLinearAdd`)."""
+    c_scale = c_scale.float()
+    zero = torch.zeros((), dtype=torch.float32, device=a.device)
+    ra, rb = a_scale.float() / c_scale, b_scale.float() / c_scale
+    za = a_zero.float().reshape(()) if a_zero is not None else zero
+    zb = b_zero.float().reshape(()) if b_zero is not None else zero
+    if a.numel() == 1 and b.numel() > 1:  # the kernel's scalar operand is always the second
+        a, ra, za, b, rb, zb = b, rb, zb, a, ra, za
+    zc = c_zero.float().reshape(()) if c_zero is not None else zero
+    fixed = zc - (ra * za + rb * zb)
+    if b.numel() == 1:
+        return (fixed + b.float().reshape(()) * rb) + a.float() * ra
+    return (fixed + a.float() * ra) + b.float() * rb
 
 
 class QLinearMul(nn.Module):
@@ -338,15 +358,20 @@ class QLinearGlobalAveragePool(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, x, x_scale, x_zero, y_scale, y_zero=None) -> torch.Tensor:
+        return _requantize(self.value(x, x_scale, x_zero, y_scale), y_zero, x)
+
+    def value(self, x, x_scale, x_zero, y_scale) -> torch.Tensor:
+        """The mean before rounding. The sum is exact in int64, or in float64 for integers carried in a
+        float tensor (qoperator.py), which keeps a gradient: the same integer either way."""
         axes = tuple(range(1, x.dim() - 1)) if self.channels_last else tuple(range(2, x.dim()))
         n = 1
         for axis in axes:
             n *= x.shape[axis]
-        total = x.to(torch.int64).sum(axes, keepdim=True)
+        exact = torch.float64 if x.is_floating_point() else torch.int64
+        total = x.to(exact).sum(axes, keepdim=True)
         if x_zero is not None:
-            total = total - n * x_zero.to(torch.int64)
-        value = total.float() * (x_scale.float() / (float(n) * y_scale.float()))
-        return _requantize(value, y_zero, x)
+            total = total - n * x_zero.to(exact)
+        return total.float() * (x_scale.float() / (float(n) * y_scale.float()))
 
 
 _MICROSOFT = "com.microsoft"
@@ -381,13 +406,17 @@ class QLinearAveragePool(nn.Module):
         self.pool, self.channels_last = pool, channels_last
 
     def forward(self, x, x_scale, x_zero, y_scale, y_zero=None) -> torch.Tensor:
+        return _requantize(self.value(x, x_scale, x_zero, y_scale), y_zero, x)
+
+    def value(self, x, x_scale, x_zero, y_scale) -> torch.Tensor:
+        """The average before rounding."""
         value = _shifted(x, x_zero) * x_scale.float()
         if self.channels_last:
             value = value.movedim(-1, 1)
         pooled = self.pool(value)
         if self.channels_last:
             pooled = pooled.movedim(1, -1)
-        return _requantize(pooled / y_scale.float(), y_zero, x)
+        return pooled / y_scale.float()
 
 
 @register("QLinearAveragePool", 1, domain=_MICROSOFT)
