@@ -381,7 +381,8 @@ def _calibration(draws: list):
 def test_model_from_onnxruntimes_static_quantizer_in_qoperator_format_verifies(tmp_path):
     """A small CNN with LeakyRelu, Concat, Sigmoid, global pooling, Gemm and Softmax through
     quantize_static(QuantFormat.QOperator): QLinearConv and com.microsoft's QLinear ops and QGemm.
-    The import matches onnxruntime exactly; DeepLift refuses integer arithmetic by name."""
+    The import matches onnxruntime exactly; DeepLift carries the integers as floats (qoperator.py) and
+    is complete with the QLinearSoftmax kept or stripped; the perturbation methods still run."""
     import torch
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -412,28 +413,35 @@ def test_model_from_onnxruntimes_static_quantizer_in_qoperator_format_verifies(t
         x = (np.random.default_rng(100 + seed).standard_normal((1, 3, 16, 16)) * (1 + seed % 3)).astype(np.float32)
         np.testing.assert_array_equal(model.run({"x": x})[0].numpy(), ort_run(model.reference_model, {"x": x})[0])
     assert model.verify({"x": x}).passed
-    with pytest.raises(Exception, match="QLinearSoftmax: static quantization.*perturbation method"):
-        onnx_attr.DeepLift(model).attribute({"x": x}, target=0)
-    with pytest.raises(Exception, match="computes in integers .*QLinearConv.*perturbation method") as refused:
-        onnx_attr.IntegratedGradients(model).attribute({"x": x}, target=0)
-    assert "DeepLift" not in str(refused.value)  # it has no rule here either
+    method = onnx_attr.DeepLift(model)
+    assert "QuantizedSoftmax" in {op for _, op, _ in method.engine.rewrite.rewritten}
+    # complete against onnxruntime's own probabilities at the input and at the (zeros) baseline
+    moves = ort_run(model.reference_model, {"x": x})[0][0] - ort_run(model.reference_model, {"x": 0 * x})[0][0]
+    target = int(np.abs(moves).argmax())
+    attributions = method.attribute({"x": x}, target=target)["x"]
+    assert moves[target] != 0 and abs(attributions.sum() - moves[target]) <= 1e-5 * abs(moves[target])
+    grads = onnx_attr.Saliency(model).attribute({"x": x}, target=target)["x"]  # straight through the roundings
+    assert np.abs(grads).sum() > 0
     # the final QLinearSoftmax stripped: the dequantized logits, ranked as onnxruntime's probabilities are
     logits = onnx_attr.load(str(quant_path))
     assert logits.outputs[0].final_activation.op_type == "Softmax" and logits.outputs[0].final_activation.stripped
     assert logits.verify({"x": x}).passed
     probabilities = ort_run(model.reference_model, {"x": x})[0]
     assert logits.run({"x": x})[0].numpy().argmax(1) == probabilities.argmax(1)
-    # the CLI's default method falls back to FeatureAblation (DeepLift refuses), in blocks of one pixel's
-    # three channels (768 elements > 256): each block's credit is onnxruntime's drop with it at the baseline
+    # the CLI's default method is DeepLift; FeatureAblation, asked for, in blocks of one pixel's three channels
+    # (768 elements > 256): each block's credit is onnxruntime's drop with it at the baseline
     import json
 
     from onnx_attr.app.cli import main
 
     np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(quant_path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "dl"),
+                 "--no-pictures"]) == 0
+    assert json.loads((tmp_path / "dl" / "report.json").read_text())["method"] == "DeepLift"
     assert main(["attribute", str(quant_path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"),
-                 "--baseline", "zeros", "--keep-final-activation", "--no-pictures"]) == 0
+                 "--baseline", "zeros", "--keep-final-activation", "--no-pictures", "--method", "featureablation"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["method"] == "FeatureAblation" and "QLinearSoftmax" in json.dumps(report)
+    assert report["method"] == "FeatureAblation"
     got = np.load(tmp_path / "out" / "attributions.npz")["x"]
     target = int(np.argmax(ort_run(model.reference_model, {"x": x})[0][0]))
     full = ort_run(model.reference_model, {"x": x})[0][0, target]

@@ -94,13 +94,15 @@ REFUSED = {
     "NonMaxSuppression": "it returns indices chosen by comparing scores",
     "Unique": "its output is chosen by comparing values",
     "QuantizeLinear": "static quantization rounds, and only a QuantizeLinear read by DequantizeLinears alone "
-                      "(a fake-quant pair, quant_fusion.py) has a rule: attribute the float model",
+                      "(a fake-quant pair, quant_fusion.py) or by QOperator ops (qoperator.py) has a rule: "
+                      "attribute the float model",
     "DequantizeLinear": "static quantization (see QuantizeLinear)",
     "DynamicQuantizeLinear": "it is attributed only inside a dynamically quantized block (rules/quantized.py)",
     "MatMulInteger": "integer arithmetic, attributed only inside a dynamically quantized block",
     "ConvInteger": "integer arithmetic, attributed only inside a dynamically quantized block",
-    **{op: "static quantization (integer arithmetic), through which no gradient or multiplier flows: attribute the "
-           "float model, or explain this one with a perturbation method (FeatureAblation, KernelShap, "
+    **{op: "static quantization (integer arithmetic), explained where its integers can be carried as floats "
+           "(qoperator.py: every integer tensor read by QOperator ops, moves, MaxPool or DequantizeLinear): attribute "
+           "the float model, or explain this one with a perturbation method (FeatureAblation, KernelShap, "
            "ShapleyValueSampling, Lime; CLI --method featureablation, kernelshap)"
        for op in QOPERATOR_OPS},
     "ImageDecoder": "it decodes bytes, which carry no gradient",
@@ -192,6 +194,9 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
         kind = domain_op_kind(node.domain, node.op_type, flags, attrs)
         if node.op_type in _QDQ and node.domain in ("", "ai.onnx", "com.microsoft"):  # onnxruntime's own too
             kind = _qdq_kind(node, flags, consumers)
+        if node.op_type in QOPERATOR_OPS and any(flags) or kind == "unknown" and node.op_type in _QDQ and any(
+                u.op_type in QOPERATOR_OPS for o in node.output for u in consumers.get(o, [])):
+            kind = "quantized"  # QOperator's integer arithmetic, carried as floats (deeplift/qoperator.py)
         if any(flags) and kind != "structural":
             variable.update(node.output)
         out.append((node, kind))

@@ -18,7 +18,7 @@ staircase split (rules/staircase.py); the zero point added back (Add). The arith
 converters' own, step for step (they share the functions), so every integer is the one onnxruntime
 computes and the forward is unchanged, bit for bit. MaxPool and the ops that only move elements carry
 the floats as they carried the integers. A region is expanded whole or not at all: an integer tensor
-read by anything else (a QLinearSoftmax, a linear Resize, a graph output) leaves it refused, naming why.
+read by anything else (a linear Resize, a graph output) leaves it refused, naming why.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ CARRIERS = frozenset({"MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Squeeze
 #: per QOperator op, the positions of its quantized data inputs (QLinearConcat's: from 2, every third)
 _DATA = {"QLinearConv": (0,), "QLinearMatMul": (0, 3), "QGemm": (0, 3), "QLinearAdd": (0, 3), "QLinearMul": (0, 3),
          "QLinearSigmoid": (0,), "QLinearLeakyRelu": (0,), "QLinearAveragePool": (0,),
-         "QLinearGlobalAveragePool": (0,)}
+         "QLinearGlobalAveragePool": (0,), "QLinearSoftmax": (0,)}
 _OPSET = 13  # of the ONNX ops the steps are written as (ai.onnx's Mul from 7 broadcasts as torch.mul)
 
 
@@ -225,6 +225,48 @@ class PoolValue(nn.Module):
         return self.op.value(x, self.x_scale, self.x_zero, self.y_scale)
 
 
+class FloatCoded(nn.Module):
+    """QLinearSoftmax run on integers carried as floats: cast to its type, run, cast back (its rounding
+    is the kernel's own; DeepLift explains it with rules/composite.QuantizedSoftmax). Its gradient, for
+    the gradient methods, passes the rounding straight through: that of softmax(x·x_scale)·floor(1/y_scale),
+    the value the kernel rounds."""
+
+    def __init__(self, op: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.op, self.dtype = op, dtype
+
+    def forward(self, x: Tensor, *rest: Any) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _SoftmaxThrough.apply(x, self, *rest)
+        return self.op(x.to(self.dtype), *rest).float()
+
+    def unrounded(self, x: Tensor, x_scale: Tensor, y_scale: Tensor) -> Tensor:
+        """softmax(x·x_scale)·floor(1/y_scale) over the kernel's axis (or the flattened axes from it)."""
+        axis = self.op.axis % x.dim()
+        z = x * x_scale.to(x.dtype)
+        if self.op.opset < 13:
+            p = torch.softmax(z.flatten(axis), -1).reshape(x.shape)
+        else:
+            p = torch.softmax(z, axis)
+        return p * torch.floor(1.0 / y_scale.float()).to(x.dtype)
+
+
+class _SoftmaxThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, coded: FloatCoded, *rest: Any) -> Tensor:  # noqa: D102
+        ctx.coded, ctx.scales, ctx.n_rest = coded, (rest[0], rest[2]), len(rest)
+        ctx.save_for_backward(x)
+        return coded.op(x.to(coded.dtype), *rest).float()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            live = x.detach().requires_grad_(True)
+            (found,) = torch.autograd.grad(ctx.coded.unrounded(live, *ctx.scales), live, grad)
+        return (found, None, *([None] * ctx.n_rest))
+
+
 class Abandon(Exception):
     """The region cannot be carried as floats: why, in a phrase."""
 
@@ -322,14 +364,16 @@ class _Writer:
     def __init__(self, module: fx.GraphModule, node: fx.Node):
         self.module, self.node, self.count = module, node, 0
 
-    def call(self, op: str, sub: nn.Module, args: tuple, attrs: Optional[dict] = None) -> fx.Node:
+    def call(self, op: str, sub: nn.Module, args: tuple, attrs: Optional[dict] = None, fused: bool = False,
+             opset: int = _OPSET) -> fx.Node:
+        """A step: an ONNX op (ai.onnx) or, `fused`, one of ours (FakeQuant is)."""
         self.count += 1
         name = f"{self.node.target}__q{self.count}"
         self.module.add_submodule(name, sub)
         new = self.module.graph.call_module(name, args)
         onnx_name = self.node.meta.get("onnx_node", self.node.name)
-        fused = op == FAKE_QUANT
-        new.meta.update(onnx_op=op, onnx_domain=FUSED_DOMAIN if fused else "", onnx_opset=1 if fused else _OPSET,
+        fused = fused or op == FAKE_QUANT
+        new.meta.update(onnx_op=op, onnx_domain=FUSED_DOMAIN if fused else "", onnx_opset=1 if op == FAKE_QUANT else opset,
                         onnx_attrs=dict(attrs or {}), onnx_node=f"{onnx_name}/{op}")
         return new
 
@@ -405,6 +449,9 @@ def _steps(module: fx.GraphModule, node: fx.Node) -> Callable[[_Writer], fx.Node
         dtype = _type_of(const(4), const(2))
         pool = PoolValue(sub, const(1), const(2), const(3))
         return lambda w: w.requantize(w.call(op[len("QLinear"):], pool, (args[0],)), _arg(node, 4), dtype, False)
+    if op == "QLinearSoftmax":
+        coded = FloatCoded(sub, _type_of(const(2), None))
+        return lambda w: w.call("QuantizedSoftmax", coded, tuple(args), {"axis": sub.axis}, fused=True, opset=sub.opset)
     if op == "QLinearConcat":
         dtype = _type_of(const(1), const(4))
 

@@ -403,11 +403,11 @@ def _rounding_hint(model) -> str:
     from onnx_attr.deeplift.opkinds import QOPERATOR_OPS
 
     integer_ops = sorted({n.op_type for n in graph.graph.node if n.op_type in QOPERATOR_OPS})
-    if integer_ops:  # QOperator: the arithmetic itself is integer, and DeepLift has no rule for it either
-        return (". This model is statically quantized and computes in integers (" + ", ".join(integer_ops) + "): "
-                "no gradient or multiplier flows through it; explain it with a perturbation method "
-                "(FeatureAblation, KernelShap; the CLI's --method featureablation, or no --method), or attribute "
-                "the float model it was quantized from")
+    if integer_ops:  # QOperator: where its integers could not be carried as floats (deeplift/qoperator.py)
+        return (". This model is statically quantized and computes in integers (" + ", ".join(integer_ops) + "), "
+                "here in a way onnx-attr cannot carry as floats, so no gradient flows through them; explain it with "
+                "a perturbation method (FeatureAblation, KernelShap; the CLI's --method featureablation), or "
+                "attribute the float model it was quantized from")
     return (". This model is statically quantized: each QuantizeLinear rounds to an integer grid, whose "
             "gradient is 0, so gradient methods see nothing; DeepLift (the default method) and the "
             "perturbation methods explain it")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, rule
-from onnx_attr.deeplift.rules.paired import pair_amax, pair_max, pair_min, product, rescale, scaled_product
+from onnx_attr.deeplift.rules.paired import pair_amax, pair_max, pair_min, product, rescale, scaled_product, secant_to
 from onnx_attr.importing.converters.normalization import channel_window_sum
 
 
@@ -62,6 +62,26 @@ class Softmax(DecomposedRule):
         lse, lse0 = paired_logsumexp(z, z0, (axis,))
         y, y0 = exp_shifted(z, z0, lse, lse0)
         return y.reshape(shape), y0
+
+
+@rule("QuantizedSoftmax")
+class QuantizedSoftmax(DecomposedRule):
+    """com.microsoft QLinearSoftmax on integers carried as floats (deeplift/qoperator.py): the softmax
+    of the dequantized row, decomposed as Softmax's, then the kernel's own rounding of it, its output
+    as the node computed it, through the secant (rules/paired.secant_to). The row's zero point cancels."""
+
+    wide = True
+
+    def decompose(self, info, call, args, refs):
+        _require_constant(info, range(1, len(args)), "scale or zero point")
+        shape = args[0].shape
+        z, z0 = args[0] * args[1].to(args[0].dtype), refs[0] * refs[1].to(refs[0].dtype)
+        axis, z, z0 = _softmax_axis(info, z, z0)
+        lse, lse0 = paired_logsumexp(z, z0, (axis,))
+        p, p0 = exp_shifted(z, z0, lse, lse0)
+        with torch.no_grad():
+            q, q0 = call(*(a.detach() if isinstance(a, Tensor) else a for a in args)), call(*refs)
+        return secant_to(p.reshape(shape), p0.reshape(q0.shape), q.to(p.dtype), q0.to(p.dtype)), q0
 
 
 @rule("LogSoftmax")

@@ -251,6 +251,27 @@ class _Rescale(torch.autograd.Function):
         return grad * m, None, None, None, None
 
 
+class _SecantTo(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p: Tensor, p0: Tensor, q: Tensor, q0: Tensor) -> Tensor:
+        ctx.save_for_backward(p, p0, q, q0)
+        return q.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        p, p0, q, q0 = ctx.saved_tensors
+        dp = p - p0
+        still = dp == 0
+        return grad * torch.where(still, 0.0, (q - q0) / dp.masked_fill(still, 1.0)), None, None, None
+
+
+def secant_to(p: Tensor, p0: Tensor, q: Tensor, q0: Tensor) -> Tensor:
+    """q, given (an integer kernel's rounding of a value p it computes its own way), carrying the
+    secant (q - q0) / (p - p0) as its backward, elementwise: complete wherever q moves only where p
+    does (0 where p has not moved)."""
+    return _SecantTo.apply(p, p0.detach(), q.detach(), q0.detach())
+
+
 class RescaleBatch:
     """The rescales of one unrolled recurrence (its gates at every step): small tensors, hundreds of
     them, whose multipliers are computed together, on the first backward that needs one, by one
