@@ -18,7 +18,7 @@ staircase split (rules/staircase.py); the zero point added back (Add). The arith
 converters' own, step for step (they share the functions), so every integer is the one onnxruntime
 computes and the forward is unchanged, bit for bit. MaxPool and the ops that only move elements carry
 the floats as they carried the integers. A region is expanded whole or not at all: an integer tensor
-read by anything else (a linear Resize, a graph output) leaves it refused, naming why.
+read by anything else (a graph output, an op with no such rule) leaves it refused, naming why.
 """
 
 from __future__ import annotations
@@ -43,20 +43,41 @@ CARRIERS = frozenset({"MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Squeeze
 _DATA = {"QLinearConv": (0,), "QLinearMatMul": (0, 3), "QGemm": (0, 3), "QLinearAdd": (0, 3), "QLinearMul": (0, 3),
          "QLinearSigmoid": (0,), "QLinearLeakyRelu": (0,), "QLinearAveragePool": (0,),
          "QLinearGlobalAveragePool": (0,), "QLinearSoftmax": (0,)}
+#: per QOperator op, the positions of its output's zero point and of its (first) input's: the output's type
+#: is its zero point's, else its input's (whose type is its zero point's), else uint8
+_ZEROS = {"QLinearConv": (7, 2), "QLinearMatMul": (7, 2), "QGemm": (8, 2), "QLinearAdd": (7, 2), "QLinearMul": (7, 2),
+          "QLinearSigmoid": (4, 2), "QLinearLeakyRelu": (4, 2), "QLinearAveragePool": (4, 2),
+          "QLinearGlobalAveragePool": (4, 2), "QLinearConcat": (1, 4), "QLinearSoftmax": (None, 2)}
+#: ops that read an integer tensor and compute on its floats what they did on it, without carrying values on
+READERS = frozenset({"ArgMax", "ArgMin", "Shape", "Size"})
 _OPSET = 13  # of the ONNX ops the steps are written as (ai.onnx's Mul from 7 broadcasts as torch.mul)
 
 
 class RoundClamp(nn.Module):
     """clamp(round(v), low, high), as float32: a requantization's rounding (half to even) and saturation,
     in the units of the value it rounds, so that it is close to the identity inside its range, as a
-    QDQ pair is (the staircase split reads its range at ±1e30)."""
+    QDQ pair is (the staircase split reads its range at ±1e30). `rounding`: torch.trunc for an integer
+    Resize's cast, which saturates first."""
 
-    def __init__(self, low: float, high: float):
+    def __init__(self, low: float, high: float, rounding: Callable[[Tensor], Tensor] = torch.round):
         super().__init__()
-        self.low, self.high = float(low), float(high)
+        self.low, self.high, self.rounding = float(low), float(high), rounding
 
     def forward(self, v: Tensor) -> Tensor:
+        if self.rounding is torch.trunc:
+            return torch.trunc(v.clamp(self.low, self.high)).float()
         return torch.round(v).clamp(self.low, self.high).float()
+
+
+class Widened(nn.Module):
+    """An integer Resize's interpolation, on integers carried as floats: in float64, as on integers."""
+
+    def __init__(self, op: nn.Module):
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: Tensor, *rest: Any, **options: Any) -> Tensor:
+        return self.op(x.double(), *rest, **options)
 
 
 class Shift(nn.Module):
@@ -283,15 +304,17 @@ def expand_qoperator(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[li
     if not integer:
         return [], ""
     expanded = []
-    nodes = [node for node in module.graph.nodes
-             if node in exits or node in integer and _op(node) not in CARRIERS and node.op == "call_module"]
+    nodes = [node for node in module.graph.nodes if node in exits or node in integer and node.op == "call_module"
+             and (_op(node) not in CARRIERS or _rounds(node))]
+    # a rounding carrier's range is its input's type
+    types = {node: integer.get(node.args[0]) if _rounds(node) else integer.get(node) for node in nodes}
     try:
         for node in nodes:  # every node checked before the graph changes
-            _steps(module, node)
+            _steps(module, node, types[node])
     except Abandon as why:
         return [], str(why)
     for node in nodes:
-        build = _steps(module, node)  # reads the node's inputs as the nodes before it left them
+        build = _steps(module, node, types[node])  # reads the node's inputs as the nodes before it left them
         with module.graph.inserting_before(node):
             final = build(_Writer(module, node))
         if "onnx_tensor" in node.meta:
@@ -302,20 +325,21 @@ def expand_qoperator(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[li
     return expanded, ""
 
 
-def _region(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[set[fx.Node], set[fx.Node]]:
-    """The varying integer tensors (from the QuantizeLinears of varying floats that feed anything but
-    DequantizeLinears) and the nodes leaving them (DequantizeLinear, a float-output QGemm)."""
-    seeds = [n for n in module.graph.nodes if _op(n) == "QuantizeLinear" and n in variable and not n.kwargs
+def _region(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[dict[fx.Node, torch.dtype], set[fx.Node]]:
+    """The varying integer tensors, each with its type (from the QuantizeLinears of varying floats that
+    feed anything but DequantizeLinears), and the nodes leaving them (DequantizeLinear, a float-output
+    QGemm)."""
+    integer: dict[fx.Node, torch.dtype] = {}
+    exits: set[fx.Node] = set()
+    stack = [(n, _quantized_dtype(module.get_submodule(n.target), _constant_arg(module, n, 2)))
+             for n in module.graph.nodes if _op(n) == "QuantizeLinear" and n in variable and not n.kwargs
              and isinstance(n.args[0], fx.Node) and n.args[0] in variable
              and any(_op(u) != "DequantizeLinear" for u in n.users)]
-    integer: set[fx.Node] = set()
-    exits: set[fx.Node] = set()
-    stack = list(seeds)
     while stack:
-        node = stack.pop()
+        node, dtype = stack.pop()
         if node in integer:
             continue
-        integer.add(node)
+        integer[node] = dtype
         for user in node.users:
             op = _op(user)
             where = [i for i, a in enumerate(user.args) if a is node]
@@ -332,24 +356,33 @@ def _region(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[set[fx.Node
                 if op == "QGemm" and _arg(user, 7) is None:
                     exits.add(user)
                 else:
-                    stack.append(user)
+                    out, into = _ZEROS[op]
+                    zero = _constant_arg(module, user, out) if out is not None else None
+                    stack.append((user, _type_of(zero, _constant_arg(module, user, into))))
             elif op == "DequantizeLinear" and where == [0]:
                 exits.add(user)
-            elif op in CARRIERS and (op == "Concat" or where == [0]) and _carries(user):
-                stack.append(user)
+            elif op in CARRIERS and (op == "Concat" or where == [0]):
+                stack.append((user, dtype))
             elif user.op == "call_function" and user.target is operator.getitem and _op(node) == "Split":
-                stack.append(user)
+                stack.append((user, dtype))
+            elif op in READERS and where == [0]:
+                continue
             else:
                 raise Abandon(f"the integer tensor {_name(node)} is read by {_name(user)} ({op or user.op}), "
                               "which does not carry integers as floats")
     return integer, exits
 
 
-def _carries(node: fx.Node) -> bool:
-    """Whether a carrier computes on floats what it computed on the integers (a Resize: nearest only)."""
-    if _op(node) == "Resize":
-        return (node.meta.get("onnx_attrs") or {}).get("mode", "nearest") == "nearest"
-    return True
+def _constant_arg(module: fx.GraphModule, node: fx.Node, i: int) -> Optional[Tensor]:
+    """A node's input `i` where it is a constant the graph reads (None where absent or computed)."""
+    arg = _arg(node, i)
+    return _value(module, arg) if isinstance(arg, fx.Node) and arg.op == "get_attr" else None
+
+
+def _rounds(node: fx.Node) -> bool:
+    """Whether a carrier rounds what it computes on integers: a Resize other than nearest (linear,
+    cubic) interpolates in float64 and truncates (converters/resize.py), written as those two steps."""
+    return _op(node) == "Resize" and (node.meta.get("onnx_attrs") or {}).get("mode", "nearest") != "nearest"
 
 
 def _data_positions(op: str, n_args: int) -> Optional[tuple[int, ...]]:
@@ -365,12 +398,12 @@ class _Writer:
         self.module, self.node, self.count = module, node, 0
 
     def call(self, op: str, sub: nn.Module, args: tuple, attrs: Optional[dict] = None, fused: bool = False,
-             opset: int = _OPSET) -> fx.Node:
+             opset: int = _OPSET, kwargs: Optional[dict] = None) -> fx.Node:
         """A step: an ONNX op (ai.onnx) or, `fused`, one of ours (FakeQuant is)."""
         self.count += 1
         name = f"{self.node.target}__q{self.count}"
         self.module.add_submodule(name, sub)
-        new = self.module.graph.call_module(name, args)
+        new = self.module.graph.call_module(name, args, dict(kwargs or {}))
         onnx_name = self.node.meta.get("onnx_node", self.node.name)
         fused = fused or op == FAKE_QUANT
         new.meta.update(onnx_op=op, onnx_domain=FUSED_DOMAIN if fused else "", onnx_opset=1 if op == FAKE_QUANT else opset,
@@ -395,41 +428,46 @@ class _Writer:
         return rounded if shifted or zero is None else self.call("Add", Unshift(), (rounded, zero))
 
 
-def _steps(module: fx.GraphModule, node: fx.Node) -> Callable[[_Writer], fx.Node]:
-    """How to write `node` as steps (raises Abandon where it cannot be)."""
+def _steps(module: fx.GraphModule, node: fx.Node, dtype: Optional[torch.dtype]) -> Callable[[_Writer], fx.Node]:
+    """How to write `node` as steps (raises Abandon where it cannot be); `dtype`: the integer type of its
+    output (of its input, for a rounding carrier)."""
     op = _op(node)
+    sub = module.get_submodule(node.target)
+    if op == "Resize":  # interpolated in float64, then truncated to the type's range (converters/resize.py)
+        info = torch.iinfo(dtype)
+
+        def resize(w: _Writer) -> fx.Node:
+            value = w.call("Resize", Widened(sub), tuple(node.args), node.meta.get("onnx_attrs"), kwargs=node.kwargs)
+            return w.call(FAKE_QUANT, RoundClamp(info.min, info.max, torch.trunc), (value,))
+        return resize
     args = [_arg(node, i) for i in range(len(node.args))]
     data = set(_data_positions(op, len(args)) or ()) | ({0} if op in ("QuantizeLinear", "DequantizeLinear") else set())
     for i, a in enumerate(args):
         if i not in data and a is not None and not (isinstance(a, fx.Node) and a.op == "get_attr"):
             raise Abandon(f"{_name(node)} ({op}) computes its scale or zero point in the graph")
     const = lambda i: None if i >= len(args) or args[i] is None else _value(module, args[i])  # noqa: E731
-    sub = module.get_submodule(node.target)
     for i in range(len(args)):
         if i not in data and const(i) is not None and const(i).numel() > 1 and not _per_channel_ok(op, i):
             raise Abandon(f"{_name(node)} ({op}) has a per-axis scale or zero point on an activation")
     if op == "QuantizeLinear":
         if const(1).dtype != torch.float32 or getattr(sub, "block_size", 0):
             raise Abandon(f"{_name(node)} (QuantizeLinear) quantizes from {const(1).dtype}")
-        dtype = _quantized_dtype(sub, const(2))
         return lambda w: w.requantize(w.call("Div", Divide(), (args[0], args[1])), _arg(node, 2), dtype, False)
     if op == "DequantizeLinear":
         if const(1).dtype != torch.float32 or getattr(sub, "output", None) not in (None, torch.float32):
             raise Abandon(f"{_name(node)} (DequantizeLinear) dequantizes to another type than float32")
         return lambda w: w.call("Mul", Scale(), (w.shift(args[0], _arg(node, 2)), args[1]))
     if op == "QLinearConv":
-        return _conv_steps(node, sub, args, const)
+        return _conv_steps(node, sub, args, const, dtype)
     if op in ("QLinearMatMul", "QGemm"):
-        return _matmul_steps(node, sub, args, const)
+        return _matmul_steps(node, sub, args, const, dtype)
     if op == "QLinearAdd":
-        dtype = _type_of(const(7), const(2))
 
         def add(w: _Writer) -> fx.Node:
             value = w.call("Add", AddValue([const(i) for i in (1, 2, 4, 5, 6, 7)]), (args[0], args[3]))
             return w.requantize(value, None, dtype, True)
         return add
     if op == "QLinearMul":
-        dtype = _type_of(const(7), const(2))
         ratio = const(1).float() * const(4).float() / const(6).float()
 
         def mul(w: _Writer) -> fx.Node:
@@ -437,7 +475,6 @@ def _steps(module: fx.GraphModule, node: fx.Node) -> Callable[[_Writer], fx.Node
             return w.requantize(w.call("Mul", Scale(), (product, w.constant(ratio))), _arg(node, 7), dtype, False)
         return mul
     if op in ("QLinearSigmoid", "QLinearLeakyRelu"):
-        dtype = _type_of(const(4), const(2))
         unary = (Sigmoid(), {}) if op == "QLinearSigmoid" else (LeakyRelu(sub.alpha), {"alpha": sub.alpha})
 
         def elementwise(w: _Writer) -> fx.Node:
@@ -446,14 +483,12 @@ def _steps(module: fx.GraphModule, node: fx.Node) -> Callable[[_Writer], fx.Node
             return w.requantize(w.call("Div", Divide(), (value, args[3])), _arg(node, 4), dtype, False)
         return elementwise
     if op in ("QLinearAveragePool", "QLinearGlobalAveragePool"):
-        dtype = _type_of(const(4), const(2))
         pool = PoolValue(sub, const(1), const(2), const(3))
         return lambda w: w.requantize(w.call(op[len("QLinear"):], pool, (args[0],)), _arg(node, 4), dtype, False)
     if op == "QLinearSoftmax":
-        coded = FloatCoded(sub, _type_of(const(2), None))
+        coded = FloatCoded(sub, dtype)
         return lambda w: w.call("QuantizedSoftmax", coded, tuple(args), {"axis": sub.axis}, fused=True, opset=sub.opset)
     if op == "QLinearConcat":
-        dtype = _type_of(const(1), const(4))
 
         def concat(w: _Writer) -> fx.Node:
             parts = []
@@ -465,7 +500,7 @@ def _steps(module: fx.GraphModule, node: fx.Node) -> Callable[[_Writer], fx.Node
     raise Abandon(f"{_name(node)} ({op}) has no rule for its integer arithmetic")
 
 
-def _conv_steps(node, sub, args, const) -> Callable[[_Writer], fx.Node]:
+def _conv_steps(node, sub, args, const, dtype) -> Callable[[_Writer], fx.Node]:
     from onnx_attr.importing.converters.quantize import _centred_per_channel, _magnitude, conv_multiplier
 
     x_zero, weight = const(2), const(3)
@@ -473,13 +508,12 @@ def _conv_steps(node, sub, args, const) -> Callable[[_Writer], fx.Node]:
         raise Abandon(f"{_name(node)} (QLinearConv) has no constant weight")
     centred = _centred_per_channel(weight, const(5), 0, torch.float32)
     multiplier = conv_multiplier(const(1), const(4), const(6), weight.dim())
-    dtype = _type_of(const(7), x_zero)
     bound = _magnitude(torch.empty(0, dtype=_type_of(x_zero, None)), x_zero)
     linear = IntegerConvLinear(dict(sub.attrs), centred, const(8), multiplier, bound)
     return lambda w: w.requantize(w.call("Conv", linear, (w.shift(args[0], args[2]),)), _arg(node, 7), dtype, False)
 
 
-def _matmul_steps(node, sub, args, const) -> Callable[[_Writer], fx.Node]:
+def _matmul_steps(node, sub, args, const, dtype) -> Callable[[_Writer], fx.Node]:
     from onnx_attr.importing.converters.matrix import _centred
     from onnx_attr.importing.converters.quantize import _magnitude
 
@@ -491,7 +525,6 @@ def _matmul_steps(node, sub, args, const) -> Callable[[_Writer], fx.Node]:
     requantized = y_scale is not None
     if requantized:
         ratio = ratio / (y_scale.float() if gemm else y_scale)
-    dtype = _type_of(y_zero, const(2))
     bound = _magnitude(torch.empty(0, dtype=_type_of(const(2), None)), const(2))
     if args[3].op != "get_attr":
         if gemm:
