@@ -2718,11 +2718,13 @@ SPECS: list[Spec] = [
 #: pre-processing, calibrated on the spec's input at three scales), its dynamic quantizer, its float16
 #: converter (inputs and outputs kept float32). The q23 campaign ran these over 31 models; these are
 #: the ones whose variant broke something once (u2netp's QDQ DeepLift delta of 4e3, session 34).
-DERIVED = {"u2netp": "quantize_static", "layout_cdla": "quantize_static", "ppocr_cls": "quantize_dynamic",
-           "silero_vad": "float16"}
-SPECS += [dataclasses.replace(spec, name=f"{spec.name}_{DERIVED[spec.name]}", derive=DERIVED[spec.name],
-                              note=f"{spec.note}; through onnxruntime's {DERIVED[spec.name]}")
-          for spec in list(SPECS) if spec.name in DERIVED]
+DERIVED = {"u2netp": ("quantize_static", "quantize_qoperator"), "layout_cdla": ("quantize_static",),
+           "ppocr_cls": ("quantize_dynamic", "quantize_qoperator"), "ppocr_det": ("quantize_qoperator",),
+           "silero_vad": ("float16",)}
+DERIVATION_NAMES = {"quantize_qoperator": "quantize_static (QOperator format)"}
+SPECS += [dataclasses.replace(spec, name=f"{spec.name}_{kind}", derive=kind,
+                              note=f"{spec.note}; through onnxruntime's {DERIVATION_NAMES.get(kind, kind)}")
+          for spec in list(SPECS) for kind in DERIVED.get(spec.name, ())]
 
 
 def derived(spec: Spec, cache: Path) -> Path:
@@ -2741,7 +2743,7 @@ def derived(spec: Spec, cache: Path) -> Path:
     return target
 
 
-def _quantize_static(source: Path, out: Path, feeds: dict[str, np.ndarray], work: Path) -> None:
+def _quantize_static(source: Path, out: Path, feeds: dict[str, np.ndarray], work: Path, qoperator: bool = False) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -2755,7 +2757,8 @@ def _quantize_static(source: Path, out: Path, feeds: dict[str, np.ndarray], work
 
     prepared = work / "prepared.onnx"
     quant_pre_process(str(source), str(prepared))
-    quantize_static(str(prepared), str(out), Calibration(), quant_format=QuantFormat.QDQ)
+    quantize_static(str(prepared), str(out), Calibration(),
+                    quant_format=QuantFormat.QOperator if qoperator else QuantFormat.QDQ)
 
 
 def _quantize_dynamic(source: Path, out: Path, feeds: dict[str, np.ndarray], work: Path) -> None:
@@ -2772,7 +2775,8 @@ def _float16(source: Path, out: Path, feeds: dict[str, np.ndarray], work: Path) 
 
 
 DERIVATIONS: dict[str, Callable[[Path, Path, dict, Path], None]] = {
-    "quantize_static": _quantize_static, "quantize_dynamic": _quantize_dynamic, "float16": _float16}
+    "quantize_static": _quantize_static, "quantize_dynamic": _quantize_dynamic, "float16": _float16,
+    "quantize_qoperator": lambda *args: _quantize_static(*args, qoperator=True)}
 
 
 def fetch(spec: Spec, cache: Path) -> Path:

@@ -215,3 +215,18 @@ def test_integer_resize_is_carried(tmp_path, mode):
     pixel = np.unravel_index(np.abs(moved[0]).argmax(), moved[0].shape)
     got = method.attribute(torch.from_numpy(x), target=tuple(int(i) for i in pixel)).numpy()
     assert abs(got.sum() - moved[0][pixel]) <= 2e-5 * abs(moved[0][pixel])
+
+
+def test_layer_deeplift_on_an_integer_tensor(tmp_path):
+    """LayerDeepLift on a tensor the graph holds in integers (MaxPool's uint8 output, which every path
+    to the output passes): attributed in the integers' units, complete against onnxruntime's change."""
+    _, path = _quantized(tmp_path, "layer")
+    proto = onnx.load(str(path))
+    layer = next(n.output[0] for n in proto.graph.node if n.op_type == "MaxPool")
+    model = onnx_attr.load(str(path))
+    x = np.random.default_rng(4).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    moved = ort_run(model.reference_model, {"x": x})[0] - ort_run(model.reference_model, {"x": np.zeros_like(x)})[0]
+    target = int(np.abs(moved[0]).argmax())
+    got = onnx_attr.LayerDeepLift(model, layer).attribute(torch.from_numpy(x), target=target)
+    assert tuple(got.shape) == (1, 8, 8, 8)
+    assert abs(float(got.sum()) - moved[0, target]) <= 2e-5 * abs(moved[0, target])

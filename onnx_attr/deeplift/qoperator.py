@@ -304,8 +304,8 @@ def expand_qoperator(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[li
     if not integer:
         return [], ""
     expanded = []
-    nodes = [node for node in module.graph.nodes if node in exits or node in integer and node.op == "call_module"
-             and (_op(node) not in CARRIERS or _rounds(node))]
+    nodes = [node for node in module.graph.nodes if node in exits or node in integer
+             and (_op(node) in QOPERATOR_OPS or _op(node) == "QuantizeLinear" or _rounds(node))]
     # a rounding carrier's range is its input's type
     types = {node: integer.get(node.args[0]) if _rounds(node) else integer.get(node) for node in nodes}
     try:
@@ -329,6 +329,8 @@ def _region(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[dict[fx.Nod
     """The varying integer tensors, each with its type (from the QuantizeLinears of varying floats that
     feed anything but DequantizeLinears), and the nodes leaving them (DequantizeLinear, a float-output
     QGemm)."""
+    from onnx_attr.deeplift.taps import LayerTap
+
     integer: dict[fx.Node, torch.dtype] = {}
     exits: set[fx.Node] = set()
     stack = [(n, _quantized_dtype(module.get_submodule(n.target), _constant_arg(module, n, 2)))
@@ -367,6 +369,8 @@ def _region(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[dict[fx.Nod
                 stack.append((user, dtype))
             elif op in READERS and where == [0]:
                 continue
+            elif user.op == "call_module" and isinstance(module.get_submodule(user.target), LayerTap):
+                stack.append((user, dtype))  # a layer asked for: attributed in the integers' units
             else:
                 raise Abandon(f"the integer tensor {_name(node)} is read by {_name(user)} ({op or user.op}), "
                               "which does not carry integers as floats")
