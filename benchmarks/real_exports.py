@@ -2756,7 +2756,10 @@ def _quantize_static(source: Path, out: Path, feeds: dict[str, np.ndarray], work
             return next(self.rows, None)
 
     prepared = work / "prepared.onnx"
-    quant_pre_process(str(source), str(prepared))
+    try:
+        quant_pre_process(str(source), str(prepared))
+    except Exception:  # paddle2onnx's files defeat its symbolic shape inference (PP-OCR's): ONNX's alone
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     quantize_static(str(prepared), str(out), Calibration(),
                     quant_format=QuantFormat.QOperator if qoperator else QuantFormat.QDQ)
 

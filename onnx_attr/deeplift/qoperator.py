@@ -63,6 +63,10 @@ class RoundClamp(nn.Module):
         super().__init__()
         self.low, self.high, self.rounding = float(low), float(high), rounding
 
+    def ends(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Its range, as scalars of `like`'s type (quant_fusion.staircase_range)."""
+        return tuple(torch.tensor(v, dtype=like.dtype, device=like.device) for v in (self.low, self.high))
+
     def forward(self, v: Tensor) -> Tensor:
         if self.rounding is torch.trunc:
             return torch.trunc(v.clamp(self.low, self.high)).float()

@@ -98,7 +98,11 @@ def _scalar_scale(module: fx.GraphModule, node: fx.Node) -> bool:
 def staircase_range(pair, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The dequantized ends of a QuantizeLinear → DequantizeLinear pair's integer range, per element of
     `like` (per-axis scales): the pair at ±1e30, where it saturates (x / s overflowing to ±inf at
-    worst, which its clamp takes)."""
+    worst, which its clamp takes). A staircase that knows its ends (qoperator.RoundClamp) gives them as
+    scalars: two full tensors per quantizer were kept with every reference."""
+    ends = getattr(pair, "ends", None)
+    if ends is not None:
+        return ends(like)
     with torch.no_grad():
         return pair(torch.full_like(like, -1e30)), pair(torch.full_like(like, 1e30))
 

@@ -54,14 +54,16 @@ class StaircaseSplit(Rule):
         k = fused.n_linear
         positions = info.variable_positions()  # one, or a residual Add's two
         weight = fused.current_weight()
-        size = None if weight is None else weight.abs()  # a head without a weight has coefficients ≥ 0
         memo = {} if memo is None else memo
-        staircase = lambda t: fused.unary(t, *args[k:])  # noqa: E731
+        staircase = (lambda t: fused.unary(t, *args[k:])) if len(args) > k else fused.unary
         if "x0" not in memo:
             memo["x0"] = x0 = fused.linear(*refs[:k])
             memo["offset"] = _linear(fused, refs[:k], {i: torch.zeros_like(refs[i]) for i in positions}, weight)
             memo["range"] = staircase_range(staircase, x0)
-        x0, offset = memo["x0"], memo["offset"]  # the op at the reference, and its constant terms (bias)
+            # |W|, once: a head without a weight has coefficients ≥ 0 (one tensor kept, so that an integer
+            # convolution's exact plan for it is found once too)
+            memo["size"] = None if weight is None else weight.abs()
+        x0, offset, size = memo["x0"], memo["offset"], memo["size"]  # the op at the reference, its constant terms
         dps = [args[i] - refs[i] for i in positions]
         with torch.enable_grad():
             live, x = graph[0], memo.pop("x")  # the varying inputs and L at them, from the forward

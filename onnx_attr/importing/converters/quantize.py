@@ -227,12 +227,15 @@ class IntegerConv(nn.Module):
     def _weights(self, w, w_zero, bound: float, device) -> tuple[list[int] | None, torch.Tensor]:
         """The chunks for inputs bounded by `bound` and the centred weights in their type, kept per
         weight tensor (a pass over the weights on every call cost a third of a quantized network's
-        forward); the chunks per bound (a dynamically quantized input's zero point moves)."""
+        forward); the chunks per bound (a dynamically quantized input's zero point moves). Two weight
+        tensors are kept: DeepLift's staircase split runs the op with |W| beside W (qoperator.py)."""
         key = (tensor_identity(w), tensor_identity(w_zero))
-        plans = self.__dict__.setdefault("plans", {})
-        if plans.get("key") != key:
-            plans.clear()
-            plans.update(key=key, ws32=_centred_per_channel(w, w_zero, 0, torch.float32))
+        kept = self.__dict__.setdefault("plans", {})
+        if key not in kept:
+            while len(kept) >= 2:
+                kept.pop(next(iter(kept)))
+            kept[key] = {"ws32": _centred_per_channel(w, w_zero, 0, torch.float32)}
+        plans = kept[key]
         found = plans.get((bound, device))
         if found is None:
             cuts = _float32_chunks(bound, plans["ws32"], self.group, device)
