@@ -44,7 +44,7 @@ class _Blocks(torch.nn.Module):
         return self.fc(mixed.mean(1))
 
 
-def _quantized(tmp_path, name: str, *, per_channel=False, activation="u8", scale=1.0, pixels=1.0):
+def _quantized(tmp_path, name: str, *, per_channel=False, activation="u8", scale=1.0, pixels=1.0, quant_format=None):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     torch.manual_seed(0)
@@ -58,7 +58,8 @@ def _quantized(tmp_path, name: str, *, per_channel=False, activation="u8", scale
         def get_next(self):
             return next(draws, None)
 
-    quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QOperator, per_channel=per_channel,
+    quantize_static(str(float_path), str(path), Reader(), quant_format=quant_format or QuantFormat.QOperator,
+                    per_channel=per_channel,
                     activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8)
     return float_path, path
@@ -68,6 +69,27 @@ def _plain(module, x):
     with torch.no_grad():
         out = module(x)
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _exact_and_complete(path, pixel_scales=(1.0, 30.0, 1000.0)) -> onnx_attr.DeepLift:
+    """The DeepLift rewrite's forward is onnxruntime's bit for bit, and Σ attributions its own change
+    f(x) - f(x0) per row, at each pixel scale, from the zero baseline and from one far from the input."""
+    model = onnx_attr.load(str(path))
+    method = onnx_attr.DeepLift(model)
+    for pixels in pixel_scales:
+        x = (np.random.default_rng(int(pixels)).standard_normal((2, 3, 16, 16)) * pixels).astype(np.float32)
+        expected = ort_run(model.reference_model, {"x": x})[0]
+        np.testing.assert_array_equal(_plain(method.engine.rewrite.module, torch.from_numpy(x)).numpy(), expected)
+        for baseline in (np.zeros_like(x), x[::-1] * -2 + pixels):
+            baseline = np.ascontiguousarray(baseline)
+            moved = expected - ort_run(model.reference_model, {"x": baseline})[0]
+            target = [int(i) for i in np.abs(moved).argmax(1)]
+            got = method.attribute(torch.from_numpy(x), baselines=torch.from_numpy(baseline), target=target).numpy()
+            for row, t in enumerate(target):
+                change = moved[row, t]
+                assert change != 0
+                assert abs(got[row].sum() - change) <= 2e-5 * abs(change), (pixels, row, got[row].sum(), change)
+    return method
 
 
 @pytest.mark.parametrize("variant", ["u8", "s8_per_channel"])
@@ -81,22 +103,22 @@ def test_qoperator_graph_explained_exactly(tmp_path, variant):
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"QLinearConv", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool",
             "QLinearConcat", "QLinearMatMul", "QLinearSoftmax", "QGemm", "MaxPool"} <= ops
-    model = onnx_attr.load(str(path))
-    method = onnx_attr.DeepLift(model)
-    assert len(method.engine.rewrite.qoperator) >= 15
-    for pixels in (1.0, 30.0, 1000.0):
-        x = (np.random.default_rng(int(pixels)).standard_normal((2, 3, 16, 16)) * pixels).astype(np.float32)
-        expected = ort_run(model.reference_model, {"x": x})[0]
-        np.testing.assert_array_equal(_plain(method.engine.rewrite.module, torch.from_numpy(x)).numpy(), expected)
-        for baseline in (np.zeros_like(x), x[::-1] * -2 + pixels):
-            moved = expected - ort_run(model.reference_model, {"x": np.ascontiguousarray(baseline)})[0]
-            target = [int(i) for i in np.abs(moved).argmax(1)]
-            got = method.attribute(torch.from_numpy(x), baselines=torch.from_numpy(np.ascontiguousarray(baseline)),
-                                   target=target).numpy()
-            for row, t in enumerate(target):
-                change = moved[row, t]
-                assert change != 0
-                assert abs(got[row].sum() - change) <= 2e-5 * abs(change), (pixels, row, got[row].sum(), change)
+    assert len(_exact_and_complete(path).engine.rewrite.qoperator) >= 15
+
+
+def test_qdq_model_saved_by_onnxruntimes_optimizer(tmp_path):
+    """onnxruntime's optimizer turns a QDQ graph's groups into QLinear kernels; the saved model is one
+    in QOperator format, explained the same way."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat
+
+    _, qdq = _quantized(tmp_path, "qdq", quant_format=QuantFormat.QDQ)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(qdq), options, providers=["CPUExecutionProvider"])
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    _exact_and_complete(tmp_path / "optimized.onnx", (1.0, 30.0))
 
 
 def test_logits_in_the_hundreds_stay_complete(tmp_path):
