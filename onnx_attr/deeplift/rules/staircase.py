@@ -58,7 +58,7 @@ class StaircaseSplit(Rule):
         staircase = (lambda t: fused.unary(t, *args[k:])) if len(args) > k else fused.unary
         if "x0" not in memo:
             memo["x0"] = x0 = fused.linear(*refs[:k])
-            memo["offset"] = _linear(fused, refs[:k], {i: torch.zeros_like(refs[i]) for i in positions}, weight)
+            memo["offset"] = _compact(_linear(fused, refs[:k], {i: torch.zeros_like(refs[i]) for i in positions}, weight))
             memo["range"] = staircase_range(staircase, x0)
             # |W|, once: a head without a weight has coefficients ≥ 0 (one tensor kept, so that an integer
             # convolution's exact plan for it is found once too)
@@ -90,6 +90,16 @@ class StaircaseSplit(Rule):
 def _linear(fused: LinearThenUnary, args: Sequence[Any], values: dict[int, Tensor], weight: Tensor | None) -> Tensor:
     """The fused linear op with `values` for its varying inputs and `weight` for its weight."""
     return fused.linear_with(weight, [values.get(i, a) for i, a in enumerate(args)])
+
+
+def _compact(t: Tensor) -> Tensor:
+    """`t` kept as one value per channel (axis 1) where it is constant over the other axes (a bias,
+    the op at zero), else whole: it is kept with the reference for every quantizer."""
+    if t.dim() < 3:
+        return t
+    axes = (0, *range(2, t.dim()))
+    low, high = t.amin(axes, keepdim=True), t.amax(axes, keepdim=True)
+    return high if bool(torch.equal(low, high)) else t
 
 
 def _clamp_secant(low: Tensor, high: Tensor, x0: Tensor, dx: Tensor) -> Tensor:
