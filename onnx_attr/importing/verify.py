@@ -157,11 +157,18 @@ def verify(model, inputs: Any = None, *, atol: float = 1e-4, rtol: float = 1e-4,
         return _verify_sample(model, seed, atol, rtol, locate)
     if run is None or run.model is not model:
         run = plain_run(model, arrange(inputs, model.inputs))
+    return _verify_passes(model, run, "the given inputs", atol, rtol, locate)
+
+
+def _verify_passes(model, run: PlainRun, source: str, atol: float, rtol: float, locate: bool) -> VerifyReport:
+    """`_verify_run`, with onnxruntime given the rows as our module took them (`fixed_passes`: an
+    export's fixed batch, or a dynamically quantized graph's rows one at a time): each pass compared on
+    its own."""
     passes = fixed_passes(model, run.tensors)
-    if passes is not None:  # onnxruntime takes the export's fixed batch too: each pass compared on its own
-        return _merged([_verify_run(model, plain_run(model, part), "the given inputs", atol, rtol, locate)
+    if passes is not None:
+        return _merged([_verify_run(model, plain_run(model, part), source, atol, rtol, locate)
                         for part in passes[0]], run)
-    return _verify_run(model, run, "the given inputs", atol, rtol, locate)
+    return _verify_run(model, run, source, atol, rtol, locate)
 
 
 def _merged(reports: Sequence[VerifyReport], run: PlainRun) -> VerifyReport:
@@ -318,7 +325,7 @@ def _verify_sample(model, seed: int, atol: float, rtol: float, locate: bool) -> 
             (f"; batch {batch}, as batch 2 does not run" if batch != 2 else "") + ")"
         try:
             run = plain_run(model, sample_inputs(model.inputs, seed, symbolic_size=size, batch_size=batch))
-            return _verify_run(model, run, source, atol, rtol, locate)
+            return _verify_passes(model, run, source, atol, rtol, locate)
         except (ForwardError, ReferenceRuntimeError) as err:
             if (size, batch) == tries[-1]:
                 sizes = ", ".join(str(s) for s in dict.fromkeys(s for s, _ in tries))
