@@ -28,7 +28,7 @@ def tensor_node(module: fx.GraphModule, name: str) -> fx.Node:
     nodes = tensor_nodes(module)
     node = nodes.get(name)
     if node is None or node.op not in ("call_module", "call_function", "placeholder"):
-        close = sorted(n for n in nodes if name.lower() in n.lower())[:5]
+        close = sorted(n for n in nodes if isinstance(n, str) and name.lower() in n.lower())[:5]
         raise InputError(f"no intermediate tensor named {name!r} in the graph"
                          + (f"; did you mean one of {close}?" if close else "; `onnx-attr inspect --json` "
                             "and model.onnx_model list the tensor names"))
@@ -217,9 +217,32 @@ def embedding_lookups(model) -> dict[str, list[str]]:
 
     found: dict[str, list[str]] = {}
     for node, input_name in embedding_taps(model.module, model.inputs).items():
-        if "onnx_tensor" in node.meta:
+        if "onnx_tensor" in node.meta and _values_flow(node):
             found.setdefault(input_name, []).append(node.meta["onnx_tensor"])
     return found
+
+
+#: ops a looked-up value may pass through unchanged in kind (its dequantization, a cast)
+_PASSING = frozenset({"DequantizeLinear", "Cast", "Identity"})
+
+
+def _values_flow(node: fx.Node) -> bool:
+    """Whether a lookup's values reach anything but shape reads: DistilBERT sizes its positions from
+    the word embeddings' Shape, and after onnxruntime's BERT recipe that lookup (a quantized Gather →
+    DequantizeLinear → Shape) is all that is left of it; its tokens have no path to the output."""
+    from onnx_attr.deeplift.taps import SHAPE_ONLY
+
+    stack, seen = [node], set()
+    while stack:
+        for user in stack.pop().users:
+            op = user.meta.get("onnx_op", "") if user.op == "call_module" else ""
+            if op in SHAPE_ONLY or user in seen:
+                continue
+            if op not in _PASSING:
+                return True
+            seen.add(user)
+            stack.append(user)
+    return False
 
 
 def hidden_axis(model, name: str) -> Optional[int]:
