@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from captum.attr import InputXGradient as CaptumIxG
@@ -153,3 +154,35 @@ def test_gradient_shap_equals_captum_under_the_same_seeds(imported):
         X, distribution, n_samples=4, stdevs=0.05, target=TARGET, return_convergence_delta=True)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(delta, their_delta.double(), atol=1e-5, rtol=1e-3)
+
+
+def test_gradient_shap_on_token_ids_with_an_attention_mask():
+    """GradientShap draws n_samples rows per example for the ids; the attention mask beside them must be
+    repeated alike before the embedding lookups are recorded (every HF text export failed at a Gather
+    with a batch of two, hunt 26). The mask multiplies each position's embedding, so a masked position's
+    token has no influence: its attribution is exactly 0 in every row (a mask repeated out of step with
+    the rows would give it the other row's weight)."""
+    from onnx import TensorProto, helper
+
+    from conftest import FLOAT, make_model
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
+             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["maskf", "last"], ["mask3"]),
+             helper.make_node("Mul", ["emb", "mask3"], ["kept"]),
+             helper.make_node("Tanh", ["kept"], ["t"]),
+             helper.make_node("ReduceSum", ["t", "time"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["logits"])]
+    model = onnx_attr.load(make_model(
+        nodes, [("ids", TensorProto.INT64, ["N", "T"]), ("mask", TensorProto.INT64, ["N", "T"])],
+        [("logits", FLOAT, ["N", 3])],
+        {"table": rng.normal(0, 1, (20, 4)).astype(np.float32), "w": rng.normal(0, 1, (4, 3)).astype(np.float32),
+         "last": np.array([-1], dtype=np.int64), "time": np.array([1], dtype=np.int64)}))
+    ids = torch.from_numpy(rng.integers(1, 20, (2, 6)))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
+    baselines = torch.from_numpy(rng.integers(1, 20, (3, 6)))
+    got = onnx_attr.GradientShap(model).attribute(ids, baselines=baselines, additional_forward_args=(mask,),
+                                                  target=0, n_samples=4)
+    assert got.shape == (2, 6) and bool((got[mask == 1] != 0).all())
+    assert bool((got[mask == 0] == 0).all())

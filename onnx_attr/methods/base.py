@@ -200,13 +200,19 @@ class AttributionMethod:
                 not s.differentiable for s in self.model.inputs) else {}
         return list(self._lookups)
 
-    def _prepare(self, inputs: Any, baselines: Any, additional_forward_args: Any) -> tuple[Prepared, int]:
+    def _prepare(self, inputs: Any, baselines: Any, additional_forward_args: Any,
+                 samples: Optional[tuple[int, int]] = None) -> tuple[Prepared, int]:
         """The call's inputs checked and placed at their ONNX positions, and the number of examples;
-        token ids are fed through their embedding lookups (`self.active` becomes that view)."""
-        from onnx_attr.methods.gradient import at_embeddings
+        token ids are fed through their embedding lookups (`self.active` becomes that view).
+        `samples`: (examples, draws per example) where the attributed inputs come with each example's
+        draws in a row (GradientShap's): the other inputs (an attention mask) are repeated to match
+        before anything runs."""
+        from onnx_attr.methods.gradient import at_embeddings, with_samples
 
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs),
                            missing=self.missing_values)
+        if samples is not None:
+            with_samples(prepared, *samples)
         n = example_count(self.model, prepared)
         from onnx_attr.methods.straight_through import straight_through_view
 

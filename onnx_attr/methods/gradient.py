@@ -359,8 +359,7 @@ class GradientShap(AttributionMethod):
         noisy, drawn, alpha, n, repack, as_numpy = draw_shap_samples(
             inputs, baselines, n_samples, stdevs, "GradientShap", sample_axes(self, inputs, additional_forward_args),
             self.model)
-        prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args)
-        with_samples(prepared, n, n_samples)
+        prepared, rows = self._prepare(repack(noisy), repack(drawn), additional_forward_args, samples=(n, n_samples))
         prepared.as_numpy = as_numpy
         dtype = next(t.dtype for t, a in zip(prepared.tensors, prepared.attributed) if a)
         alpha = alpha.to(dtype)
