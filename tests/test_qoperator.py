@@ -79,7 +79,15 @@ def _exact_and_complete(path, pixel_scales=(1.0, 30.0, 1000.0)) -> onnx_attr.Dee
     for pixels in pixel_scales:
         x = (np.random.default_rng(int(pixels)).standard_normal((2, 3, 16, 16)) * pixels).astype(np.float32)
         expected = ort_run(model.reference_model, {"x": x})[0]
-        np.testing.assert_array_equal(_plain(method.engine.rewrite.module, torch.from_numpy(x)).numpy(), expected)
+        rewritten = method.engine.rewrite
+        for mode in ("off", "reference", "deeplift"):  # every engine mode computes the plain forward
+            if mode == "deeplift":  # it needs the references a reference pass records
+                rewritten.state.mode = "reference"
+                _plain(rewritten.module, torch.from_numpy(x))
+            rewritten.state.mode = mode
+            np.testing.assert_array_equal(_plain(rewritten.module, torch.from_numpy(x)).numpy(), expected)
+        rewritten.state.clear()
+        rewritten.state.mode = "off"
         for baseline in (np.zeros_like(x), x[::-1] * -2 + pixels):
             baseline = np.ascontiguousarray(baseline)
             moved = expected - ort_run(model.reference_model, {"x": baseline})[0]
