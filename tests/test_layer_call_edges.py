@@ -88,3 +88,35 @@ def test_neuron_and_guided_grad_cam_constructors():
         onnx_attr.GuidedGradCam(MODEL, "s", kernel_widht=3)
     with pytest.raises(InputError, match="one layer"):
         onnx_attr.GuidedGradCam(MODEL, ["a", "b"])
+
+
+def test_layer_integrated_gradients_where_the_layer_has_another_batch_symbol():
+    """GPT-2's export views the ids as [-1, T] before its embedding, so shape inference names the
+    embedding's batch 'unk__0', not the ids' 'N'; LayerIntegratedGradients fed the layer to a cut model
+    that read a batch of two as one example and refused (hunt 26). Oracle: the same call one row at a
+    time, and completeness at the layer (every path passes it)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    import onnx_attr
+    from conftest import FLOAT, make_model
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Shape", ["ids"], ["shape"], start=1),
+             helper.make_node("Concat", ["minus_one", "shape"], ["rows"], axis=0),
+             helper.make_node("Reshape", ["ids", "rows"], ["flat"]),
+             helper.make_node("Gather", ["table", "flat"], ["emb"]),
+             helper.make_node("Tanh", ["emb"], ["t"]),
+             helper.make_node("ReduceSum", ["t", "time"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["logits"])]
+    model = onnx_attr.load(make_model(
+        nodes, [("ids", TensorProto.INT64, ["N", "T"])], [("logits", FLOAT, ["N", 3])],
+        {"table": rng.normal(0, 1, (20, 4)).astype(np.float32), "w": rng.normal(0, 1, (4, 3)).astype(np.float32),
+         "minus_one": np.array([-1], dtype=np.int64), "time": np.array([1], dtype=np.int64)}, opset=15))
+    ids = rng.integers(1, 20, (2, 6))
+    method = onnx_attr.LayerIntegratedGradients(model, "emb")
+    both, delta = method.attribute({"ids": ids}, target=[0, 2], n_steps=32, return_convergence_delta=True)
+    assert both.shape == (2, 6, 4) and float(np.abs(delta).max()) < 1e-4
+    for row, target in enumerate([0, 2]):
+        alone = method.attribute({"ids": ids[row:row + 1]}, target=target, n_steps=32)
+        np.testing.assert_allclose(both[row:row + 1], alone, rtol=1e-5, atol=1e-6)

@@ -167,8 +167,12 @@ def tensor_as_input(model, name: str, example: Tensor):
     return tensors_as_inputs(model, [name], [example])
 
 
-def tensors_as_inputs(model, names: Sequence[str], examples: Sequence[Tensor]):
-    """`tensor_as_input` for several tensors at once: they become the first inputs, in order."""
+def tensors_as_inputs(model, names: Sequence[str], examples: Sequence[Tensor],
+                      axes: Optional[Sequence[Optional[int]]] = None):
+    """`tensor_as_input` for several tensors at once: they become the first inputs, in order. `axes`:
+    each tensor's batch axis on this call (`methods.layer.layer_axes`), declared with the inputs'
+    batch symbol, so that the cut model reads its rows as the inputs' rows where shape inference gave
+    the tensor another one (GPT-2 views its ids as [-1, T] first: 'unk__0'; a contrib op: none)."""
     module = fx.GraphModule(model.module, copy.deepcopy(model.module.graph))
     first = next(n for n in module.graph.nodes if n.op == "placeholder")
     specs = []
@@ -181,10 +185,25 @@ def tensors_as_inputs(model, names: Sequence[str], examples: Sequence[Tensor]):
         spec = _spec(model, name, example)
         if not spec.differentiable:
             raise InputError(f"tensor {name!r} is {spec.dtype}: only floating tensors can be attributed")
-        specs.append(spec)
+        specs.append(_on_batch(spec, axes[index] if axes else None, model, example))
     module.graph.eliminate_dead_code()
     module.recompile()
     return model.with_module(module, inputs=[*specs, *model.inputs])
+
+
+def _on_batch(spec: TensorSpec, axis: Optional[int], model, example: Tensor) -> TensorSpec:
+    """`spec` with the model inputs' batch symbol on `axis` (as declared where there is none)."""
+    from onnx_attr.importing.batch import batch_axes
+
+    symbol = next((s.shape[a] for s, a in zip(model.inputs, batch_axes(model.inputs))
+                   if a is not None and s.shape and isinstance(s.shape[a], str)), None)
+    if axis is None or symbol is None:
+        return spec
+    shape = list(spec.shape) if spec.shape is not None and len(spec.shape) == example.dim() \
+        else [None] * example.dim()
+    shape = [d if i != axis else symbol for i, d in enumerate(shape)]
+    shape = [d if d is not None else int(example.shape[i]) for i, d in enumerate(shape)]
+    return dataclasses.replace(spec, shape=tuple(shape))
 
 
 def replace_modules(model, swap: Callable[[fx.Node, nn.Module], Optional[tuple[nn.Module, dict]]], prefix: str

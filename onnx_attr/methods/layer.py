@@ -202,7 +202,7 @@ class LayerIntegratedGradients(LayerMethod):
         check_grad_kwargs(grad_kwargs)
         prepared, h, h0 = self._at_layers(inputs, baselines, additional_forward_args, attribute_to_layer_input)
         refuse_nested(self.model, self.layers, "LayerIntegratedGradients")
-        cut = tensors_as_inputs(self.model, self.layers, h)
+        cut = tensors_as_inputs(self.model, self.layers, h, self.layer_axes)
         ig = IntegratedGradients(cut, multiply_by_inputs=self._multiply_by_inputs)
         attributions, delta = ig.attribute(tuple(h), tuple(h0), target, tuple(prepared.tensors), n_steps=n_steps,
                                            method=method, internal_batch_size=internal_batch_size,
