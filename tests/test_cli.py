@@ -288,3 +288,43 @@ def test_convert_a_flatten_computed_from_the_inputs_shape(tmp_path, capsys):
     assert "exported for input shapes [[2, 3, 4, 4]] only" in captured.out and len(captured.err) < 2000
     got = torch.export.load(out).module()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(got, _ort_on_file(str(path), {"x": x}), rtol=1e-5, atol=1e-4)
+
+
+def test_convert_a_buffer_sliced_and_expanded_to_the_inputs_shape(tmp_path, capsys):
+    """BERT's token-type ids: a buffer sliced to the ids' length, then expanded to the ids' shape; a
+    Squeeze with constant axes (opset 13) and a Mod in the shape arithmetic (torchvision's ViT).
+    convert failed on every transformer export (hunt 26): the Slice's shape is known only once the
+    length before it is folded (inference repeated), and Expand and Squeeze read their shape or axes
+    per call (now baked in where the file holds them)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    arrays = {"buffer": rng.normal(size=(1, 16)).astype(np.float32), "zero": np.array([0], np.int64),
+              "one": np.array([1], np.int64), "seven": np.array([7], np.int64), "big": np.array([9], np.int64),
+              "axis0": np.array([0], np.int64)}
+    nodes = [helper.make_node("Shape", ["x"], ["sh"]),
+             helper.make_node("Slice", ["sh", "one", "big"], ["t"]),       # [T]
+             helper.make_node("Slice", ["buffer", "zero", "t", "one"], ["cut"]),  # [1, T]
+             helper.make_node("Shape", ["cut"], ["cut_shape"]),
+             helper.make_node("Slice", ["cut_shape", "one", "big"], ["t2"]),
+             helper.make_node("Slice", ["sh", "zero", "one"], ["n"]),
+             helper.make_node("Concat", ["n", "t2"], ["to"], axis=0),
+             helper.make_node("Expand", ["cut", "to"], ["wide"]),            # [N, T]
+             helper.make_node("Mod", ["seven", "t2"], ["rest"]),
+             helper.make_node("Mul", ["rest", "zero"], ["none"]),           # 0: an offset computed from the shape
+             helper.make_node("Cast", ["none"], ["nonef"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "wide"], ["s"]),
+             helper.make_node("Add", ["s", "nonef"], ["s2"]),
+             helper.make_node("Unsqueeze", ["s2", "axis0"], ["u"]),
+             helper.make_node("Squeeze", ["u", "axis0"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T"])],
+                              [numpy_helper.from_array(v, k) for k, v in arrays.items()])
+    path = tmp_path / "bert_like.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    x = rng.normal(size=(2, 5)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "bert_like.pt2"
+    assert main(["convert", str(path), "-o", str(out), "--input", str(tmp_path / "x.npz")]) == 0, capsys.readouterr()
+    got = torch.export.load(out).module()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, _ort_on_file(str(path), {"x": x}), rtol=1e-6, atol=1e-6)

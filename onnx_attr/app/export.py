@@ -86,25 +86,34 @@ def _shapes_as_constants(proto) -> None:
 
     from onnx_attr.importing.convert import _static_shapes
 
-    known = {name: dims for name, dims in _static_shapes(onnx.shape_inference.infer_shapes(proto).graph).items()
-             if all(isinstance(d, int) for d in dims)}
-    for i, node in enumerate(proto.graph.node):
-        if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or node.input[0] not in known:
-            continue
-        shape = known[node.input[0]]
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        rank = len(shape)
-        start, end = attrs.get("start", 0), attrs.get("end", rank)
-        start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
-        value = numpy_helper.from_array(np.array(shape[start:end], np.int64), node.output[0])
-        proto.graph.node[i].CopyFrom(helper.make_node("Constant", [], [node.output[0]], value=value,
-                                                      name=node.name or node.output[0]))
-    _fold_shape_arithmetic(proto)
+    for _ in range(8):  # a shape folded lets inference know the next (BERT: a Slice of a buffer to the ids' length)
+        known = {name: dims for name, dims in _static_shapes(onnx.shape_inference.infer_shapes(proto).graph).items()
+                 if all(isinstance(d, int) for d in dims)}
+        replaced = 0
+        for i, node in enumerate(proto.graph.node):
+            if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or node.input[0] not in known:
+                continue
+            shape = known[node.input[0]]
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            rank = len(shape)
+            start, end = attrs.get("start", 0), attrs.get("end", rank)
+            start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
+            value = numpy_helper.from_array(np.array(shape[start:end], np.int64), node.output[0])
+            proto.graph.node[i].CopyFrom(helper.make_node("Constant", [], [node.output[0]], value=value,
+                                                          name=node.name or node.output[0]))
+            replaced += 1
+        _fold_shape_arithmetic(proto)
+        if not replaced:
+            break
 
 
 #: the ops a shape is computed with between a Shape and the Reshape, Expand or Resize reading it
 _SHAPE_OPS = frozenset({"Slice", "Concat", "Gather", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub", "Mul", "Div",
-                        "Identity", "ReduceProd", "Equal", "Where", "Max", "Min", "Abs", "Neg"})
+                        "Identity", "ReduceProd", "Equal", "Where", "Max", "Min", "Abs", "Neg",
+                        # BERT's token-type ids: Expand(buffer, Where(Equal(shape, -1), ConstantOfShape(..), shape))
+                        "ConstantOfShape", "Range", "Reshape", "Expand", "Not", "And", "Or", "Less", "Greater",
+                        "LessOrEqual", "GreaterOrEqual", "ReduceSum", "ReduceMax", "ReduceMin", "Tile", "Size",
+                        "Mod", "Floor", "Ceil", "Sqrt", "Pow", "Sign"})
 
 
 def _fold_shape_arithmetic(proto, limit: int = 64) -> None:

@@ -66,6 +66,46 @@ def convert_reshape(node, graph):
     return result(node, Reshape(allowzero))
 
 
+class ConstantExpand(nn.Module):
+    """Expand to a shape the file holds as a constant, baked in: onnx2torch's reads the shape tensor on
+    every call, which torch.export cannot trace (`onnx-attr convert` on BERT: its token-type ids are
+    expanded to the ids' shape). x · ones(shape), as onnx2torch computes it (a fresh tensor, the
+    broadcast both ways)."""
+
+    def __init__(self, shape: list[int]):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.ones(self.shape, dtype=x.dtype, device=x.device)
+
+
+@register("Expand", 8, 13)
+def convert_expand(node, graph):
+    from onnx_attr.importing.converters._common import onnx2torch_result
+
+    shape_name = node.input_values[1]
+    if shape_name in graph.initializers:
+        shape = [int(d) for d in graph.initializers[shape_name].to_torch().tolist()]
+        return result(node, ConstantExpand(shape), inputs=node.input_values[:1])
+    return onnx2torch_result(node, graph, 13)
+
+
+@register("Squeeze", 13, 21)
+def convert_squeeze(node, graph):
+    """Squeeze with its axes baked in where the file holds them as a constant (onnx2torch's reads them
+    per call from 13 on, which torch.export cannot trace: torchvision's ViT under `convert`)."""
+    from onnx2torch.node_converters.squeeze import OnnxSqueezeStaticAxes
+
+    from onnx_attr.importing.converters._common import onnx2torch_result
+
+    axes_name = node.input_values[1] if len(node.input_values) > 1 else ""
+    if axes_name in graph.initializers:
+        return result(node, OnnxSqueezeStaticAxes(_values(graph.initializers[axes_name].to_torch())),
+                      inputs=node.input_values[:1])
+    return onnx2torch_result(node, graph, 13)
+
+
 def _values(t) -> list[int] | None:
     return None if t is None else [int(v) for v in t.reshape(-1).tolist()]
 
