@@ -328,3 +328,22 @@ def test_convert_a_buffer_sliced_and_expanded_to_the_inputs_shape(tmp_path, caps
     assert main(["convert", str(path), "-o", str(out), "--input", str(tmp_path / "x.npz")]) == 0, capsys.readouterr()
     got = torch.export.load(out).module()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(got, _ort_on_file(str(path), {"x": x}), rtol=1e-6, atol=1e-6)
+
+
+def test_convert_without_input_finds_a_length_the_model_runs(tmp_path, capsys):
+    """A speech encoder's first convolution is longer than the default sample's free dims (2): convert
+    without --input tries verify's sizes until the model runs (wav2vec2 failed, hunt 26)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 1, 10)).astype(np.float32), "w")
+    nodes = [helper.make_node("Unsqueeze", ["x", "one"], ["x3"]), helper.make_node("Conv", ["x3", "w"], ["y"], strides=[5])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "samples"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "frames"])],
+                              [w, numpy_helper.from_array(np.array([1], np.int64), "one")])
+    path = tmp_path / "speech.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    out = tmp_path / "speech.pt2"
+    assert main(["convert", str(path), "-o", str(out)]) == 0, capsys.readouterr()
+    x = np.random.default_rng(1).normal(size=(2, 32)).astype(np.float32)  # the first size tried that runs
+    got = torch.export.load(out).module()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, _ort_on_file(str(path), {"x": x}), rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
     Returns the program and notes; when the dims cannot stay dynamic, the shapes of the
     example inputs are fixed and a note says so.
     """
-    arrays = example_inputs if example_inputs is not None else sample_inputs(model.inputs)
+    arrays = example_inputs if example_inputs is not None else _runnable_sample(model)
     args = tuple(model.prepare(arrays))
     notes: list[str] = []
     dims: dict[str, Any] = {}
@@ -58,6 +58,23 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
                           "model from its framework with torch.export, or fix its input shapes") from failed
     return program, [f"{fixed} only: the graph computes shapes from its inputs' ({_first_line(failed)}), so the "
                      "program was made from the model imported at those shapes"]
+
+
+def _runnable_sample(model):
+    """A seeded sample at the first of verify's sizes for the free dims that the model runs (a speech
+    encoder's first convolution is longer than 2 samples: wav2vec2 failed at the default)."""
+    from onnx_attr.errors import ForwardError
+    from onnx_attr.importing.verify import SAMPLE_SIZES
+
+    free = any(not isinstance(d, int) or d <= 0 for spec in model.inputs for d in (spec.shape or ()))
+    for size in SAMPLE_SIZES if free else SAMPLE_SIZES[:1]:
+        arrays = sample_inputs(model.inputs, symbolic_size=size, batch_size=2)
+        try:
+            model.run(arrays)
+            return arrays
+        except ForwardError:
+            continue
+    return sample_inputs(model.inputs)  # none runs: the export's own error says why
 
 
 def _fixed_twin(model, args):
