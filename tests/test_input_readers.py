@@ -401,6 +401,7 @@ def test_attribute_text_through_a_tokenizer(tmp_path, text_model, capsys):
     encodings = _encoded(tokenizer_path, lines)
     assert report["tokens"] == [e.tokens for e in encodings] and report["tokens"][0][-1] == "[PAD]"
     assert report["manifest"]["options"]["preprocessing"]["text"]["length"] == LENGTH
+    assert "keeps the input's ids" in report["ids_note"]  # what the baseline moves is said (hunt 26, CLIP)
     scores = np.load(out / "attributions.npz")["input_ids"]
     assert scores.shape == (2, LENGTH)
     ids = torch.tensor([e.ids for e in encodings])

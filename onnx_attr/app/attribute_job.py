@@ -109,6 +109,13 @@ def _id_names(attributed: dict) -> list[str]:
     return [k for k, v in attributed.items() if not np.issubdtype(np.asarray(v).dtype, np.floating)]
 
 
+#: said with attributions of token ids: what the baseline moves, and what it does not (hunt 26: on CLIP's text
+#: encoder Σ attributions was not onnxruntime's f(ids) - f(zero ids), as its EOS pooling reads the input's ids)
+IDS_NOTE = ("token ids are attributed at their embedding lookups: the baseline replaces their embeddings, while what "
+            "else the graph computes from the ids (masks, positions, a pooling index) keeps the input's ids, so the "
+            "change explained is f(input) - f(input with the baseline's embeddings)")
+
+
 def _blur_note(attributed: dict, kept: Sequence[str], why: str) -> str:
     """What `--baseline auto` took instead of zeros (`domain_reference`), for the report."""
     ids = _id_names(attributed)
@@ -721,6 +728,7 @@ class _Job:
             "baseline_used": used,
             **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline
                and self.baseline == "auto" and used == "blur" else {}),
+            **({"ids_note": IDS_NOTE} if any((method_report.get("embedding_lookups") or {}).values()) else {}),
             "inputs": str(file),
             "verify": verification,
             "notes": list(self.model.notes),

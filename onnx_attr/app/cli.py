@@ -611,7 +611,7 @@ def _attribution_summary(report: dict, out: str, worst: float) -> str:
     pictures = [f for f in report["files"] if f not in ("attributions.npz", "report.json")]
     lines = [f"{report['method']} on output {report['output']!r}, target {shown} ({report['target_source']}), "
              f"baseline {report.get('baseline_used', report['baseline'])}",
-             *([f"note: {report['baseline_note']}"] if report.get("baseline_note") else []),
+             *(f"note: {report[k]}" for k in ("baseline_note", "ids_note") if report.get(k)),
              "final activation: " + (
                  "none found" if final is None else
                  f"{final['op_type']} node {final['node']!r} " + (f"stripped: {attributed_after(final['op_type'])} "
