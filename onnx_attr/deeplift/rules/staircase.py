@@ -71,9 +71,9 @@ class StaircaseSplit(Rule):
             spread_at = _linear(fused, args[:k], dict(zip(positions, magnitudes)), size)
             spread = spread_at.detach() - offset  # S = Σ|w_i·Δp_i| ≥ |Δx|
             dx = x.detach() - x0
-            m_c = _clamp_secant(*memo["range"], x0, dx)
-            moved = spread > 0
-            share = torch.where(moved, (out - ref_out - m_c * dx) / spread.masked_fill(~moved, 1.0), 0.0)
+            m_c = _clamp_secant(*memo["range"], x0, dx, memo)
+            # Δr / S where S > 0; 0 where nothing moved (0/0) or where S rounded to 0 or below (±inf, NaN)
+            share = (out - ref_out - m_c * dx).div_(spread.clamp_(min=0.0)).nan_to_num_(0.0, 0.0, 0.0)
             found = torch.autograd.grad([x, spread_at], live + magnitudes, [grad * m_c, grad * share],
                                         allow_unused=True)
         grads: list[Tensor | None] = [None] * len(args)
@@ -102,12 +102,14 @@ def _compact(t: Tensor) -> Tensor:
     return high if bool(torch.equal(low, high)) else t
 
 
-def _clamp_secant(low: Tensor, high: Tensor, x0: Tensor, dx: Tensor) -> Tensor:
+def _clamp_secant(low: Tensor, high: Tensor, x0: Tensor, dx: Tensor, memo: dict | None = None) -> Tensor:
     """The secant of Q's clamp to its range [low, high] over [x0, x0 + Δx], in [0, 1]; where Δx is 0,
-    the clamp's slope at x0 (1 inside the range, 0 at or past its ends)."""
-    x0 = x0.expand_as(dx)
-    clamp = lambda t: torch.minimum(torch.maximum(t, low), high)  # noqa: E731
+    the clamp's slope at x0 (1 inside the range, 0 at or past its ends). The reference's side is kept
+    in `memo` (it is the same on every call over one reference)."""
+    memo = {} if memo is None else memo
+    if "clamped0" not in memo:
+        memo["clamped0"] = torch.clamp(x0, low, high)
+        memo["inside0"] = ((x0 > low) & (x0 < high)).to(x0.dtype)
     still = dx == 0
-    secant = (clamp(x0 + dx) - clamp(x0)) / dx.masked_fill(still, 1.0)
-    inside = ((x0 > low) & (x0 < high)).to(dx.dtype)
-    return torch.where(still, inside, secant).clamp(0.0, 1.0)
+    secant = (torch.clamp(x0 + dx, low, high) - memo["clamped0"]).div_(dx.masked_fill(still, 1.0))
+    return torch.where(still, memo["inside0"].to(dx.dtype), secant).clamp_(0.0, 1.0)
