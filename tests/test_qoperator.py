@@ -260,3 +260,32 @@ def test_layer_deeplift_on_an_integer_tensor(tmp_path):
     got = onnx_attr.LayerDeepLift(model, layer).attribute(torch.from_numpy(x), target=target)
     assert tuple(got.shape) == (1, 8, 8, 8)
     assert abs(float(got.sum()) - moved[0, target]) <= 2e-5 * abs(moved[0, target])
+
+
+def test_an_integer_split_is_carried(tmp_path):
+    """onnxruntime's quantizer keeps a Split on the integers (QSplit; LeViT's attention splits q, k and v
+    so): each output is carried as floats (it had left the whole region refused)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            left, right = torch.split(self.a(x), [4, 4], dim=1)
+            return (self.b(left) * torch.sigmoid(right)).flatten(1)
+
+    torch.manual_seed(0)
+    float_path, path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    torch.onnx.export(Net().eval(), torch.randn(1, 3, 16, 16), str(float_path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+    draws = iter([{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(4)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(draws, None)
+
+    quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QOperator)
+    assert "Split" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    _exact_and_complete(path, (1.0, 30.0))

@@ -354,6 +354,7 @@ def _region(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[dict[fx.Nod
     feed anything but DequantizeLinears), and the nodes leaving them (DequantizeLinear, a float-output
     QGemm)."""
     from onnx_attr.deeplift.taps import LayerTap
+    from onnx_attr.importing.convert import select_output
 
     integer: dict[fx.Node, torch.dtype] = {}
     exits: set[fx.Node] = set()
@@ -389,7 +390,8 @@ def _region(module: fx.GraphModule, variable: set[fx.Node]) -> tuple[dict[fx.Nod
                 exits.add(user)
             elif op in CARRIERS and (op == "Concat" or where == [0]):
                 stack.append((user, dtype))
-            elif user.op == "call_function" and user.target is operator.getitem and _op(node) == "Split":
+            elif user.op == "call_function" and user.target in (operator.getitem, select_output) \
+                    and _op(node) == "Split":  # one of its outputs
                 stack.append((user, dtype))
             elif op in READERS and where == [0]:
                 continue
