@@ -44,12 +44,16 @@ class _Blocks(torch.nn.Module):
         return self.fc(mixed.mean(1))
 
 
-def _quantized(tmp_path, name: str, *, per_channel=False, activation="u8", scale=1.0, pixels=1.0, quant_format=None):
+def _quantized(tmp_path, name: str, *, per_channel=False, activation="u8", scale=1.0, pixels=1.0, quant_format=None,
+               net=None):
+    """`net` (default: the blocks above, head scaled by `scale`) exported and through quantize_static, calibrated
+    on six draws of `pixels`' scale: the float file and the quantized one."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     torch.manual_seed(0)
     float_path, path = tmp_path / f"{name}_f.onnx", tmp_path / f"{name}.onnx"
-    torch.onnx.export(_Blocks(scale).eval(), torch.randn(1, 3, 16, 16), str(float_path), input_names=["x"],
+    net = _Blocks(scale) if net is None else net
+    torch.onnx.export(net.eval(), torch.randn(1, 3, 16, 16), str(float_path), input_names=["x"],
                       output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
     draws = iter([{"x": (np.random.default_rng(i).standard_normal((1, 3, 16, 16)) * pixels).astype(np.float32)}
                   for i in range(6)])
@@ -212,8 +216,6 @@ def test_integer_resize_is_carried(tmp_path, mode):
     """onnxruntime's quantizer keeps a Resize on the integers (QResize): nearest moves them; linear
     interpolates in float64 and truncates, written as those two steps (the truncation a staircase). A
     segmentation map's pixel is explained exactly, against onnxruntime's forward and its change."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -225,16 +227,7 @@ def test_integer_resize_is_carried(tmp_path, mode):
             return self.b(y)
 
     torch.manual_seed(0)
-    float_path, path = tmp_path / "f.onnx", tmp_path / "q.onnx"
-    torch.onnx.export(Net().eval(), torch.randn(1, 3, 16, 16), str(float_path), input_names=["x"], output_names=["y"],
-                      opset_version=13, dynamo=False)
-    draws = iter([{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(4)])
-
-    class Reader(CalibrationDataReader):
-        def get_next(self):
-            return next(draws, None)
-
-    quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QOperator)
+    _, path = _quantized(tmp_path, mode, net=Net())
     assert "Resize" in {n.op_type for n in onnx.load(str(path)).graph.node}
     model = onnx_attr.load(str(path))
     method = onnx_attr.DeepLift(model)
@@ -265,8 +258,6 @@ def test_layer_deeplift_on_an_integer_tensor(tmp_path):
 def test_an_integer_split_is_carried(tmp_path):
     """onnxruntime's quantizer keeps a Split on the integers (QSplit; LeViT's attention splits q, k and v
     so): each output is carried as floats (it had left the whole region refused)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -277,15 +268,6 @@ def test_an_integer_split_is_carried(tmp_path):
             return (self.b(left) * torch.sigmoid(right)).flatten(1)
 
     torch.manual_seed(0)
-    float_path, path = tmp_path / "f.onnx", tmp_path / "q.onnx"
-    torch.onnx.export(Net().eval(), torch.randn(1, 3, 16, 16), str(float_path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
-    draws = iter([{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(4)])
-
-    class Reader(CalibrationDataReader):
-        def get_next(self):
-            return next(draws, None)
-
-    quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QOperator)
+    _, path = _quantized(tmp_path, "split", net=Net())
     assert "Split" in {n.op_type for n in onnx.load(str(path)).graph.node}
     _exact_and_complete(path, (1.0, 30.0))
