@@ -187,6 +187,18 @@ def test_ig_on_a_time_major_output_stacks_steps_on_the_batch_axis():
     assert np.abs(delta.numpy()).max() < 1e-4
 
 
+@pytest.mark.parametrize("target, axis, size", [((9, 1), 0, 4), ((3, 7), 2, 5)])
+def test_a_target_out_of_range_names_the_outputs_own_axis(target, axis, size):
+    """Output [T, N, C] is read batch-first as [N, T, C]: the error names axis 0 for T, not the
+    view's axis 1."""
+    model = onnx_attr.load(time_major_model(frames_are_batch=False))
+    x = RNG.standard_normal((2, 6, 4)).astype(np.float32)
+    for method in (onnx_attr.DeepLift(model), onnx_attr.IntegratedGradients(model)):
+        with pytest.raises(onnx_attr.InputError, match=rf"target {target[axis // 2]} is out of range for output "
+                                                       rf"axis {axis} of size {size}"):
+            method.attribute(x, target=target)
+
+
 def test_inspect_shows_each_batch_axis():
     info = onnx_attr.load(state_on_axis_one_model()).summary()
     assert [d["batch_axis"] for d in info["inputs"]] == [0, 1]

@@ -160,8 +160,9 @@ class Targets:
         for axis in range(depth):
             size = output.shape[axis + 1]
             bad = next((row[axis] for row in self.rows if not 0 <= row[axis] < size), None)
-            if bad is not None:
-                raise InputError(f"target {bad} is out of range for output axis {axis + 1} of size {size} "
+            if bad is not None:  # named as the output's own axis, not the batch-first view's
+                own = axis if self.batch_axis is None or axis < self.batch_axis else axis + 1
+                raise InputError(f"target {bad} is out of range for output axis {own} of size {size} "
                                  f"(valid: 0 to {size - 1})")
         first = self.rows[0]
         if all(row == first for row in self.rows):  # one target for all: a plain slice, no index tensors
