@@ -145,6 +145,29 @@ def test_integrated_gradients_from_the_cli(tmp_path, capsys):
     assert report["method"] == "IntegratedGradients" and report["max_relative_delta"] < 1e-2
 
 
+def test_each_delta_is_reported_with_what_it_measures(tmp_path, capsys):
+    """DeepLift's delta is ~0 (exact), IG's shrinks with --n-steps (approximate), GradientShap's is one
+    draw's (sampled, large by design): the report and the summary say which, so a sampled delta is
+    not read as a completeness miss."""
+    def run(method, *extra):
+        out = tmp_path / f"{method}{len(extra)}"
+        assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--method", method, "--out", str(out),
+                     "--no-pictures", *extra]) == 0
+        return json.loads((out / "report.json").read_text()), capsys.readouterr().out
+
+    exact, printed = run("deeplift")
+    assert exact["delta_meaning"].startswith("exact") and exact["max_relative_delta"] < 1e-4
+    assert "note: that delta is" not in printed
+    coarse, printed = run("integratedgradients", "--n-steps", "4")
+    fine, _ = run("integratedgradients", "--n-steps", "64")
+    assert coarse["delta_meaning"].startswith("approximate") and "note: that delta is approximate" in printed
+    assert fine["max_relative_delta"] < coarse["max_relative_delta"] / 10
+    np.savez(tmp_path / "bg.npz", image=np.load(DIGITS_INPUTS)["image"][:4])
+    sampled, printed = run("gradientshap", "--baseline", str(tmp_path / "bg.npz"))
+    assert sampled["delta_meaning"].startswith("sampled") and "note: that delta is sampled" in printed
+    assert sampled["max_relative_delta"] > 1e-2 and not sampled["warnings"]
+
+
 def _many_inputs(folder, count):
     x = np.load(DIGITS_INPUTS)["image"]
     folder.mkdir()

@@ -114,6 +114,7 @@ def test_page_summary_errors_pictures_and_rebuild(digits_run, tmp_path):
     assert summary["verify"]["passed"] and summary["verify"]["rows"] == 16
     assert "deeplift" in page and "PASSED" in page and "digits_cnn.onnx" in page
     assert "holds NaN" in page and page.count('class="card') <= 40
+    assert "The delta is exact: Σ attributions = f(x) − f(baseline)" in page  # DeepLift's: what it measures
     pictures = sorted((digits_run / "report_files").glob("row_*.png"))
     assert len(pictures) == 3
     for p in pictures:

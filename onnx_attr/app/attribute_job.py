@@ -721,6 +721,7 @@ class _Job:
         report = {
             **method_report,
             "method": METHOD_TITLES[self.method],
+            **({"delta_meaning": entry(self.method).delta_meaning} if entry(self.method).delta else {}),
             "target": resolved.shown,
             "target_source": resolved.source,
             "target_detail": resolved.detail,

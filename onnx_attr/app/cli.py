@@ -619,6 +619,8 @@ def _attribution_summary(report: dict, out: str, worst: float) -> str:
              "convergence delta: none (the method has no completeness identity)"
              if report["max_relative_delta"] is None else f"convergence delta per example: max |delta| {worst:.3e}, "
                                                          f"max relative {report['max_relative_delta']:.3e}",
+             *([f"note: that delta is {report['delta_meaning']}"]
+               if not report.get("delta_meaning", "exact").startswith("exact") else []),
              "verify against onnxruntime: " + ('PASSED' if report['verify']['passed'] else
                                                f"NOT RUN ({report['verify']['not_run']})" if report['verify'].get('not_run')
                                                else 'FAILED'),

@@ -183,7 +183,7 @@ def lines_svg(series: dict[str, Sequence[float]], width: int = 420, height: int 
 # -- sections --------------------------------------------------------------------------------------------------
 
 def render(run, collected, gallery: Sequence, notes: Sequence[str], options) -> str:
-    sections = [_summary(run, collected), _deltas(collected), _errors(collected)]
+    sections = [_summary(run, collected), _deltas(collected, run.manifest.get("method")), _errors(collected)]
     for column in run.columns:
         if column.kind == "image":
             sections.append(_image_maps(column, collected.images[column.name]))
@@ -244,8 +244,12 @@ def _verify(verify: Optional[dict]) -> str:
             f"{verify.get('rtol'):g}·|ort|)</p>" + table(("output", "max abs err", "max rel err", ""), rows, raw=True))
 
 
-def _deltas(collected) -> str:
+def _deltas(collected, method: Optional[str]) -> str:
     from onnx_attr.app.dataset_job import DELTA_TOLERANCE
+    from onnx_attr.methods.registry import REGISTRY
+
+    found = REGISTRY.get(method or "")
+    meaning = found.delta_meaning if found is not None else None
 
     over = 2 + list(range(-12, 3)).index(-4)  # bins at and above 1e-4 (after "0" and "<1e-12")
     return "\n".join([
@@ -255,6 +259,7 @@ def _deltas(collected) -> str:
         f"{fmt(collected.mean_relative(), '.3e')}, "
         f"<b>{collected.above_tolerance}</b> rows above {DELTA_TOLERANCE:g}. |delta|: largest "
         f"{fmt(collected.deltas.largest, '.3e')}.</p>",
+        *([f"<p id='delta-meaning'>The delta is {esc(meaning)}.</p>"] if meaning else []),
         "<div class='grid'><div><b>relative delta</b> (rows per decade: e-7 is [1e-7, 1e-6); red: ≥ 1e-4)<br>"
         + bars_svg(collected.relative.bins(), over_from=over) + "</div>",
         "<div><b>|convergence delta|</b> (rows per decade)<br>" + bars_svg(collected.deltas.bins()) + "</div></div>",

@@ -58,6 +58,23 @@ class MethodEntry:
         return getattr(importlib.import_module(module if "." in module else f"onnx_attr.methods.{module}"), name)
 
     @property
+    def delta_meaning(self) -> Optional[str]:
+        """What this method's convergence delta measures, for the reports (None: it has none). Only
+        the DeepLift family's should be ~0: a path integral's is its quadrature error, and a drawn
+        path point's (GradientShap) meets f(x) − f(x0) only on average over draws."""
+        if not self.delta:
+            return None
+        if self.draws:
+            return ("sampled: each draw is one random point of one random baseline's path, so a draw's delta "
+                    "is large by design; Σ attributions meets f(x) − E[f(baseline)] only on average over draws")
+        if self.path.startswith("lrp:"):
+            return ("conservation: target output − Σ relevance, 0 up to rounding for conserving rules on a model "
+                    "without biases; biases and ε absorb their share otherwise")
+        if "n_steps" in self.options:
+            return "approximate: the path integral's quadrature error, which shrinks as --n-steps grows"
+        return "exact: Σ attributions = f(x) − f(baseline) up to float rounding"
+
+    @property
     def needs_layer(self) -> bool:
         return self.takes_layer or self.family in ("layer", "neuron")
 
@@ -266,7 +283,7 @@ def methods_markdown() -> str:
                                                   else "", options]))
             options = options or "none"
             lines.append(f"| {e.title or e.class_name} | {'`' + e.name + '`' if e.cli else 'API only'} | {family} | "
-                         f"{baselines} | {'yes' if e.delta else 'no'} | {options} |")
+                         f"{baselines} | {(e.delta_meaning or 'no').partition(':')[0]} | {options} |")
     return "\n".join(lines) + "\n"
 
 
