@@ -57,10 +57,14 @@ def assert_forward_unchanged(imported, dl, x: np.ndarray, x0: np.ndarray) -> tor
 
 
 def ort_run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    """The oracle: onnxruntime on the CPU provider."""
+    """The oracle: onnxruntime on the CPU provider. On a CPU where its uint8 x int8 products saturate
+    (AVX2 without VNNI), int8 weights go in as the same integers in uint8, which it computes exactly
+    (`importing/saturation.py`; `test_saturation` checks that re-expression by hand)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    from onnx_attr.importing.saturation import unsaturated
+
+    session = ort.InferenceSession(unsaturated(model)[0].SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 
 

@@ -400,15 +400,22 @@ def tensor_nodes(module: fx.GraphModule) -> dict[str, fx.Node]:
     return {n.meta["onnx_tensor"]: n for n in module.graph.nodes if "onnx_tensor" in n.meta}
 
 
-def run_recording(module: fx.GraphModule, *args: torch.Tensor) -> dict[str, object]:
-    """Run the module and return every ONNX tensor's value by name (for divergence search)."""
+def run_recording(module: fx.GraphModule, *args: torch.Tensor, overrides: Optional[dict] = None
+                  ) -> dict[str, object]:
+    """Run the module and return every ONNX tensor's value by name (for divergence search). With
+    `overrides` (ONNX name -> array of the same shape), ours is recorded and the given value goes on
+    downstream: each later node computes from the reference's values (teacher forcing)."""
     recorded: dict[str, object] = {}
 
     class _Recorder(Interpreter):
         def run_node(self, n: fx.Node):
             out = super().run_node(n)
             if "onnx_tensor" in n.meta:
-                recorded[n.meta["onnx_tensor"]] = out
+                name = n.meta["onnx_tensor"]
+                recorded[name] = out
+                given = (overrides or {}).get(name)
+                if given is not None and isinstance(out, torch.Tensor) and tuple(given.shape) == tuple(out.shape):
+                    return torch.from_numpy(np.ascontiguousarray(given)).to(device=out.device, dtype=out.dtype)
             return out
 
     with torch.no_grad():

@@ -14,6 +14,7 @@ from onnx_attr.importing.final_activation import expose_selection_scores, strip_
 from onnx_attr.importing.model import AttributableModel
 from onnx_attr.importing.normalize import normalize, sort_unsorted_top_k
 from onnx_attr.importing.read import ModelSource, read_model
+from onnx_attr.importing.saturation import unsaturated
 from onnx_attr.importing.specs import cast_id_inputs, output_spec, value_spec
 
 
@@ -44,13 +45,17 @@ def load(
     canonical = normalized.canonical
     sort_unsorted_top_k(canonical.graph)  # the reference runs it in our order, which the file allows
     ids = cast_id_inputs(canonical.graph)
+    canonical, shifted = unsaturated(canonical)  # a copy where it changes any weight: `converted` may be canonical
+    saturation = (f"onnxruntime on this CPU (AVX2 without VNNI) saturates uint8 x int8 products in int16; the "
+                  f"reference runs the int8 weights of {shifted} integer kernel(s) as the same integers in uint8 "
+                  "(+128, zero point +128), which it computes exactly",) if shifted else ()
     imported = AttributableModel(
         module,
         inputs=[value_spec(v, ids=v.name in ids) for v in canonical.graph.input],
         outputs=[output_spec(v, finals.get(v.name), roles.get(v.name)) for v in canonical.graph.output],
         onnx_model=normalized.converted,
         reference_model=canonical,
-        notes=(*label_notes, *normalized.notes),
+        notes=(*label_notes, *normalized.notes, *saturation),
         source=Path(source) if isinstance(source, (str, Path)) else None,
     )
     imported.budget = budget

@@ -1,0 +1,121 @@
+"""A statically quantized graph verified quantizer by quantizer, each fed onnxruntime's own values.
+
+At the outputs, a QDQ graph's import is judged against onnxruntime's own spread under a few ulps of
+jitter (verify.py): one ulp before a QuantizeLinear becomes a whole step after it, and steps
+compound. That spread is wide (tens of output steps on a deep net), so an import error of a percent
+in one layer's arithmetic hides inside it. Here each activation quantizer of ours runs on
+onnxruntime's values of the quantized tensors before it (teacher forcing: `run_recording`'s
+overrides), so what differs is that quantizer's own step alone. Where our float arithmetic and
+onnxruntime's round a sum differently, a value on a half flips by one step: a few per million
+elements (resnet18 5e-6, mobilenet_v3 4e-7, measured). An import error moves many elements, or
+by more than one step, and is named by the first quantizer where it shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+import torch
+
+from onnx_attr.errors import ReferenceRuntimeError
+
+#: a quantizer passes when no element moves by more than this many steps ...
+MAX_STEPS = 1
+#: ... and at most this fraction of its elements moved, not counting ties (rounding flips: ~1e-6 measured)
+MAX_FLIPPED = 1e-3
+#: a value this close to a half step (in steps) is a tie that either runtime may round either way: an
+#: average or a linear Resize of quantized values lands exactly on halves, and one ulp decides them
+TIE = 1e-3
+
+
+@dataclass
+class QuantizerCheck:
+    """Every activation quantizer, fed onnxruntime's values of the quantized tensors before it."""
+
+    quantizers: int  # compared (their outputs' elements: `elements`)
+    elements: int
+    flipped: int  # elements one or more steps from onnxruntime's
+    max_steps: float
+    worst: Optional[str] = None  # the first quantizer output that fails, else the one with most flips
+    worst_detail: str = ""
+    passed: bool = True
+
+    def format(self) -> str:
+        head = (f"{self.quantizers} quantizers, each fed onnxruntime's values before it: {self.flipped} of "
+                f"{self.elements} elements off by up to {self.max_steps:g} step(s)")
+        if self.passed:
+            return head + (f" (rounding flips: at most {MAX_STEPS} step, on half steps or under {MAX_FLIPPED:g} of "
+                           "the elements)")
+        return head + f"; {self.worst!r}: {self.worst_detail} -> an import error there, not rounding"
+
+
+def activation_quantizers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """The main graph's QuantizeLinear nodes that quantize a computed tensor, by output, in graph order."""
+    constants = {t.name for t in graph.initializer}
+    constants.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)
+    return {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants}
+
+
+def _ties(node: onnx.NodeProto, ours: dict, where: np.ndarray) -> np.ndarray:
+    """Of the elements at `where`, those whose input ours quantized sits on a half step (within TIE),
+    where its scale is one number; none otherwise."""
+    x, scale = (ours.get(name) for name in node.input[:2])
+    if not isinstance(x, torch.Tensor) or not isinstance(scale, torch.Tensor) or scale.numel() != 1:
+        return np.zeros(int(where.sum()), bool)
+    steps = x.detach().cpu().double().numpy()[where] / float(scale)
+    return np.abs(steps - np.floor(steps) - 0.5) <= TIE
+
+
+def check_quantizers(model, tensors: Sequence[torch.Tensor], feeds: dict[str, np.ndarray]
+                     ) -> Optional[QuantizerCheck]:
+    """None where there is nothing to compare (no quantizer of ours computes an integer tensor
+    onnxruntime names) or onnxruntime cannot run the graph with them as outputs."""
+    from onnx_attr.importing.convert import run_recording
+    from onnx_attr.importing.verify import run_onnxruntime
+
+    reference = model.reference_model
+    nodes = activation_quantizers(reference.graph)
+    names = list(nodes)
+    if not names:
+        return None
+    probe = onnx.ModelProto()
+    probe.CopyFrom(reference)
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
+    try:
+        values = run_onnxruntime(probe, feeds, names, optimize=False, outputs_of=reference)
+    except ReferenceRuntimeError:
+        return None
+    theirs = dict(zip(names, map(np.asarray, values)))
+    theirs = {n: v for n, v in theirs.items() if np.issubdtype(v.dtype, np.integer)}  # not float8's
+    with torch.no_grad():
+        ours = run_recording(model.module, *tensors, overrides=theirs)
+    check = QuantizerCheck(0, 0, 0, 0.0)
+    most = -1
+    for name in names:  # graph order: the first failure is where an error enters
+        a, b = ours.get(name), theirs.get(name)
+        if not isinstance(a, torch.Tensor) or b is None:
+            continue
+        a = a.detach().cpu().numpy()
+        if a.shape != b.shape:
+            detail = f"shape {list(a.shape)} here, {list(b.shape)} in onnxruntime"
+            steps, moved, ties = float("inf"), b.size, 0
+        else:
+            diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+            steps, moved = float(diff.max(initial=0)), int(np.count_nonzero(diff))
+            ties = int(_ties(nodes[name], ours, diff == 1).sum()) if moved else 0
+            detail = f"{moved} of {b.size} elements off, by up to {steps:g} step(s)" + (
+                f", {ties} of them on a half step" if ties else "")
+        check.quantizers += 1
+        check.elements += b.size
+        check.flipped += moved
+        check.max_steps = max(check.max_steps, steps)
+        failed = steps > MAX_STEPS or moved - ties > max(1.0, MAX_FLIPPED * b.size)  # one flip in a small one is fine
+        if failed and check.passed:
+            check.passed, check.worst, check.worst_detail = False, name, detail
+        elif check.passed and moved > most:
+            most, check.worst, check.worst_detail = moved, name, detail
+    return check if check.quantizers else None

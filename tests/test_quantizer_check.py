@@ -1,0 +1,64 @@
+"""verify on a statically quantized (QDQ) graph checks each quantizer fed onnxruntime's own values:
+an import error of half a percent in one convolution, which later quantizers round away before the
+output (its max abs error is 0), fails there by name; a correct import passes with a few rounding
+flips. The oracle is onnxruntime's value of every quantized tensor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import onnx_attr
+from onnx_attr.importing.quantizer_check import MAX_FLIPPED
+
+from test_quantize import _calibration
+
+
+@pytest.fixture(scope="module")
+def qdq_net(tmp_path_factory):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    torch.manual_seed(0)
+    layers, channels = [], 3
+    for width in (16, 16, 24, 24, 32, 32):
+        layers += [torch.nn.Conv2d(channels, width, 3, padding=1), torch.nn.ReLU()]
+        channels = width
+    net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(channels, 10)).eval()
+    folder = tmp_path_factory.mktemp("qdq")
+    torch.onnx.export(net, torch.randn(1, 3, 32, 32), str(folder / "f.onnx"), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    draws = [{"x": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(4)]
+    quantize_static(str(folder / "f.onnx"), str(folder / "q.onnx"), _calibration(draws), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return str(folder / "q.onnx")
+
+
+X = np.random.default_rng(9).standard_normal((1, 3, 32, 32)).astype(np.float32)
+
+
+def _with_error(path: str, conv: int, factor: float):
+    """The import with one convolution's output scaled by `factor`: an import error we plant."""
+    model = onnx_attr.load(path)
+    module = [m for _, m in model.module.named_modules() if type(m).__name__ == "Conv"][conv]
+    forward = module.forward
+    module.forward = lambda *args, **kwargs: forward(*args, **kwargs) * factor
+    return model
+
+
+def test_a_correct_import_passes_with_rounding_flips_only(qdq_net):
+    report = onnx_attr.load(qdq_net).verify({"x": X})
+    checked = report.quantizers
+    assert report.passed and checked.passed and checked.quantizers == 10  # the input's and each activation's
+    assert checked.max_steps <= 1 and checked.flipped <= MAX_FLIPPED * checked.elements
+    assert "rounding flips" in report.format()
+
+
+@pytest.mark.parametrize("conv, factor, quantizer", [(1, 1.01, "/3/Relu_output_0_QuantizeLinear_Output"),
+                                                      (2, 1.005, "/5/Relu_output_0_QuantizeLinear_Output")])
+def test_an_error_the_outputs_round_away_fails_at_its_quantizer(qdq_net, conv, factor, quantizer):
+    report = _with_error(qdq_net, conv, factor).verify({"x": X})
+    assert report.outputs[0].max_abs == 0.0 and report.outputs[0].passed  # the output alone shows nothing
+    assert not report.passed and report.quantizers.worst == quantizer
+    assert "an import error there, not rounding" in report.format() and report.divergence is None
