@@ -47,8 +47,8 @@ def load(
     ids = cast_id_inputs(canonical.graph)
     canonical, shifted = unsaturated(canonical)  # a copy where it changes any weight: `converted` may be canonical
     saturation = (f"onnxruntime on this CPU (AVX2 without VNNI) saturates uint8 x int8 products in int16; the "
-                  f"reference runs the int8 weights of {shifted} integer kernel(s) as the same integers in uint8 "
-                  "(+128, zero point +128), which it computes exactly",) if shifted else ()
+                  f"reference gives {shifted} integer kernel(s) or weight DequantizeLinear(s) their int8 weights as the "
+                  "same integers in uint8 (+128, zero point +128), which it computes exactly",) if shifted else ()
     imported = AttributableModel(
         module,
         inputs=[value_spec(v, ids=v.name in ids) for v in canonical.graph.input],
