@@ -21,7 +21,11 @@ CPU_SATURATES = saturation.saturates  # the probe itself, before any test stands
 
 
 def _run(proto, feeds):
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    """onnxruntime on the graph as written (its optimizer would turn a DequantizeLinear weight and
+    its MatMul into a product that rounds the activations too)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 
 
@@ -73,6 +77,18 @@ def test_a_qdq_weight_dequantizes_to_the_same_floats(saturating):
     assert changed == 1
     assert {t.name: t.data_type for t in fixed.graph.initializer}["w__as_uint8"] == TensorProto.UINT8
     np.testing.assert_array_equal(_run(fixed, {"x": x})[0], _run(proto, {"x": x})[0])
+
+
+def test_a_per_axis_weight_without_zero_point_gets_one_per_axis(saturating):
+    """A missing zero point is 0; per axis, onnxruntime wants it 1-D like the scale."""
+    w = RNG.integers(-128, 128, (4, 3)).astype(np.int8)
+    nodes = [helper.make_node("DequantizeLinear", ["w", "ws"], ["wf"], axis=1),
+             helper.make_node("MatMul", ["x", "wf"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [2, 4])], [("y", FLOAT, [2, 3])], opset=13,
+                       initializers={"w": w, "ws": np.array([0.1, 0.02, 0.5], np.float32)})
+    x = RNG.standard_normal((2, 4)).astype(np.float32)
+    by_hand = x.astype(np.float64) @ (w * np.array([0.1, 0.02, 0.5], np.float32)).astype(np.float64)
+    np.testing.assert_allclose(_run(unsaturated(proto)[0], {"x": x})[0], by_hand, rtol=1e-5)
 
 
 def test_int8_activations_and_computed_weights_are_left_alone(saturating):

@@ -327,3 +327,20 @@ def test_an_output_of_another_shape_is_reported_as_such_not_as_an_infinite_error
     text = report.format()
     assert "FAIL audio [81600]: ours has shape [81000]" in text and "inf" not in text
     assert report.to_dict()["outputs"][0]["within_tolerance"] is False
+
+
+def test_weights_stored_in_8_bits_are_compared_with_the_graph_as_written():
+    """DequantizeLinear on an int8 weight, then MatMul: onnxruntime's optimizer would fuse them into a
+    dynamically quantized product (the activations rounded to 8 bits, 2% off here), so verify runs
+    the graph as written, which is the float product by hand to float32 rounding, and so is ours."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, (4, 3)).astype(np.int8)
+    scale = np.array([0.1, 0.02, 0.5], np.float32)
+    nodes = [helper.make_node("DequantizeLinear", ["w", "ws"], ["wf"], axis=1), helper.make_node("MatMul", ["x", "wf"], ["y"])]
+    model = onnx_attr.load(make_model(nodes, [("x", FLOAT, [2, 4])], [("y", FLOAT, [2, 3])], opset=13,
+                                      initializers={"w": w, "ws": scale}))
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    report = model.verify({"x": x})
+    assert report.passed and report.outputs[0].within_tolerance and any("as written" in n for n in report.notes)
+    by_hand = x.astype(np.float64) @ (w.astype(np.float64) * scale)
+    np.testing.assert_allclose(model.run({"x": x})[0].numpy(), by_hand, rtol=1e-5, atol=1e-5)

@@ -45,7 +45,7 @@ def load(
     canonical = normalized.canonical
     sort_unsorted_top_k(canonical.graph)  # the reference runs it in our order, which the file allows
     ids = cast_id_inputs(canonical.graph)
-    canonical, shifted = unsaturated(canonical)  # a copy where it changes any weight: `converted` may be canonical
+    canonical, shifted = unsaturated(canonical)  # a copy where it changes a weight: `converted` may be canonical
     saturation = (f"onnxruntime on this CPU (AVX2 without VNNI) saturates uint8 x int8 products in int16; the "
                   f"reference gives {shifted} integer kernel(s) or weight DequantizeLinear(s) their int8 weights as the "
                   "same integers in uint8 (+128, zero point +128), which it computes exactly",) if shifted else ()

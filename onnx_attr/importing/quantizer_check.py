@@ -74,22 +74,16 @@ def check_quantizers(model, tensors: Sequence[torch.Tensor], feeds: dict[str, np
     """None where there is nothing to compare (no quantizer of ours computes an integer tensor
     onnxruntime names) or onnxruntime cannot run the graph with them as outputs."""
     from onnx_attr.importing.convert import run_recording
-    from onnx_attr.importing.verify import run_onnxruntime
+    from onnx_attr.importing.verify import reference_values
 
-    reference = model.reference_model
-    nodes = activation_quantizers(reference.graph)
+    nodes = activation_quantizers(model.reference_model.graph)
     names = list(nodes)
     if not names:
         return None
-    probe = onnx.ModelProto()
-    probe.CopyFrom(reference)
-    outputs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
     try:
-        values = run_onnxruntime(probe, feeds, names, optimize=False, outputs_of=reference)
+        theirs = reference_values(model.reference_model, feeds, names)
     except ReferenceRuntimeError:
         return None
-    theirs = dict(zip(names, map(np.asarray, values)))
     theirs = {n: v for n, v in theirs.items() if np.issubdtype(v.dtype, np.integer)}  # not float8's
     with torch.no_grad():
         ours = run_recording(model.module, *tensors, overrides=theirs)

@@ -15,25 +15,36 @@ saturates.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple, Optional
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-#: (domain, op) -> per integer product: the input positions of (weight, its zero point, activation, its
-#: zero point); None for the activation where the op quantizes its float input to uint8 itself
-KERNELS: dict[tuple[str, str], tuple[tuple[int, int, int | None, int | None], ...]] = {
-    ("", "ConvInteger"): ((1, 3, 0, 2),),
-    ("", "MatMulInteger"): ((1, 3, 0, 2),),
-    ("", "QLinearConv"): ((3, 5, 0, 2),),
-    ("", "QLinearMatMul"): ((3, 5, 0, 2),),
-    ("com.microsoft", "QGemm"): ((3, 5, 0, 2),),
-    ("com.microsoft", "MatMulIntegerToFloat"): ((1, 5, 0, 4),),
-    ("com.microsoft", "DynamicQuantizeMatMul"): ((1, 3, None, None),),
-    # (not DynamicQuantizeLSTM: given uint8 weights with a zero point, onnxruntime's answer changes)
+class Product(NamedTuple):
+    """Where an integer product's inputs sit among its op's inputs: the weight, its scale (None: the
+    op has none), its zero point, and the activation and its zero point (None: the op quantizes its
+    float input to uint8 itself)."""
+
+    weight: int
+    scale: Optional[int]
+    zero: int
+    activation: Optional[int] = None
+    activation_zero: Optional[int] = None
+
+
+KERNELS: dict[tuple[str, str], Product] = {
+    ("", "ConvInteger"): Product(1, None, 3, 0, 2),
+    ("", "MatMulInteger"): Product(1, None, 3, 0, 2),
+    ("", "QLinearConv"): Product(3, 4, 5, 0, 2),
+    ("", "QLinearMatMul"): Product(3, 4, 5, 0, 2),
+    ("com.microsoft", "QGemm"): Product(3, 4, 5, 0, 2),
+    ("com.microsoft", "MatMulIntegerToFloat"): Product(1, 3, 5, 0, 4),
+    ("com.microsoft", "DynamicQuantizeMatMul"): Product(1, 2, 3),
     # a QDQ weight: onnxruntime's optimizer fuses it with its activation's pair into one of the kernels above
-    ("", "DequantizeLinear"): ((0, 2, None, None),),
-    ("com.microsoft", "DequantizeLinear"): ((0, 2, None, None),),
+    ("", "DequantizeLinear"): Product(0, 1, 2),
+    ("com.microsoft", "DequantizeLinear"): Product(0, 1, 2),
+    # (not DynamicQuantizeLSTM: given uint8 weights with a zero point, onnxruntime's answer changes)
 }
 
 
@@ -60,41 +71,44 @@ def unsaturated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """`model` with the int8 weights of its uint8-fed integer kernels in uint8 (a copy), and how many
     kernels changed; `model` itself and 0 where none needs it or this CPU does not saturate."""
     graph = model.graph
-    found = [(i, spots) for i, n in enumerate(graph.node) if (spots := KERNELS.get((n.domain or "", n.op_type)))]
+    found = [(i, spot) for i, n in enumerate(graph.node)
+             if (spot := KERNELS.get(("" if n.domain in ("", "ai.onnx") else n.domain, n.op_type)))]
     if not found or not saturates():
         return model, 0
     constants = {t.name: t for t in graph.initializer}
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
     types.update({name: t.data_type for name, t in constants.items()})
     for n in graph.node:
-        if n.op_type == "DynamicQuantizeLinear" and (n.domain or "") == "":
+        if n.op_type == "DynamicQuantizeLinear" and n.domain in ("", "ai.onnx"):
             types[n.output[0]] = TensorProto.UINT8
     changes = []
-    for index, spots in found:
+    for index, spot in found:
         node = graph.node[index]
-        for weight, zero, activation, activation_zero in spots:
-            w, z, a, az = (node.input[k] if k is not None and k < len(node.input) else ""
-                           for k in (weight, zero, activation, activation_zero))
-            # the activation's type, or its zero point's (an integer op's output has no inferred type)
-            fed = TensorProto.UINT8 if activation is None else types.get(a) or types.get(az)
-            if fed == TensorProto.UINT8 and w in constants and constants[w].data_type == TensorProto.INT8 and (
-                    not z or (z in constants and constants[z].data_type == TensorProto.INT8)):
-                changes.append((index, weight, zero))
+        w, z, a, az = (node.input[k] if k is not None and k < len(node.input) else ""
+                       for k in (spot.weight, spot.zero, spot.activation, spot.activation_zero))
+        # the activation's type, or its zero point's (an integer op's output has no inferred type)
+        fed = TensorProto.UINT8 if spot.activation is None else types.get(a) or types.get(az)
+        if fed == TensorProto.UINT8 and w in constants and constants[w].data_type == TensorProto.INT8 and (
+                not z or (z in constants and constants[z].data_type == TensorProto.INT8)):
+            changes.append((index, spot))
     if not changes:
         return model, 0
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph, made = out.graph, {}
-    for index, weight, zero in changes:
+    for index, spot in changes:
         node = graph.node[index]
-        while len(node.input) <= zero:
+        while len(node.input) <= spot.zero:
             node.input.append("")
-        for position, default in ((weight, None), (zero, 0)):
+        scale = node.input[spot.scale] if spot.scale is not None else ""
+        for position in (spot.weight, spot.zero):
             name = node.input[position]
-            if name not in made:
-                value = numpy_helper.to_array(constants[name]) if name else np.int8(default)
-                shifted = (value.astype(np.int16) + 128).astype(np.uint8)
-                made[name] = f"{name}__as_uint8" if name else "onnx_attr__uint8_zero_point_128"
-                graph.initializer.append(numpy_helper.from_array(shifted, made[name]))
-            node.input[position] = made[name]
-    return out, len({index for index, _, _ in changes})
+            key = name or f"zero point like {scale}"  # a missing one is 0, shaped as the scale (per axis: 1-D)
+            if key not in made:
+                value = numpy_helper.to_array(constants[name]) if name else np.zeros(
+                    constants[scale].dims if scale in constants else (), np.int8)
+                made[key] = f"{name or (scale or 'onnx_attr') + '_zero_point'}__as_uint8"
+                graph.initializer.append(numpy_helper.from_array((value.astype(np.int16) + 128).astype(np.uint8),
+                                                                 made[key]))
+            node.input[position] = made[key]
+    return out, len(changes)
