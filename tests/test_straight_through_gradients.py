@@ -123,16 +123,21 @@ def test_saliency_through_microsofts_dynamic_quantize_matmul_is_the_dequantized_
     np.testing.assert_allclose(got[0], expected, rtol=1e-6, atol=1e-7)
 
 
-def test_saliency_through_a_dynamically_quantized_lstm_is_the_float_lstms_gradient(tmp_path):
+def test_saliency_through_a_dynamically_quantized_lstm_is_the_float_lstms_gradient(tmp_path, monkeypatch):
     """com.microsoft DynamicQuantizeLSTM quantizes x and h inside one node: its products pass the
     rounding straight through (QuantizedWeight.exact). Oracle: the gradient of the float model it was
     quantized from (torch's own LSTM), within the 8-bit weights' rounding; before, autograd reached x
-    only through the quantizers' scales (correlation 0.007 with it)."""
+    only through the quantizers' scales (correlation 0.007 with it). On an x86 CPU without VNNI the
+    import reproduces onnxruntime's int16 pair saturation, which moves the gradient 30% from the float model's at
+    these inputs; the straight-through gradient is what is tested, so the exact sum is used here."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from exporting import to_onnx
+    from onnx_attr.importing.converters import quantize
     from test_quantized_lstm import TaggerLSTM
+
+    monkeypatch.setattr(quantize, "pairs_saturate", lambda: False)
 
     net = TaggerLSTM().eval()
     onnx.save(to_onnx(net, torch.randn(1, 9, 12), dynamic_batch=False), tmp_path / "float.onnx")

@@ -41,6 +41,7 @@ KERNELS: dict[tuple[str, str], Product] = {
     ("com.microsoft", "QGemm"): Product(3, 4, 5, 0, 2),
     ("com.microsoft", "MatMulIntegerToFloat"): Product(1, 3, 5, 0, 4),
     ("com.microsoft", "DynamicQuantizeMatMul"): Product(1, 2, 3),
+    ("com.microsoft", "QAttention"): Product(1, 4, 7, 0, 6),
     # a QDQ weight: onnxruntime's optimizer fuses it with its activation's pair into one of the kernels above
     ("", "DequantizeLinear"): Product(0, 1, 2),
     ("com.microsoft", "DequantizeLinear"): Product(0, 1, 2),
