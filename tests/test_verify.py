@@ -336,7 +336,8 @@ def test_weights_stored_in_8_bits_are_compared_with_the_graph_as_written():
     rng = np.random.default_rng(0)
     w = rng.integers(-128, 128, (4, 3)).astype(np.int8)
     scale = np.array([0.1, 0.02, 0.5], np.float32)
-    nodes = [helper.make_node("DequantizeLinear", ["w", "ws"], ["wf"], axis=1), helper.make_node("MatMul", ["x", "wf"], ["y"])]
+    nodes = [helper.make_node("DequantizeLinear", ["w", "ws"], ["wf"], axis=1),
+             helper.make_node("MatMul", ["x", "wf"], ["y"])]
     model = onnx_attr.load(make_model(nodes, [("x", FLOAT, [2, 4])], [("y", FLOAT, [2, 3])], opset=13,
                                       initializers={"w": w, "ws": scale}))
     x = rng.standard_normal((2, 4)).astype(np.float32)
