@@ -62,3 +62,29 @@ def test_an_error_the_outputs_round_away_fails_at_its_quantizer(qdq_net, conv, f
     assert report.outputs[0].max_abs == 0.0 and report.outputs[0].passed  # the output alone shows nothing
     assert not report.passed and report.quantizers.worst == quantizer
     assert "an import error there, not rounding" in report.format() and report.divergence is None
+
+
+@pytest.fixture(scope="module")
+def dynamic_net(qdq_net):
+    """The same convolutions through quantize_dynamic: DynamicQuantizeLinear -> ConvInteger per layer."""
+    from pathlib import Path
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = Path(qdq_net).parent
+    quantize_dynamic(str(folder / "f.onnx"), str(folder / "d.onnx"), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["Conv"])
+    return str(folder / "d.onnx")
+
+
+def test_a_dynamically_quantized_import_passes_and_an_error_fails_at_the_next_quantizers_scale(dynamic_net):
+    """A dynamic quantizer sets its scale from its input's range: an error that scales a whole conv
+    output leaves its integers as they were, and shows in the scale."""
+    report = onnx_attr.load(dynamic_net).verify({"x": X})
+    assert report.passed and report.quantizers.quantizers == 6 and report.quantizers.max_steps <= 1
+    model = onnx_attr.load(dynamic_net)
+    conv = [m for _, m in model.module.named_modules() if type(m).__name__ == "IntegerConv"][2]
+    forward = conv.forward
+    conv.forward = lambda *args: (forward(*args).double() * 1.01).round().to(torch.int32)
+    report = model.verify({"x": X})
+    assert not report.passed and "its scale" in report.quantizers.worst_detail
