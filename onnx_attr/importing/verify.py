@@ -80,7 +80,7 @@ class VerifyReport:
     inputs: str  # where the inputs came from
     divergence: Optional[Divergence] = None
     notes: list[str] = field(default_factory=list)
-    quantizers: Optional[QuantizerCheck] = None  # a QDQ graph: each quantizer alone (quantizer_check.py)
+    quantizers: Optional[QuantizerCheck] = None  # a quantized graph: each quantizer alone (quantizer_check.py)
 
     @property
     def passed(self) -> bool:
