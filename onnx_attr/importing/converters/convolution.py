@@ -20,7 +20,27 @@ from onnx_attr.importing.converters._common import result, text_attribute
 from onnx_attr.importing.converters.pooling import window_padding
 from onnx_attr.importing.converters.registry import register
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def conv3d(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
+           groups: int = 1) -> torch.Tensor:
+    """F.conv3d, but a kernel one frame deep (a 2-D kernel applied to each frame of a video) runs
+    as conv2d over the frames: the same sums, and torch's CPU conv3d is 100x slower there (17 s
+    against 0.16 s for RivaGAN's 32-channel 11x11 kernel on a 256x256 frame)."""
+    if w.shape[2] != 1 or isinstance(padding, str):
+        return F.conv3d(x, w, bias, stride, padding, dilation, groups)
+    strides, pads, dilations = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3
+                                for v in (stride, padding, dilation))
+    if pads[0]:  # depth padding adds zero frames, each giving the bias alone
+        x = F.pad(x, (0, 0, 0, 0, pads[0], pads[0]))
+    frames = x[:, :, ::strides[0]]
+    n, c, d = frames.shape[:3]
+    y = F.conv2d(frames.transpose(1, 2).reshape(n * d, c, *frames.shape[3:]), w[:, :, 0], bias, strides[1:],
+                 pads[1:], dilations[1:], groups)
+    return y.reshape(n, d, *y.shape[1:]).transpose(1, 2)
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
@@ -116,6 +136,13 @@ class _CroppedConvTranspose:
         return y if self.bias is None else y + self.bias.reshape(_bias_shape(y))
 
 
+class Conv3d(nn.Conv3d):
+    """torch's Conv3d computed by `conv3d` (frame by frame when the kernel is one frame deep)."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return conv3d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class PaddedConv1d(_PaddedConv, nn.Conv1d):
     pass
 
@@ -124,7 +151,7 @@ class PaddedConv2d(_PaddedConv, nn.Conv2d):
     pass
 
 
-class PaddedConv3d(_PaddedConv, nn.Conv3d):
+class PaddedConv3d(_PaddedConv, Conv3d):
     pass
 
 
@@ -178,7 +205,7 @@ def constant_conv(attrs: dict, op: str, weight: torch.Tensor, bias: Optional[tor
         module = cls(weight.shape[0], weight.shape[1] * group, kernel, strides, pads, extra, group, bias is not None,
                      dilations, device="meta")
     else:
-        cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1] if native else _PADDED[rank]
+        cls = (nn.Conv1d, nn.Conv2d, Conv3d)[rank - 1] if native else _PADDED[rank]
         module = cls(weight.shape[1] * group, weight.shape[0], kernel, strides, pads, dilations, group,
                      bias is not None, device="meta")
     module.weight = nn.Parameter(weight)
