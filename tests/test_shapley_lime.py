@@ -223,6 +223,28 @@ def test_weighted_linear_fit_equals_scikit_learn():
     np.testing.assert_allclose(weighted_linear_fit(x, y, w), expected, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("features, alpha", [(1000, 0.001), (1000, 0.01), (3000, 1.0)])
+def test_weighted_lasso_over_far_more_features_than_samples(features, alpha):
+    """Lime over every pixel: 50 coalitions of thousands of features, where the solution's support
+    is as large as the samples allow (49 after the intercept at α = 0.001). Oracles: scikit-learn's
+    Lasso, and the optimality conditions (gradient −α·sign on the support, at most α elsewhere)."""
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 2, (50, features)).astype(float)
+    y = x[:, :5] @ rng.normal(size=5) * 10 + rng.normal(size=50)
+    w = rng.uniform(0.1, 2, 50)
+    ours = weighted_linear_fit(x, y, w, alpha)
+    expected = Lasso(alpha=alpha, tol=1e-12, max_iter=1_000_000).fit(x, y, sample_weight=w).coef_
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+    p = w / w.sum()
+    xs, ys = (x - p @ x) * np.sqrt(p)[:, None], (y - p @ y) * np.sqrt(p)
+    pull = xs.T @ (ys - xs @ ours)
+    support = ours != 0
+    np.testing.assert_allclose(pull[support], alpha * np.sign(ours[support]), rtol=1e-8, atol=1e-12)
+    assert np.abs(pull[~support]).max() <= alpha * (1 + 1e-8)
+
+
 def test_masked_evaluator_chunks_within_the_budget_and_matches_one_pass(tiny):
     _, imported = tiny
     groups = [torch.tensor([[0, 0, 1, 2, 2]])]

@@ -29,6 +29,10 @@ from onnx_attr.methods.shapley import check_samples
 DISTANCES = ("cosine", "euclidean")
 
 
+_ENTERING = 4  # features let into the active set per round, the most pulled first: a small support
+# keeps the feature-sign solve exact (a large one is singular, and coordinate descent crawls there)
+
+
 def weighted_linear_fit(x: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float = 0.0,
                         tol: float = 1e-10, max_iter: int = 100_000) -> np.ndarray:
     """Coefficients of y ≈ b + x·β (intercept fitted, not returned) minimising
@@ -44,18 +48,74 @@ def weighted_linear_fit(x: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha
     beta = np.zeros(x.shape[1])
     norms = (xs * xs).sum(0)
     residual = ys.copy()
-    for _ in range(max_iter):
-        largest = 0.0
-        for j in np.flatnonzero(norms):
-            rho = xs[:, j] @ residual + norms[j] * beta[j]
-            new = np.sign(rho) * max(abs(rho) - alpha, 0.0) / norms[j]
-            if new != beta[j]:
-                residual -= xs[:, j] * (new - beta[j])
-                largest = max(largest, abs(new - beta[j]))
-                beta[j] = new
-        if largest <= tol * max(1.0, np.abs(beta).max()):
+    # Coordinate descent over the active features only, the others checked at once between rounds
+    # (a Python sweep over every feature took 80 s at 1,000 features), and the exact solution on the
+    # support solved for as soon as the signs settle (coordinate descent alone crawls there when the
+    # samples barely outnumber the support). A round ends when no feature outside moves.
+    live = norms > 0
+    sweeps = 0
+    while sweeps < max_iter:
+        pull = np.where(live & (beta == 0), np.abs(xs.T @ residual), 0.0)
+        outside = np.flatnonzero(pull > alpha * (1 + 1e-10))
+        if not len(outside):
             break
+        entering = outside[np.argsort(-pull[outside], kind="stable")[:_ENTERING]]
+        active = np.union1d(np.flatnonzero(beta), entering)
+        while sweeps < max_iter:
+            sweeps += 1
+            largest = 0.0
+            for j in active:
+                rho = xs[:, j] @ residual + norms[j] * beta[j]
+                new = np.sign(rho) * max(abs(rho) - alpha, 0.0) / norms[j]
+                if new != beta[j]:
+                    residual -= xs[:, j] * (new - beta[j])
+                    largest = max(largest, abs(new - beta[j]))
+                    beta[j] = new
+            if largest <= tol * max(1.0, np.abs(beta).max()):
+                break
+            settled = _settle_support(xs, ys, alpha, beta)
+            support = np.flatnonzero(beta)
+            residual = ys - xs[:, support] @ beta[support]
+            if settled:
+                break
     return beta
+
+
+def _settle_support(xs: np.ndarray, ys: np.ndarray, alpha: float, beta: np.ndarray) -> bool:
+    """Feature-sign steps (Lee et al., 2007) on `beta`'s support, which end at the exact minimiser
+    over it. With the current signs that minimiser solves Xₛᵀ Xₛ βₛ = Xₛᵀ y − α sign(βₛ); where it
+    flips a sign, step towards it only as far as the first coefficient reaching zero (the objective
+    falls all the way) and drop that one. Where Xₛ has more columns than rank (the fit is then the
+    same along a null direction), move along that direction, the way the L1 norm falls, until one
+    reaches zero. True at the minimiser; False when the steps run out (beta may have moved), and
+    coordinate descent goes on. Whether a feature outside should enter is the caller's check."""
+    for _ in range(np.count_nonzero(beta) + 1):
+        support = np.flatnonzero(beta)
+        if not len(support):
+            return False
+        xa, signs, current = xs[:, support], np.sign(beta[support]), beta[support]
+        _, values, rows = np.linalg.svd(xa, full_matrices=True)
+        rank = int((values > 1e-10 * values[0]).sum()) if len(values) and values[0] > 0 else 0
+        if rank < len(support):
+            way = rows[rank] if signs @ rows[rank] <= 0 else -rows[rank]
+            reach = np.where(current * way < 0, -current / np.where(way == 0, 1.0, way), np.inf)
+        else:
+            gram, rhs = xa.T @ xa, xa.T @ ys - alpha * signs
+            solved = np.linalg.solve(gram, rhs)
+            flips = np.sign(solved) != signs
+            if not flips.any():
+                beta[support] = solved
+                return True
+            way = solved - current
+            reach = np.full(len(support), np.inf)
+            reach[flips] = current[flips] / (current[flips] - solved[flips])  # in (0, 1]: where each one hits 0
+        first = int(np.argmin(reach))
+        if not np.isfinite(reach[first]):
+            return False
+        step = current + reach[first] * way
+        step[first] = 0.0
+        beta[support] = step
+    return False
 
 
 class _Surrogate(_Perturbation):
