@@ -32,6 +32,11 @@ TIE = 1e-3
 #: a DynamicQuantizeLinear's scale (the range of its input / 255), relative: its input a few ulps off moves
 #: it ~1e-7, and an error that scales a whole tensor hides in its integers but not here
 SCALE_RTOL = 1e-5
+#: ops that quantize inside themselves, out of onnxruntime's sight: a quantizer after one (before any
+#: quantizer onnxruntime shows) is not fed onnxruntime's values alone, so it is left to the outputs'
+#: check. DynamicQuantizeLSTM requantizes its state every step: ulps compound into steps (voicefilter's
+#: d-vector: 5 steps off after three stacked LSTMs, its output within its rounding spread)
+HIDDEN_QUANTIZERS = frozenset({"DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QAttention"})
 
 
 @dataclass
@@ -45,10 +50,16 @@ class QuantizerCheck:
     worst: Optional[str] = None  # the first quantizer output that fails, else the one with most flips
     worst_detail: str = ""
     passed: bool = True
+    after_hidden: int = 0  # quantizers not compared: an op that quantizes out of sight is before them
+
 
     def format(self) -> str:
+        hidden = (f"{self.after_hidden} after an op that quantizes inside, out of onnxruntime's sight: left to the "
+                  "outputs' check") if self.after_hidden else ""
+        if not self.quantizers:
+            return f"no quantizer fed onnxruntime's values alone ({hidden})"
         head = (f"{self.quantizers} quantizers, each fed onnxruntime's values before it: {self.flipped} of "
-                f"{self.elements} elements off by up to {self.max_steps:g} step(s)")
+                f"{self.elements} elements off by up to {self.max_steps:g} step(s)") + (f"; {hidden}" if hidden else "")
         if self.passed:
             return head + (f" (rounding flips: at most {MAX_STEPS} step, on half steps or under {MAX_FLIPPED:g} of "
                            "the elements)")
@@ -62,6 +73,21 @@ def activation_quantizers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     constants.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)
     return {n.output[0]: n for n in graph.node
             if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") and n.input[0] not in constants}
+
+
+def after_hidden_quantizers(graph: onnx.GraphProto, shown: set[str]) -> set[str]:
+    """Tensors downstream of an op in HIDDEN_QUANTIZERS (inside a subgraph too) through no tensor in
+    `shown` (those onnxruntime's values replace)."""
+    def hides(node: onnx.NodeProto) -> bool:
+        return node.op_type in HIDDEN_QUANTIZERS or any(
+            hides(inner) for a in node.attribute for g in (*([a.g] if a.HasField("g") else []), *a.graphs)
+            for inner in g.node)
+
+    tainted: set[str] = set()
+    for node in graph.node:
+        if hides(node) or any(name in tainted for name in node.input):
+            tainted.update(name for name in node.output if name and name not in shown)
+    return tainted
 
 
 def _ties(node: onnx.NodeProto, ours: dict, where: np.ndarray) -> np.ndarray:
@@ -109,8 +135,12 @@ def check_quantizers(model, tensors: Sequence[torch.Tensor], feeds: dict[str, np
         return None
     check = QuantizerCheck(0, 0, 0, 0.0)
     most = -1
+    tainted = after_hidden_quantizers(model.reference_model.graph, set(theirs))
     for name in names:  # graph order: the first failure is where an error enters
         a, b = ours.get(name), theirs.get(name)
+        if nodes[name].input[0] in tainted:
+            check.after_hidden += 1
+            continue
         if not isinstance(a, torch.Tensor) or b is None:
             continue
         a = a.detach().cpu().numpy()
@@ -140,4 +170,4 @@ def check_quantizers(model, tensors: Sequence[torch.Tensor], feeds: dict[str, np
             check.passed, check.worst, check.worst_detail = False, name, detail
         elif check.passed and moved > most:
             most, check.worst, check.worst_detail = moved, name, detail
-    return check if check.quantizers else None
+    return check if check.quantizers or check.after_hidden else None
