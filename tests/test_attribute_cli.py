@@ -114,6 +114,20 @@ def test_nan_input_exits_2(tmp_path, capsys):
     assert "NaN" in capsys.readouterr().err
 
 
+def test_attributions_all_zero_are_said_so(tmp_path, capsys):
+    """An input equal to its baseline (a decoder step whose start token and score are the zero
+    baseline, hunt 27) gives attributions that are all exactly 0, complete with a delta of 0: the
+    run says so and what to change, rather than passing the zeros off as an explanation."""
+    zero = tmp_path / "zero.npz"
+    np.savez(zero, image=np.zeros_like(np.load(DIGITS_INPUTS)["image"][:2]))
+    out = tmp_path / "run"
+    assert main(["attribute", DIGITS, "--input", str(zero), "--baseline", "zeros", "--out", str(out)]) == 0
+    assert "every attribution is exactly 0" in capsys.readouterr().out
+    assert any("every attribution is exactly 0" in w for w in json.loads((out / "report.json").read_text())["warnings"])
+    assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--out", str(tmp_path / "real")]) == 0
+    assert "every attribution" not in capsys.readouterr().out
+
+
 def test_missing_parent_folders_are_created(tmp_path, capsys):
     out = tmp_path / "a" / "b"
     assert main(["attribute", DIGITS, "--input", DIGITS_INPUTS, "--out", str(out)]) == 0

@@ -35,6 +35,9 @@ def spec(name, shape, dtype=np.float32):
     ([(1, 2, "height", "width"), (1, 32, "height", "width")], [0, 0]),
     ([(1, 2, "length"), (1, 32, "length")], [0, 0]),  # one shared size: still not the batch
     ([(1, "N", 4), (1, "N", 3)], [1, 1]),  # a time-major step and its state: N on axis 1 is the batch
+    # a beam-search decoder step (muggle-speech, hunt 27): tokens [1, L] beside encoder states [1, T, 256] and
+    # their mask [1, 1, T], no symbol shared: the batch is baked in as 1 on all, their one free axis is time
+    ([(1, "L"), (1, "T", 256), (1, 1, "T2"), ("s", 1)], [0, 0, 0, 0]),
 ])
 def test_batch_axes_from_declared_shapes(shapes, expected):
     assert batch_axes([spec(f"i{k}", s) for k, s in enumerate(shapes)]) == expected

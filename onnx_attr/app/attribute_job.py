@@ -129,6 +129,11 @@ def _blur_note(attributed: dict, kept: Sequence[str], why: str) -> str:
     return f"{why}: " + "; ".join(parts)
 
 
+ALL_ZERO = ("every attribution is exactly 0: the explained value is the same at the input and at the baseline "
+            "(or the attributed inputs do not reach it); try another --baseline or --target, or attribute the inputs "
+            "held (--hold, and `onnx-attr inspect` for which inputs carry the batch)")
+
+
 def zeros_failed(model, attributions: Iterable, attributed: dict, extra: dict, delta: Optional[np.ndarray] = None
                  ) -> bool:
     """Whether the zero baseline failed the way only another baseline mends (`--baseline auto`):
@@ -742,6 +747,8 @@ class _Job:
             "manifest": {**self.manifest, "input": {"file": file.name, "sha256": input_sha}},
             "files": ["attributions.npz", "report.json"],
         }
+        if attributions and not any(np.any(np.asarray(v)) for v in attributions.values()):
+            report["warnings"] = [*report.get("warnings", []), ALL_ZERO]
         (folder / "report.json").unlink(missing_ok=True)  # unfinished until the new report lands
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})

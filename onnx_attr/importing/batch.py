@@ -27,10 +27,11 @@ def batch_axes(specs: Sequence[TensorSpec], tensors: Sequence[Tensor] | None = N
     """The batch axis of each input (None: it has no batch), from the declared shapes.
 
     A symbol named by two or more inputs is the batch, on whatever axis each input has it.
-    Without one, a symbol whose name says batch is (a time-major [50, batch, 16]); else the first input's axis 0 is (the convention of every exporter), and another
-    input has it on axis 0 when that axis is not fixed, on its only free axis when it has one,
-    on axis 0 when the export fixes both to the same size, or else on its only axis of that size
-    when it is above 1; otherwise it has no batch. A 0-d value never has one."""
+    Without one, a symbol whose name says batch is (a time-major [50, batch, 16]); else the first
+    input's axis 0 is (the convention of every exporter), and another input has it on axis 0 when
+    that axis is not fixed or leads with the first's fixed size (the batch baked in the same), on
+    its only free axis when it has one, or else on its only axis of that size when it is above 1;
+    otherwise it has no batch. A 0-d value never has one."""
     shapes = [s.shape for s in specs]
     counts = Counter(d for shape in shapes if shape for d in dict.fromkeys(x for x in shape if isinstance(x, str)))
     # a symbol every input carrying it has past a fixed leading 1 and another axis is a size they share
@@ -94,12 +95,12 @@ def _axis_without_symbol(shape, lead) -> Optional[int]:
     if shape is lead or not _fixed(shape[0]):
         return 0
     free = [i for i, d in enumerate(shape) if not _fixed(d)]
-    shares_sizes = all(isinstance(shape[i], str) and shape[i] in lead for i in free) if lead else False
-    if len(free) == 1 and not (shares_sizes and lead and _fixed(lead[0]) and lead[0] == shape[0]):
-        return free[0]
-    # both with the batch baked in the same, any free axes sizes they share (a map beside its features)
-    if lead and _fixed(lead[0]) and lead[0] == shape[0] and shares_sizes:
+    # both lead with the same fixed size: the batch baked in the same (a map beside its features; a
+    # decoder step's encoder states [1, T, 256] beside its tokens [1, L], whose one free axis is time)
+    if lead and _fixed(lead[0]) and lead[0] == shape[0]:
         return 0
+    if len(free) == 1:
+        return free[0]
     same = [i for i, d in enumerate(shape) if d == (lead[0] if lead else None)]
     if not free and lead and _fixed(lead[0]) and lead[0] > 1 and len(same) == 1:
         return same[0]  # a fixed batch elsewhere: a state [2, 4, 128] beside an input [4, 576]
