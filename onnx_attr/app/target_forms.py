@@ -16,6 +16,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | a map over an input `[N, T, F]`      | a rank-3 output shaped as a floating input's example, with no Softmax/LogSoftmax at the end (a denoiser's gain per frame and bin) | `region`: the predicted region's summed score |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
+| detector scores `[N, A, C]` beside boxes `[N, A, 4]` | an image input, another output of 4 columns over the same A ≥ 8C anchors (SSD, RFB) | `anchor`: the top anchor's best class score, a Softmax's column 0 (the background) left out |
 | channels last `[N, H, W, C]`         | rank 4, `H:W` as the image input's, 2 ≤ C < H, W (tf2onnx's Keras heads) | read as its `[N, C, H, W]` view above (class maps, an image), the target put back |
 | anything else                        |                                                   | `top`: the largest value's position |
 
@@ -216,6 +217,7 @@ class Layout:
     final: Optional[str] = None  # the output's final activation op, kept or stripped
     top: str = "the predicted class (argmax)"  # what the top form picks, as the report says it
     counted: bool = False  # one example's scores whose count follows the values (above a threshold): see largest_score
+    background: int = 0  # detector scores: class columns left out after the box ones (an SSD's background, 0)
 
 
 def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarray], axis: int) -> Layout:
@@ -268,6 +270,12 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         return Layout("one score per position [N, A, 1]", "other", "top", final=op)
     if axis == 1:
         return Layout("a time-major sequence [T, N, C]", "sequence", "greedy", final=op)
+    boxes = _boxes_beside(model, output_index, shape) if image is not None else None
+    if boxes is not None:  # an SSD's class scores beside its boxes: a Softmax's column 0 is the background
+        background = int(op == "Softmax")
+        return Layout(f"class scores [N, A, C] beside the boxes {boxes!r} [N, A, 4]" +
+                      (" (column 0: the background)" if background else ""), "detector", "anchor", final=op,
+                      background=background)
     shaped = _shaped_like_input(model, inputs, shape) if op not in ("Softmax", "LogSoftmax") else None
     if shaped is not None:  # a denoiser's gain per frame and frequency bin (NSNet2 [1, T, 161]): not classes
         return Layout(f"a map over input {shaped!r} [N, {shape[0]}, {shape[1]}] (its shape)", "map", "region",
@@ -292,6 +300,24 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                           "detector", "anchor", box=box, scores_first=first, final=op, masks=masks,
                           objectness=objectness)
     return Layout("a sequence [N, T, C]", "sequence", "greedy", final=op)
+
+
+def _boxes_beside(model, output_index: int, shape: tuple) -> Optional[str]:
+    """The name of another output [N, A, 4] over the same A anchors (many, against few classes)
+    as these scores [N, A, C]: an SSD-style detector's boxes beside its class scores (Ultra-Light
+    RFB's scores [1, 17640, 2] and boxes [1, 17640, 4]). None where there is none."""
+    anchors, classes = shape
+    if classes < 2 or anchors < 8 * classes:
+        return None
+    declared = model.outputs[output_index].shape
+    for index, spec in enumerate(model.outputs):
+        other = spec.shape
+        if index == output_index or not other or len(other) != 3 or other[2] != 4:
+            continue
+        if other[1] == anchors or (isinstance(other[1], str) and declared and len(declared) == 3
+                                   and declared[1] == other[1]):
+            return spec.name
+    return None
 
 
 def _stacked_heads(model, name: str) -> Optional[str]:
@@ -681,10 +707,16 @@ def _anchor(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
         detail.update(indices=[list(i) for i in index], box_coordinates=box, objectness=box)
         return Resolved(index, detail["indices"], "the best detection's class score (its anchor and class by "
                         "objectness × class score)", detail)
-    index = [(i + box, j) if scores_first else (i, j + box) for i, j in largest_positions(scores)]
+    skip = layout.background if layout.kind == "detector" else 0
+    classes = scores[:, skip:, :] if scores_first else scores[:, :, skip:]
+    index = [(i + box + skip, j) if scores_first else (i, j + box + skip) for i, j in largest_positions(classes)]
     detail.update(indices=[list(i) for i in index], box_coordinates=box)
     if layout.masks:
         detail["mask_coefficients"] = layout.masks
+    if skip:
+        detail["background_columns"] = skip
+        return Resolved(index, detail["indices"], "the top anchor's best class score (the background's column "
+                        "left out)", detail)
     return Resolved(index, detail["indices"], f"the top anchor's best class score (after {box} box coordinates"
                     + (f", before {layout.masks} mask coefficients)" if layout.masks else ")"), detail)
 
