@@ -28,7 +28,7 @@ TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "
                     "BranchSelect": "tests/test_branch_select.py", "StepSelect": "tests/test_step_select.py",
                     "ArgMaxOneHot": "tests/test_loop_unroll.py", "Imputer": "tests/test_missing_values.py",
                     "FakeQuant": "tests/test_fake_quant.py", "GuardedDiv": "tests/test_widen14_patterns.py",
-                    "QuantizedSoftmax": "tests/test_qoperator.py",
+                    "QuantizedSoftmax": "tests/test_qoperator.py", "TopK": "tests/test_topk_selection.py",
                     "GridSample": "tests/test_grid_sample_rule.py", **{op: "tests/test_lp_norms.py" for op in (
                         "LpNormalization", "LpPool", "GlobalLpPool")}, "ScatterElements": "tests/test_scatter_max_rule.py",
                     **{op: "tests/test_tree_shapley.py"

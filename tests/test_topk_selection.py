@@ -1,6 +1,7 @@
-"""TopK under DeepLift: a selection, linear while it picks the same elements at the input and at the
-reference (its step guard checks each call), refused by name where it picks others; and the CLI's
-default falling back per call where a size follows the input's values.
+"""TopK under DeepLift: its values by the cross-max rule per pick (a plain selection where the input
+and the reference pick the same element), its indices a step, refused by name where they pick
+others and the explained output reads them; and the CLI's default falling back per call where a
+size follows the input's values.
 
 Oracles: hand-computed selections; onnxruntime's outputs for completeness; FeatureAblation's values
 recomputed by hand for the CLI's fallback.
@@ -36,12 +37,73 @@ def test_a_selection_that_keeps_its_elements_is_a_gather():
     np.testing.assert_array_equal(dl.attribute(x, x0, target=1, output=0).numpy(), [[0.0, 0.0, 1.0, 0.0]])
 
 
-def test_a_selection_that_moves_is_refused_by_name():
-    """Against x0 = (0, 5, 0, 0) the top two are other elements: the jump has no multiplier."""
+def test_values_of_a_selection_that_moves_take_the_cross_max_rule():
+    """Against x0 = (0, 5, 0, 0) the top value is another element's: y = 3 (element 0), y0 = 5
+    (element 1). With c = max(y, y0) = 5, element 0 gets c - y0 = 0 and element 1 gets y - c = -2
+    (its own fall is 1 - 5 = -4): attributions (0, -2, 0, 0), summing to 3 - 5. By hand."""
     model = onnx_attr.load(_top2())
+    x, x0 = torch.tensor([[3.0, 1.0, 2.0, 0.0]]), torch.tensor([[0.0, 5.0, 0.0, 0.0]])
+    got, delta = onnx_attr.DeepLift(model).attribute(x, x0, target=0, output=0, return_convergence_delta=True)
+    np.testing.assert_allclose(got.numpy(), [[0.0, -2.0, 0.0, 0.0]], atol=1e-6)
+    assert abs(float(delta[0])) < 1e-6
+
+
+def test_a_later_picks_credit_on_an_element_that_did_not_move_is_spread_along_the_row():
+    """x = (5, 3, 1) against x0 = (0, 3, 2): the second value is element 1's at x (3) and element 2's
+    at x0 (2). With c = max(3, 2) = 3, element 1 gets 3 - 2 = 1, but it did not move (Δx = 0): that
+    credit goes along the row's Δx = (5, 0, -1), 1 · Δx / |Δx|² each, so the sum is still 3 - 2 = 1."""
+    nodes = [helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=1)]
+    proto = make_model(nodes, [("x", FLOAT, ["n", 3])], [("values", FLOAT, ["n", 2])], {"k": np.array([2], np.int64)},
+                       opset=17)
+    model = onnx_attr.load(proto)
+    x, x0 = torch.tensor([[5.0, 3.0, 1.0]]), torch.tensor([[0.0, 3.0, 2.0]])
+    got = onnx_attr.DeepLift(model).attribute(x, x0, target=1).numpy()
+    dx = np.array([5.0, 0.0, -1.0])
+    np.testing.assert_allclose(got[0], 1.0 * dx * dx / (dx @ dx), atol=1e-6)
+    np.testing.assert_allclose(got.sum(), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("largest", [1, 0])
+def test_the_top_value_is_attributed_as_reduce_max_is(largest):
+    """TopK with K = 1 is ReduceMax (ReduceMin for the smallest): the two graphs' DeepLift agree
+    element for element, at logits in the hundreds against a zero and a far reference, and both sum
+    to onnxruntime's change."""
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((6, 10)) * 3).astype(np.float32)
+    weights = {"w": w, "k": np.array([1], np.int64), "two": np.array(2, np.float32)}
+
+    def graph(op):
+        pick = helper.make_node("TopK", ["z", "k"], ["v", "i"], axis=1, largest=largest) if op == "TopK" else \
+            helper.make_node("ReduceMax" if largest else "ReduceMin", ["z"], ["v"], axes=[1], keepdims=1)
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]), pick, helper.make_node("Mul", ["v", "two"], ["y"])]
+        return make_model(nodes, [("x", FLOAT, ["n", 6])], [("y", FLOAT, ["n", 1])], weights, opset=11)
+
+    x = (rng.standard_normal((4, 6)) * 30).astype(np.float32)
+    for reference in (np.zeros((1, 6), np.float32), (rng.standard_normal((1, 6)) * 30).astype(np.float32)):
+        ours, theirs = (onnx_attr.DeepLift(onnx_attr.load(graph(op))).attribute(x, reference, target=0, output="y")
+                        for op in ("TopK", "ReduceMax"))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+        change = ort_run(graph("TopK"), {"x": x})[0][:, 0] - ort_run(graph("TopK"), {"x": reference})[0][:, 0]
+        np.testing.assert_allclose(np.asarray(ours).sum(1), change, rtol=1e-5, atol=1e-3)
+
+
+def test_indices_of_a_selection_that_moves_are_refused_by_name():
+    """The indices pick rows of other data (a decoder's next-token embedding): where the pick differs
+    at the reference, the row the output holds jumps, and no multiplier carries a jump."""
+    table = np.arange(12, dtype=np.float32).reshape(4, 3)
+    nodes = [helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=1),
+             helper.make_node("Gather", ["table", "indices"], ["rows"]),
+             helper.make_node("Mul", ["rows", "values_3"], ["y"]),
+             helper.make_node("Unsqueeze", ["values", "two"], ["values_3"])]
+    proto = make_model(nodes, [("x", FLOAT, ["n", 4])], [("y", FLOAT, ["n", 1, 3])],
+                       {"k": np.array([1], np.int64), "table": table, "two": np.array([2], np.int64)}, opset=17)
+    model = onnx_attr.load(proto)
+    x = torch.tensor([[3.0, 1.0, 2.0, 0.0]])
     with pytest.raises(onnx_attr.UnsupportedOpError, match="TopK"):
-        onnx_attr.DeepLift(model).attribute(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), torch.tensor([[0.0, 5.0, 0.0, 0.0]]),
-                                            target=0, output=0)
+        onnx_attr.DeepLift(model).attribute(x, torch.tensor([[0.0, 5.0, 0.0, 0.0]]), target=(0, 1))
+    got, delta = onnx_attr.DeepLift(model).attribute(x, x / 2, target=(0, 1), return_convergence_delta=True)
+    change = ort_run(proto, {"x": x.numpy()})[0][0, 0, 1] - ort_run(proto, {"x": x.numpy() / 2})[0][0, 0, 1]
+    np.testing.assert_allclose(got.numpy().sum(), change, rtol=1e-5)  # the same pick: complete
 
 
 def test_a_detector_head_picking_its_top_anchors_is_complete():

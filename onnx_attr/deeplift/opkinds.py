@@ -26,9 +26,6 @@ LINEAR = frozenset({
     "ReduceSum", "ReduceMean", "CumSum", "Resize", "Upsample", "Trilu", "Compress", "ScatterND",
     "ScatterElements", "Scatter", "TensorScatter", "Where", "ReverseSequence", "CenterCropPad", "DFT", "STFT",
     "AffineGrid", "Col2Im", "MaxUnpool",
-    # a selection: linear while it selects the same elements at the input and at the reference, which its
-    # step guard checks per call (rewrite.guard_steps)
-    "TopK",
     # sequences are lists of tensors: gathered, concatenated, cut (converters/sequence.py)
     "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt", "ConcatFromSequence", "SplitToSequence",
     "Optional", "OptionalGetElement",

@@ -107,9 +107,9 @@ FALLBACK_HINT = ("pass gradient_fallback=True (CLI: --gradient-fallback) to let 
                  "gradient, at the cost of completeness")
 
 
-def refusals_per_output(module: fx.GraphModule, nodes: Sequence[fx.Node], refusals: Sequence[tuple]
+def refusals_per_output(module: fx.GraphModule, nodes: Sequence[fx.Node | list[fx.Node]], refusals: Sequence[tuple]
                         ) -> list[list[tuple]]:
-    """For each graph output, the refusals of those `nodes` it is computed from."""
+    """For each graph output, the refusals of those `nodes` (or of any node of a list) it is computed from."""
     result = next(n for n in module.graph.nodes if n.op == "output").args[0]
     finals = list(result) if isinstance(result, (tuple, list)) else [result]
     per_output = []
@@ -121,7 +121,7 @@ def refusals_per_output(module: fx.GraphModule, nodes: Sequence[fx.Node], refusa
             if node not in seen:
                 seen.add(node)
                 stack.extend(node.all_input_nodes)
-        per_output.append([r for n, r in zip(nodes, refusals) if n in seen])
+        per_output.append([r for n, r in zip(nodes, refusals) if not seen.isdisjoint(n if isinstance(n, list) else [n])])
     return per_output
 
 
@@ -294,20 +294,28 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
 
 
 def guard_steps(module: fx.GraphModule, variable: set[fx.Node], state: DeepLiftState, result: RewriteResult) -> None:
-    """Wrap each comparison of varying values in a `StepGuard`, and record per output which it reaches."""
-    guards = []
+    """Wrap each comparison of varying values in a `StepGuard`, and record per output which it
+    reaches. A TopK's values have their rule (rules/selection.py): only its indices are a step,
+    and only the outputs computed from them are refused when they flip."""
+    guards, reach = [], []
     for node in list(module.graph.nodes):
         if node.op != "call_module" or node.meta.get("onnx_op") not in STEP_OPS \
                 or node.meta.get("onnx_domain", "") not in ("", "ai.onnx") \
                 or not any(a in variable for a in node.all_input_nodes):
             continue
+        through = [node]
+        if node.meta["onnx_op"] == "TopK":
+            through = [u for u in node.users if u.op == "call_function" and u.args[1:2] == (1,)]
+            if not through:
+                continue
         name = f"step_guard_{len(guards)}"
         module.add_submodule(name, StepGuard(module.get_submodule(node.target), node.meta["onnx_node"], state))
         node.target = name
         guards.append(node)
+        reach.append(through)
     reasons = [(n.meta["onnx_op"], n.meta.get("onnx_domain", ""), n.meta.get("onnx_opset", 0), n.meta["onnx_node"],
                 SELECTION_REASON if n.meta["onnx_op"] == "TopK" else STEP_REASON) for n in guards]
-    result.steps = refusals_per_output(module, guards, reasons) if guards else []
+    result.steps = refusals_per_output(module, reach, reasons) if guards else []
 
 
 def varying_nodes(module: fx.GraphModule, variable: set[fx.Node], skip: Any = ()
