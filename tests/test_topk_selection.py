@@ -151,3 +151,25 @@ def test_the_cli_falls_back_per_call_where_a_size_follows_the_values(tmp_path, c
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "method_fallback" in report["manifest"]["options"]
     np.testing.assert_allclose(np.load(tmp_path / "out" / "attributions.npz")["x"], np.where(x > 0.5, x, 0), rtol=1e-6)
+
+
+def test_a_selection_among_candidates_a_threshold_kept_takes_the_plain_pick():
+    """table_obj_det_q's PicoDet picks its top boxes among those a threshold kept: at a zero
+    reference none are, so the reference's scores have another shape and no pick pairs with another.
+    There the values are the plain selection (a gather, as before TopK had a rule), not a refusal:
+    the top positive value's change, by onnxruntime."""
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["positive"]),
+             helper.make_node("Compress", ["x", "positive"], ["kept"]),
+             helper.make_node("Concat", ["kept", "floor"], ["candidates"], axis=0),
+             helper.make_node("TopK", ["candidates", "k"], ["top", "where"], axis=0),
+             helper.make_node("Mul", ["top", "three"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 6])], [("y", FLOAT, [1])],
+                       {"zero": np.float32(0), "floor": np.zeros(2, np.float32), "k": np.array([1], np.int64),
+                        "three": np.float32(3)}, opset=17)  # the reference's candidates: [0, 0], the input's: 6
+    model = onnx_attr.load(proto)
+    x = np.array([[-40.0, 120.0, 3.0, -7.0, 250.0, 0.5]], np.float32)
+    got, delta = onnx_attr.DeepLift(model).attribute(torch.from_numpy(x), torch.zeros(1, 6), output="y",
+                                                     return_convergence_delta=True)
+    change = ort_run(proto, {"x": x})[0][0] - ort_run(proto, {"x": np.zeros((1, 6), np.float32)})[0][0]
+    np.testing.assert_allclose(got.numpy(), [[0, 0, 0, 0, 750.0, 0]], atol=1e-4)
+    np.testing.assert_allclose(got.numpy().sum(), change, rtol=1e-6)

@@ -45,6 +45,10 @@ class TopKCross(Rule):
     so the sum still holds. The indices output is a step: its flips are guarded (`guard_steps`)."""
 
     kind = "composite"
+    #: where the reference's scores have another shape (the candidates a threshold kept before a
+    #: TopK: table_obj_det_q's PicoDet), no pick pairs with another: the plain selection, a gather
+    #: whose completeness the call's delta judges, as before this rule
+    plain_where_shapes_differ = True
 
     def check(self, info) -> None:
         if info.variable_positions() != (0,):
