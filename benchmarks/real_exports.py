@@ -2741,15 +2741,15 @@ SPECS: list[Spec] = [
     Spec("muggle_encoder", "muggle-speech", "0.1.1", "muggle_speech-0.1.1/muggle_speech/encoder.onnx", "audio",
          lambda: {"inputs": muggle_fbank()}, None,
          "Chinese ASR transformer encoder (pytorch 1.11, opset 14) over a standardised 40-bin fbank [1, T, 40], with "
-         "the beam search's start state out; an Equal on the features makes the zero baseline flip a mask (the CLI "
-         "takes the blurred one)", pip=("--ignore-requires-python",)),
+         "the beam search's start state out; an Equal on the features flips a mask at the zero baseline: DeepLift "
+         "refuses it by name there (expected), the CLI takes the blurred baseline", refuses=("deeplift",),
+         pip=("--ignore-requires-python",)),
     Spec("muggle_decoder", "muggle-speech", "0.1.1", "muggle_speech-0.1.1/muggle_speech/decoder.onnx", "audio",
          lambda: dict(zip(("preds", "beam_enc_states", "beam_enc_mask", "scores.1", "ending_flag"),
                           run_spec("muggle_encoder", {"inputs": muggle_fbank()}))), None,
          "its beam-search decoder step: tokens [1, L] beside encoder states [1, T, 256] (no batch symbol shared: the "
-         "batch baked in as 1), a TopK over the next token's log-probabilities, which DeepLift refuses where the "
-         "pick flips (expected); the CLI falls back to FeatureAblation", refuses=("deeplift",),
-         pip=("--ignore-requires-python",)),
+         "batch baked in as 1), the top next-token log-probability by TopK (its values by the cross-max rule; its "
+         "indices, the token, a step)", pip=("--ignore-requires-python",)),
 ]
 
 
