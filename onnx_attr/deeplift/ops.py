@@ -138,7 +138,7 @@ class DeepLiftOp(nn.Module):
         refs, ref_out, memo = state.refs[id(self)]
         for pos in self.info.variable_positions():
             if not _broadcasts(refs[pos].shape, values[pos].shape):
-                if getattr(self.rule, "plain_where_shapes_differ", False):
+                if self.rule.plain_where_shapes_differ:
                     return self.original(*args, **kwargs)
                 raise ReferenceShapeMismatch(self.info.name)
         return DeepLiftCall.apply(self, refs, ref_out, memo, *values)

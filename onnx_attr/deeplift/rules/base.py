@@ -53,6 +53,9 @@ class Rule:
     #: the backward gets `memo=`, a dict for what it derives from the reference alone: it lives as
     #: long as the recorded reference, so a baseline reused over many batches computes it once
     memoizes = False
+    #: where the reference's input has a shape that does not broadcast to the input's, the plain op
+    #: runs (its own gradient, judged by the call's delta) rather than the call being refused
+    plain_where_shapes_differ = False
 
     def forward_with_graph(self, info: NodeInfo, call: Callable, live: Sequence[Any], refs: Sequence[Any],
                            memo: dict | None = None):
