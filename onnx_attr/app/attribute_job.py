@@ -134,6 +134,10 @@ ALL_ZERO = ("every attribution is exactly 0: the explained value is the same at 
             "held (--hold, and `onnx-attr inspect` for which inputs carry the batch)")
 
 
+UNDEFINED_AT_BOTH = ("the explained output is not finite at zeros nor at the blurred input (an empty mean: 0/0), so "
+                     "no sum of attributions adds up to its change")
+
+
 def zeros_failed(model, attributions: Iterable, attributed: dict, extra: dict, delta: Optional[np.ndarray] = None
                  ) -> bool:
     """Whether the zero baseline failed the way only another baseline mends (`--baseline auto`):
@@ -711,10 +715,14 @@ class _Job:
                     reference, kept_ids = domain_reference(self.model, attributed, extra)
                 attributions, delta, method_report = self._attribute_in_batches(
                     attributed, extra, reference, chosen, progress_bar, file.name)
-        except (UnsupportedOpError, NoGradientPathError, ValueShapedError) as err:  # DeepLift refused this call
-            # (either baseline's), the output follows the inputs through steps alone (binned features), or a size
-            # follows the values (a count of detections above a threshold): the fallback runs
-            if not self.per_call_fallback:
+                if self.baseline == "auto" and entry(self.method).delta and delta.size and not np.isfinite(delta).any():
+                    raise BaselineForwardError(UNDEFINED_AT_BOTH)  # a mean over the characters a CTC path keeps:
+                    # none kept at zeros nor at the blur, so 0/0 at both, and no sum of attributions explains it
+        except (UnsupportedOpError, NoGradientPathError, ValueShapedError, BaselineForwardError) as err:  # DeepLift
+            # refused this call (either baseline's), the output follows the inputs through steps alone (binned
+            # features), a size follows the values (a count of detections above a threshold), or neither of
+            # --baseline auto's references is inside the model's domain: the fallback runs
+            if not self.per_call_fallback or isinstance(err, BaselineForwardError) and self.baseline != "auto":
                 raise
             with self._fallen_back(err):
                 return self.attribute_file(file, input_sha, folder, progress_bar)
@@ -730,6 +738,7 @@ class _Job:
             "target": resolved.shown,
             "target_source": resolved.source,
             "target_detail": resolved.detail,
+            **({"fallback_reason": self.fallback_reason} if getattr(self, "fallback_reason", None) else {}),
             "baseline": self.baseline,
             "baseline_used": used,
             **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline
@@ -819,18 +828,19 @@ class _Job:
         """This run's settings swapped for the fallback's while one input file runs again."""
         kinds = ", ".join(sorted({str(n[0]) for n in getattr(err, "nodes", [])})) or (
             "a size follows the input's values, so the reference pass pairs with nothing"
-            if isinstance(err, ValueShapedError) else "the output follows the inputs through steps alone: every "
-            "multiplier is 0")
+            if isinstance(err, ValueShapedError) else str(err) if isinstance(err, BaselineForwardError) else
+            "the output follows the inputs through steps alone: every multiplier is 0")
         why = (f"DeepLift refused this call ({kinds}; see its message with --method deeplift); "
                f"{entry(AUTO_FALLBACK).title or 'FeatureAblation'} runs instead for this input. Choose another with "
                "--method")
         saved = (self.method, self.explainer, self.method_options, self.manifest, self.per_call_fallback)
         self.method, self.explainer, self.method_options, self.manifest = self._fallback_settings(why)
-        self.per_call_fallback = False
+        self.per_call_fallback, self.fallback_reason = False, why  # the report says why, --quiet or not
         try:
             yield
         finally:
             self.method, self.explainer, self.method_options, self.manifest, self.per_call_fallback = saved
+            self.fallback_reason = None
 
     def _outside_domain(self, attributions: dict, attributed: dict, extra: dict, delta: np.ndarray) -> bool:
         return zeros_failed(self.model, attributions.values(), attributed, extra,
