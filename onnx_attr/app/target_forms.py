@@ -10,11 +10,11 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
-| class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score |
+| class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score (under a Softmax, class 0, the background, only where no other class is predicted) |
 | classes `[N, C, 1]`                  | rank 3, one column, ending in a Softmax over C    | `top`: the predicted class |
 | one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
 | a map over an input `[N, T, F]`      | a rank-3 output shaped as a floating input's example, with no Softmax/LogSoftmax at the end (a denoiser's gain per frame and bin) | `region`: the predicted region's summed score |
-| sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score |
+| sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score (a recogniser's CTC blank steps left out) |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
 | detector scores `[N, A, C]` beside boxes `[N, A, 4]` | an image input, another output of 4 columns over the same A ≥ 8C anchors (SSD, RFB) | `anchor`: the top anchor's best class score, a Softmax's column 0 (the background) left out |
 | channels last `[N, H, W, C]`         | rank 4, `H:W` as the image input's, 2 ≤ C < H, W (tf2onnx's Keras heads) | read as its `[N, C, H, W]` view above (class maps, an image), the target put back |
@@ -24,9 +24,12 @@ Forms: `top` (the largest value: the predicted class, the top pixel); `region` o
 (the summed score of the values above T; T by default 0 on the logits of a stripped Sigmoid
 (p > 0.5), 0.5 on values in [0, 1], else halfway between the example's smallest and largest
 value; an example with nothing above T gets its top value); `greedy` (the argmax per step,
-summed over the steps); `segment` or `segment=K` (on class maps: class K's score summed over the
+summed over the steps; on a recogniser's sequence, not a tagger's of token ids, the steps of CTC's
+blank are left out: the class the path takes most, first or last of 11 or more, on a third of the
+steps or more;
+`greedy=all` keeps them); `segment` or `segment=K` (on class maps: class K's score summed over the
 pixels predicted as K, the argmax over the classes; by default K is the class predicted on the most
-pixels); `anchor` (the top anchor's best class score; no box coordinates are
+pixels, under a Softmax the most besides class 0, the background); `anchor` (the top anchor's best class score; no box coordinates are
 skipped when the output ends in a Sigmoid, and a segmentation head's mask coefficients, as many
 as another output [N, M, h, w] has prototypes, are not class scores; a head whose first score is an
 objectness (YOLOX, YOLOv5: `_has_objectness`) gets the class score of its best detection, by
@@ -55,7 +58,7 @@ if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument che
     from torch import Tensor
 
 NAMED_FORMS = ("top", "region", "greedy", "anchor", "segment")
-FORMS_HELP = ("top | region | region>T | greedy | anchor | segment | segment=K | an int (negative from the end) | "
+FORMS_HELP = ("top | region | region>T | greedy | greedy=all | anchor | segment | segment=K | an int (negative from the end) | "
               "i,j,k (one per example, or one index of an output with several axes) | a:b (one index over the axes "
               "after the batch)")
 
@@ -86,6 +89,8 @@ def parse_form(text: str) -> tuple[str, Any]:
             return "segment", int(value[len("segment="):])
         except ValueError:
             pass
+    elif value == "greedy=all":
+        return "greedy", "all"
     else:
         try:
             if "," in value:
@@ -167,6 +172,8 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
     if form == "greedy":
         detail["steps_from"] = _steps_from(inputs, view)
+        if value != "all" and view.dim() == 3 and not _reads_tokens(model):
+            detail["blank"] = _blank(view)
     resolved = {"top": _top, "region": _region, "greedy": _greedy, "anchor": _anchor, "segment": _segment,
                 "indices": _indices, "output": _itself}[form](view, layout, value, detail)
     if resolved.labels is not None:  # the summed score itself, for the picture titles
@@ -607,8 +614,11 @@ def _segment(view: Tensor, layout: Layout, value: Optional[int], detail: dict) -
                          + (" (one channel: use --target region)" if view.dim() == 4 else ""))
     classes = view.shape[1]
     predicted = view.argmax(1)  # [N, H, W]
+    background = value is None and layout.final in ("Softmax", "LogSoftmax")  # column 0: no object (MTCNN's
+    # P-Net: "no face" on all but a few pixels; VOC's and face parsers' background)
     if value is None:
-        chosen = [int(torch.bincount(p.reshape(-1), minlength=classes).argmax()) for p in predicted]
+        counts = [torch.bincount(p.reshape(-1), minlength=classes) for p in predicted]
+        chosen = [int(c[1:].argmax()) + 1 if background and bool(c[1:].any()) else int(c.argmax()) for c in counts]
     elif not -classes <= value < classes:
         raise InputError(f"--target segment={value}: the output has {classes} classes (0 to {classes - 1})")
     else:
@@ -623,7 +633,8 @@ def _segment(view: Tensor, layout: Layout, value: Optional[int], detail: dict) -
                          "so its segment is empty; name a class the model predicts there, or use --target segment")
     detail.update(classes=chosen, mask_size=sizes)
     labels = [f"target: class {k}'s score over its {s} predicted pixel(s), summed" for k, s in zip(chosen, sizes)]
-    why = "the class predicted on the most pixels" if value is None else f"class {value}"
+    why = f"class {value}" if value is not None else "the class predicted on the most pixels" + (
+        " besides class 0 (a Softmax's background, taken only where nothing else is predicted)" if background else "")
     return Resolved(Target(weights=masks, per_example=True), "segment" if value is None else f"segment={value}",
                     f"{why}: its score summed over the pixels predicted as it", detail, labels)
 
@@ -645,9 +656,43 @@ def _greedy(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
         masks *= torch.from_numpy(kept).to(masks.dtype).unsqueeze(2)
         detail.update(steps_from=name, steps_kept=kept.sum(1).tolist())
         source += f", over the steps input {name!r} keeps (its padding left out)"
+    blank = detail.pop("blank", None)
+    if blank is not None:  # the characters read: a step of CTC's blank reads none (an example reading none keeps all)
+        read = (path != blank) & (masks.sum(2) > 0)
+        read |= ~read.any(1, keepdim=True)
+        masks *= read.to(masks.dtype).unsqueeze(2)
+        detail.update(blank=blank, steps_read=read.sum(1).tolist())
+        source += (f", over the steps that read a character (class {blank}, the blank of a CTC recogniser, left "
+                   "out; --target greedy=all keeps it)")
     steps = masks.sum((1, 2)).long().tolist()
     labels = [f"target: the greedy path's summed score over {k} steps" for k in steps]
     return Resolved(Target(weights=masks, per_example=True), "greedy", source, detail, labels)
+
+
+def _blank(view: Tensor) -> Optional[int]:
+    """CTC's blank of a recogniser's sequence [N, T, C] over an alphabet (`MIN_ALPHABET` classes or
+    more): the class its greedy path takes on the most steps, where that is the first or the last
+    class (PaddleOCR and ddddocr put it first, Keras's ctc_decode last) and on at least a third of
+    the steps: most steps of a text line read no new character. None otherwise."""
+    import torch
+
+    classes = view.shape[2]
+    counts = torch.bincount(view.argmax(2).reshape(-1), minlength=classes)
+    top = int(counts.argmax())
+    return top if top in (0, classes - 1) and classes >= MIN_ALPHABET and 3 * int(counts[top]) >= view.shape[0] * \
+        view.shape[1] else None
+
+
+#: the fewest classes a CTC recogniser has: ten digits and the blank (a small class set is a tagger's or a phase's)
+MIN_ALPHABET = 11
+
+
+def _reads_tokens(model) -> bool:
+    """Whether an input of the model is token ids looked up in an embedding: a tagger's class 0 (an
+    'O' tag, a part of speech) is an answer, not a blank."""
+    from onnx_attr.deeplift.layers import embedding_lookups
+
+    return bool(embedding_lookups(model))
 
 
 def _steps_from(inputs: dict[str, np.ndarray], view: Tensor) -> Optional[tuple[str, np.ndarray]]:

@@ -48,6 +48,15 @@ def output_index(model, output: Union[str, int, None]) -> int:
             # regressors [1, 896, 16] before its classificators [1, 896, 1]; SSD's boxes before its scores)
             return next((i for i in floating if _named(names[i], _SCORE_WORDS)), first)
         role = dict(zip(floating, roles))
+        if role.get(first) is None and not _named(names[first], _SCORE_WORDS) and _takes_images(model):
+            # an image net's raw regressions ahead of the probabilities their head sits beside, under names
+            # that say nothing (MTCNN as mtcnnruntime ships it: landmarks [N, 10], boxes [N, 4], then a
+            # Softmax's face probability [N, 2]): the head that ends in a Softmax or Sigmoid is the answer.
+            # Not elsewhere: a decoder's attention weights beside its logits, a pitch tracker's confidence
+            # beside its pitch are no answer
+            first = next((i for i in floating if i != first and role[i] is None
+                          and _activated(model.outputs[i]) and not _activated(model.outputs[first])
+                          and _sibling_heads(model.outputs[first].shape, model.outputs[i].shape)), first)
         if role.get(first) not in SELECTION_SCORES and not _named(names[first], ("logit",)):
             # features ahead of the logits they feed (pymupdf's page-image net: `combined` [N, 160, h, w], then
             # `logits` [N, 12]): an output named logits is the answer
@@ -63,6 +72,27 @@ def output_index(model, output: Union[str, int, None]) -> int:
         raise InputError(f"output {output!r} is not an output name or an index below {len(names)}: the model's "
                          f"outputs are {names}")
     return int(output)
+
+
+def _activated(spec) -> bool:
+    """Whether an output ends in a Softmax, LogSoftmax or Sigmoid (stripped or kept)."""
+    return getattr(spec, "final_activation", None) is not None and spec.final_activation.op_type in (
+        "Softmax", "LogSoftmax", "Sigmoid")
+
+
+def _takes_images(model) -> bool:
+    """Whether a floating input is declared as images: rank 4 with 1, 3 or 4 channels first or last."""
+    return any(s.dtype is not None and np.issubdtype(s.dtype, np.floating) and s.shape is not None and len(s.shape) == 4
+               and (s.shape[1] in (1, 3, 4) or s.shape[3] in (1, 3, 4)) for s in model.inputs)
+
+
+def _sibling_heads(a: Sequence, b: Sequence) -> bool:
+    """Whether two output shapes are heads over the same rows: the same rank, and fixed sizes that
+    differ on one axis at most (the channels: 4 box offsets beside 2 class scores). Symbolic sizes
+    match any (each output names its own). An attention map beside the logits differs in rank."""
+    if a is None or b is None or len(a) != len(b) or len(a) < 2:
+        return False
+    return sum(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(a, b)) <= 1
 
 
 #: name stems of a detector's regression outputs and of its score outputs (`output_index`)
