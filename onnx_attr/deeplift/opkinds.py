@@ -194,6 +194,8 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
         if node.op_type in QOPERATOR_OPS and any(flags) or kind == "unknown" and node.op_type in _QDQ and any(
                 u.op_type in QOPERATOR_OPS for o in node.output for u in consumers.get(o, [])):
             kind = "quantized"  # QOperator's integer arithmetic, carried as floats (deeplift/qoperator.py)
+        elif node.op_type in DYNAMIC_OPS and node.domain in ("", "ai.onnx") and any(flags):
+            kind = "quantized"  # a dynamically quantized block, explained as one node (rules/quantized.py)
         if any(flags) and kind != "structural":
             variable.update(node.output)
         out.append((node, kind))
@@ -201,6 +203,8 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
 
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+#: onnxruntime's dynamic quantizer: a block DynamicQuantizeLinear → ConvInteger/MatMulInteger → Cast → Mul
+DYNAMIC_OPS = frozenset({"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"})
 
 
 def _qdq_kind(node: onnx.NodeProto, flags: Sequence[bool], consumers: dict) -> str:
