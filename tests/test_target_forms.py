@@ -968,3 +968,32 @@ def test_segment_under_a_softmax_leaves_the_background_out(tmp_path):
     assert report["target"] == "segment" and report["target_detail"]["classes"] == chosen
     masks = np.stack([(predicted[i] == k)[None] * (np.arange(3) == k)[:, None, None] for i, k in enumerate(chosen)])
     _complete(sums, (logits * masks).reshape(2, -1).sum(1), (logits0 * masks).reshape(2, -1).sum(1))
+
+
+def test_a_decoded_sequence_beside_its_boxes_is_no_ssd(tmp_path):
+    """SLANet returns its cells' boxes [N, 501, 4] before its structure tokens [N, 501, 30] (a Softmax),
+    both out of its decoder's Loop: the tokens read as an SSD's class scores beside their boxes (501 >=
+    8 x 30 'anchors'), and `anchor` picked one step's token. Steps a Loop wrote are a sequence: the
+    tokens are the answer (their head ends in the Softmax), and their greedy path the target, by hand
+    and complete against onnxruntime."""
+    rng = np.random.default_rng(33)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "wr"], ["z"]), helper.make_node("Tanh", ["z"], ["h_out"]),
+         helper.make_node("MatMul", ["h_out", "wt"], ["token"]), helper.make_node("MatMul", ["h_out", "wb"], ["box"]),
+         helper.make_node("Identity", ["c"], ["go"])],
+        "body", [_info("i", [], TensorProto.INT64), _info("c", [], TensorProto.BOOL), _info("h_in", ["N", 3])],
+        [_info("go", [], TensorProto.BOOL), _info("h_out", ["N", 3]), _info("token", ["N", 3]), _info("box", ["N", 4])])
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]), helper.make_node("Flatten", ["g"], ["h0"]),
+             helper.make_node("Loop", ["trips", "yes", "h0"], ["h_last", "tokens", "cells"], body=body),
+             helper.make_node("Transpose", ["cells"], ["boxes"], perm=[1, 0, 2]),
+             helper.make_node("Transpose", ["tokens"], ["logits"], perm=[1, 0, 2])]
+    weights = {"wr": (rng.normal(size=(3, 3)) * 0.8).astype(np.float32), "wt": rng.normal(size=(3, 3)).astype(np.float32),
+               "wb": rng.normal(size=(3, 4)).astype(np.float32), "trips": np.array(40, np.int64), "yes": np.array(True)}
+    io = [_info("x", ["N", 3, 32, 32])]
+    path = _save(tmp_path, nodes + [helper.make_node("Softmax", ["logits"], ["probs"], axis=2)], io,
+                 [_info("boxes", ["N", 40, 4]), _info("probs", ["N", 40, 3])], weights, "slanet.onnx")
+    oracle = _save(tmp_path, nodes, io, [_info("logits", ["N", 40, 3])], weights, "slanet_logits.onnx")
+    x = (rng.uniform(size=(1, 3, 32, 32)) * 255 / 100).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["output"] == "probs" and report["target"] == "greedy", report["target_source"]
+    _greedy_by_hand(report, sums, _ort(oracle, x), _ort(oracle, np.zeros_like(x)))

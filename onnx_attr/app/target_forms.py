@@ -16,7 +16,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | a map over an input `[N, T, F]`      | a rank-3 output shaped as a floating input's example, with no Softmax/LogSoftmax at the end (a denoiser's gain per frame and bin) | `region`: the predicted region's summed score |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score (a recogniser's CTC blank steps left out) |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
-| detector scores `[N, A, C]` beside boxes `[N, A, 4]` | an image input, another output of 4 columns over the same A ≥ 8C anchors (SSD, RFB) | `anchor`: the top anchor's best class score, a Softmax's column 0 (the background) left out |
+| detector scores `[N, A, C]` beside boxes `[N, A, 4]` | an image input, another output of 4 columns over the same A ≥ 8C anchors (SSD, RFB), not written by a Loop (SLANet's steps are a sequence) | `anchor`: the top anchor's best class score, a Softmax's column 0 (the background) left out |
 | channels last `[N, H, W, C]`         | rank 4, `H:W` as the image input's, 2 ≤ C < H, W (tf2onnx's Keras heads) | read as its `[N, C, H, W]` view above (class maps, an image), the target put back |
 | anything else                        |                                                   | `top`: the largest value's position |
 
@@ -314,7 +314,7 @@ def _boxes_beside(model, output_index: int, shape: tuple) -> Optional[str]:
     as these scores [N, A, C]: an SSD-style detector's boxes beside its class scores (Ultra-Light
     RFB's scores [1, 17640, 2] and boxes [1, 17640, 4]). None where there is none."""
     anchors, classes = shape
-    if classes < 2 or anchors < 8 * classes:
+    if classes < 2 or anchors < 8 * classes or _decoded(model, model.outputs[output_index].name):
         return None
     declared = model.outputs[output_index].shape
     for index, spec in enumerate(model.outputs):
@@ -325,6 +325,28 @@ def _boxes_beside(model, output_index: int, shape: tuple) -> Optional[str]:
                                    and declared[1] == other[1]):
             return spec.name
     return None
+
+
+def _decoded(model, name: str) -> bool:
+    """Whether an output comes out of a Loop or Scan through ops that keep its elements (a Softmax,
+    a Slice, a reshape): a sequence decoded step by step (SLANet's structure tokens beside their
+    cells' boxes [N, 501, 4]), not a detector's scores over its anchors."""
+    producers = {o: n for n in model.onnx_model.graph.node for o in n.output}
+    node = producers.get(name)
+    for _ in range(_DECODE_REACH):
+        if node is None:
+            return False
+        if node.op_type in ("Loop", "Scan"):
+            return True
+        if node.op_type not in _KEEPS_ELEMENTS or not node.input:
+            return False
+        node = producers.get(node.input[0])
+    return False
+
+
+_KEEPS_ELEMENTS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "Slice", "Identity", "Reshape", "Transpose",
+                             "Squeeze", "Unsqueeze", "Cast"})
+_DECODE_REACH = 8  # ops walked back from the output
 
 
 def _stacked_heads(model, name: str) -> Optional[str]:
