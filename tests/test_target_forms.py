@@ -997,3 +997,19 @@ def test_a_decoded_sequence_beside_its_boxes_is_no_ssd(tmp_path):
     report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
     assert report["output"] == "probs" and report["target"] == "greedy", report["target_source"]
     _greedy_by_hand(report, sums, _ort(oracle, x), _ort(oracle, np.zeros_like(x)))
+
+
+def test_greedy_over_a_box_list_keeps_every_step(tmp_path):
+    """Steps over a list of boxes (a reading-order net's [1, N, F] features: no picture, no waveform)
+    are no line of text: the dominant first class stays on the path."""
+    rng = np.random.default_rng(34)
+    weights = {"w": (rng.normal(size=(8, 12)) * 0.6).astype(np.float32),
+               "bias": np.array([2.5] + [0.0] * 11, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "bias"], ["y"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 20, 8])], [_info("y", ["N", 20, 12])], weights, "order.onnx")
+    x = (rng.uniform(size=(1, 20, 8)) * 4 - 2).astype(np.float32)
+    y = _ort(path, x)
+    assert (y.argmax(2) == 0).sum() >= 20 / 3
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert "blank" not in report["target_detail"]
+    _greedy_by_hand(report, sums, y, _ort(path, np.zeros_like(x)))

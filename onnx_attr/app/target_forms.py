@@ -24,12 +24,12 @@ Forms: `top` (the largest value: the predicted class, the top pixel); `region` o
 (the summed score of the values above T; T by default 0 on the logits of a stripped Sigmoid
 (p > 0.5), 0.5 on values in [0, 1], else halfway between the example's smallest and largest
 value; an example with nothing above T gets its top value); `greedy` (the argmax per step,
-summed over the steps; on a recogniser's sequence, not a tagger's of token ids, the steps of CTC's
-blank are left out: the class the path takes most, first or last of 11 or more, on a third of the
-steps or more;
-`greedy=all` keeps them); `segment` or `segment=K` (on class maps: class K's score summed over the
-pixels predicted as K, the argmax over the classes; by default K is the class predicted on the most
-pixels, under a Softmax the most besides class 0, the background); `anchor` (the top anchor's best class score; no box coordinates are
+summed over the steps; on a recogniser's sequence (a picture or a waveform in, no token ids, no
+final Sigmoid), the steps of CTC's blank are left out: the class the path takes most, first or
+last of 11 or more, on a third of the steps or more; `greedy=all` keeps them); `segment` or
+`segment=K` (on class maps: class K's score summed over the pixels predicted as K, the argmax over
+the classes; by default K is the class predicted on the most pixels, under a Softmax the most
+besides class 0, the background); `anchor` (the top anchor's best class score; no box coordinates are
 skipped when the output ends in a Sigmoid, and a segmentation head's mask coefficients, as many
 as another output [N, M, h, w] has prototypes, are not class scores; a head whose first score is an
 objectness (YOLOX, YOLOv5: `_has_objectness`) gets the class score of its best detection, by
@@ -172,7 +172,8 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
     if form == "greedy":
         detail["steps_from"] = _steps_from(inputs, view)
-        if value != "all" and view.dim() == 3 and not _reads_tokens(model):
+        if value != "all" and view.dim() == 3 and layout.final != "Sigmoid" and _pictures_or_sound(inputs) \
+                and not _reads_tokens(model):
             detail["blank"] = _blank(view)
     resolved = {"top": _top, "region": _region, "greedy": _greedy, "anchor": _anchor, "segment": _segment,
                 "indices": _indices, "output": _itself}[form](view, layout, value, detail)
@@ -707,6 +708,24 @@ def _blank(view: Tensor) -> Optional[int]:
 
 #: the fewest classes a CTC recogniser has: ten digits and the blank (a small class set is a tagger's or a phase's)
 MIN_ALPHABET = 11
+
+
+def _pictures_or_sound(inputs: dict[str, np.ndarray]) -> bool:
+    """Whether a floating input is a picture (rank 4, 1, 3 or 4 channels first or last) or a waveform
+    (rank 2 or 3, WAVEFORM_SAMPLES or more along an axis): what a CTC recogniser reads. A box
+    list's reading order [1, N, N'] or a tile classifier's sigmoids are no line of text."""
+    for value in inputs.values():
+        shape = np.shape(value)
+        if not np.issubdtype(np.asarray(value).dtype, np.floating):
+            continue
+        if len(shape) == 4 and (shape[1] in (1, 3, 4) or shape[3] in (1, 3, 4)) or \
+                len(shape) in (2, 3) and max(shape) >= WAVEFORM_SAMPLES:
+            return True
+    return False
+
+
+#: the fewest samples a waveform input holds here (a quarter second at 16 kHz)
+WAVEFORM_SAMPLES = 4000
 
 
 def _reads_tokens(model) -> bool:
