@@ -1004,7 +1004,7 @@ def test_greedy_over_a_box_list_keeps_every_step(tmp_path):
     are no line of text: the dominant first class stays on the path."""
     rng = np.random.default_rng(34)
     weights = {"w": (rng.normal(size=(8, 12)) * 0.6).astype(np.float32),
-               "bias": np.array([2.5] + [0.0] * 11, np.float32)}
+               "bias": np.array([4.0] + [0.0] * 11, np.float32)}
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "bias"], ["y"])]
     path = _save(tmp_path, nodes, [_info("x", ["N", 20, 8])], [_info("y", ["N", 20, 12])], weights, "order.onnx")
     x = (rng.uniform(size=(1, 20, 8)) * 4 - 2).astype(np.float32)
