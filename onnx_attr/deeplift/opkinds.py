@@ -194,8 +194,10 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
         if node.op_type in QOPERATOR_OPS and any(flags) or kind == "unknown" and node.op_type in _QDQ and any(
                 u.op_type in QOPERATOR_OPS for o in node.output for u in consumers.get(o, [])):
             kind = "quantized"  # QOperator's integer arithmetic, carried as floats (deeplift/qoperator.py)
-        elif node.op_type in DYNAMIC_OPS and node.domain in ("", "ai.onnx") and any(flags):
-            kind = "quantized"  # a dynamically quantized block, explained as one node (rules/quantized.py)
+        elif node.op_type in DYNAMIC_OPS and node.domain in ("", "ai.onnx"):
+            # a dynamically quantized block (or product), explained as one node (rules/quantized.py); of
+            # constants alone (DeBERTa's relative positions), a constant
+            kind = "quantized" if any(flags) else "structural"
         if any(flags) and kind != "structural":
             variable.update(node.output)
         out.append((node, kind))

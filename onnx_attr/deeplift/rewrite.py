@@ -24,7 +24,7 @@ from onnx_attr.deeplift.opkinds import QOPERATOR_OPS, domain_op_kind, op_kind, r
 from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, StepGuard, signature_names
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, STAIRCASE_SPLIT, fuse_weighted_chain
 from onnx_attr.deeplift.rules import RULES, NodeInfo
-from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks
+from onnx_attr.deeplift.rules.quantized import fuse_quantized_blocks, fuse_quantized_products
 from onnx_attr.deeplift.select_fusion import fuse_step_selects
 from onnx_attr.deeplift.taps import (EmbeddingTap, LayerTap, embedding_taps, id_path, insert_layer_taps,
                                     placeholder_fed)
@@ -199,6 +199,7 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     out = _LazyGraphModule(module, copy.deepcopy(module.graph))
     inline_expansions(out, recompile=False)  # the rewrite lints and recompiles once, at its end
     fuse_quantized_blocks(out)  # dynamically quantized blocks as one node each (rules/quantized.py)
+    fuse_quantized_products(out)  # and products of two dynamically quantized activations
     # what only fed a resolved condition (a held decoder's stop test) is dead: its ArgMax then has
     # one user left, the OneHot fed back, and fuses
     out.graph.eliminate_dead_code()

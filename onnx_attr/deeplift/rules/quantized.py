@@ -384,6 +384,122 @@ def fuse_quantized_blocks(module: fx.GraphModule, block: type[QuantizedBlock] = 
 QUANTIZED_DOMAIN = "onnx_attr.quantized"
 
 
+# --- two activations, each quantized over its own range, multiplied: MatMulInteger(Q(a), Q(b)) → Cast → Mul --
+
+def _quantized_operand(integer: fx.Node, position: int) -> fx.Node | None:
+    """The float tensor whose DynamicQuantizeLinear feeds the integer op's operand `position`."""
+    source = integer.args[position] if len(integer.args) > position else None
+    quantize = source.args[0] if isinstance(source, fx.Node) and source.op == "call_function" and source.args \
+        else None
+    if not isinstance(quantize, fx.Node) or _op(quantize) != "DynamicQuantizeLinear":
+        return None
+    x = quantize.args[0] if quantize.args else None
+    return x if isinstance(x, fx.Node) else None
+
+
+def _ancestors_within(node: fx.Node, stops: set[fx.Node]) -> set[fx.Node] | None:
+    """`_ancestors` with several stops: None if a graph input lies beyond them."""
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n in seen or n in stops:
+            continue
+        if n.op == "placeholder":
+            return None
+        seen.add(n)
+        stack.extend(a for a in (*n.args, *n.kwargs.values()) if isinstance(a, fx.Node))
+        stack.extend(a for v in (*n.args, *n.kwargs.values()) if isinstance(v, (list, tuple))
+                     for a in v if isinstance(a, fx.Node))
+    return seen
+
+
+class QuantizedProduct(nn.Module):
+    """The nodes from two DynamicQuantizeLinear inputs a and b to the Mul that dequantizes their
+    MatMulInteger (attention's Q·Kᵀ and weights·V after onnxruntime's quantize_dynamic), replayed as
+    they are: the product a @ b with both factors rounded on their own ranges."""
+
+    def __init__(self, sub: fx.GraphModule):
+        super().__init__()
+        self.sub = sub
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.sub(a, b)
+
+
+def fuse_quantized_products(module: fx.GraphModule) -> int:
+    """Replace each MatMulInteger of two dynamically quantized activations, with its dequantizing
+    Cast → Mul, by one `QuantizedProduct` node (op "QuantizedProduct"); returns how many."""
+    count = 0
+    for integer in [n for n in module.graph.nodes if _op(n) == "MatMulInteger"]:
+        a, b = _quantized_operand(integer, 0), _quantized_operand(integer, 1)
+        out = _block_output(integer) if a is not None and b is not None and a is not b else None
+        inner = _ancestors_within(out, {a, b}) if out is not None else None
+        if inner is None:
+            continue
+        graph = fx.Graph()
+        env = {a: graph.placeholder("a"), b: graph.placeholder("b")}
+        for n in module.graph.nodes:
+            if n in inner:
+                env[n] = graph.node_copy(n, lambda v: env[v])
+        graph.output(env[out])
+        name = f"quantized_product_{count}"
+        module.add_submodule(name, QuantizedProduct(fx.GraphModule(module, graph)))
+        with module.graph.inserting_after(out):
+            fused = module.graph.call_module(name, (a, b))
+        fused.meta.update(onnx_op="QuantizedProduct", onnx_domain=QUANTIZED_DOMAIN, onnx_opset=1,
+                          onnx_node=f"{integer.meta.get('onnx_node', integer.name)} (dynamically quantized)",
+                          onnx_tensor=out.meta.get("onnx_tensor"), onnx_attrs={})
+        out.replace_all_uses_with(fused)
+        count += 1
+    if count:
+        module.graph.eliminate_dead_code()
+        module.graph.lint()
+        module.recompile()
+    return count
+
+
+@rule("QuantizedProduct")
+class QuantizedProductRule(DecomposedRule):
+    """The block as the float product a @ b, whose differences split exactly by the product rule,
+    ab − a0b0 = Δa·b̄ + ā·Δb (ā, b̄ the means of input and reference), and the rounding residual
+    r = Δy − (ab − a0b0) credited over both factors in proportion to their differences:
+    m_a = g·b̄ᵀ + Δa·(g·r)/(‖Δa‖² + ‖Δb‖²), m_b likewise, per example, so Σ m·Δ = g·Δy."""
+
+    def check(self, info: NodeInfo) -> None:
+        if not info.variable_positions():
+            raise NotImplementedError("a quantized product of constants")
+
+    def decompose(self, info, call, args, refs):
+        a, b = args[0], args[1]
+        a0, b0 = refs[0].expand_as(a) if refs[0].dim() == a.dim() else refs[0], \
+            refs[1].expand_as(b) if refs[1].dim() == b.dim() else refs[1]
+        with torch.no_grad():
+            y, y0 = call.module(a.detach(), b.detach()), call.module(refs[0], refs[1])
+            wide = torch.float64 if a.device.type != "mps" else a.dtype
+            float_change = a.detach().to(wide) @ b.detach().to(wide) - a0.to(wide) @ b0.to(wide)
+            residual = ((y - y0).to(wide) - float_change).to(a.dtype)
+        mean_a, mean_b = ((a.detach() + a0) / 2), ((b.detach() + b0) / 2)
+        split = a @ mean_b + mean_a @ b  # the product rule's multipliers, b̄ᵀ g and āᵀ g
+        # the residual goes to the factors that carry the output's rows on axis 0, per row (a factor
+        # broadcast over the rows, DeBERTa's relative positions [D, 2k], gets the product rule's part);
+        # where none does, the whole output is one row
+        rows = [(t, t0) for t, t0 in ((a, a0), (b, b0)) if t.dim() == y.dim() and y.dim() and t.shape[0] == y.shape[0]]
+        if not rows:
+            rows, flat = [(a, a0), (b, b0)], True
+        else:
+            flat = False
+        norm2, moved = 0, 0
+        for t, t0 in rows:
+            dt = t - t0
+            axes = tuple(range(t.dim())) if flat else tuple(range(1, t.dim()))
+            norm2 = norm2 + (dt.detach() ** 2).sum(axes)
+            moved = moved + (dt * dt.detach()).sum(axes)
+        share = moved / torch.where(norm2 > 0, norm2, torch.ones_like(norm2))
+        share = share if flat else share.reshape((-1,) + (1,) * (y.dim() - 1))
+        return y + (split - split.detach()) + residual * (share - share.detach()), y0
+
+
 @rule("QuantizedBlock")
 class QuantizedBlockRule(DecomposedRule):
     """The block as its float op, the rounding residual credited over Δx (see `credited`)."""

@@ -103,7 +103,10 @@ def _plan(a, b, a_zero, b_zero, plans: dict, bound: Optional[float] = None):
     if plans.get("key") != key:
         bs = _centred(b, b_zero, False, torch.float32)
         columns = bs.reshape(-1, *bs.shape[-2:]).transpose(1, 2).reshape(-1, bs.shape[-2], 1)  # [(batch·N), K, 1]
-        plans.update(key=key, plan=(_float32_chunks(bound, columns, 1, a.device), bs))
+        # B itself is held beside its key: while it lives, no other tensor can take its storage, so a B
+        # computed in the pass (attention's Kᵀ, quantized on its own range) cannot meet a stale plan at
+        # the address a freed one had (hunt 29: a quantized DeBERTa's scores came from an earlier call)
+        plans.update(key=key, plan=(_float32_chunks(bound, columns, 1, a.device), bs), held=(b, b_zero))
     return plans["plan"]
 
 

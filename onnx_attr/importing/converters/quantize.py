@@ -234,7 +234,8 @@ class IntegerConv(nn.Module):
         if key not in kept:
             while len(kept) >= 2:
                 kept.pop(next(iter(kept)))
-            kept[key] = {"ws32": _centred_per_channel(w, w_zero, 0, torch.float32)}
+            # w held beside its key, so that no tensor computed later takes its storage (matrix._plan)
+            kept[key] = {"ws32": _centred_per_channel(w, w_zero, 0, torch.float32), "held": (w, w_zero)}
         plans = kept[key]
         found = plans.get((bound, device))
         if found is None:
