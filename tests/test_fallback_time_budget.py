@@ -99,3 +99,24 @@ def test_a_resumed_cli_run_repeats_the_first_runs_cut(tmp_path, capsys):
     assert main(["attribute", str(path), "-i", str(folder), "-o", str(out), "--target", "0", "-q", "--resume"]) == 0
     again = json.loads((out / "b.npz" / "report.json").read_text())
     assert again["fitted_features"] == 32 and again["blocks_per_input"] == {"x": 32}
+
+
+def test_an_input_of_few_elements_is_cut_too_where_its_passes_would_not_fit(tmp_path, monkeypatch):
+    """256 token ids (no more than max_features) were ablated one pass each, past any budget (hunt 29:
+    a quantized DeBERTa, 0.7 s a pass, the CLI's fallback past 300 s). Under the budget they are cut
+    into blocks like any input; where the passes fit, each element stays its own feature."""
+    size = 9  # 3 x 9 x 9 = 243 elements, under max_features
+    model, w = _model(tmp_path, size)
+    x = np.random.default_rng(2).normal(size=(1, 3, size, size)).astype(np.float32) * 100
+    monkeypatch.setattr(perturbation, "time", Clock(step=2.0))
+    fa = onnx_attr.FeatureAblation(model, max_features=256, time_budget_s=40)
+    got = fa.attribute(x)
+    ids = perturbation.block_groups((3, size, size), 20)[0].numpy()
+    assert fa.fitted_features == 20 and fa.last_report["blocks_per_input"] == {"x": len(np.unique(ids))} and \
+        len(np.unique(ids)) <= 20
+    per_block = {b: float((x[0] * w[0])[ids == b].sum()) for b in np.unique(ids)}
+    np.testing.assert_allclose(got[0], np.vectorize(per_block.get)(ids), rtol=1e-4, atol=1e-3)
+    monkeypatch.setattr(perturbation, "time", Clock(step=0.01))  # fast passes: one per element, as before
+    fast = onnx_attr.FeatureAblation(model, max_features=256, time_budget_s=40)
+    np.testing.assert_allclose(fast.attribute(x)[0], x[0] * w[0], rtol=1e-4, atol=1e-3)
+    assert "blocks_per_input" not in fast.last_report

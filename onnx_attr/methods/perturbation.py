@@ -275,9 +275,15 @@ class FeatureAblation(_Perturbation):
         masks_given = _per_input(feature_mask, prepared)
         index = self._output_index(output)
         targets = self._targets(target, n, prepared, index)
-        blocked = [a and given is None and self.max_features is not None and math.prod(x.shape[1:]) > self.max_features
+        # with a time budget, an input of no more elements than max_features is cut too where one pass per
+        # element would not fit (a DeBERTa's 256 token ids, each pass 0.7 s: hunt 29's fallback ran past 300 s)
+        least = self.max_features if self.time_budget_s is None or self.max_features is None else \
+            min(self.max_features, self.MIN_BLOCKS)
+        blocked = [a and given is None and self.max_features is not None and math.prod(x.shape[1:]) > least
                    for x, a, given in zip(prepared.tensors, prepared.attributed, masks_given)]
         limit, original = self._block_limit(prepared, targets, index, sum(blocked)) if any(blocked) else (None, None)
+        blocked = [b and math.prod(x.shape[1:]) > limit for b, x in zip(blocked, prepared.tensors)]
+        limit = limit if any(blocked) else None
         masks = []
         for x, a, given, block in zip(prepared.tensors, prepared.attributed, masks_given, blocked):
             if not a:
