@@ -91,11 +91,16 @@ def _block_output(integer: fx.Node) -> fx.Node | None:
 def _ancestors(node: fx.Node, stop: fx.Node) -> set[fx.Node] | None:
     """The nodes `node` is computed from, not looking past `stop`; None if a graph input is among
     them (the block then reads more than `stop`)."""
+    return _ancestors_within(node, {stop})
+
+
+def _ancestors_within(node: fx.Node, stops: set[fx.Node]) -> set[fx.Node] | None:
+    """`_ancestors` with several stops (a product's two factors)."""
     seen: set[fx.Node] = set()
     stack = [node]
     while stack:
         n = stack.pop()
-        if n in seen or n is stop:
+        if n in seen or n in stops:
             continue
         if n.op == "placeholder":
             return None
@@ -349,36 +354,42 @@ def fuse_quantized_blocks(module: fx.GraphModule, block: type[QuantizedBlock] = 
     after its integer op), so that DeepLift sees x → y; returns how many were fused."""
     count = 0
     for integer in [n for n in module.graph.nodes if _op(n) in _INTEGER_OPS]:
-        source = integer.args[0] if integer.args else None
-        quantize = source.args[0] if isinstance(source, fx.Node) and source.op == "call_function" and source.args \
-            else None
-        if not isinstance(quantize, fx.Node) or _op(quantize) != "DynamicQuantizeLinear":
-            continue
-        x = quantize.args[0]
-        out = _block_output(integer)
-        inner = _ancestors(out, x) if out is not None and isinstance(x, fx.Node) else None
+        x = _quantized_operand(integer, 0)
+        out = _block_output(integer) if x is not None else None
+        inner = _ancestors(out, x) if out is not None else None
         if inner is None:
             continue
-        graph = fx.Graph()
-        env = {x: graph.placeholder("x")}
-        for n in module.graph.nodes:
-            if n in inner:
-                env[n] = graph.node_copy(n, lambda a: env[a])
-        graph.output(env[out])
-        name = f"quantized_block_{count}"
-        module.add_submodule(name, block(fx.GraphModule(module, graph)))
-        with module.graph.inserting_after(out):
-            fused = module.graph.call_module(name, (x,))
-        fused.meta.update(onnx_op="QuantizedBlock", onnx_domain=QUANTIZED_DOMAIN, onnx_opset=1,
-                          onnx_node=f"{integer.meta.get('onnx_node', integer.name)} (dynamically quantized)",
-                          onnx_tensor=out.meta.get("onnx_tensor"), onnx_attrs={})
-        out.replace_all_uses_with(fused)
+        _splice(module, {x: "x"}, inner, out, integer, block, f"quantized_block_{count}", "QuantizedBlock")
         count += 1
+    return _tidied(module, count)
+
+
+def _tidied(module: fx.GraphModule, count: int) -> int:
+    """`count`, after the spliced-out nodes are dropped and the module recompiled (where any were)."""
     if count:
         module.graph.eliminate_dead_code()
         module.graph.lint()
         module.recompile()
     return count
+
+
+def _splice(module: fx.GraphModule, inputs: dict[fx.Node, str], inner: set[fx.Node], out: fx.Node,
+            integer: fx.Node, wrapper: type[nn.Module], name: str, op: str) -> None:
+    """Move the nodes `inner` (read from `inputs`, ending at `out`) into a sub-graph wrapped as `name`,
+    and call it in their place as one node of op `op`, named after its integer op."""
+    graph = fx.Graph()
+    env = {node: graph.placeholder(placeholder) for node, placeholder in inputs.items()}
+    for n in module.graph.nodes:
+        if n in inner:
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    graph.output(env[out])
+    module.add_submodule(name, wrapper(fx.GraphModule(module, graph)))
+    with module.graph.inserting_after(out):
+        fused = module.graph.call_module(name, tuple(inputs))
+    fused.meta.update(onnx_op=op, onnx_domain=QUANTIZED_DOMAIN, onnx_opset=1,
+                      onnx_node=f"{integer.meta.get('onnx_node', integer.name)} (dynamically quantized)",
+                      onnx_tensor=out.meta.get("onnx_tensor"), onnx_attrs={})
+    out.replace_all_uses_with(fused)
 
 
 QUANTIZED_DOMAIN = "onnx_attr.quantized"
@@ -395,23 +406,6 @@ def _quantized_operand(integer: fx.Node, position: int) -> fx.Node | None:
         return None
     x = quantize.args[0] if quantize.args else None
     return x if isinstance(x, fx.Node) else None
-
-
-def _ancestors_within(node: fx.Node, stops: set[fx.Node]) -> set[fx.Node] | None:
-    """`_ancestors` with several stops: None if a graph input lies beyond them."""
-    seen: set[fx.Node] = set()
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if n in seen or n in stops:
-            continue
-        if n.op == "placeholder":
-            return None
-        seen.add(n)
-        stack.extend(a for a in (*n.args, *n.kwargs.values()) if isinstance(a, fx.Node))
-        stack.extend(a for v in (*n.args, *n.kwargs.values()) if isinstance(v, (list, tuple))
-                     for a in v if isinstance(a, fx.Node))
-    return seen
 
 
 class QuantizedProduct(nn.Module):
@@ -437,26 +431,10 @@ def fuse_quantized_products(module: fx.GraphModule) -> int:
         inner = _ancestors_within(out, {a, b}) if out is not None else None
         if inner is None:
             continue
-        graph = fx.Graph()
-        env = {a: graph.placeholder("a"), b: graph.placeholder("b")}
-        for n in module.graph.nodes:
-            if n in inner:
-                env[n] = graph.node_copy(n, lambda v: env[v])
-        graph.output(env[out])
-        name = f"quantized_product_{count}"
-        module.add_submodule(name, QuantizedProduct(fx.GraphModule(module, graph)))
-        with module.graph.inserting_after(out):
-            fused = module.graph.call_module(name, (a, b))
-        fused.meta.update(onnx_op="QuantizedProduct", onnx_domain=QUANTIZED_DOMAIN, onnx_opset=1,
-                          onnx_node=f"{integer.meta.get('onnx_node', integer.name)} (dynamically quantized)",
-                          onnx_tensor=out.meta.get("onnx_tensor"), onnx_attrs={})
-        out.replace_all_uses_with(fused)
+        _splice(module, {a: "a", b: "b"}, inner, out, integer, QuantizedProduct, f"quantized_product_{count}",
+                "QuantizedProduct")
         count += 1
-    if count:
-        module.graph.eliminate_dead_code()
-        module.graph.lint()
-        module.recompile()
-    return count
+    return _tidied(module, count)
 
 
 @rule("QuantizedProduct")
