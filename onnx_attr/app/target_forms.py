@@ -714,12 +714,12 @@ def _pictures_or_sound(inputs: dict[str, np.ndarray]) -> bool:
     """Whether a floating input is a picture (rank 4, 1, 3 or 4 channels first or last) or a waveform
     (rank 2 or 3, WAVEFORM_SAMPLES or more along an axis): what a CTC recogniser reads. A box
     list's reading order [1, N, N'] or a tile classifier's sigmoids are no line of text."""
+    from onnx_attr.methods.base import picture_shape
+
     for value in inputs.values():
         shape = np.shape(value)
-        if not np.issubdtype(np.asarray(value).dtype, np.floating):
-            continue
-        if len(shape) == 4 and (shape[1] in (1, 3, 4) or shape[3] in (1, 3, 4)) or \
-                len(shape) in (2, 3) and max(shape) >= WAVEFORM_SAMPLES:
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and (
+                picture_shape(shape) or len(shape) in (2, 3) and max(shape) >= WAVEFORM_SAMPLES):
             return True
     return False
 

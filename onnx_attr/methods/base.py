@@ -80,10 +80,15 @@ def _activated(spec) -> bool:
         "Softmax", "LogSoftmax", "Sigmoid")
 
 
+def picture_shape(shape) -> bool:
+    """Whether a shape (declared or actual) is a batch of pictures: rank 4, 1, 3 or 4 channels first or last."""
+    return shape is not None and len(shape) == 4 and (shape[1] in (1, 3, 4) or shape[3] in (1, 3, 4))
+
+
 def _takes_images(model) -> bool:
-    """Whether a floating input is declared as images: rank 4 with 1, 3 or 4 channels first or last."""
-    return any(s.dtype is not None and np.issubdtype(s.dtype, np.floating) and s.shape is not None and len(s.shape) == 4
-               and (s.shape[1] in (1, 3, 4) or s.shape[3] in (1, 3, 4)) for s in model.inputs)
+    """Whether a floating input is declared as pictures (`picture_shape`)."""
+    return any(s.dtype is not None and np.issubdtype(s.dtype, np.floating) and picture_shape(s.shape)
+               for s in model.inputs)
 
 
 def _sibling_heads(a: Sequence, b: Sequence) -> bool:
