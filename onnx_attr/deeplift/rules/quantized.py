@@ -474,8 +474,15 @@ class QuantizedProductRule(DecomposedRule):
             norm2 = norm2 + (dt.detach() ** 2).sum(axes)
             moved = moved + (dt * dt.detach()).sum(axes)
         share = moved / torch.where(norm2 > 0, norm2, torch.ones_like(norm2))
-        share = share if flat else share.reshape((-1,) + (1,) * (y.dim() - 1))
-        return y + (split - split.detach()) + residual * (share - share.detach()), y0
+        if flat:
+            return y + (split - split.detach()) + residual * (share - share.detach()), y0
+        share = share.reshape((-1,) + (1,) * (y.dim() - 1))
+        # a row that did not move can still have a residual where the ranges span rows (heads merged
+        # into axis 0, quantized over all of them): it goes over all the rows' Δ, as `residual_share` does
+        still = (norm2 == 0).reshape(share.shape)
+        spread = moved.sum() / torch.where(norm2.sum() > 0, norm2.sum(), torch.ones_like(norm2.sum()))
+        return y + (split - split.detach()) + residual * (share - share.detach()) \
+            + (residual * still) * (spread - spread.detach()), y0
 
 
 @rule("QuantizedBlock")
