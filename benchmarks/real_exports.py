@@ -2774,6 +2774,11 @@ SPECS: list[Spec] = [
          "position terms and weights·V are MatMulIntegers of two quantized activations (hunt 29: DeepLift refused "
          "them, the CLI's fallback ran past 300 s; the integer product's kept plan met a freed operand's address, "
          "and the scores came from an earlier call); ids from its spm.model, padded to 64"),
+    Spec("yunet_dynamo_320", "dynamo-figures", "0.3.6", "dynamo_figures/blur_faces/models/face_detection_yunet_2023mar.onnx",
+         "detector", lambda: {"input": smooth_image(3, 320, 320) * 255}, None,
+         "YuNet at 320x320 (PyTorch 1.7): a Reshape to [1, -1, 1] bakes the batch in, so stacked rows land in the "
+         "anchors and the probe reads them there; the CLI refused every call at 1600 anchors (hunt 30). IG still "
+         "stacks its steps there and is refused", refuses=("ig",)),
 ]
 
 

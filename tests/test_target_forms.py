@@ -1013,3 +1013,26 @@ def test_greedy_over_a_box_list_keeps_every_step(tmp_path):
     report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
     assert "blank" not in report["target_detail"]
     _greedy_by_hand(report, sums, y, _ort(path, np.zeros_like(x)))
+
+
+def test_a_batch_baked_into_a_reshape_names_its_one_example(tmp_path):
+    """YuNet as a 2020 PyTorch export writes it (hunt 30): a Reshape to [1, -1, 1] bakes the batch in,
+    so stacked rows land in the anchors ([1, 4800, 1] for three rows, [1, 1600, 1] for one) and the
+    probe reads the rows there. The CLI refused every call ("1600 row(s) on axis 1 for 1 example(s)"),
+    `--batch-axis 0` included. The one example is now named on axis 0: its top anchor, by hand, and
+    completeness against onnxruntime's logits."""
+    rng = np.random.default_rng(35)
+    weights = {"w": (rng.normal(size=(1, 3, 3, 3)) * 0.05).astype(np.float32),
+               "shape": np.array([1, -1, 1], np.int64)}
+    head = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Reshape", ["c", "shape"], ["l"])]
+    io = [_info("x", ["batch", 3, 16, 16])]
+    path = _save(tmp_path, head + [helper.make_node("Sigmoid", ["l"], ["cls"])], io, [_info("cls", [1, "anchors", 1])],
+                 weights, "yunet.onnx")
+    oracle = _save(tmp_path, head, io, [_info("l", [1, "anchors", 1])], weights, "yunet_logits.onnx")
+    x = (rng.uniform(size=(1, 3, 16, 16)) * 255).astype(np.float32)  # pixels as YuNet takes them
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    logits, logits0 = _ort(oracle, x)[0, :, 0], _ort(oracle, np.zeros_like(x))[0, :, 0]
+    anchor = int(logits.argmax())
+    assert report["target"] == [[anchor, 0]]
+    _complete(sums, [logits[anchor]], [logits0[anchor]])

@@ -182,7 +182,8 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
         resolved.labels = [f"{label}: {v:.4g}" for label, v in zip(resolved.labels, values)]
     if last:
         resolved = _channels_back(resolved)
-    resolved.target = _in_whole(resolved.target) if baked else _on_axis(resolved.target, axis)
+    resolved.target = _in_whole(resolved.target) if baked else _on_axis(
+        resolved.target, axis, _folded(model, output_index, inputs, out, axis))
     if text is None:
         resolved.source = f"default for {layout.name}: {resolved.source}"
     return resolved
@@ -870,10 +871,26 @@ def _in_whole(target: Any) -> Any:
     return (0, *target) if isinstance(target, tuple) else (0, target)
 
 
-def _on_axis(target: Any, axis: Optional[int]) -> Any:
+def _folded(model, output_index: int, inputs: dict[str, np.ndarray], out: Tensor, axis: Optional[int]) -> bool:
+    """Whether the probe reads the output's rows on another axis than `axis`, where that axis holds
+    more than one value per row: a Reshape that bakes the batch in stacks the rows into the anchors
+    (YuNet [1, 1600, 1] for one row, [1, 4800, 1] for three; hunt 30), so the methods would look
+    there for the rows. The example is then named on `axis` (its one row there), not left to them."""
+    if axis is None or not inputs:
+        return False
+    from onnx_attr.importing.batch import batch_axes, probe
+
+    tensors = model.prepare(inputs)
+    probed = probe(model, tensors, batch_axes(model.inputs, tensors)).outputs
+    found = probed[output_index] if output_index < len(probed) else None
+    return found is not None and found != axis and found < out.dim() and out.shape[found] != out.shape[axis]
+
+
+def _on_axis(target: Any, axis: Optional[int], named: bool = False) -> Any:
     """Indices or masks as the methods read them on an output batched on `axis` (None: one whole
-    example, which the methods find by the same probe)."""
-    if axis in (0, None):
+    example, which the methods find by the same probe); `named`: the axis is given them even where it
+    is 0 (`_folded`)."""
+    if axis is None or axis == 0 and not named:
         return target
     if target is None:
         return Target(batch_axis=axis)
