@@ -25,6 +25,7 @@ TESTED_ELSEWHERE = {**{op: "tests/test_recurrent.py" for op in ("LSTM", "GRU", "
                     "UnaryChain": "tests/test_steps.py", "Step": "tests/test_steps.py",
                     "SquaredDistance": "tests/test_svm_export.py",
                     **{op: "tests/test_quantized_lstm.py" for op in ("DynamicQuantizeLSTM", "QuantizedBlock")},
+                    "QuantizedProduct": "tests/test_quantized_product.py",
                     "BranchSelect": "tests/test_branch_select.py", "StepSelect": "tests/test_step_select.py",
                     "ArgMaxOneHot": "tests/test_loop_unroll.py", "Imputer": "tests/test_missing_values.py",
                     "FakeQuant": "tests/test_fake_quant.py", "GuardedDiv": "tests/test_widen14_patterns.py",
