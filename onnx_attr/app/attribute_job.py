@@ -543,6 +543,7 @@ class _Job:
         self.batch_axis = batch_axis  # the explained output's, when given (--batch-axis)
         self.hold = set(hold)  # inputs fed as given, not attributed (--hold)
         self.per_call_fallback = False  # see run_attribute
+        self.fallback_reason: Optional[str] = None  # why this input's fallback runs (`_fallen_back`), for its report
         self.fitted: Optional[int] = None  # the fallback's block count of a finished result, repeated on resume
 
     # -- one file -------------------------------------------------------------------------------------------------
@@ -738,7 +739,7 @@ class _Job:
             "target": resolved.shown,
             "target_source": resolved.source,
             "target_detail": resolved.detail,
-            **({"fallback_reason": self.fallback_reason} if getattr(self, "fallback_reason", None) else {}),
+            **({"fallback_reason": self.fallback_reason} if self.fallback_reason else {}),
             "baseline": self.baseline,
             "baseline_used": used,
             **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline

@@ -878,11 +878,9 @@ def _folded(model, output_index: int, inputs: dict[str, np.ndarray], out: Tensor
     there for the rows. The example is then named on `axis` (its one row there), not left to them."""
     if axis is None or not inputs:
         return False
-    from onnx_attr.importing.batch import batch_axes, probe
+    from onnx_attr.importing.batch import output_axis
 
-    tensors = model.prepare(inputs)
-    probed = probe(model, tensors, batch_axes(model.inputs, tensors)).outputs
-    found = probed[output_index] if output_index < len(probed) else None
+    found = output_axis(model, model.prepare(inputs), output_index)  # the probe's, cached per input shapes
     return found is not None and found != axis and found < out.dim() and out.shape[found] != out.shape[axis]
 
 
