@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="what to explain: top (the predicted class / top pixel), region or region>T "
                                     "(a map's summed score over T), greedy (a sequence's argmax path), anchor (a "
                                     "detector's top anchor), segment or segment=K (class maps [N, C, H, W]: a "
-                                    "class's score over its predicted pixels), an int (negative counts from the end, e.g. --target=-1), "
+                                    "class's score over its predicted pixels), embedding (an embedding's length along "
+                                    "its own direction), an int (negative counts from the end, e.g. --target=-1), "
                                     "one per example (3,1,4), or t,c / a:b for outputs of rank > 2 (default: by the "
                                     "output's layout; report.json says which)")
     p.add_argument("--batch-axis", type=int, metavar="K",

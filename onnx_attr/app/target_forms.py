@@ -8,6 +8,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 |--------------------------------------|---------------------------------------------------|----------------|
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
+| an embedding `[N, D]`, `[N, T, D]`   | no final activation, and a layer norm at the end, a division by a computed norm, or, on token ids, a mean over the tokens (`_normalised`) | `embedding`: its length along its own direction (over the positions the mask keeps) |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score (under a Softmax, class 0, the background, only where no other class is predicted) |
@@ -33,7 +34,9 @@ besides class 0, the background); `anchor` (the top anchor's best class score; n
 skipped when the output ends in a Sigmoid, and a segmentation head's mask coefficients, as many
 as another output [N, M, h, w] has prototypes, are not class scores; a head whose first score is an
 objectness (YOLOX, YOLOv5: `_has_objectness`) gets the class score of its best detection, by
-objectness × class score); and indices: `3` (negative counts from the end),
+objectness × class score); `embedding` (e·ê with ê = e/|e| fixed at the input, e the output [N, D]
+or its mean over the positions [N, T, D] an input mask keeps: no argmax of an embedding's units
+means anything); and indices: `3` (negative counts from the end),
 `3,1,4` (one per example; for an output with k > 1 axes besides the batch, k numbers are one
 index), `5:12` (one index over the axes besides the batch).
 
@@ -57,8 +60,8 @@ from onnx_attr.importing.final_activation import NMS_SCORES, TOPK_SCORES
 if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument checks
     from torch import Tensor
 
-NAMED_FORMS = ("top", "region", "greedy", "anchor", "segment")
-FORMS_HELP = ("top | region | region>T | greedy | greedy=all | anchor | segment | segment=K | an int (negative from the end) | "
+NAMED_FORMS = ("top", "region", "greedy", "anchor", "segment", "embedding")
+FORMS_HELP = ("top | region | region>T | greedy | greedy=all | anchor | segment | segment=K | embedding | an int (negative from the end) | "
               "i,j,k (one per example, or one index of an output with several axes) | a:b (one index over the axes "
               "after the batch)")
 
@@ -170,13 +173,14 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     if form == "default":
         form = layout.default
     detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
-    if form == "greedy":
+    if form in ("greedy", "embedding") and view.dim() == 3:
         detail["steps_from"] = _steps_from(inputs, view)
+    if form == "greedy":
         if value != "all" and view.dim() == 3 and layout.final != "Sigmoid" and _pictures_or_sound(inputs) \
                 and not _reads_tokens(model):
             detail["blank"] = _blank(view)
     resolved = {"top": _top, "region": _region, "greedy": _greedy, "anchor": _anchor, "segment": _segment,
-                "indices": _indices, "output": _itself}[form](view, layout, value, detail)
+                "embedding": _embedding, "indices": _indices, "output": _itself}[form](view, layout, value, detail)
     if resolved.labels is not None:  # the summed score itself, for the picture titles
         values = (view * resolved.target.weights.to(view.dtype)).reshape(len(view), -1).sum(1).tolist()
         resolved.labels = [f"{label}: {v:.4g}" for label, v in zip(resolved.labels, values)]
@@ -244,6 +248,9 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                       top="the largest score (argmax: the detection a NonMaxSuppression keeps first)"
                       if getattr(spec, "role", None) == NMS_SCORES else "the largest score (argmax)",
                       counted=_counted(model, spec))
+    embedded = _normalised(model, spec.name) if op is None and len(shape) in (1, 2) else None
+    if embedded is not None:  # a vector per example (or per token) that no argmax reads: an embedding
+        return Layout(f"an embedding [N, {'T, ' if len(shape) == 2 else ''}D] ({embedded})", "embedding", "embedding")
     if len(shape) == 1:
         return Layout("classes [N, C]", "classes", "top", final=op)
     image = _image_size(model, inputs)
@@ -309,6 +316,48 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                           "detector", "anchor", box=box, scores_first=first, final=op, masks=masks,
                           objectness=objectness)
     return Layout("a sequence [N, T, C]", "sequence", "greedy", final=op)
+
+
+def _normalised(model, name: str) -> Optional[str]:
+    """What makes the output an embedding, not scores, where something does: a layer norm at its end
+    (an encoder's hidden states [N, T, D]), a division by a computed norm (an L2-normalised
+    embedding), or, on token ids, a mean over the positions (a sentence encoder's pooling). None
+    for a linear layer's scores (a classifier, a tagger) and anything else."""
+    graph = model.onnx_model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    node = producers.get(name)
+    while node is not None and node.op_type in _RESHAPING and node.input:
+        node = producers.get(node.input[0])
+    if node is None:
+        return None
+    if node.op_type in _NORMS:
+        return f"a {node.op_type} at its end"
+    if node.op_type == "Div" and len(node.input) == 2 and _computed_norm(producers, node.input[1]):
+        return "divided by its norm"
+    if node.op_type in ("ReduceMean", "Div") and _reads_tokens(model) and len(node.input) >= 1 \
+            and node.input[-1] in producers:  # a mean over the tokens, not a division by a constant
+        return "a mean over the tokens"
+    return None
+
+
+_RESHAPING = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Dropout"})
+_NORMS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+                    "SkipSimplifiedLayerNormalization", "LpNormalization", "RMSNormalization"})
+
+
+def _computed_norm(producers: dict, name: str) -> bool:
+    """Whether a value comes from a square root or an L2 reduction within a few shape and clipping steps."""
+    node = producers.get(name)
+    for _ in range(6):
+        if node is None:
+            return False
+        if node.op_type in ("Sqrt", "ReduceL2", "LpNormalization"):
+            return True
+        if node.op_type not in ("Clip", "Max", "Add", "Expand", "Unsqueeze", "Reshape", "Identity", "Cast") \
+                or not node.input:
+            return False
+        node = producers.get(node.input[0])
+    return False
 
 
 def _boxes_beside(model, output_index: int, shape: tuple) -> Optional[str]:
@@ -693,6 +742,39 @@ def _greedy(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
     return Resolved(Target(weights=masks, per_example=True), "greedy", source, detail, labels)
 
 
+def _embedding(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
+    """The embedding's length along its own direction at the input: e·ê with ê = e/|e|, e the output [N, D]
+    or its mean over the positions [N, T, D] the model's mask keeps. Its weights are fixed at the input,
+    so the change explained is how far the baseline's embedding falls short of the input's along it:
+    which features make the embedding point where it points."""
+    if view.dim() not in (2, 3):
+        raise InputError(f"--target embedding needs an embedding [N, D] or one per position [N, T, D]; this output "
+                         f"is {layout.name}")
+    import torch
+
+    what = "the embedding"
+    weights = torch.ones(view.shape[:2], dtype=view.dtype) if view.dim() == 3 else None
+    found = detail.pop("steps_from", None)
+    if found is not None:  # padding apart: the positions the model's own mask keeps
+        name, kept = found
+        weights = torch.from_numpy(kept).to(view.dtype)
+        detail.update(steps_from=name, steps_kept=kept.sum(1).tolist())
+        what = f"the mean embedding over the positions input {name!r} keeps"
+    elif weights is not None:
+        what = "the mean embedding over the positions"
+    source = f"the length of {what} along its own direction at the input (e·ê, ê = e/|e|)"
+    if weights is not None:
+        weights = weights / weights.sum(1, keepdim=True)
+        pooled = (view * weights.unsqueeze(2)).sum(1)
+    else:
+        pooled = view
+    direction = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(torch.finfo(view.dtype).tiny)
+    full = direction if weights is None else weights.unsqueeze(2) * direction.unsqueeze(1)
+    detail["length"] = pooled.norm(dim=1).tolist()
+    labels = ["target: the embedding's length along itself" for _ in range(len(view))]
+    return Resolved(Target(weights=full.to(torch.float32), per_example=True), "embedding", source, detail, labels)
+
+
 def _blank(view: Tensor) -> Optional[int]:
     """CTC's blank of a recogniser's sequence [N, T, C] over an alphabet (`MIN_ALPHABET` classes or
     more): the class its greedy path takes on the most steps, where that is the first or the last
@@ -739,7 +821,8 @@ def _reads_tokens(model) -> bool:
 
 def _steps_from(inputs: dict[str, np.ndarray], view: Tensor) -> Optional[tuple[str, np.ndarray]]:
     """(input name, [N, T] bool) of the steps a sequence output's padding leaves, from an input that
-    says which they are: a mask named so ('attention_mask': 0/1 per step, [N, T]) or lengths
+    says which they are: a mask named so ('attention_mask': 0/1 per step, [N, T], or an additive one
+    [N, 1, 1, T] of 0 and a large negative) or lengths
     ('length', 'seq_lens': one count per example, [N]). None without one, or where it would leave an
     example no step."""
     n, steps = view.shape[0], view.shape[1]
@@ -750,6 +833,9 @@ def _steps_from(inputs: dict[str, np.ndarray], view: Tensor) -> Optional[tuple[s
             kept = value != 0
             if "mask" not in lowered and not _unnamed_mask(kept, name, inputs):
                 continue
+        elif "mask" in lowered and value.size == n * steps and value.ndim >= 2 and value.shape[0] == n \
+                and value.shape[-1] == steps and np.issubdtype(value.dtype, np.floating) and (value <= 0).all():
+            kept = value.reshape(n, steps) == 0  # an additive mask [N, 1, 1, T]: 0 on tokens, -30 or -inf on padding
         elif "len" in lowered and value.shape in ((n,), (n, 1)) and np.issubdtype(value.dtype, np.integer) \
                 and (value >= 0).all() and (value <= steps).all():
             kept = np.arange(steps)[None, :] < value.reshape(n, 1)

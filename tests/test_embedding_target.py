@@ -1,0 +1,110 @@
+"""The default target of an embedding (an encoder's hidden states [N, T, D] ending in a layer norm, a
+sentence embedding [N, D] divided by its norm, or a mean over the tokens): the length of the embedding
+(its mean over the positions the mask keeps) along its own direction at the input. A classifier's or a
+tagger's linear scores keep `top` / `greedy`.
+
+Oracle: onnxruntime's outputs at the input and at the baseline (ids 0, the mask as given), from which
+the weights and both values are computed here in numpy, and the completeness identity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import FLOAT, make_model
+from onnx_attr.app.cli import main
+
+RNG = np.random.default_rng(5)
+IDS = np.array([[4, 9, 2, 7, 0, 0, 0], [3, 5, 8, 6, 1, 2, 0]], np.int64)
+
+
+def _encoder(path, head: str):
+    """ids [N, T] -> embedding (x40: hidden values in the tens) -> one attention layer with the int mask ->
+    a head: 'layernorm' (hidden states), 'pooled' (masked mean, then divided by its L2 norm), 'tagger' (a
+    linear layer over the positions)."""
+    d = 16
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Sub", ["one", "mf"], ["pad"]), helper.make_node("Mul", ["pad", "neg"], ["bias"]),
+             helper.make_node("Unsqueeze", ["bias", "ax1"], ["bias3"]),
+             helper.make_node("MatMul", ["e", "wq"], ["q"]), helper.make_node("MatMul", ["e", "wk"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Add", ["s", "bias3"], ["sm"]),
+             helper.make_node("Softmax", ["sm"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "e"], ["c"]),
+             helper.make_node("MatMul", ["c", "wo"], ["o"]), helper.make_node("Relu", ["o"], ["r"]),
+             helper.make_node("Add", ["r", "e"], ["res"]),
+             helper.make_node("LayerNormalization", ["res", "gamma", "beta"], ["hidden"], axis=-1)]
+    inits = {"table": RNG.normal(size=(12, d)).astype(np.float32) * 40, "one": np.float32(1),
+             "neg": np.float32(-1e4), "ax1": np.array([1], np.int64),
+             "wq": RNG.normal(size=(d, d)).astype(np.float32) * 0.02, "wk": RNG.normal(size=(d, d)).astype(np.float32) * 0.02,
+             "wo": RNG.normal(size=(d, d)).astype(np.float32) * 0.3,
+             "gamma": RNG.uniform(0.5, 2, d).astype(np.float32), "beta": RNG.normal(size=d).astype(np.float32)}
+    out, shape = "hidden", ["N", "T", d]
+    if head == "pooled":
+        nodes += [helper.make_node("Unsqueeze", ["mf", "ax2"], ["m3"]), helper.make_node("Mul", ["hidden", "m3"], ["hm"]),
+                  helper.make_node("ReduceSum", ["hm", "ax1"], ["summed"], keepdims=0),
+                  helper.make_node("ReduceSum", ["mf", "ax1"], ["count"], keepdims=1),
+                  helper.make_node("Div", ["summed", "count"], ["mean"]),
+                  helper.make_node("ReduceL2", ["mean", "ax1"], ["norm"], keepdims=1),
+                  helper.make_node("Clip", ["norm", "eps"], ["safe"]),
+                  helper.make_node("Div", ["mean", "safe"], ["embedding"])]
+        inits.update(ax2=np.array([2], np.int64), eps=np.float32(1e-9))
+        out, shape = "embedding", ["N", d]
+    elif head == "tagger":
+        nodes.append(helper.make_node("MatMul", ["hidden", "tags"], ["logits"]))
+        inits["tags"] = RNG.normal(size=(d, 5)).astype(np.float32)
+        out, shape = "logits", ["N", "T", 5]
+    proto = make_model(nodes, [("ids", TensorProto.INT64, ["N", "T"]), ("mask", TensorProto.INT64, ["N", "T"])],
+                       [(out, FLOAT, shape)], initializers=inits, opset=18)
+    onnx.save(proto, path)
+
+
+def _run(tmp_path, head, extra=()):
+    path, inputs, out = tmp_path / f"{head}.onnx", tmp_path / "in.npz", tmp_path / f"out_{head}"
+    _encoder(path, head)
+    mask = (IDS > 0).astype(np.int64)
+    np.savez(inputs, ids=IDS, mask=mask)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), *extra]) == 0
+    report = json.loads((out / "report.json").read_text())
+    found = np.load(out / "attributions.npz")
+    session = ort.InferenceSession(str(path))
+    at = session.run(None, {"ids": IDS, "mask": mask})[0].astype(np.float64)
+    base = session.run(None, {"ids": np.zeros_like(IDS), "mask": mask})[0].astype(np.float64)
+    return report, found["ids"].reshape(len(IDS), -1).sum(1), at, base, mask
+
+
+@pytest.mark.parametrize("head", ["layernorm", "pooled"])
+def test_an_embedding_is_explained_along_its_own_direction(tmp_path, head):
+    report, total, at, base, mask = _run(tmp_path, head)
+    assert report["target_detail"]["form"] == "embedding" and "embedding" in report["target_detail"]["layout"]
+    if at.ndim == 3:  # the mean over the kept positions, by hand
+        weights = mask / mask.sum(1, keepdims=True)
+        pooled_at, pooled_base = (at * weights[:, :, None]).sum(1), (base * weights[:, :, None]).sum(1)
+        assert report["target_detail"]["steps_kept"] == mask.sum(1).tolist()
+    else:
+        pooled_at, pooled_base = at, base
+    direction = pooled_at / np.linalg.norm(pooled_at, axis=1, keepdims=True)
+    change = np.linalg.norm(pooled_at, axis=1) - (direction * pooled_base).sum(1)
+    np.testing.assert_allclose(report["target_detail"]["length"], np.linalg.norm(pooled_at, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(total, change, rtol=1e-4, atol=1e-4)
+    assert np.abs(change).min() > 0.1
+
+
+def test_a_taggers_linear_scores_keep_the_greedy_path(tmp_path):
+    report, total, at, base, mask = _run(tmp_path, "tagger")
+    assert report["target_detail"]["form"] == "greedy"
+
+
+def test_embedding_can_be_asked_for_on_any_vector_output(tmp_path):
+    report, total, at, base, mask = _run(tmp_path, "tagger", ["--target", "embedding"])
+    assert report["target_detail"]["form"] == "embedding"
+    weights = mask / mask.sum(1, keepdims=True)
+    pooled_at, pooled_base = (at * weights[:, :, None]).sum(1), (base * weights[:, :, None]).sum(1)
+    direction = pooled_at / np.linalg.norm(pooled_at, axis=1, keepdims=True)
+    np.testing.assert_allclose(total, np.linalg.norm(pooled_at, axis=1) - (direction * pooled_base).sum(1),
+                               rtol=1e-4, atol=1e-4)
