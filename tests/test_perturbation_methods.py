@@ -72,3 +72,35 @@ def test_per_element_ablation_of_an_image_is_linear_in_its_size():
     want = w[:, 1].reshape(1, 3, 32, 32).astype(np.float64) * (x - b)
     assert got.shape == x.shape
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("mask", ["elements", "blocks", "groups"])
+def test_features_already_at_their_baseline_run_no_pass_and_get_0(pair, mask, monkeypatch):
+    """A digit's black background under a zero baseline (and padding ids under id 0): ablating it replaces each
+    value by itself. Those features get exactly 0 and no forward pass; the rest are Captum's."""
+    model, imported = pair
+    x = X * 80  # unnormalised
+    x[:, :, :, :3] = 0  # the left half at the baseline in every example
+    x[1, 0, 0, 0] = 0.0
+    x[2, 1, 5, 0] = 7.0  # one background element that moves in one example only
+    kwargs = {"elements": {}, "blocks": {"feature_mask": None},
+              "groups": {"feature_mask": torch.arange(36).reshape(1, 1, 6, 6).expand(1, 2, 6, 6) // 3}}[mask]
+    ablation = onnx_attr.FeatureAblation(imported, max_features=18) if mask == "blocks" else \
+        onnx_attr.FeatureAblation(imported)
+    passes = []
+    value = ablation._value
+    monkeypatch.setattr(ablation, "_value", lambda tensors, *a: passes.append(len(tensors[0])) or value(tensors, *a))
+    ours = ablation.attribute(x, target=TARGET, **kwargs)
+    if mask == "blocks":  # Captum with the same 18 blocks (3 x 3 pixels through both channels)
+        from onnx_attr.methods.perturbation import block_groups
+
+        kwargs = {"feature_mask": block_groups((2, 6, 6), 18)}
+    theirs = CaptumFeatureAblation(model).attribute(x, target=TARGET, **kwargs)
+    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=1e-4)
+    # elements: the right half of both channels and the one that moves; blocks: 3 x 3 of 2 x 2 pixels, 6 right of
+    # column 2 and the one holding (5, 0); groups: 12 runs of 3 in a row, the 6 right ones and the one holding (5, 0)
+    features = {"elements": 2 * 36, "blocks": 9, "groups": 12}[mask]
+    moving = {"elements": 2 * 18 + 1, "blocks": 6 + 1, "groups": 6 + 1}[mask]
+    assert len(passes) - 1 == moving < features  # one unperturbed pass, then one per moving feature
+    assert torch.all(ours[:, :, :, :3][x[:, :, :, :3].eq(0).all(0, keepdim=True).expand(3, 2, 6, 3)
+                                       & (mask == "elements")] == 0)

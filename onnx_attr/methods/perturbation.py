@@ -132,7 +132,11 @@ class _Perturbation(_GradientMethod):
         batch axis of 1 (the same features in every example) or of N (per-example features).
         `show_progress` (Captum's keyword) counts the perturbed passes on stderr."""
         evaluator = self._evaluator(prepared, targets, index, perturbations_per_eval)
-        bar = self._bar(evaluator, [len(m) for m in masks], show_progress)
+        # a mask over elements already at their baseline in every example changes nothing (padding ids, a
+        # digit's black background under zeros): its drop is 0, and no forward pass is run for it
+        moving = [_moving(m, x, b) if a else [] for m, x, b, a in
+                  zip(masks, prepared.tensors, prepared.baselines, prepared.attributed)]
+        bar = self._bar(evaluator, [len(m) for m in moving], show_progress)
         n = len(targets.rows)
         original = self._value(prepared.tensors, targets, index) if original is None else original
         k = original[0].numel() if n else 1  # values per example
@@ -141,10 +145,12 @@ class _Perturbation(_GradientMethod):
             if not prepared.attributed[i]:
                 result.append(None)
                 continue
-            own = masks[i]
-            values, _ = evaluator.evaluate(len(own), lambda start, stop, i=i, own=own: [
-                torch.stack(own[start:stop]) if j == i else None for j in range(len(prepared.tensors))])
-            drops = original.double().reshape(1, n, k) - values.double()  # [masks, N, K]
+            own, picked = masks[i], moving[i]
+            values, _ = evaluator.evaluate(len(picked), lambda start, stop, i=i, picked=picked: [
+                torch.stack([own[p] for p in picked[start:stop]]) if j == i else None
+                for j in range(len(prepared.tensors))])
+            drops = torch.zeros((len(own), n, k), dtype=torch.float64, device=values.device)  # [masks, N, K]
+            drops[picked] = original.double().reshape(1, n, k) - values.double()
             if isinstance(own, (ElementMasks, BlockMasks)):  # a partition: each element's credit is its own mask's drop
                 result.append(own.credit(drops.to(x.device), n).to(_attribution_dtype(x, original)))
                 continue
@@ -158,6 +164,18 @@ class _Perturbation(_GradientMethod):
             result.append((total / count.clamp_min(1)).to(_attribution_dtype(x, original)))
         bar.close()
         return result, original
+
+
+def _moving(masks, x: Tensor, baseline: Tensor) -> list[int]:
+    """The indices of the masks that cover an element differing from its baseline in some example
+    (a NaN differs from everything): the others replace every value by itself."""
+    differs = x != baseline.to(x.device, x.dtype) if baseline.dim() == x.dim() else x != baseline
+    if isinstance(masks, ElementMasks):
+        return differs.reshape(len(x), -1).any(0).nonzero().flatten().tolist()
+    if isinstance(masks, BlockMasks):
+        moved = set(torch.unique(masks.ids.expand_as(differs)[differs]).tolist())
+        return [j for j in range(len(masks)) if j in moved]
+    return [j for j, m in enumerate(masks) if bool((m.to(differs.device) & differs).any())]
 
 
 def block_groups(shape: tuple[int, ...], limit: int) -> Tensor:
