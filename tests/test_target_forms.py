@@ -1015,12 +1015,14 @@ def test_greedy_over_a_box_list_keeps_every_step(tmp_path):
     _greedy_by_hand(report, sums, y, _ort(path, np.zeros_like(x)))
 
 
-def test_a_batch_baked_into_a_reshape_names_its_one_example(tmp_path):
+@pytest.mark.parametrize("method", ["deeplift", "integratedgradients"])
+def test_a_batch_baked_into_a_reshape_names_its_one_example(tmp_path, method):
     """YuNet as a 2020 PyTorch export writes it (hunt 30): a Reshape to [1, -1, 1] bakes the batch in,
     so stacked rows land in the anchors ([1, 4800, 1] for three rows, [1, 1600, 1] for one) and the
     probe reads the rows there. The CLI refused every call ("1600 row(s) on axis 1 for 1 example(s)"),
     `--batch-axis 0` included. The one example is now named on axis 0: its top anchor, by hand, and
-    completeness against onnxruntime's logits."""
+    completeness against onnxruntime's logits. IG's steps, stacked as rows, landed in the anchors
+    too ("1 row(s) on axis 0 for 13 example(s)"): they now run one per pass."""
     rng = np.random.default_rng(35)
     weights = {"w": (rng.normal(size=(1, 3, 3, 3)) * 0.05).astype(np.float32),
                "shape": np.array([1, -1, 1], np.int64)}
@@ -1031,7 +1033,7 @@ def test_a_batch_baked_into_a_reshape_names_its_one_example(tmp_path):
                  weights, "yunet.onnx")
     oracle = _save(tmp_path, head, io, [_info("l", [1, "anchors", 1])], weights, "yunet_logits.onnx")
     x = (rng.uniform(size=(1, 3, 16, 16)) * 255).astype(np.float32)  # pixels as YuNet takes them
-    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures", "--method", method)
     logits, logits0 = _ort(oracle, x)[0, :, 0], _ort(oracle, np.zeros_like(x))[0, :, 0]
     anchor = int(logits.argmax())
     assert report["target"] == [[anchor, 0]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -225,7 +226,14 @@ class AttributionMethod:
     def _targets(target: Any, n: int, prepared: Optional[Prepared] = None, index: int = 0) -> Targets:
         """The target for n examples, picked along output `index`'s batch axis as the call's probe
         found it (`prepared`; without it: axis 0)."""
-        return make_targets(target, n, 0 if prepared is None else prepared.output_axis(index))
+        axis = 0 if prepared is None else prepared.output_axis(index)
+        named = getattr(target, "batch_axis", None)
+        if named is not None and axis is not None and named != axis and n == 1 and prepared.layout is not None:
+            # one example named on another axis than the probe read the rows on: a Reshape that bakes the
+            # batch in stacks extra rows into the anchors (YuNet [1, 1600, 1] for one row, [1, 4800, 1] for
+            # three), so steps and samples run one per pass, not stacked as rows
+            prepared.layout = replace(prepared.layout, stackable=False)
+        return make_targets(target, n, axis)
 
     @property
     def embedded_inputs(self) -> list[str]:
