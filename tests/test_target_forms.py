@@ -1038,3 +1038,26 @@ def test_a_batch_baked_into_a_reshape_names_its_one_example(tmp_path, method):
     anchor = int(logits.argmax())
     assert report["target"] == [[anchor, 0]]
     _complete(sums, [logits[anchor]], [logits0[anchor]])
+
+
+def test_heat_maps_each_under_a_sigmoid_are_a_region_not_a_segment(tmp_path):
+    """CenterNet's per-class centre heat maps [N, 2, H, W], a Sigmoid each (lore_detect, wired_table: hunt
+    28): `segment`'s argmax over the channels is channel 0 wherever nothing is found, so it explained channel
+    0 over nearly every pixel (here, whichever channel wins the argmax where nothing is). Each channel is its own: every pixel whose logit any channel puts above 0
+    (p > 0.5), summed. Oracle: onnxruntime's logits and completeness."""
+    rng = np.random.default_rng(36)
+    weights = {"w": (rng.normal(size=(2, 3, 3, 3)) * 0.004).astype(np.float32), "b": np.array([-2.0, -2.5], np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["l"], pads=[1, 1, 1, 1])]
+    io = [_info("x", ["N", 3, 16, 16])], [_info("y", ["N", 2, 16, 16])]
+    path = _save(tmp_path, nodes + [helper.make_node("Sigmoid", ["l"], ["y"])], *io, weights, "hm.onnx")
+    logits_path = _save(tmp_path, nodes + [helper.make_node("Identity", ["l"], ["y"])], *io, weights, "hm_l.onnx")
+    x = (rng.uniform(size=(2, 3, 16, 16)) * 255).astype(np.float32)
+    x[:, :, 4:7, 9:12] += 900.0  # a bright object: centres found there, on either channel
+    logits, logits0 = _ort(logits_path, x), _ort(logits_path, np.zeros_like(x[:1]))
+    found = logits > 0
+    # few pixels found, while an argmax over the channels puts one channel on most pixels, found or not
+    assert 0 < found.sum() < found.size / 10 and np.bincount(logits.argmax(1).reshape(-1)).max() > found.size / 4
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target"] == "region" and "heat maps" in report["target_detail"]["layout"]
+    assert report["target_detail"]["mask_size"] == found.reshape(2, -1).sum(1).tolist()
+    _complete(sums, (logits * found).reshape(2, -1).sum(1), (logits0 * found).reshape(2, -1).sum(1))

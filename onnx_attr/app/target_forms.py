@@ -12,6 +12,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score (under a Softmax, class 0, the background, only where no other class is predicted) |
+| heat maps `[N, C, H, W]`             | as class maps, ending in a Sigmoid (each channel its own: CenterNet's per-class centres) | `region`: the summed score of every pixel any channel predicts (p > 0.5) |
 | classes `[N, C, 1]`                  | rank 3, one column, ending in a Softmax over C    | `top`: the predicted class |
 | one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
 | a map over an input `[N, T, F]`      | a rank-3 output shaped as a floating input's example, with no Softmax/LogSoftmax at the end (a denoiser's gain per frame and bin) | `region`: the predicted region's summed score |
@@ -268,6 +269,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         if heads:  # a text logit beside Softplus distances (rapidocrlite's Indra detector): no classes to argmax
             return Layout(f"maps of {shape[0]} different heads [N, C, H, W] ({heads}): the first one's region",
                           "map", "region", final=op, first_channel=True)
+        if op == "Sigmoid":  # one Sigmoid per channel: heat maps that do not exclude each other (CenterNet's
+            # per-class centres), whose argmax over the channels is channel 0 wherever nothing is found
+            return Layout(f"heat maps [N, C, H, W] ({shape[0]} channels, each its own Sigmoid)", "map", "region",
+                          sigmoid_stripped=stripped, final=op)
         return Layout(f"class maps [N, C, H, W] ({shape[0]} classes)", "segmentation", "segment", final=op)
     if len(shape) != 2:
         rank = view.dim() - (axis is None)  # the output's own: `batch_first` gave one without a batch an axis
