@@ -290,9 +290,11 @@ def _fails_at_zero():
     return make_model(nodes, [("x", FLOAT, [1, 16])], [("y", FLOAT, [1, 3])], consts, opset=13)
 
 
-def test_a_forward_that_fails_at_zeros_is_explained_at_the_blurred_input(tmp_path):
+@pytest.mark.parametrize("method", ["deeplift", "integratedgradients"])
+def test_a_forward_that_fails_at_zeros_is_explained_at_the_blurred_input(tmp_path, method):
     """The API names the baseline as where the forward fails; the CLI's `--baseline auto` takes the blurred
-    input instead (before: exit 2 with the input's shapes in the message). Oracle: onnxruntime."""
+    input instead (before: exit 2 with the input's shapes in the message; IG's path fails on its way to
+    zeros, with no word of the baseline: hunt 31). Oracle: onnxruntime."""
     path = tmp_path / "length.onnx"
     path.write_bytes(_fails_at_zero().SerializeToString())
     x = np.linspace(-2, 5, 16, dtype=np.float32)[None]
@@ -300,13 +302,54 @@ def test_a_forward_that_fails_at_zeros_is_explained_at_the_blurred_input(tmp_pat
         onnx_attr.DeepLift(onnx_attr.load(str(path))).attribute(torch.from_numpy(x), target=0)
     np.savez(tmp_path / "x.npz", x=x)
     assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
-                 "--no-pictures", "--target", "0"]) == 0
+                 "--no-pictures", "--target", "0", "--method", method]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["method"] == "DeepLift" and report["baseline_used"] == "blur"
-    assert "forward fails" in report["baseline_note"]
+    assert report["method"] == {"deeplift": "DeepLift", "integratedgradients": "IntegratedGradients"}[method]
+    assert report["baseline_used"] == "blur" and "forward fails" in report["baseline_note"]
     attributions = np.load(tmp_path / "out" / "attributions.npz")["x"]
     change = _ort(path, x)[:, 0] - _ort(path, blurred(x, 0))[:, 0]
-    np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(attributions.sum(1), change, rtol=1e-4 if method == "deeplift" else 2e-2, atol=1e-4)
+
+
+def test_a_forward_that_fails_at_zeros_beside_token_ids_takes_the_blur_too(tmp_path):
+    """Kokoro's int8 TTS (hunt 31): token ids, a style vector and a speed whose zero gives its duration LSTM
+    no frame. DeepLift's pass that looks up the baseline ids' embeddings runs the whole model at the
+    baseline first, and its failure was reported as the input's (exit 2). Oracle: onnxruntime with the
+    ids kept and the floats at the blurred input."""
+    rng = np.random.default_rng(44)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),  # [1, T, 4]
+             helper.make_node("ReduceMean", ["e", "one"], ["pooled"], keepdims=1),  # [1, 1, 4]
+             helper.make_node("Mul", ["speed", "three"], ["frames_f"]), helper.make_node("Floor", ["frames_f"], ["fl"]),
+             helper.make_node("Cast", ["fl"], ["frames"], to=TensorProto.INT64),
+             helper.make_node("Concat", ["frames", "one", "one"], ["reps"], axis=0),
+             helper.make_node("Tile", ["pooled", "reps"], ["seq"]),  # [frames, 1, 4]: empty at speed 0
+             helper.make_node("Add", ["seq", "style"], ["styled"]),
+             helper.make_node("LSTM", ["styled", "lw", "lr"], ["", "h"], hidden_size=3),
+             helper.make_node("ReduceSum", ["h", "last"], ["y"], keepdims=0)]
+    consts = {"table": (rng.standard_normal((10, 4)) * 2).astype(np.float32), "one": np.array([1], np.int64),
+              "three": np.array(3, np.float32), "last": np.array([-1], np.int64),
+              "lw": (rng.standard_normal((1, 12, 4)) * 0.5).astype(np.float32),
+              "lr": (rng.standard_normal((1, 12, 3)) * 0.5).astype(np.float32)}
+    proto = make_model(nodes, [("ids", TensorProto.INT64, [1, "T"]), ("style", FLOAT, [1, 4]), ("speed", FLOAT, [1])],
+                       [("y", FLOAT, [1, 1])], consts, opset=18)
+    path = tmp_path / "tts.onnx"
+    path.write_bytes(proto.SerializeToString())
+    feeds = {"ids": np.array([[1, 4, 2, 7, 3, 5]], np.int64), "style": np.array([[0.3, -0.2, 0.5, 0.1]], np.float32),
+             "speed": np.array([1.0], np.float32)}
+    np.savez(tmp_path / "x.npz", **feeds)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
+                 "--no-pictures"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "DeepLift" and report["baseline_used"] == "blur"
+    found = np.load(tmp_path / "out" / "attributions.npz")
+    from onnx_attr.app.attribute_job import domain_reference
+
+    reference, _ = domain_reference(onnx_attr.load(str(path)), dict(feeds), {})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    change = session.run(None, feeds)[0] - session.run(None, {**feeds, **reference})[0]
+    total = sum(found[k].sum() for k in found.files)
+    np.testing.assert_allclose(total, change.sum(), rtol=1e-4, atol=1e-5)
+    assert abs(change.sum()) > 1e-2 and reference["speed"][0] > 0  # the blur keeps a speed with frames to run
 
 
 def ctc_score_model():

@@ -25,8 +25,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from onnx_attr.errors import (BaselineForwardError, InputError, NoGradientPathError, OnnxAttrError, OutputError,
-                              ReferenceRuntimeError, UnsupportedOpError, ValueShapedError)
+from onnx_attr.errors import (BaselineForwardError, ForwardError, InputError, NoGradientPathError, OnnxAttrError,
+                              OutputError, ReferenceRuntimeError, UnsupportedOpError, ValueShapedError)
 from onnx_attr.fileio import FolderLock, atomic_write, regular_file, remove_leftover_temporaries, write_json
 from onnx_attr.app.manifest import build_manifest, differences, file_sha256
 from onnx_attr.methods.registry import entry, titles
@@ -712,8 +712,10 @@ class _Job:
                     raise
                 why = f"at zeros, {', '.join(repr(n[3]) for n in err.nodes)} compare(s) otherwise than at the input"
                 blur = True
-            except BaselineForwardError as err:  # the forward fails at zeros (a zero speed predicts no frames)
-                if self.baseline != "auto":
+            except ForwardError as err:  # the forward fails at zeros (a zero speed predicts no frames): DeepLift's
+                # reference pass says so; a gradient method's path fails on its way there
+                if self.baseline != "auto" or not isinstance(err, BaselineForwardError) and \
+                        not self._fails_at_zeros(attributed, extra):
                     raise
                 reference, kept_ids = domain_reference(self.model, attributed, extra)
                 if not moves(reference, attributed):
@@ -780,6 +782,18 @@ class _Job:
         write_json(folder / "report.json", report)  # last: its presence marks the folder finished
         report["_delta"] = delta
         return report
+
+    def _fails_at_zeros(self, attributed: dict, extra: dict) -> bool:
+        """Whether the plain forward fails with the attributed floating inputs at zero (ids kept: the methods
+        attribute them at their embeddings), the default baseline."""
+        from onnx_attr.importing.verify import plain_run
+
+        zeros = {k: np.zeros_like(v) if np.asarray(v).dtype.kind == "f" else v for k, v in attributed.items()}
+        try:
+            plain_run(self.model, {**extra, **zeros})
+        except ForwardError:
+            return True
+        return False
 
     def _pictures(self, folder: Path, attributions: dict, inputs: dict, resolved: Any, delta: Any,
                   report: dict, rows: "Rows", outputs: tuple) -> list[str]:

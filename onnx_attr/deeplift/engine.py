@@ -365,7 +365,7 @@ class DeepLiftEngine:
             if taps:  # embeddings of the baseline ids; everything else computed from the input's ids
                 state.mode = "tap_baseline"
                 with torch.no_grad():
-                    self._forward(module, bs)
+                    self._at_baseline(module, bs)
                 # the float inputs' baselines at the rows fed (on each one's batch axis; one without
                 # a batch, a photo [H, W, 3] beside per-face keypoints, is fed as given)
                 n = next((x.shape[a] for x, a in zip(xs, axes) if a is not None and x.dim() > a), None)
@@ -378,13 +378,7 @@ class DeepLiftEngine:
             else:
                 state.mode = "reference"
                 with torch.no_grad():
-                    try:
-                        full_out = self._forward(module, reference_args)
-                    except ForwardError as err:
-                        raise BaselineForwardError(
-                            f"at the baseline (DeepLift's reference pass), {err}; the baseline lies outside what the "
-                            "model computes: pick one inside its domain (the CLI's --baseline blur, or your own "
-                            "reference)") from err
+                    full_out = self._at_baseline(module, reference_args)
                 # a shared baseline: batch 1, or repeated (stride 0) to an export's fixed batch
                 if cacheable and all(b.dim() == 0 or b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):
                     self.references.add(reference_args, state.refs, full_out)
@@ -437,6 +431,16 @@ class DeepLiftEngine:
                 g = torch.zeros_like(x) if g is None else g
                 multipliers.append(_kept(g, keep, axis))  # drop the rows padded in
         return PassResult(multipliers, value.detach(), targets.reference(ref_out, out, keep).detach(), [])
+
+    def _at_baseline(self, module, args):
+        """A forward at the baseline (the reference pass, or the one that looks up the baseline ids'
+        embeddings): its failure is the baseline's, which the CLI's --baseline auto answers with the blur."""
+        try:
+            return self._forward(module, args)
+        except ForwardError as err:
+            raise BaselineForwardError(
+                f"at the baseline (DeepLift's reference pass), {err}; the baseline lies outside what the model "
+                "computes: pick one inside its domain (the CLI's --baseline blur, or your own reference)") from err
 
     def _forward(self, module, args):
         try:
