@@ -394,3 +394,24 @@ def test_the_cli_falls_back_where_zeros_and_the_blur_leave_the_output_undefined(
     report = json.loads((tmp_path / "blur" / "report.json").read_text())
     assert report["method"] == "DeepLift" and "fallback_reason" not in report
     assert any("not finite" in w for w in report["warnings"])
+
+
+def test_an_output_not_finite_at_the_input_is_refused_before_any_pass(tmp_path, capsys):
+    """Kokoro int8's imported audio was NaN throughout (hunt 31): the CLI picked index 0 of an argmax over NaN
+    and ran FeatureAblation for minutes, writing NaN attributions. The target's value at the input is now
+    checked first: the run stops with a clear error (exit 2) and writes nothing."""
+    nodes = [helper.make_node("Log", ["x"], ["l"]), helper.make_node("MatMul", ["l", "w"], ["y"])]
+    path = tmp_path / "log.onnx"
+    path.write_bytes(make_model(nodes, [("x", FLOAT, ["N", 4])], [("y", FLOAT, ["N", 3])],
+                                {"w": RNG.standard_normal((4, 3)).astype(np.float32)}, opset=13).SerializeToString())
+    x = np.array([[1.0, 2.0, 3.0, 4.0], [-1.0, 2.0, 3.0, 4.0]], np.float32)  # log(-1): NaN in every value of row 1
+    np.savez(tmp_path / "x.npz", x=x)
+    for method in ("deeplift", "featureablation"):
+        out = tmp_path / method
+        assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(out), "--no-pictures",
+                     "--method", method]) == 2
+        assert "not finite at this input" in capsys.readouterr().err
+        assert not (out / "report.json").exists()
+    np.savez(tmp_path / "ok.npz", x=x[:1])
+    assert main(["attribute", str(path), "-i", str(tmp_path / "ok.npz"), "-o", str(tmp_path / "ok"), "-q",
+                 "--no-pictures"]) == 0

@@ -689,7 +689,10 @@ class _Job:
         from onnx_attr.importing.verify import plain_run
 
         plain = plain_run(self.model, inputs)  # one forward for the default target and the verification
-        resolved = self._target(inputs, self._examples(next(iter(attributed)), first), plain.outputs)
+        examples = self._examples(next(iter(attributed)), first)
+        resolved = self._target(inputs, examples, plain.outputs)
+        if entry(self.method).family != "neuron":
+            self._refuse_non_finite(resolved, plain.outputs[self.output_index], examples)
         chosen = resolved.target
         baselines = _baseline(self.baseline, self.model, attributed, self.method)
         if isinstance(baselines, dict):
@@ -782,6 +785,26 @@ class _Job:
         write_json(folder / "report.json", report)  # last: its presence marks the folder finished
         report["_delta"] = delta
         return report
+
+    def _refuse_non_finite(self, resolved: Any, out: Any, examples: int) -> None:
+        """Refuses a target whose value is not finite at the input itself (kokoro int8's NaN audio, hunt
+        31): no attribution explains it, and a fallback would spend minutes writing NaN."""
+        import torch
+
+        from onnx_attr.methods.base import make_targets
+
+        try:
+            values = make_targets(resolved.target, examples, resolved.detail.get("batch_axis", 0)).select(out)
+        except Exception:  # noqa: BLE001  (a form the methods read otherwise: they check it themselves)
+            return
+        if bool(torch.isfinite(values).all()):
+            return
+        name = self.model.outputs[self.output_index].name
+        bad = int((~torch.isfinite(out)).sum()) if out.is_floating_point() else 0
+        raise InputError(f"the explained value of output {name!r} is not finite at this input ({bad} of {out.numel()} "
+                          "of its values are NaN or infinite), so nothing explains it: where onnxruntime's output is "
+                          "finite the import diverges (`onnx-attr verify` names where), else the input lies outside "
+                          "what the model computes; --output-name explains another output")
 
     def _fails_at_zeros(self, attributed: dict, extra: dict) -> bool:
         """Whether the plain forward fails with the attributed floating inputs at zero (ids kept: the methods
