@@ -64,6 +64,22 @@ def test_faulty_converter_is_caught_and_located(tiny_mlp):
     assert "first divergent node: 'relu1'" in report.format()
 
 
+def test_the_node_where_a_divergence_turns_non_finite_is_named_too():
+    """Kokoro int8 (hunt 31): a small divergence upstream (a Sin, 1e-2) became NaN at a phase division
+    whose denominator came out exactly 0 here and not in onnxruntime, and the NaN covered the whole
+    waveform; verify named the Sin alone. It now names the division beside it."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Sub", ["r", "c"], ["d"], name="shift"),
+             helper.make_node("Div", ["d", "d"], ["q"], name="ratio"), helper.make_node("Add", ["q", "r"], ["y"], name="out")]
+    proto = make_model(nodes, [("x", FLOAT, ["n", 4])], [("y", FLOAT, ["n", 4])],
+                       initializers={"c": np.full(4, 0.7, np.float32)}, opset=13)
+    model = onnx_attr.load(proto)
+    setattr(model.module, "relu", nn.Hardtanh(0.0, 0.7))  # a wrong converter: r clipped, so r - 0.7 is exactly 0
+    x = np.array([[1.0, 2.0, 0.2, 3.0]], np.float32)
+    report = model.verify(x)
+    assert not report.passed and report.divergence.node == "relu"
+    assert "turn NaN or infinite" in report.divergence.detail and "'ratio' (op Div), 3 of 4" in report.format()
+
+
 def test_tampered_weight_is_located_at_its_consumer(tiny_mlp):
     model = onnx_attr.load(tiny_mlp)
     layer = model.module.get_submodule("fc2")  # onnx2torch folds the Gemm weight into an nn.Linear

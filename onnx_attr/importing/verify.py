@@ -723,6 +723,7 @@ def locate_divergence(model, tensors: Sequence[torch.Tensor], feeds: dict[str, n
         values = reference_values(reference, feeds, wanted)
     except ReferenceRuntimeError:
         return None
+    found = None
     for index, node in enumerate(graph.node):
         for name in node.output:
             if name not in values or not isinstance(ours[name], torch.Tensor):
@@ -730,9 +731,18 @@ def locate_divergence(model, tensors: Sequence[torch.Tensor], feeds: dict[str, n
             a, b = _numpy(ours[name]), values[name]
             label = node.name or f"{node.op_type}#{index}"
             if a.shape != b.shape:
-                return Divergence(label, node.op_type, name, float("inf"),
-                                  f"shape {list(a.shape)} here, {list(b.shape)} in onnxruntime")
-            max_abs, _, passed = _errors(a, b, atol, rtol)
-            if not passed:
-                return Divergence(label, node.op_type, name, max_abs)
-    return None
+                return found or Divergence(label, node.op_type, name, float("inf"),
+                                           f"shape {list(a.shape)} here, {list(b.shape)} in onnxruntime")
+            if found is None:
+                max_abs, _, passed = _errors(a, b, atol, rtol)
+                if not passed:
+                    found = Divergence(label, node.op_type, name, max_abs)
+            if found is not None and a.dtype.kind == "f" and b.dtype.kind == "f":
+                turned = ~np.isfinite(a) & np.isfinite(b)
+                if turned.any():  # a small divergence made large where a division meets an exact zero (kokoro's
+                    # phase, imag/real: hunt 31): the node where the values go non-finite is where to look next
+                    if label != found.node:
+                        found.detail = (f"the first node whose values turn NaN or infinite where onnxruntime's stay "
+                                        f"finite: {label!r} (op {node.op_type}), {int(turned.sum())} of {a.size}")
+                    return found
+    return found
