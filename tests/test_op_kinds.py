@@ -64,3 +64,22 @@ def test_a_refused_op_is_named_with_the_reason():
     with pytest.raises(onnx_attr.UnsupportedOpError, match="Hardmax") as err:
         onnx_attr.DeepLift(model).attribute(np.ones((2, 6), np.float32), target=0)
     assert REFUSED["Hardmax"] in str(err.value) and "pick" in str(err.value)
+
+
+def test_control_flow_is_shown_as_resolved_per_call_not_unknown():
+    """inspect listed a silero VAD's `If` on its sample rate as `unknown` (hunt 28), beside ops DeepLift
+    refuses, though specialize.py settles it on each call's values before the rewrite."""
+    from onnx_attr.deeplift.opkinds import nonlinear_nodes
+
+    branch = lambda k: helper.make_graph([helper.make_node("Mul", ["x", k], ["o"])], f"b{k}", [],  # noqa: E731
+                                         [helper.make_tensor_value_info("o", TensorProto.FLOAT, ["N", 2])])
+    nodes = [helper.make_node("Greater", ["sr", "limit"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], name="rate", then_branch=branch("two"), else_branch=branch("three"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2]),
+                                           helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor(k, TensorProto.FLOAT, [], [v]) for k, v in (("two", 2), ("three", 3))]
+                              + [helper.make_tensor("limit", TensorProto.INT64, [], [8000])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    kinds = {n["node"]: n["kind"] for n in nonlinear_nodes(model)}
+    assert kinds["rate"] == "control flow, resolved per call"

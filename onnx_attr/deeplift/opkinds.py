@@ -198,12 +198,16 @@ def node_kinds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
             # a dynamically quantized block (or product), explained as one node (rules/quantized.py); of
             # constants alone (DeBERTa's relative positions), a constant
             kind = "quantized" if any(flags) else "structural"
+        elif node.op_type in CONTROL_FLOW and node.domain in ("", "ai.onnx") and kind == "unknown":
+            kind = "control flow, resolved per call"  # specialize.py: refused only where it follows the attributed inputs
         if any(flags) and kind != "structural":
             variable.update(node.output)
         out.append((node, kind))
     return out
 
 
+#: ops whose branch or trip count deeplift/specialize.py settles on each call's values before the rewrite
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 #: onnxruntime's dynamic quantizer: a block DynamicQuantizeLinear → ConvInteger/MatMulInteger → Cast → Mul
 DYNAMIC_OPS = frozenset({"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"})
