@@ -59,7 +59,7 @@ MICROSOFT_KINDS = {"Gelu": "unary", "FastGelu": "unary", "QuickGelu": "unary", "
                    "FusedConv": "composite", "SkipLayerNormalization": "composite", "Attention": "composite",
                    "MultiHeadAttention": "composite", "DynamicQuantizeLSTM": "composite", "FusedGemm": "composite",
                    "SkipSimplifiedLayerNormalization": "composite", "MatMulIntegerToFloat": "composite",
-                   "DynamicQuantizeMatMul": "composite", "QAttention": "composite"}
+                   "DynamicQuantizeMatMul": "composite", "QAttention": "composite", "MatMulNBits": "composite"}
 #: onnxruntime's own ai.onnx ops imported as expansions into ONNX ops (converters/microsoft.py)
 ONNX_EXPANDED = {"SimplifiedLayerNormalization": "composite"}
 

@@ -30,7 +30,7 @@ MICROSOFT = "com.microsoft"
 MICROSOFT_OPS = {op: 1 for op in (
     "FusedConv", "FusedGemm", "FusedMatMul", "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization",
     "SkipSimplifiedLayerNormalization", "Attention", "MultiHeadAttention", "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul", "QAttention",
+    "DynamicQuantizeMatMul", "QAttention", "MatMulNBits",
 )}
 #: onnxruntime's own ops of the ai.onnx domain (version 1), written by its transformer optimizer into graphs
 #: of any opset, with the ONNX opset that defines each (None: ONNX has none). The ONNX checker refuses them
@@ -324,6 +324,55 @@ def convert_dynamic_quantize_matmul(node, graph):
     quantized = e.step("DynamicQuantizeLinear", DynamicQuantizeLinear(), e.inputs[0])
     q, a_scale, a_zero = (e.item(quantized, i) for i in range(3))
     return result(node, e.build(_integer_to_float(e, q, b, a_scale, b_scale, a_zero, b_zero, bias)))
+
+
+def unpack_bits(packed: Tensor, bits: int, count: int) -> Tensor:
+    """uint8 [..., B] holding 8 / bits values per byte, the first in the lowest bits (MatMulNBits' packing)
+    -> int16 [..., count], the first `count` of them."""
+    shifts = torch.arange(0, 8, bits, dtype=torch.int16, device=packed.device)
+    values = (packed.to(torch.int16).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return values.reshape(*packed.shape[:-1], -1)[..., :count]
+
+
+def nbits_weight(b: Tensor, scales: Tensor, zero: Optional[Tensor], k: int, n: int, bits: int,
+                 block_size: int) -> Tensor:
+    """MatMulNBits' weight as the float [K, N] it stands for: each block of `block_size` values along K,
+    (q - zero) · scale with its own scale and zero point (2^(bits-1) when none is given; 8-bit packed
+    like B, or floats)."""
+    blocks = -(-k // block_size)
+    q = unpack_bits(b.reshape(n, blocks, -1), bits, block_size)  # [N, blocks, block_size]
+    if zero is None:
+        zero = torch.full((n, blocks), 1 << (bits - 1), dtype=torch.int16)
+    elif zero.dtype == torch.uint8:
+        zero = unpack_bits(zero.reshape(n, -1), bits, blocks)
+    else:
+        zero = zero.reshape(n, blocks)
+    scale = scales.reshape(n, blocks)
+    weight = (q.to(scale.dtype) - zero.to(scale.dtype).unsqueeze(-1)) * scale.unsqueeze(-1)
+    return weight.reshape(n, blocks * block_size)[:, :k].t().contiguous()
+
+
+@register("MatMulNBits", 1, domain=MICROSOFT)
+def convert_matmul_nbits(node, graph):
+    """A @ W (+ bias) with W quantized to 2, 4 or 8 bits in blocks along K (onnxruntime's weight-only
+    quantizer, MatMulNBitsQuantizer): W dequantized once at import, then a MatMul by a constant,
+    linear in A. Its quantized values are constants, so nothing is lost: the float product is the op."""
+    names, attrs = node.input_values, node.attributes
+    k, n, bits, block_size = (int(attrs[key]) for key in ("K", "N", "bits", "block_size"))
+    if int(attrs.get("weight_prepacked", 0)):
+        raise NotImplementedError("MatMulNBits with weight_prepacked (a GPU layout) is not supported")
+    if _given(node, 4):
+        raise NotImplementedError("MatMulNBits with g_idx (deprecated: act-order) is not supported")
+    constant = [i for i in (1, 2, 3, 5) if _given(node, i)]
+    if any(names[i] not in graph.initializers for i in constant):
+        raise NotImplementedError("MatMulNBits with weights, scales or zero points computed in the graph is not "
+                                  "supported")
+    value = {i: graph.initializers[names[i]].to_torch() for i in constant}
+    if value[1].numel() == 0:
+        raise NotImplementedError("MatMulNBits with an omitted (empty) weight is not supported")
+    weight = nbits_weight(value[1], value[2], value.get(3), k, n, bits, block_size)
+    e = Expansion(1)
+    return result(node, e.build(e.step("MatMul", Projection(weight, value.get(5)), e.inputs[0])), inputs=(names[0],))
 
 
 class Projection(nn.Module):
