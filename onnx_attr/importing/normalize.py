@@ -65,10 +65,50 @@ def normalize(
         upgraded = upgrade_opset(converted, UPGRADE_TARGET_OPSET, notes)
         if upgraded is not converted:  # a new model of ours: the passes may change it
             converted = infer_shapes(fold_constants(upgraded, notes, in_place=True), notes, in_place=True)
+    converted = widen_packed_integers(converted, notes)  # 4- and 2-bit weights left after the write-outs
     converted = fuse_layer_norms(converted, notes)  # after the rest: canonical, what verify runs, stays as written
     converted = cast_integer_features(converted, notes)  # a node where integer features become floats
     converted = widen_float16(converted, notes)  # as onnxruntime's CPU provider computes float16 (widen.py)
     return Normalized(canonical, converted, notes)
+
+
+def widen_packed_integers(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Initializers of integers packed below a byte (int4, uint4, int2, uint2: block-quantized weights)
+    stored as int8/uint8 of the same values, where every reader is a DequantizeLinear, which computes
+    (q - zero point) · scale alike in either storage (torch has no 4-bit type). Read by anything else, they
+    are refused by name. `verify` runs onnxruntime on the graph as written."""
+    from onnx_attr.importing.read import PACKED_INTEGERS
+
+    packed = {t.name: t for t in model.graph.initializer if t.data_type in PACKED_INTEGERS}
+    readers: dict[str, set] = {}
+    for graph in _all_graphs(model.graph):  # a branch reads the main graph's initializers by name too
+        for node in graph.node:
+            for name in node.input:
+                if name in packed:
+                    readers.setdefault(name, set()).add(node.op_type)
+    for name, ops in readers.items():
+        if not ops <= {"DequantizeLinear"}:
+            raise ModelLoadError(f"initializer {name!r} is {onnx.TensorProto.DataType.Name(packed[name].data_type)}, "
+                                 f"read by {sorted(ops - {'DequantizeLinear'})}: onnx-attr reads 4- and 2-bit integers "
+                                 "under a DequantizeLinear only (PyTorch has no such type); re-export the model with "
+                                 "8-bit or float weights")
+    widened = list(readers)
+    unread = {name for name in packed if name not in readers}  # a written-out GatherBlockQuantized's table
+    if not widened and not unread:
+        return model
+    out = _copy(model)
+    kept = [t for t in out.graph.initializer if t.name not in unread]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    for tensor in out.graph.initializer:
+        if tensor.name in widened:
+            signed = tensor.data_type in (onnx.TensorProto.INT4, getattr(onnx.TensorProto, "INT2", -1))
+            values = numpy_helper.to_array(tensor).astype(np.int8 if signed else np.uint8)
+            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    if widened:
+        notes.append(f"stored {len(widened)} 4- or 2-bit initializer(s) as 8-bit integers of the same values "
+                     "(their DequantizeLinear computes alike)")
+    return out
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -143,8 +143,12 @@ def _reads(node: onnx.NodeProto) -> Iterator[str]:
 
 #: Element types whose values torch cannot hold (sub-byte and 8-bit floats): refused by name.
 _NO_TORCH_TYPE = {getattr(onnx.TensorProto, n) for n in (
-    "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1",
-    "FLOAT8E8M0", "UINT2", "INT2", "FLOAT6E2M3", "FLOAT6E3M2") if hasattr(onnx.TensorProto, n)}
+    "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT4E2M1",
+    "FLOAT8E8M0", "FLOAT6E2M3", "FLOAT6E3M2") if hasattr(onnx.TensorProto, n)}
+#: integers packed below a byte (2 or 4 bits: onnxruntime's weight-only and block quantization): stored, then
+#: widened to 8-bit storage of the same values at import (`normalize.widen_packed_integers`)
+PACKED_INTEGERS = {getattr(onnx.TensorProto, n): bits for n, bits in (("UINT4", 4), ("INT4", 4), ("UINT2", 2),
+                                                                      ("INT2", 2)) if hasattr(onnx.TensorProto, n)}
 _KNOWN_TYPES = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 
 
@@ -287,11 +291,14 @@ def _check_tensor(tensor: onnx.TensorProto, what: str) -> None:
         item = 2
     if tensor.HasField("raw_data"):
         stored, unit = len(tensor.raw_data), "bytes"
-        expected = count * item
+        bits = PACKED_INTEGERS.get(tensor.data_type)
+        expected = count * item if bits is None else -(-count * bits // 8)
     else:
         field = helper.tensor_dtype_to_field(tensor.data_type)
         stored, unit = len(getattr(tensor, field)), "values"
         expected = count * (2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1)
+        if tensor.data_type in PACKED_INTEGERS:  # one byte of packed values per int32 entry
+            expected = -(-count * PACKED_INTEGERS[tensor.data_type] // 8)
         if stored == 0:
             return  # no data at all: an empty tensor, or one the checker/converter refuses by name
     if stored != expected:

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 EMBED_OP = "EmbedLayerNormalization"
+BLOCK_GATHER_OP = "GatherBlockQuantized"
 QUANTIZED_EMBED_OP = "QEmbedLayerNormalization"
 MICROSOFT = "com.microsoft"
 #: per op: its inputs' positions for (ids, segment ids, word, position and segment tables, gamma, beta,
@@ -28,10 +29,13 @@ _INPUTS = {EMBED_OP: (range(9), None),
 
 
 def unfuse_embeddings(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
-    """A copy of `model` with each EmbedLayerNormalization of its main graph written out, or `model`
-    itself when it has none (or an opset before Slice took its bounds as inputs, 10)."""
+    """A copy of `model` with each EmbedLayerNormalization of its main graph written out, and each
+    GatherBlockQuantized of constant tables (`_block_gather`), or `model` itself when it has none (or an
+    opset before Slice took its bounds as inputs, 10)."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    found = [i for i, n in enumerate(model.graph.node) if n.op_type in _INPUTS and n.domain == MICROSOFT]
+    constants = {t.name: t for t in model.graph.initializer}
+    found = [i for i, n in enumerate(model.graph.node) if n.domain == MICROSOFT and (
+        n.op_type in _INPUTS or n.op_type == BLOCK_GATHER_OP and _block_table(n, constants) is not None)]
     if not found or opset < 10:
         return model
     out = onnx.ModelProto()
@@ -39,15 +43,67 @@ def unfuse_embeddings(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
     graph = out.graph
     nodes: list[onnx.NodeProto] = []
     for i, node in enumerate(graph.node):
-        nodes.extend(_written_out(node, opset, graph) if i in found else [node])
+        if i not in found:
+            nodes.append(node)
+        elif node.op_type == BLOCK_GATHER_OP:
+            nodes.append(_block_gather(node, graph, _block_table(node, constants)))
+        else:
+            nodes.extend(_written_out(node, opset, graph))
     del graph.node[:]
     graph.node.extend(nodes)
-    names = ", ".join(repr(model.graph.node[i].name or model.graph.node[i].output[0]) for i in found)
-    ops = "/".join(sorted({model.graph.node[i].op_type for i in found}))
-    notes.append(f"wrote out {len(found)} {ops} node(s) ({names}) as Gather, Add and "
-                 "LayerNormalization, so token ids are attributed at their embedding; verify compares against "
-                 "the graph as written")
+    for op, what in ((BLOCK_GATHER_OP, "a Gather of its table dequantized at import"),
+                     (None, "Gather, Add and LayerNormalization")):
+        these = [i for i in found if (model.graph.node[i].op_type == BLOCK_GATHER_OP) == (op is not None)]
+        if these:
+            names = ", ".join(repr(model.graph.node[i].name or model.graph.node[i].output[0]) for i in these)
+            ops = "/".join(sorted({model.graph.node[i].op_type for i in these}))
+            notes.append(f"wrote out {len(these)} {ops} node(s) ({names}) as {what}, so token ids are attributed "
+                         "at their embedding; verify compares against the graph as written")
     return out
+
+
+def _block_table(node: onnx.NodeProto, constants: dict) -> "np.ndarray | None":
+    """The float table a GatherBlockQuantized looks rows up in (onnxruntime's weight-only quantizer on a
+    Gather: uint4/int4, or uint8 holding 8/bits values per byte low bits first, in blocks of `block_size`
+    along `quantize_axis`, each block (q - zero point) · scale; the zero point 0 for 4-bit types, 2^(bits-1)
+    for uint8 when none is given). None where it is not constant or not one of those (FP8/FP4 tables)."""
+    names = list(node.input) + [""] * (4 - len(node.input))
+    if any(name and name not in constants for name in (names[0], names[2], names[3])) or not names[2]:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    data = numpy_helper.to_array(constants[names[0]])
+    kind = str(data.dtype)
+    if kind not in ("uint4", "int4", "uint8"):
+        return None
+    bits = int(attrs.get("bits", 4)) if kind == "uint8" else 4
+    q = _unpacked(data, bits) if kind == "uint8" and bits < 8 else data.astype(np.int16)
+    axis = int(attrs.get("quantize_axis", 1)) % q.ndim
+    block = int(attrs.get("block_size", 128))
+    if names[3]:
+        zero = numpy_helper.to_array(constants[names[3]])
+        zero = _unpacked(zero, bits) if kind == "uint8" and bits < 8 else zero.astype(np.int16)
+    else:
+        zero = np.full(1, (1 << (bits - 1)) if kind == "uint8" else 0, np.int16)
+    scale = numpy_helper.to_array(constants[names[2]])
+    if zero.ndim == scale.ndim:
+        zero = zero[tuple(slice(0, n) for n in scale.shape)]  # packed along the last axis: padding dropped
+    size = q.shape[axis]
+    widen = lambda v: np.repeat(v, block, axis=axis).take(range(size), axis=axis)  # noqa: E731
+    return ((q.astype(np.float32) - widen(zero.astype(np.float32))) * widen(scale)).astype(scale.dtype)
+
+
+def _unpacked(packed: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 [..., B] of 8 / bits values per byte, the first in the lowest bits -> int16 [..., B · 8 / bits]."""
+    shifts = np.arange(0, 8, bits, dtype=np.int16)
+    values = (packed.astype(np.int16)[..., None] >> shifts) & ((1 << bits) - 1)
+    return values.reshape(*packed.shape[:-1], -1)
+
+
+def _block_gather(node: onnx.NodeProto, graph: onnx.GraphProto, table: np.ndarray) -> onnx.NodeProto:
+    name = f"{node.name or node.output[0]}/table"
+    graph.initializer.append(numpy_helper.from_array(table, name))
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "gather_axis"), 0)
+    return helper.make_node("Gather", [name, node.input[1]], list(node.output), name=node.name, axis=int(axis))
 
 
 def _written_out(node: onnx.NodeProto, opset: int, graph: onnx.GraphProto) -> list[onnx.NodeProto]:

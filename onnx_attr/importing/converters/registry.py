@@ -134,12 +134,14 @@ def supported_ops_markdown() -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {d} | {t} | {v} | {p} |" for d, t, v, p in supported_ops()]
-    from onnx_attr.importing.unfused import EMBED_OP, MICROSOFT
+    from onnx_attr.importing.unfused import BLOCK_GATHER_OP, EMBED_OP, MICROSOFT
 
     from onnx_attr.importing.legacy import EXPERIMENTAL_OPS, MODERN
 
     lines += ["", f"Written out as the ONNX ops they fuse before conversion (`importing/unfused.py`): {MICROSOFT} "
-              f"{EMBED_OP} (Gather, Add, LayerNormalization, ReduceSum).",
+              f"{EMBED_OP} (Gather, Add, LayerNormalization, ReduceSum) and {BLOCK_GATHER_OP} of constant uint4, int4 or "
+              "packed uint8 tables (a Gather of the table dequantized at import). 4- and 2-bit integer initializers "
+              "under a DequantizeLinear are stored as 8-bit integers of the same values.",
               "", "Written out as standard ops before conversion (`importing/legacy.py`), the experimental ops of "
               "opsets 1-9: " + ", ".join(op if since is None else f"{op} (below opset {since})"
                                          for op, since in sorted(EXPERIMENTAL_OPS.items())) + ". Files at opsets "
