@@ -802,9 +802,9 @@ class _Job:
         name = self.model.outputs[self.output_index].name
         bad = int((~torch.isfinite(out)).sum()) if out.is_floating_point() else 0
         raise InputError(f"the explained value of output {name!r} is not finite at this input ({bad} of {out.numel()} "
-                          "of its values are NaN or infinite), so nothing explains it: where onnxruntime's output is "
-                          "finite the import diverges (`onnx-attr verify` names where), else the input lies outside "
-                          "what the model computes; --output-name explains another output")
+                         "of its values are NaN or infinite), so nothing explains it: where onnxruntime's output is "
+                         "finite the import diverges (`onnx-attr verify` names where), else the input lies outside "
+                         "what the model computes; --output-name explains another output")
 
     def _fails_at_zeros(self, attributed: dict, extra: dict) -> bool:
         """Whether the plain forward fails with the attributed floating inputs at zero (ids kept: the methods
