@@ -84,6 +84,9 @@ def test_gradient_fallback_and_ig_on_the_if_model_raise_nothing_raw():
     assert ig.last_report["held_inputs"] == ["state", "sr"]
     ig.attribute({"input": x, "sr": sr, "state": state}, n_steps=8)  # a 0-d setting among the inputs: held
     assert ig.last_report["held_inputs"] == ["sr"]
+    ablation = onnx_attr.FeatureAblation(model)  # the perturbation methods report the same (hunt 31: it had none)
+    ablation.attribute({"input": x}, additional_forward_args={"state": state, "sr": sr})
+    assert ablation.last_report["held_inputs"] == ["state", "sr"] and ablation.last_report["batch_axes"]["input"] == 0
 
 
 def test_an_if_on_an_attributed_input_is_refused_by_name():

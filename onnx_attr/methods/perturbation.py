@@ -59,6 +59,7 @@ class _Perturbation(_GradientMethod):
         check_outputs_finite(self.model, prepared.baselines, prepared.attributed, "baseline")
         n = example_count(self.model, prepared)
         check_batched(self.model, prepared, n)
+        self.last_report = prepared.report(self.model)  # each input's batch axis and those held, as they came
         prepared = batch_first(prepared)
         prepared.input_names = [s.name for s in self.model.inputs]
         self._fed = prepared
