@@ -298,8 +298,9 @@ def test_a_forward_that_fails_at_zeros_is_explained_at_the_blurred_input(tmp_pat
     path = tmp_path / "length.onnx"
     path.write_bytes(_fails_at_zero().SerializeToString())
     x = np.linspace(-2, 5, 16, dtype=np.float32)[None]
+    explainer = {"deeplift": onnx_attr.DeepLift, "integratedgradients": onnx_attr.IntegratedGradients}[method]
     with pytest.raises(onnx_attr.BaselineForwardError, match="at the baseline"):
-        onnx_attr.DeepLift(onnx_attr.load(str(path))).attribute(torch.from_numpy(x), target=0)
+        explainer(onnx_attr.load(str(path))).attribute(torch.from_numpy(x), target=0)
     np.savez(tmp_path / "x.npz", x=x)
     assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
                  "--no-pictures", "--target", "0", "--method", method]) == 0

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from onnx_attr.errors import InputError
+from onnx_attr.errors import BaselineForwardError, ForwardError, InputError
 from onnx_attr.importing.rows import pass_batch
 from onnx_attr.importing.rows import example_sums, rows_back, rows_first
 from onnx_attr.deeplift.differences import contribution, difference
@@ -131,6 +131,18 @@ def _runtime_operands(model, paths: dict, tensors: Sequence[Tensor]) -> list[str
     return list(dict.fromkeys(node.meta["onnx_tensor"] for node in nodes))
 
 
+def _at_the_baseline(method, prepared, targets, index: int, axes, cause: Optional[Exception] = None) -> Tensor:
+    """The explained value at the baseline. Where that forward fails (a zero speed predicting no frames),
+    BaselineForwardError names the baseline as the cause (the CLI's --baseline auto then takes the
+    blurred input), as DeepLift's reference pass does."""
+    try:
+        return method._value(prepared.baselines, targets, index, axes=axes)
+    except ForwardError as err:
+        raise BaselineForwardError(
+            f"at the baseline (where the path starts), {err}; the baseline lies outside what the model "
+            "computes: pick one inside its domain (the CLI's --baseline blur, or your own reference)") from cause or err
+
+
 class Saliency(AttributionMethod):
     """|d out / d x| (or the signed gradient with abs=False)."""
 
@@ -215,8 +227,12 @@ class IntegratedGradients(AttributionMethod):
             scaled = [(t if x is None else _repeat_rows(t, len(chunk), n, x)) if not a else torch.cat(
                 [b + float(points[k]) * d for k in chunk], dim=x or 0) for t, b, d, a, x in
                 zip(prepared.tensors, prepared.baselines, diffs, prepared.attributed, axes)]
-            grads, _ = self._gradients(scaled, prepared.attributed, targets.repeat(len(chunk)), index, axes=axes,
-                                       single_pass=fixed is None)
+            try:
+                grads, _ = self._gradients(scaled, prepared.attributed, targets.repeat(len(chunk)), index, axes=axes,
+                                           single_pass=fixed is None)
+            except ForwardError as err:  # where the forward at the baseline fails too, that is the cause
+                _at_the_baseline(self, prepared, targets, index, axes, err)
+                raise
             for i, g in enumerate(grads):
                 if g is not None:
                     for j, k in enumerate(chunk):
@@ -227,7 +243,7 @@ class IntegratedGradients(AttributionMethod):
                          for a, t, b in zip(average, prepared.tensors, prepared.baselines)]
         attributions = contributions if self._multiply_by_inputs else average
         value = self._value(prepared.tensors, targets, index, axes=axes)
-        reference = self._value(prepared.baselines, targets, index, axes=axes)
+        reference = _at_the_baseline(self, prepared, targets, index, axes)
         change = value.double() - reference.double()
         delta = example_sums(contributions, axes, n).to(change.device) - change
         self._report({**method_report(self.model, "IntegratedGradients", delta, value - reference, index,
