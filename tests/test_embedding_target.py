@@ -25,8 +25,8 @@ IDS = np.array([[4, 9, 2, 7, 0, 0, 0], [3, 5, 8, 6, 1, 2, 0]], np.int64)
 
 def _encoder(path, head: str):
     """ids [N, T] -> embedding (x40: hidden values in the tens) -> one attention layer with the int mask ->
-    a head: 'layernorm' (hidden states), 'pooled' (masked mean, then divided by its L2 norm), 'tagger' (a
-    linear layer over the positions)."""
+    a head: 'layernorm' (hidden states), 'meanpool' (their mean over the kept tokens), 'pooled' (that mean
+    divided by its L2 norm), 'tagger' (a linear layer over the positions)."""
     d = 16
     nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
              helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
@@ -45,14 +45,15 @@ def _encoder(path, head: str):
              "wo": RNG.normal(size=(d, d)).astype(np.float32) * 0.3,
              "gamma": RNG.uniform(0.5, 2, d).astype(np.float32), "beta": RNG.normal(size=d).astype(np.float32)}
     out, shape = "hidden", ["N", "T", d]
-    if head == "pooled":
+    if head in ("pooled", "meanpool"):
         nodes += [helper.make_node("Unsqueeze", ["mf", "ax2"], ["m3"]), helper.make_node("Mul", ["hidden", "m3"], ["hm"]),
                   helper.make_node("ReduceSum", ["hm", "ax1"], ["summed"], keepdims=0),
                   helper.make_node("ReduceSum", ["mf", "ax1"], ["count"], keepdims=1),
-                  helper.make_node("Div", ["summed", "count"], ["mean"]),
-                  helper.make_node("ReduceL2", ["mean", "ax1"], ["norm"], keepdims=1),
-                  helper.make_node("Clip", ["norm", "eps"], ["safe"]),
-                  helper.make_node("Div", ["mean", "safe"], ["embedding"])]
+                  helper.make_node("Div", ["summed", "count"], ["mean" if head == "pooled" else "embedding"])]
+        if head == "pooled":  # then L2-normalised
+            nodes += [helper.make_node("ReduceL2", ["mean", "ax1"], ["norm"], keepdims=1),
+                      helper.make_node("Clip", ["norm", "eps"], ["safe"]),
+                      helper.make_node("Div", ["mean", "safe"], ["embedding"])]
         inits.update(ax2=np.array([2], np.int64), eps=np.float32(1e-9))
         out, shape = "embedding", ["N", d]
     elif head == "tagger":
@@ -78,7 +79,7 @@ def _run(tmp_path, head, extra=()):
     return report, found["ids"].reshape(len(IDS), -1).sum(1), at, base, mask
 
 
-@pytest.mark.parametrize("head", ["layernorm", "pooled"])
+@pytest.mark.parametrize("head", ["layernorm", "pooled", "meanpool"])
 def test_an_embedding_is_explained_along_its_own_direction(tmp_path, head):
     report, total, at, base, mask = _run(tmp_path, head)
     assert report["target_detail"]["form"] == "embedding" and "embedding" in report["target_detail"]["layout"]

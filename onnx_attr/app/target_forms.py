@@ -326,8 +326,9 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
 def _normalised(model, name: str) -> Optional[str]:
     """What makes the output an embedding, not scores, where something does: a layer norm at its end
     (an encoder's hidden states [N, T, D]), a division by a computed norm (an L2-normalised
-    embedding), or, on token ids, a mean over the positions (a sentence encoder's pooling). None
-    for a linear layer's scores (a classifier, a tagger) and anything else."""
+    embedding), or, on token ids, a mean over the positions of a layer norm's output (a sentence
+    encoder's pooling). None for a linear layer's scores (a classifier, a tagger), their mean over
+    positions, and anything else."""
     graph = model.onnx_model.graph
     producers = {o: n for n in graph.node for o in n.output}
     node = producers.get(name)
@@ -339,10 +340,26 @@ def _normalised(model, name: str) -> Optional[str]:
         return f"a {node.op_type} at its end"
     if node.op_type == "Div" and len(node.input) == 2 and _computed_norm(producers, node.input[1]):
         return "divided by its norm"
-    if node.op_type in ("ReduceMean", "Div") and _reads_tokens(model) and len(node.input) >= 1 \
-            and node.input[-1] in producers:  # a mean over the tokens, not a division by a constant
-        return "a mean over the tokens"
+    if node.op_type in ("ReduceMean", "Div") and node.input and node.input[-1] in producers \
+            and _reads_tokens(model) and _pools_a_norm(producers, node.input[0]):
+        return "a mean over the tokens of normalised hidden states"  # not a classifier's per-token logits averaged
     return None
+
+
+def _pools_a_norm(producers: dict, name: str, depth: int = 6) -> bool:
+    """Whether a pooled value is a layer norm's output, reached through the pooling's own steps (a
+    mask's product, sums, reshapes): a sentence encoder's mean over its hidden states, not magika's
+    mean of per-byte class scores."""
+    node = producers.get(name)
+    if node is None or depth == 0:
+        return False
+    if node.op_type in _NORMS:
+        return True
+    return node.op_type in _POOLING_STEPS and any(_pools_a_norm(producers, i, depth - 1) for i in node.input if i)
+
+
+_POOLING_STEPS = frozenset({"ReduceSum", "ReduceMean", "Mul", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Cast",
+                            "Identity", "Expand"})
 
 
 _RESHAPING = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Dropout"})
