@@ -135,6 +135,28 @@ ALL_ZERO = ("every attribution is exactly 0: the explained value is the same at 
             "held (--hold, and `onnx-attr inspect` for which inputs carry the batch)")
 
 
+GRAPH_ZEROS_NOTE = ("input(s) {names} hold raw values the graph normalises itself (its first steps scale and shift "
+                    "them), so zeros would be black, and black pixels would get no attribution: the baseline is the "
+                    "value those steps map to 0 (mid-grey for x/127.5 - 1), as zeros are for a net normalised outside "
+                    "its graph; --baseline zeros keeps black")
+
+
+def _graph_zeros(model, attributed: dict) -> dict:
+    """Per attributed picture of raw values (rank 4, beyond [0, 1]), the value its graph's own
+    normalisation maps to 0 (`graph_zero.normalisation_zero`), where there is one."""
+    from onnx_attr.app.graph_zero import normalisation_zero
+    from onnx_attr.methods.base import picture_shape
+
+    found = {}
+    for name, value in attributed.items():
+        value = np.asarray(value)
+        if picture_shape(value.shape) and value.dtype.kind == "f" and value.size and float(value.max()) > 1.5:
+            zero = normalisation_zero(model, name, value)
+            if zero is not None:
+                found[name] = zero
+    return found
+
+
 UNDEFINED_AT_BOTH = ("the explained output is not finite at zeros nor at the blurred input (an empty mean: 0/0), so "
                      "no sum of attributions adds up to its change")
 
@@ -698,6 +720,11 @@ class _Job:
         if isinstance(baselines, dict):
             baselines = {k: v for k, v in baselines.items() if k in attributed}
         used = {"auto": "zeros"}.get(self.baseline, self.baseline)
+        if self.baseline == "auto" and baselines is None and entry(self.method).baselines:
+            zeros = _graph_zeros(self.model, attributed)  # raw pixels the graph normalises itself
+            if zeros:
+                baselines, used = {k: zeros.get(k, np.zeros_like(v[:1]) if np.ndim(v) else v)
+                                   for k, v in attributed.items()}, "graph zeros"
         kept_ids: list[str] = []
         why = "zeros are outside the model's domain (its output is not finite there)"
         reference = None
@@ -759,6 +786,8 @@ class _Job:
             "baseline_used": used,
             **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline
                and self.baseline == "auto" and used == "blur" else {}),
+            **({"baseline_note": GRAPH_ZEROS_NOTE.format(names=sorted(_graph_zeros(self.model, attributed)))}
+               if used == "graph zeros" else {}),
             **({"ids_note": IDS_NOTE} if any((method_report.get("embedding_lookups") or {}).values()) else {}),
             **({"held_note": held_masks_note(self.held_masks)} if self.held_masks else {}),
             "inputs": str(file),
