@@ -138,3 +138,31 @@ def test_labels_passed_on_past_their_argmax_still_gain_their_scores(tail, tmp_pa
     want = np.take_along_axis(scores, scores.argmax(-1)[..., None], -1).sum((1, 2))
     got = np.load(tmp_path / "out" / "attributions.npz")["x"].sum((1, 2))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_a_softmax_read_by_the_argmax_and_another_node_has_its_logits_explained(tmp_path):
+    """A CTC head exported with its decode: ids = ArgMax(p) beside confidences = ReduceMax(p), p = Softmax(x W)
+    (hunt 32). The Softmax stays for the ReduceMax, so exposing p attributed probabilities, while the same
+    head with the ArgMax alone gets its Softmax stripped. The logits are exposed instead (the ArgMax picks
+    the same from them): the greedy path over them, complete against onnxruntime's logits."""
+    rng = np.random.default_rng(81)
+    w = rng.normal(size=(8, 5)).astype(np.float32) * 3
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
+             helper.make_node("ArgMax", ["p"], ["ids"], axis=-1, keepdims=0),
+             helper.make_node("ReduceMax", ["p"], ["probs"], axes=[-1], keepdims=0)]
+    proto = make_model(nodes, [("x", FLOAT, ["N", 12, 8])], [("ids", INT64, ["N", 12]), ("probs", FLOAT, ["N", 12])],
+                       initializers={"w": w}, opset=17)
+    model = onnx_attr.load(proto)
+    assert model.outputs[-1].name == "logits" and any("'logits'" in note for note in model.notes)
+    path = tmp_path / "ctc.onnx"
+    path.write_bytes(proto.SerializeToString())
+    x = (rng.normal(size=(2, 12, 8)) * 4).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"), "-q",
+                 "--no-pictures"]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["output"] == "logits" and report["target"] == "greedy"
+    logits, logits0 = x.astype(np.float64) @ w, np.zeros((1, 12, 5))
+    picked = np.eye(5)[logits.argmax(2)]
+    found = np.load(tmp_path / "o" / "attributions.npz")["x"].reshape(2, -1).sum(1)
+    np.testing.assert_allclose(found, (picked * (logits - logits0)).reshape(2, -1).sum(1), rtol=1e-4)

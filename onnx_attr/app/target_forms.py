@@ -757,8 +757,9 @@ def _greedy(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
         read |= ~read.any(1, keepdim=True)
         masks *= read.to(masks.dtype).unsqueeze(2)
         detail.update(blank=blank, steps_read=read.sum(1).tolist())
-        source += (f", over the steps that read a character (class {blank}, the blank of a CTC recogniser, left "
-                   "out; --target greedy=all keeps it)")
+        source += (f", over the steps that read a character (class {blank}, which the path takes on most steps, "
+                   "first or last of the classes: a CTC recogniser's blank or a decoder's padding, left out; "
+                   "--target greedy=all keeps it)")
     steps = masks.sum((1, 2)).long().tolist()
     labels = [f"target: the greedy path's summed score over {k} steps" for k in steps]
     return Resolved(Target(weights=masks, per_example=True), "greedy", source, detail, labels)

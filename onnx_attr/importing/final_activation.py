@@ -471,6 +471,22 @@ def _labelling_argmax(producer: dict, constants: set, name: str) -> Optional[onn
     return None
 
 
+def _shared_softmax_logits(graph: onnx.GraphProto, producer: dict, argmax: onnx.NodeProto) -> Optional[str]:
+    """The logits of a Softmax the ArgMax reads over its own axis, where another node reads the Softmax
+    too (a CTC head exported with its decode: ids = ArgMax(p), confidences = ReduceMax(p)): that Softmax
+    stays for the other reader, so exposing its input keeps the logits attributed, as a Softmax read by
+    the ArgMax alone is stripped (hunt 32). The ArgMax picks the same from either. None otherwise."""
+    softmax = producer.get(argmax.input[0])
+    if softmax is None or softmax.op_type not in ("Softmax", "LogSoftmax") or softmax.domain not in ("", "ai.onnx"):
+        return None
+    readers = [n for n in graph.node if softmax.output[0] in n.input]
+    if len(readers) < 2 or softmax.output[0] in {o.name for o in graph.output}:
+        return None
+    axis = lambda n, default: next((a.i for a in n.attribute if a.name == "axis"), default)  # noqa: E731
+    return softmax.input[0] if axis(softmax, -1) == axis(argmax, 0) or axis(softmax, -1) < 0 and axis(argmax, 0) < 0 \
+        else None
+
+
 def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
     """Outputs made by a data-dependent selection get the scores the selection reads as outputs.
 
@@ -510,10 +526,12 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
         if not output.type.HasField("tensor_type"):
             continue
         node = _labelling_argmax(producer, constants, output.name)
+        scores = None if node is None else _shared_softmax_logits(graph, producer, node) or node.input[0]
         if node is not None and expose(
-                node.input[0], f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}, "
-                               "which has no gradient"):
-            label_scores.append(node.input[0])
+                scores, f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}"
+                        + (f" (the Softmax of {scores!r}, which picks the same)" if scores != node.input[0] else "")
+                        + ", which has no gradient"):
+            label_scores.append(scores)
     finals = _final_topks(graph)
     preselected = set().union(*(made for _, made in finals))
     suppressions = _suppressions(graph)

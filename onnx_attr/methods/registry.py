@@ -71,7 +71,9 @@ class MethodEntry:
             return ("conservation: target output − Σ relevance, 0 up to rounding for conserving rules on a model "
                     "without biases; biases and ε absorb their share otherwise")
         if "n_steps" in self.options:
-            return "approximate: the path integral's quadrature error, which shrinks as --n-steps grows"
+            return ("approximate: the path integral's quadrature error, which shrinks as --n-steps grows where the "
+                    "output is continuous along the path; a jump on it (a choice the model makes and reads back, "
+                    "an ArgMax's token fed to a lookup) has no gradient, and no step count recovers it")
         return "exact: Σ attributions = f(x) − f(baseline) up to float rounding"
 
     @property
