@@ -313,3 +313,26 @@ def test_pictures_of_rows_pooled_into_one_example(tmp_path):
                  "-q"]) == 0
     titles = [Image.open(tmp_path / "out" / f"heatmap_x_{i}.png").text["Title"] for i in range(4)]
     assert all(f"row {i} of one example" in t for i, t in enumerate(titles))
+
+
+def test_a_two_channel_picture_gets_its_heatmap(tmp_path):
+    """Mesmer's input [N, H, W, 2] (nuclear and membrane stains, hunt 32) got no picture, and nothing said
+    why: two channels, first or last, are a picture (drawn as their mean under the attributions)."""
+    from onnx_attr.app.visualize import picture_kind
+
+    assert picture_kind((1, 32, 32, 2), False) == "image" and picture_kind((1, 2, 32, 32), False) == "image"
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(1, 2, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 16, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 16, 16])],
+                              [numpy_helper.from_array(w, "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    (tmp_path / "m.onnx").write_bytes(proto.SerializeToString())
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(1).uniform(size=(1, 16, 16, 2)).astype(np.float32))
+    assert main(["attribute", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"),
+                 "-q"]) == 0
+    assert (tmp_path / "o" / "heatmap_x_0.png").exists()

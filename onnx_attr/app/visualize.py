@@ -53,13 +53,18 @@ class PictureOptions:
 def is_image_like(shape: tuple[int, ...]) -> bool:
     """[N, C, H, W] with few channels, [N, H, W, C] (Keras, tf2onnx), or [N, H, W]: inputs a heatmap
     makes sense for."""
-    return (len(shape) == 4 and shape[1] in (1, 3, 4) and min(shape[2:]) >= 4) or channels_last(shape) or (
+    return (len(shape) == 4 and shape[1] in PICTURE_CHANNELS and min(shape[2:]) >= 4) or channels_last(shape) or (
         len(shape) == 3 and min(shape[1:]) >= 4)
+
+
+#: channel counts drawn as a picture: grey, two stains (Mesmer's nuclear and membrane: hunt 32), RGB, RGBA
+PICTURE_CHANNELS = (1, 2, 3, 4)
 
 
 def channels_last(shape: tuple[int, ...]) -> bool:
     """[N, H, W, C] with few channels last and none first (a 3 x 3 x 3 cube stays channels-first)."""
-    return len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) and min(shape[1:3]) >= 4
+    return len(shape) == 4 and shape[3] in PICTURE_CHANNELS and shape[1] not in PICTURE_CHANNELS \
+        and min(shape[1:3]) >= 4
 
 
 def picture_kind(shape: tuple[int, ...], integer: bool) -> Optional[str]:
@@ -151,7 +156,7 @@ def _frame(ax) -> None:
 
 
 def _input_display(image: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """[C, H, W] (C of 1, 3 or 4) or [H, W] -> ([H, W] or [H, W, 3] in [0, 1], low, high): the input
+    """[C, H, W] (C of 1 to 4) or [H, W] -> ([H, W] or [H, W, 3] in [0, 1], low, high): the input
     min-max scaled, RGB kept, other channel counts averaged."""
     img = np.asarray(image, dtype=np.float64)
     if img.ndim == 3:
