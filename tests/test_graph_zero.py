@@ -84,3 +84,17 @@ def test_elsewhere_auto_keeps_zeros(tmp_path, case):
         x = x / 255
     report, _ = _run(tmp_path, path, x)
     assert report["baseline_used"] == "zeros" and "baseline_note" not in report
+
+
+def test_the_dataset_job_takes_the_same_reference(tmp_path):
+    from onnx_attr.app.dataset_job import attribute_dataset, attribution_array, read_results
+
+    path, x = _net(tmp_path, "x/127.5 - 1")
+    np.savez(tmp_path / "x.npz", x=np.concatenate([x, x[:, :, ::-1]]))
+    attribute_dataset(str(path), str(tmp_path / "x.npz"), str(tmp_path / "ds"), quiet=True)
+    table = read_results(tmp_path / "ds")
+    found = attribution_array(table, "attributions").reshape(2, -1).sum(1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    both = np.concatenate([x, x[:, :, ::-1]])
+    change = session.run(None, {"x": both})[0] - session.run(None, {"x": np.full_like(both, 127.5)})[0]
+    np.testing.assert_allclose(found, change, rtol=1e-4)

@@ -262,7 +262,8 @@ class ShardWorker:
         """Attributions, deltas, (predicted class, explained output value) and the target, per row.
         The target is `onnx-attr attribute`'s: the --target form (or the output layout's default)
         resolved on this batch's output (`target_forms.resolve`), on the output's batch axis."""
-        from onnx_attr.app.attribute_job import differs_at_the_reference, domain_reference, moves, zeros_failed
+        from onnx_attr.app.attribute_job import (_graph_zeros, differs_at_the_reference, domain_reference, moves,
+                                                 zeros_failed)
         from onnx_attr.errors import UnsupportedOpError
         from onnx_attr.methods.registry import entry
         from onnx_attr.deeplift.engine import Targets
@@ -283,6 +284,10 @@ class ShardWorker:
             spec = self._blurred_shapes.get(shape, "zeros")
             if spec == "blur":
                 spec = domain_reference(self.model, attributed, extra)[0]
+            elif entry(self.settings.method).baselines and not entry(self.settings.method).distribution:
+                found = _graph_zeros(self.model, attributed)  # raw pixels the graph normalises itself
+                if found:
+                    spec = {k: found.get(k, np.zeros_like(v[:1])) for k, v in attributed.items()}
         zeros = isinstance(spec, str) and spec == "zeros" and self.settings.baseline == "auto"
         reference = None
         try:
