@@ -1061,3 +1061,18 @@ def test_heat_maps_each_under_a_sigmoid_are_a_region_not_a_segment(tmp_path):
     assert report["target"] == "region" and "heat maps" in report["target_detail"]["layout"]
     assert report["target_detail"]["mask_size"] == found.reshape(2, -1).sum(1).tolist()
     _complete(sums, (logits * found).reshape(2, -1).sum(1), (logits0 * found).reshape(2, -1).sum(1))
+
+
+def test_a_reduce_max_per_step_is_one_score_per_position_not_classes(tmp_path):
+    """pmsh's decoder gives each step's top probability [N, T] (a ReduceMax of each step's Softmax: hunt 32);
+    its steps were called classes. The default is the top step's score, said as such."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["l"]), helper.make_node("Softmax", ["l"], ["p"], axis=-1),
+             helper.make_node("ReduceMax", ["p"], ["y"], axes=[-1], keepdims=0)]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 12, 8])], [_info("y", ["N", 12])],
+                 {"w": RNG.normal(size=(8, 5)).astype(np.float32)}, "steps.onnx")
+    x = RNG.normal(size=(2, 12, 8)).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))[0]
+    assert report["target_detail"]["layout"].startswith("one score per position [N, T]")
+    top = y.argmax(1)
+    _complete(sums, y[np.arange(2), top], y0[top])

@@ -253,6 +253,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if embedded is not None:  # a vector per example (or per token) that no argmax reads: an embedding
         return Layout(f"an embedding [N, {'T, ' if len(shape) == 2 else ''}D] ({embedded})", "embedding", "embedding")
     if len(shape) == 1:
+        reduced = _reduced(model, spec.name)
+        if reduced is not None:  # a decoder's per-step confidence (the ReduceMax of each step's Softmax): no classes
+            return Layout(f"one score per position [N, T] (a {reduced} over each position's values)", "other", "top",
+                          final=op, top="the top position's score")
         return Layout("classes [N, C]", "classes", "top", final=op)
     image = _image_size(model, inputs)
     if len(shape) == 3 and shape[0] == 1 and min(shape[1:]) >= 2:  # [N, 1, 1, 96] is a vector, not a map
@@ -365,6 +369,19 @@ _POOLING_STEPS = frozenset({"ReduceSum", "ReduceMean", "Mul", "Reshape", "Transp
 _RESHAPING = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Dropout"})
 _NORMS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                     "SkipSimplifiedLayerNormalization", "LpNormalization", "RMSNormalization"})
+
+
+def _reduced(model, name: str) -> Optional[str]:
+    """The ReduceMax or ReduceMin (axes dropped) that computes the output through reshapes: one score per
+    position of what it reduces (hunt 32: pmsh's decoder gives each step's top probability), not classes."""
+    producers = {o: n for n in model.onnx_model.graph.node for o in n.output}
+    node = producers.get(name)
+    while node is not None and node.op_type in _RESHAPING and node.input:
+        node = producers.get(node.input[0])
+    if node is None or node.op_type not in ("ReduceMax", "ReduceMin"):
+        return None
+    keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    return node.op_type if keep == 0 else None
 
 
 def _computed_norm(producers: dict, name: str) -> bool:
