@@ -333,11 +333,8 @@ def _normalised(model, name: str) -> Optional[str]:
     embedding), or, on token ids, a mean over the positions of a layer norm's output (a sentence
     encoder's pooling). None for a linear layer's scores (a classifier, a tagger), their mean over
     positions, and anything else."""
-    graph = model.onnx_model.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    node = producers.get(name)
-    while node is not None and node.op_type in _RESHAPING and node.input:
-        node = producers.get(node.input[0])
+    producers = {o: n for n in model.onnx_model.graph.node for o in n.output}
+    node = _past_reshapes(producers, name)
     if node is None:
         return None
     if node.op_type in _NORMS:
@@ -367,6 +364,14 @@ _POOLING_STEPS = frozenset({"ReduceSum", "ReduceMean", "Mul", "Reshape", "Transp
 
 
 _RESHAPING = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Dropout"})
+
+
+def _past_reshapes(producers: dict, name: str):
+    """The node that computes `name`'s values, past the reshapes and casts after it (None: an input)."""
+    node = producers.get(name)
+    while node is not None and node.op_type in _RESHAPING and node.input:
+        node = producers.get(node.input[0])
+    return node
 _NORMS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                     "SkipSimplifiedLayerNormalization", "LpNormalization", "RMSNormalization"})
 
@@ -374,10 +379,7 @@ _NORMS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedL
 def _reduced(model, name: str) -> Optional[str]:
     """The ReduceMax or ReduceMin (axes dropped) that computes the output through reshapes: one score per
     position of what it reduces (hunt 32: pmsh's decoder gives each step's top probability), not classes."""
-    producers = {o: n for n in model.onnx_model.graph.node for o in n.output}
-    node = producers.get(name)
-    while node is not None and node.op_type in _RESHAPING and node.input:
-        node = producers.get(node.input[0])
+    node = _past_reshapes({o: n for n in model.onnx_model.graph.node for o in n.output}, name)
     if node is None or node.op_type not in ("ReduceMax", "ReduceMin"):
         return None
     keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
