@@ -61,10 +61,10 @@ def _leading_affine(graph: onnx.GraphProto, name: str, shape: tuple) -> Optional
             break
         c = numpy_helper.to_array(constants[other]).astype(np.float64)
         try:
-            np.broadcast_shapes(c.shape, shape)
+            widened = np.broadcast_shapes(c.shape, shape) != tuple(shape)  # per element of the input, or not
         except ValueError:
             break
-        if np.broadcast_shapes(c.shape, shape) != tuple(shape):  # it would widen the input: not per element
+        if widened:
             break
         first = node.input[0] == current
         if node.op_type == "Mul":
