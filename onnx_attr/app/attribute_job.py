@@ -720,10 +720,11 @@ class _Job:
         if isinstance(baselines, dict):
             baselines = {k: v for k, v in baselines.items() if k in attributed}
         used = {"auto": "zeros"}.get(self.baseline, self.baseline)
+        zeroed: dict = {}
         if self.baseline == "auto" and baselines is None and entry(self.method).baselines:
-            zeros = _graph_zeros(self.model, attributed)  # raw pixels the graph normalises itself
-            if zeros:
-                baselines, used = {k: zeros.get(k, np.zeros_like(v[:1]) if np.ndim(v) else v)
+            zeroed = _graph_zeros(self.model, attributed)  # raw pixels the graph normalises itself
+            if zeroed:
+                baselines, used = {k: zeroed.get(k, np.zeros_like(v[:1]) if np.ndim(v) else v)
                                    for k, v in attributed.items()}, "graph zeros"
         kept_ids: list[str] = []
         why = "zeros are outside the model's domain (its output is not finite there)"
@@ -786,8 +787,7 @@ class _Job:
             "baseline_used": used,
             **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline
                and self.baseline == "auto" and used == "blur" else {}),
-            **({"baseline_note": GRAPH_ZEROS_NOTE.format(names=sorted(_graph_zeros(self.model, attributed)))}
-               if used == "graph zeros" else {}),
+            **({"baseline_note": GRAPH_ZEROS_NOTE.format(names=sorted(zeroed))} if used == "graph zeros" else {}),
             **({"ids_note": IDS_NOTE} if any((method_report.get("embedding_lookups") or {}).values()) else {}),
             **({"held_note": held_masks_note(self.held_masks)} if self.held_masks else {}),
             "inputs": str(file),
