@@ -163,3 +163,30 @@ def test_only_inputs_named_as_masks_are_held():
 
     assert all(_names_a_mask(n) for n in ("attention_mask", "src_mask", "keyPaddingMask", "mask", "input_masks"))
     assert not any(_names_a_mask(n) for n in ("masked_image", "masked_image_latents", "maskseq", "image"))
+
+
+def test_the_dataset_job_holds_a_floating_mask_too(tmp_path):
+    """`onnx-attr dataset` holds the additive mask as `attribute` does (its manifest says so): the ids'
+    attributions sum to the change with only the ids moved, by onnxruntime."""
+    import onnxruntime as ort
+
+    from onnx_attr.app.dataset_job import attribute_dataset, attribution_array, read_results
+
+    path = tmp_path / "m.onnx"
+    _masked_encoder(path)
+    ids = np.array([[3, 7, 11, 5, 0, 0], [9, 2, 4, 0, 0, 0]], np.int64)
+    mask = np.where(ids > 0, 0.0, -30.0).astype(np.float32)[:, None, :]
+    np.savez(tmp_path / "rows.npz", ids=ids, attention_mask=mask)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attribute_dataset(str(path), str(tmp_path / "rows.npz"), str(tmp_path / "ds"), target="1", quiet=True)
+    assert any("attention_mask" in str(w.message) for w in caught)
+    table = read_results(tmp_path / "ds")
+    assert "attributions_attention_mask" not in table.column_names
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["options"]["held_inputs"] == ["attention_mask"]
+    session = ort.InferenceSession(str(path))
+    change = session.run(None, {"ids": ids, "attention_mask": mask})[0][:, 1] - \
+        session.run(None, {"ids": np.zeros_like(ids), "attention_mask": mask})[0][:, 1]
+    column = "attributions_ids" if "attributions_ids" in table.column_names else "attributions"
+    np.testing.assert_allclose(attribution_array(table, column).reshape(2, -1).sum(1), change, rtol=1e-4, atol=1e-4)

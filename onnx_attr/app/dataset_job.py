@@ -158,7 +158,10 @@ class ShardWorker:
         self.output_index = self.explainer._output_index(settings.output_name)
         self.reader = RowReader(model.inputs, settings.inputs)
         tapped = set(getattr(self.explainer, "embedded_inputs", ()))  # token ids attributed at their embedding
-        self.attributed = [s.name for s in model.inputs if s.differentiable or s.name in tapped]
+        from onnx_attr.app.attribute_job import mask_inputs
+
+        masks = set(mask_inputs(model))  # floating masks beside the inputs explained: held, as `attribute` does
+        self.attributed = [s.name for s in model.inputs if (s.differentiable or s.name in tapped) and s.name not in masks]
         self._baselines: Any = None
         self._blurred_shapes: dict = {}  # row shapes where `--baseline auto` found zeros outside the domain
 
@@ -501,6 +504,14 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     shards = plan_shards(sources, shard_rows)
     mean = _dataset_mean(loaded, settings, sources, shards, quiet) if settings.baseline == "mean" else None
     stripped = sorted(o.name for o in loaded.outputs if o.final_activation is not None and o.final_activation.stripped)
+    from onnx_attr.app.attribute_job import mask_inputs
+    from onnx_attr.importing.input_files import InputWarning
+
+    masks = mask_inputs(loaded)
+    if masks:
+        warnings.warn(f"input(s) {masks} held as given, not attributed: floating masks beside the inputs explained "
+                      "(as `onnx-attr attribute` holds them; the manifest's held_inputs says so)", InputWarning,
+                      stacklevel=2)
     manifest = build_manifest(
         model_sha256=model_fingerprint(loaded), method=method, target=target, baseline=settings.baseline,
         baseline_sha256=file_sha256(settings.baseline) if settings.baseline.endswith(".npz") else
@@ -509,7 +520,8 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
         options={"stripped_final_activations": stripped, "gradient_fallback": gradient_fallback,
                  "attribution_dtype": attribution_dtype, **per_method,
                  **({"method_fallback": fell_back} if fell_back else {}),
-                 **({"batch_axis": batch_axis} if batch_axis is not None else {})})
+                 **({"batch_axis": batch_axis} if batch_axis is not None else {}),
+                 **({"held_inputs": masks} if masks else {})})
     if mean is not None:
         manifest["baseline"]["rows_averaged"] = mean[2]
     manifest["preprocessing"] = {
