@@ -483,8 +483,7 @@ def _shared_softmax_logits(graph: onnx.GraphProto, producer: dict, argmax: onnx.
     if len(readers) < 2 or softmax.output[0] in {o.name for o in graph.output}:
         return None
     axis = lambda n, default: next((a.i for a in n.attribute if a.name == "axis"), default)  # noqa: E731
-    return softmax.input[0] if axis(softmax, -1) == axis(argmax, 0) or axis(softmax, -1) < 0 and axis(argmax, 0) < 0 \
-        else None
+    return softmax.input[0] if axis(softmax, -1) == axis(argmax, 0) else None  # the same axis, as written
 
 
 def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:

@@ -289,16 +289,16 @@ def _check_tensor(tensor: onnx.TensorProto, what: str) -> None:
     item = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     if tensor.data_type == onnx.TensorProto.BFLOAT16:
         item = 2
+    bits = PACKED_INTEGERS.get(tensor.data_type)  # packed: one byte of values per raw byte or int32 entry
     if tensor.HasField("raw_data"):
         stored, unit = len(tensor.raw_data), "bytes"
-        bits = PACKED_INTEGERS.get(tensor.data_type)
         expected = count * item if bits is None else -(-count * bits // 8)
     else:
         field = helper.tensor_dtype_to_field(tensor.data_type)
         stored, unit = len(getattr(tensor, field)), "values"
         expected = count * (2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1)
-        if tensor.data_type in PACKED_INTEGERS:  # one byte of packed values per int32 entry
-            expected = -(-count * PACKED_INTEGERS[tensor.data_type] // 8)
+        if bits is not None:
+            expected = -(-count * bits // 8)
         if stored == 0:
             return  # no data at all: an empty tensor, or one the checker/converter refuses by name
     if stored != expected:

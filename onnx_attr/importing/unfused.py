@@ -93,10 +93,12 @@ def _block_table(node: onnx.NodeProto, constants: dict) -> "np.ndarray | None":
 
 
 def _unpacked(packed: np.ndarray, bits: int) -> np.ndarray:
-    """uint8 [..., B] of 8 / bits values per byte, the first in the lowest bits -> int16 [..., B · 8 / bits]."""
-    shifts = np.arange(0, 8, bits, dtype=np.int16)
-    values = (packed.astype(np.int16)[..., None] >> shifts) & ((1 << bits) - 1)
-    return values.reshape(*packed.shape[:-1], -1)
+    """uint8 [..., B] of 8 / bits values per byte -> int16 [..., B · 8 / bits], as MatMulNBits' weights unpack."""
+    import torch
+
+    from onnx_attr.importing.converters.microsoft import unpack_bits
+
+    return unpack_bits(torch.from_numpy(np.ascontiguousarray(packed)), bits, packed.shape[-1] * 8 // bits).numpy()
 
 
 def _block_gather(node: onnx.NodeProto, graph: onnx.GraphProto, table: np.ndarray) -> onnx.NodeProto:
