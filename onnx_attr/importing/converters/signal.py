@@ -30,10 +30,17 @@ def _real_pair(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.view_as_real(z.contiguous()).to(dtype) if z.is_complex() else z.unsqueeze(-1).to(dtype)
 
 
+#: the longest non-power-of-2 length summed term by term: its twiddles, [L/2+1, L] twice, stay under 32 MB
+_DIRECT_MAX = 2048
+
+
 def dft(x: torch.Tensor, length: Optional[int], axis: int, inverse: bool, onesided: bool) -> torch.Tensor:
     axis = axis % x.dim()
     if length is None:
         length = 2 * (x.shape[axis] - 1) if inverse and onesided else x.shape[axis]
+    if length & (length - 1) and length <= _DIRECT_MAX and not (inverse and onesided) \
+            and x.dtype in (torch.float32, torch.float64):
+        return _direct_dft(x, length, axis, inverse, onesided)
     z = _complex(x)
     if inverse:
         out = torch.fft.irfft(z, n=length, dim=axis) if onesided else torch.fft.ifft(z, n=length, dim=axis)
@@ -42,6 +49,36 @@ def dft(x: torch.Tensor, length: Optional[int], axis: int, inverse: bool, onesid
         if onesided:
             out = out.narrow(axis, 0, length // 2 + 1)
     return _real_pair(out, x.dtype)
+
+
+def _direct_dft(x: torch.Tensor, length: int, axis: int, inverse: bool, onesided: bool) -> torch.Tensor:
+    """A length that is not a power of 2, summed term by term with twiddles cos and sin of k·j·ω taken in
+    the input's precision (k·j not reduced modulo the length). Their rounding breaks the symmetries that
+    make an FFT's sums cancel to exact zeros, where onnxruntime's kernel leaves rounding-sized values:
+    Kokoro's vocoder divides the imaginary part of its 20-point STFT by the real part, and torch's FFT
+    gave 42,070 exact zeros (onnxruntime's: 3) and 29 bins of 0/0 that made every sample of its audio
+    NaN (hunt 31); summed this way, it verifies."""
+    dtype = x.dtype
+    omega = torch.tensor((1.0 if inverse else -1.0) * 2 * math.pi / length, dtype=dtype)
+    rows = length // 2 + 1 if onesided else length
+    index = (torch.arange(rows, dtype=torch.float64)[:, None] * torch.arange(length, dtype=torch.float64)).to(dtype)
+    angle = (index * omega).to(x.device)  # [rows, length]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    signal = x.movedim(axis, -2)  # [..., samples, 1|2]
+    samples = signal.shape[-2]
+    if samples >= length:
+        signal = signal.narrow(-2, 0, length)
+    else:  # zero-padded to the length
+        signal = torch.cat([signal, signal.new_zeros(*signal.shape[:-2], length - samples, signal.shape[-1])], -2)
+    real = signal[..., 0]
+    out_real, out_imag = real @ cos.T, real @ sin.T
+    if signal.shape[-1] == 2:
+        imag = signal[..., 1]
+        out_real, out_imag = out_real - imag @ sin.T, out_imag + imag @ cos.T
+    out = torch.stack([out_real, out_imag], -1)
+    if inverse:
+        out = out / length
+    return out.movedim(-2, axis)
 
 
 class DFT(nn.Module):
