@@ -109,3 +109,43 @@ def test_embedding_can_be_asked_for_on_any_vector_output(tmp_path):
     direction = pooled_at / np.linalg.norm(pooled_at, axis=1, keepdims=True)
     np.testing.assert_allclose(total, np.linalg.norm(pooled_at, axis=1) - (direction * pooled_base).sum(1),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["vocoder", "enhancer"])
+def test_a_waveform_is_explained_along_itself_not_by_its_largest_sample(tmp_path, layout):
+    """A vocoder's audio [N, 1, T] (read as a one-step sequence of T 'classes' before: greedy's argmax
+    picked one sample) and an enhancer's waveform [N, T] as long as its noisy input (read as classes):
+    the default is the waveform's length along itself, e·ê. Oracle: onnxruntime's outputs at the input
+    and at zeros; ê and both values computed here."""
+    rng = np.random.default_rng(9)
+    if layout == "vocoder":  # mel [N, 8, 20] -> ConvTranspose (x16) -> Tanh: audio [N, 1, 320]
+        nodes = [helper.make_node("ConvTranspose", ["mel", "w", "b"], ["up"], strides=[16], kernel_shape=[16]),
+                 helper.make_node("Tanh", ["up"], ["audio"])]
+        inits = {"w": rng.normal(size=(8, 1, 16)).astype(np.float32) * 0.3, "b": np.array([0.05], np.float32)}
+        proto = make_model(nodes, [("mel", FLOAT, ["N", 8, 20])], [("audio", FLOAT, ["N", 1, 320])],
+                           initializers=inits, opset=17)
+        x = {"mel": rng.normal(size=(2, 8, 20)).astype(np.float32) * 2}
+    else:  # noisy [N, 4800] -> framed [N, 300, 16] -> a linear map per frame -> [N, 4800] (named 'out')
+        nodes = [helper.make_node("Reshape", ["noisy", "framed"], ["frames"]),
+                 helper.make_node("MatMul", ["frames", "w"], ["mixed"]), helper.make_node("Relu", ["mixed"], ["r"]),
+                 helper.make_node("MatMul", ["r", "w2"], ["clean"]), helper.make_node("Reshape", ["clean", "flat"], ["out"])]
+        inits = {"framed": np.array([0, 300, 16], np.int64), "flat": np.array([0, 4800], np.int64),
+                 "w": rng.normal(size=(16, 16)).astype(np.float32) * 0.5, "w2": rng.normal(size=(16, 16)).astype(np.float32) * 0.5}
+        proto = make_model(nodes, [("noisy", FLOAT, ["N", 4800])], [("out", FLOAT, ["N", 4800])],
+                           initializers=inits, opset=17)
+        x = {"noisy": rng.normal(size=(2, 4800)).astype(np.float32) * 0.3}
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(proto, path)
+    np.savez(inputs, **x)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--baseline", "zeros"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_detail"]["layout"].startswith("a waveform") and report["target_detail"]["form"] == "embedding"
+    assert "the waveform" in report["target_source"]
+    session = ort.InferenceSession(str(path))
+    name = next(iter(x))
+    at = session.run(None, x)[0].astype(np.float64).reshape(2, -1)
+    base = session.run(None, {name: np.zeros_like(x[name])})[0].astype(np.float64).reshape(2, -1)
+    direction = at / np.linalg.norm(at, axis=1, keepdims=True)
+    expected = ((at - base) * direction).sum(1)
+    found = np.load(out / "attributions.npz")[name].reshape(2, -1).sum(1)
+    np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5)

@@ -9,6 +9,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
 | an embedding `[N, D]`, `[N, T, D]`   | no final activation, and a layer norm at the end, a division by a computed norm, or, on token ids, a mean over the tokens (`_normalised`) | `embedding`: its length along its own direction (over the positions the mask keeps) |
+| a waveform `[N, T]`, `[N, 1, T]`    | one channel of WAVEFORM_OUT samples or more, signed, no final Softmax/Sigmoid, named as sound or as long as a waveform input (`_waveform`) | `embedding`: its length along itself |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score (under a Softmax, class 0, the background, only where no other class is predicted) |
@@ -48,6 +49,7 @@ Every form is resolved to indices or masks (`targets.Target`) that every method 
 from __future__ import annotations
 
 import math
+import re
 
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
@@ -243,6 +245,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     shape = tuple(view.shape[1:])
     if view.dim() <= 1 or int(np.prod(shape)) == 1:
         return Layout("one value per example", "one value", "output", final=op)
+    waveform = _waveform(view, spec.name, op, inputs)
+    if waveform is not None:  # no argmax of a waveform's samples means anything
+        return Layout(f"a waveform [{'N, ' if axis is not None else ''}{'1, ' if len(shape) == 2 else ''}T] "
+                      f"({waveform})", "waveform", "embedding")
     if len(shape) == 1 and (axis is None or getattr(spec, "role", None) in (NMS_SCORES, TOPK_SCORES)):
         # a detector's scores [K] after its threshold (torchvision): one example's, no classes axis
         return Layout(f"one example's scores [{shape[0]}] (no batch axis)", "classes", "top", final=op,
@@ -325,6 +331,28 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                           "detector", "anchor", box=box, scores_first=first, final=op, masks=masks,
                           objectness=objectness)
     return Layout("a sequence [N, T, C]", "sequence", "greedy", final=op)
+
+
+def _waveform(view: Tensor, name: str, op: Optional[str], inputs: dict[str, np.ndarray]) -> Optional[str]:
+    """Why a batch-first output reads as a waveform (a vocoder's or a TTS model's audio, an enhancer's
+    or a separator's signal): one channel [N, T] or [N, 1, T] of WAVEFORM_OUT samples or more, signed
+    values, no final Softmax or Sigmoid, and named as sound or as long as a waveform input (the samples
+    it reads). None otherwise."""
+    shape = tuple(view.shape[1:])
+    if op in ("Softmax", "LogSoftmax", "Sigmoid") or not (len(shape) == 1 or len(shape) == 2 and shape[0] == 1):
+        return None
+    samples = shape[-1]
+    if samples < WAVEFORM_OUT or not (float(view.min()) < 0 < float(view.max())):
+        return None
+    if re.search(r"(^|[^a-z])(audio|wav|waveform|pcm|speech|signal)", name.lower()):
+        return f"named {name!r}"
+    read = [k for k, v in inputs.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and np.ndim(v) in (2, 3)
+            and np.shape(v)[-1] == samples and samples >= WAVEFORM_SAMPLES]
+    return f"as long as input {read[0]!r}" if read else None
+
+
+#: the fewest samples of a waveform output (a streaming enhancer's chunk: 16 ms at 16 kHz)
+WAVEFORM_OUT = 256
 
 
 def _normalised(model, name: str) -> Optional[str]:
@@ -794,16 +822,17 @@ def _embedding(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolv
                          f"is {layout.name}")
     import torch
 
-    what = "the embedding"
+    noun = "waveform" if layout.kind == "waveform" else "embedding"
+    what = f"the {noun}"
     weights = torch.ones(view.shape[:2], dtype=view.dtype) if view.dim() == 3 else None
     found = detail.pop("steps_from", None)
     if found is not None:  # padding apart: the positions the model's own mask keeps
         name, kept = found
         weights = torch.from_numpy(kept).to(view.dtype)
         detail.update(steps_from=name, steps_kept=kept.sum(1).tolist())
-        what = f"the mean embedding over the positions input {name!r} keeps"
-    elif weights is not None:
-        what = "the mean embedding over the positions"
+        what = f"the mean {noun} over the positions input {name!r} keeps"
+    elif weights is not None and view.shape[1] > 1:
+        what = f"the mean {noun} over the positions"
     source = f"the length of {what} along its own direction at the input (e·ê, ê = e/|e|)"
     if weights is not None:
         weights = weights / weights.sum(1, keepdim=True)
@@ -813,7 +842,7 @@ def _embedding(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolv
     direction = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(torch.finfo(view.dtype).tiny)
     full = direction if weights is None else weights.unsqueeze(2) * direction.unsqueeze(1)
     detail["length"] = pooled.norm(dim=1).tolist()
-    labels = ["target: the embedding's length along itself" for _ in range(len(view))]
+    labels = [f"target: the {noun}'s length along itself" for _ in range(len(view))]
     return Resolved(Target(weights=full.to(torch.float32), per_example=True), "embedding", source, detail, labels)
 
 
