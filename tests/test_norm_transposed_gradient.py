@@ -72,3 +72,29 @@ def test_a_normalization_before_a_transpose_matches_finite_differences(norm):
             down[i] -= step
             numeric[i] = (module(torch.from_numpy(up))[0, k] - module(torch.from_numpy(down))[0, k]).item() / (2 * step)
     np.testing.assert_allclose(gradient, numeric, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank", [2, 3, 4, 5])
+def test_a_constant_batch_norm_keeps_no_input_and_has_torchs_gradient(rank):
+    """BatchNormalization with constant statistics keeps no copy of its input for the backward (torch's
+    does, for gradients of the statistics and the weight that constants never need): the gradient is
+    torch's own, at a magnitude a raw-pixel net sees, and nothing of the size of the input is saved."""
+    from onnx_attr.importing.converters.normalization import AnyRankBatchNorm
+
+    scale, bias, mean, var = (torch.from_numpy(a) for a in (GAMMA * 30, BETA, MEAN * 100, VAR * 50))
+    norm = AnyRankBatchNorm(C, eps=1e-5)
+    norm.weight, norm.bias = torch.nn.Parameter(scale, requires_grad=False), torch.nn.Parameter(bias, requires_grad=False)
+    norm.running_mean, norm.running_var = mean, var
+    shape = (2, C, *[7] * (rank - 2))
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(rank)) * 255).requires_grad_(True)
+    seed = torch.randn(shape, generator=torch.Generator().manual_seed(10 + rank))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = norm(x)
+    assert not saved or max(saved) < x.numel()  # the per-channel scale at most
+    (grad,) = torch.autograd.grad(out, x, seed)
+    x2 = x.detach().clone().requires_grad_(True)
+    plain = torch.nn.functional.batch_norm(x2, mean, var, scale, bias, False, 0.0, 1e-5)
+    (expected,) = torch.autograd.grad(plain, x2, seed)
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)  # the forward is torch's, bit for bit
+    torch.testing.assert_close(grad, expected)

@@ -32,6 +32,22 @@ def contiguous_both_ways(kernel, x: torch.Tensor, *args, **kwargs) -> torch.Tens
     return out
 
 
+class _ConstantBatchNorm(torch.autograd.Function):
+    """torch's batch_norm forward, and the gradient of an affine map by constants: the incoming one
+    times weight / sqrt(var + eps) per channel. torch's backward keeps the input for the statistics'
+    and the weight's gradients, which constants do not have: a conv-BN-activation net's saved feature
+    maps shrink by a third for every gradient method (layout_cdla's plain forward: 861 to 692 MB)."""
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps: float):
+        ctx.scale = (weight * torch.rsqrt(var + eps)).reshape(1, -1, *[1] * (x.dim() - 2))
+        return F.batch_norm(x.contiguous(), mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None, None, None, None, None
+
+
 class AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Inference-mode batch normalization with constant statistics over (N, C, ...) inputs of any
     rank >= 2. A torch `_BatchNorm` (RevealCancel reads its `weight` and `running_var` to see
@@ -43,6 +59,9 @@ class AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
+        if torch.is_grad_enabled() and x.requires_grad and not any(
+                t is not None and t.requires_grad for t in (self.weight, self.bias, self.running_mean, self.running_var)):
+            return _ConstantBatchNorm.apply(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
         return contiguous_both_ways(F.batch_norm, x, self.running_mean, self.running_var, self.weight, self.bias, False,
                                     0.0, self.eps)
 
@@ -72,7 +91,8 @@ def inference_batch_norm(node, graph) -> OperationConverterResult:
         return OperationConverterResult(torch_module=BatchNormalization(epsilon), onnx_mapping=mapping)
     scale, bias, mean, var = (graph.initializers[n].to_torch() for n in names[1:5])
     module = AnyRankBatchNorm(scale.shape[0], eps=epsilon, device="meta")
-    module.weight, module.bias = nn.Parameter(scale), nn.Parameter(bias)
+    # constants of the graph: no gradient of theirs is asked for (so none keeps the input, `_ConstantBatchNorm`)
+    module.weight, module.bias = nn.Parameter(scale, requires_grad=False), nn.Parameter(bias, requires_grad=False)
     module.running_mean, module.running_var = mean, var
     module.num_batches_tracked = torch.tensor(0, dtype=torch.long)
     return OperationConverterResult(torch_module=module,
