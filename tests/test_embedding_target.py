@@ -149,3 +149,36 @@ def test_a_waveform_is_explained_along_itself_not_by_its_largest_sample(tmp_path
     expected = ((at - base) * direction).sum(1)
     found = np.load(out / "attributions.npz")[name].reshape(2, -1).sum(1)
     np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_waveform_whose_length_follows_the_values_is_explained_by_its_norm(tmp_path):
+    """A TTS model's audio [T] whose sample count follows its inputs (durations: a NonZero here, Kokoro's
+    in its length regulator): a perturbed copy is shorter or longer, so no direction fixed at the input
+    pairs with its samples; the target is the norm, e·ê at the input. Oracle: FeatureAblation by hand
+    on onnxruntime (each feature at 0, the norm's drop)."""
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["on"]), helper.make_node("NonZero", ["on"], ["where"]),
+             helper.make_node("Gather", ["where", "one"], ["cols"], axis=0),
+             helper.make_node("Cast", ["cols"], ["t"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["x"], ["level"], keepdims=0),
+             helper.make_node("Mul", ["t", "rate"], ["phase"]), helper.make_node("Add", ["phase", "level"], ["arg"]),
+             helper.make_node("Sin", ["arg"], ["audio"])]
+    inits = {"zero": np.float32(0), "one": np.array(1, np.int64), "rate": np.float32(0.7)}
+    proto = make_model(nodes, [("x", FLOAT, [1, 400])], [("audio", FLOAT, ["audio_length"])], initializers=inits,
+                       opset=17)
+    x = (np.random.default_rng(2).normal(size=(1, 400)) + 0.8).astype(np.float32)  # about 320 samples
+    path, inputs, out = tmp_path / "tts.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(proto, path)
+    np.savez(inputs, x=x)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--baseline", "zeros",
+                 "--method", "featureablation", "--features", "all"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_detail"]["layout"].startswith("a waveform") and "norm" in report["target_source"]
+    session = ort.InferenceSession(str(path))
+    norm = lambda v: float(np.linalg.norm(session.run(None, {"x": v})[0].astype(np.float64)))  # noqa: E731
+    expected = []
+    for j in range(400):
+        ablated = x.copy()
+        ablated[0, j] = 0
+        expected.append(norm(x) - norm(ablated))
+    # float32 phases up to 280 rad: each sine is good to about 3e-5, a norm of 320 of them to 1e-4
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["x"].reshape(-1), expected, atol=1e-4)

@@ -9,7 +9,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
 | an embedding `[N, D]`, `[N, T, D]`   | no final activation, and a layer norm at the end, a division by a computed norm, or, on token ids, a mean over the tokens (`_normalised`) | `embedding`: its length along its own direction (over the positions the mask keeps) |
-| a waveform `[N, T]`, `[N, 1, T]`    | one channel of WAVEFORM_OUT samples or more, signed, no final Softmax/Sigmoid, named as sound or as long as a waveform input (`_waveform`) | `embedding`: its length along itself |
+| a waveform `[N, T]`, `[N, 1, T]`    | one channel of WAVEFORM_OUT samples or more, signed, no final Softmax/Sigmoid, named as sound or as long as a waveform input (`_waveform`) | `embedding`: its length along itself (its norm where its sample count follows the values) |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score (under a Softmax, class 0, the background, only where no other class is predicted) |
@@ -248,7 +248,7 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     waveform = _waveform(view, spec.name, op, inputs)
     if waveform is not None:  # no argmax of a waveform's samples means anything
         return Layout(f"a waveform [{'N, ' if axis is not None else ''}{'1, ' if len(shape) == 2 else ''}T] "
-                      f"({waveform})", "waveform", "embedding")
+                      f"({waveform})", "waveform", "embedding", counted=_counted(model, spec))
     if len(shape) == 1 and (axis is None or getattr(spec, "role", None) in (NMS_SCORES, TOPK_SCORES)):
         # a detector's scores [K] after its threshold (torchvision): one example's, no classes axis
         return Layout(f"one example's scores [{shape[0]}] (no batch axis)", "classes", "top", final=op,
@@ -680,6 +680,18 @@ class LargestScore:
         return flat.amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
 
 
+@dataclass(frozen=True)
+class OutputNorm:
+    """A target: per example the L2 norm of its output, whatever the output's length (a waveform whose
+    number of samples follows the values); at the input it is the output's length along itself, e·ê."""
+
+    examples: int = 1
+
+    def __call__(self, output: Tensor) -> Tensor:
+        flat = output.reshape(1, -1) if self.examples == 1 else output.reshape(output.shape[0], -1)
+        return flat.norm(dim=1)
+
+
 def _top(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
     if view.dim() <= 1:
         return _itself(view, layout, value, detail)
@@ -823,6 +835,10 @@ def _embedding(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolv
     import torch
 
     noun = "waveform" if layout.kind == "waveform" else "embedding"
+    if layout.counted:  # its length follows the values (a TTS model's durations): no direction pairs with
+        detail["length"] = view.reshape(len(view), -1).norm(dim=1).tolist()  # a perturbed copy's samples
+        return Resolved(OutputNorm(len(view)), f"{noun} norm", f"the {noun}'s length |e|: its number of samples "
+                        "follows the values, so its norm, however long it comes out (e·ê at the input)", detail)
     what = f"the {noun}"
     weights = torch.ones(view.shape[:2], dtype=view.dtype) if view.dim() == 3 else None
     found = detail.pop("steps_from", None)
