@@ -52,18 +52,17 @@ def dft(x: torch.Tensor, length: Optional[int], axis: int, inverse: bool, onesid
 
 
 def _direct_dft(x: torch.Tensor, length: int, axis: int, inverse: bool, onesided: bool) -> torch.Tensor:
-    """A length that is not a power of 2, summed term by term with twiddles cos and sin of k·j·ω taken in
-    the input's precision (k·j not reduced modulo the length). Their rounding breaks the symmetries that
-    make an FFT's sums cancel to exact zeros, where onnxruntime's kernel leaves rounding-sized values:
+    """A length that is not a power of 2, summed term by term with twiddles cos and sin of k·j·ω (in
+    float64, k·j not reduced modulo the length, then rounded to the input's type): where an FFT's exact
+    symmetries (sin πj = 0, ±1 and ±i at the quarters) cancel both parts of a bin to exact zeros, these
+    leave rounding-sized values, as onnxruntime's kernel does:
     Kokoro's vocoder divides the imaginary part of its 20-point STFT by the real part, and torch's FFT
     gave 42,070 exact zeros (onnxruntime's: 3) and 29 bins of 0/0 that made every sample of its audio
     NaN (hunt 31); summed this way, it verifies."""
-    dtype = x.dtype
-    omega = torch.tensor((1.0 if inverse else -1.0) * 2 * math.pi / length, dtype=dtype)
     rows = length // 2 + 1 if onesided else length
-    index = (torch.arange(rows, dtype=torch.float64)[:, None] * torch.arange(length, dtype=torch.float64)).to(dtype)
-    angle = (index * omega).to(x.device)  # [rows, length]
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    angle = torch.arange(rows, dtype=torch.float64)[:, None] * torch.arange(length, dtype=torch.float64) * (
+        (1.0 if inverse else -1.0) * 2 * math.pi / length)  # [rows, length]
+    cos, sin = (f(angle).to(device=x.device, dtype=x.dtype) for f in (torch.cos, torch.sin))
     signal = x.movedim(axis, -2)  # [..., samples, 1|2]
     samples = signal.shape[-2]
     if samples >= length:
