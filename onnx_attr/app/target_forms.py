@@ -8,7 +8,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 |--------------------------------------|---------------------------------------------------|----------------|
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
-| an embedding `[N, D]`, `[N, T, D]`   | no final activation, and a layer norm at the end, a division by a computed norm, or, on token ids, a mean over the tokens (`_normalised`) | `embedding`: its length along its own direction (over the positions the mask keeps) |
+| an embedding `[N, D]`, `[N, T, D]`   | no final activation, and a layer norm at the end, a division by a computed norm, on token ids a mean over the tokens, or a name that says so (`_normalised`) | `embedding`: its length along its own direction (over the positions the mask keeps) |
 | a waveform `[N, T]`, `[N, 1, T]`    | one channel of WAVEFORM_OUT samples or more, signed, no final Softmax/Sigmoid, named as sound or as long as a waveform input (`_waveform`) | `embedding`: its length along itself (its norm where its sample count follows the values) |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
@@ -372,7 +372,13 @@ def _normalised(model, name: str) -> Optional[str]:
     if node.op_type in ("ReduceMean", "Div") and node.input and node.input[-1] in producers \
             and _reads_tokens(model) and _pools_a_norm(producers, node.input[0]):
         return "a mean over the tokens of normalised hidden states"  # not a classifier's per-token logits averaged
+    if EMBEDDING_NAME.search(name.lower()):  # its exporter says so: a speaker's d-vector, a learned fingerprint
+        return f"named {name!r}"
     return None
+
+
+#: output names that declare an embedding (a word of the name; no final activation, rank 2 or 3)
+EMBEDDING_NAME = re.compile(r"(^|[^a-z])(embeddings?|embeds?|emb|fingerprints?|descriptors?|[dx]_?vectors?)($|[^a-z])")
 
 
 def _pools_a_norm(producers: dict, name: str, depth: int = 6) -> bool:
