@@ -207,3 +207,36 @@ def test_an_output_named_as_an_embedding_is_one(tmp_path, name, form):
         at, base = (session.run(None, {"x": v})[0].astype(np.float64) for v in (x, np.zeros_like(x)))
         expected = ((at - base) * at / np.linalg.norm(at, axis=1, keepdims=True)).sum(1)
         np.testing.assert_allclose(np.load(out / "attributions.npz")["x"].sum(1), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["state", "tagger"])
+def test_a_recurrent_layers_state_is_an_embedding_and_its_projection_is_not(tmp_path, head):
+    """A G2P encoder's output is its LSTM's last hidden state [N, H] (g2p-id's 'lstm'): no projection
+    to scores follows, so its largest unit meant nothing. An LSTM followed by a linear layer (a tagger)
+    keeps greedy. Oracle: onnxruntime at the input and zeros, e·ê computed here."""
+    rng = np.random.default_rng(6)
+    hidden, steps = 5, 4
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y", "h"], hidden_size=hidden)]
+    inits = {"W": rng.normal(size=(1, 4 * hidden, 3)).astype(np.float32),
+             "R": rng.normal(size=(1, 4 * hidden, hidden)).astype(np.float32) * 0.5, "axes": np.array([0], np.int64)}
+    if head == "state":
+        nodes.append(helper.make_node("Squeeze", ["h", "axes"], ["out"]))
+        out_shape = [1, hidden]
+    else:
+        nodes += [helper.make_node("Squeeze", ["y", "one"], ["seq"]), helper.make_node("Transpose", ["seq"], ["bt"], perm=[1, 0, 2]),
+                  helper.make_node("MatMul", ["bt", "tags"], ["out"])]
+        inits.update(one=np.array([1], np.int64), tags=rng.normal(size=(hidden, 3)).astype(np.float32))
+        out_shape = [1, steps, 3]
+    proto = make_model(nodes, [("x", FLOAT, [steps, 1, 3])], [("out", FLOAT, out_shape)], initializers=inits, opset=14)
+    x = rng.normal(size=(steps, 1, 3)).astype(np.float32) * 2
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(proto, path)
+    np.savez(inputs, x=x)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--baseline", "zeros"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_detail"]["form"] == ("embedding" if head == "state" else "greedy")
+    if head == "state":
+        session = ort.InferenceSession(str(path))
+        at, base = (session.run(None, {"x": v})[0].astype(np.float64) for v in (x, np.zeros_like(x)))
+        expected = float(((at - base) * at / np.linalg.norm(at)).sum())
+        assert np.load(out / "attributions.npz")["x"].sum() == pytest.approx(expected, rel=1e-4, abs=1e-6)

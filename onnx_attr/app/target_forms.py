@@ -372,6 +372,9 @@ def _normalised(model, name: str) -> Optional[str]:
     if node.op_type in ("ReduceMean", "Div") and node.input and node.input[-1] in producers \
             and _reads_tokens(model) and _pools_a_norm(producers, node.input[0]):
         return "a mean over the tokens of normalised hidden states"  # not a classifier's per-token logits averaged
+    state = _past_reshapes(producers, node.input[0]) if node.op_type in ("Slice", "Gather") and node.input else node
+    if state is not None and state.op_type in ("LSTM", "GRU", "RNN"):  # no projection to scores after it: an
+        return f"a {state.op_type}'s hidden state"  # encoder's state for its decoder, a char2vec vector
     if EMBEDDING_NAME.search(name.lower()):  # its exporter says so: a speaker's d-vector, a learned fingerprint
         return f"named {name!r}"
     return None
