@@ -109,7 +109,7 @@ def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> di
     sources = {n: {spec.name} for n, spec in zip(placeholders, inputs) if spec.dtype is not None
                and not spec.differentiable}
     for node in module.graph.nodes:
-        if node.meta.get("onnx_op") in SHAPE_ONLY:
+        if node.meta.get("onnx_op") in SHAPE_ONLY or _chosen_positions(node):
             continue
         if node.op in ("call_module", "call_function"):
             # a Where's condition picks between its values without being one (ids masked by the attention
@@ -123,6 +123,17 @@ def _integer_sources(module: fx.GraphModule, inputs: Sequence[TensorSpec]) -> di
             if found:
                 sources[node] = found
     return sources
+
+
+def _chosen_positions(node: fx.Node) -> bool:
+    """Whether the node's values are positions the model chose (an ArgMax, ArgMin or a TopK's indices):
+    never the ids' values, even where the scores it picks from were computed from them. An unrolled
+    greedy decoder looks up its own ArgMax choices (g2p-id's tiny-pron, 17 lookups of them beside one
+    of the input's ids, read as lookups of the input: hunt 33)."""
+    if node.meta.get("onnx_op") in ("ArgMax", "ArgMin"):
+        return True
+    return node.op == "call_function" and len(node.args) == 2 and isinstance(node.args[0], fx.Node) \
+        and node.args[0].meta.get("onnx_op") == "TopK" and node.args[1] == 1  # its output 1 (select_output, getitem)
 
 
 #: integer inputs that hold measurements, not ids: 8-bit pixels, 16-bit pixels or PCM samples. Cast to
