@@ -7,6 +7,7 @@ attributed by these methods; pass them as `additional_forward_args`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -96,17 +97,43 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
     owner = {t: name for name, ts in chosen.items() for t in ts}
     for tensor, at_input, at_baseline in zip(tensors, h, h0):
         check_paired(tensor, owner[tensor], at_input.shape, at_baseline.shape)
-    view = tensors_as_inputs(model, tensors, h)
+    axes = [lookup_axis(paths[t], prepared.tensors[names.index(owner[t])], prepared.axis(names.index(owner[t])),
+                        value.shape) for t, value in zip(tensors, h)]
+    view = tensors_as_inputs(model, tensors, h, axes)
     floats = [a and t.is_floating_point() for t, a in zip(prepared.tensors, prepared.attributed)]
     embedded = EmbeddedPrepared(
         tensors=[*h, *prepared.tensors], attributed=[True] * len(h) + floats,
         baselines=[*h0, *[b if f else t for t, b, f in zip(prepared.tensors, prepared.baselines, floats)]],
         positions=prepared.positions, repack_user=prepared.repack_user, as_numpy=prepared.as_numpy,
         layout=prepared.layout,  # the model's outputs, as the call's probe found them (one example's: no batch)
+        axes=None if prepared.axes is None and not any(axes) else
+        [*axes, *(prepared.axes if prepared.axes is not None else [0 if t.dim() else None for t in prepared.tensors])],
         original=prepared, lookups=chosen, names=names,
         id_paths=paths,
         per_element={t for t in tensors if tensor_node(model.module, t).meta.get("measured_tap")})
     return view, embedded
+
+
+def lookup_axis(path, ids: Tensor, axis: Optional[int], shape: Sequence[int]) -> Optional[int]:
+    """The batch axis of a lookup's output: where the ids' batch axis lands through the selecting ops
+    between them and the lookup (`IdPath`: PyTorch's nn.Transformer transposes the ids to time-major
+    [T, N] first, so its embedding is [T, N, D], not batch first). Read off the path run on element
+    positions with a batch of 3; where the path cannot take that, the one axis of the batch's size."""
+    if path is None or axis is None or ids.dim() <= axis:
+        return axis
+    probe = list(ids.shape)
+    probe[axis] = 3
+    try:
+        positions = path.positions(torch.Size(probe), ids.device)
+        rows = (positions // math.prod(probe[axis + 1:])) % 3  # the example each looked-up id comes from
+        varying = [a for a in range(rows.dim()) if rows.shape[a] == 3 and
+                   bool((rows.narrow(a, 1, rows.shape[a] - 1) != rows.narrow(a, 0, rows.shape[a] - 1)).any())]
+        if len(varying) == 1:
+            return varying[0]
+    except Exception:  # a path of fixed sizes (a Reshape to [1, T]), or one read at run time: by size
+        pass
+    sized = [a for a in range(len(shape) - 1) if shape[a] == ids.shape[axis]]
+    return sized[0] if len(sized) == 1 else axis
 
 
 def _runtime_operands(model, paths: dict, tensors: Sequence[Tensor]) -> list[str]:
