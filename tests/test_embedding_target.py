@@ -240,3 +240,30 @@ def test_a_recurrent_layers_state_is_an_embedding_and_its_projection_is_not(tmp_
         at, base = (session.run(None, {"x": v})[0].astype(np.float64) for v in (x, np.zeros_like(x)))
         expected = float(((at - base) * at / np.linalg.norm(at)).sum())
         assert np.load(out / "attributions.npz")["x"].sum() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_ids_padded_with_zeros_leave_their_padding_steps_out_of_greedy(tmp_path):
+    """A masked letter model padded to a fixed length with id 0 and no mask input (g2p-id's bert_pron:
+    75% of the greedy sum was padding steps): the steps before each row's trailing zeros are kept.
+    Oracle: onnxruntime's logits at the ids and at ids 0, the path and the kept steps read here."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("Tanh", ["e"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["z"]), helper.make_node("Softmax", ["z"], ["probs"], axis=-1)]
+    proto = make_model(nodes, [("ids", TensorProto.INT64, ["N", 8])], [("probs", FLOAT, ["N", 8, 7])],
+                       initializers={"table": rng.normal(size=(12, 5)).astype(np.float32) * 2,
+                                     "w": rng.normal(size=(5, 7)).astype(np.float32) * 2}, opset=17)
+    ids = np.array([[4, 9, 2, 7, 0, 0, 0, 0], [3, 11, 5, 6, 8, 1, 0, 0]], np.int64)
+    path, inputs, out = tmp_path / "m.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(proto, path)
+    np.savez(inputs, ids=ids)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_detail"]["steps_kept"] == [4, 6]
+    logits = make_model(nodes[:3], [("ids", TensorProto.INT64, ["N", 8])], [("z", FLOAT, ["N", 8, 7])],
+                        initializers={i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}, opset=17)
+    session = ort.InferenceSession(logits.SerializeToString())
+    at, base = (session.run(None, {"ids": v})[0].astype(np.float64) for v in (ids, np.zeros_like(ids)))
+    path_ = at.argmax(2)
+    kept = np.arange(8)[None, :] < np.array([[4], [6]])
+    picked = lambda z: (np.take_along_axis(z, path_[..., None], 2)[..., 0] * kept).sum(1)  # noqa: E731
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["ids"].sum(1), picked(at) - picked(base), rtol=1e-4)

@@ -939,6 +939,22 @@ def _steps_from(inputs: dict[str, np.ndarray], view: Tensor) -> Optional[tuple[s
             continue
         if kept.any(1).all() and not kept.all():
             return name, kept
+    return _padded_ids(inputs, n, steps)
+
+
+def _padded_ids(inputs: dict[str, np.ndarray], n: int, steps: int) -> Optional[tuple[str, np.ndarray]]:
+    """Without a mask or lengths, token ids [N, T] padded at the end with id 0 (g2p-id's letter BERT
+    pads every word to 32 and reads the [mask] steps alone: 75% of its greedy sum was padding steps,
+    hunt 33): the steps before each row's trailing zeros. None where no row ends in one, or one has
+    nothing else."""
+    for name, value in inputs.items():
+        value = np.asarray(value)
+        if value.shape != (n, steps) or not np.issubdtype(value.dtype, np.integer) or (value > 1).sum() < n:
+            continue  # ids, not a 0/1 mask
+        reversed_nonzero = np.flip(value != 0, axis=1)
+        trailing = np.where(reversed_nonzero.any(1), reversed_nonzero.argmax(1), steps)  # zeros at each row's end
+        if trailing.any() and (trailing < steps).all():
+            return name, np.arange(steps)[None, :] < (steps - trailing)[:, None]
     return None
 
 
