@@ -14,6 +14,7 @@ tests hold the two to each other.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Sequence
 
@@ -679,8 +680,11 @@ def _inferred_shapes(proto: onnx.ModelProto, tensors, specs, trusted: bool = Fal
     if found is None or not found.complete:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # 3.5 ms to import: only here
 
-        try:  # its `infer_shapes` saves the graph into the working directory when it cannot finish: its
-            # loop, without that; what it did infer is kept
+        log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+        level = log.level
+        log.setLevel(logging.ERROR)  # its warnings ("unsupported broadcast between Reshape_59_o0__d0 ...") are
+        try:  # about its own symbols, on the user's stderr. Its `infer_shapes` saves the graph into the working
+            # directory when it cannot finish: its loop, without that; what it did infer is kept
             inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
             inference._preprocess(light)
             while inference.run_:
@@ -689,6 +693,8 @@ def _inferred_shapes(proto: onnx.ModelProto, tensors, specs, trusted: bool = Fal
             inferred = inference.out_mp_
         except Exception:  # it asserts on some graphs (a 1-D Concat on axis -1): ONNX's, as far as it goes
             pass
+        finally:
+            log.setLevel(level)
     if inferred is None:
         raise _Unknown
     shapes = {}
