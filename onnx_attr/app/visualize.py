@@ -440,11 +440,14 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
         for i in range(values.shape[0]):
             t = target[0] if whole else target[i] if isinstance(target, list) else target
             row = explained[i] if explained.size else None
-            d = f"convergence delta {deltas[i]:+.2e}" if deltas.size == values.shape[0] else ""
+            # a sum is only read against a completeness identity: a perturbation method's block values repeat on
+            # every element of their block (FeatureAblation's "+3915" for an output of 0.89, hunt 33), its delta NaN
+            complete = deltas.size == values.shape[0] and bool(np.isfinite(deltas[i]))
             title = "\n".join([
                 f"{method}, input {name!r}, " + (f"row {i} of one example" if whole else f"example {i}"),
                 describe_target(row, t, final_activation, options.class_names),
-                f"baseline {baseline}; sum of attributions {values[i].sum():+.4g}" + (f"; {d}" if d else ""),
+                f"baseline {baseline}" + (f"; sum of attributions {values[i].sum():+.4g}; convergence delta "
+                                          f"{deltas[i]:+.2e}" if complete else ""),
             ])
             names: Optional[Sequence[str]] = options.feature_names
             if kind == "tokens":
