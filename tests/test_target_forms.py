@@ -501,7 +501,10 @@ def test_greedy_reads_an_unnamed_mask_beside_padded_ids_and_not_token_types(tmp_
     found = _steps_from({"input.1": ids, "onnx::Unsqueeze_1": mask, "input.3": types}, view)
     assert found is not None and found[0] == "onnx::Unsqueeze_1"
     np.testing.assert_array_equal(found[1], mask.astype(bool))
-    assert _steps_from({"input.1": ids, "input.3": types}, view) is None
+    # the types are no mask; the ids' own trailing pad ids (0) are the padding then (`_padded_ids`)
+    found = _steps_from({"input.1": ids, "input.3": types}, view)
+    assert found[0] == "input.1" and (found[1] == (ids != 0)).all()
+    assert _steps_from({"input.1": ids + 1, "input.3": types}, view) is None  # no trailing 0: nothing to leave out
     assert _steps_from({"input.1": ids + 1, "onnx::Unsqueeze_1": mask}, view) is not None  # any pad id
     assert _steps_from({"input.1": np.arange(12).reshape(2, 6), "onnx::Unsqueeze_1": mask}, view) is None
 
@@ -1063,16 +1066,24 @@ def test_heat_maps_each_under_a_sigmoid_are_a_region_not_a_segment(tmp_path):
     _complete(sums, (logits * found).reshape(2, -1).sum(1), (logits0 * found).reshape(2, -1).sum(1))
 
 
-def test_a_reduce_max_per_step_is_one_score_per_position_not_classes(tmp_path):
+@pytest.mark.parametrize("start", [False, True])
+def test_a_reduce_max_per_step_is_one_score_per_position_not_classes(tmp_path, start):
     """pmsh's decoder gives each step's top probability [N, T] (a ReduceMax of each step's Softmax: hunt 32);
-    its steps were called classes. The default is the top step's score, said as such."""
+    its steps were called classes. g2p-id's tiny-pron writes 1.0 for its [START] step before them (a
+    Concat with a constant), which the top step picked, every attribution 0 (hunt 33). The default is
+    the steps' scores summed: the decoded sequence's confidence."""
     nodes = [helper.make_node("MatMul", ["x", "w"], ["l"]), helper.make_node("Softmax", ["l"], ["p"], axis=-1),
-             helper.make_node("ReduceMax", ["p"], ["y"], axes=[-1], keepdims=0)]
-    path = _save(tmp_path, nodes, [_info("x", ["N", 12, 8])], [_info("y", ["N", 12])],
-                 {"w": RNG.normal(size=(8, 5)).astype(np.float32)}, "steps.onnx")
-    x = RNG.normal(size=(2, 12, 8)).astype(np.float32)
+             helper.make_node("ReduceMax", ["p"], ["r" if start else "y"], axes=[-1], keepdims=0)]
+    inits = {"w": RNG.normal(size=(8, 5)).astype(np.float32)}
+    if start:
+        nodes.append(helper.make_node("Concat", ["one", "r"], ["y"], axis=1))
+        inits["one"] = np.ones((1, 1), np.float32)
+    steps = 13 if start else 12
+    path = _save(tmp_path, nodes, [_info("x", [1 if start else "N", 12, 8])], [_info("y", [1 if start else "N", steps])],
+                 inits, "steps.onnx")
+    x = RNG.normal(size=(1 if start else 2, 12, 8)).astype(np.float32)
     report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
     y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))[0]
     assert report["target_detail"]["layout"].startswith("one score per position [N, T]")
-    top = y.argmax(1)
-    _complete(sums, y[np.arange(2), top], y0[top])
+    assert report["target"] == "sum" and np.abs(sums).max() > 0
+    _complete(sums, y.sum(1), np.full(len(x), y0.sum()))

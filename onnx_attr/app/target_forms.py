@@ -16,6 +16,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | heat maps `[N, C, H, W]`             | as class maps, ending in a Sigmoid (each channel its own: CenterNet's per-class centres) | `region`: the summed score of every pixel any channel predicts (p > 0.5) |
 | classes `[N, C, 1]`                  | rank 3, one column, ending in a Softmax over C    | `top`: the predicted class |
 | one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
+| one score per step `[N, T]`         | a ReduceMax/ReduceMin of each step (past a Concat with constants: a [START] step's 1.0) | `sum`: the steps' scores summed |
 | a map over an input `[N, T, F]`      | a rank-3 output shaped as a floating input's example, with no Softmax/LogSoftmax at the end (a denoiser's gain per frame and bin) | `region`: the predicted region's summed score |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score (a recogniser's CTC blank steps left out) |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
@@ -36,7 +37,8 @@ besides class 0, the background); `anchor` (the top anchor's best class score; n
 skipped when the output ends in a Sigmoid, and a segmentation head's mask coefficients, as many
 as another output [N, M, h, w] has prototypes, are not class scores; a head whose first score is an
 objectness (YOLOX, YOLOv5: `_has_objectness`) gets the class score of its best detection, by
-objectness × class score); `embedding` (e·ê with ê = e/|e| fixed at the input, e the output [N, D]
+objectness × class score); `sum` (every value summed per example, over the steps a mask keeps on
+[N, T]); `embedding` (e·ê with ê = e/|e| fixed at the input, e the output [N, D]
 or its mean over the positions [N, T, D] an input mask keeps: no argmax of an embedding's units
 means anything); and indices: `3` (negative counts from the end),
 `3,1,4` (one per example; for an output with k > 1 axes besides the batch, k numbers are one
@@ -63,8 +65,8 @@ from onnx_attr.importing.final_activation import NMS_SCORES, TOPK_SCORES
 if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument checks
     from torch import Tensor
 
-NAMED_FORMS = ("top", "region", "greedy", "anchor", "segment", "embedding")
-FORMS_HELP = ("top | region | region>T | greedy | greedy=all | anchor | segment | segment=K | embedding | an int (negative from the end) | "
+NAMED_FORMS = ("top", "region", "greedy", "anchor", "segment", "embedding", "sum")
+FORMS_HELP = ("top | region | region>T | greedy | greedy=all | anchor | segment | segment=K | embedding | sum | an int (negative from the end) | "
               "i,j,k (one per example, or one index of an output with several axes) | a:b (one index over the axes "
               "after the batch)")
 
@@ -176,14 +178,15 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     if form == "default":
         form = layout.default
     detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
-    if form in ("greedy", "embedding") and view.dim() == 3:
+    if form in ("greedy", "embedding") and view.dim() == 3 or form == "sum" and view.dim() == 2:
         detail["steps_from"] = _steps_from(inputs, view)
     if form == "greedy":
         if value != "all" and view.dim() == 3 and layout.final != "Sigmoid" and _pictures_or_sound(inputs) \
                 and not _reads_tokens(model):
             detail["blank"] = _blank(view)
     resolved = {"top": _top, "region": _region, "greedy": _greedy, "anchor": _anchor, "segment": _segment,
-                "embedding": _embedding, "indices": _indices, "output": _itself}[form](view, layout, value, detail)
+                "embedding": _embedding, "sum": _summed, "indices": _indices, "output": _itself}[form](
+        view, layout, value, detail)
     if resolved.labels is not None:  # the summed score itself, for the picture titles
         values = (view * resolved.target.weights.to(view.dtype)).reshape(len(view), -1).sum(1).tolist()
         resolved.labels = [f"{label}: {v:.4g}" for label, v in zip(resolved.labels, values)]
@@ -261,7 +264,7 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if len(shape) == 1:
         reduced = _reduced(model, spec.name)
         if reduced is not None:  # a decoder's per-step confidence (the ReduceMax of each step's Softmax): no classes
-            return Layout(f"one score per position [N, T] (a {reduced} over each position's values)", "other", "top",
+            return Layout(f"one score per position [N, T] (a {reduced} over each position's values)", "other", "sum",
                           final=op, top="the top position's score")
         return Layout("classes [N, C]", "classes", "top", final=op)
     image = _image_size(model, inputs)
@@ -416,7 +419,13 @@ _NORMS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedL
 def _reduced(model, name: str) -> Optional[str]:
     """The ReduceMax or ReduceMin (axes dropped) that computes the output through reshapes: one score per
     position of what it reduces (hunt 32: pmsh's decoder gives each step's top probability), not classes."""
-    node = _past_reshapes({o: n for n in model.onnx_model.graph.node for o in n.output}, name)
+    graph = model.onnx_model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    node = _past_reshapes(producers, name)
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    if node is not None and node.op_type == "Concat":  # a fixed first step's score written beside the reduced
+        varying = [i for i in node.input if i not in constants]  # ones (tiny-pron: 1.0 for [START])
+        node = _past_reshapes(producers, varying[0]) if len(varying) == 1 else None
     if node is None or node.op_type not in ("ReduceMax", "ReduceMin"):
         return None
     keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
@@ -869,6 +878,24 @@ def _embedding(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolv
     detail["length"] = pooled.norm(dim=1).tolist()
     labels = [f"target: the {noun}'s length along itself" for _ in range(len(view))]
     return Resolved(Target(weights=full.to(torch.float32), per_example=True), "embedding", source, detail, labels)
+
+
+def _summed(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
+    """Every value of the output summed per example (over the steps an input mask or lengths keeps): a
+    decoder's per-step confidences are the decoded sequence's, not one step's (g2p-id's tiny-pron writes
+    1.0 for its [START] step, which `top` picked: every attribution 0, hunt 33)."""
+    import torch
+
+    weights = torch.ones(view.shape, dtype=torch.float32)
+    source = "the output's values summed over its positions"
+    found = detail.pop("steps_from", None)
+    if found is not None:
+        name, kept = found
+        weights = weights * torch.from_numpy(kept.reshape(*kept.shape, *[1] * (view.dim() - 2))).to(weights.dtype)
+        detail.update(steps_from=name, steps_kept=kept.sum(1).tolist())
+        source += f", over the steps input {name!r} keeps (its padding left out)"
+    labels = ["target: the summed values" for _ in range(len(view))]
+    return Resolved(Target(weights=weights, per_example=True), "sum", source, detail, labels)
 
 
 def _blank(view: Tensor) -> Optional[int]:
