@@ -241,3 +241,40 @@ def test_a_length_the_exporter_could_not_name_is_not_a_count_of_detections(tmp_p
     assert report["target"] == [top]
     got = np.load(out / "attributions.npz")["x"]
     np.testing.assert_allclose(got.sum(), y[top] - y0[top], rtol=1e-4, atol=1e-5)
+
+
+def test_scores_a_threshold_filters_before_the_nms_are_explained_before_the_filter(tmp_path):
+    """Ultralytics' end-to-end export (nms=True, retuve's YOLO11-seg in hunt 33) feeds its NMS the scores
+    above a confidence threshold, GatherND(s, Transpose(NonZero(s > conf))): their count follows the values
+    (none at a black baseline), so DeepLift refused and IG's target was out of range. The fixed-size scores
+    s, one per anchor, are exposed instead. Oracle: the sigmoid scores by hand, the completeness identity."""
+    nodes = [helper.make_node("MatMul", ["x", "wc"], ["logits"]),  # [1, 8, 1]: one class
+             helper.make_node("Squeeze", ["logits", "last"], ["z"]), helper.make_node("Sigmoid", ["z"], ["s"]),
+             helper.make_node("Greater", ["s", "conf"], ["on"]), helper.make_node("NonZero", ["on"], ["where"]),
+             helper.make_node("Transpose", ["where"], ["at"], perm=[1, 0]),
+             helper.make_node("GatherND", ["s", "at"], ["passed"]),  # [k]
+             helper.make_node("MatMul", ["x", "wb"], ["all_boxes"]), helper.make_node("Squeeze", ["all_boxes", "zero"], ["b"]),
+             helper.make_node("Gather", ["at", "one"], ["anchors"], axis=1),
+             helper.make_node("Gather", ["b", "anchors"], ["passed_boxes"], axis=0),
+             helper.make_node("Unsqueeze", ["passed", "zero_one"], ["nms_scores"]),  # [1, 1, k]
+             helper.make_node("Unsqueeze", ["passed_boxes", "zero"], ["nms_boxes"]),  # [1, k, 4]
+             helper.make_node("NonMaxSuppression", ["nms_boxes", "nms_scores", "keep", "iou"], ["picked"]),
+             helper.make_node("Gather", ["picked", "two"], ["kept_index"], axis=1),
+             helper.make_node("Gather", ["passed", "kept_index"], ["kept"], axis=0)]
+    proto = make_model(nodes, [("x", FLOAT, [1, 8, 3])], [("kept", FLOAT, ["K"])], opset=13, initializers={
+        "wc": WC[:, :1], "wb": WB, "last": np.array([2], np.int64), "conf": np.array(0.4, np.float32),
+        "zero": np.array([0], np.int64), "zero_one": np.array([0, 1], np.int64), "one": np.array(1, np.int64),
+        "two": np.array(2, np.int64), "keep": np.array([3], np.int64), "iou": np.array([0.5], np.float32)})
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    assert [(o.name, o.role) for o in model.outputs] == [("kept", KEPT_BY_NMS), ("s", NMS_SCORES)]
+    x = (RNG.standard_normal((1, 8, 3)) * 2).astype(np.float32)
+    scores = 1 / (1 + np.exp(-(x[0].astype(np.float64) @ WC[:, 0])))  # [8], by hand
+    assert (scores > 0.4).any()
+    path, inputs, out = tmp_path / "filtered.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(proto, path)
+    np.savez(inputs, x=x)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--baseline", "zeros"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["output"] == "s" and report["method"] == "DeepLift"
+    top = int(scores.argmax())
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["x"].sum(), scores[top] - 0.5, rtol=1e-5)

@@ -543,6 +543,7 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
               if any(later in _downstream(graph, set(node.output)) for other, later in suppressions
                      if other is not node and later is not None)}
     for node, scores in suppressions:
+        scores = scores if scores is None else _unfiltered(producer, scores)
         # NMS scores gathered by a final TopK's pre-selection (top-k anchors, then NMS): the TopK's
         # scores are exposed below instead, since explaining these would need a rule for the TopK
         if scores is not None and kept and scores not in preselected and id(node) not in staged and expose(
@@ -568,6 +569,25 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
     out.CopyFrom(model)
     out.graph.output.extend(added)
     return out, notes, roles
+
+
+def _unfiltered(producer: dict, name: str) -> str:
+    """The fixed-size scores a threshold filter selected `name` from, where it did: Ultralytics'
+    end-to-end export (nms=True) feeds its NMS GatherND(s, Transpose(NonZero(s > conf))), whose length
+    follows the values (8 anchors at the input, 0 at a black baseline: DeepLift refused, IG's target
+    was out of range, hunt 33). `s` has one score per anchor at every input. `name` itself otherwise."""
+    node = producer.get(name)
+    while node is not None and node.op_type in PASS_THROUGH:
+        node = producer.get(node.input[0])
+    if node is None or node.op_type not in ("GatherND", "Gather", "Compress") or len(node.input) < 2:
+        return name
+    index = producer.get(node.input[1])
+    while index is not None and index.op_type in PASS_THROUGH:
+        index = producer.get(index.input[0])
+    if index is not None and (index.op_type == "NonZero" or node.op_type == "Compress" and index.op_type in
+                              ("Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal", "And", "Or", "Not")):
+        return node.input[0]
+    return name
 
 
 def _suppressions(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, Optional[str]]]:
