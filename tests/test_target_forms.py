@@ -1087,3 +1087,29 @@ def test_a_reduce_max_per_step_is_one_score_per_position_not_classes(tmp_path, s
     assert report["target_detail"]["layout"].startswith("one score per position [N, T]")
     assert report["target"] == "sum" and np.abs(sums).max() > 0
     _complete(sums, y.sum(1), np.full(len(x), y0.sum()))
+
+
+def test_per_step_scores_written_step_by_step_are_one_score_per_position(tmp_path):
+    """An unrolled decoder writes each step's top probability into a buffer, probs[:, t] = p.max(), which
+    PyTorch exports as a chain of ScatterND into a constant (g2p-id's tiny-pron, hunt 33): read as
+    classes, its default was one step. The steps' scores are summed, checked against onnxruntime."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["l"]), helper.make_node("Softmax", ["l"], ["p"], axis=-1)]
+    last = "buffer"
+    for t in range(3):
+        nodes += [helper.make_node("Gather", ["p", f"t{t}"], [f"p{t}"], axis=1),  # [N, 5]
+                  helper.make_node("ReduceMax", [f"p{t}"], [f"m{t}"], axes=[-1], keepdims=0),  # [N]
+                  helper.make_node("Reshape", [f"m{t}", "column"], [f"u{t}"]),  # [1]: one update per index row
+                  helper.make_node("ScatterND", [last, f"at{t}", f"u{t}"], [f"s{t}"])]
+        last = f"s{t}"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    inits = {"w": RNG.normal(size=(8, 5)).astype(np.float32), "buffer": np.ones((1, 4), np.float32),
+             "column": np.array([1], np.int64)}
+    for t in range(3):
+        inits[f"t{t}"] = np.array(t, np.int64)
+        inits[f"at{t}"] = np.array([[0, t + 1]], np.int64)  # step t + 1: step 0 keeps its 1.0
+    path = _save(tmp_path, nodes, [_info("x", [1, 3, 8])], [_info("y", [1, 4])], inits, "scattered.onnx")
+    x = RNG.normal(size=(1, 3, 8)).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target_detail"]["layout"].startswith("one score per position [N, T]") and report["target"] == "sum"
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x))
+    _complete(sums, y.sum(1), y0.sum(1))

@@ -421,11 +421,28 @@ def _reduced(model, name: str) -> Optional[str]:
     position of what it reduces (hunt 32: pmsh's decoder gives each step's top probability), not classes."""
     graph = model.onnx_model.graph
     producers = {o: n for n in graph.node for o in n.output}
-    node = _past_reshapes(producers, name)
     constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    node = _past_reshapes(producers, name)
+    if node is not None and node.op_type == "ScatterND":  # written step by step into a constant (an unrolled
+        steps = []  # decoder's probs[:, t] = p.max(): g2p-id's tiny-pron, hunt 33): every update a reduction
+        while node is not None and node.op_type == "ScatterND" and len(node.input) == 3:
+            steps.append(node.input[2])
+            node = producers.get(node.input[0])
+        if node is not None and node.output[0] not in constants or not steps:
+            return None
+        found = {_reduction(producers, update) for update in steps}
+        return found.pop() if len(found) == 1 and None not in found else None
     if node is not None and node.op_type == "Concat":  # a fixed first step's score written beside the reduced
         varying = [i for i in node.input if i not in constants]  # ones (tiny-pron: 1.0 for [START])
         node = _past_reshapes(producers, varying[0]) if len(varying) == 1 else None
+    return None if node is None else _reduction(producers, node.output[0])
+
+
+def _reduction(producers: dict, name: str) -> Optional[str]:
+    """The ReduceMax or ReduceMin with its axes dropped that computes `name` through reshapes and expands."""
+    node = producers.get(name)
+    while node is not None and (node.op_type in _RESHAPING or node.op_type == "Expand") and node.input:
+        node = producers.get(node.input[0])
     if node is None or node.op_type not in ("ReduceMax", "ReduceMin"):
         return None
     keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
