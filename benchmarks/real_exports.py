@@ -514,6 +514,32 @@ def glasses_face(size: int = 160) -> np.ndarray:
     return face[None].astype(np.float32)
 
 
+def hip_ultrasound(size: int = 512, seed: int = 0) -> np.ndarray:
+    """retuve's hip-ultrasound detector input [1, 3, H, W] in [0, 1] (letterboxed, /255, RGB): a coronal
+    Graf view drawn as the hunt drew it, a bright straight ilium, the acetabular roof curving down over a
+    hypoechoic (dark) femoral head, the ischium, soft-tissue layers, multiplicative speckle, a sector."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    scale = size / 512
+    picture = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(picture)
+    box = lambda *v: tuple(int(t * scale) for t in v)  # noqa: E731
+    draw.rectangle(box(0, 60, 511, 120), fill=110)  # soft tissue
+    draw.line(box(60, 170, 300, 175), fill=230, width=int(10 * scale))  # ilium
+    draw.arc(box(240, 170, 400, 330), 180, 260, fill=220, width=int(10 * scale))  # acetabular roof
+    draw.ellipse(box(260, 230, 420, 390), fill=25)  # femoral head
+    draw.arc(box(260, 230, 420, 390), 0, 360, fill=120, width=int(4 * scale))
+    draw.ellipse(box(150, 360, 250, 430), fill=200)  # ischium
+    drawn = np.asarray(picture, np.float64)
+    speckled = np.where(drawn > 0, drawn, 40.0) * rng.gamma(4, 0.25, drawn.shape)
+    blurred = np.asarray(Image.fromarray(np.clip(speckled, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5)),
+                         np.float64)
+    yy, xx = np.mgrid[:size, :size]
+    blurred[np.hypot(yy + 300 * scale, xx - size / 2) > 820 * scale] = 0  # the probe's sector
+    return np.repeat((blurred / 255).astype(np.float32)[None, None], 3, axis=1)
+
+
 def text_line(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """A printed text line [N, 3, H, W] in [0, 1]: `glyph_captcha`'s dark strokes, a glyph every
     half line height, on a light background."""
@@ -2810,6 +2836,24 @@ SPECS: list[Spec] = [
          "libtashkeel's Arabic diacritiser (PyTorch 2.1): char and hint ids beside their length, a GRU, "
          "attention, TopK/ScatterElements; a Softmax over 15 diacritics per character. Ids from the package's "
          "own TashkeelDiacritizer for a 31-character sentence (hunt 32)"),
+    Spec("g2p_tinypron", "g2p-id", "0.0.4", "g2p_id/tiny-pron.onnx", "sequence",
+         lambda: {"text": np.array([[1, 18, 7, 22, 7, 20, 16, 3, 13, 3, 16, 2] + [0] * 16], np.int64)}, None,
+         "Indonesian G2P: a PyTorch nn.Transformer (time-major ids [T, N]) with its greedy decode unrolled 18 "
+         "times, each step looking up its own ArgMax token; per-step probabilities written into a buffer by "
+         "ScatterND (hunt 33: DeepLift exit 3, the gradient methods' lookups batch-first, step 0's constant "
+         "explained)", refuses=("deeplift",)),
+    Spec("g2p_bertpron", "g2p-id", "0.0.4", "g2p_id/bert_pron.onnx", "sequence",
+         lambda: {"input_1": np.array([[15, 31, 9, 31, 7, 6, 2, 11, 2, 6] + [0] * 22,
+                                       [11, 31, 12, 31, 17, 2, 4] + [0] * 25], np.int64)}, None,
+         "tf2onnx letter BERT (a masked language model over graphemes, 31 = [mask]) padded to 32 with id 0 and "
+         "no mask input: greedy leaves the padding steps out (hunt 33)"),
+    Spec("tonocr_rec", "ton-ocr", "0.2.3", "ton_ocr/models/text_recognition.onnx", "sequence recogniser",
+         lambda: {"x": text_line(2, 48, 384) * 2 - 1}, None,
+         "PP-OCR recogniser (paddle2onnx, opset 9), lines normalised to [-1, 1] (hunt 33)"),
+    Spec("hip_yolo11_nms", "retuve-yolo-plugin", "1.1.0", "retuve_yolo_plugin/weights/v1.0/hip-yolo-us.onnx",
+         "detector", lambda: {"images": hip_ultrasound()}, None,
+         "YOLO11n-seg with Ultralytics' end-to-end NMS: its NMS reads the scores above a threshold, "
+         "GatherND(s, NonZero(s > conf)), explained before that filter, one per anchor (hunt 33)"),
     Spec("ocra_orientation", "ocra", "0.2.1", "ocra/orientation/orientation_model.onnx", "classifier",
          lambda: {"image": imagenet_image(224, 224), "aspect": np.array([[0.71]], np.float32)}, None,
          "timm mobilenetv3 page-orientation classifier with a second input, the page's aspect ratio [N, 1]"),
