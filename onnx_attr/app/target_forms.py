@@ -406,10 +406,11 @@ _POOLING_STEPS = frozenset({"ReduceSum", "ReduceMean", "Mul", "Reshape", "Transp
 _RESHAPING = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Dropout"})
 
 
-def _past_reshapes(producers: dict, name: str):
-    """The node that computes `name`'s values, past the reshapes and casts after it (None: an input)."""
+def _past_reshapes(producers: dict, name: str, through: frozenset = frozenset()):
+    """The node that computes `name`'s values, past the reshapes and casts after it (and the ops in
+    `through`; None: an input)."""
     node = producers.get(name)
-    while node is not None and node.op_type in _RESHAPING and node.input:
+    while node is not None and (node.op_type in _RESHAPING or node.op_type in through) and node.input:
         node = producers.get(node.input[0])
     return node
 _NORMS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
@@ -440,9 +441,7 @@ def _reduced(model, name: str) -> Optional[str]:
 
 def _reduction(producers: dict, name: str) -> Optional[str]:
     """The ReduceMax or ReduceMin with its axes dropped that computes `name` through reshapes and expands."""
-    node = producers.get(name)
-    while node is not None and (node.op_type in _RESHAPING or node.op_type == "Expand") and node.input:
-        node = producers.get(node.input[0])
+    node = _past_reshapes(producers, name, frozenset({"Expand"}))
     if node is None or node.op_type not in ("ReduceMax", "ReduceMin"):
         return None
     keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
@@ -711,8 +710,14 @@ class LargestScore:
     examples: int = 1
 
     def __call__(self, output: Tensor) -> Tensor:
-        flat = output.reshape(1, -1) if self.examples == 1 else output.reshape(output.shape[0], -1)
+        flat = _example_rows(output, self.examples)
         return flat.amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+
+
+def _example_rows(output: Tensor, examples: int) -> Tensor:
+    """The output as one row per example: one example's is the whole output, whichever axis a batch probe
+    took for its batch."""
+    return output.reshape(1, -1) if examples == 1 else output.reshape(output.shape[0], -1)
 
 
 @dataclass(frozen=True)
@@ -723,8 +728,7 @@ class OutputNorm:
     examples: int = 1
 
     def __call__(self, output: Tensor) -> Tensor:
-        flat = output.reshape(1, -1) if self.examples == 1 else output.reshape(output.shape[0], -1)
-        return flat.norm(dim=1)
+        return _example_rows(output, self.examples).norm(dim=1)
 
 
 def _top(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
