@@ -170,15 +170,19 @@ def test_a_model_without_attributable_inputs_exits_2_saying_why(tmp_path, capsys
 def test_an_output_empty_for_this_input_exits_2_saying_so(tmp_path, capsys):
     """Scores kept above a threshold (a detector's postprocess, found on torchvision's Faster R-CNN
     with random weights): none passes here, so the output is [0]. The default target's argmax was an
-    internal error (exit 3)."""
+    internal error (exit 3). By default the scores the threshold compares are explained (one per
+    position at every input); the filtered output asked for by name is the clear error."""
     nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Greater", ["s", "threshold"], ["kept"]),
              helper.make_node("Compress", ["s", "kept"], ["scores"], axis=1)]
     path = _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
                  [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, "kept"])],
                  {"threshold": np.array(0.99, np.float32)})
     np.savez(tmp_path / "x.npz", x=np.zeros((1, 6), np.float32))
-    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--no-pictures"]) == 2
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--no-pictures",
+                 "--output-name", "scores"]) == 2
     assert "output 'scores' is empty for this input (shape [1, 0]" in capsys.readouterr().err
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "default"), "--no-pictures"]) == 0
+    assert json.loads((tmp_path / "default" / "report.json").read_text())["output"] == "s"
 
 
 def test_segment_of_a_class_predicted_nowhere_is_a_clear_error(tmp_path):

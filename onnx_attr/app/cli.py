@@ -424,6 +424,8 @@ def cmd_inspect(args) -> int:
             "no batch axis: one example's" if d["batch_axis"] is None else _batch_text(d["batch_axis"])
         lines.append(f"  {s.describe()}  ({batch}, as declared)")
         lines.append(f"    final activation: {s.final_activation.describe() if s.final_activation else 'none found'}")
+        if getattr(s, "role", None):
+            lines.append(f"    role: {s.role}")
     lines.append("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))
     nonlinear = info["nonlinear_nodes"]
     lines.append(f"nonlinear nodes ({len(nonlinear)}), with the tensor each produces:")

