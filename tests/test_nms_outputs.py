@@ -377,3 +377,31 @@ def test_a_mask_that_is_no_threshold_of_one_computed_tensor_exposes_nothing():
                        {"two": np.array(2, np.float32)}, opset=13)
     model = onnx_attr.load(proto)
     assert [(o.name, o.role) for o in model.outputs] == [("picked", None), ("positive", None), ("twice", None)]
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_class_scores_a_filter_keeps_detections_by_are_explained_at_the_top_anchor(tmp_path, transposed):
+    """Per-class scores [N, A, C] (or YOLOv8's [N, C, A]) thresholded into the kept scores, no NMS after:
+    the default explains the largest class score of the top anchor (the anchor form), not a greedy path
+    over anchors read as time steps. Oracle: the sigmoid scores by hand and the completeness identity."""
+    nodes = [helper.make_node("MatMul", ["x", "wc"], ["z"])]  # [1, 8, 2]
+    if transposed:
+        nodes.append(helper.make_node("Transpose", ["z"], ["zt"], perm=[0, 2, 1]))  # [1, 2, 8]
+    nodes += [helper.make_node("Sigmoid", ["zt" if transposed else "z"], ["s"]),
+              helper.make_node("Greater", ["s", "conf"], ["on"]), helper.make_node("NonZero", ["on"], ["where"]),
+              helper.make_node("Transpose", ["where"], ["at"], perm=[1, 0]),
+              helper.make_node("GatherND", ["s", "at"], ["scores"])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 8, 3])], [("scores", FLOAT, ["k"])], opset=13,
+                       initializers={"wc": WC, "conf": np.array(0.4, np.float32)})
+    x = (RNG.standard_normal((1, 8, 3)) * 2).astype(np.float32)
+    scores = 1 / (1 + np.exp(-(x[0].astype(np.float64) @ WC.astype(np.float64))))  # [8, 2], by hand
+    anchor, cls = np.unravel_index(scores.argmax(), scores.shape)
+    path, inputs, out = tmp_path / "filtered.onnx", tmp_path / "in.npz", tmp_path / "out"
+    onnx.save(proto, path)
+    np.savez(inputs, x=x)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "-q", "--no-pictures",
+                 "--baseline", "zeros"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["output"] == "s" and report["target_detail"]["layout"].startswith("the scores [N, ")
+    assert report["target"] == ([[int(cls), int(anchor)]] if transposed else [[int(anchor), int(cls)]])
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["x"].sum(), scores[anchor, cls] - 0.5, rtol=1e-5)

@@ -297,6 +297,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if getattr(spec, "role", None) == NMS_SCORES:
         return Layout("the class scores [N, C, A] a NonMaxSuppression reads", "detector", "anchor", box=0,
                       scores_first=True, final=op)
+    if getattr(spec, "role", None) == FILTER_SCORES:  # scores a threshold keeps detections by: the anchors are
+        first = shape[0] < shape[1]  # the longer axis (YOLOv8's classes [N, 80, 8400], a transposed [N, 8400, 80])
+        return Layout(f"the scores [N, {'C, A' if first else 'A, C'}] a threshold filter keeps detections by",
+                      "detector", "anchor", box=0, scores_first=first, final=op)
     if getattr(spec, "role", None) == TOPK_SCORES:
         return Layout("the scores [N, A, C] a TopK selects detections from", "detector", "anchor", box=0,
                       scores_first=False, final=op)
