@@ -356,6 +356,21 @@ def test_detector_default_is_the_top_anchors_class_score(tmp_path, anchors_last,
     _complete(sums, [y[i][p] for i, p in enumerate(picks)], [y0[p] for p in picks])
 
 
+@pytest.mark.parametrize("form", ["region", "greedy", "segment", "sum", "embedding"])
+def test_forms_that_would_read_box_coordinates_as_scores_are_refused_on_a_detector_head(tmp_path, capsys, form):
+    """A detector head's rows mix box coordinates with class scores: `--target region` summed every value
+    above halfway (the coordinates), `greedy` took each row's argmax anchor, boxes included (sweep 35 on
+    nudenet's YOLOv8). Refused, naming the forms that fit; the default and `top` still run."""
+    path, _ = _detector(tmp_path)
+    x = (RNG.uniform(size=(1, 3, 64, 64)) * 255).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"), "--no-pictures",
+                 "--target", form]) == 2
+    err = capsys.readouterr().err
+    assert f"--target {form} does not fit a detector head" in err and "use anchor" in err
+    _run(tmp_path, path, x, "--no-pictures", "--target", "top")
+
+
 def test_a_segmentation_heads_mask_coefficients_are_not_class_scores(tmp_path):
     """YOLOv8-seg's head [N, 4 + C + 32, A] beside its prototypes [N, 32, h, w] (platedet's plate
     segmenter, C = 1): the default took the best of rows 4..36, a mask coefficient when they outweigh

@@ -66,6 +66,7 @@ if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument che
     from torch import Tensor
 
 NAMED_FORMS = ("top", "region", "greedy", "anchor", "segment", "embedding", "sum")
+_DETECTOR_FORMS = ("anchor", "top", "indices")
 FORMS_HELP = ("top | region | region>T | greedy | greedy=all | anchor | segment | segment=K | embedding | sum | an int (negative from the end) | "
               "i,j,k (one per example, or one index of an output with several axes) | a:b (one index over the axes "
               "after the batch)")
@@ -177,6 +178,11 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
         layout = replace(layout, name=f"{layout.name}, channels last [N, H, W, C]")
     if form == "default":
         form = layout.default
+    elif layout.kind == "detector" and form not in _DETECTOR_FORMS:  # a head's rows mix box coordinates
+        # and class scores: a region, a greedy path or a segment over them explains coordinates as scores
+        raise InputError(f"--target {text} does not fit {layout.name}: its values mix box coordinates with class "
+                         "scores, so that form would explain coordinates as scores; use anchor (the default: the "
+                         "top anchor's best class score), top, or indices a,k")
     detail = {"layout": layout.name, "output_shape": list(out.shape), "batch_axis": axis, "form": form}
     if form in ("greedy", "embedding") and view.dim() == 3 or form == "sum" and view.dim() == 2:
         detail["steps_from"] = _steps_from(inputs, view)
