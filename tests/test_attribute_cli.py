@@ -325,7 +325,7 @@ def _linear_image_model(tmp_path, shape=(3, 24, 20)):
     return path, x, w
 
 
-@pytest.mark.parametrize("method", ["featureablation", "shapleyvaluesampling", "kernelshap"])
+@pytest.mark.parametrize("method", ["featureablation", "shapleyvaluesampling", "kernelshap", "neuronfeatureablation"])
 def test_cli_perturbation_methods_cut_large_inputs_into_blocks(tmp_path, method):
     """An input of more elements per example than --features (default 256) is explained over at most
     that many contiguous blocks (square patches through the channels), not one forward per element;
@@ -335,8 +335,9 @@ def test_cli_perturbation_methods_cut_large_inputs_into_blocks(tmp_path, method)
 
     path, x, w = _linear_image_model(tmp_path)
     out = tmp_path / method
+    layer = ["--layer", "y"] if method.startswith("neuron") else []  # the neuron: element 1 of the Gemm's output
     assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(out), "--method", method,
-                 "--target", "1", "--no-pictures"]) == 0
+                 "--target", "1", "--no-pictures", *layer]) == 0
     report = json.loads((out / "report.json").read_text())
     ids = block_groups(x.shape[1:], 256).numpy()[0]
     assert report["blocks_per_input"] == {"x": int(ids.max()) + 1} and ids.max() + 1 <= 256

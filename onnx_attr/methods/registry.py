@@ -264,7 +264,7 @@ register("shapley:ShapleyValues", "perturbation", baselines=True, cli=False,
 register("perturbation:FeaturePermutation", "perturbation", draws=True, min_examples=2, options=_FEATURES)
 register("perturbation_layers:LayerFeatureAblation", "layer", baselines=True)
 register("perturbation_layers:LayerFeaturePermutation", "layer", draws=True, min_examples=2)
-register("perturbation_layers:NeuronFeatureAblation", "neuron", baselines=True)
+register("perturbation_layers:NeuronFeatureAblation", "neuron", baselines=True, options=_FEATURES)
 register("ig_variants:AdaptiveIntegratedGradients", "path", baselines=True, delta=True, options=_PATH)
 register("lrp:LRP", "rule", delta=True, options=("lrp_rule", "lrp_composite", "lrp_bounds"))
 register("lrp:LayerLRP", "layer", delta=True)
