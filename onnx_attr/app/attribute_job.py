@@ -135,6 +135,12 @@ ALL_ZERO = ("every attribution is exactly 0: the explained value is the same at 
             "held (--hold, and `onnx-attr inspect` for which inputs carry the batch)")
 
 
+LASSO_ZERO = ("every attribution is exactly 0: Lime's Lasso (alpha 0.01, Captum's default) shrinks every "
+              "coefficient to 0 when the explained value moves little across the perturbed samples against that "
+              "penalty, whatever the inputs do; --method kernelshap fits without a penalty, and the API's "
+              "onnx_attr.Lime(model, alpha=...) takes a smaller one")
+
+
 GRAPH_ZEROS_NOTE = ("input(s) {names} hold raw values the graph normalises itself (its first steps scale and shift "
                     "them), so zeros would be black, and black pixels would get no attribution: the baseline is the "
                     "value those steps map to 0 (mid-grey for x/127.5 - 1), as zeros are for a net normalised outside "
@@ -803,7 +809,7 @@ class _Job:
             "files": ["attributions.npz", "report.json"],
         }
         if attributions and not any(np.any(np.asarray(v)) for v in attributions.values()):
-            report["warnings"] = [*report.get("warnings", []), ALL_ZERO]
+            report["warnings"] = [*report.get("warnings", []), LASSO_ZERO if self.method == "lime" else ALL_ZERO]
         (folder / "report.json").unlink(missing_ok=True)  # unfinished until the new report lands
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in attributions.items()})
