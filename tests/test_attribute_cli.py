@@ -355,7 +355,7 @@ def _linear_image_model(tmp_path, shape=(3, 24, 20)):
 
 
 @pytest.mark.parametrize("method", ["featureablation", "shapleyvaluesampling", "kernelshap", "neuronfeatureablation"])
-def test_cli_perturbation_methods_cut_large_inputs_into_blocks(tmp_path, method):
+def test_cli_perturbation_methods_cut_large_inputs_into_blocks(tmp_path, capsys, method):
     """An input of more elements per example than --features (default 256) is explained over at most
     that many contiguous blocks (square patches through the channels), not one forward per element;
     on a linear model each block's value is Σ_block w·x by hand (zero baseline), shared by its elements,
@@ -370,6 +370,7 @@ def test_cli_perturbation_methods_cut_large_inputs_into_blocks(tmp_path, method)
     report = json.loads((out / "report.json").read_text())
     ids = block_groups(x.shape[1:], 256).numpy()[0]
     assert report["blocks_per_input"] == {"x": int(ids.max()) + 1} and ids.max() + 1 <= 256
+    assert f"'x' into {int(ids.max()) + 1}" in capsys.readouterr().out  # said: every element holds its block's value
     assert ids.max() + 1 >= 64  # patches of an image, not a handful of stripes
     assert report["manifest"]["options"]["features"] == 256
     got = np.load(out / "attributions.npz")["x"]

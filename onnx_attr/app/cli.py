@@ -628,6 +628,7 @@ def _attribution_summary(report: dict, out: str, worst: float) -> str:
                                                          f"max relative {report['max_relative_delta']:.3e}",
              *([f"note: that delta is {report['delta_meaning']}"]
                if not report.get("delta_meaning", "exact").startswith("exact") else []),
+             *([f"note: {blocks_note(report['blocks_per_input'])}"] if report.get("blocks_per_input") else []),
              "verify against onnxruntime: " + ('PASSED' if report['verify']['passed'] else
                                                f"NOT RUN ({report['verify']['not_run']})" if report['verify'].get('not_run')
                                                else 'FAILED'),
@@ -638,6 +639,14 @@ def _attribution_summary(report: dict, out: str, worst: float) -> str:
     if report.get("non_finite"):
         lines.append(f"warning: non-finite attributions; {report['non_finite']}")
     return "\n".join(lines)
+
+
+def blocks_note(blocks: dict) -> str:
+    """What a perturbation method's attributions over the CLI's blocks hold (Captum's feature_mask):
+    summed over the elements, each block's value counts as many times as it has elements."""
+    cut = ", ".join(f"{name!r} into {count}" for name, count in blocks.items())
+    return (f"features are blocks of contiguous elements ({cut}; --features N sets how many): every element "
+            "holds its whole block's attribution, so a block's value is any one of its elements', not their sum")
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
