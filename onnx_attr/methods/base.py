@@ -244,12 +244,12 @@ class AttributionMethod:
         return list(self._lookups)
 
     def _prepare(self, inputs: Any, baselines: Any, additional_forward_args: Any,
-                 samples: Optional[tuple[int, int]] = None) -> tuple[Prepared, int]:
+                 samples: Optional[tuple[int, int]] = None, local: bool = False) -> tuple[Prepared, int]:
         """The call's inputs checked and placed at their ONNX positions, and the number of examples;
         token ids are fed through their embedding lookups (`self.active` becomes that view).
         `samples`: (examples, draws per example) where the attributed inputs come with each example's
         draws in a row (GradientShap's): the other inputs (an attention mask) are repeated to match
-        before anything runs."""
+        before anything runs. `local`: a gradient at the input alone, which reads no baseline."""
         from onnx_attr.methods.gradient import at_embeddings, with_samples
 
         prepared = prepare(self.model, inputs, baselines, additional_forward_args, embedded=set(self.embedded_inputs),
@@ -265,7 +265,8 @@ class AttributionMethod:
             from onnx_attr.deeplift.quantized_lookup import dequantized_view
 
             lookups = [t for name, ts in self._lookups.items() for t in ts]
-            self.active, prepared = at_embeddings(dequantized_view(self.active, lookups), self._lookups, prepared, n)
+            self.active, prepared = at_embeddings(dequantized_view(self.active, lookups), self._lookups, prepared, n,
+                                                  at_baseline=not local)
         return prepared, n
 
     def _held_decoders(self, prepared):
@@ -381,7 +382,7 @@ class AttributionMethod:
                          output: Union[str, int, None]) -> tuple[Prepared, list[Optional[Tensor]]]:
         """d out[target] / d input at the inputs themselves, the call prepared and reported: what
         the local gradient methods (Saliency, InputXGradient, guided ones) start from."""
-        prepared, n = self._prepare(inputs, None, additional_forward_args)
+        prepared, n = self._prepare(inputs, None, additional_forward_args, local=True)
         index = self._output_index(output)
         grads, _ = self._gradients(prepared.tensors, prepared.attributed, self._targets(target, n, prepared, index),
                                    index, axes=prepared.row_axes())

@@ -77,9 +77,12 @@ class EmbeddedPrepared(Prepared):
         return own
 
 
-def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: int) -> tuple[Any, Prepared]:
+def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: int,
+                  at_baseline: bool = True) -> tuple[Any, Prepared]:
     """The model with the lookups of the attributed token-id inputs fed from outside, and the
-    inputs for it: the lookups' outputs for the ids (attributed) and for the baseline ids."""
+    inputs for it: the lookups' outputs for the ids (attributed) and for the baseline ids. A local
+    method (a gradient at the input) reads no baseline (`at_baseline` False): the model is not run
+    at the baseline ids, where it may not run at all (ids 0, a TTS model's zero durations: no frame)."""
     ids = [i for i, (t, a) in enumerate(zip(prepared.tensors, prepared.attributed))
            if a and not t.is_floating_point()]
     names = [s.name for s in model.inputs]
@@ -93,7 +96,7 @@ def at_embeddings(model, lookups: dict[str, list[str]], prepared: Prepared, n: i
     h = found[:len(tensors)]
     for path in filter(None, paths.values()):
         path.recorded = [found[len(tensors) + runtime.index(node.meta["onnx_tensor"])] for node in path.runtime]
-    h0 = tensor_values(model, tensors, reference)
+    h0 = tensor_values(model, tensors, reference) if at_baseline else [torch.zeros_like(v) for v in h]
     owner = {t: name for name, ts in chosen.items() for t in ts}
     for tensor, at_input, at_baseline in zip(tensors, h, h0):
         check_paired(tensor, owner[tensor], at_input.shape, at_baseline.shape)
