@@ -1128,3 +1128,37 @@ def test_per_step_scores_written_step_by_step_are_one_score_per_position(tmp_pat
     assert report["target_detail"]["layout"].startswith("one score per position [N, T]") and report["target"] == "sum"
     y, y0 = _ort(path, x), _ort(path, np.zeros_like(x))
     _complete(sums, y.sum(1), y0.sum(1))
+
+
+def test_a_ctc_transducer_over_token_ids_leaves_its_blank_out(tmp_path):
+    """hibari-tts's grapheme-to-phoneme model (hunt 34): characters [1, L] in, four steps of [blank +
+    phonemes] scores per character out. The blank rule was kept to pictures and sound (a tagger over
+    ids has one step per token, and its class 0 is an answer), so greedy explained 19 blank steps of 32;
+    steps a multiple of the tokens are a transducer's. Oracle: the path and its sum by hand (onnxruntime's
+    scores), and completeness against onnxruntime at the baseline ids."""
+    rng = np.random.default_rng(3)
+    vocab, dim, classes, per = 20, 8, 12, 4
+    bias = np.zeros(classes, np.float32)
+    bias[0] = 7.0  # the blank wins most steps
+    nodes = [helper.make_node("Gather", ["E", "chars"], ["emb"]), helper.make_node("Unsqueeze", ["emb", "two"], ["e4"]),
+             helper.make_node("Add", ["e4", "P"], ["up"]), helper.make_node("MatMul", ["up", "W"], ["s0"]),
+             helper.make_node("Add", ["s0", "b"], ["s1"]), helper.make_node("Reshape", ["s1", "shape"], ["scores"])]
+    path = _save(tmp_path, nodes, [_info("chars", [1, "L"], TensorProto.INT64)], [_info("scores", [1, "T", classes])],
+                 {"E": rng.normal(0, 1, (vocab, dim)).astype(np.float32),
+                  "P": rng.normal(0, 1, (per, dim)).astype(np.float32),
+                  "W": rng.normal(0, 1, (dim, classes)).astype(np.float32), "b": bias,
+                  "two": np.array([2], np.int64), "shape": np.array([1, -1, classes], np.int64)}, "ctc_ids.onnx")
+    chars = np.array([[3, 7, 11, 4, 9, 15, 2, 5]], np.int64)
+    np.savez(tmp_path / "x.npz", chars=chars)
+    out = tmp_path / "run"
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(out), "--no-pictures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    scores = session.run(None, {"chars": chars})[0][0].astype(np.float64)  # [32, 12]
+    reference = session.run(None, {"chars": np.zeros_like(chars)})[0][0].astype(np.float64)
+    best = scores.argmax(1)
+    assert (best == 0).sum() * 3 >= len(best) and report["target_detail"]["blank"] == 0
+    kept = np.flatnonzero(best != 0)
+    with np.load(out / "attributions.npz") as data:
+        total = data["chars"].astype(np.float64).sum()
+    _complete([total], [scores[kept, best[kept]].sum()], [reference[kept, best[kept]].sum()])

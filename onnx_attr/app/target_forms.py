@@ -187,8 +187,8 @@ def resolve(text: Optional[str], out: Tensor, *, model, output_index: int, input
     if form in ("greedy", "embedding") and view.dim() == 3 or form == "sum" and view.dim() == 2:
         detail["steps_from"] = _steps_from(inputs, view)
     if form == "greedy":
-        if value != "all" and view.dim() == 3 and layout.final != "Sigmoid" and _pictures_or_sound(inputs) \
-                and not _reads_tokens(model):
+        if value != "all" and view.dim() == 3 and layout.final != "Sigmoid" and (
+                _pictures_or_sound(inputs) and not _reads_tokens(model) or _steps_per_token(inputs, view) >= 2):
             detail["blank"] = _blank(view)
     resolved = {"top": _top, "region": _region, "greedy": _greedy, "anchor": _anchor, "segment": _segment,
                 "embedding": _embedding, "sum": _summed, "indices": _indices, "output": _itself}[form](
@@ -974,6 +974,19 @@ def _reads_tokens(model) -> bool:
     from onnx_attr.deeplift.layers import embedding_lookups
 
     return bool(embedding_lookups(model))
+
+
+def _steps_per_token(inputs: dict[str, np.ndarray], view: Tensor) -> int:
+    """How many steps of a sequence [N, T, C] each token of an ids input [N, L] has, where T is a
+    multiple of L (0 otherwise): a tagger has one step per token, a CTC transducer over characters
+    several (hibari-tts's grapheme-to-phoneme model: 4), most of them its blank's."""
+    steps = view.shape[1]
+    for value in inputs.values():
+        value = np.asarray(value)
+        if value.ndim == 2 and value.shape[0] == view.shape[0] and np.issubdtype(value.dtype, np.integer) \
+                and value.shape[1] and steps % value.shape[1] == 0:
+            return steps // value.shape[1]
+    return 0
 
 
 def _steps_from(inputs: dict[str, np.ndarray], view: Tensor) -> Optional[tuple[str, np.ndarray]]:
