@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+import onnx_attr
 from conftest import FLOAT, make_model
 from onnx_attr.app.cli import main
 
@@ -267,3 +268,73 @@ def test_ids_padded_with_zeros_leave_their_padding_steps_out_of_greedy(tmp_path)
     kept = np.arange(8)[None, :] < np.array([[4], [6]])
     picked = lambda z: (np.take_along_axis(z, path_[..., None], 2)[..., 0] * kept).sum(1)  # noqa: E731
     np.testing.assert_allclose(np.load(out / "attributions.npz")["ids"].sum(1), picked(at) - picked(base), rtol=1e-4)
+
+
+def _frames_model():
+    """A duration TTS's acoustic model (hibari-tts's layout, hunt 34): ids [1, L] -> a feature row per
+    token and a duration per token (Round), repeated over F = Σ durations frames (CumSum, Range,
+    GreaterOrEqual), output [1, B, F]: the frame count follows the ids' values, not their shape."""
+    from conftest import make_model
+
+    rng = np.random.default_rng(0)
+    vocab, dim, bins = 20, 8, 16
+    weights = {"E": rng.normal(0, 1, (vocab, dim)).astype(np.float32),
+               "W": rng.normal(0, .5, (dim, bins)).astype(np.float32),
+               "v": rng.normal(0, .5, (dim, 1)).astype(np.float32), "two": np.array(2, np.float32),
+               "onef": np.array(1, np.float32), "zero": np.array(0, np.int64), "one": np.array(1, np.int64),
+               "last": np.array([-1], np.int64)}
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"]), helper.make_node("MatMul", ["emb", "W"], ["feat"]),
+             helper.make_node("MatMul", ["emb", "v"], ["d0"]), helper.make_node("Relu", ["d0"], ["d1"]),
+             helper.make_node("Mul", ["d1", "two"], ["d2"]), helper.make_node("Add", ["d2", "onef"], ["d3"]),
+             helper.make_node("Round", ["d3"], ["d4"]), helper.make_node("Squeeze", ["d4", "last"], ["df"]),
+             helper.make_node("Cast", ["df"], ["dur"], to=TensorProto.INT64),
+             helper.make_node("CumSum", ["dur", "one"], ["ends"]),
+             helper.make_node("ReduceSum", ["dur"], ["frames"], keepdims=0),
+             helper.make_node("Range", ["zero", "frames", "one"], ["t"]),
+             helper.make_node("Unsqueeze", ["t", "last"], ["t2"]),
+             helper.make_node("GreaterOrEqual", ["t2", "ends"], ["past"]),
+             helper.make_node("Cast", ["past"], ["pi"], to=TensorProto.INT64),
+             helper.make_node("ReduceSum", ["pi", "last"], ["token"], keepdims=0),
+             helper.make_node("Gather", ["feat", "token"], ["per_frame"], axis=1),
+             helper.make_node("Transpose", ["per_frame"], ["spec"], perm=[0, 2, 1])]
+    return make_model(nodes, [("ids", TensorProto.INT64, [1, "L"])], [("spec", TensorProto.FLOAT, [1, bins, "F"])],
+                      weights, opset=17)
+
+
+def test_an_output_whose_frames_follow_the_ids_values_is_explained_by_its_norm(tmp_path):
+    """Its mask target, read as a sequence, had the input's frame count: DeepLift refused (a size follows
+    the values), and FeatureAblation and IG stopped on every copy with another count (hibari-tts, hunt 34).
+    Its norm is one value at any length. Oracle: each token's drop of ‖spec‖ when set to the baseline id,
+    by onnxruntime."""
+    model = _frames_model()
+    path, inputs = tmp_path / "tts.onnx", tmp_path / "ids.npz"
+    onnx.save(model, path)
+    ids = np.array([[0, 3, 7, 11, 4, 9, 15, 2, 0]], np.int64)
+    np.savez(inputs, ids=ids)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    norm = lambda i: float(np.linalg.norm(session.run(None, {"ids": i})[0].astype(np.float64)))  # noqa: E731
+    assert session.run(None, {"ids": ids})[0].shape[2] != session.run(None, {"ids": ids * 0 + 3})[0].shape[2]
+    out = tmp_path / "default"
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(out), "--no-pictures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == "output norm" and report["manifest"]["method"] == "featureablation"
+    expected = []
+    for k in range(ids.shape[1]):
+        ablated = ids.copy()
+        ablated[0, k] = 0
+        expected.append(norm(ids) - norm(ablated))
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["ids"][0], expected, rtol=1e-4, atol=1e-5)
+    assert main(["attribute", str(path), "-i", str(inputs), "-o", str(tmp_path / "ig"), "--no-pictures",
+                 "--method", "integratedgradients"]) == 0
+
+
+def test_a_size_read_off_a_held_setting_is_no_count():
+    """An output resized to a size given as an integer input (a preprocessing graph's target size):
+    held at its value, the size does not move along the path, so the output keeps its own layout."""
+    nodes = [helper.make_node("Resize", ["x", "", "", "size"], ["y"], mode="linear")]
+    proto = make_model(nodes, [("x", FLOAT, [1, 3, 8, 8]), ("size", TensorProto.INT64, [4])],
+                       [("y", FLOAT, ["a", "b", "c", "d"])], opset=13)
+    model = onnx_attr.load(proto)
+    from onnx_attr.app.target_forms import _sized_by_values
+
+    assert not _sized_by_values(model, model.outputs[0])

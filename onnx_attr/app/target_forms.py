@@ -267,6 +267,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
     if len(shape) == 1 and getattr(spec, "role", None) == FILTER_SCORES:
         return Layout(f"one score per position [N, {shape[0]}] that a threshold filter keeps positions by", "other",
                       "top", final=op, top="the largest score (the position the filter keeps surest)")
+    if len(shape) >= 2 and op is None and getattr(spec, "role", None) is None and _sized_by_values(model, spec):
+        # no mask or index pairs with the elements of a copy of another size (a perturbed input's, the baseline's)
+        return Layout(f"an output whose size follows the values [{', '.join(map(str, spec.shape))}]", "other",
+                      "embedding", counted=True)
     embedded = _normalised(model, spec.name) if op is None and len(shape) in (1, 2) else None
     if embedded is not None:  # a vector per example (or per token) that no argmax reads: an embedding
         return Layout(f"an embedding [N, {'T, ' if len(shape) == 2 else ''}D] ({embedded})", "embedding", "embedding")
@@ -702,6 +706,39 @@ def _counted(model, spec) -> bool:
     return any(_value_sized(node) for node in nodes)
 
 
+#: ops whose output's size is read off an operand's values (input positions): one computed from the
+#: attributed inputs' values (not their shapes) moves with them
+SIZED_BY = {"Range": (0, 1, 2), "Tile": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Reshape": (1,),
+            "Resize": (2, 3), "Upsample": (1,), "Slice": (1, 2, 3, 4), "TopK": (1,), "OneHot": (1,), "Pad": (1,)}
+
+
+def _sized_by_values(model, spec) -> bool:
+    """Whether an output of two or more axes (past the batch) has one whose size follows the inputs'
+    values: declared by a name no input's axis has (or not at all), and computed after an op sized by
+    values (`VALUE_SIZED`) or by an operand computed from the inputs' values (Shape and Size cut that:
+    a TTS model's frames, Range(0, ΣRound(durations)), hibari-tts's spectral parameters [1, 601, F])."""
+    shape = spec.shape or ()
+    named = {d for s in model.inputs for d in (s.shape or ()) if isinstance(d, str)}
+    if len(shape) < 3 or all(isinstance(d, int) or d in named for d in shape[1:]):
+        return False
+    from onnx_attr.importing.ancestry import upstream
+    from onnx_attr.importing.specialize import value_dependent
+
+    graph = model.onnx_model.graph
+    _, nodes = upstream(graph, spec.name)
+    if any(node.op_type == "Loop" for node in nodes):  # a decoder's steps: held at the input's count along
+        return False  # the path (DeepLift's specialisation, the gradient methods' held decoders)
+    if any(_value_sized(node) for node in nodes):
+        return True
+    from onnx_attr.deeplift.layers import embedding_lookups
+
+    looked_up = embedding_lookups(model) if hasattr(model, "module") else {}
+    tainted = value_dependent(graph, [s.name for s in model.inputs if getattr(s, "differentiable", True)
+                                      or s.name in looked_up])  # what is attributed: sizes read off settings hold
+    return any(node.input[i] in tainted for node in nodes for i in SIZED_BY.get(node.op_type, ())
+               if i < len(node.input) and node.domain in ("", "ai.onnx"))
+
+
 def _value_sized(node) -> bool:
     if node.op_type in VALUE_SIZED:
         return True
@@ -881,16 +918,17 @@ def _embedding(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolv
     or its mean over the positions [N, T, D] the model's mask keeps. Its weights are fixed at the input,
     so the change explained is how far the baseline's embedding falls short of the input's along it:
     which features make the embedding point where it points."""
+    noun = "waveform" if layout.kind == "waveform" else "output" if layout.counted else "embedding"
+    if layout.counted:  # its length follows the values (a TTS model's durations): no direction pairs with
+        detail["length"] = view.reshape(len(view), -1).norm(dim=1).tolist()  # a perturbed copy's samples
+        return Resolved(OutputNorm(len(view)), f"{noun} norm", f"the {noun}'s length |e|: its number of "
+                        f"{'samples' if noun == 'waveform' else 'elements'} follows the values, so its norm, however "
+                        "long it comes out (e·ê at the input)", detail)
     if view.dim() not in (2, 3):
         raise InputError(f"--target embedding needs an embedding [N, D] or one per position [N, T, D]; this output "
                          f"is {layout.name}")
     import torch
 
-    noun = "waveform" if layout.kind == "waveform" else "embedding"
-    if layout.counted:  # its length follows the values (a TTS model's durations): no direction pairs with
-        detail["length"] = view.reshape(len(view), -1).norm(dim=1).tolist()  # a perturbed copy's samples
-        return Resolved(OutputNorm(len(view)), f"{noun} norm", f"the {noun}'s length |e|: its number of samples "
-                        "follows the values, so its norm, however long it comes out (e·ê at the input)", detail)
     what = f"the {noun}"
     weights = torch.ones(view.shape[:2], dtype=view.dtype) if view.dim() == 3 else None
     found = detail.pop("steps_from", None)
