@@ -226,7 +226,8 @@ class Targets:
                              f"{list(output.shape)} ({n} example(s) on axis {self.batch_axis}): " + (
                                  "if this output's size follows the input's values (what a filter or a "
                                  "NonMaxSuppression kept, a TTS model's frames), no mask means one thing at every "
-                                 "input: explain the scores it was selected by (`onnx-attr inspect` names them)" if moved else
+                                 "input: explain the scores it was selected by (`onnx-attr inspect` names them)"
+                                 if moved else
                                  "give a mask the shape of one example's output"))
         dtype = output.dtype if output.is_floating_point() else torch.float64
         return (output.to(dtype) * weights.to(dtype)).reshape(n, -1).sum(1)
