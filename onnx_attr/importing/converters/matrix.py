@@ -91,7 +91,7 @@ def integer_product(a: torch.Tensor, b: torch.Tensor, a_zero: Optional[torch.Ten
 
 def _plan(a, b, a_zero, b_zero, plans: dict, bound: Optional[float] = None):
     """(chunks of the shared axis or None, B - b_zero in float32), found once per B and bound."""
-    from onnx_attr.importing.converters.quantize import _float32_chunks, _magnitude, tensor_identity
+    from onnx_attr.importing.converters.quantize import _float32_chunks, _magnitude, tensor_identity, tracing
 
     if a.dim() < 1 or b.dim() < 2:
         return None, None
@@ -99,6 +99,8 @@ def _plan(a, b, a_zero, b_zero, plans: dict, bound: Optional[float] = None):
     if bound is None:
         bound = _magnitude(a, None) if a_zero is None or a.dtype.is_floating_point else \
             float(torch.iinfo(a.dtype).max) - torch.iinfo(a.dtype).min
+    if "plan" in plans and tracing():  # torch.export's fake tensors have no address nor values to plan by:
+        return plans["plan"]  # the plan of the example's eager run (export_program runs it first)
     key = (tensor_identity(b), tensor_identity(b_zero), bound, a.device)
     if plans.get("key") != key:
         bs = _centred(b, b_zero, False, torch.float32)

@@ -7,6 +7,7 @@ QLinearConv (MatMulInteger and QLinearMatMul live in matrix.py), exact against o
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -159,6 +160,8 @@ def _magnitude(q: torch.Tensor, zero_point: torch.Tensor | None) -> float:
     info = torch.iinfo(q.dtype)
     if zero_point is None or zero_point.numel() == 0:
         return float(max(abs(info.min), info.max))
+    if _for_export or tracing():  # any zero point of the type: the plan then holds for every input the
+        return float(info.max - info.min)  # exported program meets, and reads no value a fake tensor lacks
     zero = zero_point.to(torch.float64)
     return float(torch.maximum(info.max - zero, zero - info.min).max())
 
@@ -229,8 +232,12 @@ class IntegerConv(nn.Module):
         weight tensor (a pass over the weights on every call cost a third of a quantized network's
         forward); the chunks per bound (a dynamically quantized input's zero point moves). Two weight
         tensors are kept: DeepLift's staircase split runs the op with |W| beside W (qoperator.py)."""
-        key = (tensor_identity(w), tensor_identity(w_zero))
         kept = self.__dict__.setdefault("plans", {})
+        if kept and tracing():  # torch.export: the plan of the example's eager run (see matrix._plan)
+            found = next(reversed(kept.values())).get((bound, device))
+            if found is not None:
+                return found
+        key = (tensor_identity(w), tensor_identity(w_zero))
         if key not in kept:
             while len(kept) >= 2:
                 kept.pop(next(iter(kept)))
@@ -247,6 +254,26 @@ class IntegerConv(nn.Module):
 
     def forward(self, x, w, x_zero=None, w_zero=None) -> torch.Tensor:
         return self.accumulate(x, w, x_zero, w_zero).to(torch.int32)
+
+
+def tracing() -> bool:
+    """Whether torch.export (or torch.compile) is tracing the module: its tensors are fake."""
+    return torch.compiler.is_exporting() or torch.compiler.is_compiling()
+
+
+_for_export = False  # set while `planned_for_export` runs the module eagerly before torch.export traces it
+
+
+@contextlib.contextmanager
+def planned_for_export():
+    """The integer ops' plans found as the export's trace will look them up (bounds from the types
+    alone): the eager run inside this context is the one whose plans the trace reuses."""
+    global _for_export
+    _for_export = True
+    try:
+        yield
+    finally:
+        _for_export = False
 
 
 def tensor_identity(t: torch.Tensor | None):
