@@ -154,15 +154,22 @@ def feature_ids(feature_mask: Any, prepared, by_name: Callable[[Mapping, Any], l
                 1, *prepared.tensors[i].shape[1:])
             offset += size
         return groups, offset
-    given = _per_input(feature_mask, prepared) if not isinstance(feature_mask, Mapping) else by_name(feature_mask,
-                                                                                                     prepared)
+    named = isinstance(feature_mask, Mapping)
+    given = by_name(feature_mask, prepared) if named else _per_input(feature_mask, prepared)
     for i in chosen:
         name = prepared.input_names[i]
         if given[i] is None:
+            if named:  # left out of a mask by name (the CLI's blocks skip a state batched on axis 1): its
+                continue  # elements are features of their own, numbered after the mask's
             raise InputError(f"the feature mask names no features for the attributed input {name!r}: give one "
                              "per attributed input")
         groups[i] = _feature_groups(given[i], prepared.tensors[i], name).long()
         if groups[i].numel() and int(groups[i].min()) < 0:
             raise InputError(f"the feature mask for {name!r} holds negative ids; feature ids are 0, 1, 2, ...")
-    count = 1 + max(int(groups[i].max()) for i in chosen if groups[i].numel())
+    count = 1 + max((int(groups[i].max()) for i in chosen if groups[i] is not None and groups[i].numel()), default=-1)
+    for i in (i for i in chosen if groups[i] is None):
+        size = math.prod(prepared.tensors[i].shape[1:])
+        groups[i] = (count + torch.arange(size, device=prepared.tensors[i].device)).reshape(
+            1, *prepared.tensors[i].shape[1:])
+        count += size
     return groups, count
