@@ -453,3 +453,25 @@ def test_a_state_batched_on_axis_1_beside_blocks_is_its_own_features(tmp_path, m
     np.testing.assert_allclose(got["s"], s, rtol=1e-4, atol=1e-4)
     pairs = x.reshape(2, 150, 2).sum(2)  # 300 elements in 150 blocks of 2
     np.testing.assert_allclose(got["x"], np.repeat(pairs, 2, axis=1), rtol=1e-4, atol=1e-4)
+
+
+def test_baseline_mean_of_token_ids_is_refused_as_dataset_refuses_it(tmp_path, capsys):
+    """`--baseline mean` on token ids averaged them and truncated the mean to ids no row holds (ids 3, 4, 6
+    from rows 1 2 3 and 5 6 9), silently; `dataset` refused the same (sweep 35). Both refuse now."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+                               helper.make_node("ReduceSum", ["e", "axes"], ["y"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+                              [numpy_helper.from_array(table, "table"),
+                               numpy_helper.from_array(np.array([1, 2], np.int64), "axes")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    np.savez(tmp_path / "x.npz", ids=np.array([[1, 2, 3], [5, 6, 9]], np.int64))
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"),
+                 "--baseline", "mean"]) == 2
+    assert "['ids'] hold token ids" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "attributions.npz").exists()

@@ -284,6 +284,10 @@ def _baseline(spec: str, model, inputs: dict[str, np.ndarray], method: str) -> A
             return {k: np.zeros_like(v[:1]) for k, v in inputs.items()}
         return None
     if spec == "mean":  # of the values present: a missing entry (NaN, where the model reads it) is not one
+        integer = sorted(k for k, v in inputs.items() if np.asarray(v).dtype.kind in "iub")
+        if integer:  # as `dataset` refuses it: a mean of token ids, truncated, is a token in no row
+            raise InputError(f"--baseline mean averages floating inputs; {integer} hold token ids (or flags), whose "
+                             "mean is no valid value: give --baseline zeros or an .npz baseline")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a column missing throughout stays NaN: refused
             return {k: (np.nanmean(v, 0, keepdims=True) if v.dtype.kind == "f" else v.mean(0, keepdims=True))
