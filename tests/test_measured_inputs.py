@@ -100,6 +100,7 @@ def test_the_cli_explains_a_uint8_image_by_default(models, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["max_relative_delta"] <= 1e-4
     assert np.load(out / "attributions.npz")["image"].shape == IMAGE.shape
+    assert "ids_note" not in report  # measurements, not token ids at a lookup (sweep 35: the note said ids)
     main(["inspect", str(models / "u8.onnx")])
     assert "measured values: attributed at their cast to float" in capsys.readouterr().out
 

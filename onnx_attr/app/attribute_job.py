@@ -681,6 +681,17 @@ class _Job:
 
     # -- the work ------------------------------------------------------------------------------------------------------
 
+    def _looks_up_ids(self, method_report: dict) -> bool:
+        """Whether some attributed integer input is token ids at an embedding lookup, not a measurement
+        attributed at its cast to float (a uint8 spectrogram's DequantizeLinear: `inspect`'s "measured
+        values"), which IDS_NOTE would misdescribe."""
+        from onnx_attr.deeplift.layers import embedding_lookups, tensor_node
+
+        looked_up = embedding_lookups(self.model)
+        tensors = [t for name, nodes in (method_report.get("embedding_lookups") or {}).items() if nodes
+                   for t in looked_up.get(name, ())]
+        return any(not tensor_node(self.model.module, t).meta.get("measured_tap") for t in tensors)
+
     def attribute_file(self, file: Path, input_sha: str, folder: Path, progress_bar: bool = False) -> dict:
         from onnx_attr.importing.input_files import InputWarning
         from onnx_attr.app.readers import Rows, kind_of, read_input_file
@@ -798,7 +809,7 @@ class _Job:
             **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline
                and self.baseline == "auto" and used == "blur" else {}),
             **({"baseline_note": GRAPH_ZEROS_NOTE.format(names=sorted(zeroed))} if used == "graph zeros" else {}),
-            **({"ids_note": IDS_NOTE} if any((method_report.get("embedding_lookups") or {}).values()) else {}),
+            **({"ids_note": IDS_NOTE} if self._looks_up_ids(method_report) else {}),
             **({"held_note": held_masks_note(self.held_masks)} if self.held_masks else {}),
             "inputs": str(file),
             "verify": verification,
