@@ -387,7 +387,8 @@ def _rounding_reason(model, method: str) -> str:
                                                               statically_quantized(graph)):
         return ""
     return ("; this graph quantizes its activations, and a gradient method takes each rounding straight through, "
-            "not the step it makes, so the steps are missed: DeepLift (the default method) explains them completely")
+            "not the step it makes, so the steps are missed: DeepLift (the default method) explains them completely "
+            "where it runs (it refuses a graph whose sizes follow the values, whose jumps no method's sum resolves)")
 
 
 #: Said when the baseline's forward pass is not finite where the input's is: no rule can mend that reference.
