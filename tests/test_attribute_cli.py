@@ -475,3 +475,24 @@ def test_baseline_mean_of_token_ids_is_refused_as_dataset_refuses_it(tmp_path, c
                  "--baseline", "mean"]) == 2
     assert "['ids'] hold token ids" in capsys.readouterr().err
     assert not (tmp_path / "o" / "attributions.npz").exists()
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_folder_runs_results_and_one_files_never_share_an_out(tmp_path, capsys, resume):
+    """A folder run into OUT, then one file with --resume --method saliency into the same OUT, was accepted:
+    Saliency's report.json beside DeepLift's index.json and folders (and the reverse), two runs' results
+    mixed (sweep 35). Either order is refused, and what was there is kept byte for byte."""
+    data = tmp_path / "data"
+    data.mkdir()
+    x = np.load(DIGITS_INPUTS)["image"]
+    np.savez(data / "a.npz", image=x[:1])
+    np.savez(data / "b.npz", image=x[1:2])
+    extra = ["--resume", "--method", "saliency"] if resume else ["--method", "saliency"]
+    for first, second, kept in ((data, data / "a.npz", "index.json"), (data / "a.npz", data, "report.json")):
+        out = tmp_path / f"out_{kept}"
+        assert main(["attribute", DIGITS, "-i", str(first), "-o", str(out), "--no-pictures", "-q"]) == 0
+        before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        capsys.readouterr()
+        assert main(["attribute", DIGITS, "-i", str(second), "-o", str(out), "--no-pictures", "-q", *extra]) == 2
+        assert "never mixed" in capsys.readouterr().err
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -450,6 +450,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         # the default method, not fallen back already: a call DeepLift refuses (a comparison that flips between
         # the input and the baseline) runs the fallback instead, for that input file
         job.per_call_fallback = auto_fallback and method == "deeplift" and not layer and not gradient_fallback
+        _refuse_other_layout(folder, many)
         if not many:
             return job.single(files[0], folder, resume)
         return job.folder_run(files, folder, resume)
@@ -1095,6 +1096,18 @@ def hold_unbatched(model, attributed: dict, given: Optional[dict] = None) -> dic
     if any(axes.get(k) is not None for k in attributed):
         held.update({k: attributed.pop(k) for k in [k for k, v in attributed.items() if axes.get(k) is None]})
     return held
+
+
+def _refuse_other_layout(folder: Path, many: bool) -> None:
+    """A folder run's results (index.json and a folder per input) and one file's (report.json and
+    attributions.npz at the top) are never written into one OUT: resumed or not, the run would leave
+    the other's files beside its own, results of other settings mixed (sweep 35)."""
+    other = "index.json" if not many else "report.json"
+    if (folder / other).exists():
+        kind = "a folder run's results (index.json)" if not many else "one input file's results (report.json)"
+        raise InputError(f"{str(folder)!r} holds {kind}, and this run explains "
+                         f"{'one file' if not many else 'a folder of inputs'}: results of two runs are never mixed "
+                         "in one folder; give another --out, or remove those results first")
 
 
 def result_state(folder: Path, manifest: Union[dict, list], input_sha256: str) -> tuple[str, list[str]]:
