@@ -234,3 +234,33 @@ def test_a_dynamically_quantized_model_converts(op):
         np.testing.assert_array_equal(got, model.module(torch.from_numpy(value)).detach().numpy())
         (expected,) = ort_run(proto, {"x": value})
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resize_by_stored_scales_converts_and_one_by_an_inputs_value_is_not_baked():
+    """A YOLOv8's or an FPN's upsample: Resize by scales stored in the file. Its module reads them with
+    .tolist(), data to torch.export, so `convert` failed on every such graph, with --input too (sweep 35,
+    nudenet's YOLOv8n). The trace reuses the plan of the example's eager run. Sizes computed from an
+    input's value (a matting net's downsample ratio) are not baked into a program that takes that input.
+    Oracle: onnxruntime."""
+    from onnx_attr.app.export import export_program
+    from onnx_attr.errors import ExportError
+
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")]
+    proto = make_model(nodes, [("x", FLOAT, ["N", 3, 8, 8])], [("y", FLOAT, ["N", 3, 16, 16])], opset=13,
+                       initializers={"scales": np.array([1, 1, 2, 2], np.float32)})
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    program, _ = export_program(onnx_attr.load(proto), {"x": x})
+    (expected,) = ort_run(proto, {"x": x})
+    np.testing.assert_array_equal(program.module()(torch.from_numpy(x)).detach().numpy(), expected)
+    nodes = [helper.make_node("Concat", ["ones", "ratio", "ratio"], ["scales"], axis=0),
+             helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")]
+    computed = make_model(nodes, [("x", FLOAT, ["N", 3, 8, 8]), ("ratio", FLOAT, [1])], [("y", FLOAT, ["N", 3, "h", "w"])],
+                          opset=13, initializers={"ones": np.array([1, 1], np.float32)})
+    try:
+        program, _ = export_program(onnx_attr.load(computed), {"x": x, "ratio": np.array([2], np.float32)})
+    except ExportError:
+        return  # refused: nothing baked
+    half = np.array([0.5], np.float32)  # if a program came out, it must follow the ratio it is given
+    (expected,) = ort_run(computed, {"x": x, "ratio": half})
+    got = program.module()(torch.from_numpy(x), torch.from_numpy(half)).detach().numpy()
+    np.testing.assert_array_equal(got, expected)

@@ -134,12 +134,16 @@ class Resize(nn.Module):
         self.exclude_outside, self.extrapolation_value = exclude_outside, extrapolation_value
         self.axes, self.policy = axes, policy
         self._plans: dict[tuple, list] = {}
+        self.stored_sizes = False  # roi, scales and sizes all stored in the file (`_traced_key`)
 
     def forward(self, x: torch.Tensor, roi: Optional[torch.Tensor] = None, scales: Optional[torch.Tensor] = None,
                 sizes: Optional[torch.Tensor] = None) -> torch.Tensor:
         compute = x.dtype if x.is_floating_point() else torch.float64
-        given = tuple(None if t is None or t.numel() == 0 else tuple(t.reshape(-1).tolist()) for t in (roi, scales, sizes))
-        key = (tuple(x.shape), *given, compute, x.device)
+        key = self._traced_key(x, compute)
+        if key is None:
+            given = tuple(None if t is None or t.numel() == 0 else tuple(t.reshape(-1).tolist())
+                          for t in (roi, scales, sizes))
+            key = (tuple(x.shape), *given, compute, x.device)
         if key not in self._plans:  # the matrices, as tensors of the compute type on x's device
             self._plans[key] = [
                 (axis, torch.from_numpy(matrix).to(device=x.device, dtype=compute),
@@ -156,6 +160,18 @@ class Resize(nn.Module):
             return y
         info = torch.iinfo(x.dtype)  # as ONNX's reference: saturate, then truncate
         return y.clamp(info.min, info.max).to(x.dtype)
+
+    def _traced_key(self, x: torch.Tensor, compute) -> Optional[tuple]:
+        """Under torch.export (fake tensors: no values to read the scales off), the key of the one plan
+        the example's eager run made for this shape (`export_program` runs it first); None otherwise, and
+        where a size is computed (from an input's value: a matting net's downsample ratio, which a baked
+        plan would ignore)."""
+        from onnx_attr.importing.converters.quantize import tracing
+
+        if not self.stored_sizes or not self._plans or not tracing() or not all(isinstance(d, int) for d in x.shape):
+            return None
+        found = [k for k in self._plans if k[0] == tuple(x.shape) and k[-2] == compute]
+        return found[0] if len(found) == 1 else None
 
     def _plan(self, shape: tuple[int, ...], roi, scales, sizes) -> list:
         rank = len(shape)
@@ -212,7 +228,7 @@ def convert_resize_10(node, graph):
     if mode not in ("nearest", "linear"):
         raise NotImplementedError(f"Resize-10 mode {mode!r}")
     coefficients = _nearest("simple") if mode == "nearest" else _linear(False)
-    return result(node, Resize10(coefficients, "asymmetric", False, 0.0, None, "stretch"))
+    return _stored(node, graph, Resize10(coefficients, "asymmetric", False, 0.0, None, "stretch"))
 
 
 @register("Resize", 11, 13, 18, 19)
@@ -237,4 +253,10 @@ def convert_resize(node, graph):
     module = Resize(coefficients, text_attribute(node, "coordinate_transformation_mode", "half_pixel"),
                     bool(attrs.get("exclude_outside", 0)), float(attrs.get("extrapolation_value", 0.0)),
                     None if axes is None else list(axes), policy)
+    return _stored(node, graph, module)
+
+
+def _stored(node, graph, module: Resize):
+    """The converter's result, the module told whether its roi, scales and sizes are stored in the file."""
+    module.stored_sizes = all(not name or name in graph.initializers for name in node.input_values[1:])
     return result(node, module)
