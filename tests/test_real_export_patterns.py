@@ -264,3 +264,31 @@ def test_a_resize_by_stored_scales_converts_and_one_by_an_inputs_value_is_not_ba
     (expected,) = ort_run(computed, {"x": x, "ratio": half})
     got = program.module()(torch.from_numpy(x), torch.from_numpy(half)).detach().numpy()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_convert_of_a_program_torch_cannot_write_is_a_clear_error(tmp_path, capsys):
+    """A scikit-learn tree's imported tables: torch.export traces them, but its .pt2 writer stops on
+    them ("numel: integer multiplication overflow"), which was an internal error, exit 3 (sweep 35).
+    Now exit 2 naming the writer, and no file left behind; if torch learns to write them, the program
+    must compute what onnxruntime computes."""
+    pytest.importorskip("sklearn")
+    from skl2onnx import to_onnx
+    from sklearn.tree import DecisionTreeClassifier
+
+    from onnx_attr.app.cli import main
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    tree = DecisionTreeClassifier(max_depth=2, random_state=0).fit(x, (x[:, 0] + x[:, 1] > 0).astype(int))
+    proto = to_onnx(tree, x[:1], options={"zipmap": False}, target_opset={"": 18, "ai.onnx.ml": 3})
+    path, out = tmp_path / "tree.onnx", tmp_path / "tree.pt2"
+    path.write_bytes(proto.SerializeToString())
+    code = main(["convert", str(path), "-o", str(out)])
+    if code == 2:
+        assert "could not write the program" in capsys.readouterr().err and not out.exists()
+        return
+    assert code == 0
+    module = torch.export.load(str(out)).module()
+    got = module(torch.from_numpy(x[:3]))
+    expected = ort_run(proto, {proto.graph.input[0].name: x[:3]})
+    np.testing.assert_allclose(got[1].detach().numpy(), expected[1], rtol=1e-5)

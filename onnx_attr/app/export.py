@@ -203,7 +203,13 @@ def save_program(model, path: str | os.PathLike, example_inputs: Any = None, *,
         notes.append("final " + ", ".join(sorted({s.final_activation.op_type for s in stripped}))
                      + " stripped: the program returns logits, not what the .onnx file returns")
     program, export_notes = export_program(model, example_inputs)
-    atomic_write(Path(path), lambda tmp: torch.export.save(program, tmp))
+    try:
+        atomic_write(Path(path), lambda tmp: torch.export.save(program, tmp))
+    except (RuntimeError, ValueError, TypeError) as err:  # torch's writer refuses what it cannot package (a
+        # tree ensemble's tables: "numel: integer multiplication overflow"); nothing is left at `path`
+        raise ExportError(f"torch.export traced the imported module, but could not write the program: "
+                          f"{_first_line(err)}. Attribution does not need the .pt2 (load the .onnx with "
+                          "onnx_attr.load)") from err
     return notes + export_notes
 
 
