@@ -45,6 +45,24 @@ def _attribute(inputs, out, *extra):
 
 # -- issue 17 #10: different inputs never share a result folder -------------------------------------------------------
 
+def test_inputs_of_one_name_in_two_subfolders_are_two_entries_of_the_index(tmp_path):
+    """a/x.npz and b/x.npz: both were computed into their own folders, but index.json keyed results by the
+    bare file name, so one entry held the other's folder and the summary counted one input (sweep 35)."""
+    inputs = tmp_path / "in"
+    for sub, seed in (("a", 1), ("b", 2)):
+        (inputs / sub).mkdir(parents=True)
+        np.savez(inputs / sub / "x.npz", image=_images(1, seed))
+    out = tmp_path / "out"
+    assert _attribute(inputs / "*" / "x.npz", out, "--target", "4") == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["inputs"] == ["a/x.npz", "b/x.npz"] and index["computed"] == ["a/x.npz", "b/x.npz"]
+    for name, entry in index["results"].items():  # each entry's folder holds its own input's attributions
+        alone = tmp_path / f"alone-{entry['folder']}"
+        assert _attribute(inputs / name, alone, "--target", "4") == 0
+        np.testing.assert_array_equal(np.load(out / entry["folder"] / "attributions.npz")["image"],
+                                      np.load(alone / "attributions.npz")["image"])
+
+
 def test_inputs_whose_names_differ_only_in_punctuation_get_their_own_folders(tmp_path, capsys):
     inputs = _folder(tmp_path, ["a b.npz", "a_b.npz", "a.b.npz"])
     out = tmp_path / "out"

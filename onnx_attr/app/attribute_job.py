@@ -326,6 +326,13 @@ def input_files(spec: str, text: bool = False) -> list[Path]:
     return source_files(spec, text)
 
 
+def input_labels(files: Sequence[Path]) -> dict[Path, str]:
+    """Each input's path below the inputs' common folder (`a/x.png`): unique where names are not."""
+    absolute = [Path(os.path.abspath(f)) for f in files]
+    base = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    return {file: path.relative_to(base).as_posix() for file, path in zip(files, absolute)}
+
+
 def result_folders(files: Sequence[Path]) -> dict[Path, str]:
     """A folder name per input: its path below the inputs' common folder, with every character
     other than letters, digits and `_.-~` percent-encoded, so names map back to inputs and
@@ -621,6 +628,7 @@ class _Job:
 
     def folder_run(self, files: list[Path], folder: Path, resume: bool) -> dict:
         names = result_folders(files)
+        labels = input_labels(files)  # index.json's keys: a/x.png and b/x.png are two inputs (sweep 35)
         plan = []
         conflicts = []
         for file in files:
@@ -632,7 +640,7 @@ class _Job:
                 continue
             state, diffs = result_state(sub, self._manifests(), input_sha) if resume else ("missing", [])
             if state == "other settings":
-                conflicts.append((file.name, diffs))
+                conflicts.append((labels[file], diffs))
             elif state == "finished":
                 self._repeat_fit(sub)
             plan.append((file, sub, input_sha, state, None))
@@ -661,12 +669,12 @@ class _Job:
                             entry["warnings"] = report["warnings"]
                         if report.get("non_finite"):
                             entry["non_finite"] = report["non_finite"]
-                results[file.name] = entry
+                results[labels[file]] = entry
                 bar.update(1)
         finally:
             bar.close()
         summary = {
-            "inputs": [f.name for f in files],
+            "inputs": [labels[f] for f in files],
             "computed": [n for n, e in results.items() if e["status"] in ("computed", "redone: input changed")],
             "skipped_as_finished": [n for n, e in results.items() if e["status"] == "finished earlier"],
             "failed": [n for n, e in results.items() if e["status"] == "failed"],
