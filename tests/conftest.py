@@ -27,6 +27,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
+def length_regulator(duration: str, features: str, out: str) -> list:
+    """A duration TTS model's frames (hibari-tts's layout, hunt 34): each token's row of `features`
+    [1, L, B] repeated over its duration (`duration` [1, L, 1], a float rounded to whole frames), as
+    CumSum, Range over the total and GreaterOrEqual pick each frame's token: `out` [1, F, B], F following
+    the values. Needs int64 initializers `zero` (0), `one` (1) and `last` ([-1])."""
+    return [helper.make_node("Round", [duration], ["rounded"]), helper.make_node("Squeeze", ["rounded", "last"], ["df"]),
+            helper.make_node("Cast", ["df"], ["dur"], to=TensorProto.INT64),
+            helper.make_node("CumSum", ["dur", "one"], ["ends"]),
+            helper.make_node("ReduceSum", ["dur"], ["frames"], keepdims=0),
+            helper.make_node("Range", ["zero", "frames", "one"], ["t"]),
+            helper.make_node("Unsqueeze", ["t", "last"], ["t2"]),
+            helper.make_node("GreaterOrEqual", ["t2", "ends"], ["past"]),
+            helper.make_node("Cast", ["past"], ["pi"], to=TensorProto.INT64),
+            helper.make_node("ReduceSum", ["pi", "last"], ["token"], keepdims=0),  # each frame's token
+            helper.make_node("Gather", [features, "token"], [out], axis=1)]
+
+
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, ir_version=None, domains=()):
     """A one-graph model; inputs/outputs are (name, elem_type, shape) triples, shape may hold str dims."""
     graph = helper.make_graph(

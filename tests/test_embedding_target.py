@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx_attr
-from conftest import FLOAT, make_model
+from conftest import FLOAT, length_regulator, make_model
 from onnx_attr.app.cli import main
 
 RNG = np.random.default_rng(5)
@@ -286,16 +286,7 @@ def _frames_model():
     nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"]), helper.make_node("MatMul", ["emb", "W"], ["feat"]),
              helper.make_node("MatMul", ["emb", "v"], ["d0"]), helper.make_node("Relu", ["d0"], ["d1"]),
              helper.make_node("Mul", ["d1", "two"], ["d2"]), helper.make_node("Add", ["d2", "onef"], ["d3"]),
-             helper.make_node("Round", ["d3"], ["d4"]), helper.make_node("Squeeze", ["d4", "last"], ["df"]),
-             helper.make_node("Cast", ["df"], ["dur"], to=TensorProto.INT64),
-             helper.make_node("CumSum", ["dur", "one"], ["ends"]),
-             helper.make_node("ReduceSum", ["dur"], ["frames"], keepdims=0),
-             helper.make_node("Range", ["zero", "frames", "one"], ["t"]),
-             helper.make_node("Unsqueeze", ["t", "last"], ["t2"]),
-             helper.make_node("GreaterOrEqual", ["t2", "ends"], ["past"]),
-             helper.make_node("Cast", ["past"], ["pi"], to=TensorProto.INT64),
-             helper.make_node("ReduceSum", ["pi", "last"], ["token"], keepdims=0),
-             helper.make_node("Gather", ["feat", "token"], ["per_frame"], axis=1),
+             *length_regulator("d3", "feat", "per_frame"),
              helper.make_node("Transpose", ["per_frame"], ["spec"], perm=[0, 2, 1])]
     return make_model(nodes, [("ids", TensorProto.INT64, [1, "L"])], [("spec", TensorProto.FLOAT, [1, bins, "F"])],
                       weights, opset=17)

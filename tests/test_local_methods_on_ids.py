@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper
 
 import onnx_attr
-from conftest import make_model
+from conftest import length_regulator, make_model
 
 V, D, B = 20, 8, 16
 
@@ -28,16 +28,7 @@ def _tts():
                "one": np.array(1, np.int64), "last": np.array([-1], np.int64)}
     nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"]), helper.make_node("MatMul", ["emb", "W"], ["feat"]),
              helper.make_node("MatMul", ["emb", "v"], ["d0"]), helper.make_node("Relu", ["d0"], ["d1"]),
-             helper.make_node("Round", ["d1"], ["d2"]), helper.make_node("Squeeze", ["d2", "last"], ["df"]),
-             helper.make_node("Cast", ["df"], ["dur"], to=TensorProto.INT64),
-             helper.make_node("CumSum", ["dur", "one"], ["ends"]),
-             helper.make_node("ReduceSum", ["dur"], ["frames"], keepdims=0),
-             helper.make_node("Range", ["zero", "frames", "one"], ["t"]),
-             helper.make_node("Unsqueeze", ["t", "last"], ["t2"]),
-             helper.make_node("GreaterOrEqual", ["t2", "ends"], ["past"]),
-             helper.make_node("Cast", ["past"], ["pi"], to=TensorProto.INT64),
-             helper.make_node("ReduceSum", ["pi", "last"], ["token"], keepdims=0),  # each frame's token
-             helper.make_node("Gather", ["feat", "token"], ["per_frame"], axis=1),
+             *length_regulator("d1", "feat", "per_frame"),
              helper.make_node("Transpose", ["per_frame"], ["spec0"], perm=[0, 2, 1]),
              helper.make_node("Conv", ["spec0", "K"], ["spec"])]  # [1, B, frames]: none at ids 0
     return make_model(nodes, [("ids", TensorProto.INT64, [1, "L"])], [("spec", TensorProto.FLOAT, [1, B, "F"])],
