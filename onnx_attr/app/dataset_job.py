@@ -785,7 +785,30 @@ def read_results(out: str | Path):
     if missing:
         raise InputError(f"{str(folder)!r} lacks {len(missing)} of {count} shards (first: {missing[0]}); the run "
                          "did not finish: rerun it with --resume")
-    return pa.concat_tables([pq.read_table(folder / shard_name(i, digest)) for i in range(count)])
+    return _joined([pq.read_table(folder / shard_name(i, digest)) for i in range(count)])
+
+
+def _joined(tables: list):
+    """The shards as one table. A shard of failed rows alone could not know an attribution's shape (an
+    unreadable file: [3, 1, 1] for a model's dynamic H, W) and its columns are all null: they take the
+    type the shards with results have, so the tables concatenate (sweep 35: pyarrow's ArrowInvalid)."""
+    import pyarrow as pa
+
+    types: dict[str, Any] = {}
+    for table in tables:
+        for name in table.column_names:
+            if table.column(name).null_count < len(table):
+                types.setdefault(name, table.schema.field(name).type)
+    fixed = []
+    for table in tables:
+        for name, wanted in types.items():
+            column = table.column(name) if name in table.column_names else None
+            if column is not None and column.type != wanted and column.null_count == len(table):
+                storage = pa.nulls(len(table), wanted.storage_type if isinstance(wanted, pa.ExtensionType) else wanted)
+                nulls = pa.ExtensionArray.from_storage(wanted, storage) if isinstance(wanted, pa.ExtensionType) else storage
+                table = table.set_column(table.schema.get_field_index(name), pa.field(name, wanted), nulls)
+        fixed.append(table)
+    return pa.concat_tables(fixed)
 
 
 def attribution_array(table, column: str = "attributions") -> np.ndarray:
