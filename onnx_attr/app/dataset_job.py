@@ -771,7 +771,6 @@ def _summary(folder: Path, digest: str, shards: Sequence[Shard], done: set[int],
 def read_results(out: str | Path):
     """The run's result rows as one Arrow table, in row order: only the shards of the manifest's
     hash are read, so files of another run in the folder never mix in."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = Path(out)
@@ -804,8 +803,9 @@ def _joined(tables: list):
         for name, wanted in types.items():
             column = table.column(name) if name in table.column_names else None
             if column is not None and column.type != wanted and column.null_count == len(table):
-                storage = pa.nulls(len(table), wanted.storage_type if isinstance(wanted, pa.ExtensionType) else wanted)
-                nulls = pa.ExtensionArray.from_storage(wanted, storage) if isinstance(wanted, pa.ExtensionType) else storage
+                extension = isinstance(wanted, pa.ExtensionType)
+                storage = pa.nulls(len(table), wanted.storage_type if extension else wanted)
+                nulls = pa.ExtensionArray.from_storage(wanted, storage) if extension else storage
                 table = table.set_column(table.schema.get_field_index(name), pa.field(name, wanted), nulls)
         fixed.append(table)
     return pa.concat_tables(fixed)
