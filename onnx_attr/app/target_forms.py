@@ -684,15 +684,10 @@ def _image_size(model, inputs: dict[str, np.ndarray]) -> Optional[tuple[int, int
 
 # -- the forms --------------------------------------------------------------------------------------------------------
 
-#: ops whose output's size follows their inputs' values (the elements kept, the detections, the distinct
-#: values, a loop's trips); a subgraph counts by the ops inside it
-VALUE_SIZED = frozenset({"NonZero", "Compress", "NonMaxSuppression", "Unique", "Loop"})
-
-
 def _counted(model, spec) -> bool:
     """Whether a 1-D output's length follows the values: declared by a name no input's axis has
     (onnxruntime's `unk__563`, torch's `Gatherscores_dim_0`) or not at all, and computed from an op
-    whose size follows values (`VALUE_SIZED`). A name alone is not enough: torch's exporter names a
+    whose size follows values (`ancestry.VALUE_SIZED`). A name alone is not enough: torch's exporter names a
     length it could not tie to an input (`Reshapespeech_probs_dim_0`: a VAD's one probability per
     frame of its input) the same way."""
     if not spec.shape or len(spec.shape) != 1 or isinstance(spec.shape[0], int):
@@ -700,10 +695,9 @@ def _counted(model, spec) -> bool:
     named = {d for s in model.inputs for d in (s.shape or ()) if isinstance(d, str)}
     if spec.shape[0] in named:
         return False
-    from onnx_attr.importing.ancestry import upstream
+    from onnx_attr.importing.ancestry import after_value_sized
 
-    _, nodes = upstream(model.onnx_model.graph, spec.name)
-    return any(_value_sized(node) for node in nodes)
+    return after_value_sized(model.onnx_model.graph, spec.name)
 
 
 #: ops whose output's size is read off an operand's values (input positions): one computed from the
@@ -715,34 +709,27 @@ SIZED_BY = {"Range": (0, 1, 2), "Tile": (1,), "Expand": (1,), "ConstantOfShape":
 def _sized_by_values(model, spec) -> bool:
     """Whether an output of two or more axes (past the batch) has one whose size follows the inputs'
     values: declared by a name no input's axis has (or not at all), and computed after an op sized by
-    values (`VALUE_SIZED`) or by an operand computed from the inputs' values (Shape and Size cut that:
+    values (`ancestry.VALUE_SIZED`) or by an operand computed from the inputs' values (Shape and Size cut that:
     a TTS model's frames, Range(0, ΣRound(durations)), hibari-tts's spectral parameters [1, 601, F])."""
     shape = spec.shape or ()
     named = {d for s in model.inputs for d in (s.shape or ()) if isinstance(d, str)}
     if len(shape) < 3 or all(isinstance(d, int) or d in named for d in shape[1:]):
         return False
-    from onnx_attr.importing.ancestry import upstream
+    from onnx_attr.deeplift.layers import embedding_lookups
+    from onnx_attr.importing.ancestry import upstream, value_sized
     from onnx_attr.importing.specialize import value_dependent
 
     graph = model.onnx_model.graph
     _, nodes = upstream(graph, spec.name)
     if any(node.op_type == "Loop" for node in nodes):  # a decoder's steps: held at the input's count along
         return False  # the path (DeepLift's specialisation, the gradient methods' held decoders)
-    if any(_value_sized(node) for node in nodes):
+    if any(value_sized(node) for node in nodes):
         return True
-    from onnx_attr.deeplift.layers import embedding_lookups
-
-    looked_up = embedding_lookups(model) if hasattr(model, "module") else {}
-    tainted = value_dependent(graph, [s.name for s in model.inputs if getattr(s, "differentiable", True)
-                                      or s.name in looked_up])  # what is attributed: sizes read off settings hold
+    looked_up = embedding_lookups(model)
+    tainted = value_dependent(graph, [s.name for s in model.inputs if s.differentiable or s.name in looked_up])
+    # what is attributed: sizes read off held settings do not move
     return any(node.input[i] in tainted for node in nodes for i in SIZED_BY.get(node.op_type, ())
                if i < len(node.input) and node.domain in ("", "ai.onnx"))
-
-
-def _value_sized(node) -> bool:
-    if node.op_type in VALUE_SIZED:
-        return True
-    return any(_value_sized(inner) for a in node.attribute for g in (a.g, *a.graphs) for inner in g.node)
 
 
 def _itself(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:

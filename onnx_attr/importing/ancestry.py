@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import onnx
 
+#: ops whose output's size follows their inputs' values (the elements kept, the detections, the distinct
+#: values, a loop's trips); a subgraph counts by the ops inside it
+VALUE_SIZED = frozenset({"NonZero", "Compress", "NonMaxSuppression", "Unique", "Loop"})
+
 #: ONNX element types narrower than float32, by numpy-style name
 NARROW_FLOATS = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
 
@@ -19,6 +23,19 @@ def upstream(graph: onnx.GraphProto, output: str) -> tuple[set[str], list[onnx.N
             needed.update(name for name in node.input if name)
             nodes.append(node)
     return needed, nodes
+
+
+def value_sized(node: onnx.NodeProto) -> bool:
+    """Whether the node sizes its output by values (`VALUE_SIZED`), itself or inside its subgraphs."""
+    if node.op_type in VALUE_SIZED:
+        return True
+    return any(value_sized(inner) for a in node.attribute for g in (a.g, *a.graphs) for inner in g.node)
+
+
+def after_value_sized(graph: onnx.GraphProto, output: str) -> bool:
+    """Whether `output` is computed after an op that sizes its output by values: a size of its own may
+    follow the values too, and its values are no fixed set either."""
+    return any(value_sized(node) for node in upstream(graph, output)[1])
 
 
 def computed_in(graph: onnx.GraphProto, output: str, own: str) -> str:

