@@ -378,7 +378,11 @@ class DeepLiftEngine:
                 reference_args = [x if i else grown(b, a, n) for x, b, i, a in zip(xs, bs, integer, axes)]
             layer_taps = self.rewrite.layers
             cacheable = self.cache_reference and not taps and not layer_taps
-            cached = self.references.find(reference_args) if cacheable else None
+            # the ops the explained output is not computed from run plain in both passes: no reference
+            # is kept for them, so a reference is cached per output
+            if 0 <= output < len(self.rewrite.off_path):
+                state.off_path = self.rewrite.off_path[output]
+            cached = self.references.find(reference_args, output) if cacheable else None
             if cached is not None:
                 state.refs, full_out = cached
             else:
@@ -387,7 +391,7 @@ class DeepLiftEngine:
                     full_out = self._at_baseline(module, reference_args)
                 # a shared baseline: batch 1, or repeated (stride 0) to an export's fixed batch
                 if cacheable and all(b.dim() == 0 or b.shape[0] == 1 or b.stride(0) == 0 for b in reference_args):
-                    self.references.add(reference_args, state.refs, full_out)
+                    self.references.add(reference_args, state.refs, full_out, output)
             ref_out = _pick(full_out, output)
             state.mode = "deeplift"
             differentiate = not layer_taps  # layer attribution differentiates against the layers alone

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from onnx_attr.deeplift.rules import NodeInfo, Rule
+from onnx_attr.deeplift.rules import NodeInfo, Rule, UnaryRule
+from onnx_attr.deeplift.rules.paired import reduce_to
 from onnx_attr.importing.inputs import all_finite
 
 
@@ -35,13 +36,15 @@ class DeepLiftState:
         self.tap_leaves: dict[int, Tensor] = {}  # the embedding the main pass differentiates against
         self.active_taps: set[int] = set()  # the taps of the integer inputs attributed in this call
         self.steps_moved: set[str] = set()  # comparisons of the attributed inputs that differ from the reference's
+        #: the ops the explained output is not computed from (`RewriteResult.off_path`): plain in this call
+        self.off_path: frozenset[int] = frozenset()
         #: set to a list to record, in the backward pass, the first node whose rule turns finite
         #: incoming multipliers into non-finite ones (`methods.deeplift.first_nonfinite`'s last resort)
         self.watch: list | None = None
 
     def clear(self) -> None:
         self.mode, self.refs, self.tap_baselines, self.tap_leaves = "off", {}, {}, {}
-        self.active_taps, self.steps_moved = set(), set()
+        self.active_taps, self.steps_moved, self.off_path = set(), set(), frozenset()
 
 
 class BoundOp:
@@ -79,7 +82,7 @@ class BoundOp:
 class DeepLiftCall(torch.autograd.Function):
     @staticmethod
     def forward(ctx, op: "DeepLiftOp", refs: list, ref_out, memo: dict, *args):
-        ctx.graph, ctx.memo = None, memo
+        ctx.graph, ctx.memo, ctx.multiplied = None, memo, None
         if op.rule.keeps_graph:  # the op's own graph at x, for a rule that differentiates it there
             positions = op.info.variable_positions()
             with torch.enable_grad():
@@ -95,24 +98,52 @@ class DeepLiftCall(torch.autograd.Function):
         ctx.is_tensor = [isinstance(a, Tensor) for a in args]
         outs = out if isinstance(out, tuple) else (out,)
         ctx.n_out = len(outs)
+        if getattr(op, "forward_multiplier", False) and any(ctx.needs_input_grad[4:]):  # (not LRP's ops)
+            # the multiplier now (an elementwise rescale): the backward keeps it alone, not x and f(x)
+            (pos,) = op.info.variable_positions()
+            ctx.multiplied = (pos, args[pos].shape, len(args))
+            ctx.save_for_backward(op.rule.multiplier(op.info, op.bound, args, out, refs,
+                                                     _reference_output(op, refs, ref_out, memo), memo))
+            return out
         ctx.save_for_backward(*outs, *(a for a in args if isinstance(a, Tensor)))
         return out
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        saved = ctx.saved_tensors
-        outs, it = saved[:ctx.n_out], iter(saved[ctx.n_out:])
-        args = [next(it) if t else v for t, v in zip(ctx.is_tensor, ctx.template)]
-        out, grad = (outs[0], grads[0]) if ctx.n_out == 1 else (outs, grads)
-        extra = {"graph": ctx.graph} if ctx.graph is not None else {}
-        if ctx.op.rule.memoizes:
-            extra["memo"] = ctx.memo
-        grads_in = ctx.op.rule.backward(ctx.op.info, ctx.op.bound, grad, args, out, ctx.refs, ctx.ref_out, **extra)
-        ctx.graph = None
+        if ctx.multiplied is not None:
+            (multiplier,), (pos, shape, count) = ctx.saved_tensors, ctx.multiplied
+            grads_in = [None] * count
+            grads_in[pos] = reduce_to(grads[0] * multiplier, shape)
+        else:
+            saved = ctx.saved_tensors
+            outs, it = saved[:ctx.n_out], iter(saved[ctx.n_out:])
+            args = [next(it) if t else v for t, v in zip(ctx.is_tensor, ctx.template)]
+            out, grad = (outs[0], grads[0]) if ctx.n_out == 1 else (outs, grads)
+            extra = {"graph": ctx.graph} if ctx.graph is not None else {}
+            if ctx.op.rule.memoizes:
+                extra["memo"] = ctx.memo
+            grads_in = ctx.op.rule.backward(ctx.op.info, ctx.op.bound, grad, args, out, ctx.refs, ctx.ref_out,
+                                            **extra)
+            ctx.graph = None
         watch = getattr(ctx.op._state, "watch", None)  # DeepLift's state (LRP's pass has its own)
         if watch is not None and not watch and _finite(grads) and not _finite(grads_in):
             watch.append(f"{ctx.op.info.name} ({ctx.op.info.op_type})")
         return (None, None, None, None, *grads_in)
+
+
+def _reference_output(op: "DeepLiftOp", refs: list, ref_out, memo: dict):
+    """f(x0), which the reference pass did not keep: computed again (the same op on the same
+    tensors: bit for bit the value it passed on), and kept from the reference's second use (a
+    shared baseline's, reused over calls), as the rules keep what they derive from it."""
+    if ref_out is not None:
+        return ref_out
+    found = memo.get("reference output")
+    if found is None:
+        found = op.bound(*refs)
+        if memo.get("reference met"):
+            memo["reference output"] = found
+        memo["reference met"] = True
+    return found
 
 
 class DeepLiftOp(nn.Module):
@@ -124,15 +155,22 @@ class DeepLiftOp(nn.Module):
         self.rule, self.info = rule, info
         self._state = state
         self.bound = BoundOp(original, signature_names(original))
+        #: an elementwise rescale's multiplier is computed in the forward (`UnaryRule.multiplier`)
+        self.forward_multiplier = isinstance(rule, UnaryRule) and rule.multiplier_in_forward(info)
 
     def forward(self, *args, **kwargs):
         state = self._state
         if state.mode in ("off", "tap_baseline"):
             return self.original(*args, **kwargs)
+        if id(self) in state.off_path:  # no gradient will come back through it (nor through what it feeds)
+            with torch.no_grad():
+                return self.original(*args, **kwargs)
         values = self.bound.full(args, kwargs)
         if state.mode == "reference":
             out = self.bound(*values)
-            detached = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
+            # an elementwise rescale's f(x0) is computed again with its multiplier (`DeepLiftCall`)
+            detached = None if self.forward_multiplier else \
+                tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
             state.refs[id(self)] = ([a.detach() if isinstance(a, Tensor) else a for a in values], detached, {})
             return out
         refs, ref_out, memo = state.refs[id(self)]

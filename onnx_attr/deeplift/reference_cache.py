@@ -21,23 +21,24 @@ DEFAULT_BUDGET = 512 * 2**20
 class ReferenceCache:
     def __init__(self, budget: int = DEFAULT_BUDGET) -> None:
         self.budget = budget
-        self._entries: list[tuple[list[Tensor], Any, Any, int]] = []  # oldest first
+        self._entries: list[tuple[list[Tensor], Any, Any, int, int]] = []  # oldest first
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def find(self, args: Sequence[Tensor]) -> Optional[tuple[Any, Any]]:
-        """(recorded references, reference output) for baselines equal to `args`, or None."""
+    def find(self, args: Sequence[Tensor], output: int = 0) -> Optional[tuple[Any, Any]]:
+        """(recorded references, reference output) for baselines equal to `args` recorded for the
+        graph output `output` (only the ops it is computed from keep a reference), or None."""
         for i in range(len(self._entries) - 1, -1, -1):
             entry = self._entries[i]
-            if _same(entry[0], args):
+            if entry[4] == output and _same(entry[0], args):
                 self._entries.append(self._entries.pop(i))
                 return entry[1], entry[2]
         return None
 
-    def add(self, args: Sequence[Tensor], refs: Any, out: Any) -> None:
+    def add(self, args: Sequence[Tensor], refs: Any, out: Any, output: int = 0) -> None:
         keys = [a.clone() for a in args]
-        self._entries.append((keys, refs, out, _storage_bytes((keys, refs, out))))
+        self._entries.append((keys, refs, out, _storage_bytes((keys, refs, out)), output))
         while len(self._entries) > 1 and sum(e[3] for e in self._entries) > self.budget + self._entries[-1][3]:
             self._entries.pop(0)
 

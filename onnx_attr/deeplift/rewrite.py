@@ -20,6 +20,7 @@ from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from onnx_attr.deeplift.argmax_fusion import fuse_argmax_one_hots
 from onnx_attr.deeplift.guard_fusion import fuse_guarded_divisions
+from onnx_attr.deeplift.input_grad import lean_convolutions
 from onnx_attr.deeplift.opkinds import QOPERATOR_OPS, domain_op_kind, op_kind, refusal
 from onnx_attr.deeplift.ops import DeepLiftOp, DeepLiftState, StepGuard, signature_names
 from onnx_attr.deeplift.reveal_fusion import REVEAL_CANCEL, STAIRCASE_SPLIT, fuse_weighted_chain
@@ -60,6 +61,9 @@ class RewriteResult:
     steps: list[list[tuple[str, str, int, str, str]]] = field(default_factory=list)
     #: per graph output, whether it follows the attributed inputs through any differentiable step
     varying_outputs: list[bool] = field(default_factory=list)
+    #: per graph output, the DeepLift-aware ops it is not computed from (a detector's other head): in
+    #: a call explaining it they run plain, recording nothing for a backward that never reaches them
+    off_path: list[frozenset[int]] = field(default_factory=list)
     gradient_fallback: bool = False
 
     def moved_steps(self, output: int) -> list[tuple[str, str, int, str, str]]:
@@ -110,10 +114,15 @@ FALLBACK_HINT = ("pass gradient_fallback=True (CLI: --gradient-fallback) to let 
 def refusals_per_output(module: fx.GraphModule, nodes: Sequence[fx.Node | list[fx.Node]], refusals: Sequence[tuple]
                         ) -> list[list[tuple]]:
     """For each graph output, the refusals of those `nodes` (or of any node of a list) it is computed from."""
+    return [[r for n, r in zip(nodes, refusals) if not seen.isdisjoint(n if isinstance(n, list) else [n])]
+            for seen in computed_from(module)]
+
+
+def computed_from(module: fx.GraphModule) -> list[set[fx.Node]]:
+    """For each graph output, the nodes it is computed from (itself included)."""
     result = next(n for n in module.graph.nodes if n.op == "output").args[0]
-    finals = list(result) if isinstance(result, (tuple, list)) else [result]
     per_output = []
-    for final in finals:
+    for final in list(result) if isinstance(result, (tuple, list)) else [result]:
         seen: set[fx.Node] = set()
         stack = [final] if isinstance(final, fx.Node) else []
         while stack:
@@ -121,7 +130,7 @@ def refusals_per_output(module: fx.GraphModule, nodes: Sequence[fx.Node | list[f
             if node not in seen:
                 seen.add(node)
                 stack.extend(node.all_input_nodes)
-        per_output.append([r for n, r in zip(nodes, refusals) if not seen.isdisjoint(n if isinstance(n, list) else [n])])
+        per_output.append(seen)
     return per_output
 
 
@@ -286,9 +295,13 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
         result.fallback = [(u[3], u[0]) for u in unsupported]
         warnings.warn("DeepLift falls back to the plain gradient at: "
                       + ", ".join(f"{n} ({o})" for n, o in result.fallback), stacklevel=2)
+    lean_convolutions(out, variable, state)  # their saved inputs, which no attribution reads (input_grad.py)
     finals = next(n for n in out.graph.nodes if n.op == "output").args[0]
     result.varying_outputs = [isinstance(f, fx.Node) and f in variable
                               for f in (finals if isinstance(finals, (tuple, list)) else [finals])]
+    rewritten = [n for n in out.graph.nodes if n.op == "call_module" and isinstance(out.get_submodule(n.target), DeepLiftOp)]
+    result.off_path = [frozenset(id(out.get_submodule(n.target)) for n in rewritten if n not in seen)
+                       for seen in computed_from(out)]
     out.graph.lint()
     out.recompile()
     return result

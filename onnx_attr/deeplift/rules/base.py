@@ -100,25 +100,38 @@ class UnaryRule(Rule):
     def check(self, info: NodeInfo) -> None:
         _require_varying(info, 1, "is not elementwise-unary")
 
-    def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
+    def multiplier_in_forward(self, info: NodeInfo) -> bool:
+        """Whether this node's multiplier is computed in the forward (see `multiplier`)."""
+        return True
+
+    def multiplier(self, info: NodeInfo, call: Callable, args: Sequence[Any], out: Tensor, refs: Sequence[Any],
+                   ref_out: Tensor, memo: dict | None = None) -> Tensor:
+        """The rescale multiplier, shaped like the output (the input's broadcast with the op's other
+        inputs'). Computed in the forward, from x, x0, f(x) and f(x0): the backward then holds this
+        one map where it would hold x and f(x), and the reference pass need not keep f(x0) (it is
+        computed again here, bit for bit the reference pass's)."""
         (pos,) = info.variable_positions()
         x, x0 = args[pos], refs[pos]
         if self.reads_missing and x.is_floating_point() and out.shape == x.shape and \
                 not (all_finite(x) and all_finite(x0)):  # one float pass each where nothing is missing
             gap = torch.isnan(x) | torch.isnan(x0)
             if bool(gap.any()):
-                return self._with_missing(info, call, grad, args, out, refs, ref_out, pos, gap)
+                return self._with_missing(info, call, args, out, refs, ref_out, pos, gap)
         f = lambda t: call(*_substitute(args, {pos: t}))  # noqa: E731
         # only the tolerance path takes gradients on a subset of elements (not on the exact secant's hot path)
         elementwise = not self.exact_secant and not _has_parameters(call) and all(
             not isinstance(a, Tensor) or a.numel() == 1 for i, a in enumerate(args) if i != pos)
-        m = rescale_multiplier(f, x, x0, out, ref_out, elementwise=elementwise, exact_secant=self.exact_secant,
-                               memo=memo)
+        return rescale_multiplier(f, x, x0, out, ref_out, elementwise=elementwise, exact_secant=self.exact_secant,
+                                  memo=memo)
+
+    def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
+        (pos,) = info.variable_positions()
+        m = self.multiplier(info, call, args, out, refs, ref_out, memo)
         grads: list[Tensor | None] = [None] * len(args)
-        grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, x.shape)
+        grads[pos] = reduce_to(m.mul_(grad) if m.shape == grad.shape else grad * m, args[pos].shape)
         return grads
 
-    def _with_missing(self, info, call, grad, args, out, refs, ref_out, pos, gap):
+    def _with_missing(self, info, call, args, out, refs, ref_out, pos, gap):
         """The multipliers where x or x0 holds missing values (NaN): elsewhere the rule's own, with those
         entries set to 0 at both ends (the op being elementwise, its outputs there are then equal), and
         at them their whole change, f(x) − f(x0), over the one unit `difference` gives a move to or from
@@ -126,13 +139,12 @@ class UnaryRule(Rule):
         x, x0 = args[pos], refs[pos]
         zero = torch.zeros((), dtype=x.dtype)
         y, y0 = out.expand(x.shape), ref_out.expand(x.shape)
-        grads = self.backward(info, call, grad, _substitute(args, {pos: torch.where(gap, zero, x)}),
-                              torch.where(gap, y0.nan_to_num(), y),
-                              _substitute(refs, {pos: torch.where(gap, zero, x0.expand(x.shape))}),
-                              torch.where(gap, y0.nan_to_num(), y0))
+        m = self.multiplier(info, call, _substitute(args, {pos: torch.where(gap, zero, x)}),
+                            torch.where(gap, y0.nan_to_num(), y),
+                            _substitute(refs, {pos: torch.where(gap, zero, x0.expand(x.shape))}),
+                            torch.where(gap, y0.nan_to_num(), y0))
         change = torch.where(torch.isnan(x) & torch.isnan(x0), zero, y - y0)
-        grads[pos] = torch.where(gap, grad * change, grads[pos])
-        return grads
+        return torch.where(gap, change, m)
 
 
 class DecomposedRule(Rule):

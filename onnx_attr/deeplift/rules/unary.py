@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from onnx_attr.deeplift.rules.base import DecomposedRule, UnaryRule, reduce_to, rule
+from onnx_attr.deeplift.rules.base import DecomposedRule, UnaryRule, rule
 from onnx_attr.deeplift.rules.paired import pair_max, pair_min
 
 UNARY_OPS = (
@@ -56,6 +56,9 @@ class Clip(ExactSecant):
         if not info.variable_positions():
             raise NotImplementedError("Clip with no input varying with the attributed inputs")
 
+    def multiplier_in_forward(self, info):
+        return info.variable_positions() == (0,)
+
     def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
         if info.variable_positions() == (0,):
             return super().backward(info, call, grad, args, out, refs, ref_out, memo=memo)
@@ -90,14 +93,11 @@ class Step(UnaryRule):
     step function. The secant is its exact jump where it flips between input and reference, and 0
     elsewhere (flat; a bool has no gradient to take where x ≈ x0, and none is needed: Δy = 0 there)."""
 
-    def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
+    def multiplier(self, info, call, args, out, refs, ref_out, memo=None):
         (pos,) = info.variable_positions()
         dx = args[pos] - refs[pos]
         jump = out - ref_out
-        m = torch.where(jump == 0, torch.zeros_like(jump), jump / dx.masked_fill(dx == 0, 1.0))
-        grads = [None] * len(args)
-        grads[pos] = reduce_to(grad * m, args[pos].shape)
-        return grads
+        return torch.where(jump == 0, torch.zeros_like(jump), jump / dx.masked_fill(dx == 0, 1.0))
 
 
 @rule("FakeQuant")
@@ -106,11 +106,8 @@ class FakeQuant(UnaryRule):
     flat almost everywhere, so the secant alone; where x == x0 the step's straight-through slope 1
     (it meets Δx = 0, so completeness does not depend on it)."""
 
-    def backward(self, info, call, grad, args, out, refs, ref_out, memo=None):
+    def multiplier(self, info, call, args, out, refs, ref_out, memo=None):
         (pos,) = info.variable_positions()
         dx = args[pos] - refs[pos]
         same = dx == 0
-        m = torch.where(same, torch.ones_like(dx), (out - ref_out) / dx.masked_fill(same, 1.0))
-        grads = [None] * len(args)
-        grads[pos] = reduce_to(grad * m, args[pos].shape)
-        return grads
+        return torch.where(same, torch.ones_like(dx), (out - ref_out) / dx.masked_fill(same, 1.0))
