@@ -470,3 +470,49 @@ def test_results_read_back_when_a_shard_holds_failed_rows_alone(tmp_path):
     ok = np.asarray([s == "ok" for s in table.column("status").to_pylist()])
     np.testing.assert_allclose(got[ok], x, rtol=1e-6)
     assert np.isnan(got[~ok]).all()
+
+
+def _state_model() -> bytes:
+    """y[N, 1] = Σ x[N, 6] + sr · Σ s[2, N, 3] (the state batched on axis 1, as silero-vad's), sr a 0-d int64."""
+    from onnx import TensorProto, helper
+
+    from conftest import make_model
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x", "axis1"], ["sx"], keepdims=1),
+        helper.make_node("Transpose", ["s"], ["st"], perm=[1, 0, 2]),
+        helper.make_node("Flatten", ["st"], ["sf"], axis=1),
+        helper.make_node("ReduceSum", ["sf", "axis1"], ["ss"], keepdims=1),
+        helper.make_node("Cast", ["sr"], ["rate"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["ss", "rate"], ["scaled"]),
+        helper.make_node("Add", ["sx", "scaled"], ["y"]),
+    ]
+    return make_model(nodes, [("x", TensorProto.FLOAT, ["N", 6]), ("s", TensorProto.FLOAT, [2, "N", 3]),
+                              ("sr", TensorProto.INT64, [])], [("y", TensorProto.FLOAT, ["N", 1])],
+                      {"axis1": np.array([1])}).SerializeToString()
+
+
+def test_rows_are_read_on_each_inputs_batch_axis_and_a_0d_input_goes_with_every_row(tmp_path):
+    """The .npz `attribute` takes (sweep 35, silero-vad: a state [2, N, 128] and a 0-d sample rate) is
+    N rows here too: each row's state is s[:, j], and sr goes with every row. Hand-computed: the model is
+    linear in x and s, so from a zero baseline x's attributions are x and s's are sr · s."""
+    model = load(_state_model())
+    rng = np.random.default_rng(4)
+    x, s, sr = rng.normal(0, 50, (5, 6)).astype(np.float32), rng.normal(0, 50, (2, 5, 3)).astype(np.float32), 3
+    np.savez(tmp_path / "rows.npz", x=x, s=s, sr=np.array(sr))
+    table = read_results(_run(tmp_path / "rows.npz", tmp_path / "out", model, batch_size=2))
+    assert table.column("status").to_pylist() == ["ok"] * 5
+    np.testing.assert_allclose(_attributions(table, "attributions_x"), x, rtol=1e-5)
+    np.testing.assert_allclose(_attributions(table, "attributions_s"), np.moveaxis(s, 1, 0) * sr, rtol=1e-5)
+    assert "attributions_sr" not in table.column_names  # held at its value, as `attribute` holds it
+    # a one-row baseline holds the state's row on its axis 1 ([2, 1, 3]): one row, not two
+    base_x, base_s = rng.normal(0, 5, (1, 6)).astype(np.float32), rng.normal(0, 5, (2, 1, 3)).astype(np.float32)
+    np.savez(tmp_path / "base.npz", x=base_x, s=base_s, sr=np.array(sr))
+    table = read_results(_run(tmp_path / "rows.npz", tmp_path / "out2", model, baseline=str(tmp_path / "base.npz")))
+    np.testing.assert_allclose(_attributions(table, "attributions_s"), np.moveaxis(s - base_s, 1, 0) * sr,
+                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(_attributions(table, "attributions_x"), x - base_x, rtol=1e-4, atol=1e-3)
+    # the state's rows written first: they are not the rows of x
+    np.savez(tmp_path / "rows_first.npz", x=x, s=np.moveaxis(s, 1, 0), sr=np.array(sr))
+    table = read_results(_run(tmp_path / "rows_first.npz", tmp_path / "out3", model))
+    assert "'s': '2 on axis 1'" in table.column("error").to_pylist()[0]

@@ -31,8 +31,8 @@ from onnx_attr.fileio import FolderLock, atomic_write, remove_leftover_temporari
 from onnx_attr.app.manifest import build_manifest, differences, file_sha256
 from onnx_attr.app.preprocess import PixelRangeWarning
 from onnx_attr.progress import progress
-from onnx_attr.app.readers import (InputOptions, RowReader, Source, describe_sources, kinds_of, reading_missing,
-                                   source_files)
+from onnx_attr.app.readers import (InputOptions, RowReader, Rows, Source, describe_sources, kinds_of,
+                                   reading_missing, row_axes, source_files)
 from onnx_attr.app.report_html import ReportOptions, input_root, verify_sample, write_report
 
 #: Rows per shard by default: a shard is the unit that is committed, skipped on resume and retried.
@@ -161,7 +161,9 @@ class ShardWorker:
         from onnx_attr.app.attribute_job import mask_inputs
 
         masks = set(mask_inputs(model))  # floating masks beside the inputs explained: held, as `attribute` does
-        self.attributed = [s.name for s in model.inputs if (s.differentiable or s.name in tapped) and s.name not in masks]
+        # an input without rows (a 0-d sample rate) is held at its one value, as `attribute` holds it
+        self.attributed = [s.name for s in model.inputs if (s.differentiable or s.name in tapped) and s.name not in masks
+                           and self.reader.axes.get(s.name) is not None]
         self._baselines: Any = None
         self._blurred_shapes: dict = {}  # row shapes where `--baseline auto` found zeros outside the domain
 
@@ -198,25 +200,26 @@ class ShardWorker:
             if error is not None:
                 rows.fail(r, error)
         gaps = set(self.reader.options.missing)  # NaN read as missing values there (readers.reading_missing)
+        held = [k for k, v in data.held.items() if not _usable(v, k in gaps)]
         for r in range(n):
             if rows.status[r] is None:
-                bad = [k for k, v in data.arrays.items() if not _usable(v[r], k in gaps)]
+                bad = held + [k for k, v in data.arrays.items() if not _usable(v[r], k in gaps)]
                 if bad:
                     rows.fail(r, f"input {bad[0]!r} holds NaN or infinite values")
         good = [r for r in range(n) if rows.status[r] is None]
         size = self.settings.batch_size
         for start in range(0, len(good), size):
-            self._attribute(data.arrays, good[start:start + size], rows, split_on_error=True)
+            self._attribute(data, good[start:start + size], rows, split_on_error=True)
         return rows.to_table(self, shard, source, data.arrays)
 
-    def _attribute(self, arrays: dict, picked: list[int], rows: "_Results", split_on_error: bool) -> None:
-        inputs = {k: v[picked] for k, v in arrays.items()}
+    def _attribute(self, data: Rows, picked: list[int], rows: "_Results", split_on_error: bool) -> None:
         try:
-            out = self._explain(inputs)
+            out = self._explain(self.reader.model_layout({k: v[picked] for k, v in data.arrays.items()}, data.held),
+                                len(picked))
         except Exception as err:  # one bad row must not take its batch down: retry the rows one by one
             if split_on_error and len(picked) > 1:
                 for r in picked:
-                    self._attribute(arrays, [r], rows, split_on_error=False)
+                    self._attribute(data, [r], rows, split_on_error=False)
                 return
             text = str(err) if isinstance(err, OnnxAttrError) else f"{type(err).__name__}: {err}"
             for r in picked:
@@ -261,8 +264,9 @@ class ShardWorker:
         return call_method(self.settings.method, self.explainer, attributed, baselines, target=target,
                            extra=extra, output=self.output_index, options=self.method_options)
 
-    def _explain(self, inputs: dict) -> tuple[dict, np.ndarray, list, list]:
-        """Attributions, deltas, (predicted class, explained output value) and the target, per row.
+    def _explain(self, inputs: dict, n: int) -> tuple[dict, np.ndarray, list, list]:
+        """Attributions (each input's rows on axis 0), deltas, (predicted class, explained output
+        value) and the target, for the `n` rows of `inputs` (as the model takes them).
         The target is `onnx-attr attribute`'s: the --target form (or the output layout's default)
         resolved on this batch's output (`target_forms.resolve`), on the output's batch axis."""
         from onnx_attr.app.attribute_job import (_graph_zeros, differs_at_the_reference, domain_reference, moves,
@@ -275,7 +279,6 @@ class ShardWorker:
         attributed = {k: v for k, v in inputs.items() if k in self.attributed}
         extra = {k: v for k, v in inputs.items() if k not in attributed}
         output = self.model.run(inputs)[self.output_index]
-        n = len(next(iter(inputs.values())))
         classes = output.dim() == 2 and output.shape[1] > 1
         prediction = output.argmax(1).tolist() if classes else [None] * n
         resolved = resolve(self.settings.target, output, model=self.model, output_index=self.output_index,
@@ -309,7 +312,7 @@ class ShardWorker:
             if reference is None:
                 reference = domain_reference(self.model, attributed, extra)[0]
             result, delta = self._call(reference, attributed, extra, target)
-        attributions = {k: result[k] for k in attributed}
+        attributions = {k: np.moveaxis(np.asarray(result[k]), self.reader.axes.get(k) or 0, 0) for k in attributed}
         explained = Targets(target, n, resolved.detail.get("batch_axis", 0)).select(output).double().tolist()
         return attributions, delta, list(zip(prediction, explained)), row_targets(resolved, n)
 
@@ -682,7 +685,8 @@ def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: 
     dtypes = {s.name: s.dtype for s in model.inputs}
     buffer = io.BytesIO()
     with np.errstate(invalid="ignore", divide="ignore"):  # a value missing in every row stays NaN: refused
-        np.savez(buffer, **{k: (v / present[k])[None].astype(dtypes[k]) for k, v in totals.items()})
+        np.savez(buffer, **{k: np.moveaxis((v / present[k])[None], 0, reader.axes.get(k) or 0).astype(dtypes[k])
+                            for k, v in totals.items()})
     data = buffer.getvalue()
     return data, hashlib.sha256(data).hexdigest(), count
 
@@ -696,11 +700,12 @@ def _check_baseline_rows(settings: Settings, model) -> None:
     from onnx_attr.methods.registry import entry
 
     arrays = read_npz(settings.baseline, model.inputs)
-    rows = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
+    axes = row_axes(model.inputs)  # each input's rows on its batch axis (a state [2, 1, 128] is one row)
+    rows = {k: v.shape[axes[k]] for k, v in arrays.items() if axes.get(k) is not None and v.ndim > axes[k]}
     if not entry(settings.method).distribution and any(n != 1 for n in rows.values()):
         raise InputError(f"--baseline {settings.baseline!r} holds {rows} rows; a dataset job compares every row with "
-                         "one baseline row: save one row (shape (1, ...)) per input, or use --method deepliftshap "
-                         "for a distribution")
+                         "one baseline row: save one row (shape (1, ...), on the input's batch axis) per input, or "
+                         "use --method deepliftshap for a distribution")
 
 
 def _check_earlier_run(folder: Path, manifest: dict, resume: bool, overwrite: bool) -> None:

@@ -126,6 +126,17 @@ class Rows:
     feature_names: dict[str, list[str]] = field(default_factory=dict)
     tokens: Optional[list[list[str]]] = None
     vocab: Optional[dict[int, str]] = None
+    #: inputs with no rows (no batch axis: a 0-d sample rate), fed as given with every batch of rows
+    held: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def row_axes(specs: Sequence[TensorSpec]) -> dict[str, Optional[int]]:
+    """Where each input's rows are, as its declared shape says (`batch.batch_axes`): an .npz holds
+    each input as the model takes it, so a recurrent state [2, N, 128] has its rows on axis 1. None:
+    the input has no rows (a 0-d sample rate), and its one value goes with every row."""
+    from onnx_attr.importing.batch import batch_axes
+
+    return {s.name: a for s, a in zip(specs, batch_axes(specs))}
 
 
 def source_files(spec: str, text: bool = False) -> list[Path]:
@@ -247,8 +258,10 @@ def _count_rows(file: Path, kind: str, specs: Sequence[TensorSpec], options: Inp
 
 
 def _npz_rows(file: Path, specs: Sequence[TensorSpec]) -> int:
-    """The batch size, from the members' .npy headers only (no data read)."""
+    """The batch size, from the members' .npy headers only (no data read): each input's size on
+    its batch axis (`row_axes`); an input without one has no rows to count."""
     names = [s.name for s in specs]
+    axes = row_axes(specs)
     try:
         with zipfile.ZipFile(file) as archive:
             sizes = {}
@@ -262,14 +275,17 @@ def _npz_rows(file: Path, specs: Sequence[TensorSpec]) -> int:
                 key = member.filename[:-4]
                 if key == "arr_0" and len(names) == 1:
                     key = names[0]
-                sizes[key] = shape[0] if shape else None
+                axis = axes.get(key, 0)
+                sizes[key] = shape[axis] if axis is not None and len(shape) > axis else None
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise InputError(f"not an .npz of arrays ({type(err).__name__}: {err})") from err
-    counts = {sizes.get(n) for n in names if n in sizes}
-    if not counts:
+    if not any(n in sizes for n in names):
         raise InputError(f"holds none of the model's inputs {names}")
-    if len(counts) != 1 or None in counts:
-        raise InputError(f"its arrays disagree on the number of rows (axis 0): {sizes}")
+    counts = {sizes[n] for n in names if sizes.get(n) is not None}
+    if len(counts) != 1:
+        where = {n: f"{sizes[n]} on axis {axes[n]}" for n in names if sizes.get(n) is not None}
+        raise InputError(f"its arrays disagree on the number of rows (each on its input's batch axis): {where}"
+                         if counts else f"none of its arrays has rows on its input's batch axis ({axes})")
     return int(counts.pop())
 
 
@@ -309,11 +325,16 @@ class RowReader:
         self._cached: Optional[tuple[str, object]] = None
         self._image: Optional[tuple[TensorSpec, ImagePreprocessing]] = None
         self._text: Optional[TextEncoder] = None
+        self.axes = row_axes(self.specs)
 
     def read(self, source: Source, start: int, stop: int) -> Rows:
+        """Rows [start, stop): each array with its rows on axis 0, whatever its input's batch axis
+        (`model_layout` moves them back), and the inputs without rows as `held`."""
         if source.kind == "npz":
             arrays = self._load(source, self._read_npz)
-            return Rows({k: v[start:stop] for k, v in arrays.items()}, [None] * (stop - start))
+            rows = {k: np.moveaxis(v, self.axes[k], 0)[start:stop] for k, v in arrays.items()
+                    if self.axes.get(k) is not None and v.ndim > self.axes[k]}
+            return Rows(rows, [None] * (stop - start), held={k: v for k, v in arrays.items() if k not in rows})
         if source.kind == "images":
             return self._image_rows(source.members[start:stop])
         if source.kind == "text":
@@ -367,6 +388,11 @@ class RowReader:
     def _named(self, rows: Rows, feeds: dict[str, list[str]]) -> Rows:
         rows.feature_names = {name: list(cols) for name, cols in feeds.items() if len(cols) > 1}
         return rows
+
+    def model_layout(self, rows: dict[str, np.ndarray], held: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's inputs from rows on axis 0 (`read`): each input's rows back on its batch axis,
+        and the held values as they are."""
+        return {**{k: np.moveaxis(v, 0, self.axes.get(k) or 0) for k, v in rows.items()}, **held}
 
     def _load(self, source: Source, read):
         if self._cached is None or self._cached[0] != source.path:
