@@ -496,3 +496,44 @@ def test_a_folder_runs_results_and_one_files_never_share_an_out(tmp_path, capsys
         assert main(["attribute", DIGITS, "-i", str(second), "-o", str(out), "--no-pictures", "-q", *extra]) == 2
         assert "never mixed" in capsys.readouterr().err
         assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("method, features", [("shapleyvaluesampling", "16"), ("featureablation", "all"),
+                                              ("lime", "256")])
+def test_a_long_perturbation_run_says_its_passes_before_it_runs(tmp_path, capsys, monkeypatch, method, features):
+    """Sweep 35: ShapleyValueSampling's 6,400 passes ran 273 s with nothing said. The CLI now says how many
+    passes a perturbation method will take where they would take long (here: any length), and that count is
+    the copies of the batch the method evaluates: counted at the model's forward."""
+    import re
+
+    import onnx_attr.app.attribute_job as job
+    from onnx_attr.importing.model import AttributableModel
+
+    path, _, _ = _linear_image_model(tmp_path, (2, 6, 5))
+    monkeypatch.setattr(job, "PASSES_NOTE_SECONDS", 0.0)
+    monkeypatch.setattr(job, "PASSES_NOTE_MIN", 0)
+    calls = []
+    real = AttributableModel.__call__
+    monkeypatch.setattr(AttributableModel, "__call__",  # the copies of the batch (two examples) each forward holds
+                        lambda self, *a, **k: calls.append(len(a[0]) // 2) or real(self, *a, **k))
+    before = []
+    announce = job._Job._announce_passes
+
+    def counted(self, *args):
+        announce(self, *args)
+        before.append(sum(calls))
+
+    monkeypatch.setattr(job._Job, "_announce_passes", counted)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--method",
+                 method, "--target", "0", "--features", features, "--no-pictures"]) == 0
+    said = re.search(r"runs about ([\d,]+) forward passes here", capsys.readouterr().err)
+    assert said is not None
+    from onnx_attr.methods.perturbation import block_groups
+
+    elements = 2 * 6 * 5
+    cut = elements if features == "all" or elements <= int(features) else \
+        int(block_groups((2, 6, 5), int(features)).max()) + 1
+    expected = {"shapleyvaluesampling": 25 * cut + 1, "featureablation": cut + 1, "lime": 26}[method]
+    assert int(said.group(1).replace(",", "")) == expected
+    made = sum(calls) - before[0]  # the method's own copies, after the announcement's timed forward
+    assert expected - 1 <= made <= expected + 1, (made, expected)

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
@@ -985,6 +986,8 @@ class _Job:
             steps[-2:] = [slice(steps[-2].start, n)]  # a method that needs several rows per call gets them
         per_example_baseline = (not entry(self.method).distribution and isinstance(baselines, dict)
                                 and all(len(b) == n for b in baselines.values()) and n > 1)
+        if not self.quiet:
+            self._announce_passes(attributed, extra)
         pieces: dict[str, list[np.ndarray]] = {}
         deltas, reports = [], []
         bar = progress(n, "example", name, self.quiet or not progress_bar, leave=False) if len(steps) > 1 \
@@ -1009,6 +1012,48 @@ class _Job:
             bar.close()
         attributions = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
         return attributions, np.concatenate(deltas), _merged_reports(reports, len(steps) > 1)
+
+
+    def _announce_passes(self, attributed: dict, extra: dict) -> None:
+        """A perturbation method's forward passes, said on stderr before they run where they would take
+        longer than `PASSES_NOTE_SECONDS` (sweep 35: ShapleyValueSampling's 6,400 passes over 256 blocks ran
+        273 s on a 2.4 MB text detector, with nothing said), timed from one forward of these inputs."""
+        passes = perturbation_passes(self.method, self.explainer, self.method_options.get("features"), attributed)
+        if passes is None or passes < PASSES_NOTE_MIN:  # (timing one forward costs a pass)
+            return
+        start = time.perf_counter()
+        self.model.run({**attributed, **extra})
+        took = time.perf_counter() - start
+        if passes * took < PASSES_NOTE_SECONDS:
+            return
+        print(f"onnx-attr: {entry(self.method).title or entry(self.method).class_name} runs about {passes:,} forward passes here, "
+              f"{took:.2g} s each: about {_duration(passes * took)}. --features N cuts each input into N blocks "
+              f"(now {self.method_options.get('features') or 'one per element'}); fewer blocks, fewer passes",
+              file=sys.stderr)
+
+
+#: a perturbation method's run is announced with its pass count where it would take longer than this, and
+#: makes at least `PASSES_NOTE_MIN` passes
+PASSES_NOTE_SECONDS, PASSES_NOTE_MIN = 30.0, 100
+
+
+def perturbation_passes(method: str, explainer, features: Optional[int], attributed: dict) -> Optional[int]:
+    """The forward passes a call of a perturbation method makes over these inputs (each pass holds
+    every example), from its features: each input's blocks where `registry.feature_blocks` cuts it,
+    else its elements per example. None for the other methods."""
+    if "features" not in entry(method).options:
+        return None
+    from onnx_attr.methods.registry import feature_blocks
+
+    blocks = feature_blocks(explainer, attributed, features)
+    count = sum(blocks[k][1] if k in blocks else int(np.prod(np.shape(v)[1:])) for k, v in attributed.items())
+    samples = 25  # ShapleyValueSampling's random orders, and Lime's and KernelShap's draws (Captum's defaults here)
+    return {"featureablation": count + 1, "shapleyvaluesampling": samples * count + 1}.get(method, samples + 1)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
 
 
 def _named_pictures(options: "PictureOptions", rows: "Rows") -> "PictureOptions":
