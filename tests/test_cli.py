@@ -347,3 +347,28 @@ def test_convert_without_input_finds_a_length_the_model_runs(tmp_path, capsys):
     x = np.random.default_rng(1).normal(size=(2, 32)).astype(np.float32)  # the first size tried that runs
     got = torch.export.load(out).module()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(got, _ort_on_file(str(path), {"x": x}), rtol=1e-5, atol=1e-5)
+
+
+def test_convert_returns_the_files_outputs_not_the_scores_added_for_attribution(tmp_path, capsys):
+    """A tagger whose output is the labels an ArgMax picks gets its scores added as an output at import (what
+    the methods explain); the program returned them too (sweep 35: sudachi's tagger converted with 2 outputs
+    where the .onnx has 1). It returns what the file returns: onnxruntime's labels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["scores"]), helper.make_node("ArgMax", ["scores"], ["labels"], axis=2,
+                                                                               keepdims=0)],
+        "tagger", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 4])],
+        [helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", "T"])],
+        [numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "W")])
+    path = tmp_path / "tagger.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    assert [o.name for o in onnx_attr.load(str(path)).outputs] == ["labels", "scores"]
+    x = (rng.normal(size=(2, 7, 4)) * 30).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "tagger.pt2"
+    assert main(["convert", str(path), "-o", str(out), "--input", str(tmp_path / "x.npz")]) == 0
+    got = torch.export.load(out).module()(torch.from_numpy(x))
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_array_equal(got.numpy(), _ort_on_file(str(path), {"x": x}))

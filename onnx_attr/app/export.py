@@ -36,16 +36,17 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
                 name = re.sub(r"\W", "_", dim) or f"dim{axis}"
                 axes[axis] = dims.setdefault(name, torch.export.Dim(f"d_{name}"))
         dynamic.append(axes or None)
+    module = _file_outputs(model)
     try:
         with _quiet():
-            return torch.export.export(model.module, args, dynamic_shapes=tuple(dynamic), strict=False), notes
+            return torch.export.export(module, args, dynamic_shapes=tuple(dynamic), strict=False), notes
     except Exception as err:  # torch.export raises many types (UserError, GuardOnDataDependent...)
         failed = err
     fixed = f"exported for input shapes {[list(a.shape) for a in args]}"
     if dims:
         try:
             with _quiet():
-                program = torch.export.export(model.module, args, strict=False)
+                program = torch.export.export(module, args, strict=False)
             return program, [f"symbolic dims {sorted(dims)} could not stay dynamic ({_first_line(failed)}); {fixed}"]
         except Exception as err:
             failed = err
@@ -55,13 +56,32 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
     try:
         twin = _fixed_twin(model, args)
         with _quiet():
-            program = torch.export.export(twin.module, tuple(twin.prepare(arrays)), strict=False)
+            program = torch.export.export(_file_outputs(twin), tuple(twin.prepare(arrays)), strict=False)
     except Exception:
         raise ExportError(f"torch.export could not trace the imported module: {_first_line(failed)}. Attribution "
                           "does not need the .pt2 (load the .onnx with onnx_attr.load); for a program, export the "
                           "model from its framework with torch.export, or fix its input shapes") from failed
     return program, [f"{fixed} only: the graph computes shapes from its inputs' ({_first_line(failed)}), so the "
                      "program was made from the model imported at those shapes"]
+
+
+class _FileOutputs(torch.nn.Module):
+    """The imported module returning the outputs the file declares, not the scores the import adds
+    after them for attribution (`final_activation.expose_selection_scores`: the scores an ArgMax,
+    an NMS or a filter selects by)."""
+
+    def __init__(self, module: torch.nn.Module, count: int):
+        super().__init__()
+        self.module, self.count = module, count
+
+    def forward(self, *args):
+        out = self.module(*args)
+        return out[0] if self.count == 1 else tuple(out[:self.count])
+
+
+def _file_outputs(model) -> torch.nn.Module:
+    count = getattr(model, "file_outputs", None)
+    return model.module if count is None or count >= len(model.outputs) else _FileOutputs(model.module, count)
 
 
 def _runnable_sample(model):

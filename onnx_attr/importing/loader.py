@@ -36,6 +36,7 @@ def load(
     budget = Budget() if budget is None else budget
     with using(budget):
         model, _ = read_model(source)
+        file_outputs = len(model.graph.output)  # those `expose_selection_scores` adds come after them
         model, label_notes, roles = expose_selection_scores(model)
         model, finals = strip_final_activations(model, strip_final_activation)
         declared = opsets(model)  # the file's own, which errors name (the passes may raise them)
@@ -60,6 +61,7 @@ def load(
     )
     imported.budget = budget
     imported.file_opsets = declared  # what `inspect` shows beside the opsets it was imported at
+    imported.file_outputs = file_outputs  # what `convert` returns: the file's own outputs
     imported.eval()
     del normalized, module
     if len(canonical.graph.node) >= _LARGE_GRAPH:
