@@ -154,6 +154,10 @@ def test_cli_holds_a_floating_attention_mask_beside_token_ids(tmp_path, unhold):
     total = sum(found[k].reshape(2, -1).sum(1) for k in found.files)
     np.testing.assert_allclose(total, at - base, rtol=1e-4, atol=1e-4)
     assert np.abs(at - base).max() > 1  # the masks' share is not negligible: the two runs differ
+    # --unhold of what is not a held mask would change nothing (sweep 35): a clear error, nothing written
+    for name in ("ids", "nosuch"):
+        other = ["attribute", str(path), "-i", str(inputs), "-o", str(tmp_path / "other"), "--unhold", name]
+        assert main(other) == 2 and not (tmp_path / "other").exists()
 
 
 def test_only_inputs_named_as_masks_are_held():

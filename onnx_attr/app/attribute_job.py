@@ -413,6 +413,13 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         unknown = [h for h in given if h not in names]
         if unknown:
             raise InputError(f"{option} names {unknown}, which are not inputs of the model; its inputs are {names}")
+    specs = {s.name: s for s in model.inputs}
+    not_masks = [u for u in unhold if not (specs[u].differentiable and _names_a_mask(u))]
+    if not_masks:  # it would change nothing (sweep 35: --unhold of an integer mask was accepted silently)
+        why = "; ".join(f"{u!r} is " + ("an integer input, never attributed as numbers (token ids are, at their "
+                                        "embedding lookup)" if not specs[u].differentiable else
+                                        "attributed already (unless --hold names it)") for u in not_masks)
+        raise InputError(f"--unhold attributes floating inputs named as masks, which are held by default: {why}")
     masks = mask_inputs(model, hold, unhold)
     if masks:
         from onnx_attr.importing.input_files import InputWarning
