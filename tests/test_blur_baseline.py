@@ -411,8 +411,14 @@ def test_an_output_not_finite_at_the_input_is_refused_before_any_pass(tmp_path, 
         out = tmp_path / method
         assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(out), "--no-pictures",
                      "--method", method]) == 2
-        assert "not finite at this input" in capsys.readouterr().err
+        said = capsys.readouterr().err
+        assert "not finite at this input" in said and "the input itself" not in said  # x is finite: log's domain
         assert not (out / "report.json").exists()
+    # an input of NaN (sweep 35's all-NaN image) is named as the cause
+    np.savez(tmp_path / "nan.npz", x=np.where(np.eye(2, 4, dtype=bool), np.nan, 1.0).astype(np.float32))
+    assert main(["attribute", str(path), "-i", str(tmp_path / "nan.npz"), "-o", str(tmp_path / "nan"),
+                 "--no-pictures"]) == 2
+    assert "the input itself is not: 'x' holds 2 NaN or infinite value(s) of 8" in capsys.readouterr().err
     np.savez(tmp_path / "ok.npz", x=x[:1])
     assert main(["attribute", str(path), "-i", str(tmp_path / "ok.npz"), "-o", str(tmp_path / "ok"), "-q",
                  "--no-pictures"]) == 0

@@ -752,7 +752,7 @@ class _Job:
         examples = self._examples(next(iter(attributed)), first)
         resolved = self._target(inputs, examples, plain.outputs)
         if entry(self.method).family != "neuron":
-            self._refuse_non_finite(resolved, plain.outputs[self.output_index], examples)
+            self._refuse_non_finite(resolved, plain.outputs[self.output_index], examples, inputs)
         chosen = resolved.target
         baselines = _baseline(self.baseline, self.model, attributed, self.method)
         if isinstance(baselines, dict):
@@ -853,9 +853,10 @@ class _Job:
         report["_delta"] = delta
         return report
 
-    def _refuse_non_finite(self, resolved: Any, out: Any, examples: int) -> None:
+    def _refuse_non_finite(self, resolved: Any, out: Any, examples: int, inputs: dict) -> None:
         """Refuses a target whose value is not finite at the input itself (kokoro int8's NaN audio, hunt
-        31): no attribution explains it, and a fallback would spend minutes writing NaN."""
+        31): no attribution explains it, and a fallback would spend minutes writing NaN. Inputs holding
+        NaN or infinities are named as the likely cause (sweep 35: an all-NaN image was not)."""
         import torch
 
         from onnx_attr.methods.base import make_targets
@@ -868,10 +869,16 @@ class _Job:
             return
         name = self.model.outputs[self.output_index].name
         bad = int((~torch.isfinite(out)).sum()) if out.is_floating_point() else 0
+        given = {k: (int((~np.isfinite(v)).sum()), v.size) for k, v in ((k, np.asarray(v)) for k, v in inputs.items())
+                 if v.dtype.kind == "f" and not np.isfinite(v).all()}
+        cause = ("; the input itself is not: " + ", ".join(f"{k!r} holds {n} NaN or infinite value(s) of {size}"
+                                                           for k, (n, size) in given.items())
+                 + " (give finite values, or impute them first)") if given else \
+            (": where onnxruntime's output is finite the import diverges (`onnx-attr verify` names where), else the "
+             "input lies outside what the model computes")
         raise InputError(f"the explained value of output {name!r} is not finite at this input ({bad} of {out.numel()} "
-                         "of its values are NaN or infinite), so nothing explains it: where onnxruntime's output is "
-                         "finite the import diverges (`onnx-attr verify` names where), else the input lies outside "
-                         "what the model computes; --output-name explains another output")
+                         f"of its values are NaN or infinite), so nothing explains it{cause}; --output-name explains "
+                         "another output")
 
     def _fails_at_zeros(self, attributed: dict, extra: dict) -> bool:
         """Whether the plain forward fails with the attributed floating inputs at zero (ids kept: the methods
