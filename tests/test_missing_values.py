@@ -302,9 +302,15 @@ def test_the_cli_reads_empty_cells_as_missing_values_for_a_model_that_reads_them
         assert main(["inspect", str(tmp_path / f"{name}.onnx"), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["inputs"][0]["reads_nan_as_missing"] is reads
     capsys.readouterr()
-    assert main(["attribute", str(tmp_path / "linear.onnx"), "-i", str(tmp_path / "rows.csv"), "-o",
-                 str(tmp_path / "out2"), "--no-pictures"]) != 0
-    assert "is empty in this row (a missing value" in capsys.readouterr().err
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({k: [None if np.isnan(v) else float(v) for v in rows[:, j]] for j, k in enumerate("abcd")}),
+                   tmp_path / "rows.parquet")
+    for table in ("rows.csv", "rows.parquet"):  # a Parquet null says what a CSV's empty cell says (sweep 35)
+        assert main(["attribute", str(tmp_path / "linear.onnx"), "-i", str(tmp_path / table), "-o",
+                     str(tmp_path / f"out2_{table}"), "--no-pictures"]) != 0
+        assert "is empty in this row (a missing value" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("between,reads", [

@@ -315,6 +315,12 @@ def _table_columns(header: Sequence[str], specs: Sequence[TensorSpec], columns: 
     return {specs[0].name: header}
 
 
+def _empty_cell(column: str) -> str:
+    """A row's error for an empty cell, in a CSV or a Parquet file alike."""
+    return (f"column {column!r} is empty in this row (a missing value, which only a model reading NaN as one "
+            "takes, with DeepLift or a perturbation method: see `onnx-attr inspect`)")
+
+
 class RowReader:
     """Reads row ranges of sources; keeps the last source it read, since shards run in order."""
 
@@ -430,9 +436,7 @@ class RowReader:
                     values[r] = [number(line[c]) for c in cols]
                 except (ValueError, IndexError) as err:
                     empty = next((header[c] for c in cols if c < len(line) and not line[c].strip()), None)
-                    errors[r] = errors[r] or (f"column {empty!r} is empty in this row (a missing value, which only "
-                                              "a model reading NaN as one takes, with DeepLift or a perturbation "
-                                              "method: see `onnx-attr inspect`)" if empty is not None else
+                    errors[r] = errors[r] or (_empty_cell(empty) if empty is not None else
                                               f"row does not parse as numbers ({type(err).__name__}: {err})")
             shape = self._row_shape(spec, len(cols))
             arrays[spec.name] = values.reshape(len(lines), *shape).astype(spec.dtype or np.float32)
@@ -470,7 +474,7 @@ class RowReader:
                     cells = column.to_pylist()
                     for r, v in enumerate(cells):
                         if v is None and not gaps:
-                            errors[r] = errors[r] or f"column {name!r} is empty in this row"
+                            errors[r] = errors[r] or _empty_cell(name)
                         else:
                             values[r, j] = np.nan if v is None else v
             shape = self._row_shape(spec, values.shape[1])
