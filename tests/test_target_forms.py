@@ -499,6 +499,14 @@ def test_greedy_leaves_out_the_padding_the_models_own_mask_or_lengths_mark(tmp_p
     path_ = report["target_detail"]["path"]
     reference = [sum(zero[i, t, path_[i][t]] for t in range(k)) for i, k in enumerate(real)]
     _complete(sums, explained, reference)
+    # greedy=all: every step, the padding too (sweep 35: it had kept the mask's steps alone, as greedy does)
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "all"), "--no-pictures",
+                 "--quiet", "--target", "greedy=all"]) == 0
+    report = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert "steps_kept" not in report["target_detail"] and "every step" in report["target_source"]
+    with np.load(tmp_path / "all" / "attributions.npz") as data:
+        sums = data["ids"].astype(np.float64).sum(1)
+    _complete(sums, logits.max(2).sum(1), [sum(zero[i, t, p] for t, p in enumerate(row)) for i, row in enumerate(path_)])
 
 
 def test_greedy_reads_an_unnamed_mask_beside_padded_ids_and_not_token_types(tmp_path):

@@ -30,7 +30,8 @@ Forms: `top` (the largest value: the predicted class, the top pixel); `region` o
 value; an example with nothing above T gets its top value); `greedy` (the argmax per step,
 summed over the steps; on a recogniser's sequence (a picture or a waveform in, no token ids, no
 final Sigmoid), the steps of CTC's blank are left out: the class the path takes most, first or
-last of 11 or more, on a third of the steps or more; `greedy=all` keeps them); `segment` or
+last of 11 or more, on a third of the steps or more; `greedy=all` keeps them, and the padding a
+mask or lengths input leaves out); `segment` or
 `segment=K` (on class maps: class K's score summed over the pixels predicted as K, the argmax over
 the classes; by default K is the class predicted on the most pixels, under a Softmax the most
 besides class 0, the background); `anchor` (the top anchor's best class score; no box coordinates are
@@ -881,6 +882,9 @@ def _greedy(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolved:
     detail["path"] = path.tolist()
     found = detail.pop("steps_from", None)
     source = "the greedy path's summed score (the argmax class of each step)"
+    if value == "all":  # every step, as asked: the padding a mask or lengths leave out too (sweep 35)
+        found = None
+        source += ", over every step (greedy=all: no blank or padding left out)"
     if found is not None:  # padding apart: the steps the model's own mask or lengths keep
         name, kept = found
         masks *= torch.from_numpy(kept).to(masks.dtype).unsqueeze(2)
