@@ -537,3 +537,33 @@ def test_a_long_perturbation_run_says_its_passes_before_it_runs(tmp_path, capsys
     assert int(said.group(1).replace(",", "")) == expected
     made = sum(calls) - before[0]  # the method's own copies, after the announcement's timed forward
     assert expected - 1 <= made <= expected + 1, (made, expected)
+
+
+@pytest.mark.parametrize("method", ["neurondeeplift", "neuronfeatureablation", "neuronintegratedgradients"])
+def test_a_neuron_method_names_its_layer_and_asks_for_the_neuron(tmp_path, capsys, method):
+    """Sweep 35: without --target, NeuronFeatureAblation ran on no neuron and reported the model's output
+    and its Softmax; NeuronDeepLift's error called the layer "the output". The neuron is asked for, naming
+    the layer and the indices it takes; the report names the layer. Oracle: the neuron's value from a
+    model cut there, by onnxruntime, against the sum of NeuronDeepLift's attributions."""
+    import onnx
+    import onnxruntime as ort
+
+    common = ["attribute", DIGITS, "-i", DIGITS_INPUTS, "--method", method, "--layer", "relu_1", "--no-pictures"]
+    for target, got in (([], "got none"), (["--target", "3"], "got 3")):
+        assert main([*common, "-o", str(tmp_path / "bad"), *target]) == 2
+        said = capsys.readouterr().err
+        assert "one element of layer 'relu_1' [batch, 16, 4, 4]" in said and "--target 0,0,0" in said and got in said
+        assert not (tmp_path / "bad" / "report.json").exists()
+    assert main([*common, "-o", str(tmp_path / "ok"), "--target", "3,1,1", "-q"]) == 0
+    report = json.loads((tmp_path / "ok" / "report.json").read_text())
+    assert report["output"] == "relu_1" and report["final_activation"] is None
+    if method == "neurondeeplift":
+        cut = onnx.load(DIGITS)
+        cut.graph.output[0].name = "relu_1"
+        session = ort.InferenceSession(cut.SerializeToString(), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        x = np.load(DIGITS_INPUTS)[name]
+        neuron = session.run(["relu_1"], {name: x})[0][:, 3, 1, 1] - \
+            session.run(["relu_1"], {name: np.zeros_like(x)})[0][:, 3, 1, 1]
+        found = np.load(tmp_path / "ok" / "attributions.npz")
+        np.testing.assert_allclose(found[found.files[0]].reshape(len(x), -1).sum(1), neuron, rtol=1e-4, atol=1e-5)

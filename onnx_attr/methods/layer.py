@@ -273,9 +273,28 @@ class _NeuronMethod(AttributionMethod):
                 self._at_input = self.method(neuron_model(self.model, neuron_input(self.model, self.layer)),
                                              **self._options)
             inner = self._at_input
+        _check_neuron(self.layer, inner.model.outputs[0].shape, neuron_selector)
         result = inner.attribute(inputs, target=neuron_selector, **arguments)
         self.last_report = {**inner.last_report, "method": type(self).__name__, "layer": self.layer}
         return result
+
+
+def _check_neuron(layer: str, shape: Optional[tuple], selector: Any) -> None:
+    """A neuron is one element of the layer: an index per axis after the batch's (Captum's
+    `neuron_selector`; slices or a callable sum a region, checked where they are read). None, or a
+    count of indices that cannot be one, is refused here, naming the layer (not "the output")."""
+    if callable(selector) or isinstance(selector, Tensor):
+        return
+    indices = selector if isinstance(selector, tuple) else (selector,)
+    if selector is not None and (shape is None or not all(isinstance(i, int) for i in indices)
+                                 or len(shape) - 1 <= len(indices) <= len(shape)):
+        return
+    axes = "?" if shape is None else max(len(shape) - 1, 0)
+    example = ",".join("0" * max(axes, 1)) if shape is not None else "i,j"
+    where = f"layer {layer!r}" + ("" if shape is None else " [" + ", ".join(str(d) for d in shape) + "]")
+    got = "none" if selector is None else f"{selector!r}"
+    raise InputError(f"a neuron method explains one element of {where}: give it as neuron_selector, one index per "
+                     f"axis after the batch's ({axes}; the CLI's --target {example}); got {got}")
 
 
 class NeuronDeepLift(_NeuronMethod):

@@ -132,7 +132,8 @@ class MethodEntry:
             from onnx_attr.methods.base import output_index, output_report
 
             index = 0 if self.family == "neuron" else output_index(explainer.model, output)
-            explainer.last_report = {**output_report(explainer.model, self.title or self.class_name, index), **report}
+            explained = explainer.inner.model if self.family == "neuron" else explainer.model  # a neuron's: its layer
+            explainer.last_report = {**output_report(explained, self.title or self.class_name, index), **report}
         if blocks and isinstance(getattr(explainer, "last_report", None), dict):
             explainer.last_report["blocks_per_input"] = {name: count for name, (_, count) in blocks.items()}
         return result, delta
