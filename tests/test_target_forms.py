@@ -1201,3 +1201,32 @@ def test_a_matting_nets_alpha_matte_is_explained_before_its_foreground_colours(t
     with np.load(out / "attributions.npz") as data:
         total = data["src"].astype(np.float64).sum()
     _complete([total], [pha[region].sum()], [pha0[region].sum()])
+
+
+def test_a_recurrent_state_fed_back_is_explained_as_an_embedding(tmp_path):
+    """silero-vad's stateN [2, N, 128], built inside an If from its LSTM's h and c, was explained as a
+    time-major greedy path (sweep 35): the argmax of 128 state units, summed over the two layers. An output of
+    an input's shape under that input's name with a next-value suffix (stateN, h_out, hidden_2) is the
+    state's next value: `embedding` by default, its length along its own direction at the input. Oracle: that
+    length by hand from onnxruntime, against the attributions' sum."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["wx"]), helper.make_node("Unsqueeze", ["wx", "zero"], ["wx1"]),
+             helper.make_node("Add", ["wx1", "state"], ["pre"]), helper.make_node("Tanh", ["pre"], ["stateN"]),
+             helper.make_node("ReduceSum", ["stateN", "axes"], ["speech"], keepdims=0)]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 5]), _info("state", [2, "N", 4])],
+                 [_info("speech", ["N", 4]), _info("stateN", ["A", "B", "C"])],
+                 {"w": RNG.normal(size=(5, 4)).astype(np.float32), "zero": np.array([0], np.int64),
+                  "axes": np.array([0], np.int64)}, "stream.onnx")
+    x, state = RNG.normal(size=(3, 5)).astype(np.float32), RNG.normal(size=(2, 3, 4)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x, state=state)
+    out = tmp_path / "out"
+    assert main(["attribute", path, "-i", str(tmp_path / "in.npz"), "-o", str(out), "--output-name", "stateN",
+                 "--no-pictures", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_detail"]["form"] == "embedding" and "fed back as input 'state'" in report["target_source"]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    e = session.run(["stateN"], {"x": x, "state": state})[0].astype(np.float64).mean(0)  # [N, 4]: over h and c
+    e0 = session.run(["stateN"], {"x": np.zeros_like(x), "state": np.zeros_like(state)})[0].astype(np.float64).mean(0)
+    direction = e / np.linalg.norm(e, axis=1, keepdims=True)
+    with np.load(out / "attributions.npz") as data:
+        sums = data["x"].astype(np.float64).sum(1) + data["state"].astype(np.float64).sum((0, 2))
+    _complete(sums, (e * direction).sum(1), (e0 * direction).sum(1))

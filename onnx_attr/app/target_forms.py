@@ -272,6 +272,11 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
         # no mask or index pairs with the elements of a copy of another size (a perturbed input's, the baseline's)
         return Layout(f"an output whose size follows the values [{', '.join(map(str, spec.shape))}]", "other",
                       "embedding", counted=True)
+    fed = _fed_back(model, spec.name, tuple(view.movedim(0, axis).shape) if axis is not None else shape, inputs) \
+        if op is None and inputs else None
+    if fed is not None:  # silero-vad's stateN [2, N, 128], built in an If from its LSTM's h and c (sweep 35): no
+        # argmax of its units means anything
+        return Layout(f"a recurrent state fed back as input {fed!r}", "embedding", "embedding")
     embedded = _normalised(model, spec.name) if op is None and len(shape) in (1, 2) else None
     if embedded is not None:  # a vector per example (or per token) that no argmax reads: an embedding
         return Layout(f"an embedding [N, {'T, ' if len(shape) == 2 else ''}D] ({embedded})", "embedding", "embedding")
@@ -399,6 +404,24 @@ def _normalised(model, name: str) -> Optional[str]:
     if EMBEDDING_NAME.search(name.lower()):  # its exporter says so: a speaker's d-vector, a learned fingerprint
         return f"named {name!r}"
     return None
+
+
+def _fed_back(model, name: str, shape: tuple, inputs: dict) -> Optional[str]:
+    """The floating input this output is the next value of, where it is one: a streaming model's state
+    (`state` in, `stateN` out; `h0` in, `hn` out), of the input's shape under the input's name."""
+    for spec in model.inputs:
+        stem = spec.name.rstrip("0123456789_").lower()
+        given = inputs.get(spec.name)
+        rest = name.lower()[len(stem):].lstrip("_")
+        if spec.differentiable and given is not None and tuple(np.shape(given)) == shape and len(shape) <= 3 \
+                and stem and name.lower().startswith(stem) and name != spec.name \
+                and (rest.isdigit() or rest in _NEXT_STATE):  # (not an image: `x` -> `x_hat`)
+            return spec.name
+    return None
+
+
+#: what an output's name adds to its input's for the state's next value (`stateN`, `h_out`, `hidden_next`)
+_NEXT_STATE = frozenset({"n", "out", "new", "next", "t"})
 
 
 #: output names that declare an embedding (a word of the name; no final activation, rank 2 or 3)
