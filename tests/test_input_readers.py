@@ -108,6 +108,10 @@ def test_defaults_from_the_model_and_refusals():
         ImagePreprocessing(size=(5, 6)).resolved(NCHW)
     with pytest.raises(InputError, match="gives 1 channel"):
         ImagePreprocessing(channels="L").resolved(NCHW)
+    # a layout that misplaces the channels is blamed, not --channels the user never gave (sweep 35)
+    with pytest.raises(InputError, match="--layout NHWC reads the channels of input 'image' on axis 3, which is 8 long.*its "
+                                         "layout is NCHW: leave --layout out"):
+        ImagePreprocessing(layout="NHWC").resolved(NCHW)
     with pytest.raises(InputError, match="one per channel"):
         ImagePreprocessing(mean=(0.1, 0.2)).resolved(NCHW)
     with pytest.raises(InputError, match="--std"):

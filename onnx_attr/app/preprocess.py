@@ -82,7 +82,16 @@ class ImagePreprocessing:
         channels = self.channels or ("L" if declared == 1 else "RGB")
         count = 1 if channels == "L" else 3
         if isinstance(declared, int) and declared != count:
-            raise InputError(f"--channels {channels} gives {count} channel(s), input {spec.name!r} takes {declared} "
+            if self.layout is not None and declared not in (1, 3):  # the layout asked for misplaces the channels
+                try:
+                    found = _layout_of(dims, spec)
+                except InputError:
+                    found = layout
+                raise InputError(f"--layout {layout} reads the channels of input {spec.name!r} on axis {axis}, which is "
+                                 f"{declared} long ({spec.describe()})" + (f"; its layout is {found}: leave --layout "
+                                                                          "out" if found != layout else ""))
+            given = f"--channels {channels} gives" if self.channels else f"an {channels} image has"
+            raise InputError(f"{given} {count} channel(s), input {spec.name!r} takes {declared} "
                              f"({spec.describe()}, layout {layout})")
         hw = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
         static = tuple(hw) if all(isinstance(d, int) for d in hw) else None
