@@ -460,9 +460,17 @@ def test_a_model_that_combines_its_input_rows_is_one_example_and_batch_axis_0_sa
     _complete(sums.sum(), np.take_along_axis(y, ids, 1).sum(), np.take_along_axis(y0, ids, 1).sum())
     np.savez(tmp_path / "x.npz", x=x)
     for extra, said in ((["--batch-axis", "0"], "3 row(s) there for 12 example(s)"),
+                        (["--batch-axis", "0"], "Without --batch-axis the whole input is explained as one example"),
                         (["--target", "0"], "shape [3, 7], read as one example")):
         assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "bad"), *extra]) == 2
         assert said in capsys.readouterr().err
+    # a time-major output [T, N, C] refused on axis 0 says where the run finds its batch (sweep 35: it said
+    # "one example" where the run explains each row on axis 1)
+    time_major = _sequence(tmp_path, time_major=True)
+    np.savez(tmp_path / "seq.npz", x=RNG.normal(size=(2, 6, 5)).astype(np.float32))
+    assert main(["attribute", time_major, "-i", str(tmp_path / "seq.npz"), "-o", str(tmp_path / "bad"),
+                 "--batch-axis", "0"]) == 2
+    assert "Without --batch-axis the output's batch is read on its axis 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["mask", "lengths"])

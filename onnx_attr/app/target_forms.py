@@ -123,10 +123,15 @@ def output_batch_axis(model, output_index: int, out: Tensor, examples: int, give
         if not 0 <= given < max(out.dim(), 1):
             raise InputError(f"--batch-axis {given} is not an axis of the output of shape {list(out.shape)}")
         if out.dim() and examples and out.shape[given] != examples:
+            try:  # what the run reads without the option (sweep 35: this said "one example" where it found axis 1)
+                found = output_batch_axis(model, output_index, out, examples, None, inputs)
+            except InputError:
+                found = None
+            without = "the whole input is explained as one example; --target then indexes the whole output" \
+                if found is None else f"the output's batch is read on its axis {found}"
             raise InputError(f"--batch-axis {given}: the output of shape {list(out.shape)} has {out.shape[given]} "
                              f"row(s) there for {examples} example(s) in the input, so it is not the batch (the model "
-                             "combines its input rows). Without --batch-axis the whole input is explained as one "
-                             "example; --target then indexes the whole output")
+                             f"combines its input rows). Without --batch-axis {without}")
         return given
     if out.dim() == 0:
         return 0
