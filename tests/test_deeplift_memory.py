@@ -28,7 +28,8 @@ class TwoHeads(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(5)
-        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1), nn.Sigmoid())
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1),
+                                   nn.Sigmoid())
         self.head_a = nn.Sequential(nn.Conv2d(6, 4, 3, padding=1), nn.ReLU())
         self.head_b = nn.Sequential(nn.Conv2d(6, 5, 1), nn.Tanh())
 

@@ -1027,7 +1027,6 @@ class _Job:
         attributions = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
         return attributions, np.concatenate(deltas), _merged_reports(reports, len(steps) > 1)
 
-
     def _announce_passes(self, attributed: dict, extra: dict) -> None:
         """A perturbation method's forward passes, said on stderr before they run where they would take
         longer than `PASSES_NOTE_SECONDS` (sweep 35: ShapleyValueSampling's 6,400 passes over 256 blocks ran
@@ -1040,7 +1039,8 @@ class _Job:
         took = time.perf_counter() - start
         if passes * took < PASSES_NOTE_SECONDS:
             return
-        print(f"onnx-attr: {entry(self.method).title or entry(self.method).class_name} runs about {passes:,} forward passes here, "
+        title = entry(self.method).title or entry(self.method).class_name
+        print(f"onnx-attr: {title} runs about {passes:,} forward passes here, "
               f"{took:.2g} s each: about {_duration(passes * took)}. --features N cuts each input into N blocks "
               f"(now {self.method_options.get('features') or 'one per element'}); fewer blocks, fewer passes",
               file=sys.stderr)

@@ -162,8 +162,8 @@ class ShardWorker:
 
         masks = set(mask_inputs(model))  # floating masks beside the inputs explained: held, as `attribute` does
         # an input without rows (a 0-d sample rate) is held at its one value, as `attribute` holds it
-        self.attributed = [s.name for s in model.inputs if (s.differentiable or s.name in tapped) and s.name not in masks
-                           and self.reader.axes.get(s.name) is not None]
+        self.attributed = [s.name for s in model.inputs if (s.differentiable or s.name in tapped)
+                           and s.name not in masks and self.reader.axes.get(s.name) is not None]
         self._baselines: Any = None
         self._blurred_shapes: dict = {}  # row shapes where `--baseline auto` found zeros outside the domain
 

@@ -87,9 +87,9 @@ class ImagePreprocessing:
                     found = _layout_of(dims, spec)
                 except InputError:
                     found = layout
-                raise InputError(f"--layout {layout} reads the channels of input {spec.name!r} on axis {axis}, which is "
-                                 f"{declared} long ({spec.describe()})" + (f"; its layout is {found}: leave --layout "
-                                                                          "out" if found != layout else ""))
+                hint = f"; its layout is {found}: leave --layout out" if found != layout else ""
+                raise InputError(f"--layout {layout} reads the channels of input {spec.name!r} on axis {axis}, "
+                                 f"which is {declared} long ({spec.describe()}){hint}")
             given = f"--channels {channels} gives" if self.channels else f"an {channels} image has"
             raise InputError(f"{given} {count} channel(s), input {spec.name!r} takes {declared} "
                              f"({spec.describe()}, layout {layout})")

@@ -299,7 +299,8 @@ def rewrite_for_deeplift(module: fx.GraphModule, inputs: Sequence[TensorSpec], *
     finals = next(n for n in out.graph.nodes if n.op == "output").args[0]
     result.varying_outputs = [isinstance(f, fx.Node) and f in variable
                               for f in (finals if isinstance(finals, (tuple, list)) else [finals])]
-    rewritten = [n for n in out.graph.nodes if n.op == "call_module" and isinstance(out.get_submodule(n.target), DeepLiftOp)]
+    rewritten = [n for n in out.graph.nodes
+                 if n.op == "call_module" and isinstance(out.get_submodule(n.target), DeepLiftOp)]
     result.off_path = [frozenset(id(out.get_submodule(n.target)) for n in rewritten if n not in seen)
                        for seen in computed_from(out)]
     out.graph.lint()
