@@ -287,7 +287,8 @@ def _check_neuron(layer: str, shape: Optional[tuple], selector: Any) -> None:
         return
     indices = selector if isinstance(selector, tuple) else (selector,)
     if selector is not None and (shape is None or not all(isinstance(i, int) for i in indices)
-                                 or len(shape) - 1 <= len(indices) <= len(shape)):
+                                 or len(shape) - 1 <= len(indices) <= len(shape)
+                                 or all(d == 1 for d in shape[1 + len(indices):])):  # what is left holds one value
         return
     axes = "?" if shape is None else max(len(shape) - 1, 0)
     example = ",".join("0" * max(axes, 1)) if shape is not None else "i,j"
