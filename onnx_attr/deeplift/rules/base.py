@@ -101,8 +101,9 @@ class UnaryRule(Rule):
         _require_varying(info, 1, "is not elementwise-unary")
 
     def multiplier_in_forward(self, info: NodeInfo) -> bool:
-        """Whether this node's multiplier is computed in the forward (see `multiplier`)."""
-        return True
+        """Whether this node's multiplier is computed in the forward (see `multiplier`): where the
+        backward is this class's, which is the multiplier times the incoming gradient, and only that."""
+        return type(self).backward is UnaryRule.backward
 
     def multiplier(self, info: NodeInfo, call: Callable, args: Sequence[Any], out: Tensor, refs: Sequence[Any],
                    ref_out: Tensor, memo: dict | None = None) -> Tensor:
