@@ -1059,9 +1059,13 @@ def perturbation_passes(method: str, explainer, features: Optional[int], attribu
         return None
     from onnx_attr.methods.registry import feature_blocks
 
+    import inspect
+
     blocks = feature_blocks(explainer, attributed, features)
     count = sum(blocks[k][1] if k in blocks else int(np.prod(np.shape(v)[1:])) for k, v in attributed.items())
-    samples = 25  # ShapleyValueSampling's random orders, and Lime's and KernelShap's draws (Captum's defaults here)
+    # ShapleyValueSampling's random orders, Lime's and KernelShap's draws: the method's own default
+    samples = inspect.signature(explainer.attribute).parameters.get("n_samples")
+    samples = samples.default if samples is not None and isinstance(samples.default, int) else 1
     return {"featureablation": count + 1, "shapleyvaluesampling": samples * count + 1}.get(method, samples + 1)
 
 

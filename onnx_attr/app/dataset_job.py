@@ -312,7 +312,7 @@ class ShardWorker:
             if reference is None:
                 reference = domain_reference(self.model, attributed, extra)[0]
             result, delta = self._call(reference, attributed, extra, target)
-        attributions = {k: np.moveaxis(np.asarray(result[k]), self.reader.axes.get(k) or 0, 0) for k in attributed}
+        attributions = self.reader.rows_first({k: result[k] for k in attributed})
         explained = Targets(target, n, resolved.detail.get("batch_axis", 0)).select(output).double().tolist()
         return attributions, delta, list(zip(prediction, explained)), row_targets(resolved, n)
 
@@ -685,8 +685,8 @@ def _dataset_mean(model, settings: Settings, sources: Sequence[Source], shards: 
     dtypes = {s.name: s.dtype for s in model.inputs}
     buffer = io.BytesIO()
     with np.errstate(invalid="ignore", divide="ignore"):  # a value missing in every row stays NaN: refused
-        np.savez(buffer, **{k: np.moveaxis((v / present[k])[None], 0, reader.axes.get(k) or 0).astype(dtypes[k])
-                            for k, v in totals.items()})
+        means = reader.model_layout({k: (v / present[k])[None] for k, v in totals.items()}, {})
+        np.savez(buffer, **{k: v.astype(dtypes[k]) for k, v in means.items()})
     data = buffer.getvalue()
     return data, hashlib.sha256(data).hexdigest(), count
 

@@ -400,6 +400,10 @@ class RowReader:
         and the held values as they are."""
         return {**{k: np.moveaxis(v, 0, self.axes.get(k) or 0) for k, v in rows.items()}, **held}
 
+    def rows_first(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`model_layout` undone: values shaped as the model's inputs (attributions) with their rows on axis 0."""
+        return {k: np.moveaxis(np.asarray(v), self.axes.get(k) or 0, 0) for k, v in values.items()}
+
     def _load(self, source: Source, read):
         if self._cached is None or self._cached[0] != source.path:
             self._cached = None  # drop the old one before reading the next
