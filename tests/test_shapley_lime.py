@@ -282,3 +282,22 @@ def test_clear_errors(tiny):
         onnx_attr.ShapleyValueSampling(imported).attribute(X, target=0, feature_mask=torch.tensor([[0, -1, 1, 1, 1]]))
     with pytest.raises(onnx_attr.InputError, match="distance_mode"):
         onnx_attr.Lime(imported, distance_mode="manhattan")
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.01])
+def test_a_value_that_never_moves_fits_exact_zeros(alpha):
+    """KernelShap on a model whose explained value is the same for every coalition (sweep 35): its
+    weighted mean rounds off that value, and least squares fitted the rounding, ~1e-32 noise that
+    the run's "every attribution is exactly 0" warning missed. Oracle: β = 0 fits a constant exactly
+    (the intercept takes it), and a moving y still fits scikit-learn's coefficients."""
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 2, (60, 7)).astype(float)
+    w = rng.uniform(0.1, 2, 60)
+    w[:2] = 1e6  # KernelShap's endpoints
+    for value in (0.1, 317.25, -4.4e5):
+        assert not np.any(weighted_linear_fit(x, np.full(60, value), w, alpha))
+    y = x @ rng.normal(size=7) * 300 + 317.25
+    expected = LinearRegression().fit(x, y, sample_weight=w).coef_
+    np.testing.assert_allclose(weighted_linear_fit(x, y, w), expected, rtol=1e-8, atol=1e-8)
