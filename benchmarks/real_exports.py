@@ -3143,8 +3143,12 @@ def _run_step(step: str, model_path: str, inputs_path: str, target: Any, out_dir
         method.attribute(inputs, target=target, return_convergence_delta=True, **options)
     relative = float(method.last_report["max_relative_delta"])
     passed = step == "ig" or relative <= DELTA_OK
-    return {"status": "ok" if passed else "FAIL", "delta": relative,
-            "detail": f"rel delta {relative:.2e}" + (" (baseline: blurred, zeros outside the domain)" if blur else "")}
+    # the method's own report says the explained output is not finite at the input or the baseline: no
+    # attribution can add up to its change, and the run said so (a refusal where the spec expects one)
+    undefined = any("not finite" in w and "explain nothing" in w for w in method.last_report.get("warnings", ()))
+    return {"status": "ok" if passed else "FAIL", "delta": relative, **({"undefined": True} if undefined else {}),
+            "detail": f"rel delta {relative:.2e}" + (" (baseline: blurred, zeros outside the domain)" if blur else "")
+            + (" (the report: output not finite at the input or the baseline)" if undefined else "")}
 
 
 def worker(arguments: list[str]) -> None:
@@ -3279,8 +3283,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                         Path(scratch) / f"{spec.name}-out", args.timeout)
             for step in spec.refuses:  # our refusal, where the spec expects one, is the right answer
                 found = record["steps"].get(step, {})
-                if found.get("status") == "ERR" or (found.get("status") == "FAIL" and found.get("exit") == 2):
-                    found["status"] = "REFUSED"  # (the CLI's: a clear error, exit 2)
+                if found.get("status") == "ERR" or (found.get("status") == "FAIL" and (
+                        found.get("exit") == 2 or found.get("undefined"))):
+                    found["status"] = "REFUSED"  # (the CLI's: a clear error, exit 2; a method's: its report's warning)
             print(f"{spec.name}: " + ", ".join(f"{k} {v['status']} {v['seconds']:g}s" for k, v in record["steps"].items()),
                   file=sys.stderr, flush=True)
             results.append(record)
