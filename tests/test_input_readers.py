@@ -562,3 +562,100 @@ def test_raw_pixels_are_reported(tmp_path, cnn_path, capsys):
     with pytest.warns(PixelRangeWarning) as said:
         assert main(["dataset", str(cnn_path), "-i", str(folder), "-o", str(tmp_path / "ds"), "-q"]) == 0
     assert len([w for w in said if issubclass(w.category, PixelRangeWarning)]) == 1  # once a job, not once a reader
+
+
+# -- a model that fixes one side of its picture (a text-line recogniser's height) ---------------------------------
+
+LINE = TensorSpec("line", ("batch", 1, 16, "width"), np.dtype("float32"))
+
+
+class _LineReader(torch.nn.Module):
+    """A CRNN-shaped toy: grey [N, 1, 16, W] -> per-column scores [N, W / 2, 5]."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 6, 3, padding=1)
+        self.head = torch.nn.Linear(6, 5)
+
+    def forward(self, x):
+        features = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).mean(2)  # [N, 6, W / 2]
+        return self.head(features.transpose(1, 2))
+
+
+@pytest.fixture(scope="module")
+def line_path(tmp_path_factory) -> Path:
+    import io
+    import warnings
+
+    path = tmp_path_factory.mktemp("line") / "line.onnx"
+    buffer = io.BytesIO()
+    shapes = ({0: torch.export.Dim("batch"), 3: 2 * torch.export.Dim("half", min=2, max=2048)},)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_LineReader().eval(), (torch.zeros(1, 1, 16, 32),), input_names=["line"],
+                          dynamic_shapes=shapes, dynamo=True, verbose=False).save(buffer)
+    path.write_bytes(buffer.getvalue())
+    assert load(str(path)).inputs[0].shape[2] == 16 and not isinstance(load(str(path)).inputs[0].shape[3], int)
+    return path
+
+
+def test_one_fixed_side_keeps_the_aspect_ratio(tmp_path):
+    """hunt 36: a handwriting recogniser [1, 1, 48, W] refused a PNG ("no fixed height and width") though its
+    height is fixed; an OCR pipeline resizes a line to that height with the aspect kept. Oracle: Pillow's
+    resize to 16 x round(50 * 16 / 20) = 40."""
+    prep = ImagePreprocessing(scale=1 / 255).resolved(LINE)
+    assert prep.size == (16, None) and prep.to_dict()["size"] == [16, None] and prep.channels == "L"
+    pixels = np.random.default_rng(4).integers(0, 256, (20, 50), dtype=np.uint8)
+    path = _png(tmp_path / "line.png", pixels)
+    values, display = load_image(path, prep)
+    oracle = np.asarray(Image.fromarray(pixels).resize((40, 16), Image.Resampling.BILINEAR))
+    assert values.shape == (1, 16, 40) and np.allclose(values[0], oracle / 255, rtol=0, atol=1e-7)
+    assert np.array_equal(display, oracle)
+    wide = TensorSpec("strip", ("batch", 3, "height", 24), np.dtype("float32"))  # the width fixed instead
+    assert ImagePreprocessing().resolved(wide).size == (None, 24)
+    assert load_image(path, ImagePreprocessing().resolved(wide))[0].shape == (3, 10, 24)  # 20 * 24 / 50 = 9.6
+    with pytest.raises(InputError, match="no fixed height and width"):  # a resize has no crop size to reach here
+        ImagePreprocessing(resize=20).resolved(LINE)
+
+
+def test_one_fixed_side_end_to_end(tmp_path, line_path, capsys):
+    """The CLI on a PNG line: the attributions add up to onnxruntime's change of the picked (step, class)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (24, 60), dtype=np.uint8)  # 16 x 40 once resized
+    path = _png(tmp_path / "line.png", pixels)
+    out = tmp_path / "out"
+    assert main(["attribute", str(line_path), "-i", str(path), "-o", str(out), "-q", "--scale", "1/255",
+                 "--target", "7,3", "--baseline", "zeros"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["manifest"]["options"]["preprocessing"]["image"]["size"] == [16, None]
+    attributions = np.load(out / "attributions.npz")["line"]
+    x = (np.asarray(Image.fromarray(pixels).resize((40, 16), Image.Resampling.BILINEAR)) / 255).astype(np.float32)
+    x = x[None, None]
+    session = ort.InferenceSession(str(line_path), providers=["CPUExecutionProvider"])
+    change = session.run(None, {"line": x})[0][0, 7, 3] - session.run(None, {"line": np.zeros_like(x)})[0][0, 7, 3]
+    assert attributions.shape == (1, 1, 16, 40)
+    assert np.isclose(attributions.sum(dtype=np.float64), change, rtol=1e-4, atol=1e-6)
+
+
+def test_one_fixed_side_rows_share_the_first_size(tmp_path, line_path):
+    """Rows of one run (a dataset job's) share one size: an image of another aspect is an error row that
+    names the --image-size that would resize every image to the first one's."""
+    from onnx_attr.app.readers import RowReader, describe_sources
+
+    folder = tmp_path / "lines"
+    folder.mkdir()
+    _png(folder / "a.png", np.full((20, 50), 90, np.uint8))  # 16 x 40
+    _png(folder / "b.png", np.full((40, 100), 90, np.uint8))  # 16 x 40 too
+    _png(folder / "c.png", np.full((20, 30), 90, np.uint8))  # 16 x 24
+    specs = load(str(line_path)).inputs
+    options = InputOptions(image=ImagePreprocessing(scale=1 / 255))
+    reader = RowReader(specs, options)
+    (source,) = describe_sources(sorted(folder.iterdir()), specs, options)
+    rows = reader.read(source, 0, source.rows)
+    assert rows.errors[:2] == [None, None] and "give --image-size 16x40" in rows.errors[2]
+    assert rows.arrays["line"].shape == (3, 1, 16, 40) and not rows.arrays["line"][2].any()  # zeros in its place
+    later = reader.read(source, 2, 3)  # a later batch of the same run keeps the first size
+    assert "give --image-size 16x40" in later.errors[0] and later.arrays["line"].shape == (1, 1, 16, 40)

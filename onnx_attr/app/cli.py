@@ -127,7 +127,7 @@ def _input_format_options(p: argparse.ArgumentParser) -> None:
     images = p.add_argument_group("image files (PNG/JPEG; defaults from the model's input shape where it is static)")
     images.add_argument("--preprocessing", metavar="FILE", help="a JSON object of the settings below (size, resize, "
                         "layout, channels, scale, mean, std, dtype, resample); options given here override it")
-    images.add_argument("--image-size", metavar="HxW", help="height x width fed to the model (one number: a square)")
+    images.add_argument("--image-size", metavar="HxW", help="height x width fed to the model (one number: a square; default: the model's, and where it fixes one side only, that side with the aspect kept)")
     images.add_argument("--resize", type=_positive_int, metavar="N",
                         help="resize the shorter side to N, then centre-crop to --image-size (default: resize straight "
                              "to --image-size)")

@@ -6,7 +6,9 @@ pipelines. The steps, in this order, are those of the usual torchvision and Kera
 1. decode with Pillow, converted to RGB (or to grey, "L", for a one-channel model);
 2. resize: with `resize`, the shorter side to `resize` pixels (aspect kept), then a centre crop
    to `size`, both as torchvision's Resize(int) and CenterCrop compute them on a PIL image;
-   without it, straight to `size` (height, width) when the image differs from it;
+   without it, straight to `size` (height, width) when the image differs from it; where the
+   model fixes one side only (a text-line recogniser's [N, 1, 48, W]), to that side with the
+   aspect kept, the other side rounded (`size` holds None for it), as OCR pipelines resize a line;
 3. channel order: BGR reverses RGB;
 4. value = pixel * scale, then (value - mean[c]) / std[c] per channel (mean and std in scaled
    units, so torchvision's ImageNet figures go with scale 1/255);
@@ -50,7 +52,8 @@ class PixelRangeWarning(InputWarning):
 class ImagePreprocessing:
     """How an image file becomes one example of a model input; None fields are taken from the model."""
 
-    size: Optional[tuple[int, int]] = None  # (height, width) fed to the model
+    size: Optional[tuple[Optional[int], Optional[int]]] = None  # (height, width) fed to the model; a None
+    # side (taken from a model that fixes only the other) follows each image's aspect ratio
     resize: Optional[int] = None  # shorter side before the centre crop; None: resize straight to `size`
     layout: Optional[str] = None
     channels: Optional[str] = None
@@ -96,6 +99,9 @@ class ImagePreprocessing:
         hw = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
         static = tuple(hw) if all(isinstance(d, int) for d in hw) else None
         size = self.size or static
+        one_side = [d if isinstance(d, int) and d > 0 else None for d in hw]
+        if size is None and self.resize is None and one_side.count(None) == 1:
+            size = tuple(one_side)  # the other side follows the image's aspect ratio (a text line at height 48)
         if size is None:
             raise InputError(f"input {spec.name!r} ({spec.describe()}) has no fixed height and width: give the size "
                              "the model expects with --image-size HxW")
@@ -106,7 +112,8 @@ class ImagePreprocessing:
             raise InputError(f"--resize {self.resize} is smaller than the crop {size[0]}x{size[1]}; resize the shorter "
                              "side to at least the crop's size")
         dtype = self.dtype or (str(spec.dtype) if spec.dtype is not None else "float32")
-        done = replace(self, size=(int(size[0]), int(size[1])), layout=layout, channels=channels, dtype=dtype)
+        done = replace(self, size=tuple(None if s is None else int(s) for s in size), layout=layout,
+                       channels=channels, dtype=dtype)
         done.check(count)
         return done
 
@@ -127,7 +134,8 @@ class ImagePreprocessing:
                 raise InputError(f"{name} gives {len(values)} values; give 1, or one per channel ({count})")
             if not all(np.isfinite(v) for v in values) or (name == "--std" and any(v <= 0 for v in values)):
                 raise InputError(f"{name} {list(values)}: give finite numbers" + (" > 0" if name == "--std" else ""))
-        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+        if self.size is not None and (len(self.size) != 2 or self.size.count(None) > 1
+                                      or any(s is not None and s < 1 for s in self.size)):
             raise InputError(f"--image-size {self.size!r}: give HxW (or one number for a square), each >= 1")
         if self.resize is not None and self.resize < 1:
             raise InputError(f"--resize {self.resize!r}: give a number of pixels >= 1")
@@ -337,6 +345,10 @@ def _resized(image, prep: ImagePreprocessing):
     method = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}[prep.resample]
     height, width = prep.size  # type: ignore[misc]
+    if height is None:  # the model fixes the width only: the height keeps the image's aspect ratio
+        height = max(1, round(image.height * width / image.width))
+    if width is None:
+        width = max(1, round(image.width * height / image.height))
     if prep.resize is None:
         return image if image.size == (width, height) else image.resize((width, height), method)
     short = min(image.size)  # torchvision's rule: the longer side truncated, the crop's offset rounded

@@ -330,6 +330,7 @@ class RowReader:
         self.columns = list(self.options.columns) if self.options.columns else None
         self._cached: Optional[tuple[str, object]] = None
         self._image: Optional[tuple[TensorSpec, ImagePreprocessing]] = None
+        self._aspect_size: Optional[tuple[int, int]] = None  # what the run's first image made of a free side
         self._text: Optional[TextEncoder] = None
         self.axes = row_axes(self.specs)
 
@@ -376,6 +377,7 @@ class RowReader:
         for file in files:
             try:
                 value, display = load_image(file, prep)
+                self._same_size(file, display, prep)
             except InputError as err:
                 value, display = None, None
                 errors.append(str(err))
@@ -383,13 +385,28 @@ class RowReader:
                 errors.append(None)
             values.append(value)
             shown.append(display)
-        model_shape, display_shape = _image_shapes(prep)
+        model_shape, display_shape = _image_shapes(prep, self._aspect_size)
         arrays = np.stack([v if v is not None else np.zeros(model_shape, prep.dtype) for v in values]) \
             if values else np.zeros((0, *model_shape), prep.dtype)
         display = np.stack([d if d is not None else np.zeros(display_shape, np.uint8) for d in shown]) \
             if shown else np.zeros((0, *display_shape), np.uint8)
         return Rows({spec.name: arrays}, errors, display={spec.name: display},
                     channels_last={spec.name} if prep.layout == "NHWC" else set())
+
+    def _same_size(self, file: str, display: np.ndarray, prep: ImagePreprocessing) -> None:
+        """Where a side follows each image's aspect ratio (`ImagePreprocessing.size`), the run's rows
+        share the size its first image took: one of another aspect is an error row, not a row of
+        another width."""
+        if prep.size is None or None not in prep.size:
+            return
+        found = tuple(display.shape[-2:])
+        if self._aspect_size is None:
+            self._aspect_size = found
+        elif found != self._aspect_size:
+            height, width = self._aspect_size
+            raise InputError(f"image {str(file)!r} is {found[0]}x{found[1]} once resized to the side the model fixes "
+                             f"(aspect kept), where the run's first image made {height}x{width}: rows of one run share "
+                             f"a size; give --image-size {height}x{width} to resize every image to it")
 
     def _named(self, rows: Rows, feeds: dict[str, list[str]]) -> Rows:
         rows.feature_names = {name: list(cols) for name, cols in feeds.items() if len(cols) > 1}
@@ -500,9 +517,13 @@ def _cell_or_missing(cell: str) -> float:
     return float(cell) if cell.strip() else np.nan
 
 
-def _image_shapes(prep: ImagePreprocessing) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """One example's shape as the model takes it, and as `load_image` shows it."""
+def _image_shapes(prep: ImagePreprocessing, found: Optional[tuple[int, int]] = None
+                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """One example's shape as the model takes it, and as `load_image` shows it (`found`: the size
+    the run's first image took where a side follows the aspect ratio; square before it)."""
     height, width = prep.size  # type: ignore[misc]
+    if height is None or width is None:
+        height, width = found or (height or width, height or width)
     count = prep.channel_count
     shapes = {"NCHW": (count, height, width), "NHWC": (height, width, count), "NHW": (height, width)}
     model = shapes[prep.layout or "NCHW"]
