@@ -179,6 +179,22 @@ def plain_first(name: str) -> dict:
             "plain_faults": faults, "plain_kernel": kernel}
 
 
+def first_touch_cost(megabytes: int = 256) -> float:
+    """Microseconds of kernel time per fresh 4 KiB page, measured in this process: the price of every
+    page a first call touches. On this project's virtual machines, memory the guest has not used since
+    it started costs 4-9 µs a page (the host backs it on first touch: 14 GB took 30 s of kernel time
+    once, 3 s the second time), memory used and freed before 0.4-0.9 µs: the first-call ratios
+    below move with it, whatever the code does, so quote them with this figure."""
+    import numpy as np
+
+    kernel = memory_faults()[1]
+    block = np.empty(megabytes << 20, np.uint8)
+    block[::4096] = 1  # one write per page: each faults once (or once per 2 MiB where numpy asks for huge pages)
+    spent = memory_faults()[1]
+    del block
+    return (spent - kernel) / (megabytes * 256) * 1e6
+
+
 def memory_faults() -> tuple[int, float]:
     """(page faults, seconds in the kernel) of this process so far. A first call's extra time is mostly
     the kernel handing it fresh memory: each 4 KiB page it first touches faults and is zero-filled."""
@@ -255,7 +271,8 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(DEFAULT)
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; allocator: {args.allocator}")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; allocator: {args.allocator}; "
+          f"first touch of a page: {first_touch_cost():.1f} µs (`first_touch_cost`)")
     print("| model | nodes | import | load | verify | load+verify | DeepLift 1st | of it: batch probe | steady | steady, fresh reference | fwd+grad | "
           "1st/steady | 1st/fresh | (1st − probe)/steady | steady/fwd+grad | steady/methods' fwd+grad | plain fwd+grad 1st/steady | 1st: page faults, kernel s | plain 1st: page faults, kernel s | rel. δ | wide nodes | "
           "their backward: float64 / float32 (δ) |")
