@@ -159,10 +159,12 @@ def test_slope_where_another_input_broadcasts_x_is_per_output_element(memo):
 
 
 @pytest.mark.parametrize("f", [torch.sigmoid, torch.tanh, torch.nn.functional.silu], ids=lambda f: getattr(f, "__name__", "f"))
-def test_reference_slope_is_taken_whole_only_once_the_reference_comes_back(f, monkeypatch):
-    """A reference's first call takes f'(x0) on its few close elements; a later call with the same
-    reference (and memo) takes it once over the whole reference and keeps it. Both are f'(x0) on
-    those elements: the multipliers agree, and the first call ran no whole-tensor slope."""
+def test_reference_slope_is_taken_on_the_close_elements_in_every_call(f, monkeypatch):
+    """Every call with the same reference (and memo) takes f'(x0) on its few close elements alone,
+    never over the whole reference (that pass, from a reference's second use, made a second call on
+    layout_cdla cost ~1.7x a steady one and held one more map per node, for no steady gain).
+    Oracle: f'(x0) by autograd over the whole reference, at those elements; the calls agree bit
+    for bit."""
     gen = torch.Generator().manual_seed(11)
     x0 = torch.randn((1, 8, 16, 16), generator=gen, dtype=torch.float64) * 40
     x = torch.randn((2, 8, 16, 16), generator=gen, dtype=torch.float64) * 40
@@ -172,12 +174,8 @@ def test_reference_slope_is_taken_whole_only_once_the_reference_comes_back(f, mo
     slope = paired._slope
     monkeypatch.setattr(paired, "_slope", lambda fn, t: whole.append(t.numel()) or slope(fn, t))
     memo: dict = {}
-    first = rescale_multiplier(f, x, x0, f(x), f(x0), memo=memo)
+    calls = [rescale_multiplier(f, x, x0, f(x), f(x0), memo=memo) for _ in range(3)]
     assert whole == [] and "slope" not in memo
-    again = rescale_multiplier(f, x, x0, f(x), f(x0), memo=memo)
-    assert whole == [x0.numel()] and "slope" in memo
-    torch.testing.assert_close(first, again, rtol=1e-15, atol=0)
+    assert torch.equal(calls[0], calls[1]) and torch.equal(calls[1], calls[2])
     at = (x - x0) == 0
-    torch.testing.assert_close(first[at], slope(f, x0).expand_as(x)[at], rtol=1e-15, atol=0)
-    third = rescale_multiplier(f, x, x0, f(x), f(x0), memo=memo)
-    assert whole == [x0.numel()] and torch.equal(third, again)
+    torch.testing.assert_close(calls[0][at], slope(f, x0).expand_as(x)[at], rtol=1e-15, atol=0)

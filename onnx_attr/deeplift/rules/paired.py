@@ -68,7 +68,7 @@ def sync_free(t: Tensor) -> bool:
 
 def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor,
                        elementwise: bool = True, exact_secant: bool = False, memo: dict | None = None) -> Tensor:
-    """(y - y0) / (x - x0), with f'(x0) where x ≈ x0 (kept per reference from its second use, given `memo`).
+    """(y - y0) / (x - x0), with f'(x0) where x ≈ x0 (on those elements alone where f is elementwise).
 
     The gradient is needed at a handful of elements of a large tensor; when f is elementwise
     with nothing to broadcast (`elementwise`), only those elements are worked on.
@@ -90,8 +90,10 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
     tolerance = secant_tolerance(x, x0, memo)
     if elementwise and not sync_free(dx) and y.shape == x.shape == dx.shape:
         # on CPU: the secant everywhere, then the few close elements (found once, from dx's own
-        # storage, no mask) replaced by their gradients at the reference: taken on those elements
-        # alone, or over the whole reference once it is met again (`_reference_reused`)
+        # storage, no mask) replaced by their gradients at the reference, taken on those elements
+        # alone in every call: over the whole reference, kept for the calls after, it cost a second
+        # call an autograd pass over each map (a fused x·clip(x + 3) saves three) and held one more
+        # map per node, for no steady-state gain (docs/architecture.md, "The slope at the reference")
         m = (y - y0).div_(dx)
         distance = dx.abs_()  # in dx's storage: on CPU a fresh tensor costs more than a pass over one
         if bool(distance.amin() > tolerance):
@@ -101,12 +103,9 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
             return m
         at = lambda t: torch.take(t.detach().expand_as(x), where)  # noqa: E731
         xs, x0s = at(x), at(x0)
-        if _reference_reused(memo):  # see `_slope_at_reference`
-            grad = at(_slope_at_reference(f, x0, memo, x.shape))
-        else:  # f'(x0) on those elements alone (elementwise: the same values)
-            with torch.enable_grad():
-                xg = x0s.clone().requires_grad_(True)
-                grad = _flat_or_grad(f(xg).sum(), xg)
+        with torch.enable_grad():  # f'(x0) on those elements alone (elementwise: the same values)
+            xg = x0s.clone().requires_grad_(True)
+            grad = _flat_or_grad(f(xg).sum(), xg)
         settled = _settle_few(grad, xs, x0s, at(y), at(y0))
         return m.reshape(-1).index_copy_(0, where, settled).view_as(m)
     close = dx.abs().le_(tolerance).bool()
@@ -168,19 +167,6 @@ def settle_close(grad, x, x0, y, y0, xp=torch):
 def _eps(t) -> float:
     """The machine epsilon of an array's or a tensor's dtype."""
     return float(np.finfo(t.dtype).eps if isinstance(t, np.ndarray) else torch.finfo(t.dtype).eps)
-
-
-def _reference_reused(memo: dict | None) -> bool:
-    """Whether f'(x0) is worth taking over the whole reference: once the reference is met again (a
-    shared baseline's second call on). On its first use only the few close elements need a slope,
-    so the first call does not pay a whole-tensor autograd pass per node for a reference that may
-    never come back (a per-example baseline's, or a one-off call)."""
-    if memo is None:
-        return False
-    if "slope" in memo or memo.get("met"):
-        return True
-    memo["met"] = True
-    return False
 
 
 def _slope_at_reference(f: Callable[[Tensor], Tensor], x0: Tensor, memo: dict | None, shape) -> Tensor:
