@@ -617,6 +617,13 @@ def test_one_fixed_side_keeps_the_aspect_ratio(tmp_path):
     assert load_image(path, ImagePreprocessing().resolved(wide))[0].shape == (3, 10, 24)  # 20 * 24 / 50 = 9.6
     with pytest.raises(InputError, match="no fixed height and width"):  # a resize has no crop size to reach here
         ImagePreprocessing(resize=20).resolved(LINE)
+    # the manifest's record, given back as a preprocessing file, makes the same values
+    recorded = tmp_path / "prep.json"
+    recorded.write_text(json.dumps(prep.to_dict()))
+    again = image_preprocessing(str(recorded)).resolved(LINE)
+    assert again == prep and np.array_equal(load_image(path, again)[0], values)
+    with pytest.raises(InputError, match="give both its sides"):
+        image_preprocessing(str(recorded), resize=20).resolved(LINE)
 
 
 def test_one_fixed_side_end_to_end(tmp_path, line_path, capsys):

@@ -108,6 +108,9 @@ class ImagePreprocessing:
         if static is not None and tuple(size) != static:
             raise InputError(f"--image-size {size[0]}x{size[1]} differs from the {static[0]}x{static[1]} input "
                              f"{spec.name!r} takes ({spec.describe()})")
+        if self.resize is not None and None in size:
+            raise InputError(f"--resize crops to --image-size: give both its sides (input {spec.name!r} is "
+                             f"{spec.describe()})")
         if self.resize is not None and self.resize < min(size):
             raise InputError(f"--resize {self.resize} is smaller than the crop {size[0]}x{size[1]}; resize the shorter "
                              "side to at least the crop's size")
@@ -215,7 +218,7 @@ def image_preprocessing(path: Optional[str] = None, **options: Any) -> ImagePrep
         if fields.get(key) is not None:
             fields[key] = tuple(float(v) for v in fields[key])
     if fields.get("size") is not None:
-        fields["size"] = tuple(int(v) for v in fields["size"])
+        fields["size"] = tuple(None if v is None else int(v) for v in fields["size"])
     prep = ImagePreprocessing(**fields)
     prep.check()
     return prep
@@ -263,8 +266,9 @@ def _str(v: Any) -> bool:
 
 
 def _int_list(v: Any) -> bool:
-    """an integer or a list of two integers [height, width]"""
-    return _int(v) or (isinstance(v, list) and len(v) == 2 and all(_int(x) for x in v))
+    """an integer or a list of two integers [height, width] (one may be null: that side keeps the aspect ratio)"""
+    return _int(v) or (isinstance(v, list) and len(v) == 2 and all(_int(x) or x is None for x in v)
+                       and v.count(None) < 2)
 
 
 def _float_list(v: Any) -> bool:
