@@ -163,3 +163,35 @@ def test_an_output_declared_at_the_wrong_rank_joins_on_the_axis_that_holds_the_r
     alone = np.concatenate([onnx_attr.DeepLift(model).attribute(x[i:i + 1], target=target) for i in range(2)])
     np.testing.assert_allclose(both, alone, rtol=1e-6, atol=1e-6)
     assert np.abs(alone).max() > 0
+
+
+def test_a_time_major_output_declaring_the_fixed_batch_on_axis_1_joins_there(tmp_path, capsys):
+    """easyhtr's line reader (hunt 36): input [1, 1, 48, W], output declared [T, 1, 43] with T free.
+    Two rows were refused ("no axis of 1 rows to join"), and `inspect` named axis 0, the time axis,
+    as the batch: the declared 1 on axis 1 is the fixed batch. Oracle: onnxruntime one row at a time;
+    the CLI's attributions per example add up to onnxruntime's change of the picked (step, class)."""
+    rng = np.random.default_rng(36)
+    W3 = np.abs(rng.standard_normal((2, 3)) * 3).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[2, 0, 1]),  # [1, 2, T] -> [T, 1, 2]
+             helper.make_node("MatMul", ["t", "w"], ["z"]), helper.make_node("Relu", ["z"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 2, "T"])], [("y", FLOAT, ["steps", 1, 3])], {"w": W3})
+    x = (np.abs(rng.standard_normal((2, 2, 6))) * 40).astype(np.float32)  # positive: every step's Relu alive
+    model = onnx_attr.load(proto)
+    from onnx_attr.importing.batch import output_batch_axes
+
+    assert output_batch_axes(model.inputs, model.outputs) == [1]
+    got = model.run(x)[0].numpy()
+    want = np.concatenate([ort_run(proto, {"x": x[i:i + 1]})[0] for i in range(2)], axis=1)
+    assert got.shape == (6, 2, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)
+    assert main(["inspect", _saved(proto, tmp_path)]) == 0
+    assert "(batch on axis 1, as declared)" in capsys.readouterr().out
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "out"
+    assert main(["attribute", _saved(proto, tmp_path), "-i", str(tmp_path / "x.npz"), "-o", str(out), "-q",
+                 "--target", "4,2", "--baseline", "zeros"]) == 0
+    attributions = np.load(out / "attributions.npz")["x"]
+    for i in range(2):
+        change = ort_run(proto, {"x": x[i:i + 1]})[0][4, 0, 2] - ort_run(proto, {"x": 0 * x[i:i + 1]})[0][4, 0, 2]
+        assert np.isclose(attributions[i].sum(dtype=np.float64), change, rtol=1e-5, atol=1e-4)
+    assert np.abs(attributions).max() > 0

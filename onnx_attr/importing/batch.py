@@ -74,6 +74,11 @@ def output_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec
             found.append(0)  # [40, 1, 3, 192] in khmersm's tagger): not the output's one free axis
         elif symbol is None and spec.shape and lead and _fixed(lead[0]) and spec.shape[0] == lead[0]:
             found.append(0)  # the export fixes its batch and the output leads with it: [1, T', 248] of a [1, T, 400]
+        elif symbol is None and spec.shape and lead and _fixed(lead[0]) and not _fixed(spec.shape[0]) \
+                and list(spec.shape).count(lead[0]) == 1:
+            # the export fixes its batch and the output declares that size on one other axis, after a free
+            # one: there (a line reader's time-major [T, 1, C] for its [1, 1, 48, W], hunt 36)
+            found.append(list(spec.shape).index(lead[0]))
         else:
             found.append(_axis_without_symbol(spec.shape, lead) if spec.shape != lead else 0)
     return found
