@@ -52,3 +52,42 @@ def test_a_batch_symbol_that_runs_only_at_one_is_sampled_at_one():
     report = model.verify()
     assert report.passed and "batch 1" in report.inputs and report.outputs[0].shape == [1, 2]
     assert "batch 1" not in onnx_attr.load(_recogniser(), strip_final_activation=False).verify().inputs
+
+
+def _line_reader(reshape_to=None):
+    """[N, 1, 4, W] -> MaxPool 1x2 -> ReduceMean over the height -> [N, 1, W/2] -> Transpose -> [T, N, 1]
+    -> CumSum backwards over T: a recurrence over the time steps, which one step alone cannot check."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[1, 2], strides=[1, 2]),
+             helper.make_node("ReduceMean", ["p"], ["m"], axes=[2], keepdims=0),
+             helper.make_node("Transpose", ["m"], ["t"], perm=[2, 0, 1]),
+             helper.make_node("CumSum", ["t", "zero"], ["y"], reverse=1)]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero")]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "N", 1])
+    if reshape_to is not None:  # a size baked in: only W = 2 runs
+        nodes.append(helper.make_node("Reshape", ["y", "shape"], ["z"]))
+        inits.append(numpy_helper.from_array(np.array(reshape_to, np.int64), "shape"))
+        out = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", "T", 1])
+    graph = helper.make_graph(nodes, "line", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, "W"])],
+                              [out], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_free_output_axis_one_long_is_sampled_larger(monkeypatch):
+    """hunt 36: a line reader's random sample at W = 2 ran one time step ([1, 2, 1]), so its recurrence
+    went unchecked. The next size is taken where it runs: T = 16. Oracle: a CumSum imported backwards
+    passes at T = 1 (one step has no direction) and fails at T = 16."""
+    model = onnx_attr.load(_line_reader(), strip_final_activation=False)
+    report = model.verify()
+    assert report.passed and report.outputs[0].shape == [16, 2, 1]
+    assert "free non-batch dims 32" in report.inputs
+    cumsums = [m for m in model.module.modules() if "cumsum" in type(m).__name__.lower()]
+    assert len(cumsums) == 1
+    monkeypatch.setattr(cumsums[0], "forward", lambda x, *rest: x.cumsum(0))  # `reverse` lost in the import
+    assert not model.verify().passed
+    assert model.verify(np.ones((2, 1, 4, 2), np.float32)).passed  # one step: the error cannot show
+
+
+def test_a_larger_size_that_does_not_run_keeps_the_one_that_did():
+    model = onnx_attr.load(_line_reader(reshape_to=[2, 1, 1]), strip_final_activation=False)
+    report = model.verify()
+    assert report.passed and report.outputs[0].shape == [2, 1, 1] and "free non-batch dims 2" in report.inputs

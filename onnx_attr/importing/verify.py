@@ -31,7 +31,7 @@ from onnx_attr.importing.converters.arithmetic import integer_overflows
 from onnx_attr.importing.read import external_folder
 from onnx_attr.importing.ort_session import THREAD_DEPENDENT, first_run_survives, session_run
 from onnx_attr.errors import ForwardError, ReferenceRuntimeError
-from onnx_attr.importing.batch import batch_axes, fixed_batch
+from onnx_attr.importing.batch import batch_axes, fixed_batch, output_batch_axes
 from onnx_attr.importing.inputs import arrange, sample_inputs
 from onnx_attr.importing.rows import fixed_passes
 from onnx_attr.importing.qdq_jitter import DYNAMIC_QUANTIZERS, jitter_runs, jittered_quantizers
@@ -341,7 +341,9 @@ SAMPLE_BATCHES = (2, 1)
 def _verify_sample(model, seed: int, atol: float, rtol: float, locate: bool) -> VerifyReport:
     """`verify` on a seeded random sample, at the first of `SAMPLE_SIZES` x `SAMPLE_BATCHES` both
     runtimes can run (a model without free non-batch dims tries one size: then an error is the
-    model's, not the size's)."""
+    model's, not the size's). Where that size leaves a free output axis 1 long (a line reader's
+    [T, 1, C] at a width of 2 is one time step: its recurrences and their directions go unchecked),
+    the next size is tried too, and kept where it runs."""
     free = any(not isinstance(d, int) or d <= 0
                for spec, axis in zip(model.inputs, batch_axes(model.inputs)) if spec.shape
                for i, d in enumerate(spec.shape) if i != axis)
@@ -351,19 +353,38 @@ def _verify_sample(model, seed: int, atol: float, rtol: float, locate: bool) -> 
 
     sizes = [s for s in SAMPLE_SIZES if s == SAMPLE_SIZES[0] or elements(s) <= SAMPLE_ELEMENTS] if free else [2]
     tries = [(size, batch) for size in sizes for batch in SAMPLE_BATCHES]
+    collapsed: Optional[tuple[PlainRun, str, int]] = None  # a run whose free output axes came out 1 long
     for size, batch in tries:
-        source = f"a random sample (seed {seed}" + (f"; free non-batch dims {size}" if size != 2 else "") + \
+        if collapsed is not None and size == collapsed[2]:
+            continue  # the next size, not another batch of this one
+        source = f"a random sample (seed {seed}" + (f"; free non-batch dims {size}" if free else "") + \
             (f"; batch {batch}, as batch 2 does not run" if batch != 2 else "") + ")"
         try:
             run = plain_run(model, sample_inputs(model.inputs, seed, symbolic_size=size, batch_size=batch))
+            if collapsed is None and size != sizes[-1] and _collapsed_axes(model, run):
+                collapsed = run, source, size
+                continue
             return _verify_passes(model, run, source, atol, rtol, locate)
         except (ForwardError, ReferenceRuntimeError) as err:
+            if collapsed is not None:  # the larger size does not run: the one that did is the sample
+                return _verify_passes(model, collapsed[0], collapsed[1], atol, rtol, locate)
             if (size, batch) == tries[-1]:
                 sizes = ", ".join(str(s) for s in dict.fromkeys(s for s, _ in tries))
                 raise type(err)(f"{err}\nThat was a random sample, at the last of the shapes tried (free non-batch "
                                 f"dims {sizes}; batch 2, then 1): the model may need a shape none of them has. "
                                 "Pass an example it takes (--input / verify(inputs))") from err
+    if collapsed is not None:
+        return _verify_passes(model, collapsed[0], collapsed[1], atol, rtol, locate)
     raise AssertionError("unreachable")
+
+
+def _collapsed_axes(model, run: PlainRun) -> bool:
+    """Whether an output axis the graph leaves free (not its batch) came out 1 long on this run."""
+    axes = output_batch_axes(model.inputs, model.outputs)
+    return any(isinstance(out, torch.Tensor) and spec.shape is not None and out.dim() == len(spec.shape)
+               and any(not (isinstance(d, int) and d > 0) and i != axis and out.shape[i] == 1
+                       for i, d in enumerate(spec.shape))
+               for spec, axis, out in zip(model.outputs, axes, run.outputs))
 
 
 def statically_quantized(model: onnx.ModelProto) -> bool:
