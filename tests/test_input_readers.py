@@ -666,3 +666,16 @@ def test_one_fixed_side_rows_share_the_first_size(tmp_path, line_path):
     assert rows.arrays["line"].shape == (3, 1, 16, 40) and not rows.arrays["line"][2].any()  # zeros in its place
     later = reader.read(source, 2, 3)  # a later batch of the same run keeps the first size
     assert "give --image-size 16x40" in later.errors[0] and later.arrays["line"].shape == (1, 1, 16, 40)
+
+
+def test_an_audio_file_is_refused_with_how_to_feed_it(tmp_path, cnn_path, capsys):
+    """hunt 36: a .wav given to `-i` said only "neither an .npz nor an .npy file"."""
+    import wave
+
+    path = tmp_path / "speech.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+        out.writeframes(np.zeros(1600, np.int16).tobytes())
+    assert main(["attribute", str(cnn_path), "-i", str(path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "audio is not read directly" in err and "numpy.savez" in err

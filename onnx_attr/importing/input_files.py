@@ -26,6 +26,10 @@ MAX_MEMBERS = 4096
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"
 _HOW_TO_SAVE = "save inputs with numpy.savez(path, **{onnx_input_name: array})"
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
+#: audio is not decoded here: its rate, channels and scale are the model's to say, and none is resampled
+_AUDIO_HINT = ("audio is not read directly: load its samples at the rate, channels and scale the model takes "
+               "(the standard library's `wave`, or soundfile), then ")
 
 
 class InputWarning(UserWarning):
@@ -48,7 +52,8 @@ def read_arrays(path: str | os.PathLike, what: str = "input file",
                 size = os.fstat(handle.fileno()).st_size
                 return {None: _read_member(handle, size, budget, f"{what} {str(path)!r}")}
             if magic[:2] != _ZIP_MAGIC:
-                raise InputError(f"cannot read {str(path)!r}: it is neither an .npz nor an .npy file; {_HOW_TO_SAVE}")
+                raise InputError(f"cannot read {str(path)!r}: it is neither an .npz nor an .npy file; "
+                                 + (_AUDIO_HINT if path.suffix.lower() in AUDIO_SUFFIXES else "") + _HOW_TO_SAVE)
             return _read_zip(handle, budget, f"{str(path)!r}")
     except InputError:
         raise
