@@ -193,20 +193,24 @@ def test_segment_of_a_class_predicted_nowhere_is_a_clear_error(tmp_path):
                  "--target=segment=1"]) == 2
 
 
-def test_maps_stacked_from_different_heads_default_to_the_first_ones_region(tmp_path):
+@pytest.mark.parametrize("cast", [False, True], ids=["concat", "cast-after"])
+def test_maps_stacked_from_different_heads_default_to_the_first_ones_region(tmp_path, cast):
     """rapidocrlite's Indra text detector: [1, 3, H, W] is a text logit beside two Softplus distance
     maps (pixels to the line's top and bottom), joined by a Concat. Read as three class maps, the
     default explained the channel winning the argmax on most pixels: a distance. Channels from
     branches ending in different ops are heads, not classes: the default is channel 0's region.
-    Oracle: the mask by hand (channel 0 above halfway between its extremes) and completeness
-    against onnxruntime."""
+    A Cast after the Concat (a float16 export's last node; hunt 36's easyhtr detector) changes
+    nothing. Oracle: the mask by hand (channel 0 above halfway between its extremes) and
+    completeness against onnxruntime."""
     rng = np.random.default_rng(0)
     weights = {"w": rng.normal(0, 0.3, (3, 1, 3, 3)).astype(np.float32), "b": np.array([-2.0, 3.0, 2.5], np.float32),
                "split": np.array([1, 2], np.int64)}
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Split", ["c", "split"], ["logit", "dist"], axis=1),
              helper.make_node("Softplus", ["dist"], ["dist_pos"]),
-             helper.make_node("Concat", ["logit", "dist_pos"], ["out"], axis=1)]
+             helper.make_node("Concat", ["logit", "dist_pos"], ["joined" if cast else "out"], axis=1)]
+    if cast:
+        nodes.append(helper.make_node("Cast", ["joined"], ["out"], to=TensorProto.FLOAT))
     path = _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "H", "W"])],
                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, "H", "W"])], weights)
     x = np.zeros((1, 1, 32, 32), np.float32)

@@ -555,7 +555,13 @@ def _stacked_heads(model, name: str) -> Optional[str]:
     heads, not classes whose argmax segments the picture. None otherwise."""
     graph = model.onnx_model.graph
     producers = {o: n for n in graph.node for o in n.output}
-    node = producers.get(name)
+
+    def through(found):  # past what only moves or retypes values (a float16 export's final Cast to float32)
+        while found is not None and found.op_type in _CARRYING and found.input:
+            found = producers.get(found.input[0])
+        return found
+
+    node = through(producers.get(name))
     if node is None or node.op_type != "Concat" or len(node.input) < 2:
         return None
     axis = next((a.i for a in node.attribute if a.name == "axis"), None)
@@ -563,11 +569,13 @@ def _stacked_heads(model, name: str) -> Optional[str]:
         return None
     ends = []
     for part in node.input:
-        found = producers.get(part)
-        while found is not None and found.op_type in ("Identity", "Reshape", "Unsqueeze", "Squeeze") and found.input:
-            found = producers.get(found.input[0])
+        found = through(producers.get(part))
         ends.append(found.op_type if found is not None else "input")
     return ", ".join(ends) if len(set(ends)) > 1 else None
+
+
+#: ops that carry a map's values unchanged in meaning: a reshape, or a cast (a float16 export's last node)
+_CARRYING = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast"})
 
 
 #: ops an output may pass through after the layer that computed it: of their first input, and of
