@@ -126,3 +126,52 @@ def test_cli_attributes_a_smoothed_twin_and_verifies_the_original(tmp_path):
     assert {r["from"] for r in report["smoothing"]["replaced"]} == {"Relu", "MaxPool"}
     assert report["smoothing"]["output_change"][0]["max_abs_change"] > 0
     assert report["max_relative_delta"] < 1e-4
+
+
+class _LongKernel(nn.Module):
+    """[N, T] -> a 64-tap convolution -> Relu -> mean: runs on no fewer than 64 samples (a mel front end's
+    STFT kernel, hunt 36), so the old random [N, 8] sample failed before anything was explained."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv1d(1, 4, 64, stride=16)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x.unsqueeze(1))).mean(-1)
+
+
+def test_smoothing_is_measured_on_the_input_explained(tmp_path):
+    """--smooth on a model that cannot run on an 8-sample draw: the CLI measures the change on the
+    input it explains; the API's default sample takes verify's sizes. Oracle: Softplus(β) by hand
+    on torch's convolution (the change is softplus − relu of each pre-activation, averaged)."""
+    import json
+
+    from onnx_attr.app.cli import main
+
+    import io
+    import warnings
+
+    module = _LongKernel().eval()
+    path = tmp_path / "long.onnx"
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the samples' axis free too, as an audio front end's is
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(1, 400),), input_names=["x"], dynamo=True, verbose=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=64)},)
+                          ).save(buffer)
+    path.write_bytes(buffer.getvalue())
+    x = (np.random.default_rng(5).standard_normal((2, 400)) * 300).astype(np.float32)  # int16-range audio
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "run"
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(out), "-q", "--smooth", "0.05",
+                 "--target", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    with torch.no_grad():
+        z = module.conv(torch.from_numpy(x).unsqueeze(1))
+        want = (torch.nn.functional.softplus(z, beta=0.05) - torch.relu(z)).mean(-1).abs().max().item()
+    change = report["smoothing"]["output_change"][0]
+    assert report["smoothing"]["measured_on"] == "this input"
+    assert np.isclose(change["max_abs_change"], want, rtol=1e-4)
+    sampled = smooth(onnx_attr.load(str(path)), relu_beta=0.05).smoothing
+    assert sampled["output_change"][0]["max_abs_change"] > 0 and "free dims 96" in sampled["measured_on"]

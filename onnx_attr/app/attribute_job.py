@@ -698,6 +698,17 @@ class _Job:
 
     # -- the work ------------------------------------------------------------------------------------------------------
 
+    def _smoothing(self, inputs: dict, outputs: Sequence) -> dict:
+        """The smoothed model's report with what the smoothing changed on these inputs (`outputs`: the
+        smoothed model's on them), where the model was not measured already."""
+        from onnx_attr.deeplift.smooth import output_change
+
+        found = self.model.smoothing
+        if "output_change" in found:
+            return found
+        return {**found, "output_change": output_change(self.model.smoothed_from, self.model, inputs, outputs),
+                "measured_on": "this input"}
+
     def _looks_up_ids(self, method_report: dict) -> bool:
         """Whether some attributed integer input is token ids at an embedding lookup, not a measurement
         attributed at its cast to float (a uint8 spectrogram's DequantizeLinear: `inspect`'s "measured
@@ -831,7 +842,7 @@ class _Job:
             "inputs": str(file),
             "verify": verification,
             "notes": list(self.model.notes),
-            **({"smoothing": self.model.smoothing} if getattr(self.model, "smoothing", None) else {}),
+            **({"smoothing": self._smoothing(inputs, plain.outputs)} if getattr(self.model, "smoothing", None) else {}),
             **({"input_warnings": input_warnings} if input_warnings else {}),
             **({"feature_names": rows.feature_names} if rows.feature_names else {}),
             **({"tokens": rows.tokens} if rows.tokens is not None else {}),

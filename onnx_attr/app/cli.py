@@ -506,7 +506,7 @@ def cmd_attribute(args) -> int:
     if args.smooth is not None:
         from onnx_attr.deeplift.smooth import smooth
 
-        model = smooth(model, relu_beta=args.smooth, maxpool_beta=args.smooth)
+        model = smooth(model, relu_beta=args.smooth, maxpool_beta=args.smooth, measure=False)  # on each input (the job)
         options["smooth_beta"] = args.smooth
     report = run_attribute(model, input_path=args.input, target=args.target, baseline=args.baseline,
                            method=args.method, output_name=args.output_name, out=args.out,
