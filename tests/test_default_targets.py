@@ -285,3 +285,36 @@ def test_an_image_out_of_an_image_is_a_map_of_colours_not_three_classes(tmp_path
     assert main(["attribute", segmenter, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "seg_run"), "--no-pictures"]) == 0
     report = json.loads((tmp_path / "seg_run" / "report.json").read_text())
     assert report["target"] == "segment" and report["target_detail"]["layout"] == "class maps [N, C, H, W] (3 classes)"
+
+
+def test_an_empty_region_says_it_fell_back_to_the_top_value(tmp_path, capsys):
+    """sinanz's gap locator (hunt 36): its response map stayed below 0.5 everywhere, and the run said
+    "the region of 1 value(s) with values > 0.5" of a value of 0.3. Where the region is empty the
+    target is the top value, and the console line and the label say so. Oracle: the map by hand
+    (a Clip to [0, 1] of a convolution whose bias decides), and completeness against onnxruntime."""
+    rng = np.random.default_rng(4)
+    weights = {"w": (rng.normal(size=(1, 1, 3, 3)) * 0.01).astype(np.float32), "b": np.array([0.3], np.float32),
+               "lo": np.array(0.0, np.float32), "hi": np.array(1.0, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
+    path = _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 8, 8])], weights)
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    x[0, 0, 2:4, 2:4] = 3.0  # ~0.3 + small: below 0.5 everywhere
+    x[1, 0, 2:6, 2:6] = 40.0  # raises a patch above 0.5
+    np.savez(tmp_path / "x.npz", x=x)
+    y = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert y[0].max() < 0.5 < y[1].max()
+    assert main(["attribute", path, "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--no-pictures"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "where that region is empty (example(s) [0]), the top value alone" in line
+    detail = json.loads((tmp_path / "out" / "report.json").read_text())["target_detail"]
+    assert detail["fell_back_to_top"] == [0] and detail["mask_size"][0] == 1 and detail["mask_size"][1] == int((y[1] > 0.5).sum())
+    attributions = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    y0 = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": np.zeros_like(x)})[0]
+    top = np.unravel_index(y[0].argmax(), y[0].shape)
+    assert np.isclose(attributions[0].sum(dtype=np.float64), y[0][top] - y0[0][top], rtol=1e-4, atol=1e-6)
+    np.savez(tmp_path / "one.npz", x=x[:1])
+    assert main(["attribute", path, "-i", str(tmp_path / "one.npz"), "-o", str(tmp_path / "one"), "--no-pictures"]) == 0
+    assert "the top value: the predicted region (values > 0.5 (the map lies in [0, 1])) is empty" in \
+        capsys.readouterr().out.splitlines()[0]

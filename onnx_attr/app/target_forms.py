@@ -866,9 +866,16 @@ def _region(view: Tensor, layout: Layout, value: Optional[float], detail: dict) 
     sizes = masks.reshape(len(masks), -1).sum(1).long().tolist()
     detail.update(threshold=[float(t) for t in thresholds], rule=rule, mask_size=sizes,
                   fell_back_to_top=[int(i) for i in torch.nonzero(empty).reshape(-1)])
-    labels = [f"target: the region of {s} value(s) with {rule}, summed" for s in sizes]
+    fell = empty.tolist()
+    labels = [f"target: the top value alone (the region of {rule} is empty)" if e else
+              f"target: the region of {s} value(s) with {rule}, summed" for s, e in zip(sizes, fell)]
+    source = f"the predicted region's summed score ({rule})"
+    if all(fell):
+        source = f"the top value: the predicted region ({rule}) is empty"
+    elif any(fell):
+        source += f"; where that region is empty (example(s) {detail['fell_back_to_top'][:20]}), the top value alone"
     return Resolved(Target(weights=masks, per_example=True), "region" if value is None else f"region>{value:g}",
-                    f"the predicted region's summed score ({rule})", detail, labels)
+                    source, detail, labels)
 
 
 def _segment(view: Tensor, layout: Layout, value: Optional[int], detail: dict) -> Resolved:
