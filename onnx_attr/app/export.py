@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -114,13 +114,59 @@ def _fixed_twin(model, args):
         if value.name in shapes and len(dims) == len(shapes[value.name]):
             for dim, size in zip(dims, shapes[value.name]):
                 dim.dim_value = int(size)  # replaces a dim_param (one of the two)
-    _shapes_as_constants(proto)
+    _shapes_as_constants(proto, _ran_shapes(model, args))
     return load(proto, strip_final_activation=False, budget=getattr(model, "budget", None))
 
 
-def _shapes_as_constants(proto) -> None:
-    """Each Shape node whose input's shape inference knows every dim, as the Constant it then is, and
-    the shape arithmetic after it folded (`_fold_shape_arithmetic`), so the Reshape it feeds is static."""
+def _ran_shapes(model, args) -> dict[str, tuple[int, ...]]:
+    """The ONNX tensors' shapes on the example, as the imported module computes them, where they
+    follow the inputs' shapes alone (`_shaped_by_values` leaves out the others): what ONNX's inference
+    cannot tell past a Reshape to a computed shape at an opset before 14 (paddle2onnx's PP-OCRv4
+    recogniser), the run does, and the program is made for the example's shapes only anyway."""
+    from onnx_attr.importing.model import run_visiting
+
+    shapes = {spec.name: tuple(a.shape) for spec, a in zip(model.inputs, args)}
+
+    def record(node, value) -> None:
+        if "onnx_tensor" in node.meta and isinstance(value, torch.Tensor):
+            shapes[node.meta["onnx_tensor"]] = tuple(int(d) for d in value.shape)
+
+    with torch.no_grad():
+        run_visiting(model.module, args, record)
+    varying = _shaped_by_values(model.onnx_model.graph)
+    return {name: shape for name, shape in shapes.items() if name not in varying}
+
+
+#: ops whose output's shape follows their input's values: always (a count of what passes a test), or
+#: through the inputs at these positions (a shape, sizes, a count); None: every position
+_SHAPED_BY = {"NonZero": None, "Compress": None, "Unique": None, "NonMaxSuppression": None, "Loop": None, "If": None,
+              "Scan": None, "Range": None, "ConstantOfShape": None, "Reshape": (1,), "Expand": (1,), "Tile": (1,),
+              "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Upsample": (1,), "TopK": (1,),
+              "OneHot": (1,), "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "CenterCropPad": (1,),
+              "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,)}
+
+
+def _shaped_by_values(graph) -> set[str]:
+    """The tensors whose shape may follow the inputs' values, not their shapes alone: made by an op of
+    `_SHAPED_BY` from a value that follows the inputs' values (Shape and Size read shapes only, and cut
+    that), and everything computed from such a tensor."""
+    valued = {v.name for v in graph.input}  # values that follow the inputs' values
+    shaped: set[str] = set()
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        if node.op_type not in ("Shape", "Size") and any(i in valued for i in inputs):
+            valued.update(node.output)
+        positions = _SHAPED_BY.get(node.op_type, ())
+        by_values = positions is None or any(p < len(node.input) and node.input[p] in valued for p in positions)
+        if by_values or any(i in shaped for i in inputs):
+            shaped.update(node.output)
+    return shaped
+
+
+def _shapes_as_constants(proto, ran: Optional[dict[str, tuple[int, ...]]] = None) -> None:
+    """Each Shape node whose input's shape inference knows every dim (or the example's run, `ran`),
+    as the Constant it then is, and the shape arithmetic after it folded (`_fold_shape_arithmetic`),
+    so the Reshape it feeds is static."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -130,6 +176,7 @@ def _shapes_as_constants(proto) -> None:
     for _ in range(8):  # a shape folded lets inference know the next (BERT: a Slice of a buffer to the ids' length)
         known = {name: dims for name, dims in _static_shapes(onnx.shape_inference.infer_shapes(proto).graph).items()
                  if all(isinstance(d, int) for d in dims)}
+        known = {**(ran or {}), **known}
         replaced = 0
         for i, node in enumerate(proto.graph.node):
             if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or node.input[0] not in known:
