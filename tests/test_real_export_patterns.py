@@ -322,3 +322,17 @@ def test_shapes_past_an_op_onnx_inference_does_not_know_are_read_off_the_run():
                helper.make_node("Reshape", ["x", "sx"], ["kept"])]
     graph = make_model(counted, [("x", FLOAT, ["N"])], [("r", FLOAT, None), ("kept", FLOAT, ["N"])]).graph
     assert _shaped_by_values(graph) == {"nz", "c", "r"}
+
+
+def test_convert_of_a_runtime_if_names_it():
+    """hey_jarvis and Silero VAD v4 (hunt 36): `convert` stopped on torch.export's "data-dependent
+    expression" and asked to fix the input shapes, which were fixed. A runtime If is the cause: the
+    error names it and drops that hint."""
+    from onnx_attr.app.export import export_program
+    from onnx_attr.errors import ExportError
+
+    feeds = {"input": (0.3 * RNG.standard_normal((2, 4))).astype(np.float32), "state": np.zeros((2, 3), np.float32),
+             "sr": np.array(16000, np.int64)}
+    with pytest.raises(ExportError, match=r"which branch runs or how often it loops \(If '") as caught:
+        export_program(onnx_attr.load(silero_if_model(), strip_final_activation=False), feeds)
+    assert "fix its input shapes" not in str(caught.value)

@@ -58,9 +58,15 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
         with _quiet():
             program = torch.export.export(_file_outputs(twin), tuple(twin.prepare(arrays)), strict=False)
     except Exception:
-        raise ExportError(f"torch.export could not trace the imported module: {_first_line(failed)}. Attribution "
+        from onnx_attr.importing.specialize import runtime_control_flow
+
+        flow = [f"{n.op_type} {n.name or n.output[0]!r}" for n in runtime_control_flow(model.onnx_model)]
+        why = (f"; the graph decides at run time which branch runs or how often it loops ({', '.join(flow[:5])}), "
+               "which torch.export, tracing one path, cannot hold" if flow else "")
+        raise ExportError(f"torch.export could not trace the imported module: {_first_line(failed)}{why}. Attribution "
                           "does not need the .pt2 (load the .onnx with onnx_attr.load); for a program, export the "
-                          "model from its framework with torch.export, or fix its input shapes") from failed
+                          "model from its framework with torch.export" + ("" if flow else ", or fix its input shapes")
+                          ) from failed
     return program, [f"{fixed} only: the graph computes shapes from its inputs' ({_first_line(failed)}), so the "
                      "program was made from the model imported at those shapes"]
 
