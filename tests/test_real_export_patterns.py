@@ -336,3 +336,25 @@ def test_convert_of_a_runtime_if_names_it():
     with pytest.raises(ExportError, match=r"which branch runs or how often it loops \(If '") as caught:
         export_program(onnx_attr.load(silero_if_model(), strip_final_activation=False), feeds)
     assert "fix its input shapes" not in str(caught.value)
+
+
+def test_a_resize_to_a_computed_size_converts_at_the_example_shapes():
+    """easyhtr's word detector (hunt 36): an FPN's Resize to a lateral map's size, Shape(c). The model
+    imported again at the example's shapes folds that size, but its Resize had made no plan (the
+    eager run that makes them ran on the first import only), so under tracing it read the sizes off
+    fake tensors and `convert` failed. Oracle: onnxruntime."""
+    from onnx_attr.app.export import export_program
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Shape", ["c"], ["s"]),
+             helper.make_node("Resize", ["p", "", "", "s"], ["up"], mode="nearest"),
+             helper.make_node("Add", ["c", "up"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 1, "H", "W"])], [("y", FLOAT, [1, 2, "H", "W"])],
+                       {"k": rng.normal(0, .3, (2, 1, 3, 3)).astype(np.float32)}, opset=13)
+    x = (rng.normal(size=(1, 1, 8, 12)) * 30).astype(np.float32)
+    program, notes = export_program(onnx_attr.load(proto, strip_final_activation=False), {"x": x})
+    (expected,) = ort_run(proto, {"x": x})
+    np.testing.assert_allclose(program.module()(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-5, atol=1e-4)
+    assert any("[1, 1, 8, 12]] only" in n for n in notes)

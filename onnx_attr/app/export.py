@@ -55,8 +55,11 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
     # inputs' dims fixed at the example's, those shapes fold to constants
     try:
         twin = _fixed_twin(model, args)
+        twin_args = tuple(twin.prepare(arrays))
+        with torch.no_grad(), planned_for_export():  # the twin's own plans (a Resize to a folded size reads its
+            twin.module(*twin_args)  # plan under tracing, where fake tensors hold no sizes: easyhtr's detector)
         with _quiet():
-            program = torch.export.export(_file_outputs(twin), tuple(twin.prepare(arrays)), strict=False)
+            program = torch.export.export(_file_outputs(twin), twin_args, strict=False)
     except Exception:
         from onnx_attr.importing.specialize import runtime_control_flow
 
