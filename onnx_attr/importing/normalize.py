@@ -69,7 +69,25 @@ def normalize(
     converted = fuse_layer_norms(converted, notes)  # after the rest: canonical, what verify runs, stays as written
     converted = cast_integer_features(converted, notes)  # a node where integer features become floats
     converted = widen_float16(converted, notes)  # as onnxruntime's CPU provider computes float16 (widen.py)
+    converted = absent_empty_resize_inputs(converted)
     return Normalized(canonical, converted, notes)
+
+
+def absent_empty_resize_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A Resize's empty roi or scales (paddle2onnx writes an empty constant for each) as the absent input
+    it means, in a copy: the converter reads both alike, and the module then holds no empty tensors,
+    which torch's program writer takes for one storage shared by all (no storage, data pointer 0) and
+    cannot write ("numel: integer multiplication overflow": PP-OCRv4's detector in `convert`)."""
+    empty = {t.name for t in model.graph.initializer if 0 in t.dims}
+    found = [(i, p) for i, n in enumerate(model.graph.node) if n.op_type == "Resize" and n.domain in ("", "ai.onnx")
+             and len(n.input) >= 3 for p in (1, 2) if n.input[p] in empty]
+    if not found:
+        return model
+    out = _copy(model)
+    for i, p in found:
+        out.graph.node[i].input[p] = ""
+    _drop_unused_initializers(out.graph)
+    return out
 
 
 def widen_packed_integers(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
