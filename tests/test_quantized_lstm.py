@@ -306,3 +306,39 @@ def test_the_rounding_inside_a_quantized_lstm_is_measured_where_it_quantizes(tmp
     name = proto.graph.output[0].name
     theirs = run_onnxruntime(proto, feeds, [name], optimize=False)
     assert _quantized_spread(proto, feeds, [name], [np.asarray(t) for t in theirs])[0] > 0
+
+
+class TwoLSTMs(nn.Module):
+    """easyhtr's reader after quantize_dynamic (hunt 36): two stacked LSTMs, the second's zero state
+    a ConstantOfShape of the first's output shape."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.first, self.second = nn.LSTM(12, 16, batch_first=True), nn.LSTM(16, 8, batch_first=True)
+
+    def forward(self, x):
+        return self.second(self.first(x)[0])[0] * 20.0
+
+
+def test_stacked_quantized_lstms_convert(tmp_path):
+    """`convert` failed twice over: each LSTM rebuilt its quantized weights for torch.export's fake
+    tensors (other objects than the eager run's, with no values to plan by), and the second LSTM's
+    state size, a ConstantOfShape of a Shape, was taken for a size that follows values, so it was not
+    folded. Oracle: onnxruntime on the program read back from the file."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from conftest import ort_run
+    from onnx_attr.app.export import save_program
+
+    onnx.save(to_onnx(TwoLSTMs().eval(), torch.randn(1, 9, 12), dynamic_batch=False), tmp_path / "float.onnx")
+    quantize_dynamic(tmp_path / "float.onnx", tmp_path / "quantized.onnx", weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["LSTM"])
+    proto = onnx.load(tmp_path / "quantized.onnx")
+    assert [n.op_type for n in proto.graph.node].count("DynamicQuantizeLSTM") == 2
+    x = (np.random.default_rng(4).standard_normal((1, 9, 12)) * 3).astype(np.float32)
+    save_program(onnx_attr.load(proto, strip_final_activation=False), tmp_path / "q.pt2", {"x": x})
+    got = torch.export.load(str(tmp_path / "q.pt2")).module()(torch.from_numpy(x))
+    got = got[0] if isinstance(got, (tuple, list)) else got
+    want = ort_run(proto, {"x": x})[0]
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-5, atol=1e-4 * max(1.0, np.abs(want).max()))

@@ -319,9 +319,13 @@ def test_shapes_past_an_op_onnx_inference_does_not_know_are_read_off_the_run():
     assert any("only" in n for n in notes)  # made for the example's shapes, and said so
     counted = [helper.make_node("NonZero", ["x"], ["nz"]), helper.make_node("Shape", ["nz"], ["c"]),
                helper.make_node("Reshape", ["x", "c"], ["r"]), helper.make_node("Shape", ["x"], ["sx"]),
-               helper.make_node("Reshape", ["x", "sx"], ["kept"])]
-    graph = make_model(counted, [("x", FLOAT, ["N"])], [("r", FLOAT, None), ("kept", FLOAT, ["N"])]).graph
-    assert _shaped_by_values(graph) == {"nz", "c", "r"}
+               helper.make_node("Reshape", ["x", "sx"], ["kept"]),
+               helper.make_node("ConstantOfShape", ["sx"], ["zeros"]),  # sized by a shape: kept
+               helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT64),
+               helper.make_node("ConstantOfShape", ["xi"], ["sized"])]  # sized by the values
+    graph = make_model(counted, [("x", FLOAT, ["N"])], [("r", FLOAT, None), ("kept", FLOAT, ["N"]),
+                                                        ("zeros", FLOAT, None), ("sized", FLOAT, None)]).graph
+    assert _shaped_by_values(graph) == {"nz", "c", "r", "sized"}
 
 
 def test_convert_of_a_runtime_if_names_it():

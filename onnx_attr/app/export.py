@@ -149,7 +149,7 @@ def _ran_shapes(model, args) -> dict[str, tuple[int, ...]]:
 #: ops whose output's shape follows their input's values: always (a count of what passes a test), or
 #: through the inputs at these positions (a shape, sizes, a count); None: every position
 _SHAPED_BY = {"NonZero": None, "Compress": None, "Unique": None, "NonMaxSuppression": None, "Loop": None, "If": None,
-              "Scan": None, "Range": None, "ConstantOfShape": None, "Reshape": (1,), "Expand": (1,), "Tile": (1,),
+              "Scan": None, "Range": (0, 1, 2), "ConstantOfShape": (0,), "Reshape": (1,), "Expand": (1,), "Tile": (1,),
               "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Upsample": (1,), "TopK": (1,),
               "OneHot": (1,), "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "CenterCropPad": (1,),
               "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,)}

@@ -169,9 +169,13 @@ class QuantizedLSTM(Recurrent):
         """The quantized weights per direction, built once per set of weight tensors (they are the
         graph's constants: rebuilding their float64 copies and saturating pairs on every call cost
         ~1 s a call on a captcha net); other tensor objects, or one changed in place, make a new set."""
+        from onnx_attr.importing.converters.quantize import tracing
+
+        cached = self.__dict__.get("_weights_cache")  # (the very tensor objects, their versions, weights)
+        if cached is not None and tracing():  # torch.export's fake tensors are other objects, with no values to
+            return cached[2]  # quantize again: the weights (and their plans) of the example's eager run
         tensors = (w, r, *quantization)
         versions = tuple(None if t is None else t._version for t in tensors)
-        cached = self.__dict__.get("_weights_cache")  # (the very tensor objects, their versions, weights)
         if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors)):
             cached = self.__dict__["_weights_cache"] = (tensors, versions, self._build_weights(*tensors))
         return cached[2]
