@@ -1068,9 +1068,9 @@ def perturbation_passes(method: str, explainer, features: Optional[int], attribu
     else its elements per example. None for the other methods."""
     if "features" not in entry(method).options:
         return None
-    from onnx_attr.methods.registry import feature_blocks
-
     import inspect
+
+    from onnx_attr.methods.registry import feature_blocks
 
     blocks = feature_blocks(explainer, attributed, features)
     count = sum(blocks[k][1] if k in blocks else int(np.prod(np.shape(v)[1:])) for k, v in attributed.items())

@@ -159,12 +159,12 @@ def _shaped_by_values(graph) -> set[str]:
     """The tensors whose shape may follow the inputs' values, not their shapes alone: made by an op of
     `_SHAPED_BY` from a value that follows the inputs' values (Shape and Size read shapes only, and cut
     that), and everything computed from such a tensor."""
-    valued = {v.name for v in graph.input}  # values that follow the inputs' values
+    from onnx_attr.importing.specialize import value_dependent
+
+    valued = value_dependent(graph, [v.name for v in graph.input])  # the control-flow walk's taint
     shaped: set[str] = set()
     for node in graph.node:
         inputs = [i for i in node.input if i]
-        if node.op_type not in ("Shape", "Size") and any(i in valued for i in inputs):
-            valued.update(node.output)
         positions = _SHAPED_BY.get(node.op_type, ())
         by_values = positions is None or any(p < len(node.input) and node.input[p] in valued for p in positions)
         if by_values or any(i in shaped for i in inputs):

@@ -367,7 +367,7 @@ def _verify_sample(model, seed: int, atol: float, rtol: float, locate: bool) -> 
             return _verify_passes(model, run, source, atol, rtol, locate)
         except (ForwardError, ReferenceRuntimeError) as err:
             if collapsed is not None:  # the larger size does not run: the one that did is the sample
-                return _verify_passes(model, collapsed[0], collapsed[1], atol, rtol, locate)
+                break
             if (size, batch) == tries[-1]:
                 sizes = ", ".join(str(s) for s in dict.fromkeys(s for s, _ in tries))
                 raise type(err)(f"{err}\nThat was a random sample, at the last of the shapes tried (free non-batch "
