@@ -677,5 +677,8 @@ def test_an_audio_file_is_refused_with_how_to_feed_it(tmp_path, cnn_path, capsys
         out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
         out.writeframes(np.zeros(1600, np.int16).tobytes())
     assert main(["attribute", str(cnn_path), "-i", str(path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err  # `attribute` reads audio (test_audio_inputs.py), but an image model takes none
+    assert "audio files feed one waveform input" in err and "image: float32 [batch, 3, 8, 8]" in err
+    assert main(["verify", str(cnn_path), "--input", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "audio is not read directly" in err and "numpy.savez" in err
+    assert "audio files are read by `attribute` and `dataset`" in err and "numpy.savez" in err

@@ -406,7 +406,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
     file are redone, and results made with other settings stop the run before anything is written.
     """
     entry(method)  # known, or a clear error
-    from onnx_attr.app.readers import InputOptions, kinds_of, reading_missing
+    from onnx_attr.app.readers import InputOptions, kinds_of, reading_audio, reading_missing
 
     names = [s.name for s in model.inputs]
     for option, given in (("--hold", hold), ("--unhold", unhold)):
@@ -438,7 +438,7 @@ def run_attribute(model, *, input_path: str, target: Optional[str], baseline: Op
         per_method = method_options(method, n_steps, internal_batch_size, lrp)
         options = {**(options or {}), "method_fallback": fell_back}
     batch_size = _positive(batch_size, "--batch-size") or DEFAULT_BATCH_SIZE
-    inputs = reading_missing(inputs or InputOptions(), model, explainer)
+    inputs = reading_audio(reading_missing(inputs or InputOptions(), model, explainer), model)
     files = input_files(input_path, inputs.text is not None)
     many = len(files) > 1 or Path(input_path).is_dir()
     preprocessing = inputs.record(model.inputs, kinds_of(files))
@@ -722,7 +722,7 @@ class _Job:
 
     def attribute_file(self, file: Path, input_sha: str, folder: Path, progress_bar: bool = False) -> dict:
         from onnx_attr.importing.input_files import InputWarning
-        from onnx_attr.app.readers import Rows, kind_of, read_input_file
+        from onnx_attr.app.readers import RowReader, Rows, kind_of, read_input_file
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InputWarning)
@@ -732,6 +732,9 @@ class _Job:
                 rows = Rows(read_npz(file, self.model.inputs))
             else:
                 rows = read_input_file(file, self.model.inputs, self.inputs)
+                # each input's rows on its batch axis (an audio file's zero state [2, N, 128]), and the values
+                # that go with every row (its sample rate)
+                rows.arrays = RowReader(self.model.inputs, self.inputs).model_layout(rows.arrays, rows.held)
         inputs = rows.arrays
         input_warnings = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
         for w in caught:

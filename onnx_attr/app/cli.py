@@ -142,6 +142,16 @@ def _input_format_options(p: argparse.ArgumentParser) -> None:
                         help="resize filter (default bilinear, as torchvision's Resize)")
     images.add_argument("--image-input", metavar="NAME", help="the model input images feed (default: its one input of "
                                                               "rank 3 or 4)")
+    audio = p.add_argument_group("audio files (.wav of integer PCM; FLAC, Ogg, float WAV and others with pip install "
+                                 "'onnx-attr[audio]'): one example per file, samples in [-1, 1], channels mixed to one "
+                                 "unless the model takes more; a sample-rate input (sr) gets the file's rate, a state the "
+                                 "model feeds back starts at zeros")
+    audio.add_argument("--sample-rate", type=_positive_int, metavar="HZ",
+                       help="the rate the model takes: a file at another rate is refused (nothing is resampled)")
+    audio.add_argument("--audio-scale", metavar="S", help="multiply the samples by S, e.g. 32768 for a model that takes "
+                                                          "int16-range values (default 1)")
+    audio.add_argument("--audio-input", metavar="NAME", help="the model input audio feeds (default: its one floating "
+                                                             "input of rank 1 to 3 that is not a state)")
     text = p.add_argument_group("text files (.txt, one example per line; pip install 'onnx-attr[text]')")
     text.add_argument("--tokenizer", metavar="FILE", help="the model's tokenizer.json (tokenizers library; nothing is "
                                                           "downloaded)")
@@ -151,6 +161,7 @@ def _input_format_options(p: argparse.ArgumentParser) -> None:
 
 def _input_options(args):
     """The `InputOptions` of the command line, checked before the model loads."""
+    from onnx_attr.app.audio_inputs import AudioPreprocessing
     from onnx_attr.app.preprocess import image_preprocessing, parse_numbers, parse_size
     from onnx_attr.app.readers import InputOptions
     from onnx_attr.app.text_inputs import text_preprocessing
@@ -163,8 +174,13 @@ def _input_options(args):
         layout=args.layout, channels=args.channels, scale=scale[0] if scale else None,
         mean=parse_numbers(args.mean, "--mean") if args.mean else None,
         std=parse_numbers(args.std, "--std") if args.std else None, resample=args.resample)
+    audio_scale = parse_numbers(args.audio_scale, "--audio-scale") if args.audio_scale is not None else [1.0]
+    if len(audio_scale) != 1:
+        raise InputError(f"--audio-scale {args.audio_scale!r}: give one number, e.g. 32768")
+    audio = AudioPreprocessing(rate=args.sample_rate, scale=audio_scale[0], input=args.audio_input)
     return InputOptions(columns=tuple(args.columns.split(",")) if args.columns else None, image=image,
-                        image_input=args.image_input, text=text_preprocessing(args.tokenizer, args.max_length))
+                        image_input=args.image_input, text=text_preprocessing(args.tokenizer, args.max_length),
+                        audio=audio)
 
 
 def _picture_options(p: argparse.ArgumentParser) -> None:

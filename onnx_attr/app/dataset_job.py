@@ -32,7 +32,7 @@ from onnx_attr.app.manifest import build_manifest, differences, file_sha256
 from onnx_attr.app.preprocess import PixelRangeWarning
 from onnx_attr.progress import progress
 from onnx_attr.app.readers import (InputOptions, RowReader, Rows, Source, describe_sources, kinds_of,
-                                   reading_missing, row_axes, source_files)
+                                   reading_audio, reading_missing, row_axes, source_files)
 from onnx_attr.app.report_html import ReportOptions, input_root, verify_sample, write_report
 
 #: Rows per shard by default: a shard is the unit that is committed, skipped on resume and retried.
@@ -498,7 +498,7 @@ def attribute_dataset(model: Any, source: str, out: str, *, method: str = "deepl
     # empty cells as missing values where the model reads them and the method explains them
     from onnx_attr.methods.registry import entry
 
-    settings = replace(settings, inputs=reading_missing(settings.inputs, loaded, entry(method).cls))
+    settings = replace(settings, inputs=reading_audio(reading_missing(settings.inputs, loaded, entry(method).cls), loaded))
     _check_baseline_rows(settings, loaded)
     _check_target(settings, loaded)
     files = source_files(source, settings.inputs.text is not None)

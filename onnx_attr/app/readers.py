@@ -1,7 +1,8 @@
 """Rows of a dataset, read source by source: `.npz` files (one row per example along the batch
 axis), CSV files and Parquet files (columns named by the model's inputs, or the chosen / all
 numeric columns for a one-input tabular model), image files (PNG/JPEG, one row each, through
-`preprocess.ImagePreprocessing`) and text files (one row per line, through the user's tokenizer).
+`preprocess.ImagePreprocessing`), audio files (one row each, through `audio_inputs.AudioRows`) and
+text files (one row per line, through the user's tokenizer).
 `attribute` reads each of its input files as one source; `dataset` cuts the sources into shards.
 
 A dataset is a sorted list of sources, so that the shard plan (fixed row ranges of fixed sources)
@@ -28,18 +29,21 @@ import numpy as np
 
 from onnx_attr.errors import InputError
 from onnx_attr.fileio import regular_file
+from onnx_attr.app.audio_inputs import AudioPreprocessing, AudioRows, fed_back_states
 from onnx_attr.app.preprocess import IMAGE_SUFFIXES, ImagePreprocessing, image_input, load_image
+from onnx_attr.importing.input_files import AUDIO_SUFFIXES
 from onnx_attr.importing.specs import TensorSpec
 from onnx_attr.app.text_inputs import TEXT_SUFFIXES, TextEncoder, TextPreprocessing, read_lines
 
 #: File name suffix -> reader kind.
 KINDS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
-         **{s: "images" for s in IMAGE_SUFFIXES}, **{s: "text" for s in TEXT_SUFFIXES}}
+         **{s: "images" for s in IMAGE_SUFFIXES}, **{s: "text" for s in TEXT_SUFFIXES},
+         **{s: "audio" for s in AUDIO_SUFFIXES}}
 TABLES = ("csv", "parquet")
 #: Largest CSV or text input read whole (its rows become Python strings, ~10x the bytes); a larger
 #: table goes in as Parquet, read a row group at a time
 MAX_TEXT_TABLE_BYTES = 512 * 2**20
-_GIVE = "give .npz, .csv, .parquet, .png/.jpg or .txt files"
+_GIVE = "give .npz, .csv, .parquet, .png/.jpg, .wav or .txt files"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class InputOptions:
     image: ImagePreprocessing = field(default_factory=ImagePreprocessing)
     image_input: Optional[str] = None
     text: Optional[TextPreprocessing] = None
+    audio: AudioPreprocessing = field(default_factory=AudioPreprocessing)
     #: inputs whose empty table cells are missing values (NaN), where the model reads them as such and the
     #: method explains them (`importing.missing_values`); anywhere else an empty cell is the row's error
     missing: tuple[str, ...] = ()
@@ -81,6 +86,10 @@ class InputOptions:
                 raise InputError(f"image files feed input {spec.name!r}; the model also takes {others}, which an image "
                                  "cannot give: save all inputs in an .npz instead")
             out["image"] = {"input": spec.name, **self.image.resolved(spec).to_dict()}
+        if "audio" in kinds:
+            audio = AudioRows(specs, self.audio, row_axes(specs))  # refuses a model audio cannot feed, here
+            out["audio"] = {"input": audio.spec.name, **self.audio.to_dict(),
+                            **({"rate_inputs": [s.name for s in audio.rate_inputs]} if audio.rate_inputs else {})}
         if "text" in kinds:
             if self.text is None:
                 raise InputError("text files (.txt, one example per line) need the model's tokenizer: give "
@@ -234,6 +243,8 @@ def _count_rows(file: Path, kind: str, specs: Sequence[TensorSpec], options: Inp
     columns = options.columns
     if kind == "npz":
         return _npz_rows(file, specs)
+    if kind == "audio":  # one example per file, its samples read when its row is
+        return 1
     if kind == "text":
         return len(read_lines(str(file)))
     if kind == "csv":
@@ -333,6 +344,7 @@ class RowReader:
         self._aspect_size: Optional[tuple[int, int]] = None  # what the run's first image made of a free side
         self._text: Optional[TextEncoder] = None
         self.axes = row_axes(self.specs)
+        self._audio: Optional[AudioRows] = None
 
     def read(self, source: Source, start: int, stop: int) -> Rows:
         """Rows [start, stop): each array with its rows on axis 0, whatever its input's batch axis
@@ -344,6 +356,11 @@ class RowReader:
             return Rows(rows, [None] * (stop - start), held={k: v for k, v in arrays.items() if k not in rows})
         if source.kind == "images":
             return self._image_rows(source.members[start:stop])
+        if source.kind == "audio":  # one row: a file that cannot be read fails that row (an InputError)
+            if self._audio is None:
+                self._audio = AudioRows(self.specs, self.options.audio, self.axes)
+            example = self._audio.row(source.path)
+            return Rows({k: v[None] for k, v in example.items()}, [None], held=self._audio.held())
         if source.kind == "text":
             lines = self._load(source, lambda path: read_lines(str(_bounded(path, "text"))))
             arrays, tokens = self.text_encoder.encode(lines[start:stop])
@@ -512,6 +529,12 @@ def reading_missing(options: InputOptions, model: Any, explainer: Any) -> InputO
     return replace(options, missing=tuple(sorted(missing_value_inputs(model))) if takes else ())
 
 
+def reading_audio(options: InputOptions, model: Any) -> InputOptions:
+    """`options` with the recurrent states this model feeds back, which an audio file's row starts at
+    zeros (`audio_inputs.fed_back_states`)."""
+    return replace(options, audio=replace(options.audio, states=fed_back_states(model)))
+
+
 def _cell_or_missing(cell: str) -> float:
     """A CSV cell as a number, an empty one as a missing value (NaN)."""
     return float(cell) if cell.strip() else np.nan
@@ -548,15 +571,20 @@ def read_input_file(file: Path, specs: Sequence[TensorSpec], options: InputOptio
 
 
 def read_inputs(path: str | os.PathLike, model: Any, options: Optional[InputOptions] = None) -> dict[str, np.ndarray]:
-    """The Python API's way in: a model's inputs (by ONNX name, rows on axis 0) from one file of
-    any kind `attribute` reads, with the same preprocessing; `model` is a loaded model or its
-    input specs."""
+    """The Python API's way in: a model's inputs (by ONNX name, each input's rows on its batch axis,
+    and the values that go with every row: an audio file's sample rate) from one file of any kind
+    `attribute` reads, with the same preprocessing; `model` is a loaded model or its input specs
+    (a loaded model also gives the states an audio file's row starts at zeros)."""
     specs = list(getattr(model, "inputs", model))
     if kind_of(path) == "npz":
         from onnx_attr.importing.inputs import read_npz
 
         return read_npz(path, specs)
-    return read_input_file(Path(path), specs, options or InputOptions()).arrays
+    options = options or InputOptions()
+    if hasattr(model, "outputs"):
+        options = reading_audio(options, model)
+    rows = read_input_file(Path(path), specs, options)
+    return RowReader(specs, options).model_layout(rows.arrays, rows.held)
 
 
 def picture_arrays(rows: Rows, attributions: dict[str, np.ndarray],

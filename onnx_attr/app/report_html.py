@@ -228,11 +228,16 @@ class ImageAggregate:
     def __init__(self) -> None:
         self.sums: dict[Any, np.ndarray] = {}
         self.counts: Counter = Counter()
+        self.other_shapes = 0  # rows whose map has another size than the first rows' (not averaged in)
 
     def add(self, values: np.ndarray, classes: Sequence[Any]) -> None:
         magnitude = np.abs(values.astype(np.float64))
         if magnitude.ndim == 4:  # [rows, C, H, W]: one map per row
             magnitude = magnitude.sum(1)
+        first = next(iter(self.sums.values()), None)
+        if first is not None and first.shape != magnitude.shape[1:]:
+            self.other_shapes += len(magnitude)
+            return
         for key in set(classes):
             picked = np.asarray([c == key for c in classes])
             total = magnitude[picked].sum(0)
@@ -264,17 +269,23 @@ def border_profile(mean_map: np.ndarray) -> list[float]:
 
 
 class FeatureAggregate:
-    """Sums of |attribution| and of attribution per feature over ok rows."""
+    """Sums of |attribution| and of attribution per feature over ok rows; rows of another length than
+    the column's (a dataset of audio files or sequences of several lengths) have no feature j to add
+    to, and are counted in `other_shapes`."""
 
     def __init__(self, size: int) -> None:
         self.magnitude = np.zeros(size)
         self.signed = np.zeros(size)
         self.n = 0
+        self.other_shapes = 0
 
     def add(self, values: np.ndarray) -> None:
         if not len(values):  # a batch of shards with no ok row
             return
         flat = values.reshape(len(values), -1).astype(np.float64)
+        if flat.shape[1] != self.magnitude.size:
+            self.other_shapes += len(flat)
+            return
         self.magnitude += np.abs(flat).sum(0)
         self.signed += flat.sum(0)
         self.n += len(flat)
@@ -496,6 +507,8 @@ def draw_pictures(run: Run, rows: Sequence[GalleryRow], budget: int) -> list[str
             turned, shown = picture_arrays(read, {column.input: attribution[None]}, read.arrays)
             attribution, x = turned[column.input][0], shown.get(column.input, [None])[0]
         names = column.features or None
+        if names is not None and len(names) != np.size(attribution):  # a row of another length than the first's
+            names = None
         if column.kind == "tokens":
             names = _token_labels(read, x)
         title = "\n".join([f"{run.manifest.get('method')}, row {row.row_id} ({row.source} row {row.source_row})",

@@ -302,7 +302,8 @@ def _image_maps(column, aggregate) -> str:
     return "\n".join([
         f"<h2>Mean |attribution| per class — input {esc(column.input)}</h2>",
         "<p class='muted'>|attribution| summed over channels, averaged over the ok rows of each class (the target "
-        "when it is one class, else the prediction); white 0, red the map's largest value.</p>",
+        "when it is one class, else the prediction); white 0, red the map's largest value."
+        + _other_shapes(aggregate) + "</p>",
         f"<div class='grid'>{''.join(cells)}</div>",
         "<h3>Border versus centre</h3>",
         "<p class='muted'>Mean |attribution| by distance from the nearest border (ring 0: the outermost pixels). "
@@ -311,6 +312,11 @@ def _image_maps(column, aggregate) -> str:
         lines_svg(profiles),
         f"<div id='profile-{esc(column.input)}'>{table(header, rows)}</div>",
     ])
+
+
+def _other_shapes(aggregate) -> str:
+    """What a mean over rows leaves out: rows of another length or size than the first ones."""
+    return f" {aggregate.other_shapes} ok rows of another shape are left out of it." if aggregate.other_shapes else ""
 
 
 def _feature_importance(column, aggregate) -> str:
@@ -330,7 +336,7 @@ def _feature_importance(column, aggregate) -> str:
     return "\n".join([
         f"<h2>Global feature importance — input {esc(column.input)}</h2>",
         f"<p class='muted'>mean |attribution| per feature over {aggregate.n} ok rows, largest first; the mean signed "
-        "attribution beside it.</p>",
+        "attribution beside it." + _other_shapes(aggregate) + "</p>",
         f"<div id='features-{esc(column.input)}'>"
         + table(("feature", "mean |attr|", "", "mean attr"), rows, raw=True) + "</div>",
     ])

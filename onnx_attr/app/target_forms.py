@@ -62,6 +62,7 @@ import numpy as np
 from onnx_attr.errors import InputError
 from onnx_attr.deeplift.targets import Target
 from onnx_attr.importing.final_activation import FILTER_SCORES, NMS_SCORES, TOPK_SCORES
+from onnx_attr.importing.specs import names_next_state
 
 if TYPE_CHECKING:  # torch loads with the model, not with the CLI's argument checks
     from torch import Tensor
@@ -415,18 +416,11 @@ def _fed_back(model, name: str, shape: tuple, inputs: dict) -> Optional[str]:
     """The floating input this output is the next value of, where it is one: a streaming model's state
     (`state` in, `stateN` out; `h0` in, `hn` out), of the input's shape under the input's name."""
     for spec in model.inputs:
-        stem = spec.name.rstrip("0123456789_").lower()
         given = inputs.get(spec.name)
-        rest = name.lower()[len(stem):].lstrip("_")
         if spec.differentiable and given is not None and tuple(np.shape(given)) == shape and len(shape) <= 3 \
-                and stem and name.lower().startswith(stem) and name != spec.name \
-                and (rest.isdigit() or rest in _NEXT_STATE):  # (not an image: `x` -> `x_hat`)
+                and names_next_state(spec.name, name):
             return spec.name
     return None
-
-
-#: what an output's name adds to its input's for the state's next value (`stateN`, `h_out`, `hidden_next`)
-_NEXT_STATE = frozenset({"n", "out", "new", "next", "t"})
 
 
 #: output names that declare an embedding (a word of the name; no final activation, rank 2 or 3)

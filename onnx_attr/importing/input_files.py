@@ -27,9 +27,10 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"
 _HOW_TO_SAVE = "save inputs with numpy.savez(path, **{onnx_input_name: array})"
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
-#: audio is not decoded here: its rate, channels and scale are the model's to say, and none is resampled
-_AUDIO_HINT = ("audio is not read directly: load its samples at the rate, channels and scale the model takes "
-               "(the standard library's `wave`, or soundfile), then ")
+#: audio files are read by `attribute` and `dataset` (app/audio_inputs.py); elsewhere arrays are given
+_AUDIO_HINT = ("audio files are read by `attribute` and `dataset` (--sample-rate, --audio-scale); here, load its "
+               "samples at the rate, channels and scale the model takes (the standard library's `wave`, or soundfile), "
+               "then ")
 
 
 class InputWarning(UserWarning):

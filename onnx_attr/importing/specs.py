@@ -44,6 +44,19 @@ class TensorSpec:
                 "differentiable": self.differentiable, "ids": self.integer_ids}
 
 
+#: what an output's name adds to its input's for a state's next value (`stateN`, `h_out`, `hidden_next`)
+NEXT_STATE = frozenset({"n", "out", "new", "next", "t"})
+
+
+def names_next_state(input_name: str, output_name: str) -> bool:
+    """Whether an output's name says it is the next value of a streaming model's state input
+    (`state` in, `stateN` out; `h0` in, `hn` out; not an image's `x` -> `x_hat`)."""
+    stem = input_name.rstrip("0123456789_").lower()
+    name = output_name.lower()
+    rest = name[len(stem):].lstrip("_")
+    return bool(stem) and name != input_name.lower() and name.startswith(stem) and (rest.isdigit() or rest in NEXT_STATE)
+
+
 def attributed_after(op_type: str) -> str:
     """What stripping `op_type` off an output leaves to attribute."""
     return "the float values it rounds" if op_type == "QuantizeLinear" else "logits"

@@ -1,0 +1,210 @@
+"""Audio files as inputs: a .wav read to samples in [-1, 1], fed as the waveform, with a sample-rate
+input given the file's rate and the states a streaming model feeds back starting at zeros.
+
+Oracles: the integers written into each file (value / 2^(bits-1), 8-bit centred on 128); the
+channel mean computed here; onnxruntime on the .onnx file, fed the same samples, rate and zeros,
+for completeness (Σ attributions = f(x) - f(0)) and for the value the model computes; the error
+messages for what audio cannot give.
+"""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_attr import InputError
+from onnx_attr.app.audio_inputs import AudioPreprocessing, AudioRows, load_audio
+from onnx_attr.app.cli import main
+from onnx_attr.importing.specs import TensorSpec
+
+RNG = np.random.default_rng(7)
+
+
+def _wav(path: Path, frames: np.ndarray, rate: int = 16000, width: int = 2) -> Path:
+    """Integer PCM frames [T, C] written as they are (8-bit: unsigned)."""
+    frames = np.asarray(frames)
+    raw = {1: frames.astype(np.uint8).tobytes(), 2: frames.astype("<i2").tobytes(), 4: frames.astype("<i4").tobytes(),
+           3: frames.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()}[width]
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(frames.shape[1])
+        handle.setsampwidth(width)
+        handle.setframerate(rate)
+        handle.writeframes(raw)
+    return path
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_pcm_widths_scaled_by_hand(tmp_path, width):
+    bits = 8 * width
+    low, high = (0, 255) if width == 1 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    frames = RNG.integers(low, high, size=(300, 2), endpoint=True)
+    frames[:2] = [[low, high], [high, low]]  # the extremes
+    samples, rate = load_audio(_wav(tmp_path / "a.wav", frames, 22050, width))
+    expected = (frames - 128) / 128.0 if width == 1 else frames / 2.0 ** (bits - 1)
+    assert rate == 22050 and samples.shape == (2, 300) and samples.dtype == np.float32
+    assert np.allclose(samples, expected.T, rtol=0, atol=1e-7)
+    assert samples.min() >= -1 and samples.max() <= 1  # 32-bit: (2^31 - 1) / 2^31 rounds to 1 in float32
+
+
+def _vad(tmp_path: Path, channels_axis: bool = False, fixed: int | None = None) -> Path:
+    """A streaming detector in silero-vad's shape: input [N, T] (or [N, C, T]), state [2, N, 4] fed
+    back as stateN, sr [] an int64 rate. out = tanh(mean_t(x·w_t)·(sr/16000) + Σ state·v): the rate and
+    the state both change the value, so feeding the wrong one shows."""
+    t = fixed or "T"
+    x_shape = ["N", 2, t] if channels_axis else ["N", t]
+    weights = numpy_helper.from_array(np.array([[0.7], [-1.3], [0.4], [2.1]], np.float32), "v")
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2] if channels_axis else [1], keepdims=0),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["srf", "k16"], ["ratio"]),
+        helper.make_node("Mul", ["m", "ratio"], ["scaled"]),
+        helper.make_node("Transpose", ["state"], ["s_t"], perm=[1, 0, 2]),  # [N, 2, 4]
+        helper.make_node("MatMul", ["s_t", "v"], ["sv"]),  # [N, 2, 1]
+        helper.make_node("ReduceSum", ["sv", "ax12"], ["ssum"], keepdims=0),  # [N]
+        helper.make_node("Add", ["scaled", "ssum"], ["pre"]),
+        helper.make_node("Unsqueeze", ["pre", "ax1"], ["pre2"]),
+        helper.make_node("Tanh", ["pre2"], ["output"]),
+        helper.make_node("Add", ["state", "half"], ["stateN"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "vad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "N", 4])],
+        [weights, numpy_helper.from_array(np.array(16000.0, np.float32), "k16"),
+         numpy_helper.from_array(np.array([1, 2], np.int64), "ax12"),
+         numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+         numpy_helper.from_array(np.float32(0.5), "half")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path / "vad.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _ort(path: Path, feeds: dict) -> float:
+    return float(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["output"], feeds)[0][0, 0])
+
+
+def test_wav_feeds_waveform_rate_and_zero_state(tmp_path, capsys):
+    model = _vad(tmp_path)
+    frames = RNG.integers(2000, 20000, size=(400, 1))  # a DC offset: the mean moves
+    wav = _wav(tmp_path / "speech.wav", frames, rate=8000)
+    out = tmp_path / "out"
+    assert main(["attribute", str(model), "-i", str(wav), "-o", str(out), "-q"]) == 0
+    attributions = np.load(out / "attributions.npz")
+    samples = (frames[:, 0] / 32768.0).astype(np.float32)[None]
+    feeds = {"x": samples, "state": np.zeros((2, 1, 4), np.float32), "sr": np.array(8000, np.int64)}
+    change = _ort(model, feeds) - _ort(model, {**feeds, "x": np.zeros_like(samples)})
+    assert abs(change) > 0.05  # the rate (8000, not 16000) halves it: a wrong rate would not add up
+    total = sum(float(attributions[k].astype(np.float64).sum()) for k in attributions.files)
+    assert total == pytest.approx(change, rel=1e-5, abs=1e-7)
+    assert attributions["x"].shape == (1, 400) and attributions["state"].shape == (2, 1, 4)
+    assert not attributions["state"].any()  # zeros at the input and at the baseline: nothing to explain
+    report = json.loads((out / "report.json").read_text())
+    audio = report["manifest"]["options"]["preprocessing"]["audio"]
+    assert audio["input"] == "x" and audio["zero_states"] == ["state"] and audio["rate_inputs"] == ["sr"]
+
+
+def test_scale_and_stereo_mixed_down(tmp_path):
+    """[N, T] takes one channel: the mean of the file's two, times --audio-scale (the int16 range)."""
+    model = _vad(tmp_path)
+    frames = RNG.integers(-30000, 30000, size=(256, 2))
+    wav = _wav(tmp_path / "stereo.wav", frames)
+    out = tmp_path / "out"
+    assert main(["attribute", str(model), "-i", str(wav), "-o", str(out), "-q", "--audio-scale", "32768",
+                 "--method", "inputxgradient"]) == 0
+    attributions = np.load(out / "attributions.npz")["x"][0]
+    mixed = frames.mean(axis=1) / 32768.0 * 32768.0
+    feeds = {"x": mixed.astype(np.float32)[None], "state": np.zeros((2, 1, 4), np.float32),
+             "sr": np.array(16000, np.int64)}
+    value = _ort(model, feeds)
+    # x·∂f/∂x by hand: f = tanh(mean(x)), ∂f/∂x_t = (1 - f²) / T
+    assert np.allclose(attributions, mixed * (1 - value**2) / 256, rtol=1e-4, atol=1e-6)
+
+
+def test_channels_kept_where_the_model_takes_them(tmp_path):
+    model = _vad(tmp_path, channels_axis=True)
+    frames = RNG.integers(-3000, 30000, size=(128, 2))
+    out = tmp_path / "out"
+    assert main(["attribute", str(model), "-i", str(_wav(tmp_path / "s.wav", frames)), "-o", str(out), "-q"]) == 0
+    x = np.load(out / "attributions.npz")["x"]
+    assert x.shape == (1, 2, 128)
+    samples = (frames.T / 32768.0).astype(np.float32)[None]
+    feeds = {"x": samples, "state": np.zeros((2, 1, 4), np.float32), "sr": np.array(16000, np.int64)}
+    change = _ort(model, feeds) - _ort(model, {**feeds, "x": np.zeros_like(samples)})
+    assert float(x.astype(np.float64).sum()) == pytest.approx(change, rel=1e-5)
+
+
+def test_what_audio_cannot_give_is_refused(tmp_path, capsys):
+    model = _vad(tmp_path, fixed=512)
+    wav = _wav(tmp_path / "a.wav", RNG.integers(-100, 100, size=(400, 1)), rate=8000)
+    assert main(["attribute", str(model), "-i", str(wav), "-o", str(tmp_path / "o")]) == 2
+    assert "takes exactly 512 a call" in capsys.readouterr().err
+    assert main(["attribute", str(_vad(tmp_path)), "-i", str(wav), "-o", str(tmp_path / "o"),
+                 "--sample-rate", "16000"]) == 2
+    err = capsys.readouterr().err
+    assert "at 8000 Hz, where --sample-rate says 16000 Hz" in err and "ffmpeg -i in.wav -ar 16000" in err
+    specs = [TensorSpec("x", ("N", "T"), np.dtype("float32")), TensorSpec("speaker", ("N", 16), np.dtype("float32"))]
+    with pytest.raises(InputError, match=r"has 2 that could be it.*--audio-input"):
+        AudioRows(specs, AudioPreprocessing(), {"x": 0, "speaker": 0})
+    with pytest.raises(InputError, match=r"also takes \['speaker'\], which audio cannot give"):
+        AudioRows(specs, AudioPreprocessing(input="x"), {"x": 0, "speaker": 0})
+    flac = tmp_path / "a.flac"
+    flac.write_bytes(b"fLaC")
+    try:
+        import soundfile  # noqa: F401
+    except (ImportError, OSError):
+        with pytest.raises(InputError, match="needs soundfile"):
+            load_audio(flac)
+    with pytest.raises(InputError, match="finite"):
+        AudioPreprocessing(scale=float("nan"))
+
+
+def test_dataset_of_files_of_several_lengths(tmp_path):
+    """Each file is its own source: files of other lengths make rows of their own, each complete."""
+    model = _vad(tmp_path)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    clips = {"a.wav": RNG.integers(-9000, 9000, size=(300, 1)), "b.wav": RNG.integers(-9000, 9000, size=(500, 1))}
+    for name, frames in clips.items():
+        _wav(folder / name, frames)
+    out = tmp_path / "out"
+    assert main(["dataset", str(model), "-i", str(folder), "-o", str(out), "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_computed"] == 2 and summary["error_rows_computed"] == 0
+    import pyarrow.parquet as pq
+
+    rows = [r for shard in sorted(out.glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    assert sorted(r["source"] for r in rows) == ["a.wav", "b.wav"]
+    for row in rows:
+        frames = clips[row["source"]]
+        samples = (frames[:, 0] / 32768.0).astype(np.float32)[None]
+        feeds = {"x": samples, "state": np.zeros((2, 1, 4), np.float32), "sr": np.array(16000, np.int64)}
+        assert row["status"] == "ok" and row["output"] == pytest.approx(_ort(model, feeds), rel=1e-5)
+    # the mean per feature is over rows of the first one's length, and says what it left out
+    assert "1 ok rows of another shape are left out" in (out / "report.html").read_text()
+
+
+def test_api_reads_the_same_inputs(tmp_path):
+    """`onnx_attr.read_inputs` gives the model's inputs as the model takes them: the state's rows on its
+    axis 1, the rate as its 0-d int64; fed to onnxruntime, they give the CLI's run's value."""
+    import onnx_attr
+
+    path = _vad(tmp_path)
+    frames = RNG.integers(-9000, 9000, size=(200, 1))
+    inputs = onnx_attr.read_inputs(_wav(tmp_path / "a.wav", frames, rate=8000), onnx_attr.load(str(path)))
+    assert set(inputs) == {"x", "state", "sr"}
+    assert inputs["state"].shape == (2, 1, 4) and not inputs["state"].any()
+    assert inputs["sr"].shape == () and inputs["sr"].dtype == np.int64 and int(inputs["sr"]) == 8000
+    assert np.array_equal(inputs["x"], (frames.T / 32768.0).astype(np.float32))
