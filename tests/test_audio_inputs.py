@@ -208,3 +208,19 @@ def test_api_reads_the_same_inputs(tmp_path):
     assert inputs["state"].shape == (2, 1, 4) and not inputs["state"].any()
     assert inputs["sr"].shape == () and inputs["sr"].dtype == np.int64 and int(inputs["sr"]) == 8000
     assert np.array_equal(inputs["x"], (frames.T / 32768.0).astype(np.float32))
+
+
+def test_cut_and_broken_files(tmp_path):
+    """A file cut short gives its whole frames (an odd byte dropped); one cut inside its header, or not a
+    WAVE file, is the user's error, never a raw exception."""
+    frames = RNG.integers(-9000, 9000, size=(100, 2))
+    whole = _wav(tmp_path / "a.wav", frames).read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[:44 + 4 * 37 + 3])  # 37 frames of 2 x 16 bits, and 3 bytes of the next
+    samples, _ = load_audio(cut)
+    assert np.array_equal(samples, (frames[:37].T / 32768.0).astype(np.float32))
+    for name, content in (("header.wav", whole[:30]), ("junk.wav", b"RIFF\0\0\0\0WAVEjunk"),
+                          ("empty.wav", whole[:44])):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(InputError):
+            load_audio(tmp_path / name)

@@ -63,7 +63,7 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
         try:
             return _read_wave(path)
         except (wave.Error, EOFError) as err:
-            why = str(err)  # float or extensible WAV: the standard library reads integer PCM only
+            why = str(err) or "the file ends inside its header"  # or float / extensible WAV: integer PCM only
         if not _have_soundfile():
             raise InputError(f"cannot read {str(path)!r} with the standard library's wave ({why}); soundfile reads "
                              f"other WAV encodings: {_SOUNDFILE}, or convert it to 16-bit PCM .wav")
@@ -79,6 +79,9 @@ def _read_wave(path: Path) -> tuple[np.ndarray, int]:
                                          handle.getnframes())
         _check_size(path, channels, frames, rate)
         data = handle.readframes(frames)
+    data = data[:len(data) - len(data) % (channels * width)]  # a file cut short: its whole frames
+    if not data:
+        raise InputError(f"{str(path)!r} holds no whole audio frame")
     if width == 1:  # 8-bit WAV is unsigned, centred on 128
         samples = (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 3:  # 24-bit: three little-endian bytes, widened to int32 in the top three
