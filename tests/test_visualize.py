@@ -348,3 +348,32 @@ def test_a_perturbation_pictures_title_gives_no_sum_and_no_delta(tmp_path):
                  "--out", str(out), "-q"]) == 0
     title = Image.open(out / "heatmap_image_0.png").text["Title"]
     assert "baseline zeros" in title and "sum of attributions" not in title and "nan" not in title
+
+
+def test_class_names_written_into_the_output_name(tmp_path, monkeypatch):
+    """openWakeWord names its output with the JSON of its class names (hunt 36): without --class-names the
+    pictures' titles take them; a name that is no such JSON gives none."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnx_attr.app.visualize as visualize
+    from onnx_attr.app.names import names_in_output_name
+
+    label = json.dumps({"1": "1_minute_timer", "2": "5_minute_timer"})
+    assert names_in_output_name(label) == {1: "1_minute_timer", 2: "5_minute_timer"}
+    assert names_in_output_name('["a", "b"]') == {0: "a", 1: "b"}
+    for plain in ("logits", "{not json", '{"a": 1.5}', "[1, 2]", "{}"):
+        assert names_in_output_name(plain) is None, plain
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], [label])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info(label, TensorProto.FLOAT, ["N", 3])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "x.npz", x=np.ones((1, 4), np.float32))
+    seen = []
+    describe = visualize.describe_target
+    monkeypatch.setattr(visualize, "describe_target", lambda *a, **k: seen.append(a[3]) or describe(*a, **k))
+    assert main(["attribute", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"),
+                 "--target", "2", "--plot", "-q"]) == 0
+    assert seen and seen[0] == {1: "1_minute_timer", 2: "5_minute_timer"}

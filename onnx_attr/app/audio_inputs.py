@@ -189,8 +189,9 @@ class AudioRows:
         channels = shape[0] if len(shape) == 2 else 1
         if channels != samples.shape[0]:
             if channels != 1:
-                raise InputError(f"{str(path)!r} has {samples.shape[0]} channel(s); input {self.spec.name!r} takes "
-                                 f"{channels}")
+                raise InputError(f"{str(path)!r} has {samples.shape[0]} channel(s); input {self.spec.name!r} "
+                                 f"{list(self.spec.shape or ())} takes {channels}: if that input is not a waveform "
+                                 "(features, a spectrogram), save its values in an .npz")
             samples = samples.mean(axis=0, keepdims=True)
         length = shape[-1]
         if isinstance(length, int) and samples.shape[1] != length:

@@ -518,6 +518,17 @@ def cmd_attribute(args) -> int:
                               vocab=read_names(args.vocab, "--vocab", "vocab"),
                               feature_names=read_feature_names(args.feature_names))
     model = _load(args)
+    if pictures.class_names is None:  # names the exporter wrote into the output's name (openWakeWord's)
+        from dataclasses import replace
+
+        from onnx_attr.app.names import names_in_output_name
+        from onnx_attr.methods.base import output_index
+
+        try:
+            named = names_in_output_name(model.outputs[output_index(model, args.output_name)].name)
+        except (OnnxAttrError, IndexError, ValueError):  # an unknown --output-name: the job says so
+            named = None
+        pictures = replace(pictures, class_names=named) if named else pictures
     options: dict[str, Any] = {}
     if args.smooth is not None:
         from onnx_attr.deeplift.smooth import smooth

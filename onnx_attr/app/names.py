@@ -9,6 +9,9 @@ a device, which could hang or never end), at most `MAX_BYTES`, UTF-8, and one of
 * a JSON object of name -> index (a tokenizer's `vocab.json`, `{"the": 262}`);
 * a JSON object with the list under one key (`{"class_names": [...]}`);
 * plain text, one name per line (line i, counted from 0, is index i, as in BERT's `vocab.txt`).
+
+Without a file, class names an exporter wrote into the explained output's name (a JSON list or
+object, as openWakeWord's models name theirs) title the pictures.
 """
 
 from __future__ import annotations
@@ -53,6 +56,20 @@ def read_names(path: Optional[str], option: str, key: Optional[str] = None) -> O
     if not names:
         raise InputError(f"{option} {path!r} holds no names")
     return _checked_lengths(names, path, option)
+
+
+def names_in_output_name(name: str) -> Optional[dict[int, str]]:
+    """Class names an exporter wrote into an output's name, as openWakeWord's models do (the output
+    `{"1": "1_minute_timer", ...}`): a JSON list or index -> name object, else None."""
+    if not name.lstrip().startswith(("[", "{")):
+        return None
+    try:
+        names = _from_json(json.loads(name))
+    except (ValueError, RecursionError):
+        return None
+    if not names or any(len(n) > MAX_NAME_CHARS for n in names.values()):
+        return None
+    return names
 
 
 def _checked_lengths(names: dict[int, str], path: str, option: str) -> dict[int, str]:
