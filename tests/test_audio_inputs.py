@@ -224,3 +224,25 @@ def test_cut_and_broken_files(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(InputError):
             load_audio(tmp_path / name)
+
+
+def test_verify_reads_the_clip_as_attribute_does(tmp_path, capsys, monkeypatch):
+    """`verify --input clip.wav` checks the import on the clip's own samples, rate and zero state: the
+    inputs it hands to the check are the ones built here from the file's integers."""
+    import onnx_attr.importing.model as model_module
+
+    path = _vad(tmp_path)
+    frames = RNG.integers(-9000, 9000, size=(300, 1))
+    seen = {}
+    verify = model_module.AttributableModel.verify
+
+    def spy(self, inputs=None, **kwargs):
+        seen.update(inputs or {})
+        return verify(self, inputs, **kwargs)
+
+    monkeypatch.setattr(model_module.AttributableModel, "verify", spy)
+    assert main(["verify", str(path), "--input", str(_wav(tmp_path / "a.wav", frames, rate=8000)),
+                 "--audio-scale", "2"]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert np.array_equal(seen["x"], (2 * frames.T / 32768.0).astype(np.float32))
+    assert int(seen["sr"]) == 8000 and seen["state"].shape == (2, 1, 4) and not seen["state"].any()

@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify", "compare the imported module with onnxruntime", cmd_verify)
     _model_options(p)
-    _input_option(p, False, ".npz of inputs keyed by ONNX input name (default: a random sample)")
+    _input_option(p, False, ".npz of inputs keyed by ONNX input name, or one file of the kinds `attribute` reads "
+                            "(an image, an audio clip, a CSV/Parquet table, text lines; default: a random sample)")
+    _input_format_options(p)
     p.add_argument("--atol", type=_non_negative_float, default=1e-4, help="absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=_non_negative_float, default=1e-4, help="relative tolerance (default 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sample when no --input is given")
@@ -230,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                            ".onnx file computes", cmd_convert)
     _model_options(p, final_activation="keep")
     p.add_argument("-o", "--out", "--output", dest="out", required=True, help="where to write the .pt2 file")
-    _input_option(p, False, ".npz of example inputs to trace with (default: a random sample)")
+    _input_option(p, False, ".npz of example inputs to trace with, or one file of the kinds `attribute` reads "
+                            "(default: a random sample)")
+    _input_format_options(p)
 
     p = command("attribute", "attribute an output to the input features", cmd_attribute)
     _model_options(p)
@@ -378,9 +382,10 @@ def _load(args, strip: Optional[bool] = None):
 
 
 def _inputs(args, model):
-    from onnx_attr.importing.inputs import read_npz
+    """The inputs of `verify` and `convert`: an .npz as it is, any other file as `attribute` reads it."""
+    from onnx_attr.app.readers import read_inputs
 
-    return None if args.input is None else read_npz(args.input, model.inputs)
+    return None if args.input is None else read_inputs(args.input, model, _input_options(args))
 
 
 def _emit(args, data: dict, text: str) -> None:
