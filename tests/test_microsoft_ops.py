@@ -327,7 +327,8 @@ def test_a_graph_saved_at_ort_enable_all_is_refused_with_the_level_that_imports(
         options.graph_optimization_level, options.optimized_model_filepath = level, str(tmp_path / name)
         ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
     extended = onnx_attr.load(str(tmp_path / "extended.onnx"))
-    assert any(n.op_type == "FusedConv" for n in extended.onnx_model.graph.node)
+    assert any(n.op_type == "FusedConv" for n in onnx.load(str(tmp_path / "extended.onnx")).graph.node)
+    assert any("split 1 FusedConv" in note for note in extended.notes)  # its Relu a node of its own again
     assert extended.verify(x).passed
     saved = onnx.load(str(tmp_path / "all.onnx"))
     if not any(n.domain == "com.microsoft.nchwc" for n in saved.graph.node):  # no blocked layout on this CPU
@@ -412,3 +413,46 @@ def test_embed_layer_normalization_attributes_token_ids_at_the_lookup(quantized)
                                                         n_steps=200)
     assert ig.shape == ids.shape
     torch.testing.assert_close(ig.sum(1).double(), change.double(), rtol=0, atol=0.05 * float(change.abs().max()))
+
+
+@pytest.mark.parametrize("level", ["Sigmoid", "Tanh", "HardSigmoid"])
+def test_an_activation_fused_by_the_optimizer_is_found_split_and_smoothed(tmp_path, level):
+    """onnxruntime's ORT_ENABLE_EXTENDED folds a head's final Sigmoid into FusedConv and every Relu into
+    the Conv before it (hunt 37): split back, the file means what its unoptimized twin means. Oracles:
+    onnxruntime on the optimized file (the outputs, and the final activation of the stripped logits), and
+    the unoptimized twin's final activation and smoothed Relus."""
+    import onnxruntime as ort
+
+    from onnx_attr.deeplift.smooth import smooth
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node(level, ["h"], ["heat"])]
+    proto = make_model(nodes, [("x", FLOAT, [1, 3, 12, 12])], [("heat", FLOAT, [1, 1, 12, 12])],
+                       {"w": (RNG.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32),
+                        "b": RNG.standard_normal(8).astype(np.float32),
+                        "w2": (RNG.standard_normal((1, 8, 3, 3)) * 0.3).astype(np.float32),
+                        "b2": RNG.standard_normal(1).astype(np.float32)}, opset=13)
+    src, optimized = tmp_path / "plain.onnx", tmp_path / "extended.onnx"
+    src.write_bytes(proto.SerializeToString())
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    fused = [n for n in onnx.load(str(optimized)).graph.node if n.op_type == "FusedConv"]
+    assert fused, "onnxruntime fused nothing: the test needs its FusedConv"
+    x = (RNG.random((1, 3, 12, 12)) * 255).astype(np.float32)
+    expected = ort.InferenceSession(str(optimized), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    kept = onnx_attr.load(str(optimized), strip_final_activation=False)
+    assert np.allclose(kept.run({"x": x})[0], expected, rtol=1e-4, atol=1e-5)  # onnxruntime's own tanh approximation
+    twin, model = onnx_attr.load(str(src)), onnx_attr.load(str(optimized))
+    final = model.outputs[0].final_activation
+    if level == "Sigmoid":  # a final activation the strip knows: found in the optimized file as in its twin
+        assert final is not None and final.op_type == "Sigmoid" and final.stripped
+        logits = model.run({"x": x})[0].double()
+        assert np.allclose(torch.sigmoid(logits).numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert (final is None) == (twin.outputs[0].final_activation is None)
+    assert model.verify({"x": x}).passed
+    smoothed = smooth(model, inputs={"x": x})
+    assert len(smoothed.smoothing["replaced"]) == len(smooth(twin, inputs={"x": x}).smoothing["replaced"]) == 1

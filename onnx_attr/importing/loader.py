@@ -15,6 +15,7 @@ from onnx_attr.importing.model import AttributableModel
 from onnx_attr.importing.normalize import normalize, sort_unsorted_top_k
 from onnx_attr.importing.read import ModelSource, read_model
 from onnx_attr.importing.saturation import unsaturated
+from onnx_attr.importing.split_fused import split_fused_activations
 from onnx_attr.importing.specs import cast_id_inputs, output_spec, value_spec
 
 
@@ -37,6 +38,8 @@ def load(
     with using(budget):
         model, _ = read_model(source)
         file_outputs = len(model.graph.output)  # those `expose_selection_scores` adds come after them
+        split_notes: list[str] = []
+        model = split_fused_activations(model, split_notes)  # before the final activations are looked for
         model, label_notes, roles = expose_selection_scores(model)
         model, finals = strip_final_activations(model, strip_final_activation)
         declared = opsets(model)  # the file's own, which errors name (the passes may raise them)
@@ -56,7 +59,7 @@ def load(
         outputs=[output_spec(v, finals.get(v.name), roles.get(v.name)) for v in canonical.graph.output],
         onnx_model=normalized.converted,
         reference_model=canonical,
-        notes=(*label_notes, *normalized.notes, *saturation),
+        notes=(*split_notes, *label_notes, *normalized.notes, *saturation),
         source=Path(source) if isinstance(source, (str, Path)) else None,
     )
     imported.budget = budget
