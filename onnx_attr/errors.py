@@ -100,6 +100,10 @@ class ReferenceRuntimeError(OnnxAttrError):
     """onnxruntime, the reference `verify` compares against, could not run the model."""
 
 
+class ReferenceLoadError(ReferenceRuntimeError):
+    """onnxruntime could not even load the model (its session refused the file): no input shape mends that."""
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """torch's out-of-memory error, or the CPU allocator's, which torch raises as a plain RuntimeError
     ("DefaultCPUAllocator: can't allocate memory"): both mend with fewer rows per pass."""

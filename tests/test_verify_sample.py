@@ -91,3 +91,25 @@ def test_a_larger_size_that_does_not_run_keeps_the_one_that_did():
     model = onnx_attr.load(_line_reader(reshape_to=[2, 1, 1]), strip_final_activation=False)
     report = model.verify()
     assert report.passed and report.outputs[0].shape == [2, 1, 1] and "free non-batch dims 2" in report.inputs
+
+
+def test_a_file_onnxruntime_will_not_load_is_said_at_once(monkeypatch):
+    """hunt 37: an fp16 converter's output onnxruntime refuses at load (a Cast's declared type is not the
+    type it makes) imports and runs here; the sample went on growing until our own forward failed at a
+    size the model cannot take, and blamed the shapes. Now onnxruntime's refusal is the answer, and no
+    other size is tried."""
+    from onnx_attr.importing import verify as verify_module
+
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT),
+                               helper.make_node("Relu", ["h"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T"])],
+                              value_info=[helper.make_tensor_value_info("h", TensorProto.FLOAT16, ["N", "T"])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = onnx_attr.load(proto)
+    sizes = []
+    sample = verify_module.sample_inputs
+    monkeypatch.setattr(verify_module, "sample_inputs", lambda *a, **k: sizes.append(k["symbolic_size"]) or sample(*a, **k))
+    with pytest.raises(ReferenceRuntimeError, match="onnxruntime could not load the model") as raised:
+        model.verify()
+    assert "random sample" not in str(raised.value) and sizes == [2]

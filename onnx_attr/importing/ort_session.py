@@ -30,6 +30,10 @@ THREAD_DEPENDENT = frozenset({"DynamicQuantizeLSTM"})
 _checked: set = set()  # the models (id, size) whose first run in a child came back
 
 
+class SessionLoadError(RuntimeError):
+    """onnxruntime refused to create a session for the file (before any input was fed)."""
+
+
 def session_run(model_bytes: bytes, feeds: dict[str, Any], outputs: Sequence[str], optimize: bool,
                 folder: Optional[str], one_thread: bool) -> list:
     """One onnxruntime CPU session over the serialised model, run once on `feeds`."""
@@ -47,7 +51,10 @@ def session_run(model_bytes: bytes, feeds: dict[str, Any], outputs: Sequence[str
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if one_thread:
         options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own Fail / InvalidGraph / ... types
+        raise SessionLoadError(str(err)) from err
     return session.run(list(outputs), {name: _typed(value) for name, value in feeds.items()})
 
 

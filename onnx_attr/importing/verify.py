@@ -29,8 +29,8 @@ from onnx_attr.importing.ancestry import NARROW_FLOATS, computed_in, upstream
 from onnx_attr.importing.convert import run_recording
 from onnx_attr.importing.converters.arithmetic import integer_overflows
 from onnx_attr.importing.read import external_folder
-from onnx_attr.importing.ort_session import THREAD_DEPENDENT, first_run_survives, session_run
-from onnx_attr.errors import ForwardError, ReferenceRuntimeError
+from onnx_attr.importing.ort_session import THREAD_DEPENDENT, SessionLoadError, first_run_survives, session_run
+from onnx_attr.errors import ForwardError, ReferenceLoadError, ReferenceRuntimeError
 from onnx_attr.importing.batch import batch_axes, fixed_batch, output_batch_axes
 from onnx_attr.importing.inputs import arrange, sample_inputs
 from onnx_attr.importing.rows import fixed_passes
@@ -252,6 +252,9 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
             "its optimizer or fp16 conversion)")
     try:
         return session_run(data, feeds, outputs, optimize, folder, one_thread)
+    except SessionLoadError as err:  # the file, whatever the inputs: verify's random sample tries no other size
+        raise ReferenceLoadError(
+            f"onnxruntime could not load the model, so it cannot be verified: {str(err).strip()[:500]}") from err
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise ReferenceRuntimeError(
             f"onnxruntime could not run the model, so it cannot be verified: {str(err).strip()[:500]}"
@@ -365,6 +368,8 @@ def _verify_sample(model, seed: int, atol: float, rtol: float, locate: bool) -> 
                 collapsed = run, source, size
                 continue
             return _verify_passes(model, run, source, atol, rtol, locate)
+        except ReferenceLoadError:
+            raise  # onnxruntime refuses the file itself: no other size runs it
         except (ForwardError, ReferenceRuntimeError) as err:
             if collapsed is not None:  # the larger size does not run: the one that did is the sample
                 break
