@@ -260,6 +260,10 @@ def prepare(model, inputs: Any, baselines: Any, additional_forward_args: Any, em
             raise InputError(f"input {specs[i].name!r} has no examples (shape {list(tensors[i].shape)}); "
                              "pass at least one" + (" (a scalar setting such as a sample rate goes in "
                                                      "additional_forward_args)" if tensors[i].dim() == 0 else ""))
+    for i in chosen:  # a float16 input is computed in float32 from its first step (importing/widen.py): fed so, its
+        # multipliers and attributions are float32, whose sum keeps f(x) - f(x0) (float16's would be 1e-3 off)
+        if tensors[i].dtype == torch.float16:
+            tensors[i] = tensors[i].float()
     attributed = [i in chosen for i in range(len(specs))]
     if not chosen:
         raise InputError(f"no input to attribute: give at least one of {names} as inputs"
