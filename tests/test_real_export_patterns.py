@@ -383,3 +383,26 @@ def test_empty_resize_constants_do_not_stop_the_program_being_written(tmp_path):
     (expected,) = ort_run(proto, {"x": x})
     got = torch.export.load(str(path)).module()(torch.from_numpy(x))
     np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("width", [3, 300])
+def test_a_quantized_softmax_converts(tmp_path, width):
+    """onnxruntime's QOperator quantizer ends a classifier in com.microsoft QLinearSoftmax (hunt 37: MTCNN's
+    O-Net and a text-direction classifier): its kernel's in-order float32 sum was numpy's, which torch.export
+    cannot trace. The program, read back from its file, gives onnxruntime's integers: exactly for a
+    classifier's row (its additions written out), within a step for a wide one (torch's own sum there)."""
+    from onnx_attr.app.export import save_program
+
+    rng = np.random.default_rng(5)
+    inits = {"xs": np.float32(0.1), "xz": np.uint8(128), "ys": np.float32(1 / 256), "yz": np.uint8(0)}
+    node = helper.make_node("QLinearSoftmax", ["x", "xs", "xz", "ys", "yz"], ["y"], domain="com.microsoft",
+                            axis=-1, opset=13)
+    proto = make_model([node], [("x", TensorProto.UINT8, [4, width])], [("y", TensorProto.UINT8, [4, width])],
+                       initializers=inits, opset=13, domains=[("com.microsoft", 1)])
+    x = rng.integers(0, 256, (4, width)).astype(np.uint8)
+    path = tmp_path / "softmax.pt2"
+    save_program(onnx_attr.load(proto, strip_final_activation=False), path, {"x": x})
+    (expected,) = ort_run(proto, {"x": x})
+    got = torch.export.load(str(path)).module()(torch.from_numpy(x)).numpy().astype(np.int64)
+    steps = np.abs(got - expected.astype(np.int64))
+    assert steps.max() == 0 if width <= 256 else steps.max() <= 1

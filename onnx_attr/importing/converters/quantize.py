@@ -525,12 +525,11 @@ class QLinearSoftmax(nn.Module):
         rows = x.flatten(axis) if self.opset < 13 else x.movedim(axis, -1)
         data = rows.to(torch.int32)
         width = data.shape[-1]
-        scale = float(x_scale.float())
+        scale = x_scale.double()  # as a tensor: torch.export traces it (a float() of it is data-dependent)
         shift = max(0.0, math.log(float(np.finfo(np.float32).max) / width) - 5.0) / scale
         steps = (data - data.amax(-1, keepdim=True)).double()
         e = torch.exp((steps + shift) * scale).float()
-        in_order = np.add.accumulate(e.cpu().numpy(), axis=-1, dtype=np.float32)  # torch's sums are pairwise
-        total = torch.from_numpy(in_order[..., -1:].copy()).to(e.device)
+        total = _sum_in_order(e)
         inverse = torch.floor(1.0 / y_scale.float())
         q = torch.round((e * inverse) / total).to(torch.int32)
         if y_zero is not None:
@@ -538,6 +537,26 @@ class QLinearSoftmax(nn.Module):
         out = q.clamp(max=255).to(torch.uint8)  # int8 as the kernel casts it: the low byte
         out = out if x.dtype == torch.uint8 else out.view(torch.int8)
         return out.reshape(x.shape) if self.opset < 13 else out.movedim(-1, axis)
+
+
+#: the widest row whose in-order float32 sum a traced program writes out as additions (a classifier's
+#: softmax); a wider one is summed by torch there (pairwise: a step off the kernel's at most, rarely)
+_TRACED_IN_ORDER = 256
+
+
+def _sum_in_order(e: torch.Tensor) -> torch.Tensor:
+    """The last axis summed in float32 from its first element to its last, as onnxruntime's kernel sums
+    (torch's own sums are pairwise, and its cumsum accumulates in float64): numpy's accumulate eagerly,
+    a chain of additions under torch.export, which cannot trace numpy."""
+    if not torch.compiler.is_compiling():
+        in_order = np.add.accumulate(e.detach().cpu().numpy(), axis=-1, dtype=np.float32)
+        return torch.from_numpy(in_order[..., -1:].copy()).to(e.device)
+    if e.shape[-1] > _TRACED_IN_ORDER:
+        return e.sum(-1, keepdim=True)
+    total = e[..., :1]
+    for j in range(1, e.shape[-1]):
+        total = total + e[..., j:j + 1]
+    return total
 
 
 @register("QLinearLeakyRelu", 1, domain=_MICROSOFT)
