@@ -55,6 +55,13 @@ class AudioPreprocessing:
                 "channels": "mixed down to one unless the model takes the file's count",
                 **({"zero_states": list(self.states)} if self.states else {})}
 
+    @classmethod
+    def recorded(cls, record: dict[str, Any]) -> "AudioPreprocessing":
+        """The settings a manifest recorded (`to_dict`, with the input's name beside them)."""
+        rate = record.get("sample_rate")
+        return cls(rate=rate if isinstance(rate, int) else None, scale=float(record.get("scale", 1.0)),
+                   input=record.get("input"), states=tuple(record.get("zero_states", ())))
+
 
 def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """(samples [channels, T] as float32 in [-1, 1], rate in Hz) of one audio file."""

@@ -574,8 +574,9 @@ def _picture_inputs(run: Run, rows: Sequence[GalleryRow], notes: list[str]) -> d
 
 
 def _input_options(manifest: dict, notes: list[str]) -> Any:
-    """The run's `InputOptions` from its manifest: columns, the image preprocessing, the tokenizer
-    (found where the run read it, and used only if its sha256 is the recorded one)."""
+    """The run's `InputOptions` from its manifest: columns, the image and audio preprocessing, the
+    tokenizer (found where the run read it, and used only if its sha256 is the recorded one)."""
+    from onnx_attr.app.audio_inputs import AudioPreprocessing
     from onnx_attr.app.manifest import file_sha256
     from onnx_attr.app.preprocess import image_preprocessing
     from onnx_attr.app.readers import InputOptions
@@ -598,8 +599,11 @@ def _input_options(manifest: dict, notes: list[str]) -> Any:
                          "token positions")
         else:
             text_prep = TextPreprocessing(tokenizer, text["tokenizer_sha256"], text.get("length"))
+    audio = recorded.get("audio")
+    audio_prep = AudioPreprocessing.recorded(audio) if isinstance(audio, dict) else AudioPreprocessing()
     return InputOptions(columns=tuple(columns) if columns else None,
-                        **({"image": prep} if prep is not None else {}), image_input=image_input, text=text_prep)
+                        **({"image": prep} if prep is not None else {}), image_input=image_input, text=text_prep,
+                        audio=audio_prep)
 
 
 def _columns(manifest: dict) -> Optional[list[str]]:
