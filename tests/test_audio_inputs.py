@@ -248,3 +248,11 @@ def test_verify_reads_the_clip_as_attribute_does(tmp_path, capsys, monkeypatch):
     assert "PASSED" in capsys.readouterr().out
     assert np.array_equal(seen["x"], (2 * frames.T / 32768.0).astype(np.float32))
     assert int(seen["sr"]) == 8000 and seen["state"].shape == (2, 1, 4) and not seen["state"].any()
+
+
+def test_a_clip_gets_its_picture_over_time(tmp_path):
+    model = _vad(tmp_path)
+    out = tmp_path / "out"
+    wav = _wav(tmp_path / "long.wav", RNG.integers(-9000, 9000, size=(8000, 1)))
+    assert main(["attribute", str(model), "-i", str(wav), "-o", str(out), "-q"]) == 0
+    assert (out / "waveform_x_0.png").exists()  # without --plot, as an image's heatmap

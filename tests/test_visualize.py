@@ -377,3 +377,31 @@ def test_class_names_written_into_the_output_name(tmp_path, monkeypatch):
     assert main(["attribute", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"),
                  "--target", "2", "--plot", "-q"]) == 0
     assert seen and seen[0] == {1: "1_minute_timer", 2: "5_minute_timer"}
+
+
+def test_a_waveform_is_drawn_over_time(tmp_path, monkeypatch):
+    """A signal of thousands of samples gets a picture over time (its attributions summed into stretches),
+    drawn without --plot as images are; short rows stay bars. The stretches' sums are checked by hand."""
+    from onnx_attr.app.visualize import picture_kind, waveform_png
+
+    assert picture_kind((1, 16000), False) == "waveform" and picture_kind((1, 1, 8000), False) == "waveform"
+    assert picture_kind((1, 2, 8000), False) == "waveform" and picture_kind((1, 1960), False) == "bars"
+    attribution = np.zeros(10000)
+    attribution[4000:4100] = 1.0
+    attribution[9990] = -3.0
+    drawn = {}
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.bar
+
+    def spy(self, x, height, *args, **kwargs):
+        drawn["heights"] = np.asarray(height)
+        return original(self, x, height, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    path = waveform_png(tmp_path / "w.png", attribution, np.sin(np.arange(10000) / 9), title="t")
+    assert path.exists() and Image.open(path).size[0] > 500
+    heights = drawn["heights"]
+    assert len(heights) == 200 and heights.sum() == pytest.approx(attribution.sum())
+    assert heights[80] == pytest.approx(50.0) and heights[81] == pytest.approx(50.0)  # samples 4000-4099 in bins of 50
+    assert heights[199] == pytest.approx(-3.0) and np.count_nonzero(heights) == 3

@@ -57,6 +57,18 @@ def is_image_like(shape: tuple[int, ...]) -> bool:
         len(shape) == 3 and min(shape[1:]) >= 4)
 
 
+def is_waveform_like(shape: tuple[int, ...]) -> bool:
+    """[N, T] or [N, C, T] with one or two channels and WAVEFORM_SAMPLES samples or more: a signal, drawn
+    over time (a bar per sample of the top 20 says nothing of 16000)."""
+    return (len(shape) == 2 or len(shape) == 3 and shape[1] in (1, 2)) and shape[-1] >= WAVEFORM_SAMPLES
+
+
+#: the fewest samples drawn as a waveform (a quarter second at 16 kHz); fewer are features, drawn as bars
+WAVEFORM_SAMPLES = 4000
+#: time bins a waveform's attributions are summed into for its picture
+WAVEFORM_BINS = 200
+
+
 #: channel counts drawn as a picture: grey, two stains (Mesmer's nuclear and membrane: hunt 32), RGB, RGBA
 PICTURE_CHANNELS = (1, 2, 3, 4)
 
@@ -68,11 +80,13 @@ def channels_last(shape: tuple[int, ...]) -> bool:
 
 
 def picture_kind(shape: tuple[int, ...], integer: bool) -> Optional[str]:
-    """'image', 'tokens' or 'bars' for a batch of this shape, or None when no picture fits."""
+    """'image', 'waveform', 'tokens' or 'bars' for a batch of this shape, or None when no picture fits."""
     if integer:
         return "tokens" if len(shape) == 2 else None
     if is_image_like(shape):
         return "image"
+    if is_waveform_like(shape):
+        return "waveform"
     if len(shape) == 2 or (len(shape) > 2 and int(np.prod(shape[1:])) <= 64):
         return "bars"
     return None
@@ -305,6 +319,42 @@ def bars_png(path: str | os.PathLike, attribution: np.ndarray, names: Optional[S
     return _save_figure(path, figure, title)
 
 
+def waveform_png(path: str | os.PathLike, attribution: np.ndarray, signal: Optional[np.ndarray] = None,
+                 title: str = "", bins: int = WAVEFORM_BINS) -> Path:
+    """The signal over time (channels averaged), and under it its attributions summed over `bins`
+    equal stretches of samples, red toward the target, blue against: where in time the evidence is.
+    The bins' sum is the attributions' sum."""
+    attr = np.asarray(attribution, dtype=np.float64)
+    attr = attr.reshape(-1, attr.shape[-1]).sum(0)  # channels together: one value per sample
+    samples = attr.size
+    edges = np.linspace(0, samples, min(bins, samples) + 1).astype(np.int64)
+    summed = np.add.reduceat(attr, edges[:-1])
+    middles = (edges[:-1] + edges[1:]) / 2
+    title_lines = title.count("\n") + 1 if title else 0
+    height = 4.2 + 0.18 * title_lines
+    figure = _figure(10.0, height)
+    top = 1 - (0.18 * title_lines + 0.15) / height
+    wave_ax = figure.add_axes((0.08, top - 1.35 / height, 0.9, 1.25 / height))
+    attr_ax = figure.add_axes((0.08, 0.55 / height, 0.9, top - 1.35 / height - 0.85 / height), sharex=wave_ax)
+    if signal is not None:
+        shown = np.asarray(signal, dtype=np.float64)
+        shown = shown.reshape(-1, shown.shape[-1]).mean(0)
+        wave_ax.plot(np.arange(shown.size), shown, color="0.35", linewidth=0.5)
+    wave_ax.set_ylabel("input", fontsize=8)
+    wave_ax.tick_params(labelsize=7.5, labelbottom=False)
+    colors = [RED / 255 if v > 0 else BLUE / 255 for v in summed]
+    attr_ax.bar(middles, summed, width=np.diff(edges), color=colors, linewidth=0)
+    attr_ax.axhline(0, color="black", linewidth=0.6)
+    attr_ax.set_xlim(0, samples)
+    attr_ax.tick_params(labelsize=7.5)
+    attr_ax.set_ylabel("attribution", fontsize=8)
+    attr_ax.set_xlabel(f"sample (attributions summed over {len(summed)} stretches of ~{samples / len(summed):.0f} "
+                       f"samples; sum {attr.sum():+.4g})", fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=9, y=1 - 0.05 / height, va="top")
+    return _save_figure(path, figure, title)
+
+
 def tokens_html(path: str | os.PathLike, scores: np.ndarray, tokens: Optional[Sequence[str]] = None,
                 title: str = "", clip_percentile: float = CLIP_PERCENTILE,
                 ids: Optional[Sequence[int]] = None) -> Path:
@@ -357,10 +407,12 @@ def plot(path: str | os.PathLike, attribution: np.ndarray, inputs: Optional[np.n
         return image_png(path.with_suffix(".png"), attribution, inputs, title, clip_percentile, figures)
     if kind == "bars":
         return bars_png(path.with_suffix(".png"), attribution, names, inputs, title)
+    if kind == "waveform":
+        return waveform_png(path.with_suffix(".png"), attribution, inputs, title)
     if kind == "tokens":
         ids = None if inputs is None else np.asarray(inputs).reshape(-1)
         return tokens_html(path.with_suffix(".html"), attribution, names, title, clip_percentile, ids)
-    raise InputError(f"unknown picture kind {kind!r}; use auto, image, bars or tokens")
+    raise InputError(f"unknown picture kind {kind!r}; use auto, image, waveform, bars or tokens")
 
 
 def describe_target(row: Optional[np.ndarray], target: Any, final_activation: Optional[dict],
@@ -414,7 +466,7 @@ def _probability(p: float) -> str:
 def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: PictureOptions, target: Any,
                    delta: Any, method: str, baseline: str, final_activation: Optional[dict],
                    outputs: Callable[[], Any], stem: Callable[[str], str] = lambda s: s) -> list[str]:
-    """The pictures of an attribution job, named `<kind>_<input>_<example>`: image inputs always
+    """The pictures of an attribution job, named `<kind>_<input>_<example>`: image and waveform inputs always
     (unless `options.enabled` is False); tabular bars and token pages with `options.all_kinds`.
     `outputs()` gives the explained output, computed only when a picture is drawn."""
     if not options.enabled:
@@ -427,7 +479,7 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
         values = np.asarray(values)
         x = np.asarray(inputs[name])
         kind = picture_kind(values.shape, not np.issubdtype(x.dtype, np.floating))
-        if kind is None or (kind != "image" and not options.all_kinds):
+        if kind is None or (kind not in ("image", "waveform") and not options.all_kinds):
             continue
         if kind == "image" and channels_last(values.shape) and x.shape == values.shape:  # drawn channels-first
             values, x = np.moveaxis(values, -1, 1), np.moveaxis(x, -1, 1)
@@ -453,7 +505,7 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
             if kind == "tokens":
                 vocab = options.vocab or {}
                 names = [vocab.get(int(v), f"#{int(v)}") for v in x[i].reshape(-1)]
-            prefix = {"image": "heatmap", "bars": "bars", "tokens": "tokens"}[kind]
+            prefix = {"image": "heatmap", "waveform": "waveform", "bars": "bars", "tokens": "tokens"}[kind]
             path = plot(folder / f"{prefix}_{stem(name)}_{i}", values[i], x[i], kind=kind, names=names, title=title,
                         clip_percentile=options.clip_percentile, figures=options.figures)
             written.append(path.name)
