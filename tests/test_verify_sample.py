@@ -113,3 +113,35 @@ def test_a_file_onnxruntime_will_not_load_is_said_at_once(monkeypatch):
     with pytest.raises(ReferenceRuntimeError, match="onnxruntime could not load the model") as raised:
         model.verify()
     assert "random sample" not in str(raised.value) and sizes == [2]
+
+
+def test_free_dims_a_weight_fixes_are_sampled_at_its_size():
+    """hunt 37: a Whisper-like encoder's mel input declared [batch, n_frames, 3000] takes exactly the 80
+    channels of its first Conv's weight; no guessed size (2, 32, ...) ran, and verify failed. A free dim
+    that a constant weight fixes (a Conv's input channels, a MatMul's or Gemm's inner size, through a
+    Transpose and a Cast) is sampled at that size; onnxruntime then runs the sample (verify passes)."""
+    from onnx_attr.importing.inputs import sampling_specs
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Conv", ["mel", "k"], ["c"], pads=[1, 1]),  # mel [N, F, T]: F must be 5
+             helper.make_node("ReduceMean", ["c"], ["m"], axes=[2], keepdims=0),
+             helper.make_node("Transpose", ["seq"], ["st"], perm=[0, 2, 1]),  # seq [N, D, L] -> [N, L, D]
+             helper.make_node("Cast", ["st"], ["sc"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["sc", "w"], ["p"]),  # D must be 7
+             helper.make_node("ReduceMean", ["p"], ["q"], axes=[1], keepdims=0),
+             helper.make_node("Gemm", ["row", "g"], ["r"], transB=1),  # row [N, K]: K must be 3
+             helper.make_node("Concat", ["m", "q", "r"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "fixed",
+        [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["N", "F", "T"]),
+         helper.make_tensor_value_info("seq", TensorProto.FLOAT, ["N", "D", "L"]),
+         helper.make_tensor_value_info("row", TensorProto.FLOAT, ["N", "K"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])],
+        [numpy_helper.from_array(rng.standard_normal((4, 5, 3)).astype(np.float32), "k"),
+         numpy_helper.from_array(rng.standard_normal((7, 4)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "g")])
+    model = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    shapes = {s.name: s.shape for s in sampling_specs(model)}
+    assert shapes == {"mel": ("N", 5, "T"), "seq": ("N", 7, "L"), "row": ("N", 3)}
+    report = model.verify()
+    assert report.passed and "free non-batch dims 2" in report.inputs

@@ -11,7 +11,7 @@ import torch
 
 from onnx_attr.errors import ExportError
 from onnx_attr.fileio import atomic_write
-from onnx_attr.importing.inputs import sample_inputs
+from onnx_attr.importing.inputs import sample_inputs, sampling_specs
 
 
 def export_program(model, example_inputs: Any = None) -> tuple[torch.export.ExportedProgram, list[str]]:
@@ -101,13 +101,13 @@ def _runnable_sample(model):
 
     free = any(not isinstance(d, int) or d <= 0 for spec in model.inputs for d in (spec.shape or ()))
     for size in SAMPLE_SIZES if free else SAMPLE_SIZES[:1]:
-        arrays = sample_inputs(model.inputs, symbolic_size=size, batch_size=2)
+        arrays = sample_inputs(sampling_specs(model), symbolic_size=size, batch_size=2)
         try:
             model.run(arrays)
             return arrays
         except ForwardError:
             continue
-    return sample_inputs(model.inputs)  # none runs: the export's own error says why
+    return sample_inputs(sampling_specs(model))  # none runs: the export's own error says why
 
 
 def _fixed_twin(model, args):

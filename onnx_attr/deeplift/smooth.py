@@ -95,13 +95,13 @@ def _sampled_change(model, smoothed, seed: int) -> dict:
     """`output_change` on the first seeded random sample, at verify's sizes for free dims, that the
     model runs (a mel front end's STFT kernel needs hundreds of samples, not 8)."""
     from onnx_attr.errors import ForwardError
-    from onnx_attr.importing.inputs import sample_inputs
+    from onnx_attr.importing.inputs import sample_inputs, sampling_specs
     from onnx_attr.importing.verify import SAMPLE_SIZES
 
     failure = None
     for size in SAMPLE_SIZES:
         try:
-            return {"output_change": output_change(model, smoothed, sample_inputs(model.inputs, seed,
+            return {"output_change": output_change(model, smoothed, sample_inputs(sampling_specs(model), seed,
                                                                                  symbolic_size=size)),
                     "measured_on": f"a random sample (seed {seed}; free dims {size})"}
         except (ForwardError, InputError) as err:

@@ -283,6 +283,83 @@ def sample_inputs(specs: Sequence[TensorSpec], seed: int = 0, symbolic_size: int
     return out
 
 
+def sampling_specs(model) -> list[TensorSpec]:
+    """The model's input specs with each free dim a weight fixes filled in (`weight_fixed_dims`), for a
+    random sample: a Whisper encoder's mel input declared [batch, n_frames, 3000] takes exactly the 80
+    channels its first Conv's weight has, which no guessed size (2, 32, ...) gives."""
+    from dataclasses import replace
+
+    graph = getattr(getattr(model, "onnx_model", None), "graph", None)
+    fixed = weight_fixed_dims(graph) if graph is not None else {}
+    out = []
+    for spec in model.inputs:
+        sizes = fixed.get(spec.name, {})
+        if sizes and spec.shape is not None:
+            spec = replace(spec, shape=tuple(sizes.get(i, d) if not (isinstance(d, int) and d > 0) else d
+                                             for i, d in enumerate(spec.shape)))
+        out.append(spec)
+    return out
+
+
+#: ops a graph input passes through unchanged on the way to the op whose weight fixes its size
+_THROUGH = frozenset({"Cast", "Identity", "Transpose", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"})
+
+
+def weight_fixed_dims(graph) -> dict[str, dict[int, int]]:
+    """Input name -> {axis: size} where a constant weight fixes a dim of that input: a Conv's input
+    channels (axis 1 of what it reads), a MatMul's or Gemm's inner size, a recurrent op's input size,
+    reached from the input directly or through casts, quantizers and transposes (followed axis by axis)."""
+    inits = {t.name: tuple(t.dims) for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, position))
+    found: dict[str, dict[int, int]] = {}
+    for value in graph.input:
+        rank = len(value.type.tensor_type.shape.dim)
+        stack = [(value.name, list(range(rank)), 0)]  # (tensor, its axis -> the input's axis, hops)
+        while stack:
+            name, axes, depth = stack.pop()
+            for node, position in consumers.get(name, ()):
+                if position != 0:
+                    continue
+                rank_axis = _weight_fixed_axis(node, inits)
+                if rank_axis is not None:
+                    axis, size = rank_axis
+                    at = axes[axis] if -len(axes) <= axis < len(axes) else None
+                    if at is not None and size > 0:
+                        found.setdefault(value.name, {}).setdefault(at, size)
+                elif node.op_type in _THROUGH and depth < 4 and node.output:
+                    if node.op_type == "Transpose":
+                        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+                        if perm is None:
+                            continue
+                        if len(axes) != len(perm):
+                            continue
+                        stack.append((node.output[0], [axes[p] for p in perm], depth + 1))
+                    else:
+                        stack.append((node.output[0], axes, depth + 1))
+    return found
+
+
+def _weight_fixed_axis(node, inits: dict) -> Optional[tuple[int, int]]:
+    """(axis of input 0, the size its constant weight demands) for the ops whose weight fixes one."""
+    attrs = {a.name: a for a in node.attribute}
+    weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+    if node.op_type in ("Conv", "ConvInteger") and weight is not None and len(weight) >= 3:
+        group = attrs["group"].i if "group" in attrs else 1
+        return 1, weight[1] * group
+    if node.op_type in ("MatMul", "MatMulInteger") and weight is not None and len(weight) == 2:
+        return -1, weight[0]
+    if node.op_type == "Gemm" and weight is not None and len(weight) == 2:
+        trans_a = attrs["transA"].i if "transA" in attrs else 0
+        trans_b = attrs["transB"].i if "transB" in attrs else 0
+        return (0 if trans_a else 1), weight[1 if trans_b else 0]
+    if node.op_type in ("LSTM", "GRU", "RNN") and weight is not None and len(weight) == 3:
+        return 2, weight[2]  # X [seq, batch, input] (layout 1 is rare: [batch, seq, input] keeps axis 2)
+    return None
+
+
 def read_npz(path: str | os.PathLike, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """Arrays keyed by ONNX input name, from an .npz (or an .npy for a one-input model).
 

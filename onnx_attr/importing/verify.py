@@ -32,7 +32,7 @@ from onnx_attr.importing.read import external_folder
 from onnx_attr.importing.ort_session import THREAD_DEPENDENT, SessionLoadError, first_run_survives, session_run
 from onnx_attr.errors import ForwardError, ReferenceLoadError, ReferenceRuntimeError
 from onnx_attr.importing.batch import batch_axes, fixed_batch, output_batch_axes
-from onnx_attr.importing.inputs import arrange, sample_inputs
+from onnx_attr.importing.inputs import arrange, sample_inputs, sampling_specs
 from onnx_attr.importing.rows import fixed_passes
 from onnx_attr.importing.qdq_jitter import DYNAMIC_QUANTIZERS, jitter_runs, jittered_quantizers
 from onnx_attr.importing.quantizer_check import QuantizerCheck, check_quantizers
@@ -347,12 +347,14 @@ def _verify_sample(model, seed: int, atol: float, rtol: float, locate: bool) -> 
     model's, not the size's). Where that size leaves a free output axis 1 long (a line reader's
     [T, 1, C] at a width of 2 is one time step: its recurrences and their directions go unchecked),
     the next size is tried too, and kept where it runs."""
+    specs = sampling_specs(model)  # free dims a weight fixes (a Conv's input channels) at that size
     free = any(not isinstance(d, int) or d <= 0
-               for spec, axis in zip(model.inputs, batch_axes(model.inputs)) if spec.shape
+               for spec, axis in zip(specs, batch_axes(specs)) if spec.shape
                for i, d in enumerate(spec.shape) if i != axis)
+
     def elements(size: int) -> int:
         return sum(math.prod(d if isinstance(d, int) and d > 0 else size for d in spec.shape or ())
-                   for spec in model.inputs)
+                   for spec in specs)
 
     sizes = [s for s in SAMPLE_SIZES if s == SAMPLE_SIZES[0] or elements(s) <= SAMPLE_ELEMENTS] if free else [2]
     tries = [(size, batch) for size in sizes for batch in SAMPLE_BATCHES]
@@ -363,7 +365,7 @@ def _verify_sample(model, seed: int, atol: float, rtol: float, locate: bool) -> 
         source = f"a random sample (seed {seed}" + (f"; free non-batch dims {size}" if free else "") + \
             (f"; batch {batch}, as batch 2 does not run" if batch != 2 else "") + ")"
         try:
-            run = plain_run(model, sample_inputs(model.inputs, seed, symbolic_size=size, batch_size=batch))
+            run = plain_run(model, sample_inputs(specs, seed, symbolic_size=size, batch_size=batch))
             if collapsed is None and size != sizes[-1] and _collapsed_axes(model, run):
                 collapsed = run, source, size
                 continue
