@@ -143,5 +143,7 @@ def test_free_dims_a_weight_fixes_are_sampled_at_its_size():
     model = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     shapes = {s.name: s.shape for s in sampling_specs(model)}
     assert shapes == {"mel": ("N", 5, "T"), "seq": ("N", 7, "L"), "row": ("N", 3)}
+    said = {d["name"]: d.get("fixed_by_weights") for d in model.summary()["inputs"]}  # what `inspect` shows
+    assert said == {"mel": {"1": 5}, "seq": {"1": 7}, "row": {"1": 3}}
     report = model.verify()
     assert report.passed and "free non-batch dims 2" in report.inputs

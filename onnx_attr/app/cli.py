@@ -437,7 +437,9 @@ def cmd_inspect(args) -> int:
     lines += [f"  {s.describe()}  ({_batch_text(d['batch_axis'])})" + (
         "" if s.differentiable else f"  ({_tapped_as(model, looked_up[s.name])} {', '.join(looked_up[s.name])})"
         if s.name in looked_up else "  (not differentiable)") + (
-        "  (NaN read as a missing value: rows with gaps are explained)" if d["reads_nan_as_missing"] else "")
+        "  (NaN read as a missing value: rows with gaps are explained)" if d["reads_nan_as_missing"] else "") + (
+        "  (" + ", ".join(f"axis {k} must be {v}" for k, v in d["fixed_by_weights"].items())
+        + ": the weight that reads it fixes it)" if d.get("fixed_by_weights") else "")
         for s, d in zip(model.inputs, info["inputs"])]
     lines.append("outputs:")
     for s, d in zip(model.outputs, info["outputs"]):

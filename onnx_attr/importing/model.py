@@ -175,16 +175,22 @@ class AttributableModel(nn.Module):
         """What the import found: inputs, outputs (with batch axes), opsets, op counts, notes.
         `onnx-attr inspect` adds the DeepLift view (nonlinear nodes, tensors) from the layer above."""
         from onnx_attr.importing.batch import batch_axes, output_batch_axes
+        from onnx_attr.importing.inputs import sampling_specs
         from onnx_attr.importing.missing_values import missing_value_inputs
 
         graph, missing = self.onnx_model.graph, missing_value_inputs(self)
+        # free dims a constant weight fixes (a Conv's input channels): what an input of this model must have
+        fixed = {s.name: {i: d for i, (d, declared) in enumerate(zip(t.shape, s.shape)) if d != declared}
+                 for s, t in zip(self.inputs, sampling_specs(self)) if s.shape is not None and t.shape != s.shape}
         return {
             "source": None if self.source is None else str(self.source),
             "producer": f"{self.onnx_model.producer_name} {self.onnx_model.producer_version}".strip(),
             "ir_version": self.onnx_model.ir_version,
             "opsets": {(o.domain or "ai.onnx"): o.version for o in self.onnx_model.opset_import},
             "file_opsets": {(d or "ai.onnx"): v for d, v in (getattr(self, "file_opsets", None) or {}).items()},
-            "inputs": [{**s.to_dict(), "batch_axis": a, "reads_nan_as_missing": s.name in missing}
+            "inputs": [{**s.to_dict(), "batch_axis": a, "reads_nan_as_missing": s.name in missing,
+                        **({"fixed_by_weights": {str(k): v for k, v in sorted(fixed[s.name].items())}}
+                           if s.name in fixed else {})}
                        for s, a in zip(self.inputs, batch_axes(self.inputs))],
             "outputs": [{**s.to_dict(), "batch_axis": a}
                         for s, a in zip(self.outputs, output_batch_axes(self.inputs, self.outputs))],
