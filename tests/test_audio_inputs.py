@@ -256,3 +256,25 @@ def test_a_clip_gets_its_picture_over_time(tmp_path):
     wav = _wav(tmp_path / "long.wav", RNG.integers(-9000, 9000, size=(8000, 1)))
     assert main(["attribute", str(model), "-i", str(wav), "-o", str(out), "-q"]) == 0
     assert (out / "waveform_x_0.png").exists()  # without --plot, as an image's heatmap
+
+
+def test_a_model_of_one_clip_without_a_batch_axis(tmp_path, capsys):
+    """A [T] input is one clip's samples: `attribute` feeds the file as it is (complete against onnxruntime);
+    a dataset, whose rows are stacked, says to use `attribute` instead."""
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["s"]),
+                               helper.make_node("ReduceMean", ["s"], ["y"], keepdims=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "clip.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    frames = RNG.integers(-20000, 20000, size=(700, 1))
+    wav = _wav(tmp_path / "a.wav", frames)
+    out = tmp_path / "out"
+    assert main(["attribute", str(path), "-i", str(wav), "-o", str(out), "-q"]) == 0
+    x = np.load(out / "attributions.npz")["x"]
+    samples = (frames[:, 0] / 32768.0).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    change = float(session.run(None, {"x": samples})[0][0])  # f(0) = 0
+    assert x.shape == (700,) and float(x.astype(np.float64).sum()) == pytest.approx(change, rel=1e-5)
+    assert main(["dataset", str(path), "-i", str(wav), "-o", str(tmp_path / "d")]) == 2
+    assert "without a batch axis" in capsys.readouterr().err

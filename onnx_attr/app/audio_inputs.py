@@ -171,8 +171,7 @@ class AudioRows:
         self.spec = waveform_input(specs, prep.input, prep.states)
         self.rate_inputs = [s for s in specs if s.name != self.spec.name and RATE_NAME.match(s.name)
                             and s.dtype is not None and s.dtype.kind in "iuf" and s.shape is not None
-                            and int(np.prod([d for d in s.shape if isinstance(d, int)] or [1])) == 1
-                            and all(isinstance(d, int) for d in s.shape)]
+                            and all(d == 1 for d in s.shape)]  # 0-d, or [1]
         given = {self.spec.name, *prep.states, *(s.name for s in self.rate_inputs)}
         others = [s.name for s in specs if s.name not in given]
         if others:
@@ -215,14 +214,28 @@ class AudioRows:
         """The rate inputs, at the run's rate (the first file's)."""
         return {s.name: np.full(s.shape, self.rate, dtype=s.dtype) for s in self.rate_inputs}
 
+    def rows(self, path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """One file as (inputs with a row axis first, inputs fed as they are): an unbatched waveform [T]
+        goes with the latter, as a 0-d setting does."""
+        example = self.row(path)
+        held = self.held()
+        if self.unbatched:
+            held[self.spec.name] = example.pop(self.spec.name)
+        return {k: v[None] for k, v in example.items()}, held
+
     def _spec(self, name: str) -> TensorSpec:
         return next(s for s in self.specs if s.name == name)
+
+    @property
+    def unbatched(self) -> bool:
+        """The waveform input is one example's samples [T], without a batch axis: fed as it is."""
+        return len(self.spec.shape or ()) == 1
 
     def _example_shape(self) -> tuple:
         """The waveform input's shape without its batch axis: (T,) or (C, T)."""
         shape = list(self.spec.shape or ())
         axis = self.axes.get(self.spec.name)
-        if axis is not None and axis < len(shape):
+        if axis is not None and axis < len(shape) and not self.unbatched:
             del shape[axis]
         if not 1 <= len(shape) <= 2:
             raise InputError(f"input {self.spec.name!r} {list(self.spec.shape or ())} is not a waveform [N, T] or "

@@ -585,6 +585,9 @@ def _preprocessing(options: InputOptions, specs, files) -> dict:
     if "text" in recorded and recorded["text"]["length"] is None:
         raise InputError("the model's token input has no fixed length, and every row of a dataset needs the same "
                          "one: give --max-length N (tokens, padded and truncated to it)")
+    if "audio" in recorded and len(next(s for s in specs if s.name == recorded["audio"]["input"]).shape or ()) == 1:
+        raise InputError(f"input {recorded['audio']['input']!r} takes one clip's samples [T] without a batch axis, so "
+                         "a dataset's rows cannot be stacked for it: explain each file with `onnx-attr attribute`")
     return recorded
 
 

@@ -359,8 +359,8 @@ class RowReader:
         if source.kind == "audio":  # one row: a file that cannot be read fails that row (an InputError)
             if self._audio is None:
                 self._audio = AudioRows(self.specs, self.options.audio, self.axes)
-            example = self._audio.row(source.path)
-            return Rows({k: v[None] for k, v in example.items()}, [None], held=self._audio.held())
+            rows, held = self._audio.rows(source.path)
+            return Rows(rows, [None], held=held)
         if source.kind == "text":
             lines = self._load(source, lambda path: read_lines(str(_bounded(path, "text"))))
             arrays, tokens = self.text_encoder.encode(lines[start:stop])
