@@ -278,3 +278,18 @@ def test_a_model_of_one_clip_without_a_batch_axis(tmp_path, capsys):
     assert x.shape == (700,) and float(x.astype(np.float64).sum()) == pytest.approx(change, rel=1e-5)
     assert main(["dataset", str(path), "-i", str(wav), "-o", str(tmp_path / "d")]) == 2
     assert "without a batch axis" in capsys.readouterr().err
+
+
+def test_a_clip_of_a_length_the_model_cannot_run_says_so(tmp_path, capsys):
+    """silero-vad v5 declares [?, ?] and takes 512 samples a call at 16 kHz: a 1 s clip failed deep in its
+    graph. The error now says what length the clip had and that a streaming model takes a fixed one."""
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["r"]),
+                               helper.make_node("ReduceMean", ["r"], ["y"], axes=[1, 2], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+                              [numpy_helper.from_array(np.array([-1, 4, 128], np.int64), "shape")])
+    path = tmp_path / "chunk.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    wav = _wav(tmp_path / "a.wav", RNG.integers(-100, 100, size=(300, 1)))
+    assert main(["attribute", str(path), "-i", str(wav), "-o", str(tmp_path / "o")]) == 2
+    assert "did not run on this clip's 300 samples" in capsys.readouterr().err

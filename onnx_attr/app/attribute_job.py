@@ -762,7 +762,14 @@ class _Job:
                              f"{list(first.shape)}); give at least one row")
         from onnx_attr.importing.verify import plain_run
 
-        plain = plain_run(self.model, inputs)  # one forward for the default target and the verification
+        try:
+            plain = plain_run(self.model, inputs)  # one forward for the default target and the verification
+        except ForwardError as err:
+            if kind_of(file) != "audio":
+                raise
+            raise ForwardError(f"{err}\nThe model did not run on this clip's {np.shape(first)[-1]:,} samples: a streaming "
+                               "model takes a fixed number a call (silero-vad: 512 at 16 kHz, 256 at 8 kHz); cut the "
+                               "part to explain to that length") from err
         examples = self._examples(next(iter(attributed)), first)
         resolved = self._target(inputs, examples, plain.outputs)
         if entry(self.method).family != "neuron":
