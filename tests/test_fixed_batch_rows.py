@@ -195,3 +195,37 @@ def test_a_time_major_output_declaring_the_fixed_batch_on_axis_1_joins_there(tmp
         change = ort_run(proto, {"x": x[i:i + 1]})[0][4, 0, 2] - ort_run(proto, {"x": 0 * x[i:i + 1]})[0][4, 0, 2]
         assert np.isclose(attributions[i].sum(dtype=np.float64), change, rtol=1e-5, atol=1e-4)
     assert np.abs(attributions).max() > 0
+
+
+def test_a_batch_of_one_baked_into_reshapes_under_a_batch_symbol_runs_a_row_a_pass(tmp_path):
+    """hunt 37: BlazeFace (tf2onnx, batch 1) with its batch dim edited to a symbol; its Reshapes keep a
+    literal 1, so two images come out as one interleaved anchor list [1, 2A, k]. The CLI explained both
+    as one example (one anchor, the second image's attributions all 0). The rows are now run one per
+    pass: each example gets its own target and attributions. Oracles: onnxruntime on each image alone
+    (its top anchor, and f(x) - f(0) for completeness)."""
+    k = (RNG.standard_normal((1, 2, 1, 1)) * 0.5).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"]),                       # [N, 1, 4, 4]
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 3, 1]),  # [N, 4, 4, 1]
+             helper.make_node("Reshape", ["t", "s1"], ["a"]),                 # [1, N*16, 1]: the baked 1
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Transpose", ["p"], ["q"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["q", "s1"], ["b"]),                 # [1, N*4, 1]
+             helper.make_node("Concat", ["a", "b"], ["y"], axis=1)]           # rows interleaved by scale
+    proto = make_model(nodes, [("x", FLOAT, ["N", 2, 4, 4])], [("y", FLOAT, ["N", 20, 1])],
+                       initializers={"k": k, "s1": np.array([1, -1, 1], np.int64)})
+    path = tmp_path / "baked.onnx"
+    path.write_bytes(proto.SerializeToString())
+    x = (RNG.standard_normal((2, 2, 4, 4)) * 20).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "out"
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(out), "-q", "--no-pictures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    attributions = np.load(out / "attributions.npz")["x"]
+    for i in range(2):
+        (alone,) = ort_run(proto, {"x": x[i:i + 1]})
+        (zeros,) = ort_run(proto, {"x": np.zeros_like(x[i:i + 1])})
+        top = np.unravel_index(alone[0].argmax(), alone[0].shape)
+        assert tuple(report["target"][i]) == tuple(int(t) for t in top)
+        change = float(alone[0][top]) - float(zeros[0][top])
+        assert abs(change) > 1 and float(attributions[i].astype(np.float64).sum()) == pytest.approx(change, rel=1e-5)

@@ -762,6 +762,10 @@ class _Job:
                              f"{list(first.shape)}); give at least one row")
         from onnx_attr.importing.verify import plain_run
 
+        examples = self._examples(next(iter(attributed)), first)
+        if examples > 1:  # the batch layout first: where a batch of 1 is baked into reshapes under a batch
+            # symbol, rows fold into each other's positions, and the probe sets one row per pass for every run
+            self._examples_on_axis0(inputs)
         try:
             plain = plain_run(self.model, inputs)  # one forward for the default target and the verification
         except ForwardError as err:
@@ -770,7 +774,6 @@ class _Job:
             raise ForwardError(f"{err}\nThe model did not run on this clip's {np.shape(first)[-1]:,} samples: a streaming "
                                "model takes a fixed number a call (silero-vad: 512 at 16 kHz, 256 at 8 kHz); cut the "
                                "part to explain to that length") from err
-        examples = self._examples(next(iter(attributed)), first)
         resolved = self._target(inputs, examples, plain.outputs)
         if entry(self.method).family != "neuron":
             self._refuse_non_finite(resolved, plain.outputs[self.output_index], examples, inputs)

@@ -294,12 +294,17 @@ class DeepLiftEngine:
         self.rewrite: RewriteResult = rewrite_for_deeplift(model.module, model.inputs,
                                                            gradient_fallback=gradient_fallback, layers=layers,
                                                            reveal_cancel=reveal_cancel, held=held)
-        self.fixed_batch = pass_batch(model)
         # Shared baselines (batch 1) reused over many batches run their reference pass once (see
         # reference_cache). Changing the module's weights afterwards needs a new DeepLift object
         # (or cache_reference = False, or references.clear()).
         self.references = ReferenceCache()
         self.cache_reference = True
+
+    @property
+    def fixed_batch(self) -> Optional[int]:
+        """The rows one pass holds (`batch.pass_batch`), read at each call: the batch probe may find it
+        after this engine was made (a batch of 1 baked into reshapes under a batch symbol)."""
+        return pass_batch(self.model)
 
     def run(self, inputs: Sequence[Tensor], baselines: Sequence[Tensor], attributed: Sequence[bool],
             targets: Targets, output: int, axes: Optional[Sequence[Optional[int]]] = None) -> PassResult:

@@ -334,6 +334,13 @@ def _runs(model, tensors, axes, outputs, fixed) -> Layout:
         # into its reshapes, so rows mix; one row, its contract, keeps the declared axes
         return Layout(True, tuple(_fallback_axis(s) if f == "mixed" else (None if f == "none" else f)
                                   for s, f in zip(single, found)))
+    if any(f == "mixed" for f in found) and _folded_rows(single, triple):
+        # a batch of 1 baked into reshapes under a batch symbol (a hand edit of a fixed-batch export): the
+        # rows land interleaved along another axis, each output three times one row's; one row per pass
+        # is what the file computes per example (two images mixed into one anchor list were explained
+        # as one example, the second's attributions all 0: hunt 37)
+        model.__dict__["_pass_batch"] = (1,)
+        return Layout(True, tuple(_fallback_axis(o) for o in single))
     if any(f == "mixed" for f in found):  # rows influence each other: no batch, one whole example
         return Layout(False, tuple(None for _ in single))
     if found and all(f == "none" for f in found):  # no output has a row per input row: the rows are not
@@ -344,6 +351,22 @@ def _runs(model, tensors, axes, outputs, fixed) -> Layout:
     # run one per pass (not doubled), whether or not the export also declares a batch of 1
     shared = _rows_round_together(model)
     return Layout(True, tuple(None if f == "none" else f for f in found), found_doubles=not shared)
+
+
+def _folded_rows(single: Sequence[Tensor], triple: Sequence[Tensor]) -> bool:
+    """Whether three rows made every output three times one row's, along axes other than a leading 1
+    that stayed 1: a batch of one baked in, the rows folded into positions (never reduced together)."""
+    grown = False
+    for one, three in zip(single, triple):
+        if one.dim() == 0 or one.dim() != three.dim() or one.shape[0] != 1 or three.shape[0] != 1:
+            return False
+        if one.shape != three.shape:
+            if three.numel() != 3 * one.numel():
+                return False
+            grown = True
+        elif not _same(one, three, _scale(one)):
+            return False  # reduced over the rows: they change each other
+    return grown
 
 
 def _outputs(out) -> list[Tensor]:
