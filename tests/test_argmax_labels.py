@@ -166,3 +166,28 @@ def test_a_softmax_read_by_the_argmax_and_another_node_has_its_logits_explained(
     picked = np.eye(5)[logits.argmax(2)]
     found = np.load(tmp_path / "o" / "attributions.npz")["x"].reshape(2, -1).sum(1)
     np.testing.assert_allclose(found, (picked * (logits - logits0)).reshape(2, -1).sum(1), rtol=1e-4)
+
+
+def test_two_label_maps_combined_gain_both_scores():
+    """kelp-o-matic (hunt 37): output = presence ArgMax x species ArgMax, an int64 label map with no
+    gradient; the look-through stopped at the Mul and the default run fell back to FeatureAblation. Both
+    ArgMaxes' scores are now outputs, the first explained by default. Oracles: the scores by hand, the
+    labels against onnxruntime, and DeepLift's completeness against the scores by hand."""
+    w2 = (RNG.standard_normal((6, 3)) * 2).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("MatMul", ["x", "w2"], ["b"]),
+             helper.make_node("ArgMax", ["a"], ["la"], axis=-1, keepdims=0),
+             helper.make_node("ArgMax", ["b"], ["lb"], axis=-1, keepdims=0),
+             helper.make_node("Mul", ["la", "lb"], ["labels"])]
+    graph = make_model(nodes, [("x", FLOAT, ["N", 7, 6])], [("labels", INT64, ["N", 7])], {"w": W, "w2": w2},
+                       opset=13)
+    model = onnx_attr.load(graph)
+    assert [o.name for o in model.outputs] == ["labels", "a", "b"]
+    x = (RNG.standard_normal((2, 7, 6)) * 3).astype(np.float32)
+    labels, a, b = model.run(x)
+    np.testing.assert_array_equal(np.asarray(labels), ort_run(graph, {"x": x})[0])
+    np.testing.assert_allclose(np.asarray(b), x.astype(np.float64) @ w2, rtol=1e-5, atol=1e-4)
+    dl = onnx_attr.DeepLift(model)
+    found, delta = dl.attribute(x, target=[(0, 1), (6, 4)], return_convergence_delta=True)
+    assert dl.last_report["output"] == "a"
+    expected = (x.astype(np.float64) @ W)[[0, 1], [0, 6], [1, 4]]  # linear: f(0) = 0
+    np.testing.assert_allclose(found.astype(np.float64).sum(axis=(1, 2)), expected, rtol=1e-5, atol=1e-4)

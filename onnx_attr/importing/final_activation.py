@@ -446,31 +446,39 @@ SELECTION_ONLY = PASS_THROUGH | frozenset({
     "Equal", "And", "Not", "NonZero", "ArgMax", "Clip", "Max", "Min", "NonMaxSuppression"})
 
 
-def _labelling_argmax(producer: dict, constants: set, name: str) -> Optional[onnx.NodeProto]:
-    """The ArgMax whose labels the output holds, as exporters pass them on: reshaped or cast (to
+def _labelling_argmaxes(producer: dict, constants: set, name: str, depth: int = 0) -> list[onnx.NodeProto]:
+    """The ArgMaxes whose labels the output holds, as exporters pass them on: reshaped or cast (to
     float too: tf2onnx), offset by a constant (ids from 1), looked up in a constant table (Gather),
-    or blanked where a mask says (Where with a constant branch: a tagger's "no mark"). None where
-    anything else computes the output."""
+    blanked where a mask says (Where with a constant branch: a tagger's "no mark"), or two label maps
+    combined (kelp-o-matic's presence x species: Mul of two ArgMaxes). Empty where anything else
+    computes the output."""
     node = producer.get(name)
     for _ in range(32):
         if node is None or node.domain not in ("", "ai.onnx"):
-            return None
+            return []
         if node.op_type == "ArgMax":
-            return node
+            return [node]
         varying = [i for i in node.input if i and i not in constants]
         if node.op_type in PASS_THROUGH and node.input:
             nxt = node.input[0]
         elif node.op_type in ("Add", "Sub") and len(varying) == 1:
             nxt = varying[0]
+        elif node.op_type in _LABEL_COMBINERS and len(varying) == 2 and depth < 4:
+            sides = [_labelling_argmaxes(producer, constants, v, depth + 1) for v in varying]
+            return sides[0] + sides[1] if all(sides) else []
         elif node.op_type == "Gather" and node.input[0] in constants and len(node.input) > 1:
             nxt = node.input[1]
         elif node.op_type == "Where" and len(node.input) == 3 and (node.input[1] in constants) != (
                 node.input[2] in constants):
             nxt = node.input[2] if node.input[1] in constants else node.input[1]
         else:
-            return None
+            return []
         node = producer.get(nxt)
-    return None
+    return []
+
+
+#: ops that combine two label maps into one (a presence mask times a species label, a sum of codes)
+_LABEL_COMBINERS = frozenset({"Mul", "Add", "Sub", "And", "Or", "BitwiseAnd", "BitwiseOr", "Max", "Min"})
 
 
 def _shared_softmax_logits(graph: onnx.GraphProto, producer: dict, argmax: onnx.NodeProto) -> Optional[str]:
@@ -530,13 +538,12 @@ def expose_selection_scores(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
     for output in graph.output:
         if not output.type.HasField("tensor_type"):
             continue
-        node = _labelling_argmax(producer, constants, output.name)
-        scores = None if node is None else _shared_softmax_logits(graph, producer, node) or node.input[0]
-        if node is not None and expose(
-                scores, f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}"
-                        + (f" (the Softmax of {scores!r}, which picks the same)" if scores != node.input[0] else "")
-                        + ", which has no gradient"):
-            label_scores.append(scores)
+        for node in _labelling_argmaxes(producer, constants, output.name):
+            scores = _shared_softmax_logits(graph, producer, node) or node.input[0]
+            if expose(scores, f"output {output.name!r} holds the labels an ArgMax picks from {node.input[0]!r}"
+                              + (f" (the Softmax of {scores!r}, which picks the same)" if scores != node.input[0]
+                                 else "") + ", which has no gradient"):
+                label_scores.append(scores)
     finals = _final_topks(graph)
     preselected = set().union(*(made for _, made in finals))
     suppressions = _suppressions(graph)
