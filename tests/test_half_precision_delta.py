@@ -5,6 +5,7 @@ shipped in float16, logits near 120, deltas of 0.05-0.09, was warned about at fl
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -235,3 +236,28 @@ def test_float16_inputs_get_float32_attributions_that_add_up():
             total = found.astype(np.float64).sum(1)
             steps = 2.0 ** -10 * np.maximum(np.abs(at_x[np.arange(4), target]), np.abs(at_zero[np.arange(4), target]))
             assert np.all(np.abs(total - change) <= 2 * steps)
+
+
+def test_a_float16_maps_region_sum_past_65504_stays_finite():
+    """hunt 37: kelp-o-matic's segmenter in float16: the default target sums one class's scores over
+    64k pixels, past float16's largest value; summed in the output's dtype it was inf and the run was
+    refused as "not finite". Summed in float32 it is the map's sum. Oracle: onnxruntime's float16 map,
+    summed in float64."""
+    rng = np.random.default_rng(8)
+    k = (rng.standard_normal((1, 2, 1, 1)) * 0.5 + 1.0).astype(np.float16)
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+             helper.make_node("Conv", ["h", "k"], ["m"])]
+    graph = helper.make_graph(nodes, "map", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2, 40, 40])],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT16, [None, 1, 40, 40])],
+                              [numpy_helper.from_array(k, "k")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_attr.load(proto)
+    x = (80 + rng.random((1, 2, 40, 40)) * 20).astype(np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    total = float(session.run(None, {"x": x})[0].astype(np.float64).sum())
+    assert total > 65504  # past float16's range: the sum itself, not any one value
+    found, delta = onnx_attr.DeepLift(model).attribute(x, target=onnx_attr.Target(weights=np.ones((1, 40, 40), bool)),
+                                                       return_convergence_delta=True)
+    assert np.isfinite(found).all() and np.isfinite(delta.numpy()).all()
+    # f(0) = 0 (no bias); the float16 map's own rounding, 1600 values of ~100 at a 0.0625 step, is the tolerance
+    assert float(found.astype(np.float64).sum()) == pytest.approx(total, abs=1600 * 0.0625)

@@ -229,7 +229,10 @@ class Targets:
                                  "input: explain the scores it was selected by (`onnx-attr inspect` names them)"
                                  if moved else
                                  "give a mask the shape of one example's output"))
-        dtype = output.dtype if output.is_floating_point() else torch.float64
+        # a half-precision output summed in float32 (as onnxruntime's CPU provider computes it): a float16
+        # segmentation map's class score over 64k pixels sums past float16's 65504 (hunt 37)
+        dtype = torch.float32 if output.dtype in (torch.float16, torch.bfloat16) else \
+            output.dtype if output.is_floating_point() else torch.float64
         return (output.to(dtype) * weights.to(dtype)).reshape(n, -1).sum(1)
 
     def _selected(self, output: Tensor, n: int) -> Tensor:
