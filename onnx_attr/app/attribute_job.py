@@ -656,6 +656,7 @@ class _Job:
             raise InputError(_refusal(folder, conflicts))
         results: dict[str, dict] = {}
         deltas: list[float] = []
+        relatives: list[float] = []  # each file's largest relative delta: what the console line sets beside |delta|
         bar = progress(len(files), "input", METHOD_TITLES[self.method], self.quiet)
         try:
             for file, sub, input_sha, state, error in plan:
@@ -673,6 +674,7 @@ class _Job:
                     else:
                         entry["status"] = "redone: input changed" if state == "input changed" else "computed"
                         deltas.append(float(np.abs(report.pop("_delta")).max(initial=0.0)))
+                        relatives.append(float(report.get("max_relative_delta") or 0.0))
                         if report.get("warnings"):
                             entry["warnings"] = report["warnings"]
                         if report.get("non_finite"):
@@ -694,7 +696,8 @@ class _Job:
             "versions": self.manifest["versions"],
         }
         write_json(folder / "index.json", summary)
-        return {**summary, "_delta": np.asarray(deltas or [0.0]), "many": True}
+        return {**summary, "_delta": np.asarray(deltas or [0.0]), "max_relative_delta": max(relatives, default=0.0),
+                "many": True}
 
     # -- the work ------------------------------------------------------------------------------------------------------
 

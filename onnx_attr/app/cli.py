@@ -557,7 +557,8 @@ def cmd_attribute(args) -> int:
     if report.get("many"):
         text = (f"{report['method']}: {len(report['computed'])} input(s) attributed, "
                 f"{len(report['skipped_as_finished'])} finished earlier, {len(report['failed'])} failed; "
-                f"largest |delta| {worst:.3e}; results in {args.out}/<input file>/, summary in {args.out}/index.json")
+                f"largest |delta| {worst:.3e}, largest relative {report.get('max_relative_delta', 0.0):.3e}; results in "
+                f"{args.out}/<input file>/, summary in {args.out}/index.json")
         lines = [text] + [f"failed: {name}: {report['results'][name]['error'].splitlines()[0]}"
                           for name in report["failed"][:5]]
         if len(report["failed"]) > 5:
