@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import helper
 import pytest
 import torch
 
@@ -101,8 +103,9 @@ def test_defaults_from_the_model_and_refusals():
         "size": [8, 8], "resize": None, "layout": "NCHW", "channels": "RGB", "scale": 1.0, "mean": None, "std": None,
         "dtype": "float32", "resample": "bilinear"}
     dynamic = TensorSpec("image", ("batch", 3, "h", "w"), np.dtype("float32"))
+    assert ImagePreprocessing().resolved(dynamic).size == (None, None)  # a free size: the image's own (hunt 37)
     with pytest.raises(InputError, match="--image-size"):
-        ImagePreprocessing().resolved(dynamic)
+        ImagePreprocessing(resize=4).resolved(dynamic)  # a crop needs its size
     assert ImagePreprocessing(size=(5, 6)).resolved(dynamic).size == (5, 6)
     with pytest.raises(InputError, match="differs from the 8x8"):
         ImagePreprocessing(size=(5, 6)).resolved(NCHW)
@@ -679,6 +682,39 @@ def test_an_audio_file_is_refused_with_how_to_feed_it(tmp_path, cnn_path, capsys
     assert main(["attribute", str(cnn_path), "-i", str(path), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err  # `attribute` reads audio (test_audio_inputs.py), but an image model takes none
     assert "audio files feed one waveform input" in err and "image: float32 [batch, 3, 8, 8]" in err
-    assert main(["verify", str(cnn_path), "--input", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "audio files are read by `attribute` and `dataset`" in err and "numpy.savez" in err
+    assert main(["verify", str(cnn_path), "--input", str(path)]) == 2  # verify reads files as attribute does
+    assert "audio files feed one waveform input" in capsys.readouterr().err
+    from onnx_attr.importing.inputs import read_npz  # the API's array reader says where audio is read
+
+    with pytest.raises(InputError, match="audio files are read by `attribute` and `dataset`.*numpy.savez"):
+        read_npz(path, load(str(cnn_path)).inputs)
+
+
+def test_no_fixed_side_feeds_the_image_at_its_own_size(tmp_path):
+    """hunt 37: a fully convolutional segmenter [N, 3, H, W] with both sides free refused a PNG ("give
+    --image-size"); the image's own size is what it takes. Oracle: the pixels Pillow reads, and
+    onnxruntime's change for completeness."""
+    import onnxruntime as ort
+
+    k = (np.random.default_rng(9).standard_normal((1, 3, 3, 3)) * 0.2).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["image", "k"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "fcn", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
+                                                                           ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 1, "H", "W"])],
+                              [onnx.numpy_helper.from_array(k, "k")])
+    model_path = tmp_path / "fcn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model_path)
+    pixels = np.random.default_rng(10).integers(0, 256, (7, 10, 3), dtype=np.uint8)
+    path = _png(tmp_path / "p.png", pixels)
+    spec = TensorSpec("image", ("N", 3, "H", "W"), np.dtype("float32"))
+    values, _ = load_image(path, ImagePreprocessing(scale=1 / 255).resolved(spec))
+    assert np.allclose(values, np.moveaxis(pixels, -1, 0) / 255, rtol=0, atol=1e-7)
+    out = tmp_path / "out"
+    assert main(["attribute", str(model_path), "-i", str(path), "-o", str(out), "-q", "--scale", "1/255",
+                 "--target", "0,3,4"]) == 0
+    attributions = np.load(out / "attributions.npz")["image"]
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    x = values[None].astype(np.float32)
+    change = session.run(None, {"image": x})[0][0, 0, 3, 4] - session.run(None, {"image": 0 * x})[0][0, 0, 3, 4]
+    assert attributions.shape == (1, 3, 7, 10) and abs(float(change)) > 1e-3
+    assert float(attributions.astype(np.float64).sum()) == pytest.approx(float(change), rel=1e-5, abs=1e-6)

@@ -100,8 +100,10 @@ class ImagePreprocessing:
         static = tuple(hw) if all(isinstance(d, int) for d in hw) else None
         size = self.size or static
         one_side = [d if isinstance(d, int) and d > 0 else None for d in hw]
-        if size is None and self.resize is None and one_side.count(None) == 1:
-            size = tuple(one_side)  # the other side follows the image's aspect ratio (a text line at height 48)
+        if size is None and self.resize is None and one_side.count(None) >= 1:
+            # the other side follows the image's aspect ratio (a text line at height 48); with neither side
+            # fixed (a fully convolutional segmenter) the image is fed at its own size
+            size = tuple(one_side)
         if size is None:
             raise InputError(f"input {spec.name!r} ({spec.describe()}) has no fixed height and width: give the size "
                              "the model expects with --image-size HxW")
@@ -137,8 +139,7 @@ class ImagePreprocessing:
                 raise InputError(f"{name} gives {len(values)} values; give 1, or one per channel ({count})")
             if not all(np.isfinite(v) for v in values) or (name == "--std" and any(v <= 0 for v in values)):
                 raise InputError(f"{name} {list(values)}: give finite numbers" + (" > 0" if name == "--std" else ""))
-        if self.size is not None and (len(self.size) != 2 or self.size.count(None) > 1
-                                      or any(s is not None and s < 1 for s in self.size)):
+        if self.size is not None and (len(self.size) != 2 or any(s is not None and s < 1 for s in self.size)):
             raise InputError(f"--image-size {self.size!r}: give HxW (or one number for a square), each >= 1")
         if self.resize is not None and self.resize < 1:
             raise InputError(f"--resize {self.resize!r}: give a number of pixels >= 1")
@@ -349,6 +350,8 @@ def _resized(image, prep: ImagePreprocessing):
     method = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}[prep.resample]
     height, width = prep.size  # type: ignore[misc]
+    if height is None and width is None:  # the model fixes neither side: the image as it is
+        return image
     if height is None:  # the model fixes the width only: the height keeps the image's aspect ratio
         height = max(1, round(image.height * width / image.width))
     if width is None:

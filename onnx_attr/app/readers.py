@@ -545,8 +545,8 @@ def _image_shapes(prep: ImagePreprocessing, found: Optional[tuple[int, int]] = N
     """One example's shape as the model takes it, and as `load_image` shows it (`found`: the size
     the run's first image took where a side follows the aspect ratio; square before it)."""
     height, width = prep.size  # type: ignore[misc]
-    if height is None or width is None:
-        height, width = found or (height or width, height or width)
+    if height is None or width is None:  # a side that follows the image: the run's first image's, else a stand-in
+        height, width = found or (height or width or 1, height or width or 1)
     count = prep.channel_count
     shapes = {"NCHW": (count, height, width), "NHWC": (height, width, count), "NHW": (height, width)}
     model = shapes[prep.layout or "NCHW"]
