@@ -175,3 +175,32 @@ def test_smoothing_is_measured_on_the_input_explained(tmp_path):
     assert np.isclose(change["max_abs_change"], want, rtol=1e-4)
     sampled = smooth(onnx_attr.load(str(path)), relu_beta=0.05).smoothing
     assert sampled["output_change"][0]["max_abs_change"] > 0 and "free dims 96" in sampled["measured_on"]
+
+
+def test_kinks_smoothing_leaves_are_said(tmp_path, capsys):
+    """hunt 37: sfmp's MobileNetV2 has ReLU6s, exported as Clip(0, 6): --smooth replaced nothing and said
+    nothing, so the run read as a smoothed model's. What keeps its kinks is now counted, in the report and
+    on the console; the Relu beside them is replaced."""
+    from onnx_attr.app.cli import main
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.lin = nn.Linear(16, 2)
+
+        def forward(self, x):
+            h = torch.nn.functional.relu6(self.conv(x))  # Clip(0, 6)
+            h = torch.relu(nn.functional.adaptive_avg_pool2d(h, 2).flatten(1))
+            return self.lin(torch.nn.functional.leaky_relu(h, 0.1))
+
+    torch.manual_seed(0)
+    path = tmp_path / "net.onnx"
+    path.write_bytes(to_onnx(Net().eval(), torch.randn(1, 3, 6, 6)))
+    model = onnx_attr.load(str(path))
+    smoothed = smooth(model, inputs=np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32))
+    assert [r["from"] for r in smoothed.smoothing["replaced"]] == ["Relu"]
+    assert smoothed.smoothing["not_smoothed"] == {"Clip": 1, "LeakyRelu": 1}
+    np.savez(tmp_path / "x.npz", **{model.inputs[0].name: np.ones((1, 3, 6, 6), np.float32)})
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"), "--smooth", "5"]) == 0
+    assert "these keep their kinks: 1 Clip, 1 LeakyRelu" in capsys.readouterr().err

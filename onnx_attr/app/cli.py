@@ -542,6 +542,10 @@ def cmd_attribute(args) -> int:
 
         model = smooth(model, relu_beta=args.smooth, maxpool_beta=args.smooth, measure=False)  # on each input (the job)
         options["smooth_beta"] = args.smooth
+        left = model.smoothing.get("not_smoothed")
+        if left:  # a ReLU6 is a Clip: said, as the run explains a twin smooth only where it replaced something
+            print(f"onnx-attr: --smooth replaced {len(model.smoothing['replaced'])} node(s); these keep their kinks: "
+                  + ", ".join(f"{n} {op}" for op, n in left.items()), file=sys.stderr)
     report = run_attribute(model, input_path=args.input, target=args.target, baseline=args.baseline,
                            method=args.method, output_name=args.output_name, out=args.out,
                            gradient_fallback=args.gradient_fallback, resume=args.resume, pictures=pictures,

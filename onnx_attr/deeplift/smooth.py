@@ -80,15 +80,36 @@ def smooth(model, *, relu_beta: Optional[float] = 10.0, maxpool_beta: Optional[f
     module, nodes = replace_modules(model, swap, "smoothed")
     replaced = [{"node": n.meta.get("onnx_node"), "from": n.meta["smoothed_from"], "to": n.meta["onnx_op"],
                  "beta": relu_beta if n.meta["smoothed_from"] == "Relu" else maxpool_beta} for n in nodes]
+    left = kinks_left(module)
     smoothed = model.with_module(module, notes=[f"smoothed: {len(replaced)} node(s) replaced (Relu -> "
                                                 f"Softplus(beta={relu_beta}), MaxPool -> LogSumExpPool(beta="
-                                                f"{maxpool_beta}))"])
-    smoothed.smoothing = {"replaced": replaced}
+                                                f"{maxpool_beta}))" + (f"; left as they are: {_counted(left)}"
+                                                                      if left else "")])
+    smoothed.smoothing = {"replaced": replaced, **({"not_smoothed": left} if left else {})}
     if measure:
         smoothed.smoothing.update(_sampled_change(model, smoothed, seed) if inputs is None else
                                   {"output_change": output_change(model, smoothed, inputs)})
     smoothed.smoothed_from = model
     return smoothed
+
+
+#: piecewise-linear ops with kinks that `smooth` does not replace (a ReLU6 is a Clip): their gradients
+#: stay as sharp as before, which the report says
+KINKED = frozenset({"Clip", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish", "Abs", "Max", "Min", "ThresholdedRelu",
+                    "Celu", "Elu", "Selu", "Shrink", "MaxRoiPool", "GlobalMaxPool", "ReduceMax", "ReduceMin"})
+
+
+def kinks_left(module) -> dict[str, int]:
+    """The ops of `KINKED` still in the graph, by op, counted per ONNX node."""
+    from collections import Counter
+
+    found = {(n.meta.get("onnx_node"), n.meta.get("onnx_op")) for n in module.graph.nodes
+             if n.meta.get("onnx_op") in KINKED and not n.meta.get("smoothed_from")}
+    return dict(sorted(Counter(op for _, op in found).items()))
+
+
+def _counted(ops: dict[str, int]) -> str:
+    return ", ".join(f"{n} {op}" for op, n in ops.items())
 
 
 def _sampled_change(model, smoothed, seed: int) -> dict:
