@@ -229,3 +229,25 @@ def test_a_batch_of_one_baked_into_reshapes_under_a_batch_symbol_runs_a_row_a_pa
         assert tuple(report["target"][i]) == tuple(int(t) for t in top)
         change = float(alone[0][top]) - float(zeros[0][top])
         assert abs(change) > 1 and float(attributions[i].astype(np.float64).sum()) == pytest.approx(change, rel=1e-5)
+
+
+def test_rows_concatenated_into_one_attention_stay_one_example():
+    """The other side of the rule above: rows reshaped into one sequence [1, N·L, D] that attends over
+    itself also grow the output threefold, but move each row's values; such rows change each other and
+    stay one whole example. Oracle: onnxruntime on one row against the same row among others."""
+    from onnx_attr.importing.batch import batch_axes, probe
+
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["q"]),                  # [1, N*4, 3]
+             helper.make_node("Transpose", ["q"], ["k"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "k"], ["a"]),
+             helper.make_node("Softmax", ["a"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "q"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, ["N", 4, 3])], [("y", FLOAT, ["N", 4, 3])],
+                       initializers={"s": np.array([1, -1, 3], np.int64)})
+    x = RNG.standard_normal((2, 4, 3)).astype(np.float32)
+    (alone,) = ort_run(proto, {"x": x[:1]})
+    (both,) = ort_run(proto, {"x": x})
+    assert not np.allclose(both[0, :4], alone[0], atol=1e-4)  # the rows do change each other
+    model = onnx_attr.load(proto, strip_final_activation=False)
+    tensors = [torch.from_numpy(x)]
+    assert not probe(model, tensors, batch_axes(model.inputs, tensors)).stackable

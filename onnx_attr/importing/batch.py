@@ -354,19 +354,31 @@ def _runs(model, tensors, axes, outputs, fixed) -> Layout:
 
 
 def _folded_rows(single: Sequence[Tensor], triple: Sequence[Tensor]) -> bool:
-    """Whether three rows made every output three times one row's, along axes other than a leading 1
-    that stayed 1: a batch of one baked in, the rows folded into positions (never reduced together)."""
+    """Whether rows [x, x', x] made every output three times one row's, along axes other than a leading
+    1 that stayed 1, with each of x's own values among them twice: a batch of one baked in, the rows
+    folded into positions and computed apart (attention over rows concatenated into one sequence grows
+    the output alike, but moves x's values)."""
     grown = False
     for one, three in zip(single, triple):
         if one.dim() == 0 or one.dim() != three.dim() or one.shape[0] != 1 or three.shape[0] != 1:
             return False
-        if one.shape != three.shape:
-            if three.numel() != 3 * one.numel():
-                return False
-            grown = True
-        elif not _same(one, three, _scale(one)):
-            return False  # reduced over the rows: they change each other
+        if one.shape == three.shape:
+            if not _same(one, three, _scale(one)):
+                return False  # reduced over the rows: they change each other
+            continue
+        if three.numel() != 3 * one.numel() or not _twice_among(one, three):
+            return False
+        grown = True
     return grown
+
+
+def _twice_among(one: Tensor, three: Tensor) -> bool:
+    """Whether every value of `one` occurs at least twice in `three` (to a rounding of the outputs' size)."""
+    mine = one.detach().double().reshape(-1)
+    theirs = three.detach().double().reshape(-1).sort().values
+    tolerance = 1e-5 * max(_scale(one), 1e-30)
+    counts = torch.searchsorted(theirs, mine + tolerance, right=True) - torch.searchsorted(theirs, mine - tolerance)
+    return bool((counts >= 2).all())
 
 
 def _outputs(out) -> list[Tensor]:

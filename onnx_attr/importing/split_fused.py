@@ -59,9 +59,8 @@ def _split(node: onnx.NodeProto, index: int, scope: _Scope, opset: int) -> list[
     inputs = list(node.input)
     if node.op_type == "FusedConv":
         params = [float(p) for p in attrs.pop("activation_params", [])]
-        kept = {k: v for k, v in attrs.items()}
         y = scope.fresh(f"{node.output[0]}/conv")
-        nodes = [helper.make_node("Conv", inputs[:3], [y], name=f"{name}/Conv", **kept)]
+        nodes = [helper.make_node("Conv", inputs[:3], [y], name=f"{name}/Conv", **attrs)]  # Conv's own attributes
         if len(inputs) > 3 and inputs[3]:  # Z, added before the activation
             total = scope.fresh(f"{node.output[0]}/sum")
             nodes.append(helper.make_node("Add", [y, inputs[3]], [total], name=f"{name}/Add"))

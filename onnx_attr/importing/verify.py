@@ -117,7 +117,7 @@ class VerifyReport:
                                  "; " + moved.format(f"{o.quantized_spread:.3e}") if o.quantized_spread is not None else
                                  "; no float64 evaluation (onnxruntime could not run the graph retyped)")
                              + (" -> rounding, not an import error" if o.passed and not o.inconclusive else "")
-                             + (f" -> inconclusive: the budget is as large as the output itself, so this comparison "
+                             + (" -> inconclusive: the budget is as large as the output itself, so this comparison "
                                 "cannot tell an import error from rounding at this precision" if o.inconclusive else ""))
         if self.quantizers is not None:
             lines.append(f"  {'ok  ' if self.quantizers.passed else 'FAIL'} {self.quantizers.format()}")
