@@ -406,3 +406,25 @@ def test_a_quantized_softmax_converts(tmp_path, width):
     got = torch.export.load(str(path)).module()(torch.from_numpy(x)).numpy().astype(np.int64)
     steps = np.abs(got - expected.astype(np.int64))
     assert steps.max() == 0 if width <= 256 else steps.max() <= 1
+
+
+def test_convert_of_a_size_that_follows_values_names_where_it_starts():
+    """ribodetector (hunt 37): a Reshape to a count a NonZero makes; torch.export cannot trace it at any
+    input shape, and the error asked to fix the input shapes, which were fixed. It names the NonZero."""
+    from onnx_attr.app.export import export_program
+    from onnx_attr.errors import ExportError
+
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"]),
+             helper.make_node("NonZero", ["pos"], ["idx"], name="where_positive"),
+             helper.make_node("Shape", ["idx"], ["s"]),
+             helper.make_node("Gather", ["s", "one"], ["count"], axis=0),
+             helper.make_node("Concat", ["count", "one_d"], ["target"], axis=0),
+             helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+             helper.make_node("Expand", ["total", "target"], ["y"])]
+    proto = make_model(nodes, [("x", FLOAT, [2, 5])], [("y", FLOAT, ["K", 1])],
+                       {"zero": np.array(0.0, np.float32), "one": np.array([1], np.int64),
+                        "one_d": np.array([1], np.int64)}, opset=13)
+    x = RNG.standard_normal((2, 5)).astype(np.float32)
+    with pytest.raises(ExportError, match=r"follow the input's values.*NonZero 'where_positive'") as caught:
+        export_program(onnx_attr.load(proto, strip_final_activation=False), {"x": x})
+    assert "fix its input shapes" not in str(caught.value)

@@ -64,12 +64,15 @@ def export_program(model, example_inputs: Any = None) -> tuple[torch.export.Expo
         from onnx_attr.importing.specialize import runtime_control_flow
 
         flow = [f"{n.op_type} {n.name or n.output[0]!r}" for n in runtime_control_flow(model.onnx_model)]
+        sized = [f"{n.op_type} {n.name or n.output[0]!r}" for n in _value_sized(model.onnx_model.graph)[1]]
         why = (f"; the graph decides at run time which branch runs or how often it loops ({', '.join(flow[:5])}), "
-               "which torch.export, tracing one path, cannot hold" if flow else "")
+               "which torch.export, tracing one path, cannot hold" if flow else
+               f"; sizes here follow the input's values, not its shape ({', '.join(sized[:5])}), which no input "
+               "shape fixes" if sized else "")
         raise ExportError(f"torch.export could not trace the imported module: {_first_line(failed)}{why}. Attribution "
                           "does not need the .pt2 (load the .onnx with onnx_attr.load); for a program, export the "
-                          "model from its framework with torch.export" + ("" if flow else ", or fix its input shapes")
-                          ) from failed
+                          "model from its framework with torch.export"
+                          + ("" if flow or sized else ", or fix its input shapes")) from failed
     return program, [f"{fixed} only: the graph computes shapes from its inputs' ({_first_line(failed)}), so the "
                      "program was made from the model imported at those shapes"]
 
@@ -159,17 +162,26 @@ def _shaped_by_values(graph) -> set[str]:
     """The tensors whose shape may follow the inputs' values, not their shapes alone: made by an op of
     `_SHAPED_BY` from a value that follows the inputs' values (Shape and Size read shapes only, and cut
     that), and everything computed from such a tensor."""
+    return _value_sized(graph)[0]
+
+
+def _value_sized(graph) -> tuple[set[str], list]:
+    """`_shaped_by_values`'s tensors, and the nodes where such a size starts (a NonZero, a Reshape to a
+    shape computed from values)."""
     from onnx_attr.importing.specialize import value_dependent
 
     valued = value_dependent(graph, [v.name for v in graph.input])  # the control-flow walk's taint
     shaped: set[str] = set()
+    origins = []
     for node in graph.node:
         inputs = [i for i in node.input if i]
         positions = _SHAPED_BY.get(node.op_type, ())
         by_values = positions is None or any(p < len(node.input) and node.input[p] in valued for p in positions)
+        if by_values and not any(i in shaped for i in inputs):
+            origins.append(node)
         if by_values or any(i in shaped for i in inputs):
             shaped.update(node.output)
-    return shaped
+    return shaped, origins
 
 
 def _shapes_as_constants(proto, ran: Optional[dict[str, tuple[int, ...]]] = None) -> None:
