@@ -167,6 +167,9 @@ def test_what_audio_cannot_give_is_refused(tmp_path, capsys):
     except (ImportError, OSError):
         with pytest.raises(InputError, match="needs soundfile"):
             load_audio(flac)
+    else:  # a broken FLAC is the user's error, not libsndfile's raw one
+        with pytest.raises(InputError, match="cannot read .* as audio"):
+            load_audio(flac)
     with pytest.raises(InputError, match="finite"):
         AudioPreprocessing(scale=float("nan"))
 
@@ -309,3 +312,37 @@ def test_a_folder_run_says_its_largest_relative_delta(tmp_path, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if "largest |delta|" in x)
     worst = max(json.loads((out / n / "report.json").read_text())["max_relative_delta"] for n in ("a.wav", "b.wav"))
     assert f"largest relative {worst:.3e}" in line
+
+
+def _float_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    """A 32-bit IEEE-float WAV (format tag 3) written byte by byte: the standard library reads only PCM."""
+    import struct
+
+    data = samples.astype("<f4").tobytes()
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + struct.pack(
+        "<IHHIIHH", 16, 3, 1, rate, rate * 4, 4, 32) + b"data" + struct.pack("<I", len(data))
+    path.write_bytes(header + data)
+    return path
+
+
+def test_float_wav_and_flac_through_soundfile(tmp_path):
+    """What the standard library cannot read goes to soundfile: a float WAV (the samples written, bit for
+    bit) and a FLAC of known integers (lossless)."""
+    soundfile = pytest.importorskip("soundfile")
+    samples = (RNG.standard_normal(500) * 0.3).astype(np.float32)
+    read, rate = load_audio(_float_wav(tmp_path / "f.wav", samples, 22050))
+    assert rate == 22050 and read.shape == (1, 500) and np.array_equal(read[0], samples)
+    frames = RNG.integers(-30000, 30000, size=(400, 2)).astype(np.int16)
+    soundfile.write(str(tmp_path / "c.flac"), frames, 16000, subtype="PCM_16")
+    read, rate = load_audio(tmp_path / "c.flac")
+    assert rate == 16000 and np.allclose(read, frames.T / 32768.0, rtol=0, atol=1e-7)
+
+
+def test_without_soundfile_the_error_says_how_to_get_it(tmp_path, monkeypatch):
+    import onnx_attr.app.audio_inputs as audio
+
+    monkeypatch.setattr(audio, "_have_soundfile", lambda: False)
+    with pytest.raises(InputError, match=r"needs soundfile: pip install soundfile .*ffmpeg"):
+        load_audio(tmp_path / "a.flac")
+    with pytest.raises(InputError, match=r"standard library's wave \(unknown format: 3\).*pip install soundfile"):
+        load_audio(_float_wav(tmp_path / "f.wav", np.zeros(10, np.float32), 8000))
