@@ -346,3 +346,26 @@ def test_without_soundfile_the_error_says_how_to_get_it(tmp_path, monkeypatch):
         load_audio(tmp_path / "a.flac")
     with pytest.raises(InputError, match=r"standard library's wave \(unknown format: 3\).*pip install soundfile"):
         load_audio(_float_wav(tmp_path / "f.wav", np.zeros(10, np.float32), 8000))
+
+
+def test_an_enhancers_waveform_named_as_its_output_is_not_a_state(tmp_path):
+    """`audio` in, `audio_out` out: the state rule's names, but the model's one input is the waveform; it is
+    fed the clip, never zeros (review of session 49). Oracle: the samples written."""
+    spec = TensorSpec("audio", ("N", "T"), np.dtype("float32"))
+    frames = RNG.integers(-9000, 9000, size=(300, 1))
+    for prep in (AudioPreprocessing(states=("audio",)), AudioPreprocessing(input="audio", states=("audio",))):
+        rows, held = AudioRows([spec], prep, {"audio": 0}).rows(_wav(tmp_path / "a.wav", frames))
+        assert np.array_equal(rows["audio"][0], (frames[:, 0] / 32768.0).astype(np.float32)) and not held
+
+
+def test_a_streamed_wav_whose_header_declares_no_length(tmp_path):
+    """ffmpeg writing to a pipe leaves the data size 0xFFFFFFFF: read as the samples the file holds, not
+    refused as two billion of them."""
+    import struct
+
+    frames = RNG.integers(-9000, 9000, size=(250, 1))
+    raw = bytearray(_wav(tmp_path / "a.wav", frames).read_bytes())
+    raw[40:44] = struct.pack("<I", 0xFFFFFFFF)  # the data chunk's size
+    (tmp_path / "s.wav").write_bytes(bytes(raw))
+    samples, _ = load_audio(tmp_path / "s.wav")
+    assert np.array_equal(samples[0], (frames[:, 0] / 32768.0).astype(np.float32))

@@ -718,3 +718,15 @@ def test_no_fixed_side_feeds_the_image_at_its_own_size(tmp_path):
     change = session.run(None, {"image": x})[0][0, 0, 3, 4] - session.run(None, {"image": 0 * x})[0][0, 0, 3, 4]
     assert attributions.shape == (1, 3, 7, 10) and abs(float(change)) > 1e-3
     assert float(attributions.astype(np.float64).sum()) == pytest.approx(float(change), rel=1e-5, abs=1e-6)
+
+
+def test_an_image_fed_at_its_own_size_has_a_budget(tmp_path, monkeypatch):
+    """Review of session 49: at its own size, a huge image would go through a method at full resolution;
+    past the budget the error asks for --image-size."""
+    import onnx_attr.app.preprocess as preprocess
+
+    monkeypatch.setattr(preprocess, "MAX_NATIVE_PIXELS", 50)
+    path = _png(tmp_path / "p.png", np.zeros((8, 8, 3), np.uint8))
+    spec = TensorSpec("image", ("N", 3, "H", "W"), np.dtype("float32"))
+    with pytest.raises(InputError, match=r"8x8, more than the 50 pixels.*--image-size"):
+        load_image(path, ImagePreprocessing().resolved(spec))

@@ -456,3 +456,4 @@ def test_an_activation_fused_by_the_optimizer_is_found_split_and_smoothed(tmp_pa
     assert model.verify({"x": x}).passed
     smoothed = smooth(model, inputs={"x": x})
     assert len(smoothed.smoothing["replaced"]) == len(smooth(twin, inputs={"x": x}).smoothing["replaced"]) == 1
+

@@ -384,7 +384,7 @@ def test_a_waveform_is_drawn_over_time(tmp_path, monkeypatch):
     drawn without --plot as images are; short rows stay bars. The stretches' sums are checked by hand."""
     from onnx_attr.app.visualize import picture_kind, waveform_png
 
-    assert picture_kind((1, 16000), False) == "waveform" and picture_kind((1, 1, 8000), False) == "waveform"
+    assert picture_kind((1, 16000), False, signal=True) == "waveform" and picture_kind((1, 1, 8000), False) == "waveform"
     assert picture_kind((1, 2, 8000), False) == "waveform" and picture_kind((1, 1960), False) == "bars"
     attribution = np.zeros(10000)
     attribution[4000:4100] = 1.0
@@ -405,3 +405,11 @@ def test_a_waveform_is_drawn_over_time(tmp_path, monkeypatch):
     assert len(heights) == 200 and heights.sum() == pytest.approx(attribution.sum())
     assert heights[80] == pytest.approx(50.0) and heights[81] == pytest.approx(50.0)  # samples 4000-4099 in bins of 50
     assert heights[199] == pytest.approx(-3.0) and np.count_nonzero(heights) == 3
+
+
+def test_a_wide_table_stays_bars():
+    """Review of session 49: [N, 5000] features (gene expressions) are a table, not a signal, unless the
+    input was read from audio."""
+    from onnx_attr.app.visualize import picture_kind
+
+    assert picture_kind((1, 5000), False) == "bars" and picture_kind((1, 5000), False, signal=True) == "waveform"

@@ -696,7 +696,8 @@ class _Job:
             "versions": self.manifest["versions"],
         }
         write_json(folder / "index.json", summary)
-        return {**summary, "_delta": np.asarray(deltas or [0.0]), "max_relative_delta": max(relatives, default=0.0),
+        return {**summary, "_delta": np.asarray(deltas or [0.0]),
+                "max_relative_delta": float(np.nanmax(relatives)) if relatives else 0.0,
                 "many": True}
 
     # -- the work ------------------------------------------------------------------------------------------------------
@@ -933,7 +934,7 @@ class _Job:
                               delta=delta, method=METHOD_TITLES[self.method], baseline=report["baseline_used"],
                               final_activation=report["final_activation"],
                               outputs=lambda: batch_first(outputs[self.output_index], axis),
-                              stem=_safe)
+                              stem=_safe, signals=tuple(rows.signals))
 
     def _target(self, inputs: dict, examples: int, outputs: Optional[tuple] = None):
         """The --target form given, else the default of the output's layout (`target_forms`); for a

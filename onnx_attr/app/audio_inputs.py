@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -58,8 +58,10 @@ class AudioPreprocessing:
     @classmethod
     def recorded(cls, record: dict[str, Any]) -> "AudioPreprocessing":
         """The settings a manifest recorded (`to_dict`, with the input's name beside them)."""
-        rate = record.get("sample_rate")
-        return cls(rate=rate if isinstance(rate, int) else None, scale=float(record.get("scale", 1.0)),
+        rate, scale = record.get("sample_rate"), record.get("scale", 1.0)
+        if not isinstance(scale, (int, float)):
+            raise InputError(f"the manifest's audio scale {scale!r} is not a number: the run's manifest is damaged")
+        return cls(rate=rate if isinstance(rate, int) else None, scale=float(scale),
                    input=record.get("input"), states=tuple(record.get("zero_states", ())))
 
 
@@ -84,6 +86,8 @@ def _read_wave(path: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path), "rb") as handle:
         channels, width, rate, frames = (handle.getnchannels(), handle.getsampwidth(), handle.getframerate(),
                                          handle.getnframes())
+        if channels >= 1 and width >= 1:  # a stream's header (ffmpeg to a pipe) declares 0xFFFFFFFF bytes: the
+            frames = min(frames, path.stat().st_size // (channels * width))  # file holds at most this many
         _check_size(path, channels, frames, rate)
         data = handle.readframes(frames)
     data = data[:len(data) - len(data) % (channels * width)]  # a file cut short: its whole frames
@@ -110,9 +114,12 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
     try:
         info = soundfile.info(str(path))
         _check_size(path, info.channels, info.frames, info.samplerate)
-        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        most = MAX_AUDIO_SAMPLES // info.channels  # the header's count may be wrong (an Ogg's last granule):
+        samples, rate = soundfile.read(str(path), frames=most + 1, dtype="float32", always_2d=True)  # read bounded
     except (RuntimeError, TypeError, ValueError) as err:  # libsndfile's errors are RuntimeErrors
         raise InputError(f"cannot read {str(path)!r} as audio: {err}") from None
+    if len(samples) > most:
+        _check_size(path, info.channels, len(samples) * 2, int(rate))  # refused, with the limit said
     return samples.T.copy(), int(rate)
 
 
@@ -143,8 +150,10 @@ def waveform_input(specs: Sequence[TensorSpec], name: Optional[str], held: Seque
             raise InputError(f"--audio-input {name!r} is not a floating input of the model; its inputs are "
                              f"{[s.describe() for s in specs]}")
         return found
-    fits = [s for s in specs if s.differentiable and s.name not in held and s.shape is not None
-            and 1 <= len(s.shape) <= 3]
+    signals = [s for s in specs if s.differentiable and s.shape is not None and 1 <= len(s.shape) <= 3]
+    fits = [s for s in signals if s.name not in held]
+    if not fits and len(signals) == 1:  # its one input is named as the output's (`audio` in, `audio_out` out:
+        fits = signals  # an enhancer), which the state rule reads as a state: it is the waveform
     if len(fits) != 1:
         raise InputError("audio files feed one waveform input ([N, T], [N, C, T] or [T]); "
                          + (f"this model has {len(fits)} that could be it, {[s.name for s in fits]}: name it with "
@@ -169,6 +178,8 @@ class AudioRows:
         self.prep = prep
         self.axes = axes
         self.spec = waveform_input(specs, prep.input, prep.states)
+        # the waveform is never zeroed as a state, whatever its name says
+        self.prep = prep = replace(prep, states=tuple(n for n in prep.states if n != self.spec.name))
         self.rate_inputs = [s for s in specs if s.name != self.spec.name and RATE_NAME.match(s.name)
                             and s.dtype is not None and s.dtype.kind in "iuf" and s.shape is not None
                             and all(d == 1 for d in s.shape)]  # 0-d, or [1]
@@ -180,7 +191,7 @@ class AudioRows:
                              + (f" and zero states {list(prep.states)}" if prep.states else "")
                              + f"; the model also takes {others}, which audio cannot give: save all inputs in an "
                              ".npz instead")
-        self.rate: Optional[int] = None  # the run's, once its first file is read
+        self.rate: Optional[int] = None  # the run's (this reader's: a Ray worker's), once its first file is read
 
     def row(self, path: str | Path) -> dict[str, np.ndarray]:
         """One example of every input audio gives (the waveform without its batch axis)."""

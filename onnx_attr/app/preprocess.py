@@ -344,13 +344,21 @@ def load_image(path: str | Path, prep: ImagePreprocessing) -> tuple[np.ndarray, 
     return np.ascontiguousarray(values.astype(dtype)), display
 
 
+#: most pixels fed at an image's own size, where the model fixes neither side (4096 x 4096)
+MAX_NATIVE_PIXELS = 4096 * 4096
+
+
 def _resized(image, prep: ImagePreprocessing):
     from PIL import Image
 
     method = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}[prep.resample]
     height, width = prep.size  # type: ignore[misc]
-    if height is None and width is None:  # the model fixes neither side: the image as it is
+    if height is None and width is None:  # the model fixes neither side: the image as it is, within a budget
+        if image.width * image.height > MAX_NATIVE_PIXELS:
+            raise InputError(f"the image is {image.height}x{image.width}, more than the {MAX_NATIVE_PIXELS:,} pixels "
+                             "fed at an image's own size (the model fixes neither side, and a method multiplies "
+                             "the input many times over): give the size to feed with --image-size HxW")
         return image
     if height is None:  # the model fixes the width only: the height keeps the image's aspect ratio
         height = max(1, round(image.height * width / image.width))

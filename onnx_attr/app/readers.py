@@ -137,6 +137,8 @@ class Rows:
     vocab: Optional[dict[int, str]] = None
     #: inputs with no rows (no batch axis: a 0-d sample rate), fed as given with every batch of rows
     held: dict[str, np.ndarray] = field(default_factory=dict)
+    #: inputs read from audio files: pictures draw them over time
+    signals: set[str] = field(default_factory=set)
 
 
 def row_axes(specs: Sequence[TensorSpec]) -> dict[str, Optional[int]]:
@@ -360,7 +362,7 @@ class RowReader:
             if self._audio is None:
                 self._audio = AudioRows(self.specs, self.options.audio, self.axes)
             rows, held = self._audio.rows(source.path)
-            return Rows(rows, [None], held=held)
+            return Rows(rows, [None], held=held, signals={self._audio.spec.name})
         if source.kind == "text":
             lines = self._load(source, lambda path: read_lines(str(_bounded(path, "text"))))
             arrays, tokens = self.text_encoder.encode(lines[start:stop])

@@ -114,7 +114,7 @@ def load_run(folder: str | os.PathLike) -> Run:
         for name in attributed:
             shape = tuple(int(d) for d in schema.field(name).type.shape)
             input_name = name[len("attributions_"):] if name != "attributions" else _only_attributed(specs)
-            columns.append(Column(name, input_name, shape, _kind(shape, specs, input_name)))
+            columns.append(Column(name, input_name, shape, _kind(shape, specs, input_name, manifest)))
     run = Run(folder, manifest, summary, shards, columns, specs)
     for column in run.columns:
         if column.kind == "bars":
@@ -139,14 +139,15 @@ def _only_attributed(specs: Sequence) -> str:
     return floating[0] if floating else (specs[0].name if specs else "input")
 
 
-def _kind(shape: tuple[int, ...], specs: Sequence, input_name: str) -> Optional[str]:
+def _kind(shape: tuple[int, ...], specs: Sequence, input_name: str, manifest: Optional[dict] = None) -> Optional[str]:
     from onnx_attr.app.visualize import picture_kind
 
     spec = next((s for s in specs if s.name == input_name), None)
     integer = spec is not None and spec.dtype is not None and not np.issubdtype(spec.dtype, np.floating)
     if integer:
         return "tokens"
-    return picture_kind((1, *shape), False)
+    audio = ((manifest or {}).get("preprocessing") or {}).get("audio") or {}
+    return picture_kind((1, *shape), False, signal=audio.get("input") == input_name)
 
 
 def feature_names(run: Run, column: Column) -> list[str]:

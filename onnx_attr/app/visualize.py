@@ -59,7 +59,8 @@ def is_image_like(shape: tuple[int, ...]) -> bool:
 
 def is_waveform_like(shape: tuple[int, ...]) -> bool:
     """[N, T] or [N, C, T] with one or two channels and WAVEFORM_SAMPLES samples or more: a signal, drawn
-    over time (a bar per sample of the top 20 says nothing of 16000)."""
+    over time (a bar per sample of the top 20 says nothing of 16000); an [N, T] one only where the input
+    is known to be audio (`picture_kind`'s `signal`)."""
     return (len(shape) == 2 or len(shape) == 3 and shape[1] in (1, 2)) and shape[-1] >= WAVEFORM_SAMPLES
 
 
@@ -79,13 +80,15 @@ def channels_last(shape: tuple[int, ...]) -> bool:
         and min(shape[1:3]) >= 4
 
 
-def picture_kind(shape: tuple[int, ...], integer: bool) -> Optional[str]:
-    """'image', 'waveform', 'tokens' or 'bars' for a batch of this shape, or None when no picture fits."""
+def picture_kind(shape: tuple[int, ...], integer: bool, signal: bool = False) -> Optional[str]:
+    """'image', 'waveform', 'tokens' or 'bars' for a batch of this shape, or None when no picture fits.
+    `signal`: the input is known to be audio (read from an audio file), so one of [N, T] is a waveform,
+    where a table of thousands of features ([N, 5000] gene expressions) stays bars."""
     if integer:
         return "tokens" if len(shape) == 2 else None
     if is_image_like(shape):
         return "image"
-    if is_waveform_like(shape):
+    if is_waveform_like(shape) and (signal or len(shape) == 3):
         return "waveform"
     if len(shape) == 2 or (len(shape) > 2 and int(np.prod(shape[1:])) <= 64):
         return "bars"
@@ -465,7 +468,8 @@ def _probability(p: float) -> str:
 
 def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: PictureOptions, target: Any,
                    delta: Any, method: str, baseline: str, final_activation: Optional[dict],
-                   outputs: Callable[[], Any], stem: Callable[[str], str] = lambda s: s) -> list[str]:
+                   outputs: Callable[[], Any], stem: Callable[[str], str] = lambda s: s,
+                   signals: Sequence[str] = ()) -> list[str]:
     """The pictures of an attribution job, named `<kind>_<input>_<example>`: image and waveform inputs always
     (unless `options.enabled` is False); tabular bars and token pages with `options.all_kinds`.
     `outputs()` gives the explained output, computed only when a picture is drawn."""
@@ -478,7 +482,7 @@ def write_pictures(folder: Path, attributions: dict, inputs: dict, *, options: P
     for name, values in attributions.items():
         values = np.asarray(values)
         x = np.asarray(inputs[name])
-        kind = picture_kind(values.shape, not np.issubdtype(x.dtype, np.floating))
+        kind = picture_kind(values.shape, not np.issubdtype(x.dtype, np.floating), name in signals)
         if kind is None or (kind not in ("image", "waveform") and not options.all_kinds):
             continue
         if kind == "image" and channels_last(values.shape) and x.shape == values.shape:  # drawn channels-first

@@ -103,7 +103,7 @@ def kinks_left(module) -> dict[str, int]:
     """The ops of `KINKED` still in the graph, by op, counted per ONNX node."""
     from collections import Counter
 
-    found = {(n.meta.get("onnx_node"), n.meta.get("onnx_op")) for n in module.graph.nodes
+    found = {(n.meta.get("onnx_node") or n.name, n.meta.get("onnx_op")) for n in module.graph.nodes
              if n.meta.get("onnx_op") in KINKED and not n.meta.get("smoothed_from")}
     return dict(sorted(Counter(op for _, op in found).items()))
 

@@ -66,8 +66,10 @@ def _split(node: onnx.NodeProto, index: int, scope: _Scope, opset: int) -> list[
             nodes.append(helper.make_node("Add", [y, inputs[3]], [total], name=f"{name}/Add"))
             y = total
     else:
-        params = [float(attrs.pop(k)) for k in ("activation_alpha", "activation_beta") if k in attrs]
+        # by name, as onnxruntime copies only the attributes the activation had (a HardSigmoid with its beta alone)
+        named = [attrs.pop(k, None) for k in ("activation_alpha", "activation_beta")]
         attrs.pop("activation_gamma", None)
+        params = [_default(activation, i) if v is None else float(v) for i, v in enumerate(named)]
         kept = {k: v for k, v in attrs.items() if k in ("alpha", "beta", "transA", "transB")}
         y = scope.fresh(f"{node.output[0]}/gemm")
         nodes = [helper.make_node("Gemm", inputs, [y], name=f"{name}/Gemm", **kept)]
@@ -75,16 +77,25 @@ def _split(node: onnx.NodeProto, index: int, scope: _Scope, opset: int) -> list[
     return nodes
 
 
+#: each activation's parameters where the node leaves them out (ONNX's defaults; a Clip's: no bound)
+_DEFAULTS = {"LeakyRelu": (0.01,), "HardSigmoid": (0.2, 0.5), "Clip": (-np.inf, np.inf)}
+
+
+def _default(op: str, index: int) -> float:
+    found = _DEFAULTS.get(op, ())
+    return found[index] if index < len(found) else 0.0
+
+
 def _activation_node(op: str, params: list[float], x: str, y: str, name: str, scope: _Scope,
                      opset: int) -> onnx.NodeProto:
     """The activation as onnxruntime's fused kernels read its parameters (their defaults where absent)."""
+    params = params + [_default(op, i) for i in range(len(params), 2)]
     if op == "LeakyRelu":
-        return helper.make_node(op, [x], [y], name=name, alpha=params[0] if params else 0.01)
+        return helper.make_node(op, [x], [y], name=name, alpha=params[0])
     if op == "HardSigmoid":
-        alpha, beta = (params + [0.2, 0.5][len(params):])[:2]
-        return helper.make_node(op, [x], [y], name=name, alpha=alpha, beta=beta)
+        return helper.make_node(op, [x], [y], name=name, alpha=params[0], beta=params[1])
     if op == "Clip":
-        low, high = (params + [-np.inf, np.inf][len(params):])[:2]
+        low, high = params[:2]
         if opset < 11:  # bounds as attributes before opset 11
             return helper.make_node(op, [x], [y], name=name, min=float(low), max=float(high))
         bounds = [scope.constant(f"{y}/{which}", np.array(v, np.float32)) for which, v in (("min", low), ("max", high))]
