@@ -245,7 +245,7 @@ def test_cli_titles_carry_class_name_probability_and_delta_and_no_pictures_write
     for i, label in enumerate(labels):
         title = Image.open(out / f"heatmap_image_{i}.png").text["Title"]
         assert f"target {label} {digits[label]!r}: logit " in title and "(softmax of the logits)" in title
-        assert f"baseline zeros" in title and f"convergence delta {report['convergence_delta'][i]:+.2e}" in title
+        assert "baseline zeros" in title and f"convergence delta {report['convergence_delta'][i]:+.2e}" in title
     quiet = tmp_path / "quiet"
     assert main(["attribute", model, "--input", inputs, "--no-pictures", "--json", "--out", str(quiet)]) == 0
     assert sorted(p.name for p in quiet.iterdir() if p.name != ".onnx-attr.lock") == ["attributions.npz", "report.json"]

@@ -175,7 +175,6 @@ class AudioRows:
 
     def __init__(self, specs: Sequence[TensorSpec], prep: AudioPreprocessing, axes: dict[str, Optional[int]]):
         self.specs = list(specs)
-        self.prep = prep
         self.axes = axes
         self.spec = waveform_input(specs, prep.input, prep.states)
         # the waveform is never zeroed as a state, whatever its name says

@@ -88,7 +88,7 @@ class InputOptions:
             out["image"] = {"input": spec.name, **self.image.resolved(spec).to_dict()}
         if "audio" in kinds:
             audio = AudioRows(specs, self.audio, row_axes(specs))  # refuses a model audio cannot feed, here
-            out["audio"] = {"input": audio.spec.name, **self.audio.to_dict(),
+            out["audio"] = {"input": audio.spec.name, **audio.prep.to_dict(),
                             **({"rate_inputs": [s.name for s in audio.rate_inputs]} if audio.rate_inputs else {})}
         if "text" in kinds:
             if self.text is None:
