@@ -261,3 +261,32 @@ def test_a_float16_maps_region_sum_past_65504_stays_finite():
     assert np.isfinite(found).all() and np.isfinite(delta.numpy()).all()
     # f(0) = 0 (no bias); the float16 map's own rounding, 1600 values of ~100 at a 0.0625 step, is the tolerance
     assert float(found.astype(np.float64).sum()) == pytest.approx(total, abs=1600 * 0.0625)
+
+
+@pytest.mark.parametrize("shrink, inconclusive", [(1e-4, True), (1.0, False)])
+def test_a_rounding_budget_as_large_as_the_output_is_inconclusive(monkeypatch, shrink, inconclusive):
+    """hunt 37: a float16 transformer's output bounded by 0.81 passed against a budget of 3.3, said to be
+    "rounding, not an import error": no error the output's size could show would have failed. Such a pass
+    is now said to be inconclusive. A float16 table looked up by ids (no float input to jitter), scaled
+    down, with no float64 evaluation: onnxruntime's answer moved by one float16 step is within the linear budget
+    u · depth · scale (scale: the table's ~100); on the unscaled output the budget is below the output."""
+    import onnx_attr.importing.verify as verify_module
+
+    table = (np.random.default_rng(2).random((10, 4)) * 100).astype(np.float16)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+             helper.make_node("Mul", ["rows", "k"], ["y"])]
+    graph = helper.make_graph(nodes, "lookup", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [None, 3, 4])],
+                              [numpy_helper.from_array(table, "table"),
+                               numpy_helper.from_array(np.array(shrink, np.float16), "k")])
+    model = onnx_attr.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    run = verify_module.run_onnxruntime
+    monkeypatch.setattr(verify_module, "run_onnxruntime",  # onnxruntime's answer one float16 step from ours
+                        lambda *a, **k: [np.nextafter(np.asarray(o), np.float16(np.inf)) for o in run(*a, **k)])
+    monkeypatch.setattr(verify_module, "_float64_outputs", lambda *a, **k: None)
+    monkeypatch.setattr(verify_module, "_reference_evaluator", lambda *a, **k: "not run here")
+    report = model.verify({"ids": np.array([[1, 2, 3]], np.int64)}, atol=0.0, rtol=0.0)
+    check = report.outputs[0]
+    assert not check.within_tolerance and check.passed
+    assert check.inconclusive is inconclusive
+    assert ("inconclusive" in report.format()) is inconclusive
