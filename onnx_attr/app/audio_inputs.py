@@ -22,7 +22,6 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from onnx_attr.errors import InputError
-from onnx_attr.importing.input_files import AUDIO_SUFFIXES
 from onnx_attr.importing.specs import TensorSpec, names_next_state
 
 #: Most samples (all channels) read from one audio file: 2^27, about 23 minutes of 16 kHz stereo,
@@ -241,27 +240,26 @@ class AudioRows:
         """The waveform input is one example's samples [T], without a batch axis: fed as it is."""
         return len(self.spec.shape or ()) == 1
 
+    def _one_example(self, spec: TensorSpec) -> list:
+        """`spec`'s shape without its batch axis (all of it for an unbatched waveform [T])."""
+        shape = list(spec.shape or ())
+        axis = self.axes.get(spec.name)
+        if axis is not None and axis < len(shape) and not (spec is self.spec and self.unbatched):
+            del shape[axis]
+        return shape
+
     def _example_shape(self) -> tuple:
         """The waveform input's shape without its batch axis: (T,) or (C, T)."""
-        shape = list(self.spec.shape or ())
-        axis = self.axes.get(self.spec.name)
-        if axis is not None and axis < len(shape) and not self.unbatched:
-            del shape[axis]
+        shape = self._one_example(self.spec)
         if not 1 <= len(shape) <= 2:
             raise InputError(f"input {self.spec.name!r} {list(self.spec.shape or ())} is not a waveform [N, T] or "
                              "[N, C, T]: save its values in an .npz")
         return tuple(shape)
 
     def _state_shape(self, name: str) -> tuple[int, ...]:
-        shape = list(self._spec(name).shape or ())
-        axis = self.axes.get(name)
-        if axis is not None and axis < len(shape):
-            del shape[axis]
+        spec = self._spec(name)
+        shape = self._one_example(spec)
         if not all(isinstance(d, int) for d in shape):
-            raise InputError(f"state input {name!r} has shape {list(self._spec(name).shape or ())}: its size besides "
+            raise InputError(f"state input {name!r} has shape {list(spec.shape or ())}: its size besides "
                              "the batch is not fixed, so its zeros cannot be made; save all inputs in an .npz")
         return tuple(shape)  # type: ignore[return-value]
-
-
-def is_audio(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in AUDIO_SUFFIXES
