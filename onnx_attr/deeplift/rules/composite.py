@@ -13,6 +13,7 @@ from torch import Tensor
 
 from onnx_attr.deeplift.rules.base import DecomposedRule, NodeInfo, rule
 from onnx_attr.deeplift.rules.paired import pair_amax, pair_max, pair_min, product, rescale, scaled_product, secant_to
+from onnx_attr.deeplift.rules.softmax_pair import paired_softmax
 from onnx_attr.importing.converters.normalization import channel_window_sum
 
 
@@ -59,8 +60,7 @@ class Softmax(DecomposedRule):
         _require_constant(info, range(1, len(args)), "second input")
         shape = args[0].shape
         axis, z, z0 = _softmax_axis(info, args[0], refs[0])
-        lse, lse0 = paired_logsumexp(z, z0, (axis,))
-        y, y0 = exp_shifted(z, z0, lse, lse0)
+        y, y0 = paired_softmax(z, z0, axis)
         return y.reshape(shape), y0
 
 
@@ -77,8 +77,7 @@ class QuantizedSoftmax(DecomposedRule):
         shape = args[0].shape
         z, z0 = args[0] * args[1].to(args[0].dtype), refs[0] * refs[1].to(refs[0].dtype)
         axis, z, z0 = _softmax_axis(info, z, z0)
-        lse, lse0 = paired_logsumexp(z, z0, (axis,))
-        p, p0 = exp_shifted(z, z0, lse, lse0)
+        p, p0 = paired_softmax(z, z0, axis)
         with torch.no_grad():
             q, q0 = call(*(a.detach() if isinstance(a, Tensor) else a for a in args)), call(*refs)
         return secant_to(p.reshape(shape), p0.reshape(q0.shape), q.to(p.dtype), q0.to(p.dtype)), q0
@@ -406,9 +405,7 @@ class AttentionRule(DecomposedRule):
         z, z0 = s + finite, s0 + finite
         # p = exp(z - logsumexp(z)): every factor stays in [0, 1] (exp · 1/Σexp would multiply a tiny
         # exponential by a huge reciprocal and lose float32 precision when one key dominates)
-        valid = allowed | dead
-        lse, lse0 = paired_logsumexp(z, z0, (-1,), valid)
-        p, p0 = exp_shifted(masked_lowest(z, valid), masked_lowest(z0, valid), lse, lse0)
+        p, p0 = paired_softmax(z, z0, -1, allowed | dead)
         keep = allowed & ~dead
         p, p0 = p * keep, p0 * keep
         y, y0 = product(torch.matmul, p, p0, v, v0)

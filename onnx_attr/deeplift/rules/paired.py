@@ -28,14 +28,17 @@ def secant_tolerance(x: Tensor, x0: Tensor, memo: dict | None = None) -> Tensor:
     elementwise passes, on the hot path of every nonlinearity (the reference's, once per
     reference when the caller keeps a memo).
     """
-    eps = torch.finfo(x.dtype).eps
     scale0 = None if memo is None else memo.get("scale")
     if scale0 is None:
         scale0 = _max_abs(x0.detach())
         if memo is not None:
             memo["scale"] = scale0
-    scale = torch.maximum(_max_abs(x.detach()), scale0)
-    return scale * (64 * eps) + torch.finfo(x.dtype).tiny
+    return tolerance_for(torch.maximum(_max_abs(x.detach()), scale0))
+
+
+def tolerance_for(scale: Tensor) -> Tensor:
+    """`secant_tolerance` from the largest magnitude of both sides, found by the caller."""
+    return scale * (64 * torch.finfo(scale.dtype).eps) + torch.finfo(scale.dtype).tiny
 
 
 def _unexpanded(t: Tensor) -> Tensor:
@@ -67,7 +70,8 @@ def sync_free(t: Tensor) -> bool:
 
 
 def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor,
-                       elementwise: bool = True, exact_secant: bool = False, memo: dict | None = None) -> Tensor:
+                       elementwise: bool = True, exact_secant: bool = False, memo: dict | None = None,
+                       tolerance: Tensor | None = None) -> Tensor:
     """(y - y0) / (x - x0), with f'(x0) where x ≈ x0 (on those elements alone where f is elementwise).
 
     The gradient is needed at a handful of elements of a large tensor; when f is elementwise
@@ -78,7 +82,8 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
     come out of the division as NaN, found by one sum, and are filled without a mask (on CPU,
     masks, masked fills and `where` cost 3 to 6 float passes each). Being at x0, they take the
     gradient at x0: for a shared reference, a batch-1 tensor that broadcasts, kept in `memo` (see
-    `Rule.memoizes`) when the caller gives one.
+    `Rule.memoizes`) when the caller gives one. `tolerance`: the secant's, where the caller found it
+    over a larger tensor than x (a slab of it: rules/softmax_pair.py).
     """
     dx = x - x0  # the hot path of every nonlinearity: few passes, few temporaries
     if exact_secant:
@@ -87,27 +92,15 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
         if sync_free(m) or bool(torch.isnan(m.sum())):
             return fill_nan(m, _slope_at_reference(f, x0, memo, m.shape))
         return m
-    tolerance = secant_tolerance(x, x0, memo)
+    if tolerance is None:
+        tolerance = secant_tolerance(x, x0, memo)
     if elementwise and not sync_free(dx) and y.shape == x.shape == dx.shape:
         # on CPU: the secant everywhere, then the few close elements (found once, from dx's own
         # storage, no mask) replaced by their gradients at the reference, taken on those elements
         # alone in every call: over the whole reference, kept for the calls after, it cost a second
         # call an autograd pass over each map (a fused x·clip(x + 3) saves three) and held one more
         # map per node, for no steady-state gain (docs/architecture.md, "The slope at the reference")
-        m = (y - y0).div_(dx)
-        distance = dx.abs_()  # in dx's storage: on CPU a fresh tensor costs more than a pass over one
-        if bool(distance.amin() > tolerance):
-            return m  # no element near its reference (the usual case): no mask, no search
-        where = _close_positions(distance, tolerance)
-        if where.numel() == 0:
-            return m
-        at = lambda t: torch.take(t.detach().expand_as(x), where)  # noqa: E731
-        xs, x0s = at(x), at(x0)
-        with torch.enable_grad():  # f'(x0) on those elements alone (elementwise: the same values)
-            xg = x0s.clone().requires_grad_(True)
-            grad = _flat_or_grad(f(xg).sum(), xg)
-        settled = _settle_few(grad, xs, x0s, at(y), at(y0))
-        return m.reshape(-1).index_copy_(0, where, settled).view_as(m)
+        return secant_on_cpu(f, x, x0, y, y0, dx, tolerance)
     close = dx.abs().le_(tolerance).bool()
     m = (y - y0).div_(dx.masked_fill(close, 1.0))
     if not sync_free(m) and not bool(close.any()):  # on CPU: look first
@@ -115,6 +108,27 @@ def rescale_multiplier(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: 
     at_reference = None if memo is None else _slope_at_reference(f, x0, memo, m.shape)
     slope = _slope(f, x.expand(m.shape)) if at_reference is None else at_reference.expand(m.shape)
     return torch.where(close, settle_close(slope, x, x0, y, y0), m)
+
+
+def secant_on_cpu(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tensor, y0: Tensor, dx: Tensor,
+                  tolerance: Tensor, out: Tensor | None = None) -> Tensor:
+    """`rescale_multiplier`'s CPU path for an elementwise f: (y - y0) / dx, in `out` where given, with
+    f'(x0) settled in at the few elements within `tolerance` of their reference. `dx` (x - x0) is
+    overwritten (on CPU a fresh tensor costs more than a pass over one)."""
+    m = torch.sub(y, y0, out=out).div_(dx)
+    distance = dx.abs_()
+    if bool(distance.amin() > tolerance):
+        return m  # no element near its reference (the usual case): no mask, no search
+    where = _close_positions(distance, tolerance)
+    if where.numel() == 0:
+        return m
+    at = lambda t: torch.take(t.detach().expand_as(x), where)  # noqa: E731
+    xs, x0s = at(x), at(x0)
+    with torch.enable_grad():  # f'(x0) on those elements alone (elementwise: the same values)
+        xg = x0s.clone().requires_grad_(True)
+        grad = _flat_or_grad(f(xg).sum(), xg)
+    settled = _settle_few(grad, xs, x0s, at(y), at(y0))
+    return m.reshape(-1).index_copy_(0, where, settled).view_as(m)
 
 
 #: ulps of rounding allowed in f(x) - f(x0) (two evaluations of a library function, then a subtraction)
@@ -422,13 +436,22 @@ class _CrossAmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, x0, c, c0 = ctx.saved_tensors
-        m = torch.maximum(c, c0)
-        peak, peak0 = (x == c).to(x.dtype), (x0 == c0).to(x.dtype)
-        peak = peak / peak.sum(ctx.axes, keepdim=True)
-        peak0 = peak0 / peak0.sum(ctx.axes, keepdim=True)
-        credit = peak * (m - c0) + peak0 * (c - m)
-        multiplier = torch.where(x == x0, peak, credit / (x - x0))
-        return grad * multiplier, None, None, None
+        return grad * cross_amax_multiplier(x, x0, c, c0, ctx.axes), None, None, None
+
+
+def cross_amax_multiplier(x: Tensor, x0: Tensor, c: Tensor, c0: Tensor, axes: tuple[int, ...],
+                          peak: Tensor | None = None, peak0: Tensor | None = None, count: Tensor | None = None,
+                          count0: Tensor | None = None) -> Tensor:
+    """The cross-max rule's multipliers of max x over `axes` (c, c0: each side's max, kept); `peak`,
+    `peak0` (x == c, x0 == c0) and their counts over `axes` where the caller has them (elements taken
+    out of their rows: rules/softmax_pair.py)."""
+    m = torch.maximum(c, c0)
+    peak = (x == c if peak is None else peak).to(x.dtype)
+    peak0 = (x0 == c0 if peak0 is None else peak0).to(x.dtype)
+    peak = peak / (peak.sum(axes, keepdim=True) if count is None else count)
+    peak0 = peak0 / (peak0.sum(axes, keepdim=True) if count0 is None else count0)
+    credit = peak * (m - c0) + peak0 * (c - m)
+    return torch.where(x == x0, peak, credit / (x - x0))
 
 
 def pair_amax(x: Tensor, x0: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
