@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import helper
 
 import onnx_attr
@@ -214,3 +215,66 @@ def test_a_declared_dim_of_minus_one_is_unknown_as_onnxruntime_reads_it(tmp_path
         x = np.random.default_rng(width).uniform(-1, 1, (2, 3, 8, width)).astype(np.float32)
         np.testing.assert_allclose(imported.run(x)[0].numpy(), ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
         assert imported.verify(x).passed
+
+
+def test_a_graph_output_declared_without_a_type_gets_its_inferred_type(tmp_path):
+    """macrel's forests (skl2onnx RandomForest + ZipMap) declare their probability output by name alone:
+    onnxruntime infers its type and runs the file, the checker refused it. The output now takes ONNX's
+    inferred type: the forest loads, verifies, and DeepLift's sum is onnxruntime's P(x) − P(0)."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x[:, :6].astype(np.float32)
+    forest = RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(x, y)
+    proto = skl2onnx.to_onnx(forest, x[:1], target_opset={"": 16, "ai.onnx.ml": 1})
+    assert proto.graph.output[1].type.HasField("sequence_type")  # the ZipMap's sequence of maps
+    proto.graph.output[1].ClearField("type")
+    proto.graph.value_info.add().name = "an untyped hint"
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(proto)
+    path = tmp_path / "forest.onnx"
+    onnx.save(proto, path)
+    model = onnx_attr.load(str(path))
+    rows = x[:4]
+    report = model.verify(rows)
+    assert report.passed
+    attributions = onnx_attr.DeepLift(model).attribute(torch.from_numpy(rows), target=1)
+    session = ort_run(proto, {"X": rows})
+    probability = np.array([row[1] for row in session[1]])
+    zero = ort_run(proto, {"X": np.zeros_like(rows)})
+    change = probability - np.array([row[1] for row in zero[1]])
+    np.testing.assert_allclose(attributions.double().sum(1).numpy(), change, atol=1e-5)
+
+
+def test_an_untyped_output_inference_cannot_tell_is_named():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", FLOAT, [1, 4])], [("y", FLOAT, [1, 4])])
+    model.graph.output[0].name = "nowhere"  # made by no node: nothing to infer its type from
+    model.graph.output[0].ClearField("type")
+    with pytest.raises(ModelLoadError, match=r"\['nowhere'\] are declared without a type"):
+        onnx_attr.load(model)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zip", "lfs"])
+def test_a_compressed_model_or_an_lfs_pointer_is_named_for_what_it_is(tmp_path, kind):
+    """macrel ships its forests as .onnx.gz; a repository without its LFS objects ships 134-byte pointers
+    (email-signature-detector): each said "not an ONNX model, or truncated", which sends the user to copy
+    the file again."""
+    import gzip
+    import zipfile
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", FLOAT, [1, 4])], [("y", FLOAT, [1, 4])])
+    path = tmp_path / "m.onnx"
+    if kind == "gzip":
+        path.write_bytes(gzip.compress(model.SerializeToString()))
+        expected = "gzip-compressed.*gunzip"
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("m.onnx", model.SerializeToString())
+        expected = "zip archive"
+    else:
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1234\n")
+        expected = "Git LFS pointer"
+    with pytest.raises(ModelLoadError, match=expected):
+        onnx_attr.load(str(path))

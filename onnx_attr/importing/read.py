@@ -57,6 +57,7 @@ def _repair(model: onnx.ModelProto) -> None:
     _lift_ir3_initializer_rule(model)
     _name_the_graph(model)
     _import_the_onnx_domain(model)
+    _type_untyped_outputs(model)
     _unknown_negative_dims(model.graph)
 
 
@@ -466,16 +467,26 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as err:
-        raise ModelLoadError(
-            f"{what} is not an ONNX model, or it is truncated (protobuf parse failed: {err}); "
-            "check that the file was fully copied and is a .onnx export"
-        ) from err
+        raise ModelLoadError(_not_protobuf(data, what, err)) from err
     if model.ir_version == 0 or not model.HasField("graph"):
-        raise ModelLoadError(
-            f"{what} parsed as protobuf but holds no ONNX graph (ir_version={model.ir_version}); "
-            "it is not an ONNX model"
-        )
+        known = _not_protobuf(data, what, None) if data[:3] in (b"\x1f\x8b\x08", b"PK\x03") else None
+        raise ModelLoadError(known or (f"{what} parsed as protobuf but holds no ONNX graph (ir_version={model.ir_version}); "
+                                       "it is not an ONNX model"))
     return model
+
+
+def _not_protobuf(data: bytes, what: str, err: Exception | None) -> str:
+    """Why bytes that do not parse are not a model, where their first bytes tell (packages ship
+    models gzipped, macrel's .onnx.gz; a repository without its LFS objects ships pointers)."""
+    if data[:2] == b"\x1f\x8b":
+        return f"{what} is gzip-compressed, not an ONNX file itself; decompress it first (gunzip -k FILE) and load the .onnx"
+    if data[:3] == b"PK\x03":
+        return f"{what} is a zip archive, not an ONNX file; extract the .onnx inside it first (unzip FILE)"
+    if data.startswith(b"version https://git-lfs"):
+        return (f"{what} is a Git LFS pointer ({len(data)} bytes of text), not the model: fetch the real file "
+                "(git lfs pull, or the package's download) and load that")
+    return (f"{what} is not an ONNX model, or it is truncated (protobuf parse failed: {err}); "
+            "check that the file was fully copied and is a .onnx export")
 
 
 def _name_the_graph(model: onnx.ModelProto) -> None:
@@ -483,6 +494,40 @@ def _name_the_graph(model: onnx.ModelProto) -> None:
     it, onnxruntime does not, and nothing here reads it."""
     if not model.graph.name:
         model.graph.name = "main_graph"
+
+
+def _type_untyped_outputs(model: onnx.ModelProto) -> None:
+    """A main-graph output declared by name alone (macrel's forests: skl2onnx's ZipMap output, whose
+    sequence-of-maps type was left out) gets the type ONNX's inference gives it: onnxruntime infers it
+    too, the checker refuses the file. An untyped value_info entry, a hint only, is dropped."""
+    graph = model.graph
+    if any(v.type.WhichOneof("value") is None for v in graph.value_info):
+        kept = [v for v in graph.value_info if v.type.WhichOneof("value") is not None]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+    untyped = [o for o in graph.output if o.type.WhichOneof("value") is None]
+    if not untyped:
+        return
+    from onnx_attr.importing.normalize import _dims_only
+
+    light, _ = skeleton(model, _dims_only)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light)
+    except Exception:  # its own errors on a graph the checker will name below
+        inferred = onnx.ModelProto()
+    found = {v.name: v.type for v in (*inferred.graph.value_info, *inferred.graph.output)
+             if v.type.WhichOneof("value") is not None}
+    missing = [o.name for o in untyped if o.name not in found]
+    if missing:
+        raise ModelLoadError(f"graph output(s) {missing} are declared without a type, and ONNX's shape inference "
+                             "cannot tell it; re-export the model, or give each output its type (onnx.helper."
+                             "make_tensor_value_info) and load the repaired file")
+    for output in untyped:
+        output.type.CopyFrom(found[output.name])
+        if output.type.HasField("tensor_type"):  # the symbols inference makes up (unk__0) name no shared axis
+            for dim in output.type.tensor_type.shape.dim:
+                if dim.dim_param.startswith("unk__"):
+                    dim.ClearField("dim_param")
 
 
 def _check(model: onnx.ModelProto, path: Path | None = None) -> None:
