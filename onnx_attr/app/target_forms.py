@@ -9,7 +9,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | one value per example `[N]`, `[N, 1]`| a single value                                    | the output itself |
 | classes `[N, C]`                     | rank 2                                            | `top`: the predicted class |
 | an embedding `[N, D]`, `[N, T, D]`   | no final activation, and a layer norm at the end, a division by a computed norm, on token ids a mean over the tokens, or a name that says so (`_normalised`) | `embedding`: its length along its own direction (over the positions the mask keeps) |
-| a waveform `[N, T]`, `[N, 1, T]`    | one channel of WAVEFORM_OUT samples or more, signed, no final Softmax/Sigmoid, named as sound or as long as a waveform input (`_waveform`) | `embedding`: its length along itself (its norm where its sample count follows the values) |
+| a waveform `[N, T]`, `[N, 1, T]`    | one channel of WAVEFORM_OUT samples or more, signed, no final Softmax/Sigmoid, named as sound or as long as a waveform input or an input of its shape (`_waveform`) | `embedding`: its length along itself (its norm where its sample count follows the values) |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score (under a Softmax, class 0, the background, only where no other class is predicted) |
@@ -18,6 +18,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | one score per position `[N, A, 1]`  | a rank-3 output of one column that is no map      | `top`: the top position's score |
 | one score per step `[N, T]`         | a ReduceMax/ReduceMin of each step (past a Concat with constants: a [START] step's 1.0) | `sum`: the steps' scores summed |
 | a map over an input `[N, T, F]`      | a rank-3 output shaped as a floating input's example, with no Softmax/LogSoftmax at the end (a denoiser's gain per frame and bin) | `region`: the predicted region's summed score |
+| a signal shaped as an input         | shaped as a floating input's example (rank 3 and up), signed, no final activation (`_signal_like_input`) | `embedding`: its length along itself over all its values |
 | sequence `[N, T, C]`, `[T, N, C]`    | a Softmax/LogSoftmax at the end, time-major, or a rank-3 output that is no map or detector | `greedy`: the greedy path's summed score (a recogniser's CTC blank steps left out) |
 | detector head `[N, 4+C, A]`, `[N, A, 4+C]` | an image input and anchors A in [HW/1024, HW/16], at least 8 per score | `anchor`: the top anchor's best class score |
 | detector scores `[N, A, C]` beside boxes `[N, A, 4]` | an image input, another output of 4 columns over the same A ≥ 8C anchors (SSD, RFB), not written by a Loop (SLANet's steps are a sequence) | `anchor`: the top anchor's best class score, a Softmax's column 0 (the background) left out |
@@ -312,6 +313,11 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
             return Layout(f"heat maps [N, C, H, W] ({shape[0]} channels, each its own Sigmoid)", "map", "region",
                           sigmoid_stripped=stripped, final=op)
         return Layout(f"class maps [N, C, H, W] ({shape[0]} classes)", "segmentation", "segment", final=op)
+    signal = _signal_like_input(view, model, inputs, shape, op)
+    if signal is not None and len(shape) > 2:  # an enhancer's spectrum frame, re and im (GTCRN's [N, 257, 1, 2]): no argmax of one
+        # component, no region of its positive values, means anything
+        return Layout(f"a signal [N, {', '.join(map(str, shape))}] shaped as input {signal!r} (signed, no final "
+                      "activation: a spectrum or a reconstruction, not scores)", "signal", "embedding")
     if len(shape) != 2:
         rank = view.dim() - (axis is None)  # the output's own: `batch_first` gave one without a batch an axis
         return Layout(f"an output of rank {rank}" + (" (one example's: no batch axis)" if axis is None else ""),
@@ -340,6 +346,9 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                       (" (column 0: the background)" if background else ""), "detector", "anchor", final=op,
                       background=background)
     shaped = _shaped_like_input(model, inputs, shape) if op not in ("Softmax", "LogSoftmax") else None
+    if shaped is not None and signal is not None:
+        return Layout(f"a signal [N, {shape[0]}, {shape[1]}] shaped as input {shaped!r} (signed, no final activation: "
+                      "a spectrum or a reconstruction, not scores)", "signal", "embedding")
     if shaped is not None:  # a denoiser's gain per frame and frequency bin (NSNet2 [1, T, 161]): not classes
         return Layout(f"a map over input {shaped!r} [N, {shape[0]}, {shape[1]}] (its shape)", "map", "region",
                       sigmoid_stripped=stripped, final=op)
@@ -379,8 +388,19 @@ def _waveform(view: Tensor, name: str, op: Optional[str], inputs: dict[str, np.n
     if re.search(r"(^|[^a-z])(audio|wav|waveform|pcm|speech|signal)", name.lower()):
         return f"named {name!r}"
     read = [k for k, v in inputs.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and np.ndim(v) in (2, 3)
-            and np.shape(v)[-1] == samples and samples >= WAVEFORM_SAMPLES]
+            and np.shape(v)[-1] == samples and (samples >= WAVEFORM_SAMPLES or np.shape(v)[1:] == shape)]
+    # a frame in, a frame out (DTLN's second stage: 512 samples [N, 1, 512]): a streaming enhancer's chunk
     return f"as long as input {read[0]!r}" if read else None
+
+
+def _signal_like_input(view: Tensor, model, inputs: dict[str, np.ndarray], shape: tuple, op: Optional[str]
+                       ) -> Optional[str]:
+    """The floating input one example of the output is shaped as, where the output is signed and ends in
+    no activation: a signal (an enhancer's spectrum, a reconstruction), not a map of scores. A gain or a
+    mask over the input (NSNet2's Sigmoid) stays a map."""
+    if op is not None or len(shape) < 2 or not (float(view.min()) < 0 < float(view.max())):
+        return None
+    return _shaped_like_input(model, inputs, shape)
 
 
 #: the fewest samples of a waveform output (a streaming enhancer's chunk: 16 ms at 16 kHz)
@@ -946,7 +966,11 @@ def _embedding(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolv
     or its mean over the positions [N, T, D] the model's mask keeps. Its weights are fixed at the input,
     so the change explained is how far the baseline's embedding falls short of the input's along it:
     which features make the embedding point where it points."""
-    noun = "waveform" if layout.kind == "waveform" else "output" if layout.counted else "embedding"
+    if layout.kind == "signal":  # its values together, whatever its axes: one direction over all of them
+        found = _embedding(view.reshape(len(view), -1), replace(layout, kind="whole signal"), value, detail)
+        return replace(found, target=Target(weights=found.target.weights.reshape(view.shape), per_example=True))
+    noun = "signal" if layout.kind == "whole signal" else "waveform" if layout.kind == "waveform" else \
+        "output" if layout.counted else "embedding"
     if layout.counted:  # its length follows the values (a TTS model's durations): no direction pairs with
         detail["length"] = view.reshape(len(view), -1).norm(dim=1).tolist()  # a perturbed copy's samples
         return Resolved(OutputNorm(len(view)), f"{noun} norm", f"the {noun}'s length |e|: its number of "
