@@ -487,3 +487,33 @@ def test_chains_through_bias_and_positive_scales_only(sign, fused):
     method.attribute(x, target=[0, 1, 3])
     assert method.last_report["max_relative_delta"] < 1e-4
     assert len(method.last_report["reveal_cancel_nodes"]) == fused
+
+
+def test_nonlinearities_left_to_rescale_are_said(tmp_path):
+    """khmercut's int8 segmenter (hunt 38): onnxruntime's dynamic quantization puts MatMulInteger before
+    each Relu, no weighted op with constant float weights, so every Relu fell back to Rescale and the run
+    gave Rescale's attributions bit for bit under the RevealCancel header, saying so only in report.json.
+    Now a warning says how many fell back; the float model, every Relu fused, warns nothing."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(8, 16)).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    model = make_model(nodes, [("x", FLOAT, ["N", 8])], [("y", FLOAT, ["N", 3])], {"w1": w1, "w2": w2}, opset=17)
+    float_path, int8_path = tmp_path / "mlp.onnx", tmp_path / "mlp_int8.onnx"
+    import onnx
+
+    onnx.save(model, float_path)
+    quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8)
+    x = torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        onnx_attr.DeepLift(onnx_attr.load(str(float_path)), rule="revealcancel").attribute(x, target=0)
+    assert not [w for w in caught if "RevealCancel applies" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"RevealCancel applies to 0 of 1 nonlinearities; the other 1 use Rescale"):
+        method = onnx_attr.DeepLift(onnx_attr.load(str(int8_path)), rule="revealcancel")
+    method.attribute(x, target=0)
+    assert method.last_report["rescale_nodes"] and not method.last_report["reveal_cancel_nodes"]

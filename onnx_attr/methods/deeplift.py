@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+
 import inspect
 import math
+import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -59,7 +61,14 @@ class DeepLift(AttributionMethod):
     def _engine_of(self, model, held: frozenset = frozenset()) -> DeepLiftEngine:
         key = (id(model), held)
         if key not in self._engines:
-            self._engines[key] = DeepLiftEngine(model, **self._engine_options, held=held)
+            self._engines[key] = engine = DeepLiftEngine(model, **self._engine_options, held=held)
+            skipped = engine.rewrite.reveal_cancel_skipped
+            if skipped:  # said: a user comparing the two rules would read equal attributions as agreement
+                done = len(engine.rewrite.reveal_cancel)
+                warnings.warn(f"RevealCancel applies to {done} of {done + len(skipped)} nonlinearities; the other "
+                              f"{len(skipped)} use Rescale (no weighted op with constant weights right before them: "
+                              f"a quantized MatMulInteger/ConvInteger, a product of two inputs): {skipped[:5]}"
+                              + (" ..." if len(skipped) > 5 else ""), stacklevel=3)
         return self._engines[key]
 
     def _engine_for_call(self, prepared, index: int) -> None:
