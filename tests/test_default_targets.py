@@ -25,12 +25,12 @@ def _save(tmp_path, nodes, inputs, outputs, weights, name="m.onnx"):
 
 
 def _conv_map(tmp_path) -> str:
-    """[N, 3, 6, 6] -> Conv -> Relu -> [N, 2, 6, 6]: an output of rank 4 batched on axis 0."""
+    """[N, 3, 6, 6] -> Conv -> [N, 2, 6, 6]: class logits of rank 4 batched on axis 0 (a ReLU after it would
+    make them features: `test_target_forms.test_a_relu_feature_map_is_features_not_class_maps`)."""
     rng = np.random.default_rng(0)
     weights = {"w": (rng.normal(size=(2, 3, 3, 3)) * 0.05).astype(np.float32),
                "b": np.array([3.0, -2.0], np.float32)}
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["y"])]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])]
     return _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 6, 6])], weights)
 

@@ -12,6 +12,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | a waveform `[N, T]`, `[N, 1, T]`    | one channel of WAVEFORM_OUT samples or more, signed, no final Softmax/Sigmoid, named as sound or as long as a waveform input or an input of its shape (`_waveform`) | `embedding`: its length along itself (its norm where its sample count follows the values) |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
+| feature maps `[N, C, H, W]`          | as class maps, but a ReLU's output (a hidden layer's) | `embedding`: its length along itself over all its values |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score (under a Softmax, class 0, the background, only where no other class is predicted) |
 | heat maps `[N, C, H, W]`             | as class maps, ending in a Sigmoid (each channel its own: CenterNet's per-class centres) | `region`: the summed score of every pixel any channel predicts (p > 0.5) |
 | classes `[N, C, 1]`                  | rank 3, one column, ending in a Softmax over C    | `top`: the predicted class |
@@ -312,6 +313,10 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
             # per-class centres), whose argmax over the channels is channel 0 wherever nothing is found
             return Layout(f"heat maps [N, C, H, W] ({shape[0]} channels, each its own Sigmoid)", "map", "region",
                           sigmoid_stripped=stripped, final=op)
+        if op is None and _rectified(model, spec.name):  # a hidden layer's features (DeepFilterNet's encoder e0):
+            # class maps are logits or probabilities, never a ReLU's output
+            return Layout(f"feature maps [N, C, H, W] ({shape[0]} channels, a ReLU's output: features, not classes)",
+                          "features", "embedding")
         return Layout(f"class maps [N, C, H, W] ({shape[0]} classes)", "segmentation", "segment", final=op)
     signal = _signal_like_input(view, model, inputs, shape, op)
     if signal is not None and len(shape) > 2:  # an enhancer's spectrum frame, re and im (GTCRN's [N, 257, 1, 2]): no argmax of one
@@ -391,6 +396,13 @@ def _waveform(view: Tensor, name: str, op: Optional[str], inputs: dict[str, np.n
             and np.shape(v)[-1] == samples and (samples >= WAVEFORM_SAMPLES or np.shape(v)[1:] == shape)]
     # a frame in, a frame out (DTLN's second stage: 512 samples [N, 1, 512]): a streaming enhancer's chunk
     return f"as long as input {read[0]!r}" if read else None
+
+
+def _rectified(model, name: str) -> bool:
+    """Whether the output is a ReLU's (past reshapes and casts): a hidden layer's features."""
+    producers = {o: n for n in model.onnx_model.graph.node for o in n.output}
+    node = _past_reshapes(producers, name)
+    return node is not None and node.op_type == "Relu"
 
 
 def _signal_like_input(view: Tensor, model, inputs: dict[str, np.ndarray], shape: tuple, op: Optional[str]
@@ -966,11 +978,11 @@ def _embedding(view: Tensor, layout: Layout, value: Any, detail: dict) -> Resolv
     or its mean over the positions [N, T, D] the model's mask keeps. Its weights are fixed at the input,
     so the change explained is how far the baseline's embedding falls short of the input's along it:
     which features make the embedding point where it points."""
-    if layout.kind == "signal":  # its values together, whatever its axes: one direction over all of them
-        found = _embedding(view.reshape(len(view), -1), replace(layout, kind="whole signal"), value, detail)
+    if layout.kind in ("signal", "features"):  # its values together, whatever its axes: one direction over all
+        found = _embedding(view.reshape(len(view), -1), replace(layout, kind="whole " + layout.kind), value, detail)
         return replace(found, target=Target(weights=found.target.weights.reshape(view.shape), per_example=True))
-    noun = "signal" if layout.kind == "whole signal" else "waveform" if layout.kind == "waveform" else \
-        "output" if layout.counted else "embedding"
+    noun = {"whole signal": "signal", "whole features": "feature maps", "waveform": "waveform"}.get(
+        layout.kind, "output" if layout.counted else "embedding")
     if layout.counted:  # its length follows the values (a TTS model's durations): no direction pairs with
         detail["length"] = view.reshape(len(view), -1).norm(dim=1).tolist()  # a perturbed copy's samples
         return Resolved(OutputNorm(len(view)), f"{noun} norm", f"the {noun}'s length |e|: its number of "
