@@ -422,3 +422,38 @@ def test_an_output_not_finite_at_the_input_is_refused_before_any_pass(tmp_path, 
     np.savez(tmp_path / "ok.npz", x=x[:1])
     assert main(["attribute", str(path), "-i", str(tmp_path / "ok.npz"), "-o", str(tmp_path / "ok"), "-q",
                  "--no-pictures"]) == 0
+
+
+def _log_sum_times_speed():
+    """y = Σ log(x) · speed: undefined at x = 0 (the blur's case), speed [1] a scale no blur moves (Kokoro's)."""
+    nodes = [helper.make_node("Log", ["x"], ["l"]), helper.make_node("ReduceSum", ["l"], ["s"], axes=[1], keepdims=1),
+             helper.make_node("Mul", ["s", "speed"], ["y"])]
+    return make_model(nodes, [("x", FLOAT, [1, 16]), ("speed", FLOAT, [1])], [("y", FLOAT, [1, 1])], {}, opset=12)
+
+
+def test_an_input_the_blur_cannot_move_goes_to_zero_or_is_said(tmp_path):
+    """Kokoro (hunt 38): under the blur baseline its speed [1] was its own baseline, so its attribution was
+    exactly 0 and nothing said so; speed sets the waveform's length. `--baseline auto` now takes such an
+    input to zero where the model is defined there (said in the note), and `--baseline blur` asked for says
+    that it leaves it as it is. Oracle: onnxruntime at the input and at the reference used."""
+    path = tmp_path / "speed.onnx"
+    path.write_bytes(_log_sum_times_speed().SerializeToString())
+    x, speed = np.linspace(0.5, 4, 16, dtype=np.float32)[None], np.array([1.3], np.float32)
+    np.savez(tmp_path / "x.npz", x=x, speed=speed)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    run = lambda a, s: float(session.run(None, {"x": a, "speed": s})[0][0, 0])  # noqa: E731
+    for baseline in ("auto", "blur"):
+        out = tmp_path / baseline
+        assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(out), "-q", "--no-pictures",
+                     "--baseline", baseline]) == 0
+        report = json.loads((out / "report.json").read_text())
+        found = np.load(out / "attributions.npz")
+        assert report["baseline_used"] == "blur" and "'speed'" in report["baseline_note"]
+        reference_speed = np.zeros_like(speed) if baseline == "auto" else speed
+        change = run(x, speed) - run(blurred(x, 0), reference_speed)
+        total = float(found["x"].sum() + found["speed"].sum())
+        np.testing.assert_allclose(total, change, rtol=1e-4)
+        if baseline == "auto":  # speed moved 1.3 -> 0: its share is Σ log(blurred x) · 1.3 under the product rule
+            assert "at zero" in report["baseline_note"] and abs(float(found["speed"].sum())) > 1.0
+        else:
+            assert "leaves ['speed'] as they are" in report["baseline_note"] and float(found["speed"].sum()) == 0.0

@@ -118,17 +118,28 @@ IDS_NOTE = ("token ids are attributed at their embedding lookups: the baseline's
             "explained is f(input) - f(input with the embeddings of the baseline's ids)")
 
 
-def _blur_note(attributed: dict, kept: Sequence[str], why: str) -> str:
+def _blur_note(attributed: dict, reference: dict, kept: Sequence[str], why: str) -> str:
     """What `--baseline auto` took instead of zeros (`domain_reference`), for the report."""
     ids = _id_names(attributed)
-    parts = ["each example blurred along its long axes instead"] if len(ids) < len(attributed) else []
-    zeroed = [k for k in ids if k not in kept]
-    if zeroed:
-        parts.append(f"the ids of {zeroed} at zero")
-    if kept:
-        parts.append(f"the ids of {list(kept)} kept at their own values (at zero they leave the model undefined "
-                     "too), so their attributions are 0: give --baseline FILE.npz to move them")
+    floats = [k for k in attributed if k not in ids]
+    still = [k for k in floats if k not in kept and np.asarray(attributed[k]).any() and not np.asarray(reference[k]).any()]
+    parts = ["each example blurred along its long axes instead"] if len(still) + len(kept) < len(attributed) else []
+    for which, names in (("the ids of", ids), ("the inputs the blur leaves as they are (no axis of 8 values or more),",
+                                               [k for k in floats if k in still or k in kept])):
+        zeroed = [k for k in names if k not in kept]
+        if zeroed:
+            parts.append(f"{which} {zeroed} at zero")
+        held = [k for k in names if k in kept]
+        if held:
+            parts.append(f"{which} {held} kept at their own values (at zero they leave the model undefined too), "
+                         "so their attributions are 0: give --baseline FILE.npz to move them")
     return f"{why}: " + "; ".join(parts)
+
+
+#: said where `--baseline blur` (asked for) leaves inputs where they are
+UNBLURRED_NOTE = ("--baseline blur leaves {names} as they are (no axis of 8 values or more to blur along), so their "
+                  "attributions are 0; --baseline auto moves them to zero where the model is defined there, or give an "
+                  ".npz baseline")
 
 
 ALL_ZERO = ("every attribution is exactly 0: the explained value is the same at the input and at the baseline "
@@ -192,8 +203,13 @@ def zeros_outside_domain(model, attributed: dict, extra: dict) -> bool:
 def _defined_at(model, reference: dict, extra: dict, at_input: dict[str, int]) -> bool:
     """Whether the forward pass at `reference` has no more non-finite elements in any tensor than
     the input's (`at_input`): by element count, since a tabular row with some features at 0 already
-    has the 0/0 that zeros have in all."""
-    return not any(count > at_input.get(name, 0) for name, count in _nonfinite_tensors(model, {**reference, **extra}).items())
+    has the 0/0 that zeros have in all. A forward that fails there (a speed of 0 leaves a duration LSTM no
+    frame to run) is not defined either."""
+    try:
+        found = _nonfinite_tensors(model, {**reference, **extra})
+    except Exception:  # the module's own failure, whatever torch raised: the reference is outside the domain
+        return False
+    return not any(count > at_input.get(name, 0) for name, count in found.items())
 
 
 def moves(reference: dict, attributed: dict) -> bool:
@@ -216,7 +232,9 @@ def domain_reference(model, attributed: dict, extra: dict) -> tuple[dict, list[s
     an additive mask of −inf: at zero every position is masked). Returns the reference and the ids
     kept at their own values: those have not moved, so their attributions are 0."""
     blurred = _blurred(model, attributed)  # the ids come back as they are
-    ids = _id_names(attributed)
+    # the ids, and the floating inputs the blur leaves as they are (no axis of 8 or more: Kokoro's speed [1]),
+    # go to zero where the model stays defined there: kept, they would not move and get attributions of 0
+    ids = _id_names(attributed) + unblurred(attributed, blurred)
     if not ids:
         return blurred, []
     at_input = _nonfinite_tensors(model, {**attributed, **extra})
@@ -226,6 +244,12 @@ def domain_reference(model, attributed: dict, extra: dict) -> tuple[dict, list[s
     if kept != ids and not _defined_at(model, reference, extra, at_input):  # each alone, not together
         return blurred, ids
     return reference, kept
+
+
+def unblurred(attributed: dict, blurred: dict) -> list[str]:
+    """The floating inputs a blur left as they are (no axis of `MIN_BLURRED_SIZE` values or more)."""
+    return [k for k, v in attributed.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
+            and np.array_equal(np.asarray(blurred[k]), np.asarray(v))]
 
 
 def _nonfinite_tensors(model, feeds: dict) -> dict[str, int]:
@@ -851,9 +875,11 @@ class _Job:
             **({"fallback_reason": self.fallback_reason} if self.fallback_reason else {}),
             "baseline": self.baseline,
             "baseline_used": used,
-            **({"baseline_note": _blur_note(attributed, kept_ids, why)} if used != self.baseline
+            **({"baseline_note": _blur_note(attributed, reference, kept_ids, why)} if used != self.baseline
                and self.baseline == "auto" and used == "blur" else {}),
             **({"baseline_note": GRAPH_ZEROS_NOTE.format(names=sorted(zeroed))} if used == "graph zeros" else {}),
+            **({"baseline_note": UNBLURRED_NOTE.format(names=still)} if self.baseline == "blur"
+               and (still := unblurred(attributed, baselines)) else {}),
             **({"ids_note": IDS_NOTE} if self._looks_up_ids(method_report) else {}),
             **({"held_note": held_masks_note(self.held_masks)} if self.held_masks else {}),
             "inputs": str(file),
