@@ -379,6 +379,34 @@ def test_class_names_written_into_the_output_name(tmp_path, monkeypatch):
     assert seen and seen[0] == {1: "1_minute_timer", 2: "5_minute_timer"}
 
 
+def test_a_scikit_learn_classifiers_labels_name_the_classes(tmp_path, monkeypatch):
+    """macrel's forests (hunt 38) carry their labels ['Hemo', 'NonHemo'] on the classifier and its ZipMap;
+    the pictures said "target 0". They now take the graph's labels where no file or output name gives any.
+    Oracle: scikit-learn's own classes_."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.linear_model import LogisticRegression
+
+    import onnx
+
+    import onnx_attr.app.visualize as visualize
+    from onnx_attr.app.names import names_in_graph
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    labels = np.array(["low", "mid", "high"])[np.digitize(x[:, 0], [-0.4, 0.4])]
+    fitted = LogisticRegression().fit(x, labels)
+    proto = skl2onnx.to_onnx(fitted, x[:1], target_opset={"": 17, "ai.onnx.ml": 3})
+    assert names_in_graph(proto) == dict(enumerate(fitted.classes_))
+    onnx.save(proto, tmp_path / "m.onnx")
+    np.savez(tmp_path / "x.npz", X=x[:2])
+    seen = []
+    describe = visualize.describe_target
+    monkeypatch.setattr(visualize, "describe_target", lambda *a, **k: seen.append(a[3]) or describe(*a, **k))
+    assert main(["attribute", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "o"),
+                 "--plot", "-q"]) == 0
+    assert seen and seen[0] == dict(enumerate(fitted.classes_))
+
+
 def test_a_waveform_is_drawn_over_time(tmp_path, monkeypatch):
     """A signal of thousands of samples gets a picture over time (its attributions summed into stretches),
     drawn without --plot as images are; short rows stay bars. The stretches' sums are checked by hand."""

@@ -528,13 +528,14 @@ def cmd_attribute(args) -> int:
     if pictures.class_names is None:  # names the exporter wrote into the output's name (openWakeWord's)
         from dataclasses import replace
 
-        from onnx_attr.app.names import names_in_output_name
+        from onnx_attr.app.names import names_in_graph, names_in_output_name
         from onnx_attr.methods.base import output_index
 
         try:
             named = names_in_output_name(model.outputs[output_index(model, args.output_name)].name)
         except (OnnxAttrError, IndexError, ValueError):  # an unknown --output-name: the job says so
             named = None
+        named = named or names_in_graph(model.onnx_model)  # a scikit-learn classifier's own labels
         pictures = replace(pictures, class_names=named) if named else pictures
     options: dict[str, Any] = {}
     if args.smooth is not None:

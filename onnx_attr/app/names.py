@@ -11,7 +11,8 @@ a device, which could hang or never end), at most `MAX_BYTES`, UTF-8, and one of
 * plain text, one name per line (line i, counted from 0, is index i, as in BERT's `vocab.txt`).
 
 Without a file, class names an exporter wrote into the explained output's name (a JSON list or
-object, as openWakeWord's models name theirs) title the pictures.
+object, as openWakeWord's models name theirs), or the labels a scikit-learn classifier carries,
+title the pictures.
 """
 
 from __future__ import annotations
@@ -70,6 +71,27 @@ def names_in_output_name(name: str) -> Optional[dict[int, str]]:
     if not names or any(len(n) > MAX_NAME_CHARS for n in names.values()):
         return None
     return names
+
+
+#: ai.onnx.ml classifiers, whose class labels are attributes (skl2onnx writes them on each)
+_LABELLED = frozenset({"ZipMap", "LinearClassifier", "SVMClassifier", "TreeEnsembleClassifier"})
+
+
+def names_in_graph(onnx_model) -> Optional[dict[int, str]]:
+    """Class labels a scikit-learn export carries (`classlabels_strings` or `classlabels_int64s` of its
+    ai.onnx.ml classifier and ZipMap: macrel's ['Hemo', 'NonHemo']), where the graph holds one set."""
+    found = set()
+    for node in onnx_model.graph.node:
+        if node.domain == "ai.onnx.ml" and node.op_type in _LABELLED:
+            for a in node.attribute:
+                if a.name == "classlabels_strings" and a.strings:
+                    found.add(tuple(v.decode("utf-8", "replace") for v in a.strings))
+                elif a.name == "classlabels_int64s" and a.ints:
+                    found.add(tuple(str(v) for v in a.ints))
+    if len(found) != 1:
+        return None
+    (labels,) = found
+    return {i: n for i, n in enumerate(labels) if len(n) <= MAX_NAME_CHARS} or None
 
 
 def _checked_lengths(names: dict[int, str], path: str, option: str) -> dict[int, str]:
