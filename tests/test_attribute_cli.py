@@ -567,3 +567,20 @@ def test_a_neuron_method_names_its_layer_and_asks_for_the_neuron(tmp_path, capsy
             session.run(["relu_1"], {name: np.zeros_like(x)})[0][:, 3, 1, 1]
         found = np.load(tmp_path / "ok" / "attributions.npz")
         np.testing.assert_allclose(found[found.files[0]].reshape(len(x), -1).sum(1), neuron, rtol=1e-4, atol=1e-5)
+
+
+def test_the_fallbacks_own_blocks_count_in_its_pass_estimate():
+    """Kokoro (hunt 38): the CLI's fallback FeatureAblation cuts its own blocks (at most 256 an input, fitted
+    to its time budget on the first call: 18 there), but the estimate counted one pass per element (293 for
+    38 made). The count now takes the explainer's own cut: by hand, min(elements, blocks) per input + 1."""
+    from onnx import helper
+
+    from conftest import FLOAT, make_model
+    from onnx_attr.app.attribute_job import fallback_explainer, perturbation_passes
+
+    nodes = [helper.make_node("ReduceSum", ["a"], ["sa"], keepdims=1), helper.make_node("ReduceSum", ["b"], ["sb"], keepdims=1),
+             helper.make_node("Add", ["sa", "sb"], ["y"])]
+    model = onnx_attr.load(make_model(nodes, [("a", FLOAT, ["N", 35]), ("b", FLOAT, ["N", 300])], [("y", FLOAT, ["N", 1])]))
+    inputs = {"a": np.ones((1, 35), np.float32), "b": np.ones((1, 300), np.float32)}
+    assert perturbation_passes("featureablation", fallback_explainer(model), None, inputs) == 35 + 256 + 1
+    assert perturbation_passes("featureablation", fallback_explainer(model, fitted=18), None, inputs) == 18 + 18 + 1
