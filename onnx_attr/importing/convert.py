@@ -151,7 +151,9 @@ def _distinct_node_keys(graph: onnx.GraphProto) -> None:
     repeats): an unnamed Reshape's `Reshape_1` met a node named `/Reshape_1`, and its dict kept one
     key for both, the second node in the first one's place, before its input was made (quantize_dynamic's
     bias Reshapes in DeepFilterNet's encoder). Where keys would meet, an unnamed node takes its label
-    (`Reshape#59`) and a repeated name its index."""
+    (`Reshape#59`) and a repeated name its index; then any node whose key is still taken, its name
+    distinct but made the same (dfnstream's `Gather` and `/Gather` both key `Gather`, the second's
+    `Gather_1` meeting a node named `/Gather_1`), takes its index too."""
     def keys() -> list[str]:
         counts: dict[str, int] = {}
         made = []
@@ -168,6 +170,15 @@ def _distinct_node_keys(graph: onnx.GraphProto) -> None:
         if not node.name or node.name in seen:
             node.name = f"{node.name or node.op_type}#{index}"
         seen.add(node.name)
+    for _ in range(3):  # a label `name#index` is met by no other key after one round; bounded all the same
+        made = keys()
+        if len(set(made)) == len(made):
+            return
+        taken: set[str] = set()
+        for index, (node, key) in enumerate(zip(graph.node, made)):
+            if key in taken:
+                node.name = f"{node.name}#{index}"
+            taken.add(key)
 
 
 def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[str, int] | None = None
