@@ -251,3 +251,34 @@ def test_rows_concatenated_into_one_attention_stay_one_example():
     model = onnx_attr.load(proto, strip_final_activation=False)
     tensors = [torch.from_numpy(x)]
     assert not probe(model, tensors, batch_axes(model.inputs, tensors)).stackable
+
+
+def test_a_delayed_frame_is_one_example(tmp_path):
+    """dfnstream's DeepFilterNet (hunt 38): one frame [512], no batch, whose output starts with samples the
+    state holds and gives this frame's later. The probe halved rows 1.. and compared row 0 of the outputs,
+    which came from the state and stayed: the frame was read as 512 examples (delta of each, 4.5e-2
+    relative). Halving row 0 and comparing the rest now shows the rows mix: one example. Oracle:
+    onnxruntime's frame and new state, the waveform's length along itself by hand, completeness."""
+    import onnxruntime as ort
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=1), helper.make_node("Tanh", ["m"], ["g"]),
+             helper.make_node("Slice", ["x", "zero", "cut"], ["head"]), helper.make_node("Mul", ["head", "g"], ["gained"]),
+             helper.make_node("Concat", ["state", "gained"], ["enhanced_audio_frame"], axis=0),
+             helper.make_node("Slice", ["x", "cut", "end"], ["next_state"])]
+    consts = {"zero": np.array([0], np.int64), "cut": np.array([448], np.int64), "end": np.array([512], np.int64)}
+    proto = make_model(nodes, [("x", FLOAT, [512]), ("state", FLOAT, [64])], [("enhanced_audio_frame", FLOAT, [512]), ("next_state", FLOAT, [64])],
+                       consts, opset=13)
+    path = tmp_path / "frame.onnx"
+    path.write_bytes(proto.SerializeToString())
+    x = (np.sin(np.arange(512) / 7) * 0.5 + 0.2).astype(np.float32)
+    state = (RNG.standard_normal(64) * 0.3).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x, state=state)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
+                 "--no-pictures"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["convergence_delta"]) == 1 and report["target"] == "embedding"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y, y0 = (session.run(None, {"x": v, "state": state})[0].astype(np.float64) for v in (x, np.zeros_like(x)))
+    direction = y / np.linalg.norm(y)
+    found = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    np.testing.assert_allclose(found.astype(np.float64).sum(), (y - y0) @ direction, rtol=1e-4)

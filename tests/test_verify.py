@@ -361,3 +361,22 @@ def test_weights_stored_in_8_bits_are_compared_with_the_graph_as_written():
     assert report.passed and report.outputs[0].within_tolerance and any("as written" in n for n in report.notes)
     by_hand = x.astype(np.float64) @ (w.astype(np.float64) * scale)
     np.testing.assert_allclose(model.run({"x": x})[0].numpy(), by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_onnxruntime_runs_the_reference_without_the_imports_shape_hints():
+    """dfnstream's DeepFilterNet (hunt 38): the value_info ONNX's inference added at the import declared a
+    SequenceAt's output [512] where it holds 96, and onnxruntime, sizing its buffers by it, failed on a file
+    it runs: verify said NOT RUN. The reference goes to onnxruntime without value_info (it infers its own);
+    the model keeps its hints, in place (not copied)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnx_attr.importing.verify import _serialized_without_shapes
+
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [96])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [96])],
+        value_info=[helper.make_tensor_value_info("h", TensorProto.FLOAT, [512])]))
+    sent = onnx.ModelProto.FromString(_serialized_without_shapes(model))
+    assert not sent.graph.value_info and [v.name for v in model.graph.value_info] == ["h"]
+    assert len(sent.graph.node) == 2 and sent.graph.output[0].name == "y"

@@ -231,9 +231,12 @@ def _no_output_keeps(model, fixed: Optional[int], tensors, axes, outputs=None) -
 
 def _fixed_rows_mix(model, tensors, axes, fixed: int) -> bool:
     """Whether the rows of an export's declared fixed batch (a static [8, 1, 4]) change each other:
-    the first row's outputs, with the other rows as given and halved. Self-attention over a
-    sequence-first axis declared as that batch does; a batch of pictures does not. Two runs of the
-    fixed batch, where the call holds that many rows and has a floating one to change; else as declared."""
+    the first row's outputs, with the other rows as given and halved, and the other rows' outputs,
+    with the first row halved. Self-attention over a sequence-first axis declared as that batch does;
+    a batch of pictures does not; nor does a streaming frame's delay (dfnstream's [512] frame: its
+    first output samples come from the state, its own come out later, where only the second run
+    sees them move). Three runs of the fixed batch, where the call holds that many rows and has a
+    floating one to change; else as declared."""
     if _rows_round_together(model):  # a dynamic quantizer's range spans the rows: they change each other's
         return False  # rounding by design, and run as the export declares
     if not any(a is not None for a in axes) or any(a is not None and (t.dim() <= a or t.shape[a] != fixed)
@@ -243,14 +246,17 @@ def _fixed_rows_mix(model, tensors, axes, fixed: int) -> bool:
                torch.cat([t.narrow(a, 0, 1), t.narrow(a, 1, fixed - 1) * 0.5], dim=a) for t, a in zip(tensors, axes)]
     if all(c is t for c, t in zip(changed, tensors)):
         return False
+    alone = [t if a is None or not t.is_floating_point() else
+             torch.cat([t.narrow(a, 0, 1) * 0.5, t.narrow(a, 1, fixed - 1)], dim=a) for t, a in zip(tensors, axes)]
     trial = getattr(model, "run_unexplained", model)
     with torch.no_grad():
         try:
-            first, second = _outputs(trial(*tensors)), _outputs(trial(*changed))
+            given, others, first = (_outputs(trial(*t)) for t in (tensors, changed, alone))
         except Exception:  # noqa: BLE001  (the forward's own error comes with the call)
             return False
-    return any(not _same(a[:1], b[:1], _scale(a[:1])) for a, b in zip(first, second)
-               if a.dim() and a.shape[0] == fixed and a.shape == b.shape)
+    kept = [(a, b, c) for a, b, c in zip(given, others, first) if a.dim() and a.shape[0] == fixed and a.shape == b.shape
+            and a.shape == c.shape]
+    return any(not _same(a[:1], b[:1], _scale(a[:1])) or not _same(a[1:], c[1:], _scale(a[1:])) for a, b, c in kept)
 
 
 def _scale(t: Tensor) -> float:

@@ -247,7 +247,7 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
     folder = external_folder(model)
     folder = None if folder is None else str(folder)
     one_thread = any(n.op_type in THREAD_DEPENDENT for n in model.graph.node)
-    data = model.SerializeToString()
+    data = _serialized_without_shapes(model)
     feeds = {name: np.asarray(value) for name, value in feeds.items()}
     key = (id(model), len(data), optimize) if outputs_of is None else (id(outputs_of), outputs_of.ByteSize(), optimize)
     died = first_run_survives(key, data, feeds, outputs, optimize, folder, one_thread)
@@ -265,6 +265,22 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
         raise ReferenceRuntimeError(
             f"onnxruntime could not run the model, so it cannot be verified: {str(err).strip()[:500]}"
         ) from err
+
+
+def _serialized_without_shapes(model: onnx.ModelProto) -> bytes:
+    """The model's bytes without its value_info: onnxruntime infers every intermediate type and shape
+    itself, and sizes its buffers by the declared ones. Those ONNX's inference added at the import can
+    be wrong where its rules are (dfnstream's SequenceAt over a SplitToSequence of unequal parts, declared
+    [512] for 96 values: onnxruntime failed on a file it runs). Removed and put back, not copied (the
+    weights can be gigabytes)."""
+    hints = list(model.graph.value_info)
+    if not hints:
+        return model.SerializeToString()
+    del model.graph.value_info[:]
+    try:
+        return model.SerializeToString()
+    finally:
+        model.graph.value_info.extend(hints)
 
 
 def reference_values(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], names: Sequence[str]
