@@ -584,3 +584,16 @@ def test_the_fallbacks_own_blocks_count_in_its_pass_estimate():
     inputs = {"a": np.ones((1, 35), np.float32), "b": np.ones((1, 300), np.float32)}
     assert perturbation_passes("featureablation", fallback_explainer(model), None, inputs) == 35 + 256 + 1
     assert perturbation_passes("featureablation", fallback_explainer(model, fitted=18), None, inputs) == 18 + 18 + 1
+
+
+def test_a_long_path_method_run_says_its_steps_before_it_runs(tmp_path, capsys, monkeypatch):
+    """Kokoro (hunt 38): IntegratedGradients printed nothing for 300 s before it was stopped; its steps
+    are said now, with a time from one timed forward, where they would take long (here: any length)."""
+    import onnx_attr.app.attribute_job as job
+
+    path, _, _ = _linear_image_model(tmp_path, (2, 6, 5))
+    monkeypatch.setattr(job, "PASSES_NOTE_SECONDS", 0.0)
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "--method",
+                 "integratedgradients", "--n-steps", "7", "--target", "0", "--no-pictures"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("IntegratedGradients runs 7 steps here, a forward and a backward each") == 1

@@ -1087,11 +1087,21 @@ class _Job:
         longer than `PASSES_NOTE_SECONDS` (sweep 35: ShapleyValueSampling's 6,400 passes over 256 blocks ran
         273 s on a 2.4 MB text detector, with nothing said), timed from one forward of these inputs."""
         passes = perturbation_passes(self.method, self.explainer, self.method_options.get("features"), attributed)
-        if passes is None or passes < PASSES_NOTE_MIN or self._announced:  # (timing one forward costs a pass)
-            return
+        steps = self.method_options.get("n_steps") or DEFAULT_STEPS if "n_steps" in entry(self.method).options else None
+        if self._announced or (passes is None or passes < PASSES_NOTE_MIN) and steps is None:
+            return  # (timing one forward costs a pass)
         start = time.perf_counter()
         self.model.run({**attributed, **extra})
         took = time.perf_counter() - start
+        if passes is None:  # a path method: a forward and a backward (about twice its time) a step
+            seconds = steps * took * 3
+            if seconds >= PASSES_NOTE_SECONDS:
+                self._announced = True
+                title = entry(self.method).title or entry(self.method).class_name
+                print(f"onnx-attr: {title} runs {steps} steps here, a forward and a backward each ({took:.2g} s a "
+                      f"forward): about {_duration(seconds)}; --n-steps N takes fewer (a larger delta), or the default "
+                      "method (DeepLift) one pass", file=sys.stderr)
+            return
         budget = getattr(self.explainer, "time_budget_s", None)
         seconds = passes * took if budget is None else min(passes * took, budget + took * (len(attributed) + 1))
         if seconds < PASSES_NOTE_SECONDS:
@@ -1109,8 +1119,9 @@ class _Job:
 
 
 #: a perturbation method's run is announced with its pass count where it would take longer than this, and
-#: makes at least `PASSES_NOTE_MIN` passes
+#: makes at least `PASSES_NOTE_MIN` passes; a path method's with its steps (`DEFAULT_STEPS`: Captum's n_steps)
 PASSES_NOTE_SECONDS, PASSES_NOTE_MIN = 30.0, 100
+DEFAULT_STEPS = 50
 
 
 def perturbation_passes(method: str, explainer, features: Optional[int], attributed: dict) -> Optional[int]:
