@@ -48,11 +48,17 @@ def case(seed: int, scale: float, shape=(2, 3, 7, 40), axis=-1, far=0.0, at_refe
     return z, z0, g, valid
 
 
-@pytest.mark.parametrize("slab", [64, 1 << 16])
+@pytest.mark.parametrize("slab", [64, 1 << 16, "accelerator"])
 @pytest.mark.parametrize("axis", [-1, 1])
 @pytest.mark.parametrize("scale,far", [(1.0, 0.0), (30.0, 0.0), (300.0, 500.0), (3000.0, -2000.0)])
 @pytest.mark.parametrize("kind", ["plain", "at_reference", "masked"])
 def test_slabs_give_the_decompositions_multipliers(monkeypatch, slab, axis, scale, far, kind):
+    """`accelerator`: the one-slab formulation an accelerator runs (`paired.ALWAYS_SYNC_FREE`), on CPU."""
+    if slab == "accelerator":
+        from onnx_attr.deeplift.rules import paired
+
+        monkeypatch.setattr(paired, "ALWAYS_SYNC_FREE", True)
+        slab = 64  # ignored there: one slab
     monkeypatch.setattr(softmax_pair, "SLAB", slab)
     z, z0, g, valid = case(int(scale) + slab % 7, scale, axis=axis, far=far, at_reference=kind == "at_reference",
                            masked=kind == "masked")

@@ -22,7 +22,8 @@ import math
 import torch
 from torch import Tensor
 
-from onnx_attr.deeplift.rules.paired import cross_amax_multiplier, rescale_multiplier, secant_on_cpu, tolerance_for
+from onnx_attr.deeplift.rules.paired import (cross_amax_multiplier, rescale_multiplier, secant_on_cpu, sync_free,
+                                             tolerance_for)
 
 #: elements per slab on CPU: the temporaries of one (a few float64 slabs, made once per call and reused,
 #: so the allocator neither hands back nor page-faults memory slab after slab) stay within a core's cache
@@ -51,7 +52,7 @@ class _Slabs:
 
     def __init__(self, like: Tensor):
         rows, width = like.shape
-        step = rows if like.device.type != "cpu" else max(1, SLAB // max(width, 1))
+        step = rows if sync_free(like) else max(1, SLAB // max(width, 1))
         self.ranges = [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
         size = (min(step, rows), width)
         self._scratch = [like.new_empty(size) for _ in range(5)]
@@ -83,7 +84,7 @@ def _largest(t: Tensor) -> Tensor:
 def _exp_multiplier(x: Tensor, x0: Tensor, y: Tensor, y0: Tensor, tolerance: Tensor, out: Tensor,
                     scratch: Tensor) -> Tensor:
     """exp's rescale multiplier, in `out` (`scratch` overwritten), with the decomposition's tolerance."""
-    if x.device.type == "cpu":
+    if not sync_free(x):
         return secant_on_cpu(torch.exp, x, x0, y, y0, torch.sub(x, x0, out=scratch), tolerance, out=out)
     return rescale_multiplier(torch.exp, x, x0, y, y0, tolerance=tolerance)
 
