@@ -26,7 +26,7 @@ def _save(tmp_path, nodes, inputs, outputs, weights, name="m.onnx"):
 
 def _conv_map(tmp_path) -> str:
     """[N, 3, 6, 6] -> Conv -> [N, 2, 6, 6]: class logits of rank 4 batched on axis 0 (a ReLU after it would
-    make them features: `test_target_forms.test_a_relu_feature_map_is_features_not_class_maps`)."""
+    make them features: `test_target_forms.test_a_relu_or_tanh_feature_map_is_features_not_class_maps`)."""
     rng = np.random.default_rng(0)
     weights = {"w": (rng.normal(size=(2, 3, 3, 3)) * 0.05).astype(np.float32),
                "b": np.array([3.0, -2.0], np.float32)}

