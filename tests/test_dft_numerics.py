@@ -47,7 +47,9 @@ def test_a_vocoders_phase_division_stays_finite_as_onnxruntimes_does():
     np.testing.assert_allclose(spec, spec_ort, atol=2e-6)
     frames = x[0, :, 0][np.arange(64)[:, None] * 5 + np.arange(20)] * onnx_numpy(proto, "window")
     fft = torch.view_as_real(torch.fft.rfft(torch.from_numpy(frames.astype(np.float32)), dim=1)).numpy()
-    assert (fft[:, 1:] == 0).all(-1).sum() > 100  # what torch's FFT gave: 0 / 0 in the phase
+    # what torch's FFT gives: 0 / 0 in the phase (by the hundred on the machines that wrote this, 64 on a later
+    # one: how many bins cancel exactly depends on the FFT's kernels; the case needs some)
+    assert (fft[:, 1:] == 0).all(-1).sum() > 10
     assert not (spec[0, :, 1:] == 0).all(-1).any()  # ours: none
     assert (spec[0, :, 1:] == 0).sum() < (fft[:, 1:] == 0).sum() / 3
     # no 0 / 0 (a real part of exactly 0 under a non-zero imaginary one is ±inf, which Atan takes)
