@@ -86,6 +86,38 @@ def test_floors_where_both_sides_underflow(monkeypatch):
     assert abs(float((m * (z - z0)).sum()) - float((g * (p - p0)).sum())) < 1e-12
 
 
+@pytest.mark.parametrize("dtype, step", [(torch.float64, 3e-15), (torch.float32, 2e-6)])
+def test_elements_near_but_not_at_their_reference(monkeypatch, dtype, step):
+    """Every third score a few ulps from its reference: the secant is rounding there, each takes its
+    gradient at the reference (`secant_on_cpu`'s close elements), read from the exponentials after the
+    multiplier is written (a review found the multiplier written over them: 3e12 off in float64)."""
+    monkeypatch.setattr(softmax_pair, "SLAB", 64)
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn((1, 6, 40), generator=gen, dtype=dtype) * 5
+    z = z0.repeat(3, 1, 1)
+    z[..., ::3] += step * torch.randn(z[..., ::3].shape, generator=gen, dtype=dtype)
+    z[1] += torch.randn(z[1].shape, generator=gen, dtype=dtype)
+    g = torch.randn(z.shape, generator=gen, dtype=dtype)
+    p, p0, m = multipliers(paired_softmax, z, z0, g, -1)
+    n = multipliers(decomposed, z, z0, g, -1)[2]
+    torch.testing.assert_close(m, n, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6)
+
+
+def test_a_padding_mask_on_the_input_alone():
+    """A Hugging Face export's additive padding mask (float32's lowest) on the input's scores, not the
+    baseline's, widened to float64 as the Softmax rule does: the exponent's tolerance then covers every
+    element, and every multiplier comes through the close elements' path."""
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn((2, 4, 16, 16), generator=gen, dtype=torch.float64) * 3
+    reference = torch.randn((1, 4, 16, 16), generator=gen, dtype=torch.float64)
+    mask = torch.zeros((2, 1, 1, 16), dtype=torch.float64)
+    mask[1, ..., 12:] = torch.finfo(torch.float32).min
+    g = torch.randn(scores.shape, generator=gen, dtype=torch.float64)
+    p, p0, m = multipliers(paired_softmax, scores + mask, reference, g, -1)
+    n = multipliers(decomposed, scores + mask, reference, g, -1)[2]
+    torch.testing.assert_close(m, n, rtol=0, atol=1e-12)
+
+
 def test_float32_scores_widened_like_the_rule():
     """The Softmax rule differentiates in float64 from float32 scores: the slab path in float32
     (a caller without the widening) still matches the decomposition in float32."""

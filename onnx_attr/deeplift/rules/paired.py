@@ -114,7 +114,8 @@ def secant_on_cpu(f: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor, y: Tenso
                   tolerance: Tensor, out: Tensor | None = None) -> Tensor:
     """`rescale_multiplier`'s CPU path for an elementwise f: (y - y0) / dx, in `out` where given, with
     f'(x0) settled in at the few elements within `tolerance` of their reference. `dx` (x - x0) is
-    overwritten (on CPU a fresh tensor costs more than a pass over one)."""
+    overwritten (on CPU a fresh tensor costs more than a pass over one); `out` is written first, so it
+    must not be any of x, x0, y, y0, which the close elements are read from after."""
     m = torch.sub(y, y0, out=out).div_(dx)
     distance = dx.abs_()
     if bool(distance.amin() > tolerance):

@@ -3,8 +3,8 @@ rows at a time.
 
 The decomposition (`composite.paired_logsumexp`, then `composite.exp_shifted`) differentiated by
 autograd holds a dozen float64 tensors the size of the scores and makes ~60 passes over them: on an
-attention's scores (a Whisper-base encoder: 8 heads x 1500 x 1500 per layer) that was 4 s of a 32 s
-DeepLift call per layer. Here the same chain rule runs by hand over slabs of `SLAB` elements, whose
+attention's scores (a Whisper-base encoder: 8 heads x 1500 x 1500 per layer) that was 3.3 s a layer,
+20 s of a 28 s DeepLift call (docs/architecture.md). Here the same chain rule runs by hand over slabs of `SLAB` elements, whose
 temporaries stay in the cache. Each rescale keeps the decomposition's own tensor-wide tolerance (the
 largest magnitude of its argument over the whole tensor, found in the forward's sweeps), so the
 multipliers are the decomposition's, up to the order of float64 sums.
@@ -48,14 +48,14 @@ def _back(t: Tensor, axis: int, shape: torch.Size) -> Tensor:
 
 class _Slabs:
     """Row ranges of at most `SLAB` elements (one range on an accelerator, where a slab saves nothing
-    and each op is a launch), and the scratch tensors every slab reuses."""
+    and each op is a launch), and `count` scratch tensors every slab reuses."""
 
-    def __init__(self, like: Tensor):
+    def __init__(self, like: Tensor, count: int):
         rows, width = like.shape
-        step = rows if sync_free(like) else max(1, SLAB // max(width, 1))
+        step = max(1, rows if sync_free(like) else SLAB // max(width, 1))
         self.ranges = [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
         size = (min(step, rows), width)
-        self._scratch = [like.new_empty(size) for _ in range(5)]
+        self._scratch = [like.new_empty(size) for _ in range(count)]
 
     def scratch(self, s: slice) -> list[Tensor]:
         n = s.stop - s.start
@@ -65,9 +65,10 @@ class _Slabs:
 def _shifted(z: Tensor, z0: Tensor, c: Tensor, c0: Tensor, floor: float, out: Tensor,
              out0: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     """(z - c, z0 - c0) in `out`, `out0`, floored where both lie below `floor`, and where (None:
-    nowhere, the usual case, told by one side's minimum)."""
+    nowhere, the usual case, told on CPU by one side's minimum; an accelerator floors without asking,
+    `paired.sync_free`)."""
     u, u0 = torch.sub(z, c, out=out), torch.sub(z0, c0, out=out0)
-    if u.numel() == 0 or bool(u.amin() >= floor) or bool(u0.amin() >= floor):
+    if u.numel() == 0 or not sync_free(u) and (bool(u.amin() >= floor) or bool(u0.amin() >= floor)):
         return u, u0, None
     under = (u < floor) & (u0 < floor)
     return u.masked_fill_(under, floor), u0.masked_fill_(under, floor), under
@@ -101,7 +102,7 @@ class _PairedSoftmax(torch.autograd.Function):
         floor = math.log(torch.finfo(z.dtype).tiny)
         c, c0 = zs.amax(-1, keepdim=True), z0s.amax(-1, keepdim=True)
         total, total0 = c.new_empty(c.shape), c.new_empty(c.shape)
-        slabs = _Slabs(zs)
+        slabs = _Slabs(zs, 2)
         first = []  # the largest |exponent| of each slab, both sides: the exp's tolerance
         for s in slabs.ranges:
             a, b, *_ = slabs.scratch(s)
@@ -124,20 +125,23 @@ class _PairedSoftmax(torch.autograd.Function):
         ctx.axis, ctx.shape, ctx.floor = axis, shape, floor
         ctx.tolerances = tuple(tolerance_for(torch.stack(m).amax() if m else c.new_zeros(())) for m in (first, second))
         ctx.save_for_backward(zs, z0s, keep, c, c0, total, total0, lse, lse0, p, p0)
-        ctx.mark_non_differentiable(p0)
-        return _back(p, axis, shape), _back(p0, axis, shape)
+        reference = _back(p0, axis, shape)
+        ctx.mark_non_differentiable(reference)
+        return _back(p, axis, shape), reference
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad0):
         zs, z0s, keep, c, c0, total, total0, lse, lse0, p, p0 = ctx.saved_tensors
         floor, (first, second), axis, shape = ctx.floor, ctx.tolerances, ctx.axis, ctx.shape
+        if zs.numel() == 0:
+            return torch.zeros(shape, dtype=zs.dtype, device=zs.device), None, None, None
         grads = _rows(grad, axis, shape)
         # the log's rescale over the row sums, its tolerance over all of them, as the decomposition's
         log_multiplier = rescale_multiplier(torch.log, total, total0, total.log(), total0.log())
         out = torch.empty_like(zs)
-        slabs = _Slabs(zs)
+        slabs = _Slabs(zs, 6)
         for s in slabs.ranges:
-            a, b, e, e0, scratch = slabs.scratch(s)
+            a, b, e, e0, scratch, m = slabs.scratch(s)  # every one its own: `secant_on_cpu` writes `m` first
             x, x0, g = zs[s], z0s[s], out[s]
             v, v0, under = _shifted(x, x0, lse[s], lse0[s], floor, a, b)
             g = _exp_multiplier(v, v0, p[s], p0[s], second, g, scratch).mul_(grads[s])
@@ -146,7 +150,7 @@ class _PairedSoftmax(torch.autograd.Function):
             to_lse = -g.sum(-1, keepdim=True)  # lse = l + c: the same gradient to l and to c
             to_sum = to_lse * log_multiplier[s]
             u, u0, under = _shifted(x, x0, c[s], c0[s], floor, a, b)
-            to_u = _exp_multiplier(u, u0, torch.exp(u, out=e), torch.exp(u0, out=e0), first, e, scratch)
+            to_u = _exp_multiplier(u, u0, torch.exp(u, out=e), torch.exp(u0, out=e0), first, m, scratch)
             to_u.mul_(to_sum if keep is None else to_sum * keep[s])
             if under is not None:
                 to_u.masked_fill_(under, 0.0)
@@ -161,7 +165,11 @@ class _PairedSoftmax(torch.autograd.Function):
 
 def _add_cross_max(g: Tensor, x: Tensor, x0: Tensor, c: Tensor, c0: Tensor, to_max: Tensor) -> None:
     """g += to_max · the cross-max rule's multipliers of the rows' maxima (`cross_amax_multiplier`),
-    worked on at the peaks of x and of x0 alone: elsewhere the multiplier is 0."""
+    worked on at the peaks of x and of x0 alone on CPU (elsewhere the multiplier is 0); over the whole
+    rows on an accelerator, which finding the peaks would make wait for the host (`paired.sync_free`)."""
+    if sync_free(g):
+        g.add_(cross_amax_multiplier(x, x0, c, c0, (-1,)).mul_(to_max))
+        return
     peak, peak0 = x == c, x0 == c0
     rows, cols = (peak | peak0).nonzero(as_tuple=True)
     if rows.numel() == 0:
