@@ -278,3 +278,18 @@ def test_a_compressed_model_or_an_lfs_pointer_is_named_for_what_it_is(tmp_path, 
         expected = "Git LFS pointer"
     with pytest.raises(ModelLoadError, match=expected):
         onnx_attr.load(str(path))
+
+
+def test_an_untyped_output_that_is_an_input_or_a_weight_takes_its_type():
+    """An output declared by name alone that is a graph input or a weight as it stands: inference gives it no
+    type of its own, its declaration does (a review found these refused, where onnxruntime runs them)."""
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", FLOAT, [1, 4])], [("y", FLOAT, [1, 4])],
+                       {"w": np.arange(3, dtype=np.float32)})
+    model.graph.output.add().name = "x"
+    model.graph.output.add().name = "w"
+    loaded = onnx_attr.load(model)
+    assert [o.name for o in loaded.outputs] == ["y", "x", "w"]
+    x = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
+    got = loaded.run(x)
+    np.testing.assert_array_equal(got[1].numpy(), x)
+    np.testing.assert_array_equal(got[2].numpy(), np.arange(3, dtype=np.float32))

@@ -1301,3 +1301,17 @@ def test_a_relu_or_tanh_feature_map_is_features_not_class_maps(tmp_path):
         assert report["target"] == "embedding" and report["target_detail"]["layout"].startswith("feature maps")
         value, reference = _unit_length(_ort(path, x), _ort(path, np.zeros_like(x[:1])))
         _complete(sums, value, reference)
+
+
+def test_a_linear_map_as_wide_as_its_input_stays_classes(tmp_path):
+    """The frame rule (an output as long as an input of its shape is a waveform) is for frames [N, 1, T]:
+    a [N, 300] -> [N, 300] head is classes, its default the argmax (a review found it read as a waveform)."""
+    w = RNG.normal(size=(300, 300)).astype(np.float32)
+    path = _save(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"])], [_info("x", ["N", 300])],
+                 [_info("y", ["N", 300])], {"w": w}, "wide.onnx")
+    x = RNG.normal(size=(2, 300)).astype(np.float32)
+    report, sums, _ = _run(tmp_path, path, x, "--no-pictures")
+    assert report["target_detail"]["layout"] == "classes [N, C]"
+    y, y0 = _ort(path, x), _ort(path, np.zeros_like(x[:1]))[0]
+    picked = y.argmax(1)
+    _complete(sums, y[np.arange(2), picked], y0[picked])

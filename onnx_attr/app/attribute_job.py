@@ -123,7 +123,8 @@ def _blur_note(attributed: dict, reference: dict, kept: Sequence[str], why: str)
     ids = _id_names(attributed)
     floats = [k for k in attributed if k not in ids]
     still = [k for k in floats if k not in kept and np.asarray(attributed[k]).any() and not np.asarray(reference[k]).any()]
-    parts = ["each example blurred along its long axes instead"] if len(still) + len(kept) < len(attributed) else []
+    parts = ["each example blurred along its long axes instead"] if any(k not in still and k not in kept
+                                                                        for k in floats) else []
     for which, names in (("the ids of", ids), ("the inputs the blur leaves as they are (no axis of 8 values or more),",
                                                [k for k in floats if k in still or k in kept])):
         zeroed = [k for k in names if k not in kept]
@@ -227,27 +228,27 @@ def differs_at_the_reference(err: UnsupportedOpError) -> bool:
 
 def domain_reference(model, attributed: dict, extra: dict) -> tuple[dict, list[str]]:
     """`--baseline auto`'s reference where zeros are outside the model's domain: each example's
-    floating inputs blurred along their long axes (`methods.blur`), and its integer ids at zero
-    where that alone keeps the model defined, else at their own values (a padding id that looks up
-    an additive mask of −inf: at zero every position is masked). Returns the reference and the ids
-    kept at their own values: those have not moved, so their attributions are 0."""
+    floating inputs blurred along their long axes (`methods.blur`), and its integer ids, and the floating
+    inputs no blur moves (no axis of 8 values or more: Kokoro's speed [1]), at zero where that alone
+    keeps the model defined, else at their own values (a padding id that looks up an additive mask
+    of −inf: at zero every position is masked). Returns the reference and the inputs kept at their
+    own values: those have not moved, so their attributions are 0."""
     blurred = _blurred(model, attributed)  # the ids come back as they are
-    # the ids, and the floating inputs the blur leaves as they are (no axis of 8 or more: Kokoro's speed [1]),
-    # go to zero where the model stays defined there: kept, they would not move and get attributions of 0
-    ids = _id_names(attributed) + unblurred(attributed, blurred)
-    if not ids:
+    unmoved = _id_names(attributed) + unblurred(attributed, blurred)
+    if not unmoved:
         return blurred, []
     at_input = _nonfinite_tensors(model, {**attributed, **extra})
-    zeros = {k: np.zeros_like(attributed[k]) for k in ids}
-    kept = [k for k in ids if not _defined_at(model, {**blurred, k: zeros[k]}, extra, at_input)]
-    reference = {**blurred, **{k: zeros[k] for k in ids if k not in kept}}
-    if kept != ids and not _defined_at(model, reference, extra, at_input):  # each alone, not together
-        return blurred, ids
+    zeros = {k: np.zeros_like(attributed[k]) for k in unmoved}
+    kept = [k for k in unmoved if not _defined_at(model, {**blurred, k: zeros[k]}, extra, at_input)]
+    reference = {**blurred, **{k: zeros[k] for k in unmoved if k not in kept}}
+    if kept != unmoved and not _defined_at(model, reference, extra, at_input):  # each alone, not together
+        return blurred, unmoved
     return reference, kept
 
 
 def unblurred(attributed: dict, blurred: dict) -> list[str]:
-    """The floating inputs a blur left as they are (no axis of `MIN_BLURRED_SIZE` values or more)."""
+    """The floating inputs a blur left as they are: no axis of `MIN_BLURRED_SIZE` values or more (a
+    constant input blurs to itself too, and goes the same way)."""
     return [k for k, v in attributed.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
             and np.array_equal(np.asarray(blurred[k]), np.asarray(v))]
 
@@ -1093,10 +1094,10 @@ class _Job:
         start = time.perf_counter()
         self.model.run({**attributed, **extra})
         took = time.perf_counter() - start
+        self._announced = True  # once a job: the files of a folder are alike, and a retry makes the same passes
         if passes is None:  # a path method: a forward and a backward (about twice its time) a step
             seconds = steps * took * 3
             if seconds >= PASSES_NOTE_SECONDS:
-                self._announced = True
                 title = entry(self.method).title or entry(self.method).class_name
                 print(f"onnx-attr: {title} runs {steps} steps here, a forward and a backward each ({took:.2g} s a "
                       f"forward): about {_duration(seconds)}; --n-steps N takes fewer (a larger delta), or the default "
@@ -1106,7 +1107,6 @@ class _Job:
         seconds = passes * took if budget is None else min(passes * took, budget + took * (len(attributed) + 1))
         if seconds < PASSES_NOTE_SECONDS:
             return
-        self._announced = True  # once a job (a retry at another baseline makes the same passes)
         title = entry(self.method).title or entry(self.method).class_name
         if budget is not None:  # the fallback fits its blocks to its budget on the first call
             print(f"onnx-attr: {title} cuts each input into blocks that fit about {_duration(budget)} of forward "

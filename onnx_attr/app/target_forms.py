@@ -394,8 +394,9 @@ def _waveform(view: Tensor, name: str, op: Optional[str], inputs: dict[str, np.n
     if re.search(r"(^|[^a-z])(audio|wav|waveform|pcm|speech|signal)", name.lower()):
         return f"named {name!r}"
     read = [k for k, v in inputs.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and np.ndim(v) in (2, 3)
-            and np.shape(v)[-1] == samples and (samples >= WAVEFORM_SAMPLES or np.shape(v)[1:] == shape)]
-    # a frame in, a frame out (DTLN's second stage: 512 samples [N, 1, 512]): a streaming enhancer's chunk
+            and np.shape(v)[-1] == samples and (samples >= WAVEFORM_SAMPLES or np.ndim(v) == 3 and np.shape(v)[1:] == shape)]
+    # a frame in, a frame out (DTLN's second stage: 512 samples [N, 1, 512]): a streaming enhancer's chunk; a
+    # [N, D] in and out of one width is no such frame (a linear adapter, a head as wide as its input)
     return f"as long as input {read[0]!r}" if read else None
 
 

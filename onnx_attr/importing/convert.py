@@ -179,6 +179,9 @@ def _distinct_node_keys(graph: onnx.GraphProto) -> None:
             if key in taken:
                 node.name = f"{node.name}#{index}"
             taken.add(key)
+    if len(set(keys())) != len(graph.node):  # never met; if it were, names no key can repeat
+        for index, node in enumerate(graph.node):
+            node.name = f"{node.op_type}#{index}"
 
 
 def _convert(model: onnx.ModelProto, versions: dict[str, int], declared: dict[str, int] | None = None

@@ -469,13 +469,12 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
     except (DecodeError, RuntimeError, ValueError) as err:
         raise ModelLoadError(_not_protobuf(data, what, err)) from err
     if model.ir_version == 0 or not model.HasField("graph"):
-        known = _not_protobuf(data, what, None) if data[:3] in (b"\x1f\x8b\x08", b"PK\x03") else None
-        raise ModelLoadError(known or (f"{what} parsed as protobuf but holds no ONNX graph (ir_version={model.ir_version}); "
-                                       "it is not an ONNX model"))
+        raise ModelLoadError(f"{what} parsed as protobuf but holds no ONNX graph (ir_version={model.ir_version}); "
+                             "it is not an ONNX model")
     return model
 
 
-def _not_protobuf(data: bytes, what: str, err: Exception | None) -> str:
+def _not_protobuf(data: bytes, what: str, err: Exception) -> str:
     """Why bytes that do not parse are not a model, where their first bytes tell (packages ship
     models gzipped, macrel's .onnx.gz; a repository without its LFS objects ships pointers)."""
     if data[:2] == b"\x1f\x8b":
@@ -511,16 +510,20 @@ def _type_untyped_outputs(model: onnx.ModelProto) -> None:
     from onnx_attr.importing.normalize import _dims_only
 
     light, _ = skeleton(model, _dims_only)
+    failed = ""
     try:
         inferred = onnx.shape_inference.infer_shapes(light)
-    except Exception:  # its own errors on a graph the checker will name below
-        inferred = onnx.ModelProto()
-    found = {v.name: v.type for v in (*inferred.graph.value_info, *inferred.graph.output)
-             if v.type.WhichOneof("value") is not None}
+    except Exception as err:  # its own errors on a graph the checker will name below
+        inferred, failed = onnx.ModelProto(), f" (it stopped: {str(err).strip().splitlines()[0][:200]})"
+    # an output that is an input or a weight as it stands: its type is declared there
+    found = {v.name: v.type for v in graph.input if v.type.WhichOneof("value") is not None}
+    found.update({t.name: onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)) for t in graph.initializer})
+    found.update({v.name: v.type for v in (*inferred.graph.value_info, *inferred.graph.output)
+                  if v.type.WhichOneof("value") is not None})
     missing = [o.name for o in untyped if o.name not in found]
     if missing:
         raise ModelLoadError(f"graph output(s) {missing} are declared without a type, and ONNX's shape inference "
-                             "cannot tell it; re-export the model, or give each output its type (onnx.helper."
+                             f"cannot tell it{failed}; re-export the model, or give each output its type (onnx.helper."
                              "make_tensor_value_info) and load the repaired file")
     for output in untyped:
         output.type.CopyFrom(found[output.name])
