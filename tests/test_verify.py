@@ -380,3 +380,9 @@ def test_onnxruntime_runs_the_reference_without_the_imports_shape_hints():
     sent = onnx.ModelProto.FromString(_serialized_without_shapes(model))
     assert not sent.graph.value_info and [v.name for v in model.graph.value_info] == ["h"]
     assert len(sent.graph.node) == 2 and sent.graph.output[0].name == "y"
+    branch = helper.make_graph([helper.make_node("Neg", ["x"], ["b"])], "then", [],
+                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, [96])],
+                               value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [512])])
+    model.graph.node.append(helper.make_node("If", ["c"], ["z"], then_branch=branch, else_branch=branch))
+    sent = onnx.ModelProto.FromString(_serialized_without_shapes(model))
+    assert not sent.graph.node[2].attribute[0].g.value_info and len(model.graph.node[2].attribute[0].g.value_info) == 1

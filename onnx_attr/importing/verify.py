@@ -271,16 +271,18 @@ def _serialized_without_shapes(model: onnx.ModelProto) -> bytes:
     """The model's bytes without its value_info: onnxruntime infers every intermediate type and shape
     itself, and sizes its buffers by the declared ones. Those ONNX's inference added at the import can
     be wrong where its rules are (dfnstream's SequenceAt over a SplitToSequence of unequal parts, declared
-    [512] for 96 values: onnxruntime failed on a file it runs). Removed and put back, not copied (the
-    weights can be gigabytes)."""
-    hints = list(model.graph.value_info)
-    if not hints:
-        return model.SerializeToString()
-    del model.graph.value_info[:]
+    [512] for 96 values: onnxruntime failed on a file it runs), in the main graph and its branches and
+    bodies. Removed and put back, not copied (the weights can be gigabytes)."""
+    from onnx_attr.importing.read import _graphs
+
+    hinted = [(g, list(g.value_info)) for g in _graphs(model.graph) if len(g.value_info)]
+    for graph, _ in hinted:
+        del graph.value_info[:]
     try:
         return model.SerializeToString()
     finally:
-        model.graph.value_info.extend(hints)
+        for graph, hints in hinted:
+            graph.value_info.extend(hints)
 
 
 def reference_values(reference: onnx.ModelProto, feeds: dict[str, np.ndarray], names: Sequence[str]
