@@ -457,3 +457,29 @@ def test_an_input_the_blur_cannot_move_goes_to_zero_or_is_said(tmp_path):
             assert "at zero" in report["baseline_note"] and abs(float(found["speed"].sum())) > 1.0
         else:
             assert "leaves ['speed'] as they are" in report["baseline_note"] and float(found["speed"].sum()) == 0.0
+
+
+def test_a_perturbation_method_takes_the_blur_before_its_passes(tmp_path, monkeypatch):
+    """Kokoro's fallback FeatureAblation (hunt 38) ran its blocks at zeros until the one that failed, then all
+    of them again at the blur: 57 passes of 3 s, half wasted. Where the forward fails at zeros, the blur is
+    taken before any pass: one call of the method. Oracle: onnxruntime at the input and at the blur."""
+    from onnx_attr.methods.perturbation import FeatureAblation
+
+    path = tmp_path / "length.onnx"
+    path.write_bytes(_fails_at_zero().SerializeToString())
+    x = np.linspace(-2, 5, 16, dtype=np.float32)[None]
+    np.savez(tmp_path / "x.npz", x=x)
+    calls = []
+    original = FeatureAblation.attribute
+    monkeypatch.setattr(FeatureAblation, "attribute", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    assert main(["attribute", str(path), "-i", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out"), "-q",
+                 "--no-pictures", "--target", "0", "--method", "featureablation", "--features", "4"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["baseline_used"] == "blur" and "forward fails" in report["baseline_note"] and len(calls) == 1
+    attributions = np.load(tmp_path / "out" / "attributions.npz")["x"]
+    reference, y = blurred(x, 0), _ort(path, x)[0, 0]
+    for block in range(4):  # each element holds its block's value: f(x) - f(x with the block at the blur)
+        ablated = x.copy()
+        ablated[0, 4 * block:4 * block + 4] = reference[0, 4 * block:4 * block + 4]
+        np.testing.assert_allclose(attributions[0, 4 * block:4 * block + 4], y - _ort(path, ablated)[0, 0], rtol=1e-4,
+                                   atol=1e-5)
