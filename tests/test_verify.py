@@ -366,23 +366,42 @@ def test_weights_stored_in_8_bits_are_compared_with_the_graph_as_written():
 def test_onnxruntime_runs_the_reference_without_the_imports_shape_hints():
     """dfnstream's DeepFilterNet (hunt 38): the value_info ONNX's inference added at the import declared a
     SequenceAt's output [512] where it holds 96, and onnxruntime, sizing its buffers by it, failed on a file
-    it runs: verify said NOT RUN. The reference goes to onnxruntime without value_info (it infers its own);
-    the model keeps its hints, in place (not copied)."""
+    it runs: verify said NOT RUN. The hints the import added go to onnxruntime no more (it infers its own),
+    in branches too; the file's own stay (a file onnxruntime refuses for them is refused:
+    test_verify_sample); the model keeps all of them, in place (not copied)."""
     import onnx
     from onnx import TensorProto, helper
 
+    from onnx_attr.importing.normalize import INFERRED
     from onnx_attr.importing.verify import _serialized_without_shapes
 
+    added = helper.make_tensor_value_info("h", TensorProto.FLOAT, [512])
+    added.doc_string = INFERRED
+    own = helper.make_tensor_value_info("y0", TensorProto.FLOAT, [96])
     model = helper.make_model(helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [96])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [96])],
-        value_info=[helper.make_tensor_value_info("h", TensorProto.FLOAT, [512])]))
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["y0"]), helper.make_node("Abs", ["y0"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [96])], value_info=[added, own]))
     sent = onnx.ModelProto.FromString(_serialized_without_shapes(model))
-    assert not sent.graph.value_info and [v.name for v in model.graph.value_info] == ["h"]
-    assert len(sent.graph.node) == 2 and sent.graph.output[0].name == "y"
+    assert [v.name for v in sent.graph.value_info] == ["y0"] and [v.name for v in model.graph.value_info] == ["h", "y0"]
     branch = helper.make_graph([helper.make_node("Neg", ["x"], ["b"])], "then", [],
-                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, [96])],
-                               value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [512])])
+                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, [96])], value_info=[added])
     model.graph.node.append(helper.make_node("If", ["c"], ["z"], then_branch=branch, else_branch=branch))
     sent = onnx.ModelProto.FromString(_serialized_without_shapes(model))
-    assert not sent.graph.node[2].attribute[0].g.value_info and len(model.graph.node[2].attribute[0].g.value_info) == 1
+    assert not sent.graph.node[3].attribute[0].g.value_info and len(model.graph.node[3].attribute[0].g.value_info) == 1
+
+
+def test_the_import_marks_the_hints_it_adds():
+    """Inference's value_info carries the mark verify leaves out; the file's own does not."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    import onnx_attr
+    from onnx_attr.importing.normalize import INFERRED
+
+    model = make_model([helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["k"]),
+                        helper.make_node("Abs", ["k"], ["y"])], [("x", FLOAT, ["N", 4])], [("y", FLOAT, ["N", 4])])
+    model.graph.value_info.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 4]))
+    reference = onnx_attr.load(model).reference_model
+    marks = {v.name: v.doc_string for v in reference.graph.value_info}
+    assert marks["h"] != INFERRED and marks["k"] == INFERRED

@@ -26,7 +26,7 @@ from onnx_attr.importing.legacy import WITHOUT_KERNEL, default_opset, modernize_
 from onnx_attr.importing.ml_casts import cast_integer_features
 from onnx_attr.importing.unfused import unfuse_embeddings
 from onnx_attr.importing.widen import widen_float16
-from onnx_attr.importing.read import copy_fields, is_external, skeleton, top_level
+from onnx_attr.importing.read import _graphs, copy_fields, is_external, skeleton, top_level
 
 #: The opset an old model is upgraded to when it cannot be imported at its own opset.
 UPGRADE_TARGET_OPSET = 17
@@ -445,6 +445,11 @@ def _restore_node_names(original: onnx.ModelProto, upgraded: onnx.ModelProto) ->
                 node.name = next((names[out] for out in node.output if out in names), "")
 
 
+#: the doc_string of a value_info entry shape inference added here (not the file's): onnxruntime sizes its
+#: buffers by such hints, and ONNX's rules can be wrong where onnxruntime's are not (verify leaves them out)
+INFERRED = "onnx_attr: inferred at import"
+
+
 def infer_shapes(model: onnx.ModelProto, notes: list[str], *, in_place: bool = False) -> onnx.ModelProto:
     """Shape inference that keeps symbolic dims (e.g. the batch axis) symbolic.
 
@@ -456,7 +461,12 @@ def infer_shapes(model: onnx.ModelProto, notes: list[str], *, in_place: bool = F
         notes.append("model graph is over 2 GiB even without its weights: skipped shape inference")
         return model
     try:
+        declared = {v.name for g in _graphs(model.graph) for v in g.value_info if v.doc_string != INFERRED}
         inferred = isolated.infer_shapes(light, strict_mode=False, data_prop=True)
+        for graph in _graphs(inferred.graph):  # the hints inference added, told from the file's own (verify)
+            for value in graph.value_info:
+                if value.name not in declared:
+                    value.doc_string = INFERRED
         if not heavy:
             return inferred
         if in_place:  # every graph field but the weights comes from the inferred skeleton

@@ -268,20 +268,24 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray], output
 
 
 def _serialized_without_shapes(model: onnx.ModelProto) -> bytes:
-    """The model's bytes without its value_info: onnxruntime infers every intermediate type and shape
-    itself, and sizes its buffers by the declared ones. Those ONNX's inference added at the import can
-    be wrong where its rules are (dfnstream's SequenceAt over a SplitToSequence of unequal parts, declared
-    [512] for 96 values: onnxruntime failed on a file it runs), in the main graph and its branches and
-    bodies. Removed and put back, not copied (the weights can be gigabytes)."""
+    """The model's bytes without the value_info shape inference added at the import (`normalize.INFERRED`):
+    onnxruntime sizes its buffers by declared shapes, and ONNX's rules can be wrong where its own are not
+    (dfnstream's SequenceAt over a SplitToSequence of unequal parts, declared [512] for 96 values:
+    onnxruntime failed on a file it runs). The file's own hints stay: a file onnxruntime refuses for them
+    is refused. In the main graph and its branches and bodies; removed and put back, not copied (the
+    weights can be gigabytes)."""
+    from onnx_attr.importing.normalize import INFERRED
     from onnx_attr.importing.read import _graphs
 
-    hinted = [(g, list(g.value_info)) for g in _graphs(model.graph) if len(g.value_info)]
-    for graph, _ in hinted:
+    hinted = [(g, list(g.value_info)) for g in _graphs(model.graph) if any(v.doc_string == INFERRED for v in g.value_info)]
+    for graph, hints in hinted:
         del graph.value_info[:]
+        graph.value_info.extend(v for v in hints if v.doc_string != INFERRED)
     try:
         return model.SerializeToString()
     finally:
         for graph, hints in hinted:
+            del graph.value_info[:]
             graph.value_info.extend(hints)
 
 
