@@ -241,7 +241,8 @@ def domain_reference(model, attributed: dict, extra: dict) -> tuple[dict, list[s
     zeros = {k: np.zeros_like(attributed[k]) for k in unmoved}
     kept = [k for k in unmoved if not _defined_at(model, {**blurred, k: zeros[k]}, extra, at_input)]
     reference = {**blurred, **{k: zeros[k] for k in unmoved if k not in kept}}
-    if kept != unmoved and not _defined_at(model, reference, extra, at_input):  # each alone, not together
+    # each was checked alone: two or more at zero are checked together (one alone is that check again)
+    if len(unmoved) - len(kept) > 1 and not _defined_at(model, reference, extra, at_input):
         return blurred, unmoved
     return reference, kept
 
