@@ -393,7 +393,6 @@ def test_onnxruntime_runs_the_reference_without_the_imports_shape_hints():
 
 def test_the_import_marks_the_hints_it_adds():
     """Inference's value_info carries the mark verify leaves out; the file's own does not."""
-    import numpy as np
     from onnx import TensorProto, helper
 
     import onnx_attr
