@@ -122,7 +122,8 @@ def _blur_note(attributed: dict, reference: dict, kept: Sequence[str], why: str)
     """What `--baseline auto` took instead of zeros (`domain_reference`), for the report."""
     ids = _id_names(attributed)
     floats = [k for k in attributed if k not in ids]
-    still = [k for k in floats if k not in kept and np.asarray(attributed[k]).any() and not np.asarray(reference[k]).any()]
+    still = [k for k in floats if k not in kept and np.asarray(attributed[k]).any()
+             and not np.asarray(reference[k]).any()]
     parts = ["each example blurred along its long axes instead"] if any(k not in still and k not in kept
                                                                         for k in floats) else []
     for which, names in (("the ids of", ids), ("the inputs the blur leaves as they are (no axis of 8 values or more),",

@@ -320,8 +320,8 @@ def recognise(view: Tensor, model, output_index: int, inputs: dict[str, np.ndarr
                           "classes)", "features", "embedding")
         return Layout(f"class maps [N, C, H, W] ({shape[0]} classes)", "segmentation", "segment", final=op)
     signal = _signal_like_input(view, model, inputs, shape, op)
-    if signal is not None and len(shape) > 2:  # an enhancer's spectrum frame, re and im (GTCRN's [N, 257, 1, 2]): no argmax of one
-        # component, no region of its positive values, means anything
+    if signal is not None and len(shape) > 2:  # an enhancer's spectrum frame, re and im (GTCRN's [N, 257, 1, 2]):
+        # no argmax of one component, no region of its positive values, means anything
         return Layout(f"a signal [N, {', '.join(map(str, shape))}] shaped as input {signal!r} (signed, no final "
                       "activation: a spectrum or a reconstruction, not scores)", "signal", "embedding")
     if len(shape) != 2:
@@ -394,7 +394,8 @@ def _waveform(view: Tensor, name: str, op: Optional[str], inputs: dict[str, np.n
     if re.search(r"(^|[^a-z])(audio|wav|waveform|pcm|speech|signal)", name.lower()):
         return f"named {name!r}"
     read = [k for k, v in inputs.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and np.ndim(v) in (2, 3)
-            and np.shape(v)[-1] == samples and (samples >= WAVEFORM_SAMPLES or np.ndim(v) == 3 and np.shape(v)[1:] == shape)]
+            and np.shape(v)[-1] == samples
+            and (samples >= WAVEFORM_SAMPLES or np.ndim(v) == 3 and np.shape(v)[1:] == shape)]
     # a frame in, a frame out (DTLN's second stage: 512 samples [N, 1, 512]): a streaming enhancer's chunk; a
     # [N, D] in and out of one width is no such frame (a linear adapter, a head as wide as its input)
     return f"as long as input {read[0]!r}" if read else None

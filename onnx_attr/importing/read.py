@@ -478,7 +478,8 @@ def _not_protobuf(data: bytes, what: str, err: Exception) -> str:
     """Why bytes that do not parse are not a model, where their first bytes tell (packages ship
     models gzipped, macrel's .onnx.gz; a repository without its LFS objects ships pointers)."""
     if data[:2] == b"\x1f\x8b":
-        return f"{what} is gzip-compressed, not an ONNX file itself; decompress it first (gunzip -k FILE) and load the .onnx"
+        return (f"{what} is gzip-compressed, not an ONNX file itself; decompress it first (gunzip -k FILE) and "
+                "load the .onnx")
     if data[:3] == b"PK\x03":
         return f"{what} is a zip archive, not an ONNX file; extract the .onnx inside it first (unzip FILE)"
     if data.startswith(b"version https://git-lfs"):

@@ -277,7 +277,8 @@ def _serialized_without_shapes(model: onnx.ModelProto) -> bytes:
     from onnx_attr.importing.normalize import INFERRED
     from onnx_attr.importing.read import _graphs
 
-    hinted = [(g, list(g.value_info)) for g in _graphs(model.graph) if any(v.doc_string == INFERRED for v in g.value_info)]
+    hinted = [(g, list(g.value_info)) for g in _graphs(model.graph)
+              if any(v.doc_string == INFERRED for v in g.value_info)]
     for graph, hints in hinted:
         del graph.value_info[:]
         graph.value_info.extend(v for v in hints if v.doc_string != INFERRED)

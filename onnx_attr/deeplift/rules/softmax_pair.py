@@ -4,8 +4,9 @@ rows at a time.
 The decomposition (`composite.paired_logsumexp`, then `composite.exp_shifted`) differentiated by
 autograd holds a dozen float64 tensors the size of the scores and makes ~60 passes over them: on an
 attention's scores (a Whisper-base encoder: 8 heads x 1500 x 1500 per layer) that was 3.3 s a layer,
-20 s of a 28 s DeepLift call (docs/architecture.md). Here the same chain rule runs by hand over slabs of `SLAB` elements, whose
-temporaries stay in the cache. Each rescale keeps the decomposition's own tensor-wide tolerance (the
+20 s of a 28 s DeepLift call (docs/architecture.md). Here the same chain rule runs by hand over slabs
+of `SLAB` elements, whose temporaries stay in the cache. Each rescale keeps the decomposition's own
+tensor-wide tolerance (the
 largest magnitude of its argument over the whole tensor, found in the forward's sweeps), so the
 multipliers are the decomposition's, up to the order of float64 sums.
 
