@@ -23,8 +23,8 @@ import math
 import torch
 from torch import Tensor
 
-from onnx_attr.deeplift.rules.paired import (cross_amax_multiplier, rescale_multiplier, secant_on_cpu, sync_free,
-                                             tolerance_for)
+from onnx_attr.deeplift.rules.paired import (cross_amax_multiplier, max_abs, rescale_multiplier, secant_on_cpu,
+                                             sync_free, tolerance_for)
 
 #: elements per slab on CPU: the temporaries of one (a few float64 slabs, made once per call and reused,
 #: so the allocator neither hands back nor page-faults memory slab after slab) stay within a core's cache
@@ -75,14 +75,6 @@ def _shifted(z: Tensor, z0: Tensor, c: Tensor, c0: Tensor, floor: float, out: Te
     return u.masked_fill_(under, floor), u0.masked_fill_(under, floor), under
 
 
-def _largest(t: Tensor) -> Tensor:
-    """max |t|, from one pass."""
-    if t.numel() == 0:
-        return t.new_zeros(())
-    low, high = torch.aminmax(t)
-    return torch.maximum(high, -low)
-
-
 def _exp_multiplier(x: Tensor, x0: Tensor, y: Tensor, y0: Tensor, tolerance: Tensor, out: Tensor,
                     scratch: Tensor) -> Tensor:
     """exp's rescale multiplier, in `out` (`scratch` overwritten), with the decomposition's tolerance."""
@@ -108,7 +100,7 @@ class _PairedSoftmax(torch.autograd.Function):
         for s in slabs.ranges:
             a, b, *_ = slabs.scratch(s)
             u, u0, _ = _shifted(zs[s], z0s[s], c[s], c0[s], floor, a, b)
-            first.append(torch.maximum(_largest(u), _largest(u0)))
+            first.append(torch.maximum(max_abs(u), max_abs(u0)))
             e, e0 = u.exp_(), u0.exp_()
             if keep is not None:
                 e.mul_(keep[s]), e0.mul_(keep[s])
@@ -120,7 +112,7 @@ class _PairedSoftmax(torch.autograd.Function):
         for s in slabs.ranges:
             a, b, *_ = slabs.scratch(s)
             v, v0, _ = _shifted(zs[s], z0s[s], lse[s], lse0[s], floor, a, b)
-            second.append(torch.maximum(_largest(v), _largest(v0)))
+            second.append(torch.maximum(max_abs(v), max_abs(v0)))
             torch.exp(v, out=p[s])
             torch.exp(v0, out=p0[s])
         ctx.axis, ctx.shape, ctx.floor = axis, shape, floor
